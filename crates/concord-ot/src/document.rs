@@ -31,7 +31,8 @@ pub(crate) struct Node {
 pub(crate) enum NodeData {
     Object(BTreeMap<String, ElementId>),
     Array(Vec<ElementId>),
-    String(Text),
+    // Boxed: a rope is hundreds of bytes inline, most nodes are not strings.
+    String(Box<Text>),
     Number(f64),
     Boolean(bool),
     Null,
@@ -234,7 +235,7 @@ impl Document {
                     .map(|v| self.attach(v, Some(id)))
                     .collect(),
             ),
-            ValueData::String(s) => NodeData::String(Text::new(text_seed(id), &s)),
+            ValueData::String(s) => NodeData::String(Box::new(Text::new(text_seed(id), &s))),
             ValueData::Number(n) => NodeData::Number(n),
             ValueData::Boolean(b) => NodeData::Boolean(b),
             ValueData::Null => NodeData::Null,
