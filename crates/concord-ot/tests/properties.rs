@@ -1,0 +1,113 @@
+//! Properties of apply and transform on generated documents and valid operations.
+
+mod common;
+
+use common::{Choices, applied, choices, first_target, gen_document, gen_operation, pick_focus};
+use concord_ot::{Document, Operation, transform};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(10_000), ..ProptestConfig::default() })]
+
+    /// TP1: `a` then `b'` equals `b` then `a'`.
+    #[test]
+    fn tp1_holds_for_concurrent_operations(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let focus = Some(pick_focus(&mut c, &doc));
+        let a = gen_operation(&mut c, &doc, 1, focus);
+        let b = gen_operation(&mut c, &doc, 2, focus);
+        applied(&doc, &[&a]).expect("a is valid");
+        applied(&doc, &[&b]).expect("b is valid");
+        let (a2, b2) = transform(a.clone(), b.clone());
+        let left = applied(&doc, &[&a, &b2]);
+        let right = applied(&doc, &[&b, &a2]);
+        prop_assert!(left.is_ok(), "a then b' failed: {:?}\na'={a2:?}\nb'={b2:?}", left);
+        prop_assert!(right.is_ok(), "b then a' failed: {:?}\na'={a2:?}\nb'={b2:?}", right);
+        prop_assert_eq!(left.unwrap(), right.unwrap(), "a'={:?}\nb'={:?}", a2, b2);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(1000), ..ProptestConfig::default() })]
+
+    /// Transforming against an operation flagged no-op changes nothing.
+    #[test]
+    fn transform_with_a_noop_is_the_identity(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let a = gen_operation(&mut c, &doc, 1, None);
+        let b = noop(gen_operation(&mut c, &doc, 2, first_target(&a)));
+        prop_assert_eq!(transform(a.clone(), b.clone()), (a.clone(), b.clone()));
+        prop_assert_eq!(transform(b.clone(), a.clone()), (b, a));
+    }
+
+    /// A compound whose last part is invalid applies nothing.
+    #[test]
+    fn a_failed_apply_leaves_the_document_unchanged(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let mut parts = gen_operation(&mut c, &doc, 1, None).discrete().to_vec();
+        parts.push(invalid(&doc));
+        let mut after = doc.clone();
+        prop_assert!(after.apply(&Operation::Compound(parts)).is_err());
+        prop_assert_eq!(after, doc);
+    }
+
+    /// Applying the inverses of what an operation did restores the document.
+    #[test]
+    fn inverses_undo_exactly(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let op = gen_operation(&mut c, &doc, 1, None);
+        let mut after = doc.clone();
+        let outcomes = after.apply(&op).expect("valid");
+        for (part, outcome) in op.discrete().iter().zip(&outcomes).rev() {
+            if let Some(inverse) = outcome.inverse(part) {
+                after.apply_discrete(&inverse).expect("an inverse applies");
+            }
+        }
+        prop_assert_eq!(after, doc);
+    }
+
+    #[test]
+    fn documents_and_operations_survive_a_serde_round_trip(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let op = gen_operation(&mut c, &doc, 1, None);
+        let doc_json = serde_json::to_string(&doc).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Document>(&doc_json).unwrap(), doc);
+        let op_json = serde_json::to_string(&op).unwrap();
+        prop_assert_eq!(serde_json::from_str::<Operation>(&op_json).unwrap(), op);
+    }
+}
+
+fn noop(op: Operation) -> Operation {
+    match op {
+        Operation::Discrete(op) => Operation::Discrete(op.into_noop()),
+        Operation::Compound(ops) => {
+            Operation::Compound(ops.into_iter().map(|op| op.into_noop()).collect())
+        }
+    }
+}
+
+/// An operation that cannot apply to `doc`: a string splice on the root object, which no
+/// operation can remove.
+fn invalid(doc: &Document) -> concord_ot::DiscreteOperation {
+    concord_ot::DiscreteOperation::new(
+        doc.root_id(),
+        concord_ot::OperationKind::StringSplice {
+            index: 0,
+            delete_count: 0,
+            insert: "x".into(),
+        },
+    )
+}
+
+/// `default` cases, or `PROPTEST_CASES` for a longer local run.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
