@@ -9,6 +9,29 @@
 //! This crate is not the sync engine and does no I/O: no sockets, no storage, no clock, no
 //! async, no randomness. Serialization is derived (serde) so that the protocol and the store
 //! can carry these types, but choosing a format is their business.
+//!
+//! ```
+//! use concord_ot::{
+//!     DiscreteOperation, Document, IdGenerator, Operation, OperationKind, PathSegment,
+//!     ReplicaId, Value, transform,
+//! };
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut ids = IdGenerator::new(ReplicaId(7), 0);
+//! let mut doc = Document::new(Value::from_json(&serde_json::json!({"title": "hello"}), &mut ids)?)?;
+//! let title = doc.element_at(&[PathSegment::Key("title".into())]).unwrap();
+//! let insert = |index, text: &str| -> Operation {
+//!     let kind = OperationKind::StringSplice { index, delete_count: 0, insert: text.into() };
+//!     DiscreteOperation::new(title, kind).into()
+//! };
+//! // Two concurrent edits; the server ordered `ours` first.
+//! let (ours, theirs) = (insert(5, "!"), insert(0, "Oh, "));
+//! let (_, theirs_after_ours) = transform(ours.clone(), theirs);
+//! doc.apply(&ours)?;
+//! doc.apply(&theirs_after_ours)?;
+//! assert_eq!(doc.text(title).as_deref(), Some("Oh, hello!"));
+//! # Ok(())
+//! # }
+//! ```
 
 mod apply;
 mod document;
