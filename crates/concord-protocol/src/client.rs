@@ -1,0 +1,132 @@
+//! Messages a client sends to the server.
+
+use concord_ot::{Document, Operation, ReplicaId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorReply;
+use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
+use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
+
+/// One frame from a client to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// A request; the server answers with a [`ServerMessage::Response`] or
+    /// [`ServerMessage::Error`] carrying the same id.
+    ///
+    /// [`ServerMessage::Response`]: crate::ServerMessage::Response
+    /// [`ServerMessage::Error`]: crate::ServerMessage::Error
+    Request {
+        id: RequestId,
+        request: ClientRequest,
+    },
+    /// The answer to the server's request `to`.
+    Response {
+        to: RequestId,
+        response: ClientResponse,
+    },
+    /// The server's request `to` failed; `to` is `None` for a failure that concerns no
+    /// request (a server frame the client could not decode).
+    Error {
+        to: Option<RequestId>,
+        error: ErrorReply,
+    },
+    /// A one-way message; anything that comes back is correlated by its content.
+    Notice(ClientNotice),
+}
+
+/// What a client asks of the server. The expected response is named on each variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// The first message of every connection. → `Handshake` (accepted or rejected).
+    Handshake {
+        /// The protocol version the client speaks; equal to the frame's version byte.
+        protocol_version: u8,
+        client: ClientInfo,
+        auth: Auth,
+    },
+    /// Opens a model for live editing. When it does not exist and `auto_create` is set, the
+    /// server first asks for its initial content with [`ServerRequest::AutoCreate`].
+    /// → `ModelOpened`.
+    ///
+    /// [`ServerRequest::AutoCreate`]: crate::ServerRequest::AutoCreate
+    OpenModel { model: ModelId, auto_create: bool },
+    /// → `Done`.
+    CloseModel { model: ModelId },
+    /// Creates a model; idempotent by `(model, nonce)`. → `ModelCreated`, or the error
+    /// `model_already_exists` when another creation owns the id.
+    CreateModel {
+        model: ModelId,
+        collection: CollectionId,
+        data: Document,
+        nonce: CreationNonce,
+        /// `None` keeps the collection's defaults.
+        permissions: Option<PermissionGrants>,
+    },
+    /// → `Done`.
+    DeleteModel { model: ModelId },
+    /// Reattaches a model after a reconnection: the server reports whether the in-flight
+    /// submission was committed, then pushes `ResyncPage`s of the operations after
+    /// `known_version`. → `ResyncStarted`.
+    Resync {
+        model: ModelId,
+        known_version: u64,
+        in_flight: Option<InFlight>,
+    },
+    /// The client applied the replay and re-sent its in-flight submission; `open` says
+    /// whether it keeps the model open (false when it only synced pending changes).
+    /// → `ResyncCompleted`.
+    ResyncComplete { model: ModelId, open: bool },
+    /// Changes the offline subscription set: with `replace`, the set becomes `subscribe`
+    /// (sent after every handshake); otherwise `subscribe` is added and `unsubscribe`
+    /// removed. The server answers, then catches up each newly subscribed model with
+    /// `OfflineUpdate` pushes and keeps pushing while connected. → `Done`.
+    SubscribeOffline {
+        subscribe: Vec<KnownModel>,
+        unsubscribe: Vec<ModelId>,
+        replace: bool,
+    },
+    /// Needs `manage`. → `Permissions`.
+    GetPermissions { model: ModelId },
+    /// Needs `manage`. → `Done`; sessions whose permissions change get `PermissionsChanged`.
+    SetPermissions {
+        model: ModelId,
+        grants: PermissionGrants,
+    },
+    /// → `Pong`.
+    Ping,
+}
+
+/// A client's answer to a server request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// Answers `AutoCreate`: the content of the model the client asked to open.
+    AutoCreate {
+        collection: CollectionId,
+        data: Document,
+        permissions: Option<PermissionGrants>,
+    },
+    /// Answers `Ping`.
+    Pong,
+}
+
+/// One-way messages from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientNotice {
+    /// Submits a batch of local changes to an open (or resyncing) model. At most one
+    /// submission per model is in flight. The server answers with `Ack` or `SubmitRejected`
+    /// for the same `(model, seq)`; a resubmission of a committed `(replica, seq)` gets the
+    /// original ack and is not applied twice.
+    Submit {
+        model: ModelId,
+        replica: ReplicaId,
+        seq: u64,
+        /// The model version the operation was made against.
+        base_version: u64,
+        operation: Operation,
+    },
+    /// Shares, sets, clears or unshares one of this session's references on an open model.
+    Reference {
+        model: ModelId,
+        change: ReferenceChange,
+    },
+}

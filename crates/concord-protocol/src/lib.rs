@@ -1,0 +1,36 @@
+//! `concord-protocol` is Concord's wire protocol: the messages a client and a server
+//! exchange ([`ClientMessage`], [`ServerMessage`]), the error codes they use
+//! ([`ErrorCode`], [`ErrorReply`]), and the versioned codec that turns a message into one
+//! WebSocket binary frame and back ([`encode`], [`decode_with`], [`Limits`]).
+//!
+//! This crate does no I/O: no sockets, no WebSocket, no storage, no clock (timestamps are
+//! fields the caller fills in). Only the [`codec`] module knows the byte format (postcard
+//! 1.x behind a version byte); the message types derive serde and are otherwise plain data.
+//! Decoding never panics, bounds nesting depth and never pre-allocates from a length prefix.
+//!
+//! Operations, values and references are concord-ot's types, carried as they are.
+//! `docs/protocol.md` lists the messages, their pairing, versioning, limits and error codes.
+
+mod client;
+pub mod codec;
+mod error;
+mod ids;
+mod payload;
+mod server;
+
+pub use client::{ClientMessage, ClientNotice, ClientRequest, ClientResponse};
+pub use codec::{
+    CLOSE_UNSUPPORTED_VERSION, DecodeError, EncodeError, FrameKind, Limits, PROTOCOL_VERSION,
+    WireMessage, decode, decode_with, encode, encode_with,
+};
+pub use error::{ErrorCode, ErrorReply};
+pub use ids::{
+    CollectionId, CreationNonce, IdError, ModelId, ReconnectToken, RequestId, SessionId, Timestamp,
+    UserId,
+};
+pub use payload::{
+    Auth, ClientInfo, Collaborator, Commit, CommittedOperation, HandshakeRejection, InFlight,
+    KnownModel, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
+    ReferenceChange, ReferenceKey, Session, SharedReference, User,
+};
+pub use server::{HandshakeResult, ServerMessage, ServerPush, ServerRequest, ServerResponse};

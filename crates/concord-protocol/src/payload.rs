@@ -1,0 +1,215 @@
+//! Structures that messages of both directions carry.
+
+use std::collections::BTreeMap;
+
+use concord_ot::{Document, ElementId, Operation, ReferenceValue, ReplicaId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::ids::{CollectionId, ModelId, ReconnectToken, SessionId, Timestamp, UserId};
+
+/// The client program, for logs and compatibility decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// For example `concord-client` or `concord-web`.
+    pub name: String,
+    pub version: String,
+}
+
+/// How a client authenticates in its handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// A signed JWT; its subject is the user id.
+    Jwt(String),
+    /// Anonymous access, when the server allows it.
+    Anonymous { display_name: Option<String> },
+    /// The token a previous handshake returned.
+    Reconnect(ReconnectToken),
+}
+
+/// A user as the server knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub display_name: Option<String>,
+    pub anonymous: bool,
+}
+
+/// A successful handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// New for every handshake, reconnections included.
+    pub session: SessionId,
+    pub user: User,
+    /// Present it in a later handshake ([`Auth::Reconnect`]) to authenticate again.
+    pub reconnect_token: ReconnectToken,
+    /// The server program's version, for logs.
+    pub server_version: String,
+}
+
+/// A failed handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeRejection {
+    pub code: ErrorCode,
+    pub message: String,
+    /// False when retrying with the same credentials cannot succeed (bad signature,
+    /// unsupported version); true for transient refusals (server starting or overloaded).
+    pub retry_allowed: bool,
+}
+
+/// What one session may do with one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Permissions {
+    pub read: bool,
+    pub write: bool,
+    pub remove: bool,
+    pub manage: bool,
+}
+
+impl Permissions {
+    pub const ALL: Permissions = Permissions {
+        read: true,
+        write: true,
+        remove: true,
+        manage: true,
+    };
+    pub const NONE: Permissions = Permissions {
+        read: false,
+        write: false,
+        remove: false,
+        manage: false,
+    };
+}
+
+/// The permission grants stored on a model (read and written by sessions with `manage`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PermissionGrants {
+    /// When false, `world` is ignored and the collection's world permissions apply.
+    pub override_collection: bool,
+    /// What every user may do.
+    pub world: Permissions,
+    /// Per-user grants; they replace `world` for that user.
+    pub users: BTreeMap<UserId, Permissions>,
+}
+
+/// A model's whole state at one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSnapshot {
+    pub collection: CollectionId,
+    /// The number of operations committed to the model so far.
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub modified_at: Timestamp,
+    /// Decoding checks it as a document: root an object, ids unique, numbers finite.
+    pub data: Document,
+}
+
+/// The reply to opening a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenedModel {
+    pub model: ModelId,
+    pub snapshot: ModelSnapshot,
+    pub permissions: Permissions,
+    /// Other sessions that have the model open.
+    pub collaborators: Vec<Collaborator>,
+    /// References currently shared by other sessions.
+    pub references: Vec<SharedReference>,
+}
+
+/// An operation as the server committed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommittedOperation {
+    /// The model's version once this operation is applied: it applies to `version - 1`.
+    pub version: u64,
+    /// The session that submitted it.
+    pub author: SessionId,
+    pub timestamp: Timestamp,
+    pub operation: Operation,
+}
+
+/// When and at which version the server committed a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub version: u64,
+    pub timestamp: Timestamp,
+}
+
+/// The submission a client had in flight when its connection dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub replica: ReplicaId,
+    pub seq: u64,
+}
+
+/// Another session that has a model open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collaborator {
+    pub session: SessionId,
+    pub user: UserId,
+}
+
+/// Names one shared reference of one session: its key, on an element or (without one) on
+/// the model itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReferenceKey {
+    pub element: Option<ElementId>,
+    pub key: String,
+}
+
+/// A change to a session's shared reference (cursor, selection, highlighted property or
+/// element). Clients send them; the server relays them to the model's other sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReferenceChange {
+    /// Starts sharing, optionally with a first value.
+    Share {
+        reference: ReferenceKey,
+        value: Option<ReferenceValue>,
+    },
+    /// Sets the value, as of model version `version` (receivers transform it forward).
+    Set {
+        reference: ReferenceKey,
+        value: ReferenceValue,
+        version: u64,
+    },
+    /// Keeps sharing, without a value.
+    Clear { reference: ReferenceKey },
+    /// Stops sharing.
+    Unshare { reference: ReferenceKey },
+}
+
+/// A reference another session shares, as listed when a model opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedReference {
+    pub session: SessionId,
+    pub reference: ReferenceKey,
+    pub value: Option<ReferenceValue>,
+}
+
+/// A model in a client's offline subscription set, with the version its store holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownModel {
+    pub model: ModelId,
+    /// `None` when the store has no copy yet.
+    pub version: Option<u64>,
+}
+
+/// Brings one subscribed model of the client's store up to date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OfflineUpdate {
+    /// The operations after the version the client knows, in order (a catch-up page or a
+    /// live push). `more` says that further catch-up pages follow.
+    Operations {
+        operations: Vec<CommittedOperation>,
+        more: bool,
+    },
+    /// The whole model, when the client has no copy or a snapshot is smaller than the
+    /// missed operations.
+    Snapshot {
+        snapshot: ModelSnapshot,
+        permissions: Permissions,
+    },
+    /// The model was deleted; the client drops it from its subscription set.
+    Deleted,
+    /// The user may no longer read the model; the client drops it from its subscription set.
+    PermissionRevoked,
+}
