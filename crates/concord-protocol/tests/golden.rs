@@ -57,6 +57,9 @@ fn every_fixture_file_has_a_message() -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if path.extension().is_none_or(|ext| ext != "bin") {
+            continue;
+        }
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
