@@ -1,0 +1,154 @@
+//! What a store holds: model records and their state, the subscription set, the replica id
+//! and the identity cache. Plain data; [`crate::encoding`] owns their byte format.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use concord_ot::{Operation, Value};
+use concord_protocol::{
+    CollectionId, CommittedOperation, CreationNonce, ModelId, Permissions, SessionId, Timestamp,
+    User, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+/// Names one store: one per (server, user). A backend maps it to a file or database name;
+/// the store records it and refuses to open under another key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StoreKey {
+    /// The server (its URL, or the domain it serves), as the application names it.
+    pub server: String,
+    /// The user whose offline data this is.
+    pub user: String,
+}
+
+impl StoreKey {
+    pub fn new(server: impl Into<String>, user: impl Into<String>) -> StoreKey {
+        StoreKey {
+            server: server.into(),
+            user: user.into(),
+        }
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} @ {}", self.user, self.server)
+    }
+}
+
+/// The part of a model's metadata that the sync engine owns and writes whole with
+/// [`Mutation::PutModel`](crate::Mutation::PutModel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub id: ModelId,
+    pub collection: CollectionId,
+    /// Created in this store and not yet confirmed by the server; its [`CreationRecord`]
+    /// holds what to send.
+    pub created_locally: bool,
+    /// Deleted in this store and not yet confirmed by the server (a tombstone).
+    pub deleted_locally: bool,
+    /// What this user may do with the model, as last told by the server (`None`: not known,
+    /// for example for a model created offline).
+    pub permissions: Option<Permissions>,
+    /// The counter of the next element id this replica mints in the model. The store never
+    /// lets it decrease, so an id is never minted twice.
+    pub next_element_counter: u64,
+}
+
+impl ModelRecord {
+    /// A record with no flags set, no known permissions and the counter at 0.
+    pub fn new(id: ModelId, collection: CollectionId) -> ModelRecord {
+        ModelRecord {
+            id,
+            collection,
+            created_locally: false,
+            deleted_locally: false,
+            permissions: None,
+            next_element_counter: 0,
+        }
+    }
+}
+
+/// The server's state of a model at one version: the base that server operations and then
+/// pending operations apply to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The number of operations the server had committed to the model (Vs).
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub modified_at: Timestamp,
+    /// The root object, with its element ids.
+    pub root: Value,
+}
+
+/// A local change the server has not acknowledged yet.
+///
+/// Pending operations are always expressed against the model's confirmed version (the last
+/// server operation, or the snapshot): when a server operation arrives, the engine stores it
+/// and replaces the pending list with its transformed form in the same batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingOperation {
+    /// The engine's sequence number; strictly increasing within a model and never reused
+    /// while the model is in the store.
+    pub seq: u64,
+    pub operation: Operation,
+}
+
+/// What creating a model offline needs to send once connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreationRecord {
+    pub collection: CollectionId,
+    /// The initial root object.
+    pub initial: Value,
+    /// Makes a retried creation recognisable to the server.
+    pub nonce: CreationNonce,
+}
+
+/// One model as [`OfflineStore::models`](crate::OfflineStore::models) lists it: the
+/// engine's record plus what the store knows about the model's data, without loading it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub record: ModelRecord,
+    /// The version of the stored snapshot (Vs); `None` without one.
+    pub snapshot_version: Option<u64>,
+    /// The version the stored confirmed state reaches (Vc): the last stored server
+    /// operation's, else the snapshot's; `None` without a snapshot.
+    pub confirmed_version: Option<u64>,
+    /// How many pending operations are stored.
+    pub pending_count: u64,
+    /// The highest pending sequence number ever stored for this model (kept when the
+    /// operations are removed); the next one must be greater.
+    pub last_pending_seq: Option<u64>,
+    /// A [`CreationRecord`] is stored.
+    pub has_creation: bool,
+}
+
+impl ModelSummary {
+    /// The model has local changes the server has not confirmed: pending operations, an
+    /// unconfirmed creation or an unconfirmed deletion.
+    pub fn needs_sync(&self) -> bool {
+        self.pending_count > 0 || self.record.created_locally || self.record.deleted_locally
+    }
+}
+
+/// Everything a store holds about one model: what rehydration needs.
+///
+/// Rehydration is: `snapshot` (or, for a model created offline and not yet confirmed,
+/// `creation.initial`), then `server_operations` in order, then `pending` in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelState {
+    pub summary: ModelSummary,
+    pub snapshot: Option<Snapshot>,
+    /// The server operations after the snapshot, contiguous and in version order.
+    pub server_operations: Vec<CommittedOperation>,
+    /// In sequence order.
+    pub pending: Vec<PendingOperation>,
+    pub creation: Option<CreationRecord>,
+}
+
+/// The users behind session ids, so that authors of stored operations resolve offline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityCache {
+    pub sessions: BTreeMap<SessionId, UserId>,
+    pub users: BTreeMap<UserId, User>,
+}
