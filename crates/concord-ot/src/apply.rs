@@ -188,6 +188,15 @@ impl Document {
             return Ok(Applied::Skipped(SkipReason::Flagged));
         }
         let target = op.target;
+        // The hot path of text editing: one lookup, no value checks.
+        if let OperationKind::StringSplice {
+            index,
+            delete_count,
+            insert,
+        } = &op.kind
+        {
+            return self.splice(target, *index, *delete_count, insert);
+        }
         let Some(node) = self.nodes.get(&target) else {
             return Ok(Applied::Skipped(SkipReason::TargetMissing));
         };
@@ -200,13 +209,11 @@ impl Document {
                 found,
             });
         }
-        self.check_insertable(op.kind.inserted_values())?;
+        if op.kind.inserts_values() {
+            self.check_insertable(op.kind.inserted_values())?;
+        }
         let old = match &op.kind {
-            OperationKind::StringSplice {
-                index,
-                delete_count,
-                insert,
-            } => self.splice(target, *index, *delete_count, insert)?,
+            OperationKind::StringSplice { .. } => unreachable!("handled above"),
             OperationKind::StringSet { value } => {
                 let text = self.text_mut(target);
                 let old = text.to_string();
@@ -326,8 +333,18 @@ impl Document {
         index: usize,
         count: usize,
         insert: &str,
-    ) -> Result<Old, ApplyError> {
-        let text = self.text_mut(target);
+    ) -> Result<Applied, ApplyError> {
+        let Some(node) = self.nodes.get_mut(&target) else {
+            return Ok(Applied::Skipped(SkipReason::TargetMissing));
+        };
+        let NodeData::String(text) = &mut node.data else {
+            let found = node.data.kind();
+            return Err(ApplyError::WrongKind {
+                target,
+                expected: Kind::String,
+                found,
+            });
+        };
         let len = text.len_chars();
         let end = index.checked_add(count).filter(|end| *end <= len);
         let Some(end) = end else {
@@ -344,7 +361,9 @@ impl Document {
             text.slice(index..end)
         };
         text.splice(index..end, insert);
-        Ok(Old::Text(deleted))
+        Ok(Applied::Changed {
+            old: Old::Text(deleted),
+        })
     }
 
     fn node_mut(&mut self, id: ElementId) -> &mut crate::document::Node {

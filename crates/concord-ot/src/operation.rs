@@ -107,6 +107,20 @@ impl OperationKind {
         }
     }
 
+    /// Whether this operation brings values (new elements) into the document.
+    pub fn inserts_values(&self) -> bool {
+        use OperationKind::*;
+        matches!(
+            self,
+            ArrayInsert { .. }
+                | ArrayReplace { .. }
+                | ArraySet { .. }
+                | ObjectAddProperty { .. }
+                | ObjectSetProperty { .. }
+                | ObjectSet { .. }
+        )
+    }
+
     /// The values this operation brings into the document.
     pub fn inserted_values(&self) -> Vec<&Value> {
         use OperationKind::*;

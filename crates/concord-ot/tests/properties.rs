@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{Choices, applied, choices, first_target, gen_document, gen_operation, pick_focus};
+use common::{applied, choices};
 use concord_ot::{Document, Operation, transform};
+use concord_testkit::generate::{Choices, first_target, gen_document, gen_operation, pick_focus};
 use proptest::prelude::*;
 
 proptest! {

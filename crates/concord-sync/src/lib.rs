@@ -1,0 +1,17 @@
+//! `concord-sync` is Concord's sans-IO sync logic: the client side of each model
+//! ([`ModelReplica`]) and the server's per-model [`Sequencer`].
+//!
+//! It does no I/O, reads no clock and draws no randomness: callers pass in what arrived
+//! (server messages, local changes, storage completions, the time) and carry out what comes
+//! back (messages to send, store changes to commit). The client's in-flight operation,
+//! transformed against remote operations as they arrive, equals the operation the server
+//! committed for it, so acks carry no operation.
+
+mod replica;
+mod sequencer;
+
+pub use replica::{
+    ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
+    StoreChange,
+};
+pub use sequencer::{CatchUp, CommitRecord, Sequencer, SequencerError, Submission, SubmitOutcome};

@@ -1,0 +1,454 @@
+//! The client side of one model: the local view, the confirmed server version, at most one
+//! submission in flight, and the pending local operations.
+//!
+//! A [`ModelReplica`] is a pure state machine. Every change of state is described by the
+//! [`StoreChange`]s it returns, which the engine commits to the offline store as one atomic
+//! batch; replaying a model's stored [`Persisted`] state rebuilds the same local view
+//! ([`ModelReplica::restore`]).
+//!
+//! Orientation: the server's operations are "server" in [`concord_ot::transform`], local
+//! ones are "client", on both sides of the wire, so that the client's in-flight operation,
+//! transformed against the remote operations as they arrive, equals what the server
+//! committed for it (the ack carries no operation).
+
+use concord_ot::{Applied, ApplyError, Document, Operation, transform};
+use concord_protocol::{CommittedOperation, ModelSnapshot};
+
+/// A local operation not yet acknowledged, with its per-model sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingOperation {
+    pub seq: u64,
+    pub operation: Operation,
+}
+
+/// The submission a replica has on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingSubmission {
+    /// The highest local seq it contains; the server's idempotence key with the replica id.
+    pub seq: u64,
+    pub base_version: u64,
+    pub operation: Operation,
+}
+
+/// One model's durable state: everything needed to rebuild the replica after a crash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persisted {
+    /// The server state at `snapshot.version`.
+    pub snapshot: ModelSnapshot,
+    /// Server operations after the snapshot, in version order.
+    pub server_operations: Vec<CommittedOperation>,
+    /// Local operations not yet acknowledged, in order, expressed against the last server
+    /// version; those with `seq <= in_flight_seq` form the submission in flight.
+    pub pending: Vec<PendingOperation>,
+    pub in_flight_seq: Option<u64>,
+    /// The next local seq to hand out.
+    pub next_seq: u64,
+}
+
+/// A change to a model's stored state; the changes one call returns form one atomic batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreChange {
+    /// A server operation the replica has now applied to its confirmed state.
+    AppendServerOperation(CommittedOperation),
+    /// A local operation, stored before it may be sent.
+    AppendPending(PendingOperation),
+    /// The whole pending list, after remote operations transformed it.
+    ReplacePending(Vec<PendingOperation>),
+    /// The in-flight submission was acknowledged: drop pending operations through `seq`.
+    RemovePendingThrough(u64),
+    /// The boundary of the submission on the wire; durable before it is sent.
+    SetInFlight(Option<u64>),
+    /// A new snapshot replacing the server operations up to its version.
+    PutSnapshot(ModelSnapshot),
+}
+
+/// A server message that does not fit the replica's state: a protocol violation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    #[error("expected the operation for version {expected}, got version {got}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("an ack for seq {got} arrived, but {in_flight:?} is in flight")]
+    UnexpectedAck { in_flight: Option<u64>, got: u64 },
+    #[error("a server operation does not apply to the local view: {0}")]
+    Diverged(ApplyError),
+}
+
+/// What applying a remote operation did to the local view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteApplied {
+    /// The operation as applied to the local view (transformed past local changes).
+    pub operation: Operation,
+    pub applied: Vec<Applied>,
+}
+
+/// One model on the client.
+#[derive(Debug, Clone)]
+pub struct ModelReplica {
+    /// The last server state this replica knows (its version is the confirmed version).
+    confirmed: ModelSnapshot,
+    /// `confirmed` plus the in-flight and pending operations.
+    local: Document,
+    in_flight: Option<InFlightBatch>,
+    /// Local operations not yet sent, expressed against `confirmed` + in flight.
+    pending: Vec<PendingOperation>,
+    next_seq: u64,
+    /// The highest local seq the store reported durable; nothing above it is sent.
+    durable_seq: u64,
+    /// The highest local seq the server acknowledged; repeated acks up to it are ignored.
+    acked_seq: u64,
+    /// Server operations stored since the snapshot, for compaction.
+    operations_since_snapshot: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct InFlightBatch {
+    seq: u64,
+    /// The local operations it holds, kept separate so they can be re-stored one by one.
+    parts: Vec<PendingOperation>,
+    /// Set once the resync told us the server committed it at that version.
+    committed_at: Option<u64>,
+    /// Whether its boundary ([`StoreChange::SetInFlight`]) is durable: only then may it be
+    /// sent, or a crash could forget that it was.
+    stored: bool,
+}
+
+impl ModelReplica {
+    /// A replica of a model downloaded (or created) at `snapshot`, with no local changes.
+    pub fn new(snapshot: ModelSnapshot) -> ModelReplica {
+        let local = snapshot.data.clone();
+        ModelReplica {
+            confirmed: snapshot,
+            local,
+            in_flight: None,
+            pending: Vec::new(),
+            next_seq: 1,
+            durable_seq: 0,
+            acked_seq: 0,
+            operations_since_snapshot: 0,
+        }
+    }
+
+    /// Rebuilds a replica from its stored state: snapshot, then server operations, then
+    /// pending operations. Everything stored is durable, so it may all be sent.
+    pub fn restore(persisted: Persisted) -> Result<ModelReplica, ReplicaError> {
+        let mut confirmed = persisted.snapshot;
+        let operations_since_snapshot = persisted.server_operations.len();
+        for op in persisted.server_operations {
+            let expected = confirmed.version + 1;
+            if op.version != expected {
+                return Err(ReplicaError::OutOfOrder {
+                    expected,
+                    got: op.version,
+                });
+            }
+            confirmed
+                .data
+                .apply(&op.operation)
+                .map_err(ReplicaError::Diverged)?;
+            confirmed.version = op.version;
+            confirmed.modified_at = op.timestamp;
+        }
+        let mut local = confirmed.data.clone();
+        for op in &persisted.pending {
+            local.apply(&op.operation).map_err(ReplicaError::Diverged)?;
+        }
+        let (parts, pending): (Vec<_>, Vec<_>) = match persisted.in_flight_seq {
+            Some(seq) => persisted.pending.into_iter().partition(|p| p.seq <= seq),
+            None => (Vec::new(), persisted.pending),
+        };
+        let first_unacknowledged = parts.first().or(pending.first()).map(|p| p.seq);
+        let in_flight = persisted
+            .in_flight_seq
+            .filter(|_| !parts.is_empty())
+            .map(|seq| InFlightBatch {
+                seq,
+                parts,
+                committed_at: None,
+                stored: true,
+            });
+        let durable_seq = persisted.next_seq.saturating_sub(1);
+        let acked_seq = first_unacknowledged
+            .unwrap_or(persisted.next_seq)
+            .saturating_sub(1);
+        Ok(ModelReplica {
+            confirmed,
+            local,
+            in_flight,
+            pending,
+            next_seq: persisted.next_seq,
+            durable_seq,
+            acked_seq,
+            operations_since_snapshot,
+        })
+    }
+
+    pub fn local(&self) -> &Document {
+        &self.local
+    }
+
+    pub fn confirmed(&self) -> &ModelSnapshot {
+        &self.confirmed
+    }
+
+    pub fn confirmed_version(&self) -> u64 {
+        self.confirmed.version
+    }
+
+    /// The seq of the submission in flight, for a resync.
+    pub fn in_flight_seq(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|b| b.seq)
+    }
+
+    /// The highest local seq handed out so far (0 before the first change).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Whether local changes await acknowledgement.
+    pub fn has_unacknowledged(&self) -> bool {
+        self.in_flight.is_some() || !self.pending.is_empty()
+    }
+
+    /// Applies a local change to the local view. Returns its seq and the store change to
+    /// commit; the change is sent only once [`ModelReplica::mark_durable`] covers its seq.
+    pub fn local_change(
+        &mut self,
+        operation: Operation,
+    ) -> Result<(u64, Vec<Applied>, StoreChange), ApplyError> {
+        let applied = self.local.apply(&operation)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let pending = PendingOperation { seq, operation };
+        self.pending.push(pending.clone());
+        Ok((seq, applied, StoreChange::AppendPending(pending)))
+    }
+
+    /// The store reported every change up to local seq `seq` durable.
+    pub fn mark_durable(&mut self, seq: u64) {
+        self.durable_seq = self.durable_seq.max(seq);
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// When nothing is in flight, takes up to `max_parts` durable pending operations as the
+    /// next submission. The returned store change (the in-flight boundary) must be durable
+    /// before the submission is sent: report it with [`ModelReplica::mark_in_flight_stored`],
+    /// then send [`ModelReplica::submission`].
+    pub fn take_submission(
+        &mut self,
+        max_parts: usize,
+    ) -> Option<(OutgoingSubmission, StoreChange)> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let ready = self
+            .pending
+            .iter()
+            .take(max_parts.max(1))
+            .take_while(|p| p.seq <= self.durable_seq)
+            .count();
+        if ready == 0 {
+            return None;
+        }
+        let parts: Vec<PendingOperation> = self.pending.drain(..ready).collect();
+        let seq = parts.last().expect("ready > 0").seq;
+        self.in_flight = Some(InFlightBatch {
+            seq,
+            parts,
+            committed_at: None,
+            stored: false,
+        });
+        Some((
+            self.submission_content(),
+            StoreChange::SetInFlight(Some(seq)),
+        ))
+    }
+
+    /// The store reported the in-flight boundary `seq` durable: the submission may go out.
+    pub fn mark_in_flight_stored(&mut self, seq: u64) {
+        if let Some(batch) = &mut self.in_flight
+            && batch.seq == seq
+        {
+            batch.stored = true;
+        }
+    }
+
+    /// The submission in flight, to send (again), once its boundary is durable.
+    pub fn submission(&self) -> Option<OutgoingSubmission> {
+        self.in_flight.as_ref().filter(|b| b.stored)?;
+        Some(self.submission_content())
+    }
+
+    fn submission_content(&self) -> OutgoingSubmission {
+        let batch = self
+            .in_flight
+            .as_ref()
+            .expect("called with a submission in flight");
+        let mut parts = Vec::new();
+        for p in &batch.parts {
+            parts.extend_from_slice(p.operation.discrete());
+        }
+        OutgoingSubmission {
+            seq: batch.seq,
+            base_version: self.confirmed.version,
+            operation: Operation::Compound(parts),
+        }
+    }
+
+    /// The resync reported that the in-flight submission was committed at `version`: the
+    /// replay will contain it, and it is treated as the ack when reached.
+    pub fn in_flight_committed_at(&mut self, version: u64) {
+        if let Some(batch) = &mut self.in_flight {
+            batch.committed_at = Some(version);
+        }
+    }
+
+    /// Applies an operation the server committed after the confirmed version: transformed
+    /// past the in-flight and pending operations, applied to the local view. A replayed
+    /// operation that is the in-flight submission itself is taken as its ack.
+    pub fn remote(
+        &mut self,
+        committed: CommittedOperation,
+    ) -> Result<(Option<RemoteApplied>, Vec<StoreChange>), ReplicaError> {
+        let expected = self.confirmed.version + 1;
+        if committed.version != expected {
+            return Err(ReplicaError::OutOfOrder {
+                expected,
+                got: committed.version,
+            });
+        }
+        if let Some(batch) = &self.in_flight
+            && batch.committed_at == Some(committed.version)
+        {
+            let seq = batch.seq;
+            return Ok((None, self.ack(seq, committed.version, committed.timestamp)?));
+        }
+        // Transform the remote operation past each local operation, rewriting them.
+        let mut remote = committed.operation.clone();
+        let mut rewrite = |parts: &mut Vec<PendingOperation>| {
+            for part in parts.iter_mut() {
+                let (r, local) = transform(remote.clone(), part.operation.clone());
+                remote = r;
+                part.operation = local;
+            }
+        };
+        if let Some(batch) = &mut self.in_flight {
+            rewrite(&mut batch.parts);
+        }
+        rewrite(&mut self.pending);
+        self.confirmed
+            .data
+            .apply(&committed.operation)
+            .map_err(ReplicaError::Diverged)?;
+        self.confirmed.version = committed.version;
+        self.confirmed.modified_at = committed.timestamp;
+        let applied = self.local.apply(&remote).map_err(ReplicaError::Diverged)?;
+        self.operations_since_snapshot += 1;
+        let mut changes = vec![StoreChange::AppendServerOperation(committed)];
+        if self.has_unacknowledged() {
+            changes.push(StoreChange::ReplacePending(self.all_unacknowledged()));
+        }
+        Ok((
+            Some(RemoteApplied {
+                operation: remote,
+                applied,
+            }),
+            changes,
+        ))
+    }
+
+    /// The server committed the in-flight submission `seq` at `version`. A repeated ack
+    /// (the server answers a resubmission of a committed batch with the original ack) is
+    /// ignored.
+    pub fn ack(
+        &mut self,
+        seq: u64,
+        version: u64,
+        timestamp: concord_protocol::Timestamp,
+    ) -> Result<Vec<StoreChange>, ReplicaError> {
+        if seq <= self.acked_seq && version <= self.confirmed.version {
+            return Ok(Vec::new());
+        }
+        let in_flight = self.in_flight.as_ref().map(|b| b.seq);
+        if in_flight != Some(seq) {
+            return Err(ReplicaError::UnexpectedAck {
+                in_flight,
+                got: seq,
+            });
+        }
+        let expected = self.confirmed.version + 1;
+        if version != expected {
+            return Err(ReplicaError::OutOfOrder {
+                expected,
+                got: version,
+            });
+        }
+        let submission = self.submission_content();
+        self.in_flight = None;
+        self.acked_seq = seq;
+        self.confirmed
+            .data
+            .apply(&submission.operation)
+            .map_err(ReplicaError::Diverged)?;
+        self.confirmed.version = version;
+        self.confirmed.modified_at = timestamp;
+        self.operations_since_snapshot += 1;
+        let committed = CommittedOperation {
+            version,
+            author: concord_protocol::SessionId(String::new()),
+            timestamp,
+            operation: submission.operation,
+        };
+        Ok(vec![
+            StoreChange::AppendServerOperation(committed),
+            StoreChange::RemovePendingThrough(seq),
+            StoreChange::SetInFlight(None),
+        ])
+    }
+
+    /// The server refused the in-flight submission for good: its operations are undone
+    /// from the local view (the pending ones after it are transformed past the undo), and
+    /// returned so the application can be told.
+    pub fn reject_in_flight(&mut self) -> Option<(Vec<PendingOperation>, Vec<StoreChange>)> {
+        let batch = self.in_flight.take()?;
+        // Rebuild the local view without the rejected operations: confirmed + pending.
+        // Pending operations were made on top of the rejected ones; those that no longer
+        // apply are dropped with it (reported too).
+        let mut local = self.confirmed.data.clone();
+        let mut kept = Vec::new();
+        let mut dropped = batch.parts;
+        for p in std::mem::take(&mut self.pending) {
+            if local.apply(&p.operation).is_ok() {
+                kept.push(p);
+            } else {
+                dropped.push(p);
+            }
+        }
+        self.local = local;
+        self.pending = kept;
+        let changes = vec![
+            StoreChange::ReplacePending(self.all_unacknowledged()),
+            StoreChange::SetInFlight(None),
+        ];
+        Some((dropped, changes))
+    }
+
+    /// When `every` server operations were stored since the last snapshot, a snapshot of
+    /// the confirmed state to store in their place.
+    pub fn compact(&mut self, every: usize) -> Option<StoreChange> {
+        if self.operations_since_snapshot < every.max(1) {
+            return None;
+        }
+        self.operations_since_snapshot = 0;
+        Some(StoreChange::PutSnapshot(self.confirmed.clone()))
+    }
+
+    /// In-flight then pending operations, in order, as stored.
+    fn all_unacknowledged(&self) -> Vec<PendingOperation> {
+        let in_flight = self.in_flight.iter().flat_map(|b| b.parts.iter());
+        in_flight.chain(self.pending.iter()).cloned().collect()
+    }
+}

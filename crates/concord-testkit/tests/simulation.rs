@@ -1,0 +1,55 @@
+//! Seeded multi-client scenarios: concurrent edits, disconnects with late and duplicated
+//! messages, crashes and restarts from the store. `CONCORD_SEEDS=N` runs N seeds
+//! (`cargo xtask soak` sweeps many more).
+
+use concord_testkit::sim::{Config, Stats, run};
+
+fn seeds(default: u64) -> u64 {
+    std::env::var("CONCORD_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sweep(config: Config, count: u64) -> Stats {
+    let mut total = Stats::default();
+    for seed in 0..count {
+        match run(seed, config) {
+            Ok(stats) => {
+                total.local_edits += stats.local_edits;
+                total.commits += stats.commits;
+                total.duplicates_answered += stats.duplicates_answered;
+                total.disconnects += stats.disconnects;
+                total.crashes += stats.crashes;
+                total.resyncs += stats.resyncs;
+            }
+            Err(failure) => {
+                panic!("{failure}\nreplay: concord_testkit::sim::run({seed}, {config:?})")
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn replicas_converge_through_disconnects_and_crashes() {
+    let total = sweep(Config::default(), seeds(200));
+    // The scenarios exercised what they claim to.
+    assert!(total.commits > 1000, "{total:?}");
+    assert!(
+        total.crashes > 50 && total.disconnects > 100 && total.duplicates_answered > 0,
+        "{total:?}"
+    );
+}
+
+#[test]
+fn many_clients_with_large_batches_converge() {
+    let config = Config {
+        clients: 8,
+        steps: 800,
+        max_batch: 20,
+        compact_every: 5,
+    };
+    let total = sweep(config, seeds(20));
+    assert!(total.commits > 100, "{total:?}");
+}
