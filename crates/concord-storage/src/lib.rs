@@ -8,10 +8,10 @@
 //! cache); its one write is [`OfflineStore::commit`], atomic and durable when it returns.
 //! Reads never see a batch in part.
 //!
-//! Backends: `memory` (always; no persistence) and `redb` (feature `redb`, native only:
+//! Backends: [`memory`] (always; no persistence) and `redb` (feature `redb`, native only:
 //! a file per store, fsynced on commit, group commit, format versioning, refuses a second
 //! opener). The crate builds for `wasm32-unknown-unknown` without the `redb` feature.
-//! `contract` is the behaviour every backend must show, as a reusable test suite.
+//! [`contract`] is the behaviour every backend must show, as a reusable test suite.
 //!
 //! This crate is not the sync engine: it stores what the engine tells it to, checks the
 //! invariants listed on [`Mutation`], and decides nothing. It reads no clock and draws no
@@ -19,13 +19,22 @@
 
 mod adapter;
 mod batch;
+pub mod contract;
+mod encoding;
 mod error;
+pub mod memory;
 mod records;
+#[cfg(feature = "redb")]
+pub mod redb;
+mod store;
 
 pub use adapter::{MaybeSendSync, OfflineStore, StorageAdapter};
 pub use batch::{Batch, Mutation};
 pub use error::StorageError;
+pub use memory::MemoryAdapter;
 pub use records::{
     CreationRecord, IdentityCache, ModelRecord, ModelState, ModelSummary, PendingOperation,
     Snapshot, StoreKey,
 };
+#[cfg(feature = "redb")]
+pub use redb::{RedbAdapter, RedbStore};

@@ -1,0 +1,831 @@
+//! The behaviour every backend must show, as a test suite any backend's tests can run.
+//!
+//! [`CHECKS`] lists the checks; each gets an adapter with no stores in it and panics (with
+//! its name in the message) on the first difference. Native tests drive them with any
+//! executor; the IndexedDB backend runs the same list in a browser.
+//!
+//! ```
+//! # use concord_storage::{contract, MemoryAdapter};
+//! for check in contract::CHECKS {
+//!     pollster::block_on((check.run)(&MemoryAdapter::new()));
+//! }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+
+use concord_ot::{
+    DiscreteOperation, ElementId, Operation, OperationKind, ReplicaId, Value, ValueData,
+};
+use concord_protocol::{
+    CollectionId, CommittedOperation, CreationNonce, ModelId, Permissions, SessionId, Timestamp,
+    User, UserId,
+};
+
+use crate::adapter::{OfflineStore, StorageAdapter};
+use crate::batch::{Batch, Mutation};
+use crate::error::StorageError;
+use crate::records::{CreationRecord, ModelRecord, PendingOperation, Snapshot, StoreKey};
+
+/// The future of one check.
+pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// One check of the contract.
+#[derive(Debug, Clone, Copy)]
+pub struct Check {
+    pub name: &'static str,
+    /// Runs the check against an adapter that holds no store yet.
+    pub run: for<'a> fn(&'a dyn StorageAdapter) -> CheckFuture<'a>,
+}
+
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        /// Every check, in a stable order.
+        pub const CHECKS: &[Check] = &[
+            $(Check { name: stringify!($name), run: |adapter| Box::pin($name(adapter)) },)*
+        ];
+    };
+}
+
+checks!(
+    new_store_is_empty,
+    model_state_round_trips,
+    mutations_see_earlier_mutations_of_their_batch,
+    rejected_batch_changes_nothing,
+    group_commit_is_all_or_nothing,
+    group_commit_applies_in_order,
+    snapshot_compacts_server_operations,
+    snapshot_may_not_open_a_gap,
+    server_operations_must_be_contiguous,
+    pending_sequence_numbers_are_never_reused,
+    replace_and_remove_pending,
+    element_counter_never_decreases,
+    put_model_keeps_data,
+    delete_model_removes_everything,
+    mutations_need_a_record,
+    creation_records,
+    subscriptions,
+    identities,
+    replica_id_is_set_once,
+    reopen_keeps_everything,
+    second_open_is_in_use,
+    stores_are_separate_per_key,
+    destroy_removes_the_store,
+    empty_commits_are_no_ops,
+);
+
+// Fixtures.
+
+/// The key most checks use.
+pub fn key() -> StoreKey {
+    StoreKey::new("wss://concord.test/domain", "alice")
+}
+
+pub fn model_id(n: u64) -> ModelId {
+    ModelId::new(format!("model-{n}")).expect("valid id")
+}
+
+pub fn collection() -> CollectionId {
+    CollectionId::new("notes").expect("valid id")
+}
+
+pub fn record(n: u64) -> ModelRecord {
+    ModelRecord::new(model_id(n), collection())
+}
+
+/// An object root whose id and one property depend on `n`.
+pub fn root(n: u64) -> Value {
+    let child = Value::new(ElementId::new(0, n + 1), ValueData::Number(n as f64));
+    Value::new(
+        ElementId::new(0, 0),
+        ValueData::Object(BTreeMap::from([("n".to_string(), child)])),
+    )
+}
+
+pub fn snapshot(version: u64) -> Snapshot {
+    Snapshot {
+        version,
+        created_at: Timestamp(1_000),
+        modified_at: Timestamp(1_000 + version as i64),
+        root: root(version),
+    }
+}
+
+/// An operation that differs with `n`.
+pub fn operation(n: u64) -> Operation {
+    let kind = OperationKind::NumberDelta { delta: n as f64 };
+    DiscreteOperation::new(ElementId::new(0, 1), kind).into()
+}
+
+pub fn server_operation(version: u64) -> CommittedOperation {
+    CommittedOperation {
+        version,
+        author: SessionId(format!("session-{}", version % 3)),
+        timestamp: Timestamp(2_000 + version as i64),
+        operation: operation(version),
+    }
+}
+
+pub fn server_operations(versions: std::ops::RangeInclusive<u64>) -> Vec<CommittedOperation> {
+    versions.map(server_operation).collect()
+}
+
+pub fn pending(seq: u64) -> PendingOperation {
+    PendingOperation {
+        seq,
+        operation: operation(1_000 + seq),
+    }
+}
+
+pub fn pendings(seqs: impl IntoIterator<Item = u64>) -> Vec<PendingOperation> {
+    seqs.into_iter().map(pending).collect()
+}
+
+pub fn creation(n: u64) -> CreationRecord {
+    CreationRecord {
+        collection: collection(),
+        initial: root(n),
+        nonce: CreationNonce([n as u8; 16]),
+    }
+}
+
+async fn open(adapter: &dyn StorageAdapter) -> Box<dyn OfflineStore> {
+    adapter.open(&key()).await.expect("open the store")
+}
+
+async fn commit(store: &dyn OfflineStore, batch: Batch) {
+    store.commit(batch).await.expect("commit a valid batch");
+}
+
+/// Asserts that `result` is a rejection of `batch`/`mutation`.
+fn assert_rejected(result: Result<(), StorageError>, batch: usize, mutation: usize) {
+    match result {
+        Err(StorageError::InvalidBatch {
+            batch: b,
+            mutation: m,
+            ..
+        }) if (b, m) == (batch, mutation) => {}
+        other => panic!("expected batch {batch} mutation {mutation} to be rejected, got {other:?}"),
+    }
+}
+
+/// Everything a store holds, for before/after comparisons.
+#[derive(Debug, PartialEq)]
+struct Contents {
+    models: Vec<crate::records::ModelSummary>,
+    states: Vec<Option<crate::records::ModelState>>,
+    subscriptions: BTreeSet<ModelId>,
+    replica: Option<ReplicaId>,
+    identities: crate::records::IdentityCache,
+}
+
+async fn contents(store: &dyn OfflineStore) -> Contents {
+    let models = store.models().await.expect("models");
+    let mut states = Vec::new();
+    for summary in &models {
+        states.push(store.load_model(&summary.record.id).await.expect("load"));
+    }
+    Contents {
+        models,
+        states,
+        subscriptions: store.subscriptions().await.expect("subscriptions"),
+        replica: store.replica_id().await.expect("replica id"),
+        identities: store.identities().await.expect("identities"),
+    }
+}
+
+/// A batch that gives model `n` a record, a snapshot at version 2, server operations 3..=4,
+/// pending operations 1..=2 and a creation record.
+fn full_model(n: u64) -> Batch {
+    let id = model_id(n);
+    Batch::new()
+        .with(Mutation::PutModel(ModelRecord {
+            permissions: Some(Permissions::ALL),
+            next_element_counter: 10,
+            ..record(n)
+        }))
+        .with(Mutation::PutSnapshot {
+            model: id.clone(),
+            snapshot: snapshot(2),
+        })
+        .with(Mutation::AppendServerOperations {
+            model: id.clone(),
+            operations: server_operations(3..=4),
+        })
+        .with(Mutation::AppendPending {
+            model: id.clone(),
+            operations: pendings(1..=2),
+        })
+        .with(Mutation::PutCreation {
+            model: id,
+            creation: creation(n),
+        })
+}
+
+// The checks.
+
+async fn new_store_is_empty(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    assert_eq!(store.key(), &key());
+    assert!(store.models().await.unwrap().is_empty());
+    assert!(store.load_model(&model_id(1)).await.unwrap().is_none());
+    assert!(store.subscriptions().await.unwrap().is_empty());
+    assert_eq!(store.replica_id().await.unwrap(), None);
+    assert_eq!(store.identities().await.unwrap(), Default::default());
+}
+
+async fn model_state_round_trips(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    let state = store
+        .load_model(&model_id(1))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(state.summary.record.permissions, Some(Permissions::ALL));
+    assert_eq!(state.summary.record.next_element_counter, 10);
+    assert_eq!(state.summary.snapshot_version, Some(2));
+    assert_eq!(state.summary.confirmed_version, Some(4));
+    assert_eq!(state.summary.pending_count, 2);
+    assert_eq!(state.summary.last_pending_seq, Some(2));
+    assert!(state.summary.has_creation);
+    assert!(state.summary.needs_sync());
+    assert_eq!(state.snapshot, Some(snapshot(2)));
+    assert_eq!(state.server_operations, server_operations(3..=4));
+    assert_eq!(state.pending, pendings(1..=2));
+    assert_eq!(state.creation, Some(creation(1)));
+    assert_eq!(store.models().await.unwrap(), vec![state.summary]);
+}
+
+async fn mutations_see_earlier_mutations_of_their_batch(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    let batch = full_model(1)
+        .with(Mutation::RemovePendingThrough {
+            model: id.clone(),
+            through_seq: 1,
+        })
+        .with(Mutation::PutSnapshot {
+            model: id.clone(),
+            snapshot: snapshot(3),
+        })
+        .with(Mutation::AppendPending {
+            model: id.clone(),
+            operations: pendings([5]),
+        });
+    commit(&*store, batch).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.server_operations, server_operations(4..=4));
+    assert_eq!(state.pending, pendings([2, 5]));
+    assert_eq!(state.summary.pending_count, 2);
+    assert_eq!(state.summary.confirmed_version, Some(4));
+}
+
+async fn rejected_batch_changes_nothing(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    let before = contents(&*store).await;
+    let bad = full_model(2)
+        .with(Mutation::Subscribe(vec![model_id(2)]))
+        .with(Mutation::SetReplicaId(ReplicaId(9)))
+        .with(Mutation::AppendServerOperations {
+            model: model_id(1),
+            operations: server_operations(9..=9),
+        });
+    assert_rejected(store.commit(bad).await, 0, 7);
+    assert_eq!(contents(&*store).await, before);
+}
+
+async fn group_commit_is_all_or_nothing(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let before = contents(&*store).await;
+    let bad = Batch::new().with(Mutation::DeleteCreation(model_id(9)));
+    let result = store
+        .commit_group(vec![full_model(1), full_model(2), bad])
+        .await;
+    assert_rejected(result, 2, 0);
+    assert_eq!(contents(&*store).await, before);
+    store
+        .commit_group(vec![full_model(1), full_model(2)])
+        .await
+        .unwrap();
+    assert_eq!(store.models().await.unwrap().len(), 2);
+}
+
+async fn group_commit_applies_in_order(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    let batches = vec![
+        full_model(1),
+        Batch::new().with(Mutation::AppendServerOperations {
+            model: id.clone(),
+            operations: server_operations(5..=6),
+        }),
+        Batch::new().with(Mutation::AppendServerOperations {
+            model: id.clone(),
+            operations: server_operations(7..=7),
+        }),
+    ];
+    store.commit_group(batches).await.unwrap();
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.server_operations, server_operations(3..=7));
+}
+
+async fn snapshot_compacts_server_operations(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model(1)).await;
+    let put = |version| Mutation::PutSnapshot {
+        model: id.clone(),
+        snapshot: snapshot(version),
+    };
+    commit(&*store, Batch::new().with(put(3))).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.snapshot, Some(snapshot(3)));
+    assert_eq!(state.server_operations, server_operations(4..=4));
+    assert_eq!(state.summary.snapshot_version, Some(3));
+    assert_eq!(state.summary.confirmed_version, Some(4));
+    assert_eq!(
+        state.pending,
+        pendings(1..=2),
+        "pending operations are kept"
+    );
+    // A snapshot past the stored operations replaces everything.
+    commit(&*store, Batch::new().with(put(10))).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert!(state.server_operations.is_empty());
+    assert_eq!(state.summary.confirmed_version, Some(10));
+    // An older snapshot is accepted when no operation follows the current one.
+    commit(&*store, Batch::new().with(put(8))).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.summary.confirmed_version, Some(8));
+}
+
+async fn snapshot_may_not_open_a_gap(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model(1)).await;
+    let older = Batch::new().with(Mutation::PutSnapshot {
+        model: id.clone(),
+        snapshot: snapshot(1),
+    });
+    assert_rejected(store.commit(older).await, 0, 0);
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.snapshot, Some(snapshot(2)));
+}
+
+async fn server_operations_must_be_contiguous(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, Batch::new().with(Mutation::PutModel(record(1)))).await;
+    let append = |versions| {
+        Batch::new().with(Mutation::AppendServerOperations {
+            model: id.clone(),
+            operations: server_operations(versions),
+        })
+    };
+    assert_rejected(store.commit(append(1..=1)).await, 0, 0);
+    commit(
+        &*store,
+        Batch::new().with(Mutation::PutSnapshot {
+            model: id.clone(),
+            snapshot: snapshot(0),
+        }),
+    )
+    .await;
+    assert_rejected(store.commit(append(2..=2)).await, 0, 0);
+    let mut shuffled = server_operations(1..=2);
+    shuffled.reverse();
+    let batch = Batch::new().with(Mutation::AppendServerOperations {
+        model: id.clone(),
+        operations: shuffled,
+    });
+    assert_rejected(store.commit(batch).await, 0, 0);
+    commit(&*store, append(1..=3)).await;
+    assert_rejected(store.commit(append(3..=3)).await, 0, 0);
+    commit(&*store, append(4..=4)).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.server_operations, server_operations(1..=4));
+}
+
+async fn pending_sequence_numbers_are_never_reused(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model(1)).await;
+    let append = |seqs: Vec<u64>| {
+        Batch::new().with(Mutation::AppendPending {
+            model: id.clone(),
+            operations: pendings(seqs),
+        })
+    };
+    assert_rejected(store.commit(append(vec![2])).await, 0, 0);
+    assert_rejected(store.commit(append(vec![4, 3])).await, 0, 0);
+    commit(
+        &*store,
+        Batch::new().with(Mutation::RemovePendingThrough {
+            model: id.clone(),
+            through_seq: 2,
+        }),
+    )
+    .await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert!(state.pending.is_empty());
+    assert_eq!(state.summary.last_pending_seq, Some(2));
+    assert!(!state.summary.needs_sync());
+    assert_rejected(store.commit(append(vec![1])).await, 0, 0);
+    commit(&*store, append(vec![3, 7])).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, pendings([3, 7]));
+    assert_eq!(state.summary.last_pending_seq, Some(7));
+}
+
+async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model(1)).await;
+    let replace = |operations| {
+        Batch::new().with(Mutation::ReplacePending {
+            model: id.clone(),
+            operations,
+        })
+    };
+    let transformed = vec![
+        PendingOperation {
+            seq: 1,
+            operation: operation(77),
+        },
+        pending(2),
+    ];
+    commit(&*store, replace(transformed.clone())).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, transformed);
+    assert_rejected(store.commit(replace(pendings([2, 2]))).await, 0, 0);
+    commit(
+        &*store,
+        Batch::new().with(Mutation::RemovePendingThrough {
+            model: id.clone(),
+            through_seq: 1,
+        }),
+    )
+    .await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, pendings([2]));
+    assert_eq!(state.summary.pending_count, 1);
+    commit(&*store, replace(Vec::new())).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert!(state.pending.is_empty());
+    assert_eq!(state.summary.pending_count, 0);
+    assert_eq!(state.summary.last_pending_seq, Some(2));
+}
+
+async fn element_counter_never_decreases(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model(1)).await;
+    let advance = |next| {
+        Batch::new().with(Mutation::AdvanceElementCounter {
+            model: id.clone(),
+            next,
+        })
+    };
+    commit(&*store, advance(25)).await;
+    assert_eq!(counter(&*store, &id).await, 25);
+    commit(&*store, advance(5)).await;
+    assert_eq!(counter(&*store, &id).await, 25);
+    commit(&*store, Batch::new().with(Mutation::PutModel(record(1)))).await;
+    assert_eq!(
+        counter(&*store, &id).await,
+        25,
+        "PutModel keeps the larger counter"
+    );
+    let raised = ModelRecord {
+        next_element_counter: 40,
+        ..record(1)
+    };
+    commit(&*store, Batch::new().with(Mutation::PutModel(raised))).await;
+    assert_eq!(counter(&*store, &id).await, 40);
+}
+
+async fn counter(store: &dyn OfflineStore, model: &ModelId) -> u64 {
+    let state = store.load_model(model).await.unwrap().unwrap();
+    state.summary.record.next_element_counter
+}
+
+async fn put_model_keeps_data(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    let flagged = ModelRecord {
+        deleted_locally: true,
+        ..record(1)
+    };
+    commit(&*store, Batch::new().with(Mutation::PutModel(flagged))).await;
+    let state = store.load_model(&model_id(1)).await.unwrap().unwrap();
+    assert!(state.summary.record.deleted_locally);
+    assert_eq!(state.summary.record.permissions, None);
+    assert_eq!(state.snapshot, Some(snapshot(2)));
+    assert_eq!(state.server_operations.len(), 2);
+    assert_eq!(state.pending.len(), 2);
+    assert!(state.creation.is_some());
+}
+
+async fn delete_model_removes_everything(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model(2)).await;
+    commit(
+        &*store,
+        Batch::new().with(Mutation::Subscribe(vec![model_id(1)])),
+    )
+    .await;
+    commit(
+        &*store,
+        Batch::new().with(Mutation::DeleteModel(model_id(1))),
+    )
+    .await;
+    assert!(store.load_model(&model_id(1)).await.unwrap().is_none());
+    let models = store.models().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].record.id, model_id(2));
+    assert_eq!(
+        store.subscriptions().await.unwrap(),
+        BTreeSet::from([model_id(1)]),
+        "subscriptions are separate"
+    );
+    // Deleting again is a no-op; a new record starts empty.
+    commit(
+        &*store,
+        Batch::new().with(Mutation::DeleteModel(model_id(1))),
+    )
+    .await;
+    commit(&*store, Batch::new().with(Mutation::PutModel(record(1)))).await;
+    let state = store.load_model(&model_id(1)).await.unwrap().unwrap();
+    assert_eq!(state.snapshot, None);
+    assert!(state.server_operations.is_empty() && state.pending.is_empty());
+    assert_eq!(state.creation, None);
+    assert_eq!(state.summary.last_pending_seq, None);
+    let other = store.load_model(&model_id(2)).await.unwrap().unwrap();
+    assert_eq!(other.server_operations.len(), 2);
+    assert_eq!(other.pending.len(), 2);
+}
+
+async fn mutations_need_a_record(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    let needing = [
+        Mutation::PutSnapshot {
+            model: id.clone(),
+            snapshot: snapshot(0),
+        },
+        Mutation::AppendServerOperations {
+            model: id.clone(),
+            operations: Vec::new(),
+        },
+        Mutation::ReplacePending {
+            model: id.clone(),
+            operations: Vec::new(),
+        },
+        Mutation::AppendPending {
+            model: id.clone(),
+            operations: pendings([1]),
+        },
+        Mutation::RemovePendingThrough {
+            model: id.clone(),
+            through_seq: 1,
+        },
+        Mutation::PutCreation {
+            model: id.clone(),
+            creation: creation(1),
+        },
+        Mutation::DeleteCreation(id.clone()),
+        Mutation::AdvanceElementCounter {
+            model: id.clone(),
+            next: 1,
+        },
+    ];
+    for mutation in needing {
+        let batch = Batch::new()
+            .with(Mutation::Subscribe(vec![id.clone()]))
+            .with(mutation);
+        assert_rejected(store.commit(batch).await, 0, 1);
+    }
+    assert!(store.subscriptions().await.unwrap().is_empty());
+    // A record put and deleted earlier in the batch counts as absent.
+    let batch = Batch::new()
+        .with(Mutation::PutModel(record(1)))
+        .with(Mutation::DeleteModel(id.clone()))
+        .with(Mutation::AdvanceElementCounter { model: id, next: 1 });
+    assert_rejected(store.commit(batch).await, 0, 2);
+    assert!(store.models().await.unwrap().is_empty());
+}
+
+async fn creation_records(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    let created = ModelRecord {
+        created_locally: true,
+        ..record(1)
+    };
+    let batch = Batch::new()
+        .with(Mutation::PutModel(created.clone()))
+        .with(Mutation::PutCreation {
+            model: id.clone(),
+            creation: creation(1),
+        })
+        .with(Mutation::AppendPending {
+            model: id.clone(),
+            operations: pendings([1]),
+        });
+    commit(&*store, batch).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.creation, Some(creation(1)));
+    assert_eq!(state.snapshot, None);
+    assert_eq!(state.summary.confirmed_version, None);
+    assert!(state.summary.needs_sync());
+    // The server confirmed the creation at version 0.
+    let confirmed = Batch::new()
+        .with(Mutation::PutModel(ModelRecord {
+            created_locally: false,
+            ..created
+        }))
+        .with(Mutation::DeleteCreation(id.clone()))
+        .with(Mutation::PutSnapshot {
+            model: id.clone(),
+            snapshot: snapshot(0),
+        });
+    commit(&*store, confirmed).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.creation, None);
+    assert!(!state.summary.has_creation);
+    assert_eq!(state.summary.confirmed_version, Some(0));
+    assert_eq!(state.pending, pendings([1]));
+}
+
+async fn subscriptions(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let ids = |ns: &[u64]| ns.iter().map(|&n| model_id(n)).collect::<BTreeSet<_>>();
+    commit(
+        &*store,
+        Batch::new().with(Mutation::Subscribe(vec![model_id(1), model_id(2)])),
+    )
+    .await;
+    commit(
+        &*store,
+        Batch::new().with(Mutation::Subscribe(vec![model_id(2), model_id(3)])),
+    )
+    .await;
+    assert_eq!(store.subscriptions().await.unwrap(), ids(&[1, 2, 3]));
+    commit(
+        &*store,
+        Batch::new().with(Mutation::Unsubscribe(vec![model_id(1), model_id(9)])),
+    )
+    .await;
+    assert_eq!(store.subscriptions().await.unwrap(), ids(&[2, 3]));
+    commit(
+        &*store,
+        Batch::new().with(Mutation::SetSubscriptions(ids(&[4, 5]))),
+    )
+    .await;
+    assert_eq!(store.subscriptions().await.unwrap(), ids(&[4, 5]));
+    commit(
+        &*store,
+        Batch::new().with(Mutation::SetSubscriptions(BTreeSet::new())),
+    )
+    .await;
+    assert!(store.subscriptions().await.unwrap().is_empty());
+    assert!(
+        store.models().await.unwrap().is_empty(),
+        "no records are made"
+    );
+}
+
+async fn identities(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let session = |n: u32| SessionId(format!("s{n}"));
+    let user = |name: &str| User {
+        id: UserId(name.into()),
+        display_name: Some(name.to_uppercase()),
+        anonymous: false,
+    };
+    let batch = Batch::new()
+        .with(Mutation::PutSessions(vec![
+            (session(1), UserId("ann".into())),
+            (session(2), UserId("bob".into())),
+        ]))
+        .with(Mutation::PutUsers(vec![user("ann"), user("bob")]));
+    commit(&*store, batch).await;
+    let batch = Batch::new()
+        .with(Mutation::PutSessions(vec![(
+            session(2),
+            UserId("ann".into()),
+        )]))
+        .with(Mutation::RemoveSessions(vec![session(1), session(3)]))
+        .with(Mutation::PutUsers(vec![User {
+            display_name: None,
+            ..user("bob")
+        }]));
+    commit(&*store, batch).await;
+    let cache = store.identities().await.unwrap();
+    assert_eq!(
+        cache.sessions,
+        BTreeMap::from([(session(2), UserId("ann".into()))])
+    );
+    assert_eq!(cache.users.len(), 2);
+    assert_eq!(cache.users[&UserId("bob".into())].display_name, None);
+    assert_eq!(
+        cache.users[&UserId("ann".into())].display_name.as_deref(),
+        Some("ANN")
+    );
+}
+
+async fn replica_id_is_set_once(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let set = |id| Batch::new().with(Mutation::SetReplicaId(ReplicaId(id)));
+    commit(&*store, set(42)).await;
+    assert_eq!(store.replica_id().await.unwrap(), Some(ReplicaId(42)));
+    commit(&*store, set(42)).await;
+    assert_rejected(store.commit(set(43)).await, 0, 0);
+    assert_eq!(store.replica_id().await.unwrap(), Some(ReplicaId(42)));
+}
+
+async fn reopen_keeps_everything(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    let batch = Batch::new()
+        .with(Mutation::SetReplicaId(ReplicaId(7)))
+        .with(Mutation::Subscribe(vec![model_id(1), model_id(5)]))
+        .with(Mutation::PutSessions(vec![(
+            SessionId("s".into()),
+            UserId("u".into()),
+        )]));
+    commit(&*store, batch).await;
+    let before = contents(&*store).await;
+    drop(store);
+    let store = open(adapter).await;
+    assert_eq!(contents(&*store).await, before);
+}
+
+async fn second_open_is_in_use(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    match adapter.open(&key()).await {
+        Err(StorageError::InUse { .. }) => {}
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    assert_eq!(
+        store.models().await.unwrap().len(),
+        1,
+        "the first handle works on"
+    );
+    drop(store);
+    let store = open(adapter).await;
+    assert_eq!(store.models().await.unwrap().len(), 1);
+}
+
+async fn stores_are_separate_per_key(adapter: &dyn StorageAdapter) {
+    let alice = open(adapter).await;
+    let bob_key = StoreKey::new(key().server, "bob");
+    let other_server = StoreKey::new("wss://other.test", key().user);
+    let bob = adapter.open(&bob_key).await.unwrap();
+    let other = adapter.open(&other_server).await.unwrap();
+    commit(&*alice, full_model(1)).await;
+    commit(
+        &*bob,
+        Batch::new().with(Mutation::SetReplicaId(ReplicaId(2))),
+    )
+    .await;
+    assert_eq!(bob.key(), &bob_key);
+    assert!(bob.models().await.unwrap().is_empty());
+    assert!(other.models().await.unwrap().is_empty());
+    assert_eq!(alice.replica_id().await.unwrap(), None);
+    assert_eq!(bob.replica_id().await.unwrap(), Some(ReplicaId(2)));
+}
+
+async fn destroy_removes_the_store(adapter: &dyn StorageAdapter) {
+    adapter
+        .destroy(&key())
+        .await
+        .expect("destroying nothing succeeds");
+    let store = open(adapter).await;
+    commit(&*store, full_model(1)).await;
+    match adapter.destroy(&key()).await {
+        Err(StorageError::InUse { .. }) => {}
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    assert_eq!(store.models().await.unwrap().len(), 1);
+    drop(store);
+    adapter.destroy(&key()).await.unwrap();
+    let store = open(adapter).await;
+    assert!(store.models().await.unwrap().is_empty());
+}
+
+async fn empty_commits_are_no_ops(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    commit(&*store, Batch::new()).await;
+    store.commit_group(Vec::new()).await.unwrap();
+    store
+        .commit_group(vec![Batch::new(), Batch::new()])
+        .await
+        .unwrap();
+    assert!(store.models().await.unwrap().is_empty());
+}

@@ -1,0 +1,389 @@
+//! The redb backend (feature `redb`, native only): one redb file per store.
+//!
+//! - Durable: every commit is a redb write transaction with `Durability::Immediate`, which
+//!   returns only after the data is flushed (fsync). [`OfflineStore::commit_group`] puts
+//!   several batches in one transaction, so they share one flush.
+//! - Exclusive: the file is opened in redb's default `ExclusiveWriter` mode, which holds an
+//!   OS lock on it. A second opener, in this process or another, gets
+//!   [`StorageError::InUse`] at once. (redb's shared modes would let a second process in;
+//!   the client's model of one store owner per user does not want that.)
+//! - Versioned: the store's format version is checked on open; older formats are migrated
+//!   in the opening transaction, newer ones refused.
+//!
+//! The redb API is synchronous: the async methods run it on the calling thread. A client
+//! that must not block its executor calls them from a blocking-capable thread.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use concord_ot::ReplicaId;
+use concord_protocol::ModelId;
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::adapter::{OfflineStore, StorageAdapter};
+use crate::batch::Batch;
+use crate::encoding::Table;
+use crate::error::StorageError;
+use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+use crate::store::{self, KvRead, KvWrite, Migration, Visit};
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn definition(table: Table) -> Def {
+    TableDefinition::new(table.name())
+}
+
+/// Maps any redb error to ours.
+fn from_redb(error: impl Into<redb::Error>) -> StorageError {
+    match error.into() {
+        redb::Error::Io(io) => StorageError::Io(io),
+        redb::Error::Corrupted(message) => StorageError::Corrupt(message),
+        redb::Error::UpgradeRequired(version) => {
+            StorageError::Corrupt(format!("redb file format {version} needs a manual upgrade"))
+        }
+        other => StorageError::Backend(other.to_string()),
+    }
+}
+
+/// Creates stores as files in one directory, named after their key.
+#[derive(Debug, Clone)]
+pub struct RedbAdapter {
+    dir: PathBuf,
+}
+
+impl RedbAdapter {
+    /// Stores go in `dir`, created on first open if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> RedbAdapter {
+        RedbAdapter { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of the store for `key`.
+    pub fn path(&self, key: &StoreKey) -> PathBuf {
+        self.dir.join(file_name(key))
+    }
+}
+
+/// A file name for a key: the server and the user with every byte outside `[A-Za-z0-9._-]`
+/// escaped as `%XX`, joined by `~`. Names too long for file systems are shortened and end
+/// with a hash of the whole key; the store records its key, so a collision is detected
+/// ([`StorageError::WrongStore`]), not mixed up.
+fn file_name(key: &StoreKey) -> String {
+    fn escape(out: &mut String, s: &str) {
+        for byte in s.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    let mut name = String::new();
+    escape(&mut name, &key.server);
+    name.push('~');
+    escape(&mut name, &key.user);
+    if name.len() > 180 {
+        // FNV-1a, 64 bits: stable across versions and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.server.bytes().chain([0]).chain(key.user.bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        name.truncate(160);
+        while !name.is_char_boundary(name.len()) {
+            name.pop();
+        }
+        name.push_str(&format!("-{hash:016x}"));
+    }
+    name.push_str(".redb");
+    name
+}
+
+#[async_trait]
+impl StorageAdapter for RedbAdapter {
+    async fn open(&self, key: &StoreKey) -> Result<Box<dyn OfflineStore>, StorageError> {
+        std::fs::create_dir_all(&self.dir)?;
+        Ok(Box::new(RedbStore::open(self.path(key), key)?))
+    }
+
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StorageError> {
+        let path = self.path(key);
+        if !path.exists() {
+            return Ok(());
+        }
+        // Holding the lock proves that no one has the store open.
+        let database = open_database(&path)?;
+        drop(database);
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, StorageError> {
+    Database::builder()
+        .create(path)
+        .map_err(|error| match error {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                StorageError::InUse {
+                    store: path.display().to_string(),
+                }
+            }
+            other => from_redb(other),
+        })
+}
+
+/// One open redb store. Dropping it closes the file and releases the lock.
+pub struct RedbStore {
+    key: StoreKey,
+    path: PathBuf,
+    database: Database,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("key", &self.key)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if missing) the store in the file `path`, for `key`; see
+    /// [`StorageAdapter::open`] for the contract.
+    pub fn open(path: impl Into<PathBuf>, key: &StoreKey) -> Result<RedbStore, StorageError> {
+        RedbStore::open_with(
+            path.into(),
+            key,
+            crate::encoding::FORMAT_VERSION,
+            store::MIGRATIONS,
+        )
+    }
+
+    pub(crate) fn open_with(
+        path: PathBuf,
+        key: &StoreKey,
+        supported: u32,
+        migrations: &[Migration],
+    ) -> Result<RedbStore, StorageError> {
+        let database = open_database(&path)?;
+        let store = RedbStore {
+            key: key.clone(),
+            path,
+            database,
+        };
+        store.write(|kv| store::prepare(kv, key, supported, migrations).map(drop))?;
+        Ok(store)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one durable write transaction: committed if `f` succeeds, aborted if not.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut transaction = self.database.begin_write().map_err(from_redb)?;
+        transaction
+            .set_durability(Durability::Immediate)
+            .map_err(from_redb)?;
+        let result = (|| {
+            let mut kv = WriteKv {
+                tables: Table::ALL
+                    .iter()
+                    .map(|&t| transaction.open_table(definition(t)))
+                    .collect::<Result<_, _>>()
+                    .map_err(from_redb)?,
+            };
+            f(&mut kv)
+        })();
+        match result {
+            Ok(value) => {
+                transaction.commit().map_err(from_redb)?;
+                Ok(value)
+            }
+            Err(error) => {
+                transaction.abort().map_err(from_redb)?;
+                Err(error)
+            }
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn KvRead) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let transaction = self.database.begin_read().map_err(from_redb)?;
+        let kv = ReadKv {
+            tables: Table::ALL
+                .iter()
+                .map(|&t| transaction.open_table(definition(t)))
+                .collect::<Result<_, _>>()
+                .map_err(from_redb)?,
+        };
+        f(&kv)
+    }
+}
+
+fn get(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    Ok(table
+        .get(key)
+        .map_err(from_redb)?
+        .map(|guard| guard.value().to_vec()))
+}
+
+fn scan(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    range: Option<(&[u8], &[u8])>,
+    visit: Visit<'_>,
+) -> Result<(), StorageError> {
+    let rows = match range {
+        Some((start, end)) => table.range::<&[u8]>(start..end),
+        None => table.range::<&[u8]>(..),
+    }
+    .map_err(from_redb)?;
+    for row in rows {
+        let (key, value) = row.map_err(from_redb)?;
+        visit(key.value(), value.value())?;
+    }
+    Ok(())
+}
+
+struct ReadKv {
+    tables: Vec<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+impl KvRead for ReadKv {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        get(&self.tables[table.index()], key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: Option<(&[u8], &[u8])>,
+        visit: Visit<'_>,
+    ) -> Result<(), StorageError> {
+        scan(&self.tables[table.index()], range, visit)
+    }
+}
+
+struct WriteKv<'t> {
+    tables: Vec<redb::Table<'t, &'static [u8], &'static [u8]>>,
+}
+
+impl KvRead for WriteKv<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        get(&self.tables[table.index()], key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: Option<(&[u8], &[u8])>,
+        visit: Visit<'_>,
+    ) -> Result<(), StorageError> {
+        scan(&self.tables[table.index()], range, visit)
+    }
+}
+
+impl KvWrite for WriteKv<'_> {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.tables[table.index()]
+            .insert(key, value)
+            .map_err(from_redb)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StorageError> {
+        self.tables[table.index()].remove(key).map_err(from_redb)?;
+        Ok(())
+    }
+
+    fn delete_range(
+        &mut self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<u64, StorageError> {
+        let mut removed = 0;
+        self.tables[table.index()]
+            .retain_in::<&[u8], _>(start..end, |_, _| {
+                removed += 1;
+                false
+            })
+            .map_err(from_redb)?;
+        Ok(removed)
+    }
+
+    fn clear(&mut self, table: Table) -> Result<(), StorageError> {
+        self.tables[table.index()]
+            .retain(|_, _| false)
+            .map_err(from_redb)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OfflineStore for RedbStore {
+    fn key(&self) -> &StoreKey {
+        &self.key
+    }
+
+    async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
+        self.read(store::models)
+    }
+
+    async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(|kv| store::load_model(kv, model))
+    }
+
+    async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
+        self.read(store::subscriptions)
+    }
+
+    async fn replica_id(&self) -> Result<Option<ReplicaId>, StorageError> {
+        self.read(store::replica_id)
+    }
+
+    async fn identities(&self) -> Result<IdentityCache, StorageError> {
+        self.read(store::identities)
+    }
+
+    async fn commit_group(&self, batches: Vec<Batch>) -> Result<(), StorageError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        self.write(|kv| store::apply(kv, &batches))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_safe_and_distinct() {
+        let name = file_name(&StoreKey::new("wss://example.test:443/a", "alice"));
+        assert_eq!(name, "wss%3A%2F%2Fexample.test%3A443%2Fa~alice.redb");
+        assert_ne!(
+            file_name(&StoreKey::new("a~b", "c")),
+            file_name(&StoreKey::new("a", "b~c"))
+        );
+        let long = file_name(&StoreKey::new("s".repeat(500), "u"));
+        assert!(long.len() < 200, "{long}");
+        assert_ne!(long, file_name(&StoreKey::new("s".repeat(501), "u")));
+    }
+}
