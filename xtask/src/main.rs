@@ -1,1 +1,524 @@
-fn main() {}
+//! `xtask` is Concord's automation, run as `cargo xtask <command>` (an alias in
+//! `.cargo/config.toml`).
+//!
+//! - `ci` runs every check CI runs, in order, stopping at the first failure: formatting,
+//!   clippy, the test suite, the layering check, the fuzz crate (its targets built on
+//!   stable, its saved findings replayed) and the build of the benchmarks. `.ci/run` and the GitHub workflow call exactly this.
+//! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
+//! - `bench` runs the criterion benchmarks.
+//!
+//! It is not a build system: every step is a plain cargo command, printed before it runs,
+//! so a failure can be reproduced by hand. It depends on nothing but anyhow.
+
+#[cfg(test)]
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                               formatting, clippy, tests, layering check,
+                                   fuzz and bench builds (what CI runs)
+  fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
+                                   each on nightly (default 60)
+  bench                            run the benchmarks
+  help                             print this message";
+
+/// The crates that must stay free of I/O (DESIGN.md §2); the check skips those that do not
+/// exist yet.
+const PURE_CRATES: [&str; 3] = ["concord-ot", "concord-protocol", "concord-sync"];
+
+/// Crates that do I/O (a runtime, a store, the browser, sockets): no pure crate may depend
+/// on them.
+const IO_CRATES: [&str; 4] = ["tokio", "redb", "web-sys", "tungstenite"];
+
+const DEFAULT_FUZZ_SECONDS: u64 = 60;
+
+/// The fuzz crate is its own workspace (excluded from the main one).
+const FUZZ_MANIFEST: &str = "fuzz/Cargo.toml";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["ci"] => ci(),
+        ["fuzz", rest @ ..] => {
+            parse_fuzz_args(rest).and_then(|(seconds, target)| fuzz(seconds, target.as_deref()))
+        }
+        ["bench"] => bench(),
+        [] | ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            return if args.is_empty() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        [_, ..] => {
+            eprintln!("xtask: unknown command or arguments `{}`\n", args.join(" "));
+            eprintln!("{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask's manifest directory is `<root>/xtask`.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// A `cargo` command run from the workspace root. Plain `cargo` (the rustup proxy) rather
+/// than `$CARGO`, so that `+nightly` and the rustfmt/clippy subcommands resolve.
+fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new("cargo");
+    command.args(args).current_dir(root());
+    command
+}
+
+/// The fuzz workspace builds into its own `fuzz/target`, whatever the caller's target dir.
+fn fuzz_cargo(args: &[&str]) -> Command {
+    let mut command = cargo(args);
+    command.env_remove("CARGO_TARGET_DIR");
+    command
+}
+
+fn display(command: &Command) -> String {
+    let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+    words.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
+    words.join(" ")
+}
+
+/// Runs `command` with inherited output; fails when it exits non-zero.
+fn run(mut command: Command) -> anyhow::Result<()> {
+    let shown = display(&command);
+    eprintln!("$ {shown}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `command` and captures its output, whatever its exit status.
+fn capture(mut command: Command) -> anyhow::Result<Output> {
+    let shown = display(&command);
+    command
+        .output()
+        .with_context(|| format!("cannot start `{shown}`"))
+}
+
+/// Whether `command` starts and exits zero, its output discarded.
+fn succeeds(mut command: Command) -> bool {
+    command.output().is_ok_and(|output| output.status.success())
+}
+
+// ---------------------------------------------------------------------------------------
+// ci
+
+struct Steps {
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn run(
+        &mut self,
+        name: &'static str,
+        step: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        eprintln!("\n==> {name}");
+        let start = Instant::now();
+        let result = step();
+        let elapsed = start.elapsed();
+        if let Err(error) = result {
+            self.summary();
+            eprintln!("xtask ci: step `{name}` FAILED after {}", seconds(elapsed));
+            return Err(error.context(format!("step `{name}` failed")));
+        }
+        self.done.push((name, elapsed));
+        Ok(())
+    }
+
+    fn summary(&self) {
+        eprintln!("\nxtask ci summary:");
+        for (name, elapsed) in &self.done {
+            eprintln!("  ok    {name:<28} {:>8}", seconds(*elapsed));
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+fn ci() -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut steps = Steps { done: Vec::new() };
+    steps.run("format", || {
+        run(cargo(&["fmt", "--all", "--", "--check"]))?;
+        run(fuzz_cargo(&[
+            "fmt",
+            "--manifest-path",
+            FUZZ_MANIFEST,
+            "--",
+            "--check",
+        ]))
+    })?;
+    steps.run("clippy", || {
+        let deny = ["--all-targets", "--", "-D", "warnings"];
+        run(cargo(&[&["clippy", "--workspace"][..], &deny].concat()))?;
+        run(fuzz_cargo(
+            &[&["clippy", "--manifest-path", FUZZ_MANIFEST][..], &deny].concat(),
+        ))
+    })?;
+    steps.run("tests", tests)?;
+    steps.run("doc tests", || {
+        run(cargo(&["test", "--workspace", "--doc"]))
+    })?;
+    steps.run("layering", layering)?;
+    steps.run("fuzz targets", || {
+        // Stable builds the targets without the sanitizer flags cargo-fuzz adds; the
+        // crate's tests replay the saved findings.
+        run(fuzz_cargo(&[
+            "build",
+            "--manifest-path",
+            FUZZ_MANIFEST,
+            "--bins",
+        ]))?;
+        run(fuzz_cargo(&["test", "--manifest-path", FUZZ_MANIFEST]))
+    })?;
+    steps.run("benches build", || {
+        run(cargo(&["bench", "--workspace", "--no-run"]))
+    })?;
+    steps.summary();
+    eprintln!(
+        "xtask ci: all {} steps passed in {}",
+        steps.done.len(),
+        seconds(start.elapsed())
+    );
+    Ok(())
+}
+
+fn tests() -> anyhow::Result<()> {
+    if succeeds(cargo(&["nextest", "--version"])) {
+        run(cargo(&["nextest", "run", "--workspace"]))
+    } else {
+        eprintln!("cargo-nextest is not installed: falling back to cargo test");
+        run(cargo(&["test", "--workspace"]))
+    }
+}
+
+/// What `cargo tree -e normal -i <io crate> -p <pure crate>` said.
+#[derive(Debug, PartialEq, Eq)]
+enum TreeVerdict {
+    /// The I/O crate is not in the pure crate's normal dependency graph.
+    Clean,
+    /// It is: the printed dependency paths.
+    Violation(String),
+}
+
+/// Reads the output of `cargo tree -i <io>`. It exits non-zero with "package ID
+/// specification `<io>` did not match any packages" (older cargo: "package `<io>` not
+/// found") when `<io>` is not in the graph at all: that is clean. Printed dependency paths
+/// are a violation; any other failure is an error.
+fn tree_verdict(
+    io: &str,
+    success: bool,
+    stdout: &str,
+    stderr: &str,
+) -> anyhow::Result<TreeVerdict> {
+    if success {
+        return Ok(if stdout.trim().is_empty() {
+            TreeVerdict::Clean
+        } else {
+            TreeVerdict::Violation(stdout.trim_end().to_owned())
+        });
+    }
+    let named = format!("`{io}`");
+    let missing = stderr.lines().any(|line| {
+        line.contains(&named)
+            && (line.contains("did not match any packages") || line.contains("not found"))
+    });
+    if missing {
+        return Ok(TreeVerdict::Clean);
+    }
+    bail!("cargo tree failed: {}", stderr.trim_end())
+}
+
+fn tree_check(pure: &str, io: &str) -> anyhow::Result<TreeVerdict> {
+    let output = capture(cargo(&[
+        "tree", "--quiet", "-e", "normal", "--target", "all", "-p", pure, "-i", io,
+    ]))?;
+    tree_verdict(
+        io,
+        output.status.success(),
+        &String::from_utf8_lossy(&output.stdout),
+        &String::from_utf8_lossy(&output.stderr),
+    )
+    .with_context(|| format!("checking whether {pure} depends on {io}"))
+}
+
+/// DESIGN.md §2: the pure crates depend on no I/O crate, on any target. Dev-dependencies
+/// are not counted (`-e normal`).
+fn layering() -> anyhow::Result<()> {
+    let root = root();
+    let present: Vec<&str> = PURE_CRATES
+        .into_iter()
+        .filter(|name| root.join("crates").join(name).join("Cargo.toml").is_file())
+        .collect();
+    let mut violations = Vec::new();
+    for pure in &present {
+        for io in IO_CRATES {
+            eprintln!("$ cargo tree -e normal --target all -p {pure} -i {io}");
+            if let TreeVerdict::Violation(paths) = tree_check(pure, io)? {
+                violations.push(format!("{pure} depends on {io}:\n{paths}"));
+            }
+        }
+    }
+    if !violations.is_empty() {
+        bail!(
+            "layering violated (DESIGN.md §2):\n{}",
+            violations.join("\n")
+        );
+    }
+    let skipped: Vec<&str> = PURE_CRATES
+        .into_iter()
+        .filter(|name| !present.contains(name))
+        .collect();
+    eprintln!(
+        "layering: {} free of {}{}",
+        present.join(", "),
+        IO_CRATES.join(", "),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" (not in the workspace yet: {})", skipped.join(", "))
+        }
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// fuzz
+
+fn parse_fuzz_args(args: &[&str]) -> anyhow::Result<(u64, Option<String>)> {
+    let mut seconds = DEFAULT_FUZZ_SECONDS;
+    let mut target = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match *arg {
+            "--seconds" => {
+                let value = args.next().context("--seconds needs a number")?;
+                seconds = value
+                    .parse()
+                    .with_context(|| format!("--seconds {value}: not a whole number"))?;
+            }
+            flag if flag.starts_with('-') => bail!("unknown fuzz option `{flag}`\n\n{USAGE}"),
+            name if target.is_none() => target = Some(name.to_owned()),
+            extra => bail!("more than one fuzz target given (`{extra}`)\n\n{USAGE}"),
+        }
+    }
+    Ok((seconds, target))
+}
+
+/// The fuzz targets: the `[[bin]]` entries of `fuzz/Cargo.toml`.
+fn fuzz_targets() -> anyhow::Result<Vec<String>> {
+    let path = root().join(FUZZ_MANIFEST);
+    let manifest =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let targets = bin_names(&manifest);
+    if targets.is_empty() {
+        bail!("{} declares no [[bin]] fuzz targets", path.display());
+    }
+    Ok(targets)
+}
+
+/// The `name`s of the `[[bin]]` tables of a manifest.
+fn bin_names(manifest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_bin = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin
+            && let Some(value) = line.strip_prefix("name")
+            && let Some(value) = value.trim_start().strip_prefix('=')
+        {
+            names.push(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    names
+}
+
+/// Whether rustup has a nightly toolchain. Asked of rustup rather than tried with
+/// `cargo +nightly`, which some rustup versions answer by installing one.
+fn nightly_installed() -> bool {
+    let Ok(output) = Command::new("rustup").args(["toolchain", "list"]).output() else {
+        return false;
+    };
+    output.status.success()
+        && String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|line| line.starts_with("nightly"))
+}
+
+fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
+    let all = fuzz_targets()?;
+    let targets: Vec<String> = match only {
+        Some(target) if all.iter().any(|t| t == target) => vec![target.to_owned()],
+        Some(target) => bail!(
+            "no fuzz target `{target}`; the targets are: {}",
+            all.join(", ")
+        ),
+        None => all,
+    };
+    if !nightly_installed() {
+        bail!(
+            "cargo-fuzz needs a nightly toolchain and none is installed \
+             (`rustup toolchain list` shows none); install one with \
+             `rustup toolchain install nightly`"
+        );
+    }
+    if !succeeds(cargo(&["fuzz", "--version"])) {
+        eprintln!("cargo-fuzz is not installed: installing it");
+        if run(cargo(&["install", "cargo-fuzz", "--locked"])).is_err() {
+            eprintln!("installing with --locked failed: retrying without it");
+            run(cargo(&["install", "cargo-fuzz"])).context("cannot install cargo-fuzz")?;
+        }
+    }
+    let mut failed = Vec::new();
+    for target in &targets {
+        eprintln!("\n==> fuzz {target} for {seconds}s");
+        let max_time = format!("-max_total_time={seconds}");
+        let command = fuzz_cargo(&[
+            "+nightly",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            "fuzz",
+            target,
+            "--",
+            &max_time,
+        ]);
+        if let Err(error) = run(command) {
+            eprintln!("xtask fuzz: {target} failed: {error:#}");
+            failed.push(target.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzz targets failed: {} (inputs are in fuzz/artifacts/<target>/; minimise one \
+             with `cargo +nightly fuzz tmin <target> <input>`)",
+            failed.join(", ")
+        );
+    }
+    eprintln!(
+        "xtask fuzz: {} ran {seconds}s each without a finding",
+        targets.join(", ")
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bench
+
+fn bench() -> anyhow::Result<()> {
+    run(cargo(&["bench", "--workspace"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_output_with_paths_is_a_violation() {
+        let stdout = "tokio v1.54.1\n└── concord-ot v0.0.0 (/w/crates/concord-ot)\n";
+        let verdict = tree_verdict("tokio", true, stdout, "").unwrap();
+        assert!(matches!(verdict, TreeVerdict::Violation(paths) if paths.contains("concord-ot")));
+    }
+
+    #[test]
+    fn package_missing_from_the_graph_is_clean() {
+        let stderr = "error: package ID specification `tokio` did not match any packages\n";
+        assert_eq!(
+            tree_verdict("tokio", false, "", stderr).unwrap(),
+            TreeVerdict::Clean
+        );
+        let stderr = "error: package `tokio` not found\n";
+        assert_eq!(
+            tree_verdict("tokio", false, "", stderr).unwrap(),
+            TreeVerdict::Clean
+        );
+        assert_eq!(
+            tree_verdict("tokio", true, "\n", "").unwrap(),
+            TreeVerdict::Clean
+        );
+    }
+
+    #[test]
+    fn other_cargo_tree_failures_are_errors() {
+        let stderr = "error: failed to parse manifest at `/w/Cargo.toml`\n";
+        assert!(tree_verdict("tokio", false, "", stderr).is_err());
+        // A missing package that is not the one asked about is not a clean result.
+        let stderr = "error: package ID specification `concord-x` did not match any packages\n";
+        assert!(tree_verdict("tokio", false, "", stderr).is_err());
+    }
+
+    /// Runs the real `cargo tree` both ways: concord-ot does depend on serde (so the check
+    /// reports paths) and does not depend on tokio.
+    #[test]
+    fn tree_check_against_the_real_workspace() {
+        let verdict = tree_check("concord-ot", "serde").unwrap();
+        assert!(
+            matches!(&verdict, TreeVerdict::Violation(paths) if paths.contains("concord-ot")),
+            "{verdict:?}"
+        );
+        assert_eq!(
+            tree_check("concord-ot", "tokio").unwrap(),
+            TreeVerdict::Clean
+        );
+        assert_eq!(
+            tree_check("concord-ot", "no-such-crate-anywhere").unwrap(),
+            TreeVerdict::Clean
+        );
+    }
+
+    #[test]
+    fn fuzz_targets_are_the_bins_of_the_fuzz_manifest() {
+        let manifest = "[package]\nname = \"concord-fuzz\"\n\n[[bin]]\nname = \"ot_apply\"\n\
+                        path = \"fuzz_targets/ot_apply.rs\"\n\n[[bin]]\nname=\"ot_tp1\"\n";
+        assert_eq!(bin_names(manifest), ["ot_apply", "ot_tp1"]);
+        assert!(fuzz_targets().unwrap().contains(&"ot_tp1".to_owned()));
+    }
+
+    #[test]
+    fn fuzz_arguments() {
+        assert_eq!(parse_fuzz_args(&[]).unwrap(), (60, None));
+        assert_eq!(
+            parse_fuzz_args(&["--seconds", "5", "ot_tp1"]).unwrap(),
+            (5, Some("ot_tp1".to_owned()))
+        );
+        assert!(parse_fuzz_args(&["--seconds"]).is_err());
+        assert!(parse_fuzz_args(&["--seconds", "x"]).is_err());
+        assert!(parse_fuzz_args(&["--bogus"]).is_err());
+        assert!(parse_fuzz_args(&["a", "b"]).is_err());
+    }
+}
