@@ -197,7 +197,7 @@ async fn contents(store: &dyn OfflineStore) -> Contents {
 
 /// A batch that gives model `n` a record, a snapshot at version 2, server operations 3..=4,
 /// pending operations 1..=2 and a creation record.
-fn full_model(n: u64) -> Batch {
+pub fn full_model_batch(n: u64) -> Batch {
     let id = model_id(n);
     Batch::new()
         .with(Mutation::PutModel(ModelRecord {
@@ -237,7 +237,7 @@ async fn new_store_is_empty(adapter: &dyn StorageAdapter) {
 
 async fn model_state_round_trips(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let state = store
         .load_model(&model_id(1))
         .await
@@ -261,7 +261,7 @@ async fn model_state_round_trips(adapter: &dyn StorageAdapter) {
 async fn mutations_see_earlier_mutations_of_their_batch(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    let batch = full_model(1)
+    let batch = full_model_batch(1)
         .with(Mutation::RemovePendingThrough {
             model: id.clone(),
             through_seq: 1,
@@ -284,9 +284,9 @@ async fn mutations_see_earlier_mutations_of_their_batch(adapter: &dyn StorageAda
 
 async fn rejected_batch_changes_nothing(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let before = contents(&*store).await;
-    let bad = full_model(2)
+    let bad = full_model_batch(2)
         .with(Mutation::Subscribe(vec![model_id(2)]))
         .with(Mutation::SetReplicaId(ReplicaId(9)))
         .with(Mutation::AppendServerOperations {
@@ -302,12 +302,12 @@ async fn group_commit_is_all_or_nothing(adapter: &dyn StorageAdapter) {
     let before = contents(&*store).await;
     let bad = Batch::new().with(Mutation::DeleteCreation(model_id(9)));
     let result = store
-        .commit_group(vec![full_model(1), full_model(2), bad])
+        .commit_group(vec![full_model_batch(1), full_model_batch(2), bad])
         .await;
     assert_rejected(result, 2, 0);
     assert_eq!(contents(&*store).await, before);
     store
-        .commit_group(vec![full_model(1), full_model(2)])
+        .commit_group(vec![full_model_batch(1), full_model_batch(2)])
         .await
         .unwrap();
     assert_eq!(store.models().await.unwrap().len(), 2);
@@ -317,7 +317,7 @@ async fn group_commit_applies_in_order(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
     let batches = vec![
-        full_model(1),
+        full_model_batch(1),
         Batch::new().with(Mutation::AppendServerOperations {
             model: id.clone(),
             operations: server_operations(5..=6),
@@ -335,7 +335,7 @@ async fn group_commit_applies_in_order(adapter: &dyn StorageAdapter) {
 async fn snapshot_compacts_server_operations(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let put = |version| Mutation::PutSnapshot {
         model: id.clone(),
         snapshot: snapshot(version),
@@ -365,7 +365,7 @@ async fn snapshot_compacts_server_operations(adapter: &dyn StorageAdapter) {
 async fn snapshot_may_not_open_a_gap(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let older = Batch::new().with(Mutation::PutSnapshot {
         model: id.clone(),
         snapshot: snapshot(1),
@@ -412,7 +412,7 @@ async fn server_operations_must_be_contiguous(adapter: &dyn StorageAdapter) {
 async fn pending_sequence_numbers_are_never_reused(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let append = |seqs: Vec<u64>| {
         Batch::new().with(Mutation::AppendPending {
             model: id.clone(),
@@ -443,7 +443,7 @@ async fn pending_sequence_numbers_are_never_reused(adapter: &dyn StorageAdapter)
 async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let replace = |operations| {
         Batch::new().with(Mutation::ReplacePending {
             model: id.clone(),
@@ -482,7 +482,7 @@ async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
 async fn element_counter_never_decreases(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let advance = |next| {
         Batch::new().with(Mutation::AdvanceElementCounter {
             model: id.clone(),
@@ -514,7 +514,7 @@ async fn counter(store: &dyn OfflineStore, model: &ModelId) -> u64 {
 
 async fn put_model_keeps_data(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let flagged = ModelRecord {
         deleted_locally: true,
         ..record(1)
@@ -531,8 +531,8 @@ async fn put_model_keeps_data(adapter: &dyn StorageAdapter) {
 
 async fn delete_model_removes_everything(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
-    commit(&*store, full_model(2)).await;
+    commit(&*store, full_model_batch(1)).await;
+    commit(&*store, full_model_batch(2)).await;
     commit(
         &*store,
         Batch::new().with(Mutation::Subscribe(vec![model_id(1)])),
@@ -750,7 +750,7 @@ async fn replica_id_is_set_once(adapter: &dyn StorageAdapter) {
 
 async fn reopen_keeps_everything(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     let batch = Batch::new()
         .with(Mutation::SetReplicaId(ReplicaId(7)))
         .with(Mutation::Subscribe(vec![model_id(1), model_id(5)]))
@@ -767,7 +767,7 @@ async fn reopen_keeps_everything(adapter: &dyn StorageAdapter) {
 
 async fn second_open_is_in_use(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     match adapter.open(&key()).await {
         Err(StorageError::InUse { .. }) => {}
         other => panic!("expected InUse, got {other:?}"),
@@ -788,7 +788,7 @@ async fn stores_are_separate_per_key(adapter: &dyn StorageAdapter) {
     let other_server = StoreKey::new("wss://other.test", key().user);
     let bob = adapter.open(&bob_key).await.unwrap();
     let other = adapter.open(&other_server).await.unwrap();
-    commit(&*alice, full_model(1)).await;
+    commit(&*alice, full_model_batch(1)).await;
     commit(
         &*bob,
         Batch::new().with(Mutation::SetReplicaId(ReplicaId(2))),
@@ -807,7 +807,7 @@ async fn destroy_removes_the_store(adapter: &dyn StorageAdapter) {
         .await
         .expect("destroying nothing succeeds");
     let store = open(adapter).await;
-    commit(&*store, full_model(1)).await;
+    commit(&*store, full_model_batch(1)).await;
     match adapter.destroy(&key()).await {
         Err(StorageError::InUse { .. }) => {}
         other => panic!("expected InUse, got {other:?}"),

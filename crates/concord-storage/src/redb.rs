@@ -134,6 +134,17 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
                     store: path.display().to_string(),
                 }
             }
+            // At open, these are the file's fault, not the medium's: redb reports a file
+            // that is not a database ("magic number mismatch"), or one too short to be one,
+            // as I/O errors of these kinds.
+            DatabaseError::Storage(redb::StorageError::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                StorageError::Corrupt(format!("not a valid store file: {io}"))
+            }
             other => from_redb(other),
         })
 }
@@ -373,6 +384,165 @@ impl OfflineStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::{full_model_batch, key, model_id};
+    use crate::encoding::{FORMAT_VERSION, META_FORMAT, decode_format, encode_format};
+    use crate::records::PendingOperation;
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        pollster::block_on(future)
+    }
+
+    fn stored_format(path: &Path) -> u32 {
+        let database = open_database(path).unwrap();
+        let transaction = database.begin_read().unwrap();
+        let meta = transaction.open_table(definition(Table::Meta)).unwrap();
+        decode_format(&get(&meta, META_FORMAT).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_new_store_records_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path, &key()).unwrap());
+        assert_eq!(stored_format(&path), FORMAT_VERSION);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = RedbStore::open(&path, &key()).unwrap();
+            block_on(store.commit(full_model_batch(1))).unwrap();
+            store
+                .write(|kv| kv.put(Table::Meta, META_FORMAT, &encode_format(FORMAT_VERSION + 1)))
+                .unwrap();
+        }
+        match RedbStore::open(&path, &key()) {
+            Err(StorageError::NewerFormat { found, supported }) => {
+                assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
+            }
+            other => panic!("expected NewerFormat, got {other:?}"),
+        }
+        let message = RedbStore::open(&path, &key()).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "store format version {} is newer than the supported version {}",
+                FORMAT_VERSION + 1,
+                FORMAT_VERSION
+            )
+        );
+        assert_eq!(stored_format(&path), FORMAT_VERSION + 1);
+    }
+
+    #[test]
+    fn a_store_of_another_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path, &key()).unwrap());
+        let bob = StoreKey::new(key().server, "bob");
+        match RedbStore::open(&path, &bob) {
+            Err(StorageError::WrongStore { expected, found }) => {
+                assert_eq!((expected, found), (bob, key()));
+            }
+            other => panic!("expected WrongStore, got {other:?}"),
+        }
+    }
+
+    /// A test-only format 2: every pending operation's sequence number is multiplied by 10,
+    /// and a marker is stored. (Real migrations come with committed fixture files of the
+    /// format they migrate from.)
+    fn to_format_2(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+        let mut rows = Vec::new();
+        kv.scan(Table::Pending, None, &mut |key, value| {
+            rows.push((key.to_vec(), value.to_vec()));
+            Ok(())
+        })?;
+        for (key, value) in rows {
+            let mut op: PendingOperation = crate::encoding::decode(&value)?;
+            op.seq *= 10;
+            kv.delete(Table::Pending, &key)?;
+            let mut new_key = key[..key.len() - 8].to_vec();
+            new_key.extend_from_slice(&op.seq.to_be_bytes());
+            kv.put(Table::Pending, &new_key, &crate::encoding::encode(&op)?)?;
+        }
+        kv.put(Table::Meta, b"migrated", b"yes")
+    }
+
+    /// Fails after changing things, to show that a failed migration changes nothing.
+    fn failing_to_format_3(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+        kv.clear(Table::Pending)?;
+        kv.put(Table::Meta, b"half-done", b"yes")?;
+        Err(StorageError::Backend("migration failed on purpose".into()))
+    }
+
+    const TEST_MIGRATIONS: &[Migration] = &[
+        Migration {
+            from: 1,
+            run: to_format_2,
+        },
+        Migration {
+            from: 2,
+            run: failing_to_format_3,
+        },
+    ];
+
+    #[test]
+    fn an_older_format_is_migrated_in_one_transaction() {
+        assert_eq!(FORMAT_VERSION, 1, "rewrite this test when format 2 ships");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = RedbStore::open(&path, &key()).unwrap();
+            block_on(store.commit(full_model_batch(1))).unwrap();
+            block_on(store.commit(full_model_batch(2))).unwrap();
+        }
+        // Format 1 -> 2: pending operations survive, rewritten.
+        {
+            let store = RedbStore::open_with(path.clone(), &key(), 2, TEST_MIGRATIONS).unwrap();
+            let state = block_on(store.load_model(&model_id(1))).unwrap().unwrap();
+            let seqs: Vec<u64> = state.pending.iter().map(|p| p.seq).collect();
+            assert_eq!(seqs, [10, 20]);
+            assert_eq!(state.server_operations.len(), 2);
+            let marker = store.read(|kv| kv.get(Table::Meta, b"migrated")).unwrap();
+            assert_eq!(marker.as_deref(), Some(&b"yes"[..]));
+        }
+        assert_eq!(stored_format(&path), 2);
+        // The current version now refuses it as newer.
+        assert!(matches!(
+            RedbStore::open(&path, &key()),
+            Err(StorageError::NewerFormat {
+                found: 2,
+                supported: 1
+            })
+        ));
+        // Format 2 -> 3 fails half-way: nothing of it is kept.
+        let error = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap_err();
+        assert!(matches!(error, StorageError::Backend(_)), "{error:?}");
+        let store = RedbStore::open_with(path.clone(), &key(), 2, TEST_MIGRATIONS).unwrap();
+        let state = block_on(store.load_model(&model_id(2))).unwrap().unwrap();
+        assert_eq!(state.pending.len(), 2);
+        assert_eq!(
+            store.read(|kv| kv.get(Table::Meta, b"half-done")).unwrap(),
+            None
+        );
+        let format = store
+            .read(|kv| kv.get(Table::Meta, META_FORMAT))
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode_format(&format).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_missing_migration_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path, &key()).unwrap());
+        let error = RedbStore::open_with(path.clone(), &key(), 2, &[]).unwrap_err();
+        assert!(matches!(error, StorageError::Corrupt(_)), "{error:?}");
+        assert_eq!(stored_format(&path), 1);
+    }
 
     #[test]
     fn file_names_are_safe_and_distinct() {
