@@ -1,5 +1,6 @@
-//! `concord-sync` is Concord's sans-IO sync logic: the client side of each model
-//! ([`ModelReplica`]) and the server's per-model [`Sequencer`].
+//! `concord-sync` is Concord's sans-IO sync logic: the client engine ([`ClientEngine`]) over
+//! the client side of each model ([`ModelReplica`]), and the server's per-model
+//! [`Sequencer`].
 //!
 //! It does no I/O, reads no clock and draws no randomness: callers pass in what arrived
 //! (server messages, local changes, storage completions, the time) and carry out what comes
@@ -7,9 +8,11 @@
 //! transformed against remote operations as they arrive, equals the operation the server
 //! committed for it, so acks carry no operation.
 
+mod engine;
 mod replica;
 mod sequencer;
 
+pub use engine::{BatchId, ClientEngine, EngineConfig, EngineError, Event, StorageBatch};
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,

@@ -111,6 +111,8 @@ struct InFlightBatch {
     /// Whether its boundary ([`StoreChange::SetInFlight`]) is durable: only then may it be
     /// sent, or a crash could forget that it was.
     stored: bool,
+    /// Whether it was sent on the current connection.
+    sent: bool,
 }
 
 impl ModelReplica {
@@ -166,6 +168,7 @@ impl ModelReplica {
                 parts,
                 committed_at: None,
                 stored: true,
+                sent: false,
             });
         let durable_seq = persisted.next_seq.saturating_sub(1);
         let acked_seq = first_unacknowledged
@@ -260,6 +263,7 @@ impl ModelReplica {
             parts,
             committed_at: None,
             stored: false,
+            sent: false,
         });
         Some((
             self.submission_content(),
@@ -273,6 +277,24 @@ impl ModelReplica {
             && batch.seq == seq
         {
             batch.stored = true;
+        }
+    }
+
+    /// Whether the in-flight submission was sent on the current connection.
+    pub fn in_flight_sent(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|b| b.sent)
+    }
+
+    pub fn mark_in_flight_sent(&mut self) {
+        if let Some(batch) = &mut self.in_flight {
+            batch.sent = true;
+        }
+    }
+
+    /// A new connection: the in-flight submission must be sent again (after the resync).
+    pub fn mark_in_flight_unsent(&mut self) {
+        if let Some(batch) = &mut self.in_flight {
+            batch.sent = false;
         }
     }
 

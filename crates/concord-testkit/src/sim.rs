@@ -1,35 +1,39 @@
-//! A seeded simulation: one server (a [`Sequencer`]) and N clients (each a [`ModelReplica`]
-//! with a store that survives crashes) editing one model over an in-memory network.
+//! A seeded simulation: one server (a [`Sequencer`] per model) and N clients (each a
+//! [`ClientEngine`] with a store that survives crashes) editing several models over an
+//! in-memory network that carries the real protocol messages.
 //!
 //! Each step the seed picks one event: a local edit, a storage batch becoming durable, a
 //! message delivered, a disconnect (the last client messages may still arrive late, or
-//! twice), a reconnect with resync, a client crash (everything not yet durable is lost) and
-//! restart from its store, a snapshot compaction. Then every client reconnects and the
-//! network drains, and [`run`] checks that every replica equals the server, that no
-//! submission was committed twice, and that every change a store reported durable reached
-//! the server.
+//! twice, or be lost), a reconnect with resync, a client crash (everything not yet durable is
+//! lost) or restart from its store, a snapshot compaction. Then every client reconnects and
+//! the network drains, and [`run`] checks that every replica equals the server, that its
+//! store rebuilds the same model, that no submission was committed twice, and that every
+//! change a store reported durable reached the server.
 //!
-//! Acks are routed to the author *replica's* current connection and remote operations to
-//! every other replica's, so a submission that arrives late from a dead connection is
-//! acknowledged on the new one instead of coming back as a foreign operation.
+//! Acks go to the author *replica's* current connection and remote operations to every
+//! other replica's, so a submission that arrives late from a dead connection is acknowledged
+//! on the new one instead of coming back as a foreign operation.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use concord_ot::{ElementId, IdGenerator, ReplicaId};
+use concord_ot::{IdGenerator, ReplicaId};
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, SessionId, Timestamp,
+    ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, ModelId, ModelSnapshot,
+    Permissions, ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp,
 };
 use concord_sync::{
-    ModelReplica, OutgoingSubmission, Persisted, Sequencer, StoreChange, Submission, SubmitOutcome,
+    ClientEngine, EngineConfig, Event, ModelReplica, Persisted, Sequencer, StorageBatch,
+    StoreChange, Submission, SubmitOutcome,
 };
 
 use crate::SimRng;
-use crate::generate::{Source, gen_document, gen_operation_with};
+use crate::generate::{gen_document, gen_operation_with};
 
 /// The shape of a scenario.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub clients: usize,
+    pub models: usize,
     pub steps: usize,
     /// The most local operations one submission carries.
     pub max_batch: usize,
@@ -41,6 +45,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             clients: 3,
+            models: 2,
             steps: 400,
             max_batch: 3,
             compact_every: 20,
@@ -57,7 +62,17 @@ pub struct Stats {
     pub disconnects: usize,
     pub crashes: usize,
     pub resyncs: usize,
-    pub final_version: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.local_edits += other.local_edits;
+        self.commits += other.commits;
+        self.duplicates_answered += other.duplicates_answered;
+        self.disconnects += other.disconnects;
+        self.crashes += other.crashes;
+        self.resyncs += other.resyncs;
+    }
 }
 
 /// A scenario that did not converge, with its seed for replay.
@@ -75,285 +90,555 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Messages on the simulated wire (the protocol's submit, ack, remote operation and resync,
-/// reduced to what one model needs).
+/// One model's store: the replica's persisted state and the id counter.
 #[derive(Debug, Clone)]
-enum ToServer {
-    Submit(OutgoingSubmission),
-    Resync {
-        known_version: u64,
-        in_flight: Option<u64>,
-    },
-}
-
-#[derive(Debug, Clone)]
-enum ToClient {
-    Ack {
-        seq: u64,
-        commit: Commit,
-    },
-    Remote(CommittedOperation),
-    ResyncStarted {
-        in_flight_committed: Option<Commit>,
-    },
-    ResyncPage {
-        operations: Vec<CommittedOperation>,
-        last: bool,
-    },
-}
-
-/// A batch of store changes on its way to durability, and what waits for it.
-#[derive(Debug)]
-struct PendingBatch {
-    changes: Vec<StoreChange>,
-    /// Local changes up to this seq become sendable once the batch is durable.
-    durable_seq: Option<u64>,
-    /// The id counter to persist with it.
+struct StoredModel {
+    persisted: Persisted,
     next_counter: u64,
-    /// The in-flight boundary it stores; the submission goes out once it is durable.
-    in_flight: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Client {
     replica: ReplicaId,
     /// `None` after a crash, until restarted from the store.
-    state: Option<ModelReplica>,
-    ids: IdGenerator,
-    store: Persisted,
-    stored_counter: u64,
-    queue: VecDeque<PendingBatch>,
-    /// The current connection's number, when connected.
+    engine: Option<ClientEngine>,
+    ids: BTreeMap<ModelId, IdGenerator>,
+    store: BTreeMap<ModelId, StoredModel>,
+    /// Batches on their way to durability, with the id counter to persist.
+    queue: VecDeque<(StorageBatch, u64)>,
     connection: Option<u64>,
     epochs: u64,
-    resyncing: bool,
-    to_server: VecDeque<(u64, ToServer)>,
-    to_client: VecDeque<ToClient>,
-    /// The highest local seq any store batch made durable.
-    max_durable_seq: u64,
+    to_server: VecDeque<(u64, ClientMessage)>,
+    to_client: VecDeque<ServerMessage>,
+    /// Per model, the highest local seq a store batch made durable.
+    max_durable_seq: BTreeMap<ModelId, u64>,
 }
 
+#[derive(Debug)]
 struct Server {
-    sequencer: Sequencer,
-    /// Clients whose current connection receives pushes (resynced).
-    open: BTreeSet<usize>,
-    committed: BTreeSet<(ReplicaId, u64)>,
+    models: BTreeMap<ModelId, Sequencer>,
+    /// Per client: its current connection and the models resynced on it.
+    connections: Vec<Option<(u64, BTreeSet<ModelId>)>>,
+    committed: BTreeSet<(ModelId, ReplicaId, u64)>,
 }
 
 /// Runs one scenario.
 pub fn run(seed: u64, config: Config) -> Result<Stats, Failure> {
     let fail = |reason: String| Failure { seed, reason };
-    let mut rng = SimRng::new(seed);
-    let mut stats = Stats::default();
-    let initial = ModelSnapshot {
-        collection: CollectionId::new("sim").map_err(|e| fail(e.to_string()))?,
-        version: 0,
-        created_at: Timestamp(0),
-        modified_at: Timestamp(0),
-        data: gen_document(&mut rng),
-    };
-    let model = ModelId::new("model").map_err(|e| fail(e.to_string()))?;
-    let mut server = Server {
-        sequencer: Sequencer::new(model, initial.clone(), BTreeMap::new(), 100_000),
-        open: BTreeSet::new(),
-        committed: BTreeSet::new(),
-    };
-    let mut clients: Vec<Client> = (0..config.clients)
-        .map(|i| {
-            let replica = ReplicaId(i as u64 + 1);
-            Client {
-                replica,
-                state: Some(ModelReplica::new(initial.clone())),
-                ids: IdGenerator::new(replica, 0),
-                store: Persisted {
-                    snapshot: initial.clone(),
-                    server_operations: Vec::new(),
-                    pending: Vec::new(),
-                    in_flight_seq: None,
-                    next_seq: 1,
-                },
-                stored_counter: 0,
-                queue: VecDeque::new(),
-                connection: None,
-                epochs: 0,
-                resyncing: false,
-                to_server: VecDeque::new(),
-                to_client: VecDeque::new(),
-                max_durable_seq: 0,
-            }
+    let mut sim = Sim::new(seed, config).map_err(fail)?;
+    sim.play().map_err(fail)?;
+    Ok(sim.stats)
+}
+
+struct Sim {
+    rng: SimRng,
+    config: Config,
+    server: Server,
+    clients: Vec<Client>,
+    stats: Stats,
+    now: i64,
+}
+
+impl Sim {
+    fn new(seed: u64, config: Config) -> Result<Sim, String> {
+        let mut rng = SimRng::new(seed);
+        let mut models = BTreeMap::new();
+        let mut initial = BTreeMap::new();
+        for m in 0..config.models.max(1) {
+            let id = ModelId::new(format!("model-{m}")).map_err(|e| e.to_string())?;
+            let snapshot = ModelSnapshot {
+                collection: CollectionId::new("sim").map_err(|e| e.to_string())?,
+                version: 0,
+                created_at: Timestamp(0),
+                modified_at: Timestamp(0),
+                data: gen_document(&mut rng),
+            };
+            models.insert(
+                id.clone(),
+                Sequencer::new(id.clone(), snapshot.clone(), BTreeMap::new(), 100_000),
+            );
+            initial.insert(id, snapshot);
+        }
+        let engine_config = EngineConfig {
+            max_batch_parts: config.max_batch,
+            compact_every: config.compact_every,
+        };
+        let clients = (0..config.clients)
+            .map(|i| {
+                let replica = ReplicaId(i as u64 + 1);
+                let mut engine = ClientEngine::new(replica, engine_config);
+                let mut store = BTreeMap::new();
+                for (id, snapshot) in &initial {
+                    engine
+                        .add_model(id.clone(), ModelReplica::new(snapshot.clone()))
+                        .expect("new");
+                    let persisted = Persisted {
+                        snapshot: snapshot.clone(),
+                        server_operations: Vec::new(),
+                        pending: Vec::new(),
+                        in_flight_seq: None,
+                        next_seq: 1,
+                    };
+                    store.insert(
+                        id.clone(),
+                        StoredModel {
+                            persisted,
+                            next_counter: 0,
+                        },
+                    );
+                }
+                let ids = initial
+                    .keys()
+                    .map(|id| (id.clone(), IdGenerator::new(replica, 0)))
+                    .collect();
+                Client {
+                    replica,
+                    engine: Some(engine),
+                    ids,
+                    store,
+                    queue: VecDeque::new(),
+                    connection: None,
+                    epochs: 0,
+                    to_server: VecDeque::new(),
+                    to_client: VecDeque::new(),
+                    max_durable_seq: BTreeMap::new(),
+                }
+            })
+            .collect();
+        let server = Server {
+            models,
+            connections: vec![None; config.clients],
+            committed: BTreeSet::new(),
+        };
+        Ok(Sim {
+            rng,
+            config,
+            server,
+            clients,
+            stats: Stats::default(),
+            now: 0,
         })
-        .collect();
-    for (i, client) in clients.iter_mut().enumerate() {
-        connect(i, client, &mut server, &mut stats);
     }
 
-    let mut now = 0i64;
-    for _ in 0..config.steps {
-        now += 1;
-        let i = rng.below(clients.len());
-        let roll = rng.below(100);
-        if (40..70).contains(&roll) && rng.flip() {
-            deliver_to_server(i, &mut clients, &mut server, now, &mut stats).map_err(&fail)?;
-            continue;
+    fn play(&mut self) -> Result<(), String> {
+        for i in 0..self.clients.len() {
+            self.connect(i)?;
         }
-        let client = &mut clients[i];
-        match roll {
-            0..=24 => local_edit(client, &mut rng, &mut stats).map_err(&fail)?,
-            25..=39 => flush_one(client),
-            40..=69 => deliver_to_client(client).map_err(&fail)?,
-            70..=79 => {
-                pump(client, config);
+        for _ in 0..self.config.steps {
+            self.now += 1;
+            let i = self.rng.below(self.clients.len());
+            match self.rng.below(100) {
+                0..=24 => self.local_edit(i)?,
+                25..=39 => self.flush_one(i)?,
+                40..=54 => self.deliver_to_server(i)?,
+                55..=74 => self.deliver_to_client(i)?,
+                75..=84 => {
+                    if self.clients[i].connection.is_some() {
+                        self.disconnect(i)?;
+                    } else if self.clients[i].engine.is_some() {
+                        self.connect(i)?;
+                    }
+                }
+                _ => self.crash_or_restart(i)?,
             }
-            80..=85 => {
-                if client.connection.is_some() {
-                    disconnect(i, client, &mut server, &mut rng, &mut stats);
-                } else if client.state.is_some() {
-                    connect(i, client, &mut server, &mut stats);
+        }
+        self.settle()?;
+        self.check()
+    }
+
+    /// Restarts and reconnects everyone, then runs until nothing moves.
+    fn settle(&mut self) -> Result<(), String> {
+        for i in 0..self.clients.len() {
+            if self.clients[i].engine.is_none() {
+                self.restart(i)?;
+            }
+            if self.clients[i].connection.is_none() {
+                self.connect(i)?;
+            }
+        }
+        for _ in 0..100_000 {
+            self.now += 1;
+            let mut moved = false;
+            for i in 0..self.clients.len() {
+                while !self.clients[i].queue.is_empty() {
+                    self.flush_one(i)?;
+                    moved = true;
+                }
+                while !self.clients[i].to_server.is_empty() {
+                    self.deliver_to_server(i)?;
+                    moved = true;
+                }
+                while !self.clients[i].to_client.is_empty() {
+                    self.deliver_to_client(i)?;
+                    moved = true;
                 }
             }
-            86..=88 => {
-                crash_or_restart(i, client, &mut server, &mut rng, &mut stats).map_err(&fail)?
+            if !moved {
+                return Ok(());
             }
-            _ => compact(client, config),
         }
+        Err("the network never went quiet".into())
     }
 
-    // Settle: everyone restarts, reconnects and drains.
-    for (i, client) in clients.iter_mut().enumerate() {
-        if client.state.is_none() {
-            restart(client).map_err(&fail)?;
-        }
-        if client.connection.is_none() {
-            connect(i, client, &mut server, &mut stats);
-        }
-    }
-    let mut quiet_rounds = 0;
-    for _ in 0..100_000 {
-        now += 1;
-        let mut progressed = false;
-        for i in 0..clients.len() {
-            let client = &mut clients[i];
-            while !client.queue.is_empty() {
-                flush_one(client);
-                progressed = true;
+    fn check(&self) -> Result<(), String> {
+        for client in &self.clients {
+            let engine = client.engine.as_ref().expect("restarted");
+            for (id, sequencer) in &self.server.models {
+                let replica = engine.model(id).ok_or_else(|| format!("{id} not loaded"))?;
+                let who = format!("replica {:?}, {id}", client.replica);
+                if !engine.is_settled(id) {
+                    return Err(format!(
+                        "{who}: not settled (unacknowledged changes or not live)"
+                    ));
+                }
+                if replica.confirmed_version() != sequencer.version() {
+                    return Err(format!(
+                        "{who}: at version {}, the server at {}",
+                        replica.confirmed_version(),
+                        sequencer.version()
+                    ));
+                }
+                if replica.local() != sequencer.document() {
+                    return Err(format!(
+                        "{who} diverged:\n  replica {}\n  server  {}",
+                        replica.local().to_json(),
+                        sequencer.document().to_json()
+                    ));
+                }
+                let stored = ModelReplica::restore(client.store[id].persisted.clone())
+                    .map_err(|e| e.to_string())?;
+                if stored.local() != sequencer.document() {
+                    return Err(format!("{who}: the store rebuilds a different model"));
+                }
+                let committed_through = self
+                    .server
+                    .committed
+                    .iter()
+                    .filter(|(m, r, _)| m == id && *r == client.replica)
+                    .map(|(_, _, seq)| *seq)
+                    .max()
+                    .unwrap_or(0);
+                let durable = client.max_durable_seq.get(id).copied().unwrap_or(0);
+                if committed_through < durable {
+                    return Err(format!(
+                        "{who}: durable change {durable} never reached the server (committed through {committed_through})"
+                    ));
+                }
             }
-            if pump(client, config) {
-                progressed = true;
-            }
-            while !clients[i].to_server.is_empty() {
-                deliver_to_server(i, &mut clients, &mut server, now, &mut stats).map_err(&fail)?;
-                progressed = true;
-            }
-            while !clients[i].to_client.is_empty() {
-                deliver_to_client(&mut clients[i]).map_err(&fail)?;
-                progressed = true;
-            }
         }
-        quiet_rounds = if progressed { 0 } else { quiet_rounds + 1 };
-        if quiet_rounds == 2 {
-            break;
-        }
-    }
-    if quiet_rounds < 2 {
-        return Err(fail("the network never went quiet".into()));
+        Ok(())
     }
 
-    let truth = server.sequencer.document();
-    stats.final_version = server.sequencer.version();
-    for client in &clients {
-        let state = client.state.as_ref().expect("restarted");
-        if state.has_unacknowledged() {
-            return Err(fail(format!(
-                "replica {:?} still has unacknowledged changes",
-                client.replica
-            )));
-        }
-        if state.confirmed_version() != server.sequencer.version() {
-            return Err(fail(format!(
-                "replica {:?} is at version {}, the server at {}",
-                client.replica,
-                state.confirmed_version(),
-                server.sequencer.version()
-            )));
-        }
-        if state.local() != truth {
-            return Err(fail(format!(
-                "replica {:?} diverged:\n  replica {}\n  server  {}",
-                client.replica,
-                state.local().to_json(),
-                truth.to_json()
-            )));
-        }
-        let restored =
-            ModelReplica::restore(client.store.clone()).map_err(|e| fail(e.to_string()))?;
-        if restored.local() != truth {
-            return Err(fail(format!(
-                "replica {:?}: its store rebuilds a different model",
-                client.replica
-            )));
-        }
-        let committed_through = server
-            .committed
-            .iter()
-            .filter(|(r, _)| *r == client.replica)
-            .map(|(_, seq)| *seq)
-            .max()
-            .unwrap_or(0);
-        if committed_through < client.max_durable_seq {
-            return Err(fail(format!(
-                "replica {:?}: durable change {} never reached the server (committed through {})",
-                client.replica, client.max_durable_seq, committed_through
-            )));
-        }
+    fn local_edit(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else {
+            return Ok(());
+        };
+        let models: Vec<ModelId> = engine.models().cloned().collect();
+        let model = models[self.rng.below(models.len())].clone();
+        let doc = engine.model(&model).expect("listed").local().clone();
+        let ids = client.ids.get_mut(&model).expect("one per model");
+        let op = gen_operation_with(&mut self.rng, &doc, ids, None);
+        engine
+            .local_change(&model, op)
+            .map_err(|e| format!("local edit failed: {e}"))?;
+        self.stats.local_edits += 1;
+        self.drain(i)
     }
-    Ok(stats)
-}
 
-fn local_edit(client: &mut Client, rng: &mut SimRng, stats: &mut Stats) -> Result<(), String> {
-    let Some(state) = &mut client.state else {
-        return Ok(());
-    };
-    let focus: Option<ElementId> = None;
-    let op = gen_operation_with(rng, state.local(), &mut client.ids, focus);
-    let (seq, _, change) = state
-        .local_change(op)
-        .map_err(|e| format!("local edit failed: {e}"))?;
-    stats.local_edits += 1;
-    client.queue.push_back(PendingBatch {
-        changes: vec![change],
-        durable_seq: Some(seq),
-        next_counter: client.ids.next_counter(),
-        in_flight: None,
-    });
-    Ok(())
-}
+    /// Moves what the engine produced onto the store queue and the wire; checks events.
+    fn drain(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else {
+            return Ok(());
+        };
+        while let Some(batch) = engine.poll_storage() {
+            let counter = client.ids[&batch.model].next_counter();
+            client.queue.push_back((batch, counter));
+        }
+        while let Some(message) = engine.poll_transmit() {
+            if let Some(connection) = client.connection {
+                client.to_server.push_back((connection, message));
+            }
+        }
+        while let Some(event) = engine.poll_event() {
+            match event {
+                Event::Rejected { model, error, .. } => {
+                    return Err(format!(
+                        "replica {:?}: {model}: a submission was rejected: {error}",
+                        client.replica
+                    ));
+                }
+                Event::ProtocolViolation { model, error } => {
+                    return Err(format!("replica {:?}: {model}: {error}", client.replica));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 
-/// Makes the oldest queued batch durable.
-fn flush_one(client: &mut Client) {
-    let Some(batch) = client.queue.pop_front() else {
-        return;
-    };
-    for change in batch.changes {
-        apply_to_store(&mut client.store, change);
-    }
-    client.stored_counter = client.stored_counter.max(batch.next_counter);
-    if let Some(seq) = batch.durable_seq {
-        client.max_durable_seq = client.max_durable_seq.max(seq);
-        if let Some(state) = &mut client.state {
-            state.mark_durable(seq);
+    /// Makes the oldest queued batch durable.
+    fn flush_one(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some((batch, counter)) = client.queue.pop_front() else {
+            return Ok(());
+        };
+        let stored = client.store.get_mut(&batch.model).expect("one per model");
+        stored.next_counter = stored.next_counter.max(counter);
+        for change in batch.changes {
+            if let StoreChange::AppendPending(p) = &change {
+                let max = client
+                    .max_durable_seq
+                    .entry(batch.model.clone())
+                    .or_default();
+                *max = (*max).max(p.seq);
+            }
+            apply_to_store(&mut stored.persisted, change);
         }
-    }
-    if let (Some(seq), Some(state)) = (batch.in_flight, &mut client.state) {
-        state.mark_in_flight_stored(seq);
-        // Send now, unless a resync is under way (its completion sends it).
-        if let (Some(connection), false) = (client.connection, client.resyncing)
-            && state.in_flight_seq() == Some(seq)
-            && let Some(submission) = state.submission()
-        {
-            client
-                .to_server
-                .push_back((connection, ToServer::Submit(submission)));
+        if let Some(engine) = &mut client.engine {
+            engine.handle_durable(batch.id);
         }
+        self.drain(i)
+    }
+
+    fn connect(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else {
+            return Ok(());
+        };
+        client.epochs += 1;
+        client.connection = Some(client.epochs);
+        client.to_client.clear();
+        self.server.connections[i] = Some((client.epochs, BTreeSet::new()));
+        self.stats.resyncs += 1;
+        engine.handle_connected();
+        self.drain(i)
+    }
+
+    fn disconnect(&mut self, i: usize) -> Result<(), String> {
+        self.stats.disconnects += 1;
+        let client = &mut self.clients[i];
+        client.connection = None;
+        client.to_client.clear();
+        self.server.connections[i] = None;
+        if let Some(engine) = &mut client.engine {
+            engine.handle_disconnected();
+        }
+        // What was on its way to the server may still arrive, late, or twice, or be lost.
+        let mut late = VecDeque::new();
+        for message in client.to_server.drain(..) {
+            match self.rng.below(4) {
+                0 => {}
+                1 => {
+                    late.push_back(message.clone());
+                    late.push_back(message);
+                }
+                _ => late.push_back(message),
+            }
+        }
+        client.to_server = late;
+        self.drain(i)
+    }
+
+    fn crash_or_restart(&mut self, i: usize) -> Result<(), String> {
+        if self.clients[i].engine.is_none() {
+            return self.restart(i);
+        }
+        self.stats.crashes += 1;
+        if self.clients[i].connection.is_some() {
+            self.disconnect(i)?;
+        }
+        let client = &mut self.clients[i];
+        client.engine = None;
+        client.queue.clear();
+        Ok(())
+    }
+
+    fn restart(&mut self, i: usize) -> Result<(), String> {
+        let config = EngineConfig {
+            max_batch_parts: self.config.max_batch,
+            compact_every: self.config.compact_every,
+        };
+        let client = &mut self.clients[i];
+        let mut engine = ClientEngine::new(client.replica, config);
+        for (id, stored) in &client.store {
+            let replica = ModelReplica::restore(stored.persisted.clone())
+                .map_err(|e| format!("restore failed: {e}"))?;
+            engine
+                .add_model(id.clone(), replica)
+                .map_err(|e| e.to_string())?;
+            client.ids.insert(
+                id.clone(),
+                IdGenerator::new(client.replica, stored.next_counter),
+            );
+        }
+        client.engine = Some(engine);
+        Ok(())
+    }
+
+    fn deliver_to_client(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else {
+            return Ok(());
+        };
+        let Some(message) = client.to_client.pop_front() else {
+            return Ok(());
+        };
+        engine.handle_message(message);
+        self.drain(i)
+    }
+
+    fn deliver_to_server(&mut self, i: usize) -> Result<(), String> {
+        let Some((connection, message)) = self.clients[i].to_server.pop_front() else {
+            return Ok(());
+        };
+        let replica = self.clients[i].replica;
+        let current = self.server.connections[i].as_ref().map(|(c, _)| *c);
+        match message {
+            ClientMessage::Request {
+                id,
+                request:
+                    ClientRequest::Resync {
+                        model,
+                        known_version,
+                        in_flight,
+                    },
+            } => {
+                if current != Some(connection) {
+                    return Ok(()); // a dead connection's resync: nobody listens for the answer
+                }
+                let sequencer = self
+                    .server
+                    .models
+                    .get(&model)
+                    .ok_or("resync of an unknown model")?;
+                let in_flight_committed = in_flight.and_then(|f| sequencer.commit_of(f));
+                let operations = sequencer
+                    .operations_since(known_version)
+                    .map_err(|e| format!("resync: {e}"))?
+                    .to_vec();
+                let response = ServerResponse::ResyncStarted {
+                    model: model.clone(),
+                    current_version: sequencer.version(),
+                    in_flight_committed,
+                    permissions: Permissions::ALL,
+                };
+                let client = &mut self.clients[i];
+                client
+                    .to_client
+                    .push_back(ServerMessage::Response { to: id, response });
+                let pages: Vec<_> = operations.chunks(5).map(<[_]>::to_vec).collect();
+                let count = pages.len().max(1);
+                for n in 0..count {
+                    let operations = pages.get(n).cloned().unwrap_or_default();
+                    let push = ServerPush::ResyncPage {
+                        model: model.clone(),
+                        operations,
+                        last: n + 1 == count,
+                    };
+                    client.to_client.push_back(ServerMessage::Push(push));
+                }
+                if let Some((_, open)) = &mut self.server.connections[i] {
+                    open.insert(model);
+                }
+            }
+            ClientMessage::Request {
+                id,
+                request: ClientRequest::ResyncComplete { model, .. },
+            } => {
+                if current == Some(connection) {
+                    let response = ServerResponse::ResyncCompleted {
+                        model,
+                        collaborators: Vec::new(),
+                        references: Vec::new(),
+                    };
+                    self.clients[i]
+                        .to_client
+                        .push_back(ServerMessage::Response { to: id, response });
+                }
+            }
+            ClientMessage::Notice(ClientNotice::Submit {
+                model,
+                replica: sent_by,
+                seq,
+                base_version,
+                operation,
+            }) => {
+                if sent_by != replica {
+                    return Err(format!("client {i} submitted as replica {sent_by:?}"));
+                }
+                let sequencer = self
+                    .server
+                    .models
+                    .get_mut(&model)
+                    .ok_or("submit to an unknown model")?;
+                let submission = Submission {
+                    author: SessionId(format!("{i}")),
+                    replica,
+                    seq,
+                    base_version,
+                    operation,
+                };
+                let outcome = sequencer
+                    .submit(submission, Timestamp(self.now))
+                    .map_err(|e| {
+                        format!(
+                            "the server refused replica {replica:?}'s submission to {model}: {e}"
+                        )
+                    })?;
+                match outcome {
+                    SubmitOutcome::Committed(record) => {
+                        if !self.server.committed.insert((model.clone(), replica, seq)) {
+                            return Err(format!("({model}, {replica:?}, {seq}) committed twice"));
+                        }
+                        self.stats.commits += 1;
+                        let version = record.operation.version;
+                        for (j, other) in self.clients.iter_mut().enumerate() {
+                            let open = self.server.connections[j]
+                                .as_ref()
+                                .is_some_and(|(_, open)| open.contains(&model));
+                            if !open {
+                                continue;
+                            }
+                            let push = if j == i {
+                                ServerPush::Ack {
+                                    model: model.clone(),
+                                    seq,
+                                    version,
+                                    timestamp: record.operation.timestamp,
+                                }
+                            } else {
+                                ServerPush::RemoteOperation {
+                                    model: model.clone(),
+                                    operation: record.operation.clone(),
+                                }
+                            };
+                            other.to_client.push_back(ServerMessage::Push(push));
+                        }
+                    }
+                    SubmitOutcome::Duplicate(Commit { version, timestamp }) => {
+                        self.stats.duplicates_answered += 1;
+                        let open = self.server.connections[i]
+                            .as_ref()
+                            .is_some_and(|(_, open)| open.contains(&model));
+                        if open {
+                            let push = ServerPush::Ack {
+                                model,
+                                seq,
+                                version,
+                                timestamp,
+                            };
+                            self.clients[i]
+                                .to_client
+                                .push_back(ServerMessage::Push(push));
+                        }
+                    }
+                }
+            }
+            other => return Err(format!("unexpected message {other:?}")),
+        }
+        Ok(())
     }
 }
 
@@ -374,276 +659,4 @@ fn apply_to_store(store: &mut Persisted, change: StoreChange) {
             store.snapshot = snapshot;
         }
     }
-}
-
-fn queue_changes(client: &mut Client, changes: Vec<StoreChange>) {
-    if !changes.is_empty() {
-        let next_counter = client.ids.next_counter();
-        client.queue.push_back(PendingBatch {
-            changes,
-            durable_seq: None,
-            next_counter,
-            in_flight: None,
-        });
-    }
-}
-
-/// Starts the next submission when nothing is in flight; it goes out once its boundary is
-/// durable. Returns whether anything happened.
-fn pump(client: &mut Client, config: Config) -> bool {
-    if client.connection.is_none() || client.resyncing {
-        return false;
-    }
-    let Some(state) = &mut client.state else {
-        return false;
-    };
-    let Some((submission, change)) = state.take_submission(config.max_batch) else {
-        return false;
-    };
-    let next_counter = client.ids.next_counter();
-    client.queue.push_back(PendingBatch {
-        changes: vec![change],
-        durable_seq: None,
-        next_counter,
-        in_flight: Some(submission.seq),
-    });
-    true
-}
-
-fn connect(i: usize, client: &mut Client, server: &mut Server, stats: &mut Stats) {
-    let Some(state) = &client.state else { return };
-    client.epochs += 1;
-    client.connection = Some(client.epochs);
-    client.resyncing = true;
-    client.to_client.clear();
-    server.open.remove(&i);
-    stats.resyncs += 1;
-    let resync = ToServer::Resync {
-        known_version: state.confirmed_version(),
-        in_flight: state.in_flight_seq(),
-    };
-    client.to_server.push_back((client.epochs, resync));
-}
-
-fn disconnect(
-    i: usize,
-    client: &mut Client,
-    server: &mut Server,
-    rng: &mut SimRng,
-    stats: &mut Stats,
-) {
-    stats.disconnects += 1;
-    client.connection = None;
-    client.resyncing = false;
-    client.to_client.clear();
-    server.open.remove(&i);
-    // What was on its way to the server may still arrive, late, or twice, or be lost.
-    let mut late = VecDeque::new();
-    for message in client.to_server.drain(..) {
-        match rng.below(4) {
-            0 => {}
-            1 => {
-                late.push_back(message.clone());
-                late.push_back(message);
-            }
-            _ => late.push_back(message),
-        }
-    }
-    client.to_server = late;
-}
-
-fn crash_or_restart(
-    i: usize,
-    client: &mut Client,
-    server: &mut Server,
-    rng: &mut SimRng,
-    stats: &mut Stats,
-) -> Result<(), String> {
-    if client.state.is_none() {
-        return restart(client);
-    }
-    stats.crashes += 1;
-    if client.connection.is_some() {
-        disconnect(i, client, server, rng, stats);
-    }
-    client.state = None;
-    client.queue.clear();
-    Ok(())
-}
-
-fn restart(client: &mut Client) -> Result<(), String> {
-    let state =
-        ModelReplica::restore(client.store.clone()).map_err(|e| format!("restore failed: {e}"))?;
-    client.state = Some(state);
-    client.ids = IdGenerator::new(client.replica, client.stored_counter);
-    Ok(())
-}
-
-fn compact(client: &mut Client, config: Config) {
-    if let Some(state) = &mut client.state
-        && let Some(change) = state.compact(config.compact_every)
-    {
-        queue_changes(client, vec![change]);
-    }
-}
-
-fn deliver_to_server(
-    i: usize,
-    clients: &mut [Client],
-    server: &mut Server,
-    now: i64,
-    stats: &mut Stats,
-) -> Result<(), String> {
-    let Some((connection, message)) = clients[i].to_server.pop_front() else {
-        return Ok(());
-    };
-    let replica = clients[i].replica;
-    match message {
-        ToServer::Resync {
-            known_version,
-            in_flight,
-        } => {
-            if clients[i].connection != Some(connection) {
-                return Ok(()); // a dead connection's resync: nobody listens for the answer
-            }
-            let in_flight_committed = in_flight.and_then(|seq| {
-                server
-                    .sequencer
-                    .commit_of(concord_protocol::InFlight { replica, seq })
-            });
-            let operations = server
-                .sequencer
-                .operations_since(known_version)
-                .map_err(|e| format!("resync: {e}"))?
-                .to_vec();
-            let client = &mut clients[i];
-            client.to_client.push_back(ToClient::ResyncStarted {
-                in_flight_committed,
-            });
-            let pages: Vec<_> = operations.chunks(5).map(<[_]>::to_vec).collect();
-            if pages.is_empty() {
-                client.to_client.push_back(ToClient::ResyncPage {
-                    operations: Vec::new(),
-                    last: true,
-                });
-            }
-            let count = pages.len();
-            for (n, page) in pages.into_iter().enumerate() {
-                client.to_client.push_back(ToClient::ResyncPage {
-                    operations: page,
-                    last: n + 1 == count,
-                });
-            }
-            server.open.insert(i);
-        }
-        ToServer::Submit(submission) => {
-            let outcome = server
-                .sequencer
-                .submit(
-                    Submission {
-                        author: SessionId(format!("{i}")),
-                        replica,
-                        seq: submission.seq,
-                        base_version: submission.base_version,
-                        operation: submission.operation,
-                    },
-                    Timestamp(now),
-                )
-                .map_err(|e| format!("the server refused replica {replica:?}'s submission: {e}"))?;
-            match outcome {
-                SubmitOutcome::Committed(record) => {
-                    if !server.committed.insert((record.replica, record.seq)) {
-                        return Err(format!(
-                            "({:?}, {}) committed twice",
-                            record.replica, record.seq
-                        ));
-                    }
-                    stats.commits += 1;
-                    let commit = Commit {
-                        version: record.operation.version,
-                        timestamp: record.operation.timestamp,
-                    };
-                    for (j, other) in clients.iter_mut().enumerate() {
-                        if !server.open.contains(&j) {
-                            continue;
-                        }
-                        if j == i {
-                            other.to_client.push_back(ToClient::Ack {
-                                seq: record.seq,
-                                commit,
-                            });
-                        } else {
-                            other
-                                .to_client
-                                .push_back(ToClient::Remote(record.operation.clone()));
-                        }
-                    }
-                }
-                SubmitOutcome::Duplicate(commit) => {
-                    stats.duplicates_answered += 1;
-                    if server.open.contains(&i) {
-                        clients[i].to_client.push_back(ToClient::Ack {
-                            seq: submission.seq,
-                            commit,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn deliver_to_client(client: &mut Client) -> Result<(), String> {
-    let Some(message) = client.to_client.pop_front() else {
-        return Ok(());
-    };
-    let Some(state) = &mut client.state else {
-        return Ok(());
-    };
-    let replica = client.replica;
-    let changes = match message {
-        ToClient::Ack { seq, commit } => state
-            .ack(seq, commit.version, commit.timestamp)
-            .map_err(|e| format!("replica {replica:?}: ack: {e}"))?,
-        ToClient::Remote(op) => {
-            state
-                .remote(op)
-                .map_err(|e| format!("replica {replica:?}: remote: {e}"))?
-                .1
-        }
-        ToClient::ResyncStarted {
-            in_flight_committed,
-        } => {
-            if let Some(commit) = in_flight_committed {
-                state.in_flight_committed_at(commit.version);
-            }
-            Vec::new()
-        }
-        ToClient::ResyncPage { operations, last } => {
-            let mut changes = Vec::new();
-            for op in operations {
-                changes.extend(
-                    state
-                        .remote(op)
-                        .map_err(|e| format!("replica {replica:?}: replay: {e}"))?
-                        .1,
-                );
-            }
-            if last {
-                client.resyncing = false;
-                // The in-flight submission was not committed: send it again, same seq.
-                if let (Some(submission), Some(connection)) =
-                    (state.submission(), client.connection)
-                {
-                    client
-                        .to_server
-                        .push_back((connection, ToServer::Submit(submission)));
-                }
-            }
-            changes
-        }
-    };
-    queue_changes(client, changes);
-    Ok(())
 }

@@ -15,14 +15,7 @@ fn sweep(config: Config, count: u64) -> Stats {
     let mut total = Stats::default();
     for seed in 0..count {
         match run(seed, config) {
-            Ok(stats) => {
-                total.local_edits += stats.local_edits;
-                total.commits += stats.commits;
-                total.duplicates_answered += stats.duplicates_answered;
-                total.disconnects += stats.disconnects;
-                total.crashes += stats.crashes;
-                total.resyncs += stats.resyncs;
-            }
+            Ok(stats) => total.add(&stats),
             Err(failure) => {
                 panic!("{failure}\nreplay: concord_testkit::sim::run({seed}, {config:?})")
             }
@@ -46,6 +39,7 @@ fn replicas_converge_through_disconnects_and_crashes() {
 fn many_clients_with_large_batches_converge() {
     let config = Config {
         clients: 8,
+        models: 3,
         steps: 800,
         max_batch: 20,
         compact_every: 5,

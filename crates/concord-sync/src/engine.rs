@@ -1,0 +1,552 @@
+//! The client engine: every model a client holds in memory, one connection, one store.
+//!
+//! [`ClientEngine`] is sans-IO, in the manner of quinn-proto's `Connection`. The driver
+//! feeds it what happens — [`handle_connected`](ClientEngine::handle_connected),
+//! [`handle_disconnected`](ClientEngine::handle_disconnected),
+//! [`handle_message`](ClientEngine::handle_message),
+//! [`local_change`](ClientEngine::local_change),
+//! [`handle_durable`](ClientEngine::handle_durable) — and after **each** call drains, in
+//! this order:
+//!
+//! 1. [`poll_storage`](ClientEngine::poll_storage): batches to commit to the store, in order,
+//!    each atomically; report each with `handle_durable` once it is durable (batches may be
+//!    merged into one commit, but must become durable in order);
+//! 2. [`poll_transmit`](ClientEngine::poll_transmit): messages to send, in order;
+//! 3. [`poll_event`](ClientEngine::poll_event): what the application should hear.
+//!
+//! Storage comes first because nothing the engine sends depends on a batch that is not yet
+//! durable: a local change is submitted only after the batch recording it is reported
+//! durable, and a submission only after its in-flight boundary is.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use concord_ot::{Applied, ApplyError, Operation, ReplicaId};
+use concord_protocol::{
+    ClientMessage, ClientNotice, ClientRequest, ErrorReply, InFlight, ModelId, RequestId,
+    ServerMessage, ServerPush, ServerResponse,
+};
+
+use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
+
+/// Tuning of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// The most local operations one submission carries, so that a long offline session
+    /// goes out as a sequence of bounded batches.
+    pub max_batch_parts: usize,
+    /// Store a snapshot in place of the server operations after this many.
+    pub compact_every: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            max_batch_parts: 256,
+            compact_every: 500,
+        }
+    }
+}
+
+/// Identifies a storage batch for [`ClientEngine::handle_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchId(pub u64);
+
+/// Changes to one model's stored state, to commit atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageBatch {
+    pub id: BatchId,
+    pub model: ModelId,
+    pub changes: Vec<StoreChange>,
+}
+
+/// What the application hears.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Another session's operation was applied to the local view (as transformed).
+    RemoteOperation {
+        model: ModelId,
+        operation: Operation,
+        applied: Vec<Applied>,
+    },
+    /// Local changes up to `seq` are durable in the store.
+    Stored {
+        model: ModelId,
+        seq: u64,
+    },
+    /// The server committed local changes up to `seq`.
+    Acknowledged {
+        model: ModelId,
+        seq: u64,
+        version: u64,
+    },
+    /// The server refused these local changes for good; they were undone locally.
+    Rejected {
+        model: ModelId,
+        operations: Vec<PendingOperation>,
+        error: ErrorReply,
+    },
+    ResyncStarted {
+        model: ModelId,
+    },
+    /// The model is live again: missed operations applied, local changes being sent.
+    ResyncCompleted {
+        model: ModelId,
+    },
+    Online,
+    Offline,
+    /// The server broke the protocol for this model; it stays offline until reconnection.
+    ProtocolViolation {
+        model: ModelId,
+        error: String,
+    },
+}
+
+/// Why a call into the engine was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("model {0} is not loaded")]
+    NotLoaded(ModelId),
+    #[error("model {0} is already loaded")]
+    AlreadyLoaded(ModelId),
+    #[error(transparent)]
+    Invalid(#[from] ApplyError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Offline,
+    Resyncing,
+    Live,
+}
+
+#[derive(Debug)]
+struct Model {
+    replica: ModelReplica,
+    link: Link,
+}
+
+/// What becomes possible once a batch is durable.
+#[derive(Debug, Clone)]
+struct BatchEffect {
+    model: ModelId,
+    stored_seq: Option<u64>,
+    in_flight: Option<u64>,
+}
+
+/// One client's sync state machine.
+#[derive(Debug)]
+pub struct ClientEngine {
+    replica_id: ReplicaId,
+    config: EngineConfig,
+    connected: bool,
+    models: BTreeMap<ModelId, Model>,
+    next_request: u64,
+    resync_requests: BTreeMap<RequestId, ModelId>,
+    next_batch: u64,
+    effects: BTreeMap<BatchId, BatchEffect>,
+    storage: VecDeque<StorageBatch>,
+    transmit: VecDeque<ClientMessage>,
+    events: VecDeque<Event>,
+}
+
+impl ClientEngine {
+    pub fn new(replica_id: ReplicaId, config: EngineConfig) -> ClientEngine {
+        ClientEngine {
+            replica_id,
+            config,
+            connected: false,
+            models: BTreeMap::new(),
+            next_request: 1,
+            resync_requests: BTreeMap::new(),
+            next_batch: 1,
+            effects: BTreeMap::new(),
+            storage: VecDeque::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn replica_id(&self) -> ReplicaId {
+        self.replica_id
+    }
+
+    /// Takes a model into memory: downloaded, created, or restored from the store. When
+    /// connected it resyncs at once.
+    pub fn add_model(&mut self, model: ModelId, replica: ModelReplica) -> Result<(), EngineError> {
+        if self.models.contains_key(&model) {
+            return Err(EngineError::AlreadyLoaded(model));
+        }
+        self.models.insert(
+            model.clone(),
+            Model {
+                replica,
+                link: Link::Offline,
+            },
+        );
+        if self.connected {
+            self.start_resync(&model);
+        }
+        Ok(())
+    }
+
+    /// Releases a model from memory; its stored state stays. Returns its replica.
+    pub fn remove_model(&mut self, model: &ModelId) -> Option<ModelReplica> {
+        self.resync_requests.retain(|_, m| m != model);
+        self.models.remove(model).map(|m| m.replica)
+    }
+
+    pub fn model(&self, model: &ModelId) -> Option<&ModelReplica> {
+        self.models.get(model).map(|m| &m.replica)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &ModelId> {
+        self.models.keys()
+    }
+
+    /// Whether the model is loaded and in sync with the server (live, nothing unacknowledged).
+    pub fn is_settled(&self, model: &ModelId) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|m| m.link == Link::Live && !m.replica.has_unacknowledged())
+    }
+
+    /// Applies a local change to the model's local view and records it for the store.
+    pub fn local_change(
+        &mut self,
+        model: &ModelId,
+        operation: Operation,
+    ) -> Result<(u64, Vec<Applied>), EngineError> {
+        let entry = self
+            .models
+            .get_mut(model)
+            .ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
+        let (seq, applied, change) = entry.replica.local_change(operation)?;
+        self.queue_batch(model, vec![change], Some(seq), None);
+        Ok((seq, applied))
+    }
+
+    /// A connection is up (handshake accepted): every loaded model resyncs.
+    pub fn handle_connected(&mut self) {
+        self.connected = true;
+        self.events.push_back(Event::Online);
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in models {
+            self.start_resync(&model);
+        }
+    }
+
+    /// The connection is gone: everything waits offline; local changes keep being stored.
+    pub fn handle_disconnected(&mut self) {
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        self.resync_requests.clear();
+        self.transmit.clear();
+        for entry in self.models.values_mut() {
+            entry.link = Link::Offline;
+        }
+        self.events.push_back(Event::Offline);
+    }
+
+    /// The store reported batch `id` (and every batch before it) durable.
+    pub fn handle_durable(&mut self, id: BatchId) {
+        let done: Vec<BatchId> = self.effects.range(..=id).map(|(id, _)| *id).collect();
+        for batch in done {
+            let effect = self.effects.remove(&batch).expect("listed");
+            let Some(entry) = self.models.get_mut(&effect.model) else {
+                continue;
+            };
+            if let Some(seq) = effect.stored_seq {
+                entry.replica.mark_durable(seq);
+                self.events.push_back(Event::Stored {
+                    model: effect.model.clone(),
+                    seq,
+                });
+            }
+            if let Some(seq) = effect.in_flight {
+                entry.replica.mark_in_flight_stored(seq);
+            }
+            self.pump(&effect.model);
+        }
+    }
+
+    /// A message from the server.
+    pub fn handle_message(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::Response { to, response } => self.handle_response(to, response),
+            ServerMessage::Error {
+                to: Some(to),
+                error,
+            } => {
+                if let Some(model) = self.resync_requests.remove(&to) {
+                    self.violation(&model, format!("resync refused: {error}"));
+                }
+            }
+            ServerMessage::Push(push) => self.handle_push(push),
+            ServerMessage::Error { to: None, .. } | ServerMessage::Request { .. } => {}
+        }
+    }
+
+    fn handle_response(&mut self, to: RequestId, response: ServerResponse) {
+        if let ServerResponse::ResyncStarted {
+            model,
+            in_flight_committed,
+            ..
+        } = response
+        {
+            if self.resync_requests.remove(&to).as_ref() != Some(&model) {
+                return;
+            }
+            if let (Some(entry), Some(commit)) = (self.models.get_mut(&model), in_flight_committed)
+            {
+                entry.replica.in_flight_committed_at(commit.version);
+            }
+        }
+    }
+
+    fn handle_push(&mut self, push: ServerPush) {
+        match push {
+            ServerPush::Ack {
+                model,
+                seq,
+                version,
+                timestamp,
+            } => {
+                let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
+                if let Some(changes) = result {
+                    if !changes.is_empty() {
+                        self.events.push_back(Event::Acknowledged {
+                            model: model.clone(),
+                            seq,
+                            version,
+                        });
+                    }
+                    self.after_server_change(&model, changes);
+                }
+            }
+            ServerPush::SubmitRejected { model, seq, error } => {
+                let Some(entry) = self.models.get_mut(&model) else {
+                    return;
+                };
+                if entry.replica.in_flight_seq() != Some(seq) {
+                    return;
+                }
+                if let Some((operations, changes)) = entry.replica.reject_in_flight() {
+                    self.events.push_back(Event::Rejected {
+                        model: model.clone(),
+                        operations,
+                        error,
+                    });
+                    self.queue_batch(&model, changes, None, None);
+                    self.pump(&model);
+                }
+            }
+            ServerPush::RemoteOperation { model, operation } => {
+                if self.models.get(&model).is_none_or(|m| m.link != Link::Live) {
+                    return;
+                }
+                self.apply_remote(&model, operation);
+            }
+            ServerPush::ResyncPage {
+                model,
+                operations,
+                last,
+            } => {
+                if self
+                    .models
+                    .get(&model)
+                    .is_none_or(|m| m.link != Link::Resyncing)
+                {
+                    return;
+                }
+                for operation in operations {
+                    if !self.apply_remote(&model, operation) {
+                        return;
+                    }
+                }
+                if last {
+                    self.models.get_mut(&model).expect("checked").link = Link::Live;
+                    let id = self.request_id();
+                    let request = ClientRequest::ResyncComplete {
+                        model: model.clone(),
+                        open: true,
+                    };
+                    self.transmit
+                        .push_back(ClientMessage::Request { id, request });
+                    self.events.push_back(Event::ResyncCompleted {
+                        model: model.clone(),
+                    });
+                    self.pump(&model);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies a committed operation; false if the model went offline over it.
+    fn apply_remote(
+        &mut self,
+        model: &ModelId,
+        operation: concord_protocol::CommittedOperation,
+    ) -> bool {
+        let Some(entry) = self.models.get_mut(model) else {
+            return false;
+        };
+        match entry.replica.remote(operation) {
+            Ok((applied, changes)) => {
+                if let Some(applied) = applied {
+                    self.events.push_back(Event::RemoteOperation {
+                        model: model.clone(),
+                        operation: applied.operation,
+                        applied: applied.applied,
+                    });
+                }
+                self.after_server_change(model, changes);
+                true
+            }
+            Err(error) => {
+                self.violation(model, error.to_string());
+                false
+            }
+        }
+    }
+
+    fn with_model<T>(
+        &mut self,
+        model: &ModelId,
+        f: impl FnOnce(&mut ModelReplica) -> Result<T, ReplicaError>,
+    ) -> Option<T> {
+        let entry = self.models.get_mut(model)?;
+        match f(&mut entry.replica) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.violation(model, error.to_string());
+                None
+            }
+        }
+    }
+
+    fn after_server_change(&mut self, model: &ModelId, mut changes: Vec<StoreChange>) {
+        if let Some(entry) = self.models.get_mut(model)
+            && let Some(snapshot) = entry.replica.compact(self.config.compact_every)
+        {
+            changes.push(snapshot);
+        }
+        if !changes.is_empty() {
+            self.queue_batch(model, changes, None, None);
+        }
+        self.pump(model);
+    }
+
+    fn violation(&mut self, model: &ModelId, error: String) {
+        if let Some(entry) = self.models.get_mut(model) {
+            entry.link = Link::Offline;
+        }
+        self.events.push_back(Event::ProtocolViolation {
+            model: model.clone(),
+            error,
+        });
+    }
+
+    fn start_resync(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get_mut(model) else {
+            return;
+        };
+        entry.link = Link::Resyncing;
+        entry.replica.mark_in_flight_unsent();
+        let in_flight = entry.replica.in_flight_seq().map(|seq| InFlight {
+            replica: self.replica_id,
+            seq,
+        });
+        let known_version = entry.replica.confirmed_version();
+        let id = self.request_id();
+        self.resync_requests.insert(id, model.clone());
+        let request = ClientRequest::Resync {
+            model: model.clone(),
+            known_version,
+            in_flight,
+        };
+        self.transmit
+            .push_back(ClientMessage::Request { id, request });
+        self.events.push_back(Event::ResyncStarted {
+            model: model.clone(),
+        });
+    }
+
+    /// Sends what the model may send: the in-flight submission once its boundary is
+    /// durable, or a new one from durable pending operations.
+    fn pump(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get_mut(model) else {
+            return;
+        };
+        if entry.link != Link::Live || !self.connected {
+            return;
+        }
+        if entry.replica.in_flight_seq().is_none()
+            && let Some((_, boundary)) = entry.replica.take_submission(self.config.max_batch_parts)
+        {
+            let seq = entry.replica.in_flight_seq();
+            self.queue_batch(model, vec![boundary], None, seq);
+            return;
+        }
+        // Resend after a resync, or send once the boundary became durable.
+        let entry = self.models.get_mut(model).expect("present");
+        if let Some(submission) = entry.replica.submission()
+            && !entry.replica.in_flight_sent()
+        {
+            entry.replica.mark_in_flight_sent();
+            self.transmit
+                .push_back(ClientMessage::Notice(ClientNotice::Submit {
+                    model: model.clone(),
+                    replica: self.replica_id,
+                    seq: submission.seq,
+                    base_version: submission.base_version,
+                    operation: submission.operation,
+                }));
+        }
+    }
+
+    fn queue_batch(
+        &mut self,
+        model: &ModelId,
+        changes: Vec<StoreChange>,
+        stored_seq: Option<u64>,
+        in_flight: Option<u64>,
+    ) {
+        let id = BatchId(self.next_batch);
+        self.next_batch += 1;
+        self.effects.insert(
+            id,
+            BatchEffect {
+                model: model.clone(),
+                stored_seq,
+                in_flight,
+            },
+        );
+        self.storage.push_back(StorageBatch {
+            id,
+            model: model.clone(),
+            changes,
+        });
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
+    }
+
+    pub fn poll_storage(&mut self) -> Option<StorageBatch> {
+        self.storage.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
