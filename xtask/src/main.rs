@@ -54,11 +54,7 @@ fn main() -> ExitCode {
         ["bench"] => bench(),
         [] | ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
-            return if args.is_empty() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if args.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
         [_, ..] => {
             eprintln!("xtask: unknown command or arguments `{}`\n", args.join(" "));
@@ -108,9 +104,7 @@ fn display(command: &Command) -> String {
 fn run(mut command: Command) -> anyhow::Result<()> {
     let shown = display(&command);
     eprintln!("$ {shown}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start `{shown}`"))?;
+    let status = command.status().with_context(|| format!("cannot start `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status})");
     }
@@ -120,9 +114,7 @@ fn run(mut command: Command) -> anyhow::Result<()> {
 /// Runs `command` and captures its output, whatever its exit status.
 fn capture(mut command: Command) -> anyhow::Result<Output> {
     let shown = display(&command);
-    command
-        .output()
-        .with_context(|| format!("cannot start `{shown}`"))
+    command.output().with_context(|| format!("cannot start `{shown}`"))
 }
 
 /// Whether `command` starts and exits zero, its output discarded.
@@ -173,46 +165,25 @@ fn ci() -> anyhow::Result<()> {
     let mut steps = Steps { done: Vec::new() };
     steps.run("format", || {
         run(cargo(&["fmt", "--all", "--", "--check"]))?;
-        run(fuzz_cargo(&[
-            "fmt",
-            "--manifest-path",
-            FUZZ_MANIFEST,
-            "--",
-            "--check",
-        ]))
+        run(fuzz_cargo(&["fmt", "--manifest-path", FUZZ_MANIFEST, "--", "--check"]))
     })?;
     steps.run("clippy", || {
         let deny = ["--all-targets", "--", "-D", "warnings"];
         run(cargo(&[&["clippy", "--workspace"][..], &deny].concat()))?;
-        run(fuzz_cargo(
-            &[&["clippy", "--manifest-path", FUZZ_MANIFEST][..], &deny].concat(),
-        ))
+        run(fuzz_cargo(&[&["clippy", "--manifest-path", FUZZ_MANIFEST][..], &deny].concat()))
     })?;
     steps.run("tests", tests)?;
-    steps.run("doc tests", || {
-        run(cargo(&["test", "--workspace", "--doc"]))
-    })?;
+    steps.run("doc tests", || run(cargo(&["test", "--workspace", "--doc"])))?;
     steps.run("layering", layering)?;
     steps.run("fuzz targets", || {
         // Stable builds the targets without the sanitizer flags cargo-fuzz adds; the
         // crate's tests replay the saved findings.
-        run(fuzz_cargo(&[
-            "build",
-            "--manifest-path",
-            FUZZ_MANIFEST,
-            "--bins",
-        ]))?;
+        run(fuzz_cargo(&["build", "--manifest-path", FUZZ_MANIFEST, "--bins"]))?;
         run(fuzz_cargo(&["test", "--manifest-path", FUZZ_MANIFEST]))
     })?;
-    steps.run("benches build", || {
-        run(cargo(&["bench", "--workspace", "--no-run"]))
-    })?;
+    steps.run("benches build", || run(cargo(&["bench", "--workspace", "--no-run"])))?;
     steps.summary();
-    eprintln!(
-        "xtask ci: all {} steps passed in {}",
-        steps.done.len(),
-        seconds(start.elapsed())
-    );
+    eprintln!("xtask ci: all {} steps passed in {}", steps.done.len(), seconds(start.elapsed()));
     Ok(())
 }
 
@@ -293,15 +264,10 @@ fn layering() -> anyhow::Result<()> {
         }
     }
     if !violations.is_empty() {
-        bail!(
-            "layering violated (DESIGN.md §2):\n{}",
-            violations.join("\n")
-        );
+        bail!("layering violated (DESIGN.md §2):\n{}", violations.join("\n"));
     }
-    let skipped: Vec<&str> = PURE_CRATES
-        .into_iter()
-        .filter(|name| !present.contains(name))
-        .collect();
+    let skipped: Vec<&str> =
+        PURE_CRATES.into_iter().filter(|name| !present.contains(name)).collect();
     eprintln!(
         "layering: {} free of {}{}",
         present.join(", "),
@@ -375,19 +341,14 @@ fn nightly_installed() -> bool {
         return false;
     };
     output.status.success()
-        && String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .any(|line| line.starts_with("nightly"))
+        && String::from_utf8_lossy(&output.stdout).lines().any(|line| line.starts_with("nightly"))
 }
 
 fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     let all = fuzz_targets()?;
     let targets: Vec<String> = match only {
         Some(target) if all.iter().any(|t| t == target) => vec![target.to_owned()],
-        Some(target) => bail!(
-            "no fuzz target `{target}`; the targets are: {}",
-            all.join(", ")
-        ),
+        Some(target) => bail!("no fuzz target `{target}`; the targets are: {}", all.join(", ")),
         None => all,
     };
     if !nightly_installed() {
@@ -408,16 +369,8 @@ fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     for target in &targets {
         eprintln!("\n==> fuzz {target} for {seconds}s");
         let max_time = format!("-max_total_time={seconds}");
-        let command = fuzz_cargo(&[
-            "+nightly",
-            "fuzz",
-            "run",
-            "--fuzz-dir",
-            "fuzz",
-            target,
-            "--",
-            &max_time,
-        ]);
+        let command =
+            fuzz_cargo(&["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", target, "--", &max_time]);
         if let Err(error) = run(command) {
             eprintln!("xtask fuzz: {target} failed: {error:#}");
             failed.push(target.as_str());
@@ -430,10 +383,7 @@ fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
             failed.join(", ")
         );
     }
-    eprintln!(
-        "xtask fuzz: {} ran {seconds}s each without a finding",
-        targets.join(", ")
-    );
+    eprintln!("xtask fuzz: {} ran {seconds}s each without a finding", targets.join(", "));
     Ok(())
 }
 
@@ -458,19 +408,10 @@ mod tests {
     #[test]
     fn package_missing_from_the_graph_is_clean() {
         let stderr = "error: package ID specification `tokio` did not match any packages\n";
-        assert_eq!(
-            tree_verdict("tokio", false, "", stderr).unwrap(),
-            TreeVerdict::Clean
-        );
+        assert_eq!(tree_verdict("tokio", false, "", stderr).unwrap(), TreeVerdict::Clean);
         let stderr = "error: package `tokio` not found\n";
-        assert_eq!(
-            tree_verdict("tokio", false, "", stderr).unwrap(),
-            TreeVerdict::Clean
-        );
-        assert_eq!(
-            tree_verdict("tokio", true, "\n", "").unwrap(),
-            TreeVerdict::Clean
-        );
+        assert_eq!(tree_verdict("tokio", false, "", stderr).unwrap(), TreeVerdict::Clean);
+        assert_eq!(tree_verdict("tokio", true, "\n", "").unwrap(), TreeVerdict::Clean);
     }
 
     #[test]
@@ -491,14 +432,8 @@ mod tests {
             matches!(&verdict, TreeVerdict::Violation(paths) if paths.contains("concord-ot")),
             "{verdict:?}"
         );
-        assert_eq!(
-            tree_check("concord-ot", "tokio").unwrap(),
-            TreeVerdict::Clean
-        );
-        assert_eq!(
-            tree_check("concord-ot", "no-such-crate-anywhere").unwrap(),
-            TreeVerdict::Clean
-        );
+        assert_eq!(tree_check("concord-ot", "tokio").unwrap(), TreeVerdict::Clean);
+        assert_eq!(tree_check("concord-ot", "no-such-crate-anywhere").unwrap(), TreeVerdict::Clean);
     }
 
     #[test]

@@ -23,10 +23,7 @@ fn members() -> Vec<PathBuf> {
 }
 
 fn relative(path: &Path) -> String {
-    path.strip_prefix(root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(root()).unwrap_or(path).display().to_string()
 }
 
 fn read(path: &Path) -> String {
@@ -94,9 +91,7 @@ fn members_take_the_workspace_lints() {
 
 #[test]
 fn workspace_lints_detection() {
-    assert!(takes_workspace_lints(
-        "[package]\nname = \"x\"\n\n[lints]\nworkspace = true\n"
-    ));
+    assert!(takes_workspace_lints("[package]\nname = \"x\"\n\n[lints]\nworkspace = true\n"));
     assert!(takes_workspace_lints("[lints]\nworkspace=true # shared\n"));
     assert!(takes_workspace_lints("lints.workspace = true\n[package]\n"));
     assert!(!takes_workspace_lints("[package]\nworkspace = true\n"));

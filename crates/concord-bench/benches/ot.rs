@@ -61,11 +61,7 @@ fn replay_trace(group: &mut BenchmarkGroup<'_, WallTime>, trace: &Trace) {
     ops.iter().for_each(|op| {
         doc.apply_discrete(op).unwrap();
     });
-    assert_eq!(
-        doc.text_len(TEXT_ID),
-        Some(end_chars),
-        "concord-ot on {name}"
-    );
+    assert_eq!(doc.text_len(TEXT_ID), Some(end_chars), "concord-ot on {name}");
     drop(ops);
 
     group.bench_function(BenchmarkId::new("jumprope", name), |b| {
@@ -91,10 +87,7 @@ fn replay_trace(group: &mut BenchmarkGroup<'_, WallTime>, trace: &Trace) {
     });
 
     // diamond-types is a CRDT: one local author makes every edit, as in its own benchmarks.
-    assert!(
-        trace.start_content.is_empty(),
-        "diamond-types replay starts empty"
-    );
+    assert!(trace.start_content.is_empty(), "diamond-types replay starts empty");
     group.bench_function(BenchmarkId::new("diamond-types", name), |b| {
         b.iter_batched(
             || {
@@ -164,12 +157,7 @@ fn transform(c: &mut Criterion) {
             || pairs.clone(),
             // Collecting in place reuses the input's allocation, so the outputs are dropped
             // outside the timed region, like the inputs are cloned outside it.
-            |pairs| {
-                pairs
-                    .into_iter()
-                    .map(|(s, c)| transform_discrete(s, c))
-                    .collect::<Vec<_>>()
-            },
+            |pairs| pairs.into_iter().map(|(s, c)| transform_discrete(s, c)).collect::<Vec<_>>(),
             BatchSize::LargeInput,
         );
     });

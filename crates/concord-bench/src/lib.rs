@@ -23,12 +23,7 @@ use serde::Deserialize;
 pub const TRACES_ENV: &str = "CONCORD_TRACES";
 
 /// The sequential traces, smallest first.
-pub const SEQUENTIAL: [&str; 4] = [
-    "sveltecomponent",
-    "rustcode",
-    "seph-blog1",
-    "automerge-paper",
-];
+pub const SEQUENTIAL: [&str; 4] = ["sveltecomponent", "rustcode", "seph-blog1", "automerge-paper"];
 
 /// One edit: remove `del` chars at `pos`, then insert `insert` there. Counts are in `char`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,9 +69,7 @@ pub fn traces_dir() -> PathBuf {
 
 /// Loads `sequential/<name>.json.gz` from [`traces_dir`].
 pub fn load_sequential(name: &str) -> Result<Trace> {
-    let path = traces_dir()
-        .join("sequential")
-        .join(format!("{name}.json.gz"));
+    let path = traces_dir().join("sequential").join(format!("{name}.json.gz"));
     load_path(name, &path)
 }
 
@@ -117,9 +110,9 @@ pub fn parse(name: &str, json: &[u8]) -> Result<Trace> {
 impl Trace {
     /// Chars inserted and deleted over the whole trace.
     pub fn char_counts(&self) -> (usize, usize) {
-        self.patches.iter().fold((0, 0), |(ins, del), p| {
-            (ins + p.insert.chars().count(), del + p.del)
-        })
+        self.patches
+            .iter()
+            .fold((0, 0), |(ins, del), p| (ins + p.insert.chars().count(), del + p.del))
     }
 
     /// Replays the trace on a plain `Vec<char>`: the reference result, slow but obviously
@@ -129,12 +122,7 @@ impl Trace {
         for (i, p) in self.patches.iter().enumerate() {
             let end = p.pos.checked_add(p.del).filter(|end| *end <= text.len());
             let Some(end) = end else {
-                bail!(
-                    "patch {i} ({}, {}) is outside a text of {} chars",
-                    p.pos,
-                    p.del,
-                    text.len()
-                );
+                bail!("patch {i} ({}, {}) is outside a text of {} chars", p.pos, p.del, text.len());
             };
             text.splice(p.pos..end, p.insert.chars());
         }
@@ -150,10 +138,7 @@ pub const TEXT_ID: ElementId = ElementId::new(1, 1);
 /// A document `{ "text": <content> }` whose string element has id [`TEXT_ID`].
 pub fn ot_document(content: &str) -> Document {
     let text = Value::new(TEXT_ID, ValueData::String(content.to_owned()));
-    let root = Value::new(
-        ROOT_ID,
-        ValueData::Object(BTreeMap::from([("text".to_owned(), text)])),
-    );
+    let root = Value::new(ROOT_ID, ValueData::Object(BTreeMap::from([("text".to_owned(), text)])));
     Document::new(root).expect("a fresh two-element document is valid")
 }
 
@@ -178,9 +163,7 @@ pub fn splice_ops(trace: &Trace, target: ElementId) -> Vec<DiscreteOperation> {
 /// Applies `ops` to `doc` in order, failing on the first operation that does not apply.
 pub fn apply_all(doc: &mut Document, ops: &[DiscreteOperation]) -> Result<()> {
     for (i, op) in ops.iter().enumerate() {
-        let applied = doc
-            .apply_discrete(op)
-            .with_context(|| format!("operation {i}"))?;
+        let applied = doc.apply_discrete(op).with_context(|| format!("operation {i}"))?;
         ensure!(!applied.is_skipped(), "operation {i} was skipped");
     }
     Ok(())
@@ -197,10 +180,7 @@ impl Lcg {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         // The high bits of an LCG are the good ones.
         self.0 ^ (self.0 >> 29)
     }
@@ -232,14 +212,8 @@ fn random_splice(rng: &mut Lcg, len: usize, near: Option<usize>) -> OperationKin
         _ => (1 + rng.below(16), 1 + rng.below(8)),
     };
     let delete = delete.min(room);
-    let insert = (0..insert)
-        .map(|_| INSERT_ALPHABET[rng.below(INSERT_ALPHABET.len())])
-        .collect();
-    OperationKind::StringSplice {
-        index,
-        delete_count: delete,
-        insert,
-    }
+    let insert = (0..insert).map(|_| INSERT_ALPHABET[rng.below(INSERT_ALPHABET.len())]).collect();
+    OperationKind::StringSplice { index, delete_count: delete, insert }
 }
 
 /// `count` pairs of concurrent splices on one string of `len` chars (`len > 16`), both made
@@ -258,10 +232,7 @@ pub fn splice_pairs(
                 unreachable!("random_splice makes splices")
             };
             let c = random_splice(&mut rng, len, Some(*index));
-            (
-                DiscreteOperation::new(target, s),
-                DiscreteOperation::new(target, c),
-            )
+            (DiscreteOperation::new(target, s), DiscreteOperation::new(target, c))
         })
         .collect()
 }
@@ -321,14 +292,7 @@ mod tests {
             {"time":"t","patches":[[2,0,"!"],[0,1,"x"]]}]}"#;
         let trace = parse("tiny", json).unwrap();
         assert_eq!(trace.txn_count, 1);
-        assert_eq!(
-            trace.patches[1],
-            Patch {
-                pos: 0,
-                del: 1,
-                insert: "x".into()
-            }
-        );
+        assert_eq!(trace.patches[1], Patch { pos: 0, del: 1, insert: "x".into() });
         assert_eq!(trace.replay_naive().unwrap(), "xb!");
     }
 
@@ -343,23 +307,13 @@ mod tests {
         const LEN: usize = 64;
         let pairs = splice_pairs(7, 3_000, LEN, TEXT_ID);
         assert_eq!(pairs, splice_pairs(7, 3_000, LEN, TEXT_ID));
-        let base: String = (0..LEN)
-            .map(|i| char::from(b'A' + (i % 26) as u8))
-            .collect();
+        let base: String = (0..LEN).map(|i| char::from(b'A' + (i % 26) as u8)).collect();
         let doc = ot_document(&base);
         let (mut overlapping, mut disjoint) = (0, 0);
         for (i, (s, c)) in pairs.into_iter().enumerate() {
             if let (
-                OperationKind::StringSplice {
-                    index: i1,
-                    delete_count: d1,
-                    ..
-                },
-                OperationKind::StringSplice {
-                    index: i2,
-                    delete_count: d2,
-                    ..
-                },
+                OperationKind::StringSplice { index: i1, delete_count: d1, .. },
+                OperationKind::StringSplice { index: i2, delete_count: d2, .. },
             ) = (&s.kind, &c.kind)
             {
                 if i1.max(i2) < &(i1 + d1).min(i2 + d2) {
@@ -375,15 +329,8 @@ mod tests {
             let mut right = doc.clone();
             right.apply_discrete(&c).unwrap();
             right.apply_discrete(&s2).unwrap();
-            assert_eq!(
-                left.text(TEXT_ID),
-                right.text(TEXT_ID),
-                "pair {i}: {s:?} / {c:?}"
-            );
+            assert_eq!(left.text(TEXT_ID), right.text(TEXT_ID), "pair {i}: {s:?} / {c:?}");
         }
-        assert!(
-            overlapping > 300 && disjoint > 300,
-            "{overlapping} / {disjoint}"
-        );
+        assert!(overlapping > 300 && disjoint > 300, "{overlapping} / {disjoint}");
     }
 }

@@ -12,24 +12,11 @@ use crate::value::{Kind, Value, ValueError};
 #[non_exhaustive]
 pub enum ApplyError {
     #[error("element {target} is {found}, the operation needs {expected}")]
-    WrongKind {
-        target: ElementId,
-        expected: Kind,
-        found: Kind,
-    },
+    WrongKind { target: ElementId, expected: Kind, found: Kind },
     #[error("index {index} is out of range for element {target} of length {len}")]
-    IndexOutOfRange {
-        target: ElementId,
-        index: usize,
-        len: usize,
-    },
+    IndexOutOfRange { target: ElementId, index: usize, len: usize },
     #[error("range {index}..{index}+{count} is out of range for element {target} of length {len}")]
-    RangeOutOfRange {
-        target: ElementId,
-        index: usize,
-        count: usize,
-        len: usize,
-    },
+    RangeOutOfRange { target: ElementId, index: usize, count: usize, len: usize },
     #[error("object {target} already has property {key:?}")]
     KeyExists { target: ElementId, key: String },
     #[error("object {target} has no property {key:?}")]
@@ -41,10 +28,7 @@ pub enum ApplyError {
     #[error(transparent)]
     InvalidValue(#[from] ValueError),
     #[error("operation {position} of the compound: {source}")]
-    InCompound {
-        position: usize,
-        source: Box<ApplyError>,
-    },
+    InCompound { position: usize, source: Box<ApplyError> },
 }
 
 /// What applying one discrete operation did: what events need, and what an inverse needs.
@@ -106,35 +90,24 @@ impl Applied {
             },
             (StringSet { .. }, Old::Text(old)) => StringSet { value: old.clone() },
             (ArrayInsert { index, .. }, Old::Nothing) => ArrayRemove { index: *index },
-            (ArrayRemove { index }, Old::Value(old)) => ArrayInsert {
-                index: *index,
-                value: old.clone(),
-            },
-            (ArrayReplace { index, .. }, Old::Value(old)) => ArrayReplace {
-                index: *index,
-                value: old.clone(),
-            },
-            (ArrayMove { from, to }, Old::Nothing) => ArrayMove {
-                from: *to,
-                to: *from,
-            },
-            (ArraySet { .. }, Old::Items(old)) => ArraySet {
-                values: old.clone(),
-            },
+            (ArrayRemove { index }, Old::Value(old)) => {
+                ArrayInsert { index: *index, value: old.clone() }
+            }
+            (ArrayReplace { index, .. }, Old::Value(old)) => {
+                ArrayReplace { index: *index, value: old.clone() }
+            }
+            (ArrayMove { from, to }, Old::Nothing) => ArrayMove { from: *to, to: *from },
+            (ArraySet { .. }, Old::Items(old)) => ArraySet { values: old.clone() },
             (ObjectAddProperty { key, .. }, Old::Nothing) => {
                 ObjectRemoveProperty { key: key.clone() }
             }
-            (ObjectSetProperty { key, .. }, Old::Value(old)) => ObjectSetProperty {
-                key: key.clone(),
-                value: old.clone(),
-            },
-            (ObjectRemoveProperty { key }, Old::Value(old)) => ObjectAddProperty {
-                key: key.clone(),
-                value: old.clone(),
-            },
-            (ObjectSet { .. }, Old::Properties(old)) => ObjectSet {
-                values: old.clone(),
-            },
+            (ObjectSetProperty { key, .. }, Old::Value(old)) => {
+                ObjectSetProperty { key: key.clone(), value: old.clone() }
+            }
+            (ObjectRemoveProperty { key }, Old::Value(old)) => {
+                ObjectAddProperty { key: key.clone(), value: old.clone() }
+            }
+            (ObjectSet { .. }, Old::Properties(old)) => ObjectSet { values: old.clone() },
             (NumberDelta { .. } | NumberSet { .. }, Old::Number(old)) => NumberSet { value: *old },
             (BooleanSet { .. }, Old::Boolean(old)) => BooleanSet { value: *old },
             (DateSet { .. }, Old::Date(old)) => DateSet { value: *old },
@@ -162,10 +135,7 @@ impl Document {
                 Ok(outcome) => applied.push(outcome),
                 Err(error) => {
                     self.roll_back(&ops[..position], &applied);
-                    return Err(ApplyError::InCompound {
-                        position,
-                        source: Box::new(error),
-                    });
+                    return Err(ApplyError::InCompound { position, source: Box::new(error) });
                 }
             }
         }
@@ -176,8 +146,7 @@ impl Document {
     fn roll_back(&mut self, ops: &[DiscreteOperation], applied: &[Applied]) {
         for (op, outcome) in ops.iter().zip(applied).rev() {
             if let Some(inverse) = outcome.inverse(op) {
-                self.apply_discrete(&inverse)
-                    .expect("the inverse of an applied operation applies");
+                self.apply_discrete(&inverse).expect("the inverse of an applied operation applies");
             }
         }
     }
@@ -189,12 +158,7 @@ impl Document {
         }
         let target = op.target;
         // The hot path of text editing: one lookup, no value checks.
-        if let OperationKind::StringSplice {
-            index,
-            delete_count,
-            insert,
-        } = &op.kind
-        {
+        if let OperationKind::StringSplice { index, delete_count, insert } = &op.kind {
             return self.splice(target, *index, *delete_count, insert);
         }
         let Some(node) = self.nodes.get(&target) else {
@@ -203,11 +167,7 @@ impl Document {
         let expected = op.kind.target_kind();
         let found = node.data.kind();
         if expected != found {
-            return Err(ApplyError::WrongKind {
-                target,
-                expected,
-                found,
-            });
+            return Err(ApplyError::WrongKind { target, expected, found });
         }
         if op.kind.inserts_values() {
             self.check_insertable(op.kind.inserted_values())?;
@@ -223,11 +183,7 @@ impl Document {
             OperationKind::ArrayInsert { index, value } => {
                 let len = self.items_mut(target).len();
                 if *index > len {
-                    return Err(ApplyError::IndexOutOfRange {
-                        target,
-                        index: *index,
-                        len,
-                    });
+                    return Err(ApplyError::IndexOutOfRange { target, index: *index, len });
                 }
                 let child = self.attach(value.clone(), Some(target));
                 self.items_mut(target).insert(*index, child);
@@ -256,19 +212,13 @@ impl Document {
             OperationKind::ArraySet { values } => {
                 let old = std::mem::take(self.items_mut(target));
                 let old = old.into_iter().map(|c| self.detach(c)).collect();
-                let new = values
-                    .iter()
-                    .map(|v| self.attach(v.clone(), Some(target)))
-                    .collect();
+                let new = values.iter().map(|v| self.attach(v.clone(), Some(target))).collect();
                 *self.items_mut(target) = new;
                 Old::Items(old)
             }
             OperationKind::ObjectAddProperty { key, value } => {
                 if self.entries_mut(target).contains_key(key) {
-                    return Err(ApplyError::KeyExists {
-                        target,
-                        key: key.clone(),
-                    });
+                    return Err(ApplyError::KeyExists { target, key: key.clone() });
                 }
                 let child = self.attach(value.clone(), Some(target));
                 self.entries_mut(target).insert(key.clone(), child);
@@ -308,10 +258,7 @@ impl Document {
             }
             OperationKind::NumberSet { value } => {
                 if !value.is_finite() {
-                    return Err(ApplyError::NonFiniteResult {
-                        target,
-                        value: *value,
-                    });
+                    return Err(ApplyError::NonFiniteResult { target, value: *value });
                 }
                 Old::Number(std::mem::replace(self.number_mut(target), *value))
             }
@@ -339,31 +286,16 @@ impl Document {
         };
         let NodeData::String(text) = &mut node.data else {
             let found = node.data.kind();
-            return Err(ApplyError::WrongKind {
-                target,
-                expected: Kind::String,
-                found,
-            });
+            return Err(ApplyError::WrongKind { target, expected: Kind::String, found });
         };
         let len = text.len_chars();
         let end = index.checked_add(count).filter(|end| *end <= len);
         let Some(end) = end else {
-            return Err(ApplyError::RangeOutOfRange {
-                target,
-                index,
-                count,
-                len,
-            });
+            return Err(ApplyError::RangeOutOfRange { target, index, count, len });
         };
-        let deleted = if count == 0 {
-            String::new()
-        } else {
-            text.slice(index..end)
-        };
+        let deleted = if count == 0 { String::new() } else { text.slice(index..end) };
         text.splice(index..end, insert);
-        Ok(Applied::Changed {
-            old: Old::Text(deleted),
-        })
+        Ok(Applied::Changed { old: Old::Text(deleted) })
     }
 
     fn node_mut(&mut self, id: ElementId) -> &mut crate::document::Node {
@@ -400,23 +332,17 @@ impl Document {
 
     fn item_at(&mut self, target: ElementId, index: usize) -> Result<ElementId, ApplyError> {
         let items = self.items_mut(target);
-        items
-            .get(index)
-            .copied()
-            .ok_or(ApplyError::IndexOutOfRange {
-                target,
-                index,
-                len: items.len(),
-            })
+        items.get(index).copied().ok_or(ApplyError::IndexOutOfRange {
+            target,
+            index,
+            len: items.len(),
+        })
     }
 
     fn property(&mut self, target: ElementId, key: &str) -> Result<ElementId, ApplyError> {
         self.entries_mut(target)
             .get(key)
             .copied()
-            .ok_or_else(|| ApplyError::KeyMissing {
-                target,
-                key: key.to_owned(),
-            })
+            .ok_or_else(|| ApplyError::KeyMissing { target, key: key.to_owned() })
     }
 }

@@ -67,10 +67,7 @@ impl Document {
             return Err(ValueError::RootNotObject(root.kind()));
         }
         root.validate()?;
-        let mut doc = Document {
-            root: root.id,
-            nodes: BTreeMap::new(),
-        };
+        let mut doc = Document { root: root.id, nodes: BTreeMap::new() };
         doc.attach(root, None);
         Ok(doc)
     }
@@ -153,10 +150,7 @@ impl Document {
         let node = self.nodes.get(&id)?;
         let data = match &node.data {
             NodeData::Object(entries) => ValueData::Object(
-                entries
-                    .iter()
-                    .map(|(k, c)| (k.clone(), self.value_of_child(*c)))
-                    .collect(),
+                entries.iter().map(|(k, c)| (k.clone(), self.value_of_child(*c))).collect(),
             ),
             NodeData::Array(items) => {
                 ValueData::Array(items.iter().map(|c| self.value_of_child(*c)).collect())
@@ -191,10 +185,7 @@ impl Document {
         while let Some(parent) = self.nodes.get(&current)?.parent {
             let segment = match &self.nodes[&parent].data {
                 NodeData::Object(entries) => PathSegment::Key(
-                    entries
-                        .iter()
-                        .find(|(_, c)| **c == current)
-                        .map(|(k, _)| k.clone())?,
+                    entries.iter().find(|(_, c)| **c == current).map(|(k, _)| k.clone())?,
                 ),
                 NodeData::Array(items) => {
                     PathSegment::Index(items.iter().position(|c| *c == current)?)
@@ -210,12 +201,10 @@ impl Document {
 
     /// The element at `path` from the root.
     pub fn element_at(&self, path: &[PathSegment]) -> Option<ElementId> {
-        path.iter().try_fold(self.root, |at, segment| {
-            match (&self.nodes[&at].data, segment) {
-                (NodeData::Object(entries), PathSegment::Key(key)) => entries.get(key).copied(),
-                (NodeData::Array(items), PathSegment::Index(i)) => items.get(*i).copied(),
-                _ => None,
-            }
+        path.iter().try_fold(self.root, |at, segment| match (&self.nodes[&at].data, segment) {
+            (NodeData::Object(entries), PathSegment::Key(key)) => entries.get(key).copied(),
+            (NodeData::Array(items), PathSegment::Index(i)) => items.get(*i).copied(),
+            _ => None,
         })
     }
 
@@ -224,17 +213,11 @@ impl Document {
         let id = value.id;
         let data = match value.data {
             ValueData::Object(entries) => NodeData::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, self.attach(v, Some(id))))
-                    .collect(),
+                entries.into_iter().map(|(k, v)| (k, self.attach(v, Some(id)))).collect(),
             ),
-            ValueData::Array(items) => NodeData::Array(
-                items
-                    .into_iter()
-                    .map(|v| self.attach(v, Some(id)))
-                    .collect(),
-            ),
+            ValueData::Array(items) => {
+                NodeData::Array(items.into_iter().map(|v| self.attach(v, Some(id))).collect())
+            }
             ValueData::String(s) => NodeData::String(Box::new(Text::new(text_seed(id), &s))),
             ValueData::Number(n) => NodeData::Number(n),
             ValueData::Boolean(b) => NodeData::Boolean(b),
@@ -247,17 +230,11 @@ impl Document {
 
     /// Removes the subtree rooted at `id` from the index and returns it detached.
     pub(crate) fn detach(&mut self, id: ElementId) -> Value {
-        let node = self
-            .nodes
-            .remove(&id)
-            .expect("a child id is always in the index");
+        let node = self.nodes.remove(&id).expect("a child id is always in the index");
         let data = match node.data {
-            NodeData::Object(entries) => ValueData::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, c)| (k, self.detach(c)))
-                    .collect(),
-            ),
+            NodeData::Object(entries) => {
+                ValueData::Object(entries.into_iter().map(|(k, c)| (k, self.detach(c))).collect())
+            }
             NodeData::Array(items) => {
                 ValueData::Array(items.into_iter().map(|c| self.detach(c)).collect())
             }
@@ -293,9 +270,7 @@ fn text_seed(id: ElementId) -> u64 {
 
 impl fmt::Debug for Document {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Document")
-            .field("root", &self.to_value())
-            .finish()
+        f.debug_struct("Document").field("root", &self.to_value()).finish()
     }
 }
 

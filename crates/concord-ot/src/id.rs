@@ -24,10 +24,7 @@ pub struct ElementId {
 
 impl ElementId {
     pub const fn new(replica: u64, counter: u64) -> ElementId {
-        ElementId {
-            replica: ReplicaId(replica),
-            counter,
-        }
+        ElementId { replica: ReplicaId(replica), counter }
     }
 }
 
@@ -49,10 +46,7 @@ pub struct IdGenerator {
 
 impl IdGenerator {
     pub fn new(replica: ReplicaId, next_counter: u64) -> IdGenerator {
-        IdGenerator {
-            replica,
-            next: next_counter,
-        }
+        IdGenerator { replica, next: next_counter }
     }
 
     pub fn replica(&self) -> ReplicaId {
@@ -66,10 +60,7 @@ impl IdGenerator {
 
     #[allow(clippy::should_implement_trait)] // not an iterator: it never ends and never fails
     pub fn next(&mut self) -> ElementId {
-        let id = ElementId {
-            replica: self.replica,
-            counter: self.next,
-        };
+        let id = ElementId { replica: self.replica, counter: self.next };
         self.next += 1;
         id
     }

@@ -138,11 +138,7 @@ impl OperationKind {
 
 impl DiscreteOperation {
     pub fn new(target: ElementId, kind: OperationKind) -> DiscreteOperation {
-        DiscreteOperation {
-            target,
-            noop: false,
-            kind,
-        }
+        DiscreteOperation { target, noop: false, kind }
     }
 
     /// The same operation, neutralised.

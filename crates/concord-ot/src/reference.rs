@@ -38,14 +38,7 @@ pub fn transform_reference(
         return Some(value);
     }
     match (&op.kind, value) {
-        (
-            OperationKind::StringSplice {
-                index,
-                delete_count,
-                insert,
-            },
-            value,
-        ) => {
+        (OperationKind::StringSplice { index, delete_count, insert }, value) => {
             let inserted = insert.chars().count();
             let map = |p: usize| splice_index(p, *index, *delete_count, inserted);
             Some(match value {
@@ -55,10 +48,7 @@ pub fn transform_reference(
                 ReferenceValue::Range(ranges) => ReferenceValue::Range(
                     ranges
                         .into_iter()
-                        .map(|r| IndexRange {
-                            start: map(r.start),
-                            end: map(r.end),
-                        })
+                        .map(|r| IndexRange { start: map(r.start), end: map(r.end) })
                         .collect(),
                 ),
                 other => other,
@@ -83,11 +73,7 @@ pub fn transform_reference(
 /// An index inside the removed range collapses to its start; one at `at` moves past the
 /// inserted text.
 fn splice_index(p: usize, at: usize, deleted: usize, inserted: usize) -> usize {
-    if p < at {
-        p
-    } else {
-        p - (p - at).min(deleted) + inserted
-    }
+    if p < at { p } else { p - (p - at).min(deleted) + inserted }
 }
 
 impl ReferenceValue {

@@ -28,18 +28,12 @@ pub fn transform(server: Operation, client: Operation) -> (Operation, Operation)
         }
         (Operation::Compound(ss), Operation::Discrete(c)) => {
             let mut cs = vec![c];
-            let ss = ss
-                .into_iter()
-                .map(|s| transform_against_all(s, &mut cs))
-                .collect();
+            let ss = ss.into_iter().map(|s| transform_against_all(s, &mut cs)).collect();
             let c = cs.pop().expect("one client operation in, one out");
             (Operation::Compound(ss), Operation::Discrete(c))
         }
         (Operation::Compound(ss), Operation::Compound(mut cs)) => {
-            let ss = ss
-                .into_iter()
-                .map(|s| transform_against_all(s, &mut cs))
-                .collect();
+            let ss = ss.into_iter().map(|s| transform_against_all(s, &mut cs)).collect();
             (Operation::Compound(ss), Operation::Compound(cs))
         }
     }
@@ -59,11 +53,8 @@ fn transform_against_all(
 }
 
 fn placeholder() -> DiscreteOperation {
-    DiscreteOperation::new(
-        crate::ElementId::new(0, 0),
-        OperationKind::BooleanSet { value: false },
-    )
-    .into_noop()
+    DiscreteOperation::new(crate::ElementId::new(0, 0), OperationKind::BooleanSet { value: false })
+        .into_noop()
 }
 
 /// Transforms two discrete operations. Only operations on the same element interact.
@@ -85,16 +76,8 @@ pub fn transform_discrete(
         (s, c) => scalar::transform(s, c),
     };
     (
-        DiscreteOperation {
-            target,
-            noop: sk.noop,
-            kind: sk.kind,
-        },
-        DiscreteOperation {
-            target,
-            noop: ck.noop,
-            kind: ck.kind,
-        },
+        DiscreteOperation { target, noop: sk.noop, kind: sk.kind },
+        DiscreteOperation { target, noop: ck.noop, kind: ck.kind },
     )
 }
 
@@ -175,16 +158,8 @@ mod string {
     pub(super) fn transform(s: OperationKind, c: OperationKind) -> (Kinded, Kinded) {
         match (s, c) {
             (
-                StringSplice {
-                    index: i1,
-                    delete_count: d1,
-                    insert: x1,
-                },
-                StringSplice {
-                    index: i2,
-                    delete_count: d2,
-                    insert: x2,
-                },
+                StringSplice { index: i1, delete_count: d1, insert: x1 },
+                StringSplice { index: i2, delete_count: d2, insert: x2 },
             ) => {
                 let a = Splice::new(i1, d1, x1);
                 let b = Splice::new(i2, d2, x2);
@@ -194,10 +169,7 @@ mod string {
                     if a.insert == b.insert {
                         return (noop(a.into_kind()), noop(b.into_kind()));
                     }
-                    let s = Splice {
-                        delete: b.insert_len,
-                        ..a
-                    };
+                    let s = Splice { delete: b.insert_len, ..a };
                     return (keep(s.into_kind()), noop(b.into_kind()));
                 }
                 let s2 = a.after(&b, true);
@@ -222,12 +194,7 @@ mod string {
     impl Splice {
         fn new(index: usize, delete: usize, insert: String) -> Splice {
             let insert_len = insert.chars().count();
-            Splice {
-                index,
-                delete,
-                insert,
-                insert_len,
-            }
+            Splice { index, delete, insert, insert_len }
         }
 
         fn end(&self) -> usize {
@@ -280,28 +247,16 @@ mod string {
             } else {
                 (self.insert.clone(), self.insert_len)
             };
-            Splice {
-                index: start,
-                delete: end.saturating_sub(start),
-                insert,
-                insert_len,
-            }
+            Splice { index: start, delete: end.saturating_sub(start), insert, insert_len }
         }
 
         fn into_kind(self) -> OperationKind {
-            StringSplice {
-                index: self.index,
-                delete_count: self.delete,
-                insert: self.insert,
-            }
+            StringSplice { index: self.index, delete_count: self.delete, insert: self.insert }
         }
 
         fn into_kinded(self) -> Kinded {
             let empty = self.delete == 0 && self.insert_len == 0;
-            Kinded {
-                kind: self.into_kind(),
-                noop: empty,
-            }
+            Kinded { kind: self.into_kind(), noop: empty }
         }
     }
 }
@@ -321,25 +276,15 @@ mod object {
                     (noop(add.clone()), noop(add))
                 } else {
                     // Server wins: after the client's add, the server's becomes a set.
-                    let c = ObjectAddProperty {
-                        key: key.clone(),
-                        value: vc,
-                    };
+                    let c = ObjectAddProperty { key: key.clone(), value: vc };
                     (keep(ObjectSetProperty { key, value: vs }), noop(c))
                 }
             }
             (ObjectSetProperty { key, value: vs }, ObjectSetProperty { value: vc, .. }) => {
                 let equal = vs == vc;
-                let c = ObjectSetProperty {
-                    key: key.clone(),
-                    value: vc,
-                };
+                let c = ObjectSetProperty { key: key.clone(), value: vc };
                 let s = ObjectSetProperty { key, value: vs };
-                if equal {
-                    (noop(s), noop(c))
-                } else {
-                    (keep(s), noop(c))
-                }
+                if equal { (noop(s), noop(c)) } else { (keep(s), noop(c)) }
             }
             // Set beats remove: the set re-adds the property the remove took away.
             (ObjectSetProperty { key, value }, c @ ObjectRemoveProperty { .. }) => {
@@ -385,150 +330,54 @@ mod array {
     /// of their own.
     fn indexed(s: OperationKind, c: OperationKind) -> (Kinded, Kinded) {
         match (s, c) {
-            (
-                ArrayInsert {
-                    index: mut a,
-                    value: va,
-                },
-                ArrayInsert {
-                    index: mut b,
-                    value: vb,
-                },
-            ) => {
+            (ArrayInsert { index: mut a, value: va }, ArrayInsert { index: mut b, value: vb }) => {
                 insert_insert(&mut a, &mut b);
                 (
-                    keep(ArrayInsert {
-                        index: a,
-                        value: va,
-                    }),
-                    keep(ArrayInsert {
-                        index: b,
-                        value: vb,
-                    }),
+                    keep(ArrayInsert { index: a, value: va }),
+                    keep(ArrayInsert { index: b, value: vb }),
                 )
             }
-            (
-                ArrayInsert {
-                    index: mut a,
-                    value,
-                },
-                ArrayRemove { index: mut b },
-            ) => {
+            (ArrayInsert { index: mut a, value }, ArrayRemove { index: mut b }) => {
                 insert_remove(&mut a, &mut b);
-                (
-                    keep(ArrayInsert { index: a, value }),
-                    keep(ArrayRemove { index: b }),
-                )
+                (keep(ArrayInsert { index: a, value }), keep(ArrayRemove { index: b }))
             }
-            (
-                ArrayRemove { index: mut a },
-                ArrayInsert {
-                    index: mut b,
-                    value,
-                },
-            ) => {
+            (ArrayRemove { index: mut a }, ArrayInsert { index: mut b, value }) => {
                 insert_remove(&mut b, &mut a);
-                (
-                    keep(ArrayRemove { index: a }),
-                    keep(ArrayInsert { index: b, value }),
-                )
+                (keep(ArrayRemove { index: a }), keep(ArrayInsert { index: b, value }))
             }
-            (ArrayRemove { index: a }, ArrayRemove { index: b }) if a == b => (
-                noop(ArrayRemove { index: a }),
-                noop(ArrayRemove { index: b }),
-            ),
+            (ArrayRemove { index: a }, ArrayRemove { index: b }) if a == b => {
+                (noop(ArrayRemove { index: a }), noop(ArrayRemove { index: b }))
+            }
             (ArrayRemove { index: mut a }, ArrayRemove { index: mut b }) => {
                 remove_remove(&mut a, &mut b);
-                (
-                    keep(ArrayRemove { index: a }),
-                    keep(ArrayRemove { index: b }),
-                )
+                (keep(ArrayRemove { index: a }), keep(ArrayRemove { index: b }))
             }
-            (
-                ArrayInsert { index: a, value },
-                ArrayReplace {
-                    index: mut b,
-                    value: vb,
-                },
-            ) => {
+            (ArrayInsert { index: a, value }, ArrayReplace { index: mut b, value: vb }) => {
                 insert_shifts(a, &mut b);
-                (
-                    keep(ArrayInsert { index: a, value }),
-                    keep(ArrayReplace {
-                        index: b,
-                        value: vb,
-                    }),
-                )
+                (keep(ArrayInsert { index: a, value }), keep(ArrayReplace { index: b, value: vb }))
             }
-            (
-                ArrayReplace {
-                    index: mut a,
-                    value: va,
-                },
-                ArrayInsert { index: b, value },
-            ) => {
+            (ArrayReplace { index: mut a, value: va }, ArrayInsert { index: b, value }) => {
                 insert_shifts(b, &mut a);
-                (
-                    keep(ArrayReplace {
-                        index: a,
-                        value: va,
-                    }),
-                    keep(ArrayInsert { index: b, value }),
-                )
+                (keep(ArrayReplace { index: a, value: va }), keep(ArrayInsert { index: b, value }))
             }
             // Replace beats remove: the replacement comes back as an insert.
-            (ArrayRemove { index: a }, ArrayReplace { index: b, value }) if a == b => (
-                noop(ArrayRemove { index: a }),
-                keep(ArrayInsert { index: b, value }),
-            ),
-            (ArrayReplace { index: a, value }, ArrayRemove { index: b }) if a == b => (
-                keep(ArrayInsert { index: a, value }),
-                noop(ArrayRemove { index: b }),
-            ),
-            (
-                ArrayRemove { index: a },
-                ArrayReplace {
-                    index: mut b,
-                    value,
-                },
-            ) => {
+            (ArrayRemove { index: a }, ArrayReplace { index: b, value }) if a == b => {
+                (noop(ArrayRemove { index: a }), keep(ArrayInsert { index: b, value }))
+            }
+            (ArrayReplace { index: a, value }, ArrayRemove { index: b }) if a == b => {
+                (keep(ArrayInsert { index: a, value }), noop(ArrayRemove { index: b }))
+            }
+            (ArrayRemove { index: a }, ArrayReplace { index: mut b, value }) => {
                 remove_shifts(a, &mut b);
-                (
-                    keep(ArrayRemove { index: a }),
-                    keep(ArrayReplace { index: b, value }),
-                )
+                (keep(ArrayRemove { index: a }), keep(ArrayReplace { index: b, value }))
             }
-            (
-                ArrayReplace {
-                    index: mut a,
-                    value,
-                },
-                ArrayRemove { index: b },
-            ) => {
+            (ArrayReplace { index: mut a, value }, ArrayRemove { index: b }) => {
                 remove_shifts(b, &mut a);
-                (
-                    keep(ArrayReplace { index: a, value }),
-                    keep(ArrayRemove { index: b }),
-                )
+                (keep(ArrayReplace { index: a, value }), keep(ArrayRemove { index: b }))
             }
-            (
-                ArrayReplace {
-                    index: a,
-                    value: va,
-                },
-                ArrayReplace {
-                    index: b,
-                    value: vb,
-                },
-            ) => {
-                let s = ArrayReplace {
-                    index: a,
-                    value: va,
-                };
-                let c = ArrayReplace {
-                    index: b,
-                    value: vb,
-                };
+            (ArrayReplace { index: a, value: va }, ArrayReplace { index: b, value: vb }) => {
+                let s = ArrayReplace { index: a, value: va };
+                let c = ArrayReplace { index: b, value: vb };
                 if a != b {
                     (keep(s), keep(c))
                 } else if s == c {
@@ -561,10 +410,7 @@ mod array {
         let Move { mut from, mut to } = m;
         let moved = |from, to| keep(ArrayMove { from, to });
         match o {
-            ArrayInsert {
-                index: mut p,
-                value,
-            } => {
+            ArrayInsert { index: mut p, value } => {
                 if move_is_server {
                     remove_insert_server_first(&mut from, &mut p);
                     insert_insert(&mut to, &mut p);
@@ -575,10 +421,9 @@ mod array {
                 (moved(from, to), keep(ArrayInsert { index: p, value }))
             }
             // Removing the moved element wins: the remove follows it to its destination.
-            ArrayRemove { index } if index == from => (
-                noop(ArrayMove { from, to }),
-                keep(ArrayRemove { index: to }),
-            ),
+            ArrayRemove { index } if index == from => {
+                (noop(ArrayMove { from, to }), keep(ArrayRemove { index: to }))
+            }
             ArrayRemove { index: mut r } => {
                 remove_remove(&mut from, &mut r);
                 if move_is_server {
@@ -592,10 +437,7 @@ mod array {
             ArrayReplace { index, value } if index == from => {
                 (moved(from, to), keep(ArrayReplace { index: to, value }))
             }
-            ArrayReplace {
-                index: mut p,
-                value,
-            } => {
+            ArrayReplace { index: mut p, value } => {
                 remove_shifts(from, &mut p);
                 insert_shifts(to, &mut p);
                 (moved(from, to), keep(ArrayReplace { index: p, value }))
@@ -611,10 +453,7 @@ mod array {
                     (noop(ArrayMove { from, to }), moved(to, t2))
                 }
             }
-            ArrayMove {
-                from: mut f2,
-                to: mut t2,
-            } => {
+            ArrayMove { from: mut f2, to: mut t2 } => {
                 // Two moves of different elements: each is remove-then-insert.
                 let (sf, st, cf, ct) = if move_is_server {
                     (&mut from, &mut to, &mut f2, &mut t2)

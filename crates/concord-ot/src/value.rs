@@ -124,10 +124,9 @@ impl Value {
                 children.values().try_for_each(|c| c.validate_into(seen))
             }
             ValueData::Array(children) => children.iter().try_for_each(|c| c.validate_into(seen)),
-            ValueData::Number(n) if !n.is_finite() => Err(ValueError::NonFiniteNumber {
-                id: self.id,
-                value: *n,
-            }),
+            ValueData::Number(n) if !n.is_finite() => {
+                Err(ValueError::NonFiniteNumber { id: self.id, value: *n })
+            }
             _ => Ok(()),
         }
     }
@@ -144,10 +143,7 @@ impl Value {
             },
             serde_json::Value::String(s) => ValueData::String(s.clone()),
             serde_json::Value::Array(items) => ValueData::Array(
-                items
-                    .iter()
-                    .map(|item| Value::from_json(item, ids))
-                    .collect::<Result<_, _>>()?,
+                items.iter().map(|item| Value::from_json(item, ids)).collect::<Result<_, _>>()?,
             ),
             serde_json::Value::Object(map) => match date_millis(map) {
                 Some(ms) => ValueData::Date(ms),
@@ -165,10 +161,7 @@ impl Value {
     pub fn to_json(&self) -> serde_json::Value {
         match &self.data {
             ValueData::Object(children) => serde_json::Value::Object(
-                children
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_json()))
-                    .collect(),
+                children.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
             ),
             ValueData::Array(items) => {
                 serde_json::Value::Array(items.iter().map(Value::to_json).collect())

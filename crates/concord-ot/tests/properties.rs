@@ -97,18 +97,11 @@ fn noop(op: Operation) -> Operation {
 fn invalid(doc: &Document) -> concord_ot::DiscreteOperation {
     concord_ot::DiscreteOperation::new(
         doc.root_id(),
-        concord_ot::OperationKind::StringSplice {
-            index: 0,
-            delete_count: 0,
-            insert: "x".into(),
-        },
+        concord_ot::OperationKind::StringSplice { index: 0, delete_count: 0, insert: "x".into() },
     )
 }
 
 /// `default` cases, or `PROPTEST_CASES` for a longer local run.
 fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

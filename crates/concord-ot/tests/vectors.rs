@@ -58,14 +58,10 @@ fn run(file: &str) -> Result<()> {
 fn check(case: &Json) -> Result<()> {
     let mut base_ids = IdGenerator::new(ReplicaId(0), 0);
     let initial = Value::from_json(&case["initial"], &mut base_ids)?;
-    let root = Value::new(
-        base_ids.next(),
-        ValueData::Object(BTreeMap::from([("t".into(), initial)])),
-    );
+    let root =
+        Value::new(base_ids.next(), ValueData::Object(BTreeMap::from([("t".into(), initial)])));
     let doc = Document::new(root)?;
-    let target = doc
-        .element_at(&[PathSegment::Key("t".into())])
-        .context("target")?;
+    let target = doc.element_at(&[PathSegment::Key("t".into())]).context("target")?;
 
     let server = from_vector(&case["server"], target, 1)?;
     let client = from_vector(&case["client"], target, 2)?;
@@ -75,31 +71,20 @@ fn check(case: &Json) -> Result<()> {
     let want_server = normalize(&expected["server"], target)?;
     let want_client = normalize(&expected["client"], target)?;
     if to_vector(&server2) != want_server {
-        bail!(
-            "server' is {} but should be {}",
-            to_vector(&server2),
-            want_server
-        );
+        bail!("server' is {} but should be {}", to_vector(&server2), want_server);
     }
     if to_vector(&client2) != want_client {
-        bail!(
-            "client' is {} but should be {}",
-            to_vector(&client2),
-            want_client
-        );
+        bail!("client' is {} but should be {}", to_vector(&client2), want_client);
     }
 
     let want =
         Value::from_json(&expected["result"], &mut IdGenerator::new(ReplicaId(9), 0))?.to_json();
-    for (first, second, order) in [
-        (&server, &client2, "server, client'"),
-        (&client, &server2, "client, server'"),
-    ] {
+    for (first, second, order) in
+        [(&server, &client2, "server, client'"), (&client, &server2, "client, server'")]
+    {
         let mut doc = doc.clone();
-        doc.apply_discrete(first)
-            .with_context(|| format!("{order}: first"))?;
-        doc.apply_discrete(second)
-            .with_context(|| format!("{order}: second"))?;
+        doc.apply_discrete(first).with_context(|| format!("{order}: first"))?;
+        doc.apply_discrete(second).with_context(|| format!("{order}: second"))?;
         let got = doc.value(target).context("target survives")?.to_json();
         if got != want {
             bail!("applying {order} gives {got}, expected {want}");
@@ -116,18 +101,10 @@ fn normalize(op: &Json, target: ElementId) -> Result<Json> {
 fn from_vector(op: &Json, target: ElementId, replica: u64) -> Result<DiscreteOperation> {
     let mut ids = IdGenerator::new(ReplicaId(replica), 0);
     let mut value = |field: &str| Value::from_json(&op[field], &mut ids);
-    let index = |field: &str| {
-        op[field]
-            .as_u64()
-            .map(|i| i as usize)
-            .ok_or_else(|| anyhow!("{field}"))
-    };
-    let text = |field: &str| {
-        op[field]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("{field}"))
-    };
+    let index =
+        |field: &str| op[field].as_u64().map(|i| i as usize).ok_or_else(|| anyhow!("{field}"));
+    let text =
+        |field: &str| op[field].as_str().map(str::to_owned).ok_or_else(|| anyhow!("{field}"));
     let number = |field: &str| op[field].as_f64().ok_or_else(|| anyhow!("{field}"));
     let kind = match op["op"].as_str().context("op")? {
         "StringSplice" => OperationKind::StringSplice {
@@ -135,53 +112,36 @@ fn from_vector(op: &Json, target: ElementId, replica: u64) -> Result<DiscreteOpe
             delete_count: index("deleteCount")?,
             insert: text("insert")?,
         },
-        "StringSet" => OperationKind::StringSet {
-            value: text("value")?,
-        },
-        "ArrayInsert" => OperationKind::ArrayInsert {
-            index: index("index")?,
-            value: value("value")?,
-        },
-        "ArrayRemove" => OperationKind::ArrayRemove {
-            index: index("index")?,
-        },
-        "ArrayReplace" => OperationKind::ArrayReplace {
-            index: index("index")?,
-            value: value("value")?,
-        },
-        "ArrayMove" => OperationKind::ArrayMove {
-            from: index("from")?,
-            to: index("to")?,
-        },
+        "StringSet" => OperationKind::StringSet { value: text("value")? },
+        "ArrayInsert" => {
+            OperationKind::ArrayInsert { index: index("index")?, value: value("value")? }
+        }
+        "ArrayRemove" => OperationKind::ArrayRemove { index: index("index")? },
+        "ArrayReplace" => {
+            OperationKind::ArrayReplace { index: index("index")?, value: value("value")? }
+        }
+        "ArrayMove" => OperationKind::ArrayMove { from: index("from")?, to: index("to")? },
         "ArraySet" => match value("values")?.data {
             ValueData::Array(values) => OperationKind::ArraySet { values },
             _ => bail!("values must be an array"),
         },
-        "ObjectAddProperty" => OperationKind::ObjectAddProperty {
-            key: text("key")?,
-            value: value("value")?,
-        },
-        "ObjectSetProperty" => OperationKind::ObjectSetProperty {
-            key: text("key")?,
-            value: value("value")?,
-        },
+        "ObjectAddProperty" => {
+            OperationKind::ObjectAddProperty { key: text("key")?, value: value("value")? }
+        }
+        "ObjectSetProperty" => {
+            OperationKind::ObjectSetProperty { key: text("key")?, value: value("value")? }
+        }
         "ObjectRemoveProperty" => OperationKind::ObjectRemoveProperty { key: text("key")? },
         "ObjectSet" => match value("values")?.data {
             ValueData::Object(values) => OperationKind::ObjectSet { values },
             _ => bail!("values must be an object"),
         },
-        "NumberDelta" => OperationKind::NumberDelta {
-            delta: number("delta")?,
-        },
-        "NumberSet" => OperationKind::NumberSet {
-            value: number("value")?,
-        },
-        "BooleanSet" => OperationKind::BooleanSet {
-            value: op["value"].as_bool().context("value")?,
-        },
-        "DateSet" => OperationKind::DateSet {
-            value: op["value"].as_i64().context("value")?,
-        },
+        "NumberDelta" => OperationKind::NumberDelta { delta: number("delta")? },
+        "NumberSet" => OperationKind::NumberSet { value: number("value")? },
+        "BooleanSet" => {
+            OperationKind::BooleanSet { value: op["value"].as_bool().context("value")? }
+        }
+        "DateSet" => OperationKind::DateSet { value: op["value"].as_i64().context("value")? },
         other => bail!("unknown operation {other}"),
     };
     let noop = op.get("noop").and_then(Json::as_bool).unwrap_or(false);
@@ -191,11 +151,7 @@ fn from_vector(op: &Json, target: ElementId, replica: u64) -> Result<DiscreteOpe
 fn to_vector(op: &DiscreteOperation) -> Json {
     let list = |values: &[Value]| Json::Array(values.iter().map(Value::to_json).collect());
     let mut json = match &op.kind {
-        OperationKind::StringSplice {
-            index,
-            delete_count,
-            insert,
-        } => {
+        OperationKind::StringSplice { index, delete_count, insert } => {
             json!({"op": "StringSplice", "index": index, "deleteCount": delete_count, "insert": insert})
         }
         OperationKind::StringSet { value } => json!({"op": "StringSet", "value": value}),
@@ -218,10 +174,8 @@ fn to_vector(op: &DiscreteOperation) -> Json {
             json!({"op": "ObjectRemoveProperty", "key": key})
         }
         OperationKind::ObjectSet { values } => {
-            let values: serde_json::Map<_, _> = values
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_json()))
-                .collect();
+            let values: serde_json::Map<_, _> =
+                values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
             json!({"op": "ObjectSet", "values": values})
         }
         OperationKind::NumberDelta { delta } => json!({"op": "NumberDelta", "delta": delta}),

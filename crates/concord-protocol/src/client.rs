@@ -15,21 +15,12 @@ pub enum ClientMessage {
     ///
     /// [`ServerMessage::Response`]: crate::ServerMessage::Response
     /// [`ServerMessage::Error`]: crate::ServerMessage::Error
-    Request {
-        id: RequestId,
-        request: ClientRequest,
-    },
+    Request { id: RequestId, request: ClientRequest },
     /// The answer to the server's request `to`.
-    Response {
-        to: RequestId,
-        response: ClientResponse,
-    },
+    Response { to: RequestId, response: ClientResponse },
     /// The server's request `to` failed; `to` is `None` for a failure that concerns no
     /// request (a server frame the client could not decode).
-    Error {
-        to: Option<RequestId>,
-        error: ErrorReply,
-    },
+    Error { to: Option<RequestId>, error: ErrorReply },
     /// A one-way message; anything that comes back is correlated by its content.
     Notice(ClientNotice),
 }
@@ -67,11 +58,7 @@ pub enum ClientRequest {
     /// Reattaches a model after a reconnection: the server reports whether the in-flight
     /// submission was committed, then pushes `ResyncPage`s of the operations after
     /// `known_version`. → `ResyncStarted`.
-    Resync {
-        model: ModelId,
-        known_version: u64,
-        in_flight: Option<InFlight>,
-    },
+    Resync { model: ModelId, known_version: u64, in_flight: Option<InFlight> },
     /// The client applied the replay and re-sent its in-flight submission; `open` says
     /// whether it keeps the model open (false when it only synced pending changes).
     /// → `ResyncCompleted`.
@@ -80,18 +67,11 @@ pub enum ClientRequest {
     /// (sent after every handshake); otherwise `subscribe` is added and `unsubscribe`
     /// removed. The server answers, then catches up each newly subscribed model with
     /// `OfflineUpdate` pushes and keeps pushing while connected. → `Done`.
-    SubscribeOffline {
-        subscribe: Vec<KnownModel>,
-        unsubscribe: Vec<ModelId>,
-        replace: bool,
-    },
+    SubscribeOffline { subscribe: Vec<KnownModel>, unsubscribe: Vec<ModelId>, replace: bool },
     /// Needs `manage`. → `Permissions`.
     GetPermissions { model: ModelId },
     /// Needs `manage`. → `Done`; sessions whose permissions change get `PermissionsChanged`.
-    SetPermissions {
-        model: ModelId,
-        grants: PermissionGrants,
-    },
+    SetPermissions { model: ModelId, grants: PermissionGrants },
     /// → `Pong`.
     Ping,
 }
@@ -100,11 +80,7 @@ pub enum ClientRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     /// Answers `AutoCreate`: the content of the model the client asked to open.
-    AutoCreate {
-        collection: CollectionId,
-        data: Document,
-        permissions: Option<PermissionGrants>,
-    },
+    AutoCreate { collection: CollectionId, data: Document, permissions: Option<PermissionGrants> },
     /// Answers `Ping`.
     Pong,
 }
@@ -125,8 +101,5 @@ pub enum ClientNotice {
         operation: Operation,
     },
     /// Shares, sets, clears or unshares one of this session's references on an open model.
-    Reference {
-        model: ModelId,
-        change: ReferenceChange,
-    },
+    Reference { model: ModelId, change: ReferenceChange },
 }

@@ -134,11 +134,7 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
-        ErrorReply {
-            code,
-            message: message.into(),
-            details: BTreeMap::new(),
-        }
+        ErrorReply { code, message: message.into(), details: BTreeMap::new() }
     }
 
     pub fn with_detail(mut self, key: impl Into<String>, value: impl Into<String>) -> ErrorReply {

@@ -12,11 +12,7 @@ pub enum IdError {
     #[error("{kind} is empty")]
     Empty { kind: &'static str },
     #[error("{kind} is {len} bytes long, more than the maximum of {max}")]
-    TooLong {
-        kind: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { kind: &'static str, len: usize, max: usize },
     #[error("{kind} contains the control character {found:?}")]
     ControlCharacter { kind: &'static str, found: char },
 }
@@ -26,11 +22,7 @@ fn validate(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if s.len() > max {
-        return Err(IdError::TooLong {
-            kind,
-            len: s.len(),
-            max,
-        });
+        return Err(IdError::TooLong { kind, len: s.len(), max });
     }
     if let Some(found) = s.chars().find(|c| c.is_control()) {
         return Err(IdError::ControlCharacter { kind, found });

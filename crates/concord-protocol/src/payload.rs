@@ -67,18 +67,10 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    pub const ALL: Permissions = Permissions {
-        read: true,
-        write: true,
-        remove: true,
-        manage: true,
-    };
-    pub const NONE: Permissions = Permissions {
-        read: false,
-        write: false,
-        remove: false,
-        manage: false,
-    };
+    pub const ALL: Permissions =
+        Permissions { read: true, write: true, remove: true, manage: true };
+    pub const NONE: Permissions =
+        Permissions { read: false, write: false, remove: false, manage: false };
 }
 
 /// The permission grants stored on a model (read and written by sessions with `manage`).
@@ -161,16 +153,9 @@ pub struct ReferenceKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReferenceChange {
     /// Starts sharing, optionally with a first value.
-    Share {
-        reference: ReferenceKey,
-        value: Option<ReferenceValue>,
-    },
+    Share { reference: ReferenceKey, value: Option<ReferenceValue> },
     /// Sets the value, as of model version `version` (receivers transform it forward).
-    Set {
-        reference: ReferenceKey,
-        value: ReferenceValue,
-        version: u64,
-    },
+    Set { reference: ReferenceKey, value: ReferenceValue, version: u64 },
     /// Keeps sharing, without a value.
     Clear { reference: ReferenceKey },
     /// Stops sharing.
@@ -198,16 +183,10 @@ pub struct KnownModel {
 pub enum OfflineUpdate {
     /// The operations after the version the client knows, in order (a catch-up page or a
     /// live push). `more` says that further catch-up pages follow.
-    Operations {
-        operations: Vec<CommittedOperation>,
-        more: bool,
-    },
+    Operations { operations: Vec<CommittedOperation>, more: bool },
     /// The whole model, when the client has no copy or a snapshot is smaller than the
     /// missed operations.
-    Snapshot {
-        snapshot: ModelSnapshot,
-        permissions: Permissions,
-    },
+    Snapshot { snapshot: ModelSnapshot, permissions: Permissions },
     /// The model was deleted; the client drops it from its subscription set.
     Deleted,
     /// The user may no longer read the model; the client drops it from its subscription set.

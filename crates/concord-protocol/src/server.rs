@@ -17,21 +17,12 @@ pub enum ServerMessage {
     ///
     /// [`ClientMessage::Response`]: crate::ClientMessage::Response
     /// [`ClientMessage::Error`]: crate::ClientMessage::Error
-    Request {
-        id: RequestId,
-        request: ServerRequest,
-    },
+    Request { id: RequestId, request: ServerRequest },
     /// The answer to the client's request `to`.
-    Response {
-        to: RequestId,
-        response: ServerResponse,
-    },
+    Response { to: RequestId, response: ServerResponse },
     /// The client's request `to` failed; `to` is `None` for a failure that concerns no
     /// request (a client frame the server could not decode).
-    Error {
-        to: Option<RequestId>,
-        error: ErrorReply,
-    },
+    Error { to: Option<RequestId>, error: ErrorReply },
     /// A message the client did not ask for.
     Push(ServerPush),
 }
@@ -55,11 +46,7 @@ pub enum ServerResponse {
     /// Answers `OpenModel`.
     ModelOpened(OpenedModel),
     /// Answers `CreateModel`, also when this `(model, nonce)` was created before.
-    ModelCreated {
-        model: ModelId,
-        version: u64,
-        created_at: Timestamp,
-    },
+    ModelCreated { model: ModelId, version: u64, created_at: Timestamp },
     /// Answers `Resync`: the model's current version (the replay ends there) and whether
     /// the in-flight submission was committed (`None`: not committed, or none was named).
     ResyncStarted {
@@ -76,10 +63,7 @@ pub enum ServerResponse {
         references: Vec<SharedReference>,
     },
     /// Answers `GetPermissions`.
-    Permissions {
-        model: ModelId,
-        grants: PermissionGrants,
-    },
+    Permissions { model: ModelId, grants: PermissionGrants },
     /// Answers `Ping`.
     Pong,
     /// Answers requests that return nothing: `CloseModel`, `DeleteModel`,
@@ -98,61 +82,28 @@ pub enum HandshakeResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerPush {
     /// The submission `(model, seq)` was committed as `version`.
-    Ack {
-        model: ModelId,
-        seq: u64,
-        version: u64,
-        timestamp: Timestamp,
-    },
+    Ack { model: ModelId, seq: u64, version: u64, timestamp: Timestamp },
     /// The submission `(model, seq)` was refused and will never be committed.
-    SubmitRejected {
-        model: ModelId,
-        seq: u64,
-        error: ErrorReply,
-    },
+    SubmitRejected { model: ModelId, seq: u64, error: ErrorReply },
     /// Another session's operation, committed on a model this client has open.
-    RemoteOperation {
-        model: ModelId,
-        operation: CommittedOperation,
-    },
+    RemoteOperation { model: ModelId, operation: CommittedOperation },
     /// Operations missed while disconnected, after a `Resync`; the page with `last` ends
     /// the replay (at the `current_version` of `ResyncStarted`). Later operations arrive as
     /// `RemoteOperation`s.
-    ResyncPage {
-        model: ModelId,
-        operations: Vec<CommittedOperation>,
-        last: bool,
-    },
+    ResyncPage { model: ModelId, operations: Vec<CommittedOperation>, last: bool },
     /// Catch-up and live updates of a model in the offline subscription set.
-    OfflineUpdate {
-        model: ModelId,
-        update: OfflineUpdate,
-    },
+    OfflineUpdate { model: ModelId, update: OfflineUpdate },
     /// This session's permissions on an open or subscribed model changed.
-    PermissionsChanged {
-        model: ModelId,
-        permissions: Permissions,
-    },
+    PermissionsChanged { model: ModelId, permissions: Permissions },
     /// Another session opened a model this client has open.
-    CollaboratorOpened {
-        model: ModelId,
-        collaborator: Collaborator,
-    },
+    CollaboratorOpened { model: ModelId, collaborator: Collaborator },
     /// Another session closed (or lost) a model this client has open.
     CollaboratorClosed { model: ModelId, session: SessionId },
     /// Another session changed one of its references.
-    RemoteReference {
-        model: ModelId,
-        session: SessionId,
-        change: ReferenceChange,
-    },
+    RemoteReference { model: ModelId, session: SessionId, change: ReferenceChange },
     /// The server closed the model on this connection (deleted, permission revoked, an
     /// operation could not be applied); the client must reopen or resync it.
-    ModelForceClosed {
-        model: ModelId,
-        code: ErrorCode,
-        message: String,
-    },
+    ModelForceClosed { model: ModelId, code: ErrorCode, message: String },
     /// The server is about to close the connection (shutdown, session revoked).
     SessionClosing { code: ErrorCode, message: String },
 }

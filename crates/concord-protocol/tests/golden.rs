@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use support::goldens;
 
 fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.bin"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.bin"))
 }
 
 #[test]
@@ -28,10 +26,7 @@ fn frames_match_the_committed_bytes() -> anyhow::Result<()> {
             continue;
         }
         let committed = std::fs::read(&path).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-                path.display()
-            )
+            anyhow::anyhow!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display())
         })?;
         if committed != bytes {
             mismatches.push(golden.name);
@@ -60,10 +55,7 @@ fn every_fixture_file_has_a_message() -> anyhow::Result<()> {
         if path.extension().is_none_or(|ext| ext != "bin") {
             continue;
         }
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         assert!(names.contains(&stem), "stale fixture {}", path.display());
     }
     Ok(())
@@ -72,10 +64,7 @@ fn every_fixture_file_has_a_message() -> anyhow::Result<()> {
 /// A readable form of one fixture, to see what the bytes mean.
 #[test]
 fn the_ack_frame_is_small_and_readable() {
-    let ack = goldens()
-        .into_iter()
-        .find(|g| g.name == "server_ack")
-        .unwrap();
+    let ack = goldens().into_iter().find(|g| g.name == "server_ack").unwrap();
     let bytes = ack.frame.encode();
     // version 1, server→client, Push (3), Ack (0), model id (36 bytes + length), seq 3,
     // version 13, timestamp (zig-zag varint).

@@ -84,11 +84,7 @@ fn every_truncation_of_every_golden_frame_is_an_error() {
     for golden in goldens() {
         let bytes = golden.frame.encode();
         for len in 0..bytes.len() {
-            let expected = if len == 0 {
-                DecodeError::Empty
-            } else {
-                DecodeError::Truncated
-            };
+            let expected = if len == 0 { DecodeError::Empty } else { DecodeError::Truncated };
             assert_eq!(
                 golden.frame.decode_as_own_kind(&bytes[..len]),
                 Err(expected),
@@ -104,11 +100,7 @@ fn a_frame_for_the_other_direction_is_refused() {
     for golden in goldens() {
         let bytes = golden.frame.encode();
         let err = golden.frame.decode_as_other_kind(&bytes).unwrap_err();
-        assert!(
-            matches!(err, DecodeError::WrongKind { .. }),
-            "{}: {err}",
-            golden.name
-        );
+        assert!(matches!(err, DecodeError::WrongKind { .. }), "{}: {err}", golden.name);
     }
 }
 
@@ -129,10 +121,7 @@ fn unknown_version_bytes_are_refused_before_parsing() {
     }
     // The version is checked even when nothing follows it.
     let err = decode::<ClientMessage>(&[2]).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "unsupported protocol version 2 (this peer speaks version 1)"
-    );
+    assert_eq!(err.to_string(), "unsupported protocol version 2 (this peer speaks version 1)");
     assert_eq!(err.code(), ErrorCode::UNSUPPORTED_VERSION);
 }
 
@@ -152,34 +141,19 @@ fn trailing_bytes_are_refused() {
 
 #[test]
 fn oversize_frames_are_refused_before_parsing() {
-    let limits = Limits {
-        max_frame_bytes: 64,
-        ..Limits::DEFAULT
-    };
+    let limits = Limits { max_frame_bytes: 64, ..Limits::DEFAULT };
     let message = submit(support::sample_operation());
     let frame = encode(&message).unwrap();
     assert!(frame.len() > 64);
     assert_eq!(
         decode_with::<ClientMessage>(&limits, &frame),
-        Err(DecodeError::TooLarge {
-            size: frame.len(),
-            max: 64
-        })
+        Err(DecodeError::TooLarge { size: frame.len(), max: 64 })
     );
-    assert_eq!(
-        encode_with(&limits, &message),
-        Err(EncodeError::TooLarge { max: 64 })
-    );
+    assert_eq!(encode_with(&limits, &message), Err(EncodeError::TooLarge { max: 64 }));
     // A frame of exactly the limit is fine.
-    let exact = Limits {
-        max_frame_bytes: frame.len(),
-        ..limits
-    };
+    let exact = Limits { max_frame_bytes: frame.len(), ..limits };
     assert_eq!(encode_with(&exact, &message).unwrap(), frame);
-    assert_eq!(
-        decode_with::<ClientMessage>(&exact, &frame).unwrap(),
-        message
-    );
+    assert_eq!(decode_with::<ClientMessage>(&exact, &frame).unwrap(), message);
 
     // The default limit, with a frame one byte over it: refused without looking inside.
     let mut huge = vec![0u8; Limits::DEFAULT.max_frame_bytes + 1];
@@ -195,9 +169,7 @@ fn a_hundred_thousand_levels_of_nesting_is_a_typed_error() {
     let frame = deep_submit_frame(100_000);
     assert_eq!(
         decode::<ClientMessage>(&frame),
-        Err(DecodeError::TooDeep {
-            max: Limits::DEFAULT.max_depth
-        })
+        Err(DecodeError::TooDeep { max: Limits::DEFAULT.max_depth })
     );
     // The same nesting through the bare codec, as a lone value and as a document.
     let mut bare = Vec::new();
@@ -227,17 +199,10 @@ fn the_deepest_accepted_value_encodes_and_decodes_and_one_more_level_does_neithe
     let ok = submit(array_insert(nested_value(deepest)));
     assert_eq!(encode(&ok).unwrap(), deep_submit_frame(deepest));
     let too_deep = submit(array_insert(nested_value(deepest + 1)));
-    assert_eq!(
-        encode(&too_deep),
-        Err(EncodeError::TooDeep {
-            max: Limits::DEFAULT.max_depth
-        })
-    );
+    assert_eq!(encode(&too_deep), Err(EncodeError::TooDeep { max: Limits::DEFAULT.max_depth }));
     assert_eq!(
         decode::<ClientMessage>(&deep_submit_frame(deepest + 1)),
-        Err(DecodeError::TooDeep {
-            max: Limits::DEFAULT.max_depth
-        })
+        Err(DecodeError::TooDeep { max: Limits::DEFAULT.max_depth })
     );
 }
 
@@ -277,9 +242,7 @@ fn huge_length_prefixes_do_not_allocate() {
     // An object set claiming 2^60 properties.
     let set = Operation::Discrete(DiscreteOperation::new(
         ElementId::new(0, 0),
-        OperationKind::ObjectSet {
-            values: Default::default(),
-        },
+        OperationKind::ObjectSet { values: Default::default() },
     ));
     let mut frame = encode(&submit(set)).unwrap();
     assert_eq!(frame.pop(), Some(0));
@@ -331,10 +294,7 @@ fn unknown_error_codes_decode() {
         panic!("not an error: {decoded:?}");
     };
     assert!(!error.code.is_known());
-    assert_eq!(
-        error.to_string(),
-        "unknown error code 9999: from the future"
-    );
+    assert_eq!(error.to_string(), "unknown error code 9999: from the future");
 }
 
 #[test]
@@ -360,11 +320,9 @@ fn invalid_values_are_refused() {
         Err(DecodeError::Malformed("invalid bool"))
     );
     // A document whose root is not an object.
-    let null_root = codec::encode_value(
-        &Limits::DEFAULT,
-        &Value::new(ElementId::new(0, 0), ValueData::Null),
-    )
-    .unwrap();
+    let null_root =
+        codec::encode_value(&Limits::DEFAULT, &Value::new(ElementId::new(0, 0), ValueData::Null))
+            .unwrap();
     assert_eq!(
         codec::decode_value::<Document>(&Limits::DEFAULT, &null_root),
         Err(DecodeError::InvalidValue)
@@ -373,11 +331,7 @@ fn invalid_values_are_refused() {
     let dup = Value::new(
         ElementId::new(0, 0),
         ValueData::Object(
-            [(
-                "a".to_string(),
-                Value::new(ElementId::new(0, 0), ValueData::Null),
-            )]
-            .into(),
+            [("a".to_string(), Value::new(ElementId::new(0, 0), ValueData::Null))].into(),
         ),
     );
     let bytes = codec::encode_value(&Limits::DEFAULT, &dup).unwrap();

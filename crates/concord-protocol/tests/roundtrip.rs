@@ -118,8 +118,5 @@ fn strategies_cover_every_variant() {
     let missing: Vec<_> = expected.difference(&seen).collect();
     assert!(missing.is_empty(), "never generated: {missing:?}");
     let unlisted: Vec<_> = seen.difference(&expected).collect();
-    assert!(
-        unlisted.is_empty(),
-        "generated but not listed: {unlisted:?}"
-    );
+    assert!(unlisted.is_empty(), "generated but not listed: {unlisted:?}");
 }

@@ -41,11 +41,7 @@ pub(super) struct Limited<'g, D> {
 
 impl<'g, D> Limited<'g, D> {
     fn wrap<V>(&self, visitor: V) -> Visit<'g, V> {
-        Visit {
-            visitor,
-            budget: self.budget,
-            guard: self.guard,
-        }
+        Visit { visitor, budget: self.budget, guard: self.guard }
     }
 }
 
@@ -210,44 +206,24 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
 
     fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
         let budget = descend(self.budget, self.guard)?;
-        self.visitor.visit_some(Limited {
-            de,
-            budget,
-            guard: self.guard,
-        })
+        self.visitor.visit_some(Limited { de, budget, guard: self.guard })
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
         let budget = descend(self.budget, self.guard)?;
-        self.visitor.visit_newtype_struct(Limited {
-            de,
-            budget,
-            guard: self.guard,
-        })
+        self.visitor.visit_newtype_struct(Limited { de, budget, guard: self.guard })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
-        self.visitor.visit_seq(Seq {
-            seq,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.visitor.visit_seq(Seq { seq, budget: self.budget, guard: self.guard })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-        self.visitor.visit_map(Map {
-            map,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.visitor.visit_map(Map { map, budget: self.budget, guard: self.guard })
     }
 
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
-        self.visitor.visit_enum(Enum {
-            data,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.visitor.visit_enum(Enum { data, budget: self.budget, guard: self.guard })
     }
 }
 
@@ -263,11 +239,7 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<'_, S> {
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<S::Value, D::Error> {
         let budget = descend(self.budget, self.guard)?;
-        self.seed.deserialize(Limited {
-            de,
-            budget,
-            guard: self.guard,
-        })
+        self.seed.deserialize(Limited { de, budget, guard: self.guard })
     }
 }
 
@@ -284,11 +256,7 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Seq<'_, A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
-        self.seq.next_element_seed(Seed {
-            seed,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.seq.next_element_seed(Seed { seed, budget: self.budget, guard: self.guard })
     }
 
     /// No hint: the length prefix is the sender's claim, so nothing is reserved for it.
@@ -310,19 +278,11 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
-        self.map.next_key_seed(Seed {
-            seed,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.map.next_key_seed(Seed { seed, budget: self.budget, guard: self.guard })
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
-        self.map.next_value_seed(Seed {
-            seed,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.map.next_value_seed(Seed { seed, budget: self.budget, guard: self.guard })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -344,18 +304,8 @@ impl<'de, 'g, A: EnumAccess<'de>> EnumAccess<'de> for Enum<'g, A> {
         self,
         seed: S,
     ) -> Result<(S::Value, Self::Variant), A::Error> {
-        let (value, variant) = self.data.variant_seed(VariantIndex {
-            seed,
-            guard: self.guard,
-        })?;
-        Ok((
-            value,
-            Variant {
-                variant,
-                budget: self.budget,
-                guard: self.guard,
-            },
-        ))
+        let (value, variant) = self.data.variant_seed(VariantIndex { seed, guard: self.guard })?;
+        Ok((value, Variant { variant, budget: self.budget, guard: self.guard }))
     }
 }
 
@@ -392,22 +342,11 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Variant<'_, A> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
-        self.variant.newtype_variant_seed(Seed {
-            seed,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.variant.newtype_variant_seed(Seed { seed, budget: self.budget, guard: self.guard })
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        self.variant.tuple_variant(
-            len,
-            Visit {
-                visitor,
-                budget: self.budget,
-                guard: self.guard,
-            },
-        )
+        self.variant.tuple_variant(len, Visit { visitor, budget: self.budget, guard: self.guard })
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -415,13 +354,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Variant<'_, A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        self.variant.struct_variant(
-            fields,
-            Visit {
-                visitor,
-                budget: self.budget,
-                guard: self.guard,
-            },
-        )
+        self.variant
+            .struct_variant(fields, Visit { visitor, budget: self.budget, guard: self.guard })
     }
 }

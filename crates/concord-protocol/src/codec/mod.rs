@@ -46,10 +46,7 @@ pub struct Limits {
 
 impl Limits {
     /// 16 MiB frames, 128 levels (model values about 40 levels deep).
-    pub const DEFAULT: Limits = Limits {
-        max_frame_bytes: 16 * 1024 * 1024,
-        max_depth: 128,
-    };
+    pub const DEFAULT: Limits = Limits { max_frame_bytes: 16 * 1024 * 1024, max_depth: 128 };
 }
 
 impl Default for Limits {
@@ -185,10 +182,7 @@ pub fn decode<M: WireMessage>(frame: &[u8]) -> Result<M, DecodeError> {
 /// Decodes one frame within `limits`.
 pub fn decode_with<M: WireMessage>(limits: &Limits, frame: &[u8]) -> Result<M, DecodeError> {
     if frame.len() > limits.max_frame_bytes {
-        return Err(DecodeError::TooLarge {
-            size: frame.len(),
-            max: limits.max_frame_bytes,
-        });
+        return Err(DecodeError::TooLarge { size: frame.len(), max: limits.max_frame_bytes });
     }
     let (&version, rest) = frame.split_first().ok_or(DecodeError::Empty)?;
     if version != PROTOCOL_VERSION {
@@ -199,10 +193,7 @@ pub fn decode_with<M: WireMessage>(limits: &Limits, frame: &[u8]) -> Result<M, D
     }
     let (&kind, body) = rest.split_first().ok_or(DecodeError::Truncated)?;
     if kind != M::KIND.byte() {
-        return Err(DecodeError::WrongKind {
-            found: kind,
-            expected: M::KIND.byte(),
-        });
+        return Err(DecodeError::WrongKind { found: kind, expected: M::KIND.byte() });
     }
     decode_body(limits, body)
 }
@@ -219,10 +210,7 @@ pub fn encode_value<T: Serialize + ?Sized>(
 /// Decodes bare postcard (no frame header) with the same defences as [`decode_with`].
 pub fn decode_value<T: DeserializeOwned>(limits: &Limits, bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > limits.max_frame_bytes {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            max: limits.max_frame_bytes,
-        });
+        return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_frame_bytes });
     }
     decode_body(limits, bytes)
 }
@@ -233,22 +221,13 @@ fn encode_into<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<Vec<u8>, EncodeError> {
     let guard = Guard::default();
-    let root = ser::Root {
-        value,
-        budget: limits.max_depth,
-        guard: &guard,
-    };
-    let output = CappedVec {
-        buf,
-        max: limits.max_frame_bytes,
-    };
+    let root = ser::Root { value, budget: limits.max_depth, guard: &guard };
+    let output = CappedVec { buf, max: limits.max_frame_bytes };
     postcard::serialize_with_flavor(&root, output).map_err(|error| match guard.fault.get() {
-        Some(_) => EncodeError::TooDeep {
-            max: limits.max_depth,
-        },
-        None if error == postcard::Error::SerializeBufferFull => EncodeError::TooLarge {
-            max: limits.max_frame_bytes,
-        },
+        Some(_) => EncodeError::TooDeep { max: limits.max_depth },
+        None if error == postcard::Error::SerializeBufferFull => {
+            EncodeError::TooLarge { max: limits.max_frame_bytes }
+        }
         None => EncodeError::Unencodable(error.to_string()),
     })
 }
@@ -256,15 +235,9 @@ fn encode_into<T: Serialize + ?Sized>(
 fn decode_body<T: DeserializeOwned>(limits: &Limits, body: &[u8]) -> Result<T, DecodeError> {
     let guard = Guard::default();
     let mut postcard = postcard::Deserializer::from_bytes(body);
-    let limited = de::Limited {
-        de: &mut postcard,
-        budget: limits.max_depth,
-        guard: &guard,
-    };
+    let limited = de::Limited { de: &mut postcard, budget: limits.max_depth, guard: &guard };
     let value = T::deserialize(limited).map_err(|error| match guard.fault.get() {
-        Some(Fault::TooDeep) => DecodeError::TooDeep {
-            max: limits.max_depth,
-        },
+        Some(Fault::TooDeep) => DecodeError::TooDeep { max: limits.max_depth },
         Some(Fault::UnknownVariant(index)) => DecodeError::UnknownVariant { index },
         None => from_postcard(error),
     })?;
@@ -365,47 +338,26 @@ mod tests {
         // levels below the outermost sequence.
         type Nested = Vec<Vec<Vec<Vec<Vec<Vec<u8>>>>>>;
         let bytes = [1, 1, 1, 1, 1, 0];
-        let exact = Limits {
-            max_depth: 5,
-            ..Limits::DEFAULT
-        };
+        let exact = Limits { max_depth: 5, ..Limits::DEFAULT };
         let value: Nested = decode_value(&exact, &bytes).unwrap();
         assert_eq!(encode_value(&exact, &value).unwrap(), bytes);
-        let tighter = Limits {
-            max_depth: 4,
-            ..exact
-        };
+        let tighter = Limits { max_depth: 4, ..exact };
         assert_eq!(
             decode_value::<Nested>(&tighter, &bytes).unwrap_err(),
             DecodeError::TooDeep { max: 4 }
         );
-        assert_eq!(
-            encode_value(&tighter, &value).unwrap_err(),
-            EncodeError::TooDeep { max: 4 }
-        );
+        assert_eq!(encode_value(&tighter, &value).unwrap_err(), EncodeError::TooDeep { max: 4 });
     }
 
     #[test]
     fn maps_count_keys_and_values_one_level_down() {
         let mut map = BTreeMap::new();
         map.insert(1u8, Some(2u8));
-        let limits = Limits {
-            max_depth: 2,
-            ..Limits::DEFAULT
-        };
+        let limits = Limits { max_depth: 2, ..Limits::DEFAULT };
         let bytes = encode_value(&limits, &map).unwrap();
-        assert_eq!(
-            decode_value::<BTreeMap<u8, Option<u8>>>(&limits, &bytes).unwrap(),
-            map
-        );
-        let tighter = Limits {
-            max_depth: 1,
-            ..limits
-        };
-        assert!(matches!(
-            encode_value(&tighter, &map),
-            Err(EncodeError::TooDeep { .. })
-        ));
+        assert_eq!(decode_value::<BTreeMap<u8, Option<u8>>>(&limits, &bytes).unwrap(), map);
+        let tighter = Limits { max_depth: 1, ..limits };
+        assert!(matches!(encode_value(&tighter, &map), Err(EncodeError::TooDeep { .. })));
         assert!(matches!(
             decode_value::<BTreeMap<u8, Option<u8>>>(&tighter, &bytes),
             Err(DecodeError::TooDeep { .. })
@@ -414,10 +366,7 @@ mod tests {
 
     #[test]
     fn encoding_stops_at_the_size_limit() {
-        let limits = Limits {
-            max_frame_bytes: 10,
-            ..Limits::DEFAULT
-        };
+        let limits = Limits { max_frame_bytes: 10, ..Limits::DEFAULT };
         assert_eq!(
             encode_value(&limits, &vec![0u8; 20]).unwrap_err(),
             EncodeError::TooLarge { max: 10 }

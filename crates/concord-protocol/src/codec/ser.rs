@@ -29,11 +29,7 @@ pub(super) struct Root<'a, 'g, T: ?Sized> {
 
 impl<T: ?Sized + Serialize> Serialize for Root<'_, '_, T> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        self.value.serialize(Checked {
-            ser,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        self.value.serialize(Checked { ser, budget: self.budget, guard: self.guard })
     }
 }
 
@@ -47,11 +43,7 @@ struct Child<'a, 'g, T: ?Sized> {
 impl<T: ?Sized + Serialize> Serialize for Child<'_, '_, T> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let budget = descend(self.budget, self.guard)?;
-        self.value.serialize(Checked {
-            ser,
-            budget,
-            guard: self.guard,
-        })
+        self.value.serialize(Checked { ser, budget, guard: self.guard })
     }
 }
 
@@ -63,11 +55,7 @@ struct Checked<'g, S> {
 
 impl<'g, S> Checked<'g, S> {
     fn child<'a, T: ?Sized>(&self, value: &'a T) -> Child<'a, 'g, T> {
-        Child {
-            value,
-            budget: self.budget,
-            guard: self.guard,
-        }
+        Child { value, budget: self.budget, guard: self.guard }
     }
 }
 
@@ -151,26 +139,17 @@ impl<'g, S: Serializer> Serializer for Checked<'g, S> {
         value: &T,
     ) -> Result<S::Ok, S::Error> {
         let child = self.child(value);
-        self.ser
-            .serialize_newtype_variant(name, index, variant, &child)
+        self.ser.serialize_newtype_variant(name, index, variant, &child)
     }
 
     fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
         let inner = self.ser.serialize_seq(len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
         let inner = self.ser.serialize_tuple(len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn serialize_tuple_struct(
@@ -179,11 +158,7 @@ impl<'g, S: Serializer> Serializer for Checked<'g, S> {
         len: usize,
     ) -> Result<Self::SerializeTupleStruct, S::Error> {
         let inner = self.ser.serialize_tuple_struct(name, len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn serialize_tuple_variant(
@@ -193,23 +168,13 @@ impl<'g, S: Serializer> Serializer for Checked<'g, S> {
         variant: &'static str,
         len: usize,
     ) -> Result<Self::SerializeTupleVariant, S::Error> {
-        let inner = self
-            .ser
-            .serialize_tuple_variant(name, index, variant, len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        let inner = self.ser.serialize_tuple_variant(name, index, variant, len)?;
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
         let inner = self.ser.serialize_map(len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn serialize_struct(
@@ -218,11 +183,7 @@ impl<'g, S: Serializer> Serializer for Checked<'g, S> {
         len: usize,
     ) -> Result<Self::SerializeStruct, S::Error> {
         let inner = self.ser.serialize_struct(name, len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn serialize_struct_variant(
@@ -232,14 +193,8 @@ impl<'g, S: Serializer> Serializer for Checked<'g, S> {
         variant: &'static str,
         len: usize,
     ) -> Result<Self::SerializeStructVariant, S::Error> {
-        let inner = self
-            .ser
-            .serialize_struct_variant(name, index, variant, len)?;
-        Ok(Compound {
-            inner,
-            budget: self.budget,
-            guard: self.guard,
-        })
+        let inner = self.ser.serialize_struct_variant(name, index, variant, len)?;
+        Ok(Compound { inner, budget: self.budget, guard: self.guard })
     }
 
     fn collect_str<T: ?Sized + fmt::Display>(self, value: &T) -> Result<S::Ok, S::Error> {
@@ -260,11 +215,7 @@ struct Compound<'g, C> {
 
 impl<'g, C> Compound<'g, C> {
     fn child<'a, T: ?Sized>(&self, value: &'a T) -> Child<'a, 'g, T> {
-        Child {
-            value,
-            budget: self.budget,
-            guard: self.guard,
-        }
+        Child { value, budget: self.budget, guard: self.guard }
     }
 }
 

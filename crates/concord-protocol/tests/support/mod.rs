@@ -70,9 +70,9 @@ fn renumber(value: &mut Value, replica: u64, next: &mut u64) {
     value.id = ElementId::new(replica, *next);
     *next += 1;
     match &mut value.data {
-        ValueData::Object(children) => children
-            .values_mut()
-            .for_each(|c| renumber(c, replica, next)),
+        ValueData::Object(children) => {
+            children.values_mut().for_each(|c| renumber(c, replica, next))
+        }
         ValueData::Array(children) => children.iter_mut().for_each(|c| renumber(c, replica, next)),
         _ => {}
     }
@@ -91,11 +91,7 @@ pub fn operation_kind() -> impl Strategy<Value = OperationKind> {
     use OperationKind::*;
     prop_oneof![
         (any::<usize>(), 0usize..10, text()).prop_map(|(index, delete_count, insert)| {
-            StringSplice {
-                index,
-                delete_count,
-                insert,
-            }
+            StringSplice { index, delete_count, insert }
         }),
         text().prop_map(|value| StringSet { value }),
         (0usize..100, value()).prop_map(|(index, value)| ArrayInsert { index, value }),
@@ -167,20 +163,12 @@ pub fn timestamp() -> impl Strategy<Value = Timestamp> {
 }
 
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {
-    prop_oneof![
-        proptest::sample::select(ErrorCode::ALL),
-        any::<u16>().prop_map(ErrorCode),
-    ]
+    prop_oneof![proptest::sample::select(ErrorCode::ALL), any::<u16>().prop_map(ErrorCode),]
 }
 
 pub fn error_reply() -> impl Strategy<Value = ErrorReply> {
-    (error_code(), text(), btree_map(text(), text(), 0..3)).prop_map(|(code, message, details)| {
-        ErrorReply {
-            code,
-            message,
-            details,
-        }
-    })
+    (error_code(), text(), btree_map(text(), text(), 0..3))
+        .prop_map(|(code, message, details)| ErrorReply { code, message, details })
 }
 
 pub fn permissions() -> impl Strategy<Value = Permissions> {
@@ -193,35 +181,25 @@ pub fn permissions() -> impl Strategy<Value = Permissions> {
 }
 
 pub fn permission_grants() -> impl Strategy<Value = PermissionGrants> {
-    (
-        any::<bool>(),
-        permissions(),
-        btree_map(user_id(), permissions(), 0..3),
-    )
-        .prop_map(|(override_collection, world, users)| PermissionGrants {
+    (any::<bool>(), permissions(), btree_map(user_id(), permissions(), 0..3)).prop_map(
+        |(override_collection, world, users)| PermissionGrants {
             override_collection,
             world,
             users,
-        })
+        },
+    )
 }
 
 pub fn snapshot() -> impl Strategy<Value = ModelSnapshot> {
-    (
-        collection_id(),
-        any::<u64>(),
-        timestamp(),
-        timestamp(),
-        document(),
+    (collection_id(), any::<u64>(), timestamp(), timestamp(), document()).prop_map(
+        |(collection, version, created_at, modified_at, data)| ModelSnapshot {
+            collection,
+            version,
+            created_at,
+            modified_at,
+            data,
+        },
     )
-        .prop_map(
-            |(collection, version, created_at, modified_at, data)| ModelSnapshot {
-                collection,
-                version,
-                created_at,
-                modified_at,
-                data,
-            },
-        )
 }
 
 pub fn committed_operation() -> impl Strategy<Value = CommittedOperation> {
@@ -248,11 +226,7 @@ pub fn reference_change() -> impl Strategy<Value = ReferenceChange> {
         (reference_key(), option::of(reference_value()))
             .prop_map(|(reference, value)| ReferenceChange::Share { reference, value }),
         (reference_key(), reference_value(), any::<u64>()).prop_map(
-            |(reference, value, version)| ReferenceChange::Set {
-                reference,
-                value,
-                version
-            }
+            |(reference, value, version)| ReferenceChange::Set { reference, value, version }
         ),
         reference_key().prop_map(|reference| ReferenceChange::Clear { reference }),
         reference_key().prop_map(|reference| ReferenceChange::Unshare { reference }),
@@ -260,13 +234,8 @@ pub fn reference_change() -> impl Strategy<Value = ReferenceChange> {
 }
 
 pub fn shared_reference() -> impl Strategy<Value = SharedReference> {
-    (session_id(), reference_key(), option::of(reference_value())).prop_map(
-        |(session, reference, value)| SharedReference {
-            session,
-            reference,
-            value,
-        },
-    )
+    (session_id(), reference_key(), option::of(reference_value()))
+        .prop_map(|(session, reference, value)| SharedReference { session, reference, value })
 }
 
 pub fn auth() -> impl Strategy<Value = Auth> {
@@ -278,26 +247,14 @@ pub fn auth() -> impl Strategy<Value = Auth> {
 }
 
 pub fn session() -> impl Strategy<Value = Session> {
-    (
-        session_id(),
-        user_id(),
-        option::of(text()),
-        any::<bool>(),
-        text(),
-        text(),
+    (session_id(), user_id(), option::of(text()), any::<bool>(), text(), text()).prop_map(
+        |(session, id, display_name, anonymous, token, server_version)| Session {
+            session,
+            user: User { id, display_name, anonymous },
+            reconnect_token: ReconnectToken(token),
+            server_version,
+        },
     )
-        .prop_map(
-            |(session, id, display_name, anonymous, token, server_version)| Session {
-                session,
-                user: User {
-                    id,
-                    display_name,
-                    anonymous,
-                },
-                reconnect_token: ReconnectToken(token),
-                server_version,
-            },
-        )
 }
 
 pub fn offline_update() -> impl Strategy<Value = OfflineUpdate> {
@@ -305,10 +262,7 @@ pub fn offline_update() -> impl Strategy<Value = OfflineUpdate> {
         (vec(committed_operation(), 0..3), any::<bool>())
             .prop_map(|(operations, more)| OfflineUpdate::Operations { operations, more }),
         (snapshot(), permissions()).prop_map(|(snapshot, permissions)| {
-            OfflineUpdate::Snapshot {
-                snapshot,
-                permissions,
-            }
+            OfflineUpdate::Snapshot { snapshot, permissions }
         }),
         Just(OfflineUpdate::Deleted),
         Just(OfflineUpdate::PermissionRevoked),
@@ -323,11 +277,7 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
     prop_oneof![
         (any::<u8>(), text(), text(), auth()).prop_map(
             |(protocol_version, name, version, auth)| {
-                Handshake {
-                    protocol_version,
-                    client: ClientInfo { name, version },
-                    auth,
-                }
+                Handshake { protocol_version, client: ClientInfo { name, version }, auth }
             }
         ),
         (model_id(), any::<bool>())
@@ -340,35 +290,24 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
             any::<[u8; 16]>(),
             option::of(permission_grants())
         )
-            .prop_map(
-                |(model, collection, data, nonce, permissions)| CreateModel {
-                    model,
-                    collection,
-                    data,
-                    nonce: CreationNonce(nonce),
-                    permissions,
-                }
-            ),
+            .prop_map(|(model, collection, data, nonce, permissions)| CreateModel {
+                model,
+                collection,
+                data,
+                nonce: CreationNonce(nonce),
+                permissions,
+            }),
         model_id().prop_map(|model| DeleteModel { model }),
-        (
-            model_id(),
-            any::<u64>(),
-            option::of((any::<u64>(), any::<u64>()))
-        )
-            .prop_map(|(model, known_version, in_flight)| Resync {
+        (model_id(), any::<u64>(), option::of((any::<u64>(), any::<u64>()))).prop_map(
+            |(model, known_version, in_flight)| Resync {
                 model,
                 known_version,
-                in_flight: in_flight.map(|(replica, seq)| InFlight {
-                    replica: ReplicaId(replica),
-                    seq
-                }),
-            }),
+                in_flight: in_flight
+                    .map(|(replica, seq)| InFlight { replica: ReplicaId(replica), seq }),
+            }
+        ),
         (model_id(), any::<bool>()).prop_map(|(model, open)| ResyncComplete { model, open }),
-        (
-            vec((model_id(), option::of(any::<u64>())), 0..3),
-            vec(model_id(), 0..3),
-            any::<bool>()
-        )
+        (vec((model_id(), option::of(any::<u64>())), 0..3), vec(model_id(), 0..3), any::<bool>())
             .prop_map(|(subscribe, unsubscribe, replace)| SubscribeOffline {
                 subscribe: subscribe
                     .into_iter()
@@ -399,14 +338,8 @@ pub fn client_response() -> impl Strategy<Value = ClientResponse> {
 
 pub fn client_notice() -> impl Strategy<Value = ClientNotice> {
     prop_oneof![
-        (
-            model_id(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            operation()
-        )
-            .prop_map(|(model, replica, seq, base_version, operation)| {
+        (model_id(), any::<u64>(), any::<u64>(), any::<u64>(), operation()).prop_map(
+            |(model, replica, seq, base_version, operation)| {
                 ClientNotice::Submit {
                     model,
                     replica: ReplicaId(replica),
@@ -414,7 +347,8 @@ pub fn client_notice() -> impl Strategy<Value = ClientNotice> {
                     base_version,
                     operation,
                 }
-            }),
+            }
+        ),
         (model_id(), reference_change())
             .prop_map(|(model, change)| ClientNotice::Reference { model, change }),
     ]
@@ -457,49 +391,27 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
             vec(collaborator(), 0..3),
             vec(shared_reference(), 0..3)
         )
-            .prop_map(
-                |(model, snapshot, permissions, collaborators, references)| {
-                    ModelOpened(OpenedModel {
-                        model,
-                        snapshot,
-                        permissions,
-                        collaborators,
-                        references,
-                    })
-                }
-            ),
+            .prop_map(|(model, snapshot, permissions, collaborators, references)| {
+                ModelOpened(OpenedModel { model, snapshot, permissions, collaborators, references })
+            }),
         (model_id(), any::<u64>(), timestamp()).prop_map(|(model, version, created_at)| {
-            ModelCreated {
-                model,
-                version,
-                created_at,
-            }
+            ModelCreated { model, version, created_at }
         }),
-        (
-            model_id(),
-            any::<u64>(),
-            option::of((any::<u64>(), timestamp())),
-            permissions()
-        )
-            .prop_map(
-                |(model, current_version, committed, permissions)| ResyncStarted {
-                    model,
-                    current_version,
-                    in_flight_committed: committed
-                        .map(|(version, timestamp)| Commit { version, timestamp }),
-                    permissions,
-                }
-            ),
-        (
-            model_id(),
-            vec(collaborator(), 0..3),
-            vec(shared_reference(), 0..3)
-        )
-            .prop_map(|(model, collaborators, references)| ResyncCompleted {
+        (model_id(), any::<u64>(), option::of((any::<u64>(), timestamp())), permissions())
+            .prop_map(|(model, current_version, committed, permissions)| ResyncStarted {
+                model,
+                current_version,
+                in_flight_committed: committed
+                    .map(|(version, timestamp)| Commit { version, timestamp }),
+                permissions,
+            }),
+        (model_id(), vec(collaborator(), 0..3), vec(shared_reference(), 0..3)).prop_map(
+            |(model, collaborators, references)| ResyncCompleted {
                 model,
                 collaborators,
                 references,
-            }),
+            }
+        ),
         (model_id(), permission_grants()).prop_map(|(model, grants)| Permissions { model, grants }),
         Just(Pong),
         Just(Done),
@@ -509,14 +421,8 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
 pub fn server_push() -> impl Strategy<Value = ServerPush> {
     use ServerPush::*;
     prop_oneof![
-        (model_id(), any::<u64>(), any::<u64>(), timestamp()).prop_map(
-            |(model, seq, version, timestamp)| Ack {
-                model,
-                seq,
-                version,
-                timestamp,
-            }
-        ),
+        (model_id(), any::<u64>(), any::<u64>(), timestamp())
+            .prop_map(|(model, seq, version, timestamp)| Ack { model, seq, version, timestamp }),
         (model_id(), any::<u64>(), error_reply()).prop_map(|(model, seq, error)| SubmitRejected {
             model,
             seq,
@@ -524,36 +430,19 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
         }),
         (model_id(), committed_operation())
             .prop_map(|(model, operation)| RemoteOperation { model, operation }),
-        (model_id(), vec(committed_operation(), 0..3), any::<bool>()).prop_map(
-            |(model, operations, last)| ResyncPage {
-                model,
-                operations,
-                last,
-            }
-        ),
+        (model_id(), vec(committed_operation(), 0..3), any::<bool>())
+            .prop_map(|(model, operations, last)| ResyncPage { model, operations, last }),
         (model_id(), offline_update()).prop_map(|(model, update)| OfflineUpdate { model, update }),
         (model_id(), permissions())
             .prop_map(|(model, permissions)| PermissionsChanged { model, permissions }),
-        (model_id(), collaborator()).prop_map(|(model, collaborator)| CollaboratorOpened {
-            model,
-            collaborator,
-        }),
+        (model_id(), collaborator())
+            .prop_map(|(model, collaborator)| CollaboratorOpened { model, collaborator }),
         (model_id(), session_id())
             .prop_map(|(model, session)| CollaboratorClosed { model, session }),
-        (model_id(), session_id(), reference_change()).prop_map(|(model, session, change)| {
-            RemoteReference {
-                model,
-                session,
-                change,
-            }
-        }),
-        (model_id(), error_code(), text()).prop_map(|(model, code, message)| {
-            ModelForceClosed {
-                model,
-                code,
-                message,
-            }
-        }),
+        (model_id(), session_id(), reference_change())
+            .prop_map(|(model, session, change)| { RemoteReference { model, session, change } }),
+        (model_id(), error_code(), text())
+            .prop_map(|(model, code, message)| { ModelForceClosed { model, code, message } }),
         (error_code(), text()).prop_map(|(code, message)| SessionClosing { code, message }),
     ]
 }
@@ -704,10 +593,7 @@ pub fn model() -> ModelId {
 pub fn sample_document() -> Document {
     let id = |c| ElementId::new(7, c);
     let mut root = BTreeMap::new();
-    root.insert(
-        "title".to_string(),
-        Value::new(id(1), ValueData::String("Hi".into())),
-    );
+    root.insert("title".to_string(), Value::new(id(1), ValueData::String("Hi".into())));
     root.insert(
         "tags".to_string(),
         Value::new(
@@ -718,14 +604,8 @@ pub fn sample_document() -> Document {
             ]),
         ),
     );
-    root.insert(
-        "done".to_string(),
-        Value::new(id(5), ValueData::Boolean(false)),
-    );
-    root.insert(
-        "due".to_string(),
-        Value::new(id(6), ValueData::Date(1_767_225_600_000)),
-    );
+    root.insert("done".to_string(), Value::new(id(5), ValueData::Boolean(false)));
+    root.insert("due".to_string(), Value::new(id(6), ValueData::Date(1_767_225_600_000)));
     Document::new(Value::new(id(0), ValueData::Object(root))).unwrap()
 }
 
@@ -733,11 +613,7 @@ pub fn sample_operation() -> Operation {
     Operation::Compound(vec![
         DiscreteOperation::new(
             ElementId::new(7, 1),
-            OperationKind::StringSplice {
-                index: 2,
-                delete_count: 0,
-                insert: " there".into(),
-            },
+            OperationKind::StringSplice { index: 2, delete_count: 0, insert: " there".into() },
         ),
         DiscreteOperation::new(
             ElementId::new(7, 0),
@@ -746,11 +622,8 @@ pub fn sample_operation() -> Operation {
                 value: Value::new(ElementId::new(9, 0), ValueData::Null),
             },
         ),
-        DiscreteOperation::new(
-            ElementId::new(7, 4),
-            OperationKind::NumberDelta { delta: 1.0 },
-        )
-        .into_noop(),
+        DiscreteOperation::new(ElementId::new(7, 4), OperationKind::NumberDelta { delta: 1.0 })
+            .into_noop(),
     ])
 }
 
@@ -806,10 +679,7 @@ pub fn goldens() -> Vec<Golden> {
                 id: RequestId(1),
                 request: ClientRequest::Handshake {
                     protocol_version: PROTOCOL_VERSION,
-                    client: ClientInfo {
-                        name: "concord-client".into(),
-                        version: "0.1.0".into(),
-                    },
+                    client: ClientInfo { name: "concord-client".into(), version: "0.1.0".into() },
                     auth: Auth::Jwt("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
                 },
             }),
@@ -868,10 +738,7 @@ pub fn goldens() -> Vec<Golden> {
                 request: ClientRequest::Resync {
                     model: model(),
                     known_version: 12,
-                    in_flight: Some(InFlight {
-                        replica: ReplicaId(7),
-                        seq: 3,
-                    }),
+                    in_flight: Some(InFlight { replica: ReplicaId(7), seq: 3 }),
                 },
             }),
         },
