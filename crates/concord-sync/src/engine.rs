@@ -12,7 +12,10 @@
 //!    each atomically; report each with `handle_durable` once it is durable (batches may be
 //!    merged into one commit, but must become durable in order);
 //! 2. [`poll_transmit`](ClientEngine::poll_transmit): messages to send, in order;
-//! 3. [`poll_event`](ClientEngine::poll_event): what the application should hear.
+//! 3. [`poll_event`](ClientEngine::poll_event): what the application should hear;
+//! 4. [`poll_load`](ClientEngine::poll_load): stored models to load for background sync
+//!    (after their queued batches are durable), answered with
+//!    [`handle_loaded`](ClientEngine::handle_loaded).
 //!
 //! Storage comes first because nothing the engine sends depends on a batch that is not yet
 //! durable: a local change is submitted only after the batch recording it is reported
@@ -36,14 +39,14 @@ pub struct EngineConfig {
     pub max_batch_parts: usize,
     /// Store a snapshot in place of the server operations after this many.
     pub compact_every: usize,
+    /// How many stored models with unsent changes are loaded at once to sync after a
+    /// reconnection; memory stays bounded by this, not by the number of such models.
+    pub sync_concurrency: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
-        EngineConfig {
-            max_batch_parts: 256,
-            compact_every: 500,
-        }
+        EngineConfig { max_batch_parts: 256, compact_every: 500, sync_concurrency: 4 }
     }
 }
 
@@ -92,6 +95,16 @@ pub enum Event {
     ResyncCompleted {
         model: ModelId,
     },
+    /// A model loaded for background sync is in sync and left memory; its batches still
+    /// queued must be durable before the driver loads it again.
+    Released {
+        model: ModelId,
+    },
+    /// Background sync of stored models: `done` of `total` are in sync with the server.
+    SyncProgress {
+        done: usize,
+        total: usize,
+    },
     Online,
     Offline,
     /// The server broke the protocol for this model; it stays offline until reconnection.
@@ -116,7 +129,10 @@ pub enum EngineError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
     Offline,
+    /// A resync was requested; replay pages count only once its answer
+    /// (`ResyncStarted`) arrived, since pages of an abandoned earlier resync may precede it.
     Resyncing,
+    Replaying,
     Live,
 }
 
@@ -124,6 +140,8 @@ enum Link {
 struct Model {
     replica: ModelReplica,
     link: Link,
+    /// Loaded only to sync its stored changes; released once they are acknowledged.
+    background: bool,
 }
 
 /// What becomes possible once a batch is durable.
@@ -148,6 +166,13 @@ pub struct ClientEngine {
     storage: VecDeque<StorageBatch>,
     transmit: VecDeque<ClientMessage>,
     events: VecDeque<Event>,
+    /// Stored models waiting to be loaded for background sync.
+    sync_waiting: VecDeque<ModelId>,
+    /// Loads asked of the driver and not answered yet.
+    loads: VecDeque<ModelId>,
+    loads_outstanding: usize,
+    sync_total: usize,
+    sync_done: usize,
 }
 
 impl ClientEngine {
@@ -164,6 +189,11 @@ impl ClientEngine {
             storage: VecDeque::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            sync_waiting: VecDeque::new(),
+            loads: VecDeque::new(),
+            loads_outstanding: 0,
+            sync_total: 0,
+            sync_done: 0,
         }
     }
 
@@ -177,23 +207,51 @@ impl ClientEngine {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
         }
-        self.models.insert(
-            model.clone(),
-            Model {
-                replica,
-                link: Link::Offline,
-            },
-        );
+        self.models
+            .insert(model.clone(), Model { replica, link: Link::Offline, background: false });
         if self.connected {
             self.start_resync(&model);
         }
         Ok(())
     }
 
+    /// Marks a model loaded for background sync as one the application uses: it is no
+    /// longer released when in sync.
+    pub fn keep_loaded(&mut self, model: &ModelId) {
+        if let Some(entry) = self.models.get_mut(model) {
+            entry.background = false;
+        }
+    }
+
+    /// The driver loaded a model asked for by [`ClientEngine::poll_load`] (`None`: it is no
+    /// longer in the store).
+    pub fn handle_loaded(&mut self, model: ModelId, replica: Option<ModelReplica>) {
+        self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
+        match replica {
+            Some(replica) if self.connected && !self.models.contains_key(&model) => {
+                let entry = Model { replica, link: Link::Offline, background: true };
+                self.models.insert(model.clone(), entry);
+                self.start_resync(&model);
+            }
+            _ => self.count_synced(),
+        }
+        self.load_more();
+    }
+
     /// Releases a model from memory; its stored state stays. Returns its replica.
     pub fn remove_model(&mut self, model: &ModelId) -> Option<ModelReplica> {
+        let entry = self.models.remove(model)?;
+        self.close_at_server(model);
+        Some(entry.replica)
+    }
+
+    fn close_at_server(&mut self, model: &ModelId) {
         self.resync_requests.retain(|_, m| m != model);
-        self.models.remove(model).map(|m| m.replica)
+        if self.connected {
+            let id = self.request_id();
+            let request = ClientRequest::CloseModel { model: model.clone() };
+            self.transmit.push_back(ClientMessage::Request { id, request });
+        }
     }
 
     pub fn model(&self, model: &ModelId) -> Option<&ModelReplica> {
@@ -217,22 +275,61 @@ impl ClientEngine {
         model: &ModelId,
         operation: Operation,
     ) -> Result<(u64, Vec<Applied>), EngineError> {
-        let entry = self
-            .models
-            .get_mut(model)
-            .ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
+        let entry =
+            self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
         let (seq, applied, change) = entry.replica.local_change(operation)?;
         self.queue_batch(model, vec![change], Some(seq), None);
         Ok((seq, applied))
     }
 
-    /// A connection is up (handshake accepted): every loaded model resyncs.
-    pub fn handle_connected(&mut self) {
+    /// A connection is up (handshake accepted): every loaded model resyncs first; then the
+    /// stored models in `stored_with_changes` (unsent or unacknowledged changes) are loaded
+    /// a few at a time ([`EngineConfig::sync_concurrency`]) through
+    /// [`ClientEngine::poll_load`], synced, and released.
+    pub fn handle_connected(&mut self, stored_with_changes: Vec<ModelId>) {
         self.connected = true;
         self.events.push_back(Event::Online);
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
             self.start_resync(&model);
+        }
+        self.sync_waiting =
+            stored_with_changes.into_iter().filter(|m| !self.models.contains_key(m)).collect();
+        self.sync_total = self.sync_waiting.len();
+        self.sync_done = 0;
+        if self.sync_total > 0 {
+            self.events.push_back(Event::SyncProgress { done: 0, total: self.sync_total });
+        }
+        self.load_more();
+    }
+
+    fn load_more(&mut self) {
+        let loaded = self.models.values().filter(|m| m.background).count();
+        while self.connected
+            && loaded + self.loads_outstanding < self.config.sync_concurrency.max(1)
+            && let Some(model) = self.sync_waiting.pop_front()
+        {
+            self.loads_outstanding += 1;
+            self.loads.push_back(model);
+        }
+    }
+
+    fn count_synced(&mut self) {
+        self.sync_done += 1;
+        self.events.push_back(Event::SyncProgress { done: self.sync_done, total: self.sync_total });
+    }
+
+    /// Releases a background model once it is in sync.
+    fn release_if_synced(&mut self, model: &ModelId) {
+        let synced = self.models.get(model).is_some_and(|m| {
+            m.background && m.link == Link::Live && !m.replica.has_unacknowledged()
+        });
+        if synced {
+            self.models.remove(model);
+            self.close_at_server(model);
+            self.events.push_back(Event::Released { model: model.clone() });
+            self.count_synced();
+            self.load_more();
         }
     }
 
@@ -244,6 +341,16 @@ impl ClientEngine {
         self.connected = false;
         self.resync_requests.clear();
         self.transmit.clear();
+        // Background models go back to the store; the next connection lists them again.
+        let background: Vec<ModelId> =
+            self.models.iter().filter(|(_, m)| m.background).map(|(id, _)| id.clone()).collect();
+        for model in background {
+            self.models.remove(&model);
+            self.events.push_back(Event::Released { model });
+        }
+        self.sync_waiting.clear();
+        self.loads.clear();
+        self.loads_outstanding = 0;
         for entry in self.models.values_mut() {
             entry.link = Link::Offline;
         }
@@ -260,10 +367,7 @@ impl ClientEngine {
             };
             if let Some(seq) = effect.stored_seq {
                 entry.replica.mark_durable(seq);
-                self.events.push_back(Event::Stored {
-                    model: effect.model.clone(),
-                    seq,
-                });
+                self.events.push_back(Event::Stored { model: effect.model.clone(), seq });
             }
             if let Some(seq) = effect.in_flight {
                 entry.replica.mark_in_flight_stored(seq);
@@ -276,10 +380,7 @@ impl ClientEngine {
     pub fn handle_message(&mut self, message: ServerMessage) {
         match message {
             ServerMessage::Response { to, response } => self.handle_response(to, response),
-            ServerMessage::Error {
-                to: Some(to),
-                error,
-            } => {
+            ServerMessage::Error { to: Some(to), error } => {
                 if let Some(model) = self.resync_requests.remove(&to) {
                     self.violation(&model, format!("resync refused: {error}"));
                 }
@@ -290,17 +391,13 @@ impl ClientEngine {
     }
 
     fn handle_response(&mut self, to: RequestId, response: ServerResponse) {
-        if let ServerResponse::ResyncStarted {
-            model,
-            in_flight_committed,
-            ..
-        } = response
-        {
+        if let ServerResponse::ResyncStarted { model, in_flight_committed, .. } = response {
             if self.resync_requests.remove(&to).as_ref() != Some(&model) {
                 return;
             }
-            if let (Some(entry), Some(commit)) = (self.models.get_mut(&model), in_flight_committed)
-            {
+            let Some(entry) = self.models.get_mut(&model) else { return };
+            entry.link = Link::Replaying;
+            if let Some(commit) = in_flight_committed {
                 entry.replica.in_flight_committed_at(commit.version);
             }
         }
@@ -308,12 +405,14 @@ impl ClientEngine {
 
     fn handle_push(&mut self, push: ServerPush) {
         match push {
-            ServerPush::Ack {
-                model,
-                seq,
-                version,
-                timestamp,
-            } => {
+            // Acks, rejections and remote operations count only on a live model: one sent
+            // before a resync was answered is covered by that resync (a committed
+            // submission is found in its replay; a rejected one is sent again).
+            ServerPush::Ack { model, .. }
+            | ServerPush::SubmitRejected { model, .. }
+            | ServerPush::RemoteOperation { model, .. }
+                if self.models.get(&model).is_none_or(|m| m.link != Link::Live) => {}
+            ServerPush::Ack { model, seq, version, timestamp } => {
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
                     if !changes.is_empty() {
@@ -344,21 +443,10 @@ impl ClientEngine {
                 }
             }
             ServerPush::RemoteOperation { model, operation } => {
-                if self.models.get(&model).is_none_or(|m| m.link != Link::Live) {
-                    return;
-                }
                 self.apply_remote(&model, operation);
             }
-            ServerPush::ResyncPage {
-                model,
-                operations,
-                last,
-            } => {
-                if self
-                    .models
-                    .get(&model)
-                    .is_none_or(|m| m.link != Link::Resyncing)
-                {
+            ServerPush::ResyncPage { model, operations, last } => {
+                if self.models.get(&model).is_none_or(|m| m.link != Link::Replaying) {
                     return;
                 }
                 for operation in operations {
@@ -367,17 +455,14 @@ impl ClientEngine {
                     }
                 }
                 if last {
-                    self.models.get_mut(&model).expect("checked").link = Link::Live;
+                    let entry = self.models.get_mut(&model).expect("checked");
+                    entry.link = Link::Live;
+                    // A model synced in the background is not kept open at the server.
+                    let open = !entry.background;
                     let id = self.request_id();
-                    let request = ClientRequest::ResyncComplete {
-                        model: model.clone(),
-                        open: true,
-                    };
-                    self.transmit
-                        .push_back(ClientMessage::Request { id, request });
-                    self.events.push_back(Event::ResyncCompleted {
-                        model: model.clone(),
-                    });
+                    let request = ClientRequest::ResyncComplete { model: model.clone(), open };
+                    self.transmit.push_back(ClientMessage::Request { id, request });
+                    self.events.push_back(Event::ResyncCompleted { model: model.clone() });
                     self.pump(&model);
                 }
             }
@@ -444,10 +529,7 @@ impl ClientEngine {
         if let Some(entry) = self.models.get_mut(model) {
             entry.link = Link::Offline;
         }
-        self.events.push_back(Event::ProtocolViolation {
-            model: model.clone(),
-            error,
-        });
+        self.events.push_back(Event::ProtocolViolation { model: model.clone(), error });
     }
 
     fn start_resync(&mut self, model: &ModelId) {
@@ -456,28 +538,25 @@ impl ClientEngine {
         };
         entry.link = Link::Resyncing;
         entry.replica.mark_in_flight_unsent();
-        let in_flight = entry.replica.in_flight_seq().map(|seq| InFlight {
-            replica: self.replica_id,
-            seq,
-        });
+        let in_flight =
+            entry.replica.in_flight_seq().map(|seq| InFlight { replica: self.replica_id, seq });
         let known_version = entry.replica.confirmed_version();
         let id = self.request_id();
         self.resync_requests.insert(id, model.clone());
-        let request = ClientRequest::Resync {
-            model: model.clone(),
-            known_version,
-            in_flight,
-        };
-        self.transmit
-            .push_back(ClientMessage::Request { id, request });
-        self.events.push_back(Event::ResyncStarted {
-            model: model.clone(),
-        });
+        let request = ClientRequest::Resync { model: model.clone(), known_version, in_flight };
+        self.transmit.push_back(ClientMessage::Request { id, request });
+        self.events.push_back(Event::ResyncStarted { model: model.clone() });
     }
 
-    /// Sends what the model may send: the in-flight submission once its boundary is
-    /// durable, or a new one from durable pending operations.
+    /// Sends what the model may send — the in-flight submission once its boundary is
+    /// durable, or a new one from durable pending operations — or releases a background
+    /// model with nothing left to send.
     fn pump(&mut self, model: &ModelId) {
+        self.send_next(model);
+        self.release_if_synced(model);
+    }
+
+    fn send_next(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get_mut(model) else {
             return;
         };
@@ -497,14 +576,13 @@ impl ClientEngine {
             && !entry.replica.in_flight_sent()
         {
             entry.replica.mark_in_flight_sent();
-            self.transmit
-                .push_back(ClientMessage::Notice(ClientNotice::Submit {
-                    model: model.clone(),
-                    replica: self.replica_id,
-                    seq: submission.seq,
-                    base_version: submission.base_version,
-                    operation: submission.operation,
-                }));
+            self.transmit.push_back(ClientMessage::Notice(ClientNotice::Submit {
+                model: model.clone(),
+                replica: self.replica_id,
+                seq: submission.seq,
+                base_version: submission.base_version,
+                operation: submission.operation,
+            }));
         }
     }
 
@@ -517,19 +595,8 @@ impl ClientEngine {
     ) {
         let id = BatchId(self.next_batch);
         self.next_batch += 1;
-        self.effects.insert(
-            id,
-            BatchEffect {
-                model: model.clone(),
-                stored_seq,
-                in_flight,
-            },
-        );
-        self.storage.push_back(StorageBatch {
-            id,
-            model: model.clone(),
-            changes,
-        });
+        self.effects.insert(id, BatchEffect { model: model.clone(), stored_seq, in_flight });
+        self.storage.push_back(StorageBatch { id, model: model.clone(), changes });
     }
 
     fn request_id(&mut self) -> RequestId {
@@ -548,5 +615,11 @@ impl ClientEngine {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// A stored model to load for background sync; answer with
+    /// [`ClientEngine::handle_loaded`].
+    pub fn poll_load(&mut self) -> Option<ModelId> {
+        self.loads.pop_front()
     }
 }

@@ -139,15 +139,9 @@ impl ModelReplica {
         for op in persisted.server_operations {
             let expected = confirmed.version + 1;
             if op.version != expected {
-                return Err(ReplicaError::OutOfOrder {
-                    expected,
-                    got: op.version,
-                });
+                return Err(ReplicaError::OutOfOrder { expected, got: op.version });
             }
-            confirmed
-                .data
-                .apply(&op.operation)
-                .map_err(ReplicaError::Diverged)?;
+            confirmed.data.apply(&op.operation).map_err(ReplicaError::Diverged)?;
             confirmed.version = op.version;
             confirmed.modified_at = op.timestamp;
         }
@@ -163,17 +157,9 @@ impl ModelReplica {
         let in_flight = persisted
             .in_flight_seq
             .filter(|_| !parts.is_empty())
-            .map(|seq| InFlightBatch {
-                seq,
-                parts,
-                committed_at: None,
-                stored: true,
-                sent: false,
-            });
+            .map(|seq| InFlightBatch { seq, parts, committed_at: None, stored: true, sent: false });
         let durable_seq = persisted.next_seq.saturating_sub(1);
-        let acked_seq = first_unacknowledged
-            .unwrap_or(persisted.next_seq)
-            .saturating_sub(1);
+        let acked_seq = first_unacknowledged.unwrap_or(persisted.next_seq).saturating_sub(1);
         Ok(ModelReplica {
             confirmed,
             local,
@@ -258,17 +244,9 @@ impl ModelReplica {
         }
         let parts: Vec<PendingOperation> = self.pending.drain(..ready).collect();
         let seq = parts.last().expect("ready > 0").seq;
-        self.in_flight = Some(InFlightBatch {
-            seq,
-            parts,
-            committed_at: None,
-            stored: false,
-            sent: false,
-        });
-        Some((
-            self.submission_content(),
-            StoreChange::SetInFlight(Some(seq)),
-        ))
+        self.in_flight =
+            Some(InFlightBatch { seq, parts, committed_at: None, stored: false, sent: false });
+        Some((self.submission_content(), StoreChange::SetInFlight(Some(seq))))
     }
 
     /// The store reported the in-flight boundary `seq` durable: the submission may go out.
@@ -305,10 +283,7 @@ impl ModelReplica {
     }
 
     fn submission_content(&self) -> OutgoingSubmission {
-        let batch = self
-            .in_flight
-            .as_ref()
-            .expect("called with a submission in flight");
+        let batch = self.in_flight.as_ref().expect("called with a submission in flight");
         let mut parts = Vec::new();
         for p in &batch.parts {
             parts.extend_from_slice(p.operation.discrete());
@@ -337,10 +312,7 @@ impl ModelReplica {
     ) -> Result<(Option<RemoteApplied>, Vec<StoreChange>), ReplicaError> {
         let expected = self.confirmed.version + 1;
         if committed.version != expected {
-            return Err(ReplicaError::OutOfOrder {
-                expected,
-                got: committed.version,
-            });
+            return Err(ReplicaError::OutOfOrder { expected, got: committed.version });
         }
         if let Some(batch) = &self.in_flight
             && batch.committed_at == Some(committed.version)
@@ -361,10 +333,7 @@ impl ModelReplica {
             rewrite(&mut batch.parts);
         }
         rewrite(&mut self.pending);
-        self.confirmed
-            .data
-            .apply(&committed.operation)
-            .map_err(ReplicaError::Diverged)?;
+        self.confirmed.data.apply(&committed.operation).map_err(ReplicaError::Diverged)?;
         self.confirmed.version = committed.version;
         self.confirmed.modified_at = committed.timestamp;
         let applied = self.local.apply(&remote).map_err(ReplicaError::Diverged)?;
@@ -373,13 +342,7 @@ impl ModelReplica {
         if self.has_unacknowledged() {
             changes.push(StoreChange::ReplacePending(self.all_unacknowledged()));
         }
-        Ok((
-            Some(RemoteApplied {
-                operation: remote,
-                applied,
-            }),
-            changes,
-        ))
+        Ok((Some(RemoteApplied { operation: remote, applied }), changes))
     }
 
     /// The server committed the in-flight submission `seq` at `version`. A repeated ack
@@ -396,25 +359,16 @@ impl ModelReplica {
         }
         let in_flight = self.in_flight.as_ref().map(|b| b.seq);
         if in_flight != Some(seq) {
-            return Err(ReplicaError::UnexpectedAck {
-                in_flight,
-                got: seq,
-            });
+            return Err(ReplicaError::UnexpectedAck { in_flight, got: seq });
         }
         let expected = self.confirmed.version + 1;
         if version != expected {
-            return Err(ReplicaError::OutOfOrder {
-                expected,
-                got: version,
-            });
+            return Err(ReplicaError::OutOfOrder { expected, got: version });
         }
         let submission = self.submission_content();
         self.in_flight = None;
         self.acked_seq = seq;
-        self.confirmed
-            .data
-            .apply(&submission.operation)
-            .map_err(ReplicaError::Diverged)?;
+        self.confirmed.data.apply(&submission.operation).map_err(ReplicaError::Diverged)?;
         self.confirmed.version = version;
         self.confirmed.modified_at = timestamp;
         self.operations_since_snapshot += 1;

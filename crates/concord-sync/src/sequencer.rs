@@ -52,11 +52,7 @@ pub enum SequencerError {
     #[error("base version {base} is ahead of the model's version {current}")]
     BaseVersionAhead { base: u64, current: u64 },
     #[error("seq {got} of replica {replica:?} is below its last committed seq {last}")]
-    StaleSeq {
-        replica: ReplicaId,
-        last: u64,
-        got: u64,
-    },
+    StaleSeq { replica: ReplicaId, last: u64, got: u64 },
     /// The operations after `from` are no longer in memory: load `(from, oldest]` from the
     /// store and retry with [`Sequencer::provide_history`].
     #[error("operations after version {from} are not in memory (oldest kept: {oldest})")]
@@ -152,11 +148,9 @@ impl Sequencer {
             }
         }
         let concurrent = self.operations_since(submission.base_version)?;
-        let operation = concurrent
-            .iter()
-            .fold(submission.operation, |op, committed| {
-                transform(committed.operation.clone(), op).1
-            });
+        let operation = concurrent.iter().fold(submission.operation, |op, committed| {
+            transform(committed.operation.clone(), op).1
+        });
         self.document.apply(&operation)?;
         let committed = CommittedOperation {
             version: self.version + 1,
@@ -176,10 +170,7 @@ impl Sequencer {
     fn record(&mut self, committed: CommittedOperation, replica: ReplicaId, seq: u64) {
         self.version = committed.version;
         self.modified_at = committed.timestamp;
-        let commit = Commit {
-            version: committed.version,
-            timestamp: committed.timestamp,
-        };
+        let commit = Commit { version: committed.version, timestamp: committed.timestamp };
         self.last_commits.insert(replica, (seq, commit));
         self.history.push(committed);
         if self.history.len() >= 2 * self.history_limit {
@@ -190,17 +181,11 @@ impl Sequencer {
     /// The committed operations after `version`, from memory.
     pub fn operations_since(&self, version: u64) -> Result<&[CommittedOperation], SequencerError> {
         if version > self.version {
-            return Err(SequencerError::BaseVersionAhead {
-                base: version,
-                current: self.version,
-            });
+            return Err(SequencerError::BaseVersionAhead { base: version, current: self.version });
         }
         let oldest = self.oldest_known_base();
         if version < oldest {
-            return Err(SequencerError::HistoryUnavailable {
-                from: version,
-                oldest,
-            });
+            return Err(SequencerError::HistoryUnavailable { from: version, oldest });
         }
         Ok(&self.history[(version - oldest) as usize..])
     }

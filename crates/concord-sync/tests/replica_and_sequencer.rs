@@ -26,16 +26,11 @@ fn snapshot() -> Result<ModelSnapshot> {
 }
 
 fn text_id(doc: &Document) -> ElementId {
-    doc.element_at(&[PathSegment::Key("text".into())])
-        .expect("text")
+    doc.element_at(&[PathSegment::Key("text".into())]).expect("text")
 }
 
 fn insert(doc: &Document, index: usize, text: &str) -> Operation {
-    let kind = OperationKind::StringSplice {
-        index,
-        delete_count: 0,
-        insert: text.into(),
-    };
+    let kind = OperationKind::StringSplice { index, delete_count: 0, insert: text.into() };
     DiscreteOperation::new(text_id(doc), kind).into()
 }
 
@@ -64,10 +59,7 @@ fn a_local_change_is_sent_only_once_durable() -> Result<()> {
     replica.mark_durable(seq);
     let (submission, boundary) = replica.take_submission(10).expect("durable now");
     assert_eq!(boundary, StoreChange::SetInFlight(Some(seq)));
-    assert!(
-        replica.submission().is_none(),
-        "the boundary must be stored before sending"
-    );
+    assert!(replica.submission().is_none(), "the boundary must be stored before sending");
     replica.mark_in_flight_stored(seq);
     assert_eq!(replica.submission(), Some(submission));
     Ok(())
@@ -130,18 +122,10 @@ fn remote_operations_transform_local_ones_and_the_store_rebuilds_the_same_view()
         panic!("commits")
     };
     keep(
-        replica.ack(
-            record.seq,
-            record.operation.version,
-            record.operation.timestamp,
-        )?,
+        replica.ack(record.seq, record.operation.version, record.operation.timestamp)?,
         &mut store,
     );
-    assert_eq!(
-        replica.confirmed().data,
-        *server.document(),
-        "the ack carried no operation"
-    );
+    assert_eq!(replica.confirmed().data, *server.document(), "the ack carried no operation");
     let restored = ModelReplica::restore(store)?;
     assert_eq!(restored.local(), replica.local());
     assert_eq!(text(replica.local()), "XaZbcY");
@@ -158,17 +142,9 @@ fn a_committed_in_flight_submission_found_in_the_replay_counts_as_its_ack() -> R
     let (sub, _) = replica.take_submission(5).expect("one");
     replica.mark_in_flight_stored(seq);
     // The server commits it, but the ack is lost with the connection.
-    server.submit(
-        submission(1, sub.seq, sub.base_version, sub.operation.clone()),
-        Timestamp(1),
-    )?;
+    server.submit(submission(1, sub.seq, sub.base_version, sub.operation.clone()), Timestamp(1))?;
     // Resync: the server says it was committed and replays it.
-    let commit = server
-        .commit_of(InFlight {
-            replica: ReplicaId(1),
-            seq,
-        })
-        .expect("committed");
+    let commit = server.commit_of(InFlight { replica: ReplicaId(1), seq }).expect("committed");
     replica.in_flight_committed_at(commit.version);
     for op in server.operations_since(0)?.to_vec() {
         replica.remote(op)?;
@@ -176,16 +152,10 @@ fn a_committed_in_flight_submission_found_in_the_replay_counts_as_its_ack() -> R
     assert!(!replica.has_unacknowledged());
     assert_eq!(text(replica.local()), "Xabc", "applied once, not twice");
     // A resubmission is answered with the original ack and ignored.
-    let again = server.submit(
-        submission(1, sub.seq, sub.base_version, sub.operation),
-        Timestamp(2),
-    )?;
+    let again =
+        server.submit(submission(1, sub.seq, sub.base_version, sub.operation), Timestamp(2))?;
     assert_eq!(again, SubmitOutcome::Duplicate(commit));
-    assert!(
-        replica
-            .ack(seq, commit.version, commit.timestamp)?
-            .is_empty()
-    );
+    assert!(replica.ack(seq, commit.version, commit.timestamp)?.is_empty());
     Ok(())
 }
 
@@ -196,21 +166,14 @@ fn the_sequencer_refuses_what_it_cannot_order() -> Result<()> {
     let op = |i| insert(&initial.data, 0, if i % 2 == 0 { "a" } else { "b" });
     assert!(matches!(
         server.submit(submission(1, 1, 5, op(0)), Timestamp(0)),
-        Err(SequencerError::BaseVersionAhead {
-            base: 5,
-            current: 0
-        })
+        Err(SequencerError::BaseVersionAhead { base: 5, current: 0 })
     ));
     for seq in 1..=5 {
         server.submit(submission(1, seq, server.version(), op(seq)), Timestamp(0))?;
     }
     assert!(matches!(
         server.submit(submission(1, 3, 5, op(0)), Timestamp(0)),
-        Err(SequencerError::StaleSeq {
-            last: 5,
-            got: 3,
-            ..
-        })
+        Err(SequencerError::StaleSeq { last: 5, got: 3, .. })
     ));
     // A submission from far back needs history from the store.
     let far_back = server.submit(submission(2, 1, 0, op(0)), Timestamp(0));
@@ -220,18 +183,11 @@ fn the_sequencer_refuses_what_it_cannot_order() -> Result<()> {
     assert!(oldest > 0);
     let invalid = DiscreteOperation::new(
         text_id(&initial.data),
-        OperationKind::StringSplice {
-            index: 99,
-            delete_count: 0,
-            insert: "x".into(),
-        },
+        OperationKind::StringSplice { index: 99, delete_count: 0, insert: "x".into() },
     );
     let before = server.document().clone();
     assert!(matches!(
-        server.submit(
-            submission(3, 1, server.version(), invalid.into()),
-            Timestamp(0)
-        ),
+        server.submit(submission(3, 1, server.version(), invalid.into()), Timestamp(0)),
         Err(SequencerError::Invalid(_))
     ));
     assert_eq!(*server.document(), before);

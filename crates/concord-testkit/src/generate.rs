@@ -26,9 +26,7 @@ pub trait Source {
 
     fn text(&mut self, max_len: usize) -> String {
         let len = self.below(max_len + 1);
-        (0..len)
-            .map(|_| ALPHABET[self.below(ALPHABET.len())])
-            .collect()
+        (0..len).map(|_| ALPHABET[self.below(ALPHABET.len())]).collect()
     }
 
     /// An integer in -10..=10: sums of these stay exact, so number deltas commute exactly.
@@ -74,11 +72,7 @@ pub fn gen_value(c: &mut impl Source, ids: &mut IdGenerator, depth: usize) -> Va
         2 => ValueData::Boolean(c.flip()),
         3 => ValueData::Null,
         4 => ValueData::Date(c.below(1000) as i64),
-        5 => ValueData::Array(
-            (0..c.below(4))
-                .map(|_| gen_value(c, ids, depth - 1))
-                .collect(),
-        ),
+        5 => ValueData::Array((0..c.below(4)).map(|_| gen_value(c, ids, depth - 1)).collect()),
         _ => ValueData::Object(gen_entries(c, ids, depth - 1)),
     };
     Value::new(id, data)
@@ -108,14 +102,10 @@ pub fn gen_document(c: &mut impl Source) -> Document {
         .entry("s".into())
         .or_insert_with(|| Value::new(ids.next(), ValueData::String("hello wörld".into())));
     entries.entry("l".into()).or_insert_with(|| {
-        let items = (0..3)
-            .map(|i| Value::new(ids.next(), ValueData::Number(i as f64)))
-            .collect();
+        let items = (0..3).map(|i| Value::new(ids.next(), ValueData::Number(i as f64))).collect();
         Value::new(ids.next(), ValueData::Array(items))
     });
-    entries
-        .entry("n".into())
-        .or_insert_with(|| Value::new(ids.next(), ValueData::Number(1.0)));
+    entries.entry("n".into()).or_insert_with(|| Value::new(ids.next(), ValueData::Number(1.0)));
     Document::new(Value::new(root, ValueData::Object(entries))).expect("generated ids are unique")
 }
 
@@ -143,11 +133,7 @@ pub fn gen_discrete(
             } else {
                 let index = c.below(len + 1);
                 let delete_count = c.below(len - index + 1).min(c.below(5));
-                OperationKind::StringSplice {
-                    index,
-                    delete_count,
-                    insert: c.text(3),
-                }
+                OperationKind::StringSplice { index, delete_count, insert: c.text(3) }
             }
         }
         Kind::Array => {
@@ -160,52 +146,34 @@ pub fn gen_discrete(
                 (1, _) => OperationKind::ArraySet {
                     values: (0..c.below(3)).map(|_| gen_value(c, ids, 1)).collect(),
                 },
-                (2 | 3, _) => OperationKind::ArrayRemove {
-                    index: c.below(len),
-                },
-                (4 | 5, _) => OperationKind::ArrayReplace {
-                    index: c.below(len),
-                    value: gen_value(c, ids, 1),
-                },
-                _ => OperationKind::ArrayMove {
-                    from: c.below(len),
-                    to: c.below(len),
-                },
+                (2 | 3, _) => OperationKind::ArrayRemove { index: c.below(len) },
+                (4 | 5, _) => {
+                    OperationKind::ArrayReplace { index: c.below(len), value: gen_value(c, ids, 1) }
+                }
+                _ => OperationKind::ArrayMove { from: c.below(len), to: c.below(len) },
             }
         }
         Kind::Object => {
             let entries = doc.object_entries(target).unwrap();
             let key = KEYS[c.below(KEYS.len())].to_owned();
             match c.below(7) {
-                0 => OperationKind::ObjectSet {
-                    values: gen_entries(c, ids, 1),
-                },
-                _ if !entries.contains_key(&key) => OperationKind::ObjectAddProperty {
-                    key,
-                    value: gen_value(c, ids, 1),
-                },
-                1..=3 => OperationKind::ObjectSetProperty {
-                    key,
-                    value: gen_value(c, ids, 1),
-                },
+                0 => OperationKind::ObjectSet { values: gen_entries(c, ids, 1) },
+                _ if !entries.contains_key(&key) => {
+                    OperationKind::ObjectAddProperty { key, value: gen_value(c, ids, 1) }
+                }
+                1..=3 => OperationKind::ObjectSetProperty { key, value: gen_value(c, ids, 1) },
                 _ => OperationKind::ObjectRemoveProperty { key },
             }
         }
         Kind::Number => {
             if c.flip() {
-                OperationKind::NumberDelta {
-                    delta: c.small_number(),
-                }
+                OperationKind::NumberDelta { delta: c.small_number() }
             } else {
-                OperationKind::NumberSet {
-                    value: c.small_number(),
-                }
+                OperationKind::NumberSet { value: c.small_number() }
             }
         }
         Kind::Boolean => OperationKind::BooleanSet { value: c.flip() },
-        Kind::Date => OperationKind::DateSet {
-            value: c.below(1000) as i64,
-        },
+        Kind::Date => OperationKind::DateSet { value: c.below(1000) as i64 },
         Kind::Null => {
             // Nothing edits a null; edit its parent instead by replacing the whole root key.
             return DiscreteOperation::new(target, OperationKind::BooleanSet { value: true })
@@ -241,9 +209,7 @@ pub fn gen_operation_with(
     let ops = (0..1 + c.below(4))
         .map(|_| {
             let op = gen_discrete(c, &scratch, ids, focus);
-            scratch
-                .apply_discrete(&op)
-                .expect("generated operations are valid");
+            scratch.apply_discrete(&op).expect("generated operations are valid");
             focus = focus.or(Some(op.target));
             op
         })

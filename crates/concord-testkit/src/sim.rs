@@ -27,7 +27,7 @@ use concord_sync::{
 };
 
 use crate::SimRng;
-use crate::generate::{gen_document, gen_operation_with};
+use crate::generate::{Source, gen_document, gen_operation_with};
 
 /// The shape of a scenario.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +43,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            clients: 3,
-            models: 2,
-            steps: 400,
-            max_batch: 3,
-            compact_every: 20,
-        }
+        Config { clients: 3, models: 2, steps: 400, max_batch: 3, compact_every: 20 }
     }
 }
 
@@ -126,8 +120,17 @@ struct Server {
 pub fn run(seed: u64, config: Config) -> Result<Stats, Failure> {
     let fail = |reason: String| Failure { seed, reason };
     let mut sim = Sim::new(seed, config).map_err(fail)?;
-    sim.play().map_err(fail)?;
-    Ok(sim.stats)
+    // `CONCORD_SIM_TRACE=1` adds what happened to a failure's reason.
+    if std::env::var_os("CONCORD_SIM_TRACE").is_some() {
+        sim.trace = Some(Vec::new());
+    }
+    match sim.play() {
+        Ok(()) => Ok(sim.stats),
+        Err(reason) => {
+            let trace = sim.trace.map(|t| t.join("\n")).unwrap_or_default();
+            Err(fail(format!("{reason}\n{trace}")))
+        }
+    }
 }
 
 struct Sim {
@@ -137,6 +140,7 @@ struct Sim {
     clients: Vec<Client>,
     stats: Stats,
     now: i64,
+    trace: Option<Vec<String>>,
 }
 
 impl Sim {
@@ -159,19 +163,14 @@ impl Sim {
             );
             initial.insert(id, snapshot);
         }
-        let engine_config = EngineConfig {
-            max_batch_parts: config.max_batch,
-            compact_every: config.compact_every,
-        };
+        let engine_config = engine_config(config);
         let clients = (0..config.clients)
             .map(|i| {
                 let replica = ReplicaId(i as u64 + 1);
                 let mut engine = ClientEngine::new(replica, engine_config);
                 let mut store = BTreeMap::new();
                 for (id, snapshot) in &initial {
-                    engine
-                        .add_model(id.clone(), ModelReplica::new(snapshot.clone()))
-                        .expect("new");
+                    engine.add_model(id.clone(), ModelReplica::new(snapshot.clone())).expect("new");
                     let persisted = Persisted {
                         snapshot: snapshot.clone(),
                         server_operations: Vec::new(),
@@ -179,18 +178,10 @@ impl Sim {
                         in_flight_seq: None,
                         next_seq: 1,
                     };
-                    store.insert(
-                        id.clone(),
-                        StoredModel {
-                            persisted,
-                            next_counter: 0,
-                        },
-                    );
+                    store.insert(id.clone(), StoredModel { persisted, next_counter: 0 });
                 }
-                let ids = initial
-                    .keys()
-                    .map(|id| (id.clone(), IdGenerator::new(replica, 0)))
-                    .collect();
+                let ids =
+                    initial.keys().map(|id| (id.clone(), IdGenerator::new(replica, 0))).collect();
                 Client {
                     replica,
                     engine: Some(engine),
@@ -205,19 +196,9 @@ impl Sim {
                 }
             })
             .collect();
-        let server = Server {
-            models,
-            connections: vec![None; config.clients],
-            committed: BTreeSet::new(),
-        };
-        Ok(Sim {
-            rng,
-            config,
-            server,
-            clients,
-            stats: Stats::default(),
-            now: 0,
-        })
+        let server =
+            Server { models, connections: vec![None; config.clients], committed: BTreeSet::new() };
+        Ok(Sim { rng, config, server, clients, stats: Stats::default(), now: 0, trace: None })
     }
 
     fn play(&mut self) -> Result<(), String> {
@@ -227,7 +208,10 @@ impl Sim {
         for _ in 0..self.config.steps {
             self.now += 1;
             let i = self.rng.below(self.clients.len());
-            match self.rng.below(100) {
+            let roll = self.rng.below(100);
+            let now = self.now;
+            self.note(|| format!("step {now}: client {i} roll {roll}"));
+            match roll {
                 0..=24 => self.local_edit(i)?,
                 25..=39 => self.flush_one(i)?,
                 40..=54 => self.deliver_to_server(i)?,
@@ -239,6 +223,7 @@ impl Sim {
                         self.connect(i)?;
                     }
                 }
+                85..=89 => self.close_or_open(i)?,
                 _ => self.crash_or_restart(i)?,
             }
         }
@@ -246,7 +231,8 @@ impl Sim {
         self.check()
     }
 
-    /// Restarts and reconnects everyone, then runs until nothing moves.
+    /// Restarts and reconnects everyone, then runs until nothing moves; then opens every
+    /// model everywhere and runs again.
     fn settle(&mut self) -> Result<(), String> {
         for i in 0..self.clients.len() {
             if self.clients[i].engine.is_none() {
@@ -256,6 +242,17 @@ impl Sim {
                 self.connect(i)?;
             }
         }
+        self.run_until_quiet()?;
+        for i in 0..self.clients.len() {
+            let models: Vec<ModelId> = self.clients[i].store.keys().cloned().collect();
+            for model in models {
+                self.open(i, &model)?;
+            }
+        }
+        self.run_until_quiet()
+    }
+
+    fn run_until_quiet(&mut self) -> Result<(), String> {
         for _ in 0..100_000 {
             self.now += 1;
             let mut moved = false;
@@ -287,9 +284,7 @@ impl Sim {
                 let replica = engine.model(id).ok_or_else(|| format!("{id} not loaded"))?;
                 let who = format!("replica {:?}, {id}", client.replica);
                 if !engine.is_settled(id) {
-                    return Err(format!(
-                        "{who}: not settled (unacknowledged changes or not live)"
-                    ));
+                    return Err(format!("{who}: not settled (unacknowledged changes or not live)"));
                 }
                 if replica.confirmed_version() != sequencer.version() {
                     return Err(format!(
@@ -335,19 +330,72 @@ impl Sim {
             return Ok(());
         };
         let models: Vec<ModelId> = engine.models().cloned().collect();
+        if models.is_empty() {
+            return Ok(());
+        }
         let model = models[self.rng.below(models.len())].clone();
         let doc = engine.model(&model).expect("listed").local().clone();
         let ids = client.ids.get_mut(&model).expect("one per model");
         let op = gen_operation_with(&mut self.rng, &doc, ids, None);
-        engine
-            .local_change(&model, op)
-            .map_err(|e| format!("local edit failed: {e}"))?;
+        engine.local_change(&model, op).map_err(|e| format!("local edit failed: {e}"))?;
         self.stats.local_edits += 1;
         self.drain(i)
     }
 
-    /// Moves what the engine produced onto the store queue and the wire; checks events.
+    /// Closes a model the application has open (its changes stay in the store), or opens
+    /// a stored one.
+    fn close_or_open(&mut self, i: usize) -> Result<(), String> {
+        let models: Vec<ModelId> = self.clients[i].store.keys().cloned().collect();
+        let model = models[self.rng.below(models.len())].clone();
+        let Some(engine) = &self.clients[i].engine else { return Ok(()) };
+        if engine.model(&model).is_some() && self.rng.flip() {
+            self.flush_all(i)?;
+            let engine = self.clients[i].engine.as_mut().expect("checked");
+            engine.remove_model(&model);
+            Ok(())
+        } else {
+            self.open(i, &model)
+        }
+    }
+
+    fn open(&mut self, i: usize, model: &ModelId) -> Result<(), String> {
+        let Some(engine) = &mut self.clients[i].engine else { return Ok(()) };
+        if engine.model(model).is_some() {
+            engine.keep_loaded(model);
+            return Ok(());
+        }
+        self.flush_all(i)?;
+        let client = &mut self.clients[i];
+        let replica = restore(&client.store[model])?;
+        let engine = client.engine.as_mut().expect("checked");
+        engine.add_model(model.clone(), replica).map_err(|e| e.to_string())?;
+        self.drain(i)
+    }
+
+    fn flush_all(&mut self, i: usize) -> Result<(), String> {
+        while !self.clients[i].queue.is_empty() {
+            self.flush_one(i)?;
+        }
+        Ok(())
+    }
+
+    /// Moves what the engine produced onto the store queue and the wire; checks events;
+    /// serves loads once the queue is durable.
     fn drain(&mut self, i: usize) -> Result<(), String> {
+        self.drain_outputs(i)?;
+        loop {
+            let Some(engine) = &mut self.clients[i].engine else { return Ok(()) };
+            let Some(model) = engine.poll_load() else { return Ok(()) };
+            self.flush_all(i)?;
+            let client = &mut self.clients[i];
+            let replica = restore(&client.store[&model])?;
+            let engine = client.engine.as_mut().expect("checked");
+            engine.handle_loaded(model, Some(replica));
+            self.drain_outputs(i)?;
+        }
+    }
+
+    fn drain_outputs(&mut self, i: usize) -> Result<(), String> {
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else {
             return Ok(());
@@ -388,10 +436,7 @@ impl Sim {
         stored.next_counter = stored.next_counter.max(counter);
         for change in batch.changes {
             if let StoreChange::AppendPending(p) = &change {
-                let max = client
-                    .max_durable_seq
-                    .entry(batch.model.clone())
-                    .or_default();
+                let max = client.max_durable_seq.entry(batch.model.clone()).or_default();
                 *max = (*max).max(p.seq);
             }
             apply_to_store(&mut stored.persisted, change);
@@ -412,7 +457,14 @@ impl Sim {
         client.to_client.clear();
         self.server.connections[i] = Some((client.epochs, BTreeSet::new()));
         self.stats.resyncs += 1;
-        engine.handle_connected();
+        let loaded: BTreeSet<&ModelId> = engine.models().collect();
+        let with_changes = client
+            .store
+            .iter()
+            .filter(|(id, stored)| !loaded.contains(id) && !stored.persisted.pending.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        engine.handle_connected(with_changes);
         self.drain(i)
     }
 
@@ -456,28 +508,31 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) -> Result<(), String> {
-        let config = EngineConfig {
-            max_batch_parts: self.config.max_batch,
-            compact_every: self.config.compact_every,
-        };
         let client = &mut self.clients[i];
-        let mut engine = ClientEngine::new(client.replica, config);
+        let mut engine = ClientEngine::new(client.replica, engine_config(self.config));
+        // The application reopens some of its models; the others sync in the background.
         for (id, stored) in &client.store {
-            let replica = ModelReplica::restore(stored.persisted.clone())
-                .map_err(|e| format!("restore failed: {e}"))?;
-            engine
-                .add_model(id.clone(), replica)
-                .map_err(|e| e.to_string())?;
-            client.ids.insert(
-                id.clone(),
-                IdGenerator::new(client.replica, stored.next_counter),
-            );
+            client.ids.insert(id.clone(), IdGenerator::new(client.replica, stored.next_counter));
+            if self.rng.flip() {
+                let replica = restore(stored)?;
+                engine.add_model(id.clone(), replica).map_err(|e| e.to_string())?;
+            }
         }
         client.engine = Some(engine);
         Ok(())
     }
 
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(line());
+        }
+    }
+
     fn deliver_to_client(&mut self, i: usize) -> Result<(), String> {
+        if let Some(message) = self.clients[i].to_client.front() {
+            let line = format!("  -> client {i}: {message:?}");
+            self.note(|| line);
+        }
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else {
             return Ok(());
@@ -490,6 +545,10 @@ impl Sim {
     }
 
     fn deliver_to_server(&mut self, i: usize) -> Result<(), String> {
+        if let Some(message) = self.clients[i].to_server.front() {
+            let line = format!("  <- client {i}: {message:?}");
+            self.note(|| line);
+        }
         let Some((connection, message)) = self.clients[i].to_server.pop_front() else {
             return Ok(());
         };
@@ -498,21 +557,13 @@ impl Sim {
         match message {
             ClientMessage::Request {
                 id,
-                request:
-                    ClientRequest::Resync {
-                        model,
-                        known_version,
-                        in_flight,
-                    },
+                request: ClientRequest::Resync { model, known_version, in_flight },
             } => {
                 if current != Some(connection) {
                     return Ok(()); // a dead connection's resync: nobody listens for the answer
                 }
-                let sequencer = self
-                    .server
-                    .models
-                    .get(&model)
-                    .ok_or("resync of an unknown model")?;
+                let sequencer =
+                    self.server.models.get(&model).ok_or("resync of an unknown model")?;
                 let in_flight_committed = in_flight.and_then(|f| sequencer.commit_of(f));
                 let operations = sequencer
                     .operations_since(known_version)
@@ -525,9 +576,7 @@ impl Sim {
                     permissions: Permissions::ALL,
                 };
                 let client = &mut self.clients[i];
-                client
-                    .to_client
-                    .push_back(ServerMessage::Response { to: id, response });
+                client.to_client.push_back(ServerMessage::Response { to: id, response });
                 let pages: Vec<_> = operations.chunks(5).map(<[_]>::to_vec).collect();
                 let count = pages.len().max(1);
                 for n in 0..count {
@@ -543,10 +592,7 @@ impl Sim {
                     open.insert(model);
                 }
             }
-            ClientMessage::Request {
-                id,
-                request: ClientRequest::ResyncComplete { model, .. },
-            } => {
+            ClientMessage::Request { id, request: ClientRequest::ResyncComplete { model, .. } } => {
                 if current == Some(connection) {
                     let response = ServerResponse::ResyncCompleted {
                         model,
@@ -556,6 +602,16 @@ impl Sim {
                     self.clients[i]
                         .to_client
                         .push_back(ServerMessage::Response { to: id, response });
+                }
+            }
+            ClientMessage::Request { id, request: ClientRequest::CloseModel { model } } => {
+                if current == Some(connection) {
+                    if let Some((_, open)) = &mut self.server.connections[i] {
+                        open.remove(&model);
+                    }
+                    let response =
+                        ServerMessage::Response { to: id, response: ServerResponse::Done };
+                    self.clients[i].to_client.push_back(response);
                 }
             }
             ClientMessage::Notice(ClientNotice::Submit {
@@ -568,11 +624,8 @@ impl Sim {
                 if sent_by != replica {
                     return Err(format!("client {i} submitted as replica {sent_by:?}"));
                 }
-                let sequencer = self
-                    .server
-                    .models
-                    .get_mut(&model)
-                    .ok_or("submit to an unknown model")?;
+                let sequencer =
+                    self.server.models.get_mut(&model).ok_or("submit to an unknown model")?;
                 let submission = Submission {
                     author: SessionId(format!("{i}")),
                     replica,
@@ -580,13 +633,9 @@ impl Sim {
                     base_version,
                     operation,
                 };
-                let outcome = sequencer
-                    .submit(submission, Timestamp(self.now))
-                    .map_err(|e| {
-                        format!(
-                            "the server refused replica {replica:?}'s submission to {model}: {e}"
-                        )
-                    })?;
+                let outcome = sequencer.submit(submission, Timestamp(self.now)).map_err(|e| {
+                    format!("the server refused replica {replica:?}'s submission to {model}: {e}")
+                })?;
                 match outcome {
                     SubmitOutcome::Committed(record) => {
                         if !self.server.committed.insert((model.clone(), replica, seq)) {
@@ -623,15 +672,8 @@ impl Sim {
                             .as_ref()
                             .is_some_and(|(_, open)| open.contains(&model));
                         if open {
-                            let push = ServerPush::Ack {
-                                model,
-                                seq,
-                                version,
-                                timestamp,
-                            };
-                            self.clients[i]
-                                .to_client
-                                .push_back(ServerMessage::Push(push));
+                            let push = ServerPush::Ack { model, seq, version, timestamp };
+                            self.clients[i].to_client.push_back(ServerMessage::Push(push));
                         }
                     }
                 }
@@ -640,6 +682,18 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+fn engine_config(config: Config) -> EngineConfig {
+    EngineConfig {
+        max_batch_parts: config.max_batch,
+        compact_every: config.compact_every,
+        sync_concurrency: 2,
+    }
+}
+
+fn restore(stored: &StoredModel) -> Result<ModelReplica, String> {
+    ModelReplica::restore(stored.persisted.clone()).map_err(|e| format!("restore failed: {e}"))
 }
 
 fn apply_to_store(store: &mut Persisted, change: StoreChange) {
@@ -653,9 +707,7 @@ fn apply_to_store(store: &mut Persisted, change: StoreChange) {
         StoreChange::RemovePendingThrough(seq) => store.pending.retain(|p| p.seq > seq),
         StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
         StoreChange::PutSnapshot(snapshot) => {
-            store
-                .server_operations
-                .retain(|op| op.version > snapshot.version);
+            store.server_operations.retain(|op| op.version > snapshot.version);
             store.snapshot = snapshot;
         }
     }

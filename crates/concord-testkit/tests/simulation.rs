@@ -5,10 +5,7 @@
 use concord_testkit::sim::{Config, Stats, run};
 
 fn seeds(default: u64) -> u64 {
-    std::env::var("CONCORD_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var("CONCORD_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn sweep(config: Config, count: u64) -> Stats {
@@ -37,13 +34,7 @@ fn replicas_converge_through_disconnects_and_crashes() {
 
 #[test]
 fn many_clients_with_large_batches_converge() {
-    let config = Config {
-        clients: 8,
-        models: 3,
-        steps: 800,
-        max_batch: 20,
-        compact_every: 5,
-    };
+    let config = Config { clients: 8, models: 3, steps: 800, max_batch: 20, compact_every: 5 };
     let total = sweep(config, seeds(20));
     assert!(total.commits > 100, "{total:?}");
 }
