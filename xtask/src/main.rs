@@ -6,6 +6,7 @@
 //!   stable, its saved findings replayed) and the build of the benchmarks. `.ci/run` and the GitHub workflow call exactly this.
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
+//! - `soak` runs the seeded multi-client simulations over many seeds, in release.
 //!
 //! It is not a build system: every step is a plain cargo command, printed before it runs,
 //! so a failure can be reproduced by hand. It depends on nothing but anyhow.
@@ -28,6 +29,8 @@ commands:
   fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
                                    each on nightly (default 60)
   bench                            run the benchmarks
+  soak [--seeds N]                 run the sync simulations over N seeds per
+                                   scenario, in release (default 10000)
   help                             print this message";
 
 /// The crates that must stay free of I/O (DESIGN.md §2); the check skips those that do not
@@ -39,6 +42,8 @@ const PURE_CRATES: [&str; 3] = ["concord-ot", "concord-protocol", "concord-sync"
 const IO_CRATES: [&str; 4] = ["tokio", "redb", "web-sys", "tungstenite"];
 
 const DEFAULT_FUZZ_SECONDS: u64 = 60;
+
+const DEFAULT_SOAK_SEEDS: u64 = 10_000;
 
 /// The fuzz crate is its own workspace (excluded from the main one).
 const FUZZ_MANIFEST: &str = "fuzz/Cargo.toml";
@@ -52,6 +57,11 @@ fn main() -> ExitCode {
             parse_fuzz_args(rest).and_then(|(seconds, target)| fuzz(seconds, target.as_deref()))
         }
         ["bench"] => bench(),
+        ["soak"] => soak(DEFAULT_SOAK_SEEDS),
+        ["soak", "--seeds", n] => match n.parse() {
+            Ok(seeds) => soak(seeds),
+            Err(_) => Err(anyhow::anyhow!("--seeds {n}: not a whole number")),
+        },
         [] | ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             return if args.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
@@ -392,6 +402,20 @@ fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
 
 fn bench() -> anyhow::Result<()> {
     run(cargo(&["bench", "--workspace"]))
+}
+
+// ---------------------------------------------------------------------------------------
+// soak
+
+/// The simulation tests read the seed count from `CONCORD_SEEDS`; a failure names its seed.
+fn soak(seeds: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut command =
+        cargo(&["test", "--release", "-p", "concord-testkit", "--test", "simulation"]);
+    command.env("CONCORD_SEEDS", seeds.to_string());
+    run(command)?;
+    eprintln!("xtask soak: {seeds} seeds per scenario passed in {:.0?}", started.elapsed());
+    Ok(())
 }
 
 #[cfg(test)]
