@@ -82,6 +82,12 @@ pub enum Event {
         seq: u64,
         version: u64,
     },
+    /// Concurrent changes made these local changes (by seq) no-ops: they were overridden
+    /// (a concurrent set won, or their target was removed).
+    Neutralised {
+        model: ModelId,
+        seqs: Vec<u64>,
+    },
     /// The server refused these local changes for good; they were undone locally.
     Rejected {
         model: ModelId,
@@ -487,6 +493,10 @@ impl ClientEngine {
                         operation: applied.operation,
                         applied: applied.applied,
                     });
+                    if !applied.neutralised.is_empty() {
+                        let seqs = applied.neutralised;
+                        self.events.push_back(Event::Neutralised { model: model.clone(), seqs });
+                    }
                 }
                 self.after_server_change(model, changes);
                 true

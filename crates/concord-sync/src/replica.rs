@@ -80,6 +80,9 @@ pub struct RemoteApplied {
     /// The operation as applied to the local view (transformed past local changes).
     pub operation: Operation,
     pub applied: Vec<Applied>,
+    /// Local changes (by seq) that this remote operation neutralised entirely: they will
+    /// reach the server as no-ops, and the application should hear so.
+    pub neutralised: Vec<u64>,
 }
 
 /// One model on the client.
@@ -322,10 +325,14 @@ impl ModelReplica {
         }
         // Transform the remote operation past each local operation, rewriting them.
         let mut remote = committed.operation.clone();
+        let mut neutralised = Vec::new();
         let mut rewrite = |parts: &mut Vec<PendingOperation>| {
             for part in parts.iter_mut() {
                 let (r, local) = transform(remote.clone(), part.operation.clone());
                 remote = r;
+                if local.is_noop() && !part.operation.is_noop() {
+                    neutralised.push(part.seq);
+                }
                 part.operation = local;
             }
         };
@@ -342,7 +349,7 @@ impl ModelReplica {
         if self.has_unacknowledged() {
             changes.push(StoreChange::ReplacePending(self.all_unacknowledged()));
         }
-        Ok((Some(RemoteApplied { operation: remote, applied }), changes))
+        Ok((Some(RemoteApplied { operation: remote, applied, neutralised }), changes))
     }
 
     /// The server committed the in-flight submission `seq` at `version`. A repeated ack

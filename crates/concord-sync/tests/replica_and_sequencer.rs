@@ -193,3 +193,24 @@ fn the_sequencer_refuses_what_it_cannot_order() -> Result<()> {
     assert_eq!(*server.document(), before);
     Ok(())
 }
+
+#[test]
+fn a_local_change_neutralised_by_a_remote_one_is_reported() -> Result<()> {
+    let initial = snapshot()?;
+    let mut server = Sequencer::new(ModelId::new("m")?, initial.clone(), BTreeMap::new(), 100);
+    let mut replica = ModelReplica::new(initial.clone());
+    let text = text_id(&initial.data);
+    let set = |value: &str| -> Operation {
+        DiscreteOperation::new(text, OperationKind::StringSet { value: value.into() }).into()
+    };
+    let (seq, _, _) = replica.local_change(insert(replica.local(), 0, "X"))?;
+    let SubmitOutcome::Committed(remote) =
+        server.submit(submission(2, 1, 0, set("new")), Timestamp(1))?
+    else {
+        panic!("commits")
+    };
+    let (applied, _) = replica.remote(remote.operation)?;
+    assert_eq!(applied.expect("applied").neutralised, vec![seq], "a set beats the splice");
+    assert_eq!(replica.local().text(text).as_deref(), Some("new"));
+    Ok(())
+}
