@@ -59,11 +59,7 @@ pub struct Generator<'u, 'a> {
 
 impl<'u, 'a> Generator<'u, 'a> {
     pub fn new(u: &'u mut Unstructured<'a>, config: Config) -> Generator<'u, 'a> {
-        Generator {
-            u,
-            config,
-            next_counter: 0,
-        }
+        Generator { u, config, next_counter: 0 }
     }
 
     /// A root value: almost always an object, with ids mostly fresh.
@@ -208,45 +204,25 @@ impl<'u, 'a> Generator<'u, 'a> {
             Kind::Array => self.array_operation(doc.array_len(target).unwrap_or(0))?,
             Kind::Object => self.object_operation(doc.object_entries(target))?,
             Kind::Number => match self.u.int_in_range(0..=1)? {
-                0 => OperationKind::NumberDelta {
-                    delta: self.number()?,
-                },
-                _ => OperationKind::NumberSet {
-                    value: self.number()?,
-                },
+                0 => OperationKind::NumberDelta { delta: self.number()? },
+                _ => OperationKind::NumberSet { value: self.number()? },
             },
-            Kind::Boolean => OperationKind::BooleanSet {
-                value: self.u.arbitrary()?,
-            },
-            Kind::Date => OperationKind::DateSet {
-                value: self.u.arbitrary()?,
-            },
+            Kind::Boolean => OperationKind::BooleanSet { value: self.u.arbitrary()? },
+            Kind::Date => OperationKind::DateSet { value: self.u.arbitrary()? },
             // Nothing applies to null: a number set stands for any mismatched operation.
-            Kind::Null => OperationKind::NumberSet {
-                value: self.number()?,
-            },
+            Kind::Null => OperationKind::NumberSet { value: self.number()? },
         };
         let op = DiscreteOperation::new(target, kind);
-        Ok(if self.u.ratio(1, 16)? {
-            op.into_noop()
-        } else {
-            op
-        })
+        Ok(if self.u.ratio(1, 16)? { op.into_noop() } else { op })
     }
 
     fn string_operation(&mut self, len: usize) -> Result<OperationKind> {
         Ok(match self.u.int_in_range(0..=5)? {
-            0 => OperationKind::StringSet {
-                value: self.text()?,
-            },
+            0 => OperationKind::StringSet { value: self.text()? },
             _ => {
                 let index = self.index(len)?;
                 let delete_count = self.index(len.saturating_sub(index))?;
-                OperationKind::StringSplice {
-                    index,
-                    delete_count,
-                    insert: self.text()?,
-                }
+                OperationKind::StringSplice { index, delete_count, insert: self.text()? }
             }
         })
     }
@@ -254,13 +230,12 @@ impl<'u, 'a> Generator<'u, 'a> {
     fn array_operation(&mut self, len: usize) -> Result<OperationKind> {
         let depth = MAX_DEPTH - 1;
         Ok(match ArrayChoice::arbitrary(self.u)? {
-            ArrayChoice::Insert => OperationKind::ArrayInsert {
-                index: self.index(len)?,
-                value: self.value(depth)?,
-            },
-            ArrayChoice::Remove => OperationKind::ArrayRemove {
-                index: self.index(len.saturating_sub(1))?,
-            },
+            ArrayChoice::Insert => {
+                OperationKind::ArrayInsert { index: self.index(len)?, value: self.value(depth)? }
+            }
+            ArrayChoice::Remove => {
+                OperationKind::ArrayRemove { index: self.index(len.saturating_sub(1))? }
+            }
             ArrayChoice::Replace => OperationKind::ArrayReplace {
                 index: self.index(len.saturating_sub(1))?,
                 value: self.value(depth)?,
@@ -269,9 +244,7 @@ impl<'u, 'a> Generator<'u, 'a> {
                 from: self.index(len.saturating_sub(1))?,
                 to: self.index(len.saturating_sub(1))?,
             },
-            ArrayChoice::Set => OperationKind::ArraySet {
-                values: self.values(depth)?,
-            },
+            ArrayChoice::Set => OperationKind::ArraySet { values: self.values(depth)? },
         })
     }
 
@@ -281,33 +254,23 @@ impl<'u, 'a> Generator<'u, 'a> {
     ) -> Result<OperationKind> {
         let depth = MAX_DEPTH - 1;
         Ok(match ObjectChoice::arbitrary(self.u)? {
-            ObjectChoice::Add => OperationKind::ObjectAddProperty {
-                key: self.key()?,
-                value: self.value(depth)?,
-            },
+            ObjectChoice::Add => {
+                OperationKind::ObjectAddProperty { key: self.key()?, value: self.value(depth)? }
+            }
             ObjectChoice::SetProperty => OperationKind::ObjectSetProperty {
                 key: self.existing_key(entries)?,
                 value: self.value(depth)?,
             },
-            ObjectChoice::Remove => OperationKind::ObjectRemoveProperty {
-                key: self.existing_key(entries)?,
-            },
-            ObjectChoice::Set => OperationKind::ObjectSet {
-                values: self.properties(depth)?,
-            },
+            ObjectChoice::Remove => {
+                OperationKind::ObjectRemoveProperty { key: self.existing_key(entries)? }
+            }
+            ObjectChoice::Set => OperationKind::ObjectSet { values: self.properties(depth)? },
         })
     }
 }
 
-const ALL_KINDS: [Kind; 7] = [
-    Kind::Object,
-    Kind::Array,
-    Kind::String,
-    Kind::Number,
-    Kind::Boolean,
-    Kind::Null,
-    Kind::Date,
-];
+const ALL_KINDS: [Kind; 7] =
+    [Kind::Object, Kind::Array, Kind::String, Kind::Number, Kind::Boolean, Kind::Null, Kind::Date];
 
 #[derive(Debug, Arbitrary)]
 enum ValueChoice {

@@ -40,10 +40,7 @@ impl<'a> Arbitrary<'a> for ApplyInput {
         let Ok(doc) = Document::new(root.clone()) else {
             return Ok(ApplyInput { root, op: None });
         };
-        let operation_ids = Config {
-            replica: 1,
-            ..document_ids
-        };
+        let operation_ids = Config { replica: 1, ..document_ids };
         let op = Generator::new(u, operation_ids).operation(&doc)?;
         Ok(ApplyInput { root, op: Some(op) })
     }
@@ -51,10 +48,7 @@ impl<'a> Arbitrary<'a> for ApplyInput {
 
 impl fmt::Debug for ApplyInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApplyInput")
-            .field("root", &self.root)
-            .field("op", &self.op)
-            .finish()
+        f.debug_struct("ApplyInput").field("root", &self.root).field("op", &self.op).finish()
     }
 }
 
@@ -74,21 +68,14 @@ pub fn check_apply(input: &ApplyInput) {
             return;
         }
     };
-    assert_eq!(
-        applied.len(),
-        op.discrete().len(),
-        "one outcome per discrete operation"
-    );
+    assert_eq!(applied.len(), op.discrete().len(), "one outcome per discrete operation");
 
     let json = serde_json::to_string(&doc).expect("a document serializes to JSON");
     let back: Document = match serde_json::from_str(&json) {
         Ok(back) => back,
         Err(error) => panic!("a document's JSON ({json}) does not deserialize: {error}"),
     };
-    assert_eq!(
-        back, doc,
-        "serde_json round trip of the document via {json}"
-    );
+    assert_eq!(back, doc, "serde_json round trip of the document via {json}");
 
     let mut undone = doc;
     for (part, outcome) in op.discrete().iter().zip(&applied).rev() {
@@ -119,17 +106,9 @@ impl<'a> Arbitrary<'a> for Tp1Input {
             wild: false,
         };
         let doc = Generator::new(u, config).document()?;
-        let a = Config {
-            replica: 1,
-            known_replicas: &[0, 1],
-            ..config
-        };
+        let a = Config { replica: 1, known_replicas: &[0, 1], ..config };
         let a = Generator::new(u, a).operation(&doc)?;
-        let b = Config {
-            replica: 2,
-            known_replicas: &[0, 2],
-            ..config
-        };
+        let b = Config { replica: 2, known_replicas: &[0, 2], ..config };
         let b = Generator::new(u, b).operation(&doc)?;
         Ok(Tp1Input { doc, a, b })
     }

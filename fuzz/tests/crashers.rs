@@ -27,9 +27,7 @@ fn passes<T: for<'a> Arbitrary<'a>>(bytes: &[u8], check: fn(&T)) -> bool {
 }
 
 fn replay(target: &str, check: fn(&[u8]) -> bool) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crashers")
-        .join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crashers").join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
@@ -41,10 +39,9 @@ fn replay(target: &str, check: fn(&[u8]) -> bool) {
         match (check(&bytes), open) {
             (true, false) | (false, true) => {}
             (false, false) => panic!("{target}: {name} fails its check again"),
-            (true, true) => panic!(
-                "{target}: {name} passes now: remove it from OPEN in {}",
-                file!()
-            ),
+            (true, true) => {
+                panic!("{target}: {name} passes now: remove it from OPEN in {}", file!())
+            }
         }
     }
 }

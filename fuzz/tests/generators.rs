@@ -39,12 +39,6 @@ fn tp1_inputs_are_mostly_meaningful() {
         }
         check_tp1(&input);
     }
-    assert!(
-        both_apply * 4 > RUNS,
-        "only {both_apply} of {RUNS} pairs both apply"
-    );
-    assert!(
-        transformed * 20 > RUNS,
-        "only {transformed} of {RUNS} pairs interact"
-    );
+    assert!(both_apply * 4 > RUNS, "only {both_apply} of {RUNS} pairs both apply");
+    assert!(transformed * 20 > RUNS, "only {transformed} of {RUNS} pairs interact");
 }
