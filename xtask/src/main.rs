@@ -2,7 +2,8 @@
 //! `.cargo/config.toml`).
 //!
 //! - `ci` runs every check CI runs, in order, stopping at the first failure: formatting,
-//!   clippy, the test suite, the layering check, the fuzz crate (its targets built on
+//!   clippy, the test suite, the layering check, the wasm32 build of the browser crates
+//!   (skipped with a message if the target cannot be installed), the fuzz crate (its targets built on
 //!   stable, its saved findings replayed) and the build of the benchmarks. `.ci/run` and the GitHub workflow call exactly this.
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
@@ -25,7 +26,7 @@ usage: cargo xtask <command>
 
 commands:
   ci                               formatting, clippy, tests, layering check,
-                                   fuzz and bench builds (what CI runs)
+                                   wasm32 build, fuzz and bench builds (what CI runs)
   fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
                                    each on nightly (default 60)
   bench                            run the benchmarks
@@ -185,6 +186,7 @@ fn ci() -> anyhow::Result<()> {
     steps.run("tests", tests)?;
     steps.run("doc tests", || run(cargo(&["test", "--workspace", "--doc"])))?;
     steps.run("layering", layering)?;
+    steps.run("wasm32 build", wasm_build)?;
     steps.run("fuzz targets", || {
         // Stable builds the targets without the sanitizer flags cargo-fuzz adds; the
         // crate's tests replay the saved findings.
@@ -194,6 +196,33 @@ fn ci() -> anyhow::Result<()> {
     steps.run("benches build", || run(cargo(&["bench", "--workspace", "--no-run"])))?;
     steps.summary();
     eprintln!("xtask ci: all {} steps passed in {}", steps.done.len(), seconds(start.elapsed()));
+    Ok(())
+}
+
+/// Crates that must build for the browser without their native-only features.
+const WASM_CRATES: [&str; 1] = ["concord-storage"];
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Builds `WASM_CRATES` for wasm32, installing the target first if it is missing; skipped,
+/// with a message, when it cannot be installed.
+fn wasm_build() -> anyhow::Result<()> {
+    let mut list = Command::new("rustup");
+    list.args(["target", "list", "--installed"]);
+    let installed = capture(list)
+        .map(|output| String::from_utf8_lossy(&output.stdout).lines().any(|l| l == WASM_TARGET))
+        .unwrap_or(false);
+    if !installed {
+        let mut add = Command::new("rustup");
+        add.args(["target", "add", WASM_TARGET]);
+        if let Err(error) = run(add) {
+            eprintln!("SKIPPED: the {WASM_TARGET} build: cannot install the target ({error:#})");
+            return Ok(());
+        }
+    }
+    for krate in WASM_CRATES {
+        run(cargo(&["build", "-p", krate, "--target", WASM_TARGET, "--no-default-features"]))?;
+    }
     Ok(())
 }
 

@@ -51,9 +51,7 @@ impl From<Vec<Mutation>> for Batch {
 
 impl FromIterator<Mutation> for Batch {
     fn from_iter<I: IntoIterator<Item = Mutation>>(iter: I) -> Batch {
-        Batch {
-            mutations: iter.into_iter().collect(),
-        }
+        Batch { mutations: iter.into_iter().collect() }
     }
 }
 
@@ -78,30 +76,18 @@ pub enum Mutation {
     PutSnapshot { model: ModelId, snapshot: Snapshot },
     /// Appends server operations after the confirmed version. Their versions must be
     /// consecutive and the first one the confirmed version + 1; the model needs a snapshot.
-    AppendServerOperations {
-        model: ModelId,
-        operations: Vec<CommittedOperation>,
-    },
+    AppendServerOperations { model: ModelId, operations: Vec<CommittedOperation> },
     /// Replaces all pending operations (for example with their form transformed against a
     /// new server operation). Sequence numbers must be strictly increasing.
-    ReplacePending {
-        model: ModelId,
-        operations: Vec<PendingOperation>,
-    },
+    ReplacePending { model: ModelId, operations: Vec<PendingOperation> },
     /// Appends pending operations. Sequence numbers must be strictly increasing and greater
     /// than any this model ever had ([`ModelSummary::last_pending_seq`](crate::ModelSummary)).
-    AppendPending {
-        model: ModelId,
-        operations: Vec<PendingOperation>,
-    },
+    AppendPending { model: ModelId, operations: Vec<PendingOperation> },
     /// Removes the pending operations with `seq <= through_seq` (the server acknowledged
     /// them).
     RemovePendingThrough { model: ModelId, through_seq: u64 },
     /// Stores (or replaces) the model's creation record.
-    PutCreation {
-        model: ModelId,
-        creation: CreationRecord,
-    },
+    PutCreation { model: ModelId, creation: CreationRecord },
     /// Removes the model's creation record; nothing happens if there is none.
     DeleteCreation(ModelId),
     /// Raises the model's `next_element_counter` to `next` (no effect if it is already at

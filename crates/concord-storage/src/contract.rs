@@ -97,10 +97,7 @@ pub fn record(n: u64) -> ModelRecord {
 /// An object root whose id and one property depend on `n`.
 pub fn root(n: u64) -> Value {
     let child = Value::new(ElementId::new(0, n + 1), ValueData::Number(n as f64));
-    Value::new(
-        ElementId::new(0, 0),
-        ValueData::Object(BTreeMap::from([("n".to_string(), child)])),
-    )
+    Value::new(ElementId::new(0, 0), ValueData::Object(BTreeMap::from([("n".to_string(), child)])))
 }
 
 pub fn snapshot(version: u64) -> Snapshot {
@@ -132,10 +129,7 @@ pub fn server_operations(versions: std::ops::RangeInclusive<u64>) -> Vec<Committ
 }
 
 pub fn pending(seq: u64) -> PendingOperation {
-    PendingOperation {
-        seq,
-        operation: operation(1_000 + seq),
-    }
+    PendingOperation { seq, operation: operation(1_000 + seq) }
 }
 
 pub fn pendings(seqs: impl IntoIterator<Item = u64>) -> Vec<PendingOperation> {
@@ -161,11 +155,8 @@ async fn commit(store: &dyn OfflineStore, batch: Batch) {
 /// Asserts that `result` is a rejection of `batch`/`mutation`.
 fn assert_rejected(result: Result<(), StorageError>, batch: usize, mutation: usize) {
     match result {
-        Err(StorageError::InvalidBatch {
-            batch: b,
-            mutation: m,
-            ..
-        }) if (b, m) == (batch, mutation) => {}
+        Err(StorageError::InvalidBatch { batch: b, mutation: m, .. })
+            if (b, m) == (batch, mutation) => {}
         other => panic!("expected batch {batch} mutation {mutation} to be rejected, got {other:?}"),
     }
 }
@@ -205,22 +196,13 @@ pub fn full_model_batch(n: u64) -> Batch {
             next_element_counter: 10,
             ..record(n)
         }))
-        .with(Mutation::PutSnapshot {
-            model: id.clone(),
-            snapshot: snapshot(2),
-        })
+        .with(Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(2) })
         .with(Mutation::AppendServerOperations {
             model: id.clone(),
             operations: server_operations(3..=4),
         })
-        .with(Mutation::AppendPending {
-            model: id.clone(),
-            operations: pendings(1..=2),
-        })
-        .with(Mutation::PutCreation {
-            model: id,
-            creation: creation(n),
-        })
+        .with(Mutation::AppendPending { model: id.clone(), operations: pendings(1..=2) })
+        .with(Mutation::PutCreation { model: id, creation: creation(n) })
 }
 
 // The checks.
@@ -238,11 +220,7 @@ async fn new_store_is_empty(adapter: &dyn StorageAdapter) {
 async fn model_state_round_trips(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     commit(&*store, full_model_batch(1)).await;
-    let state = store
-        .load_model(&model_id(1))
-        .await
-        .unwrap()
-        .expect("stored");
+    let state = store.load_model(&model_id(1)).await.unwrap().expect("stored");
     assert_eq!(state.summary.record.permissions, Some(Permissions::ALL));
     assert_eq!(state.summary.record.next_element_counter, 10);
     assert_eq!(state.summary.snapshot_version, Some(2));
@@ -262,18 +240,9 @@ async fn mutations_see_earlier_mutations_of_their_batch(adapter: &dyn StorageAda
     let store = open(adapter).await;
     let id = model_id(1);
     let batch = full_model_batch(1)
-        .with(Mutation::RemovePendingThrough {
-            model: id.clone(),
-            through_seq: 1,
-        })
-        .with(Mutation::PutSnapshot {
-            model: id.clone(),
-            snapshot: snapshot(3),
-        })
-        .with(Mutation::AppendPending {
-            model: id.clone(),
-            operations: pendings([5]),
-        });
+        .with(Mutation::RemovePendingThrough { model: id.clone(), through_seq: 1 })
+        .with(Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(3) })
+        .with(Mutation::AppendPending { model: id.clone(), operations: pendings([5]) });
     commit(&*store, batch).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.server_operations, server_operations(4..=4));
@@ -301,15 +270,10 @@ async fn group_commit_is_all_or_nothing(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let before = contents(&*store).await;
     let bad = Batch::new().with(Mutation::DeleteCreation(model_id(9)));
-    let result = store
-        .commit_group(vec![full_model_batch(1), full_model_batch(2), bad])
-        .await;
+    let result = store.commit_group(vec![full_model_batch(1), full_model_batch(2), bad]).await;
     assert_rejected(result, 2, 0);
     assert_eq!(contents(&*store).await, before);
-    store
-        .commit_group(vec![full_model_batch(1), full_model_batch(2)])
-        .await
-        .unwrap();
+    store.commit_group(vec![full_model_batch(1), full_model_batch(2)]).await.unwrap();
     assert_eq!(store.models().await.unwrap().len(), 2);
 }
 
@@ -336,21 +300,14 @@ async fn snapshot_compacts_server_operations(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
     commit(&*store, full_model_batch(1)).await;
-    let put = |version| Mutation::PutSnapshot {
-        model: id.clone(),
-        snapshot: snapshot(version),
-    };
+    let put = |version| Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(version) };
     commit(&*store, Batch::new().with(put(3))).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.snapshot, Some(snapshot(3)));
     assert_eq!(state.server_operations, server_operations(4..=4));
     assert_eq!(state.summary.snapshot_version, Some(3));
     assert_eq!(state.summary.confirmed_version, Some(4));
-    assert_eq!(
-        state.pending,
-        pendings(1..=2),
-        "pending operations are kept"
-    );
+    assert_eq!(state.pending, pendings(1..=2), "pending operations are kept");
     // A snapshot past the stored operations replaces everything.
     commit(&*store, Batch::new().with(put(10))).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
@@ -366,10 +323,8 @@ async fn snapshot_may_not_open_a_gap(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
     commit(&*store, full_model_batch(1)).await;
-    let older = Batch::new().with(Mutation::PutSnapshot {
-        model: id.clone(),
-        snapshot: snapshot(1),
-    });
+    let older =
+        Batch::new().with(Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(1) });
     assert_rejected(store.commit(older).await, 0, 0);
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.snapshot, Some(snapshot(2)));
@@ -388,19 +343,14 @@ async fn server_operations_must_be_contiguous(adapter: &dyn StorageAdapter) {
     assert_rejected(store.commit(append(1..=1)).await, 0, 0);
     commit(
         &*store,
-        Batch::new().with(Mutation::PutSnapshot {
-            model: id.clone(),
-            snapshot: snapshot(0),
-        }),
+        Batch::new().with(Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(0) }),
     )
     .await;
     assert_rejected(store.commit(append(2..=2)).await, 0, 0);
     let mut shuffled = server_operations(1..=2);
     shuffled.reverse();
-    let batch = Batch::new().with(Mutation::AppendServerOperations {
-        model: id.clone(),
-        operations: shuffled,
-    });
+    let batch = Batch::new()
+        .with(Mutation::AppendServerOperations { model: id.clone(), operations: shuffled });
     assert_rejected(store.commit(batch).await, 0, 0);
     commit(&*store, append(1..=3)).await;
     assert_rejected(store.commit(append(3..=3)).await, 0, 0);
@@ -414,19 +364,13 @@ async fn pending_sequence_numbers_are_never_reused(adapter: &dyn StorageAdapter)
     let id = model_id(1);
     commit(&*store, full_model_batch(1)).await;
     let append = |seqs: Vec<u64>| {
-        Batch::new().with(Mutation::AppendPending {
-            model: id.clone(),
-            operations: pendings(seqs),
-        })
+        Batch::new().with(Mutation::AppendPending { model: id.clone(), operations: pendings(seqs) })
     };
     assert_rejected(store.commit(append(vec![2])).await, 0, 0);
     assert_rejected(store.commit(append(vec![4, 3])).await, 0, 0);
     commit(
         &*store,
-        Batch::new().with(Mutation::RemovePendingThrough {
-            model: id.clone(),
-            through_seq: 2,
-        }),
+        Batch::new().with(Mutation::RemovePendingThrough { model: id.clone(), through_seq: 2 }),
     )
     .await;
     let state = store.load_model(&id).await.unwrap().unwrap();
@@ -444,29 +388,16 @@ async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
     commit(&*store, full_model_batch(1)).await;
-    let replace = |operations| {
-        Batch::new().with(Mutation::ReplacePending {
-            model: id.clone(),
-            operations,
-        })
-    };
-    let transformed = vec![
-        PendingOperation {
-            seq: 1,
-            operation: operation(77),
-        },
-        pending(2),
-    ];
+    let replace =
+        |operations| Batch::new().with(Mutation::ReplacePending { model: id.clone(), operations });
+    let transformed = vec![PendingOperation { seq: 1, operation: operation(77) }, pending(2)];
     commit(&*store, replace(transformed.clone())).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.pending, transformed);
     assert_rejected(store.commit(replace(pendings([2, 2]))).await, 0, 0);
     commit(
         &*store,
-        Batch::new().with(Mutation::RemovePendingThrough {
-            model: id.clone(),
-            through_seq: 1,
-        }),
+        Batch::new().with(Mutation::RemovePendingThrough { model: id.clone(), through_seq: 1 }),
     )
     .await;
     let state = store.load_model(&id).await.unwrap().unwrap();
@@ -483,26 +414,15 @@ async fn element_counter_never_decreases(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
     commit(&*store, full_model_batch(1)).await;
-    let advance = |next| {
-        Batch::new().with(Mutation::AdvanceElementCounter {
-            model: id.clone(),
-            next,
-        })
-    };
+    let advance =
+        |next| Batch::new().with(Mutation::AdvanceElementCounter { model: id.clone(), next });
     commit(&*store, advance(25)).await;
     assert_eq!(counter(&*store, &id).await, 25);
     commit(&*store, advance(5)).await;
     assert_eq!(counter(&*store, &id).await, 25);
     commit(&*store, Batch::new().with(Mutation::PutModel(record(1)))).await;
-    assert_eq!(
-        counter(&*store, &id).await,
-        25,
-        "PutModel keeps the larger counter"
-    );
-    let raised = ModelRecord {
-        next_element_counter: 40,
-        ..record(1)
-    };
+    assert_eq!(counter(&*store, &id).await, 25, "PutModel keeps the larger counter");
+    let raised = ModelRecord { next_element_counter: 40, ..record(1) };
     commit(&*store, Batch::new().with(Mutation::PutModel(raised))).await;
     assert_eq!(counter(&*store, &id).await, 40);
 }
@@ -515,10 +435,7 @@ async fn counter(store: &dyn OfflineStore, model: &ModelId) -> u64 {
 async fn put_model_keeps_data(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     commit(&*store, full_model_batch(1)).await;
-    let flagged = ModelRecord {
-        deleted_locally: true,
-        ..record(1)
-    };
+    let flagged = ModelRecord { deleted_locally: true, ..record(1) };
     commit(&*store, Batch::new().with(Mutation::PutModel(flagged))).await;
     let state = store.load_model(&model_id(1)).await.unwrap().unwrap();
     assert!(state.summary.record.deleted_locally);
@@ -533,16 +450,8 @@ async fn delete_model_removes_everything(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     commit(&*store, full_model_batch(1)).await;
     commit(&*store, full_model_batch(2)).await;
-    commit(
-        &*store,
-        Batch::new().with(Mutation::Subscribe(vec![model_id(1)])),
-    )
-    .await;
-    commit(
-        &*store,
-        Batch::new().with(Mutation::DeleteModel(model_id(1))),
-    )
-    .await;
+    commit(&*store, Batch::new().with(Mutation::Subscribe(vec![model_id(1)]))).await;
+    commit(&*store, Batch::new().with(Mutation::DeleteModel(model_id(1)))).await;
     assert!(store.load_model(&model_id(1)).await.unwrap().is_none());
     let models = store.models().await.unwrap();
     assert_eq!(models.len(), 1);
@@ -553,11 +462,7 @@ async fn delete_model_removes_everything(adapter: &dyn StorageAdapter) {
         "subscriptions are separate"
     );
     // Deleting again is a no-op; a new record starts empty.
-    commit(
-        &*store,
-        Batch::new().with(Mutation::DeleteModel(model_id(1))),
-    )
-    .await;
+    commit(&*store, Batch::new().with(Mutation::DeleteModel(model_id(1)))).await;
     commit(&*store, Batch::new().with(Mutation::PutModel(record(1)))).await;
     let state = store.load_model(&model_id(1)).await.unwrap().unwrap();
     assert_eq!(state.snapshot, None);
@@ -573,40 +478,17 @@ async fn mutations_need_a_record(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
     let needing = [
-        Mutation::PutSnapshot {
-            model: id.clone(),
-            snapshot: snapshot(0),
-        },
-        Mutation::AppendServerOperations {
-            model: id.clone(),
-            operations: Vec::new(),
-        },
-        Mutation::ReplacePending {
-            model: id.clone(),
-            operations: Vec::new(),
-        },
-        Mutation::AppendPending {
-            model: id.clone(),
-            operations: pendings([1]),
-        },
-        Mutation::RemovePendingThrough {
-            model: id.clone(),
-            through_seq: 1,
-        },
-        Mutation::PutCreation {
-            model: id.clone(),
-            creation: creation(1),
-        },
+        Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(0) },
+        Mutation::AppendServerOperations { model: id.clone(), operations: Vec::new() },
+        Mutation::ReplacePending { model: id.clone(), operations: Vec::new() },
+        Mutation::AppendPending { model: id.clone(), operations: pendings([1]) },
+        Mutation::RemovePendingThrough { model: id.clone(), through_seq: 1 },
+        Mutation::PutCreation { model: id.clone(), creation: creation(1) },
         Mutation::DeleteCreation(id.clone()),
-        Mutation::AdvanceElementCounter {
-            model: id.clone(),
-            next: 1,
-        },
+        Mutation::AdvanceElementCounter { model: id.clone(), next: 1 },
     ];
     for mutation in needing {
-        let batch = Batch::new()
-            .with(Mutation::Subscribe(vec![id.clone()]))
-            .with(mutation);
+        let batch = Batch::new().with(Mutation::Subscribe(vec![id.clone()])).with(mutation);
         assert_rejected(store.commit(batch).await, 0, 1);
     }
     assert!(store.subscriptions().await.unwrap().is_empty());
@@ -622,20 +504,11 @@ async fn mutations_need_a_record(adapter: &dyn StorageAdapter) {
 async fn creation_records(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let id = model_id(1);
-    let created = ModelRecord {
-        created_locally: true,
-        ..record(1)
-    };
+    let created = ModelRecord { created_locally: true, ..record(1) };
     let batch = Batch::new()
         .with(Mutation::PutModel(created.clone()))
-        .with(Mutation::PutCreation {
-            model: id.clone(),
-            creation: creation(1),
-        })
-        .with(Mutation::AppendPending {
-            model: id.clone(),
-            operations: pendings([1]),
-        });
+        .with(Mutation::PutCreation { model: id.clone(), creation: creation(1) })
+        .with(Mutation::AppendPending { model: id.clone(), operations: pendings([1]) });
     commit(&*store, batch).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.creation, Some(creation(1)));
@@ -644,15 +517,9 @@ async fn creation_records(adapter: &dyn StorageAdapter) {
     assert!(state.summary.needs_sync());
     // The server confirmed the creation at version 0.
     let confirmed = Batch::new()
-        .with(Mutation::PutModel(ModelRecord {
-            created_locally: false,
-            ..created
-        }))
+        .with(Mutation::PutModel(ModelRecord { created_locally: false, ..created }))
         .with(Mutation::DeleteCreation(id.clone()))
-        .with(Mutation::PutSnapshot {
-            model: id.clone(),
-            snapshot: snapshot(0),
-        });
+        .with(Mutation::PutSnapshot { model: id.clone(), snapshot: snapshot(0) });
     commit(&*store, confirmed).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.creation, None);
@@ -664,39 +531,16 @@ async fn creation_records(adapter: &dyn StorageAdapter) {
 async fn subscriptions(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     let ids = |ns: &[u64]| ns.iter().map(|&n| model_id(n)).collect::<BTreeSet<_>>();
-    commit(
-        &*store,
-        Batch::new().with(Mutation::Subscribe(vec![model_id(1), model_id(2)])),
-    )
-    .await;
-    commit(
-        &*store,
-        Batch::new().with(Mutation::Subscribe(vec![model_id(2), model_id(3)])),
-    )
-    .await;
+    commit(&*store, Batch::new().with(Mutation::Subscribe(vec![model_id(1), model_id(2)]))).await;
+    commit(&*store, Batch::new().with(Mutation::Subscribe(vec![model_id(2), model_id(3)]))).await;
     assert_eq!(store.subscriptions().await.unwrap(), ids(&[1, 2, 3]));
-    commit(
-        &*store,
-        Batch::new().with(Mutation::Unsubscribe(vec![model_id(1), model_id(9)])),
-    )
-    .await;
+    commit(&*store, Batch::new().with(Mutation::Unsubscribe(vec![model_id(1), model_id(9)]))).await;
     assert_eq!(store.subscriptions().await.unwrap(), ids(&[2, 3]));
-    commit(
-        &*store,
-        Batch::new().with(Mutation::SetSubscriptions(ids(&[4, 5]))),
-    )
-    .await;
+    commit(&*store, Batch::new().with(Mutation::SetSubscriptions(ids(&[4, 5])))).await;
     assert_eq!(store.subscriptions().await.unwrap(), ids(&[4, 5]));
-    commit(
-        &*store,
-        Batch::new().with(Mutation::SetSubscriptions(BTreeSet::new())),
-    )
-    .await;
+    commit(&*store, Batch::new().with(Mutation::SetSubscriptions(BTreeSet::new()))).await;
     assert!(store.subscriptions().await.unwrap().is_empty());
-    assert!(
-        store.models().await.unwrap().is_empty(),
-        "no records are made"
-    );
+    assert!(store.models().await.unwrap().is_empty(), "no records are made");
 }
 
 async fn identities(adapter: &dyn StorageAdapter) {
@@ -715,27 +559,15 @@ async fn identities(adapter: &dyn StorageAdapter) {
         .with(Mutation::PutUsers(vec![user("ann"), user("bob")]));
     commit(&*store, batch).await;
     let batch = Batch::new()
-        .with(Mutation::PutSessions(vec![(
-            session(2),
-            UserId("ann".into()),
-        )]))
+        .with(Mutation::PutSessions(vec![(session(2), UserId("ann".into()))]))
         .with(Mutation::RemoveSessions(vec![session(1), session(3)]))
-        .with(Mutation::PutUsers(vec![User {
-            display_name: None,
-            ..user("bob")
-        }]));
+        .with(Mutation::PutUsers(vec![User { display_name: None, ..user("bob") }]));
     commit(&*store, batch).await;
     let cache = store.identities().await.unwrap();
-    assert_eq!(
-        cache.sessions,
-        BTreeMap::from([(session(2), UserId("ann".into()))])
-    );
+    assert_eq!(cache.sessions, BTreeMap::from([(session(2), UserId("ann".into()))]));
     assert_eq!(cache.users.len(), 2);
     assert_eq!(cache.users[&UserId("bob".into())].display_name, None);
-    assert_eq!(
-        cache.users[&UserId("ann".into())].display_name.as_deref(),
-        Some("ANN")
-    );
+    assert_eq!(cache.users[&UserId("ann".into())].display_name.as_deref(), Some("ANN"));
 }
 
 async fn replica_id_is_set_once(adapter: &dyn StorageAdapter) {
@@ -754,10 +586,7 @@ async fn reopen_keeps_everything(adapter: &dyn StorageAdapter) {
     let batch = Batch::new()
         .with(Mutation::SetReplicaId(ReplicaId(7)))
         .with(Mutation::Subscribe(vec![model_id(1), model_id(5)]))
-        .with(Mutation::PutSessions(vec![(
-            SessionId("s".into()),
-            UserId("u".into()),
-        )]));
+        .with(Mutation::PutSessions(vec![(SessionId("s".into()), UserId("u".into()))]));
     commit(&*store, batch).await;
     let before = contents(&*store).await;
     drop(store);
@@ -772,11 +601,7 @@ async fn second_open_is_in_use(adapter: &dyn StorageAdapter) {
         Err(StorageError::InUse { .. }) => {}
         other => panic!("expected InUse, got {other:?}"),
     }
-    assert_eq!(
-        store.models().await.unwrap().len(),
-        1,
-        "the first handle works on"
-    );
+    assert_eq!(store.models().await.unwrap().len(), 1, "the first handle works on");
     drop(store);
     let store = open(adapter).await;
     assert_eq!(store.models().await.unwrap().len(), 1);
@@ -789,11 +614,7 @@ async fn stores_are_separate_per_key(adapter: &dyn StorageAdapter) {
     let bob = adapter.open(&bob_key).await.unwrap();
     let other = adapter.open(&other_server).await.unwrap();
     commit(&*alice, full_model_batch(1)).await;
-    commit(
-        &*bob,
-        Batch::new().with(Mutation::SetReplicaId(ReplicaId(2))),
-    )
-    .await;
+    commit(&*bob, Batch::new().with(Mutation::SetReplicaId(ReplicaId(2)))).await;
     assert_eq!(bob.key(), &bob_key);
     assert!(bob.models().await.unwrap().is_empty());
     assert!(other.models().await.unwrap().is_empty());
@@ -802,10 +623,7 @@ async fn stores_are_separate_per_key(adapter: &dyn StorageAdapter) {
 }
 
 async fn destroy_removes_the_store(adapter: &dyn StorageAdapter) {
-    adapter
-        .destroy(&key())
-        .await
-        .expect("destroying nothing succeeds");
+    adapter.destroy(&key()).await.expect("destroying nothing succeeds");
     let store = open(adapter).await;
     commit(&*store, full_model_batch(1)).await;
     match adapter.destroy(&key()).await {
@@ -823,9 +641,6 @@ async fn empty_commits_are_no_ops(adapter: &dyn StorageAdapter) {
     let store = open(adapter).await;
     commit(&*store, Batch::new()).await;
     store.commit_group(Vec::new()).await.unwrap();
-    store
-        .commit_group(vec![Batch::new(), Batch::new()])
-        .await
-        .unwrap();
+    store.commit_group(vec![Batch::new(), Batch::new()]).await.unwrap();
     assert!(store.models().await.unwrap().is_empty());
 }

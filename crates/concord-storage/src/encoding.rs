@@ -98,10 +98,7 @@ pub(crate) fn encode_format(version: u32) -> [u8; 4] {
 
 pub(crate) fn decode_format(bytes: &[u8]) -> Result<u32, StorageError> {
     let bytes: [u8; 4] = bytes.try_into().map_err(|_| {
-        StorageError::Corrupt(format!(
-            "format version is {} bytes long, not 4",
-            bytes.len()
-        ))
+        StorageError::Corrupt(format!("format version is {} bytes long, not 4", bytes.len()))
     })?;
     Ok(u32::from_le_bytes(bytes))
 }
@@ -121,15 +118,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageErro
             if rest.is_empty() {
                 Ok(record)
             } else {
-                Err(StorageError::Codec(format!(
-                    "{} trailing bytes after a record",
-                    rest.len()
-                )))
+                Err(StorageError::Codec(format!("{} trailing bytes after a record", rest.len())))
             }
         }
-        Some((other, _)) => Err(StorageError::Codec(format!(
-            "unknown record encoding {other}"
-        ))),
+        Some((other, _)) => Err(StorageError::Codec(format!("unknown record encoding {other}"))),
         None => Err(StorageError::Codec("empty record".into())),
     }
 }
@@ -215,14 +207,8 @@ mod tests {
         let bytes = encode(&(7u64, "x".to_string())).unwrap();
         assert_eq!(bytes, [RECORD_ENCODING, 7, 1, b'x']);
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), (7, "x".into()));
-        assert!(matches!(
-            decode::<(u64, String)>(&[9, 7, 1, b'x']),
-            Err(StorageError::Codec(_))
-        ));
-        assert!(matches!(
-            decode::<u64>(&[RECORD_ENCODING, 7, 0]),
-            Err(StorageError::Codec(_))
-        ));
+        assert!(matches!(decode::<(u64, String)>(&[9, 7, 1, b'x']), Err(StorageError::Codec(_))));
+        assert!(matches!(decode::<u64>(&[RECORD_ENCODING, 7, 0]), Err(StorageError::Codec(_))));
         assert!(matches!(decode::<u64>(&[]), Err(StorageError::Codec(_))));
     }
 }

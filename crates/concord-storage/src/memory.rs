@@ -123,8 +123,7 @@ impl KvWrite for Transaction<'_> {
 
     fn clear(&mut self, table: Table) -> Result<(), StorageError> {
         let rows = std::mem::take(&mut self.tables.tables[table.index()]);
-        self.undo
-            .extend(rows.into_iter().map(|(k, v)| (table, k, Some(v))));
+        self.undo.extend(rows.into_iter().map(|(k, v)| (table, k, Some(v))));
         Ok(())
     }
 }
@@ -134,10 +133,7 @@ fn write<T>(
     tables: &mut Tables,
     f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
 ) -> Result<T, StorageError> {
-    let mut tx = Transaction {
-        tables,
-        undo: Vec::new(),
-    };
+    let mut tx = Transaction { tables, undo: Vec::new() };
     match f(&mut tx) {
         Ok(value) => Ok(value),
         Err(error) => {
@@ -155,9 +151,7 @@ struct Slot {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StorageError> {
-    mutex
-        .lock()
-        .map_err(|_| StorageError::Backend("memory store poisoned by a panic".into()))
+    mutex.lock().map_err(|_| StorageError::Backend("memory store poisoned by a panic".into()))
 }
 
 /// Holds memory stores by key. Clones share the same stores.
@@ -175,17 +169,10 @@ impl MemoryAdapter {
     pub fn open_store(&self, key: &StoreKey) -> Result<MemoryStore, StorageError> {
         let slot = lock(&self.stores)?.entry(key.clone()).or_default().clone();
         if slot.open.swap(true, Ordering::AcqRel) {
-            return Err(StorageError::InUse {
-                store: format!("memory store {key}"),
-            });
+            return Err(StorageError::InUse { store: format!("memory store {key}") });
         }
-        let store = MemoryStore {
-            key: key.clone(),
-            slot,
-        };
-        write(&mut *lock(&store.slot.tables)?, |kv| {
-            store::prepare_current(kv, key)
-        })?;
+        let store = MemoryStore { key: key.clone(), slot };
+        write(&mut *lock(&store.slot.tables)?, |kv| store::prepare_current(kv, key))?;
         Ok(store)
     }
 }
@@ -201,9 +188,7 @@ impl StorageAdapter for MemoryAdapter {
         let mut stores = lock(&self.stores)?;
         if let Some(slot) = stores.get(key) {
             if slot.open.load(Ordering::Acquire) {
-                return Err(StorageError::InUse {
-                    store: format!("memory store {key}"),
-                });
+                return Err(StorageError::InUse { store: format!("memory store {key}") });
             }
             stores.remove(key);
         }
@@ -264,8 +249,6 @@ impl OfflineStore for MemoryStore {
         if batches.is_empty() {
             return Ok(());
         }
-        write(&mut *lock(&self.slot.tables)?, |kv| {
-            store::apply(kv, &batches)
-        })
+        write(&mut *lock(&self.slot.tables)?, |kv| store::apply(kv, &batches))
     }
 }

@@ -23,10 +23,7 @@ pub struct StoreKey {
 
 impl StoreKey {
     pub fn new(server: impl Into<String>, user: impl Into<String>) -> StoreKey {
-        StoreKey {
-            server: server.into(),
-            user: user.into(),
-        }
+        StoreKey { server: server.into(), user: user.into() }
     }
 }
 

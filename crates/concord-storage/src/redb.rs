@@ -126,27 +126,23 @@ impl StorageAdapter for RedbAdapter {
 }
 
 fn open_database(path: &Path) -> Result<Database, StorageError> {
-    Database::builder()
-        .create(path)
-        .map_err(|error| match error {
-            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                StorageError::InUse {
-                    store: path.display().to_string(),
-                }
-            }
-            // At open, these are the file's fault, not the medium's: redb reports a file
-            // that is not a database ("magic number mismatch"), or one too short to be one,
-            // as I/O errors of these kinds.
-            DatabaseError::Storage(redb::StorageError::Io(io))
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                StorageError::Corrupt(format!("not a valid store file: {io}"))
-            }
-            other => from_redb(other),
-        })
+    Database::builder().create(path).map_err(|error| match error {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StorageError::InUse { store: path.display().to_string() }
+        }
+        // At open, these are the file's fault, not the medium's: redb reports a file
+        // that is not a database ("magic number mismatch"), or one too short to be one,
+        // as I/O errors of these kinds.
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            StorageError::Corrupt(format!("not a valid store file: {io}"))
+        }
+        other => from_redb(other),
+    })
 }
 
 /// One open redb store. Dropping it closes the file and releases the lock.
@@ -169,12 +165,7 @@ impl RedbStore {
     /// Opens (creating if missing) the store in the file `path`, for `key`; see
     /// [`StorageAdapter::open`] for the contract.
     pub fn open(path: impl Into<PathBuf>, key: &StoreKey) -> Result<RedbStore, StorageError> {
-        RedbStore::open_with(
-            path.into(),
-            key,
-            crate::encoding::FORMAT_VERSION,
-            store::MIGRATIONS,
-        )
+        RedbStore::open_with(path.into(), key, crate::encoding::FORMAT_VERSION, store::MIGRATIONS)
     }
 
     pub(crate) fn open_with(
@@ -184,11 +175,7 @@ impl RedbStore {
         migrations: &[Migration],
     ) -> Result<RedbStore, StorageError> {
         let database = open_database(&path)?;
-        let store = RedbStore {
-            key: key.clone(),
-            path,
-            database,
-        };
+        let store = RedbStore { key: key.clone(), path, database };
         store.write(|kv| store::prepare(kv, key, supported, migrations).map(drop))?;
         Ok(store)
     }
@@ -204,9 +191,7 @@ impl RedbStore {
         f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let mut transaction = self.database.begin_write().map_err(from_redb)?;
-        transaction
-            .set_durability(Durability::Immediate)
-            .map_err(from_redb)?;
+        transaction.set_durability(Durability::Immediate).map_err(from_redb)?;
         let result = (|| {
             let mut kv = WriteKv {
                 tables: Table::ALL
@@ -249,10 +234,7 @@ fn get(
     table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     key: &[u8],
 ) -> Result<Option<Vec<u8>>, StorageError> {
-    Ok(table
-        .get(key)
-        .map_err(from_redb)?
-        .map(|guard| guard.value().to_vec()))
+    Ok(table.get(key).map_err(from_redb)?.map(|guard| guard.value().to_vec()))
 }
 
 fn scan(
@@ -312,9 +294,7 @@ impl KvRead for WriteKv<'_> {
 
 impl KvWrite for WriteKv<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.tables[table.index()]
-            .insert(key, value)
-            .map_err(from_redb)?;
+        self.tables[table.index()].insert(key, value).map_err(from_redb)?;
         Ok(())
     }
 
@@ -340,9 +320,7 @@ impl KvWrite for WriteKv<'_> {
     }
 
     fn clear(&mut self, table: Table) -> Result<(), StorageError> {
-        self.tables[table.index()]
-            .retain(|_, _| false)
-            .map_err(from_redb)?;
+        self.tables[table.index()].retain(|_, _| false).map_err(from_redb)?;
         Ok(())
     }
 }
@@ -477,16 +455,8 @@ mod tests {
         Err(StorageError::Backend("migration failed on purpose".into()))
     }
 
-    const TEST_MIGRATIONS: &[Migration] = &[
-        Migration {
-            from: 1,
-            run: to_format_2,
-        },
-        Migration {
-            from: 2,
-            run: failing_to_format_3,
-        },
-    ];
+    const TEST_MIGRATIONS: &[Migration] =
+        &[Migration { from: 1, run: to_format_2 }, Migration { from: 2, run: failing_to_format_3 }];
 
     #[test]
     fn an_older_format_is_migrated_in_one_transaction() {
@@ -512,10 +482,7 @@ mod tests {
         // The current version now refuses it as newer.
         assert!(matches!(
             RedbStore::open(&path, &key()),
-            Err(StorageError::NewerFormat {
-                found: 2,
-                supported: 1
-            })
+            Err(StorageError::NewerFormat { found: 2, supported: 1 })
         ));
         // Format 2 -> 3 fails half-way: nothing of it is kept.
         let error = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap_err();
@@ -523,14 +490,8 @@ mod tests {
         let store = RedbStore::open_with(path.clone(), &key(), 2, TEST_MIGRATIONS).unwrap();
         let state = block_on(store.load_model(&model_id(2))).unwrap().unwrap();
         assert_eq!(state.pending.len(), 2);
-        assert_eq!(
-            store.read(|kv| kv.get(Table::Meta, b"half-done")).unwrap(),
-            None
-        );
-        let format = store
-            .read(|kv| kv.get(Table::Meta, META_FORMAT))
-            .unwrap()
-            .unwrap();
+        assert_eq!(store.read(|kv| kv.get(Table::Meta, b"half-done")).unwrap(), None);
+        let format = store.read(|kv| kv.get(Table::Meta, META_FORMAT)).unwrap().unwrap();
         assert_eq!(decode_format(&format).unwrap(), 2);
     }
 
@@ -548,10 +509,7 @@ mod tests {
     fn file_names_are_safe_and_distinct() {
         let name = file_name(&StoreKey::new("wss://example.test:443/a", "alice"));
         assert_eq!(name, "wss%3A%2F%2Fexample.test%3A443%2Fa~alice.redb");
-        assert_ne!(
-            file_name(&StoreKey::new("a~b", "c")),
-            file_name(&StoreKey::new("a", "b~c"))
-        );
+        assert_ne!(file_name(&StoreKey::new("a~b", "c")), file_name(&StoreKey::new("a", "b~c")));
         let long = file_name(&StoreKey::new("s".repeat(500), "u"));
         assert!(long.len() < 200, "{long}");
         assert_ne!(long, file_name(&StoreKey::new("s".repeat(501), "u")));

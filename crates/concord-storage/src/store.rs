@@ -74,9 +74,7 @@ pub(crate) enum Opened {
 /// Reads the store's format version without changing anything; `None` for a store that
 /// was never initialised.
 pub(crate) fn format_version(kv: &dyn KvRead) -> Result<Option<u32>, StorageError> {
-    kv.get(Table::Meta, META_FORMAT)?
-        .map(|bytes| encoding::decode_format(&bytes))
-        .transpose()
+    kv.get(Table::Meta, META_FORMAT)?.map(|bytes| encoding::decode_format(&bytes)).transpose()
 }
 
 /// Initialises a new store, or checks an existing one and migrates it to `supported`.
@@ -96,15 +94,9 @@ pub(crate) fn prepare(
             })?;
         }
         if !empty {
-            return Err(StorageError::Corrupt(
-                "store has data but no format version".into(),
-            ));
+            return Err(StorageError::Corrupt("store has data but no format version".into()));
         }
-        kv.put(
-            Table::Meta,
-            META_FORMAT,
-            &encoding::encode_format(supported),
-        )?;
+        kv.put(Table::Meta, META_FORMAT, &encoding::encode_format(supported))?;
         kv.put(Table::Meta, META_STORE_KEY, &encode(key)?)?;
         return Ok(Opened::Created);
     };
@@ -116,10 +108,7 @@ pub(crate) fn prepare(
         None => return Err(StorageError::Corrupt("store key is missing".into())),
     };
     if stored != *key {
-        return Err(StorageError::WrongStore {
-            expected: key.clone(),
-            found: stored,
-        });
+        return Err(StorageError::WrongStore { expected: key.clone(), found: stored });
     }
     if found == supported {
         return Ok(Opened::Current);
@@ -128,19 +117,12 @@ pub(crate) fn prepare(
         return Err(StorageError::Corrupt("format version 0".into()));
     }
     for version in found..supported {
-        let migration = migrations
-            .iter()
-            .find(|m| m.from == version)
-            .ok_or_else(|| {
-                StorageError::Corrupt(format!("no migration from format version {version}"))
-            })?;
+        let migration = migrations.iter().find(|m| m.from == version).ok_or_else(|| {
+            StorageError::Corrupt(format!("no migration from format version {version}"))
+        })?;
         (migration.run)(kv)?;
     }
-    kv.put(
-        Table::Meta,
-        META_FORMAT,
-        &encoding::encode_format(supported),
-    )?;
+    kv.put(Table::Meta, META_FORMAT, &encoding::encode_format(supported))?;
     Ok(Opened::Migrated { from: found })
 }
 
@@ -185,10 +167,8 @@ pub(crate) fn load_model(
         return Ok(None);
     };
     let summary: ModelSummary = decode(&bytes)?;
-    let snapshot: Option<Snapshot> = kv
-        .get(Table::Snapshots, model_key(model))?
-        .map(|b| decode(&b))
-        .transpose()?;
+    let snapshot: Option<Snapshot> =
+        kv.get(Table::Snapshots, model_key(model))?.map(|b| decode(&b)).transpose()?;
     let server_operations: Vec<CommittedOperation> =
         scan_numbered::<CommittedOperation>(kv, Table::ServerOperations, model)?
             .into_iter()
@@ -199,10 +179,8 @@ pub(crate) fn load_model(
             .into_iter()
             .map(|(_, op)| op)
             .collect();
-    let creation: Option<CreationRecord> = kv
-        .get(Table::Creations, model_key(model))?
-        .map(|b| decode(&b))
-        .transpose()?;
+    let creation: Option<CreationRecord> =
+        kv.get(Table::Creations, model_key(model))?.map(|b| decode(&b)).transpose()?;
     // The summary is kept in step with the rows by `apply`; disagreement is damage.
     let expected_ops = match (summary.snapshot_version, summary.confirmed_version) {
         (Some(s), Some(c)) => c.checked_sub(s),
@@ -222,13 +200,7 @@ pub(crate) fn load_model(
             "model {model}: its summary does not match its rows"
         )));
     }
-    Ok(Some(ModelState {
-        summary,
-        snapshot,
-        server_operations,
-        pending,
-        creation,
-    }))
+    Ok(Some(ModelState { summary, snapshot, server_operations, pending, creation }))
 }
 
 pub(crate) fn subscriptions(kv: &dyn KvRead) -> Result<BTreeSet<ModelId>, StorageError> {
@@ -243,9 +215,7 @@ pub(crate) fn subscriptions(kv: &dyn KvRead) -> Result<BTreeSet<ModelId>, Storag
 }
 
 pub(crate) fn replica_id(kv: &dyn KvRead) -> Result<Option<ReplicaId>, StorageError> {
-    kv.get(Table::Meta, META_REPLICA_ID)?
-        .map(|b| decode(&b))
-        .transpose()
+    kv.get(Table::Meta, META_REPLICA_ID)?.map(|b| decode(&b)).transpose()
 }
 
 pub(crate) fn identities(kv: &dyn KvRead) -> Result<IdentityCache, StorageError> {
@@ -293,10 +263,8 @@ impl Summaries {
         model: &ModelId,
     ) -> Result<Option<&mut ModelSummary>, StorageError> {
         if !self.cache.contains_key(model) {
-            let stored = kv
-                .get(Table::Models, model_key(model))?
-                .map(|b| decode(&b))
-                .transpose()?;
+            let stored =
+                kv.get(Table::Models, model_key(model))?.map(|b| decode(&b)).transpose()?;
             self.cache.insert(model.clone(), stored);
         }
         Ok(self.cache.get_mut(model).and_then(Option::as_mut))
@@ -322,20 +290,14 @@ impl Summaries {
 
 /// Applies `batches` in order. On error the caller discards the whole transaction.
 pub(crate) fn apply(kv: &mut dyn KvWrite, batches: &[Batch]) -> Result<(), StorageError> {
-    let mut summaries = Summaries {
-        cache: BTreeMap::new(),
-    };
+    let mut summaries = Summaries { cache: BTreeMap::new() };
     for (b, batch) in batches.iter().enumerate() {
         for (m, mutation) in batch.mutations.iter().enumerate() {
             match apply_one(kv, &mut summaries, mutation) {
                 Ok(()) => {}
                 Err(Failure::Storage(error)) => return Err(error),
                 Err(Failure::Invalid(reason)) => {
-                    return Err(StorageError::InvalidBatch {
-                        batch: b,
-                        mutation: m,
-                        reason,
-                    });
+                    return Err(StorageError::InvalidBatch { batch: b, mutation: m, reason });
                 }
             }
         }
@@ -387,10 +349,7 @@ fn apply_one(
     match mutation {
         Mutation::PutModel(record) => match summaries.get(kv, &record.id)? {
             Some(summary) => {
-                let counter = summary
-                    .record
-                    .next_element_counter
-                    .max(record.next_element_counter);
+                let counter = summary.record.next_element_counter.max(record.next_element_counter);
                 summary.record = record.clone();
                 summary.record.next_element_counter = counter;
             }
@@ -455,11 +414,7 @@ fn apply_one(
             }
             summary.confirmed_version = Some(confirmed);
             for op in operations {
-                kv.put(
-                    Table::ServerOperations,
-                    &numbered_key(model, op.version),
-                    &encode(op)?,
-                )?;
+                kv.put(Table::ServerOperations, &numbered_key(model, op.version), &encode(op)?)?;
             }
         }
         Mutation::ReplacePending { model, operations } => {
@@ -520,11 +475,7 @@ fn apply_one(
         }
         Mutation::PutSessions(sessions) => {
             for (session, user) in sessions {
-                kv.put(
-                    Table::Sessions,
-                    session.0.as_bytes(),
-                    &encode::<UserId>(user)?,
-                )?;
+                kv.put(Table::Sessions, session.0.as_bytes(), &encode::<UserId>(user)?)?;
             }
         }
         Mutation::RemoveSessions(sessions) => {

@@ -5,10 +5,7 @@ use concord_storage::contract::{CHECKS, Check};
 use concord_storage::{MemoryAdapter, StorageAdapter};
 
 fn check(name: &str) -> Check {
-    *CHECKS
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no check named {name}"))
+    *CHECKS.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check named {name}"))
 }
 
 fn run(name: &str, adapter: &dyn StorageAdapter) {

@@ -52,14 +52,8 @@ fn numbered_batch(n: u64) -> Batch {
     let model = batch_model(n);
     let mut batch = Batch::new();
     if n == 1 {
-        batch.push(Mutation::PutModel(ModelRecord::new(
-            log_model(),
-            collection(),
-        )));
-        batch.push(Mutation::PutSnapshot {
-            model: log_model(),
-            snapshot: snapshot(0),
-        });
+        batch.push(Mutation::PutModel(ModelRecord::new(log_model(), collection())));
+        batch.push(Mutation::PutSnapshot { model: log_model(), snapshot: snapshot(0) });
     }
     batch
         .with(Mutation::PutModel(ModelRecord {
@@ -67,18 +61,9 @@ fn numbered_batch(n: u64) -> Batch {
             next_element_counter: n,
             ..record(0)
         }))
-        .with(Mutation::PutSnapshot {
-            model: model.clone(),
-            snapshot: snapshot(n),
-        })
-        .with(Mutation::AppendPending {
-            model: model.clone(),
-            operations: pendings(1..=3),
-        })
-        .with(Mutation::PutCreation {
-            model: model.clone(),
-            creation: creation(n),
-        })
+        .with(Mutation::PutSnapshot { model: model.clone(), snapshot: snapshot(n) })
+        .with(Mutation::AppendPending { model: model.clone(), operations: pendings(1..=3) })
+        .with(Mutation::PutCreation { model: model.clone(), creation: creation(n) })
         .with(Mutation::Subscribe(vec![model]))
         .with(Mutation::PutSessions(vec![(session(n), user(n).id)]))
         .with(Mutation::PutUsers(vec![user(n)]))
@@ -97,17 +82,12 @@ fn check_store(store: &RedbStore) -> u64 {
         Some(log) => log.summary.confirmed_version.unwrap(),
     };
     let models = block(store.models()).unwrap();
-    let expected_models: BTreeSet<ModelId> = (1..=committed)
-        .map(batch_model)
-        .chain((committed > 0).then(log_model))
-        .collect();
+    let expected_models: BTreeSet<ModelId> =
+        (1..=committed).map(batch_model).chain((committed > 0).then(log_model)).collect();
     let found: BTreeSet<ModelId> = models.iter().map(|m| m.record.id.clone()).collect();
     assert_eq!(found, expected_models, "models after {committed} batches");
     let expected_subscriptions: BTreeSet<ModelId> = (1..=committed).map(batch_model).collect();
-    assert_eq!(
-        block(store.subscriptions()).unwrap(),
-        expected_subscriptions
-    );
+    assert_eq!(block(store.subscriptions()).unwrap(), expected_subscriptions);
     let identities = block(store.identities()).unwrap();
     assert_eq!(identities.sessions.len() as u64, committed);
     assert_eq!(identities.users.len() as u64, committed);
@@ -171,12 +151,7 @@ fn batches_survive_sigkill_whole_or_not_at_all() {
     let started = Instant::now();
     for kill in 0..KILLS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_child_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -184,10 +159,7 @@ fn batches_survive_sigkill_whole_or_not_at_all() {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         loop {
-            let line = lines
-                .next()
-                .expect("child exited before it was ready")
-                .unwrap();
+            let line = lines.next().expect("child exited before it was ready").unwrap();
             if line.trim_end() == "ready" {
                 break;
             }
@@ -199,11 +171,7 @@ fn batches_survive_sigkill_whole_or_not_at_all() {
         child.wait().unwrap();
         let printed: Vec<u64> = lines
             .map_while(Result::ok)
-            .filter_map(|line| {
-                line.split("committed ")
-                    .nth(1)
-                    .and_then(|n| n.trim().parse().ok())
-            })
+            .filter_map(|line| line.split("committed ").nth(1).and_then(|n| n.trim().parse().ok()))
             .collect();
         let store = open_after_crash(&path);
         let now = check_store(&store);

@@ -31,12 +31,7 @@ fn child_process_entry() {
 /// Runs the child on `path` and returns its outcome; fails if it takes more than 20 s.
 fn child_open(path: &Path) -> String {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -69,10 +64,7 @@ fn a_second_process_gets_in_use_and_the_store_stays_intact() {
     assert_eq!(child_open(&path), "in-use");
     // The first handle is unaffected, and sees the same data.
     pollster::block_on(store.commit(full_model_batch(2))).unwrap();
-    assert_eq!(
-        pollster::block_on(store.load_model(&model_id(1))).unwrap(),
-        before
-    );
+    assert_eq!(pollster::block_on(store.load_model(&model_id(1))).unwrap(), before);
     drop(store);
     // Once closed, another process opens it.
     assert_eq!(child_open(&path), "opened");
@@ -85,10 +77,7 @@ fn a_second_handle_in_the_same_process_gets_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let _store = RedbStore::open(&path, &key()).unwrap();
-    assert!(matches!(
-        RedbStore::open(&path, &key()),
-        Err(StorageError::InUse { .. })
-    ));
+    assert!(matches!(RedbStore::open(&path, &key()), Err(StorageError::InUse { .. })));
 }
 
 #[test]
@@ -110,11 +99,7 @@ fn garbage_opens_to_a_typed_error() {
             Err(StorageError::Corrupt(e)) => eprintln!("{len} garbage bytes: corrupt: {e}"),
             other => panic!("{len} garbage bytes: expected Corrupt, got {other:?}"),
         }
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            bytes,
-            "the file is left alone"
-        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is left alone");
     }
 }
 
@@ -136,10 +121,7 @@ fn a_truncated_store_opens_to_a_typed_error() {
             Ok(store) => {
                 // Repair may succeed only if nothing committed was lost.
                 let models = pollster::block_on(store.models());
-                panic!(
-                    "truncated to {cut} bytes of {}: opened, {models:?}",
-                    whole.len()
-                );
+                panic!("truncated to {cut} bytes of {}: opened, {models:?}", whole.len());
             }
             Err(other) => panic!("truncated to {cut}: unexpected {other:?}"),
         }
