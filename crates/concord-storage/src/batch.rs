@@ -86,6 +86,9 @@ pub enum Mutation {
     /// Removes the pending operations with `seq <= through_seq` (the server acknowledged
     /// them).
     RemovePendingThrough { model: ModelId, through_seq: u64 },
+    /// Records the boundary of the submission on the wire
+    /// ([`ModelSummary::in_flight_through`](crate::ModelSummary)), or that none is.
+    SetInFlight { model: ModelId, through_seq: Option<u64> },
     /// Stores (or replaces) the model's creation record.
     PutCreation { model: ModelId, creation: CreationRecord },
     /// Removes the model's creation record; nothing happens if there is none.
@@ -122,6 +125,7 @@ impl Mutation {
             | Mutation::ReplacePending { model, .. }
             | Mutation::AppendPending { model, .. }
             | Mutation::RemovePendingThrough { model, .. }
+            | Mutation::SetInFlight { model, .. }
             | Mutation::PutCreation { model, .. }
             | Mutation::DeleteCreation(model)
             | Mutation::AdvanceElementCounter { model, .. } => Some(model),

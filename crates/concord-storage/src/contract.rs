@@ -60,6 +60,7 @@ checks!(
     server_operations_must_be_contiguous,
     pending_sequence_numbers_are_never_reused,
     replace_and_remove_pending,
+    in_flight_boundary,
     element_counter_never_decreases,
     put_model_keeps_data,
     delete_model_removes_everything,
@@ -408,6 +409,29 @@ async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
     assert!(state.pending.is_empty());
     assert_eq!(state.summary.pending_count, 0);
     assert_eq!(state.summary.last_pending_seq, Some(2));
+}
+
+async fn in_flight_boundary(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model_batch(1)).await;
+    let set =
+        |through_seq| Batch::new().with(Mutation::SetInFlight { model: id.clone(), through_seq });
+    let in_flight = |state: Option<crate::records::ModelState>| {
+        state.expect("stored").summary.in_flight_through
+    };
+    assert_eq!(in_flight(store.load_model(&id).await.unwrap()), None);
+    commit(&*store, set(Some(2))).await;
+    assert_eq!(in_flight(store.load_model(&id).await.unwrap()), Some(2));
+    drop(store);
+    let store = open(adapter).await;
+    assert_eq!(in_flight(store.load_model(&id).await.unwrap()), Some(2));
+    // Acknowledged: the operations go and the boundary is cleared, in one batch.
+    let ack = set(None).with(Mutation::RemovePendingThrough { model: id.clone(), through_seq: 2 });
+    commit(&*store, ack).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.summary.in_flight_through, None);
+    assert!(state.pending.is_empty());
 }
 
 async fn element_counter_never_decreases(adapter: &dyn StorageAdapter) {

@@ -116,6 +116,11 @@ pub struct ModelSummary {
     /// The highest pending sequence number ever stored for this model (kept when the
     /// operations are removed); the next one must be greater.
     pub last_pending_seq: Option<u64>,
+    /// The submission on the wire: the pending operations with `seq <=` this were sent
+    /// together, identified to the server by this seq. `None` when nothing is in flight.
+    /// Durable before the submission is sent, so that after a restart resync can ask
+    /// whether it was committed.
+    pub in_flight_through: Option<u64>,
     /// A [`CreationRecord`] is stored.
     pub has_creation: bool,
 }

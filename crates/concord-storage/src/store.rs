@@ -362,6 +362,7 @@ fn apply_one(
                         confirmed_version: None,
                         pending_count: 0,
                         last_pending_seq: None,
+                        in_flight_through: None,
                         has_creation: false,
                     }),
                 );
@@ -444,6 +445,9 @@ fn apply_one(
                 summary.pending_count.checked_sub(removed).ok_or_else(|| {
                     StorageError::Corrupt(format!("model {model}: pending count below zero"))
                 })?;
+        }
+        Mutation::SetInFlight { model, through_seq } => {
+            summaries.require(kv, model)?.in_flight_through = *through_seq;
         }
         Mutation::PutCreation { model, creation } => {
             summaries.require(kv, model)?.has_creation = true;

@@ -23,6 +23,7 @@ struct Expected {
     server_operations: Vec<CommittedOperation>,
     pending: Vec<PendingOperation>,
     last_pending_seq: Option<u64>,
+    in_flight: Option<u64>,
     creation: Option<CreationRecord>,
 }
 
@@ -42,6 +43,7 @@ impl Expected {
                 confirmed_version: self.confirmed(),
                 pending_count: self.pending.len() as u64,
                 last_pending_seq: self.last_pending_seq,
+                in_flight_through: self.in_flight,
                 has_creation: self.creation.is_some(),
             },
             snapshot: self.snapshot.clone(),
@@ -91,6 +93,7 @@ impl Model {
                                 server_operations: Vec::new(),
                                 pending: Vec::new(),
                                 last_pending_seq: None,
+                                in_flight: None,
                                 creation: None,
                             },
                         );
@@ -190,6 +193,7 @@ impl Model {
             Mutation::RemovePendingThrough { through_seq, .. } => {
                 m.pending.retain(|op| op.seq > *through_seq);
             }
+            Mutation::SetInFlight { through_seq, .. } => m.in_flight = *through_seq,
             Mutation::PutCreation { creation, .. } => m.creation = Some(creation.clone()),
             Mutation::DeleteCreation(_) => m.creation = None,
             Mutation::AdvanceElementCounter { next, .. } => {
@@ -269,6 +273,8 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
             creation: creation(n),
         }),
         1 => arb_model().prop_map(Mutation::DeleteCreation),
+        1 => (arb_model(), prop::option::of(0u64..12))
+            .prop_map(|(model, through_seq)| Mutation::SetInFlight { model, through_seq }),
         1 => (arb_model(), 0u64..30)
             .prop_map(|(model, next)| Mutation::AdvanceElementCounter { model, next }),
         1 => prop::collection::btree_set(0u64..5, 0..3)
