@@ -5,7 +5,7 @@
 //! The parent kills it with SIGKILL at a pseudo-random moment (seeded, so a failure
 //! reproduces), reopens the store and checks that every printed batch is present, that the
 //! batches present are exactly 1..=n for some n, and that no batch is partly present: each
-//! batch writes rows in six tables plus an operation in a shared log, all or nothing.
+//! batch writes rows in seven tables plus an operation in a shared log, all or nothing.
 
 #![cfg(all(feature = "redb", unix))]
 
