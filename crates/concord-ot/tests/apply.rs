@@ -174,3 +174,13 @@ fn references_move_with_splices_and_clear_on_set() {
         Some(ReferenceValue::Index(vec![5]))
     );
 }
+
+#[test]
+fn every_finite_number_survives_a_json_round_trip() -> Result<()> {
+    // Found by the ot_apply fuzz target: without exact float parsing this came back changed.
+    let value = json!({"n": 5.0957437349914564e-304, "m": f64::MAX, "s": -0.1});
+    let doc = Document::new(Value::from_json(&value, &mut IdGenerator::new(ReplicaId(0), 0))?)?;
+    let back: Document = serde_json::from_str(&serde_json::to_string(&doc)?)?;
+    assert_eq!(back, doc);
+    Ok(())
+}
