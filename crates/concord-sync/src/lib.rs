@@ -11,6 +11,7 @@
 mod engine;
 mod replica;
 mod sequencer;
+pub mod store;
 
 pub use engine::{BatchId, ClientEngine, EngineConfig, EngineError, Event, StorageBatch};
 pub use replica::{

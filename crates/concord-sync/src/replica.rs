@@ -14,12 +14,7 @@
 use concord_ot::{Applied, ApplyError, Document, Operation, transform};
 use concord_protocol::{CommittedOperation, ModelSnapshot};
 
-/// A local operation not yet acknowledged, with its per-model sequence number.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingOperation {
-    pub seq: u64,
-    pub operation: Operation,
-}
+pub use concord_storage::PendingOperation;
 
 /// The submission a replica has on the wire.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,10 +21,13 @@ use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, ModelId, ModelSnapshot,
     Permissions, ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp,
 };
+use concord_storage::memory::MemoryStore;
+use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
-    ClientEngine, EngineConfig, Event, ModelReplica, Persisted, Sequencer, StorageBatch,
-    StoreChange, Submission, SubmitOutcome,
+    ClientEngine, EngineConfig, Event, ModelReplica, Sequencer, StorageBatch, StoreChange,
+    Submission, SubmitOutcome, store,
 };
+use pollster::block_on;
 
 use crate::SimRng;
 use crate::generate::{Source, gen_document, gen_operation_with};
@@ -84,20 +87,16 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// One model's store: the replica's persisted state and the id counter.
-#[derive(Debug, Clone)]
-struct StoredModel {
-    persisted: Persisted,
-    next_counter: u64,
-}
-
 #[derive(Debug)]
 struct Client {
     replica: ReplicaId,
     /// `None` after a crash, until restarted from the store.
     engine: Option<ClientEngine>,
     ids: BTreeMap<ModelId, IdGenerator>,
-    store: BTreeMap<ModelId, StoredModel>,
+    /// The real memory backend; it survives the engine's crashes, like a disk.
+    store: MemoryStore,
+    /// Every model the client's store holds.
+    model_ids: Vec<ModelId>,
     /// Batches on their way to durability, with the id counter to persist.
     queue: VecDeque<(StorageBatch, u64)>,
     connection: Option<u64>,
@@ -164,38 +163,39 @@ impl Sim {
             initial.insert(id, snapshot);
         }
         let engine_config = engine_config(config);
+        let adapter = MemoryAdapter::new();
         let clients = (0..config.clients)
             .map(|i| {
                 let replica = ReplicaId(i as u64 + 1);
                 let mut engine = ClientEngine::new(replica, engine_config);
-                let mut store = BTreeMap::new();
+                let key = StoreKey::new("sim", format!("user-{i}"));
+                let store = adapter.open_store(&key).map_err(|e| e.to_string())?;
+                let mut batch = Batch { mutations: vec![Mutation::SetReplicaId(replica)] };
                 for (id, snapshot) in &initial {
                     engine.add_model(id.clone(), ModelReplica::new(snapshot.clone())).expect("new");
-                    let persisted = Persisted {
-                        snapshot: snapshot.clone(),
-                        server_operations: Vec::new(),
-                        pending: Vec::new(),
-                        in_flight_seq: None,
-                        next_seq: 1,
-                    };
-                    store.insert(id.clone(), StoredModel { persisted, next_counter: 0 });
+                    let record = ModelRecord::new(id.clone(), snapshot.collection.clone());
+                    batch.mutations.push(Mutation::PutModel(record));
+                    let snapshot = store::to_stored(snapshot);
+                    batch.mutations.push(Mutation::PutSnapshot { model: id.clone(), snapshot });
                 }
+                block_on(store.commit(batch)).map_err(|e| e.to_string())?;
                 let ids =
                     initial.keys().map(|id| (id.clone(), IdGenerator::new(replica, 0))).collect();
-                Client {
+                Ok(Client {
                     replica,
                     engine: Some(engine),
                     ids,
                     store,
+                    model_ids: initial.keys().cloned().collect(),
                     queue: VecDeque::new(),
                     connection: None,
                     epochs: 0,
                     to_server: VecDeque::new(),
                     to_client: VecDeque::new(),
                     max_durable_seq: BTreeMap::new(),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Client>, String>>()?;
         let server =
             Server { models, connections: vec![None; config.clients], committed: BTreeSet::new() };
         Ok(Sim { rng, config, server, clients, stats: Stats::default(), now: 0, trace: None })
@@ -244,7 +244,7 @@ impl Sim {
         }
         self.run_until_quiet()?;
         for i in 0..self.clients.len() {
-            let models: Vec<ModelId> = self.clients[i].store.keys().cloned().collect();
+            let models = self.clients[i].model_ids.clone();
             for model in models {
                 self.open(i, &model)?;
             }
@@ -300,8 +300,7 @@ impl Sim {
                         sequencer.document().to_json()
                     ));
                 }
-                let stored = ModelReplica::restore(client.store[id].persisted.clone())
-                    .map_err(|e| e.to_string())?;
+                let (stored, _) = client.restore(id)?;
                 if stored.local() != sequencer.document() {
                     return Err(format!("{who}: the store rebuilds a different model"));
                 }
@@ -345,7 +344,7 @@ impl Sim {
     /// Closes a model the application has open (its changes stay in the store), or opens
     /// a stored one.
     fn close_or_open(&mut self, i: usize) -> Result<(), String> {
-        let models: Vec<ModelId> = self.clients[i].store.keys().cloned().collect();
+        let models = &self.clients[i].model_ids;
         let model = models[self.rng.below(models.len())].clone();
         let Some(engine) = &self.clients[i].engine else { return Ok(()) };
         if engine.model(&model).is_some() && self.rng.flip() {
@@ -366,7 +365,7 @@ impl Sim {
         }
         self.flush_all(i)?;
         let client = &mut self.clients[i];
-        let replica = restore(&client.store[model])?;
+        let (replica, _) = client.restore(model)?;
         let engine = client.engine.as_mut().expect("checked");
         engine.add_model(model.clone(), replica).map_err(|e| e.to_string())?;
         self.drain(i)
@@ -388,7 +387,7 @@ impl Sim {
             let Some(model) = engine.poll_load() else { return Ok(()) };
             self.flush_all(i)?;
             let client = &mut self.clients[i];
-            let replica = restore(&client.store[&model])?;
+            let (replica, _) = client.restore(&model)?;
             let engine = client.engine.as_mut().expect("checked");
             engine.handle_loaded(model, Some(replica));
             self.drain_outputs(i)?;
@@ -432,15 +431,17 @@ impl Sim {
         let Some((batch, counter)) = client.queue.pop_front() else {
             return Ok(());
         };
-        let stored = client.store.get_mut(&batch.model).expect("one per model");
-        stored.next_counter = stored.next_counter.max(counter);
-        for change in batch.changes {
-            if let StoreChange::AppendPending(p) = &change {
+        for change in &batch.changes {
+            if let StoreChange::AppendPending(p) = change {
                 let max = client.max_durable_seq.entry(batch.model.clone()).or_default();
                 *max = (*max).max(p.seq);
             }
-            apply_to_store(&mut stored.persisted, change);
         }
+        let mut mutations = store::mutations(&batch.model, batch.changes);
+        mutations
+            .push(Mutation::AdvanceElementCounter { model: batch.model.clone(), next: counter });
+        block_on(client.store.commit(Batch { mutations }))
+            .map_err(|e| format!("the store refused the engine's batch: {e}"))?;
         if let Some(engine) = &mut client.engine {
             engine.handle_durable(batch.id);
         }
@@ -458,11 +459,11 @@ impl Sim {
         self.server.connections[i] = Some((client.epochs, BTreeSet::new()));
         self.stats.resyncs += 1;
         let loaded: BTreeSet<&ModelId> = engine.models().collect();
-        let with_changes = client
-            .store
-            .iter()
-            .filter(|(id, stored)| !loaded.contains(id) && !stored.persisted.pending.is_empty())
-            .map(|(id, _)| id.clone())
+        let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
+        let with_changes = summaries
+            .into_iter()
+            .filter(|m| !loaded.contains(&m.record.id) && m.pending_count > 0)
+            .map(|m| m.record.id)
             .collect();
         engine.handle_connected(with_changes);
         self.drain(i)
@@ -511,11 +512,11 @@ impl Sim {
         let client = &mut self.clients[i];
         let mut engine = ClientEngine::new(client.replica, engine_config(self.config));
         // The application reopens some of its models; the others sync in the background.
-        for (id, stored) in &client.store {
-            client.ids.insert(id.clone(), IdGenerator::new(client.replica, stored.next_counter));
+        for id in client.model_ids.clone() {
+            let (replica, next_counter) = client.restore(&id)?;
+            client.ids.insert(id.clone(), IdGenerator::new(client.replica, next_counter));
             if self.rng.flip() {
-                let replica = restore(stored)?;
-                engine.add_model(id.clone(), replica).map_err(|e| e.to_string())?;
+                engine.add_model(id, replica).map_err(|e| e.to_string())?;
             }
         }
         client.engine = Some(engine);
@@ -692,23 +693,16 @@ fn engine_config(config: Config) -> EngineConfig {
     }
 }
 
-fn restore(stored: &StoredModel) -> Result<ModelReplica, String> {
-    ModelReplica::restore(stored.persisted.clone()).map_err(|e| format!("restore failed: {e}"))
-}
-
-fn apply_to_store(store: &mut Persisted, change: StoreChange) {
-    match change {
-        StoreChange::AppendServerOperation(op) => store.server_operations.push(op),
-        StoreChange::AppendPending(p) => {
-            store.next_seq = store.next_seq.max(p.seq + 1);
-            store.pending.push(p);
-        }
-        StoreChange::ReplacePending(pending) => store.pending = pending,
-        StoreChange::RemovePendingThrough(seq) => store.pending.retain(|p| p.seq > seq),
-        StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
-        StoreChange::PutSnapshot(snapshot) => {
-            store.server_operations.retain(|op| op.version > snapshot.version);
-            store.snapshot = snapshot;
-        }
+impl Client {
+    /// Rebuilds a model from the store, with the id counter to continue from.
+    fn restore(&self, model: &ModelId) -> Result<(ModelReplica, u64), String> {
+        let state = block_on(self.store.load_model(model))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{model} is not in the store"))?;
+        let next_counter = state.summary.record.next_element_counter;
+        let persisted = store::persisted(state).map_err(|e| e.to_string())?;
+        let replica =
+            ModelReplica::restore(persisted).map_err(|e| format!("restore failed: {e}"))?;
+        Ok((replica, next_counter))
     }
 }

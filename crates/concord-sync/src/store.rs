@@ -1,0 +1,81 @@
+//! Between the replica's state and the offline store's records: [`StoreChange`]s become
+//! [`Mutation`]s, and a stored [`ModelState`] becomes the [`Persisted`] state a replica is
+//! restored from.
+
+use concord_ot::Document;
+use concord_protocol::{ModelId, ModelSnapshot};
+use concord_storage::{ModelState, Mutation, Snapshot};
+
+use crate::replica::{Persisted, StoreChange};
+
+/// Why a stored model cannot be rebuilt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    #[error("model {0} has no stored snapshot")]
+    NoSnapshot(ModelId),
+    #[error("the stored snapshot of model {model} is not a valid document: {error}")]
+    InvalidSnapshot { model: ModelId, error: concord_ot::ValueError },
+}
+
+/// The store mutations that carry out `changes` for `model`, in order.
+pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
+    changes
+        .into_iter()
+        .map(|change| {
+            let model = model.clone();
+            match change {
+                StoreChange::AppendServerOperation(op) => {
+                    Mutation::AppendServerOperations { model, operations: vec![op] }
+                }
+                StoreChange::AppendPending(op) => {
+                    Mutation::AppendPending { model, operations: vec![op] }
+                }
+                StoreChange::ReplacePending(operations) => {
+                    Mutation::ReplacePending { model, operations }
+                }
+                StoreChange::RemovePendingThrough(through_seq) => {
+                    Mutation::RemovePendingThrough { model, through_seq }
+                }
+                StoreChange::SetInFlight(through_seq) => {
+                    Mutation::SetInFlight { model, through_seq }
+                }
+                StoreChange::PutSnapshot(snapshot) => {
+                    Mutation::PutSnapshot { model, snapshot: to_stored(&snapshot) }
+                }
+            }
+        })
+        .collect()
+}
+
+/// A snapshot as the store keeps it.
+pub fn to_stored(snapshot: &ModelSnapshot) -> Snapshot {
+    Snapshot {
+        version: snapshot.version,
+        created_at: snapshot.created_at,
+        modified_at: snapshot.modified_at,
+        root: snapshot.data.to_value(),
+    }
+}
+
+/// What a replica is restored from, out of what the store holds for the model.
+pub fn persisted(state: ModelState) -> Result<Persisted, RestoreError> {
+    let model = state.summary.record.id.clone();
+    let snapshot = state.snapshot.ok_or_else(|| RestoreError::NoSnapshot(model.clone()))?;
+    let data = Document::new(snapshot.root)
+        .map_err(|error| RestoreError::InvalidSnapshot { model, error })?;
+    let next_seq = state.summary.last_pending_seq.map_or(1, |seq| seq + 1);
+    Ok(Persisted {
+        snapshot: ModelSnapshot {
+            collection: state.summary.record.collection,
+            version: snapshot.version,
+            created_at: snapshot.created_at,
+            modified_at: snapshot.modified_at,
+            data,
+        },
+        server_operations: state.server_operations,
+        pending: state.pending,
+        in_flight_seq: state.summary.in_flight_through,
+        next_seq,
+    })
+}
