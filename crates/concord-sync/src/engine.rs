@@ -23,10 +23,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use concord_ot::{Applied, ApplyError, Operation, ReplicaId};
+use concord_ot::{Applied, ApplyError, Document, Operation, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, ErrorReply, InFlight, ModelId, RequestId,
-    ServerMessage, ServerPush, ServerResponse,
+    ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorReply, InFlight,
+    ModelId, ModelSnapshot, RequestId, ServerMessage, ServerPush, ServerResponse, Timestamp,
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
@@ -106,6 +106,17 @@ pub enum Event {
     Released {
         model: ModelId,
     },
+    /// The server created a model created here.
+    Created {
+        model: ModelId,
+    },
+    /// The server refused to create a model created here (its id is taken by another
+    /// creation, or the user may not create in the collection). The model and its local
+    /// changes stay in memory and in the store, offline.
+    CreationRefused {
+        model: ModelId,
+        error: ErrorReply,
+    },
     /// Background sync of stored models: `done` of `total` are in sync with the server.
     SyncProgress {
         done: usize,
@@ -135,6 +146,8 @@ pub enum EngineError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
     Offline,
+    /// Waiting for the server to create a model created here.
+    Creating,
     /// A resync was requested; replay pages count only once its answer
     /// (`ResyncStarted`) arrived, since pages of an abandoned earlier resync may precede it.
     Resyncing,
@@ -148,6 +161,11 @@ struct Model {
     link: Link,
     /// Loaded only to sync its stored changes; released once they are acknowledged.
     background: bool,
+    /// Created here and not yet confirmed by the server: it is created before it resyncs.
+    creation: Option<CreationNonce>,
+    /// The batch storing the creation, until durable: the server hears of the model only
+    /// once the store knows it, or a crash could leave the server with a model nobody has.
+    creation_batch: Option<BatchId>,
 }
 
 /// What becomes possible once a batch is durable.
@@ -167,6 +185,7 @@ pub struct ClientEngine {
     models: BTreeMap<ModelId, Model>,
     next_request: u64,
     resync_requests: BTreeMap<RequestId, ModelId>,
+    create_requests: BTreeMap<RequestId, ModelId>,
     next_batch: u64,
     effects: BTreeMap<BatchId, BatchEffect>,
     storage: VecDeque<StorageBatch>,
@@ -190,6 +209,7 @@ impl ClientEngine {
             models: BTreeMap::new(),
             next_request: 1,
             resync_requests: BTreeMap::new(),
+            create_requests: BTreeMap::new(),
             next_batch: 1,
             effects: BTreeMap::new(),
             storage: VecDeque::new(),
@@ -210,13 +230,28 @@ impl ClientEngine {
     /// Takes a model into memory: downloaded, created, or restored from the store. When
     /// connected it resyncs at once.
     pub fn add_model(&mut self, model: ModelId, replica: ModelReplica) -> Result<(), EngineError> {
+        self.insert(model, replica, None)
+    }
+
+    fn insert(
+        &mut self,
+        model: ModelId,
+        replica: ModelReplica,
+        creation: Option<CreationNonce>,
+    ) -> Result<(), EngineError> {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
         }
-        self.models
-            .insert(model.clone(), Model { replica, link: Link::Offline, background: false });
+        let entry = Model {
+            replica,
+            link: Link::Offline,
+            background: false,
+            creation,
+            creation_batch: None,
+        };
+        self.models.insert(model.clone(), entry);
         if self.connected {
-            self.start_resync(&model);
+            self.attach(&model);
         }
         Ok(())
     }
@@ -231,13 +266,26 @@ impl ClientEngine {
 
     /// The driver loaded a model asked for by [`ClientEngine::poll_load`] (`None`: it is no
     /// longer in the store).
-    pub fn handle_loaded(&mut self, model: ModelId, replica: Option<ModelReplica>) {
+    ///
+    /// `creation` is the nonce of a creation the server has not confirmed (the store's
+    /// creation record).
+    pub fn handle_loaded(
+        &mut self,
+        model: ModelId,
+        loaded: Option<(ModelReplica, Option<CreationNonce>)>,
+    ) {
         self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
-        match replica {
-            Some(replica) if self.connected && !self.models.contains_key(&model) => {
-                let entry = Model { replica, link: Link::Offline, background: true };
+        match loaded {
+            Some((replica, creation)) if self.connected && !self.models.contains_key(&model) => {
+                let entry = Model {
+                    replica,
+                    link: Link::Offline,
+                    background: true,
+                    creation,
+                    creation_batch: None,
+                };
                 self.models.insert(model.clone(), entry);
-                self.start_resync(&model);
+                self.attach(&model);
             }
             _ => self.count_synced(),
         }
@@ -297,7 +345,7 @@ impl ClientEngine {
         self.events.push_back(Event::Online);
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
-            self.start_resync(&model);
+            self.attach(&model);
         }
         self.sync_waiting =
             stored_with_changes.into_iter().filter(|m| !self.models.contains_key(m)).collect();
@@ -346,6 +394,7 @@ impl ClientEngine {
         }
         self.connected = false;
         self.resync_requests.clear();
+        self.create_requests.clear();
         self.transmit.clear();
         // Background models go back to the store; the next connection lists them again.
         let background: Vec<ModelId> =
@@ -378,6 +427,12 @@ impl ClientEngine {
             if let Some(seq) = effect.in_flight {
                 entry.replica.mark_in_flight_stored(seq);
             }
+            if entry.creation_batch == Some(batch) {
+                entry.creation_batch = None;
+                if self.connected {
+                    self.attach(&effect.model);
+                }
+            }
             self.pump(&effect.model);
         }
     }
@@ -390,6 +445,19 @@ impl ClientEngine {
                 if let Some(model) = self.resync_requests.remove(&to) {
                     self.violation(&model, format!("resync refused: {error}"));
                 }
+                if let Some(model) = self.create_requests.remove(&to) {
+                    // The local data stays, offline: the application decides what to do. A
+                    // model loaded only to sync goes back to the store.
+                    let background = self.models.get(&model).is_some_and(|m| m.background);
+                    if background {
+                        self.models.remove(&model);
+                        self.count_synced();
+                        self.load_more();
+                    } else if let Some(entry) = self.models.get_mut(&model) {
+                        entry.link = Link::Offline;
+                    }
+                    self.events.push_back(Event::CreationRefused { model, error });
+                }
             }
             ServerMessage::Push(push) => self.handle_push(push),
             ServerMessage::Error { to: None, .. } | ServerMessage::Request { .. } => {}
@@ -397,6 +465,24 @@ impl ClientEngine {
     }
 
     fn handle_response(&mut self, to: RequestId, response: ServerResponse) {
+        if let ServerResponse::ModelCreated { model, .. } = &response {
+            if self.create_requests.remove(&to).as_ref() != Some(model) {
+                return;
+            }
+            let Some(entry) = self.models.get_mut(model) else { return };
+            entry.creation = None;
+            let collection = entry.replica.confirmed().collection.clone();
+            self.queue_batch(
+                model,
+                vec![StoreChange::CreationConfirmed { collection }],
+                None,
+                None,
+            );
+            self.events.push_back(Event::Created { model: model.clone() });
+            let model = model.clone();
+            self.start_resync(&model);
+            return;
+        }
         if let ServerResponse::ResyncStarted { model, in_flight_committed, .. } = response {
             if self.resync_requests.remove(&to).as_ref() != Some(&model) {
                 return;
@@ -542,6 +628,71 @@ impl ClientEngine {
         self.events.push_back(Event::ProtocolViolation { model: model.clone(), error });
     }
 
+    /// Creates a model here, at version 0 of `data`, before the server knows it (offline or
+    /// not). Once connected the engine asks the server to create it — idempotent by
+    /// `nonce` — and then syncs it like any other.
+    pub fn create_model(
+        &mut self,
+        model: ModelId,
+        collection: CollectionId,
+        data: Document,
+        nonce: CreationNonce,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        if self.models.contains_key(&model) {
+            return Err(EngineError::AlreadyLoaded(model));
+        }
+        let snapshot =
+            ModelSnapshot { collection, version: 0, created_at: now, modified_at: now, data };
+        let batch = self.next_batch_id();
+        let created = StoreChange::Created { snapshot: snapshot.clone(), nonce };
+        self.queue_batch(&model, vec![created], None, None);
+        let entry = Model {
+            replica: ModelReplica::new(snapshot),
+            link: Link::Offline,
+            background: false,
+            creation: Some(nonce),
+            creation_batch: Some(batch),
+        };
+        self.models.insert(model, entry);
+        Ok(())
+    }
+
+    /// Takes into memory a model restored from the store whose creation the server has not
+    /// confirmed yet.
+    pub fn add_created_model(
+        &mut self,
+        model: ModelId,
+        replica: ModelReplica,
+        nonce: CreationNonce,
+    ) -> Result<(), EngineError> {
+        self.insert(model, replica, Some(nonce))
+    }
+
+    /// Brings a model on line: creates it at the server first when that is still owed.
+    fn attach(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get_mut(model) else { return };
+        let Some(nonce) = entry.creation else {
+            self.start_resync(model);
+            return;
+        };
+        if entry.creation_batch.is_some() {
+            return; // attached once the creation is durable
+        }
+        entry.link = Link::Creating;
+        let snapshot = entry.replica.confirmed();
+        let request = ClientRequest::CreateModel {
+            model: model.clone(),
+            collection: snapshot.collection.clone(),
+            data: snapshot.data.clone(),
+            nonce,
+            permissions: None,
+        };
+        let id = self.request_id();
+        self.create_requests.insert(id, model.clone());
+        self.transmit.push_back(ClientMessage::Request { id, request });
+    }
+
     fn start_resync(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get_mut(model) else {
             return;
@@ -594,6 +745,10 @@ impl ClientEngine {
                 operation: submission.operation,
             }));
         }
+    }
+
+    fn next_batch_id(&self) -> BatchId {
+        BatchId(self.next_batch)
     }
 
     fn queue_batch(

@@ -55,6 +55,11 @@ pub enum StoreChange {
     SetInFlight(Option<u64>),
     /// A new snapshot replacing the server operations up to its version.
     PutSnapshot(ModelSnapshot),
+    /// The model was created here, at version 0 of `snapshot`; `nonce` makes the creation
+    /// idempotent at the server.
+    Created { snapshot: ModelSnapshot, nonce: concord_protocol::CreationNonce },
+    /// The server confirmed the creation.
+    CreationConfirmed { collection: concord_protocol::CollectionId },
 }
 
 /// A server message that does not fit the replica's state: a protocol violation.

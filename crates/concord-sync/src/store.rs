@@ -3,8 +3,8 @@
 //! restored from.
 
 use concord_ot::Document;
-use concord_protocol::{ModelId, ModelSnapshot};
-use concord_storage::{ModelState, Mutation, Snapshot};
+use concord_protocol::{CreationNonce, ModelId, ModelSnapshot};
+use concord_storage::{CreationRecord, ModelRecord, ModelState, Mutation, Snapshot};
 
 use crate::replica::{Persisted, StoreChange};
 
@@ -22,9 +22,9 @@ pub enum RestoreError {
 pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
     changes
         .into_iter()
-        .map(|change| {
+        .flat_map(|change| {
             let model = model.clone();
-            match change {
+            let one = match change {
                 StoreChange::AppendServerOperation(op) => {
                     Mutation::AppendServerOperations { model, operations: vec![op] }
                 }
@@ -43,9 +43,36 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                 StoreChange::PutSnapshot(snapshot) => {
                     Mutation::PutSnapshot { model, snapshot: to_stored(&snapshot) }
                 }
-            }
+                StoreChange::Created { snapshot, nonce } => {
+                    let mut record = ModelRecord::new(model.clone(), snapshot.collection.clone());
+                    record.created_locally = true;
+                    let creation = CreationRecord {
+                        collection: snapshot.collection.clone(),
+                        initial: snapshot.data.to_value(),
+                        nonce,
+                    };
+                    return vec![
+                        Mutation::PutModel(record),
+                        Mutation::PutSnapshot {
+                            model: model.clone(),
+                            snapshot: to_stored(&snapshot),
+                        },
+                        Mutation::PutCreation { model, creation },
+                    ];
+                }
+                StoreChange::CreationConfirmed { collection } => {
+                    let record = ModelRecord::new(model.clone(), collection);
+                    return vec![Mutation::PutModel(record), Mutation::DeleteCreation(model)];
+                }
+            };
+            vec![one]
         })
         .collect()
+}
+
+/// The nonce of a creation the server has not confirmed yet.
+pub fn pending_creation(state: &ModelState) -> Option<CreationNonce> {
+    state.creation.as_ref().map(|c| c.nonce)
 }
 
 /// A snapshot as the store keeps it.

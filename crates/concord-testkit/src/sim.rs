@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use concord_ot::{IdGenerator, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, ModelId, ModelSnapshot,
-    Permissions, ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp,
+    ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
+    ErrorReply, ModelId, ModelSnapshot, Permissions, ServerMessage, ServerPush, ServerResponse,
+    SessionId, Timestamp,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
@@ -59,6 +60,8 @@ pub struct Stats {
     pub disconnects: usize,
     pub crashes: usize,
     pub resyncs: usize,
+    pub models_created: usize,
+    pub creations_refused: usize,
 }
 
 impl Stats {
@@ -69,6 +72,8 @@ impl Stats {
         self.disconnects += other.disconnects;
         self.crashes += other.crashes;
         self.resyncs += other.resyncs;
+        self.models_created += other.models_created;
+        self.creations_refused += other.creations_refused;
     }
 }
 
@@ -105,6 +110,9 @@ struct Client {
     to_client: VecDeque<ServerMessage>,
     /// Per model, the highest local seq a store batch made durable.
     max_durable_seq: BTreeMap<ModelId, u64>,
+    /// Models this client created whose id another creation had taken.
+    refused: BTreeSet<ModelId>,
+    created: usize,
 }
 
 #[derive(Debug)]
@@ -113,6 +121,8 @@ struct Server {
     /// Per client: its current connection and the models resynced on it.
     connections: Vec<Option<(u64, BTreeSet<ModelId>)>>,
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
+    /// The nonce each model was created with, for idempotent creation.
+    nonces: BTreeMap<ModelId, CreationNonce>,
 }
 
 /// Runs one scenario.
@@ -193,11 +203,17 @@ impl Sim {
                     to_server: VecDeque::new(),
                     to_client: VecDeque::new(),
                     max_durable_seq: BTreeMap::new(),
+                    refused: BTreeSet::new(),
+                    created: 0,
                 })
             })
             .collect::<Result<Vec<Client>, String>>()?;
-        let server =
-            Server { models, connections: vec![None; config.clients], committed: BTreeSet::new() };
+        let server = Server {
+            models,
+            connections: vec![None; config.clients],
+            committed: BTreeSet::new(),
+            nonces: BTreeMap::new(),
+        };
         Ok(Sim { rng, config, server, clients, stats: Stats::default(), now: 0, trace: None })
     }
 
@@ -224,6 +240,7 @@ impl Sim {
                     }
                 }
                 85..=89 => self.close_or_open(i)?,
+                90..=92 => self.create(i)?,
                 _ => self.crash_or_restart(i)?,
             }
         }
@@ -280,9 +297,21 @@ impl Sim {
     fn check(&self) -> Result<(), String> {
         for client in &self.clients {
             let engine = client.engine.as_ref().expect("restarted");
-            for (id, sequencer) in &self.server.models {
+            for id in &client.model_ids {
                 let replica = engine.model(id).ok_or_else(|| format!("{id} not loaded"))?;
                 let who = format!("replica {:?}, {id}", client.replica);
+                if client.refused.contains(id) {
+                    // Another creation owns the id: the local data must still be there.
+                    if engine.is_settled(id) {
+                        return Err(format!("{who}: a refused creation went live"));
+                    }
+                    continue;
+                }
+                let sequencer = self
+                    .server
+                    .models
+                    .get(id)
+                    .ok_or_else(|| format!("{who}: not at the server"))?;
                 if !engine.is_settled(id) {
                     return Err(format!("{who}: not settled (unacknowledged changes or not live)"));
                 }
@@ -300,7 +329,7 @@ impl Sim {
                         sequencer.document().to_json()
                     ));
                 }
-                let (stored, _) = client.restore(id)?;
+                let (stored, _, _) = client.restore(id)?;
                 if stored.local() != sequencer.document() {
                     return Err(format!("{who}: the store rebuilds a different model"));
                 }
@@ -321,6 +350,33 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Creates a model (offline or not); now and then under an id another client may
+    /// create too, so that one of the two creations is refused.
+    fn create(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else { return Ok(()) };
+        let id = if self.rng.below(5) == 0 {
+            format!("shared-{}", self.rng.below(3))
+        } else {
+            client.created += 1;
+            format!("c{i}-{}", client.created)
+        };
+        let model = ModelId::new(id).map_err(|e| e.to_string())?;
+        if client.model_ids.contains(&model) {
+            return Ok(());
+        }
+        let data = gen_document(&mut self.rng);
+        let nonce = CreationNonce(std::array::from_fn(|_| self.rng.below(256) as u8));
+        let collection = CollectionId::new("sim").map_err(|e| e.to_string())?;
+        engine
+            .create_model(model.clone(), collection, data, nonce, Timestamp(self.now))
+            .map_err(|e| e.to_string())?;
+        client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
+        client.model_ids.push(model);
+        self.stats.models_created += 1;
+        self.drain(i)
     }
 
     fn local_edit(&mut self, i: usize) -> Result<(), String> {
@@ -365,9 +421,9 @@ impl Sim {
         }
         self.flush_all(i)?;
         let client = &mut self.clients[i];
-        let (replica, _) = client.restore(model)?;
+        let (replica, _, creation) = client.restore(model)?;
         let engine = client.engine.as_mut().expect("checked");
-        engine.add_model(model.clone(), replica).map_err(|e| e.to_string())?;
+        add(engine, model.clone(), replica, creation)?;
         self.drain(i)
     }
 
@@ -387,9 +443,9 @@ impl Sim {
             let Some(model) = engine.poll_load() else { return Ok(()) };
             self.flush_all(i)?;
             let client = &mut self.clients[i];
-            let (replica, _) = client.restore(&model)?;
+            let (replica, _, creation) = client.restore(&model)?;
             let engine = client.engine.as_mut().expect("checked");
-            engine.handle_loaded(model, Some(replica));
+            engine.handle_loaded(model, Some((replica, creation)));
             self.drain_outputs(i)?;
         }
     }
@@ -418,6 +474,13 @@ impl Sim {
                 }
                 Event::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
+                }
+                Event::CreationRefused { model, error } => {
+                    if error.code != ErrorCode::MODEL_ALREADY_EXISTS {
+                        return Err(format!("{model}: creation refused: {error}"));
+                    }
+                    client.refused.insert(model);
+                    self.stats.creations_refused += 1;
                 }
                 _ => {}
             }
@@ -462,7 +525,9 @@ impl Sim {
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
         let with_changes = summaries
             .into_iter()
-            .filter(|m| !loaded.contains(&m.record.id) && m.pending_count > 0)
+            .filter(|m| {
+                !loaded.contains(&m.record.id) && (m.pending_count > 0 || m.record.created_locally)
+            })
             .map(|m| m.record.id)
             .collect();
         engine.handle_connected(with_changes);
@@ -511,12 +576,15 @@ impl Sim {
     fn restart(&mut self, i: usize) -> Result<(), String> {
         let client = &mut self.clients[i];
         let mut engine = ClientEngine::new(client.replica, engine_config(self.config));
+        // A creation lost with the crash (never durable, so never sent) is gone.
+        let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
+        client.model_ids = summaries.into_iter().map(|m| m.record.id).collect();
         // The application reopens some of its models; the others sync in the background.
         for id in client.model_ids.clone() {
-            let (replica, next_counter) = client.restore(&id)?;
+            let (replica, next_counter, creation) = client.restore(&id)?;
             client.ids.insert(id.clone(), IdGenerator::new(client.replica, next_counter));
             if self.rng.flip() {
-                engine.add_model(id, replica).map_err(|e| e.to_string())?;
+                add(&mut engine, id, replica, creation)?;
             }
         }
         client.engine = Some(engine);
@@ -603,6 +671,48 @@ impl Sim {
                     self.clients[i]
                         .to_client
                         .push_back(ServerMessage::Response { to: id, response });
+                }
+            }
+            ClientMessage::Request {
+                id,
+                request: ClientRequest::CreateModel { model, collection, data, nonce, .. },
+            } => {
+                let response = match self.server.models.get(&model) {
+                    Some(existing) if self.server.nonces.get(&model) == Some(&nonce) => {
+                        let version = existing.version();
+                        let response = ServerResponse::ModelCreated {
+                            model,
+                            version,
+                            created_at: Timestamp(0),
+                        };
+                        ServerMessage::Response { to: id, response }
+                    }
+                    Some(_) => ServerMessage::Error {
+                        to: Some(id),
+                        error: ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, "id taken"),
+                    },
+                    None => {
+                        let snapshot = ModelSnapshot {
+                            collection,
+                            version: 0,
+                            created_at: Timestamp(self.now),
+                            modified_at: Timestamp(self.now),
+                            data,
+                        };
+                        let sequencer =
+                            Sequencer::new(model.clone(), snapshot, BTreeMap::new(), 100_000);
+                        self.server.models.insert(model.clone(), sequencer);
+                        self.server.nonces.insert(model.clone(), nonce);
+                        let response = ServerResponse::ModelCreated {
+                            model,
+                            version: 0,
+                            created_at: Timestamp(self.now),
+                        };
+                        ServerMessage::Response { to: id, response }
+                    }
+                };
+                if current == Some(connection) {
+                    self.clients[i].to_client.push_back(response);
                 }
             }
             ClientMessage::Request { id, request: ClientRequest::CloseModel { model } } => {
@@ -695,14 +805,33 @@ fn engine_config(config: Config) -> EngineConfig {
 
 impl Client {
     /// Rebuilds a model from the store, with the id counter to continue from.
-    fn restore(&self, model: &ModelId) -> Result<(ModelReplica, u64), String> {
+    /// Also returns the nonce of a creation the server has not confirmed.
+    fn restore(
+        &self,
+        model: &ModelId,
+    ) -> Result<(ModelReplica, u64, Option<CreationNonce>), String> {
         let state = block_on(self.store.load_model(model))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{model} is not in the store"))?;
         let next_counter = state.summary.record.next_element_counter;
+        let creation = store::pending_creation(&state);
         let persisted = store::persisted(state).map_err(|e| e.to_string())?;
         let replica =
             ModelReplica::restore(persisted).map_err(|e| format!("restore failed: {e}"))?;
-        Ok((replica, next_counter))
+        Ok((replica, next_counter, creation))
     }
+}
+
+/// Takes a restored model into the engine, as created-here when its creation is owed.
+fn add(
+    engine: &mut ClientEngine,
+    model: ModelId,
+    replica: ModelReplica,
+    creation: Option<CreationNonce>,
+) -> Result<(), String> {
+    match creation {
+        Some(nonce) => engine.add_created_model(model, replica, nonce),
+        None => engine.add_model(model, replica),
+    }
+    .map_err(|e| e.to_string())
 }
