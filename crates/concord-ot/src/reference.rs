@@ -73,7 +73,7 @@ pub fn transform_reference(
 /// An index inside the removed range collapses to its start; one at `at` moves past the
 /// inserted text.
 fn splice_index(p: usize, at: usize, deleted: usize, inserted: usize) -> usize {
-    if p < at { p } else { p - (p - at).min(deleted) + inserted }
+    if p < at { p } else { (p - (p - at).min(deleted)).saturating_add(inserted) }
 }
 
 impl ReferenceValue {

@@ -216,18 +216,18 @@ mod string {
             let (i1, e1) = (self.index, self.end());
             let (i2, e2, n2) = (other.index, other.end(), other.insert_len);
             // Maps a position at or after `other`'s range end.
-            let shifted = |p: usize| p - other.delete + n2;
+            let shifted = |p: usize| p.saturating_sub(other.delete).saturating_add(n2);
             let start = if i1 < i2 {
                 i1
             } else if i1 == i2 {
                 let pure_insert_here = self.delete == 0 && other.delete == 0;
                 if (self.delete > 0 && other.delete == 0) || (pure_insert_here && !wins_tie) {
-                    i1 + n2
+                    i1.saturating_add(n2)
                 } else {
                     i1
                 }
             } else if i1 < e2 {
-                i2 + n2
+                i2.saturating_add(n2)
             } else {
                 shifted(i1)
             };
@@ -240,7 +240,7 @@ mod string {
             } else if i1 == i2 {
                 i2
             } else {
-                i2 + n2
+                i2.saturating_add(n2)
             };
             let (insert, insert_len) = if self.swallowed_by(other) {
                 (String::new(), 0)
@@ -472,13 +472,13 @@ mod array {
 
     /// Server insert at `a`, client insert at `b`: on a tie the server's comes first.
     fn insert_insert(a: &mut usize, b: &mut usize) {
-        if *a <= *b { *b += 1 } else { *a += 1 }
+        if *a <= *b { *b = b.saturating_add(1) } else { *a = a.saturating_add(1) }
     }
 
     /// Concurrent insert at `i` and remove at `r` (either side): an insert at the removed
     /// index goes before the removed element.
     fn insert_remove(i: &mut usize, r: &mut usize) {
-        if *i <= *r { *r += 1 } else { *i -= 1 }
+        if *i <= *r { *r = r.saturating_add(1) } else { *i = i.saturating_sub(1) }
     }
 
     /// Server remove at `r`, client insert at `i`: same rule as [`insert_remove`].
@@ -488,20 +488,20 @@ mod array {
 
     /// Two removes of different indices.
     fn remove_remove(a: &mut usize, b: &mut usize) {
-        if *a < *b { *b -= 1 } else { *a -= 1 }
+        if *a < *b { *b = b.saturating_sub(1) } else { *a = a.saturating_sub(1) }
     }
 
     /// An element index `p` after an insert at `i`.
     fn insert_shifts(i: usize, p: &mut usize) {
         if i <= *p {
-            *p += 1
+            *p = p.saturating_add(1)
         }
     }
 
     /// An element index `p` (not the removed one) after a remove at `r`.
     fn remove_shifts(r: usize, p: &mut usize) {
         if r < *p {
-            *p -= 1
+            *p = p.saturating_sub(1)
         }
     }
 }

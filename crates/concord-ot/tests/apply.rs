@@ -184,3 +184,25 @@ fn every_finite_number_survives_a_json_round_trip() -> Result<()> {
     assert_eq!(back, doc);
     Ok(())
 }
+
+#[test]
+fn transform_never_overflows_on_out_of_range_indices() {
+    // Found by reading the code: an invalid client index near usize::MAX must not panic
+    // (debug) or wrap into a valid index (release); applying the result reports it.
+    let array = ElementId::new(0, 9);
+    let insert = |index| -> Operation {
+        let value = Value::new(ElementId::new(1, index as u64 % 7), ValueData::Null);
+        DiscreteOperation::new(array, OperationKind::ArrayInsert { index, value }).into()
+    };
+    let (_, client) = concord_ot::transform(insert(0), insert(usize::MAX));
+    let Operation::Discrete(client) = client else { panic!("discrete in, discrete out") };
+    assert!(matches!(client.kind, OperationKind::ArrayInsert { index: usize::MAX, .. }));
+    let splice = |index, delete_count| -> Operation {
+        let kind = OperationKind::StringSplice { index, delete_count, insert: "ab".into() };
+        DiscreteOperation::new(array, kind).into()
+    };
+    // Ranges reaching past usize::MAX saturate instead of panicking.
+    let (server, client) = concord_ot::transform(splice(usize::MAX, usize::MAX), splice(0, 3));
+    assert_eq!(server.discrete().len(), 1);
+    assert_eq!(client.discrete().len(), 1);
+}
