@@ -25,8 +25,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use concord_ot::{Applied, ApplyError, Document, Operation, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorReply, InFlight,
-    ModelId, ModelSnapshot, RequestId, ServerMessage, ServerPush, ServerResponse, Timestamp,
+    ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorCode, ErrorReply,
+    InFlight, ModelId, ModelSnapshot, RequestId, ServerMessage, ServerPush, ServerResponse,
+    Timestamp,
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
@@ -117,6 +118,21 @@ pub enum Event {
         model: ModelId,
         error: ErrorReply,
     },
+    /// The server confirmed a deletion made here; the store forgot the model.
+    Deleted {
+        model: ModelId,
+    },
+    /// The server refused a deletion made here: the model is back in the store.
+    DeletionRefused {
+        model: ModelId,
+        error: ErrorReply,
+    },
+    /// The server no longer serves this model (deleted by someone else, or closed by the
+    /// server); the local copy stays, offline.
+    ModelGone {
+        model: ModelId,
+        error: ErrorReply,
+    },
     /// Background sync of stored models: `done` of `total` are in sync with the server.
     SyncProgress {
         done: usize,
@@ -139,6 +155,8 @@ pub enum EngineError {
     NotLoaded(ModelId),
     #[error("model {0} is already loaded")]
     AlreadyLoaded(ModelId),
+    #[error("model {0} was deleted here and the server has not confirmed it yet")]
+    DeletionPending(ModelId),
     #[error(transparent)]
     Invalid(#[from] ApplyError),
 }
@@ -186,6 +204,10 @@ pub struct ClientEngine {
     next_request: u64,
     resync_requests: BTreeMap<RequestId, ModelId>,
     create_requests: BTreeMap<RequestId, ModelId>,
+    /// Models deleted here and not yet confirmed: their collection, and the batch storing
+    /// the tombstone until it is durable (the server hears of it only then).
+    tombstones: BTreeMap<ModelId, (CollectionId, Option<BatchId>)>,
+    delete_requests: BTreeMap<RequestId, ModelId>,
     next_batch: u64,
     effects: BTreeMap<BatchId, BatchEffect>,
     storage: VecDeque<StorageBatch>,
@@ -210,6 +232,8 @@ impl ClientEngine {
             next_request: 1,
             resync_requests: BTreeMap::new(),
             create_requests: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            delete_requests: BTreeMap::new(),
             next_batch: 1,
             effects: BTreeMap::new(),
             storage: VecDeque::new(),
@@ -276,7 +300,11 @@ impl ClientEngine {
     ) {
         self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
         match loaded {
-            Some((replica, creation)) if self.connected && !self.models.contains_key(&model) => {
+            Some((replica, creation))
+                if self.connected
+                    && !self.models.contains_key(&model)
+                    && !self.tombstones.contains_key(&model) =>
+            {
                 let entry = Model {
                     replica,
                     link: Link::Offline,
@@ -340,15 +368,25 @@ impl ClientEngine {
     /// stored models in `stored_with_changes` (unsent or unacknowledged changes) are loaded
     /// a few at a time ([`EngineConfig::sync_concurrency`]) through
     /// [`ClientEngine::poll_load`], synced, and released.
-    pub fn handle_connected(&mut self, stored_with_changes: Vec<ModelId>) {
+    ///
+    /// `stored_tombstones` are the models the store holds as deleted here and not yet
+    /// confirmed (with their collection); their deletion is sent again.
+    pub fn handle_connected(
+        &mut self,
+        stored_with_changes: Vec<ModelId>,
+        stored_tombstones: Vec<(ModelId, CollectionId)>,
+    ) {
         self.connected = true;
         self.events.push_back(Event::Online);
+        self.add_tombstones(stored_tombstones);
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
             self.attach(&model);
         }
-        self.sync_waiting =
-            stored_with_changes.into_iter().filter(|m| !self.models.contains_key(m)).collect();
+        self.sync_waiting = stored_with_changes
+            .into_iter()
+            .filter(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m))
+            .collect();
         self.sync_total = self.sync_waiting.len();
         self.sync_done = 0;
         if self.sync_total > 0 {
@@ -395,6 +433,7 @@ impl ClientEngine {
         self.connected = false;
         self.resync_requests.clear();
         self.create_requests.clear();
+        self.delete_requests.clear();
         self.transmit.clear();
         // Background models go back to the store; the next connection lists them again.
         let background: Vec<ModelId> =
@@ -417,6 +456,14 @@ impl ClientEngine {
         let done: Vec<BatchId> = self.effects.range(..=id).map(|(id, _)| *id).collect();
         for batch in done {
             let effect = self.effects.remove(&batch).expect("listed");
+            if let Some((_, pending)) = self.tombstones.get_mut(&effect.model)
+                && *pending == Some(batch)
+            {
+                *pending = None;
+                if self.connected {
+                    self.send_delete(&effect.model);
+                }
+            }
             let Some(entry) = self.models.get_mut(&effect.model) else {
                 continue;
             };
@@ -443,7 +490,21 @@ impl ClientEngine {
             ServerMessage::Response { to, response } => self.handle_response(to, response),
             ServerMessage::Error { to: Some(to), error } => {
                 if let Some(model) = self.resync_requests.remove(&to) {
-                    self.violation(&model, format!("resync refused: {error}"));
+                    if error.code == ErrorCode::MODEL_NOT_FOUND {
+                        self.gone(&model, error.clone());
+                    } else {
+                        self.violation(&model, format!("resync refused: {error}"));
+                    }
+                }
+                if let Some(model) = self.delete_requests.remove(&to) {
+                    if error.code == ErrorCode::MODEL_NOT_FOUND {
+                        self.deletion_confirmed(model); // already gone: the same outcome
+                    } else if let Some((collection, _)) = self.tombstones.remove(&model) {
+                        let change = StoreChange::Undelete { collection };
+                        self.queue_batch(&model, vec![change], None, None);
+                        self.events
+                            .push_back(Event::DeletionRefused { model, error: error.clone() });
+                    }
                 }
                 if let Some(model) = self.create_requests.remove(&to) {
                     // The local data stays, offline: the application decides what to do. A
@@ -465,6 +526,12 @@ impl ClientEngine {
     }
 
     fn handle_response(&mut self, to: RequestId, response: ServerResponse) {
+        if let Some(model) = self.delete_requests.remove(&to) {
+            if response == ServerResponse::Done {
+                self.deletion_confirmed(model);
+            }
+            return;
+        }
         if let ServerResponse::ModelCreated { model, .. } = &response {
             if self.create_requests.remove(&to).as_ref() != Some(model) {
                 return;
@@ -558,8 +625,78 @@ impl ClientEngine {
                     self.pump(&model);
                 }
             }
+            ServerPush::ModelForceClosed { model, code, message } => {
+                self.gone(&model, ErrorReply::new(code, message));
+            }
             _ => {}
         }
+    }
+
+    /// Tells a restarted engine which models the store holds as deleted here and not yet
+    /// confirmed, so that they are not created again under the same id meanwhile; their
+    /// deletion is sent once connected.
+    pub fn add_tombstones(&mut self, stored: Vec<(ModelId, CollectionId)>) {
+        for (model, collection) in stored {
+            self.tombstones.entry(model).or_insert((collection, None));
+        }
+        if self.connected {
+            let durable: Vec<ModelId> = self
+                .tombstones
+                .iter()
+                .filter(|(_, (_, batch))| batch.is_none())
+                .map(|(model, _)| model.clone())
+                .collect();
+            for model in durable {
+                self.send_delete(&model);
+            }
+        }
+    }
+
+    /// Deletes a model here: it leaves memory at once and stays in the store as a
+    /// tombstone; once that is durable and the engine is connected, the server is asked to
+    /// delete it. Idempotent: deleting a model the server no longer has counts as done.
+    pub fn delete_model(&mut self, model: ModelId, collection: CollectionId) {
+        if self.models.remove(&model).is_some() {
+            self.close_at_server(&model);
+        }
+        if let Some(position) = self.sync_waiting.iter().position(|m| *m == model) {
+            self.sync_waiting.remove(position);
+            self.count_synced();
+        }
+        let batch = self.next_batch_id();
+        let change = StoreChange::MarkDeleted { collection: collection.clone() };
+        self.queue_batch(&model, vec![change], None, None);
+        self.tombstones.insert(model, (collection, Some(batch)));
+    }
+
+    fn send_delete(&mut self, model: &ModelId) {
+        if self.delete_requests.values().any(|m| m == model) {
+            return;
+        }
+        let id = self.request_id();
+        self.delete_requests.insert(id, model.clone());
+        let request = ClientRequest::DeleteModel { model: model.clone() };
+        self.transmit.push_back(ClientMessage::Request { id, request });
+    }
+
+    fn deletion_confirmed(&mut self, model: ModelId) {
+        if self.tombstones.remove(&model).is_some() {
+            self.queue_batch(&model, vec![StoreChange::Forget], None, None);
+            self.events.push_back(Event::Deleted { model });
+        }
+    }
+
+    /// The server no longer serves `model`: it stays here, offline; one loaded only to sync
+    /// goes back to the store.
+    fn gone(&mut self, model: &ModelId, error: ErrorReply) {
+        let Some(entry) = self.models.get_mut(model) else { return };
+        entry.link = Link::Offline;
+        if entry.background {
+            self.models.remove(model);
+            self.count_synced();
+            self.load_more();
+        }
+        self.events.push_back(Event::ModelGone { model: model.clone(), error });
     }
 
     /// Applies a committed operation; false if the model went offline over it.
@@ -641,6 +778,9 @@ impl ClientEngine {
     ) -> Result<(), EngineError> {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
+        }
+        if self.tombstones.contains_key(&model) {
+            return Err(EngineError::DeletionPending(model));
         }
         let snapshot =
             ModelSnapshot { collection, version: 0, created_at: now, modified_at: now, data };

@@ -60,6 +60,12 @@ pub enum StoreChange {
     Created { snapshot: ModelSnapshot, nonce: concord_protocol::CreationNonce },
     /// The server confirmed the creation.
     CreationConfirmed { collection: concord_protocol::CollectionId },
+    /// Deleted here: a tombstone until the server confirms.
+    MarkDeleted { collection: concord_protocol::CollectionId },
+    /// The server refused the deletion: the model is back.
+    Undelete { collection: concord_protocol::CollectionId },
+    /// The server confirmed the deletion: everything of the model goes.
+    Forget,
 }
 
 /// A server message that does not fit the replica's state: a protocol violation.

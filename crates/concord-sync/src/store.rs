@@ -64,6 +64,15 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                     let record = ModelRecord::new(model.clone(), collection);
                     return vec![Mutation::PutModel(record), Mutation::DeleteCreation(model)];
                 }
+                StoreChange::MarkDeleted { collection } => {
+                    let mut record = ModelRecord::new(model, collection);
+                    record.deleted_locally = true;
+                    Mutation::PutModel(record)
+                }
+                StoreChange::Undelete { collection } => {
+                    Mutation::PutModel(ModelRecord::new(model, collection))
+                }
+                StoreChange::Forget => Mutation::DeleteModel(model),
             };
             vec![one]
         })

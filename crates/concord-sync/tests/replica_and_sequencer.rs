@@ -89,9 +89,7 @@ fn remote_operations_transform_local_ones_and_the_store_rebuilds_the_same_view()
                 StoreChange::RemovePendingThrough(seq) => store.pending.retain(|p| p.seq > seq),
                 StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
                 StoreChange::PutSnapshot(s) => store.snapshot = s,
-                StoreChange::Created { .. } | StoreChange::CreationConfirmed { .. } => {
-                    unreachable!("no model is created in this test")
-                }
+                other => unreachable!("no model is created or deleted in this test: {other:?}"),
             }
         }
     };

@@ -25,8 +25,8 @@ use concord_protocol::{
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
-    ClientEngine, EngineConfig, Event, ModelReplica, Sequencer, StorageBatch, StoreChange,
-    Submission, SubmitOutcome, store,
+    ClientEngine, EngineConfig, EngineError, Event, ModelReplica, Sequencer, StorageBatch,
+    StoreChange, Submission, SubmitOutcome, store,
 };
 use pollster::block_on;
 
@@ -61,6 +61,7 @@ pub struct Stats {
     pub crashes: usize,
     pub resyncs: usize,
     pub models_created: usize,
+    pub models_deleted: usize,
     pub creations_refused: usize,
 }
 
@@ -73,6 +74,7 @@ impl Stats {
         self.crashes += other.crashes;
         self.resyncs += other.resyncs;
         self.models_created += other.models_created;
+        self.models_deleted += other.models_deleted;
         self.creations_refused += other.creations_refused;
     }
 }
@@ -123,6 +125,8 @@ struct Server {
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
     /// The nonce each model was created with, for idempotent creation.
     nonces: BTreeMap<ModelId, CreationNonce>,
+    /// Deleted ids; this server never reuses them.
+    deleted: BTreeSet<ModelId>,
 }
 
 /// Runs one scenario.
@@ -213,6 +217,7 @@ impl Sim {
             connections: vec![None; config.clients],
             committed: BTreeSet::new(),
             nonces: BTreeMap::new(),
+            deleted: BTreeSet::new(),
         };
         Ok(Sim { rng, config, server, clients, stats: Stats::default(), now: 0, trace: None })
     }
@@ -240,7 +245,8 @@ impl Sim {
                     }
                 }
                 85..=89 => self.close_or_open(i)?,
-                90..=92 => self.create(i)?,
+                90..=91 => self.create(i)?,
+                92 => self.delete(i)?,
                 _ => self.crash_or_restart(i)?,
             }
         }
@@ -297,6 +303,13 @@ impl Sim {
     fn check(&self) -> Result<(), String> {
         for client in &self.clients {
             let engine = client.engine.as_ref().expect("restarted");
+            let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
+            if let Some(tombstone) = summaries.iter().find(|m| m.record.deleted_locally) {
+                return Err(format!(
+                    "replica {:?}: the deletion of {} was never confirmed",
+                    client.replica, tombstone.record.id
+                ));
+            }
             for id in &client.model_ids {
                 let replica = engine.model(id).ok_or_else(|| format!("{id} not loaded"))?;
                 let who = format!("replica {:?}, {id}", client.replica);
@@ -307,11 +320,16 @@ impl Sim {
                     }
                     continue;
                 }
-                let sequencer = self
-                    .server
-                    .models
-                    .get(id)
-                    .ok_or_else(|| format!("{who}: not at the server"))?;
+                let Some(sequencer) = self.server.models.get(id) else {
+                    // Deleted by another client: the local copy stays, offline.
+                    if !self.server.deleted.contains(id) {
+                        return Err(format!("{who}: not at the server"));
+                    }
+                    if engine.is_settled(id) {
+                        return Err(format!("{who}: a deleted model is live"));
+                    }
+                    continue;
+                };
                 if !engine.is_settled(id) {
                     return Err(format!("{who}: not settled (unacknowledged changes or not live)"));
                 }
@@ -367,15 +385,41 @@ impl Sim {
         if client.model_ids.contains(&model) {
             return Ok(());
         }
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!("  client {i} creates {model}"));
+        }
         let data = gen_document(&mut self.rng);
         let nonce = CreationNonce(std::array::from_fn(|_| self.rng.below(256) as u8));
         let collection = CollectionId::new("sim").map_err(|e| e.to_string())?;
-        engine
-            .create_model(model.clone(), collection, data, nonce, Timestamp(self.now))
-            .map_err(|e| e.to_string())?;
+        match engine.create_model(model.clone(), collection, data, nonce, Timestamp(self.now)) {
+            Ok(()) => {}
+            // The id's deletion is not confirmed yet: the application must wait.
+            Err(EngineError::DeletionPending(_)) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
         client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
         client.model_ids.push(model);
         self.stats.models_created += 1;
+        self.drain(i)
+    }
+
+    /// Deletes one of the client's models (offline or not).
+    fn delete(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else { return Ok(()) };
+        // A refused creation is not the server's model of that id: leave it alone.
+        let candidates: Vec<usize> = (0..client.model_ids.len())
+            .filter(|&n| !client.refused.contains(&client.model_ids[n]))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let model = client.model_ids.remove(candidates[self.rng.below(candidates.len())]);
+        let collection = CollectionId::new("sim").map_err(|e| e.to_string())?;
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!("  client {i} deletes {model}"));
+        }
+        engine.delete_model(model, collection);
         self.drain(i)
     }
 
@@ -401,6 +445,9 @@ impl Sim {
     /// a stored one.
     fn close_or_open(&mut self, i: usize) -> Result<(), String> {
         let models = &self.clients[i].model_ids;
+        if models.is_empty() {
+            return Ok(());
+        }
         let model = models[self.rng.below(models.len())].clone();
         let Some(engine) = &self.clients[i].engine else { return Ok(()) };
         if engine.model(&model).is_some() && self.rng.flip() {
@@ -441,6 +488,9 @@ impl Sim {
         loop {
             let Some(engine) = &mut self.clients[i].engine else { return Ok(()) };
             let Some(model) = engine.poll_load() else { return Ok(()) };
+            if let Some(trace) = &mut self.trace {
+                trace.push(format!("  client {i} loads {model}"));
+            }
             self.flush_all(i)?;
             let client = &mut self.clients[i];
             let (replica, _, creation) = client.restore(&model)?;
@@ -465,7 +515,12 @@ impl Sim {
             }
         }
         while let Some(event) = engine.poll_event() {
+            if let Some(trace) = &mut self.trace {
+                trace.push(format!("  client {i} event: {event:?}"));
+            }
             match event {
+                // Edits of a model someone deleted meanwhile are refused: expected.
+                Event::Rejected { error, .. } if error.code == ErrorCode::MODEL_NOT_FOUND => {}
                 Event::Rejected { model, error, .. } => {
                     return Err(format!(
                         "replica {:?}: {model}: a submission was rejected: {error}",
@@ -474,6 +529,9 @@ impl Sim {
                 }
                 Event::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
+                }
+                Event::DeletionRefused { model, error } => {
+                    return Err(format!("{model}: deletion refused: {error}"));
                 }
                 Event::CreationRefused { model, error } => {
                     if error.code != ErrorCode::MODEL_ALREADY_EXISTS {
@@ -500,9 +558,13 @@ impl Sim {
                 *max = (*max).max(p.seq);
             }
         }
+        let forget = batch.changes.contains(&StoreChange::Forget);
         let mut mutations = store::mutations(&batch.model, batch.changes);
-        mutations
-            .push(Mutation::AdvanceElementCounter { model: batch.model.clone(), next: counter });
+        if !forget {
+            let advance =
+                Mutation::AdvanceElementCounter { model: batch.model.clone(), next: counter };
+            mutations.push(advance);
+        }
         block_on(client.store.commit(Batch { mutations }))
             .map_err(|e| format!("the store refused the engine's batch: {e}"))?;
         if let Some(engine) = &mut client.engine {
@@ -523,14 +585,20 @@ impl Sim {
         self.stats.resyncs += 1;
         let loaded: BTreeSet<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
+        let tombstones = summaries
+            .iter()
+            .filter(|m| m.record.deleted_locally)
+            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
+            .collect();
         let with_changes = summaries
             .into_iter()
             .filter(|m| {
-                !loaded.contains(&m.record.id) && (m.pending_count > 0 || m.record.created_locally)
+                let dirty = m.pending_count > 0 || m.record.created_locally;
+                !loaded.contains(&m.record.id) && !m.record.deleted_locally && dirty
             })
             .map(|m| m.record.id)
             .collect();
-        engine.handle_connected(with_changes);
+        engine.handle_connected(with_changes, tombstones);
         self.drain(i)
     }
 
@@ -578,7 +646,20 @@ impl Sim {
         let mut engine = ClientEngine::new(client.replica, engine_config(self.config));
         // A creation lost with the crash (never durable, so never sent) is gone.
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
-        client.model_ids = summaries.into_iter().map(|m| m.record.id).collect();
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!("  client {i} restarts with {summaries:?}"));
+        }
+        let tombstones = summaries
+            .iter()
+            .filter(|m| m.record.deleted_locally)
+            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
+            .collect();
+        engine.add_tombstones(tombstones);
+        client.model_ids = summaries
+            .into_iter()
+            .filter(|m| !m.record.deleted_locally)
+            .map(|m| m.record.id)
+            .collect();
         // The application reopens some of its models; the others sync in the background.
         for id in client.model_ids.clone() {
             let (replica, next_counter, creation) = client.restore(&id)?;
@@ -631,8 +712,13 @@ impl Sim {
                 if current != Some(connection) {
                     return Ok(()); // a dead connection's resync: nobody listens for the answer
                 }
-                let sequencer =
-                    self.server.models.get(&model).ok_or("resync of an unknown model")?;
+                let Some(sequencer) = self.server.models.get(&model) else {
+                    let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
+                    self.clients[i]
+                        .to_client
+                        .push_back(ServerMessage::Error { to: Some(id), error });
+                    return Ok(());
+                };
                 let in_flight_committed = in_flight.and_then(|f| sequencer.commit_of(f));
                 let operations = sequencer
                     .operations_since(known_version)
@@ -687,6 +773,10 @@ impl Sim {
                         };
                         ServerMessage::Response { to: id, response }
                     }
+                    _ if self.server.deleted.contains(&model) => ServerMessage::Error {
+                        to: Some(id),
+                        error: ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, "id was deleted"),
+                    },
                     Some(_) => ServerMessage::Error {
                         to: Some(id),
                         error: ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, "id taken"),
@@ -715,6 +805,31 @@ impl Sim {
                     self.clients[i].to_client.push_back(response);
                 }
             }
+            ClientMessage::Request { id, request: ClientRequest::DeleteModel { model } } => {
+                let response = if self.server.models.remove(&model).is_some() {
+                    self.server.deleted.insert(model.clone());
+                    self.stats.models_deleted += 1;
+                    for (j, connection) in self.server.connections.iter_mut().enumerate() {
+                        if let Some((_, open)) = connection
+                            && open.remove(&model)
+                        {
+                            let push = ServerPush::ModelForceClosed {
+                                model: model.clone(),
+                                code: ErrorCode::MODEL_NOT_FOUND,
+                                message: "deleted".into(),
+                            };
+                            self.clients[j].to_client.push_back(ServerMessage::Push(push));
+                        }
+                    }
+                    ServerMessage::Response { to: id, response: ServerResponse::Done }
+                } else {
+                    let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
+                    ServerMessage::Error { to: Some(id), error }
+                };
+                if current == Some(connection) {
+                    self.clients[i].to_client.push_back(response);
+                }
+            }
             ClientMessage::Request { id, request: ClientRequest::CloseModel { model } } => {
                 if current == Some(connection) {
                     if let Some((_, open)) = &mut self.server.connections[i] {
@@ -735,8 +850,14 @@ impl Sim {
                 if sent_by != replica {
                     return Err(format!("client {i} submitted as replica {sent_by:?}"));
                 }
-                let sequencer =
-                    self.server.models.get_mut(&model).ok_or("submit to an unknown model")?;
+                let Some(sequencer) = self.server.models.get_mut(&model) else {
+                    if current.is_some() {
+                        let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
+                        let push = ServerPush::SubmitRejected { model, seq, error };
+                        self.clients[i].to_client.push_back(ServerMessage::Push(push));
+                    }
+                    return Ok(());
+                };
                 let submission = Submission {
                     author: SessionId(format!("{i}")),
                     replica,
@@ -812,12 +933,12 @@ impl Client {
     ) -> Result<(ModelReplica, u64, Option<CreationNonce>), String> {
         let state = block_on(self.store.load_model(model))
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{model} is not in the store"))?;
+            .ok_or_else(|| format!("replica {:?}: {model} is not in the store", self.replica))?;
         let next_counter = state.summary.record.next_element_counter;
         let creation = store::pending_creation(&state);
         let persisted = store::persisted(state).map_err(|e| e.to_string())?;
-        let replica =
-            ModelReplica::restore(persisted).map_err(|e| format!("restore failed: {e}"))?;
+        let replica = ModelReplica::restore(persisted)
+            .map_err(|e| format!("replica {:?}: restoring {model} failed: {e}", self.replica))?;
         Ok((replica, next_counter, creation))
     }
 }
