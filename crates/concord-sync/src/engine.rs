@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, VecDeque};
 use concord_ot::{Applied, ApplyError, Document, Operation, ReplicaId};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorCode, ErrorReply,
-    InFlight, ModelId, ModelSnapshot, RequestId, ServerMessage, ServerPush, ServerResponse,
-    Timestamp,
+    InFlight, KnownModel, ModelId, ModelSnapshot, OfflineUpdate, RequestId, ServerMessage,
+    ServerPush, ServerResponse, Timestamp,
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
@@ -133,6 +133,10 @@ pub enum Event {
         model: ModelId,
         error: ErrorReply,
     },
+    /// A subscribed model was downloaded into the store for the first time.
+    Downloaded {
+        model: ModelId,
+    },
     /// Background sync of stored models: `done` of `total` are in sync with the server.
     SyncProgress {
         done: usize,
@@ -208,6 +212,9 @@ pub struct ClientEngine {
     /// the tombstone until it is durable (the server hears of it only then).
     tombstones: BTreeMap<ModelId, (CollectionId, Option<BatchId>)>,
     delete_requests: BTreeMap<RequestId, ModelId>,
+    /// The offline subscription set, with the version the store holds (`None`: not
+    /// downloaded yet).
+    subscriptions: BTreeMap<ModelId, Option<u64>>,
     next_batch: u64,
     effects: BTreeMap<BatchId, BatchEffect>,
     storage: VecDeque<StorageBatch>,
@@ -234,6 +241,7 @@ impl ClientEngine {
             create_requests: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             delete_requests: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
             next_batch: 1,
             effects: BTreeMap::new(),
             storage: VecDeque::new(),
@@ -379,6 +387,16 @@ impl ClientEngine {
         self.connected = true;
         self.events.push_back(Event::Online);
         self.add_tombstones(stored_tombstones);
+        if !self.subscriptions.is_empty() {
+            let subscribe = self.known_models(self.subscriptions.keys().cloned().collect());
+            let request = ClientRequest::SubscribeOffline {
+                subscribe,
+                unsubscribe: Vec::new(),
+                replace: true,
+            };
+            let id = self.request_id();
+            self.transmit.push_back(ClientMessage::Request { id, request });
+        }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
             self.attach(&model);
@@ -625,10 +643,112 @@ impl ClientEngine {
                     self.pump(&model);
                 }
             }
+            ServerPush::OfflineUpdate { model, update } => self.offline_update(model, update),
             ServerPush::ModelForceClosed { model, code, message } => {
                 self.gone(&model, ErrorReply::new(code, message));
             }
             _ => {}
+        }
+    }
+
+    /// Tells a restarted engine the stored subscription set, each model with the version
+    /// the store holds (`None`: not downloaded yet).
+    pub fn add_subscriptions(&mut self, stored: Vec<(ModelId, Option<u64>)>) {
+        self.subscriptions.extend(stored);
+    }
+
+    /// Adds models to the offline subscription set: the server brings each into the store
+    /// and keeps it current while connected. `stored` gives the version the store holds of
+    /// each (`None`: not downloaded).
+    pub fn subscribe(&mut self, models: Vec<(ModelId, Option<u64>)>) {
+        let mut added = Vec::new();
+        for (model, version) in models {
+            if self.tombstones.contains_key(&model) {
+                continue;
+            }
+            if self.subscriptions.insert(model.clone(), version).is_none() {
+                self.queue_batch(&model, vec![StoreChange::Subscribe], None, None);
+                added.push(model);
+            }
+        }
+        if self.connected && !added.is_empty() {
+            let subscribe = self.known_models(added);
+            let request = ClientRequest::SubscribeOffline {
+                subscribe,
+                unsubscribe: Vec::new(),
+                replace: false,
+            };
+            let id = self.request_id();
+            self.transmit.push_back(ClientMessage::Request { id, request });
+        }
+    }
+
+    /// Removes models from the offline subscription set; what the store holds stays.
+    pub fn unsubscribe(&mut self, models: Vec<ModelId>) {
+        let removed: Vec<ModelId> =
+            models.into_iter().filter(|m| self.subscriptions.remove(m).is_some()).collect();
+        for model in &removed {
+            self.queue_batch(model, vec![StoreChange::Unsubscribe], None, None);
+        }
+        if self.connected && !removed.is_empty() {
+            let request = ClientRequest::SubscribeOffline {
+                subscribe: Vec::new(),
+                unsubscribe: removed,
+                replace: false,
+            };
+            let id = self.request_id();
+            self.transmit.push_back(ClientMessage::Request { id, request });
+        }
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &ModelId> {
+        self.subscriptions.keys()
+    }
+
+    fn known_models(&self, models: Vec<ModelId>) -> Vec<KnownModel> {
+        models
+            .into_iter()
+            .map(|model| {
+                // A loaded model is further along than the store's version, never behind.
+                let loaded = self.models.get(&model).map(|m| m.replica.confirmed_version());
+                let version = loaded.or(self.subscriptions.get(&model).copied().flatten());
+                KnownModel { model, version }
+            })
+            .collect()
+    }
+
+    /// Catch-up or a live update of a subscribed model. A loaded model ignores it (it syncs
+    /// itself); a stored one is loaded a few at a time, resynced and released, so that its
+    /// pending changes are transformed as for any reconnection; one never downloaded is
+    /// stored from the snapshot.
+    fn offline_update(&mut self, model: ModelId, update: OfflineUpdate) {
+        let Some(known) = self.subscriptions.get(&model).copied() else { return };
+        if self.tombstones.contains_key(&model) {
+            return;
+        }
+        match update {
+            OfflineUpdate::Deleted | OfflineUpdate::PermissionRevoked => {
+                self.subscriptions.remove(&model);
+                self.queue_batch(&model, vec![StoreChange::Unsubscribe], None, None);
+                let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no longer available");
+                self.events.push_back(Event::ModelGone { model, error });
+            }
+            _ if self.models.contains_key(&model) => {}
+            OfflineUpdate::Snapshot { snapshot, .. } if known.is_none() => {
+                self.subscriptions.insert(model.clone(), Some(snapshot.version));
+                self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
+                self.events.push_back(Event::Downloaded { model });
+            }
+            OfflineUpdate::Operations { .. } | OfflineUpdate::Snapshot { .. } => {
+                if known.is_some()
+                    && !self.sync_waiting.contains(&model)
+                    && !self.loads.contains(&model)
+                {
+                    self.sync_waiting.push_back(model);
+                    self.sync_total += 1;
+                    self.load_more();
+                }
+            }
         }
     }
 
@@ -664,8 +784,11 @@ impl ClientEngine {
             self.count_synced();
         }
         let batch = self.next_batch_id();
-        let change = StoreChange::MarkDeleted { collection: collection.clone() };
-        self.queue_batch(&model, vec![change], None, None);
+        let mut changes = vec![StoreChange::MarkDeleted { collection: collection.clone() }];
+        if self.subscriptions.remove(&model).is_some() {
+            changes.push(StoreChange::Unsubscribe);
+        }
+        self.queue_batch(&model, changes, None, None);
         self.tombstones.insert(model, (collection, Some(batch)));
     }
 

@@ -66,6 +66,12 @@ pub enum StoreChange {
     Undelete { collection: concord_protocol::CollectionId },
     /// The server confirmed the deletion: everything of the model goes.
     Forget,
+    /// A subscribed model downloaded for the first time.
+    Downloaded { snapshot: ModelSnapshot },
+    /// The model joins the offline subscription set.
+    Subscribe,
+    /// The model leaves the offline subscription set.
+    Unsubscribe,
 }
 
 /// A server message that does not fit the replica's state: a protocol violation.

@@ -73,6 +73,15 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                     Mutation::PutModel(ModelRecord::new(model, collection))
                 }
                 StoreChange::Forget => Mutation::DeleteModel(model),
+                StoreChange::Downloaded { snapshot } => {
+                    let record = ModelRecord::new(model.clone(), snapshot.collection.clone());
+                    return vec![
+                        Mutation::PutModel(record),
+                        Mutation::PutSnapshot { model, snapshot: to_stored(&snapshot) },
+                    ];
+                }
+                StoreChange::Subscribe => Mutation::Subscribe(vec![model]),
+                StoreChange::Unsubscribe => Mutation::Unsubscribe(vec![model]),
             };
             vec![one]
         })

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use concord_ot::{IdGenerator, ReplicaId};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
-    ErrorReply, ModelId, ModelSnapshot, Permissions, ServerMessage, ServerPush, ServerResponse,
-    SessionId, Timestamp,
+    ErrorReply, ModelId, ModelSnapshot, OfflineUpdate, Permissions, ServerMessage, ServerPush,
+    ServerResponse, SessionId, Timestamp,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
@@ -62,6 +62,8 @@ pub struct Stats {
     pub resyncs: usize,
     pub models_created: usize,
     pub models_deleted: usize,
+    pub subscriptions: usize,
+    pub downloads: usize,
     pub creations_refused: usize,
 }
 
@@ -75,6 +77,8 @@ impl Stats {
         self.resyncs += other.resyncs;
         self.models_created += other.models_created;
         self.models_deleted += other.models_deleted;
+        self.subscriptions += other.subscriptions;
+        self.downloads += other.downloads;
         self.creations_refused += other.creations_refused;
     }
 }
@@ -105,7 +109,7 @@ struct Client {
     /// Every model the client's store holds.
     model_ids: Vec<ModelId>,
     /// Batches on their way to durability, with the id counter to persist.
-    queue: VecDeque<(StorageBatch, u64)>,
+    queue: VecDeque<(StorageBatch, Option<u64>)>,
     connection: Option<u64>,
     epochs: u64,
     to_server: VecDeque<(u64, ClientMessage)>,
@@ -127,6 +131,8 @@ struct Server {
     nonces: BTreeMap<ModelId, CreationNonce>,
     /// Deleted ids; this server never reuses them.
     deleted: BTreeSet<ModelId>,
+    /// Per client: the offline subscription set of its current connection.
+    subscribed: Vec<BTreeSet<ModelId>>,
 }
 
 /// Runs one scenario.
@@ -218,6 +224,7 @@ impl Sim {
             committed: BTreeSet::new(),
             nonces: BTreeMap::new(),
             deleted: BTreeSet::new(),
+            subscribed: vec![BTreeSet::new(); config.clients],
         };
         Ok(Sim { rng, config, server, clients, stats: Stats::default(), now: 0, trace: None })
     }
@@ -247,6 +254,7 @@ impl Sim {
                 85..=89 => self.close_or_open(i)?,
                 90..=91 => self.create(i)?,
                 92 => self.delete(i)?,
+                93..=94 => self.subscribe(i)?,
                 _ => self.crash_or_restart(i)?,
             }
         }
@@ -304,6 +312,15 @@ impl Sim {
         for client in &self.clients {
             let engine = client.engine.as_ref().expect("restarted");
             let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
+            for model in engine.subscriptions() {
+                let stored = summaries.iter().any(|m| m.record.id == *model);
+                if self.server.models.contains_key(model) && !stored {
+                    return Err(format!(
+                        "replica {:?}: subscribed {model} was never downloaded",
+                        client.replica
+                    ));
+                }
+            }
             if let Some(tombstone) = summaries.iter().find(|m| m.record.deleted_locally) {
                 return Err(format!(
                     "replica {:?}: the deletion of {} was never confirmed",
@@ -400,6 +417,30 @@ impl Sim {
         client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
         client.model_ids.push(model);
         self.stats.models_created += 1;
+        self.drain(i)
+    }
+
+    /// Subscribes to a model the client does not have yet.
+    fn subscribe(&mut self, i: usize) -> Result<(), String> {
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else { return Ok(()) };
+        let stored = block_on(client.store.models()).map_err(|e| e.to_string())?;
+        let candidates: Vec<&ModelId> = self
+            .server
+            .models
+            .keys()
+            .filter(|m| !stored.iter().any(|s| s.record.id == **m) && !client.model_ids.contains(m))
+            .filter(|m| engine.subscriptions().all(|s| s != *m))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let model = candidates[self.rng.below(candidates.len())].clone();
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!("  client {i} subscribes to {model}"));
+        }
+        engine.subscribe(vec![(model, None)]);
+        self.stats.subscriptions += 1;
         self.drain(i)
     }
 
@@ -506,7 +547,7 @@ impl Sim {
             return Ok(());
         };
         while let Some(batch) = engine.poll_storage() {
-            let counter = client.ids[&batch.model].next_counter();
+            let counter = client.ids.get(&batch.model).map(IdGenerator::next_counter);
             client.queue.push_back((batch, counter));
         }
         while let Some(message) = engine.poll_transmit() {
@@ -529,6 +570,11 @@ impl Sim {
                 }
                 Event::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
+                }
+                Event::Downloaded { model } => {
+                    client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
+                    client.model_ids.push(model);
+                    self.stats.downloads += 1;
                 }
                 Event::DeletionRefused { model, error } => {
                     return Err(format!("{model}: deletion refused: {error}"));
@@ -558,9 +604,10 @@ impl Sim {
                 *max = (*max).max(p.seq);
             }
         }
-        let forget = batch.changes.contains(&StoreChange::Forget);
+        // Ids are minted by local edits: their batches carry the counter.
+        let edits = batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
         let mut mutations = store::mutations(&batch.model, batch.changes);
-        if !forget {
+        if let (true, Some(counter)) = (edits, counter) {
             let advance =
                 Mutation::AdvanceElementCounter { model: batch.model.clone(), next: counter };
             mutations.push(advance);
@@ -582,6 +629,7 @@ impl Sim {
         client.connection = Some(client.epochs);
         client.to_client.clear();
         self.server.connections[i] = Some((client.epochs, BTreeSet::new()));
+        self.server.subscribed[i].clear();
         self.stats.resyncs += 1;
         let loaded: BTreeSet<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
@@ -655,6 +703,16 @@ impl Sim {
             .map(|m| (m.record.id.clone(), m.record.collection.clone()))
             .collect();
         engine.add_tombstones(tombstones);
+        let subscriptions = block_on(client.store.subscriptions()).map_err(|e| e.to_string())?;
+        let subscriptions = subscriptions
+            .into_iter()
+            .map(|model| {
+                let stored = summaries.iter().find(|s| s.record.id == model);
+                let version = stored.and_then(|s| s.confirmed_version);
+                (model, version)
+            })
+            .collect();
+        engine.add_subscriptions(subscriptions);
         client.model_ids = summaries
             .into_iter()
             .filter(|m| !m.record.deleted_locally)
@@ -805,10 +863,58 @@ impl Sim {
                     self.clients[i].to_client.push_back(response);
                 }
             }
+            ClientMessage::Request {
+                id,
+                request: ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace },
+            } => {
+                if current != Some(connection) {
+                    return Ok(());
+                }
+                let client = &mut self.clients[i];
+                if replace {
+                    self.server.subscribed[i].clear();
+                }
+                for model in unsubscribe {
+                    self.server.subscribed[i].remove(&model);
+                }
+                let done = ServerResponse::Done;
+                client.to_client.push_back(ServerMessage::Response { to: id, response: done });
+                for known in subscribe {
+                    let update = match self.server.models.get(&known.model) {
+                        None => OfflineUpdate::Deleted,
+                        Some(sequencer) => match known.version {
+                            Some(version) if version >= sequencer.version() => continue,
+                            Some(version) if sequencer.version() - version <= 5 => {
+                                let operations = sequencer
+                                    .operations_since(version)
+                                    .map_err(|e| format!("catch-up: {e}"))?
+                                    .to_vec();
+                                OfflineUpdate::Operations { operations, more: false }
+                            }
+                            _ => OfflineUpdate::Snapshot {
+                                snapshot: sequencer.snapshot(),
+                                permissions: Permissions::ALL,
+                            },
+                        },
+                    };
+                    if update != OfflineUpdate::Deleted {
+                        self.server.subscribed[i].insert(known.model.clone());
+                    }
+                    let push = ServerPush::OfflineUpdate { model: known.model, update };
+                    client.to_client.push_back(ServerMessage::Push(push));
+                }
+            }
             ClientMessage::Request { id, request: ClientRequest::DeleteModel { model } } => {
                 let response = if self.server.models.remove(&model).is_some() {
                     self.server.deleted.insert(model.clone());
                     self.stats.models_deleted += 1;
+                    for (j, subscribed) in self.server.subscribed.iter_mut().enumerate() {
+                        if subscribed.remove(&model) {
+                            let update = OfflineUpdate::Deleted;
+                            let push = ServerPush::OfflineUpdate { model: model.clone(), update };
+                            self.clients[j].to_client.push_back(ServerMessage::Push(push));
+                        }
+                    }
                     for (j, connection) in self.server.connections.iter_mut().enumerate() {
                         if let Some((_, open)) = connection
                             && open.remove(&model)
@@ -880,6 +986,17 @@ impl Sim {
                                 .as_ref()
                                 .is_some_and(|(_, open)| open.contains(&model));
                             if !open {
+                                // Subscribers that do not have it open hear of it offline.
+                                let connected = self.server.connections[j].is_some();
+                                if connected && self.server.subscribed[j].contains(&model) {
+                                    let update = OfflineUpdate::Operations {
+                                        operations: vec![record.operation.clone()],
+                                        more: false,
+                                    };
+                                    let push =
+                                        ServerPush::OfflineUpdate { model: model.clone(), update };
+                                    other.to_client.push_back(ServerMessage::Push(push));
+                                }
                                 continue;
                             }
                             let push = if j == i {
