@@ -72,6 +72,14 @@ pub enum Event {
         operation: Operation,
         applied: Vec<Applied>,
     },
+    /// The model had no unacknowledged local changes and now has one.
+    Modified {
+        model: ModelId,
+    },
+    /// Every local change of the model is acknowledged.
+    Committed {
+        model: ModelId,
+    },
     /// Local changes up to `seq` are durable in the store.
     Stored {
         model: ModelId,
@@ -367,8 +375,12 @@ impl ClientEngine {
     ) -> Result<(u64, Vec<Applied>), EngineError> {
         let entry =
             self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
+        let was_committed = !entry.replica.has_unacknowledged();
         let (seq, applied, change) = entry.replica.local_change(operation)?;
         self.queue_batch(model, vec![change], Some(seq), None);
+        if was_committed {
+            self.events.push_back(Event::Modified { model: model.clone() });
+        }
         Ok((seq, applied))
     }
 
@@ -598,6 +610,10 @@ impl ClientEngine {
                             seq,
                             version,
                         });
+                        if self.models.get(&model).is_some_and(|m| !m.replica.has_unacknowledged())
+                        {
+                            self.events.push_back(Event::Committed { model: model.clone() });
+                        }
                     }
                     self.after_server_change(&model, changes);
                 }
@@ -832,6 +848,14 @@ impl ClientEngine {
             return false;
         };
         match entry.replica.remote(operation) {
+            Ok((None, changes)) => {
+                // The replay held our own submission: that was its ack.
+                if !entry.replica.has_unacknowledged() {
+                    self.events.push_back(Event::Committed { model: model.clone() });
+                }
+                self.after_server_change(model, changes);
+                true
+            }
             Ok((applied, changes)) => {
                 if let Some(applied) = applied {
                     self.events.push_back(Event::RemoteOperation {

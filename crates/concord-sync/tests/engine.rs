@@ -1,0 +1,101 @@
+//! The client engine driven by hand against a sequencer: the polling order, durability
+//! before sending, and the events an application hears.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use concord_ot::{
+    DiscreteOperation, Document, IdGenerator, OperationKind, PathSegment, ReplicaId, Value,
+};
+use concord_protocol::{
+    ClientMessage, ClientNotice, CollectionId, ModelId, ModelSnapshot, ServerMessage, ServerPush,
+    SessionId, Timestamp,
+};
+use concord_sync::{
+    ClientEngine, EngineConfig, Event, ModelReplica, Sequencer, StoreChange, Submission,
+    SubmitOutcome,
+};
+use serde_json::json;
+
+#[test]
+fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
+    let mut ids = IdGenerator::new(ReplicaId(0), 0);
+    let data = Document::new(Value::from_json(&json!({"n": 1}), &mut ids)?)?;
+    let snapshot = ModelSnapshot {
+        collection: CollectionId::new("c")?,
+        version: 0,
+        created_at: Timestamp(0),
+        modified_at: Timestamp(0),
+        data: data.clone(),
+    };
+    let model = ModelId::new("m")?;
+    let mut server = Sequencer::new(model.clone(), snapshot.clone(), BTreeMap::new(), 10);
+    let mut engine = ClientEngine::new(ReplicaId(1), EngineConfig::default());
+    engine.add_model(model.clone(), ModelReplica::new(snapshot))?;
+
+    // Connected, and the resync finds nothing missed.
+    engine.handle_connected(Vec::new(), Vec::new());
+    let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit() else { panic!("resync") };
+    engine.handle_message(ServerMessage::Response {
+        to: id,
+        response: concord_protocol::ServerResponse::ResyncStarted {
+            model: model.clone(),
+            current_version: 0,
+            in_flight_committed: None,
+            permissions: concord_protocol::Permissions::ALL,
+        },
+    });
+    let last_page = ServerPush::ResyncPage { model: model.clone(), operations: vec![], last: true };
+    engine.handle_message(ServerMessage::Push(last_page));
+    while engine.poll_transmit().is_some() {}
+    while engine.poll_event().is_some() {}
+
+    let n = data.element_at(&[PathSegment::Key("n".into())]).unwrap();
+    let delta = DiscreteOperation::new(n, OperationKind::NumberDelta { delta: 2.0 });
+    let (seq, _) = engine.local_change(&model, delta.into())?;
+    assert_eq!(engine.poll_event(), Some(Event::Modified { model: model.clone() }));
+    let batch = engine.poll_storage().expect("the change is stored first");
+    assert!(matches!(batch.changes[..], [StoreChange::AppendPending(_)]));
+    assert!(engine.poll_transmit().is_none(), "nothing leaves before the store is durable");
+
+    engine.handle_durable(batch.id);
+    let boundary = engine.poll_storage().expect("then the in-flight boundary");
+    assert_eq!(boundary.changes, vec![StoreChange::SetInFlight(Some(seq))]);
+    assert!(engine.poll_transmit().is_none(), "nor before the boundary is");
+    engine.handle_durable(boundary.id);
+    let Some(ClientMessage::Notice(ClientNotice::Submit {
+        seq: sent,
+        base_version,
+        operation,
+        ..
+    })) = engine.poll_transmit()
+    else {
+        panic!("the submission goes out")
+    };
+    assert_eq!(sent, seq);
+
+    let submission = Submission {
+        author: SessionId("s1".into()),
+        replica: ReplicaId(1),
+        seq,
+        base_version,
+        operation,
+    };
+    let SubmitOutcome::Committed(record) = server.submit(submission, Timestamp(5))? else {
+        panic!("commits")
+    };
+    let ack = ServerPush::Ack {
+        model: model.clone(),
+        seq,
+        version: record.operation.version,
+        timestamp: Timestamp(5),
+    };
+    engine.handle_message(ServerMessage::Push(ack));
+    let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
+    assert!(events.contains(&Event::Stored { model: model.clone(), seq }));
+    assert!(events.contains(&Event::Acknowledged { model: model.clone(), seq, version: 1 }));
+    assert!(events.contains(&Event::Committed { model: model.clone() }));
+    assert!(engine.is_settled(&model));
+    assert_eq!(engine.model(&model).unwrap().local(), server.document());
+    Ok(())
+}
