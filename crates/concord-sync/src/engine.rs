@@ -152,7 +152,8 @@ pub enum Event {
     },
     Online,
     Offline,
-    /// The server broke the protocol for this model; it stays offline until reconnection.
+    /// The server broke the protocol for this model. It left memory: once its queued
+    /// batches are durable, reload it from the store (`add_model`) to try again.
     ProtocolViolation {
         model: ModelId,
         error: String,
@@ -905,9 +906,16 @@ impl ClientEngine {
         self.pump(model);
     }
 
+    /// The server broke the protocol for `model`. Its replica may have been changed half-way,
+    /// so it leaves memory (and the server); the store, changed only by whole batches, still
+    /// holds a consistent state to reload it from.
     fn violation(&mut self, model: &ModelId, error: String) {
-        if let Some(entry) = self.models.get_mut(model) {
-            entry.link = Link::Offline;
+        if let Some(entry) = self.models.remove(model) {
+            self.close_at_server(model);
+            if entry.background {
+                self.count_synced();
+                self.load_more();
+            }
         }
         self.events.push_back(Event::ProtocolViolation { model: model.clone(), error });
     }

@@ -99,3 +99,50 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
     assert_eq!(engine.model(&model).unwrap().local(), server.document());
     Ok(())
 }
+
+#[test]
+fn a_protocol_violation_releases_the_model_for_a_reload_from_the_store() -> Result<()> {
+    let mut ids = IdGenerator::new(ReplicaId(0), 0);
+    let data = Document::new(Value::from_json(&json!({"n": 1}), &mut ids)?)?;
+    let snapshot = ModelSnapshot {
+        collection: CollectionId::new("c")?,
+        version: 0,
+        created_at: Timestamp(0),
+        modified_at: Timestamp(0),
+        data: data.clone(),
+    };
+    let model = ModelId::new("m")?;
+    let mut engine = ClientEngine::new(ReplicaId(1), EngineConfig::default());
+    engine.add_model(model.clone(), ModelReplica::new(snapshot))?;
+    engine.handle_connected(Vec::new(), Vec::new());
+    let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit() else { panic!("resync") };
+    engine.handle_message(ServerMessage::Response {
+        to: id,
+        response: concord_protocol::ServerResponse::ResyncStarted {
+            model: model.clone(),
+            current_version: 5,
+            in_flight_committed: None,
+            permissions: concord_protocol::Permissions::ALL,
+        },
+    });
+    // The replay skips versions 1..=4: the server broke the protocol.
+    let n = data.element_at(&[PathSegment::Key("n".into())]).unwrap();
+    let operation = concord_protocol::CommittedOperation {
+        version: 5,
+        author: SessionId("s2".into()),
+        timestamp: Timestamp(1),
+        operation: DiscreteOperation::new(n, OperationKind::NumberSet { value: 3.0 }).into(),
+    };
+    let page =
+        ServerPush::ResyncPage { model: model.clone(), operations: vec![operation], last: true };
+    engine.handle_message(ServerMessage::Push(page));
+    let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::ProtocolViolation { model: m, .. } if *m == model))
+    );
+    assert!(engine.model(&model).is_none(), "released, to be reloaded from the store");
+    assert!(engine.poll_storage().is_none(), "nothing half-applied reaches the store");
+    Ok(())
+}
