@@ -939,6 +939,10 @@ impl ClientEngine {
         }
         let snapshot =
             ModelSnapshot { collection, version: 0, created_at: now, modified_at: now, data };
+        // Subscribed to this id but never downloaded: the store now holds this model at 0.
+        if let Some(known @ None) = self.subscriptions.get_mut(&model) {
+            *known = Some(0);
+        }
         let batch = self.next_batch_id();
         let created = StoreChange::Created { snapshot: snapshot.clone(), nonce };
         self.queue_batch(&model, vec![created], None, None);

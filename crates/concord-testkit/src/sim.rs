@@ -415,6 +415,8 @@ impl Sim {
             Err(e) => return Err(e.to_string()),
         }
         client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
+        // A new model under an id this client may have had before: its own history.
+        client.max_durable_seq.remove(&model);
         client.model_ids.push(model);
         self.stats.models_created += 1;
         self.drain(i)
@@ -851,6 +853,7 @@ impl Sim {
                             Sequencer::new(model.clone(), snapshot, BTreeMap::new(), 100_000);
                         self.server.models.insert(model.clone(), sequencer);
                         self.server.nonces.insert(model.clone(), nonce);
+                        self.server.committed.retain(|(m, _, _)| *m != model);
                         let response = ServerResponse::ModelCreated {
                             model,
                             version: 0,
