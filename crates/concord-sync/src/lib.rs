@@ -4,7 +4,9 @@
 //!
 //! It does no I/O, reads no clock and draws no randomness: callers pass in what arrived
 //! (server messages, local changes, storage completions, the time) and carry out what comes
-//! back (messages to send, store changes to commit). The client's in-flight operation,
+//! back (messages to send, store changes to commit). It keeps no timers: reconnect backoff,
+//! heartbeats and request timeouts belong to the driver that owns the connection. The
+//! client's in-flight operation,
 //! transformed against remote operations as they arrive, equals the operation the server
 //! committed for it, so acks carry no operation.
 
