@@ -575,6 +575,7 @@ impl Sim {
                 }
                 Event::Downloaded { model } => {
                     client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
+                    client.max_durable_seq.remove(&model);
                     client.model_ids.push(model);
                     self.stats.downloads += 1;
                 }
