@@ -17,8 +17,9 @@ use concord_sync::{
 };
 use serde_json::json;
 
-#[test]
-fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
+/// A model `{"n": 1}` at version 0, loaded in a connected engine whose resync request was
+/// answered with `ResyncStarted { current_version }`.
+fn engine_resyncing(current_version: u64) -> Result<(ClientEngine, ModelId, ModelSnapshot)> {
     let mut ids = IdGenerator::new(ReplicaId(0), 0);
     let data = Document::new(Value::from_json(&json!({"n": 1}), &mut ids)?)?;
     let snapshot = ModelSnapshot {
@@ -26,25 +27,31 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
         version: 0,
         created_at: Timestamp(0),
         modified_at: Timestamp(0),
-        data: data.clone(),
+        data,
     };
     let model = ModelId::new("m")?;
-    let mut server = Sequencer::new(model.clone(), snapshot.clone(), BTreeMap::new(), 10);
     let mut engine = ClientEngine::new(ReplicaId(1), EngineConfig::default());
-    engine.add_model(model.clone(), ModelReplica::new(snapshot))?;
-
-    // Connected, and the resync finds nothing missed.
+    engine.add_model(model.clone(), ModelReplica::new(snapshot.clone()))?;
     engine.handle_connected(Vec::new(), Vec::new());
     let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit() else { panic!("resync") };
     engine.handle_message(ServerMessage::Response {
         to: id,
         response: concord_protocol::ServerResponse::ResyncStarted {
             model: model.clone(),
-            current_version: 0,
+            current_version,
             in_flight_committed: None,
             permissions: concord_protocol::Permissions::ALL,
         },
     });
+    Ok((engine, model, snapshot))
+}
+
+#[test]
+fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
+    let (mut engine, model, snapshot) = engine_resyncing(0)?;
+    let data = snapshot.data.clone();
+    let mut server = Sequencer::new(model.clone(), snapshot, BTreeMap::new(), 10);
+    // The resync finds nothing missed.
     let last_page = ServerPush::ResyncPage { model: model.clone(), operations: vec![], last: true };
     engine.handle_message(ServerMessage::Push(last_page));
     while engine.poll_transmit().is_some() {}
@@ -102,29 +109,8 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
 
 #[test]
 fn a_protocol_violation_releases_the_model_for_a_reload_from_the_store() -> Result<()> {
-    let mut ids = IdGenerator::new(ReplicaId(0), 0);
-    let data = Document::new(Value::from_json(&json!({"n": 1}), &mut ids)?)?;
-    let snapshot = ModelSnapshot {
-        collection: CollectionId::new("c")?,
-        version: 0,
-        created_at: Timestamp(0),
-        modified_at: Timestamp(0),
-        data: data.clone(),
-    };
-    let model = ModelId::new("m")?;
-    let mut engine = ClientEngine::new(ReplicaId(1), EngineConfig::default());
-    engine.add_model(model.clone(), ModelReplica::new(snapshot))?;
-    engine.handle_connected(Vec::new(), Vec::new());
-    let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit() else { panic!("resync") };
-    engine.handle_message(ServerMessage::Response {
-        to: id,
-        response: concord_protocol::ServerResponse::ResyncStarted {
-            model: model.clone(),
-            current_version: 5,
-            in_flight_committed: None,
-            permissions: concord_protocol::Permissions::ALL,
-        },
-    });
+    let (mut engine, model, snapshot) = engine_resyncing(5)?;
+    let data = snapshot.data;
     // The replay skips versions 1..=4: the server broke the protocol.
     let n = data.element_at(&[PathSegment::Key("n".into())]).unwrap();
     let operation = concord_protocol::CommittedOperation {
