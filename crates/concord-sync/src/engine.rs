@@ -347,9 +347,7 @@ impl ClientEngine {
     fn close_at_server(&mut self, model: &ModelId) {
         self.resync_requests.retain(|_, m| m != model);
         if self.connected {
-            let id = self.request_id();
-            let request = ClientRequest::CloseModel { model: model.clone() };
-            self.transmit.push_back(ClientMessage::Request { id, request });
+            self.send(ClientRequest::CloseModel { model: model.clone() });
         }
     }
 
@@ -407,8 +405,7 @@ impl ClientEngine {
                 unsubscribe: Vec::new(),
                 replace: true,
             };
-            let id = self.request_id();
-            self.transmit.push_back(ClientMessage::Request { id, request });
+            self.send(request);
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
@@ -653,9 +650,7 @@ impl ClientEngine {
                     entry.link = Link::Live;
                     // A model synced in the background is not kept open at the server.
                     let open = !entry.background;
-                    let id = self.request_id();
-                    let request = ClientRequest::ResyncComplete { model: model.clone(), open };
-                    self.transmit.push_back(ClientMessage::Request { id, request });
+                    self.send(ClientRequest::ResyncComplete { model: model.clone(), open });
                     self.events.push_back(Event::ResyncCompleted { model: model.clone() });
                     self.pump(&model);
                 }
@@ -695,8 +690,7 @@ impl ClientEngine {
                 unsubscribe: Vec::new(),
                 replace: false,
             };
-            let id = self.request_id();
-            self.transmit.push_back(ClientMessage::Request { id, request });
+            self.send(request);
         }
     }
 
@@ -713,8 +707,7 @@ impl ClientEngine {
                 unsubscribe: removed,
                 replace: false,
             };
-            let id = self.request_id();
-            self.transmit.push_back(ClientMessage::Request { id, request });
+            self.send(request);
         }
     }
 
@@ -813,10 +806,8 @@ impl ClientEngine {
         if self.delete_requests.values().any(|m| m == model) {
             return;
         }
-        let id = self.request_id();
+        let id = self.send(ClientRequest::DeleteModel { model: model.clone() });
         self.delete_requests.insert(id, model.clone());
-        let request = ClientRequest::DeleteModel { model: model.clone() };
-        self.transmit.push_back(ClientMessage::Request { id, request });
     }
 
     fn deletion_confirmed(&mut self, model: ModelId) {
@@ -987,9 +978,8 @@ impl ClientEngine {
             nonce,
             permissions: None,
         };
-        let id = self.request_id();
+        let id = self.send(request);
         self.create_requests.insert(id, model.clone());
-        self.transmit.push_back(ClientMessage::Request { id, request });
     }
 
     fn start_resync(&mut self, model: &ModelId) {
@@ -1001,10 +991,9 @@ impl ClientEngine {
         let in_flight =
             entry.replica.in_flight_seq().map(|seq| InFlight { replica: self.replica_id, seq });
         let known_version = entry.replica.confirmed_version();
-        let id = self.request_id();
+        let id =
+            self.send(ClientRequest::Resync { model: model.clone(), known_version, in_flight });
         self.resync_requests.insert(id, model.clone());
-        let request = ClientRequest::Resync { model: model.clone(), known_version, in_flight };
-        self.transmit.push_back(ClientMessage::Request { id, request });
         self.events.push_back(Event::ResyncStarted { model: model.clone() });
     }
 
@@ -1063,9 +1052,11 @@ impl ClientEngine {
         self.storage.push_back(StorageBatch { id, model: model.clone(), changes });
     }
 
-    fn request_id(&mut self) -> RequestId {
+    /// Queues a request with a fresh id, and returns the id.
+    fn send(&mut self, request: ClientRequest) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;
+        self.transmit.push_back(ClientMessage::Request { id, request });
         id
     }
 
