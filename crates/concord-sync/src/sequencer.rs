@@ -59,6 +59,9 @@ pub enum SequencerError {
     HistoryUnavailable { from: u64, oldest: u64 },
     #[error("the operation does not apply: {0}")]
     Invalid(#[from] ApplyError),
+    /// A replayed operation is not the model's next version.
+    #[error("replayed version {found}, expected {expected}")]
+    OutOfOrder { expected: u64, found: u64 },
 }
 
 /// One model's ordering authority.
@@ -165,6 +168,24 @@ impl Sequencer {
             replica: submission.replica,
             seq: submission.seq,
         }))
+    }
+
+    /// Re-applies an operation this model committed before (the server rebuilding it from
+    /// its store: snapshot, then the operations after it). It must be the next version; the
+    /// per-replica seqs come with [`Sequencer::new`], so they are not touched.
+    pub fn replay(&mut self, committed: CommittedOperation) -> Result<(), SequencerError> {
+        let expected = self.version + 1;
+        if committed.version != expected {
+            return Err(SequencerError::OutOfOrder { expected, found: committed.version });
+        }
+        self.document.apply(&committed.operation)?;
+        self.version = committed.version;
+        self.modified_at = committed.timestamp;
+        self.history.push(committed);
+        if self.history.len() >= 2 * self.history_limit {
+            self.trim_history();
+        }
+        Ok(())
     }
 
     fn record(&mut self, committed: CommittedOperation, replica: ReplicaId, seq: u64) {

@@ -2,10 +2,15 @@
 //! operations ([`generate`]), a seeded PRNG ([`SimRng`]), and a simulation of one server and
 //! many clients over an in-memory network on simulated time ([`sim`]).
 //!
-//! It is test code: nothing here is part of Concord's API, and nothing in it does I/O.
+//! With the `wire` feature it also has [`wire::WireClient`], a protocol-level WebSocket
+//! client for tests and tools that talk to a real server.
+//!
+//! It is test code: nothing here is part of Concord's API. Only `wire` does I/O.
 
 pub mod generate;
 mod rng;
 pub mod sim;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use rng::SimRng;

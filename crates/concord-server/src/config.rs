@@ -1,0 +1,150 @@
+//! What a server is told at start: where to listen and store, how to authenticate, and the
+//! limits it enforces on each connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use concord_protocol::{CollectionId, Permissions, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Everything `Server::bind` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free one (`Server::local_addr` tells which).
+    pub bind: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    pub data_dir: PathBuf,
+    pub auth: AuthConfig,
+    pub limits: ConnectionLimits,
+    /// Collections known before any client creates a model in them; others are created on
+    /// demand with [`CollectionConfig::default`] when `auto_create_collections` is set.
+    pub collections: BTreeMap<CollectionId, CollectionConfig>,
+    pub auto_create_collections: bool,
+    /// A model nobody has open or subscribed is unloaded from memory after this long.
+    pub idle_unload: Duration,
+    /// Committed operations each loaded model keeps in memory for transforms and resyncs;
+    /// older ones are read from the store.
+    pub history_in_memory: usize,
+    /// A snapshot is written every this many operations, so loading replays at most this many.
+    pub snapshot_every: u64,
+}
+
+impl ServerConfig {
+    /// Listens on `bind`, stores under `data_dir`, authenticates with `auth`; defaults for
+    /// the rest.
+    pub fn new(bind: SocketAddr, data_dir: impl Into<PathBuf>, auth: AuthConfig) -> ServerConfig {
+        ServerConfig {
+            bind,
+            data_dir: data_dir.into(),
+            auth,
+            limits: ConnectionLimits::default(),
+            collections: BTreeMap::new(),
+            auto_create_collections: true,
+            idle_unload: Duration::from_secs(30),
+            history_in_memory: 1_000,
+            snapshot_every: 1_000,
+        }
+    }
+}
+
+/// How connections prove who they are.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Verifies client JWTs; `None` accepts no JWT.
+    pub jwt: Option<JwtConfig>,
+    /// Whether `Auth::Anonymous` is accepted.
+    pub allow_anonymous: bool,
+    /// Signs reconnect tokens (kept by the server, for example in its data dir).
+    pub reconnect_secret: Vec<u8>,
+    /// How long a reconnect token stays valid; each use issues a fresh one.
+    pub reconnect_ttl: Duration,
+}
+
+/// How client JWTs are verified: `sub` is the user, `exp` is required.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub key: JwtKey,
+    /// When set, the token's `aud` must contain it.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Clone)]
+pub enum JwtKey {
+    /// A shared HS256 secret.
+    Hs256(Vec<u8>),
+    /// An RS256 public key, PEM-encoded.
+    Rs256PublicPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hs256(_) => f.write_str("Hs256(..)"),
+            JwtKey::Rs256PublicPem(_) => f.write_str("Rs256PublicPem(..)"),
+        }
+    }
+}
+
+/// What one connection may do; exceeding a limit gets a typed error or, where the
+/// connection itself is the problem, closes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Largest frame accepted (bytes).
+    pub max_frame_bytes: usize,
+    /// Sustained requests and submissions per second, with a burst of `burst`.
+    pub messages_per_second: u32,
+    pub burst: u32,
+    /// Models open at once on one connection.
+    pub max_open_models: usize,
+    /// Models in one connection's offline subscription set.
+    pub max_subscriptions: usize,
+    /// Messages queued for a client that does not read; past it, the connection is closed.
+    pub max_queued_messages: usize,
+    /// Time allowed for the handshake after the socket opens.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            max_frame_bytes: 16 * 1024 * 1024,
+            messages_per_second: 2_000,
+            burst: 4_000,
+            max_open_models: 1_000,
+            max_subscriptions: 10_000,
+            max_queued_messages: 4_096,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A collection's permission defaults, which models in it inherit unless their own grants
+/// override them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionConfig {
+    /// What every user may do with the collection's models.
+    pub world: Permissions,
+    /// Per-user permissions that replace `world` for those users.
+    pub users: BTreeMap<UserId, Permissions>,
+    /// Whether any authenticated user (anonymous ones included) may create models here.
+    pub world_create: bool,
+    /// Users who may create models here when `world_create` is off.
+    pub creators: Vec<UserId>,
+}
+
+impl Default for CollectionConfig {
+    /// Open collaboration: everyone may read, write and remove, and create; `manage` only
+    /// by grant (a model's creator always gets every permission on it).
+    fn default() -> CollectionConfig {
+        CollectionConfig {
+            world: Permissions { read: true, write: true, remove: true, manage: false },
+            users: BTreeMap::new(),
+            world_create: true,
+            creators: Vec::new(),
+        }
+    }
+}

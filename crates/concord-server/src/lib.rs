@@ -1,0 +1,42 @@
+//! `concord-server` is Concord's server library: the WebSocket endpoint
+//! (`ws://HOST:PORT/<namespace>/<domain>`), authentication (JWT, anonymous, reconnect
+//! tokens), per-model permissions, one sequencer task per active model, and durable
+//! persistence in an embedded redb store — every operation is on disk before anyone hears
+//! of it, with group commit across models.
+//!
+//! It is not the command line (that is the `concord` binary) and holds no OT or ordering
+//! logic of its own: `concord-sync`'s `Sequencer` orders, `concord-ot` transforms. Clients
+//! speak `concord-protocol` (`docs/protocol.md`); how the pieces fit is in
+//! `docs/server.md`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), concord_server::ServerError> {
+//! use concord_server::{AuthConfig, Server, ServerConfig};
+//! use std::time::Duration;
+//!
+//! let auth = AuthConfig {
+//!     jwt: None,
+//!     allow_anonymous: true,
+//!     reconnect_secret: b"keep this secret".to_vec(),
+//!     reconnect_ttl: Duration::from_secs(3600),
+//! };
+//! let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), "./data", auth)).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+
+mod auth;
+mod config;
+mod connection;
+mod hub;
+mod model;
+mod outbox;
+mod permissions;
+mod server;
+mod store;
+
+pub use auth::{AuthError, Authenticator, mint_token};
+pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};
+pub use server::{Server, ServerError};
+pub use store::StoreError;

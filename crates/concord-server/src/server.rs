@@ -1,0 +1,157 @@
+//! The server process's front: binds the port, serves the WebSocket endpoint
+//! `/<namespace>/<domain>` and `GET /health`, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::ServerConfig;
+use crate::hub::Hub;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+    #[error("a store write failed; the server stopped so as not to run ahead of its disk")]
+    StoreFailed,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    hub: Arc<Hub>,
+    connections: TaskTracker,
+    store_failed: CancellationToken,
+}
+
+impl Server {
+    /// Opens the store (creating the data dir) and binds the port. Fails if another process
+    /// has the store open.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let auth = Authenticator::new(&config.auth)?;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+        let store_failed = CancellationToken::new();
+        let writer = store.start_writer(store_failed.clone());
+        let hub = Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new()));
+        Ok(Server { listener, local_addr, hub, connections: TaskTracker::new(), store_failed })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves (or a store write fails), then tells every session
+    /// it is closing, lets the models write their snapshots, and waits until everything is
+    /// durable.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server { listener, local_addr, hub, connections, store_failed } = self;
+        let router = Router::new()
+            .route("/health", get(health))
+            .route("/{namespace}/{domain}", get(upgrade))
+            .with_state(Endpoint { hub: hub.clone(), connections: connections.clone() });
+        tracing::info!(%local_addr, "concord server ready");
+        let stopping = {
+            let (stop, failed) = (hub.shutdown.clone(), store_failed.clone());
+            async move {
+                tokio::select! {
+                    () = shutdown => tracing::info!("shutting down"),
+                    () = failed.cancelled() => tracing::error!("shutting down after a store failure"),
+                }
+                stop.cancel();
+            }
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopping)
+            .await
+            .map_err(ServerError::Serve)?;
+        connections.close();
+        if tokio::time::timeout(Duration::from_secs(10), connections.wait()).await.is_err() {
+            tracing::warn!("some connections did not close in time");
+        }
+        hub.stop_models.cancel();
+        hub.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), hub.tasks.wait()).await.is_err() {
+            tracing::warn!("some models did not stop in time");
+        }
+        let flushed = hub.writer.flush().await;
+        if store_failed.is_cancelled() {
+            return Err(ServerError::StoreFailed);
+        }
+        flushed?;
+        tracing::info!("stopped; everything acknowledged is on disk");
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    hub: Arc<Hub>,
+    connections: TaskTracker,
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// A namespace or domain name: 1–64 of `[A-Za-z0-9._-]`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+async fn upgrade(
+    State(endpoint): State<Endpoint>,
+    Path((namespace, domain)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !valid_name(&namespace) || !valid_name(&domain) {
+        return (StatusCode::NOT_FOUND, "namespace and domain are 1-64 of [A-Za-z0-9._-]")
+            .into_response();
+    }
+    if endpoint.hub.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let domain: Arc<str> = format!("{namespace}/{domain}").into();
+    // Above the protocol's own limit, so that a frame just over it gets a typed error
+    // rather than a dropped connection.
+    let ceiling = endpoint.hub.config.limits.max_frame_bytes.saturating_mul(2);
+    let Endpoint { hub, connections } = endpoint;
+    upgrade.max_message_size(ceiling).max_frame_size(ceiling).on_upgrade(move |socket| {
+        connections.track_future(crate::connection::serve(socket, domain, hub))
+    })
+}
