@@ -104,11 +104,16 @@ impl Authenticator {
                     ),
                 };
                 let mut validation = Validation::new(algorithm);
-                validation.set_required_spec_claims(&["exp", "sub"]);
                 validation.leeway = jwt.leeway.as_secs();
                 match &jwt.audience {
-                    Some(audience) => validation.set_audience(&[audience]),
-                    None => validation.validate_aud = false,
+                    Some(audience) => {
+                        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+                        validation.set_audience(&[audience]);
+                    }
+                    None => {
+                        validation.set_required_spec_claims(&["exp", "sub"]);
+                        validation.validate_aud = false;
+                    }
                 }
                 Some((key, validation))
             }
