@@ -40,6 +40,8 @@ pub(crate) struct Hub {
     /// Cancelled once every connection has closed: model tasks store a snapshot and stop.
     pub(crate) stop_models: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// The store writer's thread, joined at shutdown.
+    pub(crate) writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Hub {
@@ -60,6 +62,7 @@ impl Hub {
             shutdown,
             stop_models: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            writer_thread: Mutex::new(None),
         }
     }
 

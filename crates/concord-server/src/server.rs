@@ -63,8 +63,9 @@ impl Server {
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let store_failed = CancellationToken::new();
-        let writer = store.start_writer(store_failed.clone());
+        let (writer, writer_thread) = store.start_writer(store_failed.clone())?;
         let hub = Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new()));
+        *hub.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer_thread);
         Ok(Server { listener, local_addr, hub, connections: TaskTracker::new(), store_failed })
     }
 
@@ -109,6 +110,17 @@ impl Server {
             tracing::warn!("some models did not stop in time");
         }
         let flushed = hub.writer.flush().await;
+        // Close the store, so that the data dir can be opened again as soon as this returns:
+        // the last reference to the hub takes the writer's queue with it, ending its thread.
+        let writer_thread = hub.writer_thread.lock().ok().and_then(|mut t| t.take());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&hub) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(hub);
+        if let Some(thread) = writer_thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         if store_failed.is_cancelled() {
             return Err(ServerError::StoreFailed);
         }

@@ -232,15 +232,16 @@ impl Store {
 
     /// Starts the writer thread; it stops when every [`Writer`] is dropped, or for good at
     /// its first failed write (cancelling `on_failure`).
-    pub(crate) fn start_writer(&self, on_failure: CancellationToken) -> Writer {
+    pub(crate) fn start_writer(
+        &self,
+        on_failure: CancellationToken,
+    ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
         let db = self.db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("concord-store-writer".into())
-            .spawn(move || write_loop(&db, receiver, on_failure))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the store writer: {e}"));
-        Writer { sender }
+            .spawn(move || write_loop(&db, receiver, on_failure))?;
+        Ok((Writer { sender }, thread))
     }
 }
 

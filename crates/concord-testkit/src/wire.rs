@@ -8,11 +8,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use concord_ot::{Operation, ReplicaId};
+use concord_ot::{Document, Operation, ReplicaId, transform};
 use concord_protocol::{
     Auth, ClientInfo, ClientMessage, ClientNotice, ClientRequest, ErrorReply, HandshakeResult,
-    ModelId, PROTOCOL_VERSION, RequestId, ServerMessage, ServerPush, ServerResponse, Session,
-    decode, encode,
+    ModelId, ModelSnapshot, PROTOCOL_VERSION, RequestId, ServerMessage, ServerPush, ServerResponse,
+    Session, decode, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -221,5 +221,103 @@ fn into_answer(message: ServerMessage) -> Result<ServerResponse, ErrorReply> {
         ServerMessage::Response { response, .. } => Ok(response),
         ServerMessage::Error { error, .. } => Err(error),
         _ => unreachable!("only answers are passed here"),
+    }
+}
+
+/// A client's copy of one model with at most one submission in flight: it applies its own
+/// operations at once, and transforms remote ones against the one in flight (the same
+/// control algorithm as the sync engine, for a single in-flight operation and nothing
+/// pending).
+#[derive(Debug, Clone)]
+pub struct Editor {
+    pub model: ModelId,
+    pub replica: ReplicaId,
+    pub document: Document,
+    /// The last server version this copy includes.
+    pub version: u64,
+    next_seq: u64,
+    in_flight: Option<(u64, Operation)>,
+}
+
+/// What a push meant to an [`Editor`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// The in-flight operation was committed at `version`.
+    Ack { seq: u64, version: u64 },
+    /// Another session's operation was applied.
+    Remote { version: u64 },
+    /// The push was about something else.
+    Other,
+}
+
+impl Editor {
+    pub fn new(model: ModelId, replica: ReplicaId, snapshot: &ModelSnapshot) -> Editor {
+        Editor {
+            model,
+            replica,
+            document: snapshot.data.clone(),
+            version: snapshot.version,
+            next_seq: 1,
+            in_flight: None,
+        }
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Applies `operation` here and returns the notice that submits it.
+    pub fn submit(&mut self, operation: Operation) -> anyhow::Result<ClientNotice> {
+        if self.in_flight.is_some() {
+            bail!("one submission is already in flight");
+        }
+        self.document.apply(&operation).context("applying a local operation")?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight = Some((seq, operation.clone()));
+        Ok(ClientNotice::Submit {
+            model: self.model.clone(),
+            replica: self.replica,
+            seq,
+            base_version: self.version,
+            operation,
+        })
+    }
+
+    /// Takes a push into account.
+    pub fn receive(&mut self, push: &ServerPush) -> anyhow::Result<Received> {
+        match push {
+            ServerPush::Ack { model, seq, version, .. } if *model == self.model => {
+                match self.in_flight.take() {
+                    Some((expected, _)) if expected == *seq => {}
+                    other => bail!("ack of seq {seq} while {other:?} was in flight"),
+                }
+                if *version != self.version + 1 {
+                    bail!("ack at version {version}, expected {}", self.version + 1);
+                }
+                self.version = *version;
+                Ok(Received::Ack { seq: *seq, version: *version })
+            }
+            ServerPush::RemoteOperation { model, operation } if *model == self.model => {
+                if operation.version != self.version + 1 {
+                    bail!("remote version {}, expected {}", operation.version, self.version + 1);
+                }
+                let remote = match self.in_flight.take() {
+                    Some((seq, mine)) => {
+                        let (remote, mine) = transform(operation.operation.clone(), mine);
+                        self.in_flight = Some((seq, mine));
+                        remote
+                    }
+                    None => operation.operation.clone(),
+                };
+                self.document.apply(&remote).context("applying a remote operation")?;
+                self.version = operation.version;
+                Ok(Received::Remote { version: operation.version })
+            }
+            ServerPush::SubmitRejected { model, seq, error } if *model == self.model => {
+                bail!("submission {seq} was rejected: {error:?}")
+            }
+            _ => Ok(Received::Other),
+        }
     }
 }

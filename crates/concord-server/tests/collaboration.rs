@@ -1,0 +1,328 @@
+//! Editing over real loopback sockets: convergence, creation and deletion, subscriptions,
+//! unloading idle models, and restarts.
+
+mod support;
+
+use std::time::Duration;
+
+use concord_ot::ReplicaId;
+use concord_protocol::{
+    ClientMessage, ClientRequest, ClientResponse, CreationNonce, ErrorCode, InFlight, KnownModel,
+    OfflineUpdate, ServerMessage, ServerPush, ServerRequest, ServerResponse,
+};
+use concord_testkit::SimRng;
+use concord_testkit::wire::{Editor, Received, WireClient};
+use support::*;
+
+/// Runs `rounds` closed-loop inserts on each editor at once (one outstanding submission
+/// each), then waits until every editor has every operation.
+async fn edit_concurrently(
+    clients: &mut [(WireClient, Editor)],
+    rounds: usize,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    let mut rng = SimRng::new(seed);
+    let total = (clients.len() * rounds) as u64;
+    let start = clients[0].1.version;
+    let mut sent = vec![0; clients.len()];
+    loop {
+        for (i, (client, editor)) in clients.iter_mut().enumerate() {
+            if !editor.in_flight() && sent[i] < rounds {
+                let len = body(&editor.document).chars().count();
+                let index = rng.below(len + 1);
+                let notice = editor.submit(insert(&editor.document, index, &format!("{i}")))?;
+                client.send(&ClientMessage::Notice(notice)).await?;
+                sent[i] += 1;
+            }
+        }
+        let done = clients.iter().all(|(_, e)| e.version == start + total && !e.in_flight());
+        if done {
+            return Ok(start + total);
+        }
+        // A client with a submission in flight has its ack coming; once nobody has one,
+        // everything is sent, and each client that is behind has operations coming.
+        let waiting = clients.iter().any(|(_, e)| e.in_flight());
+        for (client, editor) in clients.iter_mut() {
+            if editor.in_flight() || (!waiting && editor.version < start + total) {
+                let push = client.push(|p| Some(p.clone())).await?;
+                editor.receive(&push)?;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_editors_converge_with_the_server() -> anyhow::Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let mut alice = server.connect("alice").await?;
+    create(&mut alice, "doc", "").await?;
+    let snapshot = open(&mut alice, "doc").await?;
+    let mut clients = vec![(alice, Editor::new(model("doc"), ReplicaId(1), &snapshot))];
+    for (i, user) in ["bob", "carol"].into_iter().enumerate() {
+        let mut client = server.connect(user).await?;
+        let snapshot = open(&mut client, "doc").await?;
+        clients.push((client, Editor::new(model("doc"), ReplicaId(i as u64 + 2), &snapshot)));
+    }
+    let version = edit_concurrently(&mut clients, 40, 1).await?;
+    assert_eq!(version, 120);
+    let bodies: Vec<String> = clients.iter().map(|(_, e)| body(&e.document)).collect();
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "diverged: {bodies:?}");
+    assert_eq!(bodies[0].len(), 120);
+    for digit in ['0', '1', '2'] {
+        assert_eq!(bodies[0].chars().filter(|c| *c == digit).count(), 40);
+    }
+    // A newcomer sees the same.
+    let mut dave = server.connect("dave").await?;
+    let snapshot = open(&mut dave, "doc").await?;
+    assert_eq!((snapshot.version, body(&snapshot.data)), (120, bodies[0].clone()));
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let mut alice = server.connect("alice").await?;
+    create(&mut alice, "doc", "hello").await?;
+    // The same creation again (its answer was lost) succeeds; another one is refused.
+    create(&mut alice, "doc", "hello").await?;
+    let other = ClientRequest::CreateModel {
+        model: model("doc"),
+        collection: collection("notes"),
+        data: document(serde_json::json!({ "body": "other" })),
+        nonce: CreationNonce([9; 16]),
+        permissions: None,
+    };
+    let refused = alice.request(other.clone()).await?.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::MODEL_ALREADY_EXISTS);
+
+    let mut bob = server.connect("bob").await?;
+    open(&mut bob, "doc").await?;
+    bob.request(ClientRequest::SubscribeOffline {
+        subscribe: vec![KnownModel { model: model("doc"), version: Some(0) }],
+        unsubscribe: vec![],
+        replace: true,
+    })
+    .await?
+    .unwrap();
+    let done = alice.request(ClientRequest::DeleteModel { model: model("doc") }).await?;
+    assert_eq!(done, Ok(ServerResponse::Done));
+    let closed = bob
+        .push(|p| match p {
+            ServerPush::ModelForceClosed { code, .. } => Some(*code),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(closed, ErrorCode::MODEL_DELETED);
+    let gone = bob
+        .push(|p| match p {
+            ServerPush::OfflineUpdate { update, .. } => Some(update.clone()),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(gone, OfflineUpdate::Deleted);
+    // Deleted ids stay taken; deleting again says there is nothing.
+    assert_eq!(alice.request(other).await?.unwrap_err().code, ErrorCode::MODEL_ALREADY_EXISTS);
+    let again = alice.request(ClientRequest::DeleteModel { model: model("doc") }).await?;
+    assert_eq!(again.unwrap_err().code, ErrorCode::MODEL_DELETED);
+    assert_eq!(try_open(&mut alice, "never").await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_missing_model_can_ask_the_client_for_its_data() -> anyhow::Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let mut alice = server.connect("alice").await?;
+    let open_id = alice
+        .send_request(ClientRequest::OpenModel { model: model("auto"), auto_create: true })
+        .await?;
+    let asked = match alice.next().await? {
+        ServerMessage::Request { id, request: ServerRequest::AutoCreate { model: m } } => {
+            assert_eq!(m, model("auto"));
+            id
+        }
+        other => anyhow::bail!("expected AutoCreate, got {other:?}"),
+    };
+    let response = ClientResponse::AutoCreate {
+        collection: collection("notes"),
+        data: document(serde_json::json!({ "body": "made on open" })),
+        permissions: None,
+    };
+    alice.send(&ClientMessage::Response { to: asked, response }).await?;
+    match alice.response(open_id).await? {
+        Ok(ServerResponse::ModelOpened(opened)) => {
+            assert_eq!(body(&opened.snapshot.data), "made on open");
+            assert!(opened.permissions.manage, "the creator gets every permission");
+        }
+        other => anyhow::bail!("expected ModelOpened, got {other:?}"),
+    }
+    // A client that declines gets model_not_found for its open.
+    let open_id = alice
+        .send_request(ClientRequest::OpenModel { model: model("declined"), auto_create: true })
+        .await?;
+    let asked = match alice.next().await? {
+        ServerMessage::Request { id, .. } => id,
+        other => anyhow::bail!("expected AutoCreate, got {other:?}"),
+    };
+    let error = concord_protocol::ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no data here");
+    alice.send(&ClientMessage::Error { to: Some(asked), error }).await?;
+    assert_eq!(alice.response(open_id).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let mut alice = server.connect("alice").await?;
+    create(&mut alice, "doc", "").await?;
+    let snapshot = open(&mut alice, "doc").await?;
+    let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
+    for text in ["a", "b", "c"] {
+        let notice = editor.submit(insert(&editor.document, 0, text))?;
+        alice.send(&ClientMessage::Notice(notice)).await?;
+        let push = alice.push(|p| Some(p.clone())).await?;
+        assert!(matches!(editor.receive(&push)?, Received::Ack { .. }));
+    }
+    // Bob knew version 1: he gets operations 2 and 3; Carol knew nothing: a snapshot.
+    let mut bob = server.connect("bob").await?;
+    let mut carol = server.connect("carol").await?;
+    for (client, known) in [(&mut bob, Some(1)), (&mut carol, None)] {
+        let request = ClientRequest::SubscribeOffline {
+            subscribe: vec![KnownModel { model: model("doc"), version: known }],
+            unsubscribe: vec![],
+            replace: true,
+        };
+        assert_eq!(client.request(request).await?, Ok(ServerResponse::Done));
+    }
+    let update = |p: &ServerPush| match p {
+        ServerPush::OfflineUpdate { update, .. } => Some(update.clone()),
+        _ => None,
+    };
+    match bob.push(update).await? {
+        OfflineUpdate::Operations { operations, .. } => {
+            assert_eq!(operations.iter().map(|o| o.version).collect::<Vec<_>>(), [2, 3]);
+        }
+        other => anyhow::bail!("bob got {other:?}"),
+    }
+    match carol.push(update).await? {
+        OfflineUpdate::Snapshot { snapshot, .. } => {
+            assert_eq!((snapshot.version, body(&snapshot.data)), (3, "cba".to_string()));
+        }
+        other => anyhow::bail!("carol got {other:?}"),
+    }
+    // Live: the next change reaches both without opening the model.
+    let notice = editor.submit(insert(&editor.document, 3, "d"))?;
+    alice.send(&ClientMessage::Notice(notice)).await?;
+    for client in [&mut bob, &mut carol] {
+        match client.push(update).await? {
+            OfflineUpdate::Operations { operations, .. } => assert_eq!(operations[0].version, 4),
+            other => anyhow::bail!("live update was {other:?}"),
+        }
+    }
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_model_unloads_and_comes_back_intact() -> anyhow::Result<()> {
+    let server = TestServer::start(|c| c.idle_unload = Duration::from_millis(20)).await?;
+    let mut alice = server.connect("alice").await?;
+    create(&mut alice, "doc", "").await?;
+    for round in 0..3 {
+        let snapshot = open(&mut alice, "doc").await?;
+        assert_eq!(snapshot.version, round);
+        let mut editor = Editor::new(model("doc"), ReplicaId(round + 1), &snapshot);
+        let notice = editor.submit(insert(&editor.document, 0, "x"))?;
+        alice.send(&ClientMessage::Notice(notice)).await?;
+        let push = alice.push(|p| Some(p.clone())).await?;
+        assert!(matches!(editor.receive(&push)?, Received::Ack { .. }), "{push:?}");
+        alice.request(ClientRequest::CloseModel { model: model("doc") }).await?.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let snapshot = open(&mut alice, "doc").await?;
+    assert_eq!((snapshot.version, body(&snapshot.data)), (3, "xxx".to_string()));
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result<()> {
+    let small_memory = |c: &mut concord_server::ServerConfig| {
+        c.history_in_memory = 8;
+        c.snapshot_every = 100;
+    };
+    let temp = tempfile::tempdir()?;
+    let server = TestServer::start_in(temp.path(), small_memory).await?;
+    let mut alice = server.connect("alice").await?;
+    create(&mut alice, "doc", "").await?;
+    let snapshot = open(&mut alice, "doc").await?;
+    let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
+    let total = 600;
+    for _ in 0..total {
+        let notice = editor.submit(insert(&editor.document, 0, "x"))?;
+        alice.send(&ClientMessage::Notice(notice)).await?;
+        let push = alice.push(|p| Some(p.clone())).await?;
+        editor.receive(&push)?;
+    }
+    // The last submission is resent after the restart, as if its ack had been lost.
+    let last_seq = total as u64;
+    server.stop().await?;
+
+    let server = TestServer::start_in(temp.path(), small_memory).await?;
+    let mut bob = server.connect("bob").await?;
+    let request = ClientRequest::Resync {
+        model: model("doc"),
+        known_version: 0,
+        in_flight: Some(InFlight { replica: ReplicaId(1), seq: last_seq }),
+    };
+    match bob.request(request).await? {
+        Ok(ServerResponse::ResyncStarted { current_version, in_flight_committed, .. }) => {
+            assert_eq!(current_version, total as u64);
+            assert_eq!(in_flight_committed.map(|c| c.version), Some(total as u64));
+        }
+        other => anyhow::bail!("resync answered {other:?}"),
+    }
+    let mut versions = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (operations, last) = bob
+            .push(|p| match p {
+                ServerPush::ResyncPage { operations, last, .. } => {
+                    Some((operations.clone(), *last))
+                }
+                _ => None,
+            })
+            .await?;
+        pages += 1;
+        versions.extend(operations.iter().map(|o| o.version));
+        if last {
+            break;
+        }
+    }
+    assert_eq!(versions, (1..=total as u64).collect::<Vec<_>>());
+    assert!(pages >= 3, "600 operations come in pages of at most 256, got {pages} pages");
+    // The resent submission is answered with its original ack, not applied again.
+    let notice = concord_protocol::ClientNotice::Submit {
+        model: model("doc"),
+        replica: ReplicaId(1),
+        seq: last_seq,
+        base_version: total as u64 - 1,
+        operation: insert(&editor.document, 0, "x"),
+    };
+    bob.send(&ClientMessage::Notice(notice)).await?;
+    let ack = bob
+        .push(|p| match p {
+            ServerPush::Ack { seq, version, .. } => Some((*seq, *version)),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(ack, (last_seq, total as u64));
+    let mut carol = server.connect("carol").await?;
+    let snapshot = open(&mut carol, "doc").await?;
+    assert_eq!(snapshot.version, total as u64);
+    assert_eq!(body(&snapshot.data), "x".repeat(total));
+    server.stop().await?;
+    Ok(())
+}
