@@ -19,12 +19,12 @@ use concord_protocol::{
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
-use crate::model::{ModelCommand, PAGE, SessionRef};
+use crate::model::{ModelCommand, Opened, PAGE, SessionRef};
 use crate::outbox::{Outbound, Outbox, frame};
 use crate::store::{ModelKey, Write};
 
@@ -49,6 +49,7 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
         session: None,
         open: HashSet::new(),
         subscribed: HashSet::new(),
+        opening: Vec::new(),
         auto_creates: HashMap::new(),
         next_server_request: 0,
         limiter: RateLimiter::new(hub.config.limits.messages_per_second, hub.config.limits.burst),
@@ -91,6 +92,8 @@ struct Connection {
     /// Models open on this connection (opened, or resynced and not released).
     open: HashSet<ModelId>,
     subscribed: HashSet<ModelId>,
+    /// Opens whose outcome the model task has not told yet.
+    opening: Vec<(ModelId, oneshot::Receiver<()>)>,
     /// Our `AutoCreate` requests: their id → the client's open request and its model.
     auto_creates: HashMap<RequestId, (RequestId, ModelId)>,
     next_server_request: u64,
@@ -164,7 +167,30 @@ impl Connection {
         self.hub.send(&self.key(model), command).await;
     }
 
+    /// Counts `model` as open from now on, until its model task says the open failed.
+    fn opening(&mut self, model: &ModelId) -> Opened {
+        let (opened, outcome) = oneshot::channel();
+        self.open.insert(model.clone());
+        self.opening.retain(|(m, _)| m != model);
+        self.opening.push((model.clone(), outcome));
+        Some(opened)
+    }
+
+    /// Forgets the models whose open failed.
+    fn settle(&mut self) {
+        let open = &mut self.open;
+        self.opening.retain_mut(|(model, outcome)| match outcome.try_recv() {
+            Ok(()) => false,
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                open.remove(model);
+                false
+            }
+        });
+    }
+
     async fn handle(&mut self, message: ClientMessage) -> Option<Ending> {
+        self.settle();
         let Some(from) = self.session.clone() else {
             return self.before_handshake(message).await;
         };
@@ -205,6 +231,7 @@ impl Connection {
                 response: ClientResponse::AutoCreate { collection, data, permissions },
             } => match self.auto_creates.remove(&to) {
                 Some((request, model)) => {
+                    let opened = self.opening(&model);
                     let command = ModelCommand::Create {
                         from,
                         request,
@@ -213,6 +240,7 @@ impl Connection {
                         nonce: None,
                         permissions,
                         open: true,
+                        opened,
                     };
                     self.to_model(&model, command).await;
                 }
@@ -332,7 +360,7 @@ impl Connection {
                         ),
                     );
                 } else {
-                    self.open.insert(model.clone());
+                    let opened = self.opening(&model);
                     let auto_create = auto_create.then(|| {
                         self.next_server_request += 1;
                         let server_request = RequestId(self.next_server_request);
@@ -340,8 +368,8 @@ impl Connection {
                         self.auto_creates.insert(server_request, (id, model.clone()));
                         server_request
                     });
-                    self.to_model(&model, ModelCommand::Open { from, request: id, auto_create })
-                        .await;
+                    let command = ModelCommand::Open { from, request: id, auto_create, opened };
+                    self.to_model(&model, command).await;
                 }
             }
             ClientRequest::CloseModel { model } => {
@@ -365,6 +393,7 @@ impl Connection {
                     nonce: Some(nonce),
                     permissions,
                     open: false,
+                    opened: None,
                 };
                 self.to_model(&model, command).await;
             }
@@ -382,12 +411,15 @@ impl Connection {
                         ),
                     );
                 } else {
-                    self.open.insert(model.clone());
-                    self.to_model(
-                        &model,
-                        ModelCommand::Resync { from, request: id, known_version, in_flight },
-                    )
-                    .await;
+                    let opened = self.opening(&model);
+                    let command = ModelCommand::Resync {
+                        from,
+                        request: id,
+                        known_version,
+                        in_flight,
+                        opened,
+                    };
+                    self.to_model(&model, command).await;
                 }
             }
             ClientRequest::ResyncComplete { model, open } => {

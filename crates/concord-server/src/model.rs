@@ -19,7 +19,7 @@ use concord_protocol::{
     SharedReference, Timestamp, User,
 };
 use concord_sync::{CatchUp, Sequencer, SequencerError, Submission, SubmitOutcome};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::CollectionConfig;
 use crate::hub::Hub;
@@ -44,6 +44,10 @@ impl SessionRef {
     }
 }
 
+/// Told when the model is open on the connection; dropped unsent when the open failed, so
+/// the connection can forget it.
+pub(crate) type Opened = Option<oneshot::Sender<()>>;
+
 /// What a connection asks of a model.
 #[derive(Debug)]
 pub(crate) enum ModelCommand {
@@ -52,6 +56,7 @@ pub(crate) enum ModelCommand {
         from: SessionRef,
         request: RequestId,
         auto_create: Option<RequestId>,
+        opened: Opened,
     },
     Create {
         from: SessionRef,
@@ -62,12 +67,14 @@ pub(crate) enum ModelCommand {
         permissions: Option<PermissionGrants>,
         /// Answer with `ModelOpened` (the end of an auto-create open) instead of `ModelCreated`.
         open: bool,
+        opened: Opened,
     },
     Resync {
         from: SessionRef,
         request: RequestId,
         known_version: u64,
         in_flight: Option<InFlight>,
+        opened: Opened,
     },
     ResyncComplete {
         from: SessionRef,
@@ -112,6 +119,14 @@ pub(crate) enum ModelCommand {
     Disconnected {
         conn: ConnId,
     },
+}
+
+/// What a `CreateModel` (or an auto-create answer) brings.
+struct Creation {
+    collection: CollectionId,
+    data: Document,
+    nonce: Option<CreationNonce>,
+    permissions: Option<PermissionGrants>,
 }
 
 struct Live {
@@ -311,14 +326,24 @@ impl ModelTask {
 
     async fn handle(&mut self, command: ModelCommand) {
         match command {
-            ModelCommand::Open { from, request, auto_create } => {
-                self.open(from, request, auto_create)
+            ModelCommand::Open { from, request, auto_create, opened } => {
+                self.open(from, request, auto_create, opened)
             }
-            ModelCommand::Create { from, request, collection, data, nonce, permissions, open } => {
-                self.create(from, request, collection, data, nonce, permissions, open).await
+            ModelCommand::Create {
+                from,
+                request,
+                collection,
+                data,
+                nonce,
+                permissions,
+                open,
+                opened,
+            } => {
+                let creation = Creation { collection, data, nonce, permissions };
+                self.create(from, request, creation, open.then_some(opened)).await
             }
-            ModelCommand::Resync { from, request, known_version, in_flight } => {
-                self.resync(from, request, known_version, in_flight)
+            ModelCommand::Resync { from, request, known_version, in_flight, opened } => {
+                self.resync(from, request, known_version, in_flight, opened)
             }
             ModelCommand::ResyncComplete { from, request, open } => {
                 if !open {
@@ -404,7 +429,10 @@ impl ModelTask {
     }
 
     /// Adds a session to the open set (telling the others), with its permissions.
-    fn join(&mut self, from: &SessionRef, permissions: Permissions) {
+    fn join(&mut self, from: &SessionRef, permissions: Permissions, opened: Opened) {
+        if let Some(opened) = opened {
+            let _ = opened.send(());
+        }
         let member = Member { session: from.clone(), permissions };
         if self.open.insert(from.conn(), member).is_none() {
             let collaborator =
@@ -440,14 +468,13 @@ impl ModelTask {
         }
     }
 
-    fn open(&mut self, from: SessionRef, request: RequestId, auto_create: Option<RequestId>) {
-        if self.open.contains_key(&from.conn()) {
-            let e = error(
-                ErrorCode::MODEL_ALREADY_OPEN,
-                "the model is already open on this connection",
-            );
-            return self.fail(&from, request, e);
-        }
+    fn open(
+        &mut self,
+        from: SessionRef,
+        request: RequestId,
+        auto_create: Option<RequestId>,
+        opened: Opened,
+    ) {
         let live = match &self.state {
             State::Live(live) => live,
             State::Absent { deleted: false } if auto_create.is_some() => {
@@ -469,7 +496,7 @@ impl ModelTask {
         }
         let snapshot = live.sequencer.snapshot();
         let (collaborators, references) = self.presence(from.conn());
-        self.join(&from, permissions);
+        self.join(&from, permissions, opened);
         let opened = OpenedModel {
             model: self.key.model.clone(),
             snapshot,
@@ -480,22 +507,20 @@ impl ModelTask {
         self.respond(&from, request, ServerResponse::ModelOpened(opened));
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Creates the model; with `open` set (an auto-create open), answers by opening it.
     async fn create(
         &mut self,
         from: SessionRef,
         request: RequestId,
-        collection: CollectionId,
-        data: Document,
-        nonce: Option<CreationNonce>,
-        permissions: Option<PermissionGrants>,
-        open: bool,
+        creation: Creation,
+        open: Option<Opened>,
     ) {
+        let Creation { collection, data, nonce, permissions } = creation;
         match &self.state {
             State::Live(live) => {
-                if open {
+                if let Some(opened) = open {
                     // Created by someone else while this client was asked for its data.
-                    return self.open(from, request, None);
+                    return self.open(from, request, None, opened);
                 }
                 if nonce.is_some() && live.record.nonce == nonce {
                     let response = ServerResponse::ModelCreated {
@@ -574,8 +599,8 @@ impl ModelTask {
             collection: config,
             since_snapshot: 0,
         }));
-        if open {
-            self.open(from, request, None);
+        if let Some(opened) = open {
+            self.open(from, request, None, opened);
         } else {
             let response = ServerResponse::ModelCreated {
                 model: self.key.model.clone(),
@@ -592,18 +617,24 @@ impl ModelTask {
         request: RequestId,
         known_version: u64,
         in_flight: Option<InFlight>,
+        opened: Opened,
     ) {
+        // A failed resync leaves the model closed on this connection, as the connection
+        // assumes (it forgets a model whose open failed).
         let State::Live(live) = &self.state else {
             let e = self.missing();
+            self.leave(from.conn());
             return self.fail(&from, request, e);
         };
         let permissions = effective(&from.user, &live.record.grants, &live.collection);
         if !permissions.read {
             let e = error(ErrorCode::PERMISSION_DENIED, "resyncing the model needs `read`");
+            self.leave(from.conn());
             return self.fail(&from, request, e);
         }
         let current_version = live.sequencer.version();
         if known_version > current_version {
+            self.leave(from.conn());
             let e = error(
                 ErrorCode::VERSION_OUT_OF_RANGE,
                 format!("known version {known_version} is ahead of the model's {current_version}"),
@@ -619,7 +650,7 @@ impl ModelTask {
         if let Some(f) = in_flight {
             self.replicas.insert(f.replica, from.conn());
         }
-        self.join(&from, permissions);
+        self.join(&from, permissions, opened);
         let model = self.key.model.clone();
         let started = ServerResponse::ResyncStarted {
             model: model.clone(),

@@ -11,7 +11,7 @@ use concord_protocol::{
     OfflineUpdate, ServerMessage, ServerPush, ServerRequest, ServerResponse,
 };
 use concord_testkit::SimRng;
-use concord_testkit::wire::{Editor, Received, WireClient};
+use concord_testkit::wire::{Editor, WireClient};
 use support::*;
 
 /// Runs `rounds` closed-loop inserts on each editor at once (one outstanding submission
@@ -180,10 +180,8 @@ async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
     let snapshot = open(&mut alice, "doc").await?;
     let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
     for text in ["a", "b", "c"] {
-        let notice = editor.submit(insert(&editor.document, 0, text))?;
-        alice.send(&ClientMessage::Notice(notice)).await?;
-        let push = alice.push(|p| Some(p.clone())).await?;
-        assert!(matches!(editor.receive(&push)?, Received::Ack { .. }));
+        let operation = insert(&editor.document, 0, text);
+        commit(&mut alice, &mut editor, operation).await?;
     }
     // Bob knew version 1: he gets operations 2 and 3; Carol knew nothing: a snapshot.
     let mut bob = server.connect("bob").await?;
@@ -234,10 +232,8 @@ async fn an_idle_model_unloads_and_comes_back_intact() -> anyhow::Result<()> {
         let snapshot = open(&mut alice, "doc").await?;
         assert_eq!(snapshot.version, round);
         let mut editor = Editor::new(model("doc"), ReplicaId(round + 1), &snapshot);
-        let notice = editor.submit(insert(&editor.document, 0, "x"))?;
-        alice.send(&ClientMessage::Notice(notice)).await?;
-        let push = alice.push(|p| Some(p.clone())).await?;
-        assert!(matches!(editor.receive(&push)?, Received::Ack { .. }), "{push:?}");
+        let operation = insert(&editor.document, 0, "x");
+        commit(&mut alice, &mut editor, operation).await?;
         alice.request(ClientRequest::CloseModel { model: model("doc") }).await?.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -261,10 +257,8 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
     let total = 600;
     for _ in 0..total {
-        let notice = editor.submit(insert(&editor.document, 0, "x"))?;
-        alice.send(&ClientMessage::Notice(notice)).await?;
-        let push = alice.push(|p| Some(p.clone())).await?;
-        editor.receive(&push)?;
+        let operation = insert(&editor.document, 0, "x");
+        commit(&mut alice, &mut editor, operation).await?;
     }
     // The last submission is resent after the restart, as if its ack had been lost.
     let last_seq = total as u64;

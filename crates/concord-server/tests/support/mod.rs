@@ -168,3 +168,20 @@ pub fn insert(document: &Document, index: usize, text: &str) -> Operation {
     let kind = OperationKind::StringSplice { index, delete_count: 0, insert: text.into() };
     DiscreteOperation::new(id, kind).into()
 }
+
+/// Submits `operation` through `editor` and waits for its ack, taking in every push that
+/// comes first.
+pub async fn commit(
+    client: &mut concord_testkit::wire::WireClient,
+    editor: &mut concord_testkit::wire::Editor,
+    operation: Operation,
+) -> anyhow::Result<u64> {
+    let notice = editor.submit(operation)?;
+    client.send(&concord_protocol::ClientMessage::Notice(notice)).await?;
+    loop {
+        let push = client.push(|p| Some(p.clone())).await?;
+        if let concord_testkit::wire::Received::Ack { version, .. } = editor.receive(&push)? {
+            return Ok(version);
+        }
+    }
+}
