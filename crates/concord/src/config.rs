@@ -1,0 +1,413 @@
+//! The server's settings. Each one comes from a flag, else its `CONCORD_*` environment
+//! variable (clap handles those two), else the TOML file given with `--config`, else its
+//! default. [`Config::resolve`] merges the layers and checks the result; `--print-config`
+//! prints it in the file's own format.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use clap::builder::BoolishValueParser;
+use concord_protocol::{CollectionId, Permissions, UserId};
+use concord_server::{
+    AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// One layer of settings: the flags and environment variables, or the file. `None` means
+/// "not set here". A file key is the flag's name with `_` for `-` (`--data-dir` is
+/// `data_dir`); collections can only be configured in the file.
+#[derive(Debug, Clone, Default, PartialEq, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7700]
+    #[arg(long, env = "CONCORD_BIND", value_name = "ADDR")]
+    pub(crate) bind: Option<SocketAddr>,
+    /// Directory of the store and of the server's secret [default: ./concord-data]
+    #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// File holding the HS256 secret that client JWTs are signed with (its contents, without
+    /// surrounding whitespace) [default: <data-dir>/secret]
+    #[arg(long, env = "CONCORD_JWT_SECRET_FILE", value_name = "FILE")]
+    pub(crate) jwt_secret_file: Option<PathBuf>,
+    /// PEM file of the RS256 public key that verifies client JWTs, instead of an HS256 secret
+    #[arg(long, env = "CONCORD_JWT_RS256_PUBLIC_KEY", value_name = "FILE")]
+    pub(crate) jwt_rs256_public_key: Option<PathBuf>,
+    /// Audience that client JWTs must name in `aud` [default: not checked]
+    #[arg(long, env = "CONCORD_JWT_AUDIENCE", value_name = "AUD")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Clock skew tolerated on a JWT's `exp` and `nbf`, in seconds [default: 30]
+    #[arg(long, env = "CONCORD_JWT_LEEWAY_SECS", value_name = "SECS")]
+    pub(crate) jwt_leeway_secs: Option<u64>,
+    /// Accept anonymous handshakes [default: false]
+    #[arg(long, env = "CONCORD_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub(crate) allow_anonymous: Option<bool>,
+    /// How long a reconnect token stays valid, in seconds [default: 86400]
+    #[arg(long, env = "CONCORD_RECONNECT_TTL_SECS", value_name = "SECS")]
+    pub(crate) reconnect_ttl_secs: Option<u64>,
+    /// Create unknown collections on first use, with open permissions [default: true]
+    #[arg(long, env = "CONCORD_AUTO_CREATE_COLLECTIONS", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub(crate) auto_create_collections: Option<bool>,
+    /// Unload a model nobody has open or subscribed after this many seconds [default: 30]
+    #[arg(long, env = "CONCORD_IDLE_UNLOAD_SECS", value_name = "SECS")]
+    pub(crate) idle_unload_secs: Option<u64>,
+    /// Committed operations each loaded model keeps in memory [default: 1000]
+    #[arg(long, env = "CONCORD_HISTORY_IN_MEMORY", value_name = "N")]
+    pub(crate) history_in_memory: Option<usize>,
+    /// Write a model snapshot every this many operations [default: 1000]
+    #[arg(long, env = "CONCORD_SNAPSHOT_EVERY", value_name = "N")]
+    pub(crate) snapshot_every: Option<u64>,
+    /// Largest frame accepted from a client, in bytes [default: 16777216]
+    #[arg(long, env = "CONCORD_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub(crate) max_frame_bytes: Option<usize>,
+    /// Sustained messages per second accepted from one connection [default: 2000]
+    #[arg(long, env = "CONCORD_MESSAGES_PER_SECOND", value_name = "N")]
+    pub(crate) messages_per_second: Option<u32>,
+    /// Messages one connection may send in a burst above that rate [default: 4000]
+    #[arg(long, env = "CONCORD_BURST", value_name = "N")]
+    pub(crate) burst: Option<u32>,
+    /// Models open at once on one connection [default: 1000]
+    #[arg(long, env = "CONCORD_MAX_OPEN_MODELS", value_name = "N")]
+    pub(crate) max_open_models: Option<usize>,
+    /// Models in one connection's offline subscription set [default: 10000]
+    #[arg(long, env = "CONCORD_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub(crate) max_subscriptions: Option<usize>,
+    /// Messages queued for a client that does not read before it is dropped [default: 4096]
+    #[arg(long, env = "CONCORD_MAX_QUEUED_MESSAGES", value_name = "N")]
+    pub(crate) max_queued_messages: Option<usize>,
+    /// Seconds a new connection has to complete its handshake [default: 10]
+    #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
+    pub(crate) handshake_timeout_secs: Option<u64>,
+    /// Log filter, in tracing's EnvFilter syntax (for example `info,concord_server=debug`)
+    /// [default: info]
+    #[arg(long, env = "CONCORD_LOG", value_name = "FILTER")]
+    pub(crate) log: Option<String>,
+    /// `[collections.<id>]` tables of the file.
+    #[arg(skip)]
+    #[serde(default)]
+    pub(crate) collections: BTreeMap<String, CollectionSection>,
+}
+
+/// A `[collections.<id>]` table: the collection's permission defaults. A key left out keeps
+/// the server's default (everyone may read, write, remove and create).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CollectionSection {
+    /// What every user may do with the collection's models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) world: Option<PermissionSet>,
+    /// Per-user permissions that replace `world` for those users.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) users: BTreeMap<String, PermissionSet>,
+    /// Whether every user may create models in the collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) world_create: Option<bool>,
+    /// Users who may create models when `world_create` is false.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) creators: Vec<String>,
+}
+
+/// Permissions written as a table, for example `{ read = true, write = true }`; a permission
+/// left out is not granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PermissionSet {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) remove: bool,
+    pub(crate) manage: bool,
+}
+
+impl From<PermissionSet> for Permissions {
+    fn from(set: PermissionSet) -> Permissions {
+        Permissions { read: set.read, write: set.write, remove: set.remove, manage: set.manage }
+    }
+}
+
+/// The settings once merged: every value decided. Printed by `--print-config` in the file's
+/// format, so the output is itself a valid configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Config {
+    pub(crate) bind: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwt_secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwt_rs256_public_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jwt_audience: Option<String>,
+    pub(crate) jwt_leeway_secs: u64,
+    pub(crate) allow_anonymous: bool,
+    pub(crate) reconnect_ttl_secs: u64,
+    pub(crate) auto_create_collections: bool,
+    pub(crate) idle_unload_secs: u64,
+    pub(crate) history_in_memory: usize,
+    pub(crate) snapshot_every: u64,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) messages_per_second: u32,
+    pub(crate) burst: u32,
+    pub(crate) max_open_models: usize,
+    pub(crate) max_subscriptions: usize,
+    pub(crate) max_queued_messages: usize,
+    pub(crate) handshake_timeout_secs: u64,
+    pub(crate) log: String,
+    pub(crate) collections: BTreeMap<String, CollectionSection>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        // The library's defaults, so that the two never drift apart.
+        let auth = AuthConfig {
+            jwt: None,
+            allow_anonymous: false,
+            reconnect_secret: Vec::new(),
+            reconnect_ttl: Duration::ZERO,
+        };
+        let server = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 7700)), "", auth);
+        let limits = ConnectionLimits::default();
+        Config {
+            bind: server.bind,
+            data_dir: PathBuf::from("./concord-data"),
+            jwt_secret_file: None,
+            jwt_rs256_public_key: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 30,
+            allow_anonymous: false,
+            reconnect_ttl_secs: 86_400,
+            auto_create_collections: server.auto_create_collections,
+            idle_unload_secs: server.idle_unload.as_secs(),
+            history_in_memory: server.history_in_memory,
+            snapshot_every: server.snapshot_every,
+            max_frame_bytes: limits.max_frame_bytes,
+            messages_per_second: limits.messages_per_second,
+            burst: limits.burst,
+            max_open_models: limits.max_open_models,
+            max_subscriptions: limits.max_subscriptions,
+            max_queued_messages: limits.max_queued_messages,
+            handshake_timeout_secs: limits.handshake_timeout.as_secs(),
+            log: "info".into(),
+            collections: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges `flags` (flags and environment) over `file` over the defaults, and checks the
+    /// result.
+    pub(crate) fn resolve(flags: Settings, file: Settings) -> anyhow::Result<Config> {
+        let defaults = Config::default();
+        macro_rules! pick {
+            ($field:ident) => {
+                flags.$field.or(file.$field).unwrap_or(defaults.$field)
+            };
+            (optional $field:ident) => {
+                flags.$field.or(file.$field)
+            };
+        }
+        let config = Config {
+            bind: pick!(bind),
+            data_dir: pick!(data_dir),
+            jwt_secret_file: pick!(optional jwt_secret_file),
+            jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
+            jwt_audience: pick!(optional jwt_audience),
+            jwt_leeway_secs: pick!(jwt_leeway_secs),
+            allow_anonymous: pick!(allow_anonymous),
+            reconnect_ttl_secs: pick!(reconnect_ttl_secs),
+            auto_create_collections: pick!(auto_create_collections),
+            idle_unload_secs: pick!(idle_unload_secs),
+            history_in_memory: pick!(history_in_memory),
+            snapshot_every: pick!(snapshot_every),
+            max_frame_bytes: pick!(max_frame_bytes),
+            messages_per_second: pick!(messages_per_second),
+            burst: pick!(burst),
+            max_open_models: pick!(max_open_models),
+            max_subscriptions: pick!(max_subscriptions),
+            max_queued_messages: pick!(max_queued_messages),
+            handshake_timeout_secs: pick!(handshake_timeout_secs),
+            log: pick!(log),
+            // Only the file has collections.
+            collections: file.collections,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.jwt_secret_file.is_some() && self.jwt_rs256_public_key.is_some() {
+            bail!("jwt_secret_file and jwt_rs256_public_key are both set; configure one of them");
+        }
+        for (name, value) in [
+            ("reconnect_ttl_secs", self.reconnect_ttl_secs),
+            ("snapshot_every", self.snapshot_every),
+            ("messages_per_second", u64::from(self.messages_per_second)),
+            ("burst", u64::from(self.burst)),
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_open_models", self.max_open_models as u64),
+            ("max_queued_messages", self.max_queued_messages as u64),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        self.collections()?;
+        Ok(())
+    }
+
+    /// The `[collections.<id>]` tables as the server takes them.
+    pub(crate) fn collections(&self) -> anyhow::Result<BTreeMap<CollectionId, CollectionConfig>> {
+        let mut collections = BTreeMap::new();
+        for (id, section) in &self.collections {
+            let id = CollectionId::new(id.as_str())
+                .with_context(|| format!("[collections.{id:?}] is not a valid collection id"))?;
+            let defaults = CollectionConfig::default();
+            let mut users = BTreeMap::new();
+            for (user, permissions) in &section.users {
+                if user.is_empty() {
+                    bail!("[collections.{id}] users: a user id is empty");
+                }
+                users.insert(UserId(user.clone()), Permissions::from(*permissions));
+            }
+            if section.creators.iter().any(String::is_empty) {
+                bail!("[collections.{id}] creators: a user id is empty");
+            }
+            let config = CollectionConfig {
+                world: section.world.map_or(defaults.world, Permissions::from),
+                users,
+                world_create: section.world_create.unwrap_or(defaults.world_create),
+                creators: section.creators.iter().cloned().map(UserId).collect(),
+            };
+            collections.insert(id, config);
+        }
+        Ok(collections)
+    }
+
+    /// The library's configuration, given how connections authenticate.
+    pub(crate) fn server_config(&self, auth: AuthConfig) -> anyhow::Result<ServerConfig> {
+        let mut server = ServerConfig::new(self.bind, &self.data_dir, auth);
+        server.limits = ConnectionLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            messages_per_second: self.messages_per_second,
+            burst: self.burst,
+            max_open_models: self.max_open_models,
+            max_subscriptions: self.max_subscriptions,
+            max_queued_messages: self.max_queued_messages,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+        };
+        server.collections = self.collections()?;
+        server.auto_create_collections = self.auto_create_collections;
+        server.idle_unload = Duration::from_secs(self.idle_unload_secs);
+        server.history_in_memory = self.history_in_memory;
+        server.snapshot_every = self.snapshot_every;
+        Ok(server)
+    }
+
+    /// How client JWTs are verified: with `key` (read by the caller from the configured
+    /// file, or the data dir's secret).
+    pub(crate) fn jwt(&self, key: JwtKey) -> JwtConfig {
+        JwtConfig {
+            key,
+            audience: self.jwt_audience.clone(),
+            leeway: Duration::from_secs(self.jwt_leeway_secs),
+        }
+    }
+
+    pub(crate) fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("printing the configuration")
+    }
+}
+
+/// Reads a configuration file. Relative paths in it are relative to the file's directory.
+pub(crate) fn read_file(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let mut settings: Settings =
+        toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    for file in
+        [&mut settings.data_dir, &mut settings.jwt_secret_file, &mut settings.jwt_rs256_public_key]
+            .into_iter()
+            .flatten()
+    {
+        if file.is_relative() {
+            *file = dir.join(&*file);
+        }
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Settings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let flags = Settings { bind: Some("127.0.0.1:1".parse().unwrap()), ..Settings::default() };
+        let file = file("bind = \"127.0.0.1:2\"\nmax_open_models = 7\n");
+        let config = Config::resolve(flags, file).unwrap();
+        assert_eq!(config.bind, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(config.max_open_models, 7);
+        assert_eq!(config.burst, ConnectionLimits::default().burst);
+        assert_eq!(config.data_dir, PathBuf::from("./concord-data"));
+    }
+
+    #[test]
+    fn collections_map_onto_the_server_config() {
+        let file = file(
+            r#"
+            [collections.notes]
+            world = { read = true }
+            users = { alice = { read = true, write = true, manage = true } }
+            world_create = false
+            creators = ["alice"]
+
+            [collections.open]
+            "#,
+        );
+        let config = Config::resolve(Settings::default(), file).unwrap();
+        let collections = config.collections().unwrap();
+        let notes = &collections[&CollectionId::new("notes").unwrap()];
+        assert_eq!(notes.world, Permissions { read: true, ..Permissions::NONE });
+        assert_eq!(
+            notes.users[&UserId("alice".into())],
+            Permissions { read: true, write: true, remove: false, manage: true }
+        );
+        assert!(!notes.world_create);
+        assert_eq!(notes.creators, vec![UserId("alice".into())]);
+        assert_eq!(collections[&CollectionId::new("open").unwrap()], CollectionConfig::default());
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_the_same() {
+        let file = file(
+            "jwt_audience = \"app\"\n[collections.notes]\nworld = { read = true }\ncreators = [\"bob\"]\n",
+        );
+        let config = Config::resolve(Settings::default(), file).unwrap();
+        let printed = config.to_toml().unwrap();
+        let again =
+            Config::resolve(Settings::default(), toml::from_str(&printed).unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(toml::from_str::<Settings>("bind = \"nowhere\"").is_err());
+        assert!(toml::from_str::<Settings>("no_such_key = 1").is_err());
+        assert!(toml::from_str::<Settings>("[collections.a]\nworld = { fly = true }").is_err());
+        let both = file("jwt_secret_file = \"a\"\njwt_rs256_public_key = \"b\"");
+        assert!(Config::resolve(Settings::default(), both).is_err());
+        let zero = file("snapshot_every = 0");
+        assert!(Config::resolve(Settings::default(), zero).is_err());
+        let bad_id = file("[collections.\"\"]");
+        assert!(Config::resolve(Settings::default(), bad_id).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! `concord`, the command that runs a Concord server.
+//!
+//! * `concord serve` runs the server of the `concord-server` library: a WebSocket endpoint at
+//!   `ws://HOST:PORT/<namespace>/<domain>` backed by an embedded store in a data directory.
+//!   Settings come from flags, `CONCORD_*` environment variables and an optional TOML file,
+//!   in that order of precedence. When it listens it prints one line to stdout,
+//!   `concord ready on ws://ADDR/{namespace}/{domain}`; it logs to stderr, and stops cleanly
+//!   on SIGINT or SIGTERM.
+//! * `concord token` mints an HS256 client JWT with the server's secret, for development.
+//!
+//! It is a thin shell around the library: it reads configuration, keeps the data
+//! directory's secret, handles signals and sets up logs. It is not a client, an admin or
+//! migration tool, or an identity provider; Unix only (it relies on Unix signals and file
+//! modes).
+
+mod config;
+mod secret;
+mod serve;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about = "Runs a Concord collaboration server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server until SIGINT or SIGTERM
+    Serve(Box<serve::ServeArgs>),
+    /// Print a client JWT signed with the server's HS256 secret (development and tests)
+    Token(token::TokenArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Serve(args) => serve::run(*args),
+        Command::Token(args) => token::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("concord: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `concord serve --print-config`: where each setting comes from, and how a bad file fails.
+
+mod common;
+
+use common::{concord, run};
+
+fn printed(output: &std::process::Output) -> toml::Table {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap()
+}
+
+#[test]
+fn flags_beat_environment_beats_file_beats_defaults() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("concord.toml");
+    std::fs::write(
+        &file,
+        r#"
+        bind = "127.0.0.1:1001"
+        max_open_models = 11
+        max_frame_bytes = 12345
+        data_dir = "store"
+
+        [collections.notes]
+        world = { read = true }
+        users = { alice = { read = true, write = true, manage = true } }
+        world_create = false
+        creators = ["alice"]
+        "#,
+    )?;
+
+    // The file alone, over the defaults.
+    let config = printed(&run(concord().args(["serve", "--print-config", "--config"]).arg(&file))?);
+    assert_eq!(config["bind"].as_str(), Some("127.0.0.1:1001"));
+    assert_eq!(config["max_open_models"].as_integer(), Some(11));
+    assert_eq!(config["messages_per_second"].as_integer(), Some(2000));
+    // Relative paths in the file are relative to it.
+    let store = dir.path().join("store");
+    assert_eq!(config["data_dir"].as_str(), store.to_str());
+    let notes = &config["collections"]["notes"];
+    assert_eq!(notes["world"]["read"].as_bool(), Some(true));
+    assert_eq!(notes["world"]["write"].as_bool(), Some(false));
+    assert_eq!(notes["users"]["alice"]["manage"].as_bool(), Some(true));
+    assert_eq!(notes["world_create"].as_bool(), Some(false));
+
+    // The environment over the file; the flag over both.
+    let output = run(concord()
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .env("CONCORD_BIND", "127.0.0.1:2002")
+        .env("CONCORD_MAX_OPEN_MODELS", "22")
+        .env("CONCORD_ALLOW_ANONYMOUS", "true")
+        .args(["--bind", "127.0.0.1:3003", "--allow-anonymous=false"]))?;
+    let config = printed(&output);
+    assert_eq!(config["bind"].as_str(), Some("127.0.0.1:3003"));
+    assert_eq!(config["max_open_models"].as_integer(), Some(22));
+    assert_eq!(config["max_frame_bytes"].as_integer(), Some(12345));
+    assert_eq!(config["allow_anonymous"].as_bool(), Some(false));
+
+    // The configuration file can come from the environment too, and a bare flag is true.
+    let output = run(concord()
+        .args(["serve", "--print-config", "--allow-anonymous"])
+        .env("CONCORD_CONFIG", &file))?;
+    let config = printed(&output);
+    assert_eq!(config["max_open_models"].as_integer(), Some(11));
+    assert_eq!(config["allow_anonymous"].as_bool(), Some(true));
+
+    // Nothing at all: the defaults.
+    let config = printed(&run(concord().args(["serve", "--print-config"]))?);
+    assert_eq!(config["bind"].as_str(), Some("127.0.0.1:7700"));
+    assert_eq!(config["data_dir"].as_str(), Some("./concord-data"));
+    assert_eq!(config["log"].as_str(), Some("info"));
+    Ok(())
+}
+
+#[test]
+fn a_bad_configuration_fails_clearly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases: [(&str, &str); 5] = [
+        ("bind = 5\n", "expected socket address"),
+        ("max_open_modles = 3\n", "unknown field `max_open_modles`"),
+        ("[collections.notes]\nworld = { fly = true }\n", "unknown field `fly`"),
+        ("bind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n", "duplicate key"),
+        ("jwt_secret_file = \"a\"\njwt_rs256_public_key = \"b\"\n", "configure one of them"),
+    ];
+    for (text, expected) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text)?;
+        let data_dir = dir.path().join("data");
+        // Starting for real fails the same way, before touching the data directory.
+        for print in [true, false] {
+            let mut command = concord();
+            command.args(["serve", "--bind", "127.0.0.1:0", "--config"]).arg(&file);
+            command.arg("--data-dir").arg(&data_dir);
+            if print {
+                command.arg("--print-config");
+            }
+            let output = run(&mut command)?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{text}: {stderr}");
+            assert!(
+                stderr.contains("bad config file") || stderr.contains("configure one"),
+                "{stderr}"
+            );
+            assert!(stderr.contains(expected), "{text}: expected {expected:?} in {stderr}");
+            assert!(output.stdout.is_empty());
+            assert!(!data_dir.exists());
+        }
+    }
+
+    let missing = run(concord().args(["serve", "--config", "/nonexistent/concord.toml"]))?;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the config file"));
+
+    let bad_flag = run(concord().args(["serve", "--print-config", "--max-open-models", "many"]))?;
+    assert!(!bad_flag.status.success());
+    let bad_env = run(concord().args(["serve", "--print-config"]).env("CONCORD_BIND", "nowhere"))?;
+    assert!(!bad_env.status.success());
+    assert!(String::from_utf8_lossy(&bad_env.stderr).contains("--bind"));
+    Ok(())
+}

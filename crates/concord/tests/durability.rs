@@ -1,0 +1,171 @@
+//! An acknowledged operation survives SIGKILL: clients submit operations as fast as they are
+//! acknowledged, the server process is killed at a random moment, and after a restart on the
+//! same data directory every acknowledged operation is in the model.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use common::{ServerProcess, connect, create_model, open_model, text_document, token};
+use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
+use concord_protocol::{ModelId, OpenedModel, ServerPush};
+use concord_testkit::SimRng;
+
+const KILLS: u64 = 5;
+const CLIENTS: u64 = 4;
+
+/// One acknowledged operation: the marker it inserted and the version it was committed as.
+#[derive(Debug, Clone)]
+struct Acked {
+    marker: String,
+    version: u64,
+}
+
+fn text_of(opened: &OpenedModel) -> anyhow::Result<(ElementId, String)> {
+    let data = &opened.snapshot.data;
+    let text = data.element_at(&[PathSegment::Key("text".into())]).context("no `text`")?;
+    Ok((text, data.text(text).context("`text` is not a string")?))
+}
+
+/// Submits operations one after another, each once the previous one is acknowledged, until
+/// the connection fails; every acknowledgement is recorded in `acked` as it arrives.
+async fn submit_until_killed(
+    url: String,
+    token: String,
+    model: ModelId,
+    replica: ReplicaId,
+    open: Arc<AtomicU64>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+) -> anyhow::Result<()> {
+    let mut client = connect(&url, &token).await?;
+    let opened = open_model(&mut client, &model).await?;
+    open.fetch_add(1, Ordering::SeqCst);
+    let (text, _) = text_of(&opened)?;
+    let mut base_version = opened.snapshot.version;
+    for seq in 1.. {
+        let marker = format!("<{}.{seq}>", replica.0);
+        let kind =
+            OperationKind::StringSplice { index: 0, delete_count: 0, insert: marker.clone() };
+        let operation = DiscreteOperation::new(text, kind).into();
+        if client.submit(&model, replica, seq, base_version, operation).await.is_err() {
+            return Ok(()); // The server is gone.
+        }
+        let answer = client
+            .push(|push| match push {
+                ServerPush::Ack { model: m, seq: s, version, .. } if *m == model && *s == seq => {
+                    Some(Ok(*version))
+                }
+                ServerPush::SubmitRejected { model: m, seq: s, error }
+                    if *m == model && *s == seq =>
+                {
+                    Some(Err(error.clone()))
+                }
+                _ => None,
+            })
+            .await;
+        match answer {
+            Ok(Ok(version)) => {
+                acked.lock().unwrap().push(Acked { marker, version });
+                base_version = version;
+            }
+            Ok(Err(error)) => {
+                bail!("submission {seq} of replica {} rejected: {error:?}", replica.0)
+            }
+            Err(_) => return Ok(()), // The server is gone.
+        }
+    }
+    Ok(())
+}
+
+/// Opens `model` on a fresh server and checks that everything in `acked` is there.
+async fn check(url: &str, token: &str, model: &ModelId, acked: &[Acked]) -> anyhow::Result<u64> {
+    let mut client = connect(url, token).await?;
+    let opened = open_model(&mut client, model).await?;
+    let (_, text) = text_of(&opened)?;
+    let version = opened.snapshot.version;
+    let highest = acked.iter().map(|a| a.version).max().unwrap_or(0);
+    assert!(version >= highest, "version {version} < acknowledged version {highest}");
+    for a in acked {
+        assert!(text.contains(&a.marker), "acknowledged {a:?} is missing after SIGKILL");
+    }
+    // Each committed operation inserted one marker: none is lost or applied twice.
+    assert_eq!(text.matches('<').count() as u64, version, "markers vs version in {text:?}");
+    let mut versions: Vec<u64> = acked.iter().map(|a| a.version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), acked.len(), "two acknowledgements share a version");
+    client.close().await?;
+    Ok(version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_operations_survive_sigkill() -> anyhow::Result<()> {
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+    println!("seed {seed}");
+    let mut rng = SimRng::new(seed);
+    let dir = tempfile::tempdir()?;
+    let model = ModelId::new("durable")?;
+    let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
+    let mut writer_token: Option<String> = None;
+    let opened = Arc::new(AtomicU64::new(0));
+
+    for round in 0..=KILLS {
+        let mut server = ServerProcess::start(dir.path(), &[])?;
+        let url = server.url("acme", "durability");
+        if writer_token.is_none() {
+            writer_token = Some(token(dir.path(), "writer")?);
+        }
+        let token = writer_token.as_ref().unwrap();
+        if round == 0 {
+            let mut client = connect(&url, token).await?;
+            create_model(&mut client, &model, text_document(1)).await?;
+            client.close().await?;
+        } else {
+            let before = acked.lock().unwrap().clone();
+            let version = check(&url, token, &model, &before).await?;
+            println!("round {round}: {} acknowledged operations, version {version}", before.len());
+        }
+        if round == KILLS {
+            break;
+        }
+
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let replica = ReplicaId(100 * (round + 1) + i);
+                let (url, token, model) = (url.clone(), token.clone(), model.clone());
+                tokio::spawn(submit_until_killed(
+                    url,
+                    token,
+                    model,
+                    replica,
+                    opened.clone(),
+                    acked.clone(),
+                ))
+            })
+            .collect();
+        // Let every client open the model and submissions flow, then kill at a random
+        // moment while they are in flight.
+        let started = acked.lock().unwrap().len();
+        let all_open = (round + 1) * CLIENTS;
+        for _ in 0..1000 {
+            if opened.load(Ordering::SeqCst) == all_open && acked.lock().unwrap().len() > started {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(acked.lock().unwrap().len() > started, "no operation was acknowledged");
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(500) as u64)).await;
+        server.kill()?;
+        for client in clients {
+            tokio::time::timeout(Duration::from_secs(20), client)
+                .await
+                .context("a client did not notice the server died")??
+                .context("a client failed")?;
+        }
+    }
+    assert!(acked.lock().unwrap().len() as u64 >= KILLS);
+    Ok(())
+}
