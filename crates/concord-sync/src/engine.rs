@@ -517,15 +517,18 @@ impl ClientEngine {
         match message {
             ServerMessage::Response { to, response } => self.handle_response(to, response),
             ServerMessage::Error { to: Some(to), error } => {
+                // A deleted model is as gone as one that never was.
+                let gone =
+                    matches!(error.code, ErrorCode::MODEL_NOT_FOUND | ErrorCode::MODEL_DELETED);
                 if let Some(model) = self.resync_requests.remove(&to) {
-                    if error.code == ErrorCode::MODEL_NOT_FOUND {
+                    if gone {
                         self.gone(&model, error.clone());
                     } else {
                         self.violation(&model, format!("resync refused: {error}"));
                     }
                 }
                 if let Some(model) = self.delete_requests.remove(&to) {
-                    if error.code == ErrorCode::MODEL_NOT_FOUND {
+                    if gone {
                         self.deletion_confirmed(model); // already gone: the same outcome
                     } else if let Some((collection, _)) = self.tombstones.remove(&model) {
                         let change = StoreChange::Undelete { collection };
