@@ -27,7 +27,7 @@ use concord_ot::{Applied, ApplyError, Document, Operation, ReplicaId};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorCode, ErrorReply,
     InFlight, KnownModel, ModelId, ModelSnapshot, OfflineUpdate, RequestId, ServerMessage,
-    ServerPush, ServerResponse, Timestamp,
+    ServerPush, ServerResponse, SessionId, Timestamp,
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
@@ -69,6 +69,8 @@ pub enum Event {
     /// Another session's operation was applied to the local view (as transformed).
     RemoteOperation {
         model: ModelId,
+        /// The session that made it.
+        author: SessionId,
         operation: Operation,
         applied: Vec<Applied>,
     },
@@ -295,6 +297,27 @@ impl ClientEngine {
             self.attach(&model);
         }
         Ok(())
+    }
+
+    /// Takes into memory a model the store does not hold yet, from the server's snapshot
+    /// (the driver opened it at the server): it is stored and synced like any loaded model.
+    pub fn add_downloaded(
+        &mut self,
+        model: ModelId,
+        snapshot: ModelSnapshot,
+    ) -> Result<(), EngineError> {
+        if self.models.contains_key(&model) {
+            return Err(EngineError::AlreadyLoaded(model));
+        }
+        if self.tombstones.contains_key(&model) {
+            return Err(EngineError::DeletionPending(model));
+        }
+        if let Some(known) = self.subscriptions.get_mut(&model) {
+            *known = Some(snapshot.version);
+        }
+        let replica = ModelReplica::new(snapshot.clone());
+        self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
+        self.insert(model, replica, None)
     }
 
     /// Marks a model loaded for background sync as one the application uses: it is no
@@ -842,6 +865,7 @@ impl ClientEngine {
         let Some(entry) = self.models.get_mut(model) else {
             return false;
         };
+        let author = operation.author.clone();
         match entry.replica.remote(operation) {
             Ok((None, changes)) => {
                 // The replay held our own submission: that was its ack.
@@ -855,6 +879,7 @@ impl ClientEngine {
                 if let Some(applied) = applied {
                     self.events.push_back(Event::RemoteOperation {
                         model: model.clone(),
+                        author,
                         operation: applied.operation,
                         applied: applied.applied,
                     });

@@ -1,0 +1,366 @@
+//! [`Domain`]: one server, one user, one offline store; and [`ModelService`], its models.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_protocol::{Auth, CollectionId, ErrorReply, ModelId, Session};
+use concord_storage::{MemoryAdapter, StorageAdapter};
+use concord_sync::EngineConfig;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::driver::{AutoCreate, Command, Driver, Reply};
+use crate::error::ClientError;
+use crate::events::Events;
+use crate::model::RealTimeModel;
+
+/// How a domain works; [`DomainOptions::default`] keeps its store in memory.
+#[derive(Clone)]
+pub struct DomainOptions {
+    /// Where local changes and downloaded models are kept. Memory loses them with the
+    /// process; use a durable adapter (`RedbAdapter`, feature `redb`) to work offline for real.
+    pub storage: Arc<dyn StorageAdapter>,
+    /// Delay before the first reconnection attempt, and the most it doubles to.
+    pub reconnect_backoff: (Duration, Duration),
+    /// How long a connection attempt, a handshake or an open may take.
+    pub request_timeout: Duration,
+    /// How often the client pings; three silent intervals count as a lost connection.
+    pub heartbeat: Duration,
+    pub engine: EngineConfig,
+}
+
+impl Default for DomainOptions {
+    fn default() -> DomainOptions {
+        DomainOptions {
+            storage: Arc::new(MemoryAdapter::new()),
+            reconnect_backoff: (Duration::from_millis(200), Duration::from_secs(10)),
+            request_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DomainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainOptions")
+            .field("reconnect_backoff", &self.reconnect_backoff)
+            .field("request_timeout", &self.request_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Domain`].
+#[derive(Debug)]
+pub struct DomainBuilder {
+    url: String,
+    options: DomainOptions,
+}
+
+impl DomainBuilder {
+    /// The offline store's adapter.
+    pub fn storage(mut self, adapter: impl StorageAdapter + 'static) -> DomainBuilder {
+        self.options.storage = Arc::new(adapter);
+        self
+    }
+
+    pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> DomainBuilder {
+        self.options.reconnect_backoff = (first, max.max(first));
+        self
+    }
+
+    pub fn request_timeout(mut self, timeout: Duration) -> DomainBuilder {
+        self.options.request_timeout = timeout;
+        self
+    }
+
+    pub fn heartbeat(mut self, interval: Duration) -> DomainBuilder {
+        self.options.heartbeat = interval;
+        self
+    }
+
+    pub fn engine(mut self, config: EngineConfig) -> DomainBuilder {
+        self.options.engine = config;
+        self
+    }
+
+    /// Starts the domain's task on the current tokio runtime. Nothing connects yet.
+    pub fn build(self) -> Domain {
+        let (commands, receiver) = mpsc::channel(256);
+        let (state, state_receiver) = watch::channel(ConnectionState::Disconnected);
+        let (events, _) = broadcast::channel(1024);
+        let request_timeout = self.options.request_timeout;
+        let driver = Driver::new(self.url.clone(), self.options, state, events.clone());
+        tokio::spawn(driver.run(receiver));
+        Domain {
+            inner: Arc::new(Inner {
+                url: self.url,
+                commands,
+                state: state_receiver,
+                events,
+                request_timeout,
+            }),
+        }
+    }
+}
+
+/// Whether the domain is talking to its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    Disconnected,
+    Connecting,
+    Connected,
+    /// The connection was lost; the domain retries with backoff.
+    Reconnecting,
+}
+
+/// What happens to the domain as a whole.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DomainEvent {
+    State(ConnectionState),
+    /// After a reconnection, stored models with changes sync a few at a time.
+    SyncProgress {
+        done: usize,
+        total: usize,
+    },
+    /// The server created a model created here.
+    Created {
+        model: ModelId,
+    },
+    /// The server refused a model created here; it stays here, offline, with its data.
+    CreationRefused {
+        model: ModelId,
+        error: ErrorReply,
+    },
+    /// The server confirmed a deletion made here.
+    Deleted {
+        model: ModelId,
+    },
+    /// The server refused a deletion made here: the model is back.
+    DeletionRefused {
+        model: ModelId,
+        error: ErrorReply,
+    },
+    /// The server no longer serves the model; the local copy stays.
+    ModelGone {
+        model: ModelId,
+        error: ErrorReply,
+    },
+    /// A subscribed model was downloaded into the store.
+    Downloaded {
+        model: ModelId,
+    },
+    /// The server refused local changes for good (they were undone locally).
+    ChangesRejected {
+        model: ModelId,
+        error: ErrorReply,
+    },
+    ProtocolViolation {
+        model: ModelId,
+        error: String,
+    },
+    /// The offline store failed; the domain stopped.
+    StorageFailed(String),
+}
+
+/// A model in the offline store, as [`ModelService::stored_models`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredModel {
+    pub id: ModelId,
+    pub collection: CollectionId,
+    /// Its data is here: it can be opened offline.
+    pub available: bool,
+    pub subscribed: bool,
+    pub has_pending_changes: bool,
+    pub created_locally: bool,
+    pub deleted_locally: bool,
+    /// The server version the store holds.
+    pub version: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<ConnectionState>,
+    events: broadcast::Sender<DomainEvent>,
+    request_timeout: Duration,
+}
+
+/// One server (URL), one user and their offline store. Cheap to clone; the domain's task
+/// stops when the last clone (and every model handle) is dropped.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    inner: Arc<Inner>,
+}
+
+impl Domain {
+    /// `url` is the server's WebSocket endpoint, `ws://HOST:PORT/<namespace>/<domain>`.
+    pub fn builder(url: impl Into<String>) -> DomainBuilder {
+        DomainBuilder { url: url.into(), options: DomainOptions::default() }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    pub(crate) async fn call<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.commands.send(command(reply)).await.map_err(|_| ClientError::Closed)?;
+        answer.await.map_err(|_| ClientError::Closed)?
+    }
+
+    pub(crate) fn send_now(&self, command: Command) {
+        let _ = self.inner.commands.try_send(command);
+    }
+
+    pub(crate) async fn send(&self, command: Command) -> Result<(), ClientError> {
+        self.inner.commands.send(command).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Connects with a JWT; the user is its `sub`. Opens that user's offline store. Once
+    /// connected, a lost connection is retried with backoff until [`Domain::disconnect`].
+    pub async fn connect_with_jwt(&self, jwt: impl Into<String>) -> Result<Session, ClientError> {
+        let auth = Auth::Jwt(jwt.into());
+        self.call(|reply| Command::Connect { auth, reply }).await
+    }
+
+    /// Connects as an anonymous user, if the server allows it.
+    pub async fn connect_anonymously(
+        &self,
+        display_name: Option<String>,
+    ) -> Result<Session, ClientError> {
+        let auth = Auth::Anonymous { display_name };
+        self.call(|reply| Command::Connect { auth, reply }).await
+    }
+
+    /// Opens `username`'s offline store without connecting: models in the store can be
+    /// opened, created, edited and removed; everything syncs once connected.
+    pub async fn initialize_offline(&self, username: impl Into<String>) -> Result<(), ClientError> {
+        let user = username.into();
+        self.call(|reply| Command::InitializeOffline { user, reply }).await
+    }
+
+    /// Closes the connection and stops reconnecting; work continues offline.
+    pub async fn disconnect(&self) -> Result<(), ClientError> {
+        self.call(|reply| Command::Disconnect { reply }).await
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Waits until the connection state is `state` (or the domain closes).
+    pub async fn wait_for(&self, state: ConnectionState) -> Result<(), ClientError> {
+        let mut watch = self.inner.state.clone();
+        watch.wait_for(|s| *s == state).await.map(|_| ()).map_err(|_| ClientError::Closed)
+    }
+
+    /// Domain events from now on.
+    pub fn events(&self) -> Events<DomainEvent> {
+        Events::new(self.inner.events.subscribe())
+    }
+
+    pub fn models(&self) -> ModelService {
+        ModelService { domain: self.clone() }
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+}
+
+/// The models of a domain.
+#[derive(Debug, Clone)]
+pub struct ModelService {
+    domain: Domain,
+}
+
+impl ModelService {
+    /// Opens a model: from memory or the offline store if it is there (online or not),
+    /// else from the server. Offline, a model never downloaded fails with
+    /// [`ClientError::NotAvailableOffline`].
+    pub async fn open(&self, id: &ModelId) -> Result<RealTimeModel, ClientError> {
+        self.open_with(id, None).await
+    }
+
+    /// Opens a model, creating it in `collection` with `data` if the server has none.
+    pub async fn open_auto_create(
+        &self,
+        id: &ModelId,
+        collection: &CollectionId,
+        data: serde_json::Value,
+    ) -> Result<RealTimeModel, ClientError> {
+        let auto = AutoCreate { collection: collection.clone(), data };
+        self.open_with(id, Some(auto)).await
+    }
+
+    async fn open_with(
+        &self,
+        id: &ModelId,
+        auto_create: Option<AutoCreate>,
+    ) -> Result<RealTimeModel, ClientError> {
+        let model = id.clone();
+        let call = self.domain.call(|reply| Command::Open { model, auto_create, reply });
+        let opened = tokio::time::timeout(self.domain.request_timeout(), call)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        Ok(RealTimeModel::new(self.domain.clone(), id.clone(), opened))
+    }
+
+    /// Creates a model with a fresh id (UUID v7), here and — now or once connected — at
+    /// the server. Works offline.
+    pub async fn create(
+        &self,
+        collection: &CollectionId,
+        data: serde_json::Value,
+    ) -> Result<ModelId, ClientError> {
+        let id = ModelId::new(uuid::Uuid::now_v7().to_string())
+            .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+        self.create_with_id(&id, collection, data).await?;
+        Ok(id)
+    }
+
+    /// Creates a model under an id the application chose.
+    pub async fn create_with_id(
+        &self,
+        id: &ModelId,
+        collection: &CollectionId,
+        data: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        let (model, collection) = (id.clone(), collection.clone());
+        self.domain.call(|reply| Command::Create { model, collection, data, reply }).await
+    }
+
+    /// Deletes a model: at once here (a tombstone in the store), at the server when
+    /// connected. Works offline for models the store holds.
+    pub async fn remove(&self, id: &ModelId) -> Result<(), ClientError> {
+        let model = id.clone();
+        self.domain.call(|reply| Command::Remove { model, reply }).await
+    }
+
+    /// Keeps these models in the offline store and current while connected.
+    pub async fn subscribe_offline(&self, ids: &[ModelId]) -> Result<(), ClientError> {
+        let models = ids.to_vec();
+        self.domain.call(|reply| Command::Subscribe { models, reply }).await
+    }
+
+    pub async fn unsubscribe_offline(&self, ids: &[ModelId]) -> Result<(), ClientError> {
+        let models = ids.to_vec();
+        self.domain.call(|reply| Command::Unsubscribe { models, reply }).await
+    }
+
+    pub async fn offline_subscriptions(&self) -> Result<Vec<ModelId>, ClientError> {
+        self.domain.call(|reply| Command::Subscriptions { reply }).await
+    }
+
+    /// Every model in the offline store, with what it holds.
+    pub async fn stored_models(&self) -> Result<Vec<StoredModel>, ClientError> {
+        self.domain.call(|reply| Command::StoredModels { reply }).await
+    }
+}

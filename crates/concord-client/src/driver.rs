@@ -1,0 +1,1027 @@
+//! The task behind a [`Domain`](crate::Domain): it owns the sync engine, the offline store
+//! and the WebSocket, and nothing else touches them. Application calls arrive as
+//! [`Command`]s; after each command, frame or timer it drains the engine in its documented
+//! order — storage (all queued batches in one group commit), transmit, events, loads.
+//!
+//! Events go out on broadcast channels, so a slow consumer loses old events instead of
+//! slowing the connection down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
+use concord_protocol::{
+    Auth, ClientMessage, ClientRequest, ClientResponse, CollectionId, CreationNonce, ModelId,
+    ModelSnapshot, PermissionGrants, RequestId, ServerMessage, ServerPush, ServerRequest,
+    ServerResponse, Session, Timestamp,
+};
+use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
+use concord_sync::{ClientEngine, Event, ModelReplica, StoreChange, store};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::domain::{ConnectionState, DomainEvent, DomainOptions, StoredModel};
+use crate::error::ClientError;
+use crate::model::{ModelEvent, Watermarks};
+use crate::socket::{self, Socket};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// Builds a local change against the model's current local view.
+pub(crate) type Build =
+    Box<dyn FnOnce(&Document, &mut IdGenerator) -> Result<Operation, ClientError> + Send>;
+
+/// Reads the model's local view; it replies through what it captured.
+pub(crate) type Read = Box<dyn FnOnce(&ModelReplica) + Send>;
+
+/// What to create when opening a model the server does not have.
+#[derive(Debug)]
+pub(crate) struct AutoCreate {
+    pub(crate) collection: CollectionId,
+    pub(crate) data: serde_json::Value,
+}
+
+/// An open model as the application holds it.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) collection: CollectionId,
+    pub(crate) root: ElementId,
+    pub(crate) events: broadcast::Sender<ModelEvent>,
+    pub(crate) watermarks: watch::Receiver<Watermarks>,
+}
+
+pub(crate) enum Command {
+    Connect { auth: Auth, reply: Reply<Session> },
+    InitializeOffline { user: String, reply: Reply<()> },
+    Disconnect { reply: Reply<()> },
+    Open { model: ModelId, auto_create: Option<AutoCreate>, reply: Reply<Opened> },
+    Create { model: ModelId, collection: CollectionId, data: serde_json::Value, reply: Reply<()> },
+    Remove { model: ModelId, reply: Reply<()> },
+    Subscribe { models: Vec<ModelId>, reply: Reply<()> },
+    Unsubscribe { models: Vec<ModelId>, reply: Reply<()> },
+    Subscriptions { reply: Reply<Vec<ModelId>> },
+    StoredModels { reply: Reply<Vec<StoredModel>> },
+    Edit { model: ModelId, build: Build, reply: Reply<u64> },
+    Read { model: ModelId, read: Read },
+    Close { model: ModelId },
+}
+
+/// Requests the driver sends itself (opens, pings, handshakes) use ids from here up, apart
+/// from the engine's, which count from 1.
+const DRIVER_REQUESTS: u64 = 1 << 62;
+
+/// A model the application has open.
+struct OpenModel {
+    events: broadcast::Sender<ModelEvent>,
+    watermarks: watch::Sender<Watermarks>,
+    /// Handles the application holds; the model leaves memory when the last one closes
+    /// and it is in sync.
+    handles: usize,
+    collection: CollectionId,
+}
+
+/// An open at the server waiting for its answer.
+struct PendingOpen {
+    model: ModelId,
+    auto_create: Option<AutoCreate>,
+    replies: Vec<Reply<Opened>>,
+}
+
+pub(crate) struct Driver {
+    url: String,
+    options: DomainOptions,
+    state: watch::Sender<ConnectionState>,
+    domain_events: broadcast::Sender<DomainEvent>,
+    user: Option<String>,
+    store: Option<Box<dyn OfflineStore>>,
+    engine: Option<ClientEngine>,
+    socket: Option<Socket>,
+    /// The credentials to reconnect with: the reconnect token first, then these.
+    auth: Option<Auth>,
+    reconnect_token: Option<concord_protocol::ReconnectToken>,
+    /// Whether the application wants to be online (it connected and did not disconnect).
+    want_online: bool,
+    reconnect_at: Option<Instant>,
+    backoff: Duration,
+    last_heard: Instant,
+    ids: HashMap<ModelId, IdGenerator>,
+    open: HashMap<ModelId, OpenModel>,
+    pending_opens: BTreeMap<RequestId, PendingOpen>,
+    next_request: u64,
+    /// Set when the store failed: the domain stops.
+    failed: Option<ClientError>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        url: String,
+        options: DomainOptions,
+        state: watch::Sender<ConnectionState>,
+        domain_events: broadcast::Sender<DomainEvent>,
+    ) -> Driver {
+        let backoff = options.reconnect_backoff.0;
+        Driver {
+            url,
+            options,
+            state,
+            domain_events,
+            user: None,
+            store: None,
+            engine: None,
+            socket: None,
+            auth: None,
+            reconnect_token: None,
+            want_online: false,
+            reconnect_at: None,
+            backoff,
+            last_heard: Instant::now(),
+            ids: HashMap::new(),
+            open: HashMap::new(),
+            pending_opens: BTreeMap::new(),
+            next_request: DRIVER_REQUESTS,
+            failed: None,
+        }
+    }
+
+    /// Runs until every handle to the domain is gone.
+    pub(crate) async fn run(mut self, mut commands: tokio::sync::mpsc::Receiver<Command>) {
+        let mut heartbeat = tokio::time::interval(self.options.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reconnect_at = self.reconnect_at;
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.command(command).await;
+                }
+                frame = socket::next(&mut self.socket), if self.socket.is_some() => {
+                    self.frame(frame).await;
+                }
+                () = sleep_until(reconnect_at), if reconnect_at.is_some() => {
+                    self.reconnect_at = None;
+                    self.reconnect().await;
+                }
+                _ = heartbeat.tick(), if self.socket.is_some() => self.heartbeat().await,
+            }
+            self.pump().await;
+        }
+        if let Some(socket) = self.socket.take() {
+            socket.close().await;
+        }
+    }
+
+    fn emit(&self, event: DomainEvent) {
+        let _ = self.domain_events.send(event);
+    }
+
+    fn model_event(&self, model: &ModelId, event: ModelEvent) {
+        if let Some(open) = self.open.get(model) {
+            let _ = open.events.send(event);
+        }
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        self.state.send_replace(state.clone());
+        self.emit(DomainEvent::State(state));
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        self.next_request += 1;
+        RequestId(self.next_request)
+    }
+
+    async fn command(&mut self, command: Command) {
+        if let Some(failed) = &self.failed {
+            fail_command(command, failed.clone());
+            return;
+        }
+        match command {
+            Command::Connect { auth, reply } => {
+                self.auth = Some(auth.clone());
+                self.want_online = true;
+                let result = self.connect(auth).await;
+                if result.is_err() {
+                    self.want_online = false;
+                    self.auth = None;
+                }
+                let _ = reply.send(result);
+            }
+            Command::InitializeOffline { user, reply } => {
+                let _ = reply.send(self.ensure_store(&user).await);
+            }
+            Command::Disconnect { reply } => {
+                self.want_online = false;
+                self.reconnect_at = None;
+                self.drop_connection(ConnectionState::Disconnected).await;
+                let _ = reply.send(Ok(()));
+            }
+            Command::Open { model, auto_create, reply } => {
+                self.open(model, auto_create, reply).await
+            }
+            Command::Create { model, collection, data, reply } => {
+                let _ = reply.send(self.create(model, collection, data));
+            }
+            Command::Remove { model, reply } => {
+                let result = match self.engine.as_mut() {
+                    None => Err(ClientError::NotInitialized),
+                    Some(engine) => {
+                        let collection = match self.open.remove(&model) {
+                            Some(open) => Some(open.collection),
+                            None => match &self.store {
+                                Some(store) => store
+                                    .load_model(&model)
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .map(|s| s.summary.record.collection),
+                                None => None,
+                            },
+                        };
+                        match collection {
+                            // Known here: a tombstone until the server confirms.
+                            Some(collection) => {
+                                engine.remove_model(&model);
+                                engine.delete_model(model.clone(), collection);
+                                Ok(())
+                            }
+                            None => Err(ClientError::NotAvailableOffline(model)),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Subscribe { models, reply } => {
+                let result = match (&mut self.engine, &self.store) {
+                    (Some(engine), Some(store)) => {
+                        let mut known = Vec::new();
+                        for model in models {
+                            let version = store
+                                .load_model(&model)
+                                .await
+                                .ok()
+                                .flatten()
+                                .and_then(|s| s.summary.confirmed_version);
+                            known.push((model, version));
+                        }
+                        engine.subscribe(known);
+                        Ok(())
+                    }
+                    _ => Err(ClientError::NotInitialized),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { models, reply } => {
+                let result = match &mut self.engine {
+                    Some(engine) => {
+                        engine.unsubscribe(models);
+                        Ok(())
+                    }
+                    None => Err(ClientError::NotInitialized),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Subscriptions { reply } => {
+                let result = match &self.engine {
+                    Some(engine) => Ok(engine.subscriptions().cloned().collect()),
+                    None => Err(ClientError::NotInitialized),
+                };
+                let _ = reply.send(result);
+            }
+            Command::StoredModels { reply } => {
+                let _ = reply.send(self.stored_models().await);
+            }
+            Command::Edit { model, build, reply } => {
+                let _ = reply.send(self.edit(&model, build));
+            }
+            Command::Read { model, read } => {
+                if let Some(replica) = self.engine.as_ref().and_then(|e| e.model(&model)) {
+                    read(replica);
+                }
+                // Otherwise `read` is dropped, and its reply with it: the caller sees why.
+            }
+            Command::Close { model } => {
+                let Some(open) = self.open.get_mut(&model) else { return };
+                open.handles = open.handles.saturating_sub(1);
+                if open.handles == 0 {
+                    self.open.remove(&model);
+                    self.release_if_idle(&model);
+                }
+            }
+        }
+    }
+
+    /// Releases a model the application no longer has open once nothing of it is unsent.
+    fn release_if_idle(&mut self, model: &ModelId) {
+        if self.open.contains_key(model) {
+            return;
+        }
+        let Some(engine) = self.engine.as_mut() else { return };
+        let idle = engine.model(model).is_some_and(|m| !m.has_unacknowledged());
+        if idle {
+            engine.remove_model(model);
+            self.ids.remove(model);
+        }
+    }
+
+    /// Opens the store for `user` (once) and starts the engine from it.
+    async fn ensure_store(&mut self, user: &str) -> Result<(), ClientError> {
+        if let Some(current) = &self.user {
+            if current != user {
+                return Err(ClientError::OtherUser {
+                    current: current.clone(),
+                    requested: user.to_owned(),
+                });
+            }
+            return Ok(());
+        }
+        let key = StoreKey { server: self.url.clone(), user: user.to_owned() };
+        let store = self.options.storage.open(&key).await?;
+        let replica = match store.replica_id().await? {
+            Some(replica) => replica,
+            None => {
+                let replica = ReplicaId(random_u64());
+                let batch = Batch { mutations: vec![Mutation::SetReplicaId(replica)] };
+                store.commit(batch).await?;
+                replica
+            }
+        };
+        let mut engine = ClientEngine::new(replica, self.options.engine);
+        let summaries = store.models().await?;
+        let tombstones = summaries
+            .iter()
+            .filter(|m| m.record.deleted_locally)
+            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
+            .collect();
+        engine.add_tombstones(tombstones);
+        let subscriptions = store
+            .subscriptions()
+            .await?
+            .into_iter()
+            .map(|model| {
+                let version = summaries
+                    .iter()
+                    .find(|s| s.record.id == model)
+                    .and_then(|s| s.confirmed_version);
+                (model, version)
+            })
+            .collect();
+        engine.add_subscriptions(subscriptions);
+        self.user = Some(user.to_owned());
+        self.store = Some(store);
+        self.engine = Some(engine);
+        Ok(())
+    }
+
+    async fn connect(&mut self, auth: Auth) -> Result<Session, ClientError> {
+        self.set_state(ConnectionState::Connecting);
+        let result = socket::connect(&self.url, auth, self.options.request_timeout).await;
+        let (socket, session) = match result {
+            Ok(connected) => connected,
+            Err(e) => {
+                self.set_state(ConnectionState::Disconnected);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.ensure_store(&session.user.id.0).await {
+            socket.close().await;
+            self.set_state(ConnectionState::Disconnected);
+            return Err(e);
+        }
+        self.socket = Some(socket);
+        self.reconnect_token = Some(session.reconnect_token.clone());
+        self.backoff = self.options.reconnect_backoff.0;
+        self.last_heard = Instant::now();
+        self.handle_connected().await;
+        self.set_state(ConnectionState::Connected);
+        Ok(session)
+    }
+
+    /// Tells the engine it is online, with what the store holds that needs syncing.
+    async fn handle_connected(&mut self) {
+        let (Some(engine), Some(store)) = (self.engine.as_mut(), self.store.as_ref()) else {
+            return;
+        };
+        let summaries = match store.models().await {
+            Ok(summaries) => summaries,
+            Err(e) => return self.fail(e.into()),
+        };
+        let loaded: Vec<ModelId> = engine.models().cloned().collect();
+        let tombstones = summaries
+            .iter()
+            .filter(|m| m.record.deleted_locally)
+            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
+            .collect();
+        let with_changes = summaries
+            .into_iter()
+            .filter(|m| {
+                let dirty = m.pending_count > 0 || m.record.created_locally;
+                !loaded.contains(&m.record.id) && !m.record.deleted_locally && dirty
+            })
+            .map(|m| m.record.id)
+            .collect();
+        engine.handle_connected(with_changes, tombstones);
+    }
+
+    async fn reconnect(&mut self) {
+        if !self.want_online || self.socket.is_some() {
+            return;
+        }
+        let attempts = [self.reconnect_token.clone().map(Auth::Reconnect), self.auth.clone()];
+        for auth in attempts.into_iter().flatten() {
+            match self.connect(auth).await {
+                Ok(_) => return,
+                Err(ClientError::Rejected(rejection)) => {
+                    // An expired reconnect token: the original credentials may still do.
+                    self.reconnect_token = None;
+                    tracing::info!(?rejection, "reconnecting was refused");
+                    if !rejection.retry_allowed {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnecting failed");
+                    break;
+                }
+            }
+        }
+        if self.socket.is_none() {
+            self.schedule_reconnect();
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        if !self.want_online {
+            return;
+        }
+        self.reconnect_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(self.options.reconnect_backoff.1);
+        self.set_state(ConnectionState::Reconnecting);
+    }
+
+    async fn drop_connection(&mut self, state: ConnectionState) {
+        if let Some(socket) = self.socket.take() {
+            socket.close().await;
+        }
+        for (_, pending) in std::mem::take(&mut self.pending_opens) {
+            for reply in pending.replies {
+                let _ = reply.send(Err(ClientError::Connect {
+                    url: self.url.clone(),
+                    reason: "the connection closed".into(),
+                }));
+            }
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            engine.handle_disconnected();
+        }
+        self.set_state(state);
+    }
+
+    async fn heartbeat(&mut self) {
+        if self.last_heard.elapsed() > self.options.heartbeat * 3 {
+            tracing::info!("the server is silent; reconnecting");
+            self.drop_connection(ConnectionState::Reconnecting).await;
+            self.schedule_reconnect();
+            return;
+        }
+        let id = self.request_id();
+        self.send(ClientMessage::Request { id, request: ClientRequest::Ping }).await;
+    }
+
+    async fn send(&mut self, message: ClientMessage) {
+        let Some(socket) = self.socket.as_mut() else { return };
+        if let Err(e) = socket.send(&message).await {
+            tracing::debug!(error = %e, "sending failed");
+            self.drop_connection(ConnectionState::Reconnecting).await;
+            self.schedule_reconnect();
+        }
+    }
+
+    async fn frame(&mut self, frame: Option<Result<ServerMessage, ClientError>>) {
+        let message = match frame {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "the connection failed");
+                self.drop_connection(ConnectionState::Reconnecting).await;
+                self.schedule_reconnect();
+                return;
+            }
+            None => {
+                self.drop_connection(ConnectionState::Reconnecting).await;
+                self.schedule_reconnect();
+                return;
+            }
+        };
+        self.last_heard = Instant::now();
+        match &message {
+            ServerMessage::Response { to, response } if to.0 > DRIVER_REQUESTS => {
+                let (to, response) = (*to, response.clone());
+                return self.own_response(to, Ok(response)).await;
+            }
+            ServerMessage::Error { to: Some(to), error } if to.0 > DRIVER_REQUESTS => {
+                let (to, error) = (*to, error.clone());
+                return self.own_response(to, Err(error)).await;
+            }
+            ServerMessage::Request { id, request: ServerRequest::Ping } => {
+                let to = *id;
+                let reply = ClientMessage::Response { to, response: ClientResponse::Pong };
+                return self.send(reply).await;
+            }
+            ServerMessage::Request { id, request: ServerRequest::AutoCreate { model } } => {
+                let (id, model) = (*id, model.clone());
+                return self.answer_auto_create(id, &model).await;
+            }
+            ServerMessage::Push(ServerPush::CollaboratorOpened { model, collaborator }) => {
+                let event = ModelEvent::CollaboratorOpened(collaborator.clone());
+                self.model_event(model, event);
+            }
+            ServerMessage::Push(ServerPush::CollaboratorClosed { model, session }) => {
+                self.model_event(model, ModelEvent::CollaboratorClosed(session.clone()));
+            }
+            ServerMessage::Push(ServerPush::SessionClosing { .. }) => {}
+            _ => {}
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            engine.handle_message(message);
+        }
+    }
+
+    async fn answer_auto_create(&mut self, id: RequestId, model: &ModelId) {
+        let pending = self.pending_opens.values().find(|p| p.model == *model);
+        let message = match pending.and_then(|p| p.auto_create.as_ref()) {
+            Some(auto) => {
+                let mut ids = IdGenerator::new(self.replica(), 0);
+                match concord_ot::Value::from_json(&auto.data, &mut ids) {
+                    Ok(value) => match Document::new(value) {
+                        Ok(data) => ClientMessage::Response {
+                            to: id,
+                            response: ClientResponse::AutoCreate {
+                                collection: auto.collection.clone(),
+                                data,
+                                permissions: None::<PermissionGrants>,
+                            },
+                        },
+                        Err(e) => auto_create_error(id, &e.to_string()),
+                    },
+                    Err(e) => auto_create_error(id, &e.to_string()),
+                }
+            }
+            None => auto_create_error(id, "this client has no data to create the model with"),
+        };
+        self.send(message).await;
+    }
+
+    fn replica(&self) -> ReplicaId {
+        self.engine.as_ref().map_or(ReplicaId(0), ClientEngine::replica_id)
+    }
+
+    async fn own_response(
+        &mut self,
+        to: RequestId,
+        answer: Result<ServerResponse, concord_protocol::ErrorReply>,
+    ) {
+        let Some(pending) = self.pending_opens.remove(&to) else { return };
+        let result = match answer {
+            Ok(ServerResponse::ModelOpened(opened)) => {
+                self.downloaded(&pending.model, opened.snapshot).map(|()| pending.model.clone())
+            }
+            Ok(other) => Err(ClientError::Server(concord_protocol::ErrorReply::new(
+                concord_protocol::ErrorCode::UNEXPECTED_MESSAGE,
+                format!("unexpected answer to an open: {other:?}"),
+            ))),
+            Err(error) => Err(ClientError::Server(error)),
+        };
+        for reply in pending.replies {
+            let opened = match &result {
+                Ok(model) => Ok(self.handle(model)),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = reply.send(opened);
+        }
+    }
+
+    /// A model opened at the server for the first time: stored, and synced from now on.
+    fn downloaded(&mut self, model: &ModelId, snapshot: ModelSnapshot) -> Result<(), ClientError> {
+        let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
+        let next = next_counter_for(&snapshot.data, engine.replica_id());
+        let collection = snapshot.collection.clone();
+        if engine.model(model).is_none() {
+            engine.add_downloaded(model.clone(), snapshot)?;
+        }
+        self.ids
+            .entry(model.clone())
+            .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
+        self.register(model, collection);
+        Ok(())
+    }
+
+    /// Creates the application's handle state for an open model.
+    fn register(&mut self, model: &ModelId, collection: CollectionId) {
+        let entry = self.open.entry(model.clone()).or_insert_with(|| OpenModel {
+            events: broadcast::channel(1024).0,
+            watermarks: watch::channel(Watermarks::default()).0,
+            handles: 0,
+            collection,
+        });
+        entry.handles += 1;
+        if let Some(replica) = self.engine.as_ref().and_then(|e| e.model(model)) {
+            let (last, stored) = (replica.last_seq(), replica.durable_seq());
+            let settled = !replica.has_unacknowledged();
+            entry.watermarks.send_modify(|w| {
+                w.last = w.last.max(last);
+                w.stored = w.stored.max(stored);
+                if settled {
+                    w.acknowledged = w.acknowledged.max(last);
+                }
+            });
+        }
+    }
+
+    fn handle(&self, model: &ModelId) -> Opened {
+        let open = &self.open[model];
+        let root = self.engine.as_ref().and_then(|e| e.model(model)).map(|m| m.local().root_id());
+        Opened {
+            collection: open.collection.clone(),
+            root: root.unwrap_or(ElementId { replica: ReplicaId(0), counter: 0 }),
+            events: open.events.clone(),
+            watermarks: open.watermarks.subscribe(),
+        }
+    }
+
+    async fn open(
+        &mut self,
+        model: ModelId,
+        auto_create: Option<AutoCreate>,
+        reply: Reply<Opened>,
+    ) {
+        let (Some(engine), Some(store)) = (self.engine.as_mut(), self.store.as_ref()) else {
+            let _ = reply.send(Err(ClientError::NotInitialized));
+            return;
+        };
+        // In memory already (open, or syncing in the background).
+        if let Some(replica) = engine.model(&model) {
+            let collection = replica.confirmed().collection.clone();
+            engine.keep_loaded(&model);
+            self.register(&model, collection);
+            let _ = reply.send(Ok(self.handle(&model)));
+            return;
+        }
+        // In the store.
+        match store.load_model(&model).await {
+            Ok(Some(state)) if !state.summary.record.deleted_locally => {
+                let next = state.summary.record.next_element_counter;
+                let creation = store::pending_creation(&state);
+                let collection = state.summary.record.collection.clone();
+                let restored = store::persisted(state)
+                    .map_err(|e| ClientError::Storage(e.to_string()))
+                    .and_then(|p| {
+                        ModelReplica::restore(p).map_err(|e| ClientError::Storage(e.to_string()))
+                    });
+                let result = restored.and_then(|replica| {
+                    let next = next.max(next_counter_for(replica.local(), engine.replica_id()));
+                    match creation {
+                        Some(nonce) => engine.add_created_model(model.clone(), replica, nonce),
+                        None => engine.add_model(model.clone(), replica),
+                    }?;
+                    self.ids.insert(model.clone(), IdGenerator::new(engine.replica_id(), next));
+                    Ok(())
+                });
+                let result = result.map(|()| {
+                    self.register(&model, collection);
+                    self.handle(&model)
+                });
+                let _ = reply.send(result);
+                return;
+            }
+            Ok(Some(_)) => {
+                let _ = reply.send(Err(ClientError::Engine(
+                    concord_sync::EngineError::DeletionPending(model),
+                )));
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        }
+        // Only the server has it.
+        if self.socket.is_none() {
+            let _ = reply.send(Err(ClientError::NotAvailableOffline(model)));
+            return;
+        }
+        if let Some(pending) = self.pending_opens.values_mut().find(|p| p.model == model) {
+            pending.replies.push(reply);
+            return;
+        }
+        let id = self.request_id();
+        let request =
+            ClientRequest::OpenModel { model: model.clone(), auto_create: auto_create.is_some() };
+        self.pending_opens.insert(id, PendingOpen { model, auto_create, replies: vec![reply] });
+        self.send(ClientMessage::Request { id, request }).await;
+    }
+
+    fn create(
+        &mut self,
+        model: ModelId,
+        collection: CollectionId,
+        data: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
+        let mut ids = IdGenerator::new(engine.replica_id(), 0);
+        let value = concord_ot::Value::from_json(&data, &mut ids)
+            .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+        let document =
+            Document::new(value).map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+        let nonce =
+            CreationNonce(random_u64().to_le_bytes().repeat(2).try_into().unwrap_or([0; 16]));
+        engine.create_model(model.clone(), collection, document, nonce, now())?;
+        // It stays in memory until the server has it, then leaves unless opened.
+        self.ids.insert(model, ids);
+        Ok(())
+    }
+
+    fn edit(&mut self, model: &ModelId, build: Build) -> Result<u64, ClientError> {
+        let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
+        let replica = engine.model(model).ok_or_else(|| ClientError::NotOpen(model.clone()))?;
+        let ids = self.ids.entry(model.clone()).or_insert_with(|| {
+            IdGenerator::new(
+                engine.replica_id(),
+                next_counter_for(replica.local(), engine.replica_id()),
+            )
+        });
+        let operation = build(replica.local(), ids)?;
+        let (seq, applied) = engine.local_change(model, operation.clone())?;
+        if let Some(open) = self.open.get(model) {
+            for event in ModelEvent::changes(&operation, &applied, None) {
+                let _ = open.events.send(event);
+            }
+            open.watermarks.send_modify(|w| w.last = seq);
+        }
+        Ok(seq)
+    }
+
+    async fn stored_models(&self) -> Result<Vec<StoredModel>, ClientError> {
+        let (Some(store), Some(engine)) = (&self.store, &self.engine) else {
+            return Err(ClientError::NotInitialized);
+        };
+        let subscribed: Vec<&ModelId> = engine.subscriptions().collect();
+        let summaries = store.models().await?;
+        Ok(summaries
+            .into_iter()
+            .map(|s| StoredModel {
+                subscribed: subscribed.contains(&&s.record.id),
+                available: s.snapshot_version.is_some() || s.record.created_locally,
+                has_pending_changes: s.pending_count > 0,
+                created_locally: s.record.created_locally,
+                deleted_locally: s.record.deleted_locally,
+                version: s.confirmed_version,
+                collection: s.record.collection,
+                id: s.record.id,
+            })
+            .collect())
+    }
+
+    fn fail(&mut self, error: ClientError) {
+        tracing::error!(%error, "the offline store failed; the domain stops");
+        self.emit(DomainEvent::StorageFailed(error.to_string()));
+        self.failed = Some(error);
+        self.want_online = false;
+    }
+
+    /// Drains the engine: storage first (one group commit), then transmit, events, loads.
+    async fn pump(&mut self) {
+        while self.failed.is_none() {
+            let Some(engine) = self.engine.as_mut() else { return };
+            let mut batches = Vec::new();
+            let mut last = None;
+            while let Some(batch) = engine.poll_storage() {
+                last = Some(batch.id);
+                let edits =
+                    batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
+                let counter = self.ids.get(&batch.model).map(IdGenerator::next_counter);
+                let model = batch.model.clone();
+                let mut mutations = store::mutations(&batch.model, batch.changes);
+                if let (true, Some(next)) = (edits, counter) {
+                    mutations.push(Mutation::AdvanceElementCounter { model, next });
+                }
+                batches.push(Batch { mutations });
+            }
+            if let Some(last) = last {
+                let Some(store) = self.store.as_ref() else { return };
+                if let Err(e) = store.commit_group(batches).await {
+                    return self.fail(e.into());
+                }
+                engine.handle_durable(last);
+                continue;
+            }
+            let mut outgoing = Vec::new();
+            while let Some(message) = engine.poll_transmit() {
+                outgoing.push(message);
+            }
+            let mut events = Vec::new();
+            while let Some(event) = engine.poll_event() {
+                events.push(event);
+            }
+            let load = engine.poll_load();
+            if !outgoing.is_empty()
+                && let Some(socket) = self.socket.as_mut()
+                && let Err(e) = socket.send_all(&outgoing).await
+            {
+                tracing::debug!(error = %e, "sending failed");
+                self.drop_connection(ConnectionState::Reconnecting).await;
+                self.schedule_reconnect();
+            }
+            for event in events {
+                self.event(event);
+            }
+            if let Some(model) = load {
+                self.load(model).await;
+                continue;
+            }
+            if outgoing.is_empty() {
+                return;
+            }
+        }
+    }
+
+    async fn load(&mut self, model: ModelId) {
+        let (Some(engine), Some(store)) = (self.engine.as_mut(), self.store.as_ref()) else {
+            return;
+        };
+        let loaded = match store.load_model(&model).await {
+            Ok(Some(state)) => {
+                let creation = store::pending_creation(&state);
+                let next = state.summary.record.next_element_counter;
+                match store::persisted(state).map(ModelReplica::restore) {
+                    Ok(Ok(replica)) => {
+                        self.ids
+                            .entry(model.clone())
+                            .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
+                        Some((replica, creation))
+                    }
+                    _ => None,
+                }
+            }
+            Ok(None) => None,
+            Err(e) => return self.fail(e.into()),
+        };
+        engine.handle_loaded(model, loaded);
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::RemoteOperation { model, author, operation, applied } => {
+                if let Some(open) = self.open.get(&model) {
+                    for event in ModelEvent::changes(&operation, &applied, Some(author.clone())) {
+                        let _ = open.events.send(event);
+                    }
+                }
+            }
+            Event::Modified { model } => self.model_event(&model, ModelEvent::Modified),
+            Event::Committed { model } => {
+                self.watermark(&model, |w| w.acknowledged = w.last);
+                self.model_event(&model, ModelEvent::Committed);
+                self.release_if_idle(&model);
+            }
+            Event::Stored { model, seq } => {
+                self.watermark(&model, |w| w.stored = w.stored.max(seq));
+                self.model_event(&model, ModelEvent::Stored { seq });
+            }
+            Event::Acknowledged { model, seq, version } => {
+                self.watermark(&model, |w| w.acknowledged = w.acknowledged.max(seq));
+                self.model_event(&model, ModelEvent::Acknowledged { seq, version });
+            }
+            Event::Neutralised { model, seqs } => {
+                self.model_event(&model, ModelEvent::Neutralised { seqs });
+            }
+            Event::Rejected { model, operations, error } => {
+                let seqs = operations.iter().map(|o| o.seq).collect();
+                self.model_event(&model, ModelEvent::Rejected { seqs, error: error.clone() });
+                self.emit(DomainEvent::ChangesRejected { model, error });
+            }
+            Event::ResyncStarted { model } => self.model_event(&model, ModelEvent::ResyncStarted),
+            Event::ResyncCompleted { model } => {
+                self.model_event(&model, ModelEvent::ResyncCompleted)
+            }
+            Event::Released { .. } => {}
+            Event::Created { model } => {
+                self.release_if_idle(&model);
+                self.emit(DomainEvent::Created { model });
+            }
+            Event::CreationRefused { model, error } => {
+                self.emit(DomainEvent::CreationRefused { model, error })
+            }
+            Event::Deleted { model } => self.emit(DomainEvent::Deleted { model }),
+            Event::DeletionRefused { model, error } => {
+                self.emit(DomainEvent::DeletionRefused { model, error })
+            }
+            Event::ModelGone { model, error } => {
+                self.model_event(&model, ModelEvent::Gone { error: error.clone() });
+                self.emit(DomainEvent::ModelGone { model, error });
+            }
+            Event::Downloaded { model } => self.emit(DomainEvent::Downloaded { model }),
+            Event::SyncProgress { done, total } => {
+                self.emit(DomainEvent::SyncProgress { done, total })
+            }
+            Event::Online => {
+                for open in self.open.values() {
+                    let _ = open.events.send(ModelEvent::Online);
+                }
+            }
+            Event::Offline => {
+                for open in self.open.values() {
+                    let _ = open.events.send(ModelEvent::Offline);
+                }
+            }
+            Event::ProtocolViolation { model, error } => {
+                tracing::warn!(%model, %error, "the server broke the protocol for a model");
+                self.emit(DomainEvent::ProtocolViolation { model, error });
+            }
+        }
+    }
+
+    fn watermark(&self, model: &ModelId, change: impl FnOnce(&mut Watermarks)) {
+        if let Some(open) = self.open.get(model) {
+            open.watermarks.send_modify(change);
+        }
+    }
+}
+
+fn auto_create_error(to: RequestId, message: &str) -> ClientMessage {
+    let error =
+        concord_protocol::ErrorReply::new(concord_protocol::ErrorCode::MODEL_NOT_FOUND, message);
+    ClientMessage::Error { to: Some(to), error }
+}
+
+/// The next element counter of `replica` in `document`: past every id it minted there.
+fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
+    document
+        .ids()
+        .filter(|id: &ElementId| id.replica == replica)
+        .map(|id| id.counter + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+fn fail_command(command: Command, error: ClientError) {
+    match command {
+        Command::Connect { reply, .. } => drop(reply.send(Err(error))),
+        Command::InitializeOffline { reply, .. }
+        | Command::Disconnect { reply }
+        | Command::Create { reply, .. }
+        | Command::Remove { reply, .. }
+        | Command::Subscribe { reply, .. }
+        | Command::Unsubscribe { reply, .. } => drop(reply.send(Err(error))),
+        Command::Open { reply, .. } => drop(reply.send(Err(error))),
+        Command::Subscriptions { reply } => drop(reply.send(Err(error))),
+        Command::StoredModels { reply } => drop(reply.send(Err(error))),
+        Command::Edit { reply, .. } => drop(reply.send(Err(error))),
+        Command::Read { .. } | Command::Close { .. } => {}
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0; 8];
+    // Without OS randomness the time still separates replicas in practice.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos as u64).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
+}
+
+pub(crate) fn now() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Connect { .. } => "Connect",
+            Command::InitializeOffline { .. } => "InitializeOffline",
+            Command::Disconnect { .. } => "Disconnect",
+            Command::Open { .. } => "Open",
+            Command::Create { .. } => "Create",
+            Command::Remove { .. } => "Remove",
+            Command::Subscribe { .. } => "Subscribe",
+            Command::Unsubscribe { .. } => "Unsubscribe",
+            Command::Subscriptions { .. } => "Subscriptions",
+            Command::StoredModels { .. } => "StoredModels",
+            Command::Edit { .. } => "Edit",
+            Command::Read { .. } => "Read",
+            Command::Close { .. } => "Close",
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! `concord-client` is what applications embed to work on Concord models: a [`Domain`]
+//! (one server, one user, one offline store) connects, reconnects with backoff, and keeps
+//! every local change in the store until the server acknowledges it; [`ModelService`]
+//! opens, creates, removes and subscribes models — online or offline; [`RealTimeModel`]
+//! and its element handles read and change a model, with events and watermarks.
+//!
+//! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
+//! to store, send and report; this crate runs it on a tokio task with a WebSocket and a
+//! `concord-storage` adapter (memory by default; `RedbAdapter` with the `redb` feature).
+//! It is not the server, and it does not render anything.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), concord_client::ClientError> {
+//! use concord_client::{CollectionId, Domain, RedbAdapter};
+//!
+//! let domain = Domain::builder("ws://127.0.0.1:7700/acme/notes")
+//!     .storage(RedbAdapter::new("./offline"))
+//!     .build();
+//! domain.initialize_offline("alice").await?; // works without a network
+//! let notes = CollectionId::new("notes").unwrap();
+//! let id = domain.models().create(&notes, serde_json::json!({ "title": "", "done": false })).await?;
+//! let note = domain.models().open(&id).await?;
+//! let title = note.root().get("title").await?.unwrap().as_string()?;
+//! let change = title.insert(0, "Buy milk").await?;
+//! note.stored(change).await?;            // durable here
+//! domain.connect_with_jwt("<token>").await?;
+//! note.acknowledged(change).await?;      // and at the server
+//! # Ok(()) }
+//! ```
+
+mod domain;
+mod driver;
+mod error;
+mod events;
+mod model;
+mod socket;
+
+pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
+pub use concord_protocol::{CollectionId, ModelId, Session, SessionId};
+#[cfg(feature = "redb")]
+pub use concord_storage::RedbAdapter;
+pub use concord_storage::{MemoryAdapter, StorageAdapter};
+pub use concord_sync::EngineConfig;
+pub use domain::{
+    ConnectionState, Domain, DomainBuilder, DomainEvent, DomainOptions, ModelService, StoredModel,
+};
+pub use error::ClientError;
+pub use events::Events;
+pub use model::{
+    BatchBuilder, Change, Edit, Element, ElementEvents, ModelEvent, ModelInfo, RealTimeArray,
+    RealTimeBoolean, RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject,
+    RealTimeString, Watermarks,
+};
