@@ -251,6 +251,15 @@ impl Domain {
         self.call(|reply| Command::Disconnect { reply }).await
     }
 
+    /// Stops the domain: closes the connection, writes what is queued for the store and
+    /// closes it (so another domain may open it). Every handle of this domain stops
+    /// working.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Shutdown { reply }).await?;
+        done.await.map_err(|_| ClientError::Closed)
+    }
+
     pub fn state(&self) -> ConnectionState {
         self.inner.state.borrow().clone()
     }

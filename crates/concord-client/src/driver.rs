@@ -6,7 +6,7 @@
 //! Events go out on broadcast channels, so a slow consumer loses old events instead of
 //! slowing the connection down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
@@ -51,19 +51,62 @@ pub(crate) struct Opened {
 }
 
 pub(crate) enum Command {
-    Connect { auth: Auth, reply: Reply<Session> },
-    InitializeOffline { user: String, reply: Reply<()> },
-    Disconnect { reply: Reply<()> },
-    Open { model: ModelId, auto_create: Option<AutoCreate>, reply: Reply<Opened> },
-    Create { model: ModelId, collection: CollectionId, data: serde_json::Value, reply: Reply<()> },
-    Remove { model: ModelId, reply: Reply<()> },
-    Subscribe { models: Vec<ModelId>, reply: Reply<()> },
-    Unsubscribe { models: Vec<ModelId>, reply: Reply<()> },
-    Subscriptions { reply: Reply<Vec<ModelId>> },
-    StoredModels { reply: Reply<Vec<StoredModel>> },
-    Edit { model: ModelId, build: Build, reply: Reply<u64> },
-    Read { model: ModelId, read: Read },
-    Close { model: ModelId },
+    Connect {
+        auth: Auth,
+        reply: Reply<Session>,
+    },
+    InitializeOffline {
+        user: String,
+        reply: Reply<()>,
+    },
+    Disconnect {
+        reply: Reply<()>,
+    },
+    Open {
+        model: ModelId,
+        auto_create: Option<AutoCreate>,
+        reply: Reply<Opened>,
+    },
+    Create {
+        model: ModelId,
+        collection: CollectionId,
+        data: serde_json::Value,
+        reply: Reply<()>,
+    },
+    Remove {
+        model: ModelId,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        models: Vec<ModelId>,
+        reply: Reply<()>,
+    },
+    Unsubscribe {
+        models: Vec<ModelId>,
+        reply: Reply<()>,
+    },
+    Subscriptions {
+        reply: Reply<Vec<ModelId>>,
+    },
+    StoredModels {
+        reply: Reply<Vec<StoredModel>>,
+    },
+    Edit {
+        model: ModelId,
+        build: Build,
+        reply: Reply<u64>,
+    },
+    Read {
+        model: ModelId,
+        read: Read,
+    },
+    Close {
+        model: ModelId,
+    },
+    /// Stop: close the connection and the store, then answer.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Requests the driver sends itself (opens, pings, handshakes) use ids from here up, apart
@@ -106,6 +149,8 @@ pub(crate) struct Driver {
     last_heard: Instant,
     ids: HashMap<ModelId, IdGenerator>,
     open: HashMap<ModelId, OpenModel>,
+    /// Models in the engine because the application opened or created them.
+    loaded_for_app: HashSet<ModelId>,
     pending_opens: BTreeMap<RequestId, PendingOpen>,
     next_request: u64,
     /// Set when the store failed: the domain stops.
@@ -137,6 +182,7 @@ impl Driver {
             last_heard: Instant::now(),
             ids: HashMap::new(),
             open: HashMap::new(),
+            loaded_for_app: HashSet::new(),
             pending_opens: BTreeMap::new(),
             next_request: DRIVER_REQUESTS,
             failed: None,
@@ -150,10 +196,15 @@ impl Driver {
         loop {
             let reconnect_at = self.reconnect_at;
             tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { break };
-                    self.command(command).await;
-                }
+                command = commands.recv() => match command {
+                    None => break,
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.command(command).await,
+                },
                 frame = socket::next(&mut self.socket), if self.socket.is_some() => {
                     self.frame(frame).await;
                 }
@@ -165,9 +216,18 @@ impl Driver {
             }
             self.pump().await;
         }
+        self.shutdown().await;
+    }
+
+    /// Closes the connection, then the store (after what is queued for it is written).
+    async fn shutdown(&mut self) {
+        self.want_online = false;
+        self.pump().await;
         if let Some(socket) = self.socket.take() {
             socket.close().await;
         }
+        self.engine = None;
+        self.store = None;
     }
 
     fn emit(&self, event: DomainEvent) {
@@ -299,6 +359,11 @@ impl Driver {
                 }
                 // Otherwise `read` is dropped, and its reply with it: the caller sees why.
             }
+            // Handled by the run loop, which stops after it.
+            Command::Shutdown { reply } => {
+                self.shutdown().await;
+                let _ = reply.send(());
+            }
             Command::Close { model } => {
                 let Some(open) = self.open.get_mut(&model) else { return };
                 open.handles = open.handles.saturating_sub(1);
@@ -310,9 +375,11 @@ impl Driver {
         }
     }
 
-    /// Releases a model the application no longer has open once nothing of it is unsent.
+    /// Releases a model the application loaded (opened or created) and no longer has open,
+    /// once nothing of it is unacknowledged. Models loaded for background sync are the
+    /// engine's to release.
     fn release_if_idle(&mut self, model: &ModelId) {
-        if self.open.contains_key(model) {
+        if self.open.contains_key(model) || !self.loaded_for_app.contains(model) {
             return;
         }
         let Some(engine) = self.engine.as_mut() else { return };
@@ -320,6 +387,7 @@ impl Driver {
         if idle {
             engine.remove_model(model);
             self.ids.remove(model);
+            self.loaded_for_app.remove(model);
         }
     }
 
@@ -616,6 +684,7 @@ impl Driver {
 
     /// Creates the application's handle state for an open model.
     fn register(&mut self, model: &ModelId, collection: CollectionId) {
+        self.loaded_for_app.insert(model.clone());
         let entry = self.open.entry(model.clone()).or_insert_with(|| OpenModel {
             events: broadcast::channel(1024).0,
             watermarks: watch::channel(Watermarks::default()).0,
@@ -736,7 +805,8 @@ impl Driver {
             CreationNonce(random_u64().to_le_bytes().repeat(2).try_into().unwrap_or([0; 16]));
         engine.create_model(model.clone(), collection, document, nonce, now())?;
         // It stays in memory until the server has it, then leaves unless opened.
-        self.ids.insert(model, ids);
+        self.ids.insert(model.clone(), ids);
+        self.loaded_for_app.insert(model);
         Ok(())
     }
 
@@ -977,6 +1047,7 @@ fn fail_command(command: Command, error: ClientError) {
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
         Command::Read { .. } | Command::Close { .. } => {}
+        Command::Shutdown { reply } => drop(reply.send(())),
     }
 }
 
@@ -1022,6 +1093,7 @@ impl std::fmt::Debug for Command {
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
             Command::Close { .. } => "Close",
+            Command::Shutdown { .. } => "Shutdown",
         })
     }
 }

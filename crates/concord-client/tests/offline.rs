@@ -59,7 +59,7 @@ async fn offline_edits_creations_and_deletions_sync_on_reconnect() -> anyhow::Re
     bob.connect_with_jwt(token("bob")).await?;
     let (shared, doomed) = (id("shared"), id("doomed"));
     alice.models().create_with_id(&shared, &notes(), json!({ "text": "hello" })).await?;
-    alice.models().create_with_id(&doomed, &notes(), json!({})).await?;
+    create_confirmed(&alice, std::slice::from_ref(&doomed), json!({})).await?;
     // Bob downloads both, then goes offline.
     bob.models().subscribe_offline(&[shared.clone(), doomed.clone()]).await?;
     let b_shared = bob.models().open(&shared).await?;
@@ -226,6 +226,30 @@ async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
     bob.connect_with_jwt(token("bob")).await?;
     let seen = bob.models().open(&model).await?;
     assert_eq!(seen.value().await?, json!({ "count": 6.0 }));
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_models_are_downloaded_into_the_store() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
+    let alice = domain(&server.url(), &dir.path().join("alice"));
+    alice.connect_with_jwt(token("alice")).await?;
+    let bob = domain(&server.url(), &dir.path().join("bob"));
+    bob.connect_with_jwt(token("bob")).await?;
+    let ids: Vec<_> = (0..3).map(|i| id(&format!("sub-{i}"))).collect();
+    create_confirmed(&alice, &ids, json!({ "n": 1 })).await?;
+    bob.models().subscribe_offline(&ids).await?;
+    eventually("bob's store has them", || async {
+        let stored = bob.models().stored_models().await?;
+        Ok(ids.iter().all(|id| stored.iter().any(|m| m.id == *id && m.available)))
+    })
+    .await?;
+    assert_eq!(bob.models().offline_subscriptions().await?.len(), 3);
+    bob.disconnect().await?;
+    let offline = bob.models().open(&ids[0]).await?;
+    assert_eq!(offline.value().await?, json!({ "n": 1.0 }));
     server.stop().await?;
     Ok(())
 }

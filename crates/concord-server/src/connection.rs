@@ -422,12 +422,9 @@ impl Connection {
                     self.to_model(&model, command).await;
                 }
             }
-            ClientRequest::ResyncComplete { model, open } => {
-                if !open {
-                    self.open.remove(&model);
-                }
-                self.to_model(&model, ModelCommand::ResyncComplete { from, request: id, open })
-                    .await;
+            ClientRequest::ResyncComplete { model, .. } => {
+                let command = ModelCommand::ResyncComplete { from, request: id };
+                self.to_model(&model, command).await;
             }
             ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace } => {
                 let mut next: HashSet<ModelId> =

@@ -79,7 +79,6 @@ pub(crate) enum ModelCommand {
     ResyncComplete {
         from: SessionRef,
         request: RequestId,
-        open: bool,
     },
     Close {
         from: SessionRef,
@@ -345,10 +344,9 @@ impl ModelTask {
             ModelCommand::Resync { from, request, known_version, in_flight, opened } => {
                 self.resync(from, request, known_version, in_flight, opened)
             }
-            ModelCommand::ResyncComplete { from, request, open } => {
-                if !open {
-                    self.leave(from.conn());
-                }
+            // `open: false` (a model only being synced) still takes submissions: the client
+            // closes it once they are acknowledged.
+            ModelCommand::ResyncComplete { from, request, .. } => {
                 let (collaborators, references) = self.presence(from.conn());
                 let model = self.key.model.clone();
                 self.respond(

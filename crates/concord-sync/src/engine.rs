@@ -649,6 +649,19 @@ impl ClientEngine {
                 if entry.replica.in_flight_seq() != Some(seq) {
                     return;
                 }
+                // A refusal about the server's state, not about the change: the change is
+                // kept, and resyncing tells whether it was committed and sends it again.
+                let transient = matches!(
+                    error.code,
+                    ErrorCode::MODEL_NOT_OPEN
+                        | ErrorCode::OVERLOADED
+                        | ErrorCode::UNAVAILABLE
+                        | ErrorCode::INTERNAL
+                );
+                if transient {
+                    self.start_resync(&model);
+                    return;
+                }
                 if let Some((operations, changes)) = entry.replica.reject_in_flight() {
                     self.events.push_back(Event::Rejected {
                         model: model.clone(),

@@ -14,6 +14,7 @@
 //! modes).
 
 mod config;
+mod demo;
 mod secret;
 mod serve;
 mod token;
@@ -35,12 +36,16 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print a client JWT signed with the server's HS256 secret (development and tests)
     Token(token::TokenArgs),
+    /// Show live collaboration and offline work end to end: a server and two clients in this
+    /// process, with temporary stores
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => token::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

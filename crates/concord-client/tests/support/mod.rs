@@ -100,3 +100,26 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Creates models at `domain` and waits until the server has them all.
+pub async fn create_confirmed(
+    domain: &Domain,
+    models: &[ModelId],
+    data: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut events = domain.events();
+    for model in models {
+        domain.models().create_with_id(model, &notes(), data.clone()).await?;
+    }
+    let mut waiting: Vec<&ModelId> = models.iter().collect();
+    while !waiting.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+            Some(concord_client::DomainEvent::Created { model }) => {
+                waiting.retain(|m| **m != model)
+            }
+            Some(_) => {}
+            None => anyhow::bail!("the domain stopped"),
+        }
+    }
+    Ok(())
+}
