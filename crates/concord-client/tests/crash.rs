@@ -8,7 +8,6 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use concord_client::ConnectionState;
 use serde_json::json;
