@@ -29,8 +29,10 @@ pub(crate) async fn connect(
 ) -> Result<(Socket, Session), ClientError> {
     let failed = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
     let attempt = async {
-        let (socket, _) =
-            tokio_tungstenite::connect_async(url).await.map_err(|e| failed(e.to_string()))?;
+        // No Nagle: acks and small edits go out at once.
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let mut socket = Socket { socket };
         let client =
             ClientInfo { name: "concord-client".into(), version: env!("CARGO_PKG_VERSION").into() };

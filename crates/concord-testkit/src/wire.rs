@@ -41,10 +41,13 @@ pub struct WireClient {
 impl WireClient {
     /// Opens a WebSocket to `url` (for example `ws://127.0.0.1:PORT/ns/domain`).
     pub async fn connect(url: &str) -> anyhow::Result<WireClient> {
-        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .context("connecting timed out")?
-            .with_context(|| format!("connecting to {url}"))?;
+        let (socket, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(url, None, true),
+        )
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("connecting to {url}"))?;
         Ok(WireClient { socket, next_id: 0, queued: VecDeque::new() })
     }
 
