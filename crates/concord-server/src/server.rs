@@ -97,6 +97,12 @@ impl Server {
                 stop.cancel();
             }
         };
+        // Small frames (acks, one-character edits) must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(stopping)
             .await
