@@ -85,14 +85,15 @@ impl DomainBuilder {
         self
     }
 
-    /// Starts the domain's task on the current tokio runtime. Nothing connects yet.
+    /// Starts the domain's task (natively on the current tokio runtime; in a browser on the
+    /// page's event loop). Nothing connects yet.
     pub fn build(self) -> Domain {
         let (commands, receiver) = mpsc::channel(256);
         let (state, state_receiver) = watch::channel(ConnectionState::Disconnected);
         let (events, _) = broadcast::channel(1024);
         let request_timeout = self.options.request_timeout;
         let driver = Driver::new(self.url.clone(), self.options, state, events.clone());
-        tokio::spawn(driver.run(receiver));
+        crate::rt::spawn(driver.run(receiver));
         Domain {
             inner: Arc::new(Inner {
                 url: self.url,
@@ -316,9 +317,9 @@ impl ModelService {
     ) -> Result<RealTimeModel, ClientError> {
         let model = id.clone();
         let call = self.domain.call(|reply| Command::Open { model, auto_create, reply });
-        let opened = tokio::time::timeout(self.domain.request_timeout(), call)
+        let opened = crate::rt::timeout(self.domain.request_timeout(), call)
             .await
-            .map_err(|_| ClientError::Timeout)??;
+            .ok_or(ClientError::Timeout)??;
         Ok(RealTimeModel::new(self.domain.clone(), id.clone(), opened))
     }
 

@@ -18,11 +18,11 @@ use concord_protocol::{
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
 use concord_sync::{ClientEngine, Event, ModelReplica, StoreChange, store};
 use tokio::sync::{broadcast, oneshot, watch};
-use tokio::time::Instant;
 
 use crate::domain::{ConnectionState, DomainEvent, DomainOptions, StoredModel};
 use crate::error::ClientError;
 use crate::model::{ModelEvent, Watermarks};
+use crate::rt::{self, Instant};
 use crate::socket::{self, Socket};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -191,8 +191,7 @@ impl Driver {
 
     /// Runs until every handle to the domain is gone.
     pub(crate) async fn run(mut self, mut commands: tokio::sync::mpsc::Receiver<Command>) {
-        let mut heartbeat = tokio::time::interval(self.options.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_ping = Instant::now() + self.options.heartbeat;
         loop {
             let reconnect_at = self.reconnect_at;
             tokio::select! {
@@ -212,7 +211,10 @@ impl Driver {
                     self.reconnect_at = None;
                     self.reconnect().await;
                 }
-                _ = heartbeat.tick(), if self.socket.is_some() => self.heartbeat().await,
+                () = rt::sleep_until(next_ping), if self.socket.is_some() => {
+                    next_ping = Instant::now() + self.options.heartbeat;
+                    self.heartbeat().await;
+                }
             }
             self.pump().await;
         }
@@ -1053,7 +1055,7 @@ fn fail_command(command: Command, error: ClientError) {
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => rt::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

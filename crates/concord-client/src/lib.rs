@@ -33,6 +33,7 @@ mod driver;
 mod error;
 mod events;
 mod model;
+mod rt;
 mod socket;
 
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};

@@ -1,4 +1,5 @@
-//! The WebSocket to the server (tokio-tungstenite): connect, handshake, frames in and out.
+//! The WebSocket to the server: connect, handshake, frames in and out. Natively it is
+//! tokio-tungstenite; in a browser, the page's WebSocket through gloo-net.
 
 use std::time::Duration;
 
@@ -7,18 +8,132 @@ use concord_protocol::{
     ServerMessage, ServerResponse, Session, decode, encode,
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::error::ClientError;
+use crate::rt;
 
 /// The handshake's request id (no other request is outstanding before it).
 const HANDSHAKE: RequestId = RequestId(u64::MAX);
 
-#[derive(Debug)]
-pub(crate) struct Socket {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+fn encoded(message: &ClientMessage) -> Result<Vec<u8>, ClientError> {
+    encode(message).map_err(|e| ClientError::InvalidValue(e.to_string()))
+}
+
+fn undecodable(error: impl std::fmt::Display) -> ClientError {
+    ClientError::Connect { url: String::new(), reason: format!("an undecodable frame: {error}") }
+}
+
+fn closed(error: impl std::fmt::Display) -> ClientError {
+    ClientError::Connect { url: String::new(), reason: error.to_string() }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod transport {
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    use super::*;
+
+    #[derive(Debug)]
+    pub(crate) struct Socket {
+        socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    }
+
+    impl Socket {
+        pub(super) async fn open(url: &str) -> Result<Socket, ClientError> {
+            // No Nagle: acks and small edits go out at once.
+            let (socket, _) =
+                tokio_tungstenite::connect_async_with_config(url, None, true).await.map_err(
+                    |e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() },
+                )?;
+            Ok(Socket { socket })
+        }
+
+        pub(crate) async fn send_all(
+            &mut self,
+            messages: &[ClientMessage],
+        ) -> Result<(), ClientError> {
+            for message in messages {
+                self.socket
+                    .feed(Message::Binary(encoded(message)?.into()))
+                    .await
+                    .map_err(closed)?;
+            }
+            self.socket.flush().await.map_err(closed)
+        }
+
+        pub(crate) async fn close(mut self) {
+            let _ = rt::timeout(Duration::from_secs(1), self.socket.close(None)).await;
+        }
+
+        pub(super) async fn receive(&mut self) -> Option<Result<ServerMessage, ClientError>> {
+            loop {
+                match self.socket.next().await? {
+                    Ok(Message::Binary(frame)) => return Some(decode(&frame).map_err(undecodable)),
+                    Ok(Message::Close(_)) => return None,
+                    Ok(_) => continue,
+                    Err(e) => return Some(Err(closed(e))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod transport {
+    use gloo_net::websocket::Message;
+    use gloo_net::websocket::futures::WebSocket;
+
+    use super::*;
+
+    pub(crate) struct Socket {
+        socket: WebSocket,
+    }
+
+    impl std::fmt::Debug for Socket {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Socket")
+        }
+    }
+
+    impl Socket {
+        pub(super) async fn open(url: &str) -> Result<Socket, ClientError> {
+            let socket = WebSocket::open(url)
+                .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+            Ok(Socket { socket })
+        }
+
+        pub(crate) async fn send_all(
+            &mut self,
+            messages: &[ClientMessage],
+        ) -> Result<(), ClientError> {
+            for message in messages {
+                self.socket.feed(Message::Bytes(encoded(message)?)).await.map_err(closed)?;
+            }
+            self.socket.flush().await.map_err(closed)
+        }
+
+        pub(crate) async fn close(self) {
+            let _ = self.socket.close(None, None);
+        }
+
+        pub(super) async fn receive(&mut self) -> Option<Result<ServerMessage, ClientError>> {
+            match self.socket.next().await? {
+                Ok(Message::Bytes(frame)) => Some(decode(&frame).map_err(undecodable)),
+                Ok(Message::Text(_)) => Some(Err(undecodable("a text frame"))),
+                Err(e) => Some(Err(closed(e))),
+            }
+        }
+    }
+}
+
+pub(crate) use transport::Socket;
+
+impl Socket {
+    pub(crate) async fn send(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
+        self.send_all(std::slice::from_ref(message)).await
+    }
 }
 
 /// Connects to `url` and completes the handshake, within `timeout`.
@@ -27,13 +142,9 @@ pub(crate) async fn connect(
     auth: Auth,
     timeout: Duration,
 ) -> Result<(Socket, Session), ClientError> {
-    let failed = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
+    let failed = |reason: &str| ClientError::Connect { url: url.to_owned(), reason: reason.into() };
     let attempt = async {
-        // No Nagle: acks and small edits go out at once.
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let mut socket = Socket { socket };
+        let mut socket = Socket::open(url).await?;
         let client =
             ClientInfo { name: "concord-client".into(), version: env!("CARGO_PKG_VERSION").into() };
         let request = ClientRequest::Handshake { protocol_version: PROTOCOL_VERSION, client, auth };
@@ -53,35 +164,11 @@ pub(crate) async fn connect(
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
-                None => return Err(failed("the server closed the connection".into())),
+                None => return Err(failed("the server closed the connection")),
             }
         }
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| ClientError::Timeout)?
-}
-
-impl Socket {
-    pub(crate) async fn send(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
-        let frame = encode(message).map_err(|e| ClientError::InvalidValue(e.to_string()))?;
-        self.socket.send(Message::Binary(frame.into())).await.map_err(closed)
-    }
-
-    /// Sends several messages with one flush.
-    pub(crate) async fn send_all(&mut self, messages: &[ClientMessage]) -> Result<(), ClientError> {
-        for message in messages {
-            let frame = encode(message).map_err(|e| ClientError::InvalidValue(e.to_string()))?;
-            self.socket.feed(Message::Binary(frame.into())).await.map_err(closed)?;
-        }
-        self.socket.flush().await.map_err(closed)
-    }
-
-    pub(crate) async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.close(None)).await;
-    }
-}
-
-fn closed(error: tokio_tungstenite::tungstenite::Error) -> ClientError {
-    ClientError::Connect { url: String::new(), reason: error.to_string() }
+    rt::timeout(timeout, attempt).await.ok_or(ClientError::Timeout)?
 }
 
 /// The next message from the server; `None` once the connection is closed. Without a
@@ -92,23 +179,5 @@ pub(crate) async fn next(
     match socket.as_mut() {
         Some(socket) => socket.receive().await,
         None => std::future::pending().await,
-    }
-}
-
-impl Socket {
-    async fn receive(&mut self) -> Option<Result<ServerMessage, ClientError>> {
-        loop {
-            match self.socket.next().await? {
-                Ok(Message::Binary(frame)) => {
-                    return Some(decode(&frame).map_err(|e| ClientError::Connect {
-                        url: String::new(),
-                        reason: format!("an undecodable frame: {e}"),
-                    }));
-                }
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => continue,
-                Err(e) => return Some(Err(closed(e))),
-            }
-        }
     }
 }
