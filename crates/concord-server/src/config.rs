@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub history_in_memory: usize,
     /// A snapshot is written every this many operations, so loading replays at most this many.
     pub snapshot_every: u64,
+    /// A directory of static files (the browser demo) served at `/` and `/<file>`.
+    pub web_root: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -45,6 +47,7 @@ impl ServerConfig {
             idle_unload: Duration::from_secs(30),
             history_in_memory: 1_000,
             snapshot_every: 1_000,
+            web_root: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::services::ServeDir;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ServerConfig;
@@ -82,10 +83,15 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server { listener, local_addr, hub, connections, store_failed } = self;
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/health", get(health))
             .route("/{namespace}/{domain}", get(upgrade))
             .with_state(Endpoint { hub: hub.clone(), connections: connections.clone() });
+        // Static files live at one path segment (`/`, `/app.js`), so that they never meet
+        // the two-segment WebSocket paths.
+        if let Some(root) = &hub.config.web_root {
+            router = router.fallback_service(ServeDir::new(root));
+        }
         tracing::info!(%local_addr, "concord server ready");
         let stopping = {
             let (stop, failed) = (hub.shutdown.clone(), store_failed.clone());

@@ -320,3 +320,30 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     server.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = tempfile::tempdir()?;
+    std::fs::write(web.path().join("index.html"), "<h1>concord</h1>")?;
+    std::fs::write(web.path().join("app.js"), "console.log('hi')")?;
+    let root = web.path().to_path_buf();
+    let server = TestServer::start(move |c| c.web_root = Some(root)).await?;
+    let get = |path: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    assert!(get("/").await?.contains("<h1>concord</h1>"));
+    assert!(get("/app.js").await?.contains("console.log"));
+    assert!(get("/../Cargo.toml").await?.starts_with("HTTP/1.1 4"));
+    assert!(get("/health").await?.ends_with("ok"));
+    // The WebSocket endpoint is unchanged.
+    let mut alice = server.connect("alice").await?;
+    create(&mut alice, "doc", "").await?;
+    server.stop().await?;
+    Ok(())
+}

@@ -65,6 +65,9 @@ pub(crate) struct Settings {
     /// Largest frame accepted from a client, in bytes [default: 16777216]
     #[arg(long, env = "CONCORD_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub(crate) max_frame_bytes: Option<usize>,
+    /// Directory of static files served at `/` (the browser demo, built by `cargo xtask web`)
+    #[arg(long, env = "CONCORD_WEB_ROOT", value_name = "DIR")]
+    pub(crate) web_root: Option<PathBuf>,
     /// Sustained messages per second accepted from one connection [default: 2000]
     #[arg(long, env = "CONCORD_MESSAGES_PER_SECOND", value_name = "N")]
     pub(crate) messages_per_second: Option<u32>,
@@ -142,6 +145,8 @@ pub(crate) struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_audience: Option<String>,
     pub(crate) jwt_leeway_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) web_root: Option<PathBuf>,
     pub(crate) allow_anonymous: bool,
     pub(crate) reconnect_ttl_secs: u64,
     pub(crate) auto_create_collections: bool,
@@ -177,6 +182,7 @@ impl Default for Config {
             jwt_rs256_public_key: None,
             jwt_audience: None,
             jwt_leeway_secs: 30,
+            web_root: None,
             allow_anonymous: false,
             reconnect_ttl_secs: 86_400,
             auto_create_collections: server.auto_create_collections,
@@ -216,6 +222,7 @@ impl Config {
             jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
             jwt_audience: pick!(optional jwt_audience),
             jwt_leeway_secs: pick!(jwt_leeway_secs),
+            web_root: pick!(optional web_root),
             allow_anonymous: pick!(allow_anonymous),
             reconnect_ttl_secs: pick!(reconnect_ttl_secs),
             auto_create_collections: pick!(auto_create_collections),
@@ -304,6 +311,7 @@ impl Config {
         server.idle_unload = Duration::from_secs(self.idle_unload_secs);
         server.history_in_memory = self.history_in_memory;
         server.snapshot_every = self.snapshot_every;
+        server.web_root = self.web_root.clone();
         Ok(server)
     }
 
@@ -329,10 +337,14 @@ pub(crate) fn read_file(path: &Path) -> anyhow::Result<Settings> {
     let mut settings: Settings =
         toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new(""));
-    for file in
-        [&mut settings.data_dir, &mut settings.jwt_secret_file, &mut settings.jwt_rs256_public_key]
-            .into_iter()
-            .flatten()
+    for file in [
+        &mut settings.data_dir,
+        &mut settings.jwt_secret_file,
+        &mut settings.jwt_rs256_public_key,
+        &mut settings.web_root,
+    ]
+    .into_iter()
+    .flatten()
     {
         if file.is_relative() {
             *file = dir.join(&*file);
