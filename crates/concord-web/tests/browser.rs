@@ -1,0 +1,155 @@
+//! The demo page in headless Chromium against a real server, checked by a native client:
+//! edits made offline survive a reload and reach the server once it is back; a second tab
+//! on the same store gets a clear answer. `cargo xtask browser-test` builds the page
+//! (`target/web`) and runs this with `--ignored`.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use concord_client::{Domain, ModelId};
+use concord_server::{AuthConfig, JwtConfig, JwtKey, Server, ServerConfig, mint_token};
+
+const SECRET: &[u8] = b"the browser test's JWT secret";
+
+struct Browser {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Browser {
+    fn start(web_root: &PathBuf) -> anyhow::Result<Browser> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/driver.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .env("WEB_ROOT", web_root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running node (cargo xtask browser-test installs the driver)")?;
+        let input = child.stdin.take().context("no stdin")?;
+        let output = BufReader::new(child.stdout.take().context("no stdout")?);
+        Ok(Browser { child, input, output })
+    }
+
+    /// Sends one command; its answer, or an error with the page's last console lines.
+    fn run(&mut self, command: &str) -> anyhow::Result<String> {
+        writeln!(self.input, "{command}")?;
+        let mut line = String::new();
+        self.output.read_line(&mut line)?;
+        match line.trim().split_once(' ') {
+            Some(("ok", answer)) => Ok(answer.to_owned()),
+            _ => {
+                writeln!(self.input, "logs")?;
+                let mut logs = String::new();
+                self.output.read_line(&mut logs)?;
+                bail!("`{command}` failed: {}\npage logs: {}", line.trim(), logs.trim())
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = writeln!(self.input, "quit");
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), concord_server::ServerError>>,
+}
+
+async fn serve(
+    addr: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::net::SocketAddr, Running)> {
+    let auth = AuthConfig {
+        jwt: Some(JwtConfig {
+            key: JwtKey::Hs256(SECRET.to_vec()),
+            audience: None,
+            leeway: Duration::ZERO,
+        }),
+        allow_anonymous: false,
+        reconnect_secret: b"the browser test server's secret".to_vec(),
+        reconnect_ttl: Duration::from_secs(3600),
+    };
+    let server = Server::bind(ServerConfig::new(addr, dir, auth)).await?;
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok((addr, Running { stop, task }))
+}
+
+fn items(browser: &mut Browser, tab: &str) -> anyhow::Result<Vec<String>> {
+    Ok(serde_json::from_str(&browser.run(&format!("items {tab}"))?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::Result<()> {
+    let web_root = std::env::var_os("CONCORD_WEB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/web"));
+    anyhow::ensure!(
+        web_root.join("concord_web_bg.wasm").exists(),
+        "build the page first: cargo xtask web"
+    );
+    let dir = tempfile::tempdir()?;
+    let (addr, server) = serve("127.0.0.1:0".parse()?, dir.path()).await?;
+    let token = mint_token(SECRET, "alice", None, Duration::from_secs(3600))?;
+    let page = format!("http://{addr}/?user=alice&token={token}&model=todos");
+
+    let mut browser = tokio::task::block_in_place(|| Browser::start(&web_root))?;
+    let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
+    run(format!("open a {page}"))?;
+    run("ready a".into())?;
+    run("add a milk".into())?;
+    run("add a bread".into())?;
+    run("synced a".into())?;
+
+    // The server goes away; the page keeps working, and keeps its work across a reload.
+    let _ = server.stop.send(());
+    server.task.await??;
+    run("waitStatus a offline".into()).or_else(|_| run("waitStatus a reconnecting".into()))?;
+    run("add a eggs (offline)".into())?;
+    run("reload a".into())?;
+    run("ready a".into())?;
+    let seen = tokio::task::block_in_place(|| items(&mut browser, "a"))?;
+    assert_eq!(seen, ["milk", "bread", "eggs (offline)"], "after the reload");
+    let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
+    run("add a butter (offline)".into())?;
+
+    // A second tab of the same user on the same store is told so, clearly.
+    run(format!("open b {page}"))?;
+    let second = run("waitStatus b in use".into());
+
+    // The server is back: the page syncs, and a native client sees every change.
+    let (_, server) = serve(addr, dir.path()).await?;
+    run("synced a".into())?;
+    let native = Domain::builder(format!("ws://{addr}/demo/todos")).build();
+    native.connect_with_jwt(mint_token(SECRET, "bob", None, Duration::from_secs(3600))?).await?;
+    let todos = native.models().open(&ModelId::new("todos")?).await?;
+    let value = todos.value().await?;
+    let texts: Vec<&str> = value["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|i| i["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["milk", "bread", "eggs (offline)", "butter (offline)"]);
+    second.context("the second tab did not report the store in use")?;
+    let _ = server.stop.send(());
+    server.task.await??;
+    Ok(())
+}

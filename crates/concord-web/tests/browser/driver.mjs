@@ -1,0 +1,98 @@
+// Drives the demo page in headless Chromium for crates/concord-web/tests/browser.rs.
+// One command per stdin line, one answer per stdout line ("ok ...", or "error ...").
+// The page's files come from WEB_ROOT through request interception, so a page reloads
+// even while the Concord server is down; its WebSocket goes to the real server.
+import { chromium } from "playwright-core";
+import { readFile } from "node:fs/promises";
+import { createInterface } from "node:readline";
+import path from "node:path";
+
+const root = process.env.WEB_ROOT;
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css" };
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+const context = await browser.newContext();
+await context.route("**/*", async (route) => {
+  const url = new URL(route.request().url());
+  const file = url.pathname === "/" ? "index.html" : url.pathname.slice(1);
+  if (file.includes("/") || file.includes("..")) return route.fulfill({ status: 404 });
+  try {
+    const body = await readFile(path.join(root, file));
+    await route.fulfill({ status: 200, body, contentType: types[path.extname(file)] || "application/octet-stream" });
+  } catch {
+    await route.fulfill({ status: 404 });
+  }
+});
+const tabs = new Map();
+const logs = [];
+const until = async (tab, predicate, what) => {
+  const page = tabs.get(tab);
+  await page.waitForFunction(predicate, undefined, { timeout: 30000 }).catch((e) => {
+    throw new Error(`${what}: ${e.message.split("\n")[0]}; status "${logs.at(-1)}"`);
+  });
+};
+const commands = {
+  async open(tab, url) {
+    const page = await context.newPage();
+    page.on("console", (m) => logs.push(`${tab}: ${m.text()}`));
+    page.on("pageerror", (e) => logs.push(`${tab}: ${e.message}`));
+    tabs.set(tab, page);
+    await page.goto(url);
+    return "opened";
+  },
+  async ready(tab) {
+    await until(tab, () => document.body.dataset.ready === "true", "the page never got ready");
+    return "ready";
+  },
+  async status(tab) {
+    return await tabs.get(tab).textContent("#status");
+  },
+  async waitStatus(tab, text) {
+    const page = tabs.get(tab);
+    await page.waitForFunction((t) => document.getElementById("status").textContent.includes(t), text, { timeout: 30000 })
+      .catch(async () => { throw new Error(`status never said "${text}": "${await page.textContent("#status")}"`); });
+    return "seen";
+  },
+  async add(tab, ...words) {
+    const page = tabs.get(tab);
+    const before = JSON.parse((await page.evaluate(() => document.body.dataset.items)) || "[]").length;
+    await page.fill("#text", words.join(" "));
+    await page.click("#add button");
+    await page.waitForFunction((n) => JSON.parse(document.body.dataset.items || "[]").length > n, before, { timeout: 30000 });
+    return "added";
+  },
+  async synced(tab) {
+    await until(tab, () => document.body.dataset.unacknowledged === "0"
+      && document.getElementById("status").textContent.endsWith("connected"), "the page never synced");
+    return "synced";
+  },
+  async items(tab) {
+    return await tabs.get(tab).evaluate(() => document.body.dataset.items || "[]");
+  },
+  async reload(tab) {
+    await tabs.get(tab).reload();
+    return "reloaded";
+  },
+  async close(tab) {
+    await tabs.get(tab).close();
+    tabs.delete(tab);
+    return "closed";
+  },
+  async logs() {
+    return JSON.stringify(logs.slice(-20));
+  },
+};
+for await (const line of createInterface({ input: process.stdin })) {
+  const [name, ...args] = line.trim().split(" ");
+  if (name === "quit") break;
+  try {
+    const answer = await commands[name](...args);
+    console.log(`ok ${answer}`);
+  } catch (e) {
+    console.log(`error ${String(e.message || e).replaceAll("\n", " ")}`);
+  }
+}
+await browser.close();
