@@ -39,7 +39,8 @@ pub enum StorageError {
     /// Any other failure of the backend (its message).
     #[error("storage backend error: {0}")]
     Backend(String),
-    /// The store was closed (for example, destroyed) while this handle was in use.
+    /// The store was closed while this handle was in use (for example, in a browser,
+    /// another connection upgraded or deleted its database); the handle stays unusable.
     #[error("store is closed")]
     Closed,
 }

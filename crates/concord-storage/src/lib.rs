@@ -8,10 +8,12 @@
 //! cache); its one write is [`OfflineStore::commit`], atomic and durable when it returns.
 //! Reads never see a batch in part.
 //!
-//! Backends: [`memory`] (always; no persistence) and `redb` (feature `redb`, native only:
+//! Backends: [`memory`] (always; no persistence), `redb` (feature `redb`, native only:
 //! a file per store, fsynced on commit, group commit, format versioning, refuses a second
-//! opener). The crate builds for `wasm32-unknown-unknown` without the `redb` feature.
-//! [`contract`] is the behaviour every backend must show, as a reusable test suite.
+//! opener) and `indexeddb` (feature `indexeddb`, wasm32 only — the feature enables nothing
+//! on other targets: a database per store in the browser, with the same guarantees). The
+//! crate builds for `wasm32-unknown-unknown` without the `redb` feature. [`contract`] is the
+//! behaviour every backend must show, as a reusable test suite.
 //!
 //! This crate is not the sync engine: it stores what the engine tells it to, checks the
 //! invariants listed on [`Mutation`], and decides nothing. It reads no clock and draws no
@@ -22,7 +24,13 @@ mod batch;
 pub mod contract;
 mod encoding;
 mod error;
+#[cfg(any(test, all(feature = "indexeddb", target_arch = "wasm32")))]
+mod footprint;
+#[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
+pub mod indexeddb;
 pub mod memory;
+#[cfg(any(test, all(feature = "indexeddb", target_arch = "wasm32")))]
+mod overlay;
 mod records;
 #[cfg(feature = "redb")]
 pub mod redb;
@@ -36,5 +44,7 @@ pub use records::{
     CreationRecord, IdentityCache, ModelRecord, ModelState, ModelSummary, PendingOperation,
     Snapshot, StoreKey,
 };
+#[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
+pub use indexeddb::{IdbAdapter, IdbStore};
 #[cfg(feature = "redb")]
 pub use redb::{RedbAdapter, RedbStore};

@@ -1,6 +1,9 @@
 //! The contract suite (`concord_storage::contract`) against every native backend: one test
 //! per check and backend.
 
+// Native only: the browser runs the suite in tests/indexeddb.rs.
+#![cfg(not(target_arch = "wasm32"))]
+
 use concord_storage::contract::{CHECKS, Check};
 use concord_storage::{MemoryAdapter, StorageAdapter};
 

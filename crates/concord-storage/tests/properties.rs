@@ -2,6 +2,9 @@
 //! the store closed and reopened in between, against a plain in-memory model of what the
 //! store must contain. After every step the store's whole contents must equal the model's.
 
+// Native only: the browser runs the suite in tests/indexeddb.rs.
+#![cfg(not(target_arch = "wasm32"))]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use concord_ot::ReplicaId;

@@ -1,7 +1,7 @@
 //! What only the file backend has: the lock against a second process, damaged files, and
 //! durability across handles.
 
-#![cfg(feature = "redb")]
+#![cfg(all(feature = "redb", not(target_arch = "wasm32")))]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
