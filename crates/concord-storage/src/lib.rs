@@ -39,12 +39,12 @@ mod store;
 pub use adapter::{MaybeSendSync, OfflineStore, StorageAdapter};
 pub use batch::{Batch, Mutation};
 pub use error::StorageError;
+#[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
+pub use indexeddb::{IdbAdapter, IdbStore};
 pub use memory::MemoryAdapter;
 pub use records::{
     CreationRecord, IdentityCache, ModelRecord, ModelState, ModelSummary, PendingOperation,
     Snapshot, StoreKey,
 };
-#[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
-pub use indexeddb::{IdbAdapter, IdbStore};
 #[cfg(feature = "redb")]
 pub use redb::{RedbAdapter, RedbStore};
