@@ -3,8 +3,16 @@
 //!
 //! - `ci` runs every check CI runs, in order, stopping at the first failure: formatting,
 //!   clippy, the test suite, the layering check, the wasm32 build of the browser crates
-//!   (skipped with a message if the target cannot be installed), the fuzz crate (its targets built on
-//!   stable, its saved findings replayed) and the build of the benchmarks. `.ci/run` and the GitHub workflow call exactly this.
+//!   (skipped with a message if the target cannot be installed), the browser tests (see
+//!   `browser-test`; when their tools are missing: a failure under `CI=true`, a skip with a
+//!   message elsewhere), the fuzz crate (its targets built on stable, its saved findings
+//!   replayed) and the build of the benchmarks. `.ci/run` and the GitHub workflow call
+//!   exactly this.
+//! - `browser-test` runs the wasm32 tests in headless Chromium (wasm-bindgen-test through
+//!   chromedriver), installing what is missing first: the wasm32 target and the
+//!   wasm-bindgen-cli of exactly the wasm-bindgen version in Cargo.lock. Chromium and
+//!   chromedriver come from the system (`apt-get install chromium chromium-driver`).
+//!   `browser-tools` only installs and checks those tools.
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
 //! - `soak` runs the seeded multi-client simulations over many seeds, in release.
@@ -26,7 +34,11 @@ usage: cargo xtask <command>
 
 commands:
   ci                               formatting, clippy, tests, layering check,
-                                   wasm32 build, fuzz and bench builds (what CI runs)
+                                   wasm32 build, browser tests, fuzz and bench
+                                   builds (what CI runs)
+  browser-test                     the wasm32 tests in headless Chromium, after
+                                   installing the wasm32 target and wasm-bindgen-cli
+  browser-tools                    only install and check what browser-test needs
   fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
                                    each on nightly (default 60)
   bench                            run the benchmarks
@@ -54,6 +66,8 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["ci"] => ci(),
+        ["browser-test"] => browser_test(Missing::Fail),
+        ["browser-tools"] => browser_tools().map(|tools| eprintln!("browser tools: {tools:?}")),
         ["fuzz", rest @ ..] => {
             parse_fuzz_args(rest).and_then(|(seconds, target)| fuzz(seconds, target.as_deref()))
         }
@@ -187,6 +201,9 @@ fn ci() -> anyhow::Result<()> {
     steps.run("doc tests", || run(cargo(&["test", "--workspace", "--doc"])))?;
     steps.run("layering", layering)?;
     steps.run("wasm32 build", wasm_build)?;
+    steps.run("browser tests", || {
+        browser_test(if in_ci() { Missing::Fail } else { Missing::Skip })
+    })?;
     steps.run("fuzz targets", || {
         // Stable builds the targets without the sanitizer flags cargo-fuzz adds; the
         // crate's tests replay the saved findings.
@@ -204,9 +221,8 @@ const WASM_CRATES: [&str; 1] = ["concord-storage"];
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
-/// Builds `WASM_CRATES` for wasm32, installing the target first if it is missing; skipped,
-/// with a message, when it cannot be installed.
-fn wasm_build() -> anyhow::Result<()> {
+/// Installs the wasm32 target if it is missing.
+fn wasm_target() -> anyhow::Result<()> {
     let mut list = Command::new("rustup");
     list.args(["target", "list", "--installed"]);
     let installed = capture(list)
@@ -215,15 +231,170 @@ fn wasm_build() -> anyhow::Result<()> {
     if !installed {
         let mut add = Command::new("rustup");
         add.args(["target", "add", WASM_TARGET]);
-        if let Err(error) = run(add) {
-            eprintln!("SKIPPED: the {WASM_TARGET} build: cannot install the target ({error:#})");
-            return Ok(());
-        }
+        run(add).context("cannot install the wasm32 target")?;
+    }
+    Ok(())
+}
+
+/// Builds `WASM_CRATES` for wasm32, installing the target first if it is missing; skipped,
+/// with a message, when it cannot be installed.
+fn wasm_build() -> anyhow::Result<()> {
+    if let Err(error) = wasm_target() {
+        eprintln!("SKIPPED: the {WASM_TARGET} build: {error:#}");
+        return Ok(());
     }
     for krate in WASM_CRATES {
         run(cargo(&["build", "-p", krate, "--target", WASM_TARGET, "--no-default-features"]))?;
     }
+    // The IndexedDB backend exists only on wasm32: the workspace clippy never sees it.
+    run(cargo(&[
+        "clippy",
+        "-p",
+        "concord-storage",
+        "--target",
+        WASM_TARGET,
+        "--features",
+        "indexeddb",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+// ---------------------------------------------------------------------------------------
+// browser tests
+
+/// The wasm32 tests that run in the browser: a package and the cargo test arguments that
+/// select them.
+const BROWSER_TESTS: [(&str, &[&str]); 1] =
+    [("concord-storage", &["--features", "indexeddb", "--lib", "--test", "indexeddb"])];
+
+/// What to do when the browser tools are missing and cannot be installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Fail,
+    Skip,
+}
+
+/// True under CI (`CI` set to anything but empty, `0` or `false`), where a check that
+/// cannot run must fail rather than pass unseen.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// What the browser tests run with.
+#[derive(Debug)]
+struct BrowserTools {
+    runner: PathBuf,
+    chromedriver: PathBuf,
+}
+
+/// Runs `BROWSER_TESTS` in headless Chromium. Chromium's flags (headless, no sandbox as
+/// root) are in each package's `webdriver.json`, which wasm-bindgen-test-runner reads.
+fn browser_test(missing: Missing) -> anyhow::Result<()> {
+    let tools = match browser_tools() {
+        Ok(tools) => tools,
+        Err(error) if missing == Missing::Skip => {
+            eprintln!("SKIPPED: the browser tests (under CI=true this fails): {error:#}");
+            return Ok(());
+        }
+        Err(error) => return Err(error.context("the browser tests cannot run")),
+    };
+    for (krate, selection) in BROWSER_TESTS {
+        let mut command =
+            cargo(&[&["test", "-p", krate, "--target", WASM_TARGET][..], selection].concat());
+        command
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &tools.runner)
+            .env("CHROMEDRIVER", &tools.chromedriver);
+        eprintln!(
+            "  with CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER={} CHROMEDRIVER={}",
+            tools.runner.display(),
+            tools.chromedriver.display()
+        );
+        run(command)?;
+    }
     Ok(())
+}
+
+/// Installs what is missing (the wasm32 target; wasm-bindgen-cli at the version in
+/// Cargo.lock, which takes 7-12 minutes to build) and finds chromedriver and Chromium.
+fn browser_tools() -> anyhow::Result<BrowserTools> {
+    wasm_target()?;
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).context("reading Cargo.lock")?;
+    let wanted = locked_version(&lock, "wasm-bindgen")?;
+    let cargo_bin = cargo_home().join("bin");
+    let installed = |cargo_bin: &Path| {
+        let runner = find_program("wasm-bindgen-test-runner", &[cargo_bin.to_path_buf()])?;
+        let cli = runner.with_file_name("wasm-bindgen");
+        let output = Command::new(&cli).arg("--version").output().ok()?;
+        let version = String::from_utf8_lossy(&output.stdout).split_whitespace().nth(1)?.to_owned();
+        Some((runner, version))
+    };
+    let runner = match installed(&cargo_bin) {
+        Some((runner, version)) if version == wanted => runner,
+        found => {
+            let found = found.map_or_else(|| "none".to_owned(), |(_, version)| version);
+            eprintln!(
+                "wasm-bindgen-cli {wanted} is needed (Cargo.lock), {found} is installed: \
+                 installing it (this builds from source: 7-12 minutes on 2 cores)"
+            );
+            // Not `--locked`: its lock file names a crate version the registry does not serve.
+            run(cargo(&["install", "wasm-bindgen-cli", "--version", &wanted]))?;
+            match installed(&cargo_bin) {
+                Some((runner, version)) if version == wanted => runner,
+                _ => bail!(
+                    "wasm-bindgen-cli {wanted} was installed but is not found in PATH or {}",
+                    cargo_bin.display()
+                ),
+            }
+        }
+    };
+    let chromedriver = std::env::var_os("CHROMEDRIVER")
+        .map(PathBuf::from)
+        .filter(|path| path.is_file())
+        .or_else(|| find_program("chromedriver", &[PathBuf::from("/usr/bin")]))
+        .context("chromedriver not found (apt-get install chromium-driver)")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| find_program(name, &[PathBuf::from("/usr/bin")]))
+        .context("Chromium not found (apt-get install chromium)")?;
+    Ok(BrowserTools { runner, chromedriver })
+}
+
+/// `$CARGO_HOME`, or `~/.cargo`: where `cargo install` puts binaries.
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+    })
+}
+
+/// The first `name` in `PATH`, then in `extra`.
+fn find_program(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The one version of `package` in a Cargo.lock.
+fn locked_version(lock: &str, package: &str) -> anyhow::Result<String> {
+    let name = format!("name = \"{package}\"");
+    let versions: Vec<&str> = lock
+        .split("[[package]]")
+        .filter(|block| block.lines().any(|line| line.trim() == name))
+        .filter_map(|block| {
+            block
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("version = \"")?.strip_suffix('"'))
+        })
+        .collect();
+    match versions.as_slice() {
+        [version] => Ok((*version).to_owned()),
+        [] => bail!("{package} is not in Cargo.lock"),
+        several => bail!("Cargo.lock has several versions of {package}: {}", several.join(", ")),
+    }
 }
 
 fn tests() -> anyhow::Result<()> {
@@ -495,6 +666,28 @@ mod tests {
                         path = \"fuzz_targets/ot_apply.rs\"\n\n[[bin]]\nname=\"ot_tp1\"\n";
         assert_eq!(bin_names(manifest), ["ot_apply", "ot_tp1"]);
         assert!(fuzz_targets().unwrap().contains(&"ot_tp1".to_owned()));
+    }
+
+    #[test]
+    fn locked_versions() {
+        let lock = "version = 4\n\n[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.1\"\n\
+                    source = \"registry\"\n\n[[package]]\nname = \"wasm-bindgen-macro\"\n\
+                    version = \"0.2.9\"\n";
+        assert_eq!(locked_version(lock, "wasm-bindgen").unwrap(), "0.2.1");
+        assert!(locked_version(lock, "web-sys").is_err());
+        let twice = format!("{lock}\n[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.2\"\n");
+        assert!(locked_version(&twice, "wasm-bindgen").is_err());
+    }
+
+    /// The workspace pins wasm-bindgen with `=` to the version in Cargo.lock, which is the
+    /// wasm-bindgen-cli that `browser-test` installs.
+    #[test]
+    fn wasm_bindgen_is_pinned_to_the_locked_version() {
+        let lock = std::fs::read_to_string(root().join("Cargo.lock")).unwrap();
+        let locked = locked_version(&lock, "wasm-bindgen").unwrap();
+        let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+        let pin = format!("wasm-bindgen = \"={locked}\"");
+        assert!(manifest.lines().any(|line| line.trim() == pin), "Cargo.toml lacks `{pin}`");
     }
 
     #[test]
