@@ -297,10 +297,16 @@ impl IdbStore {
         }
     }
 
-    /// A failure of the transaction itself is reported as [`StorageError::Closed`] when
-    /// the connection was closed meanwhile (the browser aborts its transactions).
+    /// An IndexedDB failure is reported as [`StorageError::Closed`] when the connection
+    /// was closed meanwhile (the browser closing it aborts its transactions); the store's
+    /// own errors (a rejected batch, a bad record) are kept.
     fn closed_or(&self, error: StorageError) -> StorageError {
-        if self.connection.closed.get() { StorageError::Closed } else { error }
+        match error {
+            StorageError::Backend(_) | StorageError::Io(_) if self.connection.closed.get() => {
+                StorageError::Closed
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn read<T>(
@@ -312,7 +318,8 @@ impl IdbStore {
         let mut source = TxSource { tx: &tx };
         let (value, _) =
             overlay::run(&mut source, footprint.scope, false, &footprint.hints, |kv| logic(kv))
-                .await?;
+                .await
+                .map_err(|e| self.closed_or(e))?;
         Ok(value)
     }
 
@@ -336,7 +343,7 @@ impl IdbStore {
             Err(error) => {
                 // Whatever was issued is rolled back; the transaction may already be gone.
                 let _ = tx.abort();
-                return Err(error);
+                return Err(self.closed_or(error));
             }
         };
         let event = done.next().await;
