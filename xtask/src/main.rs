@@ -12,7 +12,10 @@
 //!   chromedriver), installing what is missing first: the wasm32 target and the
 //!   wasm-bindgen-cli of exactly the wasm-bindgen version in Cargo.lock. Chromium and
 //!   chromedriver come from the system (`apt-get install chromium chromium-driver`).
-//!   `browser-tools` only installs and checks those tools.
+//!   It then builds the demo page (`web`) and drives it in Chromium with playwright-core
+//!   against a real server (`crates/concord-web/tests/browser.rs`).
+//!   `browser-tools` only installs and checks those tools; `web` builds the browser bundle
+//!   and the demo page into `target/web`.
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
 //! - `soak` runs the seeded multi-client simulations over many seeds, in release.
@@ -39,6 +42,8 @@ commands:
   browser-test                     the wasm32 tests in headless Chromium, after
                                    installing the wasm32 target and wasm-bindgen-cli
   browser-tools                    only install and check what browser-test needs
+  web                              build the browser bundle and the demo page
+                                   into target/web
   fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
                                    each on nightly (default 60)
   bench                            run the benchmarks
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         ["ci"] => ci(),
         ["browser-test"] => browser_test(Missing::Fail),
         ["browser-tools"] => browser_tools().map(|tools| eprintln!("browser tools: {tools:?}")),
+        ["web"] => browser_tools().and_then(|tools| web(&tools)),
         ["fuzz", rest @ ..] => {
             parse_fuzz_args(rest).and_then(|(seconds, target)| fuzz(seconds, target.as_deref()))
         }
@@ -217,7 +223,7 @@ fn ci() -> anyhow::Result<()> {
 }
 
 /// Crates that must build for the browser without their native-only features.
-const WASM_CRATES: [&str; 1] = ["concord-storage"];
+const WASM_CRATES: [&str; 3] = ["concord-storage", "concord-client", "concord-web"];
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
@@ -246,9 +252,14 @@ fn wasm_build() -> anyhow::Result<()> {
     for krate in WASM_CRATES {
         run(cargo(&["build", "-p", krate, "--target", WASM_TARGET, "--no-default-features"]))?;
     }
-    // The IndexedDB backend exists only on wasm32: the workspace clippy never sees it.
+    // The IndexedDB backend and the browser's client exist only on wasm32: the workspace
+    // clippy never sees them.
     run(cargo(&[
         "clippy",
+        "-p",
+        "concord-client",
+        "-p",
+        "concord-web",
         "-p",
         "concord-storage",
         "--target",
@@ -314,6 +325,40 @@ fn browser_test(missing: Missing) -> anyhow::Result<()> {
         );
         run(command)?;
     }
+    web(&tools)?;
+    // The demo page in Chromium, driven by playwright-core, against a real server.
+    let driver = root().join("crates/concord-web/tests/browser");
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund"]).current_dir(&driver);
+    run(npm)?;
+    let mut page = cargo(&["test", "-p", "concord-web", "--test", "browser", "--", "--ignored"]);
+    page.env("CONCORD_WEB_ROOT", web_root());
+    run(page)
+}
+
+/// Where `cargo xtask web` puts the browser bundle and the demo page.
+fn web_root() -> PathBuf {
+    root().join("target/web")
+}
+
+/// Builds the browser bundle (`concord_web.js`, its wasm and TypeScript declarations) with
+/// wasm-bindgen, and copies the demo page beside it, into `target/web`.
+fn web(tools: &BrowserTools) -> anyhow::Result<()> {
+    run(cargo(&["build", "--release", "-p", "concord-web", "--target", WASM_TARGET]))?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let wasm = target_dir.join(WASM_TARGET).join("release/concord_web.wasm");
+    let out = web_root();
+    let mut bindgen = Command::new(tools.runner.with_file_name("wasm-bindgen"));
+    bindgen.args(["--target", "web", "--out-dir"]).arg(&out).arg(&wasm);
+    run(bindgen)?;
+    let page = root().join("crates/concord-web/www");
+    for entry in std::fs::read_dir(&page).with_context(|| format!("reading {}", page.display()))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), out.join(entry.file_name()))?;
+    }
+    eprintln!("the page is in {}: concord serve --web-root {}", out.display(), out.display());
     Ok(())
 }
 

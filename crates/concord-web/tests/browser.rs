@@ -121,7 +121,7 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     // The server goes away; the page keeps working, and keeps its work across a reload.
     let _ = server.stop.send(());
     server.task.await??;
-    run("waitStatus a offline".into()).or_else(|_| run("waitStatus a reconnecting".into()))?;
+    run("waitStatus a reconnecting".into())?;
     run("add a eggs (offline)".into())?;
     run("reload a".into())?;
     run("ready a".into())?;

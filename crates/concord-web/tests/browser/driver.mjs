@@ -12,7 +12,10 @@ const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "applic
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    // Chromium's Local Network Access checks block this page's WebSocket to 127.0.0.1 (the
+    // page itself comes from request interception); the test is about offline work.
+    "--disable-features=LocalNetworkAccessChecks"],
 });
 const context = await browser.newContext();
 await context.route("**/*", async (route) => {
