@@ -1,6 +1,7 @@
-//! The demo page in headless Chromium against a real server, checked by a native client:
-//! edits made offline survive a reload and reach the server once it is back; a second tab
-//! on the same store gets a clear answer. `cargo xtask browser-test` builds the page
+//! The demo page, served by a real server, in headless Chromium, checked by a native client:
+//! with the server stopped the page keeps working and reloads (its service worker keeps its
+//! files, IndexedDB its data); the edits reach the server once it is back; a second tab on
+//! the same store gets a clear answer. `cargo xtask browser-test` builds the page
 //! (`target/web`) and runs this with `--ignored`.
 
 #![cfg(not(target_arch = "wasm32"))]
@@ -23,11 +24,10 @@ struct Browser {
 }
 
 impl Browser {
-    fn start(web_root: &PathBuf) -> anyhow::Result<Browser> {
+    fn start() -> anyhow::Result<Browser> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/driver.mjs");
         let mut child = Command::new("node")
             .arg(script)
-            .env("WEB_ROOT", web_root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -71,6 +71,7 @@ struct Running {
 async fn serve(
     addr: std::net::SocketAddr,
     dir: &std::path::Path,
+    web_root: &std::path::Path,
 ) -> anyhow::Result<(std::net::SocketAddr, Running)> {
     let auth = AuthConfig {
         jwt: Some(JwtConfig {
@@ -82,7 +83,9 @@ async fn serve(
         reconnect_secret: b"the browser test server's secret".to_vec(),
         reconnect_ttl: Duration::from_secs(3600),
     };
-    let server = Server::bind(ServerConfig::new(addr, dir, auth)).await?;
+    let mut config = ServerConfig::new(addr, dir, auth);
+    config.web_root = Some(web_root.to_path_buf());
+    let server = Server::bind(config).await?;
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
@@ -106,14 +109,15 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         "build the page first: cargo xtask web"
     );
     let dir = tempfile::tempdir()?;
-    let (addr, server) = serve("127.0.0.1:0".parse()?, dir.path()).await?;
+    let (addr, server) = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
     let token = mint_token(SECRET, "alice", None, Duration::from_secs(3600))?;
     let page = format!("http://{addr}/?user=alice&token={token}&model=todos");
 
-    let mut browser = tokio::task::block_in_place(|| Browser::start(&web_root))?;
+    let mut browser = tokio::task::block_in_place(Browser::start)?;
     let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
     run(format!("open a {page}"))?;
     run("ready a".into())?;
+    run("controlled a".into())?;
     run("add a milk".into())?;
     run("add a bread".into())?;
     run("synced a".into())?;
@@ -135,7 +139,7 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     let second = run("waitStatus b in use".into());
 
     // The server is back: the page syncs, and a native client sees every change.
-    let (_, server) = serve(addr, dir.path()).await?;
+    let (_, server) = serve(addr, dir.path(), &web_root).await?;
     run("synced a".into())?;
     let native = Domain::builder(format!("ws://{addr}/demo/todos")).build();
     native.connect_with_jwt(mint_token(SECRET, "bob", None, Duration::from_secs(3600))?).await?;

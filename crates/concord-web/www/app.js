@@ -46,6 +46,10 @@ async function render() {
 }
 
 async function main() {
+  // The page's files, for loading it while the server is unreachable (see sw.js).
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register("sw.js").catch((e) => console.warn("no service worker:", e));
+  }
   await init();
   const domain = new Domain(url, { offline: { storage: new IdbStorageAdapter() } });
   window.concordDomain = domain;

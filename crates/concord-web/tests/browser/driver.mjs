@@ -1,34 +1,16 @@
 // Drives the demo page in headless Chromium for crates/concord-web/tests/browser.rs.
 // One command per stdin line, one answer per stdout line ("ok ...", or "error ...").
-// The page's files come from WEB_ROOT through request interception, so a page reloads
-// even while the Concord server is down; its WebSocket goes to the real server.
+// The page comes from the Concord server itself; its service worker keeps the page's files
+// so that it reloads while the server is down.
 import { chromium } from "playwright-core";
-import { readFile } from "node:fs/promises";
 import { createInterface } from "node:readline";
-import path from "node:path";
 
-const root = process.env.WEB_ROOT;
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css" };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    // Chromium's Local Network Access checks block this page's WebSocket to 127.0.0.1 (the
-    // page itself comes from request interception); the test is about offline work.
-    "--disable-features=LocalNetworkAccessChecks"],
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
 });
 const context = await browser.newContext();
-await context.route("**/*", async (route) => {
-  const url = new URL(route.request().url());
-  const file = url.pathname === "/" ? "index.html" : url.pathname.slice(1);
-  if (file.includes("/") || file.includes("..")) return route.fulfill({ status: 404 });
-  try {
-    const body = await readFile(path.join(root, file));
-    await route.fulfill({ status: 200, body, contentType: types[path.extname(file)] || "application/octet-stream" });
-  } catch {
-    await route.fulfill({ status: 404 });
-  }
-});
 const tabs = new Map();
 const logs = [];
 const until = async (tab, predicate, what) => {
@@ -49,6 +31,11 @@ const commands = {
   async ready(tab) {
     await until(tab, () => document.body.dataset.ready === "true", "the page never got ready");
     return "ready";
+  },
+  // The service worker controls the page: it can be reloaded without the server.
+  async controlled(tab) {
+    await until(tab, () => navigator.serviceWorker.controller !== null, "no service worker controls the page");
+    return "controlled";
   },
   async status(tab) {
     return await tabs.get(tab).textContent("#status");
