@@ -1,0 +1,254 @@
+//! `concord-load`: Concord's server under load (DESIGN.md §11, P2), with the workload of the
+//! ShareDB peer benchmark (`shared/peers/sharedb`) so that the two compare.
+//!
+//! What it is: a closed-loop load generator and its report. Each run starts a fresh
+//! `concord-server` in a separate process (this binary, re-executed with the hidden `serve`
+//! subcommand, on 127.0.0.1 with a temporary redb data directory, anonymous access and the
+//! per-connection rate limit lifted), creates one model `{ "body": "" }` and opens it from C
+//! clients, each its own WebSocket connection, as tasks of one multi-threaded tokio runtime in
+//! this process. Each client inserts one character at a random position of its local copy,
+//! submits it, waits for the ack, and repeats; it applies every remote operation to its copy,
+//! transforming its in-flight operation. After a warm-up, a window of T seconds is measured:
+//! acked operations per second, submit-to-ack latency, the server's peak RSS and CPU, this
+//! process's CPU and the rest of the machine's. Then every run is checked: all clients
+//! converge to one body, one character and one version per acked operation, a fresh client
+//! sees the same, and so does one after the server is killed (SIGKILL) and restarted on its
+//! data. The exit code is non-zero when any run fails a check.
+//!
+//! What it is not: a client library (the clients speak the protocol directly, with no
+//! offline store), a model of real editing (one model, one insert per round trip, no
+//! deletes), or a test of the server's limits, authentication or permissions. Clients and
+//! server share the machine's cores, so the figures describe both together, as ShareDB's do.
+//!
+//! ```sh
+//! cargo build --release -p concord-bench --bin concord-load
+//! target/release/concord-load --clients 1,10,50 --seconds 10 --warmup 2 --reps 3 --json runs.json
+//! ```
+
+mod client;
+mod run;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::run::{RunResult, run_once};
+use crate::server::machine_busy_seconds;
+
+#[derive(Debug, Parser)]
+#[command(about = "Concord's server under load: C closed-loop editors on one model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    /// Numbers of clients, one series of runs each.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    clients: Vec<usize>,
+    /// Length of the measured window (s).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up before the window (s).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Runs per number of clients; the table shows their median.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Writes every run's figures here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Before each run, wait at most this long (s) for the rest of the machine to go idle.
+    #[arg(long, default_value_t = 300.0)]
+    idle_wait: f64,
+    /// Redo a run (at most 3 times) if the rest of the machine used more than this % of a
+    /// core during its window.
+    #[arg(long, default_value_t = 25.0)]
+    max_other: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// Runs the server under test (started by this tool itself).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// One run as reported: its figures, or why it failed.
+#[derive(Debug, Serialize)]
+struct Run {
+    clients: usize,
+    rep: usize,
+    #[serde(flatten)]
+    result: Option<RunResult>,
+    failed: Option<String>,
+}
+
+impl Run {
+    fn correct(&self) -> bool {
+        self.result.as_ref().is_some_and(|r| r.checks.all())
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Internal::Serve { data_dir }) = &cli.command {
+        return server::serve(data_dir);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (runs, discarded) = runtime.block_on(run_all(&cli))?;
+
+    if let Some(path) = &cli.json {
+        let raw = serde_json::json!({
+            "machine": server::machine(),
+            "options": { "clients": cli.clients, "seconds": cli.seconds, "warmup": cli.warmup,
+                         "reps": cli.reps, "max_other": cli.max_other },
+            "runs": runs,
+            "discarded": discarded,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&raw)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{}", table(&cli, &runs, discarded.len()));
+    if !runs.iter().all(Run::correct) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Every (C, repetition), each after the machine went idle, redone when it was busy.
+async fn run_all(cli: &Cli) -> Result<(Vec<Run>, Vec<Run>)> {
+    let warmup = Duration::from_secs_f64(cli.warmup);
+    let window = Duration::from_secs_f64(cli.seconds);
+    let run_timeout = warmup + window + Duration::from_secs(180);
+    let (mut runs, mut discarded) = (Vec::new(), Vec::new());
+    for &clients in &cli.clients {
+        for rep in 1..=cli.reps {
+            let mut attempt = 1;
+            let run = loop {
+                wait_idle(Duration::from_secs_f64(cli.idle_wait)).await?;
+                let outcome = tokio::time::timeout(run_timeout, run_once(clients, warmup, window))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the run took over {run_timeout:?}")));
+                let run = match outcome {
+                    Ok(result) => Run { clients, rep, result: Some(result), failed: None },
+                    Err(e) => Run { clients, rep, result: None, failed: Some(format!("{e:#}")) },
+                };
+                let other = run.result.as_ref().map_or(0.0, |r| r.other_cpu_pct);
+                if other <= cli.max_other || attempt > 3 {
+                    break run;
+                }
+                eprintln!(
+                    "C={clients} rep {rep}: discarded, other processes used {other:.0}% of a core"
+                );
+                discarded.push(run);
+                attempt += 1;
+            };
+            eprintln!("{}", summary(&run));
+            runs.push(run);
+        }
+    }
+    Ok((runs, discarded))
+}
+
+/// Waits until the rest of the machine uses under 10 % of a core over one second, or `limit`.
+async fn wait_idle(limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let before = machine_busy_seconds()?;
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if machine_busy_seconds()? - before < 0.1 {
+            return Ok(());
+        }
+    }
+}
+
+fn summary(run: &Run) -> String {
+    let prefix = format!("C={} rep {}:", run.clients, run.rep);
+    match (&run.result, &run.failed) {
+        (Some(r), _) => format!(
+            "{prefix} {:.0} ops/s p50 {:.2} p99 {:.2} ms, server peak RSS {:.0} MiB, CPU server \
+             {:.0}% clients {:.0}% other {:.0}%, {} acked, body {} chars, converged in {:.0} ms, \
+             correct {} {:?}",
+            r.ops_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.server_peak_rss_mib,
+            r.server_cpu_pct,
+            r.clients_cpu_pct,
+            r.other_cpu_pct,
+            r.total_acked,
+            r.body_chars,
+            r.converge_ms,
+            r.checks.all(),
+            r.checks,
+        ),
+        (None, failed) => format!("{prefix} FAILED {}", failed.as_deref().unwrap_or("?")),
+    }
+}
+
+/// The Markdown report: per C, the median of the runs with min–max, as `peers/sharedb` prints.
+fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
+    let mut out = vec![
+        format!(
+            "Concord (concord-server, redb, every operation fsynced before its ack), one-character \
+             string inserts on one model, T={} s after {} s warm-up, {} runs each: median (min–max).",
+            cli.seconds, cli.warmup, cli.reps
+        ),
+        String::new(),
+        format!("Machine: {}.  ", server::machine()),
+        format!(
+            "Runs redone because other processes used > {}% of a core: {discarded}.",
+            cli.max_other
+        ),
+        String::new(),
+        "| C | acked ops/s | p50 ms | p95 ms | p99 ms | server peak RSS MiB | server CPU % | \
+         clients CPU % | other CPU % | body chars at end | correct |"
+            .into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|".into(),
+    ];
+    type Column = (fn(&RunResult) -> f64, usize);
+    let columns: [Column; 9] = [
+        (|r| r.ops_per_sec, 0),
+        (|r| r.p50_ms, 2),
+        (|r| r.p95_ms, 2),
+        (|r| r.p99_ms, 2),
+        (|r| r.server_peak_rss_mib, 0),
+        (|r| r.server_cpu_pct, 0),
+        (|r| r.clients_cpu_pct, 0),
+        (|r| r.other_cpu_pct, 0),
+        (|r| r.body_chars as f64, 0),
+    ];
+    for &clients in &cli.clients {
+        let mine: Vec<&Run> = runs.iter().filter(|r| r.clients == clients).collect();
+        let measured: Vec<&RunResult> = mine.iter().filter_map(|r| r.result.as_ref()).collect();
+        let cells: Vec<String> =
+            columns.iter().map(|&(value, digits)| cell(&measured, value, digits)).collect();
+        let correct = mine.iter().filter(|r| r.correct()).count();
+        out.push(format!("| {clients} | {} | {correct}/{} |", cells.join(" | "), mine.len()));
+    }
+    out.join("\n")
+}
+
+/// `median (min–max)` of one figure over the runs (the lower median for an even count).
+fn cell(runs: &[&RunResult], value: fn(&RunResult) -> f64, digits: usize) -> String {
+    let mut xs: Vec<f64> = runs.iter().map(|r| value(r)).collect();
+    xs.sort_by(f64::total_cmp);
+    match xs.as_slice() {
+        [] => "n/a".into(),
+        [x] => format!("{x:.digits$}"),
+        _ => format!(
+            "{:.digits$} ({:.digits$}–{:.digits$})",
+            xs[(xs.len() - 1) / 2],
+            xs[0],
+            xs[xs.len() - 1]
+        ),
+    }
+}
