@@ -16,7 +16,7 @@ use concord_protocol::{
     ServerResponse, Session, Timestamp,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
-use concord_sync::{ClientEngine, Event, ModelReplica, StoreChange, store};
+use concord_sync::{ClientEngine, Event, ModelReplica, store};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::domain::{ConnectionState, DomainEvent, DomainOptions, StoredModel};
@@ -417,12 +417,7 @@ impl Driver {
         };
         let mut engine = ClientEngine::new(replica, self.options.engine);
         let summaries = store.models().await?;
-        let tombstones = summaries
-            .iter()
-            .filter(|m| m.record.deleted_locally)
-            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
-            .collect();
-        engine.add_tombstones(tombstones);
+        engine.add_tombstones(store::tombstones(&summaries));
         let subscriptions = store
             .subscriptions()
             .await?
@@ -475,21 +470,9 @@ impl Driver {
             Ok(summaries) => summaries,
             Err(e) => return self.fail(e.into()),
         };
-        let loaded: Vec<ModelId> = engine.models().cloned().collect();
-        let tombstones = summaries
-            .iter()
-            .filter(|m| m.record.deleted_locally)
-            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
-            .collect();
-        let with_changes = summaries
-            .into_iter()
-            .filter(|m| {
-                let dirty = m.pending_count > 0 || m.record.created_locally;
-                !loaded.contains(&m.record.id) && !m.record.deleted_locally && dirty
-            })
-            .map(|m| m.record.id)
-            .collect();
-        engine.handle_connected(with_changes, tombstones);
+        let loaded: Vec<&ModelId> = engine.models().collect();
+        let with_changes = store::with_changes(&summaries, &loaded);
+        engine.handle_connected(with_changes, store::tombstones(&summaries));
     }
 
     async fn reconnect(&mut self) {
@@ -868,15 +851,8 @@ impl Driver {
             let mut last = None;
             while let Some(batch) = engine.poll_storage() {
                 last = Some(batch.id);
-                let edits =
-                    batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
                 let counter = self.ids.get(&batch.model).map(IdGenerator::next_counter);
-                let model = batch.model.clone();
-                let mut mutations = store::mutations(&batch.model, batch.changes);
-                if let (true, Some(next)) = (edits, counter) {
-                    mutations.push(Mutation::AdvanceElementCounter { model, next });
-                }
-                batches.push(Batch { mutations });
+                batches.push(Batch { mutations: store::batch_mutations(batch, counter) });
             }
             if let Some(last) = last {
                 let Some(store) = self.store.as_ref() else { return };

@@ -3,10 +3,48 @@
 //! restored from.
 
 use concord_ot::Document;
-use concord_protocol::{CreationNonce, ModelId, ModelSnapshot};
-use concord_storage::{CreationRecord, ModelRecord, ModelState, Mutation, Snapshot};
+use concord_protocol::{CollectionId, CreationNonce, ModelId, ModelSnapshot};
+use concord_storage::{CreationRecord, ModelRecord, ModelState, ModelSummary, Mutation, Snapshot};
 
+use crate::engine::StorageBatch;
 use crate::replica::{Persisted, StoreChange};
+
+/// The mutations that carry out an engine batch. A batch recording local edits also
+/// persists `next_element_counter` (the model's id counter after them), so that an element
+/// id is never minted twice.
+pub fn batch_mutations(batch: StorageBatch, next_element_counter: Option<u64>) -> Vec<Mutation> {
+    let edits = batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
+    let mut mutations = mutations(&batch.model, batch.changes);
+    if let (true, Some(next)) = (edits, next_element_counter) {
+        mutations.push(Mutation::AdvanceElementCounter { model: batch.model, next });
+    }
+    mutations
+}
+
+/// The models the store holds as deleted here and not yet confirmed, with their collection:
+/// what [`ClientEngine::add_tombstones`](crate::ClientEngine::add_tombstones) and
+/// [`handle_connected`](crate::ClientEngine::handle_connected) take.
+pub fn tombstones(summaries: &[ModelSummary]) -> Vec<(ModelId, CollectionId)> {
+    summaries
+        .iter()
+        .filter(|m| m.record.deleted_locally)
+        .map(|m| (m.record.id.clone(), m.record.collection.clone()))
+        .collect()
+}
+
+/// The stored models with something to sync (unsent or unacknowledged changes, a creation
+/// the server has not confirmed) that are not `loaded`: the models
+/// [`handle_connected`](crate::ClientEngine::handle_connected) syncs in the background.
+pub fn with_changes(summaries: &[ModelSummary], loaded: &[&ModelId]) -> Vec<ModelId> {
+    summaries
+        .iter()
+        .filter(|m| {
+            let dirty = m.pending_count > 0 || m.record.created_locally;
+            dirty && !m.record.deleted_locally && !loaded.contains(&&m.record.id)
+        })
+        .map(|m| m.record.id.clone())
+        .collect()
+}
 
 /// Why a stored model cannot be rebuilt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

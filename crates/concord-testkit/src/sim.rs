@@ -607,18 +607,13 @@ impl Sim {
                 *max = (*max).max(p.seq);
             }
         }
+        let id = batch.id;
         // Ids are minted by local edits: their batches carry the counter.
-        let edits = batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
-        let mut mutations = store::mutations(&batch.model, batch.changes);
-        if let (true, Some(counter)) = (edits, counter) {
-            let advance =
-                Mutation::AdvanceElementCounter { model: batch.model.clone(), next: counter };
-            mutations.push(advance);
-        }
+        let mutations = store::batch_mutations(batch, counter);
         block_on(client.store.commit(Batch { mutations }))
             .map_err(|e| format!("the store refused the engine's batch: {e}"))?;
         if let Some(engine) = &mut client.engine {
-            engine.handle_durable(batch.id);
+            engine.handle_durable(id);
         }
         self.drain(i)
     }
@@ -634,22 +629,10 @@ impl Sim {
         self.server.connections[i] = Some((client.epochs, BTreeSet::new()));
         self.server.subscribed[i].clear();
         self.stats.resyncs += 1;
-        let loaded: BTreeSet<&ModelId> = engine.models().collect();
+        let loaded: Vec<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
-        let tombstones = summaries
-            .iter()
-            .filter(|m| m.record.deleted_locally)
-            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
-            .collect();
-        let with_changes = summaries
-            .into_iter()
-            .filter(|m| {
-                let dirty = m.pending_count > 0 || m.record.created_locally;
-                !loaded.contains(&m.record.id) && !m.record.deleted_locally && dirty
-            })
-            .map(|m| m.record.id)
-            .collect();
-        engine.handle_connected(with_changes, tombstones);
+        let with_changes = store::with_changes(&summaries, &loaded);
+        engine.handle_connected(with_changes, store::tombstones(&summaries));
         self.drain(i)
     }
 
@@ -700,12 +683,7 @@ impl Sim {
         if let Some(trace) = &mut self.trace {
             trace.push(format!("  client {i} restarts with {summaries:?}"));
         }
-        let tombstones = summaries
-            .iter()
-            .filter(|m| m.record.deleted_locally)
-            .map(|m| (m.record.id.clone(), m.record.collection.clone()))
-            .collect();
-        engine.add_tombstones(tombstones);
+        engine.add_tombstones(store::tombstones(&summaries));
         let subscriptions = block_on(client.store.subscriptions()).map_err(|e| e.to_string())?;
         let subscriptions = subscriptions
             .into_iter()
