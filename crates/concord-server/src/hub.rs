@@ -156,15 +156,7 @@ impl Hub {
     }
 
     /// A collection's configuration: the server's config first, then the store.
-    pub(crate) async fn collection(
-        &self,
-        domain: &str,
-        collection: &CollectionId,
-    ) -> Result<Option<CollectionConfig>, StoreError> {
-        self.collection_now(domain, collection)
-    }
-
-    pub(crate) fn collection_now(
+    pub(crate) fn collection(
         &self,
         domain: &str,
         collection: &CollectionId,

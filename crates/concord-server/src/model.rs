@@ -542,7 +542,7 @@ impl ModelTask {
             }
             State::Absent { deleted: false } => {}
         }
-        let config = match self.hub.collection(&self.key.domain, &collection).await {
+        let config = match self.hub.collection(&self.key.domain, &collection) {
             Ok(Some(config)) => Some(config),
             Ok(None) if self.hub.config.auto_create_collections => None,
             Ok(None) => {
@@ -994,7 +994,7 @@ impl Live {
         hub: &Hub,
     ) -> Result<Live, StoreError> {
         let collection =
-            hub.collection_now(&key.domain, &stored.record.collection)?.unwrap_or_default();
+            hub.collection(&key.domain, &stored.record.collection)?.unwrap_or_default();
         let mut sequencer = Sequencer::new(
             key.model.clone(),
             stored.snapshot,
