@@ -22,7 +22,8 @@
 //! };
 //! let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), "./data", auth)).await?;
 //! println!("listening on {}", server.local_addr());
-//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! // Serves until the future resolves (`concord serve` passes SIGINT/SIGTERM here).
+//! server.run(std::future::pending()).await
 //! # }
 //! ```
 
