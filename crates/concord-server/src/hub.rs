@@ -5,16 +5,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use concord_protocol::CollectionId;
+use concord_sync::host::{ConnId, HostConfig};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::config::{CollectionConfig, ServerConfig};
-use crate::model::{ModelCommand, ModelTask};
-use crate::outbox::ConnId;
-use crate::store::{Loaded, ModelKey, Store, StoreError, Writer};
+use crate::config::ServerConfig;
+use crate::model::ModelCommand;
+use crate::store::{ModelKey, Store, StoreError, Writer};
+use concord_sync::host::Loaded;
 
 /// A model's task as the registry knows it.
 #[derive(Debug)]
@@ -30,6 +30,8 @@ const MODEL_QUEUE: usize = 1_024;
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub(crate) config: ServerConfig,
+    /// What every model host is told (shared, not copied per model).
+    pub(crate) host_config: Arc<HostConfig>,
     pub(crate) auth: Authenticator,
     pub(crate) store: Store,
     pub(crate) writer: Writer,
@@ -53,6 +55,7 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Hub {
         Hub {
+            host_config: Arc::new(config.host_config()),
             config,
             auth,
             store,
@@ -88,7 +91,7 @@ impl Hub {
                     None => {
                         let (sender, receiver) = mpsc::channel(MODEL_QUEUE);
                         models.insert(key.clone(), Entry::Running(sender.clone()));
-                        self.tasks.spawn(ModelTask::run(key.clone(), self.clone(), receiver));
+                        self.tasks.spawn(crate::model::run(key.clone(), self.clone(), receiver));
                         Ok(sender)
                     }
                 }
@@ -153,17 +156,5 @@ impl Hub {
         tokio::task::spawn_blocking(move || store.load(&key))
             .await
             .map_err(|e| StoreError::Backend(format!("the load task failed: {e}")))?
-    }
-
-    /// A collection's configuration: the server's config first, then the store.
-    pub(crate) fn collection(
-        &self,
-        domain: &str,
-        collection: &CollectionId,
-    ) -> Result<Option<CollectionConfig>, StoreError> {
-        if let Some(config) = self.config.collections.get(collection) {
-            return Ok(Some(config.clone()));
-        }
-        self.store.collection(domain, collection)
     }
 }

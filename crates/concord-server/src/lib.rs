@@ -33,7 +33,6 @@ mod connection;
 mod hub;
 mod model;
 mod outbox;
-mod permissions;
 mod server;
 mod store;
 
