@@ -9,6 +9,7 @@
 
 pub mod generate;
 mod rng;
+pub mod server_store;
 pub mod sim;
 #[cfg(feature = "wire")]
 pub mod wire;

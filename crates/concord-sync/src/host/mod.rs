@@ -34,7 +34,9 @@ pub use model::{LoadError, ModelHost};
 pub use permissions::{effective, may_create};
 pub use session::{SessionHost, SessionLimits, SessionOutput};
 
-/// Connections are told apart by a number the caller makes unique within a server's run.
+/// Connections are told apart by a number the caller makes unique within a server's run and
+/// increasing in the order connections are accepted (a client's newest connection has its
+/// highest id).
 pub type ConnId = u64;
 
 /// An authenticated session on one connection, as the hosts see it.

@@ -79,8 +79,11 @@ pub struct ModelHost {
     state: State,
     open: Members,
     subscribers: Members,
-    /// The connection each replica last submitted or resynced on: where its acks go.
+    /// Each replica's newest connection with the model open: where its acks go, and the one
+    /// connection that must not hear of its operations as someone else's. A submission may
+    /// still arrive late on an older connection of the same client.
     replicas: BTreeMap<ReplicaId, ConnId>,
+
     references: BTreeMap<(SessionId, ReferenceKey), Option<ReferenceValue>>,
     job: Job,
     notices: VecDeque<Notice>,
@@ -111,6 +114,7 @@ impl ModelHost {
             open: Members::new(),
             subscribers: Members::new(),
             replicas: BTreeMap::new(),
+
             references: BTreeMap::new(),
             job: Job::default(),
             notices: VecDeque::new(),
@@ -595,10 +599,10 @@ impl ModelHost {
             .operations_since(known_version)
             .ok()
             .map(|ops| ops.chunks(page).map(<[_]>::to_vec).collect());
-        if let Some(f) = in_flight {
-            self.replicas.insert(f.replica, from.conn);
-        }
         self.join(from, permissions, attachment);
+        if let Some(f) = in_flight {
+            self.uses_replica(f.replica, from.conn);
+        }
         let model = self.model.clone();
         let started = ServerResponse::ResyncStarted {
             model: model.clone(),
@@ -632,10 +636,10 @@ impl ModelHost {
 
     fn submit(&mut self, now: Timestamp, from: &SessionRef, submission: Submission) {
         let (replica, seq) = (submission.replica, submission.seq);
-        let State::Live(live) = &mut self.state else {
+        if !matches!(self.state, State::Live(_)) {
             let e = self.missing();
             return self.reject(from, seq, e);
-        };
+        }
         let Some(member) = self.open.get(&from.conn) else {
             let e =
                 error(ErrorCode::MODEL_NOT_OPEN, "submit needs the model open on this connection");
@@ -645,7 +649,8 @@ impl ModelHost {
             let e = error(ErrorCode::PERMISSION_DENIED, "changing the model needs `write`");
             return self.reject(from, seq, e);
         }
-        self.replicas.insert(replica, from.conn);
+        self.uses_replica(replica, from.conn);
+        let State::Live(live) = &mut self.state else { return };
         match live.sequencer.submit(submission.clone(), now) {
             Err(SequencerError::HistoryUnavailable { from: after, oldest }) => {
                 let read = Read::Operations { after, through: oldest };
@@ -653,6 +658,29 @@ impl ModelHost {
             }
             outcome => self.submitted(from, replica, seq, outcome),
         }
+    }
+
+    /// Notes that `conn` uses `replica`, unless a newer connection of the replica has the
+    /// model open (then `conn` is an older one whose last messages arrive late). Connection
+    /// ids grow in the order connections are accepted.
+    fn uses_replica(&mut self, replica: ReplicaId, conn: ConnId) {
+        let newer = self
+            .replicas
+            .get(&replica)
+            .is_some_and(|current| *current > conn && self.open.contains_key(current));
+        if !newer {
+            self.replicas.insert(replica, conn);
+        }
+    }
+
+    /// The connection that hears of `replica`'s commits: its newest with the model open,
+    /// else `fallback`.
+    fn replica_conn(&self, replica: ReplicaId, fallback: ConnId) -> ConnId {
+        self.replicas
+            .get(&replica)
+            .copied()
+            .filter(|c| self.open.contains_key(c))
+            .unwrap_or(fallback)
     }
 
     fn reject(&mut self, from: &SessionRef, seq: u64, error: ErrorReply) {
@@ -688,7 +716,8 @@ impl ModelHost {
                     version: commit.version,
                     timestamp: commit.timestamp,
                 };
-                self.push(from.conn, ack);
+                let to = self.replica_conn(replica, from.conn);
+                self.push(to, ack);
             }
             SubmitOutcome::Committed(record) => {
                 let operation = record.operation.clone();
@@ -703,17 +732,23 @@ impl ModelHost {
                             .push(Write::Snapshot { model: self.model.clone(), snapshot });
                     }
                 }
-                self.announce(replica, seq, operation);
+                self.announce(from.conn, replica, seq, operation);
             }
         }
     }
 
-    /// After a commit: the ack to the author replica's current connection, the operation to
-    /// every other open session and to subscribers that do not have the model open.
-    fn announce(&mut self, replica: ReplicaId, seq: u64, operation: CommittedOperation) {
+    /// After a commit: the ack to the author replica's newest connection, the operation to
+    /// every other open session (not to the connection it came on either) and to
+    /// subscribers that do not have the model open.
+    fn announce(
+        &mut self,
+        from: ConnId,
+        replica: ReplicaId,
+        seq: u64,
+        operation: CommittedOperation,
+    ) {
         let model = self.model.clone();
-        let author =
-            self.replicas.get(&replica).copied().filter(|conn| self.open.contains_key(conn));
+        let author = self.open.contains_key(&from).then(|| self.replica_conn(replica, from));
         if let Some(conn) = author {
             let ack = ServerPush::Ack {
                 model: model.clone(),
@@ -724,7 +759,7 @@ impl ModelHost {
             self.push(conn, ack);
         }
         let others: Vec<ConnId> =
-            self.open.keys().copied().filter(|c| Some(*c) != author).collect();
+            self.open.keys().copied().filter(|c| Some(*c) != author && *c != from).collect();
         let offline: Vec<ConnId> =
             self.subscribers.keys().copied().filter(|c| !self.open.contains_key(c)).collect();
         if !offline.is_empty() {

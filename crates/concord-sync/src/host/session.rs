@@ -216,10 +216,7 @@ impl SessionHost {
                         self.auto_creates.insert(server_request, (id, model.clone()));
                         server_request
                     });
-                    self.route(
-                        model,
-                        ModelRequest::Open { request: id, auto_create, attachment },
-                    );
+                    self.route(model, ModelRequest::Open { request: id, auto_create, attachment });
                 }
             }
             ClientRequest::CloseModel { model } => {
