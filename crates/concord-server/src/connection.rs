@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::model::ModelCommand;
 use crate::outbox::{Outbound, Outbox, frame};
-use crate::store::{Job, ModelKey};
+use crate::store::Job;
+use crate::types::{Ending, ModelKey};
 
 /// Close code for a connection closed because it broke the protocol (RFC 6455).
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -62,15 +63,6 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
         abort.abort();
     }
     tracing::debug!(conn, "connection closed");
-}
-
-/// How a connection ends.
-#[derive(Debug)]
-pub(crate) enum Ending {
-    /// The client went away.
-    Gone,
-    /// Close with this code and reason.
-    Close(u16, String),
 }
 
 struct Connection {
@@ -321,7 +313,7 @@ async fn replay(
     after: u64,
     through: u64,
 ) -> Result<(), ()> {
-    let page_size = hub.host_config.page;
+    let page_size = hub.models.config.page;
     let mut from = after;
     loop {
         let store = hub.store.clone();

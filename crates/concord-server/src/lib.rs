@@ -33,8 +33,10 @@ mod connection;
 mod hub;
 mod model;
 mod outbox;
+mod registry;
 mod server;
 mod store;
+mod types;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};

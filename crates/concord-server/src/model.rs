@@ -8,17 +8,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use concord_protocol::{ErrorCode, ErrorReply, Timestamp};
 use concord_sync::host::{
-    ConnId, Job as HostJob, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef,
+    ConnId, HostConfig, Job as HostJob, ModelHost, ModelRequest, Notice, Outgoing, Read,
+    ReadResult, SessionRef,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::hub::Hub;
 use crate::outbox::{Delivery, Outbound, Outbox, frame};
-use crate::store::{Job, ModelKey, StoreError};
+use crate::registry::Registry;
+use crate::store::{Job, Store, StoreError, Writer};
+use crate::types::ModelKey;
 
 /// What a connection asks of a model, with where the answers go.
 #[derive(Debug)]
@@ -28,13 +32,38 @@ pub(crate) struct ModelCommand {
     pub(crate) request: ModelRequest,
 }
 
+/// What model tasks need, and how they are started.
+#[derive(Debug, Clone)]
+pub(crate) struct Models {
+    pub(crate) store: Store,
+    pub(crate) writer: Writer,
+    /// What every model host is told (shared, not copied per model).
+    pub(crate) config: Arc<HostConfig>,
+    /// A model nobody has open or subscribed leaves memory after this long.
+    pub(crate) idle_unload: Duration,
+    /// Cancelled once every connection has closed: model tasks store a snapshot and stop.
+    pub(crate) stop: CancellationToken,
+    pub(crate) registry: Arc<Registry<ModelKey, ModelCommand>>,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Models {
+    /// Hands `command` to the model's task, starting one if none runs.
+    pub(crate) async fn send(&self, key: &ModelKey, command: ModelCommand) {
+        let start = |key: ModelKey, commands| {
+            self.tasks.spawn(run(key, self.clone(), commands));
+        };
+        self.registry.send(key, command, start).await;
+    }
+}
+
 /// Commands taken into one job before it is queued, so that a busy model still writes
 /// and delivers in bounded steps.
 const COMMANDS_PER_JOB: usize = 1_024;
 
 struct ModelTask {
     key: ModelKey,
-    hub: Arc<Hub>,
+    models: Models,
     host: ModelHost,
     /// Where to deliver to each connection the host may address.
     outboxes: HashMap<ConnId, Outbox>,
@@ -48,9 +77,11 @@ pub(crate) fn now() -> Timestamp {
 }
 
 /// Runs the task for `key` until it unloads.
-pub(crate) async fn run(key: ModelKey, hub: Arc<Hub>, mut commands: mpsc::Receiver<ModelCommand>) {
-    let loaded = hub.load(&key).await.and_then(|loaded| {
-        ModelHost::new(key.model.clone(), loaded, hub.host_config.clone())
+async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCommand>) {
+    let store = models.store.clone();
+    let load_key = key.clone();
+    let loaded = blocking(move || store.load(&load_key)).await.and_then(|loaded| {
+        ModelHost::new(key.model.clone(), loaded, models.config.clone())
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     });
     let host = match loaded {
@@ -58,25 +89,22 @@ pub(crate) async fn run(key: ModelKey, hub: Arc<Hub>, mut commands: mpsc::Receiv
         Err(e) => {
             tracing::error!(model = %key.model, error = %e, "loading a model failed");
             // Answer what is queued, then leave; the next command loads again.
-            fail_all(&key, &hub, &mut commands, &e);
+            fail_all(&key, &models, &mut commands, &e);
             return;
         }
     };
     let job = Job { domain: key.domain.clone(), ..Job::default() };
-    let mut task = ModelTask { key, hub, host, outboxes: HashMap::new(), job };
+    let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job };
     task.serve(commands).await;
 }
 
 impl ModelTask {
     async fn serve(&mut self, mut commands: mpsc::Receiver<ModelCommand>) {
-        let stop = self.hub.stop_models.clone();
+        let stop = self.models.stop.clone();
         loop {
             // A missing model has nothing to keep: it goes as soon as nobody asks for it.
-            let linger = if self.host.is_absent() {
-                std::time::Duration::ZERO
-            } else {
-                self.hub.config.idle_unload
-            };
+            let linger =
+                if self.host.is_absent() { Duration::ZERO } else { self.models.idle_unload };
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -173,8 +201,8 @@ impl ModelTask {
         // What memory lacks must be durable before it can be read back.
         self.collect();
         self.queue_job().await;
-        let flushed = self.hub.writer.flush().await;
-        let store = self.hub.store.clone();
+        let flushed = self.models.writer.flush().await;
+        let store = self.models.store.clone();
         let key = self.key.clone();
         let failed = |e: &dyn std::fmt::Display| e.to_string();
         match read {
@@ -208,7 +236,7 @@ impl ModelTask {
         if job.writes.is_empty() && job.deliveries.is_empty() {
             return;
         }
-        if self.hub.writer.submit(job).await.is_err() {
+        if self.models.writer.submit(job).await.is_err() {
             // The store stopped taking writes: the server is shutting down (fail-stop).
             for outbox in self.outboxes.values() {
                 outbox.close();
@@ -221,10 +249,10 @@ impl ModelTask {
         self.host.checkpoint();
         self.collect();
         self.queue_job().await;
-        if self.hub.writer.flush().await.is_err() {
+        if self.models.writer.flush().await.is_err() {
             return true;
         }
-        match self.hub.unload(&self.key, commands) {
+        match self.models.registry.unload(&self.key, commands) {
             Ok(()) => true,
             Err(stragglers) => {
                 for command in stragglers {
@@ -249,7 +277,7 @@ async fn blocking<T: Send + 'static>(
 /// Answers every queued command after a failed load, so that no request goes unanswered.
 fn fail_all(
     key: &ModelKey,
-    hub: &Hub,
+    models: &Models,
     commands: &mut mpsc::Receiver<ModelCommand>,
     cause: &StoreError,
 ) {
@@ -264,7 +292,7 @@ fn fail_all(
         while let Ok(command) = commands.try_recv() {
             fail(command);
         }
-        match hub.unload(key, commands) {
+        match models.registry.unload(key, commands) {
             Ok(()) => return,
             Err(stragglers) => stragglers.into_iter().for_each(fail),
         }

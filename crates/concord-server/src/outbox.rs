@@ -7,8 +7,7 @@ use concord_sync::host::{ConnId, Notice};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Ending;
-use crate::store::ModelKey;
+use crate::types::{Ending, ModelKey};
 
 /// What a connection's writer sends next.
 #[derive(Debug)]

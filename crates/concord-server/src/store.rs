@@ -14,9 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use concord_ot::ReplicaId;
-use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, Timestamp,
-};
+use concord_protocol::{CollectionId, Commit, CommittedOperation, ModelSnapshot, Timestamp};
 use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
@@ -25,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Delivery;
+use crate::types::ModelKey;
 
 /// The format of the server's store; bumped on any change of a table or record.
 const FORMAT_VERSION: u64 = 1;
@@ -40,19 +39,6 @@ const REPLICAS: TableDefinition<(&str, &str, u64), (u64, u64, i64)> =
 const DELETED: TableDefinition<ModelKeyT, i64> = TableDefinition::new("deleted");
 const COLLECTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("collections");
 const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
-
-/// A model within a domain (`<namespace>/<domain>`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct ModelKey {
-    pub(crate) domain: Arc<str>,
-    pub(crate) model: ModelId,
-}
-
-impl ModelKey {
-    fn as_tuple(&self) -> (&str, &str) {
-        (&self.domain, self.model.as_str())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
