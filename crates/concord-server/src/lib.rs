@@ -36,6 +36,8 @@ mod outbox;
 mod permissions;
 mod server;
 mod store;
+#[cfg(test)]
+mod store_format_tests;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};
