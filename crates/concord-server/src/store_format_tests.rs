@@ -45,11 +45,12 @@ fn fixture(version: u64) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/server-v{version}.redb"))
 }
 
-/// The format a store file records, read straight from the file (`meta`, `format`).
+/// The format a store file records, read straight from the file (`meta`, `format`). Read
+/// only: even a plain open rewrites a redb file's header, and a fixture must never change.
 fn recorded_format(file: &Path) -> u64 {
     use redb::ReadableDatabase;
     let meta = redb::TableDefinition::<&str, u64>::new("meta");
-    let database = redb::Database::open(file).expect("a redb file");
+    let database = redb::ReadOnlyDatabase::open(file).expect("a redb file");
     let transaction = database.begin_read().expect("read");
     let table = transaction.open_table(meta).expect("the meta table");
     table.get("format").expect("get").expect("a format version").value()

@@ -66,10 +66,11 @@ fn read(store: &RedbStore) -> Contents {
 }
 
 /// The format version a store file records, read straight from the file (`meta` table,
-/// `format_version`, a little-endian `u32`: the one value every version can read).
+/// `format_version`, a little-endian `u32`: the one value every version can read). Read
+/// only: even a plain open rewrites a redb file's header, and a fixture must never change.
 fn recorded_format(path: &Path) -> u32 {
     let meta = redb::TableDefinition::<&[u8], &[u8]>::new("meta");
-    let database = redb::Database::open(path).expect("a redb file");
+    let database = redb::ReadOnlyDatabase::open(path).expect("a redb file");
     let transaction = redb::ReadableDatabase::begin_read(&database).expect("read");
     let table = transaction.open_table(meta).expect("meta table");
     let value = redb::ReadableTable::get(&table, &b"format_version"[..]).expect("get");
