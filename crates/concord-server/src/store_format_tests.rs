@@ -72,6 +72,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
             path.exists(),
             "no fixture of format {version}: commit one (see this file's header)"
         );
+        let bytes = std::fs::read(&path).unwrap();
         assert_eq!(recorded_format(&path), version, "{} holds another format", path.display());
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(&path, dir.path().join(FILE_NAME)).unwrap();
@@ -84,6 +85,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         drop(store);
         let copy = dir.path().join(FILE_NAME);
         assert_eq!(recorded_format(&copy), current, "format {version} was not migrated");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the test changed {}", path.display());
     }
 }
 

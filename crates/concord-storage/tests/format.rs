@@ -100,6 +100,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
             path.exists(),
             "no fixture of format {version}: commit one (see this file's header)"
         );
+        let bytes = std::fs::read(&path).unwrap();
         assert_eq!(recorded_format(&path), version, "{} holds another format", path.display());
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("store.redb");
@@ -111,6 +112,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         assert_reads_as(read(&store), expected, &format!("format {version}"));
         drop(store);
         assert_eq!(recorded_format(&copy), FORMAT_VERSION, "format {version} was not migrated");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the test changed {}", path.display());
     }
 }
 
