@@ -36,6 +36,8 @@ mod outbox;
 mod registry;
 mod server;
 mod store;
+#[cfg(test)]
+mod store_format_tests;
 mod types;
 
 pub use auth::{AuthError, Authenticator, mint_token};

@@ -174,6 +174,21 @@ impl Store {
         read_collection(&txn, domain, collection)
     }
 
+    /// A user seen in `domain` (read back only by the format tests so far).
+    #[cfg(test)]
+    pub(crate) fn user(
+        &self,
+        domain: &str,
+        user: &concord_protocol::UserId,
+    ) -> Result<Option<concord_protocol::User>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(USERS).map_err(backend)?;
+        match table.get((domain, user.0.as_str())).map_err(backend)? {
+            Some(bytes) => Ok(Some(decode(bytes.value(), "user")?)),
+            None => Ok(None),
+        }
+    }
+
     /// Starts the writer thread; it stops when every [`Writer`] is dropped, or for good at
     /// its first failed write (cancelling `on_failure`).
     pub(crate) fn start_writer(
