@@ -382,6 +382,8 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         let k = (domain, user.id.0.as_str());
                         users.insert(k, encode(user).as_slice()).map_err(backend)?;
                     }
+                    // Not stored yet: the host does not bind replicas yet either.
+                    Write::BindReplica { .. } => {}
                 }
             }
         }

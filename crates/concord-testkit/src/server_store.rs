@@ -20,6 +20,7 @@ pub struct MemoryServerStore {
     deleted: BTreeSet<ModelId>,
     collections: BTreeMap<CollectionId, CollectionConfig>,
     users: BTreeMap<UserId, User>,
+    replica_owners: BTreeMap<ReplicaId, UserId>,
 }
 
 impl MemoryServerStore {
@@ -62,6 +63,9 @@ impl MemoryServerStore {
             Write::PutUser { user } => {
                 self.users.insert(user.id.clone(), user.clone());
             }
+            Write::BindReplica { replica, user } => {
+                self.replica_owners.entry(*replica).or_insert_with(|| user.clone());
+            }
         }
     }
 
@@ -92,6 +96,11 @@ impl MemoryServerStore {
             return Vec::new();
         }
         operations.range(after + 1..=through).take(limit).map(|(_, op)| op.clone()).collect()
+    }
+
+    /// The user `replica` is bound to.
+    pub fn replica_owner(&self, replica: ReplicaId) -> Option<UserId> {
+        self.replica_owners.get(&replica).cloned()
     }
 
     pub fn collection(&self, collection: &CollectionId) -> Option<CollectionConfig> {

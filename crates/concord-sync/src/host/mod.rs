@@ -170,6 +170,12 @@ pub enum Write {
     PutUser {
         user: User,
     },
+    /// `replica` belongs to `user` from now on, in the whole domain: nobody else may submit
+    /// under it. Written once, at the replica's first use.
+    BindReplica {
+        replica: ReplicaId,
+        user: UserId,
+    },
 }
 
 /// A message for one or more connections.
