@@ -69,6 +69,8 @@ impl ServerConfig {
         SessionLimits {
             max_open_models: self.limits.max_open_models,
             max_subscriptions: self.limits.max_subscriptions,
+            max_references: self.limits.max_shared_references,
+            max_reference_bytes: self.limits.max_reference_bytes,
         }
     }
 }
@@ -126,6 +128,10 @@ pub struct ConnectionLimits {
     pub max_open_models: usize,
     /// Models in one connection's offline subscription set.
     pub max_subscriptions: usize,
+    /// References (cursors, selections) one connection shares at once, across models.
+    pub max_shared_references: usize,
+    /// Bytes one shared reference's key and value may take.
+    pub max_reference_bytes: usize,
     /// Messages queued for a client that does not read; past it, the connection is closed.
     pub max_queued_messages: usize,
     /// Time allowed for the handshake after the socket opens.
@@ -140,6 +146,8 @@ impl Default for ConnectionLimits {
             burst: 4_000,
             max_open_models: 1_000,
             max_subscriptions: 10_000,
+            max_shared_references: 256,
+            max_reference_bytes: 4_096,
             max_queued_messages: 4_096,
             handshake_timeout: Duration::from_secs(10),
         }

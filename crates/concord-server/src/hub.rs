@@ -46,6 +46,7 @@ impl Hub {
             stop: CancellationToken::new(),
             registry: Arc::new(Registry::new()),
             tasks: TaskTracker::new(),
+            owners: Arc::default(),
         };
         Hub {
             config,

@@ -7,10 +7,11 @@
 //! writes are durable. It unloads itself when nobody has used the model for a while.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use concord_protocol::{ErrorCode, ErrorReply, Timestamp};
+use concord_ot::ReplicaId;
+use concord_protocol::{ErrorCode, ErrorReply, Timestamp, UserId};
 use concord_sync::host::{
     ConnId, HostConfig, Job as HostJob, ModelHost, ModelRequest, Notice, Outgoing, Read,
     ReadResult, SessionRef,
@@ -45,7 +46,13 @@ pub(crate) struct Models {
     pub(crate) stop: CancellationToken,
     pub(crate) registry: Arc<Registry<ModelKey, ModelCommand>>,
     pub(crate) tasks: TaskTracker,
+    /// Which user each replica belongs to, per domain: claimed here under a lock, so that
+    /// two models never bind one replica to two users.
+    pub(crate) owners: Arc<Mutex<ReplicaOwners>>,
 }
+
+/// The user each replica of each domain belongs to, as far as this run knows.
+pub(crate) type ReplicaOwners = HashMap<(Arc<str>, ReplicaId), UserId>;
 
 impl Models {
     /// Hands `command` to the model's task, starting one if none runs.
@@ -196,18 +203,14 @@ impl ModelTask {
         }
     }
 
-    /// Answers a host's read from durable state, off the async workers.
+    /// Answers a host's read, off the async workers.
     async fn read(&mut self, read: Read) -> ReadResult {
-        // What memory lacks must be durable before it can be read back.
-        self.collect();
-        self.queue_job().await;
-        let flushed = self.models.writer.flush().await;
         let store = self.models.store.clone();
         let key = self.key.clone();
-        let failed = |e: &dyn std::fmt::Display| e.to_string();
+        let failed = |e: StoreError| e.to_string();
         match read {
             Read::Operations { after, through } => {
-                let result = match flushed {
+                let result = match self.flush().await {
                     Ok(()) => {
                         blocking(move || store.operations(&key, after, through, usize::MAX)).await
                     }
@@ -216,16 +219,29 @@ impl ModelTask {
                 if let Err(e) = &result {
                     tracing::error!(model = %self.key.model, error = %e, after, "reading history failed");
                 }
-                ReadResult::Operations(result.map_err(|e| failed(&e)))
+                ReadResult::Operations(result.map_err(failed))
             }
             Read::Collection(collection) => {
-                let result = match flushed {
+                let result = match self.flush().await {
                     Ok(()) => blocking(move || store.collection(&key.domain, &collection)).await,
                     Err(e) => Err(e),
                 };
-                ReadResult::Collection(result.map_err(|e| failed(&e)))
+                ReadResult::Collection(result.map_err(failed))
+            }
+            Read::ReplicaOwner { replica, claimant } => {
+                let key = (self.key.domain.clone(), replica);
+                let mut owners = self.models.owners.lock().unwrap_or_else(|p| p.into_inner());
+                ReadResult::ReplicaOwner(Ok(owners.entry(key).or_insert(claimant).clone()))
             }
         }
+    }
+
+    /// Makes everything produced so far durable: what memory lacks must be durable before
+    /// it can be read back.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        self.collect();
+        self.queue_job().await;
+        self.models.writer.flush().await
     }
 
     async fn queue_job(&mut self) {

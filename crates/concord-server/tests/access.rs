@@ -81,15 +81,15 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
     let mut bob = server.connect("bob").await?;
     create_in(&mut alice, "private", "secret", "for alice").await?;
 
-    // Bob may do nothing with it.
-    assert_eq!(try_open(&mut bob, "secret").await?.unwrap_err().code, ErrorCode::PERMISSION_DENIED);
+    // Bob may do nothing with it, and is told so as if it did not exist.
+    assert_eq!(try_open(&mut bob, "secret").await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     let resync =
         ClientRequest::Resync { model: model("secret"), known_version: 0, in_flight: None };
-    assert_eq!(bob.request(resync).await?.unwrap_err().code, ErrorCode::PERMISSION_DENIED);
+    assert_eq!(bob.request(resync).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     let delete = ClientRequest::DeleteModel { model: model("secret") };
-    assert_eq!(bob.request(delete.clone()).await?.unwrap_err().code, ErrorCode::PERMISSION_DENIED);
+    assert_eq!(bob.request(delete.clone()).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     let get = ClientRequest::GetPermissions { model: model("secret") };
-    assert_eq!(bob.request(get.clone()).await?.unwrap_err().code, ErrorCode::PERMISSION_DENIED);
+    assert_eq!(bob.request(get.clone()).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     let subscribe = ClientRequest::SubscribeOffline {
         subscribe: vec![KnownModel { model: model("secret"), version: None }],
         unsubscribe: vec![],
@@ -102,7 +102,7 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
             _ => None,
         })
         .await?;
-    assert_eq!(update, OfflineUpdate::PermissionRevoked, "no snapshot for bob");
+    assert_eq!(update, OfflineUpdate::Deleted, "no snapshot for bob, and no hint it exists");
     let snapshot = open(&mut alice, "secret").await?;
     let submit = ClientNotice::Submit {
         model: model("secret"),

@@ -124,7 +124,7 @@ async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::R
     // Deleted ids stay taken; deleting again says there is nothing.
     assert_eq!(alice.request(other).await?.unwrap_err().code, ErrorCode::MODEL_ALREADY_EXISTS);
     let again = alice.request(ClientRequest::DeleteModel { model: model("doc") }).await?;
-    assert_eq!(again.unwrap_err().code, ErrorCode::MODEL_DELETED);
+    assert_eq!(again.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     assert_eq!(try_open(&mut alice, "never").await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     server.stop().await?;
     Ok(())

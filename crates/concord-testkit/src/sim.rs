@@ -242,7 +242,7 @@ impl Sim {
             page: 5,
             ..HostConfig::default()
         };
-        let limits = SessionLimits { max_open_models: 1_000, max_subscriptions: 1_000 };
+        let limits = SessionLimits::default();
         let server = SimServer::new(host, limits, durable);
         Ok(Sim {
             rng,

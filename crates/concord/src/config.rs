@@ -305,6 +305,7 @@ impl Config {
             max_subscriptions: self.max_subscriptions,
             max_queued_messages: self.max_queued_messages,
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            ..ConnectionLimits::default()
         };
         server.collections = self.collections()?;
         server.auto_create_collections = self.auto_create_collections;

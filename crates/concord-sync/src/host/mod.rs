@@ -230,6 +230,10 @@ pub enum Read {
     Operations { after: u64, through: u64 },
     /// A collection's stored settings.
     Collection(CollectionId),
+    /// The user `replica` belongs to — and, if it belongs to nobody yet, bind it to
+    /// `claimant` first, atomically across the domain (so that two models never bind one
+    /// replica to two users). The host makes a binding durable before it commits under it.
+    ReplicaOwner { replica: ReplicaId, claimant: UserId },
 }
 
 /// The answer to a [`Read`]; a failed read carries the store's message.
@@ -237,6 +241,7 @@ pub enum Read {
 pub enum ReadResult {
     Operations(Result<Vec<CommittedOperation>, String>),
     Collection(Result<Option<CollectionConfig>, String>),
+    ReplicaOwner(Result<UserId, String>),
 }
 
 /// What a connection asks of a model.

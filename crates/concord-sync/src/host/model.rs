@@ -18,6 +18,7 @@ use super::{
     ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, StoredModel, Write, reply,
 };
 use crate::sequencer::{CatchUp, Sequencer, SequencerError, Submission, SubmitOutcome};
+use concord_protocol::{User, UserId};
 
 /// Why a stored model cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,6 +46,12 @@ struct Live {
     since_snapshot: u64,
 }
 
+impl Live {
+    fn permissions(&self, user: &User) -> Permissions {
+        effective(user, self.record.creator.as_ref(), &self.record.grants, &self.collection)
+    }
+}
+
 #[derive(Debug)]
 enum State {
     Live(Box<Live>),
@@ -54,6 +61,14 @@ enum State {
 /// A request waiting for a [`Read`].
 #[derive(Debug)]
 enum Waiting {
+    /// A request that names a replica whose owner is not known here yet; handled again
+    /// once it is.
+    Owner {
+        now: Timestamp,
+        from: SessionRef,
+        replica: ReplicaId,
+        request: ModelRequest,
+    },
     History {
         now: Timestamp,
         from: SessionRef,
@@ -85,6 +100,8 @@ pub struct ModelHost {
     replicas: BTreeMap<ReplicaId, ConnId>,
 
     references: BTreeMap<(SessionId, ReferenceKey), Option<ReferenceValue>>,
+    /// The users replicas are bound to, as far as this host asked (bindings never change).
+    owners: BTreeMap<ReplicaId, UserId>,
     job: Job,
     notices: VecDeque<Notice>,
     read: Option<Read>,
@@ -116,6 +133,7 @@ impl ModelHost {
             replicas: BTreeMap::new(),
 
             references: BTreeMap::new(),
+            owners: BTreeMap::new(),
             job: Job::default(),
             notices: VecDeque::new(),
             read: None,
@@ -196,11 +214,15 @@ impl ModelHost {
                 self.create(now, from, request, creation, attachment)
             }
             ModelRequest::Resync { request, known_version, in_flight, attachment } => {
-                self.resync(from, request, known_version, in_flight, attachment)
+                self.resync(now, from, request, known_version, in_flight, attachment)
             }
             // A model only being synced stays open too: it takes submissions until the
             // client closes it.
             ModelRequest::ResyncComplete { request } => {
+                if !self.open.contains_key(&from.conn) {
+                    let e = self.unavailable();
+                    return self.fail(from, request, e);
+                }
                 let (collaborators, references) = self.presence(from.conn);
                 let model = self.model.clone();
                 let response = ServerResponse::ResyncCompleted { model, collaborators, references };
@@ -274,6 +296,30 @@ impl ModelHost {
                     self.refuse(&from, request, attachment, e);
                 }
             },
+            (
+                Some(Waiting::Owner { now, from, replica, request }),
+                ReadResult::ReplicaOwner(owner),
+            ) => {
+                match owner {
+                    Ok(owner) => {
+                        if owner == from.user.id {
+                            // Bound by this use, or before: either way it is durable before
+                            // anything this host commits under it.
+                            let user = owner.clone();
+                            self.job.writes.push(Write::BindReplica { replica, user });
+                        }
+                        self.owners.insert(replica, owner);
+                        self.handle(now, &from, request);
+                    }
+                    Err(e) => {
+                        let e = error(
+                            ErrorCode::INTERNAL,
+                            format!("the replica's owner could not be read: {e}"),
+                        );
+                        self.fail_request(&from, request, e);
+                    }
+                }
+            }
             // An answer to a question not asked: nothing waits on it.
             (waiting, _) => self.waiting = waiting,
         }
@@ -330,28 +376,71 @@ impl ModelHost {
         self.notices.push_back(Notice::Closed { conn, model: self.model.clone(), attachment });
     }
 
-    fn missing(&self) -> ErrorReply {
-        match self.state {
-            State::Absent { deleted: true } => {
-                error(ErrorCode::MODEL_DELETED, "the model was deleted")
-            }
-            _ => error(ErrorCode::MODEL_NOT_FOUND, format!("no model {}", self.model)),
-        }
+    /// The one answer for a model that does not exist, was deleted, or that the user may not
+    /// read, so that nobody learns which ids exist from it.
+    fn unavailable(&self) -> ErrorReply {
+        error(
+            ErrorCode::MODEL_NOT_FOUND,
+            format!("no model {}, or no permission to read it", self.model),
+        )
     }
 
-    fn permissions_of(&self, from: &SessionRef) -> Permissions {
+    /// The answer to creating a model whose id is in use (or was): nothing more about it.
+    fn taken(&self) -> ErrorReply {
+        error(ErrorCode::MODEL_ALREADY_EXISTS, format!("the id {} is taken", self.model))
+    }
+
+    /// The model and the user's permissions on it, if the user may read it.
+    fn readable(&self, from: &SessionRef) -> Result<(&Live, Permissions), ErrorReply> {
         match &self.state {
-            State::Live(live) => effective(&from.user, &live.record.grants, &live.collection),
-            State::Absent { .. } => Permissions::NONE,
+            State::Live(live) => {
+                let permissions = live.permissions(&from.user);
+                if permissions.read { Ok((live, permissions)) } else { Err(self.unavailable()) }
+            }
+            State::Absent { .. } => Err(self.unavailable()),
         }
     }
 
     fn managed(&self, from: &SessionRef) -> Result<&Live, ErrorReply> {
-        let State::Live(live) = &self.state else { return Err(self.missing()) };
-        if !effective(&from.user, &live.record.grants, &live.collection).manage {
+        let (live, permissions) = self.readable(from)?;
+        if !permissions.manage {
             return Err(error(ErrorCode::PERMISSION_DENIED, "managing permissions needs `manage`"));
         }
         Ok(live)
+    }
+
+    /// Whether `replica` belongs to `from`'s user: `None` when this host does not know yet
+    /// (then `request` waits for the owner and is handled again).
+    fn owns(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        replica: ReplicaId,
+        request: &ModelRequest,
+    ) -> Option<bool> {
+        match self.owners.get(&replica) {
+            Some(owner) => Some(*owner == from.user.id),
+            None => {
+                let read = Read::ReplicaOwner { replica, claimant: from.user.id.clone() };
+                let waiting =
+                    Waiting::Owner { now, from: from.clone(), replica, request: request.clone() };
+                self.wait(read, waiting);
+                None
+            }
+        }
+    }
+
+    /// Fails whatever `request` was (after a read for it failed).
+    fn fail_request(&mut self, from: &SessionRef, request: ModelRequest, e: ErrorReply) {
+        if let ModelRequest::Open { attachment, .. }
+        | ModelRequest::Resync { attachment, .. }
+        | ModelRequest::Create { attachment: Some(attachment), .. } = &request
+        {
+            self.closed(from.conn, *attachment);
+        }
+        if let Some(message) = request.failure(&self.model, e) {
+            self.say(from.conn, message);
+        }
     }
 
     /// The other sessions with the model open, and the references they share.
@@ -412,23 +501,14 @@ impl ModelHost {
         auto_create: Option<RequestId>,
         attachment: u64,
     ) {
-        let live = match &self.state {
-            State::Live(live) => live,
-            State::Absent { deleted: false } if auto_create.is_some() => {
-                let id = auto_create.unwrap_or(RequestId(0));
-                let request = ServerRequest::AutoCreate { model: self.model.clone() };
-                return self.say(from.conn, ServerMessage::Request { id, request });
-            }
-            State::Absent { .. } => {
-                let e = self.missing();
-                return self.refuse(from, request, Some(attachment), e);
-            }
-        };
-        let permissions = effective(&from.user, &live.record.grants, &live.collection);
-        if !permissions.read {
-            let e = error(ErrorCode::PERMISSION_DENIED, "opening the model needs `read`");
-            return self.refuse(from, request, Some(attachment), e);
+        if let (State::Absent { deleted: false }, Some(id)) = (&self.state, auto_create) {
+            let request = ServerRequest::AutoCreate { model: self.model.clone() };
+            return self.say(from.conn, ServerMessage::Request { id, request });
         }
+        let (live, permissions) = match self.readable(from) {
+            Ok(readable) => readable,
+            Err(e) => return self.refuse(from, request, Some(attachment), e),
+        };
         let snapshot = live.sequencer.snapshot();
         let (collaborators, references) = self.presence(from.conn);
         self.join(from, permissions, attachment);
@@ -465,16 +545,11 @@ impl ModelHost {
                     };
                     return self.respond(from, request, response);
                 }
-                let mut e =
-                    error(ErrorCode::MODEL_ALREADY_EXISTS, "another creation owns this model id");
-                e.details.insert("created_at".into(), live.record.created_at.0.to_string());
-                return self.fail(from, request, e);
+                return self.fail(from, request, self.taken());
             }
+            // Ids of deleted models are not reused; said the same way as a taken id.
             State::Absent { deleted: true } => {
-                let e = error(
-                    ErrorCode::MODEL_ALREADY_EXISTS,
-                    "a deleted model had this id; ids are not reused",
-                );
+                let e = self.taken();
                 return self.refuse(from, request, attachment, e);
             }
             State::Absent { deleted: false } => {}
@@ -565,6 +640,7 @@ impl ModelHost {
 
     fn resync(
         &mut self,
+        now: Timestamp,
         from: &SessionRef,
         request: RequestId,
         known_version: u64,
@@ -572,17 +648,23 @@ impl ModelHost {
         attachment: u64,
     ) {
         // A failed resync leaves the model closed on this connection.
-        let State::Live(live) = &self.state else {
-            let e = self.missing();
-            self.leave(from.conn);
-            return self.refuse(from, request, Some(attachment), e);
-        };
-        let permissions = effective(&from.user, &live.record.grants, &live.collection);
-        if !permissions.read {
-            let e = error(ErrorCode::PERMISSION_DENIED, "resyncing the model needs `read`");
+        if let Err(e) = self.readable(from) {
             self.leave(from.conn);
             return self.refuse(from, request, Some(attachment), e);
         }
+        // Whether the in-flight submission was committed is told only to its replica's owner.
+        let in_flight = match in_flight {
+            Some(f) => {
+                let original =
+                    ModelRequest::Resync { request, known_version, in_flight, attachment };
+                match self.owns(now, from, f.replica, &original) {
+                    None => return,
+                    Some(owned) => owned.then_some(f),
+                }
+            }
+            None => None,
+        };
+        let Ok((live, permissions)) = self.readable(from) else { return };
         let current_version = live.sequencer.version();
         if known_version > current_version {
             let e = error(
@@ -637,7 +719,7 @@ impl ModelHost {
     fn submit(&mut self, now: Timestamp, from: &SessionRef, submission: Submission) {
         let (replica, seq) = (submission.replica, submission.seq);
         if !matches!(self.state, State::Live(_)) {
-            let e = self.missing();
+            let e = self.unavailable();
             return self.reject(from, seq, e);
         }
         let Some(member) = self.open.get(&from.conn) else {
@@ -648,6 +730,23 @@ impl ModelHost {
         if !member.permissions.write {
             let e = error(ErrorCode::PERMISSION_DENIED, "changing the model needs `write`");
             return self.reject(from, seq, e);
+        }
+        let original = ModelRequest::Submit {
+            replica,
+            seq,
+            base_version: submission.base_version,
+            operation: submission.operation.clone(),
+        };
+        match self.owns(now, from, replica, &original) {
+            None => return,
+            Some(false) => {
+                let e = error(
+                    ErrorCode::PERMISSION_DENIED,
+                    format!("replica {} belongs to another user", replica.0),
+                );
+                return self.reject(from, seq, e);
+            }
+            Some(true) => {}
         }
         self.uses_replica(replica, from.conn);
         let State::Live(live) = &mut self.state else { return };
@@ -773,30 +872,26 @@ impl ModelHost {
 
     fn subscribe(&mut self, from: &SessionRef, known: Option<u64>) {
         let model = self.model.clone();
-        let update = match &self.state {
-            State::Absent { .. } => OfflineUpdate::Deleted,
-            State::Live(live) => {
-                let permissions = effective(&from.user, &live.record.grants, &live.collection);
-                if !permissions.read {
-                    OfflineUpdate::PermissionRevoked
-                } else {
-                    let update = match known {
-                        Some(v) if v == live.sequencer.version() => None,
-                        _ => Some(match live.sequencer.catch_up(known, self.config.page) {
-                            CatchUp::Operations(operations) => {
-                                OfflineUpdate::Operations { operations, more: false }
-                            }
-                            CatchUp::Snapshot(snapshot) => {
-                                OfflineUpdate::Snapshot { snapshot, permissions }
-                            }
-                        }),
-                    };
-                    let member = Member { session: from.clone(), permissions, attachment: 0 };
-                    self.subscribers.insert(from.conn, member);
-                    match update {
-                        Some(update) => update,
-                        None => return,
-                    }
+        // A model the user may not read is answered as one that does not exist.
+        let update = match self.readable(from) {
+            Err(_) => OfflineUpdate::Deleted,
+            Ok((live, permissions)) => {
+                let update = match known {
+                    Some(v) if v == live.sequencer.version() => None,
+                    _ => Some(match live.sequencer.catch_up(known, self.config.page) {
+                        CatchUp::Operations(operations) => {
+                            OfflineUpdate::Operations { operations, more: false }
+                        }
+                        CatchUp::Snapshot(snapshot) => {
+                            OfflineUpdate::Snapshot { snapshot, permissions }
+                        }
+                    }),
+                };
+                let member = Member { session: from.clone(), permissions, attachment: 0 };
+                self.subscribers.insert(from.conn, member);
+                match update {
+                    Some(update) => update,
+                    None => return,
                 }
             }
         };
@@ -804,11 +899,11 @@ impl ModelHost {
     }
 
     fn delete(&mut self, now: Timestamp, from: &SessionRef, request: RequestId) {
-        if !matches!(self.state, State::Live(_)) {
-            let e = self.missing();
-            return self.fail(from, request, e);
-        }
-        if !self.permissions_of(from).remove {
+        let permissions = match self.readable(from) {
+            Ok((_, permissions)) => permissions,
+            Err(e) => return self.fail(from, request, e),
+        };
+        if !permissions.remove {
             let e = error(ErrorCode::PERMISSION_DENIED, "deleting the model needs `remove`");
             return self.fail(from, request, e);
         }
@@ -849,7 +944,7 @@ impl ModelHost {
             members
                 .iter()
                 .filter_map(|(conn, m)| {
-                    let now = effective(&m.session.user, &live.record.grants, &live.collection);
+                    let now = live.permissions(&m.session.user);
                     (now != m.permissions).then_some((*conn, now))
                 })
                 .collect()

@@ -1,17 +1,22 @@
 //! Who may do what with a model: the model's own grants, then its collection's defaults.
 
-use concord_protocol::{PermissionGrants, Permissions, User};
+use concord_protocol::{PermissionGrants, Permissions, User, UserId};
 
 use super::CollectionConfig;
 
-/// A user's permissions on a model. In order: the model's grant for the user; the model's
-/// world grant when it overrides its collection; the collection's grant for the user; the
-/// collection's world permissions.
+/// A user's permissions on a model. In order: everything for the model's creator (no grant
+/// can lock a creator out); the model's grant for the user; the model's world grant when it
+/// overrides its collection; the collection's grant for the user; the collection's world
+/// permissions.
 pub fn effective(
     user: &User,
+    creator: Option<&UserId>,
     model: &PermissionGrants,
     collection: &CollectionConfig,
 ) -> Permissions {
+    if creator == Some(&user.id) {
+        return Permissions::ALL;
+    }
     if let Some(granted) = model.users.get(&user.id) {
         return *granted;
     }
@@ -44,13 +49,25 @@ mod tests {
         collection.users.insert(UserId("carol".into()), Permissions::NONE);
         let mut model = PermissionGrants::default();
         model.users.insert(UserId("alice".into()), Permissions::ALL);
-        assert_eq!(effective(&user("alice"), &model, &collection), Permissions::ALL);
-        assert_eq!(effective(&user("bob"), &model, &collection), READ);
-        assert_eq!(effective(&user("carol"), &model, &collection), Permissions::NONE);
+        assert_eq!(effective(&user("alice"), None, &model, &collection), Permissions::ALL);
+        assert_eq!(effective(&user("bob"), None, &model, &collection), READ);
+        assert_eq!(effective(&user("carol"), None, &model, &collection), Permissions::NONE);
         model.override_collection = true;
         model.world = Permissions::NONE;
-        assert_eq!(effective(&user("bob"), &model, &collection), Permissions::NONE);
-        assert_eq!(effective(&user("alice"), &model, &collection), Permissions::ALL);
+        assert_eq!(effective(&user("bob"), None, &model, &collection), Permissions::NONE);
+        assert_eq!(effective(&user("alice"), None, &model, &collection), Permissions::ALL);
+    }
+
+    #[test]
+    fn a_creator_keeps_every_permission_whatever_the_grants() {
+        let mut model = PermissionGrants::default();
+        model.users.insert(UserId("alice".into()), Permissions::NONE);
+        model.override_collection = true;
+        let collection =
+            CollectionConfig { world: Permissions::NONE, ..CollectionConfig::default() };
+        let alice = UserId("alice".into());
+        assert_eq!(effective(&user("alice"), Some(&alice), &model, &collection), Permissions::ALL);
+        assert_eq!(effective(&user("bob"), Some(&alice), &model, &collection), Permissions::NONE);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use concord_ot::ReferenceValue;
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode, ModelId, RequestId,
-    ServerMessage, ServerResponse,
+    ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode, KnownModel, ModelId,
+    ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerResponse,
 };
 
 use super::{ModelRequest, Notice, SessionRef, reply};
@@ -17,6 +18,21 @@ pub struct SessionLimits {
     pub max_open_models: usize,
     /// Models in the offline subscription set.
     pub max_subscriptions: usize,
+    /// References shared at once, across the session's models.
+    pub max_references: usize,
+    /// Bytes one reference's key and value may take.
+    pub max_reference_bytes: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits {
+            max_open_models: 1_000,
+            max_subscriptions: 10_000,
+            max_references: 256,
+            max_reference_bytes: 4_096,
+        }
+    }
 }
 
 /// What a session host produces.
@@ -39,6 +55,8 @@ pub struct SessionHost {
     /// a model host's [`Notice::Closed`] for that attachment removes it.
     attached: BTreeMap<ModelId, u64>,
     subscribed: BTreeSet<ModelId>,
+    /// The references this session shares, per model (bounded by the limits).
+    references: BTreeMap<ModelId, BTreeSet<ReferenceKey>>,
     /// Our `AutoCreate` requests: their id → the client's open request and its model.
     auto_creates: BTreeMap<RequestId, (RequestId, ModelId)>,
     next_server_request: u64,
@@ -53,6 +71,7 @@ impl SessionHost {
             limits,
             attached: BTreeMap::new(),
             subscribed: BTreeSet::new(),
+            references: BTreeMap::new(),
             auto_creates: BTreeMap::new(),
             next_server_request: 0,
             next_attachment: 0,
@@ -77,8 +96,7 @@ impl SessionHost {
     pub fn handle_notice(&mut self, notice: Notice) {
         let Notice::Closed { model, attachment, .. } = notice;
         if self.attached.get(&model) == Some(&attachment) {
-            self.attached.remove(&model);
-            self.auto_creates.retain(|_, (_, m)| *m != model);
+            self.detach(&model);
         }
     }
 
@@ -102,6 +120,51 @@ impl SessionHost {
 
     fn route(&mut self, model: ModelId, request: ModelRequest) {
         self.outputs.push_back(SessionOutput::ToModel { model, request });
+    }
+
+    /// Forgets what the session had attached of `model`; its host drops its references.
+    fn detach(&mut self, model: &ModelId) -> bool {
+        self.auto_creates.retain(|_, (_, m)| m != model);
+        self.references.remove(model);
+        self.attached.remove(model).is_some()
+    }
+
+    /// Checks a reference change against the limits and keeps count of what is shared.
+    fn reference(
+        &mut self,
+        model: &ModelId,
+        change: &ReferenceChange,
+    ) -> Result<(), (ErrorCode, String)> {
+        let (key, value) = match change {
+            ReferenceChange::Share { reference, value } => (reference, value.as_ref()),
+            ReferenceChange::Set { reference, value, .. } => (reference, Some(value)),
+            ReferenceChange::Clear { .. } => return Ok(()),
+            ReferenceChange::Unshare { reference } => {
+                if let Some(keys) = self.references.get_mut(model) {
+                    keys.remove(reference);
+                }
+                return Ok(());
+            }
+        };
+        let bytes = key.key.len() + value.map_or(0, reference_bytes);
+        if bytes > self.limits.max_reference_bytes {
+            let limit = self.limits.max_reference_bytes;
+            return Err((
+                ErrorCode::INVALID_REFERENCE,
+                format!("a reference's key and value may take at most {limit} bytes"),
+            ));
+        }
+        let shared: usize = self.references.values().map(BTreeSet::len).sum();
+        let known = self.references.get(model).is_some_and(|keys| keys.contains(key));
+        if !known && shared >= self.limits.max_references {
+            let limit = self.limits.max_references;
+            return Err((
+                ErrorCode::OVERLOADED,
+                format!("at most {limit} references may be shared at once"),
+            ));
+        }
+        self.references.entry(model.clone()).or_default().insert(key.clone());
+        Ok(())
     }
 
     /// Counts `model` as attached from now on, until its host says the attachment failed or
@@ -148,8 +211,12 @@ impl SessionHost {
                 }
             }
             ClientMessage::Notice(ClientNotice::Reference { model, change }) => {
-                if self.attached.contains_key(&model) {
-                    self.route(model, ModelRequest::Reference { change });
+                if !self.attached.contains_key(&model) {
+                    return;
+                }
+                match self.reference(&model, &change) {
+                    Ok(()) => self.route(model, ModelRequest::Reference { change }),
+                    Err((code, message)) => self.error(None, code, message),
                 }
             }
             ClientMessage::Response {
@@ -220,8 +287,7 @@ impl SessionHost {
                 }
             }
             ClientRequest::CloseModel { model } => {
-                if self.attached.remove(&model).is_some() {
-                    self.auto_creates.retain(|_, (_, m)| *m != model);
+                if self.detach(&model) {
                     self.route(model, ModelRequest::Close { request: id });
                 } else {
                     self.error(
@@ -257,6 +323,14 @@ impl SessionHost {
                 self.route(model, ModelRequest::ResyncComplete { request: id })
             }
             ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace } => {
+                // A model named twice is caught up once (the last mention counts).
+                let mut seen = BTreeSet::new();
+                let mut subscribe: Vec<KnownModel> = subscribe
+                    .into_iter()
+                    .rev()
+                    .filter(|known| seen.insert(known.model.clone()))
+                    .collect();
+                subscribe.reverse();
                 let mut next = if replace { BTreeSet::new() } else { self.subscribed.clone() };
                 for model in &unsubscribe {
                     next.remove(model);
@@ -286,5 +360,15 @@ impl SessionHost {
                 self.route(model, ModelRequest::SetPermissions { request: id, grants })
             }
         }
+    }
+}
+
+/// About how many bytes a reference value holds.
+fn reference_bytes(value: &ReferenceValue) -> usize {
+    match value {
+        ReferenceValue::Index(indices) => indices.len() * 8,
+        ReferenceValue::Range(ranges) => ranges.len() * 16,
+        ReferenceValue::Property(keys) => keys.iter().map(|k| k.len() + 8).sum(),
+        ReferenceValue::Element(ids) => ids.len() * 16,
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    ClientMessage, ModelId, ServerMessage, ServerPush, SessionId, Timestamp, User,
+    ClientMessage, ModelId, ServerMessage, ServerPush, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
     ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
@@ -29,6 +29,8 @@ pub(super) struct SimServer {
     models: BTreeMap<ModelId, ModelHost>,
     sessions: BTreeMap<ConnId, SessionHost>,
     next_conn: ConnId,
+    /// Replica bindings made since the last crash, durable or not (the server's claims).
+    owners: BTreeMap<ReplicaId, UserId>,
     /// Every `(model, replica, seq)` the store holds as committed.
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
     pub(super) commits: usize,
@@ -51,6 +53,7 @@ impl SimServer {
             models: BTreeMap::new(),
             sessions: BTreeMap::new(),
             next_conn: 0,
+            owners: BTreeMap::new(),
             committed: BTreeSet::new(),
             commits: 0,
             deletions: 0,
@@ -135,15 +138,24 @@ impl SimServer {
         }
         self.host(&model).handle(now, from, request);
         while let Some(read) = self.host(&model).pending_read().cloned() {
-            // Reads see durable state only, so everything queued is made durable first.
+            // Store reads see durable state only, so everything queued is made durable
+            // first; replica owners are the server's claims, in memory.
             self.collect(&model);
-            sent.extend(self.flush_all()?);
+            if !matches!(read, Read::ReplicaOwner { .. }) {
+                sent.extend(self.flush_all()?);
+            }
             let result = match read {
                 Read::Operations { after, through } => ReadResult::Operations(Ok(self
                     .durable
                     .operations(&model, after, through, usize::MAX))),
                 Read::Collection(collection) => {
                     ReadResult::Collection(Ok(self.durable.collection(&collection)))
+                }
+                Read::ReplicaOwner { replica, claimant } => {
+                    let durable = self.durable.replica_owner(replica);
+                    let owner =
+                        self.owners.entry(replica).or_insert_with(|| durable.unwrap_or(claimant));
+                    ReadResult::ReplicaOwner(Ok(owner.clone()))
                 }
             };
             self.host(&model).handle_read(result);
@@ -255,6 +267,7 @@ impl SimServer {
     pub(super) fn crash(&mut self) {
         self.crashes += 1;
         self.pending.clear();
+        self.owners.clear();
         self.sessions.clear();
         self.models.clear();
     }
