@@ -61,7 +61,7 @@ impl Server {
                 SessionOutput::Reply(message) => said.push((conn, message)),
                 SessionOutput::ToModel { model, request } => {
                     let from = self.sessions[&conn].session().clone();
-                    said.extend(self.to_model(&from, model, request));
+                    said.extend(self.request_model(&from, model, request));
                 }
             }
         }
@@ -72,7 +72,7 @@ impl Server {
         self.send(conn, ClientMessage::Request { id: RequestId(self.now as u64 + 100), request })
     }
 
-    fn to_model(
+    fn request_model(
         &mut self,
         from: &SessionRef,
         model: ModelId,
