@@ -6,8 +6,11 @@ mod common;
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, ServeProcess, concord, connect, run, serve, token};
-use concord_protocol::{Auth, HandshakeResult, ServerPush};
+use common::{
+    PATIENCE, ServeProcess, concord, connect, create_model, open_model, run, serve, text_document,
+    token,
+};
+use concord_protocol::{Auth, HandshakeResult, ModelId, ServerPush};
 use concord_testkit::wire::WireClient;
 
 async fn handshake(url: &str, token: &str) -> anyhow::Result<HandshakeResult> {
@@ -214,5 +217,30 @@ async fn with_an_rs256_key_hs256_tokens_are_refused() -> anyhow::Result<()> {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("RS256"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_restarts_on_its_address_and_data_and_stops_cleanly() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut server = serve(dir.path(), &[])?;
+    let addr = server.addr();
+    let alice = token(dir.path(), "alice")?;
+    let model = ModelId::new("kept")?;
+    let mut client = connect(&server.url("acme", "docs"), &alice).await?;
+    create_model(&mut client, &model, text_document(1)).await?;
+
+    server.kill()?;
+    assert!(client.closed().await.is_ok(), "the killed server's connection stays open");
+    server.restart()?;
+    assert_eq!(server.addr(), addr);
+    assert!(!server.log().contains("concord stopped"), "the log starts afresh");
+    let mut client = connect(&server.url("acme", "docs"), &alice).await?;
+    assert_eq!(open_model(&mut client, &model).await?.snapshot.version, 0);
+
+    // `stop` is SIGTERM and a clean exit, after which the whole log is there.
+    server.stop()?;
+    assert!(server.log().contains("concord stopped"), "{}", server.log());
     Ok(())
 }
