@@ -162,7 +162,9 @@ pub enum DomainEvent {
         model: ModelId,
         error: String,
     },
-    /// The offline store failed; the domain stopped.
+    /// The offline store failed; the domain stopped: it is disconnected, waiting
+    /// `stored()`/`acknowledged()` calls fail, and later calls return the error. A new
+    /// domain on the same store picks up everything stored.
     StorageFailed(String),
 }
 

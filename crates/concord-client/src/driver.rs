@@ -217,6 +217,10 @@ impl Driver {
                 }
             }
             self.pump().await;
+            if self.failed.is_some() && self.socket.is_some() {
+                // A domain whose store failed stops syncing: it says so, not `Connected`.
+                self.drop_connection(ConnectionState::Disconnected).await;
+            }
         }
         self.shutdown().await;
     }
@@ -841,6 +845,10 @@ impl Driver {
         self.emit(DomainEvent::StorageFailed(error.to_string()));
         self.failed = Some(error);
         self.want_online = false;
+        self.reconnect_at = None;
+        // Dropping the models' watermark senders ends every `stored()` and `acknowledged()`
+        // still waiting, with an error: what they wait for can no longer happen.
+        self.open.clear();
     }
 
     /// Drains the engine: storage first (one group commit), then transmit, events, loads.

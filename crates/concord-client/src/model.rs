@@ -252,7 +252,9 @@ impl RealTimeModel {
         *self.shared.watermarks.borrow()
     }
 
-    /// Resolves once `change` (and every change before it) is in the offline store.
+    /// Resolves once `change` (and every change before it) is in the offline store. Fails
+    /// with [`ClientError::Closed`] if the domain stops first: closed, or its store failed
+    /// (`DomainEvent::StorageFailed`; the change may then be stored or not).
     pub async fn stored(&self, change: Change) -> Result<(), ClientError> {
         let mut watch = self.shared.watermarks.clone();
         watch
@@ -262,7 +264,8 @@ impl RealTimeModel {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Resolves once the server acknowledged `change` (and every change before it).
+    /// Resolves once the server acknowledged `change` (and every change before it). Fails
+    /// with [`ClientError::Closed`] if the domain stops first.
     pub async fn acknowledged(&self, change: Change) -> Result<(), ClientError> {
         let mut watch = self.shared.watermarks.clone();
         watch

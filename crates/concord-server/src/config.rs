@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use concord_protocol::{CollectionId, Permissions, UserId};
-use serde::{Deserialize, Serialize};
+use concord_protocol::CollectionId;
+pub use concord_sync::host::CollectionConfig;
+use concord_sync::host::{HostConfig, SessionLimits};
 
 /// Everything `Server::bind` needs.
 #[derive(Debug, Clone)]
@@ -57,6 +58,26 @@ impl ServerConfig {
     pub fn development(data_dir: impl Into<PathBuf>, jwt_secret: &[u8]) -> ServerConfig {
         let bind = SocketAddr::from(([127, 0, 0, 1], 0));
         ServerConfig::new(bind, data_dir, AuthConfig::development(jwt_secret))
+    }
+}
+
+impl ServerConfig {
+    /// What the model hosts need of this configuration.
+    pub(crate) fn host_config(&self) -> HostConfig {
+        HostConfig {
+            collections: self.collections.clone(),
+            auto_create_collections: self.auto_create_collections,
+            history_in_memory: self.history_in_memory,
+            snapshot_every: self.snapshot_every,
+            ..HostConfig::default()
+        }
+    }
+
+    pub(crate) fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_open_models: self.limits.max_open_models,
+            max_subscriptions: self.limits.max_subscriptions,
+        }
     }
 }
 
@@ -149,33 +170,6 @@ impl Default for ConnectionLimits {
             max_subscriptions: 10_000,
             max_queued_messages: 4_096,
             handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A collection's permission defaults, which models in it inherit unless their own grants
-/// override them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CollectionConfig {
-    /// What every user may do with the collection's models.
-    pub world: Permissions,
-    /// Per-user permissions that replace `world` for those users.
-    pub users: BTreeMap<UserId, Permissions>,
-    /// Whether any authenticated user (anonymous ones included) may create models here.
-    pub world_create: bool,
-    /// Users who may create models here when `world_create` is off.
-    pub creators: Vec<UserId>,
-}
-
-impl Default for CollectionConfig {
-    /// Open collaboration: everyone may read, write and remove, and create; `manage` only
-    /// by grant (a model's creator always gets every permission on it).
-    fn default() -> CollectionConfig {
-        CollectionConfig {
-            world: Permissions { read: true, write: true, remove: true, manage: false },
-            users: BTreeMap::new(),
-            world_create: true,
-            creators: Vec::new(),
         }
     }
 }

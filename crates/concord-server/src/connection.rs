@@ -1,32 +1,32 @@
-//! One WebSocket connection: the handshake, then every client message checked against the
-//! session's limits and handed to the model it concerns. Replies that need no model are
-//! answered here; everything else comes back from the model tasks through the outbox.
+//! One WebSocket connection: the handshake, then every client message through the
+//! connection's [`SessionHost`], which answers what needs no model and says which model
+//! each request is for; the model tasks answer the rest through the outbox.
 //!
 //! The connection has two halves: this reader, and a writer task that drains the outbox
 //! into the socket (and pages long replays out of the store). Either half ending, the
 //! server shutting down, or the outbox overflowing ends both.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_protocol::{
-    CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientNotice, ClientRequest, ClientResponse,
-    DecodeError, ErrorCode, ErrorReply, HandshakeRejection, HandshakeResult, Limits, ModelId,
-    PROTOCOL_VERSION, RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId,
-    decode_with,
+    CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientRequest, DecodeError, ErrorCode, ErrorReply,
+    HandshakeRejection, HandshakeResult, Limits, PROTOCOL_VERSION, RequestId, ServerMessage,
+    ServerPush, ServerResponse, Session, SessionId, decode_with,
 };
+use concord_sync::host::{Notice, SessionHost, SessionOutput, SessionRef, Write, replay_page};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
-use crate::model::{ModelCommand, Opened, PAGE, SessionRef};
+use crate::model::ModelCommand;
 use crate::outbox::{Outbound, Outbox, frame};
-use crate::store::{ModelKey, Write};
+use crate::store::Job;
+use crate::types::{Ending, ModelKey};
 
 /// Close code for a connection closed because it broke the protocol (RFC 6455).
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -38,24 +38,14 @@ const CLOSE_POLICY: u16 = 1008;
 /// Serves one upgraded WebSocket for `domain` until it closes.
 pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
     let conn = hub.next_conn();
-    let (outbox, queue) = Outbox::new(conn, hub.config.limits.max_queued_messages);
+    let (outbox, queue, notices) = Outbox::new(conn, hub.config.limits.max_queued_messages);
     let overflow = outbox.overflow();
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, queue, overflow.clone(), hub.clone()));
-    let mut connection = Connection {
-        hub: hub.clone(),
-        domain,
-        outbox,
-        session: None,
-        open: HashSet::new(),
-        subscribed: HashSet::new(),
-        opening: Vec::new(),
-        auto_creates: HashMap::new(),
-        next_server_request: 0,
-        limiter: RateLimiter::new(hub.config.limits.messages_per_second, hub.config.limits.burst),
-    };
+    let limiter = RateLimiter::new(hub.config.limits.messages_per_second, hub.config.limits.burst);
+    let mut connection = Connection { hub: hub.clone(), domain, outbox, session: None, limiter };
     let ending = tokio::select! {
-        ending = connection.read_loop(stream) => ending,
+        ending = connection.read_loop(stream, notices) => ending,
         () = overflow.cancelled() => Ending::Close(CLOSE_POLICY, "the client does not read fast enough".into()),
         () = hub.shutdown.cancelled() => Ending::Close(CLOSE_GOING_AWAY, "the server is shutting down".into()),
     };
@@ -75,33 +65,21 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
     tracing::debug!(conn, "connection closed");
 }
 
-/// How a connection ends.
-#[derive(Debug)]
-pub(crate) enum Ending {
-    /// The client went away.
-    Gone,
-    /// Close with this code and reason.
-    Close(u16, String),
-}
-
 struct Connection {
     hub: Arc<Hub>,
     domain: Arc<str>,
     outbox: Outbox,
-    session: Option<SessionRef>,
-    /// Models open on this connection (opened, or resynced and not released).
-    open: HashSet<ModelId>,
-    subscribed: HashSet<ModelId>,
-    /// Opens whose outcome the model task has not told yet.
-    opening: Vec<(ModelId, oneshot::Receiver<()>)>,
-    /// Our `AutoCreate` requests: their id → the client's open request and its model.
-    auto_creates: HashMap<RequestId, (RequestId, ModelId)>,
-    next_server_request: u64,
+    /// Set by the handshake: every later message goes through it.
+    session: Option<SessionHost>,
     limiter: RateLimiter,
 }
 
 impl Connection {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> Ending {
+    async fn read_loop(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut notices: mpsc::UnboundedReceiver<Notice>,
+    ) -> Ending {
         let limits =
             Limits { max_frame_bytes: self.hub.config.limits.max_frame_bytes, ..Limits::DEFAULT };
         let handshake_deadline = Instant::now() + self.hub.config.limits.handshake_timeout;
@@ -112,7 +90,17 @@ impl Connection {
                     Err(_) => return Ending::Close(CLOSE_POLICY, "no handshake in time".into()),
                 }
             } else {
-                stream.next().await
+                tokio::select! {
+                    // Notices first, so that the session knows what closed before it reads on.
+                    biased;
+                    Some(notice) = notices.recv() => {
+                        if let Some(session) = &mut self.session {
+                            session.handle_notice(notice);
+                        }
+                        continue;
+                    }
+                    next = stream.next() => next,
+                }
             };
             let bytes = match next {
                 None | Some(Err(_)) => return Ending::Gone,
@@ -145,8 +133,23 @@ impl Connection {
                     return Ending::Close(CLOSE_PROTOCOL_ERROR, "malformed frame".into());
                 }
             };
-            if let Some(ending) = self.handle(message).await {
-                return ending;
+            match &mut self.session {
+                None => {
+                    if let Some(ending) = self.before_handshake(message).await {
+                        return ending;
+                    }
+                }
+                Some(session) => {
+                    if let ClientMessage::Error { to: None, error } = &message {
+                        tracing::debug!(
+                            conn = self.outbox.conn,
+                            ?error,
+                            "the client reported an error"
+                        );
+                    }
+                    session.handle(message);
+                    self.dispatch().await;
+                }
             }
         }
     }
@@ -159,113 +162,21 @@ impl Connection {
         self.outbox.message(&ServerMessage::Response { to, response });
     }
 
-    fn key(&self, model: &ModelId) -> ModelKey {
-        ModelKey { domain: self.domain.clone(), model: model.clone() }
-    }
-
-    async fn to_model(&self, model: &ModelId, command: ModelCommand) {
-        self.hub.send(&self.key(model), command).await;
-    }
-
-    /// Counts `model` as open from now on, until its model task says the open failed.
-    fn opening(&mut self, model: &ModelId) -> Opened {
-        let (opened, outcome) = oneshot::channel();
-        self.open.insert(model.clone());
-        self.opening.retain(|(m, _)| m != model);
-        self.opening.push((model.clone(), outcome));
-        Some(opened)
-    }
-
-    /// Forgets the models whose open failed.
-    fn settle(&mut self) {
-        let open = &mut self.open;
-        self.opening.retain_mut(|(model, outcome)| match outcome.try_recv() {
-            Ok(()) => false,
-            Err(oneshot::error::TryRecvError::Empty) => true,
-            Err(oneshot::error::TryRecvError::Closed) => {
-                open.remove(model);
-                false
-            }
-        });
-    }
-
-    async fn handle(&mut self, message: ClientMessage) -> Option<Ending> {
-        self.settle();
-        let Some(from) = self.session.clone() else {
-            return self.before_handshake(message).await;
-        };
-        match message {
-            ClientMessage::Request { id, request } => self.request(from, id, request).await,
-            ClientMessage::Notice(ClientNotice::Submit {
-                model,
-                replica,
-                seq,
-                base_version,
-                operation,
-            }) => {
-                if self.open.contains(&model) {
-                    self.to_model(
-                        &model,
-                        ModelCommand::Submit { from, replica, seq, base_version, operation },
-                    )
-                    .await;
-                } else {
-                    let error = ErrorReply::new(
-                        ErrorCode::MODEL_NOT_OPEN,
-                        "submit needs the model open on this connection",
-                    );
-                    self.outbox.message(&ServerMessage::Push(ServerPush::SubmitRejected {
-                        model,
-                        seq,
-                        error,
-                    }));
+    /// Carries out what the session produced: replies now, requests to their models.
+    async fn dispatch(&mut self) {
+        let Some(session) = &mut self.session else { return };
+        let from = session.session().clone();
+        while let Some(output) = session.poll_output() {
+            match output {
+                SessionOutput::Reply(message) => self.outbox.message(&message),
+                SessionOutput::ToModel { model, request } => {
+                    let key = ModelKey { domain: self.domain.clone(), model };
+                    let command =
+                        ModelCommand { from: from.clone(), outbox: self.outbox.clone(), request };
+                    self.hub.send(&key, command).await;
                 }
-            }
-            ClientMessage::Notice(ClientNotice::Reference { model, change }) => {
-                if self.open.contains(&model) {
-                    self.to_model(&model, ModelCommand::Reference { from, change }).await;
-                }
-            }
-            ClientMessage::Response {
-                to,
-                response: ClientResponse::AutoCreate { collection, data, permissions },
-            } => match self.auto_creates.remove(&to) {
-                Some((request, model)) => {
-                    let opened = self.opening(&model);
-                    let command = ModelCommand::Create {
-                        from,
-                        request,
-                        collection,
-                        data,
-                        nonce: None,
-                        permissions,
-                        open: true,
-                        opened,
-                    };
-                    self.to_model(&model, command).await;
-                }
-                None => self.error(
-                    None,
-                    ErrorCode::UNEXPECTED_MESSAGE,
-                    format!("no request {to} is waiting for an answer"),
-                ),
-            },
-            ClientMessage::Response { response: ClientResponse::Pong, .. } => {}
-            ClientMessage::Error { to: Some(to), error } => {
-                if let Some((request, model)) = self.auto_creates.remove(&to) {
-                    self.open.remove(&model);
-                    let message = format!(
-                        "no model {model}, and the client gave no data to create it: {}",
-                        error.message
-                    );
-                    self.error(Some(request), ErrorCode::MODEL_NOT_FOUND, message);
-                }
-            }
-            ClientMessage::Error { to: None, error } => {
-                tracing::debug!(conn = self.outbox.conn, ?error, "the client reported an error");
             }
         }
-        None
     }
 
     async fn before_handshake(&mut self, message: ClientMessage) -> Option<Ending> {
@@ -311,13 +222,12 @@ impl Connection {
         };
         let session = SessionId(uuid::Uuid::now_v7().to_string());
         tracing::debug!(conn = self.outbox.conn, user = %user.id.0, session = %session.0, "session started");
-        self.session = Some(SessionRef {
-            session: session.clone(),
-            user: user.clone(),
-            outbox: self.outbox.clone(),
-        });
-        let job = crate::store::Job {
-            writes: vec![Write::PutUser { domain: self.domain.clone(), user: user.clone() }],
+        let session_ref =
+            SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
+        self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
+        let job = Job {
+            domain: self.domain.clone(),
+            writes: vec![Write::PutUser { user: user.clone() }],
             ..Default::default()
         };
         // The user record is bookkeeping; the handshake does not wait for it.
@@ -332,148 +242,12 @@ impl Connection {
         None
     }
 
-    async fn request(&mut self, from: SessionRef, id: RequestId, request: ClientRequest) {
-        let limits = self.hub.config.limits;
-        match request {
-            ClientRequest::Handshake { .. } => {
-                self.error(
-                    Some(id),
-                    ErrorCode::UNEXPECTED_MESSAGE,
-                    "this connection already has a session",
-                );
-            }
-            ClientRequest::Ping => self.respond(id, ServerResponse::Pong),
-            ClientRequest::OpenModel { model, auto_create } => {
-                if self.open.contains(&model) {
-                    self.error(
-                        Some(id),
-                        ErrorCode::MODEL_ALREADY_OPEN,
-                        "the model is already open on this connection",
-                    );
-                } else if self.open.len() >= limits.max_open_models {
-                    self.error(
-                        Some(id),
-                        ErrorCode::OVERLOADED,
-                        format!(
-                            "at most {} models may be open on one connection",
-                            limits.max_open_models
-                        ),
-                    );
-                } else {
-                    let opened = self.opening(&model);
-                    let auto_create = auto_create.then(|| {
-                        self.next_server_request += 1;
-                        let server_request = RequestId(self.next_server_request);
-                        self.auto_creates.retain(|_, (_, m)| *m != model);
-                        self.auto_creates.insert(server_request, (id, model.clone()));
-                        server_request
-                    });
-                    let command = ModelCommand::Open { from, request: id, auto_create, opened };
-                    self.to_model(&model, command).await;
-                }
-            }
-            ClientRequest::CloseModel { model } => {
-                if self.open.remove(&model) {
-                    self.auto_creates.retain(|_, (_, m)| *m != model);
-                    self.to_model(&model, ModelCommand::Close { from, request: id }).await;
-                } else {
-                    self.error(
-                        Some(id),
-                        ErrorCode::MODEL_NOT_OPEN,
-                        "the model is not open on this connection",
-                    );
-                }
-            }
-            ClientRequest::CreateModel { model, collection, data, nonce, permissions } => {
-                let command = ModelCommand::Create {
-                    from,
-                    request: id,
-                    collection,
-                    data,
-                    nonce: Some(nonce),
-                    permissions,
-                    open: false,
-                    opened: None,
-                };
-                self.to_model(&model, command).await;
-            }
-            ClientRequest::DeleteModel { model } => {
-                self.to_model(&model, ModelCommand::Delete { from, request: id }).await;
-            }
-            ClientRequest::Resync { model, known_version, in_flight } => {
-                if !self.open.contains(&model) && self.open.len() >= limits.max_open_models {
-                    self.error(
-                        Some(id),
-                        ErrorCode::OVERLOADED,
-                        format!(
-                            "at most {} models may be open on one connection",
-                            limits.max_open_models
-                        ),
-                    );
-                } else {
-                    let opened = self.opening(&model);
-                    let command = ModelCommand::Resync {
-                        from,
-                        request: id,
-                        known_version,
-                        in_flight,
-                        opened,
-                    };
-                    self.to_model(&model, command).await;
-                }
-            }
-            ClientRequest::ResyncComplete { model, .. } => {
-                let command = ModelCommand::ResyncComplete { from, request: id };
-                self.to_model(&model, command).await;
-            }
-            ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace } => {
-                let mut next: HashSet<ModelId> =
-                    if replace { HashSet::new() } else { self.subscribed.clone() };
-                for model in &unsubscribe {
-                    next.remove(model);
-                }
-                next.extend(subscribe.iter().map(|known| known.model.clone()));
-                if next.len() > limits.max_subscriptions {
-                    self.error(
-                        Some(id),
-                        ErrorCode::OVERLOADED,
-                        format!(
-                            "at most {} models may be subscribed on one connection",
-                            limits.max_subscriptions
-                        ),
-                    );
-                    return;
-                }
-                let dropped: Vec<ModelId> = self.subscribed.difference(&next).cloned().collect();
-                self.subscribed = next;
-                for model in dropped {
-                    let conn = self.outbox.conn;
-                    self.to_model(&model, ModelCommand::Unsubscribe { conn }).await;
-                }
-                self.respond(id, ServerResponse::Done);
-                for known in subscribe {
-                    let command =
-                        ModelCommand::Subscribe { from: from.clone(), known: known.version };
-                    self.to_model(&known.model, command).await;
-                }
-            }
-            ClientRequest::GetPermissions { model } => {
-                self.to_model(&model, ModelCommand::GetPermissions { from, request: id }).await;
-            }
-            ClientRequest::SetPermissions { model, grants } => {
-                self.to_model(&model, ModelCommand::SetPermissions { from, request: id, grants })
-                    .await;
-            }
-        }
-    }
-
     /// Tells every model this connection used that it is gone.
     async fn leave_all(&mut self) {
-        let conn = self.outbox.conn;
-        let models: HashSet<ModelId> = self.open.drain().chain(self.subscribed.drain()).collect();
-        for model in models {
-            self.hub.send(&self.key(&model), ModelCommand::Disconnected { conn }).await;
+        if let Some(session) = &mut self.session {
+            session.disconnected();
         }
+        self.dispatch().await;
     }
 }
 
@@ -539,14 +313,16 @@ async fn replay(
     after: u64,
     through: u64,
 ) -> Result<(), ()> {
+    let page_size = hub.models.config.page;
     let mut from = after;
     loop {
         let store = hub.store.clone();
         let page_key = key.clone();
-        let page =
-            tokio::task::spawn_blocking(move || store.operations(&page_key, from, through, PAGE))
-                .await
-                .map_err(|_| ())?;
+        let page = tokio::task::spawn_blocking(move || {
+            store.operations(&page_key, from, through, page_size)
+        })
+        .await
+        .map_err(|_| ())?;
         let operations = match page {
             Ok(operations) => operations,
             Err(e) => {
@@ -554,19 +330,17 @@ async fn replay(
                 return Err(());
             }
         };
-        let Some(last_version) = operations.last().map(|op| op.version) else {
+        let Some((push, next)) = replay_page(&key.model, operations, through) else {
             tracing::error!(model = %key.model, from, through, "the store lacks operations of a replay");
             return Err(());
         };
-        let last = last_version >= through;
-        let push = ServerPush::ResyncPage { model: key.model.clone(), operations, last };
         if let Some(frame) = frame(&ServerMessage::Push(push)) {
             sink.send(Message::Binary(frame)).await.map_err(|_| ())?;
         }
-        if last {
-            return Ok(());
+        match next {
+            Some(next) => from = next,
+            None => return Ok(()),
         }
-        from = last_version;
     }
 }
 

@@ -51,9 +51,12 @@ mod connection;
 mod hub;
 mod model;
 mod outbox;
-mod permissions;
+mod registry;
 mod server;
 mod store;
+#[cfg(test)]
+mod store_format_tests;
+mod types;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};

@@ -3,14 +3,11 @@
 
 use axum::body::Bytes;
 use concord_protocol::{ServerMessage, encode};
+use concord_sync::host::{ConnId, Notice};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Ending;
-use crate::store::ModelKey;
-
-/// Connections are told apart by a number unique within the server's run.
-pub(crate) type ConnId = u64;
+use crate::types::{Ending, ModelKey};
 
 /// What a connection's writer sends next.
 #[derive(Debug)]
@@ -32,12 +29,25 @@ pub(crate) struct Outbox {
     /// Cancelled to close the connection at once (its queue overflowed, or the store
     /// failed), whatever is still queued.
     overflow: CancellationToken,
+    /// Model hosts' notices for the connection's session (at most one per attachment, so
+    /// bounded by what the session itself asked for).
+    notices: mpsc::UnboundedSender<Notice>,
 }
 
 impl Outbox {
-    pub(crate) fn new(conn: ConnId, capacity: usize) -> (Outbox, mpsc::Receiver<Outbound>) {
+    pub(crate) fn new(
+        conn: ConnId,
+        capacity: usize,
+    ) -> (Outbox, mpsc::Receiver<Outbound>, mpsc::UnboundedReceiver<Notice>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (Outbox { conn, sender, overflow: CancellationToken::new() }, receiver)
+        let (notices, notices_receiver) = mpsc::unbounded_channel();
+        let outbox = Outbox { conn, sender, overflow: CancellationToken::new(), notices };
+        (outbox, receiver, notices_receiver)
+    }
+
+    /// Passes a model host's notice to the connection's session.
+    pub(crate) fn notice(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
     }
 
     pub(crate) fn overflow(&self) -> CancellationToken {

@@ -128,9 +128,9 @@ impl Server {
         if tokio::time::timeout(Duration::from_secs(10), connections.wait()).await.is_err() {
             tracing::warn!("some connections did not close in time");
         }
-        hub.stop_models.cancel();
-        hub.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), hub.tasks.wait()).await.is_err() {
+        hub.models.stop.cancel();
+        hub.models.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), hub.models.tasks.wait()).await.is_err() {
             tracing::warn!("some models did not stop in time");
         }
         let flushed = hub.writer.flush().await;

@@ -14,19 +14,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use concord_ot::ReplicaId;
-use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, CreationNonce, ModelId, ModelSnapshot,
-    PermissionGrants, Timestamp, User, UserId,
-};
-use concord_sync::CommitRecord;
+use concord_protocol::{CollectionId, Commit, CommittedOperation, ModelSnapshot, Timestamp};
+use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CollectionConfig;
 use crate::outbox::Delivery;
+use crate::types::ModelKey;
 
 /// The format of the server's store; bumped on any change of a table or record.
 const FORMAT_VERSION: u64 = 1;
@@ -42,19 +39,6 @@ const REPLICAS: TableDefinition<(&str, &str, u64), (u64, u64, i64)> =
 const DELETED: TableDefinition<ModelKeyT, i64> = TableDefinition::new("deleted");
 const COLLECTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("collections");
 const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
-
-/// A model within a domain (`<namespace>/<domain>`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct ModelKey {
-    pub(crate) domain: Arc<str>,
-    pub(crate) model: ModelId,
-}
-
-impl ModelKey {
-    fn as_tuple(&self) -> (&str, &str) {
-        (&self.domain, self.model.as_str())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,49 +73,6 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
-/// What the store keeps about a model besides its data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ModelRecord {
-    pub(crate) collection: CollectionId,
-    pub(crate) created_at: Timestamp,
-    pub(crate) nonce: Option<CreationNonce>,
-    pub(crate) creator: Option<UserId>,
-    /// The model's own grants (which may override its collection's).
-    pub(crate) grants: PermissionGrants,
-}
-
-/// A model as stored: enough to rebuild its sequencer.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredModel {
-    pub(crate) record: ModelRecord,
-    pub(crate) snapshot: ModelSnapshot,
-    /// The operations after the snapshot, in order.
-    pub(crate) operations: Vec<CommittedOperation>,
-    pub(crate) last_commits: BTreeMap<ReplicaId, (u64, Commit)>,
-}
-
-/// What a load found.
-#[derive(Debug, Clone)]
-pub(crate) enum Loaded {
-    Model(Box<StoredModel>),
-    /// Never existed; ids of deleted models are not reused.
-    Absent {
-        deleted: bool,
-    },
-}
-
-/// One change to the store.
-#[derive(Debug, Clone)]
-pub(crate) enum Write {
-    CreateModel { key: ModelKey, record: ModelRecord, snapshot: ModelSnapshot },
-    Commit { key: ModelKey, record: CommitRecord },
-    Snapshot { key: ModelKey, snapshot: ModelSnapshot },
-    SetGrants { key: ModelKey, record: ModelRecord },
-    DeleteModel { key: ModelKey, at: Timestamp },
-    PutCollection { domain: Arc<str>, collection: CollectionId, config: CollectionConfig },
-    PutUser { domain: Arc<str>, user: User },
 }
 
 /// The read side, shared by every task; reads never wait for the writer.
@@ -187,6 +128,7 @@ impl Store {
             return Ok(Loaded::Absent { deleted });
         };
         let record: ModelRecord = decode(record.value(), "model record")?;
+        let collection = read_collection(&txn, &key.domain, &record.collection)?;
         let snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
         let snapshot = snapshots
             .get(k)
@@ -202,7 +144,13 @@ impl Store {
             let commit = Commit { version, timestamp: Timestamp(timestamp) };
             last_commits.insert(ReplicaId(replica.value().2), (seq, commit));
         }
-        Ok(Loaded::Model(Box::new(StoredModel { record, snapshot, operations, last_commits })))
+        Ok(Loaded::Model(Box::new(StoredModel {
+            record,
+            collection,
+            snapshot,
+            operations,
+            last_commits,
+        })))
     }
 
     /// The committed operations in `(after, through]`, at most `limit` of them.
@@ -223,9 +171,20 @@ impl Store {
         collection: &CollectionId,
     ) -> Result<Option<CollectionConfig>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(COLLECTIONS).map_err(backend)?;
-        match table.get((domain, collection.as_str())).map_err(backend)? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), "collection")?)),
+        read_collection(&txn, domain, collection)
+    }
+
+    /// A user seen in `domain` (read back only by the format tests so far).
+    #[cfg(test)]
+    pub(crate) fn user(
+        &self,
+        domain: &str,
+        user: &concord_protocol::UserId,
+    ) -> Result<Option<concord_protocol::User>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(USERS).map_err(backend)?;
+        match table.get((domain, user.0.as_str())).map_err(backend)? {
+            Some(bytes) => Ok(Some(decode(bytes.value(), "user")?)),
             None => Ok(None),
         }
     }
@@ -242,6 +201,18 @@ impl Store {
             .name("concord-store-writer".into())
             .spawn(move || write_loop(&db, receiver, on_failure))?;
         Ok((Writer { sender }, thread))
+    }
+}
+
+fn read_collection(
+    txn: &redb::ReadTransaction,
+    domain: &str,
+    collection: &CollectionId,
+) -> Result<Option<CollectionConfig>, StoreError> {
+    let table = txn.open_table(COLLECTIONS).map_err(backend)?;
+    match table.get((domain, collection.as_str())).map_err(backend)? {
+        Some(bytes) => Ok(Some(decode(bytes.value(), "collection")?)),
+        None => Ok(None),
     }
 }
 
@@ -274,9 +245,10 @@ const WRITER_QUEUE: usize = 8_192;
 /// Jobs folded into one transaction at most.
 const MAX_GROUP: usize = 4_096;
 
-/// Writes, then what may be said once they are durable.
+/// Writes to one domain's models, then what may be said once they are durable.
 #[derive(Debug, Default)]
 pub(crate) struct Job {
+    pub(crate) domain: Arc<str>,
     pub(crate) writes: Vec<Write>,
     pub(crate) deliveries: Vec<Delivery>,
     /// Told once the writes are durable (or failed).
@@ -361,50 +333,57 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
         let mut deleted = txn.open_table(DELETED).map_err(backend)?;
         let mut collections = txn.open_table(COLLECTIONS).map_err(backend)?;
         let mut users = txn.open_table(USERS).map_err(backend)?;
-        for write in group.iter().flat_map(|job| &job.writes) {
-            match write {
-                Write::CreateModel { key, record, snapshot } => {
-                    let k = key.as_tuple();
-                    models.insert(k, encode(record).as_slice()).map_err(backend)?;
-                    snapshots.insert(k, encode(snapshot).as_slice()).map_err(backend)?;
-                }
-                Write::Commit { key, record } => {
-                    let (domain, model) = key.as_tuple();
-                    let version = record.operation.version;
-                    let bytes = encode(&record.operation);
-                    operations
-                        .insert((domain, model, version), bytes.as_slice())
-                        .map_err(backend)?;
-                    let value = (record.seq, version, record.operation.timestamp.0);
-                    replicas.insert((domain, model, record.replica.0), value).map_err(backend)?;
-                }
-                Write::Snapshot { key, snapshot } => {
-                    snapshots
-                        .insert(key.as_tuple(), encode(snapshot).as_slice())
-                        .map_err(backend)?;
-                }
-                Write::SetGrants { key, record } => {
-                    models.insert(key.as_tuple(), encode(record).as_slice()).map_err(backend)?;
-                }
-                Write::DeleteModel { key, at } => {
-                    let (domain, model) = key.as_tuple();
-                    models.remove((domain, model)).map_err(backend)?;
-                    snapshots.remove((domain, model)).map_err(backend)?;
-                    operations
-                        .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
-                        .map_err(backend)?;
-                    replicas
-                        .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
-                        .map_err(backend)?;
-                    deleted.insert((domain, model), at.0).map_err(backend)?;
-                }
-                Write::PutCollection { domain, collection, config } => {
-                    let k = (&**domain, collection.as_str());
-                    collections.insert(k, encode(config).as_slice()).map_err(backend)?;
-                }
-                Write::PutUser { domain, user } => {
-                    let k = (&**domain, user.id.0.as_str());
-                    users.insert(k, encode(user).as_slice()).map_err(backend)?;
+        for job in group {
+            let domain = &*job.domain;
+            for write in &job.writes {
+                match write {
+                    Write::CreateModel { model, record, snapshot } => {
+                        let k = (domain, model.as_str());
+                        models.insert(k, encode(record).as_slice()).map_err(backend)?;
+                        snapshots.insert(k, encode(snapshot).as_slice()).map_err(backend)?;
+                    }
+                    Write::Commit(record) => {
+                        let model = record.model.as_str();
+                        let version = record.operation.version;
+                        let bytes = encode(&record.operation);
+                        operations
+                            .insert((domain, model, version), bytes.as_slice())
+                            .map_err(backend)?;
+                        let value = (record.seq, version, record.operation.timestamp.0);
+                        replicas
+                            .insert((domain, model, record.replica.0), value)
+                            .map_err(backend)?;
+                    }
+                    Write::Snapshot { model, snapshot } => {
+                        let k = (domain, model.as_str());
+                        snapshots.insert(k, encode(snapshot).as_slice()).map_err(backend)?;
+                    }
+                    Write::SetGrants { model, record } => {
+                        let k = (domain, model.as_str());
+                        models.insert(k, encode(record).as_slice()).map_err(backend)?;
+                    }
+                    Write::DeleteModel { model, at } => {
+                        let model = model.as_str();
+                        models.remove((domain, model)).map_err(backend)?;
+                        snapshots.remove((domain, model)).map_err(backend)?;
+                        operations
+                            .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
+                            .map_err(backend)?;
+                        replicas
+                            .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
+                            .map_err(backend)?;
+                        deleted.insert((domain, model), at.0).map_err(backend)?;
+                    }
+                    Write::PutCollection { collection, config } => {
+                        let k = (domain, collection.as_str());
+                        collections.insert(k, encode(config).as_slice()).map_err(backend)?;
+                    }
+                    Write::PutUser { user } => {
+                        let k = (domain, user.id.0.as_str());
+                        users.insert(k, encode(user).as_slice()).map_err(backend)?;
+                    }
+                    // Not stored yet: the host does not bind replicas yet either.
+                    Write::BindReplica { .. } => {}
                 }
             }
         }

@@ -354,3 +354,50 @@ async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Resu
     server.stop().await?;
     Ok(())
 }
+
+/// A client's submission can still arrive on its old connection after it resynced on a new
+/// one (each socket is read by its own task): it must be acknowledged on the new connection,
+/// never announced there as someone else's operation.
+#[tokio::test]
+async fn a_late_submission_on_an_old_connection_is_acked_on_the_new_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut old = connect(&server, "alice").await?;
+    create(&mut old, "late", "hello").await?;
+    let snapshot = open(&mut old, "late").await?;
+    let mut bob = connect(&server, "bob").await?;
+    open(&mut bob, "late").await?;
+    // Alice reconnects and resyncs, naming the submission she has in flight (not committed
+    // yet)...
+    let replica = ReplicaId(42);
+    let mut new = connect(&server, "alice").await?;
+    let resync = ClientRequest::Resync {
+        model: model("late"),
+        known_version: 0,
+        in_flight: Some(InFlight { replica, seq: 1 }),
+    };
+    match new.request(resync).await? {
+        Ok(ServerResponse::ResyncStarted { in_flight_committed: None, .. }) => {}
+        other => anyhow::bail!("resync: {other:?}"),
+    }
+    // ... and only then does the old connection's copy of that submission arrive.
+    let operation = insert(&snapshot.data, 5, " world");
+    old.submit(&model("late"), replica, 1, 0, operation).await?;
+    let on_new = new
+        .push(|push| match push {
+            ServerPush::Ack { seq, version, .. } => Some(Ok((*seq, *version))),
+            ServerPush::RemoteOperation { operation, .. } => Some(Err(operation.clone())),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(on_new, Ok((1, 1)), "the new connection must hear an ack, not its own operation");
+    let on_bob = bob
+        .push(|push| match push {
+            ServerPush::RemoteOperation { operation, .. } => Some(operation.version),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(on_bob, 1);
+    server.stop().await?;
+    Ok(())
+}

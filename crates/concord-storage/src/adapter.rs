@@ -52,6 +52,20 @@ pub trait StorageAdapter: MaybeSendSync {
     async fn destroy(&self, key: &StoreKey) -> Result<(), StorageError>;
 }
 
+/// A borrowed adapter is an adapter, so that a wrapper such as
+/// [`FaultyAdapter`](crate::faults::FaultyAdapter) can take one.
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<T: StorageAdapter + ?Sized> StorageAdapter for &T {
+    async fn open(&self, key: &StoreKey) -> Result<Box<dyn OfflineStore>, StorageError> {
+        (**self).open(key).await
+    }
+
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StorageError> {
+        (**self).destroy(key).await
+    }
+}
+
 /// One open store: a few reads and one write, [`commit`](OfflineStore::commit).
 ///
 /// Every read sees the state after some set of whole committed batches: never a batch in

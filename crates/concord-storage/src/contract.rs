@@ -26,6 +26,7 @@ use concord_protocol::{
 use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::{Batch, Mutation};
 use crate::error::StorageError;
+use crate::faults::{Fault, FaultyAdapter, InjectedFault};
 use crate::records::{CreationRecord, ModelRecord, PendingOperation, Snapshot, StoreKey};
 
 /// The future of one check.
@@ -74,6 +75,9 @@ checks!(
     stores_are_separate_per_key,
     destroy_removes_the_store,
     empty_commits_are_no_ops,
+    failed_commit_changes_nothing,
+    in_doubt_commit_is_applied,
+    crash_keeps_what_was_applied,
 );
 
 // Fixtures.
@@ -151,6 +155,14 @@ async fn open(adapter: &dyn StorageAdapter) -> Box<dyn OfflineStore> {
 
 async fn commit(store: &dyn OfflineStore, batch: Batch) {
     store.commit(batch).await.expect("commit a valid batch");
+}
+
+/// Asserts that `result` is an injected failure of this kind.
+fn assert_injected(result: Result<(), StorageError>, fault: Fault) {
+    match &result {
+        Err(error) if InjectedFault::of(error).is_some_and(|f| f.fault == fault) => {}
+        other => panic!("expected an injected {fault} failure, got {other:?}"),
+    }
 }
 
 /// Asserts that `result` is a rejection of `batch`/`mutation`.
@@ -667,4 +679,141 @@ async fn empty_commits_are_no_ops(adapter: &dyn StorageAdapter) {
     store.commit_group(Vec::new()).await.unwrap();
     store.commit_group(vec![Batch::new(), Batch::new()]).await.unwrap();
     assert!(store.models().await.unwrap().is_empty());
+}
+
+/// Something in every table except the replica id: models 1 and 2 with all their data,
+/// subscriptions, sessions and users.
+async fn fill(store: &dyn OfflineStore) {
+    commit(store, full_model_batch(1)).await;
+    commit(store, full_model_batch(2)).await;
+    let batch = Batch::new()
+        .with(Mutation::Subscribe(vec![model_id(1), model_id(5)]))
+        .with(Mutation::PutSessions(vec![(SessionId("s1".into()), UserId("ann".into()))]))
+        .with(Mutation::PutUsers(vec![User {
+            id: UserId("ann".into()),
+            display_name: Some("Ann".into()),
+            anonymous: false,
+        }]));
+    commit(store, batch).await;
+}
+
+/// A batch that changes every table after [`fill`]: the one made to fail.
+fn sweeping_batch() -> Batch {
+    let one = model_id(1);
+    let mut batch = Batch::new()
+        .with(Mutation::AppendServerOperations {
+            model: one.clone(),
+            operations: server_operations(5..=6),
+        })
+        .with(Mutation::PutSnapshot { model: one.clone(), snapshot: snapshot(5) })
+        .with(Mutation::AppendPending { model: one.clone(), operations: pendings([3]) })
+        .with(Mutation::RemovePendingThrough { model: one.clone(), through_seq: 1 })
+        .with(Mutation::SetInFlight { model: one.clone(), through_seq: Some(2) })
+        .with(Mutation::DeleteCreation(one.clone()))
+        .with(Mutation::AdvanceElementCounter { model: one.clone(), next: 99 })
+        .with(Mutation::DeleteModel(model_id(2)))
+        .with(Mutation::Subscribe(vec![model_id(9)]))
+        .with(Mutation::Unsubscribe(vec![one]))
+        .with(Mutation::PutSessions(vec![(SessionId("s2".into()), UserId("bob".into()))]))
+        .with(Mutation::RemoveSessions(vec![SessionId("s1".into())]))
+        .with(Mutation::PutUsers(vec![User {
+            id: UserId("bob".into()),
+            display_name: None,
+            anonymous: true,
+        }]))
+        .with(Mutation::SetReplicaId(ReplicaId(7)));
+    batch.mutations.extend(full_model_batch(3).mutations);
+    batch
+}
+
+/// The contents [`fill`] and then [`sweeping_batch`] give, from a store of another key.
+async fn swept_contents(adapter: &dyn StorageAdapter) -> Contents {
+    let reference = adapter.open(&StoreKey::new("wss://reference.test", "ann")).await.unwrap();
+    fill(&*reference).await;
+    commit(&*reference, sweeping_batch()).await;
+    contents(&*reference).await
+}
+
+async fn failed_commit_changes_nothing(adapter: &dyn StorageAdapter) {
+    let expected = swept_contents(adapter).await;
+    let adapter = FaultyAdapter::new(adapter);
+    let faults = adapter.faults().clone();
+    let store = open(&adapter).await;
+    fill(&*store).await;
+    let before = contents(&*store).await;
+    assert_ne!(before, expected);
+    // The next commit, alone or in a group, fails: nothing of it is applied.
+    faults.fail_next(Fault::Clean);
+    assert_injected(store.commit(sweeping_batch()).await, Fault::Clean);
+    assert_eq!(contents(&*store).await, before);
+    faults.fail_next(Fault::Clean);
+    let second = Batch::new().with(Mutation::Subscribe(vec![model_id(8)]));
+    assert_injected(store.commit_group(vec![sweeping_batch(), second]).await, Fault::Clean);
+    assert_eq!(contents(&*store).await, before);
+    // The third commit from now fails; the two before it are applied.
+    faults.fail_nth(3, Fault::Clean);
+    commit(&*store, Batch::new().with(Mutation::Subscribe(vec![model_id(8)]))).await;
+    commit(&*store, Batch::new().with(Mutation::Unsubscribe(vec![model_id(8)]))).await;
+    assert_injected(store.commit(sweeping_batch()).await, Fault::Clean);
+    assert_eq!(contents(&*store).await, before);
+    // Every commit, until healed.
+    faults.fail_every(Fault::Clean);
+    for _ in 0..3 {
+        assert_injected(store.commit(sweeping_batch()).await, Fault::Clean);
+    }
+    assert_eq!(contents(&*store).await, before);
+    faults.heal();
+    assert_eq!((faults.commits(), faults.injected()), (11, 6));
+    // A batch the store rejects is still rejected as such, not hidden by the fault.
+    faults.fail_next(Fault::Clean);
+    let bad = Batch::new().with(Mutation::DeleteCreation(model_id(9)));
+    assert_rejected(store.commit_group(vec![Batch::new(), bad]).await, 1, 0);
+    // Later commits work: the same batch applies whole, and a reopen sees it.
+    commit(&*store, sweeping_batch()).await;
+    assert_eq!(contents(&*store).await, expected);
+    drop(store);
+    assert_eq!(contents(&*open(&adapter).await).await, expected);
+}
+
+async fn in_doubt_commit_is_applied(adapter: &dyn StorageAdapter) {
+    let expected = swept_contents(adapter).await;
+    let adapter = FaultyAdapter::new(adapter);
+    let faults = adapter.faults().clone();
+    let store = open(&adapter).await;
+    fill(&*store).await;
+    faults.fail_next(Fault::InDoubt);
+    assert_injected(store.commit(sweeping_batch()).await, Fault::InDoubt);
+    assert_eq!(contents(&*store).await, expected, "reported failed, yet applied whole");
+    // A rejected batch is a rejection: nothing applied, whatever was planned.
+    faults.fail_next(Fault::InDoubt);
+    let other_replica = Batch::new().with(Mutation::SetReplicaId(ReplicaId(8)));
+    assert_rejected(store.commit(other_replica).await, 0, 0);
+    assert_eq!(contents(&*store).await, expected);
+    drop(store);
+    assert_eq!(contents(&*open(&adapter).await).await, expected);
+}
+
+async fn crash_keeps_what_was_applied(adapter: &dyn StorageAdapter) {
+    let expected = swept_contents(adapter).await;
+    let adapter = FaultyAdapter::new(adapter);
+    let faults = adapter.faults().clone();
+    let store = open(&adapter).await;
+    fill(&*store).await;
+    let returned = contents(&*store).await;
+    faults.fail_next(Fault::Clean);
+    assert_injected(store.commit(sweeping_batch()).await, Fault::Clean);
+    faults.crash();
+    // The crashed handle is dead, and no longer holds the store.
+    assert!(matches!(store.models().await, Err(StorageError::Closed)));
+    assert!(matches!(store.load_model(&model_id(1)).await, Err(StorageError::Closed)));
+    assert!(matches!(store.commit(full_model_batch(4)).await, Err(StorageError::Closed)));
+    let reopened = open(&adapter).await;
+    assert_eq!(contents(&*reopened).await, returned, "only the returned commits");
+    // An in-doubt commit was applied before the crash: it is there after it.
+    faults.fail_next(Fault::InDoubt);
+    assert_injected(reopened.commit(sweeping_batch()).await, Fault::InDoubt);
+    faults.crash();
+    drop((store, reopened));
+    assert_eq!(contents(&*open(&adapter).await).await, expected);
+    assert_eq!(faults.crashes(), 2);
 }

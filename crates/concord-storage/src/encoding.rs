@@ -21,8 +21,9 @@ use serde::de::DeserializeOwned;
 use crate::error::StorageError;
 
 /// The store format this version of the crate writes. Bump it, and add a migration from the
-/// previous version, whenever a table, a key layout or a stored record type changes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// previous version and a fixture store of the new version (`tests/format.rs`), whenever a
+/// table, a key layout or a stored record type changes.
+pub const FORMAT_VERSION: u32 = 1;
 
 /// The first byte of every record.
 const RECORD_ENCODING: u8 = 1;

@@ -13,7 +13,8 @@
 //! opener) and `indexeddb` (feature `indexeddb`, wasm32 only — the feature enables nothing
 //! on other targets: a database per store in the browser, with the same guarantees). The
 //! crate builds for `wasm32-unknown-unknown` without the `redb` feature. [`contract`] is the
-//! behaviour every backend must show, as a reusable test suite.
+//! behaviour every backend must show, as a reusable test suite; [`faults`] wraps any
+//! adapter to make commits fail and stores crash on a test's command.
 //!
 //! This crate is not the sync engine: it stores what the engine tells it to, checks the
 //! invariants listed on [`Mutation`], and decides nothing. It reads no clock and draws no
@@ -24,6 +25,7 @@ mod batch;
 pub mod contract;
 mod encoding;
 mod error;
+pub mod faults;
 #[cfg(any(test, all(feature = "indexeddb", target_arch = "wasm32")))]
 mod footprint;
 #[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
@@ -38,6 +40,7 @@ mod store;
 
 pub use adapter::{MaybeSendSync, OfflineStore, StorageAdapter};
 pub use batch::{Batch, Mutation};
+pub use encoding::FORMAT_VERSION;
 pub use error::StorageError;
 #[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
 pub use indexeddb::{IdbAdapter, IdbStore};

@@ -68,6 +68,9 @@ contract_tests!(
     stores_are_separate_per_key,
     destroy_removes_the_store,
     empty_commits_are_no_ops,
+    failed_commit_changes_nothing,
+    in_doubt_commit_is_applied,
+    crash_keeps_what_was_applied,
 );
 
 #[test]

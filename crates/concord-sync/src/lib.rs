@@ -11,6 +11,7 @@
 //! committed for it, so acks carry no operation.
 
 mod engine;
+pub mod host;
 mod replica;
 mod sequencer;
 pub mod store;

@@ -57,6 +57,9 @@ pub enum SequencerError {
     /// store and retry with [`Sequencer::provide_history`].
     #[error("operations after version {from} are not in memory (oldest kept: {oldest})")]
     HistoryUnavailable { from: u64, oldest: u64 },
+    /// The store could not provide the history a submission needed.
+    #[error("the history the submission needs could not be read: {0}")]
+    HistoryUnreadable(String),
     #[error("the operation does not apply: {0}")]
     Invalid(#[from] ApplyError),
     /// A replayed operation is not the model's next version.

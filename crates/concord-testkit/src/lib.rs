@@ -14,6 +14,7 @@ pub mod generate;
 #[cfg(feature = "process")]
 pub mod process;
 mod rng;
+pub mod server_store;
 pub mod sim;
 #[cfg(feature = "wire")]
 pub mod wire;

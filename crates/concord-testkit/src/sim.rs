@@ -1,33 +1,37 @@
-//! A seeded simulation: one server (a [`Sequencer`] per model) and N clients (each a
+//! A seeded simulation: one server — the real session and model hosts of
+//! `concord_sync::host`, with an in-memory store as its disk — and N clients (each a
 //! [`ClientEngine`] with a store that survives crashes) editing several models over an
 //! in-memory network that carries the real protocol messages.
 //!
-//! Each step the seed picks one event: a local edit, a storage batch becoming durable, a
-//! message delivered, a disconnect (the last client messages may still arrive late, or
-//! twice, or be lost), a reconnect with resync, a client crash (everything not yet durable is
-//! lost) or restart from its store, a snapshot compaction. Then every client reconnects and
-//! the network drains, and [`run`] checks that every replica equals the server, that its
-//! store rebuilds the same model, that no submission was committed twice, and that every
-//! change a store reported durable reached the server.
-//!
-//! Acks go to the author *replica's* current connection and remote operations to every
-//! other replica's, so a submission that arrives late from a dead connection is acknowledged
-//! on the new one instead of coming back as a foreign operation.
+//! Each step the seed picks one event: a local edit, a client storage batch becoming
+//! durable, a server job becoming durable (only then are its messages sent), a message
+//! delivered, a disconnect (the last client messages may still arrive late, or twice, or be
+//! lost), a reconnect with resync, a client crash (everything not yet durable is lost) or
+//! restart from its store, a server crash (its queued jobs and memory are lost; it restarts
+//! from its store), idle models unloading. Then every client reconnects and the network
+//! drains, and [`run`] checks that every replica equals the server, that its store rebuilds
+//! the same model, that the server's store rebuilds the server's model, that no submission
+//! was committed twice, that every ack named a durable commit, and that every change a
+//! store reported durable reached the server.
+
+mod server;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use concord_ot::{IdGenerator, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
-    ErrorReply, ModelId, ModelSnapshot, OfflineUpdate, Permissions, ServerMessage, ServerPush,
-    ServerResponse, SessionId, Timestamp,
+    ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, ModelId, ModelSnapshot,
+    PermissionGrants, ServerMessage, Timestamp, User, UserId,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
+use concord_sync::host::{ConnId, HostConfig, SessionLimits, Write};
 use concord_sync::{
-    ClientEngine, EngineConfig, EngineError, Event, ModelReplica, Sequencer, StorageBatch,
-    StoreChange, Submission, SubmitOutcome, store,
+    ClientEngine, EngineConfig, EngineError, Event, ModelReplica, StorageBatch, StoreChange, store,
 };
+
+use self::server::{Sent, SimServer};
+use crate::server_store::MemoryServerStore;
 use pollster::block_on;
 
 use crate::SimRng;
@@ -65,6 +69,8 @@ pub struct Stats {
     pub subscriptions: usize,
     pub downloads: usize,
     pub creations_refused: usize,
+    pub server_crashes: usize,
+    pub unloads: usize,
 }
 
 impl Stats {
@@ -80,6 +86,8 @@ impl Stats {
         self.subscriptions += other.subscriptions;
         self.downloads += other.downloads;
         self.creations_refused += other.creations_refused;
+        self.server_crashes += other.server_crashes;
+        self.unloads += other.unloads;
     }
 }
 
@@ -110,9 +118,12 @@ struct Client {
     model_ids: Vec<ModelId>,
     /// Batches on their way to durability, with the id counter to persist.
     queue: VecDeque<(StorageBatch, Option<u64>)>,
-    connection: Option<u64>,
-    epochs: u64,
-    to_server: VecDeque<(u64, ClientMessage)>,
+    /// The connection the client uses, if any.
+    connection: Option<ConnId>,
+    /// What is on its way to the server, per connection: in order on one connection, in
+    /// any order across them (a closed connection's last messages may arrive after the new
+    /// connection's first ones, and before the server notices the close).
+    to_server: BTreeMap<ConnId, VecDeque<Wire>>,
     to_client: VecDeque<ServerMessage>,
     /// Per model, the highest local seq a store batch made durable.
     max_durable_seq: BTreeMap<ModelId, u64>,
@@ -121,18 +132,12 @@ struct Client {
     created: usize,
 }
 
-#[derive(Debug)]
-struct Server {
-    models: BTreeMap<ModelId, Sequencer>,
-    /// Per client: its current connection and the models resynced on it.
-    connections: Vec<Option<(u64, BTreeSet<ModelId>)>>,
-    committed: BTreeSet<(ModelId, ReplicaId, u64)>,
-    /// The nonce each model was created with, for idempotent creation.
-    nonces: BTreeMap<ModelId, CreationNonce>,
-    /// Deleted ids; this server never reuses them.
-    deleted: BTreeSet<ModelId>,
-    /// Per client: the offline subscription set of its current connection.
-    subscribed: Vec<BTreeSet<ModelId>>,
+/// What travels from a client to the server.
+#[derive(Debug, Clone)]
+enum Wire {
+    Message(ClientMessage),
+    /// The connection closed: the server notices once it has read what came before.
+    Closed,
 }
 
 /// Runs one scenario.
@@ -155,7 +160,10 @@ pub fn run(seed: u64, config: Config) -> Result<Stats, Failure> {
 struct Sim {
     rng: SimRng,
     config: Config,
-    server: Server,
+    server: SimServer,
+    /// Which client each connection belongs to.
+    owners: BTreeMap<ConnId, usize>,
+
     clients: Vec<Client>,
     stats: Stats,
     now: i64,
@@ -165,21 +173,30 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, config: Config) -> Result<Sim, String> {
         let mut rng = SimRng::new(seed);
-        let mut models = BTreeMap::new();
+        let mut durable = MemoryServerStore::new();
         let mut initial = BTreeMap::new();
         for m in 0..config.models.max(1) {
             let id = ModelId::new(format!("model-{m}")).map_err(|e| e.to_string())?;
+            let collection = CollectionId::new("sim").map_err(|e| e.to_string())?;
             let snapshot = ModelSnapshot {
-                collection: CollectionId::new("sim").map_err(|e| e.to_string())?,
+                collection: collection.clone(),
                 version: 0,
                 created_at: Timestamp(0),
                 modified_at: Timestamp(0),
                 data: gen_document(&mut rng),
             };
-            models.insert(
-                id.clone(),
-                Sequencer::new(id.clone(), snapshot.clone(), BTreeMap::new(), 100_000),
-            );
+            let record = concord_sync::host::ModelRecord {
+                collection,
+                created_at: Timestamp(0),
+                nonce: None,
+                creator: None,
+                grants: PermissionGrants::default(),
+            };
+            durable.apply(&Write::CreateModel {
+                model: id.clone(),
+                record,
+                snapshot: snapshot.clone(),
+            });
             initial.insert(id, snapshot);
         }
         let engine_config = engine_config(config);
@@ -209,8 +226,7 @@ impl Sim {
                     model_ids: initial.keys().cloned().collect(),
                     queue: VecDeque::new(),
                     connection: None,
-                    epochs: 0,
-                    to_server: VecDeque::new(),
+                    to_server: BTreeMap::new(),
                     to_client: VecDeque::new(),
                     max_durable_seq: BTreeMap::new(),
                     refused: BTreeSet::new(),
@@ -218,15 +234,27 @@ impl Sim {
                 })
             })
             .collect::<Result<Vec<Client>, String>>()?;
-        let server = Server {
-            models,
-            connections: vec![None; config.clients],
-            committed: BTreeSet::new(),
-            nonces: BTreeMap::new(),
-            deleted: BTreeSet::new(),
-            subscribed: vec![BTreeSet::new(); config.clients],
+        // Small pages, a short memory and frequent snapshots, so that paging, reading
+        // history back from the store and restoring from snapshots all happen.
+        let host = HostConfig {
+            history_in_memory: 8,
+            snapshot_every: 7,
+            page: 5,
+            ..HostConfig::default()
         };
-        Ok(Sim { rng, config, server, clients, stats: Stats::default(), now: 0, trace: None })
+        let limits = SessionLimits { max_open_models: 1_000, max_subscriptions: 1_000 };
+        let server = SimServer::new(host, limits, durable);
+        Ok(Sim {
+            rng,
+            config,
+            server,
+            owners: BTreeMap::new(),
+
+            clients,
+            stats: Stats::default(),
+            now: 0,
+            trace: None,
+        })
     }
 
     fn play(&mut self) -> Result<(), String> {
@@ -240,10 +268,11 @@ impl Sim {
             let now = self.now;
             self.note(|| format!("step {now}: client {i} roll {roll}"));
             match roll {
-                0..=24 => self.local_edit(i)?,
-                25..=39 => self.flush_one(i)?,
-                40..=54 => self.deliver_to_server(i)?,
-                55..=74 => self.deliver_to_client(i)?,
+                0..=22 => self.local_edit(i)?,
+                23..=35 => self.flush_one(i)?,
+                36..=49 => self.deliver_to_server(i)?,
+                50..=62 => self.server_flush()?,
+                63..=74 => self.deliver_to_client(i)?,
                 75..=84 => {
                     if self.clients[i].connection.is_some() {
                         self.disconnect(i)?;
@@ -255,10 +284,16 @@ impl Sim {
                 90..=91 => self.create(i)?,
                 92 => self.delete(i)?,
                 93..=94 => self.subscribe(i)?,
+                95 => self.unload_idle()?,
+                96 if self.rng.below(3) == 0 => self.crash_server()?,
                 _ => self.crash_or_restart(i)?,
             }
         }
         self.settle()?;
+        self.stats.commits = self.server.commits;
+        self.stats.models_deleted = self.server.deletions;
+        self.stats.server_crashes = self.server.crashes;
+        self.stats.unloads = self.server.unloads;
         self.check()
     }
 
@@ -287,12 +322,16 @@ impl Sim {
         for _ in 0..100_000 {
             self.now += 1;
             let mut moved = false;
+            while self.server.has_pending() {
+                self.server_flush()?;
+                moved = true;
+            }
             for i in 0..self.clients.len() {
                 while !self.clients[i].queue.is_empty() {
                     self.flush_one(i)?;
                     moved = true;
                 }
-                while !self.clients[i].to_server.is_empty() {
+                while self.clients[i].to_server.values().any(|q| !q.is_empty()) {
                     self.deliver_to_server(i)?;
                     moved = true;
                 }
@@ -314,7 +353,7 @@ impl Sim {
             let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
             for model in engine.subscriptions() {
                 let stored = summaries.iter().any(|m| m.record.id == *model);
-                if self.server.models.contains_key(model) && !stored {
+                if self.server.durable().exists(model) && !stored {
                     return Err(format!(
                         "replica {:?}: subscribed {model} was never downloaded",
                         client.replica
@@ -337,9 +376,9 @@ impl Sim {
                     }
                     continue;
                 }
-                let Some(sequencer) = self.server.models.get(id) else {
+                let Some((version, document)) = self.server.state(id)? else {
                     // Deleted by another client: the local copy stays, offline.
-                    if !self.server.deleted.contains(id) {
+                    if !self.server.durable().is_deleted(id) {
                         return Err(format!("{who}: not at the server"));
                     }
                     if engine.is_settled(id) {
@@ -350,32 +389,25 @@ impl Sim {
                 if !engine.is_settled(id) {
                     return Err(format!("{who}: not settled (unacknowledged changes or not live)"));
                 }
-                if replica.confirmed_version() != sequencer.version() {
+                if replica.confirmed_version() != version {
                     return Err(format!(
-                        "{who}: at version {}, the server at {}",
+                        "{who}: at version {}, the server at {version}",
                         replica.confirmed_version(),
-                        sequencer.version()
                     ));
                 }
-                if replica.local() != sequencer.document() {
+                if *replica.local() != document {
                     return Err(format!(
                         "{who} diverged:\n  replica {}\n  server  {}",
                         replica.local().to_json(),
-                        sequencer.document().to_json()
+                        document.to_json()
                     ));
                 }
                 let (stored, _, _) = client.restore(id)?;
-                if stored.local() != sequencer.document() {
+                if *stored.local() != document {
                     return Err(format!("{who}: the store rebuilds a different model"));
                 }
-                let committed_through = self
-                    .server
-                    .committed
-                    .iter()
-                    .filter(|(m, r, _)| m == id && *r == client.replica)
-                    .map(|(_, _, seq)| *seq)
-                    .max()
-                    .unwrap_or(0);
+                let committed_through =
+                    self.server.durable().last_seq(id, client.replica).unwrap_or(0);
                 let durable = client.max_durable_seq.get(id).copied().unwrap_or(0);
                 if committed_through < durable {
                     return Err(format!(
@@ -429,8 +461,8 @@ impl Sim {
         let stored = block_on(client.store.models()).map_err(|e| e.to_string())?;
         let candidates: Vec<&ModelId> = self
             .server
-            .models
-            .keys()
+            .durable()
+            .models()
             .filter(|m| !stored.iter().any(|s| s.record.id == **m) && !client.model_ids.contains(m))
             .filter(|m| engine.subscriptions().all(|s| s != *m))
             .collect();
@@ -554,7 +586,7 @@ impl Sim {
         }
         while let Some(message) = engine.poll_transmit() {
             if let Some(connection) = client.connection {
-                client.to_server.push_back((connection, message));
+                client.to_server.entry(connection).or_default().push_back(Wire::Message(message));
             }
         }
         while let Some(event) = engine.poll_event() {
@@ -623,11 +655,11 @@ impl Sim {
         let Some(engine) = &mut client.engine else {
             return Ok(());
         };
-        client.epochs += 1;
-        client.connection = Some(client.epochs);
+        let user = User { id: UserId(format!("user-{i}")), display_name: None, anonymous: false };
+        let conn = self.server.connect(user);
+        self.owners.insert(conn, i);
+        client.connection = Some(conn);
         client.to_client.clear();
-        self.server.connections[i] = Some((client.epochs, BTreeSet::new()));
-        self.server.subscribed[i].clear();
         self.stats.resyncs += 1;
         let loaded: Vec<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
@@ -639,15 +671,15 @@ impl Sim {
     fn disconnect(&mut self, i: usize) -> Result<(), String> {
         self.stats.disconnects += 1;
         let client = &mut self.clients[i];
-        client.connection = None;
+        let Some(conn) = client.connection.take() else { return Ok(()) };
         client.to_client.clear();
-        self.server.connections[i] = None;
         if let Some(engine) = &mut client.engine {
             engine.handle_disconnected();
         }
-        // What was on its way to the server may still arrive, late, or twice, or be lost.
+        // What was on its way to the server may still arrive, late, or twice, or be lost;
+        // then the server notices the close.
         let mut late = VecDeque::new();
-        for message in client.to_server.drain(..) {
+        for message in client.to_server.remove(&conn).unwrap_or_default() {
             match self.rng.below(4) {
                 0 => {}
                 1 => {
@@ -657,7 +689,8 @@ impl Sim {
                 _ => late.push_back(message),
             }
         }
-        client.to_server = late;
+        late.push_back(Wire::Closed);
+        client.to_server.insert(conn, late);
         self.drain(i)
     }
 
@@ -734,282 +767,93 @@ impl Sim {
     }
 
     fn deliver_to_server(&mut self, i: usize) -> Result<(), String> {
-        if let Some(message) = self.clients[i].to_server.front() {
-            let line = format!("  <- client {i}: {message:?}");
-            self.note(|| line);
-        }
-        let Some((connection, message)) = self.clients[i].to_server.pop_front() else {
+        let busy: Vec<ConnId> = self.clients[i]
+            .to_server
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(c, _)| *c)
+            .collect();
+        if busy.is_empty() {
             return Ok(());
-        };
-        let replica = self.clients[i].replica;
-        let current = self.server.connections[i].as_ref().map(|(c, _)| *c);
-        match message {
-            ClientMessage::Request {
-                id,
-                request: ClientRequest::Resync { model, known_version, in_flight },
-            } => {
-                if current != Some(connection) {
-                    return Ok(()); // a dead connection's resync: nobody listens for the answer
-                }
-                let Some(sequencer) = self.server.models.get(&model) else {
-                    let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
-                    self.clients[i]
-                        .to_client
-                        .push_back(ServerMessage::Error { to: Some(id), error });
-                    return Ok(());
-                };
-                let in_flight_committed = in_flight.and_then(|f| sequencer.commit_of(f));
-                let operations = sequencer
-                    .operations_since(known_version)
-                    .map_err(|e| format!("resync: {e}"))?
-                    .to_vec();
-                let response = ServerResponse::ResyncStarted {
-                    model: model.clone(),
-                    current_version: sequencer.version(),
-                    in_flight_committed,
-                    permissions: Permissions::ALL,
-                };
-                let client = &mut self.clients[i];
-                client.to_client.push_back(ServerMessage::Response { to: id, response });
-                let pages: Vec<_> = operations.chunks(5).map(<[_]>::to_vec).collect();
-                let count = pages.len().max(1);
-                for n in 0..count {
-                    let operations = pages.get(n).cloned().unwrap_or_default();
-                    let push = ServerPush::ResyncPage {
-                        model: model.clone(),
-                        operations,
-                        last: n + 1 == count,
-                    };
-                    client.to_client.push_back(ServerMessage::Push(push));
-                }
-                if let Some((_, open)) = &mut self.server.connections[i] {
-                    open.insert(model);
-                }
-            }
-            ClientMessage::Request { id, request: ClientRequest::ResyncComplete { model, .. } } => {
-                if current == Some(connection) {
-                    let response = ServerResponse::ResyncCompleted {
-                        model,
-                        collaborators: Vec::new(),
-                        references: Vec::new(),
-                    };
-                    self.clients[i]
-                        .to_client
-                        .push_back(ServerMessage::Response { to: id, response });
-                }
-            }
-            ClientMessage::Request {
-                id,
-                request: ClientRequest::CreateModel { model, collection, data, nonce, .. },
-            } => {
-                let response = match self.server.models.get(&model) {
-                    Some(existing) if self.server.nonces.get(&model) == Some(&nonce) => {
-                        let version = existing.version();
-                        let response = ServerResponse::ModelCreated {
-                            model,
-                            version,
-                            created_at: Timestamp(0),
-                        };
-                        ServerMessage::Response { to: id, response }
+        }
+        let conn = busy[self.rng.below(busy.len())];
+        let queue = self.clients[i].to_server.get_mut(&conn).expect("listed");
+        let wire = queue.pop_front().expect("not empty");
+        if queue.is_empty() {
+            self.clients[i].to_server.remove(&conn);
+        }
+        let line = format!("  <- client {i} on {conn}: {wire:?}");
+        self.note(|| line);
+        let now = Timestamp(self.now);
+        let sent = match wire {
+            Wire::Message(message) => {
+                if let ClientMessage::Notice(ClientNotice::Submit { model, replica, seq, .. }) =
+                    &message
+                {
+                    if *replica != self.clients[i].replica {
+                        return Err(format!("client {i} submitted as replica {replica:?}"));
                     }
-                    _ if self.server.deleted.contains(&model) => ServerMessage::Error {
-                        to: Some(id),
-                        error: ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, "id was deleted"),
-                    },
-                    Some(_) => ServerMessage::Error {
-                        to: Some(id),
-                        error: ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, "id taken"),
-                    },
-                    None => {
-                        let snapshot = ModelSnapshot {
-                            collection,
-                            version: 0,
-                            created_at: Timestamp(self.now),
-                            modified_at: Timestamp(self.now),
-                            data,
-                        };
-                        let sequencer =
-                            Sequencer::new(model.clone(), snapshot, BTreeMap::new(), 100_000);
-                        self.server.models.insert(model.clone(), sequencer);
-                        self.server.nonces.insert(model.clone(), nonce);
-                        self.server.committed.retain(|(m, _, _)| *m != model);
-                        let response = ServerResponse::ModelCreated {
-                            model,
-                            version: 0,
-                            created_at: Timestamp(self.now),
-                        };
-                        ServerMessage::Response { to: id, response }
-                    }
-                };
-                if current == Some(connection) {
-                    self.clients[i].to_client.push_back(response);
-                }
-            }
-            ClientMessage::Request {
-                id,
-                request: ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace },
-            } => {
-                if current != Some(connection) {
-                    return Ok(());
-                }
-                let client = &mut self.clients[i];
-                if replace {
-                    self.server.subscribed[i].clear();
-                }
-                for model in unsubscribe {
-                    self.server.subscribed[i].remove(&model);
-                }
-                let done = ServerResponse::Done;
-                client.to_client.push_back(ServerMessage::Response { to: id, response: done });
-                for known in subscribe {
-                    let update = match self.server.models.get(&known.model) {
-                        None => OfflineUpdate::Deleted,
-                        Some(sequencer) => match known.version {
-                            Some(version) if version >= sequencer.version() => continue,
-                            Some(version) if sequencer.version() - version <= 5 => {
-                                let operations = sequencer
-                                    .operations_since(version)
-                                    .map_err(|e| format!("catch-up: {e}"))?
-                                    .to_vec();
-                                OfflineUpdate::Operations { operations, more: false }
-                            }
-                            _ => OfflineUpdate::Snapshot {
-                                snapshot: sequencer.snapshot(),
-                                permissions: Permissions::ALL,
-                            },
-                        },
-                    };
-                    if update != OfflineUpdate::Deleted {
-                        self.server.subscribed[i].insert(known.model.clone());
-                    }
-                    let push = ServerPush::OfflineUpdate { model: known.model, update };
-                    client.to_client.push_back(ServerMessage::Push(push));
-                }
-            }
-            ClientMessage::Request { id, request: ClientRequest::DeleteModel { model } } => {
-                let response = if self.server.models.remove(&model).is_some() {
-                    self.server.deleted.insert(model.clone());
-                    self.stats.models_deleted += 1;
-                    for (j, subscribed) in self.server.subscribed.iter_mut().enumerate() {
-                        if subscribed.remove(&model) {
-                            let update = OfflineUpdate::Deleted;
-                            let push = ServerPush::OfflineUpdate { model: model.clone(), update };
-                            self.clients[j].to_client.push_back(ServerMessage::Push(push));
-                        }
-                    }
-                    for (j, connection) in self.server.connections.iter_mut().enumerate() {
-                        if let Some((_, open)) = connection
-                            && open.remove(&model)
-                        {
-                            let push = ServerPush::ModelForceClosed {
-                                model: model.clone(),
-                                code: ErrorCode::MODEL_NOT_FOUND,
-                                message: "deleted".into(),
-                            };
-                            self.clients[j].to_client.push_back(ServerMessage::Push(push));
-                        }
-                    }
-                    ServerMessage::Response { to: id, response: ServerResponse::Done }
-                } else {
-                    let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
-                    ServerMessage::Error { to: Some(id), error }
-                };
-                if current == Some(connection) {
-                    self.clients[i].to_client.push_back(response);
-                }
-            }
-            ClientMessage::Request { id, request: ClientRequest::CloseModel { model } } => {
-                if current == Some(connection) {
-                    if let Some((_, open)) = &mut self.server.connections[i] {
-                        open.remove(&model);
-                    }
-                    let response =
-                        ServerMessage::Response { to: id, response: ServerResponse::Done };
-                    self.clients[i].to_client.push_back(response);
-                }
-            }
-            ClientMessage::Notice(ClientNotice::Submit {
-                model,
-                replica: sent_by,
-                seq,
-                base_version,
-                operation,
-            }) => {
-                if sent_by != replica {
-                    return Err(format!("client {i} submitted as replica {sent_by:?}"));
-                }
-                let Some(sequencer) = self.server.models.get_mut(&model) else {
-                    if current.is_some() {
-                        let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
-                        let push = ServerPush::SubmitRejected { model, seq, error };
-                        self.clients[i].to_client.push_back(ServerMessage::Push(push));
-                    }
-                    return Ok(());
-                };
-                let submission = Submission {
-                    author: SessionId(format!("{i}")),
-                    replica,
-                    seq,
-                    base_version,
-                    operation,
-                };
-                let outcome = sequencer.submit(submission, Timestamp(self.now)).map_err(|e| {
-                    format!("the server refused replica {replica:?}'s submission to {model}: {e}")
-                })?;
-                match outcome {
-                    SubmitOutcome::Committed(record) => {
-                        if !self.server.committed.insert((model.clone(), replica, seq)) {
-                            return Err(format!("({model}, {replica:?}, {seq}) committed twice"));
-                        }
-                        self.stats.commits += 1;
-                        let version = record.operation.version;
-                        for (j, other) in self.clients.iter_mut().enumerate() {
-                            let open = self.server.connections[j]
-                                .as_ref()
-                                .is_some_and(|(_, open)| open.contains(&model));
-                            if !open {
-                                // Subscribers that do not have it open hear of it offline.
-                                let connected = self.server.connections[j].is_some();
-                                if connected && self.server.subscribed[j].contains(&model) {
-                                    let update = OfflineUpdate::Operations {
-                                        operations: vec![record.operation.clone()],
-                                        more: false,
-                                    };
-                                    let push =
-                                        ServerPush::OfflineUpdate { model: model.clone(), update };
-                                    other.to_client.push_back(ServerMessage::Push(push));
-                                }
-                                continue;
-                            }
-                            let push = if j == i {
-                                ServerPush::Ack {
-                                    model: model.clone(),
-                                    seq,
-                                    version,
-                                    timestamp: record.operation.timestamp,
-                                }
-                            } else {
-                                ServerPush::RemoteOperation {
-                                    model: model.clone(),
-                                    operation: record.operation.clone(),
-                                }
-                            };
-                            other.to_client.push_back(ServerMessage::Push(push));
-                        }
-                    }
-                    SubmitOutcome::Duplicate(Commit { version, timestamp }) => {
+                    // A resubmission of a committed change: the server must answer it with
+                    // the original ack and apply nothing.
+                    if self
+                        .server
+                        .durable()
+                        .last_seq(model, *replica)
+                        .is_some_and(|last| last >= *seq)
+                    {
                         self.stats.duplicates_answered += 1;
-                        let open = self.server.connections[i]
-                            .as_ref()
-                            .is_some_and(|(_, open)| open.contains(&model));
-                        if open {
-                            let push = ServerPush::Ack { model, seq, version, timestamp };
-                            self.clients[i].to_client.push_back(ServerMessage::Push(push));
-                        }
                     }
                 }
+                self.server.receive(now, conn, message)?
             }
-            other => return Err(format!("unexpected message {other:?}")),
+            Wire::Closed => self.server.close(now, conn)?,
+        };
+        self.route(sent)
+    }
+
+    /// A server job becomes durable; its messages go out.
+    fn server_flush(&mut self) -> Result<(), String> {
+        let sent = self.server.flush_one()?;
+        self.route(sent)
+    }
+
+    fn unload_idle(&mut self) -> Result<(), String> {
+        let sent = self.server.unload_idle()?;
+        self.route(sent)
+    }
+
+    /// The server process dies and restarts from its store: every client loses its
+    /// connection.
+    fn crash_server(&mut self) -> Result<(), String> {
+        self.note(|| "  the server crashes".into());
+        self.server.crash();
+        for i in 0..self.clients.len() {
+            if self.clients[i].connection.is_some() {
+                self.disconnect(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what the server sent to the clients whose connections they were for.
+    fn route(&mut self, sent: Sent) -> Result<(), String> {
+        for (conn, message) in sent {
+            let Some(&i) = self.owners.get(&conn) else { continue };
+            let client = &mut self.clients[i];
+            if client.connection != Some(conn) || !self.server.is_connected(conn) {
+                continue;
+            }
+            if let Some((model, seq)) = SimServer::acked(&message)
+                && !self.server.is_committed(model, client.replica, seq)
+                && !self.server.durable().is_deleted(model)
+            {
+                return Err(format!(
+                    "replica {:?} was acked seq {seq} of {model}, which the server's store does not hold",
+                    client.replica
+                ));
+            }
+
+            client.to_client.push_back(message);
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
-//! Seeded multi-client scenarios: concurrent edits, disconnects with late and duplicated
-//! messages, crashes and restarts from the store, models created offline (some under an id
-//! another client takes first) and deleted offline, and
-//! offline subscriptions caught up and kept current. `CONCORD_SEEDS=N` runs N seeds
+//! Seeded multi-client scenarios against the real server hosts: concurrent edits,
+//! disconnects with late and duplicated messages (an old connection's last messages may
+//! arrive after the new one's first), client crashes and restarts from the store, server
+//! crashes that lose what was not yet durable, idle models unloading, models created
+//! offline (some under an id another client takes first) and deleted offline, and offline
+//! subscriptions caught up and kept current. `CONCORD_SEEDS=N` runs N seeds
 //! (`cargo xtask soak` sweeps many more).
 
 use concord_testkit::sim::{Config, Stats, run};
@@ -35,6 +37,7 @@ fn replicas_converge_through_disconnects_and_crashes() {
     assert!(total.models_created > 50 && total.creations_refused > 0, "{total:?}");
     assert!(total.models_deleted > 20, "{total:?}");
     assert!(total.subscriptions > 50 && total.downloads > 20, "{total:?}");
+    assert!(total.server_crashes > 20 && total.unloads > 50, "{total:?}");
 }
 
 #[test]

@@ -2,12 +2,12 @@
 
 use concord_protocol::{PermissionGrants, Permissions, User};
 
-use crate::config::CollectionConfig;
+use super::CollectionConfig;
 
 /// A user's permissions on a model. In order: the model's grant for the user; the model's
 /// world grant when it overrides its collection; the collection's grant for the user; the
 /// collection's world permissions.
-pub(crate) fn effective(
+pub fn effective(
     user: &User,
     model: &PermissionGrants,
     collection: &CollectionConfig,
@@ -22,7 +22,7 @@ pub(crate) fn effective(
 }
 
 /// Whether `user` may create models in the collection.
-pub(crate) fn may_create(user: &User, collection: &CollectionConfig) -> bool {
+pub fn may_create(user: &User, collection: &CollectionConfig) -> bool {
     collection.world_create || collection.creators.contains(&user.id)
 }
 

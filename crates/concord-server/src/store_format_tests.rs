@@ -1,0 +1,465 @@
+//! The server's store keeps reading what earlier versions wrote.
+//!
+//! `tests/fixtures/server-v<N>.redb` is a `concord.redb` written by store format `N`, with a
+//! row in every table: models (with and without a creation nonce and a creator, with grants),
+//! snapshots, the operation log, the last commit per replica, a deleted id, collections and
+//! users, in two domains. For every format up to the current one (the version a new store
+//! records) a fixture must exist; the test opens a copy through [`Store`], checks that the
+//! file then records the current format, and compares everything it reads with the values
+//! written out below. So changing how a table or a record is stored fails here until the
+//! format is bumped, a migration added and a fixture of the new format committed.
+//!
+//! A fixture is written once, by the format that names it, and never again: regenerating an
+//! existing version's fixture is never the fix for a failing test (it would hide exactly the
+//! incompatibility this test is for). When format `N + 1` ships: add its migration, add
+//! `writes` and `expected` for `N + 1` (the old ones stay as they are), then write the new
+//! fixture with
+//!
+//! ```text
+//! cargo test -p concord-server --lib store_format_tests::write_fixture -- --ignored
+//! ```
+//!
+//! which writes only the current format's fixture, and refuses if it exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use concord_ot::{
+    DiscreteOperation, Document, ElementId, Operation, OperationKind, ReplicaId, Value, ValueData,
+};
+use concord_protocol::{
+    CollectionId, Commit, CommittedOperation, CreationNonce, ModelId, ModelSnapshot,
+    PermissionGrants, Permissions, SessionId, Timestamp, User, UserId,
+};
+use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
+use concord_sync::{CommitRecord, Sequencer};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Job, Store};
+use crate::types::ModelKey;
+
+/// The store's file in its data directory.
+const FILE_NAME: &str = "concord.redb";
+
+fn fixture(version: u64) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/server-v{version}.redb"))
+}
+
+/// The format a store file records, read straight from the file (`meta`, `format`). Read
+/// only: even a plain open rewrites a redb file's header, and a fixture must never change.
+fn recorded_format(file: &Path) -> u64 {
+    use redb::ReadableDatabase;
+    let meta = redb::TableDefinition::<&str, u64>::new("meta");
+    let database = redb::ReadOnlyDatabase::open(file).expect("a redb file");
+    let transaction = database.begin_read().expect("read");
+    let table = transaction.open_table(meta).expect("the meta table");
+    table.get("format").expect("get").expect("a format version").value()
+}
+
+/// The format this version of the server writes: what a new store records.
+fn current_format() -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    recorded_format(&dir.path().join(FILE_NAME))
+}
+
+#[test]
+fn every_format_has_a_fixture_that_reads_as_expected() {
+    let current = current_format();
+    for version in 1..=current {
+        let path = fixture(version);
+        assert!(
+            path.exists(),
+            "no fixture of format {version}: commit one (see this file's header)"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(recorded_format(&path), version, "{} holds another format", path.display());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, dir.path().join(FILE_NAME)).unwrap();
+        let store = Store::open(dir.path())
+            .unwrap_or_else(|e| panic!("format {version} does not open: {e}"));
+        match version {
+            1 => v1::check(&store),
+            _ => panic!("write out what the format {version} fixture holds"),
+        }
+        drop(store);
+        let copy = dir.path().join(FILE_NAME);
+        assert_eq!(recorded_format(&copy), current, "format {version} was not migrated");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the test changed {}", path.display());
+    }
+}
+
+#[tokio::test]
+async fn the_generator_writes_what_the_current_fixture_holds() {
+    assert_eq!(current_format(), 1, "write and check the new format's contents here");
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path()).await;
+    v1::check(&Store::open(dir.path()).unwrap());
+}
+
+/// Writes the current format's contents through the store's writer.
+async fn write_store(dir: &Path) {
+    let store = Store::open(dir).unwrap();
+    let (writer, thread) = store.start_writer(CancellationToken::new()).unwrap();
+    // Each step is made durable before the next is queued, so that each is one transaction
+    // whatever the timing (the writer groups what is queued meanwhile): the file comes out
+    // the same every run.
+    for (domain, writes) in v1::writes() {
+        writer.submit(Job { domain: Arc::from(domain), writes, ..Job::default() }).await.unwrap();
+        writer.flush().await.unwrap();
+    }
+    drop(writer);
+    thread.join().unwrap();
+    drop(store);
+    // Compaction only makes the file small; it does not change what it holds.
+    let mut database = redb::Database::open(dir.join(FILE_NAME)).unwrap();
+    while database.compact().unwrap() {}
+}
+
+/// Writes the current format's fixture. Never overwrites one: see this file's header.
+#[tokio::test]
+#[ignore = "writes a fixture file; run by hand when a new format ships"]
+async fn write_fixture() {
+    let version = current_format();
+    let path = fixture(version);
+    assert!(
+        !path.exists(),
+        "{} exists: a fixture is never regenerated (see this file's header)",
+        path.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path()).await;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(dir.path().join(FILE_NAME), &path).unwrap();
+    assert_eq!(recorded_format(&path), version);
+}
+
+/// Short constructors for the literal values below.
+fn id(replica: u64, counter: u64) -> ElementId {
+    ElementId::new(replica, counter)
+}
+
+fn value(id: ElementId, data: ValueData) -> Value {
+    Value::new(id, data)
+}
+
+fn object(id: ElementId, entries: Vec<(&str, Value)>) -> Value {
+    value(id, ValueData::Object(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+}
+
+fn key(domain: &str, model: &str) -> ModelKey {
+    ModelKey { domain: Arc::from(domain), model: ModelId::new(model).unwrap() }
+}
+
+fn user(id: &str) -> UserId {
+    UserId(id.into())
+}
+
+/// Format 1, the first.
+mod v1 {
+    use super::*;
+
+    const NOTES: &str = "acme/notes";
+    const OTHER: &str = "other/main";
+
+    fn notes() -> CollectionId {
+        CollectionId::new("notes").unwrap()
+    }
+
+    fn snapshot(version: u64, root: Value) -> ModelSnapshot {
+        ModelSnapshot {
+            collection: notes(),
+            version,
+            created_at: Timestamp(1_700_000_000_000),
+            modified_at: Timestamp(1_700_000_000_000 + version as i64),
+            data: Document::new(root).unwrap(),
+        }
+    }
+
+    /// `doc` at version 0: `{"title": "", "count": 0}`, made by the server (replica 0).
+    fn doc_v0() -> Value {
+        object(
+            id(0, 0),
+            vec![
+                ("title", value(id(0, 1), ValueData::String(String::new()))),
+                ("count", value(id(0, 2), ValueData::Number(0.0))),
+            ],
+        )
+    }
+
+    /// `doc` at version 2: `{"title": "Hi", "count": 2}`.
+    fn doc_v2() -> Value {
+        object(
+            id(0, 0),
+            vec![
+                ("title", value(id(0, 1), ValueData::String("Hi".into()))),
+                ("count", value(id(0, 2), ValueData::Number(2.0))),
+            ],
+        )
+    }
+
+    /// Versions 1..=4 of `doc`, by replicas 11 and 12: a real history from `doc_v0`.
+    fn doc_operations() -> Vec<(ReplicaId, u64, CommittedOperation)> {
+        let op = |target, kind| DiscreteOperation::new(target, kind);
+        let committed = |version: u64, author: &str, operation: Operation| CommittedOperation {
+            version,
+            author: SessionId(author.into()),
+            timestamp: Timestamp(1_700_000_000_000 + version as i64),
+            operation,
+        };
+        let insert = |index, text: &str| OperationKind::StringSplice {
+            index,
+            delete_count: 0,
+            insert: text.into(),
+        };
+        vec![
+            (ReplicaId(11), 1, committed(1, "s-ann", op(id(0, 1), insert(0, "Hi")).into())),
+            (
+                ReplicaId(12),
+                1,
+                committed(
+                    2,
+                    "s-bob",
+                    op(id(0, 2), OperationKind::NumberDelta { delta: 2.0 }).into(),
+                ),
+            ),
+            (
+                ReplicaId(11),
+                2,
+                committed(
+                    3,
+                    "s-ann",
+                    op(
+                        id(0, 0),
+                        OperationKind::ObjectAddProperty {
+                            key: "done".into(),
+                            value: value(id(11, 0), ValueData::Boolean(true)),
+                        },
+                    )
+                    .into(),
+                ),
+            ),
+            (
+                ReplicaId(12),
+                5,
+                committed(
+                    4,
+                    "s-bob",
+                    Operation::Compound(vec![
+                        op(id(0, 1), insert(2, "!")),
+                        op(id(0, 2), OperationKind::NumberSet { value: 5.0 }),
+                    ]),
+                ),
+            ),
+        ]
+    }
+
+    /// A root with every kind of value.
+    fn every_kind() -> Value {
+        object(
+            id(0, 0),
+            vec![
+                ("text", value(id(0, 1), ValueData::String("héllo ✓".into()))),
+                (
+                    "list",
+                    value(
+                        id(0, 2),
+                        ValueData::Array(vec![
+                            value(id(0, 3), ValueData::Number(-0.5)),
+                            value(id(0, 4), ValueData::Boolean(false)),
+                            value(id(0, 5), ValueData::Null),
+                        ]),
+                    ),
+                ),
+                ("when", value(id(0, 6), ValueData::Date(1_767_225_600_000))),
+                ("nested", object(id(0, 7), vec![])),
+            ],
+        )
+    }
+
+    fn doc_record() -> ModelRecord {
+        ModelRecord {
+            collection: notes(),
+            created_at: Timestamp(1_700_000_000_000),
+            nonce: Some(CreationNonce(*b"fixture-nonce-01")),
+            creator: Some(user("ann")),
+            grants: PermissionGrants {
+                override_collection: false,
+                world: Permissions::NONE,
+                users: BTreeMap::from([(user("ann"), Permissions::ALL)]),
+            },
+        }
+    }
+
+    /// `doc`'s record after its grants were changed.
+    fn doc_record_regranted() -> ModelRecord {
+        let mut record = doc_record();
+        record.grants = PermissionGrants {
+            override_collection: true,
+            world: Permissions { read: true, write: false, remove: false, manage: false },
+            users: BTreeMap::from([
+                (user("ann"), Permissions::ALL),
+                (user("bob"), Permissions::ALL),
+            ]),
+        };
+        record
+    }
+
+    fn plain_record() -> ModelRecord {
+        ModelRecord {
+            collection: notes(),
+            created_at: Timestamp(1_600_000_000_000),
+            nonce: None,
+            creator: None,
+            grants: PermissionGrants::default(),
+        }
+    }
+
+    fn restricted() -> CollectionConfig {
+        CollectionConfig {
+            world: Permissions { read: true, write: false, remove: false, manage: false },
+            users: BTreeMap::from([(user("ann"), Permissions::ALL)]),
+            world_create: false,
+            creators: vec![user("ann"), user("bob")],
+        }
+    }
+
+    fn users() -> Vec<User> {
+        vec![
+            User { id: user("ann"), display_name: Some("Ann".into()), anonymous: false },
+            User { id: user("anon-1"), display_name: None, anonymous: true },
+        ]
+    }
+
+    /// The steps the generator writes, each one transaction in one domain, as the server
+    /// would.
+    pub(super) fn writes() -> Vec<(&'static str, Vec<Write>)> {
+        let doc = ModelId::new("doc").unwrap();
+        let mut steps = vec![
+            (
+                NOTES,
+                vec![
+                    Write::PutCollection {
+                        collection: notes(),
+                        config: CollectionConfig::default(),
+                    },
+                    Write::CreateModel {
+                        model: doc.clone(),
+                        record: doc_record(),
+                        snapshot: snapshot(0, doc_v0()),
+                    },
+                ],
+            ),
+            (NOTES, vec![Write::PutUser { user: users()[0].clone() }]),
+            (NOTES, vec![Write::PutUser { user: users()[1].clone() }]),
+        ];
+        for (replica, seq, operation) in doc_operations() {
+            let record = CommitRecord { model: doc.clone(), operation, replica, seq };
+            steps.push((NOTES, vec![Write::Commit(record)]));
+            if seq == 1 && replica == ReplicaId(12) {
+                let snapshot = snapshot(2, doc_v2());
+                steps.push((NOTES, vec![Write::Snapshot { model: doc.clone(), snapshot }]));
+            }
+        }
+        steps.push((NOTES, vec![Write::SetGrants { model: doc, record: doc_record_regranted() }]));
+        steps.push((
+            NOTES,
+            vec![Write::CreateModel {
+                model: ModelId::new("plain").unwrap(),
+                record: plain_record(),
+                snapshot: snapshot(0, every_kind()),
+            }],
+        ));
+        let gone = ModelId::new("gone").unwrap();
+        steps.push((
+            NOTES,
+            vec![Write::CreateModel {
+                model: gone.clone(),
+                record: plain_record(),
+                snapshot: snapshot(0, object(id(0, 0), vec![])),
+            }],
+        ));
+        steps.push((
+            NOTES,
+            vec![Write::DeleteModel { model: gone, at: Timestamp(1_700_000_000_999) }],
+        ));
+        // The same model id in another domain is another model.
+        steps.push((
+            OTHER,
+            vec![
+                Write::PutCollection { collection: notes(), config: restricted() },
+                Write::CreateModel {
+                    model: ModelId::new("doc").unwrap(),
+                    record: plain_record(),
+                    snapshot: snapshot(0, every_kind()),
+                },
+            ],
+        ));
+        steps
+    }
+
+    fn model(store: &Store, key: &ModelKey) -> StoredModel {
+        match store.load(key).unwrap() {
+            Loaded::Model(model) => *model,
+            other => panic!("{key:?} does not load: {other:?}"),
+        }
+    }
+
+    /// Reads everything back and compares it with what format 1 wrote.
+    pub(super) fn check(store: &Store) {
+        let operations: Vec<CommittedOperation> =
+            doc_operations().into_iter().map(|(_, _, op)| op).collect();
+        let doc = model(store, &key(NOTES, "doc"));
+        assert_eq!(doc.record, doc_record_regranted(), "doc: the record");
+        assert_eq!(doc.collection, Some(CollectionConfig::default()), "doc: its collection");
+        assert_eq!(doc.snapshot, snapshot(2, doc_v2()), "doc: the snapshot");
+        assert_eq!(doc.operations, operations[2..], "doc: the operations after the snapshot");
+        let last_commits = BTreeMap::from([
+            (ReplicaId(11), (2, Commit { version: 3, timestamp: operations[2].timestamp })),
+            (ReplicaId(12), (5, Commit { version: 4, timestamp: operations[3].timestamp })),
+        ]);
+        assert_eq!(doc.last_commits, last_commits, "doc: the last commit per replica");
+        let log = store.operations(&key(NOTES, "doc"), 0, u64::MAX, usize::MAX).unwrap();
+        assert_eq!(log, operations, "doc: the whole log");
+        assert_eq!(store.operations(&key(NOTES, "doc"), 1, 3, 1).unwrap(), operations[1..2]);
+        // The snapshot and the operations after it rebuild the model, as the server does.
+        let doc_id = ModelId::new("doc").unwrap();
+        let mut sequencer = Sequencer::new(doc_id, doc.snapshot, doc.last_commits, 10);
+        for operation in doc.operations {
+            sequencer.replay(operation).unwrap();
+        }
+        let json = serde_json::json!({ "title": "Hi!", "count": 5.0, "done": true });
+        assert_eq!(sequencer.document().to_json(), json);
+
+        let plain = model(store, &key(NOTES, "plain"));
+        assert_eq!(plain.record, plain_record(), "plain: the record");
+        assert_eq!(plain.snapshot, snapshot(0, every_kind()), "plain: the snapshot");
+        assert!(plain.operations.is_empty() && plain.last_commits.is_empty());
+
+        assert!(matches!(
+            store.load(&key(NOTES, "gone")).unwrap(),
+            Loaded::Absent { deleted: true }
+        ));
+        assert!(matches!(
+            store.load(&key(NOTES, "never")).unwrap(),
+            Loaded::Absent { deleted: false }
+        ));
+        assert!(store.operations(&key(NOTES, "gone"), 0, u64::MAX, usize::MAX).unwrap().is_empty());
+
+        let other = model(store, &key(OTHER, "doc"));
+        assert_eq!(other.record, plain_record(), "the other domain's doc");
+        assert_eq!(other.snapshot, snapshot(0, every_kind()));
+        assert!(other.operations.is_empty());
+
+        assert_eq!(store.collection(NOTES, &notes()).unwrap(), Some(CollectionConfig::default()));
+        assert_eq!(store.collection(OTHER, &notes()).unwrap(), Some(restricted()));
+        let absent = CollectionId::new("absent").unwrap();
+        assert_eq!(store.collection(NOTES, &absent).unwrap(), None);
+
+        for user in users() {
+            assert_eq!(store.user(NOTES, &user.id).unwrap(), Some(user.clone()));
+            assert_eq!(store.user(OTHER, &user.id).unwrap(), None);
+        }
+    }
+}

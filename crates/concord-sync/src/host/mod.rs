@@ -1,0 +1,372 @@
+//! The server's decisions, sans-IO: a [`SessionHost`] per connection and a [`ModelHost`]
+//! per loaded model. The server's async shell and the seeded simulation drive the same
+//! hosts, so every server behaviour the simulation checks is the server's own.
+//!
+//! A session host turns a connection's decoded messages into replies (which depend on
+//! nothing stored) and requests for model hosts. A model host owns one model's
+//! [`Sequencer`](crate::Sequencer), the sessions that have it open or subscribed, its
+//! permissions and its shared references; for each request it queues a [`Job`] — store
+//! [`Write`]s, then the [`Delivery`]s that may only leave once those writes are durable —
+//! and [`Notice`]s for session hosts. When it needs something from the store it cannot
+//! hold (old history, a collection's settings) it asks with a [`Read`] and waits.
+//!
+//! The caller passes the time in and carries out the rest: it makes the jobs durable in
+//! order (it may merge them into one transaction, across models), delivers their messages
+//! only then, answers reads from durable state, and routes notices to sessions.
+
+mod model;
+mod permissions;
+mod session;
+
+use std::collections::BTreeMap;
+
+use concord_ot::{Document, Operation, ReplicaId};
+use concord_protocol::{
+    CollectionId, Commit, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot,
+    PermissionGrants, Permissions, ReferenceChange, RequestId, ServerMessage, ServerPush,
+    SessionId, Timestamp, User, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::sequencer::CommitRecord;
+
+pub use model::{LoadError, ModelHost};
+pub use permissions::{effective, may_create};
+pub use session::{SessionHost, SessionLimits, SessionOutput};
+
+/// Connections are told apart by a number the caller makes unique within a server's run and
+/// increasing in the order connections are accepted (a client's newest connection has its
+/// highest id).
+pub type ConnId = u64;
+
+/// An authenticated session on one connection, as the hosts see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    pub conn: ConnId,
+    pub session: SessionId,
+    pub user: User,
+}
+
+/// What the model hosts of one server share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostConfig {
+    /// Collections configured with the server; they take precedence over stored ones.
+    pub collections: BTreeMap<CollectionId, CollectionConfig>,
+    /// Whether creating a model in an unknown collection creates the collection (with
+    /// [`CollectionConfig::default`]) instead of failing.
+    pub auto_create_collections: bool,
+    /// Committed operations each model keeps in memory for transforms and resyncs; older
+    /// ones are read from the store.
+    pub history_in_memory: usize,
+    /// A snapshot is written every this many operations, so loading replays at most this
+    /// many.
+    pub snapshot_every: u64,
+    /// Operations per `ResyncPage` and per catch-up.
+    pub page: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> HostConfig {
+        HostConfig {
+            collections: BTreeMap::new(),
+            auto_create_collections: true,
+            history_in_memory: 1_000,
+            snapshot_every: 1_000,
+            page: 256,
+        }
+    }
+}
+
+/// A collection's permission defaults, which models in it inherit unless their own grants
+/// override them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionConfig {
+    /// What every user may do with the collection's models.
+    pub world: Permissions,
+    /// Per-user permissions that replace `world` for those users.
+    pub users: BTreeMap<UserId, Permissions>,
+    /// Whether any authenticated user (anonymous ones included) may create models here.
+    pub world_create: bool,
+    /// Users who may create models here when `world_create` is off.
+    pub creators: Vec<UserId>,
+}
+
+impl Default for CollectionConfig {
+    /// Open collaboration: everyone may read, write and remove, and create; `manage` only
+    /// by grant (a model's creator always gets every permission on it).
+    fn default() -> CollectionConfig {
+        CollectionConfig {
+            world: Permissions { read: true, write: true, remove: true, manage: false },
+            users: BTreeMap::new(),
+            world_create: true,
+            creators: Vec::new(),
+        }
+    }
+}
+
+/// What the server keeps about a model besides its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub collection: CollectionId,
+    pub created_at: Timestamp,
+    pub nonce: Option<CreationNonce>,
+    pub creator: Option<UserId>,
+    /// The model's own grants (which may override its collection's).
+    pub grants: PermissionGrants,
+}
+
+/// A model as stored: enough to rebuild its host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredModel {
+    pub record: ModelRecord,
+    /// The stored settings of the model's collection, if the store has them.
+    pub collection: Option<CollectionConfig>,
+    pub snapshot: ModelSnapshot,
+    /// The operations after the snapshot, in order.
+    pub operations: Vec<CommittedOperation>,
+    /// The last committed `(seq, commit)` of every replica that submitted to the model.
+    pub last_commits: BTreeMap<ReplicaId, (u64, Commit)>,
+}
+
+/// What loading a model found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loaded {
+    Model(Box<StoredModel>),
+    /// No such model; `deleted` when one had the id (ids of deleted models are not reused).
+    Absent {
+        deleted: bool,
+    },
+}
+
+/// One change the server persists. Every write of a job is made durable before any of the
+/// job's deliveries leaves, and jobs are made durable in the order they were queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    CreateModel {
+        model: ModelId,
+        record: ModelRecord,
+        snapshot: ModelSnapshot,
+    },
+    /// A committed operation and its replica's new last seq.
+    Commit(CommitRecord),
+    /// Replaces the model's snapshot; the operations up to its version may be compacted.
+    Snapshot {
+        model: ModelId,
+        snapshot: ModelSnapshot,
+    },
+    SetGrants {
+        model: ModelId,
+        record: ModelRecord,
+    },
+    /// Forgets the model and remembers that its id was used.
+    DeleteModel {
+        model: ModelId,
+        at: Timestamp,
+    },
+    PutCollection {
+        collection: CollectionId,
+        config: CollectionConfig,
+    },
+    PutUser {
+        user: User,
+    },
+    /// `replica` belongs to `user` from now on, in the whole domain: nobody else may submit
+    /// under it. Written once, at the replica's first use.
+    BindReplica {
+        replica: ReplicaId,
+        user: UserId,
+    },
+}
+
+/// A message for one or more connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub to: Vec<ConnId>,
+    pub outgoing: Outgoing,
+}
+
+/// What a delivery carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Message(ServerMessage),
+    /// `ResyncPage`s of the model's operations in `(after, through]`, read from the store a
+    /// page at a time ([`replay_page`]) by whoever writes to the connection, so that a long
+    /// replay never sits in memory.
+    Replay {
+        model: ModelId,
+        after: u64,
+        through: u64,
+    },
+}
+
+/// Store writes, then what may be said once they are durable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Job {
+    pub writes: Vec<Write>,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Job {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.deliveries.is_empty()
+    }
+}
+
+/// What a model host tells the session host of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `model` is not (or no longer) open on `conn` as of the session's attachment
+    /// `attachment` (an open that failed, a force close, a deletion); the session forgets it
+    /// unless it attached the model again since.
+    Closed { conn: ConnId, model: ModelId, attachment: u64 },
+}
+
+/// Something a model host needs from durable state before it goes on; answer with
+/// [`ModelHost::handle_read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The model's committed operations in `(after, through]`. Everything queued before must
+    /// be durable first, since memory may no longer hold it.
+    Operations { after: u64, through: u64 },
+    /// A collection's stored settings.
+    Collection(CollectionId),
+}
+
+/// The answer to a [`Read`]; a failed read carries the store's message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadResult {
+    Operations(Result<Vec<CommittedOperation>, String>),
+    Collection(Result<Option<CollectionConfig>, String>),
+}
+
+/// What a connection asks of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelRequest {
+    /// `auto_create` is the id of the `AutoCreate` request to send if the model is missing.
+    Open {
+        request: RequestId,
+        auto_create: Option<RequestId>,
+        attachment: u64,
+    },
+    /// With `attachment` (an auto-create open), answered with `ModelOpened` instead of
+    /// `ModelCreated`.
+    Create {
+        request: RequestId,
+        collection: CollectionId,
+        data: Document,
+        nonce: Option<CreationNonce>,
+        permissions: Option<PermissionGrants>,
+        attachment: Option<u64>,
+    },
+    Resync {
+        request: RequestId,
+        known_version: u64,
+        in_flight: Option<InFlight>,
+        attachment: u64,
+    },
+    ResyncComplete {
+        request: RequestId,
+    },
+    Close {
+        request: RequestId,
+    },
+    Submit {
+        replica: ReplicaId,
+        seq: u64,
+        base_version: u64,
+        operation: Operation,
+    },
+    Subscribe {
+        known: Option<u64>,
+    },
+    Unsubscribe,
+    Delete {
+        request: RequestId,
+    },
+    GetPermissions {
+        request: RequestId,
+    },
+    SetPermissions {
+        request: RequestId,
+        grants: PermissionGrants,
+    },
+    Reference {
+        change: ReferenceChange,
+    },
+    /// The connection is gone.
+    Disconnected,
+}
+
+impl ModelRequest {
+    /// The reply owed for this request when the model cannot be served at all (its stored
+    /// state does not load), so that no request goes unanswered; `None` for requests that
+    /// expect no reply.
+    pub fn failure(
+        &self,
+        model: &ModelId,
+        error: concord_protocol::ErrorReply,
+    ) -> Option<ServerMessage> {
+        match self {
+            ModelRequest::Open { request, .. }
+            | ModelRequest::Create { request, .. }
+            | ModelRequest::Resync { request, .. }
+            | ModelRequest::ResyncComplete { request }
+            | ModelRequest::Close { request }
+            | ModelRequest::Delete { request }
+            | ModelRequest::GetPermissions { request }
+            | ModelRequest::SetPermissions { request, .. } => {
+                Some(ServerMessage::Error { to: Some(*request), error })
+            }
+            ModelRequest::Submit { seq, .. } => {
+                Some(ServerMessage::Push(ServerPush::SubmitRejected {
+                    model: model.clone(),
+                    seq: *seq,
+                    error,
+                }))
+            }
+            ModelRequest::Subscribe { .. }
+            | ModelRequest::Unsubscribe
+            | ModelRequest::Reference { .. }
+            | ModelRequest::Disconnected => None,
+        }
+    }
+}
+
+/// One page of a replay from the store: `operations` are the next ones after the last page
+/// (in order). Returns the push to send and, unless it was the last page, the version the
+/// next page starts after; `None` operations means the store lacks the history.
+pub fn replay_page(
+    model: &ModelId,
+    operations: Vec<CommittedOperation>,
+    through: u64,
+) -> Option<(ServerPush, Option<u64>)> {
+    let last_version = operations.last()?.version;
+    let last = last_version >= through;
+    let push = ServerPush::ResyncPage { model: model.clone(), operations, last };
+    Some((push, (!last).then_some(last_version)))
+}
+
+pub(crate) fn reply(
+    code: concord_protocol::ErrorCode,
+    message: impl Into<String>,
+) -> concord_protocol::ErrorReply {
+    concord_protocol::ErrorReply::new(code, message)
+}
+
+/// Every session on a model, by connection.
+pub(crate) type Members = BTreeMap<ConnId, Member>;
+
+/// A session that has the model open or subscribed, and what it may do.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub(crate) session: SessionRef,
+    pub(crate) permissions: Permissions,
+    /// The session's attachment the membership came from (for [`Notice::Closed`]).
+    pub(crate) attachment: u64,
+}
+
+impl Member {
+    pub(crate) fn session_id(&self) -> &SessionId {
+        &self.session.session
+    }
+}

@@ -1,0 +1,947 @@
+//! One model's server-side behaviour: open and auto-create, create, resync, submit,
+//! subscribe and catch-up, delete, permissions, collaborators and references.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use concord_ot::{ReferenceValue, ReplicaId};
+use concord_protocol::{
+    Collaborator, CollectionId, CommittedOperation, CreationNonce, ErrorCode, ErrorReply, InFlight,
+    ModelId, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
+    ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush, ServerRequest,
+    ServerResponse, SessionId, SharedReference, Timestamp,
+};
+
+use super::permissions::{effective, may_create};
+use super::{
+    CollectionConfig, ConnId, Delivery, HostConfig, Job, Loaded, Member, Members, ModelRecord,
+    ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, StoredModel, Write, reply,
+};
+use crate::sequencer::{CatchUp, Sequencer, SequencerError, Submission, SubmitOutcome};
+
+/// Why a stored model cannot be served.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("model {model} does not replay at version {version}: {error}")]
+    Replay { model: ModelId, version: u64, error: SequencerError },
+}
+
+/// What a `CreateModel` (or an auto-create answer) brings.
+#[derive(Debug, Clone)]
+struct Creation {
+    collection: CollectionId,
+    data: concord_ot::Document,
+    nonce: Option<CreationNonce>,
+    permissions: Option<PermissionGrants>,
+}
+
+#[derive(Debug)]
+struct Live {
+    sequencer: Sequencer,
+    record: ModelRecord,
+    collection: CollectionConfig,
+    /// Operations committed since the last stored snapshot.
+    since_snapshot: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Live(Box<Live>),
+    Absent { deleted: bool },
+}
+
+/// A request waiting for a [`Read`].
+#[derive(Debug)]
+enum Waiting {
+    History {
+        now: Timestamp,
+        from: SessionRef,
+        submission: Submission,
+    },
+    Collection {
+        now: Timestamp,
+        from: SessionRef,
+        request: RequestId,
+        creation: Creation,
+        attachment: Option<u64>,
+    },
+}
+
+/// One model on the server. Feed it requests with [`ModelHost::handle`]; after each call
+/// take its [`Job`] ([`ModelHost::take_job`]) and its notices
+/// ([`ModelHost::poll_notice`]), and answer its [`Read`] ([`ModelHost::pending_read`]) if
+/// it has one. Requests that arrive while a read is pending wait, in order.
+#[derive(Debug)]
+pub struct ModelHost {
+    model: ModelId,
+    config: Arc<HostConfig>,
+    state: State,
+    open: Members,
+    subscribers: Members,
+    /// Each replica's newest connection with the model open: where its acks go, and the one
+    /// connection that must not hear of its operations as someone else's. A submission may
+    /// still arrive late on an older connection of the same client.
+    replicas: BTreeMap<ReplicaId, ConnId>,
+
+    references: BTreeMap<(SessionId, ReferenceKey), Option<ReferenceValue>>,
+    job: Job,
+    notices: VecDeque<Notice>,
+    read: Option<Read>,
+    waiting: Option<Waiting>,
+    deferred: VecDeque<(Timestamp, SessionRef, ModelRequest)>,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    reply(code, message)
+}
+
+impl ModelHost {
+    /// The host of `model` as the store holds it.
+    pub fn new(
+        model: ModelId,
+        loaded: Loaded,
+        config: Arc<HostConfig>,
+    ) -> Result<ModelHost, LoadError> {
+        let state = match loaded {
+            Loaded::Model(stored) => State::Live(Box::new(restore(&model, *stored, &config)?)),
+            Loaded::Absent { deleted } => State::Absent { deleted },
+        };
+        Ok(ModelHost {
+            model,
+            config,
+            state,
+            open: Members::new(),
+            subscribers: Members::new(),
+            replicas: BTreeMap::new(),
+
+            references: BTreeMap::new(),
+            job: Job::default(),
+            notices: VecDeque::new(),
+            read: None,
+            waiting: None,
+            deferred: VecDeque::new(),
+        })
+    }
+
+    pub fn model(&self) -> &ModelId {
+        &self.model
+    }
+
+    /// The model's current version and state; `None` when it does not exist.
+    pub fn live(&self) -> Option<(u64, &concord_ot::Document)> {
+        match &self.state {
+            State::Live(live) => Some((live.sequencer.version(), live.sequencer.document())),
+            State::Absent { .. } => None,
+        }
+    }
+
+    /// Nobody has the model open or subscribed and nothing is waiting: it may be unloaded
+    /// (after a [`checkpoint`](ModelHost::checkpoint), once its writes are durable).
+    pub fn is_idle(&self) -> bool {
+        self.open.is_empty()
+            && self.subscribers.is_empty()
+            && self.waiting.is_none()
+            && self.deferred.is_empty()
+    }
+
+    /// Whether the model does not exist (so there is nothing to keep in memory).
+    pub fn is_absent(&self) -> bool {
+        matches!(self.state, State::Absent { .. })
+    }
+
+    /// Whether `conn` has the model open or subscribed.
+    pub fn has_member(&self, conn: ConnId) -> bool {
+        self.open.contains_key(&conn) || self.subscribers.contains_key(&conn)
+    }
+
+    /// What the requests handled so far produced.
+    pub fn take_job(&mut self) -> Job {
+        std::mem::take(&mut self.job)
+    }
+
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// What the host waits for before it handles anything else.
+    pub fn pending_read(&self) -> Option<&Read> {
+        self.read.as_ref()
+    }
+
+    /// Queues a snapshot if operations were committed since the last one (before unloading,
+    /// so that the next load replays little).
+    pub fn checkpoint(&mut self) {
+        if let State::Live(live) = &mut self.state
+            && live.since_snapshot > 0
+        {
+            live.since_snapshot = 0;
+            let snapshot = live.sequencer.snapshot();
+            self.job.writes.push(Write::Snapshot { model: self.model.clone(), snapshot });
+        }
+    }
+
+    /// Handles one request from `from`'s session.
+    pub fn handle(&mut self, now: Timestamp, from: &SessionRef, request: ModelRequest) {
+        if self.waiting.is_some() {
+            self.deferred.push_back((now, from.clone(), request));
+            return;
+        }
+        match request {
+            ModelRequest::Open { request, auto_create, attachment } => {
+                self.open(from, request, auto_create, attachment)
+            }
+            ModelRequest::Create { request, collection, data, nonce, permissions, attachment } => {
+                let creation = Creation { collection, data, nonce, permissions };
+                self.create(now, from, request, creation, attachment)
+            }
+            ModelRequest::Resync { request, known_version, in_flight, attachment } => {
+                self.resync(from, request, known_version, in_flight, attachment)
+            }
+            // A model only being synced stays open too: it takes submissions until the
+            // client closes it.
+            ModelRequest::ResyncComplete { request } => {
+                let (collaborators, references) = self.presence(from.conn);
+                let model = self.model.clone();
+                let response = ServerResponse::ResyncCompleted { model, collaborators, references };
+                self.respond(from, request, response);
+            }
+            ModelRequest::Close { request } => {
+                self.leave(from.conn);
+                self.respond(from, request, ServerResponse::Done);
+            }
+            ModelRequest::Submit { replica, seq, base_version, operation } => {
+                let submission = Submission {
+                    author: from.session.clone(),
+                    replica,
+                    seq,
+                    base_version,
+                    operation,
+                };
+                self.submit(now, from, submission)
+            }
+            ModelRequest::Subscribe { known } => self.subscribe(from, known),
+            ModelRequest::Unsubscribe => {
+                self.subscribers.remove(&from.conn);
+            }
+            ModelRequest::Delete { request } => self.delete(now, from, request),
+            ModelRequest::GetPermissions { request } => match self.managed(from) {
+                Ok(live) => {
+                    let grants = live.record.grants.clone();
+                    let model = self.model.clone();
+                    self.respond(from, request, ServerResponse::Permissions { model, grants });
+                }
+                Err(e) => self.fail(from, request, e),
+            },
+            ModelRequest::SetPermissions { request, grants } => {
+                self.set_permissions(from, request, grants)
+            }
+            ModelRequest::Reference { change } => self.reference(from, change),
+            ModelRequest::Disconnected => {
+                self.leave(from.conn);
+                self.subscribers.remove(&from.conn);
+            }
+        }
+    }
+
+    /// The answer to [`ModelHost::pending_read`]; then the requests that waited are handled.
+    pub fn handle_read(&mut self, result: ReadResult) {
+        self.read = None;
+        match (self.waiting.take(), result) {
+            (Some(Waiting::History { now, from, submission }), ReadResult::Operations(older)) => {
+                let State::Live(live) = &mut self.state else { return };
+                let outcome = match older {
+                    Ok(older) => {
+                        live.sequencer.provide_history(older);
+                        let outcome = live.sequencer.submit(submission.clone(), now);
+                        live.sequencer.trim_history();
+                        outcome
+                    }
+                    Err(e) => Err(SequencerError::HistoryUnreadable(e)),
+                };
+                self.submitted(&from, submission.replica, submission.seq, outcome);
+            }
+            (
+                Some(Waiting::Collection { now, from, request, creation, attachment }),
+                ReadResult::Collection(stored),
+            ) => match stored {
+                Ok(stored) => self.create_in(now, &from, request, creation, attachment, stored),
+                Err(e) => {
+                    let e = error(
+                        ErrorCode::INTERNAL,
+                        format!("the collection could not be read: {e}"),
+                    );
+                    self.refuse(&from, request, attachment, e);
+                }
+            },
+            // An answer to a question not asked: nothing waits on it.
+            (waiting, _) => self.waiting = waiting,
+        }
+        while self.waiting.is_none()
+            && let Some((now, from, request)) = self.deferred.pop_front()
+        {
+            self.handle(now, &from, request);
+        }
+    }
+
+    fn wait(&mut self, read: Read, waiting: Waiting) {
+        self.read = Some(read);
+        self.waiting = Some(waiting);
+    }
+
+    fn say(&mut self, to: ConnId, message: ServerMessage) {
+        self.job.deliveries.push(Delivery { to: vec![to], outgoing: Outgoing::Message(message) });
+    }
+
+    fn say_all(&mut self, to: Vec<ConnId>, message: ServerMessage) {
+        if !to.is_empty() {
+            self.job.deliveries.push(Delivery { to, outgoing: Outgoing::Message(message) });
+        }
+    }
+
+    fn respond(&mut self, to: &SessionRef, request: RequestId, response: ServerResponse) {
+        self.say(to.conn, ServerMessage::Response { to: request, response });
+    }
+
+    fn fail(&mut self, to: &SessionRef, request: RequestId, error: ErrorReply) {
+        self.say(to.conn, ServerMessage::Error { to: Some(request), error });
+    }
+
+    fn push(&mut self, to: ConnId, push: ServerPush) {
+        self.say(to, ServerMessage::Push(push));
+    }
+
+    /// Fails a request that would have attached the model to the session, and tells the
+    /// session it is not attached.
+    fn refuse(
+        &mut self,
+        from: &SessionRef,
+        request: RequestId,
+        attachment: Option<u64>,
+        e: ErrorReply,
+    ) {
+        if let Some(attachment) = attachment {
+            self.closed(from.conn, attachment);
+        }
+        self.fail(from, request, e);
+    }
+
+    fn closed(&mut self, conn: ConnId, attachment: u64) {
+        self.notices.push_back(Notice::Closed { conn, model: self.model.clone(), attachment });
+    }
+
+    fn missing(&self) -> ErrorReply {
+        match self.state {
+            State::Absent { deleted: true } => {
+                error(ErrorCode::MODEL_DELETED, "the model was deleted")
+            }
+            _ => error(ErrorCode::MODEL_NOT_FOUND, format!("no model {}", self.model)),
+        }
+    }
+
+    fn permissions_of(&self, from: &SessionRef) -> Permissions {
+        match &self.state {
+            State::Live(live) => effective(&from.user, &live.record.grants, &live.collection),
+            State::Absent { .. } => Permissions::NONE,
+        }
+    }
+
+    fn managed(&self, from: &SessionRef) -> Result<&Live, ErrorReply> {
+        let State::Live(live) = &self.state else { return Err(self.missing()) };
+        if !effective(&from.user, &live.record.grants, &live.collection).manage {
+            return Err(error(ErrorCode::PERMISSION_DENIED, "managing permissions needs `manage`"));
+        }
+        Ok(live)
+    }
+
+    /// The other sessions with the model open, and the references they share.
+    fn presence(&self, conn: ConnId) -> (Vec<Collaborator>, Vec<SharedReference>) {
+        let collaborators = self
+            .open
+            .iter()
+            .filter(|(c, _)| **c != conn)
+            .map(|(_, m)| Collaborator {
+                session: m.session.session.clone(),
+                user: m.session.user.id.clone(),
+            })
+            .collect();
+        let own = self.open.get(&conn).map(Member::session_id);
+        let references = self
+            .references
+            .iter()
+            .filter(|((session, _), _)| Some(session) != own)
+            .map(|((session, reference), value)| SharedReference {
+                session: session.clone(),
+                reference: reference.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        (collaborators, references)
+    }
+
+    /// Adds a session to the open set (telling the others), with its permissions.
+    fn join(&mut self, from: &SessionRef, permissions: Permissions, attachment: u64) {
+        let member = Member { session: from.clone(), permissions, attachment };
+        if self.open.insert(from.conn, member).is_none() {
+            let collaborator =
+                Collaborator { session: from.session.clone(), user: from.user.id.clone() };
+            let push = ServerPush::CollaboratorOpened { model: self.model.clone(), collaborator };
+            self.broadcast_except(from.conn, ServerMessage::Push(push));
+        }
+    }
+
+    fn leave(&mut self, conn: ConnId) -> Option<Member> {
+        let member = self.open.remove(&conn)?;
+        self.replicas.retain(|_, c| *c != conn);
+        let session = member.session.session.clone();
+        self.references.retain(|(s, _), _| *s != session);
+        let push = ServerPush::CollaboratorClosed { model: self.model.clone(), session };
+        self.broadcast_except(conn, ServerMessage::Push(push));
+        Some(member)
+    }
+
+    fn broadcast_except(&mut self, conn: ConnId, message: ServerMessage) {
+        let targets: Vec<ConnId> = self.open.keys().copied().filter(|c| *c != conn).collect();
+        self.say_all(targets, message);
+    }
+
+    fn open(
+        &mut self,
+        from: &SessionRef,
+        request: RequestId,
+        auto_create: Option<RequestId>,
+        attachment: u64,
+    ) {
+        let live = match &self.state {
+            State::Live(live) => live,
+            State::Absent { deleted: false } if auto_create.is_some() => {
+                let id = auto_create.unwrap_or(RequestId(0));
+                let request = ServerRequest::AutoCreate { model: self.model.clone() };
+                return self.say(from.conn, ServerMessage::Request { id, request });
+            }
+            State::Absent { .. } => {
+                let e = self.missing();
+                return self.refuse(from, request, Some(attachment), e);
+            }
+        };
+        let permissions = effective(&from.user, &live.record.grants, &live.collection);
+        if !permissions.read {
+            let e = error(ErrorCode::PERMISSION_DENIED, "opening the model needs `read`");
+            return self.refuse(from, request, Some(attachment), e);
+        }
+        let snapshot = live.sequencer.snapshot();
+        let (collaborators, references) = self.presence(from.conn);
+        self.join(from, permissions, attachment);
+        let opened = OpenedModel {
+            model: self.model.clone(),
+            snapshot,
+            permissions,
+            collaborators,
+            references,
+        };
+        self.respond(from, request, ServerResponse::ModelOpened(opened));
+    }
+
+    /// Creates the model; with `attachment` (an auto-create open), answers by opening it.
+    fn create(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        request: RequestId,
+        creation: Creation,
+        attachment: Option<u64>,
+    ) {
+        match &self.state {
+            State::Live(live) => {
+                if let Some(attachment) = attachment {
+                    // Created by someone else while this client was asked for its data.
+                    return self.open(from, request, None, attachment);
+                }
+                if creation.nonce.is_some() && live.record.nonce == creation.nonce {
+                    let response = ServerResponse::ModelCreated {
+                        model: self.model.clone(),
+                        version: live.sequencer.version(),
+                        created_at: live.record.created_at,
+                    };
+                    return self.respond(from, request, response);
+                }
+                let mut e =
+                    error(ErrorCode::MODEL_ALREADY_EXISTS, "another creation owns this model id");
+                e.details.insert("created_at".into(), live.record.created_at.0.to_string());
+                return self.fail(from, request, e);
+            }
+            State::Absent { deleted: true } => {
+                let e = error(
+                    ErrorCode::MODEL_ALREADY_EXISTS,
+                    "a deleted model had this id; ids are not reused",
+                );
+                return self.refuse(from, request, attachment, e);
+            }
+            State::Absent { deleted: false } => {}
+        }
+        match self.config.collections.get(&creation.collection) {
+            Some(config) => {
+                let config = Some(config.clone());
+                self.create_in(now, from, request, creation, attachment, config);
+            }
+            None => {
+                let read = Read::Collection(creation.collection.clone());
+                let waiting =
+                    Waiting::Collection { now, from: from.clone(), request, creation, attachment };
+                self.wait(read, waiting);
+            }
+        }
+    }
+
+    /// Creates the model in a collection with settings `config` (`None`: unknown).
+    fn create_in(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        request: RequestId,
+        creation: Creation,
+        attachment: Option<u64>,
+        config: Option<CollectionConfig>,
+    ) {
+        let Creation { collection, data, nonce, permissions } = creation;
+        let is_new_collection = config.is_none();
+        if is_new_collection && !self.config.auto_create_collections {
+            let e = error(ErrorCode::COLLECTION_NOT_FOUND, format!("no collection {collection}"));
+            return self.refuse(from, request, attachment, e);
+        }
+        let config = config.unwrap_or_default();
+        if !may_create(&from.user, &config) {
+            let e = error(
+                ErrorCode::PERMISSION_DENIED,
+                format!("creating models in {collection} is not allowed"),
+            );
+            return self.refuse(from, request, attachment, e);
+        }
+        if is_new_collection {
+            let write =
+                Write::PutCollection { collection: collection.clone(), config: config.clone() };
+            self.job.writes.push(write);
+        }
+        let mut grants = permissions.unwrap_or_default();
+        grants.users.insert(from.user.id.clone(), Permissions::ALL);
+        let record = ModelRecord {
+            collection: collection.clone(),
+            created_at: now,
+            nonce,
+            creator: Some(from.user.id.clone()),
+            grants,
+        };
+        let snapshot =
+            ModelSnapshot { collection, version: 0, created_at: now, modified_at: now, data };
+        self.job.writes.push(Write::CreateModel {
+            model: self.model.clone(),
+            record: record.clone(),
+            snapshot: snapshot.clone(),
+        });
+        let sequencer = Sequencer::new(
+            self.model.clone(),
+            snapshot,
+            BTreeMap::new(),
+            self.config.history_in_memory,
+        );
+        self.state = State::Live(Box::new(Live {
+            sequencer,
+            record,
+            collection: config,
+            since_snapshot: 0,
+        }));
+        match attachment {
+            Some(attachment) => self.open(from, request, None, attachment),
+            None => {
+                let response = ServerResponse::ModelCreated {
+                    model: self.model.clone(),
+                    version: 0,
+                    created_at: now,
+                };
+                self.respond(from, request, response);
+            }
+        }
+    }
+
+    fn resync(
+        &mut self,
+        from: &SessionRef,
+        request: RequestId,
+        known_version: u64,
+        in_flight: Option<InFlight>,
+        attachment: u64,
+    ) {
+        // A failed resync leaves the model closed on this connection.
+        let State::Live(live) = &self.state else {
+            let e = self.missing();
+            self.leave(from.conn);
+            return self.refuse(from, request, Some(attachment), e);
+        };
+        let permissions = effective(&from.user, &live.record.grants, &live.collection);
+        if !permissions.read {
+            let e = error(ErrorCode::PERMISSION_DENIED, "resyncing the model needs `read`");
+            self.leave(from.conn);
+            return self.refuse(from, request, Some(attachment), e);
+        }
+        let current_version = live.sequencer.version();
+        if known_version > current_version {
+            let e = error(
+                ErrorCode::VERSION_OUT_OF_RANGE,
+                format!("known version {known_version} is ahead of the model's {current_version}"),
+            );
+            self.leave(from.conn);
+            return self.refuse(from, request, Some(attachment), e);
+        }
+        let in_flight_committed = in_flight.and_then(|f| live.sequencer.commit_of(f));
+        let page = self.config.page.max(1);
+        let pages: Option<Vec<Vec<CommittedOperation>>> = live
+            .sequencer
+            .operations_since(known_version)
+            .ok()
+            .map(|ops| ops.chunks(page).map(<[_]>::to_vec).collect());
+        self.join(from, permissions, attachment);
+        if let Some(f) = in_flight {
+            self.uses_replica(f.replica, from.conn);
+        }
+        let model = self.model.clone();
+        let started = ServerResponse::ResyncStarted {
+            model: model.clone(),
+            current_version,
+            in_flight_committed,
+            permissions,
+        };
+        self.respond(from, request, started);
+        match pages {
+            Some(pages) => {
+                let count = pages.len().max(1);
+                let mut pages = pages.into_iter();
+                for n in 0..count {
+                    let operations = pages.next().unwrap_or_default();
+                    let push = ServerPush::ResyncPage {
+                        model: model.clone(),
+                        operations,
+                        last: n + 1 == count,
+                    };
+                    self.push(from.conn, push);
+                }
+            }
+            None => {
+                // Older than memory holds: paged from the store on the way out.
+                let outgoing =
+                    Outgoing::Replay { model, after: known_version, through: current_version };
+                self.job.deliveries.push(Delivery { to: vec![from.conn], outgoing });
+            }
+        }
+    }
+
+    fn submit(&mut self, now: Timestamp, from: &SessionRef, submission: Submission) {
+        let (replica, seq) = (submission.replica, submission.seq);
+        if !matches!(self.state, State::Live(_)) {
+            let e = self.missing();
+            return self.reject(from, seq, e);
+        }
+        let Some(member) = self.open.get(&from.conn) else {
+            let e =
+                error(ErrorCode::MODEL_NOT_OPEN, "submit needs the model open on this connection");
+            return self.reject(from, seq, e);
+        };
+        if !member.permissions.write {
+            let e = error(ErrorCode::PERMISSION_DENIED, "changing the model needs `write`");
+            return self.reject(from, seq, e);
+        }
+        self.uses_replica(replica, from.conn);
+        let State::Live(live) = &mut self.state else { return };
+        match live.sequencer.submit(submission.clone(), now) {
+            Err(SequencerError::HistoryUnavailable { from: after, oldest }) => {
+                let read = Read::Operations { after, through: oldest };
+                self.wait(read, Waiting::History { now, from: from.clone(), submission });
+            }
+            outcome => self.submitted(from, replica, seq, outcome),
+        }
+    }
+
+    /// Notes that `conn` uses `replica`, unless a newer connection of the replica has the
+    /// model open (then `conn` is an older one whose last messages arrive late). Connection
+    /// ids grow in the order connections are accepted.
+    fn uses_replica(&mut self, replica: ReplicaId, conn: ConnId) {
+        let newer = self
+            .replicas
+            .get(&replica)
+            .is_some_and(|current| *current > conn && self.open.contains_key(current));
+        if !newer {
+            self.replicas.insert(replica, conn);
+        }
+    }
+
+    /// The connection that hears of `replica`'s commits: its newest with the model open,
+    /// else `fallback`.
+    fn replica_conn(&self, replica: ReplicaId, fallback: ConnId) -> ConnId {
+        self.replicas
+            .get(&replica)
+            .copied()
+            .filter(|c| self.open.contains_key(c))
+            .unwrap_or(fallback)
+    }
+
+    fn reject(&mut self, from: &SessionRef, seq: u64, error: ErrorReply) {
+        let model = self.model.clone();
+        self.push(from.conn, ServerPush::SubmitRejected { model, seq, error });
+    }
+
+    fn submitted(
+        &mut self,
+        from: &SessionRef,
+        replica: ReplicaId,
+        seq: u64,
+        outcome: Result<SubmitOutcome, SequencerError>,
+    ) {
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let code = match e {
+                    SequencerError::BaseVersionAhead { .. }
+                    | SequencerError::HistoryUnavailable { .. }
+                    | SequencerError::HistoryUnreadable(_) => ErrorCode::VERSION_OUT_OF_RANGE,
+                    SequencerError::StaleSeq { .. } => ErrorCode::SEQ_OUT_OF_ORDER,
+                    _ => ErrorCode::INVALID_OPERATION,
+                };
+                return self.reject(from, seq, error(code, e.to_string()));
+            }
+        };
+        match outcome {
+            SubmitOutcome::Duplicate(commit) => {
+                let ack = ServerPush::Ack {
+                    model: self.model.clone(),
+                    seq,
+                    version: commit.version,
+                    timestamp: commit.timestamp,
+                };
+                let to = self.replica_conn(replica, from.conn);
+                self.push(to, ack);
+            }
+            SubmitOutcome::Committed(record) => {
+                let operation = record.operation.clone();
+                self.job.writes.push(Write::Commit(record));
+                if let State::Live(live) = &mut self.state {
+                    live.since_snapshot += 1;
+                    if live.since_snapshot >= self.config.snapshot_every {
+                        live.since_snapshot = 0;
+                        let snapshot = live.sequencer.snapshot();
+                        self.job
+                            .writes
+                            .push(Write::Snapshot { model: self.model.clone(), snapshot });
+                    }
+                }
+                self.announce(from.conn, replica, seq, operation);
+            }
+        }
+    }
+
+    /// After a commit: the ack to the author replica's newest connection, the operation to
+    /// every other open session (not to the connection it came on either) and to
+    /// subscribers that do not have the model open.
+    fn announce(
+        &mut self,
+        from: ConnId,
+        replica: ReplicaId,
+        seq: u64,
+        operation: CommittedOperation,
+    ) {
+        let model = self.model.clone();
+        let author = self.open.contains_key(&from).then(|| self.replica_conn(replica, from));
+        if let Some(conn) = author {
+            let ack = ServerPush::Ack {
+                model: model.clone(),
+                seq,
+                version: operation.version,
+                timestamp: operation.timestamp,
+            };
+            self.push(conn, ack);
+        }
+        let others: Vec<ConnId> =
+            self.open.keys().copied().filter(|c| Some(*c) != author && *c != from).collect();
+        let offline: Vec<ConnId> =
+            self.subscribers.keys().copied().filter(|c| !self.open.contains_key(c)).collect();
+        if !offline.is_empty() {
+            let update =
+                OfflineUpdate::Operations { operations: vec![operation.clone()], more: false };
+            let push = ServerPush::OfflineUpdate { model: model.clone(), update };
+            self.say_all(offline, ServerMessage::Push(push));
+        }
+        self.say_all(others, ServerMessage::Push(ServerPush::RemoteOperation { model, operation }));
+    }
+
+    fn subscribe(&mut self, from: &SessionRef, known: Option<u64>) {
+        let model = self.model.clone();
+        let update = match &self.state {
+            State::Absent { .. } => OfflineUpdate::Deleted,
+            State::Live(live) => {
+                let permissions = effective(&from.user, &live.record.grants, &live.collection);
+                if !permissions.read {
+                    OfflineUpdate::PermissionRevoked
+                } else {
+                    let update = match known {
+                        Some(v) if v == live.sequencer.version() => None,
+                        _ => Some(match live.sequencer.catch_up(known, self.config.page) {
+                            CatchUp::Operations(operations) => {
+                                OfflineUpdate::Operations { operations, more: false }
+                            }
+                            CatchUp::Snapshot(snapshot) => {
+                                OfflineUpdate::Snapshot { snapshot, permissions }
+                            }
+                        }),
+                    };
+                    let member = Member { session: from.clone(), permissions, attachment: 0 };
+                    self.subscribers.insert(from.conn, member);
+                    match update {
+                        Some(update) => update,
+                        None => return,
+                    }
+                }
+            }
+        };
+        self.push(from.conn, ServerPush::OfflineUpdate { model, update });
+    }
+
+    fn delete(&mut self, now: Timestamp, from: &SessionRef, request: RequestId) {
+        if !matches!(self.state, State::Live(_)) {
+            let e = self.missing();
+            return self.fail(from, request, e);
+        }
+        if !self.permissions_of(from).remove {
+            let e = error(ErrorCode::PERMISSION_DENIED, "deleting the model needs `remove`");
+            return self.fail(from, request, e);
+        }
+        self.job.writes.push(Write::DeleteModel { model: self.model.clone(), at: now });
+        self.state = State::Absent { deleted: true };
+        self.respond(from, request, ServerResponse::Done);
+        let model = self.model.clone();
+        for (conn, member) in std::mem::take(&mut self.open) {
+            self.closed(conn, member.attachment);
+            if conn != from.conn {
+                let push = ServerPush::ModelForceClosed {
+                    model: model.clone(),
+                    code: ErrorCode::MODEL_DELETED,
+                    message: "the model was deleted".into(),
+                };
+                self.push(conn, push);
+            }
+        }
+        let subscribers: Vec<ConnId> = std::mem::take(&mut self.subscribers).into_keys().collect();
+        let push = ServerPush::OfflineUpdate { model, update: OfflineUpdate::Deleted };
+        self.say_all(subscribers, ServerMessage::Push(push));
+        self.replicas.clear();
+        self.references.clear();
+    }
+
+    fn set_permissions(&mut self, from: &SessionRef, request: RequestId, grants: PermissionGrants) {
+        if let Err(e) = self.managed(from) {
+            return self.fail(from, request, e);
+        }
+        let State::Live(live) = &mut self.state else { return };
+        live.record.grants = grants;
+        let write = Write::SetGrants { model: self.model.clone(), record: live.record.clone() };
+        self.job.writes.push(write);
+        self.respond(from, request, ServerResponse::Done);
+        let model = self.model.clone();
+        let State::Live(live) = &self.state else { return };
+        let changed = |members: &Members| -> Vec<(ConnId, Permissions)> {
+            members
+                .iter()
+                .filter_map(|(conn, m)| {
+                    let now = effective(&m.session.user, &live.record.grants, &live.collection);
+                    (now != m.permissions).then_some((*conn, now))
+                })
+                .collect()
+        };
+        let (open, subscribed) = (changed(&self.open), changed(&self.subscribers));
+        for (conn, permissions) in open {
+            if permissions.read {
+                if let Some(member) = self.open.get_mut(&conn) {
+                    member.permissions = permissions;
+                }
+                self.push(
+                    conn,
+                    ServerPush::PermissionsChanged { model: model.clone(), permissions },
+                );
+            } else {
+                if let Some(member) = self.leave(conn) {
+                    self.closed(conn, member.attachment);
+                }
+                let push = ServerPush::ModelForceClosed {
+                    model: model.clone(),
+                    code: ErrorCode::PERMISSION_REVOKED,
+                    message: "read permission was withdrawn".into(),
+                };
+                self.push(conn, push);
+            }
+        }
+        for (conn, permissions) in subscribed {
+            if permissions.read {
+                if let Some(member) = self.subscribers.get_mut(&conn) {
+                    member.permissions = permissions;
+                }
+            } else {
+                self.subscribers.remove(&conn);
+                let update = OfflineUpdate::PermissionRevoked;
+                self.push(conn, ServerPush::OfflineUpdate { model: model.clone(), update });
+            }
+        }
+    }
+
+    fn reference(&mut self, from: &SessionRef, change: ReferenceChange) {
+        if !self.open.contains_key(&from.conn) {
+            return; // a reference on a model not open here has nobody to tell
+        }
+        let key = |reference: &ReferenceKey| (from.session.clone(), reference.clone());
+        match &change {
+            ReferenceChange::Share { reference, value } => {
+                self.references.insert(key(reference), value.clone());
+            }
+            ReferenceChange::Set { reference, value, .. } => {
+                self.references.insert(key(reference), Some(value.clone()));
+            }
+            ReferenceChange::Clear { reference } => {
+                if let Some(value) = self.references.get_mut(&key(reference)) {
+                    *value = None;
+                }
+            }
+            ReferenceChange::Unshare { reference } => {
+                self.references.remove(&key(reference));
+            }
+        }
+        let push = ServerPush::RemoteReference {
+            model: self.model.clone(),
+            session: from.session.clone(),
+            change,
+        };
+        self.broadcast_except(from.conn, ServerMessage::Push(push));
+    }
+}
+
+/// Rebuilds a stored model: its snapshot, then the operations after it.
+fn restore(model: &ModelId, stored: StoredModel, config: &HostConfig) -> Result<Live, LoadError> {
+    let collection = config
+        .collections
+        .get(&stored.record.collection)
+        .cloned()
+        .or(stored.collection)
+        .unwrap_or_default();
+    let mut sequencer = Sequencer::new(
+        model.clone(),
+        stored.snapshot,
+        stored.last_commits,
+        config.history_in_memory,
+    );
+    let since_snapshot = stored.operations.len() as u64;
+    for operation in stored.operations {
+        let version = operation.version;
+        sequencer.replay(operation).map_err(|error| LoadError::Replay {
+            model: model.clone(),
+            version,
+            error,
+        })?;
+    }
+    sequencer.trim_history();
+    Ok(Live { sequencer, record: stored.record, collection, since_snapshot })
+}

@@ -1,0 +1,309 @@
+//! The simulation's server: the real session and model hosts, a queue of jobs on their way
+//! to durability, and a [`MemoryServerStore`] as its disk. A crash loses the queue and
+//! everything in memory; the hosts are rebuilt from the store when next asked for.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use concord_ot::ReplicaId;
+use concord_protocol::{
+    ClientMessage, ModelId, ServerMessage, ServerPush, SessionId, Timestamp, User,
+};
+use concord_sync::host::{
+    ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
+    SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
+};
+
+use crate::server_store::MemoryServerStore;
+
+/// Messages for connections, in the order the server sent them.
+pub(super) type Sent = Vec<(ConnId, ServerMessage)>;
+
+#[derive(Debug)]
+pub(super) struct SimServer {
+    config: Arc<HostConfig>,
+    limits: SessionLimits,
+    durable: MemoryServerStore,
+    /// Jobs queued and not yet durable, oldest first.
+    pending: VecDeque<Job>,
+    models: BTreeMap<ModelId, ModelHost>,
+    sessions: BTreeMap<ConnId, SessionHost>,
+    next_conn: ConnId,
+    /// Every `(model, replica, seq)` the store holds as committed.
+    committed: BTreeSet<(ModelId, ReplicaId, u64)>,
+    pub(super) commits: usize,
+    pub(super) deletions: usize,
+    pub(super) crashes: usize,
+    pub(super) unloads: usize,
+}
+
+impl SimServer {
+    pub(super) fn new(
+        config: HostConfig,
+        limits: SessionLimits,
+        durable: MemoryServerStore,
+    ) -> SimServer {
+        SimServer {
+            config: Arc::new(config),
+            limits,
+            durable,
+            pending: VecDeque::new(),
+            models: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_conn: 0,
+            committed: BTreeSet::new(),
+            commits: 0,
+            deletions: 0,
+            crashes: 0,
+            unloads: 0,
+        }
+    }
+
+    pub(super) fn durable(&self) -> &MemoryServerStore {
+        &self.durable
+    }
+
+    /// A new connection whose handshake authenticated `user`.
+    pub(super) fn connect(&mut self, user: User) -> ConnId {
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        let session = SessionRef { conn, session: SessionId(format!("session-{conn}")), user };
+        self.pending.push_back(Job {
+            writes: vec![Write::PutUser { user: session.user.clone() }],
+            ..Job::default()
+        });
+        self.sessions.insert(conn, SessionHost::new(session, self.limits));
+        conn
+    }
+
+    pub(super) fn is_connected(&self, conn: ConnId) -> bool {
+        self.sessions.contains_key(&conn)
+    }
+
+    /// A message from the client on `conn`; what the server said meanwhile (replies, and the
+    /// deliveries of jobs a store read made durable).
+    pub(super) fn receive(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        message: ClientMessage,
+    ) -> Result<Sent, String> {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return Ok(Vec::new()); // the socket is closed: nothing arrives
+        };
+        session.handle(message);
+        self.dispatch(now, conn)
+    }
+
+    /// The server noticed that `conn` closed.
+    pub(super) fn close(&mut self, now: Timestamp, conn: ConnId) -> Result<Sent, String> {
+        let Some(session) = self.sessions.get_mut(&conn) else { return Ok(Vec::new()) };
+        session.disconnected();
+        let sent = self.dispatch(now, conn);
+        self.sessions.remove(&conn);
+        sent
+    }
+
+    fn dispatch(&mut self, now: Timestamp, conn: ConnId) -> Result<Sent, String> {
+        let mut sent = Vec::new();
+        loop {
+            let Some(session) = self.sessions.get_mut(&conn) else { return Ok(sent) };
+            let Some(output) = session.poll_output() else { return Ok(sent) };
+            match output {
+                SessionOutput::Reply(message) => sent.push((conn, message)),
+                SessionOutput::ToModel { model, request } => {
+                    let from = session.session().clone();
+                    sent.extend(self.request_model(now, &from, model, request)?);
+                }
+            }
+        }
+    }
+
+    fn request_model(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        model: ModelId,
+        request: ModelRequest,
+    ) -> Result<Sent, String> {
+        let mut sent = Vec::new();
+        if !self.models.contains_key(&model) {
+            let loaded = self.durable.load(&model);
+            let host = ModelHost::new(model.clone(), loaded, self.config.clone())
+                .map_err(|e| format!("the server could not load {model}: {e}"))?;
+            self.models.insert(model.clone(), host);
+        }
+        self.host(&model).handle(now, from, request);
+        while let Some(read) = self.host(&model).pending_read().cloned() {
+            // Reads see durable state only, so everything queued is made durable first.
+            self.collect(&model);
+            sent.extend(self.flush_all()?);
+            let result = match read {
+                Read::Operations { after, through } => ReadResult::Operations(Ok(self
+                    .durable
+                    .operations(&model, after, through, usize::MAX))),
+                Read::Collection(collection) => {
+                    ReadResult::Collection(Ok(self.durable.collection(&collection)))
+                }
+            };
+            self.host(&model).handle_read(result);
+        }
+        self.collect(&model);
+        Ok(sent)
+    }
+
+    fn host(&mut self, model: &ModelId) -> &mut ModelHost {
+        self.models.get_mut(model).expect("loaded before use")
+    }
+
+    /// Queues the host's job and passes its notices to their sessions.
+    fn collect(&mut self, model: &ModelId) {
+        let host = self.models.get_mut(model).expect("loaded before use");
+        let job = host.take_job();
+        if !job.is_empty() {
+            self.pending.push_back(job);
+        }
+        while let Some(notice) = host.poll_notice() {
+            let Notice::Closed { conn, .. } = &notice;
+            if let Some(session) = self.sessions.get_mut(conn) {
+                session.handle_notice(notice);
+            }
+        }
+    }
+
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Makes the oldest queued job durable; returns its messages.
+    pub(super) fn flush_one(&mut self) -> Result<Sent, String> {
+        let Some(job) = self.pending.pop_front() else { return Ok(Vec::new()) };
+        for write in &job.writes {
+            match write {
+                Write::Commit(record) => {
+                    let key = (record.model.clone(), record.replica, record.seq);
+                    if !self.committed.insert(key) {
+                        return Err(format!(
+                            "({}, {:?}, {}) committed twice",
+                            record.model, record.replica, record.seq
+                        ));
+                    }
+                    self.commits += 1;
+                }
+                Write::DeleteModel { model, .. } => {
+                    self.committed.retain(|(m, _, _)| m != model);
+                    self.deletions += 1;
+                }
+                _ => {}
+            }
+            self.durable.apply(write);
+        }
+        let mut sent = Vec::new();
+        for delivery in job.deliveries {
+            let messages = match delivery.outgoing {
+                Outgoing::Message(message) => vec![message],
+                Outgoing::Replay { model, after, through } => {
+                    self.replay(&model, after, through)?
+                }
+            };
+            for conn in delivery.to {
+                // A closed connection's messages go nowhere.
+                if self.sessions.contains_key(&conn) {
+                    sent.extend(messages.iter().map(|m| (conn, m.clone())));
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    fn flush_all(&mut self) -> Result<Sent, String> {
+        let mut sent = Vec::new();
+        while self.has_pending() {
+            sent.extend(self.flush_one()?);
+        }
+        Ok(sent)
+    }
+
+    /// A replay read from the store a page at a time, as a connection's writer does.
+    fn replay(
+        &self,
+        model: &ModelId,
+        after: u64,
+        through: u64,
+    ) -> Result<Vec<ServerMessage>, String> {
+        let mut pages = Vec::new();
+        let mut from = after;
+        loop {
+            let operations = self.durable.operations(model, from, through, self.config.page);
+            let (push, next) = replay_page(model, operations, through).ok_or_else(|| {
+                format!("the store lacks operations ({from}, {through}] of {model}")
+            })?;
+            pages.push(ServerMessage::Push(push));
+            match next {
+                Some(next) => from = next,
+                None => return Ok(pages),
+            }
+        }
+    }
+
+    /// Whether the store holds `(model, replica, seq)` as committed, as every ack promises.
+    pub(super) fn is_committed(&self, model: &ModelId, replica: ReplicaId, seq: u64) -> bool {
+        self.committed.contains(&(model.clone(), replica, seq))
+    }
+
+    /// The process dies: queued jobs, sessions and models are lost; the store stays.
+    pub(super) fn crash(&mut self) {
+        self.crashes += 1;
+        self.pending.clear();
+        self.sessions.clear();
+        self.models.clear();
+    }
+
+    /// Unloads idle models, as their tasks do after a while: a snapshot, then gone once
+    /// everything queued is durable.
+    pub(super) fn unload_idle(&mut self) -> Result<Sent, String> {
+        let idle: Vec<ModelId> = self
+            .models
+            .iter()
+            .filter(|(_, host)| host.is_idle())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for model in &idle {
+            self.host(model).checkpoint();
+            self.collect(model);
+        }
+        let sent = self.flush_all()?;
+        for model in idle {
+            self.models.remove(&model);
+            self.unloads += 1;
+        }
+        Ok(sent)
+    }
+
+    /// The model's state as the store rebuilds it, checked against the loaded host's.
+    pub(super) fn state(
+        &self,
+        model: &ModelId,
+    ) -> Result<Option<(u64, concord_ot::Document)>, String> {
+        let restored = ModelHost::new(model.clone(), self.durable.load(model), self.config.clone())
+            .map_err(|e| format!("{model} does not load from the store: {e}"))?;
+        let stored = restored.live().map(|(version, document)| (version, document.clone()));
+        if let Some(host) = self.models.get(model) {
+            let live = host.live().map(|(version, document)| (version, document.clone()));
+            if live != stored {
+                return Err(format!(
+                    "{model}: the store rebuilds {stored:?}, the server holds {live:?}"
+                ));
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Whether the server just told `conn` that submission `seq` of `model` was committed.
+    pub(super) fn acked(message: &ServerMessage) -> Option<(&ModelId, u64)> {
+        match message {
+            ServerMessage::Push(ServerPush::Ack { model, seq, .. }) => Some((model, *seq)),
+            _ => None,
+        }
+    }
+}
