@@ -4,10 +4,16 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Builds the `concord` binary the load tool runs, into the directory cargo put the tool in
-/// (where it looks): a test of this package gets only this package's binaries built. Cheap
-/// when it is fresh, as in a workspace run, which builds it anyway.
-fn build_concord(tool: &Path) {
+/// Makes sure the `concord` binary the load tool runs is where the tool looks for it, beside
+/// the tool: a test of this package gets only this package's binaries built. A workspace run
+/// (`cargo nextest run --workspace`, CI) has built it in the same build; when it is missing
+/// (this package tested alone on a fresh target directory), cargo builds it. It is not
+/// rebuilt when present, because a build with this package's features alone could differ
+/// from the workspace's and replace the binary under the `concord` crate's running tests.
+fn ensure_concord(tool: &Path) {
+    if tool.with_file_name("concord").is_file() {
+        return;
+    }
     let profile_dir = tool.parent().expect("the tool is in a profile directory");
     let target_dir = profile_dir.parent().expect("the profile directory is in a target directory");
     let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
@@ -31,7 +37,7 @@ fn build_concord(tool: &Path) {
 #[test]
 fn three_clients_for_one_second_converge() {
     let tool = Path::new(env!("CARGO_BIN_EXE_concord-load"));
-    build_concord(tool);
+    ensure_concord(tool);
     let output = Command::new(tool)
         .args(["--clients", "3", "--seconds", "1", "--warmup", "0", "--reps", "1"])
         .args(["--idle-wait", "0", "--max-other", "10000"])
