@@ -51,8 +51,9 @@ commands:
                                    scenario, in release (default 10000)
   help                             print this message";
 
-/// The crates that must stay free of I/O (DESIGN.md §2); the check skips those that do not
-/// exist yet.
+/// The crates that must stay free of I/O, so that they build and run anywhere (wasm32
+/// included) and are driven with simulated time (`docs/architecture.md`); the check skips
+/// those that do not exist yet.
 const PURE_CRATES: [&str; 3] = ["concord-ot", "concord-protocol", "concord-sync"];
 
 /// Crates that do I/O (a runtime, a store, the browser, sockets): no pure crate may depend
@@ -501,8 +502,8 @@ fn tree_check(pure: &str, io: &str) -> anyhow::Result<TreeVerdict> {
     .with_context(|| format!("checking whether {pure} depends on {io}"))
 }
 
-/// DESIGN.md §2: the pure crates depend on no I/O crate, on any target. Dev-dependencies
-/// are not counted (`-e normal`).
+/// The layering rule: the pure crates depend on no I/O crate, on any target.
+/// Dev-dependencies are not counted (`-e normal`).
 fn layering() -> anyhow::Result<()> {
     let root = root();
     let present: Vec<&str> = PURE_CRATES
@@ -519,7 +520,7 @@ fn layering() -> anyhow::Result<()> {
         }
     }
     if !violations.is_empty() {
-        bail!("layering violated (DESIGN.md §2):\n{}", violations.join("\n"));
+        bail!("layering violated (the pure crates must not do I/O):\n{}", violations.join("\n"));
     }
     let skipped: Vec<&str> =
         PURE_CRATES.into_iter().filter(|name| !present.contains(name)).collect();

@@ -1,5 +1,5 @@
-//! Durable local writes on the redb store, with and without group commit (DESIGN.md §11,
-//! P5): batches per second when 1, 8, 64 or 256 batches share one commit (one fsync).
+//! Durable local writes on the redb store, with and without group commit (target P5 in
+//! `docs/benchmarks.md`): batches per second when 1, 8, 64 or 256 batches share one commit (one fsync).
 //!
 //! A batch is what one local edit costs the client: one pending operation (a small string
 //! splice) and an element-counter advance on one model. Every commit is durable

@@ -5,9 +5,9 @@
 //!
 //! It is not part of the product: nothing depends on it, it is never published, and the peer
 //! engines it measures concord-ot against (jumprope, diamond-types, ropey) are
-//! benchmark-only dependencies. The traces are described in
-//! `shared/data/editing-traces/README.md`; their directory is found next to the workspace
-//! (`<workspace>/../shared/data/editing-traces`) unless `CONCORD_TRACES` names another one.
+//! benchmark-only dependencies. The traces live in the repository's `data/editing-traces/`
+//! (their README gives their origin, format and licence) unless `CONCORD_TRACES` names
+//! another directory with the same layout.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -59,11 +59,12 @@ struct RawTxn {
     patches: Vec<(usize, usize, String)>,
 }
 
-/// The editing-traces directory: `$CONCORD_TRACES`, else `<workspace>/../shared/data/editing-traces`.
+/// The editing-traces directory: `$CONCORD_TRACES`, else the repository's
+/// `data/editing-traces`.
 pub fn traces_dir() -> PathBuf {
     match std::env::var_os(TRACES_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/editing-traces"),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/editing-traces"),
     }
 }
 

@@ -5,8 +5,9 @@
 //! and its element handles read and change a model, with events and watermarks.
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
-//! to store, send and report; this crate runs it on a tokio task with a WebSocket and a
-//! `concord-storage` adapter (memory by default; `RedbAdapter` with the `redb` feature).
+//! to store, send and report; this crate runs it on one task (tokio natively, the page's
+//! event loop on wasm32) with a WebSocket and a `concord-storage` adapter (memory by
+//! default; `RedbAdapter` with the `redb` feature).
 //! It is not the server, and it does not render anything.
 //!
 //! ```no_run

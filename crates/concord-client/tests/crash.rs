@@ -37,11 +37,11 @@ async fn changes_stored_before_a_sigkill_reach_the_server() -> anyhow::Result<()
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
+    let server = start(&dir.path().join("server")).await?;
     let store = dir.path().join("writer");
     // The writer downloads the model once, online, then the process ends.
     {
-        let writer = domain(&server.url(), &store);
+        let writer = domain(&url(&server), &store);
         writer.connect_with_jwt(token("writer")).await?;
         create_confirmed(&writer, &[id("log")], json!({ "text": "" })).await?;
         writer.models().subscribe_offline(&[id("log")]).await?;
@@ -55,7 +55,7 @@ async fn changes_stored_before_a_sigkill_reach_the_server() -> anyhow::Result<()
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["--exact", "offline_writer", "--nocapture", "--test-threads", "1"])
-            .env("CONCORD_CRASH_CHILD", format!("{}|{}", server.url(), store.display()))
+            .env("CONCORD_CRASH_CHILD", format!("{}|{}", url(&server), store.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -82,10 +82,10 @@ async fn changes_stored_before_a_sigkill_reach_the_server() -> anyhow::Result<()
     }
 
     // A new process on the same store connects: everything stored reaches the server.
-    let writer = domain(&server.url(), &store);
+    let writer = domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     writer.wait_for(ConnectionState::Connected).await?;
-    let reader = domain(&server.url(), &dir.path().join("reader"));
+    let reader = domain(&url(&server), &dir.path().join("reader"));
     reader.connect_with_jwt(token("reader")).await?;
     let lines = || async {
         let model = reader.models().open(&id("log")).await?;

@@ -12,9 +12,9 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
-    let alice = domain(&server.url(), &dir.path().join("alice"));
-    let bob = domain(&server.url(), &dir.path().join("bob"));
+    let server = start(&dir.path().join("server")).await?;
+    let alice = domain(&url(&server), &dir.path().join("alice"));
+    let bob = domain(&url(&server), &dir.path().join("bob"));
     alice.connect_with_jwt(token("alice")).await?;
     bob.connect_with_jwt(token("bob")).await?;
     let model = id("shopping");
@@ -52,9 +52,9 @@ async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edits_creations_and_deletions_sync_on_reconnect() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
-    let alice = domain(&server.url(), &dir.path().join("alice"));
-    let bob = domain(&server.url(), &dir.path().join("bob"));
+    let server = start(&dir.path().join("server")).await?;
+    let alice = domain(&url(&server), &dir.path().join("alice"));
+    let bob = domain(&url(&server), &dir.path().join("bob"));
     alice.connect_with_jwt(token("alice")).await?;
     bob.connect_with_jwt(token("bob")).await?;
     let (shared, doomed) = (id("shared"), id("doomed"));
@@ -107,7 +107,7 @@ async fn offline_edits_creations_and_deletions_sync_on_reconnect() -> anyhow::Re
     match alice.models().open(&doomed).await {
         Ok(_) => {
             // Alice had it in memory earlier; the server has it no more.
-            let fresh = domain(&server.url(), &dir.path().join("carol"));
+            let fresh = domain(&url(&server), &dir.path().join("carol"));
             fresh.connect_with_jwt(token("carol")).await?;
             let error = fresh.models().open(&doomed).await.unwrap_err();
             assert!(matches!(error, ClientError::Server(_)), "{error:?}");
@@ -140,11 +140,11 @@ async fn a_model_never_downloaded_cannot_be_opened_offline() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_editing_one_model_converge() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
+    let server = start(&dir.path().join("server")).await?;
     let model = id("busy");
     let mut domains = Vec::new();
     for i in 0..20 {
-        let domain = domain(&server.url(), &dir.path().join(format!("client{i}")));
+        let domain = domain(&url(&server), &dir.path().join(format!("client{i}")));
         domain.connect_with_jwt(token(&format!("user{i}"))).await?;
         if i == 0 {
             domain
@@ -198,9 +198,9 @@ async fn twenty_clients_editing_one_model_converge() -> anyhow::Result<()> {
 async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server_dir = dir.path().join("server");
-    let server = TestServer::start(&server_dir, "127.0.0.1:0".parse()?).await?;
-    let addr = server.addr;
-    let alice = domain(&server.url(), &dir.path().join("alice"));
+    let server = start(&server_dir).await?;
+    let addr = server.addr();
+    let alice = domain(&url(&server), &dir.path().join("alice"));
     alice.connect_with_jwt(token("alice")).await?;
     let model = id("doc");
     alice.models().create_with_id(&model, &notes(), json!({ "count": 0 })).await?;
@@ -219,10 +219,10 @@ async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
     doc.stored(last).await?;
     assert!(doc.watermarks().acknowledged < last.seq);
 
-    let server = TestServer::start(&server_dir, addr).await?;
+    let server = start_at(&server_dir, addr).await?;
     tokio::time::timeout(Duration::from_secs(30), doc.acknowledged(last)).await??;
     assert_eq!(alice.state(), ConnectionState::Connected);
-    let bob = domain(&server.url(), &dir.path().join("bob"));
+    let bob = domain(&url(&server), &dir.path().join("bob"));
     bob.connect_with_jwt(token("bob")).await?;
     let seen = bob.models().open(&model).await?;
     assert_eq!(seen.value().await?, json!({ "count": 6.0 }));
@@ -233,10 +233,10 @@ async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribed_models_are_downloaded_into_the_store() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
-    let alice = domain(&server.url(), &dir.path().join("alice"));
+    let server = start(&dir.path().join("server")).await?;
+    let alice = domain(&url(&server), &dir.path().join("alice"));
     alice.connect_with_jwt(token("alice")).await?;
-    let bob = domain(&server.url(), &dir.path().join("bob"));
+    let bob = domain(&url(&server), &dir.path().join("bob"));
     bob.connect_with_jwt(token("bob")).await?;
     let ids: Vec<_> = (0..3).map(|i| id(&format!("sub-{i}"))).collect();
     create_confirmed(&alice, &ids, json!({ "n": 1 })).await?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use concord_client::{
     Change, ClientError, ConnectionState, Domain, DomainEvent, Events, RealTimeArray, RealTimeModel,
 };
+use concord_server::RunningServer;
 use concord_storage::RedbAdapter;
 use concord_storage::faults::{Fault, Faults, FaultyAdapter};
 use serde_json::json;
@@ -49,11 +50,11 @@ async fn storage_failed(events: &mut Events<DomainEvent>) -> anyhow::Result<Stri
 
 /// What another client sees of `log` once it holds `expected` items.
 async fn seen_by_another_client(
-    server: &TestServer,
+    server: &RunningServer,
     dir: &std::path::Path,
     expected: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let reader = domain(&server.url(), dir);
+    let reader = domain(&url(server), dir);
     reader.connect_with_jwt(token("reader")).await?;
     let model = reader.models().open(&id("log")).await?;
     eventually("the reader has every item", || async {
@@ -75,9 +76,9 @@ fn items(prefix: &str, n: usize) -> Vec<serde_json::Value> {
 async fn a_failed_commit_is_reported_and_what_was_stored_reaches_the_server() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
+    let server = start(&dir.path().join("server")).await?;
     let store = dir.path().join("writer");
-    let (writer, faults) = faulty_domain(&server.url(), &store);
+    let (writer, faults) = faulty_domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     let (model, list) = open_log(&writer).await?;
     for item in items("stored", 5) {
@@ -103,7 +104,7 @@ async fn a_failed_commit_is_reported_and_what_was_stored_reaches_the_server() ->
     writer.close().await?;
 
     // Restarted from its store, the client sends every stored change, and only those.
-    let writer = domain(&server.url(), &store);
+    let writer = domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     let expected = json!({ "items": items("stored", 5) });
     let model = writer.models().open(&id("log")).await?;
@@ -117,9 +118,9 @@ async fn a_failed_commit_is_reported_and_what_was_stored_reaches_the_server() ->
 async fn an_in_doubt_commit_is_reported_failed_and_sent_once_after_a_restart() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
+    let server = start(&dir.path().join("server")).await?;
     let store = dir.path().join("writer");
-    let (writer, faults) = faulty_domain(&server.url(), &store);
+    let (writer, faults) = faulty_domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     let (model, list) = open_log(&writer).await?;
     for item in items("stored", 3) {
@@ -140,7 +141,7 @@ async fn an_in_doubt_commit_is_reported_failed_and_sent_once_after_a_restart() -
     writer.close().await?;
 
     // It was stored after all: the restarted client sends it, once.
-    let writer = domain(&server.url(), &store);
+    let writer = domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     let mut expected = items("stored", 3);
     expected.push(json!("in doubt"));
@@ -153,9 +154,9 @@ async fn an_in_doubt_commit_is_reported_failed_and_sent_once_after_a_restart() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_stored_before_a_crash_reach_the_server_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = TestServer::start(&dir.path().join("server"), "127.0.0.1:0".parse()?).await?;
+    let server = start(&dir.path().join("server")).await?;
     let store = dir.path().join("writer");
-    let (writer, faults) = faulty_domain(&server.url(), &store);
+    let (writer, faults) = faulty_domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     let (model, list) = open_log(&writer).await?;
     // Stored, and on their way to the server (some acknowledged, some not) when the store
@@ -175,7 +176,7 @@ async fn changes_stored_before_a_crash_reach_the_server_once() -> anyhow::Result
     assert!(message.contains("closed"), "{message}");
     writer.close().await?;
 
-    let writer = domain(&server.url(), &store);
+    let writer = domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     let expected = json!({ "items": items("stored", 20) });
     assert_eq!(seen_by_another_client(&server, &dir.path().join("reader"), 20).await?, expected);

@@ -4,7 +4,8 @@
 //! [`ElementId`]. A [`Document`] stores the tree indexed by id; [`Operation`]s address
 //! elements by id and [`Document::apply`] applies them all or nothing, returning what
 //! changed ([`Applied`]). [`transform`] makes two concurrent operations commute (TP1), and
-//! [`transform_reference`] keeps shared cursors and selections in place.
+//! [`transform_reference`] moves a shared reference (a cursor, a selection) through an
+//! operation; nothing outside this crate calls it yet (references are relayed untransformed).
 //!
 //! This crate is not the sync engine and does no I/O: no sockets, no storage, no clock, no
 //! async, no randomness. Serialization is derived (serde) so that the protocol and the store

@@ -1,5 +1,6 @@
-//! References: shared cursors and selections, kept pointing at the same content while
-//! operations apply.
+//! References: shared cursors and selections, and how one moves through an operation so that
+//! it points at the same content afterwards. Nothing outside this crate uses it yet: the
+//! server relays references as they were sent, and clients do not track them.
 
 use serde::{Deserialize, Serialize};
 

@@ -158,7 +158,7 @@ fn references_move_with_splices_and_clear_on_set() {
     let splice =
         op(s, OperationKind::StringSplice { index: 4, delete_count: 2, insert: "xyz".into() });
     let moved = transform_reference(&splice, s, ReferenceValue::Index(vec![2, 4, 5, 6, 9]));
-    // Before the splice: unchanged (the original moved these too); inside: collapses.
+    // Before the splice: unchanged (Convergence moved these too); inside: collapses.
     assert_eq!(moved, Some(ReferenceValue::Index(vec![2, 7, 7, 7, 10])));
     let range = transform_reference(
         &splice,

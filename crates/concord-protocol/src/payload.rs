@@ -154,7 +154,9 @@ pub struct ReferenceKey {
 pub enum ReferenceChange {
     /// Starts sharing, optionally with a first value.
     Share { reference: ReferenceKey, value: Option<ReferenceValue> },
-    /// Sets the value, as of model version `version` (receivers transform it forward).
+    /// Sets the value, as of model version `version`. The server relays it as it is; a
+    /// receiver at a later version would have to transform it (concord-ot's
+    /// `transform_reference`), which no client does yet.
     Set { reference: ReferenceKey, value: ReferenceValue, version: u64 },
     /// Keeps sharing, without a value.
     Clear { reference: ReferenceKey },

@@ -51,6 +51,14 @@ impl ServerConfig {
             web_root: None,
         }
     }
+
+    /// A server for development, tests and demos: a free port on 127.0.0.1, the store
+    /// under `data_dir`, and [`AuthConfig::development`] with `jwt_secret`; defaults for
+    /// the rest. Not for production: the secret is whatever the caller passed.
+    pub fn development(data_dir: impl Into<PathBuf>, jwt_secret: &[u8]) -> ServerConfig {
+        let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServerConfig::new(bind, data_dir, AuthConfig::development(jwt_secret))
+    }
 }
 
 impl ServerConfig {
@@ -86,6 +94,26 @@ pub struct AuthConfig {
     pub reconnect_secret: Vec<u8>,
     /// How long a reconnect token stays valid; each use issues a fresh one.
     pub reconnect_ttl: Duration,
+}
+
+impl AuthConfig {
+    /// Development authentication: client JWTs are HS256 tokens signed with `jwt_secret`
+    /// (mint them with [`mint_token`](crate::mint_token)), with no audience and no clock
+    /// leeway; anonymous handshakes are refused (set `allow_anonymous` to accept them);
+    /// reconnect tokens are signed with a secret derived from `jwt_secret`, so they stay
+    /// valid across restarts of a server configured the same way, and last an hour.
+    pub fn development(jwt_secret: &[u8]) -> AuthConfig {
+        AuthConfig {
+            jwt: Some(JwtConfig {
+                key: JwtKey::Hs256(jwt_secret.to_vec()),
+                audience: None,
+                leeway: Duration::ZERO,
+            }),
+            allow_anonymous: false,
+            reconnect_secret: [b"concord development reconnect:".as_slice(), jwt_secret].concat(),
+            reconnect_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// How client JWTs are verified: `sub` is the user, `exp` is required.

@@ -26,6 +26,24 @@
 //! server.run(std::future::pending()).await
 //! # }
 //! ```
+//!
+//! In a process with other work to do (a test, a demo), [`Server::spawn`] runs it as a task
+//! and [`ServerConfig::development`] saves building the configuration by hand:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use concord_server::{Server, ServerConfig, mint_token};
+//! use std::time::Duration;
+//!
+//! let secret = b"a development secret";
+//! let server = Server::spawn(ServerConfig::development("./data", secret)).await?;
+//! let url = server.url("acme", "notes");
+//! let token = mint_token(secret, "alice", None, Duration::from_secs(3600))?;
+//! // ... clients connect to `url` with `token` ...
+//! server.stop().await?; // everything acknowledged is on disk, the store is closed
+//! # Ok(())
+//! # }
+//! ```
 
 mod auth;
 mod config;
@@ -42,5 +60,5 @@ mod types;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};
-pub use server::{Server, ServerError};
+pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;

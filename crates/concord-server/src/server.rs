@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
@@ -73,6 +74,16 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Binds (as [`bind`](Server::bind)) and runs the server as a task on the current tokio
+    /// runtime, until [`RunningServer::stop`] or until the handle is dropped.
+    pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
+        Ok(RunningServer { addr, shutdown, task: Some(task) })
     }
 
     /// Serves until `shutdown` resolves (or a store write fails), then tells every session
@@ -140,6 +151,50 @@ impl Server {
         flushed?;
         tracing::info!("stopped; everything acknowledged is on disk");
         Ok(())
+    }
+}
+
+/// A server running as a task of this process (from [`Server::spawn`]).
+///
+/// Dropping it asks the server to shut down, as [`stop`](RunningServer::stop) does, but
+/// cannot wait: the shutdown goes on in the background and the store is closed a moment
+/// later (or when the runtime ends). Call `stop` to know when the data dir can be opened
+/// again, and whether the run ended well.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl RunningServer {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The WebSocket URL of `namespace/domain` on this server.
+    pub fn url(&self, namespace: &str, domain: &str) -> String {
+        format!("ws://{}/{namespace}/{domain}", self.addr)
+    }
+
+    /// Shuts down gracefully (see [`Server::run`]) and waits until everything acknowledged
+    /// is durable and the store is closed; returns how the run ended. A panic in the
+    /// server's task is resumed here.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        let Some(task) = self.task.take() else { return Ok(()) };
+        match task.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(ServerError::Serve(std::io::Error::other(error))),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

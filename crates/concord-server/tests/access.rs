@@ -10,7 +10,7 @@ use concord_protocol::{
     OfflineUpdate, PermissionGrants, Permissions, ReconnectToken, RequestId, ServerMessage,
     ServerPush, ServerResponse, UserId,
 };
-use concord_server::{CollectionConfig, mint_token};
+use concord_server::{CollectionConfig, RunningServer, mint_token};
 use concord_testkit::wire::{Editor, WireClient};
 use support::*;
 
@@ -18,8 +18,9 @@ const READ: Permissions = Permissions { read: true, write: false, remove: false,
 
 /// A server where collection `private` lets nobody in by default and `locked` lets only
 /// alice create.
-async fn guarded_server() -> anyhow::Result<TestServer> {
-    TestServer::start(|config| {
+async fn guarded_server() -> anyhow::Result<(tempfile::TempDir, RunningServer)> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |config| {
         let private = CollectionConfig { world: Permissions::NONE, ..CollectionConfig::default() };
         config.collections.insert(collection("private"), private);
         let locked = CollectionConfig {
@@ -29,7 +30,8 @@ async fn guarded_server() -> anyhow::Result<TestServer> {
         };
         config.collections.insert(collection("locked"), locked);
     })
-    .await
+    .await?;
+    Ok((dir, server))
 }
 
 fn rejection_code(result: HandshakeResult) -> Option<ErrorCode> {
@@ -41,8 +43,9 @@ fn rejection_code(result: HandshakeResult) -> Option<ErrorCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_check_tokens() -> anyhow::Result<()> {
-    let server = TestServer::start(|c| c.auth.allow_anonymous = false).await?;
-    let mut client = WireClient::connect(&server.url()).await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |c| c.auth.allow_anonymous = false).await?;
+    let mut client = WireClient::connect(&url(&server)).await?;
     // Nothing but a handshake is served before one succeeds.
     let early = client.request(ClientRequest::Ping).await?;
     assert_eq!(early.unwrap_err().code, ErrorCode::NOT_AUTHENTICATED);
@@ -65,7 +68,7 @@ async fn handshakes_check_tokens() -> anyhow::Result<()> {
 
     // The reconnect token opens a new session for the same user, with a fresh token.
     let (_, renewed) =
-        WireClient::connect_as(&server.url(), Auth::Reconnect(session.reconnect_token.clone()))
+        WireClient::connect_as(&url(&server), Auth::Reconnect(session.reconnect_token.clone()))
             .await?;
     assert_eq!(renewed.user.id, UserId("alice".into()));
     assert_ne!(renewed.session, session.session);
@@ -76,9 +79,9 @@ async fn handshakes_check_tokens() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
 -> anyhow::Result<()> {
-    let server = guarded_server().await?;
-    let mut alice = server.connect("alice").await?;
-    let mut bob = server.connect("bob").await?;
+    let (_dir, server) = guarded_server().await?;
+    let mut alice = connect(&server, "alice").await?;
+    let mut bob = connect(&server, "bob").await?;
     create_in(&mut alice, "private", "secret", "for alice").await?;
 
     // Bob may do nothing with it, and is told so as if it did not exist.
@@ -145,7 +148,7 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
     assert_eq!(closed, ErrorCode::PERMISSION_REVOKED);
 
     // The model is untouched by all of it.
-    let mut carol = server.connect("alice").await?;
+    let mut carol = connect(&server, "alice").await?;
     let snapshot = open(&mut carol, "secret").await?;
     assert_eq!((snapshot.version, body(&snapshot.data)), (0, "for alice".to_string()));
     server.stop().await?;
@@ -154,9 +157,9 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permission_changes_reach_the_sessions_they_affect() -> anyhow::Result<()> {
-    let server = guarded_server().await?;
-    let mut alice = server.connect("alice").await?;
-    let mut bob = server.connect("bob").await?;
+    let (_dir, server) = guarded_server().await?;
+    let mut alice = connect(&server, "alice").await?;
+    let mut bob = connect(&server, "bob").await?;
     let mut grants = PermissionGrants::default();
     grants.users.insert(UserId("bob".into()), READ);
     let create = ClientRequest::CreateModel {
@@ -185,8 +188,8 @@ async fn permission_changes_reach_the_sessions_they_affect() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collections_decide_who_may_create() -> anyhow::Result<()> {
-    let server = guarded_server().await?;
-    let mut bob = server.connect("bob").await?;
+    let (_dir, server) = guarded_server().await?;
+    let mut bob = connect(&server, "bob").await?;
     let refused = ClientRequest::CreateModel {
         model: model("mine"),
         collection: collection("locked"),
@@ -195,13 +198,14 @@ async fn collections_decide_who_may_create() -> anyhow::Result<()> {
         permissions: None,
     };
     assert_eq!(bob.request(refused).await?.unwrap_err().code, ErrorCode::PERMISSION_DENIED);
-    let mut alice = server.connect("alice").await?;
+    let mut alice = connect(&server, "alice").await?;
     create_in(&mut alice, "locked", "mine", "").await?;
     server.stop().await?;
 
     // With on-demand collections off, an unknown collection is an error.
-    let server = TestServer::start(|c| c.auto_create_collections = false).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |c| c.auto_create_collections = false).await?;
+    let mut alice = connect(&server, "alice").await?;
     let request = ClientRequest::CreateModel {
         model: model("x"),
         collection: collection("nowhere"),
@@ -224,8 +228,9 @@ fn rejected_code(push: &ServerPush) -> Option<ErrorCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow::Result<()> {
-    let server = TestServer::start(|_| {}).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "abc").await?;
     let snapshot = open(&mut alice, "doc").await?;
     let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
@@ -270,7 +275,7 @@ async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow:
     alice.send(&ClientMessage::Notice(elsewhere)).await?;
     assert_eq!(alice.push(rejected_code).await?, ErrorCode::MODEL_NOT_OPEN);
 
-    let mut bob = server.connect("bob").await?;
+    let mut bob = connect(&server, "bob").await?;
     let snapshot = open(&mut bob, "doc").await?;
     assert_eq!((snapshot.version, body(&snapshot.data)), (1, "axbc".to_string()));
     server.stop().await?;
@@ -279,9 +284,10 @@ async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> anyhow::Result<()> {
-    let server = TestServer::start(|c| c.limits.max_frame_bytes = 64 * 1024).await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |c| c.limits.max_frame_bytes = 64 * 1024).await?;
 
-    let mut garbage = server.connect("alice").await?;
+    let mut garbage = connect(&server, "alice").await?;
     garbage
         .send_raw(vec![1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await?;
@@ -292,13 +298,13 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
         Some(ServerMessage::Error { to: None, error }) if error.code == ErrorCode::MALFORMED_FRAME
     ));
 
-    let mut future = server.connect("alice").await?;
+    let mut future = connect(&server, "alice").await?;
     future.send_raw(vec![2, 1, 0, 0]).await?;
     let closed = future.closed().await?;
     assert_eq!(closed.code, Some(concord_protocol::CLOSE_UNSUPPORTED_VERSION));
     assert!(closed.reason.contains("version 2"), "{closed:?}");
 
-    let mut huge = server.connect("alice").await?;
+    let mut huge = connect(&server, "alice").await?;
     let ping = concord_protocol::encode(&ClientMessage::Request {
         id: RequestId(1),
         request: ClientRequest::Ping,
@@ -313,7 +319,7 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
     ));
 
     // Opening an unknown model, closing one that is not open: typed errors, connection fine.
-    let mut alice = server.connect("alice").await?;
+    let mut alice = connect(&server, "alice").await?;
     assert_eq!(try_open(&mut alice, "nope").await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     let close = ClientRequest::CloseModel { model: model("nope") };
     assert_eq!(alice.request(close).await?.unwrap_err().code, ErrorCode::MODEL_NOT_OPEN);
@@ -325,11 +331,12 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::Result<()> {
-    let server = TestServer::start(|c| c.limits.max_queued_messages = 8).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |c| c.limits.max_queued_messages = 8).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     let snapshot = open(&mut alice, "doc").await?;
-    let mut sleeper = server.connect("bob").await?;
+    let mut sleeper = connect(&server, "bob").await?;
     open(&mut sleeper, "doc").await?;
     // Alice writes 20 MiB of text in 512 KiB pieces, more than the sockets' buffers can
     // hold; bob reads none of it.
@@ -349,8 +356,9 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_on_open_models_are_enforced() -> anyhow::Result<()> {
-    let server = TestServer::start(|c| c.limits.max_open_models = 2).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |c| c.limits.max_open_models = 2).await?;
+    let mut alice = connect(&server, "alice").await?;
     for id in ["a", "b", "c"] {
         create(&mut alice, id, "").await?;
     }

@@ -53,13 +53,14 @@ async fn edit_concurrently(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_editors_converge_with_the_server() -> anyhow::Result<()> {
-    let server = TestServer::start(|_| {}).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     let snapshot = open(&mut alice, "doc").await?;
     let mut clients = vec![(alice, Editor::new(model("doc"), ReplicaId(1), &snapshot))];
     for (i, user) in ["bob", "carol"].into_iter().enumerate() {
-        let mut client = server.connect(user).await?;
+        let mut client = connect(&server, user).await?;
         let snapshot = open(&mut client, "doc").await?;
         clients.push((client, Editor::new(model("doc"), ReplicaId(i as u64 + 2), &snapshot)));
     }
@@ -72,7 +73,7 @@ async fn concurrent_editors_converge_with_the_server() -> anyhow::Result<()> {
         assert_eq!(bodies[0].chars().filter(|c| *c == digit).count(), 40);
     }
     // A newcomer sees the same.
-    let mut dave = server.connect("dave").await?;
+    let mut dave = connect(&server, "dave").await?;
     let snapshot = open(&mut dave, "doc").await?;
     assert_eq!((snapshot.version, body(&snapshot.data)), (120, bodies[0].clone()));
     server.stop().await?;
@@ -81,8 +82,9 @@ async fn concurrent_editors_converge_with_the_server() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::Result<()> {
-    let server = TestServer::start(|_| {}).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "hello").await?;
     // The same creation again (its answer was lost) succeeds; another one is refused.
     create(&mut alice, "doc", "hello").await?;
@@ -96,7 +98,7 @@ async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::R
     let refused = alice.request(other.clone()).await?.unwrap_err();
     assert_eq!(refused.code, ErrorCode::MODEL_ALREADY_EXISTS);
 
-    let mut bob = server.connect("bob").await?;
+    let mut bob = connect(&server, "bob").await?;
     open(&mut bob, "doc").await?;
     bob.request(ClientRequest::SubscribeOffline {
         subscribe: vec![KnownModel { model: model("doc"), version: Some(0) }],
@@ -132,8 +134,9 @@ async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_a_missing_model_can_ask_the_client_for_its_data() -> anyhow::Result<()> {
-    let server = TestServer::start(|_| {}).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
     let open_id = alice
         .send_request(ClientRequest::OpenModel { model: model("auto"), auto_create: true })
         .await?;
@@ -174,8 +177,9 @@ async fn opening_a_missing_model_can_ask_the_client_for_its_data() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
-    let server = TestServer::start(|_| {}).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     let snapshot = open(&mut alice, "doc").await?;
     let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
@@ -184,8 +188,8 @@ async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
         commit(&mut alice, &mut editor, operation).await?;
     }
     // Bob knew version 1: he gets operations 2 and 3; Carol knew nothing: a snapshot.
-    let mut bob = server.connect("bob").await?;
-    let mut carol = server.connect("carol").await?;
+    let mut bob = connect(&server, "bob").await?;
+    let mut carol = connect(&server, "carol").await?;
     for (client, known) in [(&mut bob, Some(1)), (&mut carol, None)] {
         let request = ClientRequest::SubscribeOffline {
             subscribe: vec![KnownModel { model: model("doc"), version: known }],
@@ -225,8 +229,9 @@ async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_model_unloads_and_comes_back_intact() -> anyhow::Result<()> {
-    let server = TestServer::start(|c| c.idle_unload = Duration::from_millis(20)).await?;
-    let mut alice = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |c| c.idle_unload = Duration::from_millis(20)).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     for round in 0..3 {
         let snapshot = open(&mut alice, "doc").await?;
@@ -250,8 +255,8 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
         c.snapshot_every = 100;
     };
     let temp = tempfile::tempdir()?;
-    let server = TestServer::start_in(temp.path(), small_memory).await?;
-    let mut alice = server.connect("alice").await?;
+    let server = start(temp.path(), small_memory).await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     let snapshot = open(&mut alice, "doc").await?;
     let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
@@ -264,8 +269,8 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     let last_seq = total as u64;
     server.stop().await?;
 
-    let server = TestServer::start_in(temp.path(), small_memory).await?;
-    let mut bob = server.connect("bob").await?;
+    let server = start(temp.path(), small_memory).await?;
+    let mut bob = connect(&server, "bob").await?;
     let request = ClientRequest::Resync {
         model: model("doc"),
         known_version: 0,
@@ -313,7 +318,7 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
         })
         .await?;
     assert_eq!(ack, (last_seq, total as u64));
-    let mut carol = server.connect("carol").await?;
+    let mut carol = connect(&server, "carol").await?;
     let snapshot = open(&mut carol, "doc").await?;
     assert_eq!(snapshot.version, total as u64);
     assert_eq!(body(&snapshot.data), "x".repeat(total));
@@ -328,9 +333,11 @@ async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Resu
     std::fs::write(web.path().join("index.html"), "<h1>concord</h1>")?;
     std::fs::write(web.path().join("app.js"), "console.log('hi')")?;
     let root = web.path().to_path_buf();
-    let server = TestServer::start(move |c| c.web_root = Some(root)).await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), move |c| c.web_root = Some(root)).await?;
+    let addr = server.addr();
     let get = |path: &'static str| async move {
-        let mut tcp = tokio::net::TcpStream::connect(server.addr).await?;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await?;
         let mut response = String::new();
@@ -342,7 +349,7 @@ async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Resu
     assert!(get("/../Cargo.toml").await?.starts_with("HTTP/1.1 4"));
     assert!(get("/health").await?.ends_with("ok"));
     // The WebSocket endpoint is unchanged.
-    let mut alice = server.connect("alice").await?;
+    let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     server.stop().await?;
     Ok(())
@@ -353,16 +360,17 @@ async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Resu
 /// never announced there as someone else's operation.
 #[tokio::test]
 async fn a_late_submission_on_an_old_connection_is_acked_on_the_new_one() -> anyhow::Result<()> {
-    let server = TestServer::start(|_| {}).await?;
-    let mut old = server.connect("alice").await?;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut old = connect(&server, "alice").await?;
     create(&mut old, "late", "hello").await?;
     let snapshot = open(&mut old, "late").await?;
-    let mut bob = server.connect("bob").await?;
+    let mut bob = connect(&server, "bob").await?;
     open(&mut bob, "late").await?;
     // Alice reconnects and resyncs, naming the submission she has in flight (not committed
     // yet)...
     let replica = ReplicaId(42);
-    let mut new = server.connect("alice").await?;
+    let mut new = connect(&server, "alice").await?;
     let resync = ClientRequest::Resync {
         model: model("late"),
         known_version: 0,

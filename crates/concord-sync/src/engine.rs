@@ -41,7 +41,8 @@ pub struct EngineConfig {
     /// Store a snapshot in place of the server operations after this many.
     pub compact_every: usize,
     /// How many stored models with unsent changes are loaded at once to sync after a
-    /// reconnection; memory stays bounded by this, not by the number of such models.
+    /// reconnection, so that their states in memory are bounded by this rather than by the
+    /// number of such models (the intent; not measured yet).
     pub sync_concurrency: usize,
 }
 

@@ -1,5 +1,5 @@
 //! `concord-web` is Concord's JavaScript API for browsers: a wasm-bindgen layer over
-//! `concord-client`, in the shape of the original's —
+//! `concord-client`, in the shape of the Convergence engine's JavaScript API —
 //! `new Domain(url, { offline: { storage: new IdbStorageAdapter() } })`,
 //! `domain.initializeOffline(user)`, `domain.connectWithJwt(token)`,
 //! `domain.models().open(id)`, element handles and event callbacks. String positions at this

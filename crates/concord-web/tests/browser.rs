@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use concord_client::{Domain, ModelId};
-use concord_server::{AuthConfig, JwtConfig, JwtKey, Server, ServerConfig, mint_token};
+use concord_server::{RunningServer, Server, ServerConfig, mint_token};
 
 const SECRET: &[u8] = b"the browser test's JWT secret";
 
@@ -63,35 +63,16 @@ impl Drop for Browser {
     }
 }
 
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), concord_server::ServerError>>,
-}
-
+/// A development server on `dir` listening on `addr` (port 0: any), serving the page.
 async fn serve(
     addr: std::net::SocketAddr,
     dir: &std::path::Path,
     web_root: &std::path::Path,
-) -> anyhow::Result<(std::net::SocketAddr, Running)> {
-    let auth = AuthConfig {
-        jwt: Some(JwtConfig {
-            key: JwtKey::Hs256(SECRET.to_vec()),
-            audience: None,
-            leeway: Duration::ZERO,
-        }),
-        allow_anonymous: false,
-        reconnect_secret: b"the browser test server's secret".to_vec(),
-        reconnect_ttl: Duration::from_secs(3600),
-    };
-    let mut config = ServerConfig::new(addr, dir, auth);
+) -> anyhow::Result<RunningServer> {
+    let mut config = ServerConfig::development(dir, SECRET);
+    config.bind = addr;
     config.web_root = Some(web_root.to_path_buf());
-    let server = Server::bind(config).await?;
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Ok((addr, Running { stop, task }))
+    Ok(Server::spawn(config).await?)
 }
 
 fn items(browser: &mut Browser, tab: &str) -> anyhow::Result<Vec<String>> {
@@ -109,7 +90,8 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         "build the page first: cargo xtask web"
     );
     let dir = tempfile::tempdir()?;
-    let (addr, server) = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
+    let server = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
+    let addr = server.addr();
     let token = mint_token(SECRET, "alice", None, Duration::from_secs(3600))?;
     let page = format!("http://{addr}/?user=alice&token={token}&model=todos");
 
@@ -123,8 +105,7 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     run("synced a".into())?;
 
     // The server goes away; the page keeps working, and keeps its work across a reload.
-    let _ = server.stop.send(());
-    server.task.await??;
+    server.stop().await?;
     run("waitStatus a reconnecting".into())?;
     run("add a eggs (offline)".into())?;
     run("reload a".into())?;
@@ -139,7 +120,7 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     let second = run("waitStatus b in use".into());
 
     // The server is back: the page syncs, and a native client sees every change.
-    let (_, server) = serve(addr, dir.path(), &web_root).await?;
+    let server = serve(addr, dir.path(), &web_root).await?;
     run("synced a".into())?;
     let native = Domain::builder(format!("ws://{addr}/demo/todos")).build();
     native.connect_with_jwt(mint_token(SECRET, "bob", None, Duration::from_secs(3600))?).await?;
@@ -153,7 +134,6 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         .collect();
     assert_eq!(texts, ["milk", "bread", "eggs (offline)", "butter (offline)"]);
     second.context("the second tab did not report the store in use")?;
-    let _ = server.stop.send(());
-    server.task.await??;
+    server.stop().await?;
     Ok(())
 }

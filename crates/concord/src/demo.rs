@@ -15,7 +15,7 @@ use clap::Args;
 use concord_client::{
     CollectionId, ConnectionState, Domain, DomainEvent, ModelId, RealTimeModel, RedbAdapter,
 };
-use concord_server::{AuthConfig, JwtConfig, JwtKey, Server, ServerConfig, mint_token};
+use concord_server::{Server, ServerConfig, mint_token};
 use serde_json::json;
 
 #[derive(Debug, Args)]
@@ -67,23 +67,8 @@ async fn text_of(model: &RealTimeModel) -> anyhow::Result<String> {
 
 async fn demo(dir: &Path, background: usize) -> anyhow::Result<()> {
     say("Concord demo: two people, one shared note, one of them offline for a while.");
-    let auth = AuthConfig {
-        jwt: Some(JwtConfig {
-            key: JwtKey::Hs256(SECRET.to_vec()),
-            audience: None,
-            leeway: Duration::ZERO,
-        }),
-        allow_anonymous: false,
-        reconnect_secret: b"concord demo reconnect secret".to_vec(),
-        reconnect_ttl: Duration::from_secs(3600),
-    };
-    let config = ServerConfig::new("127.0.0.1:0".parse()?, dir.join("server"), auth);
-    let server = Server::bind(config).await?;
-    let url = format!("ws://{}/demo/notes", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let server = Server::spawn(ServerConfig::development(dir.join("server"), SECRET)).await?;
+    let url = server.url("demo", "notes");
 
     step(1, "A server starts, and Alice and Bob connect, each with a store on disk.");
     say(format!("   server: {url} (data in {})", dir.join("server").display()));
@@ -244,8 +229,7 @@ async fn demo(dir: &Path, background: usize) -> anyhow::Result<()> {
     ));
     say("\nConverged.");
 
-    let _ = stop.send(());
-    server.await.context("the server task failed")??;
+    server.stop().await.context("the server failed")?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use common::{ServerProcess, connect, create_model, open_model, text_document, token};
+use common::{connect, create_model, open_model, serve, text_document, token};
 use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
 use concord_protocol::{ModelId, OpenedModel, ServerPush};
 use concord_testkit::SimRng;
@@ -112,8 +112,11 @@ async fn acknowledged_operations_survive_sigkill() -> anyhow::Result<()> {
     let mut writer_token: Option<String> = None;
     let opened = Arc::new(AtomicU64::new(0));
 
+    let mut server = serve(dir.path(), &[])?;
     for round in 0..=KILLS {
-        let mut server = ServerProcess::start(dir.path(), &[])?;
+        if round > 0 {
+            server.restart()?;
+        }
         let url = server.url("acme", "durability");
         if writer_token.is_none() {
             writer_token = Some(token(dir.path(), "writer")?);

@@ -3,10 +3,14 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, ServerProcess, concord, connect, run, token};
-use concord_protocol::{Auth, HandshakeResult, ServerPush};
+use common::{
+    PATIENCE, ServeProcess, concord, connect, create_model, open_model, run, serve, text_document,
+    token,
+};
+use concord_protocol::{Auth, HandshakeResult, ModelId, ServerPush};
 use concord_testkit::wire::WireClient;
 
 async fn handshake(url: &str, token: &str) -> anyhow::Result<HandshakeResult> {
@@ -26,7 +30,7 @@ async fn the_first_start_creates_a_secret_that_signs_accepted_tokens() -> anyhow
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("start `concord serve` once first, or pass --secret-file"), "{stderr}");
 
-    let mut server = ServerProcess::start(&data_dir, &[])?;
+    let mut server = serve(&data_dir, &[])?;
     let secret_path = data_dir.join("secret");
     let secret = std::fs::read_to_string(&secret_path)?;
     assert_eq!(secret.trim().len(), 64, "{secret:?}");
@@ -41,7 +45,7 @@ async fn the_first_start_creates_a_secret_that_signs_accepted_tokens() -> anyhow
     // Beside the WebSocket endpoint, a health check for load balancers.
     {
         use std::io::{Read, Write};
-        let mut http = std::net::TcpStream::connect(server.addr)?;
+        let mut http = std::net::TcpStream::connect(server.addr())?;
         http.set_read_timeout(Some(PATIENCE))?;
         http.write_all(b"GET /health HTTP/1.1\r\nHost: concord\r\nConnection: close\r\n\r\n")?;
         let mut response = String::new();
@@ -74,7 +78,7 @@ async fn the_first_start_creates_a_secret_that_signs_accepted_tokens() -> anyhow
     assert_eq!(server.wait(PATIENCE)?.and_then(|s| s.code()), Some(0));
 
     // A second start reuses the secret: the same token is still good.
-    let server = ServerProcess::start(&data_dir, &[])?;
+    let server = serve(&data_dir, &[])?;
     assert_eq!(std::fs::read_to_string(&secret_path)?, secret);
     assert!(!server.wait_for_log("concord ready")?.contains("created the server secret"));
     let url = server.url("acme", "docs");
@@ -90,8 +94,7 @@ async fn a_configured_secret_signs_client_tokens_and_the_data_dir_keeps_its_own(
     let jwt_secret = dir.path().join("jwt-secret");
     std::fs::write(&jwt_secret, "a secret shared with the application's login service\n")?;
     let file = jwt_secret.to_str().unwrap();
-    let server =
-        ServerProcess::start(&data_dir, &["--jwt-secret-file", file, "--jwt-audience", "app"])?;
+    let server = serve(&data_dir, &["--jwt-secret-file", file, "--jwt-audience", "app"])?;
     // Reconnect tokens are still signed with the data directory's own secret.
     assert!(data_dir.join("secret").exists());
     let url = server.url("acme", "docs");
@@ -121,7 +124,7 @@ async fn a_configured_secret_signs_client_tokens_and_the_data_dir_keeps_its_own(
 async fn sigterm_and_sigint_stop_the_server_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     for signal in ["TERM", "INT"] {
-        let mut server = ServerProcess::start(dir.path(), &[])?;
+        let mut server = serve(dir.path(), &[])?;
         let mut client = connect(&server.url("acme", "docs"), &token(dir.path(), "alice")?).await?;
         let started = Instant::now();
         server.signal(signal)?;
@@ -142,7 +145,7 @@ async fn sigterm_and_sigint_stop_the_server_cleanly() -> anyhow::Result<()> {
 #[test]
 fn a_second_server_on_the_same_data_dir_fails_clearly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let _first = ServerProcess::start(dir.path(), &[])?;
+    let _first = serve(dir.path(), &[])?;
     let output =
         run(concord().args(["serve", "--bind", "127.0.0.1:0", "--data-dir"]).arg(dir.path()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -200,11 +203,8 @@ async fn with_an_rs256_key_hs256_tokens_are_refused() -> anyhow::Result<()> {
     std::fs::write(&pem, RS256_PUBLIC_KEY)?;
     let config = dir.path().join("concord.toml");
     std::fs::write(&config, "jwt_rs256_public_key = \"public.pem\"\ndata_dir = \"data\"\n")?;
-    let server = ServerProcess::spawn({
-        let mut command = concord();
-        command.args(["serve", "--bind", "127.0.0.1:0", "--config"]).arg(&config);
-        command
-    })?;
+    let server =
+        ServeProcess::start_with_args(common::BIN, [OsStr::new("--config"), config.as_os_str()])?;
     server.wait_for_log("RS256")?;
     // The data directory still gets its secret, for reconnect tokens; it signs no client JWT.
     let hs256 = token(&data_dir, "alice")?;
@@ -217,5 +217,30 @@ async fn with_an_rs256_key_hs256_tokens_are_refused() -> anyhow::Result<()> {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("RS256"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_restarts_on_its_address_and_data_and_stops_cleanly() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut server = serve(dir.path(), &[])?;
+    let addr = server.addr();
+    let alice = token(dir.path(), "alice")?;
+    let model = ModelId::new("kept")?;
+    let mut client = connect(&server.url("acme", "docs"), &alice).await?;
+    create_model(&mut client, &model, text_document(1)).await?;
+
+    server.kill()?;
+    assert!(client.closed().await.is_ok(), "the killed server's connection stays open");
+    server.restart()?;
+    assert_eq!(server.addr(), addr);
+    assert!(!server.log().contains("concord stopped"), "the log starts afresh");
+    let mut client = connect(&server.url("acme", "docs"), &alice).await?;
+    assert_eq!(open_model(&mut client, &model).await?.snapshot.version, 0);
+
+    // `stop` is SIGTERM and a clean exit, after which the whole log is there.
+    server.stop()?;
+    assert!(server.log().contains("concord stopped"), "{}", server.log());
     Ok(())
 }

@@ -3,63 +3,29 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use concord_client::{CollectionId, Domain, ModelId, RedbAdapter};
-use concord_server::{
-    AuthConfig, JwtConfig, JwtKey, Server, ServerConfig, ServerError, mint_token,
-};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use concord_server::{RunningServer, Server, ServerConfig, mint_token};
 
 pub const SECRET: &[u8] = b"the client tests' JWT secret";
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub dir: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServerError>>>,
+/// A development server on `dir`, on a free port.
+pub async fn start(dir: &Path) -> anyhow::Result<RunningServer> {
+    Ok(Server::spawn(ServerConfig::development(dir, SECRET)).await?)
 }
 
-impl TestServer {
-    /// A server on `dir`, listening on `addr` (port 0: any).
-    pub async fn start(dir: &Path, addr: SocketAddr) -> anyhow::Result<TestServer> {
-        let auth = AuthConfig {
-            jwt: Some(JwtConfig {
-                key: JwtKey::Hs256(SECRET.to_vec()),
-                audience: None,
-                leeway: Duration::ZERO,
-            }),
-            allow_anonymous: true,
-            reconnect_secret: b"the test server's own secret".to_vec(),
-            reconnect_ttl: Duration::from_secs(3600),
-        };
-        let server = Server::bind(ServerConfig::new(addr, dir, auth)).await?;
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
-        Ok(TestServer { addr, dir: dir.to_path_buf(), stop: Some(stop), task: Some(task) })
-    }
+/// A development server on `dir` listening on `addr` (a restart where clients expect it).
+pub async fn start_at(dir: &Path, addr: SocketAddr) -> anyhow::Result<RunningServer> {
+    let mut config = ServerConfig::development(dir, SECRET);
+    config.bind = addr;
+    Ok(Server::spawn(config).await?)
+}
 
-    pub fn url(&self) -> String {
-        format!("ws://{}/test/main", self.addr)
-    }
-
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .context("the server did not stop")???;
-        }
-        Ok(())
-    }
+/// The domain every test uses.
+pub fn url(server: &RunningServer) -> String {
+    server.url("test", "main")
 }
 
 pub fn token(user: &str) -> String {

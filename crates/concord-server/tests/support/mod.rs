@@ -2,10 +2,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use concord_ot::{
     DiscreteOperation, Document, IdGenerator, Operation, OperationKind, PathSegment, ReplicaId,
     Value,
@@ -14,90 +14,31 @@ use concord_protocol::{
     Auth, ClientRequest, CollectionId, CreationNonce, ErrorReply, ModelId, ModelSnapshot,
     ServerResponse,
 };
-use concord_server::{
-    AuthConfig, JwtConfig, JwtKey, Server, ServerConfig, ServerError, mint_token,
-};
+use concord_server::{RunningServer, Server, ServerConfig, mint_token};
 use concord_testkit::wire::WireClient;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub const SECRET: &[u8] = b"the test suite's JWT secret";
 
-pub struct TestServer {
-    pub addr: std::net::SocketAddr,
-    pub dir: PathBuf,
-    _temp: Option<tempfile::TempDir>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServerError>>>,
+/// A development server on `dir` (anonymous handshakes accepted), changed by `tweak`.
+pub async fn start(
+    dir: &Path,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> anyhow::Result<RunningServer> {
+    let mut config = ServerConfig::development(dir, SECRET);
+    config.auth.allow_anonymous = true;
+    tweak(&mut config);
+    Ok(Server::spawn(config).await?)
 }
 
-pub fn config(dir: &Path) -> ServerConfig {
-    let auth = AuthConfig {
-        jwt: Some(JwtConfig {
-            key: JwtKey::Hs256(SECRET.to_vec()),
-            audience: None,
-            leeway: Duration::ZERO,
-        }),
-        allow_anonymous: true,
-        reconnect_secret: b"the test server's own secret".to_vec(),
-        reconnect_ttl: Duration::from_secs(3600),
-    };
-    ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir, auth)
+/// The domain every test uses.
+pub fn url(server: &RunningServer) -> String {
+    server.url("test", "main")
 }
 
-impl TestServer {
-    pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> anyhow::Result<TestServer> {
-        let temp = tempfile::tempdir()?;
-        let dir = temp.path().to_path_buf();
-        let mut server = TestServer::start_in(&dir, tweak).await?;
-        server._temp = Some(temp);
-        Ok(server)
-    }
-
-    /// A server on an existing data dir (a restart); the caller keeps the dir.
-    pub async fn start_in(
-        dir: &Path,
-        tweak: impl FnOnce(&mut ServerConfig),
-    ) -> anyhow::Result<TestServer> {
-        let mut config = config(dir);
-        tweak(&mut config);
-        let server = Server::bind(config).await?;
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
-        Ok(TestServer {
-            addr,
-            dir: dir.to_path_buf(),
-            _temp: None,
-            stop: Some(stop),
-            task: Some(task),
-        })
-    }
-
-    pub fn url(&self) -> String {
-        format!("ws://{}/test/main", self.addr)
-    }
-
-    pub async fn connect(&self, user: &str) -> anyhow::Result<WireClient> {
-        let (client, _) = WireClient::connect_as(&self.url(), jwt(user)).await?;
-        Ok(client)
-    }
-
-    /// Shuts down gracefully and checks that the server stopped cleanly; keeps the data
-    /// dir alive in the returned guard.
-    pub async fn stop(mut self) -> anyhow::Result<Option<tempfile::TempDir>> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .context("the server did not stop")???;
-        }
-        Ok(self._temp.take())
-    }
+/// A protocol client connected to [`url`] as `user`.
+pub async fn connect(server: &RunningServer, user: &str) -> anyhow::Result<WireClient> {
+    let (client, _) = WireClient::connect_as(&url(server), jwt(user)).await?;
+    Ok(client)
 }
 
 pub fn jwt(user: &str) -> Auth {

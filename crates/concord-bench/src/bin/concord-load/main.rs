@@ -1,19 +1,19 @@
-//! `concord-load`: Concord's server under load (DESIGN.md §11, P2), with the workload of the
-//! ShareDB peer benchmark (`shared/peers/sharedb`) so that the two compare.
+//! `concord-load`: Concord's server under load (target P2 in `docs/benchmarks.md`), with the
+//! workload of the ShareDB peer benchmark so that the two compare.
 //!
 //! What it is: a closed-loop load generator and its report. Each run starts a fresh
-//! `concord-server` in a separate process (this binary, re-executed with the hidden `serve`
-//! subcommand, on 127.0.0.1 with a temporary redb data directory, anonymous access and the
-//! per-connection rate limit lifted), creates one model `{ "body": "" }` and opens it from C
-//! clients, each its own WebSocket connection, as tasks of one multi-threaded tokio runtime in
-//! this process. Each client inserts one character at a random position of its local copy,
-//! submits it, waits for the ack, and repeats; it applies every remote operation to its copy,
-//! transforming its in-flight operation. After a warm-up, a window of T seconds is measured:
-//! acked operations per second, submit-to-ack latency, the server's peak RSS and CPU, this
-//! process's CPU and the rest of the machine's. Then every run is checked: all clients
-//! converge to one body, one character and one version per acked operation, a fresh client
-//! sees the same, and so does one after the server is killed (SIGKILL) and restarted on its
-//! data. The exit code is non-zero when any run fails a check.
+//! `concord serve` in a separate process (the `concord` binary, found beside this one unless
+//! `--concord` names it; on 127.0.0.1 with a temporary redb data directory, anonymous access
+//! and the per-connection rate limit lifted), creates one model `{ "body": "" }` and opens
+//! it from C clients, each its own WebSocket connection, as tasks of one multi-threaded
+//! tokio runtime in this process. Each client inserts one character at a random position of
+//! its local copy, submits it, waits for the ack, and repeats; it applies every remote
+//! operation to its copy, transforming its in-flight operation. After a warm-up, a window of
+//! T seconds is measured: acked operations per second, submit-to-ack latency, the server's
+//! peak RSS and CPU, this process's CPU and the rest of the machine's. Then every run is
+//! checked: all clients converge to one body, one character and one version per acked
+//! operation, a fresh client sees the same, and so does one after the server is killed
+//! (SIGKILL) and restarted on its data. The exit code is non-zero when any run fails a check.
 //!
 //! What it is not: a client library (the clients speak the protocol directly, with no
 //! offline store), a model of real editing (one model, one insert per round trip, no
@@ -21,29 +21,31 @@
 //! server share the machine's cores, so the figures describe both together, as ShareDB's do.
 //!
 //! ```sh
-//! cargo build --release -p concord-bench --bin concord-load
+//! cargo build --release -p concord -p concord-bench --bin concord --bin concord-load
 //! target/release/concord-load --clients 1,10,50 --seconds 10 --warmup 2 --reps 3 --json runs.json
 //! ```
 
 mod client;
 mod run;
-mod server;
+mod system;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
 use serde::Serialize;
 
 use crate::run::{RunResult, run_once};
-use crate::server::machine_busy_seconds;
+use crate::system::machine_busy_seconds;
 
 #[derive(Debug, Parser)]
 #[command(about = "Concord's server under load: C closed-loop editors on one model")]
 struct Cli {
-    #[command(subcommand)]
-    command: Option<Internal>,
+    /// The `concord` binary whose `serve` command runs the server under test [default:
+    /// `concord` in this tool's directory]
+    #[arg(long, env = "CONCORD_BIN", value_name = "PATH")]
+    concord: Option<PathBuf>,
     /// Numbers of clients, one series of runs each.
     #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
     clients: Vec<usize>,
@@ -68,16 +70,6 @@ struct Cli {
     max_other: f64,
 }
 
-#[derive(Debug, Subcommand)]
-enum Internal {
-    /// Runs the server under test (started by this tool itself).
-    #[command(hide = true)]
-    Serve {
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
 /// One run as reported: its figures, or why it failed.
 #[derive(Debug, Serialize)]
 struct Run {
@@ -96,15 +88,13 @@ impl Run {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Internal::Serve { data_dir }) = &cli.command {
-        return server::serve(data_dir);
-    }
+    let concord = concord_binary(cli.concord.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (runs, discarded) = runtime.block_on(run_all(&cli))?;
+    let (runs, discarded) = runtime.block_on(run_all(&cli, &concord))?;
 
     if let Some(path) = &cli.json {
         let raw = serde_json::json!({
-            "machine": server::machine(),
+            "machine": system::machine(),
             "options": { "clients": cli.clients, "seconds": cli.seconds, "warmup": cli.warmup,
                          "reps": cli.reps, "max_other": cli.max_other },
             "runs": runs,
@@ -120,8 +110,23 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// `explicit`, else `concord` in the directory of this executable (where cargo puts both).
+fn concord_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe().context("locating this binary")?.with_file_name("concord"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no concord binary at {}: build it (cargo build --release -p concord) or pass --concord",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Every (C, repetition), each after the machine went idle, redone when it was busy.
-async fn run_all(cli: &Cli) -> Result<(Vec<Run>, Vec<Run>)> {
+async fn run_all(cli: &Cli, concord: &Path) -> Result<(Vec<Run>, Vec<Run>)> {
     let warmup = Duration::from_secs_f64(cli.warmup);
     let window = Duration::from_secs_f64(cli.seconds);
     let run_timeout = warmup + window + Duration::from_secs(180);
@@ -131,9 +136,12 @@ async fn run_all(cli: &Cli) -> Result<(Vec<Run>, Vec<Run>)> {
             let mut attempt = 1;
             let run = loop {
                 wait_idle(Duration::from_secs_f64(cli.idle_wait)).await?;
-                let outcome = tokio::time::timeout(run_timeout, run_once(clients, warmup, window))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the run took over {run_timeout:?}")));
+                let outcome =
+                    tokio::time::timeout(run_timeout, run_once(concord, clients, warmup, window))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!("the run took over {run_timeout:?}"))
+                        });
                 let run = match outcome {
                     Ok(result) => Run { clients, rep, result: Some(result), failed: None },
                     Err(e) => Run { clients, rep, result: None, failed: Some(format!("{e:#}")) },
@@ -194,7 +202,8 @@ fn summary(run: &Run) -> String {
     }
 }
 
-/// The Markdown report: per C, the median of the runs with min–max, as `peers/sharedb` prints.
+/// The Markdown report: per C, the median of the runs with min–max, as the ShareDB peer
+/// benchmark prints it.
 fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
     let mut out = vec![
         format!(
@@ -203,7 +212,7 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
             cli.seconds, cli.warmup, cli.reps
         ),
         String::new(),
-        format!("Machine: {}.  ", server::machine()),
+        format!("Machine: {}.  ", system::machine()),
         format!(
             "Runs redone because other processes used > {}% of a core: {discarded}.",
             cli.max_other

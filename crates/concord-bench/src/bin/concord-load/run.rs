@@ -1,6 +1,7 @@
 //! One measured run: a fresh server process and data directory, C editors, warm-up and
 //! window, then the convergence and durability checks.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -9,8 +10,15 @@ use concord_protocol::ModelId;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use concord_testkit::process::ServeProcess;
+
 use crate::client::{self, Editor, LoopStats};
-use crate::server::{ServerProcess, cpu_seconds, machine_busy_seconds};
+use crate::system::{cpu_seconds, machine_busy_seconds, peak_rss_kib};
+
+/// Sustained submissions per second allowed on one connection. The server's default (2,000)
+/// is abuse protection and would cap a single client below the target; the load tool
+/// measures the server's capacity, so it lifts the limit.
+const RATE_LIMIT: &str = "1000000";
 
 /// What one run measured and whether it passed its checks.
 #[derive(Debug, Clone, Serialize)]
@@ -86,21 +94,31 @@ fn model_id() -> ModelId {
     ModelId::new("load-bench").expect("a valid model id")
 }
 
-/// One run with `clients` editors: `warmup`, then `window` measured.
+/// Starts `concord serve` (the binary `concord`) on 127.0.0.1 with `data_dir`, anonymous
+/// access, the rate limit lifted and only warnings logged.
+fn start_server(concord: &Path, data_dir: &Path) -> Result<ServeProcess> {
+    let limits = ["--messages-per-second", RATE_LIMIT, "--burst", RATE_LIMIT];
+    let args = [&["--allow-anonymous", "--log", "warn"][..], &limits].concat();
+    ServeProcess::start(concord, data_dir, &args)
+}
+
+/// One run with `clients` editors against a server run by the binary `concord`: `warmup`,
+/// then `window` measured.
 pub(crate) async fn run_once(
+    concord: &Path,
     clients: usize,
     warmup: Duration,
     window: Duration,
 ) -> Result<RunResult> {
     let data_dir = tempfile::Builder::new().prefix("concord-load-").tempdir()?;
-    let server = ServerProcess::start(data_dir.path())?;
-    let url = |port: u16| format!("ws://127.0.0.1:{port}/load/bench");
+    let mut server = start_server(concord, data_dir.path())?;
+    let url = server.url("load", "bench");
     let model = model_id();
 
-    let created_version = client::create_model(&url(server.port), &model).await?;
+    let created_version = client::create_model(&url, &model).await?;
     let mut editors = Vec::with_capacity(clients);
     for i in 0..clients {
-        editors.push(Editor::open(&url(server.port), &model, ReplicaId(i as u64 + 1)).await?);
+        editors.push(Editor::open(&url, &model, ReplicaId(i as u64 + 1)).await?);
     }
 
     // The closed loops, with CPU sampled at both ends of the window.
@@ -163,15 +181,16 @@ pub(crate) async fn run_once(
         one_version_per_op: final_version == created_version + total_acked,
         ..Checks::default()
     };
-    let fresh = Editor::open(&url(server.port), &model, ReplicaId(clients as u64 + 1)).await?;
+    let fresh = Editor::open(&url, &model, ReplicaId(clients as u64 + 1)).await?;
     checks.fresh_client_agrees = fresh.version() == final_version && fresh.body() == body;
-    let peak_rss_kib = server.peak_rss_kib()?;
+    let peak_rss_kib = peak_rss_kib(server.pid())?;
     drop((fresh, editors));
 
     // Durability: kill the server without warning, restart it on the same data, reopen.
-    drop(server);
-    let server = ServerProcess::start(data_dir.path())?;
-    let reopened = Editor::open(&url(server.port), &model, ReplicaId(clients as u64 + 2)).await?;
+    server.kill()?;
+    server.restart()?;
+    let url = server.url("load", "bench");
+    let reopened = Editor::open(&url, &model, ReplicaId(clients as u64 + 2)).await?;
     checks.survives_kill = reopened.version() == final_version && reopened.body() == body;
     drop(reopened);
     server.stop()?;

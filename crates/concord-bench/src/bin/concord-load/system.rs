@@ -1,0 +1,67 @@
+//! What the load tool reads from `/proc`: CPU time of a process and of the whole machine,
+//! a process's peak resident set, and a description of the machine for the report.
+
+use std::io::{BufRead, BufReader, Read};
+
+use anyhow::{Context, Result};
+
+/// Peak resident set (`VmHWM`) of process `pid`, in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")
+}
+
+/// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system) a process has used; `pid` is a number or `"self"`.
+pub(crate) fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = stat.rsplit_once(") ").context("malformed /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse::<u64>()? as f64)
+    };
+    // utime and stime are fields 14 and 15, that is 11 and 12 after the name.
+    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
+/// CPU seconds the whole machine has spent busy (everything but idle and iowait).
+pub(crate) fn machine_busy_seconds() -> Result<f64> {
+    let mut first = String::new();
+    BufReader::new(std::fs::File::open("/proc/stat")?).read_line(&mut first)?;
+    let ticks: Vec<u64> =
+        first.split_whitespace().skip(1).take(8).map(str::parse).collect::<Result<_, _>>()?;
+    let total: u64 = ticks.iter().sum();
+    Ok((total - ticks[3] - ticks[4]) as f64 / USER_HZ)
+}
+
+/// A line about the machine for the report: cores, CPU model, RAM, kernel.
+pub(crate) fn machine() -> String {
+    let read = |path: &str| {
+        let mut text = String::new();
+        let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+        text
+    };
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':'])))
+        .unwrap_or("?");
+    let ram_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "nproc {cores}, CPU \"{model}\", {:.0} GiB RAM, Linux {}",
+        ram_kib as f64 / 1024.0 / 1024.0,
+        read("/proc/sys/kernel/osrelease").trim()
+    )
+}
