@@ -722,20 +722,14 @@ impl Driver {
         // In the store.
         match store.load_model(&model).await {
             Ok(Some(state)) if !state.summary.record.deleted_locally => {
-                let next = state.summary.record.next_element_counter;
-                let creation = store::pending_creation(&state);
                 let collection = state.summary.record.collection.clone();
-                let restored = store::persisted(state)
-                    .map_err(|e| ClientError::Storage(e.to_string()))
-                    .and_then(|p| {
-                        ModelReplica::restore(p).map_err(|e| ClientError::Storage(e.to_string()))
-                    });
-                let result = restored.and_then(|replica| {
-                    let next = next.max(next_counter_for(replica.local(), engine.replica_id()));
-                    match creation {
-                        Some(nonce) => engine.add_created_model(model.clone(), replica, nonce),
-                        None => engine.add_model(model.clone(), replica),
-                    }?;
+                let restored =
+                    store::restore(state).map_err(|e| ClientError::Storage(e.to_string()));
+                let result = restored.and_then(|restored| {
+                    let next = restored
+                        .next_element_counter
+                        .max(next_counter_for(restored.replica.local(), engine.replica_id()));
+                    engine.add_model(model.clone(), restored)?;
                     self.ids.insert(model.clone(), IdGenerator::new(engine.replica_id(), next));
                     Ok(())
                 });
@@ -897,19 +891,19 @@ impl Driver {
             return;
         };
         let loaded = match store.load_model(&model).await {
-            Ok(Some(state)) => {
-                let creation = store::pending_creation(&state);
-                let next = state.summary.record.next_element_counter;
-                match store::persisted(state).map(ModelReplica::restore) {
-                    Ok(Ok(replica)) => {
-                        self.ids
-                            .entry(model.clone())
-                            .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
-                        Some((replica, creation))
-                    }
-                    _ => None,
+            Ok(Some(state)) => match store::restore(state) {
+                Ok(restored) => {
+                    let next = restored.next_element_counter;
+                    self.ids
+                        .entry(model.clone())
+                        .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
+                    Some(restored)
                 }
-            }
+                Err(error) => {
+                    tracing::warn!(%model, %error, "a stored model cannot be restored");
+                    None
+                }
+            },
             Ok(None) => None,
             Err(e) => return self.fail(e.into()),
         };

@@ -31,6 +31,7 @@ use concord_protocol::{
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
+use crate::store::Restored;
 
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -270,10 +271,13 @@ impl ClientEngine {
         self.replica_id
     }
 
-    /// Takes a model into memory: downloaded, created, or restored from the store. When
-    /// connected it resyncs at once.
-    pub fn add_model(&mut self, model: ModelId, replica: ModelReplica) -> Result<(), EngineError> {
-        self.insert(model, replica, None)
+    /// Takes a model into memory, restored from the store ([`store::restore`]) or fresh
+    /// (`ModelReplica::into`). A model whose creation the server has not confirmed is
+    /// created there first. When connected it resyncs at once.
+    ///
+    /// [`store::restore`]: crate::store::restore
+    pub fn add_model(&mut self, model: ModelId, restored: Restored) -> Result<(), EngineError> {
+        self.insert(model, restored.replica, restored.creation)
     }
 
     fn insert(
@@ -328,19 +332,13 @@ impl ClientEngine {
         }
     }
 
-    /// The driver loaded a model asked for by [`ClientEngine::poll_load`] (`None`: it is no
-    /// longer in the store).
-    ///
-    /// `creation` is the nonce of a creation the server has not confirmed (the store's
-    /// creation record).
-    pub fn handle_loaded(
-        &mut self,
-        model: ModelId,
-        loaded: Option<(ModelReplica, Option<CreationNonce>)>,
-    ) {
+    /// The driver loaded a model asked for by [`ClientEngine::poll_load`] with
+    /// [`store::restore`](crate::store::restore) (`None`: it is no longer in the store, or
+    /// cannot be restored).
+    pub fn handle_loaded(&mut self, model: ModelId, loaded: Option<Restored>) {
         self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
         match loaded {
-            Some((replica, creation))
+            Some(Restored { replica, creation, .. })
                 if self.connected
                     && !self.models.contains_key(&model)
                     && !self.tombstones.contains_key(&model) =>
@@ -987,17 +985,6 @@ impl ClientEngine {
         };
         self.models.insert(model, entry);
         Ok(())
-    }
-
-    /// Takes into memory a model restored from the store whose creation the server has not
-    /// confirmed yet.
-    pub fn add_created_model(
-        &mut self,
-        model: ModelId,
-        replica: ModelReplica,
-        nonce: CreationNonce,
-    ) -> Result<(), EngineError> {
-        self.insert(model, replica, Some(nonce))
     }
 
     /// Brings a model on line: creates it at the server first when that is still owed.

@@ -31,7 +31,7 @@ fn engine_resyncing(current_version: u64) -> Result<(ClientEngine, ModelId, Mode
     };
     let model = ModelId::new("m")?;
     let mut engine = ClientEngine::new(ReplicaId(1), EngineConfig::default());
-    engine.add_model(model.clone(), ModelReplica::new(snapshot.clone()))?;
+    engine.add_model(model.clone(), ModelReplica::new(snapshot.clone()).into())?;
     engine.handle_connected(Vec::new(), Vec::new());
     let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit() else { panic!("resync") };
     engine.handle_message(ServerMessage::Response {

@@ -26,7 +26,7 @@ use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
     ClientEngine, EngineConfig, EngineError, Event, ModelReplica, Sequencer, StorageBatch,
-    StoreChange, Submission, SubmitOutcome, store,
+    StoreChange, Submission, SubmitOutcome, store, store::Restored,
 };
 use pollster::block_on;
 
@@ -192,7 +192,9 @@ impl Sim {
                 let store = adapter.open_store(&key).map_err(|e| e.to_string())?;
                 let mut batch = Batch { mutations: vec![Mutation::SetReplicaId(replica)] };
                 for (id, snapshot) in &initial {
-                    engine.add_model(id.clone(), ModelReplica::new(snapshot.clone())).expect("new");
+                    engine
+                        .add_model(id.clone(), ModelReplica::new(snapshot.clone()).into())
+                        .expect("new");
                     let record = ModelRecord::new(id.clone(), snapshot.collection.clone());
                     batch.mutations.push(Mutation::PutModel(record));
                     let snapshot = store::to_stored(snapshot);
@@ -364,8 +366,8 @@ impl Sim {
                         sequencer.document().to_json()
                     ));
                 }
-                let (stored, _, _) = client.restore(id)?;
-                if stored.local() != sequencer.document() {
+                let stored = client.restore(id)?;
+                if stored.replica.local() != sequencer.document() {
                     return Err(format!("{who}: the store rebuilds a different model"));
                 }
                 let committed_through = self
@@ -511,9 +513,9 @@ impl Sim {
         }
         self.flush_all(i)?;
         let client = &mut self.clients[i];
-        let (replica, _, creation) = client.restore(model)?;
+        let restored = client.restore(model)?;
         let engine = client.engine.as_mut().expect("checked");
-        add(engine, model.clone(), replica, creation)?;
+        engine.add_model(model.clone(), restored).map_err(|e| e.to_string())?;
         self.drain(i)
     }
 
@@ -536,9 +538,9 @@ impl Sim {
             }
             self.flush_all(i)?;
             let client = &mut self.clients[i];
-            let (replica, _, creation) = client.restore(&model)?;
+            let restored = client.restore(&model)?;
             let engine = client.engine.as_mut().expect("checked");
-            engine.handle_loaded(model, Some((replica, creation)));
+            engine.handle_loaded(model, Some(restored));
             self.drain_outputs(i)?;
         }
     }
@@ -701,10 +703,13 @@ impl Sim {
             .collect();
         // The application reopens some of its models; the others sync in the background.
         for id in client.model_ids.clone() {
-            let (replica, next_counter, creation) = client.restore(&id)?;
-            client.ids.insert(id.clone(), IdGenerator::new(client.replica, next_counter));
+            let restored = client.restore(&id)?;
+            client.ids.insert(
+                id.clone(),
+                IdGenerator::new(client.replica, restored.next_element_counter),
+            );
             if self.rng.flip() {
-                add(&mut engine, id, replica, creation)?;
+                engine.add_model(id, restored).map_err(|e| e.to_string())?;
             }
         }
         client.engine = Some(engine);
@@ -1024,34 +1029,12 @@ fn engine_config(config: Config) -> EngineConfig {
 }
 
 impl Client {
-    /// Rebuilds a model from the store, with the id counter to continue from.
-    /// Also returns the nonce of a creation the server has not confirmed.
-    fn restore(
-        &self,
-        model: &ModelId,
-    ) -> Result<(ModelReplica, u64, Option<CreationNonce>), String> {
+    /// Rebuilds a model from the store.
+    fn restore(&self, model: &ModelId) -> Result<Restored, String> {
         let state = block_on(self.store.load_model(model))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("replica {:?}: {model} is not in the store", self.replica))?;
-        let next_counter = state.summary.record.next_element_counter;
-        let creation = store::pending_creation(&state);
-        let persisted = store::persisted(state).map_err(|e| e.to_string())?;
-        let replica = ModelReplica::restore(persisted)
-            .map_err(|e| format!("replica {:?}: restoring {model} failed: {e}", self.replica))?;
-        Ok((replica, next_counter, creation))
+        store::restore(state)
+            .map_err(|e| format!("replica {:?}: restoring {model} failed: {e}", self.replica))
     }
-}
-
-/// Takes a restored model into the engine, as created-here when its creation is owed.
-fn add(
-    engine: &mut ClientEngine,
-    model: ModelId,
-    replica: ModelReplica,
-    creation: Option<CreationNonce>,
-) -> Result<(), String> {
-    match creation {
-        Some(nonce) => engine.add_created_model(model, replica, nonce),
-        None => engine.add_model(model, replica),
-    }
-    .map_err(|e| e.to_string())
 }
