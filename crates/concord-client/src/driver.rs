@@ -6,17 +6,16 @@
 //! Events go out on broadcast channels, so a slow consumer loses old events instead of
 //! slowing the connection down.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientMessage, ClientRequest, ClientResponse, CollectionId, CreationNonce, ModelId,
-    ModelSnapshot, PermissionGrants, RequestId, ServerMessage, ServerPush, ServerRequest,
-    ServerResponse, Session, Timestamp,
+    Auth, ClientMessage, ClientRequest, CollectionId, CreationNonce, ModelId, RequestId,
+    ServerMessage, ServerPush, Session, Timestamp,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
-use concord_sync::{ClientEngine, Event, ModelReplica, store};
+use concord_sync::{ClientEngine, EngineError, Event, ModelReplica, OpenFailure, store};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::domain::{ConnectionState, DomainEvent, DomainOptions, StoredModel};
@@ -109,8 +108,8 @@ pub(crate) enum Command {
     },
 }
 
-/// Requests the driver sends itself (opens, pings, handshakes) use ids from here up, apart
-/// from the engine's, which count from 1.
+/// Heartbeat pings the driver sends itself use ids from here up, apart from the engine's,
+/// which count from 1.
 const DRIVER_REQUESTS: u64 = 1 << 62;
 
 /// A model the application has open.
@@ -121,13 +120,6 @@ struct OpenModel {
     /// and it is in sync.
     handles: usize,
     collection: CollectionId,
-}
-
-/// An open at the server waiting for its answer.
-struct PendingOpen {
-    model: ModelId,
-    auto_create: Option<AutoCreate>,
-    replies: Vec<Reply<Opened>>,
 }
 
 pub(crate) struct Driver {
@@ -147,11 +139,11 @@ pub(crate) struct Driver {
     reconnect_at: Option<Instant>,
     backoff: Duration,
     last_heard: Instant,
-    ids: HashMap<ModelId, IdGenerator>,
     open: HashMap<ModelId, OpenModel>,
     /// Models in the engine because the application opened or created them.
     loaded_for_app: HashSet<ModelId>,
-    pending_opens: BTreeMap<RequestId, PendingOpen>,
+    /// Application opens waiting for the engine's answer from the server.
+    opening: HashMap<ModelId, Vec<Reply<Opened>>>,
     next_request: u64,
     /// Set when the store failed: the domain stops.
     failed: Option<ClientError>,
@@ -180,10 +172,9 @@ impl Driver {
             reconnect_at: None,
             backoff,
             last_heard: Instant::now(),
-            ids: HashMap::new(),
             open: HashMap::new(),
             loaded_for_app: HashSet::new(),
-            pending_opens: BTreeMap::new(),
+            opening: HashMap::new(),
             next_request: DRIVER_REQUESTS,
             failed: None,
         }
@@ -388,7 +379,6 @@ impl Driver {
         let idle = engine.model(model).is_some_and(|m| !m.has_unacknowledged());
         if idle {
             engine.remove_model(model);
-            self.ids.remove(model);
             self.loaded_for_app.remove(model);
         }
     }
@@ -515,14 +505,6 @@ impl Driver {
         if let Some(socket) = self.socket.take() {
             socket.close().await;
         }
-        for (_, pending) in std::mem::take(&mut self.pending_opens) {
-            for reply in pending.replies {
-                let _ = reply.send(Err(ClientError::Connect {
-                    url: self.url.clone(),
-                    reason: "the connection closed".into(),
-                }));
-            }
-        }
         if let Some(engine) = self.engine.as_mut() {
             engine.handle_disconnected();
         }
@@ -566,23 +548,6 @@ impl Driver {
         };
         self.last_heard = Instant::now();
         match &message {
-            ServerMessage::Response { to, response } if to.0 > DRIVER_REQUESTS => {
-                let (to, response) = (*to, response.clone());
-                return self.own_response(to, Ok(response)).await;
-            }
-            ServerMessage::Error { to: Some(to), error } if to.0 > DRIVER_REQUESTS => {
-                let (to, error) = (*to, error.clone());
-                return self.own_response(to, Err(error)).await;
-            }
-            ServerMessage::Request { id, request: ServerRequest::Ping } => {
-                let to = *id;
-                let reply = ClientMessage::Response { to, response: ClientResponse::Pong };
-                return self.send(reply).await;
-            }
-            ServerMessage::Request { id, request: ServerRequest::AutoCreate { model } } => {
-                let (id, model) = (*id, model.clone());
-                return self.answer_auto_create(id, &model).await;
-            }
             ServerMessage::Push(ServerPush::CollaboratorOpened { model, collaborator }) => {
                 let event = ModelEvent::CollaboratorOpened(collaborator.clone());
                 self.model_event(model, event);
@@ -596,75 +561,6 @@ impl Driver {
         if let Some(engine) = self.engine.as_mut() {
             engine.handle_message(message);
         }
-    }
-
-    async fn answer_auto_create(&mut self, id: RequestId, model: &ModelId) {
-        let pending = self.pending_opens.values().find(|p| p.model == *model);
-        let message = match pending.and_then(|p| p.auto_create.as_ref()) {
-            Some(auto) => {
-                let mut ids = IdGenerator::new(self.replica(), 0);
-                match concord_ot::Value::from_json(&auto.data, &mut ids) {
-                    Ok(value) => match Document::new(value) {
-                        Ok(data) => ClientMessage::Response {
-                            to: id,
-                            response: ClientResponse::AutoCreate {
-                                collection: auto.collection.clone(),
-                                data,
-                                permissions: None::<PermissionGrants>,
-                            },
-                        },
-                        Err(e) => auto_create_error(id, &e.to_string()),
-                    },
-                    Err(e) => auto_create_error(id, &e.to_string()),
-                }
-            }
-            None => auto_create_error(id, "this client has no data to create the model with"),
-        };
-        self.send(message).await;
-    }
-
-    fn replica(&self) -> ReplicaId {
-        self.engine.as_ref().map_or(ReplicaId(0), ClientEngine::replica_id)
-    }
-
-    async fn own_response(
-        &mut self,
-        to: RequestId,
-        answer: Result<ServerResponse, concord_protocol::ErrorReply>,
-    ) {
-        let Some(pending) = self.pending_opens.remove(&to) else { return };
-        let result = match answer {
-            Ok(ServerResponse::ModelOpened(opened)) => {
-                self.downloaded(&pending.model, opened.snapshot).map(|()| pending.model.clone())
-            }
-            Ok(other) => Err(ClientError::Server(concord_protocol::ErrorReply::new(
-                concord_protocol::ErrorCode::UNEXPECTED_MESSAGE,
-                format!("unexpected answer to an open: {other:?}"),
-            ))),
-            Err(error) => Err(ClientError::Server(error)),
-        };
-        for reply in pending.replies {
-            let opened = match &result {
-                Ok(model) => Ok(self.handle(model)),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = reply.send(opened);
-        }
-    }
-
-    /// A model opened at the server for the first time: stored, and synced from now on.
-    fn downloaded(&mut self, model: &ModelId, snapshot: ModelSnapshot) -> Result<(), ClientError> {
-        let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
-        let next = next_counter_for(&snapshot.data, engine.replica_id());
-        let collection = snapshot.collection.clone();
-        if engine.model(model).is_none() {
-            engine.add_downloaded(model.clone(), snapshot)?;
-        }
-        self.ids
-            .entry(model.clone())
-            .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
-        self.register(model, collection);
-        Ok(())
     }
 
     /// Creates the application's handle state for an open model.
@@ -725,14 +621,8 @@ impl Driver {
                 let collection = state.summary.record.collection.clone();
                 let restored =
                     store::restore(state).map_err(|e| ClientError::Storage(e.to_string()));
-                let result = restored.and_then(|restored| {
-                    let next = restored
-                        .next_element_counter
-                        .max(next_counter_for(restored.replica.local(), engine.replica_id()));
-                    engine.add_model(model.clone(), restored)?;
-                    self.ids.insert(model.clone(), IdGenerator::new(engine.replica_id(), next));
-                    Ok(())
-                });
+                let result =
+                    restored.and_then(|restored| Ok(engine.add_model(model.clone(), restored)?));
                 let result = result.map(|()| {
                     self.register(&model, collection);
                     self.handle(&model)
@@ -752,20 +642,51 @@ impl Driver {
                 return;
             }
         }
-        // Only the server has it.
-        if self.socket.is_none() {
-            let _ = reply.send(Err(ClientError::NotAvailableOffline(model)));
-            return;
+        // Only the server has it: the engine asks, and answers with an event.
+        let auto_create = match auto_create {
+            Some(AutoCreate { collection, data }) => match document(&data, engine.replica_id()) {
+                Ok(document) => Some((collection, document)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            },
+            None => None,
+        };
+        match engine.open_at_server(model.clone(), auto_create) {
+            Ok(()) => self.opening.entry(model).or_default().push(reply),
+            Err(EngineError::Offline(model)) => {
+                let _ = reply.send(Err(ClientError::NotAvailableOffline(model)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
         }
-        if let Some(pending) = self.pending_opens.values_mut().find(|p| p.model == model) {
-            pending.replies.push(reply);
-            return;
+    }
+
+    /// The engine's answer to opens at the server.
+    fn opened(&mut self, model: &ModelId, failure: Option<OpenFailure>) {
+        let replies = self.opening.remove(model).unwrap_or_default();
+        let loaded = self
+            .engine
+            .as_ref()
+            .and_then(|e| e.model(model))
+            .map(|m| m.confirmed().collection.clone());
+        for reply in replies {
+            let result = match (&failure, &loaded) {
+                (None, Some(collection)) => {
+                    self.register(model, collection.clone());
+                    Ok(self.handle(model))
+                }
+                (None, None) => Err(ClientError::NotOpen(model.clone())),
+                (Some(OpenFailure::Refused(error)), _) => Err(ClientError::Server(error.clone())),
+                (Some(OpenFailure::ConnectionLost), _) => Err(ClientError::Connect {
+                    url: self.url.clone(),
+                    reason: "the connection closed".into(),
+                }),
+            };
+            let _ = reply.send(result);
         }
-        let id = self.request_id();
-        let request =
-            ClientRequest::OpenModel { model: model.clone(), auto_create: auto_create.is_some() };
-        self.pending_opens.insert(id, PendingOpen { model, auto_create, replies: vec![reply] });
-        self.send(ClientMessage::Request { id, request }).await;
     }
 
     fn create(
@@ -775,31 +696,27 @@ impl Driver {
         data: serde_json::Value,
     ) -> Result<(), ClientError> {
         let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
-        let mut ids = IdGenerator::new(engine.replica_id(), 0);
-        let value = concord_ot::Value::from_json(&data, &mut ids)
-            .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
-        let document =
-            Document::new(value).map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+        let document = document(&data, engine.replica_id())?;
         let nonce =
             CreationNonce(random_u64().to_le_bytes().repeat(2).try_into().unwrap_or([0; 16]));
         engine.create_model(model.clone(), collection, document, nonce, now())?;
         // It stays in memory until the server has it, then leaves unless opened.
-        self.ids.insert(model.clone(), ids);
         self.loaded_for_app.insert(model);
         Ok(())
     }
 
     fn edit(&mut self, model: &ModelId, build: Build) -> Result<u64, ClientError> {
         let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
-        let replica = engine.model(model).ok_or_else(|| ClientError::NotOpen(model.clone()))?;
-        let ids = self.ids.entry(model.clone()).or_insert_with(|| {
-            IdGenerator::new(
-                engine.replica_id(),
-                next_counter_for(replica.local(), engine.replica_id()),
-            )
-        });
-        let operation = build(replica.local(), ids)?;
-        let (seq, applied) = engine.local_change(model, operation.clone())?;
+        if engine.model(model).is_none() {
+            return Err(ClientError::NotOpen(model.clone()));
+        }
+        let mut made = None;
+        let (seq, applied) = engine.local_edit(model, |document, ids| {
+            let operation = build(document, ids)?;
+            made = Some(operation.clone());
+            Ok::<_, ClientError>(operation)
+        })?;
+        let operation = made.expect("built");
         if let Some(open) = self.open.get(model) {
             for event in ModelEvent::changes(&operation, &applied, None) {
                 let _ = open.events.send(event);
@@ -845,8 +762,7 @@ impl Driver {
             let mut last = None;
             while let Some(batch) = engine.poll_storage() {
                 last = Some(batch.id);
-                let counter = self.ids.get(&batch.model).map(IdGenerator::next_counter);
-                batches.push(Batch { mutations: store::batch_mutations(batch, counter) });
+                batches.push(Batch { mutations: store::batch_mutations(batch) });
             }
             if let Some(last) = last {
                 let Some(store) = self.store.as_ref() else { return };
@@ -892,13 +808,7 @@ impl Driver {
         };
         let loaded = match store.load_model(&model).await {
             Ok(Some(state)) => match store::restore(state) {
-                Ok(restored) => {
-                    let next = restored.next_element_counter;
-                    self.ids
-                        .entry(model.clone())
-                        .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
-                    Some(restored)
-                }
+                Ok(restored) => Some(restored),
                 Err(error) => {
                     tracing::warn!(%model, %error, "a stored model cannot be restored");
                     None
@@ -979,6 +889,8 @@ impl Driver {
                 tracing::warn!(%model, %error, "the server broke the protocol for a model");
                 self.emit(DomainEvent::ProtocolViolation { model, error });
             }
+            Event::Opened { model } => self.opened(&model, None),
+            Event::OpenFailed { model, failure } => self.opened(&model, Some(failure)),
         }
     }
 
@@ -989,20 +901,13 @@ impl Driver {
     }
 }
 
-fn auto_create_error(to: RequestId, message: &str) -> ClientMessage {
-    let error =
-        concord_protocol::ErrorReply::new(concord_protocol::ErrorCode::MODEL_NOT_FOUND, message);
-    ClientMessage::Error { to: Some(to), error }
-}
-
-/// The next element counter of `replica` in `document`: past every id it minted there.
-fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
-    document
-        .ids()
-        .filter(|id: &ElementId| id.replica == replica)
-        .map(|id| id.counter + 1)
-        .max()
-        .unwrap_or(0)
+/// A model's initial data as a document, its ids minted by this replica from 0 (ids are
+/// unique per model; local changes continue past them).
+fn document(data: &serde_json::Value, replica: ReplicaId) -> Result<Document, ClientError> {
+    let mut ids = IdGenerator::new(replica, 0);
+    let value = concord_ot::Value::from_json(data, &mut ids)
+        .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+    Document::new(value).map_err(|e| ClientError::InvalidValue(e.to_string()))
 }
 
 fn fail_command(command: Command, error: ClientError) {

@@ -23,11 +23,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use concord_ot::{Applied, ApplyError, Document, Operation, ReplicaId};
+use concord_ot::{Applied, ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorCode, ErrorReply,
-    InFlight, KnownModel, ModelId, ModelSnapshot, OfflineUpdate, RequestId, ServerMessage,
-    ServerPush, ServerResponse, SessionId, Timestamp,
+    ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
+    ErrorCode, ErrorReply, InFlight, KnownModel, ModelId, ModelSnapshot, OfflineUpdate, RequestId,
+    ServerMessage, ServerPush, ServerRequest, ServerResponse, SessionId, Timestamp,
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
@@ -161,6 +161,25 @@ pub enum Event {
         model: ModelId,
         error: String,
     },
+    /// A model opened at the server ([`ClientEngine::open_at_server`]) arrived: it is
+    /// stored, loaded, and syncs like any other.
+    Opened {
+        model: ModelId,
+    },
+    /// Opening a model at the server failed.
+    OpenFailed {
+        model: ModelId,
+        failure: OpenFailure,
+    },
+}
+
+/// Why opening a model at the server failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenFailure {
+    /// The server refused: no such model (and nothing to create it from), not permitted…
+    Refused(ErrorReply),
+    /// The connection closed before the answer arrived.
+    ConnectionLost,
 }
 
 /// Why a call into the engine was refused.
@@ -173,6 +192,9 @@ pub enum EngineError {
     AlreadyLoaded(ModelId),
     #[error("model {0} was deleted here and the server has not confirmed it yet")]
     DeletionPending(ModelId),
+    /// Only the server has the model, and the engine is not connected.
+    #[error("model {0} can only be opened at the server, and the engine is offline")]
+    Offline(ModelId),
     #[error(transparent)]
     Invalid(#[from] ApplyError),
 }
@@ -200,6 +222,28 @@ struct Model {
     /// The batch storing the creation, until durable: the server hears of the model only
     /// once the store knows it, or a crash could leave the server with a model nobody has.
     creation_batch: Option<BatchId>,
+    /// Mints the ids of the elements local changes create.
+    ids: IdGenerator,
+    /// The element counter the store has once the queued batches are durable.
+    stored_counter: u64,
+}
+
+/// What a request sent on the current connection was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Resync(ModelId),
+    Create(ModelId),
+    Delete(ModelId),
+    Open(ModelId),
+    /// Its answer changes nothing here (close, resync complete, subscribe).
+    Other,
+}
+
+/// An open at the server waiting for its answer.
+#[derive(Debug)]
+struct OpenAtServer {
+    /// What to create the model from if the server has none; taken when it asks.
+    auto_create: Option<(CollectionId, Document)>,
 }
 
 /// What becomes possible once a batch is durable.
@@ -218,12 +262,13 @@ pub struct ClientEngine {
     connected: bool,
     models: BTreeMap<ModelId, Model>,
     next_request: u64,
-    resync_requests: BTreeMap<RequestId, ModelId>,
-    create_requests: BTreeMap<RequestId, ModelId>,
+    /// Requests sent on the current connection and not answered yet.
+    requests: BTreeMap<RequestId, Request>,
+    /// Models being opened at the server.
+    opens: BTreeMap<ModelId, OpenAtServer>,
     /// Models deleted here and not yet confirmed: their collection, and the batch storing
     /// the tombstone until it is durable (the server hears of it only then).
     tombstones: BTreeMap<ModelId, (CollectionId, Option<BatchId>)>,
-    delete_requests: BTreeMap<RequestId, ModelId>,
     /// The offline subscription set, with the version the store holds (`None`: not
     /// downloaded yet).
     subscriptions: BTreeMap<ModelId, Option<u64>>,
@@ -249,10 +294,9 @@ impl ClientEngine {
             connected: false,
             models: BTreeMap::new(),
             next_request: 1,
-            resync_requests: BTreeMap::new(),
-            create_requests: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            opens: BTreeMap::new(),
             tombstones: BTreeMap::new(),
-            delete_requests: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             next_batch: 1,
             effects: BTreeMap::new(),
@@ -277,38 +321,46 @@ impl ClientEngine {
     ///
     /// [`store::restore`]: crate::store::restore
     pub fn add_model(&mut self, model: ModelId, restored: Restored) -> Result<(), EngineError> {
-        self.insert(model, restored.replica, restored.creation)
-    }
-
-    fn insert(
-        &mut self,
-        model: ModelId,
-        replica: ModelReplica,
-        creation: Option<CreationNonce>,
-    ) -> Result<(), EngineError> {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
         }
-        let entry = Model {
+        self.insert(model, self.entry(restored, false));
+        Ok(())
+    }
+
+    /// A model's in-memory state. Its element ids continue past the stored counter and
+    /// past every id of this replica in the document (a model stored anew — downloaded
+    /// again — may hold ids this replica minted before).
+    fn entry(&self, restored: Restored, background: bool) -> Model {
+        let Restored { replica, creation, next_element_counter } = restored;
+        let next = next_element_counter.max(next_counter_for(replica.local(), self.replica_id));
+        Model {
             replica,
             link: Link::Offline,
-            background: false,
+            background,
             creation,
             creation_batch: None,
-        };
+            ids: IdGenerator::new(self.replica_id, next),
+            stored_counter: next_element_counter,
+        }
+    }
+
+    fn insert(&mut self, model: ModelId, entry: Model) {
         self.models.insert(model.clone(), entry);
         if self.connected {
             self.attach(&model);
         }
-        Ok(())
     }
 
-    /// Takes into memory a model the store does not hold yet, from the server's snapshot
-    /// (the driver opened it at the server): it is stored and synced like any loaded model.
-    pub fn add_downloaded(
+    /// Opens a model that is neither in memory nor in the store: asks the server for it.
+    /// With `auto_create`, a model the server does not have is created there from this
+    /// collection and data (the server asks for them, `AutoCreate`). The answer comes as
+    /// [`Event::Opened`] — the model is then stored and loaded, and syncs like any other —
+    /// or [`Event::OpenFailed`]. Opening a model already being opened joins that open.
+    pub fn open_at_server(
         &mut self,
         model: ModelId,
-        snapshot: ModelSnapshot,
+        auto_create: Option<(CollectionId, Document)>,
     ) -> Result<(), EngineError> {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
@@ -316,12 +368,51 @@ impl ClientEngine {
         if self.tombstones.contains_key(&model) {
             return Err(EngineError::DeletionPending(model));
         }
-        if let Some(known) = self.subscriptions.get_mut(&model) {
-            *known = Some(snapshot.version);
+        if !self.connected {
+            return Err(EngineError::Offline(model));
         }
-        let replica = ModelReplica::new(snapshot.clone());
-        self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
-        self.insert(model, replica, None)
+        if self.opens.contains_key(&model) {
+            return Ok(());
+        }
+        let request =
+            ClientRequest::OpenModel { model: model.clone(), auto_create: auto_create.is_some() };
+        self.send(request, Request::Open(model.clone()));
+        self.opens.insert(model, OpenAtServer { auto_create });
+        Ok(())
+    }
+
+    /// The server's answer to an open: the model is stored from its snapshot and loaded.
+    fn opened(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        self.opens.remove(&model);
+        let snapshot = match answer {
+            Ok(ServerResponse::ModelOpened(opened)) if opened.model == model => opened.snapshot,
+            Ok(other) => {
+                let message = format!("unexpected answer to an open: {other:?}");
+                let error = ErrorReply::new(ErrorCode::UNEXPECTED_MESSAGE, message);
+                let failure = OpenFailure::Refused(error);
+                return self.events.push_back(Event::OpenFailed { model, failure });
+            }
+            Err(error) => {
+                let failure = OpenFailure::Refused(error);
+                return self.events.push_back(Event::OpenFailed { model, failure });
+            }
+        };
+        if self.tombstones.contains_key(&model) {
+            // Deleted here while the answer was on its way.
+            self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
+            let error = ErrorReply::new(ErrorCode::MODEL_DELETED, "deleted here meanwhile");
+            let failure = OpenFailure::Refused(error);
+            return self.events.push_back(Event::OpenFailed { model, failure });
+        }
+        if !self.models.contains_key(&model) {
+            if let Some(known) = self.subscriptions.get_mut(&model) {
+                *known = Some(snapshot.version);
+            }
+            let replica = ModelReplica::new(snapshot.clone());
+            self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
+            self.insert(model.clone(), self.entry(replica.into(), false));
+        }
+        self.events.push_back(Event::Opened { model });
     }
 
     /// Marks a model loaded for background sync as one the application uses: it is no
@@ -338,20 +429,13 @@ impl ClientEngine {
     pub fn handle_loaded(&mut self, model: ModelId, loaded: Option<Restored>) {
         self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
         match loaded {
-            Some(Restored { replica, creation, .. })
+            Some(restored)
                 if self.connected
                     && !self.models.contains_key(&model)
                     && !self.tombstones.contains_key(&model) =>
             {
-                let entry = Model {
-                    replica,
-                    link: Link::Offline,
-                    background: true,
-                    creation,
-                    creation_batch: None,
-                };
-                self.models.insert(model.clone(), entry);
-                self.attach(&model);
+                let entry = self.entry(restored, true);
+                self.insert(model, entry);
             }
             _ => self.count_synced(),
         }
@@ -366,9 +450,13 @@ impl ClientEngine {
     }
 
     fn close_at_server(&mut self, model: &ModelId) {
-        self.resync_requests.retain(|_, m| m != model);
+        // A resync's answer no longer matters.
+        let resync = Request::Resync(model.clone());
+        for request in self.requests.values_mut().filter(|r| **r == resync) {
+            *request = Request::Other;
+        }
         if self.connected {
-            self.send(ClientRequest::CloseModel { model: model.clone() });
+            self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
         }
     }
 
@@ -387,21 +475,42 @@ impl ClientEngine {
             .is_some_and(|m| m.link == Link::Live && !m.replica.has_unacknowledged())
     }
 
-    /// Applies a local change to the model's local view and records it for the store.
+    /// Makes a local change: `build` makes the operation against the model's local view,
+    /// taking the ids of new elements from the model's generator (whose counter is stored
+    /// with the change, so that no id is minted twice). The change is applied to the local
+    /// view and recorded for the store. Returns its seq and what it did.
+    pub fn local_edit<E: From<EngineError>>(
+        &mut self,
+        model: &ModelId,
+        build: impl FnOnce(&Document, &mut IdGenerator) -> Result<Operation, E>,
+    ) -> Result<(u64, Vec<Applied>), E> {
+        let entry =
+            self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
+        let operation = build(entry.replica.local(), &mut entry.ids)?;
+        let was_committed = !entry.replica.has_unacknowledged();
+        let (seq, applied, change) =
+            entry.replica.local_change(operation).map_err(EngineError::from)?;
+        let mut changes = vec![change];
+        let next = entry.ids.next_counter();
+        if next > entry.stored_counter {
+            entry.stored_counter = next;
+            changes.push(StoreChange::AdvanceElementCounter(next));
+        }
+        self.queue_batch(model, changes, Some(seq), None);
+        if was_committed {
+            self.events.push_back(Event::Modified { model: model.clone() });
+        }
+        Ok((seq, applied))
+    }
+
+    /// [`local_edit`](ClientEngine::local_edit) with an operation already made; it must
+    /// create no element (it has no ids from the model's generator).
     pub fn local_change(
         &mut self,
         model: &ModelId,
         operation: Operation,
     ) -> Result<(u64, Vec<Applied>), EngineError> {
-        let entry =
-            self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
-        let was_committed = !entry.replica.has_unacknowledged();
-        let (seq, applied, change) = entry.replica.local_change(operation)?;
-        self.queue_batch(model, vec![change], Some(seq), None);
-        if was_committed {
-            self.events.push_back(Event::Modified { model: model.clone() });
-        }
-        Ok((seq, applied))
+        self.local_edit(model, |_, _| Ok(operation))
     }
 
     /// A connection is up (handshake accepted): every loaded model resyncs first; then the
@@ -426,7 +535,7 @@ impl ClientEngine {
                 unsubscribe: Vec::new(),
                 replace: true,
             };
-            self.send(request);
+            self.send(request, Request::Other);
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
@@ -480,10 +589,12 @@ impl ClientEngine {
             return;
         }
         self.connected = false;
-        self.resync_requests.clear();
-        self.create_requests.clear();
-        self.delete_requests.clear();
+        self.requests.clear();
         self.transmit.clear();
+        for (model, _) in std::mem::take(&mut self.opens) {
+            let failure = OpenFailure::ConnectionLost;
+            self.events.push_back(Event::OpenFailed { model, failure });
+        }
         // Background models go back to the store; the next connection lists them again.
         let background: Vec<ModelId> =
             self.models.iter().filter(|(_, m)| m.background).map(|(id, _)| id.clone()).collect();
@@ -536,80 +647,126 @@ impl ClientEngine {
     /// A message from the server.
     pub fn handle_message(&mut self, message: ServerMessage) {
         match message {
-            ServerMessage::Response { to, response } => self.handle_response(to, response),
-            ServerMessage::Error { to: Some(to), error } => {
-                // A deleted model is as gone as one that never was.
-                let gone =
-                    matches!(error.code, ErrorCode::MODEL_NOT_FOUND | ErrorCode::MODEL_DELETED);
-                if let Some(model) = self.resync_requests.remove(&to) {
-                    if gone {
-                        self.gone(&model, error.clone());
-                    } else {
-                        self.violation(&model, format!("resync refused: {error}"));
-                    }
-                }
-                if let Some(model) = self.delete_requests.remove(&to) {
-                    if gone {
-                        self.deletion_confirmed(model); // already gone: the same outcome
-                    } else if let Some((collection, _)) = self.tombstones.remove(&model) {
-                        let change = StoreChange::Undelete { collection };
-                        self.queue_batch(&model, vec![change], None, None);
-                        self.events
-                            .push_back(Event::DeletionRefused { model, error: error.clone() });
-                    }
-                }
-                if let Some(model) = self.create_requests.remove(&to) {
-                    // The local data stays, offline: the application decides what to do. A
-                    // model loaded only to sync goes back to the store.
-                    let background = self.models.get(&model).is_some_and(|m| m.background);
-                    if background {
-                        self.models.remove(&model);
-                        self.count_synced();
-                        self.load_more();
-                    } else if let Some(entry) = self.models.get_mut(&model) {
-                        entry.link = Link::Offline;
-                    }
-                    self.events.push_back(Event::CreationRefused { model, error });
+            ServerMessage::Response { to, response } => {
+                if let Some(request) = self.requests.remove(&to) {
+                    self.answered(request, Ok(response));
                 }
             }
+            ServerMessage::Error { to: Some(to), error } => {
+                if let Some(request) = self.requests.remove(&to) {
+                    self.answered(request, Err(error));
+                }
+            }
+            ServerMessage::Error { to: None, .. } => {}
+            ServerMessage::Request { id, request } => self.server_request(id, request),
             ServerMessage::Push(push) => self.handle_push(push),
-            ServerMessage::Error { to: None, .. } | ServerMessage::Request { .. } => {}
         }
     }
 
-    fn handle_response(&mut self, to: RequestId, response: ServerResponse) {
-        if let Some(model) = self.delete_requests.remove(&to) {
-            if response == ServerResponse::Done {
-                self.deletion_confirmed(model);
+    /// The server asks: pings are answered, and so is the data of a model being opened
+    /// with auto-create.
+    fn server_request(&mut self, id: RequestId, request: ServerRequest) {
+        let reply = match request {
+            ServerRequest::Ping => {
+                ClientMessage::Response { to: id, response: ClientResponse::Pong }
             }
-            return;
+            ServerRequest::AutoCreate { model } => {
+                match self.opens.get_mut(&model).and_then(|o| o.auto_create.take()) {
+                    Some((collection, data)) => ClientMessage::Response {
+                        to: id,
+                        response: ClientResponse::AutoCreate {
+                            collection,
+                            data,
+                            permissions: None,
+                        },
+                    },
+                    None => {
+                        let message = "this client has no data to create the model with";
+                        let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, message);
+                        ClientMessage::Error { to: Some(id), error }
+                    }
+                }
+            }
+        };
+        if self.connected {
+            self.transmit.push_back(reply);
         }
-        if let ServerResponse::ModelCreated { model, .. } = &response {
-            if self.create_requests.remove(&to).as_ref() != Some(model) {
-                return;
-            }
-            let Some(entry) = self.models.get_mut(model) else { return };
-            entry.creation = None;
-            let collection = entry.replica.confirmed().collection.clone();
-            self.queue_batch(
-                model,
-                vec![StoreChange::CreationConfirmed { collection }],
-                None,
-                None,
-            );
-            self.events.push_back(Event::Created { model: model.clone() });
-            let model = model.clone();
-            self.start_resync(&model);
-            return;
+    }
+
+    /// The answer to one of our requests.
+    fn answered(&mut self, request: Request, answer: Result<ServerResponse, ErrorReply>) {
+        match request {
+            Request::Resync(model) => self.resync_answered(model, answer),
+            Request::Create(model) => self.create_answered(model, answer),
+            Request::Delete(model) => self.delete_answered(model, answer),
+            Request::Open(model) => self.opened(model, answer),
+            Request::Other => {}
         }
-        if let ServerResponse::ResyncStarted { model, in_flight_committed, .. } = response {
-            if self.resync_requests.remove(&to).as_ref() != Some(&model) {
-                return;
+    }
+
+    fn resync_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        match answer {
+            Ok(ServerResponse::ResyncStarted { model: answered, in_flight_committed, .. })
+                if answered == model =>
+            {
+                let Some(entry) = self.models.get_mut(&model) else { return };
+                entry.link = Link::Replaying;
+                if let Some(commit) = in_flight_committed {
+                    entry.replica.in_flight_committed_at(commit.version);
+                }
             }
-            let Some(entry) = self.models.get_mut(&model) else { return };
-            entry.link = Link::Replaying;
-            if let Some(commit) = in_flight_committed {
-                entry.replica.in_flight_committed_at(commit.version);
+            Ok(other) => {
+                self.violation(&model, format!("unexpected answer to a resync: {other:?}"))
+            }
+            // A deleted model is as gone as one that never was.
+            Err(error) if is_gone(&error) => self.gone(&model, error),
+            Err(error) => self.violation(&model, format!("resync refused: {error}")),
+        }
+    }
+
+    fn create_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        match answer {
+            Ok(ServerResponse::ModelCreated { model: answered, .. }) if answered == model => {
+                let Some(entry) = self.models.get_mut(&model) else { return };
+                entry.creation = None;
+                let collection = entry.replica.confirmed().collection.clone();
+                let change = StoreChange::CreationConfirmed { collection };
+                self.queue_batch(&model, vec![change], None, None);
+                self.events.push_back(Event::Created { model: model.clone() });
+                self.start_resync(&model);
+            }
+            Ok(other) => {
+                self.violation(&model, format!("unexpected answer to a creation: {other:?}"))
+            }
+            Err(error) => {
+                // The local data stays, offline: the application decides what to do. A
+                // model loaded only to sync goes back to the store.
+                let background = self.models.get(&model).is_some_and(|m| m.background);
+                if background {
+                    self.models.remove(&model);
+                    self.count_synced();
+                    self.load_more();
+                } else if let Some(entry) = self.models.get_mut(&model) {
+                    entry.link = Link::Offline;
+                }
+                self.events.push_back(Event::CreationRefused { model, error });
+            }
+        }
+    }
+
+    fn delete_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        match answer {
+            Ok(ServerResponse::Done) => self.deletion_confirmed(model),
+            // Sent again after the next reconnection.
+            Ok(_) => {}
+            // Already gone: the same outcome.
+            Err(error) if is_gone(&error) => self.deletion_confirmed(model),
+            Err(error) => {
+                if let Some((collection, _)) = self.tombstones.remove(&model) {
+                    let change = StoreChange::Undelete { collection };
+                    self.queue_batch(&model, vec![change], None, None);
+                    self.events.push_back(Event::DeletionRefused { model, error });
+                }
             }
         }
     }
@@ -687,7 +844,8 @@ impl ClientEngine {
                     entry.link = Link::Live;
                     // A model synced in the background is not kept open at the server.
                     let open = !entry.background;
-                    self.send(ClientRequest::ResyncComplete { model: model.clone(), open });
+                    let request = ClientRequest::ResyncComplete { model: model.clone(), open };
+                    self.send(request, Request::Other);
                     self.events.push_back(Event::ResyncCompleted { model: model.clone() });
                     self.pump(&model);
                 }
@@ -727,7 +885,7 @@ impl ClientEngine {
                 unsubscribe: Vec::new(),
                 replace: false,
             };
-            self.send(request);
+            self.send(request, Request::Other);
         }
     }
 
@@ -744,7 +902,7 @@ impl ClientEngine {
                 unsubscribe: removed,
                 replace: false,
             };
-            self.send(request);
+            self.send(request, Request::Other);
         }
     }
 
@@ -840,11 +998,11 @@ impl ClientEngine {
     }
 
     fn send_delete(&mut self, model: &ModelId) {
-        if self.delete_requests.values().any(|m| m == model) {
+        let request = Request::Delete(model.clone());
+        if self.requests.values().any(|r| *r == request) {
             return;
         }
-        let id = self.send(ClientRequest::DeleteModel { model: model.clone() });
-        self.delete_requests.insert(id, model.clone());
+        self.send(ClientRequest::DeleteModel { model: model.clone() }, request);
     }
 
     fn deletion_confirmed(&mut self, model: ModelId) {
@@ -976,13 +1134,9 @@ impl ClientEngine {
         let batch = self.next_batch_id();
         let created = StoreChange::Created { snapshot: snapshot.clone(), nonce };
         self.queue_batch(&model, vec![created], None, None);
-        let entry = Model {
-            replica: ModelReplica::new(snapshot),
-            link: Link::Offline,
-            background: false,
-            creation: Some(nonce),
-            creation_batch: Some(batch),
-        };
+        let mut entry = self.entry(ModelReplica::new(snapshot).into(), false);
+        entry.creation = Some(nonce);
+        entry.creation_batch = Some(batch);
         self.models.insert(model, entry);
         Ok(())
     }
@@ -1006,8 +1160,7 @@ impl ClientEngine {
             nonce,
             permissions: None,
         };
-        let id = self.send(request);
-        self.create_requests.insert(id, model.clone());
+        self.send(request, Request::Create(model.clone()));
     }
 
     fn start_resync(&mut self, model: &ModelId) {
@@ -1019,9 +1172,8 @@ impl ClientEngine {
         let in_flight =
             entry.replica.in_flight_seq().map(|seq| InFlight { replica: self.replica_id, seq });
         let known_version = entry.replica.confirmed_version();
-        let id =
-            self.send(ClientRequest::Resync { model: model.clone(), known_version, in_flight });
-        self.resync_requests.insert(id, model.clone());
+        let request = ClientRequest::Resync { model: model.clone(), known_version, in_flight };
+        self.send(request, Request::Resync(model.clone()));
         self.events.push_back(Event::ResyncStarted { model: model.clone() });
     }
 
@@ -1080,12 +1232,12 @@ impl ClientEngine {
         self.storage.push_back(StorageBatch { id, model: model.clone(), changes });
     }
 
-    /// Queues a request with a fresh id, and returns the id.
-    fn send(&mut self, request: ClientRequest) -> RequestId {
+    /// Queues a request with a fresh id, remembering what it is for.
+    fn send(&mut self, request: ClientRequest, purpose: Request) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
+        self.requests.insert(id, purpose);
         self.transmit.push_back(ClientMessage::Request { id, request });
-        id
     }
 
     pub fn poll_storage(&mut self) -> Option<StorageBatch> {
@@ -1105,4 +1257,19 @@ impl ClientEngine {
     pub fn poll_load(&mut self) -> Option<ModelId> {
         self.loads.pop_front()
     }
+}
+
+/// Whether the server's refusal says the model is not there (deleted counts as never was).
+fn is_gone(error: &ErrorReply) -> bool {
+    matches!(error.code, ErrorCode::MODEL_NOT_FOUND | ErrorCode::MODEL_DELETED)
+}
+
+/// The next element counter of `replica` in `document`: past every id it minted there.
+fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
+    document
+        .ids()
+        .filter(|id: &ElementId| id.replica == replica)
+        .map(|id| id.counter + 1)
+        .max()
+        .unwrap_or(0)
 }

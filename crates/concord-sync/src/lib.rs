@@ -15,7 +15,9 @@ mod replica;
 mod sequencer;
 pub mod store;
 
-pub use engine::{BatchId, ClientEngine, EngineConfig, EngineError, Event, StorageBatch};
+pub use engine::{
+    BatchId, ClientEngine, EngineConfig, EngineError, Event, OpenFailure, StorageBatch,
+};
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,

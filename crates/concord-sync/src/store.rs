@@ -9,16 +9,9 @@ use concord_storage::{CreationRecord, ModelRecord, ModelState, ModelSummary, Mut
 use crate::engine::StorageBatch;
 use crate::replica::{ModelReplica, Persisted, ReplicaError, StoreChange};
 
-/// The mutations that carry out an engine batch. A batch recording local edits also
-/// persists `next_element_counter` (the model's id counter after them), so that an element
-/// id is never minted twice.
-pub fn batch_mutations(batch: StorageBatch, next_element_counter: Option<u64>) -> Vec<Mutation> {
-    let edits = batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
-    let mut mutations = mutations(&batch.model, batch.changes);
-    if let (true, Some(next)) = (edits, next_element_counter) {
-        mutations.push(Mutation::AdvanceElementCounter { model: batch.model, next });
-    }
-    mutations
+/// The mutations that carry out an engine batch, atomically.
+pub fn batch_mutations(batch: StorageBatch) -> Vec<Mutation> {
+    mutations(&batch.model, batch.changes)
 }
 
 /// The models the store holds as deleted here and not yet confirmed, with their collection:
@@ -154,6 +147,9 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                 }
                 StoreChange::Subscribe => Mutation::Subscribe(vec![model]),
                 StoreChange::Unsubscribe => Mutation::Unsubscribe(vec![model]),
+                StoreChange::AdvanceElementCounter(next) => {
+                    Mutation::AdvanceElementCounter { model, next }
+                }
             };
             vec![one]
         })

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use concord_ot::{IdGenerator, ReplicaId};
+use concord_ot::ReplicaId;
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
     ErrorReply, ModelId, ModelSnapshot, OfflineUpdate, Permissions, ServerMessage, ServerPush,
@@ -103,13 +103,12 @@ struct Client {
     replica: ReplicaId,
     /// `None` after a crash, until restarted from the store.
     engine: Option<ClientEngine>,
-    ids: BTreeMap<ModelId, IdGenerator>,
     /// The real memory backend; it survives the engine's crashes, like a disk.
     store: MemoryStore,
     /// Every model the client's store holds.
     model_ids: Vec<ModelId>,
-    /// Batches on their way to durability, with the id counter to persist.
-    queue: VecDeque<(StorageBatch, Option<u64>)>,
+    /// Batches on their way to durability.
+    queue: VecDeque<StorageBatch>,
     connection: Option<u64>,
     epochs: u64,
     to_server: VecDeque<(u64, ClientMessage)>,
@@ -201,12 +200,9 @@ impl Sim {
                     batch.mutations.push(Mutation::PutSnapshot { model: id.clone(), snapshot });
                 }
                 block_on(store.commit(batch)).map_err(|e| e.to_string())?;
-                let ids =
-                    initial.keys().map(|id| (id.clone(), IdGenerator::new(replica, 0))).collect();
                 Ok(Client {
                     replica,
                     engine: Some(engine),
-                    ids,
                     store,
                     model_ids: initial.keys().cloned().collect(),
                     queue: VecDeque::new(),
@@ -416,7 +412,6 @@ impl Sim {
             Err(EngineError::DeletionPending(_)) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         }
-        client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
         // A new model under an id this client may have had before: its own history.
         client.max_durable_seq.remove(&model);
         client.model_ids.push(model);
@@ -478,10 +473,12 @@ impl Sim {
             return Ok(());
         }
         let model = models[self.rng.below(models.len())].clone();
-        let doc = engine.model(&model).expect("listed").local().clone();
-        let ids = client.ids.get_mut(&model).expect("one per model");
-        let op = gen_operation_with(&mut self.rng, &doc, ids, None);
-        engine.local_change(&model, op).map_err(|e| format!("local edit failed: {e}"))?;
+        let rng = &mut self.rng;
+        engine
+            .local_edit(&model, |doc, ids| {
+                Ok::<_, EngineError>(gen_operation_with(rng, doc, ids, None))
+            })
+            .map_err(|e| format!("local edit failed: {e}"))?;
         self.stats.local_edits += 1;
         self.drain(i)
     }
@@ -551,8 +548,7 @@ impl Sim {
             return Ok(());
         };
         while let Some(batch) = engine.poll_storage() {
-            let counter = client.ids.get(&batch.model).map(IdGenerator::next_counter);
-            client.queue.push_back((batch, counter));
+            client.queue.push_back(batch);
         }
         while let Some(message) = engine.poll_transmit() {
             if let Some(connection) = client.connection {
@@ -576,7 +572,6 @@ impl Sim {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
                 }
                 Event::Downloaded { model } => {
-                    client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
                     client.max_durable_seq.remove(&model);
                     client.model_ids.push(model);
                     self.stats.downloads += 1;
@@ -600,7 +595,7 @@ impl Sim {
     /// Makes the oldest queued batch durable.
     fn flush_one(&mut self, i: usize) -> Result<(), String> {
         let client = &mut self.clients[i];
-        let Some((batch, counter)) = client.queue.pop_front() else {
+        let Some(batch) = client.queue.pop_front() else {
             return Ok(());
         };
         for change in &batch.changes {
@@ -610,8 +605,7 @@ impl Sim {
             }
         }
         let id = batch.id;
-        // Ids are minted by local edits: their batches carry the counter.
-        let mutations = store::batch_mutations(batch, counter);
+        let mutations = store::batch_mutations(batch);
         block_on(client.store.commit(Batch { mutations }))
             .map_err(|e| format!("the store refused the engine's batch: {e}"))?;
         if let Some(engine) = &mut client.engine {
@@ -703,12 +697,8 @@ impl Sim {
             .collect();
         // The application reopens some of its models; the others sync in the background.
         for id in client.model_ids.clone() {
-            let restored = client.restore(&id)?;
-            client.ids.insert(
-                id.clone(),
-                IdGenerator::new(client.replica, restored.next_element_counter),
-            );
             if self.rng.flip() {
+                let restored = client.restore(&id)?;
                 engine.add_model(id, restored).map_err(|e| e.to_string())?;
             }
         }
