@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_protocol::{Auth, CollectionId, ErrorReply, ModelId, Session};
+use concord_protocol::{Auth, CollectionId, ErrorReply, HandshakeRejection, ModelId, Session};
 use concord_storage::{MemoryAdapter, StorageAdapter};
+pub use concord_sync::ConnectionState;
 use concord_sync::EngineConfig;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -19,35 +20,19 @@ pub struct DomainOptions {
     /// Where local changes and downloaded models are kept. Memory loses them with the
     /// process; use a durable adapter (`RedbAdapter`, feature `redb`) to work offline for real.
     pub storage: Arc<dyn StorageAdapter>,
-    /// Delay before the first reconnection attempt, and the most it doubles to.
-    pub reconnect_backoff: (Duration, Duration),
-    /// How long a connection attempt, a handshake or an open may take.
-    pub request_timeout: Duration,
-    /// How often the client pings; three silent intervals count as a lost connection.
-    pub heartbeat: Duration,
+    /// The sync engine's tuning, reconnection, heartbeat and timeouts included.
     pub engine: EngineConfig,
 }
 
 impl Default for DomainOptions {
     fn default() -> DomainOptions {
-        DomainOptions {
-            storage: Arc::new(MemoryAdapter::new()),
-            reconnect_backoff: (Duration::from_millis(200), Duration::from_secs(10)),
-            request_timeout: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(10),
-            engine: EngineConfig::default(),
-        }
+        DomainOptions { storage: Arc::new(MemoryAdapter::new()), engine: EngineConfig::default() }
     }
 }
 
 impl std::fmt::Debug for DomainOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DomainOptions")
-            .field("reconnect_backoff", &self.reconnect_backoff)
-            .field("request_timeout", &self.request_timeout)
-            .field("heartbeat", &self.heartbeat)
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
+        f.debug_struct("DomainOptions").field("engine", &self.engine).finish_non_exhaustive()
     }
 }
 
@@ -65,21 +50,28 @@ impl DomainBuilder {
         self
     }
 
+    /// The wait before the first reconnection attempt, and the most it doubles to.
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> DomainBuilder {
-        self.options.reconnect_backoff = (first, max.max(first));
+        self.options.engine.initial_backoff = first;
+        self.options.engine.max_backoff = max.max(first);
         self
     }
 
+    /// How long a connection attempt, a request or a submission may wait for its answer
+    /// before the connection counts as broken.
     pub fn request_timeout(mut self, timeout: Duration) -> DomainBuilder {
-        self.options.request_timeout = timeout;
+        self.options.engine.request_timeout = timeout;
         self
     }
 
+    /// How often the client pings; three silent intervals count as a lost connection.
     pub fn heartbeat(mut self, interval: Duration) -> DomainBuilder {
-        self.options.heartbeat = interval;
+        self.options.engine.heartbeat = interval;
+        self.options.engine.silence_timeout = interval * 3;
         self
     }
 
+    /// The whole engine configuration (replaces what the other setters set).
     pub fn engine(mut self, config: EngineConfig) -> DomainBuilder {
         self.options.engine = config;
         self
@@ -91,29 +83,10 @@ impl DomainBuilder {
         let (commands, receiver) = mpsc::channel(256);
         let (state, state_receiver) = watch::channel(ConnectionState::Disconnected);
         let (events, _) = broadcast::channel(1024);
-        let request_timeout = self.options.request_timeout;
         let driver = Driver::new(self.url.clone(), self.options, state, events.clone());
         crate::rt::spawn(driver.run(receiver));
-        Domain {
-            inner: Arc::new(Inner {
-                url: self.url,
-                commands,
-                state: state_receiver,
-                events,
-                request_timeout,
-            }),
-        }
+        Domain { inner: Arc::new(Inner { url: self.url, commands, state: state_receiver, events }) }
     }
-}
-
-/// Whether the domain is talking to its server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionState {
-    Disconnected,
-    Connecting,
-    Connected,
-    /// The connection was lost; the domain retries with backoff.
-    Reconnecting,
 }
 
 /// What happens to the domain as a whole.
@@ -164,6 +137,9 @@ pub enum DomainEvent {
     },
     /// The offline store failed; the domain stopped.
     StorageFailed(String),
+    /// The server refused the credentials for good while reconnecting; the domain stays
+    /// offline until connected again.
+    ConnectionRefused(HandshakeRejection),
 }
 
 /// A model in the offline store, as [`ModelService::stored_models`] lists it.
@@ -187,7 +163,6 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<ConnectionState>,
     events: broadcast::Sender<DomainEvent>,
-    request_timeout: Duration,
 }
 
 /// One server (URL), one user and their offline store. Cheap to clone; the domain's task
@@ -279,10 +254,6 @@ impl Domain {
     pub fn models(&self) -> ModelService {
         ModelService { domain: self.clone() }
     }
-
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.inner.request_timeout
-    }
 }
 
 /// The models of a domain.
@@ -316,10 +287,7 @@ impl ModelService {
         auto_create: Option<AutoCreate>,
     ) -> Result<RealTimeModel, ClientError> {
         let model = id.clone();
-        let call = self.domain.call(|reply| Command::Open { model, auto_create, reply });
-        let opened = crate::rt::timeout(self.domain.request_timeout(), call)
-            .await
-            .ok_or(ClientError::Timeout)??;
+        let opened = self.domain.call(|reply| Command::Open { model, auto_create, reply }).await?;
         Ok(RealTimeModel::new(self.domain.clone(), id.clone(), opened))
     }
 

@@ -1,27 +1,29 @@
 //! The task behind a [`Domain`](crate::Domain): it owns the sync engine, the offline store
-//! and the WebSocket, and nothing else touches them. Application calls arrive as
-//! [`Command`]s; after each command, frame or timer it drains the engine in its documented
-//! order — storage (all queued batches in one group commit), transmit, events, loads.
+//! and the WebSocket, and nothing else touches them. Sockets, store, clock and application
+//! commands: the protocol and its timing are the engine's. Application calls arrive as
+//! [`Command`]s; after each command, frame or engine deadline it drains the engine in its
+//! documented order — storage (all queued batches in one group commit), transmit, events,
+//! connection actions, loads — then sleeps until the next frame, command or deadline.
 //!
 //! Events go out on broadcast channels, so a slow consumer loses old events instead of
 //! slowing the connection down.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientMessage, ClientRequest, CollectionId, CreationNonce, ModelId, RequestId,
-    ServerMessage, ServerPush, Session, Timestamp,
+    Auth, CollectionId, CreationNonce, ModelId, ServerMessage, ServerPush, Session, Timestamp,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
-use concord_sync::{ClientEngine, EngineError, Event, ModelReplica, OpenFailure, store};
+use concord_sync::{
+    Action, ClientEngine, ConnectionState, EngineError, Event, ModelReplica, OpenFailure, store,
+};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::domain::{ConnectionState, DomainEvent, DomainOptions, StoredModel};
+use crate::domain::{DomainEvent, DomainOptions, StoredModel};
 use crate::error::ClientError;
 use crate::model::{ModelEvent, Watermarks};
-use crate::rt::{self, Instant};
+use crate::rt::{self, Clock, Instant};
 use crate::socket::{self, Socket};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -108,10 +110,6 @@ pub(crate) enum Command {
     },
 }
 
-/// Heartbeat pings the driver sends itself use ids from here up, apart from the engine's,
-/// which count from 1.
-const DRIVER_REQUESTS: u64 = 1 << 62;
-
 /// A model the application has open.
 struct OpenModel {
     events: broadcast::Sender<ModelEvent>,
@@ -131,20 +129,16 @@ pub(crate) struct Driver {
     store: Option<Box<dyn OfflineStore>>,
     engine: Option<ClientEngine>,
     socket: Option<Socket>,
-    /// The credentials to reconnect with: the reconnect token first, then these.
-    auth: Option<Auth>,
-    reconnect_token: Option<concord_protocol::ReconnectToken>,
-    /// Whether the application wants to be online (it connected and did not disconnect).
-    want_online: bool,
-    reconnect_at: Option<Instant>,
-    backoff: Duration,
-    last_heard: Instant,
+    /// The session of the connection in `socket`.
+    session: Option<Session>,
+    /// Application connects waiting for the outcome of the engine's next attempt.
+    connecting: Vec<Reply<Session>>,
+    clock: Clock,
     open: HashMap<ModelId, OpenModel>,
     /// Models in the engine because the application opened or created them.
     loaded_for_app: HashSet<ModelId>,
     /// Application opens waiting for the engine's answer from the server.
     opening: HashMap<ModelId, Vec<Reply<Opened>>>,
-    next_request: u64,
     /// Set when the store failed: the domain stops.
     failed: Option<ClientError>,
 }
@@ -156,7 +150,6 @@ impl Driver {
         state: watch::Sender<ConnectionState>,
         domain_events: broadcast::Sender<DomainEvent>,
     ) -> Driver {
-        let backoff = options.reconnect_backoff.0;
         Driver {
             url,
             options,
@@ -166,26 +159,24 @@ impl Driver {
             store: None,
             engine: None,
             socket: None,
-            auth: None,
-            reconnect_token: None,
-            want_online: false,
-            reconnect_at: None,
-            backoff,
-            last_heard: Instant::now(),
+            session: None,
+            connecting: Vec::new(),
+            clock: Clock::start(),
             open: HashMap::new(),
             loaded_for_app: HashSet::new(),
             opening: HashMap::new(),
-            next_request: DRIVER_REQUESTS,
             failed: None,
         }
     }
 
     /// Runs until every handle to the domain is gone.
     pub(crate) async fn run(mut self, mut commands: tokio::sync::mpsc::Receiver<Command>) {
-        let mut next_ping = Instant::now() + self.options.heartbeat;
         loop {
-            let reconnect_at = self.reconnect_at;
+            let deadline = self.engine.as_ref().and_then(ClientEngine::poll_timeout);
+            let wake = deadline.map(|at| self.clock.instant(at));
             tokio::select! {
+                // Frames before deadlines: an answer that already arrived is not overdue.
+                biased;
                 command = commands.recv() => match command {
                     None => break,
                     Some(Command::Shutdown { reply }) => {
@@ -198,13 +189,11 @@ impl Driver {
                 frame = socket::next(&mut self.socket), if self.socket.is_some() => {
                     self.frame(frame).await;
                 }
-                () = sleep_until(reconnect_at), if reconnect_at.is_some() => {
-                    self.reconnect_at = None;
-                    self.reconnect().await;
-                }
-                () = rt::sleep_until(next_ping), if self.socket.is_some() => {
-                    next_ping = Instant::now() + self.options.heartbeat;
-                    self.heartbeat().await;
+                () = sleep_until(wake), if wake.is_some() => {
+                    let now = self.clock.now();
+                    if let Some(engine) = self.engine.as_mut() {
+                        engine.handle_timeout(now);
+                    }
                 }
             }
             self.pump().await;
@@ -214,7 +203,6 @@ impl Driver {
 
     /// Closes the connection, then the store (after what is queued for it is written).
     async fn shutdown(&mut self) {
-        self.want_online = false;
         self.pump().await;
         if let Some(socket) = self.socket.take() {
             socket.close().await;
@@ -234,13 +222,10 @@ impl Driver {
     }
 
     fn set_state(&self, state: ConnectionState) {
-        self.state.send_replace(state.clone());
-        self.emit(DomainEvent::State(state));
-    }
-
-    fn request_id(&mut self) -> RequestId {
-        self.next_request += 1;
-        RequestId(self.next_request)
+        if *self.state.borrow() != state {
+            self.state.send_replace(state.clone());
+            self.emit(DomainEvent::State(state));
+        }
     }
 
     async fn command(&mut self, command: Command) {
@@ -250,22 +235,27 @@ impl Driver {
         }
         match command {
             Command::Connect { auth, reply } => {
-                self.auth = Some(auth.clone());
-                self.want_online = true;
-                let result = self.connect(auth).await;
-                if result.is_err() {
-                    self.want_online = false;
-                    self.auth = None;
+                if let (Some(session), Some(_)) = (&self.session, &self.socket) {
+                    let _ = reply.send(Ok(session.clone()));
+                    return;
                 }
-                let _ = reply.send(result);
+                self.connecting.push(reply);
+                match self.engine.as_mut() {
+                    // The engine asks for the connection (`Action::Connect`).
+                    Some(engine) => engine.connect(auth),
+                    // No store yet: the handshake names the user whose store it is.
+                    None => self.open_connection(auth).await,
+                }
             }
             Command::InitializeOffline { user, reply } => {
                 let _ = reply.send(self.ensure_store(&user).await);
             }
             Command::Disconnect { reply } => {
-                self.want_online = false;
-                self.reconnect_at = None;
-                self.drop_connection(ConnectionState::Disconnected).await;
+                if let Some(engine) = self.engine.as_mut() {
+                    engine.disconnect();
+                }
+                // Closed, and the state says so, before the caller hears back.
+                self.pump().await;
                 let _ = reply.send(Ok(()));
             }
             Command::Open { model, auto_create, reply } => {
@@ -427,126 +417,94 @@ impl Driver {
         Ok(())
     }
 
-    async fn connect(&mut self, auth: Auth) -> Result<Session, ClientError> {
-        self.set_state(ConnectionState::Connecting);
-        let result = socket::connect(&self.url, auth, self.options.request_timeout).await;
+    /// Carries out the engine's `Action::Connect` (or, before there is a store, the
+    /// application's first connect): the WebSocket and the handshake, within the engine's
+    /// request timeout. The outcome goes to the engine and to waiting `connect` calls.
+    async fn open_connection(&mut self, auth: Auth) {
+        let fresh = self.engine.is_none();
+        if fresh {
+            self.set_state(ConnectionState::Connecting);
+        }
+        let timeout = self.options.engine.request_timeout;
+        let result = match socket::connect(&self.url, auth.clone(), timeout).await {
+            Ok((socket, session)) => match self.ensure_store(&session.user.id.0).await {
+                Ok(()) => Ok((socket, session)),
+                Err(e) => {
+                    socket.close().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        let now = self.clock.now();
         let (socket, session) = match result {
             Ok(connected) => connected,
-            Err(e) => {
-                self.set_state(ConnectionState::Disconnected);
-                return Err(e);
+            Err(error) => {
+                tracing::debug!(%error, "connecting failed");
+                let rejection = match &error {
+                    ClientError::Rejected(rejection) => Some(rejection.clone()),
+                    _ => None,
+                };
+                match self.engine.as_mut() {
+                    Some(engine) => engine.handle_connect_failed(now, rejection),
+                    None => self.set_state(ConnectionState::Disconnected),
+                }
+                for reply in self.connecting.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
             }
         };
-        if let Err(e) = self.ensure_store(&session.user.id.0).await {
-            socket.close().await;
-            self.set_state(ConnectionState::Disconnected);
-            return Err(e);
-        }
-        self.socket = Some(socket);
-        self.reconnect_token = Some(session.reconnect_token.clone());
-        self.backoff = self.options.reconnect_backoff.0;
-        self.last_heard = Instant::now();
-        self.handle_connected().await;
-        self.set_state(ConnectionState::Connected);
-        Ok(session)
-    }
-
-    /// Tells the engine it is online, with what the store holds that needs syncing.
-    async fn handle_connected(&mut self) {
         let (Some(engine), Some(store)) = (self.engine.as_mut(), self.store.as_ref()) else {
             return;
         };
+        if fresh {
+            engine.connect(auth);
+        }
         let summaries = match store.models().await {
             Ok(summaries) => summaries,
-            Err(e) => return self.fail(e.into()),
+            Err(e) => {
+                socket.close().await;
+                return self.fail(e.into());
+            }
         };
         let loaded: Vec<&ModelId> = engine.models().collect();
         let with_changes = store::with_changes(&summaries, &loaded);
-        engine.handle_connected(with_changes, store::tombstones(&summaries));
-    }
-
-    async fn reconnect(&mut self) {
-        if !self.want_online || self.socket.is_some() {
-            return;
-        }
-        let attempts = [self.reconnect_token.clone().map(Auth::Reconnect), self.auth.clone()];
-        for auth in attempts.into_iter().flatten() {
-            match self.connect(auth).await {
-                Ok(_) => return,
-                Err(ClientError::Rejected(rejection)) => {
-                    // An expired reconnect token: the original credentials may still do.
-                    self.reconnect_token = None;
-                    tracing::info!(?rejection, "reconnecting was refused");
-                    if !rejection.retry_allowed {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reconnecting failed");
-                    break;
-                }
-            }
-        }
-        if self.socket.is_none() {
-            self.schedule_reconnect();
+        engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
+        let state = engine.connection_state();
+        self.socket = Some(socket);
+        self.session = Some(session.clone());
+        // The state says so before the caller hears back.
+        self.set_state(state);
+        for reply in self.connecting.drain(..) {
+            let _ = reply.send(Ok(session.clone()));
         }
     }
 
-    fn schedule_reconnect(&mut self) {
-        if !self.want_online {
-            return;
+    /// The connection broke: the engine hears of it and decides when to try again.
+    async fn connection_lost(&mut self) {
+        self.close_socket().await;
+        if let Some(engine) = self.engine.as_mut() {
+            engine.handle_disconnected(self.clock.now());
         }
-        self.reconnect_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(self.options.reconnect_backoff.1);
-        self.set_state(ConnectionState::Reconnecting);
     }
 
-    async fn drop_connection(&mut self, state: ConnectionState) {
+    async fn close_socket(&mut self) {
+        self.session = None;
         if let Some(socket) = self.socket.take() {
             socket.close().await;
-        }
-        if let Some(engine) = self.engine.as_mut() {
-            engine.handle_disconnected();
-        }
-        self.set_state(state);
-    }
-
-    async fn heartbeat(&mut self) {
-        if self.last_heard.elapsed() > self.options.heartbeat * 3 {
-            tracing::info!("the server is silent; reconnecting");
-            self.drop_connection(ConnectionState::Reconnecting).await;
-            self.schedule_reconnect();
-            return;
-        }
-        let id = self.request_id();
-        self.send(ClientMessage::Request { id, request: ClientRequest::Ping }).await;
-    }
-
-    async fn send(&mut self, message: ClientMessage) {
-        let Some(socket) = self.socket.as_mut() else { return };
-        if let Err(e) = socket.send(&message).await {
-            tracing::debug!(error = %e, "sending failed");
-            self.drop_connection(ConnectionState::Reconnecting).await;
-            self.schedule_reconnect();
         }
     }
 
     async fn frame(&mut self, frame: Option<Result<ServerMessage, ClientError>>) {
         let message = match frame {
             Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::info!(error = %e, "the connection failed");
-                self.drop_connection(ConnectionState::Reconnecting).await;
-                self.schedule_reconnect();
-                return;
+            Some(Err(error)) => {
+                tracing::info!(%error, "the connection failed");
+                return self.connection_lost().await;
             }
-            None => {
-                self.drop_connection(ConnectionState::Reconnecting).await;
-                self.schedule_reconnect();
-                return;
-            }
+            None => return self.connection_lost().await,
         };
-        self.last_heard = Instant::now();
         match &message {
             ServerMessage::Push(ServerPush::CollaboratorOpened { model, collaborator }) => {
                 let event = ModelEvent::CollaboratorOpened(collaborator.clone());
@@ -555,11 +513,11 @@ impl Driver {
             ServerMessage::Push(ServerPush::CollaboratorClosed { model, session }) => {
                 self.model_event(model, ModelEvent::CollaboratorClosed(session.clone()));
             }
-            ServerMessage::Push(ServerPush::SessionClosing { .. }) => {}
             _ => {}
         }
+        let now = self.clock.now();
         if let Some(engine) = self.engine.as_mut() {
-            engine.handle_message(message);
+            engine.handle_message(now, message);
         }
     }
 
@@ -680,6 +638,7 @@ impl Driver {
                 }
                 (None, None) => Err(ClientError::NotOpen(model.clone())),
                 (Some(OpenFailure::Refused(error)), _) => Err(ClientError::Server(error.clone())),
+                (Some(OpenFailure::TimedOut), _) => Err(ClientError::Timeout),
                 (Some(OpenFailure::ConnectionLost), _) => Err(ClientError::Connect {
                     url: self.url.clone(),
                     reason: "the connection closed".into(),
@@ -750,11 +709,17 @@ impl Driver {
     fn fail(&mut self, error: ClientError) {
         tracing::error!(%error, "the offline store failed; the domain stops");
         self.emit(DomainEvent::StorageFailed(error.to_string()));
+        for reply in self.connecting.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for reply in self.opening.drain().flat_map(|(_, replies)| replies) {
+            let _ = reply.send(Err(error.clone()));
+        }
         self.failed = Some(error);
-        self.want_online = false;
     }
 
-    /// Drains the engine: storage first (one group commit), then transmit, events, loads.
+    /// Drains the engine: storage first (one group commit), then transmit, events,
+    /// connection actions, loads.
     async fn pump(&mut self) {
         while self.failed.is_none() {
             let Some(engine) = self.engine.as_mut() else { return };
@@ -772,31 +737,44 @@ impl Driver {
                 engine.handle_durable(last);
                 continue;
             }
+            let now = self.clock.now();
             let mut outgoing = Vec::new();
-            while let Some(message) = engine.poll_transmit() {
+            while let Some(message) = engine.poll_transmit(now) {
                 outgoing.push(message);
             }
             let mut events = Vec::new();
             while let Some(event) = engine.poll_event() {
                 events.push(event);
             }
+            let mut actions = Vec::new();
+            while let Some(action) = engine.poll_action() {
+                actions.push(action);
+            }
             let load = engine.poll_load();
+            let idle = outgoing.is_empty() && actions.is_empty() && load.is_none();
             if !outgoing.is_empty()
                 && let Some(socket) = self.socket.as_mut()
-                && let Err(e) = socket.send_all(&outgoing).await
+                && let Err(error) = socket.send_all(&outgoing).await
             {
-                tracing::debug!(error = %e, "sending failed");
-                self.drop_connection(ConnectionState::Reconnecting).await;
-                self.schedule_reconnect();
+                tracing::debug!(%error, "sending failed");
+                self.connection_lost().await;
             }
             for event in events {
                 self.event(event);
             }
+            for action in actions {
+                match action {
+                    Action::Connect { auth } => self.open_connection(auth).await,
+                    Action::Disconnect { reason } => {
+                        tracing::info!(?reason, "closing the connection");
+                        self.close_socket().await;
+                    }
+                }
+            }
             if let Some(model) = load {
                 self.load(model).await;
-                continue;
             }
-            if outgoing.is_empty() {
+            if idle {
                 return;
             }
         }
@@ -891,6 +869,11 @@ impl Driver {
             }
             Event::Opened { model } => self.opened(&model, None),
             Event::OpenFailed { model, failure } => self.opened(&model, Some(failure)),
+            Event::Connection(state) => self.set_state(state),
+            Event::ConnectionRefused(rejection) => {
+                tracing::warn!(?rejection, "the server refused the credentials for good");
+                self.emit(DomainEvent::ConnectionRefused(rejection));
+            }
         }
     }
 

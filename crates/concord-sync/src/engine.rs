@@ -1,37 +1,57 @@
 //! The client engine: every model a client holds in memory, one connection, one store.
 //!
-//! [`ClientEngine`] is sans-IO, in the manner of quinn-proto's `Connection`. The driver
-//! feeds it what happens — [`handle_connected`](ClientEngine::handle_connected),
-//! [`handle_disconnected`](ClientEngine::handle_disconnected),
-//! [`handle_message`](ClientEngine::handle_message),
-//! [`local_change`](ClientEngine::local_change),
-//! [`handle_durable`](ClientEngine::handle_durable) — and after **each** call drains, in
+//! [`ClientEngine`] is sans-IO, in the manner of quinn-proto's `Connection`: it owns the
+//! whole protocol and all of its timing, and the driver only moves bytes, store batches and
+//! the time. The driver feeds it what happens — the application's calls
+//! ([`connect`](ClientEngine::connect), [`local_edit`](ClientEngine::local_edit),
+//! [`open_at_server`](ClientEngine::open_at_server), …), the connection's fate
+//! ([`handle_connected`](ClientEngine::handle_connected),
+//! [`handle_connect_failed`](ClientEngine::handle_connect_failed),
+//! [`handle_disconnected`](ClientEngine::handle_disconnected)), what the server sent
+//! ([`handle_message`](ClientEngine::handle_message)), what the store made durable
+//! ([`handle_durable`](ClientEngine::handle_durable)) and the passing of time
+//! ([`handle_timeout`](ClientEngine::handle_timeout)) — and after **each** call drains, in
 //! this order:
 //!
 //! 1. [`poll_storage`](ClientEngine::poll_storage): batches to commit to the store, in order,
 //!    each atomically; report each with `handle_durable` once it is durable (batches may be
 //!    merged into one commit, but must become durable in order);
-//! 2. [`poll_transmit`](ClientEngine::poll_transmit): messages to send, in order;
+//! 2. [`poll_transmit`](ClientEngine::poll_transmit): messages to send, in order (the time
+//!    passed in starts their answer's deadline);
 //! 3. [`poll_event`](ClientEngine::poll_event): what the application should hear;
-//! 4. [`poll_load`](ClientEngine::poll_load): stored models to load for background sync
+//! 4. [`poll_action`](ClientEngine::poll_action): connect or disconnect;
+//! 5. [`poll_load`](ClientEngine::poll_load): stored models to load for background sync
 //!    (after their queued batches are durable), answered with
 //!    [`handle_loaded`](ClientEngine::handle_loaded).
+//!
+//! Then it sleeps until [`poll_timeout`](ClientEngine::poll_timeout) (or until something
+//! else happens) and calls `handle_timeout`; a call before the deadline does nothing.
 //!
 //! Storage comes first because nothing the engine sends depends on a batch that is not yet
 //! durable: a local change is submitted only after the batch recording it is reported
 //! durable, and a submission only after its in-flight boundary is.
+//!
+//! Time: the engine reconnects with exponential backoff, pings the server every
+//! [`EngineConfig::heartbeat`], and drops the connection (then reconnects) when the server
+//! stays silent for [`EngineConfig::silence_timeout`] or leaves a request or a submission
+//! unanswered for [`EngineConfig::request_timeout`]: what the server did with it is then
+//! unknown, and resyncing on a new connection is the one recovery that is right for every
+//! request.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use concord_ot::{Applied, ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
-    ErrorCode, ErrorReply, InFlight, KnownModel, ModelId, ModelSnapshot, OfflineUpdate, RequestId,
-    ServerMessage, ServerPush, ServerRequest, ServerResponse, SessionId, Timestamp,
+    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
+    ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
+    OfflineUpdate, ReconnectToken, RequestId, ServerMessage, ServerPush, ServerRequest,
+    ServerResponse, Session, SessionId, Timestamp,
 };
 
 use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
 use crate::store::Restored;
+use crate::time::Time;
 
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -44,12 +64,66 @@ pub struct EngineConfig {
     /// How many stored models with unsent changes are loaded at once to sync after a
     /// reconnection; memory stays bounded by this, not by the number of such models.
     pub sync_concurrency: usize,
+    /// The wait before trying again after a connection was lost or an attempt failed; it
+    /// doubles after every failed attempt up to `max_backoff`, and starts over once
+    /// connected.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often a connected engine pings the server.
+    pub heartbeat: Duration,
+    /// A server heard nothing from for this long is gone: the connection is dropped and
+    /// established again.
+    pub silence_timeout: Duration,
+    /// How long a request, a submission (its ack) and the handshake may wait for the
+    /// answer; past it the connection is dropped and established again.
+    pub request_timeout: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
-        EngineConfig { max_batch_parts: 256, compact_every: 500, sync_concurrency: 4 }
+        EngineConfig {
+            max_batch_parts: 256,
+            compact_every: 500,
+            sync_concurrency: 4,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
     }
+}
+
+/// Whether the engine is talking to its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    Disconnected,
+    Connecting,
+    Connected,
+    /// The connection was lost or an attempt failed; the engine tries again after a while.
+    Reconnecting,
+}
+
+/// What the driver must do with the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection and hand the server `auth` in the handshake; report how it went
+    /// with [`ClientEngine::handle_connected`] or [`ClientEngine::handle_connect_failed`].
+    Connect { auth: Auth },
+    /// Close the connection. The engine already counts it as gone: do not report
+    /// [`ClientEngine::handle_disconnected`] for it.
+    Disconnect { reason: DisconnectReason },
+}
+
+/// Why the engine drops its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The application disconnected.
+    Requested,
+    /// Nothing came from the server for [`EngineConfig::silence_timeout`].
+    ServerSilent,
+    /// A request or submission went unanswered for [`EngineConfig::request_timeout`].
+    RequestTimedOut,
 }
 
 /// Identifies a storage batch for [`ClientEngine::handle_durable`].
@@ -171,6 +245,11 @@ pub enum Event {
         model: ModelId,
         failure: OpenFailure,
     },
+    /// The connection changed state.
+    Connection(ConnectionState),
+    /// The server refused the credentials for good while reconnecting: the engine stays
+    /// offline until [`ClientEngine::connect`] gives it new ones.
+    ConnectionRefused(HandshakeRejection),
 }
 
 /// Why opening a model at the server failed.
@@ -180,6 +259,8 @@ pub enum OpenFailure {
     Refused(ErrorReply),
     /// The connection closed before the answer arrived.
     ConnectionLost,
+    /// No answer within [`EngineConfig::request_timeout`]; the connection was dropped.
+    TimedOut,
 }
 
 /// Why a call into the engine was refused.
@@ -228,7 +309,15 @@ struct Model {
     stored_counter: u64,
 }
 
-/// What a request sent on the current connection was for.
+/// A request sent on the current connection and not answered yet.
+#[derive(Debug)]
+struct Outstanding {
+    purpose: Request,
+    /// Set when it is handed to the driver to send.
+    deadline: Option<Time>,
+}
+
+/// What a request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Request {
     Resync(ModelId),
@@ -254,16 +343,58 @@ struct BatchEffect {
     in_flight: Option<u64>,
 }
 
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Offline and not trying: not asked to connect, disconnected, or refused for good.
+    Idle,
+    /// Offline, trying again at `at`.
+    Waiting {
+        at: Time,
+    },
+    /// The driver was asked to connect and has not said how it went.
+    Connecting {
+        attempt: Attempt,
+    },
+    Connected {
+        last_heard: Time,
+        next_ping: Time,
+    },
+}
+
+/// Who asked for a connection attempt, and with what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// The application's [`ClientEngine::connect`]: a failure is its to handle, and is not
+    /// retried.
+    Requested,
+    /// A reconnection with the reconnect token; refused, the credentials are tried at once.
+    Token,
+    /// A reconnection with the credentials.
+    Credentials,
+}
+
 /// One client's sync state machine.
 #[derive(Debug)]
 pub struct ClientEngine {
     replica_id: ReplicaId,
     config: EngineConfig,
-    connected: bool,
+    connection: Connection,
+    /// The state last reported to the application.
+    reported: ConnectionState,
+    /// What the application connected with, to reconnect with when the token fails.
+    credentials: Option<Auth>,
+    /// The last handshake's reconnect token, tried first when reconnecting.
+    reconnect_token: Option<ReconnectToken>,
+    /// The wait before the next reconnection attempt.
+    backoff: Duration,
+    actions: VecDeque<Action>,
     models: BTreeMap<ModelId, Model>,
     next_request: u64,
     /// Requests sent on the current connection and not answered yet.
-    requests: BTreeMap<RequestId, Request>,
+    requests: BTreeMap<RequestId, Outstanding>,
+    /// When the ack of each model's submission on the wire is due.
+    acks: BTreeMap<ModelId, Time>,
     /// Models being opened at the server.
     opens: BTreeMap<ModelId, OpenAtServer>,
     /// Models deleted here and not yet confirmed: their collection, and the batch storing
@@ -291,10 +422,16 @@ impl ClientEngine {
         ClientEngine {
             replica_id,
             config,
-            connected: false,
+            connection: Connection::Idle,
+            reported: ConnectionState::Disconnected,
+            credentials: None,
+            reconnect_token: None,
+            backoff: config.initial_backoff,
+            actions: VecDeque::new(),
             models: BTreeMap::new(),
             next_request: 1,
             requests: BTreeMap::new(),
+            acks: BTreeMap::new(),
             opens: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
@@ -347,7 +484,7 @@ impl ClientEngine {
 
     fn insert(&mut self, model: ModelId, entry: Model) {
         self.models.insert(model.clone(), entry);
-        if self.connected {
+        if self.is_connected() {
             self.attach(&model);
         }
     }
@@ -368,7 +505,7 @@ impl ClientEngine {
         if self.tombstones.contains_key(&model) {
             return Err(EngineError::DeletionPending(model));
         }
-        if !self.connected {
+        if !self.is_connected() {
             return Err(EngineError::Offline(model));
         }
         if self.opens.contains_key(&model) {
@@ -430,7 +567,7 @@ impl ClientEngine {
         self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
         match loaded {
             Some(restored)
-                if self.connected
+                if self.is_connected()
                     && !self.models.contains_key(&model)
                     && !self.tombstones.contains_key(&model) =>
             {
@@ -452,10 +589,11 @@ impl ClientEngine {
     fn close_at_server(&mut self, model: &ModelId) {
         // A resync's answer no longer matters.
         let resync = Request::Resync(model.clone());
-        for request in self.requests.values_mut().filter(|r| **r == resync) {
-            *request = Request::Other;
+        for request in self.requests.values_mut().filter(|r| r.purpose == resync) {
+            request.purpose = Request::Other;
         }
-        if self.connected {
+        self.acks.remove(model);
+        if self.is_connected() {
             self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
         }
     }
@@ -513,19 +651,54 @@ impl ClientEngine {
         self.local_edit(model, |_, _| Ok(operation))
     }
 
-    /// A connection is up (handshake accepted): every loaded model resyncs first; then the
-    /// stored models in `stored_with_changes` (unsent or unacknowledged changes) are loaded
-    /// a few at a time ([`EngineConfig::sync_concurrency`]) through
+    /// The application wants to be online with these credentials: the engine asks the
+    /// driver to connect now ([`Action::Connect`]). If that attempt fails the engine stays
+    /// offline (the application hears why from the driver); once connected, a lost
+    /// connection is re-established with backoff — with the server's reconnect token first,
+    /// then these credentials — until [`ClientEngine::disconnect`].
+    pub fn connect(&mut self, auth: Auth) {
+        self.credentials = Some(auth.clone());
+        if self.is_connected() {
+            return;
+        }
+        self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
+        self.actions.push_back(Action::Connect { auth });
+        self.connection = Connection::Connecting { attempt: Attempt::Requested };
+        self.report(ConnectionState::Connecting);
+    }
+
+    /// The application wants to be offline: the connection is closed
+    /// ([`Action::Disconnect`]) and not re-established. Work goes on offline.
+    pub fn disconnect(&mut self) {
+        self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
+        if self.is_connected() {
+            self.actions.push_back(Action::Disconnect { reason: DisconnectReason::Requested });
+            self.went_offline();
+        }
+        self.connection = Connection::Idle;
+        self.report(ConnectionState::Disconnected);
+    }
+
+    /// A connection is up (handshake accepted with `session`): every loaded model resyncs
+    /// first; then the stored models in `stored_with_changes` (unsent or unacknowledged
+    /// changes) are loaded a few at a time ([`EngineConfig::sync_concurrency`]) through
     /// [`ClientEngine::poll_load`], synced, and released.
     ///
     /// `stored_tombstones` are the models the store holds as deleted here and not yet
     /// confirmed (with their collection); their deletion is sent again.
     pub fn handle_connected(
         &mut self,
+        now: Time,
+        session: &Session,
         stored_with_changes: Vec<ModelId>,
         stored_tombstones: Vec<(ModelId, CollectionId)>,
     ) {
-        self.connected = true;
+        self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
+        self.reconnect_token = Some(session.reconnect_token.clone());
+        self.backoff = self.config.initial_backoff;
+        let next_ping = now + self.config.heartbeat;
+        self.connection = Connection::Connected { last_heard: now, next_ping };
+        self.report(ConnectionState::Connected);
         self.events.push_back(Event::Online);
         self.add_tombstones(stored_tombstones);
         if !self.subscriptions.is_empty() {
@@ -553,9 +726,159 @@ impl ClientEngine {
         self.load_more();
     }
 
+    /// The connection attempt asked for by [`Action::Connect`] failed: `rejection` when the
+    /// server refused the handshake, `None` when it could not be reached (or did not answer
+    /// in time). The engine tries again with backoff — at once with the credentials when the
+    /// reconnect token was refused — except after the application's own attempt, or when
+    /// the server says retrying cannot succeed.
+    pub fn handle_connect_failed(&mut self, now: Time, rejection: Option<HandshakeRejection>) {
+        let Connection::Connecting { attempt } = self.connection else { return };
+        match (attempt, rejection) {
+            (Attempt::Requested, _) => {
+                self.connection = Connection::Idle;
+                self.report(ConnectionState::Disconnected);
+            }
+            (Attempt::Token, Some(_)) => {
+                // An expired token: the credentials may still do.
+                self.reconnect_token = None;
+                self.attempt();
+            }
+            (_, Some(rejection)) if !rejection.retry_allowed => {
+                self.connection = Connection::Idle;
+                self.events.push_back(Event::ConnectionRefused(rejection));
+                self.report(ConnectionState::Disconnected);
+            }
+            _ => self.retry_later(now),
+        }
+    }
+
+    /// The connection broke (closed, or a send failed): everything waits offline, local
+    /// changes keep being stored, and the engine reconnects after a backoff.
+    pub fn handle_disconnected(&mut self, now: Time) {
+        if !self.is_connected() {
+            return;
+        }
+        self.went_offline();
+        self.retry_later(now);
+    }
+
+    /// Fires what is due at `now`: a reconnection attempt, a heartbeat ping, or dropping a
+    /// connection whose server is silent or left something unanswered too long. Harmless
+    /// when nothing is due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        match self.connection {
+            Connection::Waiting { at } if at <= now => self.attempt(),
+            Connection::Connected { last_heard, next_ping } => {
+                let silent = last_heard + self.config.silence_timeout <= now;
+                let overdue: Vec<RequestId> = self
+                    .requests
+                    .iter()
+                    .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.acks.retain(|model, _| self.models.get(model).is_some_and(awaits_ack));
+                let ack_overdue = self.acks.values().any(|d| *d <= now);
+                if !overdue.is_empty() || ack_overdue {
+                    for id in overdue {
+                        if let Some(Outstanding { purpose: Request::Open(model), .. }) =
+                            self.requests.remove(&id)
+                        {
+                            self.opens.remove(&model);
+                            let failure = OpenFailure::TimedOut;
+                            self.events.push_back(Event::OpenFailed { model, failure });
+                        }
+                    }
+                    self.drop_connection(now, DisconnectReason::RequestTimedOut);
+                } else if silent {
+                    self.drop_connection(now, DisconnectReason::ServerSilent);
+                } else if next_ping <= now {
+                    self.send(ClientRequest::Ping, Request::Other);
+                    let next_ping = now + self.config.heartbeat;
+                    self.connection = Connection::Connected { last_heard, next_ping };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`ClientEngine::handle_timeout`] has something to do next, if ever.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        match self.connection {
+            Connection::Waiting { at } => Some(at),
+            Connection::Connected { last_heard, next_ping } => {
+                let requests = self.requests.values().filter_map(|r| r.deadline);
+                let acks = self
+                    .acks
+                    .iter()
+                    .filter(|(model, _)| self.models.get(*model).is_some_and(awaits_ack))
+                    .map(|(_, deadline)| *deadline);
+                let silence = last_heard + self.config.silence_timeout;
+                requests.chain(acks).chain([next_ping, silence]).min()
+            }
+            Connection::Idle | Connection::Connecting { .. } => None,
+        }
+    }
+
+    /// What the driver must do with the connection.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The state of the connection as the engine sees it.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.reported.clone()
+    }
+
+    fn is_connected(&self) -> bool {
+        matches!(self.connection, Connection::Connected { .. })
+    }
+
+    fn report(&mut self, state: ConnectionState) {
+        if self.reported != state {
+            self.reported = state.clone();
+            self.events.push_back(Event::Connection(state));
+        }
+    }
+
+    /// Asks the driver to connect, with the reconnect token if there is one.
+    fn attempt(&mut self) {
+        let (auth, attempt) = match (&self.reconnect_token, &self.credentials) {
+            (Some(token), _) => (Auth::Reconnect(token.clone()), Attempt::Token),
+            (None, Some(credentials)) => (credentials.clone(), Attempt::Credentials),
+            (None, None) => return self.give_up(),
+        };
+        self.actions.push_back(Action::Connect { auth });
+        self.connection = Connection::Connecting { attempt };
+        self.report(ConnectionState::Connecting);
+    }
+
+    /// Schedules the next attempt after the backoff, and doubles it.
+    fn retry_later(&mut self, now: Time) {
+        if self.reconnect_token.is_none() && self.credentials.is_none() {
+            return self.give_up();
+        }
+        self.connection = Connection::Waiting { at: now + self.backoff };
+        self.backoff =
+            (self.backoff * 2).min(self.config.max_backoff.max(self.config.initial_backoff));
+        self.report(ConnectionState::Reconnecting);
+    }
+
+    /// Nothing to connect with: offline until the application connects.
+    fn give_up(&mut self) {
+        self.connection = Connection::Idle;
+        self.report(ConnectionState::Disconnected);
+    }
+
+    /// Drops the connection the engine no longer trusts, and reconnects after a backoff.
+    fn drop_connection(&mut self, now: Time, reason: DisconnectReason) {
+        self.actions.push_back(Action::Disconnect { reason });
+        self.went_offline();
+        self.retry_later(now);
+    }
+
     fn load_more(&mut self) {
         let loaded = self.models.values().filter(|m| m.background).count();
-        while self.connected
+        while self.is_connected()
             && loaded + self.loads_outstanding < self.config.sync_concurrency.max(1)
             && let Some(model) = self.sync_waiting.pop_front()
         {
@@ -584,12 +907,10 @@ impl ClientEngine {
     }
 
     /// The connection is gone: everything waits offline; local changes keep being stored.
-    pub fn handle_disconnected(&mut self) {
-        if !self.connected {
-            return;
-        }
-        self.connected = false;
+    fn went_offline(&mut self) {
+        self.connection = Connection::Idle;
         self.requests.clear();
+        self.acks.clear();
         self.transmit.clear();
         for (model, _) in std::mem::take(&mut self.opens) {
             let failure = OpenFailure::ConnectionLost;
@@ -620,7 +941,7 @@ impl ClientEngine {
                 && *pending == Some(batch)
             {
                 *pending = None;
-                if self.connected {
+                if self.is_connected() {
                     self.send_delete(&effect.model);
                 }
             }
@@ -636,7 +957,7 @@ impl ClientEngine {
             }
             if entry.creation_batch == Some(batch) {
                 entry.creation_batch = None;
-                if self.connected {
+                if self.is_connected() {
                     self.attach(&effect.model);
                 }
             }
@@ -644,17 +965,20 @@ impl ClientEngine {
         }
     }
 
-    /// A message from the server.
-    pub fn handle_message(&mut self, message: ServerMessage) {
+    /// A message from the server, received at `now`.
+    pub fn handle_message(&mut self, now: Time, message: ServerMessage) {
+        if let Connection::Connected { last_heard, .. } = &mut self.connection {
+            *last_heard = now;
+        }
         match message {
             ServerMessage::Response { to, response } => {
                 if let Some(request) = self.requests.remove(&to) {
-                    self.answered(request, Ok(response));
+                    self.answered(request.purpose, Ok(response));
                 }
             }
             ServerMessage::Error { to: Some(to), error } => {
                 if let Some(request) = self.requests.remove(&to) {
-                    self.answered(request, Err(error));
+                    self.answered(request.purpose, Err(error));
                 }
             }
             ServerMessage::Error { to: None, .. } => {}
@@ -688,7 +1012,7 @@ impl ClientEngine {
                 }
             }
         };
-        if self.connected {
+        if self.is_connected() {
             self.transmit.push_back(reply);
         }
     }
@@ -781,6 +1105,7 @@ impl ClientEngine {
             | ServerPush::RemoteOperation { model, .. }
                 if self.models.get(&model).is_none_or(|m| m.link != Link::Live) => {}
             ServerPush::Ack { model, seq, version, timestamp } => {
+                self.acks.remove(&model);
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
                     if !changes.is_empty() {
@@ -804,6 +1129,7 @@ impl ClientEngine {
                 if entry.replica.in_flight_seq() != Some(seq) {
                     return;
                 }
+                self.acks.remove(&model);
                 // A refusal about the server's state, not about the change: the change is
                 // kept, and resyncing tells whether it was committed and sends it again.
                 let transient = matches!(
@@ -878,7 +1204,7 @@ impl ClientEngine {
                 added.push(model);
             }
         }
-        if self.connected && !added.is_empty() {
+        if self.is_connected() && !added.is_empty() {
             let subscribe = self.known_models(added);
             let request = ClientRequest::SubscribeOffline {
                 subscribe,
@@ -896,7 +1222,7 @@ impl ClientEngine {
         for model in &removed {
             self.queue_batch(model, vec![StoreChange::Unsubscribe], None, None);
         }
-        if self.connected && !removed.is_empty() {
+        if self.is_connected() && !removed.is_empty() {
             let request = ClientRequest::SubscribeOffline {
                 subscribe: Vec::new(),
                 unsubscribe: removed,
@@ -964,7 +1290,7 @@ impl ClientEngine {
         for (model, collection) in stored {
             self.tombstones.entry(model).or_insert((collection, None));
         }
-        if self.connected {
+        if self.is_connected() {
             let durable: Vec<ModelId> = self
                 .tombstones
                 .iter()
@@ -999,7 +1325,7 @@ impl ClientEngine {
 
     fn send_delete(&mut self, model: &ModelId) {
         let request = Request::Delete(model.clone());
-        if self.requests.values().any(|r| *r == request) {
+        if self.requests.values().any(|r| r.purpose == request) {
             return;
         }
         self.send(ClientRequest::DeleteModel { model: model.clone() }, request);
@@ -1169,6 +1495,7 @@ impl ClientEngine {
         };
         entry.link = Link::Resyncing;
         entry.replica.mark_in_flight_unsent();
+        self.acks.remove(model);
         let in_flight =
             entry.replica.in_flight_seq().map(|seq| InFlight { replica: self.replica_id, seq });
         let known_version = entry.replica.confirmed_version();
@@ -1186,10 +1513,11 @@ impl ClientEngine {
     }
 
     fn send_next(&mut self, model: &ModelId) {
+        let connected = self.is_connected();
         let Some(entry) = self.models.get_mut(model) else {
             return;
         };
-        if entry.link != Link::Live || !self.connected {
+        if entry.link != Link::Live || !connected {
             return;
         }
         if entry.replica.in_flight_seq().is_none()
@@ -1236,7 +1564,7 @@ impl ClientEngine {
     fn send(&mut self, request: ClientRequest, purpose: Request) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.requests.insert(id, purpose);
+        self.requests.insert(id, Outstanding { purpose, deadline: None });
         self.transmit.push_back(ClientMessage::Request { id, request });
     }
 
@@ -1244,8 +1572,25 @@ impl ClientEngine {
         self.storage.pop_front()
     }
 
-    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
-        self.transmit.pop_front()
+    /// The next message to send. `now` is when it leaves: its answer is due
+    /// [`EngineConfig::request_timeout`] later.
+    pub fn poll_transmit(&mut self, now: Time) -> Option<ClientMessage> {
+        let message = self.transmit.pop_front()?;
+        let deadline = now + self.config.request_timeout;
+        match &message {
+            ClientMessage::Request { id, .. } => {
+                if let Some(request) = self.requests.get_mut(id) {
+                    request.deadline.get_or_insert(deadline);
+                }
+            }
+            ClientMessage::Notice(ClientNotice::Submit { model, .. }) => {
+                self.acks.insert(model.clone(), deadline);
+            }
+            ClientMessage::Response { .. }
+            | ClientMessage::Error { .. }
+            | ClientMessage::Notice(_) => {}
+        }
+        Some(message)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -1272,4 +1617,9 @@ fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
         .map(|id| id.counter + 1)
         .max()
         .unwrap_or(0)
+}
+
+/// Whether a model still waits for the ack of a submission it sent.
+fn awaits_ack(model: &Model) -> bool {
+    model.link == Link::Live && model.replica.in_flight_sent()
 }

@@ -14,12 +14,15 @@ mod engine;
 mod replica;
 mod sequencer;
 pub mod store;
+mod time;
 
 pub use engine::{
-    BatchId, ClientEngine, EngineConfig, EngineError, Event, OpenFailure, StorageBatch,
+    Action, BatchId, ClientEngine, ConnectionState, DisconnectReason, EngineConfig, EngineError,
+    Event, OpenFailure, StorageBatch,
 };
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,
 };
 pub use sequencer::{CatchUp, CommitRecord, Sequencer, SequencerError, Submission, SubmitOutcome};
+pub use time::Time;

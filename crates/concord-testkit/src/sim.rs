@@ -19,14 +19,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use concord_ot::ReplicaId;
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
-    ErrorReply, ModelId, ModelSnapshot, OfflineUpdate, Permissions, ServerMessage, ServerPush,
-    ServerResponse, SessionId, Timestamp,
+    ErrorReply, ModelId, ModelSnapshot, OfflineUpdate, Permissions, ReconnectToken, ServerMessage,
+    ServerPush, ServerResponse, Session, SessionId, Timestamp, User, UserId,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
     ClientEngine, EngineConfig, EngineError, Event, ModelReplica, Sequencer, StorageBatch,
-    StoreChange, Submission, SubmitOutcome, store, store::Restored,
+    StoreChange, Submission, SubmitOutcome, Time, store, store::Restored,
 };
 use pollster::block_on;
 
@@ -543,6 +543,7 @@ impl Sim {
     }
 
     fn drain_outputs(&mut self, i: usize) -> Result<(), String> {
+        let now = self.time();
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else {
             return Ok(());
@@ -550,7 +551,7 @@ impl Sim {
         while let Some(batch) = engine.poll_storage() {
             client.queue.push_back(batch);
         }
-        while let Some(message) = engine.poll_transmit() {
+        while let Some(message) = engine.poll_transmit(Time::from_millis(now)) {
             if let Some(connection) = client.connection {
                 client.to_server.push_back((connection, message));
             }
@@ -615,6 +616,7 @@ impl Sim {
     }
 
     fn connect(&mut self, i: usize) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else {
             return Ok(());
@@ -628,18 +630,25 @@ impl Sim {
         let loaded: Vec<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
         let with_changes = store::with_changes(&summaries, &loaded);
-        engine.handle_connected(with_changes, store::tombstones(&summaries));
+        let session = Session {
+            session: SessionId(format!("{i}-{}", client.epochs)),
+            user: User { id: UserId(format!("user-{i}")), display_name: None, anonymous: false },
+            reconnect_token: ReconnectToken(format!("{i}")),
+            server_version: "sim".into(),
+        };
+        engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
         self.drain(i)
     }
 
     fn disconnect(&mut self, i: usize) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
         self.stats.disconnects += 1;
         let client = &mut self.clients[i];
         client.connection = None;
         client.to_client.clear();
         self.server.connections[i] = None;
         if let Some(engine) = &mut client.engine {
-            engine.handle_disconnected();
+            engine.handle_disconnected(now);
         }
         // What was on its way to the server may still arrive, late, or twice, or be lost.
         let mut late = VecDeque::new();
@@ -706,6 +715,11 @@ impl Sim {
         Ok(())
     }
 
+    /// The engines' clock: the step counter, as milliseconds.
+    fn time(&self) -> u64 {
+        self.now as u64
+    }
+
     fn note(&mut self, line: impl FnOnce() -> String) {
         if let Some(trace) = &mut self.trace {
             trace.push(line());
@@ -713,6 +727,7 @@ impl Sim {
     }
 
     fn deliver_to_client(&mut self, i: usize) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
         if let Some(message) = self.clients[i].to_client.front() {
             let line = format!("  -> client {i}: {message:?}");
             self.note(|| line);
@@ -724,7 +739,7 @@ impl Sim {
         let Some(message) = client.to_client.pop_front() else {
             return Ok(());
         };
-        engine.handle_message(message);
+        engine.handle_message(now, message);
         self.drain(i)
     }
 
@@ -1015,6 +1030,7 @@ fn engine_config(config: Config) -> EngineConfig {
         max_batch_parts: config.max_batch,
         compact_every: config.compact_every,
         sync_concurrency: 2,
+        ..EngineConfig::default()
     }
 }
 
