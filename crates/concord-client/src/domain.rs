@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_protocol::{Auth, CollectionId, ErrorReply, HandshakeRejection, ModelId, Session};
+use concord_protocol::{Auth, CollectionId, ModelId, Session};
 use concord_storage::{MemoryAdapter, StorageAdapter};
-pub use concord_sync::ConnectionState;
-use concord_sync::EngineConfig;
+use concord_sync::{ConnectionState, DomainEvent, EngineConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::driver::{AutoCreate, Command, Driver, Reply};
@@ -87,59 +86,6 @@ impl DomainBuilder {
         crate::rt::spawn(driver.run(receiver));
         Domain { inner: Arc::new(Inner { url: self.url, commands, state: state_receiver, events }) }
     }
-}
-
-/// What happens to the domain as a whole.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum DomainEvent {
-    State(ConnectionState),
-    /// After a reconnection, stored models with changes sync a few at a time.
-    SyncProgress {
-        done: usize,
-        total: usize,
-    },
-    /// The server created a model created here.
-    Created {
-        model: ModelId,
-    },
-    /// The server refused a model created here; it stays here, offline, with its data.
-    CreationRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server confirmed a deletion made here.
-    Deleted {
-        model: ModelId,
-    },
-    /// The server refused a deletion made here: the model is back.
-    DeletionRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server no longer serves the model; the local copy stays.
-    ModelGone {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// A subscribed model was downloaded into the store.
-    Downloaded {
-        model: ModelId,
-    },
-    /// The server refused local changes for good (they were undone locally).
-    ChangesRejected {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    ProtocolViolation {
-        model: ModelId,
-        error: String,
-    },
-    /// The offline store failed; the domain stopped.
-    StorageFailed(String),
-    /// The server refused the credentials for good while reconnecting; the domain stays
-    /// offline until connected again.
-    ConnectionRefused(HandshakeRejection),
 }
 
 /// A model in the offline store, as [`ModelService::stored_models`] lists it.

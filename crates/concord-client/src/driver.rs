@@ -12,17 +12,18 @@ use std::collections::{HashMap, HashSet};
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, CollectionId, CreationNonce, ModelId, ServerMessage, ServerPush, Session, Timestamp,
+    Auth, CollectionId, CreationNonce, ModelId, ServerMessage, Session, Timestamp,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
-    Action, ClientEngine, ConnectionState, EngineError, Event, ModelReplica, OpenFailure, store,
+    Action, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, ModelEvent,
+    ModelReplica, OpenFailure, store,
 };
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::domain::{DomainEvent, DomainOptions, StoredModel};
+use crate::domain::{DomainOptions, StoredModel};
 use crate::error::ClientError;
-use crate::model::{ModelEvent, Watermarks};
+use crate::model::Watermarks;
 use crate::rt::{self, Clock, Instant};
 use crate::socket::{self, Socket};
 
@@ -505,16 +506,6 @@ impl Driver {
             }
             None => return self.connection_lost().await,
         };
-        match &message {
-            ServerMessage::Push(ServerPush::CollaboratorOpened { model, collaborator }) => {
-                let event = ModelEvent::CollaboratorOpened(collaborator.clone());
-                self.model_event(model, event);
-            }
-            ServerMessage::Push(ServerPush::CollaboratorClosed { model, session }) => {
-                self.model_event(model, ModelEvent::CollaboratorClosed(session.clone()));
-            }
-            _ => {}
-        }
         let now = self.clock.now();
         if let Some(engine) = self.engine.as_mut() {
             engine.handle_message(now, message);
@@ -669,19 +660,8 @@ impl Driver {
         if engine.model(model).is_none() {
             return Err(ClientError::NotOpen(model.clone()));
         }
-        let mut made = None;
-        let (seq, applied) = engine.local_edit(model, |document, ids| {
-            let operation = build(document, ids)?;
-            made = Some(operation.clone());
-            Ok::<_, ClientError>(operation)
-        })?;
-        let operation = made.expect("built");
-        if let Some(open) = self.open.get(model) {
-            for event in ModelEvent::changes(&operation, &applied, None) {
-                let _ = open.events.send(event);
-            }
-            open.watermarks.send_modify(|w| w.last = seq);
-        }
+        let seq = engine.local_edit(model, build)?;
+        self.watermark(model, |w| w.last = seq);
         Ok(seq)
     }
 
@@ -798,81 +778,46 @@ impl Driver {
         engine.handle_loaded(model, loaded);
     }
 
+    /// Passes the engine's events on — model events to the model's handles, domain events
+    /// to the domain's — after what the client itself does on them: watermarks, releasing
+    /// idle models, answering opens.
     fn event(&mut self, event: Event) {
         match event {
-            Event::RemoteOperation { model, author, operation, applied } => {
-                if let Some(open) = self.open.get(&model) {
-                    for event in ModelEvent::changes(&operation, &applied, Some(author.clone())) {
-                        let _ = open.events.send(event);
+            Event::Model { model, event } => {
+                match &event {
+                    ModelEvent::Stored { seq } => {
+                        self.watermark(&model, |w| w.stored = w.stored.max(*seq));
                     }
+                    ModelEvent::Acknowledged { seq, .. } => {
+                        self.watermark(&model, |w| w.acknowledged = w.acknowledged.max(*seq));
+                    }
+                    ModelEvent::Committed => self.watermark(&model, |w| w.acknowledged = w.last),
+                    _ => {}
+                }
+                let committed = event == ModelEvent::Committed;
+                self.model_event(&model, event);
+                if committed {
+                    self.release_if_idle(&model);
                 }
             }
-            Event::Modified { model } => self.model_event(&model, ModelEvent::Modified),
-            Event::Committed { model } => {
-                self.watermark(&model, |w| w.acknowledged = w.last);
-                self.model_event(&model, ModelEvent::Committed);
-                self.release_if_idle(&model);
-            }
-            Event::Stored { model, seq } => {
-                self.watermark(&model, |w| w.stored = w.stored.max(seq));
-                self.model_event(&model, ModelEvent::Stored { seq });
-            }
-            Event::Acknowledged { model, seq, version } => {
-                self.watermark(&model, |w| w.acknowledged = w.acknowledged.max(seq));
-                self.model_event(&model, ModelEvent::Acknowledged { seq, version });
-            }
-            Event::Neutralised { model, seqs } => {
-                self.model_event(&model, ModelEvent::Neutralised { seqs });
-            }
-            Event::Rejected { model, operations, error } => {
-                let seqs = operations.iter().map(|o| o.seq).collect();
-                self.model_event(&model, ModelEvent::Rejected { seqs, error: error.clone() });
-                self.emit(DomainEvent::ChangesRejected { model, error });
-            }
-            Event::ResyncStarted { model } => self.model_event(&model, ModelEvent::ResyncStarted),
-            Event::ResyncCompleted { model } => {
-                self.model_event(&model, ModelEvent::ResyncCompleted)
-            }
-            Event::Released { .. } => {}
-            Event::Created { model } => {
-                self.release_if_idle(&model);
-                self.emit(DomainEvent::Created { model });
-            }
-            Event::CreationRefused { model, error } => {
-                self.emit(DomainEvent::CreationRefused { model, error })
-            }
-            Event::Deleted { model } => self.emit(DomainEvent::Deleted { model }),
-            Event::DeletionRefused { model, error } => {
-                self.emit(DomainEvent::DeletionRefused { model, error })
-            }
-            Event::ModelGone { model, error } => {
-                self.model_event(&model, ModelEvent::Gone { error: error.clone() });
-                self.emit(DomainEvent::ModelGone { model, error });
-            }
-            Event::Downloaded { model } => self.emit(DomainEvent::Downloaded { model }),
-            Event::SyncProgress { done, total } => {
-                self.emit(DomainEvent::SyncProgress { done, total })
-            }
-            Event::Online => {
-                for open in self.open.values() {
-                    let _ = open.events.send(ModelEvent::Online);
+            // Emitted by `set_state`, once the state watch says so.
+            Event::Domain(DomainEvent::State(state)) => self.set_state(state),
+            Event::Domain(event) => {
+                match &event {
+                    DomainEvent::Created { model } => self.release_if_idle(model),
+                    DomainEvent::Opened { model } => self.opened(model, None),
+                    DomainEvent::OpenFailed { model, failure } => {
+                        self.opened(model, Some(failure.clone()));
+                    }
+                    DomainEvent::ProtocolViolation { model, error } => {
+                        tracing::warn!(%model, %error, "the server broke the protocol for a model");
+                    }
+                    DomainEvent::ConnectionRefused(rejection) => {
+                        tracing::warn!(?rejection, "the server refused the credentials for good");
+                    }
+                    _ => {}
                 }
-            }
-            Event::Offline => {
-                for open in self.open.values() {
-                    let _ = open.events.send(ModelEvent::Offline);
-                }
-            }
-            Event::ProtocolViolation { model, error } => {
-                tracing::warn!(%model, %error, "the server broke the protocol for a model");
-                self.emit(DomainEvent::ProtocolViolation { model, error });
-            }
-            Event::Opened { model } => self.opened(&model, None),
-            Event::OpenFailed { model, failure } => self.opened(&model, Some(failure)),
-            Event::Connection(state) => self.set_state(state),
-            Event::ConnectionRefused(rejection) => {
-                tracing::warn!(?rejection, "the server refused the credentials for good");
-                self.emit(DomainEvent::ConnectionRefused(rejection));
+                self.emit(event);
             }
         }
     }

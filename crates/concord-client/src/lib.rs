@@ -37,18 +37,22 @@ mod rt;
 mod socket;
 
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
-pub use concord_protocol::{CollectionId, ModelId, Session, SessionId};
+pub use concord_protocol::{
+    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, Session,
+    SessionId,
+};
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
 pub use concord_storage::{MemoryAdapter, StorageAdapter};
-pub use concord_sync::EngineConfig;
-pub use domain::{
-    ConnectionState, Domain, DomainBuilder, DomainEvent, DomainOptions, ModelService, StoredModel,
+/// The events are the engine's, passed on as they are: one vocabulary for every client.
+pub use concord_sync::{
+    ConnectionState, DomainEvent, EngineConfig, ModelEvent, OpenFailure, PendingOperation,
 };
+pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel};
 pub use error::ClientError;
 pub use events::Events;
 pub use model::{
-    BatchBuilder, Change, Edit, Element, ElementEvents, ModelEvent, ModelInfo, RealTimeArray,
-    RealTimeBoolean, RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject,
-    RealTimeString, Watermarks,
+    BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
+    RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
+    Watermarks,
 };

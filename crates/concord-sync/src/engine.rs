@@ -41,15 +41,16 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use concord_ot::{Applied, ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
+use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
     Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
     ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
     OfflineUpdate, ReconnectToken, RequestId, ServerMessage, ServerPush, ServerRequest,
-    ServerResponse, Session, SessionId, Timestamp,
+    ServerResponse, Session, Timestamp,
 };
 
-use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
+use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+use crate::replica::{ModelReplica, ReplicaError, StoreChange};
 use crate::store::Restored;
 use crate::time::Time;
 
@@ -94,16 +95,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// Whether the engine is talking to its server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionState {
-    Disconnected,
-    Connecting,
-    Connected,
-    /// The connection was lost or an attempt failed; the engine tries again after a while.
-    Reconnecting,
-}
-
 /// What the driver must do with the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -136,131 +127,6 @@ pub struct StorageBatch {
     pub id: BatchId,
     pub model: ModelId,
     pub changes: Vec<StoreChange>,
-}
-
-/// What the application hears.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// Another session's operation was applied to the local view (as transformed).
-    RemoteOperation {
-        model: ModelId,
-        /// The session that made it.
-        author: SessionId,
-        operation: Operation,
-        applied: Vec<Applied>,
-    },
-    /// The model had no unacknowledged local changes and now has one.
-    Modified {
-        model: ModelId,
-    },
-    /// Every local change of the model is acknowledged.
-    Committed {
-        model: ModelId,
-    },
-    /// Local changes up to `seq` are durable in the store.
-    Stored {
-        model: ModelId,
-        seq: u64,
-    },
-    /// The server committed local changes up to `seq`.
-    Acknowledged {
-        model: ModelId,
-        seq: u64,
-        version: u64,
-    },
-    /// Concurrent changes made these local changes (by seq) no-ops: they were overridden
-    /// (a concurrent set won, or their target was removed).
-    Neutralised {
-        model: ModelId,
-        seqs: Vec<u64>,
-    },
-    /// The server refused these local changes for good; they were undone locally.
-    Rejected {
-        model: ModelId,
-        operations: Vec<PendingOperation>,
-        error: ErrorReply,
-    },
-    ResyncStarted {
-        model: ModelId,
-    },
-    /// The model is live again: missed operations applied, local changes being sent.
-    ResyncCompleted {
-        model: ModelId,
-    },
-    /// A model loaded for background sync is in sync and left memory; its batches still
-    /// queued must be durable before the driver loads it again.
-    Released {
-        model: ModelId,
-    },
-    /// The server created a model created here.
-    Created {
-        model: ModelId,
-    },
-    /// The server refused to create a model created here (its id is taken by another
-    /// creation, or the user may not create in the collection). The model and its local
-    /// changes stay in memory and in the store, offline.
-    CreationRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server confirmed a deletion made here; the store forgot the model.
-    Deleted {
-        model: ModelId,
-    },
-    /// The server refused a deletion made here: the model is back in the store.
-    DeletionRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server no longer serves this model (deleted by someone else, or closed by the
-    /// server); the local copy stays, offline.
-    ModelGone {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// A subscribed model was downloaded into the store for the first time.
-    Downloaded {
-        model: ModelId,
-    },
-    /// Background sync of stored models: `done` of `total` are in sync with the server.
-    SyncProgress {
-        done: usize,
-        total: usize,
-    },
-    Online,
-    Offline,
-    /// The server broke the protocol for this model. It left memory: once its queued
-    /// batches are durable, reload it from the store (`add_model`) to try again.
-    ProtocolViolation {
-        model: ModelId,
-        error: String,
-    },
-    /// A model opened at the server ([`ClientEngine::open_at_server`]) arrived: it is
-    /// stored, loaded, and syncs like any other.
-    Opened {
-        model: ModelId,
-    },
-    /// Opening a model at the server failed.
-    OpenFailed {
-        model: ModelId,
-        failure: OpenFailure,
-    },
-    /// The connection changed state.
-    Connection(ConnectionState),
-    /// The server refused the credentials for good while reconnecting: the engine stays
-    /// offline until [`ClientEngine::connect`] gives it new ones.
-    ConnectionRefused(HandshakeRejection),
-}
-
-/// Why opening a model at the server failed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OpenFailure {
-    /// The server refused: no such model (and nothing to create it from), not permitted…
-    Refused(ErrorReply),
-    /// The connection closed before the answer arrived.
-    ConnectionLost,
-    /// No answer within [`EngineConfig::request_timeout`]; the connection was dropped.
-    TimedOut,
 }
 
 /// Why a call into the engine was refused.
@@ -492,8 +358,9 @@ impl ClientEngine {
     /// Opens a model that is neither in memory nor in the store: asks the server for it.
     /// With `auto_create`, a model the server does not have is created there from this
     /// collection and data (the server asks for them, `AutoCreate`). The answer comes as
-    /// [`Event::Opened`] — the model is then stored and loaded, and syncs like any other —
-    /// or [`Event::OpenFailed`]. Opening a model already being opened joins that open.
+    /// [`DomainEvent::Opened`] — the model is then stored and loaded, and syncs like any
+    /// other — or [`DomainEvent::OpenFailed`]. Opening a model already being opened joins
+    /// that open.
     pub fn open_at_server(
         &mut self,
         model: ModelId,
@@ -527,11 +394,11 @@ impl ClientEngine {
                 let message = format!("unexpected answer to an open: {other:?}");
                 let error = ErrorReply::new(ErrorCode::UNEXPECTED_MESSAGE, message);
                 let failure = OpenFailure::Refused(error);
-                return self.events.push_back(Event::OpenFailed { model, failure });
+                return self.domain_event(DomainEvent::OpenFailed { model, failure });
             }
             Err(error) => {
                 let failure = OpenFailure::Refused(error);
-                return self.events.push_back(Event::OpenFailed { model, failure });
+                return self.domain_event(DomainEvent::OpenFailed { model, failure });
             }
         };
         if self.tombstones.contains_key(&model) {
@@ -539,7 +406,7 @@ impl ClientEngine {
             self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
             let error = ErrorReply::new(ErrorCode::MODEL_DELETED, "deleted here meanwhile");
             let failure = OpenFailure::Refused(error);
-            return self.events.push_back(Event::OpenFailed { model, failure });
+            return self.domain_event(DomainEvent::OpenFailed { model, failure });
         }
         if !self.models.contains_key(&model) {
             if let Some(known) = self.subscriptions.get_mut(&model) {
@@ -549,7 +416,7 @@ impl ClientEngine {
             self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
             self.insert(model.clone(), self.entry(replica.into(), false));
         }
-        self.events.push_back(Event::Opened { model });
+        self.domain_event(DomainEvent::Opened { model });
     }
 
     /// Marks a model loaded for background sync as one the application uses: it is no
@@ -616,18 +483,18 @@ impl ClientEngine {
     /// Makes a local change: `build` makes the operation against the model's local view,
     /// taking the ids of new elements from the model's generator (whose counter is stored
     /// with the change, so that no id is minted twice). The change is applied to the local
-    /// view and recorded for the store. Returns its seq and what it did.
+    /// view and recorded for the store. Returns its seq.
     pub fn local_edit<E: From<EngineError>>(
         &mut self,
         model: &ModelId,
         build: impl FnOnce(&Document, &mut IdGenerator) -> Result<Operation, E>,
-    ) -> Result<(u64, Vec<Applied>), E> {
+    ) -> Result<u64, E> {
         let entry =
             self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
         let operation = build(entry.replica.local(), &mut entry.ids)?;
         let was_committed = !entry.replica.has_unacknowledged();
         let (seq, applied, change) =
-            entry.replica.local_change(operation).map_err(EngineError::from)?;
+            entry.replica.local_change(operation.clone()).map_err(EngineError::from)?;
         let mut changes = vec![change];
         let next = entry.ids.next_counter();
         if next > entry.stored_counter {
@@ -636,9 +503,12 @@ impl ClientEngine {
         }
         self.queue_batch(model, changes, Some(seq), None);
         if was_committed {
-            self.events.push_back(Event::Modified { model: model.clone() });
+            self.model_event(model, ModelEvent::Modified);
         }
-        Ok((seq, applied))
+        for event in ModelEvent::changes(&operation, &applied, None) {
+            self.model_event(model, event);
+        }
+        Ok(seq)
     }
 
     /// [`local_edit`](ClientEngine::local_edit) with an operation already made; it must
@@ -647,7 +517,7 @@ impl ClientEngine {
         &mut self,
         model: &ModelId,
         operation: Operation,
-    ) -> Result<(u64, Vec<Applied>), EngineError> {
+    ) -> Result<u64, EngineError> {
         self.local_edit(model, |_, _| Ok(operation))
     }
 
@@ -699,7 +569,10 @@ impl ClientEngine {
         let next_ping = now + self.config.heartbeat;
         self.connection = Connection::Connected { last_heard: now, next_ping };
         self.report(ConnectionState::Connected);
-        self.events.push_back(Event::Online);
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in &models {
+            self.model_event(model, ModelEvent::Online);
+        }
         self.add_tombstones(stored_tombstones);
         if !self.subscriptions.is_empty() {
             let subscribe = self.known_models(self.subscriptions.keys().cloned().collect());
@@ -721,7 +594,8 @@ impl ClientEngine {
         self.sync_total = self.sync_waiting.len();
         self.sync_done = 0;
         if self.sync_total > 0 {
-            self.events.push_back(Event::SyncProgress { done: 0, total: self.sync_total });
+            let total = self.sync_total;
+            self.domain_event(DomainEvent::SyncProgress { done: 0, total });
         }
         self.load_more();
     }
@@ -745,7 +619,7 @@ impl ClientEngine {
             }
             (_, Some(rejection)) if !rejection.retry_allowed => {
                 self.connection = Connection::Idle;
-                self.events.push_back(Event::ConnectionRefused(rejection));
+                self.domain_event(DomainEvent::ConnectionRefused(rejection));
                 self.report(ConnectionState::Disconnected);
             }
             _ => self.retry_later(now),
@@ -785,7 +659,7 @@ impl ClientEngine {
                         {
                             self.opens.remove(&model);
                             let failure = OpenFailure::TimedOut;
-                            self.events.push_back(Event::OpenFailed { model, failure });
+                            self.domain_event(DomainEvent::OpenFailed { model, failure });
                         }
                     }
                     self.drop_connection(now, DisconnectReason::RequestTimedOut);
@@ -836,7 +710,7 @@ impl ClientEngine {
     fn report(&mut self, state: ConnectionState) {
         if self.reported != state {
             self.reported = state.clone();
-            self.events.push_back(Event::Connection(state));
+            self.domain_event(DomainEvent::State(state));
         }
     }
 
@@ -889,7 +763,8 @@ impl ClientEngine {
 
     fn count_synced(&mut self) {
         self.sync_done += 1;
-        self.events.push_back(Event::SyncProgress { done: self.sync_done, total: self.sync_total });
+        let (done, total) = (self.sync_done, self.sync_total);
+        self.domain_event(DomainEvent::SyncProgress { done, total });
     }
 
     /// Releases a background model once it is in sync.
@@ -900,7 +775,7 @@ impl ClientEngine {
         if synced {
             self.models.remove(model);
             self.close_at_server(model);
-            self.events.push_back(Event::Released { model: model.clone() });
+            self.model_event(model, ModelEvent::Released);
             self.count_synced();
             self.load_more();
         }
@@ -914,14 +789,14 @@ impl ClientEngine {
         self.transmit.clear();
         for (model, _) in std::mem::take(&mut self.opens) {
             let failure = OpenFailure::ConnectionLost;
-            self.events.push_back(Event::OpenFailed { model, failure });
+            self.domain_event(DomainEvent::OpenFailed { model, failure });
         }
         // Background models go back to the store; the next connection lists them again.
         let background: Vec<ModelId> =
             self.models.iter().filter(|(_, m)| m.background).map(|(id, _)| id.clone()).collect();
         for model in background {
             self.models.remove(&model);
-            self.events.push_back(Event::Released { model });
+            self.model_event(&model, ModelEvent::Released);
         }
         self.sync_waiting.clear();
         self.loads.clear();
@@ -929,7 +804,10 @@ impl ClientEngine {
         for entry in self.models.values_mut() {
             entry.link = Link::Offline;
         }
-        self.events.push_back(Event::Offline);
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in &models {
+            self.model_event(model, ModelEvent::Offline);
+        }
     }
 
     /// The store reported batch `id` (and every batch before it) durable.
@@ -950,7 +828,8 @@ impl ClientEngine {
             };
             if let Some(seq) = effect.stored_seq {
                 entry.replica.mark_durable(seq);
-                self.events.push_back(Event::Stored { model: effect.model.clone(), seq });
+                let event = ModelEvent::Stored { seq };
+                self.events.push_back(Event::Model { model: effect.model.clone(), event });
             }
             if let Some(seq) = effect.in_flight {
                 entry.replica.mark_in_flight_stored(seq);
@@ -1056,7 +935,7 @@ impl ClientEngine {
                 let collection = entry.replica.confirmed().collection.clone();
                 let change = StoreChange::CreationConfirmed { collection };
                 self.queue_batch(&model, vec![change], None, None);
-                self.events.push_back(Event::Created { model: model.clone() });
+                self.domain_event(DomainEvent::Created { model: model.clone() });
                 self.start_resync(&model);
             }
             Ok(other) => {
@@ -1073,7 +952,7 @@ impl ClientEngine {
                 } else if let Some(entry) = self.models.get_mut(&model) {
                     entry.link = Link::Offline;
                 }
-                self.events.push_back(Event::CreationRefused { model, error });
+                self.domain_event(DomainEvent::CreationRefused { model, error });
             }
         }
     }
@@ -1089,7 +968,7 @@ impl ClientEngine {
                 if let Some((collection, _)) = self.tombstones.remove(&model) {
                     let change = StoreChange::Undelete { collection };
                     self.queue_batch(&model, vec![change], None, None);
-                    self.events.push_back(Event::DeletionRefused { model, error });
+                    self.domain_event(DomainEvent::DeletionRefused { model, error });
                 }
             }
         }
@@ -1109,14 +988,10 @@ impl ClientEngine {
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
                     if !changes.is_empty() {
-                        self.events.push_back(Event::Acknowledged {
-                            model: model.clone(),
-                            seq,
-                            version,
-                        });
+                        self.model_event(&model, ModelEvent::Acknowledged { seq, version });
                         if self.models.get(&model).is_some_and(|m| !m.replica.has_unacknowledged())
                         {
-                            self.events.push_back(Event::Committed { model: model.clone() });
+                            self.model_event(&model, ModelEvent::Committed);
                         }
                     }
                     self.after_server_change(&model, changes);
@@ -1144,11 +1019,10 @@ impl ClientEngine {
                     return;
                 }
                 if let Some((operations, changes)) = entry.replica.reject_in_flight() {
-                    self.events.push_back(Event::Rejected {
-                        model: model.clone(),
-                        operations,
-                        error,
-                    });
+                    let rejected =
+                        DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
+                    self.model_event(&model, ModelEvent::Rejected { operations, error });
+                    self.domain_event(rejected);
                     self.queue_batch(&model, changes, None, None);
                     self.pump(&model);
                 }
@@ -1172,7 +1046,7 @@ impl ClientEngine {
                     let open = !entry.background;
                     let request = ClientRequest::ResyncComplete { model: model.clone(), open };
                     self.send(request, Request::Other);
-                    self.events.push_back(Event::ResyncCompleted { model: model.clone() });
+                    self.model_event(&model, ModelEvent::ResyncCompleted);
                     self.pump(&model);
                 }
             }
@@ -1180,7 +1054,17 @@ impl ClientEngine {
             ServerPush::ModelForceClosed { model, code, message } => {
                 self.gone(&model, ErrorReply::new(code, message));
             }
-            _ => {}
+            ServerPush::CollaboratorOpened { model, collaborator } => {
+                self.model_event(&model, ModelEvent::CollaboratorOpened(collaborator));
+            }
+            ServerPush::CollaboratorClosed { model, session } => {
+                self.model_event(&model, ModelEvent::CollaboratorClosed(session));
+            }
+            // Not tracked yet: permissions and shared references. The connection's end
+            // after `SessionClosing` is handled as any lost connection.
+            ServerPush::PermissionsChanged { .. }
+            | ServerPush::RemoteReference { .. }
+            | ServerPush::SessionClosing { .. } => {}
         }
     }
 
@@ -1262,13 +1146,14 @@ impl ClientEngine {
                 self.subscriptions.remove(&model);
                 self.queue_batch(&model, vec![StoreChange::Unsubscribe], None, None);
                 let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no longer available");
-                self.events.push_back(Event::ModelGone { model, error });
+                self.model_event(&model, ModelEvent::Gone { error: error.clone() });
+                self.domain_event(DomainEvent::ModelGone { model, error });
             }
             _ if self.models.contains_key(&model) => {}
             OfflineUpdate::Snapshot { snapshot, .. } if known.is_none() => {
                 self.subscriptions.insert(model.clone(), Some(snapshot.version));
                 self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
-                self.events.push_back(Event::Downloaded { model });
+                self.domain_event(DomainEvent::Downloaded { model });
             }
             OfflineUpdate::Operations { .. } | OfflineUpdate::Snapshot { .. } => {
                 if known.is_some()
@@ -1334,7 +1219,7 @@ impl ClientEngine {
     fn deletion_confirmed(&mut self, model: ModelId) {
         if self.tombstones.remove(&model).is_some() {
             self.queue_batch(&model, vec![StoreChange::Forget], None, None);
-            self.events.push_back(Event::Deleted { model });
+            self.domain_event(DomainEvent::Deleted { model });
         }
     }
 
@@ -1348,7 +1233,8 @@ impl ClientEngine {
             self.count_synced();
             self.load_more();
         }
-        self.events.push_back(Event::ModelGone { model: model.clone(), error });
+        self.model_event(model, ModelEvent::Gone { error: error.clone() });
+        self.domain_event(DomainEvent::ModelGone { model: model.clone(), error });
     }
 
     /// Applies a committed operation; false if the model went offline over it.
@@ -1365,22 +1251,21 @@ impl ClientEngine {
             Ok((None, changes)) => {
                 // The replay held our own submission: that was its ack.
                 if !entry.replica.has_unacknowledged() {
-                    self.events.push_back(Event::Committed { model: model.clone() });
+                    self.model_event(model, ModelEvent::Committed);
                 }
                 self.after_server_change(model, changes);
                 true
             }
             Ok((applied, changes)) => {
                 if let Some(applied) = applied {
-                    self.events.push_back(Event::RemoteOperation {
-                        model: model.clone(),
-                        author,
-                        operation: applied.operation,
-                        applied: applied.applied,
-                    });
+                    let changes =
+                        ModelEvent::changes(&applied.operation, &applied.applied, Some(author));
+                    for event in changes {
+                        self.model_event(model, event);
+                    }
                     if !applied.neutralised.is_empty() {
                         let seqs = applied.neutralised;
-                        self.events.push_back(Event::Neutralised { model: model.clone(), seqs });
+                        self.model_event(model, ModelEvent::Neutralised { seqs });
                     }
                 }
                 self.after_server_change(model, changes);
@@ -1431,7 +1316,7 @@ impl ClientEngine {
                 self.load_more();
             }
         }
-        self.events.push_back(Event::ProtocolViolation { model: model.clone(), error });
+        self.domain_event(DomainEvent::ProtocolViolation { model: model.clone(), error });
     }
 
     /// Creates a model here, at version 0 of `data`, before the server knows it (offline or
@@ -1501,7 +1386,7 @@ impl ClientEngine {
         let known_version = entry.replica.confirmed_version();
         let request = ClientRequest::Resync { model: model.clone(), known_version, in_flight };
         self.send(request, Request::Resync(model.clone()));
-        self.events.push_back(Event::ResyncStarted { model: model.clone() });
+        self.model_event(model, ModelEvent::ResyncStarted);
     }
 
     /// Sends what the model may send — the in-flight submission once its boundary is
@@ -1566,6 +1451,14 @@ impl ClientEngine {
         self.next_request += 1;
         self.requests.insert(id, Outstanding { purpose, deadline: None });
         self.transmit.push_back(ClientMessage::Request { id, request });
+    }
+
+    fn model_event(&mut self, model: &ModelId, event: ModelEvent) {
+        self.events.push_back(Event::Model { model: model.clone(), event });
+    }
+
+    fn domain_event(&mut self, event: DomainEvent) {
+        self.events.push_back(Event::Domain(event));
     }
 
     pub fn poll_storage(&mut self) -> Option<StorageBatch> {

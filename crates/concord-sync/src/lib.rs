@@ -11,15 +11,16 @@
 //! committed for it, so acks carry no operation.
 
 mod engine;
+mod events;
 mod replica;
 mod sequencer;
 pub mod store;
 mod time;
 
 pub use engine::{
-    Action, BatchId, ClientEngine, ConnectionState, DisconnectReason, EngineConfig, EngineError,
-    Event, OpenFailure, StorageBatch,
+    Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, StorageBatch,
 };
+pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,

@@ -12,8 +12,8 @@ use concord_protocol::{
     ServerMessage, ServerPush, Session, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::{
-    ClientEngine, EngineConfig, Event, ModelReplica, Sequencer, StoreChange, Submission,
-    SubmitOutcome, Time,
+    ClientEngine, DomainEvent, EngineConfig, Event, ModelEvent, ModelReplica, Sequencer,
+    StoreChange, Submission, SubmitOutcome, Time,
 };
 use serde_json::json;
 
@@ -73,8 +73,9 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
 
     let n = data.element_at(&[PathSegment::Key("n".into())]).unwrap();
     let delta = DiscreteOperation::new(n, OperationKind::NumberDelta { delta: 2.0 });
-    let (seq, _) = engine.local_change(&model, delta.into())?;
-    assert_eq!(engine.poll_event(), Some(Event::Modified { model: model.clone() }));
+    let seq = engine.local_change(&model, delta.into())?;
+    let modified = Event::Model { model: model.clone(), event: ModelEvent::Modified };
+    assert_eq!(engine.poll_event(), Some(modified));
     let batch = engine.poll_storage().expect("the change is stored first");
     assert!(matches!(batch.changes[..], [StoreChange::AppendPending(_)]));
     assert!(
@@ -116,9 +117,10 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
     };
     engine.handle_message(Time::ZERO, ServerMessage::Push(ack));
     let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
-    assert!(events.contains(&Event::Stored { model: model.clone(), seq }));
-    assert!(events.contains(&Event::Acknowledged { model: model.clone(), seq, version: 1 }));
-    assert!(events.contains(&Event::Committed { model: model.clone() }));
+    let of_model = |event| Event::Model { model: model.clone(), event };
+    assert!(events.contains(&of_model(ModelEvent::Stored { seq })));
+    assert!(events.contains(&of_model(ModelEvent::Acknowledged { seq, version: 1 })));
+    assert!(events.contains(&of_model(ModelEvent::Committed)));
     assert!(engine.is_settled(&model));
     assert_eq!(engine.model(&model).unwrap().local(), server.document());
     Ok(())
@@ -140,11 +142,10 @@ fn a_protocol_violation_releases_the_model_for_a_reload_from_the_store() -> Resu
         ServerPush::ResyncPage { model: model.clone(), operations: vec![operation], last: true };
     engine.handle_message(Time::ZERO, ServerMessage::Push(page));
     let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, Event::ProtocolViolation { model: m, .. } if *m == model))
-    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Domain(DomainEvent::ProtocolViolation { model: m, .. }) if *m == model
+    )));
     assert!(engine.model(&model).is_none(), "released, to be reloaded from the store");
     assert!(engine.poll_storage().is_none(), "nothing half-applied reaches the store");
     Ok(())

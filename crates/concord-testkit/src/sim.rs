@@ -25,8 +25,8 @@ use concord_protocol::{
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
-    ClientEngine, EngineConfig, EngineError, Event, ModelReplica, Sequencer, StorageBatch,
-    StoreChange, Submission, SubmitOutcome, Time, store, store::Restored,
+    ClientEngine, DomainEvent, EngineConfig, EngineError, Event, ModelReplica, Sequencer,
+    StorageBatch, StoreChange, Submission, SubmitOutcome, Time, store, store::Restored,
 };
 use pollster::block_on;
 
@@ -560,27 +560,29 @@ impl Sim {
             if let Some(trace) = &mut self.trace {
                 trace.push(format!("  client {i} event: {event:?}"));
             }
+            let Event::Domain(event) = event else { continue };
             match event {
                 // Edits of a model someone deleted meanwhile are refused: expected.
-                Event::Rejected { error, .. } if error.code == ErrorCode::MODEL_NOT_FOUND => {}
-                Event::Rejected { model, error, .. } => {
+                DomainEvent::ChangesRejected { error, .. }
+                    if error.code == ErrorCode::MODEL_NOT_FOUND => {}
+                DomainEvent::ChangesRejected { model, error } => {
                     return Err(format!(
                         "replica {:?}: {model}: a submission was rejected: {error}",
                         client.replica
                     ));
                 }
-                Event::ProtocolViolation { model, error } => {
+                DomainEvent::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
                 }
-                Event::Downloaded { model } => {
+                DomainEvent::Downloaded { model } => {
                     client.max_durable_seq.remove(&model);
                     client.model_ids.push(model);
                     self.stats.downloads += 1;
                 }
-                Event::DeletionRefused { model, error } => {
+                DomainEvent::DeletionRefused { model, error } => {
                     return Err(format!("{model}: deletion refused: {error}"));
                 }
-                Event::CreationRefused { model, error } => {
+                DomainEvent::CreationRefused { model, error } => {
                     if error.code != ErrorCode::MODEL_ALREADY_EXISTS {
                         return Err(format!("{model}: creation refused: {error}"));
                     }
