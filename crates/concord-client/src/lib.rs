@@ -5,9 +5,11 @@
 //! and its element handles read and change a model, with events and watermarks.
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
-//! to store, send and report; this crate runs it on a tokio task with a WebSocket and a
-//! `concord-storage` adapter (memory by default; `RedbAdapter` with the `redb` feature).
-//! It is not the server, and it does not render anything.
+//! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
+//! it on a task (tokio natively, the page's event loop in a browser) with a WebSocket, a
+//! `concord-storage` adapter (memory by default; `RedbAdapter` with the `redb` feature) and
+//! a clock, and passes on the engine's own events ([`ModelEvent`], [`DomainEvent`]). It is
+//! not the server, and it does not render anything.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), concord_client::ClientError> {
