@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_protocol::{Auth, CollectionId, ErrorReply, ModelId, Session};
+use concord_protocol::{Auth, CollectionId, ModelId, Session};
 use concord_storage::{MemoryAdapter, StorageAdapter};
-use concord_sync::EngineConfig;
+use concord_sync::{ConnectionState, DomainEvent, EngineConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::driver::{AutoCreate, Command, Driver, Reply};
@@ -19,35 +19,19 @@ pub struct DomainOptions {
     /// Where local changes and downloaded models are kept. Memory loses them with the
     /// process; use a durable adapter (`RedbAdapter`, feature `redb`) to work offline for real.
     pub storage: Arc<dyn StorageAdapter>,
-    /// Delay before the first reconnection attempt, and the most it doubles to.
-    pub reconnect_backoff: (Duration, Duration),
-    /// How long a connection attempt, a handshake or an open may take.
-    pub request_timeout: Duration,
-    /// How often the client pings; three silent intervals count as a lost connection.
-    pub heartbeat: Duration,
+    /// The sync engine's tuning, reconnection, heartbeat and timeouts included.
     pub engine: EngineConfig,
 }
 
 impl Default for DomainOptions {
     fn default() -> DomainOptions {
-        DomainOptions {
-            storage: Arc::new(MemoryAdapter::new()),
-            reconnect_backoff: (Duration::from_millis(200), Duration::from_secs(10)),
-            request_timeout: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(10),
-            engine: EngineConfig::default(),
-        }
+        DomainOptions { storage: Arc::new(MemoryAdapter::new()), engine: EngineConfig::default() }
     }
 }
 
 impl std::fmt::Debug for DomainOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DomainOptions")
-            .field("reconnect_backoff", &self.reconnect_backoff)
-            .field("request_timeout", &self.request_timeout)
-            .field("heartbeat", &self.heartbeat)
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
+        f.debug_struct("DomainOptions").field("engine", &self.engine).finish_non_exhaustive()
     }
 }
 
@@ -65,21 +49,28 @@ impl DomainBuilder {
         self
     }
 
+    /// The wait before the first reconnection attempt, and the most it doubles to.
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> DomainBuilder {
-        self.options.reconnect_backoff = (first, max.max(first));
+        self.options.engine.initial_backoff = first;
+        self.options.engine.max_backoff = max.max(first);
         self
     }
 
+    /// How long a connection attempt, a request or a submission may wait for its answer
+    /// before the connection counts as broken.
     pub fn request_timeout(mut self, timeout: Duration) -> DomainBuilder {
-        self.options.request_timeout = timeout;
+        self.options.engine.request_timeout = timeout;
         self
     }
 
+    /// How often the client pings; three silent intervals count as a lost connection.
     pub fn heartbeat(mut self, interval: Duration) -> DomainBuilder {
-        self.options.heartbeat = interval;
+        self.options.engine.heartbeat = interval;
+        self.options.engine.silence_timeout = interval * 3;
         self
     }
 
+    /// The whole engine configuration (replaces what the other setters set).
     pub fn engine(mut self, config: EngineConfig) -> DomainBuilder {
         self.options.engine = config;
         self
@@ -91,81 +82,10 @@ impl DomainBuilder {
         let (commands, receiver) = mpsc::channel(256);
         let (state, state_receiver) = watch::channel(ConnectionState::Disconnected);
         let (events, _) = broadcast::channel(1024);
-        let request_timeout = self.options.request_timeout;
         let driver = Driver::new(self.url.clone(), self.options, state, events.clone());
         crate::rt::spawn(driver.run(receiver));
-        Domain {
-            inner: Arc::new(Inner {
-                url: self.url,
-                commands,
-                state: state_receiver,
-                events,
-                request_timeout,
-            }),
-        }
+        Domain { inner: Arc::new(Inner { url: self.url, commands, state: state_receiver, events }) }
     }
-}
-
-/// Whether the domain is talking to its server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionState {
-    Disconnected,
-    Connecting,
-    Connected,
-    /// The connection was lost; the domain retries with backoff.
-    Reconnecting,
-}
-
-/// What happens to the domain as a whole.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum DomainEvent {
-    State(ConnectionState),
-    /// After a reconnection, stored models with changes sync a few at a time.
-    SyncProgress {
-        done: usize,
-        total: usize,
-    },
-    /// The server created a model created here.
-    Created {
-        model: ModelId,
-    },
-    /// The server refused a model created here; it stays here, offline, with its data.
-    CreationRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server confirmed a deletion made here.
-    Deleted {
-        model: ModelId,
-    },
-    /// The server refused a deletion made here: the model is back.
-    DeletionRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server no longer serves the model; the local copy stays.
-    ModelGone {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// A subscribed model was downloaded into the store.
-    Downloaded {
-        model: ModelId,
-    },
-    /// The server refused local changes for good (they were undone locally).
-    ChangesRejected {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    ProtocolViolation {
-        model: ModelId,
-        error: String,
-    },
-    /// The offline store failed; the domain stopped: it is disconnected, waiting
-    /// `stored()`/`acknowledged()` calls fail, and later calls return the error. A new
-    /// domain on the same store picks up everything stored.
-    StorageFailed(String),
 }
 
 /// A model in the offline store, as [`ModelService::stored_models`] lists it.
@@ -189,7 +109,6 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<ConnectionState>,
     events: broadcast::Sender<DomainEvent>,
-    request_timeout: Duration,
 }
 
 /// One server (URL), one user and their offline store. Cheap to clone; the domain's task
@@ -281,10 +200,6 @@ impl Domain {
     pub fn models(&self) -> ModelService {
         ModelService { domain: self.clone() }
     }
-
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.inner.request_timeout
-    }
 }
 
 /// The models of a domain.
@@ -318,10 +233,7 @@ impl ModelService {
         auto_create: Option<AutoCreate>,
     ) -> Result<RealTimeModel, ClientError> {
         let model = id.clone();
-        let call = self.domain.call(|reply| Command::Open { model, auto_create, reply });
-        let opened = crate::rt::timeout(self.domain.request_timeout(), call)
-            .await
-            .ok_or(ClientError::Timeout)??;
+        let opened = self.domain.call(|reply| Command::Open { model, auto_create, reply }).await?;
         Ok(RealTimeModel::new(self.domain.clone(), id.clone(), opened))
     }
 

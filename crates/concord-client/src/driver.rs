@@ -1,28 +1,30 @@
 //! The task behind a [`Domain`](crate::Domain): it owns the sync engine, the offline store
-//! and the WebSocket, and nothing else touches them. Application calls arrive as
-//! [`Command`]s; after each command, frame or timer it drains the engine in its documented
-//! order — storage (all queued batches in one group commit), transmit, events, loads.
+//! and the WebSocket, and nothing else touches them. Sockets, store, clock and application
+//! commands: the protocol and its timing are the engine's. Application calls arrive as
+//! [`Command`]s; after each command, frame or engine deadline it drains the engine in its
+//! documented order — storage (all queued batches in one group commit), transmit, events,
+//! connection actions, loads — then sleeps until the next frame, command or deadline.
 //!
 //! Events go out on broadcast channels, so a slow consumer loses old events instead of
 //! slowing the connection down.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientMessage, ClientRequest, ClientResponse, CollectionId, CreationNonce, ModelId,
-    ModelSnapshot, PermissionGrants, RequestId, ServerMessage, ServerPush, ServerRequest,
-    ServerResponse, Session, Timestamp,
+    Auth, CollectionId, CreationNonce, ModelId, ServerMessage, Session, Timestamp,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
-use concord_sync::{ClientEngine, Event, ModelReplica, store};
+use concord_sync::{
+    Action, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, ModelEvent,
+    ModelReplica, OpenFailure, store,
+};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::domain::{ConnectionState, DomainEvent, DomainOptions, StoredModel};
+use crate::domain::{DomainOptions, StoredModel};
 use crate::error::ClientError;
-use crate::model::{ModelEvent, Watermarks};
-use crate::rt::{self, Instant};
+use crate::model::Watermarks;
+use crate::rt::{self, Clock, Instant};
 use crate::socket::{self, Socket};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -109,10 +111,6 @@ pub(crate) enum Command {
     },
 }
 
-/// Requests the driver sends itself (opens, pings, handshakes) use ids from here up, apart
-/// from the engine's, which count from 1.
-const DRIVER_REQUESTS: u64 = 1 << 62;
-
 /// A model the application has open.
 struct OpenModel {
     events: broadcast::Sender<ModelEvent>,
@@ -121,13 +119,6 @@ struct OpenModel {
     /// and it is in sync.
     handles: usize,
     collection: CollectionId,
-}
-
-/// An open at the server waiting for its answer.
-struct PendingOpen {
-    model: ModelId,
-    auto_create: Option<AutoCreate>,
-    replies: Vec<Reply<Opened>>,
 }
 
 pub(crate) struct Driver {
@@ -139,20 +130,16 @@ pub(crate) struct Driver {
     store: Option<Box<dyn OfflineStore>>,
     engine: Option<ClientEngine>,
     socket: Option<Socket>,
-    /// The credentials to reconnect with: the reconnect token first, then these.
-    auth: Option<Auth>,
-    reconnect_token: Option<concord_protocol::ReconnectToken>,
-    /// Whether the application wants to be online (it connected and did not disconnect).
-    want_online: bool,
-    reconnect_at: Option<Instant>,
-    backoff: Duration,
-    last_heard: Instant,
-    ids: HashMap<ModelId, IdGenerator>,
+    /// The session of the connection in `socket`.
+    session: Option<Session>,
+    /// Application connects waiting for the outcome of the engine's next attempt.
+    connecting: Vec<Reply<Session>>,
+    clock: Clock,
     open: HashMap<ModelId, OpenModel>,
     /// Models in the engine because the application opened or created them.
     loaded_for_app: HashSet<ModelId>,
-    pending_opens: BTreeMap<RequestId, PendingOpen>,
-    next_request: u64,
+    /// Application opens waiting for the engine's answer from the server.
+    opening: HashMap<ModelId, Vec<Reply<Opened>>>,
     /// Set when the store failed: the domain stops.
     failed: Option<ClientError>,
 }
@@ -164,7 +151,6 @@ impl Driver {
         state: watch::Sender<ConnectionState>,
         domain_events: broadcast::Sender<DomainEvent>,
     ) -> Driver {
-        let backoff = options.reconnect_backoff.0;
         Driver {
             url,
             options,
@@ -174,27 +160,24 @@ impl Driver {
             store: None,
             engine: None,
             socket: None,
-            auth: None,
-            reconnect_token: None,
-            want_online: false,
-            reconnect_at: None,
-            backoff,
-            last_heard: Instant::now(),
-            ids: HashMap::new(),
+            session: None,
+            connecting: Vec::new(),
+            clock: Clock::start(),
             open: HashMap::new(),
             loaded_for_app: HashSet::new(),
-            pending_opens: BTreeMap::new(),
-            next_request: DRIVER_REQUESTS,
+            opening: HashMap::new(),
             failed: None,
         }
     }
 
     /// Runs until every handle to the domain is gone.
     pub(crate) async fn run(mut self, mut commands: tokio::sync::mpsc::Receiver<Command>) {
-        let mut next_ping = Instant::now() + self.options.heartbeat;
         loop {
-            let reconnect_at = self.reconnect_at;
+            let deadline = self.engine.as_ref().and_then(ClientEngine::poll_timeout);
+            let wake = deadline.map(|at| self.clock.instant(at));
             tokio::select! {
+                // Frames before deadlines: an answer that already arrived is not overdue.
+                biased;
                 command = commands.recv() => match command {
                     None => break,
                     Some(Command::Shutdown { reply }) => {
@@ -207,19 +190,18 @@ impl Driver {
                 frame = socket::next(&mut self.socket), if self.socket.is_some() => {
                     self.frame(frame).await;
                 }
-                () = sleep_until(reconnect_at), if reconnect_at.is_some() => {
-                    self.reconnect_at = None;
-                    self.reconnect().await;
-                }
-                () = rt::sleep_until(next_ping), if self.socket.is_some() => {
-                    next_ping = Instant::now() + self.options.heartbeat;
-                    self.heartbeat().await;
+                () = sleep_until(wake), if wake.is_some() => {
+                    let now = self.clock.now();
+                    if let Some(engine) = self.engine.as_mut() {
+                        engine.handle_timeout(now);
+                    }
                 }
             }
             self.pump().await;
             if self.failed.is_some() && self.socket.is_some() {
                 // A domain whose store failed stops syncing: it says so, not `Connected`.
-                self.drop_connection(ConnectionState::Disconnected).await;
+                self.close_socket().await;
+                self.set_state(ConnectionState::Disconnected);
             }
         }
         self.shutdown().await;
@@ -227,7 +209,6 @@ impl Driver {
 
     /// Closes the connection, then the store (after what is queued for it is written).
     async fn shutdown(&mut self) {
-        self.want_online = false;
         self.pump().await;
         if let Some(socket) = self.socket.take() {
             socket.close().await;
@@ -247,13 +228,10 @@ impl Driver {
     }
 
     fn set_state(&self, state: ConnectionState) {
-        self.state.send_replace(state.clone());
-        self.emit(DomainEvent::State(state));
-    }
-
-    fn request_id(&mut self) -> RequestId {
-        self.next_request += 1;
-        RequestId(self.next_request)
+        if *self.state.borrow() != state {
+            self.state.send_replace(state.clone());
+            self.emit(DomainEvent::State(state));
+        }
     }
 
     async fn command(&mut self, command: Command) {
@@ -263,22 +241,27 @@ impl Driver {
         }
         match command {
             Command::Connect { auth, reply } => {
-                self.auth = Some(auth.clone());
-                self.want_online = true;
-                let result = self.connect(auth).await;
-                if result.is_err() {
-                    self.want_online = false;
-                    self.auth = None;
+                if let (Some(session), Some(_)) = (&self.session, &self.socket) {
+                    let _ = reply.send(Ok(session.clone()));
+                    return;
                 }
-                let _ = reply.send(result);
+                self.connecting.push(reply);
+                match self.engine.as_mut() {
+                    // The engine asks for the connection (`Action::Connect`).
+                    Some(engine) => engine.connect(auth),
+                    // No store yet: the handshake names the user whose store it is.
+                    None => self.open_connection(auth).await,
+                }
             }
             Command::InitializeOffline { user, reply } => {
                 let _ = reply.send(self.ensure_store(&user).await);
             }
             Command::Disconnect { reply } => {
-                self.want_online = false;
-                self.reconnect_at = None;
-                self.drop_connection(ConnectionState::Disconnected).await;
+                if let Some(engine) = self.engine.as_mut() {
+                    engine.disconnect();
+                }
+                // Closed, and the state says so, before the caller hears back.
+                self.pump().await;
                 let _ = reply.send(Ok(()));
             }
             Command::Open { model, auto_create, reply } => {
@@ -392,7 +375,6 @@ impl Driver {
         let idle = engine.model(model).is_some_and(|m| !m.has_unacknowledged());
         if idle {
             engine.remove_model(model);
-            self.ids.remove(model);
             self.loaded_for_app.remove(model);
         }
     }
@@ -441,234 +423,98 @@ impl Driver {
         Ok(())
     }
 
-    async fn connect(&mut self, auth: Auth) -> Result<Session, ClientError> {
-        self.set_state(ConnectionState::Connecting);
-        let result = socket::connect(&self.url, auth, self.options.request_timeout).await;
+    /// Carries out the engine's `Action::Connect` (or, before there is a store, the
+    /// application's first connect): the WebSocket and the handshake, within the engine's
+    /// request timeout. The outcome goes to the engine and to waiting `connect` calls.
+    async fn open_connection(&mut self, auth: Auth) {
+        let fresh = self.engine.is_none();
+        if fresh {
+            self.set_state(ConnectionState::Connecting);
+        }
+        let timeout = self.options.engine.request_timeout;
+        let result = match socket::connect(&self.url, auth.clone(), timeout).await {
+            Ok((socket, session)) => match self.ensure_store(&session.user.id.0).await {
+                Ok(()) => Ok((socket, session)),
+                Err(e) => {
+                    socket.close().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        let now = self.clock.now();
         let (socket, session) = match result {
             Ok(connected) => connected,
-            Err(e) => {
-                self.set_state(ConnectionState::Disconnected);
-                return Err(e);
+            Err(error) => {
+                tracing::debug!(%error, "connecting failed");
+                let rejection = match &error {
+                    ClientError::Rejected(rejection) => Some(rejection.clone()),
+                    _ => None,
+                };
+                match self.engine.as_mut() {
+                    Some(engine) => engine.handle_connect_failed(now, rejection),
+                    None => self.set_state(ConnectionState::Disconnected),
+                }
+                for reply in self.connecting.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
             }
         };
-        if let Err(e) = self.ensure_store(&session.user.id.0).await {
-            socket.close().await;
-            self.set_state(ConnectionState::Disconnected);
-            return Err(e);
-        }
-        self.socket = Some(socket);
-        self.reconnect_token = Some(session.reconnect_token.clone());
-        self.backoff = self.options.reconnect_backoff.0;
-        self.last_heard = Instant::now();
-        self.handle_connected().await;
-        self.set_state(ConnectionState::Connected);
-        Ok(session)
-    }
-
-    /// Tells the engine it is online, with what the store holds that needs syncing.
-    async fn handle_connected(&mut self) {
         let (Some(engine), Some(store)) = (self.engine.as_mut(), self.store.as_ref()) else {
             return;
         };
+        if fresh {
+            engine.connect(auth);
+        }
         let summaries = match store.models().await {
             Ok(summaries) => summaries,
-            Err(e) => return self.fail(e.into()),
+            Err(e) => {
+                socket.close().await;
+                return self.fail(e.into());
+            }
         };
         let loaded: Vec<&ModelId> = engine.models().collect();
         let with_changes = store::with_changes(&summaries, &loaded);
-        engine.handle_connected(with_changes, store::tombstones(&summaries));
-    }
-
-    async fn reconnect(&mut self) {
-        if !self.want_online || self.socket.is_some() {
-            return;
-        }
-        let attempts = [self.reconnect_token.clone().map(Auth::Reconnect), self.auth.clone()];
-        for auth in attempts.into_iter().flatten() {
-            match self.connect(auth).await {
-                Ok(_) => return,
-                Err(ClientError::Rejected(rejection)) => {
-                    // An expired reconnect token: the original credentials may still do.
-                    self.reconnect_token = None;
-                    tracing::info!(?rejection, "reconnecting was refused");
-                    if !rejection.retry_allowed {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reconnecting failed");
-                    break;
-                }
-            }
-        }
-        if self.socket.is_none() {
-            self.schedule_reconnect();
+        engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
+        let state = engine.connection_state();
+        self.socket = Some(socket);
+        self.session = Some(session.clone());
+        // The state says so before the caller hears back.
+        self.set_state(state);
+        for reply in self.connecting.drain(..) {
+            let _ = reply.send(Ok(session.clone()));
         }
     }
 
-    fn schedule_reconnect(&mut self) {
-        if !self.want_online {
-            return;
+    /// The connection broke: the engine hears of it and decides when to try again.
+    async fn connection_lost(&mut self) {
+        self.close_socket().await;
+        if let Some(engine) = self.engine.as_mut() {
+            engine.handle_disconnected(self.clock.now());
         }
-        self.reconnect_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(self.options.reconnect_backoff.1);
-        self.set_state(ConnectionState::Reconnecting);
     }
 
-    async fn drop_connection(&mut self, state: ConnectionState) {
+    async fn close_socket(&mut self) {
+        self.session = None;
         if let Some(socket) = self.socket.take() {
             socket.close().await;
-        }
-        for (_, pending) in std::mem::take(&mut self.pending_opens) {
-            for reply in pending.replies {
-                let _ = reply.send(Err(ClientError::Connect {
-                    url: self.url.clone(),
-                    reason: "the connection closed".into(),
-                }));
-            }
-        }
-        if let Some(engine) = self.engine.as_mut() {
-            engine.handle_disconnected();
-        }
-        self.set_state(state);
-    }
-
-    async fn heartbeat(&mut self) {
-        if self.last_heard.elapsed() > self.options.heartbeat * 3 {
-            tracing::info!("the server is silent; reconnecting");
-            self.drop_connection(ConnectionState::Reconnecting).await;
-            self.schedule_reconnect();
-            return;
-        }
-        let id = self.request_id();
-        self.send(ClientMessage::Request { id, request: ClientRequest::Ping }).await;
-    }
-
-    async fn send(&mut self, message: ClientMessage) {
-        let Some(socket) = self.socket.as_mut() else { return };
-        if let Err(e) = socket.send(&message).await {
-            tracing::debug!(error = %e, "sending failed");
-            self.drop_connection(ConnectionState::Reconnecting).await;
-            self.schedule_reconnect();
         }
     }
 
     async fn frame(&mut self, frame: Option<Result<ServerMessage, ClientError>>) {
         let message = match frame {
             Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::info!(error = %e, "the connection failed");
-                self.drop_connection(ConnectionState::Reconnecting).await;
-                self.schedule_reconnect();
-                return;
+            Some(Err(error)) => {
+                tracing::info!(%error, "the connection failed");
+                return self.connection_lost().await;
             }
-            None => {
-                self.drop_connection(ConnectionState::Reconnecting).await;
-                self.schedule_reconnect();
-                return;
-            }
+            None => return self.connection_lost().await,
         };
-        self.last_heard = Instant::now();
-        match &message {
-            ServerMessage::Response { to, response } if to.0 > DRIVER_REQUESTS => {
-                let (to, response) = (*to, response.clone());
-                return self.own_response(to, Ok(response)).await;
-            }
-            ServerMessage::Error { to: Some(to), error } if to.0 > DRIVER_REQUESTS => {
-                let (to, error) = (*to, error.clone());
-                return self.own_response(to, Err(error)).await;
-            }
-            ServerMessage::Request { id, request: ServerRequest::Ping } => {
-                let to = *id;
-                let reply = ClientMessage::Response { to, response: ClientResponse::Pong };
-                return self.send(reply).await;
-            }
-            ServerMessage::Request { id, request: ServerRequest::AutoCreate { model } } => {
-                let (id, model) = (*id, model.clone());
-                return self.answer_auto_create(id, &model).await;
-            }
-            ServerMessage::Push(ServerPush::CollaboratorOpened { model, collaborator }) => {
-                let event = ModelEvent::CollaboratorOpened(collaborator.clone());
-                self.model_event(model, event);
-            }
-            ServerMessage::Push(ServerPush::CollaboratorClosed { model, session }) => {
-                self.model_event(model, ModelEvent::CollaboratorClosed(session.clone()));
-            }
-            ServerMessage::Push(ServerPush::SessionClosing { .. }) => {}
-            _ => {}
-        }
+        let now = self.clock.now();
         if let Some(engine) = self.engine.as_mut() {
-            engine.handle_message(message);
+            engine.handle_message(now, message);
         }
-    }
-
-    async fn answer_auto_create(&mut self, id: RequestId, model: &ModelId) {
-        let pending = self.pending_opens.values().find(|p| p.model == *model);
-        let message = match pending.and_then(|p| p.auto_create.as_ref()) {
-            Some(auto) => {
-                let mut ids = IdGenerator::new(self.replica(), 0);
-                match concord_ot::Value::from_json(&auto.data, &mut ids) {
-                    Ok(value) => match Document::new(value) {
-                        Ok(data) => ClientMessage::Response {
-                            to: id,
-                            response: ClientResponse::AutoCreate {
-                                collection: auto.collection.clone(),
-                                data,
-                                permissions: None::<PermissionGrants>,
-                            },
-                        },
-                        Err(e) => auto_create_error(id, &e.to_string()),
-                    },
-                    Err(e) => auto_create_error(id, &e.to_string()),
-                }
-            }
-            None => auto_create_error(id, "this client has no data to create the model with"),
-        };
-        self.send(message).await;
-    }
-
-    fn replica(&self) -> ReplicaId {
-        self.engine.as_ref().map_or(ReplicaId(0), ClientEngine::replica_id)
-    }
-
-    async fn own_response(
-        &mut self,
-        to: RequestId,
-        answer: Result<ServerResponse, concord_protocol::ErrorReply>,
-    ) {
-        let Some(pending) = self.pending_opens.remove(&to) else { return };
-        let result = match answer {
-            Ok(ServerResponse::ModelOpened(opened)) => {
-                self.downloaded(&pending.model, opened.snapshot).map(|()| pending.model.clone())
-            }
-            Ok(other) => Err(ClientError::Server(concord_protocol::ErrorReply::new(
-                concord_protocol::ErrorCode::UNEXPECTED_MESSAGE,
-                format!("unexpected answer to an open: {other:?}"),
-            ))),
-            Err(error) => Err(ClientError::Server(error)),
-        };
-        for reply in pending.replies {
-            let opened = match &result {
-                Ok(model) => Ok(self.handle(model)),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = reply.send(opened);
-        }
-    }
-
-    /// A model opened at the server for the first time: stored, and synced from now on.
-    fn downloaded(&mut self, model: &ModelId, snapshot: ModelSnapshot) -> Result<(), ClientError> {
-        let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
-        let next = next_counter_for(&snapshot.data, engine.replica_id());
-        let collection = snapshot.collection.clone();
-        if engine.model(model).is_none() {
-            engine.add_downloaded(model.clone(), snapshot)?;
-        }
-        self.ids
-            .entry(model.clone())
-            .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
-        self.register(model, collection);
-        Ok(())
     }
 
     /// Creates the application's handle state for an open model.
@@ -726,23 +572,11 @@ impl Driver {
         // In the store.
         match store.load_model(&model).await {
             Ok(Some(state)) if !state.summary.record.deleted_locally => {
-                let next = state.summary.record.next_element_counter;
-                let creation = store::pending_creation(&state);
                 let collection = state.summary.record.collection.clone();
-                let restored = store::persisted(state)
-                    .map_err(|e| ClientError::Storage(e.to_string()))
-                    .and_then(|p| {
-                        ModelReplica::restore(p).map_err(|e| ClientError::Storage(e.to_string()))
-                    });
-                let result = restored.and_then(|replica| {
-                    let next = next.max(next_counter_for(replica.local(), engine.replica_id()));
-                    match creation {
-                        Some(nonce) => engine.add_created_model(model.clone(), replica, nonce),
-                        None => engine.add_model(model.clone(), replica),
-                    }?;
-                    self.ids.insert(model.clone(), IdGenerator::new(engine.replica_id(), next));
-                    Ok(())
-                });
+                let restored =
+                    store::restore(state).map_err(|e| ClientError::Storage(e.to_string()));
+                let result =
+                    restored.and_then(|restored| Ok(engine.add_model(model.clone(), restored)?));
                 let result = result.map(|()| {
                     self.register(&model, collection);
                     self.handle(&model)
@@ -762,20 +596,52 @@ impl Driver {
                 return;
             }
         }
-        // Only the server has it.
-        if self.socket.is_none() {
-            let _ = reply.send(Err(ClientError::NotAvailableOffline(model)));
-            return;
+        // Only the server has it: the engine asks, and answers with an event.
+        let auto_create = match auto_create {
+            Some(AutoCreate { collection, data }) => match document(&data, engine.replica_id()) {
+                Ok(document) => Some((collection, document)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            },
+            None => None,
+        };
+        match engine.open_at_server(model.clone(), auto_create) {
+            Ok(()) => self.opening.entry(model).or_default().push(reply),
+            Err(EngineError::Offline(model)) => {
+                let _ = reply.send(Err(ClientError::NotAvailableOffline(model)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
         }
-        if let Some(pending) = self.pending_opens.values_mut().find(|p| p.model == model) {
-            pending.replies.push(reply);
-            return;
+    }
+
+    /// The engine's answer to opens at the server.
+    fn opened(&mut self, model: &ModelId, failure: Option<OpenFailure>) {
+        let replies = self.opening.remove(model).unwrap_or_default();
+        let loaded = self
+            .engine
+            .as_ref()
+            .and_then(|e| e.model(model))
+            .map(|m| m.confirmed().collection.clone());
+        for reply in replies {
+            let result = match (&failure, &loaded) {
+                (None, Some(collection)) => {
+                    self.register(model, collection.clone());
+                    Ok(self.handle(model))
+                }
+                (None, None) => Err(ClientError::NotOpen(model.clone())),
+                (Some(OpenFailure::Refused(error)), _) => Err(ClientError::Server(error.clone())),
+                (Some(OpenFailure::TimedOut), _) => Err(ClientError::Timeout),
+                (Some(OpenFailure::ConnectionLost), _) => Err(ClientError::Connect {
+                    url: self.url.clone(),
+                    reason: "the connection closed".into(),
+                }),
+            };
+            let _ = reply.send(result);
         }
-        let id = self.request_id();
-        let request =
-            ClientRequest::OpenModel { model: model.clone(), auto_create: auto_create.is_some() };
-        self.pending_opens.insert(id, PendingOpen { model, auto_create, replies: vec![reply] });
-        self.send(ClientMessage::Request { id, request }).await;
     }
 
     fn create(
@@ -785,37 +651,22 @@ impl Driver {
         data: serde_json::Value,
     ) -> Result<(), ClientError> {
         let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
-        let mut ids = IdGenerator::new(engine.replica_id(), 0);
-        let value = concord_ot::Value::from_json(&data, &mut ids)
-            .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
-        let document =
-            Document::new(value).map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+        let document = document(&data, engine.replica_id())?;
         let nonce =
             CreationNonce(random_u64().to_le_bytes().repeat(2).try_into().unwrap_or([0; 16]));
         engine.create_model(model.clone(), collection, document, nonce, now())?;
         // It stays in memory until the server has it, then leaves unless opened.
-        self.ids.insert(model.clone(), ids);
         self.loaded_for_app.insert(model);
         Ok(())
     }
 
     fn edit(&mut self, model: &ModelId, build: Build) -> Result<u64, ClientError> {
         let engine = self.engine.as_mut().ok_or(ClientError::NotInitialized)?;
-        let replica = engine.model(model).ok_or_else(|| ClientError::NotOpen(model.clone()))?;
-        let ids = self.ids.entry(model.clone()).or_insert_with(|| {
-            IdGenerator::new(
-                engine.replica_id(),
-                next_counter_for(replica.local(), engine.replica_id()),
-            )
-        });
-        let operation = build(replica.local(), ids)?;
-        let (seq, applied) = engine.local_change(model, operation.clone())?;
-        if let Some(open) = self.open.get(model) {
-            for event in ModelEvent::changes(&operation, &applied, None) {
-                let _ = open.events.send(event);
-            }
-            open.watermarks.send_modify(|w| w.last = seq);
+        if engine.model(model).is_none() {
+            return Err(ClientError::NotOpen(model.clone()));
         }
+        let seq = engine.local_edit(model, build)?;
+        self.watermark(model, |w| w.last = seq);
         Ok(seq)
     }
 
@@ -843,15 +694,24 @@ impl Driver {
     fn fail(&mut self, error: ClientError) {
         tracing::error!(%error, "the offline store failed; the domain stops");
         self.emit(DomainEvent::StorageFailed(error.to_string()));
+        for reply in self.connecting.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for reply in self.opening.drain().flat_map(|(_, replies)| replies) {
+            let _ = reply.send(Err(error.clone()));
+        }
         self.failed = Some(error);
-        self.want_online = false;
-        self.reconnect_at = None;
+        // The engine stops reconnecting; the run loop drops the socket.
+        if let Some(engine) = self.engine.as_mut() {
+            engine.disconnect();
+        }
         // Dropping the models' watermark senders ends every `stored()` and `acknowledged()`
         // still waiting, with an error: what they wait for can no longer happen.
         self.open.clear();
     }
 
-    /// Drains the engine: storage first (one group commit), then transmit, events, loads.
+    /// Drains the engine: storage first (one group commit), then transmit, events,
+    /// connection actions, loads.
     async fn pump(&mut self) {
         while self.failed.is_none() {
             let Some(engine) = self.engine.as_mut() else { return };
@@ -859,8 +719,7 @@ impl Driver {
             let mut last = None;
             while let Some(batch) = engine.poll_storage() {
                 last = Some(batch.id);
-                let counter = self.ids.get(&batch.model).map(IdGenerator::next_counter);
-                batches.push(Batch { mutations: store::batch_mutations(batch, counter) });
+                batches.push(Batch { mutations: store::batch_mutations(batch) });
             }
             if let Some(last) = last {
                 let Some(store) = self.store.as_ref() else { return };
@@ -870,31 +729,44 @@ impl Driver {
                 engine.handle_durable(last);
                 continue;
             }
+            let now = self.clock.now();
             let mut outgoing = Vec::new();
-            while let Some(message) = engine.poll_transmit() {
+            while let Some(message) = engine.poll_transmit(now) {
                 outgoing.push(message);
             }
             let mut events = Vec::new();
             while let Some(event) = engine.poll_event() {
                 events.push(event);
             }
+            let mut actions = Vec::new();
+            while let Some(action) = engine.poll_action() {
+                actions.push(action);
+            }
             let load = engine.poll_load();
+            let idle = outgoing.is_empty() && actions.is_empty() && load.is_none();
             if !outgoing.is_empty()
                 && let Some(socket) = self.socket.as_mut()
-                && let Err(e) = socket.send_all(&outgoing).await
+                && let Err(error) = socket.send_all(&outgoing).await
             {
-                tracing::debug!(error = %e, "sending failed");
-                self.drop_connection(ConnectionState::Reconnecting).await;
-                self.schedule_reconnect();
+                tracing::debug!(%error, "sending failed");
+                self.connection_lost().await;
             }
             for event in events {
                 self.event(event);
             }
+            for action in actions {
+                match action {
+                    Action::Connect { auth } => self.open_connection(auth).await,
+                    Action::Disconnect { reason } => {
+                        tracing::info!(?reason, "closing the connection");
+                        self.close_socket().await;
+                    }
+                }
+            }
             if let Some(model) = load {
                 self.load(model).await;
-                continue;
             }
-            if outgoing.is_empty() {
+            if idle {
                 return;
             }
         }
@@ -905,93 +777,59 @@ impl Driver {
             return;
         };
         let loaded = match store.load_model(&model).await {
-            Ok(Some(state)) => {
-                let creation = store::pending_creation(&state);
-                let next = state.summary.record.next_element_counter;
-                match store::persisted(state).map(ModelReplica::restore) {
-                    Ok(Ok(replica)) => {
-                        self.ids
-                            .entry(model.clone())
-                            .or_insert_with(|| IdGenerator::new(engine.replica_id(), next));
-                        Some((replica, creation))
-                    }
-                    _ => None,
+            Ok(Some(state)) => match store::restore(state) {
+                Ok(restored) => Some(restored),
+                Err(error) => {
+                    tracing::warn!(%model, %error, "a stored model cannot be restored");
+                    None
                 }
-            }
+            },
             Ok(None) => None,
             Err(e) => return self.fail(e.into()),
         };
         engine.handle_loaded(model, loaded);
     }
 
+    /// Passes the engine's events on — model events to the model's handles, domain events
+    /// to the domain's — after what the client itself does on them: watermarks, releasing
+    /// idle models, answering opens.
     fn event(&mut self, event: Event) {
         match event {
-            Event::RemoteOperation { model, author, operation, applied } => {
-                if let Some(open) = self.open.get(&model) {
-                    for event in ModelEvent::changes(&operation, &applied, Some(author.clone())) {
-                        let _ = open.events.send(event);
+            Event::Model { model, event } => {
+                match &event {
+                    ModelEvent::Stored { seq } => {
+                        self.watermark(&model, |w| w.stored = w.stored.max(*seq));
                     }
+                    ModelEvent::Acknowledged { seq, .. } => {
+                        self.watermark(&model, |w| w.acknowledged = w.acknowledged.max(*seq));
+                    }
+                    ModelEvent::Committed => self.watermark(&model, |w| w.acknowledged = w.last),
+                    _ => {}
+                }
+                let committed = event == ModelEvent::Committed;
+                self.model_event(&model, event);
+                if committed {
+                    self.release_if_idle(&model);
                 }
             }
-            Event::Modified { model } => self.model_event(&model, ModelEvent::Modified),
-            Event::Committed { model } => {
-                self.watermark(&model, |w| w.acknowledged = w.last);
-                self.model_event(&model, ModelEvent::Committed);
-                self.release_if_idle(&model);
-            }
-            Event::Stored { model, seq } => {
-                self.watermark(&model, |w| w.stored = w.stored.max(seq));
-                self.model_event(&model, ModelEvent::Stored { seq });
-            }
-            Event::Acknowledged { model, seq, version } => {
-                self.watermark(&model, |w| w.acknowledged = w.acknowledged.max(seq));
-                self.model_event(&model, ModelEvent::Acknowledged { seq, version });
-            }
-            Event::Neutralised { model, seqs } => {
-                self.model_event(&model, ModelEvent::Neutralised { seqs });
-            }
-            Event::Rejected { model, operations, error } => {
-                let seqs = operations.iter().map(|o| o.seq).collect();
-                self.model_event(&model, ModelEvent::Rejected { seqs, error: error.clone() });
-                self.emit(DomainEvent::ChangesRejected { model, error });
-            }
-            Event::ResyncStarted { model } => self.model_event(&model, ModelEvent::ResyncStarted),
-            Event::ResyncCompleted { model } => {
-                self.model_event(&model, ModelEvent::ResyncCompleted)
-            }
-            Event::Released { .. } => {}
-            Event::Created { model } => {
-                self.release_if_idle(&model);
-                self.emit(DomainEvent::Created { model });
-            }
-            Event::CreationRefused { model, error } => {
-                self.emit(DomainEvent::CreationRefused { model, error })
-            }
-            Event::Deleted { model } => self.emit(DomainEvent::Deleted { model }),
-            Event::DeletionRefused { model, error } => {
-                self.emit(DomainEvent::DeletionRefused { model, error })
-            }
-            Event::ModelGone { model, error } => {
-                self.model_event(&model, ModelEvent::Gone { error: error.clone() });
-                self.emit(DomainEvent::ModelGone { model, error });
-            }
-            Event::Downloaded { model } => self.emit(DomainEvent::Downloaded { model }),
-            Event::SyncProgress { done, total } => {
-                self.emit(DomainEvent::SyncProgress { done, total })
-            }
-            Event::Online => {
-                for open in self.open.values() {
-                    let _ = open.events.send(ModelEvent::Online);
+            // Emitted by `set_state`, once the state watch says so.
+            Event::Domain(DomainEvent::State(state)) => self.set_state(state),
+            Event::Domain(event) => {
+                match &event {
+                    DomainEvent::Created { model } => self.release_if_idle(model),
+                    DomainEvent::Opened { model } => self.opened(model, None),
+                    DomainEvent::OpenFailed { model, failure } => {
+                        self.opened(model, Some(failure.clone()));
+                    }
+                    DomainEvent::ProtocolViolation { model, error } => {
+                        tracing::warn!(%model, %error, "the server broke the protocol for a model");
+                    }
+                    DomainEvent::ConnectionRefused(rejection) => {
+                        tracing::warn!(?rejection, "the server refused the credentials for good");
+                    }
+                    _ => {}
                 }
-            }
-            Event::Offline => {
-                for open in self.open.values() {
-                    let _ = open.events.send(ModelEvent::Offline);
-                }
-            }
-            Event::ProtocolViolation { model, error } => {
-                tracing::warn!(%model, %error, "the server broke the protocol for a model");
-                self.emit(DomainEvent::ProtocolViolation { model, error });
+                self.emit(event);
             }
         }
     }
@@ -1003,20 +841,13 @@ impl Driver {
     }
 }
 
-fn auto_create_error(to: RequestId, message: &str) -> ClientMessage {
-    let error =
-        concord_protocol::ErrorReply::new(concord_protocol::ErrorCode::MODEL_NOT_FOUND, message);
-    ClientMessage::Error { to: Some(to), error }
-}
-
-/// The next element counter of `replica` in `document`: past every id it minted there.
-fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
-    document
-        .ids()
-        .filter(|id: &ElementId| id.replica == replica)
-        .map(|id| id.counter + 1)
-        .max()
-        .unwrap_or(0)
+/// A model's initial data as a document, its ids minted by this replica from 0 (ids are
+/// unique per model; local changes continue past them).
+fn document(data: &serde_json::Value, replica: ReplicaId) -> Result<Document, ClientError> {
+    let mut ids = IdGenerator::new(replica, 0);
+    let value = concord_ot::Value::from_json(data, &mut ids)
+        .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
+    Document::new(value).map_err(|e| ClientError::InvalidValue(e.to_string()))
 }
 
 fn fail_command(command: Command, error: ClientError) {

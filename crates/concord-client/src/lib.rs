@@ -5,10 +5,11 @@
 //! and its element handles read and change a model, with events and watermarks.
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
-//! to store, send and report; this crate runs it on one task (tokio natively, the page's
-//! event loop on wasm32) with a WebSocket and a `concord-storage` adapter (memory by
-//! default; `RedbAdapter` with the `redb` feature).
-//! It is not the server, and it does not render anything.
+//! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
+//! it on a task (tokio natively, the page's event loop in a browser) with a WebSocket, a
+//! `concord-storage` adapter (memory by default; `RedbAdapter` with the `redb` feature) and
+//! a clock, and passes on the engine's own events ([`ModelEvent`], [`DomainEvent`]). It is
+//! not the server, and it does not render anything.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), concord_client::ClientError> {
@@ -38,18 +39,22 @@ mod rt;
 mod socket;
 
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
-pub use concord_protocol::{CollectionId, ModelId, Session, SessionId};
+pub use concord_protocol::{
+    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, Session,
+    SessionId,
+};
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
 pub use concord_storage::{MemoryAdapter, StorageAdapter};
-pub use concord_sync::EngineConfig;
-pub use domain::{
-    ConnectionState, Domain, DomainBuilder, DomainEvent, DomainOptions, ModelService, StoredModel,
+/// The events are the engine's, passed on as they are: one vocabulary for every client.
+pub use concord_sync::{
+    ConnectionState, DomainEvent, EngineConfig, ModelEvent, OpenFailure, PendingOperation,
 };
+pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel};
 pub use error::ClientError;
 pub use events::Events;
 pub use model::{
-    BatchBuilder, Change, Edit, Element, ElementEvents, ModelEvent, ModelInfo, RealTimeArray,
-    RealTimeBoolean, RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject,
-    RealTimeString, Watermarks,
+    BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
+    RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
+    Watermarks,
 };

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use concord_ot::{
-    Applied, DiscreteOperation, Document, ElementId, IdGenerator, Kind, Operation, OperationKind,
+    DiscreteOperation, Document, ElementId, IdGenerator, Kind, Operation, OperationKind,
     PathSegment, Value,
 };
-use concord_protocol::{Collaborator, CollectionId, ErrorReply, ModelId, SessionId};
-use concord_sync::ModelReplica;
+use concord_protocol::{CollectionId, ModelId, SessionId};
+use concord_sync::{ModelEvent, ModelReplica};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::domain::Domain;
@@ -32,77 +32,6 @@ pub struct Watermarks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Change {
     pub seq: u64,
-}
-
-/// What happens to a model.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum ModelEvent {
-    /// An element changed: by this client (`author: None`) or another session.
-    Changed {
-        element: ElementId,
-        operation: OperationKind,
-        author: Option<SessionId>,
-    },
-    /// The model has local changes the server has not acknowledged.
-    Modified,
-    /// Every local change is acknowledged.
-    Committed,
-    Stored {
-        seq: u64,
-    },
-    Acknowledged {
-        seq: u64,
-        version: u64,
-    },
-    /// Concurrent changes made these local changes no-ops.
-    Neutralised {
-        seqs: Vec<u64>,
-    },
-    /// The server refused these local changes; they were undone here.
-    Rejected {
-        seqs: Vec<u64>,
-        error: ErrorReply,
-    },
-    Online,
-    Offline,
-    ResyncStarted,
-    ResyncCompleted,
-    CollaboratorOpened(Collaborator),
-    CollaboratorClosed(SessionId),
-    /// The server no longer serves the model; the local copy stays.
-    Gone {
-        error: ErrorReply,
-    },
-}
-
-impl ModelEvent {
-    /// One `Changed` per discrete operation that changed something.
-    pub(crate) fn changes(
-        operation: &Operation,
-        applied: &[Applied],
-        author: Option<SessionId>,
-    ) -> Vec<ModelEvent> {
-        let parts: Vec<&DiscreteOperation> = match operation {
-            Operation::Discrete(op) => vec![op],
-            Operation::Compound(ops) => ops.iter().collect(),
-        };
-        parts
-            .into_iter()
-            .zip(
-                applied
-                    .iter()
-                    .map(|a| matches!(a, Applied::Changed { .. }))
-                    .chain(std::iter::repeat(true)),
-            )
-            .filter(|(op, changed)| *changed && !op.noop)
-            .map(|(op, _)| ModelEvent::Changed {
-                element: op.target,
-                operation: op.kind.clone(),
-                author: author.clone(),
-            })
-            .collect()
-    }
 }
 
 /// The model's metadata.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
+use concord_sync::Time;
 use futures_util::future::{Either, select};
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -43,5 +44,27 @@ pub(crate) async fn timeout<F: Future>(limit: Duration, future: F) -> Option<F::
     match select(pin!(future), pin!(sleep(limit))).await {
         Either::Left((output, _)) => Some(output),
         Either::Right(((), _)) => None,
+    }
+}
+
+/// The engine's clock: milliseconds since the domain's task started, on the monotonic
+/// clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Clock {
+        Clock { origin: Instant::now() }
+    }
+
+    pub(crate) fn now(&self) -> Time {
+        Time::from_millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// When the engine's `time` comes on this clock.
+    pub(crate) fn instant(&self, time: Time) -> Instant {
+        self.origin + Duration::from_millis(time.as_millis())
     }
 }

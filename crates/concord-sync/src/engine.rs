@@ -1,36 +1,58 @@
 //! The client engine: every model a client holds in memory, one connection, one store.
 //!
-//! [`ClientEngine`] is sans-IO, in the manner of quinn-proto's `Connection`. The driver
-//! feeds it what happens — [`handle_connected`](ClientEngine::handle_connected),
-//! [`handle_disconnected`](ClientEngine::handle_disconnected),
-//! [`handle_message`](ClientEngine::handle_message),
-//! [`local_change`](ClientEngine::local_change),
-//! [`handle_durable`](ClientEngine::handle_durable) — and after **each** call drains, in
+//! [`ClientEngine`] is sans-IO, in the manner of quinn-proto's `Connection`: it owns the
+//! whole protocol and all of its timing, and the driver only moves bytes, store batches and
+//! the time. The driver feeds it what happens — the application's calls
+//! ([`connect`](ClientEngine::connect), [`local_edit`](ClientEngine::local_edit),
+//! [`open_at_server`](ClientEngine::open_at_server), …), the connection's fate
+//! ([`handle_connected`](ClientEngine::handle_connected),
+//! [`handle_connect_failed`](ClientEngine::handle_connect_failed),
+//! [`handle_disconnected`](ClientEngine::handle_disconnected)), what the server sent
+//! ([`handle_message`](ClientEngine::handle_message)), what the store made durable
+//! ([`handle_durable`](ClientEngine::handle_durable)) and the passing of time
+//! ([`handle_timeout`](ClientEngine::handle_timeout)) — and after **each** call drains, in
 //! this order:
 //!
 //! 1. [`poll_storage`](ClientEngine::poll_storage): batches to commit to the store, in order,
 //!    each atomically; report each with `handle_durable` once it is durable (batches may be
 //!    merged into one commit, but must become durable in order);
-//! 2. [`poll_transmit`](ClientEngine::poll_transmit): messages to send, in order;
+//! 2. [`poll_transmit`](ClientEngine::poll_transmit): messages to send, in order (the time
+//!    passed in starts their answer's deadline);
 //! 3. [`poll_event`](ClientEngine::poll_event): what the application should hear;
-//! 4. [`poll_load`](ClientEngine::poll_load): stored models to load for background sync
+//! 4. [`poll_action`](ClientEngine::poll_action): connect or disconnect;
+//! 5. [`poll_load`](ClientEngine::poll_load): stored models to load for background sync
 //!    (after their queued batches are durable), answered with
 //!    [`handle_loaded`](ClientEngine::handle_loaded).
+//!
+//! Then it sleeps until [`poll_timeout`](ClientEngine::poll_timeout) (or until something
+//! else happens) and calls `handle_timeout`; a call before the deadline does nothing.
 //!
 //! Storage comes first because nothing the engine sends depends on a batch that is not yet
 //! durable: a local change is submitted only after the batch recording it is reported
 //! durable, and a submission only after its in-flight boundary is.
+//!
+//! Time: the engine reconnects with exponential backoff, pings the server every
+//! [`EngineConfig::heartbeat`], and drops the connection (then reconnects) when the server
+//! stays silent for [`EngineConfig::silence_timeout`] or leaves a request or a submission
+//! unanswered for [`EngineConfig::request_timeout`]: what the server did with it is then
+//! unknown, and resyncing on a new connection is the one recovery that is right for every
+//! request.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
-use concord_ot::{Applied, ApplyError, Document, Operation, ReplicaId};
+use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorCode, ErrorReply,
-    InFlight, KnownModel, ModelId, ModelSnapshot, OfflineUpdate, RequestId, ServerMessage,
-    ServerPush, ServerResponse, SessionId, Timestamp,
+    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
+    ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
+    OfflineUpdate, ReconnectToken, RequestId, ServerMessage, ServerPush, ServerRequest,
+    ServerResponse, Session, Timestamp,
 };
 
-use crate::replica::{ModelReplica, PendingOperation, ReplicaError, StoreChange};
+use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+use crate::replica::{ModelReplica, ReplicaError, StoreChange};
+use crate::store::Restored;
+use crate::time::Time;
 
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -44,12 +66,56 @@ pub struct EngineConfig {
     /// reconnection, so that their states in memory are bounded by this rather than by the
     /// number of such models (the intent; not measured yet).
     pub sync_concurrency: usize,
+    /// The wait before trying again after a connection was lost or an attempt failed; it
+    /// doubles after every failed attempt up to `max_backoff`, and starts over once
+    /// connected.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often a connected engine pings the server.
+    pub heartbeat: Duration,
+    /// A server heard nothing from for this long is gone: the connection is dropped and
+    /// established again.
+    pub silence_timeout: Duration,
+    /// How long a request, a submission (its ack) and the handshake may wait for the
+    /// answer; past it the connection is dropped and established again.
+    pub request_timeout: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
-        EngineConfig { max_batch_parts: 256, compact_every: 500, sync_concurrency: 4 }
+        EngineConfig {
+            max_batch_parts: 256,
+            compact_every: 500,
+            sync_concurrency: 4,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
     }
+}
+
+/// What the driver must do with the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection and hand the server `auth` in the handshake; report how it went
+    /// with [`ClientEngine::handle_connected`] or [`ClientEngine::handle_connect_failed`].
+    Connect { auth: Auth },
+    /// Close the connection. The engine already counts it as gone: do not report
+    /// [`ClientEngine::handle_disconnected`] for it.
+    Disconnect { reason: DisconnectReason },
+}
+
+/// Why the engine drops its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The application disconnected.
+    Requested,
+    /// Nothing came from the server for [`EngineConfig::silence_timeout`].
+    ServerSilent,
+    /// A request or submission went unanswered for [`EngineConfig::request_timeout`].
+    RequestTimedOut,
 }
 
 /// Identifies a storage batch for [`ClientEngine::handle_durable`].
@@ -64,105 +130,6 @@ pub struct StorageBatch {
     pub changes: Vec<StoreChange>,
 }
 
-/// What the application hears.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// Another session's operation was applied to the local view (as transformed).
-    RemoteOperation {
-        model: ModelId,
-        /// The session that made it.
-        author: SessionId,
-        operation: Operation,
-        applied: Vec<Applied>,
-    },
-    /// The model had no unacknowledged local changes and now has one.
-    Modified {
-        model: ModelId,
-    },
-    /// Every local change of the model is acknowledged.
-    Committed {
-        model: ModelId,
-    },
-    /// Local changes up to `seq` are durable in the store.
-    Stored {
-        model: ModelId,
-        seq: u64,
-    },
-    /// The server committed local changes up to `seq`.
-    Acknowledged {
-        model: ModelId,
-        seq: u64,
-        version: u64,
-    },
-    /// Concurrent changes made these local changes (by seq) no-ops: they were overridden
-    /// (a concurrent set won, or their target was removed).
-    Neutralised {
-        model: ModelId,
-        seqs: Vec<u64>,
-    },
-    /// The server refused these local changes for good; they were undone locally.
-    Rejected {
-        model: ModelId,
-        operations: Vec<PendingOperation>,
-        error: ErrorReply,
-    },
-    ResyncStarted {
-        model: ModelId,
-    },
-    /// The model is live again: missed operations applied, local changes being sent.
-    ResyncCompleted {
-        model: ModelId,
-    },
-    /// A model loaded for background sync is in sync and left memory; its batches still
-    /// queued must be durable before the driver loads it again.
-    Released {
-        model: ModelId,
-    },
-    /// The server created a model created here.
-    Created {
-        model: ModelId,
-    },
-    /// The server refused to create a model created here (its id is taken by another
-    /// creation, or the user may not create in the collection). The model and its local
-    /// changes stay in memory and in the store, offline.
-    CreationRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server confirmed a deletion made here; the store forgot the model.
-    Deleted {
-        model: ModelId,
-    },
-    /// The server refused a deletion made here: the model is back in the store.
-    DeletionRefused {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// The server no longer serves this model (deleted by someone else, or closed by the
-    /// server); the local copy stays, offline.
-    ModelGone {
-        model: ModelId,
-        error: ErrorReply,
-    },
-    /// A subscribed model was downloaded into the store for the first time.
-    Downloaded {
-        model: ModelId,
-    },
-    /// Background sync of stored models: `done` of `total` are in sync with the server.
-    SyncProgress {
-        done: usize,
-        total: usize,
-    },
-    Online,
-    Offline,
-    /// The server broke the protocol for this model. It left memory: once its queued
-    /// batches are durable, reload it from the store (`add_model`) to try again.
-    ProtocolViolation {
-        model: ModelId,
-        error: String,
-    },
-}
-
 /// Why a call into the engine was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -173,6 +140,9 @@ pub enum EngineError {
     AlreadyLoaded(ModelId),
     #[error("model {0} was deleted here and the server has not confirmed it yet")]
     DeletionPending(ModelId),
+    /// Only the server has the model, and the engine is not connected.
+    #[error("model {0} can only be opened at the server, and the engine is offline")]
+    Offline(ModelId),
     #[error(transparent)]
     Invalid(#[from] ApplyError),
 }
@@ -200,6 +170,36 @@ struct Model {
     /// The batch storing the creation, until durable: the server hears of the model only
     /// once the store knows it, or a crash could leave the server with a model nobody has.
     creation_batch: Option<BatchId>,
+    /// Mints the ids of the elements local changes create.
+    ids: IdGenerator,
+    /// The element counter the store has once the queued batches are durable.
+    stored_counter: u64,
+}
+
+/// A request sent on the current connection and not answered yet.
+#[derive(Debug)]
+struct Outstanding {
+    purpose: Request,
+    /// Set when it is handed to the driver to send.
+    deadline: Option<Time>,
+}
+
+/// What a request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Resync(ModelId),
+    Create(ModelId),
+    Delete(ModelId),
+    Open(ModelId),
+    /// Its answer changes nothing here (close, resync complete, subscribe).
+    Other,
+}
+
+/// An open at the server waiting for its answer.
+#[derive(Debug)]
+struct OpenAtServer {
+    /// What to create the model from if the server has none; taken when it asks.
+    auto_create: Option<(CollectionId, Document)>,
 }
 
 /// What becomes possible once a batch is durable.
@@ -210,20 +210,63 @@ struct BatchEffect {
     in_flight: Option<u64>,
 }
 
+/// Where the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Offline and not trying: not asked to connect, disconnected, or refused for good.
+    Idle,
+    /// Offline, trying again at `at`.
+    Waiting {
+        at: Time,
+    },
+    /// The driver was asked to connect and has not said how it went.
+    Connecting {
+        attempt: Attempt,
+    },
+    Connected {
+        last_heard: Time,
+        next_ping: Time,
+    },
+}
+
+/// Who asked for a connection attempt, and with what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// The application's [`ClientEngine::connect`]: a failure is its to handle, and is not
+    /// retried.
+    Requested,
+    /// A reconnection with the reconnect token; refused, the credentials are tried at once.
+    Token,
+    /// A reconnection with the credentials.
+    Credentials,
+}
+
 /// One client's sync state machine.
 #[derive(Debug)]
 pub struct ClientEngine {
     replica_id: ReplicaId,
     config: EngineConfig,
-    connected: bool,
+    connection: Connection,
+    /// The state last reported to the application.
+    reported: ConnectionState,
+    /// What the application connected with, to reconnect with when the token fails.
+    credentials: Option<Auth>,
+    /// The last handshake's reconnect token, tried first when reconnecting.
+    reconnect_token: Option<ReconnectToken>,
+    /// The wait before the next reconnection attempt.
+    backoff: Duration,
+    actions: VecDeque<Action>,
     models: BTreeMap<ModelId, Model>,
     next_request: u64,
-    resync_requests: BTreeMap<RequestId, ModelId>,
-    create_requests: BTreeMap<RequestId, ModelId>,
+    /// Requests sent on the current connection and not answered yet.
+    requests: BTreeMap<RequestId, Outstanding>,
+    /// When the ack of each model's submission on the wire is due.
+    acks: BTreeMap<ModelId, Time>,
+    /// Models being opened at the server.
+    opens: BTreeMap<ModelId, OpenAtServer>,
     /// Models deleted here and not yet confirmed: their collection, and the batch storing
     /// the tombstone until it is durable (the server hears of it only then).
     tombstones: BTreeMap<ModelId, (CollectionId, Option<BatchId>)>,
-    delete_requests: BTreeMap<RequestId, ModelId>,
     /// The offline subscription set, with the version the store holds (`None`: not
     /// downloaded yet).
     subscriptions: BTreeMap<ModelId, Option<u64>>,
@@ -246,13 +289,18 @@ impl ClientEngine {
         ClientEngine {
             replica_id,
             config,
-            connected: false,
+            connection: Connection::Idle,
+            reported: ConnectionState::Disconnected,
+            credentials: None,
+            reconnect_token: None,
+            backoff: config.initial_backoff,
+            actions: VecDeque::new(),
             models: BTreeMap::new(),
             next_request: 1,
-            resync_requests: BTreeMap::new(),
-            create_requests: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            acks: BTreeMap::new(),
+            opens: BTreeMap::new(),
             tombstones: BTreeMap::new(),
-            delete_requests: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             next_batch: 1,
             effects: BTreeMap::new(),
@@ -271,41 +319,53 @@ impl ClientEngine {
         self.replica_id
     }
 
-    /// Takes a model into memory: downloaded, created, or restored from the store. When
-    /// connected it resyncs at once.
-    pub fn add_model(&mut self, model: ModelId, replica: ModelReplica) -> Result<(), EngineError> {
-        self.insert(model, replica, None)
-    }
-
-    fn insert(
-        &mut self,
-        model: ModelId,
-        replica: ModelReplica,
-        creation: Option<CreationNonce>,
-    ) -> Result<(), EngineError> {
+    /// Takes a model into memory, restored from the store ([`store::restore`]) or fresh
+    /// (`ModelReplica::into`). A model whose creation the server has not confirmed is
+    /// created there first. When connected it resyncs at once.
+    ///
+    /// [`store::restore`]: crate::store::restore
+    pub fn add_model(&mut self, model: ModelId, restored: Restored) -> Result<(), EngineError> {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
         }
-        let entry = Model {
-            replica,
-            link: Link::Offline,
-            background: false,
-            creation,
-            creation_batch: None,
-        };
-        self.models.insert(model.clone(), entry);
-        if self.connected {
-            self.attach(&model);
-        }
+        self.insert(model, self.entry(restored, false));
         Ok(())
     }
 
-    /// Takes into memory a model the store does not hold yet, from the server's snapshot
-    /// (the driver opened it at the server): it is stored and synced like any loaded model.
-    pub fn add_downloaded(
+    /// A model's in-memory state. Its element ids continue past the stored counter and
+    /// past every id of this replica in the document (a model stored anew — downloaded
+    /// again — may hold ids this replica minted before).
+    fn entry(&self, restored: Restored, background: bool) -> Model {
+        let Restored { replica, creation, next_element_counter } = restored;
+        let next = next_element_counter.max(next_counter_for(replica.local(), self.replica_id));
+        Model {
+            replica,
+            link: Link::Offline,
+            background,
+            creation,
+            creation_batch: None,
+            ids: IdGenerator::new(self.replica_id, next),
+            stored_counter: next_element_counter,
+        }
+    }
+
+    fn insert(&mut self, model: ModelId, entry: Model) {
+        self.models.insert(model.clone(), entry);
+        if self.is_connected() {
+            self.attach(&model);
+        }
+    }
+
+    /// Opens a model that is neither in memory nor in the store: asks the server for it.
+    /// With `auto_create`, a model the server does not have is created there from this
+    /// collection and data (the server asks for them, `AutoCreate`). The answer comes as
+    /// [`DomainEvent::Opened`] — the model is then stored and loaded, and syncs like any
+    /// other — or [`DomainEvent::OpenFailed`]. Opening a model already being opened joins
+    /// that open.
+    pub fn open_at_server(
         &mut self,
         model: ModelId,
-        snapshot: ModelSnapshot,
+        auto_create: Option<(CollectionId, Document)>,
     ) -> Result<(), EngineError> {
         if self.models.contains_key(&model) {
             return Err(EngineError::AlreadyLoaded(model));
@@ -313,12 +373,51 @@ impl ClientEngine {
         if self.tombstones.contains_key(&model) {
             return Err(EngineError::DeletionPending(model));
         }
-        if let Some(known) = self.subscriptions.get_mut(&model) {
-            *known = Some(snapshot.version);
+        if !self.is_connected() {
+            return Err(EngineError::Offline(model));
         }
-        let replica = ModelReplica::new(snapshot.clone());
-        self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
-        self.insert(model, replica, None)
+        if self.opens.contains_key(&model) {
+            return Ok(());
+        }
+        let request =
+            ClientRequest::OpenModel { model: model.clone(), auto_create: auto_create.is_some() };
+        self.send(request, Request::Open(model.clone()));
+        self.opens.insert(model, OpenAtServer { auto_create });
+        Ok(())
+    }
+
+    /// The server's answer to an open: the model is stored from its snapshot and loaded.
+    fn opened(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        self.opens.remove(&model);
+        let snapshot = match answer {
+            Ok(ServerResponse::ModelOpened(opened)) if opened.model == model => opened.snapshot,
+            Ok(other) => {
+                let message = format!("unexpected answer to an open: {other:?}");
+                let error = ErrorReply::new(ErrorCode::UNEXPECTED_MESSAGE, message);
+                let failure = OpenFailure::Refused(error);
+                return self.domain_event(DomainEvent::OpenFailed { model, failure });
+            }
+            Err(error) => {
+                let failure = OpenFailure::Refused(error);
+                return self.domain_event(DomainEvent::OpenFailed { model, failure });
+            }
+        };
+        if self.tombstones.contains_key(&model) {
+            // Deleted here while the answer was on its way.
+            self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
+            let error = ErrorReply::new(ErrorCode::MODEL_DELETED, "deleted here meanwhile");
+            let failure = OpenFailure::Refused(error);
+            return self.domain_event(DomainEvent::OpenFailed { model, failure });
+        }
+        if !self.models.contains_key(&model) {
+            if let Some(known) = self.subscriptions.get_mut(&model) {
+                *known = Some(snapshot.version);
+            }
+            let replica = ModelReplica::new(snapshot.clone());
+            self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
+            self.insert(model.clone(), self.entry(replica.into(), false));
+        }
+        self.domain_event(DomainEvent::Opened { model });
     }
 
     /// Marks a model loaded for background sync as one the application uses: it is no
@@ -329,32 +428,19 @@ impl ClientEngine {
         }
     }
 
-    /// The driver loaded a model asked for by [`ClientEngine::poll_load`] (`None`: it is no
-    /// longer in the store).
-    ///
-    /// `creation` is the nonce of a creation the server has not confirmed (the store's
-    /// creation record).
-    pub fn handle_loaded(
-        &mut self,
-        model: ModelId,
-        loaded: Option<(ModelReplica, Option<CreationNonce>)>,
-    ) {
+    /// The driver loaded a model asked for by [`ClientEngine::poll_load`] with
+    /// [`store::restore`](crate::store::restore) (`None`: it is no longer in the store, or
+    /// cannot be restored).
+    pub fn handle_loaded(&mut self, model: ModelId, loaded: Option<Restored>) {
         self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
         match loaded {
-            Some((replica, creation))
-                if self.connected
+            Some(restored)
+                if self.is_connected()
                     && !self.models.contains_key(&model)
                     && !self.tombstones.contains_key(&model) =>
             {
-                let entry = Model {
-                    replica,
-                    link: Link::Offline,
-                    background: true,
-                    creation,
-                    creation_batch: None,
-                };
-                self.models.insert(model.clone(), entry);
-                self.attach(&model);
+                let entry = self.entry(restored, true);
+                self.insert(model, entry);
             }
             _ => self.count_synced(),
         }
@@ -369,9 +455,14 @@ impl ClientEngine {
     }
 
     fn close_at_server(&mut self, model: &ModelId) {
-        self.resync_requests.retain(|_, m| m != model);
-        if self.connected {
-            self.send(ClientRequest::CloseModel { model: model.clone() });
+        // A resync's answer no longer matters.
+        let resync = Request::Resync(model.clone());
+        for request in self.requests.values_mut().filter(|r| r.purpose == resync) {
+            request.purpose = Request::Other;
+        }
+        self.acks.remove(model);
+        if self.is_connected() {
+            self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
         }
     }
 
@@ -390,37 +481,99 @@ impl ClientEngine {
             .is_some_and(|m| m.link == Link::Live && !m.replica.has_unacknowledged())
     }
 
-    /// Applies a local change to the model's local view and records it for the store.
+    /// Makes a local change: `build` makes the operation against the model's local view,
+    /// taking the ids of new elements from the model's generator (whose counter is stored
+    /// with the change, so that no id is minted twice). The change is applied to the local
+    /// view and recorded for the store. Returns its seq.
+    pub fn local_edit<E: From<EngineError>>(
+        &mut self,
+        model: &ModelId,
+        build: impl FnOnce(&Document, &mut IdGenerator) -> Result<Operation, E>,
+    ) -> Result<u64, E> {
+        let entry =
+            self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
+        let operation = build(entry.replica.local(), &mut entry.ids)?;
+        let was_committed = !entry.replica.has_unacknowledged();
+        let (seq, applied, change) =
+            entry.replica.local_change(operation.clone()).map_err(EngineError::from)?;
+        let mut changes = vec![change];
+        let next = entry.ids.next_counter();
+        if next > entry.stored_counter {
+            entry.stored_counter = next;
+            changes.push(StoreChange::AdvanceElementCounter(next));
+        }
+        self.queue_batch(model, changes, Some(seq), None);
+        if was_committed {
+            self.model_event(model, ModelEvent::Modified);
+        }
+        for event in ModelEvent::changes(&operation, &applied, None) {
+            self.model_event(model, event);
+        }
+        Ok(seq)
+    }
+
+    /// [`local_edit`](ClientEngine::local_edit) with an operation already made; it must
+    /// create no element (it has no ids from the model's generator).
     pub fn local_change(
         &mut self,
         model: &ModelId,
         operation: Operation,
-    ) -> Result<(u64, Vec<Applied>), EngineError> {
-        let entry =
-            self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
-        let was_committed = !entry.replica.has_unacknowledged();
-        let (seq, applied, change) = entry.replica.local_change(operation)?;
-        self.queue_batch(model, vec![change], Some(seq), None);
-        if was_committed {
-            self.events.push_back(Event::Modified { model: model.clone() });
-        }
-        Ok((seq, applied))
+    ) -> Result<u64, EngineError> {
+        self.local_edit(model, |_, _| Ok(operation))
     }
 
-    /// A connection is up (handshake accepted): every loaded model resyncs first; then the
-    /// stored models in `stored_with_changes` (unsent or unacknowledged changes) are loaded
-    /// a few at a time ([`EngineConfig::sync_concurrency`]) through
+    /// The application wants to be online with these credentials: the engine asks the
+    /// driver to connect now ([`Action::Connect`]). If that attempt fails the engine stays
+    /// offline (the application hears why from the driver); once connected, a lost
+    /// connection is re-established with backoff — with the server's reconnect token first,
+    /// then these credentials — until [`ClientEngine::disconnect`].
+    pub fn connect(&mut self, auth: Auth) {
+        self.credentials = Some(auth.clone());
+        if self.is_connected() {
+            return;
+        }
+        self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
+        self.actions.push_back(Action::Connect { auth });
+        self.connection = Connection::Connecting { attempt: Attempt::Requested };
+        self.report(ConnectionState::Connecting);
+    }
+
+    /// The application wants to be offline: the connection is closed
+    /// ([`Action::Disconnect`]) and not re-established. Work goes on offline.
+    pub fn disconnect(&mut self) {
+        self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
+        if self.is_connected() {
+            self.actions.push_back(Action::Disconnect { reason: DisconnectReason::Requested });
+            self.went_offline();
+        }
+        self.connection = Connection::Idle;
+        self.report(ConnectionState::Disconnected);
+    }
+
+    /// A connection is up (handshake accepted with `session`): every loaded model resyncs
+    /// first; then the stored models in `stored_with_changes` (unsent or unacknowledged
+    /// changes) are loaded a few at a time ([`EngineConfig::sync_concurrency`]) through
     /// [`ClientEngine::poll_load`], synced, and released.
     ///
     /// `stored_tombstones` are the models the store holds as deleted here and not yet
     /// confirmed (with their collection); their deletion is sent again.
     pub fn handle_connected(
         &mut self,
+        now: Time,
+        session: &Session,
         stored_with_changes: Vec<ModelId>,
         stored_tombstones: Vec<(ModelId, CollectionId)>,
     ) {
-        self.connected = true;
-        self.events.push_back(Event::Online);
+        self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
+        self.reconnect_token = Some(session.reconnect_token.clone());
+        self.backoff = self.config.initial_backoff;
+        let next_ping = now + self.config.heartbeat;
+        self.connection = Connection::Connected { last_heard: now, next_ping };
+        self.report(ConnectionState::Connected);
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in &models {
+            self.model_event(model, ModelEvent::Online);
+        }
         self.add_tombstones(stored_tombstones);
         if !self.subscriptions.is_empty() {
             let subscribe = self.known_models(self.subscriptions.keys().cloned().collect());
@@ -429,7 +582,7 @@ impl ClientEngine {
                 unsubscribe: Vec::new(),
                 replace: true,
             };
-            self.send(request);
+            self.send(request, Request::Other);
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in models {
@@ -442,14 +595,165 @@ impl ClientEngine {
         self.sync_total = self.sync_waiting.len();
         self.sync_done = 0;
         if self.sync_total > 0 {
-            self.events.push_back(Event::SyncProgress { done: 0, total: self.sync_total });
+            let total = self.sync_total;
+            self.domain_event(DomainEvent::SyncProgress { done: 0, total });
         }
         self.load_more();
     }
 
+    /// The connection attempt asked for by [`Action::Connect`] failed: `rejection` when the
+    /// server refused the handshake, `None` when it could not be reached (or did not answer
+    /// in time). The engine tries again with backoff — at once with the credentials when the
+    /// reconnect token was refused — except after the application's own attempt, or when
+    /// the server says retrying cannot succeed.
+    pub fn handle_connect_failed(&mut self, now: Time, rejection: Option<HandshakeRejection>) {
+        let Connection::Connecting { attempt } = self.connection else { return };
+        match (attempt, rejection) {
+            (Attempt::Requested, _) => {
+                self.connection = Connection::Idle;
+                self.report(ConnectionState::Disconnected);
+            }
+            (Attempt::Token, Some(_)) => {
+                // An expired token: the credentials may still do.
+                self.reconnect_token = None;
+                self.attempt();
+            }
+            (_, Some(rejection)) if !rejection.retry_allowed => {
+                self.connection = Connection::Idle;
+                self.domain_event(DomainEvent::ConnectionRefused(rejection));
+                self.report(ConnectionState::Disconnected);
+            }
+            _ => self.retry_later(now),
+        }
+    }
+
+    /// The connection broke (closed, or a send failed): everything waits offline, local
+    /// changes keep being stored, and the engine reconnects after a backoff.
+    pub fn handle_disconnected(&mut self, now: Time) {
+        if !self.is_connected() {
+            return;
+        }
+        self.went_offline();
+        self.retry_later(now);
+    }
+
+    /// Fires what is due at `now`: a reconnection attempt, a heartbeat ping, or dropping a
+    /// connection whose server is silent or left something unanswered too long. Harmless
+    /// when nothing is due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        match self.connection {
+            Connection::Waiting { at } if at <= now => self.attempt(),
+            Connection::Connected { last_heard, next_ping } => {
+                let silent = last_heard + self.config.silence_timeout <= now;
+                let overdue: Vec<RequestId> = self
+                    .requests
+                    .iter()
+                    .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.acks.retain(|model, _| self.models.get(model).is_some_and(awaits_ack));
+                let ack_overdue = self.acks.values().any(|d| *d <= now);
+                if !overdue.is_empty() || ack_overdue {
+                    for id in overdue {
+                        if let Some(Outstanding { purpose: Request::Open(model), .. }) =
+                            self.requests.remove(&id)
+                        {
+                            self.opens.remove(&model);
+                            let failure = OpenFailure::TimedOut;
+                            self.domain_event(DomainEvent::OpenFailed { model, failure });
+                        }
+                    }
+                    self.drop_connection(now, DisconnectReason::RequestTimedOut);
+                } else if silent {
+                    self.drop_connection(now, DisconnectReason::ServerSilent);
+                } else if next_ping <= now {
+                    self.send(ClientRequest::Ping, Request::Other);
+                    let next_ping = now + self.config.heartbeat;
+                    self.connection = Connection::Connected { last_heard, next_ping };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`ClientEngine::handle_timeout`] has something to do next, if ever.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        match self.connection {
+            Connection::Waiting { at } => Some(at),
+            Connection::Connected { last_heard, next_ping } => {
+                let requests = self.requests.values().filter_map(|r| r.deadline);
+                let acks = self
+                    .acks
+                    .iter()
+                    .filter(|(model, _)| self.models.get(*model).is_some_and(awaits_ack))
+                    .map(|(_, deadline)| *deadline);
+                let silence = last_heard + self.config.silence_timeout;
+                requests.chain(acks).chain([next_ping, silence]).min()
+            }
+            Connection::Idle | Connection::Connecting { .. } => None,
+        }
+    }
+
+    /// What the driver must do with the connection.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The state of the connection as the engine sees it.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.reported.clone()
+    }
+
+    fn is_connected(&self) -> bool {
+        matches!(self.connection, Connection::Connected { .. })
+    }
+
+    fn report(&mut self, state: ConnectionState) {
+        if self.reported != state {
+            self.reported = state.clone();
+            self.domain_event(DomainEvent::State(state));
+        }
+    }
+
+    /// Asks the driver to connect, with the reconnect token if there is one.
+    fn attempt(&mut self) {
+        let (auth, attempt) = match (&self.reconnect_token, &self.credentials) {
+            (Some(token), _) => (Auth::Reconnect(token.clone()), Attempt::Token),
+            (None, Some(credentials)) => (credentials.clone(), Attempt::Credentials),
+            (None, None) => return self.give_up(),
+        };
+        self.actions.push_back(Action::Connect { auth });
+        self.connection = Connection::Connecting { attempt };
+        self.report(ConnectionState::Connecting);
+    }
+
+    /// Schedules the next attempt after the backoff, and doubles it.
+    fn retry_later(&mut self, now: Time) {
+        if self.reconnect_token.is_none() && self.credentials.is_none() {
+            return self.give_up();
+        }
+        self.connection = Connection::Waiting { at: now + self.backoff };
+        self.backoff =
+            (self.backoff * 2).min(self.config.max_backoff.max(self.config.initial_backoff));
+        self.report(ConnectionState::Reconnecting);
+    }
+
+    /// Nothing to connect with: offline until the application connects.
+    fn give_up(&mut self) {
+        self.connection = Connection::Idle;
+        self.report(ConnectionState::Disconnected);
+    }
+
+    /// Drops the connection the engine no longer trusts, and reconnects after a backoff.
+    fn drop_connection(&mut self, now: Time, reason: DisconnectReason) {
+        self.actions.push_back(Action::Disconnect { reason });
+        self.went_offline();
+        self.retry_later(now);
+    }
+
     fn load_more(&mut self) {
         let loaded = self.models.values().filter(|m| m.background).count();
-        while self.connected
+        while self.is_connected()
             && loaded + self.loads_outstanding < self.config.sync_concurrency.max(1)
             && let Some(model) = self.sync_waiting.pop_front()
         {
@@ -460,7 +764,8 @@ impl ClientEngine {
 
     fn count_synced(&mut self) {
         self.sync_done += 1;
-        self.events.push_back(Event::SyncProgress { done: self.sync_done, total: self.sync_total });
+        let (done, total) = (self.sync_done, self.sync_total);
+        self.domain_event(DomainEvent::SyncProgress { done, total });
     }
 
     /// Releases a background model once it is in sync.
@@ -471,28 +776,28 @@ impl ClientEngine {
         if synced {
             self.models.remove(model);
             self.close_at_server(model);
-            self.events.push_back(Event::Released { model: model.clone() });
+            self.model_event(model, ModelEvent::Released);
             self.count_synced();
             self.load_more();
         }
     }
 
     /// The connection is gone: everything waits offline; local changes keep being stored.
-    pub fn handle_disconnected(&mut self) {
-        if !self.connected {
-            return;
-        }
-        self.connected = false;
-        self.resync_requests.clear();
-        self.create_requests.clear();
-        self.delete_requests.clear();
+    fn went_offline(&mut self) {
+        self.connection = Connection::Idle;
+        self.requests.clear();
+        self.acks.clear();
         self.transmit.clear();
+        for (model, _) in std::mem::take(&mut self.opens) {
+            let failure = OpenFailure::ConnectionLost;
+            self.domain_event(DomainEvent::OpenFailed { model, failure });
+        }
         // Background models go back to the store; the next connection lists them again.
         let background: Vec<ModelId> =
             self.models.iter().filter(|(_, m)| m.background).map(|(id, _)| id.clone()).collect();
         for model in background {
             self.models.remove(&model);
-            self.events.push_back(Event::Released { model });
+            self.model_event(&model, ModelEvent::Released);
         }
         self.sync_waiting.clear();
         self.loads.clear();
@@ -500,7 +805,10 @@ impl ClientEngine {
         for entry in self.models.values_mut() {
             entry.link = Link::Offline;
         }
-        self.events.push_back(Event::Offline);
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in &models {
+            self.model_event(model, ModelEvent::Offline);
+        }
     }
 
     /// The store reported batch `id` (and every batch before it) durable.
@@ -512,7 +820,7 @@ impl ClientEngine {
                 && *pending == Some(batch)
             {
                 *pending = None;
-                if self.connected {
+                if self.is_connected() {
                     self.send_delete(&effect.model);
                 }
             }
@@ -521,14 +829,15 @@ impl ClientEngine {
             };
             if let Some(seq) = effect.stored_seq {
                 entry.replica.mark_durable(seq);
-                self.events.push_back(Event::Stored { model: effect.model.clone(), seq });
+                let event = ModelEvent::Stored { seq };
+                self.events.push_back(Event::Model { model: effect.model.clone(), event });
             }
             if let Some(seq) = effect.in_flight {
                 entry.replica.mark_in_flight_stored(seq);
             }
             if entry.creation_batch == Some(batch) {
                 entry.creation_batch = None;
-                if self.connected {
+                if self.is_connected() {
                     self.attach(&effect.model);
                 }
             }
@@ -536,83 +845,132 @@ impl ClientEngine {
         }
     }
 
-    /// A message from the server.
-    pub fn handle_message(&mut self, message: ServerMessage) {
+    /// A message from the server, received at `now`.
+    pub fn handle_message(&mut self, now: Time, message: ServerMessage) {
+        if let Connection::Connected { last_heard, .. } = &mut self.connection {
+            *last_heard = now;
+        }
         match message {
-            ServerMessage::Response { to, response } => self.handle_response(to, response),
-            ServerMessage::Error { to: Some(to), error } => {
-                // A deleted model is as gone as one that never was.
-                let gone =
-                    matches!(error.code, ErrorCode::MODEL_NOT_FOUND | ErrorCode::MODEL_DELETED);
-                if let Some(model) = self.resync_requests.remove(&to) {
-                    if gone {
-                        self.gone(&model, error.clone());
-                    } else {
-                        self.violation(&model, format!("resync refused: {error}"));
-                    }
-                }
-                if let Some(model) = self.delete_requests.remove(&to) {
-                    if gone {
-                        self.deletion_confirmed(model); // already gone: the same outcome
-                    } else if let Some((collection, _)) = self.tombstones.remove(&model) {
-                        let change = StoreChange::Undelete { collection };
-                        self.queue_batch(&model, vec![change], None, None);
-                        self.events
-                            .push_back(Event::DeletionRefused { model, error: error.clone() });
-                    }
-                }
-                if let Some(model) = self.create_requests.remove(&to) {
-                    // The local data stays, offline: the application decides what to do. A
-                    // model loaded only to sync goes back to the store.
-                    let background = self.models.get(&model).is_some_and(|m| m.background);
-                    if background {
-                        self.models.remove(&model);
-                        self.count_synced();
-                        self.load_more();
-                    } else if let Some(entry) = self.models.get_mut(&model) {
-                        entry.link = Link::Offline;
-                    }
-                    self.events.push_back(Event::CreationRefused { model, error });
+            ServerMessage::Response { to, response } => {
+                if let Some(request) = self.requests.remove(&to) {
+                    self.answered(request.purpose, Ok(response));
                 }
             }
+            ServerMessage::Error { to: Some(to), error } => {
+                if let Some(request) = self.requests.remove(&to) {
+                    self.answered(request.purpose, Err(error));
+                }
+            }
+            ServerMessage::Error { to: None, .. } => {}
+            ServerMessage::Request { id, request } => self.server_request(id, request),
             ServerMessage::Push(push) => self.handle_push(push),
-            ServerMessage::Error { to: None, .. } | ServerMessage::Request { .. } => {}
         }
     }
 
-    fn handle_response(&mut self, to: RequestId, response: ServerResponse) {
-        if let Some(model) = self.delete_requests.remove(&to) {
-            if response == ServerResponse::Done {
-                self.deletion_confirmed(model);
+    /// The server asks: pings are answered, and so is the data of a model being opened
+    /// with auto-create.
+    fn server_request(&mut self, id: RequestId, request: ServerRequest) {
+        let reply = match request {
+            ServerRequest::Ping => {
+                ClientMessage::Response { to: id, response: ClientResponse::Pong }
             }
-            return;
+            ServerRequest::AutoCreate { model } => {
+                match self.opens.get_mut(&model).and_then(|o| o.auto_create.take()) {
+                    Some((collection, data)) => ClientMessage::Response {
+                        to: id,
+                        response: ClientResponse::AutoCreate {
+                            collection,
+                            data,
+                            permissions: None,
+                        },
+                    },
+                    None => {
+                        let message = "this client has no data to create the model with";
+                        let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, message);
+                        ClientMessage::Error { to: Some(id), error }
+                    }
+                }
+            }
+        };
+        if self.is_connected() {
+            self.transmit.push_back(reply);
         }
-        if let ServerResponse::ModelCreated { model, .. } = &response {
-            if self.create_requests.remove(&to).as_ref() != Some(model) {
-                return;
-            }
-            let Some(entry) = self.models.get_mut(model) else { return };
-            entry.creation = None;
-            let collection = entry.replica.confirmed().collection.clone();
-            self.queue_batch(
-                model,
-                vec![StoreChange::CreationConfirmed { collection }],
-                None,
-                None,
-            );
-            self.events.push_back(Event::Created { model: model.clone() });
-            let model = model.clone();
-            self.start_resync(&model);
-            return;
+    }
+
+    /// The answer to one of our requests.
+    fn answered(&mut self, request: Request, answer: Result<ServerResponse, ErrorReply>) {
+        match request {
+            Request::Resync(model) => self.resync_answered(model, answer),
+            Request::Create(model) => self.create_answered(model, answer),
+            Request::Delete(model) => self.delete_answered(model, answer),
+            Request::Open(model) => self.opened(model, answer),
+            Request::Other => {}
         }
-        if let ServerResponse::ResyncStarted { model, in_flight_committed, .. } = response {
-            if self.resync_requests.remove(&to).as_ref() != Some(&model) {
-                return;
+    }
+
+    fn resync_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        match answer {
+            Ok(ServerResponse::ResyncStarted { model: answered, in_flight_committed, .. })
+                if answered == model =>
+            {
+                let Some(entry) = self.models.get_mut(&model) else { return };
+                entry.link = Link::Replaying;
+                if let Some(commit) = in_flight_committed {
+                    entry.replica.in_flight_committed_at(commit.version);
+                }
             }
-            let Some(entry) = self.models.get_mut(&model) else { return };
-            entry.link = Link::Replaying;
-            if let Some(commit) = in_flight_committed {
-                entry.replica.in_flight_committed_at(commit.version);
+            Ok(other) => {
+                self.violation(&model, format!("unexpected answer to a resync: {other:?}"))
+            }
+            // A deleted model is as gone as one that never was.
+            Err(error) if is_gone(&error) => self.gone(&model, error),
+            Err(error) => self.violation(&model, format!("resync refused: {error}")),
+        }
+    }
+
+    fn create_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        match answer {
+            Ok(ServerResponse::ModelCreated { model: answered, .. }) if answered == model => {
+                let Some(entry) = self.models.get_mut(&model) else { return };
+                entry.creation = None;
+                let collection = entry.replica.confirmed().collection.clone();
+                let change = StoreChange::CreationConfirmed { collection };
+                self.queue_batch(&model, vec![change], None, None);
+                self.domain_event(DomainEvent::Created { model: model.clone() });
+                self.start_resync(&model);
+            }
+            Ok(other) => {
+                self.violation(&model, format!("unexpected answer to a creation: {other:?}"))
+            }
+            Err(error) => {
+                // The local data stays, offline: the application decides what to do. A
+                // model loaded only to sync goes back to the store.
+                let background = self.models.get(&model).is_some_and(|m| m.background);
+                if background {
+                    self.models.remove(&model);
+                    self.count_synced();
+                    self.load_more();
+                } else if let Some(entry) = self.models.get_mut(&model) {
+                    entry.link = Link::Offline;
+                }
+                self.domain_event(DomainEvent::CreationRefused { model, error });
+            }
+        }
+    }
+
+    fn delete_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+        match answer {
+            Ok(ServerResponse::Done) => self.deletion_confirmed(model),
+            // Sent again after the next reconnection.
+            Ok(_) => {}
+            // Already gone: the same outcome.
+            Err(error) if is_gone(&error) => self.deletion_confirmed(model),
+            Err(error) => {
+                if let Some((collection, _)) = self.tombstones.remove(&model) {
+                    let change = StoreChange::Undelete { collection };
+                    self.queue_batch(&model, vec![change], None, None);
+                    self.domain_event(DomainEvent::DeletionRefused { model, error });
+                }
             }
         }
     }
@@ -627,17 +985,14 @@ impl ClientEngine {
             | ServerPush::RemoteOperation { model, .. }
                 if self.models.get(&model).is_none_or(|m| m.link != Link::Live) => {}
             ServerPush::Ack { model, seq, version, timestamp } => {
+                self.acks.remove(&model);
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
                     if !changes.is_empty() {
-                        self.events.push_back(Event::Acknowledged {
-                            model: model.clone(),
-                            seq,
-                            version,
-                        });
+                        self.model_event(&model, ModelEvent::Acknowledged { seq, version });
                         if self.models.get(&model).is_some_and(|m| !m.replica.has_unacknowledged())
                         {
-                            self.events.push_back(Event::Committed { model: model.clone() });
+                            self.model_event(&model, ModelEvent::Committed);
                         }
                     }
                     self.after_server_change(&model, changes);
@@ -650,6 +1005,7 @@ impl ClientEngine {
                 if entry.replica.in_flight_seq() != Some(seq) {
                     return;
                 }
+                self.acks.remove(&model);
                 // A refusal about the server's state, not about the change: the change is
                 // kept, and resyncing tells whether it was committed and sends it again.
                 let transient = matches!(
@@ -664,11 +1020,10 @@ impl ClientEngine {
                     return;
                 }
                 if let Some((operations, changes)) = entry.replica.reject_in_flight() {
-                    self.events.push_back(Event::Rejected {
-                        model: model.clone(),
-                        operations,
-                        error,
-                    });
+                    let rejected =
+                        DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
+                    self.model_event(&model, ModelEvent::Rejected { operations, error });
+                    self.domain_event(rejected);
                     self.queue_batch(&model, changes, None, None);
                     self.pump(&model);
                 }
@@ -690,8 +1045,9 @@ impl ClientEngine {
                     entry.link = Link::Live;
                     // A model synced in the background is not kept open at the server.
                     let open = !entry.background;
-                    self.send(ClientRequest::ResyncComplete { model: model.clone(), open });
-                    self.events.push_back(Event::ResyncCompleted { model: model.clone() });
+                    let request = ClientRequest::ResyncComplete { model: model.clone(), open };
+                    self.send(request, Request::Other);
+                    self.model_event(&model, ModelEvent::ResyncCompleted);
                     self.pump(&model);
                 }
             }
@@ -699,7 +1055,17 @@ impl ClientEngine {
             ServerPush::ModelForceClosed { model, code, message } => {
                 self.gone(&model, ErrorReply::new(code, message));
             }
-            _ => {}
+            ServerPush::CollaboratorOpened { model, collaborator } => {
+                self.model_event(&model, ModelEvent::CollaboratorOpened(collaborator));
+            }
+            ServerPush::CollaboratorClosed { model, session } => {
+                self.model_event(&model, ModelEvent::CollaboratorClosed(session));
+            }
+            // Not tracked yet: permissions and shared references. The connection's end
+            // after `SessionClosing` is handled as any lost connection.
+            ServerPush::PermissionsChanged { .. }
+            | ServerPush::RemoteReference { .. }
+            | ServerPush::SessionClosing { .. } => {}
         }
     }
 
@@ -723,14 +1089,14 @@ impl ClientEngine {
                 added.push(model);
             }
         }
-        if self.connected && !added.is_empty() {
+        if self.is_connected() && !added.is_empty() {
             let subscribe = self.known_models(added);
             let request = ClientRequest::SubscribeOffline {
                 subscribe,
                 unsubscribe: Vec::new(),
                 replace: false,
             };
-            self.send(request);
+            self.send(request, Request::Other);
         }
     }
 
@@ -741,13 +1107,13 @@ impl ClientEngine {
         for model in &removed {
             self.queue_batch(model, vec![StoreChange::Unsubscribe], None, None);
         }
-        if self.connected && !removed.is_empty() {
+        if self.is_connected() && !removed.is_empty() {
             let request = ClientRequest::SubscribeOffline {
                 subscribe: Vec::new(),
                 unsubscribe: removed,
                 replace: false,
             };
-            self.send(request);
+            self.send(request, Request::Other);
         }
     }
 
@@ -781,13 +1147,14 @@ impl ClientEngine {
                 self.subscriptions.remove(&model);
                 self.queue_batch(&model, vec![StoreChange::Unsubscribe], None, None);
                 let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no longer available");
-                self.events.push_back(Event::ModelGone { model, error });
+                self.model_event(&model, ModelEvent::Gone { error: error.clone() });
+                self.domain_event(DomainEvent::ModelGone { model, error });
             }
             _ if self.models.contains_key(&model) => {}
             OfflineUpdate::Snapshot { snapshot, .. } if known.is_none() => {
                 self.subscriptions.insert(model.clone(), Some(snapshot.version));
                 self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
-                self.events.push_back(Event::Downloaded { model });
+                self.domain_event(DomainEvent::Downloaded { model });
             }
             OfflineUpdate::Operations { .. } | OfflineUpdate::Snapshot { .. } => {
                 if known.is_some()
@@ -809,7 +1176,7 @@ impl ClientEngine {
         for (model, collection) in stored {
             self.tombstones.entry(model).or_insert((collection, None));
         }
-        if self.connected {
+        if self.is_connected() {
             let durable: Vec<ModelId> = self
                 .tombstones
                 .iter()
@@ -843,17 +1210,17 @@ impl ClientEngine {
     }
 
     fn send_delete(&mut self, model: &ModelId) {
-        if self.delete_requests.values().any(|m| m == model) {
+        let request = Request::Delete(model.clone());
+        if self.requests.values().any(|r| r.purpose == request) {
             return;
         }
-        let id = self.send(ClientRequest::DeleteModel { model: model.clone() });
-        self.delete_requests.insert(id, model.clone());
+        self.send(ClientRequest::DeleteModel { model: model.clone() }, request);
     }
 
     fn deletion_confirmed(&mut self, model: ModelId) {
         if self.tombstones.remove(&model).is_some() {
             self.queue_batch(&model, vec![StoreChange::Forget], None, None);
-            self.events.push_back(Event::Deleted { model });
+            self.domain_event(DomainEvent::Deleted { model });
         }
     }
 
@@ -867,7 +1234,8 @@ impl ClientEngine {
             self.count_synced();
             self.load_more();
         }
-        self.events.push_back(Event::ModelGone { model: model.clone(), error });
+        self.model_event(model, ModelEvent::Gone { error: error.clone() });
+        self.domain_event(DomainEvent::ModelGone { model: model.clone(), error });
     }
 
     /// Applies a committed operation; false if the model went offline over it.
@@ -884,22 +1252,21 @@ impl ClientEngine {
             Ok((None, changes)) => {
                 // The replay held our own submission: that was its ack.
                 if !entry.replica.has_unacknowledged() {
-                    self.events.push_back(Event::Committed { model: model.clone() });
+                    self.model_event(model, ModelEvent::Committed);
                 }
                 self.after_server_change(model, changes);
                 true
             }
             Ok((applied, changes)) => {
                 if let Some(applied) = applied {
-                    self.events.push_back(Event::RemoteOperation {
-                        model: model.clone(),
-                        author,
-                        operation: applied.operation,
-                        applied: applied.applied,
-                    });
+                    let changes =
+                        ModelEvent::changes(&applied.operation, &applied.applied, Some(author));
+                    for event in changes {
+                        self.model_event(model, event);
+                    }
                     if !applied.neutralised.is_empty() {
                         let seqs = applied.neutralised;
-                        self.events.push_back(Event::Neutralised { model: model.clone(), seqs });
+                        self.model_event(model, ModelEvent::Neutralised { seqs });
                     }
                 }
                 self.after_server_change(model, changes);
@@ -950,7 +1317,7 @@ impl ClientEngine {
                 self.load_more();
             }
         }
-        self.events.push_back(Event::ProtocolViolation { model: model.clone(), error });
+        self.domain_event(DomainEvent::ProtocolViolation { model: model.clone(), error });
     }
 
     /// Creates a model here, at version 0 of `data`, before the server knows it (offline or
@@ -979,26 +1346,11 @@ impl ClientEngine {
         let batch = self.next_batch_id();
         let created = StoreChange::Created { snapshot: snapshot.clone(), nonce };
         self.queue_batch(&model, vec![created], None, None);
-        let entry = Model {
-            replica: ModelReplica::new(snapshot),
-            link: Link::Offline,
-            background: false,
-            creation: Some(nonce),
-            creation_batch: Some(batch),
-        };
+        let mut entry = self.entry(ModelReplica::new(snapshot).into(), false);
+        entry.creation = Some(nonce);
+        entry.creation_batch = Some(batch);
         self.models.insert(model, entry);
         Ok(())
-    }
-
-    /// Takes into memory a model restored from the store whose creation the server has not
-    /// confirmed yet.
-    pub fn add_created_model(
-        &mut self,
-        model: ModelId,
-        replica: ModelReplica,
-        nonce: CreationNonce,
-    ) -> Result<(), EngineError> {
-        self.insert(model, replica, Some(nonce))
     }
 
     /// Brings a model on line: creates it at the server first when that is still owed.
@@ -1020,8 +1372,7 @@ impl ClientEngine {
             nonce,
             permissions: None,
         };
-        let id = self.send(request);
-        self.create_requests.insert(id, model.clone());
+        self.send(request, Request::Create(model.clone()));
     }
 
     fn start_resync(&mut self, model: &ModelId) {
@@ -1030,13 +1381,13 @@ impl ClientEngine {
         };
         entry.link = Link::Resyncing;
         entry.replica.mark_in_flight_unsent();
+        self.acks.remove(model);
         let in_flight =
             entry.replica.in_flight_seq().map(|seq| InFlight { replica: self.replica_id, seq });
         let known_version = entry.replica.confirmed_version();
-        let id =
-            self.send(ClientRequest::Resync { model: model.clone(), known_version, in_flight });
-        self.resync_requests.insert(id, model.clone());
-        self.events.push_back(Event::ResyncStarted { model: model.clone() });
+        let request = ClientRequest::Resync { model: model.clone(), known_version, in_flight };
+        self.send(request, Request::Resync(model.clone()));
+        self.model_event(model, ModelEvent::ResyncStarted);
     }
 
     /// Sends what the model may send — the in-flight submission once its boundary is
@@ -1048,10 +1399,11 @@ impl ClientEngine {
     }
 
     fn send_next(&mut self, model: &ModelId) {
+        let connected = self.is_connected();
         let Some(entry) = self.models.get_mut(model) else {
             return;
         };
-        if entry.link != Link::Live || !self.connected {
+        if entry.link != Link::Live || !connected {
             return;
         }
         if entry.replica.in_flight_seq().is_none()
@@ -1094,20 +1446,45 @@ impl ClientEngine {
         self.storage.push_back(StorageBatch { id, model: model.clone(), changes });
     }
 
-    /// Queues a request with a fresh id, and returns the id.
-    fn send(&mut self, request: ClientRequest) -> RequestId {
+    /// Queues a request with a fresh id, remembering what it is for.
+    fn send(&mut self, request: ClientRequest, purpose: Request) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
+        self.requests.insert(id, Outstanding { purpose, deadline: None });
         self.transmit.push_back(ClientMessage::Request { id, request });
-        id
+    }
+
+    fn model_event(&mut self, model: &ModelId, event: ModelEvent) {
+        self.events.push_back(Event::Model { model: model.clone(), event });
+    }
+
+    fn domain_event(&mut self, event: DomainEvent) {
+        self.events.push_back(Event::Domain(event));
     }
 
     pub fn poll_storage(&mut self) -> Option<StorageBatch> {
         self.storage.pop_front()
     }
 
-    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
-        self.transmit.pop_front()
+    /// The next message to send. `now` is when it leaves: its answer is due
+    /// [`EngineConfig::request_timeout`] later.
+    pub fn poll_transmit(&mut self, now: Time) -> Option<ClientMessage> {
+        let message = self.transmit.pop_front()?;
+        let deadline = now + self.config.request_timeout;
+        match &message {
+            ClientMessage::Request { id, .. } => {
+                if let Some(request) = self.requests.get_mut(id) {
+                    request.deadline.get_or_insert(deadline);
+                }
+            }
+            ClientMessage::Notice(ClientNotice::Submit { model, .. }) => {
+                self.acks.insert(model.clone(), deadline);
+            }
+            ClientMessage::Response { .. }
+            | ClientMessage::Error { .. }
+            | ClientMessage::Notice(_) => {}
+        }
+        Some(message)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -1119,4 +1496,24 @@ impl ClientEngine {
     pub fn poll_load(&mut self) -> Option<ModelId> {
         self.loads.pop_front()
     }
+}
+
+/// Whether the server's refusal says the model is not there (deleted counts as never was).
+fn is_gone(error: &ErrorReply) -> bool {
+    matches!(error.code, ErrorCode::MODEL_NOT_FOUND | ErrorCode::MODEL_DELETED)
+}
+
+/// The next element counter of `replica` in `document`: past every id it minted there.
+fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
+    document
+        .ids()
+        .filter(|id: &ElementId| id.replica == replica)
+        .map(|id| id.counter + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether a model still waits for the ack of a submission it sent.
+fn awaits_ack(model: &Model) -> bool {
+    model.link == Link::Live && model.replica.in_flight_sent()
 }

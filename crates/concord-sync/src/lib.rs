@@ -3,22 +3,30 @@
 //! [`Sequencer`].
 //!
 //! It does no I/O, reads no clock and draws no randomness: callers pass in what arrived
-//! (server messages, local changes, storage completions, the time) and carry out what comes
-//! back (messages to send, store changes to commit). It keeps no timers: reconnect backoff,
-//! heartbeats and request timeouts belong to the driver that owns the connection. The
-//! client's in-flight operation,
-//! transformed against remote operations as they arrive, equals the operation the server
-//! committed for it, so acks carry no operation.
+//! (server messages, local changes, storage completions, the time as a [`Time`]) and carry
+//! out what comes back (messages to send, store changes to commit, connections to open or
+//! close, events for the application, the next deadline). The engine owns the client side
+//! of the protocol and all of its timing — reconnect backoff, heartbeats, request timeouts
+//! — so a driver only moves bytes, store batches and the time. [`events`] is the one
+//! vocabulary of what applications hear. The client's in-flight operation, transformed
+//! against remote operations as they arrive, equals the operation the server committed for
+//! it, so acks carry no operation.
 
 mod engine;
+pub mod events;
 pub mod host;
 mod replica;
 mod sequencer;
 pub mod store;
+mod time;
 
-pub use engine::{BatchId, ClientEngine, EngineConfig, EngineError, Event, StorageBatch};
+pub use engine::{
+    Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, StorageBatch,
+};
+pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,
 };
 pub use sequencer::{CatchUp, CommitRecord, Sequencer, SequencerError, Submission, SubmitOutcome};
+pub use time::Time;

@@ -72,6 +72,9 @@ pub enum StoreChange {
     Subscribe,
     /// The model leaves the offline subscription set.
     Unsubscribe,
+    /// Local changes minted element ids up to here: the next id counter, persisted with
+    /// them so that no id is minted twice.
+    AdvanceElementCounter(u64),
 }
 
 /// A server message that does not fit the replica's state: a protocol violation.

@@ -1,24 +1,17 @@
 //! Between the replica's state and the offline store's records: [`StoreChange`]s become
-//! [`Mutation`]s, and a stored [`ModelState`] becomes the [`Persisted`] state a replica is
-//! restored from.
+//! [`Mutation`]s, and a stored [`ModelState`] becomes a [`Restored`] model ([`restore`]),
+//! the one way a stored model comes back into memory.
 
 use concord_ot::Document;
 use concord_protocol::{CollectionId, CreationNonce, ModelId, ModelSnapshot};
 use concord_storage::{CreationRecord, ModelRecord, ModelState, ModelSummary, Mutation, Snapshot};
 
 use crate::engine::StorageBatch;
-use crate::replica::{Persisted, StoreChange};
+use crate::replica::{ModelReplica, Persisted, ReplicaError, StoreChange};
 
-/// The mutations that carry out an engine batch. A batch recording local edits also
-/// persists `next_element_counter` (the model's id counter after them), so that an element
-/// id is never minted twice.
-pub fn batch_mutations(batch: StorageBatch, next_element_counter: Option<u64>) -> Vec<Mutation> {
-    let edits = batch.changes.iter().any(|c| matches!(c, StoreChange::AppendPending(_)));
-    let mut mutations = mutations(&batch.model, batch.changes);
-    if let (true, Some(next)) = (edits, next_element_counter) {
-        mutations.push(Mutation::AdvanceElementCounter { model: batch.model, next });
-    }
-    mutations
+/// The mutations that carry out an engine batch, atomically.
+pub fn batch_mutations(batch: StorageBatch) -> Vec<Mutation> {
+    mutations(&batch.model, batch.changes)
 }
 
 /// The models the store holds as deleted here and not yet confirmed, with their collection:
@@ -54,6 +47,40 @@ pub enum RestoreError {
     NoSnapshot(ModelId),
     #[error("the stored snapshot of model {model} is not a valid document: {error}")]
     InvalidSnapshot { model: ModelId, error: concord_ot::ValueError },
+    #[error("the stored history of model {model} does not replay: {error}")]
+    Replay { model: ModelId, error: ReplicaError },
+}
+
+/// A model rebuilt from the store, ready for [`ClientEngine::add_model`] or
+/// [`ClientEngine::handle_loaded`](crate::ClientEngine::handle_loaded).
+///
+/// [`ClientEngine::add_model`]: crate::ClientEngine::add_model
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub replica: ModelReplica,
+    /// The nonce of a creation made here that the server has not confirmed yet.
+    pub creation: Option<CreationNonce>,
+    /// The stored element-id counter: no id this replica minted in the model is above it.
+    pub next_element_counter: u64,
+}
+
+impl From<ModelReplica> for Restored {
+    /// A replica that is not from the store (downloaded or made in a test): no creation
+    /// owed, and element ids counted from the document's.
+    fn from(replica: ModelReplica) -> Restored {
+        Restored { replica, creation: None, next_element_counter: 0 }
+    }
+}
+
+/// Rebuilds a stored model: snapshot, then server operations, then pending operations
+/// ([`ModelReplica::restore`]), with its creation nonce and element-id counter.
+pub fn restore(state: ModelState) -> Result<Restored, RestoreError> {
+    let model = state.summary.record.id.clone();
+    let next_element_counter = state.summary.record.next_element_counter;
+    let creation = pending_creation(&state);
+    let replica = ModelReplica::restore(persisted(state)?)
+        .map_err(|error| RestoreError::Replay { model, error })?;
+    Ok(Restored { replica, creation, next_element_counter })
 }
 
 /// The store mutations that carry out `changes` for `model`, in order.
@@ -120,6 +147,9 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                 }
                 StoreChange::Subscribe => Mutation::Subscribe(vec![model]),
                 StoreChange::Unsubscribe => Mutation::Unsubscribe(vec![model]),
+                StoreChange::AdvanceElementCounter(next) => {
+                    Mutation::AdvanceElementCounter { model, next }
+                }
             };
             vec![one]
         })
@@ -127,7 +157,7 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
 }
 
 /// The nonce of a creation the server has not confirmed yet.
-pub fn pending_creation(state: &ModelState) -> Option<CreationNonce> {
+fn pending_creation(state: &ModelState) -> Option<CreationNonce> {
     state.creation.as_ref().map(|c| c.nonce)
 }
 
@@ -142,7 +172,7 @@ pub fn to_stored(snapshot: &ModelSnapshot) -> Snapshot {
 }
 
 /// What a replica is restored from, out of what the store holds for the model.
-pub fn persisted(state: ModelState) -> Result<Persisted, RestoreError> {
+fn persisted(state: ModelState) -> Result<Persisted, RestoreError> {
     let model = state.summary.record.id.clone();
     let snapshot = state.snapshot.ok_or_else(|| RestoreError::NoSnapshot(model.clone()))?;
     let data = Document::new(snapshot.root)

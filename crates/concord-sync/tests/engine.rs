@@ -8,14 +8,23 @@ use concord_ot::{
     DiscreteOperation, Document, IdGenerator, OperationKind, PathSegment, ReplicaId, Value,
 };
 use concord_protocol::{
-    ClientMessage, ClientNotice, CollectionId, ModelId, ModelSnapshot, ServerMessage, ServerPush,
-    SessionId, Timestamp,
+    ClientMessage, ClientNotice, CollectionId, ModelId, ModelSnapshot, ReconnectToken,
+    ServerMessage, ServerPush, Session, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::{
-    ClientEngine, EngineConfig, Event, ModelReplica, Sequencer, StoreChange, Submission,
-    SubmitOutcome,
+    ClientEngine, DomainEvent, EngineConfig, Event, ModelEvent, ModelReplica, Sequencer,
+    StoreChange, Submission, SubmitOutcome, Time,
 };
 use serde_json::json;
+
+fn session() -> Session {
+    Session {
+        session: SessionId("s".into()),
+        user: User { id: UserId("u".into()), display_name: None, anonymous: false },
+        reconnect_token: ReconnectToken("t".into()),
+        server_version: "test".into(),
+    }
+}
 
 /// A model `{"n": 1}` at version 0, loaded in a connected engine whose resync request was
 /// answered with `ResyncStarted { current_version }`.
@@ -31,18 +40,23 @@ fn engine_resyncing(current_version: u64) -> Result<(ClientEngine, ModelId, Mode
     };
     let model = ModelId::new("m")?;
     let mut engine = ClientEngine::new(ReplicaId(1), EngineConfig::default());
-    engine.add_model(model.clone(), ModelReplica::new(snapshot.clone()))?;
-    engine.handle_connected(Vec::new(), Vec::new());
-    let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit() else { panic!("resync") };
-    engine.handle_message(ServerMessage::Response {
-        to: id,
-        response: concord_protocol::ServerResponse::ResyncStarted {
-            model: model.clone(),
-            current_version,
-            in_flight_committed: None,
-            permissions: concord_protocol::Permissions::ALL,
+    engine.add_model(model.clone(), ModelReplica::new(snapshot.clone()).into())?;
+    engine.handle_connected(Time::ZERO, &session(), Vec::new(), Vec::new());
+    let Some(ClientMessage::Request { id, .. }) = engine.poll_transmit(Time::ZERO) else {
+        panic!("resync")
+    };
+    engine.handle_message(
+        Time::ZERO,
+        ServerMessage::Response {
+            to: id,
+            response: concord_protocol::ServerResponse::ResyncStarted {
+                model: model.clone(),
+                current_version,
+                in_flight_committed: None,
+                permissions: concord_protocol::Permissions::ALL,
+            },
         },
-    });
+    );
     Ok((engine, model, snapshot))
 }
 
@@ -53,29 +67,33 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
     let mut server = Sequencer::new(model.clone(), snapshot, BTreeMap::new(), 10);
     // The resync finds nothing missed.
     let last_page = ServerPush::ResyncPage { model: model.clone(), operations: vec![], last: true };
-    engine.handle_message(ServerMessage::Push(last_page));
-    while engine.poll_transmit().is_some() {}
+    engine.handle_message(Time::ZERO, ServerMessage::Push(last_page));
+    while engine.poll_transmit(Time::ZERO).is_some() {}
     while engine.poll_event().is_some() {}
 
     let n = data.element_at(&[PathSegment::Key("n".into())]).unwrap();
     let delta = DiscreteOperation::new(n, OperationKind::NumberDelta { delta: 2.0 });
-    let (seq, _) = engine.local_change(&model, delta.into())?;
-    assert_eq!(engine.poll_event(), Some(Event::Modified { model: model.clone() }));
+    let seq = engine.local_change(&model, delta.into())?;
+    let modified = Event::Model { model: model.clone(), event: ModelEvent::Modified };
+    assert_eq!(engine.poll_event(), Some(modified));
     let batch = engine.poll_storage().expect("the change is stored first");
     assert!(matches!(batch.changes[..], [StoreChange::AppendPending(_)]));
-    assert!(engine.poll_transmit().is_none(), "nothing leaves before the store is durable");
+    assert!(
+        engine.poll_transmit(Time::ZERO).is_none(),
+        "nothing leaves before the store is durable"
+    );
 
     engine.handle_durable(batch.id);
     let boundary = engine.poll_storage().expect("then the in-flight boundary");
     assert_eq!(boundary.changes, vec![StoreChange::SetInFlight(Some(seq))]);
-    assert!(engine.poll_transmit().is_none(), "nor before the boundary is");
+    assert!(engine.poll_transmit(Time::ZERO).is_none(), "nor before the boundary is");
     engine.handle_durable(boundary.id);
     let Some(ClientMessage::Notice(ClientNotice::Submit {
         seq: sent,
         base_version,
         operation,
         ..
-    })) = engine.poll_transmit()
+    })) = engine.poll_transmit(Time::ZERO)
     else {
         panic!("the submission goes out")
     };
@@ -97,11 +115,12 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
         version: record.operation.version,
         timestamp: Timestamp(5),
     };
-    engine.handle_message(ServerMessage::Push(ack));
+    engine.handle_message(Time::ZERO, ServerMessage::Push(ack));
     let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
-    assert!(events.contains(&Event::Stored { model: model.clone(), seq }));
-    assert!(events.contains(&Event::Acknowledged { model: model.clone(), seq, version: 1 }));
-    assert!(events.contains(&Event::Committed { model: model.clone() }));
+    let of_model = |event| Event::Model { model: model.clone(), event };
+    assert!(events.contains(&of_model(ModelEvent::Stored { seq })));
+    assert!(events.contains(&of_model(ModelEvent::Acknowledged { seq, version: 1 })));
+    assert!(events.contains(&of_model(ModelEvent::Committed)));
     assert!(engine.is_settled(&model));
     assert_eq!(engine.model(&model).unwrap().local(), server.document());
     Ok(())
@@ -121,13 +140,12 @@ fn a_protocol_violation_releases_the_model_for_a_reload_from_the_store() -> Resu
     };
     let page =
         ServerPush::ResyncPage { model: model.clone(), operations: vec![operation], last: true };
-    engine.handle_message(ServerMessage::Push(page));
+    engine.handle_message(Time::ZERO, ServerMessage::Push(page));
     let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, Event::ProtocolViolation { model: m, .. } if *m == model))
-    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Domain(DomainEvent::ProtocolViolation { model: m, .. }) if *m == model
+    )));
     assert!(engine.model(&model).is_none(), "released, to be reloaded from the store");
     assert!(engine.poll_storage().is_none(), "nothing half-applied reaches the store");
     Ok(())

@@ -16,10 +16,12 @@ use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, CollectionId, ModelId, ModelSnapshot, Permissions,
     ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp,
 };
+use concord_protocol::{ReconnectToken, Session, User, UserId};
 use concord_storage::faults::{Fault, Faults, FaultyAdapter, InjectedFault};
 use concord_storage::{Batch, MemoryAdapter, Mutation, OfflineStore, StorageAdapter, StorageError};
 use concord_sync::{
-    ClientEngine, EngineConfig, Event, ModelReplica, Sequencer, Submission, SubmitOutcome, store,
+    ClientEngine, EngineConfig, Event, ModelEvent, ModelReplica, Sequencer, Submission,
+    SubmitOutcome, Time, store,
 };
 use pollster::block_on;
 use serde_json::json;
@@ -45,6 +47,11 @@ fn snapshot() -> Result<ModelSnapshot> {
         modified_at: Timestamp(0),
         data,
     })
+}
+
+/// Time stands still here: nothing times out.
+fn now() -> Time {
+    Time::from_millis(0)
 }
 
 fn n(document: &Document) -> f64 {
@@ -136,8 +143,15 @@ impl Client {
             store,
             events: vec![],
         };
-        client.engine.add_downloaded(model(), snapshot()?)?;
-        assert!(client.flush()?);
+        // The model as downloaded before: its record and snapshot in the store.
+        let snapshot = snapshot()?;
+        let record = concord_storage::ModelRecord::new(model(), snapshot.collection.clone());
+        let stored = store::to_stored(&snapshot);
+        let batch = Batch::new()
+            .with(Mutation::PutModel(record))
+            .with(Mutation::PutSnapshot { model: model(), snapshot: stored });
+        block_on(client.store.commit(batch))?;
+        client.engine.add_model(model(), ModelReplica::new(snapshot).into())?;
         Ok(client)
     }
 
@@ -146,9 +160,8 @@ impl Client {
         let store = block_on(adapter.open(&key()))?;
         let replica = block_on(store.replica_id())?.expect("stored");
         let state = block_on(store.load_model(&model()))?.expect("stored");
-        let replica_state = ModelReplica::restore(store::persisted(state)?)?;
         let mut engine = ClientEngine::new(replica, EngineConfig::default());
-        engine.add_model(model(), replica_state)?;
+        engine.add_model(model(), store::restore(state)?)?;
         Ok(Client { engine, store, events: Vec::new() })
     }
 
@@ -158,7 +171,7 @@ impl Client {
         let target = document.element_at(&[PathSegment::Key("n".into())]).expect("n");
         let delta = f64::from(1u32 << k);
         let operation = DiscreteOperation::new(target, OperationKind::NumberDelta { delta });
-        Ok(self.engine.local_change(&model(), operation.into())?.0)
+        Ok(self.engine.local_change(&model(), operation.into())?)
     }
 
     /// Commits every queued batch as one group, and reports them durable if it returned;
@@ -170,7 +183,7 @@ impl Client {
             let mut last = None;
             while let Some(batch) = self.engine.poll_storage() {
                 last = Some(batch.id);
-                batches.push(Batch { mutations: store::batch_mutations(batch, None) });
+                batches.push(Batch { mutations: store::batch_mutations(batch) });
             }
             let Some(last) = last else { return Ok(committed) };
             block_on(self.store.commit_group(batches))?;
@@ -181,7 +194,7 @@ impl Client {
 
     /// What the engine sends now; its events go to `events`.
     fn outgoing(&mut self) -> Vec<ClientMessage> {
-        let outgoing = std::iter::from_fn(|| self.engine.poll_transmit()).collect();
+        let outgoing = std::iter::from_fn(|| self.engine.poll_transmit(now())).collect();
         self.events.extend(std::iter::from_fn(|| self.engine.poll_event()));
         outgoing
     }
@@ -190,7 +203,13 @@ impl Client {
         let summaries = block_on(self.store.models())?;
         let loaded: Vec<&ModelId> = self.engine.models().collect();
         let with_changes = store::with_changes(&summaries, &loaded);
-        self.engine.handle_connected(with_changes, store::tombstones(&summaries));
+        let session = Session {
+            session: SessionId("s".into()),
+            user: User { id: UserId("user".into()), display_name: None, anonymous: false },
+            reconnect_token: ReconnectToken("token".into()),
+            server_version: "test".into(),
+        };
+        self.engine.handle_connected(now(), &session, with_changes, store::tombstones(&summaries));
         Ok(())
     }
 
@@ -209,7 +228,7 @@ impl Client {
             }
             for message in outgoing {
                 for reply in server.handle(message)? {
-                    self.engine.handle_message(reply);
+                    self.engine.handle_message(now(), reply);
                 }
             }
         }
@@ -217,7 +236,7 @@ impl Client {
 
     fn stored_seqs(&self) -> Vec<u64> {
         let stored = |e: &Event| match e {
-            Event::Stored { seq, .. } => Some(*seq),
+            Event::Model { event: ModelEvent::Stored { seq }, .. } => Some(*seq),
             _ => None,
         };
         self.events.iter().filter_map(stored).collect()
@@ -262,7 +281,7 @@ fn a_failed_commit_is_neither_reported_stored_nor_sent() -> Result<()> {
     assert_injected(client.exchange(&mut server)?, Fault::Clean);
     assert!(!client.stored_seqs().contains(&seq), "a failed commit is not reported stored");
     assert_eq!(client.engine.model(&model()).expect("loaded").durable_seq(), 3);
-    assert!(client.engine.poll_transmit().is_none(), "nothing depending on it is sent");
+    assert!(client.engine.poll_transmit(now()).is_none(), "nothing depending on it is sent");
     assert_eq!(server.n(), 7.0);
 
     // The client restarts from its store: without the change it never reported stored.
@@ -338,7 +357,7 @@ fn a_failed_acknowledgement_commit_sends_nothing_twice() -> Result<()> {
     let applied = server.n();
     faults.fail_next(Fault::Clean);
     for reply in replies {
-        client.engine.handle_message(reply);
+        client.engine.handle_message(now(), reply);
     }
     assert_injected(client.flush().map(drop), Fault::Clean);
     faults.crash();

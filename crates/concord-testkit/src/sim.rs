@@ -18,16 +18,17 @@ mod server;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use concord_ot::{IdGenerator, ReplicaId};
+use concord_ot::ReplicaId;
 use concord_protocol::{
     ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, ModelId, ModelSnapshot,
-    PermissionGrants, ServerMessage, Timestamp, User, UserId,
+    PermissionGrants, ReconnectToken, ServerMessage, Session, Timestamp, User, UserId,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::host::{ConnId, HostConfig, SessionLimits, Write};
 use concord_sync::{
-    ClientEngine, EngineConfig, EngineError, Event, ModelReplica, StorageBatch, StoreChange, store,
+    ClientEngine, DomainEvent, EngineConfig, EngineError, Event, ModelReplica, StorageBatch,
+    StoreChange, Time, store, store::Restored,
 };
 
 use self::server::{Sent, SimServer};
@@ -111,13 +112,12 @@ struct Client {
     replica: ReplicaId,
     /// `None` after a crash, until restarted from the store.
     engine: Option<ClientEngine>,
-    ids: BTreeMap<ModelId, IdGenerator>,
     /// The real memory backend; it survives the engine's crashes, like a disk.
     store: MemoryStore,
     /// Every model the client's store holds.
     model_ids: Vec<ModelId>,
-    /// Batches on their way to durability, with the id counter to persist.
-    queue: VecDeque<(StorageBatch, Option<u64>)>,
+    /// Batches on their way to durability.
+    queue: VecDeque<StorageBatch>,
     /// The connection the client uses, if any.
     connection: Option<ConnId>,
     /// What is on its way to the server, per connection: in order on one connection, in
@@ -209,19 +209,18 @@ impl Sim {
                 let store = adapter.open_store(&key).map_err(|e| e.to_string())?;
                 let mut batch = Batch { mutations: vec![Mutation::SetReplicaId(replica)] };
                 for (id, snapshot) in &initial {
-                    engine.add_model(id.clone(), ModelReplica::new(snapshot.clone())).expect("new");
+                    engine
+                        .add_model(id.clone(), ModelReplica::new(snapshot.clone()).into())
+                        .expect("new");
                     let record = ModelRecord::new(id.clone(), snapshot.collection.clone());
                     batch.mutations.push(Mutation::PutModel(record));
                     let snapshot = store::to_stored(snapshot);
                     batch.mutations.push(Mutation::PutSnapshot { model: id.clone(), snapshot });
                 }
                 block_on(store.commit(batch)).map_err(|e| e.to_string())?;
-                let ids =
-                    initial.keys().map(|id| (id.clone(), IdGenerator::new(replica, 0))).collect();
                 Ok(Client {
                     replica,
                     engine: Some(engine),
-                    ids,
                     store,
                     model_ids: initial.keys().cloned().collect(),
                     queue: VecDeque::new(),
@@ -402,8 +401,8 @@ impl Sim {
                         document.to_json()
                     ));
                 }
-                let (stored, _, _) = client.restore(id)?;
-                if *stored.local() != document {
+                let stored = client.restore(id)?;
+                if *stored.replica.local() != document {
                     return Err(format!("{who}: the store rebuilds a different model"));
                 }
                 let committed_through =
@@ -446,7 +445,6 @@ impl Sim {
             Err(EngineError::DeletionPending(_)) => return Ok(()),
             Err(e) => return Err(e.to_string()),
         }
-        client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
         // A new model under an id this client may have had before: its own history.
         client.max_durable_seq.remove(&model);
         client.model_ids.push(model);
@@ -508,10 +506,12 @@ impl Sim {
             return Ok(());
         }
         let model = models[self.rng.below(models.len())].clone();
-        let doc = engine.model(&model).expect("listed").local().clone();
-        let ids = client.ids.get_mut(&model).expect("one per model");
-        let op = gen_operation_with(&mut self.rng, &doc, ids, None);
-        engine.local_change(&model, op).map_err(|e| format!("local edit failed: {e}"))?;
+        let rng = &mut self.rng;
+        engine
+            .local_edit(&model, |doc, ids| {
+                Ok::<_, EngineError>(gen_operation_with(rng, doc, ids, None))
+            })
+            .map_err(|e| format!("local edit failed: {e}"))?;
         self.stats.local_edits += 1;
         self.drain(i)
     }
@@ -543,9 +543,9 @@ impl Sim {
         }
         self.flush_all(i)?;
         let client = &mut self.clients[i];
-        let (replica, _, creation) = client.restore(model)?;
+        let restored = client.restore(model)?;
         let engine = client.engine.as_mut().expect("checked");
-        add(engine, model.clone(), replica, creation)?;
+        engine.add_model(model.clone(), restored).map_err(|e| e.to_string())?;
         self.drain(i)
     }
 
@@ -568,23 +568,23 @@ impl Sim {
             }
             self.flush_all(i)?;
             let client = &mut self.clients[i];
-            let (replica, _, creation) = client.restore(&model)?;
+            let restored = client.restore(&model)?;
             let engine = client.engine.as_mut().expect("checked");
-            engine.handle_loaded(model, Some((replica, creation)));
+            engine.handle_loaded(model, Some(restored));
             self.drain_outputs(i)?;
         }
     }
 
     fn drain_outputs(&mut self, i: usize) -> Result<(), String> {
+        let now = self.time();
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else {
             return Ok(());
         };
         while let Some(batch) = engine.poll_storage() {
-            let counter = client.ids.get(&batch.model).map(IdGenerator::next_counter);
-            client.queue.push_back((batch, counter));
+            client.queue.push_back(batch);
         }
-        while let Some(message) = engine.poll_transmit() {
+        while let Some(message) = engine.poll_transmit(Time::from_millis(now)) {
             if let Some(connection) = client.connection {
                 client.to_server.entry(connection).or_default().push_back(Wire::Message(message));
             }
@@ -593,28 +593,29 @@ impl Sim {
             if let Some(trace) = &mut self.trace {
                 trace.push(format!("  client {i} event: {event:?}"));
             }
+            let Event::Domain(event) = event else { continue };
             match event {
                 // Edits of a model someone deleted meanwhile are refused: expected.
-                Event::Rejected { error, .. } if error.code == ErrorCode::MODEL_NOT_FOUND => {}
-                Event::Rejected { model, error, .. } => {
+                DomainEvent::ChangesRejected { error, .. }
+                    if error.code == ErrorCode::MODEL_NOT_FOUND => {}
+                DomainEvent::ChangesRejected { model, error } => {
                     return Err(format!(
                         "replica {:?}: {model}: a submission was rejected: {error}",
                         client.replica
                     ));
                 }
-                Event::ProtocolViolation { model, error } => {
+                DomainEvent::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
                 }
-                Event::Downloaded { model } => {
-                    client.ids.insert(model.clone(), IdGenerator::new(client.replica, 0));
+                DomainEvent::Downloaded { model } => {
                     client.max_durable_seq.remove(&model);
                     client.model_ids.push(model);
                     self.stats.downloads += 1;
                 }
-                Event::DeletionRefused { model, error } => {
+                DomainEvent::DeletionRefused { model, error } => {
                     return Err(format!("{model}: deletion refused: {error}"));
                 }
-                Event::CreationRefused { model, error } => {
+                DomainEvent::CreationRefused { model, error } => {
                     if error.code != ErrorCode::MODEL_ALREADY_EXISTS {
                         return Err(format!("{model}: creation refused: {error}"));
                     }
@@ -630,7 +631,7 @@ impl Sim {
     /// Makes the oldest queued batch durable.
     fn flush_one(&mut self, i: usize) -> Result<(), String> {
         let client = &mut self.clients[i];
-        let Some((batch, counter)) = client.queue.pop_front() else {
+        let Some(batch) = client.queue.pop_front() else {
             return Ok(());
         };
         for change in &batch.changes {
@@ -640,8 +641,7 @@ impl Sim {
             }
         }
         let id = batch.id;
-        // Ids are minted by local edits: their batches carry the counter.
-        let mutations = store::batch_mutations(batch, counter);
+        let mutations = store::batch_mutations(batch);
         block_on(client.store.commit(Batch { mutations }))
             .map_err(|e| format!("the store refused the engine's batch: {e}"))?;
         if let Some(engine) = &mut client.engine {
@@ -651,12 +651,14 @@ impl Sim {
     }
 
     fn connect(&mut self, i: usize) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else {
             return Ok(());
         };
         let user = User { id: UserId(format!("user-{i}")), display_name: None, anonymous: false };
-        let conn = self.server.connect(user);
+        let accepted = self.server.connect(user);
+        let conn = accepted.conn;
         self.owners.insert(conn, i);
         client.connection = Some(conn);
         client.to_client.clear();
@@ -664,17 +666,24 @@ impl Sim {
         let loaded: Vec<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
         let with_changes = store::with_changes(&summaries, &loaded);
-        engine.handle_connected(with_changes, store::tombstones(&summaries));
+        let session = Session {
+            session: accepted.session,
+            user: accepted.user,
+            reconnect_token: ReconnectToken(format!("{i}")),
+            server_version: "sim".into(),
+        };
+        engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
         self.drain(i)
     }
 
     fn disconnect(&mut self, i: usize) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
         self.stats.disconnects += 1;
         let client = &mut self.clients[i];
         let Some(conn) = client.connection.take() else { return Ok(()) };
         client.to_client.clear();
         if let Some(engine) = &mut client.engine {
-            engine.handle_disconnected();
+            engine.handle_disconnected(now);
         }
         // What was on its way to the server may still arrive, late, or twice, or be lost;
         // then the server notices the close.
@@ -734,14 +743,18 @@ impl Sim {
             .collect();
         // The application reopens some of its models; the others sync in the background.
         for id in client.model_ids.clone() {
-            let (replica, next_counter, creation) = client.restore(&id)?;
-            client.ids.insert(id.clone(), IdGenerator::new(client.replica, next_counter));
             if self.rng.flip() {
-                add(&mut engine, id, replica, creation)?;
+                let restored = client.restore(&id)?;
+                engine.add_model(id, restored).map_err(|e| e.to_string())?;
             }
         }
         client.engine = Some(engine);
         Ok(())
+    }
+
+    /// The engines' clock: the step counter, as milliseconds.
+    fn time(&self) -> u64 {
+        self.now as u64
     }
 
     fn note(&mut self, line: impl FnOnce() -> String) {
@@ -751,6 +764,7 @@ impl Sim {
     }
 
     fn deliver_to_client(&mut self, i: usize) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
         if let Some(message) = self.clients[i].to_client.front() {
             let line = format!("  -> client {i}: {message:?}");
             self.note(|| line);
@@ -762,7 +776,7 @@ impl Sim {
         let Some(message) = client.to_client.pop_front() else {
             return Ok(());
         };
-        engine.handle_message(message);
+        engine.handle_message(now, message);
         self.drain(i)
     }
 
@@ -864,38 +878,17 @@ fn engine_config(config: Config) -> EngineConfig {
         max_batch_parts: config.max_batch,
         compact_every: config.compact_every,
         sync_concurrency: 2,
+        ..EngineConfig::default()
     }
 }
 
 impl Client {
-    /// Rebuilds a model from the store, with the id counter to continue from.
-    /// Also returns the nonce of a creation the server has not confirmed.
-    fn restore(
-        &self,
-        model: &ModelId,
-    ) -> Result<(ModelReplica, u64, Option<CreationNonce>), String> {
+    /// Rebuilds a model from the store.
+    fn restore(&self, model: &ModelId) -> Result<Restored, String> {
         let state = block_on(self.store.load_model(model))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("replica {:?}: {model} is not in the store", self.replica))?;
-        let next_counter = state.summary.record.next_element_counter;
-        let creation = store::pending_creation(&state);
-        let persisted = store::persisted(state).map_err(|e| e.to_string())?;
-        let replica = ModelReplica::restore(persisted)
-            .map_err(|e| format!("replica {:?}: restoring {model} failed: {e}", self.replica))?;
-        Ok((replica, next_counter, creation))
+        store::restore(state)
+            .map_err(|e| format!("replica {:?}: restoring {model} failed: {e}", self.replica))
     }
-}
-
-/// Takes a restored model into the engine, as created-here when its creation is owed.
-fn add(
-    engine: &mut ClientEngine,
-    model: ModelId,
-    replica: ModelReplica,
-    creation: Option<CreationNonce>,
-) -> Result<(), String> {
-    match creation {
-        Some(nonce) => engine.add_created_model(model, replica, nonce),
-        None => engine.add_model(model, replica),
-    }
-    .map_err(|e| e.to_string())
 }

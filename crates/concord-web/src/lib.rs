@@ -12,9 +12,11 @@
 
 #![cfg(target_arch = "wasm32")]
 
+mod events;
+
 use concord_client::{
-    ClientError, CollectionId, Domain as ClientDomain, DomainEvent, Edit, Element, Kind,
-    ModelEvent, ModelId, PathSegment, RealTimeModel as ClientModel,
+    ClientError, CollectionId, Domain as ClientDomain, Edit, Element, Kind, ModelId, PathSegment,
+    RealTimeModel as ClientModel,
 };
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -108,7 +110,7 @@ impl Domain {
 
     /// `"disconnected"`, `"connecting"`, `"connected"` or `"reconnecting"`.
     pub fn state(&self) -> String {
-        format!("{:?}", self.inner.state()).to_lowercase()
+        events::state_name(&self.inner.state()).to_owned()
     }
 
     pub fn models(&self) -> ModelService {
@@ -116,31 +118,14 @@ impl Domain {
     }
 
     /// Calls `callback(event)` for each domain event: `{ type: "state", state }`,
-    /// `{ type: "syncProgress", done, total }`, `{ type: "created" | "deleted" | ..., model }`.
+    /// `{ type: "syncProgress", done, total }`, `{ type: "created" | "deleted" | ..., model }`
+    /// — every kind is listed in `docs/web.md`.
     #[wasm_bindgen(js_name = onEvent)]
     pub fn on_event(&self, callback: js_sys::Function) {
-        let mut events = self.inner.events();
+        let mut stream = self.inner.events();
         wasm_bindgen_futures::spawn_local(async move {
-            while let Some(event) = events.next().await {
-                let json = match event {
-                    DomainEvent::State(state) => {
-                        serde_json::json!({ "type": "state", "state": format!("{state:?}").to_lowercase() })
-                    }
-                    DomainEvent::SyncProgress { done, total } => {
-                        serde_json::json!({ "type": "syncProgress", "done": done, "total": total })
-                    }
-                    DomainEvent::Created { model } => {
-                        serde_json::json!({ "type": "created", "model": model.as_str() })
-                    }
-                    DomainEvent::Deleted { model } => {
-                        serde_json::json!({ "type": "deleted", "model": model.as_str() })
-                    }
-                    DomainEvent::Downloaded { model } => {
-                        serde_json::json!({ "type": "downloaded", "model": model.as_str() })
-                    }
-                    other => serde_json::json!({ "type": "other", "detail": format!("{other:?}") }),
-                };
-                if let Ok(value) = to_js(&json) {
+            while let Some(event) = stream.next().await {
+                if let Ok(value) = to_js(&events::domain_event(event)) {
                     let _ = callback.call1(&JsValue::NULL, &value);
                 }
             }
@@ -288,29 +273,14 @@ impl RealTimeModel {
     }
 
     /// Calls `callback(event)` for each model event: `{ type: "changed", element, local,
-    /// author }`, `{ type: "committed" }`, `{ type: "online" | "offline" }`, ...
+    /// author }`, `{ type: "committed" }`, `{ type: "online" | "offline" }`, ... — every
+    /// kind is listed in `docs/web.md`.
     #[wasm_bindgen(js_name = onEvent)]
     pub fn on_event(&self, callback: js_sys::Function) {
-        let mut events = self.inner.events();
+        let mut stream = self.inner.events();
         wasm_bindgen_futures::spawn_local(async move {
-            while let Some(event) = events.next().await {
-                let json = match event {
-                    ModelEvent::Changed { element, author, .. } => serde_json::json!({
-                        "type": "changed",
-                        "element": format!("{}:{}", element.replica.0, element.counter),
-                        "local": author.is_none(),
-                        "author": author.map(|a| a.0),
-                    }),
-                    ModelEvent::Committed => serde_json::json!({ "type": "committed" }),
-                    ModelEvent::Modified => serde_json::json!({ "type": "modified" }),
-                    ModelEvent::Online => serde_json::json!({ "type": "online" }),
-                    ModelEvent::Offline => serde_json::json!({ "type": "offline" }),
-                    ModelEvent::Acknowledged { seq, version } => {
-                        serde_json::json!({ "type": "acknowledged", "seq": seq, "version": version })
-                    }
-                    other => serde_json::json!({ "type": "other", "detail": format!("{other:?}") }),
-                };
-                if let Ok(value) = to_js(&json) {
+            while let Some(event) = stream.next().await {
+                if let Ok(value) = to_js(&events::model_event(event)) {
                     let _ = callback.call1(&JsValue::NULL, &value);
                 }
             }

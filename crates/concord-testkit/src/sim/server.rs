@@ -67,7 +67,7 @@ impl SimServer {
     }
 
     /// A new connection whose handshake authenticated `user`.
-    pub(super) fn connect(&mut self, user: User) -> ConnId {
+    pub(super) fn connect(&mut self, user: User) -> SessionRef {
         self.next_conn += 1;
         let conn = self.next_conn;
         let session = SessionRef { conn, session: SessionId(format!("session-{conn}")), user };
@@ -75,8 +75,8 @@ impl SimServer {
             writes: vec![Write::PutUser { user: session.user.clone() }],
             ..Job::default()
         });
-        self.sessions.insert(conn, SessionHost::new(session, self.limits));
-        conn
+        self.sessions.insert(conn, SessionHost::new(session.clone(), self.limits));
+        session
     }
 
     pub(super) fn is_connected(&self, conn: ConnId) -> bool {

@@ -1,0 +1,748 @@
+//! The engine's connection and its time, on a clock the test moves by hand: reconnect
+//! backoff, heartbeats, a silent server, a timeout for every kind of request, opening a
+//! model only the server has (with and without auto-create), answering the server's pings,
+//! and the element-id counter across a restore from a real (memory) store.
+//!
+//! The server's side is played by hand: each test answers what the engine sent, or does
+//! not.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use concord_ot::{
+    DiscreteOperation, Document, ElementId, IdGenerator, OperationKind, PathSegment, ReplicaId,
+    Value,
+};
+use concord_protocol::{
+    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
+    ErrorCode, ErrorReply, HandshakeRejection, ModelId, ModelSnapshot, OpenedModel, Permissions,
+    ReconnectToken, RequestId, ServerMessage, ServerPush, ServerRequest, ServerResponse, Session,
+    SessionId, Timestamp, User, UserId,
+};
+use concord_storage::memory::MemoryStore;
+use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
+use concord_sync::{
+    Action, ClientEngine, ConnectionState, DisconnectReason, DomainEvent, EngineConfig, Event,
+    ModelEvent, ModelReplica, OpenFailure, StorageBatch, StoreChange, Time, store,
+};
+use pollster::block_on;
+use serde_json::json;
+
+const REPLICA: ReplicaId = ReplicaId(1);
+
+fn at(millis: u64) -> Time {
+    Time::from_millis(millis)
+}
+
+/// Short, distinct durations, so that each deadline can be told apart.
+fn config() -> EngineConfig {
+    EngineConfig {
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(800),
+        heartbeat: Duration::from_secs(1),
+        silence_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(2),
+        ..EngineConfig::default()
+    }
+}
+
+fn credentials() -> Auth {
+    Auth::Jwt("alice's token".into())
+}
+
+fn token() -> ReconnectToken {
+    ReconnectToken("reconnect".into())
+}
+
+fn session() -> Session {
+    Session {
+        session: SessionId("s1".into()),
+        user: User { id: UserId("alice".into()), display_name: None, anonymous: false },
+        reconnect_token: token(),
+        server_version: "test".into(),
+    }
+}
+
+fn id(name: &str) -> ModelId {
+    ModelId::new(name).expect("a valid id")
+}
+
+fn notes() -> CollectionId {
+    CollectionId::new("notes").expect("a valid id")
+}
+
+/// `{"n": 1, "list": []}`, made by another replica.
+fn snapshot() -> Result<ModelSnapshot> {
+    let mut ids = IdGenerator::new(ReplicaId(0), 0);
+    let data = Document::new(Value::from_json(&json!({"n": 1, "list": []}), &mut ids)?)?;
+    Ok(ModelSnapshot {
+        collection: notes(),
+        version: 0,
+        created_at: Timestamp(0),
+        modified_at: Timestamp(0),
+        data,
+    })
+}
+
+fn number_delta(document: &Document) -> concord_ot::Operation {
+    let n = document.element_at(&[PathSegment::Key("n".into())]).expect("n");
+    DiscreteOperation::new(n, OperationKind::NumberDelta { delta: 1.0 }).into()
+}
+
+/// What one turn of the engine produced: batches (made durable at once), messages sent at
+/// the turn's time, events and actions.
+#[derive(Debug, Default)]
+struct Turn {
+    batches: Vec<StorageBatch>,
+    sent: Vec<ClientMessage>,
+    events: Vec<Event>,
+    actions: Vec<Action>,
+}
+
+impl Turn {
+    fn requests(&self) -> impl Iterator<Item = (RequestId, &ClientRequest)> {
+        self.sent.iter().filter_map(|m| match m {
+            ClientMessage::Request { id, request } => Some((*id, request)),
+            _ => None,
+        })
+    }
+
+    fn states(&self) -> Vec<ConnectionState> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Domain(DomainEvent::State(state)) => Some(state.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Drains the engine in its documented order, the store making every batch durable at once.
+fn drain(engine: &mut ClientEngine, now: Time) -> Turn {
+    let mut turn = Turn::default();
+    loop {
+        let mut last = None;
+        while let Some(batch) = engine.poll_storage() {
+            last = Some(batch.id);
+            turn.batches.push(batch);
+        }
+        if let Some(last) = last {
+            engine.handle_durable(last);
+            continue;
+        }
+        turn.sent.extend(std::iter::from_fn(|| engine.poll_transmit(now)));
+        turn.events.extend(std::iter::from_fn(|| engine.poll_event()));
+        turn.actions.extend(std::iter::from_fn(|| engine.poll_action()));
+        return turn;
+    }
+}
+
+/// What a server holding every model at version 0 answers to `message`.
+fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
+    let response = |to, response| vec![ServerMessage::Response { to, response }];
+    Ok(match message.clone() {
+        ClientMessage::Request { id, request } => match request {
+            ClientRequest::Resync { model, known_version, .. } => vec![
+                ServerMessage::Response {
+                    to: id,
+                    response: ServerResponse::ResyncStarted {
+                        model: model.clone(),
+                        current_version: known_version,
+                        in_flight_committed: None,
+                        permissions: Permissions::ALL,
+                    },
+                },
+                ServerMessage::Push(ServerPush::ResyncPage {
+                    model,
+                    operations: vec![],
+                    last: true,
+                }),
+            ],
+            ClientRequest::ResyncComplete { model, .. } => response(
+                id,
+                ServerResponse::ResyncCompleted {
+                    model,
+                    collaborators: vec![],
+                    references: vec![],
+                },
+            ),
+            ClientRequest::CreateModel { model, .. } => response(
+                id,
+                ServerResponse::ModelCreated { model, version: 0, created_at: Timestamp(0) },
+            ),
+            ClientRequest::OpenModel { model, .. } => response(
+                id,
+                ServerResponse::ModelOpened(OpenedModel {
+                    model,
+                    snapshot: snapshot()?,
+                    permissions: Permissions::ALL,
+                    collaborators: vec![],
+                    references: vec![],
+                }),
+            ),
+            ClientRequest::CloseModel { .. }
+            | ClientRequest::DeleteModel { .. }
+            | ClientRequest::SubscribeOffline { .. } => response(id, ServerResponse::Done),
+            ClientRequest::Ping => response(id, ServerResponse::Pong),
+            other => bail!("the test server does not answer {other:?}"),
+        },
+        ClientMessage::Notice(ClientNotice::Submit { model, seq, base_version, .. }) => {
+            vec![ServerMessage::Push(ServerPush::Ack {
+                model,
+                seq,
+                version: base_version + 1,
+                timestamp: Timestamp(0),
+            })]
+        }
+        ClientMessage::Response { .. } | ClientMessage::Error { .. } | ClientMessage::Notice(_) => {
+            vec![]
+        }
+    })
+}
+
+/// Answers what was sent, and what that makes the engine send, until it sends nothing
+/// more; returns everything that happened.
+fn settle(engine: &mut ClientEngine, now: Time, mut turn: Turn) -> Result<Turn> {
+    let mut all = Turn::default();
+    for _ in 0..100 {
+        let sent = std::mem::take(&mut turn.sent);
+        all.batches.append(&mut turn.batches);
+        all.events.append(&mut turn.events);
+        all.actions.append(&mut turn.actions);
+        if sent.is_empty() {
+            return Ok(all);
+        }
+        for message in &sent {
+            for reply in answer(message)? {
+                engine.handle_message(now, reply);
+            }
+        }
+        all.sent.extend(sent);
+        turn = drain(engine, now);
+    }
+    bail!("the engine kept sending")
+}
+
+/// An engine that connected at `now` through its own `connect` (the driver carrying out
+/// `Action::Connect`), with `models` loaded and live.
+fn connected(config: EngineConfig, now: Time, models: &[&str]) -> Result<ClientEngine> {
+    let mut engine = ClientEngine::new(REPLICA, config);
+    for model in models {
+        engine.add_model(id(model), ModelReplica::new(snapshot()?).into())?;
+    }
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(now, &session(), vec![], vec![]);
+    let turn = drain(&mut engine, now);
+    settle(&mut engine, now, turn)?;
+    for model in models {
+        assert!(engine.is_settled(&id(model)), "{model} is live");
+    }
+    Ok(engine)
+}
+
+/// Runs the reconnection the engine asks for at its next deadline, failing it when `fail`.
+/// Returns when that attempt was asked for.
+fn attempt(engine: &mut ClientEngine, fail: Option<HandshakeRejection>) -> Result<Time> {
+    let Some(when) = engine.poll_timeout() else { bail!("no reconnection is scheduled") };
+    engine.handle_timeout(at(when.as_millis() - 1));
+    assert!(drain(engine, when).actions.is_empty(), "nothing before the deadline");
+    engine.handle_timeout(when);
+    let turn = drain(engine, when);
+    assert_eq!(turn.actions, vec![Action::Connect { auth: Auth::Reconnect(token()) }]);
+    engine.handle_connect_failed(when, fail);
+    Ok(when)
+}
+
+#[test]
+fn reconnect_backoff_doubles_up_to_the_cap_and_starts_over_once_connected() -> Result<()> {
+    let mut engine = connected(config(), at(0), &["m"])?;
+    engine.handle_disconnected(at(1_000));
+    let turn = drain(&mut engine, at(1_000));
+    assert_eq!(turn.states(), vec![ConnectionState::Reconnecting]);
+    assert!(turn.events.contains(&Event::Model { model: id("m"), event: ModelEvent::Offline }));
+    assert!(turn.actions.is_empty(), "the engine does not close what already broke");
+
+    // Each failed attempt doubles the wait, up to the cap.
+    let mut last = at(1_000);
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let when = attempt(&mut engine, None)?;
+        waits.push(when.as_millis() - last.as_millis());
+        last = when;
+    }
+    assert_eq!(waits, vec![100, 200, 400, 800, 800, 800]);
+    assert_eq!(engine.connection_state(), ConnectionState::Reconnecting);
+
+    // The next attempt succeeds: the loaded model resyncs, and the backoff starts over.
+    let when = engine.poll_timeout().expect("scheduled");
+    engine.handle_timeout(when);
+    let turn = drain(&mut engine, when);
+    assert!(matches!(turn.actions[..], [Action::Connect { .. }]));
+    // Reconnecting after the last failure, then connecting again.
+    assert_eq!(turn.states(), vec![ConnectionState::Reconnecting, ConnectionState::Connecting]);
+    engine.handle_connected(when, &session(), vec![], vec![]);
+    let turn = drain(&mut engine, when);
+    assert_eq!(turn.states(), vec![ConnectionState::Connected]);
+    assert!(turn.requests().any(|(_, r)| matches!(r, ClientRequest::Resync { .. })));
+    settle(&mut engine, when, turn)?;
+    engine.handle_disconnected(at(20_000));
+    assert_eq!(engine.poll_timeout(), Some(at(20_100)));
+    Ok(())
+}
+
+#[test]
+fn a_refused_reconnect_token_makes_way_for_the_credentials_at_once() -> Result<()> {
+    let mut engine = connected(config(), at(0), &[])?;
+    engine.handle_disconnected(at(500));
+    let expired = HandshakeRejection {
+        code: ErrorCode::TOKEN_EXPIRED,
+        message: "expired".into(),
+        retry_allowed: true,
+    };
+    let when = attempt(&mut engine, Some(expired))?;
+    let turn = drain(&mut engine, when);
+    assert_eq!(turn.actions, vec![Action::Connect { auth: credentials() }], "without waiting");
+
+    // Refused for good: the engine stops and says why.
+    let refused = HandshakeRejection {
+        code: ErrorCode::AUTHENTICATION_FAILED,
+        message: "no such user".into(),
+        retry_allowed: false,
+    };
+    engine.handle_connect_failed(when, Some(refused.clone()));
+    let turn = drain(&mut engine, when);
+    assert!(turn.events.contains(&Event::Domain(DomainEvent::ConnectionRefused(refused))));
+    assert_eq!(turn.states(), vec![ConnectionState::Disconnected]);
+    assert_eq!(engine.poll_timeout(), None, "no more attempts");
+    Ok(())
+}
+
+#[test]
+fn the_applications_own_connect_is_reported_not_retried_and_disconnect_stops_reconnecting()
+-> Result<()> {
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.connect(credentials());
+    let turn = drain(&mut engine, at(0));
+    assert_eq!(turn.actions, vec![Action::Connect { auth: credentials() }]);
+    assert_eq!(turn.states(), vec![ConnectionState::Connecting]);
+    engine.handle_connect_failed(at(10), None);
+    assert_eq!(drain(&mut engine, at(10)).states(), vec![ConnectionState::Disconnected]);
+    assert_eq!(engine.poll_timeout(), None);
+
+    let mut engine = connected(config(), at(0), &[])?;
+    engine.disconnect();
+    let turn = drain(&mut engine, at(5));
+    assert_eq!(turn.actions, vec![Action::Disconnect { reason: DisconnectReason::Requested }]);
+    assert_eq!(turn.states(), vec![ConnectionState::Disconnected]);
+    assert_eq!(engine.poll_timeout(), None, "no heartbeat, no reconnection");
+    Ok(())
+}
+
+#[test]
+fn heartbeat_pings_go_out_every_interval_and_a_silent_server_is_dropped() -> Result<()> {
+    let config = EngineConfig { request_timeout: Duration::from_secs(3600), ..config() };
+    let mut engine = connected(config, at(0), &["m"])?;
+    // While the server answers, a ping goes out every second and the connection stays.
+    let mut pings = Vec::new();
+    for _ in 0..10 {
+        let when = engine.poll_timeout().expect("a heartbeat is due");
+        engine.handle_timeout(when);
+        let turn = drain(&mut engine, when);
+        assert!(turn.actions.is_empty(), "{:?} at {when:?}", turn.actions);
+        for (id, request) in turn.requests() {
+            assert_eq!(*request, ClientRequest::Ping);
+            pings.push(when.as_millis());
+            let pong = ServerMessage::Response { to: id, response: ServerResponse::Pong };
+            engine.handle_message(at(when.as_millis() + 10), pong);
+        }
+    }
+    assert_eq!(pings, (1..=10).map(|s| s * 1_000).collect::<Vec<u64>>());
+
+    // Then the server goes silent (last heard at 10,010): pings still go out, unanswered,
+    // and three seconds after the last word the connection is dropped.
+    let mut dropped = None;
+    for _ in 0..10 {
+        let when = engine.poll_timeout().expect("a deadline");
+        engine.handle_timeout(when);
+        let turn = drain(&mut engine, when);
+        if let Some(action) = turn.actions.first() {
+            assert_eq!(turn.states(), vec![ConnectionState::Reconnecting]);
+            dropped = Some((when, action.clone()));
+            break;
+        }
+    }
+    let reason = DisconnectReason::ServerSilent;
+    assert_eq!(dropped, Some((at(13_010), Action::Disconnect { reason })));
+    assert_eq!(engine.poll_timeout(), Some(at(13_110)), "reconnects after the backoff");
+    Ok(())
+}
+
+/// How to make a connected engine (model "m" loaded and live) send one kind of request.
+struct Case {
+    name: &'static str,
+    provoke: fn(&mut ClientEngine, Time) -> Result<Turn>,
+    is_it: fn(&ClientMessage) -> bool,
+}
+
+fn request_is(message: &ClientMessage, check: fn(&ClientRequest) -> bool) -> bool {
+    matches!(message, ClientMessage::Request { request, .. } if check(request))
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "resync",
+            provoke: |engine, now| {
+                engine.add_model(id("other"), ModelReplica::new(snapshot()?).into())?;
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::Resync { .. })),
+        },
+        Case {
+            name: "resync complete",
+            provoke: |engine, now| {
+                engine.add_model(id("other"), ModelReplica::new(snapshot()?).into())?;
+                let turn = drain(engine, now);
+                for message in &turn.sent {
+                    for reply in answer(message)? {
+                        engine.handle_message(now, reply);
+                    }
+                }
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::ResyncComplete { .. })),
+        },
+        Case {
+            name: "create",
+            provoke: |engine, now| {
+                let data = snapshot()?.data;
+                let nonce = CreationNonce([7; 16]);
+                engine.create_model(id("new"), notes(), data, nonce, Timestamp(0))?;
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::CreateModel { .. })),
+        },
+        Case {
+            name: "delete",
+            provoke: |engine, now| {
+                engine.delete_model(id("m"), notes());
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::DeleteModel { .. })),
+        },
+        Case {
+            name: "subscribe",
+            provoke: |engine, now| {
+                engine.subscribe(vec![(id("far"), None)]);
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::SubscribeOffline { .. })),
+        },
+        Case {
+            name: "close",
+            provoke: |engine, now| {
+                engine.remove_model(&id("m"));
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::CloseModel { .. })),
+        },
+        Case {
+            name: "open",
+            provoke: |engine, now| {
+                engine.open_at_server(id("remote"), None)?;
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| matches!(r, ClientRequest::OpenModel { .. })),
+        },
+        Case {
+            name: "ping",
+            provoke: |engine, now| {
+                engine.handle_timeout(now);
+                Ok(drain(engine, now))
+            },
+            is_it: |m| request_is(m, |r| *r == ClientRequest::Ping),
+        },
+        Case {
+            name: "submission",
+            provoke: |engine, now| {
+                let model = id("m");
+                let document = engine.model(&model).expect("loaded").local().clone();
+                engine.local_change(&model, number_delta(&document))?;
+                Ok(drain(engine, now))
+            },
+            is_it: |m| matches!(m, ClientMessage::Notice(ClientNotice::Submit { .. })),
+        },
+    ]
+}
+
+/// Connects, provokes the case's request at 1 s (the heartbeat's time, so the ping case
+/// needs no other clock), answers everything else, and returns the engine with only that
+/// request unanswered.
+fn unanswered(case: &Case) -> Result<(ClientEngine, ClientMessage)> {
+    let config = EngineConfig { silence_timeout: Duration::from_secs(3600), ..config() };
+    let mut engine = connected(config, at(0), &["m"])?;
+    let now = at(1_000);
+    let turn = (case.provoke)(&mut engine, now)?;
+    let (target, others): (Vec<_>, Vec<_>) = turn.sent.into_iter().partition(|m| (case.is_it)(m));
+    let [target] = &target[..] else {
+        bail!("{}: expected one such message, sent {target:?}", case.name)
+    };
+    settle(&mut engine, now, Turn { sent: others, ..Turn::default() })?;
+    Ok((engine, target.clone()))
+}
+
+#[test]
+fn every_kind_of_request_unanswered_in_time_drops_the_connection_and_resyncs_on_a_new_one()
+-> Result<()> {
+    for case in cases() {
+        let name = case.name;
+        let (mut engine, _) = unanswered(&case)?;
+        // Sent at 1 s, due at 3 s: nothing happens before.
+        engine.handle_timeout(at(2_999));
+        let turn = drain(&mut engine, at(2_999));
+        assert!(turn.actions.is_empty(), "{name}: {:?}", turn.actions);
+        assert_eq!(engine.poll_timeout(), Some(at(3_000)), "{name}");
+
+        engine.handle_timeout(at(3_000));
+        let turn = drain(&mut engine, at(3_000));
+        let reason = DisconnectReason::RequestTimedOut;
+        assert_eq!(turn.actions, vec![Action::Disconnect { reason }], "{name}");
+        assert_eq!(turn.states(), vec![ConnectionState::Reconnecting], "{name}");
+        if name == "open" {
+            let failed =
+                DomainEvent::OpenFailed { model: id("remote"), failure: OpenFailure::TimedOut };
+            assert!(turn.events.contains(&Event::Domain(failed)), "{name}: {:?}", turn.events);
+        }
+
+        // A new connection after the backoff: what was loaded resyncs there.
+        assert_eq!(engine.poll_timeout(), Some(at(3_100)), "{name}");
+        engine.handle_timeout(at(3_100));
+        let turn = drain(&mut engine, at(3_100));
+        assert!(matches!(turn.actions[..], [Action::Connect { .. }]), "{name}");
+        engine.handle_connected(at(3_200), &session(), vec![], vec![]);
+        let turn = drain(&mut engine, at(3_200));
+        let resynced: Vec<&ModelId> = turn
+            .requests()
+            .filter_map(|(_, r)| match r {
+                ClientRequest::Resync { model, .. } => Some(model),
+                _ => None,
+            })
+            .collect();
+        assert!(!resynced.is_empty() || name == "close" || name == "delete", "{name}");
+        settle(&mut engine, at(3_200), turn)?;
+        for model in engine.models().cloned().collect::<Vec<_>>() {
+            assert!(engine.is_settled(&model), "{name}: {model} is live again");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_kind_of_request_answered_in_time_keeps_the_connection() -> Result<()> {
+    for case in cases() {
+        let name = case.name;
+        let (mut engine, target) = unanswered(&case)?;
+        for reply in answer(&target)? {
+            engine.handle_message(at(2_999), reply);
+        }
+        let turn = drain(&mut engine, at(2_999));
+        settle(&mut engine, at(2_999), turn)?;
+        // Pings go out meanwhile; each is answered at once.
+        for millis in [3_000, 3_500, 5_000] {
+            engine.handle_timeout(at(millis));
+            let turn = drain(&mut engine, at(millis));
+            assert!(turn.actions.is_empty(), "{name} at {millis}: {:?}", turn.actions);
+            settle(&mut engine, at(millis), turn)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_model_only_the_server_has_is_opened_there_downloaded_and_synced() -> Result<()> {
+    let mut engine = connected(config(), at(0), &[])?;
+    let model = id("remote");
+    engine.open_at_server(model.clone(), None)?;
+    engine.open_at_server(model.clone(), None)?; // a second open joins the first
+    let turn = drain(&mut engine, at(10));
+    let opens: Vec<_> = turn.requests().collect();
+    let [(open, ClientRequest::OpenModel { auto_create: false, .. })] = opens[..] else {
+        bail!("one open without auto-create, got {opens:?}")
+    };
+    let opened = OpenedModel {
+        model: model.clone(),
+        snapshot: snapshot()?,
+        permissions: Permissions::ALL,
+        collaborators: vec![],
+        references: vec![],
+    };
+    let reply = ServerResponse::ModelOpened(opened);
+    engine.handle_message(at(20), ServerMessage::Response { to: open, response: reply });
+    let turn = drain(&mut engine, at(20));
+    assert!(turn.events.contains(&Event::Domain(DomainEvent::Opened { model: model.clone() })));
+    let downloaded = StoreChange::Downloaded { snapshot: snapshot()? };
+    assert!(turn.batches.iter().any(|b| b.model == model && b.changes == vec![downloaded.clone()]));
+    assert!(turn.requests().any(|(_, r)| matches!(r, ClientRequest::Resync { .. })));
+    settle(&mut engine, at(20), turn)?;
+    assert!(engine.is_settled(&model));
+    assert_eq!(engine.model(&model).expect("loaded").local(), &snapshot()?.data);
+
+    // Refused, the open fails with the server's reason.
+    engine.open_at_server(id("missing"), None)?;
+    let turn = drain(&mut engine, at(30));
+    let (open, _) = turn.requests().next().expect("an open");
+    let error = ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, "no such model");
+    engine.handle_message(at(40), ServerMessage::Error { to: Some(open), error: error.clone() });
+    let failed =
+        DomainEvent::OpenFailed { model: id("missing"), failure: OpenFailure::Refused(error) };
+    assert!(drain(&mut engine, at(40)).events.contains(&Event::Domain(failed)));
+
+    // Lost with the connection.
+    engine.open_at_server(id("late"), None)?;
+    drain(&mut engine, at(50));
+    engine.handle_disconnected(at(60));
+    let failed =
+        DomainEvent::OpenFailed { model: id("late"), failure: OpenFailure::ConnectionLost };
+    assert!(drain(&mut engine, at(60)).events.contains(&Event::Domain(failed)));
+    // Offline, only the store can open.
+    let error = engine.open_at_server(id("late"), None).unwrap_err();
+    assert_eq!(error, concord_sync::EngineError::Offline(id("late")));
+    Ok(())
+}
+
+#[test]
+fn opening_with_auto_create_answers_the_servers_request_with_the_data() -> Result<()> {
+    let mut engine = connected(config(), at(0), &[])?;
+    let model = id("fresh");
+    let data = snapshot()?.data;
+    engine.open_at_server(model.clone(), Some((notes(), data.clone())))?;
+    let turn = drain(&mut engine, at(10));
+    let (open, request) = turn.requests().next().expect("an open");
+    assert_eq!(*request, ClientRequest::OpenModel { model: model.clone(), auto_create: true });
+
+    // The server has no such model and asks for its content.
+    let ask = ServerRequest::AutoCreate { model: model.clone() };
+    engine.handle_message(at(20), ServerMessage::Request { id: RequestId(900), request: ask });
+    let turn = drain(&mut engine, at(20));
+    let expected = ClientMessage::Response {
+        to: RequestId(900),
+        response: ClientResponse::AutoCreate { collection: notes(), data, permissions: None },
+    };
+    assert_eq!(turn.sent, vec![expected]);
+    let opened = OpenedModel {
+        model: model.clone(),
+        snapshot: snapshot()?,
+        permissions: Permissions::ALL,
+        collaborators: vec![],
+        references: vec![],
+    };
+    let reply = ServerResponse::ModelOpened(opened);
+    engine.handle_message(at(30), ServerMessage::Response { to: open, response: reply });
+    let turn = drain(&mut engine, at(30));
+    assert!(turn.events.contains(&Event::Domain(DomainEvent::Opened { model })));
+
+    // Without data to give, the engine tells the server so.
+    engine.open_at_server(id("nothing"), None)?;
+    drain(&mut engine, at(40));
+    let ask = ServerRequest::AutoCreate { model: id("nothing") };
+    engine.handle_message(at(50), ServerMessage::Request { id: RequestId(901), request: ask });
+    let turn = drain(&mut engine, at(50));
+    let [ClientMessage::Error { to: Some(RequestId(901)), error }] = &turn.sent[..] else {
+        bail!("an error answer, got {:?}", turn.sent)
+    };
+    assert_eq!(error.code, ErrorCode::MODEL_NOT_FOUND);
+    Ok(())
+}
+
+#[test]
+fn the_servers_ping_is_answered_and_counts_as_hearing_from_it() -> Result<()> {
+    let config = EngineConfig { request_timeout: Duration::from_secs(3600), ..config() };
+    let mut engine = connected(config, at(0), &[])?;
+    let ping = ServerMessage::Request { id: RequestId(42), request: ServerRequest::Ping };
+    engine.handle_message(at(2_500), ping);
+    let turn = drain(&mut engine, at(2_500));
+    let pong = ClientMessage::Response { to: RequestId(42), response: ClientResponse::Pong };
+    assert_eq!(turn.sent, vec![pong]);
+    // Heard at 2.5 s: not silent at 3 s (its own pings unanswered), silent at 5.5 s.
+    engine.handle_timeout(at(3_000));
+    assert!(drain(&mut engine, at(3_000)).actions.is_empty());
+    engine.handle_timeout(at(5_500));
+    let reason = DisconnectReason::ServerSilent;
+    assert_eq!(drain(&mut engine, at(5_500)).actions, vec![Action::Disconnect { reason }]);
+    Ok(())
+}
+
+fn store_with(model: &ModelId, snapshot: &ModelSnapshot) -> Result<MemoryStore> {
+    let store = MemoryAdapter::new().open_store(&StoreKey::new("test", "alice"))?;
+    let batch = Batch {
+        mutations: vec![
+            Mutation::SetReplicaId(REPLICA),
+            Mutation::PutModel(ModelRecord::new(model.clone(), snapshot.collection.clone())),
+            Mutation::PutSnapshot { model: model.clone(), snapshot: store::to_stored(snapshot) },
+        ],
+    };
+    block_on(store.commit(batch))?;
+    Ok(store)
+}
+
+/// Inserts `{"a": 1}` at the end of the model's list; returns the ids it minted.
+fn insert_object(engine: &mut ClientEngine, model: &ModelId) -> Result<Vec<ElementId>> {
+    let mut minted = Vec::new();
+    engine.local_edit(model, |document, ids| {
+        let list = document.element_at(&[PathSegment::Key("list".into())]).expect("list");
+        let index = document.array_len(list).expect("an array");
+        let first = ids.next_counter();
+        let value = Value::from_json(&json!({"a": 1}), ids)?;
+        minted = (first..ids.next_counter())
+            .map(|counter| ElementId { replica: REPLICA, counter })
+            .collect();
+        let insert = OperationKind::ArrayInsert { index, value };
+        Ok::<_, anyhow::Error>(DiscreteOperation::new(list, insert).into())
+    })?;
+    Ok(minted)
+}
+
+#[test]
+fn element_ids_continue_across_a_restore_from_the_store() -> Result<()> {
+    let model = id("m");
+    let snapshot = snapshot()?;
+    let store = store_with(&model, &snapshot)?;
+    let mut engine = ClientEngine::new(REPLICA, config());
+    let restored = store::restore(block_on(store.load_model(&model))?.expect("stored"))?;
+    engine.add_model(model.clone(), restored)?;
+
+    let first = insert_object(&mut engine, &model)?;
+    assert_eq!(first.iter().map(|id| id.counter).collect::<Vec<_>>(), vec![0, 1]);
+    let turn = drain(&mut engine, at(0));
+    let [batch] = &turn.batches[..] else { bail!("one batch, got {:?}", turn.batches) };
+    assert!(matches!(
+        batch.changes[..],
+        [StoreChange::AppendPending(_), StoreChange::AdvanceElementCounter(2)]
+    ));
+    block_on(store.commit(Batch { mutations: store::batch_mutations(batch.clone()) }))?;
+
+    // A new engine on the same store (a restart) goes on from there.
+    let mut restarted = ClientEngine::new(REPLICA, config());
+    let restored = store::restore(block_on(store.load_model(&model))?.expect("stored"))?;
+    assert_eq!(restored.next_element_counter, 2);
+    restarted.add_model(model.clone(), restored)?;
+    let next = insert_object(&mut restarted, &model)?;
+    assert_eq!(next.iter().map(|id| id.counter).collect::<Vec<_>>(), vec![2, 3]);
+    let document = restarted.model(&model).expect("loaded").local();
+    for id in first.iter().chain(&next) {
+        assert!(document.kind(*id).is_some(), "{id:?} is in the model once");
+    }
+
+    // A document holding ids this replica minted past the stored counter (stored anew
+    // under a counter of 0) never gets them minted again.
+    let mut ids = IdGenerator::new(REPLICA, 40);
+    let data = Document::new(Value::from_json(&json!({"n": 1, "list": []}), &mut ids)?)?;
+    let ahead = ModelSnapshot { data, ..snapshot };
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.add_model(model.clone(), ModelReplica::new(ahead).into())?;
+    let minted = insert_object(&mut engine, &model)?;
+    assert_eq!(minted[0].counter, 43);
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Every event as JavaScript sees it: a plain object with a `type`. The matches are
+//! exhaustive, with no catch-all, so that a new event does not compile until it has its JS
+//! shape here (and a line in `docs/web.md`).
+
+use concord_client::{
+    ConnectionState, DomainEvent, ElementId, ErrorReply, HandshakeRejection, ModelEvent,
+    OpenFailure,
+};
+use serde_json::{Value, json};
+
+/// `"disconnected"`, `"connecting"`, `"connected"` or `"reconnecting"`.
+pub(crate) fn state_name(state: &ConnectionState) -> &'static str {
+    match state {
+        ConnectionState::Disconnected => "disconnected",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Connected => "connected",
+        ConnectionState::Reconnecting => "reconnecting",
+    }
+}
+
+/// `{ code, message }`: the code by name (`"model_not_found"`, …).
+fn error(error: &ErrorReply) -> Value {
+    json!({ "code": error.code.to_string(), "message": error.message })
+}
+
+fn rejection(rejection: &HandshakeRejection) -> Value {
+    json!({ "code": rejection.code.to_string(), "message": rejection.message })
+}
+
+/// `"replica:counter"`.
+fn element(id: ElementId) -> String {
+    format!("{}:{}", id.replica.0, id.counter)
+}
+
+pub(crate) fn model_event(event: ModelEvent) -> Value {
+    match event {
+        ModelEvent::Changed { element: id, author, .. } => json!({
+            "type": "changed",
+            "element": element(id),
+            "local": author.is_none(),
+            "author": author.map(|a| a.0),
+        }),
+        ModelEvent::Modified => json!({ "type": "modified" }),
+        ModelEvent::Committed => json!({ "type": "committed" }),
+        ModelEvent::Stored { seq } => json!({ "type": "stored", "seq": seq }),
+        ModelEvent::Acknowledged { seq, version } => {
+            json!({ "type": "acknowledged", "seq": seq, "version": version })
+        }
+        ModelEvent::Neutralised { seqs } => json!({ "type": "neutralised", "seqs": seqs }),
+        ModelEvent::Rejected { operations, error: e } => {
+            let seqs: Vec<u64> = operations.iter().map(|o| o.seq).collect();
+            json!({ "type": "rejected", "seqs": seqs, "error": error(&e) })
+        }
+        ModelEvent::ResyncStarted => json!({ "type": "resyncStarted" }),
+        ModelEvent::ResyncCompleted => json!({ "type": "resyncCompleted" }),
+        ModelEvent::Online => json!({ "type": "online" }),
+        ModelEvent::Offline => json!({ "type": "offline" }),
+        ModelEvent::CollaboratorOpened(collaborator) => json!({
+            "type": "collaboratorOpened",
+            "session": collaborator.session.0,
+            "user": collaborator.user.0,
+        }),
+        ModelEvent::CollaboratorClosed(session) => {
+            json!({ "type": "collaboratorClosed", "session": session.0 })
+        }
+        ModelEvent::Gone { error: e } => json!({ "type": "gone", "error": error(&e) }),
+        ModelEvent::Released => json!({ "type": "released" }),
+    }
+}
+
+pub(crate) fn domain_event(event: DomainEvent) -> Value {
+    match event {
+        DomainEvent::State(state) => json!({ "type": "state", "state": state_name(&state) }),
+        DomainEvent::SyncProgress { done, total } => {
+            json!({ "type": "syncProgress", "done": done, "total": total })
+        }
+        DomainEvent::Created { model } => json!({ "type": "created", "model": model.as_str() }),
+        DomainEvent::CreationRefused { model, error: e } => {
+            json!({ "type": "creationRefused", "model": model.as_str(), "error": error(&e) })
+        }
+        DomainEvent::Deleted { model } => json!({ "type": "deleted", "model": model.as_str() }),
+        DomainEvent::DeletionRefused { model, error: e } => {
+            json!({ "type": "deletionRefused", "model": model.as_str(), "error": error(&e) })
+        }
+        DomainEvent::ModelGone { model, error: e } => {
+            json!({ "type": "modelGone", "model": model.as_str(), "error": error(&e) })
+        }
+        DomainEvent::Downloaded { model } => {
+            json!({ "type": "downloaded", "model": model.as_str() })
+        }
+        DomainEvent::Opened { model } => json!({ "type": "opened", "model": model.as_str() }),
+        DomainEvent::OpenFailed { model, failure } => {
+            let (reason, e) = match failure {
+                OpenFailure::Refused(e) => ("refused", error(&e)),
+                OpenFailure::ConnectionLost => ("connectionLost", Value::Null),
+                OpenFailure::TimedOut => ("timedOut", Value::Null),
+            };
+            json!({ "type": "openFailed", "model": model.as_str(), "reason": reason, "error": e })
+        }
+        DomainEvent::ChangesRejected { model, error: e } => {
+            json!({ "type": "changesRejected", "model": model.as_str(), "error": error(&e) })
+        }
+        DomainEvent::ProtocolViolation { model, error } => {
+            json!({ "type": "protocolViolation", "model": model.as_str(), "message": error })
+        }
+        DomainEvent::ConnectionRefused(r) => json!({
+            "type": "connectionRefused",
+            "error": rejection(&r),
+            "retryAllowed": r.retry_allowed,
+        }),
+        DomainEvent::StorageFailed(message) => {
+            json!({ "type": "storageFailed", "message": message })
+        }
+    }
+}
