@@ -17,18 +17,20 @@
 mod server;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, ModelId, ModelSnapshot,
-    PermissionGrants, ReconnectToken, ServerMessage, Session, Timestamp, User, UserId,
+    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, ModelId,
+    ModelSnapshot, PermissionGrants, ReconnectToken, ServerMessage, Session, Timestamp, User,
+    UserId,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
 use concord_sync::host::{ConnId, HostConfig, SessionLimits, Write};
 use concord_sync::{
-    ClientEngine, DomainEvent, EngineConfig, EngineError, Event, ModelReplica, StorageBatch,
-    StoreChange, Time, store, store::Restored,
+    Action, ClientEngine, DisconnectReason, DomainEvent, EngineConfig, EngineError, Event,
+    ModelReplica, StorageBatch, StoreChange, Time, store, store::Restored,
 };
 
 use self::server::{Sent, SimServer};
@@ -48,6 +50,13 @@ pub struct Config {
     pub max_batch: usize,
     /// Compact a replica's stored server operations after this many.
     pub compact_every: usize,
+}
+
+impl Config {
+    /// Eight clients on three models, long runs, large batches, frequent compaction.
+    pub fn many_clients() -> Config {
+        Config { clients: 8, models: 3, steps: 800, max_batch: 20, compact_every: 5 }
+    }
 }
 
 impl Default for Config {
@@ -72,6 +81,12 @@ pub struct Stats {
     pub creations_refused: usize,
     pub server_crashes: usize,
     pub unloads: usize,
+    /// Connections the engines dropped because a request or the server went silent.
+    pub timeouts: usize,
+    /// Connection attempts the engines made after losing a connection, and those that
+    /// failed.
+    pub reconnects: usize,
+    pub failed_connects: usize,
 }
 
 impl Stats {
@@ -89,6 +104,9 @@ impl Stats {
         self.creations_refused += other.creations_refused;
         self.server_crashes += other.server_crashes;
         self.unloads += other.unloads;
+        self.timeouts += other.timeouts;
+        self.reconnects += other.reconnects;
+        self.failed_connects += other.failed_connects;
     }
 }
 
@@ -130,6 +148,9 @@ struct Client {
     /// Models this client created whose id another creation had taken.
     refused: BTreeSet<ModelId>,
     created: usize,
+    /// Whether this engine was connected since it started (its later attempts may fail;
+    /// the application's first one is not retried by the engine, so it succeeds here).
+    connected_once: bool,
 }
 
 /// What travels from a client to the server.
@@ -230,6 +251,7 @@ impl Sim {
                     max_durable_seq: BTreeMap::new(),
                     refused: BTreeSet::new(),
                     created: 0,
+                    connected_once: false,
                 })
             })
             .collect::<Result<Vec<Client>, String>>()?;
@@ -258,10 +280,11 @@ impl Sim {
 
     fn play(&mut self) -> Result<(), String> {
         for i in 0..self.clients.len() {
-            self.connect(i)?;
+            self.go_online(i)?;
         }
         for _ in 0..self.config.steps {
             self.now += 1;
+            self.timers()?;
             let i = self.rng.below(self.clients.len());
             let roll = self.rng.below(100);
             let now = self.now;
@@ -272,13 +295,11 @@ impl Sim {
                 36..=49 => self.deliver_to_server(i)?,
                 50..=62 => self.server_flush()?,
                 63..=74 => self.deliver_to_client(i)?,
-                75..=84 => {
-                    if self.clients[i].connection.is_some() {
-                        self.disconnect(i)?;
-                    } else if self.clients[i].engine.is_some() {
-                        self.connect(i)?;
-                    }
-                }
+                // The network drops the connection; the engine reconnects by itself, after its
+                // backoff.
+                75..=79 => self.disconnect(i)?,
+                // Nothing happens for a while (timers fire: heartbeats, timeouts, retries).
+                80..=84 => self.now += i64::try_from(self.rng.below(80)).unwrap_or(0),
                 85..=89 => self.close_or_open(i)?,
                 90..=91 => self.create(i)?,
                 92 => self.delete(i)?,
@@ -296,15 +317,12 @@ impl Sim {
         self.check()
     }
 
-    /// Restarts and reconnects everyone, then runs until nothing moves; then opens every
-    /// model everywhere and runs again.
+    /// Restarts everyone (the engines reconnect by themselves), then runs until nothing
+    /// moves; then opens every model everywhere and runs again.
     fn settle(&mut self) -> Result<(), String> {
         for i in 0..self.clients.len() {
             if self.clients[i].engine.is_none() {
                 self.restart(i)?;
-            }
-            if self.clients[i].connection.is_none() {
-                self.connect(i)?;
             }
         }
         self.run_until_quiet()?;
@@ -320,7 +338,9 @@ impl Sim {
     fn run_until_quiet(&mut self) -> Result<(), String> {
         for _ in 0..100_000 {
             self.now += 1;
-            let mut moved = false;
+            self.timers()?;
+            // An engine still waiting to reconnect has something left to do.
+            let mut moved = self.clients.iter().any(|c| c.connection.is_none());
             while self.server.has_pending() {
                 self.server_flush()?;
                 moved = true;
@@ -584,6 +604,10 @@ impl Sim {
         while let Some(batch) = engine.poll_storage() {
             client.queue.push_back(batch);
         }
+        let mut actions = Vec::new();
+        while let Some(action) = engine.poll_action() {
+            actions.push(action);
+        }
         while let Some(message) = engine.poll_transmit(Time::from_millis(now)) {
             if let Some(connection) = client.connection {
                 client.to_server.entry(connection).or_default().push_back(Wire::Message(message));
@@ -625,7 +649,60 @@ impl Sim {
                 _ => {}
             }
         }
+        for action in actions {
+            self.act(i, action)?;
+        }
         Ok(())
+    }
+
+    /// Carries out what the engine asked of the connection.
+    fn act(&mut self, i: usize, action: Action) -> Result<(), String> {
+        let line = format!("  client {i} action: {action:?}");
+        self.note(|| line);
+        match action {
+            Action::Connect { .. } => {
+                // An attempt after a lost connection may fail (the server is restarting,
+                // the network is down); the engine tries again after its backoff.
+                if self.clients[i].connected_once {
+                    self.stats.reconnects += 1;
+                    if self.rng.below(5) == 0 {
+                        self.stats.failed_connects += 1;
+                        let now = Time::from_millis(self.time());
+                        if let Some(engine) = &mut self.clients[i].engine {
+                            engine.handle_connect_failed(now, None);
+                        }
+                        return self.drain_outputs(i);
+                    }
+                }
+                self.connect(i)
+            }
+            Action::Disconnect { reason } => {
+                if reason != DisconnectReason::Requested {
+                    self.stats.timeouts += 1;
+                }
+                self.cut(i)
+            }
+        }
+    }
+
+    /// Fires the engines' timers that are due: heartbeats, request timeouts, reconnects.
+    fn timers(&mut self) -> Result<(), String> {
+        let now = Time::from_millis(self.time());
+        for i in 0..self.clients.len() {
+            let Some(engine) = &mut self.clients[i].engine else { continue };
+            if engine.poll_timeout().is_some_and(|due| due <= now) {
+                engine.handle_timeout(now);
+                self.drain(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The application of client `i` wants to be online.
+    fn go_online(&mut self, i: usize) -> Result<(), String> {
+        let Some(engine) = &mut self.clients[i].engine else { return Ok(()) };
+        engine.connect(Auth::Anonymous { display_name: None });
+        self.drain(i)
     }
 
     /// Makes the oldest queued batch durable.
@@ -661,6 +738,7 @@ impl Sim {
         let conn = accepted.conn;
         self.owners.insert(conn, i);
         client.connection = Some(conn);
+        client.connected_once = true;
         client.to_client.clear();
         self.stats.resyncs += 1;
         let loaded: Vec<&ModelId> = engine.models().collect();
@@ -676,15 +754,24 @@ impl Sim {
         self.drain(i)
     }
 
+    /// The network drops client `i`'s connection; its engine hears of it.
     fn disconnect(&mut self, i: usize) -> Result<(), String> {
         let now = Time::from_millis(self.time());
+        if self.clients[i].connection.is_none() {
+            return Ok(());
+        }
+        if let Some(engine) = &mut self.clients[i].engine {
+            engine.handle_disconnected(now);
+        }
+        self.cut(i)
+    }
+
+    /// Client `i`'s connection is gone.
+    fn cut(&mut self, i: usize) -> Result<(), String> {
         self.stats.disconnects += 1;
         let client = &mut self.clients[i];
         let Some(conn) = client.connection.take() else { return Ok(()) };
         client.to_client.clear();
-        if let Some(engine) = &mut client.engine {
-            engine.handle_disconnected(now);
-        }
         // What was on its way to the server may still arrive, late, or twice, or be lost;
         // then the server notices the close.
         let mut late = VecDeque::new();
@@ -749,7 +836,8 @@ impl Sim {
             }
         }
         client.engine = Some(engine);
-        Ok(())
+        client.connected_once = false;
+        self.go_online(i)
     }
 
     /// The engines' clock: the step counter, as milliseconds.
@@ -809,12 +897,7 @@ impl Sim {
                     }
                     // A resubmission of a committed change: the server must answer it with
                     // the original ack and apply nothing.
-                    if self
-                        .server
-                        .durable()
-                        .last_seq(model, *replica)
-                        .is_some_and(|last| last >= *seq)
-                    {
+                    if self.server.last_seq(model, *replica).is_some_and(|last| last >= *seq) {
                         self.stats.duplicates_answered += 1;
                     }
                 }
@@ -873,12 +956,18 @@ impl Sim {
     }
 }
 
+/// The engine's settings, with its clock in simulation steps (one step is a millisecond):
+/// short enough that backoff, heartbeats and timeouts all happen within a scenario.
 fn engine_config(config: Config) -> EngineConfig {
     EngineConfig {
         max_batch_parts: config.max_batch,
         compact_every: config.compact_every,
         sync_concurrency: 2,
-        ..EngineConfig::default()
+        initial_backoff: Duration::from_millis(2),
+        max_backoff: Duration::from_millis(20),
+        heartbeat: Duration::from_millis(40),
+        silence_timeout: Duration::from_millis(150),
+        request_timeout: Duration::from_millis(100),
     }
 }
 

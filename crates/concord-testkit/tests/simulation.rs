@@ -3,7 +3,8 @@
 //! arrive after the new one's first), client crashes and restarts from the store, server
 //! crashes that lose what was not yet durable, idle models unloading, models created
 //! offline (some under an id another client takes first) and deleted offline, and offline
-//! subscriptions caught up and kept current. `CONCORD_SEEDS=N` runs N seeds
+//! subscriptions caught up and kept current; the engines keep their own time (heartbeats,
+//! request timeouts, reconnection with backoff, attempts that fail). `CONCORD_SEEDS=N` runs N seeds
 //! (`cargo xtask soak` sweeps many more).
 
 use concord_testkit::sim::{Config, Stats, run};
@@ -38,11 +39,16 @@ fn replicas_converge_through_disconnects_and_crashes() {
     assert!(total.models_deleted > 20, "{total:?}");
     assert!(total.subscriptions > 50 && total.downloads > 20, "{total:?}");
     assert!(total.server_crashes > 20 && total.unloads > 50, "{total:?}");
+    // The engines' own clock ran: requests timed out, reconnections backed off and failed.
+    assert!(
+        total.timeouts > 20 && total.reconnects > 200 && total.failed_connects > 20,
+        "{total:?}"
+    );
 }
 
 #[test]
 fn many_clients_with_large_batches_converge() {
-    let config = Config { clients: 8, models: 3, steps: 800, max_batch: 20, compact_every: 5 };
+    let config = Config::many_clients();
     let total = sweep(config, seeds(20));
     assert!(total.commits > 100, "{total:?}");
 }

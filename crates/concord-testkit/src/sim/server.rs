@@ -31,6 +31,8 @@ pub(super) struct SimServer {
     next_conn: ConnId,
     /// Replica bindings made since the last crash, durable or not (the server's claims).
     owners: BTreeMap<ReplicaId, UserId>,
+    /// The last seq committed per model and replica since the last crash, durable or not.
+    last_seqs: BTreeMap<(ModelId, ReplicaId), u64>,
     /// Every `(model, replica, seq)` the store holds as committed.
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
     pub(super) commits: usize,
@@ -54,6 +56,7 @@ impl SimServer {
             sessions: BTreeMap::new(),
             next_conn: 0,
             owners: BTreeMap::new(),
+            last_seqs: BTreeMap::new(),
             committed: BTreeSet::new(),
             commits: 0,
             deletions: 0,
@@ -172,6 +175,11 @@ impl SimServer {
     fn collect(&mut self, model: &ModelId) {
         let host = self.models.get_mut(model).expect("loaded before use");
         let job = host.take_job();
+        for write in &job.writes {
+            if let Write::Commit(record) = write {
+                self.last_seqs.insert((record.model.clone(), record.replica), record.seq);
+            }
+        }
         if !job.is_empty() {
             self.pending.push_back(job);
         }
@@ -258,6 +266,12 @@ impl SimServer {
         }
     }
 
+    /// The last seq of `replica` the server committed to `model`, durable or not.
+    pub(super) fn last_seq(&self, model: &ModelId, replica: ReplicaId) -> Option<u64> {
+        let queued = self.last_seqs.get(&(model.clone(), replica)).copied();
+        queued.max(self.durable.last_seq(model, replica))
+    }
+
     /// Whether the store holds `(model, replica, seq)` as committed, as every ack promises.
     pub(super) fn is_committed(&self, model: &ModelId, replica: ReplicaId, seq: u64) -> bool {
         self.committed.contains(&(model.clone(), replica, seq))
@@ -268,6 +282,7 @@ impl SimServer {
         self.crashes += 1;
         self.pending.clear();
         self.owners.clear();
+        self.last_seqs.clear();
         self.sessions.clear();
         self.models.clear();
     }
