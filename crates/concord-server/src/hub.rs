@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::model::{ModelCommand, Models};
 use crate::registry::Registry;
+use crate::revocation::RevocationList;
 use crate::store::{Store, Writer};
 use crate::types::ModelKey;
 
@@ -47,6 +48,8 @@ impl Hub {
             registry: Arc::new(Registry::new()),
             tasks: TaskTracker::new(),
         };
+        // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
+        let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));
         Hub {
             config,
             auth,
