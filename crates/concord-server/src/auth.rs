@@ -1,19 +1,29 @@
-//! Who a connection is: client JWTs (HS256 or RS256; `sub` is the user, `exp` required,
-//! audience checked when configured), anonymous sessions when enabled, and the server's own
-//! reconnect tokens (HS256 with the server's secret, short-lived, re-issued on every use).
+//! Who a connection is: client JWTs (HS256 or RS256; `sub` is the user, `exp` required, `nbf`
+//! honoured, audience checked when configured), anonymous sessions when enabled, and the
+//! server's own reconnect tokens (short-lived, re-issued on every use, revocable per user).
+//!
+//! The two kinds of token never pass for each other, even when one secret signs both (as
+//! `concord serve` does by default): a reconnect token is signed with a key derived from the
+//! reconnect secret, never with the secret itself, and carries a claim (`concord_token`) that
+//! reconnect tokens require and client JWTs must not have.
 
 use std::time::Duration;
 
 use concord_protocol::{Auth, ErrorCode, ReconnectToken, User, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, JwtKey};
+use crate::revocation::{RevocationList, now_ms};
 
-/// The audience of reconnect tokens, so that a client JWT signed with the same secret is
-/// never taken for one, nor the reverse.
+/// The audience of reconnect tokens.
 const RECONNECT_AUDIENCE: &str = "concord-reconnect";
+/// The value of the `concord_token` claim of a reconnect token.
+const RECONNECT_KIND: &str = "reconnect";
+/// Reconnect tokens are signed with HMAC-SHA256(reconnect secret, this label).
+const RECONNECT_KEY_LABEL: &[u8] = b"concord reconnect token signing key, version 1";
 
 /// Why a handshake's credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,8 +31,14 @@ const RECONNECT_AUDIENCE: &str = "concord-reconnect";
 pub enum AuthError {
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet (`nbf`)")]
+    NotYetValid,
     #[error("the token was refused: {0}")]
     Invalid(String),
+    #[error("the reconnect token was revoked; log in again")]
+    Revoked,
+    #[error("reconnect tokens cannot be checked: {0}")]
+    RevocationsUnreadable(String),
     #[error("this server does not accept JWTs")]
     JwtDisabled,
     #[error("anonymous access is not enabled on this server")]
@@ -37,9 +53,12 @@ impl AuthError {
         match self {
             AuthError::Expired => ErrorCode::TOKEN_EXPIRED,
             AuthError::AnonymousDisabled => ErrorCode::ANONYMOUS_DISABLED,
-            AuthError::Invalid(_) | AuthError::JwtDisabled | AuthError::BadKey(_) => {
-                ErrorCode::AUTHENTICATION_FAILED
-            }
+            AuthError::NotYetValid
+            | AuthError::Invalid(_)
+            | AuthError::Revoked
+            | AuthError::RevocationsUnreadable(_)
+            | AuthError::JwtDisabled
+            | AuthError::BadKey(_) => ErrorCode::AUTHENTICATION_FAILED,
         }
     }
 }
@@ -48,16 +67,20 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
     fn from(error: jsonwebtoken::errors::Error) -> AuthError {
         match error.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             _ => AuthError::Invalid(error.to_string()),
         }
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct ClientClaims {
     sub: String,
     #[serde(default)]
     name: Option<String>,
+    /// Present only in reconnect tokens: a client JWT carrying it is refused.
+    #[serde(default)]
+    concord_token: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,6 +91,11 @@ struct ReconnectClaims {
     anon: bool,
     exp: u64,
     aud: String,
+    /// When the server issued it (milliseconds since the Unix epoch): revocations refuse
+    /// tokens issued up to their time.
+    issued_ms: u64,
+    /// Always [`RECONNECT_KIND`].
+    concord_token: String,
 }
 
 /// Checks credentials and issues reconnect tokens.
@@ -78,6 +106,7 @@ pub struct Authenticator {
     reconnect_decoding: DecodingKey,
     reconnect_validation: Validation,
     reconnect_ttl: Duration,
+    revocations: Option<RevocationList>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -86,11 +115,14 @@ impl std::fmt::Debug for Authenticator {
             .field("jwt", &self.jwt.is_some())
             .field("allow_anonymous", &self.allow_anonymous)
             .field("reconnect_ttl", &self.reconnect_ttl)
+            .field("revocations", &self.revocations.as_ref().map(RevocationList::path))
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
+    /// Checks JWTs and reconnect tokens as `config` says. Revocations are checked only once
+    /// given a list ([`Authenticator::with_revocations`]; a server uses its data dir's).
     pub fn new(config: &AuthConfig) -> Result<Authenticator, AuthError> {
         let jwt = match &config.jwt {
             None => None,
@@ -105,6 +137,7 @@ impl Authenticator {
                 };
                 let mut validation = Validation::new(algorithm);
                 validation.leeway = jwt.leeway.as_secs();
+                validation.validate_nbf = true;
                 match &jwt.audience {
                     Some(audience) => {
                         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
@@ -118,6 +151,15 @@ impl Authenticator {
                 Some((key, validation))
             }
         };
+        if config.reconnect_secret.is_empty() {
+            return Err(AuthError::BadKey("the reconnect secret is empty".into()));
+        }
+        let reconnect_key = jsonwebtoken::crypto::sign(
+            RECONNECT_KEY_LABEL,
+            &EncodingKey::from_secret(&config.reconnect_secret),
+            Algorithm::HS256,
+        )
+        .map_err(|e| AuthError::BadKey(e.to_string()))?;
         let mut reconnect_validation = Validation::new(Algorithm::HS256);
         reconnect_validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         reconnect_validation.set_audience(&[RECONNECT_AUDIENCE]);
@@ -125,11 +167,18 @@ impl Authenticator {
         Ok(Authenticator {
             jwt,
             allow_anonymous: config.allow_anonymous,
-            reconnect_encoding: EncodingKey::from_secret(&config.reconnect_secret),
-            reconnect_decoding: DecodingKey::from_secret(&config.reconnect_secret),
+            reconnect_encoding: EncodingKey::from_secret(reconnect_key.as_bytes()),
+            reconnect_decoding: DecodingKey::from_secret(reconnect_key.as_bytes()),
             reconnect_validation,
             reconnect_ttl: config.reconnect_ttl,
+            revocations: None,
         })
+    }
+
+    /// Refuses the reconnect tokens that `revocations` revokes.
+    pub fn with_revocations(mut self, revocations: RevocationList) -> Authenticator {
+        self.revocations = Some(revocations);
+        self
     }
 
     /// The user behind `auth`. An anonymous user gets a fresh id (`anonymous:<uuid>`).
@@ -138,6 +187,9 @@ impl Authenticator {
             Auth::Jwt(token) => {
                 let (key, validation) = self.jwt.as_ref().ok_or(AuthError::JwtDisabled)?;
                 let claims = jsonwebtoken::decode::<ClientClaims>(token, key, validation)?.claims;
+                if claims.concord_token.is_some() {
+                    return Err(AuthError::Invalid("a reconnect token is not a client JWT".into()));
+                }
                 if claims.sub.is_empty() {
                     return Err(AuthError::Invalid("`sub` is empty".into()));
                 }
@@ -157,14 +209,22 @@ impl Authenticator {
                     &self.reconnect_validation,
                 )?
                 .claims;
+                if claims.concord_token != RECONNECT_KIND {
+                    return Err(AuthError::Invalid("not a reconnect token".into()));
+                }
                 if claims.anon && !self.allow_anonymous {
                     return Err(AuthError::AnonymousDisabled);
                 }
-                Ok(User {
-                    id: UserId(claims.sub),
-                    display_name: claims.name,
-                    anonymous: claims.anon,
-                })
+                let id = UserId(claims.sub);
+                if let Some(revocations) = &self.revocations {
+                    let revoked_at = revocations
+                        .revoked_at(&id)
+                        .map_err(|e| AuthError::RevocationsUnreadable(e.to_string()))?;
+                    if revoked_at.is_some_and(|at| claims.issued_ms <= at) {
+                        return Err(AuthError::Revoked);
+                    }
+                }
+                Ok(User { id, display_name: claims.name, anonymous: claims.anon })
             }
         }
     }
@@ -177,6 +237,8 @@ impl Authenticator {
             anon: user.anonymous,
             exp: jsonwebtoken::get_current_timestamp() + self.reconnect_ttl.as_secs(),
             aud: RECONNECT_AUDIENCE.into(),
+            issued_ms: now_ms(),
+            concord_token: RECONNECT_KIND.into(),
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.reconnect_encoding)
@@ -316,6 +378,127 @@ mod tests {
         assert!(
             other.authenticate(&Auth::Reconnect(auth.reconnect_token(&user).unwrap())).is_err()
         );
+    }
+
+    /// Signs `claims` as JWT with `key`.
+    fn sign(claims: &serde_json::Value, key: &[u8]) -> String {
+        jsonwebtoken::encode(&Header::default(), claims, &EncodingKey::from_secret(key)).unwrap()
+    }
+
+    fn derived_reconnect_key(secret: &[u8]) -> Vec<u8> {
+        let key = EncodingKey::from_secret(secret);
+        jsonwebtoken::crypto::sign(RECONNECT_KEY_LABEL, &key, Algorithm::HS256)
+            .unwrap()
+            .into_bytes()
+    }
+
+    #[test]
+    fn with_one_secret_for_both_neither_kind_of_token_passes_for_the_other() {
+        // As `concord serve` runs by default: no audience, one secret for both kinds.
+        let mut shared = config(None, true);
+        shared.reconnect_secret = b"client secret".to_vec();
+        let auth = Authenticator::new(&shared).unwrap();
+        let user = User { id: UserId("bob".into()), display_name: None, anonymous: false };
+        let reconnect = auth.reconnect_token(&user).unwrap();
+        assert_eq!(auth.authenticate(&Auth::Reconnect(reconnect.clone())).unwrap(), user);
+        let refused = auth.authenticate(&Auth::Jwt(reconnect.0)).unwrap_err();
+        assert!(matches!(refused, AuthError::Invalid(_)), "{refused:?}");
+        assert_eq!(refused.code(), ErrorCode::AUTHENTICATION_FAILED);
+
+        // Whatever its claims, a token signed with the secret itself is no reconnect token.
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({
+            "sub": "bob", "anon": false, "exp": now + 60, "aud": RECONNECT_AUDIENCE,
+            "issued_ms": now * 1000, "concord_token": RECONNECT_KIND,
+        });
+        let forged = ReconnectToken(sign(&claims, b"client secret"));
+        assert!(matches!(auth.authenticate(&Auth::Reconnect(forged)), Err(AuthError::Invalid(_))));
+
+        // The claim is checked both ways: a client JWT must not carry it, and a token of the
+        // reconnect key without it is no reconnect token.
+        let jwt = sign(&claims, b"client secret");
+        assert!(matches!(auth.authenticate(&Auth::Jwt(jwt)), Err(AuthError::Invalid(_))));
+        let mut unmarked = claims.clone();
+        unmarked["concord_token"] = "something else".into();
+        let unmarked = sign(&unmarked, &derived_reconnect_key(b"client secret"));
+        let refused = auth.authenticate(&Auth::Reconnect(ReconnectToken(unmarked))).unwrap_err();
+        assert_eq!(refused, AuthError::Invalid("not a reconnect token".into()));
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_leeway() {
+        let claims = |nbf: u64| {
+            let now = jsonwebtoken::get_current_timestamp();
+            serde_json::json!({ "sub": "alice", "exp": now + 3_600, "nbf": now + nbf })
+        };
+        let mut lenient = config(None, false);
+        lenient.jwt.as_mut().unwrap().leeway = Duration::from_secs(30);
+        let lenient = Authenticator::new(&lenient).unwrap();
+        let strict = Authenticator::new(&config(None, false)).unwrap();
+        let soon = sign(&claims(10), b"client secret");
+        assert_eq!(lenient.authenticate(&Auth::Jwt(soon.clone())).unwrap().id.0, "alice");
+        let refused = strict.authenticate(&Auth::Jwt(soon)).unwrap_err();
+        assert_eq!(refused, AuthError::NotYetValid);
+        assert_eq!(refused.code(), ErrorCode::AUTHENTICATION_FAILED);
+        let later = sign(&claims(3_600), b"client secret");
+        assert_eq!(lenient.authenticate(&Auth::Jwt(later)).unwrap_err(), AuthError::NotYetValid);
+        let past = serde_json::json!({ "sub": "alice", "exp": u64::MAX / 2, "nbf": 1 });
+        assert!(strict.authenticate(&Auth::Jwt(sign(&past, b"client secret"))).is_ok());
+    }
+
+    #[test]
+    fn an_anonymous_user_comes_back_anonymous_and_not_once_anonymous_access_is_off() {
+        let mut shared = config(None, true);
+        shared.reconnect_secret = b"client secret".to_vec();
+        let open = Authenticator::new(&shared).unwrap();
+        let anonymous = open.authenticate(&Auth::Anonymous { display_name: Some("Ann".into()) });
+        let anonymous = anonymous.unwrap();
+        let token = open.reconnect_token(&anonymous).unwrap();
+        let back = open.authenticate(&Auth::Reconnect(token.clone())).unwrap();
+        assert_eq!(back, anonymous);
+        assert!(back.anonymous);
+
+        shared.allow_anonymous = false;
+        let closed = Authenticator::new(&shared).unwrap();
+        let refused = closed.authenticate(&Auth::Reconnect(token.clone())).unwrap_err();
+        assert_eq!(refused, AuthError::AnonymousDisabled);
+        assert_eq!(refused.code(), ErrorCode::ANONYMOUS_DISABLED);
+        // Nor does it get in as a client JWT, as a named user.
+        assert!(closed.authenticate(&Auth::Jwt(token.0)).is_err());
+    }
+
+    #[test]
+    fn revoked_reconnect_tokens_are_refused_and_later_ones_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authenticator::new(&config(None, false))
+            .unwrap()
+            .with_revocations(RevocationList::in_data_dir(dir.path()));
+        let user = |id: &str| User { id: UserId(id.into()), display_name: None, anonymous: false };
+        let alice = auth.reconnect_token(&user("alice")).unwrap();
+        let bob = auth.reconnect_token(&user("bob")).unwrap();
+        assert!(auth.authenticate(&Auth::Reconnect(alice.clone())).is_ok());
+
+        RevocationList::in_data_dir(dir.path()).revoke(&UserId("alice".into())).unwrap();
+        let refused = auth.authenticate(&Auth::Reconnect(alice)).unwrap_err();
+        assert_eq!(refused, AuthError::Revoked);
+        assert_eq!(refused.code(), ErrorCode::AUTHENTICATION_FAILED);
+        assert_eq!(auth.authenticate(&Auth::Reconnect(bob.clone())).unwrap(), user("bob"));
+        // A token issued after the revocation is accepted.
+        std::thread::sleep(Duration::from_millis(2));
+        let fresh = auth.reconnect_token(&user("alice")).unwrap();
+        assert_eq!(auth.authenticate(&Auth::Reconnect(fresh)).unwrap(), user("alice"));
+
+        // A list that cannot be read refuses rather than accept a revoked token.
+        std::fs::write(dir.path().join(crate::REVOCATION_FILE), "garbage\n").unwrap();
+        let refused = auth.authenticate(&Auth::Reconnect(bob)).unwrap_err();
+        assert!(matches!(refused, AuthError::RevocationsUnreadable(_)), "{refused:?}");
+    }
+
+    #[test]
+    fn an_empty_reconnect_secret_is_refused() {
+        let mut empty = config(None, false);
+        empty.reconnect_secret.clear();
+        assert!(matches!(Authenticator::new(&empty), Err(AuthError::BadKey(_))));
     }
 
     #[test]

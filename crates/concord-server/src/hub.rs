@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::model::{ModelCommand, Models};
 use crate::registry::Registry;
+use crate::revocation::RevocationList;
 use crate::store::{Store, Writer};
 use crate::types::ModelKey;
 
@@ -48,6 +49,8 @@ impl Hub {
             tasks: TaskTracker::new(),
             owners: Arc::default(),
         };
+        // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
+        let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));
         Hub {
             config,
             auth,

@@ -1,6 +1,6 @@
 //! `concord-server` is Concord's server library: the WebSocket endpoint
 //! (`ws://HOST:PORT/<namespace>/<domain>`), authentication (JWT, anonymous, reconnect
-//! tokens), per-model permissions, one sequencer task per active model, and durable
+//! tokens revocable per user), per-model permissions, one sequencer task per active model, and durable
 //! persistence in an embedded redb store — every operation is on disk before anyone hears
 //! of it, with group commit across models.
 //!
@@ -52,6 +52,7 @@ mod hub;
 mod model;
 mod outbox;
 mod registry;
+mod revocation;
 mod server;
 mod store;
 #[cfg(test)]
@@ -60,5 +61,6 @@ mod types;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};
+pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;

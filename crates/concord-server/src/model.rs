@@ -228,12 +228,32 @@ impl ModelTask {
                 };
                 ReadResult::Collection(result.map_err(failed))
             }
-            Read::ReplicaOwner { replica, claimant } => {
-                let key = (self.key.domain.clone(), replica);
-                let mut owners = self.models.owners.lock().unwrap_or_else(|p| p.into_inner());
-                ReadResult::ReplicaOwner(Ok(owners.entry(key).or_insert(claimant).clone()))
-            }
+            Read::ReplicaOwner { replica, claimant } => ReadResult::ReplicaOwner(
+                self.replica_owner(replica, claimant).await.map_err(failed),
+            ),
         }
+    }
+
+    /// The user `replica` belongs to in this domain, claimed for `claimant` if it belongs to
+    /// nobody yet. Claims are made under one lock for the whole server, so two models never
+    /// bind a replica to two users; the store is asked only about replicas this run has not
+    /// seen (its bindings never change).
+    async fn replica_owner(
+        &self,
+        replica: ReplicaId,
+        claimant: UserId,
+    ) -> Result<UserId, StoreError> {
+        let key = (self.key.domain.clone(), replica);
+        let known = |owners: &Mutex<ReplicaOwners>| {
+            owners.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
+        };
+        if let Some(owner) = known(&self.models.owners) {
+            return Ok(owner);
+        }
+        let (store, domain) = (self.models.store.clone(), self.key.domain.clone());
+        let stored = blocking(move || store.replica_owner(&domain, replica)).await?;
+        let mut owners = self.models.owners.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(owners.entry(key).or_insert_with(|| stored.unwrap_or(claimant)).clone())
     }
 
     /// Makes everything produced so far durable: what memory lacks must be durable before

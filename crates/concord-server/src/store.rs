@@ -1,6 +1,11 @@
 //! The server's embedded store: one redb file in the data directory holding every domain's
 //! models (record, latest snapshot, operation log, last seq per replica), deleted ids,
-//! collections and users.
+//! collections, users and which user each replica id belongs to.
+//!
+//! Every record carries a checksum (`record`), so that bytes damaged outside the server are
+//! reported as [`StoreError::CorruptRecord`] naming the model, never served; an empty or
+//! foreign file where the store should be is refused, never replaced. Older formats are
+//! migrated on open (`migrate`).
 //!
 //! Writes go through one writer thread ([`Writer`]) that takes every job queued meanwhile
 //! into one `Durability::Immediate` transaction (group commit across models) and only then
@@ -10,35 +15,51 @@
 //! the server shuts down rather than run ahead of its disk.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use concord_ot::ReplicaId;
-use concord_protocol::{CollectionId, Commit, CommittedOperation, ModelSnapshot, Timestamp};
+use concord_protocol::{
+    CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, Timestamp, UserId,
+};
 use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
-/// The format of the server's store; bumped on any change of a table or record.
-const FORMAT_VERSION: u64 = 1;
+mod migrate;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use record::{Damage, seal, unseal};
+
+/// The format of the server's store; bumped on any change of a table or record. Format 1
+/// stored plain records and no replica owners; `migrate` brings it to this one.
+const FORMAT_VERSION: u64 = 2;
 const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+// Every `&[u8]` value below is a checksummed record (`record::seal`).
 const MODELS: TableDefinition<ModelKeyT, &[u8]> = TableDefinition::new("models");
 const SNAPSHOTS: TableDefinition<ModelKeyT, &[u8]> = TableDefinition::new("snapshots");
 const OPERATIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("operations");
-const REPLICAS: TableDefinition<(&str, &str, u64), (u64, u64, i64)> =
-    TableDefinition::new("replicas");
+/// `(domain, model, replica)` → the replica's last `(seq, version, timestamp)` in the model.
+const LAST_COMMITS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("last_commits");
 const DELETED: TableDefinition<ModelKeyT, i64> = TableDefinition::new("deleted");
 const COLLECTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("collections");
 const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
+/// `(domain, replica)` → the user the replica belongs to (written once, never replaced).
+const REPLICA_OWNERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replica_owners");
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +68,18 @@ pub enum StoreError {
     InUse(String),
     #[error("the server store is corrupt: {0}")]
     Corrupt(String),
+    /// A record failed its checksum or does not decode: the file was changed outside the
+    /// server. `model` names the model the record belongs to, when it belongs to one; loading
+    /// that model fails, other models are served.
+    #[error("the server store holds a corrupt record ({}): {record}", place(.domain, .model.as_ref()))]
+    CorruptRecord { domain: String, model: Option<ModelId>, record: String },
+    /// The file at the store's path is empty or is not a Concord store: it is refused, never
+    /// replaced by a fresh store.
+    #[error(
+        "{} is not a Concord server store ({reason}); restore the file from a backup, or move it away to start an empty store",
+        .path.display()
+    )]
+    NotAStore { path: PathBuf, reason: String },
     #[error("the server store has format {found}; this server reads format {supported} and older")]
     NewerFormat { found: u64, supported: u64 },
     #[error("server store I/O failed: {0}")]
@@ -55,6 +88,13 @@ pub enum StoreError {
     Backend(String),
     #[error("an earlier write failed; the server store takes no more writes")]
     Stopped,
+}
+
+fn place(domain: &str, model: Option<&ModelId>) -> String {
+    match model {
+        Some(model) => format!("model {model} in domain {domain}"),
+        None => format!("domain {domain}"),
+    }
 }
 
 fn backend(error: impl Into<redb::Error>) -> StoreError {
@@ -66,13 +106,13 @@ fn backend(error: impl Into<redb::Error>) -> StoreError {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // postcard cannot fail on these plain types into a Vec.
-    postcard::to_stdvec(value).unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+/// The error for a damaged record of `model` (or of the domain) described by `record`.
+fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage) -> StoreError {
+    StoreError::CorruptRecord {
+        domain: domain.to_owned(),
+        model: model.cloned(),
+        record: format!("{record}: {damage}"),
+    }
 }
 
 /// The read side, shared by every task; reads never wait for the writer.
@@ -82,67 +122,76 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens the store in `dir`, creating the directory (0700 on Unix) and a new store file
+    /// (0600) only if none exists. An existing file that is empty or not a Concord store is
+    /// refused ([`StoreError::NotAStore`]); one of an older format is migrated in one
+    /// transaction, one of a newer format refused.
     pub(crate) fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join(FILE_NAME)).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::InUse(format!("{} is open in another process", dir.display()))
-            }
-            other => backend(other),
-        })?;
-        let mut txn = db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
-        {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let found = meta.get("format").map_err(backend)?.map(|v| v.value());
-            match found {
-                Some(found) if found > FORMAT_VERSION => {
-                    return Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION });
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert("format", FORMAT_VERSION).map_err(backend)?;
-                }
-            }
-            // Create every table, so that readers never meet a missing one.
-            txn.open_table(MODELS).map_err(backend)?;
-            txn.open_table(SNAPSHOTS).map_err(backend)?;
-            txn.open_table(OPERATIONS).map_err(backend)?;
-            txn.open_table(REPLICAS).map_err(backend)?;
-            txn.open_table(DELETED).map_err(backend)?;
-            txn.open_table(COLLECTIONS).map_err(backend)?;
-            txn.open_table(USERS).map_err(backend)?;
+        create_private_dir(dir)?;
+        let path = dir.join(FILE_NAME);
+        if !path.try_exists()? {
+            create_file(dir, &path)?;
         }
-        txn.commit().map_err(backend)?;
+        let db = open_file(&path)?;
+        warn_if_readable_by_others(&path);
+        let found = recorded_format(&db, &path)?;
+        if found > FORMAT_VERSION {
+            return Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION });
+        }
+        if found < FORMAT_VERSION {
+            migrate::to_current(&db, found)?;
+            tracing::info!(from = found, to = FORMAT_VERSION, "migrated the server store");
+        }
         Ok(Store { db: Arc::new(db) })
     }
 
     pub(crate) fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let k = key.as_tuple();
+        let (domain, model) = (&*key.domain, Some(&key.model));
         let models = txn.open_table(MODELS).map_err(backend)?;
         let Some(record) = models.get(k).map_err(backend)? else {
             let deleted =
                 txn.open_table(DELETED).map_err(backend)?.get(k).map_err(backend)?.is_some();
             return Ok(Loaded::Absent { deleted });
         };
-        let record: ModelRecord = decode(record.value(), "model record")?;
-        let collection = read_collection(&txn, &key.domain, &record.collection)?;
+        let record: ModelRecord = unseal(MODELS.name(), &k, record.value())
+            .map_err(|damage| corrupt(domain, model, "its record".into(), damage))?;
+        let collection = read_collection(&txn, domain, &record.collection).map_err(|e| {
+            // The model cannot be served without its collection's settings: name the model.
+            match e {
+                StoreError::CorruptRecord { record, .. } => StoreError::CorruptRecord {
+                    domain: domain.to_owned(),
+                    model: model.cloned(),
+                    record: format!("its {record}"),
+                },
+                other => other,
+            }
+        })?;
         let snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
-        let snapshot = snapshots
-            .get(k)
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Corrupt(format!("model {} has no snapshot", key.model)))?;
-        let snapshot: ModelSnapshot = decode(snapshot.value(), "snapshot")?;
+        let Some(snapshot) = snapshots.get(k).map_err(backend)? else {
+            return Err(StoreError::CorruptRecord {
+                domain: domain.to_owned(),
+                model: model.cloned(),
+                record: "its snapshot is missing".into(),
+            });
+        };
+        let snapshot: ModelSnapshot = unseal(SNAPSHOTS.name(), &k, snapshot.value())
+            .map_err(|damage| corrupt(domain, model, "its snapshot".into(), damage))?;
         let operations = read_operations(&txn, key, snapshot.version, u64::MAX, usize::MAX)?;
-        let replicas = txn.open_table(REPLICAS).map_err(backend)?;
+        let table = txn.open_table(LAST_COMMITS).map_err(backend)?;
         let mut last_commits = BTreeMap::new();
-        for entry in replicas.range((k.0, k.1, 0)..=(k.0, k.1, u64::MAX)).map_err(backend)? {
-            let (replica, value) = entry.map_err(backend)?;
-            let (seq, version, timestamp) = value.value();
+        for entry in table.range((k.0, k.1, 0)..=(k.0, k.1, u64::MAX)).map_err(backend)? {
+            let (stored_key, value) = entry.map_err(backend)?;
+            let replica = stored_key.value().2;
+            let (seq, version, timestamp): (u64, u64, i64) =
+                unseal(LAST_COMMITS.name(), &stored_key.value(), value.value()).map_err(
+                    |damage| {
+                        corrupt(domain, model, format!("replica {replica}'s last commit"), damage)
+                    },
+                )?;
             let commit = Commit { version, timestamp: Timestamp(timestamp) };
-            last_commits.insert(ReplicaId(replica.value().2), (seq, commit));
+            last_commits.insert(ReplicaId(replica), (seq, commit));
         }
         Ok(Loaded::Model(Box::new(StoredModel {
             record,
@@ -174,17 +223,39 @@ impl Store {
         read_collection(&txn, domain, collection)
     }
 
+    /// The user `replica` belongs to in `domain`: whoever first used it (`Write::BindReplica`).
+    pub(crate) fn replica_owner(
+        &self,
+        domain: &str,
+        replica: ReplicaId,
+    ) -> Result<Option<UserId>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
+        let key = (domain, replica.0);
+        match table.get(key).map_err(backend)? {
+            Some(bytes) => {
+                unseal(REPLICA_OWNERS.name(), &key, bytes.value()).map(Some).map_err(|damage| {
+                    corrupt(domain, None, format!("replica {}'s owner", replica.0), damage)
+                })
+            }
+            None => Ok(None),
+        }
+    }
+
     /// A user seen in `domain` (read back only by the format tests so far).
     #[cfg(test)]
     pub(crate) fn user(
         &self,
         domain: &str,
-        user: &concord_protocol::UserId,
+        user: &UserId,
     ) -> Result<Option<concord_protocol::User>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(USERS).map_err(backend)?;
-        match table.get((domain, user.0.as_str())).map_err(backend)? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), "user")?)),
+        let key = (domain, user.0.as_str());
+        match table.get(key).map_err(backend)? {
+            Some(bytes) => unseal(USERS.name(), &key, bytes.value())
+                .map(Some)
+                .map_err(|damage| corrupt(domain, None, format!("user {}", user.0), damage)),
             None => Ok(None),
         }
     }
@@ -204,14 +275,131 @@ impl Store {
     }
 }
 
+/// Creates `dir` and its missing parents, readable by the owner only (Unix).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates a new store at `path`: written whole under a temporary name (0600 on Unix), then
+/// linked into place only if nothing is there yet. So a file at `path` is always a complete
+/// store, and a crash while creating one leaves nothing that a restart would refuse.
+fn create_file(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+    let attempt = ATTEMPT.fetch_add(1, Ordering::Relaxed);
+    let temporary = dir.join(format!("{FILE_NAME}.new-{}-{attempt}", std::process::id()));
+    let created = initialize(&temporary);
+    let linked = created.and_then(|()| match std::fs::hard_link(&temporary, path) {
+        // Another process created the store meanwhile: open theirs.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        other => other.map_err(StoreError::Io),
+    });
+    let _ = std::fs::remove_file(&temporary);
+    linked?;
+    // Make the new name durable too.
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    Ok(())
+}
+
+/// Writes an empty store of the current format into a new file at `path`.
+fn initialize(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // The mode above is subject to the umask; make sure of it either way.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    let backend_file = redb::backends::FileBackend::new(file).map_err(backend)?;
+    let db = Database::builder().create_with_backend(backend_file).map_err(backend)?;
+    let mut txn = db.begin_write().map_err(backend)?;
+    txn.set_durability(Durability::Immediate).map_err(backend)?;
+    txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
+    create_tables(&txn)?;
+    txn.commit().map_err(backend)?;
+    db.close().map_err(backend)
+}
+
+/// Creates every table of the current format, so that readers never meet a missing one.
+fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(MODELS).map_err(backend)?;
+    txn.open_table(SNAPSHOTS).map_err(backend)?;
+    txn.open_table(OPERATIONS).map_err(backend)?;
+    txn.open_table(LAST_COMMITS).map_err(backend)?;
+    txn.open_table(DELETED).map_err(backend)?;
+    txn.open_table(COLLECTIONS).map_err(backend)?;
+    txn.open_table(USERS).map_err(backend)?;
+    txn.open_table(REPLICA_OWNERS).map_err(backend)?;
+    Ok(())
+}
+
+/// Opens the existing store file at `path`; an empty or foreign file is refused.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    let not_a_store = |reason: String| StoreError::NotAStore { path: path.to_owned(), reason };
+    if std::fs::metadata(path)?.len() == 0 {
+        // redb would initialize a new database in it: a truncated store would come back empty.
+        return Err(not_a_store("the file is empty".into()));
+    }
+    Database::open(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            StoreError::InUse(format!("{} is open in another process", path.display()))
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == ErrorKind::InvalidData =>
+        {
+            not_a_store(io.to_string())
+        }
+        other => backend(other),
+    })
+}
+
+/// The format `db` records; a database without one is not a Concord store.
+fn recorded_format(db: &Database, path: &Path) -> Result<u64, StoreError> {
+    let not_a_store =
+        |reason: &str| StoreError::NotAStore { path: path.to_owned(), reason: reason.to_owned() };
+    let txn = db.begin_read().map_err(backend)?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(TableError::TableDoesNotExist(_) | TableError::TableTypeMismatch { .. }) => {
+            return Err(not_a_store("a redb database without a Concord format"));
+        }
+        Err(other) => return Err(backend(other)),
+    };
+    match meta.get("format").map_err(backend)? {
+        Some(format) if format.value() >= 1 => Ok(format.value()),
+        _ => Err(not_a_store("a redb database without a Concord format")),
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(path = %path.display(), "the server store is readable by other users; chmod 600 it");
+        }
+    }
+}
+
 fn read_collection(
     txn: &redb::ReadTransaction,
     domain: &str,
     collection: &CollectionId,
 ) -> Result<Option<CollectionConfig>, StoreError> {
     let table = txn.open_table(COLLECTIONS).map_err(backend)?;
-    match table.get((domain, collection.as_str())).map_err(backend)? {
-        Some(bytes) => Ok(Some(decode(bytes.value(), "collection")?)),
+    let key = (domain, collection.as_str());
+    match table.get(key).map_err(backend)? {
+        Some(bytes) => unseal(COLLECTIONS.name(), &key, bytes.value())
+            .map(Some)
+            .map_err(|damage| corrupt(domain, None, format!("collection {collection}"), damage)),
         None => Ok(None),
     }
 }
@@ -234,8 +422,13 @@ fn read_operations(
         if out.len() >= limit {
             break;
         }
-        let (_, bytes) = entry.map_err(backend)?;
-        out.push(decode(bytes.value(), "operation")?);
+        let (stored_key, bytes) = entry.map_err(backend)?;
+        let version = stored_key.value().2;
+        let operation =
+            unseal(OPERATIONS.name(), &stored_key.value(), bytes.value()).map_err(|damage| {
+                corrupt(domain, Some(&key.model), format!("operation {version}"), damage)
+            })?;
+        out.push(operation);
     }
     Ok(out)
 }
@@ -329,38 +522,44 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
         let mut models = txn.open_table(MODELS).map_err(backend)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
         let mut operations = txn.open_table(OPERATIONS).map_err(backend)?;
-        let mut replicas = txn.open_table(REPLICAS).map_err(backend)?;
+        let mut last_commits = txn.open_table(LAST_COMMITS).map_err(backend)?;
         let mut deleted = txn.open_table(DELETED).map_err(backend)?;
         let mut collections = txn.open_table(COLLECTIONS).map_err(backend)?;
         let mut users = txn.open_table(USERS).map_err(backend)?;
+        let mut replica_owners = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
         for job in group {
             let domain = &*job.domain;
             for write in &job.writes {
                 match write {
                     Write::CreateModel { model, record, snapshot } => {
                         let k = (domain, model.as_str());
-                        models.insert(k, encode(record).as_slice()).map_err(backend)?;
-                        snapshots.insert(k, encode(snapshot).as_slice()).map_err(backend)?;
+                        models
+                            .insert(k, seal(MODELS.name(), &k, record).as_slice())
+                            .map_err(backend)?;
+                        let snapshot = seal(SNAPSHOTS.name(), &k, snapshot);
+                        snapshots.insert(k, snapshot.as_slice()).map_err(backend)?;
                     }
                     Write::Commit(record) => {
                         let model = record.model.as_str();
                         let version = record.operation.version;
-                        let bytes = encode(&record.operation);
-                        operations
-                            .insert((domain, model, version), bytes.as_slice())
-                            .map_err(backend)?;
+                        let k = (domain, model, version);
+                        let bytes = seal(OPERATIONS.name(), &k, &record.operation);
+                        operations.insert(k, bytes.as_slice()).map_err(backend)?;
+                        let k = (domain, model, record.replica.0);
                         let value = (record.seq, version, record.operation.timestamp.0);
-                        replicas
-                            .insert((domain, model, record.replica.0), value)
-                            .map_err(backend)?;
+                        let bytes = seal(LAST_COMMITS.name(), &k, &value);
+                        last_commits.insert(k, bytes.as_slice()).map_err(backend)?;
                     }
                     Write::Snapshot { model, snapshot } => {
                         let k = (domain, model.as_str());
-                        snapshots.insert(k, encode(snapshot).as_slice()).map_err(backend)?;
+                        let snapshot = seal(SNAPSHOTS.name(), &k, snapshot);
+                        snapshots.insert(k, snapshot.as_slice()).map_err(backend)?;
                     }
                     Write::SetGrants { model, record } => {
                         let k = (domain, model.as_str());
-                        models.insert(k, encode(record).as_slice()).map_err(backend)?;
+                        models
+                            .insert(k, seal(MODELS.name(), &k, record).as_slice())
+                            .map_err(backend)?;
                     }
                     Write::DeleteModel { model, at } => {
                         let model = model.as_str();
@@ -369,21 +568,30 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         operations
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
                             .map_err(backend)?;
-                        replicas
+                        last_commits
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
                             .map_err(backend)?;
                         deleted.insert((domain, model), at.0).map_err(backend)?;
                     }
                     Write::PutCollection { collection, config } => {
                         let k = (domain, collection.as_str());
-                        collections.insert(k, encode(config).as_slice()).map_err(backend)?;
+                        let config = seal(COLLECTIONS.name(), &k, config);
+                        collections.insert(k, config.as_slice()).map_err(backend)?;
                     }
                     Write::PutUser { user } => {
                         let k = (domain, user.id.0.as_str());
-                        users.insert(k, encode(user).as_slice()).map_err(backend)?;
+                        users
+                            .insert(k, seal(USERS.name(), &k, user).as_slice())
+                            .map_err(backend)?;
                     }
-                    // Not stored yet: the host does not bind replicas yet either.
-                    Write::BindReplica { .. } => {}
+                    Write::BindReplica { replica, user } => {
+                        // The first owner stays: a replica id never changes hands.
+                        let k = (domain, replica.0);
+                        if replica_owners.get(k).map_err(backend)?.is_none() {
+                            let owner = seal(REPLICA_OWNERS.name(), &k, user);
+                            replica_owners.insert(k, owner.as_slice()).map_err(backend)?;
+                        }
+                    }
                 }
             }
         }

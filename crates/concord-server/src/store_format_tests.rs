@@ -3,7 +3,7 @@
 //! `tests/fixtures/server-v<N>.redb` is a `concord.redb` written by store format `N`, with a
 //! row in every table: models (with and without a creation nonce and a creator, with grants),
 //! snapshots, the operation log, the last commit per replica, a deleted id, collections and
-//! users, in two domains. For every format up to the current one (the version a new store
+//! users, in two domains; from format 2 on, replicas bound to users too. For every format up to the current one (the version a new store
 //! records) a fixture must exist; the test opens a copy through [`Store`], checks that the
 //! file then records the current format, and compares everything it reads with the values
 //! written out below. So changing how a table or a record is stored fails here until the
@@ -81,6 +81,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
             .unwrap_or_else(|e| panic!("format {version} does not open: {e}"));
         match version {
             1 => v1::check(&store),
+            2 => v2::check(&store),
             _ => panic!("write out what the format {version} fixture holds"),
         }
         drop(store);
@@ -92,10 +93,10 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
 
 #[tokio::test]
 async fn the_generator_writes_what_the_current_fixture_holds() {
-    assert_eq!(current_format(), 1, "write and check the new format's contents here");
+    assert_eq!(current_format(), 2, "write and check the new format's contents here");
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
-    v1::check(&Store::open(dir.path()).unwrap());
+    v2::check(&Store::open(dir.path()).unwrap());
 }
 
 /// Writes the current format's contents through the store's writer.
@@ -105,7 +106,7 @@ async fn write_store(dir: &Path) {
     // Each step is made durable before the next is queued, so that each is one transaction
     // whatever the timing (the writer groups what is queued meanwhile): the file comes out
     // the same every run.
-    for (domain, writes) in v1::writes() {
+    for (domain, writes) in v2::writes() {
         writer.submit(Job { domain: Arc::from(domain), writes, ..Job::default() }).await.unwrap();
         writer.flush().await.unwrap();
     }
@@ -461,5 +462,38 @@ mod v1 {
             assert_eq!(store.user(NOTES, &user.id).unwrap(), Some(user.clone()));
             assert_eq!(store.user(OTHER, &user.id).unwrap(), None);
         }
+    }
+}
+
+/// Format 2: every record checksummed, the last commits in their own table of records, and
+/// the replica owners. It holds what format 1 held, and replicas bound to users.
+mod v2 {
+    use super::*;
+
+    const NOTES: &str = "acme/notes";
+    const OTHER: &str = "other/main";
+
+    /// Format 1's steps, then replica bindings: a second binding of a replica never replaces
+    /// the first, and domains bind independently.
+    pub(super) fn writes() -> Vec<(&'static str, Vec<Write>)> {
+        let bind = |replica, owner: &str| Write::BindReplica {
+            replica: ReplicaId(replica),
+            user: user(owner),
+        };
+        let mut steps = v1::writes();
+        steps.push((NOTES, vec![bind(11, "ann"), bind(12, "bob")]));
+        steps.push((NOTES, vec![bind(11, "bob")]));
+        steps.push((OTHER, vec![bind(11, "bob")]));
+        steps
+    }
+
+    pub(super) fn check(store: &Store) {
+        v1::check(store);
+        let owner = |domain, replica| store.replica_owner(domain, ReplicaId(replica)).unwrap();
+        assert_eq!(owner(NOTES, 11), Some(user("ann")), "the first binding stays");
+        assert_eq!(owner(NOTES, 12), Some(user("bob")));
+        assert_eq!(owner(OTHER, 11), Some(user("bob")), "another domain binds on its own");
+        assert_eq!(owner(NOTES, 13), None);
+        assert_eq!(owner(OTHER, 12), None);
     }
 }

@@ -270,13 +270,14 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     server.stop().await?;
 
     let server = start(temp.path(), small_memory).await?;
-    let mut bob = connect(&server, "bob").await?;
+    // Alice again, on a new connection (only she may name her replica's submission).
+    let mut again = connect(&server, "alice").await?;
     let request = ClientRequest::Resync {
         model: model("doc"),
         known_version: 0,
         in_flight: Some(InFlight { replica: ReplicaId(1), seq: last_seq }),
     };
-    match bob.request(request).await? {
+    match again.request(request).await? {
         Ok(ServerResponse::ResyncStarted { current_version, in_flight_committed, .. }) => {
             assert_eq!(current_version, total as u64);
             assert_eq!(in_flight_committed.map(|c| c.version), Some(total as u64));
@@ -286,7 +287,7 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     let mut versions = Vec::new();
     let mut pages = 0;
     loop {
-        let (operations, last) = bob
+        let (operations, last) = again
             .push(|p| match p {
                 ServerPush::ResyncPage { operations, last, .. } => {
                     Some((operations.clone(), *last))
@@ -310,8 +311,8 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
         base_version: total as u64 - 1,
         operation: insert(&editor.document, 0, "x"),
     };
-    bob.send(&ClientMessage::Notice(notice)).await?;
-    let ack = bob
+    again.send(&ClientMessage::Notice(notice)).await?;
+    let ack = again
         .push(|p| match p {
             ServerPush::Ack { seq, version, .. } => Some((*seq, *version)),
             _ => None,

@@ -7,6 +7,8 @@
 //!   `concord ready on ws://ADDR/{namespace}/{domain}`; it logs to stderr, and stops cleanly
 //!   on SIGINT or SIGTERM.
 //! * `concord token` mints an HS256 client JWT with the server's secret, for development.
+//! * `concord revoke` refuses every reconnect token a user holds, through the revocation list
+//!   in the data directory (the running server reads it at the next reconnect).
 //!
 //! It is a thin shell around the library: it reads configuration, keeps the data
 //! directory's secret, handles signals and sets up logs. It is not a client, an admin or
@@ -15,6 +17,7 @@
 
 mod config;
 mod demo;
+mod revoke;
 mod secret;
 mod serve;
 mod token;
@@ -36,6 +39,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print a client JWT signed with the server's HS256 secret (development and tests)
     Token(token::TokenArgs),
+    /// Refuse every reconnect token a user holds (they log in again with a JWT); works while
+    /// the server runs
+    Revoke(revoke::RevokeArgs),
     /// Show live collaboration and offline work end to end: a server and two clients in this
     /// process, with temporary stores
     Demo(demo::DemoArgs),
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => token::run(args),
+        Command::Revoke(args) => revoke::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -2,6 +2,7 @@
 //! server until SIGINT or SIGTERM, then lets it close sessions and flush its store.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,7 +55,11 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir)
+    // Private (0700): it holds the server's secret and every model.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let secret_path = secret::data_dir_secret(data_dir);
     let (server_secret, created) = secret::load_or_create(&secret_path)?;

@@ -1,0 +1,151 @@
+//! Brings a store of an older format to the current one, in one transaction: a crash midway
+//! leaves the old format, which the next open migrates again.
+//!
+//! Format 1 → 2: every record gains its checksum (`record::seal`), the replicas' last commits
+//! move from a plain tuple table (`replicas`) to a checksummed one (`last_commits`), and the
+//! replica owners table is added. Tables are rewritten a chunk at a time, so that a large
+//! store never sits in memory whole.
+
+use std::ops::Bound;
+
+use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+
+use super::record::seal_bytes;
+use super::{
+    COLLECTIONS, Database, Durability, FORMAT_VERSION, LAST_COMMITS, META, MODELS, OPERATIONS,
+    SNAPSHOTS, StoreError, USERS, backend, create_tables,
+};
+
+/// Format 1's last commit per replica: `(domain, model, replica)` → `(seq, version, timestamp)`.
+const V1_REPLICAS: TableDefinition<(&str, &str, u64), (u64, u64, i64)> =
+    TableDefinition::new("replicas");
+
+/// Records rewritten per step of a table.
+const CHUNK: usize = 1_024;
+
+/// Migrates `db`, which records format `found` (older than the current one).
+pub(super) fn to_current(db: &Database, found: u64) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    txn.set_durability(Durability::Immediate).map_err(backend)?;
+    if found == 1 {
+        from_v1(&txn)?;
+    } else {
+        return Err(StoreError::Corrupt(format!("format {found} was never written")));
+    }
+    create_tables(&txn)?;
+    txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
+    txn.commit().map_err(backend)
+}
+
+fn from_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    for table in [MODELS, SNAPSHOTS, COLLECTIONS, USERS] {
+        seal_pairs(txn, table)?;
+    }
+    seal_operations(txn)?;
+    move_last_commits(txn)
+}
+
+/// Seals every record of a table keyed by `(domain, name)`, in place.
+fn seal_pairs(
+    txn: &WriteTransaction,
+    definition: TableDefinition<(&str, &str), &[u8]>,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(definition).map_err(backend)?;
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        {
+            let start = match &after {
+                Some((a, b)) => Bound::Excluded((a.as_str(), b.as_str())),
+                None => Bound::Unbounded,
+            };
+            for entry in table.range::<(&str, &str)>((start, Bound::Unbounded)).map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let (a, b) = key.value();
+                chunk.push(((a.to_owned(), b.to_owned()), value.value().to_vec()));
+                if chunk.len() == CHUNK {
+                    break;
+                }
+            }
+        }
+        for ((a, b), payload) in &chunk {
+            let key = (a.as_str(), b.as_str());
+            let sealed = seal_bytes(definition.name(), &key, payload);
+            table.insert(key, sealed.as_slice()).map_err(backend)?;
+        }
+        if chunk.len() < CHUNK {
+            return Ok(());
+        }
+        after = chunk.pop().map(|(last, _)| last);
+    }
+}
+
+/// Seals every operation, in place.
+fn seal_operations(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(OPERATIONS).map_err(backend)?;
+    let mut after: Option<(String, String, u64)> = None;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        {
+            let start = match &after {
+                Some((a, b, v)) => Bound::Excluded((a.as_str(), b.as_str(), *v)),
+                None => Bound::Unbounded,
+            };
+            let range = table.range::<(&str, &str, u64)>((start, Bound::Unbounded));
+            for entry in range.map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let (a, b, v) = key.value();
+                chunk.push(((a.to_owned(), b.to_owned(), v), value.value().to_vec()));
+                if chunk.len() == CHUNK {
+                    break;
+                }
+            }
+        }
+        for ((a, b, v), payload) in &chunk {
+            let key = (a.as_str(), b.as_str(), *v);
+            let sealed = seal_bytes(OPERATIONS.name(), &key, payload);
+            table.insert(key, sealed.as_slice()).map_err(backend)?;
+        }
+        if chunk.len() < CHUNK {
+            return Ok(());
+        }
+        after = chunk.pop().map(|(last, _)| last);
+    }
+}
+
+/// Moves format 1's `replicas` into `last_commits`, sealed, and drops `replicas`.
+fn move_last_commits(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(V1_REPLICAS).map_err(backend)?;
+        let mut new = txn.open_table(LAST_COMMITS).map_err(backend)?;
+        let mut after: Option<(String, String, u64)> = None;
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let start = match &after {
+                Some((a, b, r)) => Bound::Excluded((a.as_str(), b.as_str(), *r)),
+                None => Bound::Unbounded,
+            };
+            let range = old.range::<(&str, &str, u64)>((start, Bound::Unbounded));
+            for entry in range.map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let (a, b, replica) = key.value();
+                chunk.push(((a.to_owned(), b.to_owned(), replica), value.value()));
+                if chunk.len() == CHUNK {
+                    break;
+                }
+            }
+            for ((a, b, replica), value) in &chunk {
+                let key = (a.as_str(), b.as_str(), *replica);
+                let payload = postcard::to_stdvec(value).unwrap_or_default();
+                let sealed = seal_bytes(LAST_COMMITS.name(), &key, &payload);
+                new.insert(key, sealed.as_slice()).map_err(backend)?;
+            }
+            if chunk.len() < CHUNK {
+                break;
+            }
+            after = chunk.pop().map(|(last, _)| last);
+        }
+    }
+    txn.delete_table(V1_REPLICAS).map_err(backend)?;
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! The store's own guarantees: damaged records are reported by model, a file that is not a
+//! store is refused and left alone, new stores are private, replica owners never change, and
+//! a format 1 store larger than a migration step migrates whole.
+
+use std::path::Path;
+
+use concord_ot::{DiscreteOperation, Document, ElementId, OperationKind, Value, ValueData};
+use concord_protocol::{PermissionGrants, SessionId, User};
+use concord_sync::CommitRecord;
+
+use super::*;
+
+const DOMAIN: &str = "acme/notes";
+
+fn model_id(id: &str) -> ModelId {
+    ModelId::new(id).unwrap()
+}
+
+fn key(model: &str) -> ModelKey {
+    ModelKey { domain: Arc::from(DOMAIN), model: model_id(model) }
+}
+
+fn notes() -> CollectionId {
+    CollectionId::new("notes").unwrap()
+}
+
+fn record() -> ModelRecord {
+    ModelRecord {
+        collection: notes(),
+        created_at: Timestamp(1),
+        nonce: None,
+        creator: Some(UserId("ann".into())),
+        grants: PermissionGrants::default(),
+    }
+}
+
+fn snapshot(version: u64, text: &str) -> ModelSnapshot {
+    let root = Value::new(
+        ElementId::new(0, 0),
+        ValueData::Object(
+            [(
+                "body".to_string(),
+                Value::new(ElementId::new(0, 1), ValueData::String(text.into())),
+            )]
+            .into(),
+        ),
+    );
+    ModelSnapshot {
+        collection: notes(),
+        version,
+        created_at: Timestamp(1),
+        modified_at: Timestamp(1),
+        data: Document::new(root).unwrap(),
+    }
+}
+
+fn operation(version: u64) -> CommittedOperation {
+    let kind = OperationKind::StringSplice { index: 0, delete_count: 0, insert: "x".into() };
+    CommittedOperation {
+        version,
+        author: SessionId("s".into()),
+        timestamp: Timestamp(version as i64),
+        operation: DiscreteOperation::new(ElementId::new(0, 1), kind).into(),
+    }
+}
+
+/// Runs `writes` in `DOMAIN` through the writer, durably.
+async fn write(store: &Store, writes: Vec<Write>) {
+    let (writer, thread) = store.start_writer(CancellationToken::new()).unwrap();
+    writer.submit(Job { domain: Arc::from(DOMAIN), writes, ..Job::default() }).await.unwrap();
+    writer.flush().await.unwrap();
+    drop(writer);
+    thread.join().unwrap();
+}
+
+/// Models `victim` and `bystander`, each with a snapshot at version 2 and operations 1..=3 by
+/// replica 7, the collection, a user and replica 7 bound to ann.
+async fn two_models(dir: &Path) {
+    let store = Store::open(dir).unwrap();
+    let mut writes = vec![
+        Write::PutCollection { collection: notes(), config: CollectionConfig::default() },
+        Write::PutUser {
+            user: User { id: UserId("ann".into()), display_name: None, anonymous: false },
+        },
+        Write::BindReplica { replica: ReplicaId(7), user: UserId("ann".into()) },
+    ];
+    for model in ["victim", "bystander"] {
+        let model = model_id(model);
+        writes.push(Write::CreateModel {
+            model: model.clone(),
+            record: record(),
+            snapshot: snapshot(0, ""),
+        });
+        for version in 1..=3 {
+            let operation = operation(version);
+            let commit = CommitRecord {
+                model: model.clone(),
+                operation,
+                replica: ReplicaId(7),
+                seq: version,
+            };
+            writes.push(Write::Commit(commit));
+        }
+        writes.push(Write::Snapshot { model, snapshot: snapshot(2, "xx") });
+    }
+    write(&store, writes).await;
+}
+
+/// Flips the last byte of the record stored under `key` in `table`, as a damaged disk would.
+fn damage<K: redb::Key + 'static>(
+    dir: &Path,
+    table: TableDefinition<K, &[u8]>,
+    key: K::SelfType<'_>,
+) {
+    let db = Database::open(dir.join(FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(table).unwrap();
+        let mut bytes = table.get(&key).unwrap().expect("the record exists").value().to_vec();
+        *bytes.last_mut().unwrap() ^= 0x20;
+        table.insert(&key, bytes.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+fn loads(store: &Store, model: &str) -> Result<StoredModel, StoreError> {
+    match store.load(&key(model))? {
+        Loaded::Model(model) => Ok(*model),
+        Loaded::Absent { .. } => panic!("{model} is absent"),
+    }
+}
+
+fn assert_corrupt_model(result: Result<StoredModel, StoreError>, model: &str, what: &str) {
+    match result {
+        Err(StoreError::CorruptRecord { domain, model: Some(named), record }) => {
+            assert_eq!((domain.as_str(), named.as_str()), (DOMAIN, model));
+            assert!(record.contains(what), "{record:?} should name {what:?}");
+        }
+        other => panic!("{model} with a damaged {what} loaded as {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_record_fails_its_model_and_nothing_else() {
+    type Damager = fn(&Path);
+    let cases: [(&str, Damager); 5] = [
+        ("record", |dir| damage(dir, MODELS, (DOMAIN, "victim"))),
+        ("snapshot", |dir| damage(dir, SNAPSHOTS, (DOMAIN, "victim"))),
+        ("operation 3", |dir| damage(dir, OPERATIONS, (DOMAIN, "victim", 3))),
+        ("last commit", |dir| damage(dir, LAST_COMMITS, (DOMAIN, "victim", 7))),
+        ("collection notes", |dir| damage(dir, COLLECTIONS, (DOMAIN, "notes"))),
+    ];
+    for (what, damager) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        two_models(dir.path()).await;
+        damager(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        assert_corrupt_model(loads(&store, "victim"), "victim", what);
+        if what.starts_with("collection") {
+            // Every model of the collection needs its settings.
+            assert_corrupt_model(loads(&store, "bystander"), "bystander", what);
+            continue;
+        }
+        let bystander = loads(&store, "bystander").unwrap();
+        assert_eq!(bystander.snapshot, snapshot(2, "xx"));
+        assert_eq!(bystander.operations, vec![operation(3)]);
+    }
+
+    // An operation older than the snapshot fails only the reads that reach it.
+    let dir = tempfile::tempdir().unwrap();
+    two_models(dir.path()).await;
+    damage(dir.path(), OPERATIONS, (DOMAIN, "victim", 1));
+    let store = Store::open(dir.path()).unwrap();
+    assert!(loads(&store, "victim").is_ok());
+    assert_eq!(
+        store.operations(&key("victim"), 1, 3, 10).unwrap(),
+        vec![operation(2), operation(3)]
+    );
+    match store.operations(&key("victim"), 0, 3, 10) {
+        Err(StoreError::CorruptRecord { model: Some(model), record, .. }) => {
+            assert_eq!(model.as_str(), "victim");
+            assert!(record.contains("operation 1"), "{record}");
+        }
+        other => panic!("a damaged operation was read as {other:?}"),
+    }
+    assert_eq!(store.operations(&key("bystander"), 0, 3, 10).unwrap().len(), 3);
+    drop(store);
+
+    // Records of no model name their domain.
+    damage(dir.path(), REPLICA_OWNERS, (DOMAIN, 7));
+    damage(dir.path(), USERS, (DOMAIN, "ann"));
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        store.replica_owner(DOMAIN, ReplicaId(7)),
+        Err(StoreError::CorruptRecord { model: None, .. })
+    ));
+    assert!(matches!(
+        store.user(DOMAIN, &UserId("ann".into())),
+        Err(StoreError::CorruptRecord { model: None, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_replica_keeps_its_first_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let bind = |replica, user: &str| Write::BindReplica {
+        replica: ReplicaId(replica),
+        user: UserId(user.into()),
+    };
+    assert_eq!(store.replica_owner(DOMAIN, ReplicaId(1)).unwrap(), None);
+    // Within one transaction and across transactions, the first binding stays.
+    write(&store, vec![bind(1, "ann"), bind(1, "bob"), bind(2, "bob")]).await;
+    write(&store, vec![bind(2, "ann")]).await;
+    assert_eq!(store.replica_owner(DOMAIN, ReplicaId(1)).unwrap(), Some(UserId("ann".into())));
+    assert_eq!(store.replica_owner(DOMAIN, ReplicaId(2)).unwrap(), Some(UserId("bob".into())));
+    assert_eq!(store.replica_owner("acme/other", ReplicaId(1)).unwrap(), None);
+    drop(store);
+    // Durably.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.replica_owner(DOMAIN, ReplicaId(1)).unwrap(), Some(UserId("ann".into())));
+}
+
+fn assert_not_a_store(dir: &Path, reason: &str) {
+    match Store::open(dir) {
+        Err(StoreError::NotAStore { path, reason: found }) => {
+            assert_eq!(path, dir.join(FILE_NAME));
+            assert!(found.contains(reason), "{found:?} should say {reason:?}");
+        }
+        Ok(_) => panic!("opened a file that is not a store ({reason})"),
+        Err(other) => panic!("refused with {other:?}, not as a file that is not a store"),
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
+    // A store truncated to nothing.
+    let dir = tempfile::tempdir().unwrap();
+    two_models(dir.path()).await;
+    let file = dir.path().join(FILE_NAME);
+    std::fs::File::options().write(true).open(&file).unwrap().set_len(0).unwrap();
+    assert_not_a_store(dir.path(), "empty");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "the file was changed");
+
+    // Something else entirely.
+    std::fs::write(&file, "not a database, but someone's notes\n".repeat(200)).unwrap();
+    assert_not_a_store(dir.path(), "magic number");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("not a database"));
+
+    // Another program's redb database.
+    std::fs::remove_file(&file).unwrap();
+    {
+        let db = Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        let theirs: TableDefinition<&str, &str> = TableDefinition::new("theirs");
+        txn.open_table(theirs).unwrap().insert("k", "v").unwrap();
+        txn.commit().unwrap();
+    }
+    assert_not_a_store(dir.path(), "without a Concord format");
+
+    // A store of a newer format.
+    std::fs::remove_file(&file).unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    {
+        let db = Database::open(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", FORMAT_VERSION + 1).unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION }) if found == FORMAT_VERSION + 1
+    ));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data").join("server");
+    drop(Store::open(&dir).unwrap());
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    assert_eq!(mode(&parent.path().join("data")), 0o700, "a parent it created");
+    assert_eq!(mode(&dir.join(FILE_NAME)), 0o600, "the store file");
+    // Nothing but the store is left in the directory.
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+}
+
+/// Format 1 as it was written: plain postcard records and a tuple `replicas` table.
+mod v1 {
+    use super::*;
+
+    pub(super) const MODELS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("models");
+    pub(super) const SNAPSHOTS: TableDefinition<(&str, &str), &[u8]> =
+        TableDefinition::new("snapshots");
+    pub(super) const OPERATIONS: TableDefinition<(&str, &str, u64), &[u8]> =
+        TableDefinition::new("operations");
+    pub(super) const REPLICAS: TableDefinition<(&str, &str, u64), (u64, u64, i64)> =
+        TableDefinition::new("replicas");
+
+    pub(super) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        postcard::to_stdvec(value).unwrap()
+    }
+}
+
+#[test]
+fn a_format_1_store_larger_than_a_migration_step_migrates_whole() {
+    const MODEL_COUNT: u64 = 1_100;
+    const OPERATION_COUNT: u64 = 2_500;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            txn.open_table(META).unwrap().insert("format", 1).unwrap();
+            let mut models = txn.open_table(v1::MODELS).unwrap();
+            let mut snapshots = txn.open_table(v1::SNAPSHOTS).unwrap();
+            let mut operations = txn.open_table(v1::OPERATIONS).unwrap();
+            let mut replicas = txn.open_table(v1::REPLICAS).unwrap();
+            for n in 0..MODEL_COUNT {
+                let model = format!("m{n:05}");
+                let k = (DOMAIN, model.as_str());
+                models.insert(k, v1::encode(&record()).as_slice()).unwrap();
+                snapshots.insert(k, v1::encode(&snapshot(0, &model)).as_slice()).unwrap();
+                replicas.insert((DOMAIN, "big", n), (n + 1, n, n as i64)).unwrap();
+            }
+            models.insert((DOMAIN, "big"), v1::encode(&record()).as_slice()).unwrap();
+            snapshots.insert((DOMAIN, "big"), v1::encode(&snapshot(0, "")).as_slice()).unwrap();
+            for version in 1..=OPERATION_COUNT {
+                let bytes = v1::encode(&operation(version));
+                operations.insert((DOMAIN, "big", version), bytes.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let big = loads(&store, "big").unwrap();
+    assert_eq!(big.operations, (1..=OPERATION_COUNT).map(operation).collect::<Vec<_>>());
+    assert_eq!(big.last_commits.len() as u64, MODEL_COUNT);
+    for n in [0, 1_023, 1_024, MODEL_COUNT - 1] {
+        let commit = Commit { version: n, timestamp: Timestamp(n as i64) };
+        assert_eq!(big.last_commits[&ReplicaId(n)], (n + 1, commit));
+    }
+    for n in [0, 1_023, 1_024, 1_025, MODEL_COUNT - 1] {
+        let model = format!("m{n:05}");
+        assert_eq!(loads(&store, &model).unwrap().snapshot, snapshot(0, &model));
+    }
+    drop(store);
+    // The old table is gone and the file records the current format.
+    let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert!(matches!(txn.open_table(v1::REPLICAS), Err(TableError::TableDoesNotExist(_))));
+    assert_eq!(
+        txn.open_table(META).unwrap().get("format").unwrap().unwrap().value(),
+        FORMAT_VERSION
+    );
+}

@@ -1,0 +1,121 @@
+//! The server's store file over a real server: damaged bytes fail the model they belong to
+//! (and only it), a truncated or foreign file is refused rather than replaced by an empty
+//! store, and the data directory and store are private.
+
+mod support;
+
+use std::path::Path;
+
+use concord_ot::ReplicaId;
+use concord_protocol::ErrorCode;
+use concord_server::{Server, ServerConfig, ServerError, StoreError};
+use concord_testkit::wire::Editor;
+use support::*;
+
+/// The store's file in a data directory.
+const STORE_FILE: &str = "concord.redb";
+
+/// Flips one bit in every copy of `text` in `file` (redb may still hold older copies of a
+/// record in free pages); returns how many it found.
+fn flip_every_copy(file: &Path, text: &str) -> anyhow::Result<usize> {
+    let mut bytes = std::fs::read(file)?;
+    let needle = text.as_bytes();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
+        let start = at + offset;
+        bytes[start + needle.len() / 2] ^= 0x01;
+        found += 1;
+        at = start + needle.len();
+    }
+    std::fs::write(file, bytes)?;
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_one_model_fails_that_model_and_the_others_serve_on() -> anyhow::Result<()>
+{
+    let temp = tempfile::tempdir()?;
+    let server = start(temp.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "victim", "the victim's text, soon damaged").await?;
+    create(&mut alice, "bystander", "the bystander's text").await?;
+    server.stop().await?;
+
+    let file = temp.path().join(STORE_FILE);
+    assert!(flip_every_copy(&file, "the victim's text, soon damaged")? > 0, "the text is stored");
+
+    let server = start(temp.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    let refused = try_open(&mut alice, "victim").await?.expect_err("a damaged model is not served");
+    assert_eq!(refused.code, ErrorCode::INTERNAL);
+    assert!(refused.message.contains("corrupt"), "{}", refused.message);
+    // Asked again, from another connection, it is still refused: nothing damaged is served.
+    let mut bob = connect(&server, "bob").await?;
+    assert!(try_open(&mut bob, "victim").await?.is_err());
+
+    // The other model opens, takes changes and keeps them.
+    let snapshot = open(&mut alice, "bystander").await?;
+    assert_eq!(body(&snapshot.data), "the bystander's text");
+    let mut editor = Editor::new(model("bystander"), ReplicaId(1), &snapshot);
+    let change = insert(&snapshot.data, 0, "still ");
+    commit(&mut alice, &mut editor, change).await?;
+    let snapshot = open(&mut bob, "bystander").await?;
+    assert_eq!(body(&snapshot.data), "still the bystander's text");
+    server.stop().await?;
+    Ok(())
+}
+
+async fn refused_store(dir: &Path) -> StoreError {
+    match Server::bind(ServerConfig::development(dir, SECRET)).await {
+        Err(ServerError::Store(error)) => error,
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a server started on {}", dir.display()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_foreign_store_file_is_refused_not_replaced() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = start(temp.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "kept").await?;
+    server.stop().await?;
+    let file = temp.path().join(STORE_FILE);
+    let backup = std::fs::read(&file)?;
+
+    std::fs::File::options().write(true).open(&file)?.set_len(0)?;
+    let error = refused_store(temp.path()).await;
+    assert!(matches!(error, StoreError::NotAStore { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("empty") && message.contains("backup"), "{message}");
+    assert_eq!(std::fs::metadata(&file)?.len(), 0, "the truncated file was written to");
+
+    std::fs::write(&file, b"#!/bin/sh\necho this is not a store\n")?;
+    let error = refused_store(temp.path()).await;
+    assert!(matches!(error, StoreError::NotAStore { .. }), "{error:?}");
+
+    // Restored from the backup copy, the store serves what it held.
+    std::fs::write(&file, backup)?;
+    let server = start(temp.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    assert_eq!(body(&open(&mut alice, "doc").await?.data), "kept");
+    server.stop().await?;
+    Ok(())
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_store_are_private() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("data");
+    let server = start(&dir, |_| {}).await?;
+    let mode = |path: &Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(&dir)?, 0o700, "the data directory");
+    assert_eq!(mode(&dir.join(STORE_FILE))?, 0o600, "the store file");
+    server.stop().await?;
+    Ok(())
+}
