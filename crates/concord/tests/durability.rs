@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use common::{connect, create_model, open_model, serve, text_document, token};
+use common::{
+    BIN, PATIENCE, ServeProcess, connect, create_model, open_model, serve, text_document, token,
+};
 use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
 use concord_protocol::{ModelId, OpenedModel, ServerPush};
 use concord_testkit::SimRng;
@@ -170,5 +172,97 @@ async fn acknowledged_operations_survive_sigkill() -> anyhow::Result<()> {
         }
     }
     assert!(acked.lock().unwrap().len() as u64 >= KILLS);
+    Ok(())
+}
+
+/// Submits operations that each insert `marker` and a few KiB of filler, one after another,
+/// until the server stops answering; returns the markers acknowledged.
+async fn fill_until_refused(
+    url: &str,
+    token: &str,
+    model: &ModelId,
+) -> anyhow::Result<Vec<String>> {
+    let mut client = connect(url, token).await?;
+    let opened = open_model(&mut client, model).await?;
+    let (text, _) = text_of(&opened)?;
+    let mut base_version = opened.snapshot.version;
+    let replica = ReplicaId(9);
+    let mut acked = Vec::new();
+    for seq in 1.. {
+        let marker = format!("<{seq}>");
+        let insert = format!("{marker}{}", "f".repeat(8 * 1024));
+        let kind = OperationKind::StringSplice { index: 0, delete_count: 0, insert };
+        let operation = DiscreteOperation::new(text, kind).into();
+        if client.submit(model, replica, seq, base_version, operation).await.is_err() {
+            break;
+        }
+        let answer = client
+            .push(|push| match push {
+                ServerPush::Ack { seq: s, version, .. } if *s == seq => Some(Some(*version)),
+                ServerPush::SubmitRejected { seq: s, .. } if *s == seq => Some(None),
+                _ => None,
+            })
+            .await;
+        match answer {
+            Ok(Some(version)) => {
+                acked.push(marker);
+                base_version = version;
+            }
+            // Refused, or the connection is gone: the server stopped.
+            Ok(None) | Err(_) => break,
+        }
+        if seq > 2_000 {
+            bail!("the store never failed");
+        }
+    }
+    Ok(acked)
+}
+
+/// A store write that fails (here: the file may not grow past a limit, as on a full disk)
+/// stops the server rather than let it run ahead of its disk; restarted with room, it has
+/// every operation it acknowledged.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_stops_the_server_and_loses_nothing_acknowledged() -> anyhow::Result<()>
+{
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let model = ModelId::new("full")?;
+    let mut server = serve(&data, &[])?;
+    let token = token(&data, "writer")?;
+    let url = server.url("acme", "full");
+    let mut client = connect(&url, &token).await?;
+    create_model(&mut client, &model, text_document(1)).await?;
+    client.close().await?;
+    server.stop()?;
+
+    // The same server, in a shell that lets the store file grow by at most 2 MiB and turns
+    // the signal for an oversized write into an error (as a full disk gives).
+    let size = std::fs::metadata(data.join("concord.redb"))?.len();
+    let blocks = (size + 2 * 1024 * 1024) / 512;
+    let wrapper = dir.path().join("concord-with-a-small-disk");
+    let script = format!("#!/bin/sh\ntrap '' XFSZ\nulimit -f {blocks}\nexec {BIN} \"$@\"\n");
+    std::fs::write(&wrapper, script)?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let mut server = ServeProcess::start(&wrapper, &data, &[])?;
+    let url = server.url("acme", "full");
+    let acked = fill_until_refused(&url, &token, &model).await?;
+    assert!(!acked.is_empty(), "some operations were acknowledged before the disk filled");
+    let status = server.wait(PATIENCE)?.context("the server kept running after a failed write")?;
+    assert!(!status.success(), "a failed write is not a clean stop: {status}");
+    let log = server.log();
+    assert!(log.contains("store write failed"), "the log says why:\n{log}");
+
+    // Restarted with room: every acknowledged operation is there, once.
+    let server = serve(&data, &[])?;
+    let url = server.url("acme", "full");
+    let mut client = connect(&url, &token).await?;
+    let opened = open_model(&mut client, &model).await?;
+    let (_, text) = text_of(&opened)?;
+    for marker in &acked {
+        assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} after the restart");
+    }
+    assert_eq!(text.matches('<').count() as u64, opened.snapshot.version);
     Ok(())
 }
