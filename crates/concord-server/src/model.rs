@@ -149,6 +149,12 @@ impl ModelTask {
         let conn = from.conn;
         let gone = request == ModelRequest::Disconnected;
         if !gone {
+            if outbox.is_closed() {
+                // The connection is closing (it did not read, or the store failed): what it
+                // still asked for is dropped as if it never arrived, rather than prepared for
+                // nobody. Its `Disconnected` follows.
+                return;
+            }
             self.outboxes.insert(conn, outbox);
         }
         self.host.handle(now(), &from, request);
