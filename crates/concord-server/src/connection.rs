@@ -397,3 +397,23 @@ impl RateLimiter {
         self.tokens -= 1.0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_sustains_its_rate_on_a_millisecond_timer() {
+        // Paused time still fires timers on the millisecond grid, as a real one does.
+        let mut limiter = RateLimiter::new(2_000, 1);
+        let started = Instant::now();
+        for _ in 0..4_000 {
+            limiter.wait().await;
+        }
+        // 4,000 messages at 2,000 per second take two seconds (less the bucket it starts
+        // with), not the six that waiting a rounded-up millisecond per message took.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(1_950), "{elapsed:?}: over the rate");
+        assert!(elapsed <= Duration::from_millis(2_050), "{elapsed:?}: under the rate");
+    }
+}
