@@ -1,8 +1,10 @@
 //! The reference executor: a query over candidate models, in memory.
 //!
 //! Conditions have three truth values, as in SQL. A comparison, `IN` or `LIKE` whose path is
-//! missing or null, or whose literal is `NULL`, is *unknown*; so is one between values of
-//! different kinds (`age > 'x'`) or with an array, object or date. `NOT unknown` is unknown,
+//! missing or null, or whose literal is `NULL`, is *unknown*. Values of different kinds are
+//! never equal (`=` false, `!=` true) but have no order between them (`age > 'x'` is unknown
+//! for a number `age`); arrays, objects and dates equal no literal. `LIKE` on a non-string is
+//! unknown. `NOT unknown` is unknown,
 //! `AND` / `OR` follow Kleene's logic, and a model is selected only when the condition is
 //! true. `IS NULL` is never unknown: it is true for a missing path and for null.
 
@@ -133,10 +135,16 @@ impl Expr {
     }
 }
 
-/// `found op literal`: known only between a present, non-null value and a literal of the
-/// same kind (boolean, number or string).
+/// `found op literal`: unknown when either side is missing or null. Otherwise `=` and `!=`
+/// are always known (values of different kinds are not equal), and `<`, `<=`, `>`, `>=` are
+/// known only between values of the same kind (boolean, number or string).
 fn compare_truth(found: Option<&ValueData>, op: CompareOp, literal: &Literal) -> Truth {
-    let Some(found) = found else { return Truth::Unknown };
+    let Some(found) = found.filter(|f| !matches!(f, ValueData::Null)) else {
+        return Truth::Unknown;
+    };
+    if *literal == Literal::Null {
+        return Truth::Unknown;
+    }
     let comparable = matches!(
         (found, literal),
         (ValueData::Boolean(_), Literal::Boolean(_))
@@ -144,7 +152,11 @@ fn compare_truth(found: Option<&ValueData>, op: CompareOp, literal: &Literal) ->
             | (ValueData::String(_), Literal::String(_))
     );
     if !comparable {
-        return Truth::Unknown;
+        return match op {
+            CompareOp::Eq => Truth::False,
+            CompareOp::NotEq => Truth::True,
+            _ => Truth::Unknown,
+        };
     }
     let ordering = match (found, literal) {
         (ValueData::Boolean(a), Literal::Boolean(b)) => a.cmp(b),
