@@ -189,7 +189,10 @@ pub enum Expr {
         negated: bool,
     },
     /// `path IS [NOT] NULL`.
-    IsNull { path: Path, negated: bool },
+    IsNull {
+        path: Path,
+        negated: bool,
+    },
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Not(Box<Expr>),

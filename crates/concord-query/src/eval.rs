@@ -209,7 +209,8 @@ impl Query {
                 return Err(EvalError::ScanLimit { limit: max_scanned });
             }
             if self.matches(candidate.data) {
-                let keys = self.order_by.iter().map(|k| k.path.lookup_data(candidate.data)).collect();
+                let keys =
+                    self.order_by.iter().map(|k| k.path.lookup_data(candidate.data)).collect();
                 matched.push(Matched { candidate, keys });
             }
         }

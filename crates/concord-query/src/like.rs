@@ -26,7 +26,11 @@ impl LikePattern {
             let token = if Some(c) == escape {
                 match chars.next() {
                     Some(escaped) => Token::Char(escaped),
-                    None => return Err(format!("the LIKE pattern ends with its escape character {c:?}")),
+                    None => {
+                        return Err(format!(
+                            "the LIKE pattern ends with its escape character {c:?}"
+                        ));
+                    }
                 }
             } else {
                 match c {

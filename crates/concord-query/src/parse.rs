@@ -137,10 +137,8 @@ fn scan(text: &str, limits: &Limits) -> Result<Scan, QueryError> {
         })?;
     let mut significant = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_)));
     let first = significant.clone().next().and_then(|t| position(t.span));
-    let semicolon = significant
-        .clone()
-        .find(|t| t.token == Token::SemiColon)
-        .and_then(|t| position(t.span));
+    let semicolon =
+        significant.clone().find(|t| t.token == Token::SemiColon).and_then(|t| position(t.span));
     if significant.clone().nth(limits.max_tokens).is_some() {
         return Err(QueryError::TooManyTokens { max: limits.max_tokens });
     }
@@ -160,7 +158,10 @@ fn scan(text: &str, limits: &Limits) -> Result<Scan, QueryError> {
             _ => prefixes = 0,
         }
         if brackets + prefixes > limits.max_depth {
-            return Err(QueryError::TooDeep { max: limits.max_depth, position: position(token.span) });
+            return Err(QueryError::TooDeep {
+                max: limits.max_depth,
+                position: position(token.span),
+            });
         }
     }
     Ok(Scan { tokens, first, semicolon })
@@ -194,8 +195,7 @@ fn from_parser_error(error: ParserError, limits: &Limits) -> QueryError {
 
 fn position(span: Span) -> Option<Position> {
     // sqlparser uses line 0 for "no span".
-    (span.start.line > 0)
-        .then_some(Position { line: span.start.line, column: span.start.column })
+    (span.start.line > 0).then_some(Position { line: span.start.line, column: span.start.column })
 }
 
 fn unsupported(span: Span, message: impl Into<String>) -> QueryError {
@@ -234,7 +234,10 @@ impl Converter<'_> {
             || query.format_clause.is_some()
             || !query.pipe_operators.is_empty()
         {
-            return Err(unsupported(Span::empty(), "only SELECT … FROM … WHERE … ORDER BY … LIMIT … OFFSET … is supported"));
+            return Err(unsupported(
+                Span::empty(),
+                "only SELECT … FROM … WHERE … ORDER BY … LIMIT … OFFSET … is supported",
+            ));
         }
         let select = match query.body.as_ref() {
             SetExpr::Select(select) => select,
@@ -288,7 +291,8 @@ impl Converter<'_> {
             return refuse("CONNECT BY");
         }
         match &select.group_by {
-            GroupByExpr::Expressions(exprs, modifiers) if exprs.is_empty() && modifiers.is_empty() => {}
+            GroupByExpr::Expressions(exprs, modifiers)
+                if exprs.is_empty() && modifiers.is_empty() => {}
             GroupByExpr::Expressions(exprs, _) if !exprs.is_empty() => {
                 return Err(unsupported(start(&exprs[0]), "GROUP BY is not supported"));
             }
@@ -297,7 +301,10 @@ impl Converter<'_> {
         if let Some(having) = &select.having {
             return Err(unsupported(start(having), "HAVING is not supported"));
         }
-        if !select.cluster_by.is_empty() || !select.distribute_by.is_empty() || !select.sort_by.is_empty() {
+        if !select.cluster_by.is_empty()
+            || !select.distribute_by.is_empty()
+            || !select.sort_by.is_empty()
+        {
             return refuse("CLUSTER, DISTRIBUTE or SORT BY");
         }
         if !select.named_window.is_empty() || select.qualify.is_some() {
@@ -343,22 +350,31 @@ impl Converter<'_> {
                     return Err(unsupported(alias.span, "AS aliases are not supported"));
                 }
                 _ => {
-                    return Err(unsupported(
-                        Span::empty(),
-                        "select either * or a list of paths",
-                    ));
+                    return Err(unsupported(Span::empty(), "select either * or a list of paths"));
                 }
             }
         }
         Ok(Projection::Paths(paths))
     }
 
-    fn collection(&mut self, from: &[sql::TableWithJoins], select: Span) -> Result<String, QueryError> {
+    fn collection(
+        &mut self,
+        from: &[sql::TableWithJoins],
+        select: Span,
+    ) -> Result<String, QueryError> {
         let table = match from {
-            [] => return Err(QueryError::Syntax { message: "expected FROM <collection>".into(), position: position(select) }),
+            [] => {
+                return Err(QueryError::Syntax {
+                    message: "expected FROM <collection>".into(),
+                    position: position(select),
+                });
+            }
             [table] => table,
             [_, second, ..] => {
-                return Err(unsupported(table_start(&second.relation), "a query reads one collection (no joins)"));
+                return Err(unsupported(
+                    table_start(&second.relation),
+                    "a query reads one collection (no joins)",
+                ));
             }
         };
         if let Some(join) = table.joins.first() {
@@ -446,10 +462,9 @@ impl Converter<'_> {
                 let offset = offset.as_ref().map(|o| count(&o.value, "OFFSET")).transpose()?;
                 Ok((limit, offset.unwrap_or(0)))
             }
-            LimitClause::OffsetCommaLimit { offset, .. } => Err(unsupported(
-                start(offset),
-                "write LIMIT n OFFSET m (not LIMIT m, n)",
-            )),
+            LimitClause::OffsetCommaLimit { offset, .. } => {
+                Err(unsupported(start(offset), "write LIMIT n OFFSET m (not LIMIT m, n)"))
+            }
         }
     }
 
@@ -463,7 +478,9 @@ impl Converter<'_> {
             }
             sql::Expr::CompoundFieldAccess { root, access_chain } => {
                 match root.as_ref() {
-                    sql::Expr::Identifier(ident) => segments.push(Segment::Key(ident.value.clone())),
+                    sql::Expr::Identifier(ident) => {
+                        segments.push(Segment::Key(ident.value.clone()))
+                    }
                     sql::Expr::CompoundIdentifier(idents) => {
                         segments.extend(idents.iter().map(|i| Segment::Key(i.value.clone())));
                     }
@@ -471,7 +488,9 @@ impl Converter<'_> {
                 }
                 for access in access_chain {
                     match access {
-                        AccessExpr::Dot(sql::Expr::Identifier(ident)) if ident.quote_style != Some('\'') => {
+                        AccessExpr::Dot(sql::Expr::Identifier(ident))
+                            if ident.quote_style != Some('\'') =>
+                        {
                             segments.push(Segment::Key(ident.value.clone()));
                         }
                         AccessExpr::Subscript(Subscript::Index { index }) => {
@@ -539,7 +558,11 @@ impl Converter<'_> {
                     }
                 };
                 if is_literal(left) && !is_literal(right) {
-                    Ok(Expr::Compare { path: self.path(right)?, op: op.mirrored(), value: literal(left)? })
+                    Ok(Expr::Compare {
+                        path: self.path(right)?,
+                        op: op.mirrored(),
+                        value: literal(left)?,
+                    })
                 } else if is_literal(right) {
                     Ok(Expr::Compare { path: self.path(left)?, op, value: literal(right)? })
                 } else {
@@ -552,7 +575,12 @@ impl Converter<'_> {
             sql::Expr::UnaryOp { op: UnaryOperator::Not, expr: inner } => {
                 Ok(Expr::Not(Box::new(self.expr(inner, depth + 1)?)))
             }
-            sql::Expr::In { expr: target, target: InTarget::List(items), negated, global: false } => {
+            sql::Expr::In {
+                expr: target,
+                target: InTarget::List(items),
+                negated,
+                global: false,
+            } => {
                 self.count_term()?;
                 let path = self.path(target)?;
                 let mut list = Vec::with_capacity(items.len());
@@ -619,7 +647,10 @@ fn not_a_path(expr: &sql::Expr) -> QueryError {
     match expr {
         sql::Expr::Function(function) => unsupported(
             function.name.span(),
-            format!("expected a path such as a.b[0]; the function {} is not supported", function.name),
+            format!(
+                "expected a path such as a.b[0]; the function {} is not supported",
+                function.name
+            ),
         ),
         _ => unsupported(start(expr), "expected a path such as a.b[0]"),
     }
@@ -669,9 +700,9 @@ fn literal(expr: &sql::Expr) -> Result<Literal, QueryError> {
 fn array_index(expr: &sql::Expr) -> Result<usize, QueryError> {
     match expr {
         sql::Expr::Value(v) => match &v.value {
-            sql::Value::Number(text, _) => text
-                .parse()
-                .map_err(|_| invalid(v.span, format!("array index `{text}` is not a non-negative integer"))),
+            sql::Value::Number(text, _) => text.parse().map_err(|_| {
+                invalid(v.span, format!("array index `{text}` is not a non-negative integer"))
+            }),
             _ => Err(invalid(v.span, "an array index is a non-negative integer")),
         },
         other => Err(invalid(start(other), "an array index is a non-negative integer")),
@@ -682,9 +713,9 @@ fn array_index(expr: &sql::Expr) -> Result<usize, QueryError> {
 fn count(expr: &sql::Expr, what: &str) -> Result<u64, QueryError> {
     match expr {
         sql::Expr::Value(v) => match &v.value {
-            sql::Value::Number(text, _) => text
-                .parse()
-                .map_err(|_| invalid(v.span, format!("{what} takes a non-negative integer, not `{text}`"))),
+            sql::Value::Number(text, _) => text.parse().map_err(|_| {
+                invalid(v.span, format!("{what} takes a non-negative integer, not `{text}`"))
+            }),
             _ => Err(invalid(v.span, format!("{what} takes a non-negative integer"))),
         },
         other => Err(invalid(start(other), format!("{what} takes a non-negative integer"))),

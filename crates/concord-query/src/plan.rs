@@ -198,7 +198,9 @@ impl Query {
             let ordered = first_order_path == Some(path);
             let better = match &best {
                 None => true,
-                Some((e, o, r, _, _)) => (equal, ordered, std::cmp::Reverse(rank)) > (*e, *o, std::cmp::Reverse(*r)),
+                Some((e, o, r, _, _)) => {
+                    (equal, ordered, std::cmp::Reverse(rank)) > (*e, *o, std::cmp::Reverse(*r))
+                }
             };
             if better {
                 best = Some((equal, ordered, rank, path, bounds));

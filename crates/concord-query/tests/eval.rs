@@ -6,7 +6,9 @@ use serde_json::json;
 
 fn models(docs: &[(&str, serde_json::Value)]) -> Vec<(String, Value)> {
     let mut ids = IdGenerator::new(ReplicaId(1), 0);
-    docs.iter().map(|(id, doc)| (id.to_string(), Value::from_json(doc, &mut ids).unwrap())).collect()
+    docs.iter()
+        .map(|(id, doc)| (id.to_string(), Value::from_json(doc, &mut ids).unwrap()))
+        .collect()
 }
 
 fn candidates(models: &[(String, Value)]) -> impl Iterator<Item = Candidate<'_>> {
@@ -21,8 +23,14 @@ fn candidates(models: &[(String, Value)]) -> impl Iterator<Item = Candidate<'_>>
 
 fn sample() -> Vec<(String, Value)> {
     models(&[
-        ("a", json!({"name": "Ann", "age": 31, "tags": ["x", "y"], "address": {"city": "Oslo"}, "vip": true})),
-        ("b", json!({"name": "Bob", "age": 17, "tags": ["y"], "address": {"city": "Bergen"}, "vip": false})),
+        (
+            "a",
+            json!({"name": "Ann", "age": 31, "tags": ["x", "y"], "address": {"city": "Oslo"}, "vip": true}),
+        ),
+        (
+            "b",
+            json!({"name": "Bob", "age": 17, "tags": ["y"], "address": {"city": "Bergen"}, "vip": false}),
+        ),
         ("c", json!({"name": "Cy", "age": null, "tags": [], "address": {"city": "Oslo"}})),
         ("d", json!({"name": "Di_%", "age": "old", "address": {}})),
         ("e", json!({"name": "eve", "age": 31.0, "tags": ["z"], "vip": true})),
@@ -57,8 +65,14 @@ fn comparisons_and_three_valued_logic() {
     assert_eq!(ids("SELECT * FROM p WHERE vip = true AND age < 40"), ["a", "e"]);
     // Unknown OR true is true; unknown AND false is false, so NOT of it is true.
     assert_eq!(ids("SELECT * FROM p WHERE vip = true OR name = 'Cy'"), ["a", "c", "e"]);
-    assert_eq!(ids("SELECT * FROM p WHERE NOT (vip = true AND name = 'zzz')"), ["a", "b", "c", "d", "e"]);
-    assert_eq!(ids("SELECT * FROM p WHERE NOT (vip = true AND name = 'eve')"), ["a", "b", "c", "d"]);
+    assert_eq!(
+        ids("SELECT * FROM p WHERE NOT (vip = true AND name = 'zzz')"),
+        ["a", "b", "c", "d", "e"]
+    );
+    assert_eq!(
+        ids("SELECT * FROM p WHERE NOT (vip = true AND name = 'eve')"),
+        ["a", "b", "c", "d"]
+    );
 }
 
 #[test]
@@ -88,7 +102,11 @@ fn like_with_wildcards_and_escapes() {
     assert_eq!(ids("SELECT * FROM p WHERE name LIKE '%y'"), ["c"]);
     assert_eq!(ids("SELECT * FROM p WHERE name LIKE '_o_'"), ["b"]);
     assert_eq!(ids("SELECT * FROM p WHERE name LIKE '%'"), ["a", "b", "c", "d", "e"]);
-    assert_eq!(ids("SELECT * FROM p WHERE name LIKE 'e%E'"), Vec::<String>::new(), "case-sensitive");
+    assert_eq!(
+        ids("SELECT * FROM p WHERE name LIKE 'e%E'"),
+        Vec::<String>::new(),
+        "case-sensitive"
+    );
     assert_eq!(ids("SELECT * FROM p WHERE name NOT LIKE '%n%'"), ["b", "c", "d", "e"]);
     // `_` and `%` unescaped match anything; escaped, only themselves.
     assert_eq!(ids("SELECT * FROM p WHERE name LIKE 'Di__'"), ["d"]);
@@ -130,7 +148,10 @@ fn limit_offset_count_and_projection() {
     let got: Vec<_> = result.rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(got, ["b", "d"]);
     let row = &result.rows[0];
-    assert_eq!((row.collection.as_str(), row.version, row.created, row.modified), ("p", 2, 1001, 2001));
+    assert_eq!(
+        (row.collection.as_str(), row.version, row.created, row.modified),
+        ("p", 2, 1001, 2001)
+    );
     let SelectedData::Paths(values) = &row.data else { panic!() };
     let json: Vec<_> = values.iter().map(|v| v.as_ref().map(|v| v.to_json())).collect();
     assert_eq!(json, [Some(json!("Bob")), Some(json!("Bergen")), None]);
@@ -151,13 +172,21 @@ fn pages_are_stable_and_cover_everything() {
     let models = models(&refs);
     let mut seen = Vec::new();
     for page in 0..10 {
-        let q = Query::parse(&format!("SELECT * FROM c ORDER BY n DESC LIMIT 7 OFFSET {}", page * 7)).unwrap();
+        let q =
+            Query::parse(&format!("SELECT * FROM c ORDER BY n DESC LIMIT 7 OFFSET {}", page * 7))
+                .unwrap();
         // Reversed input: the order must not depend on how candidates arrive.
         let mut c: Vec<_> = candidates(&models).collect();
         c.reverse();
         seen.extend(q.evaluate(c).rows.into_iter().map(|r| r.id));
     }
-    let full: Vec<_> = Query::parse("SELECT * FROM c ORDER BY n DESC").unwrap().evaluate(candidates(&models)).rows.into_iter().map(|r| r.id).collect();
+    let full: Vec<_> = Query::parse("SELECT * FROM c ORDER BY n DESC")
+        .unwrap()
+        .evaluate(candidates(&models))
+        .rows
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(seen, full);
     assert_eq!(full.len(), 50);
     assert_eq!(&full[..3], ["m47", "m43", "m39"]);

@@ -220,7 +220,8 @@ fn hostile_sizes_get_typed_errors() {
         let e = Query::parse(&nots).unwrap_err();
         assert!(matches!(e, QueryError::TooDeep { .. }), "{e:?}");
         for n in 0..40 {
-            let mixed = format!("SELECT * FROM t WHERE {}x = 1{}", "NOT (".repeat(n), ")".repeat(n));
+            let mixed =
+                format!("SELECT * FROM t WHERE {}x = 1{}", "NOT (".repeat(n), ")".repeat(n));
             let _ = Query::parse(&mixed);
             // Every depth up to past the limit: accepted, or refused with a typed error.
             let nots = format!("SELECT * FROM t WHERE {}x = 1", "NOT ".repeat(n));
