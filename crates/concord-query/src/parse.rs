@@ -135,7 +135,7 @@ fn scan(text: &str, limits: &Limits) -> Result<Scan, QueryError> {
             message: e.message,
             position: position(Span::new(e.location, e.location)),
         })?;
-    let mut significant = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_)));
+    let significant = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_)));
     let first = significant.clone().next().and_then(|t| position(t.span));
     let semicolon =
         significant.clone().find(|t| t.token == Token::SemiColon).and_then(|t| position(t.span));
