@@ -99,3 +99,10 @@ fn range_stays_within_the_literals_kind() {
     let bounds = q.plan(&[p("a")]).index.unwrap().bounds;
     assert!(!bounds.contains(&num(1.0)) && !bounds.contains(&num(2.0)));
 }
+
+#[test]
+fn a_range_without_order_by_is_not_in_result_order() {
+    // Without ORDER BY results come by id; a range yields them by key first.
+    let q = Query::parse("SELECT * FROM t WHERE a > 0").unwrap();
+    assert!(!q.plan(&[p("a")]).index.unwrap().order_satisfied);
+}

@@ -56,6 +56,13 @@ proptest! {
         let by_key = IndexKey::encode(a.as_ref()).cmp(&IndexKey::encode(b.as_ref()));
         prop_assert_eq!(by_key, order::compare(a.as_ref(), b.as_ref()));
     }
+
+    /// Scalars alone, so that close pairs (`0` and `-0`, `"a"` and `"a\0"`) come up often.
+    #[test]
+    fn key_order_is_query_order_for_scalars(a in maybe(leaf()), b in maybe(leaf())) {
+        let by_key = IndexKey::encode(a.as_ref()).cmp(&IndexKey::encode(b.as_ref()));
+        prop_assert_eq!(by_key, order::compare(a.as_ref(), b.as_ref()));
+    }
 }
 
 /// Models whose fields `a` and `b` take small values of mixed kinds (or are missing).
