@@ -54,7 +54,7 @@ commands:
 /// The crates that must stay free of I/O, so that they build and run anywhere (wasm32
 /// included) and are driven with simulated time (`docs/architecture.md`); the check skips
 /// those that do not exist yet.
-const PURE_CRATES: [&str; 3] = ["concord-ot", "concord-protocol", "concord-sync"];
+const PURE_CRATES: [&str; 4] = ["concord-ot", "concord-protocol", "concord-sync", "concord-query"];
 
 /// Crates that do I/O (a runtime, a store, the browser, sockets): no pure crate may depend
 /// on them.
