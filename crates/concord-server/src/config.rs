@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use concord_protocol::CollectionId;
+use concord_protocol::{CollectionId, Limits, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
-use concord_sync::host::{HostConfig, SessionLimits};
+use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
 /// Everything `Server::bind` needs.
 #[derive(Debug, Clone)]
@@ -30,6 +30,11 @@ pub struct ServerConfig {
     pub history_in_memory: usize,
     /// A snapshot is written every this many operations, so loading replays at most this many.
     pub snapshot_every: u64,
+    /// The most a model's encoded data may take: a submission that would grow a model past
+    /// it, or a creation with more, is refused with `model_too_large` (default 64 MiB). Keep
+    /// it well under the largest message the server sends (256 MiB, the protocol's default
+    /// message limit), so that every model can be opened.
+    pub max_model_bytes: u64,
     /// A directory of static files (the browser demo) served at `/` and `/<file>`.
     pub web_root: Option<PathBuf>,
 }
@@ -48,6 +53,7 @@ impl ServerConfig {
             idle_unload: Duration::from_secs(30),
             history_in_memory: 1_000,
             snapshot_every: 1_000,
+            max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             web_root: None,
         }
     }
@@ -69,8 +75,15 @@ impl ServerConfig {
             auto_create_collections: self.auto_create_collections,
             history_in_memory: self.history_in_memory,
             snapshot_every: self.snapshot_every,
+            max_model_bytes: self.max_model_bytes,
             ..HostConfig::default()
         }
+    }
+
+    /// The limits the handshake tells each client.
+    pub(crate) fn told_limits(&self) -> ServerLimits {
+        let sent = Limits::DEFAULT.max_message_bytes;
+        self.session_limits().told(self.limits.max_frame_bytes, sent, self.max_model_bytes)
     }
 
     pub(crate) fn session_limits(&self) -> SessionLimits {

@@ -749,6 +749,7 @@ impl Sim {
             user: accepted.user,
             reconnect_token: ReconnectToken(format!("{i}")),
             server_version: "sim".into(),
+            limits: self.server.limits(),
         };
         engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
         self.drain(i)
