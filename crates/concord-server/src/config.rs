@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use concord_protocol::{CollectionId, Limits, ServerLimits};
+use concord_protocol::{CollectionId, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
+
+use crate::outbox::max_message_bytes;
 
 /// Everything `Server::bind` needs.
 #[derive(Debug, Clone)]
@@ -31,9 +33,9 @@ pub struct ServerConfig {
     /// A snapshot is written every this many operations, so loading replays at most this many.
     pub snapshot_every: u64,
     /// The most a model's encoded data may take: a submission that would grow a model past
-    /// it, or a creation with more, is refused with `model_too_large` (default 64 MiB). Keep
-    /// it well under the largest message the server sends (256 MiB, the protocol's default
-    /// message limit), so that every model can be opened.
+    /// it, or a creation with more, is refused with `model_too_large` (default 16 MiB). Keep
+    /// it well under [`ConnectionLimits::max_queued_bytes`], which also bounds the largest
+    /// message the server sends (a model's snapshot), so that every model can be opened.
     pub max_model_bytes: u64,
     /// A directory of static files (the browser demo) served at `/` and `/<file>`. Hidden
     /// files (a name starting with `.`) and symlinks leading out of it are not served.
@@ -91,7 +93,7 @@ impl ServerConfig {
 
     /// The limits the handshake tells each client.
     pub(crate) fn told_limits(&self) -> ServerLimits {
-        let sent = Limits::DEFAULT.max_message_bytes;
+        let sent = max_message_bytes(self.limits.max_queued_bytes);
         self.session_limits().told(self.limits.max_frame_bytes, sent, self.max_model_bytes)
     }
 
@@ -187,8 +189,9 @@ pub struct ConnectionLimits {
     /// Bytes the server may hold for one connection: encoded messages waiting for their
     /// writes to be durable and in its outbox, until written to the socket (each counted
     /// with a small fixed overhead). A message that would go past it closes the connection
-    /// instead, as a client that does not read; keep it well above the largest message
-    /// (a model's snapshot, up to the protocol's 16 MiB frame limit).
+    /// instead, as a client that does not read. It also bounds the largest message the
+    /// server sends (a reply larger than it is answered with an error instead): keep it
+    /// well above [`ServerConfig::max_model_bytes`], so that a model's snapshot fits.
     pub max_queued_bytes: usize,
     /// Time a client has to send a whole HTTP request head (the WebSocket upgrade), also
     /// the longest an idle HTTP keep-alive connection stays open.

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 use crate::model::ModelCommand;
-use crate::outbox::{Outbound, Outbox, frame};
+use crate::outbox::{Outbound, Outbox, frame, max_message_bytes};
 use crate::store::Job;
 use crate::types::{Ending, ModelKey};
 
@@ -361,10 +361,12 @@ async fn replay(
             tracing::error!(model = %key.model, from, through, "the store lacks operations of a replay");
             return Err(());
         };
-        if let Some(frame) = frame(&ServerMessage::Push(push)) {
-            feed(sink, frame).await?;
-            sink.flush().await.map_err(|_| ())?;
-        }
+        let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
+        // A page that cannot be sent (logged by `frame`) ends the connection: skipping it
+        // would leave the client a gap in the model's history.
+        let frame = frame(&ServerMessage::Push(push), max_bytes).ok_or(())?;
+        feed(sink, frame).await?;
+        sink.flush().await.map_err(|_| ())?;
         match next {
             Some(next) => from = next,
             None => return Ok(()),

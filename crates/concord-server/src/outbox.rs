@@ -138,9 +138,15 @@ impl Outbox {
         }
     }
 
+    /// The largest message this connection is sent ([`max_message_bytes`]).
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        max_message_bytes(self.budget.max)
+    }
+
     /// Encodes `message` and queues it, within the connection's bounds.
     pub(crate) fn message(&self, message: &ServerMessage) {
-        if let Some(outbound) = frame(message).and_then(|bytes| self.frame(&bytes)) {
+        let bytes = frame(message, self.max_message_bytes());
+        if let Some(outbound) = bytes.and_then(|bytes| self.frame(&bytes)) {
             self.send(outbound);
         }
     }
@@ -157,13 +163,21 @@ impl Outbox {
     }
 }
 
-/// Encodes a message whole (up to the protocol's message limit; the connection's writer
-/// sends it in fragments when it is large). A message that cannot be encoded — a snapshot
-/// past the message limit, or nested deeper than the protocol allows — is logged and,
-/// since every request gets exactly one reply, replaced by a typed error for the request it
-/// answered; a push that answers nothing is dropped.
-pub(crate) fn frame(message: &ServerMessage) -> Option<Bytes> {
-    let limits = Limits::DEFAULT;
+/// The largest message the server sends a connection that may hold `max_queued_bytes`: one
+/// message must fit in that budget on its own (or it would close the connection as a
+/// client that does not read), and within the protocol's message limit.
+pub(crate) fn max_message_bytes(max_queued_bytes: usize) -> usize {
+    let limit = Limits::DEFAULT.max_message_bytes;
+    max_queued_bytes.saturating_sub(ENTRY_BYTES).min(limit)
+}
+
+/// Encodes a message whole, up to `max_message_bytes` (see [`max_message_bytes`]; the
+/// connection's writer sends it in fragments when it is large). A message that cannot be
+/// encoded — a snapshot past that size, or nested deeper than the protocol allows — is
+/// logged and, since every request gets exactly one reply, replaced by a typed error for
+/// the request it answered; a push that answers nothing is dropped.
+pub(crate) fn frame(message: &ServerMessage, max_message_bytes: usize) -> Option<Bytes> {
+    let limits = Limits { max_message_bytes, ..Limits::DEFAULT };
     let error = match encode_message(&limits, message) {
         Ok(bytes) => return Some(Bytes::from(bytes)),
         Err(error) => error,
@@ -257,7 +271,7 @@ mod tests {
         };
         let response = ServerResponse::ModelOpened(opened);
         let message = ServerMessage::Response { to: RequestId(7), response };
-        let frame = frame(&message).expect("an answer");
+        let frame = frame(&message, 1 << 20).expect("an answer");
         match decode_with::<ServerMessage>(&Limits::DEFAULT, &frame).unwrap() {
             ServerMessage::Error { to: Some(RequestId(7)), error } => {
                 assert_eq!(error.code, ErrorCode::MODEL_TOO_LARGE, "{error}")

@@ -342,7 +342,12 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path(), |c| c.limits.max_queued_messages = 8).await?;
+    let server = start(dir.path(), |c| {
+        c.limits.max_queued_messages = 8;
+        // The model grows to 20 MiB: past the default model size limit.
+        c.max_model_bytes = 32 << 20;
+    })
+    .await?;
     let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     let snapshot = open(&mut alice, "doc").await?;

@@ -75,6 +75,36 @@ async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_fo
     Ok(())
 }
 
+/// A submission that jumps its replica's seqs ahead — to `u64::MAX`, or a batch that skips
+/// one — is refused and records nothing: the replica's next submission still commits, after
+/// a restart too (before, a seq far ahead was committed and every later one was stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "abc").await?;
+    let document = open(&mut alice, "doc").await?.data;
+    assert_eq!(submit(&mut alice, 1, 0, splice(&document, 0, 0, "x")).await?, Ok(1));
+    for seq in [u64::MAX, 1 << 40] {
+        let far = splice(&document, 0, 0, "y");
+        assert_eq!(submit(&mut alice, seq, 1, far).await?, Err(ErrorCode::SEQ_OUT_OF_ORDER));
+    }
+    let skips = splice(&document, 0, 0, "z");
+    alice.submit_batch(&model("doc"), ReplicaId(7), 3, 4, 1, skips).await?;
+    assert_eq!(answer(&mut alice, 4).await?, Err(ErrorCode::SEQ_OUT_OF_ORDER));
+    server.stop().await?;
+
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    open(&mut alice, "doc").await?;
+    assert_eq!(submit(&mut alice, 2, 1, splice(&document, 3, 0, "!")).await?, Ok(2));
+    let mut reader = connect(&server, "reader").await?;
+    assert_eq!(body(&open(&mut reader, "doc").await?.data), "xab!c");
+    server.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_near_the_limit_opens_and_resyncs_in_fragments_and_grows_no_further()
 -> anyhow::Result<()> {

@@ -69,9 +69,10 @@ pub struct HostConfig {
     pub max_model_bytes: u64,
 }
 
-/// The default [`HostConfig::max_model_bytes`]: 64 MiB, a quarter of the protocol's default
-/// message limit (256 MiB), which leaves room for the rest of a snapshot message.
-pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 * 1024 * 1024;
+/// The default [`HostConfig::max_model_bytes`]: 16 MiB. A snapshot message carries the whole
+/// model, so it must stay well under what a server may hold for one connection (64 MiB by
+/// default) and under the protocol's message limit (256 MiB).
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Default for HostConfig {
     fn default() -> HostConfig {
