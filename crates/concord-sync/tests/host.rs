@@ -504,7 +504,10 @@ fn a_submission_must_start_right_after_the_replicas_last_decided_seq() {
         assert_eq!(answer(&said, alice, seq), Err(ErrorCode::SEQ_OUT_OF_ORDER));
     }
     // A batch claiming seqs backwards, or none, covers nothing.
-    let said = server.send(alice, submit_batch(7, 6..=5, 1, insert(&document(), "x")));
+    let said = server.send(
+        alice,
+        submit_batch(7, std::ops::RangeInclusive::new(6, 5), 1, insert(&document(), "x")),
+    );
     assert_eq!(answer(&said, alice, 5), Err(ErrorCode::SEQ_OUT_OF_ORDER));
     assert_eq!(server.writes.len(), writes, "{:?}", &server.writes[writes..]);
     assert_eq!(text_of(&server, "doc"), "a");
