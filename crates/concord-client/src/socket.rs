@@ -1,11 +1,12 @@
-//! The WebSocket to the server: connect, handshake, frames in and out. Natively it is
-//! tokio-tungstenite; in a browser, the page's WebSocket through gloo-net.
+//! The WebSocket to the server: connect, handshake, frames in and out (a large message comes
+//! in fragment frames, put back together here). Natively it is tokio-tungstenite; in a
+//! browser, the page's WebSocket through gloo-net.
 
 use std::time::Duration;
 
 use concord_protocol::{
-    Auth, ClientInfo, ClientMessage, ClientRequest, HandshakeResult, PROTOCOL_VERSION, RequestId,
-    ServerMessage, ServerResponse, Session, decode, encode,
+    Auth, ClientInfo, ClientMessage, ClientRequest, HandshakeResult, Limits, PROTOCOL_VERSION,
+    Reassembler, RequestId, ServerMessage, ServerResponse, Session, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 
@@ -27,6 +28,20 @@ fn closed(error: impl std::fmt::Display) -> ClientError {
     ClientError::Connect { url: String::new(), reason: error.to_string() }
 }
 
+/// Puts the server's fragmented messages back together (within the protocol's default
+/// limits: 16 MiB frames, 256 MiB messages).
+fn reassembler() -> Reassembler<ServerMessage> {
+    Reassembler::new(Limits::DEFAULT)
+}
+
+/// Takes one binary frame: the message it completes, if any.
+fn take(
+    frames: &mut Reassembler<ServerMessage>,
+    frame: &[u8],
+) -> Option<Result<ServerMessage, ClientError>> {
+    frames.push(frame).map_err(undecodable).transpose()
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod transport {
     use tokio::net::TcpStream;
@@ -38,6 +53,7 @@ mod transport {
     #[derive(Debug)]
     pub(crate) struct Socket {
         socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        frames: Reassembler<ServerMessage>,
     }
 
     impl Socket {
@@ -47,7 +63,7 @@ mod transport {
                 tokio_tungstenite::connect_async_with_config(url, None, true).await.map_err(
                     |e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() },
                 )?;
-            Ok(Socket { socket })
+            Ok(Socket { socket, frames: reassembler() })
         }
 
         pub(crate) async fn send_all(
@@ -70,7 +86,11 @@ mod transport {
         pub(super) async fn receive(&mut self) -> Option<Result<ServerMessage, ClientError>> {
             loop {
                 match self.socket.next().await? {
-                    Ok(Message::Binary(frame)) => return Some(decode(&frame).map_err(undecodable)),
+                    Ok(Message::Binary(frame)) => {
+                        if let Some(message) = take(&mut self.frames, &frame) {
+                            return Some(message);
+                        }
+                    }
                     Ok(Message::Close(_)) => return None,
                     Ok(_) => continue,
                     Err(e) => return Some(Err(closed(e))),
@@ -89,6 +109,7 @@ mod transport {
 
     pub(crate) struct Socket {
         socket: WebSocket,
+        frames: Reassembler<ServerMessage>,
     }
 
     impl std::fmt::Debug for Socket {
@@ -101,7 +122,7 @@ mod transport {
         pub(super) async fn open(url: &str) -> Result<Socket, ClientError> {
             let socket = WebSocket::open(url)
                 .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
-            Ok(Socket { socket })
+            Ok(Socket { socket, frames: reassembler() })
         }
 
         pub(crate) async fn send_all(
@@ -119,10 +140,16 @@ mod transport {
         }
 
         pub(super) async fn receive(&mut self) -> Option<Result<ServerMessage, ClientError>> {
-            match self.socket.next().await? {
-                Ok(Message::Bytes(frame)) => Some(decode(&frame).map_err(undecodable)),
-                Ok(Message::Text(_)) => Some(Err(undecodable("a text frame"))),
-                Err(e) => Some(Err(closed(e))),
+            loop {
+                match self.socket.next().await? {
+                    Ok(Message::Bytes(frame)) => {
+                        if let Some(message) = take(&mut self.frames, &frame) {
+                            return Some(message);
+                        }
+                    }
+                    Ok(Message::Text(_)) => return Some(Err(undecodable("a text frame"))),
+                    Err(e) => return Some(Err(closed(e))),
+                }
             }
         }
     }

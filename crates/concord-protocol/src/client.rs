@@ -90,11 +90,19 @@ pub enum ClientResponse {
 pub enum ClientNotice {
     /// Submits a batch of local changes to an open (or resyncing) model. At most one
     /// submission per model is in flight. The server answers with `Ack` or `SubmitRejected`
-    /// for the same `(model, seq)`; a resubmission of a committed `(replica, seq)` gets the
-    /// original ack and is not applied twice.
+    /// for the same `(model, seq)`; a resubmission of a decided `(replica, seq)` gets the
+    /// original answer (the ack, or the refusal with its code) and is not applied twice.
+    ///
+    /// The batch covers the replica's local seqs `first_seq..=seq` on this model, with no
+    /// gap after the last one the server decided: `first_seq` is that one plus 1 (1 for the
+    /// replica's first submission to the model), or the submission is refused with
+    /// `seq_out_of_order`.
     Submit {
         model: ModelId,
         replica: ReplicaId,
+        /// The first local seq the batch covers.
+        first_seq: u64,
+        /// The last local seq the batch covers: its idempotence key with `replica`.
         seq: u64,
         /// The model version the operation was made against.
         base_version: u64,

@@ -76,13 +76,16 @@ error_codes! {
     COLLECTION_NOT_FOUND = 205, "collection_not_found";
     /// Read permission on the model was withdrawn.
     PERMISSION_REVOKED = 206, "permission_revoked";
+    /// The model would grow past the server's size limit (or its initial data is over it).
+    MODEL_TOO_LARGE = 207, "model_too_large";
 
     /// The operation does not apply (wrong element kind, index out of range, non-finite
     /// number) or introduces an element id that already exists.
     INVALID_OPERATION = 300, "invalid_operation";
     /// The base or known version is ahead of the model, or behind what the server keeps.
     VERSION_OUT_OF_RANGE = 301, "version_out_of_range";
-    /// A submission's seq is not the successor of the last committed seq of its replica.
+    /// A submission's seqs do not follow the last seq the server decided for its replica
+    /// (a gap, or a seq older than the last).
     SEQ_OUT_OF_ORDER = 302, "seq_out_of_order";
     /// A reference event names an element or value that is not valid.
     INVALID_REFERENCE = 303, "invalid_reference";

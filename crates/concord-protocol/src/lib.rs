@@ -1,7 +1,9 @@
 //! `concord-protocol` is Concord's wire protocol: the messages a client and a server
 //! exchange ([`ClientMessage`], [`ServerMessage`]), the error codes they use
 //! ([`ErrorCode`], [`ErrorReply`]), and the versioned codec that turns a message into one
-//! WebSocket binary frame and back ([`encode`], [`decode_with`], [`Limits`]).
+//! WebSocket binary frame and back ([`encode`], [`decode_with`], [`Limits`]) — or, for a
+//! message larger than a frame should be, several fragment frames ([`encode_frames`],
+//! [`Reassembler`]).
 //!
 //! This crate does no I/O: no sockets, no WebSocket, no storage, no clock (timestamps are
 //! fields the caller fills in). Only the [`codec`] module knows the byte format (postcard
@@ -20,8 +22,9 @@ mod server;
 
 pub use client::{ClientMessage, ClientNotice, ClientRequest, ClientResponse};
 pub use codec::{
-    CLOSE_UNSUPPORTED_VERSION, DecodeError, EncodeError, FrameKind, Limits, PROTOCOL_VERSION,
-    WireMessage, decode, decode_with, encode, encode_with,
+    CLOSE_UNSUPPORTED_VERSION, DEFAULT_FRAGMENT_BYTES, DecodeError, EncodeError, FrameKind, Limits,
+    PROTOCOL_VERSION, Reassembler, WireMessage, decode, decode_with, encode, encode_frames,
+    encode_message, encode_with, encoded_len, fragment_frame,
 };
 pub use error::{ErrorCode, ErrorReply};
 pub use ids::{
@@ -31,6 +34,6 @@ pub use ids::{
 pub use payload::{
     Auth, ClientInfo, Collaborator, Commit, CommittedOperation, HandshakeRejection, InFlight,
     KnownModel, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
-    ReferenceChange, ReferenceKey, Session, SharedReference, User,
+    ReferenceChange, ReferenceKey, ServerLimits, Session, SharedReference, User,
 };
 pub use server::{HandshakeResult, ServerMessage, ServerPush, ServerRequest, ServerResponse};

@@ -45,6 +45,31 @@ pub struct Session {
     pub reconnect_token: ReconnectToken,
     /// The server program's version, for logs.
     pub server_version: String,
+    /// What this connection may do; a client that stays within them is never refused for
+    /// exceeding them.
+    pub limits: ServerLimits,
+}
+
+/// The limits a server enforces on one connection, told in the handshake. Byte counts are
+/// of encoded frames and messages (`docs/protocol.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    /// The largest frame the server accepts from the client.
+    pub max_frame_bytes: u64,
+    /// The largest message the server sends (fragmented when larger than a frame): a
+    /// client's reassembler must accept at least this much.
+    pub max_message_bytes: u64,
+    /// Models open (or resynced) at once on the connection; past it, `overloaded`.
+    pub max_open_models: u64,
+    /// Models in the connection's offline subscription set; past it, `overloaded`.
+    pub max_subscriptions: u64,
+    /// References shared at once across the connection's models.
+    pub max_shared_references: u64,
+    /// Bytes one shared reference's key and value may take.
+    pub max_reference_bytes: u64,
+    /// The largest a model may grow (its encoded data); a submission or creation past it is
+    /// refused with `model_too_large`.
+    pub max_model_bytes: u64,
 }
 
 /// A failed handshake.

@@ -78,6 +78,43 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any message in fragments of any size comes back whole from a reassembler, and every
+    /// fragment frame stays within the fragment size.
+    #[test]
+    fn fragmented_messages_reassemble(message in server_message(), size in 4usize..200) {
+        let frames = encode_frames(&Limits::DEFAULT, size, &message).unwrap();
+        prop_assert!(frames.iter().all(|f| f.len() <= size));
+        let mut reassembler = Reassembler::<ServerMessage>::new(Limits::DEFAULT);
+        let mut decoded = Vec::new();
+        for frame in &frames {
+            decoded.extend(reassembler.push(frame).unwrap());
+        }
+        prop_assert_eq!(decoded, vec![message]);
+        prop_assert!(!reassembler.is_partial());
+    }
+
+    /// Fragments with one byte changed: never a panic, and at most one message out.
+    #[test]
+    fn corrupted_fragments_never_panic(
+        message in server_message(),
+        size in 4usize..64,
+        which in any::<prop::sample::Index>(),
+        position in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let mut frames = encode_frames(&Limits::DEFAULT, size, &message).unwrap();
+        let frame = which.get_mut(&mut frames);
+        let at = position.index(frame.len());
+        frame[at] = byte;
+        let mut reassembler = Reassembler::<ServerMessage>::new(Limits::DEFAULT);
+        let delivered = frames.iter().filter_map(|f| reassembler.push(f).ok().flatten()).count();
+        prop_assert!(delivered <= 1);
+    }
+}
+
 /// Decodes `frame` as both kinds; on success, encoding and decoding again must give the
 /// same bytes (compared as bytes: a decoded NaN is not equal to itself).
 fn check_stable(frame: &[u8]) {

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use concord_protocol::CollectionId;
+use concord_protocol::{CollectionId, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
-use concord_sync::host::{HostConfig, SessionLimits};
+use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
+
+use crate::outbox::max_message_bytes;
 
 /// Everything `Server::bind` needs.
 #[derive(Debug, Clone)]
@@ -30,6 +32,11 @@ pub struct ServerConfig {
     pub history_in_memory: usize,
     /// A snapshot is written every this many operations, so loading replays at most this many.
     pub snapshot_every: u64,
+    /// The most a model's encoded data may take: a submission that would grow a model past
+    /// it, or a creation with more, is refused with `model_too_large` (default 16 MiB). Keep
+    /// it well under [`ConnectionLimits::max_queued_bytes`], which also bounds the largest
+    /// message the server sends (a model's snapshot), so that every model can be opened.
+    pub max_model_bytes: u64,
     /// A directory of static files (the browser demo) served at `/` and `/<file>`. Hidden
     /// files (a name starting with `.`) and symlinks leading out of it are not served.
     pub web_root: Option<PathBuf>,
@@ -55,6 +62,7 @@ impl ServerConfig {
             idle_unload: Duration::from_secs(30),
             history_in_memory: 1_000,
             snapshot_every: 1_000,
+            max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             web_root: None,
             max_connections: 10_000,
             max_connections_per_address: 256,
@@ -78,8 +86,15 @@ impl ServerConfig {
             auto_create_collections: self.auto_create_collections,
             history_in_memory: self.history_in_memory,
             snapshot_every: self.snapshot_every,
+            max_model_bytes: self.max_model_bytes,
             ..HostConfig::default()
         }
+    }
+
+    /// The limits the handshake tells each client.
+    pub(crate) fn told_limits(&self) -> ServerLimits {
+        let sent = max_message_bytes(self.limits.max_queued_bytes);
+        self.session_limits().told(self.limits.max_frame_bytes, sent, self.max_model_bytes)
     }
 
     pub(crate) fn session_limits(&self) -> SessionLimits {
@@ -174,8 +189,9 @@ pub struct ConnectionLimits {
     /// Bytes the server may hold for one connection: encoded messages waiting for their
     /// writes to be durable and in its outbox, until written to the socket (each counted
     /// with a small fixed overhead). A message that would go past it closes the connection
-    /// instead, as a client that does not read; keep it well above the largest message
-    /// (a model's snapshot, up to the protocol's 16 MiB frame limit).
+    /// instead, as a client that does not read. It also bounds the largest message the
+    /// server sends (a reply larger than it is answered with an error instead): keep it
+    /// well above [`ServerConfig::max_model_bytes`], so that a model's snapshot fits.
     pub max_queued_bytes: usize,
     /// Time a client has to send a whole HTTP request head (the WebSocket upgrade), also
     /// the longest an idle HTTP keep-alive connection stays open.

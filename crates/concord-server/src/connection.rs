@@ -3,17 +3,20 @@
 //! each request is for; the model tasks answer the rest through the outbox.
 //!
 //! The connection has two halves: this reader, and a writer task that drains the outbox
-//! into the socket (and pages long replays out of the store). Either half ending, the
-//! server shutting down, or the outbox overflowing ends both.
+//! into the socket (and pages long replays out of the store), sending every message larger
+//! than a fragment as fragment frames. Either half ending, the server shutting down, or
+//! the outbox overflowing ends both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_protocol::{
-    CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientRequest, DecodeError, ErrorCode, ErrorReply,
-    HandshakeRejection, HandshakeResult, Limits, PROTOCOL_VERSION, RequestId, ServerMessage,
-    ServerPush, ServerResponse, Session, SessionId, decode_with,
+    CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientRequest, DEFAULT_FRAGMENT_BYTES, DecodeError,
+    ErrorCode, ErrorReply, HandshakeRejection, HandshakeResult, Limits, PROTOCOL_VERSION,
+    RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId, decode_with,
+    fragment_frame,
 };
 use concord_sync::host::{Notice, SessionHost, SessionOutput, SessionRef, Write, replay_page};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -24,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 use crate::model::ModelCommand;
-use crate::outbox::{Outbound, Outbox, frame};
+use crate::outbox::{Outbound, Outbox, frame, max_message_bytes};
 use crate::store::Job;
 use crate::types::{Ending, ModelKey};
 
@@ -239,6 +242,7 @@ impl Connection {
             user,
             reconnect_token,
             server_version: env!("CARGO_PKG_VERSION").into(),
+            limits: self.hub.config.told_limits(),
         };
         self.respond(id, ServerResponse::Handshake(HandshakeResult::Accepted(accepted)));
         None
@@ -288,7 +292,7 @@ async fn write_one(
     while let Some(outbound) = next.take() {
         match outbound {
             Outbound::Frame { bytes, held } => {
-                sink.feed(Message::Binary(bytes)).await.map_err(|_| ())?;
+                feed(sink, bytes).await?;
                 written.push(held);
             }
             Outbound::Replay { key, after, through, held } => {
@@ -311,6 +315,20 @@ async fn write_one(
     sink.flush().await.map_err(|_| ())?;
     drop(written);
     Ok(true)
+}
+
+/// Queues one encoded message on the socket: as it is, or — larger than a fragment — as
+/// consecutive fragment frames (nothing else is written between them).
+async fn feed(sink: &mut SplitSink<WebSocket, Message>, frame: Bytes) -> Result<(), ()> {
+    match fragment_frame(&frame, DEFAULT_FRAGMENT_BYTES) {
+        None => sink.feed(Message::Binary(frame)).await.map_err(|_| ()),
+        Some(fragments) => {
+            for fragment in fragments {
+                sink.feed(Message::Binary(fragment.into())).await.map_err(|_| ())?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Sends the model's operations in `(after, through]` as `ResyncPage`s read from the store
@@ -343,9 +361,12 @@ async fn replay(
             tracing::error!(model = %key.model, from, through, "the store lacks operations of a replay");
             return Err(());
         };
-        if let Some(frame) = frame(&ServerMessage::Push(push)) {
-            sink.send(Message::Binary(frame)).await.map_err(|_| ())?;
-        }
+        let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
+        // A page that cannot be sent (logged by `frame`) ends the connection: skipping it
+        // would leave the client a gap in the model's history.
+        let frame = frame(&ServerMessage::Push(push), max_bytes).ok_or(())?;
+        feed(sink, frame).await?;
+        sink.flush().await.map_err(|_| ())?;
         match next {
             Some(next) => from = next,
             None => return Ok(()),

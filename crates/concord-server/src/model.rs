@@ -186,7 +186,9 @@ impl ModelTask {
             }
             let resolved: Vec<Delivery> = match delivery.outgoing {
                 Outgoing::Message(message) => {
-                    let Some(bytes) = frame(&message) else { continue };
+                    // Every connection has the same budget, so one encoding serves all.
+                    let max_bytes = outboxes[0].max_message_bytes();
+                    let Some(bytes) = frame(&message, max_bytes) else { continue };
                     (outboxes.into_iter())
                         .filter_map(|outbox| {
                             let outbound = outbox.frame(&bytes)?;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Bytes;
-use concord_protocol::{ServerMessage, encode};
+use concord_protocol::{
+    EncodeError, ErrorCode, ErrorReply, Limits, ServerMessage, ServerResponse, encode_message,
+};
 use concord_sync::host::{ConnId, Notice};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -136,9 +138,15 @@ impl Outbox {
         }
     }
 
+    /// The largest message this connection is sent ([`max_message_bytes`]).
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        max_message_bytes(self.budget.max)
+    }
+
     /// Encodes `message` and queues it, within the connection's bounds.
     pub(crate) fn message(&self, message: &ServerMessage) {
-        if let Some(outbound) = frame(message).and_then(|bytes| self.frame(&bytes)) {
+        let bytes = frame(message, self.max_message_bytes());
+        if let Some(outbound) = bytes.and_then(|bytes| self.frame(&bytes)) {
             self.send(outbound);
         }
     }
@@ -155,16 +163,47 @@ impl Outbox {
     }
 }
 
-/// Encodes a message; a message too large for the protocol's limits (a snapshot beyond
-/// 16 MiB) cannot be sent, which is logged.
-pub(crate) fn frame(message: &ServerMessage) -> Option<Bytes> {
-    match encode(message) {
-        Ok(bytes) => Some(Bytes::from(bytes)),
-        Err(error) => {
-            tracing::error!(%error, "a message could not be encoded");
-            None
-        }
-    }
+/// The largest message the server sends a connection that may hold `max_queued_bytes`: one
+/// message must fit in that budget on its own (or it would close the connection as a
+/// client that does not read), and within the protocol's message limit.
+pub(crate) fn max_message_bytes(max_queued_bytes: usize) -> usize {
+    let limit = Limits::DEFAULT.max_message_bytes;
+    max_queued_bytes.saturating_sub(ENTRY_BYTES).min(limit)
+}
+
+/// Encodes a message whole, up to `max_message_bytes` (see [`max_message_bytes`]; the
+/// connection's writer sends it in fragments when it is large). A message that cannot be
+/// encoded — a snapshot past that size, or nested deeper than the protocol allows — is
+/// logged and, since every request gets exactly one reply, replaced by a typed error for
+/// the request it answered; a push that answers nothing is dropped.
+pub(crate) fn frame(message: &ServerMessage, max_message_bytes: usize) -> Option<Bytes> {
+    let limits = Limits { max_message_bytes, ..Limits::DEFAULT };
+    let error = match encode_message(&limits, message) {
+        Ok(bytes) => return Some(Bytes::from(bytes)),
+        Err(error) => error,
+    };
+    let ServerMessage::Response { to, response } = message else {
+        tracing::error!(%error, "a message that answers no request could not be encoded");
+        return None;
+    };
+    // The kind of response only: the message itself may be hundreds of megabytes.
+    let kind = match response {
+        ServerResponse::Handshake(_) => "Handshake",
+        ServerResponse::ModelOpened(_) => "ModelOpened",
+        ServerResponse::ModelCreated { .. } => "ModelCreated",
+        ServerResponse::ResyncStarted { .. } => "ResyncStarted",
+        ServerResponse::ResyncCompleted { .. } => "ResyncCompleted",
+        ServerResponse::Permissions { .. } => "Permissions",
+        ServerResponse::Pong => "Pong",
+        ServerResponse::Done => "Done",
+    };
+    tracing::error!(%error, request = to.0, kind, "a reply could not be encoded; an error is sent instead");
+    let code = match error {
+        EncodeError::TooLarge { .. } | EncodeError::TooDeep { .. } => ErrorCode::MODEL_TOO_LARGE,
+        _ => ErrorCode::INTERNAL,
+    };
+    let error = ErrorReply::new(code, format!("the reply could not be sent: {error}"));
+    encode_message(&limits, &ServerMessage::Error { to: Some(*to), error }).ok().map(Bytes::from)
 }
 
 /// A message to hand to a connection once the writes before it are durable.
@@ -182,6 +221,11 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests {
+    use concord_protocol::{
+        CollectionId, ModelId, ModelSnapshot, OpenedModel, Permissions, RequestId, Timestamp,
+        decode_with,
+    };
+
     use super::*;
 
     #[test]
@@ -199,5 +243,40 @@ mod tests {
         assert!(outbox.is_closed(), "going past the bound closes the connection");
         drop((second, third, queue.try_recv()));
         assert_eq!(outbox.budget.queued.load(Ordering::Acquire), 0);
+    }
+
+    /// A reply that cannot be encoded (here: a model nested deeper than the protocol allows)
+    /// becomes a typed error for the same request, never nothing.
+    #[test]
+    fn a_reply_that_cannot_be_encoded_becomes_an_error_for_its_request() {
+        let mut json = serde_json::json!({});
+        for _ in 0..60 {
+            json = serde_json::json!({ "a": json });
+        }
+        let mut ids = concord_ot::IdGenerator::new(concord_ot::ReplicaId(1), 0);
+        let value = concord_ot::Value::from_json(&json, &mut ids).unwrap();
+        let snapshot = ModelSnapshot {
+            collection: CollectionId::new("notes").unwrap(),
+            version: 0,
+            created_at: Timestamp(0),
+            modified_at: Timestamp(0),
+            data: concord_ot::Document::new(value).unwrap(),
+        };
+        let opened = OpenedModel {
+            model: ModelId::new("deep").unwrap(),
+            snapshot,
+            permissions: Permissions::ALL,
+            collaborators: Vec::new(),
+            references: Vec::new(),
+        };
+        let response = ServerResponse::ModelOpened(opened);
+        let message = ServerMessage::Response { to: RequestId(7), response };
+        let frame = frame(&message, 1 << 20).expect("an answer");
+        match decode_with::<ServerMessage>(&Limits::DEFAULT, &frame).unwrap() {
+            ServerMessage::Error { to: Some(RequestId(7)), error } => {
+                assert_eq!(error.code, ErrorCode::MODEL_TOO_LARGE, "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

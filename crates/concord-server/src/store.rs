@@ -1,5 +1,5 @@
 //! The server's embedded store: one redb file in the data directory holding every domain's
-//! models (record, latest snapshot, operation log, last seq per replica), deleted ids,
+//! models (record, latest snapshot, operation log, last decided seq per replica), deleted ids,
 //! collections, users and which user each replica id belongs to.
 //!
 //! Every record carries a checksum (`record`), so that bytes damaged outside the server are
@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, Timestamp, UserId,
+    CollectionId, Commit, CommittedOperation, ErrorCode, ModelId, ModelSnapshot, Timestamp, UserId,
 };
+use concord_sync::Decision;
 use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle,
@@ -42,8 +43,9 @@ mod tests;
 use record::{Damage, seal, unseal};
 
 /// The format of the server's store; bumped on any change of a table or record. Format 1
-/// stored plain records and no replica owners; `migrate` brings it to this one.
-const FORMAT_VERSION: u64 = 2;
+/// stored plain records and no replica owners; format 2 kept only each replica's last
+/// commit, not its refusals; `migrate` brings both to this one.
+const FORMAT_VERSION: u64 = 3;
 const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
@@ -52,9 +54,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MODELS: TableDefinition<ModelKeyT, &[u8]> = TableDefinition::new("models");
 const SNAPSHOTS: TableDefinition<ModelKeyT, &[u8]> = TableDefinition::new("snapshots");
 const OPERATIONS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("operations");
-/// `(domain, model, replica)` → the replica's last `(seq, version, timestamp)` in the model.
-const LAST_COMMITS: TableDefinition<(&str, &str, u64), &[u8]> =
-    TableDefinition::new("last_commits");
+/// `(domain, model, replica)` → the replica's last decided seq in the model and what was
+/// decided ([`StoredDecision`]).
+const LAST_DECISIONS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("last_decisions");
 const DELETED: TableDefinition<ModelKeyT, i64> = TableDefinition::new("deleted");
 const COLLECTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("collections");
 const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
@@ -88,6 +91,36 @@ pub enum StoreError {
     Backend(String),
     #[error("an earlier write failed; the server store takes no more writes")]
     Stopped,
+}
+
+/// What the server decided about a replica's last submission to a model, as stored (with
+/// its seq: `(seq, StoredDecision)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum StoredDecision {
+    Committed { version: u64, timestamp: i64 },
+    Refused { code: u16 },
+}
+
+impl From<Decision> for StoredDecision {
+    fn from(decision: Decision) -> StoredDecision {
+        match decision {
+            Decision::Committed(commit) => {
+                StoredDecision::Committed { version: commit.version, timestamp: commit.timestamp.0 }
+            }
+            Decision::Refused(code) => StoredDecision::Refused { code: code.0 },
+        }
+    }
+}
+
+impl From<StoredDecision> for Decision {
+    fn from(stored: StoredDecision) -> Decision {
+        match stored {
+            StoredDecision::Committed { version, timestamp } => {
+                Decision::Committed(Commit { version, timestamp: Timestamp(timestamp) })
+            }
+            StoredDecision::Refused { code } => Decision::Refused(ErrorCode(code)),
+        }
+    }
 }
 
 fn place(domain: &str, model: Option<&ModelId>) -> String {
@@ -179,26 +212,25 @@ impl Store {
         let snapshot: ModelSnapshot = unseal(SNAPSHOTS.name(), &k, snapshot.value())
             .map_err(|damage| corrupt(domain, model, "its snapshot".into(), damage))?;
         let operations = read_operations(&txn, key, snapshot.version, u64::MAX, usize::MAX)?;
-        let table = txn.open_table(LAST_COMMITS).map_err(backend)?;
-        let mut last_commits = BTreeMap::new();
+        let table = txn.open_table(LAST_DECISIONS).map_err(backend)?;
+        let mut last_decisions = BTreeMap::new();
         for entry in table.range((k.0, k.1, 0)..=(k.0, k.1, u64::MAX)).map_err(backend)? {
             let (stored_key, value) = entry.map_err(backend)?;
             let replica = stored_key.value().2;
-            let (seq, version, timestamp): (u64, u64, i64) =
-                unseal(LAST_COMMITS.name(), &stored_key.value(), value.value()).map_err(
+            let (seq, decision): (u64, StoredDecision) =
+                unseal(LAST_DECISIONS.name(), &stored_key.value(), value.value()).map_err(
                     |damage| {
-                        corrupt(domain, model, format!("replica {replica}'s last commit"), damage)
+                        corrupt(domain, model, format!("replica {replica}'s last decision"), damage)
                     },
                 )?;
-            let commit = Commit { version, timestamp: Timestamp(timestamp) };
-            last_commits.insert(ReplicaId(replica), (seq, commit));
+            last_decisions.insert(ReplicaId(replica), (seq, decision.into()));
         }
         Ok(Loaded::Model(Box::new(StoredModel {
             record,
             collection,
             snapshot,
             operations,
-            last_commits,
+            last_decisions,
         })))
     }
 
@@ -333,7 +365,7 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(MODELS).map_err(backend)?;
     txn.open_table(SNAPSHOTS).map_err(backend)?;
     txn.open_table(OPERATIONS).map_err(backend)?;
-    txn.open_table(LAST_COMMITS).map_err(backend)?;
+    txn.open_table(LAST_DECISIONS).map_err(backend)?;
     txn.open_table(DELETED).map_err(backend)?;
     txn.open_table(COLLECTIONS).map_err(backend)?;
     txn.open_table(USERS).map_err(backend)?;
@@ -522,7 +554,7 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
         let mut models = txn.open_table(MODELS).map_err(backend)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
         let mut operations = txn.open_table(OPERATIONS).map_err(backend)?;
-        let mut last_commits = txn.open_table(LAST_COMMITS).map_err(backend)?;
+        let mut last_decisions = txn.open_table(LAST_DECISIONS).map_err(backend)?;
         let mut deleted = txn.open_table(DELETED).map_err(backend)?;
         let mut collections = txn.open_table(COLLECTIONS).map_err(backend)?;
         let mut users = txn.open_table(USERS).map_err(backend)?;
@@ -546,9 +578,16 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         let bytes = seal(OPERATIONS.name(), &k, &record.operation);
                         operations.insert(k, bytes.as_slice()).map_err(backend)?;
                         let k = (domain, model, record.replica.0);
-                        let value = (record.seq, version, record.operation.timestamp.0);
-                        let bytes = seal(LAST_COMMITS.name(), &k, &value);
-                        last_commits.insert(k, bytes.as_slice()).map_err(backend)?;
+                        let timestamp = record.operation.timestamp.0;
+                        let value = (record.seq, StoredDecision::Committed { version, timestamp });
+                        let bytes = seal(LAST_DECISIONS.name(), &k, &value);
+                        last_decisions.insert(k, bytes.as_slice()).map_err(backend)?;
+                    }
+                    Write::Refusal(record) => {
+                        let k = (domain, record.model.as_str(), record.replica.0);
+                        let value = (record.seq, StoredDecision::Refused { code: record.code.0 });
+                        let bytes = seal(LAST_DECISIONS.name(), &k, &value);
+                        last_decisions.insert(k, bytes.as_slice()).map_err(backend)?;
                     }
                     Write::Snapshot { model, snapshot } => {
                         let k = (domain, model.as_str());
@@ -568,7 +607,7 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         operations
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
                             .map_err(backend)?;
-                        last_commits
+                        last_decisions
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
                             .map_err(backend)?;
                         deleted.insert((domain, model), at.0).map_err(backend)?;

@@ -3,8 +3,9 @@
 //! `tests/fixtures/server-v<N>.redb` is a `concord.redb` written by store format `N`, with a
 //! row in every table: models (with and without a creation nonce and a creator, with grants),
 //! snapshots, the operation log, the last commit per replica, a deleted id, collections and
-//! users, in two domains; from format 2 on, replicas bound to users too. For every format up to the current one (the version a new store
-//! records) a fixture must exist; the test opens a copy through [`Store`], checks that the
+//! users, in two domains; from format 2 on, replicas bound to users too; from format 3 on,
+//! submissions refused for good. For every format up to the current one (the version a new
+//! store records) a fixture must exist; the test opens a copy through [`Store`], checks that the
 //! file then records the current format, and compares everything it reads with the values
 //! written out below. So changing how a table or a record is stored fails here until the
 //! format is bumped, a migration added and a fixture of the new format committed.
@@ -29,11 +30,11 @@ use concord_ot::{
     DiscreteOperation, Document, ElementId, Operation, OperationKind, ReplicaId, Value, ValueData,
 };
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, CreationNonce, ModelId, ModelSnapshot,
+    CollectionId, Commit, CommittedOperation, CreationNonce, ErrorCode, ModelId, ModelSnapshot,
     PermissionGrants, Permissions, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
-use concord_sync::{CommitRecord, Sequencer};
+use concord_sync::{CommitRecord, Decision, RefusalRecord, Sequencer};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Job, Store};
@@ -82,6 +83,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         match version {
             1 => v1::check(&store),
             2 => v2::check(&store),
+            3 => v3::check(&store),
             _ => panic!("write out what the format {version} fixture holds"),
         }
         drop(store);
@@ -93,10 +95,10 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
 
 #[tokio::test]
 async fn the_generator_writes_what_the_current_fixture_holds() {
-    assert_eq!(current_format(), 2, "write and check the new format's contents here");
+    assert_eq!(current_format(), 3, "write and check the new format's contents here");
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
-    v2::check(&Store::open(dir.path()).unwrap());
+    v3::check(&Store::open(dir.path()).unwrap());
 }
 
 /// Writes the current format's contents through the store's writer.
@@ -106,7 +108,7 @@ async fn write_store(dir: &Path) {
     // Each step is made durable before the next is queued, so that each is one transaction
     // whatever the timing (the writer groups what is queued meanwhile): the file comes out
     // the same every run.
-    for (domain, writes) in v2::writes() {
+    for (domain, writes) in v3::writes() {
         writer.submit(Job { domain: Arc::from(domain), writes, ..Job::default() }).await.unwrap();
         writer.flush().await.unwrap();
     }
@@ -416,17 +418,18 @@ mod v1 {
         assert_eq!(doc.collection, Some(CollectionConfig::default()), "doc: its collection");
         assert_eq!(doc.snapshot, snapshot(2, doc_v2()), "doc: the snapshot");
         assert_eq!(doc.operations, operations[2..], "doc: the operations after the snapshot");
-        let last_commits = BTreeMap::from([
-            (ReplicaId(11), (2, Commit { version: 3, timestamp: operations[2].timestamp })),
-            (ReplicaId(12), (5, Commit { version: 4, timestamp: operations[3].timestamp })),
+        let committed = |version, timestamp| Decision::Committed(Commit { version, timestamp });
+        let last_decisions = BTreeMap::from([
+            (ReplicaId(11), (2, committed(3, operations[2].timestamp))),
+            (ReplicaId(12), (5, committed(4, operations[3].timestamp))),
         ]);
-        assert_eq!(doc.last_commits, last_commits, "doc: the last commit per replica");
+        assert_eq!(doc.last_decisions, last_decisions, "doc: the last commit per replica");
         let log = store.operations(&key(NOTES, "doc"), 0, u64::MAX, usize::MAX).unwrap();
         assert_eq!(log, operations, "doc: the whole log");
         assert_eq!(store.operations(&key(NOTES, "doc"), 1, 3, 1).unwrap(), operations[1..2]);
         // The snapshot and the operations after it rebuild the model, as the server does.
         let doc_id = ModelId::new("doc").unwrap();
-        let mut sequencer = Sequencer::new(doc_id, doc.snapshot, doc.last_commits, 10);
+        let mut sequencer = Sequencer::new(doc_id, doc.snapshot, doc.last_decisions, 10);
         for operation in doc.operations {
             sequencer.replay(operation).unwrap();
         }
@@ -436,7 +439,7 @@ mod v1 {
         let plain = model(store, &key(NOTES, "plain"));
         assert_eq!(plain.record, plain_record(), "plain: the record");
         assert_eq!(plain.snapshot, snapshot(0, every_kind()), "plain: the snapshot");
-        assert!(plain.operations.is_empty() && plain.last_commits.is_empty());
+        assert!(plain.operations.is_empty() && plain.last_decisions.is_empty());
 
         assert!(matches!(
             store.load(&key(NOTES, "gone")).unwrap(),
@@ -495,5 +498,109 @@ mod v2 {
         assert_eq!(owner(OTHER, 11), Some(user("bob")), "another domain binds on its own");
         assert_eq!(owner(NOTES, 13), None);
         assert_eq!(owner(OTHER, 12), None);
+    }
+}
+
+/// Format 3: a replica's last decision may be a refusal (with its code), not only a commit.
+/// It holds what format 2 held, and a model whose replicas' last decisions went from commit
+/// to refusal and back, and refusals alone in the other domain (one with a code this version
+/// does not name, kept as a number).
+mod v3 {
+    use super::*;
+
+    const NOTES: &str = "acme/notes";
+    const OTHER: &str = "other/main";
+
+    fn mixed() -> ModelId {
+        ModelId::new("mixed").unwrap()
+    }
+
+    fn record() -> ModelRecord {
+        ModelRecord {
+            collection: CollectionId::new("notes").unwrap(),
+            created_at: Timestamp(1_700_000_100_000),
+            nonce: Some(CreationNonce(*b"fixture-nonce-03")),
+            creator: Some(user("bob")),
+            grants: PermissionGrants::default(),
+        }
+    }
+
+    fn snapshot() -> ModelSnapshot {
+        ModelSnapshot {
+            collection: CollectionId::new("notes").unwrap(),
+            version: 0,
+            created_at: Timestamp(1_700_000_100_000),
+            modified_at: Timestamp(1_700_000_100_000),
+            data: Document::new(object(
+                id(0, 0),
+                vec![("n", value(id(0, 1), ValueData::Number(0.0)))],
+            ))
+            .unwrap(),
+        }
+    }
+
+    /// Versions 1 and 2 of `mixed`: deltas on `n` by replicas 11 and 12.
+    fn operation(version: u64) -> CommittedOperation {
+        CommittedOperation {
+            version,
+            author: SessionId("s-mixed".into()),
+            timestamp: Timestamp(1_700_000_100_000 + version as i64),
+            operation: DiscreteOperation::new(id(0, 1), OperationKind::NumberDelta { delta: 1.0 })
+                .into(),
+        }
+    }
+
+    fn refusal(model: ModelId, replica: u64, seq: u64, code: ErrorCode) -> Write {
+        Write::Refusal(RefusalRecord { model, replica: ReplicaId(replica), seq, code })
+    }
+
+    fn commit(replica: u64, seq: u64, version: u64) -> Write {
+        Write::Commit(CommitRecord {
+            model: mixed(),
+            operation: operation(version),
+            replica: ReplicaId(replica),
+            seq,
+        })
+    }
+
+    /// Format 2's steps, then `mixed` (replica 11: committed, then refused; replica 12:
+    /// refused, then committed) and refusals of the other domain's `doc`.
+    pub(super) fn writes() -> Vec<(&'static str, Vec<Write>)> {
+        let mut steps = v2::writes();
+        let create = Write::CreateModel { model: mixed(), record: record(), snapshot: snapshot() };
+        steps.push((NOTES, vec![create]));
+        steps.push((NOTES, vec![commit(11, 1, 1)]));
+        steps.push((NOTES, vec![refusal(mixed(), 11, 2, ErrorCode::INVALID_OPERATION)]));
+        steps.push((NOTES, vec![refusal(mixed(), 12, 3, ErrorCode::MODEL_TOO_LARGE)]));
+        steps.push((NOTES, vec![commit(12, 4, 2)]));
+        let doc = ModelId::new("doc").unwrap();
+        steps.push((OTHER, vec![refusal(doc.clone(), 21, 1, ErrorCode::PERMISSION_DENIED)]));
+        steps.push((OTHER, vec![refusal(doc, 22, 7, ErrorCode(999))]));
+        steps
+    }
+
+    pub(super) fn check(store: &Store) {
+        v2::check(store);
+        let Loaded::Model(mixed) = store.load(&key(NOTES, "mixed")).unwrap() else {
+            panic!("mixed does not load")
+        };
+        assert_eq!(mixed.record, record());
+        assert_eq!(mixed.snapshot, snapshot());
+        assert_eq!(mixed.operations, vec![operation(1), operation(2)]);
+        let committed =
+            Decision::Committed(Commit { version: 2, timestamp: operation(2).timestamp });
+        let decisions = BTreeMap::from([
+            (ReplicaId(11), (2, Decision::Refused(ErrorCode::INVALID_OPERATION))),
+            (ReplicaId(12), (4, committed)),
+        ]);
+        assert_eq!(mixed.last_decisions, decisions, "mixed: the last decision per replica");
+        let Loaded::Model(other) = store.load(&key(OTHER, "doc")).unwrap() else {
+            panic!("the other domain's doc does not load")
+        };
+        let decisions = BTreeMap::from([
+            (ReplicaId(21), (1, Decision::Refused(ErrorCode::PERMISSION_DENIED))),
+            (ReplicaId(22), (7, Decision::Refused(ErrorCode(999)))),
+        ]);
+        assert_eq!(other.last_decisions, decisions, "the other domain's refusals");
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use concord_ot::ReplicaId;
 use concord_protocol::{
     Auth, ClientMessage, ClientNotice, ClientRequest, ErrorCode, HandshakeResult, KnownModel,
-    OfflineUpdate, PermissionGrants, Permissions, ReconnectToken, RequestId, ServerMessage,
-    ServerPush, ServerResponse, UserId,
+    OfflineUpdate, PROTOCOL_VERSION, PermissionGrants, Permissions, ReconnectToken, RequestId,
+    ServerMessage, ServerPush, ServerResponse, UserId,
 };
 use concord_server::{CollectionConfig, RunningServer, mint_token};
 use concord_testkit::wire::{Editor, WireClient};
@@ -110,6 +110,7 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
     let submit = ClientNotice::Submit {
         model: model("secret"),
         replica: ReplicaId(2),
+        first_seq: 1,
         seq: 1,
         base_version: 0,
         operation: insert(&snapshot.data, 0, "bob was here"),
@@ -240,13 +241,14 @@ async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow:
     let bad = [
         // Past the end of the string.
         (2, 1, insert(&editor.document, 99, "y"), ErrorCode::INVALID_OPERATION),
-        // A base version from the future.
-        (2, 7, insert(&editor.document, 0, "y"), ErrorCode::VERSION_OUT_OF_RANGE),
+        // A base version from the future (seq 2 was decided: refused).
+        (3, 7, insert(&editor.document, 0, "y"), ErrorCode::VERSION_OUT_OF_RANGE),
     ];
     for (seq, base_version, operation, code) in bad {
         let notice = ClientNotice::Submit {
             model: model("doc"),
             replica: ReplicaId(1),
+            first_seq: seq,
             seq,
             base_version,
             operation,
@@ -258,6 +260,7 @@ async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow:
     let stale = ClientNotice::Submit {
         model: model("doc"),
         replica: ReplicaId(1),
+        first_seq: 0,
         seq: 0,
         base_version: 1,
         operation: insert(&editor.document, 0, "y"),
@@ -268,6 +271,7 @@ async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow:
     let elsewhere = ClientNotice::Submit {
         model: model("other"),
         replica: ReplicaId(1),
+        first_seq: 1,
         seq: 1,
         base_version: 0,
         operation: insert(&editor.document, 0, "y"),
@@ -289,7 +293,7 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
 
     let mut garbage = connect(&server, "alice").await?;
     garbage
-        .send_raw(vec![1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .send_raw(vec![PROTOCOL_VERSION, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await?;
     let closed = garbage.closed().await?;
     assert_eq!(closed.code, Some(1002));
@@ -298,11 +302,17 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
         Some(ServerMessage::Error { to: None, error }) if error.code == ErrorCode::MALFORMED_FRAME
     ));
 
-    let mut future = connect(&server, "alice").await?;
-    future.send_raw(vec![2, 1, 0, 0]).await?;
-    let closed = future.closed().await?;
-    assert_eq!(closed.code, Some(concord_protocol::CLOSE_UNSUPPORTED_VERSION));
-    assert!(closed.reason.contains("version 2"), "{closed:?}");
+    // A newer peer's frame, and an older (version 1) peer's handshake: closed with the
+    // code that says so, naming both versions.
+    for version in [PROTOCOL_VERSION + 1, 1] {
+        let mut other = WireClient::connect(&url(&server)).await?;
+        other.send_raw(vec![version, 1, 0, 0]).await?;
+        let closed = other.closed().await?;
+        assert_eq!(closed.code, Some(concord_protocol::CLOSE_UNSUPPORTED_VERSION));
+        let named =
+            format!("unsupported protocol version {version} (this server speaks version 2)");
+        assert_eq!(closed.reason, named);
+    }
 
     let mut huge = connect(&server, "alice").await?;
     let ping = concord_protocol::encode(&ClientMessage::Request {
@@ -332,7 +342,12 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path(), |c| c.limits.max_queued_messages = 8).await?;
+    let server = start(dir.path(), |c| {
+        c.limits.max_queued_messages = 8;
+        // The model grows to 20 MiB: past the default model size limit.
+        c.max_model_bytes = 32 << 20;
+    })
+    .await?;
     let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "").await?;
     let snapshot = open(&mut alice, "doc").await?;

@@ -307,6 +307,7 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     let notice = concord_protocol::ClientNotice::Submit {
         model: model("doc"),
         replica: ReplicaId(1),
+        first_seq: last_seq,
         seq: last_seq,
         base_version: total as u64 - 1,
         operation: insert(&editor.document, 0, "x"),

@@ -17,6 +17,7 @@ fn submit(id: &str, replica: u64, seq: u64, base_version: u64, text: &str) -> Cl
     ClientMessage::Notice(ClientNotice::Submit {
         model: model(id),
         replica: ReplicaId(replica),
+        first_seq: seq,
         seq,
         base_version,
         operation: insert(&snapshot, 0, text),

@@ -45,8 +45,8 @@ use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, Replic
 use concord_protocol::{
     Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
     ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
-    OfflineUpdate, ReconnectToken, RequestId, ServerMessage, ServerPush, ServerRequest,
-    ServerResponse, Session, Timestamp,
+    OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage, ServerPush,
+    ServerRequest, ServerResponse, Session, Timestamp,
 };
 
 use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
@@ -282,6 +282,8 @@ pub struct ClientEngine {
     loads_outstanding: usize,
     sync_total: usize,
     sync_done: usize,
+    /// The limits the server told in the last accepted handshake.
+    server_limits: Option<ServerLimits>,
 }
 
 impl ClientEngine {
@@ -312,11 +314,19 @@ impl ClientEngine {
             loads_outstanding: 0,
             sync_total: 0,
             sync_done: 0,
+            server_limits: None,
         }
     }
 
     pub fn replica_id(&self) -> ReplicaId {
         self.replica_id
+    }
+
+    /// What the server allows this client (open models, subscriptions, frame, message and
+    /// model sizes), as its last accepted handshake said; `None` before the first one. Kept
+    /// while offline: the next connection is most likely to the same server.
+    pub fn server_limits(&self) -> Option<ServerLimits> {
+        self.server_limits
     }
 
     /// Takes a model into memory, restored from the store ([`store::restore`]) or fresh
@@ -566,6 +576,7 @@ impl ClientEngine {
     ) {
         self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
         self.reconnect_token = Some(session.reconnect_token.clone());
+        self.server_limits = Some(session.limits);
         self.backoff = self.config.initial_backoff;
         let next_ping = now + self.config.heartbeat;
         self.connection = Connection::Connected { last_heard: now, next_ping };
@@ -1422,6 +1433,7 @@ impl ClientEngine {
             self.transmit.push_back(ClientMessage::Notice(ClientNotice::Submit {
                 model: model.clone(),
                 replica: self.replica_id,
+                first_seq: submission.first_seq,
                 seq: submission.seq,
                 base_version: submission.base_version,
                 operation: submission.operation,

@@ -28,5 +28,8 @@ pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,
 };
-pub use sequencer::{CatchUp, CommitRecord, Sequencer, SequencerError, Submission, SubmitOutcome};
+pub use sequencer::{
+    CatchUp, CommitRecord, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError,
+    Submission, SubmitOutcome, model_bytes,
+};
 pub use time::Time;

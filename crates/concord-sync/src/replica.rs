@@ -19,6 +19,8 @@ pub use concord_storage::PendingOperation;
 /// The submission a replica has on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingSubmission {
+    /// The lowest local seq it contains: the one after the last the server decided.
+    pub first_seq: u64,
     /// The highest local seq it contains; the server's idempotence key with the replica id.
     pub seq: u64,
     pub base_version: u64,
@@ -307,6 +309,7 @@ impl ModelReplica {
             parts.extend_from_slice(p.operation.discrete());
         }
         OutgoingSubmission {
+            first_seq: batch.parts.first().map_or(batch.seq, |p| p.seq),
             seq: batch.seq,
             base_version: self.confirmed.version,
             operation: Operation::Compound(parts),
@@ -414,7 +417,9 @@ impl ModelReplica {
         let batch = self.in_flight.take()?;
         // Rebuild the local view without the rejected operations: confirmed + pending.
         // Pending operations were made on top of the rejected ones; those that no longer
-        // apply are dropped with it (reported too).
+        // apply are dropped with it (reported too). A dropped one stays pending as a no-op,
+        // so that its seq still reaches the server: the server takes a replica's seqs only
+        // without gaps, and a restored replica starts after its first unacknowledged seq.
         let mut local = self.confirmed.data.clone();
         let mut kept = Vec::new();
         let mut dropped = batch.parts;
@@ -422,6 +427,8 @@ impl ModelReplica {
             if local.apply(&p.operation).is_ok() {
                 kept.push(p);
             } else {
+                let noop = p.operation.discrete().iter().map(|d| d.clone().into_noop()).collect();
+                kept.push(PendingOperation { seq: p.seq, operation: Operation::Compound(noop) });
                 dropped.push(p);
             }
         }

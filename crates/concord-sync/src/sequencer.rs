@@ -1,17 +1,30 @@
 //! The server side: one [`Sequencer`] per model orders submissions, transforms each against
 //! what was committed since its base version, and applies it.
 //!
-//! It is pure: the server persists each [`CommitRecord`] durably *before* it acks the author
-//! and broadcasts the operation to the model's other sessions, and it feeds the sequencer older
-//! history from its store when a submission or a resync reaches further back than the
-//! in-memory window ([`SequencerError::HistoryUnavailable`]).
+//! It is pure: the server persists each [`CommitRecord`] (and each [`RefusalRecord`])
+//! durably *before* it answers the author and broadcasts the operation to the model's other
+//! sessions, and it feeds the sequencer older history from its store when a submission or a
+//! resync reaches further back than the in-memory window
+//! ([`SequencerError::HistoryUnavailable`]).
+//!
+//! **Seqs.** Per replica the sequencer knows the last seq it *decided* — committed, or
+//! refused for good — and what it decided. A new submission must cover the seqs right
+//! after it (`first_seq == last + 1`, or 1 for a replica new to the model); a gap or an
+//! older seq is refused and changes nothing; a resubmission of the last decided seq is
+//! answered with the original decision.
+//!
+//! **Size.** With a size limit ([`Sequencer::with_max_model_bytes`]) the sequencer keeps an
+//! upper bound of the model's encoded size — its size when last measured plus the encoded
+//! size of every operation committed since — and measures exactly only when that bound
+//! passes the limit. A submission after which the exact size would exceed the limit is
+//! refused and undone.
 
 use std::collections::BTreeMap;
 
 use concord_ot::{ApplyError, Document, Operation, ReplicaId, transform};
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, InFlight, ModelId, ModelSnapshot, SessionId,
-    Timestamp,
+    CollectionId, Commit, CommittedOperation, ErrorCode, InFlight, ModelId, ModelSnapshot,
+    SessionId, Timestamp, encoded_len,
 };
 
 /// A submission as the server received it.
@@ -19,9 +32,20 @@ use concord_protocol::{
 pub struct Submission {
     pub author: SessionId,
     pub replica: ReplicaId,
+    /// The first local seq of the replica the batch covers.
+    pub first_seq: u64,
+    /// The last one: the submission's idempotence key with `replica`.
     pub seq: u64,
     pub base_version: u64,
     pub operation: Operation,
+}
+
+/// What the server decided about a replica's submission (kept for its last one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Committed(Commit),
+    /// Refused for good, with this code.
+    Refused(ErrorCode),
 }
 
 /// What the server must persist for a newly committed operation, in one durable write: the
@@ -34,15 +58,39 @@ pub struct CommitRecord {
     pub seq: u64,
 }
 
+/// What the server must persist for a submission refused for good, before the refusal is
+/// sent: the replica's new last seq and the code it was refused with, so that the refusal
+/// is repeated to a resubmission and the replica's next submission follows it without a
+/// gap — after a restart too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusalRecord {
+    pub model: ModelId,
+    pub replica: ReplicaId,
+    pub seq: u64,
+    pub code: ErrorCode,
+}
+
 /// The result of a submission.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubmitOutcome {
     /// Newly committed: persist the record, then ack the author with `(seq, version)` and
     /// broadcast the operation to the others.
     Committed(CommitRecord),
-    /// `(replica, seq)` was committed before (its ack was lost): answer with the original
-    /// ack and apply nothing.
-    Duplicate(Commit),
+    /// Refused for good (the model is unchanged): persist the record, then reject the
+    /// submission with `record.code`; `reason` says why.
+    Refused { record: RefusalRecord, reason: SequencerError },
+    /// `(replica, seq)` was decided before (its answer was lost): answer as then, change
+    /// nothing.
+    Duplicate(Decision),
+}
+
+/// Where a submission's seqs stand ([`Sequencer::check_seq`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// The next seqs of the replica: to be decided now.
+    New,
+    /// The replica's last decided seq again: answer as then.
+    Duplicate(Decision),
 }
 
 /// Why the sequencer cannot serve a request.
@@ -51,8 +99,13 @@ pub enum SubmitOutcome {
 pub enum SequencerError {
     #[error("base version {base} is ahead of the model's version {current}")]
     BaseVersionAhead { base: u64, current: u64 },
-    #[error("seq {got} of replica {replica:?} is below its last committed seq {last}")]
+    #[error("seq {got} of replica {replica:?} is below its last decided seq {last}")]
     StaleSeq { replica: ReplicaId, last: u64, got: u64 },
+    /// The submission does not start right after the replica's last decided seq.
+    #[error("replica {replica:?}'s submission starts at seq {got}; the next seq is {expected}")]
+    SeqGap { replica: ReplicaId, expected: u64, got: u64 },
+    #[error("a submission of seqs {first} to {last} covers nothing")]
+    InvalidSeqRange { first: u64, last: u64 },
     /// The operations after `from` are no longer in memory: load `(from, oldest]` from the
     /// store and retry with [`Sequencer::provide_history`].
     #[error("operations after version {from} are not in memory (oldest kept: {oldest})")]
@@ -62,9 +115,51 @@ pub enum SequencerError {
     HistoryUnreadable(String),
     #[error("the operation does not apply: {0}")]
     Invalid(#[from] ApplyError),
+    /// The model's encoded size would pass the server's limit.
+    #[error("the model would take {size} bytes, more than the limit of {max}")]
+    ModelTooLarge { size: u64, max: u64 },
     /// A replayed operation is not the model's next version.
     #[error("replayed version {found}, expected {expected}")]
     OutOfOrder { expected: u64, found: u64 },
+}
+
+impl SequencerError {
+    /// The code a submission refused for this reason is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SequencerError::BaseVersionAhead { .. } | SequencerError::HistoryUnavailable { .. } => {
+                ErrorCode::VERSION_OUT_OF_RANGE
+            }
+            SequencerError::StaleSeq { .. }
+            | SequencerError::SeqGap { .. }
+            | SequencerError::InvalidSeqRange { .. } => ErrorCode::SEQ_OUT_OF_ORDER,
+            SequencerError::HistoryUnreadable(_) | SequencerError::OutOfOrder { .. } => {
+                ErrorCode::INTERNAL
+            }
+            SequencerError::Invalid(_) => ErrorCode::INVALID_OPERATION,
+            SequencerError::ModelTooLarge { .. } => ErrorCode::MODEL_TOO_LARGE,
+        }
+    }
+}
+
+/// The encoded size of a model's data, as a snapshot carries it.
+pub fn model_bytes(document: &Document) -> u64 {
+    // Unencodable cannot happen for a document; counted as unbounded if it did.
+    encoded_len(document).map_or(u64::MAX, |n| n as u64)
+}
+
+fn operation_bytes(operation: &Operation) -> u64 {
+    encoded_len(operation).map_or(u64::MAX, |n| n as u64)
+}
+
+/// The size limit and the bound kept against it.
+#[derive(Debug, Clone, Copy)]
+struct SizeLimit {
+    max: u64,
+    /// At least the model's encoded size: exact when last measured, plus the encoded size
+    /// of each operation since (an operation never grows a model by more than its own
+    /// encoding).
+    bound: u64,
 }
 
 /// One model's ordering authority.
@@ -80,17 +175,18 @@ pub struct Sequencer {
     /// `history_limit` and twice that many are kept, so trimming is amortised.
     history: Vec<CommittedOperation>,
     history_limit: usize,
-    last_commits: BTreeMap<ReplicaId, (u64, Commit)>,
+    last_decisions: BTreeMap<ReplicaId, (u64, Decision)>,
+    size: Option<SizeLimit>,
 }
 
 impl Sequencer {
     /// A sequencer for a model whose state at `snapshot.version` is `snapshot.data`;
-    /// `last_commits` is the persisted last `(seq, commit)` per replica. It keeps at most
-    /// `history_limit` recent operations in memory.
+    /// `last_decisions` is the persisted last decided `(seq, decision)` per replica. It
+    /// keeps at most `history_limit` recent operations in memory, and has no size limit.
     pub fn new(
         model: ModelId,
         snapshot: ModelSnapshot,
-        last_commits: BTreeMap<ReplicaId, (u64, Commit)>,
+        last_decisions: BTreeMap<ReplicaId, (u64, Decision)>,
         history_limit: usize,
     ) -> Sequencer {
         Sequencer {
@@ -102,7 +198,30 @@ impl Sequencer {
             version: snapshot.version,
             history: Vec::new(),
             history_limit: history_limit.max(1),
-            last_commits,
+            last_decisions,
+            size: None,
+        }
+    }
+
+    /// Refuses submissions after which the model's encoded data would take more than `max`
+    /// bytes (measured now). A model already larger (the limit was lowered) still takes
+    /// what makes it smaller.
+    pub fn with_max_model_bytes(mut self, max: u64) -> Sequencer {
+        self.size = Some(SizeLimit { max, bound: model_bytes(&self.document) });
+        self
+    }
+
+    /// The bound kept of the model's encoded size (`None` without a size limit): never below
+    /// the exact size.
+    pub fn size_bound(&self) -> Option<u64> {
+        self.size.map(|s| s.bound)
+    }
+
+    /// Measures the model's size exactly again (when a snapshot is taken anyway), so that
+    /// the bound does not drift far above it.
+    pub fn remeasure(&mut self) {
+        if let Some(size) = &mut self.size {
+            size.bound = model_bytes(&self.document);
         }
     }
 
@@ -133,44 +252,119 @@ impl Sequencer {
         }
     }
 
-    /// Orders a submission: idempotent by `(replica, seq)`, transformed against every
-    /// operation committed after its base version, applied, and committed at the next
-    /// version. On error nothing changed.
+    /// Where a submission of `replica`'s seqs `first_seq..=seq` stands: new, a duplicate of
+    /// the last decided one, or refused (a gap or an old seq: nothing is recorded).
+    pub fn check_seq(
+        &self,
+        replica: ReplicaId,
+        first_seq: u64,
+        seq: u64,
+    ) -> Result<SeqCheck, SequencerError> {
+        let last = self.last_decisions.get(&replica);
+        if let Some((last, decision)) = last {
+            if seq == *last {
+                return Ok(SeqCheck::Duplicate(*decision));
+            }
+            if seq < *last {
+                return Err(SequencerError::StaleSeq { replica, last: *last, got: seq });
+            }
+        }
+        if first_seq > seq || first_seq == 0 {
+            return Err(SequencerError::InvalidSeqRange { first: first_seq, last: seq });
+        }
+        let expected = last.map_or(1, |(last, _)| last + 1);
+        if first_seq != expected {
+            return Err(SequencerError::SeqGap { replica, expected, got: first_seq });
+        }
+        Ok(SeqCheck::New)
+    }
+
+    /// Records that `replica`'s submission up to `seq` was refused for good with `code`
+    /// (after [`Sequencer::check_seq`] found it new): the record to persist before the
+    /// refusal is sent.
+    pub fn refuse(&mut self, replica: ReplicaId, seq: u64, code: ErrorCode) -> RefusalRecord {
+        self.last_decisions.insert(replica, (seq, Decision::Refused(code)));
+        RefusalRecord { model: self.model.clone(), replica, seq, code }
+    }
+
+    /// Orders a submission: its seqs checked ([`Sequencer::check_seq`]), transformed
+    /// against every operation committed after its base version, applied, and committed at
+    /// the next version — or refused for good ([`SubmitOutcome::Refused`]), or answered as
+    /// before. On error nothing changed and nothing is to be recorded.
     pub fn submit(
         &mut self,
         submission: Submission,
         now: Timestamp,
     ) -> Result<SubmitOutcome, SequencerError> {
-        if let Some((last, commit)) = self.last_commits.get(&submission.replica) {
-            if submission.seq == *last {
-                return Ok(SubmitOutcome::Duplicate(*commit));
-            }
-            if submission.seq < *last {
-                return Err(SequencerError::StaleSeq {
-                    replica: submission.replica,
-                    last: *last,
-                    got: submission.seq,
-                });
-            }
+        let Submission { author, replica, first_seq, seq, base_version, operation } = submission;
+        if let SeqCheck::Duplicate(decision) = self.check_seq(replica, first_seq, seq)? {
+            return Ok(SubmitOutcome::Duplicate(decision));
         }
-        let concurrent = self.operations_since(submission.base_version)?;
-        let operation = concurrent.iter().fold(submission.operation, |op, committed| {
-            transform(committed.operation.clone(), op).1
-        });
-        self.document.apply(&operation)?;
-        let committed = CommittedOperation {
-            version: self.version + 1,
-            author: submission.author,
-            timestamp: now,
-            operation,
+        let concurrent = match self.operations_since(base_version) {
+            Ok(concurrent) => concurrent,
+            Err(e @ SequencerError::BaseVersionAhead { .. }) => {
+                return Ok(self.refused(replica, seq, e));
+            }
+            Err(e) => return Err(e),
         };
-        self.record(committed.clone(), submission.replica, submission.seq);
+        let operation = concurrent
+            .iter()
+            .fold(operation, |op, committed| transform(committed.operation.clone(), op).1);
+        if let Err(e) = self.apply_within_limit(&operation) {
+            return Ok(self.refused(replica, seq, e));
+        }
+        let committed =
+            CommittedOperation { version: self.version + 1, author, timestamp: now, operation };
+        self.record(committed.clone(), replica, seq);
         Ok(SubmitOutcome::Committed(CommitRecord {
             model: self.model.clone(),
             operation: committed,
-            replica: submission.replica,
-            seq: submission.seq,
+            replica,
+            seq,
         }))
+    }
+
+    fn refused(&mut self, replica: ReplicaId, seq: u64, reason: SequencerError) -> SubmitOutcome {
+        let record = self.refuse(replica, seq, reason.code());
+        SubmitOutcome::Refused { record, reason }
+    }
+
+    /// Applies `operation`, unless the model would then be over its size limit (then it is
+    /// undone). The bound grows by the operation's size; only when it passes the limit is
+    /// the model measured.
+    fn apply_within_limit(&mut self, operation: &Operation) -> Result<(), SequencerError> {
+        let applied = self.document.apply(operation)?;
+        let Some(size) = self.size else { return Ok(()) };
+        let bound = size.bound.saturating_add(operation_bytes(operation));
+        if bound <= size.max {
+            self.size = Some(SizeLimit { bound, ..size });
+            return Ok(());
+        }
+        let exact = model_bytes(&self.document);
+        if exact <= size.max {
+            self.size = Some(SizeLimit { bound: exact, ..size });
+            return Ok(());
+        }
+        // Undo, last part first: concord-ot's inverses are exact.
+        let parts = operation.discrete();
+        let inverse: Vec<_> = parts
+            .iter()
+            .zip(&applied)
+            .rev()
+            .filter_map(|(part, outcome)| outcome.inverse(part))
+            .collect();
+        self.document
+            .apply(&Operation::Compound(inverse))
+            .expect("the inverse of an applied operation applies");
+        // A model already over the limit (the limit was lowered) may still shrink.
+        let before = model_bytes(&self.document);
+        if exact < before {
+            self.document.apply(operation)?;
+            self.size = Some(SizeLimit { bound: exact, ..size });
+            return Ok(());
+        }
+        self.size = Some(SizeLimit { bound: before, ..size });
+        Err(SequencerError::ModelTooLarge { size: exact, max: size.max })
     }
 
     /// Re-applies an operation this model committed before (the server rebuilding it from
@@ -182,6 +376,9 @@ impl Sequencer {
             return Err(SequencerError::OutOfOrder { expected, found: committed.version });
         }
         self.document.apply(&committed.operation)?;
+        if let Some(size) = &mut self.size {
+            size.bound = size.bound.saturating_add(operation_bytes(&committed.operation));
+        }
         self.version = committed.version;
         self.modified_at = committed.timestamp;
         self.history.push(committed);
@@ -195,7 +392,7 @@ impl Sequencer {
         self.version = committed.version;
         self.modified_at = committed.timestamp;
         let commit = Commit { version: committed.version, timestamp: committed.timestamp };
-        self.last_commits.insert(replica, (seq, commit));
+        self.last_decisions.insert(replica, (seq, Decision::Committed(commit)));
         self.history.push(committed);
         if self.history.len() >= 2 * self.history_limit {
             self.trim_history();
@@ -232,10 +429,11 @@ impl Sequencer {
         self.history.drain(..excess);
     }
 
-    /// Whether the submission `in_flight` was committed, for a resync.
+    /// Whether the submission `in_flight` was committed, for a resync (a refused one was
+    /// not).
     pub fn commit_of(&self, in_flight: InFlight) -> Option<Commit> {
-        match self.last_commits.get(&in_flight.replica) {
-            Some((seq, commit)) if *seq == in_flight.seq => Some(*commit),
+        match self.last_decisions.get(&in_flight.replica) {
+            Some((seq, Decision::Committed(commit))) if *seq == in_flight.seq => Some(*commit),
             _ => None,
         }
     }

@@ -16,8 +16,8 @@ use concord_ot::{
 use concord_protocol::{
     Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
     ErrorCode, ErrorReply, HandshakeRejection, ModelId, ModelSnapshot, OpenedModel, Permissions,
-    ReconnectToken, RequestId, ServerMessage, ServerPush, ServerRequest, ServerResponse, Session,
-    SessionId, Timestamp, User, UserId,
+    ReconnectToken, RequestId, ServerLimits, ServerMessage, ServerPush, ServerRequest,
+    ServerResponse, Session, SessionId, Timestamp, User, UserId,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
@@ -60,6 +60,19 @@ fn session() -> Session {
         user: User { id: UserId("alice".into()), display_name: None, anonymous: false },
         reconnect_token: token(),
         server_version: "test".into(),
+        limits: limits(),
+    }
+}
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        max_frame_bytes: 1 << 20,
+        max_message_bytes: 4 << 20,
+        max_open_models: 3,
+        max_subscriptions: 5,
+        max_shared_references: 7,
+        max_reference_bytes: 64,
+        max_model_bytes: 2 << 20,
     }
 }
 
@@ -222,6 +235,19 @@ fn settle(engine: &mut ClientEngine, now: Time, mut turn: Turn) -> Result<Turn> 
         turn = drain(engine, now);
     }
     bail!("the engine kept sending")
+}
+
+#[test]
+fn the_servers_limits_from_the_handshake_are_kept_while_offline() -> Result<()> {
+    let mut engine = ClientEngine::new(REPLICA, config());
+    assert_eq!(engine.server_limits(), None, "nothing before a handshake");
+    engine.connect(credentials());
+    assert!(matches!(engine.poll_action(), Some(Action::Connect { .. })));
+    engine.handle_connected(at(0), &session(), vec![], vec![]);
+    assert_eq!(engine.server_limits(), Some(limits()));
+    engine.handle_disconnected(at(10));
+    assert_eq!(engine.server_limits(), Some(limits()));
+    Ok(())
 }
 
 /// An engine that connected at `now` through its own `connect` (the driver carrying out

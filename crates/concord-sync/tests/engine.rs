@@ -23,6 +23,15 @@ fn session() -> Session {
         user: User { id: UserId("u".into()), display_name: None, anonymous: false },
         reconnect_token: ReconnectToken("t".into()),
         server_version: "test".into(),
+        limits: concord_protocol::ServerLimits {
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 256 << 20,
+            max_open_models: 1_000,
+            max_subscriptions: 10_000,
+            max_shared_references: 256,
+            max_reference_bytes: 4_096,
+            max_model_bytes: 64 << 20,
+        },
     }
 }
 
@@ -89,6 +98,7 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
     assert!(engine.poll_transmit(Time::ZERO).is_none(), "nor before the boundary is");
     engine.handle_durable(boundary.id);
     let Some(ClientMessage::Notice(ClientNotice::Submit {
+        first_seq,
         seq: sent,
         base_version,
         operation,
@@ -97,11 +107,12 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
     else {
         panic!("the submission goes out")
     };
-    assert_eq!(sent, seq);
+    assert_eq!((first_seq, sent), (1, seq));
 
     let submission = Submission {
         author: SessionId("s1".into()),
         replica: ReplicaId(1),
+        first_seq,
         seq,
         base_version,
         operation,

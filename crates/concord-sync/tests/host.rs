@@ -8,14 +8,15 @@ use std::sync::Arc;
 use concord_ot::{DiscreteOperation, Document, IdGenerator, Operation, OperationKind, PathSegment};
 use concord_ot::{ReferenceValue, ReplicaId, Value};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, CreationNonce, ErrorCode, InFlight,
-    KnownModel, ModelId, OfflineUpdate, PermissionGrants, Permissions, ReferenceChange,
+    ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
+    InFlight, KnownModel, ModelId, OfflineUpdate, PermissionGrants, Permissions, ReferenceChange,
     ReferenceKey, RequestId, ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp, User,
     UserId,
 };
+use concord_sync::Decision;
 use concord_sync::host::{
     ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
-    SessionHost, SessionLimits, SessionOutput, SessionRef, Write,
+    SessionHost, SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
 };
 
 /// Hosts wired together, every job made durable at once, every read answered.
@@ -31,8 +32,12 @@ struct Server {
 
 impl Server {
     fn new() -> Server {
+        Server::with_config(HostConfig::default())
+    }
+
+    fn with_config(config: HostConfig) -> Server {
         Server {
-            config: Arc::new(HostConfig::default()),
+            config: Arc::new(config),
             models: BTreeMap::new(),
             sessions: BTreeMap::new(),
             owners: BTreeMap::new(),
@@ -79,9 +84,11 @@ impl Server {
         request: ModelRequest,
     ) -> Vec<(ConnId, ServerMessage)> {
         let config = self.config.clone();
-        let host = self.models.entry(model.clone()).or_insert_with(|| {
-            ModelHost::new(model, Loaded::Absent { deleted: false }, config).unwrap()
-        });
+        let loaded = stored(&self.writes, &model);
+        let host = self
+            .models
+            .entry(model.clone())
+            .or_insert_with(|| ModelHost::new(model, loaded, config).unwrap());
         host.handle(Timestamp(self.now), from, request);
         while let Some(read) = host.pending_read().cloned() {
             let result = match read {
@@ -113,6 +120,47 @@ impl Server {
             said.extend(delivery.to.into_iter().map(|conn| (conn, message.clone())));
         }
         said
+    }
+}
+
+/// A model as the writes so far store it (every operation replayed on its first snapshot),
+/// as a server's store loads it after a restart.
+fn stored(writes: &[Write], id: &ModelId) -> Loaded {
+    let mut found = None;
+    for write in writes {
+        match write {
+            Write::CreateModel { model, record, snapshot } if model == id => {
+                let stored = StoredModel {
+                    record: record.clone(),
+                    collection: None,
+                    snapshot: snapshot.clone(),
+                    operations: Vec::new(),
+                    last_decisions: BTreeMap::new(),
+                };
+                found = Some(stored);
+            }
+            Write::Commit(record) if record.model == *id => {
+                let stored = found.as_mut().expect("created first");
+                stored.operations.push(record.operation.clone());
+                let commit = Commit {
+                    version: record.operation.version,
+                    timestamp: record.operation.timestamp,
+                };
+                stored
+                    .last_decisions
+                    .insert(record.replica, (record.seq, Decision::Committed(commit)));
+            }
+            Write::Refusal(record) if record.model == *id => {
+                let stored = found.as_mut().expect("created first");
+                let decision = Decision::Refused(record.code);
+                stored.last_decisions.insert(record.replica, (record.seq, decision));
+            }
+            _ => {}
+        }
+    }
+    match found {
+        Some(stored) => Loaded::Model(Box::new(stored)),
+        None => Loaded::Absent { deleted: false },
     }
 }
 
@@ -165,13 +213,25 @@ fn open(server: &mut Server, conn: ConnId, id: &str) {
     );
 }
 
+/// A submission of one local change, seq `seq`.
 fn submit(replica: u64, seq: u64, base_version: u64, text: &str) -> ClientMessage {
+    submit_batch(replica, seq..=seq, base_version, insert(&document(), text))
+}
+
+/// A submission of the local changes `seqs`, together `operation`.
+fn submit_batch(
+    replica: u64,
+    seqs: std::ops::RangeInclusive<u64>,
+    base_version: u64,
+    operation: Operation,
+) -> ClientMessage {
     ClientMessage::Notice(ClientNotice::Submit {
         model: model("doc"),
         replica: ReplicaId(replica),
-        seq,
+        first_seq: *seqs.start(),
+        seq: *seqs.end(),
         base_version,
-        operation: insert(&document(), text),
+        operation,
     })
 }
 
@@ -389,4 +449,196 @@ fn a_creator_keeps_every_permission() {
         heard(&said, alice)[..],
         [ServerMessage::Response { response: ServerResponse::Permissions { .. }, .. }]
     ));
+}
+
+impl Server {
+    /// The server restarts: everything in memory is gone, the store (the writes) stays.
+    fn restart(&mut self) {
+        self.models.clear();
+        self.sessions.clear();
+    }
+}
+
+/// The one submission answer `conn` heard: `Ok(version)` for an ack, `Err(code)` for a
+/// rejection, both of `seq`.
+fn answer(said: &[(ConnId, ServerMessage)], conn: ConnId, seq: u64) -> Result<u64, ErrorCode> {
+    let answers: Vec<_> = heard(said, conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Push(ServerPush::Ack { seq: s, version, .. }) => Some((s, Ok(version))),
+            ServerMessage::Push(ServerPush::SubmitRejected { seq: s, error, .. }) => {
+                Some((s, Err(error.code)))
+            }
+            _ => None,
+        })
+        .collect();
+    match answers.as_slice() {
+        [(s, answer)] if *s == seq => *answer,
+        other => panic!("expected one answer to seq {seq}, got {other:?} in {said:?}"),
+    }
+}
+
+fn text_of(server: &Server, id: &str) -> String {
+    let (_, document) = server.models[&model(id)].live().unwrap();
+    let text = document.element_at(&[PathSegment::Key("text".into())]).unwrap();
+    document.text(text).unwrap()
+}
+
+fn splice(index: usize, delete_count: usize, text: &str) -> Operation {
+    let id = document().element_at(&[PathSegment::Key("text".into())]).unwrap();
+    let kind = OperationKind::StringSplice { index, delete_count, insert: text.into() };
+    DiscreteOperation::new(id, kind).into()
+}
+
+#[test]
+fn a_submission_must_start_right_after_the_replicas_last_decided_seq() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    assert_eq!(answer(&server.send(alice, submit(7, 1, 0, "a")), alice, 1), Ok(1));
+    let writes = server.writes.len();
+    // A gap (seq 2 never came), and a seq far ahead: refused, and nothing is recorded.
+    for seq in [3, 1_000] {
+        let said = server.send(alice, submit(7, seq, 1, "x"));
+        assert_eq!(answer(&said, alice, seq), Err(ErrorCode::SEQ_OUT_OF_ORDER));
+    }
+    // A batch claiming seqs backwards, or none, covers nothing.
+    let said = server.send(
+        alice,
+        submit_batch(7, std::ops::RangeInclusive::new(6, 5), 1, insert(&document(), "x")),
+    );
+    assert_eq!(answer(&said, alice, 5), Err(ErrorCode::SEQ_OUT_OF_ORDER));
+    assert_eq!(server.writes.len(), writes, "{:?}", &server.writes[writes..]);
+    assert_eq!(text_of(&server, "doc"), "a");
+    // A batch of seqs 2 to 4 follows seq 1: committed.
+    let said = server.send(alice, submit_batch(7, 2..=4, 1, insert(&document(), "b")));
+    assert_eq!(answer(&said, alice, 4), Ok(2));
+    // Seq 3 is older than the last decided one; 4 again gets its original ack.
+    assert_eq!(
+        answer(&server.send(alice, submit(7, 3, 2, "x")), alice, 3),
+        Err(ErrorCode::SEQ_OUT_OF_ORDER)
+    );
+    let said = server.send(alice, submit_batch(7, 2..=4, 1, insert(&document(), "b")));
+    assert_eq!(answer(&said, alice, 4), Ok(2));
+    assert_eq!(text_of(&server, "doc"), "ba", "applied once");
+    // A replica new to the model starts at seq 1.
+    let said = server.send(alice, submit_batch(8, 2..=2, 2, insert(&document(), "c")));
+    assert_eq!(answer(&said, alice, 2), Err(ErrorCode::SEQ_OUT_OF_ORDER));
+    let said = server.send(alice, submit_batch(8, 1..=2, 2, insert(&document(), "c")));
+    assert_eq!(answer(&said, alice, 2), Ok(3));
+}
+
+#[test]
+fn a_refusal_is_recorded_repeated_and_survives_a_restart() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    let mut grants = PermissionGrants { override_collection: true, ..PermissionGrants::default() };
+    grants.users.insert(UserId("bob".into()), Permissions { read: true, ..Permissions::NONE });
+    create(&mut server, alice, "doc", Some(grants.clone()));
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    assert_eq!(answer(&server.send(alice, submit(7, 1, 0, "a")), alice, 1), Ok(1));
+    // An operation that does not apply is refused for good: recorded before it is said.
+    let invalid = splice(99, 0, "x");
+    let said = server.send(alice, submit_batch(7, 2..=2, 1, invalid.clone()));
+    assert_eq!(answer(&said, alice, 2), Err(ErrorCode::INVALID_OPERATION));
+    let refusal = server.writes.iter().find_map(|w| match w {
+        Write::Refusal(r) => Some((r.replica, r.seq, r.code)),
+        _ => None,
+    });
+    assert_eq!(refusal, Some((ReplicaId(7), 2, ErrorCode::INVALID_OPERATION)));
+    // Bob may not write: decided for good as well.
+    let said = server.send(bob, submit(9, 1, 1, "b"));
+    assert_eq!(answer(&said, bob, 1), Err(ErrorCode::PERMISSION_DENIED));
+    // A resubmission gets the original refusal again, and nothing new is recorded.
+    let writes = server.writes.len();
+    let said = server.send(alice, submit_batch(7, 2..=2, 1, invalid.clone()));
+    assert_eq!(answer(&said, alice, 2), Err(ErrorCode::INVALID_OPERATION));
+    assert_eq!(server.writes.len(), writes);
+    // A resync does not take the refused submission for committed.
+    let resync = ClientRequest::Resync {
+        model: model("doc"),
+        known_version: 1,
+        in_flight: Some(InFlight { replica: ReplicaId(7), seq: 2 }),
+    };
+    let said = server.request(alice, resync);
+    let started = heard(&said, alice).into_iter().find_map(|m| match m {
+        ServerMessage::Response {
+            response: ServerResponse::ResyncStarted { in_flight_committed, .. },
+            ..
+        } => Some(in_flight_committed),
+        _ => None,
+    });
+    assert_eq!(started, Some(None));
+
+    // The server restarts from its store; alice and bob reconnect.
+    server.restart();
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    let said = server.send(alice, submit_batch(7, 2..=2, 1, invalid));
+    assert_eq!(answer(&said, alice, 2), Err(ErrorCode::INVALID_OPERATION), "still refused");
+    // The next submission follows the refused one: not a gap.
+    assert_eq!(answer(&server.send(alice, submit(7, 3, 1, "c")), alice, 3), Ok(2));
+    grants.users.insert(UserId("bob".into()), Permissions::ALL);
+    let set = ClientRequest::SetPermissions { model: model("doc"), grants };
+    server.request(alice, set);
+    assert_eq!(answer(&server.send(bob, submit(9, 2, 2, "d")), bob, 2), Ok(3));
+    assert_eq!(text_of(&server, "doc"), "dca");
+}
+
+#[test]
+fn a_model_never_grows_past_its_size_limit_and_shrinks_at_it() {
+    let empty = concord_sync::model_bytes(&document());
+    let config = HostConfig { max_model_bytes: empty + 100, ..HostConfig::default() };
+    let mut server = Server::with_config(config);
+    let alice = server.connect("alice", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    let x60 = "x".repeat(60);
+    assert_eq!(answer(&server.send(alice, submit(7, 1, 0, &x60)), alice, 1), Ok(1));
+    // 60 more bytes would pass the limit: refused, recorded, and the model is intact.
+    let said = server.send(alice, submit(7, 2, 1, &"y".repeat(60)));
+    assert_eq!(answer(&said, alice, 2), Err(ErrorCode::MODEL_TOO_LARGE));
+    assert_eq!(text_of(&server, "doc"), x60);
+    assert_eq!(server.models[&model("doc")].live().unwrap().0, 1);
+    assert!(server.writes.iter().any(|w| matches!(
+        w,
+        Write::Refusal(r) if r.seq == 2 && r.code == ErrorCode::MODEL_TOO_LARGE
+    )));
+    // Up to the limit exactly is fine; then a deletion passes, and a small insertion after it.
+    let fill = "z".repeat(100 - 60);
+    let said = server.send(alice, submit(7, 3, 1, &fill));
+    assert_eq!(answer(&said, alice, 3), Ok(2));
+    let (_, document) = server.models[&model("doc")].live().unwrap();
+    assert_eq!(concord_sync::model_bytes(document), empty + 100, "at the limit");
+    let said = server.send(alice, submit_batch(7, 4..=4, 2, splice(0, 30, "")));
+    assert_eq!(answer(&said, alice, 4), Ok(3));
+    assert_eq!(answer(&server.send(alice, submit(7, 5, 3, "w")), alice, 5), Ok(4));
+    // Reloaded from the store, the model is measured again and the limit still holds.
+    server.restart();
+    let alice = server.connect("alice", SessionLimits::default());
+    open(&mut server, alice, "doc");
+    let said = server.send(alice, submit(7, 6, 4, &"v".repeat(60)));
+    assert_eq!(answer(&said, alice, 6), Err(ErrorCode::MODEL_TOO_LARGE));
+    assert_eq!(answer(&server.send(alice, submit(7, 7, 4, "u")), alice, 7), Ok(5));
+    // A creation with more data than the limit is refused.
+    let mut ids = IdGenerator::new(ReplicaId(0), 1);
+    let json = serde_json::json!({ "text": "t".repeat(200) });
+    let data = Document::new(Value::from_json(&json, &mut ids).unwrap()).unwrap();
+    let said = server.request(
+        alice,
+        ClientRequest::CreateModel {
+            model: model("big"),
+            collection: CollectionId::new("notes").unwrap(),
+            data,
+            nonce: CreationNonce([2; 16]),
+            permissions: None,
+        },
+    );
+    assert_eq!(error_of(&said, alice).0, ErrorCode::MODEL_TOO_LARGE);
+    assert!(server.models[&model("big")].live().is_none());
 }

@@ -7,9 +7,12 @@ use concord_ot::{
     DiscreteOperation, Document, ElementId, IdGenerator, Operation, OperationKind, PathSegment,
     ReplicaId, Value,
 };
-use concord_protocol::{CollectionId, InFlight, ModelId, ModelSnapshot, SessionId, Timestamp};
+use concord_protocol::{
+    CollectionId, ErrorCode, InFlight, ModelId, ModelSnapshot, SessionId, Timestamp,
+};
 use concord_sync::{
-    ModelReplica, Persisted, Sequencer, SequencerError, StoreChange, Submission, SubmitOutcome,
+    Decision, ModelReplica, Persisted, Sequencer, SequencerError, StoreChange, Submission,
+    SubmitOutcome,
 };
 use serde_json::json;
 
@@ -38,10 +41,12 @@ fn text(doc: &Document) -> String {
     doc.text(text_id(doc)).expect("text")
 }
 
+/// A submission of one local change, seq `seq`.
 fn submission(replica: u64, seq: u64, base_version: u64, operation: Operation) -> Submission {
     Submission {
         author: SessionId(format!("s{replica}")),
         replica: ReplicaId(replica),
+        first_seq: seq,
         seq,
         base_version,
         operation,
@@ -155,7 +160,7 @@ fn a_committed_in_flight_submission_found_in_the_replay_counts_as_its_ack() -> R
     // A resubmission is answered with the original ack and ignored.
     let again =
         server.submit(submission(1, sub.seq, sub.base_version, sub.operation), Timestamp(2))?;
-    assert_eq!(again, SubmitOutcome::Duplicate(commit));
+    assert_eq!(again, SubmitOutcome::Duplicate(Decision::Committed(commit)));
     assert!(replica.ack(seq, commit.version, commit.timestamp)?.is_empty());
     Ok(())
 }
@@ -165,17 +170,33 @@ fn the_sequencer_refuses_what_it_cannot_order() -> Result<()> {
     let initial = snapshot()?;
     let mut server = Sequencer::new(ModelId::new("m")?, initial.clone(), BTreeMap::new(), 2);
     let op = |i| insert(&initial.data, 0, if i % 2 == 0 { "a" } else { "b" });
-    assert!(matches!(
-        server.submit(submission(1, 1, 5, op(0)), Timestamp(0)),
-        Err(SequencerError::BaseVersionAhead { base: 5, current: 0 })
-    ));
-    for seq in 1..=5 {
+    // A base version from the future is refused for good: decided, and answered so again.
+    let SubmitOutcome::Refused { record, reason } =
+        server.submit(submission(1, 1, 5, op(0)), Timestamp(0))?
+    else {
+        panic!("refused")
+    };
+    assert_eq!(reason, SequencerError::BaseVersionAhead { base: 5, current: 0 });
+    assert_eq!((record.seq, record.code), (1, ErrorCode::VERSION_OUT_OF_RANGE));
+    assert_eq!(
+        server.submit(submission(1, 1, 0, op(0)), Timestamp(0))?,
+        SubmitOutcome::Duplicate(Decision::Refused(ErrorCode::VERSION_OUT_OF_RANGE))
+    );
+    assert_eq!(server.commit_of(InFlight { replica: ReplicaId(1), seq: 1 }), None);
+    for seq in 2..=6 {
         server.submit(submission(1, seq, server.version(), op(seq)), Timestamp(0))?;
     }
     assert!(matches!(
         server.submit(submission(1, 3, 5, op(0)), Timestamp(0)),
-        Err(SequencerError::StaleSeq { last: 5, got: 3, .. })
+        Err(SequencerError::StaleSeq { last: 6, got: 3, .. })
     ));
+    // A gap is refused and decides nothing: the next seq still goes through.
+    assert!(matches!(
+        server.submit(submission(1, 8, 5, op(0)), Timestamp(0)),
+        Err(SequencerError::SeqGap { expected: 7, got: 8, .. })
+    ));
+    let batch = Submission { first_seq: 7, ..submission(1, 9, server.version(), op(0)) };
+    assert!(matches!(server.submit(batch, Timestamp(0))?, SubmitOutcome::Committed(_)));
     // A submission from far back needs history from the store.
     let far_back = server.submit(submission(2, 1, 0, op(0)), Timestamp(0));
     let Err(SequencerError::HistoryUnavailable { from: 0, oldest }) = far_back else {
@@ -187,11 +208,101 @@ fn the_sequencer_refuses_what_it_cannot_order() -> Result<()> {
         OperationKind::StringSplice { index: 99, delete_count: 0, insert: "x".into() },
     );
     let before = server.document().clone();
+    let outcome =
+        server.submit(submission(3, 1, server.version(), invalid.into()), Timestamp(0))?;
     assert!(matches!(
-        server.submit(submission(3, 1, server.version(), invalid.into()), Timestamp(0)),
-        Err(SequencerError::Invalid(_))
+        outcome,
+        SubmitOutcome::Refused { reason: SequencerError::Invalid(_), ref record }
+            if record.code == ErrorCode::INVALID_OPERATION
     ));
     assert_eq!(*server.document(), before);
+    Ok(())
+}
+
+/// The bound kept of a model's size is never below its exact size, whatever the operations
+/// (length prefixes that grow a byte, numbers and dates that take more bytes, values with
+/// many ids), and a submission that would pass the limit leaves the model as it was.
+#[test]
+fn the_size_bound_holds_and_the_limit_refuses_exactly() -> Result<()> {
+    let mut ids = IdGenerator::new(ReplicaId(0), 0);
+    let json = json!({"text": "", "list": [], "n": 1, "obj": {}, "when": 0});
+    let data = Document::new(Value::from_json(&json, &mut ids)?)?;
+    let at = |doc: &Document, key: &str| doc.element_at(&[PathSegment::Key(key.into())]).unwrap();
+    let initial = ModelSnapshot { data, ..snapshot()? };
+    let mut server = Sequencer::new(ModelId::new("m")?, initial.clone(), BTreeMap::new(), 10)
+        .with_max_model_bytes(u64::MAX);
+    let doc = &initial.data;
+    let (text, list, n, obj, when) =
+        (at(doc, "text"), at(doc, "list"), at(doc, "n"), at(doc, "obj"), at(doc, "when"));
+    let mut ops: Vec<OperationKind> = Vec::new();
+    for i in 0..140 {
+        let value = Value::from_json(&json!({"k": [i, "v"]}), &mut ids)?;
+        ops.push(OperationKind::ArrayInsert { index: 0, value });
+    }
+    let mut parts = Vec::new();
+    for _ in 0..70 {
+        parts.push(DiscreteOperation::new(
+            text,
+            OperationKind::StringSplice { index: 0, delete_count: 0, insert: "ab".into() },
+        ));
+    }
+    let mut seq = 0;
+    let mut submit = |server: &mut Sequencer, operation: Operation| -> Result<SubmitOutcome> {
+        seq += 1;
+        Ok(server.submit(submission(1, seq, server.version(), operation), Timestamp(0))?)
+    };
+    for kind in ops {
+        submit(&mut server, DiscreteOperation::new(list, kind).into())?;
+        assert!(server.size_bound().unwrap() >= concord_sync::model_bytes(server.document()));
+    }
+    let more: Vec<(concord_ot::ElementId, OperationKind)> = vec![
+        (n, OperationKind::NumberSet { value: 1.5e300 }),
+        (n, OperationKind::NumberDelta { delta: -3.0 }),
+        (when, OperationKind::DateSet { value: i64::MIN }),
+        (
+            obj,
+            OperationKind::ObjectAddProperty {
+                key: "x".repeat(200),
+                value: Value::from_json(&json!([[[1]], {"a": null}]), &mut ids)?,
+            },
+        ),
+        (list, OperationKind::ArrayMove { from: 0, to: 100 }),
+        (list, OperationKind::ArrayRemove { index: 3 }),
+        (text, OperationKind::StringSet { value: "é".repeat(100) }),
+    ];
+    submit(&mut server, Operation::Compound(parts))?;
+    assert!(server.size_bound().unwrap() >= concord_sync::model_bytes(server.document()));
+    for (target, kind) in more {
+        submit(&mut server, DiscreteOperation::new(target, kind).into())?;
+        assert!(server.size_bound().unwrap() >= concord_sync::model_bytes(server.document()));
+    }
+
+    // The same model under a limit just above its size: growing past it is refused and
+    // undone, shrinking passes.
+    let exact = concord_sync::model_bytes(server.document());
+    let snapshot = server.snapshot();
+    let mut limited = Sequencer::new(ModelId::new("m")?, snapshot, BTreeMap::new(), 10)
+        .with_max_model_bytes(exact + 5);
+    assert_eq!(limited.size_bound(), Some(exact));
+    let before = limited.document().clone();
+    let grow = Operation::Compound(vec![
+        DiscreteOperation::new(list, OperationKind::ArrayRemove { index: 0 }),
+        DiscreteOperation::new(
+            text,
+            OperationKind::StringSplice { index: 0, delete_count: 0, insert: "x".repeat(40) },
+        ),
+    ]);
+    let outcome = limited.submit(submission(1, 1, limited.version(), grow), Timestamp(0))?;
+    assert!(matches!(
+        outcome,
+        SubmitOutcome::Refused { reason: SequencerError::ModelTooLarge { .. }, ref record }
+            if record.code == ErrorCode::MODEL_TOO_LARGE
+    ));
+    assert_eq!(*limited.document(), before, "undone exactly");
+    let shrink = DiscreteOperation::new(list, OperationKind::ArrayRemove { index: 0 });
+    let outcome =
+        limited.submit(submission(1, 2, limited.version(), shrink.into()), Timestamp(0))?;
+    assert!(matches!(outcome, SubmitOutcome::Committed(_)), "{outcome:?}");
     Ok(())
 }
 
@@ -213,5 +324,77 @@ fn a_local_change_neutralised_by_a_remote_one_is_reported() -> Result<()> {
     let (applied, _) = replica.remote(remote.operation)?;
     assert_eq!(applied.expect("applied").neutralised, vec![seq], "a set beats the splice");
     assert_eq!(replica.local().text(text).as_deref(), Some("new"));
+    Ok(())
+}
+
+/// A rejected submission takes the pending changes that no longer apply with it, but their
+/// seqs still reach the server (as no-ops): the next submission starts right after the
+/// rejected one, in memory and once restored from the store, so the server never sees a gap.
+#[test]
+fn after_a_rejection_the_next_submission_follows_it_without_a_gap() -> Result<()> {
+    let initial = snapshot()?;
+    let mut server = Sequencer::new(ModelId::new("m")?, initial.clone(), BTreeMap::new(), 100);
+    let mut replica = ModelReplica::new(initial.clone());
+    let mut store = Persisted {
+        snapshot: initial.clone(),
+        server_operations: Vec::new(),
+        pending: Vec::new(),
+        in_flight_seq: None,
+        next_seq: 1,
+    };
+    let keep = |changes: Vec<StoreChange>, store: &mut Persisted| {
+        for change in changes {
+            match change {
+                StoreChange::AppendPending(p) => {
+                    store.next_seq = p.seq + 1;
+                    store.pending.push(p);
+                }
+                StoreChange::ReplacePending(p) => store.pending = p,
+                StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
+                other => unreachable!("{other:?}"),
+            }
+        }
+    };
+    let target = text_id(&initial.data);
+    let op = |kind| -> Operation { DiscreteOperation::new(target, kind).into() };
+    // Seq 1 inserts "XYZW"; seq 2 deletes "bc" after it (at 5, which only exists after
+    // seq 1); seq 3 inserts at the start.
+    let changes = [
+        op(OperationKind::StringSplice { index: 0, delete_count: 0, insert: "XYZW".into() }),
+        op(OperationKind::StringSplice { index: 5, delete_count: 2, insert: String::new() }),
+        op(OperationKind::StringSplice { index: 0, delete_count: 0, insert: "Z".into() }),
+    ];
+    for change in changes {
+        let (seq, _, c) = replica.local_change(change)?;
+        keep(vec![c], &mut store);
+        replica.mark_durable(seq);
+    }
+    let (sub, c) = replica.take_submission(1).expect("seq 1");
+    keep(vec![c], &mut store);
+    assert_eq!((sub.first_seq, sub.seq), (1, 1));
+    // The server refuses seq 1 for good (recorded as its last decision for the replica).
+    let record = server.refuse(ReplicaId(1), 1, ErrorCode::INVALID_OPERATION);
+    assert_eq!(record.seq, 1);
+    let (dropped, changes) = replica.reject_in_flight().expect("in flight");
+    keep(changes, &mut store);
+    // Seq 2 no longer applies (index 5 is past the end): dropped with it, but kept as a
+    // no-op.
+    assert_eq!(dropped.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(text(replica.local()), "Zabc");
+    for mut restored in [ModelReplica::restore(store.clone())?, replica] {
+        assert_eq!(text(restored.local()), "Zabc");
+        let (next, _) = restored.take_submission(10).expect("seqs 2 and 3");
+        assert_eq!((next.first_seq, next.seq), (2, 3));
+        let submission = Submission {
+            first_seq: next.first_seq,
+            ..submission(1, next.seq, next.base_version, next.operation)
+        };
+        let mut server = server.clone();
+        let SubmitOutcome::Committed(committed) = server.submit(submission, Timestamp(1))? else {
+            panic!("the next submission follows the refused one")
+        };
+        assert_eq!(committed.seq, 3);
+        assert_eq!(text(server.document()), "Zabc");
+    }
     Ok(())
 }

@@ -20,7 +20,7 @@ use concord_protocol::{ReconnectToken, Session, User, UserId};
 use concord_storage::faults::{Fault, Faults, FaultyAdapter, InjectedFault};
 use concord_storage::{Batch, MemoryAdapter, Mutation, OfflineStore, StorageAdapter, StorageError};
 use concord_sync::{
-    ClientEngine, EngineConfig, Event, ModelEvent, ModelReplica, Sequencer, Submission,
+    ClientEngine, Decision, EngineConfig, Event, ModelEvent, ModelReplica, Sequencer, Submission,
     SubmitOutcome, Time, store,
 };
 use pollster::block_on;
@@ -94,6 +94,7 @@ impl Server {
             ClientMessage::Notice(ClientNotice::Submit {
                 model,
                 replica,
+                first_seq,
                 seq,
                 base_version,
                 operation,
@@ -101,6 +102,7 @@ impl Server {
                 let submission = Submission {
                     author: SessionId("client".into()),
                     replica,
+                    first_seq,
                     seq,
                     base_version,
                     operation,
@@ -110,7 +112,10 @@ impl Server {
                         SubmitOutcome::Committed(record) => {
                             (record.operation.version, record.operation.timestamp)
                         }
-                        SubmitOutcome::Duplicate(commit) => (commit.version, commit.timestamp),
+                        SubmitOutcome::Duplicate(Decision::Committed(commit)) => {
+                            (commit.version, commit.timestamp)
+                        }
+                        refused => anyhow::bail!("a submission was refused: {refused:?}"),
                     };
                 vec![ServerMessage::Push(ServerPush::Ack { model, seq, version, timestamp })]
             }
@@ -208,6 +213,15 @@ impl Client {
             user: User { id: UserId("user".into()), display_name: None, anonymous: false },
             reconnect_token: ReconnectToken("token".into()),
             server_version: "test".into(),
+            limits: concord_protocol::ServerLimits {
+                max_frame_bytes: 16 << 20,
+                max_message_bytes: 256 << 20,
+                max_open_models: 1_000,
+                max_subscriptions: 10_000,
+                max_shared_references: 256,
+                max_reference_bytes: 4_096,
+                max_model_bytes: 64 << 20,
+            },
         };
         self.engine.handle_connected(now(), &session, with_changes, store::tombstones(&summaries));
         Ok(())

@@ -8,6 +8,7 @@ use concord_ot::ReplicaId;
 use concord_protocol::{
     CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, User, UserId,
 };
+use concord_sync::Decision;
 use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
 
 /// Everything a server has made durable.
@@ -16,7 +17,8 @@ pub struct MemoryServerStore {
     models: BTreeMap<ModelId, (ModelRecord, ModelSnapshot)>,
     /// Every committed operation, by model and version (snapshots do not compact them).
     operations: BTreeMap<ModelId, BTreeMap<u64, CommittedOperation>>,
-    replicas: BTreeMap<ModelId, BTreeMap<ReplicaId, (u64, Commit)>>,
+    /// The last decided `(seq, decision)` per model and replica.
+    replicas: BTreeMap<ModelId, BTreeMap<ReplicaId, (u64, Decision)>>,
     deleted: BTreeSet<ModelId>,
     collections: BTreeMap<CollectionId, CollectionConfig>,
     users: BTreeMap<UserId, User>,
@@ -39,7 +41,11 @@ impl MemoryServerStore {
                 operations.insert(version, record.operation.clone());
                 let commit = Commit { version, timestamp: record.operation.timestamp };
                 let replicas = self.replicas.entry(record.model.clone()).or_default();
-                replicas.insert(record.replica, (record.seq, commit));
+                replicas.insert(record.replica, (record.seq, Decision::Committed(commit)));
+            }
+            Write::Refusal(record) => {
+                let replicas = self.replicas.entry(record.model.clone()).or_default();
+                replicas.insert(record.replica, (record.seq, Decision::Refused(record.code)));
             }
             Write::Snapshot { model, snapshot } => {
                 if let Some((_, stored)) = self.models.get_mut(model) {
@@ -79,7 +85,7 @@ impl MemoryServerStore {
             collection: self.collections.get(&record.collection).cloned(),
             snapshot: snapshot.clone(),
             operations,
-            last_commits: self.replicas.get(model).cloned().unwrap_or_default(),
+            last_decisions: self.replicas.get(model).cloned().unwrap_or_default(),
         }))
     }
 
@@ -120,8 +126,13 @@ impl MemoryServerStore {
         self.deleted.contains(model)
     }
 
-    /// The last seq of `replica` committed to `model`.
+    /// The last seq of `replica` the server decided on `model` (committed or refused).
     pub fn last_seq(&self, model: &ModelId, replica: ReplicaId) -> Option<u64> {
-        self.replicas.get(model)?.get(&replica).map(|(seq, _)| *seq)
+        self.last_decision(model, replica).map(|(seq, _)| seq)
+    }
+
+    /// The last seq of `replica` the server decided on `model`, and what it decided.
+    pub fn last_decision(&self, model: &ModelId, replica: ReplicaId) -> Option<(u64, Decision)> {
+        self.replicas.get(model)?.get(&replica).copied()
     }
 }

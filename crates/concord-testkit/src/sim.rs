@@ -5,7 +5,8 @@
 //!
 //! Each step the seed picks one event: a local edit, a client storage batch becoming
 //! durable, a server job becoming durable (only then are its messages sent), a message
-//! delivered, a disconnect (the last client messages may still arrive late, or twice, or be
+//! delivered (what the server sends travels encoded, large messages in fragment frames that
+//! the client puts back together), a disconnect (the last client messages may still arrive late, or twice, or be
 //! lost), a reconnect with resync, a client crash (everything not yet durable is lost) or
 //! restart from its store, a server crash (its queued jobs and memory are lost; it restarts
 //! from its store), idle models unloading. Then every client reconnects and the network
@@ -21,9 +22,9 @@ use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, ModelId,
-    ModelSnapshot, PermissionGrants, ReconnectToken, ServerMessage, Session, Timestamp, User,
-    UserId,
+    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, Limits, ModelId,
+    ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ServerMessage, Session,
+    Timestamp, User, UserId, encode_frames,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
@@ -87,6 +88,8 @@ pub struct Stats {
     /// failed.
     pub reconnects: usize,
     pub failed_connects: usize,
+    /// Server messages that travelled as several fragment frames.
+    pub fragmented_messages: usize,
 }
 
 impl Stats {
@@ -107,6 +110,7 @@ impl Stats {
         self.timeouts += other.timeouts;
         self.reconnects += other.reconnects;
         self.failed_connects += other.failed_connects;
+        self.fragmented_messages += other.fragmented_messages;
     }
 }
 
@@ -142,7 +146,11 @@ struct Client {
     /// any order across them (a closed connection's last messages may arrive after the new
     /// connection's first ones, and before the server notices the close).
     to_server: BTreeMap<ConnId, VecDeque<Wire>>,
-    to_client: VecDeque<ServerMessage>,
+    /// The frames on their way to the client: a message larger than
+    /// [`SIM_FRAGMENT_BYTES`] as several fragments.
+    to_client: VecDeque<Vec<u8>>,
+    /// Puts the client's fragmented messages back together; a new one per connection.
+    frames: Reassembler<ServerMessage>,
     /// Per model, the highest local seq a store batch made durable.
     max_durable_seq: BTreeMap<ModelId, u64>,
     /// Models this client created whose id another creation had taken.
@@ -248,6 +256,7 @@ impl Sim {
                     connection: None,
                     to_server: BTreeMap::new(),
                     to_client: VecDeque::new(),
+                    frames: Reassembler::new(Limits::DEFAULT),
                     max_durable_seq: BTreeMap::new(),
                     refused: BTreeSet::new(),
                     created: 0,
@@ -740,6 +749,7 @@ impl Sim {
         client.connection = Some(conn);
         client.connected_once = true;
         client.to_client.clear();
+        client.frames = Reassembler::new(Limits::DEFAULT);
         self.stats.resyncs += 1;
         let loaded: Vec<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
@@ -749,6 +759,7 @@ impl Sim {
             user: accepted.user,
             reconnect_token: ReconnectToken(format!("{i}")),
             server_version: "sim".into(),
+            limits: self.server.limits(),
         };
         engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
         self.drain(i)
@@ -772,6 +783,7 @@ impl Sim {
         let client = &mut self.clients[i];
         let Some(conn) = client.connection.take() else { return Ok(()) };
         client.to_client.clear();
+        client.frames = Reassembler::new(Limits::DEFAULT);
         // What was on its way to the server may still arrive, late, or twice, or be lost;
         // then the server notices the close.
         let mut late = VecDeque::new();
@@ -853,15 +865,25 @@ impl Sim {
 
     fn deliver_to_client(&mut self, i: usize) -> Result<(), String> {
         let now = Time::from_millis(self.time());
-        if let Some(message) = self.clients[i].to_client.front() {
-            let line = format!("  -> client {i}: {message:?}");
-            self.note(|| line);
-        }
         let client = &mut self.clients[i];
-        let Some(engine) = &mut client.engine else {
+        if client.engine.is_none() {
+            return Ok(());
+        }
+        let Some(frame) = client.to_client.pop_front() else {
             return Ok(());
         };
-        let Some(message) = client.to_client.pop_front() else {
+        let message = client
+            .frames
+            .push(&frame)
+            .map_err(|e| format!("client {i} could not decode a server frame: {e}"))?;
+        let Some(message) = message else {
+            // A fragment of a message not complete yet.
+            return Ok(());
+        };
+        let line = format!("  -> client {i}: {message:?}");
+        self.note(|| line);
+        let client = &mut self.clients[i];
+        let Some(engine) = &mut client.engine else {
             return Ok(());
         };
         engine.handle_message(now, message);
@@ -949,12 +971,20 @@ impl Sim {
                     client.replica
                 ));
             }
-
-            client.to_client.push_back(message);
+            let frames = encode_frames(&Limits::DEFAULT, SIM_FRAGMENT_BYTES, &message)
+                .map_err(|e| format!("the server could not encode {message:?}: {e}"))?;
+            if frames.len() > 1 {
+                self.stats.fragmented_messages += 1;
+            }
+            client.to_client.extend(frames);
         }
         Ok(())
     }
 }
+
+/// The fragment size of the simulated server: small, so that snapshots and pages of
+/// operations often travel in fragments (and a fragment boundary falls anywhere).
+const SIM_FRAGMENT_BYTES: usize = 128;
 
 /// The engine's settings, with its clock in simulation steps (one step is a millisecond):
 /// short enough that backoff, heartbeats and timeouts all happen within a scenario.

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use concord_ot::{Document, Operation, ReplicaId, transform};
 use concord_protocol::{
     Auth, ClientInfo, ClientMessage, ClientNotice, ClientRequest, ErrorReply, HandshakeResult,
-    ModelId, ModelSnapshot, PROTOCOL_VERSION, RequestId, ServerMessage, ServerPush, ServerResponse,
-    Session, decode, encode,
+    Limits, ModelId, ModelSnapshot, PROTOCOL_VERSION, Reassembler, RequestId, ServerMessage,
+    ServerPush, ServerResponse, Session, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -34,6 +34,10 @@ pub struct Closed {
 pub struct WireClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// Puts fragmented messages back together.
+    frames: Reassembler<ServerMessage>,
+    /// Frames received, counted for tests that check how a message travelled.
+    received_frames: u64,
     /// Messages received while waiting for something else, oldest first.
     queued: VecDeque<ServerMessage>,
 }
@@ -48,7 +52,13 @@ impl WireClient {
         .await
         .context("connecting timed out")?
         .with_context(|| format!("connecting to {url}"))?;
-        Ok(WireClient { socket, next_id: 0, queued: VecDeque::new() })
+        Ok(WireClient {
+            socket,
+            next_id: 0,
+            frames: Reassembler::new(Limits::DEFAULT),
+            received_frames: 0,
+            queued: VecDeque::new(),
+        })
     }
 
     /// Connects and completes a handshake with `auth`, which must be accepted.
@@ -104,6 +114,7 @@ impl WireClient {
         }
     }
 
+    /// Submits one local change, seq `seq` of `replica` (a batch of just that seq).
     pub async fn submit(
         &mut self,
         model: &ModelId,
@@ -112,8 +123,22 @@ impl WireClient {
         base_version: u64,
         operation: Operation,
     ) -> anyhow::Result<()> {
+        self.submit_batch(model, replica, seq, seq, base_version, operation).await
+    }
+
+    /// Submits the local changes `first_seq..=seq` of `replica` as one operation.
+    pub async fn submit_batch(
+        &mut self,
+        model: &ModelId,
+        replica: ReplicaId,
+        first_seq: u64,
+        seq: u64,
+        base_version: u64,
+        operation: Operation,
+    ) -> anyhow::Result<()> {
+        let model = model.clone();
         let notice =
-            ClientNotice::Submit { model: model.clone(), replica, seq, base_version, operation };
+            ClientNotice::Submit { model, replica, first_seq, seq, base_version, operation };
         self.send(&ClientMessage::Notice(notice)).await
     }
 
@@ -170,11 +195,17 @@ impl WireClient {
                 Some(Err(_)) => return Ok(Closed { code: None, reason: String::new() }),
                 Some(Ok(Message::Close(frame))) => return Ok(close_of(frame)),
                 Some(Ok(Message::Binary(frame))) => {
-                    self.queued.push_back(decode(&frame)?);
+                    self.received_frames += 1;
+                    self.queued.extend(self.frames.push(&frame)?);
                 }
                 Some(Ok(_)) => {}
             }
         }
+    }
+
+    /// How many binary frames arrived so far (a fragmented message counts each fragment).
+    pub fn received_frames(&self) -> u64 {
+        self.received_frames
     }
 
     /// Messages received and not yet taken.
@@ -194,7 +225,12 @@ impl WireClient {
             match next {
                 None => bail!("the server closed the connection"),
                 Some(Err(e)) => bail!("connection failed: {e}"),
-                Some(Ok(Message::Binary(frame))) => return Ok(decode(&frame)?),
+                Some(Ok(Message::Binary(frame))) => {
+                    self.received_frames += 1;
+                    if let Some(message) = self.frames.push(&frame)? {
+                        return Ok(message);
+                    }
+                }
                 Some(Ok(Message::Close(frame))) => {
                     bail!("the server closed the connection: {:?}", close_of(frame))
                 }
@@ -281,6 +317,7 @@ impl Editor {
         Ok(ClientNotice::Submit {
             model: self.model.clone(),
             replica: self.replica,
+            first_seq: seq,
             seq,
             base_version: self.version,
             operation,

@@ -39,6 +39,8 @@ fn replicas_converge_through_disconnects_and_crashes() {
     assert!(total.models_deleted > 20, "{total:?}");
     assert!(total.subscriptions > 50 && total.downloads > 20, "{total:?}");
     assert!(total.server_crashes > 20 && total.unloads > 50, "{total:?}");
+    // Snapshots and pages travelled in fragments, put back together by the clients.
+    assert!(total.fragmented_messages > 40, "{total:?}");
     // The engines' own clock ran: requests timed out, reconnections backed off and failed.
     assert!(
         total.timeouts > 20 && total.reconnects > 200 && total.failed_connects > 20,

@@ -87,6 +87,11 @@ pub(crate) struct Settings {
     /// be written) before it is dropped as a client that does not read [default: 67108864]
     #[arg(long, env = "CONCORD_MAX_QUEUED_BYTES", value_name = "BYTES")]
     pub(crate) max_queued_bytes: Option<usize>,
+    /// The most a model's encoded data may take: a change that would grow a model past it,
+    /// or a creation with more, is refused with `model_too_large`; at most half of
+    /// max_queued_bytes [default: 16777216, or half of max_queued_bytes if that is less]
+    #[arg(long, env = "CONCORD_MAX_MODEL_BYTES", value_name = "BYTES")]
+    pub(crate) max_model_bytes: Option<u64>,
     /// References (cursors, selections) one connection shares at once [default: 256]
     #[arg(long, env = "CONCORD_MAX_SHARED_REFERENCES", value_name = "N")]
     pub(crate) max_shared_references: Option<usize>,
@@ -180,6 +185,7 @@ pub(crate) struct Config {
     pub(crate) max_subscriptions: usize,
     pub(crate) max_queued_messages: usize,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) max_model_bytes: u64,
     pub(crate) max_shared_references: usize,
     pub(crate) max_reference_bytes: usize,
     pub(crate) max_connections: usize,
@@ -222,6 +228,7 @@ impl Default for Config {
             max_subscriptions: limits.max_subscriptions,
             max_queued_messages: limits.max_queued_messages,
             max_queued_bytes: limits.max_queued_bytes,
+            max_model_bytes: server.max_model_bytes,
             max_shared_references: limits.max_shared_references,
             max_reference_bytes: limits.max_reference_bytes,
             max_connections: server.max_connections,
@@ -247,6 +254,7 @@ impl Config {
                 flags.$field.or(file.$field)
             };
         }
+        let max_queued_bytes = pick!(max_queued_bytes);
         let config = Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
@@ -267,7 +275,11 @@ impl Config {
             max_open_models: pick!(max_open_models),
             max_subscriptions: pick!(max_subscriptions),
             max_queued_messages: pick!(max_queued_messages),
-            max_queued_bytes: pick!(max_queued_bytes),
+            max_queued_bytes,
+            // A snapshot carries the whole model and must fit in what the server may hold
+            // for one connection: a smaller queue bound lowers the default.
+            max_model_bytes: pick!(optional max_model_bytes)
+                .unwrap_or(defaults.max_model_bytes.min(max_queued_bytes as u64 / 2)),
             max_shared_references: pick!(max_shared_references),
             max_reference_bytes: pick!(max_reference_bytes),
             max_connections: pick!(max_connections),
@@ -295,6 +307,7 @@ impl Config {
             ("max_open_models", self.max_open_models as u64),
             ("max_queued_messages", self.max_queued_messages as u64),
             ("max_queued_bytes", self.max_queued_bytes as u64),
+            ("max_model_bytes", self.max_model_bytes),
             ("max_reference_bytes", self.max_reference_bytes as u64),
             ("max_connections", self.max_connections as u64),
             ("max_connections_per_address", self.max_connections_per_address as u64),
@@ -304,6 +317,14 @@ impl Config {
             if value == 0 {
                 bail!("{name} must be at least 1");
             }
+        }
+        if self.max_model_bytes > self.max_queued_bytes as u64 / 2 {
+            bail!(
+                "max_model_bytes ({}) must be at most half of max_queued_bytes ({}), so that a \
+                 model's snapshot fits in what the server holds for a connection",
+                self.max_model_bytes,
+                self.max_queued_bytes
+            );
         }
         self.collections()?;
         Ok(())
@@ -360,6 +381,7 @@ impl Config {
         server.idle_unload = Duration::from_secs(self.idle_unload_secs);
         server.history_in_memory = self.history_in_memory;
         server.snapshot_every = self.snapshot_every;
+        server.max_model_bytes = self.max_model_bytes;
         server.web_root = self.web_root.clone();
         Ok(server)
     }
@@ -468,6 +490,10 @@ mod tests {
         assert!(Config::resolve(Settings::default(), both).is_err());
         let zero = file("snapshot_every = 0");
         assert!(Config::resolve(Settings::default(), zero).is_err());
+        let too_large = file("max_queued_bytes = 1000\nmax_model_bytes = 501");
+        assert!(Config::resolve(Settings::default(), too_large).is_err());
+        let lowered = Config::resolve(Settings::default(), file("max_queued_bytes = 1000"));
+        assert_eq!(lowered.unwrap().max_model_bytes, 500, "half the queue bound by default");
         let bad_id = file("[collections.\"\"]");
         assert!(Config::resolve(Settings::default(), bad_id).is_err());
     }

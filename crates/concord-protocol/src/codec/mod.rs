@@ -4,16 +4,24 @@
 //!
 //! ```text
 //! byte 0   protocol version (PROTOCOL_VERSION)
-//! byte 1   kind: 1 = client to server (ClientMessage), 2 = server to client (ServerMessage)
+//! byte 1   kind: 1 = client to server (ClientMessage), 2 = server to client (ServerMessage),
+//!          3 = a fragment of a larger message (see `fragment`)
 //! 2..      the message, postcard 1.x
 //! ```
 //!
 //! Decoding checks the size first, then the version byte, then the kind, and only then
 //! parses the body, with a nesting budget and without trusting length prefixes
-//! ([`Limits`]). Every malformed input gives a [`DecodeError`]; none panics.
+//! ([`Limits`]). Every malformed input gives a [`DecodeError`]; none panics. A message
+//! larger than a fragment size travels as several fragment frames ([`encode_frames`]),
+//! which a [`Reassembler`] puts back together before decoding.
 
 mod de;
+mod fragment;
 mod ser;
+
+pub use fragment::{
+    DEFAULT_FRAGMENT_BYTES, FRAGMENT_KIND, Fragments, Reassembler, encode_frames, fragment_frame,
+};
 
 use std::cell::Cell;
 
@@ -26,7 +34,7 @@ use crate::server::ServerMessage;
 
 /// The protocol version this crate speaks: the first byte of every frame, repeated in the
 /// handshake.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The WebSocket close code a peer uses when it closes a connection because the other side
 /// speaks an unsupported protocol version (the reason text names the versions). Close codes
@@ -36,8 +44,11 @@ pub const CLOSE_UNSUPPORTED_VERSION: u16 = 4001;
 /// Bounds on what the codec accepts and produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// The largest frame, header included.
+    /// The largest frame, header included: one WebSocket message, whole or a fragment.
     pub max_frame_bytes: usize,
+    /// The largest message once its fragments are put together (its whole frame, header
+    /// included); a [`Reassembler`] refuses to collect more.
+    pub max_message_bytes: usize,
     /// How many levels of nested components a frame may have: each struct field, tuple or
     /// sequence element, map key or value, enum payload, `Some` or newtype is one level
     /// below its container. A model value costs three levels per level of nesting.
@@ -45,8 +56,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// 16 MiB frames, 128 levels (model values about 40 levels deep).
-    pub const DEFAULT: Limits = Limits { max_frame_bytes: 16 * 1024 * 1024, max_depth: 128 };
+    /// 16 MiB frames, 256 MiB messages, 128 levels (model values about 40 levels deep).
+    pub const DEFAULT: Limits = Limits {
+        max_frame_bytes: 16 * 1024 * 1024,
+        max_message_bytes: 256 * 1024 * 1024,
+        max_depth: 128,
+    };
 }
 
 impl Default for Limits {
@@ -114,6 +129,16 @@ pub enum DecodeError {
     InvalidValue,
     #[error("malformed frame: {0}")]
     Malformed(&'static str),
+    /// The fragments of one message add up to more than [`Limits::max_message_bytes`].
+    #[error("a fragmented message of at least {size} bytes exceeds the limit of {max}")]
+    MessageTooLarge { size: usize, max: usize },
+    /// A fragment that continues or ends a message that was never begun.
+    #[error("a fragment continues no message")]
+    StrayFragment,
+    /// A frame that is not the next fragment of the message being put together: a new
+    /// message began before the last one ended.
+    #[error("a frame arrived in the middle of a fragmented message")]
+    InterleavedFragment,
 }
 
 impl DecodeError {
@@ -121,9 +146,9 @@ impl DecodeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UNSUPPORTED_VERSION,
-            DecodeError::TooLarge { .. } | DecodeError::TooDeep { .. } => {
-                ErrorCode::FRAME_TOO_LARGE
-            }
+            DecodeError::TooLarge { .. }
+            | DecodeError::TooDeep { .. }
+            | DecodeError::MessageTooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
             _ => ErrorCode::MALFORMED_FRAME,
         }
     }
@@ -174,6 +199,17 @@ pub fn encode_with<M: WireMessage>(limits: &Limits, message: &M) -> Result<Vec<u
     encode_into(limits, buf, message)
 }
 
+/// Encodes `message` as one whole frame of up to [`Limits::max_message_bytes`], which may be
+/// larger than a frame may travel: send it through [`fragment_frame`] (or use
+/// [`encode_frames`]).
+pub fn encode_message<M: WireMessage>(
+    limits: &Limits,
+    message: &M,
+) -> Result<Vec<u8>, EncodeError> {
+    let whole = Limits { max_frame_bytes: limits.max_message_bytes, ..*limits };
+    encode_with(&whole, message)
+}
+
 /// Decodes one frame, within [`Limits::DEFAULT`].
 pub fn decode<M: WireMessage>(frame: &[u8]) -> Result<M, DecodeError> {
     decode_with(&Limits::DEFAULT, frame)
@@ -213,6 +249,34 @@ pub fn decode_value<T: DeserializeOwned>(limits: &Limits, bytes: &[u8]) -> Resul
         return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_frame_bytes });
     }
     decode_body(limits, bytes)
+}
+
+/// The number of bytes `value` takes as bare postcard (as [`encode_value`] would write it),
+/// counted without writing them.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeError> {
+    postcard::serialize_with_flavor(value, Counter(0))
+        .map_err(|error| EncodeError::Unencodable(error.to_string()))
+}
+
+/// An output that only counts.
+struct Counter(usize);
+
+impl postcard::ser_flavors::Flavor for Counter {
+    type Output = usize;
+
+    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
 }
 
 fn encode_into<T: Serialize + ?Sized>(

@@ -246,15 +246,27 @@ pub fn auth() -> impl Strategy<Value = Auth> {
     ]
 }
 
+pub fn server_limits() -> impl Strategy<Value = ServerLimits> {
+    (any::<[u64; 4]>(), any::<[u64; 3]>()).prop_map(|(a, b)| ServerLimits {
+        max_frame_bytes: a[0],
+        max_message_bytes: a[1],
+        max_open_models: a[2],
+        max_subscriptions: a[3],
+        max_shared_references: b[0],
+        max_reference_bytes: b[1],
+        max_model_bytes: b[2],
+    })
+}
+
 pub fn session() -> impl Strategy<Value = Session> {
-    (session_id(), user_id(), option::of(text()), any::<bool>(), text(), text()).prop_map(
-        |(session, id, display_name, anonymous, token, server_version)| Session {
+    (session_id(), user_id(), option::of(text()), any::<bool>(), text(), text(), server_limits())
+        .prop_map(|(session, id, display_name, anonymous, token, server_version, limits)| Session {
             session,
             user: User { id, display_name, anonymous },
             reconnect_token: ReconnectToken(token),
             server_version,
-        },
-    )
+            limits,
+        })
 }
 
 pub fn offline_update() -> impl Strategy<Value = OfflineUpdate> {
@@ -338,11 +350,12 @@ pub fn client_response() -> impl Strategy<Value = ClientResponse> {
 
 pub fn client_notice() -> impl Strategy<Value = ClientNotice> {
     prop_oneof![
-        (model_id(), any::<u64>(), any::<u64>(), any::<u64>(), operation()).prop_map(
-            |(model, replica, seq, base_version, operation)| {
+        (model_id(), any::<u64>(), any::<[u64; 2]>(), any::<u64>(), operation()).prop_map(
+            |(model, replica, [first_seq, seq], base_version, operation)| {
                 ClientNotice::Submit {
                     model,
                     replica: ReplicaId(replica),
+                    first_seq,
                     seq,
                     base_version,
                     operation,
@@ -670,6 +683,20 @@ impl Sample {
     }
 }
 
+/// A message sent in fragments (of `fragment_bytes`), and its committed name.
+pub struct FragmentedGolden {
+    pub name: &'static str,
+    pub message: ServerMessage,
+    pub fragment_bytes: usize,
+}
+
+/// The `ModelOpened` golden, in fragments of 64 bytes.
+pub fn fragmented_golden() -> FragmentedGolden {
+    let opened = goldens().into_iter().find(|g| g.name == "server_model_opened").unwrap();
+    let Sample::Server(message) = opened.frame else { unreachable!("a server message") };
+    FragmentedGolden { name: "server_model_opened_fragmented", message, fragment_bytes: 64 }
+}
+
 pub fn goldens() -> Vec<Golden> {
     let session = SessionId("s-42".into());
     vec![
@@ -697,6 +724,15 @@ pub fn goldens() -> Vec<Golden> {
                     },
                     reconnect_token: ReconnectToken("rt-1".into()),
                     server_version: "0.1.0".into(),
+                    limits: ServerLimits {
+                        max_frame_bytes: 16 << 20,
+                        max_message_bytes: 256 << 20,
+                        max_open_models: 1_000,
+                        max_subscriptions: 10_000,
+                        max_shared_references: 256,
+                        max_reference_bytes: 4_096,
+                        max_model_bytes: 64 << 20,
+                    },
                 })),
             }),
         },
@@ -705,6 +741,7 @@ pub fn goldens() -> Vec<Golden> {
             frame: Sample::Client(ClientMessage::Notice(ClientNotice::Submit {
                 model: model(),
                 replica: ReplicaId(7),
+                first_seq: 2,
                 seq: 3,
                 base_version: 12,
                 operation: sample_operation(),

@@ -3,22 +3,35 @@
 //!
 //! Format 1 → 2: every record gains its checksum (`record::seal`), the replicas' last commits
 //! move from a plain tuple table (`replicas`) to a checksummed one (`last_commits`), and the
-//! replica owners table is added. Tables are rewritten a chunk at a time, so that a large
-//! store never sits in memory whole.
+//! replica owners table is added.
+//!
+//! Format 2 → 3: a replica's last decision may be a refusal, so `last_commits` (sealed
+//! `(seq, version, timestamp)`) becomes `last_decisions` (sealed `(seq, StoredDecision)`),
+//! every commit carried over as a committed decision. A record that fails its checksum is
+//! carried over as it is, so that it stays reported as damaged (by its model) rather than
+//! stop the migration of everything else.
+//!
+//! A format 1 store takes both steps, in the same transaction. Tables are rewritten a chunk
+//! at a time, so that a large store never sits in memory whole.
 
 use std::ops::Bound;
 
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
-use super::record::seal_bytes;
+use super::record::{seal, seal_bytes, unseal};
 use super::{
-    COLLECTIONS, Database, Durability, FORMAT_VERSION, LAST_COMMITS, META, MODELS, OPERATIONS,
-    SNAPSHOTS, StoreError, USERS, backend, create_tables,
+    COLLECTIONS, Database, Durability, FORMAT_VERSION, LAST_DECISIONS, META, MODELS, OPERATIONS,
+    SNAPSHOTS, StoreError, StoredDecision, USERS, backend, create_tables,
 };
 
 /// Format 1's last commit per replica: `(domain, model, replica)` → `(seq, version, timestamp)`.
 const V1_REPLICAS: TableDefinition<(&str, &str, u64), (u64, u64, i64)> =
     TableDefinition::new("replicas");
+
+/// Format 2's last commit per replica: `(domain, model, replica)` → sealed
+/// `(seq, version, timestamp)`.
+const V2_LAST_COMMITS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("last_commits");
 
 /// Records rewritten per step of a table.
 const CHUNK: usize = 1_024;
@@ -27,10 +40,14 @@ const CHUNK: usize = 1_024;
 pub(super) fn to_current(db: &Database, found: u64) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
+    if !(1..FORMAT_VERSION).contains(&found) {
+        return Err(StoreError::Corrupt(format!("format {found} was never written")));
+    }
     if found == 1 {
         from_v1(&txn)?;
-    } else {
-        return Err(StoreError::Corrupt(format!("format {found} was never written")));
+    }
+    if found <= 2 {
+        from_v2(&txn)?;
     }
     create_tables(&txn)?;
     txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
@@ -113,11 +130,11 @@ fn seal_operations(txn: &WriteTransaction) -> Result<(), StoreError> {
     }
 }
 
-/// Moves format 1's `replicas` into `last_commits`, sealed, and drops `replicas`.
+/// Moves format 1's `replicas` into format 2's `last_commits`, sealed, and drops `replicas`.
 fn move_last_commits(txn: &WriteTransaction) -> Result<(), StoreError> {
     {
         let old = txn.open_table(V1_REPLICAS).map_err(backend)?;
-        let mut new = txn.open_table(LAST_COMMITS).map_err(backend)?;
+        let mut new = txn.open_table(V2_LAST_COMMITS).map_err(backend)?;
         let mut after: Option<(String, String, u64)> = None;
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
@@ -137,7 +154,7 @@ fn move_last_commits(txn: &WriteTransaction) -> Result<(), StoreError> {
             for ((a, b, replica), value) in &chunk {
                 let key = (a.as_str(), b.as_str(), *replica);
                 let payload = postcard::to_stdvec(value).unwrap_or_default();
-                let sealed = seal_bytes(LAST_COMMITS.name(), &key, &payload);
+                let sealed = seal_bytes(V2_LAST_COMMITS.name(), &key, &payload);
                 new.insert(key, sealed.as_slice()).map_err(backend)?;
             }
             if chunk.len() < CHUNK {
@@ -147,5 +164,50 @@ fn move_last_commits(txn: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     txn.delete_table(V1_REPLICAS).map_err(backend)?;
+    Ok(())
+}
+
+/// Moves format 2's `last_commits` into `last_decisions`, each commit as a committed
+/// decision, and drops `last_commits`.
+fn from_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(V2_LAST_COMMITS).map_err(backend)?;
+        let mut new = txn.open_table(LAST_DECISIONS).map_err(backend)?;
+        let mut after: Option<(String, String, u64)> = None;
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let start = match &after {
+                Some((a, b, r)) => Bound::Excluded((a.as_str(), b.as_str(), *r)),
+                None => Bound::Unbounded,
+            };
+            let range = old.range::<(&str, &str, u64)>((start, Bound::Unbounded));
+            for entry in range.map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let (a, b, replica) = key.value();
+                chunk.push(((a.to_owned(), b.to_owned(), replica), value.value().to_vec()));
+                if chunk.len() == CHUNK {
+                    break;
+                }
+            }
+            for ((a, b, replica), bytes) in &chunk {
+                let key = (a.as_str(), b.as_str(), *replica);
+                let value = unseal::<_, (u64, u64, i64)>(V2_LAST_COMMITS.name(), &key, bytes);
+                let sealed = match value {
+                    Ok((seq, version, timestamp)) => {
+                        let decision = StoredDecision::Committed { version, timestamp };
+                        seal(LAST_DECISIONS.name(), &key, &(seq, decision))
+                    }
+                    // Damaged: it fails its checksum in the new table too.
+                    Err(_) => bytes.clone(),
+                };
+                new.insert(key, sealed.as_slice()).map_err(backend)?;
+            }
+            if chunk.len() < CHUNK {
+                break;
+            }
+            after = chunk.pop().map(|(last, _)| last);
+        }
+    }
+    txn.delete_table(V2_LAST_COMMITS).map_err(backend)?;
     Ok(())
 }

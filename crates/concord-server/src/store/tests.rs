@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use concord_ot::{DiscreteOperation, Document, ElementId, OperationKind, Value, ValueData};
-use concord_protocol::{PermissionGrants, SessionId, User};
-use concord_sync::CommitRecord;
+use concord_protocol::{ErrorCode, PermissionGrants, SessionId, User};
+use concord_sync::{CommitRecord, RefusalRecord};
 
 use super::*;
 
@@ -147,7 +147,7 @@ async fn a_damaged_record_fails_its_model_and_nothing_else() {
         ("record", |dir| damage(dir, MODELS, (DOMAIN, "victim"))),
         ("snapshot", |dir| damage(dir, SNAPSHOTS, (DOMAIN, "victim"))),
         ("operation 3", |dir| damage(dir, OPERATIONS, (DOMAIN, "victim", 3))),
-        ("last commit", |dir| damage(dir, LAST_COMMITS, (DOMAIN, "victim", 7))),
+        ("last decision", |dir| damage(dir, LAST_DECISIONS, (DOMAIN, "victim", 7))),
         ("collection notes", |dir| damage(dir, COLLECTIONS, (DOMAIN, "notes"))),
     ];
     for (what, damager) in cases {
@@ -339,10 +339,10 @@ fn a_format_1_store_larger_than_a_migration_step_migrates_whole() {
     let store = Store::open(dir.path()).unwrap();
     let big = loads(&store, "big").unwrap();
     assert_eq!(big.operations, (1..=OPERATION_COUNT).map(operation).collect::<Vec<_>>());
-    assert_eq!(big.last_commits.len() as u64, MODEL_COUNT);
+    assert_eq!(big.last_decisions.len() as u64, MODEL_COUNT);
     for n in [0, 1_023, 1_024, MODEL_COUNT - 1] {
         let commit = Commit { version: n, timestamp: Timestamp(n as i64) };
-        assert_eq!(big.last_commits[&ReplicaId(n)], (n + 1, commit));
+        assert_eq!(big.last_decisions[&ReplicaId(n)], (n + 1, Decision::Committed(commit)));
     }
     for n in [0, 1_023, 1_024, 1_025, MODEL_COUNT - 1] {
         let model = format!("m{n:05}");
@@ -357,4 +357,61 @@ fn a_format_1_store_larger_than_a_migration_step_migrates_whole() {
         txn.open_table(META).unwrap().get("format").unwrap().unwrap().value(),
         FORMAT_VERSION
     );
+}
+
+#[tokio::test]
+async fn a_replicas_last_decision_is_its_commit_or_its_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    two_models(dir.path()).await;
+    let store = Store::open(dir.path()).unwrap();
+    let refusal = |replica, seq, code| {
+        Write::Refusal(RefusalRecord {
+            model: model_id("victim"),
+            replica: ReplicaId(replica),
+            seq,
+            code,
+        })
+    };
+    write(&store, vec![refusal(7, 4, ErrorCode::INVALID_OPERATION), refusal(8, 1, ErrorCode(999))])
+        .await;
+    let decisions = loads(&store, "victim").unwrap().last_decisions;
+    assert_eq!(decisions[&ReplicaId(7)], (4, Decision::Refused(ErrorCode::INVALID_OPERATION)));
+    assert_eq!(decisions[&ReplicaId(8)], (1, Decision::Refused(ErrorCode(999))));
+    // A commit after a refusal replaces it; the other model is untouched.
+    let commit = CommitRecord {
+        model: model_id("victim"),
+        operation: operation(4),
+        replica: ReplicaId(8),
+        seq: 2,
+    };
+    write(&store, vec![Write::Commit(commit)]).await;
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let decisions = loads(&store, "victim").unwrap().last_decisions;
+    let committed = Decision::Committed(Commit { version: 4, timestamp: Timestamp(4) });
+    assert_eq!(decisions[&ReplicaId(8)], (2, committed));
+    let bystander = loads(&store, "bystander").unwrap().last_decisions;
+    let committed = Decision::Committed(Commit { version: 3, timestamp: Timestamp(3) });
+    assert_eq!(bystander, BTreeMap::from([(ReplicaId(7), (3, committed))]));
+}
+
+#[test]
+fn a_damaged_last_commit_of_format_2_is_still_reported_after_the_migration() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/server-v2.redb");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture, dir.path().join(FILE_NAME)).unwrap();
+    let v2_last_commits: TableDefinition<(&str, &str, u64), &[u8]> =
+        TableDefinition::new("last_commits");
+    damage(dir.path(), v2_last_commits, ("acme/notes", "doc", 11));
+    let store = Store::open(dir.path()).unwrap();
+    let key = ModelKey { domain: Arc::from("acme/notes"), model: model_id("doc") };
+    match store.load(&key) {
+        Err(StoreError::CorruptRecord { model: Some(model), record, .. }) => {
+            assert_eq!(model.as_str(), "doc");
+            assert!(record.contains("replica 11's last decision"), "{record}");
+        }
+        other => panic!("a damaged last commit was migrated into {other:?}"),
+    }
+    let plain = ModelKey { domain: Arc::from("acme/notes"), model: model_id("plain") };
+    assert!(store.load(&plain).is_ok(), "the other models are served");
 }

@@ -22,13 +22,13 @@ use std::collections::BTreeMap;
 
 use concord_ot::{Document, Operation, ReplicaId};
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot,
+    CollectionId, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot,
     PermissionGrants, Permissions, ReferenceChange, RequestId, ServerMessage, ServerPush,
     SessionId, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::sequencer::CommitRecord;
+use crate::sequencer::{CommitRecord, Decision, RefusalRecord};
 
 pub use model::{LoadError, ModelHost};
 pub use permissions::{effective, may_create};
@@ -63,7 +63,16 @@ pub struct HostConfig {
     pub snapshot_every: u64,
     /// Operations per `ResyncPage` and per catch-up.
     pub page: usize,
+    /// The most a model's encoded data may take: a submission that would grow it past this
+    /// (or a creation with more) is refused with `model_too_large`. Keep it well under the
+    /// largest message a client accepts, so that any model can still be opened.
+    pub max_model_bytes: u64,
 }
+
+/// The default [`HostConfig::max_model_bytes`]: 16 MiB. A snapshot message carries the whole
+/// model, so it must stay well under what a server may hold for one connection (64 MiB by
+/// default) and under the protocol's message limit (256 MiB).
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Default for HostConfig {
     fn default() -> HostConfig {
@@ -73,6 +82,7 @@ impl Default for HostConfig {
             history_in_memory: 1_000,
             snapshot_every: 1_000,
             page: 256,
+            max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
         }
     }
 }
@@ -124,8 +134,8 @@ pub struct StoredModel {
     pub snapshot: ModelSnapshot,
     /// The operations after the snapshot, in order.
     pub operations: Vec<CommittedOperation>,
-    /// The last committed `(seq, commit)` of every replica that submitted to the model.
-    pub last_commits: BTreeMap<ReplicaId, (u64, Commit)>,
+    /// The last decided `(seq, decision)` of every replica that submitted to the model.
+    pub last_decisions: BTreeMap<ReplicaId, (u64, Decision)>,
 }
 
 /// What loading a model found.
@@ -149,6 +159,8 @@ pub enum Write {
     },
     /// A committed operation and its replica's new last seq.
     Commit(CommitRecord),
+    /// A submission refused for good: its replica's new last seq, and the code.
+    Refusal(RefusalRecord),
     /// Replaces the model's snapshot; the operations up to its version may be compacted.
     Snapshot {
         model: ModelId,
@@ -277,6 +289,7 @@ pub enum ModelRequest {
     },
     Submit {
         replica: ReplicaId,
+        first_seq: u64,
         seq: u64,
         base_version: u64,
         operation: Operation,

@@ -17,7 +17,10 @@ use super::{
     CollectionConfig, ConnId, Delivery, HostConfig, Job, Loaded, Member, Members, ModelRecord,
     ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, StoredModel, Write, reply,
 };
-use crate::sequencer::{CatchUp, Sequencer, SequencerError, Submission, SubmitOutcome};
+use crate::sequencer::{
+    CatchUp, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError, Submission,
+    SubmitOutcome, model_bytes,
+};
 use concord_protocol::{User, UserId};
 
 /// Why a stored model cannot be served.
@@ -194,6 +197,7 @@ impl ModelHost {
             && live.since_snapshot > 0
         {
             live.since_snapshot = 0;
+            live.sequencer.remeasure();
             let snapshot = live.sequencer.snapshot();
             self.job.writes.push(Write::Snapshot { model: self.model.clone(), snapshot });
         }
@@ -232,10 +236,11 @@ impl ModelHost {
                 self.leave(from.conn);
                 self.respond(from, request, ServerResponse::Done);
             }
-            ModelRequest::Submit { replica, seq, base_version, operation } => {
+            ModelRequest::Submit { replica, first_seq, seq, base_version, operation } => {
                 let submission = Submission {
                     author: from.session.clone(),
                     replica,
+                    first_seq,
                     seq,
                     base_version,
                     operation,
@@ -272,16 +277,27 @@ impl ModelHost {
         match (self.waiting.take(), result) {
             (Some(Waiting::History { now, from, submission }), ReadResult::Operations(older)) => {
                 let State::Live(live) = &mut self.state else { return };
+                let (replica, seq) = (submission.replica, submission.seq);
                 let outcome = match older {
                     Ok(older) => {
                         live.sequencer.provide_history(older);
-                        let outcome = live.sequencer.submit(submission.clone(), now);
+                        let outcome = match live.sequencer.submit(submission, now) {
+                            // The store lacks the history too: the base is older than the
+                            // model keeps, for good.
+                            Err(e @ SequencerError::HistoryUnavailable { .. }) => {
+                                let record = live.sequencer.refuse(replica, seq, e.code());
+                                Ok(SubmitOutcome::Refused { record, reason: e })
+                            }
+                            outcome => outcome,
+                        };
                         live.sequencer.trim_history();
                         outcome
                     }
+                    // A store failure is the server's: not the submission's fault, and
+                    // not decided (the client sends it again after resyncing).
                     Err(e) => Err(SequencerError::HistoryUnreadable(e)),
                 };
-                self.submitted(&from, submission.replica, submission.seq, outcome);
+                self.submitted(&from, replica, seq, outcome);
             }
             (
                 Some(Waiting::Collection { now, from, request, creation, attachment }),
@@ -587,6 +603,15 @@ impl ModelHost {
         config: Option<CollectionConfig>,
     ) {
         let Creation { collection, data, nonce, permissions } = creation;
+        let size = model_bytes(&data);
+        if size > self.config.max_model_bytes {
+            let max = self.config.max_model_bytes;
+            let e = error(
+                ErrorCode::MODEL_TOO_LARGE,
+                format!("the model's data takes {size} bytes, more than the limit of {max}"),
+            );
+            return self.refuse(from, request, attachment, e);
+        }
         let is_new_collection = config.is_none();
         if is_new_collection && !self.config.auto_create_collections {
             let e = error(ErrorCode::COLLECTION_NOT_FOUND, format!("no collection {collection}"));
@@ -626,7 +651,8 @@ impl ModelHost {
             snapshot,
             BTreeMap::new(),
             self.config.history_in_memory,
-        );
+        )
+        .with_max_model_bytes(self.config.max_model_bytes);
         self.state = State::Live(Box::new(Live {
             sequencer,
             record,
@@ -735,12 +761,10 @@ impl ModelHost {
                 error(ErrorCode::MODEL_NOT_OPEN, "submit needs the model open on this connection");
             return self.reject(from, seq, e);
         };
-        if !member.permissions.write {
-            let e = error(ErrorCode::PERMISSION_DENIED, "changing the model needs `write`");
-            return self.reject(from, seq, e);
-        }
+        let may_write = member.permissions.write;
         let original = ModelRequest::Submit {
             replica,
+            first_seq: submission.first_seq,
             seq,
             base_version: submission.base_version,
             operation: submission.operation.clone(),
@@ -758,6 +782,20 @@ impl ModelHost {
         }
         self.uses_replica(replica, from.conn);
         let State::Live(live) = &mut self.state else { return };
+        if !may_write {
+            // Decided like any refusal (a resubmission of an earlier decision is answered as
+            // then), so that the replica's next submission follows it without a gap.
+            let outcome = match live.sequencer.check_seq(replica, submission.first_seq, seq) {
+                Ok(SeqCheck::New) => {
+                    let record = live.sequencer.refuse(replica, seq, ErrorCode::PERMISSION_DENIED);
+                    let reason = "changing the model needs `write`";
+                    return self.refused(from, record, reason.into());
+                }
+                Ok(SeqCheck::Duplicate(decision)) => Ok(SubmitOutcome::Duplicate(decision)),
+                Err(e) => Err(e),
+            };
+            return self.submitted(from, replica, seq, outcome);
+        }
         match live.sequencer.submit(submission.clone(), now) {
             Err(SequencerError::HistoryUnavailable { from: after, oldest }) => {
                 let read = Read::Operations { after, through: oldest };
@@ -804,19 +842,11 @@ impl ModelHost {
     ) {
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            Err(e) => {
-                let code = match e {
-                    SequencerError::BaseVersionAhead { .. }
-                    | SequencerError::HistoryUnavailable { .. }
-                    | SequencerError::HistoryUnreadable(_) => ErrorCode::VERSION_OUT_OF_RANGE,
-                    SequencerError::StaleSeq { .. } => ErrorCode::SEQ_OUT_OF_ORDER,
-                    _ => ErrorCode::INVALID_OPERATION,
-                };
-                return self.reject(from, seq, error(code, e.to_string()));
-            }
+            // Nothing decided (a gap, an old seq, a store failure): nothing recorded.
+            Err(e) => return self.reject(from, seq, error(e.code(), e.to_string())),
         };
         match outcome {
-            SubmitOutcome::Duplicate(commit) => {
+            SubmitOutcome::Duplicate(Decision::Committed(commit)) => {
                 let ack = ServerPush::Ack {
                     model: self.model.clone(),
                     seq,
@@ -826,6 +856,15 @@ impl ModelHost {
                 let to = self.replica_conn(replica, from.conn);
                 self.push(to, ack);
             }
+            SubmitOutcome::Duplicate(Decision::Refused(code)) => {
+                let e = error(code, format!("submission {seq} was refused before ({code})"));
+                let to = self.replica_conn(replica, from.conn);
+                let model = self.model.clone();
+                self.push(to, ServerPush::SubmitRejected { model, seq, error: e });
+            }
+            SubmitOutcome::Refused { record, reason } => {
+                self.refused(from, record, reason.to_string());
+            }
             SubmitOutcome::Committed(record) => {
                 let operation = record.operation.clone();
                 self.job.writes.push(Write::Commit(record));
@@ -833,6 +872,7 @@ impl ModelHost {
                     live.since_snapshot += 1;
                     if live.since_snapshot >= self.config.snapshot_every {
                         live.since_snapshot = 0;
+                        live.sequencer.remeasure();
                         let snapshot = live.sequencer.snapshot();
                         self.job
                             .writes
@@ -842,6 +882,16 @@ impl ModelHost {
                 self.announce(from.conn, replica, seq, operation);
             }
         }
+    }
+
+    /// A submission refused for good: recorded (durably, before the refusal leaves), then
+    /// rejected on the replica's newest connection.
+    fn refused(&mut self, from: &SessionRef, record: RefusalRecord, reason: String) {
+        let (replica, seq, code) = (record.replica, record.seq, record.code);
+        self.job.writes.push(Write::Refusal(record));
+        let to = self.replica_conn(replica, from.conn);
+        let model = self.model.clone();
+        self.push(to, ServerPush::SubmitRejected { model, seq, error: error(code, reason) });
     }
 
     /// After a commit: the ack to the author replica's newest connection, the operation to
@@ -1033,9 +1083,10 @@ fn restore(model: &ModelId, stored: StoredModel, config: &HostConfig) -> Result<
     let mut sequencer = Sequencer::new(
         model.clone(),
         stored.snapshot,
-        stored.last_commits,
+        stored.last_decisions,
         config.history_in_memory,
-    );
+    )
+    .with_max_model_bytes(config.max_model_bytes);
     let since_snapshot = stored.operations.len() as u64;
     for operation in stored.operations {
         let version = operation.version;

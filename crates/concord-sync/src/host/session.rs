@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use concord_ot::ReferenceValue;
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode, KnownModel, ModelId,
-    ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerResponse,
+    ReferenceChange, ReferenceKey, RequestId, ServerLimits, ServerMessage, ServerResponse,
 };
 
 use super::{ModelRequest, Notice, SessionRef, reply};
@@ -31,6 +31,29 @@ impl Default for SessionLimits {
             max_subscriptions: 10_000,
             max_references: 256,
             max_reference_bytes: 4_096,
+        }
+    }
+}
+
+impl SessionLimits {
+    /// These limits as a handshake tells them ([`ServerLimits`]), with the sizes of the
+    /// frames the connection accepts and of the messages it sends, and the server's model
+    /// size limit.
+    pub fn told(
+        &self,
+        max_frame_bytes: usize,
+        max_message_bytes: usize,
+        max_model_bytes: u64,
+    ) -> ServerLimits {
+        let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        ServerLimits {
+            max_frame_bytes: wide(max_frame_bytes),
+            max_message_bytes: wide(max_message_bytes),
+            max_open_models: wide(self.max_open_models),
+            max_subscriptions: wide(self.max_subscriptions),
+            max_shared_references: wide(self.max_references),
+            max_reference_bytes: wide(self.max_reference_bytes),
+            max_model_bytes,
         }
     }
 }
@@ -192,15 +215,15 @@ impl SessionHost {
             ClientMessage::Notice(ClientNotice::Submit {
                 model,
                 replica,
+                first_seq,
                 seq,
                 base_version,
                 operation,
             }) => {
                 if self.attached.contains_key(&model) {
-                    self.route(
-                        model,
-                        ModelRequest::Submit { replica, seq, base_version, operation },
-                    );
+                    let submit =
+                        ModelRequest::Submit { replica, first_seq, seq, base_version, operation };
+                    self.route(model, submit);
                 } else {
                     let error = reply(
                         ErrorCode::MODEL_NOT_OPEN,

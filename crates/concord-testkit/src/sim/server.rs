@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    ClientMessage, ModelId, ServerMessage, ServerPush, SessionId, Timestamp, User, UserId,
+    ClientMessage, Limits, ModelId, ServerLimits, ServerMessage, ServerPush, SessionId, Timestamp,
+    User, UserId,
 };
 use concord_sync::host::{
     ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
@@ -31,7 +32,7 @@ pub(super) struct SimServer {
     next_conn: ConnId,
     /// Replica bindings made since the last crash, durable or not (the server's claims).
     owners: BTreeMap<ReplicaId, UserId>,
-    /// The last seq committed per model and replica since the last crash, durable or not.
+    /// The last seq decided per model and replica since the last crash, durable or not.
     last_seqs: BTreeMap<(ModelId, ReplicaId), u64>,
     /// Every `(model, replica, seq)` the store holds as committed.
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
@@ -63,6 +64,16 @@ impl SimServer {
             crashes: 0,
             unloads: 0,
         }
+    }
+
+    /// The limits a handshake tells a client.
+    pub(super) fn limits(&self) -> ServerLimits {
+        let codec = Limits::DEFAULT;
+        self.limits.told(
+            codec.max_frame_bytes,
+            codec.max_message_bytes,
+            self.config.max_model_bytes,
+        )
     }
 
     pub(super) fn durable(&self) -> &MemoryServerStore {
@@ -176,8 +187,14 @@ impl SimServer {
         let host = self.models.get_mut(model).expect("loaded before use");
         let job = host.take_job();
         for write in &job.writes {
-            if let Write::Commit(record) = write {
-                self.last_seqs.insert((record.model.clone(), record.replica), record.seq);
+            match write {
+                Write::Commit(record) => {
+                    self.last_seqs.insert((record.model.clone(), record.replica), record.seq);
+                }
+                Write::Refusal(record) => {
+                    self.last_seqs.insert((record.model.clone(), record.replica), record.seq);
+                }
+                _ => {}
             }
         }
         if !job.is_empty() {
@@ -266,7 +283,7 @@ impl SimServer {
         }
     }
 
-    /// The last seq of `replica` the server committed to `model`, durable or not.
+    /// The last seq of `replica` the server decided on `model`, durable or not.
     pub(super) fn last_seq(&self, model: &ModelId, replica: ReplicaId) -> Option<u64> {
         let queued = self.last_seqs.get(&(model.clone(), replica)).copied();
         queued.max(self.durable.last_seq(model, replica))

@@ -10,8 +10,8 @@ use concord_ot::{
 };
 use concord_protocol::{
     Auth, ClientInfo, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId,
-    CreationNonce, HandshakeResult, ModelId, PROTOCOL_VERSION, RequestId, ServerMessage,
-    ServerPush, ServerRequest, ServerResponse, decode, encode,
+    CreationNonce, HandshakeResult, Limits, ModelId, PROTOCOL_VERSION, Reassembler, RequestId,
+    ServerMessage, ServerPush, ServerRequest, ServerResponse, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -26,6 +26,8 @@ pub(crate) const WAIT: Duration = Duration::from_secs(30);
 /// A handshaken connection: frames in and out, requests paired with their responses.
 struct Connection {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Puts fragmented messages (large snapshots) back together.
+    frames: Reassembler<ServerMessage>,
     next_request: u64,
 }
 
@@ -40,7 +42,8 @@ impl Connection {
             .await
             .context("connecting timed out")?
             .with_context(|| format!("connecting to {url}"))?;
-        let mut connection = Connection { socket, next_request: 0 };
+        let frames = Reassembler::new(Limits::DEFAULT);
+        let mut connection = Connection { socket, frames, next_request: 0 };
         let client = ClientInfo { name: "concord-load".into(), version: "0".into() };
         let auth = Auth::Anonymous { display_name: None };
         let handshake =
@@ -65,7 +68,10 @@ impl Connection {
                 .context("the server closed the connection")?
                 .context("reading a frame")?;
             let message = match frame {
-                Message::Binary(bytes) => decode::<ServerMessage>(&bytes)?,
+                Message::Binary(bytes) => match self.frames.push(&bytes)? {
+                    Some(message) => message,
+                    None => continue,
+                },
                 Message::Close(close) => bail!("the server closed the connection: {close:?}"),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                 Message::Text(text) => bail!("unexpected text frame {text:?}"),
@@ -212,6 +218,7 @@ impl Editor {
             let submit = ClientNotice::Submit {
                 model: self.model.clone(),
                 replica: self.replica,
+                first_seq: seq,
                 seq,
                 base_version: self.version,
                 operation: operation.clone(),
