@@ -30,8 +30,15 @@ pub struct ServerConfig {
     pub history_in_memory: usize,
     /// A snapshot is written every this many operations, so loading replays at most this many.
     pub snapshot_every: u64,
-    /// A directory of static files (the browser demo) served at `/` and `/<file>`.
+    /// A directory of static files (the browser demo) served at `/` and `/<file>`. Hidden
+    /// files (a name starting with `.`) and symlinks leading out of it are not served.
     pub web_root: Option<PathBuf>,
+    /// Connections served at once, WebSockets and plain HTTP together; one more is closed
+    /// as soon as it is accepted.
+    pub max_connections: usize,
+    /// Connections served at once from one source address (an IPv4 address, or an IPv6
+    /// /64 network, which one host usually has whole).
+    pub max_connections_per_address: usize,
 }
 
 impl ServerConfig {
@@ -49,6 +56,8 @@ impl ServerConfig {
             history_in_memory: 1_000,
             snapshot_every: 1_000,
             web_root: None,
+            max_connections: 10_000,
+            max_connections_per_address: 256,
         }
     }
 
@@ -162,6 +171,15 @@ pub struct ConnectionLimits {
     pub max_reference_bytes: usize,
     /// Messages queued for a client that does not read; past it, the connection is closed.
     pub max_queued_messages: usize,
+    /// Bytes the server may hold for one connection: encoded messages waiting for their
+    /// writes to be durable and in its outbox, until written to the socket (each counted
+    /// with a small fixed overhead). A message that would go past it closes the connection
+    /// instead, as a client that does not read; keep it well above the largest message
+    /// (a model's snapshot, up to the protocol's 16 MiB frame limit).
+    pub max_queued_bytes: usize,
+    /// Time a client has to send a whole HTTP request head (the WebSocket upgrade), also
+    /// the longest an idle HTTP keep-alive connection stays open.
+    pub header_read_timeout: Duration,
     /// Time allowed for the handshake after the socket opens.
     pub handshake_timeout: Duration,
 }
@@ -177,6 +195,8 @@ impl Default for ConnectionLimits {
             max_shared_references: 256,
             max_reference_bytes: 4_096,
             max_queued_messages: 4_096,
+            max_queued_bytes: 64 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
         }
     }

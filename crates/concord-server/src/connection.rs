@@ -38,7 +38,9 @@ const CLOSE_POLICY: u16 = 1008;
 /// Serves one upgraded WebSocket for `domain` until it closes.
 pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
     let conn = hub.next_conn();
-    let (outbox, queue, notices) = Outbox::new(conn, hub.config.limits.max_queued_messages);
+    let limits = &hub.config.limits;
+    let (outbox, queue, notices) =
+        Outbox::new(conn, limits.max_queued_messages, limits.max_queued_bytes);
     let overflow = outbox.overflow();
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, queue, overflow.clone(), hub.clone()));
@@ -273,19 +275,25 @@ async fn write_loop(
 }
 
 /// Writes one outbound item and whatever frames follow it; `false` once the connection is
-/// closed.
+/// closed. What they hold of the connection's budget is given back once they are flushed to
+/// the socket (a client that does not read keeps it held).
 async fn write_one(
     sink: &mut SplitSink<WebSocket, Message>,
     queue: &mut mpsc::Receiver<Outbound>,
     outbound: Outbound,
     hub: &Hub,
 ) -> Result<bool, ()> {
+    let mut written = Vec::new();
     let mut next = Some(outbound);
     while let Some(outbound) = next.take() {
         match outbound {
-            Outbound::Frame(frame) => sink.feed(Message::Binary(frame)).await.map_err(|_| ())?,
-            Outbound::Replay { key, after, through } => {
+            Outbound::Frame { bytes, held } => {
+                sink.feed(Message::Binary(bytes)).await.map_err(|_| ())?;
+                written.push(held);
+            }
+            Outbound::Replay { key, after, through, held } => {
                 replay(sink, hub, &key, after, through).await?;
+                written.push(held);
             }
             Outbound::Close(ending) => {
                 sink.flush().await.map_err(|_| ())?;
@@ -301,6 +309,7 @@ async fn write_one(
         next = queue.try_recv().ok();
     }
     sink.flush().await.map_err(|_| ())?;
+    drop(written);
     Ok(true)
 }
 
@@ -355,23 +364,56 @@ struct RateLimiter {
     last: Instant,
 }
 
+/// The shortest wait: timers fire on a millisecond grid at best, so waiting for each token
+/// of a high rate would round every wait up and sustain far less than the rate (about 620
+/// of 2,000 per second). A client over its rate waits for this long's worth of tokens at
+/// once instead, and is credited for the time it actually waited.
+const MIN_WAIT: Duration = Duration::from_millis(5);
+
 impl RateLimiter {
     fn new(rate: u32, burst: u32) -> RateLimiter {
-        let burst = f64::from(burst.max(1));
-        RateLimiter { rate: f64::from(rate.max(1)), burst, tokens: burst, last: Instant::now() }
+        let rate = f64::from(rate.max(1));
+        // The bucket holds at least what one shortest wait earns, or the wait would lose it.
+        let burst = f64::from(burst.max(1)).max(rate * MIN_WAIT.as_secs_f64() + 1.0);
+        RateLimiter { rate, burst, tokens: burst, last: Instant::now() }
+    }
+
+    /// Adds the tokens earned since the last call, up to the burst.
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
     }
 
     async fn wait(&mut self) {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
-            tokio::time::sleep(wait).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
+        self.refill();
+        while self.tokens < 1.0 {
+            // Credited for the time actually slept, which is never less than asked.
+            let deficit = (1.0 - self.tokens) / self.rate;
+            tokio::time::sleep(Duration::from_secs_f64(deficit).max(MIN_WAIT)).await;
+            self.refill();
         }
         self.tokens -= 1.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_sustains_its_rate_on_a_millisecond_timer() {
+        // Paused time still fires timers on the millisecond grid, as a real one does.
+        let mut limiter = RateLimiter::new(2_000, 1);
+        let started = Instant::now();
+        for _ in 0..4_000 {
+            limiter.wait().await;
+        }
+        // 4,000 messages at 2,000 per second take two seconds (less the bucket it starts
+        // with), not the six that waiting a rounded-up millisecond per message took.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(1_950), "{elapsed:?}: over the rate");
+        assert!(elapsed <= Duration::from_millis(2_050), "{elapsed:?}: under the rate");
     }
 }

@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+mod accept;
 mod auth;
 mod config;
 mod connection;
@@ -58,6 +59,7 @@ mod store;
 #[cfg(test)]
 mod store_format_tests;
 mod types;
+mod web_root;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::outbox::{Delivery, Outbound, Outbox, frame};
+use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
 use crate::store::{Job, Store, StoreError, Writer};
 use crate::types::ModelKey;
@@ -149,6 +149,12 @@ impl ModelTask {
         let conn = from.conn;
         let gone = request == ModelRequest::Disconnected;
         if !gone {
+            if outbox.is_closed() {
+                // The connection is closing (it did not read, or the store failed): what it
+                // still asked for is dropped as if it never arrived, rather than prepared for
+                // nobody. Its `Disconnected` follows.
+                return;
+            }
             self.outboxes.insert(conn, outbox);
         }
         self.host.handle(now(), &from, request);
@@ -164,33 +170,41 @@ impl ModelTask {
     }
 
     /// Takes what the host produced into the job (resolving connections while their
-    /// outboxes are known) and passes its notices on.
+    /// outboxes are known, each message's bytes held against each connection's budget
+    /// from here until written) and passes its notices on.
     fn collect(&mut self) {
         let HostJob { writes, deliveries } = self.host.take_job();
         self.job.writes.extend(writes);
         for delivery in deliveries {
-            let outbound = match delivery.outgoing {
-                Outgoing::Message(message) => match frame(&message) {
-                    Some(frame) => Outbound::Frame(frame),
-                    None => continue,
-                },
+            // Nothing is encoded for connections that are gone or closing.
+            let outboxes: Vec<&Outbox> = (delivery.to.iter())
+                .filter_map(|conn| self.outboxes.get(conn))
+                .filter(|outbox| !outbox.is_closed())
+                .collect();
+            if outboxes.is_empty() {
+                continue;
+            }
+            let resolved: Vec<Delivery> = match delivery.outgoing {
+                Outgoing::Message(message) => {
+                    let Some(bytes) = frame(&message) else { continue };
+                    (outboxes.into_iter())
+                        .filter_map(|outbox| {
+                            let outbound = outbox.frame(&bytes)?;
+                            Some(Delivery { outbox: outbox.clone(), outbound })
+                        })
+                        .collect()
+                }
                 Outgoing::Replay { model, after, through } => {
                     let key = ModelKey { domain: self.key.domain.clone(), model };
-                    Outbound::Replay { key, after, through }
+                    (outboxes.into_iter())
+                        .filter_map(|outbox| {
+                            let outbound = outbox.replay(key.clone(), after, through)?;
+                            Some(Delivery { outbox: outbox.clone(), outbound })
+                        })
+                        .collect()
                 }
             };
-            for conn in delivery.to {
-                if let Some(outbox) = self.outboxes.get(&conn) {
-                    let outbound = match &outbound {
-                        Outbound::Frame(frame) => Outbound::Frame(frame.clone()),
-                        Outbound::Replay { key, after, through } => {
-                            Outbound::Replay { key: key.clone(), after: *after, through: *through }
-                        }
-                        Outbound::Close(_) => continue,
-                    };
-                    self.job.deliveries.push(Delivery { outbox: outbox.clone(), outbound });
-                }
-            }
+            self.job.deliveries.extend(resolved);
         }
         while let Some(notice) = self.host.poll_notice() {
             let Notice::Closed { conn, .. } = notice;

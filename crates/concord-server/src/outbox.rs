@@ -1,5 +1,11 @@
-//! A connection's outgoing queue. It is bounded: a client that stops reading fills it, and
-//! the next message for it closes the connection instead of growing the server's memory.
+//! A connection's outgoing queue. It is bounded twice: in messages queued, and in bytes the
+//! server holds for the connection — every encoded message from the moment a model task
+//! resolves it for the connection (often before its writes are durable) until the writer
+//! has written it to the socket. A client that stops reading reaches a bound, and the next
+//! message for it closes the connection instead of growing the server's memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Bytes;
 use concord_protocol::{ServerMessage, encode};
@@ -9,16 +15,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::types::{Ending, ModelKey};
 
+/// What the server keeps per queued message beside its encoded bytes (the queue entry, the
+/// job's delivery, the outbox handle), so that many tiny messages count too.
+const ENTRY_BYTES: usize = 128;
+
 /// What a connection's writer sends next.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// One encoded frame (shared: a broadcast is encoded once).
-    Frame(Bytes),
+    /// One encoded frame (shared: a broadcast is encoded once, and each connection it goes
+    /// to counts its bytes).
+    Frame { bytes: Bytes, held: Held },
     /// `ResyncPage`s of the model's operations in `(after, through]`, read from the store
     /// by the writer itself, so that a long replay never sits in memory.
-    Replay { key: ModelKey, after: u64, through: u64 },
+    Replay { key: ModelKey, after: u64, through: u64, held: Held },
     /// Flush what came before, then close the connection.
     Close(Ending),
+}
+
+/// Bytes of one connection's budget held by a queued message; given back when dropped —
+/// once the writer has written the message, or with the queue of a closed connection.
+#[derive(Debug)]
+pub(crate) struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.queued.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// What one connection may make the server hold, and what it holds now.
+#[derive(Debug)]
+struct Budget {
+    queued: AtomicUsize,
+    max: usize,
 }
 
 /// The sending side of one connection's queue.
@@ -26,7 +58,8 @@ pub(crate) enum Outbound {
 pub(crate) struct Outbox {
     pub(crate) conn: ConnId,
     sender: mpsc::Sender<Outbound>,
-    /// Cancelled to close the connection at once (its queue overflowed, or the store
+    budget: Arc<Budget>,
+    /// Cancelled to close the connection at once (it went past a bound, or the store
     /// failed), whatever is still queued.
     overflow: CancellationToken,
     /// Model hosts' notices for the connection's session (at most one per attachment, so
@@ -35,13 +68,16 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// A queue of at most `max_messages` messages and `max_bytes` bytes.
     pub(crate) fn new(
         conn: ConnId,
-        capacity: usize,
+        max_messages: usize,
+        max_bytes: usize,
     ) -> (Outbox, mpsc::Receiver<Outbound>, mpsc::UnboundedReceiver<Notice>) {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let (sender, receiver) = mpsc::channel(max_messages.max(1));
         let (notices, notices_receiver) = mpsc::unbounded_channel();
-        let outbox = Outbox { conn, sender, overflow: CancellationToken::new(), notices };
+        let budget = Arc::new(Budget { queued: AtomicUsize::new(0), max: max_bytes });
+        let outbox = Outbox { conn, sender, budget, overflow: CancellationToken::new(), notices };
         (outbox, receiver, notices_receiver)
     }
 
@@ -54,28 +90,68 @@ impl Outbox {
         self.overflow.clone()
     }
 
+    /// Whether the connection is closing: nothing more needs to be prepared for it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.overflow.is_cancelled() || self.sender.is_closed()
+    }
+
+    /// Takes `bytes` (plus the per-message overhead) from the connection's budget; `None`
+    /// if that would go past it, which closes the connection.
+    fn hold(&self, bytes: usize) -> Option<Held> {
+        let cost = bytes.saturating_add(ENTRY_BYTES);
+        let max = self.budget.max;
+        let taken = self.budget.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(cost).filter(|total| *total <= max)
+        });
+        match taken {
+            Ok(_) => Some(Held { budget: self.budget.clone(), bytes: cost }),
+            Err(held) => {
+                self.close_slow(format_args!("{held} bytes queued, {cost} more would pass {max}"));
+                None
+            }
+        }
+    }
+
+    /// `frame` as this connection's to send, its bytes held; `None` if the connection is
+    /// past its bound (it is then closed).
+    pub(crate) fn frame(&self, frame: &Bytes) -> Option<Outbound> {
+        let held = self.hold(frame.len())?;
+        Some(Outbound::Frame { bytes: frame.clone(), held })
+    }
+
+    /// A replay for this connection; `None` if the connection is past its bound.
+    pub(crate) fn replay(&self, key: ModelKey, after: u64, through: u64) -> Option<Outbound> {
+        let held = self.hold(0)?;
+        Some(Outbound::Replay { key, after, through, held })
+    }
+
     /// Queues `outbound`; a full queue closes the connection.
     pub(crate) fn send(&self, outbound: Outbound) {
         match self.sender.try_send(outbound) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.overflow.is_cancelled() {
-                    tracing::warn!(conn = self.conn, "closing a connection that does not read");
-                    self.overflow.cancel();
-                }
+                self.close_slow(format_args!("{} messages queued", self.sender.max_capacity()));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
+    /// Encodes `message` and queues it, within the connection's bounds.
     pub(crate) fn message(&self, message: &ServerMessage) {
-        if let Some(frame) = frame(message) {
-            self.send(Outbound::Frame(frame));
+        if let Some(outbound) = frame(message).and_then(|bytes| self.frame(&bytes)) {
+            self.send(outbound);
         }
     }
 
     pub(crate) fn close(&self) {
         self.overflow.cancel();
+    }
+
+    fn close_slow(&self, why: std::fmt::Arguments<'_>) {
+        if !self.overflow.is_cancelled() {
+            tracing::warn!(conn = self.conn, "closing a connection that does not read ({why})");
+            self.overflow.cancel();
+        }
     }
 }
 
@@ -101,5 +177,27 @@ pub(crate) struct Delivery {
 impl Delivery {
     pub(crate) fn deliver(self) {
         self.outbox.send(self.outbound);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_bytes_are_bounded_and_given_back_when_dropped() {
+        let (outbox, mut queue, _notices) = Outbox::new(1, 100, 3 * (100 + ENTRY_BYTES));
+        let frame = Bytes::from(vec![0; 100]);
+        let first = outbox.frame(&frame).unwrap();
+        let second = outbox.frame(&frame).unwrap();
+        outbox.send(outbox.frame(&frame).unwrap());
+        assert!(!outbox.is_closed());
+        drop(first);
+        // Room again for one, held until the writer is done with it.
+        let third = outbox.frame(&frame).unwrap();
+        assert!(outbox.frame(&frame).is_none(), "past the bound");
+        assert!(outbox.is_closed(), "going past the bound closes the connection");
+        drop((second, third, queue.try_recv()));
+        assert_eq!(outbox.budget.queued.load(Ordering::Acquire), 0);
     }
 }

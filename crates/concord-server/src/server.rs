@@ -1,28 +1,29 @@
 //! The server process's front: binds the port, serves the WebSocket endpoint
-//! `/<namespace>/<domain>` and `GET /health`, and shuts down gracefully.
+//! `/<namespace>/<domain>`, `GET /health` and the web root's static files over the
+//! connections `accept.rs` admits, and shuts down gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::serve::ListenerExt;
+use axum::routing::{any, get};
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::services::ServeDir;
 
+use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ServerConfig;
 use crate::hub::Hub;
 use crate::store::{Store, StoreError};
+use crate::web_root::{self, WebRoot};
 
 /// Why the server could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +102,12 @@ impl Server {
         // Static files live at one path segment (`/`, `/app.js`), so that they never meet
         // the two-segment WebSocket paths.
         if let Some(root) = &hub.config.web_root {
-            router = router.fallback_service(ServeDir::new(root));
+            let files = any(web_root::serve).with_state(WebRoot::new(root));
+            router = router.fallback_service(files);
         }
+        let config = &hub.config;
+        let http = Http::new(router, config.limits.header_read_timeout);
+        let admission = Admission::new(config.max_connections, config.max_connections_per_address);
         tracing::info!(%local_addr, "concord server ready");
         let stopping = {
             let (stop, failed) = (hub.shutdown.clone(), store_failed.clone());
@@ -114,16 +119,15 @@ impl Server {
                 stop.cancel();
             }
         };
-        // Small frames (acks, one-character edits) must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopping)
-            .await
-            .map_err(ServerError::Serve)?;
+        tokio::join!(stopping, accept_loop(listener, &http, &admission, &hub.shutdown));
+        // No more connections; HTTP ones finish the request they are in (upgraded ones are
+        // sessions, closed below).
+        http.closing.cancel();
+        http.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), http.tasks.wait()).await.is_err() {
+            tracing::warn!("some HTTP connections did not close in time");
+        }
+        drop(http);
         connections.close();
         if tokio::time::timeout(Duration::from_secs(10), connections.wait()).await.is_err() {
             tracing::warn!("some connections did not close in time");
@@ -217,6 +221,7 @@ fn valid_name(name: &str) -> bool {
 async fn upgrade(
     State(endpoint): State<Endpoint>,
     Path((namespace, domain)): Path<(String, String)>,
+    Extension(admitted): Extension<Admitted>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !valid_name(&namespace) || !valid_name(&domain) {
@@ -232,6 +237,11 @@ async fn upgrade(
     let ceiling = endpoint.hub.config.limits.max_frame_bytes.saturating_mul(2);
     let Endpoint { hub, connections } = endpoint;
     upgrade.max_message_size(ceiling).max_frame_size(ceiling).on_upgrade(move |socket| {
-        connections.track_future(crate::connection::serve(socket, domain, hub))
+        // The session keeps the connection's place under the connection caps.
+        let session = crate::connection::serve(socket, domain, hub);
+        connections.track_future(async move {
+            session.await;
+            drop(admitted);
+        })
     })
 }

@@ -269,6 +269,12 @@ fn a_model_one_may_not_read_answers_like_one_that_does_not_exist() {
         assert_eq!(code, ErrorCode::MODEL_NOT_FOUND, "{secret:?}");
         assert_eq!((code, message.replace("secret", "absent")), (missing_code, missing_message));
     }
+    // Opening with auto-create asks for the data whether the model is missing or hidden.
+    for id in ["secret", "absent"] {
+        let open = ClientRequest::OpenModel { model: model(id), auto_create: true };
+        let said = server.request(bob, open);
+        assert!(matches!(heard(&said, bob)[..], [ServerMessage::Request { .. }]), "{id}: {said:?}");
+    }
     // A ResyncComplete without a resync reveals no collaborators.
     let said =
         server.request(bob, ClientRequest::ResyncComplete { model: model("secret"), open: true });

@@ -83,6 +83,26 @@ pub(crate) struct Settings {
     /// Messages queued for a client that does not read before it is dropped [default: 4096]
     #[arg(long, env = "CONCORD_MAX_QUEUED_MESSAGES", value_name = "N")]
     pub(crate) max_queued_messages: Option<usize>,
+    /// Bytes of messages the server holds for one connection (waiting to be durable or to
+    /// be written) before it is dropped as a client that does not read [default: 67108864]
+    #[arg(long, env = "CONCORD_MAX_QUEUED_BYTES", value_name = "BYTES")]
+    pub(crate) max_queued_bytes: Option<usize>,
+    /// References (cursors, selections) one connection shares at once [default: 256]
+    #[arg(long, env = "CONCORD_MAX_SHARED_REFERENCES", value_name = "N")]
+    pub(crate) max_shared_references: Option<usize>,
+    /// Bytes one shared reference's key and value may take [default: 4096]
+    #[arg(long, env = "CONCORD_MAX_REFERENCE_BYTES", value_name = "BYTES")]
+    pub(crate) max_reference_bytes: Option<usize>,
+    /// Connections served at once; more are closed as soon as accepted [default: 10000]
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS", value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Connections served at once from one IPv4 address or IPv6 /64 [default: 256]
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub(crate) max_connections_per_address: Option<usize>,
+    /// Seconds a client has to send a whole HTTP request head (and the longest an idle HTTP
+    /// connection stays open) [default: 10]
+    #[arg(long, env = "CONCORD_HEADER_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub(crate) header_read_timeout_secs: Option<u64>,
     /// Seconds a new connection has to complete its handshake [default: 10]
     #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
     pub(crate) handshake_timeout_secs: Option<u64>,
@@ -159,6 +179,12 @@ pub(crate) struct Config {
     pub(crate) max_open_models: usize,
     pub(crate) max_subscriptions: usize,
     pub(crate) max_queued_messages: usize,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) max_shared_references: usize,
+    pub(crate) max_reference_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_address: usize,
+    pub(crate) header_read_timeout_secs: u64,
     pub(crate) handshake_timeout_secs: u64,
     pub(crate) log: String,
     pub(crate) collections: BTreeMap<String, CollectionSection>,
@@ -195,6 +221,12 @@ impl Default for Config {
             max_open_models: limits.max_open_models,
             max_subscriptions: limits.max_subscriptions,
             max_queued_messages: limits.max_queued_messages,
+            max_queued_bytes: limits.max_queued_bytes,
+            max_shared_references: limits.max_shared_references,
+            max_reference_bytes: limits.max_reference_bytes,
+            max_connections: server.max_connections,
+            max_connections_per_address: server.max_connections_per_address,
+            header_read_timeout_secs: limits.header_read_timeout.as_secs(),
             handshake_timeout_secs: limits.handshake_timeout.as_secs(),
             log: "info".into(),
             collections: BTreeMap::new(),
@@ -235,6 +267,12 @@ impl Config {
             max_open_models: pick!(max_open_models),
             max_subscriptions: pick!(max_subscriptions),
             max_queued_messages: pick!(max_queued_messages),
+            max_queued_bytes: pick!(max_queued_bytes),
+            max_shared_references: pick!(max_shared_references),
+            max_reference_bytes: pick!(max_reference_bytes),
+            max_connections: pick!(max_connections),
+            max_connections_per_address: pick!(max_connections_per_address),
+            header_read_timeout_secs: pick!(header_read_timeout_secs),
             handshake_timeout_secs: pick!(handshake_timeout_secs),
             log: pick!(log),
             // Only the file has collections.
@@ -256,6 +294,11 @@ impl Config {
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_open_models", self.max_open_models as u64),
             ("max_queued_messages", self.max_queued_messages as u64),
+            ("max_queued_bytes", self.max_queued_bytes as u64),
+            ("max_reference_bytes", self.max_reference_bytes as u64),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_address", self.max_connections_per_address as u64),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
         ] {
             if value == 0 {
@@ -304,9 +347,14 @@ impl Config {
             max_open_models: self.max_open_models,
             max_subscriptions: self.max_subscriptions,
             max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
+            max_shared_references: self.max_shared_references,
+            max_reference_bytes: self.max_reference_bytes,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
-            ..ConnectionLimits::default()
         };
+        server.max_connections = self.max_connections;
+        server.max_connections_per_address = self.max_connections_per_address;
         server.collections = self.collections()?;
         server.auto_create_collections = self.auto_create_collections;
         server.idle_unload = Duration::from_secs(self.idle_unload_secs);

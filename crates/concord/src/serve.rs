@@ -46,6 +46,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    raise_open_file_limit(config.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,6 +122,48 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.run(shutdown).await.context("the server failed")?;
     info!("concord stopped");
     Ok(())
+}
+
+/// Descriptors the server needs beside its connections (the store, the runtime, logs),
+/// with room to spare.
+const FILES_BESIDE_CONNECTIONS: u64 = 64;
+
+/// Raises this process's soft limit on open files to its hard limit (where the system
+/// allows), so that `max_connections`, not a default soft limit of often 1024, bounds how
+/// many clients the server holds; logs what it got. Past the limit the server still runs:
+/// it accepts again as connections close.
+fn raise_open_file_limit(max_connections: usize) {
+    let before = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => soft,
+        Err(error) => {
+            warn!(%error, "cannot read the open file limit");
+            return;
+        }
+    };
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit > before => {
+            info!(from = before, to = limit, "raised the open file limit");
+            limit
+        }
+        Ok(limit) => {
+            info!(limit, "the open file limit is at its hard limit");
+            limit
+        }
+        Err(error) => {
+            warn!(limit = before, %error, "cannot raise the open file limit");
+            before
+        }
+    };
+    let wanted = (max_connections as u64).saturating_add(FILES_BESIDE_CONNECTIONS);
+    if limit < wanted {
+        warn!(
+            limit,
+            max_connections,
+            "the open file limit is below max_connections plus what the server needs for \
+             itself; connections past it wait until others close (raise the hard limit, \
+             for example `ulimit -Hn`)"
+        );
+    }
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once (acknowledged

@@ -501,7 +501,10 @@ impl ModelHost {
         auto_create: Option<RequestId>,
         attachment: u64,
     ) {
-        if let (State::Absent { deleted: false }, Some(id)) = (&self.state, auto_create) {
+        // Asked to create it if missing: whatever keeps the user from reading it (missing,
+        // deleted, not permitted), the first answer is the same request for its data, so
+        // that it does not tell which; creating then succeeds only for a free id.
+        if let (Err(_), Some(id)) = (self.readable(from), auto_create) {
             let request = ServerRequest::AutoCreate { model: self.model.clone() };
             return self.say(from.conn, ServerMessage::Request { id, request });
         }
@@ -548,6 +551,11 @@ impl ModelHost {
                 return self.fail(from, request, self.taken());
             }
             // Ids of deleted models are not reused; said the same way as a taken id.
+            // An auto-create open answers as the open it was.
+            State::Absent { deleted: true } if attachment.is_some() => {
+                let e = self.unavailable();
+                return self.refuse(from, request, attachment, e);
+            }
             State::Absent { deleted: true } => {
                 let e = self.taken();
                 return self.refuse(from, request, attachment, e);
