@@ -1400,11 +1400,15 @@ impl ClientEngine {
                 if last {
                     let entry = self.models.get_mut(&model).expect("checked");
                     entry.link = Link::Live;
-                    // A model synced in the background (or on a turn) is not kept open at
-                    // the server.
-                    let open = entry.slot == Slot::Live;
-                    let request = ClientRequest::ResyncComplete { model: model.clone(), open };
-                    self.send(request, Request::Other);
+                    // Only a model kept open says so: the answer carries who else has it
+                    // open, which matters to no model synced in the background (or on a
+                    // turn), and the server takes submissions on a resynced model without
+                    // it. One message less per model synced.
+                    if entry.slot == Slot::Live {
+                        let request =
+                            ClientRequest::ResyncComplete { model: model.clone(), open: true };
+                        self.send(request, Request::Other);
+                    }
                     self.model_event(&model, ModelEvent::ResyncCompleted);
                     self.pump(&model);
                 }

@@ -1106,7 +1106,7 @@ fn engine_config(config: Config, client: usize) -> EngineConfig {
         max_batch_parts: config.max_batch,
         compact_every: config.compact_every,
         sync_concurrency: 2,
-        max_open_models: config.max_open_models.filter(|_| client % 2 == 0),
+        max_open_models: config.max_open_models.filter(|_| client.is_multiple_of(2)),
         initial_backoff: Duration::from_millis(2),
         max_backoff: Duration::from_millis(20),
         heartbeat: Duration::from_millis(40),
