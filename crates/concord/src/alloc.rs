@@ -4,7 +4,7 @@
 //! Why: glibc keeps freed memory in its arenas and returns it only from the top of a heap.
 //! After thousands of models were loaded and unloaded (a client syncing what it changed
 //! offline), their memory is free inside the process but the server's RSS stays at its peak
-//! (measured: 91 MiB after 10,000 models, from 8 MiB before; `docs/benchmarks.md`, P6).
+//! (measured: 170 MiB after 10,000 models, from 9 MiB before; `docs/benchmarks.md`, P6).
 //! So every [`CHECK_EVERY`] the server reads the allocator's statistics (`mallinfo2`) and,
 //! when more than [`TRIM_ABOVE`] sit free, calls `malloc_trim(0)`, which releases the free
 //! pages of every arena. A check costs microseconds; a trim a few milliseconds, and only
@@ -63,15 +63,16 @@ pub(crate) fn held() -> Option<Held> {
     imp::held()
 }
 
-/// Returns the free memory to the system if more than [`TRIM_ABOVE`] is held; says what it
-/// held before and after, if it trimmed.
-pub(crate) fn trim_if_worth_it() -> Option<(Held, Held)> {
-    let before = held()?;
-    if before.free <= TRIM_ABOVE {
+/// Returns the free memory to the system if more than [`TRIM_ABOVE`] is held; says what
+/// the allocator held, if it trimmed. (The free memory is still counted free afterwards:
+/// the trim gives its pages back, the allocator keeps the address space.)
+pub(crate) fn trim_if_worth_it() -> Option<Held> {
+    let held = held()?;
+    if held.free <= TRIM_ABOVE {
         return None;
     }
     imp::trim();
-    Some((before, held()?))
+    Some(held)
 }
 
 /// Checks every [`CHECK_EVERY`] for as long as the server runs.
@@ -80,12 +81,11 @@ pub(crate) async fn keep_returning_free_memory() {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Some((before, after)) = trim_if_worth_it() {
+        if let Some(held) = trim_if_worth_it() {
             let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
             tracing::info!(
-                in_use_mib = format!("{:.1}", mib(before.in_use)),
-                free_mib_before = format!("{:.1}", mib(before.free)),
-                free_mib_after = format!("{:.1}", mib(after.free)),
+                in_use_mib = format!("{:.1}", mib(held.in_use)),
+                free_mib = format!("{:.1}", mib(held.free)),
                 "returned the allocator's free memory to the system (malloc_trim)"
             );
         }
