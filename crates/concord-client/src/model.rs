@@ -10,12 +10,12 @@ use concord_ot::{
 };
 use concord_protocol::{CollectionId, ModelId, SessionId};
 use concord_sync::{ModelEvent, ModelReplica};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::domain::Domain;
 use crate::driver::{Command, Opened};
 use crate::error::ClientError;
-use crate::events::Events;
+use crate::events::{Events, ModelChannel};
 
 /// How far a model's local changes got: numbered by the change's seq (see [`Change`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +51,7 @@ struct Shared {
     id: ModelId,
     collection: CollectionId,
     root: ElementId,
-    events: broadcast::Sender<ModelEvent>,
+    events: ModelChannel<ModelEvent>,
     watermarks: watch::Receiver<Watermarks>,
 }
 
@@ -174,7 +174,7 @@ impl RealTimeModel {
 
     /// This model's events from now on.
     pub fn events(&self) -> Events<ModelEvent> {
-        Events::new(self.shared.events.subscribe())
+        self.shared.events.subscribe()
     }
 
     pub fn watermarks(&self) -> Watermarks {

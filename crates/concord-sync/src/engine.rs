@@ -49,6 +49,7 @@ use concord_protocol::{
     ServerRequest, ServerResponse, Session, Timestamp,
 };
 
+use crate::attach::{Budget, Progress, Slot};
 use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
 use crate::replica::{ModelReplica, ReplicaError, StoreChange};
 use crate::store::Restored;
@@ -64,8 +65,14 @@ pub struct EngineConfig {
     pub compact_every: usize,
     /// How many stored models with unsent changes are loaded at once to sync after a
     /// reconnection, so that their states in memory are bounded by this rather than by the
-    /// number of such models (the intent; not measured yet).
+    /// number of such models; they are synced side by side (pipelined), so this is also
+    /// how many round trips overlap. Also the slots of the server's open-model limit that
+    /// background sync keeps for itself (at most half the limit): see `docs/sync.md`.
     pub sync_concurrency: usize,
+    /// The server's limit on models open on one connection, if known (the server's own
+    /// default is 1,000). Unknown, the engine learns it from the first `overloaded`
+    /// refusal. [`ClientEngine::set_max_open_models`] changes it later (from the session).
+    pub max_open_models: Option<usize>,
     /// The wait before trying again after a connection was lost or an attempt failed; it
     /// doubles after every failed attempt up to `max_backoff`, and starts over once
     /// connected.
@@ -86,7 +93,8 @@ impl Default for EngineConfig {
         EngineConfig {
             max_batch_parts: 256,
             compact_every: 500,
-            sync_concurrency: 4,
+            sync_concurrency: 32,
+            max_open_models: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
@@ -143,6 +151,9 @@ pub enum EngineError {
     /// Only the server has the model, and the engine is not connected.
     #[error("model {0} can only be opened at the server, and the engine is offline")]
     Offline(ModelId),
+    /// The application's models already fill the server's open-model limit.
+    #[error("the server allows {limit} models open at once, and that many are open here")]
+    TooManyOpen { limit: usize },
     #[error(transparent)]
     Invalid(#[from] ApplyError),
 }
@@ -174,6 +185,18 @@ struct Model {
     ids: IdGenerator,
     /// The element counter the store has once the queued batches are durable.
     stored_counter: u64,
+    /// What it holds of the server's open-model budget.
+    slot: Slot,
+    /// Attached at the server on this connection: resynced, not refused, not closed.
+    attached: bool,
+    /// When it took its slot: the newest live model is parked first.
+    order: u64,
+    /// Told `Online` (and not `Offline` since).
+    online: bool,
+    /// Waiting in the budget's `parked` queue.
+    queued_live: bool,
+    /// Waiting in the budget's `turns` queue.
+    queued_turn: bool,
 }
 
 /// A request sent on the current connection and not answered yet.
@@ -182,6 +205,9 @@ struct Outstanding {
     purpose: Request,
     /// Set when it is handed to the driver to send.
     deadline: Option<Time>,
+    /// For a request that attaches a model: how many were attached before it, which is the
+    /// server's limit if it refuses with `overloaded`.
+    attached_before: Option<usize>,
 }
 
 /// What a request is for.
@@ -195,11 +221,13 @@ enum Request {
     Other,
 }
 
-/// An open at the server waiting for its answer.
+/// An open at the server waiting for a live slot, or for its answer.
 #[derive(Debug)]
 struct OpenAtServer {
     /// What to create the model from if the server has none; taken when it asks.
     auto_create: Option<(CollectionId, Document)>,
+    /// Sent (it holds a live slot); otherwise waiting in `open_queue`.
+    sent: bool,
 }
 
 /// What becomes possible once a batch is durable.
@@ -280,10 +308,13 @@ pub struct ClientEngine {
     /// Loads asked of the driver and not answered yet.
     loads: VecDeque<ModelId>,
     loads_outstanding: usize,
-    sync_total: usize,
-    sync_done: usize,
     /// The limits the server told in the last accepted handshake.
     server_limits: Option<ServerLimits>,
+    progress: Progress,
+    /// The server's open-model limit, and who holds and waits for its slots.
+    budget: Budget,
+    /// Opens at the server waiting for a live slot.
+    open_queue: VecDeque<ModelId>,
 }
 
 impl ClientEngine {
@@ -312,10 +343,24 @@ impl ClientEngine {
             sync_waiting: VecDeque::new(),
             loads: VecDeque::new(),
             loads_outstanding: 0,
-            sync_total: 0,
-            sync_done: 0,
             server_limits: None,
+            progress: Progress::default(),
+            budget: Budget::new(
+                config.max_open_models,
+                config.sync_concurrency,
+                config.initial_backoff,
+                config.max_backoff,
+            ),
+            open_queue: VecDeque::new(),
         }
+    }
+
+    /// The server's limit on models open on one connection, when it becomes known (from
+    /// the session); `None` forgets a limit told before (one learned from a refusal stays).
+    /// Takes effect at once: models beyond it are parked.
+    pub fn set_max_open_models(&mut self, limit: Option<usize>) {
+        self.budget.tell(limit);
+        self.schedule();
     }
 
     pub fn replica_id(&self) -> ReplicaId {
@@ -356,6 +401,12 @@ impl ClientEngine {
             creation_batch: None,
             ids: IdGenerator::new(self.replica_id, next),
             stored_counter: next_element_counter,
+            slot: Slot::None,
+            attached: false,
+            order: 0,
+            online: false,
+            queued_live: false,
+            queued_turn: false,
         }
     }
 
@@ -389,16 +440,55 @@ impl ClientEngine {
         if self.opens.contains_key(&model) {
             return Ok(());
         }
-        let request =
-            ClientRequest::OpenModel { model: model.clone(), auto_create: auto_create.is_some() };
-        self.send(request, Request::Open(model.clone()));
-        self.opens.insert(model, OpenAtServer { auto_create });
+        if let Some(limit) = self.budget.limit()
+            && self.budget.live >= limit
+        {
+            return Err(EngineError::TooManyOpen { limit });
+        }
+        // It goes out once a live slot is free (at once, unless the budget is full).
+        self.opens.insert(model.clone(), OpenAtServer { auto_create, sent: false });
+        self.open_queue.push_back(model);
+        self.schedule();
         Ok(())
     }
 
+    /// Sends a queued open; it holds a live slot until answered.
+    fn send_open(&mut self, model: ModelId) {
+        let Some(open) = self.opens.get_mut(&model) else { return };
+        if open.sent {
+            return;
+        }
+        open.sent = true;
+        let request = ClientRequest::OpenModel {
+            model: model.clone(),
+            auto_create: open.auto_create.is_some(),
+        };
+        self.budget.live += 1;
+        self.send_attaching(request, Request::Open(model));
+    }
+
     /// The server's answer to an open: the model is stored from its snapshot and loaded.
-    fn opened(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
-        self.opens.remove(&model);
+    fn opened(
+        &mut self,
+        now: Time,
+        model: ModelId,
+        answer: Result<ServerResponse, ErrorReply>,
+        attached_before: Option<usize>,
+    ) {
+        let Some(open) = self.opens.remove(&model) else { return };
+        if open.sent {
+            self.budget.live -= 1;
+            self.budget.attached -= 1;
+        }
+        if let Err(error) = &answer
+            && error.code == ErrorCode::OVERLOADED
+        {
+            // Retried later, first in line.
+            self.budget.refused(now, attached_before);
+            self.opens.insert(model.clone(), OpenAtServer { sent: false, ..open });
+            self.open_queue.push_front(model);
+            return;
+        }
         let snapshot = match answer {
             Ok(ServerResponse::ModelOpened(opened)) if opened.model == model => opened.snapshot,
             Ok(other) => {
@@ -412,6 +502,7 @@ impl ClientEngine {
                 return self.domain_event(DomainEvent::OpenFailed { model, failure });
             }
         };
+        self.budget.succeeded();
         if self.tombstones.contains_key(&model) {
             // Deleted here while the answer was on its way.
             self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
@@ -419,19 +510,33 @@ impl ClientEngine {
             let failure = OpenFailure::Refused(error);
             return self.domain_event(DomainEvent::OpenFailed { model, failure });
         }
-        if !self.models.contains_key(&model) {
+        if self.models.contains_key(&model) {
+            // Loaded from the store meanwhile: it attaches as any other, so this attachment
+            // is not needed.
+            self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
+        } else {
             if let Some(known) = self.subscriptions.get_mut(&model) {
                 *known = Some(snapshot.version);
             }
             let replica = ModelReplica::new(snapshot.clone());
             self.queue_batch(&model, vec![StoreChange::Downloaded { snapshot }], None, None);
-            self.insert(model.clone(), self.entry(replica.into(), false));
+            // It keeps the open's slot and attachment.
+            let mut entry = self.entry(replica.into(), false);
+            entry.attached = true;
+            self.budget.attached += 1;
+            self.models.insert(model.clone(), entry);
+            self.set_slot(&model, Slot::Live);
+            if self.is_connected() {
+                self.attach(&model);
+            }
         }
         self.domain_event(DomainEvent::Opened { model });
+        self.schedule();
     }
 
     /// Marks a model loaded for background sync as one the application uses: it is no
-    /// longer released when in sync.
+    /// longer released when in sync (it finishes its sync as a turn, then stays open if a
+    /// live slot is free).
     pub fn keep_loaded(&mut self, model: &ModelId) {
         if let Some(entry) = self.models.get_mut(model) {
             entry.background = false;
@@ -442,28 +547,86 @@ impl ClientEngine {
     /// [`store::restore`](crate::store::restore) (`None`: it is no longer in the store, or
     /// cannot be restored).
     pub fn handle_loaded(&mut self, model: ModelId, loaded: Option<Restored>) {
-        self.loads_outstanding = self.loads_outstanding.saturating_sub(1);
-        match loaded {
-            Some(restored)
-                if self.is_connected()
-                    && !self.models.contains_key(&model)
-                    && !self.tombstones.contains_key(&model) =>
-            {
-                let entry = self.entry(restored, true);
-                self.insert(model, entry);
-            }
-            _ => self.count_synced(),
+        if self.loads_outstanding == 0 {
+            return; // asked on a connection that is gone: the next one lists it again
         }
-        self.load_more();
+        self.loads_outstanding -= 1;
+        self.budget.sync -= 1;
+        match loaded {
+            Some(_) if self.tombstones.contains_key(&model) => {
+                if self.progress.dropped(&model) {
+                    self.report_progress();
+                }
+            }
+            // The application opened it meanwhile: it syncs as the application's model
+            // (and counts as done once in sync; a parked one waits for a turn).
+            Some(_) if self.models.contains_key(&model) => {
+                let entry = &self.models[&model];
+                if entry.replica.has_unacknowledged() || entry.creation.is_some() {
+                    self.wants_turn(&model);
+                } else if self.progress.done(&model) {
+                    self.report_progress();
+                }
+            }
+            Some(restored) => {
+                let entry = self.entry(restored, true);
+                self.models.insert(model.clone(), entry);
+                self.set_slot(&model, Slot::Sync);
+                self.attach(&model);
+            }
+            None => {
+                if self.progress.failed(&model) {
+                    self.report_progress();
+                }
+            }
+        }
+        self.schedule();
     }
 
-    /// Releases a model from memory; its stored state stays. Returns its replica.
+    /// Releases a model from memory; its stored state stays. Returns its replica. One with
+    /// changes the server has not acknowledged is synced in the background (loaded again
+    /// once its turn comes, after its queued batches are durable), so that closing a model
+    /// never leaves its changes waiting for the next connection.
     pub fn remove_model(&mut self, model: &ModelId) -> Option<ModelReplica> {
-        let entry = self.models.remove(model)?;
-        self.close_at_server(model);
+        let entry = self.take_model(model)?;
+        let owed = entry.replica.has_unacknowledged() || entry.creation.is_some();
+        if owed && self.is_connected() && !self.tombstones.contains_key(model) {
+            self.sync_waiting.push_back(model.clone());
+            if self.progress.add(model.clone()) {
+                self.report_progress();
+            }
+        }
+        self.schedule();
         Some(entry.replica)
     }
 
+    /// Takes a model out of memory, gives back its slot and closes it at the server.
+    fn take_model(&mut self, model: &ModelId) -> Option<Model> {
+        self.set_slot(model, Slot::None);
+        self.close_at_server(model);
+        self.models.remove(model)
+    }
+
+    /// Gives back what `model` holds of the budget.
+    fn set_slot(&mut self, model: &ModelId, slot: Slot) {
+        let Some(entry) = self.models.get_mut(model) else { return };
+        match entry.slot {
+            Slot::None => {}
+            Slot::Live => self.budget.live -= 1,
+            Slot::Sync => self.budget.sync -= 1,
+        }
+        match slot {
+            Slot::None => {}
+            Slot::Live => self.budget.live += 1,
+            Slot::Sync => self.budget.sync += 1,
+        }
+        if entry.slot == Slot::None && slot != Slot::None {
+            entry.order = self.budget.order();
+        }
+        entry.slot = slot;
+    }
+
+    /// Closes the model at the server if it is attached there.
     fn close_at_server(&mut self, model: &ModelId) {
         // A resync's answer no longer matters.
         let resync = Request::Resync(model.clone());
@@ -471,8 +634,13 @@ impl ClientEngine {
             request.purpose = Request::Other;
         }
         self.acks.remove(model);
-        if self.is_connected() {
-            self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
+        let Some(entry) = self.models.get_mut(model) else { return };
+        if entry.attached {
+            entry.attached = false;
+            self.budget.attached -= 1;
+            if self.is_connected() {
+                self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
+            }
         }
     }
 
@@ -482,6 +650,14 @@ impl ClientEngine {
 
     pub fn models(&self) -> impl Iterator<Item = &ModelId> {
         self.models.keys()
+    }
+
+    /// Whether background sync has nothing left to do on this connection: no stored model
+    /// waiting or loading, no model syncing or waiting for a turn, no retry pending after an
+    /// `overloaded` refusal, no open waiting for a slot. (The application's models beyond
+    /// the server's limit may still wait, parked, with nothing to push.)
+    pub fn sync_idle(&self) -> bool {
+        !self.background_work() && self.budget.retry_at.is_none() && self.open_queue.is_empty()
     }
 
     /// Whether the model is loaded and in sync with the server (live, nothing unacknowledged).
@@ -515,6 +691,9 @@ impl ClientEngine {
         self.queue_batch(model, changes, Some(seq), None);
         if was_committed {
             self.model_event(model, ModelEvent::Modified);
+            // A parked model now has something to push: it waits for a turn too.
+            self.wants_turn(model);
+            self.schedule();
         }
         for event in ModelEvent::changes(&operation, &applied, None) {
             self.model_event(model, event);
@@ -577,14 +756,14 @@ impl ClientEngine {
         self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
         self.reconnect_token = Some(session.reconnect_token.clone());
         self.server_limits = Some(session.limits);
+        // Background sync keeps within what the server allows, and within what the
+        // application configured if that is less.
+        let told = usize::try_from(session.limits.max_open_models).unwrap_or(usize::MAX);
+        self.budget.tell(Some(self.config.max_open_models.map_or(told, |own| own.min(told))));
         self.backoff = self.config.initial_backoff;
         let next_ping = now + self.config.heartbeat;
         self.connection = Connection::Connected { last_heard: now, next_ping };
         self.report(ConnectionState::Connected);
-        let models: Vec<ModelId> = self.models.keys().cloned().collect();
-        for model in &models {
-            self.model_event(model, ModelEvent::Online);
-        }
         self.add_tombstones(stored_tombstones);
         if !self.subscriptions.is_empty() {
             let subscribe = self.known_models(self.subscriptions.keys().cloned().collect());
@@ -595,21 +774,20 @@ impl ClientEngine {
             };
             self.send(request, Request::Other);
         }
-        let models: Vec<ModelId> = self.models.keys().cloned().collect();
-        for model in models {
-            self.attach(&model);
-        }
+        // Listed first, so that the application's models know they share the budget.
         self.sync_waiting = stored_with_changes
             .into_iter()
             .filter(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m))
             .collect();
-        self.sync_total = self.sync_waiting.len();
-        self.sync_done = 0;
-        if self.sync_total > 0 {
-            let total = self.sync_total;
-            self.domain_event(DomainEvent::SyncProgress { done: 0, total });
+        self.progress.start(self.sync_waiting.iter().cloned());
+        if self.progress.total > 0 {
+            self.report_progress();
         }
-        self.load_more();
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in models {
+            self.attach(&model);
+        }
+        self.schedule();
     }
 
     /// The connection attempt asked for by [`Action::Connect`] failed: `rejection` when the
@@ -652,6 +830,10 @@ impl ClientEngine {
     /// connection whose server is silent or left something unanswered too long. Harmless
     /// when nothing is due.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.budget.retry_at.is_some_and(|at| at <= now) && self.is_connected() {
+            self.budget.retry_at = None;
+            self.schedule();
+        }
         match self.connection {
             Connection::Waiting { at } if at <= now => self.attempt(),
             Connection::Connected { last_heard, next_ping } => {
@@ -699,7 +881,8 @@ impl ClientEngine {
                     .filter(|(model, _)| self.models.get(*model).is_some_and(awaits_ack))
                     .map(|(_, deadline)| *deadline);
                 let silence = last_heard + self.config.silence_timeout;
-                requests.chain(acks).chain([next_ping, silence]).min()
+                let retry = self.budget.retry_at;
+                requests.chain(acks).chain([next_ping, silence]).chain(retry).min()
             }
             Connection::Idle | Connection::Connecting { .. } => None,
         }
@@ -762,34 +945,168 @@ impl ClientEngine {
         self.retry_later(now);
     }
 
-    fn load_more(&mut self) {
-        let loaded = self.models.values().filter(|m| m.background).count();
-        while self.is_connected()
-            && loaded + self.loads_outstanding < self.config.sync_concurrency.max(1)
-            && let Some(model) = self.sync_waiting.pop_front()
-        {
+    fn report_progress(&mut self) {
+        let Progress { done, failed, total, .. } = self.progress;
+        self.domain_event(DomainEvent::SyncProgress { done, failed, total });
+    }
+
+    /// A model of background sync stopped without being in sync, for a reason reported
+    /// with its own event.
+    fn sync_failed(&mut self, model: &ModelId) {
+        if self.progress.failed(model) {
+            self.report_progress();
+        }
+    }
+
+    /// Whether background sync has work: models to load, turns to give, or slots in use.
+    fn background_work(&self) -> bool {
+        !self.sync_waiting.is_empty() || !self.budget.turns.is_empty() || self.budget.sync > 0
+    }
+
+    /// Hands out free slots: first to the application (opens at the server, then parked
+    /// models), then to background sync (turns, then stored models to load). Parks the
+    /// newest live models first if they hold more than their share.
+    fn schedule(&mut self) {
+        if !self.is_connected() || self.budget.retry_at.is_some() {
+            return;
+        }
+        self.rebalance();
+        while self.budget.may_go_live(self.background_work()) {
+            if let Some(model) = self.open_queue.pop_front() {
+                self.send_open(model);
+                continue;
+            }
+            let Some(model) = self.budget.parked.pop_front() else { break };
+            let Some(entry) = self.models.get_mut(&model) else { continue };
+            entry.queued_live = false;
+            if entry.background || entry.creation.is_some() {
+                continue;
+            }
+            match entry.slot {
+                Slot::Live => {}
+                // On a turn: it stays open, now for good.
+                Slot::Sync => self.set_slot(&model, Slot::Live),
+                Slot::None => {
+                    self.set_slot(&model, Slot::Live);
+                    self.start_resync(&model);
+                }
+            }
+        }
+        while self.budget.may_sync() {
+            if let Some(model) = self.budget.turns.pop_front() {
+                let Some(entry) = self.models.get_mut(&model) else { continue };
+                entry.queued_turn = false;
+                let owes = entry.replica.has_unacknowledged();
+                if entry.background || entry.slot != Slot::None || entry.creation.is_some() || !owes
+                {
+                    continue;
+                }
+                self.set_slot(&model, Slot::Sync);
+                self.start_resync(&model);
+                continue;
+            }
+            let Some(model) = self.sync_waiting.pop_front() else { break };
             self.loads_outstanding += 1;
+            self.budget.sync += 1;
             self.loads.push_back(model);
         }
     }
 
-    fn count_synced(&mut self) {
-        self.sync_done += 1;
-        let (done, total) = (self.sync_done, self.sync_total);
-        self.domain_event(DomainEvent::SyncProgress { done, total });
+    /// While background sync has work, the application's models hold at most the limit
+    /// less the sync reserve: the newest beyond it wait (parked), first in line.
+    fn rebalance(&mut self) {
+        let cap = self.budget.live_cap(self.background_work());
+        while self.budget.live > cap {
+            let newest = self
+                .models
+                .iter()
+                .filter(|(_, m)| m.slot == Slot::Live)
+                .max_by_key(|(_, m)| m.order)
+                .map(|(id, _)| id.clone());
+            let Some(model) = newest else { break };
+            self.park(&model, true);
+        }
     }
 
-    /// Releases a background model once it is in sync.
+    /// Takes an application's model off the server until a live slot is free for it; one
+    /// with changes to push also waits for a turn.
+    fn park(&mut self, model: &ModelId, first: bool) {
+        self.set_slot(model, Slot::None);
+        self.close_at_server(model);
+        let Some(entry) = self.models.get_mut(model) else { return };
+        entry.link = Link::Offline;
+        if !entry.queued_live {
+            entry.queued_live = true;
+            if first {
+                self.budget.parked.push_front(model.clone());
+            } else {
+                self.budget.parked.push_back(model.clone());
+            }
+        }
+        self.wants_turn(model);
+        self.go_offline(model);
+    }
+
+    /// Queues a parked model with unacknowledged changes for a turn.
+    fn wants_turn(&mut self, model: &ModelId) {
+        let connected = self.is_connected();
+        let Some(entry) = self.models.get_mut(model) else { return };
+        if connected
+            && !entry.background
+            && entry.slot == Slot::None
+            && entry.queued_live
+            && !entry.queued_turn
+            && entry.replica.has_unacknowledged()
+        {
+            entry.queued_turn = true;
+            self.budget.turns.push_back(model.clone());
+        }
+    }
+
+    fn go_online(&mut self, model: &ModelId) {
+        if let Some(entry) = self.models.get_mut(model)
+            && !entry.online
+        {
+            entry.online = true;
+            self.model_event(model, ModelEvent::Online);
+        }
+    }
+
+    fn go_offline(&mut self, model: &ModelId) {
+        if let Some(entry) = self.models.get_mut(model)
+            && entry.online
+        {
+            entry.online = false;
+            self.model_event(model, ModelEvent::Offline);
+        }
+    }
+
+    /// A model in sync ends its background sync: counted done; released if it was loaded
+    /// only for it; an application's model on a turn stays open if a live slot is free,
+    /// and is parked again otherwise.
     fn release_if_synced(&mut self, model: &ModelId) {
-        let synced = self.models.get(model).is_some_and(|m| {
-            m.background && m.link == Link::Live && !m.replica.has_unacknowledged()
-        });
-        if synced {
-            self.models.remove(model);
-            self.close_at_server(model);
+        let Some(entry) = self.models.get(model) else { return };
+        if entry.link != Link::Live || entry.replica.has_unacknowledged() {
+            return;
+        }
+        let (background, slot) = (entry.background, entry.slot);
+        if self.progress.done(model) {
+            self.report_progress();
+        }
+        if background {
+            self.take_model(model);
             self.model_event(model, ModelEvent::Released);
-            self.count_synced();
-            self.load_more();
+            self.schedule();
+        } else if slot == Slot::Sync {
+            self.set_slot(model, Slot::None);
+            let live_free =
+                self.budget.may_go_live(self.background_work()) && self.budget.parked.is_empty();
+            if live_free {
+                self.set_slot(model, Slot::Live);
+            } else {
+                self.park(model, false);
+            }
+            self.schedule();
         }
     }
 
@@ -813,12 +1130,19 @@ impl ClientEngine {
         self.sync_waiting.clear();
         self.loads.clear();
         self.loads_outstanding = 0;
+        self.progress.clear();
+        self.open_queue.clear();
+        self.budget.reset();
         for entry in self.models.values_mut() {
             entry.link = Link::Offline;
+            entry.slot = Slot::None;
+            entry.attached = false;
+            entry.queued_live = false;
+            entry.queued_turn = false;
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in &models {
-            self.model_event(model, ModelEvent::Offline);
+            self.go_offline(model);
         }
     }
 
@@ -864,18 +1188,19 @@ impl ClientEngine {
         match message {
             ServerMessage::Response { to, response } => {
                 if let Some(request) = self.requests.remove(&to) {
-                    self.answered(request.purpose, Ok(response));
+                    self.answered(now, request, Ok(response));
                 }
             }
             ServerMessage::Error { to: Some(to), error } => {
                 if let Some(request) = self.requests.remove(&to) {
-                    self.answered(request.purpose, Err(error));
+                    self.answered(now, request, Err(error));
                 }
             }
             ServerMessage::Error { to: None, .. } => {}
             ServerMessage::Request { id, request } => self.server_request(id, request),
-            ServerMessage::Push(push) => self.handle_push(push),
+            ServerMessage::Push(push) => self.handle_push(now, push),
         }
+        self.schedule();
     }
 
     /// The server asks: pings are answered, and so is the data of a model being opened
@@ -909,21 +1234,47 @@ impl ClientEngine {
     }
 
     /// The answer to one of our requests.
-    fn answered(&mut self, request: Request, answer: Result<ServerResponse, ErrorReply>) {
-        match request {
-            Request::Resync(model) => self.resync_answered(model, answer),
+    fn answered(
+        &mut self,
+        now: Time,
+        request: Outstanding,
+        answer: Result<ServerResponse, ErrorReply>,
+    ) {
+        let attached_before = request.attached_before;
+        match request.purpose {
+            Request::Resync(model) => self.resync_answered(now, model, answer, attached_before),
             Request::Create(model) => self.create_answered(model, answer),
             Request::Delete(model) => self.delete_answered(model, answer),
-            Request::Open(model) => self.opened(model, answer),
+            Request::Open(model) => self.opened(now, model, answer, attached_before),
             Request::Other => {}
         }
     }
 
-    fn resync_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+    fn resync_answered(
+        &mut self,
+        now: Time,
+        model: ModelId,
+        answer: Result<ServerResponse, ErrorReply>,
+        attached_before: Option<usize>,
+    ) {
+        if let Err(error) = &answer
+            && let Some(entry) = self.models.get_mut(&model)
+            && entry.attached
+        {
+            // A refused resync leaves the model closed on this connection.
+            entry.attached = false;
+            self.budget.attached -= 1;
+            if matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE) {
+                let learned = (error.code == ErrorCode::OVERLOADED).then_some(attached_before);
+                self.budget.refused(now, learned.flatten());
+                return self.open_later(&model);
+            }
+        }
         match answer {
             Ok(ServerResponse::ResyncStarted { model: answered, in_flight_committed, .. })
                 if answered == model =>
             {
+                self.budget.succeeded();
                 let Some(entry) = self.models.get_mut(&model) else { return };
                 entry.link = Link::Replaying;
                 if let Some(commit) = in_flight_committed {
@@ -948,7 +1299,7 @@ impl ClientEngine {
                 let change = StoreChange::CreationConfirmed { collection };
                 self.queue_batch(&model, vec![change], None, None);
                 self.domain_event(DomainEvent::Created { model: model.clone() });
-                self.start_resync(&model);
+                self.request_slot(&model);
             }
             Ok(other) => {
                 self.violation(&model, format!("unexpected answer to a creation: {other:?}"))
@@ -958,12 +1309,11 @@ impl ClientEngine {
                 // model loaded only to sync goes back to the store.
                 let background = self.models.get(&model).is_some_and(|m| m.background);
                 if background {
-                    self.models.remove(&model);
-                    self.count_synced();
-                    self.load_more();
+                    self.take_model(&model);
                 } else if let Some(entry) = self.models.get_mut(&model) {
                     entry.link = Link::Offline;
                 }
+                self.sync_failed(&model);
                 self.domain_event(DomainEvent::CreationRefused { model, error });
             }
         }
@@ -986,7 +1336,7 @@ impl ClientEngine {
         }
     }
 
-    fn handle_push(&mut self, push: ServerPush) {
+    fn handle_push(&mut self, now: Time, push: ServerPush) {
         match push {
             // Acks, rejections and remote operations count only on a live model: one sent
             // before a resync was answered is covered by that resync (a committed
@@ -1026,6 +1376,17 @@ impl ClientEngine {
                         | ErrorCode::UNAVAILABLE
                         | ErrorCode::INTERNAL
                 );
+                if error.code == ErrorCode::MODEL_NOT_OPEN && entry.attached {
+                    // The server no longer counts it as open here; the resync opens it again.
+                    entry.attached = false;
+                    self.budget.attached -= 1;
+                }
+                if matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE) {
+                    // Later, with backoff: it closes here and waits for a slot again.
+                    self.budget.refused(now, None);
+                    self.open_later(&model);
+                    return;
+                }
                 if transient {
                     self.start_resync(&model);
                     return;
@@ -1054,10 +1415,15 @@ impl ClientEngine {
                 if last {
                     let entry = self.models.get_mut(&model).expect("checked");
                     entry.link = Link::Live;
-                    // A model synced in the background is not kept open at the server.
-                    let open = !entry.background;
-                    let request = ClientRequest::ResyncComplete { model: model.clone(), open };
-                    self.send(request, Request::Other);
+                    // Only a model kept open says so: the answer carries who else has it
+                    // open, which matters to no model synced in the background (or on a
+                    // turn), and the server takes submissions on a resynced model without
+                    // it. One message less per model synced.
+                    if entry.slot == Slot::Live {
+                        let request =
+                            ClientRequest::ResyncComplete { model: model.clone(), open: true };
+                        self.send(request, Request::Other);
+                    }
                     self.model_event(&model, ModelEvent::ResyncCompleted);
                     self.pump(&model);
                 }
@@ -1172,9 +1538,10 @@ impl ClientEngine {
                     && !self.sync_waiting.contains(&model)
                     && !self.loads.contains(&model)
                 {
+                    self.progress.add(model.clone());
                     self.sync_waiting.push_back(model);
-                    self.sync_total += 1;
-                    self.load_more();
+                    self.report_progress();
+                    self.schedule();
                 }
             }
         }
@@ -1204,12 +1571,12 @@ impl ClientEngine {
     /// tombstone; once that is durable and the engine is connected, the server is asked to
     /// delete it. Idempotent: deleting a model the server no longer has counts as done.
     pub fn delete_model(&mut self, model: ModelId, collection: CollectionId) {
-        if self.models.remove(&model).is_some() {
-            self.close_at_server(&model);
-        }
+        self.take_model(&model);
         if let Some(position) = self.sync_waiting.iter().position(|m| *m == model) {
             self.sync_waiting.remove(position);
-            self.count_synced();
+        }
+        if self.progress.dropped(&model) {
+            self.report_progress();
         }
         let batch = self.next_batch_id();
         let mut changes = vec![StoreChange::MarkDeleted { collection: collection.clone() }];
@@ -1218,6 +1585,7 @@ impl ClientEngine {
         }
         self.queue_batch(&model, changes, None, None);
         self.tombstones.insert(model, (collection, Some(batch)));
+        self.schedule();
     }
 
     fn send_delete(&mut self, model: &ModelId) {
@@ -1240,11 +1608,17 @@ impl ClientEngine {
     fn gone(&mut self, model: &ModelId, error: ErrorReply) {
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.link = Link::Offline;
-        if entry.background {
-            self.models.remove(model);
-            self.count_synced();
-            self.load_more();
+        if entry.attached {
+            // The server closed it on its side.
+            entry.attached = false;
+            self.budget.attached -= 1;
         }
+        let background = entry.background;
+        self.set_slot(model, Slot::None);
+        if background {
+            self.models.remove(model);
+        }
+        self.sync_failed(model);
         self.model_event(model, ModelEvent::Gone { error: error.clone() });
         self.domain_event(DomainEvent::ModelGone { model: model.clone(), error });
     }
@@ -1321,13 +1695,8 @@ impl ClientEngine {
     /// so it leaves memory (and the server); the store, changed only by whole batches, still
     /// holds a consistent state to reload it from.
     fn violation(&mut self, model: &ModelId, error: String) {
-        if let Some(entry) = self.models.remove(model) {
-            self.close_at_server(model);
-            if entry.background {
-                self.count_synced();
-                self.load_more();
-            }
-        }
+        self.take_model(model);
+        self.sync_failed(model);
         self.domain_event(DomainEvent::ProtocolViolation { model: model.clone(), error });
     }
 
@@ -1368,13 +1737,16 @@ impl ClientEngine {
     fn attach(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get_mut(model) else { return };
         let Some(nonce) = entry.creation else {
-            self.start_resync(model);
+            self.request_slot(model);
             return;
         };
         if entry.creation_batch.is_some() {
             return; // attached once the creation is durable
         }
+        // Creating takes no slot: the server does not count a creation as open.
         entry.link = Link::Creating;
+        self.go_online(model);
+        let Some(entry) = self.models.get_mut(model) else { return };
         let snapshot = entry.replica.confirmed();
         let request = ClientRequest::CreateModel {
             model: model.clone(),
@@ -1386,7 +1758,39 @@ impl ClientEngine {
         self.send(request, Request::Create(model.clone()));
     }
 
+    /// A model ready to resync: at once if it holds a slot (a background model holds one
+    /// from its load), otherwise it waits for a live slot (and, with changes to push, for
+    /// a turn), whichever comes first.
+    fn request_slot(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get_mut(model) else { return };
+        if entry.slot != Slot::None {
+            return self.start_resync(model);
+        }
+        if !entry.queued_live {
+            entry.queued_live = true;
+            self.budget.parked.push_back(model.clone());
+        }
+        self.wants_turn(model);
+        self.schedule();
+    }
+
+    /// The server refused to open the model for now: it closes here and waits for a slot
+    /// again, first in line — a background model back in the store, an application's
+    /// model parked — until the budget's backoff has passed.
+    fn open_later(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get(model) else { return };
+        if entry.background {
+            self.take_model(model);
+            self.sync_waiting.push_front(model.clone());
+        } else {
+            self.park(model, true);
+        }
+    }
+
+    /// Sends a resync; the model holds a slot. It attaches the model at the server unless
+    /// it is attached already (a resync on a live model).
     fn start_resync(&mut self, model: &ModelId) {
+        self.go_online(model);
         let Some(entry) = self.models.get_mut(model) else {
             return;
         };
@@ -1397,7 +1801,12 @@ impl ClientEngine {
             entry.replica.in_flight_seq().map(|seq| InFlight { replica: self.replica_id, seq });
         let known_version = entry.replica.confirmed_version();
         let request = ClientRequest::Resync { model: model.clone(), known_version, in_flight };
-        self.send(request, Request::Resync(model.clone()));
+        if entry.attached {
+            self.send(request, Request::Resync(model.clone()));
+        } else {
+            entry.attached = true;
+            self.send_attaching(request, Request::Resync(model.clone()));
+        }
         self.model_event(model, ModelEvent::ResyncStarted);
     }
 
@@ -1460,9 +1869,25 @@ impl ClientEngine {
 
     /// Queues a request with a fresh id, remembering what it is for.
     fn send(&mut self, request: ClientRequest, purpose: Request) {
+        self.send_counted(request, purpose, None);
+    }
+
+    /// Queues a request that attaches one more model at the server.
+    fn send_attaching(&mut self, request: ClientRequest, purpose: Request) {
+        let before = self.budget.attached;
+        self.budget.attached += 1;
+        self.send_counted(request, purpose, Some(before));
+    }
+
+    fn send_counted(
+        &mut self,
+        request: ClientRequest,
+        purpose: Request,
+        attached_before: Option<usize>,
+    ) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.requests.insert(id, Outstanding { purpose, deadline: None });
+        self.requests.insert(id, Outstanding { purpose, deadline: None, attached_before });
         self.transmit.push_back(ClientMessage::Request { id, request });
     }
 

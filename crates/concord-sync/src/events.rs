@@ -65,9 +65,13 @@ pub enum ModelEvent {
 pub enum DomainEvent {
     /// The connection changed state.
     State(ConnectionState),
-    /// Background sync of stored models after a reconnection: `done` of `total` are in
-    /// sync with the server.
-    SyncProgress { done: usize, total: usize },
+    /// Background sync of stored models after a reconnection: of `total` models, `done`
+    /// are in sync with the server (every stored change acknowledged) and `failed` stopped
+    /// for a reason reported with their own event (`CreationRefused`, `ModelGone`,
+    /// `ProtocolViolation`, or a model the store could not load); the rest are still on
+    /// their way (a model the server asked to retry later is among them). A model deleted
+    /// here meanwhile leaves `total`.
+    SyncProgress { done: usize, failed: usize, total: usize },
     /// The server created a model created here.
     Created { model: ModelId },
     /// The server refused to create a model created here (its id is taken by another

@@ -12,6 +12,7 @@
 //! against remote operations as they arrive, equals the operation the server committed for
 //! it, so acks carry no operation.
 
+mod attach;
 mod engine;
 pub mod events;
 pub mod host;

@@ -772,3 +772,55 @@ fn element_ids_continue_across_a_restore_from_the_store() -> Result<()> {
     assert_eq!(minted[0].counter, 43);
     Ok(())
 }
+
+#[test]
+fn a_model_synced_in_the_background_costs_a_resync_its_submission_and_a_close() -> Result<()> {
+    let model = id("m");
+    // Offline: a change stored, then the model released from memory.
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
+    insert_object(&mut engine, &model)?;
+    drain(&mut engine, at(0));
+    let replica = engine.remove_model(&model).expect("loaded");
+    assert!(replica.has_unacknowledged());
+
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
+    let mut turn = drain(&mut engine, at(0));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(replica.into()));
+    let loaded = drain(&mut engine, at(0));
+    turn.sent.extend(loaded.sent);
+    turn.events.extend(loaded.events);
+    let all = settle(&mut engine, at(0), turn)?;
+
+    let kinds: Vec<&str> = all
+        .sent
+        .iter()
+        .map(|m| match m {
+            ClientMessage::Request { request: ClientRequest::Resync { .. }, .. } => "resync",
+            ClientMessage::Request { request: ClientRequest::ResyncComplete { .. }, .. } => {
+                "resync complete"
+            }
+            ClientMessage::Request { request: ClientRequest::CloseModel { .. }, .. } => "close",
+            ClientMessage::Notice(ClientNotice::Submit { .. }) => "submit",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["resync", "submit", "close"], "{:?}", all.sent);
+    let progress: Vec<_> = all
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Domain(DomainEvent::SyncProgress { done, failed, total }) => {
+                Some((*done, *failed, *total))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress.last(), Some(&(1, 0, 1)), "done once acknowledged: {progress:?}");
+    assert!(engine.model(&model).is_none(), "released once in sync");
+    assert!(engine.sync_idle());
+    Ok(())
+}

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, Limits, ModelId,
-    ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ServerMessage, Session,
-    Timestamp, User, UserId, encode_frames,
+    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, HandshakeResult,
+    Limits, ModelId, ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ServerMessage,
+    ServerResponse, Session, Timestamp, User, UserId, encode_frames,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
@@ -51,18 +51,49 @@ pub struct Config {
     pub max_batch: usize,
     /// Compact a replica's stored server operations after this many.
     pub compact_every: usize,
+    /// The server's limit on models open on one connection (`None`: its default, far
+    /// above what a scenario opens). Clients with an even index are told it, as a server's
+    /// session would; the others learn it from the server's refusals.
+    pub max_open_models: Option<usize>,
 }
 
 impl Config {
     /// Eight clients on three models, long runs, large batches, frequent compaction.
     pub fn many_clients() -> Config {
-        Config { clients: 8, models: 3, steps: 800, max_batch: 20, compact_every: 5 }
+        Config {
+            clients: 8,
+            models: 3,
+            steps: 800,
+            max_batch: 20,
+            compact_every: 5,
+            max_open_models: None,
+        }
+    }
+
+    /// More models than the server lets one connection open: the applications hold some
+    /// open (often more than the limit), the rest sync in the background, around them.
+    pub fn open_limit() -> Config {
+        Config {
+            clients: 3,
+            models: 10,
+            steps: 600,
+            max_batch: 3,
+            compact_every: 20,
+            max_open_models: Some(4),
+        }
     }
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { clients: 3, models: 2, steps: 400, max_batch: 3, compact_every: 20 }
+        Config {
+            clients: 3,
+            models: 2,
+            steps: 400,
+            max_batch: 3,
+            compact_every: 20,
+            max_open_models: None,
+        }
     }
 }
 
@@ -90,6 +121,9 @@ pub struct Stats {
     pub failed_connects: usize,
     /// Server messages that travelled as several fragment frames.
     pub fragmented_messages: usize,
+    /// Requests the server refused because the connection had as many models open as it
+    /// allows (only engines not told the limit may meet one).
+    pub overloaded: usize,
 }
 
 impl Stats {
@@ -111,6 +145,7 @@ impl Stats {
         self.reconnects += other.reconnects;
         self.failed_connects += other.failed_connects;
         self.fragmented_messages += other.fragmented_messages;
+        self.overloaded += other.overloaded;
     }
 }
 
@@ -159,6 +194,8 @@ struct Client {
     /// Whether this engine was connected since it started (its later attempts may fail;
     /// the application's first one is not retried by the engine, so it succeeds here).
     connected_once: bool,
+    /// The last `SyncProgress` of the current connection: done, failed, total.
+    progress: Option<(usize, usize, usize)>,
 }
 
 /// What travels from a client to the server.
@@ -228,12 +265,11 @@ impl Sim {
             });
             initial.insert(id, snapshot);
         }
-        let engine_config = engine_config(config);
         let adapter = MemoryAdapter::new();
         let clients = (0..config.clients)
             .map(|i| {
                 let replica = ReplicaId(i as u64 + 1);
-                let mut engine = ClientEngine::new(replica, engine_config);
+                let mut engine = ClientEngine::new(replica, engine_config(config, i));
                 let key = StoreKey::new("sim", format!("user-{i}"));
                 let store = adapter.open_store(&key).map_err(|e| e.to_string())?;
                 let mut batch = Batch { mutations: vec![Mutation::SetReplicaId(replica)] };
@@ -261,6 +297,7 @@ impl Sim {
                     refused: BTreeSet::new(),
                     created: 0,
                     connected_once: false,
+                    progress: None,
                 })
             })
             .collect::<Result<Vec<Client>, String>>()?;
@@ -272,7 +309,10 @@ impl Sim {
             page: 5,
             ..HostConfig::default()
         };
-        let limits = SessionLimits::default();
+        let mut limits = SessionLimits::default();
+        if let Some(max) = config.max_open_models {
+            limits.max_open_models = max;
+        }
         let server = SimServer::new(host, limits, durable);
         Ok(Sim {
             rng,
@@ -335,21 +375,91 @@ impl Sim {
             }
         }
         self.run_until_quiet()?;
+        // Background sync alone (and the application's open models) must have pushed every
+        // stored change by now, before anything is opened to compare.
+        self.check_pushed()?;
+        let Some(limit) = self.config.max_open_models else {
+            for i in 0..self.clients.len() {
+                let models = self.clients[i].model_ids.clone();
+                for model in models {
+                    self.open(i, &model)?;
+                }
+            }
+            self.run_until_quiet()?;
+            return (0..self.clients.len()).try_for_each(|i| self.check_models(i, None));
+        };
+        // More models than one connection may open: each client compares them a few at a
+        // time, with nothing else open.
         for i in 0..self.clients.len() {
+            let loaded: Vec<ModelId> = self.engine(i).models().cloned().collect();
+            for model in &loaded {
+                self.clients[i].engine.as_mut().expect("restarted").remove_model(model);
+            }
+            self.drain(i)?;
+            self.run_until_quiet()?;
             let models = self.clients[i].model_ids.clone();
-            for model in models {
-                self.open(i, &model)?;
+            for chunk in models.chunks(limit) {
+                for model in chunk {
+                    self.open(i, model)?;
+                }
+                self.run_until_quiet()?;
+                self.check_models(i, Some(chunk))?;
+                for model in chunk {
+                    self.clients[i].engine.as_mut().expect("restarted").remove_model(model);
+                }
+                self.drain(i)?;
+                self.run_until_quiet()?;
             }
         }
-        self.run_until_quiet()
+        Ok(())
+    }
+
+    fn engine(&self, i: usize) -> &ClientEngine {
+        self.clients[i].engine.as_ref().expect("restarted")
+    }
+
+    /// Once every engine is connected and quiet: every change a store holds reached the
+    /// server — nothing pending, no creation unconfirmed — unless the server cannot take it
+    /// (the model was deleted there, or its id belongs to another creation); and each
+    /// engine's last progress report counts every model it synced in the background as
+    /// done or failed.
+    fn check_pushed(&self) -> Result<(), String> {
+        for client in &self.clients {
+            let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
+            for m in summaries.iter().filter(|m| !m.record.deleted_locally) {
+                let id = &m.record.id;
+                let owed = m.pending_count > 0 || m.record.created_locally;
+                let impossible =
+                    client.refused.contains(id) || self.server.durable().is_deleted(id);
+                if owed && !impossible {
+                    return Err(format!(
+                        "replica {:?}: {id} still holds {} pending changes (created here: {}) \
+                         that never reached the server",
+                        client.replica, m.pending_count, m.record.created_locally
+                    ));
+                }
+            }
+            if let Some((done, failed, total)) = client.progress
+                && done + failed != total
+            {
+                return Err(format!(
+                    "replica {:?}: background sync ended at {done} done and {failed} failed of {total}",
+                    client.replica
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn run_until_quiet(&mut self) -> Result<(), String> {
         for _ in 0..100_000 {
             self.now += 1;
             self.timers()?;
-            // An engine still waiting to reconnect has something left to do.
-            let mut moved = self.clients.iter().any(|c| c.connection.is_none());
+            // An engine still waiting to reconnect, or to retry background sync, has
+            // something left to do.
+            let mut moved = self.clients.iter().any(|c| {
+                c.connection.is_none() || c.engine.as_ref().is_some_and(|e| !e.sync_idle())
+            });
             while self.server.has_pending() {
                 self.server_flush()?;
                 moved = true;
@@ -394,7 +504,18 @@ impl Sim {
                     client.replica, tombstone.record.id
                 ));
             }
-            for id in &client.model_ids {
+        }
+        Ok(())
+    }
+
+    /// Client `i`'s models (`None`: all of them), loaded: each equals the server's, live
+    /// and settled, its store rebuilds it, and every durable change of it reached the
+    /// server.
+    fn check_models(&self, i: usize, models: Option<&[ModelId]>) -> Result<(), String> {
+        let client = &self.clients[i];
+        let engine = self.engine(i);
+        {
+            for id in models.unwrap_or(&client.model_ids) {
                 let replica = engine.model(id).ok_or_else(|| format!("{id} not loaded"))?;
                 let who = format!("replica {:?}, {id}", client.replica);
                 if client.refused.contains(id) {
@@ -640,6 +761,15 @@ impl Sim {
                 DomainEvent::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
                 }
+                DomainEvent::SyncProgress { done, failed, total } => {
+                    if done + failed > total {
+                        return Err(format!(
+                            "replica {:?}: progress {done} done, {failed} failed of {total}",
+                            client.replica
+                        ));
+                    }
+                    client.progress = Some((done, failed, total));
+                }
                 DomainEvent::Downloaded { model } => {
                     client.max_durable_seq.remove(&model);
                     client.model_ids.push(model);
@@ -748,19 +878,25 @@ impl Sim {
         self.owners.insert(conn, i);
         client.connection = Some(conn);
         client.connected_once = true;
+        client.progress = None;
         client.to_client.clear();
         client.frames = Reassembler::new(Limits::DEFAULT);
         self.stats.resyncs += 1;
         let loaded: Vec<&ModelId> = engine.models().collect();
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
         let with_changes = store::with_changes(&summaries, &loaded);
-        let session = Session {
+        let mut session = Session {
             session: accepted.session,
             user: accepted.user,
             reconnect_token: ReconnectToken(format!("{i}")),
             server_version: "sim".into(),
             limits: self.server.limits(),
         };
+        if i % 2 == 1 {
+            // Odd engines are told no open-model limit (as by a server that enforces a lower
+            // one than it tells): they meet its refusals, and must retry them.
+            session.limits.max_open_models = u64::MAX;
+        }
         engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
         self.drain(i)
     }
@@ -818,7 +954,7 @@ impl Sim {
 
     fn restart(&mut self, i: usize) -> Result<(), String> {
         let client = &mut self.clients[i];
-        let mut engine = ClientEngine::new(client.replica, engine_config(self.config));
+        let mut engine = ClientEngine::new(client.replica, engine_config(self.config, i));
         // A creation lost with the crash (never durable, so never sent) is gone.
         let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
         if let Some(trace) = &mut self.trace {
@@ -971,6 +1107,18 @@ impl Sim {
                     client.replica
                 ));
             }
+            if let ServerMessage::Error { error, .. } = &message
+                && error.code == ErrorCode::OVERLOADED
+            {
+                // An engine that knows the limit never asks for more than it allows.
+                if self.config.max_open_models.is_some() && i % 2 == 0 {
+                    return Err(format!(
+                        "replica {:?} knows the limit, and the server refused: {error}",
+                        client.replica
+                    ));
+                }
+                self.stats.overloaded += 1;
+            }
             let frames = encode_frames(&Limits::DEFAULT, SIM_FRAGMENT_BYTES, &message)
                 .map_err(|e| format!("the server could not encode {message:?}: {e}"))?;
             if frames.len() > 1 {
@@ -988,11 +1136,12 @@ const SIM_FRAGMENT_BYTES: usize = 128;
 
 /// The engine's settings, with its clock in simulation steps (one step is a millisecond):
 /// short enough that backoff, heartbeats and timeouts all happen within a scenario.
-fn engine_config(config: Config) -> EngineConfig {
+fn engine_config(config: Config, client: usize) -> EngineConfig {
     EngineConfig {
         max_batch_parts: config.max_batch,
         compact_every: config.compact_every,
         sync_concurrency: 2,
+        max_open_models: config.max_open_models.filter(|_| client.is_multiple_of(2)),
         initial_backoff: Duration::from_millis(2),
         max_backoff: Duration::from_millis(20),
         heartbeat: Duration::from_millis(40),

@@ -4,8 +4,10 @@
 //! crashes that lose what was not yet durable, idle models unloading, models created
 //! offline (some under an id another client takes first) and deleted offline, and offline
 //! subscriptions caught up and kept current; the engines keep their own time (heartbeats,
-//! request timeouts, reconnection with backoff, attempts that fail). `CONCORD_SEEDS=N` runs N seeds
-//! (`cargo xtask soak` sweeps many more).
+//! request timeouts, reconnection with backoff, attempts that fail); and more models than the
+//! server lets one connection open, some held open by the application, the rest synced in
+//! the background around them. `CONCORD_SEEDS=N` runs N seeds (`cargo xtask soak` sweeps
+//! many more).
 
 use concord_testkit::sim::{Config, Stats, run};
 
@@ -53,4 +55,14 @@ fn many_clients_with_large_batches_converge() {
     let config = Config::many_clients();
     let total = sweep(config, seeds(20));
     assert!(total.commits > 100, "{total:?}");
+}
+
+#[test]
+fn more_models_than_the_server_allows_open_all_sync() {
+    let config = Config::open_limit();
+    let total = sweep(config, seeds(60));
+    assert!(total.commits > 500 && total.models_created > 100, "{total:?}");
+    // Engines that were not told the limit met the server's refusals and retried; the
+    // scenario also restarted clients and dropped connections under it.
+    assert!(total.overloaded > 20 && total.crashes > 100 && total.disconnects > 300, "{total:?}");
 }

@@ -71,8 +71,8 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
 pub(crate) fn domain_event(event: DomainEvent) -> Value {
     match event {
         DomainEvent::State(state) => json!({ "type": "state", "state": state_name(&state) }),
-        DomainEvent::SyncProgress { done, total } => {
-            json!({ "type": "syncProgress", "done": done, "total": total })
+        DomainEvent::SyncProgress { done, failed, total } => {
+            json!({ "type": "syncProgress", "done": done, "failed": failed, "total": total })
         }
         DomainEvent::Created { model } => json!({ "type": "created", "model": model.as_str() }),
         DomainEvent::CreationRefused { model, error: e } => {

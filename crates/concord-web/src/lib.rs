@@ -118,7 +118,7 @@ impl Domain {
     }
 
     /// Calls `callback(event)` for each domain event: `{ type: "state", state }`,
-    /// `{ type: "syncProgress", done, total }`, `{ type: "created" | "deleted" | ..., model }`
+    /// `{ type: "syncProgress", done, failed, total }`, `{ type: "created" | "deleted" | ..., model }`
     /// — every kind is listed in `docs/web.md`.
     #[wasm_bindgen(js_name = onEvent)]
     pub fn on_event(&self, callback: js_sys::Function) {

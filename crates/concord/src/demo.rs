@@ -182,8 +182,11 @@ async fn demo(dir: &Path, background: usize) -> anyhow::Result<()> {
             .context("syncing took more than a minute")?
             .context("the domain stopped")?;
         match event {
-            DomainEvent::SyncProgress { done, total } => {
+            DomainEvent::SyncProgress { done, failed, total } => {
                 progress(done, total);
+                if failed > 0 {
+                    bail!("{failed} models could not be synced");
+                }
                 synced = done >= total;
             }
             DomainEvent::Created { model } if model == created => created_seen = true,

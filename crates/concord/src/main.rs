@@ -15,6 +15,7 @@
 //! migration tool, or an identity provider; Unix only (it relies on Unix signals and file
 //! modes).
 
+mod alloc;
 mod config;
 mod demo;
 mod revoke;

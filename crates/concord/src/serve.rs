@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::alloc;
 use crate::config::{self, Config, Settings};
 use crate::secret;
 
@@ -119,6 +120,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "concord ready on {url}").and_then(|()| stdout.flush()).ok();
     }
+    // Unloaded models' memory goes back to the system, not only to the allocator.
+    tokio::spawn(alloc::keep_returning_free_memory());
     server.run(shutdown).await.context("the server failed")?;
     info!("concord stopped");
     Ok(())
