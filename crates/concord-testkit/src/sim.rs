@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, HandshakeResult,
-    Limits, ModelId, ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ServerMessage,
-    ServerResponse, Session, Timestamp, User, UserId, encode_frames,
+    Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, Limits, ModelId,
+    ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ServerMessage, Session,
+    Timestamp, User, UserId, encode_frames,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
