@@ -10,9 +10,19 @@
 //! - [`check_tp1`]: two concurrent operations that each apply transform into a pair that
 //!   converges (TP1).
 //!
+//! - [`host::check_host`]: the server's session and model hosts, driven by a program of
+//!   several users' sessions and store events, keep their promises after every step.
+//! - [`query::check_query_text`] and [`query::check_query_plan`]: the query language parses
+//!   any text without a panic, with error positions inside the text, and plans soundly.
+//! - [`store::check_record`]: the client store decodes any bytes as any of its records with
+//!   a typed corruption error or a value that re-encodes stably.
+//!
 //! The `Arbitrary` code lives here, not in concord-ot, which must not depend on arbitrary.
 
 pub mod generate;
+pub mod host;
+pub mod query;
+pub mod store;
 
 use std::fmt;
 

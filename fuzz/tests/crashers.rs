@@ -9,6 +9,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
+use concord_fuzz::query::{PlanInput, check_query_plan};
+use concord_fuzz::store::{RecordInput, check_record};
 use concord_fuzz::{ApplyInput, Tp1Input, check_apply, check_tp1};
 
 /// Findings not fixed yet, as `(target, file name)`.
@@ -50,4 +52,30 @@ fn ot_apply_crashers() {
 #[test]
 fn ot_tp1_crashers() {
     replay("ot_tp1", |bytes| passes::<Tp1Input>(bytes, check_tp1));
+}
+
+#[test]
+fn host_crashers() {
+    replay("host", |bytes| {
+        panic::catch_unwind(AssertUnwindSafe(|| concord_fuzz::host::check_host(bytes)))
+            .is_ok_and(|checked| checked.is_ok())
+    });
+}
+
+#[test]
+fn query_text_crashers() {
+    replay("query_text", |bytes| {
+        let Ok(text) = std::str::from_utf8(bytes) else { return true };
+        panic::catch_unwind(|| concord_fuzz::query::check_query_text(text)).is_ok()
+    });
+}
+
+#[test]
+fn query_plan_crashers() {
+    replay("query_plan", |bytes| passes::<PlanInput>(bytes, check_query_plan));
+}
+
+#[test]
+fn store_records_crashers() {
+    replay("store_records", |bytes| passes::<RecordInput>(bytes, check_record));
 }

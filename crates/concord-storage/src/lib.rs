@@ -28,6 +28,8 @@ mod error;
 pub mod faults;
 #[cfg(any(test, all(feature = "indexeddb", target_arch = "wasm32")))]
 mod footprint;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(all(feature = "indexeddb", target_arch = "wasm32"))]
 pub mod indexeddb;
 pub mod memory;

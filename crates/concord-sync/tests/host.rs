@@ -8,10 +8,10 @@ use std::sync::Arc;
 use concord_ot::{DiscreteOperation, Document, IdGenerator, Operation, OperationKind, PathSegment};
 use concord_ot::{ReferenceValue, ReplicaId, Value};
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, CollectionId, Commit, CreationNonce, ErrorCode,
-    InFlight, KnownModel, ModelId, OfflineUpdate, PermissionGrants, Permissions, ReferenceChange,
-    ReferenceKey, RequestId, ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp, User,
-    UserId,
+    ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, Commit,
+    CreationNonce, ErrorCode, InFlight, KnownModel, ModelId, OfflineUpdate, PermissionGrants,
+    Permissions, ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush,
+    ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
@@ -641,4 +641,42 @@ fn a_model_never_grows_past_its_size_limit_and_shrinks_at_it() {
     );
     assert_eq!(error_of(&said, alice).0, ErrorCode::MODEL_TOO_LARGE);
     assert!(server.models[&model("big")].live().is_none());
+}
+
+/// Found by the host fuzz target: closing a model while the server waits for its
+/// auto-create data left the open request without a reply.
+#[test]
+fn an_open_closed_while_its_data_is_asked_for_still_gets_one_reply() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    let open = ClientRequest::OpenModel { model: model("new"), auto_create: true };
+    let said = server.send(alice, ClientMessage::Request { id: RequestId(1), request: open });
+    let [ServerMessage::Request { id: asked, .. }] = heard(&said, alice)[..] else {
+        panic!("expected the request for the model's data, got {said:?}");
+    };
+    let close = ClientRequest::CloseModel { model: model("new") };
+    let mut said = server.send(alice, ClientMessage::Request { id: RequestId(2), request: close });
+    // The data arrives too late: the open is over.
+    let data = ClientResponse::AutoCreate {
+        collection: CollectionId::new("notes").unwrap(),
+        data: document(),
+        permissions: None,
+    };
+    said.extend(server.send(alice, ClientMessage::Response { to: asked, response: data }));
+    let replies_to = |request: RequestId| {
+        let replies = heard(&said, alice).into_iter().filter(|m| match m {
+            ServerMessage::Response { to, .. } | ServerMessage::Error { to: Some(to), .. } => {
+                *to == request
+            }
+            _ => false,
+        });
+        replies.collect::<Vec<_>>()
+    };
+    let open_replies = replies_to(RequestId(1));
+    assert!(
+        matches!(&open_replies[..], [ServerMessage::Error { error, .. }] if error.code == ErrorCode::MODEL_NOT_OPEN),
+        "{said:?}"
+    );
+    assert_eq!(replies_to(RequestId(2)).len(), 1, "{said:?}");
+    assert!(server.models.get(&model("new")).is_none_or(|host| host.live().is_none()));
 }

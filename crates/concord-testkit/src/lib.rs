@@ -16,6 +16,13 @@ pub mod process;
 mod rng;
 pub mod server_store;
 pub mod sim;
+
+/// The simulation's server without the simulation: the real session and model hosts, a
+/// queue of jobs on their way to durability and a [`server_store::MemoryServerStore`] as its
+/// disk, for drivers that bring their own clients (the stateful fuzz target).
+pub mod host_driver {
+    pub use crate::sim::server::{Sent, SimServer as HostDriver};
+}
 #[cfg(feature = "wire")]
 pub mod wire;
 

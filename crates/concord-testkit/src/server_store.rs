@@ -104,6 +104,11 @@ impl MemoryServerStore {
         operations.range(after + 1..=through).take(limit).map(|(_, op)| op.clone()).collect()
     }
 
+    /// What the store keeps about `model` besides its data, while it exists.
+    pub fn record(&self, model: &ModelId) -> Option<&ModelRecord> {
+        self.models.get(model).map(|(record, _)| record)
+    }
+
     /// The user `replica` is bound to.
     pub fn replica_owner(&self, replica: ReplicaId) -> Option<UserId> {
         self.replica_owners.get(&replica).cloned()

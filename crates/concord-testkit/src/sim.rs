@@ -15,7 +15,7 @@
 //! was committed twice, that every ack named a durable commit, and that every change a
 //! store reported durable reached the server.
 
-mod server;
+pub(crate) mod server;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

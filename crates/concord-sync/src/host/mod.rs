@@ -284,6 +284,11 @@ pub enum ModelRequest {
     ResyncComplete {
         request: RequestId,
     },
+    /// The client answered an `AutoCreate` with an error: its open `request` fails.
+    AutoCreateDeclined {
+        request: RequestId,
+        message: String,
+    },
     Close {
         request: RequestId,
     },
@@ -329,6 +334,7 @@ impl ModelRequest {
             | ModelRequest::Create { request, .. }
             | ModelRequest::Resync { request, .. }
             | ModelRequest::ResyncComplete { request }
+            | ModelRequest::AutoCreateDeclined { request, .. }
             | ModelRequest::Close { request }
             | ModelRequest::Delete { request }
             | ModelRequest::GetPermissions { request }

@@ -103,6 +103,9 @@ pub struct ModelHost {
     replicas: BTreeMap<ReplicaId, ConnId>,
 
     references: BTreeMap<(SessionId, ReferenceKey), Option<ReferenceValue>>,
+    /// Opens waiting for the client's auto-create data, by connection: the open request
+    /// that a close or the data's arrival answers.
+    asked: BTreeMap<ConnId, RequestId>,
     /// The users replicas are bound to, as far as this host asked (bindings never change).
     owners: BTreeMap<ReplicaId, UserId>,
     job: Job,
@@ -136,6 +139,7 @@ impl ModelHost {
             replicas: BTreeMap::new(),
 
             references: BTreeMap::new(),
+            asked: BTreeMap::new(),
             owners: BTreeMap::new(),
             job: Job::default(),
             notices: VecDeque::new(),
@@ -162,6 +166,7 @@ impl ModelHost {
     pub fn is_idle(&self) -> bool {
         self.open.is_empty()
             && self.subscribers.is_empty()
+            && self.asked.is_empty()
             && self.waiting.is_none()
             && self.deferred.is_empty()
     }
@@ -214,6 +219,9 @@ impl ModelHost {
                 self.open(from, request, auto_create, attachment)
             }
             ModelRequest::Create { request, collection, data, nonce, permissions, attachment } => {
+                if attachment.is_some() {
+                    self.asked.remove(&from.conn);
+                }
                 let creation = Creation { collection, data, nonce, permissions };
                 self.create(now, from, request, creation, attachment)
             }
@@ -232,7 +240,18 @@ impl ModelHost {
                 let response = ServerResponse::ResyncCompleted { model, collaborators, references };
                 self.respond(from, request, response);
             }
+            ModelRequest::AutoCreateDeclined { request, message } => {
+                // Unless the open already ended (the model was closed on the session).
+                if self.asked.remove(&from.conn) == Some(request) {
+                    let message = format!(
+                        "no model {}, and the client gave no data to create it: {message}",
+                        self.model
+                    );
+                    self.fail(from, request, error(ErrorCode::MODEL_NOT_FOUND, message));
+                }
+            }
             ModelRequest::Close { request } => {
+                self.end_asked(from.conn);
                 self.leave(from.conn);
                 self.respond(from, request, ServerResponse::Done);
             }
@@ -265,6 +284,7 @@ impl ModelHost {
             }
             ModelRequest::Reference { change } => self.reference(from, change),
             ModelRequest::Disconnected => {
+                self.asked.remove(&from.conn);
                 self.leave(from.conn);
                 self.subscribers.remove(&from.conn);
             }
@@ -390,6 +410,17 @@ impl ModelHost {
 
     fn closed(&mut self, conn: ConnId, attachment: u64) {
         self.notices.push_back(Notice::Closed { conn, model: self.model.clone(), attachment });
+        self.end_asked(conn);
+    }
+
+    /// Fails the open of `conn` that waits for its auto-create data, if there is one: the
+    /// session forgets that open when the model is closed on it, so the data can no longer
+    /// complete it and the open still gets its one reply.
+    fn end_asked(&mut self, conn: ConnId) {
+        if let Some(open) = self.asked.remove(&conn) {
+            let e = error(ErrorCode::MODEL_NOT_OPEN, "the model was closed before it opened");
+            self.say(conn, ServerMessage::Error { to: Some(open), error: e });
+        }
     }
 
     /// The one answer for a model that does not exist, was deleted, or that the user may not
@@ -521,6 +552,7 @@ impl ModelHost {
         // deleted, not permitted), the first answer is the same request for its data, so
         // that it does not tell which; creating then succeeds only for a free id.
         if let (Err(_), Some(id)) = (self.readable(from), auto_create) {
+            self.asked.insert(from.conn, request);
             let request = ServerRequest::AutoCreate { model: self.model.clone() };
             return self.say(from.conn, ServerMessage::Request { id, request });
         }

@@ -111,6 +111,16 @@ impl SessionHost {
         self.attached.keys()
     }
 
+    /// The models in this session's offline subscription set.
+    pub fn subscribed(&self) -> impl Iterator<Item = &ModelId> {
+        self.subscribed.iter()
+    }
+
+    /// How many references this session shares, across its models.
+    pub fn shared_references(&self) -> usize {
+        self.references.values().map(BTreeSet::len).sum()
+    }
+
     pub fn poll_output(&mut self) -> Option<SessionOutput> {
         self.outputs.pop_front()
     }
@@ -268,11 +278,11 @@ impl SessionHost {
             ClientMessage::Error { to: Some(to), error } => {
                 if let Some((request, model)) = self.auto_creates.remove(&to) {
                     self.attached.remove(&model);
-                    let message = format!(
-                        "no model {model}, and the client gave no data to create it: {}",
-                        error.message
-                    );
-                    self.error(Some(request), ErrorCode::MODEL_NOT_FOUND, message);
+                    // The model's host answers the open, as it answers every open it asked
+                    // data for.
+                    let declined =
+                        ModelRequest::AutoCreateDeclined { request, message: error.message };
+                    self.route(model, declined);
                 }
             }
             // A failure the client reports about no request of ours: nothing to do.

@@ -1,14 +1,19 @@
 //! The simulation's server: the real session and model hosts, a queue of jobs on their way
 //! to durability, and a [`MemoryServerStore`] as its disk. A crash loses the queue and
 //! everything in memory; the hosts are rebuilt from the store when next asked for.
+//!
+//! It is public as [`crate::host_driver::HostDriver`], for the fuzz target that drives the
+//! hosts with arbitrary programs. Every delivery is checked: a message that reveals a model's
+//! content (its data, operations, collaborators or references) only reaches a session whose
+//! user may read the model as the store holds it when the message leaves.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    ClientMessage, Limits, ModelId, ServerLimits, ServerMessage, ServerPush, SessionId, Timestamp,
-    User, UserId,
+    ClientMessage, Limits, ModelId, OfflineUpdate, ServerLimits, ServerMessage, ServerPush,
+    ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
     ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
@@ -18,10 +23,10 @@ use concord_sync::host::{
 use crate::server_store::MemoryServerStore;
 
 /// Messages for connections, in the order the server sent them.
-pub(super) type Sent = Vec<(ConnId, ServerMessage)>;
+pub type Sent = Vec<(ConnId, ServerMessage)>;
 
 #[derive(Debug)]
-pub(super) struct SimServer {
+pub struct SimServer {
     config: Arc<HostConfig>,
     limits: SessionLimits,
     durable: MemoryServerStore,
@@ -36,18 +41,14 @@ pub(super) struct SimServer {
     last_seqs: BTreeMap<(ModelId, ReplicaId), u64>,
     /// Every `(model, replica, seq)` the store holds as committed.
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
-    pub(super) commits: usize,
-    pub(super) deletions: usize,
-    pub(super) crashes: usize,
-    pub(super) unloads: usize,
+    pub commits: usize,
+    pub deletions: usize,
+    pub crashes: usize,
+    pub unloads: usize,
 }
 
 impl SimServer {
-    pub(super) fn new(
-        config: HostConfig,
-        limits: SessionLimits,
-        durable: MemoryServerStore,
-    ) -> SimServer {
+    pub fn new(config: HostConfig, limits: SessionLimits, durable: MemoryServerStore) -> SimServer {
         SimServer {
             config: Arc::new(config),
             limits,
@@ -67,7 +68,7 @@ impl SimServer {
     }
 
     /// The limits a handshake tells a client.
-    pub(super) fn limits(&self) -> ServerLimits {
+    pub fn limits(&self) -> ServerLimits {
         let codec = Limits::DEFAULT;
         self.limits.told(
             codec.max_frame_bytes,
@@ -76,12 +77,12 @@ impl SimServer {
         )
     }
 
-    pub(super) fn durable(&self) -> &MemoryServerStore {
+    pub fn durable(&self) -> &MemoryServerStore {
         &self.durable
     }
 
     /// A new connection whose handshake authenticated `user`.
-    pub(super) fn connect(&mut self, user: User) -> SessionRef {
+    pub fn connect(&mut self, user: User) -> SessionRef {
         self.next_conn += 1;
         let conn = self.next_conn;
         let session = SessionRef { conn, session: SessionId(format!("session-{conn}")), user };
@@ -93,13 +94,13 @@ impl SimServer {
         session
     }
 
-    pub(super) fn is_connected(&self, conn: ConnId) -> bool {
+    pub fn is_connected(&self, conn: ConnId) -> bool {
         self.sessions.contains_key(&conn)
     }
 
     /// A message from the client on `conn`; what the server said meanwhile (replies, and the
     /// deliveries of jobs a store read made durable).
-    pub(super) fn receive(
+    pub fn receive(
         &mut self,
         now: Timestamp,
         conn: ConnId,
@@ -113,7 +114,7 @@ impl SimServer {
     }
 
     /// The server noticed that `conn` closed.
-    pub(super) fn close(&mut self, now: Timestamp, conn: ConnId) -> Result<Sent, String> {
+    pub fn close(&mut self, now: Timestamp, conn: ConnId) -> Result<Sent, String> {
         let Some(session) = self.sessions.get_mut(&conn) else { return Ok(Vec::new()) };
         session.disconnected();
         let sent = self.dispatch(now, conn);
@@ -208,12 +209,12 @@ impl SimServer {
         }
     }
 
-    pub(super) fn has_pending(&self) -> bool {
+    pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
     /// Makes the oldest queued job durable; returns its messages.
-    pub(super) fn flush_one(&mut self) -> Result<Sent, String> {
+    pub fn flush_one(&mut self) -> Result<Sent, String> {
         let Some(job) = self.pending.pop_front() else { return Ok(Vec::new()) };
         for write in &job.writes {
             match write {
@@ -245,15 +246,44 @@ impl SimServer {
             };
             for conn in delivery.to {
                 // A closed connection's messages go nowhere.
-                if self.sessions.contains_key(&conn) {
-                    sent.extend(messages.iter().map(|m| (conn, m.clone())));
+                let Some(session) = self.sessions.get(&conn) else { continue };
+                for message in &messages {
+                    if let Some(model) = revealed_model(message)
+                        && !self.may_read(&session.session().user, model)
+                    {
+                        return Err(format!(
+                            "{model}: {message:?} delivered to connection {conn}, whose user \
+                             may not read the model"
+                        ));
+                    }
                 }
+                sent.extend(messages.iter().map(|m| (conn, m.clone())));
             }
         }
         Ok(sent)
     }
 
-    fn flush_all(&mut self) -> Result<Sent, String> {
+    /// Whether `user` may read `model` as the store holds it (a missing model: no).
+    fn may_read(&self, user: &User, model: &ModelId) -> bool {
+        let Some(record) = self.durable.record(model) else { return false };
+        let collection = (self.config.collections.get(&record.collection).cloned())
+            .or_else(|| self.durable.collection(&record.collection))
+            .unwrap_or_default();
+        let creator = record.creator.as_ref();
+        concord_sync::host::effective(user, creator, &record.grants, &collection).read
+    }
+
+    /// The session on `conn`, while it is connected.
+    pub fn session(&self, conn: ConnId) -> Option<&SessionHost> {
+        self.sessions.get(&conn)
+    }
+
+    /// The configuration the hosts share.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    pub fn flush_all(&mut self) -> Result<Sent, String> {
         let mut sent = Vec::new();
         while self.has_pending() {
             sent.extend(self.flush_one()?);
@@ -284,18 +314,18 @@ impl SimServer {
     }
 
     /// The last seq of `replica` the server decided on `model`, durable or not.
-    pub(super) fn last_seq(&self, model: &ModelId, replica: ReplicaId) -> Option<u64> {
+    pub fn last_seq(&self, model: &ModelId, replica: ReplicaId) -> Option<u64> {
         let queued = self.last_seqs.get(&(model.clone(), replica)).copied();
         queued.max(self.durable.last_seq(model, replica))
     }
 
     /// Whether the store holds `(model, replica, seq)` as committed, as every ack promises.
-    pub(super) fn is_committed(&self, model: &ModelId, replica: ReplicaId, seq: u64) -> bool {
+    pub fn is_committed(&self, model: &ModelId, replica: ReplicaId, seq: u64) -> bool {
         self.committed.contains(&(model.clone(), replica, seq))
     }
 
     /// The process dies: queued jobs, sessions and models are lost; the store stays.
-    pub(super) fn crash(&mut self) {
+    pub fn crash(&mut self) {
         self.crashes += 1;
         self.pending.clear();
         self.owners.clear();
@@ -306,7 +336,7 @@ impl SimServer {
 
     /// Unloads idle models, as their tasks do after a while: a snapshot, then gone once
     /// everything queued is durable.
-    pub(super) fn unload_idle(&mut self) -> Result<Sent, String> {
+    pub fn unload_idle(&mut self) -> Result<Sent, String> {
         let idle: Vec<ModelId> = self
             .models
             .iter()
@@ -326,10 +356,7 @@ impl SimServer {
     }
 
     /// The model's state as the store rebuilds it, checked against the loaded host's.
-    pub(super) fn state(
-        &self,
-        model: &ModelId,
-    ) -> Result<Option<(u64, concord_ot::Document)>, String> {
+    pub fn state(&self, model: &ModelId) -> Result<Option<(u64, concord_ot::Document)>, String> {
         let restored = ModelHost::new(model.clone(), self.durable.load(model), self.config.clone())
             .map_err(|e| format!("{model} does not load from the store: {e}"))?;
         let stored = restored.live().map(|(version, document)| (version, document.clone()));
@@ -345,10 +372,34 @@ impl SimServer {
     }
 
     /// Whether the server just told `conn` that submission `seq` of `model` was committed.
-    pub(super) fn acked(message: &ServerMessage) -> Option<(&ModelId, u64)> {
+    pub fn acked(message: &ServerMessage) -> Option<(&ModelId, u64)> {
         match message {
             ServerMessage::Push(ServerPush::Ack { model, seq, .. }) => Some((model, *seq)),
             _ => None,
         }
+    }
+}
+
+/// The model whose content `message` reveals, if it reveals any: a snapshot, operations,
+/// collaborators or references (not acks, refusals, permission changes or closings).
+fn revealed_model(message: &ServerMessage) -> Option<&ModelId> {
+    match message {
+        ServerMessage::Response { response, .. } => match response {
+            ServerResponse::ModelOpened(opened) => Some(&opened.model),
+            ServerResponse::ResyncCompleted { model, .. } => Some(model),
+            _ => None,
+        },
+        ServerMessage::Push(push) => match push {
+            ServerPush::RemoteOperation { model, .. }
+            | ServerPush::ResyncPage { model, .. }
+            | ServerPush::CollaboratorOpened { model, .. }
+            | ServerPush::RemoteReference { model, .. } => Some(model),
+            ServerPush::OfflineUpdate {
+                model,
+                update: OfflineUpdate::Operations { .. } | OfflineUpdate::Snapshot { .. },
+            } => Some(model),
+            _ => None,
+        },
+        _ => None,
     }
 }
