@@ -143,7 +143,7 @@ async fn connections_are_capped_per_address_and_in_all() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_connection_sustains_the_configured_message_rate() -> anyhow::Result<()> {
+async fn one_connection_is_held_to_the_configured_message_rate() -> anyhow::Result<()> {
     // Far above the ~1,000 messages per second that a wait per message allows (timers
     // round each wait up to a millisecond): at 5,000 per second, 5,000 pings take a second.
     const RATE: u32 = 5_000;
@@ -167,10 +167,11 @@ async fn one_connection_sustains_the_configured_message_rate() -> anyhow::Result
     }
     let elapsed = started.elapsed().as_secs_f64();
     let sustained = f64::from(PINGS) / elapsed;
-    // Generous bounds: not a benchmark, a check that the limiter neither lets everything
-    // through nor sustains a fraction of its rate.
+    // Only the upper bound here, which no machine's speed can break: the limiter holds the
+    // connection to its rate. That it sustains the whole rate (no wait per message rounded
+    // up to a timer tick) is checked on paused time by the limiter's unit test, since a
+    // lower bound on wall-clock throughput fails on a busy machine.
     assert!(sustained <= f64::from(RATE) * 1.2, "not limited: {sustained:.0} messages/s");
-    assert!(sustained >= f64::from(RATE) * 0.5, "sustained only {sustained:.0} messages/s");
     server.stop().await?;
     Ok(())
 }
