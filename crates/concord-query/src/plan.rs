@@ -6,7 +6,7 @@
 //! the model id, so entries sort by value and then by id.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 
 use crate::ast::{CompareOp, Direction, Expr, Literal, Path, Query};
 use crate::key::{IndexKey, TAG_BOOLEAN, TAG_NUMBER, TAG_STRING};
@@ -50,22 +50,7 @@ impl KeyBounds {
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
-        match self {
-            KeyBounds::Equal(k) => k.as_slice() == key,
-            KeyBounds::Range { lower, upper } => {
-                let above = match lower {
-                    Bound::Included(l) => key >= l.as_slice(),
-                    Bound::Excluded(l) => key > l.as_slice(),
-                    Bound::Unbounded => true,
-                };
-                let below = match upper {
-                    Bound::Included(u) => key <= u.as_slice(),
-                    Bound::Excluded(u) => key < u.as_slice(),
-                    Bound::Unbounded => true,
-                };
-                above && below
-            }
-        }
+        self.as_range().contains(key)
     }
 
     fn as_range(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
@@ -102,26 +87,24 @@ fn owned(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
 
 /// Orders lower bounds by how much they exclude: unbounded < included k < excluded k.
 fn cmp_lower(a: Bound<&[u8]>, b: Bound<&[u8]>) -> Ordering {
-    match (a, b) {
-        (Bound::Unbounded, Bound::Unbounded) => Ordering::Equal,
-        (Bound::Unbounded, _) => Ordering::Less,
-        (_, Bound::Unbounded) => Ordering::Greater,
-        (Bound::Included(x), Bound::Excluded(y)) => x.cmp(y).then(Ordering::Less),
-        (Bound::Excluded(x), Bound::Included(y)) => x.cmp(y).then(Ordering::Greater),
-        (Bound::Included(x), Bound::Included(y)) | (Bound::Excluded(x), Bound::Excluded(y)) => {
-            x.cmp(y)
-        }
-    }
+    cmp_bounds(a, b, Ordering::Less)
 }
 
 /// Orders upper bounds by how much they admit: excluded k < included k < unbounded.
 fn cmp_upper(a: Bound<&[u8]>, b: Bound<&[u8]>) -> Ordering {
+    cmp_bounds(a, b, Ordering::Greater)
+}
+
+/// Orders two bounds of one side by key; `wider` is how the wider of two bounds at one key
+/// compares (unbounded over bounded, included over excluded): `Less` on a lower side,
+/// `Greater` on an upper side.
+fn cmp_bounds(a: Bound<&[u8]>, b: Bound<&[u8]>, wider: Ordering) -> Ordering {
     match (a, b) {
         (Bound::Unbounded, Bound::Unbounded) => Ordering::Equal,
-        (Bound::Unbounded, _) => Ordering::Greater,
-        (_, Bound::Unbounded) => Ordering::Less,
-        (Bound::Included(x), Bound::Excluded(y)) => x.cmp(y).then(Ordering::Greater),
-        (Bound::Excluded(x), Bound::Included(y)) => x.cmp(y).then(Ordering::Less),
+        (Bound::Unbounded, _) => wider,
+        (_, Bound::Unbounded) => wider.reverse(),
+        (Bound::Included(x), Bound::Excluded(y)) => x.cmp(y).then(wider),
+        (Bound::Excluded(x), Bound::Included(y)) => x.cmp(y).then(wider.reverse()),
         (Bound::Included(x), Bound::Included(y)) | (Bound::Excluded(x), Bound::Excluded(y)) => {
             x.cmp(y)
         }

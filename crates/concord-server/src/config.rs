@@ -217,3 +217,76 @@ impl Default for ConnectionLimits {
         }
     }
 }
+
+/// A setting the server cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error(
+        "max_model_bytes ({max_model_bytes}) must be at most half of max_queued_bytes \
+         ({max_queued_bytes}), so that a model's snapshot fits in what the server holds for a \
+         connection"
+    )]
+    ModelLargerThanQueue { max_model_bytes: u64, max_queued_bytes: usize },
+}
+
+impl ServerConfig {
+    /// Refuses settings the server cannot run with: a zero limit, rate or timeout (which
+    /// would refuse every client, or divide by zero) and a model bound that a snapshot
+    /// could not be sent within.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        for (name, value) in [
+            ("snapshot_every", self.snapshot_every),
+            ("max_model_bytes", self.max_model_bytes),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_address", self.max_connections_per_address as u64),
+            ("max_frame_bytes", limits.max_frame_bytes as u64),
+            ("messages_per_second", u64::from(limits.messages_per_second)),
+            ("burst", u64::from(limits.burst)),
+            ("max_open_models", limits.max_open_models as u64),
+            ("max_queued_messages", limits.max_queued_messages as u64),
+            ("max_queued_bytes", limits.max_queued_bytes as u64),
+            ("max_reference_bytes", limits.max_reference_bytes as u64),
+            ("header_read_timeout", limits.header_read_timeout.as_nanos() as u64),
+            ("handshake_timeout", limits.handshake_timeout.as_nanos() as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.max_model_bytes > limits.max_queued_bytes as u64 / 2 {
+            return Err(ConfigError::ModelLargerThanQueue {
+                max_model_bytes: self.max_model_bytes,
+                max_queued_bytes: limits.max_queued_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_the_server_cannot_run_with_are_refused() {
+        let mut config = ServerConfig::development("data", b"secret");
+        assert_eq!(config.check(), Ok(()));
+        config.limits.max_queued_bytes = 1_000;
+        config.max_model_bytes = 501;
+        assert_eq!(
+            config.check(),
+            Err(ConfigError::ModelLargerThanQueue {
+                max_model_bytes: 501,
+                max_queued_bytes: 1_000
+            })
+        );
+        config.max_model_bytes = 500;
+        assert_eq!(config.check(), Ok(()));
+        config.limits.burst = 0;
+        assert_eq!(config.check(), Err(ConfigError::Zero("burst")));
+    }
+}

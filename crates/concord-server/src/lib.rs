@@ -62,7 +62,9 @@ mod types;
 mod web_root;
 
 pub use auth::{AuthError, Authenticator, mint_token};
-pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};
+pub use config::{
+    AuthConfig, CollectionConfig, ConfigError, ConnectionLimits, JwtConfig, JwtKey, ServerConfig,
+};
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
-use crate::config::ServerConfig;
+use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::store::{Store, StoreError};
 use crate::web_root::{self, WebRoot};
@@ -29,6 +29,8 @@ use crate::web_root::{self, WebRoot};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -55,6 +57,7 @@ impl Server {
     /// Opens the store (creating the data dir) and binds the port. Fails if another process
     /// has the store open.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.check()?;
         let auth = Authenticator::new(&config.auth)?;
         let dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))

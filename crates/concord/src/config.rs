@@ -298,35 +298,17 @@ impl Config {
         if self.jwt_secret_file.is_some() && self.jwt_rs256_public_key.is_some() {
             bail!("jwt_secret_file and jwt_rs256_public_key are both set; configure one of them");
         }
-        for (name, value) in [
-            ("reconnect_ttl_secs", self.reconnect_ttl_secs),
-            ("snapshot_every", self.snapshot_every),
-            ("messages_per_second", u64::from(self.messages_per_second)),
-            ("burst", u64::from(self.burst)),
-            ("max_frame_bytes", self.max_frame_bytes as u64),
-            ("max_open_models", self.max_open_models as u64),
-            ("max_queued_messages", self.max_queued_messages as u64),
-            ("max_queued_bytes", self.max_queued_bytes as u64),
-            ("max_model_bytes", self.max_model_bytes),
-            ("max_reference_bytes", self.max_reference_bytes as u64),
-            ("max_connections", self.max_connections as u64),
-            ("max_connections_per_address", self.max_connections_per_address as u64),
-            ("header_read_timeout_secs", self.header_read_timeout_secs),
-            ("handshake_timeout_secs", self.handshake_timeout_secs),
-        ] {
-            if value == 0 {
-                bail!("{name} must be at least 1");
-            }
+        if self.reconnect_ttl_secs == 0 {
+            bail!("reconnect_ttl_secs must be at least 1");
         }
-        if self.max_model_bytes > self.max_queued_bytes as u64 / 2 {
-            bail!(
-                "max_model_bytes ({}) must be at most half of max_queued_bytes ({}), so that a \
-                 model's snapshot fits in what the server holds for a connection",
-                self.max_model_bytes,
-                self.max_queued_bytes
-            );
-        }
-        self.collections()?;
+        // The library checks the rest; authentication is checked where its keys are read.
+        let unchecked_auth = AuthConfig {
+            jwt: None,
+            allow_anonymous: false,
+            reconnect_secret: Vec::new(),
+            reconnect_ttl: Duration::from_secs(self.reconnect_ttl_secs),
+        };
+        self.server_config(unchecked_auth)?.check()?;
         Ok(())
     }
 
