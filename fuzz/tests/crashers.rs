@@ -10,6 +10,7 @@ use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
 use concord_fuzz::query::{PlanInput, check_query_plan};
+use concord_fuzz::server_store::{FileInput, SealedInput, check_file, check_sealed};
 use concord_fuzz::store::{RecordInput, check_record};
 use concord_fuzz::{ApplyInput, Tp1Input, check_apply, check_tp1};
 
@@ -78,4 +79,18 @@ fn query_plan_crashers() {
 #[test]
 fn store_records_crashers() {
     replay("store_records", |bytes| passes::<RecordInput>(bytes, check_record));
+}
+
+#[test]
+fn server_store_records_crashers() {
+    replay("server_store_records", |bytes| passes::<SealedInput>(bytes, check_sealed));
+}
+
+#[test]
+fn server_store_file_crashers() {
+    replay("server_store_file", |bytes| {
+        passes::<FileInput>(bytes, |input| {
+            let _ = check_file(input);
+        })
+    });
 }

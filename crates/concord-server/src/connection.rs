@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::model::ModelCommand;
 use crate::outbox::{Outbound, Outbox, frame, max_message_bytes};
-use crate::store::Job;
+use crate::store::{Job, catching_damage};
 use crate::types::{Ending, ModelKey};
 
 /// Close code for a connection closed because it broke the protocol (RFC 6455).
@@ -346,7 +346,7 @@ async fn replay(
         let store = hub.store.clone();
         let page_key = key.clone();
         let page = tokio::task::spawn_blocking(move || {
-            store.operations(&page_key, from, through, page_size)
+            catching_damage(|| store.operations(&page_key, from, through, page_size))
         })
         .await
         .map_err(|_| ())?;

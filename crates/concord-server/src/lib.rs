@@ -68,3 +68,6 @@ pub use config::{
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;
+/// Store reading for the fuzz targets; not part of the API.
+#[doc(hidden)]
+pub use store::fuzzing;

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
-use crate::store::{Job, Store, StoreError, Writer};
+use crate::store::{Job, Store, StoreError, Writer, catching_damage};
 use crate::types::ModelKey;
 
 /// What a connection asks of a model, with where the answers go.
@@ -321,7 +321,7 @@ impl ModelTask {
 async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(read)
+    tokio::task::spawn_blocking(|| catching_damage(read))
         .await
         .map_err(|e| StoreError::Backend(format!("the read task failed: {e}")))?
 }

@@ -22,7 +22,7 @@ use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, catching_damage};
 use crate::web_root::{self, WebRoot};
 
 /// Why the server could not start or had to stop.
@@ -60,7 +60,7 @@ impl Server {
         config.check()?;
         let auth = Authenticator::new(&config.auth)?;
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let store = tokio::task::spawn_blocking(move || catching_damage(|| Store::open(&dir)))
             .await
             .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
         let listener = TcpListener::bind(config.bind)

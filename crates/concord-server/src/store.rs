@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
+pub mod fuzzing;
 mod migrate;
 mod record;
 #[cfg(test)]
@@ -137,6 +138,23 @@ fn backend(error: impl Into<redb::Error>) -> StoreError {
         redb::Error::DatabaseAlreadyOpen => StoreError::InUse("database already open".into()),
         other => StoreError::Backend(other.to_string()),
     }
+}
+
+/// Runs a read of the store, reporting a panic inside it as a damaged store. redb trusts
+/// the keys it reads back: one damaged on disk (a name that is not UTF-8, a length that runs
+/// past its page) panics inside it instead of returning an error. Found by the
+/// `server_store_file` fuzz target.
+pub(crate) fn catching_damage<T>(
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let cause = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::Corrupt(format!("reading it failed inside the database: {cause}")))
+    })
 }
 
 /// The error for a damaged record of `model` (or of the domain) described by `record`.
@@ -274,8 +292,8 @@ impl Store {
         }
     }
 
-    /// A user seen in `domain` (read back only by the format tests so far).
-    #[cfg(test)]
+    /// A user seen in `domain` (read back only by the format tests and the fuzz targets
+    /// so far).
     pub(crate) fn user(
         &self,
         domain: &str,
