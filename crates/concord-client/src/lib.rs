@@ -35,13 +35,15 @@ mod driver;
 mod error;
 mod events;
 mod model;
+mod permissions;
+mod presence;
 mod rt;
 mod socket;
 
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
 pub use concord_protocol::{
-    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, Session,
-    SessionId,
+    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId,
+    PermissionGrants, Permissions, Session, SessionId, UserId, UserPresence,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
@@ -58,3 +60,4 @@ pub use model::{
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
     Watermarks,
 };
+pub use presence::{PresenceService, state_value};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorReply;
 use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
 use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
+use crate::presence::PresenceRequest;
 
 /// One frame from a client to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +75,8 @@ pub enum ClientRequest {
     SetPermissions { model: ModelId, grants: PermissionGrants },
     /// → `Pong`.
     Ping,
+    /// Presence: the user's state and who the session follows. → per variant.
+    Presence(PresenceRequest),
 }
 
 /// A client's answer to a server request.

@@ -10,6 +10,8 @@
 //! 1.x behind a version byte); the message types derive serde and are otherwise plain data.
 //! Decoding never panics, bounds nesting depth and never pre-allocates from a length prefix.
 //!
+//! Presence ([`PresenceRequest`]) is an ephemeral addition, in its own module.
+//!
 //! Operations, values and references are concord-ot's types, carried as they are.
 //! `docs/protocol.md` lists the messages, their pairing, versioning, limits and error codes.
 
@@ -18,6 +20,7 @@ pub mod codec;
 mod error;
 mod ids;
 mod payload;
+mod presence;
 mod server;
 
 pub use client::{ClientMessage, ClientNotice, ClientRequest, ClientResponse};
@@ -36,4 +39,5 @@ pub use payload::{
     KnownModel, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
     ReferenceChange, ReferenceKey, ServerLimits, Session, SharedReference, User,
 };
+pub use presence::{PresenceRequest, PresenceState, UserPresence};
 pub use server::{HandshakeResult, ServerMessage, ServerPush, ServerRequest, ServerResponse};

@@ -8,6 +8,7 @@ use crate::payload::{
     Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate, OpenedModel,
     PermissionGrants, Permissions, ReferenceChange, Session, SharedReference,
 };
+use crate::presence::UserPresence;
 
 /// One frame from the server to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +68,10 @@ pub enum ServerResponse {
     /// Answers `Ping`.
     Pong,
     /// Answers requests that return nothing: `CloseModel`, `DeleteModel`,
-    /// `SubscribeOffline`, `SetPermissions`.
+    /// `SubscribeOffline`, `SetPermissions`, and presence changes.
     Done,
+    /// Answers `Presence(Subscribe)`: the followed users' current presence.
+    Presence(Vec<UserPresence>),
 }
 
 /// The outcome of a handshake.
@@ -106,4 +109,6 @@ pub enum ServerPush {
     ModelForceClosed { model: ModelId, code: ErrorCode, message: String },
     /// The server is about to close the connection (shutdown, session revoked).
     SessionClosing { code: ErrorCode, message: String },
+    /// A followed user's presence changed (availability or state): the whole of it.
+    Presence(UserPresence),
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use concord_protocol::{CollectionId, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
+pub use concord_sync::host::PresenceLimits;
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
 use crate::outbox::max_message_bytes;
@@ -46,6 +47,11 @@ pub struct ServerConfig {
     /// Connections served at once from one source address (an IPv4 address, or an IPv6
     /// /64 network, which one host usually has whole).
     pub max_connections_per_address: usize,
+    /// What one user's presence state and one session's followed users may take.
+    pub presence: PresenceLimits,
+    /// A session that sends nothing (clients ping every few seconds) for this long is ended
+    /// as gone: its user's presence goes offline if it was their last session.
+    pub silence_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -66,6 +72,8 @@ impl ServerConfig {
             web_root: None,
             max_connections: 10_000,
             max_connections_per_address: 256,
+            presence: PresenceLimits::default(),
+            silence_timeout: Duration::from_secs(60),
         }
     }
 

@@ -52,6 +52,7 @@ mod connection;
 mod hub;
 mod model;
 mod outbox;
+mod presence;
 mod registry;
 mod revocation;
 mod server;
@@ -62,7 +63,9 @@ mod types;
 mod web_root;
 
 pub use auth::{AuthError, Authenticator, mint_token};
-pub use config::{AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig};
+pub use config::{
+    AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
+};
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;

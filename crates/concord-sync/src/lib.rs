@@ -22,7 +22,8 @@ pub mod store;
 mod time;
 
 pub use engine::{
-    Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, StorageBatch,
+    Action, BatchId, CallError, CallId, ClientEngine, DisconnectReason, EngineConfig, EngineError,
+    StorageBatch,
 };
 pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
 pub use replica::{

@@ -68,6 +68,8 @@ impl Server {
                     let from = self.sessions[&conn].session().clone();
                     said.extend(self.request_model(&from, model, request));
                 }
+                // Presence has its own unit tests (`host/presence.rs`); none is asked here.
+                SessionOutput::ToPresence { .. } => unreachable!("no presence request is sent"),
             }
         }
         said

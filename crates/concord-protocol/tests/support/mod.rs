@@ -332,7 +332,29 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         (model_id(), permission_grants())
             .prop_map(|(model, grants)| SetPermissions { model, grants }),
         Just(Ping),
+        presence_request().prop_map(Presence),
     ]
+}
+
+pub fn presence_state() -> impl Strategy<Value = PresenceState> {
+    btree_map(text(), text(), 0..3)
+}
+
+pub fn presence_request() -> impl Strategy<Value = PresenceRequest> {
+    prop_oneof![
+        presence_state().prop_map(|state| PresenceRequest::SetState { state }),
+        option::of(vec(text(), 0..3)).prop_map(|keys| PresenceRequest::RemoveState { keys }),
+        vec(user_id(), 0..3).prop_map(|users| PresenceRequest::Subscribe { users }),
+        vec(user_id(), 0..3).prop_map(|users| PresenceRequest::Unsubscribe { users }),
+    ]
+}
+
+pub fn user_presence() -> impl Strategy<Value = UserPresence> {
+    (user_id(), any::<bool>(), presence_state()).prop_map(|(user, available, state)| UserPresence {
+        user,
+        available,
+        state,
+    })
 }
 
 pub fn client_response() -> impl Strategy<Value = ClientResponse> {
@@ -428,6 +450,7 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         (model_id(), permission_grants()).prop_map(|(model, grants)| Permissions { model, grants }),
         Just(Pong),
         Just(Done),
+        vec(user_presence(), 0..3).prop_map(Presence),
     ]
 }
 
@@ -457,6 +480,7 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
         (model_id(), error_code(), text())
             .prop_map(|(model, code, message)| { ModelForceClosed { model, code, message } }),
         (error_code(), text()).prop_map(|(code, message)| SessionClosing { code, message }),
+        user_presence().prop_map(Presence),
     ]
 }
 
@@ -489,6 +513,10 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::GetPermissions",
     "Request::SetPermissions",
     "Request::Ping",
+    "Request::Presence::SetState",
+    "Request::Presence::RemoveState",
+    "Request::Presence::Subscribe",
+    "Request::Presence::Unsubscribe",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -510,6 +538,12 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
             ClientRequest::GetPermissions { .. } => "Request::GetPermissions",
             ClientRequest::SetPermissions { .. } => "Request::SetPermissions",
             ClientRequest::Ping => "Request::Ping",
+            ClientRequest::Presence(presence) => match presence {
+                PresenceRequest::SetState { .. } => "Request::Presence::SetState",
+                PresenceRequest::RemoveState { .. } => "Request::Presence::RemoveState",
+                PresenceRequest::Subscribe { .. } => "Request::Presence::Subscribe",
+                PresenceRequest::Unsubscribe { .. } => "Request::Presence::Unsubscribe",
+            },
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -535,6 +569,7 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::Permissions",
     "Response::Pong",
     "Response::Done",
+    "Response::Presence",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -550,6 +585,7 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Push::RemoteReference",
     "Push::ModelForceClosed",
     "Push::SessionClosing",
+    "Push::Presence",
 ];
 
 pub fn server_variant(message: &ServerMessage) -> &'static str {
@@ -572,6 +608,7 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::Permissions { .. } => "Response::Permissions",
             ServerResponse::Pong => "Response::Pong",
             ServerResponse::Done => "Response::Done",
+            ServerResponse::Presence(_) => "Response::Presence",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {
@@ -591,6 +628,7 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerPush::RemoteReference { .. } => "Push::RemoteReference",
             ServerPush::ModelForceClosed { .. } => "Push::ModelForceClosed",
             ServerPush::SessionClosing { .. } => "Push::SessionClosing",
+            ServerPush::Presence(_) => "Push::Presence",
         },
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use concord_ot::ReferenceValue;
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode, KnownModel, ModelId,
-    ReferenceChange, ReferenceKey, RequestId, ServerLimits, ServerMessage, ServerResponse,
+    PresenceRequest, ReferenceChange, ReferenceKey, RequestId, ServerLimits, ServerMessage,
+    ServerResponse,
 };
 
 use super::{ModelRequest, Notice, SessionRef, reply};
@@ -65,6 +66,8 @@ pub enum SessionOutput {
     Reply(ServerMessage),
     /// For the model's host.
     ToModel { model: ModelId, request: ModelRequest },
+    /// For the domain's [`PresenceHost`](super::PresenceHost), which answers it.
+    ToPresence { request: RequestId, presence: PresenceRequest },
 }
 
 /// The server side of one authenticated connection. Feed it the client's messages
@@ -391,6 +394,9 @@ impl SessionHost {
             }
             ClientRequest::SetPermissions { model, grants } => {
                 self.route(model, ModelRequest::SetPermissions { request: id, grants })
+            }
+            ClientRequest::Presence(presence) => {
+                self.outputs.push_back(SessionOutput::ToPresence { request: id, presence })
             }
         }
     }
