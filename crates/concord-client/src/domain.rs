@@ -3,11 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_protocol::{Auth, CollectionId, ModelId, Session, UserPresence};
+use concord_protocol::{
+    ActivityChange, ActivityId, Auth, CollectionId, ModelId, Session, UserPresence,
+};
 use concord_storage::{MemoryAdapter, StorageAdapter};
 use concord_sync::{ConnectionState, DomainEvent, EngineConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::activity::ActivityService;
 use crate::driver::{AutoCreate, Command, Driver, Reply};
 use crate::error::ClientError;
 use crate::events::Events;
@@ -84,10 +87,12 @@ impl DomainBuilder {
         let (state, state_receiver) = watch::channel(ConnectionState::Disconnected);
         let (events, _) = broadcast::channel(1024);
         let (presence, _) = broadcast::channel(1024);
-        let driver =
-            Driver::new(self.url.clone(), self.options, state, events.clone(), presence.clone());
+        let (activities, _) = broadcast::channel(1024);
+        let channels = (events.clone(), presence.clone(), activities.clone());
+        let driver = Driver::new(self.url.clone(), self.options, state, channels);
         crate::rt::spawn(driver.run(receiver));
-        let inner = Inner { url: self.url, commands, state: state_receiver, events, presence };
+        let inner =
+            Inner { url: self.url, commands, state: state_receiver, events, presence, activities };
         Domain { inner: Arc::new(inner) }
     }
 }
@@ -114,6 +119,7 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     events: broadcast::Sender<DomainEvent>,
     presence: broadcast::Sender<UserPresence>,
+    activities: broadcast::Sender<(ActivityId, ActivityChange)>,
 }
 
 /// One server (URL), one user and their offline store. Cheap to clone; the domain's task
@@ -205,6 +211,15 @@ impl Domain {
     /// Presence changes of the users followed with [`PresenceService::follow`] from now on.
     pub(crate) fn presence_events(&self) -> Events<UserPresence> {
         Events::new(self.inner.presence.subscribe())
+    }
+
+    pub(crate) fn activity_events(&self) -> Events<(ActivityId, ActivityChange)> {
+        Events::new(self.inner.activities.subscribe())
+    }
+
+    /// Activities: join, leave, this session's state in them.
+    pub fn activities(&self) -> ActivityService {
+        ActivityService { domain: self.clone() }
     }
 
     /// Presence: this user's published state, and the users this domain follows.

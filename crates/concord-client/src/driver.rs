@@ -14,8 +14,9 @@ use futures_util::FutureExt;
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientRequest, CollectionId, CreationNonce, ModelId, PresenceState, ServerMessage,
-    ServerResponse, Session, Timestamp, UserId, UserPresence,
+    ActivityChange, ActivityId, ActivityRequest, Auth, ClientRequest, CollectionId, CreationNonce,
+    ModelId, Participant, PresenceState, ServerMessage, ServerResponse, Session, SessionId,
+    Timestamp, UserId, UserPresence,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
@@ -36,6 +37,13 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 /// The most frames handled before the engine is drained (commands and timers wait no
 /// longer than that many).
 const FRAMES_PER_TURN: usize = 256;
+
+/// Where the domain's events go: domain events, presence, activities.
+pub(crate) type EventChannels = (
+    broadcast::Sender<DomainEvent>,
+    broadcast::Sender<UserPresence>,
+    broadcast::Sender<(ActivityId, ActivityChange)>,
+);
 
 /// Builds a local change against the model's current local view.
 pub(crate) type Build =
@@ -72,6 +80,19 @@ pub(crate) enum PresenceOp {
     Remove(Option<Vec<String>>),
     Follow(Vec<UserId>),
     Unfollow(Vec<UserId>),
+}
+
+/// What the application does with activities.
+#[derive(Debug)]
+pub(crate) enum ActivityOp {
+    /// Needs the connection.
+    Join(ActivityId, PresenceState),
+    Leave(ActivityId),
+    /// Offline it is kept for the next join (answered `Done` at once).
+    SetState(ActivityId, PresenceState),
+    RemoveState(ActivityId, Option<Vec<String>>),
+    /// Needs the connection.
+    Remove(ActivityId, SessionId),
 }
 
 pub(crate) enum Command {
@@ -137,6 +158,15 @@ pub(crate) enum Command {
         op: PresenceOp,
         reply: Reply<ServerResponse>,
     },
+    /// An activity change; see [`ActivityOp`].
+    Activity {
+        op: ActivityOp,
+        reply: Reply<ServerResponse>,
+    },
+    Participants {
+        activity: ActivityId,
+        reply: Reply<Vec<Participant>>,
+    },
     /// Stop: close the connection and the store, then answer.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -161,6 +191,7 @@ pub(crate) struct Driver {
     state: watch::Sender<ConnectionState>,
     domain_events: broadcast::Sender<DomainEvent>,
     presence_events: broadcast::Sender<UserPresence>,
+    activity_events: broadcast::Sender<(ActivityId, ActivityChange)>,
     user: Option<String>,
     store: Option<Box<dyn OfflineStore>>,
     engine: Option<ClientEngine>,
@@ -186,8 +217,7 @@ impl Driver {
         url: String,
         options: DomainOptions,
         state: watch::Sender<ConnectionState>,
-        domain_events: broadcast::Sender<DomainEvent>,
-        presence_events: broadcast::Sender<UserPresence>,
+        (domain_events, presence_events, activity_events): EventChannels,
     ) -> Driver {
         Driver {
             url,
@@ -195,6 +225,7 @@ impl Driver {
             state,
             domain_events,
             presence_events,
+            activity_events,
             user: None,
             store: None,
             engine: None,
@@ -409,6 +440,43 @@ impl Driver {
                     Ok(None) => drop(reply.send(Ok(ServerResponse::Done))),
                     Err(error) => drop(reply.send(Err(error.into()))),
                 }
+            }
+            Command::Activity { op, reply } => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return drop(reply.send(Err(ClientError::NotInitialized)));
+                };
+                let call = match op {
+                    ActivityOp::Join(activity, state) => {
+                        engine.join_activity(activity, state).map(Some)
+                    }
+                    ActivityOp::Leave(activity) => Ok(engine.leave_activity(activity)),
+                    ActivityOp::SetState(activity, state) => {
+                        Ok(engine.set_activity_state(activity, state))
+                    }
+                    ActivityOp::RemoveState(activity, keys) => {
+                        Ok(engine.remove_activity_state(activity, keys))
+                    }
+                    ActivityOp::Remove(activity, session) => engine
+                        .call(ClientRequest::Activity(ActivityRequest::Remove {
+                            activity,
+                            session,
+                        }))
+                        .map(Some),
+                };
+                match call {
+                    Ok(Some(call)) => drop(self.calls.insert(call, reply)),
+                    Ok(None) => drop(reply.send(Ok(ServerResponse::Done))),
+                    Err(error) => drop(reply.send(Err(error.into()))),
+                }
+            }
+            Command::Participants { activity, reply } => {
+                let result = match self.engine.as_ref() {
+                    None => Err(ClientError::NotInitialized),
+                    Some(engine) => engine
+                        .participants(&activity)
+                        .ok_or_else(|| ClientError::NotJoined(activity.clone())),
+                };
+                let _ = reply.send(result);
             }
             Command::Call { request, reply } => match self.engine.as_mut() {
                 None => drop(reply.send(Err(ClientError::Offline))),
@@ -906,6 +974,9 @@ impl Driver {
             Event::Presence(presence) => {
                 let _ = self.presence_events.send(presence);
             }
+            Event::Activity { activity, change } => {
+                let _ = self.activity_events.send((activity, change));
+            }
             // Emitted by `set_state`, once the state watch says so.
             Event::Domain(DomainEvent::State(state)) => self.set_state(state),
             Event::Domain(event) => {
@@ -960,9 +1031,10 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Subscriptions { reply } => drop(reply.send(Err(error))),
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
-        Command::Call { reply, .. } | Command::Presence { reply, .. } => {
-            drop(reply.send(Err(error)))
-        }
+        Command::Call { reply, .. }
+        | Command::Presence { reply, .. }
+        | Command::Activity { reply, .. } => drop(reply.send(Err(error))),
+        Command::Participants { reply, .. } => drop(reply.send(Err(error))),
         Command::Read { .. } | Command::Close { .. } => {}
         Command::Shutdown { reply } => drop(reply.send(())),
     }
@@ -1012,6 +1084,8 @@ impl std::fmt::Debug for Command {
             Command::Close { .. } => "Close",
             Command::Call { .. } => "Call",
             Command::Presence { .. } => "Presence",
+            Command::Activity { .. } => "Activity",
+            Command::Participants { .. } => "Participants",
             Command::Shutdown { .. } => "Shutdown",
         })
     }

@@ -1,7 +1,7 @@
 //! What can go wrong for an application using the client.
 
 use concord_ot::ApplyError;
-use concord_protocol::{ErrorReply, HandshakeRejection, ModelId};
+use concord_protocol::{ActivityId, ErrorReply, HandshakeRejection, ModelId};
 use concord_storage::StorageError;
 use concord_sync::{CallError, EngineError};
 
@@ -31,6 +31,9 @@ pub enum ClientError {
     /// is unknown.
     #[error("the connection was lost before the server answered")]
     ConnectionLost,
+    /// This domain has not joined the activity (or was removed from it).
+    #[error("activity {} {} is not joined", .0.kind, .0.id)]
+    NotJoined(ActivityId),
     #[error("the server answered with an error: {0}")]
     Server(ErrorReply),
     #[error("no answer from the server in time")]

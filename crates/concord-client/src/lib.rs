@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod activity;
 mod domain;
 mod driver;
 mod error;
@@ -40,10 +41,12 @@ mod presence;
 mod rt;
 mod socket;
 
+pub use activity::{Activity, ActivityService};
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
 pub use concord_protocol::{
-    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId,
-    PermissionGrants, Permissions, Session, SessionId, UserId, UserPresence,
+    ActivityChange, ActivityId, Collaborator, CollectionId, ErrorCode, ErrorReply,
+    HandshakeRejection, ModelId, Participant, PermissionGrants, Permissions, Session, SessionId,
+    UserId, UserPresence,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;

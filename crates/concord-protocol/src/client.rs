@@ -3,6 +3,7 @@
 use concord_ot::{Document, Operation, ReplicaId};
 use serde::{Deserialize, Serialize};
 
+use crate::activity::ActivityRequest;
 use crate::error::ErrorReply;
 use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
 use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
@@ -77,6 +78,8 @@ pub enum ClientRequest {
     Ping,
     /// Presence: the user's state and who the session follows. → per variant.
     Presence(PresenceRequest),
+    /// Activities: join, leave, this session's state in them. → per variant.
+    Activity(ActivityRequest),
 }
 
 /// A client's answer to a server request.

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::activity::{ActivityChange, ActivityId, Participant};
 use crate::error::{ErrorCode, ErrorReply};
 use crate::ids::{ModelId, RequestId, SessionId, Timestamp};
 use crate::payload::{
@@ -72,6 +73,8 @@ pub enum ServerResponse {
     Done,
     /// Answers `Presence(Subscribe)`: the followed users' current presence.
     Presence(Vec<UserPresence>),
+    /// Answers `Activity(Join)`: everyone in the activity, this session included.
+    ActivityJoined { activity: ActivityId, participants: Vec<Participant> },
 }
 
 /// The outcome of a handshake.
@@ -111,4 +114,6 @@ pub enum ServerPush {
     SessionClosing { code: ErrorCode, message: String },
     /// A followed user's presence changed (availability or state): the whole of it.
     Presence(UserPresence),
+    /// Something happened in an activity this session is in (never its own doing).
+    Activity { activity: ActivityId, change: ActivityChange },
 }

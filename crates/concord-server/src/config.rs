@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use concord_protocol::{CollectionId, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
-pub use concord_sync::host::PresenceLimits;
+pub use concord_sync::host::{ActivityConfig, ActivityPermissions, ActivityPolicy, PresenceLimits};
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
 use crate::outbox::max_message_bytes;
@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub max_connections_per_address: usize,
     /// What one user's presence state and one session's followed users may take.
     pub presence: PresenceLimits,
+    /// Who may join, set state in and manage activities, by activity type (by default
+    /// every session may join and set its own state, and nobody may manage), and what one
+    /// session may hold in them.
+    pub activities: ActivityConfig,
     /// A session that sends nothing (clients ping every few seconds) for this long is ended
     /// as gone: its user's presence goes offline if it was their last session.
     pub silence_timeout: Duration,
@@ -73,6 +77,7 @@ impl ServerConfig {
             max_connections: 10_000,
             max_connections_per_address: 256,
             presence: PresenceLimits::default(),
+            activities: ActivityConfig::default(),
             silence_timeout: Duration::from_secs(60),
         }
     }

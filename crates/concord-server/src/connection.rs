@@ -188,7 +188,10 @@ impl Connection {
                     self.hub.send(&key, command).await;
                 }
                 SessionOutput::ToPresence { request, presence } => {
-                    self.hub.presence.handle(&self.domain, &from, request, presence);
+                    self.hub.ephemeral.presence(&self.domain, &from, request, presence);
+                }
+                SessionOutput::ToActivity { request, activity } => {
+                    self.hub.ephemeral.activity(&self.domain, &from, request, activity);
                 }
             }
         }
@@ -239,7 +242,7 @@ impl Connection {
         tracing::debug!(conn = self.outbox.conn, user = %user.id.0, session = %session.0, "session started");
         let session_ref =
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
-        self.hub.presence.connected(&self.domain, &session_ref, self.outbox.clone());
+        self.hub.ephemeral.connected(&self.domain, &session_ref, self.outbox.clone());
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
         let job = Job {
             domain: self.domain.clone(),
@@ -263,7 +266,7 @@ impl Connection {
     async fn leave_all(&mut self) {
         if let Some(session) = &mut self.session {
             session.disconnected();
-            self.hub.presence.disconnected(&self.domain, self.outbox.conn);
+            self.hub.ephemeral.disconnected(&self.domain, self.outbox.conn);
         }
         self.dispatch().await;
     }

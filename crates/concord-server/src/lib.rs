@@ -49,10 +49,10 @@ mod accept;
 mod auth;
 mod config;
 mod connection;
+mod ephemeral;
 mod hub;
 mod model;
 mod outbox;
-mod presence;
 mod registry;
 mod revocation;
 mod server;
@@ -64,7 +64,8 @@ mod web_root;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{
-    AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig,
+    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

@@ -38,6 +38,7 @@
 //! unknown, and resyncing on a new connection is the one recovery that is right for every
 //! request.
 
+mod activity;
 mod presence;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -45,10 +46,10 @@ use std::time::Duration;
 
 use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
-    ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
-    OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage, ServerPush,
-    ServerRequest, ServerResponse, Session, Timestamp,
+    ActivityId, Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId,
+    CreationNonce, ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId,
+    ModelSnapshot, OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage,
+    ServerPush, ServerRequest, ServerResponse, Session, Timestamp,
 };
 
 use crate::attach::{Budget, Progress, Slot};
@@ -243,6 +244,10 @@ enum Request {
     Call(CallId),
     /// Following users' presence again after a reconnection.
     PresenceResync,
+    /// The application joining an activity.
+    JoinActivity(CallId, ActivityId),
+    /// Joining an activity again after a reconnection.
+    RejoinActivity(ActivityId),
     /// Its answer changes nothing here (close, resync complete, subscribe).
     Other,
 }
@@ -345,6 +350,7 @@ pub struct ClientEngine {
     /// Answers to the application's calls, for `poll_answer`.
     answers: VecDeque<(CallId, Result<ServerResponse, CallError>)>,
     presence: presence::Presence,
+    activities: activity::Activities,
 }
 
 impl ClientEngine {
@@ -385,6 +391,7 @@ impl ClientEngine {
             next_call: 1,
             answers: VecDeque::new(),
             presence: presence::Presence::default(),
+            activities: activity::Activities::default(),
         }
     }
 
@@ -798,6 +805,7 @@ impl ClientEngine {
         self.connection = Connection::Connected { last_heard: now, next_ping };
         self.report(ConnectionState::Connected);
         self.presence_connected();
+        self.activities_connected(session.session.clone());
         self.add_tombstones(stored_tombstones);
         if !self.subscriptions.is_empty() {
             let subscribe = self.known_models(self.subscriptions.keys().cloned().collect());
@@ -1148,8 +1156,14 @@ impl ClientEngine {
     fn went_offline(&mut self) {
         self.connection = Connection::Idle;
         for request in std::mem::take(&mut self.requests).into_values() {
-            if let Request::Call(call) = request.purpose {
-                self.answers.push_back((call, Err(CallError::ConnectionLost)));
+            match request.purpose {
+                Request::Call(call) => {
+                    self.answers.push_back((call, Err(CallError::ConnectionLost)));
+                }
+                Request::JoinActivity(call, activity) => {
+                    self.activity_joined(Some(call), activity, Err(CallError::ConnectionLost));
+                }
+                _ => {}
             }
         }
         self.acks.clear();
@@ -1290,6 +1304,12 @@ impl ClientEngine {
                 self.answers.push_back((call, answer));
             }
             Request::PresenceResync => self.presence_resynced(answer.map_err(CallError::Refused)),
+            Request::JoinActivity(call, activity) => {
+                self.activity_joined(Some(call), activity, answer.map_err(CallError::Refused));
+            }
+            Request::RejoinActivity(activity) => {
+                self.activity_joined(None, activity, answer.map_err(CallError::Refused));
+            }
             Request::Other => {}
         }
     }
@@ -1488,6 +1508,7 @@ impl ClientEngine {
                 }
             }
             ServerPush::Presence(presence) => self.presence_heard(presence),
+            ServerPush::Activity { activity, change } => self.activity_changed(activity, change),
             // Not tracked yet: shared references. The connection's end after
             // `SessionClosing` is handled as any lost connection.
             ServerPush::RemoteReference { .. } | ServerPush::SessionClosing { .. } => {}
@@ -1978,12 +1999,21 @@ impl ClientEngine {
     /// returned id — exactly one per call, [`CallError::ConnectionLost`] if the connection
     /// ends first.
     pub fn call(&mut self, request: ClientRequest) -> Result<CallId, CallError> {
+        self.call_for(request, Request::Call)
+    }
+
+    /// A call whose answer the engine looks at first (`purpose` names it).
+    fn call_for(
+        &mut self,
+        request: ClientRequest,
+        purpose: impl FnOnce(CallId) -> Request,
+    ) -> Result<CallId, CallError> {
         if !self.is_connected() {
             return Err(CallError::Offline);
         }
         let call = CallId(self.next_call);
         self.next_call += 1;
-        self.send(request, Request::Call(call));
+        self.send(request, purpose(call));
         Ok(call)
     }
 

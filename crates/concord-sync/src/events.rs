@@ -8,7 +8,8 @@
 
 use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind};
 use concord_protocol::{
-    Collaborator, ErrorReply, HandshakeRejection, ModelId, Permissions, SessionId, UserPresence,
+    ActivityChange, ActivityId, Collaborator, ErrorReply, HandshakeRejection, ModelId, Permissions,
+    SessionId, UserPresence,
 };
 
 use crate::replica::PendingOperation;
@@ -23,6 +24,9 @@ pub enum Event {
     Domain(DomainEvent),
     /// A followed user's presence changed (availability or state): the whole of it.
     Presence(UserPresence),
+    /// Something happened in an activity this client joined (someone joined, left or
+    /// changed their state; `Left` with this client's own session: it was removed).
+    Activity { activity: ActivityId, change: ActivityChange },
 }
 
 /// What happens to one model.

@@ -333,6 +333,42 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
             .prop_map(|(model, grants)| SetPermissions { model, grants }),
         Just(Ping),
         presence_request().prop_map(Presence),
+        activity_request().prop_map(Activity),
+    ]
+}
+
+pub fn activity_id() -> impl Strategy<Value = ActivityId> {
+    (text(), text()).prop_map(|(kind, id)| ActivityId { kind, id })
+}
+
+pub fn activity_request() -> impl Strategy<Value = ActivityRequest> {
+    prop_oneof![
+        (activity_id(), presence_state())
+            .prop_map(|(activity, state)| ActivityRequest::Join { activity, state }),
+        activity_id().prop_map(|activity| ActivityRequest::Leave { activity }),
+        (activity_id(), presence_state())
+            .prop_map(|(activity, state)| ActivityRequest::SetState { activity, state }),
+        (activity_id(), option::of(vec(text(), 0..3)))
+            .prop_map(|(activity, keys)| ActivityRequest::RemoveState { activity, keys }),
+        (activity_id(), session_id())
+            .prop_map(|(activity, session)| ActivityRequest::Remove { activity, session }),
+    ]
+}
+
+pub fn participant() -> impl Strategy<Value = Participant> {
+    (session_id(), user_id(), presence_state()).prop_map(|(session, user, state)| Participant {
+        session,
+        user,
+        state,
+    })
+}
+
+pub fn activity_change() -> impl Strategy<Value = ActivityChange> {
+    prop_oneof![
+        participant().prop_map(ActivityChange::Joined),
+        session_id().prop_map(|session| ActivityChange::Left { session }),
+        (session_id(), presence_state())
+            .prop_map(|(session, state)| ActivityChange::StateChanged { session, state }),
     ]
 }
 
@@ -451,6 +487,8 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         Just(Pong),
         Just(Done),
         vec(user_presence(), 0..3).prop_map(Presence),
+        (activity_id(), vec(participant(), 0..3))
+            .prop_map(|(activity, participants)| ActivityJoined { activity, participants }),
     ]
 }
 
@@ -481,6 +519,8 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
             .prop_map(|(model, code, message)| { ModelForceClosed { model, code, message } }),
         (error_code(), text()).prop_map(|(code, message)| SessionClosing { code, message }),
         user_presence().prop_map(Presence),
+        (activity_id(), activity_change())
+            .prop_map(|(activity, change)| Activity { activity, change }),
     ]
 }
 
@@ -517,6 +557,11 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::Presence::RemoveState",
     "Request::Presence::Subscribe",
     "Request::Presence::Unsubscribe",
+    "Request::Activity::Join",
+    "Request::Activity::Leave",
+    "Request::Activity::SetState",
+    "Request::Activity::RemoveState",
+    "Request::Activity::Remove",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -544,6 +589,13 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
                 PresenceRequest::Subscribe { .. } => "Request::Presence::Subscribe",
                 PresenceRequest::Unsubscribe { .. } => "Request::Presence::Unsubscribe",
             },
+            ClientRequest::Activity(activity) => match activity {
+                ActivityRequest::Join { .. } => "Request::Activity::Join",
+                ActivityRequest::Leave { .. } => "Request::Activity::Leave",
+                ActivityRequest::SetState { .. } => "Request::Activity::SetState",
+                ActivityRequest::RemoveState { .. } => "Request::Activity::RemoveState",
+                ActivityRequest::Remove { .. } => "Request::Activity::Remove",
+            },
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -570,6 +622,7 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::Pong",
     "Response::Done",
     "Response::Presence",
+    "Response::ActivityJoined",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -586,6 +639,9 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Push::ModelForceClosed",
     "Push::SessionClosing",
     "Push::Presence",
+    "Push::Activity::Joined",
+    "Push::Activity::Left",
+    "Push::Activity::StateChanged",
 ];
 
 pub fn server_variant(message: &ServerMessage) -> &'static str {
@@ -609,6 +665,7 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::Pong => "Response::Pong",
             ServerResponse::Done => "Response::Done",
             ServerResponse::Presence(_) => "Response::Presence",
+            ServerResponse::ActivityJoined { .. } => "Response::ActivityJoined",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {
@@ -629,6 +686,11 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerPush::ModelForceClosed { .. } => "Push::ModelForceClosed",
             ServerPush::SessionClosing { .. } => "Push::SessionClosing",
             ServerPush::Presence(_) => "Push::Presence",
+            ServerPush::Activity { change, .. } => match change {
+                ActivityChange::Joined(_) => "Push::Activity::Joined",
+                ActivityChange::Left { .. } => "Push::Activity::Left",
+                ActivityChange::StateChanged { .. } => "Push::Activity::StateChanged",
+            },
         },
     }
 }

@@ -29,9 +29,9 @@ impl Default for PresenceLimits {
     }
 }
 
-/// A message for some connections.
+/// A message for some connections (from presence or activities).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PresenceOutput {
+pub struct Broadcast {
     pub to: Vec<ConnId>,
     pub message: ServerMessage,
 }
@@ -56,7 +56,7 @@ pub struct PresenceHost {
     users: BTreeMap<UserId, UserEntry>,
     sessions: BTreeMap<ConnId, SessionEntry>,
     followers: BTreeMap<UserId, BTreeSet<ConnId>>,
-    outputs: VecDeque<PresenceOutput>,
+    outputs: VecDeque<Broadcast>,
 }
 
 impl PresenceHost {
@@ -117,7 +117,7 @@ impl PresenceHost {
             Ok(response) => ServerMessage::Response { to: request, response },
             Err(error) => ServerMessage::Error { to: Some(request), error },
         };
-        self.outputs.push_back(PresenceOutput { to: vec![from.conn], message });
+        self.outputs.push_back(Broadcast { to: vec![from.conn], message });
     }
 
     /// A user's presence now.
@@ -135,7 +135,7 @@ impl PresenceHost {
         self.followers.get(user).map_or(0, BTreeSet::len)
     }
 
-    pub fn poll_output(&mut self) -> Option<PresenceOutput> {
+    pub fn poll_output(&mut self) -> Option<Broadcast> {
         self.outputs.pop_front()
     }
 
@@ -151,8 +151,7 @@ impl PresenceHost {
         let Some(entry) = self.users.get_mut(user) else { return Ok(ServerResponse::Done) };
         let mut next = entry.state.clone();
         next.extend(state);
-        let bytes: usize = next.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if bytes > self.limits.max_state_bytes {
+        if state_bytes(&next) > self.limits.max_state_bytes {
             let limit = self.limits.max_state_bytes;
             let message = format!("a user's presence state may take at most {limit} bytes");
             return Err(reply(ErrorCode::OVERLOADED, message));
@@ -228,11 +227,16 @@ impl PresenceHost {
         let Some(followers) = self.followers.get(user) else { return };
         let to: Vec<ConnId> = followers.iter().copied().collect();
         let message = ServerMessage::Push(ServerPush::Presence(self.presence(user)));
-        self.outputs.push_back(PresenceOutput { to, message });
+        self.outputs.push_back(Broadcast { to, message });
     }
 }
 
-fn is_json(text: &str) -> bool {
+/// Bytes of a state's keys and values.
+pub(super) fn state_bytes(state: &PresenceState) -> usize {
+    state.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+pub(super) fn is_json(text: &str) -> bool {
     serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
@@ -258,12 +262,12 @@ mod tests {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
     }
 
-    fn drain(host: &mut PresenceHost) -> Vec<PresenceOutput> {
+    fn drain(host: &mut PresenceHost) -> Vec<Broadcast> {
         std::iter::from_fn(|| host.poll_output()).collect()
     }
 
     /// The presence pushes in `outputs` that reach `conn`.
-    fn pushes_to(outputs: &[PresenceOutput], conn: ConnId) -> Vec<UserPresence> {
+    fn pushes_to(outputs: &[Broadcast], conn: ConnId) -> Vec<UserPresence> {
         outputs
             .iter()
             .filter(|o| o.to.contains(&conn))
@@ -274,7 +278,7 @@ mod tests {
             .collect()
     }
 
-    fn answer(outputs: &[PresenceOutput], to: RequestId) -> ServerMessage {
+    fn answer(outputs: &[Broadcast], to: RequestId) -> ServerMessage {
         outputs
             .iter()
             .find_map(|o| match &o.message {

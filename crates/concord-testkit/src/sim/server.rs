@@ -16,9 +16,9 @@ use concord_protocol::{
     ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
-    ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice, Outgoing, PresenceHost,
-    PresenceLimits, Read, ReadResult, SessionHost, SessionLimits, SessionOutput, SessionRef, Write,
-    replay_page,
+    ActivityConfig, ActivityHost, ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice,
+    Outgoing, PresenceHost, PresenceLimits, Read, ReadResult, SessionHost, SessionLimits,
+    SessionOutput, SessionRef, Write, replay_page,
 };
 
 use crate::server_store::MemoryServerStore;
@@ -35,8 +35,9 @@ pub struct SimServer {
     pending: VecDeque<Job>,
     models: BTreeMap<ModelId, ModelHost>,
     sessions: BTreeMap<ConnId, SessionHost>,
-    /// The domain's presence (ephemeral: a crash forgets it).
+    /// The domain's presence and activities (ephemeral: a crash forgets them).
     presence: PresenceHost,
+    activities: ActivityHost,
     next_conn: ConnId,
     /// Replica bindings made since the last crash, durable or not (the server's claims).
     owners: BTreeMap<ReplicaId, UserId>,
@@ -60,6 +61,7 @@ impl SimServer {
             models: BTreeMap::new(),
             sessions: BTreeMap::new(),
             presence: PresenceHost::new(PresenceLimits::default()),
+            activities: ActivityHost::new(ActivityConfig::default()),
             next_conn: 0,
             owners: BTreeMap::new(),
             last_seqs: BTreeMap::new(),
@@ -126,7 +128,8 @@ impl SimServer {
         let mut sent = self.dispatch(now, conn)?;
         self.sessions.remove(&conn);
         self.presence.disconnected(conn);
-        sent.extend(self.presence_outputs());
+        self.activities.disconnected(conn);
+        sent.extend(self.ephemeral_outputs());
         Ok(sent)
     }
 
@@ -144,15 +147,23 @@ impl SimServer {
                 SessionOutput::ToPresence { request, presence } => {
                     let from = session.session().clone();
                     self.presence.handle(&from, request, presence);
-                    sent.extend(self.presence_outputs());
+                    sent.extend(self.ephemeral_outputs());
+                }
+                SessionOutput::ToActivity { request, activity } => {
+                    let from = session.session().clone();
+                    self.activities.handle(&from, request, activity);
+                    sent.extend(self.ephemeral_outputs());
                 }
             }
         }
     }
 
-    fn presence_outputs(&mut self) -> Sent {
+    /// What presence and activities said.
+    fn ephemeral_outputs(&mut self) -> Sent {
         let mut sent = Vec::new();
-        while let Some(output) = self.presence.poll_output() {
+        let outputs = std::iter::from_fn(|| self.presence.poll_output())
+            .chain(std::iter::from_fn(|| self.activities.poll_output()));
+        for output in outputs.collect::<Vec<_>>() {
             sent.extend(output.to.into_iter().map(|conn| (conn, output.message.clone())));
         }
         sent
@@ -353,6 +364,7 @@ impl SimServer {
         self.last_seqs.clear();
         self.sessions.clear();
         self.presence = PresenceHost::new(PresenceLimits::default());
+        self.activities = ActivityHost::new(ActivityConfig::default());
         self.models.clear();
     }
 
