@@ -310,7 +310,7 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
         let closed = other.closed().await?;
         assert_eq!(closed.code, Some(concord_protocol::CLOSE_UNSUPPORTED_VERSION));
         let named =
-            format!("unsupported protocol version {version} (this server speaks version 2)");
+            format!("unsupported protocol version {version} (this server speaks version 3)");
         assert_eq!(closed.reason, named);
     }
 
