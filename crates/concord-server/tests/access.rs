@@ -346,6 +346,8 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::R
         c.limits.max_queued_messages = 8;
         // The model grows to 20 MiB: past the default model size limit.
         c.max_model_bytes = 32 << 20;
+        // Bob sends nothing either: only the outbox's bound may close him here.
+        c.silence_timeout = std::time::Duration::from_secs(3600);
     })
     .await?;
     let mut alice = connect(&server, "alice").await?;

@@ -11,6 +11,10 @@
 //! vocabulary of what applications hear. The client's in-flight operation, transformed
 //! against remote operations as they arrive, equals the operation the server committed for
 //! it, so acks carry no operation.
+//!
+//! [`host`] holds every decision of the server, including each domain's presence and
+//! activities (ephemeral, never stored); the engine's side of them republishes, follows and
+//! joins again on every connection.
 
 mod attach;
 mod engine;
