@@ -138,14 +138,10 @@ impl ModelService {
         grants: JsValue,
     ) -> Result<(), JsError> {
         let (data, grants) = (from_js(data)?, grants_from(&from_js(grants)?)?);
+        let (model, collection) = (id(&model)?, collection(&collection_id)?);
         let models = self.domain.models();
-        let created = models.create_with_permissions(
-            &id(&model)?,
-            &collection(&collection_id)?,
-            data,
-            &grants,
-        );
-        created.await.map(drop).map_err(error)
+        let created = models.create_with_permissions(&model, &collection, data, &grants).await;
+        created.map(drop).map_err(error)
     }
 }
 

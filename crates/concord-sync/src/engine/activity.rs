@@ -119,14 +119,13 @@ impl ClientEngine {
             }
             Ok(_) => {}
             Err(_) => {
-                // Refused (or the connection went): not joined, unless joined again since.
-                if call.is_some() || matches!(answer, Err(CallError::Refused(_))) {
-                    if let Some(joined) = self.activities.joined.remove(&activity) {
-                        for session in joined.participants.into_keys() {
-                            let change = ActivityChange::Left { session };
-                            let activity = activity.clone();
-                            self.events.push_back(Event::Activity { activity, change });
-                        }
+                // Refused (or, for the application's join, the connection went): not
+                // joined. A rejoin's answer is lost only with the connection, which rejoins.
+                if let Some(joined) = self.activities.joined.remove(&activity) {
+                    for session in joined.participants.into_keys() {
+                        let change = ActivityChange::Left { session };
+                        let activity = activity.clone();
+                        self.events.push_back(Event::Activity { activity, change });
                     }
                 }
             }
