@@ -1,8 +1,10 @@
 //! `concord-client` is what applications embed to work on Concord models: a [`Domain`]
 //! (one server, one user, one offline store) connects, reconnects with backoff, and keeps
 //! every local change in the store until the server acknowledges it; [`ModelService`]
-//! opens, creates, removes and subscribes models — online or offline; [`RealTimeModel`]
-//! and its element handles read and change a model, with events and watermarks.
+//! opens, creates, removes and subscribes models — online or offline — and manages their
+//! permissions (online); [`RealTimeModel`] and its element handles read and change a model,
+//! with events and watermarks; [`PresenceService`] and [`ActivityService`] show who is
+//! around (ephemeral, never stored).
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
 //! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
