@@ -3,15 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_protocol::{Auth, CollectionId, ModelId, Session};
+use concord_protocol::{
+    ActivityChange, ActivityId, Auth, CollectionId, ModelId, Session, UserPresence,
+};
 use concord_storage::{MemoryAdapter, StorageAdapter};
 use concord_sync::{ConnectionState, DomainEvent, EngineConfig};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::activity::ActivityService;
 use crate::driver::{AutoCreate, Command, Driver, Reply};
 use crate::error::ClientError;
 use crate::events::Events;
 use crate::model::RealTimeModel;
+use crate::presence::PresenceService;
 
 /// How a domain works; [`DomainOptions::default`] keeps its store in memory.
 #[derive(Clone)]
@@ -82,9 +86,14 @@ impl DomainBuilder {
         let (commands, receiver) = mpsc::channel(256);
         let (state, state_receiver) = watch::channel(ConnectionState::Disconnected);
         let (events, _) = broadcast::channel(1024);
-        let driver = Driver::new(self.url.clone(), self.options, state, events.clone());
+        let (presence, _) = broadcast::channel(1024);
+        let (activities, _) = broadcast::channel(1024);
+        let channels = (events.clone(), presence.clone(), activities.clone());
+        let driver = Driver::new(self.url.clone(), self.options, state, channels);
         crate::rt::spawn(driver.run(receiver));
-        Domain { inner: Arc::new(Inner { url: self.url, commands, state: state_receiver, events }) }
+        let inner =
+            Inner { url: self.url, commands, state: state_receiver, events, presence, activities };
+        Domain { inner: Arc::new(inner) }
     }
 }
 
@@ -109,6 +118,8 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<ConnectionState>,
     events: broadcast::Sender<DomainEvent>,
+    presence: broadcast::Sender<UserPresence>,
+    activities: broadcast::Sender<(ActivityId, ActivityChange)>,
 }
 
 /// One server (URL), one user and their offline store. Cheap to clone; the domain's task
@@ -197,6 +208,25 @@ impl Domain {
         Events::new(self.inner.events.subscribe())
     }
 
+    /// Presence changes of the users followed with [`PresenceService::follow`] from now on.
+    pub(crate) fn presence_events(&self) -> Events<UserPresence> {
+        Events::new(self.inner.presence.subscribe())
+    }
+
+    pub(crate) fn activity_events(&self) -> Events<(ActivityId, ActivityChange)> {
+        Events::new(self.inner.activities.subscribe())
+    }
+
+    /// Activities: join, leave, this session's state in them.
+    pub fn activities(&self) -> ActivityService {
+        ActivityService { domain: self.clone() }
+    }
+
+    /// Presence: this user's published state, and the users this domain follows.
+    pub fn presence(&self) -> PresenceService {
+        PresenceService { domain: self.clone() }
+    }
+
     pub fn models(&self) -> ModelService {
         ModelService { domain: self.clone() }
     }
@@ -205,7 +235,7 @@ impl Domain {
 /// The models of a domain.
 #[derive(Debug, Clone)]
 pub struct ModelService {
-    domain: Domain,
+    pub(crate) domain: Domain,
 }
 
 impl ModelService {

@@ -14,11 +14,13 @@ use futures_util::FutureExt;
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, CollectionId, CreationNonce, ModelId, ServerMessage, Session, Timestamp,
+    ActivityChange, ActivityId, ActivityRequest, Auth, ClientRequest, CollectionId, CreationNonce,
+    ModelId, Participant, PresenceState, ServerMessage, ServerResponse, Session, SessionId,
+    Timestamp, UserId, UserPresence,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
 use concord_sync::{
-    Action, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, ModelEvent,
+    Action, CallId, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, ModelEvent,
     ModelReplica, OpenFailure, store,
 };
 use tokio::sync::{broadcast, oneshot, watch};
@@ -36,9 +38,20 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 /// longer than that many).
 const FRAMES_PER_TURN: usize = 256;
 
+/// Where the domain's events go: domain events, presence, activities.
+pub(crate) type EventChannels = (
+    broadcast::Sender<DomainEvent>,
+    broadcast::Sender<UserPresence>,
+    broadcast::Sender<(ActivityId, ActivityChange)>,
+);
+
 /// Builds a local change against the model's current local view.
 pub(crate) type Build =
     Box<dyn FnOnce(&Document, &mut IdGenerator) -> Result<Operation, ClientError> + Send>;
+
+/// Builds an application request (given the replica id that mints element ids).
+pub(crate) type BuildRequest =
+    Box<dyn FnOnce(ReplicaId) -> Result<ClientRequest, ClientError> + Send>;
 
 /// Reads the model's local view; it replies through what it captured.
 pub(crate) type Read = Box<dyn FnOnce(&ModelReplica) + Send>;
@@ -57,6 +70,29 @@ pub(crate) struct Opened {
     pub(crate) root: ElementId,
     pub(crate) events: ModelChannel<ModelEvent>,
     pub(crate) watermarks: watch::Receiver<Watermarks>,
+}
+
+/// What the application does with presence.
+#[derive(Debug)]
+pub(crate) enum PresenceOp {
+    /// Offline it is kept and published on the next connection (answered `Done` at once).
+    Set(PresenceState),
+    Remove(Option<Vec<String>>),
+    Follow(Vec<UserId>),
+    Unfollow(Vec<UserId>),
+}
+
+/// What the application does with activities.
+#[derive(Debug)]
+pub(crate) enum ActivityOp {
+    /// Needs the connection.
+    Join(ActivityId, PresenceState),
+    Leave(ActivityId),
+    /// Offline it is kept for the next join (answered `Done` at once).
+    SetState(ActivityId, PresenceState),
+    RemoveState(ActivityId, Option<Vec<String>>),
+    /// Needs the connection.
+    Remove(ActivityId, SessionId),
 }
 
 pub(crate) enum Command {
@@ -112,6 +148,25 @@ pub(crate) enum Command {
     Close {
         model: ModelId,
     },
+    /// A request of the application's own, sent now or refused as offline.
+    Call {
+        request: BuildRequest,
+        reply: Reply<ServerResponse>,
+    },
+    /// A presence change or follow; see [`PresenceOp`].
+    Presence {
+        op: PresenceOp,
+        reply: Reply<ServerResponse>,
+    },
+    /// An activity change; see [`ActivityOp`].
+    Activity {
+        op: ActivityOp,
+        reply: Reply<ServerResponse>,
+    },
+    Participants {
+        activity: ActivityId,
+        reply: Reply<Vec<Participant>>,
+    },
     /// Stop: close the connection and the store, then answer.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -135,6 +190,8 @@ pub(crate) struct Driver {
     options: DomainOptions,
     state: watch::Sender<ConnectionState>,
     domain_events: broadcast::Sender<DomainEvent>,
+    presence_events: broadcast::Sender<UserPresence>,
+    activity_events: broadcast::Sender<(ActivityId, ActivityChange)>,
     user: Option<String>,
     store: Option<Box<dyn OfflineStore>>,
     engine: Option<ClientEngine>,
@@ -149,6 +206,8 @@ pub(crate) struct Driver {
     loaded_for_app: HashSet<ModelId>,
     /// Application opens waiting for the engine's answer from the server.
     opening: HashMap<ModelId, Vec<Reply<Opened>>>,
+    /// Application calls waiting for the server's answer.
+    calls: HashMap<CallId, Reply<ServerResponse>>,
     /// Set when the store failed: the domain stops.
     failed: Option<ClientError>,
 }
@@ -158,13 +217,15 @@ impl Driver {
         url: String,
         options: DomainOptions,
         state: watch::Sender<ConnectionState>,
-        domain_events: broadcast::Sender<DomainEvent>,
+        (domain_events, presence_events, activity_events): EventChannels,
     ) -> Driver {
         Driver {
             url,
             options,
             state,
             domain_events,
+            presence_events,
+            activity_events,
             user: None,
             store: None,
             engine: None,
@@ -175,6 +236,7 @@ impl Driver {
             open: HashMap::new(),
             loaded_for_app: HashSet::new(),
             opening: HashMap::new(),
+            calls: HashMap::new(),
             failed: None,
         }
     }
@@ -360,6 +422,71 @@ impl Driver {
             Command::StoredModels { reply } => {
                 let _ = reply.send(self.stored_models().await);
             }
+            Command::Presence { op, reply } => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return drop(reply.send(Err(ClientError::NotInitialized)));
+                };
+                let call = match op {
+                    PresenceOp::Set(state) => Ok(engine.set_presence_state(state)),
+                    PresenceOp::Remove(keys) => Ok(engine.remove_presence_state(keys)),
+                    PresenceOp::Follow(users) => engine.follow_presence(users).map(Some),
+                    PresenceOp::Unfollow(users) => {
+                        engine.unfollow_presence(users);
+                        Ok(None)
+                    }
+                };
+                match call {
+                    Ok(Some(call)) => drop(self.calls.insert(call, reply)),
+                    Ok(None) => drop(reply.send(Ok(ServerResponse::Done))),
+                    Err(error) => drop(reply.send(Err(error.into()))),
+                }
+            }
+            Command::Activity { op, reply } => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return drop(reply.send(Err(ClientError::NotInitialized)));
+                };
+                let call = match op {
+                    ActivityOp::Join(activity, state) => {
+                        engine.join_activity(activity, state).map(Some)
+                    }
+                    ActivityOp::Leave(activity) => Ok(engine.leave_activity(activity)),
+                    ActivityOp::SetState(activity, state) => {
+                        Ok(engine.set_activity_state(activity, state))
+                    }
+                    ActivityOp::RemoveState(activity, keys) => {
+                        Ok(engine.remove_activity_state(activity, keys))
+                    }
+                    ActivityOp::Remove(activity, session) => engine
+                        .call(ClientRequest::Activity(ActivityRequest::Remove {
+                            activity,
+                            session,
+                        }))
+                        .map(Some),
+                };
+                match call {
+                    Ok(Some(call)) => drop(self.calls.insert(call, reply)),
+                    Ok(None) => drop(reply.send(Ok(ServerResponse::Done))),
+                    Err(error) => drop(reply.send(Err(error.into()))),
+                }
+            }
+            Command::Participants { activity, reply } => {
+                let result = match self.engine.as_ref() {
+                    None => Err(ClientError::NotInitialized),
+                    Some(engine) => engine
+                        .participants(&activity)
+                        .ok_or_else(|| ClientError::NotJoined(activity.clone())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Call { request, reply } => match self.engine.as_mut() {
+                None => drop(reply.send(Err(ClientError::Offline))),
+                Some(engine) => {
+                    match request(engine.replica_id()).and_then(|r| Ok(engine.call(r)?)) {
+                        Ok(call) => drop(self.calls.insert(call, reply)),
+                        Err(error) => drop(reply.send(Err(error))),
+                    }
+                }
+            },
             Command::Edit { model, build, reply } => {
                 let _ = reply.send(self.edit(&model, build));
             }
@@ -724,6 +851,9 @@ impl Driver {
         for reply in self.opening.drain().flat_map(|(_, replies)| replies) {
             let _ = reply.send(Err(error.clone()));
         }
+        for (_, reply) in self.calls.drain() {
+            let _ = reply.send(Err(error.clone()));
+        }
         self.failed = Some(error);
         // The engine stops reconnecting; the run loop drops the socket.
         if let Some(engine) = self.engine.as_mut() {
@@ -761,6 +891,11 @@ impl Driver {
             let mut events = Vec::new();
             while let Some(event) = engine.poll_event() {
                 events.push(event);
+            }
+            while let Some((call, answer)) = engine.poll_answer() {
+                if let Some(reply) = self.calls.remove(&call) {
+                    let _ = reply.send(answer.map_err(ClientError::from));
+                }
             }
             let mut actions = Vec::new();
             while let Some(action) = engine.poll_action() {
@@ -836,6 +971,12 @@ impl Driver {
                     self.release_if_idle(&model);
                 }
             }
+            Event::Presence(presence) => {
+                let _ = self.presence_events.send(presence);
+            }
+            Event::Activity { activity, change } => {
+                let _ = self.activity_events.send((activity, change));
+            }
             // Emitted by `set_state`, once the state watch says so.
             Event::Domain(DomainEvent::State(state)) => self.set_state(state),
             Event::Domain(event) => {
@@ -867,7 +1008,10 @@ impl Driver {
 
 /// A model's initial data as a document, its ids minted by this replica from 0 (ids are
 /// unique per model; local changes continue past them).
-fn document(data: &serde_json::Value, replica: ReplicaId) -> Result<Document, ClientError> {
+pub(crate) fn document(
+    data: &serde_json::Value,
+    replica: ReplicaId,
+) -> Result<Document, ClientError> {
     let mut ids = IdGenerator::new(replica, 0);
     let value = concord_ot::Value::from_json(data, &mut ids)
         .map_err(|e| ClientError::InvalidValue(e.to_string()))?;
@@ -887,6 +1031,10 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Subscriptions { reply } => drop(reply.send(Err(error))),
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
+        Command::Call { reply, .. }
+        | Command::Presence { reply, .. }
+        | Command::Activity { reply, .. } => drop(reply.send(Err(error))),
+        Command::Participants { reply, .. } => drop(reply.send(Err(error))),
         Command::Read { .. } | Command::Close { .. } => {}
         Command::Shutdown { reply } => drop(reply.send(())),
     }
@@ -934,6 +1082,10 @@ impl std::fmt::Debug for Command {
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
             Command::Close { .. } => "Close",
+            Command::Call { .. } => "Call",
+            Command::Presence { .. } => "Presence",
+            Command::Activity { .. } => "Activity",
+            Command::Participants { .. } => "Participants",
             Command::Shutdown { .. } => "Shutdown",
         })
     }

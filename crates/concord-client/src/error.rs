@@ -1,9 +1,9 @@
 //! What can go wrong for an application using the client.
 
 use concord_ot::ApplyError;
-use concord_protocol::{ErrorReply, HandshakeRejection, ModelId};
+use concord_protocol::{ActivityId, ErrorReply, HandshakeRejection, ModelId};
 use concord_storage::StorageError;
-use concord_sync::EngineError;
+use concord_sync::{CallError, EngineError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -23,6 +23,17 @@ pub enum ClientError {
     NotAvailableOffline(ModelId),
     #[error("model {0} is not open")]
     NotOpen(ModelId),
+    /// The request needs the server and the domain is not connected; it was not queued
+    /// (permission changes, presence and activities never are).
+    #[error("the domain is offline; the request was not sent")]
+    Offline,
+    /// The connection ended before the server answered; whether it carried the request out
+    /// is unknown.
+    #[error("the connection was lost before the server answered")]
+    ConnectionLost,
+    /// This domain has not joined the activity (or was removed from it).
+    #[error("activity {} {} is not joined", .0.kind, .0.id)]
+    NotJoined(ActivityId),
     #[error("the server answered with an error: {0}")]
     Server(ErrorReply),
     #[error("no answer from the server in time")]
@@ -47,5 +58,15 @@ pub enum ClientError {
 impl From<StorageError> for ClientError {
     fn from(error: StorageError) -> ClientError {
         ClientError::Storage(error.to_string())
+    }
+}
+
+impl From<CallError> for ClientError {
+    fn from(error: CallError) -> ClientError {
+        match error {
+            CallError::Offline => ClientError::Offline,
+            CallError::ConnectionLost => ClientError::ConnectionLost,
+            CallError::Refused(reply) => ClientError::Server(reply),
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! `concord-client` is what applications embed to work on Concord models: a [`Domain`]
 //! (one server, one user, one offline store) connects, reconnects with backoff, and keeps
 //! every local change in the store until the server acknowledges it; [`ModelService`]
-//! opens, creates, removes and subscribes models — online or offline; [`RealTimeModel`]
-//! and its element handles read and change a model, with events and watermarks.
+//! opens, creates, removes and subscribes models — online or offline — and manages their
+//! permissions (online); [`RealTimeModel`] and its element handles read and change a model,
+//! with events and watermarks; [`PresenceService`] and [`ActivityService`] show who is
+//! around (ephemeral, never stored).
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
 //! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
@@ -30,18 +32,23 @@
 //! # Ok(()) }
 //! ```
 
+mod activity;
 mod domain;
 mod driver;
 mod error;
 mod events;
 mod model;
+mod permissions;
+mod presence;
 mod rt;
 mod socket;
 
+pub use activity::{Activity, ActivityService};
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
 pub use concord_protocol::{
-    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, Session,
-    SessionId,
+    ActivityChange, ActivityId, Collaborator, CollectionId, ErrorCode, ErrorReply,
+    HandshakeRejection, ModelId, Participant, PermissionGrants, Permissions, Session, SessionId,
+    UserId, UserPresence,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
@@ -58,3 +65,4 @@ pub use model::{
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
     Watermarks,
 };
+pub use presence::{PresenceService, state_value};

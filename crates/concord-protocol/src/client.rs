@@ -3,9 +3,11 @@
 use concord_ot::{Document, Operation, ReplicaId};
 use serde::{Deserialize, Serialize};
 
+use crate::activity::ActivityRequest;
 use crate::error::ErrorReply;
 use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
 use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
+use crate::presence::PresenceRequest;
 
 /// One frame from a client to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,10 @@ pub enum ClientRequest {
     SetPermissions { model: ModelId, grants: PermissionGrants },
     /// → `Pong`.
     Ping,
+    /// Presence: the user's state and who the session follows. → per variant.
+    Presence(PresenceRequest),
+    /// Activities: join, leave, this session's state in them. → per variant.
+    Activity(ActivityRequest),
 }
 
 /// A client's answer to a server request.

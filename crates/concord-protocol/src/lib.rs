@@ -10,16 +10,22 @@
 //! 1.x behind a version byte); the message types derive serde and are otherwise plain data.
 //! Decoding never panics, bounds nesting depth and never pre-allocates from a length prefix.
 //!
+//! Presence ([`PresenceRequest`]) and activities ([`ActivityRequest`]) are ephemeral
+//! additions, each in its own module.
+//!
 //! Operations, values and references are concord-ot's types, carried as they are.
 //! `docs/protocol.md` lists the messages, their pairing, versioning, limits and error codes.
 
+mod activity;
 mod client;
 pub mod codec;
 mod error;
 mod ids;
 mod payload;
+mod presence;
 mod server;
 
+pub use activity::{ActivityChange, ActivityId, ActivityRequest, Participant};
 pub use client::{ClientMessage, ClientNotice, ClientRequest, ClientResponse};
 pub use codec::{
     CLOSE_UNSUPPORTED_VERSION, DEFAULT_FRAGMENT_BYTES, DecodeError, EncodeError, FrameKind, Limits,
@@ -36,4 +42,5 @@ pub use payload::{
     KnownModel, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
     ReferenceChange, ReferenceKey, ServerLimits, Session, SharedReference, User,
 };
+pub use presence::{PresenceRequest, PresenceState, UserPresence};
 pub use server::{HandshakeResult, ServerMessage, ServerPush, ServerRequest, ServerResponse};

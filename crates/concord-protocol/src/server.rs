@@ -2,12 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::activity::{ActivityChange, ActivityId, Participant};
 use crate::error::{ErrorCode, ErrorReply};
 use crate::ids::{ModelId, RequestId, SessionId, Timestamp};
 use crate::payload::{
     Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate, OpenedModel,
     PermissionGrants, Permissions, ReferenceChange, Session, SharedReference,
 };
+use crate::presence::UserPresence;
 
 /// One frame from the server to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +69,12 @@ pub enum ServerResponse {
     /// Answers `Ping`.
     Pong,
     /// Answers requests that return nothing: `CloseModel`, `DeleteModel`,
-    /// `SubscribeOffline`, `SetPermissions`.
+    /// `SubscribeOffline`, `SetPermissions`, and presence changes.
     Done,
+    /// Answers `Presence(Subscribe)`: the followed users' current presence.
+    Presence(Vec<UserPresence>),
+    /// Answers `Activity(Join)`: everyone in the activity, this session included.
+    ActivityJoined { activity: ActivityId, participants: Vec<Participant> },
 }
 
 /// The outcome of a handshake.
@@ -106,4 +112,8 @@ pub enum ServerPush {
     ModelForceClosed { model: ModelId, code: ErrorCode, message: String },
     /// The server is about to close the connection (shutdown, session revoked).
     SessionClosing { code: ErrorCode, message: String },
+    /// A followed user's presence changed (availability or state): the whole of it.
+    Presence(UserPresence),
+    /// Something happened in an activity this session is in (never its own doing).
+    Activity { activity: ActivityId, change: ActivityChange },
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use concord_protocol::{CollectionId, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
+pub use concord_sync::host::{ActivityConfig, ActivityPermissions, ActivityPolicy, PresenceLimits};
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
 use crate::outbox::max_message_bytes;
@@ -46,6 +47,15 @@ pub struct ServerConfig {
     /// Connections served at once from one source address (an IPv4 address, or an IPv6
     /// /64 network, which one host usually has whole).
     pub max_connections_per_address: usize,
+    /// What one user's presence state and one session's followed users may take.
+    pub presence: PresenceLimits,
+    /// Who may join, set state in and manage activities, by activity type (by default
+    /// every session may join and set its own state, and nobody may manage), and what one
+    /// session may hold in them.
+    pub activities: ActivityConfig,
+    /// A session that sends nothing (clients ping every few seconds) for this long is ended
+    /// as gone: its user's presence goes offline if it was their last session.
+    pub silence_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -66,6 +76,9 @@ impl ServerConfig {
             web_root: None,
             max_connections: 10_000,
             max_connections_per_address: 256,
+            presence: PresenceLimits::default(),
+            activities: ActivityConfig::default(),
+            silence_timeout: Duration::from_secs(60),
         }
     }
 
@@ -252,6 +265,7 @@ impl ServerConfig {
             ("max_reference_bytes", limits.max_reference_bytes as u64),
             ("header_read_timeout", limits.header_read_timeout.as_nanos() as u64),
             ("handshake_timeout", limits.handshake_timeout.as_nanos() as u64),
+            ("silence_timeout", self.silence_timeout.as_nanos() as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -88,6 +88,9 @@ impl Connection {
         let limits =
             Limits { max_frame_bytes: self.hub.config.limits.max_frame_bytes, ..Limits::DEFAULT };
         let handshake_deadline = Instant::now() + self.hub.config.limits.handshake_timeout;
+        let silence = self.hub.config.silence_timeout;
+        // When the client last sent anything: past `silence` after it, it is gone.
+        let mut heard = Instant::now();
         loop {
             let next = if self.session.is_none() {
                 match tokio::time::timeout_at(handshake_deadline, stream.next()).await {
@@ -104,9 +107,13 @@ impl Connection {
                         }
                         continue;
                     }
-                    next = stream.next() => next,
+                    next = tokio::time::timeout_at(heard + silence, stream.next()) => match next {
+                        Ok(next) => next,
+                        Err(_) => return Ending::Close(CLOSE_POLICY, "the client stopped answering".into()),
+                    },
                 }
             };
+            heard = Instant::now();
             let bytes = match next {
                 None | Some(Err(_)) => return Ending::Gone,
                 Some(Ok(Message::Binary(bytes))) => bytes,
@@ -180,6 +187,12 @@ impl Connection {
                         ModelCommand { from: from.clone(), outbox: self.outbox.clone(), request };
                     self.hub.send(&key, command).await;
                 }
+                SessionOutput::ToPresence { request, presence } => {
+                    self.hub.ephemeral.presence(&self.domain, &from, request, presence);
+                }
+                SessionOutput::ToActivity { request, activity } => {
+                    self.hub.ephemeral.activity(&self.domain, &from, request, activity);
+                }
             }
         }
     }
@@ -229,6 +242,7 @@ impl Connection {
         tracing::debug!(conn = self.outbox.conn, user = %user.id.0, session = %session.0, "session started");
         let session_ref =
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
+        self.hub.ephemeral.connected(&self.domain, &session_ref, self.outbox.clone());
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
         let job = Job {
             domain: self.domain.clone(),
@@ -252,6 +266,7 @@ impl Connection {
     async fn leave_all(&mut self) {
         if let Some(session) = &mut self.session {
             session.disconnected();
+            self.hub.ephemeral.disconnected(&self.domain, self.outbox.conn);
         }
         self.dispatch().await;
     }

@@ -1,5 +1,5 @@
 //! What every connection shares: the configuration, the authenticator, the store and its
-//! writer, and the model tasks.
+//! writer, the model tasks, and every domain's presence and activities.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::ephemeral::Ephemeral;
 use crate::model::{ModelCommand, Models};
 use crate::registry::Registry;
 use crate::revocation::RevocationList;
@@ -24,6 +25,8 @@ pub(crate) struct Hub {
     pub(crate) store: Store,
     pub(crate) writer: Writer,
     pub(crate) models: Models,
+    /// Every domain's presence and activities.
+    pub(crate) ephemeral: Ephemeral,
     next_conn: AtomicU64,
     /// Cancelled when the server starts shutting down: connections close.
     pub(crate) shutdown: CancellationToken,
@@ -51,7 +54,9 @@ impl Hub {
         };
         // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
         let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));
+        let ephemeral = Ephemeral::new(config.presence, config.activities.clone());
         Hub {
+            ephemeral,
             config,
             auth,
             store,

@@ -2,7 +2,8 @@
 //! (`ws://HOST:PORT/<namespace>/<domain>`), authentication (JWT, anonymous, reconnect
 //! tokens revocable per user), per-model permissions, one sequencer task per active model, and durable
 //! persistence in an embedded redb store — every operation is on disk before anyone hears
-//! of it, with group commit across models.
+//! of it, with group commit across models. Presence and activities are held per domain in
+//! memory only.
 //!
 //! It is not the command line (that is the `concord` binary) and holds no OT or ordering
 //! logic of its own: `concord-sync`'s `Sequencer` orders, `concord-ot` transforms. Clients
@@ -49,6 +50,7 @@ mod accept;
 mod auth;
 mod config;
 mod connection;
+mod ephemeral;
 mod hub;
 mod model;
 mod outbox;
@@ -63,7 +65,8 @@ mod web_root;
 
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{
-    AuthConfig, CollectionConfig, ConfigError, ConnectionLimits, JwtConfig, JwtKey, ServerConfig,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig, ConfigError,
+    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

@@ -196,6 +196,8 @@ pub(crate) fn frame(message: &ServerMessage, max_message_bytes: usize) -> Option
         ServerResponse::Permissions { .. } => "Permissions",
         ServerResponse::Pong => "Pong",
         ServerResponse::Done => "Done",
+        ServerResponse::Presence(_) => "Presence",
+        ServerResponse::ActivityJoined { .. } => "ActivityJoined",
     };
     tracing::error!(%error, request = to.0, kind, "a reply could not be encoded; an error is sent instead");
     let code = match error {

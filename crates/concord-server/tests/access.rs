@@ -310,7 +310,7 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
         let closed = other.closed().await?;
         assert_eq!(closed.code, Some(concord_protocol::CLOSE_UNSUPPORTED_VERSION));
         let named =
-            format!("unsupported protocol version {version} (this server speaks version 2)");
+            format!("unsupported protocol version {version} (this server speaks version 3)");
         assert_eq!(closed.reason, named);
     }
 
@@ -346,6 +346,8 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::R
         c.limits.max_queued_messages = 8;
         // The model grows to 20 MiB: past the default model size limit.
         c.max_model_bytes = 32 << 20;
+        // Bob sends nothing either: only the outbox's bound may close him here.
+        c.silence_timeout = std::time::Duration::from_secs(3600);
     })
     .await?;
     let mut alice = connect(&server, "alice").await?;

@@ -38,15 +38,18 @@
 //! unknown, and resyncing on a new connection is the one recovery that is right for every
 //! request.
 
+mod activity;
+mod presence;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
-    ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
-    OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage, ServerPush,
-    ServerRequest, ServerResponse, Session, Timestamp,
+    ActivityId, Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId,
+    CreationNonce, ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId,
+    ModelSnapshot, OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage,
+    ServerPush, ServerRequest, ServerResponse, Session, Timestamp,
 };
 
 use crate::attach::{Budget, Progress, Slot};
@@ -158,6 +161,26 @@ pub enum EngineError {
     Invalid(#[from] ApplyError),
 }
 
+/// Identifies a request the application sent through [`ClientEngine::call`], for its answer
+/// from [`ClientEngine::poll_answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(pub u64);
+
+/// Why a [`ClientEngine::call`] got no answer from the server.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// Not connected: the request was not sent, and is not queued for later.
+    #[error("the client is offline; the request was not sent")]
+    Offline,
+    /// The connection ended before the answer came; whether the server carried the request
+    /// out is unknown.
+    #[error("the connection was lost before the server answered")]
+    ConnectionLost,
+    /// The server answered with an error.
+    #[error("the server refused: {0}")]
+    Refused(ErrorReply),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
     Offline,
@@ -217,6 +240,14 @@ enum Request {
     Create(ModelId),
     Delete(ModelId),
     Open(ModelId),
+    /// The application's own request: its answer goes back to it.
+    Call(CallId),
+    /// Following users' presence again after a reconnection.
+    PresenceResync,
+    /// The application joining an activity.
+    JoinActivity(CallId, ActivityId),
+    /// Joining an activity again after a reconnection.
+    RejoinActivity(ActivityId),
     /// Its answer changes nothing here (close, resync complete, subscribe).
     Other,
 }
@@ -315,6 +346,11 @@ pub struct ClientEngine {
     budget: Budget,
     /// Opens at the server waiting for a live slot.
     open_queue: VecDeque<ModelId>,
+    next_call: u64,
+    /// Answers to the application's calls, for `poll_answer`.
+    answers: VecDeque<(CallId, Result<ServerResponse, CallError>)>,
+    presence: presence::Presence,
+    activities: activity::Activities,
 }
 
 impl ClientEngine {
@@ -352,6 +388,10 @@ impl ClientEngine {
                 config.max_backoff,
             ),
             open_queue: VecDeque::new(),
+            next_call: 1,
+            answers: VecDeque::new(),
+            presence: presence::Presence::default(),
+            activities: activity::Activities::default(),
         }
     }
 
@@ -764,6 +804,8 @@ impl ClientEngine {
         let next_ping = now + self.config.heartbeat;
         self.connection = Connection::Connected { last_heard: now, next_ping };
         self.report(ConnectionState::Connected);
+        self.presence_connected();
+        self.activities_connected(session.session.clone());
         self.add_tombstones(stored_tombstones);
         if !self.subscriptions.is_empty() {
             let subscribe = self.known_models(self.subscriptions.keys().cloned().collect());
@@ -1113,7 +1155,17 @@ impl ClientEngine {
     /// The connection is gone: everything waits offline; local changes keep being stored.
     fn went_offline(&mut self) {
         self.connection = Connection::Idle;
-        self.requests.clear();
+        for request in std::mem::take(&mut self.requests).into_values() {
+            match request.purpose {
+                Request::Call(call) => {
+                    self.answers.push_back((call, Err(CallError::ConnectionLost)));
+                }
+                Request::JoinActivity(call, activity) => {
+                    self.activity_joined(Some(call), activity, Err(CallError::ConnectionLost));
+                }
+                _ => {}
+            }
+        }
         self.acks.clear();
         self.transmit.clear();
         for (model, _) in std::mem::take(&mut self.opens) {
@@ -1246,6 +1298,18 @@ impl ClientEngine {
             Request::Create(model) => self.create_answered(model, answer),
             Request::Delete(model) => self.delete_answered(model, answer),
             Request::Open(model) => self.opened(now, model, answer, attached_before),
+            Request::Call(call) => {
+                let answer = answer.map_err(CallError::Refused);
+                self.presence_answered(&answer);
+                self.answers.push_back((call, answer));
+            }
+            Request::PresenceResync => self.presence_resynced(answer.map_err(CallError::Refused)),
+            Request::JoinActivity(call, activity) => {
+                self.activity_joined(Some(call), activity, answer.map_err(CallError::Refused));
+            }
+            Request::RejoinActivity(activity) => {
+                self.activity_joined(None, activity, answer.map_err(CallError::Refused));
+            }
             Request::Other => {}
         }
     }
@@ -1438,11 +1502,16 @@ impl ClientEngine {
             ServerPush::CollaboratorClosed { model, session } => {
                 self.model_event(&model, ModelEvent::CollaboratorClosed(session));
             }
-            // Not tracked yet: permissions and shared references. The connection's end
-            // after `SessionClosing` is handled as any lost connection.
-            ServerPush::PermissionsChanged { .. }
-            | ServerPush::RemoteReference { .. }
-            | ServerPush::SessionClosing { .. } => {}
+            ServerPush::PermissionsChanged { model, permissions } => {
+                if self.models.contains_key(&model) {
+                    self.model_event(&model, ModelEvent::PermissionsChanged { permissions });
+                }
+            }
+            ServerPush::Presence(presence) => self.presence_heard(presence),
+            ServerPush::Activity { activity, change } => self.activity_changed(activity, change),
+            // Not tracked yet: shared references. The connection's end after
+            // `SessionClosing` is handled as any lost connection.
+            ServerPush::RemoteReference { .. } | ServerPush::SessionClosing { .. } => {}
         }
     }
 
@@ -1922,6 +1991,35 @@ impl ClientEngine {
             | ClientMessage::Notice(_) => {}
         }
         Some(message)
+    }
+
+    /// Sends a request of the application's own (permissions, presence, activities) now,
+    /// or fails at once with [`CallError::Offline`]: such requests are never queued for a
+    /// later connection. The answer comes from [`ClientEngine::poll_answer`] under the
+    /// returned id — exactly one per call, [`CallError::ConnectionLost`] if the connection
+    /// ends first.
+    pub fn call(&mut self, request: ClientRequest) -> Result<CallId, CallError> {
+        self.call_for(request, Request::Call)
+    }
+
+    /// A call whose answer the engine looks at first (`purpose` names it).
+    fn call_for(
+        &mut self,
+        request: ClientRequest,
+        purpose: impl FnOnce(CallId) -> Request,
+    ) -> Result<CallId, CallError> {
+        if !self.is_connected() {
+            return Err(CallError::Offline);
+        }
+        let call = CallId(self.next_call);
+        self.next_call += 1;
+        self.send(request, purpose(call));
+        Ok(call)
+    }
+
+    /// The next answer to a [`ClientEngine::call`]; drain it with the events.
+    pub fn poll_answer(&mut self) -> Option<(CallId, Result<ServerResponse, CallError>)> {
+        self.answers.pop_front()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -7,7 +7,10 @@
 //! decide what to do with it before it compiles again.
 
 use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind};
-use concord_protocol::{Collaborator, ErrorReply, HandshakeRejection, ModelId, SessionId};
+use concord_protocol::{
+    ActivityChange, ActivityId, Collaborator, ErrorReply, HandshakeRejection, ModelId, Permissions,
+    SessionId, UserPresence,
+};
 
 use crate::replica::PendingOperation;
 
@@ -19,6 +22,11 @@ pub enum Event {
     /// Something happened to the domain: the connection, or a model as a whole (created,
     /// deleted, opened, downloaded…).
     Domain(DomainEvent),
+    /// A followed user's presence changed (availability or state): the whole of it.
+    Presence(UserPresence),
+    /// Something happened in an activity this client joined (someone joined, left or
+    /// changed their state; `Left` with this client's own session: it was removed).
+    Activity { activity: ActivityId, change: ActivityChange },
 }
 
 /// What happens to one model.
@@ -52,6 +60,9 @@ pub enum ModelEvent {
     CollaboratorOpened(Collaborator),
     /// Another session closed the model (or lost its connection).
     CollaboratorClosed(SessionId),
+    /// This session's permissions on the model changed (a user with `manage` changed its
+    /// grants). Losing `read` is reported as [`ModelEvent::Gone`] instead.
+    PermissionsChanged { permissions: Permissions },
     /// The server no longer serves the model (deleted by someone else, or closed by the
     /// server); the local copy stays, offline.
     Gone { error: ErrorReply },

@@ -11,6 +11,10 @@
 //! vocabulary of what applications hear. The client's in-flight operation, transformed
 //! against remote operations as they arrive, equals the operation the server committed for
 //! it, so acks carry no operation.
+//!
+//! [`host`] holds every decision of the server, including each domain's presence and
+//! activities (ephemeral, never stored); the engine's side of them republishes, follows and
+//! joins again on every connection.
 
 mod attach;
 mod engine;
@@ -22,7 +26,8 @@ pub mod store;
 mod time;
 
 pub use engine::{
-    Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, StorageBatch,
+    Action, BatchId, CallError, CallId, ClientEngine, DisconnectReason, EngineConfig, EngineError,
+    StorageBatch,
 };
 pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
 pub use replica::{

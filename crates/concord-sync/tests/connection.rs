@@ -824,3 +824,124 @@ fn a_model_synced_in_the_background_costs_a_resync_its_submission_and_a_close() 
     assert!(engine.sync_idle());
     Ok(())
 }
+
+/// The id of the first request in `sent` that `check` accepts.
+fn request_id(sent: &[ClientMessage], check: impl Fn(&ClientRequest) -> bool) -> Result<RequestId> {
+    sent.iter()
+        .find_map(|m| match m {
+            ClientMessage::Request { id, request } if check(request) => Some(*id),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no such request in {sent:?}"))
+}
+
+#[test]
+fn calls_are_never_queued_and_presence_and_activities_come_back_after_a_reconnection() -> Result<()>
+{
+    use concord_protocol::{
+        ActivityChange, ActivityId, ActivityRequest, Participant, PresenceRequest, UserPresence,
+    };
+    use concord_sync::CallError;
+
+    let status = std::collections::BTreeMap::from([("status".to_owned(), "\"away\"".to_owned())]);
+    let page = ActivityId { kind: "viewing".into(), id: "page 12".into() };
+    let participant = |session: &str, user: &str| Participant {
+        session: SessionId(session.into()),
+        user: UserId(user.into()),
+        state: Default::default(),
+    };
+    let mut engine = ClientEngine::new(REPLICA, config());
+
+    // Offline: a call fails at once and nothing is queued; presence state is kept.
+    assert_eq!(engine.call(ClientRequest::Ping), Err(CallError::Offline));
+    assert_eq!(engine.set_presence_state(status.clone()), None);
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![], vec![]);
+    let sent = drain(&mut engine, at(0)).sent;
+    let publish = |r: &ClientRequest| matches!(r, ClientRequest::Presence(PresenceRequest::SetState { state }) if *state == status);
+    request_id(&sent, publish)?;
+    assert!(!sent.iter().any(|m| request_is(m, |r| matches!(r, ClientRequest::Ping))));
+
+    // Follow and join; each call gets its answer once.
+    let follow = engine.follow_presence(vec![UserId("bob".into())]).expect("connected");
+    let join = engine.join_activity(page.clone(), Default::default()).expect("connected");
+    let sent = drain(&mut engine, at(1)).sent;
+    let bob = UserPresence { user: UserId("bob".into()), available: true, state: status.clone() };
+    let joined = vec![participant("s1", "alice"), participant("s9", "bob")];
+    let answers = [
+        (
+            request_id(&sent, |r| matches!(r, ClientRequest::Presence(_)))?,
+            ServerResponse::Presence(vec![bob.clone()]),
+        ),
+        (
+            request_id(&sent, |r| matches!(r, ClientRequest::Activity(_)))?,
+            ServerResponse::ActivityJoined { activity: page.clone(), participants: joined },
+        ),
+    ];
+    for (to, response) in answers {
+        engine.handle_message(at(2), ServerMessage::Response { to, response });
+    }
+    let got: Vec<_> = std::iter::from_fn(|| engine.poll_answer()).collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], (follow, Ok(ServerResponse::Presence(vec![bob.clone()]))));
+    assert_eq!(got[1].0, join);
+    assert_eq!(engine.presence_of(&UserId("bob".into())), Some(&bob));
+    assert_eq!(engine.participants(&page).map(|p| p.len()), Some(2));
+
+    // A call the connection's end leaves unanswered is answered `ConnectionLost`.
+    let ping = engine.call(ClientRequest::Ping).expect("connected");
+    drain(&mut engine, at(3));
+    engine.disconnect();
+    assert_eq!(engine.poll_answer(), Some((ping, Err(CallError::ConnectionLost))));
+    assert_eq!(engine.poll_answer(), None);
+    let disconnect = Action::Disconnect { reason: DisconnectReason::Requested };
+    assert_eq!(drain(&mut engine, at(4)).actions, vec![disconnect]);
+
+    // A new session: the state is published, bob followed and the page joined again, and
+    // what changed meanwhile is told.
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    let second = Session { session: SessionId("s2".into()), ..session() };
+    engine.handle_connected(at(10), &second, vec![], vec![]);
+    let turn = drain(&mut engine, at(10));
+    request_id(&turn.sent, publish)?;
+    let refollow = request_id(
+        &turn.sent,
+        |r| matches!(r, ClientRequest::Presence(PresenceRequest::Subscribe { users }) if users.len() == 1),
+    )?;
+    let rejoin = request_id(
+        &turn.sent,
+        |r| matches!(r, ClientRequest::Activity(ActivityRequest::Join { activity, .. }) if *activity == page),
+    )?;
+    let gone =
+        UserPresence { user: UserId("bob".into()), available: false, state: Default::default() };
+    let now_there = vec![participant("s2", "alice"), participant("s7", "carol")];
+    let replies = [
+        (refollow, ServerResponse::Presence(vec![gone.clone()])),
+        (
+            rejoin,
+            ServerResponse::ActivityJoined { activity: page.clone(), participants: now_there },
+        ),
+    ];
+    for (to, response) in replies {
+        engine.handle_message(at(11), ServerMessage::Response { to, response });
+    }
+    let events = drain(&mut engine, at(11)).events;
+    assert!(events.contains(&Event::Presence(gone)), "{events:?}");
+    let change = |change| Event::Activity { activity: page.clone(), change };
+    for expected in [
+        change(ActivityChange::Left { session: SessionId("s9".into()) }),
+        change(ActivityChange::Joined(participant("s7", "carol"))),
+    ] {
+        assert!(events.contains(&expected), "{expected:?} missing from {events:?}");
+    }
+    assert_eq!(engine.poll_answer(), None, "rejoins are the engine's own, not calls");
+
+    // Removed by a manager: no longer joined, not joined again.
+    let removed = ActivityChange::Left { session: SessionId("s2".into()) };
+    let push = ServerPush::Activity { activity: page.clone(), change: removed };
+    engine.handle_message(at(12), ServerMessage::Push(push));
+    assert_eq!(engine.participants(&page), None);
+    Ok(())
+}

@@ -68,6 +68,11 @@ impl Server {
                     let from = self.sessions[&conn].session().clone();
                     said.extend(self.request_model(&from, model, request));
                 }
+                // Presence and activities have their own unit tests (`host/presence.rs`,
+                // `host/activity.rs`); none is asked here.
+                SessionOutput::ToPresence { .. } | SessionOutput::ToActivity { .. } => {
+                    unreachable!("no presence or activity request is sent")
+                }
             }
         }
         said

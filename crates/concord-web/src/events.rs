@@ -63,6 +63,15 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
         ModelEvent::CollaboratorClosed(session) => {
             json!({ "type": "collaboratorClosed", "session": session.0 })
         }
+        ModelEvent::PermissionsChanged { permissions } => json!({
+            "type": "permissionsChanged",
+            "permissions": {
+                "read": permissions.read,
+                "write": permissions.write,
+                "remove": permissions.remove,
+                "manage": permissions.manage,
+            },
+        }),
         ModelEvent::Gone { error: e } => json!({ "type": "gone", "error": error(&e) }),
         ModelEvent::Released => json!({ "type": "released" }),
     }

@@ -6,12 +6,15 @@
 //! boundary are UTF-16 code units, as JavaScript counts them; they are converted to the
 //! model's `char` positions against the current text.
 //!
+//! Permissions, presence and activities (`collaboration.rs`) keep the Rust API's names.
+//!
 //! It holds no logic of its own beyond that translation: syncing, storage and offline work
 //! are `concord-client`'s. On targets other than wasm32 the crate is empty. `docs/web.md` is
 //! the guide.
 
 #![cfg(target_arch = "wasm32")]
 
+mod collaboration;
 mod events;
 
 use concord_client::{

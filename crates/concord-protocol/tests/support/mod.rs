@@ -332,7 +332,65 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         (model_id(), permission_grants())
             .prop_map(|(model, grants)| SetPermissions { model, grants }),
         Just(Ping),
+        presence_request().prop_map(Presence),
+        activity_request().prop_map(Activity),
     ]
+}
+
+pub fn activity_id() -> impl Strategy<Value = ActivityId> {
+    (text(), text()).prop_map(|(kind, id)| ActivityId { kind, id })
+}
+
+pub fn activity_request() -> impl Strategy<Value = ActivityRequest> {
+    prop_oneof![
+        (activity_id(), presence_state())
+            .prop_map(|(activity, state)| ActivityRequest::Join { activity, state }),
+        activity_id().prop_map(|activity| ActivityRequest::Leave { activity }),
+        (activity_id(), presence_state())
+            .prop_map(|(activity, state)| ActivityRequest::SetState { activity, state }),
+        (activity_id(), option::of(vec(text(), 0..3)))
+            .prop_map(|(activity, keys)| ActivityRequest::RemoveState { activity, keys }),
+        (activity_id(), session_id())
+            .prop_map(|(activity, session)| ActivityRequest::Remove { activity, session }),
+    ]
+}
+
+pub fn participant() -> impl Strategy<Value = Participant> {
+    (session_id(), user_id(), presence_state()).prop_map(|(session, user, state)| Participant {
+        session,
+        user,
+        state,
+    })
+}
+
+pub fn activity_change() -> impl Strategy<Value = ActivityChange> {
+    prop_oneof![
+        participant().prop_map(ActivityChange::Joined),
+        session_id().prop_map(|session| ActivityChange::Left { session }),
+        (session_id(), presence_state())
+            .prop_map(|(session, state)| ActivityChange::StateChanged { session, state }),
+    ]
+}
+
+pub fn presence_state() -> impl Strategy<Value = PresenceState> {
+    btree_map(text(), text(), 0..3)
+}
+
+pub fn presence_request() -> impl Strategy<Value = PresenceRequest> {
+    prop_oneof![
+        presence_state().prop_map(|state| PresenceRequest::SetState { state }),
+        option::of(vec(text(), 0..3)).prop_map(|keys| PresenceRequest::RemoveState { keys }),
+        vec(user_id(), 0..3).prop_map(|users| PresenceRequest::Subscribe { users }),
+        vec(user_id(), 0..3).prop_map(|users| PresenceRequest::Unsubscribe { users }),
+    ]
+}
+
+pub fn user_presence() -> impl Strategy<Value = UserPresence> {
+    (user_id(), any::<bool>(), presence_state()).prop_map(|(user, available, state)| UserPresence {
+        user,
+        available,
+        state,
+    })
 }
 
 pub fn client_response() -> impl Strategy<Value = ClientResponse> {
@@ -428,6 +486,9 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         (model_id(), permission_grants()).prop_map(|(model, grants)| Permissions { model, grants }),
         Just(Pong),
         Just(Done),
+        vec(user_presence(), 0..3).prop_map(Presence),
+        (activity_id(), vec(participant(), 0..3))
+            .prop_map(|(activity, participants)| ActivityJoined { activity, participants }),
     ]
 }
 
@@ -457,6 +518,9 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
         (model_id(), error_code(), text())
             .prop_map(|(model, code, message)| { ModelForceClosed { model, code, message } }),
         (error_code(), text()).prop_map(|(code, message)| SessionClosing { code, message }),
+        user_presence().prop_map(Presence),
+        (activity_id(), activity_change())
+            .prop_map(|(activity, change)| Activity { activity, change }),
     ]
 }
 
@@ -489,6 +553,15 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::GetPermissions",
     "Request::SetPermissions",
     "Request::Ping",
+    "Request::Presence::SetState",
+    "Request::Presence::RemoveState",
+    "Request::Presence::Subscribe",
+    "Request::Presence::Unsubscribe",
+    "Request::Activity::Join",
+    "Request::Activity::Leave",
+    "Request::Activity::SetState",
+    "Request::Activity::RemoveState",
+    "Request::Activity::Remove",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -510,6 +583,19 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
             ClientRequest::GetPermissions { .. } => "Request::GetPermissions",
             ClientRequest::SetPermissions { .. } => "Request::SetPermissions",
             ClientRequest::Ping => "Request::Ping",
+            ClientRequest::Presence(presence) => match presence {
+                PresenceRequest::SetState { .. } => "Request::Presence::SetState",
+                PresenceRequest::RemoveState { .. } => "Request::Presence::RemoveState",
+                PresenceRequest::Subscribe { .. } => "Request::Presence::Subscribe",
+                PresenceRequest::Unsubscribe { .. } => "Request::Presence::Unsubscribe",
+            },
+            ClientRequest::Activity(activity) => match activity {
+                ActivityRequest::Join { .. } => "Request::Activity::Join",
+                ActivityRequest::Leave { .. } => "Request::Activity::Leave",
+                ActivityRequest::SetState { .. } => "Request::Activity::SetState",
+                ActivityRequest::RemoveState { .. } => "Request::Activity::RemoveState",
+                ActivityRequest::Remove { .. } => "Request::Activity::Remove",
+            },
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -535,6 +621,8 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::Permissions",
     "Response::Pong",
     "Response::Done",
+    "Response::Presence",
+    "Response::ActivityJoined",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -550,6 +638,10 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Push::RemoteReference",
     "Push::ModelForceClosed",
     "Push::SessionClosing",
+    "Push::Presence",
+    "Push::Activity::Joined",
+    "Push::Activity::Left",
+    "Push::Activity::StateChanged",
 ];
 
 pub fn server_variant(message: &ServerMessage) -> &'static str {
@@ -572,6 +664,8 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::Permissions { .. } => "Response::Permissions",
             ServerResponse::Pong => "Response::Pong",
             ServerResponse::Done => "Response::Done",
+            ServerResponse::Presence(_) => "Response::Presence",
+            ServerResponse::ActivityJoined { .. } => "Response::ActivityJoined",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {
@@ -591,6 +685,12 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerPush::RemoteReference { .. } => "Push::RemoteReference",
             ServerPush::ModelForceClosed { .. } => "Push::ModelForceClosed",
             ServerPush::SessionClosing { .. } => "Push::SessionClosing",
+            ServerPush::Presence(_) => "Push::Presence",
+            ServerPush::Activity { change, .. } => match change {
+                ActivityChange::Joined(_) => "Push::Activity::Joined",
+                ActivityChange::Left { .. } => "Push::Activity::Left",
+                ActivityChange::StateChanged { .. } => "Push::Activity::StateChanged",
+            },
         },
     }
 }

@@ -10,12 +10,18 @@
 //! and [`Notice`]s for session hosts. When it needs something from the store it cannot
 //! hold (old history, a collection's settings) it asks with a [`Read`] and waits.
 //!
+//! A [`PresenceHost`] per domain holds presence: who is available, what each user
+//! publishes, who follows whom; an [`ActivityHost`] per domain holds who is in which
+//! activity with what state. Session hosts hand them their requests; both are ephemeral.
+//!
 //! The caller passes the time in and carries out the rest: it makes the jobs durable in
 //! order (it may merge them into one transaction, across models), delivers their messages
 //! only then, answers reads from durable state, and routes notices to sessions.
 
+mod activity;
 mod model;
 mod permissions;
+mod presence;
 mod session;
 
 use std::collections::BTreeMap;
@@ -30,8 +36,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sequencer::{CommitRecord, Decision, RefusalRecord};
 
+pub use activity::{ActivityConfig, ActivityHost, ActivityPermissions, ActivityPolicy};
 pub use model::{LoadError, ModelHost};
 pub use permissions::{effective, may_create};
+pub use presence::{Broadcast, PresenceHost, PresenceLimits};
 pub use session::{SessionHost, SessionLimits, SessionOutput};
 
 /// Connections are told apart by a number the caller makes unique within a server's run and

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use concord_ot::ReferenceValue;
 use concord_protocol::{
-    ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode, KnownModel, ModelId,
-    ReferenceChange, ReferenceKey, RequestId, ServerLimits, ServerMessage, ServerResponse,
+    ActivityRequest, ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode,
+    KnownModel, ModelId, PresenceRequest, ReferenceChange, ReferenceKey, RequestId, ServerLimits,
+    ServerMessage, ServerResponse,
 };
 
 use super::{ModelRequest, Notice, SessionRef, reply};
@@ -65,6 +66,10 @@ pub enum SessionOutput {
     Reply(ServerMessage),
     /// For the model's host.
     ToModel { model: ModelId, request: ModelRequest },
+    /// For the domain's [`PresenceHost`](super::PresenceHost), which answers it.
+    ToPresence { request: RequestId, presence: PresenceRequest },
+    /// For the domain's [`ActivityHost`](super::ActivityHost), which answers it.
+    ToActivity { request: RequestId, activity: ActivityRequest },
 }
 
 /// The server side of one authenticated connection. Feed it the client's messages
@@ -391,6 +396,12 @@ impl SessionHost {
             }
             ClientRequest::SetPermissions { model, grants } => {
                 self.route(model, ModelRequest::SetPermissions { request: id, grants })
+            }
+            ClientRequest::Presence(presence) => {
+                self.outputs.push_back(SessionOutput::ToPresence { request: id, presence })
+            }
+            ClientRequest::Activity(activity) => {
+                self.outputs.push_back(SessionOutput::ToActivity { request: id, activity })
             }
         }
     }

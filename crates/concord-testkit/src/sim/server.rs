@@ -16,8 +16,9 @@ use concord_protocol::{
     ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
-    ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
-    SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
+    ActivityConfig, ActivityHost, ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice,
+    Outgoing, PresenceHost, PresenceLimits, Read, ReadResult, SessionHost, SessionLimits,
+    SessionOutput, SessionRef, Write, replay_page,
 };
 
 use crate::server_store::MemoryServerStore;
@@ -34,6 +35,9 @@ pub struct SimServer {
     pending: VecDeque<Job>,
     models: BTreeMap<ModelId, ModelHost>,
     sessions: BTreeMap<ConnId, SessionHost>,
+    /// The domain's presence and activities (ephemeral: a crash forgets them).
+    presence: PresenceHost,
+    activities: ActivityHost,
     next_conn: ConnId,
     /// Replica bindings made since the last crash, durable or not (the server's claims).
     owners: BTreeMap<ReplicaId, UserId>,
@@ -56,6 +60,8 @@ impl SimServer {
             pending: VecDeque::new(),
             models: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            presence: PresenceHost::new(PresenceLimits::default()),
+            activities: ActivityHost::new(ActivityConfig::default()),
             next_conn: 0,
             owners: BTreeMap::new(),
             last_seqs: BTreeMap::new(),
@@ -91,6 +97,8 @@ impl SimServer {
             ..Job::default()
         });
         self.sessions.insert(conn, SessionHost::new(session.clone(), self.limits));
+        // Nobody can follow anyone before this session's first message: nothing to send.
+        self.presence.connected(&session);
         session
     }
 
@@ -117,9 +125,12 @@ impl SimServer {
     pub fn close(&mut self, now: Timestamp, conn: ConnId) -> Result<Sent, String> {
         let Some(session) = self.sessions.get_mut(&conn) else { return Ok(Vec::new()) };
         session.disconnected();
-        let sent = self.dispatch(now, conn);
+        let mut sent = self.dispatch(now, conn)?;
         self.sessions.remove(&conn);
-        sent
+        self.presence.disconnected(conn);
+        self.activities.disconnected(conn);
+        sent.extend(self.ephemeral_outputs());
+        Ok(sent)
     }
 
     fn dispatch(&mut self, now: Timestamp, conn: ConnId) -> Result<Sent, String> {
@@ -133,8 +144,29 @@ impl SimServer {
                     let from = session.session().clone();
                     sent.extend(self.request_model(now, &from, model, request)?);
                 }
+                SessionOutput::ToPresence { request, presence } => {
+                    let from = session.session().clone();
+                    self.presence.handle(&from, request, presence);
+                    sent.extend(self.ephemeral_outputs());
+                }
+                SessionOutput::ToActivity { request, activity } => {
+                    let from = session.session().clone();
+                    self.activities.handle(&from, request, activity);
+                    sent.extend(self.ephemeral_outputs());
+                }
             }
         }
+    }
+
+    /// What presence and activities said.
+    fn ephemeral_outputs(&mut self) -> Sent {
+        let mut sent = Vec::new();
+        let outputs = std::iter::from_fn(|| self.presence.poll_output())
+            .chain(std::iter::from_fn(|| self.activities.poll_output()));
+        for output in outputs.collect::<Vec<_>>() {
+            sent.extend(output.to.into_iter().map(|conn| (conn, output.message.clone())));
+        }
+        sent
     }
 
     fn request_model(
@@ -331,6 +363,8 @@ impl SimServer {
         self.owners.clear();
         self.last_seqs.clear();
         self.sessions.clear();
+        self.presence = PresenceHost::new(PresenceLimits::default());
+        self.activities = ActivityHost::new(ActivityConfig::default());
         self.models.clear();
     }
 

@@ -1,0 +1,106 @@
+//! Presence and activities in the shell: one [`PresenceHost`] and one [`ActivityHost`] per
+//! domain, shared by that domain's connections behind a lock (their work is a few map
+//! operations and no I/O), and the outboxes their messages go to. A domain's entry lives
+//! while it has a session. Nothing here is stored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use concord_protocol::{ActivityRequest, PresenceRequest, RequestId};
+use concord_sync::host::{
+    ActivityConfig, ActivityHost, Broadcast, ConnId, PresenceHost, PresenceLimits, SessionRef,
+};
+
+use crate::outbox::Outbox;
+
+#[derive(Debug)]
+pub(crate) struct Ephemeral {
+    presence: PresenceLimits,
+    activities: ActivityConfig,
+    domains: Mutex<HashMap<Arc<str>, DomainState>>,
+}
+
+#[derive(Debug)]
+struct DomainState {
+    presence: PresenceHost,
+    activities: ActivityHost,
+    outboxes: HashMap<ConnId, Outbox>,
+}
+
+impl Ephemeral {
+    pub(crate) fn new(presence: PresenceLimits, activities: ActivityConfig) -> Ephemeral {
+        Ephemeral { presence, activities, domains: Mutex::default() }
+    }
+
+    /// A session started on `domain`; its messages go to `outbox`.
+    pub(crate) fn connected(&self, domain: &Arc<str>, session: &SessionRef, outbox: Outbox) {
+        self.with(domain, |state| {
+            state.outboxes.insert(session.conn, outbox);
+            state.presence.connected(session);
+        });
+    }
+
+    pub(crate) fn presence(
+        &self,
+        domain: &Arc<str>,
+        from: &SessionRef,
+        request: RequestId,
+        presence: PresenceRequest,
+    ) {
+        self.with(domain, |state| state.presence.handle(from, request, presence));
+    }
+
+    pub(crate) fn activity(
+        &self,
+        domain: &Arc<str>,
+        from: &SessionRef,
+        request: RequestId,
+        activity: ActivityRequest,
+    ) {
+        self.with(domain, |state| state.activities.handle(from, request, activity));
+    }
+
+    /// The session on `conn` ended; the domain's entry goes with its last session.
+    pub(crate) fn disconnected(&self, domain: &Arc<str>, conn: ConnId) {
+        let mut domains = self.domains.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = domains.get_mut(domain) else { return };
+        state.outboxes.remove(&conn);
+        state.presence.disconnected(conn);
+        state.activities.disconnected(conn);
+        state.deliver();
+        if state.outboxes.is_empty() {
+            domains.remove(domain);
+        }
+    }
+
+    fn with(&self, domain: &Arc<str>, f: impl FnOnce(&mut DomainState)) {
+        let mut domains = self.domains.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = domains.entry(domain.clone()).or_insert_with(|| DomainState {
+            presence: PresenceHost::new(self.presence),
+            activities: ActivityHost::new(self.activities.clone()),
+            outboxes: HashMap::new(),
+        });
+        f(state);
+        state.deliver();
+    }
+}
+
+impl DomainState {
+    /// Queues what the hosts said on the connections' outboxes (bounded as every message).
+    fn deliver(&mut self) {
+        let mut outputs = Vec::new();
+        while let Some(output) = self.presence.poll_output() {
+            outputs.push(output);
+        }
+        while let Some(output) = self.activities.poll_output() {
+            outputs.push(output);
+        }
+        for Broadcast { to, message } in outputs {
+            for conn in to {
+                if let Some(outbox) = self.outboxes.get(&conn) {
+                    outbox.message(&message);
+                }
+            }
+        }
+    }
+}
