@@ -38,6 +38,8 @@
 //! unknown, and resyncing on a new connection is the one recovery that is right for every
 //! request.
 
+mod references;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -46,12 +48,14 @@ use concord_protocol::{
     Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
     ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
     OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage, ServerPush,
-    ServerRequest, ServerResponse, Session, Timestamp,
+    ServerRequest, ServerResponse, Session, SessionId, Timestamp,
 };
 
 use crate::attach::{Budget, Progress, Slot};
 use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+use crate::reference::ReferenceError;
 use crate::replica::{ModelReplica, ReplicaError, StoreChange};
+use crate::shared::ModelReferences;
 use crate::store::Restored;
 use crate::time::Time;
 
@@ -156,6 +160,8 @@ pub enum EngineError {
     TooManyOpen { limit: usize },
     #[error(transparent)]
     Invalid(#[from] ApplyError),
+    #[error("invalid reference: {0}")]
+    InvalidReference(#[from] ReferenceError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +203,11 @@ struct Model {
     queued_live: bool,
     /// Waiting in the budget's `turns` queue.
     queued_turn: bool,
+    /// This client's shared references on the model, and other sessions'.
+    references: ModelReferences,
+    /// The server takes this client's references on the model: its resync completed on
+    /// this connection, with the model kept open.
+    sharing: bool,
 }
 
 /// A request sent on the current connection and not answered yet.
@@ -217,7 +228,9 @@ enum Request {
     Create(ModelId),
     Delete(ModelId),
     Open(ModelId),
-    /// Its answer changes nothing here (close, resync complete, subscribe).
+    /// Its answer lists the collaborators and their references.
+    ResyncComplete(ModelId),
+    /// Its answer changes nothing here (close, subscribe).
     Other,
 }
 
@@ -315,6 +328,8 @@ pub struct ClientEngine {
     budget: Budget,
     /// Opens at the server waiting for a live slot.
     open_queue: VecDeque<ModelId>,
+    /// The session of the current (or last) connection.
+    session: Option<SessionId>,
 }
 
 impl ClientEngine {
@@ -352,6 +367,7 @@ impl ClientEngine {
                 config.max_backoff,
             ),
             open_queue: VecDeque::new(),
+            session: None,
         }
     }
 
@@ -407,6 +423,8 @@ impl ClientEngine {
             online: false,
             queued_live: false,
             queued_turn: false,
+            references: ModelReferences::default(),
+            sharing: false,
         }
     }
 
@@ -630,7 +648,10 @@ impl ClientEngine {
     fn close_at_server(&mut self, model: &ModelId) {
         // A resync's answer no longer matters.
         let resync = Request::Resync(model.clone());
-        for request in self.requests.values_mut().filter(|r| r.purpose == resync) {
+        let complete = Request::ResyncComplete(model.clone());
+        for request in
+            self.requests.values_mut().filter(|r| r.purpose == resync || r.purpose == complete)
+        {
             request.purpose = Request::Other;
         }
         self.acks.remove(model);
@@ -682,6 +703,7 @@ impl ClientEngine {
         let was_committed = !entry.replica.has_unacknowledged();
         let (seq, applied, change) =
             entry.replica.local_change(operation.clone()).map_err(EngineError::from)?;
+        entry.references.local_change(&operation, entry.replica.local());
         let mut changes = vec![change];
         let next = entry.ids.next_counter();
         if next > entry.stored_counter {
@@ -756,6 +778,7 @@ impl ClientEngine {
         self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
         self.reconnect_token = Some(session.reconnect_token.clone());
         self.server_limits = Some(session.limits);
+        self.session = Some(session.session.clone());
         // Background sync keeps within what the server allows, and within what the
         // application configured if that is less.
         let told = usize::try_from(session.limits.max_open_models).unwrap_or(usize::MAX);
@@ -1142,6 +1165,10 @@ impl ClientEngine {
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in &models {
+            self.stop_sharing(model);
+        }
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in &models {
             self.go_offline(model);
         }
     }
@@ -1246,6 +1273,7 @@ impl ClientEngine {
             Request::Create(model) => self.create_answered(model, answer),
             Request::Delete(model) => self.delete_answered(model, answer),
             Request::Open(model) => self.opened(now, model, answer, attached_before),
+            Request::ResyncComplete(model) => self.resync_complete_answered(model, answer),
             Request::Other => {}
         }
     }
@@ -1349,6 +1377,7 @@ impl ClientEngine {
                 self.acks.remove(&model);
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
+                    self.confirmed_moved(&model, &changes);
                     if !changes.is_empty() {
                         self.model_event(&model, ModelEvent::Acknowledged { seq, version });
                         if self.models.get(&model).is_some_and(|m| !m.replica.has_unacknowledged())
@@ -1392,6 +1421,7 @@ impl ClientEngine {
                     return;
                 }
                 if let Some((operations, changes)) = entry.replica.reject_in_flight() {
+                    entry.references.local_undone(entry.replica.local());
                     let rejected =
                         DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
                     self.model_event(&model, ModelEvent::Rejected { operations, error });
@@ -1422,7 +1452,7 @@ impl ClientEngine {
                     if entry.slot == Slot::Live {
                         let request =
                             ClientRequest::ResyncComplete { model: model.clone(), open: true };
-                        self.send(request, Request::Other);
+                        self.send(request, Request::ResyncComplete(model.clone()));
                     }
                     self.model_event(&model, ModelEvent::ResyncCompleted);
                     self.pump(&model);
@@ -1438,11 +1468,12 @@ impl ClientEngine {
             ServerPush::CollaboratorClosed { model, session } => {
                 self.model_event(&model, ModelEvent::CollaboratorClosed(session));
             }
-            // Not tracked yet: permissions and shared references. The connection's end
-            // after `SessionClosing` is handled as any lost connection.
-            ServerPush::PermissionsChanged { .. }
-            | ServerPush::RemoteReference { .. }
-            | ServerPush::SessionClosing { .. } => {}
+            ServerPush::RemoteReference { model, session, change } => {
+                self.remote_reference(&model, session, change);
+            }
+            // Not tracked yet: permissions. The connection's end after `SessionClosing` is
+            // handled as any lost connection.
+            ServerPush::PermissionsChanged { .. } | ServerPush::SessionClosing { .. } => {}
         }
     }
 
@@ -1606,6 +1637,7 @@ impl ClientEngine {
     /// The server no longer serves `model`: it stays here, offline; one loaded only to sync
     /// goes back to the store.
     fn gone(&mut self, model: &ModelId, error: ErrorReply) {
+        self.stop_sharing(model);
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.link = Link::Offline;
         if entry.attached {
@@ -1633,7 +1665,15 @@ impl ClientEngine {
             return false;
         };
         let author = operation.author.clone();
-        match entry.replica.remote(operation) {
+        let committed = operation.operation.clone();
+        let result = entry.replica.remote(operation);
+        if let Ok((applied, _)) = &result {
+            entry.references.confirmed_moved(&committed, &entry.replica.confirmed().data);
+            if let Some(applied) = applied {
+                entry.references.local_view_moved(&applied.operation, entry.replica.local());
+            }
+        }
+        match result {
             Ok((None, changes)) => {
                 // The replay held our own submission: that was its ack.
                 if !entry.replica.has_unacknowledged() {
@@ -1689,6 +1729,7 @@ impl ClientEngine {
             self.queue_batch(model, changes, None, None);
         }
         self.pump(model);
+        self.publish_dirty(model);
     }
 
     /// The server broke the protocol for `model`. Its replica may have been changed half-way,
@@ -1795,6 +1836,7 @@ impl ClientEngine {
             return;
         };
         entry.link = Link::Resyncing;
+        entry.sharing = false;
         entry.replica.mark_in_flight_unsent();
         self.acks.remove(model);
         let in_flight =

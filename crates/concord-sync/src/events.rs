@@ -6,8 +6,10 @@
 //! exhaustive `match` on them, so each consumer — the JavaScript binding above all — must
 //! decide what to do with it before it compiles again.
 
-use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind};
-use concord_protocol::{Collaborator, ErrorReply, HandshakeRejection, ModelId, SessionId};
+use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind, ReferenceValue};
+use concord_protocol::{
+    Collaborator, ErrorReply, HandshakeRejection, ModelId, ReferenceKey, SessionId,
+};
 
 use crate::replica::PendingOperation;
 
@@ -52,12 +54,27 @@ pub enum ModelEvent {
     CollaboratorOpened(Collaborator),
     /// Another session closed the model (or lost its connection).
     CollaboratorClosed(SessionId),
+    /// Another session shared, set, cleared or unshared one of its references (or the
+    /// connection's end took it away). A set value is as it applies to the local view when
+    /// the event is made; it moves with later changes (read it again with the engine's
+    /// `reference`).
+    RemoteReference { session: SessionId, reference: ReferenceKey, change: RemoteReferenceChange },
     /// The server no longer serves the model (deleted by someone else, or closed by the
     /// server); the local copy stays, offline.
     Gone { error: ErrorReply },
     /// Loaded only to sync its stored changes in the background, the model is in sync and
     /// left memory; its batches still queued must be durable before it is loaded again.
     Released,
+}
+
+/// What became of another session's reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteReferenceChange {
+    Shared,
+    Set(ReferenceValue),
+    /// Shared without a value (cleared by its owner, or its element was removed).
+    Cleared,
+    Unshared,
 }
 
 /// What happens to the domain as a whole.

@@ -16,15 +16,20 @@ mod attach;
 mod engine;
 pub mod events;
 pub mod host;
+pub mod reference;
 mod replica;
 mod sequencer;
+mod shared;
 pub mod store;
 mod time;
 
 pub use engine::{
     Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, StorageBatch,
 };
-pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+pub use events::{
+    ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure, RemoteReferenceChange,
+};
+pub use reference::ReferenceError;
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,
