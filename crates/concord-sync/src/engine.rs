@@ -703,7 +703,7 @@ impl ClientEngine {
         let was_committed = !entry.replica.has_unacknowledged();
         let (seq, applied, change) =
             entry.replica.local_change(operation.clone()).map_err(EngineError::from)?;
-        entry.references.local_change(&operation, entry.replica.local());
+        let ended = entry.references.local_change(&operation, entry.replica.local());
         let mut changes = vec![change];
         let next = entry.ids.next_counter();
         if next > entry.stored_counter {
@@ -711,6 +711,7 @@ impl ClientEngine {
             changes.push(StoreChange::AdvanceElementCounter(next));
         }
         self.queue_batch(model, changes, Some(seq), None);
+        self.ended(model, ended);
         if was_committed {
             self.model_event(model, ModelEvent::Modified);
             // A parked model now has something to push: it waits for a turn too.
@@ -1421,7 +1422,8 @@ impl ClientEngine {
                     return;
                 }
                 if let Some((operations, changes)) = entry.replica.reject_in_flight() {
-                    entry.references.local_undone(entry.replica.local());
+                    let ended = entry.references.local_undone(entry.replica.local());
+                    self.ended(&model, ended);
                     let rejected =
                         DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
                     self.model_event(&model, ModelEvent::Rejected { operations, error });
@@ -1667,12 +1669,16 @@ impl ClientEngine {
         let author = operation.author.clone();
         let committed = operation.operation.clone();
         let result = entry.replica.remote(operation);
+        let mut ended = Vec::new();
         if let Ok((applied, _)) = &result {
             entry.references.confirmed_moved(&committed, &entry.replica.confirmed().data);
             if let Some(applied) = applied {
-                entry.references.local_view_moved(&applied.operation, entry.replica.local());
+                let local = entry.replica.local();
+                ended = entry.references.local_view_moved(&applied.operation, local);
             }
         }
+        self.ended(model, ended);
+        let Some(entry) = self.models.get_mut(model) else { return false };
         match result {
             Ok((None, changes)) => {
                 // The replay held our own submission: that was its ack.

@@ -19,6 +19,8 @@ struct Own {
     /// was sent while local changes moved it, or could not be sent yet): it is sent again
     /// then.
     dirty: bool,
+    /// The server was told it is shared, on this connection.
+    at_server: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -28,13 +30,33 @@ pub(crate) struct ModelReferences {
 }
 
 impl ModelReferences {
-    /// Shares `key` (if it is not yet) with `value`; true when it was not shared before.
-    pub(crate) fn set_own(&mut self, key: ReferenceKey, value: Option<ReferenceValue>) -> bool {
-        self.own.insert(key, Own { value, dirty: false }).is_none()
+    /// Shares `key` (if it is not yet) with `value`.
+    pub(crate) fn set_own(&mut self, key: ReferenceKey, value: Option<ReferenceValue>) {
+        let own =
+            self.own.entry(key).or_insert(Own { value: None, dirty: false, at_server: false });
+        own.value = value;
     }
 
-    pub(crate) fn unshare_own(&mut self, key: &ReferenceKey) -> bool {
-        self.own.remove(key).is_some()
+    /// Stops sharing `key`: `None` if it was not shared, else whether the server knew it.
+    pub(crate) fn unshare_own(&mut self, key: &ReferenceKey) -> Option<bool> {
+        self.own.remove(key).map(|own| own.at_server)
+    }
+
+    pub(crate) fn at_server(&self, key: &ReferenceKey) -> bool {
+        self.own.get(key).is_some_and(|own| own.at_server)
+    }
+
+    pub(crate) fn set_at_server(&mut self, key: &ReferenceKey, at_server: bool) {
+        if let Some(own) = self.own.get_mut(key) {
+            own.at_server = at_server;
+        }
+    }
+
+    /// The server forgot every reference of this client (a new connection, a new resync).
+    pub(crate) fn forget_at_server(&mut self) {
+        for own in self.own.values_mut() {
+            own.at_server = false;
+        }
     }
 
     pub(crate) fn own(&self, key: &ReferenceKey) -> Option<&Option<ReferenceValue>> {
@@ -65,26 +87,49 @@ impl ModelReferences {
         dirty
     }
 
-    /// A local change applied to the local view (`local`, after it).
-    pub(crate) fn local_change(&mut self, operation: &Operation, local: &Document) {
+    /// A local change applied to the local view (`local`, after it). Returns the
+    /// references it ended, as [`ModelReferences::local_view_moved`].
+    pub(crate) fn local_change(
+        &mut self,
+        operation: &Operation,
+        local: &Document,
+    ) -> Vec<(ReferenceKey, bool)> {
         for (key, own) in &mut self.own {
             if reference::touches(key, operation) {
                 own.dirty = true;
             }
-            if let Some(value) = own.value.take() {
-                own.value = reference::transform(key, value, operation, local);
-            }
         }
+        self.local_view_moved(operation, local)
     }
 
-    /// A server operation was applied to the local view as `operation` (transformed past
-    /// the local changes); `local` is the view after it.
-    pub(crate) fn local_view_moved(&mut self, operation: &Operation, local: &Document) {
+    /// An operation was applied to the local view (a server operation transformed past the
+    /// local changes, or a local change); `local` is the view after it. A reference whose
+    /// element it removed is no longer shared: returns those, with whether the server
+    /// knew them (it is told to forget them).
+    pub(crate) fn local_view_moved(
+        &mut self,
+        operation: &Operation,
+        local: &Document,
+    ) -> Vec<(ReferenceKey, bool)> {
         for (key, own) in &mut self.own {
             if let Some(value) = own.value.take() {
                 own.value = reference::transform(key, value, operation, local);
             }
         }
+        self.drop_orphans(local)
+    }
+
+    fn drop_orphans(&mut self, local: &Document) -> Vec<(ReferenceKey, bool)> {
+        let orphans: Vec<ReferenceKey> = self
+            .own
+            .keys()
+            .filter(|key| key.element.is_some_and(|element| !local.contains(element)))
+            .cloned()
+            .collect();
+        orphans
+            .into_iter()
+            .filter_map(|key| self.own.remove(&key).map(|own| (key, own.at_server)))
+            .collect()
     }
 
     /// The confirmed state moved through a committed operation (`confirmed`, after it).
@@ -96,15 +141,18 @@ impl ModelReferences {
         }
     }
 
-    /// Local changes were undone: own references that no longer fit are cleared, and all
+    /// Local changes were undone: own references that no longer fit are cleared (or end
+    /// with their element, returned as by [`ModelReferences::local_view_moved`]), and all
     /// are sent again once everything is committed.
-    pub(crate) fn local_undone(&mut self, local: &Document) {
+    pub(crate) fn local_undone(&mut self, local: &Document) -> Vec<(ReferenceKey, bool)> {
+        let ended = self.drop_orphans(local);
         for (key, own) in &mut self.own {
             own.dirty = true;
             if own.value.as_ref().is_some_and(|v| reference::check(local, key, v).is_err()) {
                 own.value = None;
             }
         }
+        ended
     }
 
     /// Other sessions' references as the server listed them, at the confirmed version;

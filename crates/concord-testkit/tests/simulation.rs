@@ -39,6 +39,9 @@ fn replicas_converge_through_disconnects_and_crashes() {
     );
     assert!(total.models_created > 50 && total.creations_refused > 0, "{total:?}");
     assert!(total.models_deleted > 20, "{total:?}");
+    // References were shared, and at the end seen by others exactly as their owners held
+    // them.
+    assert!(total.reference_changes > 1000 && total.references_compared > 50, "{total:?}");
     assert!(total.subscriptions > 50 && total.downloads > 20, "{total:?}");
     assert!(total.server_crashes > 20 && total.unloads > 50, "{total:?}");
     // Snapshots and pages travelled in fragments, put back together by the clients.

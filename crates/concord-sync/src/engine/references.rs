@@ -50,22 +50,29 @@ impl ClientEngine {
                 }
             }
         }
-        let new = entry.references.set_own(key.clone(), value.clone());
-        self.publish(model, &key, new);
+        entry.references.set_own(key.clone(), value);
+        self.publish(model, &key);
         Ok(())
     }
 
     /// Stops sharing the reference `key`; false if it was not shared.
     pub fn unshare_reference(&mut self, model: &ModelId, key: &ReferenceKey) -> bool {
         let Some(entry) = self.models.get_mut(model) else { return false };
-        if !entry.references.unshare_own(key) {
-            return false;
-        }
-        if entry.sharing && self.is_connected() {
-            let change = ReferenceChange::Unshare { reference: key.clone() };
-            self.send_reference(model, change);
+        let Some(at_server) = entry.references.unshare_own(key) else { return false };
+        if at_server {
+            self.ended(model, vec![(key.clone(), true)]);
         }
         true
+    }
+
+    /// Tells the server to forget references that ended here (`true`: it knew them).
+    pub(super) fn ended(&mut self, model: &ModelId, ended: Vec<(ReferenceKey, bool)>) {
+        let sharing = self.is_connected() && self.models.get(model).is_some_and(|e| e.sharing);
+        for (key, at_server) in ended {
+            if sharing && at_server {
+                self.send_reference(model, ReferenceChange::Unshare { reference: key });
+            }
+        }
     }
 
     /// A reference as it applies to the model's local view: this client's own when
@@ -105,17 +112,27 @@ impl ClientEngine {
         self.models.get(model).is_some_and(|entry| entry.sharing)
     }
 
-    /// Sends the current value of this client's reference `key` (with a `Share` first when
-    /// `share`), if the server takes references on the model now.
-    pub(super) fn publish(&mut self, model: &ModelId, key: &ReferenceKey, share: bool) {
+    /// Sends the current value of this client's reference `key` (with a `Share` first if
+    /// the server does not know it yet), if the server takes references on the model now.
+    /// One whose element the server does not have yet waits until every local change is
+    /// committed.
+    pub(super) fn publish(&mut self, model: &ModelId, key: &ReferenceKey) {
         let connected = self.is_connected();
         let Some(entry) = self.models.get_mut(model) else { return };
         if !(connected && entry.sharing) {
             return;
         }
         let Some(value) = entry.references.own(key).cloned() else { return };
+        let share = !entry.references.at_server(key);
+        if share
+            && let Some(element) = key.element
+            && !entry.replica.confirmed().data.contains(element)
+        {
+            return entry.references.mark_dirty(key, true);
+        }
         let mut changes = Vec::new();
         if share {
+            entry.references.set_at_server(key, true);
             changes.push(ReferenceChange::Share { reference: key.clone(), value: None });
         }
         match value {
@@ -147,7 +164,7 @@ impl ClientEngine {
             return;
         }
         for key in entry.references.take_dirty() {
-            self.publish(model, &key, false);
+            self.publish(model, &key);
         }
     }
 
@@ -167,6 +184,7 @@ impl ClientEngine {
     pub(super) fn stop_sharing(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.sharing = false;
+        entry.references.forget_at_server();
         for event in entry.references.clear_remote() {
             self.model_event(model, event);
         }
@@ -187,13 +205,14 @@ impl ClientEngine {
             return;
         }
         entry.sharing = true;
+        entry.references.forget_at_server();
         let events = entry.references.replace_remote(references, &entry.replica);
         let keys = entry.references.own_keys();
         for event in events {
             self.model_event(&model, event);
         }
         for key in keys {
-            self.publish(&model, &key, true);
+            self.publish(&model, &key);
         }
     }
 
