@@ -43,6 +43,9 @@ pub(crate) type Build =
 /// Reads the model's local view; it replies through what it captured.
 pub(crate) type Read = Box<dyn FnOnce(&ModelReplica) + Send>;
 
+/// Runs against the engine, for a model it has loaded; it replies through what it captured.
+pub(crate) type EngineCall = Box<dyn FnOnce(&mut ClientEngine) + Send>;
+
 /// What to create when opening a model the server does not have.
 #[derive(Debug)]
 pub(crate) struct AutoCreate {
@@ -108,6 +111,11 @@ pub(crate) enum Command {
     Read {
         model: ModelId,
         read: Read,
+    },
+    /// Shared references: what the engine keeps and sends of them.
+    Engine {
+        model: ModelId,
+        call: EngineCall,
     },
     Close {
         model: ModelId,
@@ -368,6 +376,11 @@ impl Driver {
                     read(replica);
                 }
                 // Otherwise `read` is dropped, and its reply with it: the caller sees why.
+            }
+            Command::Engine { model, call } => {
+                if let Some(engine) = self.engine.as_mut().filter(|e| e.model(&model).is_some()) {
+                    call(engine);
+                }
             }
             // Handled by the run loop, which stops after it.
             Command::Shutdown { reply } => {
@@ -887,7 +900,7 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Subscriptions { reply } => drop(reply.send(Err(error))),
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
-        Command::Read { .. } | Command::Close { .. } => {}
+        Command::Read { .. } | Command::Engine { .. } | Command::Close { .. } => {}
         Command::Shutdown { reply } => drop(reply.send(())),
     }
 }
@@ -933,6 +946,7 @@ impl std::fmt::Debug for Command {
             Command::StoredModels { .. } => "StoredModels",
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
+            Command::Engine { .. } => "Engine",
             Command::Close { .. } => "Close",
             Command::Shutdown { .. } => "Shutdown",
         })

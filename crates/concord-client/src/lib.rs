@@ -2,7 +2,8 @@
 //! (one server, one user, one offline store) connects, reconnects with backoff, and keeps
 //! every local change in the store until the server acknowledges it; [`ModelService`]
 //! opens, creates, removes and subscribes models — online or offline; [`RealTimeModel`]
-//! and its element handles read and change a model, with events and watermarks.
+//! and its element handles read and change a model, with events and watermarks, and share
+//! references (cursors, selections) with the other sessions that have it open.
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
 //! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
@@ -35,20 +36,22 @@ mod driver;
 mod error;
 mod events;
 mod model;
+mod reference;
 mod rt;
 mod socket;
 
-pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
+pub use concord_ot::{ElementId, IndexRange, Kind, OperationKind, PathSegment, ReferenceValue};
 pub use concord_protocol::{
-    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, Session,
-    SessionId,
+    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, ReferenceKey,
+    Session, SessionId, SharedReference,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
 pub use concord_storage::{MemoryAdapter, StorageAdapter};
 /// The events are the engine's, passed on as they are: one vocabulary for every client.
 pub use concord_sync::{
-    ConnectionState, DomainEvent, EngineConfig, ModelEvent, OpenFailure, PendingOperation,
+    ConnectionState, DomainEvent, EngineConfig, EngineError, ModelEvent, OpenFailure,
+    PendingOperation, ReferenceError, RemoteReferenceChange,
 };
 pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel};
 pub use error::ClientError;
@@ -58,3 +61,4 @@ pub use model::{
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
     Watermarks,
 };
+pub use reference::{LocalReference, ReferenceKind};

@@ -86,6 +86,10 @@ impl RealTimeModel {
         &self.shared.id
     }
 
+    pub(crate) fn domain(&self) -> &Domain {
+        &self.shared.domain
+    }
+
     pub fn collection(&self) -> &CollectionId {
         &self.shared.collection
     }

@@ -4,7 +4,7 @@
 
 use concord_client::{
     ConnectionState, DomainEvent, ElementId, ErrorReply, HandshakeRejection, ModelEvent,
-    OpenFailure,
+    OpenFailure, RemoteReferenceChange,
 };
 use serde_json::{Value, json};
 
@@ -62,6 +62,24 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
         }),
         ModelEvent::CollaboratorClosed(session) => {
             json!({ "type": "collaboratorClosed", "session": session.0 })
+        }
+        ModelEvent::RemoteReference { session, reference, change } => {
+            let (change, value) = match change {
+                RemoteReferenceChange::Shared => ("shared", Value::Null),
+                RemoteReferenceChange::Set(value) => {
+                    ("set", serde_json::to_value(value).unwrap_or(Value::Null))
+                }
+                RemoteReferenceChange::Cleared => ("cleared", Value::Null),
+                RemoteReferenceChange::Unshared => ("unshared", Value::Null),
+            };
+            json!({
+                "type": "remoteReference",
+                "session": session.0,
+                "element": reference.element.map(element),
+                "key": reference.key,
+                "change": change,
+                "value": value,
+            })
         }
         ModelEvent::Gone { error: e } => json!({ "type": "gone", "error": error(&e) }),
         ModelEvent::Released => json!({ "type": "released" }),

@@ -55,6 +55,24 @@ impl ClientEngine {
         Ok(())
     }
 
+    /// Shares the reference `key` without a value, unless it is shared already (then its
+    /// value stays).
+    pub fn share_reference(
+        &mut self,
+        model: &ModelId,
+        key: ReferenceKey,
+    ) -> Result<(), EngineError> {
+        let entry =
+            self.models.get_mut(model).ok_or_else(|| EngineError::NotLoaded(model.clone()))?;
+        match entry.references.own(&key) {
+            Some(value) => {
+                let value = value.clone();
+                self.set_reference(model, key, value)
+            }
+            None => self.set_reference(model, key, None),
+        }
+    }
+
     /// Stops sharing the reference `key`; false if it was not shared.
     pub fn unshare_reference(&mut self, model: &ModelId, key: &ReferenceKey) -> bool {
         let Some(entry) = self.models.get_mut(model) else { return false };
