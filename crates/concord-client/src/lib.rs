@@ -31,19 +31,22 @@
 //! # Ok(()) }
 //! ```
 
+mod collaboration;
 mod domain;
 mod driver;
 mod error;
 mod events;
 mod model;
-mod reference;
 mod rt;
 mod socket;
 
-pub use concord_ot::{ElementId, IndexRange, Kind, OperationKind, PathSegment, ReferenceValue};
+pub use collaboration::{LocalReference, ReferenceKind};
+pub use concord_ot::{
+    ElementId, IndexRange, Kind, OperationKind, PathSegment, ReferenceValue, ReplicaId,
+};
 pub use concord_protocol::{
     Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, ReferenceKey,
-    Session, SessionId, SharedReference,
+    Session, SessionId, SharedReference, UserId,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
@@ -61,4 +64,3 @@ pub use model::{
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
     Watermarks,
 };
-pub use reference::{LocalReference, ReferenceKind};

@@ -475,7 +475,9 @@ impl ElementEvents {
     pub async fn next(&mut self) -> Option<(OperationKind, Option<SessionId>)> {
         loop {
             match self.events.next().await? {
-                ModelEvent::Changed { element, operation, author } if element == self.element => {
+                ModelEvent::Changed { element, operation, author, .. }
+                    if element == self.element =>
+                {
                     return Some((operation, author));
                 }
                 _ => {}

@@ -4,7 +4,8 @@
 mod support;
 
 use concord_client::{
-    ClientError, EngineError, RealTimeModel, ReferenceError, ReferenceValue, SessionId,
+    ClientError, EngineError, ModelEvent, RealTimeModel, ReferenceError, ReferenceValue, SessionId,
+    UserId,
 };
 use serde_json::json;
 use support::*;
@@ -188,6 +189,57 @@ async fn removing_the_element_ends_its_references_and_invalid_ones_are_refused()
             && !seen.iter().any(|r| r.reference.key == "cursor")
             && a.reference(&b_session, "selected").await?
                 == Some(Some(ReferenceValue::Element(vec![meta.id()]))))
+    })
+    .await?;
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collaborators_are_listed_and_events_name_the_user() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(&dir.path().join("server")).await?;
+    let alice = domain(&url(&server), &dir.path().join("alice"));
+    let bob = domain(&url(&server), &dir.path().join("bob"));
+    alice.connect_with_jwt(token("alice")).await?;
+    bob.connect_with_jwt(token("bob")).await?;
+    let model = id("minutes");
+    alice.models().create_with_id(&model, &notes(), json!({ "text": "" })).await?;
+    let a = alice.models().open(&model).await?;
+    let mut a_events = a.events();
+    let b = bob.models().open(&model).await?;
+    let b_session = session(&b).await?;
+    eventually("alice lists bob", || async {
+        let listed = a.collaborators().await?;
+        Ok(listed.len() == 1 && listed[0].session == b_session && listed[0].user.0 == "bob")
+    })
+    .await?;
+    // Bob, listed before he joined alice's open, lists alice.
+    let listed = b.collaborators().await?;
+    assert_eq!(listed.iter().map(|c| c.user.0.as_str()).collect::<Vec<_>>(), ["alice"]);
+
+    // What bob does reaches alice naming him.
+    let b_text = b.root().get("text").await?.unwrap().as_string()?;
+    b_text.insert(0, "hi").await?;
+    b_text.index_reference("cursor").set_index(2).await?;
+    let (mut changed, mut referenced) = (None, None);
+    while changed.is_none() || referenced.is_none() {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), a_events.next()).await? {
+            Some(ModelEvent::Changed { author: Some(_), user, .. }) => changed = Some(user),
+            Some(ModelEvent::RemoteReference { user, .. }) => referenced = Some(user),
+            Some(_) => {}
+            None => anyhow::bail!("events ended"),
+        }
+    }
+    let bob_id = Some(UserId("bob".into()));
+    assert_eq!((changed.unwrap(), referenced.unwrap()), (bob_id.clone(), bob_id));
+
+    // Bob leaves (his last handle goes): alice hears it and no longer lists him, nor his
+    // cursor.
+    drop(b_text);
+    b.close();
+    eventually("bob is gone", || async {
+        Ok(a.collaborators().await?.is_empty() && a.references().await?.is_empty())
     })
     .await?;
     server.stop().await?;

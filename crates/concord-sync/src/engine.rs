@@ -45,10 +45,10 @@ use std::time::Duration;
 
 use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
-    ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId, ModelSnapshot,
-    OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage, ServerPush,
-    ServerRequest, ServerResponse, Session, SessionId, Timestamp,
+    Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, Collaborator, CollectionId,
+    CreationNonce, ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId,
+    ModelSnapshot, OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage,
+    ServerPush, ServerRequest, ServerResponse, Session, SessionId, Timestamp,
 };
 
 use crate::attach::{Budget, Progress, Slot};
@@ -208,6 +208,8 @@ struct Model {
     /// The server takes this client's references on the model: its resync completed on
     /// this connection, with the model kept open.
     sharing: bool,
+    /// The other sessions that have the model open, as last listed and told.
+    collaborators: BTreeMap<SessionId, Collaborator>,
 }
 
 /// A request sent on the current connection and not answered yet.
@@ -425,6 +427,7 @@ impl ClientEngine {
             queued_turn: false,
             references: ModelReferences::default(),
             sharing: false,
+            collaborators: BTreeMap::new(),
         }
     }
 
@@ -1465,10 +1468,22 @@ impl ClientEngine {
                 self.gone(&model, ErrorReply::new(code, message));
             }
             ServerPush::CollaboratorOpened { model, collaborator } => {
+                if let Some(entry) = self.models.get_mut(&model) {
+                    entry.collaborators.insert(collaborator.session.clone(), collaborator.clone());
+                }
                 self.model_event(&model, ModelEvent::CollaboratorOpened(collaborator));
             }
             ServerPush::CollaboratorClosed { model, session } => {
+                // Its references went with it.
+                let mut unshared = Vec::new();
+                if let Some(entry) = self.models.get_mut(&model) {
+                    entry.collaborators.remove(&session);
+                    unshared = entry.references.session_closed(&session);
+                }
                 self.model_event(&model, ModelEvent::CollaboratorClosed(session));
+                for event in unshared {
+                    self.model_event(&model, event);
+                }
             }
             ServerPush::RemoteReference { model, session, change } => {
                 self.remote_reference(&model, session, change);
@@ -1667,6 +1682,7 @@ impl ClientEngine {
             return false;
         };
         let author = operation.author.clone();
+        let user = entry.collaborators.get(&author).map(|c| c.user.clone());
         let committed = operation.operation.clone();
         let result = entry.replica.remote(operation);
         let mut ended = Vec::new();
@@ -1690,8 +1706,8 @@ impl ClientEngine {
             }
             Ok((applied, changes)) => {
                 if let Some(applied) = applied {
-                    let changes =
-                        ModelEvent::changes(&applied.operation, &applied.applied, Some(author));
+                    let author = Some((author, user));
+                    let changes = ModelEvent::changes(&applied.operation, &applied.applied, author);
                     for event in changes {
                         self.model_event(model, event);
                     }
@@ -1939,7 +1955,15 @@ impl ClientEngine {
         self.transmit.push_back(ClientMessage::Request { id, request });
     }
 
-    fn model_event(&mut self, model: &ModelId, event: ModelEvent) {
+    fn model_event(&mut self, model: &ModelId, mut event: ModelEvent) {
+        // Another session's reference names its user too, as far as it is known.
+        if let ModelEvent::RemoteReference { session, user: user @ None, .. } = &mut event {
+            *user = self
+                .models
+                .get(model)
+                .and_then(|entry| entry.collaborators.get(session))
+                .map(|c| c.user.clone());
+        }
         self.events.push_back(Event::Model { model: model.clone(), event });
     }
 

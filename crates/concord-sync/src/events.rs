@@ -8,7 +8,7 @@
 
 use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind, ReferenceValue};
 use concord_protocol::{
-    Collaborator, ErrorReply, HandshakeRejection, ModelId, ReferenceKey, SessionId,
+    Collaborator, ErrorReply, HandshakeRejection, ModelId, ReferenceKey, SessionId, UserId,
 };
 
 use crate::replica::PendingOperation;
@@ -26,9 +26,15 @@ pub enum Event {
 /// What happens to one model.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelEvent {
-    /// An element changed: by this client (`author: None`) or by another session. One per
-    /// discrete operation that changed something.
-    Changed { element: ElementId, operation: OperationKind, author: Option<SessionId> },
+    /// An element changed: by this client (`author: None`) or by another session, whose
+    /// user is `user` when the engine knows it (the session has the model open, or had
+    /// when it was last listed). One per discrete operation that changed something.
+    Changed {
+        element: ElementId,
+        operation: OperationKind,
+        author: Option<SessionId>,
+        user: Option<UserId>,
+    },
     /// The model had no unacknowledged local changes and now has one.
     Modified,
     /// Every local change is acknowledged.
@@ -58,7 +64,13 @@ pub enum ModelEvent {
     /// connection's end took it away). A set value is as it applies to the local view when
     /// the event is made; it moves with later changes (read it again with the engine's
     /// `reference`).
-    RemoteReference { session: SessionId, reference: ReferenceKey, change: RemoteReferenceChange },
+    RemoteReference {
+        session: SessionId,
+        /// The session's user, when the engine knows it.
+        user: Option<UserId>,
+        reference: ReferenceKey,
+        change: RemoteReferenceChange,
+    },
     /// The server no longer serves the model (deleted by someone else, or closed by the
     /// server); the local copy stays, offline.
     Gone { error: ErrorReply },
@@ -152,7 +164,7 @@ impl ModelEvent {
     pub fn changes(
         operation: &Operation,
         applied: &[Applied],
-        author: Option<SessionId>,
+        author: Option<(SessionId, Option<UserId>)>,
     ) -> Vec<ModelEvent> {
         let parts: Vec<&DiscreteOperation> = match operation {
             Operation::Discrete(op) => vec![op],
@@ -169,7 +181,8 @@ impl ModelEvent {
             .map(|(op, _)| ModelEvent::Changed {
                 element: op.target,
                 operation: op.kind.clone(),
-                author: author.clone(),
+                author: author.as_ref().map(|(session, _)| session.clone()),
+                user: author.as_ref().and_then(|(_, user)| user.clone()),
             })
             .collect()
     }

@@ -171,7 +171,7 @@ impl ModelReferences {
             if !self.remote.contains_key(&(session.clone(), reference.clone())) {
                 let change = RemoteReferenceChange::Unshared;
                 let (session, reference) = (session.clone(), reference.clone());
-                events.push(ModelEvent::RemoteReference { session, reference, change });
+                events.push(ModelEvent::RemoteReference { session, user: None, reference, change });
             }
         }
         for ((session, reference), value) in &self.remote {
@@ -181,7 +181,7 @@ impl ModelReferences {
             if !old.contains_key(&(session.clone(), reference.clone())) {
                 let change = RemoteReferenceChange::Shared;
                 let (session, reference) = (session.clone(), reference.clone());
-                events.push(ModelEvent::RemoteReference { session, reference, change });
+                events.push(ModelEvent::RemoteReference { session, user: None, reference, change });
             }
             let change = match value {
                 Some(value) => match shown(reference, value.clone(), replica) {
@@ -191,7 +191,7 @@ impl ModelReferences {
                 None => RemoteReferenceChange::Cleared,
             };
             let (session, reference) = (session.clone(), reference.clone());
-            events.push(ModelEvent::RemoteReference { session, reference, change });
+            events.push(ModelEvent::RemoteReference { session, user: None, reference, change });
         }
         events
     }
@@ -202,8 +202,23 @@ impl ModelReferences {
             .into_keys()
             .map(|(session, reference)| ModelEvent::RemoteReference {
                 session,
+                user: None,
                 reference,
                 change: RemoteReferenceChange::Unshared,
+            })
+            .collect()
+    }
+
+    /// Another session closed the model: its references are gone; returns the events.
+    pub(crate) fn session_closed(&mut self, closed: &SessionId) -> Vec<ModelEvent> {
+        let keys: Vec<(SessionId, ReferenceKey)> =
+            self.remote.keys().filter(|(session, _)| session == closed).cloned().collect();
+        keys.into_iter()
+            .map(|key| {
+                self.remote.remove(&key);
+                let (session, reference) = key;
+                let change = RemoteReferenceChange::Unshared;
+                ModelEvent::RemoteReference { session, user: None, reference, change }
             })
             .collect()
     }
@@ -218,7 +233,7 @@ impl ModelReferences {
         let mut events = Vec::new();
         let mut event = |reference: &ReferenceKey, change| {
             let (session, reference) = (session.clone(), reference.clone());
-            events.push(ModelEvent::RemoteReference { session, reference, change });
+            events.push(ModelEvent::RemoteReference { session, user: None, reference, change });
         };
         let key = |reference: &ReferenceKey| (session.clone(), reference.clone());
         let set = |value: Option<ReferenceValue>, reference: &ReferenceKey| match value

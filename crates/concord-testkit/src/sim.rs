@@ -55,6 +55,10 @@ pub struct Config {
     /// above what a scenario opens). Clients with an even index are told it, as a server's
     /// session would; the others learn it from the server's refusals.
     pub max_open_models: Option<usize>,
+    /// The percentage of steps on which the client also shares, moves, clears or unshares
+    /// a reference (drawn apart from the other events: with 0, a seed plays as it did
+    /// before references existed).
+    pub reference_percent: usize,
 }
 
 impl Config {
@@ -67,6 +71,7 @@ impl Config {
             max_batch: 20,
             compact_every: 5,
             max_open_models: None,
+            reference_percent: 10,
         }
     }
 
@@ -80,6 +85,7 @@ impl Config {
             max_batch: 3,
             compact_every: 20,
             max_open_models: Some(4),
+            reference_percent: 10,
         }
     }
 }
@@ -93,6 +99,7 @@ impl Default for Config {
             max_batch: 3,
             compact_every: 20,
             max_open_models: None,
+            reference_percent: 10,
         }
     }
 }
@@ -231,6 +238,9 @@ pub fn run(seed: u64, config: Config) -> Result<Stats, Failure> {
 
 struct Sim {
     rng: SimRng,
+    /// Draws the reference actions, apart from `rng`, so that adding them left the other
+    /// events each seed plays as they were.
+    references: SimRng,
     config: Config,
     server: SimServer,
     /// Which client each connection belongs to.
@@ -322,6 +332,7 @@ impl Sim {
         let server = SimServer::new(host, limits, durable);
         Ok(Sim {
             rng,
+            references: SimRng::new(seed ^ 0x5eed_0f_2ef5),
             config,
             server,
             owners: BTreeMap::new(),
@@ -344,9 +355,11 @@ impl Sim {
             let roll = self.rng.below(100);
             let now = self.now;
             self.note(|| format!("step {now}: client {i} roll {roll}"));
+            if self.references.below(100) < self.config.reference_percent {
+                self.reference(i)?;
+            }
             match roll {
-                0..=17 => self.local_edit(i)?,
-                18..=22 => self.reference(i)?,
+                0..=22 => self.local_edit(i)?,
                 23..=35 => self.flush_one(i)?,
                 36..=49 => self.deliver_to_server(i)?,
                 50..=62 => self.server_flush()?,
@@ -632,9 +645,9 @@ impl Sim {
         if models.is_empty() {
             return Ok(());
         }
-        let model = models[self.rng.below(models.len())].clone();
+        let model = models[self.references.below(models.len())].clone();
         let doc = engine.model(&model).expect("loaded").local().clone();
-        let rng = &mut self.rng;
+        let rng = &mut self.references;
         if rng.below(8) == 0 {
             let own = engine.own_references(&model);
             if let Some((key, _)) = own.get(rng.below(own.len().max(1))) {

@@ -28,17 +28,18 @@ fn rejection(rejection: &HandshakeRejection) -> Value {
 }
 
 /// `"replica:counter"`.
-fn element(id: ElementId) -> String {
+pub(crate) fn element(id: ElementId) -> String {
     format!("{}:{}", id.replica.0, id.counter)
 }
 
 pub(crate) fn model_event(event: ModelEvent) -> Value {
     match event {
-        ModelEvent::Changed { element: id, author, .. } => json!({
+        ModelEvent::Changed { element: id, author, user, .. } => json!({
             "type": "changed",
             "element": element(id),
             "local": author.is_none(),
             "author": author.map(|a| a.0),
+            "user": user.map(|u| u.0),
         }),
         ModelEvent::Modified => json!({ "type": "modified" }),
         ModelEvent::Committed => json!({ "type": "committed" }),
@@ -63,7 +64,7 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
         ModelEvent::CollaboratorClosed(session) => {
             json!({ "type": "collaboratorClosed", "session": session.0 })
         }
-        ModelEvent::RemoteReference { session, reference, change } => {
+        ModelEvent::RemoteReference { session, user, reference, change } => {
             let (change, value) = match change {
                 RemoteReferenceChange::Shared => ("shared", Value::Null),
                 RemoteReferenceChange::Set(value) => {
@@ -75,6 +76,7 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
             json!({
                 "type": "remoteReference",
                 "session": session.0,
+                "user": user.map(|u| u.0),
                 "element": reference.element.map(element),
                 "key": reference.key,
                 "change": change,

@@ -12,7 +12,10 @@
 
 #![cfg(target_arch = "wasm32")]
 
+mod collaboration;
 mod events;
+
+pub use collaboration::LocalReference;
 
 use concord_client::{
     ClientError, CollectionId, Domain as ClientDomain, Edit, Element, Kind, ModelId, PathSegment,

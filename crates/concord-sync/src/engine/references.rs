@@ -9,9 +9,11 @@
 //! through the uncommitted local changes. After a reconnection, the answer to a model's
 //! resync lists the others' references, and this client shares its own again.
 
+use std::collections::BTreeMap;
+
 use concord_ot::ReferenceValue;
 use concord_protocol::{
-    ClientMessage, ClientNotice, ErrorReply, ModelId, ReferenceChange, ReferenceKey,
+    ClientMessage, ClientNotice, Collaborator, ErrorReply, ModelId, ReferenceChange, ReferenceKey,
     ServerResponse, SessionId, SharedReference,
 };
 
@@ -125,6 +127,15 @@ impl ClientEngine {
             .map_or_else(Vec::new, |entry| entry.references.remote_all(&entry.replica))
     }
 
+    /// The other sessions that have a model open (each with its user), as far as this
+    /// client knows: listed when the model's resync completes, then told as they open and
+    /// close it. Empty while offline.
+    pub fn collaborators(&self, model: &ModelId) -> Vec<Collaborator> {
+        self.models
+            .get(model)
+            .map_or_else(Vec::new, |entry| entry.collaborators.values().cloned().collect())
+    }
+
     /// Whether the server takes this client's references on the model now.
     pub fn shares_references(&self, model: &ModelId) -> bool {
         self.models.get(model).is_some_and(|entry| entry.sharing)
@@ -203,8 +214,13 @@ impl ClientEngine {
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.sharing = false;
         entry.references.forget_at_server();
-        for event in entry.references.clear_remote() {
+        let events = entry.references.clear_remote();
+        let gone: Vec<SessionId> = std::mem::take(&mut entry.collaborators).into_keys().collect();
+        for event in events {
             self.model_event(model, event);
+        }
+        for session in gone {
+            self.model_event(model, ModelEvent::CollaboratorClosed(session));
         }
     }
 
@@ -215,7 +231,9 @@ impl ClientEngine {
         model: ModelId,
         answer: Result<ServerResponse, ErrorReply>,
     ) {
-        let Ok(ServerResponse::ResyncCompleted { model: answered, references, .. }) = answer else {
+        let Ok(ServerResponse::ResyncCompleted { model: answered, collaborators, references }) =
+            answer
+        else {
             return;
         };
         let Some(entry) = self.models.get_mut(&model) else { return };
@@ -223,10 +241,25 @@ impl ClientEngine {
             return;
         }
         entry.sharing = true;
+        let listed: BTreeMap<SessionId, Collaborator> =
+            collaborators.into_iter().map(|c| (c.session.clone(), c)).collect();
+        let old = std::mem::replace(&mut entry.collaborators, listed);
+        let mut told: Vec<ModelEvent> = old
+            .keys()
+            .filter(|session| !entry.collaborators.contains_key(*session))
+            .map(|session| ModelEvent::CollaboratorClosed(session.clone()))
+            .collect();
+        told.extend(
+            entry
+                .collaborators
+                .values()
+                .filter(|c| !old.contains_key(&c.session))
+                .map(|c| ModelEvent::CollaboratorOpened(c.clone())),
+        );
         entry.references.forget_at_server();
         let events = entry.references.replace_remote(references, &entry.replica);
         let keys = entry.references.own_keys();
-        for event in events {
+        for event in told.into_iter().chain(events) {
             self.model_event(&model, event);
         }
         for key in keys {

@@ -1,4 +1,5 @@
-//! Shared references: this client's (cursors, selections, highlighted properties and
+//! Working together on an open model: who else has it open ([`RealTimeModel::collaborators`],
+//! with `CollaboratorOpened` / `CollaboratorClosed` events), and shared references: this client's (cursors, selections, highlighted properties and
 //! elements it shows others) and other sessions'. A [`LocalReference`] is made by the
 //! element or model it lives on — [`RealTimeString::index_reference`],
 //! [`RealTimeString::range_reference`], [`RealTimeObject::property_reference`],
@@ -13,7 +14,7 @@
 //! [`RealTimeObject::property_reference`]: crate::RealTimeObject::property_reference
 
 use concord_ot::{ElementId, IndexRange, ReferenceValue};
-use concord_protocol::{ReferenceKey, SessionId, SharedReference};
+use concord_protocol::{Collaborator, ReferenceKey, SessionId, SharedReference};
 use concord_sync::ClientEngine;
 use tokio::sync::oneshot;
 
@@ -83,6 +84,14 @@ impl RealTimeModel {
     pub async fn references(&self) -> Result<Vec<SharedReference>, ClientError> {
         let model = self.id().clone();
         self.with_engine(move |engine| engine.remote_references(&model)).await
+    }
+
+    /// The other sessions that have the model open, each with its user: listed when the
+    /// model goes live on a connection, then kept current as they open and close it
+    /// (`CollaboratorOpened` / `CollaboratorClosed` events). Empty while offline.
+    pub async fn collaborators(&self) -> Result<Vec<Collaborator>, ClientError> {
+        let model = self.id().clone();
+        self.with_engine(move |engine| engine.collaborators(&model)).await
     }
 
     /// This client's session on the current (or last) connection, as others see it.
