@@ -332,7 +332,7 @@ impl Sim {
         let server = SimServer::new(host, limits, durable);
         Ok(Sim {
             rng,
-            references: SimRng::new(seed ^ 0x5eed_0f_2ef5),
+            references: SimRng::new(seed ^ 0x005e_ed0f_2ef5),
             config,
             server,
             owners: BTreeMap::new(),
