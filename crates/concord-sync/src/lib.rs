@@ -1,6 +1,6 @@
 //! `concord-sync` is Concord's sans-IO sync logic: the client engine ([`ClientEngine`]) over
-//! the client side of each model ([`ModelReplica`]), and the server's per-model
-//! [`Sequencer`].
+//! the client side of each model ([`ModelReplica`]), the server's per-model [`Sequencer`]
+//! and hosts ([`host`]), and shared references on both sides ([`reference`]).
 //!
 //! It does no I/O, reads no clock and draws no randomness: callers pass in what arrived
 //! (server messages, local changes, storage completions, the time as a [`Time`]) and carry
