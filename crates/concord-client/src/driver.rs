@@ -56,6 +56,9 @@ pub(crate) type BuildRequest =
 /// Reads the model's local view; it replies through what it captured.
 pub(crate) type Read = Box<dyn FnOnce(&ModelReplica) + Send>;
 
+/// Runs against the engine, for a model it has loaded; it replies through what it captured.
+pub(crate) type EngineCall = Box<dyn FnOnce(&mut ClientEngine) + Send>;
+
 /// What to create when opening a model the server does not have.
 #[derive(Debug)]
 pub(crate) struct AutoCreate {
@@ -144,6 +147,11 @@ pub(crate) enum Command {
     Read {
         model: ModelId,
         read: Read,
+    },
+    /// Shared references: what the engine keeps and sends of them.
+    Engine {
+        model: ModelId,
+        call: EngineCall,
     },
     Close {
         model: ModelId,
@@ -495,6 +503,11 @@ impl Driver {
                     read(replica);
                 }
                 // Otherwise `read` is dropped, and its reply with it: the caller sees why.
+            }
+            Command::Engine { model, call } => {
+                if let Some(engine) = self.engine.as_mut().filter(|e| e.model(&model).is_some()) {
+                    call(engine);
+                }
             }
             // Handled by the run loop, which stops after it.
             Command::Shutdown { reply } => {
@@ -1035,7 +1048,7 @@ fn fail_command(command: Command, error: ClientError) {
         | Command::Presence { reply, .. }
         | Command::Activity { reply, .. } => drop(reply.send(Err(error))),
         Command::Participants { reply, .. } => drop(reply.send(Err(error))),
-        Command::Read { .. } | Command::Close { .. } => {}
+        Command::Read { .. } | Command::Engine { .. } | Command::Close { .. } => {}
         Command::Shutdown { reply } => drop(reply.send(())),
     }
 }
@@ -1081,6 +1094,7 @@ impl std::fmt::Debug for Command {
             Command::StoredModels { .. } => "StoredModels",
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
+            Command::Engine { .. } => "Engine",
             Command::Close { .. } => "Close",
             Command::Call { .. } => "Call",
             Command::Presence { .. } => "Presence",

@@ -3,7 +3,8 @@
 //! every local change in the store until the server acknowledges it; [`ModelService`]
 //! opens, creates, removes and subscribes models — online or offline — and manages their
 //! permissions (online); [`RealTimeModel`] and its element handles read and change a model,
-//! with events and watermarks; [`PresenceService`] and [`ActivityService`] show who is
+//! with events and watermarks, and share references (cursors, selections) with the other
+//! sessions that have it open; [`PresenceService`] and [`ActivityService`] show who is
 //! around (ephemeral, never stored).
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
@@ -33,6 +34,7 @@
 //! ```
 
 mod activity;
+mod collaboration;
 mod domain;
 mod driver;
 mod error;
@@ -44,18 +46,22 @@ mod rt;
 mod socket;
 
 pub use activity::{Activity, ActivityService};
-pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
+pub use collaboration::{LocalReference, ReferenceKind};
+pub use concord_ot::{
+    ElementId, IndexRange, Kind, OperationKind, PathSegment, ReferenceValue, ReplicaId,
+};
 pub use concord_protocol::{
     ActivityChange, ActivityId, Collaborator, CollectionId, ErrorCode, ErrorReply,
-    HandshakeRejection, ModelId, Participant, PermissionGrants, Permissions, Session, SessionId,
-    UserId, UserPresence,
+    HandshakeRejection, ModelId, Participant, PermissionGrants, Permissions, ReferenceKey, Session,
+    SessionId, SharedReference, UserId, UserPresence,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
 pub use concord_storage::{MemoryAdapter, StorageAdapter};
 /// The events are the engine's, passed on as they are: one vocabulary for every client.
 pub use concord_sync::{
-    ConnectionState, DomainEvent, EngineConfig, ModelEvent, OpenFailure, PendingOperation,
+    ConnectionState, DomainEvent, EngineConfig, EngineError, ModelEvent, OpenFailure,
+    PendingOperation, ReferenceError, RemoteReferenceChange,
 };
 pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel};
 pub use error::ClientError;

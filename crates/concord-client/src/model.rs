@@ -86,6 +86,10 @@ impl RealTimeModel {
         &self.shared.id
     }
 
+    pub(crate) fn domain(&self) -> &Domain {
+        &self.shared.domain
+    }
+
     pub fn collection(&self) -> &CollectionId {
         &self.shared.collection
     }
@@ -471,7 +475,9 @@ impl ElementEvents {
     pub async fn next(&mut self) -> Option<(OperationKind, Option<SessionId>)> {
         loop {
             match self.events.next().await? {
-                ModelEvent::Changed { element, operation, author } if element == self.element => {
+                ModelEvent::Changed { element, operation, author, .. }
+                    if element == self.element =>
+                {
                     return Some((operation, author));
                 }
                 _ => {}

@@ -5,7 +5,7 @@
 //! elements by id and [`Document::apply`] applies them all or nothing, returning what
 //! changed ([`Applied`]). [`transform`] makes two concurrent operations commute (TP1), and
 //! [`transform_reference`] moves a shared reference (a cursor, a selection) through an
-//! operation; nothing outside this crate calls it yet (references are relayed untransformed).
+//! operation (`concord-sync` moves references with it on the server and the clients).
 //!
 //! This crate is not the sync engine and does no I/O: no sockets, no storage, no clock, no
 //! async, no randomness. Serialization is derived (serde) so that the protocol and the store

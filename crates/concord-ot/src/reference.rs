@@ -1,6 +1,7 @@
 //! References: shared cursors and selections, and how one moves through an operation so that
-//! it points at the same content afterwards. Nothing outside this crate uses it yet: the
-//! server relays references as they were sent, and clients do not track them.
+//! it points at the same content afterwards. `concord-sync` builds on it: checks against a
+//! model, moving back through a client's own changes, and the keeping of references on the
+//! server and the clients.
 
 use serde::{Deserialize, Serialize};
 

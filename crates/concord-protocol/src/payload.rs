@@ -177,11 +177,12 @@ pub struct ReferenceKey {
 /// element). Clients send them; the server relays them to the model's other sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReferenceChange {
-    /// Starts sharing, optionally with a first value.
+    /// Starts sharing, optionally with a first value (at the model's current version, as the
+    /// server sees it: clients send `Share` without one, then `Set`).
     Share { reference: ReferenceKey, value: Option<ReferenceValue> },
-    /// Sets the value, as of model version `version`. The server relays it as it is; a
-    /// receiver at a later version would have to transform it (concord-ot's
-    /// `transform_reference`), which no client does yet.
+    /// Sets the value, as of model version `version`. The server moves it forward to its
+    /// current version (refusing an invalid one with `invalid_reference`) and relays it at
+    /// that version, which is the version each receiver holds at that point of its stream.
     Set { reference: ReferenceKey, value: ReferenceValue, version: u64 },
     /// Keeps sharing, without a value.
     Clear { reference: ReferenceKey },
@@ -189,7 +190,8 @@ pub enum ReferenceChange {
     Unshare { reference: ReferenceKey },
 }
 
-/// A reference another session shares, as listed when a model opens.
+/// A reference another session shares, as listed when a model opens (or its resync
+/// completes): its value at the model's version as of that answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedReference {
     pub session: SessionId,

@@ -403,3 +403,66 @@ async fn a_late_submission_on_an_old_connection_is_acked_on_the_new_one() -> any
     server.stop().await?;
     Ok(())
 }
+
+/// A reference notice on `doc`'s body.
+fn cursor(body: concord_ot::ElementId, index: usize, version: u64) -> ClientMessage {
+    ClientMessage::Notice(concord_protocol::ClientNotice::Reference {
+        model: model("doc"),
+        change: concord_protocol::ReferenceChange::Set {
+            reference: concord_protocol::ReferenceKey { element: Some(body), key: "c".into() },
+            value: concord_ot::ReferenceValue::Index(vec![index]),
+            version,
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_are_checked_moved_with_the_text_and_listed_to_late_joiners()
+-> anyhow::Result<()> {
+    use concord_ot::{PathSegment, ReferenceValue};
+    use concord_protocol::ReferenceChange;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "hello").await?;
+    let snapshot = open(&mut alice, "doc").await?;
+    let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
+    let mut bob = connect(&server, "bob").await?;
+    open(&mut bob, "doc").await?;
+    let body = snapshot.data.element_at(&[PathSegment::Key("body".into())]).unwrap();
+
+    // Past the end, or at a version the model has not reached: refused, typed.
+    for invalid in [cursor(body, 6, 0), cursor(body, 0, 5)] {
+        bob.send(&invalid).await?;
+        match bob.next().await? {
+            ServerMessage::Error { to: None, error } => {
+                assert_eq!(error.code, ErrorCode::INVALID_REFERENCE, "{error:?}");
+            }
+            other => anyhow::bail!("expected an error, got {other:?}"),
+        }
+    }
+    // A valid one reaches alice, and is the first reference she hears of.
+    bob.send(&cursor(body, 5, 0)).await?;
+    let relayed = alice.push(|p| match p {
+        ServerPush::RemoteReference { change, .. } => Some(change.clone()),
+        _ => None,
+    });
+    match relayed.await? {
+        ReferenceChange::Set { value, version: 0, .. } => {
+            assert_eq!(value, ReferenceValue::Index(vec![5]));
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    // Alice types in front of bob's cursor: a late joiner finds it moved along.
+    let typed = insert(&editor.document, 0, ">> ");
+    commit(&mut alice, &mut editor, typed).await?;
+    let mut carol = connect(&server, "carol").await?;
+    let request = ClientRequest::OpenModel { model: model("doc"), auto_create: false };
+    let Ok(ServerResponse::ModelOpened(opened)) = carol.request(request).await? else {
+        anyhow::bail!("carol could not open");
+    };
+    let values: Vec<_> = opened.references.iter().map(|r| r.value.clone()).collect();
+    assert_eq!(values, vec![Some(ReferenceValue::Index(vec![8]))]);
+    server.stop().await?;
+    Ok(())
+}

@@ -40,21 +40,24 @@
 
 mod activity;
 mod presence;
+mod references;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    ActivityId, Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId,
-    CreationNonce, ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel, ModelId,
-    ModelSnapshot, OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage,
-    ServerPush, ServerRequest, ServerResponse, Session, Timestamp,
+    ActivityId, Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, Collaborator,
+    CollectionId, CreationNonce, ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel,
+    ModelId, ModelSnapshot, OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage,
+    ServerPush, ServerRequest, ServerResponse, Session, SessionId, Timestamp,
 };
 
 use crate::attach::{Budget, Progress, Slot};
 use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+use crate::reference::ReferenceError;
 use crate::replica::{ModelReplica, ReplicaError, StoreChange};
+use crate::shared::ModelReferences;
 use crate::store::Restored;
 use crate::time::Time;
 
@@ -159,6 +162,8 @@ pub enum EngineError {
     TooManyOpen { limit: usize },
     #[error(transparent)]
     Invalid(#[from] ApplyError),
+    #[error("invalid reference: {0}")]
+    InvalidReference(#[from] ReferenceError),
 }
 
 /// Identifies a request the application sent through [`ClientEngine::call`], for its answer
@@ -220,6 +225,13 @@ struct Model {
     queued_live: bool,
     /// Waiting in the budget's `turns` queue.
     queued_turn: bool,
+    /// This client's shared references on the model, and other sessions'.
+    references: ModelReferences,
+    /// The server takes this client's references on the model: its resync completed on
+    /// this connection, with the model kept open.
+    sharing: bool,
+    /// The other sessions that have the model open, as last listed and told.
+    collaborators: BTreeMap<SessionId, Collaborator>,
 }
 
 /// A request sent on the current connection and not answered yet.
@@ -248,7 +260,9 @@ enum Request {
     JoinActivity(CallId, ActivityId),
     /// Joining an activity again after a reconnection.
     RejoinActivity(ActivityId),
-    /// Its answer changes nothing here (close, resync complete, subscribe).
+    /// Its answer lists the collaborators and their references.
+    ResyncComplete(ModelId),
+    /// Its answer changes nothing here (close, subscribe).
     Other,
 }
 
@@ -351,6 +365,8 @@ pub struct ClientEngine {
     answers: VecDeque<(CallId, Result<ServerResponse, CallError>)>,
     presence: presence::Presence,
     activities: activity::Activities,
+    /// The session of the current (or last) connection.
+    session: Option<SessionId>,
 }
 
 impl ClientEngine {
@@ -392,6 +408,7 @@ impl ClientEngine {
             answers: VecDeque::new(),
             presence: presence::Presence::default(),
             activities: activity::Activities::default(),
+            session: None,
         }
     }
 
@@ -447,6 +464,9 @@ impl ClientEngine {
             online: false,
             queued_live: false,
             queued_turn: false,
+            references: ModelReferences::default(),
+            sharing: false,
+            collaborators: BTreeMap::new(),
         }
     }
 
@@ -670,7 +690,10 @@ impl ClientEngine {
     fn close_at_server(&mut self, model: &ModelId) {
         // A resync's answer no longer matters.
         let resync = Request::Resync(model.clone());
-        for request in self.requests.values_mut().filter(|r| r.purpose == resync) {
+        let complete = Request::ResyncComplete(model.clone());
+        for request in
+            self.requests.values_mut().filter(|r| r.purpose == resync || r.purpose == complete)
+        {
             request.purpose = Request::Other;
         }
         self.acks.remove(model);
@@ -722,6 +745,7 @@ impl ClientEngine {
         let was_committed = !entry.replica.has_unacknowledged();
         let (seq, applied, change) =
             entry.replica.local_change(operation.clone()).map_err(EngineError::from)?;
+        let ended = entry.references.local_change(&operation, entry.replica.local());
         let mut changes = vec![change];
         let next = entry.ids.next_counter();
         if next > entry.stored_counter {
@@ -729,6 +753,7 @@ impl ClientEngine {
             changes.push(StoreChange::AdvanceElementCounter(next));
         }
         self.queue_batch(model, changes, Some(seq), None);
+        self.ended(model, ended);
         if was_committed {
             self.model_event(model, ModelEvent::Modified);
             // A parked model now has something to push: it waits for a turn too.
@@ -796,6 +821,7 @@ impl ClientEngine {
         self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
         self.reconnect_token = Some(session.reconnect_token.clone());
         self.server_limits = Some(session.limits);
+        self.session = Some(session.session.clone());
         // Background sync keeps within what the server allows, and within what the
         // application configured if that is less.
         let told = usize::try_from(session.limits.max_open_models).unwrap_or(usize::MAX);
@@ -1194,6 +1220,10 @@ impl ClientEngine {
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in &models {
+            self.stop_sharing(model);
+        }
+        let models: Vec<ModelId> = self.models.keys().cloned().collect();
+        for model in &models {
             self.go_offline(model);
         }
     }
@@ -1310,6 +1340,7 @@ impl ClientEngine {
             Request::RejoinActivity(activity) => {
                 self.activity_joined(None, activity, answer.map_err(CallError::Refused));
             }
+            Request::ResyncComplete(model) => self.resync_complete_answered(model, answer),
             Request::Other => {}
         }
     }
@@ -1413,6 +1444,7 @@ impl ClientEngine {
                 self.acks.remove(&model);
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
+                    self.confirmed_moved(&model, &changes);
                     if !changes.is_empty() {
                         self.model_event(&model, ModelEvent::Acknowledged { seq, version });
                         if self.models.get(&model).is_some_and(|m| !m.replica.has_unacknowledged())
@@ -1456,6 +1488,8 @@ impl ClientEngine {
                     return;
                 }
                 if let Some((operations, changes)) = entry.replica.reject_in_flight() {
+                    let ended = entry.references.local_undone(entry.replica.local());
+                    self.ended(&model, ended);
                     let rejected =
                         DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
                     self.model_event(&model, ModelEvent::Rejected { operations, error });
@@ -1486,7 +1520,7 @@ impl ClientEngine {
                     if entry.slot == Slot::Live {
                         let request =
                             ClientRequest::ResyncComplete { model: model.clone(), open: true };
-                        self.send(request, Request::Other);
+                        self.send(request, Request::ResyncComplete(model.clone()));
                     }
                     self.model_event(&model, ModelEvent::ResyncCompleted);
                     self.pump(&model);
@@ -1497,10 +1531,22 @@ impl ClientEngine {
                 self.gone(&model, ErrorReply::new(code, message));
             }
             ServerPush::CollaboratorOpened { model, collaborator } => {
+                if let Some(entry) = self.models.get_mut(&model) {
+                    entry.collaborators.insert(collaborator.session.clone(), collaborator.clone());
+                }
                 self.model_event(&model, ModelEvent::CollaboratorOpened(collaborator));
             }
             ServerPush::CollaboratorClosed { model, session } => {
+                // Its references went with it.
+                let mut unshared = Vec::new();
+                if let Some(entry) = self.models.get_mut(&model) {
+                    entry.collaborators.remove(&session);
+                    unshared = entry.references.session_closed(&session);
+                }
                 self.model_event(&model, ModelEvent::CollaboratorClosed(session));
+                for event in unshared {
+                    self.model_event(&model, event);
+                }
             }
             ServerPush::PermissionsChanged { model, permissions } => {
                 if self.models.contains_key(&model) {
@@ -1509,9 +1555,11 @@ impl ClientEngine {
             }
             ServerPush::Presence(presence) => self.presence_heard(presence),
             ServerPush::Activity { activity, change } => self.activity_changed(activity, change),
-            // Not tracked yet: shared references. The connection's end after
-            // `SessionClosing` is handled as any lost connection.
-            ServerPush::RemoteReference { .. } | ServerPush::SessionClosing { .. } => {}
+            ServerPush::RemoteReference { model, session, change } => {
+                self.remote_reference(&model, session, change);
+            }
+            // The connection's end after `SessionClosing` is handled as any lost connection.
+            ServerPush::SessionClosing { .. } => {}
         }
     }
 
@@ -1675,6 +1723,7 @@ impl ClientEngine {
     /// The server no longer serves `model`: it stays here, offline; one loaded only to sync
     /// goes back to the store.
     fn gone(&mut self, model: &ModelId, error: ErrorReply) {
+        self.stop_sharing(model);
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.link = Link::Offline;
         if entry.attached {
@@ -1702,7 +1751,20 @@ impl ClientEngine {
             return false;
         };
         let author = operation.author.clone();
-        match entry.replica.remote(operation) {
+        let user = entry.collaborators.get(&author).map(|c| c.user.clone());
+        let committed = operation.operation.clone();
+        let result = entry.replica.remote(operation);
+        let mut ended = Vec::new();
+        if let Ok((applied, _)) = &result {
+            entry.references.confirmed_moved(&committed, &entry.replica.confirmed().data);
+            if let Some(applied) = applied {
+                let local = entry.replica.local();
+                ended = entry.references.local_view_moved(&applied.operation, local);
+            }
+        }
+        self.ended(model, ended);
+        let Some(entry) = self.models.get_mut(model) else { return false };
+        match result {
             Ok((None, changes)) => {
                 // The replay held our own submission: that was its ack.
                 if !entry.replica.has_unacknowledged() {
@@ -1713,8 +1775,8 @@ impl ClientEngine {
             }
             Ok((applied, changes)) => {
                 if let Some(applied) = applied {
-                    let changes =
-                        ModelEvent::changes(&applied.operation, &applied.applied, Some(author));
+                    let author = Some((author, user));
+                    let changes = ModelEvent::changes(&applied.operation, &applied.applied, author);
                     for event in changes {
                         self.model_event(model, event);
                     }
@@ -1758,6 +1820,7 @@ impl ClientEngine {
             self.queue_batch(model, changes, None, None);
         }
         self.pump(model);
+        self.publish_dirty(model);
     }
 
     /// The server broke the protocol for `model`. Its replica may have been changed half-way,
@@ -1864,6 +1927,7 @@ impl ClientEngine {
             return;
         };
         entry.link = Link::Resyncing;
+        entry.sharing = false;
         entry.replica.mark_in_flight_unsent();
         self.acks.remove(model);
         let in_flight =
@@ -1960,7 +2024,15 @@ impl ClientEngine {
         self.transmit.push_back(ClientMessage::Request { id, request });
     }
 
-    fn model_event(&mut self, model: &ModelId, event: ModelEvent) {
+    fn model_event(&mut self, model: &ModelId, mut event: ModelEvent) {
+        // Another session's reference names its user too, as far as it is known.
+        if let ModelEvent::RemoteReference { session, user: user @ None, .. } = &mut event {
+            *user = self
+                .models
+                .get(model)
+                .and_then(|entry| entry.collaborators.get(session))
+                .map(|c| c.user.clone());
+        }
         self.events.push_back(Event::Model { model: model.clone(), event });
     }
 

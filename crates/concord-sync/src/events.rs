@@ -6,10 +6,10 @@
 //! exhaustive `match` on them, so each consumer — the JavaScript binding above all — must
 //! decide what to do with it before it compiles again.
 
-use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind};
+use concord_ot::{Applied, DiscreteOperation, ElementId, Operation, OperationKind, ReferenceValue};
 use concord_protocol::{
     ActivityChange, ActivityId, Collaborator, ErrorReply, HandshakeRejection, ModelId, Permissions,
-    SessionId, UserPresence,
+    ReferenceKey, SessionId, UserId, UserPresence,
 };
 
 use crate::replica::PendingOperation;
@@ -32,9 +32,15 @@ pub enum Event {
 /// What happens to one model.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelEvent {
-    /// An element changed: by this client (`author: None`) or by another session. One per
-    /// discrete operation that changed something.
-    Changed { element: ElementId, operation: OperationKind, author: Option<SessionId> },
+    /// An element changed: by this client (`author: None`) or by another session, whose
+    /// user is `user` when the engine knows it (the session has the model open, or had
+    /// when it was last listed). One per discrete operation that changed something.
+    Changed {
+        element: ElementId,
+        operation: OperationKind,
+        author: Option<SessionId>,
+        user: Option<UserId>,
+    },
     /// The model had no unacknowledged local changes and now has one.
     Modified,
     /// Every local change is acknowledged.
@@ -63,12 +69,33 @@ pub enum ModelEvent {
     /// This session's permissions on the model changed (a user with `manage` changed its
     /// grants). Losing `read` is reported as [`ModelEvent::Gone`] instead.
     PermissionsChanged { permissions: Permissions },
+    /// Another session shared, set, cleared or unshared one of its references (or the
+    /// connection's end took it away). A set value is as it applies to the local view when
+    /// the event is made; it moves with later changes (read it again with the engine's
+    /// `reference`).
+    RemoteReference {
+        session: SessionId,
+        /// The session's user, when the engine knows it.
+        user: Option<UserId>,
+        reference: ReferenceKey,
+        change: RemoteReferenceChange,
+    },
     /// The server no longer serves the model (deleted by someone else, or closed by the
     /// server); the local copy stays, offline.
     Gone { error: ErrorReply },
     /// Loaded only to sync its stored changes in the background, the model is in sync and
     /// left memory; its batches still queued must be durable before it is loaded again.
     Released,
+}
+
+/// What became of another session's reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteReferenceChange {
+    Shared,
+    Set(ReferenceValue),
+    /// Shared without a value (cleared by its owner, or its element was removed).
+    Cleared,
+    Unshared,
 }
 
 /// What happens to the domain as a whole.
@@ -146,7 +173,7 @@ impl ModelEvent {
     pub fn changes(
         operation: &Operation,
         applied: &[Applied],
-        author: Option<SessionId>,
+        author: Option<(SessionId, Option<UserId>)>,
     ) -> Vec<ModelEvent> {
         let parts: Vec<&DiscreteOperation> = match operation {
             Operation::Discrete(op) => vec![op],
@@ -163,7 +190,8 @@ impl ModelEvent {
             .map(|(op, _)| ModelEvent::Changed {
                 element: op.target,
                 operation: op.kind.clone(),
-                author: author.clone(),
+                author: author.as_ref().map(|(session, _)| session.clone()),
+                user: author.as_ref().and_then(|(_, user)| user.clone()),
             })
             .collect()
     }

@@ -1,6 +1,6 @@
 //! `concord-sync` is Concord's sans-IO sync logic: the client engine ([`ClientEngine`]) over
-//! the client side of each model ([`ModelReplica`]), and the server's per-model
-//! [`Sequencer`].
+//! the client side of each model ([`ModelReplica`]), the server's per-model [`Sequencer`]
+//! and hosts ([`host`]), and shared references on both sides ([`reference`]).
 //!
 //! It does no I/O, reads no clock and draws no randomness: callers pass in what arrived
 //! (server messages, local changes, storage completions, the time as a [`Time`]) and carry
@@ -20,8 +20,10 @@ mod attach;
 mod engine;
 pub mod events;
 pub mod host;
+pub mod reference;
 mod replica;
 mod sequencer;
+mod shared;
 pub mod store;
 mod time;
 
@@ -29,7 +31,10 @@ pub use engine::{
     Action, BatchId, CallError, CallId, ClientEngine, DisconnectReason, EngineConfig, EngineError,
     StorageBatch,
 };
-pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+pub use events::{
+    ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure, RemoteReferenceChange,
+};
+pub use reference::ReferenceError;
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
     StoreChange,

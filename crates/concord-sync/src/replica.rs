@@ -452,6 +452,13 @@ impl ModelReplica {
     }
 
     /// In-flight then pending operations, in order, as stored.
+    /// The local operations not yet acknowledged, in the order the local view applied
+    /// them: the in-flight ones, then the pending ones.
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &Operation> {
+        let in_flight = self.in_flight.iter().flat_map(|b| b.parts.iter());
+        in_flight.chain(self.pending.iter()).map(|p| &p.operation)
+    }
+
     fn all_unacknowledged(&self) -> Vec<PendingOperation> {
         let in_flight = self.in_flight.iter().flat_map(|b| b.parts.iter());
         in_flight.chain(self.pending.iter()).cloned().collect()

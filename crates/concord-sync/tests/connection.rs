@@ -1,7 +1,8 @@
 //! The engine's connection and its time, on a clock the test moves by hand: reconnect
 //! backoff, heartbeats, a silent server, a timeout for every kind of request, opening a
 //! model only the server has (with and without auto-create), answering the server's pings,
-//! and the element-id counter across a restore from a real (memory) store.
+//! the element-id counter across a restore from a real (memory) store, and shared references
+//! through changes in flight, pending and remote.
 //!
 //! The server's side is played by hand: each test answers what the engine sent, or does
 //! not.
@@ -943,5 +944,112 @@ fn calls_are_never_queued_and_presence_and_activities_come_back_after_a_reconnec
     let push = ServerPush::Activity { activity: page.clone(), change: removed };
     engine.handle_message(at(12), ServerMessage::Push(push));
     assert_eq!(engine.participants(&page), None);
+    Ok(())
+}
+
+/// `{"text": "hello world"}`, made by another replica.
+fn text_snapshot() -> Result<(ModelSnapshot, ElementId)> {
+    let mut ids = IdGenerator::new(ReplicaId(0), 0);
+    let data = Document::new(Value::from_json(&json!({"text": "hello world"}), &mut ids)?)?;
+    let text = data.element_at(&[PathSegment::Key("text".into())]).expect("text");
+    Ok((ModelSnapshot { data, ..snapshot()? }, text))
+}
+
+fn splice(text: ElementId, index: usize, insert: &str) -> concord_ot::Operation {
+    let kind = OperationKind::StringSplice { index, delete_count: 0, insert: insert.into() };
+    DiscreteOperation::new(text, kind).into()
+}
+
+/// The reference changes among `sent`.
+fn reference_changes(sent: &[ClientMessage]) -> Vec<concord_protocol::ReferenceChange> {
+    sent.iter()
+        .filter_map(|m| match m {
+            ClientMessage::Notice(ClientNotice::Reference { change, .. }) => Some(change.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn references_move_through_changes_in_flight_pending_and_remote() -> Result<()> {
+    use concord_ot::ReferenceValue::Index;
+    use concord_protocol::{CommittedOperation, ReferenceChange, ReferenceKey};
+    let (snapshot, text) = text_snapshot()?;
+    let model = id("doc");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.add_model(model.clone(), ModelReplica::new(snapshot).into())?;
+    engine.connect(credentials());
+    engine.poll_action();
+    engine.handle_connected(at(0), &session(), vec![], vec![]);
+    let turn = drain(&mut engine, at(0));
+    settle(&mut engine, at(0), turn)?;
+    assert!(engine.shares_references(&model));
+    let key = ReferenceKey { element: Some(text), key: "cursor".into() };
+    let bob = SessionId("bob".into());
+    let local_char = |engine: &ClientEngine, index: usize| {
+        engine.model(&model).and_then(|r| r.local().text(text)).and_then(|t| t.chars().nth(index))
+    };
+    let seen = |engine: &ClientEngine| match engine.reference(&model, &bob, &key) {
+        Some(Some(Index(at))) => at[0],
+        other => panic!("bob's cursor: {other:?}"),
+    };
+
+    // Bob's cursor on the "w" of "world", at version 0.
+    let set = ReferenceChange::Set { reference: key.clone(), value: Index(vec![6]), version: 0 };
+    let push =
+        ServerPush::RemoteReference { model: model.clone(), session: bob.clone(), change: set };
+    engine.handle_message(at(1), ServerMessage::Push(push));
+    assert_eq!(seen(&engine), 6);
+
+    // A change in flight (sent, not answered) and one pending: still on the "w".
+    engine.local_change(&model, splice(text, 0, "big "))?;
+    let turn = drain(&mut engine, at(2));
+    assert!(
+        turn.sent.iter().any(|m| matches!(m, ClientMessage::Notice(ClientNotice::Submit { .. })))
+    );
+    engine.local_change(&model, splice(text, 0, "X"))?;
+    drain(&mut engine, at(2));
+    assert_eq!((seen(&engine), local_char(&engine, seen(&engine))), (11, Some('w')));
+
+    // This client's cursor at the end of "big " is sent at the confirmed version (moved back
+    // through its changes); it is marked to be sent again once they are committed.
+    engine.set_reference(&model, key.clone(), Some(Index(vec![5])))?;
+    let turn = drain(&mut engine, at(3));
+    let expected = vec![
+        ReferenceChange::Share { reference: key.clone(), value: None },
+        ReferenceChange::Set { reference: key.clone(), value: Index(vec![0]), version: 0 },
+    ];
+    assert_eq!(reference_changes(&turn.sent), expected);
+
+    // Another session types in front, concurrently: both cursors stay on their characters.
+    let remote = CommittedOperation {
+        version: 1,
+        author: bob.clone(),
+        timestamp: Timestamp(1),
+        operation: splice(text, 0, "Y"),
+    };
+    let push = ServerPush::RemoteOperation { model: model.clone(), operation: remote };
+    engine.handle_message(at(4), ServerMessage::Push(push));
+    drain(&mut engine, at(4));
+    let local = engine.model(&model).and_then(|r| r.local().text(text)).expect("text");
+    assert_eq!(local_char(&engine, seen(&engine)), Some('w'), "{local}");
+    let own = engine.own_references(&model);
+    let Some(Index(own_at)) = own[0].1.clone() else { panic!("own cursor: {own:?}") };
+    // It stays right after "big ".
+    let before: String = local.chars().take(own_at[0]).collect();
+    assert!(before.ends_with("big "), "{local}: own cursor at {}", own_at[0]);
+
+    // The in-flight change and then the pending one are acknowledged: once nothing is
+    // uncommitted, the own cursor is sent again, exact, at the confirmed version.
+    let ack = ServerPush::Ack { model: model.clone(), seq: 1, version: 2, timestamp: Timestamp(2) };
+    engine.handle_message(at(5), ServerMessage::Push(ack));
+    let turn = drain(&mut engine, at(5));
+    assert!(reference_changes(&turn.sent).is_empty(), "X is still pending");
+    let ack = ServerPush::Ack { model: model.clone(), seq: 2, version: 3, timestamp: Timestamp(3) };
+    engine.handle_message(at(6), ServerMessage::Push(ack));
+    let turn = drain(&mut engine, at(6));
+    let exact = ReferenceChange::Set { reference: key.clone(), value: Index(own_at), version: 3 };
+    assert_eq!(reference_changes(&turn.sent), vec![exact]);
+    assert_eq!(local_char(&engine, seen(&engine)), Some('w'));
     Ok(())
 }

@@ -685,3 +685,137 @@ fn an_open_closed_while_its_data_is_asked_for_still_gets_one_reply() {
     assert_eq!(replies_to(RequestId(2)).len(), 1, "{said:?}");
     assert!(server.models.get(&model("new")).is_none_or(|host| host.live().is_none()));
 }
+
+fn text_id() -> concord_ot::ElementId {
+    document().element_at(&[PathSegment::Key("text".into())]).unwrap()
+}
+
+fn cursor_change(version: u64, index: usize) -> ClientMessage {
+    ClientMessage::Notice(ClientNotice::Reference {
+        model: model("doc"),
+        change: ReferenceChange::Set {
+            reference: ReferenceKey { element: Some(text_id()), key: "cursor".into() },
+            value: ReferenceValue::Index(vec![index]),
+            version,
+        },
+    })
+}
+
+/// The reference changes `conn` heard.
+fn relayed(said: &[(ConnId, ServerMessage)], conn: ConnId) -> Vec<ReferenceChange> {
+    heard(said, conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Push(ServerPush::RemoteReference { change, .. }) => Some(change),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The references a session opening the model now is told of.
+fn opened_references(server: &mut Server, user: &str) -> Vec<Option<ReferenceValue>> {
+    let conn = server.connect(user, SessionLimits::default());
+    let said =
+        server.request(conn, ClientRequest::OpenModel { model: model("doc"), auto_create: false });
+    heard(&said, conn)
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::Response { response: ServerResponse::ModelOpened(opened), .. } => {
+                Some(opened.references.into_iter().map(|r| r.value).collect())
+            }
+            _ => None,
+        })
+        .expect("opened")
+}
+
+#[test]
+fn references_move_forward_to_the_models_version_and_clear_with_their_element() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "hello")), alice, 1), Ok(1));
+
+    // Bob's cursor at the end of "hello", set at version 1, is relayed at version 1.
+    let said = server.send(bob, cursor_change(1, 5));
+    let at_end = ReferenceValue::Index(vec![5]);
+    let expected = ReferenceChange::Set {
+        reference: ReferenceKey { element: Some(text_id()), key: "cursor".into() },
+        value: at_end.clone(),
+        version: 1,
+    };
+    assert_eq!(relayed(&said, alice), vec![expected]);
+
+    // Alice types in front of it: the stored cursor moves with the text.
+    let ab = submit_batch(1, 2..=2, 1, splice(0, 0, "ab"));
+    assert_eq!(answer(&server.send(alice, ab), alice, 2), Ok(2));
+    assert_eq!(opened_references(&mut server, "carol"), vec![Some(ReferenceValue::Index(vec![7]))]);
+
+    // A cursor set at version 1 (before "ab") arrives late: moved forward, relayed at 2.
+    let said = server.send(bob, cursor_change(1, 3));
+    match relayed(&said, alice).as_slice() {
+        [ReferenceChange::Set { value, version: 2, .. }] => {
+            assert_eq!(*value, ReferenceValue::Index(vec![5]));
+        }
+        other => panic!("expected one set at version 2, got {other:?}"),
+    }
+
+    // Removing the string clears the reference, for late joiners too.
+    let root = document().root_id();
+    let remove =
+        DiscreteOperation::new(root, OperationKind::ObjectRemoveProperty { key: "text".into() });
+    assert_eq!(
+        answer(&server.send(alice, submit_batch(1, 3..=3, 2, remove.into())), alice, 3),
+        Ok(3)
+    );
+    assert_eq!(opened_references(&mut server, "dave"), vec![None]);
+    // Set at a version when it still existed, it reads as cleared.
+    let said = server.send(bob, cursor_change(2, 1));
+    assert!(matches!(relayed(&said, alice).as_slice(), [ReferenceChange::Clear { .. }]));
+}
+
+#[test]
+fn an_invalid_reference_is_refused_and_changes_nothing() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "hi")), alice, 1), Ok(1));
+    assert!(relayed(&server.send(bob, cursor_change(1, 2)), alice).len() == 1);
+
+    let on = |element, value| {
+        ClientMessage::Notice(ClientNotice::Reference {
+            model: model("doc"),
+            change: ReferenceChange::Set {
+                reference: ReferenceKey { element, key: "cursor".into() },
+                value,
+                version: 1,
+            },
+        })
+    };
+    let missing = concord_ot::ElementId { replica: ReplicaId(42), counter: 42 };
+    let invalid = [
+        // Past the end of the string.
+        cursor_change(1, 3),
+        // A version the model has not reached.
+        cursor_change(9, 0),
+        // An element that does not exist.
+        on(Some(missing), ReferenceValue::Index(vec![0])),
+        // A property reference on a string, an index reference on the model.
+        on(Some(text_id()), ReferenceValue::Property(vec!["x".into()])),
+        on(None, ReferenceValue::Index(vec![0])),
+        // An element reference to an element that does not exist.
+        on(None, ReferenceValue::Element(vec![missing])),
+    ];
+    for message in invalid {
+        let said = server.send(bob, message.clone());
+        let (code, _) = error_of(&said, bob);
+        assert_eq!(code, ErrorCode::INVALID_REFERENCE, "{message:?}");
+        assert!(relayed(&said, alice).is_empty(), "{message:?}");
+    }
+    assert_eq!(opened_references(&mut server, "carol"), vec![Some(ReferenceValue::Index(vec![2]))]);
+}

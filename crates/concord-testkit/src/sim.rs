@@ -20,11 +20,11 @@ pub(crate) mod server;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use concord_ot::ReplicaId;
+use concord_ot::{ElementId, IndexRange, Kind, ReferenceValue, ReplicaId};
 use concord_protocol::{
     Auth, ClientMessage, ClientNotice, CollectionId, CreationNonce, ErrorCode, Limits, ModelId,
-    ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ServerMessage, Session,
-    Timestamp, User, UserId, encode_frames,
+    ModelSnapshot, PermissionGrants, Reassembler, ReconnectToken, ReferenceKey, ServerMessage,
+    Session, Timestamp, User, UserId, encode_frames,
 };
 use concord_storage::memory::MemoryStore;
 use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
@@ -55,6 +55,10 @@ pub struct Config {
     /// above what a scenario opens). Clients with an even index are told it, as a server's
     /// session would; the others learn it from the server's refusals.
     pub max_open_models: Option<usize>,
+    /// The percentage of steps on which the client also shares, moves, clears or unshares
+    /// a reference (drawn apart from the other events: with 0, a seed plays as it did
+    /// before references existed).
+    pub reference_percent: usize,
 }
 
 impl Config {
@@ -67,6 +71,7 @@ impl Config {
             max_batch: 20,
             compact_every: 5,
             max_open_models: None,
+            reference_percent: 10,
         }
     }
 
@@ -80,6 +85,7 @@ impl Config {
             max_batch: 3,
             compact_every: 20,
             max_open_models: Some(4),
+            reference_percent: 10,
         }
     }
 }
@@ -93,6 +99,7 @@ impl Default for Config {
             max_batch: 3,
             compact_every: 20,
             max_open_models: None,
+            reference_percent: 10,
         }
     }
 }
@@ -124,6 +131,10 @@ pub struct Stats {
     /// Requests the server refused because the connection had as many models open as it
     /// allows (only engines not told the limit may meet one).
     pub overloaded: usize,
+    /// References shared, set, cleared or unshared by the clients.
+    pub reference_changes: usize,
+    /// References found, at the end, exactly as their owners hold them on another client.
+    pub references_compared: usize,
 }
 
 impl Stats {
@@ -146,6 +157,8 @@ impl Stats {
         self.failed_connects += other.failed_connects;
         self.fragmented_messages += other.fragmented_messages;
         self.overloaded += other.overloaded;
+        self.reference_changes += other.reference_changes;
+        self.references_compared += other.references_compared;
     }
 }
 
@@ -225,6 +238,9 @@ pub fn run(seed: u64, config: Config) -> Result<Stats, Failure> {
 
 struct Sim {
     rng: SimRng,
+    /// Draws the reference actions, apart from `rng`, so that adding them left the other
+    /// events each seed plays as they were.
+    references: SimRng,
     config: Config,
     server: SimServer,
     /// Which client each connection belongs to.
@@ -316,6 +332,7 @@ impl Sim {
         let server = SimServer::new(host, limits, durable);
         Ok(Sim {
             rng,
+            references: SimRng::new(seed ^ 0x005e_ed0f_2ef5),
             config,
             server,
             owners: BTreeMap::new(),
@@ -338,6 +355,9 @@ impl Sim {
             let roll = self.rng.below(100);
             let now = self.now;
             self.note(|| format!("step {now}: client {i} roll {roll}"));
+            if self.references.below(100) < self.config.reference_percent {
+                self.reference(i)?;
+            }
             match roll {
                 0..=22 => self.local_edit(i)?,
                 23..=35 => self.flush_one(i)?,
@@ -386,7 +406,10 @@ impl Sim {
                 }
             }
             self.run_until_quiet()?;
-            return (0..self.clients.len()).try_for_each(|i| self.check_models(i, None));
+            for i in 0..self.clients.len() {
+                self.stats.references_compared += self.check_models(i, None)?;
+            }
+            return Ok(());
         };
         // More models than one connection may open: each client compares them a few at a
         // time, with nothing else open.
@@ -403,7 +426,7 @@ impl Sim {
                     self.open(i, model)?;
                 }
                 self.run_until_quiet()?;
-                self.check_models(i, Some(chunk))?;
+                self.stats.references_compared += self.check_models(i, Some(chunk))?;
                 for model in chunk {
                     self.clients[i].engine.as_mut().expect("restarted").remove_model(model);
                 }
@@ -511,7 +534,8 @@ impl Sim {
     /// Client `i`'s models (`None`: all of them), loaded: each equals the server's, live
     /// and settled, its store rebuilds it, and every durable change of it reached the
     /// server.
-    fn check_models(&self, i: usize, models: Option<&[ModelId]>) -> Result<(), String> {
+    /// Returns how many other clients' references it found as their owners hold them.
+    fn check_models(&self, i: usize, models: Option<&[ModelId]>) -> Result<usize, String> {
         let client = &self.clients[i];
         let engine = self.engine(i);
         {
@@ -565,7 +589,104 @@ impl Sim {
                 }
             }
         }
-        Ok(())
+        let mut compared = 0;
+        for id in models.unwrap_or(&client.model_ids) {
+            compared += self.check_references(i, id)?;
+        }
+        Ok(compared)
+    }
+
+    /// On a model client `i` has open (and shares references on), every other client's
+    /// references are seen exactly as their owners hold them, and no others; returns how
+    /// many it compared.
+    fn check_references(&self, i: usize, id: &ModelId) -> Result<usize, String> {
+        let engine = self.engine(i);
+        if !engine.is_settled(id) || !engine.shares_references(id) {
+            return Ok(0);
+        }
+        let who = format!("replica {:?}, {id}", self.clients[i].replica);
+        let mut owners = BTreeMap::new();
+        for (j, client) in self.clients.iter().enumerate() {
+            let Some(other) = client.engine.as_ref().filter(|_| j != i) else { continue };
+            if !other.is_settled(id) || !other.shares_references(id) {
+                continue;
+            }
+            let Some(session) = other.session_id() else { continue };
+            owners.insert(session.clone(), other.own_references(id));
+        }
+        let mut compared = 0;
+        for (session, own) in &owners {
+            for (key, value) in own {
+                let seen = engine.reference(id, session, key);
+                if seen.as_ref() != Some(value) {
+                    return Err(format!(
+                        "{who}: sees {session:?}'s reference {key:?} as {seen:?}, its owner holds {value:?}"
+                    ));
+                }
+                compared += 1;
+            }
+        }
+        for shared in engine.remote_references(id) {
+            let owned = owners.get(&shared.session).is_some_and(|own| {
+                own.iter().any(|(key, value)| *key == shared.reference && *value == shared.value)
+            });
+            if !owned {
+                return Err(format!("{who}: sees a reference its owner does not hold: {shared:?}"));
+            }
+        }
+        Ok(compared)
+    }
+
+    /// Shares, moves, clears or unshares one of client `i`'s references on a loaded model:
+    /// cursors and selections on strings, properties on objects, elements on the model.
+    fn reference(&mut self, i: usize) -> Result<(), String> {
+        let Some(engine) = &mut self.clients[i].engine else { return Ok(()) };
+        let models: Vec<ModelId> = engine.models().cloned().collect();
+        if models.is_empty() {
+            return Ok(());
+        }
+        let model = models[self.references.below(models.len())].clone();
+        let doc = engine.model(&model).expect("loaded").local().clone();
+        let rng = &mut self.references;
+        if rng.below(8) == 0 {
+            let own = engine.own_references(&model);
+            if let Some((key, _)) = own.get(rng.below(own.len().max(1))) {
+                engine.unshare_reference(&model, key);
+            }
+        } else {
+            let ids: Vec<ElementId> = doc.ids().collect();
+            let id = ids[rng.below(ids.len())];
+            let on = |key: &str| ReferenceKey { element: Some(id), key: key.into() };
+            let (key, value) = match doc.kind(id) {
+                Some(Kind::String) => {
+                    let len = doc.text_len(id).unwrap_or(0) + 1;
+                    if rng.flip() {
+                        (on("cursor"), ReferenceValue::Index(vec![rng.below(len)]))
+                    } else {
+                        let range = IndexRange { start: rng.below(len), end: rng.below(len) };
+                        (on("selection"), ReferenceValue::Range(vec![range]))
+                    }
+                }
+                Some(Kind::Object) => {
+                    let keys: Vec<String> = doc
+                        .object_entries(id)
+                        .map(|e| e.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let picked = keys.into_iter().filter(|_| rng.flip()).collect();
+                    (on("property"), ReferenceValue::Property(picked))
+                }
+                _ => {
+                    let key = ReferenceKey { element: None, key: "element".into() };
+                    (key, ReferenceValue::Element(vec![id]))
+                }
+            };
+            let value = (rng.below(10) != 0).then_some(value);
+            engine
+                .set_reference(&model, key, value)
+                .map_err(|e| format!("a valid reference was refused: {e}"))?;
+        }
+        self.stats.reference_changes += 1;
+        self.drain(i)
     }
 
     /// Creates a model (offline or not); now and then under an id another client may

@@ -33,12 +33,12 @@ fn replicas_converge_through_disconnects_and_crashes() {
     let total = sweep(Config::default(), seeds(200));
     // The scenarios exercised what they claim to.
     assert!(total.commits > 1000, "{total:?}");
-    assert!(
-        total.crashes > 50 && total.disconnects > 100 && total.duplicates_answered > 0,
-        "{total:?}"
-    );
+    assert!(total.crashes > 50 && total.disconnects > 100, "{total:?}");
     assert!(total.models_created > 50 && total.creations_refused > 0, "{total:?}");
     assert!(total.models_deleted > 20, "{total:?}");
+    // References were shared, and at the end seen by others exactly as their owners held
+    // them.
+    assert!(total.reference_changes > 1000 && total.references_compared > 50, "{total:?}");
     assert!(total.subscriptions > 50 && total.downloads > 20, "{total:?}");
     assert!(total.server_crashes > 20 && total.unloads > 50, "{total:?}");
     // Snapshots and pages travelled in fragments, put back together by the clients.
@@ -48,6 +48,15 @@ fn replicas_converge_through_disconnects_and_crashes() {
         total.timeouts > 20 && total.reconnects > 200 && total.failed_connects > 20,
         "{total:?}"
     );
+}
+
+/// A resubmission reaching the server after its commit is rare; the reference notices on
+/// the wire shift which seeds meet one, so these seeds play without them.
+#[test]
+fn resubmissions_of_committed_changes_are_answered_once() {
+    let config = Config { reference_percent: 0, ..Config::default() };
+    let total = sweep(config, seeds(200));
+    assert!(total.duplicates_answered > 0, "{total:?}");
 }
 
 #[test]

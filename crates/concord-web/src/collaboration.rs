@@ -1,289 +1,233 @@
-//! Permissions, presence and activities for JavaScript, with the Rust API's names:
-//! `models().permissions(id)`, `setPermissions`, `createWithPermissions`;
-//! `domain.presence()` (`setState`, `removeState`, `clearState`, `follow`, `unfollow`,
-//! `onEvent`); `domain.activities()` (`join` → an `Activity`: `participants`, `setState`,
-//! `removeState`, `clearState`, `remove`, `leave`; `onEvent`). State values are any JSON
-//! value here (JSON text on the wire).
-
-use std::collections::BTreeMap;
+//! Collaborators and shared references for JavaScript, with the Rust API's names:
+//! `model.collaborators()`, `string.indexReference(key)`, `string.rangeReference(key)`,
+//! `object.propertyReference(key)`, `model.elementReference(key)`, `reference(sessionId,
+//! key)`. Values are plain JS: indices (UTF-16 code units, converted against the current
+//! text), ranges `{ start, end }`, property names, element ids `"replica:counter"`.
 
 use concord_client::{
-    Activity as ClientActivity, ActivityChange, ActivityId, Domain as ClientDomain, Participant,
-    PermissionGrants, Permissions, SessionId, UserId, UserPresence,
+    Element, ElementId, IndexRange, LocalReference as ClientReference, ReferenceValue, ReplicaId,
+    SessionId, SharedReference,
 };
 use serde_json::{Value, json};
 use wasm_bindgen::prelude::*;
 
-use crate::{Domain, ModelService, collection, error, from_js, id, to_js};
+use crate::{RealTimeElement, RealTimeModel, char_index, error, events, to_js};
 
-fn permissions_json(p: &Permissions) -> Value {
-    json!({ "read": p.read, "write": p.write, "remove": p.remove, "manage": p.manage })
+/// The UTF-16 position of `char` index `chars` in `text` (clamped to its end).
+fn utf16_index(text: &str, chars: usize) -> usize {
+    text.chars().take(chars).map(char::len_utf16).sum()
 }
 
-fn permissions_from(value: &Value) -> Permissions {
-    let flag = |name: &str| value.get(name).and_then(Value::as_bool).unwrap_or(false);
-    Permissions {
-        read: flag("read"),
-        write: flag("write"),
-        remove: flag("remove"),
-        manage: flag("manage"),
-    }
+fn parse_element(text: &str) -> Result<ElementId, JsError> {
+    let parsed = text.split_once(':').and_then(|(replica, counter)| {
+        Some(ElementId {
+            replica: ReplicaId(replica.parse().ok()?),
+            counter: counter.parse().ok()?,
+        })
+    });
+    parsed.ok_or_else(|| JsError::new(&format!("{text:?} is not an element id (replica:counter)")))
 }
 
-/// `{ overrideCollection, world: { read, write, remove, manage }, users: { id: {...} } }`.
-fn grants_json(grants: &PermissionGrants) -> Value {
-    let users: serde_json::Map<String, Value> =
-        grants.users.iter().map(|(u, p)| (u.0.clone(), permissions_json(p))).collect();
-    json!({
-        "overrideCollection": grants.override_collection,
-        "world": permissions_json(&grants.world),
-        "users": users,
-    })
-}
-
-fn grants_from(value: &Value) -> Result<PermissionGrants, JsError> {
-    let users = match value.get("users") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(Value::Object(users)) => {
-            users.iter().map(|(u, p)| (UserId(u.clone()), permissions_from(p))).collect()
+/// The text of the string a reference lives on, for position conversions.
+async fn text_of(element: &Option<Element>) -> Result<Option<String>, JsError> {
+    match element {
+        Some(element) if element.kind() == concord_client::Kind::String => {
+            Ok(Some(element.as_string().map_err(error)?.value().await.map_err(error)?))
         }
-        Some(_) => return Err(JsError::new("`users` must be an object of user ids")),
-    };
-    Ok(PermissionGrants {
-        override_collection: value
-            .get("overrideCollection")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        world: value.get("world").map(permissions_from).unwrap_or_default(),
-        users,
-    })
+        _ => Ok(None),
+    }
 }
 
-/// A state map with each value parsed from its JSON text (text that is not JSON, which the
-/// server never relays, stays a string).
-fn state_json(state: &BTreeMap<String, String>) -> Value {
-    let parsed: serde_json::Map<String, Value> = state
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or_else(|_| json!(v))))
-        .collect();
-    Value::Object(parsed)
-}
-
-fn presence_json(p: &UserPresence) -> Value {
-    json!({ "user": p.user.0, "available": p.available, "state": state_json(&p.state) })
-}
-
-fn participant_json(p: &Participant) -> Value {
-    json!({ "session": p.session.0, "user": p.user.0, "state": state_json(&p.state) })
-}
-
-fn activity_json(activity: &ActivityId) -> Value {
-    json!({ "kind": activity.kind, "id": activity.id })
-}
-
-/// `{ type: "joined", activity, participant }`, `{ type: "left", activity, session }`,
-/// `{ type: "stateChanged", activity, session, state }`.
-fn activity_event(activity: &ActivityId, change: &ActivityChange) -> Value {
-    let activity = activity_json(activity);
-    match change {
-        ActivityChange::Joined(p) => {
-            json!({ "type": "joined", "activity": activity, "participant": participant_json(p) })
+/// A reference value as JS sees it.
+fn value_to_js(value: &ReferenceValue, text: Option<&str>) -> Value {
+    let position = |p: usize| text.map_or(p, |t| utf16_index(t, p));
+    match value {
+        ReferenceValue::Index(indices) => {
+            json!(indices.iter().map(|p| position(*p)).collect::<Vec<_>>())
         }
-        ActivityChange::Left { session } => {
-            json!({ "type": "left", "activity": activity, "session": session.0 })
+        ReferenceValue::Range(ranges) => json!(
+            ranges
+                .iter()
+                .map(|r| json!({ "start": position(r.start), "end": position(r.end) }))
+                .collect::<Vec<_>>()
+        ),
+        ReferenceValue::Property(keys) => json!(keys),
+        ReferenceValue::Element(ids) => {
+            json!(ids.iter().map(|id| events::element(*id)).collect::<Vec<_>>())
         }
-        ActivityChange::StateChanged { session, state } => json!({
-            "type": "stateChanged",
-            "activity": activity,
-            "session": session.0,
-            "state": state_json(state),
-        }),
     }
 }
 
-fn object(value: JsValue) -> Result<BTreeMap<String, Value>, JsError> {
-    match from_js(value)? {
-        Value::Object(map) => Ok(map.into_iter().collect()),
-        Value::Null => Ok(BTreeMap::new()),
-        _ => Err(JsError::new("a state must be an object")),
+/// `undefined` when not shared, `null` when shared without a value, else the value.
+fn shared_to_js(
+    value: Option<Option<ReferenceValue>>,
+    text: Option<&str>,
+) -> Result<JsValue, JsError> {
+    match value {
+        None => Ok(JsValue::UNDEFINED),
+        Some(None) => Ok(JsValue::NULL),
+        Some(Some(value)) => to_js(&value_to_js(&value, text)),
     }
 }
 
-fn users(ids: Vec<String>) -> Vec<UserId> {
-    ids.into_iter().map(UserId).collect()
+/// One of this client's references.
+#[wasm_bindgen]
+#[derive(Debug, Clone)]
+pub struct LocalReference {
+    inner: ClientReference,
+    /// The element it lives on (none for element references).
+    element: Option<Element>,
 }
 
 #[wasm_bindgen]
-impl ModelService {
-    /// The model's grants (needs `manage`; fails offline).
-    pub async fn permissions(&self, model: String) -> Result<JsValue, JsError> {
-        let grants = self.domain.models().permissions(&id(&model)?).await.map_err(error)?;
-        to_js(&grants_json(&grants))
+impl LocalReference {
+    pub fn key(&self) -> String {
+        self.inner.key().key.clone()
     }
 
-    /// Replaces the model's grants (needs `manage`; fails offline, never queued).
-    #[wasm_bindgen(js_name = setPermissions)]
-    pub async fn set_permissions(&self, model: String, grants: JsValue) -> Result<(), JsError> {
-        let grants = grants_from(&from_js(grants)?)?;
-        self.domain.models().set_permissions(&id(&model)?, &grants).await.map_err(error)
+    /// Shares it (without a value, unless it has one).
+    pub async fn share(&self) -> Result<(), JsError> {
+        self.inner.share().await.map_err(error)
     }
 
-    /// Creates a model at the server with these grants (online only).
-    #[wasm_bindgen(js_name = createWithPermissions)]
-    pub async fn create_with_permissions(
-        &self,
-        model: String,
-        collection_id: String,
-        data: JsValue,
-        grants: JsValue,
-    ) -> Result<(), JsError> {
-        let (data, grants) = (from_js(data)?, grants_from(&from_js(grants)?)?);
-        let (model, collection) = (id(&model)?, collection(&collection_id)?);
-        let models = self.domain.models();
-        let created = models.create_with_permissions(&model, &collection, data, &grants).await;
-        created.map(drop).map_err(error)
-    }
-}
-
-#[wasm_bindgen]
-impl Domain {
-    pub fn presence(&self) -> PresenceService {
-        PresenceService { domain: self.inner.clone() }
-    }
-
-    pub fn activities(&self) -> ActivityService {
-        ActivityService { domain: self.inner.clone() }
-    }
-}
-
-/// This user's presence state, and the users followed.
-#[wasm_bindgen]
-#[derive(Debug)]
-pub struct PresenceService {
-    domain: ClientDomain,
-}
-
-#[wasm_bindgen]
-impl PresenceService {
-    /// Sets one key (offline: published on the next connection).
-    #[wasm_bindgen(js_name = setState)]
-    pub async fn set_state(&self, key: String, value: JsValue) -> Result<(), JsError> {
-        self.domain.presence().set_state(&key, from_js(value)?).await.map_err(error)
-    }
-
-    #[wasm_bindgen(js_name = removeState)]
-    pub async fn remove_state(&self, keys: Vec<String>) -> Result<(), JsError> {
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.domain.presence().remove_state(&keys).await.map_err(error)
-    }
-
-    #[wasm_bindgen(js_name = clearState)]
-    pub async fn clear_state(&self) -> Result<(), JsError> {
-        self.domain.presence().clear_state().await.map_err(error)
-    }
-
-    /// Resolves to `[{ user, available, state }]` (fails offline).
-    pub async fn follow(&self, users_ids: Vec<String>) -> Result<JsValue, JsError> {
-        let now = self.domain.presence().follow(&users(users_ids)).await.map_err(error)?;
-        to_js(&now.iter().map(presence_json).collect::<Vec<_>>())
-    }
-
-    pub async fn unfollow(&self, users_ids: Vec<String>) -> Result<(), JsError> {
-        self.domain.presence().unfollow(&users(users_ids)).await.map_err(error)
-    }
-
-    /// Calls `callback({ user, available, state })` for each change of a followed user.
-    #[wasm_bindgen(js_name = onEvent)]
-    pub fn on_event(&self, callback: js_sys::Function) {
-        let mut stream = self.domain.presence().events();
-        wasm_bindgen_futures::spawn_local(async move {
-            while let Some(presence) = stream.next().await {
-                if let Ok(value) = to_js(&presence_json(&presence)) {
-                    let _ = callback.call1(&JsValue::NULL, &value);
-                }
+    /// Sets it: an index or indices (index references), `{ start, end }` or a list of them
+    /// (range references), property names, element ids.
+    pub async fn set(&self, value: JsValue) -> Result<(), JsError> {
+        let json: Value =
+            serde_wasm_bindgen::from_value(value).map_err(|e| JsError::new(&e.to_string()))?;
+        let text = text_of(&self.element).await?;
+        let position = |v: &Value| -> Result<usize, JsError> {
+            let p = v.as_u64().ok_or_else(|| JsError::new("positions are numbers"))? as usize;
+            Ok(text.as_deref().map_or(p, |t| char_index(t, p)))
+        };
+        let list = match &json {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        let value = match self.inner.kind() {
+            concord_client::ReferenceKind::Index => {
+                ReferenceValue::Index(list.iter().map(position).collect::<Result<_, _>>()?)
             }
-        });
+            concord_client::ReferenceKind::Range => ReferenceValue::Range(
+                list.iter()
+                    .map(|r| {
+                        Ok(IndexRange { start: position(&r["start"])?, end: position(&r["end"])? })
+                    })
+                    .collect::<Result<_, JsError>>()?,
+            ),
+            concord_client::ReferenceKind::Property => ReferenceValue::Property(
+                list.iter()
+                    .map(|k| {
+                        k.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| JsError::new("property names are strings"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            concord_client::ReferenceKind::Element => ReferenceValue::Element(
+                list.iter()
+                    .map(|id| parse_element(id.as_str().unwrap_or_default()))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        self.inner.set(value).await.map_err(error)
+    }
+
+    /// Keeps it shared, without a value.
+    pub async fn clear(&self) -> Result<(), JsError> {
+        self.inner.clear().await.map_err(error)
+    }
+
+    /// Stops sharing it; false if it was not shared.
+    pub async fn unshare(&self) -> Result<bool, JsError> {
+        self.inner.unshare().await.map_err(error)
+    }
+
+    /// Its value: `undefined` when not shared, `null` without a value.
+    pub async fn value(&self) -> Result<JsValue, JsError> {
+        let value = self.inner.value().await.map_err(error)?;
+        shared_to_js(value, text_of(&self.element).await?.as_deref())
     }
 }
 
-/// Joining activities.
-#[wasm_bindgen]
-#[derive(Debug)]
-pub struct ActivityService {
-    domain: ClientDomain,
+fn reference(inner: ClientReference, element: Option<Element>) -> LocalReference {
+    LocalReference { inner, element }
+}
+
+fn shared_list(list: Vec<SharedReference>) -> Value {
+    json!(
+        list.iter()
+            .map(|r| json!({
+                "session": r.session.0,
+                "element": r.reference.element.map(events::element),
+                "key": r.reference.key,
+                "value": r.value.as_ref().map(|v| value_to_js(v, None)),
+            }))
+            .collect::<Vec<_>>()
+    )
 }
 
 #[wasm_bindgen]
-impl ActivityService {
-    /// Joins activity `id` of type `kind` with a first state (an object; fails offline).
-    pub async fn join(
-        &self,
-        kind: String,
-        id: String,
-        state: JsValue,
-    ) -> Result<Activity, JsError> {
-        let state = object(state)?;
-        let inner = self.domain.activities().join(&kind, &id, state).await.map_err(error)?;
-        Ok(Activity { inner })
+impl RealTimeModel {
+    /// `[{ session, user }]`: the other sessions that have the model open.
+    pub async fn collaborators(&self) -> Result<JsValue, JsError> {
+        let list = self.inner.collaborators().await.map_err(error)?;
+        let list: Vec<Value> =
+            list.iter().map(|c| json!({ "session": c.session.0, "user": c.user.0 })).collect();
+        to_js(&list)
     }
 
-    /// Calls `callback(event)` for what happens in joined activities: `joined`, `left`,
-    /// `stateChanged` (see `docs/web.md`).
-    #[wasm_bindgen(js_name = onEvent)]
-    pub fn on_event(&self, callback: js_sys::Function) {
-        let mut stream = self.domain.activities().events();
-        wasm_bindgen_futures::spawn_local(async move {
-            while let Some((activity, change)) = stream.next().await {
-                if let Ok(value) = to_js(&activity_event(&activity, &change)) {
-                    let _ = callback.call1(&JsValue::NULL, &value);
-                }
-            }
-        });
+    /// This client's session, as others see it (`undefined` before the first connection).
+    #[wasm_bindgen(js_name = sessionId)]
+    pub async fn session_id(&self) -> Result<Option<String>, JsError> {
+        Ok(self.inner.session_id().await.map_err(error)?.map(|s| s.0))
+    }
+
+    #[wasm_bindgen(js_name = elementReference)]
+    pub fn element_reference(&self, key: String) -> LocalReference {
+        reference(self.inner.element_reference(&key), None)
+    }
+
+    /// Another session's model-level reference.
+    pub async fn reference(&self, session_id: String, key: String) -> Result<JsValue, JsError> {
+        let value = self.inner.reference(&SessionId(session_id), &key).await.map_err(error)?;
+        shared_to_js(value, None)
+    }
+
+    /// `[{ session, element, key, value }]`: every other session's reference (positions in
+    /// `char`s).
+    pub async fn references(&self) -> Result<JsValue, JsError> {
+        to_js(&shared_list(self.inner.references().await.map_err(error)?))
     }
 }
 
-/// A joined activity.
 #[wasm_bindgen]
-#[derive(Debug)]
-pub struct Activity {
-    inner: ClientActivity,
-}
-
-#[wasm_bindgen]
-impl Activity {
-    /// `{ kind, id }`.
-    pub fn id(&self) -> Result<JsValue, JsError> {
-        to_js(&activity_json(self.inner.id()))
+impl RealTimeElement {
+    /// Strings: a cursor.
+    #[wasm_bindgen(js_name = indexReference)]
+    pub fn index_reference(&self, key: String) -> Result<LocalReference, JsError> {
+        let string = self.inner.as_string().map_err(error)?;
+        Ok(reference(string.index_reference(&key), Some(self.inner.clone())))
     }
 
-    /// `[{ session, user, state }]` as last heard.
-    pub async fn participants(&self) -> Result<JsValue, JsError> {
-        let participants = self.inner.participants().await.map_err(error)?;
-        to_js(&participants.iter().map(participant_json).collect::<Vec<_>>())
+    /// Strings: a selection.
+    #[wasm_bindgen(js_name = rangeReference)]
+    pub fn range_reference(&self, key: String) -> Result<LocalReference, JsError> {
+        let string = self.inner.as_string().map_err(error)?;
+        Ok(reference(string.range_reference(&key), Some(self.inner.clone())))
     }
 
-    #[wasm_bindgen(js_name = setState)]
-    pub async fn set_state(&self, key: String, value: JsValue) -> Result<(), JsError> {
-        self.inner.set_state(&key, from_js(value)?).await.map_err(error)
+    /// Objects: highlighted properties.
+    #[wasm_bindgen(js_name = propertyReference)]
+    pub fn property_reference(&self, key: String) -> Result<LocalReference, JsError> {
+        let object = self.inner.as_object().map_err(error)?;
+        Ok(reference(object.property_reference(&key), Some(self.inner.clone())))
     }
 
-    #[wasm_bindgen(js_name = removeState)]
-    pub async fn remove_state(&self, keys: Vec<String>) -> Result<(), JsError> {
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.inner.remove_state(&keys).await.map_err(error)
-    }
-
-    #[wasm_bindgen(js_name = clearState)]
-    pub async fn clear_state(&self) -> Result<(), JsError> {
-        self.inner.clear_state().await.map_err(error)
-    }
-
-    /// Removes another session (needs `manage`).
-    pub async fn remove(&self, session: String) -> Result<(), JsError> {
-        self.inner.remove(&SessionId(session)).await.map_err(error)
-    }
-
-    pub async fn leave(self) -> Result<(), JsError> {
-        self.inner.leave().await.map_err(error)
+    /// Another session's reference on this element.
+    pub async fn reference(&self, session_id: String, key: String) -> Result<JsValue, JsError> {
+        let value = self.inner.reference(&SessionId(session_id), &key).await.map_err(error)?;
+        let element = Some(self.inner.clone());
+        shared_to_js(value, text_of(&element).await?.as_deref())
     }
 }

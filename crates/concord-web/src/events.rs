@@ -4,7 +4,7 @@
 
 use concord_client::{
     ConnectionState, DomainEvent, ElementId, ErrorReply, HandshakeRejection, ModelEvent,
-    OpenFailure,
+    OpenFailure, RemoteReferenceChange,
 };
 use serde_json::{Value, json};
 
@@ -28,17 +28,18 @@ fn rejection(rejection: &HandshakeRejection) -> Value {
 }
 
 /// `"replica:counter"`.
-fn element(id: ElementId) -> String {
+pub(crate) fn element(id: ElementId) -> String {
     format!("{}:{}", id.replica.0, id.counter)
 }
 
 pub(crate) fn model_event(event: ModelEvent) -> Value {
     match event {
-        ModelEvent::Changed { element: id, author, .. } => json!({
+        ModelEvent::Changed { element: id, author, user, .. } => json!({
             "type": "changed",
             "element": element(id),
             "local": author.is_none(),
             "author": author.map(|a| a.0),
+            "user": user.map(|u| u.0),
         }),
         ModelEvent::Modified => json!({ "type": "modified" }),
         ModelEvent::Committed => json!({ "type": "committed" }),
@@ -72,6 +73,25 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
                 "manage": permissions.manage,
             },
         }),
+        ModelEvent::RemoteReference { session, user, reference, change } => {
+            let (change, value) = match change {
+                RemoteReferenceChange::Shared => ("shared", Value::Null),
+                RemoteReferenceChange::Set(value) => {
+                    ("set", serde_json::to_value(value).unwrap_or(Value::Null))
+                }
+                RemoteReferenceChange::Cleared => ("cleared", Value::Null),
+                RemoteReferenceChange::Unshared => ("unshared", Value::Null),
+            };
+            json!({
+                "type": "remoteReference",
+                "session": session.0,
+                "user": user.map(|u| u.0),
+                "element": reference.element.map(element),
+                "key": reference.key,
+                "change": change,
+                "value": value,
+            })
+        }
         ModelEvent::Gone { error: e } => json!({ "type": "gone", "error": error(&e) }),
         ModelEvent::Released => json!({ "type": "released" }),
     }

@@ -6,7 +6,8 @@
 //! boundary are UTF-16 code units, as JavaScript counts them; they are converted to the
 //! model's `char` positions against the current text.
 //!
-//! Permissions, presence and activities (`collaboration.rs`) keep the Rust API's names.
+//! Collaborators and references (`collaboration.rs`), and permissions, presence and
+//! activities (`presence.rs`), keep the Rust API's names.
 //!
 //! It holds no logic of its own beyond that translation: syncing, storage and offline work
 //! are `concord-client`'s. On targets other than wasm32 the crate is empty. `docs/web.md` is
@@ -16,6 +17,9 @@
 
 mod collaboration;
 mod events;
+mod presence;
+
+pub use collaboration::LocalReference;
 
 use concord_client::{
     ClientError, CollectionId, Domain as ClientDomain, Edit, Element, Kind, ModelId, PathSegment,

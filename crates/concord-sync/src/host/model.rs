@@ -17,6 +17,7 @@ use super::{
     CollectionConfig, ConnId, Delivery, HostConfig, Job, Loaded, Member, Members, ModelRecord,
     ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, StoredModel, Write, reply,
 };
+use crate::reference::{self, ReferenceError};
 use crate::sequencer::{
     CatchUp, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError, Submission,
     SubmitOutcome, model_bytes,
@@ -900,6 +901,7 @@ impl ModelHost {
             SubmitOutcome::Committed(record) => {
                 let operation = record.operation.clone();
                 self.job.writes.push(Write::Commit(record));
+                self.move_references(&operation.operation);
                 if let State::Live(live) = &mut self.state {
                     live.since_snapshot += 1;
                     if live.since_snapshot >= self.config.snapshot_every {
@@ -1074,34 +1076,133 @@ impl ModelHost {
         }
     }
 
+    /// A session's reference change: checked against the model, its value moved forward to
+    /// the model's version (through the operations committed since the version it was set
+    /// at), stored, and relayed at that version. An invalid one is refused and changes
+    /// nothing.
     fn reference(&mut self, from: &SessionRef, change: ReferenceChange) {
         if !self.open.contains_key(&from.conn) {
             return; // a reference on a model not open here has nobody to tell
         }
+        let State::Live(live) = &self.state else { return };
+        let version = live.sequencer.version();
         let key = |reference: &ReferenceKey| (from.session.clone(), reference.clone());
-        match &change {
-            ReferenceChange::Share { reference, value } => {
-                self.references.insert(key(reference), value.clone());
+        let checked = match &change {
+            ReferenceChange::Share { reference, value: None } => {
+                on_element(live, reference).map(|()| None)
             }
-            ReferenceChange::Set { reference, value, .. } => {
-                self.references.insert(key(reference), Some(value.clone()));
+            ReferenceChange::Share { reference, value: Some(value) } => {
+                forward(live, reference, value.clone(), version)
             }
-            ReferenceChange::Clear { reference } => {
-                if let Some(value) = self.references.get_mut(&key(reference)) {
-                    *value = None;
+            ReferenceChange::Set { reference, value, version: at } => {
+                forward(live, reference, value.clone(), *at)
+            }
+            ReferenceChange::Clear { .. } | ReferenceChange::Unshare { .. } => Ok(None),
+        };
+        let value = match checked {
+            Ok(value) => value,
+            Err(e) => {
+                let e = error(e.code(), format!("reference refused: {e}"));
+                return self.say(from.conn, ServerMessage::Error { to: None, error: e });
+            }
+        };
+        let relayed = match change {
+            ReferenceChange::Share { reference, .. } => {
+                self.references.insert(key(&reference), value.clone());
+                ReferenceChange::Share { reference, value }
+            }
+            ReferenceChange::Set { reference, .. } => {
+                self.references.insert(key(&reference), value.clone());
+                match value {
+                    Some(value) => ReferenceChange::Set { reference, value, version },
+                    // Its element was removed since.
+                    None => ReferenceChange::Clear { reference },
                 }
             }
-            ReferenceChange::Unshare { reference } => {
-                self.references.remove(&key(reference));
+            ReferenceChange::Clear { reference } => {
+                if let Some(value) = self.references.get_mut(&key(&reference)) {
+                    *value = None;
+                }
+                ReferenceChange::Clear { reference }
             }
-        }
+            ReferenceChange::Unshare { reference } => {
+                self.references.remove(&key(&reference));
+                ReferenceChange::Unshare { reference }
+            }
+        };
         let push = ServerPush::RemoteReference {
             model: self.model.clone(),
             session: from.session.clone(),
-            change,
+            change: relayed,
         };
         self.broadcast_except(from.conn, ServerMessage::Push(push));
     }
+
+    /// Moves every stored reference through a committed operation, so that they stay at the
+    /// model's version; those whose element it removed are cleared.
+    fn move_references(&mut self, operation: &concord_ot::Operation) {
+        let State::Live(live) = &self.state else { return };
+        let doc = live.sequencer.document();
+        for ((_, key), value) in self.references.iter_mut() {
+            if let Some(old) = value.take() {
+                *value = reference::transform(key, old, operation, doc);
+            }
+        }
+    }
+
+    /// The references shared on the model, at its current version (for tests and tools).
+    pub fn references(
+        &self,
+    ) -> impl Iterator<Item = (&SessionId, &ReferenceKey, Option<&ReferenceValue>)> {
+        self.references.iter().map(|((s, k), v)| (s, k, v.as_ref()))
+    }
+}
+
+/// Checks that the element a reference lives on exists.
+fn on_element(live: &Live, key: &ReferenceKey) -> Result<(), ReferenceError> {
+    match key.element {
+        Some(element) if !live.sequencer.document().contains(element) => {
+            Err(ReferenceError::UnknownElement(element))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A reference value set at version `at`, moved forward through the operations committed
+/// since and checked against the model as it is now. `None`: an operation since cleared it.
+fn forward(
+    live: &Live,
+    key: &ReferenceKey,
+    value: ReferenceValue,
+    at: u64,
+) -> Result<Option<ReferenceValue>, ReferenceError> {
+    let sequencer = &live.sequencer;
+    let current = sequencer.version();
+    if at > current {
+        return Err(ReferenceError::VersionAhead { version: at, current });
+    }
+    let doc = sequencer.document();
+    let since = sequencer.operations_since(at).map_err(|_| ReferenceError::TooOld {
+        version: at,
+        oldest: sequencer.oldest_known_base(),
+    })?;
+    if since.is_empty() {
+        reference::check(doc, key, &value)?;
+        return Ok(Some(value));
+    }
+    // The states in between are gone: what existed then and was removed since reads as
+    // cleared, and what is left is checked against the model now.
+    let mut moved = Some(value);
+    for committed in since {
+        moved = match moved {
+            Some(value) => reference::transform(key, value, &committed.operation, doc),
+            None => break,
+        };
+    }
+    if let Some(value) = &moved {
+        reference::check(doc, key, value)?;
+    }
+    Ok(moved)
 }
 
 /// Rebuilds a stored model: its snapshot, then the operations after it.
