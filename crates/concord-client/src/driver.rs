@@ -14,12 +14,14 @@ use futures_util::FutureExt;
 
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
-    Auth, CollectionId, CreationNonce, ModelId, ServerMessage, Session, Timestamp,
+    Auth, CollectionId, CreationNonce, ErrorCode, ModelId, ServerMessage, ServerResponse, Session,
+    Timestamp,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
+use concord_sync::host::HistoryQuery;
 use concord_sync::{
-    Action, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, ModelEvent,
-    ModelReplica, OpenFailure, store,
+    Action, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, HistoryTicket,
+    ModelEvent, ModelReplica, OpenFailure, store,
 };
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -112,6 +114,12 @@ pub(crate) enum Command {
     Close {
         model: ModelId,
     },
+    /// A history request at the server (read-only; nothing is stored).
+    History {
+        model: ModelId,
+        query: HistoryQuery,
+        reply: Reply<ServerResponse>,
+    },
     /// Stop: close the connection and the store, then answer.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -149,6 +157,8 @@ pub(crate) struct Driver {
     loaded_for_app: HashSet<ModelId>,
     /// Application opens waiting for the engine's answer from the server.
     opening: HashMap<ModelId, Vec<Reply<Opened>>>,
+    /// History requests waiting for the server's answer.
+    history: HashMap<HistoryTicket, Reply<ServerResponse>>,
     /// Set when the store failed: the domain stops.
     failed: Option<ClientError>,
 }
@@ -175,6 +185,7 @@ impl Driver {
             open: HashMap::new(),
             loaded_for_app: HashSet::new(),
             opening: HashMap::new(),
+            history: HashMap::new(),
             failed: None,
         }
     }
@@ -362,6 +373,15 @@ impl Driver {
             }
             Command::Edit { model, build, reply } => {
                 let _ = reply.send(self.edit(&model, build));
+            }
+            Command::History { model, query, reply } => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return drop(reply.send(Err(ClientError::NotInitialized)));
+                };
+                match engine.request_history(model, query) {
+                    Ok(ticket) => drop(self.history.insert(ticket, reply)),
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                }
             }
             Command::Read { model, read } => {
                 if let Some(replica) = self.engine.as_ref().and_then(|e| e.model(&model)) {
@@ -762,6 +782,14 @@ impl Driver {
             while let Some(event) = engine.poll_event() {
                 events.push(event);
             }
+            while let Some((ticket, answer)) = engine.poll_history() {
+                if let Some(reply) = self.history.remove(&ticket) {
+                    let _ = reply.send(answer.map_err(|error| match error.code {
+                        ErrorCode::TIMEOUT => ClientError::Timeout,
+                        _ => ClientError::Server(error),
+                    }));
+                }
+            }
             let mut actions = Vec::new();
             while let Some(action) = engine.poll_action() {
                 actions.push(action);
@@ -887,6 +915,7 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Subscriptions { reply } => drop(reply.send(Err(error))),
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
+        Command::History { reply, .. } => drop(reply.send(Err(error))),
         Command::Read { .. } | Command::Close { .. } => {}
         Command::Shutdown { reply } => drop(reply.send(())),
     }
@@ -933,6 +962,7 @@ impl std::fmt::Debug for Command {
             Command::StoredModels { .. } => "StoredModels",
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
+            Command::History { .. } => "History",
             Command::Close { .. } => "Close",
             Command::Shutdown { .. } => "Shutdown",
         })

@@ -2,7 +2,8 @@
 //! (one server, one user, one offline store) connects, reconnects with backoff, and keeps
 //! every local change in the store until the server acknowledges it; [`ModelService`]
 //! opens, creates, removes and subscribes models — online or offline; [`RealTimeModel`]
-//! and its element handles read and change a model, with events and watermarks.
+//! and its element handles read and change a model, with events and watermarks;
+//! [`HistoricalModel`] plays a model's past versions, read-only, from the server.
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
 //! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
@@ -34,18 +35,20 @@ mod domain;
 mod driver;
 mod error;
 mod events;
+mod history;
 mod model;
 mod rt;
 mod socket;
 
 pub use concord_ot::{ElementId, Kind, OperationKind, PathSegment};
 pub use concord_protocol::{
-    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, ModelId, Session,
-    SessionId,
+    Collaborator, CollectionId, ErrorCode, ErrorReply, HandshakeRejection, HistoryOperation,
+    ModelId, Session, SessionId, Timestamp, UserId,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
 pub use concord_storage::{MemoryAdapter, StorageAdapter};
+pub use concord_sync::history::HistoryError;
 /// The events are the engine's, passed on as they are: one vocabulary for every client.
 pub use concord_sync::{
     ConnectionState, DomainEvent, EngineConfig, ModelEvent, OpenFailure, PendingOperation,
@@ -53,6 +56,7 @@ pub use concord_sync::{
 pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel};
 pub use error::ClientError;
 pub use events::Events;
+pub use history::{HistoricalElement, HistoricalModel};
 pub use model::{
     BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,

@@ -4,6 +4,7 @@ use concord_ot::{Document, Operation, ReplicaId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorReply;
+use crate::history::HistoryStart;
 use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
 use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
 
@@ -74,6 +75,19 @@ pub enum ClientRequest {
     SetPermissions { model: ModelId, grants: PermissionGrants },
     /// → `Pong`.
     Ping,
+    /// Needs `read`. → `HistoryOpened`: the versions the model's history spans.
+    HistoryOpen { model: ModelId },
+    /// Needs `read`. → `HistoryPage`: the operations after `start` (after the latest
+    /// checkpoint at or before it, with that checkpoint, when `checkpoint` is set), at most
+    /// `max_operations` and about `max_bytes` of them (the server may lower both; a page has
+    /// at least one operation unless the history ends there).
+    HistoryFetch {
+        model: ModelId,
+        start: HistoryStart,
+        checkpoint: bool,
+        max_operations: u32,
+        max_bytes: u32,
+    },
 }
 
 /// A client's answer to a server request.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, ErrorReply};
+use crate::history::{HistoryInfo, HistoryPage};
 use crate::ids::{ModelId, RequestId, SessionId, Timestamp};
 use crate::payload::{
     Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate, OpenedModel,
@@ -69,6 +70,10 @@ pub enum ServerResponse {
     /// Answers requests that return nothing: `CloseModel`, `DeleteModel`,
     /// `SubscribeOffline`, `SetPermissions`.
     Done,
+    /// Answers `HistoryOpen`.
+    HistoryOpened(HistoryInfo),
+    /// Answers `HistoryFetch`.
+    HistoryPage(HistoryPage),
 }
 
 /// The outcome of a handshake.

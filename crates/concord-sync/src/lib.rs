@@ -10,11 +10,13 @@
 //! — so a driver only moves bytes, store batches and the time. [`events`] is the one
 //! vocabulary of what applications hear. The client's in-flight operation, transformed
 //! against remote operations as they arrive, equals the operation the server committed for
-//! it, so acks carry no operation.
+//! it, so acks carry no operation. [`history`] moves a read-only copy of a model through its
+//! past versions.
 
 mod attach;
 mod engine;
 pub mod events;
+pub mod history;
 pub mod host;
 mod replica;
 mod sequencer;
@@ -22,7 +24,8 @@ pub mod store;
 mod time;
 
 pub use engine::{
-    Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, StorageBatch,
+    Action, BatchId, ClientEngine, DisconnectReason, EngineConfig, EngineError, HistoryAnswer,
+    HistoryTicket, StorageBatch,
 };
 pub use events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
 pub use replica::{

@@ -332,7 +332,29 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         (model_id(), permission_grants())
             .prop_map(|(model, grants)| SetPermissions { model, grants }),
         Just(Ping),
+        model_id().prop_map(|model| HistoryOpen { model }),
+        (model_id(), history_start(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(
+            |(model, start, checkpoint, max_operations, max_bytes)| HistoryFetch {
+                model,
+                start,
+                checkpoint,
+                max_operations,
+                max_bytes,
+            }
+        ),
     ]
+}
+
+pub fn history_start() -> impl Strategy<Value = HistoryStart> {
+    prop_oneof![
+        any::<u64>().prop_map(HistoryStart::Version),
+        timestamp().prop_map(HistoryStart::Time),
+    ]
+}
+
+pub fn history_operation() -> impl Strategy<Value = HistoryOperation> {
+    (committed_operation(), option::of(user_id()))
+        .prop_map(|(operation, user)| HistoryOperation { operation, user })
 }
 
 pub fn client_response() -> impl Strategy<Value = ClientResponse> {
@@ -428,6 +450,44 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         (model_id(), permission_grants()).prop_map(|(model, grants)| Permissions { model, grants }),
         Just(Pong),
         Just(Done),
+        (
+            model_id(),
+            collection_id(),
+            timestamp(),
+            any::<u64>(),
+            any::<u64>(),
+            timestamp(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(model, collection, created_at, min_version, max_version, modified_at, every)| {
+                    HistoryOpened(HistoryInfo {
+                        model,
+                        collection,
+                        created_at,
+                        min_version,
+                        max_version,
+                        modified_at,
+                        checkpoint_every: every,
+                    })
+                }
+            ),
+        (
+            model_id(),
+            any::<u64>(),
+            option::of(snapshot()),
+            vec(history_operation(), 0..3),
+            any::<u64>()
+        )
+            .prop_map(|(model, start_version, checkpoint, operations, max_version)| {
+                HistoryPage(concord_protocol::HistoryPage {
+                    model,
+                    start_version,
+                    checkpoint,
+                    operations,
+                    max_version,
+                })
+            }),
     ]
 }
 
@@ -489,6 +549,8 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::GetPermissions",
     "Request::SetPermissions",
     "Request::Ping",
+    "Request::HistoryOpen",
+    "Request::HistoryFetch",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -510,6 +572,8 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
             ClientRequest::GetPermissions { .. } => "Request::GetPermissions",
             ClientRequest::SetPermissions { .. } => "Request::SetPermissions",
             ClientRequest::Ping => "Request::Ping",
+            ClientRequest::HistoryOpen { .. } => "Request::HistoryOpen",
+            ClientRequest::HistoryFetch { .. } => "Request::HistoryFetch",
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -535,6 +599,8 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::Permissions",
     "Response::Pong",
     "Response::Done",
+    "Response::HistoryOpened",
+    "Response::HistoryPage",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -572,6 +638,8 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::Permissions { .. } => "Response::Permissions",
             ServerResponse::Pong => "Response::Pong",
             ServerResponse::Done => "Response::Done",
+            ServerResponse::HistoryOpened(_) => "Response::HistoryOpened",
+            ServerResponse::HistoryPage(_) => "Response::HistoryPage",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {

@@ -9,7 +9,7 @@ use concord_protocol::{
     ReferenceChange, ReferenceKey, RequestId, ServerLimits, ServerMessage, ServerResponse,
 };
 
-use super::{ModelRequest, Notice, SessionRef, reply};
+use super::{HistoryQuery, ModelRequest, Notice, SessionRef, reply};
 
 /// What one session may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +391,13 @@ impl SessionHost {
             }
             ClientRequest::SetPermissions { model, grants } => {
                 self.route(model, ModelRequest::SetPermissions { request: id, grants })
+            }
+            ClientRequest::HistoryOpen { model } => {
+                self.route(model, ModelRequest::History { request: id, query: HistoryQuery::Open })
+            }
+            ClientRequest::HistoryFetch { model, start, checkpoint, max_operations, max_bytes } => {
+                let query = HistoryQuery::Fetch { start, checkpoint, max_operations, max_bytes };
+                self.route(model, ModelRequest::History { request: id, query })
             }
         }
     }
