@@ -11,7 +11,8 @@
 //! are a range scan of the same shape.
 //!
 //! Besides criterion's means, each size's open latency is printed as p50 / p99 over 2,000
-//! random versions (`history_open latency …` lines).
+//! random versions, and over 2,000 random versions among the first 1,000 — where the model
+//! is the same size whatever the history's length (`history_open latency …` lines).
 
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,7 @@ fn history(length: u64) -> History {
         let record =
             CommitRecord { model: model.clone(), operation: committed, replica, seq: version };
         store.apply(&Write::Commit(record));
-        if version % CHECKPOINT_EVERY == 0 {
+        if version.is_multiple_of(CHECKPOINT_EVERY) {
             store.apply(&Write::Snapshot {
                 model: model.clone(),
                 snapshot: snapshot(&document, version),
@@ -147,35 +148,56 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The open latency distributions, outside criterion, printed: at any version, and within
+/// the first 1,000 versions (the same model sizes whatever the history's length, so that only
+/// the length differs). The sizes take turns, one open each, so that the load of a shared
+/// machine falls on all of them alike.
+fn print_open_latencies(histories: &[(History, HistoryInfo)]) {
+    const OPENS: usize = 2_000;
+    for (range, first_only) in [("any version", false), ("versions 0..=1000", true)] {
+        let mut rng = Lcg::new(7);
+        let mut latencies = vec![Vec::with_capacity(OPENS); histories.len()];
+        for _ in 0..OPENS {
+            for (i, (history, info)) in histories.iter().enumerate() {
+                let below = if first_only { 1_001 } else { history.length + 1 };
+                let version = rng.below(below as usize) as u64;
+                let started = Instant::now();
+                let cursor = history.open_at(info, version);
+                latencies[i].push(started.elapsed());
+                assert_eq!(cursor.version(), version);
+            }
+        }
+        for ((history, _), mut latencies) in histories.iter().zip(latencies) {
+            latencies.sort();
+            println!(
+                "history_open latency, {} operations, {range}: p50 {:?}, p99 {:?}, max {:?}",
+                history.length,
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                latencies.last().unwrap()
+            );
+        }
+    }
+}
+
 fn open_at_random_versions(c: &mut Criterion) {
+    let histories: Vec<(History, HistoryInfo)> = SIZES
+        .into_iter()
+        .map(|length| {
+            let history = history(length);
+            let info = history.info();
+            (history, info)
+        })
+        .collect();
+    print_open_latencies(&histories);
     let mut group = c.benchmark_group("history_open");
     group.sample_size(30);
-    for length in SIZES {
-        let history = history(length);
-        let info = history.info();
-        let mut rng = Lcg::new(length);
-        // The latency distribution, outside criterion.
-        let mut latencies: Vec<Duration> = (0..2_000)
-            .map(|_| {
-                let version = rng.below(length as usize + 1) as u64;
-                let started = Instant::now();
-                let cursor = history.open_at(&info, version);
-                let took = started.elapsed();
-                assert_eq!(cursor.version(), version);
-                took
-            })
-            .collect();
-        latencies.sort();
-        println!(
-            "history_open latency, {length} operations: p50 {:?}, p99 {:?}, max {:?}",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            latencies.last().unwrap()
-        );
-        group.bench_with_input(BenchmarkId::from_parameter(length), &length, |b, &length| {
+    for (history, info) in &histories {
+        let mut rng = Lcg::new(history.length);
+        group.bench_function(BenchmarkId::from_parameter(history.length), |b| {
             b.iter(|| {
-                let version = rng.below(length as usize + 1) as u64;
-                history.open_at(&info, version)
+                let version = rng.below(history.length as usize + 1) as u64;
+                history.open_at(info, version)
             })
         });
     }

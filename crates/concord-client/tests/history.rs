@@ -89,8 +89,12 @@ async fn playback_shows_every_state_two_users_saw() -> anyhow::Result<()> {
     let alice_session = alice.connect_with_jwt(token("alice")).await?.session;
     let bob_session = bob.connect_with_jwt(token("bob")).await?.session;
     let model = id("story");
-    create_confirmed(&alice, &[model.clone()], json!({ "title": "", "items": [], "count": 0 }))
-        .await?;
+    create_confirmed(
+        &alice,
+        std::slice::from_ref(&model),
+        json!({ "title": "", "items": [], "count": 0 }),
+    )
+    .await?;
     let a = alice.models().open(&model).await?;
     let b = bob.models().open(&model).await?;
     let mut seen = vec![Seen { value: a.value().await?, author: None, between: (0, 0) }];
@@ -204,7 +208,7 @@ async fn a_long_history_plays_through_pages() -> anyhow::Result<()> {
     let alice = domain(&url(&server), &dir.path().join("alice"));
     alice.connect_with_jwt(token("alice")).await?;
     let model = id("long");
-    create_confirmed(&alice, &[model.clone()], json!({ "text": "" })).await?;
+    create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
     let a = alice.models().open(&model).await?;
     let text = a.root().get("text").await?.unwrap().as_string()?;
     for n in 0..EDITS {

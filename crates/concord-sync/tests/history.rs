@@ -115,7 +115,7 @@ fn history(count: u64, every: u64, first_checkpoint: u64) -> History {
             },
             user: Some(UserId(format!("user-{author}"))),
         });
-        if version >= first_checkpoint && (version - first_checkpoint) % every == 0 {
+        if version >= first_checkpoint && (version - first_checkpoint).is_multiple_of(every) {
             out.checkpoints.insert(version, snapshot(&document, version));
         }
     }
