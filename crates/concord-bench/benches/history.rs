@@ -24,7 +24,7 @@ use concord_protocol::{
 };
 use concord_sync::CommitRecord;
 use concord_sync::history::HistoryCursor;
-use concord_sync::host::{HistoryQuery, HistoryRead, ModelRecord, Write, history_reply};
+use concord_sync::host::{HistoryQuery, HistoryRead, ModelRecord, Write};
 use concord_testkit::server_store::MemoryServerStore;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
