@@ -14,6 +14,7 @@ use crate::activity::ActivityService;
 use crate::driver::{AutoCreate, Command, Driver, Reply};
 use crate::error::ClientError;
 use crate::events::Events;
+use crate::history::HistoricalModel;
 use crate::model::RealTimeModel;
 use crate::presence::PresenceService;
 
@@ -239,6 +240,13 @@ pub struct ModelService {
 }
 
 impl ModelService {
+    /// The history of a model, read-only, at its newest version: play it back and forth.
+    /// Needs the connection and read permission on the model (otherwise
+    /// `model_not_found`, as for a model that does not exist).
+    pub async fn history(&self, id: &ModelId) -> Result<HistoricalModel, ClientError> {
+        HistoricalModel::open(self.domain.clone(), id).await
+    }
+
     /// Opens a model: from memory or the offline store if it is there (online or not),
     /// else from the server. Offline, a model never downloaded fails with
     /// [`ClientError::NotAvailableOffline`].

@@ -15,13 +15,14 @@ use futures_util::FutureExt;
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
     ActivityChange, ActivityId, ActivityRequest, Auth, ClientRequest, CollectionId, CreationNonce,
-    ModelId, Participant, PresenceState, ServerMessage, ServerResponse, Session, SessionId,
-    Timestamp, UserId, UserPresence,
+    ErrorCode, ModelId, Participant, PresenceState, ServerMessage, ServerResponse, Session,
+    SessionId, Timestamp, UserId, UserPresence,
 };
 use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
+use concord_sync::host::HistoryQuery;
 use concord_sync::{
-    Action, CallId, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, ModelEvent,
-    ModelReplica, OpenFailure, store,
+    Action, CallId, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, HistoryTicket,
+    ModelEvent, ModelReplica, OpenFailure, store,
 };
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -175,6 +176,12 @@ pub(crate) enum Command {
         activity: ActivityId,
         reply: Reply<Vec<Participant>>,
     },
+    /// A history request at the server (read-only; nothing is stored).
+    History {
+        model: ModelId,
+        query: HistoryQuery,
+        reply: Reply<ServerResponse>,
+    },
     /// Stop: close the connection and the store, then answer.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -216,6 +223,8 @@ pub(crate) struct Driver {
     opening: HashMap<ModelId, Vec<Reply<Opened>>>,
     /// Application calls waiting for the server's answer.
     calls: HashMap<CallId, Reply<ServerResponse>>,
+    /// History requests waiting for the server's answer.
+    history: HashMap<HistoryTicket, Reply<ServerResponse>>,
     /// Set when the store failed: the domain stops.
     failed: Option<ClientError>,
 }
@@ -245,6 +254,7 @@ impl Driver {
             loaded_for_app: HashSet::new(),
             opening: HashMap::new(),
             calls: HashMap::new(),
+            history: HashMap::new(),
             failed: None,
         }
     }
@@ -497,6 +507,15 @@ impl Driver {
             },
             Command::Edit { model, build, reply } => {
                 let _ = reply.send(self.edit(&model, build));
+            }
+            Command::History { model, query, reply } => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return drop(reply.send(Err(ClientError::NotInitialized)));
+                };
+                match engine.request_history(model, query) {
+                    Ok(ticket) => drop(self.history.insert(ticket, reply)),
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                }
             }
             Command::Read { model, read } => {
                 if let Some(replica) = self.engine.as_ref().and_then(|e| e.model(&model)) {
@@ -910,6 +929,14 @@ impl Driver {
                     let _ = reply.send(answer.map_err(ClientError::from));
                 }
             }
+            while let Some((ticket, answer)) = engine.poll_history() {
+                if let Some(reply) = self.history.remove(&ticket) {
+                    let _ = reply.send(answer.map_err(|error| match error.code {
+                        ErrorCode::TIMEOUT => ClientError::Timeout,
+                        _ => ClientError::Server(error),
+                    }));
+                }
+            }
             let mut actions = Vec::new();
             while let Some(action) = engine.poll_action() {
                 actions.push(action);
@@ -1046,7 +1073,8 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
         Command::Call { reply, .. }
         | Command::Presence { reply, .. }
-        | Command::Activity { reply, .. } => drop(reply.send(Err(error))),
+        | Command::Activity { reply, .. }
+        | Command::History { reply, .. } => drop(reply.send(Err(error))),
         Command::Participants { reply, .. } => drop(reply.send(Err(error))),
         Command::Read { .. } | Command::Engine { .. } | Command::Close { .. } => {}
         Command::Shutdown { reply } => drop(reply.send(())),
@@ -1095,6 +1123,7 @@ impl std::fmt::Debug for Command {
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
             Command::Engine { .. } => "Engine",
+            Command::History { .. } => "History",
             Command::Close { .. } => "Close",
             Command::Call { .. } => "Call",
             Command::Presence { .. } => "Presence",

@@ -3,6 +3,7 @@
 use concord_ot::ApplyError;
 use concord_protocol::{ActivityId, ErrorReply, HandshakeRejection, ModelId};
 use concord_storage::StorageError;
+use concord_sync::history::HistoryError;
 use concord_sync::{CallError, EngineError};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,6 +51,9 @@ pub enum ClientError {
     Storage(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A historical model cannot move there, or the server's history did not fit.
+    #[error(transparent)]
+    History(#[from] HistoryError),
     /// The domain was dropped or its store failed; nothing more can be done with it.
     #[error("the domain is closed")]
     Closed,

@@ -4,8 +4,9 @@
 //! opens, creates, removes and subscribes models — online or offline — and manages their
 //! permissions (online); [`RealTimeModel`] and its element handles read and change a model,
 //! with events and watermarks, and share references (cursors, selections) with the other
-//! sessions that have it open; [`PresenceService`] and [`ActivityService`] show who is
-//! around (ephemeral, never stored).
+//! sessions that have it open; [`HistoricalModel`] plays a model's past versions, read-only,
+//! from the server; [`PresenceService`] and [`ActivityService`] show who is around
+//! (ephemeral, never stored).
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
 //! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
@@ -39,6 +40,7 @@ mod domain;
 mod driver;
 mod error;
 mod events;
+mod history;
 mod model;
 mod permissions;
 mod presence;
@@ -52,12 +54,13 @@ pub use concord_ot::{
 };
 pub use concord_protocol::{
     ActivityChange, ActivityId, Collaborator, CollectionId, ErrorCode, ErrorReply,
-    HandshakeRejection, ModelId, Participant, PermissionGrants, Permissions, ReferenceKey, Session,
-    SessionId, SharedReference, UserId, UserPresence,
+    HandshakeRejection, HistoryOperation, ModelId, Participant, PermissionGrants, Permissions,
+    ReferenceKey, Session, SessionId, SharedReference, Timestamp, UserId, UserPresence,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
 pub use concord_storage::{MemoryAdapter, StorageAdapter};
+pub use concord_sync::history::HistoryError;
 /// The events are the engine's, passed on as they are: one vocabulary for every client.
 pub use concord_sync::{
     ConnectionState, DomainEvent, EngineConfig, EngineError, ModelEvent, OpenFailure,
@@ -66,6 +69,7 @@ pub use concord_sync::{
 pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel};
 pub use error::ClientError;
 pub use events::Events;
+pub use history::{HistoricalElement, HistoricalModel};
 pub use model::{
     BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,

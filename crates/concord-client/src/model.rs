@@ -262,7 +262,11 @@ fn value(json: &serde_json::Value, ids: &mut IdGenerator) -> Result<Value, Clien
     Value::from_json(json, ids).map_err(|e| ClientError::InvalidValue(e.to_string()))
 }
 
-fn expect(document: &Document, id: ElementId, expected: Kind) -> Result<(), ClientError> {
+pub(crate) fn expect(
+    document: &Document,
+    id: ElementId,
+    expected: Kind,
+) -> Result<(), ClientError> {
     match document.kind(id) {
         None => Err(ClientError::NoSuchElement),
         Some(kind) if kind == expected => Ok(()),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activity::ActivityRequest;
 use crate::error::ErrorReply;
+use crate::history::HistoryStart;
 use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
 use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
 use crate::presence::PresenceRequest;
@@ -80,6 +81,19 @@ pub enum ClientRequest {
     Presence(PresenceRequest),
     /// Activities: join, leave, this session's state in them. → per variant.
     Activity(ActivityRequest),
+    /// Needs `read`. → `HistoryOpened`: the versions the model's history spans.
+    HistoryOpen { model: ModelId },
+    /// Needs `read`. → `HistoryPage`: the operations after `start` (after the latest
+    /// checkpoint at or before it, with that checkpoint, when `checkpoint` is set), at most
+    /// `max_operations` and about `max_bytes` of them (the server may lower both; a page has
+    /// at least one operation unless the history ends there).
+    HistoryFetch {
+        model: ModelId,
+        start: HistoryStart,
+        checkpoint: bool,
+        max_operations: u32,
+        max_bytes: u32,
+    },
 }
 
 /// A client's answer to a server request.

@@ -20,6 +20,7 @@ mod activity;
 mod client;
 pub mod codec;
 mod error;
+mod history;
 mod ids;
 mod payload;
 mod presence;
@@ -33,6 +34,7 @@ pub use codec::{
     encode_message, encode_with, encoded_len, fragment_frame,
 };
 pub use error::{ErrorCode, ErrorReply};
+pub use history::{HistoryInfo, HistoryOperation, HistoryPage, HistoryStart};
 pub use ids::{
     CollectionId, CreationNonce, IdError, ModelId, ReconnectToken, RequestId, SessionId, Timestamp,
     UserId,

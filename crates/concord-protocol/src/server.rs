@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activity::{ActivityChange, ActivityId, Participant};
 use crate::error::{ErrorCode, ErrorReply};
+use crate::history::{HistoryInfo, HistoryPage};
 use crate::ids::{ModelId, RequestId, SessionId, Timestamp};
 use crate::payload::{
     Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate, OpenedModel,
@@ -75,6 +76,10 @@ pub enum ServerResponse {
     Presence(Vec<UserPresence>),
     /// Answers `Activity(Join)`: everyone in the activity, this session included.
     ActivityJoined { activity: ActivityId, participants: Vec<Participant> },
+    /// Answers `HistoryOpen`.
+    HistoryOpened(HistoryInfo),
+    /// Answers `HistoryFetch`.
+    HistoryPage(HistoryPage),
 }
 
 /// The outcome of a handshake.

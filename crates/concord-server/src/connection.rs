@@ -314,6 +314,16 @@ async fn write_one(
                 replay(sink, hub, &key, after, through).await?;
                 written.push(held);
             }
+            Outbound::History { key, read, held } => {
+                let store = hub.store.clone();
+                let message = tokio::task::spawn_blocking(move || store.history(&key, &read))
+                    .await
+                    .map_err(|_| ())?;
+                let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
+                let frame = frame(&message, max_bytes).ok_or(())?;
+                feed(sink, frame).await?;
+                written.push(held);
+            }
             Outbound::Close(ending) => {
                 sink.flush().await.map_err(|_| ())?;
                 if let Ending::Close(code, reason) = ending {

@@ -205,6 +205,16 @@ impl ModelTask {
                         })
                         .collect()
                 }
+                Outgoing::History(read) => {
+                    let key =
+                        ModelKey { domain: self.key.domain.clone(), model: read.model.clone() };
+                    (outboxes.into_iter())
+                        .filter_map(|outbox| {
+                            let outbound = outbox.history(key.clone(), read.clone())?;
+                            Some(Delivery { outbox: outbox.clone(), outbound })
+                        })
+                        .collect()
+                }
             };
             self.job.deliveries.extend(resolved);
         }

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use concord_protocol::{
     EncodeError, ErrorCode, ErrorReply, Limits, ServerMessage, ServerResponse, encode_message,
 };
-use concord_sync::host::{ConnId, Notice};
+use concord_sync::host::{ConnId, HistoryRead, Notice};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,9 @@ pub(crate) enum Outbound {
     /// `ResyncPage`s of the model's operations in `(after, through]`, read from the store
     /// by the writer itself, so that a long replay never sits in memory.
     Replay { key: ModelKey, after: u64, through: u64, held: Held },
+    /// The answer to a history request, read from the store by the writer itself (one page
+    /// at most, bounded by the host).
+    History { key: ModelKey, read: Box<HistoryRead>, held: Held },
     /// Flush what came before, then close the connection.
     Close(Ending),
 }
@@ -127,6 +130,12 @@ impl Outbox {
         Some(Outbound::Replay { key, after, through, held })
     }
 
+    /// A history answer for this connection; `None` if the connection is past its bound.
+    pub(crate) fn history(&self, key: ModelKey, read: HistoryRead) -> Option<Outbound> {
+        let held = self.hold(0)?;
+        Some(Outbound::History { key, read: Box::new(read), held })
+    }
+
     /// Queues `outbound`; a full queue closes the connection.
     pub(crate) fn send(&self, outbound: Outbound) {
         match self.sender.try_send(outbound) {
@@ -198,6 +207,8 @@ pub(crate) fn frame(message: &ServerMessage, max_message_bytes: usize) -> Option
         ServerResponse::Done => "Done",
         ServerResponse::Presence(_) => "Presence",
         ServerResponse::ActivityJoined { .. } => "ActivityJoined",
+        ServerResponse::HistoryOpened(_) => "HistoryOpened",
+        ServerResponse::HistoryPage(_) => "HistoryPage",
     };
     tracing::error!(%error, request = to.0, kind, "a reply could not be encoded; an error is sent instead");
     let code = match error {

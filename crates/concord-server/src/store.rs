@@ -1,6 +1,9 @@
 //! The server's embedded store: one redb file in the data directory holding every domain's
-//! models (record, latest snapshot, operation log, last decided seq per replica), deleted ids,
-//! collections, users and which user each replica id belongs to.
+//! models (record, latest snapshot, operation log with each operation's user, checkpoints,
+//! last decided seq per replica), deleted ids, collections, users and which user each replica
+//! id belongs to. Nothing of a model's history is discarded while the model exists: its
+//! checkpoints (the model as created, then every snapshot) and operations rebuild any
+//! version (`history`).
 //!
 //! Every record carries a checksum (`record`), so that bytes damaged outside the server are
 //! reported as [`StoreError::CorruptRecord`] naming the model, never served; an empty or
@@ -36,6 +39,7 @@ use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
 pub mod fuzzing;
+mod history;
 mod migrate;
 mod record;
 #[cfg(test)]
@@ -45,8 +49,9 @@ use record::{Damage, seal, unseal};
 
 /// The format of the server's store; bumped on any change of a table or record. Format 1
 /// stored plain records and no replica owners; format 2 kept only each replica's last
-/// commit, not its refusals; `migrate` brings both to this one.
-const FORMAT_VERSION: u64 = 3;
+/// commit, not its refusals; format 3 kept no checkpoints and no operation users; `migrate`
+/// brings them all to this one.
+const FORMAT_VERSION: u64 = 4;
 const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
@@ -64,6 +69,12 @@ const COLLECTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("
 const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
 /// `(domain, replica)` → the user the replica belongs to (written once, never replaced).
 const REPLICA_OWNERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replica_owners");
+/// `(domain, model, version)` → the model at that version (a `ModelSnapshot`): the model as
+/// created, then every snapshot written; never discarded while the model exists.
+const CHECKPOINTS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("checkpoints");
+/// `(domain, model, version)` → the user whose replica submitted that operation.
+const OPERATION_USERS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("operation_users");
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -388,6 +399,8 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(COLLECTIONS).map_err(backend)?;
     txn.open_table(USERS).map_err(backend)?;
     txn.open_table(REPLICA_OWNERS).map_err(backend)?;
+    txn.open_table(CHECKPOINTS).map_err(backend)?;
+    txn.open_table(OPERATION_USERS).map_err(backend)?;
     Ok(())
 }
 
@@ -577,6 +590,8 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
         let mut collections = txn.open_table(COLLECTIONS).map_err(backend)?;
         let mut users = txn.open_table(USERS).map_err(backend)?;
         let mut replica_owners = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
+        let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
+        let mut operation_users = txn.open_table(OPERATION_USERS).map_err(backend)?;
         for job in group {
             let domain = &*job.domain;
             for write in &job.writes {
@@ -586,8 +601,12 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         models
                             .insert(k, seal(MODELS.name(), &k, record).as_slice())
                             .map_err(backend)?;
-                        let snapshot = seal(SNAPSHOTS.name(), &k, snapshot);
-                        snapshots.insert(k, snapshot.as_slice()).map_err(backend)?;
+                        let sealed = seal(SNAPSHOTS.name(), &k, snapshot);
+                        snapshots.insert(k, sealed.as_slice()).map_err(backend)?;
+                        // The model as created: where its history starts.
+                        let k = (domain, model.as_str(), snapshot.version);
+                        let sealed = seal(CHECKPOINTS.name(), &k, snapshot);
+                        checkpoints.insert(k, sealed.as_slice()).map_err(backend)?;
                     }
                     Write::Commit(record) => {
                         let model = record.model.as_str();
@@ -600,6 +619,21 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         let value = (record.seq, StoredDecision::Committed { version, timestamp });
                         let bytes = seal(LAST_DECISIONS.name(), &k, &value);
                         last_decisions.insert(k, bytes.as_slice()).map_err(backend)?;
+                        // The host binds a replica durably before it commits under it.
+                        let owner = replica_owners
+                            .get((domain, record.replica.0))
+                            .map_err(backend)?
+                            .map(|bytes| bytes.value().to_vec());
+                        if let Some(owner) = owner {
+                            let k = (domain, model, version);
+                            let user: Option<UserId> =
+                                unseal(REPLICA_OWNERS.name(), &(domain, record.replica.0), &owner)
+                                    .ok();
+                            if let Some(user) = user {
+                                let bytes = seal(OPERATION_USERS.name(), &k, &user);
+                                operation_users.insert(k, bytes.as_slice()).map_err(backend)?;
+                            }
+                        }
                     }
                     Write::Refusal(record) => {
                         let k = (domain, record.model.as_str(), record.replica.0);
@@ -609,8 +643,13 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                     }
                     Write::Snapshot { model, snapshot } => {
                         let k = (domain, model.as_str());
-                        let snapshot = seal(SNAPSHOTS.name(), &k, snapshot);
-                        snapshots.insert(k, snapshot.as_slice()).map_err(backend)?;
+                        let sealed = seal(SNAPSHOTS.name(), &k, snapshot);
+                        snapshots.insert(k, sealed.as_slice()).map_err(backend)?;
+                        // Kept for good: opening any version replays at most the operations
+                        // since the checkpoint before it.
+                        let k = (domain, model.as_str(), snapshot.version);
+                        let sealed = seal(CHECKPOINTS.name(), &k, snapshot);
+                        checkpoints.insert(k, sealed.as_slice()).map_err(backend)?;
                     }
                     Write::SetGrants { model, record } => {
                         let k = (domain, model.as_str());
@@ -625,9 +664,12 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         operations
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
                             .map_err(backend)?;
+                        let versions = (domain, model, 0)..=(domain, model, u64::MAX);
                         last_decisions
-                            .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
+                            .retain_in(versions.clone(), |_, _| false)
                             .map_err(backend)?;
+                        checkpoints.retain_in(versions.clone(), |_, _| false).map_err(backend)?;
+                        operation_users.retain_in(versions, |_, _| false).map_err(backend)?;
                         deleted.insert((domain, model), at.0).map_err(backend)?;
                     }
                     Write::PutCollection { collection, config } => {

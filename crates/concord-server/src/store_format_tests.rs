@@ -4,7 +4,8 @@
 //! row in every table: models (with and without a creation nonce and a creator, with grants),
 //! snapshots, the operation log, the last commit per replica, a deleted id, collections and
 //! users, in two domains; from format 2 on, replicas bound to users too; from format 3 on,
-//! submissions refused for good. For every format up to the current one (the version a new
+//! submissions refused for good; from format 4 on, checkpoints and the users of operations.
+//! For every format up to the current one (the version a new
 //! store records) a fixture must exist; the test opens a copy through [`Store`], checks that the
 //! file then records the current format, and compares everything it reads with the values
 //! written out below. So changing how a table or a record is stored fails here until the
@@ -80,10 +81,14 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         std::fs::copy(&path, dir.path().join(FILE_NAME)).unwrap();
         let store = Store::open(dir.path())
             .unwrap_or_else(|e| panic!("format {version} does not open: {e}"));
+        if version < 4 {
+            v4::check_migrated(&store);
+        }
         match version {
             1 => v1::check(&store),
             2 => v2::check(&store),
             3 => v3::check(&store),
+            4 => v4::check(&store),
             _ => panic!("write out what the format {version} fixture holds"),
         }
         drop(store);
@@ -95,10 +100,10 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
 
 #[tokio::test]
 async fn the_generator_writes_what_the_current_fixture_holds() {
-    assert_eq!(current_format(), 3, "write and check the new format's contents here");
+    assert_eq!(current_format(), 4, "write and check the new format's contents here");
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
-    v3::check(&Store::open(dir.path()).unwrap());
+    v4::check(&Store::open(dir.path()).unwrap());
 }
 
 /// Writes the current format's contents through the store's writer.
@@ -108,7 +113,7 @@ async fn write_store(dir: &Path) {
     // Each step is made durable before the next is queued, so that each is one transaction
     // whatever the timing (the writer groups what is queued meanwhile): the file comes out
     // the same every run.
-    for (domain, writes) in v3::writes() {
+    for (domain, writes) in v4::writes() {
         writer.submit(Job { domain: Arc::from(domain), writes, ..Job::default() }).await.unwrap();
         writer.flush().await.unwrap();
     }
@@ -602,5 +607,170 @@ mod v3 {
             (ReplicaId(22), (7, Decision::Refused(ErrorCode(999)))),
         ]);
         assert_eq!(other.last_decisions, decisions, "the other domain's refusals");
+    }
+}
+
+/// Format 4: histories are kept — every snapshot (and the model as created) stays as a
+/// checkpoint, and each operation's user is recorded. It holds what format 3 held, and
+/// `story`, edited by two users past two snapshots.
+mod v4 {
+    use concord_protocol::{
+        HistoryOperation, HistoryPage, HistoryStart, RequestId, ServerMessage, ServerResponse,
+    };
+    use concord_sync::host::{HistoryQuery, HistoryRead};
+
+    use super::*;
+
+    const NOTES: &str = "acme/notes";
+
+    fn story() -> ModelId {
+        ModelId::new("story").unwrap()
+    }
+
+    fn snapshot(version: u64) -> ModelSnapshot {
+        ModelSnapshot {
+            collection: CollectionId::new("notes").unwrap(),
+            version,
+            created_at: Timestamp(1_700_000_200_000),
+            modified_at: Timestamp(1_700_000_200_000 + version as i64),
+            data: Document::new(object(
+                id(0, 0),
+                vec![("n", value(id(0, 1), ValueData::Number(version as f64)))],
+            ))
+            .unwrap(),
+        }
+    }
+
+    fn operation(version: u64) -> CommittedOperation {
+        CommittedOperation {
+            version,
+            author: SessionId(format!("s-{}", version % 2)),
+            timestamp: Timestamp(1_700_000_200_000 + version as i64),
+            operation: DiscreteOperation::new(id(0, 1), OperationKind::NumberDelta { delta: 1.0 })
+                .into(),
+        }
+    }
+
+    /// Replica 31 belongs to ann, 32 to bob; odd versions are ann's.
+    fn replica(version: u64) -> ReplicaId {
+        ReplicaId(if version % 2 == 1 { 31 } else { 32 })
+    }
+
+    fn owner(version: u64) -> UserId {
+        user(if version % 2 == 1 { "ann" } else { "bob" })
+    }
+
+    /// Format 3's steps, then `story`: created, five operations, snapshots at 2 and 4.
+    pub(super) fn writes() -> Vec<(&'static str, Vec<Write>)> {
+        let mut steps = v3::writes();
+        let record = ModelRecord {
+            collection: CollectionId::new("notes").unwrap(),
+            created_at: Timestamp(1_700_000_200_000),
+            nonce: None,
+            creator: Some(user("ann")),
+            grants: PermissionGrants::default(),
+        };
+        steps.push((
+            NOTES,
+            vec![
+                Write::BindReplica { replica: ReplicaId(31), user: user("ann") },
+                Write::BindReplica { replica: ReplicaId(32), user: user("bob") },
+                Write::CreateModel { model: story(), record, snapshot: snapshot(0) },
+            ],
+        ));
+        for version in 1..=5 {
+            let commit = Write::Commit(CommitRecord {
+                model: story(),
+                operation: operation(version),
+                replica: replica(version),
+                seq: version,
+            });
+            let mut writes = vec![commit];
+            if version % 2 == 0 {
+                writes.push(Write::Snapshot { model: story(), snapshot: snapshot(version) });
+            }
+            steps.push((NOTES, writes));
+        }
+        steps
+    }
+
+    /// One history answer from `store`, as the server gives it.
+    fn history(store: &Store, model: &str, through: u64, query: HistoryQuery) -> ServerResponse {
+        let read = HistoryRead {
+            request: RequestId(1),
+            model: ModelId::new(model).unwrap(),
+            collection: CollectionId::new("notes").unwrap(),
+            created_at: Timestamp(0),
+            through,
+            modified_at: Timestamp(0),
+            checkpoint_every: 2,
+            query,
+        };
+        match store.history(&key(NOTES, model), &read) {
+            ServerMessage::Response { response, .. } => response,
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+
+    fn page(store: &Store, model: &str, through: u64, start: u64) -> HistoryPage {
+        let query = HistoryQuery::Fetch {
+            start: HistoryStart::Version(start),
+            checkpoint: true,
+            max_operations: 100,
+            max_bytes: u32::MAX,
+        };
+        match history(store, model, through, query) {
+            ServerResponse::HistoryPage(page) => page,
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+
+    fn min_version(store: &Store, model: &str, through: u64) -> u64 {
+        match history(store, model, through, HistoryQuery::Open) {
+            ServerResponse::HistoryOpened(info) => info.min_version,
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+
+    /// What an older store's history holds once migrated: each model's latest snapshot is
+    /// where its history starts; its operations after it carry no user.
+    pub(super) fn check_migrated(store: &Store) {
+        assert_eq!(min_version(store, "doc", 4), 2, "doc: snapshotted at 2 before format 4");
+        let page = page(store, "doc", 4, 3);
+        assert_eq!(page.checkpoint.map(|c| c.version), Some(2));
+        let versions: Vec<(u64, Option<UserId>)> =
+            page.operations.iter().map(|o| (o.operation.version, o.user.clone())).collect();
+        assert_eq!(versions, vec![(3, None), (4, None)]);
+        assert_eq!(min_version(store, "plain", 0), 0, "plain: never snapshotted since creation");
+    }
+
+    pub(super) fn check(store: &Store) {
+        v3::check(store);
+        // Created after format 4: the whole history, from the model as created.
+        assert_eq!(min_version(store, "doc", 4), 0);
+        let Loaded::Model(loaded) = store.load(&key(NOTES, "story")).unwrap() else {
+            panic!("story does not load")
+        };
+        assert_eq!(loaded.snapshot, snapshot(4));
+        assert_eq!(min_version(store, "story", 5), 0);
+        for (start, checkpoint) in [(0, 0), (1, 0), (2, 2), (3, 2), (5, 4)] {
+            let got = page(store, "story", 5, start);
+            assert_eq!(got.checkpoint, Some(snapshot(checkpoint)), "story from {start}");
+            let expected: Vec<HistoryOperation> = (checkpoint + 1..=5)
+                .map(|v| HistoryOperation { operation: operation(v), user: Some(owner(v)) })
+                .collect();
+            assert_eq!(got.operations, expected, "story from {start}");
+        }
+        // A time between versions 3 and 4 resolves to 3.
+        let query = HistoryQuery::Fetch {
+            start: HistoryStart::Time(Timestamp(1_700_000_200_003)),
+            checkpoint: false,
+            max_operations: 0,
+            max_bytes: 0,
+        };
+        let ServerResponse::HistoryPage(at) = history(store, "story", 5, query) else {
+            panic!("no page")
+        };
+        assert_eq!(at.start_version, 3);
     }
 }

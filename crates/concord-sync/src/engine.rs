@@ -55,6 +55,7 @@ use concord_protocol::{
 
 use crate::attach::{Budget, Progress, Slot};
 use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
+use crate::host::HistoryQuery;
 use crate::reference::ReferenceError;
 use crate::replica::{ModelReplica, ReplicaError, StoreChange};
 use crate::shared::ModelReferences;
@@ -262,9 +263,20 @@ enum Request {
     RejoinActivity(ActivityId),
     /// Its answer lists the collaborators and their references.
     ResyncComplete(ModelId),
+    /// A history request of the application's: its answer goes to `poll_history`.
+    History(HistoryTicket),
     /// Its answer changes nothing here (close, subscribe).
     Other,
 }
+
+/// Names a history request ([`ClientEngine::request_history`]) and its answer
+/// ([`ClientEngine::poll_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HistoryTicket(pub u64);
+
+/// The answer to a history request: the server's response or error (a lost connection
+/// answers `timeout`).
+pub type HistoryAnswer = Result<ServerResponse, ErrorReply>;
 
 /// An open at the server waiting for a live slot, or for its answer.
 #[derive(Debug)]
@@ -333,6 +345,9 @@ pub struct ClientEngine {
     next_request: u64,
     /// Requests sent on the current connection and not answered yet.
     requests: BTreeMap<RequestId, Outstanding>,
+    next_history: u64,
+    /// Answers to history requests, for `poll_history`.
+    history_answers: VecDeque<(HistoryTicket, HistoryAnswer)>,
     /// When the ack of each model's submission on the wire is due.
     acks: BTreeMap<ModelId, Time>,
     /// Models being opened at the server.
@@ -383,6 +398,8 @@ impl ClientEngine {
             models: BTreeMap::new(),
             next_request: 1,
             requests: BTreeMap::new(),
+            next_history: 1,
+            history_answers: VecDeque::new(),
             acks: BTreeMap::new(),
             opens: BTreeMap::new(),
             tombstones: BTreeMap::new(),
@@ -1189,6 +1206,10 @@ impl ClientEngine {
                 Request::JoinActivity(call, activity) => {
                     self.activity_joined(Some(call), activity, Err(CallError::ConnectionLost));
                 }
+                Request::History(ticket) => {
+                    let lost = ErrorReply::new(ErrorCode::TIMEOUT, "the connection was lost");
+                    self.history_answers.push_back((ticket, Err(lost)));
+                }
                 _ => {}
             }
         }
@@ -1341,6 +1362,7 @@ impl ClientEngine {
                 self.activity_joined(None, activity, answer.map_err(CallError::Refused));
             }
             Request::ResyncComplete(model) => self.resync_complete_answered(model, answer),
+            Request::History(ticket) => self.history_answers.push_back((ticket, answer)),
             Request::Other => {}
         }
     }
@@ -2096,6 +2118,33 @@ impl ClientEngine {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Asks the server about `model`'s history (read-only, nothing is stored); the answer
+    /// comes from [`ClientEngine::poll_history`]. Needs the connection.
+    pub fn request_history(
+        &mut self,
+        model: ModelId,
+        query: HistoryQuery,
+    ) -> Result<HistoryTicket, EngineError> {
+        if !self.is_connected() {
+            return Err(EngineError::Offline(model));
+        }
+        let ticket = HistoryTicket(self.next_history);
+        self.next_history += 1;
+        let request = match query {
+            HistoryQuery::Open => ClientRequest::HistoryOpen { model },
+            HistoryQuery::Fetch { start, checkpoint, max_operations, max_bytes } => {
+                ClientRequest::HistoryFetch { model, start, checkpoint, max_operations, max_bytes }
+            }
+        };
+        self.send(request, Request::History(ticket));
+        Ok(ticket)
+    }
+
+    /// The next answer to a history request.
+    pub fn poll_history(&mut self) -> Option<(HistoryTicket, HistoryAnswer)> {
+        self.history_answers.pop_front()
     }
 
     /// A stored model to load for background sync; answer with

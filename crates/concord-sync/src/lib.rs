@@ -10,7 +10,8 @@
 //! — so a driver only moves bytes, store batches and the time. [`events`] is the one
 //! vocabulary of what applications hear. The client's in-flight operation, transformed
 //! against remote operations as they arrive, equals the operation the server committed for
-//! it, so acks carry no operation.
+//! it, so acks carry no operation. [`history`] moves a read-only copy of a model through its
+//! past versions.
 //!
 //! [`host`] holds every decision of the server, including each domain's presence and
 //! activities (ephemeral, never stored); the engine's side of them republishes, follows and
@@ -19,6 +20,7 @@
 mod attach;
 mod engine;
 pub mod events;
+pub mod history;
 pub mod host;
 pub mod reference;
 mod replica;
@@ -29,7 +31,7 @@ mod time;
 
 pub use engine::{
     Action, BatchId, CallError, CallId, ClientEngine, DisconnectReason, EngineConfig, EngineError,
-    StorageBatch,
+    HistoryAnswer, HistoryTicket, StorageBatch,
 };
 pub use events::{
     ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure, RemoteReferenceChange,

@@ -237,6 +237,11 @@ impl Sequencer {
         &self.document
     }
 
+    /// When the current version was committed (created, for version 0).
+    pub fn modified_at(&self) -> Timestamp {
+        self.modified_at
+    }
+
     /// The oldest version from which [`Sequencer::operations_since`] can answer from memory.
     pub fn oldest_known_base(&self) -> u64 {
         self.version - self.history.len() as u64
@@ -313,8 +318,11 @@ impl Sequencer {
         if let Err(e) = self.apply_within_limit(&operation) {
             return Ok(self.refused(replica, seq, e));
         }
+        // Commit times never go backwards within a model (even if the clock does), so that
+        // a history can be searched by time.
+        let timestamp = now.max(self.modified_at);
         let committed =
-            CommittedOperation { version: self.version + 1, author, timestamp: now, operation };
+            CommittedOperation { version: self.version + 1, author, timestamp, operation };
         self.record(committed.clone(), replica, seq);
         Ok(SubmitOutcome::Committed(CommitRecord {
             model: self.model.clone(),

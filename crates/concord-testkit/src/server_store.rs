@@ -8,8 +8,12 @@ use concord_ot::ReplicaId;
 use concord_protocol::{
     CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, User, UserId,
 };
+use concord_protocol::{HistoryOperation, ServerMessage, Timestamp};
 use concord_sync::Decision;
-use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
+use concord_sync::host::{
+    CollectionConfig, HistoryRead, HistorySource, Loaded, ModelRecord, StoredModel, Write,
+    history_reply,
+};
 
 /// Everything a server has made durable.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +27,10 @@ pub struct MemoryServerStore {
     collections: BTreeMap<CollectionId, CollectionConfig>,
     users: BTreeMap<UserId, User>,
     replica_owners: BTreeMap<ReplicaId, UserId>,
+    /// Every checkpoint (the model as created, then every snapshot), by model and version.
+    checkpoints: BTreeMap<ModelId, BTreeMap<u64, ModelSnapshot>>,
+    /// The user of each committed operation, by model and version.
+    operation_users: BTreeMap<ModelId, BTreeMap<u64, UserId>>,
 }
 
 impl MemoryServerStore {
@@ -34,6 +42,8 @@ impl MemoryServerStore {
         match write {
             Write::CreateModel { model, record, snapshot } => {
                 self.models.insert(model.clone(), (record.clone(), snapshot.clone()));
+                let checkpoints = self.checkpoints.entry(model.clone()).or_default();
+                checkpoints.insert(snapshot.version, snapshot.clone());
             }
             Write::Commit(record) => {
                 let version = record.operation.version;
@@ -42,6 +52,10 @@ impl MemoryServerStore {
                 let commit = Commit { version, timestamp: record.operation.timestamp };
                 let replicas = self.replicas.entry(record.model.clone()).or_default();
                 replicas.insert(record.replica, (record.seq, Decision::Committed(commit)));
+                if let Some(user) = self.replica_owners.get(&record.replica) {
+                    let users = self.operation_users.entry(record.model.clone()).or_default();
+                    users.insert(version, user.clone());
+                }
             }
             Write::Refusal(record) => {
                 let replicas = self.replicas.entry(record.model.clone()).or_default();
@@ -50,6 +64,8 @@ impl MemoryServerStore {
             Write::Snapshot { model, snapshot } => {
                 if let Some((_, stored)) = self.models.get_mut(model) {
                     *stored = snapshot.clone();
+                    let checkpoints = self.checkpoints.entry(model.clone()).or_default();
+                    checkpoints.insert(snapshot.version, snapshot.clone());
                 }
             }
             Write::SetGrants { model, record } => {
@@ -61,6 +77,8 @@ impl MemoryServerStore {
                 self.models.remove(model);
                 self.operations.remove(model);
                 self.replicas.remove(model);
+                self.checkpoints.remove(model);
+                self.operation_users.remove(model);
                 self.deleted.insert(model.clone());
             }
             Write::PutCollection { collection, config } => {
@@ -104,6 +122,12 @@ impl MemoryServerStore {
         operations.range(after + 1..=through).take(limit).map(|(_, op)| op.clone()).collect()
     }
 
+    /// The answer to a history request the model host accepted, as the server's store gives
+    /// it.
+    pub fn history(&self, read: &HistoryRead) -> ServerMessage {
+        history_reply(read, &mut StoredHistory { store: self, model: &read.model })
+    }
+
     /// What the store keeps about `model` besides its data, while it exists.
     pub fn record(&self, model: &ModelId) -> Option<&ModelRecord> {
         self.models.get(model).map(|(record, _)| record)
@@ -139,5 +163,44 @@ impl MemoryServerStore {
     /// The last seq of `replica` the server decided on `model`, and what it decided.
     pub fn last_decision(&self, model: &ModelId, replica: ReplicaId) -> Option<(u64, Decision)> {
         self.replicas.get(model)?.get(&replica).copied()
+    }
+}
+
+/// One model's history in a [`MemoryServerStore`].
+struct StoredHistory<'a> {
+    store: &'a MemoryServerStore,
+    model: &'a ModelId,
+}
+
+impl HistorySource for StoredHistory<'_> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+        Ok(self.store.checkpoints.get(self.model).and_then(|c| c.keys().next().copied()))
+    }
+
+    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+        let checkpoints = self.store.checkpoints.get(self.model);
+        Ok(checkpoints.and_then(|c| c.range(..=version).next_back()).map(|(_, s)| s.clone()))
+    }
+
+    fn operations(
+        &mut self,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryOperation>, String> {
+        let users = self.store.operation_users.get(self.model);
+        let operations = self.store.operations(self.model, after, through, limit);
+        Ok(operations
+            .into_iter()
+            .map(|operation| {
+                let user = users.and_then(|u| u.get(&operation.version)).cloned();
+                HistoryOperation { operation, user }
+            })
+            .collect())
+    }
+
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+        let operations = self.store.operations.get(self.model);
+        Ok(operations.and_then(|o| o.get(&version)).map(|o| o.timestamp))
     }
 }

@@ -17,9 +17,11 @@
 
 mod collaboration;
 mod events;
+mod history;
 mod presence;
 
 pub use collaboration::LocalReference;
+pub use history::HistoricalModel;
 
 use concord_client::{
     ClientError, CollectionId, Domain as ClientDomain, Edit, Element, Kind, ModelId, PathSegment,
@@ -47,6 +49,17 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
 
 fn from_js(value: JsValue) -> Result<serde_json::Value, JsError> {
     serde_wasm_bindgen::from_value(value).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// A path of keys (strings) and indices (numbers).
+fn path_of(path: Vec<JsValue>) -> Result<Vec<PathSegment>, JsError> {
+    path.into_iter()
+        .map(|segment| match (segment.as_string(), segment.as_f64()) {
+            (Some(key), _) => Ok(PathSegment::Key(key)),
+            (None, Some(index)) if index >= 0.0 => Ok(PathSegment::Index(index as usize)),
+            _ => Err(JsError::new("a path holds keys (strings) and indices (numbers)")),
+        })
+        .collect()
 }
 
 /// The offline store in the browser's IndexedDB: one database per (server, user).
@@ -178,6 +191,13 @@ impl ModelService {
         Ok(id.into_string())
     }
 
+    /// The model's history, read-only, at its newest version (needs the connection and
+    /// read permission).
+    pub async fn history(&self, model: String) -> Result<HistoricalModel, JsError> {
+        let inner = self.domain.models().history(&id(&model)?).await.map_err(error)?;
+        Ok(HistoricalModel::new(inner))
+    }
+
     pub async fn remove(&self, model: String) -> Result<(), JsError> {
         self.domain.models().remove(&id(&model)?).await.map_err(error)
     }
@@ -254,14 +274,7 @@ impl RealTimeModel {
     /// The element at `path` (keys and indices), or `undefined`.
     #[wasm_bindgen(js_name = elementAt)]
     pub async fn element_at(&self, path: Vec<JsValue>) -> Result<Option<RealTimeElement>, JsError> {
-        let path = path
-            .into_iter()
-            .map(|segment| match (segment.as_string(), segment.as_f64()) {
-                (Some(key), _) => Ok(PathSegment::Key(key)),
-                (None, Some(index)) if index >= 0.0 => Ok(PathSegment::Index(index as usize)),
-                _ => Err(JsError::new("a path holds keys (strings) and indices (numbers)")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let path = path_of(path)?;
         let element = self.inner.element_at(&path).await.map_err(error)?;
         Ok(element.map(|inner| RealTimeElement { inner }))
     }

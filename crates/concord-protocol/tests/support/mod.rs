@@ -334,6 +334,16 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         Just(Ping),
         presence_request().prop_map(Presence),
         activity_request().prop_map(Activity),
+        model_id().prop_map(|model| HistoryOpen { model }),
+        (model_id(), history_start(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(
+            |(model, start, checkpoint, max_operations, max_bytes)| HistoryFetch {
+                model,
+                start,
+                checkpoint,
+                max_operations,
+                max_bytes,
+            }
+        ),
     ]
 }
 
@@ -391,6 +401,18 @@ pub fn user_presence() -> impl Strategy<Value = UserPresence> {
         available,
         state,
     })
+}
+
+pub fn history_start() -> impl Strategy<Value = HistoryStart> {
+    prop_oneof![
+        any::<u64>().prop_map(HistoryStart::Version),
+        timestamp().prop_map(HistoryStart::Time),
+    ]
+}
+
+pub fn history_operation() -> impl Strategy<Value = HistoryOperation> {
+    (committed_operation(), option::of(user_id()))
+        .prop_map(|(operation, user)| HistoryOperation { operation, user })
 }
 
 pub fn client_response() -> impl Strategy<Value = ClientResponse> {
@@ -489,6 +511,44 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         vec(user_presence(), 0..3).prop_map(Presence),
         (activity_id(), vec(participant(), 0..3))
             .prop_map(|(activity, participants)| ActivityJoined { activity, participants }),
+        (
+            model_id(),
+            collection_id(),
+            timestamp(),
+            any::<u64>(),
+            any::<u64>(),
+            timestamp(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(model, collection, created_at, min_version, max_version, modified_at, every)| {
+                    HistoryOpened(HistoryInfo {
+                        model,
+                        collection,
+                        created_at,
+                        min_version,
+                        max_version,
+                        modified_at,
+                        checkpoint_every: every,
+                    })
+                }
+            ),
+        (
+            model_id(),
+            any::<u64>(),
+            option::of(snapshot()),
+            vec(history_operation(), 0..3),
+            any::<u64>()
+        )
+            .prop_map(|(model, start_version, checkpoint, operations, max_version)| {
+                HistoryPage(concord_protocol::HistoryPage {
+                    model,
+                    start_version,
+                    checkpoint,
+                    operations,
+                    max_version,
+                })
+            }),
     ]
 }
 
@@ -562,6 +622,8 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::Activity::SetState",
     "Request::Activity::RemoveState",
     "Request::Activity::Remove",
+    "Request::HistoryOpen",
+    "Request::HistoryFetch",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -596,6 +658,8 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
                 ActivityRequest::RemoveState { .. } => "Request::Activity::RemoveState",
                 ActivityRequest::Remove { .. } => "Request::Activity::Remove",
             },
+            ClientRequest::HistoryOpen { .. } => "Request::HistoryOpen",
+            ClientRequest::HistoryFetch { .. } => "Request::HistoryFetch",
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -623,6 +687,8 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::Done",
     "Response::Presence",
     "Response::ActivityJoined",
+    "Response::HistoryOpened",
+    "Response::HistoryPage",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -666,6 +732,8 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::Done => "Response::Done",
             ServerResponse::Presence(_) => "Response::Presence",
             ServerResponse::ActivityJoined { .. } => "Response::ActivityJoined",
+            ServerResponse::HistoryOpened(_) => "Response::HistoryOpened",
+            ServerResponse::HistoryPage(_) => "Response::HistoryPage",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {

@@ -11,7 +11,13 @@
 //! carried over as it is, so that it stays reported as damaged (by its model) rather than
 //! stop the migration of everything else.
 //!
-//! A format 1 store takes both steps, in the same transaction. Tables are rewritten a chunk
+//! Format 3 → 4: histories are kept. Every model's latest snapshot becomes its first
+//! checkpoint (its history starts there: the operations before it cannot be rebuilt without
+//! the model as created, which format 3 replaced; a model never snapshotted since its
+//! creation keeps its whole history). Operations committed before carry no user. A
+//! snapshot that fails its checksum gets no checkpoint (it stays reported as damaged).
+//!
+//! An older store takes every step, in the same transaction. Tables are rewritten a chunk
 //! at a time, so that a large store never sits in memory whole.
 
 use std::ops::Bound;
@@ -20,8 +26,8 @@ use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 use super::record::{seal, seal_bytes, unseal};
 use super::{
-    COLLECTIONS, Database, Durability, FORMAT_VERSION, LAST_DECISIONS, META, MODELS, OPERATIONS,
-    SNAPSHOTS, StoreError, StoredDecision, USERS, backend, create_tables,
+    CHECKPOINTS, COLLECTIONS, Database, Durability, FORMAT_VERSION, LAST_DECISIONS, META, MODELS,
+    OPERATIONS, SNAPSHOTS, StoreError, StoredDecision, USERS, backend, create_tables,
 };
 
 /// Format 1's last commit per replica: `(domain, model, replica)` → `(seq, version, timestamp)`.
@@ -50,6 +56,9 @@ pub(super) fn to_current(db: &Database, found: u64) -> Result<(), StoreError> {
         from_v2(&txn)?;
     }
     create_tables(&txn)?;
+    if found <= 3 {
+        from_v3(&txn)?;
+    }
     txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
     txn.commit().map_err(backend)
 }
@@ -209,5 +218,26 @@ fn from_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     txn.delete_table(V2_LAST_COMMITS).map_err(backend)?;
+    Ok(())
+}
+
+/// Makes every model's latest snapshot its first checkpoint.
+fn from_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
+    let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
+    for entry in snapshots.iter().map_err(backend)? {
+        let (key, bytes) = entry.map_err(backend)?;
+        let (domain, model) = key.value();
+        let Ok(snapshot) = unseal::<_, concord_protocol::ModelSnapshot>(
+            SNAPSHOTS.name(),
+            &(domain, model),
+            bytes.value(),
+        ) else {
+            continue;
+        };
+        let k = (domain, model, snapshot.version);
+        let sealed = seal(CHECKPOINTS.name(), &k, &snapshot);
+        checkpoints.insert(k, sealed.as_slice()).map_err(backend)?;
+    }
     Ok(())
 }

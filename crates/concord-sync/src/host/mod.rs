@@ -19,6 +19,7 @@
 //! only then, answers reads from durable state, and routes notices to sessions.
 
 mod activity;
+mod history;
 mod model;
 mod permissions;
 mod presence;
@@ -37,6 +38,10 @@ use serde::{Deserialize, Serialize};
 use crate::sequencer::{CommitRecord, Decision, RefusalRecord};
 
 pub use activity::{ActivityConfig, ActivityHost, ActivityPermissions, ActivityPolicy};
+pub use history::{
+    HistoryQuery, HistoryRead, HistorySource, MAX_HISTORY_PAGE_BYTES, MAX_HISTORY_PAGE_OPERATIONS,
+    history_reply,
+};
 pub use model::{LoadError, ModelHost};
 pub use permissions::{effective, may_create};
 pub use presence::{Broadcast, PresenceHost, PresenceLimits};
@@ -217,6 +222,9 @@ pub enum Outgoing {
         after: u64,
         through: u64,
     },
+    /// The answer to a history request, read from the store ([`history_reply`]) by whoever
+    /// writes to the connection, once everything queued before is durable.
+    History(HistoryRead),
 }
 
 /// Store writes, then what may be said once they are durable.
@@ -324,6 +332,11 @@ pub enum ModelRequest {
     Reference {
         change: ReferenceChange,
     },
+    /// Reads the model's history (needs `read`); answered from the store.
+    History {
+        request: RequestId,
+        query: HistoryQuery,
+    },
     /// The connection is gone.
     Disconnected,
 }
@@ -346,7 +359,8 @@ impl ModelRequest {
             | ModelRequest::Close { request }
             | ModelRequest::Delete { request }
             | ModelRequest::GetPermissions { request }
-            | ModelRequest::SetPermissions { request, .. } => {
+            | ModelRequest::SetPermissions { request, .. }
+            | ModelRequest::History { request, .. } => {
                 Some(ServerMessage::Error { to: Some(*request), error })
             }
             ModelRequest::Submit { seq, .. } => {

@@ -14,8 +14,9 @@ use concord_protocol::{
 
 use super::permissions::{effective, may_create};
 use super::{
-    CollectionConfig, ConnId, Delivery, HostConfig, Job, Loaded, Member, Members, ModelRecord,
-    ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, StoredModel, Write, reply,
+    CollectionConfig, ConnId, Delivery, HistoryQuery, HistoryRead, HostConfig, Job, Loaded, Member,
+    Members, ModelRecord, ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef,
+    StoredModel, Write, reply,
 };
 use crate::reference::{self, ReferenceError};
 use crate::sequencer::{
@@ -284,6 +285,7 @@ impl ModelHost {
                 self.set_permissions(from, request, grants)
             }
             ModelRequest::Reference { change } => self.reference(from, change),
+            ModelRequest::History { request, query } => self.history(from, request, query),
             ModelRequest::Disconnected => {
                 self.asked.remove(&from.conn);
                 self.leave(from.conn);
@@ -447,6 +449,26 @@ impl ModelHost {
             }
             State::Absent { .. } => Err(self.unavailable()),
         }
+    }
+
+    /// A history request: answered from the store, up to the current version, if the
+    /// session may read the model.
+    fn history(&mut self, from: &SessionRef, request: RequestId, query: HistoryQuery) {
+        let read = match self.readable(from) {
+            Ok((live, _)) => HistoryRead {
+                request,
+                model: self.model.clone(),
+                collection: live.record.collection.clone(),
+                created_at: live.record.created_at,
+                through: live.sequencer.version(),
+                modified_at: live.sequencer.modified_at(),
+                checkpoint_every: self.config.snapshot_every,
+                query,
+            },
+            Err(e) => return self.fail(from, request, e),
+        };
+        let to = vec![from.conn];
+        self.job.deliveries.push(Delivery { to, outgoing: Outgoing::History(read) });
     }
 
     fn managed(&self, from: &SessionRef) -> Result<&Live, ErrorReply> {

@@ -10,7 +10,7 @@ use concord_protocol::{
     ServerMessage, ServerResponse,
 };
 
-use super::{ModelRequest, Notice, SessionRef, reply};
+use super::{HistoryQuery, ModelRequest, Notice, SessionRef, reply};
 
 /// What one session may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,6 +402,13 @@ impl SessionHost {
             }
             ClientRequest::Activity(activity) => {
                 self.outputs.push_back(SessionOutput::ToActivity { request: id, activity })
+            }
+            ClientRequest::HistoryOpen { model } => {
+                self.route(model, ModelRequest::History { request: id, query: HistoryQuery::Open })
+            }
+            ClientRequest::HistoryFetch { model, start, checkpoint, max_operations, max_bytes } => {
+                let query = HistoryQuery::Fetch { start, checkpoint, max_operations, max_bytes };
+                self.route(model, ModelRequest::History { request: id, query })
             }
         }
     }

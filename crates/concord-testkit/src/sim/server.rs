@@ -275,6 +275,7 @@ impl SimServer {
                 Outgoing::Replay { model, after, through } => {
                     self.replay(&model, after, through)?
                 }
+                Outgoing::History(read) => vec![self.durable.history(&read)],
             };
             for conn in delivery.to {
                 // A closed connection's messages go nowhere.
@@ -421,6 +422,8 @@ fn revealed_model(message: &ServerMessage) -> Option<&ModelId> {
         ServerMessage::Response { response, .. } => match response {
             ServerResponse::ModelOpened(opened) => Some(&opened.model),
             ServerResponse::ResyncCompleted { model, .. } => Some(model),
+            ServerResponse::HistoryOpened(info) => Some(&info.model),
+            ServerResponse::HistoryPage(page) => Some(&page.model),
             _ => None,
         },
         ServerMessage::Push(push) => match push {

@@ -1,0 +1,128 @@
+//! A model's history as the store holds it (checkpoints, operations and their users), read
+//! for the host's history answers (`concord_sync::host::history_reply`) in one read
+//! transaction, so that an answer sees one consistent state.
+
+use concord_protocol::{
+    CommittedOperation, HistoryOperation, ModelSnapshot, ServerMessage, Timestamp, UserId,
+};
+use concord_sync::host::{HistoryRead, HistorySource, history_reply};
+use redb::{ReadTransaction, ReadableDatabase, TableHandle};
+
+use super::{
+    CHECKPOINTS, OPERATION_USERS, OPERATIONS, Store, StoreError, backend, read_operations, unseal,
+};
+use crate::types::ModelKey;
+
+impl Store {
+    /// The answer to a history request the model host accepted.
+    pub(crate) fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
+        let mut source = match self.db.begin_read() {
+            Ok(txn) => StoredHistory { txn, key },
+            Err(e) => return history_reply(read, &mut Failed(backend(e).to_string())),
+        };
+        history_reply(read, &mut source)
+    }
+}
+
+struct StoredHistory<'a> {
+    txn: ReadTransaction,
+    key: &'a ModelKey,
+}
+
+fn message(error: impl Into<StoreError>) -> String {
+    error.into().to_string()
+}
+
+impl StoredHistory<'_> {
+    fn versions(&self) -> std::ops::RangeInclusive<(&str, &str, u64)> {
+        let (domain, model) = self.key.as_tuple();
+        (domain, model, 0)..=(domain, model, u64::MAX)
+    }
+
+    fn damaged(&self, record: String, damage: super::record::Damage) -> String {
+        super::corrupt(&self.key.domain, Some(&self.key.model), record, damage).to_string()
+    }
+}
+
+impl HistorySource for StoredHistory<'_> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+        let table = self.txn.open_table(CHECKPOINTS).map_err(message)?;
+        let mut range = table.range(self.versions()).map_err(|e| message(backend(e)))?;
+        match range.next() {
+            Some(entry) => Ok(Some(entry.map_err(|e| message(backend(e)))?.0.value().2)),
+            None => Ok(None),
+        }
+    }
+
+    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+        let (domain, model) = self.key.as_tuple();
+        let table = self.txn.open_table(CHECKPOINTS).map_err(message)?;
+        let mut range = table
+            .range((domain, model, 0)..=(domain, model, version))
+            .map_err(|e| message(backend(e)))?;
+        let Some(entry) = range.next_back() else { return Ok(None) };
+        let (key, bytes) = entry.map_err(|e| message(backend(e)))?;
+        let at = key.value().2;
+        unseal(CHECKPOINTS.name(), &key.value(), bytes.value())
+            .map(Some)
+            .map_err(|damage| self.damaged(format!("checkpoint {at}"), damage))
+    }
+
+    fn operations(
+        &mut self,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryOperation>, String> {
+        let operations: Vec<CommittedOperation> =
+            read_operations(&self.txn, self.key, after, through, limit).map_err(message)?;
+        let (domain, model) = self.key.as_tuple();
+        let users = self.txn.open_table(OPERATION_USERS).map_err(message)?;
+        let mut out = Vec::with_capacity(operations.len());
+        for operation in operations {
+            let k = (domain, model, operation.version);
+            let user = match users.get(k).map_err(|e| message(backend(e)))? {
+                Some(bytes) => {
+                    Some(unseal::<_, UserId>(OPERATION_USERS.name(), &k, bytes.value()).map_err(
+                        |damage| {
+                            self.damaged(format!("operation {}'s user", operation.version), damage)
+                        },
+                    )?)
+                }
+                None => None,
+            };
+            out.push(HistoryOperation { operation, user });
+        }
+        Ok(out)
+    }
+
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+        let (domain, model) = self.key.as_tuple();
+        let table = self.txn.open_table(OPERATIONS).map_err(message)?;
+        let k = (domain, model, version);
+        match table.get(k).map_err(|e| message(backend(e)))? {
+            Some(bytes) => unseal::<_, CommittedOperation>(OPERATIONS.name(), &k, bytes.value())
+                .map(|operation| Some(operation.timestamp))
+                .map_err(|damage| self.damaged(format!("operation {version}"), damage)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A store that could not even start a read.
+struct Failed(String);
+
+impl HistorySource for Failed {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+        Err(self.0.clone())
+    }
+    fn checkpoint_at_or_before(&mut self, _: u64) -> Result<Option<ModelSnapshot>, String> {
+        Err(self.0.clone())
+    }
+    fn operations(&mut self, _: u64, _: u64, _: usize) -> Result<Vec<HistoryOperation>, String> {
+        Err(self.0.clone())
+    }
+    fn commit_time(&mut self, _: u64) -> Result<Option<Timestamp>, String> {
+        Err(self.0.clone())
+    }
+}
