@@ -20,7 +20,9 @@ mod ids;
 mod payload;
 mod server;
 
-pub use client::{ClientMessage, ClientNotice, ClientRequest, ClientResponse};
+pub use client::{
+    ClientMessage, ClientNotice, ClientRequest, ClientResponse, NewModel, SyncSubmission,
+};
 pub use codec::{
     CLOSE_UNSUPPORTED_VERSION, DEFAULT_FRAGMENT_BYTES, DecodeError, EncodeError, FrameKind, Limits,
     PROTOCOL_VERSION, Reassembler, WireMessage, decode, decode_with, encode, encode_frames,

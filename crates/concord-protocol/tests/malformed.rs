@@ -122,7 +122,7 @@ fn unknown_version_bytes_are_refused_before_parsing() {
     }
     // The version is checked even when nothing follows it.
     let err = decode::<ClientMessage>(&[1]).unwrap_err();
-    assert_eq!(err.to_string(), "unsupported protocol version 1 (this peer speaks version 2)");
+    assert_eq!(err.to_string(), "unsupported protocol version 1 (this peer speaks version 3)");
     assert_eq!(err.code(), ErrorCode::UNSUPPORTED_VERSION);
 }
 

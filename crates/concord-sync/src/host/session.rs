@@ -9,7 +9,7 @@ use concord_protocol::{
     ReferenceChange, ReferenceKey, RequestId, ServerLimits, ServerMessage, ServerResponse,
 };
 
-use super::{ModelRequest, Notice, SessionRef, reply};
+use super::{ModelRequest, Notice, SessionRef, SyncRequest, SyncStep, reply};
 
 /// What one session may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +350,28 @@ impl SessionHost {
                     let resync =
                         ModelRequest::Resync { request: id, known_version, in_flight, attachment };
                     self.route(model, resync);
+                }
+            }
+            ClientRequest::Sync { model, create, known_version, in_flight, submission } => {
+                if self.attached.contains_key(&model) {
+                    // Closing it afterwards would close it under the client's own use.
+                    self.error(
+                        Some(id),
+                        ErrorCode::MODEL_ALREADY_OPEN,
+                        "a model open on this connection syncs by resync and submissions",
+                    );
+                } else if !self.at_open_limit(id, &model) {
+                    let attachment = self.attach(&model);
+                    let sync = SyncRequest {
+                        request: id,
+                        create,
+                        known_version,
+                        in_flight,
+                        submission,
+                        attachment,
+                        step: SyncStep::Create,
+                    };
+                    self.route(model, ModelRequest::Sync(Box::new(sync)));
                 }
             }
             ClientRequest::ResyncComplete { model, .. } => {
