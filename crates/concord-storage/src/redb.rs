@@ -26,7 +26,7 @@ use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
 use crate::store::{self, KvRead, KvWrite, Migration, Visit};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -333,6 +333,10 @@ impl OfflineStore for RedbStore {
 
     async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
         self.read(store::models)
+    }
+
+    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+        self.read(store::unsynced)
     }
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

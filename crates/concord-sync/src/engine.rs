@@ -574,7 +574,7 @@ impl ClientEngine {
         self.budget.sync -= 1;
         match loaded {
             Some(_) if self.tombstones.contains_key(&model) => {
-                if self.progress.dropped(&model) {
+                if self.progress.dropped(&model, false) {
                     self.report_progress();
                 }
             }
@@ -611,8 +611,10 @@ impl ClientEngine {
         let entry = self.take_model(model)?;
         let owed = entry.replica.has_unacknowledged() || entry.creation.is_some();
         if owed && self.is_connected() && !self.tombstones.contains_key(model) {
+            let counted = self.progress.is_taken(model) || self.sync_waiting.contains(model);
             self.sync_waiting.push_back(model.clone());
-            if self.progress.add(model.clone()) {
+            if !counted {
+                self.progress.add_waiting();
                 self.report_progress();
             }
         }
@@ -804,7 +806,7 @@ impl ClientEngine {
             .into_iter()
             .filter(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m))
             .collect();
-        self.progress.start(self.sync_waiting.iter().cloned());
+        self.progress.start(self.sync_waiting.len());
         if self.progress.total > 0 {
             self.report_progress();
         }
@@ -1031,6 +1033,7 @@ impl ClientEngine {
                 continue;
             }
             let Some(model) = self.sync_waiting.pop_front() else { break };
+            self.progress.take(model.clone());
             self.loads_outstanding += 1;
             self.budget.sync += 1;
             self.loads.push_back(model);
@@ -1678,7 +1681,9 @@ impl ClientEngine {
                     && !self.sync_waiting.contains(&model)
                     && !self.loads.contains(&model)
                 {
-                    self.progress.add(model.clone());
+                    if !self.progress.is_taken(&model) {
+                        self.progress.add_waiting();
+                    }
                     self.sync_waiting.push_back(model);
                     self.report_progress();
                     self.schedule();
@@ -1712,10 +1717,11 @@ impl ClientEngine {
     /// delete it. Idempotent: deleting a model the server no longer has counts as done.
     pub fn delete_model(&mut self, model: ModelId, collection: CollectionId) {
         self.take_model(&model);
-        if let Some(position) = self.sync_waiting.iter().position(|m| *m == model) {
+        let position = self.sync_waiting.iter().position(|m| *m == model);
+        if let Some(position) = position {
             self.sync_waiting.remove(position);
         }
-        if self.progress.dropped(&model) {
+        if self.progress.dropped(&model, position.is_some()) {
             self.report_progress();
         }
         let batch = self.next_batch_id();
