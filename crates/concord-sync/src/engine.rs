@@ -626,6 +626,13 @@ impl ClientEngine {
     fn take_model(&mut self, model: &ModelId) -> Option<Model> {
         self.set_slot(model, Slot::None);
         self.close_at_server(model);
+        // A creation's answer no longer matters either: the store keeps the creation, and
+        // the model's next load sends it again (idempotent by its nonce). Taken as the
+        // answer for that next load, it would attach the model a second time.
+        let create = Request::Create(model.clone());
+        for request in self.requests.values_mut().filter(|r| r.purpose == create) {
+            request.purpose = Request::Other;
+        }
         self.models.remove(model)
     }
 
