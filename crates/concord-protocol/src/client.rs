@@ -70,10 +70,11 @@ pub enum ClientRequest {
     /// the rest happens.
     Sync {
         model: ModelId,
-        create: Option<NewModel>,
+        // Boxed (the wire format is the same) so that every message stays small.
+        create: Option<Box<NewModel>>,
         known_version: u64,
         in_flight: Option<InFlight>,
-        submission: Option<SyncSubmission>,
+        submission: Option<Box<SyncSubmission>>,
     },
     /// The client applied the replay and re-sent its in-flight submission; `open` says
     /// whether it keeps the model open (false when it only synced pending changes).

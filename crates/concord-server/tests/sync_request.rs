@@ -18,20 +18,24 @@ fn sync(id: &str, nonce: Option<u8>, submission: Option<(u64, u64, &str)>) -> Cl
     let data = document(serde_json::json!({ "body": "" }));
     ClientRequest::Sync {
         model: model(id),
-        create: nonce.map(|n| NewModel {
-            collection: collection("notes"),
-            data: data.clone(),
-            nonce: CreationNonce([n; 16]),
-            permissions: None,
+        create: nonce.map(|n| {
+            Box::new(NewModel {
+                collection: collection("notes"),
+                data: data.clone(),
+                nonce: CreationNonce([n; 16]),
+                permissions: None,
+            })
         }),
         known_version: 0,
         in_flight: None,
-        submission: submission.map(|(replica, seq, text)| SyncSubmission {
-            replica: ReplicaId(replica),
-            first_seq: seq,
-            seq,
-            base_version: 0,
-            operation: insert(&data, 0, text),
+        submission: submission.map(|(replica, seq, text)| {
+            Box::new(SyncSubmission {
+                replica: ReplicaId(replica),
+                first_seq: seq,
+                seq,
+                base_version: 0,
+                operation: insert(&data, 0, text),
+            })
         }),
     }
 }

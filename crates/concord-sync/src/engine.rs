@@ -1987,12 +1987,14 @@ impl ClientEngine {
     fn send_sync(&mut self, model: &ModelId) {
         let replica = self.replica_id;
         let Some(entry) = self.models.get_mut(model) else { return };
-        let submission = entry.replica.submission().map(|s| SyncSubmission {
-            replica,
-            first_seq: s.first_seq,
-            seq: s.seq,
-            base_version: s.base_version,
-            operation: s.operation,
+        let submission = entry.replica.submission().map(|s| {
+            Box::new(SyncSubmission {
+                replica,
+                first_seq: s.first_seq,
+                seq: s.seq,
+                base_version: s.base_version,
+                operation: s.operation,
+            })
         });
         entry.server_closes = Some(match &submission {
             Some(s) => ServerCloses::OnAnswer(s.seq),
@@ -2002,11 +2004,13 @@ impl ClientEngine {
             entry.replica.mark_in_flight_sent();
         }
         let confirmed = entry.replica.confirmed();
-        let create = entry.creation.map(|nonce| NewModel {
-            collection: confirmed.collection.clone(),
-            data: confirmed.data.clone(),
-            nonce,
-            permissions: None,
+        let create = entry.creation.map(|nonce| {
+            Box::new(NewModel {
+                collection: confirmed.collection.clone(),
+                data: confirmed.data.clone(),
+                nonce,
+                permissions: None,
+            })
         });
         let creates = create.is_some();
         let request = ClientRequest::Sync {

@@ -686,20 +686,24 @@ fn an_open_closed_while_its_data_is_asked_for_still_gets_one_reply() {
 fn sync(nonce: Option<u8>, submission: Option<(u64, &str)>) -> ClientRequest {
     ClientRequest::Sync {
         model: model("doc"),
-        create: nonce.map(|n| NewModel {
-            collection: CollectionId::new("notes").unwrap(),
-            data: document(),
-            nonce: CreationNonce([n; 16]),
-            permissions: None,
+        create: nonce.map(|n| {
+            Box::new(NewModel {
+                collection: CollectionId::new("notes").unwrap(),
+                data: document(),
+                nonce: CreationNonce([n; 16]),
+                permissions: None,
+            })
         }),
         known_version: 0,
         in_flight: None,
-        submission: submission.map(|(replica, text)| SyncSubmission {
-            replica: ReplicaId(replica),
-            first_seq: 1,
-            seq: 1,
-            base_version: 0,
-            operation: insert(&document(), text),
+        submission: submission.map(|(replica, text)| {
+            Box::new(SyncSubmission {
+                replica: ReplicaId(replica),
+                first_seq: 1,
+                seq: 1,
+                base_version: 0,
+                operation: insert(&document(), text),
+            })
         }),
     }
 }

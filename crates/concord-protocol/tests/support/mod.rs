@@ -332,24 +332,24 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         )
             .prop_map(|(model, create, known_version, in_flight, submission)| Sync {
                 model,
-                create: create.map(|(collection, data, nonce, permissions)| NewModel {
+                create: create.map(|(collection, data, nonce, permissions)| Box::new(NewModel {
                     collection,
                     data,
                     nonce: CreationNonce(nonce),
                     permissions,
-                }),
+                })),
                 known_version,
                 in_flight: in_flight
                     .map(|(replica, seq)| InFlight { replica: ReplicaId(replica), seq }),
                 submission: submission.map(
                     |(replica, [first_seq, seq, base_version], operation)| {
-                        SyncSubmission {
+                        Box::new(SyncSubmission {
                             replica: ReplicaId(replica),
                             first_seq,
                             seq,
                             base_version,
                             operation,
-                        }
+                        })
                     }
                 ),
             }),
@@ -822,21 +822,21 @@ pub fn goldens() -> Vec<Golden> {
                 id: RequestId(10),
                 request: ClientRequest::Sync {
                     model: model(),
-                    create: Some(NewModel {
+                    create: Some(Box::new(NewModel {
                         collection: CollectionId::new("notes").unwrap(),
                         data: sample_document(),
                         nonce: CreationNonce([5; 16]),
                         permissions: None,
-                    }),
+                    })),
                     known_version: 0,
                     in_flight: None,
-                    submission: Some(SyncSubmission {
+                    submission: Some(Box::new(SyncSubmission {
                         replica: ReplicaId(7),
                         first_seq: 1,
                         seq: 2,
                         base_version: 0,
                         operation: sample_operation(),
-                    }),
+                    })),
                 },
             }),
         },

@@ -327,10 +327,10 @@ pub enum ModelRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncRequest {
     pub request: RequestId,
-    pub create: Option<NewModel>,
+    pub create: Option<Box<NewModel>>,
     pub known_version: u64,
     pub in_flight: Option<InFlight>,
-    pub submission: Option<SyncSubmission>,
+    pub submission: Option<Box<SyncSubmission>>,
     /// The session's attachment of the model, which the last step closes.
     pub attachment: u64,
     /// The next step; a session host routes it at [`SyncStep::Create`].

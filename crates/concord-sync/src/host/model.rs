@@ -761,6 +761,7 @@ impl ModelHost {
                 SyncStep::Create => {
                     sync.step = SyncStep::Resync;
                     if let Some(new) = sync.create.take() {
+                        let new = *new;
                         let creation = Creation {
                             collection: new.collection,
                             data: new.data,
@@ -800,6 +801,7 @@ impl ModelHost {
                         sync.step = SyncStep::Close;
                         continue;
                     };
+                    let submission = *submission;
                     let submission = Submission {
                         author: from.session.clone(),
                         replica: submission.replica,
