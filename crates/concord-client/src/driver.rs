@@ -650,16 +650,17 @@ impl Driver {
         if fresh {
             engine.connect(auth);
         }
-        let summaries = match store.models().await {
-            Ok(summaries) => summaries,
+        // Ids only: what this costs grows with the models to sync, not with the store.
+        let unsynced = match store.unsynced().await {
+            Ok(unsynced) => unsynced,
             Err(e) => {
                 socket.close().await;
                 return self.fail(e.into());
             }
         };
-        let loaded: Vec<&ModelId> = engine.models().collect();
-        let with_changes = store::with_changes(&summaries, &loaded);
-        engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
+        let mut with_changes = unsynced.changed;
+        with_changes.retain(|model| engine.model(model).is_none());
+        engine.handle_connected(now, &session, with_changes, unsynced.deleted);
         let state = engine.connection_state();
         self.socket = Some(socket);
         self.session = Some(session.clone());

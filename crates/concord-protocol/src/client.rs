@@ -62,6 +62,23 @@ pub enum ClientRequest {
     /// submission was committed, then pushes `ResyncPage`s of the operations after
     /// `known_version`. → `ResyncStarted`.
     Resync { model: ModelId, known_version: u64, in_flight: Option<InFlight> },
+    /// Pushes a model's stored changes in one request, without keeping it open: creates
+    /// the model first when `create` is given (idempotent by its nonce, as `CreateModel`),
+    /// attaches and resyncs it from `known_version` (as `Resync`), takes `submission` (as a
+    /// `Submit` notice), and then closes it on this connection — once the submission is
+    /// answered, or right after the replay when there is none. The model must not be open
+    /// on the connection already, and counts against the open-model limit until closed.
+    /// → `ResyncStarted` (then the `ResyncPage`s, then the submission's `Ack` or
+    /// `SubmitRejected`); a failed creation or resync is the one `Error`, and nothing of
+    /// the rest happens.
+    Sync {
+        model: ModelId,
+        // Boxed (the wire format is the same) so that every message stays small.
+        create: Option<Box<NewModel>>,
+        known_version: u64,
+        in_flight: Option<InFlight>,
+        submission: Option<Box<SyncSubmission>>,
+    },
     /// The client applied the replay and re-sent its in-flight submission; `open` says
     /// whether it keeps the model open (false when it only synced pending changes).
     /// → `ResyncCompleted`.
@@ -103,6 +120,27 @@ pub enum ClientResponse {
     AutoCreate { collection: CollectionId, data: Document, permissions: Option<PermissionGrants> },
     /// Answers `Ping`.
     Pong,
+}
+
+/// A model to create, as `CreateModel` carries it (inside a [`ClientRequest::Sync`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewModel {
+    pub collection: CollectionId,
+    pub data: Document,
+    pub nonce: CreationNonce,
+    /// `None` keeps the collection's defaults.
+    pub permissions: Option<PermissionGrants>,
+}
+
+/// A batch of local changes, as a `Submit` notice carries it (inside a
+/// [`ClientRequest::Sync`]); the same rules apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncSubmission {
+    pub replica: ReplicaId,
+    pub first_seq: u64,
+    pub seq: u64,
+    pub base_version: u64,
+    pub operation: Operation,
 }
 
 /// One-way messages from a client.

@@ -27,7 +27,9 @@ mod presence;
 mod server;
 
 pub use activity::{ActivityChange, ActivityId, ActivityRequest, Participant};
-pub use client::{ClientMessage, ClientNotice, ClientRequest, ClientResponse};
+pub use client::{
+    ClientMessage, ClientNotice, ClientRequest, ClientResponse, NewModel, SyncSubmission,
+};
 pub use codec::{
     CLOSE_UNSUPPORTED_VERSION, DEFAULT_FRAGMENT_BYTES, DecodeError, EncodeError, FrameKind, Limits,
     PROTOCOL_VERSION, Reassembler, WireMessage, decode, decode_with, encode, encode_frames,

@@ -68,7 +68,7 @@ impl<K: Clone + Eq + Hash, C> Registry<K, C> {
                     let mut tasks = self.tasks();
                     if matches!(tasks.get(key), Some(Entry::Running(s)) if s.same_channel(&sender))
                     {
-                        tasks.remove(key);
+                        forget(&mut tasks, key);
                     }
                 }
             }
@@ -92,7 +92,7 @@ impl<K: Clone + Eq + Hash, C> Registry<K, C> {
         let stragglers: Vec<_> = std::iter::from_fn(|| commands.try_recv().ok()).collect();
         let mut tasks = self.tasks();
         if stragglers.is_empty() {
-            tasks.remove(key);
+            forget(&mut tasks, key);
         } else {
             let (sender, receiver) = mpsc::channel(QUEUE);
             tasks.insert(key.clone(), Entry::Running(sender));
@@ -101,5 +101,14 @@ impl<K: Clone + Eq + Hash, C> Registry<K, C> {
         drop(tasks);
         gate.notify_waiters();
         if stragglers.is_empty() { Ok(()) } else { Err(stragglers) }
+    }
+}
+
+/// Removes a task's entry; a map left mostly empty after many models unloaded gives its
+/// memory back (a map keeps its largest capacity otherwise).
+fn forget<K: Eq + Hash, V>(tasks: &mut HashMap<K, V>, key: &K) {
+    tasks.remove(key);
+    if tasks.capacity() > 64 && tasks.len() < tasks.capacity() / 4 {
+        tasks.shrink_to(tasks.len() * 2);
     }
 }

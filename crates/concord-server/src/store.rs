@@ -404,6 +404,14 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The most redb keeps of the file in its own cache (its default is 1 GiB). Every loaded
+/// model lives in its host, so the store is read when a model loads, for old history and for
+/// catch-ups, and written once per group commit: the operating system's page cache serves
+/// those well, and a cache here would only hold, for the life of the process, up to its size
+/// of pages of models long unloaded (7 MiB after 10,000 models were synced,
+/// `docs/benchmarks.md`, P6). 1 MiB keeps the upper levels of the tables' trees.
+const CACHE_BYTES: usize = 1024 * 1024;
+
 /// Opens the existing store file at `path`; an empty or foreign file is refused.
 fn open_file(path: &Path) -> Result<Database, StoreError> {
     let not_a_store = |reason: String| StoreError::NotAStore { path: path.to_owned(), reason };
@@ -411,7 +419,7 @@ fn open_file(path: &Path) -> Result<Database, StoreError> {
         // redb would initialize a new database in it: a truncated store would come back empty.
         return Err(not_a_store("the file is empty".into()));
     }
-    Database::open(path).map_err(|e| match e {
+    Database::builder().set_cache_size(CACHE_BYTES).open(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => {
             StoreError::InUse(format!("{} is open in another process", path.display()))
         }

@@ -309,8 +309,9 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
         other.send_raw(vec![version, 1, 0, 0]).await?;
         let closed = other.closed().await?;
         assert_eq!(closed.code, Some(concord_protocol::CLOSE_UNSUPPORTED_VERSION));
-        let named =
-            format!("unsupported protocol version {version} (this server speaks version 3)");
+        let named = format!(
+            "unsupported protocol version {version} (this server speaks version {PROTOCOL_VERSION})"
+        );
         assert_eq!(closed.reason, named);
     }
 

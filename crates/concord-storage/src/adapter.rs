@@ -13,7 +13,7 @@ use concord_protocol::ModelId;
 
 use crate::batch::Batch;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
 
 /// `Send + Sync` on native targets; nothing on wasm32, where browser handles are neither.
 #[cfg(not(target_arch = "wasm32"))]
@@ -84,6 +84,10 @@ pub trait OfflineStore: MaybeSendSync + std::fmt::Debug {
     /// Every model record, with what the store knows about each model's data, in model id
     /// order. Loads no snapshot and no operation.
     async fn models(&self) -> Result<Vec<ModelSummary>, StorageError>;
+
+    /// The models with something the server has not confirmed — changes, a creation, a
+    /// deletion — by id only (what a connection syncs), without holding every summary.
+    async fn unsynced(&self) -> Result<Unsynced, StorageError>;
 
     /// One model's full state (record, snapshot, server operations after it, pending
     /// operations, creation record), or `None` if the store has no record for it.

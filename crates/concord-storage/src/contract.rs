@@ -52,6 +52,7 @@ macro_rules! checks {
 checks!(
     new_store_is_empty,
     model_state_round_trips,
+    unsynced_lists_only_what_the_server_has_not_confirmed,
     mutations_see_earlier_mutations_of_their_batch,
     rejected_batch_changes_nothing,
     group_commit_is_all_or_nothing,
@@ -247,6 +248,46 @@ async fn model_state_round_trips(adapter: &dyn StorageAdapter) {
     assert_eq!(state.pending, pendings(1..=2));
     assert_eq!(state.creation, Some(creation(1)));
     assert_eq!(store.models().await.unwrap(), vec![state.summary]);
+}
+
+async fn unsynced_lists_only_what_the_server_has_not_confirmed(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    assert_eq!(store.unsynced().await.unwrap(), Default::default());
+    // 1: pending operations; 2: in sync; 3: created here, unconfirmed; 4: deleted here
+    // (with pending operations); 5: pending operations, all removed once acknowledged.
+    let in_sync = |n| {
+        Batch::new()
+            .with(Mutation::PutModel(record(n)))
+            .with(Mutation::PutSnapshot { model: model_id(n), snapshot: snapshot(2) })
+    };
+    let batch = Batch::new()
+        .with(Mutation::PutModel(record(1)))
+        .with(Mutation::PutSnapshot { model: model_id(1), snapshot: snapshot(2) })
+        .with(Mutation::AppendPending { model: model_id(1), operations: pendings(1..=2) });
+    commit(&*store, batch).await;
+    commit(&*store, in_sync(2)).await;
+    commit(&*store, in_sync(5)).await;
+    let created = Batch::new()
+        .with(Mutation::PutModel(ModelRecord { created_locally: true, ..record(3) }))
+        .with(Mutation::PutSnapshot { model: model_id(3), snapshot: snapshot(0) });
+    commit(&*store, created).await;
+    let deleted = Batch::new()
+        .with(Mutation::PutModel(ModelRecord { deleted_locally: true, ..record(4) }))
+        .with(Mutation::AppendPending { model: model_id(4), operations: pendings([1]) });
+    commit(&*store, deleted).await;
+    let acknowledged = Batch::new()
+        .with(Mutation::AppendPending { model: model_id(5), operations: pendings([1]) })
+        .with(Mutation::RemovePendingThrough { model: model_id(5), through_seq: 1 });
+    commit(&*store, acknowledged).await;
+
+    let unsynced = store.unsynced().await.unwrap();
+    assert_eq!(unsynced.changed, vec![model_id(1), model_id(3)]);
+    assert_eq!(unsynced.deleted, vec![(model_id(4), collection())]);
+    // The same as the summaries say.
+    let summaries = store.models().await.unwrap();
+    let needs_sync: Vec<ModelId> =
+        summaries.iter().filter(|m| m.needs_sync()).map(|m| m.record.id.clone()).collect();
+    assert_eq!(needs_sync, vec![model_id(1), model_id(3), model_id(4)]);
 }
 
 async fn mutations_see_earlier_mutations_of_their_batch(adapter: &dyn StorageAdapter) {

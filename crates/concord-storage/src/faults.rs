@@ -45,7 +45,9 @@ use concord_protocol::ModelId;
 use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::{Batch, Mutation};
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey};
+use crate::records::{
+    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+};
 
 /// How an injected commit failure behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +274,10 @@ impl OfflineStore for FaultyStore {
 
     async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
         self.live()?.models().await
+    }
+
+    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+        self.live()?.unsynced().await
     }
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

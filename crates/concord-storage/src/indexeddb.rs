@@ -63,7 +63,7 @@ use crate::encoding::{FORMAT_VERSION, Table};
 use crate::error::StorageError;
 use crate::footprint::{self, Footprint};
 use crate::overlay::{self, Changes, Known, Need, Source, Span};
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
 use crate::store::{self, KvRead, KvWrite, MIGRATIONS, Migration};
 
 /// The database name prefix of [`IdbAdapter::new`].
@@ -379,6 +379,10 @@ impl OfflineStore for IdbStore {
 
     async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
         self.read(footprint::models(), store::models).await
+    }
+
+    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+        self.read(footprint::models(), store::unsynced).await
     }
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

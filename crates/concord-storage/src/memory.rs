@@ -19,7 +19,7 @@ use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
 use crate::store::{self, KvRead, KvWrite, Visit};
 
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -227,6 +227,10 @@ impl OfflineStore for MemoryStore {
 
     async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
         self.read(store::models)
+    }
+
+    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+        self.read(store::unsynced)
     }
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

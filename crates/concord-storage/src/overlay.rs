@@ -473,7 +473,7 @@ mod tests {
     use crate::adapter::{OfflineStore, StorageAdapter};
     use crate::batch::Batch;
     use crate::footprint::{self, Footprint};
-    use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+    use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
     use crate::store;
 
     type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -627,6 +627,10 @@ mod tests {
 
         async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
             self.read(footprint::models(), store::models)
+        }
+
+        async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+            self.read(footprint::models(), store::unsynced)
         }
 
         async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

@@ -133,6 +133,20 @@ impl ModelSummary {
     }
 }
 
+/// What a store holds that the server has not confirmed, as
+/// [`OfflineStore::unsynced`](crate::OfflineStore::unsynced) lists it: ids only, so that
+/// listing it at every connection costs memory in proportion to the models with changes,
+/// not to every model's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsynced {
+    /// Models with pending operations or a creation the server has not confirmed (and not
+    /// deleted here), in model id order.
+    pub changed: Vec<ModelId>,
+    /// Models deleted here whose deletion the server has not confirmed, with their
+    /// collection, in model id order.
+    pub deleted: Vec<(ModelId, CollectionId)>,
+}
+
 /// Everything a store holds about one model: what rehydration needs.
 ///
 /// Rehydration is: `snapshot` (or, for a model created offline and not yet confirmed,

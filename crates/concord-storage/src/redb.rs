@@ -26,7 +26,7 @@ use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey};
+use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
 use crate::store::{self, KvRead, KvWrite, Migration, Visit};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -125,8 +125,16 @@ impl StorageAdapter for RedbAdapter {
     }
 }
 
+/// The most redb keeps of the file in its own cache (its default is 1 GiB). The engine holds
+/// the models it works on in memory and reads each from the store once, when it loads it, so
+/// a large cache would mostly keep pages of models long released — for the life of the
+/// process, growing with the number of models synced (`docs/benchmarks.md`, P4); the
+/// operating system's page cache serves those reads as well. 1 MiB keeps the upper levels of
+/// the tables' trees.
+const CACHE_BYTES: usize = 1024 * 1024;
+
 fn open_database(path: &Path) -> Result<Database, StorageError> {
-    Database::builder().create(path).map_err(|error| match error {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|error| match error {
         DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
             StorageError::InUse { store: path.display().to_string() }
         }
@@ -333,6 +341,10 @@ impl OfflineStore for RedbStore {
 
     async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
         self.read(store::models)
+    }
+
+    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+        self.read(store::unsynced)
     }
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

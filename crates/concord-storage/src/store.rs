@@ -18,6 +18,7 @@ use crate::encoding::{
 use crate::error::StorageError;
 use crate::records::{
     CreationRecord, IdentityCache, ModelState, ModelSummary, PendingOperation, Snapshot, StoreKey,
+    Unsynced,
 };
 
 /// Visits one key and value; an error stops the scan.
@@ -140,6 +141,21 @@ pub(crate) fn models(kv: &dyn KvRead) -> Result<Vec<ModelSummary>, StorageError>
     let mut out = Vec::new();
     kv.scan(Table::Models, None, &mut |_, value| {
         out.push(decode(value)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn unsynced(kv: &dyn KvRead) -> Result<Unsynced, StorageError> {
+    let mut out = Unsynced::default();
+    kv.scan(Table::Models, None, &mut |_, value| {
+        let summary: ModelSummary = decode(value)?;
+        let record = summary.record;
+        if record.deleted_locally {
+            out.deleted.push((record.id, record.collection));
+        } else if summary.pending_count > 0 || record.created_locally {
+            out.changed.push(record.id);
+        }
         Ok(())
     })?;
     Ok(out)

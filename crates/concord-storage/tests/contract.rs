@@ -45,6 +45,7 @@ macro_rules! contract_tests {
 contract_tests!(
     new_store_is_empty,
     model_state_round_trips,
+    unsynced_lists_only_what_the_server_has_not_confirmed,
     mutations_see_earlier_mutations_of_their_batch,
     rejected_batch_changes_nothing,
     group_commit_is_all_or_nothing,

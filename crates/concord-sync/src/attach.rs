@@ -160,57 +160,68 @@ impl Budget {
     }
 }
 
-/// Background sync's progress on the current connection.
+/// Background sync's progress on the current connection. The models waiting in the
+/// engine's queue (`sync_waiting`) count in `total` without being listed here, so that the
+/// ids of thousands of models waiting to sync are held once.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
-    /// The models counted in `total` and neither done nor failed yet.
-    pending: BTreeSet<ModelId>,
+    /// The models counted in `total` that left the waiting queue (being loaded or synced),
+    /// neither done nor failed yet.
+    taken: BTreeSet<ModelId>,
     pub(crate) done: usize,
     pub(crate) failed: usize,
     pub(crate) total: usize,
 }
 
 impl Progress {
-    /// A new connection syncs `models`.
-    pub(crate) fn start(&mut self, models: impl IntoIterator<Item = ModelId>) {
-        self.pending = models.into_iter().collect();
+    /// A new connection syncs the `waiting` models of the queue.
+    pub(crate) fn start(&mut self, waiting: usize) {
+        self.taken.clear();
         self.done = 0;
         self.failed = 0;
-        self.total = self.pending.len();
+        self.total = waiting;
     }
 
-    /// Adds a model; false if it is counted already.
-    pub(crate) fn add(&mut self, model: ModelId) -> bool {
-        let added = self.pending.insert(model);
-        if added {
-            self.total += 1;
-        }
-        added
+    /// One more model joined the waiting queue (not counted yet: see
+    /// [`Progress::is_taken`]).
+    pub(crate) fn add_waiting(&mut self) {
+        self.total += 1;
+    }
+
+    /// A counted model left the waiting queue.
+    pub(crate) fn take(&mut self, model: ModelId) {
+        self.taken.insert(model);
+    }
+
+    /// Whether `model` is counted and out of the waiting queue.
+    pub(crate) fn is_taken(&self, model: &ModelId) -> bool {
+        self.taken.contains(model)
     }
 
     /// Every change of `model` is acknowledged; false if it was not counted.
     pub(crate) fn done(&mut self, model: &ModelId) -> bool {
-        let counted = self.pending.remove(model);
+        let counted = self.taken.remove(model);
         self.done += usize::from(counted);
         counted
     }
 
     /// `model`'s sync stopped with a reported reason; false if it was not counted.
     pub(crate) fn failed(&mut self, model: &ModelId) -> bool {
-        let counted = self.pending.remove(model);
+        let counted = self.taken.remove(model);
         self.failed += usize::from(counted);
         counted
     }
 
-    /// `model` no longer needs syncing (it was deleted here); false if it was not counted.
-    pub(crate) fn dropped(&mut self, model: &ModelId) -> bool {
-        let counted = self.pending.remove(model);
+    /// `model` no longer needs syncing (it was deleted here); `waiting` when it was taken
+    /// out of the waiting queue for it. False if it was not counted.
+    pub(crate) fn dropped(&mut self, model: &ModelId, waiting: bool) -> bool {
+        let counted = self.taken.remove(model) || waiting;
         self.total -= usize::from(counted);
         counted
     }
 
     pub(crate) fn clear(&mut self) {
-        self.pending.clear();
+        self.taken.clear();
     }
 }
 
@@ -261,12 +272,20 @@ mod tests {
     fn progress_counts_each_model_once() {
         let id = |s: &str| ModelId::new(s).expect("valid");
         let mut p = Progress::default();
-        p.start([id("a"), id("b"), id("c")]);
+        // Three waiting; a and b taken out of the queue, c deleted while still in it.
+        p.start(3);
+        p.take(id("a"));
+        p.take(id("b"));
+        assert!(p.is_taken(&id("a")) && !p.is_taken(&id("c")));
         assert!(p.done(&id("a")) && !p.done(&id("a")));
         assert!(p.failed(&id("b")) && !p.done(&id("b")));
-        assert!(p.dropped(&id("c")));
+        assert!(p.dropped(&id("c"), true));
+        assert!(!p.dropped(&id("c"), false), "counted once");
         assert_eq!((p.done, p.failed, p.total), (1, 1, 2));
-        assert!(p.add(id("d")) && !p.add(id("d")));
-        assert_eq!(p.total, 3);
+        p.add_waiting();
+        p.take(id("d"));
+        p.take(id("d"));
+        assert!(p.dropped(&id("d"), true), "taken and waiting again: dropped once");
+        assert_eq!(p.total, 2);
     }
 }

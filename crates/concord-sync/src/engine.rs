@@ -49,8 +49,9 @@ use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, Replic
 use concord_protocol::{
     ActivityId, Auth, ClientMessage, ClientNotice, ClientRequest, ClientResponse, Collaborator,
     CollectionId, CreationNonce, ErrorCode, ErrorReply, HandshakeRejection, InFlight, KnownModel,
-    ModelId, ModelSnapshot, OfflineUpdate, ReconnectToken, RequestId, ServerLimits, ServerMessage,
-    ServerPush, ServerRequest, ServerResponse, Session, SessionId, Timestamp,
+    ModelId, ModelSnapshot, NewModel, OfflineUpdate, ReconnectToken, RequestId, ServerLimits,
+    ServerMessage, ServerPush, ServerRequest, ServerResponse, Session, SessionId, SyncSubmission,
+    Timestamp,
 };
 
 use crate::attach::{Budget, Progress, Slot};
@@ -190,6 +191,9 @@ pub enum CallError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
     Offline,
+    /// Background sync: waiting for the boundary of the submission its `Sync` request
+    /// carries to be durable.
+    Preparing,
     /// Waiting for the server to create a model created here.
     Creating,
     /// A resync was requested; replay pages count only once its answer
@@ -233,6 +237,17 @@ struct Model {
     sharing: bool,
     /// The other sessions that have the model open, as last listed and told.
     collaborators: BTreeMap<SessionId, Collaborator>,
+    /// Attached by a `Sync` request, which the server ends by closing the model itself.
+    server_closes: Option<ServerCloses>,
+}
+
+/// When the server closes a model a `Sync` request attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerCloses {
+    /// Once it answered the submission with this seq (ack or refusal).
+    OnAnswer(u64),
+    /// With the replay's last page (the request carried no submission).
+    AfterReplay,
 }
 
 /// A request sent on the current connection and not answered yet.
@@ -250,6 +265,11 @@ struct Outstanding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Request {
     Resync(ModelId),
+    /// A `Sync` request; `creates` when it carried the model's creation.
+    Sync {
+        model: ModelId,
+        creates: bool,
+    },
     Create(ModelId),
     Delete(ModelId),
     Open(ModelId),
@@ -484,6 +504,7 @@ impl ClientEngine {
             references: ModelReferences::default(),
             sharing: false,
             collaborators: BTreeMap::new(),
+            server_closes: None,
         }
     }
 
@@ -631,7 +652,7 @@ impl ClientEngine {
         self.budget.sync -= 1;
         match loaded {
             Some(_) if self.tombstones.contains_key(&model) => {
-                if self.progress.dropped(&model) {
+                if self.progress.dropped(&model, false) {
                     self.report_progress();
                 }
             }
@@ -668,8 +689,10 @@ impl ClientEngine {
         let entry = self.take_model(model)?;
         let owed = entry.replica.has_unacknowledged() || entry.creation.is_some();
         if owed && self.is_connected() && !self.tombstones.contains_key(model) {
+            let counted = self.progress.is_taken(model) || self.sync_waiting.contains(model);
             self.sync_waiting.push_back(model.clone());
-            if self.progress.add(model.clone()) {
+            if !counted {
+                self.progress.add_waiting();
                 self.report_progress();
             }
         }
@@ -681,6 +704,13 @@ impl ClientEngine {
     fn take_model(&mut self, model: &ModelId) -> Option<Model> {
         self.set_slot(model, Slot::None);
         self.close_at_server(model);
+        // A creation's answer no longer matters either: the store keeps the creation, and
+        // the model's next load sends it again (idempotent by its nonce). Taken as the
+        // answer for that next load, it would attach the model a second time.
+        let create = Request::Create(model.clone());
+        for request in self.requests.values_mut().filter(|r| r.purpose == create) {
+            request.purpose = Request::Other;
+        }
         self.models.remove(model)
     }
 
@@ -706,12 +736,16 @@ impl ClientEngine {
     /// Closes the model at the server if it is attached there.
     fn close_at_server(&mut self, model: &ModelId) {
         // A resync's answer no longer matters.
-        let resync = Request::Resync(model.clone());
-        let complete = Request::ResyncComplete(model.clone());
-        for request in
-            self.requests.values_mut().filter(|r| r.purpose == resync || r.purpose == complete)
-        {
-            request.purpose = Request::Other;
+        for request in self.requests.values_mut() {
+            let about_model = match &request.purpose {
+                Request::Resync(m)
+                | Request::ResyncComplete(m)
+                | Request::Sync { model: m, .. } => m == model,
+                _ => false,
+            };
+            if about_model {
+                request.purpose = Request::Other;
+            }
         }
         self.acks.remove(model);
         let Some(entry) = self.models.get_mut(model) else { return };
@@ -864,7 +898,7 @@ impl ClientEngine {
             .into_iter()
             .filter(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m))
             .collect();
-        self.progress.start(self.sync_waiting.iter().cloned());
+        self.progress.start(self.sync_waiting.len());
         if self.progress.total > 0 {
             self.report_progress();
         }
@@ -1091,6 +1125,7 @@ impl ClientEngine {
                 continue;
             }
             let Some(model) = self.sync_waiting.pop_front() else { break };
+            self.progress.take(model.clone());
             self.loads_outstanding += 1;
             self.budget.sync += 1;
             self.loads.push_back(model);
@@ -1171,7 +1206,10 @@ impl ClientEngine {
     /// and is parked again otherwise.
     fn release_if_synced(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get(model) else { return };
-        if entry.link != Link::Live || entry.replica.has_unacknowledged() {
+        if entry.link != Link::Live
+            || entry.replica.has_unacknowledged()
+            || entry.server_closes.is_some()
+        {
             return;
         }
         let (background, slot) = (entry.background, entry.slot);
@@ -1238,6 +1276,7 @@ impl ClientEngine {
             entry.attached = false;
             entry.queued_live = false;
             entry.queued_turn = false;
+            entry.server_closes = None;
         }
         let models: Vec<ModelId> = self.models.keys().cloned().collect();
         for model in &models {
@@ -1346,6 +1385,9 @@ impl ClientEngine {
         let attached_before = request.attached_before;
         match request.purpose {
             Request::Resync(model) => self.resync_answered(now, model, answer, attached_before),
+            Request::Sync { model, creates } => {
+                self.sync_answered(now, model, creates, answer, attached_before)
+            }
             Request::Create(model) => self.create_answered(model, answer),
             Request::Delete(model) => self.delete_answered(model, answer),
             Request::Open(model) => self.opened(now, model, answer, attached_before),
@@ -1410,29 +1452,109 @@ impl ClientEngine {
     fn create_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
         match answer {
             Ok(ServerResponse::ModelCreated { model: answered, .. }) if answered == model => {
-                let Some(entry) = self.models.get_mut(&model) else { return };
-                entry.creation = None;
-                let collection = entry.replica.confirmed().collection.clone();
-                let change = StoreChange::CreationConfirmed { collection };
-                self.queue_batch(&model, vec![change], None, None);
-                self.domain_event(DomainEvent::Created { model: model.clone() });
+                self.creation_confirmed(&model);
                 self.request_slot(&model);
             }
             Ok(other) => {
                 self.violation(&model, format!("unexpected answer to a creation: {other:?}"))
             }
-            Err(error) => {
-                // The local data stays, offline: the application decides what to do. A
-                // model loaded only to sync goes back to the store.
-                let background = self.models.get(&model).is_some_and(|m| m.background);
-                if background {
-                    self.take_model(&model);
-                } else if let Some(entry) = self.models.get_mut(&model) {
-                    entry.link = Link::Offline;
+            Err(error) => self.creation_refused(model, error),
+        }
+    }
+
+    /// The server has the model created here: the store records it.
+    fn creation_confirmed(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get_mut(model) else { return };
+        entry.creation = None;
+        let collection = entry.replica.confirmed().collection.clone();
+        let change = StoreChange::CreationConfirmed { collection };
+        self.queue_batch(model, vec![change], None, None);
+        self.domain_event(DomainEvent::Created { model: model.clone() });
+    }
+
+    /// The server refused to create the model. The local data stays, offline: the
+    /// application decides what to do. A model loaded only to sync goes back to the store.
+    fn creation_refused(&mut self, model: ModelId, error: ErrorReply) {
+        let background = self.models.get(&model).is_some_and(|m| m.background);
+        if background {
+            self.take_model(&model);
+        } else if let Some(entry) = self.models.get_mut(&model) {
+            entry.link = Link::Offline;
+        }
+        self.sync_failed(&model);
+        self.domain_event(DomainEvent::CreationRefused { model, error });
+    }
+
+    /// The answer to a `Sync` request: the model is created (if it asked) and resyncing,
+    /// its submission on its way; or nothing happened and the server does not have it open.
+    fn sync_answered(
+        &mut self,
+        now: Time,
+        model: ModelId,
+        creates: bool,
+        answer: Result<ServerResponse, ErrorReply>,
+        attached_before: Option<usize>,
+    ) {
+        let timeout = self.config.request_timeout;
+        match answer {
+            Ok(ServerResponse::ResyncStarted { model: answered, in_flight_committed, .. })
+                if answered == model =>
+            {
+                if creates {
+                    self.creation_confirmed(&model);
                 }
-                self.sync_failed(&model);
-                self.domain_event(DomainEvent::CreationRefused { model, error });
+                self.budget.succeeded();
+                let Some(entry) = self.models.get_mut(&model) else { return };
+                entry.link = Link::Replaying;
+                if let Some(commit) = in_flight_committed {
+                    entry.replica.in_flight_committed_at(commit.version);
+                }
+                if entry.replica.in_flight_sent() {
+                    // Its answer follows the replay.
+                    self.acks.insert(model, now + timeout);
+                }
             }
+            Ok(other) => self.violation(&model, format!("unexpected answer to a sync: {other:?}")),
+            Err(error) => {
+                if let Some(entry) = self.models.get_mut(&model) {
+                    entry.replica.mark_in_flight_unsent();
+                }
+                self.server_closed(&model);
+                if matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE) {
+                    let learned = (error.code == ErrorCode::OVERLOADED).then_some(attached_before);
+                    self.budget.refused(now, learned.flatten());
+                    return self.open_later(&model);
+                }
+                if creates {
+                    self.creation_refused(model, error);
+                } else if is_gone(&error) {
+                    self.gone(&model, error);
+                } else {
+                    self.violation(&model, format!("sync refused: {error}"));
+                }
+            }
+        }
+    }
+
+    /// The server closed on its side a model a `Sync` request attached.
+    fn server_closed(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get_mut(model) else { return };
+        entry.server_closes = None;
+        if entry.attached {
+            entry.attached = false;
+            self.budget.attached -= 1;
+        }
+    }
+
+    /// After the server closed a model a `Sync` request attached: a background model goes on
+    /// (another round if it still owes changes, else it is released); one the application
+    /// took over meanwhile opens again.
+    fn after_server_closed(&mut self, model: &ModelId) {
+        let Some(entry) = self.models.get(model) else { return };
+        if entry.background {
+            self.pump(model);
+        } else if entry.link == Link::Live && !entry.attached {
+            self.start_resync(model);
         }
     }
 
@@ -1476,48 +1598,19 @@ impl ClientEngine {
                     }
                     self.after_server_change(&model, changes);
                 }
+                if self.closes_on_answer(&model, seq) {
+                    self.server_closed(&model);
+                    self.after_server_closed(&model);
+                }
             }
             ServerPush::SubmitRejected { model, seq, error } => {
-                let Some(entry) = self.models.get_mut(&model) else {
-                    return;
-                };
-                if entry.replica.in_flight_seq() != Some(seq) {
-                    return;
+                let closed = self.closes_on_answer(&model, seq);
+                if closed {
+                    self.server_closed(&model);
                 }
-                self.acks.remove(&model);
-                // A refusal about the server's state, not about the change: the change is
-                // kept, and resyncing tells whether it was committed and sends it again.
-                let transient = matches!(
-                    error.code,
-                    ErrorCode::MODEL_NOT_OPEN
-                        | ErrorCode::OVERLOADED
-                        | ErrorCode::UNAVAILABLE
-                        | ErrorCode::INTERNAL
-                );
-                if error.code == ErrorCode::MODEL_NOT_OPEN && entry.attached {
-                    // The server no longer counts it as open here; the resync opens it again.
-                    entry.attached = false;
-                    self.budget.attached -= 1;
-                }
-                if matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE) {
-                    // Later, with backoff: it closes here and waits for a slot again.
-                    self.budget.refused(now, None);
-                    self.open_later(&model);
-                    return;
-                }
-                if transient {
-                    self.start_resync(&model);
-                    return;
-                }
-                if let Some((operations, changes)) = entry.replica.reject_in_flight() {
-                    let ended = entry.references.local_undone(entry.replica.local());
-                    self.ended(&model, ended);
-                    let rejected =
-                        DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
-                    self.model_event(&model, ModelEvent::Rejected { operations, error });
-                    self.domain_event(rejected);
-                    self.queue_batch(&model, changes, None, None);
-                    self.pump(&model);
+                self.submit_rejected(now, model.clone(), seq, error);
+                if closed {
+                    self.after_server_closed(&model);
                 }
             }
             ServerPush::RemoteOperation { model, operation } => {
@@ -1535,6 +1628,7 @@ impl ClientEngine {
                 if last {
                     let entry = self.models.get_mut(&model).expect("checked");
                     entry.link = Link::Live;
+                    let closes = entry.server_closes == Some(ServerCloses::AfterReplay);
                     // Only a model kept open says so: the answer carries who else has it
                     // open, which matters to no model synced in the background (or on a
                     // turn), and the server takes submissions on a resynced model without
@@ -1545,7 +1639,12 @@ impl ClientEngine {
                         self.send(request, Request::ResyncComplete(model.clone()));
                     }
                     self.model_event(&model, ModelEvent::ResyncCompleted);
-                    self.pump(&model);
+                    if closes {
+                        self.server_closed(&model);
+                        self.after_server_closed(&model);
+                    } else {
+                        self.pump(&model);
+                    }
                 }
             }
             ServerPush::OfflineUpdate { model, update } => self.offline_update(model, update),
@@ -1583,6 +1682,57 @@ impl ClientEngine {
             // The connection's end after `SessionClosing` is handled as any lost connection.
             ServerPush::SessionClosing { .. } => {}
         }
+    }
+
+    /// The server refused the submission `seq` of `model`.
+    fn submit_rejected(&mut self, now: Time, model: ModelId, seq: u64, error: ErrorReply) {
+        let Some(entry) = self.models.get_mut(&model) else {
+            return;
+        };
+        if entry.replica.in_flight_seq() != Some(seq) {
+            return;
+        }
+        self.acks.remove(&model);
+        // A refusal about the server's state, not about the change: the change is
+        // kept, and resyncing tells whether it was committed and sends it again.
+        let transient = matches!(
+            error.code,
+            ErrorCode::MODEL_NOT_OPEN
+                | ErrorCode::OVERLOADED
+                | ErrorCode::UNAVAILABLE
+                | ErrorCode::INTERNAL
+        );
+        if error.code == ErrorCode::MODEL_NOT_OPEN && entry.attached {
+            // The server no longer counts it as open here; the resync opens it again.
+            entry.attached = false;
+            self.budget.attached -= 1;
+        }
+        if matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE) {
+            // Later, with backoff: it closes here and waits for a slot again.
+            self.budget.refused(now, None);
+            self.open_later(&model);
+            return;
+        }
+        if transient {
+            self.resume(&model);
+            return;
+        }
+        if let Some((operations, changes)) = entry.replica.reject_in_flight() {
+            let ended = entry.references.local_undone(entry.replica.local());
+            self.ended(&model, ended);
+            let rejected =
+                DomainEvent::ChangesRejected { model: model.clone(), error: error.clone() };
+            self.model_event(&model, ModelEvent::Rejected { operations, error });
+            self.domain_event(rejected);
+            self.queue_batch(&model, changes, None, None);
+            self.pump(&model);
+        }
+    }
+
+    /// Whether the answer to submission `seq` is the one after which the server closes
+    /// `model` (a `Sync` request attached it).
+    fn closes_on_answer(&self, model: &ModelId, seq: u64) -> bool {
+        self.models.get(model).is_some_and(|m| m.server_closes == Some(ServerCloses::OnAnswer(seq)))
     }
 
     /// Tells a restarted engine the stored subscription set, each model with the version
@@ -1677,7 +1827,9 @@ impl ClientEngine {
                     && !self.sync_waiting.contains(&model)
                     && !self.loads.contains(&model)
                 {
-                    self.progress.add(model.clone());
+                    if !self.progress.is_taken(&model) {
+                        self.progress.add_waiting();
+                    }
                     self.sync_waiting.push_back(model);
                     self.report_progress();
                     self.schedule();
@@ -1711,10 +1863,11 @@ impl ClientEngine {
     /// delete it. Idempotent: deleting a model the server no longer has counts as done.
     pub fn delete_model(&mut self, model: ModelId, collection: CollectionId) {
         self.take_model(&model);
-        if let Some(position) = self.sync_waiting.iter().position(|m| *m == model) {
+        let position = self.sync_waiting.iter().position(|m| *m == model);
+        if let Some(position) = position {
             self.sync_waiting.remove(position);
         }
-        if self.progress.dropped(&model) {
+        if self.progress.dropped(&model, position.is_some()) {
             self.report_progress();
         }
         let batch = self.next_batch_id();
@@ -1890,6 +2043,9 @@ impl ClientEngine {
     /// Brings a model on line: creates it at the server first when that is still owed.
     fn attach(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get_mut(model) else { return };
+        if entry.background && entry.creation_batch.is_none() {
+            return self.start_sync(model);
+        }
         let Some(nonce) = entry.creation else {
             self.request_slot(model);
             return;
@@ -1941,6 +2097,89 @@ impl ClientEngine {
         }
     }
 
+    /// Resyncs a model again after a transient refusal: a background model by another
+    /// `Sync` request.
+    fn resume(&mut self, model: &ModelId) {
+        if self.models.get(model).is_some_and(|m| m.background && !m.attached) {
+            self.start_sync(model);
+        } else {
+            self.start_resync(model);
+        }
+    }
+
+    /// Background sync of a model in one `Sync` request: its creation if still owed, its
+    /// resync and its next submission, after which the server closes it (one request per
+    /// model instead of a creation, a resync, a submission and a close). The submission's
+    /// boundary is made durable first; a model that owes nothing is released.
+    fn start_sync(&mut self, model: &ModelId) {
+        self.go_online(model);
+        let max_parts = self.config.max_batch_parts;
+        let Some(entry) = self.models.get_mut(model) else { return };
+        entry.replica.mark_in_flight_unsent();
+        self.acks.remove(model);
+        if entry.replica.in_flight_seq().is_none()
+            && let Some((_, boundary)) = entry.replica.take_submission(max_parts)
+        {
+            entry.link = Link::Preparing;
+            let seq = entry.replica.in_flight_seq();
+            self.queue_batch(model, vec![boundary], None, seq);
+            return;
+        }
+        if entry.replica.in_flight_seq().is_some() && entry.replica.submission().is_none() {
+            entry.link = Link::Preparing; // sent once its boundary is durable
+            return;
+        }
+        if entry.creation.is_none() && !entry.replica.has_unacknowledged() {
+            entry.link = Link::Live;
+            return self.pump(model);
+        }
+        self.send_sync(model);
+    }
+
+    /// Sends a background model's `Sync` request, with its submission if it has one (its
+    /// boundary durable).
+    fn send_sync(&mut self, model: &ModelId) {
+        let replica = self.replica_id;
+        let Some(entry) = self.models.get_mut(model) else { return };
+        let submission = entry.replica.submission().map(|s| {
+            Box::new(SyncSubmission {
+                replica,
+                first_seq: s.first_seq,
+                seq: s.seq,
+                base_version: s.base_version,
+                operation: s.operation,
+            })
+        });
+        entry.server_closes = Some(match &submission {
+            Some(s) => ServerCloses::OnAnswer(s.seq),
+            None => ServerCloses::AfterReplay,
+        });
+        if submission.is_some() {
+            entry.replica.mark_in_flight_sent();
+        }
+        let confirmed = entry.replica.confirmed();
+        let create = entry.creation.map(|nonce| {
+            Box::new(NewModel {
+                collection: confirmed.collection.clone(),
+                data: confirmed.data.clone(),
+                nonce,
+                permissions: None,
+            })
+        });
+        let creates = create.is_some();
+        let request = ClientRequest::Sync {
+            model: model.clone(),
+            create,
+            known_version: entry.replica.confirmed_version(),
+            in_flight: entry.replica.in_flight_seq().map(|seq| InFlight { replica, seq }),
+            submission,
+        };
+        entry.link = Link::Resyncing;
+        entry.attached = true;
+        self.send_attaching(request, Request::Sync { model: model.clone(), creates });
+        self.model_event(model, ModelEvent::ResyncStarted);
+    }
+
     /// Sends a resync; the model holds a slot. It attaches the model at the server unless
     /// it is attached already (a resync on a live model).
     fn start_resync(&mut self, model: &ModelId) {
@@ -1978,7 +2217,23 @@ impl ClientEngine {
         let Some(entry) = self.models.get_mut(model) else {
             return;
         };
-        if entry.link != Link::Live || !connected {
+        if !connected || entry.server_closes.is_some() {
+            return;
+        }
+        if entry.link == Link::Preparing {
+            if entry.replica.submission().is_some() {
+                self.send_sync(model);
+            }
+            return;
+        }
+        if entry.link != Link::Live {
+            return;
+        }
+        if entry.background && !entry.attached {
+            // Closed by the server after its last `Sync`: more to push takes another.
+            if entry.replica.has_unacknowledged() {
+                self.start_sync(model);
+            }
             return;
         }
         if entry.replica.in_flight_seq().is_none()

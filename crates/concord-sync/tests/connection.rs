@@ -173,6 +173,34 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
                     last: true,
                 }),
             ],
+            // Created (if asked), resynced, the submission acknowledged, closed.
+            ClientRequest::Sync { model, known_version, submission, .. } => {
+                let mut replies = vec![
+                    ServerMessage::Response {
+                        to: id,
+                        response: ServerResponse::ResyncStarted {
+                            model: model.clone(),
+                            current_version: known_version,
+                            in_flight_committed: None,
+                            permissions: Permissions::ALL,
+                        },
+                    },
+                    ServerMessage::Push(ServerPush::ResyncPage {
+                        model: model.clone(),
+                        operations: vec![],
+                        last: true,
+                    }),
+                ];
+                if let Some(submission) = submission {
+                    replies.push(ServerMessage::Push(ServerPush::Ack {
+                        model,
+                        seq: submission.seq,
+                        version: submission.base_version + 1,
+                        timestamp: Timestamp(0),
+                    }));
+                }
+                replies
+            }
             ClientRequest::ResyncComplete { model, .. } => response(
                 id,
                 ServerResponse::ResyncCompleted {
@@ -774,8 +802,39 @@ fn element_ids_continue_across_a_restore_from_the_store() -> Result<()> {
     Ok(())
 }
 
+/// Connects and syncs `stored` (released from memory, with changes) in the background
+/// against the test server; returns everything that happened.
+fn sync_in_background(
+    engine: &mut ClientEngine,
+    model: &ModelId,
+    stored: ModelReplica,
+) -> Result<Turn> {
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
+    let mut turn = drain(engine, at(0));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(stored.into()));
+    let loaded = drain(engine, at(0));
+    turn.sent.extend(loaded.sent);
+    turn.events.extend(loaded.events);
+    settle(engine, at(0), turn)
+}
+
+fn last_progress(turn: &Turn) -> Option<(usize, usize, usize)> {
+    turn.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Domain(DomainEvent::SyncProgress { done, failed, total }) => {
+                Some((*done, *failed, *total))
+            }
+            _ => None,
+        })
+        .next_back()
+}
+
 #[test]
-fn a_model_synced_in_the_background_costs_a_resync_its_submission_and_a_close() -> Result<()> {
+fn a_model_synced_in_the_background_costs_one_sync_request() -> Result<()> {
     let model = id("m");
     // Offline: a change stored, then the model released from memory.
     let mut engine = ClientEngine::new(REPLICA, config());
@@ -785,44 +844,67 @@ fn a_model_synced_in_the_background_costs_a_resync_its_submission_and_a_close() 
     let replica = engine.remove_model(&model).expect("loaded");
     assert!(replica.has_unacknowledged());
 
+    let all = sync_in_background(&mut engine, &model, replica)?;
+    let [ClientMessage::Request { request: ClientRequest::Sync { create, submission, .. }, .. }] =
+        all.sent.as_slice()
+    else {
+        bail!("one sync request and nothing else: {:?}", all.sent);
+    };
+    assert!(create.is_none(), "the server has the model already");
+    let submission = submission.as_ref().expect("the stored change goes with it");
+    assert_eq!((submission.replica, submission.first_seq, submission.seq), (REPLICA, 1, 1));
+    assert_eq!(last_progress(&all), Some((1, 0, 1)), "done once acknowledged");
+    assert!(engine.model(&model).is_none(), "released once in sync");
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+#[test]
+fn a_model_created_offline_is_created_resynced_and_submitted_by_one_sync_request() -> Result<()> {
+    let model = id("new");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    let nonce = concord_protocol::CreationNonce([9; 16]);
+    let snapshot = snapshot()?;
+    engine.create_model(model.clone(), notes(), snapshot.data.clone(), nonce, Timestamp(0))?;
+    insert_object(&mut engine, &model)?;
+    drain(&mut engine, at(0));
+    let replica = engine.remove_model(&model).expect("loaded");
+
+    // Restored as a model whose creation the server has not confirmed.
+    let mut restored: store::Restored = replica.into();
+    restored.creation = Some(nonce);
     engine.connect(credentials());
     assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
     engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
     let mut turn = drain(&mut engine, at(0));
     assert_eq!(engine.poll_load(), Some(model.clone()));
-    engine.handle_loaded(model.clone(), Some(replica.into()));
+    engine.handle_loaded(model.clone(), Some(restored));
     let loaded = drain(&mut engine, at(0));
     turn.sent.extend(loaded.sent);
     turn.events.extend(loaded.events);
     let all = settle(&mut engine, at(0), turn)?;
 
-    let kinds: Vec<&str> = all
-        .sent
+    let [ClientMessage::Request { request: ClientRequest::Sync { create, submission, .. }, .. }] =
+        all.sent.as_slice()
+    else {
+        bail!("one sync request and nothing else: {:?}", all.sent);
+    };
+    let create = create.as_ref().expect("the creation goes with it");
+    assert_eq!((create.nonce, &create.collection), (nonce, &notes()));
+    assert!(submission.is_some());
+    assert!(
+        all.events
+            .iter()
+            .any(|e| matches!(e, Event::Domain(DomainEvent::Created { model: m }) if *m == model)),
+        "the creation is confirmed"
+    );
+    let confirmed = all
+        .batches
         .iter()
-        .map(|m| match m {
-            ClientMessage::Request { request: ClientRequest::Resync { .. }, .. } => "resync",
-            ClientMessage::Request { request: ClientRequest::ResyncComplete { .. }, .. } => {
-                "resync complete"
-            }
-            ClientMessage::Request { request: ClientRequest::CloseModel { .. }, .. } => "close",
-            ClientMessage::Notice(ClientNotice::Submit { .. }) => "submit",
-            _ => "other",
-        })
-        .collect();
-    assert_eq!(kinds, ["resync", "submit", "close"], "{:?}", all.sent);
-    let progress: Vec<_> = all
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Domain(DomainEvent::SyncProgress { done, failed, total }) => {
-                Some((*done, *failed, *total))
-            }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(progress.last(), Some(&(1, 0, 1)), "done once acknowledged: {progress:?}");
+        .any(|b| b.changes.iter().any(|c| matches!(c, StoreChange::CreationConfirmed { .. })));
+    assert!(confirmed, "and stored as confirmed");
+    assert_eq!(last_progress(&all), Some((1, 0, 1)));
     assert!(engine.model(&model).is_none(), "released once in sync");
-    assert!(engine.sync_idle());
     Ok(())
 }
 

@@ -9,9 +9,9 @@ use concord_ot::{DiscreteOperation, Document, IdGenerator, Operation, OperationK
 use concord_ot::{ReferenceValue, ReplicaId, Value};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, Commit,
-    CreationNonce, ErrorCode, InFlight, KnownModel, ModelId, OfflineUpdate, PermissionGrants,
-    Permissions, ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush,
-    ServerResponse, SessionId, Timestamp, User, UserId,
+    CreationNonce, ErrorCode, InFlight, KnownModel, ModelId, NewModel, OfflineUpdate,
+    PermissionGrants, Permissions, ReferenceChange, ReferenceKey, RequestId, ServerMessage,
+    ServerPush, ServerResponse, SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
@@ -818,4 +818,153 @@ fn an_invalid_reference_is_refused_and_changes_nothing() {
         assert!(relayed(&said, alice).is_empty(), "{message:?}");
     }
     assert_eq!(opened_references(&mut server, "carol"), vec![Some(ReferenceValue::Index(vec![2]))]);
+}
+
+/// A `Sync` request for "doc": creating it with `nonce` if given, with the submission of
+/// `text` as seq 1 of `replica` if given.
+fn sync(nonce: Option<u8>, submission: Option<(u64, &str)>) -> ClientRequest {
+    ClientRequest::Sync {
+        model: model("doc"),
+        create: nonce.map(|n| {
+            Box::new(NewModel {
+                collection: CollectionId::new("notes").unwrap(),
+                data: document(),
+                nonce: CreationNonce([n; 16]),
+                permissions: None,
+            })
+        }),
+        known_version: 0,
+        in_flight: None,
+        submission: submission.map(|(replica, text)| {
+            Box::new(SyncSubmission {
+                replica: ReplicaId(replica),
+                first_seq: 1,
+                seq: 1,
+                base_version: 0,
+                operation: insert(&document(), text),
+            })
+        }),
+    }
+}
+
+fn attached(server: &Server, conn: ConnId) -> usize {
+    server.sessions[&conn].attached().count()
+}
+
+#[test]
+fn one_sync_request_creates_resyncs_submits_and_closes() {
+    let mut server = Server::new();
+    let (alice, bob) = (
+        server.connect("alice", SessionLimits::default()),
+        server.connect("bob", SessionLimits::default()),
+    );
+    let said = server.request(alice, sync(Some(1), Some((1, "hi"))));
+    let first = heard(&said, alice);
+    assert!(
+        matches!(
+            first.as_slice(),
+            [
+                ServerMessage::Response {
+                    response: ServerResponse::ResyncStarted { current_version: 0, .. },
+                    ..
+                },
+                ServerMessage::Push(ServerPush::ResyncPage { last: true, .. }),
+                ServerMessage::Push(ServerPush::Ack { seq: 1, version: 1, .. }),
+            ]
+        ),
+        "{first:?}"
+    );
+    assert_eq!(text_of(&server, "doc"), "hi");
+    assert_eq!(attached(&server, alice), 0, "closed once the submission was answered");
+    assert!(server.models[&model("doc")].is_idle(), "nobody holds it open");
+    // The ack leaves with the writes that make it durable: the creation and the commit.
+    assert!(server.writes.iter().any(|w| matches!(w, Write::CreateModel { .. })));
+    assert!(server.writes.iter().any(|w| matches!(w, Write::Commit(_))));
+
+    // Sent again (its answer lost): the same creation, the original ack, nothing applied
+    // twice.
+    let said = server.request(alice, sync(Some(1), Some((1, "hi"))));
+    assert_eq!(answer(&said, alice, 1), Ok(1));
+    assert_eq!(text_of(&server, "doc"), "hi");
+    assert_eq!(attached(&server, alice), 0);
+
+    // Without a submission it closes right after the replay.
+    open(&mut server, bob, "doc");
+    let said = server.request(alice, sync(None, None));
+    assert!(
+        matches!(
+            heard(&said, alice).last(),
+            Some(ServerMessage::Push(ServerPush::ResyncPage { last: true, .. }))
+        ),
+        "{said:?}"
+    );
+    assert_eq!(attached(&server, alice), 0);
+    // Bob saw alice come and go.
+    let bob_heard = heard(&said, bob);
+    assert!(
+        bob_heard
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Push(ServerPush::CollaboratorClosed { .. }))),
+        "{bob_heard:?}"
+    );
+}
+
+#[test]
+fn a_hostile_sync_is_refused_whole_and_never_leaves_a_model_open() {
+    let limits = SessionLimits { max_open_models: 1, ..SessionLimits::default() };
+    let mut server = Server::new();
+    let (alice, mallory) = (server.connect("alice", limits), server.connect("mallory", limits));
+    create(&mut server, alice, "doc", None);
+
+    // Another creation's id: taken; nothing submitted, nothing attached.
+    let said = server.request(mallory, sync(Some(7), Some((9, "x"))));
+    assert_eq!(error_of(&said, mallory).0, ErrorCode::MODEL_ALREADY_EXISTS);
+    assert_eq!(text_of(&server, "doc"), "");
+    assert_eq!(attached(&server, mallory), 0);
+
+    // Over the open-model limit: refused before anything happens.
+    let other = ClientRequest::OpenModel { model: model("doc"), auto_create: false };
+    server.request(mallory, other);
+    assert_eq!(attached(&server, mallory), 1);
+    let mut beyond = sync(Some(8), None);
+    let ClientRequest::Sync { model: m, .. } = &mut beyond else { unreachable!() };
+    *m = model("new");
+    let said = server.request(mallory, beyond);
+    assert_eq!(error_of(&said, mallory).0, ErrorCode::OVERLOADED);
+    assert!(server.models.get(&model("new")).is_none_or(ModelHost::is_absent), "not created");
+
+    // On a model it has open: refused (closing it would close it under its own use).
+    let said = server.request(mallory, sync(None, Some((9, "x"))));
+    assert_eq!(error_of(&said, mallory).0, ErrorCode::MODEL_ALREADY_OPEN);
+    assert_eq!(attached(&server, mallory), 1);
+    server.request(mallory, ClientRequest::CloseModel { model: model("doc") });
+
+    // Alice's replica under mallory's session: refused, and still closed afterwards.
+    server.request(alice, sync(None, Some((1, "a"))));
+    let said = server.request(mallory, sync(None, Some((1, "m"))));
+    assert_eq!(answer(&said, mallory, 1), Err(ErrorCode::PERMISSION_DENIED));
+    assert_eq!(text_of(&server, "doc"), "a");
+    assert_eq!(attached(&server, mallory), 0);
+
+    // A gap in its own seqs: refused, nothing decided, closed.
+    let mut gap = sync(None, Some((9, "g")));
+    let ClientRequest::Sync { submission: Some(s), .. } = &mut gap else { unreachable!() };
+    (s.first_seq, s.seq) = (5, 5);
+    let said = server.request(mallory, gap);
+    assert_eq!(answer(&said, mallory, 5), Err(ErrorCode::SEQ_OUT_OF_ORDER));
+    assert_eq!(attached(&server, mallory), 0);
+
+    // A model it may not read: answered as one that does not exist.
+    let secret = PermissionGrants {
+        override_collection: true,
+        world: Permissions::NONE,
+        users: BTreeMap::new(),
+    };
+    let mut grants = sync(None, None);
+    let ClientRequest::Sync { model: m, .. } = &mut grants else { unreachable!() };
+    *m = model("secret");
+    create(&mut server, alice, "secret", Some(secret));
+    let said = server.request(mallory, grants);
+    assert_eq!(error_of(&said, mallory).0, ErrorCode::MODEL_NOT_FOUND);
+    assert_eq!(attached(&server, mallory), 0);
 }

@@ -1003,9 +1003,9 @@ impl Sim {
         client.to_client.clear();
         client.frames = Reassembler::new(Limits::DEFAULT);
         self.stats.resyncs += 1;
-        let loaded: Vec<&ModelId> = engine.models().collect();
-        let summaries = block_on(client.store.models()).map_err(|e| e.to_string())?;
-        let with_changes = store::with_changes(&summaries, &loaded);
+        let unsynced = block_on(client.store.unsynced()).map_err(|e| e.to_string())?;
+        let mut with_changes = unsynced.changed;
+        with_changes.retain(|model| engine.model(model).is_none());
         let mut session = Session {
             session: accepted.session,
             user: accepted.user,
@@ -1018,7 +1018,7 @@ impl Sim {
             // one than it tells): they meet its refusals, and must retry them.
             session.limits.max_open_models = u64::MAX;
         }
-        engine.handle_connected(now, &session, with_changes, store::tombstones(&summaries));
+        engine.handle_connected(now, &session, with_changes, unsynced.deleted);
         self.drain(i)
     }
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
-use concord_client::{CollectionId, Domain, DomainEvent, ModelId, RedbAdapter};
+use concord_client::{CollectionId, Domain, DomainEvent, EngineConfig, ModelId, RedbAdapter};
 use concord_testkit::process::ServeProcess;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,10 @@ struct Cli {
     /// after 30 s idle by default).
     #[arg(long, default_value_t = 45)]
     after: u64,
+    /// Background sync's models in flight (`EngineConfig::sync_concurrency`) [default: the
+    /// engine's]
+    #[arg(long)]
+    sync_concurrency: Option<usize>,
     /// Extra arguments for `concord serve` (e.g. `--messages-per-second=100000`).
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     serve_args: Vec<String>,
@@ -63,9 +67,23 @@ struct Cli {
 /// The client phases, each run in its own process by the tool itself.
 #[derive(Debug, Subcommand)]
 enum Phase {
-    Prepare { url: String, store: PathBuf, models: usize },
-    Sync { url: String, store: PathBuf, token: String },
-    Handles { url: String, store: PathBuf, models: usize },
+    Prepare {
+        url: String,
+        store: PathBuf,
+        models: usize,
+    },
+    Sync {
+        url: String,
+        store: PathBuf,
+        token: String,
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    Handles {
+        url: String,
+        store: PathBuf,
+        models: usize,
+    },
 }
 
 const USER: &str = "alice";
@@ -79,8 +97,8 @@ fn main() -> Result<()> {
         Some(Phase::Prepare { url, store, models }) => {
             runtime.block_on(prepare(&url, &store, models))
         }
-        Some(Phase::Sync { url, store, token }) => {
-            let report = runtime.block_on(sync(&url, &store, &token))?;
+        Some(Phase::Sync { url, store, token, concurrency }) => {
+            let report = runtime.block_on(sync(&url, &store, &token, concurrency))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -113,6 +131,14 @@ fn id(i: usize) -> ModelId {
 
 fn domain(url: &str, store: &Path) -> Domain {
     Domain::builder(url).storage(RedbAdapter::new(store)).build()
+}
+
+fn domain_with(url: &str, store: &Path, sync_concurrency: Option<usize>) -> Domain {
+    let mut engine = EngineConfig::default();
+    if let Some(concurrency) = sync_concurrency {
+        engine.sync_concurrency = concurrency;
+    }
+    Domain::builder(url).storage(RedbAdapter::new(store)).engine(engine).build()
 }
 
 async fn prepare(url: &str, store: &Path, models: usize) -> Result<()> {
@@ -153,8 +179,13 @@ struct SyncReport {
     progress_events: usize,
 }
 
-async fn sync(url: &str, store: &Path, token: &str) -> Result<SyncReport> {
-    let domain = domain(url, store);
+async fn sync(
+    url: &str,
+    store: &Path,
+    token: &str,
+    concurrency: Option<usize>,
+) -> Result<SyncReport> {
+    let domain = domain_with(url, store, concurrency);
     let mut events = domain.events();
     let rss_before_kib = status_kib("self", "VmRSS:")?;
     let start = Instant::now();
@@ -258,7 +289,12 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
 
     let pid = server.pid().to_string();
     let server_rss_before_kib = status_kib(&pid, "VmRSS:")?;
-    let sync: SyncReport = serde_json::from_str(&child(&["sync", &url, &store_arg, &token])?)?;
+    let concurrency = cli.sync_concurrency.map(|c| c.to_string());
+    let mut sync_args = vec!["sync", &url, &store_arg, &token];
+    if let Some(concurrency) = &concurrency {
+        sync_args.extend(["--concurrency", concurrency]);
+    }
+    let sync: SyncReport = serde_json::from_str(&child(&sync_args)?)?;
     ensure!(sync.models == models, "synced {} of {models}", sync.models);
     let server_peak_rss_kib = status_kib(&pid, "VmHWM:")?;
     std::thread::sleep(Duration::from_secs(cli.after));

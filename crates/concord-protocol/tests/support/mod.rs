@@ -318,6 +318,41 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
                     .map(|(replica, seq)| InFlight { replica: ReplicaId(replica), seq }),
             }
         ),
+        (
+            model_id(),
+            option::of((
+                collection_id(),
+                document(),
+                any::<[u8; 16]>(),
+                option::of(permission_grants())
+            )),
+            any::<u64>(),
+            option::of((any::<u64>(), any::<u64>())),
+            option::of((any::<u64>(), any::<[u64; 3]>(), operation())),
+        )
+            .prop_map(|(model, create, known_version, in_flight, submission)| Sync {
+                model,
+                create: create.map(|(collection, data, nonce, permissions)| Box::new(NewModel {
+                    collection,
+                    data,
+                    nonce: CreationNonce(nonce),
+                    permissions,
+                })),
+                known_version,
+                in_flight: in_flight
+                    .map(|(replica, seq)| InFlight { replica: ReplicaId(replica), seq }),
+                submission: submission.map(
+                    |(replica, [first_seq, seq, base_version], operation)| {
+                        Box::new(SyncSubmission {
+                            replica: ReplicaId(replica),
+                            first_seq,
+                            seq,
+                            base_version,
+                            operation,
+                        })
+                    }
+                ),
+            }),
         (model_id(), any::<bool>()).prop_map(|(model, open)| ResyncComplete { model, open }),
         (vec((model_id(), option::of(any::<u64>())), 0..3), vec(model_id(), 0..3), any::<bool>())
             .prop_map(|(subscribe, unsubscribe, replace)| SubscribeOffline {
@@ -608,6 +643,7 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::CreateModel",
     "Request::DeleteModel",
     "Request::Resync",
+    "Request::Sync",
     "Request::ResyncComplete",
     "Request::SubscribeOffline",
     "Request::GetPermissions",
@@ -640,6 +676,7 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
             ClientRequest::CreateModel { .. } => "Request::CreateModel",
             ClientRequest::DeleteModel { .. } => "Request::DeleteModel",
             ClientRequest::Resync { .. } => "Request::Resync",
+            ClientRequest::Sync { .. } => "Request::Sync",
             ClientRequest::ResyncComplete { .. } => "Request::ResyncComplete",
             ClientRequest::SubscribeOffline { .. } => "Request::SubscribeOffline",
             ClientRequest::GetPermissions { .. } => "Request::GetPermissions",
@@ -944,6 +981,30 @@ pub fn goldens() -> Vec<Golden> {
                     model: model(),
                     known_version: 12,
                     in_flight: Some(InFlight { replica: ReplicaId(7), seq: 3 }),
+                },
+            }),
+        },
+        Golden {
+            name: "client_sync",
+            frame: Sample::Client(ClientMessage::Request {
+                id: RequestId(10),
+                request: ClientRequest::Sync {
+                    model: model(),
+                    create: Some(Box::new(NewModel {
+                        collection: CollectionId::new("notes").unwrap(),
+                        data: sample_document(),
+                        nonce: CreationNonce([5; 16]),
+                        permissions: None,
+                    })),
+                    known_version: 0,
+                    in_flight: None,
+                    submission: Some(Box::new(SyncSubmission {
+                        replica: ReplicaId(7),
+                        first_seq: 1,
+                        seq: 2,
+                        base_version: 0,
+                        operation: sample_operation(),
+                    })),
                 },
             }),
         },

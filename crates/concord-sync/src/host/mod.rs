@@ -29,9 +29,9 @@ use std::collections::BTreeMap;
 
 use concord_ot::{Document, Operation, ReplicaId};
 use concord_protocol::{
-    CollectionId, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot,
+    CollectionId, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot, NewModel,
     PermissionGrants, Permissions, ReferenceChange, RequestId, ServerMessage, ServerPush,
-    SessionId, Timestamp, User, UserId,
+    SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -300,6 +300,8 @@ pub enum ModelRequest {
     ResyncComplete {
         request: RequestId,
     },
+    /// A `Sync` request: create (if asked), resync, submit (if asked), close.
+    Sync(Box<SyncRequest>),
     /// The client answered an `AutoCreate` with an error: its open `request` fails.
     AutoCreateDeclined {
         request: RequestId,
@@ -341,6 +343,31 @@ pub enum ModelRequest {
     Disconnected,
 }
 
+/// A `Sync` request ([`concord_protocol::ClientRequest::Sync`]) as a model host takes it:
+/// its steps in order, each only after the one before succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncRequest {
+    pub request: RequestId,
+    pub create: Option<Box<NewModel>>,
+    pub known_version: u64,
+    pub in_flight: Option<InFlight>,
+    pub submission: Option<Box<SyncSubmission>>,
+    /// The session's attachment of the model, which the last step closes.
+    pub attachment: u64,
+    /// The next step; a session host routes it at [`SyncStep::Create`].
+    pub step: SyncStep,
+}
+
+/// How far a model host got with a [`SyncRequest`] (it may wait for a store read between
+/// steps, and takes the request up again there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStep {
+    Create,
+    Resync,
+    Submit,
+    Close,
+}
+
 impl ModelRequest {
     /// The reply owed for this request when the model cannot be served at all (its stored
     /// state does not load), so that no request goes unanswered; `None` for requests that
@@ -362,6 +389,9 @@ impl ModelRequest {
             | ModelRequest::SetPermissions { request, .. }
             | ModelRequest::History { request, .. } => {
                 Some(ServerMessage::Error { to: Some(*request), error })
+            }
+            ModelRequest::Sync(sync) => {
+                Some(ServerMessage::Error { to: Some(sync.request), error })
             }
             ModelRequest::Submit { seq, .. } => {
                 Some(ServerMessage::Push(ServerPush::SubmitRejected {

@@ -16,7 +16,7 @@ use super::permissions::{effective, may_create};
 use super::{
     CollectionConfig, ConnId, Delivery, HistoryQuery, HistoryRead, HostConfig, Job, Loaded, Member,
     Members, ModelRecord, ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef,
-    StoredModel, Write, reply,
+    StoredModel, SyncRequest, SyncStep, Write, reply,
 };
 use crate::reference::{self, ReferenceError};
 use crate::sequencer::{
@@ -63,6 +63,28 @@ enum State {
     Absent { deleted: bool },
 }
 
+/// What answers a creation once it is made.
+#[derive(Debug)]
+enum AfterCreate {
+    /// `ModelCreated`.
+    Reply,
+    /// An auto-create open with this attachment: `ModelOpened`.
+    Open(u64),
+    /// The rest of a `Sync` request.
+    Sync(Box<SyncRequest>),
+}
+
+impl AfterCreate {
+    /// The session's attachment a refused creation ends.
+    fn attachment(&self) -> Option<u64> {
+        match self {
+            AfterCreate::Reply => None,
+            AfterCreate::Open(attachment) => Some(*attachment),
+            AfterCreate::Sync(sync) => Some(sync.attachment),
+        }
+    }
+}
+
 /// A request waiting for a [`Read`].
 #[derive(Debug)]
 enum Waiting {
@@ -84,7 +106,7 @@ enum Waiting {
         from: SessionRef,
         request: RequestId,
         creation: Creation,
-        attachment: Option<u64>,
+        after: AfterCreate,
     },
 }
 
@@ -221,12 +243,17 @@ impl ModelHost {
                 self.open(from, request, auto_create, attachment)
             }
             ModelRequest::Create { request, collection, data, nonce, permissions, attachment } => {
-                if attachment.is_some() {
-                    self.asked.remove(&from.conn);
-                }
+                let after = match attachment {
+                    Some(attachment) => {
+                        self.asked.remove(&from.conn);
+                        AfterCreate::Open(attachment)
+                    }
+                    None => AfterCreate::Reply,
+                };
                 let creation = Creation { collection, data, nonce, permissions };
-                self.create(now, from, request, creation, attachment)
+                self.create(now, from, request, creation, after)
             }
+            ModelRequest::Sync(sync) => self.sync(now, from, *sync),
             ModelRequest::Resync { request, known_version, in_flight, attachment } => {
                 self.resync(now, from, request, known_version, in_flight, attachment)
             }
@@ -323,16 +350,16 @@ impl ModelHost {
                 self.submitted(&from, replica, seq, outcome);
             }
             (
-                Some(Waiting::Collection { now, from, request, creation, attachment }),
+                Some(Waiting::Collection { now, from, request, creation, after }),
                 ReadResult::Collection(stored),
             ) => match stored {
-                Ok(stored) => self.create_in(now, &from, request, creation, attachment, stored),
+                Ok(stored) => self.create_in(now, &from, request, creation, after, stored),
                 Err(e) => {
                     let e = error(
                         ErrorCode::INTERNAL,
                         format!("the collection could not be read: {e}"),
                     );
-                    self.refuse(&from, request, attachment, e);
+                    self.refuse(&from, request, after.attachment(), e);
                 }
             },
             (
@@ -486,14 +513,14 @@ impl ModelHost {
         now: Timestamp,
         from: &SessionRef,
         replica: ReplicaId,
-        request: &ModelRequest,
+        request: impl FnOnce() -> ModelRequest,
     ) -> Option<bool> {
         match self.owners.get(&replica) {
             Some(owner) => Some(*owner == from.user.id),
             None => {
                 let read = Read::ReplicaOwner { replica, claimant: from.user.id.clone() };
                 let waiting =
-                    Waiting::Owner { now, from: from.clone(), replica, request: request.clone() };
+                    Waiting::Owner { now, from: from.clone(), replica, request: request() };
                 self.wait(read, waiting);
                 None
             }
@@ -502,6 +529,18 @@ impl ModelHost {
 
     /// Fails whatever `request` was (after a read for it failed).
     fn fail_request(&mut self, from: &SessionRef, request: ModelRequest, e: ErrorReply) {
+        if let ModelRequest::Sync(sync) = &request
+            && sync.step == SyncStep::Submit
+        {
+            // Resynced already: its submission fails, and the model closes as it would.
+            if let Some(submission) = &sync.submission {
+                self.reject(from, submission.seq, e);
+            }
+            return self.sync_close(from.conn, sync.attachment);
+        }
+        if let ModelRequest::Sync(sync) = &request {
+            self.closed(from.conn, sync.attachment);
+        }
         if let ModelRequest::Open { attachment, .. }
         | ModelRequest::Resync { attachment, .. }
         | ModelRequest::Create { attachment: Some(attachment), .. } = &request
@@ -596,22 +635,27 @@ impl ModelHost {
         self.respond(from, request, ServerResponse::ModelOpened(opened));
     }
 
-    /// Creates the model; with `attachment` (an auto-create open), answers by opening it.
+    /// Creates the model, then answers as `after` says.
     fn create(
         &mut self,
         now: Timestamp,
         from: &SessionRef,
         request: RequestId,
         creation: Creation,
-        attachment: Option<u64>,
+        after: AfterCreate,
     ) {
+        let attachment = after.attachment();
         match &self.state {
             State::Live(live) => {
-                if let Some(attachment) = attachment {
+                if let AfterCreate::Open(attachment) = after {
                     // Created by someone else while this client was asked for its data.
                     return self.open(from, request, None, attachment);
                 }
                 if creation.nonce.is_some() && live.record.nonce == creation.nonce {
+                    if let AfterCreate::Sync(rest) = after {
+                        // Created by this creation before (its answer was lost).
+                        return self.sync(now, from, *rest);
+                    }
                     let response = ServerResponse::ModelCreated {
                         model: self.model.clone(),
                         version: live.sequencer.version(),
@@ -619,11 +663,12 @@ impl ModelHost {
                     };
                     return self.respond(from, request, response);
                 }
-                return self.fail(from, request, self.taken());
+                let e = self.taken();
+                return self.refuse(from, request, attachment, e);
             }
             // Ids of deleted models are not reused; said the same way as a taken id.
             // An auto-create open answers as the open it was.
-            State::Absent { deleted: true } if attachment.is_some() => {
+            State::Absent { deleted: true } if matches!(after, AfterCreate::Open(_)) => {
                 let e = self.unavailable();
                 return self.refuse(from, request, attachment, e);
             }
@@ -636,12 +681,12 @@ impl ModelHost {
         match self.config.collections.get(&creation.collection) {
             Some(config) => {
                 let config = Some(config.clone());
-                self.create_in(now, from, request, creation, attachment, config);
+                self.create_in(now, from, request, creation, after, config);
             }
             None => {
                 let read = Read::Collection(creation.collection.clone());
                 let waiting =
-                    Waiting::Collection { now, from: from.clone(), request, creation, attachment };
+                    Waiting::Collection { now, from: from.clone(), request, creation, after };
                 self.wait(read, waiting);
             }
         }
@@ -654,9 +699,10 @@ impl ModelHost {
         from: &SessionRef,
         request: RequestId,
         creation: Creation,
-        attachment: Option<u64>,
+        after: AfterCreate,
         config: Option<CollectionConfig>,
     ) {
+        let attachment = after.attachment();
         let Creation { collection, data, nonce, permissions } = creation;
         let size = model_bytes(&data);
         if size > self.config.max_model_bytes {
@@ -714,9 +760,10 @@ impl ModelHost {
             collection: config,
             since_snapshot: 0,
         }));
-        match attachment {
-            Some(attachment) => self.open(from, request, None, attachment),
-            None => {
+        match after {
+            AfterCreate::Open(attachment) => self.open(from, request, None, attachment),
+            AfterCreate::Sync(rest) => self.sync(now, from, *rest),
+            AfterCreate::Reply => {
                 let response = ServerResponse::ModelCreated {
                     model: self.model.clone(),
                     version: 0,
@@ -724,6 +771,95 @@ impl ModelHost {
                 };
                 self.respond(from, request, response);
             }
+        }
+    }
+
+    /// A `Sync` request from its step `sync.step` on: create, resync, submit, close, each
+    /// only after the one before succeeded. A step that waits for a read is taken up again
+    /// after it (the request as it stands is what waits).
+    fn sync(&mut self, now: Timestamp, from: &SessionRef, mut sync: SyncRequest) {
+        loop {
+            match sync.step {
+                SyncStep::Create => {
+                    sync.step = SyncStep::Resync;
+                    if let Some(new) = sync.create.take() {
+                        let new = *new;
+                        let creation = Creation {
+                            collection: new.collection,
+                            data: new.data,
+                            nonce: Some(new.nonce),
+                            permissions: new.permissions,
+                        };
+                        let request = sync.request;
+                        // Goes on with the resync once created (now or after a read).
+                        return self.create(
+                            now,
+                            from,
+                            request,
+                            creation,
+                            AfterCreate::Sync(Box::new(sync)),
+                        );
+                    }
+                }
+                SyncStep::Resync => {
+                    let (request, known_version, in_flight, attachment) =
+                        (sync.request, sync.known_version, sync.in_flight, sync.attachment);
+                    let waiting = || ModelRequest::Sync(Box::new(sync.clone()));
+                    if !self.resync_then(
+                        now,
+                        from,
+                        request,
+                        known_version,
+                        in_flight,
+                        attachment,
+                        waiting,
+                    ) {
+                        return; // refused, or waiting for a read
+                    }
+                    sync.step = SyncStep::Submit;
+                }
+                SyncStep::Submit => {
+                    let Some(submission) = sync.submission.clone() else {
+                        sync.step = SyncStep::Close;
+                        continue;
+                    };
+                    let submission = *submission;
+                    let submission = Submission {
+                        author: from.session.clone(),
+                        replica: submission.replica,
+                        first_seq: submission.first_seq,
+                        seq: submission.seq,
+                        base_version: submission.base_version,
+                        operation: submission.operation,
+                    };
+                    // Waiting for the replica's owner, the whole step is taken up again.
+                    let waiting = || ModelRequest::Sync(Box::new(sync.clone()));
+                    self.submit_then(now, from, submission, waiting);
+                    sync.step = SyncStep::Close;
+                    sync.submission = None;
+                    match &self.waiting {
+                        Some(Waiting::Owner { .. }) => return,
+                        // The submission is decided once the history is read: the close
+                        // comes next, before anything that waited.
+                        Some(_) => {
+                            let close = ModelRequest::Sync(Box::new(sync));
+                            self.deferred.push_front((now, from.clone(), close));
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+                SyncStep::Close => return self.sync_close(from.conn, sync.attachment),
+            }
+        }
+    }
+
+    /// Ends a `Sync` request: the model closes on `conn`, unless that attachment ended
+    /// already.
+    fn sync_close(&mut self, conn: ConnId, attachment: u64) {
+        if self.open.get(&conn).is_some_and(|m| m.attachment == attachment) {
+            self.leave(conn);
+            self.closed(conn, attachment);
         }
     }
 
@@ -736,24 +872,38 @@ impl ModelHost {
         in_flight: Option<InFlight>,
         attachment: u64,
     ) {
+        let waiting = || ModelRequest::Resync { request, known_version, in_flight, attachment };
+        self.resync_then(now, from, request, known_version, in_flight, attachment, waiting);
+    }
+
+    /// A resync; `waiting` is the request to take up again if it must wait for a read.
+    /// Returns whether the model is now open on the connection.
+    #[allow(clippy::too_many_arguments)]
+    fn resync_then(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        request: RequestId,
+        known_version: u64,
+        in_flight: Option<InFlight>,
+        attachment: u64,
+        waiting: impl FnOnce() -> ModelRequest,
+    ) -> bool {
         // A failed resync leaves the model closed on this connection.
         if let Err(e) = self.readable(from) {
             self.leave(from.conn);
-            return self.refuse(from, request, Some(attachment), e);
+            self.refuse(from, request, Some(attachment), e);
+            return false;
         }
         // Whether the in-flight submission was committed is told only to its replica's owner.
         let in_flight = match in_flight {
-            Some(f) => {
-                let original =
-                    ModelRequest::Resync { request, known_version, in_flight, attachment };
-                match self.owns(now, from, f.replica, &original) {
-                    None => return,
-                    Some(owned) => owned.then_some(f),
-                }
-            }
+            Some(f) => match self.owns(now, from, f.replica, waiting) {
+                None => return false,
+                Some(owned) => owned.then_some(f),
+            },
             None => None,
         };
-        let Ok((live, permissions)) = self.readable(from) else { return };
+        let Ok((live, permissions)) = self.readable(from) else { return false };
         let current_version = live.sequencer.version();
         if known_version > current_version {
             let e = error(
@@ -761,7 +911,8 @@ impl ModelHost {
                 format!("known version {known_version} is ahead of the model's {current_version}"),
             );
             self.leave(from.conn);
-            return self.refuse(from, request, Some(attachment), e);
+            self.refuse(from, request, Some(attachment), e);
+            return false;
         }
         let in_flight_committed = in_flight.and_then(|f| live.sequencer.commit_of(f));
         let page = self.config.page.max(1);
@@ -803,9 +954,29 @@ impl ModelHost {
                 self.job.deliveries.push(Delivery { to: vec![from.conn], outgoing });
             }
         }
+        true
     }
 
     fn submit(&mut self, now: Timestamp, from: &SessionRef, submission: Submission) {
+        let original = ModelRequest::Submit {
+            replica: submission.replica,
+            first_seq: submission.first_seq,
+            seq: submission.seq,
+            base_version: submission.base_version,
+            operation: submission.operation.clone(),
+        };
+        self.submit_then(now, from, submission, || original);
+    }
+
+    /// A submission; `waiting` is the request to take up again if it must wait for its
+    /// replica's owner.
+    fn submit_then(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        submission: Submission,
+        waiting: impl FnOnce() -> ModelRequest,
+    ) {
         let (replica, seq) = (submission.replica, submission.seq);
         if !matches!(self.state, State::Live(_)) {
             let e = self.unavailable();
@@ -817,14 +988,7 @@ impl ModelHost {
             return self.reject(from, seq, e);
         };
         let may_write = member.permissions.write;
-        let original = ModelRequest::Submit {
-            replica,
-            first_seq: submission.first_seq,
-            seq,
-            base_version: submission.base_version,
-            operation: submission.operation.clone(),
-        };
-        match self.owns(now, from, replica, &original) {
+        match self.owns(now, from, replica, waiting) {
             None => return,
             Some(false) => {
                 let e = error(

@@ -10,7 +10,7 @@ use concord_protocol::{
     ServerMessage, ServerResponse,
 };
 
-use super::{HistoryQuery, ModelRequest, Notice, SessionRef, reply};
+use super::{HistoryQuery, ModelRequest, Notice, SessionRef, SyncRequest, SyncStep, reply};
 
 /// What one session may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,9 @@ pub struct SessionHost {
     /// Models attached here (opening, open or resynced), with the attachment that did it;
     /// a model host's [`Notice::Closed`] for that attachment removes it.
     attached: BTreeMap<ModelId, u64>,
+    /// The attachments made by `Sync` requests: the model host closes each by itself, and
+    /// its notice of that may come after the client's next `Sync` of the model.
+    syncs: BTreeSet<u64>,
     subscribed: BTreeSet<ModelId>,
     /// The references this session shares, per model (bounded by the limits).
     references: BTreeMap<ModelId, BTreeSet<ReferenceKey>>,
@@ -98,6 +101,7 @@ impl SessionHost {
             session,
             limits,
             attached: BTreeMap::new(),
+            syncs: BTreeSet::new(),
             subscribed: BTreeSet::new(),
             references: BTreeMap::new(),
             auto_creates: BTreeMap::new(),
@@ -140,6 +144,7 @@ impl SessionHost {
 
     /// The connection is gone: every model it used is told.
     pub fn disconnected(&mut self) {
+        self.syncs.clear();
         let attached = std::mem::take(&mut self.attached).into_keys();
         let models: BTreeSet<ModelId> =
             attached.chain(std::mem::take(&mut self.subscribed)).collect();
@@ -164,7 +169,13 @@ impl SessionHost {
     fn detach(&mut self, model: &ModelId) -> bool {
         self.auto_creates.retain(|_, (_, m)| m != model);
         self.references.remove(model);
-        self.attached.remove(model).is_some()
+        match self.attached.remove(model) {
+            Some(attachment) => {
+                self.syncs.remove(&attachment);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Checks a reference change against the limits and keeps count of what is shared.
@@ -209,7 +220,9 @@ impl SessionHost {
     /// ended.
     fn attach(&mut self, model: &ModelId) -> u64 {
         self.next_attachment += 1;
-        self.attached.insert(model.clone(), self.next_attachment);
+        if let Some(replaced) = self.attached.insert(model.clone(), self.next_attachment) {
+            self.syncs.remove(&replaced);
+        }
         self.next_attachment
     }
 
@@ -355,6 +368,31 @@ impl SessionHost {
                     let resync =
                         ModelRequest::Resync { request: id, known_version, in_flight, attachment };
                     self.route(model, resync);
+                }
+            }
+            ClientRequest::Sync { model, create, known_version, in_flight, submission } => {
+                // A model a `Sync` attached is closing already (its host closes it before it
+                // takes this one); any other would be closed under the client's own use.
+                let open = self.attached.get(&model).is_some_and(|a| !self.syncs.contains(a));
+                if open {
+                    self.error(
+                        Some(id),
+                        ErrorCode::MODEL_ALREADY_OPEN,
+                        "a model open on this connection syncs by resync and submissions",
+                    );
+                } else if !self.at_open_limit(id, &model) {
+                    let attachment = self.attach(&model);
+                    self.syncs.insert(attachment);
+                    let sync = SyncRequest {
+                        request: id,
+                        create,
+                        known_version,
+                        in_flight,
+                        submission,
+                        attachment,
+                        step: SyncStep::Create,
+                    };
+                    self.route(model, ModelRequest::Sync(Box::new(sync)));
                 }
             }
             ClientRequest::ResyncComplete { model, .. } => {
