@@ -59,8 +59,7 @@ async fn a_killed_client_process_leaves_its_activities() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    alice.connect_with_jwt(token("alice")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
     let mut events = alice.activities().events();
     let page = alice.activities().join("viewing", "page 12", BTreeMap::new()).await?;
     assert_eq!(page.joined_with().len(), 1);
@@ -112,10 +111,8 @@ async fn a_killed_client_process_leaves_its_activities() -> anyhow::Result<()> {
 async fn a_reconnecting_client_joins_again_with_its_state() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let mut events = alice.activities().events();
     let page = alice.activities().join("viewing", "page 3", BTreeMap::new()).await?;
     let bobs = bob.activities().join("viewing", "page 3", BTreeMap::new()).await?;

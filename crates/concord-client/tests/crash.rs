@@ -85,8 +85,7 @@ async fn changes_stored_before_a_sigkill_reach_the_server() -> anyhow::Result<()
     let writer = domain(&url(&server), &store);
     writer.connect_with_jwt(token("writer")).await?;
     writer.wait_for(ConnectionState::Connected).await?;
-    let reader = domain(&url(&server), &dir.path().join("reader"));
-    reader.connect_with_jwt(token("reader")).await?;
+    let reader = connected(&server, dir.path(), "reader").await?;
     let lines = || async {
         let model = reader.models().open(&id("log")).await?;
         let text = model.value().await?["text"].as_str().unwrap_or_default().to_owned();

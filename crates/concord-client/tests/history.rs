@@ -173,10 +173,8 @@ async fn playback_shows_every_state_two_users_saw() -> anyhow::Result<()> {
 async fn history_needs_read_permission_and_the_connection() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = server(&dir.path().join("server"), 5).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let secret = id("secret");
     let private = CollectionId::new("private").unwrap();
     alice.models().create_with_id(&secret, &private, json!({ "pin": "1234" })).await?;
@@ -205,8 +203,7 @@ async fn a_long_history_plays_through_pages() -> anyhow::Result<()> {
     const EDITS: u64 = 700;
     let dir = tempfile::tempdir()?;
     let server = server(&dir.path().join("server"), 50).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    alice.connect_with_jwt(token("alice")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
     let model = id("long");
     create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
     let a = alice.models().open(&model).await?;

@@ -13,10 +13,8 @@ use support::*;
 async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("shopping");
     alice.models().create_with_id(&model, &notes(), json!({ "items": [], "title": "" })).await?;
     let a = alice.models().open(&model).await?;
@@ -53,10 +51,8 @@ async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
 async fn offline_edits_creations_and_deletions_sync_on_reconnect() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let (shared, doomed) = (id("shared"), id("doomed"));
     alice.models().create_with_id(&shared, &notes(), json!({ "text": "hello" })).await?;
     create_confirmed(&alice, std::slice::from_ref(&doomed), json!({})).await?;
@@ -200,8 +196,7 @@ async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
     let server_dir = dir.path().join("server");
     let server = start(&server_dir).await?;
     let addr = server.addr();
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    alice.connect_with_jwt(token("alice")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
     let model = id("doc");
     alice.models().create_with_id(&model, &notes(), json!({ "count": 0 })).await?;
     let doc = alice.models().open(&model).await?;
@@ -222,8 +217,7 @@ async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
     let server = start_at(&server_dir, addr).await?;
     tokio::time::timeout(Duration::from_secs(30), doc.acknowledged(last)).await??;
     assert_eq!(alice.state(), ConnectionState::Connected);
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    bob.connect_with_jwt(token("bob")).await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let seen = bob.models().open(&model).await?;
     assert_eq!(seen.value().await?, json!({ "count": 6.0 }));
     server.stop().await?;
@@ -234,10 +228,8 @@ async fn clients_reconnect_after_the_server_restarts() -> anyhow::Result<()> {
 async fn subscribed_models_are_downloaded_into_the_store() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    alice.connect_with_jwt(token("alice")).await?;
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let ids: Vec<_> = (0..3).map(|i| id(&format!("sub-{i}"))).collect();
     create_confirmed(&alice, &ids, json!({ "n": 1 })).await?;
     bob.models().subscribe_offline(&ids).await?;

@@ -52,12 +52,9 @@ async fn permissions_set_from_a_client_are_enforced_at_once_and_need_manage() ->
 {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    let carol = domain(&url(&server), &dir.path().join("carol"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
-    carol.connect_with_jwt(token("carol")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
+    let carol = connected(&server, dir.path(), "carol").await?;
 
     let doc = id("doc");
     let version = alice
@@ -148,8 +145,7 @@ async fn permissions_set_from_a_client_are_enforced_at_once_and_need_manage() ->
 async fn a_permission_change_offline_fails_at_once_and_is_not_queued() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    alice.connect_with_jwt(token("alice")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
     let doc = id("doc");
     alice
         .models()

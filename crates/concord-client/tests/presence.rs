@@ -57,8 +57,7 @@ async fn a_killed_client_process_takes_its_user_offline() -> anyhow::Result<()> 
     }
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    alice.connect_with_jwt(token("alice")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
     let mut events = alice.presence().events();
     let now = alice.presence().follow(&[user("carol")]).await?;
     assert_eq!(now.len(), 1);
@@ -97,10 +96,8 @@ async fn state_set_offline_is_published_on_reconnect_and_followers_follow_again(
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
 
     // Following needs the connection; publishing does not.
     bob.disconnect().await?;

@@ -40,10 +40,8 @@ fn char_at(text: &str, index: usize) -> Option<char> {
 async fn cursors_stay_on_their_characters_while_both_type() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("letter");
     alice.models().create_with_id(&model, &notes(), json!({ "text": "hello world" })).await?;
     let a = alice.models().open(&model).await?;
@@ -112,8 +110,7 @@ async fn cursors_stay_on_their_characters_while_both_type() -> anyhow::Result<()
     .await?;
 
     // A late joiner sees both cursors where their owners hold them.
-    let carol = domain(&url(&server), &dir.path().join("carol"));
-    carol.connect_with_jwt(token("carol")).await?;
+    let carol = connected(&server, dir.path(), "carol").await?;
     let c = carol.models().open(&model).await?;
     let own_b = match b_cursor.value().await? {
         Some(Some(ReferenceValue::Index(at))) => at[0],
@@ -138,10 +135,8 @@ async fn removing_the_element_ends_its_references_and_invalid_ones_are_refused()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("page");
     let data = json!({ "text": "abc", "meta": { "title": "t", "tags": [] } });
     alice.models().create_with_id(&model, &notes(), data).await?;
@@ -199,10 +194,8 @@ async fn removing_the_element_ends_its_references_and_invalid_ones_are_refused()
 async fn collaborators_are_listed_and_events_name_the_user() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(&dir.path().join("server")).await?;
-    let alice = domain(&url(&server), &dir.path().join("alice"));
-    let bob = domain(&url(&server), &dir.path().join("bob"));
-    alice.connect_with_jwt(token("alice")).await?;
-    bob.connect_with_jwt(token("bob")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("minutes");
     alice.models().create_with_id(&model, &notes(), json!({ "text": "" })).await?;
     let a = alice.models().open(&model).await?;

@@ -41,6 +41,13 @@ pub fn domain(url: &str, dir: &Path) -> Domain {
         .build()
 }
 
+/// `user`'s domain on `server`, its store under `dir/<user>`, connected with a token of theirs.
+pub async fn connected(server: &RunningServer, dir: &Path, user: &str) -> anyhow::Result<Domain> {
+    let domain = domain(&url(server), &dir.join(user));
+    domain.connect_with_jwt(token(user)).await?;
+    Ok(domain)
+}
+
 pub fn id(s: &str) -> ModelId {
     ModelId::new(s).unwrap()
 }
