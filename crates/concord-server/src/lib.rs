@@ -66,7 +66,7 @@ mod web_root;
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig, ConfigError,
-    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
+    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, QueryLimits, ServerConfig,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

@@ -16,7 +16,7 @@ use concord_protocol::{
     ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
-    ActivityConfig, ActivityHost, ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice,
+    ActivityConfig, ActivityHost, ConnId, QueryLimits, HostConfig, Job, ModelHost, ModelRequest, Notice,
     Outgoing, PresenceHost, PresenceLimits, Read, ReadResult, SessionHost, SessionLimits,
     SessionOutput, SessionRef, Write, replay_page,
 };
@@ -153,6 +153,10 @@ impl SimServer {
                     let from = session.session().clone();
                     self.activities.handle(&from, request, activity);
                     sent.extend(self.ephemeral_outputs());
+                }
+                SessionOutput::Query(read) => {
+                    let limits = QueryLimits::default();
+                    sent.push((conn, self.durable.query(&read, self.config(), &limits)));
                 }
             }
         }
