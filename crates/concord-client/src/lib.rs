@@ -44,6 +44,7 @@ mod history;
 mod model;
 mod permissions;
 mod presence;
+mod query;
 mod rt;
 mod socket;
 
@@ -70,6 +71,7 @@ pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel
 pub use error::ClientError;
 pub use events::Events;
 pub use history::{HistoricalElement, HistoricalModel};
+pub use query::{QueryData, QueryMode, QueryOrigin, QueryResult, QueryRow};
 pub use model::{
     BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
