@@ -29,8 +29,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::domain::{DomainOptions, StoredModel};
 use crate::error::ClientError;
 use crate::events::ModelChannel;
-use crate::query::{LocalModel, QueryResult, evaluate_local};
 use crate::model::Watermarks;
+use crate::query::{LocalModel, QueryResult, evaluate_local};
 use crate::rt::{self, Clock, Instant};
 use crate::socket::{self, Socket};
 

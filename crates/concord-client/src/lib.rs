@@ -71,10 +71,10 @@ pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel
 pub use error::ClientError;
 pub use events::Events;
 pub use history::{HistoricalElement, HistoricalModel};
-pub use query::{QueryData, QueryMode, QueryOrigin, QueryResult, QueryRow};
 pub use model::{
     BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
     Watermarks,
 };
 pub use presence::{PresenceService, state_value};
+pub use query::{QueryData, QueryMode, QueryOrigin, QueryResult, QueryRow};

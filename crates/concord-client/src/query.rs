@@ -94,7 +94,11 @@ impl ModelService {
     }
 
     /// Runs a query where `mode` says.
-    pub async fn query_with(&self, text: &str, mode: QueryMode) -> Result<QueryResult, ClientError> {
+    pub async fn query_with(
+        &self,
+        text: &str,
+        mode: QueryMode,
+    ) -> Result<QueryResult, ClientError> {
         let query = Query::parse(text).map_err(ClientError::Query)?;
         if mode != QueryMode::Store {
             let request = ClientRequest::Query { query: text.to_owned() };

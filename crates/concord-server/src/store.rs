@@ -42,6 +42,8 @@ pub mod fuzzing;
 mod history;
 mod migrate;
 mod query;
+#[cfg(test)]
+mod query_tests;
 mod record;
 #[cfg(test)]
 mod tests;

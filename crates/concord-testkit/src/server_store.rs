@@ -9,8 +9,8 @@ use concord_protocol::{
     CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, User, UserId,
 };
 use concord_protocol::{HistoryOperation, ServerMessage, Timestamp};
-use concord_sync::Decision;
 use concord_query::{Direction, IndexScan, Path};
+use concord_sync::Decision;
 use concord_sync::host::{
     CollectionConfig, HistoryRead, HistorySource, HostConfig, Loaded, ModelRecord, QueryEntry,
     QueryLimits, QueryModelData, QueryRead, QuerySource, StoredModel, Write, history_reply,
@@ -138,7 +138,12 @@ impl MemoryServerStore {
 
     /// The answer to a query the session host accepted, as the server's store gives it: an
     /// index is read by sorting the models' stored keys at its path.
-    pub fn query(&self, read: &QueryRead, config: &HostConfig, limits: &QueryLimits) -> ServerMessage {
+    pub fn query(
+        &self,
+        read: &QueryRead,
+        config: &HostConfig,
+        limits: &QueryLimits,
+    ) -> ServerMessage {
         query_reply(read, config, limits, &mut StoredQuery { store: self })
     }
 
@@ -256,7 +261,10 @@ impl QueryEntry for StoredEntry<'_> {
 }
 
 impl QuerySource for StoredQuery<'_> {
-    fn collection(&mut self, collection: &CollectionId) -> Result<Option<CollectionConfig>, String> {
+    fn collection(
+        &mut self,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, String> {
         Ok(self.store.collection(collection))
     }
 

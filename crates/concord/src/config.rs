@@ -356,8 +356,9 @@ impl Config {
                 .with_context(|| format!("[collections.{id:?}] is not a valid collection id"))?;
             let mut paths = Vec::new();
             for path in &section.indexes {
-                let parsed = concord_query::Path::parse(path)
-                    .with_context(|| format!("[collections.{id}] indexes: {path:?} is not a path"))?;
+                let parsed = concord_query::Path::parse(path).with_context(|| {
+                    format!("[collections.{id}] indexes: {path:?} is not a path")
+                })?;
                 if !paths.contains(&parsed) {
                     paths.push(parsed);
                 }
@@ -479,10 +480,8 @@ mod tests {
         assert_eq!(notes.creators, vec![UserId("alice".into())]);
         assert_eq!(collections[&CollectionId::new("open").unwrap()], CollectionConfig::default());
         let indexes = config.indexes().unwrap();
-        let paths: Vec<String> = indexes[&CollectionId::new("notes").unwrap()]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let paths: Vec<String> =
+            indexes[&CollectionId::new("notes").unwrap()].iter().map(ToString::to_string).collect();
         assert_eq!(paths, ["status", "owner.city"]);
         assert!(!indexes.contains_key(&CollectionId::new("open").unwrap()));
         let bad = file("[collections.notes]\nindexes = [\"a..b\"]\n");

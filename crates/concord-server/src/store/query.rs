@@ -22,12 +22,12 @@ use concord_ot::Document;
 use concord_protocol::{CollectionId, CommittedOperation, ModelId, ModelSnapshot, ServerMessage};
 use concord_query::{IndexKey, IndexScan, KeyBounds, Path};
 use concord_sync::host::{
-    CollectionConfig, HostConfig, ModelRecord, QueryEntry, QueryLimits, QueryModelData,
-    QueryRead, QuerySource, query_reply,
+    CollectionConfig, HostConfig, ModelRecord, QueryEntry, QueryLimits, QueryModelData, QueryRead,
+    QuerySource, query_reply,
 };
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table,
-    TableDefinition, TableHandle,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    TableHandle,
 };
 
 use super::record::{seal, unseal};
@@ -58,7 +58,8 @@ fn entry_key(key: &[u8], model: &str) -> Vec<u8> {
 
 /// The index tables one write transaction changes.
 pub(super) struct IndexTables<'t> {
-    pub(super) entries: Table<'t, (&'static str, &'static str, &'static str, &'static [u8]), &'static str>,
+    pub(super) entries:
+        Table<'t, (&'static str, &'static str, &'static str, &'static [u8]), &'static str>,
     pub(super) model_keys: Table<'t, (&'static str, &'static str), &'static [u8]>,
 }
 
@@ -339,7 +340,10 @@ fn past(key: &[u8]) -> Vec<u8> {
 }
 
 impl QuerySource for StoredQuery<'_> {
-    fn collection(&mut self, collection: &CollectionId) -> Result<Option<CollectionConfig>, String> {
+    fn collection(
+        &mut self,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, String> {
         let txn = self.txn.as_ref().map_err(ToString::to_string)?;
         read_collection(txn, self.domain, collection).map_err(|e| e.to_string())
     }

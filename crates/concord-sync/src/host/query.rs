@@ -78,7 +78,8 @@ pub trait QueryEntry {
 /// the store's messages.
 pub trait QuerySource {
     /// A collection's stored settings.
-    fn collection(&mut self, collection: &CollectionId) -> Result<Option<CollectionConfig>, String>;
+    fn collection(&mut self, collection: &CollectionId)
+    -> Result<Option<CollectionConfig>, String>;
     /// Offers the models of `collection` to `visit` until it returns `false`: with `index`,
     /// those whose key at the index's path is within its bounds, by key then model id in the
     /// index's direction; without, every model of the collection by model id.
@@ -95,9 +96,9 @@ pub trait QuerySource {
 pub fn invalid_query(error: &QueryError) -> ErrorReply {
     let reply = reply(ErrorCode::INVALID_QUERY, error.to_string());
     match error.position() {
-        Some(at) => {
-            reply.with_detail("line", at.line.to_string()).with_detail("column", at.column.to_string())
-        }
+        Some(at) => reply
+            .with_detail("line", at.line.to_string())
+            .with_detail("column", at.column.to_string()),
         None => reply,
     }
 }
@@ -240,7 +241,11 @@ fn answer(
 }
 
 /// A reference evaluator's row (of `model`) as the protocol carries it.
-pub fn wire_row(row: concord_query::QueryRow, model: ModelId, collection: &CollectionId) -> QueryRow {
+pub fn wire_row(
+    row: concord_query::QueryRow,
+    model: ModelId,
+    collection: &CollectionId,
+) -> QueryRow {
     QueryRow {
         model,
         collection: collection.clone(),

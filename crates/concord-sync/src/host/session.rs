@@ -11,8 +11,8 @@ use concord_protocol::{
 };
 
 use super::{
-    HistoryQuery, ModelRequest, Notice, QueryRead, SessionRef, SyncRequest, SyncStep, invalid_query,
-    reply,
+    HistoryQuery, ModelRequest, Notice, QueryRead, SessionRef, SyncRequest, SyncStep,
+    invalid_query, reply,
 };
 
 /// What one session may hold at once.

@@ -16,9 +16,9 @@ use concord_protocol::{
     ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
-    ActivityConfig, ActivityHost, ConnId, QueryLimits, HostConfig, Job, ModelHost, ModelRequest, Notice,
-    Outgoing, PresenceHost, PresenceLimits, Read, ReadResult, SessionHost, SessionLimits,
-    SessionOutput, SessionRef, Write, replay_page,
+    ActivityConfig, ActivityHost, ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice,
+    Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult, SessionHost,
+    SessionLimits, SessionOutput, SessionRef, Write, replay_page,
 };
 
 use crate::server_store::MemoryServerStore;
