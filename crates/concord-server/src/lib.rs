@@ -73,4 +73,4 @@ pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;
 /// Store reading for the fuzz targets; not part of the API.
 #[doc(hidden)]
-pub use store::fuzzing;
+pub use store::{benching, fuzzing};

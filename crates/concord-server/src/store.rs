@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
+pub mod benching;
 pub mod fuzzing;
 mod history;
 mod migrate;
