@@ -484,7 +484,7 @@ mod tests {
             indexes[&CollectionId::new("notes").unwrap()].iter().map(ToString::to_string).collect();
         assert_eq!(paths, ["status", "owner.city"]);
         assert!(!indexes.contains_key(&CollectionId::new("open").unwrap()));
-        let bad = file("[collections.notes]\nindexes = [\"a..b\"]\n");
+        let bad = self::file("[collections.notes]\nindexes = [\"a..b\"]\n");
         assert!(Config::resolve(Settings::default(), bad).unwrap().indexes().is_err());
     }
 

@@ -253,14 +253,16 @@ fn build(
         };
         let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
         let k = (domain, model.as_str());
-        if let Some(bytes) = tables.model_keys.get(k).map_err(backend)? {
-            if let Ok(old) = unseal::<_, IndexedKeys>(MODEL_INDEX_KEYS.name(), &k, bytes.value()) {
-                let model_len = model.as_str().len();
-                keys.extend(old.entries.into_iter().map(|(p, entry)| {
-                    let key = entry[..entry.len().saturating_sub(model_len)].to_vec();
-                    (p, key)
-                }));
-            }
+        // The entries of the indexes built before stay (without their model id suffix).
+        let old = tables.model_keys.get(k).map_err(backend)?.map(|bytes| bytes.value().to_vec());
+        if let Some(Ok(old)) =
+            old.map(|bytes| unseal::<_, IndexedKeys>(MODEL_INDEX_KEYS.name(), &k, &bytes))
+        {
+            let model_len = model.as_str().len();
+            keys.extend(old.entries.into_iter().map(|(p, entry)| {
+                let key = entry[..entry.len().saturating_sub(model_len)].to_vec();
+                (p, key)
+            }));
         }
         for path in paths {
             keys.push((path.to_string(), IndexKey::encode(path.lookup_data(&state.data))));
