@@ -480,9 +480,11 @@ mod tests {
         assert_eq!(notes.creators, vec![UserId("alice".into())]);
         assert_eq!(collections[&CollectionId::new("open").unwrap()], CollectionConfig::default());
         let indexes = config.indexes().unwrap();
-        let paths: Vec<String> =
-            indexes[&CollectionId::new("notes").unwrap()].iter().map(ToString::to_string).collect();
-        assert_eq!(paths, ["status", "owner.city"]);
+        let expected: Vec<concord_query::Path> = ["status", "owner.city"]
+            .iter()
+            .map(|p| concord_query::Path::parse(p).unwrap())
+            .collect();
+        assert_eq!(indexes[&CollectionId::new("notes").unwrap()], expected);
         assert!(!indexes.contains_key(&CollectionId::new("open").unwrap()));
         let bad = self::file("[collections.notes]\nindexes = [\"a..b\"]\n");
         assert!(Config::resolve(Settings::default(), bad).unwrap().indexes().is_err());
