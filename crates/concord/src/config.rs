@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(indexes[&CollectionId::new("notes").unwrap()], expected);
         assert!(!indexes.contains_key(&CollectionId::new("open").unwrap()));
         let bad = self::file("[collections.notes]\nindexes = [\"a..b\"]\n");
-        assert!(Config::resolve(Settings::default(), bad).unwrap().indexes().is_err());
+        assert!(Config::resolve(Settings::default(), bad).is_err(), "a bad index path is refused");
     }
 
     #[test]
