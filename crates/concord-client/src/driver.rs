@@ -30,6 +30,7 @@ use crate::domain::{DomainOptions, StoredModel};
 use crate::error::ClientError;
 use crate::events::ModelChannel;
 use crate::model::Watermarks;
+use crate::query::{LocalModel, QueryResult, evaluate_local};
 use crate::rt::{self, Clock, Instant};
 use crate::socket::{self, Socket};
 
@@ -139,6 +140,11 @@ pub(crate) enum Command {
     },
     StoredModels {
         reply: Reply<Vec<StoredModel>>,
+    },
+    /// A query answered by the offline store.
+    QueryStore {
+        query: Box<concord_query::Query>,
+        reply: Reply<QueryResult>,
     },
     Edit {
         model: ModelId,
@@ -436,6 +442,9 @@ impl Driver {
                     None => Err(ClientError::NotInitialized),
                 };
                 let _ = reply.send(result);
+            }
+            Command::QueryStore { query, reply } => {
+                let _ = reply.send(self.query_store(&query).await);
             }
             Command::StoredModels { reply } => {
                 let _ = reply.send(self.stored_models().await);
@@ -854,6 +863,43 @@ impl Driver {
         Ok(seq)
     }
 
+    /// `query` over the offline store's models of its collection, each as the local view
+    /// shows it (pending changes applied): from memory when loaded, else restored from the
+    /// store.
+    async fn query_store(&self, query: &concord_query::Query) -> Result<QueryResult, ClientError> {
+        let (Some(store), Some(engine)) = (&self.store, &self.engine) else {
+            return Err(ClientError::NotInitialized);
+        };
+        let local = |id: ModelId, replica: &concord_sync::ModelReplica| LocalModel {
+            id,
+            version: replica.confirmed_version(),
+            created: replica.confirmed().created_at.0,
+            modified: replica.confirmed().modified_at.0,
+            data: replica.local().to_value(),
+        };
+        let mut models = Vec::new();
+        for summary in store.models().await? {
+            let record = summary.record;
+            let available = summary.snapshot_version.is_some() || record.created_locally;
+            if record.collection.as_str() != query.collection
+                || record.deleted_locally
+                || !available
+            {
+                continue;
+            }
+            if let Some(replica) = engine.model(&record.id) {
+                models.push(local(record.id, replica));
+                continue;
+            }
+            if let Some(state) = store.load_model(&record.id).await? {
+                let restored =
+                    store::restore(state).map_err(|e| ClientError::Storage(e.to_string()))?;
+                models.push(local(record.id, &restored.replica));
+            }
+        }
+        Ok(evaluate_local(query, &models))
+    }
+
     async fn stored_models(&self) -> Result<Vec<StoredModel>, ClientError> {
         let (Some(store), Some(engine)) = (&self.store, &self.engine) else {
             return Err(ClientError::NotInitialized);
@@ -1071,6 +1117,7 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Open { reply, .. } => drop(reply.send(Err(error))),
         Command::Subscriptions { reply } => drop(reply.send(Err(error))),
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
+        Command::QueryStore { reply, .. } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
         Command::Call { reply, .. }
         | Command::Presence { reply, .. }
@@ -1121,6 +1168,7 @@ impl std::fmt::Debug for Command {
             Command::Unsubscribe { .. } => "Unsubscribe",
             Command::Subscriptions { .. } => "Subscriptions",
             Command::StoredModels { .. } => "StoredModels",
+            Command::QueryStore { .. } => "QueryStore",
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",
             Command::Engine { .. } => "Engine",

@@ -55,6 +55,9 @@ pub enum ClientError {
     #[error(transparent)]
     History(#[from] HistoryError),
     /// The domain was dropped or its store failed; nothing more can be done with it.
+    /// A query that does not parse (or that the language does not have), with its position.
+    #[error("the query is malformed: {0}")]
+    Query(concord_query::QueryError),
     #[error("the domain is closed")]
     Closed,
 }

@@ -44,6 +44,7 @@ mod history;
 mod model;
 mod permissions;
 mod presence;
+mod query;
 mod rt;
 mod socket;
 
@@ -76,3 +77,4 @@ pub use model::{
     Watermarks,
 };
 pub use presence::{PresenceService, state_value};
+pub use query::{QueryData, QueryMode, QueryOrigin, QueryResult, QueryRow};

@@ -111,6 +111,11 @@ pub enum ClientRequest {
         max_operations: u32,
         max_bytes: u32,
     },
+    /// A query over one collection (`SELECT … FROM collection …`, see `docs/queries.md`);
+    /// only models the session's user may read are selected or counted. → `QueryResult`;
+    /// `invalid_query` (with `line` and `column` details when known) for a malformed query,
+    /// `query_scan_limit` for one that would examine too many models.
+    Query { query: String },
 }
 
 /// A client's answer to a server request.

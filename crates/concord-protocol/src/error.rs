@@ -78,6 +78,12 @@ error_codes! {
     PERMISSION_REVOKED = 206, "permission_revoked";
     /// The model would grow past the server's size limit (or its initial data is over it).
     MODEL_TOO_LARGE = 207, "model_too_large";
+    /// A query that does not parse or that the query language does not have; the details
+    /// carry its `line` and `column` when known.
+    INVALID_QUERY = 208, "invalid_query";
+    /// A query would examine more models than the server lets one query examine (it needs
+    /// an index, or a narrower condition).
+    QUERY_SCAN_LIMIT = 209, "query_scan_limit";
 
     /// The operation does not apply (wrong element kind, index out of range, non-finite
     /// number) or introduces an element id that already exists.

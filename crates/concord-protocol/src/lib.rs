@@ -11,7 +11,8 @@
 //! Decoding never panics, bounds nesting depth and never pre-allocates from a length prefix.
 //!
 //! Presence ([`PresenceRequest`]) and activities ([`ActivityRequest`]) are ephemeral
-//! additions, each in its own module.
+//! additions, each in its own module; history and queries ([`QueryPage`]) read models
+//! without opening them.
 //!
 //! Operations, values and references are concord-ot's types, carried as they are.
 //! `docs/protocol.md` lists the messages, their pairing, versioning, limits and error codes.
@@ -24,6 +25,7 @@ mod history;
 mod ids;
 mod payload;
 mod presence;
+mod query;
 mod server;
 
 pub use activity::{ActivityChange, ActivityId, ActivityRequest, Participant};
@@ -47,4 +49,5 @@ pub use payload::{
     ReferenceChange, ReferenceKey, ServerLimits, Session, SharedReference, User,
 };
 pub use presence::{PresenceRequest, PresenceState, UserPresence};
+pub use query::{QueryData, QueryPage, QueryRow};
 pub use server::{HandshakeResult, ServerMessage, ServerPush, ServerRequest, ServerResponse};

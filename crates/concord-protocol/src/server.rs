@@ -11,6 +11,7 @@ use crate::payload::{
     PermissionGrants, Permissions, ReferenceChange, Session, SharedReference,
 };
 use crate::presence::UserPresence;
+use crate::query::QueryPage;
 
 /// One frame from the server to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +81,8 @@ pub enum ServerResponse {
     HistoryOpened(HistoryInfo),
     /// Answers `HistoryFetch`.
     HistoryPage(HistoryPage),
+    /// Answers `Query`.
+    QueryResult(QueryPage),
 }
 
 /// The outcome of a handshake.

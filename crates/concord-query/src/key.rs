@@ -18,7 +18,9 @@
 //! Every key is self-delimiting (no key is a prefix of another), so `key ++ model id` sorts by
 //! key and then by id: that is how a store keeps one index entry per model.
 
-use concord_ot::ValueData;
+use concord_ot::{Document, PathSegment, ValueData};
+
+use crate::ast::{Path, Segment};
 
 use crate::order::normalize_zero;
 
@@ -44,6 +46,21 @@ impl IndexKey {
         let mut out = Vec::new();
         IndexKey::encode_into(value, &mut out);
         out
+    }
+
+    /// The key of the value at `path` in a stored model, read without converting the whole
+    /// document (what a store indexes on every change).
+    pub fn of_document(path: &Path, document: &Document) -> Vec<u8> {
+        let segments: Vec<PathSegment> = path
+            .segments()
+            .iter()
+            .map(|segment| match segment {
+                Segment::Key(key) => PathSegment::Key(key.clone()),
+                Segment::Index(i) => PathSegment::Index(*i),
+            })
+            .collect();
+        let value = document.element_at(&segments).and_then(|id| document.value(id));
+        IndexKey::encode(value.as_ref().map(|v| &v.data))
     }
 
     /// Appends the key of `value` to `out`.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use concord_protocol::{CollectionId, ServerLimits};
 pub use concord_sync::host::CollectionConfig;
-pub use concord_sync::host::{ActivityConfig, ActivityPermissions, ActivityPolicy, PresenceLimits};
+pub use concord_sync::host::{
+    ActivityConfig, ActivityPermissions, ActivityPolicy, PresenceLimits, QueryLimits,
+};
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
 use crate::outbox::max_message_bytes;
@@ -26,6 +28,12 @@ pub struct ServerConfig {
     /// demand with [`CollectionConfig::default`] when `auto_create_collections` is set.
     pub collections: BTreeMap<CollectionId, CollectionConfig>,
     pub auto_create_collections: bool,
+    /// The paths indexed in each collection (`docs/queries.md`): queries whose condition or
+    /// ORDER BY is on one read a range of its index instead of the collection. Built on open
+    /// for the models already stored; dropped from the store when no longer declared.
+    pub indexes: BTreeMap<CollectionId, Vec<concord_query::Path>>,
+    /// What one query may examine and return.
+    pub query: QueryLimits,
     /// A model nobody has open or subscribed is unloaded from memory after this long.
     pub idle_unload: Duration,
     /// Committed operations each loaded model keeps in memory for transforms and resyncs;
@@ -69,6 +77,8 @@ impl ServerConfig {
             limits: ConnectionLimits::default(),
             collections: BTreeMap::new(),
             auto_create_collections: true,
+            indexes: BTreeMap::new(),
+            query: QueryLimits::default(),
             idle_unload: Duration::from_secs(30),
             history_in_memory: 1_000,
             snapshot_every: 1_000,
@@ -100,6 +110,7 @@ impl ServerConfig {
             history_in_memory: self.history_in_memory,
             snapshot_every: self.snapshot_every,
             max_model_bytes: self.max_model_bytes,
+            indexes: self.indexes.clone(),
             ..HostConfig::default()
         }
     }

@@ -193,6 +193,11 @@ impl Connection {
                 SessionOutput::ToActivity { request, activity } => {
                     self.hub.ephemeral.activity(&self.domain, &from, request, activity);
                 }
+                SessionOutput::Query(read) => {
+                    if let Some(outbound) = self.outbox.query(self.domain.clone(), *read) {
+                        self.outbox.send(outbound);
+                    }
+                }
             }
         }
     }
@@ -319,6 +324,16 @@ async fn write_one(
                 let message = tokio::task::spawn_blocking(move || store.history(&key, &read))
                     .await
                     .map_err(|_| ())?;
+                let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
+                let frame = frame(&message, max_bytes).ok_or(())?;
+                feed(sink, frame).await?;
+                written.push(held);
+            }
+            Outbound::Query { domain, read, held } => {
+                let store = hub.store.clone();
+                let (config, limits) = (hub.models.config.clone(), hub.config.query);
+                let answer = move || store.query(&domain, &read, &config, &limits);
+                let message = tokio::task::spawn_blocking(answer).await.map_err(|_| ())?;
                 let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
                 let frame = frame(&message, max_bytes).ok_or(())?;
                 feed(sink, frame).await?;

@@ -66,11 +66,11 @@ mod web_root;
 pub use auth::{AuthError, Authenticator, mint_token};
 pub use config::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig, ConfigError,
-    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
+    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, QueryLimits, ServerConfig,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};
 pub use store::StoreError;
 /// Store reading for the fuzz targets; not part of the API.
 #[doc(hidden)]
-pub use store::fuzzing;
+pub use store::{benching, fuzzing};

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use concord_protocol::{
     EncodeError, ErrorCode, ErrorReply, Limits, ServerMessage, ServerResponse, encode_message,
 };
-use concord_sync::host::{ConnId, HistoryRead, Notice};
+use concord_sync::host::{ConnId, HistoryRead, Notice, QueryRead};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,8 @@ pub(crate) enum Outbound {
     /// The answer to a history request, read from the store by the writer itself (one page
     /// at most, bounded by the host).
     History { key: ModelKey, read: Box<HistoryRead>, held: Held },
+    /// The answer to a query in a domain, read from the store by the writer itself.
+    Query { domain: Arc<str>, read: Box<QueryRead>, held: Held },
     /// Flush what came before, then close the connection.
     Close(Ending),
 }
@@ -136,6 +138,12 @@ impl Outbox {
         Some(Outbound::History { key, read: Box::new(read), held })
     }
 
+    /// A query answer for this connection; `None` if the connection is past its bound.
+    pub(crate) fn query(&self, domain: Arc<str>, read: QueryRead) -> Option<Outbound> {
+        let held = self.hold(0)?;
+        Some(Outbound::Query { domain, read: Box::new(read), held })
+    }
+
     /// Queues `outbound`; a full queue closes the connection.
     pub(crate) fn send(&self, outbound: Outbound) {
         match self.sender.try_send(outbound) {
@@ -209,6 +217,7 @@ pub(crate) fn frame(message: &ServerMessage, max_message_bytes: usize) -> Option
         ServerResponse::ActivityJoined { .. } => "ActivityJoined",
         ServerResponse::HistoryOpened(_) => "HistoryOpened",
         ServerResponse::HistoryPage(_) => "HistoryPage",
+        ServerResponse::QueryResult(_) => "QueryResult",
     };
     tracing::error!(%error, request = to.0, kind, "a reply could not be encoded; an error is sent instead");
     let code = match error {

@@ -60,9 +60,12 @@ impl Server {
         config.check()?;
         let auth = Authenticator::new(&config.auth)?;
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || catching_damage(|| Store::open(&dir)))
-            .await
-            .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
+        let indexes = config.indexes.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            catching_damage(|| Store::open_indexed(&dir, &indexes))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;

@@ -38,20 +38,26 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
+pub mod benching;
 pub mod fuzzing;
 mod history;
 mod migrate;
+mod query;
+#[cfg(test)]
+mod query_tests;
 mod record;
 #[cfg(test)]
 mod tests;
 
+use query::{COLLECTION_MODELS, INDEX_ENTRIES, INDEXES, IndexTables, MODEL_INDEX_KEYS};
 use record::{Damage, seal, unseal};
 
 /// The format of the server's store; bumped on any change of a table or record. Format 1
 /// stored plain records and no replica owners; format 2 kept only each replica's last
-/// commit, not its refusals; format 3 kept no checkpoints and no operation users; `migrate`
-/// brings them all to this one.
-const FORMAT_VERSION: u64 = 4;
+/// commit, not its refusals; format 3 kept no checkpoints and no operation users; format 4
+/// had no collection membership and no indexes (`query`); `migrate` brings them all to this
+/// one.
+const FORMAT_VERSION: u64 = 5;
 const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
@@ -189,6 +195,15 @@ impl Store {
     /// refused ([`StoreError::NotAStore`]); one of an older format is migrated in one
     /// transaction, one of a newer format refused.
     pub(crate) fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_indexed(dir, &BTreeMap::new())
+    }
+
+    /// [`Store::open`], then builds the `indexes` declared per collection that the store
+    /// does not have yet (over every stored model) and drops those no longer declared.
+    pub(crate) fn open_indexed(
+        dir: &Path,
+        indexes: &BTreeMap<CollectionId, Vec<concord_query::Path>>,
+    ) -> Result<Store, StoreError> {
         create_private_dir(dir)?;
         let path = dir.join(FILE_NAME);
         if !path.try_exists()? {
@@ -204,6 +219,7 @@ impl Store {
             migrate::to_current(&db, found)?;
             tracing::info!(from = found, to = FORMAT_VERSION, "migrated the server store");
         }
+        query::sync_indexes(&db, indexes)?;
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -401,6 +417,10 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REPLICA_OWNERS).map_err(backend)?;
     txn.open_table(CHECKPOINTS).map_err(backend)?;
     txn.open_table(OPERATION_USERS).map_err(backend)?;
+    txn.open_table(COLLECTION_MODELS).map_err(backend)?;
+    txn.open_table(INDEX_ENTRIES).map_err(backend)?;
+    txn.open_table(MODEL_INDEX_KEYS).map_err(backend)?;
+    txn.open_table(INDEXES).map_err(backend)?;
     Ok(())
 }
 
@@ -600,6 +620,8 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
         let mut replica_owners = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
         let mut operation_users = txn.open_table(OPERATION_USERS).map_err(backend)?;
+        let mut members = txn.open_table(COLLECTION_MODELS).map_err(backend)?;
+        let mut indexes = IndexTables::open(&txn)?;
         for job in group {
             let domain = &*job.domain;
             for write in &job.writes {
@@ -609,6 +631,8 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                         models
                             .insert(k, seal(MODELS.name(), &k, record).as_slice())
                             .map_err(backend)?;
+                        let member = (domain, record.collection.as_str(), model.as_str());
+                        members.insert(member, 0).map_err(backend)?;
                         let sealed = seal(SNAPSHOTS.name(), &k, snapshot);
                         snapshots.insert(k, sealed.as_slice()).map_err(backend)?;
                         // The model as created: where its history starts.
@@ -665,9 +689,23 @@ fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
                             .insert(k, seal(MODELS.name(), &k, record).as_slice())
                             .map_err(backend)?;
                     }
+                    Write::IndexModel { model, collection, keys } => {
+                        let keys: Vec<(String, Vec<u8>)> =
+                            keys.iter().map(|(p, k)| (p.to_string(), k.clone())).collect();
+                        indexes.set(domain, model.as_str(), collection.as_str(), &keys)?;
+                    }
                     Write::DeleteModel { model, at } => {
                         let model = model.as_str();
-                        models.remove((domain, model)).map_err(backend)?;
+                        indexes.remove(domain, model)?;
+                        let record = models.remove((domain, model)).map_err(backend)?;
+                        let record = record.and_then(|bytes| {
+                            unseal::<_, ModelRecord>(MODELS.name(), &(domain, model), bytes.value())
+                                .ok()
+                        });
+                        if let Some(record) = record {
+                            let member = (domain, record.collection.as_str(), model);
+                            members.remove(member).map_err(backend)?;
+                        }
                         snapshots.remove((domain, model)).map_err(backend)?;
                         operations
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)

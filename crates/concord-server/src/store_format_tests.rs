@@ -4,7 +4,8 @@
 //! row in every table: models (with and without a creation nonce and a creator, with grants),
 //! snapshots, the operation log, the last commit per replica, a deleted id, collections and
 //! users, in two domains; from format 2 on, replicas bound to users too; from format 3 on,
-//! submissions refused for good; from format 4 on, checkpoints and the users of operations.
+//! submissions refused for good; from format 4 on, checkpoints and the users of operations;
+//! from format 5 on, each collection's models and an index (on `n` in `notes`).
 //! For every format up to the current one (the version a new
 //! store records) a fixture must exist; the test opens a copy through [`Store`], checks that the
 //! file then records the current format, and compares everything it reads with the values
@@ -79,16 +80,21 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         assert_eq!(recorded_format(&path), version, "{} holds another format", path.display());
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(&path, dir.path().join(FILE_NAME)).unwrap();
-        let store = Store::open(dir.path())
+        // Opened with the index declared: built on open for the older formats.
+        let store = Store::open_indexed(dir.path(), &v5::indexes())
             .unwrap_or_else(|e| panic!("format {version} does not open: {e}"));
         if version < 4 {
             v4::check_migrated(&store);
+        }
+        if version < 5 {
+            v5::check_migrated(&store);
         }
         match version {
             1 => v1::check(&store),
             2 => v2::check(&store),
             3 => v3::check(&store),
             4 => v4::check(&store),
+            5 => v5::check(&store),
             _ => panic!("write out what the format {version} fixture holds"),
         }
         drop(store);
@@ -100,20 +106,20 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
 
 #[tokio::test]
 async fn the_generator_writes_what_the_current_fixture_holds() {
-    assert_eq!(current_format(), 4, "write and check the new format's contents here");
+    assert_eq!(current_format(), 5, "write and check the new format's contents here");
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
-    v4::check(&Store::open(dir.path()).unwrap());
+    v5::check(&Store::open_indexed(dir.path(), &v5::indexes()).unwrap());
 }
 
 /// Writes the current format's contents through the store's writer.
 async fn write_store(dir: &Path) {
-    let store = Store::open(dir).unwrap();
+    let store = Store::open_indexed(dir, &v5::indexes()).unwrap();
     let (writer, thread) = store.start_writer(CancellationToken::new()).unwrap();
     // Each step is made durable before the next is queued, so that each is one transaction
     // whatever the timing (the writer groups what is queued meanwhile): the file comes out
     // the same every run.
-    for (domain, writes) in v4::writes() {
+    for (domain, writes) in v5::writes() {
         writer.submit(Job { domain: Arc::from(domain), writes, ..Job::default() }).await.unwrap();
         writer.flush().await.unwrap();
     }
@@ -772,5 +778,69 @@ mod v4 {
             panic!("no page")
         };
         assert_eq!(at.start_version, 3);
+    }
+}
+
+/// Format 5: each collection's models are listed and indexes kept. It holds what format 4
+/// held, `story` indexed on `n` (at its version 5), and the index declaration.
+mod v5 {
+    use concord_protocol::{QueryData, QueryPage, RequestId, ServerMessage, ServerResponse};
+    use concord_query::{IndexKey, Path, Query};
+    use concord_sync::host::{HostConfig, QueryLimits, QueryRead};
+
+    use super::*;
+
+    const NOTES: &str = "acme/notes";
+
+    fn notes() -> CollectionId {
+        CollectionId::new("notes").unwrap()
+    }
+
+    pub(super) fn indexes() -> BTreeMap<CollectionId, Vec<Path>> {
+        BTreeMap::from([(notes(), vec![Path::parse("n").unwrap()])])
+    }
+
+    pub(super) fn writes() -> Vec<(&'static str, Vec<Write>)> {
+        let mut steps = v4::writes();
+        let key = IndexKey::encode(Some(&ValueData::Number(5.0)));
+        let keys = vec![(Path::parse("n").unwrap(), key)];
+        let story = ModelId::new("story").unwrap();
+        steps.push((NOTES, vec![Write::IndexModel { model: story, collection: notes(), keys }]));
+        steps
+    }
+
+    fn query(store: &Store, text: &str) -> QueryPage {
+        let read = QueryRead {
+            request: RequestId(1),
+            user: User { id: user("ann"), display_name: None, anonymous: false },
+            query: Query::parse(text).unwrap(),
+        };
+        let config = HostConfig { indexes: indexes(), ..HostConfig::default() };
+        match store.query(NOTES, &read, &config, &QueryLimits::default()) {
+            ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } => page,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    /// An older store once migrated: its models are listed in their collections.
+    pub(super) fn check_migrated(store: &Store) {
+        let page = query(store, "SELECT title FROM notes");
+        assert!(page.index.is_none());
+        let ids: Vec<&str> = page.rows.iter().map(|r| r.model.as_str()).collect();
+        assert!(ids.contains(&"doc"), "doc is listed in notes: {ids:?}");
+    }
+
+    pub(super) fn check(store: &Store) {
+        v4::check(store);
+        check_migrated(store);
+        let page = query(store, "SELECT n FROM notes WHERE n >= 5");
+        assert_eq!((page.index.as_deref(), page.total, page.scanned), (Some("n"), 1, 1));
+        let row = &page.rows[0];
+        assert_eq!((row.model.as_str(), row.version), ("story", 5));
+        let n = match &row.data {
+            QueryData::Paths(values) => values[0].as_ref().map(|v| v.data.clone()),
+            QueryData::All(_) => None,
+        };
+        assert_eq!(n, Some(ValueData::Number(5.0)));
     }
 }

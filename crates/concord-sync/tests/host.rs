@@ -70,8 +70,12 @@ impl Server {
                 }
                 // Presence and activities have their own unit tests (`host/presence.rs`,
                 // `host/activity.rs`); none is asked here.
-                SessionOutput::ToPresence { .. } | SessionOutput::ToActivity { .. } => {
-                    unreachable!("no presence or activity request is sent")
+                // Queries are answered over a store (`host/query.rs`; the server's and the
+                // simulation's store tests); none is asked here.
+                SessionOutput::ToPresence { .. }
+                | SessionOutput::ToActivity { .. }
+                | SessionOutput::Query(_) => {
+                    unreachable!("no presence, activity or query request is sent")
                 }
             }
         }

@@ -9,10 +9,12 @@ use concord_protocol::{
     CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, User, UserId,
 };
 use concord_protocol::{HistoryOperation, ServerMessage, Timestamp};
+use concord_query::{Direction, IndexScan, Path};
 use concord_sync::Decision;
 use concord_sync::host::{
-    CollectionConfig, HistoryRead, HistorySource, Loaded, ModelRecord, StoredModel, Write,
-    history_reply,
+    CollectionConfig, HistoryRead, HistorySource, HostConfig, Loaded, ModelRecord, QueryEntry,
+    QueryLimits, QueryModelData, QueryRead, QuerySource, StoredModel, Write, history_reply,
+    query_reply,
 };
 
 /// Everything a server has made durable.
@@ -31,6 +33,8 @@ pub struct MemoryServerStore {
     checkpoints: BTreeMap<ModelId, BTreeMap<u64, ModelSnapshot>>,
     /// The user of each committed operation, by model and version.
     operation_users: BTreeMap<ModelId, BTreeMap<u64, UserId>>,
+    /// Each model's keys in its collection's indexes (`Write::IndexModel`).
+    index_keys: BTreeMap<ModelId, Vec<(Path, Vec<u8>)>>,
 }
 
 impl MemoryServerStore {
@@ -73,7 +77,11 @@ impl MemoryServerStore {
                     *stored = record.clone();
                 }
             }
+            Write::IndexModel { model, keys, .. } => {
+                self.index_keys.insert(model.clone(), keys.clone());
+            }
             Write::DeleteModel { model, .. } => {
+                self.index_keys.remove(model);
                 self.models.remove(model);
                 self.operations.remove(model);
                 self.replicas.remove(model);
@@ -126,6 +134,30 @@ impl MemoryServerStore {
     /// it.
     pub fn history(&self, read: &HistoryRead) -> ServerMessage {
         history_reply(read, &mut StoredHistory { store: self, model: &read.model })
+    }
+
+    /// The answer to a query the session host accepted, as the server's store gives it: an
+    /// index is read by sorting the models' stored keys at its path.
+    pub fn query(
+        &self,
+        read: &QueryRead,
+        config: &HostConfig,
+        limits: &QueryLimits,
+    ) -> ServerMessage {
+        query_reply(read, config, limits, &mut StoredQuery { store: self })
+    }
+
+    /// A model's current state: its snapshot and the operations after it, applied.
+    pub fn current(&self, model: &ModelId) -> Result<QueryModelData, String> {
+        let (_, snapshot) = self.models.get(model).ok_or_else(|| format!("no model {model}"))?;
+        let mut document = snapshot.data.clone();
+        let (mut version, mut modified) = (snapshot.version, snapshot.modified_at);
+        for operation in self.operations(model, snapshot.version, u64::MAX, usize::MAX) {
+            document.apply(&operation.operation).map_err(|e| e.to_string())?;
+            version = operation.version;
+            modified = operation.timestamp;
+        }
+        Ok(QueryModelData::of(&document, version, snapshot.created_at, modified))
     }
 
     /// What the store keeps about `model` besides its data, while it exists.
@@ -202,5 +234,66 @@ impl HistorySource for StoredHistory<'_> {
     fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
         let operations = self.store.operations.get(self.model);
         Ok(operations.and_then(|o| o.get(&version)).map(|o| o.timestamp))
+    }
+}
+
+/// The models of a [`MemoryServerStore`], for a query.
+struct StoredQuery<'a> {
+    store: &'a MemoryServerStore,
+}
+
+struct StoredEntry<'a> {
+    store: &'a MemoryServerStore,
+    model: &'a ModelId,
+    record: &'a ModelRecord,
+}
+
+impl QueryEntry for StoredEntry<'_> {
+    fn model(&self) -> &ModelId {
+        self.model
+    }
+    fn record(&self) -> &ModelRecord {
+        self.record
+    }
+    fn load(&mut self) -> Result<QueryModelData, String> {
+        self.store.current(self.model)
+    }
+}
+
+impl QuerySource for StoredQuery<'_> {
+    fn collection(
+        &mut self,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, String> {
+        Ok(self.store.collection(collection))
+    }
+
+    fn scan(
+        &mut self,
+        collection: &CollectionId,
+        index: Option<&IndexScan>,
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let members = self.store.models.iter().filter(|(_, (r, _))| &r.collection == collection);
+        let mut order: Vec<(Vec<u8>, &ModelId, &ModelRecord)> = match index {
+            None => members.map(|(id, (record, _))| (Vec::new(), id, record)).collect(),
+            Some(scan) => members
+                .filter_map(|(id, (record, _))| {
+                    let keys = self.store.index_keys.get(id)?;
+                    let (_, key) = keys.iter().find(|(path, _)| *path == scan.path)?;
+                    scan.bounds.contains(key).then(|| (key.clone(), id, record))
+                })
+                .collect(),
+        };
+        order.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        if index.is_some_and(|scan| scan.direction == Direction::Descending) {
+            order.reverse();
+        }
+        for (_, model, record) in order {
+            if !visit(&mut StoredEntry { store: self.store, model, record })? {
+                break;
+            }
+        }
+        Ok(())
     }
 }

@@ -138,6 +138,9 @@ pub(crate) struct CollectionSection {
     /// Users who may create models when `world_create` is false.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) creators: Vec<String>,
+    /// Paths indexed for queries (`"status"`, `"owner.city"`; `docs/queries.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) indexes: Vec<String>,
 }
 
 /// Permissions written as a table, for example `{ read = true, write = true }`; a permission
@@ -340,6 +343,31 @@ impl Config {
         Ok(collections)
     }
 
+    /// The `indexes` of the `[collections.<id>]` tables as the server takes them.
+    pub(crate) fn indexes(
+        &self,
+    ) -> anyhow::Result<BTreeMap<CollectionId, Vec<concord_query::Path>>> {
+        let mut indexes = BTreeMap::new();
+        for (id, section) in &self.collections {
+            if section.indexes.is_empty() {
+                continue;
+            }
+            let collection = CollectionId::new(id.as_str())
+                .with_context(|| format!("[collections.{id:?}] is not a valid collection id"))?;
+            let mut paths = Vec::new();
+            for path in &section.indexes {
+                let parsed = concord_query::Path::parse(path).with_context(|| {
+                    format!("[collections.{id}] indexes: {path:?} is not a path")
+                })?;
+                if !paths.contains(&parsed) {
+                    paths.push(parsed);
+                }
+            }
+            indexes.insert(collection, paths);
+        }
+        Ok(indexes)
+    }
+
     /// The library's configuration, given how connections authenticate.
     pub(crate) fn server_config(&self, auth: AuthConfig) -> anyhow::Result<ServerConfig> {
         let mut server = ServerConfig::new(self.bind, &self.data_dir, auth);
@@ -359,6 +387,7 @@ impl Config {
         server.max_connections = self.max_connections;
         server.max_connections_per_address = self.max_connections_per_address;
         server.collections = self.collections()?;
+        server.indexes = self.indexes()?;
         server.auto_create_collections = self.auto_create_collections;
         server.idle_unload = Duration::from_secs(self.idle_unload_secs);
         server.history_in_memory = self.history_in_memory;
@@ -434,6 +463,7 @@ mod tests {
             users = { alice = { read = true, write = true, manage = true } }
             world_create = false
             creators = ["alice"]
+            indexes = ["status", "owner.city", "status"]
 
             [collections.open]
             "#,
@@ -449,6 +479,15 @@ mod tests {
         assert!(!notes.world_create);
         assert_eq!(notes.creators, vec![UserId("alice".into())]);
         assert_eq!(collections[&CollectionId::new("open").unwrap()], CollectionConfig::default());
+        let indexes = config.indexes().unwrap();
+        let expected: Vec<concord_query::Path> = ["status", "owner.city"]
+            .iter()
+            .map(|p| concord_query::Path::parse(p).unwrap())
+            .collect();
+        assert_eq!(indexes[&CollectionId::new("notes").unwrap()], expected);
+        assert!(!indexes.contains_key(&CollectionId::new("open").unwrap()));
+        let bad = self::file("[collections.notes]\nindexes = [\"a..b\"]\n");
+        assert!(Config::resolve(Settings::default(), bad).is_err(), "a bad index path is refused");
     }
 
     #[test]

@@ -379,6 +379,7 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
                 max_bytes,
             }
         ),
+        text().prop_map(|query| Query { query }),
     ]
 }
 
@@ -584,7 +585,27 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
                     max_version,
                 })
             }),
+        (vec(query_row(), 0..3), any::<u64>(), any::<u64>(), option::of(text())).prop_map(
+            |(rows, total, scanned, index)| QueryResult(QueryPage { rows, total, scanned, index })
+        ),
     ]
+}
+
+pub fn query_row() -> impl Strategy<Value = QueryRow> {
+    let data = prop_oneof![
+        value().prop_map(QueryData::All),
+        vec(option::of(value()), 0..3).prop_map(QueryData::Paths),
+    ];
+    (model_id(), collection_id(), any::<u64>(), timestamp(), timestamp(), data).prop_map(
+        |(model, collection, version, created_at, modified_at, data)| QueryRow {
+            model,
+            collection,
+            version,
+            created_at,
+            modified_at,
+            data,
+        },
+    )
 }
 
 pub fn server_push() -> impl Strategy<Value = ServerPush> {
@@ -660,6 +681,7 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::Activity::Remove",
     "Request::HistoryOpen",
     "Request::HistoryFetch",
+    "Request::Query",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -697,6 +719,7 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
             },
             ClientRequest::HistoryOpen { .. } => "Request::HistoryOpen",
             ClientRequest::HistoryFetch { .. } => "Request::HistoryFetch",
+            ClientRequest::Query { .. } => "Request::Query",
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -726,6 +749,7 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::ActivityJoined",
     "Response::HistoryOpened",
     "Response::HistoryPage",
+    "Response::QueryResult",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -771,6 +795,7 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::ActivityJoined { .. } => "Response::ActivityJoined",
             ServerResponse::HistoryOpened(_) => "Response::HistoryOpened",
             ServerResponse::HistoryPage(_) => "Response::HistoryPage",
+            ServerResponse::QueryResult(_) => "Response::QueryResult",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {

@@ -17,6 +17,9 @@
 //! creation keeps its whole history). Operations committed before carry no user. A
 //! snapshot that fails its checksum gets no checkpoint (it stays reported as damaged).
 //!
+//! Format 4 → 5: each collection's models are listed (`collection_models`), and indexes
+//! are kept (empty until declared: `Store::open_indexed` builds them after migrating).
+//!
 //! An older store takes every step, in the same transaction. Tables are rewritten a chunk
 //! at a time, so that a large store never sits in memory whole.
 
@@ -58,6 +61,9 @@ pub(super) fn to_current(db: &Database, found: u64) -> Result<(), StoreError> {
     create_tables(&txn)?;
     if found <= 3 {
         from_v3(&txn)?;
+    }
+    if found <= 4 {
+        super::query::fill_collection_models(&txn)?;
     }
     txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
     txn.commit().map_err(backend)

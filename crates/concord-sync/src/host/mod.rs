@@ -23,6 +23,7 @@ mod history;
 mod model;
 mod permissions;
 mod presence;
+mod query;
 mod session;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,10 @@ pub use history::{
 pub use model::{LoadError, ModelHost};
 pub use permissions::{effective, may_create};
 pub use presence::{Broadcast, PresenceHost, PresenceLimits};
+pub use query::{
+    QueryEntry, QueryLimits, QueryModelData, QueryRead, QuerySource, invalid_query, query_reply,
+    wire_row,
+};
 pub use session::{SessionHost, SessionLimits, SessionOutput};
 
 /// Connections are told apart by a number the caller makes unique within a server's run and
@@ -80,6 +85,9 @@ pub struct HostConfig {
     /// (or a creation with more) is refused with `model_too_large`. Keep it well under the
     /// largest message a client accepts, so that any model can still be opened.
     pub max_model_bytes: u64,
+    /// The paths indexed in each collection: a store keeps, per path, every model's value
+    /// there in query order, so that queries on them read a range instead of the collection.
+    pub indexes: BTreeMap<CollectionId, Vec<concord_query::Path>>,
 }
 
 /// The default [`HostConfig::max_model_bytes`]: 16 MiB. A snapshot message carries the whole
@@ -96,6 +104,7 @@ impl Default for HostConfig {
             snapshot_every: 1_000,
             page: 256,
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
+            indexes: BTreeMap::new(),
         }
     }
 }
@@ -183,7 +192,15 @@ pub enum Write {
         model: ModelId,
         record: ModelRecord,
     },
-    /// Forgets the model and remembers that its id was used.
+    /// The model's keys in its collection's indexes (per indexed path, its
+    /// [`IndexKey`](concord_query::IndexKey) there), replacing those it had. Written with its
+    /// creation and with each commit that changes them, in the same job.
+    IndexModel {
+        model: ModelId,
+        collection: CollectionId,
+        keys: Vec<(concord_query::Path, Vec<u8>)>,
+    },
+    /// Forgets the model (its index keys too) and remembers that its id was used.
     DeleteModel {
         model: ModelId,
         at: Timestamp,

@@ -49,6 +49,8 @@ struct Live {
     collection: CollectionConfig,
     /// Operations committed since the last stored snapshot.
     since_snapshot: u64,
+    /// The index keys last written for the model (`None`: not since it was loaded).
+    indexed: Option<Vec<(concord_query::Path, Vec<u8>)>>,
 }
 
 impl Live {
@@ -478,6 +480,26 @@ impl ModelHost {
         }
     }
 
+    /// Writes the model's keys in its collection's indexes when they changed (or were not
+    /// written since it was loaded), in the job of the change.
+    fn write_index(&mut self) {
+        let State::Live(live) = &mut self.state else { return };
+        let Some(paths) = self.config.indexes.get(&live.record.collection) else { return };
+        let document = live.sequencer.document();
+        let keys: Vec<(concord_query::Path, Vec<u8>)> = paths
+            .iter()
+            .map(|path| (path.clone(), concord_query::IndexKey::of_document(path, document)))
+            .collect();
+        if live.indexed.as_ref() != Some(&keys) {
+            live.indexed = Some(keys.clone());
+            self.job.writes.push(Write::IndexModel {
+                model: self.model.clone(),
+                collection: live.record.collection.clone(),
+                keys,
+            });
+        }
+    }
+
     /// A history request: answered from the store, up to the current version, if the
     /// session may read the model.
     fn history(&mut self, from: &SessionRef, request: RequestId, query: HistoryQuery) {
@@ -759,7 +781,9 @@ impl ModelHost {
             record,
             collection: config,
             since_snapshot: 0,
+            indexed: None,
         }));
+        self.write_index();
         match after {
             AfterCreate::Open(attachment) => self.open(from, request, None, attachment),
             AfterCreate::Sync(rest) => self.sync(now, from, *rest),
@@ -1087,6 +1111,7 @@ impl ModelHost {
             SubmitOutcome::Committed(record) => {
                 let operation = record.operation.clone();
                 self.job.writes.push(Write::Commit(record));
+                self.write_index();
                 self.move_references(&operation.operation);
                 if let State::Live(live) = &mut self.state {
                     live.since_snapshot += 1;
@@ -1416,5 +1441,5 @@ fn restore(model: &ModelId, stored: StoredModel, config: &HostConfig) -> Result<
         })?;
     }
     sequencer.trim_history();
-    Ok(Live { sequencer, record: stored.record, collection, since_snapshot })
+    Ok(Live { sequencer, record: stored.record, collection, since_snapshot, indexed: None })
 }

@@ -10,7 +10,10 @@ use concord_protocol::{
     ServerMessage, ServerResponse,
 };
 
-use super::{HistoryQuery, ModelRequest, Notice, SessionRef, SyncRequest, SyncStep, reply};
+use super::{
+    HistoryQuery, ModelRequest, Notice, QueryRead, SessionRef, SyncRequest, SyncStep,
+    invalid_query, reply,
+};
 
 /// What one session may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,8 @@ pub enum SessionOutput {
     ToPresence { request: RequestId, presence: PresenceRequest },
     /// For the domain's [`ActivityHost`](super::ActivityHost), which answers it.
     ToActivity { request: RequestId, activity: ActivityRequest },
+    /// A query to answer from durable state ([`query_reply`](super::query_reply)).
+    Query(Box<QueryRead>),
 }
 
 /// The server side of one authenticated connection. Feed it the client's messages
@@ -448,6 +453,15 @@ impl SessionHost {
                 let query = HistoryQuery::Fetch { start, checkpoint, max_operations, max_bytes };
                 self.route(model, ModelRequest::History { request: id, query })
             }
+            ClientRequest::Query { query } => match concord_query::Query::parse(&query) {
+                Ok(query) => {
+                    let read = QueryRead { request: id, user: self.session.user.clone(), query };
+                    self.outputs.push_back(SessionOutput::Query(Box::new(read)));
+                }
+                Err(error) => {
+                    self.reply(ServerMessage::Error { to: Some(id), error: invalid_query(&error) })
+                }
+            },
         }
     }
 }

@@ -17,8 +17,8 @@ use concord_protocol::{
 };
 use concord_sync::host::{
     ActivityConfig, ActivityHost, ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice,
-    Outgoing, PresenceHost, PresenceLimits, Read, ReadResult, SessionHost, SessionLimits,
-    SessionOutput, SessionRef, Write, replay_page,
+    Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult, SessionHost,
+    SessionLimits, SessionOutput, SessionRef, Write, replay_page,
 };
 
 use crate::server_store::MemoryServerStore;
@@ -153,6 +153,10 @@ impl SimServer {
                     let from = session.session().clone();
                     self.activities.handle(&from, request, activity);
                     sent.extend(self.ephemeral_outputs());
+                }
+                SessionOutput::Query(read) => {
+                    let limits = QueryLimits::default();
+                    sent.push((conn, self.durable.query(&read, self.config(), &limits)));
                 }
             }
         }

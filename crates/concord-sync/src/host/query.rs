@@ -1,0 +1,260 @@
+//! Answering a query over a collection: what a `Query` request returns, decided here over
+//! whatever store holds the models and their indexes ([`QuerySource`]).
+//!
+//! The session host parses the query (a malformed one is refused there with its position);
+//! the caller then answers it from durable state with [`query_reply`]. The plan comes from
+//! `concord-query` ([`Query::plan`]) against the collection's declared indexes
+//! ([`HostConfig::indexes`]): the source reads one index range, or the whole collection.
+//! Every model the source yields counts against [`QueryLimits::max_scanned`] (a typed
+//! `query_scan_limit` error past it); a model the user may not read is skipped before its
+//! data is loaded and is neither selected nor counted in the total.
+
+use std::collections::BTreeMap;
+
+use concord_ot::{Document, Value};
+use concord_protocol::{
+    CollectionId, ErrorCode, ErrorReply, ModelId, QueryData, QueryPage, QueryRow, RequestId,
+    ServerMessage, ServerResponse, Timestamp, User,
+};
+use concord_query::{Candidate, IndexScan, Query, QueryError, SelectedData};
+
+use super::{CollectionConfig, HostConfig, ModelRecord, effective, reply};
+
+/// What one query may cost the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Models (index entries or collection members) one query may examine.
+    pub max_scanned: usize,
+    /// Rows one answer carries at most, whatever the query's LIMIT (the total still counts
+    /// every match, so a client pages on with OFFSET).
+    pub max_rows: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> QueryLimits {
+        QueryLimits { max_scanned: 100_000, max_rows: 1_000 }
+    }
+}
+
+/// A parsed query the session host accepted, to be answered from durable state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryRead {
+    pub request: RequestId,
+    /// Whose permissions decide which models appear.
+    pub user: User,
+    pub query: Query,
+}
+
+/// A model's current state as a store holds it, for a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryModelData {
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub modified_at: Timestamp,
+    pub data: Value,
+}
+
+impl QueryModelData {
+    /// The state of a document at `version`.
+    pub fn of(document: &Document, version: u64, created: Timestamp, modified: Timestamp) -> Self {
+        QueryModelData {
+            version,
+            created_at: created,
+            modified_at: modified,
+            data: document.to_value(),
+        }
+    }
+}
+
+/// One model a source offers: its id and record at once, its data only when asked (a
+/// model the user may not read, or one only counted, is never loaded).
+pub trait QueryEntry {
+    fn model(&self) -> &ModelId;
+    fn record(&self) -> &ModelRecord;
+    fn load(&mut self) -> Result<QueryModelData, String>;
+}
+
+/// The models of a domain's collections and their indexes, as a store holds them. Errors are
+/// the store's messages.
+pub trait QuerySource {
+    /// A collection's stored settings.
+    fn collection(&mut self, collection: &CollectionId)
+    -> Result<Option<CollectionConfig>, String>;
+    /// Offers the models of `collection` to `visit` until it returns `false`: with `index`,
+    /// those whose key at the index's path is within its bounds, by key then model id in the
+    /// index's direction; without, every model of the collection by model id.
+    fn scan(
+        &mut self,
+        collection: &CollectionId,
+        index: Option<&IndexScan>,
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
+    ) -> Result<(), String>;
+}
+
+/// The error a malformed query gets: `invalid_query`, with its position as `line` and
+/// `column` details when known.
+pub fn invalid_query(error: &QueryError) -> ErrorReply {
+    let reply = reply(ErrorCode::INVALID_QUERY, error.to_string());
+    match error.position() {
+        Some(at) => reply
+            .with_detail("line", at.line.to_string())
+            .with_detail("column", at.column.to_string()),
+        None => reply,
+    }
+}
+
+/// The answer to `read` from `source`: a `QueryResult`, or a typed error
+/// (`query_scan_limit`, `collection_not_found` for a collection neither configured nor
+/// stored when the server does not create them, `internal` for a failing store).
+pub fn query_reply(
+    read: &QueryRead,
+    config: &HostConfig,
+    limits: &QueryLimits,
+    source: &mut dyn QuerySource,
+) -> ServerMessage {
+    let to = read.request;
+    match answer(read, config, limits, source) {
+        Ok(page) => ServerMessage::Response { to, response: ServerResponse::QueryResult(page) },
+        Err(error) => ServerMessage::Error { to: Some(to), error },
+    }
+}
+
+/// Why a scan stopped early.
+enum Stop {
+    ScanLimit,
+    Store(String),
+}
+
+fn answer(
+    read: &QueryRead,
+    config: &HostConfig,
+    limits: &QueryLimits,
+    source: &mut dyn QuerySource,
+) -> Result<QueryPage, ErrorReply> {
+    let internal = |e: String| reply(ErrorCode::INTERNAL, format!("the query failed: {e}"));
+    let mut query = read.query.clone();
+    query.limit = Some(query.limit.map_or(limits.max_rows, |l| l.min(limits.max_rows)));
+    let Ok(collection) = CollectionId::new(query.collection.clone()) else {
+        return Err(reply(
+            ErrorCode::INVALID_QUERY,
+            format!("{:?} is not a collection id", query.collection),
+        ));
+    };
+    let settings = match config.collections.get(&collection) {
+        Some(settings) => settings.clone(),
+        None => match source.collection(&collection).map_err(internal)? {
+            Some(settings) => settings,
+            // An unknown collection has no models: an empty answer, unless the server only
+            // knows configured collections.
+            None if config.auto_create_collections => CollectionConfig::default(),
+            None => {
+                return Err(reply(
+                    ErrorCode::COLLECTION_NOT_FOUND,
+                    format!("no collection {collection}"),
+                ));
+            }
+        },
+    };
+    let indexes = config.indexes.get(&collection).map(Vec::as_slice).unwrap_or_default();
+    let plan = query.plan(indexes);
+    let window = query.offset.saturating_add(query.limit.unwrap_or(u64::MAX));
+    // With the index order as the result order, only the first `window` matches need their
+    // data; the rest are counted.
+    let ordered = plan.index.as_ref().is_some_and(|scan| scan.order_satisfied);
+
+    let mut scanned = 0usize;
+    let mut total = 0u64;
+    let mut kept: Vec<(ModelId, QueryModelData)> = Vec::new();
+    let mut stop = None;
+    let mut visit = |entry: &mut dyn QueryEntry| -> Result<bool, String> {
+        if scanned >= limits.max_scanned {
+            stop = Some(Stop::ScanLimit);
+            return Ok(false);
+        }
+        scanned += 1;
+        let record = entry.record();
+        if !effective(&read.user, record.creator.as_ref(), &record.grants, &settings).read {
+            return Ok(true);
+        }
+        if ordered && plan.residual.is_none() && kept.len() as u64 >= window {
+            total += 1;
+            return Ok(true);
+        }
+        let data = match entry.load() {
+            Ok(data) => data,
+            Err(e) => {
+                stop = Some(Stop::Store(e));
+                return Ok(false);
+            }
+        };
+        if !query.matches(&data.data) {
+            return Ok(true);
+        }
+        total += 1;
+        if !ordered || (kept.len() as u64) < window {
+            kept.push((entry.model().clone(), data));
+        }
+        Ok(true)
+    };
+    source.scan(&collection, plan.index.as_ref(), &mut visit).map_err(internal)?;
+    match stop {
+        Some(Stop::ScanLimit) => {
+            return Err(reply(
+                ErrorCode::QUERY_SCAN_LIMIT,
+                format!(
+                    "the query would examine more than {} models of {collection}; \
+                     declare an index or narrow the condition",
+                    limits.max_scanned
+                ),
+            )
+            .with_detail("limit", limits.max_scanned.to_string()));
+        }
+        Some(Stop::Store(e)) => return Err(internal(e)),
+        None => {}
+    }
+
+    // The reference evaluator orders and pages what was kept, so that the order is the
+    // language's whichever way the models were found.
+    let candidates = kept.iter().map(|(id, d)| Candidate {
+        id: id.as_str(),
+        version: d.version,
+        created: d.created_at.0,
+        modified: d.modified_at.0,
+        data: &d.data,
+    });
+    let result = query.evaluate(candidates);
+    let ids: BTreeMap<&str, &ModelId> = kept.iter().map(|(id, _)| (id.as_str(), id)).collect();
+    let rows = result
+        .rows
+        .into_iter()
+        .filter_map(|row| {
+            let model = (*ids.get(row.id.as_str())?).clone();
+            Some(wire_row(row, model, &collection))
+        })
+        .collect();
+    Ok(QueryPage {
+        rows,
+        total,
+        scanned: scanned as u64,
+        index: plan.index.as_ref().map(|scan| scan.path.to_string()),
+    })
+}
+
+/// A reference evaluator's row (of `model`) as the protocol carries it.
+pub fn wire_row(
+    row: concord_query::QueryRow,
+    model: ModelId,
+    collection: &CollectionId,
+) -> QueryRow {
+    QueryRow {
+        model,
+        collection: collection.clone(),
+        version: row.version,
+        created_at: Timestamp(row.created),
+        modified_at: Timestamp(row.modified),
+        data: match row.data {
+            SelectedData::All(value) => QueryData::All(value),
+            SelectedData::Paths(values) => QueryData::Paths(values),
+        },
+    }
+}
