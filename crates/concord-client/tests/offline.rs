@@ -43,6 +43,19 @@ async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
         }
     };
     assert!(!remote.0.is_empty());
+
+    // Whole values: an array, then the root object, each replaced in one change.
+    let b_items = b.root().get("items").await?.unwrap().as_array()?;
+    let change = b_items.set_value(vec![json!("tea"), json!({ "n": 1 })]).await?;
+    b.acknowledged(change).await?;
+    eventually("alice sees the new array", || async {
+        Ok(a.value().await?["items"] == json!(["tea", { "n": 1 }]))
+    })
+    .await?;
+    let whole = json!({ "title": "Set", "items": ["x"] });
+    let change = b.root().set_value(whole.as_object().unwrap().clone()).await?;
+    b.acknowledged(change).await?;
+    eventually("alice sees the new root", || async { Ok(a.value().await? == whole) }).await?;
     server.stop().await?;
     Ok(())
 }

@@ -1,0 +1,238 @@
+//! The JS API in headless Chromium against a real server: two users working on one model
+//! (references in UTF-16 code units around emoji, collaborators, presence), and a model's
+//! history played to every version and back.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use concord_server::mint_token;
+use serde_json::{Value, json};
+
+use super::{Browser, SECRET, serve, web_root};
+
+/// `body` with each `$name` replaced by its value as a JS literal (JSON).
+fn script(body: &str, vars: &[(&str, Value)]) -> String {
+    vars.iter().fold(body.to_owned(), |body, (name, value)| {
+        body.replace(&format!("${name}"), &value.to_string())
+    })
+}
+
+fn token(user: &str) -> anyhow::Result<Value> {
+    Ok(json!(mint_token(SECRET, user, None, Duration::from_secs(3600))?))
+}
+
+/// A browser with one API page per user in `tabs`, each with `window.domain` connected as
+/// that user to `ws`.
+fn browser_with(page: &str, ws: &str, tabs: &[&str]) -> anyhow::Result<Browser> {
+    let mut browser = Browser::start()?;
+    for user in tabs {
+        browser.run(&format!("api {user} {page}"))?;
+        let connect = "window.domain = new concord.Domain($ws, {});
+            return (await domain.connectWithJwt($token)).session;";
+        let vars = [("ws", json!(ws)), ("token", token(user)?)];
+        browser.evaluate(user, &script(connect, &vars))?;
+    }
+    Ok(browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyhow::Result<()> {
+    let web_root = web_root()?;
+    let dir = tempfile::tempdir()?;
+    let server = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
+    let addr = server.addr();
+    let (page, ws) = (format!("http://{addr}/api"), format!("ws://{addr}/demo/api"));
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = browser_with(&page, &ws, &["alice", "bob"])?;
+
+        let alice = browser.evaluate(
+            "alice",
+            r#"window.model = await domain.models().openAutoCreate("cursors", "notes",
+                { text: "😀 héllo 👋 world" });
+            window.text = await model.root().get("text");
+            window.cursor = text.indexReference("cursor");
+            await cursor.share();
+            return { session: await model.sessionId() };"#,
+        )?;
+        let alice_session = alice["session"].clone();
+
+        // Bob opens the model and follows Alice's presence.
+        let bob = browser.evaluate(
+            "bob",
+            r#"window.events = [];
+            window.presenceEvents = [];
+            window.model = await domain.models().open("cursors");
+            model.onEvent((e) => events.push(e));
+            domain.presence().onEvent((p) => presenceEvents.push(p));
+            await domain.presence().follow(["alice"]);
+            window.text = await model.root().get("text");
+            return { session: await model.sessionId() };"#,
+        )?;
+        let bob_session = bob["session"].clone();
+
+        // Alice puts her cursor before "world", after emoji (two UTF-16 units each); Bob sees
+        // it where she put it.
+        let alice = browser.evaluate(
+            "alice",
+            r#"const at = (await text.value()).indexOf("world");
+            await cursor.set(at);
+            return { at, own: await cursor.value() };"#,
+        )?;
+        assert_eq!(alice["at"], json!(12), "JS counts the emoji as two units each");
+        assert_eq!(alice["own"], json!([12]));
+        let bob = browser.evaluate(
+            "bob",
+            &script(
+                r#"await until(async () => (await text.reference($alice, "cursor"))?.length === 1,
+                    "alice's cursor");
+                return { seen: await text.reference($alice, "cursor") };"#,
+                &[("alice", alice_session.clone())],
+            ),
+        )?;
+        assert_eq!(bob["seen"], json!([12]));
+
+        // Bob types before the cursor, emoji too, in several changes; the cursor stays on
+        // "world" in his view (element reference, references(), events) and in hers.
+        let typed = browser.evaluate(
+            "bob",
+            &script(
+                r#"await text.splice(0, 0, "🎉");
+                await text.splice(2, 0, "x👍");
+                const last = await text.splice(7, 1, "É");
+                await model.acknowledged(last);
+                const now = await text.value();
+                const want = now.indexOf("world");
+                await until(async () => (await text.reference($alice, "cursor"))?.[0] === want,
+                    "the cursor to follow the text");
+                const listed = (await model.references()).filter((r) => r.key === "cursor");
+                return { now, want, listed,
+                    events: events.filter((e) => e.type === "remoteReference") };"#,
+                &[("alice", alice_session.clone())],
+            ),
+        )?;
+        let now = typed["now"].as_str().context("text")?.to_owned();
+        assert!(now.starts_with("🎉x👍😀Éhéllo"), "{now}");
+        let want = now.encode_utf16().count() - "world".len();
+        assert_eq!(typed["want"], json!(want));
+        assert_eq!(
+            typed["listed"],
+            json!([{ "session": alice_session, "element": typed["listed"][0]["element"],
+                "key": "cursor", "value": [want] }])
+        );
+        let sets: Vec<&Value> = typed["events"]
+            .as_array()
+            .context("events")?
+            .iter()
+            .filter(|e| e["change"] == "set")
+            .collect();
+        let first = sets.first().context("no remote reference set event")?;
+        assert_eq!(first["value"], json!([12]), "the event speaks UTF-16 too");
+        assert_eq!(first["user"], json!("alice"));
+
+        // Alice's own cursor moved with Bob's typing; both list each other; presence state
+        // set by Alice reaches Bob's subscriber.
+        let moved = browser.evaluate(
+            "alice",
+            &script(
+                r#"await until(async () => (await text.value()) === $now, "bob's typing");
+                await until(async () => (await model.collaborators()).length === 1, "bob");
+                await domain.presence().setState("status", { typing: true, at: 3 });
+                return { own: await cursor.value(), collaborators: await model.collaborators() };"#,
+                &[("now", json!(now))],
+            ),
+        )?;
+        assert_eq!(moved["own"], json!([want]));
+        assert_eq!(moved["collaborators"], json!([{ "session": bob_session, "user": "bob" }]));
+        let bob = browser.evaluate(
+            "bob",
+            r#"await until(async () => presenceEvents.some((p) => p.state.status?.typing),
+                "alice's presence state");
+            return { collaborators: await model.collaborators(),
+                presence: presenceEvents.at(-1) };"#,
+        )?;
+        assert_eq!(bob["collaborators"], json!([{ "session": alice_session, "user": "alice" }]));
+        assert_eq!(
+            bob["presence"],
+            json!({ "user": "alice", "available": true,
+                "state": { "status": { "typing": true, "at": 3 } } })
+        );
+        Ok(())
+    });
+    server.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
+    let web_root = web_root()?;
+    let dir = tempfile::tempdir()?;
+    let server = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
+    let addr = server.addr();
+    let (page, ws) = (format!("http://{addr}/api"), format!("ws://{addr}/demo/api"));
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = browser_with(&page, &ws, &["alice"])?;
+        // Each step acknowledged before the next, so each is its own version.
+        let played = browser.evaluate(
+            "alice",
+            r#"const model = await domain.models().openAutoCreate("diary", "notes",
+                { text: "", count: 0, tags: [] });
+            const root = model.root();
+            const text = await root.get("text");
+            const steps = [
+                () => text.splice(0, 0, "Dear 📔"),
+                async () => (await root.get("count")).add(2),
+                async () => (await root.get("tags")).push("a"),
+                () => text.splice(5, 2, "diary 😀"),
+                () => root.set("title", "day one"),
+                async () => (await root.get("tags")).insert(0, { x: 1 }),
+                () => root.remove("count"),
+            ];
+            const recorded = [[await model.version(), await model.value()]];
+            for (const step of steps) {
+                await model.acknowledged(await step());
+                recorded.push([await model.version(), await model.value()]);
+            }
+            const history = await domain.models().history("diary");
+            const newest = [history.version(), history.value()];
+            const forth = [];
+            for (const [version] of recorded) {
+                await history.playTo(version);
+                forth.push([history.version(), history.value()]);
+            }
+            const back = [];
+            for (const [version] of [...recorded].reverse()) {
+                await history.playTo(version);
+                back.push([history.version(), history.value()]);
+            }
+            await history.forward(1);
+            const stepped = [history.version(), history.value()];
+            await history.backward(1);
+            const steppedBack = [history.version(), history.value()];
+            return { recorded, newest, forth, back, stepped, steppedBack,
+                min: history.minVersion(), max: history.maxVersion() };"#,
+        )?;
+        let recorded = played["recorded"].as_array().context("recorded")?.clone();
+        assert_eq!(recorded.len(), 8);
+        let versions: Vec<u64> = recorded.iter().filter_map(|r| r[0].as_u64()).collect();
+        assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "one version a step: {versions:?}");
+        assert_eq!(
+            recorded[7][1],
+            json!({ "text": "Dear diary 😀", "tags": [{ "x": 1 }, "a"],
+            "title": "day one" })
+        );
+        assert_eq!(played["newest"], recorded[7]);
+        assert_eq!(played["max"], json!(versions[7]));
+        assert!(played["min"].as_u64() <= Some(versions[0]));
+        assert_eq!(played["forth"], json!(recorded));
+        let mut reversed = recorded.clone();
+        reversed.reverse();
+        assert_eq!(played["back"], json!(reversed));
+        assert_eq!(played["stepped"], recorded[1]);
+        assert_eq!(played["steppedBack"], recorded[0]);
+        Ok(())
+    });
+    server.stop().await?;
+    result
+}
