@@ -17,6 +17,16 @@ fn script(body: &str, vars: &[(&str, Value)]) -> String {
     })
 }
 
+/// A web root with the bundle and an empty page (`api.html`) to load it in.
+fn api_root() -> anyhow::Result<tempfile::TempDir> {
+    let (bundle, root) = (web_root()?, tempfile::tempdir()?);
+    for file in ["concord_web.js", "concord_web_bg.wasm"] {
+        std::fs::copy(bundle.join(file), root.path().join(file))?;
+    }
+    std::fs::write(root.path().join("api.html"), "<!doctype html><title>api</title>")?;
+    Ok(root)
+}
+
 fn token(user: &str) -> anyhow::Result<Value> {
     Ok(json!(mint_token(SECRET, user, None, Duration::from_secs(3600))?))
 }
@@ -38,11 +48,10 @@ fn browser_with(page: &str, ws: &str, tabs: &[&str]) -> anyhow::Result<Browser> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
 async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyhow::Result<()> {
-    let web_root = web_root()?;
-    let dir = tempfile::tempdir()?;
-    let server = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
+    let (web_root, dir) = (api_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, dir.path(), web_root.path()).await?;
     let addr = server.addr();
-    let (page, ws) = (format!("http://{addr}/api"), format!("ws://{addr}/demo/api"));
+    let (page, ws) = (format!("http://{addr}/api.html"), format!("ws://{addr}/demo/api"));
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let mut browser = browser_with(&page, &ws, &["alice", "bob"])?;
 
@@ -166,11 +175,10 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
 async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
-    let web_root = web_root()?;
-    let dir = tempfile::tempdir()?;
-    let server = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
+    let (web_root, dir) = (api_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, dir.path(), web_root.path()).await?;
     let addr = server.addr();
-    let (page, ws) = (format!("http://{addr}/api"), format!("ws://{addr}/demo/api"));
+    let (page, ws) = (format!("http://{addr}/api.html"), format!("ws://{addr}/demo/api"));
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let mut browser = browser_with(&page, &ws, &["alice"])?;
         // Each step acknowledged before the next, so each is its own version.
