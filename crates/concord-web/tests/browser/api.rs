@@ -244,3 +244,113 @@ async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
     server.stop().await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result<()> {
+    let (web_root, dir) = (api_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, dir.path(), web_root.path()).await?;
+    let addr = server.addr();
+    let (page, ws) = (format!("http://{addr}/api.html"), format!("ws://{addr}/demo/api"));
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = browser_with(&page, &ws, &["alice"])?;
+        let seen = browser.evaluate(
+            "alice",
+            r#"const model = await domain.models().openAutoCreate("shapes", "notes",
+                { list: [1, 2, 3], obj: { a: 1 }, text: "a😀b", n: 1, flag: false });
+            const root = model.root();
+            const [list, obj, text] = [await root.get("list"), await root.get("obj"),
+                await root.get("text")];
+            const elementEvents = [];
+            const stopList = list.onEvent((e) => elementEvents.push(e));
+            const stopModel = model.onEvent(() => {});
+            await list.move(0, 2);
+            await list.replace(0, "two");
+            await list.set(1, { three: 3 });
+            const afterArray = await list.value();
+            const keys = await obj.keys();
+            const has = [await obj.has("a"), await obj.has("b")];
+            await obj.setValue({ b: 2, c: [true] });
+            await text.insert(3, "🎉");
+            const seq = await model.batch([
+                { element: list.id(), op: "insert", index: 0, value: "zero" },
+                { element: list.id(), op: "removeAt", index: 3 },
+                { element: text.id(), op: "splice", index: 1, deleteCount: 2, text: "-" },
+                { element: root.id(), op: "set", key: "n", value: 5 },
+                { element: (await root.get("flag")).id(), op: "setValue", value: true },
+            ]);
+            await model.stored(seq);
+            const marks = model.watermarks();
+            await model.acknowledged(seq);
+            await until(async () => elementEvents.length >= 5, "the list's events");
+            stopList();
+            await list.push("after unsubscribe");
+            await new Promise((r) => setTimeout(r, 300));
+            const afterStop = elementEvents.length;
+            stopModel();
+            stopModel();
+            const codes = [];
+            for (const attempt of [
+                () => list.move(99, 0),
+                () => obj.splice(0, 0, "x"),
+                () => model.batch([{ element: "9:9", op: "add", delta: 1 }]),
+                () => model.batch([{ element: list.id(), op: "fly" }]),
+                () => domain.models().open("nope"),
+                () => list.insert(-1, 0),
+            ]) {
+                try { await attempt(); codes.push("no error"); }
+                catch (e) { codes.push([e instanceof Error, e.name, e.code]); }
+            }
+            const value = await model.value();
+            const length = await text.length();
+            await domain.close();
+            let closed = "no error";
+            try { await model.value(); } catch (e) { closed = e.code; }
+            return { afterArray, keys, has, value, length, seq, marks, elementEvents, afterStop,
+                codes, closed };"#,
+        )?;
+        assert_eq!(seen["afterArray"], json!(["two", { "three": 3 }, 1]));
+        assert_eq!(seen["keys"], json!(["a"]));
+        assert_eq!(seen["has"], json!([true, false]));
+        assert_eq!(
+            seen["value"],
+            json!({ "list": ["zero", "two", { "three": 3 }, "after unsubscribe"],
+                "obj": { "b": 2, "c": [true] }, "text": "a-🎉b", "n": 5, "flag": true })
+        );
+        assert_eq!(seen["length"], json!(5), "UTF-16 units of a-🎉b");
+        assert!(seen["marks"]["stored"].as_u64() >= seen["seq"].as_u64(), "{seen}");
+        let local = |e: Value| {
+            let mut e = e;
+            e["local"] = json!(true);
+            e["author"] = Value::Null;
+            e
+        };
+        assert_eq!(
+            seen["elementEvents"],
+            json!([
+                local(json!({ "type": "arrayMove", "from": 0, "to": 2 })),
+                local(json!({ "type": "arrayReplace", "index": 0 })),
+                local(json!({ "type": "arrayReplace", "index": 1 })),
+                local(json!({ "type": "arrayInsert", "index": 0 })),
+                local(json!({ "type": "arrayRemove", "index": 3 })),
+            ])
+        );
+        assert_eq!(seen["afterStop"], json!(5), "no event after unsubscribing");
+        let error = |code: &str| json!([true, "ConcordError", code]);
+        assert_eq!(
+            seen["codes"],
+            json!([
+                error("invalid_change"),
+                error("wrong_kind"),
+                error("no_such_element"),
+                error("invalid_argument"),
+                error("model_not_found"),
+                error("invalid_argument"),
+            ])
+        );
+        assert_eq!(seen["closed"], json!("closed"));
+        Ok(())
+    });
+    server.stop().await?;
+    result
+}
