@@ -27,7 +27,7 @@ pub(crate) fn parse_element(text: &str) -> Result<ElementId, WebError> {
         })
     });
     parsed.ok_or_else(|| {
-        WebError::invalid(&format!("{text:?} is not an element id (replica:counter)"))
+        WebError::invalid(format!("{text:?} is not an element id (replica:counter)"))
     })
 }
 
@@ -110,7 +110,7 @@ impl LocalReference {
         #[wasm_bindgen(unchecked_param_type = "ReferenceInput")] value: JsValue,
     ) -> Result<(), WebError> {
         let json: Value =
-            serde_wasm_bindgen::from_value(value).map_err(|e| WebError::invalid(&e.to_string()))?;
+            serde_wasm_bindgen::from_value(value).map_err(|e| WebError::invalid(e.to_string()))?;
         let text = text_of(&self.element).await?;
         let position = |v: &Value| -> Result<usize, WebError> {
             let p = v.as_u64().ok_or_else(|| WebError::invalid("positions are numbers"))? as usize;

@@ -52,14 +52,10 @@ pub(crate) fn subscribe(
     let stopped = stop.clone();
     wasm_bindgen_futures::spawn_local(async move {
         let mut events = pin!(events);
-        loop {
-            match select(events.next(), stopped.clone()).await {
-                Either::Left((Some(event), _)) => {
-                    // A callback that throws does not end the subscription.
-                    let _ = callback.call1(&JsValue::NULL, &event);
-                }
-                Either::Left((None, _)) | Either::Right(_) => break,
-            }
+        // Ends when the events end or the subscription is stopped.
+        while let Either::Left((Some(event), _)) = select(events.next(), stopped.clone()).await {
+            // A callback that throws does not end the subscription.
+            let _ = callback.call1(&JsValue::NULL, &event);
         }
     });
     Closure::<dyn FnMut()>::new(move || stop.stop()).into_js_value().unchecked_into()
