@@ -46,10 +46,11 @@ async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
 
     // Whole values: an array, then the root object, each replaced in one change.
     let b_items = b.root().get("items").await?.unwrap().as_array()?;
-    let change = b_items.set_value(vec![json!("tea"), json!({ "n": 1 })]).await?;
+    let change = b_items.set_value(vec![json!("tea"), json!({ "n": 1.0 })]).await?;
     b.acknowledged(change).await?;
+    // Numbers are f64 in the model.
     eventually("alice sees the new array", || async {
-        Ok(a.value().await?["items"] == json!(["tea", { "n": 1 }]))
+        Ok(a.value().await?["items"] == json!(["tea", { "n": 1.0 }]))
     })
     .await?;
     let whole = json!({ "title": "Set", "items": ["x"] });

@@ -156,10 +156,7 @@ impl RealTimeModel {
     /// Closes this handle (the model stays open while other handles or subscriptions of it
     /// exist).
     pub fn close(self) {}
-}
 
-#[wasm_bindgen]
-impl RealTimeModel {
     /// Replaces the whole model's data.
     #[wasm_bindgen(js_name = setValue)]
     pub async fn set_value(
