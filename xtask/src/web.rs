@@ -103,6 +103,7 @@ pub(crate) fn typescript_example() -> anyhow::Result<()> {
     let installed = prefix.join("node_modules/typescript/package.json");
     let current = std::fs::read_to_string(&installed).unwrap_or_default();
     if !current.contains(&format!("\"version\": \"{TYPESCRIPT}\"")) {
+        std::fs::create_dir_all(&prefix)?;
         let mut npm = Command::new("npm");
         npm.args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
             .arg(&prefix)
