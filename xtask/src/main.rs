@@ -366,7 +366,7 @@ fn web(tools: &BrowserTools) -> anyhow::Result<()> {
     let declarations = std::fs::read_to_string(out.join("concord_web.d.ts"))?;
     web::check_declarations(&declarations)?;
     let pkg = web::package(&out)?;
-    web::typescript_example()?;
+    web::typescript_example(&pkg)?;
     eprintln!("the page is in {}: concord serve --web-root {}", out.display(), out.display());
     eprintln!("the package is in {}: npm install {}", pkg.display(), pkg.display());
     Ok(())

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::{root, run};
 
-/// TypeScript, pinned; installed from npm into `target/typescript` when missing.
+/// TypeScript, pinned; installed from npm into `target/typescript`.
 const TYPESCRIPT: &str = "5.9.3";
 
 /// The bundle's files that go into the package.
@@ -96,20 +96,27 @@ pub(crate) fn check_declarations(dts: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs TypeScript (pinned) into `target/typescript` unless it is there, and compiles
-/// the example app (`crates/concord-web/ts-example`) with `--strict` against the package.
-pub(crate) fn typescript_example() -> anyhow::Result<()> {
+/// Installs TypeScript (pinned) and the package, from its tarball (`npm pack`) as an app
+/// would, into `target/typescript`, and compiles the example app
+/// (`crates/concord-web/ts-example`) with `--strict` against what was installed.
+pub(crate) fn typescript_example(pkg: &Path) -> anyhow::Result<()> {
     let prefix = root().join("target/typescript");
-    let installed = prefix.join("node_modules/typescript/package.json");
-    let current = std::fs::read_to_string(&installed).unwrap_or_default();
-    if !current.contains(&format!("\"version\": \"{TYPESCRIPT}\"")) {
-        std::fs::create_dir_all(&prefix)?;
-        let mut npm = Command::new("npm");
-        npm.args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
-            .arg(&prefix)
-            .arg(format!("typescript@{TYPESCRIPT}"));
-        run(npm).context("installing TypeScript (needs npm)")?;
+    std::fs::create_dir_all(&prefix)?;
+    let mut pack = Command::new("npm");
+    pack.args(["pack", "--silent", "--pack-destination"]).arg(&prefix).current_dir(pkg);
+    let packed = crate::capture(pack)?;
+    if !packed.status.success() {
+        bail!("npm pack failed: {}", String::from_utf8_lossy(&packed.stderr));
     }
+    let tarball = prefix.join(String::from_utf8(packed.stdout)?.trim());
+    // Both in one install: without a package.json, npm prunes what a later install omits.
+    let mut install = Command::new("npm");
+    install
+        .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+        .arg(&prefix)
+        .arg(format!("typescript@{TYPESCRIPT}"))
+        .arg(&tarball);
+    run(install).context("installing TypeScript and the package (needs npm)")?;
     let mut tsc = Command::new("node");
     tsc.arg(prefix.join("node_modules/typescript/bin/tsc"))
         .args(["--strict", "-p"])
