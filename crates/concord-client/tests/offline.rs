@@ -259,3 +259,16 @@ async fn subscribed_models_are_downloaded_into_the_store() -> anyhow::Result<()>
     server.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connection_names_its_url() -> anyhow::Result<()> {
+    // A port nothing listens on any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let url = format!("ws://{addr}/demo/nowhere");
+    let domain = concord_client::Domain::builder(url.clone()).build();
+    match domain.connect_with_jwt("a token").await {
+        Err(ClientError::Connect { url: named, .. }) => assert_eq!(named, url),
+        other => panic!("expected a connection failure, got {other:?}"),
+    }
+    Ok(())
+}
