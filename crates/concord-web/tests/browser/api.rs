@@ -27,6 +27,30 @@ fn api_root() -> anyhow::Result<tempfile::TempDir> {
     Ok(root)
 }
 
+/// A real server serving `api_root()`, with the URLs of its page and its WebSocket.
+struct ApiServer {
+    server: concord_server::RunningServer,
+    page: String,
+    ws: String,
+    _web_root: tempfile::TempDir,
+    _store: tempfile::TempDir,
+}
+
+impl ApiServer {
+    async fn start() -> anyhow::Result<ApiServer> {
+        let (web_root, store) = (api_root()?, tempfile::tempdir()?);
+        let server = serve("127.0.0.1:0".parse()?, store.path(), web_root.path()).await?;
+        let addr = server.addr();
+        Ok(ApiServer {
+            server,
+            page: format!("http://{addr}/api.html"),
+            ws: format!("ws://{addr}/demo/api"),
+            _web_root: web_root,
+            _store: store,
+        })
+    }
+}
+
 fn token(user: &str) -> anyhow::Result<Value> {
     Ok(json!(mint_token(SECRET, user, None, Duration::from_secs(3600))?))
 }
@@ -48,10 +72,8 @@ fn browser_with(page: &str, ws: &str, tabs: &[&str]) -> anyhow::Result<Browser> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
 async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyhow::Result<()> {
-    let (web_root, dir) = (api_root()?, tempfile::tempdir()?);
-    let server = serve("127.0.0.1:0".parse()?, dir.path(), web_root.path()).await?;
-    let addr = server.addr();
-    let (page, ws) = (format!("http://{addr}/api.html"), format!("ws://{addr}/demo/api"));
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let mut browser = browser_with(&page, &ws, &["alice", "bob"])?;
 
@@ -168,17 +190,15 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
         );
         Ok(())
     });
-    server.stop().await?;
+    api.server.stop().await?;
     result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
 async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
-    let (web_root, dir) = (api_root()?, tempfile::tempdir()?);
-    let server = serve("127.0.0.1:0".parse()?, dir.path(), web_root.path()).await?;
-    let addr = server.addr();
-    let (page, ws) = (format!("http://{addr}/api.html"), format!("ws://{addr}/demo/api"));
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let mut browser = browser_with(&page, &ws, &["alice"])?;
         // Each step acknowledged before the next, so each is its own version.
@@ -241,17 +261,15 @@ async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
         assert_eq!(played["steppedBack"], recorded[0]);
         Ok(())
     });
-    server.stop().await?;
+    api.server.stop().await?;
     result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
 async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result<()> {
-    let (web_root, dir) = (api_root()?, tempfile::tempdir()?);
-    let server = serve("127.0.0.1:0".parse()?, dir.path(), web_root.path()).await?;
-    let addr = server.addr();
-    let (page, ws) = (format!("http://{addr}/api.html"), format!("ws://{addr}/demo/api"));
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let mut browser = browser_with(&page, &ws, &["alice"])?;
         let seen = browser.evaluate(
@@ -351,6 +369,6 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
         assert_eq!(seen["closed"], json!("closed"));
         Ok(())
     });
-    server.stop().await?;
+    api.server.stop().await?;
     result
 }
