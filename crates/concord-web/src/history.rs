@@ -61,6 +61,16 @@ impl HistoricalModel {
         self.read(|h| h.id().as_str().to_owned())
     }
 
+    pub fn collection(&self) -> Result<String, WebError> {
+        self.read(|h| h.collection().as_str().to_owned())
+    }
+
+    /// When the model was created, in ms since the Unix epoch.
+    #[wasm_bindgen(js_name = createdAt)]
+    pub fn created_at(&self) -> Result<f64, WebError> {
+        self.read(|h| h.created_at().0 as f64)
+    }
+
     pub fn version(&self) -> Result<f64, WebError> {
         self.read(|h| h.version() as f64)
     }

@@ -1,6 +1,6 @@
 //! Permissions, presence and activities for JavaScript, with the Rust API's names:
 //! `models().permissions(id)`, `setPermissions`, `createWithPermissions`;
-//! `domain.presence()` (`setState`, `removeState`, `clearState`, `follow`, `unfollow`,
+//! `domain.presence()` (`setState`, `setStates`, `removeState`, `clearState`, `follow`, `unfollow`,
 //! `onEvent`); `domain.activities()` (`join` → an `Activity`: `participants`, `setState`,
 //! `removeState`, `clearState`, `remove`, `leave`; `onEvent`). State values are any JSON
 //! value here (JSON text on the wire).
@@ -178,6 +178,15 @@ impl PresenceService {
         #[wasm_bindgen(unchecked_param_type = "JsonValue")] value: JsValue,
     ) -> Result<(), WebError> {
         self.domain.presence().set_state(&key, from_js(value)?).await.map_err(error)
+    }
+
+    /// Sets several keys at once (an object of them).
+    #[wasm_bindgen(js_name = setStates)]
+    pub async fn set_states(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "JsonObject")] states: JsValue,
+    ) -> Result<(), WebError> {
+        self.domain.presence().set_states(object(states)?).await.map_err(error)
     }
 
     #[wasm_bindgen(js_name = removeState)]

@@ -168,7 +168,7 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
             &script(
                 r#"await until(async () => (await text.value()) === $now, "bob's typing");
                 await until(async () => (await model.collaborators()).length === 1, "bob");
-                await domain.presence().setState("status", { typing: true, at: 3 });
+                await domain.presence().setStates({ status: { typing: true, at: 3 }, mood: "😀" });
                 return { own: await cursor.value(), collaborators: await model.collaborators() };"#,
                 &[("now", json!(now))],
             ),
@@ -186,7 +186,7 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
         assert_eq!(
             bob["presence"],
             json!({ "user": "alice", "available": true,
-                "state": { "status": { "typing": true, "at": 3 } } })
+                "state": { "status": { "typing": true, "at": 3 }, "mood": "😀" } })
         );
         Ok(())
     });
@@ -239,7 +239,8 @@ async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
             await history.backward(1);
             const steppedBack = [history.version(), history.value()];
             return { recorded, newest, forth, back, stepped, steppedBack,
-                min: history.minVersion(), max: history.maxVersion() };"#,
+                min: history.minVersion(), max: history.maxVersion(),
+                collection: history.collection(), createdAt: history.createdAt() };"#,
         )?;
         let recorded = played["recorded"].as_array().context("recorded")?.clone();
         assert_eq!(recorded.len(), 8);
@@ -252,6 +253,8 @@ async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
         );
         assert_eq!(played["newest"], recorded[7]);
         assert_eq!(played["max"], json!(versions[7]));
+        assert_eq!(played["collection"], json!("notes"));
+        assert!(played["createdAt"].as_f64() > Some(0.0), "{}", played["createdAt"]);
         assert!(played["min"].as_u64() <= Some(versions[0]));
         assert_eq!(played["forth"], json!(recorded));
         let mut reversed = recorded.clone();
