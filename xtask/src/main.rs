@@ -15,7 +15,10 @@
 //!   It then builds the demo page (`web`) and drives it in Chromium with playwright-core
 //!   against a real server (`crates/concord-web/tests/browser.rs`).
 //!   `browser-tools` only installs and checks those tools; `web` builds the browser bundle
-//!   and the demo page into `target/web`.
+//!   and the demo page into `target/web`, lays the bundle out as an npm-style package in
+//!   `target/web/pkg`, refuses declarations that type the public API as `any`, and compiles
+//!   the TypeScript example app with `tsc --strict` (TypeScript pinned, installed from npm
+//!   into `target/typescript`).
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
 //! - `soak` runs the seeded multi-client simulations over many seeds, in release.
@@ -25,6 +28,7 @@
 
 #[cfg(test)]
 mod tidy;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output};
@@ -42,7 +46,7 @@ commands:
   browser-test                     the wasm32 tests in headless Chromium, after
                                    installing the wasm32 target and wasm-bindgen-cli
   browser-tools                    only install and check what browser-test needs
-  web                              build the browser bundle and the demo page
+  web                              build the browser bundle, the demo page and the package
                                    into target/web
   fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
                                    each on nightly (default 60)
@@ -359,7 +363,12 @@ fn web(tools: &BrowserTools) -> anyhow::Result<()> {
         let entry = entry?;
         std::fs::copy(entry.path(), out.join(entry.file_name()))?;
     }
+    let declarations = std::fs::read_to_string(out.join("concord_web.d.ts"))?;
+    web::check_declarations(&declarations)?;
+    let pkg = web::package(&out)?;
+    web::typescript_example(&pkg)?;
     eprintln!("the page is in {}: concord serve --web-root {}", out.display(), out.display());
+    eprintln!("the package is in {}: npm install {}", pkg.display(), pkg.display());
     Ok(())
 }
 

@@ -51,7 +51,7 @@ mod socket;
 pub use activity::{Activity, ActivityService};
 pub use collaboration::{LocalReference, ReferenceKind};
 pub use concord_ot::{
-    ElementId, IndexRange, Kind, OperationKind, PathSegment, ReferenceValue, ReplicaId,
+    Document, ElementId, IndexRange, Kind, OperationKind, PathSegment, ReferenceValue, ReplicaId,
 };
 pub use concord_protocol::{
     ActivityChange, ActivityId, Collaborator, CollectionId, ErrorCode, ErrorReply,

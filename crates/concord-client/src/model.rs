@@ -161,6 +161,16 @@ impl RealTimeModel {
         .await
     }
 
+    /// The element with `id` in the local view now, if it exists (ids appear in events
+    /// and references).
+    pub async fn element(&self, id: ElementId) -> Result<Option<Element>, ClientError> {
+        let model = self.clone();
+        self.read(move |replica| {
+            replica.local().kind(id).map(|kind| Element { model: model.clone(), id, kind })
+        })
+        .await
+    }
+
     /// Several changes as one: built in order against the local view, applied and sent
     /// together, all or nothing.
     pub async fn batch(
@@ -244,18 +254,56 @@ impl BatchBuilder<'_> {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Edit {
-    ObjectSet { key: String, value: serde_json::Value },
-    ObjectRemove { key: String },
-    ArrayInsert { index: usize, value: serde_json::Value },
-    ArrayRemove { index: usize },
-    ArrayReplace { index: usize, value: serde_json::Value },
-    ArrayMove { from: usize, to: usize },
-    StringSplice { index: usize, delete: usize, insert: String },
-    StringSet { value: String },
-    NumberAdd { delta: f64 },
-    NumberSet { value: f64 },
-    BooleanSet { value: bool },
-    DateSet { millis: i64 },
+    ObjectSet {
+        key: String,
+        value: serde_json::Value,
+    },
+    ObjectRemove {
+        key: String,
+    },
+    ArrayInsert {
+        index: usize,
+        value: serde_json::Value,
+    },
+    ArrayRemove {
+        index: usize,
+    },
+    ArrayReplace {
+        index: usize,
+        value: serde_json::Value,
+    },
+    ArrayMove {
+        from: usize,
+        to: usize,
+    },
+    /// Replaces the whole array.
+    ArraySetValue {
+        values: Vec<serde_json::Value>,
+    },
+    /// Replaces the whole object.
+    ObjectSetValue {
+        values: serde_json::Map<String, serde_json::Value>,
+    },
+    StringSplice {
+        index: usize,
+        delete: usize,
+        insert: String,
+    },
+    StringSet {
+        value: String,
+    },
+    NumberAdd {
+        delta: f64,
+    },
+    NumberSet {
+        value: f64,
+    },
+    BooleanSet {
+        value: bool,
+    },
+    DateSet {
+        millis: i64,
+    },
 }
 
 fn value(json: &serde_json::Value, ids: &mut IdGenerator) -> Result<Value, ClientError> {
@@ -317,6 +365,17 @@ impl Edit {
                 (Kind::Array, OperationKind::ArrayReplace { index, value: value(&json, ids)? })
             }
             Edit::ArrayMove { from, to } => (Kind::Array, OperationKind::ArrayMove { from, to }),
+            Edit::ArraySetValue { values } => {
+                let values = values.iter().map(|v| value(v, ids)).collect::<Result<_, _>>()?;
+                (Kind::Array, OperationKind::ArraySet { values })
+            }
+            Edit::ObjectSetValue { values } => {
+                let values = values
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), value(v, ids)?)))
+                    .collect::<Result<_, ClientError>>()?;
+                (Kind::Object, OperationKind::ObjectSet { values })
+            }
             Edit::StringSplice { index, delete, insert } => {
                 (Kind::String, OperationKind::StringSplice { index, delete_count: delete, insert })
             }
@@ -508,6 +567,14 @@ impl RealTimeObject {
     pub async fn remove(&self, key: &str) -> Result<Change, ClientError> {
         self.0.change(Edit::ObjectRemove { key: key.to_owned() }).await
     }
+
+    /// Replaces the whole object with `values`.
+    pub async fn set_value(
+        &self,
+        values: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Change, ClientError> {
+        self.0.change(Edit::ObjectSetValue { values }).await
+    }
 }
 
 impl RealTimeArray {
@@ -559,6 +626,11 @@ impl RealTimeArray {
 
     pub async fn move_item(&self, from: usize, to: usize) -> Result<Change, ClientError> {
         self.0.change(Edit::ArrayMove { from, to }).await
+    }
+
+    /// Replaces the whole array with `values`.
+    pub async fn set_value(&self, values: Vec<serde_json::Value>) -> Result<Change, ClientError> {
+        self.0.change(Edit::ArraySetValue { values }).await
     }
 }
 

@@ -195,7 +195,14 @@ pub(crate) async fn connect(
             }
         }
     };
-    rt::timeout(timeout, attempt).await.ok_or(ClientError::Timeout)?
+    let result = rt::timeout(timeout, attempt).await.ok_or(ClientError::Timeout)?;
+    // The socket's own errors do not know the URL; name it.
+    result.map_err(|error| match error {
+        ClientError::Connect { url: unnamed, reason } if unnamed.is_empty() => {
+            ClientError::Connect { url: url.to_owned(), reason }
+        }
+        other => other,
+    })
 }
 
 /// The next message from the server; `None` once the connection is closed. Without a

@@ -43,6 +43,20 @@ async fn two_clients_see_each_others_changes() -> anyhow::Result<()> {
         }
     };
     assert!(!remote.0.is_empty());
+
+    // Whole values: an array, then the root object, each replaced in one change.
+    let b_items = b.root().get("items").await?.unwrap().as_array()?;
+    let change = b_items.set_value(vec![json!("tea"), json!({ "n": 1.0 })]).await?;
+    b.acknowledged(change).await?;
+    // Numbers are f64 in the model.
+    eventually("alice sees the new array", || async {
+        Ok(a.value().await?["items"] == json!(["tea", { "n": 1.0 }]))
+    })
+    .await?;
+    let whole = json!({ "title": "Set", "items": ["x"] });
+    let change = b.root().set_value(whole.as_object().unwrap().clone()).await?;
+    b.acknowledged(change).await?;
+    eventually("alice sees the new root", || async { Ok(a.value().await? == whole) }).await?;
     server.stop().await?;
     Ok(())
 }
@@ -243,5 +257,18 @@ async fn subscribed_models_are_downloaded_into_the_store() -> anyhow::Result<()>
     let offline = bob.models().open(&ids[0]).await?;
     assert_eq!(offline.value().await?, json!({ "n": 1.0 }));
     server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connection_names_its_url() -> anyhow::Result<()> {
+    // A port nothing listens on any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let url = format!("ws://{addr}/demo/nowhere");
+    let domain = concord_client::Domain::builder(url.clone()).build();
+    match domain.connect_with_jwt("a token").await {
+        Err(ClientError::Connect { url: named, .. }) => assert_eq!(named, url),
+        other => panic!("expected a connection failure, got {other:?}"),
+    }
     Ok(())
 }

@@ -186,6 +186,10 @@ async fn removing_the_element_ends_its_references_and_invalid_ones_are_refused()
                 == Some(Some(ReferenceValue::Element(vec![meta.id()]))))
     })
     .await?;
+    // Ids from references lead back to elements while they exist.
+    assert!(a.element(b_text.id()).await?.is_none(), "the removed text has no element");
+    let found = a.element(meta.id()).await?.expect("meta is still there");
+    assert_eq!(found.json().await?, json!({ "title": "t", "tags": [] }));
     server.stop().await?;
     Ok(())
 }

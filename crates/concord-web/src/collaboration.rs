@@ -11,25 +11,28 @@ use concord_client::{
 use serde_json::{Value, json};
 use wasm_bindgen::prelude::*;
 
-use crate::{RealTimeElement, RealTimeModel, char_index, error, events, to_js};
+use crate::element::char_index;
+use crate::{RealTimeElement, RealTimeModel, WebError, error, events, to_js};
 
 /// The UTF-16 position of `char` index `chars` in `text` (clamped to its end).
 fn utf16_index(text: &str, chars: usize) -> usize {
     text.chars().take(chars).map(char::len_utf16).sum()
 }
 
-fn parse_element(text: &str) -> Result<ElementId, JsError> {
+pub(crate) fn parse_element(text: &str) -> Result<ElementId, WebError> {
     let parsed = text.split_once(':').and_then(|(replica, counter)| {
         Some(ElementId {
             replica: ReplicaId(replica.parse().ok()?),
             counter: counter.parse().ok()?,
         })
     });
-    parsed.ok_or_else(|| JsError::new(&format!("{text:?} is not an element id (replica:counter)")))
+    parsed.ok_or_else(|| {
+        WebError::invalid(format!("{text:?} is not an element id (replica:counter)"))
+    })
 }
 
 /// The text of the string a reference lives on, for position conversions.
-async fn text_of(element: &Option<Element>) -> Result<Option<String>, JsError> {
+async fn text_of(element: &Option<Element>) -> Result<Option<String>, WebError> {
     match element {
         Some(element) if element.kind() == concord_client::Kind::String => {
             Ok(Some(element.as_string().map_err(error)?.value().await.map_err(error)?))
@@ -38,8 +41,18 @@ async fn text_of(element: &Option<Element>) -> Result<Option<String>, JsError> {
     }
 }
 
+/// The text of the string element `id` of `model`, if it is one: what positions of a
+/// reference on it are converted against.
+pub(crate) async fn text_by_id(
+    model: &RealTimeModel,
+    id: Option<ElementId>,
+) -> Result<Option<String>, WebError> {
+    let Some(id) = id else { return Ok(None) };
+    text_of(&model.inner.element(id).await.map_err(error)?).await
+}
+
 /// A reference value as JS sees it.
-fn value_to_js(value: &ReferenceValue, text: Option<&str>) -> Value {
+pub(crate) fn value_to_js(value: &ReferenceValue, text: Option<&str>) -> Value {
     let position = |p: usize| text.map_or(p, |t| utf16_index(t, p));
     match value {
         ReferenceValue::Index(indices) => {
@@ -62,7 +75,7 @@ fn value_to_js(value: &ReferenceValue, text: Option<&str>) -> Value {
 fn shared_to_js(
     value: Option<Option<ReferenceValue>>,
     text: Option<&str>,
-) -> Result<JsValue, JsError> {
+) -> Result<JsValue, WebError> {
     match value {
         None => Ok(JsValue::UNDEFINED),
         Some(None) => Ok(JsValue::NULL),
@@ -86,18 +99,21 @@ impl LocalReference {
     }
 
     /// Shares it (without a value, unless it has one).
-    pub async fn share(&self) -> Result<(), JsError> {
+    pub async fn share(&self) -> Result<(), WebError> {
         self.inner.share().await.map_err(error)
     }
 
     /// Sets it: an index or indices (index references), `{ start, end }` or a list of them
     /// (range references), property names, element ids.
-    pub async fn set(&self, value: JsValue) -> Result<(), JsError> {
+    pub async fn set(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ReferenceInput")] value: JsValue,
+    ) -> Result<(), WebError> {
         let json: Value =
-            serde_wasm_bindgen::from_value(value).map_err(|e| JsError::new(&e.to_string()))?;
+            serde_wasm_bindgen::from_value(value).map_err(|e| WebError::invalid(e.to_string()))?;
         let text = text_of(&self.element).await?;
-        let position = |v: &Value| -> Result<usize, JsError> {
-            let p = v.as_u64().ok_or_else(|| JsError::new("positions are numbers"))? as usize;
+        let position = |v: &Value| -> Result<usize, WebError> {
+            let p = v.as_u64().ok_or_else(|| WebError::invalid("positions are numbers"))? as usize;
             Ok(text.as_deref().map_or(p, |t| char_index(t, p)))
         };
         let list = match &json {
@@ -113,14 +129,14 @@ impl LocalReference {
                     .map(|r| {
                         Ok(IndexRange { start: position(&r["start"])?, end: position(&r["end"])? })
                     })
-                    .collect::<Result<_, JsError>>()?,
+                    .collect::<Result<_, WebError>>()?,
             ),
             concord_client::ReferenceKind::Property => ReferenceValue::Property(
                 list.iter()
                     .map(|k| {
                         k.as_str()
                             .map(str::to_owned)
-                            .ok_or_else(|| JsError::new("property names are strings"))
+                            .ok_or_else(|| WebError::invalid("property names are strings"))
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -134,17 +150,18 @@ impl LocalReference {
     }
 
     /// Keeps it shared, without a value.
-    pub async fn clear(&self) -> Result<(), JsError> {
+    pub async fn clear(&self) -> Result<(), WebError> {
         self.inner.clear().await.map_err(error)
     }
 
     /// Stops sharing it; false if it was not shared.
-    pub async fn unshare(&self) -> Result<bool, JsError> {
+    pub async fn unshare(&self) -> Result<bool, WebError> {
         self.inner.unshare().await.map_err(error)
     }
 
     /// Its value: `undefined` when not shared, `null` without a value.
-    pub async fn value(&self) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "ReferenceValue | null | undefined")]
+    pub async fn value(&self) -> Result<JsValue, WebError> {
         let value = self.inner.value().await.map_err(error)?;
         shared_to_js(value, text_of(&self.element).await?.as_deref())
     }
@@ -154,23 +171,26 @@ fn reference(inner: ClientReference, element: Option<Element>) -> LocalReference
     LocalReference { inner, element }
 }
 
-fn shared_list(list: Vec<SharedReference>) -> Value {
-    json!(
-        list.iter()
-            .map(|r| json!({
-                "session": r.session.0,
-                "element": r.reference.element.map(events::element),
-                "key": r.reference.key,
-                "value": r.value.as_ref().map(|v| value_to_js(v, None)),
-            }))
-            .collect::<Vec<_>>()
-    )
+/// Every other session's reference, positions in UTF-16 code units of the text each lives on.
+async fn shared_list(model: &RealTimeModel, list: Vec<SharedReference>) -> Result<Value, WebError> {
+    let mut shown = Vec::with_capacity(list.len());
+    for r in list {
+        let text = text_by_id(model, r.reference.element).await?;
+        shown.push(json!({
+            "session": r.session.0,
+            "element": r.reference.element.map(events::element),
+            "key": r.reference.key,
+            "value": r.value.as_ref().map(|v| value_to_js(v, text.as_deref())),
+        }));
+    }
+    Ok(Value::Array(shown))
 }
 
 #[wasm_bindgen]
 impl RealTimeModel {
     /// `[{ session, user }]`: the other sessions that have the model open.
-    pub async fn collaborators(&self) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "Collaborator[]")]
+    pub async fn collaborators(&self) -> Result<JsValue, WebError> {
         let list = self.inner.collaborators().await.map_err(error)?;
         let list: Vec<Value> =
             list.iter().map(|c| json!({ "session": c.session.0, "user": c.user.0 })).collect();
@@ -179,7 +199,7 @@ impl RealTimeModel {
 
     /// This client's session, as others see it (`undefined` before the first connection).
     #[wasm_bindgen(js_name = sessionId)]
-    pub async fn session_id(&self) -> Result<Option<String>, JsError> {
+    pub async fn session_id(&self) -> Result<Option<String>, WebError> {
         Ok(self.inner.session_id().await.map_err(error)?.map(|s| s.0))
     }
 
@@ -188,16 +208,20 @@ impl RealTimeModel {
         reference(self.inner.element_reference(&key), None)
     }
 
-    /// Another session's model-level reference.
-    pub async fn reference(&self, session_id: String, key: String) -> Result<JsValue, JsError> {
+    /// Another session's model-level reference (`undefined` when not shared, `null`
+    /// without a value).
+    #[wasm_bindgen(unchecked_return_type = "ReferenceValue | null | undefined")]
+    pub async fn reference(&self, session_id: String, key: String) -> Result<JsValue, WebError> {
         let value = self.inner.reference(&SessionId(session_id), &key).await.map_err(error)?;
         shared_to_js(value, None)
     }
 
     /// `[{ session, element, key, value }]`: every other session's reference (positions in
-    /// `char`s).
-    pub async fn references(&self) -> Result<JsValue, JsError> {
-        to_js(&shared_list(self.inner.references().await.map_err(error)?))
+    /// UTF-16 code units).
+    #[wasm_bindgen(unchecked_return_type = "SharedReference[]")]
+    pub async fn references(&self) -> Result<JsValue, WebError> {
+        let list = self.inner.references().await.map_err(error)?;
+        to_js(&shared_list(self, list).await?)
     }
 }
 
@@ -205,27 +229,29 @@ impl RealTimeModel {
 impl RealTimeElement {
     /// Strings: a cursor.
     #[wasm_bindgen(js_name = indexReference)]
-    pub fn index_reference(&self, key: String) -> Result<LocalReference, JsError> {
+    pub fn index_reference(&self, key: String) -> Result<LocalReference, WebError> {
         let string = self.inner.as_string().map_err(error)?;
         Ok(reference(string.index_reference(&key), Some(self.inner.clone())))
     }
 
     /// Strings: a selection.
     #[wasm_bindgen(js_name = rangeReference)]
-    pub fn range_reference(&self, key: String) -> Result<LocalReference, JsError> {
+    pub fn range_reference(&self, key: String) -> Result<LocalReference, WebError> {
         let string = self.inner.as_string().map_err(error)?;
         Ok(reference(string.range_reference(&key), Some(self.inner.clone())))
     }
 
     /// Objects: highlighted properties.
     #[wasm_bindgen(js_name = propertyReference)]
-    pub fn property_reference(&self, key: String) -> Result<LocalReference, JsError> {
+    pub fn property_reference(&self, key: String) -> Result<LocalReference, WebError> {
         let object = self.inner.as_object().map_err(error)?;
         Ok(reference(object.property_reference(&key), Some(self.inner.clone())))
     }
 
-    /// Another session's reference on this element.
-    pub async fn reference(&self, session_id: String, key: String) -> Result<JsValue, JsError> {
+    /// Another session's reference on this element (`undefined` when not shared, `null`
+    /// without a value).
+    #[wasm_bindgen(unchecked_return_type = "ReferenceValue | null | undefined")]
+    pub async fn reference(&self, session_id: String, key: String) -> Result<JsValue, WebError> {
         let value = self.inner.reference(&SessionId(session_id), &key).await.map_err(error)?;
         let element = Some(self.inner.clone());
         shared_to_js(value, text_of(&element).await?.as_deref())

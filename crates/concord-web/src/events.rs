@@ -4,9 +4,12 @@
 
 use concord_client::{
     ConnectionState, DomainEvent, ElementId, ErrorReply, HandshakeRejection, ModelEvent,
-    OpenFailure, RemoteReferenceChange,
+    OpenFailure, OperationKind, RemoteReferenceChange, SessionId,
 };
 use serde_json::{Value, json};
+
+use crate::collaboration::value_to_js;
+use crate::error::server_code;
 
 /// `"disconnected"`, `"connecting"`, `"connected"` or `"reconnecting"`.
 pub(crate) fn state_name(state: &ConnectionState) -> &'static str {
@@ -20,11 +23,11 @@ pub(crate) fn state_name(state: &ConnectionState) -> &'static str {
 
 /// `{ code, message }`: the code by name (`"model_not_found"`, …).
 fn error(error: &ErrorReply) -> Value {
-    json!({ "code": error.code.to_string(), "message": error.message })
+    json!({ "code": server_code(error.code), "message": error.message })
 }
 
 fn rejection(rejection: &HandshakeRejection) -> Value {
-    json!({ "code": rejection.code.to_string(), "message": rejection.message })
+    json!({ "code": server_code(rejection.code), "message": rejection.message })
 }
 
 /// `"replica:counter"`.
@@ -32,7 +35,9 @@ pub(crate) fn element(id: ElementId) -> String {
     format!("{}:{}", id.replica.0, id.counter)
 }
 
-pub(crate) fn model_event(event: ModelEvent) -> Value {
+/// `text`: the text of the string a `RemoteReference` lives on, so that its positions reach
+/// JavaScript in UTF-16 code units (`None` for other events and other elements).
+pub(crate) fn model_event(event: ModelEvent, text: Option<&str>) -> Value {
     match event {
         ModelEvent::Changed { element: id, author, user, .. } => json!({
             "type": "changed",
@@ -76,9 +81,7 @@ pub(crate) fn model_event(event: ModelEvent) -> Value {
         ModelEvent::RemoteReference { session, user, reference, change } => {
             let (change, value) = match change {
                 RemoteReferenceChange::Shared => ("shared", Value::Null),
-                RemoteReferenceChange::Set(value) => {
-                    ("set", serde_json::to_value(value).unwrap_or(Value::Null))
-                }
+                RemoteReferenceChange::Set(value) => ("set", value_to_js(&value, text)),
                 RemoteReferenceChange::Cleared => ("cleared", Value::Null),
                 RemoteReferenceChange::Unshared => ("unshared", Value::Null),
             };
@@ -141,4 +144,41 @@ pub(crate) fn domain_event(event: DomainEvent) -> Value {
             json!({ "type": "storageFailed", "message": message })
         }
     }
+}
+
+/// A change of one element: `{ type, local, author }` with the operation's kind as `type`
+/// and what it says beside string positions (JavaScript reads the text itself).
+pub(crate) fn element_event(operation: &OperationKind, author: Option<SessionId>) -> Value {
+    let mut event = match operation {
+        OperationKind::StringSplice { .. } => json!({ "type": "stringSplice" }),
+        OperationKind::StringSet { .. } => json!({ "type": "stringSet" }),
+        OperationKind::ArrayInsert { index, .. } => {
+            json!({ "type": "arrayInsert", "index": index })
+        }
+        OperationKind::ArrayRemove { index } => json!({ "type": "arrayRemove", "index": index }),
+        OperationKind::ArrayReplace { index, .. } => {
+            json!({ "type": "arrayReplace", "index": index })
+        }
+        OperationKind::ArrayMove { from, to } => {
+            json!({ "type": "arrayMove", "from": from, "to": to })
+        }
+        OperationKind::ArraySet { .. } => json!({ "type": "arraySet" }),
+        OperationKind::ObjectAddProperty { key, .. } => {
+            json!({ "type": "objectAddProperty", "key": key })
+        }
+        OperationKind::ObjectSetProperty { key, .. } => {
+            json!({ "type": "objectSetProperty", "key": key })
+        }
+        OperationKind::ObjectRemoveProperty { key } => {
+            json!({ "type": "objectRemoveProperty", "key": key })
+        }
+        OperationKind::ObjectSet { .. } => json!({ "type": "objectSet" }),
+        OperationKind::NumberDelta { delta } => json!({ "type": "numberDelta", "delta": delta }),
+        OperationKind::NumberSet { value } => json!({ "type": "numberSet", "value": value }),
+        OperationKind::BooleanSet { value } => json!({ "type": "booleanSet", "value": value }),
+        OperationKind::DateSet { value } => json!({ "type": "dateSet", "value": value }),
+    };
+    event["local"] = json!(author.is_none());
+    event["author"] = json!(author.map(|a| a.0));
+    event
 }

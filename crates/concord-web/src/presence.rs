@@ -1,6 +1,6 @@
 //! Permissions, presence and activities for JavaScript, with the Rust API's names:
 //! `models().permissions(id)`, `setPermissions`, `createWithPermissions`;
-//! `domain.presence()` (`setState`, `removeState`, `clearState`, `follow`, `unfollow`,
+//! `domain.presence()` (`setState`, `setStates`, `removeState`, `clearState`, `follow`, `unfollow`,
 //! `onEvent`); `domain.activities()` (`join` → an `Activity`: `participants`, `setState`,
 //! `removeState`, `clearState`, `remove`, `leave`; `onEvent`). State values are any JSON
 //! value here (JSON text on the wire).
@@ -14,7 +14,7 @@ use concord_client::{
 use serde_json::{Value, json};
 use wasm_bindgen::prelude::*;
 
-use crate::{Domain, ModelService, collection, error, from_js, id, to_js};
+use crate::{Domain, ModelService, WebError, collection, error, from_js, id, subscription, to_js};
 
 fn permissions_json(p: &Permissions) -> Value {
     json!({ "read": p.read, "write": p.write, "remove": p.remove, "manage": p.manage })
@@ -41,13 +41,13 @@ fn grants_json(grants: &PermissionGrants) -> Value {
     })
 }
 
-fn grants_from(value: &Value) -> Result<PermissionGrants, JsError> {
+fn grants_from(value: &Value) -> Result<PermissionGrants, WebError> {
     let users = match value.get("users") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(users)) => {
             users.iter().map(|(u, p)| (UserId(u.clone()), permissions_from(p))).collect()
         }
-        Some(_) => return Err(JsError::new("`users` must be an object of user ids")),
+        Some(_) => return Err(WebError::invalid("`users` must be an object of user ids")),
     };
     Ok(PermissionGrants {
         override_collection: value
@@ -101,11 +101,11 @@ fn activity_event(activity: &ActivityId, change: &ActivityChange) -> Value {
     }
 }
 
-fn object(value: JsValue) -> Result<BTreeMap<String, Value>, JsError> {
+fn object(value: JsValue) -> Result<BTreeMap<String, Value>, WebError> {
     match from_js(value)? {
         Value::Object(map) => Ok(map.into_iter().collect()),
         Value::Null => Ok(BTreeMap::new()),
-        _ => Err(JsError::new("a state must be an object")),
+        _ => Err(WebError::invalid("a state must be an object")),
     }
 }
 
@@ -116,14 +116,19 @@ fn users(ids: Vec<String>) -> Vec<UserId> {
 #[wasm_bindgen]
 impl ModelService {
     /// The model's grants (needs `manage`; fails offline).
-    pub async fn permissions(&self, model: String) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "PermissionGrants")]
+    pub async fn permissions(&self, model: String) -> Result<JsValue, WebError> {
         let grants = self.domain.models().permissions(&id(&model)?).await.map_err(error)?;
         to_js(&grants_json(&grants))
     }
 
     /// Replaces the model's grants (needs `manage`; fails offline, never queued).
     #[wasm_bindgen(js_name = setPermissions)]
-    pub async fn set_permissions(&self, model: String, grants: JsValue) -> Result<(), JsError> {
+    pub async fn set_permissions(
+        &self,
+        model: String,
+        #[wasm_bindgen(unchecked_param_type = "PermissionGrants")] grants: JsValue,
+    ) -> Result<(), WebError> {
         let grants = grants_from(&from_js(grants)?)?;
         self.domain.models().set_permissions(&id(&model)?, &grants).await.map_err(error)
     }
@@ -134,9 +139,9 @@ impl ModelService {
         &self,
         model: String,
         collection_id: String,
-        data: JsValue,
-        grants: JsValue,
-    ) -> Result<(), JsError> {
+        #[wasm_bindgen(unchecked_param_type = "JsonObject")] data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "PermissionGrants")] grants: JsValue,
+    ) -> Result<(), WebError> {
         let (data, grants) = (from_js(data)?, grants_from(&from_js(grants)?)?);
         let (model, collection) = (id(&model)?, collection(&collection_id)?);
         let models = self.domain.models();
@@ -167,42 +172,58 @@ pub struct PresenceService {
 impl PresenceService {
     /// Sets one key (offline: published on the next connection).
     #[wasm_bindgen(js_name = setState)]
-    pub async fn set_state(&self, key: String, value: JsValue) -> Result<(), JsError> {
+    pub async fn set_state(
+        &self,
+        key: String,
+        #[wasm_bindgen(unchecked_param_type = "JsonValue")] value: JsValue,
+    ) -> Result<(), WebError> {
         self.domain.presence().set_state(&key, from_js(value)?).await.map_err(error)
     }
 
+    /// Sets several keys at once (an object of them).
+    #[wasm_bindgen(js_name = setStates)]
+    pub async fn set_states(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "JsonObject")] states: JsValue,
+    ) -> Result<(), WebError> {
+        self.domain.presence().set_states(object(states)?).await.map_err(error)
+    }
+
     #[wasm_bindgen(js_name = removeState)]
-    pub async fn remove_state(&self, keys: Vec<String>) -> Result<(), JsError> {
+    pub async fn remove_state(&self, keys: Vec<String>) -> Result<(), WebError> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.domain.presence().remove_state(&keys).await.map_err(error)
     }
 
     #[wasm_bindgen(js_name = clearState)]
-    pub async fn clear_state(&self) -> Result<(), JsError> {
+    pub async fn clear_state(&self) -> Result<(), WebError> {
         self.domain.presence().clear_state().await.map_err(error)
     }
 
     /// Resolves to `[{ user, available, state }]` (fails offline).
-    pub async fn follow(&self, users_ids: Vec<String>) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "UserPresence[]")]
+    pub async fn follow(&self, users_ids: Vec<String>) -> Result<JsValue, WebError> {
         let now = self.domain.presence().follow(&users(users_ids)).await.map_err(error)?;
         to_js(&now.iter().map(presence_json).collect::<Vec<_>>())
     }
 
-    pub async fn unfollow(&self, users_ids: Vec<String>) -> Result<(), JsError> {
+    pub async fn unfollow(&self, users_ids: Vec<String>) -> Result<(), WebError> {
         self.domain.presence().unfollow(&users(users_ids)).await.map_err(error)
     }
 
-    /// Calls `callback({ user, available, state })` for each change of a followed user.
-    #[wasm_bindgen(js_name = onEvent)]
-    pub fn on_event(&self, callback: js_sys::Function) {
-        let mut stream = self.domain.presence().events();
-        wasm_bindgen_futures::spawn_local(async move {
-            while let Some(presence) = stream.next().await {
-                if let Ok(value) = to_js(&presence_json(&presence)) {
-                    let _ = callback.call1(&JsValue::NULL, &value);
-                }
-            }
-        });
+    /// Calls `callback({ user, available, state })` for each change of a followed user;
+    /// returns the function that ends the subscription.
+    #[wasm_bindgen(js_name = onEvent, unchecked_return_type = "Unsubscribe")]
+    pub fn on_event(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(presence: UserPresence) => void")]
+        callback: js_sys::Function,
+    ) -> js_sys::Function {
+        let events =
+            subscription::converted(self.domain.presence().events(), |presence| async move {
+                to_js(&presence_json(&presence)).ok()
+            });
+        subscription::subscribe(events, callback)
     }
 }
 
@@ -220,25 +241,26 @@ impl ActivityService {
         &self,
         kind: String,
         id: String,
-        state: JsValue,
-    ) -> Result<Activity, JsError> {
+        #[wasm_bindgen(unchecked_param_type = "JsonObject")] state: JsValue,
+    ) -> Result<Activity, WebError> {
         let state = object(state)?;
         let inner = self.domain.activities().join(&kind, &id, state).await.map_err(error)?;
         Ok(Activity { inner })
     }
 
     /// Calls `callback(event)` for what happens in joined activities: `joined`, `left`,
-    /// `stateChanged` (see `docs/web.md`).
-    #[wasm_bindgen(js_name = onEvent)]
-    pub fn on_event(&self, callback: js_sys::Function) {
-        let mut stream = self.domain.activities().events();
-        wasm_bindgen_futures::spawn_local(async move {
-            while let Some((activity, change)) = stream.next().await {
-                if let Ok(value) = to_js(&activity_event(&activity, &change)) {
-                    let _ = callback.call1(&JsValue::NULL, &value);
-                }
-            }
-        });
+    /// `stateChanged` (see `docs/web.md`); returns the function that ends the subscription.
+    #[wasm_bindgen(js_name = onEvent, unchecked_return_type = "Unsubscribe")]
+    pub fn on_event(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(event: ActivityEvent) => void")]
+        callback: js_sys::Function,
+    ) -> js_sys::Function {
+        let events = subscription::converted(
+            self.domain.activities().events(),
+            |(activity, change)| async move { to_js(&activity_event(&activity, &change)).ok() },
+        );
+        subscription::subscribe(events, callback)
     }
 }
 
@@ -252,38 +274,44 @@ pub struct Activity {
 #[wasm_bindgen]
 impl Activity {
     /// `{ kind, id }`.
-    pub fn id(&self) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "ActivityRef")]
+    pub fn id(&self) -> Result<JsValue, WebError> {
         to_js(&activity_json(self.inner.id()))
     }
 
     /// `[{ session, user, state }]` as last heard.
-    pub async fn participants(&self) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "Participant[]")]
+    pub async fn participants(&self) -> Result<JsValue, WebError> {
         let participants = self.inner.participants().await.map_err(error)?;
         to_js(&participants.iter().map(participant_json).collect::<Vec<_>>())
     }
 
     #[wasm_bindgen(js_name = setState)]
-    pub async fn set_state(&self, key: String, value: JsValue) -> Result<(), JsError> {
+    pub async fn set_state(
+        &self,
+        key: String,
+        #[wasm_bindgen(unchecked_param_type = "JsonValue")] value: JsValue,
+    ) -> Result<(), WebError> {
         self.inner.set_state(&key, from_js(value)?).await.map_err(error)
     }
 
     #[wasm_bindgen(js_name = removeState)]
-    pub async fn remove_state(&self, keys: Vec<String>) -> Result<(), JsError> {
+    pub async fn remove_state(&self, keys: Vec<String>) -> Result<(), WebError> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.inner.remove_state(&keys).await.map_err(error)
     }
 
     #[wasm_bindgen(js_name = clearState)]
-    pub async fn clear_state(&self) -> Result<(), JsError> {
+    pub async fn clear_state(&self) -> Result<(), WebError> {
         self.inner.clear_state().await.map_err(error)
     }
 
     /// Removes another session (needs `manage`).
-    pub async fn remove(&self, session: String) -> Result<(), JsError> {
+    pub async fn remove(&self, session: String) -> Result<(), WebError> {
         self.inner.remove(&SessionId(session)).await.map_err(error)
     }
 
-    pub async fn leave(self) -> Result<(), JsError> {
+    pub async fn leave(self) -> Result<(), WebError> {
         self.inner.leave().await.map_err(error)
     }
 }

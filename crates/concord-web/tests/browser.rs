@@ -2,7 +2,7 @@
 //! with the server stopped the page keeps working and reloads (its service worker keeps its
 //! files, IndexedDB its data); the edits reach the server once it is back; a second tab on
 //! the same store gets a clear answer. `cargo xtask browser-test` builds the page
-//! (`target/web`) and runs this with `--ignored`.
+//! (`target/web`) and runs this with `--ignored`. The JS API's own tests are in `browser/api.rs`.
 
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -14,6 +14,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use concord_client::{Domain, ModelId};
 use concord_server::{RunningServer, Server, ServerConfig, mint_token};
+
+/// Tests through the JS API, in pages that load the bundle.
+#[path = "browser/api.rs"]
+mod api;
 
 const SECRET: &[u8] = b"the browser test's JWT secret";
 
@@ -75,13 +79,16 @@ async fn serve(
     Ok(Server::spawn(config).await?)
 }
 
-fn items(browser: &mut Browser, tab: &str) -> anyhow::Result<Vec<String>> {
-    Ok(serde_json::from_str(&browser.run(&format!("items {tab}"))?)?)
+impl Browser {
+    /// Runs `body`, an async JS function body, in `tab` (opened with `api`); its result.
+    fn evaluate(&mut self, tab: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+        let answer = self.run(&format!("evaluate {tab} {}", serde_json::to_string(body)?))?;
+        Ok(serde_json::from_str(&answer)?)
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
-async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::Result<()> {
+/// `target/web`, built by `cargo xtask web` (or `CONCORD_WEB_ROOT`).
+fn web_root() -> anyhow::Result<PathBuf> {
     let web_root = std::env::var_os("CONCORD_WEB_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/web"));
@@ -89,6 +96,17 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         web_root.join("concord_web_bg.wasm").exists(),
         "build the page first: cargo xtask web"
     );
+    Ok(web_root)
+}
+
+fn items(browser: &mut Browser, tab: &str) -> anyhow::Result<Vec<String>> {
+    Ok(serde_json::from_str(&browser.run(&format!("items {tab}"))?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::Result<()> {
+    let web_root = web_root()?;
     let dir = tempfile::tempdir()?;
     let server = serve("127.0.0.1:0".parse()?, dir.path(), &web_root).await?;
     let addr = server.addr();

@@ -1,4 +1,4 @@
-// Drives the demo page in headless Chromium for crates/concord-web/tests/browser.rs.
+// Drives the demo page, and pages using the JS API, in headless Chromium for crates/concord-web/tests/browser.rs.
 // One command per stdin line, one answer per stdout line ("ok ...", or "error ...").
 // The page comes from the Concord server itself; its service worker keeps the page's files
 // so that it reloads while the server is down.
@@ -71,6 +71,37 @@ const commands = {
     tabs.delete(tab);
     return "closed";
   },
+  // A page of the server's origin with the bundle loaded as `window.concord`, for tests that
+  // go through the JS API (`evaluate`), and `until(check, what)` to wait on a condition.
+  async api(tab, url) {
+    await commands.open(tab, url);
+    await tabs.get(tab).evaluate(async () => {
+      const concord = await import("/concord_web.js");
+      await concord.default();
+      window.concord = concord;
+      window.until = async (check, what, ms = 30000) => {
+        const end = Date.now() + ms;
+        while (!(await check())) {
+          if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+    });
+    return "loaded";
+  },
+  // Runs an async function body in the tab; its result as JSON. A thrown error comes back
+  // with its `code`.
+  async evaluate(tab, body) {
+    return await tabs.get(tab).evaluate(async (body) => {
+      const run = new (Object.getPrototypeOf(async () => {}).constructor)(body);
+      try {
+        const value = await run();
+        return JSON.stringify(value === undefined ? null : value);
+      } catch (e) {
+        throw new Error(`${e?.code ?? "no code"}: ${e?.message ?? e}`);
+      }
+    }, body);
+  },
   async logs() {
     return JSON.stringify(logs.slice(-20));
   },
@@ -78,6 +109,8 @@ const commands = {
 for await (const line of createInterface({ input: process.stdin })) {
   const [name, ...args] = line.trim().split(" ");
   if (name === "quit") break;
+  // `evaluate <tab> <JSON string>`: the body is JSON so that it fits on one line.
+  if (name === "evaluate") args.splice(1, args.length - 1, JSON.parse(args.slice(1).join(" ")));
   try {
     const answer = await commands[name](...args);
     console.log(`ok ${answer}`);

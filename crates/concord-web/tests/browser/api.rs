@@ -1,0 +1,377 @@
+//! The JS API in headless Chromium against a real server: two users working on one model
+//! (references in UTF-16 code units around emoji, collaborators, presence), and a model's
+//! history played to every version and back.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use concord_server::mint_token;
+use serde_json::{Value, json};
+
+use super::{Browser, SECRET, serve, web_root};
+
+/// `body` with each `$name` replaced by its value as a JS literal (JSON).
+fn script(body: &str, vars: &[(&str, Value)]) -> String {
+    vars.iter().fold(body.to_owned(), |body, (name, value)| {
+        body.replace(&format!("${name}"), &value.to_string())
+    })
+}
+
+/// A web root with the bundle and an empty page (`api.html`) to load it in.
+fn api_root() -> anyhow::Result<tempfile::TempDir> {
+    let (bundle, root) = (web_root()?, tempfile::tempdir()?);
+    for file in ["concord_web.js", "concord_web_bg.wasm"] {
+        std::fs::copy(bundle.join(file), root.path().join(file))?;
+    }
+    std::fs::write(root.path().join("api.html"), "<!doctype html><title>api</title>")?;
+    Ok(root)
+}
+
+/// A real server serving `api_root()`, with the URLs of its page and its WebSocket.
+struct ApiServer {
+    server: concord_server::RunningServer,
+    page: String,
+    ws: String,
+    _web_root: tempfile::TempDir,
+    _store: tempfile::TempDir,
+}
+
+impl ApiServer {
+    async fn start() -> anyhow::Result<ApiServer> {
+        let (web_root, store) = (api_root()?, tempfile::tempdir()?);
+        let server = serve("127.0.0.1:0".parse()?, store.path(), web_root.path()).await?;
+        let addr = server.addr();
+        Ok(ApiServer {
+            server,
+            page: format!("http://{addr}/api.html"),
+            ws: format!("ws://{addr}/demo/api"),
+            _web_root: web_root,
+            _store: store,
+        })
+    }
+}
+
+fn token(user: &str) -> anyhow::Result<Value> {
+    Ok(json!(mint_token(SECRET, user, None, Duration::from_secs(3600))?))
+}
+
+/// A browser with one API page per user in `tabs`, each with `window.domain` connected as
+/// that user to `ws`.
+fn browser_with(page: &str, ws: &str, tabs: &[&str]) -> anyhow::Result<Browser> {
+    let mut browser = Browser::start()?;
+    for user in tabs {
+        browser.run(&format!("api {user} {page}"))?;
+        let connect = "window.domain = new concord.Domain($ws, {});
+            return (await domain.connectWithJwt($token)).session;";
+        let vars = [("ws", json!(ws)), ("token", token(user)?)];
+        browser.evaluate(user, &script(connect, &vars))?;
+    }
+    Ok(browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = browser_with(&page, &ws, &["alice", "bob"])?;
+
+        let alice = browser.evaluate(
+            "alice",
+            r#"window.model = await domain.models().openAutoCreate("cursors", "notes",
+                { text: "😀 héllo 👋 world" });
+            window.text = await model.root().get("text");
+            window.cursor = text.indexReference("cursor");
+            await cursor.share();
+            return { session: await model.sessionId() };"#,
+        )?;
+        let alice_session = alice["session"].clone();
+
+        // Bob opens the model and follows Alice's presence.
+        let bob = browser.evaluate(
+            "bob",
+            r#"window.events = [];
+            window.presenceEvents = [];
+            window.model = await domain.models().open("cursors");
+            model.onEvent((e) => events.push(e));
+            domain.presence().onEvent((p) => presenceEvents.push(p));
+            await domain.presence().follow(["alice"]);
+            window.text = await model.root().get("text");
+            return { session: await model.sessionId() };"#,
+        )?;
+        let bob_session = bob["session"].clone();
+
+        // Alice puts her cursor before "world", after emoji (two UTF-16 units each); Bob sees
+        // it where she put it.
+        let alice = browser.evaluate(
+            "alice",
+            r#"const at = (await text.value()).indexOf("world");
+            await cursor.set(at);
+            return { at, own: await cursor.value() };"#,
+        )?;
+        assert_eq!(alice["at"], json!(12), "JS counts the emoji as two units each");
+        assert_eq!(alice["own"], json!([12]));
+        let bob = browser.evaluate(
+            "bob",
+            &script(
+                r#"await until(async () => (await text.reference($alice, "cursor"))?.length === 1,
+                    "alice's cursor");
+                return { seen: await text.reference($alice, "cursor") };"#,
+                &[("alice", alice_session.clone())],
+            ),
+        )?;
+        assert_eq!(bob["seen"], json!([12]));
+
+        // Bob types before the cursor, emoji too, in several changes; the cursor stays on
+        // "world" in his view (element reference, references(), events) and in hers.
+        let typed = browser.evaluate(
+            "bob",
+            &script(
+                r#"await text.splice(0, 0, "🎉");
+                await text.splice(2, 0, "x👍");
+                const last = await text.splice(7, 1, "É");
+                await model.acknowledged(last);
+                const now = await text.value();
+                const want = now.indexOf("world");
+                await until(async () => (await text.reference($alice, "cursor"))?.[0] === want,
+                    "the cursor to follow the text");
+                const listed = (await model.references()).filter((r) => r.key === "cursor");
+                return { now, want, listed,
+                    events: events.filter((e) => e.type === "remoteReference") };"#,
+                &[("alice", alice_session.clone())],
+            ),
+        )?;
+        let now = typed["now"].as_str().context("text")?.to_owned();
+        assert!(now.starts_with("🎉x👍😀Éhéllo"), "{now}");
+        let want = now.encode_utf16().count() - "world".len();
+        assert_eq!(typed["want"], json!(want));
+        assert_eq!(
+            typed["listed"],
+            json!([{ "session": alice_session, "element": typed["listed"][0]["element"],
+                "key": "cursor", "value": [want] }])
+        );
+        let sets: Vec<&Value> = typed["events"]
+            .as_array()
+            .context("events")?
+            .iter()
+            .filter(|e| e["change"] == "set")
+            .collect();
+        let first = sets.first().context("no remote reference set event")?;
+        assert_eq!(first["value"], json!([12]), "the event speaks UTF-16 too");
+        assert_eq!(first["user"], json!("alice"));
+
+        // Alice's own cursor moved with Bob's typing; both list each other; presence state
+        // set by Alice reaches Bob's subscriber.
+        let moved = browser.evaluate(
+            "alice",
+            &script(
+                r#"await until(async () => (await text.value()) === $now, "bob's typing");
+                await until(async () => (await model.collaborators()).length === 1, "bob");
+                await domain.presence().setStates({ status: { typing: true, at: 3 }, mood: "😀" });
+                return { own: await cursor.value(), collaborators: await model.collaborators() };"#,
+                &[("now", json!(now))],
+            ),
+        )?;
+        assert_eq!(moved["own"], json!([want]));
+        assert_eq!(moved["collaborators"], json!([{ "session": bob_session, "user": "bob" }]));
+        let bob = browser.evaluate(
+            "bob",
+            r#"await until(async () => presenceEvents.some((p) => p.state.status?.typing),
+                "alice's presence state");
+            return { collaborators: await model.collaborators(),
+                presence: presenceEvents.at(-1) };"#,
+        )?;
+        assert_eq!(bob["collaborators"], json!([{ "session": alice_session, "user": "alice" }]));
+        assert_eq!(
+            bob["presence"],
+            json!({ "user": "alice", "available": true,
+                "state": { "status": { "typing": true, "at": 3 }, "mood": "😀" } })
+        );
+        Ok(())
+    });
+    api.server.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn history_plays_to_every_version_and_back() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = browser_with(&page, &ws, &["alice"])?;
+        // Each step acknowledged before the next, so each is its own version.
+        let played = browser.evaluate(
+            "alice",
+            r#"const model = await domain.models().openAutoCreate("diary", "notes",
+                { text: "", count: 0, tags: [] });
+            const root = model.root();
+            const text = await root.get("text");
+            const steps = [
+                () => text.splice(0, 0, "Dear 📔"),
+                async () => (await root.get("count")).add(2),
+                async () => (await root.get("tags")).push("a"),
+                () => text.splice(5, 2, "diary 😀"),
+                () => root.set("title", "day one"),
+                async () => (await root.get("tags")).insert(0, { x: 1 }),
+                () => root.remove("count"),
+            ];
+            const recorded = [[await model.version(), await model.value()]];
+            for (const step of steps) {
+                await model.acknowledged(await step());
+                recorded.push([await model.version(), await model.value()]);
+            }
+            const history = await domain.models().history("diary");
+            const newest = [history.version(), history.value()];
+            const forth = [];
+            for (const [version] of recorded) {
+                await history.playTo(version);
+                forth.push([history.version(), history.value()]);
+            }
+            const back = [];
+            for (const [version] of [...recorded].reverse()) {
+                await history.playTo(version);
+                back.push([history.version(), history.value()]);
+            }
+            await history.forward(1);
+            const stepped = [history.version(), history.value()];
+            await history.backward(1);
+            const steppedBack = [history.version(), history.value()];
+            return { recorded, newest, forth, back, stepped, steppedBack,
+                min: history.minVersion(), max: history.maxVersion(),
+                collection: history.collection(), createdAt: history.createdAt() };"#,
+        )?;
+        let recorded = played["recorded"].as_array().context("recorded")?.clone();
+        assert_eq!(recorded.len(), 8);
+        let versions: Vec<u64> = recorded.iter().filter_map(|r| r[0].as_u64()).collect();
+        assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "one version a step: {versions:?}");
+        assert_eq!(
+            recorded[7][1],
+            json!({ "text": "Dear diary 😀", "tags": [{ "x": 1 }, "a"],
+            "title": "day one" })
+        );
+        assert_eq!(played["newest"], recorded[7]);
+        assert_eq!(played["max"], json!(versions[7]));
+        assert_eq!(played["collection"], json!("notes"));
+        assert!(played["createdAt"].as_f64() > Some(0.0), "{}", played["createdAt"]);
+        assert!(played["min"].as_u64() <= Some(versions[0]));
+        assert_eq!(played["forth"], json!(recorded));
+        let mut reversed = recorded.clone();
+        reversed.reverse();
+        assert_eq!(played["back"], json!(reversed));
+        assert_eq!(played["stepped"], recorded[1]);
+        assert_eq!(played["steppedBack"], recorded[0]);
+        Ok(())
+    });
+    api.server.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = browser_with(&page, &ws, &["alice"])?;
+        let seen = browser.evaluate(
+            "alice",
+            r#"const model = await domain.models().openAutoCreate("shapes", "notes",
+                { list: [1, 2, 3], obj: { a: 1 }, text: "a😀b", n: 1, flag: false });
+            const root = model.root();
+            const [list, obj, text] = [await root.get("list"), await root.get("obj"),
+                await root.get("text")];
+            const elementEvents = [];
+            const stopList = list.onEvent((e) => elementEvents.push(e));
+            const stopModel = model.onEvent(() => {});
+            await list.move(0, 2);
+            await list.replace(0, "two");
+            await list.set(1, { three: 3 });
+            const afterArray = await list.value();
+            const keys = await obj.keys();
+            const has = [await obj.has("a"), await obj.has("b")];
+            await obj.setValue({ b: 2, c: [true] });
+            await text.insert(3, "🎉");
+            const seq = await model.batch([
+                { element: list.id(), op: "insert", index: 0, value: "zero" },
+                { element: list.id(), op: "removeAt", index: 3 },
+                { element: text.id(), op: "splice", index: 1, deleteCount: 2, text: "-" },
+                { element: root.id(), op: "set", key: "n", value: 5 },
+                { element: (await root.get("flag")).id(), op: "setValue", value: true },
+            ]);
+            await model.stored(seq);
+            const marks = model.watermarks();
+            await model.acknowledged(seq);
+            await until(async () => elementEvents.length >= 5, "the list's events");
+            stopList();
+            await list.push("after unsubscribe");
+            await new Promise((r) => setTimeout(r, 300));
+            const afterStop = elementEvents.length;
+            stopModel();
+            stopModel();
+            const codes = [];
+            for (const attempt of [
+                () => list.move(99, 0),
+                () => obj.splice(0, 0, "x"),
+                () => model.batch([{ element: "9:9", op: "add", delta: 1 }]),
+                () => model.batch([{ element: list.id(), op: "fly" }]),
+                () => domain.models().open("nope"),
+                () => list.insert(-1, 0),
+            ]) {
+                try { await attempt(); codes.push("no error"); }
+                catch (e) { codes.push([e instanceof Error, e.name, e.code]); }
+            }
+            const value = await model.value();
+            const length = await text.length();
+            await domain.close();
+            let closed = "no error";
+            try { await model.value(); } catch (e) { closed = e.code; }
+            return { afterArray, keys, has, value, length, seq, marks, elementEvents, afterStop,
+                codes, closed };"#,
+        )?;
+        assert_eq!(seen["afterArray"], json!(["two", { "three": 3 }, 1]));
+        assert_eq!(seen["keys"], json!(["a"]));
+        assert_eq!(seen["has"], json!([true, false]));
+        assert_eq!(
+            seen["value"],
+            json!({ "list": ["zero", "two", { "three": 3 }, "after unsubscribe"],
+                "obj": { "b": 2, "c": [true] }, "text": "a-🎉b", "n": 5, "flag": true })
+        );
+        assert_eq!(seen["length"], json!(5), "UTF-16 units of a-🎉b");
+        assert!(seen["marks"]["stored"].as_u64() >= seen["seq"].as_u64(), "{seen}");
+        let local = |e: Value| {
+            let mut e = e;
+            e["local"] = json!(true);
+            e["author"] = Value::Null;
+            e
+        };
+        assert_eq!(
+            seen["elementEvents"],
+            json!([
+                local(json!({ "type": "arrayMove", "from": 0, "to": 2 })),
+                local(json!({ "type": "arrayReplace", "index": 0 })),
+                local(json!({ "type": "arrayReplace", "index": 1 })),
+                local(json!({ "type": "arrayInsert", "index": 0 })),
+                local(json!({ "type": "arrayRemove", "index": 3 })),
+            ])
+        );
+        assert_eq!(seen["afterStop"], json!(5), "no event after unsubscribing");
+        let error = |code: &str| json!([true, "ConcordError", code]);
+        assert_eq!(
+            seen["codes"],
+            json!([
+                error("invalid_change"),
+                error("wrong_kind"),
+                error("no_such_element"),
+                error("invalid_argument"),
+                error("model_not_found"),
+                error("invalid_argument"),
+            ])
+        );
+        assert_eq!(seen["closed"], json!("closed"));
+        Ok(())
+    });
+    api.server.stop().await?;
+    result
+}
