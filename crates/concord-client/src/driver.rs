@@ -594,11 +594,12 @@ impl Driver {
             }
         };
         let mut engine = ClientEngine::new(replica, self.options.engine);
-        let summaries = store.models().await?;
-        engine.add_tombstones(store::tombstones(&summaries));
-        let subscriptions = store
-            .subscriptions()
-            .await?
+        // Ids only, not every model's summary: opening a store with thousands of models
+        // changed offline costs what their ids do.
+        engine.add_tombstones(store.unsynced().await?.deleted);
+        let subscribed = store.subscriptions().await?;
+        let summaries = if subscribed.is_empty() { Vec::new() } else { store.models().await? };
+        let subscriptions = subscribed
             .into_iter()
             .map(|model| {
                 let version = summaries
@@ -988,8 +989,11 @@ impl Driver {
             while let Some(action) = engine.poll_action() {
                 actions.push(action);
             }
-            let load = engine.poll_load();
-            let idle = outgoing.is_empty() && actions.is_empty() && load.is_none();
+            // Every load asked for, before the next commit: the models background sync
+            // loads side by side then make their submissions durable in one commit, not one
+            // fsync after another.
+            let loads: Vec<ModelId> = std::iter::from_fn(|| engine.poll_load()).collect();
+            let idle = outgoing.is_empty() && actions.is_empty() && loads.is_empty();
             if !outgoing.is_empty()
                 && let Some(socket) = self.socket.as_mut()
                 && let Err(error) = socket.send_all(&outgoing).await
@@ -1009,7 +1013,10 @@ impl Driver {
                     }
                 }
             }
-            if let Some(model) = load {
+            for model in loads {
+                if self.failed.is_some() {
+                    break;
+                }
                 self.load(model).await;
             }
             if idle {

@@ -894,10 +894,10 @@ impl ClientEngine {
             self.send(request, Request::Other);
         }
         // Listed first, so that the application's models know they share the budget.
-        self.sync_waiting = stored_with_changes
-            .into_iter()
-            .filter(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m))
-            .collect();
+        // In place: the ids of thousands of models changed offline are held once.
+        self.sync_waiting = VecDeque::from(stored_with_changes);
+        self.sync_waiting
+            .retain(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m));
         self.progress.start(self.sync_waiting.len());
         if self.progress.total > 0 {
             self.report_progress();

@@ -267,6 +267,10 @@ struct Run {
     server_rss_before_kib: u64,
     server_peak_rss_kib: u64,
     server_rss_after_kib: u64,
+    /// The anonymous part of the server's RSS (what it allocated) before and after; the
+    /// rest is file-backed: the binary's and libraries' pages, clean and shared.
+    server_anon_before_kib: u64,
+    server_anon_after_kib: u64,
     /// What the server logged when it returned its allocator's free memory to the system.
     server_trims: Vec<String>,
 }
@@ -289,6 +293,7 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
 
     let pid = server.pid().to_string();
     let server_rss_before_kib = status_kib(&pid, "VmRSS:")?;
+    let server_anon_before_kib = status_kib(&pid, "RssAnon:")?;
     let concurrency = cli.sync_concurrency.map(|c| c.to_string());
     let mut sync_args = vec!["sync", &url, &store_arg, &token];
     if let Some(concurrency) = &concurrency {
@@ -299,6 +304,7 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
     let server_peak_rss_kib = status_kib(&pid, "VmHWM:")?;
     std::thread::sleep(Duration::from_secs(cli.after));
     let server_rss_after_kib = status_kib(&pid, "VmRSS:")?;
+    let server_anon_after_kib = status_kib(&pid, "RssAnon:")?;
     let server_trims =
         server.log().lines().filter(|l| l.contains("malloc_trim")).map(str::to_owned).collect();
 
@@ -313,6 +319,8 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
         server_rss_before_kib,
         server_peak_rss_kib,
         server_rss_after_kib,
+        server_anon_before_kib,
+        server_anon_after_kib,
         server_trims,
     })
 }
@@ -336,7 +344,7 @@ fn child(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`); `pid` may be `self`.
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`, `RssAnon:`); `pid` may be `self`.
 fn status_kib(pid: &str, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -349,11 +357,11 @@ fn status_kib(pid: &str, field: &str) -> Result<u64> {
 fn table(runs: &[Run]) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut out = String::from(
-        "| models | sync s | models/s | client RSS before / peak MiB | handle KiB | server RSS before / peak / after MiB |\n|---:|---:|---:|---:|---:|---:|\n",
+        "| models | sync s | models/s | client RSS before / peak MiB | handle KiB | server RSS before / peak / after MiB | server anon before / after MiB |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} / {:.1} |\n",
+            "| {} | {:.2} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} |\n",
             r.models,
             r.sync.seconds,
             r.sync.models_per_sec,
@@ -363,6 +371,8 @@ fn table(runs: &[Run]) -> String {
             mib(r.server_rss_before_kib),
             mib(r.server_peak_rss_kib),
             mib(r.server_rss_after_kib),
+            mib(r.server_anon_before_kib),
+            mib(r.server_anon_after_kib),
         ));
     }
     out
