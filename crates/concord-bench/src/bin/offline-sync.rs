@@ -14,7 +14,8 @@
 //! 3. `handles`: offline, opens every model and holds the handles: the RSS they add,
 //!    divided by N, is what an open model handle costs.
 //!
-//! The server's RSS is sampled before the sync, at its peak (`VmHWM`), and after the models
+//! The server's RSS is sampled as it started (cold), before the sync (after a warm-up: a
+//! second client store syncs `--warmup` models and the server unloads them), at its peak (`VmHWM`), and after the models
 //! were unloaded (the server unloads a model idle for 30 s by default; the tool waits
 //! `--after` seconds after the sync), with what the server logged when it gave its
 //! allocator's free memory back to the system (`malloc_trim`, with `mallinfo2` figures).
@@ -55,6 +56,11 @@ struct Cli {
     /// after 30 s idle by default).
     #[arg(long, default_value_t = 45)]
     after: u64,
+    /// Models synced (by another client store) and unloaded before the "before" sample, so
+    /// that it is a server that has served this kind of traffic once: its code paged in, its
+    /// store cache filled, its threads started. 0 samples the server as it started.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
     /// Background sync's models in flight (`EngineConfig::sync_concurrency`) [default: the
     /// engine's]
     #[arg(long)]
@@ -71,6 +77,9 @@ enum Phase {
         url: String,
         store: PathBuf,
         models: usize,
+        /// The models' ids start with this.
+        #[arg(long, default_value = "note")]
+        prefix: String,
     },
     Sync {
         url: String,
@@ -94,8 +103,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.phase {
-        Some(Phase::Prepare { url, store, models }) => {
-            runtime.block_on(prepare(&url, &store, models))
+        Some(Phase::Prepare { url, store, models, prefix }) => {
+            runtime.block_on(prepare(&url, &store, models, &prefix))
         }
         Some(Phase::Sync { url, store, token, concurrency }) => {
             let report = runtime.block_on(sync(&url, &store, &token, concurrency))?;
@@ -126,7 +135,11 @@ fn main() -> Result<()> {
 }
 
 fn id(i: usize) -> ModelId {
-    ModelId::new(format!("note-{i:05}")).expect("a valid id")
+    prefixed_id("note", i)
+}
+
+fn prefixed_id(prefix: &str, i: usize) -> ModelId {
+    ModelId::new(format!("{prefix}-{i:05}")).expect("a valid id")
 }
 
 fn domain(url: &str, store: &Path) -> Domain {
@@ -141,7 +154,7 @@ fn domain_with(url: &str, store: &Path, sync_concurrency: Option<usize>) -> Doma
     Domain::builder(url).storage(RedbAdapter::new(store)).engine(engine).build()
 }
 
-async fn prepare(url: &str, store: &Path, models: usize) -> Result<()> {
+async fn prepare(url: &str, store: &Path, models: usize, prefix: &str) -> Result<()> {
     let domain = domain(url, store);
     domain.initialize_offline(USER).await?;
     let collection = CollectionId::new("notes")?;
@@ -149,7 +162,7 @@ async fn prepare(url: &str, store: &Path, models: usize) -> Result<()> {
         .map(|i| {
             let (domain, collection) = (domain.clone(), collection.clone());
             async move {
-                let model = id(i);
+                let model = prefixed_id(prefix, i);
                 domain.models().create_with_id(&model, &collection, json!({ "n": 0 })).await?;
                 let handle = domain.models().open(&model).await?;
                 let n = handle.root().get("n").await?.context("no n")?.as_number()?;
@@ -264,6 +277,10 @@ struct Run {
     prepare_seconds: f64,
     sync: SyncReport,
     handles: HandlesReport,
+    /// The server as it started, before any traffic.
+    server_cold_rss_kib: u64,
+    server_cold_anon_kib: u64,
+    /// After the warm-up's models were synced and unloaded (the same as cold without one).
     server_rss_before_kib: u64,
     server_peak_rss_kib: u64,
     server_rss_after_kib: u64,
@@ -292,6 +309,15 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
     let prepare_seconds = started.elapsed().as_secs_f64();
 
     let pid = server.pid().to_string();
+    let server_cold_rss_kib = status_kib(&pid, "VmRSS:")?;
+    let server_cold_anon_kib = status_kib(&pid, "RssAnon:")?;
+    if cli.warmup > 0 {
+        let warm_store = dir.path().join("warmup-client");
+        let warm_store = warm_store.to_string_lossy();
+        child(&["prepare", &url, &warm_store, &cli.warmup.to_string(), "--prefix", "warmup"])?;
+        let _: SyncReport = serde_json::from_str(&child(&["sync", &url, &warm_store, &token])?)?;
+        std::thread::sleep(Duration::from_secs(cli.after));
+    }
     let server_rss_before_kib = status_kib(&pid, "VmRSS:")?;
     let server_anon_before_kib = status_kib(&pid, "RssAnon:")?;
     let concurrency = cli.sync_concurrency.map(|c| c.to_string());
@@ -316,6 +342,8 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
         prepare_seconds,
         sync,
         handles,
+        server_cold_rss_kib,
+        server_cold_anon_kib,
         server_rss_before_kib,
         server_peak_rss_kib,
         server_rss_after_kib,
@@ -357,20 +385,22 @@ fn status_kib(pid: &str, field: &str) -> Result<u64> {
 fn table(runs: &[Run]) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut out = String::from(
-        "| models | sync s | models/s | client RSS before / peak MiB | handle KiB | server RSS before / peak / after MiB | server anon before / after MiB |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| models | sync s | models/s | client RSS before / peak MiB | handle KiB | server RSS cold / before / peak / after MiB | server anon cold / before / after MiB |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} |\n",
+            "| {} | {:.2} | {:.0} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |\n",
             r.models,
             r.sync.seconds,
             r.sync.models_per_sec,
             mib(r.sync.rss_before_kib),
             mib(r.sync.peak_rss_kib),
             r.handles.bytes_per_handle / 1024.0,
+            mib(r.server_cold_rss_kib),
             mib(r.server_rss_before_kib),
             mib(r.server_peak_rss_kib),
             mib(r.server_rss_after_kib),
+            mib(r.server_cold_anon_kib),
             mib(r.server_anon_before_kib),
             mib(r.server_anon_after_kib),
         ));
