@@ -403,7 +403,8 @@ async fn queries_answered_by_the_server_then_by_the_store_offline() -> anyhow::R
                 const store = await models.queryWith(sql, "store");
                 const all = await models.queryWith("SELECT * FROM tasks WHERE title = 'low'", "server");
                 const paged = await models.query("SELECT * FROM tasks ORDER BY priority LIMIT 1 OFFSET 1");
-                return { server, store, all, paged };"#,
+                const missing = server.rows.map((r) => r.values.map((v) => v === undefined));
+                return { server, store, all, paged, missing };"#,
                 &[("ws", json!(ws)), ("token", token("alice")?)],
             ),
         )?;
@@ -427,8 +428,9 @@ async fn queries_answered_by_the_server_then_by_the_store_offline() -> anyhow::R
                 json!(["q3", "paths", ["mid", 2], version]),
             ]
         };
-        let version = online["server"]["rows"][0]["version"].clone();
-        assert!(version.as_u64() >= Some(1), "{online}");
+        // Created and never edited: version 0.
+        let version = json!(0);
+        assert_eq!(online["missing"], json!([[false, false], [true, false], [false, false]]));
         assert_eq!(rows(&online["server"]), expected(version.clone()), "{online}");
         assert_eq!(rows(&online["store"]), rows(&online["server"]), "the store agrees");
         assert_eq!(online["server"]["total"], json!(3));
