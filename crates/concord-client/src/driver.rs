@@ -1147,18 +1147,15 @@ pub(crate) fn random_u64() -> u64 {
     let mut bytes = [0; 8];
     // Without OS randomness the time still separates replicas in practice.
     if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos =
+            rt::SystemTime::now().duration_since(rt::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         bytes = (nanos as u64).to_le_bytes();
     }
     u64::from_le_bytes(bytes)
 }
 
 pub(crate) fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let millis = rt::SystemTime::now().duration_since(rt::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     Timestamp(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 

@@ -13,6 +13,11 @@ use futures_util::future::{Either, select};
 pub(crate) use tokio::time::Instant;
 #[cfg(target_arch = "wasm32")]
 pub(crate) use web_time::Instant;
+// The wall clock: std's panics on wasm32-unknown-unknown ("time not implemented").
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use std::time::{SystemTime, UNIX_EPOCH};
+#[cfg(target_arch = "wasm32")]
+pub(crate) use web_time::{SystemTime, UNIX_EPOCH};
 
 /// Runs the domain's task in the background.
 #[cfg(not(target_arch = "wasm32"))]

@@ -10,16 +10,18 @@ use wasm_bindgen::prelude::*;
 pub struct WebError {
     code: String,
     message: String,
+    /// Where in a query's text it went wrong: `(line, column)`.
+    position: Option<(u64, u64)>,
 }
 
 impl WebError {
     /// An argument JavaScript passed is not what the call takes.
     pub(crate) fn invalid(message: impl Into<String>) -> WebError {
-        WebError { code: "invalid_argument".to_owned(), message: message.into() }
+        WebError { code: "invalid_argument".to_owned(), message: message.into(), position: None }
     }
 
     pub(crate) fn with_code(code: &str, message: impl Into<String>) -> WebError {
-        WebError { code: code.to_owned(), message: message.into() }
+        WebError { code: code.to_owned(), message: message.into(), position: None }
     }
 }
 
@@ -65,10 +67,15 @@ impl From<ClientError> for WebError {
             ClientError::Engine(e) => engine_code(e).to_owned(),
             ClientError::History(_) => "history".to_owned(),
             ClientError::Closed => "closed".to_owned(),
+            ClientError::Query(_) => "invalid_query".to_owned(),
             // The enum is non-exhaustive: a newer client's error keeps a generic code.
             _ => "client_error".to_owned(),
         };
-        WebError { code, message: error.to_string() }
+        let position = match &error {
+            ClientError::Query(e) => e.position().map(|p| (p.line, p.column)),
+            _ => None,
+        };
+        WebError { code, message: error.to_string(), position }
     }
 }
 
@@ -78,6 +85,12 @@ impl From<WebError> for JsValue {
         js.set_name("ConcordError");
         // Setting a property on a fresh Error cannot fail.
         let _ = js_sys::Reflect::set(&js, &"code".into(), &error.code.into());
+        if let Some((line, column)) = error.position {
+            let position = js_sys::Object::new();
+            let _ = js_sys::Reflect::set(&position, &"line".into(), &(line as f64).into());
+            let _ = js_sys::Reflect::set(&position, &"column".into(), &(column as f64).into());
+            let _ = js_sys::Reflect::set(&js, &"position".into(), &position);
+        }
         js.into()
     }
 }

@@ -7,7 +7,7 @@
 //! model's `char` positions against the current text.
 //!
 //! Models (`model.rs`), elements and batches (`element.rs`), collaborators and references
-//! (`collaboration.rs`), history (`history.rs`), permissions, presence and activities
+//! (`collaboration.rs`), history (`history.rs`), queries (`query.rs`), permissions, presence and activities
 //! (`presence.rs`) keep the Rust API's names. Errors are JS `Error`s with a stable `code`
 //! (`error.rs`); events are plain objects with a `type` (`events.rs`); subscriptions return
 //! an unsubscribe function (`subscription.rs`); the TypeScript types of everything passed as
@@ -26,6 +26,7 @@ mod events;
 mod history;
 mod model;
 mod presence;
+mod query;
 mod subscription;
 mod types;
 

@@ -13,7 +13,7 @@ export type JsonObject = { [key: string]: JsonValue };
 
 /** Codes made here; other codes are the server's, by name (`"model_not_found"`, …). */
 export type LocalErrorCode =
-  | "invalid_argument" | "busy" | "not_initialized" | "other_user" | "connect_failed"
+  | "invalid_argument" | "invalid_query" | "busy" | "not_initialized" | "other_user" | "connect_failed"
   | "not_available_offline" | "not_open" | "already_open" | "deletion_pending" | "offline"
   | "too_many_open" | "connection_lost" | "not_joined" | "timeout" | "wrong_kind"
   | "no_such_element" | "invalid_value" | "invalid_change" | "invalid_reference"
@@ -28,7 +28,11 @@ export type ServerErrorCode =
   | "internal" | "unavailable" | "overloaded" | `unknown_${number}`;
 export type ErrorCode = LocalErrorCode | ServerErrorCode;
 /** What every rejected promise and thrown call of this API carries. */
-export interface ConcordError extends Error { name: "ConcordError"; code: ErrorCode }
+export interface ConcordError extends Error {
+  name: "ConcordError"; code: ErrorCode;
+  /** With `invalid_query`: where in the query's text (when known). */
+  position?: { line: number; column: number };
+}
 /** An error the server reported, inside an event. */
 export interface ErrorInfo { code: ServerErrorCode; message: string }
 
@@ -136,6 +140,15 @@ export type ActivityEvent =
   | { type: "joined"; activity: ActivityRef; participant: Participant }
   | { type: "left"; activity: ActivityRef; session: string }
   | { type: "stateChanged"; activity: ActivityRef; session: string; state: JsonObject };
+
+/** Where a query is answered: the server when connected else the store (`"auto"`), or only one of them. */
+export type QueryMode = "auto" | "server" | "store";
+/** One model a query selected: the whole root (`SELECT *`) or the value at each selected path, `undefined` where missing. */
+export type QueryRow = { model: string; collection: string; version: number; createdAt: number; modifiedAt: number } & (
+  | { select: "all"; data: JsonObject }
+  | { select: "paths"; values: (JsonValue | undefined)[] });
+/** A page of results; `total` counts every match before LIMIT and OFFSET; `scanned` and `index` say how the answerer found them. */
+export interface QueryResult { rows: QueryRow[]; total: number; origin: "server" | "store"; scanned: number; index: string | null }
 
 export interface HistoryStep { version: number; session: string; user: string | null; timestamp: number; operation: JsonValue }
 "#;

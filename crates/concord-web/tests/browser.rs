@@ -1,6 +1,7 @@
 //! The demo page, served by a real server, in headless Chromium, checked by a native client:
 //! with the server stopped the page keeps working and reloads (its service worker keeps its
-//! files, IndexedDB its data); the edits reach the server once it is back; a second tab on
+//! files, IndexedDB its data) and shows how many changes wait for the server; the edits
+//! reach the server once it is back, the page showing the sync progress; a second tab on
 //! the same store gets a clear answer. `cargo xtask browser-test` builds the page
 //! (`target/web`) and runs this with `--ignored`. The JS API's own tests are in `browser/api.rs`.
 
@@ -126,12 +127,34 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     server.stop().await?;
     run("waitStatus a reconnecting".into())?;
     run("add a eggs (offline)".into())?;
+    // A model created offline: after the reload it is only in the store, so it syncs in the
+    // background once the server is back, with the page showing the progress.
+    tokio::task::block_in_place(|| {
+        browser.evaluate(
+            "a",
+            r#"const created = window.concordDomain.models().create("todos", { items: [] });
+            const late = new Promise((_, no) => setTimeout(() => no(new Error("create hung")), 20000));
+            await Promise.race([created, late]);"#,
+        )
+    })?;
+    let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
     run("reload a".into())?;
     run("ready a".into())?;
     let seen = tokio::task::block_in_place(|| items(&mut browser, "a"))?;
     assert_eq!(seen, ["milk", "bread", "eggs (offline)"], "after the reload");
     let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
     run("add a butter (offline)".into())?;
+    // The page says how many changes wait for the server.
+    let offline = tokio::task::block_in_place(|| {
+        browser.evaluate("a", r#"return document.getElementById("pending").textContent;"#)
+    })?;
+    let waiting = offline.as_str().unwrap_or_default();
+    assert!(
+        waiting.ends_with("local changes not on the server yet")
+            && waiting.split(' ').next().and_then(|n| n.parse::<u32>().ok()) >= Some(1),
+        "{offline}"
+    );
+    let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
 
     // A second tab of the same user on the same store is told so, clearly.
     run(format!("open b {page}"))?;
@@ -140,6 +163,18 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     // The server is back: the page syncs, and a native client sees every change.
     let server = serve(addr, dir.path(), &web_root).await?;
     run("synced a".into())?;
+    let synced = tokio::task::block_in_place(|| {
+        browser.evaluate(
+            "a",
+            r#"const text = (id) => document.getElementById(id).textContent;
+            const end = Date.now() + 30000;
+            while (text("progress") !== "synced 1 of 1 model" && Date.now() < end) {
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            return [text("pending"), text("progress")];"#,
+        )
+    })?;
+    assert_eq!(synced, serde_json::json!(["every change is on the server", "synced 1 of 1 model"]));
     let native = Domain::builder(format!("ws://{addr}/demo/todos")).build();
     native.connect_with_jwt(mint_token(SECRET, "bob", None, Duration::from_secs(3600))?).await?;
     let todos = native.models().open(&ModelId::new("todos")?).await?;

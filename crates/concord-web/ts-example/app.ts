@@ -104,6 +104,17 @@ export async function main(url: string, token: string): Promise<void> {
   for (const r of await model.references()) console.log(r.session, r.key, r.value);
   for (const c of await model.collaborators()) console.log(c.user);
 
+  const found = await models.queryWith("SELECT title FROM notes WHERE title LIKE 'H%'", "store");
+  for (const row of found.rows) {
+    const title: JsonValue | undefined = row.select === "paths" ? row.values[0] : row.data["title"];
+    console.log(row.model, row.version, title, found.origin === "store");
+  }
+  try {
+    await models.query("SELECT FROM");
+  } catch (e) {
+    if (isConcordError(e) && e.code === "invalid_query") console.log(e.position?.line);
+  }
+
   try {
     await models.open("no such model");
   } catch (e) {

@@ -10,6 +10,9 @@ const modelId = params.get("model") || "todos";
 const url = params.get("ws") || `ws://${location.host}/demo/todos`;
 
 const status = document.getElementById("status");
+const sync = document.getElementById("sync");
+const pending = document.getElementById("pending");
+const progress = document.getElementById("progress");
 const list = document.getElementById("items");
 let model = null;
 
@@ -42,7 +45,22 @@ async function render() {
     return li;
   }));
   document.body.dataset.items = JSON.stringify(value.items.map((i) => i.text));
-  document.body.dataset.unacknowledged = String(marks.last - marks.acknowledged);
+  // Local changes the server has not acknowledged yet (each is in this browser's store once
+  // `stored` passed it).
+  const waiting = marks.last - marks.acknowledged;
+  document.body.dataset.unacknowledged = String(waiting);
+  pending.textContent = waiting === 0
+    ? "every change is on the server"
+    : `${waiting} local change${waiting === 1 ? "" : "s"} not on the server yet`;
+  sync.className = waiting === 0 ? "" : "pending";
+}
+
+// After a reconnection: how many stored models with local changes have synced.
+function showProgress(event) {
+  const failed = event.failed ? `, ${event.failed} failed` : "";
+  progress.textContent = event.done + event.failed >= event.total
+    ? `synced ${event.done} of ${event.total} model${event.total === 1 ? "" : "s"}${failed}`
+    : `syncing ${event.done} of ${event.total} model${event.total === 1 ? "" : "s"}${failed}…`;
 }
 
 async function main() {
@@ -56,7 +74,7 @@ async function main() {
   await domain.initializeOffline(user);
   domain.onEvent((event) => {
     if (event.type === "state") show(`${user}: ${event.state}`, event.state !== "connected");
-    if (event.type === "syncProgress") show(`${user}: syncing ${event.done}/${event.total}`, false);
+    if (event.type === "syncProgress") showProgress(event);
     render();
   });
   // The store first: it works without a network.

@@ -375,3 +375,110 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
     api.server.stop().await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn queries_answered_by_the_server_then_by_the_store_offline() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
+    let mut browser = tokio::task::block_in_place(|| -> anyhow::Result<Browser> {
+        let mut browser = Browser::start()?;
+        browser.run(&format!("api alice {page}"))?;
+        let online = browser.evaluate(
+            "alice",
+            &script(
+                r#"window.domain = new concord.Domain($ws,
+                    { offline: { storage: new concord.IdbStorageAdapter() } });
+                await domain.initializeOffline("alice");
+                await domain.connectWithJwt($token);
+                const models = domain.models();
+                for (const [id, title, priority] of
+                    [["q1", "low", 1], ["q2", "high", 3], ["q3", "mid", 2], ["q4", null, 2]]) {
+                    const data = title === null ? { priority } : { title, priority };
+                    const model = await models.openAutoCreate(id, "tasks", data);
+                    await model.acknowledged(model.watermarks().last);
+                }
+                const sql = "SELECT title, priority FROM tasks WHERE priority >= 2 ORDER BY priority DESC, title";
+                const server = await models.query(sql);
+                const store = await models.queryWith(sql, "store");
+                const all = await models.queryWith("SELECT * FROM tasks WHERE title = 'low'", "server");
+                const paged = await models.query("SELECT * FROM tasks ORDER BY priority LIMIT 1 OFFSET 1");
+                const missing = server.rows.map((r) => r.values.map((v) => v === undefined));
+                return { server, store, all, paged, missing };"#,
+                &[("ws", json!(ws)), ("token", token("alice")?)],
+            ),
+        )?;
+        let rows = |result: &Value| -> Vec<Value> {
+            result["rows"]
+                .as_array()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| json!([r["model"], r["select"], r["values"], r["version"]]))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(online["server"]["origin"], json!("server"));
+        assert_eq!(online["store"]["origin"], json!("store"));
+        // A missing path is `undefined` (left out of the JSON here), a present one its value.
+        let expected = |version: Value| {
+            vec![
+                json!(["q2", "paths", ["high", 3], version]),
+                json!(["q4", "paths", [null, 2], version]),
+                json!(["q3", "paths", ["mid", 2], version]),
+            ]
+        };
+        // Created and never edited: version 0.
+        let version = json!(0);
+        assert_eq!(online["missing"], json!([[false, false], [true, false], [false, false]]));
+        assert_eq!(rows(&online["server"]), expected(version.clone()), "{online}");
+        assert_eq!(rows(&online["store"]), rows(&online["server"]), "the store agrees");
+        assert_eq!(online["server"]["total"], json!(3));
+        assert_eq!(online["all"]["rows"][0]["select"], json!("all"));
+        assert_eq!(online["all"]["rows"][0]["data"], json!({ "title": "low", "priority": 1 }));
+        assert_eq!(online["all"]["rows"][0]["collection"], json!("tasks"));
+        assert!(online["all"]["rows"][0]["createdAt"].as_f64() > Some(0.0), "{online}");
+        assert_eq!(online["paged"]["total"], json!(4));
+        assert_eq!(online["paged"]["rows"].as_array().map(Vec::len), Some(1));
+        Ok(browser)
+    })?;
+
+    // Offline: the store answers, with a change made offline; asking the server fails.
+    api.server.stop().await?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let offline = browser.evaluate(
+            "alice",
+            r#"await domain.waitFor("reconnecting");
+            const models = domain.models();
+            const model = await models.open("q1");
+            await model.stored(await model.root().set("priority", 5));
+            const auto = await models.query("SELECT title FROM tasks WHERE priority > 2 ORDER BY priority DESC");
+            const codes = [];
+            for (const attempt of [
+                () => models.queryWith("SELECT * FROM tasks", "server"),
+                () => models.query("SELECT * FROM tasks\nWHERE x = = 2"),
+                () => models.query("SELECT * FROM a JOIN b ON a.x = b.y"),
+                () => models.queryWith("SELECT * FROM tasks", "anywhere"),
+            ]) {
+                try { await attempt(); codes.push("no error"); }
+                catch (e) { codes.push([e.name, e.code, e.position ?? null]); }
+            }
+            return { auto, codes };"#,
+        )?;
+        assert_eq!(offline["auto"]["origin"], json!("store"));
+        let titles: Vec<&Value> = offline["auto"]["rows"]
+            .as_array()
+            .context("rows")?
+            .iter()
+            .map(|r| &r["values"][0])
+            .collect();
+        assert_eq!(titles, [&json!("low"), &json!("high")], "{offline}");
+        let codes = offline["codes"].as_array().context("codes")?;
+        assert_eq!(codes[0], json!(["ConcordError", "offline", null]));
+        assert_eq!(codes[1][1], json!("invalid_query"), "{offline}");
+        assert_eq!(codes[1][2], json!({ "line": 2, "column": 11 }), "{offline}");
+        assert_eq!(codes[2][1], json!("invalid_query"), "{offline}");
+        assert_eq!(codes[3], json!(["ConcordError", "invalid_argument", null]));
+        Ok(())
+    })
+}
