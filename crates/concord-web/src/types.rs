@@ -77,7 +77,8 @@ export type ReferenceValue = number[] | { start: number; end: number }[] | strin
 /** What `LocalReference.set` takes: one of `ReferenceValue`'s items, or a list of them. */
 export type ReferenceInput = number | { start: number; end: number } | string | ReferenceValue;
 export interface SharedReference { session: string; element: ElementRef | null; key: string; value: ReferenceValue | null }
-export interface Collaborator { session: string; user: string }
+/** `since`: when the session opened the model, in milliseconds since the epoch (server time). */
+export interface Collaborator { session: string; user: string; since: number }
 
 export type ModelEvent =
   | { type: "changed"; element: ElementRef; local: boolean; author: string | null; user: string | null }
@@ -91,8 +92,9 @@ export type ModelEvent =
   | { type: "resyncCompleted" }
   | { type: "online" }
   | { type: "offline" }
-  | { type: "collaboratorOpened"; session: string; user: string }
-  | { type: "collaboratorClosed"; session: string }
+  | { type: "collaboratorOpened"; session: string; user: string; since: number }
+  | { type: "collaboratorClosed"; session: string; user: string }
+  | { type: "referenceRefused"; element: ElementRef | null; key: string; error: ErrorInfo }
   | { type: "permissionsChanged"; permissions: Permissions }
   | { type: "remoteReference"; session: string; user: string | null; element: ElementRef | null; key: string;
       change: "shared" | "set" | "cleared" | "unshared"; value: ReferenceValue | null }
