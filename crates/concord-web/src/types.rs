@@ -132,6 +132,8 @@ export type BatchEdit = { element: ElementRef } & (
   | { op: "add"; delta: number });
 
 export interface UserPresence { user: string; available: boolean; state: JsonObject }
+/** A user's name and email from their token; `email` is null unless it is the asker's own, or the asker is an administrator. */
+export interface Identity { user: string; displayName: string | null; email: string | null }
 export interface Participant { session: string; user: string; state: JsonObject }
 export interface ActivityRef { kind: string; id: string }
 export type ActivityEvent =
