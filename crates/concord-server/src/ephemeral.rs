@@ -17,6 +17,11 @@ use concord_sync::host::{
 
 use crate::outbox::Outbox;
 
+/// Domains whose identities are kept at once: past it, a domain with no session left loses
+/// its identities when another domain needs room (they are learned again at the next
+/// handshakes), so that connecting to ever new domain names cannot grow the server.
+const MAX_IDENTITY_DOMAINS: usize = 1_024;
+
 #[derive(Debug)]
 pub(crate) struct Ephemeral {
     presence: PresenceLimits,
@@ -75,7 +80,16 @@ impl Ephemeral {
     }
 
     fn with_identities<T>(&self, domain: &Arc<str>, f: impl FnOnce(&mut IdentityHost) -> T) -> T {
+        // Lock order: identities, then domains (nothing takes them the other way round).
         let mut identities = self.identities.lock().unwrap_or_else(PoisonError::into_inner);
+        if !identities.contains_key(domain) && identities.len() >= MAX_IDENTITY_DOMAINS {
+            let live = self.domains.lock().unwrap_or_else(PoisonError::into_inner);
+            let idle = identities.keys().find(|d| !live.contains_key(*d)).cloned();
+            drop(live);
+            if let Some(idle) = idle {
+                identities.remove(&idle);
+            }
+        }
         let host = identities
             .entry(domain.clone())
             .or_insert_with(|| IdentityHost::new(self.identity_limits, self.admins.clone()));
