@@ -112,7 +112,7 @@ async fn collaborators_tell_since_when_and_departed_authors_keep_their_user() ->
     let alice = connected(&server, dir.path(), "alice").await?;
     let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("minutes");
-    alice.models().create_with_id(&model, &notes(), json!({ "text": "" })).await?;
+    create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
     let a = alice.models().open(&model).await?;
     let mut a_events = a.events();
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
@@ -125,8 +125,8 @@ async fn collaborators_tell_since_when_and_departed_authors_keep_their_user() ->
     // the same machine's clocks, which are one clock here).
     let since = listed[0].since.0;
     assert!(since + 1_000 >= before.as_millis() as i64, "{since} vs {before:?}");
+    eventually("bob lists alice", || async { Ok(b.collaborators().await?.len() == 1) }).await?;
     let b_listed = b.collaborators().await?;
-    assert_eq!(b_listed.len(), 1);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let alice_since = b_listed[0].since.0;
     assert!(alice_since > 0 && alice_since <= now.as_millis() as i64 + 1_000, "{alice_since}");
