@@ -223,6 +223,11 @@ impl Domain {
         ActivityService { domain: self.clone() }
     }
 
+    /// Identities: users' display names and emails, by id or name prefix.
+    pub fn identity(&self) -> crate::IdentityService {
+        crate::IdentityService { domain: self.clone() }
+    }
+
     /// Presence: this user's published state, and the users this domain follows.
     pub fn presence(&self) -> PresenceService {
         PresenceService { domain: self.clone() }

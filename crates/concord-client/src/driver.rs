@@ -141,6 +141,15 @@ pub(crate) enum Command {
     StoredModels {
         reply: Reply<Vec<StoredModel>>,
     },
+    /// Keeps identities the server showed in the store.
+    CacheIdentities {
+        identities: Vec<concord_protocol::Identity>,
+        reply: Reply<()>,
+    },
+    /// The identities the store kept.
+    CachedIdentities {
+        reply: Reply<Vec<concord_protocol::Identity>>,
+    },
     /// A query answered by the offline store.
     QueryStore {
         query: Box<concord_query::Query>,
@@ -448,6 +457,27 @@ impl Driver {
             }
             Command::StoredModels { reply } => {
                 let _ = reply.send(self.stored_models().await);
+            }
+            Command::CacheIdentities { identities, reply } => {
+                let result = match &self.store {
+                    None => Err(ClientError::NotInitialized),
+                    Some(store) => {
+                        let batch = Batch { mutations: vec![Mutation::PutIdentities(identities)] };
+                        store.commit(batch).await.map_err(ClientError::from)
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::CachedIdentities { reply } => {
+                let result = match &self.store {
+                    None => Err(ClientError::NotInitialized),
+                    Some(store) => store
+                        .identities()
+                        .await
+                        .map(|cache| cache.identities.into_values().collect())
+                        .map_err(ClientError::from),
+                };
+                let _ = reply.send(result);
             }
             Command::Presence { op, reply } => {
                 let Some(engine) = self.engine.as_mut() else {
@@ -1124,6 +1154,8 @@ fn fail_command(command: Command, error: ClientError) {
         Command::Open { reply, .. } => drop(reply.send(Err(error))),
         Command::Subscriptions { reply } => drop(reply.send(Err(error))),
         Command::StoredModels { reply } => drop(reply.send(Err(error))),
+        Command::CacheIdentities { reply, .. } => drop(reply.send(Err(error))),
+        Command::CachedIdentities { reply } => drop(reply.send(Err(error))),
         Command::QueryStore { reply, .. } => drop(reply.send(Err(error))),
         Command::Edit { reply, .. } => drop(reply.send(Err(error))),
         Command::Call { reply, .. }
@@ -1172,6 +1204,8 @@ impl std::fmt::Debug for Command {
             Command::Unsubscribe { .. } => "Unsubscribe",
             Command::Subscriptions { .. } => "Subscriptions",
             Command::StoredModels { .. } => "StoredModels",
+            Command::CacheIdentities { .. } => "CacheIdentities",
+            Command::CachedIdentities { .. } => "CachedIdentities",
             Command::QueryStore { .. } => "QueryStore",
             Command::Edit { .. } => "Edit",
             Command::Read { .. } => "Read",

@@ -6,7 +6,8 @@
 //! with events and watermarks, and share references (cursors, selections) with the other
 //! sessions that have it open; [`HistoricalModel`] plays a model's past versions, read-only,
 //! from the server; [`PresenceService`] and [`ActivityService`] show who is around
-//! (ephemeral, never stored).
+//! (ephemeral, never stored); [`IdentityService`] looks users' names and emails up (the
+//! store keeps what it saw).
 //!
 //! It is a thin async shell around `concord-sync`'s sans-IO engine: the engine decides what
 //! to store, send and report, and when (reconnecting, heartbeats, timeouts); this crate runs
@@ -41,6 +42,7 @@ mod driver;
 mod error;
 mod events;
 mod history;
+mod identity;
 mod model;
 mod permissions;
 mod presence;
@@ -55,8 +57,9 @@ pub use concord_ot::{
 };
 pub use concord_protocol::{
     ActivityChange, ActivityId, Collaborator, CollectionId, ErrorCode, ErrorReply,
-    HandshakeRejection, HistoryOperation, ModelId, Participant, PermissionGrants, Permissions,
-    ReferenceKey, Session, SessionId, SharedReference, Timestamp, UserId, UserPresence,
+    HandshakeRejection, HistoryOperation, Identity, ModelId, Participant, PermissionGrants,
+    Permissions, ReferenceKey, Session, SessionId, SharedReference, Timestamp, UserId,
+    UserPresence,
 };
 #[cfg(feature = "redb")]
 pub use concord_storage::RedbAdapter;
@@ -71,6 +74,7 @@ pub use domain::{Domain, DomainBuilder, DomainOptions, ModelService, StoredModel
 pub use error::ClientError;
 pub use events::Events;
 pub use history::{HistoricalElement, HistoricalModel};
+pub use identity::{DEFAULT_SEARCH_LIMIT, IdentityService};
 pub use model::{
     BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
     RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::activity::ActivityRequest;
 use crate::error::ErrorReply;
 use crate::history::HistoryStart;
+use crate::identity::IdentityRequest;
 use crate::ids::{CollectionId, CreationNonce, ModelId, RequestId};
 use crate::payload::{Auth, ClientInfo, InFlight, KnownModel, PermissionGrants, ReferenceChange};
 use crate::presence::PresenceRequest;
@@ -116,6 +117,8 @@ pub enum ClientRequest {
     /// `invalid_query` (with `line` and `column` details when known) for a malformed query,
     /// `query_scan_limit` for one that would examine too many models.
     Query { query: String },
+    /// Identities: users' display names and emails by id or name prefix. → `Identities`.
+    Identity(IdentityRequest),
 }
 
 /// A client's answer to a server request.

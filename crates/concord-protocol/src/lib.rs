@@ -11,7 +11,8 @@
 //! Decoding never panics, bounds nesting depth and never pre-allocates from a length prefix.
 //!
 //! Presence ([`PresenceRequest`]) and activities ([`ActivityRequest`]) are ephemeral
-//! additions, each in its own module; history and queries ([`QueryPage`]) read models
+//! additions, each in its own module, and so is identity ([`IdentityRequest`]: users' names
+//! and emails); history and queries ([`QueryPage`]) read models
 //! without opening them.
 //!
 //! Operations, values and references are concord-ot's types, carried as they are.
@@ -22,6 +23,7 @@ mod client;
 pub mod codec;
 mod error;
 mod history;
+mod identity;
 mod ids;
 mod payload;
 mod presence;
@@ -39,6 +41,7 @@ pub use codec::{
 };
 pub use error::{ErrorCode, ErrorReply};
 pub use history::{HistoryInfo, HistoryOperation, HistoryPage, HistoryStart};
+pub use identity::{Identity, IdentityRequest};
 pub use ids::{
     CollectionId, CreationNonce, IdError, ModelId, ReconnectToken, RequestId, SessionId, Timestamp,
     UserId,

@@ -163,6 +163,8 @@ pub struct InFlight {
 pub struct Collaborator {
     pub session: SessionId,
     pub user: UserId,
+    /// When the session opened the model, by the server's clock.
+    pub since: Timestamp,
 }
 
 /// Names one shared reference of one session: its key, on an element or (without one) on
@@ -188,6 +190,18 @@ pub enum ReferenceChange {
     Clear { reference: ReferenceKey },
     /// Stops sharing.
     Unshare { reference: ReferenceKey },
+}
+
+impl ReferenceChange {
+    /// The reference it changes.
+    pub fn reference(&self) -> &ReferenceKey {
+        match self {
+            ReferenceChange::Share { reference, .. }
+            | ReferenceChange::Set { reference, .. }
+            | ReferenceChange::Clear { reference }
+            | ReferenceChange::Unshare { reference } => reference,
+        }
+    }
 }
 
 /// A reference another session shares, as listed when a model opens (or its resync

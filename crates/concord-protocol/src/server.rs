@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::activity::{ActivityChange, ActivityId, Participant};
 use crate::error::{ErrorCode, ErrorReply};
 use crate::history::{HistoryInfo, HistoryPage};
-use crate::ids::{ModelId, RequestId, SessionId, Timestamp};
+use crate::identity::Identity;
+use crate::ids::{ModelId, RequestId, SessionId, Timestamp, UserId};
 use crate::payload::{
     Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate, OpenedModel,
-    PermissionGrants, Permissions, ReferenceChange, Session, SharedReference,
+    PermissionGrants, Permissions, ReferenceChange, ReferenceKey, Session, SharedReference,
 };
 use crate::presence::UserPresence;
 use crate::query::QueryPage;
@@ -83,6 +84,8 @@ pub enum ServerResponse {
     HistoryPage(HistoryPage),
     /// Answers `Query`.
     QueryResult(QueryPage),
+    /// Answers `Identity`: the users found, by id.
+    Identities(Vec<Identity>),
 }
 
 /// The outcome of a handshake.
@@ -112,7 +115,7 @@ pub enum ServerPush {
     /// Another session opened a model this client has open.
     CollaboratorOpened { model: ModelId, collaborator: Collaborator },
     /// Another session closed (or lost) a model this client has open.
-    CollaboratorClosed { model: ModelId, session: SessionId },
+    CollaboratorClosed { model: ModelId, session: SessionId, user: UserId },
     /// Another session changed one of its references.
     RemoteReference { model: ModelId, session: SessionId, change: ReferenceChange },
     /// The server closed the model on this connection (deleted, permission revoked, an
@@ -124,4 +127,7 @@ pub enum ServerPush {
     Presence(UserPresence),
     /// Something happened in an activity this session is in (never its own doing).
     Activity { activity: ActivityId, change: ActivityChange },
+    /// The server refused this session's change to its reference `reference` (invalid, or
+    /// set at a version too old to move forward) and changed nothing.
+    ReferenceRefused { model: ModelId, reference: ReferenceKey, error: ErrorReply },
 }

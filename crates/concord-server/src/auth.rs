@@ -78,6 +78,8 @@ struct ClientClaims {
     sub: String,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
     /// Present only in reconnect tokens: a client JWT carrying it is refused.
     #[serde(default)]
     concord_token: Option<IgnoredAny>,
@@ -88,6 +90,9 @@ struct ReconnectClaims {
     sub: String,
     #[serde(default)]
     name: Option<String>,
+    /// The client token's `email`, kept so that reconnections keep the user's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
     anon: bool,
     exp: u64,
     aud: String,
@@ -183,6 +188,14 @@ impl Authenticator {
 
     /// The user behind `auth`. An anonymous user gets a fresh id (`anonymous:<uuid>`).
     pub fn authenticate(&self, auth: &Auth) -> Result<User, AuthError> {
+        self.authenticate_with_email(auth).map(|(user, _)| user)
+    }
+
+    /// The user behind `auth`, and the email its token claims (if any).
+    pub fn authenticate_with_email(
+        &self,
+        auth: &Auth,
+    ) -> Result<(User, Option<String>), AuthError> {
         match auth {
             Auth::Jwt(token) => {
                 let (key, validation) = self.jwt.as_ref().ok_or(AuthError::JwtDisabled)?;
@@ -193,14 +206,16 @@ impl Authenticator {
                 if claims.sub.is_empty() {
                     return Err(AuthError::Invalid("`sub` is empty".into()));
                 }
-                Ok(User { id: UserId(claims.sub), display_name: claims.name, anonymous: false })
+                let user =
+                    User { id: UserId(claims.sub), display_name: claims.name, anonymous: false };
+                Ok((user, claims.email))
             }
             Auth::Anonymous { display_name } => {
                 if !self.allow_anonymous {
                     return Err(AuthError::AnonymousDisabled);
                 }
                 let id = UserId(format!("anonymous:{}", uuid::Uuid::now_v7()));
-                Ok(User { id, display_name: display_name.clone(), anonymous: true })
+                Ok((User { id, display_name: display_name.clone(), anonymous: true }, None))
             }
             Auth::Reconnect(token) => {
                 let claims = jsonwebtoken::decode::<ReconnectClaims>(
@@ -224,16 +239,26 @@ impl Authenticator {
                         return Err(AuthError::Revoked);
                     }
                 }
-                Ok(User { id, display_name: claims.name, anonymous: claims.anon })
+                Ok((User { id, display_name: claims.name, anonymous: claims.anon }, claims.email))
             }
         }
     }
 
     /// A fresh reconnect token for `user`, valid for the configured time from now.
     pub fn reconnect_token(&self, user: &User) -> Result<ReconnectToken, AuthError> {
+        self.reconnect_token_with_email(user, None)
+    }
+
+    /// A fresh reconnect token for `user` that carries `email` on.
+    pub fn reconnect_token_with_email(
+        &self,
+        user: &User,
+        email: Option<&str>,
+    ) -> Result<ReconnectToken, AuthError> {
         let claims = ReconnectClaims {
             sub: user.id.0.clone(),
             name: user.display_name.clone(),
+            email: email.map(Into::into),
             anon: user.anonymous,
             exp: jsonwebtoken::get_current_timestamp() + self.reconnect_ttl.as_secs(),
             aud: RECONNECT_AUDIENCE.into(),
@@ -266,6 +291,34 @@ pub fn mint_token(
         sub: user,
         exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
         aud: audience,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| AuthError::BadKey(e.to_string()))
+}
+
+/// Mints an HS256 client JWT for `user` with `name` and `email` claims, valid for `ttl`
+/// (development and tests).
+pub fn mint_identity_token(
+    secret: &[u8],
+    user: &str,
+    name: Option<&str>,
+    email: Option<&str>,
+    ttl: Duration,
+) -> Result<String, AuthError> {
+    #[derive(Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        email: Option<&'a str>,
+    }
+    let claims = Claims {
+        sub: user,
+        exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
+        name,
+        email,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
         .map_err(|e| AuthError::BadKey(e.to_string()))

@@ -1,15 +1,16 @@
 //! What a server is told at start: where to listen and store, how to authenticate, and the
 //! limits it enforces on each connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use concord_protocol::{CollectionId, ServerLimits};
+use concord_protocol::{CollectionId, ServerLimits, UserId};
 pub use concord_sync::host::CollectionConfig;
 pub use concord_sync::host::{
-    ActivityConfig, ActivityPermissions, ActivityPolicy, PresenceLimits, QueryLimits,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, IdentityLimits, PresenceLimits,
+    QueryLimits,
 };
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
@@ -64,6 +65,12 @@ pub struct ServerConfig {
     /// A session that sends nothing (clients ping every few seconds) for this long is ended
     /// as gone: its user's presence goes offline if it was their last session.
     pub silence_timeout: Duration,
+    /// What each domain remembers of users' names and emails (in memory), and what one
+    /// lookup may ask.
+    pub identities: IdentityLimits,
+    /// Users who see every user's email in identity lookups (everyone else sees only their
+    /// own).
+    pub admins: BTreeSet<UserId>,
 }
 
 impl ServerConfig {
@@ -89,6 +96,8 @@ impl ServerConfig {
             presence: PresenceLimits::default(),
             activities: ActivityConfig::default(),
             silence_timeout: Duration::from_secs(60),
+            identities: IdentityLimits::default(),
+            admins: BTreeSet::new(),
         }
     }
 

@@ -193,6 +193,18 @@ impl Connection {
                 SessionOutput::ToActivity { request, activity } => {
                     self.hub.ephemeral.activity(&self.domain, &from, request, activity);
                 }
+                SessionOutput::ToIdentity { request, identity } => {
+                    let answer =
+                        self.hub.ephemeral.identities(&self.domain, &from.user.id, identity);
+                    let message = match answer {
+                        Ok(found) => ServerMessage::Response {
+                            to: request,
+                            response: ServerResponse::Identities(found),
+                        },
+                        Err(error) => ServerMessage::Error { to: Some(request), error },
+                    };
+                    self.outbox.message(&message);
+                }
                 SessionOutput::Query(read) => {
                     if let Some(outbound) = self.outbox.query(self.domain.clone(), *read) {
                         self.outbox.send(outbound);
@@ -223,8 +235,8 @@ impl Connection {
             );
             return Some(Ending::Close(CLOSE_UNSUPPORTED_VERSION, reason));
         }
-        let user = match self.hub.auth.authenticate(&auth) {
-            Ok(user) => user,
+        let (user, email) = match self.hub.auth.authenticate_with_email(&auth) {
+            Ok(found) => found,
             Err(e) => {
                 tracing::info!(conn = self.outbox.conn, error = %e, "handshake refused");
                 let rejection = HandshakeRejection {
@@ -236,18 +248,20 @@ impl Connection {
                 return None;
             }
         };
-        let reconnect_token = match self.hub.auth.reconnect_token(&user) {
-            Ok(token) => token,
-            Err(e) => {
-                self.error(Some(id), ErrorCode::INTERNAL, e.to_string());
-                return None;
-            }
-        };
+        let reconnect_token =
+            match self.hub.auth.reconnect_token_with_email(&user, email.as_deref()) {
+                Ok(token) => token,
+                Err(e) => {
+                    self.error(Some(id), ErrorCode::INTERNAL, e.to_string());
+                    return None;
+                }
+            };
         let session = SessionId(uuid::Uuid::now_v7().to_string());
         tracing::debug!(conn = self.outbox.conn, user = %user.id.0, session = %session.0, "session started");
         let session_ref =
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
         self.hub.ephemeral.connected(&self.domain, &session_ref, self.outbox.clone());
+        self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
         let job = Job {
             domain: self.domain.clone(),

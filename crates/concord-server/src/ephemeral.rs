@@ -1,23 +1,35 @@
 //! Presence and activities in the shell: one [`PresenceHost`] and one [`ActivityHost`] per
 //! domain, shared by that domain's connections behind a lock (their work is a few map
 //! operations and no I/O), and the outboxes their messages go to. A domain's entry lives
-//! while it has a session. Nothing here is stored.
+//! while it has a session. Each domain's [`IdentityHost`] (users' names and emails, bounded)
+//! outlives its sessions, for the server's run. Nothing here is stored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use concord_protocol::{ActivityRequest, PresenceRequest, RequestId};
+use concord_protocol::{
+    ActivityRequest, ErrorReply, Identity, IdentityRequest, PresenceRequest, RequestId, UserId,
+};
 use concord_sync::host::{
-    ActivityConfig, ActivityHost, Broadcast, ConnId, PresenceHost, PresenceLimits, SessionRef,
+    ActivityConfig, ActivityHost, Broadcast, ConnId, IdentityHost, IdentityLimits, PresenceHost,
+    PresenceLimits, SessionRef,
 };
 
 use crate::outbox::Outbox;
+
+/// Domains whose identities are kept at once: past it, a domain with no session left loses
+/// its identities when another domain needs room (they are learned again at the next
+/// handshakes), so that connecting to ever new domain names cannot grow the server.
+const MAX_IDENTITY_DOMAINS: usize = 1_024;
 
 #[derive(Debug)]
 pub(crate) struct Ephemeral {
     presence: PresenceLimits,
     activities: ActivityConfig,
     domains: Mutex<HashMap<Arc<str>, DomainState>>,
+    identity_limits: IdentityLimits,
+    admins: BTreeSet<UserId>,
+    identities: Mutex<HashMap<Arc<str>, IdentityHost>>,
 }
 
 #[derive(Debug)]
@@ -28,8 +40,60 @@ struct DomainState {
 }
 
 impl Ephemeral {
-    pub(crate) fn new(presence: PresenceLimits, activities: ActivityConfig) -> Ephemeral {
-        Ephemeral { presence, activities, domains: Mutex::default() }
+    pub(crate) fn new(
+        presence: PresenceLimits,
+        activities: ActivityConfig,
+        identity_limits: IdentityLimits,
+        admins: BTreeSet<UserId>,
+    ) -> Ephemeral {
+        Ephemeral {
+            presence,
+            activities,
+            domains: Mutex::default(),
+            identity_limits,
+            admins,
+            identities: Mutex::default(),
+        }
+    }
+
+    /// A user authenticated on `domain` with these claims.
+    pub(crate) fn learn_identity(
+        &self,
+        domain: &Arc<str>,
+        session: &SessionRef,
+        email: Option<String>,
+    ) {
+        self.with_identities(domain, |host| {
+            let user = &session.user;
+            host.learn(user.id.clone(), user.display_name.clone(), email)
+        });
+    }
+
+    /// Answers `asker`'s identity request on `domain`.
+    pub(crate) fn identities(
+        &self,
+        domain: &Arc<str>,
+        asker: &UserId,
+        request: IdentityRequest,
+    ) -> Result<Vec<Identity>, ErrorReply> {
+        self.with_identities(domain, |host| host.answer(asker, request))
+    }
+
+    fn with_identities<T>(&self, domain: &Arc<str>, f: impl FnOnce(&mut IdentityHost) -> T) -> T {
+        // Lock order: identities, then domains (nothing takes them the other way round).
+        let mut identities = self.identities.lock().unwrap_or_else(PoisonError::into_inner);
+        if !identities.contains_key(domain) && identities.len() >= MAX_IDENTITY_DOMAINS {
+            let live = self.domains.lock().unwrap_or_else(PoisonError::into_inner);
+            let idle = identities.keys().find(|d| !live.contains_key(*d)).cloned();
+            drop(live);
+            if let Some(idle) = idle {
+                identities.remove(&idle);
+            }
+        }
+        let host = identities
+            .entry(domain.clone())
+            .or_insert_with(|| IdentityHost::new(self.identity_limits, self.admins.clone()));
+        f(host)
     }
 
     /// A session started on `domain`; its messages go to `outbox`.

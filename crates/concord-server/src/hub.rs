@@ -54,7 +54,12 @@ impl Hub {
         };
         // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
         let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));
-        let ephemeral = Ephemeral::new(config.presence, config.activities.clone());
+        let ephemeral = Ephemeral::new(
+            config.presence,
+            config.activities.clone(),
+            config.identities,
+            config.admins.clone(),
+        );
         Hub {
             ephemeral,
             config,

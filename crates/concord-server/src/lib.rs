@@ -63,10 +63,10 @@ mod store_format_tests;
 mod types;
 mod web_root;
 
-pub use auth::{AuthError, Authenticator, mint_token};
+pub use auth::{AuthError, Authenticator, mint_identity_token, mint_token};
 pub use config::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig, ConfigError,
-    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, QueryLimits, ServerConfig,
+    ConnectionLimits, IdentityLimits, JwtConfig, JwtKey, PresenceLimits, QueryLimits, ServerConfig,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

@@ -218,6 +218,7 @@ pub(crate) fn frame(message: &ServerMessage, max_message_bytes: usize) -> Option
         ServerResponse::HistoryOpened(_) => "HistoryOpened",
         ServerResponse::HistoryPage(_) => "HistoryPage",
         ServerResponse::QueryResult(_) => "QueryResult",
+        ServerResponse::Identities(_) => "Identities",
     };
     tracing::error!(%error, request = to.0, kind, "a reply could not be encoded; an error is sent instead");
     let code = match error {

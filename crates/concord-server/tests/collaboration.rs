@@ -435,10 +435,11 @@ async fn references_are_checked_moved_with_the_text_and_listed_to_late_joiners()
     for invalid in [cursor(body, 6, 0), cursor(body, 0, 5)] {
         bob.send(&invalid).await?;
         match bob.next().await? {
-            ServerMessage::Error { to: None, error } => {
+            ServerMessage::Push(ServerPush::ReferenceRefused { reference, error, .. }) => {
                 assert_eq!(error.code, ErrorCode::INVALID_REFERENCE, "{error:?}");
+                assert_eq!(reference.key, "c", "the refusal names the reference");
             }
-            other => anyhow::bail!("expected an error, got {other:?}"),
+            other => anyhow::bail!("expected a refusal, got {other:?}"),
         }
     }
     // A valid one reaches alice, and is the first reference she hears of.
@@ -463,6 +464,42 @@ async fn references_are_checked_moved_with_the_text_and_listed_to_late_joiners()
     };
     let values: Vec<_> = opened.references.iter().map(|r| r.value.clone()).collect();
     assert_eq!(values, vec![Some(ReferenceValue::Index(vec![8]))]);
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_older_than_memory_is_moved_through_the_stored_operations() -> anyhow::Result<()>
+{
+    use concord_ot::{PathSegment, ReferenceValue};
+    use concord_protocol::ReferenceChange;
+    let dir = tempfile::tempdir()?;
+    // Two operations in memory: anything older is read back from the store.
+    let server = start(dir.path(), |config| config.history_in_memory = 2).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "world").await?;
+    let snapshot = open(&mut alice, "doc").await?;
+    let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
+    let mut bob = connect(&server, "bob").await?;
+    open(&mut bob, "doc").await?;
+    let body = snapshot.data.element_at(&[PathSegment::Key("body".into())]).unwrap();
+    for _ in 0..6 {
+        let typed = insert(&editor.document, 0, "-");
+        commit(&mut alice, &mut editor, typed).await?;
+    }
+    // Bob's cursor on the "r" of "world" as of version 0 arrives late: moved through the six
+    // inserts read from the store, and relayed at version 6.
+    bob.send(&cursor(body, 2, 0)).await?;
+    let relayed = alice.push(|p| match p {
+        ServerPush::RemoteReference { change, .. } => Some(change.clone()),
+        _ => None,
+    });
+    match relayed.await? {
+        ReferenceChange::Set { value, version: 6, .. } => {
+            assert_eq!(value, ReferenceValue::Index(vec![8]));
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
     server.stop().await?;
     Ok(())
 }

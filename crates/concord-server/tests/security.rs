@@ -168,7 +168,9 @@ async fn shared_references_are_bounded_per_session() -> anyhow::Result<()> {
     alice.send(&share("x".repeat(1 << 20))).await?;
     let mut codes = Vec::new();
     while codes.len() < 2 {
-        if let ServerMessage::Error { to: None, error } = alice.next().await? {
+        if let ServerMessage::Push(ServerPush::ReferenceRefused { error, .. }) =
+            alice.next().await?
+        {
             codes.push(error.code);
         }
     }

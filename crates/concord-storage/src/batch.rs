@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use concord_ot::ReplicaId;
-use concord_protocol::{CommittedOperation, ModelId, SessionId, User, UserId};
+use concord_protocol::{CommittedOperation, Identity, ModelId, SessionId, User, UserId};
 
 use crate::records::{CreationRecord, ModelRecord, PendingOperation, Snapshot};
 
@@ -109,6 +109,8 @@ pub enum Mutation {
     RemoveSessions(Vec<SessionId>),
     /// Records users (replacing earlier entries with the same id).
     PutUsers(Vec<User>),
+    /// Records identities the server showed (replacing earlier entries of the same user).
+    PutIdentities(Vec<Identity>),
     /// Records the store's replica id. It is set once: setting the same value again is
     /// accepted, a different value is rejected (element ids already minted would collide).
     SetReplicaId(ReplicaId),
@@ -135,6 +137,7 @@ impl Mutation {
             | Mutation::PutSessions(_)
             | Mutation::RemoveSessions(_)
             | Mutation::PutUsers(_)
+            | Mutation::PutIdentities(_)
             | Mutation::SetReplicaId(_) => None,
         }
     }

@@ -640,11 +640,26 @@ async fn identities(adapter: &dyn StorageAdapter) {
         .with(Mutation::RemoveSessions(vec![session(1), session(3)]))
         .with(Mutation::PutUsers(vec![User { display_name: None, ..user("bob") }]));
     commit(&*store, batch).await;
+    let identity = |name: &str, email: Option<&str>| concord_protocol::Identity {
+        user: UserId(name.into()),
+        display_name: Some(name.to_uppercase()),
+        email: email.map(Into::into),
+    };
+    let batch = Batch::new().with(Mutation::PutIdentities(vec![
+        identity("ann", Some("ann@example.org")),
+        identity("bob", None),
+    ]));
+    commit(&*store, batch).await;
+    let batch = Batch::new().with(Mutation::PutIdentities(vec![identity("bob", Some("b@x"))]));
+    commit(&*store, batch).await;
     let cache = store.identities().await.unwrap();
     assert_eq!(cache.sessions, BTreeMap::from([(session(2), UserId("ann".into()))]));
     assert_eq!(cache.users.len(), 2);
     assert_eq!(cache.users[&UserId("bob".into())].display_name, None);
     assert_eq!(cache.users[&UserId("ann".into())].display_name.as_deref(), Some("ANN"));
+    assert_eq!(cache.identities.len(), 2);
+    assert_eq!(cache.identities[&UserId("ann".into())], identity("ann", Some("ann@example.org")));
+    assert_eq!(cache.identities[&UserId("bob".into())], identity("bob", Some("b@x")));
 }
 
 async fn replica_id_is_set_once(adapter: &dyn StorageAdapter) {

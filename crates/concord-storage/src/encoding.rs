@@ -23,7 +23,7 @@ use crate::error::StorageError;
 /// The store format this version of the crate writes. Bump it, and add a migration from the
 /// previous version and a fixture store of the new version (`tests/format.rs`), whenever a
 /// table, a key layout or a stored record type changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The first byte of every record.
 const RECORD_ENCODING: u8 = 1;
@@ -49,10 +49,12 @@ pub(crate) enum Table {
     Sessions,
     /// User id → `User`.
     Users,
+    /// User id → `Identity` (display name and email, as the server showed them). Format 2.
+    Identities,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 9] = [
+    pub(crate) const ALL: [Table; 10] = [
         Table::Meta,
         Table::Models,
         Table::Snapshots,
@@ -62,6 +64,7 @@ impl Table {
         Table::Subscriptions,
         Table::Sessions,
         Table::Users,
+        Table::Identities,
     ];
 
     /// Its position in [`Table::ALL`].
@@ -82,6 +85,7 @@ impl Table {
             Table::Subscriptions => "subscriptions",
             Table::Sessions => "sessions",
             Table::Users => "users",
+            Table::Identities => "identities",
         }
     }
 }

@@ -92,6 +92,7 @@ pub(crate) fn apply(batches: &[Batch]) -> Footprint {
             }
             Mutation::PutSessions(_) | Mutation::RemoveSessions(_) => &[Table::Sessions],
             Mutation::PutUsers(_) => &[Table::Users],
+            Mutation::PutIdentities(_) => &[Table::Identities],
             Mutation::SetReplicaId(_) => {
                 footprint.hint(Need::Value(Table::Meta, META_REPLICA_ID.to_vec()));
                 &[Table::Meta]
@@ -140,8 +141,9 @@ pub(crate) fn replica_id() -> Footprint {
 }
 
 pub(crate) fn identities() -> Footprint {
-    let mut footprint = Footprint::new([Table::Sessions, Table::Users]);
+    let mut footprint = Footprint::new([Table::Sessions, Table::Users, Table::Identities]);
     footprint.hint(Need::Rows(Table::Sessions, Span::all()));
     footprint.hint(Need::Rows(Table::Users, Span::all()));
+    footprint.hint(Need::Rows(Table::Identities, Span::all()));
     footprint
 }

@@ -6,8 +6,8 @@ use std::fmt;
 
 use concord_ot::{Operation, Value};
 use concord_protocol::{
-    CollectionId, CommittedOperation, CreationNonce, ModelId, Permissions, SessionId, Timestamp,
-    User, UserId,
+    CollectionId, CommittedOperation, CreationNonce, Identity, ModelId, Permissions, SessionId,
+    Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -167,4 +167,6 @@ pub struct ModelState {
 pub struct IdentityCache {
     pub sessions: BTreeMap<SessionId, UserId>,
     pub users: BTreeMap<UserId, User>,
+    /// Display names and emails, as identity lookups at the server answered them.
+    pub identities: BTreeMap<UserId, Identity>,
 }

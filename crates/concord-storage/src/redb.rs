@@ -440,10 +440,10 @@ mod tests {
         }
     }
 
-    /// A test-only format 2: every pending operation's sequence number is multiplied by 10,
+    /// A test-only format 3: every pending operation's sequence number is multiplied by 10,
     /// and a marker is stored. (Real migrations come with committed fixture files of the
     /// format they migrate from.)
-    fn to_format_2(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    fn to_format_3(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
         let mut rows = Vec::new();
         kv.scan(Table::Pending, None, &mut |key, value| {
             rows.push((key.to_vec(), value.to_vec()));
@@ -461,18 +461,18 @@ mod tests {
     }
 
     /// Fails after changing things, to show that a failed migration changes nothing.
-    fn failing_to_format_3(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    fn failing_to_format_4(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
         kv.clear(Table::Pending)?;
         kv.put(Table::Meta, b"half-done", b"yes")?;
         Err(StorageError::Backend("migration failed on purpose".into()))
     }
 
     const TEST_MIGRATIONS: &[Migration] =
-        &[Migration { from: 1, run: to_format_2 }, Migration { from: 2, run: failing_to_format_3 }];
+        &[Migration { from: 2, run: to_format_3 }, Migration { from: 3, run: failing_to_format_4 }];
 
     #[test]
     fn an_older_format_is_migrated_in_one_transaction() {
-        assert_eq!(FORMAT_VERSION, 1, "rewrite this test when format 2 ships");
+        assert_eq!(FORMAT_VERSION, 2, "rewrite this test when format 3 ships");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         {
@@ -480,9 +480,9 @@ mod tests {
             block_on(store.commit(full_model_batch(1))).unwrap();
             block_on(store.commit(full_model_batch(2))).unwrap();
         }
-        // Format 1 -> 2: pending operations survive, rewritten.
+        // Format 2 -> 3: pending operations survive, rewritten.
         {
-            let store = RedbStore::open_with(path.clone(), &key(), 2, TEST_MIGRATIONS).unwrap();
+            let store = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap();
             let state = block_on(store.load_model(&model_id(1))).unwrap().unwrap();
             let seqs: Vec<u64> = state.pending.iter().map(|p| p.seq).collect();
             assert_eq!(seqs, [10, 20]);
@@ -490,21 +490,21 @@ mod tests {
             let marker = store.read(|kv| kv.get(Table::Meta, b"migrated")).unwrap();
             assert_eq!(marker.as_deref(), Some(&b"yes"[..]));
         }
-        assert_eq!(stored_format(&path), 2);
+        assert_eq!(stored_format(&path), 3);
         // The current version now refuses it as newer.
         assert!(matches!(
             RedbStore::open(&path, &key()),
-            Err(StorageError::NewerFormat { found: 2, supported: 1 })
+            Err(StorageError::NewerFormat { found: 3, supported: 2 })
         ));
-        // Format 2 -> 3 fails half-way: nothing of it is kept.
-        let error = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap_err();
+        // Format 3 -> 4 fails half-way: nothing of it is kept.
+        let error = RedbStore::open_with(path.clone(), &key(), 4, TEST_MIGRATIONS).unwrap_err();
         assert!(matches!(error, StorageError::Backend(_)), "{error:?}");
-        let store = RedbStore::open_with(path.clone(), &key(), 2, TEST_MIGRATIONS).unwrap();
+        let store = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap();
         let state = block_on(store.load_model(&model_id(2))).unwrap().unwrap();
         assert_eq!(state.pending.len(), 2);
         assert_eq!(store.read(|kv| kv.get(Table::Meta, b"half-done")).unwrap(), None);
         let format = store.read(|kv| kv.get(Table::Meta, META_FORMAT)).unwrap().unwrap();
-        assert_eq!(decode_format(&format).unwrap(), 2);
+        assert_eq!(decode_format(&format).unwrap(), 3);
     }
 
     #[test]
@@ -512,9 +512,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         drop(RedbStore::open(&path, &key()).unwrap());
-        let error = RedbStore::open_with(path.clone(), &key(), 2, &[]).unwrap_err();
+        let next = crate::encoding::FORMAT_VERSION + 1;
+        let error = RedbStore::open_with(path.clone(), &key(), next, &[]).unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error:?}");
-        assert_eq!(stored_format(&path), 1);
+        assert_eq!(stored_format(&path), crate::encoding::FORMAT_VERSION);
     }
 
     #[test]

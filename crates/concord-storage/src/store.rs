@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use concord_ot::ReplicaId;
-use concord_protocol::{CommittedOperation, ModelId, SessionId, User, UserId};
+use concord_protocol::{CommittedOperation, Identity, ModelId, SessionId, User, UserId};
 
 use crate::batch::{Batch, Mutation};
 use crate::encoding::{
@@ -61,8 +61,11 @@ impl std::fmt::Debug for Migration {
     }
 }
 
-/// The migrations of the shipped formats, oldest first. Format 1 is the first: none yet.
-pub(crate) const MIGRATIONS: &[Migration] = &[];
+/// The migrations of the shipped formats, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    // Format 2 adds the `identities` table, empty in a migrated store.
+    Migration { from: 1, run: |_| Ok(()) },
+];
 
 /// Which format a store has, and what opening it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +247,11 @@ pub(crate) fn identities(kv: &dyn KvRead) -> Result<IdentityCache, StorageError>
     kv.scan(Table::Users, None, &mut |_, value| {
         let user: User = decode(value)?;
         cache.users.insert(user.id.clone(), user);
+        Ok(())
+    })?;
+    kv.scan(Table::Identities, None, &mut |_, value| {
+        let identity: Identity = decode(value)?;
+        cache.identities.insert(identity.user.clone(), identity);
         Ok(())
     })?;
     Ok(cache)
@@ -506,6 +514,11 @@ fn apply_one(
         Mutation::PutUsers(users) => {
             for user in users {
                 kv.put(Table::Users, user.id.0.as_bytes(), &encode(user)?)?;
+            }
+        }
+        Mutation::PutIdentities(identities) => {
+            for identity in identities {
+                kv.put(Table::Identities, identity.user.0.as_bytes(), &encode(identity)?)?;
             }
         }
         Mutation::SetReplicaId(replica) => match replica_id(kv)? {

@@ -82,14 +82,15 @@ fn recorded_format(path: &Path) -> u32 {
 fn expected(version: u32) -> Option<Contents> {
     match version {
         1 => Some(v1::expected()),
+        2 => Some(v2::expected()),
         _ => None,
     }
 }
 
 /// What the fixture generator writes: the current format's batches.
 fn current_batches() -> Vec<Batch> {
-    assert_eq!(FORMAT_VERSION, 1, "add the batches of the new format here");
-    v1::batches()
+    assert_eq!(FORMAT_VERSION, 2, "add the batches of the new format here");
+    v2::batches()
 }
 
 #[test]
@@ -521,7 +522,41 @@ mod v1 {
             identities: IdentityCache {
                 sessions: sessions(),
                 users: users().into_iter().map(|u| (u.id.clone(), u)).collect(),
+                identities: BTreeMap::new(),
             },
         }
+    }
+}
+
+/// Format 2: format 1's records and the `identities` table.
+mod v2 {
+    use super::*;
+
+    fn identities() -> Vec<concord_protocol::Identity> {
+        vec![
+            concord_protocol::Identity {
+                user: UserId("alice".into()),
+                display_name: Some("Alice Ümlaut".into()),
+                email: Some("alice@example.org".into()),
+            },
+            concord_protocol::Identity {
+                user: UserId("bob".into()),
+                display_name: None,
+                email: None,
+            },
+        ]
+    }
+
+    pub(super) fn batches() -> Vec<Batch> {
+        let mut batches = v1::batches();
+        batches.push(Batch::new().with(Mutation::PutIdentities(identities())));
+        batches
+    }
+
+    pub(super) fn expected() -> Contents {
+        let mut contents = v1::expected();
+        contents.identities.identities =
+            identities().into_iter().map(|i| (i.user.clone(), i)).collect();
+        contents
     }
 }

@@ -123,10 +123,10 @@ async fn a_newer_version_is_refused_and_left_alone() {
     let name = adapter.database_name(&key);
     raw_open(&name, Some(7)).await.close();
     match adapter.open(&key).await {
-        Err(error @ StorageError::NewerFormat { found: 7, supported: 1 }) => {
+        Err(error @ StorageError::NewerFormat { found: 7, supported: 2 }) => {
             assert_eq!(
                 error.to_string(),
-                "store format version 7 is newer than the supported version 1"
+                "store format version 7 is newer than the supported version 2"
             );
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -165,7 +165,7 @@ async fn an_upgrade_elsewhere_closes_the_handle() {
     let store = adapter.open_store(&key).await.unwrap();
     store.commit(contract::full_model_batch(1)).await.unwrap();
     // Newer code in another tab upgrades the database.
-    let newer = raw_open(store.database_name(), Some(2)).await;
+    let newer = raw_open(store.database_name(), Some(3)).await;
     assert!(store.is_closed());
     let error = store.commit(contract::full_model_batch(2)).await.unwrap_err();
     assert!(matches!(error, StorageError::Closed), "{error:?}");
@@ -175,7 +175,7 @@ async fn an_upgrade_elsewhere_closes_the_handle() {
     drop(store);
     assert!(matches!(
         adapter.open(&key).await,
-        Err(StorageError::NewerFormat { found: 2, supported: 1 })
+        Err(StorageError::NewerFormat { found: 3, supported: 2 })
     ));
 }
 

@@ -138,6 +138,12 @@ impl Model {
                 }
                 return true;
             }
+            Mutation::PutIdentities(identities) => {
+                for i in identities {
+                    self.identities.identities.insert(i.user.clone(), i.clone());
+                }
+                return true;
+            }
             Mutation::SetReplicaId(id) => {
                 if self.replica.is_some_and(|r| r != *id) {
                     return false;
@@ -303,6 +309,17 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
                         id: UserId(format!("u{u}")),
                         display_name: named.then(|| format!("User {u}")),
                         anonymous: !named,
+                    })
+                    .collect(),
+            )
+        }),
+        1 => prop::collection::vec((0u8..3, any::<bool>()), 0..3).prop_map(|v| {
+            Mutation::PutIdentities(
+                v.into_iter()
+                    .map(|(u, email)| concord_protocol::Identity {
+                        user: UserId(format!("u{u}")),
+                        display_name: Some(format!("User {u}")),
+                        email: email.then(|| format!("u{u}@example.org")),
                     })
                     .collect(),
             )

@@ -39,6 +39,7 @@
 //! request.
 
 mod activity;
+mod authors;
 mod presence;
 mod references;
 
@@ -402,6 +403,8 @@ pub struct ClientEngine {
     activities: activity::Activities,
     /// The session of the current (or last) connection.
     session: Option<SessionId>,
+    /// Other sessions' users, also after they left.
+    authors: authors::Authors,
 }
 
 impl ClientEngine {
@@ -446,6 +449,7 @@ impl ClientEngine {
             presence: presence::Presence::default(),
             activities: activity::Activities::default(),
             session: None,
+            authors: authors::Authors::default(),
         }
     }
 
@@ -1652,19 +1656,21 @@ impl ClientEngine {
                 self.gone(&model, ErrorReply::new(code, message));
             }
             ServerPush::CollaboratorOpened { model, collaborator } => {
+                self.authors.remember(&collaborator.session, &collaborator.user);
                 if let Some(entry) = self.models.get_mut(&model) {
                     entry.collaborators.insert(collaborator.session.clone(), collaborator.clone());
                 }
                 self.model_event(&model, ModelEvent::CollaboratorOpened(collaborator));
             }
-            ServerPush::CollaboratorClosed { model, session } => {
+            ServerPush::CollaboratorClosed { model, session, user } => {
+                self.authors.remember(&session, &user);
                 // Its references went with it.
                 let mut unshared = Vec::new();
                 if let Some(entry) = self.models.get_mut(&model) {
                     entry.collaborators.remove(&session);
                     unshared = entry.references.session_closed(&session);
                 }
-                self.model_event(&model, ModelEvent::CollaboratorClosed(session));
+                self.model_event(&model, ModelEvent::CollaboratorClosed { session, user });
                 for event in unshared {
                     self.model_event(&model, event);
                 }
@@ -1678,6 +1684,11 @@ impl ClientEngine {
             ServerPush::Activity { activity, change } => self.activity_changed(activity, change),
             ServerPush::RemoteReference { model, session, change } => {
                 self.remote_reference(&model, session, change);
+            }
+            ServerPush::ReferenceRefused { model, reference, error } => {
+                if self.models.contains_key(&model) {
+                    self.model_event(&model, ModelEvent::ReferenceRefused { reference, error });
+                }
             }
             // The connection's end after `SessionClosing` is handled as any lost connection.
             ServerPush::SessionClosing { .. } => {}
@@ -1926,7 +1937,11 @@ impl ClientEngine {
             return false;
         };
         let author = operation.author.clone();
-        let user = entry.collaborators.get(&author).map(|c| c.user.clone());
+        let user = entry
+            .collaborators
+            .get(&author)
+            .map(|c| c.user.clone())
+            .or_else(|| self.authors.user(&author).cloned());
         let committed = operation.operation.clone();
         let result = entry.replica.remote(operation);
         let mut ended = Vec::new();
@@ -2308,7 +2323,8 @@ impl ClientEngine {
                 .models
                 .get(model)
                 .and_then(|entry| entry.collaborators.get(session))
-                .map(|c| c.user.clone());
+                .map(|c| c.user.clone())
+                .or_else(|| self.authors.user(session).cloned());
         }
         self.events.push_back(Event::Model { model: model.clone(), event });
     }

@@ -64,8 +64,9 @@ pub enum ModelEvent {
     Offline,
     /// Another session opened the model.
     CollaboratorOpened(Collaborator),
-    /// Another session closed the model (or lost its connection).
-    CollaboratorClosed(SessionId),
+    /// Another session closed the model (or lost its connection), or this client stopped
+    /// hearing of it (offline).
+    CollaboratorClosed { session: SessionId, user: UserId },
     /// This session's permissions on the model changed (a user with `manage` changed its
     /// grants). Losing `read` is reported as [`ModelEvent::Gone`] instead.
     PermissionsChanged { permissions: Permissions },
@@ -80,6 +81,10 @@ pub enum ModelEvent {
         reference: ReferenceKey,
         change: RemoteReferenceChange,
     },
+    /// The server refused this client's change to its reference `reference` (invalid at
+    /// the server, or set at a version too old to move forward); the server's copy of it
+    /// is unchanged.
+    ReferenceRefused { reference: ReferenceKey, error: ErrorReply },
     /// The server no longer serves the model (deleted by someone else, or closed by the
     /// server); the local copy stays, offline.
     Gone { error: ErrorReply },

@@ -74,8 +74,9 @@ impl Server {
                 // simulation's store tests); none is asked here.
                 SessionOutput::ToPresence { .. }
                 | SessionOutput::ToActivity { .. }
+                | SessionOutput::ToIdentity { .. }
                 | SessionOutput::Query(_) => {
-                    unreachable!("no presence, activity or query request is sent")
+                    unreachable!("no presence, activity, identity or query request is sent")
                 }
             }
         }
@@ -102,7 +103,17 @@ impl Server {
         while let Some(read) = host.pending_read().cloned() {
             let result = match read {
                 Read::Collection(_) => ReadResult::Collection(Ok(None)),
-                Read::Operations { .. } => ReadResult::Operations(Ok(Vec::new())),
+                Read::Operations { after, through } => ReadResult::Operations(Ok(self
+                    .writes
+                    .iter()
+                    .filter_map(|w| match w {
+                        Write::Commit(record) if record.model == *host.model() => {
+                            Some(record.operation.clone())
+                        }
+                        _ => None,
+                    })
+                    .filter(|op| op.version > after && op.version <= through)
+                    .collect())),
                 Read::ReplicaOwner { replica, claimant } => ReadResult::ReplicaOwner(Ok(self
                     .owners
                     .entry(replica)
@@ -252,7 +263,20 @@ fn heard(said: &[(ConnId, ServerMessage)], conn: ConnId) -> Vec<ServerMessage> {
 fn error_of(said: &[(ConnId, ServerMessage)], conn: ConnId) -> (ErrorCode, String) {
     match heard(said, conn).as_slice() {
         [ServerMessage::Error { error, .. }] => (error.code, error.message.clone()),
+        [ServerMessage::Push(ServerPush::ReferenceRefused { error, .. })] => {
+            (error.code, error.message.clone())
+        }
         other => panic!("expected one error, got {other:?}"),
+    }
+}
+
+/// The reference whose change `conn` was told was refused.
+fn refused_reference(said: &[(ConnId, ServerMessage)], conn: ConnId) -> (ReferenceKey, ErrorCode) {
+    match heard(said, conn).as_slice() {
+        [ServerMessage::Push(ServerPush::ReferenceRefused { reference, error, .. })] => {
+            (reference.clone(), error.code)
+        }
+        other => panic!("expected one refusal, got {other:?}"),
     }
 }
 
@@ -971,4 +995,117 @@ fn a_hostile_sync_is_refused_whole_and_never_leaves_a_model_open() {
     let said = server.request(mallory, grants);
     assert_eq!(error_of(&said, mallory).0, ErrorCode::MODEL_NOT_FOUND);
     assert_eq!(attached(&server, mallory), 0);
+}
+
+#[test]
+fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
+    let config = HostConfig { history_in_memory: 2, ..HostConfig::default() };
+    let mut server = Server::with_config(config);
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
+    // Six more versions, each typed in front: only the last two stay in memory.
+    for seq in 2..=7 {
+        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
+        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
+    }
+    // Bob's cursor on the "r" of "world" as of version 1 comes in late: read from the
+    // store, moved through versions 2 to 7, relayed at 7.
+    let said = server.send(bob, cursor_change(1, 2));
+    match relayed(&said, alice).as_slice() {
+        [ReferenceChange::Set { value, version: 7, .. }] => {
+            assert_eq!(*value, ReferenceValue::Index(vec![8]));
+        }
+        other => panic!("expected one set at version 7, got {other:?}"),
+    }
+    assert_eq!(opened_references(&mut server, "carol"), vec![Some(ReferenceValue::Index(vec![8]))]);
+}
+
+#[test]
+fn a_reference_too_far_back_or_without_its_history_is_refused_by_name() {
+    use concord_sync::host::{MAX_REFERENCE_CATCH_UP, ModelRecord};
+    // A model at a version far past anything in memory or in the (empty) store.
+    let version = MAX_REFERENCE_CATCH_UP + 5;
+    let mut server = Server::new();
+    let record = ModelRecord {
+        collection: CollectionId::new("notes").unwrap(),
+        created_at: Timestamp(0),
+        nonce: None,
+        creator: None,
+        grants: PermissionGrants::default(),
+    };
+    let snapshot = concord_protocol::ModelSnapshot {
+        collection: record.collection.clone(),
+        version,
+        created_at: Timestamp(0),
+        modified_at: Timestamp(0),
+        data: document(),
+    };
+    let stored = StoredModel {
+        record,
+        collection: None,
+        snapshot,
+        operations: Vec::new(),
+        last_decisions: BTreeMap::new(),
+    };
+    let host = ModelHost::new(model("doc"), Loaded::Model(Box::new(stored)), server.config.clone());
+    server.models.insert(model("doc"), host.unwrap());
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    let cursor = ReferenceKey { element: Some(text_id()), key: "cursor".into() };
+    // Further back than the server moves references: refused without reading.
+    let said = server.send(bob, cursor_change(version - MAX_REFERENCE_CATCH_UP - 1, 0));
+    assert_eq!(refused_reference(&said, bob), (cursor.clone(), ErrorCode::INVALID_REFERENCE));
+    assert!(relayed(&said, alice).is_empty());
+    // Within reach, but the store lacks those operations: read once, then refused.
+    let said = server.send(bob, cursor_change(version - 1, 0));
+    assert_eq!(refused_reference(&said, bob), (cursor, ErrorCode::INVALID_REFERENCE));
+    // At the current version it is taken.
+    let said = server.send(bob, cursor_change(version, 0));
+    assert_eq!(relayed(&said, alice).len(), 1);
+}
+
+#[test]
+fn collaborators_carry_when_they_opened_and_closing_names_the_user() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    let opened_at = server.now + 1;
+    let said =
+        server.request(bob, ClientRequest::OpenModel { model: model("doc"), auto_create: false });
+    let told = heard(&said, alice);
+    match told.as_slice() {
+        [ServerMessage::Push(ServerPush::CollaboratorOpened { collaborator, .. })] => {
+            assert_eq!(collaborator.user, UserId("bob".into()));
+            assert_eq!(collaborator.since, Timestamp(opened_at));
+        }
+        other => panic!("expected bob's opening, got {other:?}"),
+    }
+    // Bob, opening later, lists alice since her own opening.
+    let listed = heard(&said, bob)
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::Response { response: ServerResponse::ModelOpened(opened), .. } => {
+                Some(opened.collaborators)
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].user, UserId("alice".into()));
+    assert!(listed[0].since < Timestamp(opened_at));
+    let said = server.request(bob, ClientRequest::CloseModel { model: model("doc") });
+    match heard(&said, alice).as_slice() {
+        [ServerMessage::Push(ServerPush::CollaboratorClosed { session, user, .. })] => {
+            assert_eq!((session.0.as_str(), user.0.as_str()), ("s2", "bob"));
+        }
+        other => panic!("expected bob's closing, got {other:?}"),
+    }
 }

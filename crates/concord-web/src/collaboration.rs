@@ -188,12 +188,15 @@ async fn shared_list(model: &RealTimeModel, list: Vec<SharedReference>) -> Resul
 
 #[wasm_bindgen]
 impl RealTimeModel {
-    /// `[{ session, user }]`: the other sessions that have the model open.
+    /// `[{ session, user, since }]`: the other sessions that have the model open, and when
+    /// they opened it (milliseconds since the epoch, server time).
     #[wasm_bindgen(unchecked_return_type = "Collaborator[]")]
     pub async fn collaborators(&self) -> Result<JsValue, WebError> {
         let list = self.inner.collaborators().await.map_err(error)?;
-        let list: Vec<Value> =
-            list.iter().map(|c| json!({ "session": c.session.0, "user": c.user.0 })).collect();
+        let list: Vec<Value> = list
+            .iter()
+            .map(|c| json!({ "session": c.session.0, "user": c.user.0, "since": c.since.0 }))
+            .collect();
         to_js(&list)
     }
 

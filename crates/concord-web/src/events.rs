@@ -65,10 +65,17 @@ pub(crate) fn model_event(event: ModelEvent, text: Option<&str>) -> Value {
             "type": "collaboratorOpened",
             "session": collaborator.session.0,
             "user": collaborator.user.0,
+            "since": collaborator.since.0,
         }),
-        ModelEvent::CollaboratorClosed(session) => {
-            json!({ "type": "collaboratorClosed", "session": session.0 })
+        ModelEvent::CollaboratorClosed { session, user } => {
+            json!({ "type": "collaboratorClosed", "session": session.0, "user": user.0 })
         }
+        ModelEvent::ReferenceRefused { reference, error: e } => json!({
+            "type": "referenceRefused",
+            "element": reference.element.map(element),
+            "key": reference.key,
+            "error": error(&e),
+        }),
         ModelEvent::PermissionsChanged { permissions } => json!({
             "type": "permissionsChanged",
             "permissions": {

@@ -7,8 +7,9 @@
 //! model's `char` positions against the current text.
 //!
 //! Models (`model.rs`), elements and batches (`element.rs`), collaborators and references
-//! (`collaboration.rs`), history (`history.rs`), queries (`query.rs`), permissions, presence and activities
-//! (`presence.rs`) keep the Rust API's names. Errors are JS `Error`s with a stable `code`
+//! (`collaboration.rs`), history (`history.rs`), queries (`query.rs`), permissions, presence and
+//! activities (`presence.rs`), identities (`identity.rs`) keep the Rust API's names. Errors are
+//! JS `Error`s with a stable `code`
 //! (`error.rs`); events are plain objects with a `type` (`events.rs`); subscriptions return
 //! an unsubscribe function (`subscription.rs`); the TypeScript types of everything passed as
 //! plain JS are in `types.rs`.
@@ -24,6 +25,7 @@ mod element;
 mod error;
 mod events;
 mod history;
+mod identity;
 mod model;
 mod presence;
 mod query;

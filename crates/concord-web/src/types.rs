@@ -81,7 +81,8 @@ export type ReferenceValue = number[] | { start: number; end: number }[] | strin
 /** What `LocalReference.set` takes: one of `ReferenceValue`'s items, or a list of them. */
 export type ReferenceInput = number | { start: number; end: number } | string | ReferenceValue;
 export interface SharedReference { session: string; element: ElementRef | null; key: string; value: ReferenceValue | null }
-export interface Collaborator { session: string; user: string }
+/** `since`: when the session opened the model, in milliseconds since the epoch (server time). */
+export interface Collaborator { session: string; user: string; since: number }
 
 export type ModelEvent =
   | { type: "changed"; element: ElementRef; local: boolean; author: string | null; user: string | null }
@@ -95,8 +96,9 @@ export type ModelEvent =
   | { type: "resyncCompleted" }
   | { type: "online" }
   | { type: "offline" }
-  | { type: "collaboratorOpened"; session: string; user: string }
-  | { type: "collaboratorClosed"; session: string }
+  | { type: "collaboratorOpened"; session: string; user: string; since: number }
+  | { type: "collaboratorClosed"; session: string; user: string }
+  | { type: "referenceRefused"; element: ElementRef | null; key: string; error: ErrorInfo }
   | { type: "permissionsChanged"; permissions: Permissions }
   | { type: "remoteReference"; session: string; user: string | null; element: ElementRef | null; key: string;
       change: "shared" | "set" | "cleared" | "unshared"; value: ReferenceValue | null }
@@ -134,6 +136,8 @@ export type BatchEdit = { element: ElementRef } & (
   | { op: "add"; delta: number });
 
 export interface UserPresence { user: string; available: boolean; state: JsonObject }
+/** A user's name and email from their token; `email` is null unless it is the asker's own, or the asker is an administrator. */
+export interface Identity { user: string; displayName: string | null; email: string | null }
 export interface Participant { session: string; user: string; state: JsonObject }
 export interface ActivityRef { kind: string; id: string }
 export type ActivityEvent =

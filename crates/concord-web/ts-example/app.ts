@@ -6,6 +6,7 @@ import init, {
   type ConcordError,
   type DomainEvent,
   type ElementEvent,
+  type Identity,
   type JsonValue,
   type ModelEvent,
   type RealTimeElement,
@@ -28,7 +29,9 @@ function describe(event: ModelEvent): string {
     case "collaboratorOpened":
       return `${event.user} opened it`;
     case "collaboratorClosed":
-      return `${event.session} closed it`;
+      return `${event.user} (${event.session}) closed it`;
+    case "referenceRefused":
+      return `${event.key} refused: ${event.error.code}`;
     case "permissionsChanged":
       return `may write: ${event.permissions.write}`;
     case "remoteReference":
@@ -102,7 +105,10 @@ export async function main(url: string, token: string): Promise<void> {
   await cursor?.share();
   await cursor?.set(1);
   for (const r of await model.references()) console.log(r.session, r.key, r.value);
-  for (const c of await model.collaborators()) console.log(c.user);
+  for (const c of await model.collaborators()) console.log(c.user, new Date(c.since));
+  const me: Identity | null = await domain.identity().user("alice");
+  const found: Identity[] = await domain.identity().search("al", 5);
+  console.log(me?.displayName, me?.email, found.map((i) => i.user));
 
   const found = await models.queryWith("SELECT title FROM notes WHERE title LIKE 'H%'", "store");
   for (const row of found.rows) {

@@ -1,7 +1,8 @@
 //! The server's settings. Each one comes from a flag, else its `CONCORD_*` environment
 //! variable (clap handles those two), else the TOML file given with `--config`, else its
 //! default. [`Config::resolve`] merges the layers and checks the result; `--print-config`
-//! prints it in the file's own format.
+//! prints it in the file's own format. Collections (`[collections.<id>]`) and activity
+//! types (`[activities.<type>]`) are configured in the file only.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +14,8 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use concord_protocol::{CollectionId, Permissions, UserId};
 use concord_server::{
-    AuthConfig, CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, ServerConfig,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig,
+    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +113,31 @@ pub(crate) struct Settings {
     /// Seconds a new connection has to complete its handshake [default: 10]
     #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
     pub(crate) handshake_timeout_secs: Option<u64>,
+    /// Seconds of silence (clients ping every few seconds) after which a session is ended
+    /// as gone, and its user's presence goes offline if it was their last [default: 60]
+    #[arg(long, env = "CONCORD_SILENCE_TIMEOUT_SECS", value_name = "SECS")]
+    pub(crate) silence_timeout_secs: Option<u64>,
+    /// Bytes of keys and values in one user's presence state [default: 16384]
+    #[arg(long, env = "CONCORD_MAX_PRESENCE_STATE_BYTES", value_name = "BYTES")]
+    pub(crate) max_presence_state_bytes: Option<usize>,
+    /// Users one session follows at once [default: 1000]
+    #[arg(long, env = "CONCORD_MAX_FOLLOWED_USERS", value_name = "N")]
+    pub(crate) max_followed_users: Option<usize>,
+    /// Activities one session is in at once [default: 64]
+    #[arg(long, env = "CONCORD_MAX_ACTIVITIES_JOINED", value_name = "N")]
+    pub(crate) max_activities_joined: Option<usize>,
+    /// Bytes of keys and values of one participant's state in an activity [default: 4096]
+    #[arg(long, env = "CONCORD_MAX_ACTIVITY_STATE_BYTES", value_name = "BYTES")]
+    pub(crate) max_activity_state_bytes: Option<usize>,
+    /// What every user may do in activities of a type without an `[activities.<type>]`
+    /// table: a comma-separated list of `join`, `set_state`, `manage`, or `none`
+    /// [default: join,set_state]
+    #[arg(long, env = "CONCORD_ACTIVITY_PERMISSIONS", value_name = "LIST")]
+    pub(crate) activity_permissions: Option<String>,
+    /// Users who see every user's email in identity lookups (comma-separated); everyone
+    /// else sees only their own [default: none]
+    #[arg(long, env = "CONCORD_IDENTITY_ADMINS", value_name = "USERS", value_delimiter = ',')]
+    pub(crate) identity_admins: Option<Vec<String>>,
     /// Log filter, in tracing's EnvFilter syntax (for example `info,concord_server=debug`)
     /// [default: info]
     #[arg(long, env = "CONCORD_LOG", value_name = "FILTER")]
@@ -119,6 +146,65 @@ pub(crate) struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub(crate) collections: BTreeMap<String, CollectionSection>,
+    /// `[activities.<type>]` tables of the file.
+    #[arg(skip)]
+    #[serde(default)]
+    pub(crate) activities: BTreeMap<String, ActivitySection>,
+}
+
+/// An `[activities.<type>]` table: who may join, set state in and manage activities of the
+/// type. A key left out keeps the server's default (everyone may join and set their state).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActivitySection {
+    /// What every user may do, for example `{ join = true, set_state = true }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) world: Option<ActivityPermissionSet>,
+    /// Per-user permissions that replace `world` for those users.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) users: BTreeMap<String, ActivityPermissionSet>,
+}
+
+/// Activity permissions as a table; one left out is not granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ActivityPermissionSet {
+    pub(crate) join: bool,
+    pub(crate) set_state: bool,
+    pub(crate) manage: bool,
+}
+
+impl From<ActivityPermissionSet> for ActivityPermissions {
+    fn from(set: ActivityPermissionSet) -> ActivityPermissions {
+        ActivityPermissions { join: set.join, set_state: set.set_state, manage: set.manage }
+    }
+}
+
+/// `join,set_state,manage` (any of them) or `none`.
+fn parse_activity_permissions(list: &str) -> anyhow::Result<ActivityPermissions> {
+    let mut permissions = ActivityPermissions::default();
+    for word in list.split(',').map(str::trim) {
+        match word {
+            "join" => permissions.join = true,
+            "set_state" => permissions.set_state = true,
+            "manage" => permissions.manage = true,
+            "none" => {}
+            other => {
+                bail!("activity_permissions: {other:?} is none of join, set_state, manage, none")
+            }
+        }
+    }
+    Ok(permissions)
+}
+
+fn activity_permissions_list(permissions: ActivityPermissions) -> String {
+    let names = [
+        (permissions.join, "join"),
+        (permissions.set_state, "set_state"),
+        (permissions.manage, "manage"),
+    ];
+    let list: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
+    if list.is_empty() { "none".into() } else { list.join(",") }
 }
 
 /// A `[collections.<id>]` table: the collection's permission defaults. A key left out keeps
@@ -195,8 +281,16 @@ pub(crate) struct Config {
     pub(crate) max_connections_per_address: usize,
     pub(crate) header_read_timeout_secs: u64,
     pub(crate) handshake_timeout_secs: u64,
+    pub(crate) silence_timeout_secs: u64,
+    pub(crate) max_presence_state_bytes: usize,
+    pub(crate) max_followed_users: usize,
+    pub(crate) max_activities_joined: usize,
+    pub(crate) max_activity_state_bytes: usize,
+    pub(crate) activity_permissions: String,
+    pub(crate) identity_admins: Vec<String>,
     pub(crate) log: String,
     pub(crate) collections: BTreeMap<String, CollectionSection>,
+    pub(crate) activities: BTreeMap<String, ActivitySection>,
 }
 
 impl Default for Config {
@@ -238,8 +332,16 @@ impl Default for Config {
             max_connections_per_address: server.max_connections_per_address,
             header_read_timeout_secs: limits.header_read_timeout.as_secs(),
             handshake_timeout_secs: limits.handshake_timeout.as_secs(),
+            silence_timeout_secs: server.silence_timeout.as_secs(),
+            max_presence_state_bytes: server.presence.max_state_bytes,
+            max_followed_users: server.presence.max_followed,
+            max_activities_joined: server.activities.max_joined,
+            max_activity_state_bytes: server.activities.max_state_bytes,
+            activity_permissions: activity_permissions_list(server.activities.default.world),
+            identity_admins: Vec::new(),
             log: "info".into(),
             collections: BTreeMap::new(),
+            activities: BTreeMap::new(),
         }
     }
 }
@@ -289,9 +391,17 @@ impl Config {
             max_connections_per_address: pick!(max_connections_per_address),
             header_read_timeout_secs: pick!(header_read_timeout_secs),
             handshake_timeout_secs: pick!(handshake_timeout_secs),
+            silence_timeout_secs: pick!(silence_timeout_secs),
+            max_presence_state_bytes: pick!(max_presence_state_bytes),
+            max_followed_users: pick!(max_followed_users),
+            max_activities_joined: pick!(max_activities_joined),
+            max_activity_state_bytes: pick!(max_activity_state_bytes),
+            activity_permissions: pick!(activity_permissions),
+            identity_admins: pick!(identity_admins),
             log: pick!(log),
-            // Only the file has collections.
+            // Only the file has collections and activity types.
             collections: file.collections,
+            activities: file.activities,
         };
         config.check()?;
         Ok(config)
@@ -394,7 +504,47 @@ impl Config {
         server.snapshot_every = self.snapshot_every;
         server.max_model_bytes = self.max_model_bytes;
         server.web_root = self.web_root.clone();
+        server.silence_timeout = Duration::from_secs(self.silence_timeout_secs);
+        server.presence = PresenceLimits {
+            max_state_bytes: self.max_presence_state_bytes,
+            max_followed: self.max_followed_users,
+            ..PresenceLimits::default()
+        };
+        server.activities = self.activities()?;
+        if self.identity_admins.iter().any(String::is_empty) {
+            bail!("identity_admins: a user id is empty");
+        }
+        server.admins = self.identity_admins.iter().cloned().map(UserId).collect();
         Ok(server)
+    }
+
+    /// The activity settings as the server takes them: limits, the default policy and the
+    /// `[activities.<type>]` tables.
+    pub(crate) fn activities(&self) -> anyhow::Result<ActivityConfig> {
+        let world = parse_activity_permissions(&self.activity_permissions)?;
+        let default = ActivityPolicy { world, users: BTreeMap::new() };
+        let mut types = BTreeMap::new();
+        for (kind, section) in &self.activities {
+            if kind.is_empty() {
+                bail!("[activities.\"\"]: an activity type is empty");
+            }
+            let mut users = BTreeMap::new();
+            for (user, permissions) in &section.users {
+                if user.is_empty() {
+                    bail!("[activities.{kind}] users: a user id is empty");
+                }
+                users.insert(UserId(user.clone()), ActivityPermissions::from(*permissions));
+            }
+            let world = section.world.map_or(default.world, ActivityPermissions::from);
+            types.insert(kind.clone(), ActivityPolicy { world, users });
+        }
+        Ok(ActivityConfig {
+            types,
+            default,
+            max_joined: self.max_activities_joined,
+            max_state_bytes: self.max_activity_state_bytes,
+            ..ActivityConfig::default()
+        })
     }
 
     /// How client JWTs are verified: with `key` (read by the caller from the configured
@@ -488,6 +638,43 @@ mod tests {
         assert!(!indexes.contains_key(&CollectionId::new("open").unwrap()));
         let bad = self::file("[collections.notes]\nindexes = [\"a..b\"]\n");
         assert!(Config::resolve(Settings::default(), bad).is_err(), "a bad index path is refused");
+    }
+
+    #[test]
+    fn presence_and_activity_settings_map_onto_the_server_config() {
+        let file = file(
+            r#"
+            silence_timeout_secs = 5
+            max_presence_state_bytes = 10
+            max_followed_users = 2
+            max_activities_joined = 3
+            max_activity_state_bytes = 4
+            activity_permissions = "none"
+            identity_admins = ["root"]
+
+            [activities.meeting]
+            world = { join = true }
+            users = { alice = { join = true, set_state = true, manage = true } }
+            "#,
+        );
+        let config = Config::resolve(Settings::default(), file).unwrap();
+        let auth = AuthConfig::development(b"secret");
+        let server = config.server_config(auth).unwrap();
+        assert_eq!(server.silence_timeout, Duration::from_secs(5));
+        assert_eq!((server.presence.max_state_bytes, server.presence.max_followed), (10, 2));
+        let activities = &server.activities;
+        assert_eq!((activities.max_joined, activities.max_state_bytes), (3, 4));
+        assert_eq!(activities.default.world, ActivityPermissions::default());
+        let meeting = &activities.types["meeting"];
+        assert_eq!(meeting.world, ActivityPermissions { join: true, ..Default::default() });
+        assert_eq!(meeting.permissions(&UserId("alice".into())), ActivityPermissions::ALL);
+        assert!(server.admins.contains(&UserId("root".into())));
+        let printed = config.to_toml().unwrap();
+        let again =
+            Config::resolve(Settings::default(), toml::from_str(&printed).unwrap()).unwrap();
+        assert_eq!(again, config);
+        let empty_type = self::file("[activities.\"\"]\n");
+        assert!(Config::resolve(Settings::default(), empty_type).is_err());
     }
 
     #[test]

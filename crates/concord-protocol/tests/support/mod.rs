@@ -214,7 +214,11 @@ pub fn committed_operation() -> impl Strategy<Value = CommittedOperation> {
 }
 
 pub fn collaborator() -> impl Strategy<Value = Collaborator> {
-    (session_id(), user_id()).prop_map(|(session, user)| Collaborator { session, user })
+    (session_id(), user_id(), timestamp()).prop_map(|(session, user, since)| Collaborator {
+        session,
+        user,
+        since,
+    })
 }
 
 pub fn reference_key() -> impl Strategy<Value = ReferenceKey> {
@@ -380,7 +384,23 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
             }
         ),
         text().prop_map(|query| Query { query }),
+        identity_request().prop_map(Identity),
     ]
+}
+
+pub fn identity_request() -> impl Strategy<Value = IdentityRequest> {
+    prop_oneof![
+        user_id().prop_map(|user| IdentityRequest::User { user }),
+        vec(user_id(), 0..3).prop_map(|users| IdentityRequest::Users { users }),
+        (text(), any::<u32>())
+            .prop_map(|(prefix, limit)| IdentityRequest::Search { prefix, limit }),
+    ]
+}
+
+pub fn identity() -> impl Strategy<Value = concord_protocol::Identity> {
+    (user_id(), option::of(text()), option::of(text())).prop_map(|(user, display_name, email)| {
+        concord_protocol::Identity { user, display_name, email }
+    })
 }
 
 pub fn activity_id() -> impl Strategy<Value = ActivityId> {
@@ -588,6 +608,7 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         (vec(query_row(), 0..3), any::<u64>(), any::<u64>(), option::of(text())).prop_map(
             |(rows, total, scanned, index)| QueryResult(QueryPage { rows, total, scanned, index })
         ),
+        vec(identity(), 0..3).prop_map(Identities),
     ]
 }
 
@@ -627,8 +648,8 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
             .prop_map(|(model, permissions)| PermissionsChanged { model, permissions }),
         (model_id(), collaborator())
             .prop_map(|(model, collaborator)| CollaboratorOpened { model, collaborator }),
-        (model_id(), session_id())
-            .prop_map(|(model, session)| CollaboratorClosed { model, session }),
+        (model_id(), session_id(), user_id())
+            .prop_map(|(model, session, user)| CollaboratorClosed { model, session, user }),
         (model_id(), session_id(), reference_change())
             .prop_map(|(model, session, change)| { RemoteReference { model, session, change } }),
         (model_id(), error_code(), text())
@@ -637,6 +658,8 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
         user_presence().prop_map(Presence),
         (activity_id(), activity_change())
             .prop_map(|(activity, change)| Activity { activity, change }),
+        (model_id(), reference_key(), error_reply())
+            .prop_map(|(model, reference, error)| ReferenceRefused { model, reference, error }),
     ]
 }
 
@@ -682,6 +705,9 @@ pub const CLIENT_VARIANTS: &[&str] = &[
     "Request::HistoryOpen",
     "Request::HistoryFetch",
     "Request::Query",
+    "Request::Identity::User",
+    "Request::Identity::Users",
+    "Request::Identity::Search",
     "Response::AutoCreate",
     "Response::Pong",
     "Error",
@@ -720,6 +746,11 @@ pub fn client_variant(message: &ClientMessage) -> &'static str {
             ClientRequest::HistoryOpen { .. } => "Request::HistoryOpen",
             ClientRequest::HistoryFetch { .. } => "Request::HistoryFetch",
             ClientRequest::Query { .. } => "Request::Query",
+            ClientRequest::Identity(request) => match request {
+                IdentityRequest::User { .. } => "Request::Identity::User",
+                IdentityRequest::Users { .. } => "Request::Identity::Users",
+                IdentityRequest::Search { .. } => "Request::Identity::Search",
+            },
         },
         ClientMessage::Response { response, .. } => match response {
             ClientResponse::AutoCreate { .. } => "Response::AutoCreate",
@@ -750,6 +781,7 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Response::HistoryOpened",
     "Response::HistoryPage",
     "Response::QueryResult",
+    "Response::Identities",
     "Error",
     "Push::Ack",
     "Push::SubmitRejected",
@@ -769,6 +801,7 @@ pub const SERVER_VARIANTS: &[&str] = &[
     "Push::Activity::Joined",
     "Push::Activity::Left",
     "Push::Activity::StateChanged",
+    "Push::ReferenceRefused",
 ];
 
 pub fn server_variant(message: &ServerMessage) -> &'static str {
@@ -796,6 +829,7 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
             ServerResponse::HistoryOpened(_) => "Response::HistoryOpened",
             ServerResponse::HistoryPage(_) => "Response::HistoryPage",
             ServerResponse::QueryResult(_) => "Response::QueryResult",
+            ServerResponse::Identities(_) => "Response::Identities",
         },
         ServerMessage::Error { .. } => "Error",
         ServerMessage::Push(push) => match push {
@@ -821,6 +855,7 @@ pub fn server_variant(message: &ServerMessage) -> &'static str {
                 ActivityChange::Left { .. } => "Push::Activity::Left",
                 ActivityChange::StateChanged { .. } => "Push::Activity::StateChanged",
             },
+            ServerPush::ReferenceRefused { .. } => "Push::ReferenceRefused",
         },
     }
 }
@@ -1055,6 +1090,7 @@ pub fn goldens() -> Vec<Golden> {
                     collaborators: vec![Collaborator {
                         session: SessionId("s-7".into()),
                         user: UserId("bob".into()),
+                        since: Timestamp(1_767_225_300_000),
                     }],
                     references: vec![SharedReference {
                         session: SessionId("s-7".into()),

@@ -215,12 +215,13 @@ impl ClientEngine {
         entry.sharing = false;
         entry.references.forget_at_server();
         let events = entry.references.clear_remote();
-        let gone: Vec<SessionId> = std::mem::take(&mut entry.collaborators).into_keys().collect();
+        let gone: Vec<Collaborator> =
+            std::mem::take(&mut entry.collaborators).into_values().collect();
         for event in events {
             self.model_event(model, event);
         }
-        for session in gone {
-            self.model_event(model, ModelEvent::CollaboratorClosed(session));
+        for Collaborator { session, user, .. } in gone {
+            self.model_event(model, ModelEvent::CollaboratorClosed { session, user });
         }
     }
 
@@ -241,13 +242,20 @@ impl ClientEngine {
             return;
         }
         entry.sharing = true;
+        for c in &collaborators {
+            self.authors.remember(&c.session, &c.user);
+        }
+        let Some(entry) = self.models.get_mut(&model) else { return };
         let listed: BTreeMap<SessionId, Collaborator> =
             collaborators.into_iter().map(|c| (c.session.clone(), c)).collect();
         let old = std::mem::replace(&mut entry.collaborators, listed);
         let mut told: Vec<ModelEvent> = old
-            .keys()
-            .filter(|session| !entry.collaborators.contains_key(*session))
-            .map(|session| ModelEvent::CollaboratorClosed(session.clone()))
+            .values()
+            .filter(|c| !entry.collaborators.contains_key(&c.session))
+            .map(|c| ModelEvent::CollaboratorClosed {
+                session: c.session.clone(),
+                user: c.user.clone(),
+            })
             .collect();
         told.extend(
             entry

@@ -12,7 +12,8 @@
 //!
 //! A [`PresenceHost`] per domain holds presence: who is available, what each user
 //! publishes, who follows whom; an [`ActivityHost`] per domain holds who is in which
-//! activity with what state. Session hosts hand them their requests; both are ephemeral.
+//! activity with what state; an [`IdentityHost`] per domain holds users' names and emails
+//! from their tokens. Session hosts hand them their requests; all three live in memory only.
 //!
 //! The caller passes the time in and carries out the rest: it makes the jobs durable in
 //! order (it may merge them into one transaction, across models), delivers their messages
@@ -20,6 +21,7 @@
 
 mod activity;
 mod history;
+mod identity;
 mod model;
 mod permissions;
 mod presence;
@@ -43,7 +45,8 @@ pub use history::{
     HistoryQuery, HistoryRead, HistorySource, MAX_HISTORY_PAGE_BYTES, MAX_HISTORY_PAGE_OPERATIONS,
     history_reply,
 };
-pub use model::{LoadError, ModelHost};
+pub use identity::{IdentityHost, IdentityLimits};
+pub use model::{LoadError, MAX_REFERENCE_CATCH_UP, ModelHost};
 pub use permissions::{effective, may_create};
 pub use presence::{Broadcast, PresenceHost, PresenceLimits};
 pub use query::{
@@ -456,6 +459,8 @@ pub(crate) struct Member {
     pub(crate) permissions: Permissions,
     /// The session's attachment the membership came from (for [`Notice::Closed`]).
     pub(crate) attachment: u64,
+    /// When the session opened the model (for subscribers: when it subscribed).
+    pub(crate) since: Timestamp,
 }
 
 impl Member {

@@ -110,7 +110,17 @@ enum Waiting {
         creation: Creation,
         after: AfterCreate,
     },
+    /// A reference set at a version older than memory holds, waiting for the operations
+    /// since then from the store.
+    Reference {
+        from: SessionRef,
+        change: ReferenceChange,
+    },
 }
+
+/// How far back the server moves a reference through stored operations; one set at an
+/// older version is refused ([`ReferenceError::TooOld`]).
+pub const MAX_REFERENCE_CATCH_UP: u64 = 10_000;
 
 /// One model on the server. Feed it requests with [`ModelHost::handle`]; after each call
 /// take its [`Job`] ([`ModelHost::take_job`]) and its notices
@@ -242,7 +252,7 @@ impl ModelHost {
         }
         match request {
             ModelRequest::Open { request, auto_create, attachment } => {
-                self.open(from, request, auto_create, attachment)
+                self.open(now, from, request, auto_create, attachment)
             }
             ModelRequest::Create { request, collection, data, nonce, permissions, attachment } => {
                 let after = match attachment {
@@ -297,7 +307,7 @@ impl ModelHost {
                 };
                 self.submit(now, from, submission)
             }
-            ModelRequest::Subscribe { known } => self.subscribe(from, known),
+            ModelRequest::Subscribe { known } => self.subscribe(now, from, known),
             ModelRequest::Unsubscribe => {
                 self.subscribers.remove(&from.conn);
             }
@@ -313,7 +323,7 @@ impl ModelHost {
             ModelRequest::SetPermissions { request, grants } => {
                 self.set_permissions(from, request, grants)
             }
-            ModelRequest::Reference { change } => self.reference(from, change),
+            ModelRequest::Reference { change } => self.reference(from, change, true),
             ModelRequest::History { request, query } => self.history(from, request, query),
             ModelRequest::Disconnected => {
                 self.asked.remove(&from.conn);
@@ -389,6 +399,26 @@ impl ModelHost {
                 }
             }
             // An answer to a question not asked: nothing waits on it.
+            (Some(Waiting::Reference { from, change }), ReadResult::Operations(older)) => {
+                match older {
+                    Ok(older) => {
+                        if let State::Live(live) = &mut self.state {
+                            live.sequencer.provide_history(older);
+                        }
+                        self.reference(&from, change, false);
+                        if let State::Live(live) = &mut self.state {
+                            live.sequencer.trim_history();
+                        }
+                    }
+                    Err(e) => {
+                        let e = error(
+                            ErrorCode::INTERNAL,
+                            format!("the operations to move the reference could not be read: {e}"),
+                        );
+                        self.refuse_reference(from.conn, &change, e);
+                    }
+                }
+            }
             (waiting, _) => self.waiting = waiting,
         }
         while self.waiting.is_none()
@@ -583,6 +613,7 @@ impl ModelHost {
             .map(|(_, m)| Collaborator {
                 session: m.session.session.clone(),
                 user: m.session.user.id.clone(),
+                since: m.since,
             })
             .collect();
         let own = self.open.get(&conn).map(Member::session_id);
@@ -600,11 +631,18 @@ impl ModelHost {
     }
 
     /// Adds a session to the open set (telling the others), with its permissions.
-    fn join(&mut self, from: &SessionRef, permissions: Permissions, attachment: u64) {
-        let member = Member { session: from.clone(), permissions, attachment };
+    fn join(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        permissions: Permissions,
+        attachment: u64,
+    ) {
+        let since = self.open.get(&from.conn).map_or(now, |m| m.since);
+        let member = Member { session: from.clone(), permissions, attachment, since };
         if self.open.insert(from.conn, member).is_none() {
             let collaborator =
-                Collaborator { session: from.session.clone(), user: from.user.id.clone() };
+                Collaborator { session: from.session.clone(), user: from.user.id.clone(), since };
             let push = ServerPush::CollaboratorOpened { model: self.model.clone(), collaborator };
             self.broadcast_except(from.conn, ServerMessage::Push(push));
         }
@@ -615,7 +653,8 @@ impl ModelHost {
         self.replicas.retain(|_, c| *c != conn);
         let session = member.session.session.clone();
         self.references.retain(|(s, _), _| *s != session);
-        let push = ServerPush::CollaboratorClosed { model: self.model.clone(), session };
+        let user = member.session.user.id.clone();
+        let push = ServerPush::CollaboratorClosed { model: self.model.clone(), session, user };
         self.broadcast_except(conn, ServerMessage::Push(push));
         Some(member)
     }
@@ -627,6 +666,7 @@ impl ModelHost {
 
     fn open(
         &mut self,
+        now: Timestamp,
         from: &SessionRef,
         request: RequestId,
         auto_create: Option<RequestId>,
@@ -646,7 +686,7 @@ impl ModelHost {
         };
         let snapshot = live.sequencer.snapshot();
         let (collaborators, references) = self.presence(from.conn);
-        self.join(from, permissions, attachment);
+        self.join(now, from, permissions, attachment);
         let opened = OpenedModel {
             model: self.model.clone(),
             snapshot,
@@ -671,7 +711,7 @@ impl ModelHost {
             State::Live(live) => {
                 if let AfterCreate::Open(attachment) = after {
                     // Created by someone else while this client was asked for its data.
-                    return self.open(from, request, None, attachment);
+                    return self.open(now, from, request, None, attachment);
                 }
                 if creation.nonce.is_some() && live.record.nonce == creation.nonce {
                     if let AfterCreate::Sync(rest) = after {
@@ -785,7 +825,7 @@ impl ModelHost {
         }));
         self.write_index();
         match after {
-            AfterCreate::Open(attachment) => self.open(from, request, None, attachment),
+            AfterCreate::Open(attachment) => self.open(now, from, request, None, attachment),
             AfterCreate::Sync(rest) => self.sync(now, from, *rest),
             AfterCreate::Reply => {
                 let response = ServerResponse::ModelCreated {
@@ -945,7 +985,7 @@ impl ModelHost {
             .operations_since(known_version)
             .ok()
             .map(|ops| ops.chunks(page).map(<[_]>::to_vec).collect());
-        self.join(from, permissions, attachment);
+        self.join(now, from, permissions, attachment);
         if let Some(f) = in_flight {
             self.uses_replica(f.replica, from.conn);
         }
@@ -1173,7 +1213,7 @@ impl ModelHost {
         self.say_all(others, ServerMessage::Push(ServerPush::RemoteOperation { model, operation }));
     }
 
-    fn subscribe(&mut self, from: &SessionRef, known: Option<u64>) {
+    fn subscribe(&mut self, now: Timestamp, from: &SessionRef, known: Option<u64>) {
         let model = self.model.clone();
         // A model the user may not read is answered as one that does not exist.
         let update = match self.readable(from) {
@@ -1190,7 +1230,8 @@ impl ModelHost {
                         }
                     }),
                 };
-                let member = Member { session: from.clone(), permissions, attachment: 0 };
+                let member =
+                    Member { session: from.clone(), permissions, attachment: 0, since: now };
                 self.subscribers.insert(from.conn, member);
                 match update {
                     Some(update) => update,
@@ -1291,7 +1332,9 @@ impl ModelHost {
     /// the model's version (through the operations committed since the version it was set
     /// at), stored, and relayed at that version. An invalid one is refused and changes
     /// nothing.
-    fn reference(&mut self, from: &SessionRef, change: ReferenceChange) {
+    /// `may_read`: whether a value older than memory may wait for the store's operations
+    /// (not again once they were read).
+    fn reference(&mut self, from: &SessionRef, change: ReferenceChange, may_read: bool) {
         if !self.open.contains_key(&from.conn) {
             return; // a reference on a model not open here has nobody to tell
         }
@@ -1312,9 +1355,26 @@ impl ModelHost {
         };
         let value = match checked {
             Ok(value) => value,
+            // Older than memory holds: moved through the operations read from the store,
+            // unless that is too far back.
+            Err(ReferenceError::TooOld { version: at, .. })
+                if may_read && version - at <= MAX_REFERENCE_CATCH_UP =>
+            {
+                let through = live.sequencer.oldest_known_base();
+                let read = Read::Operations { after: at, through };
+                return self.wait(read, Waiting::Reference { from: from.clone(), change });
+            }
             Err(e) => {
+                let e = match e {
+                    // Too far back for the store's operations too.
+                    ReferenceError::TooOld { version: at, .. } if may_read => {
+                        let oldest = version.saturating_sub(MAX_REFERENCE_CATCH_UP);
+                        ReferenceError::TooOld { version: at, oldest }
+                    }
+                    e => e,
+                };
                 let e = error(e.code(), format!("reference refused: {e}"));
-                return self.say(from.conn, ServerMessage::Error { to: None, error: e });
+                return self.refuse_reference(from.conn, &change, e);
             }
         };
         let relayed = match change {
@@ -1347,6 +1407,13 @@ impl ModelHost {
             change: relayed,
         };
         self.broadcast_except(from.conn, ServerMessage::Push(push));
+    }
+
+    /// Tells a session that its reference change was refused, naming the reference.
+    fn refuse_reference(&mut self, conn: ConnId, change: &ReferenceChange, error: ErrorReply) {
+        let reference = change.reference().clone();
+        let model = self.model.clone();
+        self.push(conn, ServerPush::ReferenceRefused { model, reference, error });
     }
 
     /// Moves every stored reference through a committed operation, so that they stay at the

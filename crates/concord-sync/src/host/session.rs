@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use concord_ot::ReferenceValue;
 use concord_protocol::{
     ActivityRequest, ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode,
-    KnownModel, ModelId, PresenceRequest, ReferenceChange, ReferenceKey, RequestId, ServerLimits,
-    ServerMessage, ServerResponse,
+    IdentityRequest, KnownModel, ModelId, PresenceRequest, ReferenceChange, ReferenceKey,
+    RequestId, ServerLimits, ServerMessage, ServerResponse,
 };
 
 use super::{
@@ -73,6 +73,8 @@ pub enum SessionOutput {
     ToPresence { request: RequestId, presence: PresenceRequest },
     /// For the domain's [`ActivityHost`](super::ActivityHost), which answers it.
     ToActivity { request: RequestId, activity: ActivityRequest },
+    /// For the domain's [`IdentityHost`](super::IdentityHost), which answers it.
+    ToIdentity { request: RequestId, identity: IdentityRequest },
     /// A query to answer from durable state ([`query_reply`](super::query_reply)).
     Query(Box<QueryRead>),
 }
@@ -272,7 +274,16 @@ impl SessionHost {
                 }
                 match self.reference(&model, &change) {
                     Ok(()) => self.route(model, ModelRequest::Reference { change }),
-                    Err((code, message)) => self.error(None, code, message),
+                    Err((code, message)) => {
+                        let reference = change.reference().clone();
+                        let error = reply(code, message);
+                        let push = concord_protocol::ServerPush::ReferenceRefused {
+                            model,
+                            reference,
+                            error,
+                        };
+                        self.reply(ServerMessage::Push(push));
+                    }
                 }
             }
             ClientMessage::Response {
@@ -445,6 +456,9 @@ impl SessionHost {
             }
             ClientRequest::Activity(activity) => {
                 self.outputs.push_back(SessionOutput::ToActivity { request: id, activity })
+            }
+            ClientRequest::Identity(identity) => {
+                self.outputs.push_back(SessionOutput::ToIdentity { request: id, identity })
             }
             ClientRequest::HistoryOpen { model } => {
                 self.route(model, ModelRequest::History { request: id, query: HistoryQuery::Open })

@@ -16,9 +16,9 @@ use concord_protocol::{
     ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
-    ActivityConfig, ActivityHost, ConnId, HostConfig, Job, ModelHost, ModelRequest, Notice,
-    Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult, SessionHost,
-    SessionLimits, SessionOutput, SessionRef, Write, replay_page,
+    ActivityConfig, ActivityHost, ConnId, HostConfig, IdentityHost, IdentityLimits, Job, ModelHost,
+    ModelRequest, Notice, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult,
+    SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
 };
 
 use crate::server_store::MemoryServerStore;
@@ -38,6 +38,7 @@ pub struct SimServer {
     /// The domain's presence and activities (ephemeral: a crash forgets them).
     presence: PresenceHost,
     activities: ActivityHost,
+    identities: IdentityHost,
     next_conn: ConnId,
     /// Replica bindings made since the last crash, durable or not (the server's claims).
     owners: BTreeMap<ReplicaId, UserId>,
@@ -62,6 +63,7 @@ impl SimServer {
             sessions: BTreeMap::new(),
             presence: PresenceHost::new(PresenceLimits::default()),
             activities: ActivityHost::new(ActivityConfig::default()),
+            identities: IdentityHost::new(IdentityLimits::default(), Default::default()),
             next_conn: 0,
             owners: BTreeMap::new(),
             last_seqs: BTreeMap::new(),
@@ -99,6 +101,8 @@ impl SimServer {
         self.sessions.insert(conn, SessionHost::new(session.clone(), self.limits));
         // Nobody can follow anyone before this session's first message: nothing to send.
         self.presence.connected(&session);
+        let user = &session.user;
+        self.identities.learn(user.id.clone(), user.display_name.clone(), None);
         session
     }
 
@@ -153,6 +157,17 @@ impl SimServer {
                     let from = session.session().clone();
                     self.activities.handle(&from, request, activity);
                     sent.extend(self.ephemeral_outputs());
+                }
+                SessionOutput::ToIdentity { request, identity } => {
+                    let asker = &session.session().user.id;
+                    let message = match self.identities.answer(asker, identity) {
+                        Ok(found) => ServerMessage::Response {
+                            to: request,
+                            response: ServerResponse::Identities(found),
+                        },
+                        Err(error) => ServerMessage::Error { to: Some(request), error },
+                    };
+                    sent.push((conn, message));
                 }
                 SessionOutput::Query(read) => {
                     let limits = QueryLimits::default();

@@ -174,7 +174,11 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
             ),
         )?;
         assert_eq!(moved["own"], json!([want]));
-        assert_eq!(moved["collaborators"], json!([{ "session": bob_session, "user": "bob" }]));
+        let listed = &moved["collaborators"];
+        assert_eq!(listed[0]["session"], json!(bob_session));
+        assert_eq!(listed[0]["user"], json!("bob"));
+        assert!(listed[0]["since"].as_i64().is_some_and(|t| t > 0), "since: {listed}");
+        assert_eq!(listed.as_array().map(Vec::len), Some(1));
         let bob = browser.evaluate(
             "bob",
             r#"await until(async () => presenceEvents.some((p) => p.state.status?.typing),
@@ -182,7 +186,11 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
             return { collaborators: await model.collaborators(),
                 presence: presenceEvents.at(-1) };"#,
         )?;
-        assert_eq!(bob["collaborators"], json!([{ "session": alice_session, "user": "alice" }]));
+        let listed = &bob["collaborators"];
+        assert_eq!(listed[0]["session"], json!(alice_session));
+        assert_eq!(listed[0]["user"], json!("alice"));
+        assert!(listed[0]["since"].as_i64().is_some_and(|t| t > 0), "since: {listed}");
+        assert_eq!(listed.as_array().map(Vec::len), Some(1));
         assert_eq!(
             bob["presence"],
             json!({ "user": "alice", "available": true,

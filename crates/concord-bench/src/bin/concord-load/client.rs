@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use concord_ot::{
     DiscreteOperation, Document, ElementId, IdGenerator, Operation, OperationKind, PathSegment,
-    ReplicaId, Value, transform,
+    ReferenceValue, ReplicaId, Value, transform,
 };
 use concord_protocol::{
     Auth, ClientInfo, ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId,
-    CreationNonce, HandshakeResult, Limits, ModelId, PROTOCOL_VERSION, Reassembler, RequestId,
-    ServerMessage, ServerPush, ServerRequest, ServerResponse, encode,
+    CreationNonce, HandshakeResult, Limits, ModelId, PROTOCOL_VERSION, Reassembler,
+    ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush, ServerRequest,
+    ServerResponse, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -153,6 +154,8 @@ pub(crate) struct Editor {
     version: u64,
     next_seq: u64,
     rng: SplitMix64,
+    /// Moves the shared cursor `cursor` on every keystroke.
+    cursors: bool,
 }
 
 impl std::fmt::Debug for Editor {
@@ -166,7 +169,13 @@ impl std::fmt::Debug for Editor {
 
 impl Editor {
     /// Connects, handshakes and opens `model`.
-    pub(crate) async fn open(url: &str, model: &ModelId, replica: ReplicaId) -> Result<Editor> {
+    /// With `cursors`, shares the cursor it moves on every keystroke.
+    pub(crate) async fn open(
+        url: &str,
+        model: &ModelId,
+        replica: ReplicaId,
+        cursors: bool,
+    ) -> Result<Editor> {
         let mut connection = Connection::connect(url).await?;
         let opened = match connection
             .request(ClientRequest::OpenModel { model: model.clone(), auto_create: false })
@@ -179,7 +188,7 @@ impl Editor {
         let body = doc
             .element_at(&[PathSegment::Key("body".into())])
             .context("the model has no \"body\" element")?;
-        Ok(Editor {
+        let mut editor = Editor {
             connection,
             model: model.clone(),
             replica,
@@ -188,7 +197,22 @@ impl Editor {
             version: opened.snapshot.version,
             next_seq: 1,
             rng: SplitMix64(replica.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        })
+            cursors,
+        };
+        if cursors {
+            let share = ReferenceChange::Share { reference: editor.cursor(), value: None };
+            editor.send_reference(share).await?;
+        }
+        Ok(editor)
+    }
+
+    fn cursor(&self) -> ReferenceKey {
+        ReferenceKey { element: Some(self.body), key: "cursor".into() }
+    }
+
+    async fn send_reference(&mut self, change: ReferenceChange) -> Result<()> {
+        let notice = ClientNotice::Reference { model: self.model.clone(), change };
+        self.connection.send(&ClientMessage::Notice(notice)).await
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -224,6 +248,14 @@ impl Editor {
                 operation: operation.clone(),
             };
             self.connection.send(&ClientMessage::Notice(submit)).await?;
+            if self.cursors {
+                // The cursor in front of the new character, as of the operation's base
+                // version: the server moves it through whatever was committed since.
+                let value = ReferenceValue::Index(vec![index]);
+                let version = self.version;
+                let set = ReferenceChange::Set { reference: self.cursor(), value, version };
+                self.send_reference(set).await?;
+            }
             self.await_ack(seq, operation).await?;
             let acked = Instant::now();
             stats.acked += 1;

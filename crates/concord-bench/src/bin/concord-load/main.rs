@@ -8,7 +8,10 @@
 //! it from C clients, each its own WebSocket connection, as tasks of one multi-threaded
 //! tokio runtime in this process. Each client inserts one character at a random position of
 //! its local copy, submits it, waits for the ack, and repeats; it applies every remote
-//! operation to its copy, transforming its in-flight operation. After a warm-up, a window of
+//! operation to its copy, transforming its in-flight operation. With `--cursors on`, each
+//! client also shares a cursor and moves it on every keystroke (a reference `Set` at the
+//! operation's base version, which the server moves forward and relays to the C - 1 others),
+//! so that a run shows what references cost beside the same run without them (`off`). After a warm-up, a window of
 //! T seconds is measured: acked operations per second, submit-to-ack latency, the server's
 //! peak RSS and CPU, this process's CPU and the rest of the machine's. Then every run is
 //! checked: all clients converge to one body, one character and one version per acked
@@ -23,6 +26,7 @@
 //! ```sh
 //! cargo build --release -p concord -p concord-bench --bin concord --bin concord-load
 //! target/release/concord-load --clients 1,10,50 --seconds 10 --warmup 2 --reps 3 --json runs.json
+//! target/release/concord-load --clients 10 --cursors off,on
 //! ```
 
 mod client;
@@ -55,6 +59,10 @@ struct Cli {
     /// Warm-up before the window (s).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Whether clients move a shared cursor on every keystroke: one series of runs per value
+    /// (`off`, `on`).
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    cursors: Vec<CursorMode>,
     /// Runs per number of clients; the table shows their median.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -70,10 +78,28 @@ struct Cli {
     max_other: f64,
 }
 
+/// Whether the clients of a run share and move cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum CursorMode {
+    Off,
+    On,
+}
+
+impl CursorMode {
+    fn name(self) -> &'static str {
+        match self {
+            CursorMode::Off => "off",
+            CursorMode::On => "on",
+        }
+    }
+}
+
 /// One run as reported: its figures, or why it failed.
 #[derive(Debug, Serialize)]
 struct Run {
     clients: usize,
+    cursors: CursorMode,
     rep: usize,
     #[serde(flatten)]
     result: Option<RunResult>,
@@ -95,7 +121,8 @@ fn main() -> Result<()> {
     if let Some(path) = &cli.json {
         let raw = serde_json::json!({
             "machine": system::machine(),
-            "options": { "clients": cli.clients, "seconds": cli.seconds, "warmup": cli.warmup,
+            "options": { "clients": cli.clients, "cursors": cli.cursors,
+                         "seconds": cli.seconds, "warmup": cli.warmup,
                          "reps": cli.reps, "max_other": cli.max_other },
             "runs": runs,
             "discarded": discarded,
@@ -132,32 +159,37 @@ async fn run_all(cli: &Cli, concord: &Path) -> Result<(Vec<Run>, Vec<Run>)> {
     let run_timeout = warmup + window + Duration::from_secs(180);
     let (mut runs, mut discarded) = (Vec::new(), Vec::new());
     for &clients in &cli.clients {
-        for rep in 1..=cli.reps {
-            let mut attempt = 1;
-            let run = loop {
-                wait_idle(Duration::from_secs_f64(cli.idle_wait)).await?;
-                let outcome =
-                    tokio::time::timeout(run_timeout, run_once(concord, clients, warmup, window))
-                        .await
-                        .unwrap_or_else(|_| {
+        for &cursors in &cli.cursors {
+            for rep in 1..=cli.reps {
+                let mut attempt = 1;
+                let run = loop {
+                    wait_idle(Duration::from_secs_f64(cli.idle_wait)).await?;
+                    let with_cursors = cursors == CursorMode::On;
+                    let once = run_once(concord, clients, with_cursors, warmup, window);
+                    let outcome =
+                        tokio::time::timeout(run_timeout, once).await.unwrap_or_else(|_| {
                             Err(anyhow::anyhow!("the run took over {run_timeout:?}"))
                         });
-                let run = match outcome {
-                    Ok(result) => Run { clients, rep, result: Some(result), failed: None },
-                    Err(e) => Run { clients, rep, result: None, failed: Some(format!("{e:#}")) },
+                    let (result, failed) = match outcome {
+                        Ok(result) => (Some(result), None),
+                        Err(e) => (None, Some(format!("{e:#}"))),
+                    };
+                    let run = Run { clients, cursors, rep, result, failed };
+                    let other = run.result.as_ref().map_or(0.0, |r| r.other_cpu_pct);
+                    if other <= cli.max_other || attempt > 3 {
+                        break run;
+                    }
+                    eprintln!(
+                        "C={clients} cursors {} rep {rep}: discarded, other processes used \
+                         {other:.0}% of a core",
+                        cursors.name()
+                    );
+                    discarded.push(run);
+                    attempt += 1;
                 };
-                let other = run.result.as_ref().map_or(0.0, |r| r.other_cpu_pct);
-                if other <= cli.max_other || attempt > 3 {
-                    break run;
-                }
-                eprintln!(
-                    "C={clients} rep {rep}: discarded, other processes used {other:.0}% of a core"
-                );
-                discarded.push(run);
-                attempt += 1;
-            };
-            eprintln!("{}", summary(&run));
-            runs.push(run);
+                eprintln!("{}", summary(&run));
+                runs.push(run);
+            }
         }
     }
     Ok((runs, discarded))
@@ -179,7 +211,7 @@ async fn wait_idle(limit: Duration) -> Result<()> {
 }
 
 fn summary(run: &Run) -> String {
-    let prefix = format!("C={} rep {}:", run.clients, run.rep);
+    let prefix = format!("C={} cursors {} rep {}:", run.clients, run.cursors.name(), run.rep);
     match (&run.result, &run.failed) {
         (Some(r), _) => format!(
             "{prefix} {:.0} ops/s p50 {:.2} p99 {:.2} ms, server peak RSS {:.0} MiB, CPU server \
@@ -218,10 +250,10 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
             cli.max_other
         ),
         String::new(),
-        "| C | acked ops/s | p50 ms | p95 ms | p99 ms | server peak RSS MiB | server CPU % | \
-         clients CPU % | other CPU % | body chars at end | correct |"
+        "| C | cursors | acked ops/s | p50 ms | p95 ms | p99 ms | server peak RSS MiB | \
+         server CPU % | clients CPU % | other CPU % | body chars at end | correct |"
             .into(),
-        "|---|---|---|---|---|---|---|---|---|---|---|".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     type Column = (fn(&RunResult) -> f64, usize);
     let columns: [Column; 9] = [
@@ -236,12 +268,17 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
         (|r| r.body_chars as f64, 0),
     ];
     for &clients in &cli.clients {
-        let mine: Vec<&Run> = runs.iter().filter(|r| r.clients == clients).collect();
-        let measured: Vec<&RunResult> = mine.iter().filter_map(|r| r.result.as_ref()).collect();
-        let cells: Vec<String> =
-            columns.iter().map(|&(value, digits)| cell(&measured, value, digits)).collect();
-        let correct = mine.iter().filter(|r| r.correct()).count();
-        out.push(format!("| {clients} | {} | {correct}/{} |", cells.join(" | "), mine.len()));
+        for &cursors in &cli.cursors {
+            let mine: Vec<&Run> =
+                runs.iter().filter(|r| r.clients == clients && r.cursors == cursors).collect();
+            let measured: Vec<&RunResult> = mine.iter().filter_map(|r| r.result.as_ref()).collect();
+            let cells: Vec<String> =
+                columns.iter().map(|&(value, digits)| cell(&measured, value, digits)).collect();
+            let correct = mine.iter().filter(|r| r.correct()).count();
+            let cursors = cursors.name();
+            let cells = cells.join(" | ");
+            out.push(format!("| {clients} | {cursors} | {cells} | {correct}/{} |", mine.len()));
+        }
     }
     out.join("\n")
 }

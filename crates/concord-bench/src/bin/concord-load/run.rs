@@ -102,11 +102,12 @@ fn start_server(concord: &Path, data_dir: &Path) -> Result<ServeProcess> {
     ServeProcess::start(concord, data_dir, &args)
 }
 
-/// One run with `clients` editors against a server run by the binary `concord`: `warmup`,
-/// then `window` measured.
+/// One run with `clients` editors (moving a shared cursor on every keystroke when
+/// `cursors`) against a server run by the binary `concord`: `warmup`, then `window` measured.
 pub(crate) async fn run_once(
     concord: &Path,
     clients: usize,
+    cursors: bool,
     warmup: Duration,
     window: Duration,
 ) -> Result<RunResult> {
@@ -118,7 +119,7 @@ pub(crate) async fn run_once(
     let created_version = client::create_model(&url, &model).await?;
     let mut editors = Vec::with_capacity(clients);
     for i in 0..clients {
-        editors.push(Editor::open(&url, &model, ReplicaId(i as u64 + 1)).await?);
+        editors.push(Editor::open(&url, &model, ReplicaId(i as u64 + 1), cursors).await?);
     }
 
     // The closed loops, with CPU sampled at both ends of the window.
@@ -181,7 +182,7 @@ pub(crate) async fn run_once(
         one_version_per_op: final_version == created_version + total_acked,
         ..Checks::default()
     };
-    let fresh = Editor::open(&url, &model, ReplicaId(clients as u64 + 1)).await?;
+    let fresh = Editor::open(&url, &model, ReplicaId(clients as u64 + 1), false).await?;
     checks.fresh_client_agrees = fresh.version() == final_version && fresh.body() == body;
     let peak_rss_kib = peak_rss_kib(server.pid())?;
     drop((fresh, editors));
@@ -190,7 +191,7 @@ pub(crate) async fn run_once(
     server.kill()?;
     server.restart()?;
     let url = server.url("load", "bench");
-    let reopened = Editor::open(&url, &model, ReplicaId(clients as u64 + 2)).await?;
+    let reopened = Editor::open(&url, &model, ReplicaId(clients as u64 + 2), false).await?;
     checks.survives_kill = reopened.version() == final_version && reopened.body() == body;
     drop(reopened);
     server.stop()?;
