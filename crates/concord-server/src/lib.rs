@@ -60,6 +60,9 @@ mod server;
 mod store;
 #[cfg(test)]
 mod store_format_tests;
+#[cfg(test)]
+#[path = "../tests/support/postgres.rs"]
+mod test_postgres;
 mod types;
 mod web_root;
 

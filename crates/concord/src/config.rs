@@ -29,6 +29,10 @@ pub(crate) struct Settings {
     /// Directory of the store and of the server's secret [default: ./concord-data]
     #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Where to store: a PostgreSQL URL (`postgres://user@host:port/database`) [default:
+    /// the embedded store in the data directory]
+    #[arg(long, env = "CONCORD_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
     /// File holding the HS256 secret that client JWTs are signed with (its contents, without
     /// surrounding whitespace) [default: <data-dir>/secret]
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE", value_name = "FILE")]
@@ -167,6 +171,8 @@ pub(crate) struct Config {
     pub(crate) bind: SocketAddr,
     pub(crate) data_dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_rs256_public_key: Option<PathBuf>,
@@ -213,6 +219,7 @@ impl Default for Config {
         Config {
             bind: server.bind,
             data_dir: PathBuf::from("./concord-data"),
+            store: None,
             jwt_secret_file: None,
             jwt_rs256_public_key: None,
             jwt_audience: None,
@@ -261,6 +268,7 @@ impl Config {
         let config = Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
+            store: pick!(optional store),
             jwt_secret_file: pick!(optional jwt_secret_file),
             jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
             jwt_audience: pick!(optional jwt_audience),
@@ -394,6 +402,7 @@ impl Config {
         server.snapshot_every = self.snapshot_every;
         server.max_model_bytes = self.max_model_bytes;
         server.web_root = self.web_root.clone();
+        server.store = self.store.clone();
         Ok(server)
     }
 
