@@ -526,5 +526,24 @@ mod tests {
         assert_eq!(lowered.unwrap().max_model_bytes, 500, "half the queue bound by default");
         let bad_id = file("[collections.\"\"]");
         assert!(Config::resolve(Settings::default(), bad_id).is_err());
+        let not_postgres = file("store = \"mysql://db/concord\"");
+        let refused = Config::resolve(Settings::default(), not_postgres).unwrap_err();
+        assert!(refused.to_string().contains("postgres://"), "{refused}");
+    }
+
+    #[test]
+    fn the_store_comes_from_the_flags_or_the_file_and_reaches_the_server() {
+        let url = "postgres://concord@127.0.0.1:5432/concord";
+        let from_file = Config::resolve(Settings::default(), file(&format!("store = \"{url}\"")));
+        let config = from_file.unwrap();
+        assert_eq!(config.store.as_deref(), Some(url));
+        let auth = AuthConfig::development(b"secret");
+        assert_eq!(config.server_config(auth.clone()).unwrap().store.as_deref(), Some(url));
+        let flags = Settings { store: Some("postgres://other/db".into()), ..Settings::default() };
+        let both = Config::resolve(flags, file(&format!("store = \"{url}\""))).unwrap();
+        assert_eq!(both.store.as_deref(), Some("postgres://other/db"));
+        // Unset: the embedded store.
+        let embedded = Config::resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(embedded.server_config(auth).unwrap().store, None);
     }
 }

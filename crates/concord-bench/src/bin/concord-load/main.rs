@@ -46,6 +46,10 @@ struct Cli {
     /// `concord` in this tool's directory]
     #[arg(long, env = "CONCORD_BIN", value_name = "PATH")]
     concord: Option<PathBuf>,
+    /// Where the server stores: a PostgreSQL URL passed to `concord serve --store`, every run
+    /// on a model of its own [default: a fresh embedded store per run]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Numbers of clients, one series of runs each.
     #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
     clients: Vec<usize>,
@@ -136,12 +140,12 @@ async fn run_all(cli: &Cli, concord: &Path) -> Result<(Vec<Run>, Vec<Run>)> {
             let mut attempt = 1;
             let run = loop {
                 wait_idle(Duration::from_secs_f64(cli.idle_wait)).await?;
-                let outcome =
-                    tokio::time::timeout(run_timeout, run_once(concord, clients, warmup, window))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(anyhow::anyhow!("the run took over {run_timeout:?}"))
-                        });
+                let outcome = tokio::time::timeout(
+                    run_timeout,
+                    run_once(concord, cli.store.as_deref(), clients, warmup, window),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the run took over {run_timeout:?}")));
                 let run = match outcome {
                     Ok(result) => Run { clients, rep, result: Some(result), failed: None },
                     Err(e) => Run { clients, rep, result: None, failed: Some(format!("{e:#}")) },
