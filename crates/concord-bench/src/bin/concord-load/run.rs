@@ -125,8 +125,11 @@ pub(crate) async fn run_once(
 ) -> Result<RunResult> {
     let data_dir = tempfile::Builder::new().prefix("concord-load-").tempdir()?;
     let mut server = start_server(concord, data_dir.path(), store)?;
-    let url = server.url("load", "bench");
+    // On a shared store (PostgreSQL) each run has a domain of its own: replica ids are
+    // bound to users per domain, and every run's anonymous users are new.
     let model = model_id(store.is_some());
+    let domain = if store.is_some() { format!("{model}") } else { "bench".to_owned() };
+    let url = server.url("load", &domain);
 
     let created_version = client::create_model(&url, &model).await?;
     let mut editors = Vec::with_capacity(clients);
@@ -202,7 +205,7 @@ pub(crate) async fn run_once(
     // Durability: kill the server without warning, restart it on the same data, reopen.
     server.kill()?;
     server.restart()?;
-    let url = server.url("load", "bench");
+    let url = server.url("load", &domain);
     let reopened = Editor::open(&url, &model, ReplicaId(clients as u64 + 2)).await?;
     checks.survives_kill = reopened.version() == final_version && reopened.body() == body;
     drop(reopened);
