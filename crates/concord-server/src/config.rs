@@ -23,6 +23,10 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Directory of the embedded store (created if missing).
     pub data_dir: PathBuf,
+    /// Where the server stores instead of `data_dir`'s embedded store: a PostgreSQL URL
+    /// (`postgres://user@host:port/database`, needs the `postgres` feature). `None`: the
+    /// embedded store.
+    pub store: Option<String>,
     pub auth: AuthConfig,
     pub limits: ConnectionLimits,
     /// Collections known before any client creates a model in them; others are created on
@@ -80,6 +84,7 @@ impl ServerConfig {
         ServerConfig {
             bind,
             data_dir: data_dir.into(),
+            store: None,
             auth,
             limits: ConnectionLimits::default(),
             collections: BTreeMap::new(),
@@ -263,6 +268,12 @@ pub enum ConfigError {
          connection"
     )]
     ModelLargerThanQueue { max_model_bytes: u64, max_queued_bytes: usize },
+    #[error("store must be a postgres:// or postgresql:// URL (or unset for the embedded store)")]
+    StoreUrl,
+    #[error(
+        "store is a PostgreSQL URL, but this build has no PostgreSQL support (feature `postgres`)"
+    )]
+    NoPostgres,
 }
 
 impl ServerConfig {
@@ -289,6 +300,14 @@ impl ServerConfig {
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
+            }
+        }
+        if let Some(url) = &self.store {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::StoreUrl);
+            }
+            if !cfg!(feature = "postgres") {
+                return Err(ConfigError::NoPostgres);
             }
         }
         if self.max_model_bytes > limits.max_queued_bytes as u64 / 2 {

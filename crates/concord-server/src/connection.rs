@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Hub;
 use crate::model::ModelCommand;
 use crate::outbox::{Outbound, Outbox, frame, max_message_bytes};
-use crate::store::{Job, catching_damage};
+use crate::store::Job;
 use crate::types::{Ending, ModelKey};
 
 /// Close code for a connection closed because it broke the protocol (RFC 6455).
@@ -334,20 +334,15 @@ async fn write_one(
                 written.push(held);
             }
             Outbound::History { key, read, held } => {
-                let store = hub.store.clone();
-                let message = tokio::task::spawn_blocking(move || store.history(&key, &read))
-                    .await
-                    .map_err(|_| ())?;
+                let message = hub.store.history(&key, &read).await;
                 let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
                 let frame = frame(&message, max_bytes).ok_or(())?;
                 feed(sink, frame).await?;
                 written.push(held);
             }
             Outbound::Query { domain, read, held } => {
-                let store = hub.store.clone();
-                let (config, limits) = (hub.models.config.clone(), hub.config.query);
-                let answer = move || store.query(&domain, &read, &config, &limits);
-                let message = tokio::task::spawn_blocking(answer).await.map_err(|_| ())?;
+                let (config, limits) = (&hub.models.config, &hub.config.query);
+                let message = hub.store.query(&domain, &read, config, limits).await;
                 let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
                 let frame = frame(&message, max_bytes).ok_or(())?;
                 feed(sink, frame).await?;
@@ -397,13 +392,7 @@ async fn replay(
     let page_size = hub.models.config.page;
     let mut from = after;
     loop {
-        let store = hub.store.clone();
-        let page_key = key.clone();
-        let page = tokio::task::spawn_blocking(move || {
-            catching_damage(|| store.operations(&page_key, from, through, page_size))
-        })
-        .await
-        .map_err(|_| ())?;
+        let page = hub.store.operations(key, from, through, page_size).await;
         let operations = match page {
             Ok(operations) => operations,
             Err(e) => {

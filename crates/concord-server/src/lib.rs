@@ -1,8 +1,9 @@
 //! `concord-server` is Concord's server library: the WebSocket endpoint
 //! (`ws://HOST:PORT/<namespace>/<domain>`), authentication (JWT, anonymous, reconnect
 //! tokens revocable per user), per-model permissions, one sequencer task per active model, and durable
-//! persistence in an embedded redb store — every operation is on disk before anyone hears
-//! of it, with group commit across models. Presence and activities are held per domain in
+//! persistence behind one store trait — an embedded redb store by default, or PostgreSQL
+//! (feature `postgres`, [`ServerConfig::store`]) — every operation is on disk before anyone
+//! hears of it, with group commit across models. Presence and activities are held per domain in
 //! memory only.
 //!
 //! It is not the command line (that is the `concord` binary) and holds no OT or ordering
@@ -60,6 +61,9 @@ mod server;
 mod store;
 #[cfg(test)]
 mod store_format_tests;
+#[cfg(test)]
+#[path = "../tests/support/postgres.rs"]
+mod test_postgres;
 mod types;
 mod web_root;
 

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
-use crate::store::{Job, Store, StoreError, Writer, catching_damage};
+use crate::store::{Job, Store, StoreError, Writer};
 use crate::types::ModelKey;
 
 /// What a connection asks of a model, with where the answers go.
@@ -87,7 +87,7 @@ pub(crate) fn now() -> Timestamp {
 async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCommand>) {
     let store = models.store.clone();
     let load_key = key.clone();
-    let loaded = blocking(move || store.load(&load_key)).await.and_then(|loaded| {
+    let loaded = store.load(&load_key).await.and_then(|loaded| {
         ModelHost::new(key.model.clone(), loaded, models.config.clone())
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     });
@@ -237,9 +237,7 @@ impl ModelTask {
         match read {
             Read::Operations { after, through } => {
                 let result = match self.flush().await {
-                    Ok(()) => {
-                        blocking(move || store.operations(&key, after, through, usize::MAX)).await
-                    }
+                    Ok(()) => store.operations(&key, after, through, usize::MAX).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = &result {
@@ -249,7 +247,7 @@ impl ModelTask {
             }
             Read::Collection(collection) => {
                 let result = match self.flush().await {
-                    Ok(()) => blocking(move || store.collection(&key.domain, &collection)).await,
+                    Ok(()) => store.collection(&key.domain, &collection).await,
                     Err(e) => Err(e),
                 };
                 ReadResult::Collection(result.map_err(failed))
@@ -277,7 +275,7 @@ impl ModelTask {
             return Ok(owner);
         }
         let (store, domain) = (self.models.store.clone(), self.key.domain.clone());
-        let stored = blocking(move || store.replica_owner(&domain, replica)).await?;
+        let stored = store.replica_owner(&domain, replica).await?;
         let mut owners = self.models.owners.lock().unwrap_or_else(|p| p.into_inner());
         Ok(owners.entry(key).or_insert_with(|| stored.unwrap_or(claimant)).clone())
     }
@@ -325,15 +323,6 @@ impl ModelTask {
             }
         }
     }
-}
-
-/// Runs a store read on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(|| catching_damage(read))
-        .await
-        .map_err(|e| StoreError::Backend(format!("the read task failed: {e}")))?
 }
 
 /// Answers every queued command after a failed load, so that no request goes unanswered.

@@ -22,7 +22,7 @@ use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
-use crate::store::{Store, StoreError, catching_damage};
+use crate::store::{RedbStore, Store, StoreError, catching_damage, start_writer};
 use crate::web_root::{self, WebRoot};
 
 /// Why the server could not start or had to stop.
@@ -59,13 +59,7 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.check()?;
         let auth = Authenticator::new(&config.auth)?;
-        let dir = config.data_dir.clone();
-        let indexes = config.indexes.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            catching_damage(|| Store::open_indexed(&dir, &indexes))
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
+        let store = open_store(&config).await?;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
@@ -73,7 +67,7 @@ impl Server {
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let store_failed = CancellationToken::new();
-        let (writer, writer_thread) = store.start_writer(store_failed.clone())?;
+        let (writer, writer_thread) = start_writer(store.clone(), store_failed.clone())?;
         let hub = Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new()));
         *hub.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer_thread);
         Ok(Server { listener, local_addr, hub, connections: TaskTracker::new(), store_failed })
@@ -162,6 +156,23 @@ impl Server {
         tracing::info!("stopped; everything acknowledged is on disk");
         Ok(())
     }
+}
+
+/// Opens the store `config` names: the embedded one in its data dir, or PostgreSQL.
+async fn open_store(config: &ServerConfig) -> Result<Store, StoreError> {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &config.store {
+        let store = crate::store::postgres::PostgresStore::connect(url, &config.indexes).await?;
+        return Ok(Arc::new(store));
+    }
+    let dir = config.data_dir.clone();
+    let indexes = config.indexes.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        catching_damage(|| RedbStore::open_indexed(&dir, &indexes))
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
+    Ok(Arc::new(store))
 }
 
 /// A server running as a task of this process (from [`Server::spawn`]).

@@ -25,10 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ErrorCode, ModelId, ModelSnapshot, Timestamp, UserId,
+    CollectionId, Commit, CommittedOperation, ErrorCode, ModelId, ModelSnapshot, ServerMessage,
+    Timestamp, UserId,
 };
 use concord_sync::Decision;
-use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Write};
+use concord_sync::host::{
+    CollectionConfig, HistoryRead, HostConfig, Loaded, ModelRecord, QueryLimits, QueryRead,
+    StoredModel, Write,
+};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle,
 };
@@ -42,6 +46,8 @@ pub mod benching;
 pub mod fuzzing;
 mod history;
 mod migrate;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 mod query;
 #[cfg(test)]
 mod query_tests;
@@ -51,6 +57,89 @@ mod tests;
 
 use query::{COLLECTION_MODELS, INDEX_ENTRIES, INDEXES, IndexTables, MODEL_INDEX_KEYS};
 use record::{Damage, seal, unseal};
+
+/// Everything the server persists, behind one interface: the server holds a [`Store`] and
+/// never a backend. Two backends implement it: [`RedbStore`] (one embedded file, the
+/// default) and, with the `postgres` feature, `postgres::PostgresStore`.
+///
+/// What every backend guarantees (checked by the contract suite, `store/contract.rs`):
+/// - [`commit`](ServerStore::commit) makes its whole batch durable in one transaction, or
+///   none of it, and returns only once it is durable; the writer ([`start_writer`]) hands
+///   it every job queued meanwhile, so that concurrent models share one commit.
+/// - Reads see every commit that returned, and history and query answers each read one
+///   consistent state.
+/// - A record damaged outside the server is reported ([`StoreError::CorruptRecord`] naming
+///   its model), never served.
+#[async_trait::async_trait]
+pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
+    /// A model as stored, or whether it was deleted.
+    async fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError>;
+    /// The committed operations in `(after, through]`, at most `limit` of them.
+    async fn operations(
+        &self,
+        key: &ModelKey,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<CommittedOperation>, StoreError>;
+    async fn collection(
+        &self,
+        domain: &str,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, StoreError>;
+    /// The user `replica` belongs to in `domain`: whoever first used it (`Write::BindReplica`).
+    async fn replica_owner(
+        &self,
+        domain: &str,
+        replica: ReplicaId,
+    ) -> Result<Option<UserId>, StoreError>;
+    /// A user seen in `domain` (the server writes users but reads none back yet; the
+    /// contract suite does).
+    #[allow(dead_code)]
+    async fn user(
+        &self,
+        domain: &str,
+        user: &UserId,
+    ) -> Result<Option<concord_protocol::User>, StoreError>;
+    /// The answer to a history request the model host accepted (an error reply if the
+    /// store fails).
+    async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage;
+    /// The answer to a query the session host accepted, in `domain`.
+    async fn query(
+        &self,
+        domain: &str,
+        read: &QueryRead,
+        config: &Arc<HostConfig>,
+        limits: &QueryLimits,
+    ) -> ServerMessage;
+    /// Makes `batch` durable in one transaction, in order.
+    async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError>;
+}
+
+/// The store the server runs on, whichever backend it is.
+pub(crate) type Store = Arc<dyn ServerStore>;
+
+/// One domain's writes in a commit.
+#[derive(Debug, Clone)]
+pub(crate) struct DomainWrites {
+    pub(crate) domain: Arc<str>,
+    pub(crate) writes: Vec<Write>,
+}
+
+/// The reply to `read` when the store could not even start to answer it.
+fn failed_history(read: &HistoryRead, error: String) -> ServerMessage {
+    concord_sync::host::history_reply(read, &mut history::Failed(error))
+}
+
+/// The reply to `read` when the store could not even start to answer it.
+fn failed_query(
+    read: &QueryRead,
+    config: &HostConfig,
+    limits: &QueryLimits,
+    error: String,
+) -> ServerMessage {
+    concord_sync::host::query_reply(read, config, limits, &mut history::Failed(error))
+}
 
 /// The format of the server's store; bumped on any change of a table or record. Format 1
 /// stored plain records and no replica owners; format 2 kept only each replica's last
@@ -103,6 +192,11 @@ pub enum StoreError {
     NotAStore { path: PathBuf, reason: String },
     #[error("the server store has format {found}; this server reads format {supported} and older")]
     NewerFormat { found: u64, supported: u64 },
+    /// The PostgreSQL database was migrated by a newer server.
+    #[error(
+        "the PostgreSQL database has Concord schema {found}; this server knows schema {supported} and older: run a newer server, or restore the database"
+    )]
+    NewerSchema { found: i64, supported: i64 },
     #[error("server store I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("server store failed: {0}")]
@@ -185,25 +279,25 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
 
 /// The read side, shared by every task; reads never wait for the writer.
 #[derive(Debug, Clone)]
-pub(crate) struct Store {
+pub(crate) struct RedbStore {
     db: Arc<Database>,
 }
 
-impl Store {
+impl RedbStore {
     /// Opens the store in `dir`, creating the directory (0700 on Unix) and a new store file
     /// (0600) only if none exists. An existing file that is empty or not a Concord store is
     /// refused ([`StoreError::NotAStore`]); one of an older format is migrated in one
     /// transaction, one of a newer format refused.
-    pub(crate) fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_indexed(dir, &BTreeMap::new())
+    pub(crate) fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        RedbStore::open_indexed(dir, &BTreeMap::new())
     }
 
-    /// [`Store::open`], then builds the `indexes` declared per collection that the store
+    /// [`RedbStore::open`], then builds the `indexes` declared per collection that the store
     /// does not have yet (over every stored model) and drops those no longer declared.
     pub(crate) fn open_indexed(
         dir: &Path,
         indexes: &BTreeMap<CollectionId, Vec<concord_query::Path>>,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<RedbStore, StoreError> {
         create_private_dir(dir)?;
         let path = dir.join(FILE_NAME);
         if !path.try_exists()? {
@@ -220,7 +314,7 @@ impl Store {
             tracing::info!(from = found, to = FORMAT_VERSION, "migrated the server store");
         }
         query::sync_indexes(&db, indexes)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(RedbStore { db: Arc::new(db) })
     }
 
     pub(crate) fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
@@ -337,18 +431,101 @@ impl Store {
         }
     }
 
-    /// Starts the writer thread; it stops when every [`Writer`] is dropped, or for good at
-    /// its first failed write (cancelling `on_failure`).
+    /// Starts the writer thread over this store (see [`start_writer`]).
+    #[cfg(test)]
     pub(crate) fn start_writer(
         &self,
         on_failure: CancellationToken,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
-        let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+        start_writer(Arc::new(self.clone()), on_failure)
+    }
+}
+
+/// Runs a blocking read of the redb file on the blocking pool, reporting a panic inside
+/// redb as damage (`catching_damage`).
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(|| catching_damage(read))
+        .await
+        .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
+}
+
+/// The redb file is read and written on the blocking pool: redb's calls block.
+#[async_trait::async_trait]
+impl ServerStore for RedbStore {
+    async fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
+        let (store, key) = (self.clone(), key.clone());
+        blocking(move || store.load(&key)).await
+    }
+
+    async fn operations(
+        &self,
+        key: &ModelKey,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<CommittedOperation>, StoreError> {
+        let (store, key) = (self.clone(), key.clone());
+        blocking(move || store.operations(&key, after, through, limit)).await
+    }
+
+    async fn collection(
+        &self,
+        domain: &str,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, StoreError> {
+        let (store, domain, collection) = (self.clone(), domain.to_owned(), collection.clone());
+        blocking(move || store.collection(&domain, &collection)).await
+    }
+
+    async fn replica_owner(
+        &self,
+        domain: &str,
+        replica: ReplicaId,
+    ) -> Result<Option<UserId>, StoreError> {
+        let (store, domain) = (self.clone(), domain.to_owned());
+        blocking(move || store.replica_owner(&domain, replica)).await
+    }
+
+    async fn user(
+        &self,
+        domain: &str,
+        user: &UserId,
+    ) -> Result<Option<concord_protocol::User>, StoreError> {
+        let (store, domain, user) = (self.clone(), domain.to_owned(), user.clone());
+        blocking(move || store.user(&domain, &user)).await
+    }
+
+    async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
+        let read_again = read;
+        let (store, key, read) = (self.clone(), key.clone(), read.clone());
+        let answer = tokio::task::spawn_blocking(move || store.history(&key, &read)).await;
+        answer
+            .unwrap_or_else(|e| failed_history(read_again, format!("the history read failed: {e}")))
+    }
+
+    async fn query(
+        &self,
+        domain: &str,
+        read: &QueryRead,
+        config: &Arc<HostConfig>,
+        limits: &QueryLimits,
+    ) -> ServerMessage {
+        let (store, domain, owned_read) = (self.clone(), domain.to_owned(), read.clone());
+        let (owned_config, owned_limits) = (config.clone(), *limits);
+        let answer = tokio::task::spawn_blocking(move || {
+            store.query(&domain, &owned_read, &owned_config, &owned_limits)
+        })
+        .await;
+        answer.unwrap_or_else(|e| {
+            failed_query(read, config, limits, format!("the query failed: {e}"))
+        })
+    }
+
+    async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError> {
         let db = self.db.clone();
-        let thread = std::thread::Builder::new()
-            .name("concord-store-writer".into())
-            .spawn(move || write_loop(&db, receiver, on_failure))?;
-        Ok((Writer { sender }, thread))
+        blocking(move || write_group(&db, &batch)).await
     }
 }
 
@@ -559,9 +736,30 @@ impl Writer {
     }
 }
 
-fn write_loop(db: &Database, mut receiver: mpsc::Receiver<Job>, on_failure: CancellationToken) {
+/// Starts the writer: a thread of its own that takes every job queued meanwhile into one
+/// [`ServerStore::commit`] (group commit across models) and only then hands over the jobs'
+/// deliveries. It stops when every [`Writer`] is dropped, or for good at its first failed
+/// commit (cancelling `on_failure`). Must be called within a tokio runtime, which the
+/// thread drives the store's futures on.
+pub(crate) fn start_writer(
+    store: Store,
+    on_failure: CancellationToken,
+) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
+    let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("concord-store-writer".into())
+        .spawn(move || runtime.block_on(write_loop(&*store, receiver, on_failure)))?;
+    Ok((Writer { sender }, thread))
+}
+
+async fn write_loop(
+    store: &dyn ServerStore,
+    mut receiver: mpsc::Receiver<Job>,
+    on_failure: CancellationToken,
+) {
     let mut group = Vec::new();
-    while let Some(first) = receiver.blocking_recv() {
+    while let Some(first) = receiver.recv().await {
         group.push(first);
         while group.len() < MAX_GROUP {
             match receiver.try_recv() {
@@ -569,11 +767,15 @@ fn write_loop(db: &Database, mut receiver: mpsc::Receiver<Job>, on_failure: Canc
                 Err(_) => break,
             }
         }
-        let result = if group.iter().any(|job| !job.writes.is_empty()) {
-            write_group(db, &group)
-        } else {
-            Ok(())
-        };
+        let batch: Vec<DomainWrites> = group
+            .iter_mut()
+            .filter(|job| !job.writes.is_empty())
+            .map(|job| DomainWrites {
+                domain: job.domain.clone(),
+                writes: std::mem::take(&mut job.writes),
+            })
+            .collect();
+        let result = if batch.is_empty() { Ok(()) } else { store.commit(batch).await };
         match result {
             Ok(()) => {
                 for job in group.drain(..) {
@@ -606,7 +808,7 @@ fn write_loop(db: &Database, mut receiver: mpsc::Receiver<Job>, on_failure: Canc
     }
 }
 
-fn write_group(db: &Database, group: &[Job]) -> Result<(), StoreError> {
+fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
     {

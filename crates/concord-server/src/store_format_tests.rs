@@ -7,7 +7,7 @@
 //! submissions refused for good; from format 4 on, checkpoints and the users of operations;
 //! from format 5 on, each collection's models and an index (on `n` in `notes`).
 //! For every format up to the current one (the version a new
-//! store records) a fixture must exist; the test opens a copy through [`Store`], checks that the
+//! store records) a fixture must exist; the test opens a copy through [`RedbStore`], checks that the
 //! file then records the current format, and compares everything it reads with the values
 //! written out below. So changing how a table or a record is stored fails here until the
 //! format is bumped, a migration added and a fixture of the new format committed.
@@ -39,7 +39,7 @@ use concord_sync::host::{CollectionConfig, Loaded, ModelRecord, StoredModel, Wri
 use concord_sync::{CommitRecord, Decision, RefusalRecord, Sequencer};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Job, Store};
+use crate::store::{Job, RedbStore};
 use crate::types::ModelKey;
 
 /// The store's file in its data directory.
@@ -63,7 +63,7 @@ fn recorded_format(file: &Path) -> u64 {
 /// The format this version of the server writes: what a new store records.
 fn current_format() -> u64 {
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path()).unwrap());
+    drop(RedbStore::open(dir.path()).unwrap());
     recorded_format(&dir.path().join(FILE_NAME))
 }
 
@@ -81,7 +81,7 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(&path, dir.path().join(FILE_NAME)).unwrap();
         // Opened with the index declared: built on open for the older formats.
-        let store = Store::open_indexed(dir.path(), &v5::indexes())
+        let store = RedbStore::open_indexed(dir.path(), &v5::indexes())
             .unwrap_or_else(|e| panic!("format {version} does not open: {e}"));
         if version < 4 {
             v4::check_migrated(&store);
@@ -109,12 +109,12 @@ async fn the_generator_writes_what_the_current_fixture_holds() {
     assert_eq!(current_format(), 5, "write and check the new format's contents here");
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
-    v5::check(&Store::open_indexed(dir.path(), &v5::indexes()).unwrap());
+    v5::check(&RedbStore::open_indexed(dir.path(), &v5::indexes()).unwrap());
 }
 
 /// Writes the current format's contents through the store's writer.
 async fn write_store(dir: &Path) {
-    let store = Store::open_indexed(dir, &v5::indexes()).unwrap();
+    let store = RedbStore::open_indexed(dir, &v5::indexes()).unwrap();
     let (writer, thread) = store.start_writer(CancellationToken::new()).unwrap();
     // Each step is made durable before the next is queued, so that each is one transaction
     // whatever the timing (the writer groups what is queued meanwhile): the file comes out
@@ -413,7 +413,7 @@ mod v1 {
         steps
     }
 
-    fn model(store: &Store, key: &ModelKey) -> StoredModel {
+    fn model(store: &RedbStore, key: &ModelKey) -> StoredModel {
         match store.load(key).unwrap() {
             Loaded::Model(model) => *model,
             other => panic!("{key:?} does not load: {other:?}"),
@@ -421,7 +421,7 @@ mod v1 {
     }
 
     /// Reads everything back and compares it with what format 1 wrote.
-    pub(super) fn check(store: &Store) {
+    pub(super) fn check(store: &RedbStore) {
         let operations: Vec<CommittedOperation> =
             doc_operations().into_iter().map(|(_, _, op)| op).collect();
         let doc = model(store, &key(NOTES, "doc"));
@@ -501,7 +501,7 @@ mod v2 {
         steps
     }
 
-    pub(super) fn check(store: &Store) {
+    pub(super) fn check(store: &RedbStore) {
         v1::check(store);
         let owner = |domain, replica| store.replica_owner(domain, ReplicaId(replica)).unwrap();
         assert_eq!(owner(NOTES, 11), Some(user("ann")), "the first binding stays");
@@ -590,7 +590,7 @@ mod v3 {
         steps
     }
 
-    pub(super) fn check(store: &Store) {
+    pub(super) fn check(store: &RedbStore) {
         v2::check(store);
         let Loaded::Model(mixed) = store.load(&key(NOTES, "mixed")).unwrap() else {
             panic!("mixed does not load")
@@ -701,7 +701,12 @@ mod v4 {
     }
 
     /// One history answer from `store`, as the server gives it.
-    fn history(store: &Store, model: &str, through: u64, query: HistoryQuery) -> ServerResponse {
+    fn history(
+        store: &RedbStore,
+        model: &str,
+        through: u64,
+        query: HistoryQuery,
+    ) -> ServerResponse {
         let read = HistoryRead {
             request: RequestId(1),
             model: ModelId::new(model).unwrap(),
@@ -718,7 +723,7 @@ mod v4 {
         }
     }
 
-    fn page(store: &Store, model: &str, through: u64, start: u64) -> HistoryPage {
+    fn page(store: &RedbStore, model: &str, through: u64, start: u64) -> HistoryPage {
         let query = HistoryQuery::Fetch {
             start: HistoryStart::Version(start),
             checkpoint: true,
@@ -731,7 +736,7 @@ mod v4 {
         }
     }
 
-    fn min_version(store: &Store, model: &str, through: u64) -> u64 {
+    fn min_version(store: &RedbStore, model: &str, through: u64) -> u64 {
         match history(store, model, through, HistoryQuery::Open) {
             ServerResponse::HistoryOpened(info) => info.min_version,
             other => panic!("{model}: {other:?}"),
@@ -740,7 +745,7 @@ mod v4 {
 
     /// What an older store's history holds once migrated: each model's latest snapshot is
     /// where its history starts; its operations after it carry no user.
-    pub(super) fn check_migrated(store: &Store) {
+    pub(super) fn check_migrated(store: &RedbStore) {
         assert_eq!(min_version(store, "doc", 4), 2, "doc: snapshotted at 2 before format 4");
         let page = page(store, "doc", 4, 3);
         assert_eq!(page.checkpoint.map(|c| c.version), Some(2));
@@ -750,7 +755,7 @@ mod v4 {
         assert_eq!(min_version(store, "plain", 0), 0, "plain: never snapshotted since creation");
     }
 
-    pub(super) fn check(store: &Store) {
+    pub(super) fn check(store: &RedbStore) {
         v3::check(store);
         // Created after format 4: the whole history, from the model as created.
         assert_eq!(min_version(store, "doc", 4), 0);
@@ -809,7 +814,7 @@ mod v5 {
         steps
     }
 
-    fn query(store: &Store, text: &str) -> QueryPage {
+    fn query(store: &RedbStore, text: &str) -> QueryPage {
         let read = QueryRead {
             request: RequestId(1),
             user: User { id: user("ann"), display_name: None, anonymous: false },
@@ -823,14 +828,14 @@ mod v5 {
     }
 
     /// An older store once migrated: its models are listed in their collections.
-    pub(super) fn check_migrated(store: &Store) {
+    pub(super) fn check_migrated(store: &RedbStore) {
         let page = query(store, "SELECT title FROM notes");
         assert!(page.index.is_none());
         let ids: Vec<&str> = page.rows.iter().map(|r| r.model.as_str()).collect();
         assert!(ids.contains(&"doc"), "doc is listed in notes: {ids:?}");
     }
 
-    pub(super) fn check(store: &Store) {
+    pub(super) fn check(store: &RedbStore) {
         v4::check(store);
         check_migrated(store);
         let page = query(store, "SELECT n FROM notes WHERE n >= 5");
@@ -844,3 +849,8 @@ mod v5 {
         assert_eq!(n, Some(ValueData::Number(5.0)));
     }
 }
+
+/// The store trait's contract on both backends, over the scenario above.
+#[cfg(feature = "postgres")]
+#[path = "store_contract_tests.rs"]
+mod contract;

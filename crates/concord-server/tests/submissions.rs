@@ -45,6 +45,20 @@ fn splice(document: &concord_ot::Document, index: usize, delete: usize, text: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it()
 -> anyhow::Result<()> {
+    a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_case().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_on_postgres()
+-> anyhow::Result<()> {
+    support::on_postgres(
+        a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_case(),
+    )
+    .await
+}
+
+async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_case()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
     let mut alice = connect(&server, "alice").await?;
@@ -80,6 +94,16 @@ async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_fo
 /// a restart too (before, a seq far ahead was committed and every later one was stale).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica() -> anyhow::Result<()> {
+    a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_on_postgres()
+-> anyhow::Result<()> {
+    support::on_postgres(a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case()).await
+}
+
+async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
     let mut alice = connect(&server, "alice").await?;

@@ -31,6 +31,10 @@ pub(crate) struct Settings {
     /// Directory of the store and of the server's secret [default: ./concord-data]
     #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Where to store: a PostgreSQL URL (`postgres://user@host:port/database`) [default:
+    /// the embedded store in the data directory]
+    #[arg(long, env = "CONCORD_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
     /// File holding the HS256 secret that client JWTs are signed with (its contents, without
     /// surrounding whitespace) [default: <data-dir>/secret]
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE", value_name = "FILE")]
@@ -253,6 +257,8 @@ pub(crate) struct Config {
     pub(crate) bind: SocketAddr,
     pub(crate) data_dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_rs256_public_key: Option<PathBuf>,
@@ -307,6 +313,7 @@ impl Default for Config {
         Config {
             bind: server.bind,
             data_dir: PathBuf::from("./concord-data"),
+            store: None,
             jwt_secret_file: None,
             jwt_rs256_public_key: None,
             jwt_audience: None,
@@ -363,6 +370,7 @@ impl Config {
         let config = Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
+            store: pick!(optional store),
             jwt_secret_file: pick!(optional jwt_secret_file),
             jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
             jwt_audience: pick!(optional jwt_audience),
@@ -515,6 +523,7 @@ impl Config {
             bail!("identity_admins: a user id is empty");
         }
         server.admins = self.identity_admins.iter().cloned().map(UserId).collect();
+        server.store = self.store.clone();
         Ok(server)
     }
 
@@ -704,5 +713,24 @@ mod tests {
         assert_eq!(lowered.unwrap().max_model_bytes, 500, "half the queue bound by default");
         let bad_id = file("[collections.\"\"]");
         assert!(Config::resolve(Settings::default(), bad_id).is_err());
+        let not_postgres = file("store = \"mysql://db/concord\"");
+        let refused = Config::resolve(Settings::default(), not_postgres).unwrap_err();
+        assert!(refused.to_string().contains("postgres://"), "{refused}");
+    }
+
+    #[test]
+    fn the_store_comes_from_the_flags_or_the_file_and_reaches_the_server() {
+        let url = "postgres://concord@127.0.0.1:5432/concord";
+        let from_file = Config::resolve(Settings::default(), file(&format!("store = \"{url}\"")));
+        let config = from_file.unwrap();
+        assert_eq!(config.store.as_deref(), Some(url));
+        let auth = AuthConfig::development(b"secret");
+        assert_eq!(config.server_config(auth.clone()).unwrap().store.as_deref(), Some(url));
+        let flags = Settings { store: Some("postgres://other/db".into()), ..Settings::default() };
+        let both = Config::resolve(flags, file(&format!("store = \"{url}\""))).unwrap();
+        assert_eq!(both.store.as_deref(), Some("postgres://other/db"));
+        // Unset: the embedded store.
+        let embedded = Config::resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(embedded.server_config(auth).unwrap().store, None);
     }
 }

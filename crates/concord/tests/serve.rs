@@ -157,6 +157,24 @@ fn a_second_server_on_the_same_data_dir_fails_clearly() -> anyhow::Result<()> {
 }
 
 #[test]
+fn postgres_unreachable_at_start_fails_clearly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("postgres://concord@127.0.0.1:{port}/concord");
+    let output = run(concord()
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--store", &url]))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "it must not claim to be ready");
+    let expected = format!("cannot reach PostgreSQL at 127.0.0.1:{port}/concord");
+    assert!(stderr.contains(&expected), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn a_bad_key_file_fails_clearly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pem = dir.path().join("public.pem");

@@ -1,4 +1,4 @@
-//! Store access for Concord's benchmarks: open a store with indexes, write the hosts'
+//! RedbStore access for Concord's benchmarks: open a store with indexes, write the hosts'
 //! writes in one transaction, answer a query as the server does. Not part of the crate's
 //! API: it changes with the store.
 
@@ -9,12 +9,12 @@ use std::sync::Arc;
 use concord_protocol::{CollectionId, ServerMessage};
 use concord_sync::host::{HostConfig, QueryLimits, QueryRead, Write};
 
-use super::{Job, Store, StoreError, write_group};
+use super::{DomainWrites, RedbStore, StoreError, write_group};
 
 /// A server store opened for a benchmark.
 #[derive(Debug)]
 pub struct BenchStore {
-    store: Store,
+    store: RedbStore,
 }
 
 impl BenchStore {
@@ -23,13 +23,12 @@ impl BenchStore {
         dir: &Path,
         indexes: &BTreeMap<CollectionId, Vec<concord_query::Path>>,
     ) -> Result<BenchStore, StoreError> {
-        Ok(BenchStore { store: Store::open_indexed(dir, indexes)? })
+        Ok(BenchStore { store: RedbStore::open_indexed(dir, indexes)? })
     }
 
     /// Makes `writes` in `domain` durable in one transaction, as the writer thread does.
     pub fn write(&self, domain: &str, writes: Vec<Write>) -> Result<(), StoreError> {
-        let job = Job { domain: Arc::from(domain), writes, ..Job::default() };
-        write_group(&self.store.db, &[job])
+        write_group(&self.store.db, &[DomainWrites { domain: Arc::from(domain), writes }])
     }
 
     /// The server's answer to a query in `domain`.

@@ -1,4 +1,4 @@
-//! Store reading for Concord's fuzz targets, which feed it what a damaged disk or a hand
+//! RedbStore reading for Concord's fuzz targets, which feed it what a damaged disk or a hand
 //! that forged a checksum would leave: payloads of every record type sealed with a valid
 //! checksum, and whole store files. Not part of the crate's API: it changes with the format.
 
@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::record::{seal_bytes, unseal};
 use super::{
-    COLLECTIONS, FILE_NAME, LAST_DECISIONS, MODELS, OPERATIONS, REPLICA_OWNERS, SNAPSHOTS, Store,
-    StoreError, StoredDecision, USERS, backend, catching_damage,
+    COLLECTIONS, FILE_NAME, LAST_DECISIONS, MODELS, OPERATIONS, REPLICA_OWNERS, RedbStore,
+    SNAPSHOTS, StoreError, StoredDecision, USERS, backend, catching_damage,
 };
 use crate::types::ModelKey;
 
@@ -75,7 +75,7 @@ pub fn read_store_file(dir: &Path, bytes: &[u8]) -> Result<usize, StoreError> {
 }
 
 fn read_all(dir: &Path) -> Result<usize, StoreError> {
-    let store = Store::open(dir)?;
+    let store = RedbStore::open(dir)?;
     let txn = store.db.begin_read().map_err(backend)?;
     let mut keys = Vec::new();
     for entry in txn.open_table(MODELS).map_err(backend)?.iter().map_err(backend)? {

@@ -2,18 +2,22 @@
 //! for the host's history answers (`concord_sync::host::history_reply`) in one read
 //! transaction, so that an answer sees one consistent state.
 
+use concord_protocol::CollectionId;
 use concord_protocol::{
     CommittedOperation, HistoryOperation, ModelSnapshot, ServerMessage, Timestamp, UserId,
 };
-use concord_sync::host::{HistoryRead, HistorySource, history_reply};
+use concord_sync::host::{
+    CollectionConfig, HistoryRead, HistorySource, QueryEntry, QuerySource, history_reply,
+};
 use redb::{ReadTransaction, ReadableDatabase, TableHandle};
 
 use super::{
-    CHECKPOINTS, OPERATION_USERS, OPERATIONS, Store, StoreError, backend, read_operations, unseal,
+    CHECKPOINTS, OPERATION_USERS, OPERATIONS, RedbStore, StoreError, backend, read_operations,
+    unseal,
 };
 use crate::types::ModelKey;
 
-impl Store {
+impl RedbStore {
     /// The answer to a history request the model host accepted.
     pub(crate) fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
         let mut source = match self.db.begin_read() {
@@ -110,7 +114,21 @@ impl HistorySource for StoredHistory<'_> {
 }
 
 /// A store that could not even start a read.
-struct Failed(String);
+pub(super) struct Failed(pub(super) String);
+
+impl QuerySource for Failed {
+    fn collection(&mut self, _: &CollectionId) -> Result<Option<CollectionConfig>, String> {
+        Err(self.0.clone())
+    }
+    fn scan(
+        &mut self,
+        _: &CollectionId,
+        _: Option<&concord_query::IndexScan>,
+        _: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        Err(self.0.clone())
+    }
+}
 
 impl HistorySource for Failed {
     fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {

@@ -18,7 +18,7 @@
 //! snapshot that fails its checksum gets no checkpoint (it stays reported as damaged).
 //!
 //! Format 4 → 5: each collection's models are listed (`collection_models`), and indexes
-//! are kept (empty until declared: `Store::open_indexed` builds them after migrating).
+//! are kept (empty until declared: `RedbStore::open_indexed` builds them after migrating).
 //!
 //! An older store takes every step, in the same transaction. Tables are rewritten a chunk
 //! at a time, so that a large store never sits in memory whole.

@@ -31,7 +31,7 @@ use redb::{
 };
 
 use super::record::{seal, unseal};
-use super::{MODELS, OPERATIONS, SNAPSHOTS, Store, StoreError, backend, read_collection};
+use super::{MODELS, OPERATIONS, RedbStore, SNAPSHOTS, StoreError, backend, read_collection};
 
 pub(super) const COLLECTION_MODELS: TableDefinition<(&str, &str, &str), u8> =
     TableDefinition::new("collection_models");
@@ -49,7 +49,7 @@ pub(super) struct IndexedKeys {
 }
 
 /// The entry key of `model` with index key `key`.
-fn entry_key(key: &[u8], model: &str) -> Vec<u8> {
+pub(super) fn entry_key(key: &[u8], model: &str) -> Vec<u8> {
     let mut entry = Vec::with_capacity(key.len() + model.len());
     entry.extend_from_slice(key);
     entry.extend_from_slice(model.as_bytes());
@@ -287,7 +287,7 @@ pub(super) fn fill_collection_models(txn: &redb::WriteTransaction) -> Result<(),
     Ok(())
 }
 
-impl Store {
+impl RedbStore {
     /// The answer to a query the session host accepted, in `domain`.
     pub(crate) fn query(
         &self,

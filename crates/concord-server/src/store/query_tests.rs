@@ -79,13 +79,12 @@ fn creation(id: &str, spec: &Spec, indexed: &[Path]) -> Vec<Write> {
     ]
 }
 
-fn write_all(store: &Store, writes: Vec<Write>) {
-    let job = Job { domain: Arc::from(DOMAIN), writes, ..Job::default() };
-    write_group(&store.db, &[job]).unwrap();
+fn write_all(store: &RedbStore, writes: Vec<Write>) {
+    write_group(&store.db, &[DomainWrites { domain: Arc::from(DOMAIN), writes }]).unwrap();
 }
 
 fn ask(
-    store: &Store,
+    store: &RedbStore,
     text: &str,
     who: &str,
     limits: &QueryLimits,
@@ -179,7 +178,7 @@ proptest! {
         queries in prop::collection::vec(query_text(), 1..6),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_indexed(dir.path(), &indexes()).unwrap();
+        let store = RedbStore::open_indexed(dir.path(), &indexes()).unwrap();
         let indexed = indexes().remove(&notes()).unwrap();
         let writes = specs
             .iter()
@@ -205,7 +204,7 @@ fn public(n: f64) -> Spec {
 #[test]
 fn an_indexed_equality_reads_only_its_range_and_a_scan_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_indexed(dir.path(), &indexes()).unwrap();
+    let store = RedbStore::open_indexed(dir.path(), &indexes()).unwrap();
     let indexed = indexes().remove(&notes()).unwrap();
     let writes = (0..40)
         .flat_map(|i| creation(&format!("m{i:03}"), &public(f64::from(i % 10)), &indexed))
@@ -230,7 +229,7 @@ fn an_indexed_equality_reads_only_its_range_and_a_scan_is_bounded() {
 fn an_index_declared_later_is_built_on_open_and_dropped_when_no_longer_declared() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
         let writes = (0..12)
             .flat_map(|i| creation(&format!("m{i:03}"), &public(f64::from(i % 3)), &[]))
             .collect();
@@ -253,7 +252,7 @@ fn an_index_declared_later_is_built_on_open_and_dropped_when_no_longer_declared(
         };
         write_all(&store, vec![Write::Commit(commit)]);
     }
-    let store = Store::open_indexed(dir.path(), &indexes()).unwrap();
+    let store = RedbStore::open_indexed(dir.path(), &indexes()).unwrap();
     let limits = QueryLimits::default();
     let page = ask(&store, "SELECT * FROM notes WHERE n = 2", "bob", &limits).unwrap();
     assert_eq!(page.index.as_deref(), Some("n"));
@@ -265,7 +264,7 @@ fn an_index_declared_later_is_built_on_open_and_dropped_when_no_longer_declared(
     assert_eq!((m000.version, m000.modified_at), (1, Timestamp(9)));
     drop(store);
     // Declared no more: its entries go.
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let txn = store.db.begin_read().unwrap();
     assert_eq!(txn.open_table(INDEX_ENTRIES).unwrap().iter().unwrap().count(), 0);
 }
@@ -273,7 +272,7 @@ fn an_index_declared_later_is_built_on_open_and_dropped_when_no_longer_declared(
 #[test]
 fn a_deleted_model_leaves_its_collection_and_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_indexed(dir.path(), &indexes()).unwrap();
+    let store = RedbStore::open_indexed(dir.path(), &indexes()).unwrap();
     let indexed = indexes().remove(&notes()).unwrap();
     let writes =
         (0..3).flat_map(|i| creation(&format!("m{i:03}"), &public(1.0), &indexed)).collect();

@@ -65,7 +65,7 @@ fn operation(version: u64) -> CommittedOperation {
 }
 
 /// Runs `writes` in `DOMAIN` through the writer, durably.
-async fn write(store: &Store, writes: Vec<Write>) {
+async fn write(store: &RedbStore, writes: Vec<Write>) {
     let (writer, thread) = store.start_writer(CancellationToken::new()).unwrap();
     writer.submit(Job { domain: Arc::from(DOMAIN), writes, ..Job::default() }).await.unwrap();
     writer.flush().await.unwrap();
@@ -76,7 +76,7 @@ async fn write(store: &Store, writes: Vec<Write>) {
 /// Models `victim` and `bystander`, each with a snapshot at version 2 and operations 1..=3 by
 /// replica 7, the collection, a user and replica 7 bound to ann.
 async fn two_models(dir: &Path) {
-    let store = Store::open(dir).unwrap();
+    let store = RedbStore::open(dir).unwrap();
     let mut writes = vec![
         Write::PutCollection { collection: notes(), config: CollectionConfig::default() },
         Write::PutUser {
@@ -123,7 +123,7 @@ fn damage<K: redb::Key + 'static>(
     txn.commit().unwrap();
 }
 
-fn loads(store: &Store, model: &str) -> Result<StoredModel, StoreError> {
+fn loads(store: &RedbStore, model: &str) -> Result<StoredModel, StoreError> {
     match store.load(&key(model))? {
         Loaded::Model(model) => Ok(*model),
         Loaded::Absent { .. } => panic!("{model} is absent"),
@@ -154,7 +154,7 @@ async fn a_damaged_record_fails_its_model_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         two_models(dir.path()).await;
         damager(dir.path());
-        let store = Store::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
         assert_corrupt_model(loads(&store, "victim"), "victim", what);
         if what.starts_with("collection") {
             // Every model of the collection needs its settings.
@@ -170,7 +170,7 @@ async fn a_damaged_record_fails_its_model_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     two_models(dir.path()).await;
     damage(dir.path(), OPERATIONS, (DOMAIN, "victim", 1));
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     assert!(loads(&store, "victim").is_ok());
     assert_eq!(
         store.operations(&key("victim"), 1, 3, 10).unwrap(),
@@ -189,7 +189,7 @@ async fn a_damaged_record_fails_its_model_and_nothing_else() {
     // Records of no model name their domain.
     damage(dir.path(), REPLICA_OWNERS, (DOMAIN, 7));
     damage(dir.path(), USERS, (DOMAIN, "ann"));
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     assert!(matches!(
         store.replica_owner(DOMAIN, ReplicaId(7)),
         Err(StoreError::CorruptRecord { model: None, .. })
@@ -203,7 +203,7 @@ async fn a_damaged_record_fails_its_model_and_nothing_else() {
 #[tokio::test]
 async fn a_replica_keeps_its_first_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let bind = |replica, user: &str| Write::BindReplica {
         replica: ReplicaId(replica),
         user: UserId(user.into()),
@@ -217,12 +217,12 @@ async fn a_replica_keeps_its_first_owner() {
     assert_eq!(store.replica_owner("acme/other", ReplicaId(1)).unwrap(), None);
     drop(store);
     // Durably.
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     assert_eq!(store.replica_owner(DOMAIN, ReplicaId(1)).unwrap(), Some(UserId("ann".into())));
 }
 
 fn assert_not_a_store(dir: &Path, reason: &str) {
-    match Store::open(dir) {
+    match RedbStore::open(dir) {
         Err(StoreError::NotAStore { path, reason: found }) => {
             assert_eq!(path, dir.join(FILE_NAME));
             assert!(found.contains(reason), "{found:?} should say {reason:?}");
@@ -260,7 +260,7 @@ async fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
 
     // A store of a newer format.
     std::fs::remove_file(&file).unwrap();
-    drop(Store::open(dir.path()).unwrap());
+    drop(RedbStore::open(dir.path()).unwrap());
     {
         let db = Database::open(&file).unwrap();
         let txn = db.begin_write().unwrap();
@@ -268,7 +268,7 @@ async fn a_file_that_is_not_a_store_is_refused_and_left_alone() {
         txn.commit().unwrap();
     }
     assert!(matches!(
-        Store::open(dir.path()),
+        RedbStore::open(dir.path()),
         Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION }) if found == FORMAT_VERSION + 1
     ));
 }
@@ -279,7 +279,7 @@ fn a_new_store_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("data").join("server");
-    drop(Store::open(&dir).unwrap());
+    drop(RedbStore::open(&dir).unwrap());
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "the data directory");
     assert_eq!(mode(&parent.path().join("data")), 0o700, "a parent it created");
@@ -336,7 +336,7 @@ fn a_format_1_store_larger_than_a_migration_step_migrates_whole() {
         }
         txn.commit().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let big = loads(&store, "big").unwrap();
     assert_eq!(big.operations, (1..=OPERATION_COUNT).map(operation).collect::<Vec<_>>());
     assert_eq!(big.last_decisions.len() as u64, MODEL_COUNT);
@@ -363,7 +363,7 @@ fn a_format_1_store_larger_than_a_migration_step_migrates_whole() {
 async fn a_replicas_last_decision_is_its_commit_or_its_refusal() {
     let dir = tempfile::tempdir().unwrap();
     two_models(dir.path()).await;
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let refusal = |replica, seq, code| {
         Write::Refusal(RefusalRecord {
             model: model_id("victim"),
@@ -386,7 +386,7 @@ async fn a_replicas_last_decision_is_its_commit_or_its_refusal() {
     };
     write(&store, vec![Write::Commit(commit)]).await;
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let decisions = loads(&store, "victim").unwrap().last_decisions;
     let committed = Decision::Committed(Commit { version: 4, timestamp: Timestamp(4) });
     assert_eq!(decisions[&ReplicaId(8)], (2, committed));
@@ -403,7 +403,7 @@ fn a_damaged_last_commit_of_format_2_is_still_reported_after_the_migration() {
     let v2_last_commits: TableDefinition<(&str, &str, u64), &[u8]> =
         TableDefinition::new("last_commits");
     damage(dir.path(), v2_last_commits, ("acme/notes", "doc", 11));
-    let store = Store::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let key = ModelKey { domain: Arc::from("acme/notes"), model: model_id("doc") };
     match store.load(&key) {
         Err(StoreError::CorruptRecord { model: Some(model), record, .. }) => {

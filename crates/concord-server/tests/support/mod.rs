@@ -17,15 +17,37 @@ use concord_protocol::{
 use concord_server::{RunningServer, Server, ServerConfig, mint_token};
 use concord_testkit::wire::WireClient;
 
+pub mod postgres;
+
 pub const SECRET: &[u8] = b"the test suite's JWT secret";
 
-/// A development server on `dir` (anonymous handshakes accepted), changed by `tweak`.
+tokio::task_local! {
+    /// The PostgreSQL cluster the servers of this test store in, when the test runs on it.
+    static POSTGRES: std::sync::Arc<postgres::TestPostgres>;
+}
+
+/// Runs a test case with every server it starts ([`start`]) storing in PostgreSQL, one
+/// database per data dir. Without PostgreSQL it fails, unless `CONCORD_SKIP_POSTGRES=1`.
+pub async fn on_postgres(
+    case: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    POSTGRES.scope(cluster.clone(), case).await?;
+    anyhow::ensure!(cluster.databases() > 0, "the case started no server on PostgreSQL");
+    Ok(())
+}
+
+/// A development server on `dir` (anonymous handshakes accepted), changed by `tweak`; on
+/// PostgreSQL within [`on_postgres`].
 pub async fn start(
     dir: &Path,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> anyhow::Result<RunningServer> {
     let mut config = ServerConfig::development(dir, SECRET);
     config.auth.allow_anonymous = true;
+    if let Ok(url) = POSTGRES.try_with(|cluster| cluster.url_for_dir(dir)) {
+        config.store = Some(url);
+    }
     tweak(&mut config);
     Ok(Server::spawn(config).await?)
 }

@@ -50,6 +50,10 @@ struct Cli {
     /// `concord` in this tool's directory]
     #[arg(long, env = "CONCORD_BIN", value_name = "PATH")]
     concord: Option<PathBuf>,
+    /// Where the server stores: a PostgreSQL URL passed to `concord serve --store`, every run
+    /// on a model of its own [default: a fresh embedded store per run]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Numbers of clients, one series of runs each.
     #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
     clients: Vec<usize>,
@@ -165,7 +169,14 @@ async fn run_all(cli: &Cli, concord: &Path) -> Result<(Vec<Run>, Vec<Run>)> {
                 let run = loop {
                     wait_idle(Duration::from_secs_f64(cli.idle_wait)).await?;
                     let with_cursors = cursors == CursorMode::On;
-                    let once = run_once(concord, clients, with_cursors, warmup, window);
+                    let once = run_once(
+                        concord,
+                        cli.store.as_deref(),
+                        clients,
+                        with_cursors,
+                        warmup,
+                        window,
+                    );
                     let outcome =
                         tokio::time::timeout(run_timeout, once).await.unwrap_or_else(|_| {
                             Err(anyhow::anyhow!("the run took over {run_timeout:?}"))

@@ -89,16 +89,28 @@ impl CpuSample {
     }
 }
 
-/// The model every run edits.
-fn model_id() -> ModelId {
-    ModelId::new("load-bench").expect("a valid model id")
+/// The model a run edits: `load-bench`, or on a shared store (PostgreSQL) one that no
+/// earlier run used.
+fn model_id(shared_store: bool) -> ModelId {
+    let id = if shared_store {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("load-bench-{nanos}")
+    } else {
+        "load-bench".to_owned()
+    };
+    ModelId::new(&id).expect("a valid model id")
 }
 
-/// Starts `concord serve` (the binary `concord`) on 127.0.0.1 with `data_dir`, anonymous
-/// access, the rate limit lifted and only warnings logged.
-fn start_server(concord: &Path, data_dir: &Path) -> Result<ServeProcess> {
+/// Starts `concord serve` (the binary `concord`) on 127.0.0.1 with `data_dir` (and `store`
+/// if given), anonymous access, the rate limit lifted and only warnings logged.
+fn start_server(concord: &Path, data_dir: &Path, store: Option<&str>) -> Result<ServeProcess> {
     let limits = ["--messages-per-second", RATE_LIMIT, "--burst", RATE_LIMIT];
-    let args = [&["--allow-anonymous", "--log", "warn"][..], &limits].concat();
+    let mut args = [&["--allow-anonymous", "--log", "warn"][..], &limits].concat();
+    if let Some(url) = store {
+        args.extend(["--store", url]);
+    }
     ServeProcess::start(concord, data_dir, &args)
 }
 
@@ -106,15 +118,19 @@ fn start_server(concord: &Path, data_dir: &Path) -> Result<ServeProcess> {
 /// `cursors`) against a server run by the binary `concord`: `warmup`, then `window` measured.
 pub(crate) async fn run_once(
     concord: &Path,
+    store: Option<&str>,
     clients: usize,
     cursors: bool,
     warmup: Duration,
     window: Duration,
 ) -> Result<RunResult> {
     let data_dir = tempfile::Builder::new().prefix("concord-load-").tempdir()?;
-    let mut server = start_server(concord, data_dir.path())?;
-    let url = server.url("load", "bench");
-    let model = model_id();
+    let mut server = start_server(concord, data_dir.path(), store)?;
+    // On a shared store (PostgreSQL) each run has a domain of its own: replica ids are
+    // bound to users per domain, and every run's anonymous users are new.
+    let model = model_id(store.is_some());
+    let domain = if store.is_some() { format!("{model}") } else { "bench".to_owned() };
+    let url = server.url("load", &domain);
 
     let created_version = client::create_model(&url, &model).await?;
     let mut editors = Vec::with_capacity(clients);
@@ -190,7 +206,7 @@ pub(crate) async fn run_once(
     // Durability: kill the server without warning, restart it on the same data, reopen.
     server.kill()?;
     server.restart()?;
-    let url = server.url("load", "bench");
+    let url = server.url("load", &domain);
     let reopened = Editor::open(&url, &model, ReplicaId(clients as u64 + 2), false).await?;
     checks.survives_kill = reopened.version() == final_version && reopened.body() == body;
     drop(reopened);

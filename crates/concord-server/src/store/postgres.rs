@@ -1,0 +1,1051 @@
+//! The server store on PostgreSQL (feature `postgres`): the same data as [`RedbStore`]
+//! (`postgres/0001_initial.sql`), reached through a pool of `tokio-postgres` connections.
+//!
+//! - Durability: every connection runs with `synchronous_commit = on`, and the writer
+//!   acknowledges nothing before [`ServerStore::commit`] returned, so an acknowledged
+//!   operation is in PostgreSQL's WAL on disk. A commit is one transaction for every job
+//!   queued meanwhile (group commit); consecutive commits and refusals go in as one multi-row
+//!   insert each. The operations' primary key `(domain, model, version)` makes a second
+//!   operation at one version impossible: such a commit fails whole.
+//! - Schema: migrations are numbered files in `postgres/`, applied at start in one
+//!   transaction under an advisory lock, so that two servers starting at once migrate once;
+//!   a database whose schema is newer than this server knows is refused.
+//! - Reads: loads and catch-ups are plain queries; history and query answers read one
+//!   `REPEATABLE READ` snapshot. A query is evaluated in Rust over the rows it fetches, a
+//!   page of [`SCAN_PAGE`] models at a time, so it holds at most a page plus the models
+//!   the query's scan limit lets it read (`QueryLimits`); index ranges are answered by the
+//!   `index_entries` primary key.
+//!
+//! [`RedbStore`]: super::RedbStore
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Bound;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use concord_ot::{Document, ReplicaId};
+use concord_protocol::{
+    CollectionId, CommittedOperation, HistoryOperation, ModelId, ModelSnapshot, ServerMessage,
+    Timestamp, User, UserId,
+};
+use concord_query::{IndexKey, IndexScan, KeyBounds, Path};
+use concord_sync::host::{
+    CollectionConfig, HistoryRead, HistorySource, HostConfig, Loaded, ModelRecord, QueryEntry,
+    QueryLimits, QueryModelData, QueryRead, QuerySource, StoredModel, Write, history_reply,
+    query_reply,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::runtime::Handle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+use super::{DomainWrites, ServerStore, StoreError, StoredDecision, failed_history, failed_query};
+use crate::types::ModelKey;
+
+/// The schema migrations, in order: schema `n` is the first `n` of them applied.
+const MIGRATIONS: &[&str] = &[include_str!("postgres/0001_initial.sql")];
+
+/// The schema this server writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock held while migrating and building indexes ("concord" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0063_6f6e_636f_7264;
+
+/// Connections in the pool: the writer's, plus reads of model tasks and connections.
+const POOL_SIZE: usize = 16;
+
+/// Models fetched per round trip when a query scans.
+pub(crate) const SCAN_PAGE: i64 = 256;
+
+/// The server store in a PostgreSQL database.
+#[derive(Clone)]
+pub(crate) struct PostgresStore {
+    pool: Pool,
+    /// Where the database is, without credentials (for messages).
+    target: Arc<str>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+/// `error` as a store error.
+fn pg(error: tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(db) => StoreError::Backend(format!(
+            "PostgreSQL refused a statement ({}): {}",
+            db.code().code(),
+            db.message()
+        )),
+        None => StoreError::Backend(format!("PostgreSQL failed: {error}")),
+    }
+}
+
+/// A value as stored: postcard (PostgreSQL checks its own pages; see `record` for redb).
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard cannot fail on these plain types into a Vec.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    domain: &str,
+    model: Option<&ModelId>,
+    record: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::CorruptRecord {
+        domain: domain.to_owned(),
+        model: model.cloned(),
+        record: format!("{}: it does not decode: {e}", record()),
+    })
+}
+
+/// PostgreSQL's `bigint` for a `u64` id or version, bit for bit (replica ids use all 64).
+fn int(value: u64) -> i64 {
+    value as i64
+}
+
+/// An upper bound on versions as a `bigint` (versions never reach 2^63).
+fn upto(value: u64) -> i64 {
+    value.min(i64::MAX as u64) as i64
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/database`), applies
+    /// the migrations it lacks, then builds the `indexes` declared that it does not have and
+    /// drops those no longer declared.
+    pub(crate) async fn connect(
+        url: &str,
+        indexes: &BTreeMap<CollectionId, Vec<Path>>,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL address: {e}")))?;
+        // Acknowledged means on disk, whatever the server's or the role's default.
+        let options = match config.get_options() {
+            Some(options) => format!("{options} -c synchronous_commit=on"),
+            None => "-c synchronous_commit=on".to_owned(),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("concord");
+        }
+        let target: Arc<str> = describe(&config).into();
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("the PostgreSQL pool: {e}")))?;
+        let store = PostgresStore { pool, target };
+        let mut client = store.client().await?;
+        migrate(&mut client).await?;
+        sync_indexes(&mut client, indexes).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            StoreError::Backend(format!("cannot reach PostgreSQL at {}: {e}", self.target))
+        })
+    }
+
+    /// Runs `read` over one `REPEATABLE READ` snapshot on the blocking pool, where it may
+    /// wait on PostgreSQL (`Handle::block_on`): the host's history and query answers read
+    /// through synchronous sources.
+    async fn snapshot_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&SnapshotRead<'_>) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        let runtime = Handle::current();
+        tokio::task::spawn_blocking(move || {
+            // Each step blocks on its own: `read` blocks on its queries in turn.
+            let mut client = runtime.block_on(store.client())?;
+            let txn = runtime.block_on(read_only(&mut client))?;
+            let answer = read(&SnapshotRead { txn: &txn, runtime: runtime.clone() });
+            runtime.block_on(txn.commit()).map_err(pg)?;
+            Ok(answer)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
+    }
+}
+
+/// `host:port/database` of `config`, without its user or password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("");
+    format!("{host}:{port}/{database}")
+}
+
+async fn read_only<'c>(
+    client: &'c mut deadpool_postgres::Object,
+) -> Result<Transaction<'c>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
+}
+
+/// Applies the migrations `client`'s database lacks, in one transaction.
+async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    let txn = client.transaction().await.map_err(pg)?;
+    // A second server starting meanwhile waits here, then finds the schema current.
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+    txn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS concord_schema (
+             version bigint NOT NULL,
+             migrated_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(pg)?;
+    let found: i64 = txn
+        .query_opt("SELECT max(version) FROM concord_schema", &[])
+        .await
+        .map_err(pg)?
+        .and_then(|row| row.get::<_, Option<i64>>(0))
+        .unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        txn.batch_execute(migration).await.map_err(|e| {
+            StoreError::Backend(format!("migration {} failed: {}", index + 1, pg(e)))
+        })?;
+    }
+    if found < SCHEMA_VERSION {
+        txn.execute("INSERT INTO concord_schema (version) VALUES ($1)", &[&SCHEMA_VERSION])
+            .await
+            .map_err(pg)?;
+        tracing::info!(from = found, to = SCHEMA_VERSION, "migrated the PostgreSQL schema");
+    }
+    txn.commit().await.map_err(pg)
+}
+
+/// Builds the declared indexes not built yet over every stored model, and drops those no
+/// longer declared; one transaction, under the migration lock.
+async fn sync_indexes(
+    client: &mut deadpool_postgres::Object,
+    declared: &BTreeMap<CollectionId, Vec<Path>>,
+) -> Result<(), StoreError> {
+    let declared: BTreeSet<(String, String)> = declared
+        .iter()
+        .flat_map(|(c, paths)| paths.iter().map(|p| (c.as_str().to_owned(), p.to_string())))
+        .collect();
+    let txn = client.transaction().await.map_err(pg)?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+    let built: BTreeSet<(String, String)> = txn
+        .query("SELECT collection, path FROM indexes", &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    if built == declared {
+        return Ok(());
+    }
+    for (collection, path) in built.difference(&declared) {
+        txn.execute(
+            "DELETE FROM index_entries WHERE collection = $1 AND path = $2",
+            &[collection, path],
+        )
+        .await
+        .map_err(pg)?;
+        txn.execute("DELETE FROM indexes WHERE collection = $1 AND path = $2", &[collection, path])
+            .await
+            .map_err(pg)?;
+    }
+    let mut by_collection: BTreeMap<&str, Vec<Path>> = BTreeMap::new();
+    for (collection, path) in declared.difference(&built) {
+        if let Ok(parsed) = Path::parse(path) {
+            by_collection.entry(collection.as_str()).or_default().push(parsed);
+        }
+        txn.execute("INSERT INTO indexes (collection, path) VALUES ($1, $2)", &[collection, path])
+            .await
+            .map_err(pg)?;
+    }
+    for (collection, paths) in by_collection {
+        let members = txn
+            .query(
+                "SELECT domain, model FROM collection_models WHERE collection = $1",
+                &[&collection],
+            )
+            .await
+            .map_err(pg)?;
+        for row in members {
+            let (domain, model): (String, String) = (row.get(0), row.get(1));
+            let Ok(model) = ModelId::new(&model) else { continue };
+            let state = match current(&txn, &domain, &model).await {
+                Ok(state) => state,
+                Err(error) => {
+                    // A damaged model stays out of the index; loading it reports the damage.
+                    tracing::warn!(%error, model = %model, "not indexed");
+                    continue;
+                }
+            };
+            for path in &paths {
+                let key = IndexKey::encode(path.lookup_data(&state.data));
+                let entry = super::query::entry_key(&key, model.as_str());
+                txn.execute(
+                    "INSERT INTO index_entries (domain, collection, path, entry, model)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&domain, &collection, &path.to_string(), &entry, &model.as_str()],
+                )
+                .await
+                .map_err(pg)?;
+            }
+        }
+    }
+    txn.commit().await.map_err(pg)
+}
+
+/// A model's latest snapshot, or the damage of a model whose snapshot is missing.
+async fn snapshot_of(
+    txn: &Transaction<'_>,
+    domain: &str,
+    model: &ModelId,
+) -> Result<ModelSnapshot, StoreError> {
+    let statement = txn
+        .prepare_cached("SELECT snapshot FROM snapshots WHERE domain = $1 AND model = $2")
+        .await
+        .map_err(pg)?;
+    let row = txn.query_opt(&statement, &[&domain, &model.as_str()]).await.map_err(pg)?;
+    let Some(row) = row else {
+        return Err(StoreError::CorruptRecord {
+            domain: domain.to_owned(),
+            model: Some(model.clone()),
+            record: "its snapshot is missing".into(),
+        });
+    };
+    decode(row.get(0), domain, Some(model), || "its snapshot".into())
+}
+
+/// The operations of a model in `(after, through]`, at most `limit`, with their users.
+async fn operations_in(
+    txn: &impl deadpool_postgres::GenericClient,
+    domain: &str,
+    model: &ModelId,
+    after: u64,
+    through: u64,
+    limit: usize,
+) -> Result<Vec<(CommittedOperation, Option<UserId>)>, StoreError> {
+    if after >= through || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let statement = txn
+        .prepare_cached(
+            "SELECT version, operation, user_id FROM operations
+             WHERE domain = $1 AND model = $2 AND version > $3 AND version <= $4
+             ORDER BY version LIMIT $5",
+        )
+        .await
+        .map_err(pg)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let params: [&(dyn ToSql + Sync); 5] =
+        [&domain, &model.as_str(), &upto(after), &upto(through), &limit];
+    let rows = txn.query(&statement, &params).await.map_err(pg)?;
+    rows.iter()
+        .map(|row| {
+            let version: i64 = row.get(0);
+            let operation =
+                decode(row.get(1), domain, Some(model), || format!("operation {version}"))?;
+            Ok((operation, row.get::<_, Option<String>>(2).map(UserId)))
+        })
+        .collect()
+}
+
+/// A model's state: its latest snapshot and the operations after it, applied.
+async fn current(
+    txn: &Transaction<'_>,
+    domain: &str,
+    model: &ModelId,
+) -> Result<QueryModelData, StoreError> {
+    let snapshot = snapshot_of(txn, domain, model).await?;
+    let mut document: Document = snapshot.data;
+    let (mut version, mut modified) = (snapshot.version, snapshot.modified_at);
+    for (operation, _) in
+        operations_in(txn, domain, model, snapshot.version, u64::MAX, usize::MAX).await?
+    {
+        document.apply(&operation.operation).map_err(|e| StoreError::CorruptRecord {
+            domain: domain.to_owned(),
+            model: Some(model.clone()),
+            record: format!("operation {} does not apply: {e}", operation.version),
+        })?;
+        version = operation.version;
+        modified = operation.timestamp;
+    }
+    Ok(QueryModelData::of(&document, version, snapshot.created_at, modified))
+}
+
+async fn collection_in(
+    client: &impl deadpool_postgres::GenericClient,
+    domain: &str,
+    collection: &CollectionId,
+) -> Result<Option<CollectionConfig>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT config FROM collections WHERE domain = $1 AND collection = $2")
+        .await
+        .map_err(pg)?;
+    match client.query_opt(&statement, &[&domain, &collection.as_str()]).await.map_err(pg)? {
+        Some(row) => decode::<CollectionConfig>(row.get(0), domain, None, || {
+            format!("collection {collection}")
+        })
+        .map(Some),
+        None => Ok(None),
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerStore for PostgresStore {
+    async fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
+        let mut client = self.client().await?;
+        let txn = read_only(&mut client).await?;
+        let (domain, model) = (&*key.domain, &key.model);
+        let statement = txn
+            .prepare_cached("SELECT record FROM models WHERE domain = $1 AND model = $2")
+            .await
+            .map_err(pg)?;
+        let Some(row) = txn.query_opt(&statement, &[&domain, &model.as_str()]).await.map_err(pg)?
+        else {
+            let statement = txn
+                .prepare_cached("SELECT 1 FROM deleted WHERE domain = $1 AND model = $2")
+                .await
+                .map_err(pg)?;
+            let deleted =
+                txn.query_opt(&statement, &[&domain, &model.as_str()]).await.map_err(pg)?;
+            return Ok(Loaded::Absent { deleted: deleted.is_some() });
+        };
+        let record: ModelRecord = decode(row.get(0), domain, Some(model), || "its record".into())?;
+        let collection = collection_in(&txn, domain, &record.collection).await.map_err(|e| {
+            // The model cannot be served without its collection's settings: name the model.
+            match e {
+                StoreError::CorruptRecord { record, .. } => StoreError::CorruptRecord {
+                    domain: domain.to_owned(),
+                    model: Some(model.clone()),
+                    record: format!("its {record}"),
+                },
+                other => other,
+            }
+        })?;
+        let snapshot = snapshot_of(&txn, domain, model).await?;
+        let operations = operations_in(&txn, domain, model, snapshot.version, u64::MAX, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(operation, _)| operation)
+            .collect();
+        let statement = txn
+            .prepare_cached(
+                "SELECT replica, seq, decision FROM last_decisions WHERE domain = $1 AND model = $2",
+            )
+            .await
+            .map_err(pg)?;
+        let mut last_decisions = BTreeMap::new();
+        for row in txn.query(&statement, &[&domain, &model.as_str()]).await.map_err(pg)? {
+            let replica = row.get::<_, i64>(0) as u64;
+            let seq = row.get::<_, i64>(1) as u64;
+            let decision: StoredDecision = decode(row.get(2), domain, Some(model), || {
+                format!("replica {replica}'s last decision")
+            })?;
+            last_decisions.insert(ReplicaId(replica), (seq, decision.into()));
+        }
+        txn.commit().await.map_err(pg)?;
+        Ok(Loaded::Model(Box::new(StoredModel {
+            record,
+            collection,
+            snapshot,
+            operations,
+            last_decisions,
+        })))
+    }
+
+    async fn operations(
+        &self,
+        key: &ModelKey,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<CommittedOperation>, StoreError> {
+        let client = self.client().await?;
+        let operations =
+            operations_in(&client, &key.domain, &key.model, after, through, limit).await?;
+        Ok(operations.into_iter().map(|(operation, _)| operation).collect())
+    }
+
+    async fn collection(
+        &self,
+        domain: &str,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, StoreError> {
+        let client = self.client().await?;
+        collection_in(&client, domain, collection).await
+    }
+
+    async fn replica_owner(
+        &self,
+        domain: &str,
+        replica: ReplicaId,
+    ) -> Result<Option<UserId>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT owner FROM replica_owners WHERE domain = $1 AND replica = $2")
+            .await
+            .map_err(pg)?;
+        let row = client.query_opt(&statement, &[&domain, &int(replica.0)]).await.map_err(pg)?;
+        Ok(row.map(|row| UserId(row.get(0))))
+    }
+
+    async fn user(&self, domain: &str, user: &UserId) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT record FROM users WHERE domain = $1 AND user_id = $2")
+            .await
+            .map_err(pg)?;
+        match client.query_opt(&statement, &[&domain, &user.0]).await.map_err(pg)? {
+            Some(row) => {
+                decode::<User>(row.get(0), domain, None, || format!("user {}", user.0)).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
+        let (owned_key, owned_read) = (key.clone(), read.clone());
+        let answer = self
+            .snapshot_read(move |snapshot| {
+                history_reply(&owned_read, &mut StoredHistory { snapshot, key: &owned_key })
+            })
+            .await;
+        answer.unwrap_or_else(|e| failed_history(read, e.to_string()))
+    }
+
+    async fn query(
+        &self,
+        domain: &str,
+        read: &QueryRead,
+        config: &Arc<HostConfig>,
+        limits: &QueryLimits,
+    ) -> ServerMessage {
+        let (owned_domain, owned_read) = (domain.to_owned(), read.clone());
+        let (owned_config, owned_limits) = (config.clone(), *limits);
+        let answer = self
+            .snapshot_read(move |snapshot| {
+                let mut source = StoredQuery { snapshot, domain: &owned_domain };
+                query_reply(&owned_read, &owned_config, &owned_limits, &mut source)
+            })
+            .await;
+        answer.unwrap_or_else(|e| failed_query(read, config, limits, e.to_string()))
+    }
+
+    async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg)?;
+        let mut decided = Decided::default();
+        for DomainWrites { domain, writes } in &batch {
+            for write in writes {
+                match write {
+                    Write::Commit(record) => decided.commit(domain, record),
+                    Write::Refusal(record) => decided.refuse(domain, record),
+                    other => {
+                        // Writes of other kinds come after the commits before them.
+                        decided.flush(&txn).await?;
+                        write_one(&txn, domain, other).await?;
+                    }
+                }
+            }
+        }
+        decided.flush(&txn).await?;
+        txn.commit().await.map_err(pg)
+    }
+}
+
+/// Consecutive commits and refusals, inserted as one statement per table.
+#[derive(Default)]
+struct Decided {
+    domains: Vec<String>,
+    models: Vec<String>,
+    versions: Vec<i64>,
+    operations: Vec<Vec<u8>>,
+    replicas: Vec<i64>,
+    /// The last decision per `(domain, model, replica)`: one row each, as an upsert needs.
+    decisions: BTreeMap<(String, String, i64), (i64, Vec<u8>)>,
+}
+
+impl Decided {
+    fn commit(&mut self, domain: &str, record: &concord_sync::CommitRecord) {
+        let version = record.operation.version;
+        self.domains.push(domain.to_owned());
+        self.models.push(record.model.as_str().to_owned());
+        self.versions.push(int(version));
+        self.operations.push(encode(&record.operation));
+        self.replicas.push(int(record.replica.0));
+        let decision =
+            StoredDecision::Committed { version, timestamp: record.operation.timestamp.0 };
+        self.decide(domain, &record.model, record.replica, record.seq, decision);
+    }
+
+    fn refuse(&mut self, domain: &str, record: &concord_sync::RefusalRecord) {
+        let decision = StoredDecision::Refused { code: record.code.0 };
+        self.decide(domain, &record.model, record.replica, record.seq, decision);
+    }
+
+    fn decide(
+        &mut self,
+        domain: &str,
+        model: &ModelId,
+        replica: ReplicaId,
+        seq: u64,
+        decision: StoredDecision,
+    ) {
+        let key = (domain.to_owned(), model.as_str().to_owned(), int(replica.0));
+        self.decisions.insert(key, (int(seq), encode(&decision)));
+    }
+
+    async fn flush(&mut self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        if !self.versions.is_empty() {
+            // The user of each operation is its replica's owner (bound durably before the
+            // host commits under it).
+            let statement = txn
+                .prepare_cached(
+                    "INSERT INTO operations (domain, model, version, operation, user_id)
+                     SELECT o.domain, o.model, o.version, o.operation, r.owner
+                     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
+                          AS o(domain, model, version, operation, replica)
+                     LEFT JOIN replica_owners r
+                          ON r.domain = o.domain AND r.replica = o.replica",
+                )
+                .await
+                .map_err(pg)?;
+            let params: [&(dyn ToSql + Sync); 5] =
+                [&self.domains, &self.models, &self.versions, &self.operations, &self.replicas];
+            txn.execute(&statement, &params).await.map_err(pg)?;
+        }
+        if !self.decisions.is_empty() {
+            let statement = txn
+                .prepare_cached(
+                    "INSERT INTO last_decisions (domain, model, replica, seq, decision)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                                          $5::bytea[])
+                     ON CONFLICT (domain, model, replica)
+                     DO UPDATE SET seq = excluded.seq, decision = excluded.decision",
+                )
+                .await
+                .map_err(pg)?;
+            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((domain, model, replica), (seq, decision)) in std::mem::take(&mut self.decisions) {
+                columns.0.push(domain);
+                columns.1.push(model);
+                columns.2.push(replica);
+                columns.3.push(seq);
+                columns.4.push(decision);
+            }
+            let params: [&(dyn ToSql + Sync); 5] =
+                [&columns.0, &columns.1, &columns.2, &columns.3, &columns.4];
+            txn.execute(&statement, &params).await.map_err(pg)?;
+        }
+        *self = Decided::default();
+        Ok(())
+    }
+}
+
+/// Executes `sql` with `params` as a cached prepared statement.
+async fn run(
+    txn: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(), StoreError> {
+    let statement = txn.prepare_cached(sql).await.map_err(pg)?;
+    txn.execute(&statement, params).await.map_err(pg)?;
+    Ok(())
+}
+
+const PUT_MODEL: &str = "INSERT INTO models (domain, model, record) VALUES ($1, $2, $3)
+     ON CONFLICT (domain, model) DO UPDATE SET record = excluded.record";
+const PUT_SNAPSHOT: &str = "INSERT INTO snapshots (domain, model, snapshot) VALUES ($1, $2, $3)
+     ON CONFLICT (domain, model) DO UPDATE SET snapshot = excluded.snapshot";
+const PUT_CHECKPOINT: &str =
+    "INSERT INTO checkpoints (domain, model, version, snapshot) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (domain, model, version) DO UPDATE SET snapshot = excluded.snapshot";
+
+/// One write other than a commit or a refusal.
+async fn write_one(txn: &Transaction<'_>, domain: &str, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::CreateModel { model, record, snapshot } => {
+            let model = model.as_str();
+            run(txn, PUT_MODEL, &[&domain, &model, &encode(record)]).await?;
+            run(
+                txn,
+                "INSERT INTO collection_models (domain, collection, model) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&domain, &record.collection.as_str(), &model],
+            )
+            .await?;
+            let bytes = encode(snapshot);
+            run(txn, PUT_SNAPSHOT, &[&domain, &model, &bytes]).await?;
+            // The model as created: where its history starts.
+            run(txn, PUT_CHECKPOINT, &[&domain, &model, &int(snapshot.version), &bytes]).await
+        }
+        Write::Snapshot { model, snapshot } => {
+            let (model, bytes) = (model.as_str(), encode(snapshot));
+            run(txn, PUT_SNAPSHOT, &[&domain, &model, &bytes]).await?;
+            run(txn, PUT_CHECKPOINT, &[&domain, &model, &int(snapshot.version), &bytes]).await
+        }
+        Write::SetGrants { model, record } => {
+            run(txn, PUT_MODEL, &[&domain, &model.as_str(), &encode(record)]).await
+        }
+        Write::IndexModel { model, collection, keys } => {
+            let model = model.as_str();
+            run(
+                txn,
+                "DELETE FROM index_entries WHERE domain = $1 AND model = $2",
+                &[&domain, &model],
+            )
+            .await?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let paths: Vec<String> = keys.iter().map(|(path, _)| path.to_string()).collect();
+            let entries: Vec<Vec<u8>> =
+                keys.iter().map(|(_, key)| super::query::entry_key(key, model)).collect();
+            run(
+                txn,
+                "INSERT INTO index_entries (domain, collection, path, entry, model)
+                 SELECT $1, $2, e.path, e.entry, $3
+                 FROM unnest($4::text[], $5::bytea[]) AS e(path, entry)
+                 ON CONFLICT DO NOTHING",
+                &[&domain, &collection.as_str(), &model, &paths, &entries],
+            )
+            .await
+        }
+        Write::DeleteModel { model, at } => {
+            let model = model.as_str();
+            for table in [
+                "index_entries",
+                "models",
+                "collection_models",
+                "snapshots",
+                "operations",
+                "last_decisions",
+                "checkpoints",
+            ] {
+                let sql = format!("DELETE FROM {table} WHERE domain = $1 AND model = $2");
+                run(txn, &sql, &[&domain, &model]).await?;
+            }
+            run(
+                txn,
+                "INSERT INTO deleted (domain, model, deleted_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (domain, model) DO UPDATE SET deleted_at = excluded.deleted_at",
+                &[&domain, &model, &at.0],
+            )
+            .await
+        }
+        Write::PutCollection { collection, config } => {
+            run(
+                txn,
+                "INSERT INTO collections (domain, collection, config) VALUES ($1, $2, $3)
+                 ON CONFLICT (domain, collection) DO UPDATE SET config = excluded.config",
+                &[&domain, &collection.as_str(), &encode(config)],
+            )
+            .await
+        }
+        Write::PutUser { user } => {
+            run(
+                txn,
+                "INSERT INTO users (domain, user_id, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (domain, user_id) DO UPDATE SET record = excluded.record",
+                &[&domain, &user.id.0, &encode(user)],
+            )
+            .await
+        }
+        Write::BindReplica { replica, user } => {
+            // The first owner stays: a replica id never changes hands.
+            run(
+                txn,
+                "INSERT INTO replica_owners (domain, replica, owner) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&domain, &int(replica.0), &user.0],
+            )
+            .await
+        }
+        Write::Commit(_) | Write::Refusal(_) => Ok(()),
+    }
+}
+
+/// One read-only snapshot, read from a blocking thread.
+struct SnapshotRead<'a> {
+    txn: &'a Transaction<'a>,
+    runtime: Handle,
+}
+
+impl SnapshotRead<'_> {
+    fn wait<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, String> {
+        self.runtime.block_on(future).map_err(|e| e.to_string())
+    }
+}
+
+struct StoredHistory<'a> {
+    snapshot: &'a SnapshotRead<'a>,
+    key: &'a ModelKey,
+}
+
+impl HistorySource for StoredHistory<'_> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+        let (txn, key) = (self.snapshot.txn, self.key);
+        self.snapshot.wait(async move {
+            let row = txn
+                .query_one(
+                    "SELECT min(version) FROM checkpoints WHERE domain = $1 AND model = $2",
+                    &[&&*key.domain, &key.model.as_str()],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.get::<_, Option<i64>>(0).map(|v| v as u64))
+        })
+    }
+
+    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+        let (txn, key) = (self.snapshot.txn, self.key);
+        self.snapshot.wait(async move {
+            let row = txn
+                .query_opt(
+                    "SELECT version, snapshot FROM checkpoints
+                     WHERE domain = $1 AND model = $2 AND version <= $3
+                     ORDER BY version DESC LIMIT 1",
+                    &[&&*key.domain, &key.model.as_str(), &upto(version)],
+                )
+                .await
+                .map_err(pg)?;
+            match row {
+                Some(row) => {
+                    let at: i64 = row.get(0);
+                    decode(row.get(1), &key.domain, Some(&key.model), || format!("checkpoint {at}"))
+                        .map(Some)
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn operations(
+        &mut self,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryOperation>, String> {
+        let (txn, key) = (self.snapshot.txn, self.key);
+        self.snapshot.wait(async move {
+            let operations =
+                operations_in(txn, &key.domain, &key.model, after, through, limit).await?;
+            Ok(operations
+                .into_iter()
+                .map(|(operation, user)| HistoryOperation { operation, user })
+                .collect())
+        })
+    }
+
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+        let (txn, key) = (self.snapshot.txn, self.key);
+        self.snapshot.wait(async move {
+            let operations =
+                operations_in(txn, &key.domain, &key.model, version.saturating_sub(1), version, 1)
+                    .await?;
+            Ok(operations.first().map(|(operation, _)| operation.timestamp))
+        })
+    }
+}
+
+struct StoredQuery<'a> {
+    snapshot: &'a SnapshotRead<'a>,
+    domain: &'a str,
+}
+
+struct StoredEntry<'a> {
+    snapshot: &'a SnapshotRead<'a>,
+    domain: &'a str,
+    model: ModelId,
+    record: ModelRecord,
+}
+
+impl QueryEntry for StoredEntry<'_> {
+    fn model(&self) -> &ModelId {
+        &self.model
+    }
+    fn record(&self) -> &ModelRecord {
+        &self.record
+    }
+    fn load(&mut self) -> Result<QueryModelData, String> {
+        self.snapshot.wait(current(self.snapshot.txn, self.domain, &self.model))
+    }
+}
+
+/// One page of a scan: `(model, record)` rows (no record: the model is gone).
+type Page = Vec<(String, Option<Vec<u8>>)>;
+
+impl StoredQuery<'_> {
+    /// The members of `collection` after `after`, by model id.
+    async fn members(&self, collection: &str, after: &str) -> Result<Page, StoreError> {
+        let rows = self
+            .snapshot
+            .txn
+            .query(
+                "SELECT c.model, m.record FROM collection_models c
+                 LEFT JOIN models m ON m.domain = c.domain AND m.model = c.model
+                 WHERE c.domain = $1 AND c.collection = $2 AND c.model > $3
+                 ORDER BY c.model LIMIT $4",
+                &[&self.domain, &collection, &after, &SCAN_PAGE],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// The entries of an index within `(lower, upper)`, in `ascending` order or not, and
+    /// the entry key of the last one.
+    async fn entries(
+        &self,
+        collection: &str,
+        path: &str,
+        lower: &Bound<Vec<u8>>,
+        upper: &Bound<Vec<u8>>,
+        ascending: bool,
+    ) -> Result<(Page, Option<Vec<u8>>), StoreError> {
+        let mut sql = String::from(
+            "SELECT e.model, m.record, e.entry FROM index_entries e
+             LEFT JOIN models m ON m.domain = e.domain AND m.model = e.model
+             WHERE e.domain = $1 AND e.collection = $2 AND e.path = $3",
+        );
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&self.domain, &collection, &path];
+        for (bound, below) in [(lower, false), (upper, true)] {
+            let (operator, key) = match (bound, below) {
+                (Bound::Included(key), false) => (">=", key),
+                (Bound::Excluded(key), false) => (">", key),
+                (Bound::Included(key), true) => ("<=", key),
+                (Bound::Excluded(key), true) => ("<", key),
+                (Bound::Unbounded, _) => continue,
+            };
+            params.push(key);
+            sql.push_str(&format!(" AND e.entry {operator} ${}", params.len()));
+        }
+        params.push(&SCAN_PAGE);
+        let order = if ascending { "ASC" } else { "DESC" };
+        sql.push_str(&format!(" ORDER BY e.entry {order} LIMIT ${}", params.len()));
+        let rows = self.snapshot.txn.query(&sql, &params).await.map_err(pg)?;
+        let last = rows.last().map(|row| row.get::<_, Vec<u8>>(2));
+        Ok((rows.iter().map(|row| (row.get(0), row.get(1))).collect(), last))
+    }
+
+    /// Offers each row of `page` to `visit`; `false` once it wants no more.
+    fn offer(
+        &self,
+        page: Page,
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
+    ) -> Result<bool, String> {
+        for (model, record) in page {
+            let Some(record) = record else { continue };
+            let id = ModelId::new(&model).ok();
+            let record: ModelRecord =
+                decode(&record, self.domain, id.as_ref(), || "its record".into())
+                    .map_err(|e| e.to_string())?;
+            let model = ModelId::new(&model).map_err(|e| e.to_string())?;
+            let mut entry =
+                StoredEntry { snapshot: self.snapshot, domain: self.domain, model, record };
+            if !visit(&mut entry)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl QuerySource for StoredQuery<'_> {
+    fn collection(
+        &mut self,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, String> {
+        self.snapshot.wait(collection_in(self.snapshot.txn, self.domain, collection))
+    }
+
+    fn scan(
+        &mut self,
+        collection: &CollectionId,
+        index: Option<&IndexScan>,
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let c = collection.as_str();
+        match index {
+            None => {
+                let mut after = String::new();
+                loop {
+                    let page = self.snapshot.wait(self.members(c, &after))?;
+                    let full = page.len() as i64 == SCAN_PAGE;
+                    let Some((last, _)) = page.last() else { return Ok(()) };
+                    after = last.clone();
+                    if !self.offer(page, visit)? || !full {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(scan) => {
+                let path = scan.path.to_string();
+                let (mut lower, mut upper) = match &scan.bounds {
+                    KeyBounds::Equal(key) => {
+                        (Bound::Included(key.clone()), Bound::Excluded(past(key)))
+                    }
+                    KeyBounds::Range { lower, upper } => {
+                        let lower = match lower {
+                            Bound::Excluded(key) => Bound::Included(past(key)),
+                            other => other.clone(),
+                        };
+                        let upper = match upper {
+                            Bound::Included(key) => Bound::Excluded(past(key)),
+                            other => other.clone(),
+                        };
+                        (lower, upper)
+                    }
+                };
+                let ascending = scan.direction == concord_query::Direction::Ascending;
+                loop {
+                    let (page, last) =
+                        self.snapshot.wait(self.entries(c, &path, &lower, &upper, ascending))?;
+                    let full = page.len() as i64 == SCAN_PAGE;
+                    let Some(last) = last else { return Ok(()) };
+                    if ascending {
+                        lower = Bound::Excluded(last);
+                    } else {
+                        upper = Bound::Excluded(last);
+                    }
+                    if !self.offer(page, visit)? || !full {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first entry key past every entry whose index key is `key` (entry keys are the index
+/// key then the model id, which never holds 0xFF).
+fn past(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    end.push(0xFF);
+    end
+}

@@ -1,0 +1,332 @@
+//! The contract of [`ServerStore`], run on both backends. Every store format's scenario
+//! (the writes of formats 1 to 5, which the format tests check value by value on redb) is
+//! committed through the trait to a new redb store and to a new PostgreSQL database; then
+//! every read the server makes — loads, operation ranges, collections, replica owners,
+//! users, history answers and query answers — must come back the same from both. What only
+//! PostgreSQL does (constraints, migrations, connecting) is tested after.
+
+use std::collections::BTreeSet;
+
+use concord_protocol::{HistoryStart, RequestId};
+use concord_query::Query;
+use concord_sync::host::{HistoryQuery, HistoryRead, HostConfig, QueryLimits, QueryRead};
+
+use super::*;
+use crate::store::postgres::{PostgresStore, SCHEMA_VERSION};
+use crate::store::{DomainWrites, Store, StoreError};
+use crate::test_postgres::{TestPostgres, shared};
+
+/// Every domain's writes of the format scenario, one commit per step.
+fn scenario() -> Vec<(&'static str, Vec<Write>)> {
+    v5::writes()
+}
+
+async fn commit_all(store: &Store) {
+    for (domain, writes) in scenario() {
+        store.commit(vec![DomainWrites { domain: Arc::from(domain), writes }]).await.unwrap();
+    }
+}
+
+async fn redb_store(dir: &Path) -> Store {
+    Arc::new(RedbStore::open_indexed(dir, &v5::indexes()).unwrap())
+}
+
+async fn postgres_store(cluster: &TestPostgres, database: &str) -> Store {
+    let url = cluster.url(database);
+    Arc::new(PostgresStore::connect(&url, &v5::indexes()).await.unwrap())
+}
+
+/// What the scenario names: models, collections, users and replicas, per domain.
+#[derive(Default)]
+struct Names {
+    models: BTreeSet<(String, String)>,
+    collections: BTreeSet<(String, String)>,
+    users: BTreeSet<(String, String)>,
+    replicas: BTreeSet<(String, u64)>,
+}
+
+fn names() -> Names {
+    let mut names = Names::default();
+    for (domain, writes) in scenario() {
+        let d = domain.to_owned();
+        for write in writes {
+            match write {
+                Write::CreateModel { model, record, .. } => {
+                    names.models.insert((d.clone(), model.as_str().into()));
+                    names.collections.insert((d.clone(), record.collection.as_str().into()));
+                }
+                Write::DeleteModel { model, .. } | Write::Snapshot { model, .. } => {
+                    names.models.insert((d.clone(), model.as_str().into()));
+                }
+                Write::Commit(record) => {
+                    names.models.insert((d.clone(), record.model.as_str().into()));
+                    names.replicas.insert((d.clone(), record.replica.0));
+                }
+                Write::PutCollection { collection, .. } => {
+                    names.collections.insert((d.clone(), collection.as_str().into()));
+                }
+                Write::PutUser { user } => {
+                    names.users.insert((d.clone(), user.id.0.clone()));
+                }
+                Write::BindReplica { replica, .. } => {
+                    names.replicas.insert((d.clone(), replica.0));
+                }
+                _ => {}
+            }
+        }
+    }
+    // Ones nobody wrote: read as absent from both.
+    names.models.insert(("acme/notes".into(), "never-written".into()));
+    names.replicas.insert(("acme/notes".into(), u64::MAX));
+    names
+}
+
+/// Every read of `store`, as text, in a fixed order.
+async fn every_read(store: &Store) -> Vec<String> {
+    let names = names();
+    let mut reads = Vec::new();
+    for (domain, model) in &names.models {
+        let key = key(domain, model);
+        let loaded = store.load(&key).await;
+        reads.push(format!("load {domain}/{model}: {loaded:?}"));
+        let through = match &loaded {
+            Ok(Loaded::Model(m)) => m.operations.last().map_or(m.snapshot.version, |o| o.version),
+            _ => 0,
+        };
+        for (after, to, limit) in [(0, u64::MAX, usize::MAX), (1, 3, 1), (2, 2, 5), (0, 4, 2)] {
+            let operations = store.operations(&key, after, to, limit).await;
+            reads.push(format!(
+                "operations {domain}/{model} ({after}, {to}] {limit}: {operations:?}"
+            ));
+        }
+        let mut queries = vec![HistoryQuery::Open];
+        for start in 0..=through {
+            for max_operations in [1, 100] {
+                queries.push(HistoryQuery::Fetch {
+                    start: HistoryStart::Version(start),
+                    checkpoint: true,
+                    max_operations,
+                    max_bytes: u32::MAX,
+                });
+            }
+        }
+        queries.push(HistoryQuery::Fetch {
+            start: HistoryStart::Time(Timestamp(1_700_000_200_003)),
+            checkpoint: false,
+            max_operations: 10,
+            max_bytes: u32::MAX,
+        });
+        for query in queries {
+            let read = HistoryRead {
+                request: RequestId(1),
+                model: key.model.clone(),
+                collection: CollectionId::new("notes").unwrap(),
+                created_at: Timestamp(0),
+                through,
+                modified_at: Timestamp(0),
+                checkpoint_every: 2,
+                query,
+            };
+            let answer = store.history(&key, &read).await;
+            reads.push(format!("history {domain}/{model} {query:?}: {answer:?}"));
+        }
+    }
+    for (domain, collection) in &names.collections {
+        let id = CollectionId::new(collection).unwrap();
+        reads.push(format!(
+            "collection {domain}/{collection}: {:?}",
+            store.collection(domain, &id).await
+        ));
+    }
+    for (domain, replica) in &names.replicas {
+        let owner = store.replica_owner(domain, ReplicaId(*replica)).await;
+        reads.push(format!("replica {domain}/{replica}: {owner:?}"));
+    }
+    for (domain, user) in &names.users {
+        reads.push(format!(
+            "user {domain}/{user}: {:?}",
+            store.user(domain, &UserId(user.clone())).await
+        ));
+    }
+    let config = Arc::new(HostConfig { indexes: v5::indexes(), ..HostConfig::default() });
+    let domains: BTreeSet<&String> = names.models.iter().map(|(d, _)| d).collect();
+    for domain in domains {
+        for text in [
+            "SELECT title FROM notes",
+            "SELECT n FROM notes WHERE n >= 5",
+            "SELECT n FROM notes WHERE n < 5 ORDER BY n DESC",
+            "SELECT n FROM notes ORDER BY n DESC LIMIT 1",
+            "SELECT title FROM missing",
+        ] {
+            for limits in
+                [QueryLimits::default(), QueryLimits { max_scanned: 1, ..QueryLimits::default() }]
+            {
+                let read = QueryRead {
+                    request: RequestId(1),
+                    user: User { id: user("ann"), display_name: None, anonymous: false },
+                    query: Query::parse(text).unwrap(),
+                };
+                let answer = store.query(domain, &read, &config, &limits).await;
+                reads.push(format!("query {domain} {text} {limits:?}: {answer:?}"));
+            }
+        }
+    }
+    reads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_answer_every_read_of_the_format_scenario_alike() {
+    let Some(cluster) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let redb = redb_store(dir.path()).await;
+    let postgres = postgres_store(&cluster, "contract").await;
+    commit_all(&redb).await;
+    commit_all(&postgres).await;
+    let (expected, got) = (every_read(&redb).await, every_read(&postgres).await);
+    for (expected, got) in expected.iter().zip(&got) {
+        assert_eq!(got, expected);
+    }
+    assert_eq!(expected.len(), got.len());
+    // The comparison is not between two empty answers.
+    let loaded = expected.iter().filter(|r| r.starts_with("load") && r.contains("Model(")).count();
+    assert!(loaded >= 3, "{loaded} models load");
+    let rows = expected.iter().filter(|r| r.contains("QueryResult") && r.contains("story")).count();
+    assert!(rows >= 1, "a query finds story");
+    assert!(expected.iter().any(|r| r.contains("HistoryPage") && r.contains("Some(UserId")));
+    // And what PostgreSQL holds is still there for a new connection, as for a restart.
+    let reopened = postgres_store(&cluster, "contract").await;
+    assert_eq!(every_read(&reopened).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_holds_what_the_format_tests_expect_when_written_through_the_trait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = redb_store(dir.path()).await;
+    commit_all(&store).await;
+    drop(store);
+    v5::check(&RedbStore::open_indexed(dir.path(), &v5::indexes()).unwrap());
+}
+
+fn commit_at(model: &str, version: u64, seq: u64) -> Write {
+    let kind = OperationKind::StringSplice { index: 0, delete_count: 0, insert: "x".into() };
+    let operation = CommittedOperation {
+        version,
+        author: SessionId("s".into()),
+        timestamp: Timestamp(version as i64),
+        operation: DiscreteOperation::new(ElementId::new(0, 1), kind).into(),
+    };
+    Write::Commit(CommitRecord {
+        model: ModelId::new(model).unwrap(),
+        operation,
+        replica: ReplicaId(7),
+        seq,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_second_operation_at_one_version_and_keeps_nothing_of_its_commit() {
+    let Some(cluster) = shared() else { return };
+    let store = postgres_store(&cluster, "duplicate").await;
+    commit_all(&store).await;
+    let doc = key("acme/notes", "doc");
+    let before = store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
+    let last = before.last().expect("doc has operations").version;
+    let newcomer = User { id: user("zed"), display_name: None, anonymous: false };
+    let batch = vec![DomainWrites {
+        domain: Arc::from("acme/notes"),
+        writes: vec![Write::PutUser { user: newcomer }, commit_at("doc", last, 99)],
+    }];
+    let error = store.commit(batch).await.expect_err("a duplicate version is refused");
+    assert!(error.to_string().contains("23505"), "a unique violation: {error}");
+    assert_eq!(store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap(), before);
+    assert_eq!(store.user("acme/notes", &user("zed")).await.unwrap(), None, "all or nothing");
+    // Concurrent appends of one version: exactly one commits.
+    let racers = (0..4).map(|seq| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let writes = vec![commit_at("doc", last + 1, 100 + seq)];
+            store.commit(vec![DomainWrites { domain: Arc::from("acme/notes"), writes }]).await
+        })
+    });
+    let mut committed = 0;
+    for racer in racers.collect::<Vec<_>>() {
+        committed += usize::from(racer.await.unwrap().is_ok());
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(store.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_once_when_servers_start_together_and_refuses_a_newer_schema() {
+    let Some(cluster) = shared() else { return };
+    let url = cluster.url("schema");
+    let none = BTreeMap::new();
+    let starts = (0..4).map(|_| PostgresStore::connect(&url, &none));
+    for started in futures_util::future::join_all(starts).await {
+        started.unwrap();
+    }
+    let rows =
+        cluster.sql_in("schema", "SELECT count(*) || ' ' || max(version) FROM concord_schema");
+    assert_eq!(rows, format!("1 {SCHEMA_VERSION}"), "one migration recorded");
+    cluster.sql_in("schema", "INSERT INTO concord_schema (version) VALUES (99)");
+    let error = PostgresStore::connect(&url, &BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(error, StoreError::NewerSchema { found: 99, supported: SCHEMA_VERSION }));
+    let message = error.to_string();
+    assert!(
+        message.contains("schema 99") && message.contains(&format!("schema {SCHEMA_VERSION}")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_unreachable_at_start_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://concord@127.0.0.1:{port}/nothing");
+    let error = PostgresStore::connect(&url, &BTreeMap::new()).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}/nothing")),
+        "{message}"
+    );
+    let error = PostgresStore::connect("postgres://host:port/database", &BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("invalid PostgreSQL address"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_durable() {
+    let Some(cluster) = shared() else { return };
+    let store = postgres_store(&cluster, "writer").await;
+    commit_all(&store).await;
+    let (writer, thread) =
+        crate::store::start_writer(store.clone(), CancellationToken::new()).unwrap();
+    let doc = key("acme/notes", "doc");
+    let last =
+        store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap().last().unwrap().version;
+    let mut waits = Vec::new();
+    for i in 1..=20 {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let writes = vec![commit_at("doc", last + i, 200 + i)];
+        writer
+            .submit(Job {
+                domain: Arc::from("acme/notes"),
+                writes,
+                done: Some(done),
+                ..Job::default()
+            })
+            .await
+            .unwrap();
+        waits.push(wait);
+    }
+    for wait in waits {
+        wait.await.unwrap().unwrap();
+    }
+    let after = store.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap();
+    assert_eq!(
+        after.iter().map(|o| o.version).collect::<Vec<_>>(),
+        (last + 1..=last + 20).collect::<Vec<_>>()
+    );
+    drop(writer);
+    tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+}

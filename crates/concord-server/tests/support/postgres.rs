@@ -1,0 +1,216 @@
+//! A throwaway PostgreSQL for tests: a new cluster in a temporary directory, listening on a
+//! free loopback port, run as a non-root user (`postgres` when the tests run as root, since
+//! PostgreSQL refuses root), with the default durability (`fsync`, `synchronous_commit`).
+//! One cluster per test process, shared by the tests running in it and stopped (its
+//! directory removed) when the last of them lets go; each data dir a test uses gets its own
+//! database.
+//!
+//! The binaries come from `CONCORD_POSTGRES_BIN`, `pg_config --bindir` or
+//! `/usr/lib/postgresql/<version>/bin`. Without them the tests fail, saying so, unless
+//! `CONCORD_SKIP_POSTGRES=1` asks to skip them (`.ci/run` installs PostgreSQL).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, Weak};
+
+/// A running throwaway cluster.
+#[derive(Debug)]
+pub struct TestPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// Run the binaries as the `postgres` user (the tests run as root).
+    as_postgres: bool,
+    databases: Mutex<HashSet<String>>,
+}
+
+/// The user the tests connect as (the cluster's superuser, trust authentication).
+const ROLE: &str = "concord";
+
+static SHARED: Mutex<Weak<TestPostgres>> = Mutex::new(Weak::new());
+
+/// The cluster of this test process, started on first use; `None` when PostgreSQL is
+/// absent and `CONCORD_SKIP_POSTGRES=1` says to skip. Panics, saying why, otherwise.
+pub fn shared() -> Option<Arc<TestPostgres>> {
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(running) = shared.upgrade() {
+        return Some(running);
+    }
+    let Some(bin) = binaries() else {
+        if std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+            eprintln!("skipped: no PostgreSQL binaries (CONCORD_SKIP_POSTGRES=1)");
+            return None;
+        }
+        panic!(
+            "PostgreSQL is needed by this test and was not found: install it (Debian: apt-get \
+             install postgresql), point CONCORD_POSTGRES_BIN at its bin directory, or set \
+             CONCORD_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
+        );
+    };
+    let started = Arc::new(TestPostgres::start(bin));
+    *shared = Arc::downgrade(&started);
+    Some(started)
+}
+
+fn binaries() -> Option<PathBuf> {
+    let has_initdb = |dir: &Path| dir.join("initdb").is_file();
+    if let Some(dir) = std::env::var_os("CONCORD_POSTGRES_BIN") {
+        return Some(PathBuf::from(dir)).filter(|d| has_initdb(d));
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if output.status.success() && has_initdb(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+        .filter(|dir| has_initdb(dir))
+        .collect();
+    versions.sort_by_key(|dir| {
+        let version =
+            dir.parent().and_then(|v| v.file_name()).map(|v| v.to_string_lossy().to_string());
+        version.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
+    });
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn checked(what: &str, output: std::io::Result<Output>) -> Output {
+    let output = output.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl TestPostgres {
+    fn start(bin: PathBuf) -> TestPostgres {
+        let dir = tempfile::Builder::new().prefix("concord-pg-").tempdir().expect("a temp dir");
+        let as_postgres = is_root();
+        if as_postgres {
+            checked(
+                "chown of the cluster's directory",
+                Command::new("chown").arg("postgres").arg(dir.path()).output(),
+            );
+        }
+        // A free port: bound, read, released (PostgreSQL binds it a moment later).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let cluster = TestPostgres { dir, bin, port, as_postgres, databases: Mutex::default() };
+        let data = cluster.dir.path().join("data");
+        checked(
+            "initdb",
+            cluster
+                .command("initdb")
+                .args(["-A", "trust", "-U", ROLE, "--no-sync", "-E", "UTF8", "-D"])
+                .arg(&data)
+                .output(),
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200",
+            cluster.dir.path().display()
+        );
+        checked(
+            "pg_ctl start",
+            cluster
+                .command("pg_ctl")
+                .args(["-w", "-t", "60", "-o", &options, "-l"])
+                .arg(cluster.dir.path().join("log"))
+                .arg("-D")
+                .arg(&data)
+                .arg("start")
+                .output(),
+        );
+        cluster
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// The URL of `database` (created on first use).
+    pub fn url(&self, database: &str) -> String {
+        let mut databases = self.databases.lock().unwrap_or_else(|p| p.into_inner());
+        if databases.insert(database.to_owned()) {
+            self.sql(&format!("CREATE DATABASE \"{database}\""));
+        }
+        format!("postgres://{ROLE}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The URL of the database standing for the data dir `dir`: one per directory, so that
+    /// a server restarted on the same directory finds what it stored.
+    pub fn url_for_dir(&self, dir: &Path) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut hasher);
+        self.url(&format!("d{:016x}", hasher.finish()))
+    }
+
+    /// Runs `sql` in the `postgres` database; panics if it fails.
+    pub fn sql(&self, sql: &str) -> String {
+        let output = checked(
+            sql,
+            Command::new(self.bin.join("psql"))
+                .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+                .args(["-p", &self.port.to_string(), "-U", ROLE, "-d", "postgres", "-c", sql])
+                .output(),
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Runs `sql` in `database`; panics if it fails.
+    pub fn sql_in(&self, database: &str, sql: &str) -> String {
+        let output = checked(
+            sql,
+            Command::new(self.bin.join("psql"))
+                .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+                .args(["-p", &self.port.to_string(), "-U", ROLE, "-d", database, "-c", sql])
+                .output(),
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// How many databases were created so far.
+    pub fn databases(&self) -> usize {
+        self.databases.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("stop")
+            .output();
+    }
+}
