@@ -107,8 +107,8 @@ export async function main(url: string, token: string): Promise<void> {
   for (const r of await model.references()) console.log(r.session, r.key, r.value);
   for (const c of await model.collaborators()) console.log(c.user, new Date(c.since));
   const me: Identity | null = await domain.identity().user("alice");
-  const found: Identity[] = await domain.identity().search("al", 5);
-  console.log(me?.displayName, me?.email, found.map((i) => i.user));
+  const people: Identity[] = await domain.identity().search("al", 5);
+  console.log(me?.displayName, me?.email, people.map((i) => i.user));
 
   const found = await models.queryWith("SELECT title FROM notes WHERE title LIKE 'H%'", "store");
   for (const row of found.rows) {
