@@ -386,6 +386,10 @@ mod array {
                     (keep(s), noop(c))
                 }
             }
+            // A move onto its own index does nothing, so it shifts nothing either (as a
+            // remove-then-insert it would push a concurrent insert at that index aside).
+            (s @ ArrayMove { from, to }, c) if from == to => (noop(s), keep(c)),
+            (s, c @ ArrayMove { from, to }) if from == to => (keep(s), noop(c)),
             (ArrayMove { from, to }, c) => {
                 let (m, c) = move_other(Move { from, to }, c, true);
                 (m, c)
