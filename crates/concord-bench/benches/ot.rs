@@ -57,11 +57,27 @@ fn replay_trace(group: &mut BenchmarkGroup<'_, WallTime>, trace: &Trace) {
             BatchSize::PerIteration,
         );
     });
+    // What a replica's confirmed copy and a replay do: the same edits, no old values kept.
+    group.bench_function(BenchmarkId::new("concord-ot-without-old", name), |b| {
+        b.iter_batched(
+            || ot_document(&trace.start_content),
+            |mut doc| {
+                for op in &ops {
+                    doc.apply_discrete_without_old(op).expect("trace patches apply");
+                }
+                doc
+            },
+            BatchSize::PerIteration,
+        );
+    });
     let mut doc = ot_document(&trace.start_content);
     ops.iter().for_each(|op| {
         doc.apply_discrete(op).unwrap();
     });
     assert_eq!(doc.text_len(TEXT_ID), Some(end_chars), "concord-ot on {name}");
+    let mut forgetting = ot_document(&trace.start_content);
+    ops.iter().for_each(|op| forgetting.apply_discrete_without_old(op).unwrap());
+    assert_eq!(forgetting, doc, "concord-ot without old values on {name}");
     drop(ops);
 
     group.bench_function(BenchmarkId::new("jumprope", name), |b| {

@@ -2,7 +2,7 @@
 //! instruction counters (`valgrind --tool=callgrind`), which want a small, plain process.
 //!
 //! `cargo run --release -p concord-bench --example replay -- <engine> <trace> [runs]`, where
-//! engine is `concord-ot`, `jumprope`, `diamond-types`, `ropey` or `none` (load only). Prints
+//! engine is `concord-ot`, `concord-ot-without-old` (keeping no deleted text), `jumprope`, `diamond-types`, `ropey` or `none` (load only). Prints
 //! the median wall time of `runs` replays (default 1). The replay itself is in a function
 //! named `replay_<engine>` that is never inlined, so that callgrind can count just it with
 //! `--toggle-collect='*replay_<engine>*'`.
@@ -18,7 +18,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (engine, name) = match args.as_slice() {
         [engine, name, ..] => (engine.as_str(), name.as_str()),
-        _ => bail!("usage: replay <concord-ot|jumprope|diamond-types|ropey|none> <trace> [runs]"),
+        _ => bail!(
+            "usage: replay <concord-ot|concord-ot-without-old|jumprope|diamond-types|ropey|none> <trace> [runs]"
+        ),
     };
     let runs: usize = args.get(2).map_or(Ok(1), |r| r.parse())?;
     let trace = load_sequential(name)?;
@@ -44,6 +46,14 @@ fn run(engine: &str, trace: &Trace) -> Result<Duration> {
             let mut doc = ot_document(&trace.start_content);
             let start = Instant::now();
             replay_concord_ot(&mut doc, &ops);
+            let elapsed = start.elapsed();
+            (elapsed, doc.text_len(concord_bench::TEXT_ID).unwrap_or(0))
+        }
+        "concord-ot-without-old" => {
+            let ops = splice_ops(trace, concord_bench::TEXT_ID);
+            let mut doc = ot_document(&trace.start_content);
+            let start = Instant::now();
+            replay_concord_ot_without_old(&mut doc, &ops);
             let elapsed = start.elapsed();
             (elapsed, doc.text_len(concord_bench::TEXT_ID).unwrap_or(0))
         }
@@ -79,6 +89,13 @@ fn run(engine: &str, trace: &Trace) -> Result<Duration> {
 fn replay_concord_ot(doc: &mut Document, ops: &[DiscreteOperation]) {
     for op in ops {
         black_box(doc.apply_discrete(op).expect("trace patches apply"));
+    }
+}
+
+#[inline(never)]
+fn replay_concord_ot_without_old(doc: &mut Document, ops: &[DiscreteOperation]) {
+    for op in ops {
+        doc.apply_discrete_without_old(op).expect("trace patches apply");
     }
 }
 

@@ -117,6 +117,13 @@ impl Applied {
     }
 }
 
+/// Whether a splice reads back the text it deletes (for [`Old::Text`]).
+#[derive(Clone, Copy)]
+enum KeepDeleted {
+    Yes,
+    No,
+}
+
 impl Document {
     /// Applies `op`: every part, or — when one fails — none.
     ///
@@ -125,6 +132,27 @@ impl Document {
         match op {
             Operation::Discrete(op) => Ok(vec![self.apply_discrete(op)?]),
             Operation::Compound(ops) => self.apply_compound(ops),
+        }
+    }
+
+    /// Applies `op` like [`Document::apply`] but keeps nothing of what it overwrote: for
+    /// callers that neither undo nor raise events (a replica's confirmed copy, replays).
+    /// A splice then skips reading its deleted text back, the one old value that costs a
+    /// second walk of the rope. A compound still records, to roll back a failed part.
+    pub fn apply_without_old(&mut self, op: &Operation) -> Result<(), ApplyError> {
+        match op {
+            Operation::Discrete(op) => self.apply_discrete_without_old(op),
+            Operation::Compound(ops) => self.apply_compound(ops).map(drop),
+        }
+    }
+
+    /// [`Document::apply_without_old`] for one discrete operation.
+    pub fn apply_discrete_without_old(&mut self, op: &DiscreteOperation) -> Result<(), ApplyError> {
+        match &op.kind {
+            OperationKind::StringSplice { index, delete_count, insert } if !op.noop => {
+                self.splice(op.target, *index, *delete_count, insert, KeepDeleted::No).map(drop)
+            }
+            _ => self.apply_discrete(op).map(drop),
         }
     }
 
@@ -159,7 +187,7 @@ impl Document {
         let target = op.target;
         // The hot path of text editing: one lookup, no value checks.
         if let OperationKind::StringSplice { index, delete_count, insert } = &op.kind {
-            return self.splice(target, *index, *delete_count, insert);
+            return self.splice(target, *index, *delete_count, insert, KeepDeleted::Yes);
         }
         let Some(node) = self.nodes.get(&target) else {
             return Ok(Applied::Skipped(SkipReason::TargetMissing));
@@ -280,6 +308,7 @@ impl Document {
         index: usize,
         count: usize,
         insert: &str,
+        keep: KeepDeleted,
     ) -> Result<Applied, ApplyError> {
         let Some(node) = self.nodes.get_mut(&target) else {
             return Ok(Applied::Skipped(SkipReason::TargetMissing));
@@ -293,7 +322,10 @@ impl Document {
         let Some(end) = end else {
             return Err(ApplyError::RangeOutOfRange { target, index, count, len });
         };
-        let deleted = if count == 0 { String::new() } else { text.slice(index..end) };
+        let deleted = match keep {
+            KeepDeleted::Yes if count > 0 => text.slice(index..end),
+            _ => String::new(),
+        };
         text.splice(index..end, insert);
         Ok(Applied::Changed { old: Old::Text(deleted) })
     }

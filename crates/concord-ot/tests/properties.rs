@@ -4,7 +4,9 @@ mod common;
 
 use common::{applied, choices};
 use concord_ot::{Document, Operation, transform};
-use concord_testkit::generate::{Choices, first_target, gen_document, gen_operation, pick_focus};
+use concord_testkit::generate::{
+    Choices, Source, first_target, gen_document, gen_operation, pick_focus,
+};
 use proptest::prelude::*;
 
 proptest! {
@@ -41,6 +43,22 @@ proptest! {
         let b = noop(gen_operation(&mut c, &doc, 2, first_target(&a)));
         prop_assert_eq!(transform(a.clone(), b.clone()), (a.clone(), b.clone()));
         prop_assert_eq!(transform(b.clone(), a.clone()), (b, a));
+    }
+
+    /// Applying without keeping old values changes the document exactly as `apply` does,
+    /// and fails where it fails.
+    #[test]
+    fn applying_without_old_values_gives_the_same_document(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let mut op = gen_operation(&mut c, &doc, 1, None);
+        if c.below(4) == 0 {
+            op = Operation::Compound([op.discrete(), &[invalid(&doc)]].concat());
+        }
+        let (mut recorded, mut forgetting) = (doc.clone(), doc.clone());
+        let outcome = recorded.apply(&op).map(drop);
+        prop_assert_eq!(forgetting.apply_without_old(&op), outcome);
+        prop_assert_eq!(forgetting, recorded);
     }
 
     /// A compound whose last part is invalid applies nothing.

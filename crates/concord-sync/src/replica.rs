@@ -161,13 +161,13 @@ impl ModelReplica {
             if op.version != expected {
                 return Err(ReplicaError::OutOfOrder { expected, got: op.version });
             }
-            confirmed.data.apply(&op.operation).map_err(ReplicaError::Diverged)?;
+            confirmed.data.apply_without_old(&op.operation).map_err(ReplicaError::Diverged)?;
             confirmed.version = op.version;
             confirmed.modified_at = op.timestamp;
         }
         let mut local = confirmed.data.clone();
         for op in &persisted.pending {
-            local.apply(&op.operation).map_err(ReplicaError::Diverged)?;
+            local.apply_without_old(&op.operation).map_err(ReplicaError::Diverged)?;
         }
         let (parts, pending): (Vec<_>, Vec<_>) = match persisted.in_flight_seq {
             Some(seq) => persisted.pending.into_iter().partition(|p| p.seq <= seq),
@@ -358,7 +358,10 @@ impl ModelReplica {
             rewrite(&mut batch.parts);
         }
         rewrite(&mut self.pending);
-        self.confirmed.data.apply(&committed.operation).map_err(ReplicaError::Diverged)?;
+        self.confirmed
+            .data
+            .apply_without_old(&committed.operation)
+            .map_err(ReplicaError::Diverged)?;
         self.confirmed.version = committed.version;
         self.confirmed.modified_at = committed.timestamp;
         let applied = self.local.apply(&remote).map_err(ReplicaError::Diverged)?;
@@ -393,7 +396,10 @@ impl ModelReplica {
         let submission = self.submission_content();
         self.in_flight = None;
         self.acked_seq = seq;
-        self.confirmed.data.apply(&submission.operation).map_err(ReplicaError::Diverged)?;
+        self.confirmed
+            .data
+            .apply_without_old(&submission.operation)
+            .map_err(ReplicaError::Diverged)?;
         self.confirmed.version = version;
         self.confirmed.modified_at = timestamp;
         self.operations_since_snapshot += 1;

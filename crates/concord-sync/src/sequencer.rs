@@ -383,7 +383,7 @@ impl Sequencer {
         if committed.version != expected {
             return Err(SequencerError::OutOfOrder { expected, found: committed.version });
         }
-        self.document.apply(&committed.operation)?;
+        self.document.apply_without_old(&committed.operation)?;
         if let Some(size) = &mut self.size {
             size.bound = size.bound.saturating_add(operation_bytes(&committed.operation));
         }
