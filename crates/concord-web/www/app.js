@@ -76,7 +76,12 @@ async function main() {
   const domain = await openTabs(concord, url, {
     user,
     token,
-    onRole: (role) => (document.body.dataset.role = role),
+    onRole: (role) => {
+      document.body.dataset.role = role;
+      document.getElementById("role").textContent = role === "owner"
+        ? "this tab keeps the store and the connection"
+        : "this tab works through another tab of yours";
+    },
   });
   window.concordDomain = domain;
   domain.onEvent((event) => {

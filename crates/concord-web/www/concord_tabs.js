@@ -18,10 +18,12 @@
 // change resent after an owner died must not be applied twice, so the owner, before applying
 // a change, writes a durable intent `{ rid, model, after }` (`after`: the model's last local
 // change seq) into a small IndexedDB database of its own, and applies changes one at a time.
-// A new owner finding the intent of a resent request knows the change made after `after` is
-// that request's: if the store has it (`watermarks().stored > after`), the change is answered
-// without being applied again; if not, it was lost with the old owner before being reported
-// stored, and is applied now.
+// A new owner judges every intent left before it applies anything: the first change made
+// after `after` was that request's, so if the store has it (`watermarks().stored > after`;
+// the store never reuses a seq) the resent request is answered without being applied again;
+// if not, the change was lost with the old owner before it was reported stored, and the
+// resent request is applied as new. (Intents need only relaxed durability: a resend needs a
+// follower alive, so the browser did not crash.)
 //
 // Through these handles every call returns a promise (also the ones that are synchronous on
 // the wasm classes, such as `watermarks()`), except `id()`, `kind()`, `collection()`,
@@ -77,7 +79,7 @@ async function intentDatabase(name) {
     tx.onabort = () => reject(tx.error);
   });
   return {
-    get: (rid) => run("readonly", (s) => s.get(rid)),
+    all: () => run("readonly", (s) => s.getAll()),
     put: (intent) => run("readwrite", (s) => s.put(intent)),
     remove: (rid) => run("readwrite", (s) => s.delete(rid)),
     // Intents of followers that never confirmed their answer (closed tabs): a day is plenty.
@@ -105,6 +107,33 @@ class Owner {
     this.running = new Map();      // rid → Promise of its answer, while this owner lives
     this.subscriptions = new Map(); // `${tab} ${sub}` → unsubscribe
     this.queue = Promise.resolve(); // changes apply one at a time (see the intents)
+    this.verdicts = new Map();     // rid → the answer of a change an earlier owner stored
+  }
+
+  /// Before applying anything, judges every intent an earlier owner left: was its change
+  /// stored? (Later, a change of this owner could take the seq of one that was lost.)
+  async recover() {
+    const models = this.domain.models();
+    const stored = new Map((await models.storedModels()).map((m) => [m.id, m]));
+    for (const intent of await this.intents.all()) {
+      let applied = false;
+      let value;
+      if (intent.model !== undefined) {
+        const model = await this.model(intent.model).catch(() => null);
+        applied = model !== null && model.watermarks().stored > intent.after;
+        value = intent.seq ?? intent.after + 1;
+      } else if (intent.created !== undefined) {
+        applied = stored.has(intent.created);
+        value = intent.created;
+      } else if (intent.removed !== undefined) {
+        const model = stored.get(intent.removed);
+        applied = !model || model.deletedLocally;
+      } else if (intent.createdWithId !== undefined) {
+        applied = stored.has(intent.createdWithId);
+      }
+      if (applied) this.verdicts.set(intent.rid, { value });
+      else await this.intents.remove(intent.rid);
+    }
   }
 
   model(id) {
@@ -181,13 +210,11 @@ class Owner {
   /// Applies one change unless an earlier owner already stored it; `durable` settles when
   /// the store has it.
   async apply(rid, target, object, method, args, local) {
-    const intent = await this.intents.get(rid);
+    const verdict = this.verdicts.get(rid);
+    if (verdict) return { value: verdict.value, durable: Promise.resolve() };
     const intents = local ? { put: async () => {}, remove: async () => {} } : this.intents;
-    if (target.kind === "models") return this.applyToModels(rid, intent, intents, object, method, args);
+    if (target.kind === "models") return this.applyToModels(rid, intents, object, method, args);
     const model = await this.model(target.kind === "model" ? target.id : target.model);
-    if (intent && model.watermarks().stored > intent.after) {
-      return { value: intent.seq ?? intent.after + 1, durable: Promise.resolve() };
-    }
     const after = model.watermarks().last;
     await intents.put({ rid, model: model.id(), after, at: Date.now() });
     let seq;
@@ -203,24 +230,21 @@ class Owner {
   }
 
   /// Creations and deletions: the intent names the model; the store says whether it happened.
-  async applyToModels(rid, intent, intents, models, method, args) {
-    const stored = async () => new Map((await models.storedModels()).map((m) => [m.id, m]));
+  async applyToModels(rid, intents, models, method, args) {
     if (method === "create") {
-      const id = intent?.created ?? crypto.randomUUID();
-      if (intent && (await stored()).has(id)) return { value: id, durable: Promise.resolve() };
+      const id = crypto.randomUUID();
       await intents.put({ rid, created: id, at: Date.now() });
       await models.createWithId(id, ...args);
       return { value: id, durable: Promise.resolve() };
     }
-    if (method === "createWithId" && intent && (await stored()).has(args[0])) {
-      return { value: undefined, durable: Promise.resolve() };
+    if (method === "createWithId") await intents.put({ rid, createdWithId: args[0], at: Date.now() });
+    if (method === "remove") await intents.put({ rid, removed: args[0], at: Date.now() });
+    try {
+      return { value: await models[method](...args), durable: Promise.resolve() };
+    } catch (e) {
+      await intents.remove(rid);
+      throw e;
     }
-    if (method === "remove" && intent) {
-      const model = (await stored()).get(args[0]);
-      if (!model || model.deletedLocally) return { value: undefined, durable: Promise.resolve() };
-    }
-    await intents.put({ rid, at: Date.now() });
-    return { value: await models[method](...args), durable: Promise.resolve() };
   }
 
   async subscribe(tab, sub, target, send) {
@@ -379,7 +403,9 @@ export async function openTabs(concord, url, options) {
     }
     const intents = await intentDatabase(name);
     intents.prune().catch(() => {});
-    owner = new Owner(concord, domain, intents);
+    const candidate = new Owner(concord, domain, intents);
+    await candidate.recover();
+    owner = candidate;
     ownerTab = tab;
     onRole("owner");
     post({ t: "leader", tab });
