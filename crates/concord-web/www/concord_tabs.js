@@ -61,7 +61,7 @@ function concordError(e) {
 
 const plainError = (e) => ({ code: e?.code ?? "internal", message: String(e?.message ?? e), position: e?.position });
 
-/// The small database of intents, beside the store: `concord-tabs <url> <user>`.
+/// The small database of intents, beside the store, named as the lock and the channel.
 async function intentDatabase(name) {
   const request = indexedDB.open(name, 1);
   request.onupgradeneeded = () => request.result.createObjectStore("intents", { keyPath: "rid" });
@@ -276,7 +276,8 @@ class Owner {
 /// `"owner"` / `"follower"`.
 export async function openTabs(concord, url, options) {
   const { user, token = null, onRole = () => {} } = options;
-  const name = `concord-tabs ${url} ${user}`;
+  // Per (server, user), as the store is: two users of one browser share nothing.
+  const name = `concord-tabs ${JSON.stringify([url, user])}`;
   const tab = crypto.randomUUID();
   const channel = new BroadcastChannel(name);
   let owner = null;          // an Owner once this tab owns the store

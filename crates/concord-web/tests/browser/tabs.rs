@@ -218,6 +218,48 @@ async fn three_tabs_edit_offline_lose_their_owner_and_a_native_client_sees_each_
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn two_users_in_one_browser_keep_separate_stores() -> anyhow::Result<()> {
+    let (files, store) = (tabs_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, store.path(), files.path()).await?;
+    let addr = server.addr();
+    let page = format!("http://{addr}/tabs.html");
+    let ws = json!(format!("ws://{addr}/demo/users"));
+    let mut browser = tokio::task::block_in_place(Browser::start)?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        for user in ["alice", "bob"] {
+            browser.run(&format!("open {user} {page}"))?;
+            // Offline (no token): each user's own store, each tab its own store's owner.
+            let role = browser.evaluate(
+                user,
+                &format!(
+                    r#"const concord = await import("/concord_web.js");
+                    await concord.default();
+                    const {{ openTabs }} = await import("/concord_tabs.js");
+                    let role;
+                    window.domain = await openTabs(concord, {ws}, {{ user: "{user}", onRole: (r) => (role = r) }});
+                    await domain.models().createWithId("notes", "notes", {{ owner: "{user}" }});
+                    return role;"#
+                ),
+            )?;
+            assert_eq!(role, json!("owner"), "{user}");
+        }
+        for user in ["alice", "bob"] {
+            let seen = browser.evaluate(
+                user,
+                r#"const models = await domain.models().storedModels();
+                return [models.length, (await (await domain.models().open("notes")).value()).owner];"#,
+            )?;
+            assert_eq!(seen, json!([1, user]), "{user} sees only its own store");
+        }
+        Ok(())
+    })?;
+    drop(browser);
+    server.stop().await?;
+    Ok(())
+}
+
 /// splitmix64: a small seeded generator, so that a failing run can be replayed.
 struct Random(u64);
 
