@@ -1,8 +1,9 @@
 //! Several tabs of one user on one store (`concord_tabs.js`) in headless Chromium: tabs edit
 //! one model while the server is down, the owning tab is closed mid-edit, a remaining tab
 //! reloads, and once the server is back a native client sees every edit exactly once; and
-//! a seeded random run that closes and reloads tabs while they edit, checking that nothing
-//! reported stored is lost and nothing is applied twice.
+//! a seeded random run that closes, crashes and reloads tabs while they edit, checking that
+//! nothing reported stored is lost and nothing is applied twice; two users in one browser
+//! keep separate stores.
 //!
 //! Each tab records a value in `localStorage` (shared by the tabs, kept when a tab closes)
 //! when its push resolves: that is the list of what was reported stored.
@@ -320,6 +321,7 @@ async fn random_rounds(seed: u64, rounds: usize) -> anyhow::Result<()> {
         let mut tabs: Vec<String> = vec!["t0".into()];
         let mut next_tab = 1;
         let mut next_value = 0;
+        let (mut closed, mut crashed, mut reloaded) = (0, 0, 0);
         for round in 0..rounds {
             let what = random.below(10);
             if tabs.len() < 3 || (what == 0 && tabs.len() < 4) {
@@ -337,15 +339,22 @@ async fn random_rounds(seed: u64, rounds: usize) -> anyhow::Result<()> {
             }
             let victim = random.below(tabs.len() as u64) as usize;
             match what {
-                0..=3 => {
+                0..=2 => {
                     browser.run(&format!("close {}", tabs[victim]))?;
                     tabs.remove(victim);
+                    closed += 1;
+                }
+                3 => {
+                    browser.run(&format!("crash {}", tabs[victim]))?;
+                    tabs.remove(victim);
+                    crashed += 1;
                 }
                 4..=7 => {
                     browser.run(&format!("reload {}", tabs[victim]))?;
                     browser
                         .evaluate(&tabs[victim], &setup)
                         .with_context(|| format!("round {round}: reloading {}", tabs[victim]))?;
+                    reloaded += 1;
                 }
                 _ => {}
             }
@@ -366,7 +375,8 @@ async fn random_rounds(seed: u64, rounds: usize) -> anyhow::Result<()> {
         let (items, reported) =
             (items.as_array().context("items")?, reported.as_array().context("reported")?);
         eprintln!(
-            "{rounds} rounds: {next_value} edits, {} reported stored, {} in the store",
+            "{rounds} rounds ({closed} tabs closed, {crashed} crashed, {reloaded} reloaded): \
+             {next_value} edits, {} reported stored, {} in the store",
             reported.len(),
             items.len()
         );
