@@ -19,8 +19,11 @@ export type Received<T> = T extends Handled ? Tab<T> : T;
 type Synchronous =
   | "id" | "kind" | "collection" | "root" | "models" | "presence" | "identity" | "activities" | "onEvent";
 
-/** Methods wasm-bindgen adds that do not cross tabs. */
-type Local = "free" | "close" | typeof Symbol.dispose;
+/**
+ * What does not cross tabs: wasm-bindgen's own methods, and what would end or restart the
+ * Domain all the tabs share.
+ */
+type Local = "free" | "close" | "initializeOffline" | typeof Symbol.dispose;
 
 /** `T`'s methods through a tab (see concord_tabs.js). */
 export type Tab<T> = {

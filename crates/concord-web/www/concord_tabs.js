@@ -36,6 +36,8 @@ const MUTATIONS = {
   element: new Set(["set", "remove", "push", "insert", "replace", "move", "splice", "add", "setValue"]),
   models: new Set(["create", "createWithId", "remove"]),
 };
+/// What would end or restart the owner's Domain for every tab.
+const SHARED_LIFE = new Set(["close", "free", "initializeOffline", "constructor"]);
 /// Navigation that needs no round trip: it only names a handle.
 const LOCAL = {
   domain: {
@@ -193,6 +195,9 @@ class Owner {
   }
 
   async answer({ rid, target, method, args }, local) {
+    if (SHARED_LIFE.has(method)) {
+      throw { code: "invalid_argument", message: `${method}() is not for one tab: the store is shared by the user's tabs, and a tab leaves by closing` };
+    }
     const object = await this.resolve(target);
     if (typeof object[method] !== "function") {
       throw { code: "invalid_argument", message: `no method ${method} on ${target.kind}` };

@@ -129,6 +129,12 @@ async fn three_tabs_edit_offline_lose_their_owner_and_a_native_client_sees_each_
             "t1",
             r#"await until(async () => (await domain.state()) === "connected", "connected");"#,
         )?;
+        // A tab cannot close the domain the others use.
+        let refused = browser.evaluate(
+            "t2",
+            r#"try { await domain.close(); return "closed"; } catch (e) { return e.code; }"#,
+        )?;
+        assert_eq!(refused, json!("invalid_argument"));
         Ok(())
     })?;
 
