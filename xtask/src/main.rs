@@ -365,6 +365,7 @@ fn web(tools: &BrowserTools) -> anyhow::Result<()> {
     }
     let declarations = std::fs::read_to_string(out.join("concord_web.d.ts"))?;
     web::check_declarations(&declarations)?;
+    web::check_declarations(&std::fs::read_to_string(out.join("concord_tabs.d.ts"))?)?;
     let pkg = web::package(&out)?;
     web::typescript_example(&pkg)?;
     eprintln!("the page is in {}: concord serve --web-root {}", out.display(), out.display());

@@ -13,8 +13,16 @@ use crate::{root, run};
 const TYPESCRIPT: &str = "5.9.3";
 
 /// The bundle's files that go into the package.
-const BUNDLE: [&str; 4] =
-    ["concord_web.js", "concord_web_bg.wasm", "concord_web.d.ts", "concord_web_bg.wasm.d.ts"];
+/// `concord_tabs.js` (several tabs on one store) and its declarations come from the page's
+/// directory, beside the bundle.
+const BUNDLE: [&str; 6] = [
+    "concord_web.js",
+    "concord_web_bg.wasm",
+    "concord_web.d.ts",
+    "concord_web_bg.wasm.d.ts",
+    "concord_tabs.js",
+    "concord_tabs.d.ts",
+];
 
 /// Lays out `bundle`'s files as a package in `bundle/pkg`: package.json with an ES module
 /// entry, the wasm, the declarations and a README. Returns the package's directory.
@@ -49,6 +57,7 @@ fn package_json(version: &str, license: &str) -> String {
   "types": "./concord_web.d.ts",
   "exports": {{
     ".": {{ "types": "./concord_web.d.ts", "default": "./concord_web.js" }},
+    "./tabs": {{ "types": "./concord_tabs.d.ts", "default": "./concord_tabs.js" }},
     "./concord_web_bg.wasm": "./concord_web_bg.wasm"
   }},
   "files": [{files}, "README.md"],

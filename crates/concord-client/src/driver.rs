@@ -1,9 +1,10 @@
 //! The task behind a [`Domain`](crate::Domain): it owns the sync engine, the offline store
 //! and the WebSocket, and nothing else touches them. Sockets, store, clock and application
 //! commands: the protocol and its timing are the engine's. Application calls arrive as
-//! [`Command`]s; after each command, frame or engine deadline it drains the engine in its
-//! documented order — storage (all queued batches in one group commit), transmit, events,
-//! connection actions, loads — then sleeps until the next frame, command or deadline.
+//! [`Command`]s; after each command or frame (with the edits, or frames, already queued) or
+//! engine deadline it drains the engine in its documented order — storage (all queued
+//! batches in one group commit), transmit, events, connection actions, loads — then sleeps
+//! until the next frame, command or deadline.
 //!
 //! Events go out on broadcast channels, so a slow consumer loses old events instead of
 //! slowing the connection down.
@@ -39,6 +40,10 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 /// The most frames handled before the engine is drained (commands and timers wait no
 /// longer than that many).
 const FRAMES_PER_TURN: usize = 256;
+
+/// The most queued edits handled before the engine is drained: the edits of a burst
+/// (keystrokes, or other tabs' edits queued behind a commit) share one group commit.
+const COMMANDS_PER_TURN: usize = 256;
 
 /// Where the domain's events go: domain events, presence, activities.
 pub(crate) type EventChannels = (
@@ -282,15 +287,32 @@ impl Driver {
             tokio::select! {
                 // Frames before deadlines: an answer that already arrived is not overdue.
                 biased;
-                command = commands.recv() => match command {
-                    None => break,
-                    Some(Command::Shutdown { reply }) => {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
+                command = commands.recv() => {
+                    let Some(mut command) = command else { break };
+                    // Edits already queued behind this command too, before draining the
+                    // engine, as for frames: their store batches share one commit. Any other
+                    // command waits for the drain, so that it sees what came before it stored.
+                    for turn in 1..=COMMANDS_PER_TURN {
+                        if let Command::Shutdown { reply } = command {
+                            self.shutdown().await;
+                            let _ = reply.send(());
+                            return;
+                        }
+                        self.command(command).await;
+                        if turn == COMMANDS_PER_TURN {
+                            break;
+                        }
+                        match commands.recv().now_or_never() {
+                            Some(Some(next)) => {
+                                if !matches!(next, Command::Edit { .. }) {
+                                    self.pump().await;
+                                }
+                                command = next;
+                            }
+                            _ => break,
+                        }
                     }
-                    Some(command) => self.command(command).await,
-                },
+                }
                 frame = socket::next(&mut self.socket), if self.socket.is_some() => {
                     self.frame(frame).await;
                     // The frames already here too, before draining the engine: their store

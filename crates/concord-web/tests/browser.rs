@@ -2,7 +2,7 @@
 //! with the server stopped the page keeps working and reloads (its service worker keeps its
 //! files, IndexedDB its data) and shows how many changes wait for the server; the edits
 //! reach the server once it is back, the page showing the sync progress; a second tab on
-//! the same store gets a clear answer. `cargo xtask browser-test` builds the page
+//! the same store works through the first. `cargo xtask browser-test` builds the page
 //! (`target/web`) and runs this with `--ignored`. The JS API's own tests are in `browser/api.rs`.
 
 #![cfg(not(target_arch = "wasm32"))]
@@ -19,6 +19,10 @@ use concord_server::{RunningServer, Server, ServerConfig, mint_token};
 /// Tests through the JS API, in pages that load the bundle.
 #[path = "browser/api.rs"]
 mod api;
+
+/// Several tabs on one store (`concord_tabs.js`).
+#[path = "browser/tabs.rs"]
+mod tabs;
 
 const SECRET: &[u8] = b"the browser test's JWT secret";
 
@@ -156,9 +160,32 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
     );
     let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
 
-    // A second tab of the same user on the same store is told so, clearly.
+    // A second tab of the same user works on the same store, through the first.
     run(format!("open b {page}"))?;
-    let second = run("waitStatus b in use".into());
+    run("ready b".into())?;
+    run("add b jam (second tab)".into())?;
+    let seen = tokio::task::block_in_place(|| {
+        browser.evaluate(
+            "a",
+            r#"const end = Date.now() + 30000;
+            while (!(document.body.dataset.items || "").includes("jam") && Date.now() < end) {
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            return JSON.parse(document.body.dataset.items);"#,
+        )
+    })?;
+    assert_eq!(
+        seen,
+        serde_json::json!([
+            "milk",
+            "bread",
+            "eggs (offline)",
+            "butter (offline)",
+            "jam (second tab)"
+        ]),
+        "the first tab shows the second's edit"
+    );
+    let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
 
     // The server is back: the page syncs, and a native client sees every change.
     let server = serve(addr, dir.path(), &web_root).await?;
@@ -185,8 +212,7 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         .iter()
         .filter_map(|i| i["text"].as_str())
         .collect();
-    assert_eq!(texts, ["milk", "bread", "eggs (offline)", "butter (offline)"]);
-    second.context("the second tab did not report the store in use")?;
+    assert_eq!(texts, ["milk", "bread", "eggs (offline)", "butter (offline)", "jam (second tab)"]);
     server.stop().await?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 // The Concord browser demo: one shared todo list, `{ items: [{ text, done }] }`.
 // Query parameters: `user` and `token` (a JWT from `concord token --user <user>`), and
 // optionally `model` (default "todos") and `ws` (default: this server, domain demo/todos).
-import init, { Domain, IdbStorageAdapter } from "./concord_web.js";
+// Every tab of the same user works: one tab owns the store and the connection, the others
+// go through it (concord_tabs.js), and the same code runs in all of them.
+import init, * as concord from "./concord_web.js";
+import { openTabs } from "./concord_tabs.js";
 
 const params = new URLSearchParams(location.search);
 const user = params.get("user") || "guest";
@@ -24,7 +27,7 @@ function show(text, offline) {
 async function render() {
   if (!model) return;
   const value = await model.value();
-  const marks = model.watermarks();
+  const marks = await model.watermarks();
   list.replaceChildren(...value.items.map((item, index) => {
     const li = document.createElement("li");
     li.className = item.done ? "done" : "";
@@ -69,40 +72,36 @@ async function main() {
     navigator.serviceWorker.register("sw.js").catch((e) => console.warn("no service worker:", e));
   }
   await init();
-  const domain = new Domain(url, { offline: { storage: new IdbStorageAdapter() } });
+  // The tab that owns the store connects with its token and reconnects by itself.
+  const domain = await openTabs(concord, url, {
+    user,
+    token,
+    onRole: (role) => {
+      document.body.dataset.role = role;
+      document.getElementById("role").textContent = role === "owner"
+        ? "this tab keeps the store and the connection"
+        : "this tab works through another tab of yours";
+    },
+  });
   window.concordDomain = domain;
-  await domain.initializeOffline(user);
   domain.onEvent((event) => {
     if (event.type === "state") show(`${user}: ${event.state}`, event.state !== "connected");
     if (event.type === "syncProgress") showProgress(event);
     render();
   });
-  // The store first: it works without a network.
-  try {
-    model = await domain.models().open(modelId);
-  } catch (e) {
-    model = null;
-  }
-  const connect = async () => {
+  const state = await domain.state();
+  show(`${user}: ${state}`, state !== "connected");
+  // The store first: it works without a network; a model the store does not have yet is
+  // created (or fetched) once connected.
+  while (!model) {
     try {
-      await domain.connectWithJwt(token);
-      show(`${user}: connected`, false);
-      return true;
+      model = await domain.models().open(modelId);
     } catch (e) {
-      show(`${user}: offline (${e.message}); retrying`, true);
-      return false;
+      if ((await domain.state()) === "connected") {
+        model = await domain.models().openAutoCreate(modelId, "todos", { items: [] }).catch(() => null);
+      }
+      if (!model) await new Promise((r) => setTimeout(r, 1000));
     }
-  };
-  // A page that starts offline retries; once connected, the client reconnects by itself.
-  while (!(await connect())) {
-    if (model) break;
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-  if (!model) {
-    model = await domain.models().openAutoCreate(modelId, "todos", { items: [] });
-  }
-  if (domain.state() !== "connected") {
-    (async () => { while (!(await connect())) await new Promise((r) => setTimeout(r, 1000)); })();
   }
   model.onEvent(() => render());
   document.getElementById("add").onsubmit = async (event) => {

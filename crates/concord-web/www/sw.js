@@ -2,8 +2,8 @@
 // the wasm) so that the page loads while the server is unreachable. Network first, so a
 // reachable server always serves the current files; the cache answers only when it is not.
 // The data never goes through here: it lives in IndexedDB.
-const CACHE = "concord-demo-v1";
-const SHELL = ["./", "./index.html", "./app.js", "./concord_web.js", "./concord_web_bg.wasm"];
+const CACHE = "concord-demo-v2";
+const SHELL = ["./", "./index.html", "./app.js", "./concord_tabs.js", "./concord_web.js", "./concord_web_bg.wasm"];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));

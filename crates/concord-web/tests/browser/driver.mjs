@@ -71,6 +71,17 @@ const commands = {
     tabs.delete(tab);
     return "closed";
   },
+  // The tab's renderer crashes (Chrome DevTools Protocol `Page.crash`): no unload, no
+  // pagehide; what it held (its Web Locks) goes with it.
+  async crash(tab) {
+    const page = tabs.get(tab);
+    const session = await context.newCDPSession(page);
+    session.send("Page.crash").catch(() => {});
+    await page.waitForEvent("crash", { timeout: 30000 });
+    await page.close().catch(() => {});
+    tabs.delete(tab);
+    return "crashed";
+  },
   // A page of the server's origin with the bundle loaded as `window.concord`, for tests that
   // go through the JS API (`evaluate`), and `until(check, what)` to wait on a condition.
   async api(tab, url) {

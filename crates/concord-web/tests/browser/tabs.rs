@@ -1,0 +1,396 @@
+//! Several tabs of one user on one store (`concord_tabs.js`) in headless Chromium: tabs edit
+//! one model while the server is down, the owning tab is closed mid-edit, a remaining tab
+//! reloads, and once the server is back a native client sees every edit exactly once; and
+//! a seeded random run that closes, crashes and reloads tabs while they edit, checking that
+//! nothing reported stored is lost and nothing is applied twice; two users in one browser
+//! keep separate stores.
+//!
+//! Each tab records a value in `localStorage` (shared by the tabs, kept when a tab closes)
+//! when its push resolves: that is the list of what was reported stored.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use concord_client::{Domain, ModelId};
+use concord_server::mint_token;
+use serde_json::{Value, json};
+
+use super::{Browser, SECRET, serve, web_root};
+
+/// A web root with the bundle, `concord_tabs.js` and an empty page to load them in.
+fn tabs_root() -> anyhow::Result<tempfile::TempDir> {
+    let (bundle, root) = (web_root()?, tempfile::tempdir()?);
+    for file in ["concord_web.js", "concord_web_bg.wasm", "concord_tabs.js"] {
+        std::fs::copy(bundle.join(file), root.path().join(file))?;
+    }
+    std::fs::write(root.path().join("tabs.html"), "<!doctype html><title>tabs</title>")?;
+    Ok(root)
+}
+
+/// Makes `window.domain` (through `openTabs`), `window.model` (the model "shared") and
+/// `window.push(value)`, which records the value in `localStorage` once it is stored.
+fn setup(ws: &str, token: &str) -> String {
+    let body = r#"
+    const concord = await import("/concord_web.js");
+    await concord.default();
+    const { openTabs } = await import("/concord_tabs.js");
+    window.until = async (check, what, ms = 60000) => {
+      const end = Date.now() + ms;
+      while (!(await check())) {
+        if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    window.role = "waiting";
+    window.domain = await openTabs(concord, $ws, { user: "alice", token: $token, onRole: (r) => (window.role = r) });
+    window.model = await window.domain.models().open("shared");
+    window.inFlight = 0;
+    window.push = async (value) => {
+      window.inFlight++;
+      try {
+        const items = await window.model.root().get("items");
+        await items.push(value);
+        localStorage.setItem(`stored ${value}`, "1");
+      } finally {
+        window.inFlight--;
+      }
+    };
+    return window.role;"#;
+    body.replace("$ws", &json!(ws).to_string()).replace("$token", &json!(token).to_string())
+}
+
+/// What the tabs reported stored, from `localStorage`.
+const REPORTED: &str = r#"return Object.keys(localStorage).filter((k) => k.startsWith("stored ")).map((k) => k.slice(7));"#;
+
+/// Each value's number of occurrences.
+fn counts(values: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for value in values {
+        *counts.entry(value.as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Everything reported stored is there once; nothing is there twice.
+fn check_exactly_once(items: &[Value], reported: &[Value], context: &str) -> anyhow::Result<()> {
+    let seen = counts(items);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    anyhow::ensure!(twice.is_empty(), "{context}: applied twice: {twice:?}");
+    let lost: Vec<_> =
+        reported.iter().filter_map(Value::as_str).filter(|v| !seen.contains_key(*v)).collect();
+    anyhow::ensure!(lost.is_empty(), "{context}: reported stored but lost: {lost:?}");
+    Ok(())
+}
+
+fn open_tab(browser: &mut Browser, tab: &str, page: &str, setup: &str) -> anyhow::Result<String> {
+    browser.run(&format!("open {tab} {page}"))?;
+    Ok(browser.evaluate(tab, setup)?.as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn three_tabs_edit_offline_lose_their_owner_and_a_native_client_sees_each_edit_once()
+-> anyhow::Result<()> {
+    // The page comes from one server; the tabs' domain lives on another, which goes down.
+    let (files, pages_store, store) = (tabs_root()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let pages = serve("127.0.0.1:0".parse()?, pages_store.path(), files.path()).await?;
+    let server = serve("127.0.0.1:0".parse()?, store.path(), files.path()).await?;
+    let addr = server.addr();
+    let (page, ws) =
+        (format!("http://{}/tabs.html", pages.addr()), format!("ws://{addr}/demo/tabs"));
+    let token = mint_token(SECRET, "alice", None, Duration::from_secs(3600))?;
+    let setup = setup(&ws, &token);
+
+    let mut browser = tokio::task::block_in_place(Browser::start)?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        browser.run(&format!("open t1 {page}"))?;
+        // The model exists before the tabs open it.
+        browser.evaluate(
+            "t1",
+            &format!(
+                r#"const concord = await import("/concord_web.js");
+                await concord.default();
+                const domain = new concord.Domain({ws}, {{ offline: {{ storage: new concord.IdbStorageAdapter() }} }});
+                await domain.initializeOffline("alice");
+                await domain.connectWithJwt({token});
+                const model = await domain.models().openAutoCreate("shared", "notes", {{ items: [] }});
+                await model.acknowledged(model.watermarks().last);
+                await domain.close();"#,
+                ws = json!(ws),
+                token = json!(token)
+            ),
+        )?;
+        browser.run("reload t1")?;
+        assert_eq!(browser.evaluate("t1", &setup)?, json!("owner"));
+        assert_eq!(open_tab(&mut browser, "t2", &page, &setup)?, "follower");
+        assert_eq!(open_tab(&mut browser, "t3", &page, &setup)?, "follower");
+        browser.evaluate(
+            "t1",
+            r#"await until(async () => (await domain.state()) === "connected", "connected");"#,
+        )?;
+        // A tab cannot close the domain the others use.
+        let refused = browser.evaluate(
+            "t2",
+            r#"try { await domain.close(); return "closed"; } catch (e) { return e.code; }"#,
+        )?;
+        assert_eq!(refused, json!("invalid_argument"));
+        Ok(())
+    })?;
+
+    // The server goes down; the three tabs edit; the owner goes mid-edit.
+    server.stop().await?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        browser.evaluate(
+            "t1",
+            r#"await until(async () => (await domain.state()) !== "connected", "offline");"#,
+        )?;
+        for tab in ["t1", "t2", "t3"] {
+            browser.evaluate(
+                tab,
+                &format!(
+                    r#"window.edits = (async () => {{ for (let i = 0; i < 20; i++) await push(`{tab}-${{i}}`); }})();
+                    window.edits.catch((e) => console.error("edits", e));"#
+                ),
+            )?;
+        }
+        // Each follower sees the others' stored edits at once (no server).
+        browser.evaluate(
+            "t2",
+            r#"await until(async () => (await model.value()).items.some((v) => v.startsWith("t3-")), "t3's edit in t2");"#,
+        )?;
+        browser.evaluate(
+            "t1",
+            r#"await until(() => localStorage.getItem("stored t1-5"), "t1's edits");"#,
+        )?;
+        browser.run("close t1")?;
+        // A follower took over; every remaining tab finishes its edits: none was lost.
+        for tab in ["t2", "t3"] {
+            browser.evaluate(
+                tab,
+                r#"const late = new Promise((_, no) => setTimeout(() => no(new Error("the edits hung")), 60000));
+                await Promise.race([window.edits, late]);"#,
+            )?;
+        }
+        let roles: Vec<Value> = ["t2", "t3"]
+            .iter()
+            .map(|t| browser.evaluate(t, "return window.role;"))
+            .collect::<Result<_, _>>()?;
+        assert!(roles.contains(&json!("owner")), "no tab took over: {roles:?}");
+        // A remaining tab reloads and edits again.
+        browser.run("reload t3")?;
+        browser.evaluate("t3", &setup)?;
+        browser.evaluate("t3", r#"for (let i = 0; i < 5; i++) await push(`t3-reloaded-${i}`);"#)?;
+        let items = browser.evaluate("t2", "return (await model.value()).items;")?;
+        let reported = browser.evaluate("t2", REPORTED)?;
+        check_exactly_once(
+            items.as_array().context("items")?,
+            reported.as_array().context("reported")?,
+            "in the tabs, offline",
+        )?;
+        Ok(())
+    })?;
+
+    // The server is back: the owner syncs; a native client sees each edit exactly once.
+    let server = serve(addr, store.path(), files.path()).await?;
+    let owner = tokio::task::block_in_place(|| {
+        for tab in ["t2", "t3"] {
+            if browser.evaluate(tab, "return window.role;")? == json!("owner") {
+                return Ok(tab);
+            }
+        }
+        anyhow::bail!("no tab owns the store")
+    })?;
+    let reported = tokio::task::block_in_place(|| {
+        browser.evaluate(
+            owner,
+            r#"await until(async () => (await domain.state()) === "connected", "connected again");
+            await until(async () => { const w = await model.watermarks(); return w.acknowledged === w.last; }, "acknowledged");"#,
+        )?;
+        browser.evaluate(owner, REPORTED)
+    })?;
+    let native = Domain::builder(ws.clone()).build();
+    native.connect_with_jwt(mint_token(SECRET, "alice", None, Duration::from_secs(3600))?).await?;
+    let shared = native.models().open(&ModelId::new("shared")?).await?;
+    let value = shared.value().await?;
+    let items = value["items"].as_array().context("items")?;
+    let reported = reported.as_array().context("reported")?;
+    check_exactly_once(items, reported, "at the server")?;
+    // Both followers finished all 20 edits and the reload's 5: all were reported stored.
+    assert!(reported.len() >= 45, "only {} edits reported stored", reported.len());
+    native.close().await?;
+    drop(browser);
+    server.stop().await?;
+    pages.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn two_users_in_one_browser_keep_separate_stores() -> anyhow::Result<()> {
+    let (files, store) = (tabs_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, store.path(), files.path()).await?;
+    let addr = server.addr();
+    let page = format!("http://{addr}/tabs.html");
+    let ws = json!(format!("ws://{addr}/demo/users"));
+    let mut browser = tokio::task::block_in_place(Browser::start)?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        for user in ["alice", "bob"] {
+            browser.run(&format!("open {user} {page}"))?;
+            // Offline (no token): each user's own store, each tab its own store's owner.
+            let role = browser.evaluate(
+                user,
+                &format!(
+                    r#"const concord = await import("/concord_web.js");
+                    await concord.default();
+                    const {{ openTabs }} = await import("/concord_tabs.js");
+                    let role;
+                    window.domain = await openTabs(concord, {ws}, {{ user: "{user}", onRole: (r) => (role = r) }});
+                    await domain.models().createWithId("notes", "notes", {{ owner: "{user}" }});
+                    return role;"#
+                ),
+            )?;
+            assert_eq!(role, json!("owner"), "{user}");
+        }
+        for user in ["alice", "bob"] {
+            let seen = browser.evaluate(
+                user,
+                r#"const models = await domain.models().storedModels();
+                return [models.length, (await (await domain.models().open("notes")).value()).owner];"#,
+            )?;
+            assert_eq!(seen, json!([1, user]), "{user} sees only its own store");
+        }
+        Ok(())
+    })?;
+    drop(browser);
+    server.stop().await?;
+    Ok(())
+}
+
+/// splitmix64: a small seeded generator, so that a failing run can be replayed.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn tabs_closed_and_reloaded_at_random_lose_no_stored_edit() -> anyhow::Result<()> {
+    let seed =
+        std::env::var("CONCORD_TABS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let rounds: usize =
+        std::env::var("CONCORD_TABS_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let result = random_rounds(seed, rounds).await;
+    result.with_context(|| format!("seed {seed} (replay with CONCORD_TABS_SEED={seed})"))
+}
+
+async fn random_rounds(seed: u64, rounds: usize) -> anyhow::Result<()> {
+    let (files, store) = (tabs_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, store.path(), files.path()).await?;
+    let addr = server.addr();
+    let (page, ws) = (format!("http://{addr}/tabs.html"), format!("ws://{addr}/demo/random"));
+    let mut browser = tokio::task::block_in_place(Browser::start)?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        // The model in the store, created offline by the first owner; the tabs never connect
+        // (no token): everything goes through the store.
+        let setup = setup(&ws, "");
+        browser.run(&format!("open t0 {page}"))?;
+        browser.evaluate(
+            "t0",
+            &format!(
+                r#"const concord = await import("/concord_web.js");
+                await concord.default();
+                const domain = new concord.Domain({ws}, {{ offline: {{ storage: new concord.IdbStorageAdapter() }} }});
+                await domain.initializeOffline("alice");
+                await domain.models().createWithId("shared", "notes", {{ items: [] }});
+                await domain.close();"#,
+                ws = json!(ws)
+            ),
+        )?;
+        browser.evaluate("t0", &setup)?;
+        let mut random = Random(seed);
+        let mut tabs: Vec<String> = vec!["t0".into()];
+        let mut next_tab = 1;
+        let mut next_value = 0;
+        let (mut closed, mut crashed, mut reloaded) = (0, 0, 0);
+        for round in 0..rounds {
+            let what = random.below(10);
+            if tabs.len() < 3 || (what == 0 && tabs.len() < 4) {
+                let tab = format!("t{next_tab}");
+                next_tab += 1;
+                open_tab(&mut browser, &tab, &page, &setup)
+                    .with_context(|| format!("round {round}: opening {tab}"))?;
+                tabs.push(tab);
+            }
+            // A few edits in flight in random tabs, then a tab goes or reloads mid-edit.
+            for _ in 0..1 + random.below(4) {
+                let tab = &tabs[random.below(tabs.len() as u64) as usize];
+                browser.evaluate(tab, &format!("push(\"v{next_value}\").catch(() => {{}});"))?;
+                next_value += 1;
+            }
+            let victim = random.below(tabs.len() as u64) as usize;
+            match what {
+                0..=2 => {
+                    browser.run(&format!("close {}", tabs[victim]))?;
+                    tabs.remove(victim);
+                    closed += 1;
+                }
+                3 => {
+                    browser.run(&format!("crash {}", tabs[victim]))?;
+                    tabs.remove(victim);
+                    crashed += 1;
+                }
+                4..=7 => {
+                    browser.run(&format!("reload {}", tabs[victim]))?;
+                    browser
+                        .evaluate(&tabs[victim], &setup)
+                        .with_context(|| format!("round {round}: reloading {}", tabs[victim]))?;
+                    reloaded += 1;
+                }
+                _ => {}
+            }
+        }
+        // The tabs left finish their edits; then every tab reloads and reads the store.
+        for tab in &tabs {
+            browser.evaluate(tab, r#"await until(() => window.inFlight === 0, "edits done");"#)?;
+        }
+        for tab in &tabs {
+            browser.run(&format!("reload {tab}"))?;
+        }
+        let last = tabs.last().context("no tab")?.clone();
+        for tab in &tabs {
+            browser.evaluate(tab, &setup)?;
+        }
+        let items = browser.evaluate(&last, "return (await model.value()).items;")?;
+        let reported = browser.evaluate(&last, REPORTED)?;
+        let (items, reported) =
+            (items.as_array().context("items")?, reported.as_array().context("reported")?);
+        eprintln!(
+            "{rounds} rounds ({closed} tabs closed, {crashed} crashed, {reloaded} reloaded): \
+             {next_value} edits, {} reported stored, {} in the store",
+            reported.len(),
+            items.len()
+        );
+        check_exactly_once(items, reported, "after the random rounds")?;
+        anyhow::ensure!(!reported.is_empty(), "no edit was reported stored");
+        Ok(())
+    })?;
+    drop(browser);
+    server.stop().await?;
+    Ok(())
+}
