@@ -335,3 +335,50 @@ mod tests {
         assert!(overlapping > 300 && disjoint > 300, "{overlapping} / {disjoint}");
     }
 }
+
+/// What the multi-process benchmarks (`offline-sync`, `reconnect`) share: reading a
+/// process's memory, minting a token, and running one of their own phases as a child, so
+/// that each phase's peak resident set is its own.
+pub mod process {
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    use anyhow::{Context, Result, ensure};
+
+    /// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`, `RssAnon:`); `pid` may be
+    /// `self`.
+    pub fn status_kib(pid: &str, field: &str) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    }
+
+    /// Resets a process's peak resident set (`VmHWM`) to its current one, so that a later
+    /// reading is the peak of what came after.
+    pub fn reset_peak_rss(pid: &str) -> Result<()> {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .with_context(|| format!("resetting the peak RSS of process {pid}"))
+    }
+
+    /// Mints a token for `user` with the secret of the server data directory `data`.
+    pub fn token(concord: &Path, data: &Path, user: &str) -> Result<String> {
+        let output = Command::new(concord)
+            .args(["token", "--user", user, "--data-dir"])
+            .arg(data)
+            .stderr(Stdio::inherit())
+            .output()?;
+        ensure!(output.status.success(), "concord token failed");
+        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+    }
+
+    /// Runs the current binary with `args` (one of its phases); returns what it printed.
+    pub fn phase(args: &[&str]) -> Result<String> {
+        let output =
+            Command::new(std::env::current_exe()?).args(args).stderr(Stdio::inherit()).output()?;
+        ensure!(output.status.success(), "phase {} failed", args[0]);
+        Ok(String::from_utf8(output.stdout)?)
+    }
+}

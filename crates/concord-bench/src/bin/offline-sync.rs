@@ -29,11 +29,11 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
+use concord_bench::process::{phase, status_kib, token};
 use concord_client::{CollectionId, Domain, DomainEvent, EngineConfig, ModelId, RedbAdapter};
 use concord_testkit::process::ServeProcess;
 use futures_util::StreamExt;
@@ -301,11 +301,11 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
     args.extend(cli.serve_args.iter().map(String::as_str).filter(|a| !a.is_empty()));
     let server = ServeProcess::start(concord, &data, &args)?;
     let url = server.url("bench", "main");
-    let token = token(concord, &data)?;
+    let token = token(concord, &data, USER)?;
     let store_arg = store.to_string_lossy().into_owned();
 
     let started = Instant::now();
-    child(&["prepare", &url, &store_arg, &models.to_string()])?;
+    phase(&["prepare", &url, &store_arg, &models.to_string()])?;
     let prepare_seconds = started.elapsed().as_secs_f64();
 
     let pid = server.pid().to_string();
@@ -314,8 +314,8 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
     if cli.warmup > 0 {
         let warm_store = dir.path().join("warmup-client");
         let warm_store = warm_store.to_string_lossy();
-        child(&["prepare", &url, &warm_store, &cli.warmup.to_string(), "--prefix", "warmup"])?;
-        let _: SyncReport = serde_json::from_str(&child(&["sync", &url, &warm_store, &token])?)?;
+        phase(&["prepare", &url, &warm_store, &cli.warmup.to_string(), "--prefix", "warmup"])?;
+        let _: SyncReport = serde_json::from_str(&phase(&["sync", &url, &warm_store, &token])?)?;
         std::thread::sleep(Duration::from_secs(cli.after));
     }
     let server_rss_before_kib = status_kib(&pid, "VmRSS:")?;
@@ -325,7 +325,7 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
     if let Some(concurrency) = &concurrency {
         sync_args.extend(["--concurrency", concurrency]);
     }
-    let sync: SyncReport = serde_json::from_str(&child(&sync_args)?)?;
+    let sync: SyncReport = serde_json::from_str(&phase(&sync_args)?)?;
     ensure!(sync.models == models, "synced {} of {models}", sync.models);
     let server_peak_rss_kib = status_kib(&pid, "VmHWM:")?;
     std::thread::sleep(Duration::from_secs(cli.after));
@@ -335,7 +335,7 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
         server.log().lines().filter(|l| l.contains("malloc_trim")).map(str::to_owned).collect();
 
     let handles =
-        serde_json::from_str(&child(&["handles", &url, &store_arg, &models.to_string()])?)?;
+        serde_json::from_str(&phase(&["handles", &url, &store_arg, &models.to_string()])?)?;
     drop(server);
     Ok(Run {
         models,
@@ -351,35 +351,6 @@ fn run(concord: &Path, models: usize, cli: &Cli) -> Result<Run> {
         server_anon_after_kib,
         server_trims,
     })
-}
-
-/// Mints a token for [`USER`] with the server's data-directory secret.
-fn token(concord: &Path, data: &Path) -> Result<String> {
-    let output = Command::new(concord)
-        .args(["token", "--user", USER, "--data-dir"])
-        .arg(data)
-        .stderr(Stdio::inherit())
-        .output()?;
-    ensure!(output.status.success(), "concord token failed");
-    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
-}
-
-/// Runs this binary with `args` (a phase); returns what it printed.
-fn child(args: &[&str]) -> Result<String> {
-    let output =
-        Command::new(std::env::current_exe()?).args(args).stderr(Stdio::inherit()).output()?;
-    ensure!(output.status.success(), "phase {} failed", args[0]);
-    Ok(String::from_utf8(output.stdout)?)
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`, `RssAnon:`); `pid` may be `self`.
-fn status_kib(pid: &str, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn table(runs: &[Run]) -> String {

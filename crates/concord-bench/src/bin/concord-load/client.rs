@@ -105,6 +105,34 @@ impl Connection {
     }
 }
 
+/// A session that only stays connected: handshaken, answering the server's heartbeats, no
+/// model open. What one costs the server is what `--idle` measures.
+pub(crate) struct IdleSession {
+    connection: Connection,
+}
+
+impl IdleSession {
+    pub(crate) async fn connect(url: &str) -> Result<IdleSession> {
+        Ok(IdleSession { connection: Connection::connect(url).await? })
+    }
+
+    /// Answers heartbeats until `until` (at most [`WAIT`] after the last message).
+    pub(crate) async fn hold(mut self, until: Instant) -> Result<()> {
+        loop {
+            match tokio::time::timeout_at(until, self.connection.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(Err(error)) => return Err(error.context("an idle session was dropped")),
+                Ok(Ok(message)) => {
+                    ensure!(
+                        !matches!(message, ServerMessage::Error { .. }),
+                        "an idle session got an error: {message:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Pushes about other sessions, which the load tool ignores.
 fn is_presence(push: &ServerPush) -> bool {
     matches!(

@@ -67,6 +67,10 @@ struct Cli {
     /// (`off`, `on`).
     #[arg(long, value_delimiter = ',', default_value = "off")]
     cursors: Vec<CursorMode>,
+    /// Sessions that only stay connected beside the editors (handshaken, answering
+    /// heartbeats, no model open): the server's resident set per session is measured.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
     /// Runs per number of clients; the table shows their median.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -125,7 +129,7 @@ fn main() -> Result<()> {
     if let Some(path) = &cli.json {
         let raw = serde_json::json!({
             "machine": system::machine(),
-            "options": { "clients": cli.clients, "cursors": cli.cursors,
+            "options": { "clients": cli.clients, "cursors": cli.cursors, "idle": cli.idle,
                          "seconds": cli.seconds, "warmup": cli.warmup,
                          "reps": cli.reps, "max_other": cli.max_other },
             "runs": runs,
@@ -173,6 +177,7 @@ async fn run_all(cli: &Cli, concord: &Path) -> Result<(Vec<Run>, Vec<Run>)> {
                         concord,
                         cli.store.as_deref(),
                         clients,
+                        cli.idle,
                         with_cursors,
                         warmup,
                         window,
@@ -226,8 +231,8 @@ fn summary(run: &Run) -> String {
     match (&run.result, &run.failed) {
         (Some(r), _) => format!(
             "{prefix} {:.0} ops/s p50 {:.2} p99 {:.2} ms, server peak RSS {:.0} MiB, CPU server \
-             {:.0}% clients {:.0}% other {:.0}%, {} acked, body {} chars, converged in {:.0} ms, \
-             correct {} {:?}",
+             {:.0}% clients {:.0}% other {:.0}%, {} idle sessions at {:.1} KiB each, {} acked, body \
+             {} chars, converged in {:.0} ms, correct {} {:?}",
             r.ops_per_sec,
             r.p50_ms,
             r.p99_ms,
@@ -235,6 +240,8 @@ fn summary(run: &Run) -> String {
             r.server_cpu_pct,
             r.clients_cpu_pct,
             r.other_cpu_pct,
+            r.idle_sessions,
+            r.server_kib_per_idle_session,
             r.total_acked,
             r.body_chars,
             r.converge_ms,
@@ -251,8 +258,9 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
     let mut out = vec![
         format!(
             "Concord (concord-server, redb, every operation fsynced before its ack), one-character \
-             string inserts on one model, T={} s after {} s warm-up, {} runs each: median (min–max).",
-            cli.seconds, cli.warmup, cli.reps
+             string inserts on one model, {} idle sessions beside the editors, T={} s after {} s \
+             warm-up, {} runs each: median (min–max).",
+            cli.idle, cli.seconds, cli.warmup, cli.reps
         ),
         String::new(),
         format!("Machine: {}.  ", system::machine()),
@@ -262,12 +270,13 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
         ),
         String::new(),
         "| C | cursors | acked ops/s | p50 ms | p95 ms | p99 ms | server peak RSS MiB | \
-         server CPU % | clients CPU % | other CPU % | body chars at end | correct |"
+         server CPU % | clients CPU % | other CPU % | server KiB per idle session | body chars \
+         at end | correct |"
             .into(),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     type Column = (fn(&RunResult) -> f64, usize);
-    let columns: [Column; 9] = [
+    let columns: [Column; 10] = [
         (|r| r.ops_per_sec, 0),
         (|r| r.p50_ms, 2),
         (|r| r.p95_ms, 2),
@@ -276,6 +285,7 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
         (|r| r.server_cpu_pct, 0),
         (|r| r.clients_cpu_pct, 0),
         (|r| r.other_cpu_pct, 0),
+        (|r| r.server_kib_per_idle_session, 1),
         (|r| r.body_chars as f64, 0),
     ];
     for &clients in &cli.clients {

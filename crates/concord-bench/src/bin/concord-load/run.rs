@@ -12,13 +12,16 @@ use tokio::time::Instant;
 
 use concord_testkit::process::ServeProcess;
 
-use crate::client::{self, Editor, LoopStats};
-use crate::system::{cpu_seconds, machine_busy_seconds, peak_rss_kib};
+use crate::client::{self, Editor, IdleSession, LoopStats};
+use crate::system::{cpu_seconds, machine_busy_seconds, rss_kib};
 
 /// Sustained submissions per second allowed on one connection. The server's default (2,000)
 /// is abuse protection and would cap a single client below the target; the load tool
 /// measures the server's capacity, so it lifts the limit.
 const RATE_LIMIT: &str = "1000000";
+
+/// Connections allowed from one address, above any `--clients` plus `--idle` used here.
+const CONNECTIONS: &str = "10000";
 
 /// What one run measured and whether it passed its checks.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +41,10 @@ pub(crate) struct RunResult {
     /// Time from the last client stopping to every client holding the last version.
     pub converge_ms: f64,
     pub server_peak_rss_mib: f64,
+    /// Sessions that only stayed connected, and the server's resident set they added, per
+    /// session (measured once the editors were open, before the loops started).
+    pub idle_sessions: usize,
+    pub server_kib_per_idle_session: f64,
     /// CPU used during the window, in % of one core.
     pub server_cpu_pct: f64,
     pub clients_cpu_pct: f64,
@@ -104,9 +111,17 @@ fn model_id(shared_store: bool) -> ModelId {
 }
 
 /// Starts `concord serve` (the binary `concord`) on 127.0.0.1 with `data_dir` (and `store`
-/// if given), anonymous access, the rate limit lifted and only warnings logged.
+/// if given), anonymous access, the rate limit and the connections per address lifted (every
+/// client comes from 127.0.0.1) and only warnings logged.
 fn start_server(concord: &Path, data_dir: &Path, store: Option<&str>) -> Result<ServeProcess> {
-    let limits = ["--messages-per-second", RATE_LIMIT, "--burst", RATE_LIMIT];
+    let limits = [
+        "--messages-per-second",
+        RATE_LIMIT,
+        "--burst",
+        RATE_LIMIT,
+        "--max-connections-per-address",
+        CONNECTIONS,
+    ];
     let mut args = [&["--allow-anonymous", "--log", "warn"][..], &limits].concat();
     if let Some(url) = store {
         args.extend(["--store", url]);
@@ -120,6 +135,7 @@ pub(crate) async fn run_once(
     concord: &Path,
     store: Option<&str>,
     clients: usize,
+    idle: usize,
     cursors: bool,
     warmup: Duration,
     window: Duration,
@@ -138,10 +154,23 @@ pub(crate) async fn run_once(
         editors.push(Editor::open(&url, &model, ReplicaId(i as u64 + 1), cursors).await?);
     }
 
+    // The idle sessions, connected one after the other, and what they added to the server.
+    let pid = server.pid();
+    let rss_before_idle = rss_kib(pid, "VmRSS:")?;
+    let mut idlers = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        idlers.push(IdleSession::connect(&url).await?);
+    }
+    let server_kib_per_idle_session = if idle == 0 {
+        0.0
+    } else {
+        rss_kib(pid, "VmRSS:")?.saturating_sub(rss_before_idle) as f64 / idle as f64
+    };
+
     // The closed loops, with CPU sampled at both ends of the window.
     let start = Instant::now();
     let (warm_end, end) = (start + warmup, start + warmup + window);
-    let pid = server.pid();
+    let idlers: Vec<_> = idlers.into_iter().map(|s| tokio::spawn(s.hold(end))).collect();
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(warm_end).await;
         let first = CpuSample::take(pid)?;
@@ -167,6 +196,9 @@ pub(crate) async fn run_once(
         total_acked += acked;
     }
     let (first, last) = sampler.await??;
+    for idler in idlers {
+        idler.await??;
+    }
     let stopped = Instant::now();
 
     // Every client catches up with the last version.
@@ -200,7 +232,7 @@ pub(crate) async fn run_once(
     };
     let fresh = Editor::open(&url, &model, ReplicaId(clients as u64 + 1), false).await?;
     checks.fresh_client_agrees = fresh.version() == final_version && fresh.body() == body;
-    let peak_rss_kib = peak_rss_kib(server.pid())?;
+    let peak_rss_kib = rss_kib(server.pid(), "VmHWM:")?;
     drop((fresh, editors));
 
     // Durability: kill the server without warning, restart it on the same data, reopen.
@@ -234,6 +266,8 @@ pub(crate) async fn run_once(
         body_chars,
         converge_ms,
         server_peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        idle_sessions: idle,
+        server_kib_per_idle_session,
         server_cpu_pct,
         clients_cpu_pct,
         other_cpu_pct: pct(|s| s.machine) - server_cpu_pct - clients_cpu_pct,

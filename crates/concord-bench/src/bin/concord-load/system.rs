@@ -1,18 +1,14 @@
 //! What the load tool reads from `/proc`: CPU time of a process and of the whole machine,
-//! a process's peak resident set, and a description of the machine for the report.
+//! a process's resident set, and a description of the machine for the report.
 
 use std::io::{BufRead, BufReader, Read};
 
 use anyhow::{Context, Result};
 
-/// Peak resident set (`VmHWM`) of process `pid`, in KiB.
-pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")
+/// A `/proc/<pid>/status` memory figure of process `pid` (`VmHWM:` the peak resident set,
+/// `VmRSS:` the current one), in KiB.
+pub(crate) fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    concord_bench::process::status_kib(&pid.to_string(), field)
 }
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
