@@ -14,8 +14,9 @@
 //! into one `Durability::Immediate` transaction (group commit across models) and only then
 //! hands over the job's deliveries — the messages that reveal what the job wrote. So nothing
 //! a client hears of is ever lost by a crash, and one fsync covers many operations. A failed
-//! write stops the writer for good (fail-stop): later jobs fail, nothing is delivered, and
-//! the server shuts down rather than run ahead of its disk.
+//! redb write is a disk fault and stops the writer for good (fail-stop): later jobs fail,
+//! nothing is delivered, and the server shuts down rather than run ahead of its disk. (A
+//! PostgreSQL commit that finds the database unavailable is retried; see [`start_writer`].)
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
