@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// (`postgres://user@host:port/database`, needs the `postgres` feature). `None`: the
     /// embedded store.
     pub store: Option<String>,
+    /// How long a commit to PostgreSQL is retried while PostgreSQL cannot be reached
+    /// (restarting, connections lost) before its writes are given up: the sessions waiting
+    /// on them are then closed, saying why, and their clients resend (default 30 s).
+    pub store_retry: Duration,
     pub auth: AuthConfig,
     pub limits: ConnectionLimits,
     /// Collections known before any client creates a model in them; others are created on
@@ -85,6 +89,7 @@ impl ServerConfig {
             bind,
             data_dir: data_dir.into(),
             store: None,
+            store_retry: Duration::from_secs(30),
             auth,
             limits: ConnectionLimits::default(),
             collections: BTreeMap::new(),
@@ -320,9 +325,68 @@ impl ServerConfig {
     }
 }
 
+/// `url` (a `postgres://` store URL) with its password, if any, replaced by `***`: in the
+/// user part (`postgres://user:secret@host/db`) and in a `password=` parameter. What is
+/// printed or logged of a store goes through this.
+pub fn redact_store_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = match location.find('/') {
+        Some(at) => location.split_at(at),
+        None => (location, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, hosts)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let mut redacted = format!("{scheme}://{authority}{path}");
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&parameters.join("&"));
+    }
+    redacted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_urls_password_is_redacted_wherever_it_is() {
+        let cases = [
+            (
+                "postgres://concord:s3cr:et@db.example:5432/concord",
+                "postgres://concord:***@db.example:5432/concord",
+            ),
+            (
+                "postgresql://u:p@h/d?sslmode=disable&password=x&a=b",
+                "postgresql://u:***@h/d?sslmode=disable&password=***&a=b",
+            ),
+            (
+                "postgres://concord@127.0.0.1:5432/concord",
+                "postgres://concord@127.0.0.1:5432/concord",
+            ),
+            ("postgres://h/d?PASSWORD=x", "postgres://h/d?PASSWORD=***"),
+            ("postgres://u:p%40ss@h", "postgres://u:***@h"),
+            ("postgres://u:p@ss@h/d", "postgres://u:***@h/d"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_store_url(url), expected, "{url}");
+        }
+    }
 
     #[test]
     fn settings_the_server_cannot_run_with_are_refused() {

@@ -37,6 +37,9 @@ const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that does not read what it is sent (a policy violation).
 const CLOSE_POLICY: u16 = 1008;
+/// Close code for a connection closed because the server could not do what it asked
+/// (here: store the writes it waited on).
+const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 /// Serves one upgraded WebSocket for `domain` until it closes.
 pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
@@ -45,6 +48,7 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
     let (outbox, queue, notices) =
         Outbox::new(conn, limits.max_queued_messages, limits.max_queued_bytes);
     let overflow = outbox.overflow();
+    let lost = outbox.lost();
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, queue, overflow.clone(), hub.clone()));
     let limiter = RateLimiter::new(hub.config.limits.messages_per_second, hub.config.limits.burst);
@@ -53,12 +57,20 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
         ending = connection.read_loop(stream, notices) => ending,
         () = overflow.cancelled() => Ending::Close(CLOSE_POLICY, "the client does not read fast enough".into()),
         () = hub.shutdown.cancelled() => Ending::Close(CLOSE_GOING_AWAY, "the server is shutting down".into()),
+        () = lost.token.cancelled() => Ending::Close(CLOSE_INTERNAL_ERROR, "a store write failed".into()),
     };
     connection.leave_all().await;
-    if hub.shutdown.is_cancelled() {
+    let closing = if lost.token.is_cancelled() {
+        Some(lost.reason().to_owned())
+    } else if hub.shutdown.is_cancelled() {
+        Some("the server is shutting down".to_owned())
+    } else {
+        None
+    };
+    if let Some(message) = closing {
         let message = ServerMessage::Push(ServerPush::SessionClosing {
             code: ErrorCode::UNAVAILABLE,
-            message: "the server is shutting down".into(),
+            message,
         });
         connection.outbox.message(&message);
     }

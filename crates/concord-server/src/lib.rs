@@ -71,6 +71,7 @@ pub use auth::{AuthError, Authenticator, mint_identity_token, mint_token};
 pub use config::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig, ConfigError,
     ConnectionLimits, IdentityLimits, JwtConfig, JwtKey, PresenceLimits, QueryLimits, ServerConfig,
+    redact_store_url,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

@@ -76,6 +76,10 @@ struct ModelTask {
     outboxes: HashMap<ConnId, Outbox>,
     /// What the commands handled so far produced, queued on the writer as one job.
     job: Job,
+    /// Cancelled by the writer if a job of this model could not be written: the host is
+    /// then ahead of the store, so the task closes its sessions and leaves, and the next
+    /// command loads the model again from the store.
+    lost: CancellationToken,
 }
 
 pub(crate) fn now() -> Timestamp {
@@ -96,12 +100,18 @@ async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCo
         Err(e) => {
             tracing::error!(model = %key.model, error = %e, "loading a model failed");
             // Answer what is queued, then leave; the next command loads again.
-            fail_all(&key, &models, &mut commands, &e);
+            let reason = format!("the model could not be loaded: {e}");
+            let code = match e {
+                StoreError::Unavailable(_) => ErrorCode::UNAVAILABLE,
+                _ => ErrorCode::INTERNAL,
+            };
+            fail_all(&key, &models, &mut commands, code, &reason);
             return;
         }
     };
-    let job = Job { domain: key.domain.clone(), ..Job::default() };
-    let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job };
+    let lost = CancellationToken::new();
+    let job = Job { domain: key.domain.clone(), lost: lost.clone(), ..Job::default() };
+    let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job, lost };
     task.serve(commands).await;
 }
 
@@ -129,6 +139,10 @@ impl ModelTask {
                     if self.unload(&mut commands).await {
                         return;
                     }
+                }
+                () = self.lost.cancelled() => {
+                    self.abandon(&mut commands);
+                    return;
                 }
                 // Only once every connection is gone, so no command can follow.
                 () = stop.cancelled() => {
@@ -289,10 +303,9 @@ impl ModelTask {
     }
 
     async fn queue_job(&mut self) {
-        let job = std::mem::replace(
-            &mut self.job,
-            Job { domain: self.key.domain.clone(), ..Job::default() },
-        );
+        let next =
+            Job { domain: self.key.domain.clone(), lost: self.lost.clone(), ..Job::default() };
+        let job = std::mem::replace(&mut self.job, next);
         if job.writes.is_empty() && job.deliveries.is_empty() {
             return;
         }
@@ -302,6 +315,18 @@ impl ModelTask {
                 outbox.close();
             }
         }
+    }
+
+    /// After a write of this model was lost: closes every session the model serves, saying
+    /// why (they may hold what the store lacks, and their clients resend what was not
+    /// acknowledged), answers what is queued, and leaves the registry.
+    fn abandon(&mut self, commands: &mut mpsc::Receiver<ModelCommand>) {
+        let reason = "a write of this model failed; resend what was not acknowledged";
+        tracing::warn!(model = %self.key.model, sessions = self.outboxes.len(), "{reason}");
+        for outbox in self.outboxes.values() {
+            outbox.lose(reason);
+        }
+        fail_all(&self.key, &self.models, commands, ErrorCode::UNAVAILABLE, reason);
     }
 
     /// Leaves if still idle once everything written is durable; `false` if a command came.
@@ -325,16 +350,17 @@ impl ModelTask {
     }
 }
 
-/// Answers every queued command after a failed load, so that no request goes unanswered.
+/// Answers every queued command with `reason` (after a failed load, or a lost write), so
+/// that no request goes unanswered, and leaves the registry.
 fn fail_all(
     key: &ModelKey,
     models: &Models,
     commands: &mut mpsc::Receiver<ModelCommand>,
-    cause: &StoreError,
+    code: ErrorCode,
+    reason: &str,
 ) {
     let fail = |command: ModelCommand| {
-        let reply =
-            ErrorReply::new(ErrorCode::INTERNAL, format!("the model could not be loaded: {cause}"));
+        let reply = ErrorReply::new(code, reason);
         if let Some(message) = command.request.failure(&key.model, reply) {
             command.outbox.message(&message);
         }

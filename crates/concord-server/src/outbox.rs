@@ -72,6 +72,22 @@ pub(crate) struct Outbox {
     /// Model hosts' notices for the connection's session (at most one per attachment, so
     /// bounded by what the session itself asked for).
     notices: mpsc::UnboundedSender<Notice>,
+    /// Set when writes this connection waited on were lost (the store failed them): the
+    /// session is told why, then closed, and its client resends what was not acknowledged.
+    lost: Arc<Lost>,
+}
+
+/// Why a connection's writes were lost, once they were.
+#[derive(Debug, Default)]
+pub(crate) struct Lost {
+    pub(crate) token: CancellationToken,
+    reason: std::sync::OnceLock<String>,
+}
+
+impl Lost {
+    pub(crate) fn reason(&self) -> &str {
+        self.reason.get().map_or("a store write failed", String::as_str)
+    }
 }
 
 impl Outbox {
@@ -84,7 +100,8 @@ impl Outbox {
         let (sender, receiver) = mpsc::channel(max_messages.max(1));
         let (notices, notices_receiver) = mpsc::unbounded_channel();
         let budget = Arc::new(Budget { queued: AtomicUsize::new(0), max: max_bytes });
-        let outbox = Outbox { conn, sender, budget, overflow: CancellationToken::new(), notices };
+        let (overflow, lost) = (CancellationToken::new(), Arc::default());
+        let outbox = Outbox { conn, sender, budget, overflow, notices, lost };
         (outbox, receiver, notices_receiver)
     }
 
@@ -99,7 +116,18 @@ impl Outbox {
 
     /// Whether the connection is closing: nothing more needs to be prepared for it.
     pub(crate) fn is_closed(&self) -> bool {
-        self.overflow.is_cancelled() || self.sender.is_closed()
+        self.overflow.is_cancelled() || self.lost.token.is_cancelled() || self.sender.is_closed()
+    }
+
+    /// Closes the connection because writes it waited on were lost, telling the session
+    /// `reason` (the first one given) before it goes.
+    pub(crate) fn lose(&self, reason: &str) {
+        let _ = self.lost.reason.set(reason.to_owned());
+        self.lost.token.cancel();
+    }
+
+    pub(crate) fn lost(&self) -> Arc<Lost> {
+        self.lost.clone()
     }
 
     /// Takes `bytes` (plus the per-message overhead) from the connection's budget; `None`

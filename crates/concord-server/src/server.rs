@@ -67,7 +67,10 @@ impl Server {
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let store_failed = CancellationToken::new();
-        let (writer, writer_thread) = start_writer(store.clone(), store_failed.clone())?;
+        // Only PostgreSQL comes back after a failed commit; a failed redb write is a disk
+        // fault, which stops the server.
+        let retry_for = if config.store.is_some() { config.store_retry } else { Duration::ZERO };
+        let (writer, writer_thread) = start_writer(store.clone(), store_failed.clone(), retry_for)?;
         let hub = Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new()));
         *hub.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer_thread);
         Ok(Server { listener, local_addr, hub, connections: TaskTracker::new(), store_failed })

@@ -14,14 +14,16 @@
 //! into one `Durability::Immediate` transaction (group commit across models) and only then
 //! hands over the job's deliveries — the messages that reveal what the job wrote. So nothing
 //! a client hears of is ever lost by a crash, and one fsync covers many operations. A failed
-//! write stops the writer for good (fail-stop): later jobs fail, nothing is delivered, and
-//! the server shuts down rather than run ahead of its disk.
+//! redb write is a disk fault and stops the writer for good (fail-stop): later jobs fail,
+//! nothing is delivered, and the server shuts down rather than run ahead of its disk. (A
+//! PostgreSQL commit that finds the database unavailable is retried; see [`start_writer`].)
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
@@ -203,6 +205,25 @@ pub enum StoreError {
     Backend(String),
     #[error("an earlier write failed; the server store takes no more writes")]
     Stopped,
+    /// The store cannot be reached for now (PostgreSQL restarting, a connection lost): the
+    /// writer retries a commit that failed so for a while (`ServerConfig::store_retry`).
+    #[error("the server store is unavailable: {0}")]
+    Unavailable(String),
+    /// A different operation is already stored at this version: appending one there is
+    /// refused, and the commit holding it writes nothing.
+    #[error(
+        "the server store already holds a different operation at version {version} of {}",
+        place(.domain, Some(.model))
+    )]
+    VersionTaken { domain: String, model: ModelId, version: u64 },
+}
+
+impl StoreError {
+    /// Whether the server can go on after a commit failed so: the store is sound, only
+    /// this commit's jobs are lost (their sessions are told, their models reloaded).
+    fn spares_the_server(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::VersionTaken { .. })
+    }
 }
 
 /// What the server decided about a replica's last submission to a model, as stored (with
@@ -437,7 +458,7 @@ impl RedbStore {
         &self,
         on_failure: CancellationToken,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
-        start_writer(Arc::new(self.clone()), on_failure)
+        start_writer(Arc::new(self.clone()), on_failure, std::time::Duration::ZERO)
     }
 }
 
@@ -714,6 +735,10 @@ pub(crate) struct Job {
     pub(crate) deliveries: Vec<Delivery>,
     /// Told once the writes are durable (or failed).
     pub(crate) done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// The queuing model's: cancelled by the writer when a job of that model could not be
+    /// written. The model's later jobs build on what the store lacks, so they are failed
+    /// unwritten, and the model reloads from the store.
+    pub(crate) lost: CancellationToken,
 }
 
 /// The handle model tasks queue jobs on. Jobs are durable, and delivered, in queue order.
@@ -738,25 +763,36 @@ impl Writer {
 
 /// Starts the writer: a thread of its own that takes every job queued meanwhile into one
 /// [`ServerStore::commit`] (group commit across models) and only then hands over the jobs'
-/// deliveries. It stops when every [`Writer`] is dropped, or for good at its first failed
-/// commit (cancelling `on_failure`). Must be called within a tokio runtime, which the
-/// thread drives the store's futures on.
+/// deliveries. A commit that fails with [`StoreError::Unavailable`] is retried, with the
+/// same jobs, for up to `retry_for`. If it still fails so, or a version is taken, the
+/// group's jobs are failed: the sessions they would have answered are closed, saying why
+/// (clients resend what was not acknowledged), and their models reload from the store. Any
+/// other failure stops the writer for good (cancelling `on_failure`): the store itself is
+/// in doubt. The writer also stops when every [`Writer`] is dropped. Must be called within
+/// a tokio runtime, which the thread drives the store's futures on.
 pub(crate) fn start_writer(
     store: Store,
     on_failure: CancellationToken,
+    retry_for: Duration,
 ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
     let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
     let runtime = tokio::runtime::Handle::current();
     let thread = std::thread::Builder::new()
         .name("concord-store-writer".into())
-        .spawn(move || runtime.block_on(write_loop(&*store, receiver, on_failure)))?;
+        .spawn(move || runtime.block_on(write_loop(&*store, receiver, on_failure, retry_for)))?;
     Ok((Writer { sender }, thread))
 }
+
+/// The first pause before retrying a commit, doubled after each failure up to
+/// [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 async fn write_loop(
     store: &dyn ServerStore,
     mut receiver: mpsc::Receiver<Job>,
     on_failure: CancellationToken,
+    retry_for: Duration,
 ) {
     let mut group = Vec::new();
     while let Some(first) = receiver.recv().await {
@@ -767,6 +803,10 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
+        // What a model queued after one of its jobs was lost is not written.
+        for job in group.extract_if(.., |job| job.lost.is_cancelled()) {
+            fail_job(job, "an earlier write of the model failed");
+        }
         let batch: Vec<DomainWrites> = group
             .iter_mut()
             .filter(|job| !job.writes.is_empty())
@@ -775,7 +815,8 @@ async fn write_loop(
                 writes: std::mem::take(&mut job.writes),
             })
             .collect();
-        let result = if batch.is_empty() { Ok(()) } else { store.commit(batch).await };
+        let result =
+            if batch.is_empty() { Ok(()) } else { commit_retrying(store, batch, retry_for).await };
         match result {
             Ok(()) => {
                 for job in group.drain(..) {
@@ -785,6 +826,13 @@ async fn write_loop(
                     if let Some(done) = job.done {
                         let _ = done.send(Ok(()));
                     }
+                }
+            }
+            Err(error) if error.spares_the_server() => {
+                tracing::error!(%error, jobs = group.len(), "a store write failed; its sessions are closed and its models reload");
+                let reason = format!("a write failed: {error}; resend what was not acknowledged");
+                for job in group.drain(..) {
+                    fail_job(job, &reason);
                 }
             }
             Err(error) => {
@@ -805,6 +853,49 @@ async fn write_loop(
                 return;
             }
         }
+    }
+}
+
+/// Commits `batch`, retrying while the store is unavailable, for up to `retry_for`.
+async fn commit_retrying(
+    store: &dyn ServerStore,
+    batch: Vec<DomainWrites>,
+    retry_for: Duration,
+) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut pause = FIRST_RETRY_PAUSE;
+    let mut attempts = 1;
+    loop {
+        // A commit whose outcome is unknown (the connection dropped during it) is retried
+        // too: the backend recognizes its operations if they did get in.
+        match store.commit(batch.clone()).await {
+            Err(StoreError::Unavailable(why))
+                if tokio::time::Instant::now() + pause <= deadline =>
+            {
+                tracing::warn!(attempts, error = %why, "the store is unavailable; retrying the commit");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                attempts += 1;
+            }
+            result => {
+                if attempts > 1 && result.is_ok() {
+                    tracing::info!(attempts, "the store is back; the commit went through");
+                }
+                return result;
+            }
+        }
+    }
+}
+
+/// Fails `job` unwritten: nothing of it is delivered, the sessions it would have answered
+/// are closed with `reason`, and its model reloads.
+fn fail_job(job: Job, reason: &str) {
+    job.lost.cancel();
+    for delivery in job.deliveries {
+        delivery.outbox.lose(reason);
+    }
+    if let Some(done) = job.done {
+        let _ = done.send(Err(StoreError::Unavailable(reason.to_owned())));
     }
 }
 
@@ -847,7 +938,17 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                         let version = record.operation.version;
                         let k = (domain, model, version);
                         let bytes = seal(OPERATIONS.name(), &k, &record.operation);
-                        operations.insert(k, bytes.as_slice()).map_err(backend)?;
+                        // A version holds one operation for good: writing the same one
+                        // again changes nothing, another one is refused (and, the
+                        // transaction dropped uncommitted, nothing of the batch is written).
+                        let previous = operations.insert(k, bytes.as_slice()).map_err(backend)?;
+                        if previous.is_some_and(|stored| stored.value() != bytes.as_slice()) {
+                            return Err(StoreError::VersionTaken {
+                                domain: domain.to_owned(),
+                                model: record.model.clone(),
+                                version,
+                            });
+                        }
                         let k = (domain, model, record.replica.0);
                         let timestamp = record.operation.timestamp.0;
                         let value = (record.seq, StoredDecision::Committed { version, timestamp });

@@ -208,7 +208,12 @@ async fn redb_holds_what_the_format_tests_expect_when_written_through_the_trait(
 }
 
 fn commit_at(model: &str, version: u64, seq: u64) -> Write {
-    let kind = OperationKind::StringSplice { index: 0, delete_count: 0, insert: "x".into() };
+    commit_inserting(model, version, seq, "x")
+}
+
+/// A commit at `version` of an operation inserting `text`.
+fn commit_inserting(model: &str, version: u64, seq: u64, text: &str) -> Write {
+    let kind = OperationKind::StringSplice { index: 0, delete_count: 0, insert: text.into() };
     let operation = CommittedOperation {
         version,
         author: SessionId("s".into()),
@@ -237,14 +242,17 @@ async fn postgres_refuses_a_second_operation_at_one_version_and_keeps_nothing_of
         writes: vec![Write::PutUser { user: newcomer }, commit_at("doc", last, 99)],
     }];
     let error = store.commit(batch).await.expect_err("a duplicate version is refused");
-    assert!(error.to_string().contains("23505"), "a unique violation: {error}");
+    assert!(
+        matches!(error, StoreError::VersionTaken { version, .. } if version == last),
+        "{error}"
+    );
     assert_eq!(store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap(), before);
     assert_eq!(store.user("acme/notes", &user("zed")).await.unwrap(), None, "all or nothing");
-    // Concurrent appends of one version: exactly one commits.
+    // Concurrent appends of one version (different operations): exactly one commits.
     let racers = (0..4).map(|seq| {
         let store = store.clone();
         tokio::spawn(async move {
-            let writes = vec![commit_at("doc", last + 1, 100 + seq)];
+            let writes = vec![commit_inserting("doc", last + 1, 100 + seq, &format!("r{seq}"))];
             store.commit(vec![DomainWrites { domain: Arc::from("acme/notes"), writes }]).await
         })
     });
@@ -299,8 +307,12 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_du
     let Some(cluster) = shared() else { return };
     let store = postgres_store(&cluster, "writer").await;
     commit_all(&store).await;
-    let (writer, thread) =
-        crate::store::start_writer(store.clone(), CancellationToken::new()).unwrap();
+    let (writer, thread) = crate::store::start_writer(
+        store.clone(),
+        CancellationToken::new(),
+        std::time::Duration::ZERO,
+    )
+    .unwrap();
     let doc = key("acme/notes", "doc");
     let last =
         store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap().last().unwrap().version;
@@ -329,4 +341,67 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_du
     );
     drop(writer);
     tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+}
+
+/// On either backend: appending a different operation at a version already stored is
+/// refused ([`StoreError::VersionTaken`]) and its whole batch writes nothing; writing the
+/// stored operation again (a commit sent twice, its first outcome unknown) changes nothing.
+async fn a_taken_version_is_refused_and_the_same_operation_again_changes_nothing(store: Store) {
+    commit_all(&store).await;
+    let doc = key("acme/notes", "doc");
+    let before = store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
+    let last = before.last().expect("doc has operations").clone();
+    let newcomer = User { id: user("zed"), display_name: None, anonymous: false };
+    let batch = vec![DomainWrites {
+        domain: Arc::from("acme/notes"),
+        writes: vec![
+            Write::PutUser { user: newcomer.clone() },
+            commit_inserting("doc", last.version, 99, "another"),
+        ],
+    }];
+    let error = store.commit(batch).await.expect_err("a taken version is refused");
+    match &error {
+        StoreError::VersionTaken { domain, model, version } => {
+            assert_eq!(
+                (domain.as_str(), model.as_str(), *version),
+                ("acme/notes", "doc", last.version)
+            );
+        }
+        other => panic!("not VersionTaken: {other}"),
+    }
+    assert!(error.to_string().contains("different operation at version"), "{error}");
+    assert_eq!(store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap(), before);
+    assert_eq!(store.user("acme/notes", &user("zed")).await.unwrap(), None, "all or nothing");
+
+    // The stored operation again, with the rest of its batch: accepted, nothing doubled.
+    let again = Write::Commit(CommitRecord {
+        model: ModelId::new("doc").unwrap(),
+        operation: last.clone(),
+        replica: ReplicaId(7),
+        seq: 500,
+    });
+    let next = commit_inserting("doc", last.version + 1, 501, "next");
+    let batch = vec![DomainWrites {
+        domain: Arc::from("acme/notes"),
+        writes: vec![Write::PutUser { user: newcomer }, again, next],
+    }];
+    store.commit(batch).await.expect("the same operation again is no conflict");
+    let after = store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
+    assert_eq!(after.len(), before.len() + 1, "the stored one once, the next one added");
+    assert_eq!(after[..before.len()], before[..]);
+    assert!(store.user("acme/notes", &user("zed")).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn redb_refuses_a_taken_version_and_takes_the_same_operation_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = redb_store(dir.path()).await;
+    a_taken_version_is_refused_and_the_same_operation_again_changes_nothing(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_taken_version_and_takes_the_same_operation_again() {
+    let Some(cluster) = shared() else { return };
+    let store = postgres_store(&cluster, "taken").await;
+    a_taken_version_is_refused_and_the_same_operation_again_changes_nothing(store).await;
 }

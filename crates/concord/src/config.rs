@@ -35,6 +35,11 @@ pub(crate) struct Settings {
     /// the embedded store in the data directory]
     #[arg(long, env = "CONCORD_STORE", value_name = "URL")]
     pub(crate) store: Option<String>,
+    /// How long a commit to PostgreSQL is retried while PostgreSQL cannot be reached, in
+    /// seconds, before the sessions waiting on it are closed (their clients resend)
+    /// [default: 30]
+    #[arg(long, env = "CONCORD_STORE_RETRY_SECS", value_name = "SECS")]
+    pub(crate) store_retry_secs: Option<u64>,
     /// File holding the HS256 secret that client JWTs are signed with (its contents, without
     /// surrounding whitespace) [default: <data-dir>/secret]
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE", value_name = "FILE")]
@@ -256,8 +261,11 @@ impl From<PermissionSet> for Permissions {
 pub(crate) struct Config {
     pub(crate) bind: SocketAddr,
     pub(crate) data_dir: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Printed with its password masked (`***`): the printout is for reading, and may be
+    /// shared.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted_store")]
     pub(crate) store: Option<String>,
+    pub(crate) store_retry_secs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +322,7 @@ impl Default for Config {
             bind: server.bind,
             data_dir: PathBuf::from("./concord-data"),
             store: None,
+            store_retry_secs: server.store_retry.as_secs(),
             jwt_secret_file: None,
             jwt_rs256_public_key: None,
             jwt_audience: None,
@@ -371,6 +380,7 @@ impl Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
             store: pick!(optional store),
+            store_retry_secs: pick!(store_retry_secs),
             jwt_secret_file: pick!(optional jwt_secret_file),
             jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
             jwt_audience: pick!(optional jwt_audience),
@@ -524,6 +534,7 @@ impl Config {
         }
         server.admins = self.identity_admins.iter().cloned().map(UserId).collect();
         server.store = self.store.clone();
+        server.store_retry = Duration::from_secs(self.store_retry_secs);
         Ok(server)
     }
 
@@ -568,6 +579,13 @@ impl Config {
 
     pub(crate) fn to_toml(&self) -> anyhow::Result<String> {
         toml::to_string(self).context("printing the configuration")
+    }
+}
+
+fn redacted_store<S: serde::Serializer>(store: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
+    match store {
+        Some(url) => out.serialize_str(&concord_server::redact_store_url(url)),
+        None => out.serialize_none(),
     }
 }
 

@@ -119,3 +119,26 @@ fn a_bad_configuration_fails_clearly() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&bad_env.stderr).contains("--bind"));
     Ok(())
 }
+
+/// A store URL's password is never printed: `--print-config` masks it, wherever the URL
+/// came from, and keeps the rest of the URL and the retry time.
+#[test]
+fn the_printed_configuration_masks_the_store_password() -> anyhow::Result<()> {
+    let url = "postgres://concord:hunter2@db.internal:5432/concord?password=hunter2";
+    let from_flag = run(concord().args(["serve", "--print-config", "--store", url]))?;
+    let from_env = run(concord()
+        .args(["serve", "--print-config", "--store-retry-secs", "5"])
+        .env("CONCORD_STORE", url))?;
+    for output in [&from_flag, &from_env] {
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(!text.contains("hunter2"), "{text}");
+        let config = printed(output);
+        assert_eq!(
+            config["store"].as_str(),
+            Some("postgres://concord:***@db.internal:5432/concord?password=***")
+        );
+    }
+    assert_eq!(printed(&from_flag)["store_retry_secs"].as_integer(), Some(30));
+    assert_eq!(printed(&from_env)["store_retry_secs"].as_integer(), Some(5));
+    Ok(())
+}

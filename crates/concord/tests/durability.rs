@@ -3,6 +3,8 @@
 //! same data directory every acknowledged operation is in the model.
 
 mod common;
+#[path = "../../concord-server/tests/support/postgres.rs"]
+mod postgres;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,23 +107,42 @@ async fn check(url: &str, token: &str, model: &ModelId, acked: &[Acked]) -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_operations_survive_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    kill_and_restart(dir.path(), &[]).await
+}
+
+/// The same on PostgreSQL: the server process killed with its commits in flight, and
+/// started again on the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_operations_survive_sigkill_on_postgres() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::private() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("durability");
+    kill_and_restart(dir.path(), &["--store", &store]).await?;
+    let stored = cluster.sql_in("durability", "SELECT count(*) FROM operations");
+    assert!(stored.parse::<u64>()? >= KILLS, "the operations are in PostgreSQL: {stored}");
+    Ok(())
+}
+
+/// Rounds of clients submitting until the server is killed at a random moment; each round
+/// starts by checking, on the restarted server, everything acknowledged before.
+async fn kill_and_restart(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     println!("seed {seed}");
     let mut rng = SimRng::new(seed);
-    let dir = tempfile::tempdir()?;
     let model = ModelId::new("durable")?;
     let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
     let mut writer_token: Option<String> = None;
     let opened = Arc::new(AtomicU64::new(0));
 
-    let mut server = serve(dir.path(), &[])?;
+    let mut server = serve(dir, args)?;
     for round in 0..=KILLS {
         if round > 0 {
             server.restart()?;
         }
         let url = server.url("acme", "durability");
         if writer_token.is_none() {
-            writer_token = Some(token(dir.path(), "writer")?);
+            writer_token = Some(token(dir, "writer")?);
         }
         let token = writer_token.as_ref().unwrap();
         if round == 0 {

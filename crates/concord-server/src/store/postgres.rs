@@ -57,6 +57,10 @@ const MIGRATION_LOCK: i64 = 0x0063_6f6e_636f_7264;
 /// Connections in the pool: the writer's, plus reads of model tasks and connections.
 const POOL_SIZE: usize = 16;
 
+/// How long connecting may take when the URL does not say (`connect_timeout`): a
+/// PostgreSQL that does not answer is then retried, or reported, rather than waited on.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Models fetched per round trip when a query scans.
 pub(crate) const SCAN_PAGE: i64 = 256;
 
@@ -74,15 +78,61 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-/// `error` as a store error.
+/// `error` as a store error: [`StoreError::Unavailable`] when the connection or the server
+/// went away or is not taking work yet (worth retrying on a fresh connection).
 fn pg(error: tokio_postgres::Error) -> StoreError {
+    let message = match error.as_db_error() {
+        Some(db) => {
+            format!("PostgreSQL refused a statement ({}): {}", db.code().code(), db.message())
+        }
+        None if is_transient(&error) => format!("the PostgreSQL connection failed: {error}"),
+        None => format!("PostgreSQL failed: {error}"),
+    };
+    if is_transient(&error) {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Backend(message)
+    }
+}
+
+/// Whether `error` says the connection or the server went away or is not taking work yet.
+fn is_transient(error: &tokio_postgres::Error) -> bool {
     match error.as_db_error() {
-        Some(db) => StoreError::Backend(format!(
-            "PostgreSQL refused a statement ({}): {}",
-            db.code().code(),
-            db.message()
-        )),
-        None => StoreError::Backend(format!("PostgreSQL failed: {error}")),
+        Some(db) => transient(db.code().code()),
+        None => {
+            error.is_closed()
+                || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+/// SQLSTATEs after which the same work may succeed on a fresh connection: connection
+/// exceptions (class 08), a server shutting down, crashed or starting (57P01-57P03), too
+/// many connections (53300), a transaction rolled back by a serialization failure or a
+/// deadlock, or whose completion is unknown (class 40).
+fn transient(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "53300" || code.starts_with("40")
+}
+
+/// Whether `error` is the operations' primary key refusing a version that is taken.
+fn version_taken(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("operations_pkey")
+    })
+}
+
+/// How one attempt at a commit failed.
+enum Attempt {
+    /// An operation's version is already stored (maybe by an earlier attempt of this very
+    /// commit, whose outcome was unknown).
+    VersionTaken,
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Attempt {
+    fn from(error: StoreError) -> Attempt {
+        Attempt::Failed(error)
     }
 }
 
@@ -131,6 +181,9 @@ impl PostgresStore {
             None => "-c synchronous_commit=on".to_owned(),
         };
         config.options(&options);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         if config.get_application_name().is_none() {
             config.application_name("concord");
         }
@@ -153,7 +206,14 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| {
-            StoreError::Backend(format!("cannot reach PostgreSQL at {}: {e}", self.target))
+            let message = format!("cannot reach PostgreSQL at {}: {e}", self.target);
+            // Refused credentials or a missing database do not come right by waiting.
+            let transient = match &e {
+                deadpool_postgres::PoolError::Backend(e) => is_transient(e),
+                deadpool_postgres::PoolError::Timeout(_) => true,
+                _ => false,
+            };
+            if transient { StoreError::Unavailable(message) } else { StoreError::Backend(message) }
         })
     }
 
@@ -556,11 +616,35 @@ impl ServerStore for PostgresStore {
         answer.unwrap_or_else(|e| failed_query(read, config, limits, e.to_string()))
     }
 
+    /// A commit whose outcome was unknown (the connection dropped while it committed) is
+    /// sent again by the writer: its operations then meet the primary key. So when a
+    /// version is taken, the batch is written again with each operation already stored
+    /// compared to ours: the same one means it went in before, and the rest of the batch
+    /// (upserts) is written again harmlessly; a different one is
+    /// [`StoreError::VersionTaken`], and nothing is written.
     async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError> {
+        match self.try_commit(&batch, false).await {
+            Ok(()) => Ok(()),
+            Err(Attempt::Failed(error)) => Err(error),
+            Err(Attempt::VersionTaken) => match self.try_commit(&batch, true).await {
+                Ok(()) => Ok(()),
+                Err(Attempt::Failed(error)) => Err(error),
+                Err(Attempt::VersionTaken) => {
+                    Err(StoreError::Backend("a version was taken and then was not".into()))
+                }
+            },
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Writes `batch` in one transaction; with `reconciling`, an operation whose version is
+    /// taken by the same operation is skipped, by another one refuses the batch.
+    async fn try_commit(&self, batch: &[DomainWrites], reconciling: bool) -> Result<(), Attempt> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg)?;
-        let mut decided = Decided::default();
-        for DomainWrites { domain, writes } in &batch {
+        let mut decided = Decided { reconciling, ..Decided::default() };
+        for DomainWrites { domain, writes } in batch {
             for write in writes {
                 match write {
                     Write::Commit(record) => decided.commit(domain, record),
@@ -574,13 +658,17 @@ impl ServerStore for PostgresStore {
             }
         }
         decided.flush(&txn).await?;
-        txn.commit().await.map_err(pg)
+        txn.commit().await.map_err(pg)?;
+        Ok(())
     }
 }
 
 /// Consecutive commits and refusals, inserted as one statement per table.
 #[derive(Default)]
 struct Decided {
+    /// Operations whose version is taken by the same operation are skipped (see
+    /// [`PostgresStore::commit`]).
+    reconciling: bool,
     domains: Vec<String>,
     models: Vec<String>,
     versions: Vec<i64>,
@@ -620,24 +708,33 @@ impl Decided {
         self.decisions.insert(key, (int(seq), encode(&decision)));
     }
 
-    async fn flush(&mut self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+    async fn flush(&mut self, txn: &Transaction<'_>) -> Result<(), Attempt> {
         if !self.versions.is_empty() {
             // The user of each operation is its replica's owner (bound durably before the
             // host commits under it).
-            let statement = txn
-                .prepare_cached(
-                    "INSERT INTO operations (domain, model, version, operation, user_id)
-                     SELECT o.domain, o.model, o.version, o.operation, r.owner
-                     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
-                          AS o(domain, model, version, operation, replica)
-                     LEFT JOIN replica_owners r
-                          ON r.domain = o.domain AND r.replica = o.replica",
-                )
-                .await
-                .map_err(pg)?;
+            let insert = "INSERT INTO operations (domain, model, version, operation, user_id)
+                 SELECT o.domain, o.model, o.version, o.operation, r.owner
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bigint[])
+                      AS o(domain, model, version, operation, replica)
+                 LEFT JOIN replica_owners r
+                      ON r.domain = o.domain AND r.replica = o.replica";
             let params: [&(dyn ToSql + Sync); 5] =
                 [&self.domains, &self.models, &self.versions, &self.operations, &self.replicas];
-            txn.execute(&statement, &params).await.map_err(pg)?;
+            if self.reconciling {
+                let statement = txn
+                    .prepare_cached(&format!("{insert} ON CONFLICT DO NOTHING"))
+                    .await
+                    .map_err(pg)?;
+                txn.execute(&statement, &params).await.map_err(pg)?;
+                self.check_stored(txn).await?;
+            } else {
+                let statement = txn.prepare_cached(insert).await.map_err(pg)?;
+                match txn.execute(&statement, &params).await {
+                    Ok(_) => {}
+                    Err(error) if version_taken(&error) => return Err(Attempt::VersionTaken),
+                    Err(error) => return Err(pg(error).into()),
+                }
+            }
         }
         if !self.decisions.is_empty() {
             let statement = txn
@@ -662,8 +759,37 @@ impl Decided {
                 [&columns.0, &columns.1, &columns.2, &columns.3, &columns.4];
             txn.execute(&statement, &params).await.map_err(pg)?;
         }
-        *self = Decided::default();
+        *self = Decided { reconciling: self.reconciling, ..Decided::default() };
         Ok(())
+    }
+
+    /// After inserting with conflicts skipped: every operation of ours must now be stored
+    /// as it is (a later statement, so it sees what other transactions committed meanwhile).
+    async fn check_stored(&self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        let statement = txn
+            .prepare_cached(
+                "SELECT o.domain, o.model, o.version
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[])
+                      AS o(domain, model, version, operation)
+                 JOIN operations s
+                      ON s.domain = o.domain AND s.model = o.model AND s.version = o.version
+                 WHERE s.operation <> o.operation
+                 LIMIT 1",
+            )
+            .await
+            .map_err(pg)?;
+        let params: [&(dyn ToSql + Sync); 4] =
+            [&self.domains, &self.models, &self.versions, &self.operations];
+        let Some(row) = txn.query_opt(&statement, &params).await.map_err(pg)? else {
+            return Ok(());
+        };
+        let (domain, model, version): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let model = ModelId::new(&model).map_err(|e| StoreError::CorruptRecord {
+            domain: domain.clone(),
+            model: None,
+            record: e.to_string(),
+        })?;
+        Err(StoreError::VersionTaken { domain, model, version: version as u64 })
     }
 }
 

@@ -56,6 +56,23 @@ pub fn shared() -> Option<Arc<TestPostgres>> {
     Some(started)
 }
 
+/// A cluster of the caller's own, for tests that restart it or kill its connections;
+/// `None` when PostgreSQL is absent and `CONCORD_SKIP_POSTGRES=1` says to skip.
+pub fn private() -> Option<TestPostgres> {
+    let Some(bin) = binaries() else {
+        if std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+            eprintln!("skipped: no PostgreSQL binaries (CONCORD_SKIP_POSTGRES=1)");
+            return None;
+        }
+        panic!(
+            "PostgreSQL is needed by this test and was not found: install it (Debian: apt-get \
+             install postgresql), point CONCORD_POSTGRES_BIN at its bin directory, or set \
+             CONCORD_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
+        );
+    };
+    Some(TestPostgres::start(bin))
+}
+
 fn binaries() -> Option<PathBuf> {
     let has_initdb = |dir: &Path| dir.join("initdb").is_file();
     if let Some(dir) = std::env::var_os("CONCORD_POSTGRES_BIN") {
@@ -123,22 +140,53 @@ impl TestPostgres {
                 .arg(&data)
                 .output(),
         );
+        cluster.pg_ctl("start", &[]);
+        cluster
+    }
+
+    /// Runs `pg_ctl <action>` on the cluster with its options, waiting until it is done.
+    fn pg_ctl(&self, action: &str, extra: &[&str]) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200",
-            cluster.dir.path().display()
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200",
+            self.port,
+            self.dir.path().display()
         );
         checked(
-            "pg_ctl start",
-            cluster
-                .command("pg_ctl")
+            &format!("pg_ctl {action}"),
+            self.command("pg_ctl")
                 .args(["-w", "-t", "60", "-o", &options, "-l"])
-                .arg(cluster.dir.path().join("log"))
+                .arg(self.dir.path().join("log"))
                 .arg("-D")
-                .arg(&data)
-                .arg("start")
+                .arg(self.dir.path().join("data"))
+                .args(extra)
+                .arg(action)
                 .output(),
         );
-        cluster
+    }
+
+    /// Restarts the cluster (`pg_ctl restart -m fast`: sessions are ended at once, what was
+    /// committed stays).
+    pub fn restart(&self) {
+        self.pg_ctl("restart", &["-m", "fast"]);
+    }
+
+    /// Stops the cluster (`-m fast`) until [`start_again`](Self::start_again).
+    pub fn stop(&self) {
+        self.pg_ctl("stop", &["-m", "fast"]);
+    }
+
+    pub fn start_again(&self) {
+        self.pg_ctl("start", &[]);
+    }
+
+    /// Ends every session connected to `database` (`pg_terminate_backend`), as an
+    /// administrator or a failing network would; returns how many there were.
+    pub fn terminate_connections(&self, database: &str) -> usize {
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        );
+        self.sql(&sql).parse().unwrap_or(0)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -164,9 +212,14 @@ impl TestPostgres {
     /// The URL of the database standing for the data dir `dir`: one per directory, so that
     /// a server restarted on the same directory finds what it stored.
     pub fn url_for_dir(&self, dir: &Path) -> String {
+        self.url(&Self::database_for_dir(dir))
+    }
+
+    /// The name of the database standing for the data dir `dir`.
+    pub fn database_for_dir(dir: &Path) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         dir.hash(&mut hasher);
-        self.url(&format!("d{:016x}", hasher.finish()))
+        format!("d{:016x}", hasher.finish())
     }
 
     /// Runs `sql` in the `postgres` database; panics if it fails.
