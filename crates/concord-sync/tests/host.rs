@@ -9,9 +9,9 @@ use concord_ot::{DiscreteOperation, Document, IdGenerator, Operation, OperationK
 use concord_ot::{ReferenceValue, ReplicaId, Value};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, Commit,
-    CreationNonce, ErrorCode, InFlight, KnownModel, ModelId, NewModel, OfflineUpdate,
-    PermissionGrants, Permissions, ReferenceChange, ReferenceKey, RequestId, ServerMessage,
-    ServerPush, ServerResponse, SessionId, SyncSubmission, Timestamp, User, UserId,
+    CreationNonce, ErrorCode, HistoryOperation, InFlight, KnownModel, ModelId, NewModel,
+    OfflineUpdate, PermissionGrants, Permissions, ReferenceChange, ReferenceKey, RequestId,
+    ServerMessage, ServerPush, ServerResponse, SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
@@ -113,6 +113,7 @@ impl Server {
                         _ => None,
                     })
                     .filter(|op| op.version > after && op.version <= through)
+                    .map(|operation| HistoryOperation { operation, user: None })
                     .collect())),
                 Read::ReplicaOwner { replica, claimant } => ReadResult::ReplicaOwner(Ok(self
                     .owners
@@ -156,6 +157,7 @@ fn stored(writes: &[Write], id: &ModelId) -> Loaded {
                     snapshot: snapshot.clone(),
                     operations: Vec::new(),
                     last_decisions: BTreeMap::new(),
+                    authors: BTreeMap::new(),
                 };
                 found = Some(stored);
             }
@@ -1050,6 +1052,7 @@ fn a_reference_too_far_back_or_without_its_history_is_refused_by_name() {
         snapshot,
         operations: Vec::new(),
         last_decisions: BTreeMap::new(),
+        authors: BTreeMap::new(),
     };
     let host = ModelHost::new(model("doc"), Loaded::Model(Box::new(stored)), server.config.clone());
     server.models.insert(model("doc"), host.unwrap());

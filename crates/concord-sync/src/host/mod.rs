@@ -32,9 +32,9 @@ use std::collections::BTreeMap;
 
 use concord_ot::{Document, Operation, ReplicaId};
 use concord_protocol::{
-    CollectionId, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot, NewModel,
-    PermissionGrants, Permissions, ReferenceChange, RequestId, ServerMessage, ServerPush,
-    SessionId, SyncSubmission, Timestamp, User, UserId,
+    Author, CollectionId, CommittedOperation, CreationNonce, HistoryOperation, Identity, InFlight,
+    ModelId, ModelSnapshot, NewModel, PermissionGrants, Permissions, ReferenceChange, RequestId,
+    ServerMessage, ServerPush, SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +161,8 @@ pub struct StoredModel {
     pub operations: Vec<CommittedOperation>,
     /// The last decided `(seq, decision)` of every replica that submitted to the model.
     pub last_decisions: BTreeMap<ReplicaId, (u64, Decision)>,
+    /// The user of each session that authored `operations`, where the store has it.
+    pub authors: BTreeMap<SessionId, UserId>,
 }
 
 /// What loading a model found.
@@ -214,6 +216,13 @@ pub enum Write {
     },
     PutUser {
         user: User,
+    },
+    /// A user's display name and email as the identity host knows them after a handshake,
+    /// replacing what was stored, and when they were learned: the newest are loaded back
+    /// within the identity limits.
+    PutIdentity {
+        identity: Identity,
+        seen: Timestamp,
     },
     /// `replica` belongs to `user` from now on, in the whole domain: nobody else may submit
     /// under it. Written once, at the replica's first use.
@@ -287,7 +296,8 @@ pub enum Read {
 /// The answer to a [`Read`]; a failed read carries the store's message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReadResult {
-    Operations(Result<Vec<CommittedOperation>, String>),
+    /// The operations asked for, each with its user where the store has it.
+    Operations(Result<Vec<HistoryOperation>, String>),
     Collection(Result<Option<CollectionConfig>, String>),
     ReplicaOwner(Result<UserId, String>),
 }
@@ -433,13 +443,30 @@ impl ModelRequest {
 /// next page starts after; `None` operations means the store lacks the history.
 pub fn replay_page(
     model: &ModelId,
-    operations: Vec<CommittedOperation>,
+    operations: Vec<HistoryOperation>,
     through: u64,
 ) -> Option<(ServerPush, Option<u64>)> {
-    let last_version = operations.last()?.version;
+    let last_version = operations.last()?.operation.version;
     let last = last_version >= through;
-    let push = ServerPush::ResyncPage { model: model.clone(), operations, last };
+    let mut authors = BTreeMap::new();
+    for stored in &operations {
+        if let Some(user) = &stored.user {
+            authors.insert(stored.operation.author.clone(), user.clone());
+        }
+    }
+    let operations = operations.into_iter().map(|stored| stored.operation).collect();
+    let push = ServerPush::ResyncPage {
+        model: model.clone(),
+        operations,
+        authors: authors_of(authors),
+        last,
+    };
     Some((push, (!last).then_some(last_version)))
+}
+
+/// A page's authors as sent.
+pub(crate) fn authors_of(authors: BTreeMap<SessionId, UserId>) -> Vec<Author> {
+    authors.into_iter().map(|(session, user)| Author { session, user }).collect()
 }
 
 pub(crate) fn reply(

@@ -1,13 +1,13 @@
 //! One model's server-side behaviour: open and auto-create, create, resync, submit,
 //! subscribe and catch-up, delete, permissions, collaborators and references.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use concord_ot::{ReferenceValue, ReplicaId};
 use concord_protocol::{
-    Collaborator, CollectionId, CommittedOperation, CreationNonce, ErrorCode, ErrorReply, InFlight,
-    ModelId, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
+    Author, Collaborator, CollectionId, CommittedOperation, CreationNonce, ErrorCode, ErrorReply,
+    InFlight, ModelId, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
     ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush, ServerRequest,
     ServerResponse, SessionId, SharedReference, Timestamp,
 };
@@ -23,7 +23,7 @@ use crate::sequencer::{
     CatchUp, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError, Submission,
     SubmitOutcome, model_bytes,
 };
-use concord_protocol::{User, UserId};
+use concord_protocol::{HistoryOperation, User, UserId};
 
 /// Why a stored model cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,9 +51,52 @@ struct Live {
     since_snapshot: u64,
     /// The index keys last written for the model (`None`: not since it was loaded).
     indexed: Option<Vec<(concord_query::Path, Vec<u8>)>>,
+    /// The user of each session that authored an operation held in memory, where known:
+    /// sent with resync pages, so that a client names users it never saw open the model.
+    authors: BTreeMap<SessionId, UserId>,
 }
 
 impl Live {
+    /// Puts operations read from the store in front of the in-memory window, with their users.
+    fn provide_history(&mut self, older: Vec<HistoryOperation>) {
+        let mut operations = Vec::with_capacity(older.len());
+        for stored in older {
+            if let Some(user) = stored.user {
+                self.authors.insert(stored.operation.author.clone(), user);
+            }
+            operations.push(stored.operation);
+        }
+        self.sequencer.provide_history(operations);
+    }
+
+    /// Drops history beyond the window again, and the authors only it named.
+    fn trim_history(&mut self) {
+        self.sequencer.trim_history();
+        self.forget_authors();
+    }
+
+    /// Forgets the users of sessions that authored none of the operations in memory, once
+    /// there may be some (there are more authors than operations).
+    fn forget_authors(&mut self) {
+        let held = self.sequencer.operations_since(self.sequencer.oldest_known_base());
+        let held = held.unwrap_or_default();
+        if self.authors.len() > held.len() {
+            let authoring: BTreeSet<&SessionId> = held.iter().map(|op| &op.author).collect();
+            self.authors.retain(|session, _| authoring.contains(session));
+        }
+    }
+
+    /// The authors of `operations` whose users are known, as a resync page sends them.
+    fn authors_of(&self, operations: &[CommittedOperation]) -> Vec<Author> {
+        let mut authors = BTreeMap::new();
+        for operation in operations {
+            if let Some(user) = self.authors.get(&operation.author) {
+                authors.insert(operation.author.clone(), user.clone());
+            }
+        }
+        super::authors_of(authors)
+    }
+
     fn permissions(&self, user: &User) -> Permissions {
         effective(user, self.record.creator.as_ref(), &self.record.grants, &self.collection)
     }
@@ -342,7 +385,7 @@ impl ModelHost {
                 let (replica, seq) = (submission.replica, submission.seq);
                 let outcome = match older {
                     Ok(older) => {
-                        live.sequencer.provide_history(older);
+                        live.provide_history(older);
                         let outcome = match live.sequencer.submit(submission, now) {
                             // The store lacks the history too: the base is older than the
                             // model keeps, for good.
@@ -352,7 +395,7 @@ impl ModelHost {
                             }
                             outcome => outcome,
                         };
-                        live.sequencer.trim_history();
+                        live.trim_history();
                         outcome
                     }
                     // A store failure is the server's: not the submission's fault, and
@@ -403,11 +446,11 @@ impl ModelHost {
                 match older {
                     Ok(older) => {
                         if let State::Live(live) = &mut self.state {
-                            live.sequencer.provide_history(older);
+                            live.provide_history(older);
                         }
                         self.reference(&from, change, false);
                         if let State::Live(live) = &mut self.state {
-                            live.sequencer.trim_history();
+                            live.trim_history();
                         }
                     }
                     Err(e) => {
@@ -822,6 +865,7 @@ impl ModelHost {
             collection: config,
             since_snapshot: 0,
             indexed: None,
+            authors: BTreeMap::new(),
         }));
         self.write_index();
         match after {
@@ -980,11 +1024,10 @@ impl ModelHost {
         }
         let in_flight_committed = in_flight.and_then(|f| live.sequencer.commit_of(f));
         let page = self.config.page.max(1);
-        let pages: Option<Vec<Vec<CommittedOperation>>> = live
-            .sequencer
-            .operations_since(known_version)
-            .ok()
-            .map(|ops| ops.chunks(page).map(<[_]>::to_vec).collect());
+        let pages: Option<Vec<(Vec<CommittedOperation>, Vec<Author>)>> =
+            live.sequencer.operations_since(known_version).ok().map(|ops| {
+                ops.chunks(page).map(|ops| (ops.to_vec(), live.authors_of(ops))).collect()
+            });
         self.join(now, from, permissions, attachment);
         if let Some(f) = in_flight {
             self.uses_replica(f.replica, from.conn);
@@ -1002,10 +1045,11 @@ impl ModelHost {
                 let count = pages.len().max(1);
                 let mut pages = pages.into_iter();
                 for n in 0..count {
-                    let operations = pages.next().unwrap_or_default();
+                    let (operations, authors) = pages.next().unwrap_or_default();
                     let push = ServerPush::ResyncPage {
                         model: model.clone(),
                         operations,
+                        authors,
                         last: n + 1 == count,
                     };
                     self.push(from.conn, push);
@@ -1154,6 +1198,8 @@ impl ModelHost {
                 self.write_index();
                 self.move_references(&operation.operation);
                 if let State::Live(live) = &mut self.state {
+                    live.authors.insert(operation.author.clone(), from.user.id.clone());
+                    live.forget_authors();
                     live.since_snapshot += 1;
                     if live.since_snapshot >= self.config.snapshot_every {
                         live.since_snapshot = 0;
@@ -1507,6 +1553,14 @@ fn restore(model: &ModelId, stored: StoredModel, config: &HostConfig) -> Result<
             error,
         })?;
     }
-    sequencer.trim_history();
-    Ok(Live { sequencer, record: stored.record, collection, since_snapshot, indexed: None })
+    let mut live = Live {
+        sequencer,
+        record: stored.record,
+        collection,
+        since_snapshot,
+        indexed: None,
+        authors: stored.authors,
+    };
+    live.trim_history();
+    Ok(live)
 }

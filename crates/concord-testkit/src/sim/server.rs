@@ -213,7 +213,7 @@ impl SimServer {
             let result = match read {
                 Read::Operations { after, through } => ReadResult::Operations(Ok(self
                     .durable
-                    .operations(&model, after, through, usize::MAX))),
+                    .operations_with_users(&model, after, through, usize::MAX))),
                 Read::Collection(collection) => {
                     ReadResult::Collection(Ok(self.durable.collection(&collection)))
                 }
@@ -353,7 +353,8 @@ impl SimServer {
         let mut pages = Vec::new();
         let mut from = after;
         loop {
-            let operations = self.durable.operations(model, from, through, self.config.page);
+            let operations =
+                self.durable.operations_with_users(model, from, through, self.config.page);
             let (push, next) = replay_page(model, operations, through).ok_or_else(|| {
                 format!("the store lacks operations ({from}, {through}] of {model}")
             })?;
