@@ -105,6 +105,8 @@ impl Connection {
                         if let Some(session) = &mut self.session {
                             session.handle_notice(notice);
                         }
+                        // A granted reference read goes back to its model.
+                        self.dispatch().await;
                         continue;
                     }
                     next = tokio::time::timeout_at(heard + silence, stream.next()) => match next {

@@ -15,8 +15,8 @@ use concord_protocol::{
 };
 use concord_sync::Decision;
 use concord_sync::host::{
-    ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
-    SessionHost, SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
+    ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Outgoing, Read, ReadResult, SessionHost,
+    SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
 };
 
 /// Hosts wired together, every job made durable at once, every read answered.
@@ -130,7 +130,7 @@ impl Server {
             notices.push(notice);
         }
         for notice in notices {
-            let Notice::Closed { conn, .. } = &notice;
+            let conn = &notice.conn();
             if let Some(session) = self.sessions.get_mut(conn) {
                 session.handle_notice(notice);
             }
@@ -1024,6 +1024,55 @@ fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
         other => panic!("expected one set at version 7, got {other:?}"),
     }
     assert_eq!(opened_references(&mut server, "carol"), vec![Some(ReferenceValue::Index(vec![8]))]);
+}
+
+#[test]
+fn what_one_session_makes_the_server_read_for_old_references_is_budgeted() {
+    let config = HostConfig { history_in_memory: 2, ..HostConfig::default() };
+    let mut server = Server::with_config(config);
+    let budget = SessionLimits {
+        max_reference_reads: 10,
+        reference_reads_per_second: 1,
+        ..Default::default()
+    };
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", budget);
+    let carol = server.connect("carol", budget);
+    create(&mut server, alice, "doc", None);
+    for conn in [alice, bob, carol] {
+        open(&mut server, conn, "doc");
+    }
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
+    for seq in 2..=21 {
+        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
+        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
+    }
+    // Memory holds the last two or three versions: a cursor as of version 11 needs seven or
+    // eight stored operations read, one as of version 1 more than bob's budget of ten.
+    let cursor = ReferenceKey { element: Some(text_id()), key: "cursor".into() };
+    let said = server.send(bob, cursor_change(1, 0));
+    assert_eq!(refused_reference(&said, bob), (cursor.clone(), ErrorCode::OVERLOADED));
+    let (_, message) = error_of(&said, bob);
+    assert!(message.contains("stored operations") && message.contains("at most 10"), "{message}");
+    assert!(relayed(&said, alice).is_empty(), "a refused reference changes nothing");
+    // Within the budget: read, moved and relayed; then the budget is spent.
+    let said = server.send(bob, cursor_change(11, 0));
+    assert!(matches!(relayed(&said, alice).as_slice(), [ReferenceChange::Set { version: 21, .. }]));
+    let said = server.send(bob, cursor_change(11, 1));
+    assert_eq!(refused_reference(&said, bob), (cursor.clone(), ErrorCode::OVERLOADED));
+    assert!(relayed(&said, alice).is_empty());
+    // The budget is per session: carol still has hers.
+    let said = server.send(carol, cursor_change(11, 0));
+    assert_eq!(relayed(&said, alice).len(), 1);
+    // Time refills bob's (one operation a second, up to ten).
+    server.now += 10_000;
+    let said = server.send(bob, cursor_change(11, 1));
+    assert_eq!(relayed(&said, alice).len(), 1);
+    // A reference at a version memory holds costs nothing.
+    for index in 0..5 {
+        let said = server.send(bob, cursor_change(21, index));
+        assert_eq!(relayed(&said, alice).len(), 1);
+    }
 }
 
 #[test]

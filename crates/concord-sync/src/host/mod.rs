@@ -276,6 +276,25 @@ pub enum Notice {
     /// `attachment` (an open that failed, a force close, a deletion); the session forgets it
     /// unless it attached the model again since.
     Closed { conn: ConnId, model: ModelId, attachment: u64 },
+    /// Moving the session's reference `change` forward needs `operations` stored
+    /// operations read: the session host grants them from its budget (sending the change
+    /// back with `read_granted`), or refuses the reference. `now` is the model host's time.
+    ReferenceRead {
+        conn: ConnId,
+        model: ModelId,
+        change: ReferenceChange,
+        operations: u64,
+        now: Timestamp,
+    },
+}
+
+impl Notice {
+    /// The connection whose session the notice is for.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Notice::Closed { conn, .. } | Notice::ReferenceRead { conn, .. } => *conn,
+        }
+    }
 }
 
 /// Something a model host needs from durable state before it goes on; answer with
@@ -361,8 +380,11 @@ pub enum ModelRequest {
         request: RequestId,
         grants: PermissionGrants,
     },
+    /// `read_granted`: the session host granted the store reads moving it forward needs
+    /// (after a [`Notice::ReferenceRead`]); without it the model host asks first.
     Reference {
         change: ReferenceChange,
+        read_granted: bool,
     },
     /// Reads the model's history (needs `read`); answered from the store.
     History {

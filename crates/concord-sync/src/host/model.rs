@@ -156,9 +156,22 @@ enum Waiting {
     /// A reference set at a version older than memory holds, waiting for the operations
     /// since then from the store.
     Reference {
+        now: Timestamp,
         from: SessionRef,
         change: ReferenceChange,
     },
+}
+
+/// Whether a reference change may have the model's operations read from the store to move
+/// it forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreRead {
+    /// Not yet: the session host is asked to grant it first.
+    Ask,
+    /// The session host granted it.
+    Granted,
+    /// Read already: what is still too old is refused.
+    Done,
 }
 
 /// How far back the server moves a reference through stored operations; one set at an
@@ -366,7 +379,10 @@ impl ModelHost {
             ModelRequest::SetPermissions { request, grants } => {
                 self.set_permissions(from, request, grants)
             }
-            ModelRequest::Reference { change } => self.reference(from, change, true),
+            ModelRequest::Reference { change, read_granted } => {
+                let read = if read_granted { StoreRead::Granted } else { StoreRead::Ask };
+                self.reference(now, from, change, read)
+            }
             ModelRequest::History { request, query } => self.history(from, request, query),
             ModelRequest::Disconnected => {
                 self.asked.remove(&from.conn);
@@ -442,13 +458,13 @@ impl ModelHost {
                 }
             }
             // An answer to a question not asked: nothing waits on it.
-            (Some(Waiting::Reference { from, change }), ReadResult::Operations(older)) => {
+            (Some(Waiting::Reference { now, from, change }), ReadResult::Operations(older)) => {
                 match older {
                     Ok(older) => {
                         if let State::Live(live) = &mut self.state {
                             live.provide_history(older);
                         }
-                        self.reference(&from, change, false);
+                        self.reference(now, &from, change, StoreRead::Done);
                         if let State::Live(live) = &mut self.state {
                             live.trim_history();
                         }
@@ -1380,7 +1396,14 @@ impl ModelHost {
     /// nothing.
     /// `may_read`: whether a value older than memory may wait for the store's operations
     /// (not again once they were read).
-    fn reference(&mut self, from: &SessionRef, change: ReferenceChange, may_read: bool) {
+    fn reference(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        change: ReferenceChange,
+        read: StoreRead,
+    ) {
+        let may_read = read != StoreRead::Done;
         if !self.open.contains_key(&from.conn) {
             return; // a reference on a model not open here has nobody to tell
         }
@@ -1407,8 +1430,19 @@ impl ModelHost {
                 if may_read && version - at <= MAX_REFERENCE_CATCH_UP =>
             {
                 let through = live.sequencer.oldest_known_base();
+                if read == StoreRead::Ask {
+                    // The session pays for what it makes the server read (its budget).
+                    self.notices.push_back(Notice::ReferenceRead {
+                        conn: from.conn,
+                        model: self.model.clone(),
+                        change,
+                        operations: through - at,
+                        now,
+                    });
+                    return;
+                }
                 let read = Read::Operations { after: at, through };
-                return self.wait(read, Waiting::Reference { from: from.clone(), change });
+                return self.wait(read, Waiting::Reference { now, from: from.clone(), change });
             }
             Err(e) => {
                 let e = match e {

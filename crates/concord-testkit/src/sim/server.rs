@@ -17,7 +17,7 @@ use concord_protocol::{
 };
 use concord_sync::host::{
     ActivityConfig, ActivityHost, ConnId, HostConfig, IdentityHost, IdentityLimits, Job, ModelHost,
-    ModelRequest, Notice, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult,
+    ModelRequest, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult,
     SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
 };
 
@@ -253,7 +253,7 @@ impl SimServer {
             self.pending.push_back(job);
         }
         while let Some(notice) = host.poll_notice() {
-            let Notice::Closed { conn, .. } = &notice;
+            let conn = &notice.conn();
             if let Some(session) = self.sessions.get_mut(conn) {
                 session.handle_notice(notice);
             }
