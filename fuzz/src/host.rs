@@ -45,6 +45,8 @@ pub const LIMITS: SessionLimits = SessionLimits {
     max_subscriptions: 2,
     max_references: 2,
     max_reference_bytes: 48,
+    max_reference_reads: 64,
+    reference_reads_per_second: 1,
 };
 
 fn host_config() -> HostConfig {

@@ -203,3 +203,112 @@ async fn a_refused_reference_is_named_in_its_event() -> anyhow::Result<()> {
     server.stop().await?;
     Ok(())
 }
+
+/// Waits for `count` remote changes on `events` and returns the user each named.
+async fn remote_change_users(
+    events: &mut concord_client::Events<ModelEvent>,
+    count: usize,
+) -> anyhow::Result<Vec<Option<UserId>>> {
+    let mut users = Vec::new();
+    while users.len() < count {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+            Some(ModelEvent::Changed { author: Some(_), user, .. }) => users.push(user),
+            Some(_) => {}
+            None => anyhow::bail!("events ended"),
+        }
+    }
+    Ok(users)
+}
+
+/// `user`, in a fresh domain (a session nobody has seen), types `edits` characters into
+/// `model`'s text, waits until the server has them all, and leaves.
+async fn type_as_stranger(
+    server: &RunningServer,
+    dir: &std::path::Path,
+    user: &str,
+    model: &concord_client::ModelId,
+    edits: usize,
+) -> anyhow::Result<()> {
+    let domain = connected(server, &dir.join(format!("{user}-stranger")), user).await?;
+    let opened = domain.models().open(model).await?;
+    let text = opened.root().get("text").await?.unwrap().as_string()?;
+    let mut last = None;
+    for _ in 0..edits {
+        last = Some(text.insert(0, "x").await?);
+    }
+    opened.acknowledged(last.expect("at least one edit")).await?;
+    drop(text);
+    opened.close();
+    domain.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_replayed_from_sessions_never_seen_name_their_user() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = ServerConfig::development(dir.path().join("server"), SECRET);
+    // A small window, so that a longer absence is replayed from the store.
+    config.history_in_memory = 4;
+    let server = Server::spawn(config.clone()).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let model = id("journal");
+    create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
+    let a = alice.models().open(&model).await?;
+    let mut a_events = a.events();
+
+    // Alice is offline while a user she never saw edits: a short absence is replayed from
+    // the server's memory, a long one (past its window) from the store.
+    for (user, edits) in [("carol", 3), ("dan", 12)] {
+        alice.disconnect().await?;
+        type_as_stranger(&server, dir.path(), user, &model, edits).await?;
+        alice.connect_with_jwt(token("alice")).await?;
+        let users = remote_change_users(&mut a_events, edits).await?;
+        assert_eq!(users, vec![Some(self::user(user)); edits], "replayed edits of {user}");
+    }
+
+    // After a restart the server loads the model with its operations' users.
+    alice.disconnect().await?;
+    type_as_stranger(&server, dir.path(), "erin", &model, 2).await?;
+    let addr = server.addr();
+    server.stop().await?;
+    config.bind = addr;
+    let server = Server::spawn(config).await?;
+    alice.connect_with_jwt(token("alice")).await?;
+    let users = remote_change_users(&mut a_events, 2).await?;
+    assert_eq!(users, vec![Some(user("erin")); 2], "replayed after a restart");
+    let text = a.root().get("text").await?.unwrap().as_string()?;
+    eventually("alice has every edit", || async { Ok(text.value().await?.len() == 17) }).await?;
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_survive_a_restart_of_the_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server_dir = dir.path().join("server");
+    let server = start_with_admin(&server_dir, "root").await?;
+    let alice = connect_named(&server, dir.path(), "alice", "Alice Liddell").await?;
+    // A reconnect token has no email: the one learned before is kept, and stored.
+    alice.disconnect().await?;
+    alice.connect_with_jwt(token("alice")).await?;
+    alice.close().await?;
+    let addr = server.addr();
+    server.stop().await?;
+
+    let mut config = ServerConfig::development(&server_dir, SECRET);
+    config.admins = BTreeSet::from([user("root")]);
+    config.bind = addr;
+    let server = Server::spawn(config).await?;
+    // Alice has not come back; bob and the admin still find her.
+    let bob = connect_named(&server, &dir.path().join("again"), "bob", "Bob").await?;
+    let found = bob.identity().user(&user("alice")).await?.expect("alice is known");
+    assert_eq!(found.display_name.as_deref(), Some("Alice Liddell"));
+    assert_eq!(found.email, None, "not bob's to see");
+    let by_name = bob.identity().search("alice").await?;
+    assert_eq!(by_name.iter().map(|i| i.user.0.as_str()).collect::<Vec<_>>(), ["alice"]);
+    let root = connect_named(&server, &dir.path().join("again"), "root", "Root").await?;
+    let by_admin = root.identity().user(&user("alice")).await?.expect("alice is known");
+    assert_eq!(by_admin.email.as_deref(), Some("alice@example.org"));
+    server.stop().await?;
+    Ok(())
+}

@@ -47,8 +47,8 @@ pub use ids::{
     UserId,
 };
 pub use payload::{
-    Auth, ClientInfo, Collaborator, Commit, CommittedOperation, HandshakeRejection, InFlight,
-    KnownModel, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
+    Auth, Author, ClientInfo, Collaborator, Commit, CommittedOperation, HandshakeRejection,
+    InFlight, KnownModel, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
     ReferenceChange, ReferenceKey, ServerLimits, Session, SharedReference, User,
 };
 pub use presence::{PresenceRequest, PresenceState, UserPresence};

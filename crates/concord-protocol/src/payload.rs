@@ -167,6 +167,14 @@ pub struct Collaborator {
     pub since: Timestamp,
 }
 
+/// The user of a session that authored operations: sent with the operations of a resync
+/// page, so that a client names the user of sessions it never heard of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Author {
+    pub session: SessionId,
+    pub user: UserId,
+}
+
 /// Names one shared reference of one session: its key, on an element or (without one) on
 /// the model itself.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -8,8 +8,9 @@ use crate::history::{HistoryInfo, HistoryPage};
 use crate::identity::Identity;
 use crate::ids::{ModelId, RequestId, SessionId, Timestamp, UserId};
 use crate::payload::{
-    Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate, OpenedModel,
-    PermissionGrants, Permissions, ReferenceChange, ReferenceKey, Session, SharedReference,
+    Author, Collaborator, Commit, CommittedOperation, HandshakeRejection, OfflineUpdate,
+    OpenedModel, PermissionGrants, Permissions, ReferenceChange, ReferenceKey, Session,
+    SharedReference,
 };
 use crate::presence::UserPresence;
 use crate::query::QueryPage;
@@ -106,8 +107,15 @@ pub enum ServerPush {
     RemoteOperation { model: ModelId, operation: CommittedOperation },
     /// Operations missed while disconnected, after a `Resync`; the page with `last` ends
     /// the replay (at the `current_version` of `ResyncStarted`). Later operations arrive as
-    /// `RemoteOperation`s.
-    ResyncPage { model: ModelId, operations: Vec<CommittedOperation>, last: bool },
+    /// `RemoteOperation`s. `authors` names the user of each session that authored
+    /// `operations`, where the server knows it (operations stored before the server kept
+    /// their users have none).
+    ResyncPage {
+        model: ModelId,
+        operations: Vec<CommittedOperation>,
+        authors: Vec<Author>,
+        last: bool,
+    },
     /// Catch-up and live updates of a model in the offline subscription set.
     OfflineUpdate { model: ModelId, update: OfflineUpdate },
     /// This session's permissions on an open or subscribed model changed.

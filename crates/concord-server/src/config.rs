@@ -146,6 +146,8 @@ impl ServerConfig {
             max_subscriptions: self.limits.max_subscriptions,
             max_references: self.limits.max_shared_references,
             max_reference_bytes: self.limits.max_reference_bytes,
+            max_reference_reads: self.limits.max_reference_reads,
+            reference_reads_per_second: self.limits.reference_reads_per_second,
         }
     }
 }
@@ -227,6 +229,11 @@ pub struct ConnectionLimits {
     pub max_shared_references: usize,
     /// Bytes one shared reference's key and value may take.
     pub max_reference_bytes: usize,
+    /// Stored operations one connection may make the server read at once to move
+    /// references set at old versions forward, refilled by `reference_reads_per_second`;
+    /// past it, such a reference is refused (`overloaded`).
+    pub max_reference_reads: u64,
+    pub reference_reads_per_second: u64,
     /// Messages queued for a client that does not read; past it, the connection is closed.
     pub max_queued_messages: usize,
     /// Bytes the server may hold for one connection: encoded messages waiting for their
@@ -253,6 +260,8 @@ impl Default for ConnectionLimits {
             max_subscriptions: 10_000,
             max_shared_references: 256,
             max_reference_bytes: 4_096,
+            max_reference_reads: 20_000,
+            reference_reads_per_second: 1_000,
             max_queued_messages: 4_096,
             max_queued_bytes: 64 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),

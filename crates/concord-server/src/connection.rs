@@ -117,6 +117,8 @@ impl Connection {
                         if let Some(session) = &mut self.session {
                             session.handle_notice(notice);
                         }
+                        // A granted reference read goes back to its model.
+                        self.dispatch().await;
                         continue;
                     }
                     next = tokio::time::timeout_at(heard + silence, stream.next()) => match next {
@@ -273,13 +275,14 @@ impl Connection {
         let session_ref =
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
         self.hub.ephemeral.connected(&self.domain, &session_ref, self.outbox.clone());
-        self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
+        self.hub.ephemeral.load_identities(&self.domain, &self.hub.store).await;
+        let identity = self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
-        let job = Job {
-            domain: self.domain.clone(),
-            writes: vec![Write::PutUser { user: user.clone() }],
-            ..Default::default()
-        };
+        let mut writes = vec![Write::PutUser { user: user.clone() }];
+        if let Some(identity) = identity {
+            writes.push(Write::PutIdentity { identity, seen: crate::model::now() });
+        }
+        let job = Job { domain: self.domain.clone(), writes, ..Default::default() };
         // The user record is bookkeeping; the handshake does not wait for it.
         let _ = self.hub.writer.submit(job).await;
         let accepted = Session {

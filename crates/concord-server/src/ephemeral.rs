@@ -2,7 +2,9 @@
 //! domain, shared by that domain's connections behind a lock (their work is a few map
 //! operations and no I/O), and the outboxes their messages go to. A domain's entry lives
 //! while it has a session. Each domain's [`IdentityHost`] (users' names and emails, bounded)
-//! outlives its sessions, for the server's run. Nothing here is stored.
+//! outlives its sessions: loaded from the store at the domain's first handshake, and what
+//! it learns is stored by the connection (`Write::PutIdentity`). Presence and activities
+//! are never stored.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +18,7 @@ use concord_sync::host::{
 };
 
 use crate::outbox::Outbox;
+use crate::store::Store;
 
 /// Domains whose identities are kept at once: past it, a domain with no session left loses
 /// its identities when another domain needs room (they are learned again at the next
@@ -56,17 +59,36 @@ impl Ephemeral {
         }
     }
 
-    /// A user authenticated on `domain` with these claims.
+    /// Loads `domain`'s stored identities (the newest, within the limits) unless they are
+    /// in memory already. A store that fails is logged: the domain then starts with the
+    /// identities learned from now on.
+    pub(crate) async fn load_identities(&self, domain: &Arc<str>, store: &Store) {
+        let loaded = {
+            let identities = self.identities.lock().unwrap_or_else(PoisonError::into_inner);
+            identities.contains_key(domain)
+        };
+        if loaded {
+            return;
+        }
+        match store.identities(domain, self.identity_limits.max_users).await {
+            // Another handshake may have loaded it meanwhile: then that one stays.
+            Ok(stored) => self.with_identities_restored(domain, stored, |_| ()),
+            Err(e) => tracing::error!(%domain, error = %e, "reading the stored identities failed"),
+        }
+    }
+
+    /// A user authenticated on `domain` with these claims. Returns the identity now known,
+    /// for the store.
     pub(crate) fn learn_identity(
         &self,
         domain: &Arc<str>,
         session: &SessionRef,
         email: Option<String>,
-    ) {
+    ) -> Option<Identity> {
         self.with_identities(domain, |host| {
             let user = &session.user;
             host.learn(user.id.clone(), user.display_name.clone(), email)
-        });
+        })
     }
 
     /// Answers `asker`'s identity request on `domain`.
@@ -80,6 +102,16 @@ impl Ephemeral {
     }
 
     fn with_identities<T>(&self, domain: &Arc<str>, f: impl FnOnce(&mut IdentityHost) -> T) -> T {
+        self.with_identities_restored(domain, Vec::new(), f)
+    }
+
+    /// `f` on `domain`'s identities, made from `stored` if the domain has none in memory.
+    fn with_identities_restored<T>(
+        &self,
+        domain: &Arc<str>,
+        stored: Vec<Identity>,
+        f: impl FnOnce(&mut IdentityHost) -> T,
+    ) -> T {
         // Lock order: identities, then domains (nothing takes them the other way round).
         let mut identities = self.identities.lock().unwrap_or_else(PoisonError::into_inner);
         if !identities.contains_key(domain) && identities.len() >= MAX_IDENTITY_DOMAINS {
@@ -90,9 +122,11 @@ impl Ephemeral {
                 identities.remove(&idle);
             }
         }
-        let host = identities
-            .entry(domain.clone())
-            .or_insert_with(|| IdentityHost::new(self.identity_limits, self.admins.clone()));
+        let host = identities.entry(domain.clone()).or_insert_with(|| {
+            let mut host = IdentityHost::new(self.identity_limits, self.admins.clone());
+            host.restore(stored);
+            host
+        });
         f(host)
     }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use concord_ot::ReplicaId;
 use concord_protocol::{ErrorCode, ErrorReply, Timestamp, UserId};
 use concord_sync::host::{
-    ConnId, HostConfig, Job as HostJob, ModelHost, ModelRequest, Notice, Outgoing, Read,
-    ReadResult, SessionRef,
+    ConnId, HostConfig, Job as HostJob, ModelHost, ModelRequest, Outgoing, Read, ReadResult,
+    SessionRef,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -233,7 +233,7 @@ impl ModelTask {
             self.job.deliveries.extend(resolved);
         }
         while let Some(notice) = self.host.poll_notice() {
-            let Notice::Closed { conn, .. } = notice;
+            let conn = notice.conn();
             if let Some(outbox) = self.outboxes.get(&conn) {
                 outbox.notice(notice.clone());
                 if !self.host.has_member(conn) {

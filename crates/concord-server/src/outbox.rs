@@ -69,8 +69,9 @@ pub(crate) struct Outbox {
     /// Cancelled to close the connection at once (it went past a bound, or the store
     /// failed), whatever is still queued.
     overflow: CancellationToken,
-    /// Model hosts' notices for the connection's session (at most one per attachment, so
-    /// bounded by what the session itself asked for).
+    /// Model hosts' notices for the connection's session (at most one closing per
+    /// attachment, and one reference read per reference change the session sent at an old
+    /// version: bounded by what the session itself asked for, and read before its frames).
     notices: mpsc::UnboundedSender<Notice>,
     /// Set when writes this connection waited on were lost (the store failed them): the
     /// session is told why, then closed, and its client resends what was not acknowledged.

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ErrorCode, ModelId, ModelSnapshot, ServerMessage,
-    Timestamp, UserId,
+    CollectionId, Commit, CommittedOperation, ErrorCode, HistoryOperation, Identity, ModelId,
+    ModelSnapshot, ServerMessage, Timestamp, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
@@ -76,14 +76,16 @@ use record::{Damage, seal, unseal};
 pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
     /// A model as stored, or whether it was deleted.
     async fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError>;
-    /// The committed operations in `(after, through]`, at most `limit` of them.
+    /// The committed operations in `(after, through]`, at most `limit` of them, each with
+    /// the user whose replica submitted it (`None` for operations stored before the store
+    /// kept users).
     async fn operations(
         &self,
         key: &ModelKey,
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<CommittedOperation>, StoreError>;
+    ) -> Result<Vec<HistoryOperation>, StoreError>;
     async fn collection(
         &self,
         domain: &str,
@@ -103,6 +105,11 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
         domain: &str,
         user: &UserId,
     ) -> Result<Option<concord_protocol::User>, StoreError>;
+    /// The identities stored in `domain` (`Write::PutIdentity`): the `max_users` learned
+    /// last, oldest first, so that an identity host restoring them in order keeps the
+    /// newest within its bounds.
+    async fn identities(&self, domain: &str, max_users: usize)
+    -> Result<Vec<Identity>, StoreError>;
     /// The answer to a history request the model host accepted (an error reply if the
     /// store fails).
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage;
@@ -146,9 +153,9 @@ fn failed_query(
 /// The format of the server's store; bumped on any change of a table or record. Format 1
 /// stored plain records and no replica owners; format 2 kept only each replica's last
 /// commit, not its refusals; format 3 kept no checkpoints and no operation users; format 4
-/// had no collection membership and no indexes (`query`); `migrate` brings them all to this
-/// one.
-const FORMAT_VERSION: u64 = 5;
+/// had no collection membership and no indexes (`query`); format 5 kept no identities;
+/// `migrate` brings them all to this one.
+const FORMAT_VERSION: u64 = 6;
 const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
@@ -172,6 +179,15 @@ const CHECKPOINTS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::
 /// `(domain, model, version)` → the user whose replica submitted that operation.
 const OPERATION_USERS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("operation_users");
+/// `(domain, user)` → the user's identity as last learned and when ([`StoredIdentity`]).
+const IDENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("identities");
+
+/// A user's display name and email as stored, with when they were learned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct StoredIdentity {
+    identity: Identity,
+    seen: i64,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -371,7 +387,18 @@ impl RedbStore {
         };
         let snapshot: ModelSnapshot = unseal(SNAPSHOTS.name(), &k, snapshot.value())
             .map_err(|damage| corrupt(domain, model, "its snapshot".into(), damage))?;
-        let operations = read_operations(&txn, key, snapshot.version, u64::MAX, usize::MAX)?;
+        let operations =
+            read_operations_with_users(&txn, key, snapshot.version, u64::MAX, usize::MAX)?;
+        let mut authors = BTreeMap::new();
+        let operations = operations
+            .into_iter()
+            .map(|stored| {
+                if let Some(user) = stored.user {
+                    authors.insert(stored.operation.author.clone(), user);
+                }
+                stored.operation
+            })
+            .collect();
         let table = txn.open_table(LAST_DECISIONS).map_err(backend)?;
         let mut last_decisions = BTreeMap::new();
         for entry in table.range((k.0, k.1, 0)..=(k.0, k.1, u64::MAX)).map_err(backend)? {
@@ -391,6 +418,7 @@ impl RedbStore {
             snapshot,
             operations,
             last_decisions,
+            authors,
         })))
     }
 
@@ -404,6 +432,19 @@ impl RedbStore {
     ) -> Result<Vec<CommittedOperation>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         read_operations(&txn, key, after, through, limit)
+    }
+
+    /// The committed operations in `(after, through]`, at most `limit` of them, each with
+    /// its user where stored.
+    pub(crate) fn operations_with_users(
+        &self,
+        key: &ModelKey,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryOperation>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        read_operations_with_users(&txn, key, after, through, limit)
     }
 
     pub(crate) fn collection(
@@ -452,6 +493,33 @@ impl RedbStore {
         }
     }
 
+    /// The `max_users` identities of `domain` learned last, oldest first.
+    pub(crate) fn identities(
+        &self,
+        domain: &str,
+        max_users: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(IDENTITIES).map_err(backend)?;
+        // The newest `max_users` by (seen, user), never more of them in memory.
+        let mut newest: BTreeMap<(i64, UserId), Identity> = BTreeMap::new();
+        let range = table.range((domain, "")..).map_err(backend)?;
+        for entry in range {
+            let (key, bytes) = entry.map_err(backend)?;
+            let (at, user) = key.value();
+            if at != domain {
+                break;
+            }
+            let stored: StoredIdentity = unseal(IDENTITIES.name(), &(at, user), bytes.value())
+                .map_err(|damage| corrupt(domain, None, format!("identity {user}"), damage))?;
+            newest.insert((stored.seen, stored.identity.user.clone()), stored.identity);
+            if newest.len() > max_users {
+                newest.pop_first();
+            }
+        }
+        Ok(newest.into_values().collect())
+    }
+
     /// Starts the writer thread over this store (see [`start_writer`]).
     #[cfg(test)]
     pub(crate) fn start_writer(
@@ -486,9 +554,9 @@ impl ServerStore for RedbStore {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<CommittedOperation>, StoreError> {
+    ) -> Result<Vec<HistoryOperation>, StoreError> {
         let (store, key) = (self.clone(), key.clone());
-        blocking(move || store.operations(&key, after, through, limit)).await
+        blocking(move || store.operations_with_users(&key, after, through, limit)).await
     }
 
     async fn collection(
@@ -516,6 +584,15 @@ impl ServerStore for RedbStore {
     ) -> Result<Option<concord_protocol::User>, StoreError> {
         let (store, domain, user) = (self.clone(), domain.to_owned(), user.clone());
         blocking(move || store.user(&domain, &user)).await
+    }
+
+    async fn identities(
+        &self,
+        domain: &str,
+        max_users: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let (store, domain) = (self.clone(), domain.to_owned());
+        blocking(move || store.identities(&domain, max_users)).await
     }
 
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
@@ -619,6 +696,7 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(INDEX_ENTRIES).map_err(backend)?;
     txn.open_table(MODEL_INDEX_KEYS).map_err(backend)?;
     txn.open_table(INDEXES).map_err(backend)?;
+    txn.open_table(IDENTITIES).map_err(backend)?;
     Ok(())
 }
 
@@ -718,6 +796,36 @@ fn read_operations(
                 corrupt(domain, Some(&key.model), format!("operation {version}"), damage)
             })?;
         out.push(operation);
+    }
+    Ok(out)
+}
+
+/// [`read_operations`], each with its user where stored.
+fn read_operations_with_users(
+    txn: &redb::ReadTransaction,
+    key: &ModelKey,
+    after: u64,
+    through: u64,
+    limit: usize,
+) -> Result<Vec<HistoryOperation>, StoreError> {
+    let operations = read_operations(txn, key, after, through, limit)?;
+    let (domain, model) = key.as_tuple();
+    let users = txn.open_table(OPERATION_USERS).map_err(backend)?;
+    let mut out = Vec::with_capacity(operations.len());
+    for operation in operations {
+        let k = (domain, model, operation.version);
+        let user = match users.get(k).map_err(backend)? {
+            Some(bytes) => {
+                Some(unseal::<_, UserId>(OPERATION_USERS.name(), &k, bytes.value()).map_err(
+                    |damage| {
+                        let record = format!("operation {}'s user", operation.version);
+                        corrupt(domain, Some(&key.model), record, damage)
+                    },
+                )?)
+            }
+            None => None,
+        };
+        out.push(HistoryOperation { operation, user });
     }
     Ok(out)
 }
@@ -913,6 +1021,7 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
         let mut replica_owners = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
         let mut operation_users = txn.open_table(OPERATION_USERS).map_err(backend)?;
+        let mut identities = txn.open_table(IDENTITIES).map_err(backend)?;
         let mut members = txn.open_table(COLLECTION_MODELS).map_err(backend)?;
         let mut indexes = IndexTables::open(&txn)?;
         for job in group {
@@ -1031,6 +1140,12 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                         users
                             .insert(k, seal(USERS.name(), &k, user).as_slice())
                             .map_err(backend)?;
+                    }
+                    Write::PutIdentity { identity, seen } => {
+                        let k = (domain, identity.user.0.as_str());
+                        let stored = StoredIdentity { identity: identity.clone(), seen: seen.0 };
+                        let sealed = seal(IDENTITIES.name(), &k, &stored);
+                        identities.insert(k, sealed.as_slice()).map_err(backend)?;
                     }
                     Write::BindReplica { replica, user } => {
                         // The first owner stays: a replica id never changes hands.

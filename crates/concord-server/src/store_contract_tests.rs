@@ -1,8 +1,8 @@
 //! The contract of [`ServerStore`], run on both backends. Every store format's scenario
-//! (the writes of formats 1 to 5, which the format tests check value by value on redb) is
+//! (the writes of formats 1 to 6, which the format tests check value by value on redb) is
 //! committed through the trait to a new redb store and to a new PostgreSQL database; then
 //! every read the server makes — loads, operation ranges, collections, replica owners,
-//! users, history answers and query answers — must come back the same from both. What only
+//! users, identities, history answers and query answers — must come back the same from both. What only
 //! PostgreSQL does (constraints, migrations, connecting) is tested after.
 
 use std::collections::BTreeSet;
@@ -18,7 +18,7 @@ use crate::test_postgres::{TestPostgres, shared};
 
 /// Every domain's writes of the format scenario, one commit per step.
 fn scenario() -> Vec<(&'static str, Vec<Write>)> {
-    v5::writes()
+    v6::writes()
 }
 
 async fn commit_all(store: &Store) {
@@ -150,6 +150,12 @@ async fn every_read(store: &Store) -> Vec<String> {
     }
     let config = Arc::new(HostConfig { indexes: v5::indexes(), ..HostConfig::default() });
     let domains: BTreeSet<&String> = names.models.iter().map(|(d, _)| d).collect();
+    for domain in domains.iter().copied().chain([&"nobody/here".to_owned()]) {
+        for max_users in [0, 1, 2, 100] {
+            let identities = store.identities(domain, max_users).await;
+            reads.push(format!("identities {domain} {max_users}: {identities:?}"));
+        }
+    }
     for domain in domains {
         for text in [
             "SELECT title FROM notes",
@@ -193,6 +199,7 @@ async fn both_backends_answer_every_read_of_the_format_scenario_alike() {
     let rows = expected.iter().filter(|r| r.contains("QueryResult") && r.contains("story")).count();
     assert!(rows >= 1, "a query finds story");
     assert!(expected.iter().any(|r| r.contains("HistoryPage") && r.contains("Some(UserId")));
+    assert!(expected.iter().any(|r| r.starts_with("identities") && r.contains("Ann B.")));
     // And what PostgreSQL holds is still there for a new connection, as for a restart.
     let reopened = postgres_store(&cluster, "contract").await;
     assert_eq!(every_read(&reopened).await, expected);
@@ -204,7 +211,7 @@ async fn redb_holds_what_the_format_tests_expect_when_written_through_the_trait(
     let store = redb_store(dir.path()).await;
     commit_all(&store).await;
     drop(store);
-    v5::check(&RedbStore::open_indexed(dir.path(), &v5::indexes()).unwrap());
+    v6::check(&RedbStore::open_indexed(dir.path(), &v5::indexes()).unwrap());
 }
 
 fn commit_at(model: &str, version: u64, seq: u64) -> Write {
@@ -235,7 +242,7 @@ async fn postgres_refuses_a_second_operation_at_one_version_and_keeps_nothing_of
     commit_all(&store).await;
     let doc = key("acme/notes", "doc");
     let before = store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
-    let last = before.last().expect("doc has operations").version;
+    let last = before.last().expect("doc has operations").operation.version;
     let newcomer = User { id: user("zed"), display_name: None, anonymous: false };
     let batch = vec![DomainWrites {
         domain: Arc::from("acme/notes"),
@@ -314,8 +321,14 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_du
     )
     .unwrap();
     let doc = key("acme/notes", "doc");
-    let last =
-        store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap().last().unwrap().version;
+    let last = store
+        .operations(&doc, 0, u64::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .operation
+        .version;
     let mut waits = Vec::new();
     for i in 1..=20 {
         let (done, wait) = tokio::sync::oneshot::channel();
@@ -336,7 +349,7 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_du
     }
     let after = store.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap();
     assert_eq!(
-        after.iter().map(|o| o.version).collect::<Vec<_>>(),
+        after.iter().map(|o| o.operation.version).collect::<Vec<_>>(),
         (last + 1..=last + 20).collect::<Vec<_>>()
     );
     drop(writer);

@@ -5,7 +5,8 @@
 //! snapshots, the operation log, the last commit per replica, a deleted id, collections and
 //! users, in two domains; from format 2 on, replicas bound to users too; from format 3 on,
 //! submissions refused for good; from format 4 on, checkpoints and the users of operations;
-//! from format 5 on, each collection's models and an index (on `n` in `notes`).
+//! from format 5 on, each collection's models and an index (on `n` in `notes`); from format
+//! 6 on, users' identities.
 //! For every format up to the current one (the version a new
 //! store records) a fixture must exist; the test opens a copy through [`RedbStore`], checks that the
 //! file then records the current format, and compares everything it reads with the values
@@ -89,12 +90,16 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
         if version < 5 {
             v5::check_migrated(&store);
         }
+        if version < 6 {
+            v6::check_migrated(&store);
+        }
         match version {
             1 => v1::check(&store),
             2 => v2::check(&store),
             3 => v3::check(&store),
             4 => v4::check(&store),
             5 => v5::check(&store),
+            6 => v6::check(&store),
             _ => panic!("write out what the format {version} fixture holds"),
         }
         drop(store);
@@ -106,10 +111,10 @@ fn every_format_has_a_fixture_that_reads_as_expected() {
 
 #[tokio::test]
 async fn the_generator_writes_what_the_current_fixture_holds() {
-    assert_eq!(current_format(), 5, "write and check the new format's contents here");
+    assert_eq!(current_format(), 6, "write and check the new format's contents here");
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path()).await;
-    v5::check(&RedbStore::open_indexed(dir.path(), &v5::indexes()).unwrap());
+    v6::check(&RedbStore::open_indexed(dir.path(), &v5::indexes()).unwrap());
 }
 
 /// Writes the current format's contents through the store's writer.
@@ -119,7 +124,7 @@ async fn write_store(dir: &Path) {
     // Each step is made durable before the next is queued, so that each is one transaction
     // whatever the timing (the writer groups what is queued meanwhile): the file comes out
     // the same every run.
-    for (domain, writes) in v5::writes() {
+    for (domain, writes) in v6::writes() {
         writer.submit(Job { domain: Arc::from(domain), writes, ..Job::default() }).await.unwrap();
         writer.flush().await.unwrap();
     }
@@ -847,6 +852,55 @@ mod v5 {
             QueryData::All(_) => None,
         };
         assert_eq!(n, Some(ValueData::Number(5.0)));
+    }
+}
+
+/// Format 6: users' identities (display name, email, when learned) are kept. It holds what
+/// format 5 held, and identities in both domains, one of them learned twice.
+mod v6 {
+    use concord_protocol::Identity;
+
+    use super::*;
+
+    const NOTES: &str = "acme/notes";
+    const OTHER: &str = "other/main";
+
+    fn identity(id: &str, name: &str, email: Option<&str>) -> Identity {
+        Identity {
+            user: user(id),
+            display_name: Some(name.into()),
+            email: email.map(str::to_owned),
+        }
+    }
+
+    fn put(identity: Identity, seen: i64) -> Write {
+        Write::PutIdentity { identity, seen: Timestamp(1_700_000_300_000 + seen) }
+    }
+
+    pub(super) fn writes() -> Vec<(&'static str, Vec<Write>)> {
+        let mut steps = v5::writes();
+        steps.push((NOTES, vec![put(identity("ann", "Ann", Some("ann@example.org")), 1)]));
+        steps.push((NOTES, vec![put(identity("bob", "Bob", None), 2)]));
+        steps.push((NOTES, vec![put(identity("ann", "Ann B.", Some("ann@example.org")), 3)]));
+        steps.push((OTHER, vec![put(identity("cay", "Cay", Some("cay@example.org")), 0)]));
+        steps
+    }
+
+    /// An older store once migrated: no identities yet.
+    pub(super) fn check_migrated(store: &RedbStore) {
+        assert!(store.identities(NOTES, 100).unwrap().is_empty());
+    }
+
+    pub(super) fn check(store: &RedbStore) {
+        v5::check(store);
+        let ann = identity("ann", "Ann B.", Some("ann@example.org"));
+        let bob = identity("bob", "Bob", None);
+        assert_eq!(store.identities(NOTES, 100).unwrap(), [bob, ann.clone()], "oldest first");
+        assert_eq!(store.identities(NOTES, 1).unwrap(), [ann], "the newest within the bound");
+        let cay = identity("cay", "Cay", Some("cay@example.org"));
+        assert_eq!(store.identities(OTHER, 100).unwrap(), [cay]);
+        assert!(store.identities("nobody/here", 100).unwrap().is_empty());
+        assert!(store.identities(NOTES, 0).unwrap().is_empty());
     }
 }
 

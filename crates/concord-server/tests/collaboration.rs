@@ -503,3 +503,47 @@ async fn a_reference_older_than_memory_is_moved_through_the_stored_operations() 
     server.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_references_past_the_sessions_read_budget_are_refused_by_name() -> anyhow::Result<()> {
+    use concord_ot::PathSegment;
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path(), |config| {
+        config.history_in_memory = 2;
+        config.limits.max_reference_reads = 3;
+        config.limits.reference_reads_per_second = 1;
+    })
+    .await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "world").await?;
+    let snapshot = open(&mut alice, "doc").await?;
+    let mut editor = Editor::new(model("doc"), ReplicaId(1), &snapshot);
+    let mut bob = connect(&server, "bob").await?;
+    open(&mut bob, "doc").await?;
+    let body = snapshot.data.element_at(&[PathSegment::Key("body".into())]).unwrap();
+    for _ in 0..6 {
+        let typed = insert(&editor.document, 0, "-");
+        commit(&mut alice, &mut editor, typed).await?;
+    }
+    // Moving a cursor from version 0 needs four or five stored operations read: more than
+    // bob's session may make the server read.
+    bob.send(&cursor(body, 2, 0)).await?;
+    let refused = bob.push(|p| match p {
+        ServerPush::ReferenceRefused { reference, error, .. } => {
+            Some((reference.key.clone(), error.code, error.message.clone()))
+        }
+        _ => None,
+    });
+    let (key, code, message) = refused.await?;
+    assert_eq!((key.as_str(), code), ("c", ErrorCode::OVERLOADED));
+    assert!(message.contains("at most 3"), "{message}");
+    // At the current version it is taken, and alice hears only that.
+    bob.send(&cursor(body, 2, 6)).await?;
+    let relayed = alice.push(|p| match p {
+        ServerPush::RemoteReference { change, .. } => Some(change.clone()),
+        _ => None,
+    });
+    assert!(matches!(relayed.await?, concord_protocol::ReferenceChange::Set { version: 6, .. }));
+    server.stop().await?;
+    Ok(())
+}

@@ -1620,9 +1620,12 @@ impl ClientEngine {
             ServerPush::RemoteOperation { model, operation } => {
                 self.apply_remote(&model, operation);
             }
-            ServerPush::ResyncPage { model, operations, last } => {
+            ServerPush::ResyncPage { model, operations, authors, last } => {
                 if self.models.get(&model).is_none_or(|m| m.link != Link::Replaying) {
                     return;
+                }
+                for author in &authors {
+                    self.authors.remember(&author.session, &author.user);
                 }
                 for operation in operations {
                     if !self.apply_remote(&model, operation) {

@@ -170,6 +170,7 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
                 ServerMessage::Push(ServerPush::ResyncPage {
                     model,
                     operations: vec![],
+                    authors: vec![],
                     last: true,
                 }),
             ],
@@ -188,6 +189,7 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
                     ServerMessage::Push(ServerPush::ResyncPage {
                         model: model.clone(),
                         operations: vec![],
+                        authors: vec![],
                         last: true,
                     }),
                 ];

@@ -75,7 +75,12 @@ fn a_change_is_stored_then_sent_then_acknowledged() -> Result<()> {
     let data = snapshot.data.clone();
     let mut server = Sequencer::new(model.clone(), snapshot, BTreeMap::new(), 10);
     // The resync finds nothing missed.
-    let last_page = ServerPush::ResyncPage { model: model.clone(), operations: vec![], last: true };
+    let last_page = ServerPush::ResyncPage {
+        model: model.clone(),
+        operations: vec![],
+        authors: vec![],
+        last: true,
+    };
     engine.handle_message(Time::ZERO, ServerMessage::Push(last_page));
     while engine.poll_transmit(Time::ZERO).is_some() {}
     while engine.poll_event().is_some() {}
@@ -149,8 +154,12 @@ fn a_protocol_violation_releases_the_model_for_a_reload_from_the_store() -> Resu
         timestamp: Timestamp(1),
         operation: DiscreteOperation::new(n, OperationKind::NumberSet { value: 3.0 }).into(),
     };
-    let page =
-        ServerPush::ResyncPage { model: model.clone(), operations: vec![operation], last: true };
+    let page = ServerPush::ResyncPage {
+        model: model.clone(),
+        operations: vec![operation],
+        authors: vec![],
+        last: true,
+    };
     engine.handle_message(Time::ZERO, ServerMessage::Push(page));
     let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
     assert!(events.iter().any(|e| matches!(

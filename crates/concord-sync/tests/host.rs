@@ -9,14 +9,14 @@ use concord_ot::{DiscreteOperation, Document, IdGenerator, Operation, OperationK
 use concord_ot::{ReferenceValue, ReplicaId, Value};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, Commit,
-    CreationNonce, ErrorCode, InFlight, KnownModel, ModelId, NewModel, OfflineUpdate,
-    PermissionGrants, Permissions, ReferenceChange, ReferenceKey, RequestId, ServerMessage,
-    ServerPush, ServerResponse, SessionId, SyncSubmission, Timestamp, User, UserId,
+    CreationNonce, ErrorCode, HistoryOperation, InFlight, KnownModel, ModelId, NewModel,
+    OfflineUpdate, PermissionGrants, Permissions, ReferenceChange, ReferenceKey, RequestId,
+    ServerMessage, ServerPush, ServerResponse, SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
-    ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Notice, Outgoing, Read, ReadResult,
-    SessionHost, SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
+    ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Outgoing, Read, ReadResult, SessionHost,
+    SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
 };
 
 /// Hosts wired together, every job made durable at once, every read answered.
@@ -113,6 +113,7 @@ impl Server {
                         _ => None,
                     })
                     .filter(|op| op.version > after && op.version <= through)
+                    .map(|operation| HistoryOperation { operation, user: None })
                     .collect())),
                 Read::ReplicaOwner { replica, claimant } => ReadResult::ReplicaOwner(Ok(self
                     .owners
@@ -129,7 +130,7 @@ impl Server {
             notices.push(notice);
         }
         for notice in notices {
-            let Notice::Closed { conn, .. } = &notice;
+            let conn = &notice.conn();
             if let Some(session) = self.sessions.get_mut(conn) {
                 session.handle_notice(notice);
             }
@@ -156,6 +157,7 @@ fn stored(writes: &[Write], id: &ModelId) -> Loaded {
                     snapshot: snapshot.clone(),
                     operations: Vec::new(),
                     last_decisions: BTreeMap::new(),
+                    authors: BTreeMap::new(),
                 };
                 found = Some(stored);
             }
@@ -1025,6 +1027,55 @@ fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
 }
 
 #[test]
+fn what_one_session_makes_the_server_read_for_old_references_is_budgeted() {
+    let config = HostConfig { history_in_memory: 2, ..HostConfig::default() };
+    let mut server = Server::with_config(config);
+    let budget = SessionLimits {
+        max_reference_reads: 10,
+        reference_reads_per_second: 1,
+        ..Default::default()
+    };
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", budget);
+    let carol = server.connect("carol", budget);
+    create(&mut server, alice, "doc", None);
+    for conn in [alice, bob, carol] {
+        open(&mut server, conn, "doc");
+    }
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
+    for seq in 2..=21 {
+        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
+        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
+    }
+    // Memory holds the last two or three versions: a cursor as of version 11 needs seven or
+    // eight stored operations read, one as of version 1 more than bob's budget of ten.
+    let cursor = ReferenceKey { element: Some(text_id()), key: "cursor".into() };
+    let said = server.send(bob, cursor_change(1, 0));
+    assert_eq!(refused_reference(&said, bob), (cursor.clone(), ErrorCode::OVERLOADED));
+    let (_, message) = error_of(&said, bob);
+    assert!(message.contains("stored operations") && message.contains("at most 10"), "{message}");
+    assert!(relayed(&said, alice).is_empty(), "a refused reference changes nothing");
+    // Within the budget: read, moved and relayed; then the budget is spent.
+    let said = server.send(bob, cursor_change(11, 0));
+    assert!(matches!(relayed(&said, alice).as_slice(), [ReferenceChange::Set { version: 21, .. }]));
+    let said = server.send(bob, cursor_change(11, 1));
+    assert_eq!(refused_reference(&said, bob), (cursor.clone(), ErrorCode::OVERLOADED));
+    assert!(relayed(&said, alice).is_empty());
+    // The budget is per session: carol still has hers.
+    let said = server.send(carol, cursor_change(11, 0));
+    assert_eq!(relayed(&said, alice).len(), 1);
+    // Time refills bob's (one operation a second, up to ten).
+    server.now += 10_000;
+    let said = server.send(bob, cursor_change(11, 1));
+    assert_eq!(relayed(&said, alice).len(), 1);
+    // A reference at a version memory holds costs nothing.
+    for index in 0..5 {
+        let said = server.send(bob, cursor_change(21, index));
+        assert_eq!(relayed(&said, alice).len(), 1);
+    }
+}
+
+#[test]
 fn a_reference_too_far_back_or_without_its_history_is_refused_by_name() {
     use concord_sync::host::{MAX_REFERENCE_CATCH_UP, ModelRecord};
     // A model at a version far past anything in memory or in the (empty) store.
@@ -1050,6 +1101,7 @@ fn a_reference_too_far_back_or_without_its_history_is_refused_by_name() {
         snapshot,
         operations: Vec::new(),
         last_decisions: BTreeMap::new(),
+        authors: BTreeMap::new(),
     };
     let host = ModelHost::new(model("doc"), Loaded::Model(Box::new(stored)), server.config.clone());
     server.models.insert(model("doc"), host.unwrap());

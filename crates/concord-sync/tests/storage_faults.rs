@@ -88,7 +88,12 @@ impl Server {
                 let operations = self.sequencer.operations_since(known_version)?.to_vec();
                 vec![
                     ServerMessage::Response { to: id, response },
-                    ServerMessage::Push(ServerPush::ResyncPage { model, operations, last: true }),
+                    ServerMessage::Push(ServerPush::ResyncPage {
+                        model,
+                        operations,
+                        authors: vec![],
+                        last: true,
+                    }),
                 ]
             }
             ClientMessage::Notice(ClientNotice::Submit {

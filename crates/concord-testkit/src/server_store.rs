@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ModelId, ModelSnapshot, User, UserId,
+    CollectionId, Commit, CommittedOperation, Identity, ModelId, ModelSnapshot, User, UserId,
 };
 use concord_protocol::{HistoryOperation, ServerMessage, Timestamp};
 use concord_query::{Direction, IndexScan, Path};
@@ -33,6 +33,8 @@ pub struct MemoryServerStore {
     checkpoints: BTreeMap<ModelId, BTreeMap<u64, ModelSnapshot>>,
     /// The user of each committed operation, by model and version.
     operation_users: BTreeMap<ModelId, BTreeMap<u64, UserId>>,
+    /// Each user's identity as last learned, and when (`Write::PutIdentity`).
+    identities: BTreeMap<UserId, (Identity, Timestamp)>,
     /// Each model's keys in its collection's indexes (`Write::IndexModel`).
     index_keys: BTreeMap<ModelId, Vec<(Path, Vec<u8>)>>,
 }
@@ -95,6 +97,9 @@ impl MemoryServerStore {
             Write::PutUser { user } => {
                 self.users.insert(user.id.clone(), user.clone());
             }
+            Write::PutIdentity { identity, seen } => {
+                self.identities.insert(identity.user.clone(), (identity.clone(), *seen));
+            }
             Write::BindReplica { replica, user } => {
                 self.replica_owners.entry(*replica).or_insert_with(|| user.clone());
             }
@@ -106,13 +111,44 @@ impl MemoryServerStore {
             return Loaded::Absent { deleted: self.deleted.contains(model) };
         };
         let operations = self.operations(model, snapshot.version, u64::MAX, usize::MAX);
+        let users = self.operation_users.get(model);
+        let authors = operations
+            .iter()
+            .filter_map(|op| Some((op.author.clone(), users?.get(&op.version)?.clone())))
+            .collect();
         Loaded::Model(Box::new(StoredModel {
             record: record.clone(),
             collection: self.collections.get(&record.collection).cloned(),
             snapshot: snapshot.clone(),
             operations,
             last_decisions: self.replicas.get(model).cloned().unwrap_or_default(),
+            authors,
         }))
+    }
+
+    /// The identity stored for `user`, and when it was learned.
+    pub fn identity(&self, user: &UserId) -> Option<&(Identity, Timestamp)> {
+        self.identities.get(user)
+    }
+
+    /// The committed operations in `(after, through]`, at most `limit` of them, each with
+    /// its user where stored.
+    pub fn operations_with_users(
+        &self,
+        model: &ModelId,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Vec<HistoryOperation> {
+        let users = self.operation_users.get(model);
+        let operations = self.operations(model, after, through, limit);
+        operations
+            .into_iter()
+            .map(|operation| {
+                let user = users.and_then(|u| u.get(&operation.version)).cloned();
+                HistoryOperation { operation, user }
+            })
+            .collect()
     }
 
     /// The committed operations in `(after, through]`, at most `limit` of them.
@@ -220,15 +256,7 @@ impl HistorySource for StoredHistory<'_> {
         through: u64,
         limit: usize,
     ) -> Result<Vec<HistoryOperation>, String> {
-        let users = self.store.operation_users.get(self.model);
-        let operations = self.store.operations(self.model, after, through, limit);
-        Ok(operations
-            .into_iter()
-            .map(|operation| {
-                let user = users.and_then(|u| u.get(&operation.version)).cloned();
-                HistoryOperation { operation, user }
-            })
-            .collect())
+        Ok(self.store.operations_with_users(self.model, after, through, limit))
     }
 
     fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {

@@ -109,6 +109,13 @@ pub(crate) struct Settings {
     /// Bytes one shared reference's key and value may take [default: 4096]
     #[arg(long, env = "CONCORD_MAX_REFERENCE_BYTES", value_name = "BYTES")]
     pub(crate) max_reference_bytes: Option<usize>,
+    /// Stored operations one connection may make the server read at once to move references
+    /// set at old versions forward [default: 20000]
+    #[arg(long, env = "CONCORD_MAX_REFERENCE_READS", value_name = "N")]
+    pub(crate) max_reference_reads: Option<u64>,
+    /// How many of those reads a connection earns back each second [default: 1000]
+    #[arg(long, env = "CONCORD_REFERENCE_READS_PER_SECOND", value_name = "N")]
+    pub(crate) reference_reads_per_second: Option<u64>,
     /// Connections served at once; more are closed as soon as accepted [default: 10000]
     #[arg(long, env = "CONCORD_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
@@ -291,6 +298,8 @@ pub(crate) struct Config {
     pub(crate) max_model_bytes: u64,
     pub(crate) max_shared_references: usize,
     pub(crate) max_reference_bytes: usize,
+    pub(crate) max_reference_reads: u64,
+    pub(crate) reference_reads_per_second: u64,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_address: usize,
     pub(crate) header_read_timeout_secs: u64,
@@ -344,6 +353,8 @@ impl Default for Config {
             max_model_bytes: server.max_model_bytes,
             max_shared_references: limits.max_shared_references,
             max_reference_bytes: limits.max_reference_bytes,
+            max_reference_reads: limits.max_reference_reads,
+            reference_reads_per_second: limits.reference_reads_per_second,
             max_connections: server.max_connections,
             max_connections_per_address: server.max_connections_per_address,
             header_read_timeout_secs: limits.header_read_timeout.as_secs(),
@@ -405,6 +416,8 @@ impl Config {
                 .unwrap_or(defaults.max_model_bytes.min(max_queued_bytes as u64 / 2)),
             max_shared_references: pick!(max_shared_references),
             max_reference_bytes: pick!(max_reference_bytes),
+            max_reference_reads: pick!(max_reference_reads),
+            reference_reads_per_second: pick!(reference_reads_per_second),
             max_connections: pick!(max_connections),
             max_connections_per_address: pick!(max_connections_per_address),
             header_read_timeout_secs: pick!(header_read_timeout_secs),
@@ -509,6 +522,8 @@ impl Config {
             max_queued_bytes: self.max_queued_bytes,
             max_shared_references: self.max_shared_references,
             max_reference_bytes: self.max_reference_bytes,
+            max_reference_reads: self.max_reference_reads,
+            reference_reads_per_second: self.reference_reads_per_second,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
         };

@@ -213,6 +213,10 @@ pub fn committed_operation() -> impl Strategy<Value = CommittedOperation> {
     )
 }
 
+pub fn author() -> impl Strategy<Value = Author> {
+    (session_id(), user_id()).prop_map(|(session, user)| Author { session, user })
+}
+
 pub fn collaborator() -> impl Strategy<Value = Collaborator> {
     (session_id(), user_id(), timestamp()).prop_map(|(session, user, since)| Collaborator {
         session,
@@ -641,8 +645,13 @@ pub fn server_push() -> impl Strategy<Value = ServerPush> {
         }),
         (model_id(), committed_operation())
             .prop_map(|(model, operation)| RemoteOperation { model, operation }),
-        (model_id(), vec(committed_operation(), 0..3), any::<bool>())
-            .prop_map(|(model, operations, last)| ResyncPage { model, operations, last }),
+        (model_id(), vec(committed_operation(), 0..3), vec(author(), 0..3), any::<bool>())
+            .prop_map(|(model, operations, authors, last)| ResyncPage {
+                model,
+                operations,
+                authors,
+                last
+            }),
         (model_id(), offline_update()).prop_map(|(model, update)| OfflineUpdate { model, update }),
         (model_id(), permissions())
             .prop_map(|(model, permissions)| PermissionsChanged { model, permissions }),

@@ -4,7 +4,7 @@
 
 use concord_protocol::CollectionId;
 use concord_protocol::{
-    CommittedOperation, HistoryOperation, ModelSnapshot, ServerMessage, Timestamp, UserId,
+    CommittedOperation, HistoryOperation, ModelSnapshot, ServerMessage, Timestamp,
 };
 use concord_sync::host::{
     CollectionConfig, HistoryRead, HistorySource, QueryEntry, QuerySource, history_reply,
@@ -12,8 +12,7 @@ use concord_sync::host::{
 use redb::{ReadTransaction, ReadableDatabase, TableHandle};
 
 use super::{
-    CHECKPOINTS, OPERATION_USERS, OPERATIONS, RedbStore, StoreError, backend, read_operations,
-    unseal,
+    CHECKPOINTS, OPERATIONS, RedbStore, StoreError, backend, read_operations_with_users, unseal,
 };
 use crate::types::ModelKey;
 
@@ -78,26 +77,7 @@ impl HistorySource for StoredHistory<'_> {
         through: u64,
         limit: usize,
     ) -> Result<Vec<HistoryOperation>, String> {
-        let operations: Vec<CommittedOperation> =
-            read_operations(&self.txn, self.key, after, through, limit).map_err(message)?;
-        let (domain, model) = self.key.as_tuple();
-        let users = self.txn.open_table(OPERATION_USERS).map_err(message)?;
-        let mut out = Vec::with_capacity(operations.len());
-        for operation in operations {
-            let k = (domain, model, operation.version);
-            let user = match users.get(k).map_err(|e| message(backend(e)))? {
-                Some(bytes) => {
-                    Some(unseal::<_, UserId>(OPERATION_USERS.name(), &k, bytes.value()).map_err(
-                        |damage| {
-                            self.damaged(format!("operation {}'s user", operation.version), damage)
-                        },
-                    )?)
-                }
-                None => None,
-            };
-            out.push(HistoryOperation { operation, user });
-        }
-        Ok(out)
+        read_operations_with_users(&self.txn, self.key, after, through, limit).map_err(message)
     }
 
     fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {

@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use concord_ot::{Document, ReplicaId};
 use concord_protocol::{
-    CollectionId, CommittedOperation, HistoryOperation, ModelId, ModelSnapshot, ServerMessage,
-    Timestamp, User, UserId,
+    CollectionId, CommittedOperation, HistoryOperation, Identity, ModelId, ModelSnapshot,
+    ServerMessage, Timestamp, User, UserId,
 };
 use concord_query::{IndexKey, IndexScan, KeyBounds, Path};
 use concord_sync::host::{
@@ -46,7 +46,8 @@ use super::{DomainWrites, ServerStore, StoreError, StoredDecision, failed_histor
 use crate::types::ModelKey;
 
 /// The schema migrations, in order: schema `n` is the first `n` of them applied.
-const MIGRATIONS: &[&str] = &[include_str!("postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("postgres/0001_initial.sql"), include_str!("postgres/0002_identities.sql")];
 
 /// The schema this server writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -508,10 +509,16 @@ impl ServerStore for PostgresStore {
             }
         })?;
         let snapshot = snapshot_of(&txn, domain, model).await?;
+        let mut authors = BTreeMap::new();
         let operations = operations_in(&txn, domain, model, snapshot.version, u64::MAX, usize::MAX)
             .await?
             .into_iter()
-            .map(|(operation, _)| operation)
+            .map(|(operation, user)| {
+                if let Some(user) = user {
+                    authors.insert(operation.author.clone(), user);
+                }
+                operation
+            })
             .collect();
         let statement = txn
             .prepare_cached(
@@ -535,6 +542,7 @@ impl ServerStore for PostgresStore {
             snapshot,
             operations,
             last_decisions,
+            authors,
         })))
     }
 
@@ -544,11 +552,14 @@ impl ServerStore for PostgresStore {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<CommittedOperation>, StoreError> {
+    ) -> Result<Vec<HistoryOperation>, StoreError> {
         let client = self.client().await?;
         let operations =
             operations_in(&client, &key.domain, &key.model, after, through, limit).await?;
-        Ok(operations.into_iter().map(|(operation, _)| operation).collect())
+        Ok(operations
+            .into_iter()
+            .map(|(operation, user)| HistoryOperation { operation, user })
+            .collect())
     }
 
     async fn collection(
@@ -572,6 +583,33 @@ impl ServerStore for PostgresStore {
             .map_err(pg)?;
         let row = client.query_opt(&statement, &[&domain, &int(replica.0)]).await.map_err(pg)?;
         Ok(row.map(|row| UserId(row.get(0))))
+    }
+
+    async fn identities(
+        &self,
+        domain: &str,
+        max_users: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT user_id, display_name, email FROM (
+                     SELECT user_id, display_name, email, seen FROM identities WHERE domain = $1
+                     ORDER BY seen DESC, user_id DESC LIMIT $2
+                 ) AS newest ORDER BY seen, user_id",
+            )
+            .await
+            .map_err(pg)?;
+        let limit = i64::try_from(max_users).unwrap_or(i64::MAX);
+        let rows = client.query(&statement, &[&domain, &limit]).await.map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|row| Identity {
+                user: UserId(row.get(0)),
+                display_name: row.get(1),
+                email: row.get(2),
+            })
+            .collect())
     }
 
     async fn user(&self, domain: &str, user: &UserId) -> Result<Option<User>, StoreError> {
@@ -899,6 +937,17 @@ async fn write_one(txn: &Transaction<'_>, domain: &str, write: &Write) -> Result
                 "INSERT INTO users (domain, user_id, record) VALUES ($1, $2, $3)
                  ON CONFLICT (domain, user_id) DO UPDATE SET record = excluded.record",
                 &[&domain, &user.id.0, &encode(user)],
+            )
+            .await
+        }
+        Write::PutIdentity { identity, seen } => {
+            run(
+                txn,
+                "INSERT INTO identities (domain, user_id, display_name, email, seen)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (domain, user_id) DO UPDATE SET display_name = excluded.display_name,
+                 email = excluded.email, seen = excluded.seen",
+                &[&domain, &identity.user.0, &identity.display_name, &identity.email, &seen.0],
             )
             .await
         }

@@ -1,7 +1,8 @@
 //! Identities across one domain, sans-IO: the display name and email of each user, as the
 //! claims of the tokens they connected with said, and the answers to lookups. Kept in
 //! memory and bounded in users and bytes: past either bound the users seen longest ago are
-//! forgotten first. Nothing of it is stored.
+//! forgotten first. What it learns is returned for the server to store
+//! (`Write::PutIdentity`), and [`IdentityHost::restore`] takes it back after a restart.
 //!
 //! An email is personal: it is shown only to its own user and to the domain's
 //! administrators; everyone else sees `None`.
@@ -80,9 +81,23 @@ impl IdentityHost {
         }
     }
 
+    /// Identities stored before, oldest first, as if learned in that order (so the bounds
+    /// keep the newest). What is learned later replaces them.
+    pub fn restore(&mut self, identities: impl IntoIterator<Item = Identity>) {
+        for identity in identities {
+            self.learn(identity.user, identity.display_name, identity.email);
+        }
+    }
+
     /// A user authenticated with these claims. A claim the token lacks keeps what an
-    /// earlier token said (a reconnect token carries no email, for one).
-    pub fn learn(&mut self, user: UserId, display_name: Option<String>, email: Option<String>) {
+    /// earlier token said (a reconnect token carries no email, for one). Returns the
+    /// identity now known, to be stored, or `None` when it is too large to keep.
+    pub fn learn(
+        &mut self,
+        user: UserId,
+        display_name: Option<String>,
+        email: Option<String>,
+    ) -> Option<Identity> {
         let cut = |s: String| cut(s, self.limits.max_field_bytes);
         let (mut display_name, mut email) = (display_name.map(cut), email.map(cut));
         if let Some(old) = self.forget(&user) {
@@ -92,7 +107,7 @@ impl IdentityHost {
         let identity = Identity { user: user.clone(), display_name, email };
         let size = bytes(&identity);
         if size > self.limits.max_bytes || self.limits.max_users == 0 {
-            return;
+            return None;
         }
         while self.users.len() >= self.limits.max_users || self.bytes + size > self.limits.max_bytes
         {
@@ -106,7 +121,8 @@ impl IdentityHost {
         }
         self.by_age.insert(self.tick, user.clone());
         self.bytes += size;
-        self.users.insert(user, Entry { identity, seen: self.tick });
+        self.users.insert(user, Entry { identity: identity.clone(), seen: self.tick });
+        Some(identity)
     }
 
     fn forget(&mut self, user: &UserId) -> Option<Identity> {
@@ -204,6 +220,33 @@ mod tests {
 
     fn learn(host: &mut IdentityHost, id: &str, name: &str) {
         host.learn(user(id), Some(name.into()), Some(format!("{id}@example.org")));
+    }
+
+    #[test]
+    fn restored_identities_answer_and_the_newest_stay_within_bounds() {
+        let mut before = host(IdentityLimits::default());
+        let learned: Vec<Identity> = ["a", "b", "c"]
+            .iter()
+            .filter_map(|id| before.learn(user(id), Some(id.to_uppercase()), None))
+            .collect();
+        assert_eq!(learned.len(), 3);
+        let mut after = host(IdentityLimits { max_users: 2, ..IdentityLimits::default() });
+        after.restore(learned);
+        let users = vec![user("a"), user("b"), user("c")];
+        let found = after.answer(&user("x"), IdentityRequest::Users { users }).unwrap();
+        let names: Vec<_> = found.iter().map(|i| i.display_name.as_deref()).collect();
+        assert_eq!(names, [Some("B"), Some("C")], "the oldest restored gives way");
+    }
+
+    #[test]
+    fn learning_returns_the_merged_identity_to_store() {
+        let mut h = host(IdentityLimits::default());
+        learn(&mut h, "alice", "Alice");
+        let stored = h.learn(user("alice"), None, None).unwrap();
+        assert_eq!(stored.display_name.as_deref(), Some("Alice"));
+        assert_eq!(stored.email.as_deref(), Some("alice@example.org"));
+        let mut tiny = host(IdentityLimits { max_bytes: 4, ..IdentityLimits::default() });
+        assert_eq!(tiny.learn(user("alice"), Some("Alice".into()), None), None);
     }
 
     #[test]

@@ -32,9 +32,9 @@ use std::collections::BTreeMap;
 
 use concord_ot::{Document, Operation, ReplicaId};
 use concord_protocol::{
-    CollectionId, CommittedOperation, CreationNonce, InFlight, ModelId, ModelSnapshot, NewModel,
-    PermissionGrants, Permissions, ReferenceChange, RequestId, ServerMessage, ServerPush,
-    SessionId, SyncSubmission, Timestamp, User, UserId,
+    Author, CollectionId, CommittedOperation, CreationNonce, HistoryOperation, Identity, InFlight,
+    ModelId, ModelSnapshot, NewModel, PermissionGrants, Permissions, ReferenceChange, RequestId,
+    ServerMessage, ServerPush, SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +161,8 @@ pub struct StoredModel {
     pub operations: Vec<CommittedOperation>,
     /// The last decided `(seq, decision)` of every replica that submitted to the model.
     pub last_decisions: BTreeMap<ReplicaId, (u64, Decision)>,
+    /// The user of each session that authored `operations`, where the store has it.
+    pub authors: BTreeMap<SessionId, UserId>,
 }
 
 /// What loading a model found.
@@ -215,6 +217,13 @@ pub enum Write {
     PutUser {
         user: User,
     },
+    /// A user's display name and email as the identity host knows them after a handshake,
+    /// replacing what was stored, and when they were learned: the newest are loaded back
+    /// within the identity limits.
+    PutIdentity {
+        identity: Identity,
+        seen: Timestamp,
+    },
     /// `replica` belongs to `user` from now on, in the whole domain: nobody else may submit
     /// under it. Written once, at the replica's first use.
     BindReplica {
@@ -267,6 +276,25 @@ pub enum Notice {
     /// `attachment` (an open that failed, a force close, a deletion); the session forgets it
     /// unless it attached the model again since.
     Closed { conn: ConnId, model: ModelId, attachment: u64 },
+    /// Moving the session's reference `change` forward needs `operations` stored
+    /// operations read: the session host grants them from its budget (sending the change
+    /// back with `read_granted`), or refuses the reference. `now` is the model host's time.
+    ReferenceRead {
+        conn: ConnId,
+        model: ModelId,
+        change: ReferenceChange,
+        operations: u64,
+        now: Timestamp,
+    },
+}
+
+impl Notice {
+    /// The connection whose session the notice is for.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Notice::Closed { conn, .. } | Notice::ReferenceRead { conn, .. } => *conn,
+        }
+    }
 }
 
 /// Something a model host needs from durable state before it goes on; answer with
@@ -287,7 +315,8 @@ pub enum Read {
 /// The answer to a [`Read`]; a failed read carries the store's message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReadResult {
-    Operations(Result<Vec<CommittedOperation>, String>),
+    /// The operations asked for, each with its user where the store has it.
+    Operations(Result<Vec<HistoryOperation>, String>),
     Collection(Result<Option<CollectionConfig>, String>),
     ReplicaOwner(Result<UserId, String>),
 }
@@ -351,8 +380,11 @@ pub enum ModelRequest {
         request: RequestId,
         grants: PermissionGrants,
     },
+    /// `read_granted`: the session host granted the store reads moving it forward needs
+    /// (after a [`Notice::ReferenceRead`]); without it the model host asks first.
     Reference {
         change: ReferenceChange,
+        read_granted: bool,
     },
     /// Reads the model's history (needs `read`); answered from the store.
     History {
@@ -433,13 +465,30 @@ impl ModelRequest {
 /// next page starts after; `None` operations means the store lacks the history.
 pub fn replay_page(
     model: &ModelId,
-    operations: Vec<CommittedOperation>,
+    operations: Vec<HistoryOperation>,
     through: u64,
 ) -> Option<(ServerPush, Option<u64>)> {
-    let last_version = operations.last()?.version;
+    let last_version = operations.last()?.operation.version;
     let last = last_version >= through;
-    let push = ServerPush::ResyncPage { model: model.clone(), operations, last };
+    let mut authors = BTreeMap::new();
+    for stored in &operations {
+        if let Some(user) = &stored.user {
+            authors.insert(stored.operation.author.clone(), user.clone());
+        }
+    }
+    let operations = operations.into_iter().map(|stored| stored.operation).collect();
+    let push = ServerPush::ResyncPage {
+        model: model.clone(),
+        operations,
+        authors: authors_of(authors),
+        last,
+    };
     Some((push, (!last).then_some(last_version)))
+}
+
+/// A page's authors as sent.
+pub(crate) fn authors_of(authors: BTreeMap<SessionId, UserId>) -> Vec<Author> {
+    authors.into_iter().map(|(session, user)| Author { session, user }).collect()
 }
 
 pub(crate) fn reply(

@@ -1,13 +1,13 @@
 //! One model's server-side behaviour: open and auto-create, create, resync, submit,
 //! subscribe and catch-up, delete, permissions, collaborators and references.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use concord_ot::{ReferenceValue, ReplicaId};
 use concord_protocol::{
-    Collaborator, CollectionId, CommittedOperation, CreationNonce, ErrorCode, ErrorReply, InFlight,
-    ModelId, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
+    Author, Collaborator, CollectionId, CommittedOperation, CreationNonce, ErrorCode, ErrorReply,
+    InFlight, ModelId, ModelSnapshot, OfflineUpdate, OpenedModel, PermissionGrants, Permissions,
     ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush, ServerRequest,
     ServerResponse, SessionId, SharedReference, Timestamp,
 };
@@ -23,7 +23,7 @@ use crate::sequencer::{
     CatchUp, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError, Submission,
     SubmitOutcome, model_bytes,
 };
-use concord_protocol::{User, UserId};
+use concord_protocol::{HistoryOperation, User, UserId};
 
 /// Why a stored model cannot be served.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,9 +51,52 @@ struct Live {
     since_snapshot: u64,
     /// The index keys last written for the model (`None`: not since it was loaded).
     indexed: Option<Vec<(concord_query::Path, Vec<u8>)>>,
+    /// The user of each session that authored an operation held in memory, where known:
+    /// sent with resync pages, so that a client names users it never saw open the model.
+    authors: BTreeMap<SessionId, UserId>,
 }
 
 impl Live {
+    /// Puts operations read from the store in front of the in-memory window, with their users.
+    fn provide_history(&mut self, older: Vec<HistoryOperation>) {
+        let mut operations = Vec::with_capacity(older.len());
+        for stored in older {
+            if let Some(user) = stored.user {
+                self.authors.insert(stored.operation.author.clone(), user);
+            }
+            operations.push(stored.operation);
+        }
+        self.sequencer.provide_history(operations);
+    }
+
+    /// Drops history beyond the window again, and the authors only it named.
+    fn trim_history(&mut self) {
+        self.sequencer.trim_history();
+        self.forget_authors();
+    }
+
+    /// Forgets the users of sessions that authored none of the operations in memory, once
+    /// there may be some (there are more authors than operations).
+    fn forget_authors(&mut self) {
+        let held = self.sequencer.operations_since(self.sequencer.oldest_known_base());
+        let held = held.unwrap_or_default();
+        if self.authors.len() > held.len() {
+            let authoring: BTreeSet<&SessionId> = held.iter().map(|op| &op.author).collect();
+            self.authors.retain(|session, _| authoring.contains(session));
+        }
+    }
+
+    /// The authors of `operations` whose users are known, as a resync page sends them.
+    fn authors_of(&self, operations: &[CommittedOperation]) -> Vec<Author> {
+        let mut authors = BTreeMap::new();
+        for operation in operations {
+            if let Some(user) = self.authors.get(&operation.author) {
+                authors.insert(operation.author.clone(), user.clone());
+            }
+        }
+        super::authors_of(authors)
+    }
+
     fn permissions(&self, user: &User) -> Permissions {
         effective(user, self.record.creator.as_ref(), &self.record.grants, &self.collection)
     }
@@ -113,9 +156,22 @@ enum Waiting {
     /// A reference set at a version older than memory holds, waiting for the operations
     /// since then from the store.
     Reference {
+        now: Timestamp,
         from: SessionRef,
         change: ReferenceChange,
     },
+}
+
+/// Whether a reference change may have the model's operations read from the store to move
+/// it forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreRead {
+    /// Not yet: the session host is asked to grant it first.
+    Ask,
+    /// The session host granted it.
+    Granted,
+    /// Read already: what is still too old is refused.
+    Done,
 }
 
 /// How far back the server moves a reference through stored operations; one set at an
@@ -323,7 +379,10 @@ impl ModelHost {
             ModelRequest::SetPermissions { request, grants } => {
                 self.set_permissions(from, request, grants)
             }
-            ModelRequest::Reference { change } => self.reference(from, change, true),
+            ModelRequest::Reference { change, read_granted } => {
+                let read = if read_granted { StoreRead::Granted } else { StoreRead::Ask };
+                self.reference(now, from, change, read)
+            }
             ModelRequest::History { request, query } => self.history(from, request, query),
             ModelRequest::Disconnected => {
                 self.asked.remove(&from.conn);
@@ -342,7 +401,7 @@ impl ModelHost {
                 let (replica, seq) = (submission.replica, submission.seq);
                 let outcome = match older {
                     Ok(older) => {
-                        live.sequencer.provide_history(older);
+                        live.provide_history(older);
                         let outcome = match live.sequencer.submit(submission, now) {
                             // The store lacks the history too: the base is older than the
                             // model keeps, for good.
@@ -352,7 +411,7 @@ impl ModelHost {
                             }
                             outcome => outcome,
                         };
-                        live.sequencer.trim_history();
+                        live.trim_history();
                         outcome
                     }
                     // A store failure is the server's: not the submission's fault, and
@@ -399,15 +458,15 @@ impl ModelHost {
                 }
             }
             // An answer to a question not asked: nothing waits on it.
-            (Some(Waiting::Reference { from, change }), ReadResult::Operations(older)) => {
+            (Some(Waiting::Reference { now, from, change }), ReadResult::Operations(older)) => {
                 match older {
                     Ok(older) => {
                         if let State::Live(live) = &mut self.state {
-                            live.sequencer.provide_history(older);
+                            live.provide_history(older);
                         }
-                        self.reference(&from, change, false);
+                        self.reference(now, &from, change, StoreRead::Done);
                         if let State::Live(live) = &mut self.state {
-                            live.sequencer.trim_history();
+                            live.trim_history();
                         }
                     }
                     Err(e) => {
@@ -822,6 +881,7 @@ impl ModelHost {
             collection: config,
             since_snapshot: 0,
             indexed: None,
+            authors: BTreeMap::new(),
         }));
         self.write_index();
         match after {
@@ -980,11 +1040,10 @@ impl ModelHost {
         }
         let in_flight_committed = in_flight.and_then(|f| live.sequencer.commit_of(f));
         let page = self.config.page.max(1);
-        let pages: Option<Vec<Vec<CommittedOperation>>> = live
-            .sequencer
-            .operations_since(known_version)
-            .ok()
-            .map(|ops| ops.chunks(page).map(<[_]>::to_vec).collect());
+        let pages: Option<Vec<(Vec<CommittedOperation>, Vec<Author>)>> =
+            live.sequencer.operations_since(known_version).ok().map(|ops| {
+                ops.chunks(page).map(|ops| (ops.to_vec(), live.authors_of(ops))).collect()
+            });
         self.join(now, from, permissions, attachment);
         if let Some(f) = in_flight {
             self.uses_replica(f.replica, from.conn);
@@ -1002,10 +1061,11 @@ impl ModelHost {
                 let count = pages.len().max(1);
                 let mut pages = pages.into_iter();
                 for n in 0..count {
-                    let operations = pages.next().unwrap_or_default();
+                    let (operations, authors) = pages.next().unwrap_or_default();
                     let push = ServerPush::ResyncPage {
                         model: model.clone(),
                         operations,
+                        authors,
                         last: n + 1 == count,
                     };
                     self.push(from.conn, push);
@@ -1154,6 +1214,8 @@ impl ModelHost {
                 self.write_index();
                 self.move_references(&operation.operation);
                 if let State::Live(live) = &mut self.state {
+                    live.authors.insert(operation.author.clone(), from.user.id.clone());
+                    live.forget_authors();
                     live.since_snapshot += 1;
                     if live.since_snapshot >= self.config.snapshot_every {
                         live.since_snapshot = 0;
@@ -1334,7 +1396,14 @@ impl ModelHost {
     /// nothing.
     /// `may_read`: whether a value older than memory may wait for the store's operations
     /// (not again once they were read).
-    fn reference(&mut self, from: &SessionRef, change: ReferenceChange, may_read: bool) {
+    fn reference(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        change: ReferenceChange,
+        read: StoreRead,
+    ) {
+        let may_read = read != StoreRead::Done;
         if !self.open.contains_key(&from.conn) {
             return; // a reference on a model not open here has nobody to tell
         }
@@ -1361,8 +1430,19 @@ impl ModelHost {
                 if may_read && version - at <= MAX_REFERENCE_CATCH_UP =>
             {
                 let through = live.sequencer.oldest_known_base();
+                if read == StoreRead::Ask {
+                    // The session pays for what it makes the server read (its budget).
+                    self.notices.push_back(Notice::ReferenceRead {
+                        conn: from.conn,
+                        model: self.model.clone(),
+                        change,
+                        operations: through - at,
+                        now,
+                    });
+                    return;
+                }
                 let read = Read::Operations { after: at, through };
-                return self.wait(read, Waiting::Reference { from: from.clone(), change });
+                return self.wait(read, Waiting::Reference { now, from: from.clone(), change });
             }
             Err(e) => {
                 let e = match e {
@@ -1507,6 +1587,14 @@ fn restore(model: &ModelId, stored: StoredModel, config: &HostConfig) -> Result<
             error,
         })?;
     }
-    sequencer.trim_history();
-    Ok(Live { sequencer, record: stored.record, collection, since_snapshot, indexed: None })
+    let mut live = Live {
+        sequencer,
+        record: stored.record,
+        collection,
+        since_snapshot,
+        indexed: None,
+        authors: stored.authors,
+    };
+    live.trim_history();
+    Ok(live)
 }

@@ -7,7 +7,7 @@ use concord_ot::ReferenceValue;
 use concord_protocol::{
     ActivityRequest, ClientMessage, ClientNotice, ClientRequest, ClientResponse, ErrorCode,
     IdentityRequest, KnownModel, ModelId, PresenceRequest, ReferenceChange, ReferenceKey,
-    RequestId, ServerLimits, ServerMessage, ServerResponse,
+    RequestId, ServerLimits, ServerMessage, ServerResponse, Timestamp,
 };
 
 use super::{
@@ -26,6 +26,12 @@ pub struct SessionLimits {
     pub max_references: usize,
     /// Bytes one reference's key and value may take.
     pub max_reference_bytes: usize,
+    /// Stored operations the session may make the server read at once to move its old
+    /// references forward (a budget, spent per reference set at a version older than
+    /// memory holds)...
+    pub max_reference_reads: u64,
+    /// ...and by how many it refills per second.
+    pub reference_reads_per_second: u64,
 }
 
 impl Default for SessionLimits {
@@ -35,6 +41,8 @@ impl Default for SessionLimits {
             max_subscriptions: 10_000,
             max_references: 256,
             max_reference_bytes: 4_096,
+            max_reference_reads: 20_000,
+            reference_reads_per_second: 1_000,
         }
     }
 }
@@ -100,6 +108,11 @@ pub struct SessionHost {
     next_server_request: u64,
     next_attachment: u64,
     outputs: VecDeque<SessionOutput>,
+    /// Stored operations the session may still make the server read for its references,
+    /// in thousandths of an operation (so that a refill every millisecond adds up), as of
+    /// `reads_at` (full until first spent).
+    read_millis_left: u64,
+    reads_at: Option<Timestamp>,
 }
 
 impl SessionHost {
@@ -115,6 +128,8 @@ impl SessionHost {
             next_server_request: 0,
             next_attachment: 0,
             outputs: VecDeque::new(),
+            read_millis_left: limits.max_reference_reads.saturating_mul(1_000),
+            reads_at: None,
         }
     }
 
@@ -143,10 +158,56 @@ impl SessionHost {
 
     /// A model host's notice for this session.
     pub fn handle_notice(&mut self, notice: Notice) {
-        let Notice::Closed { model, attachment, .. } = notice;
-        if self.attached.get(&model) == Some(&attachment) {
-            self.detach(&model);
+        match notice {
+            Notice::Closed { model, attachment, .. } => {
+                if self.attached.get(&model) == Some(&attachment) {
+                    self.detach(&model);
+                }
+            }
+            Notice::ReferenceRead { model, change, operations, now, .. } => {
+                if !self.attached.contains_key(&model) {
+                    return;
+                }
+                self.refill_reads(now);
+                let cost = operations.saturating_mul(1_000);
+                if cost <= self.read_millis_left {
+                    self.read_millis_left -= cost;
+                    let request = ModelRequest::Reference { change, read_granted: true };
+                    self.route(model, request);
+                } else {
+                    let message = format!(
+                        "reference refused: moving it forward needs {operations} stored \
+                         operations read, and this session may have {} more read now (at most \
+                         {}, {} more each second)",
+                        self.read_millis_left / 1_000,
+                        self.limits.max_reference_reads,
+                        self.limits.reference_reads_per_second
+                    );
+                    let push = concord_protocol::ServerPush::ReferenceRefused {
+                        model,
+                        reference: change.reference().clone(),
+                        error: reply(ErrorCode::OVERLOADED, message),
+                    };
+                    self.reply(ServerMessage::Push(push));
+                }
+            }
         }
+    }
+
+    /// Adds what the read budget earned since it was last spent, up to its size.
+    fn refill_reads(&mut self, now: Timestamp) {
+        let limits = &self.limits;
+        if let Some(at) = self.reads_at {
+            // A clock that went back earns nothing.
+            let elapsed_ms = u64::try_from(now.0.saturating_sub(at.0)).unwrap_or(0);
+            let earned = elapsed_ms.saturating_mul(limits.reference_reads_per_second);
+            let full = limits.max_reference_reads.saturating_mul(1_000);
+            self.read_millis_left = self.read_millis_left.saturating_add(earned).min(full);
+        }
+        self.reads_at = Some(match self.reads_at {
+            Some(at) if at.0 > now.0 => at,
+            _ => now,
+        });
     }
 
     /// The connection is gone: every model it used is told.
@@ -273,7 +334,10 @@ impl SessionHost {
                     return;
                 }
                 match self.reference(&model, &change) {
-                    Ok(()) => self.route(model, ModelRequest::Reference { change }),
+                    Ok(()) => {
+                        let request = ModelRequest::Reference { change, read_granted: false };
+                        self.route(model, request);
+                    }
                     Err((code, message)) => {
                         let reference = change.reference().clone();
                         let error = reply(code, message);

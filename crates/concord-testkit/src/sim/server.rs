@@ -17,7 +17,7 @@ use concord_protocol::{
 };
 use concord_sync::host::{
     ActivityConfig, ActivityHost, ConnId, HostConfig, IdentityHost, IdentityLimits, Job, ModelHost,
-    ModelRequest, Notice, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult,
+    ModelRequest, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult,
     SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
 };
 
@@ -213,7 +213,7 @@ impl SimServer {
             let result = match read {
                 Read::Operations { after, through } => ReadResult::Operations(Ok(self
                     .durable
-                    .operations(&model, after, through, usize::MAX))),
+                    .operations_with_users(&model, after, through, usize::MAX))),
                 Read::Collection(collection) => {
                     ReadResult::Collection(Ok(self.durable.collection(&collection)))
                 }
@@ -253,7 +253,7 @@ impl SimServer {
             self.pending.push_back(job);
         }
         while let Some(notice) = host.poll_notice() {
-            let Notice::Closed { conn, .. } = &notice;
+            let conn = &notice.conn();
             if let Some(session) = self.sessions.get_mut(conn) {
                 session.handle_notice(notice);
             }
@@ -353,7 +353,8 @@ impl SimServer {
         let mut pages = Vec::new();
         let mut from = after;
         loop {
-            let operations = self.durable.operations(model, from, through, self.config.page);
+            let operations =
+                self.durable.operations_with_users(model, from, through, self.config.page);
             let (push, next) = replay_page(model, operations, through).ok_or_else(|| {
                 format!("the store lacks operations ({from}, {through}] of {model}")
             })?;

@@ -1,11 +1,11 @@
 //! The JS API in headless Chromium against a real server: two users working on one model
-//! (references in UTF-16 code units around emoji, collaborators, presence), and a model's
-//! history played to every version and back.
+//! (references in UTF-16 code units around emoji, collaborators, presence), a model's
+//! history played to every version and back, and users' identities looked up and searched.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use concord_server::mint_token;
+use concord_server::{mint_identity_token, mint_token};
 use serde_json::{Value, json};
 
 use super::{Browser, SECRET, serve, web_root};
@@ -489,4 +489,83 @@ async fn queries_answered_by_the_server_then_by_the_store_offline() -> anyhow::R
         assert_eq!(codes[3], json!(["ConcordError", "invalid_argument", null]));
         Ok(())
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn identities_are_looked_up_and_searched_through_the_js_api() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    let (page, ws) = (api.page.clone(), api.ws.clone());
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let mut browser = Browser::start()?;
+        // Each user connects with a token naming them and their email.
+        for (user, name) in
+            [("alice", "Alice Liddell"), ("albert", "albert Einstein"), ("bob", "Bob")]
+        {
+            browser.run(&format!("api {user} {page}"))?;
+            let email = format!("{user}@example.org");
+            let token = mint_identity_token(
+                SECRET,
+                user,
+                Some(name),
+                Some(&email),
+                Duration::from_secs(3600),
+            )?;
+            let connect = "window.domain = new concord.Domain($ws, {});
+                return (await domain.connectWithJwt($token)).session;";
+            browser
+                .evaluate(user, &script(connect, &[("ws", json!(ws)), ("token", json!(token))]))?;
+        }
+        let bob = browser.evaluate(
+            "bob",
+            r#"const identity = domain.identity();
+            return {
+                alice: await identity.user("alice"),
+                himself: await identity.user("bob"),
+                nobody: await identity.user("nobody"),
+                several: await identity.users(["bob", "nobody", "alice"]),
+                search: await identity.search("AL"),
+                limited: await identity.search("al", 1),
+            };"#,
+        )?;
+        // Names for everyone, an email only for its own user.
+        assert_eq!(
+            bob["alice"],
+            json!({ "user": "alice", "displayName": "Alice Liddell", "email": null })
+        );
+        assert_eq!(
+            bob["himself"],
+            json!({ "user": "bob", "displayName": "Bob", "email": "bob@example.org" })
+        );
+        assert_eq!(bob["nobody"], Value::Null);
+        let ids = |list: &Value| -> Vec<String> {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["user"].as_str().map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(ids(&bob["several"]), ["alice", "bob"]);
+        assert_eq!(ids(&bob["search"]), ["albert", "alice"], "by name prefix, ignoring case");
+        assert!(bob["search"].as_array().into_iter().flatten().all(|i| i["email"].is_null()));
+        assert_eq!(bob["limited"].as_array().map(Vec::len), Some(1));
+        let alice =
+            browser.evaluate("alice", r#"return await domain.identity().user("alice");"#)?;
+        assert_eq!(alice["email"], json!("alice@example.org"), "her own email");
+
+        // Offline, bob's IndexedDB store answers with what he saw.
+        let offline = browser.evaluate(
+            "bob",
+            r#"await domain.disconnect();
+            const identity = domain.identity();
+            return { alice: await identity.user("alice"), search: await identity.search("ali"),
+                never: await identity.user("nobody") };"#,
+        )?;
+        assert_eq!(offline["alice"], bob["alice"]);
+        assert_eq!(ids(&offline["search"]), ["alice"]);
+        assert_eq!(offline["never"], Value::Null);
+        Ok(())
+    });
+    api.server.stop().await?;
+    result
 }
