@@ -363,7 +363,7 @@ async fn a_taken_version_is_refused_and_the_same_operation_again_changes_nothing
     commit_all(&store).await;
     let doc = key("acme/notes", "doc");
     let before = store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
-    let last = before.last().expect("doc has operations").clone();
+    let last = before.last().expect("doc has operations").operation.clone();
     let newcomer = User { id: user("zed"), display_name: None, anonymous: false };
     let batch = vec![DomainWrites {
         domain: Arc::from("acme/notes"),
