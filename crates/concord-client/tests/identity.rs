@@ -282,6 +282,43 @@ async fn operations_replayed_from_sessions_never_seen_name_their_user() -> anyho
     Ok(())
 }
 
+/// Changes pushed by a background sync come from a session that never opens the model (no
+/// `CollaboratorOpened` names it): live, they still name their user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_operations_synced_in_the_background_name_their_user() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = ServerConfig::development(dir.path().join("server"), SECRET);
+    let server = Server::spawn(config).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let model = id("ledger");
+    create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
+    let a = alice.models().open(&model).await?;
+    let mut a_events = a.events();
+
+    // Frank has the model and edits it offline; then his app restarts and reconnects without
+    // opening it: a new session whose only business with the model is syncing those edits.
+    let frank_dir = dir.path().join("frank");
+    let frank = connected(&server, &frank_dir, "frank").await?;
+    let opened = frank.models().open(&model).await?;
+    frank.disconnect().await?;
+    let text = opened.root().get("text").await?.unwrap().as_string()?;
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(text.insert(0, "f").await?);
+    }
+    opened.stored(last.expect("three edits")).await?;
+    drop(text);
+    opened.close();
+    frank.close().await?;
+    let frank = connected(&server, &frank_dir, "frank").await?;
+
+    let users = remote_change_users(&mut a_events, 3).await?;
+    assert_eq!(users, vec![Some(user("frank")); 3], "edits synced in the background");
+    frank.close().await?;
+    server.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_survive_a_restart_of_the_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
