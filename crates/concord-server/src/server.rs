@@ -238,6 +238,9 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Bytes read from a WebSocket at a time (see [`upgrade`]).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn upgrade(
     State(endpoint): State<Endpoint>,
     Path((namespace, domain)): Path<(String, String)>,
@@ -256,7 +259,10 @@ async fn upgrade(
     // rather than a dropped connection.
     let ceiling = endpoint.hub.config.limits.max_frame_bytes.saturating_mul(2);
     let Endpoint { hub, connections } = endpoint;
-    upgrade.max_message_size(ceiling).max_frame_size(ceiling).on_upgrade(move |socket| {
+    let upgrade = upgrade.max_message_size(ceiling).max_frame_size(ceiling);
+    // tungstenite's default read buffer is 128 KiB per connection, allocated up front: most
+    // of what an idle session cost. Frames here are small; a larger one is read in chunks.
+    upgrade.read_buffer_size(READ_BUFFER_BYTES).on_upgrade(move |socket| {
         // The session keeps the connection's place under the connection caps.
         let session = crate::connection::serve(socket, domain, hub);
         connections.track_future(async move {
