@@ -40,36 +40,33 @@ pub fn shared() -> Option<Arc<TestPostgres>> {
     if let Some(running) = shared.upgrade() {
         return Some(running);
     }
-    let Some(bin) = binaries() else {
-        if std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-            eprintln!("skipped: no PostgreSQL binaries (CONCORD_SKIP_POSTGRES=1)");
-            return None;
-        }
-        panic!(
-            "PostgreSQL is needed by this test and was not found: install it (Debian: apt-get \
-             install postgresql), point CONCORD_POSTGRES_BIN at its bin directory, or set \
-             CONCORD_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
-        );
-    };
+    let bin = binaries_or_skip()?;
     let started = Arc::new(TestPostgres::start(bin));
     *shared = Arc::downgrade(&started);
     Some(started)
 }
 
+/// PostgreSQL's bin directory; `None` when it is absent and `CONCORD_SKIP_POSTGRES=1` says
+/// to skip, a panic naming the fix when it is absent otherwise.
+fn binaries_or_skip() -> Option<PathBuf> {
+    if let Some(bin) = binaries() {
+        return Some(bin);
+    }
+    if std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: no PostgreSQL binaries (CONCORD_SKIP_POSTGRES=1)");
+        return None;
+    }
+    panic!(
+        "PostgreSQL is needed by this test and was not found: install it (Debian: apt-get \
+         install postgresql), point CONCORD_POSTGRES_BIN at its bin directory, or set \
+         CONCORD_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
+    );
+}
+
 /// A cluster of the caller's own, for tests that restart it or kill its connections;
 /// `None` when PostgreSQL is absent and `CONCORD_SKIP_POSTGRES=1` says to skip.
 pub fn private() -> Option<TestPostgres> {
-    let Some(bin) = binaries() else {
-        if std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-            eprintln!("skipped: no PostgreSQL binaries (CONCORD_SKIP_POSTGRES=1)");
-            return None;
-        }
-        panic!(
-            "PostgreSQL is needed by this test and was not found: install it (Debian: apt-get \
-             install postgresql), point CONCORD_POSTGRES_BIN at its bin directory, or set \
-             CONCORD_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
-        );
-    };
+    let bin = binaries_or_skip()?;
     Some(TestPostgres::start(bin))
 }
 
