@@ -46,8 +46,11 @@ use super::{DomainWrites, ServerStore, StoreError, StoredDecision, failed_histor
 use crate::types::ModelKey;
 
 /// The schema migrations, in order: schema `n` is the first `n` of them applied.
-const MIGRATIONS: &[&str] =
-    &[include_str!("postgres/0001_initial.sql"), include_str!("postgres/0002_identities.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/0001_initial.sql"),
+    include_str!("postgres/0002_identities.sql"),
+    include_str!("postgres/0003_writer.sql"),
+];
 
 /// The schema this server writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -71,6 +74,9 @@ pub(crate) struct PostgresStore {
     pool: Pool,
     /// Where the database is, without credentials (for messages).
     target: Arc<str>,
+    /// The writer epoch this store raised when it connected: its writes go in only while
+    /// the database still holds it (`0003_writer.sql`).
+    epoch: i64,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -198,9 +204,10 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Backend(format!("the PostgreSQL pool: {e}")))?;
-        let store = PostgresStore { pool, target };
+        let mut store = PostgresStore { pool, target, epoch: 0 };
         let mut client = store.client().await?;
         migrate(&mut client).await?;
+        store.epoch = take_over(&client).await?;
         sync_indexes(&mut client, indexes).await?;
         Ok(store)
     }
@@ -301,6 +308,18 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreErro
         tracing::info!(from = found, to = SCHEMA_VERSION, "migrated the PostgreSQL schema");
     }
     txn.commit().await.map_err(pg)
+}
+
+/// Raises the writer epoch and returns it. The update waits for every transaction still
+/// holding the old epoch `FOR SHARE` (a killed server's last commit, which PostgreSQL
+/// finishes on its own), so what this server loads afterwards includes it; a transaction
+/// of the old server that reads the epoch afterwards finds it changed and writes nothing.
+async fn take_over(client: &deadpool_postgres::Object) -> Result<i64, StoreError> {
+    let row = client
+        .query_one("UPDATE concord_writer SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch", &[])
+        .await
+        .map_err(pg)?;
+    Ok(row.get(0))
 }
 
 /// Builds the declared indexes not built yet over every stored model, and drops those no
@@ -681,6 +700,7 @@ impl PostgresStore {
     async fn try_commit(&self, batch: &[DomainWrites], reconciling: bool) -> Result<(), Attempt> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg)?;
+        self.still_the_writer(&txn).await?;
         let mut decided = Decided { reconciling, ..Decided::default() };
         for DomainWrites { domain, writes } in batch {
             for write in writes {
@@ -698,6 +718,22 @@ impl PostgresStore {
         decided.flush(&txn).await?;
         txn.commit().await.map_err(pg)?;
         Ok(())
+    }
+
+    /// Fails with [`StoreError::Fenced`] when another server raised the writer epoch since
+    /// this one connected; otherwise holds the epoch `FOR SHARE` until `txn` ends, so that
+    /// a server starting meanwhile waits for this commit before it loads anything.
+    async fn still_the_writer(&self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        let statement = txn
+            .prepare_cached("SELECT epoch FROM concord_writer WHERE id = 1 FOR SHARE")
+            .await
+            .map_err(pg)?;
+        let current: i64 = txn.query_one(&statement, &[]).await.map_err(pg)?.get(0);
+        if current == self.epoch {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced { ours: self.epoch, current })
+        }
     }
 }
 
