@@ -99,16 +99,19 @@ async fn state_set_offline_is_published_on_reconnect_and_followers_follow_again(
     let alice = connected(&server, dir.path(), "alice").await?;
     let bob = connected(&server, dir.path(), "bob").await?;
 
+    let mut events = alice.presence().events();
+    let now = alice.presence().follow(&[user("bob")]).await?;
+    assert!(now[0].available);
+
     // Following needs the connection; publishing does not.
     bob.disconnect().await?;
+    // The server notices the connection's end on its own time; alice hears of it.
+    let away = presence_until(&mut events, "bob", |p| !p.available).await?;
+    assert!(away.state.is_empty(), "{away:?}");
     assert!(matches!(bob.presence().follow(&[user("alice")]).await, Err(ClientError::Offline)));
     bob.presence().set_state("status", json!("away")).await?;
     bob.presence().set_state("typing", json!(false)).await?;
     bob.presence().remove_state(&["typing"]).await?;
-
-    let mut events = alice.presence().events();
-    let now = alice.presence().follow(&[user("bob")]).await?;
-    assert!(!now[0].available);
     bob.connect_with_jwt(token("bob")).await?;
     let back = presence_until(&mut events, "bob", |p| !p.state.is_empty()).await?;
     assert!(back.available);
