@@ -367,6 +367,19 @@ mod tests {
         assert!(fuzz_targets().unwrap().contains(&"ot_tp1".to_owned()));
     }
 
+    /// The scheduled workflow's matrix names every target, so that each runs for an hour.
+    #[test]
+    fn the_fuzz_workflow_runs_every_target() {
+        let workflow = std::fs::read_to_string(root().join(".github/workflows/fuzz.yml")).unwrap();
+        let start = workflow.find("target: [").expect("a target matrix") + "target: [".len();
+        let end = start + workflow[start..].find(']').expect("the matrix ends");
+        let mut listed: Vec<&str> = workflow[start..end].split(',').map(str::trim).collect();
+        let mut targets = fuzz_targets().unwrap();
+        listed.sort_unstable();
+        targets.sort_unstable();
+        assert_eq!(listed, targets);
+    }
+
     #[test]
     fn fuzz_arguments() {
         let parsed = parse_args(&[]).unwrap();

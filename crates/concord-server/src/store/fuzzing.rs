@@ -319,7 +319,11 @@ mod tests {
         let bytes = sample_store_file(&dir.path().join("sample")).unwrap();
         let read = dir.path().join("read");
         assert_eq!(read_store_file(&read, &bytes).unwrap(), 2, "two models live, one deleted");
-        let store = RedbStore::open(&read).unwrap();
+        // Opened as written (`read_store_file` drops the index tables at its end).
+        let opened = dir.path().join("opened");
+        std::fs::create_dir_all(&opened).unwrap();
+        std::fs::write(opened.join(FILE_NAME), &bytes).unwrap();
+        let store = RedbStore::open_indexed(&opened, &sample_indexes()).unwrap();
         let txn = store.db.begin_read().unwrap();
         let mut tables = Vec::new();
         for handle in txn.list_tables().unwrap() {
