@@ -70,7 +70,7 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<FuzzArgs> {
             "--logs" => parsed.logs = Some(args.next().context("--logs needs a directory")?.into()),
             "--repeat" => parsed.repeat = true,
             "--toolchain" => {
-                parsed.nightly = match args.next().map(|value| *value) {
+                parsed.nightly = match args.next().copied() {
                     Some("nightly") => Some(true),
                     Some("stable") => Some(false),
                     other => bail!("--toolchain needs `nightly` or `stable`, not {other:?}"),
