@@ -296,10 +296,11 @@ fn renumber(value: &Value, next: &mut u64) -> Value {
 }
 
 /// The query answered by the server's query host over a store holding the models, and by
-/// the offline evaluation over those the asking user may read: the same rows and total.
-pub fn check_online_offline(input: &PlanInput) {
-    let Ok(query) = Query::parse(&input.text) else { return };
-    let Ok(collection) = CollectionId::new(query.collection.clone()) else { return };
+/// the offline evaluation over those the asking user may read: the same rows and total
+/// (returned; `None` when the text is not a query over a valid collection id).
+pub fn check_online_offline(input: &PlanInput) -> Option<u64> {
+    let query = Query::parse(&input.text).ok()?;
+    let collection = CollectionId::new(query.collection.clone()).ok()?;
     let creator = UserId("creator".into());
     let reader = if input.by_creator { creator.clone() } else { UserId("reader".into()) };
     let mut store = MemoryServerStore::new();
@@ -364,4 +365,5 @@ pub fn check_online_offline(input: &PlanInput) {
         .collect();
     assert_eq!(online.total, offline.total, "total of {:?} online and offline", input.text);
     assert_eq!(online.rows, offline_rows, "rows of {:?} online and offline", input.text);
+    Some(online.total)
 }
