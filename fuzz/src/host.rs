@@ -1,17 +1,22 @@
 //! Stateful fuzzing of the server's sans-IO hosts: the fuzzer's bytes are read, a step at a
 //! time, as a program of a few users' sessions sending client messages (opens with and
-//! without auto-create, creations, resyncs, submissions under their own and others' replica
-//! ids with duplicated, replayed and skipped seqs, closes, deletions, subscriptions,
-//! permission changes, references) and of store events (a queued job becoming durable, a
-//! crash losing what is not durable, idle models unloading). The server is
-//! [`HostDriver`]: the real session and model hosts over an in-memory store.
+//! without auto-create, creations, resyncs, one-request syncs with creations and
+//! submissions, submissions under their own and others' replica ids with duplicated,
+//! replayed and skipped seqs, closes, deletions, subscriptions, permission changes,
+//! references, history reads, queries, presence and identity lookups) and of store events
+//! (a queued job becoming durable, a crash losing what is not durable, idle models
+//! unloading). The server is [`HostDriver`]: the real session and model hosts over an
+//! in-memory store.
 //!
 //! After every step [`check_host`] checks: the driver found nothing wrong (no submission
 //! committed twice, no replay the store lacks, nothing revealing a model delivered to a
-//! session whose user may not read it); every request got at most one reply, and by the end
-//! of the program exactly one; every acknowledged submission is in the durable log, at the
-//! version its ack named, and stays there across crashes unless its model is deleted; every
-//! session holds no more open models, subscriptions and references than its limits.
+//! session whose user may not read it); no query result names a model its user may not
+//! read; every request got at most one reply, and by the end of the program exactly one;
+//! every ack names an operation its user's session submitted; every acknowledged submission
+//! is in the durable log, at the version its ack named, and stays there across crashes
+//! unless its model is deleted; every session holds no more open models, subscriptions and
+//! references than its limits; every loaded model holds no more bytes than
+//! `max_model_bytes`, and no shared reference more than `max_reference_bytes`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -19,11 +24,13 @@ use arbitrary::{Result, Unstructured};
 use concord_ot::{Document, ReferenceValue, ReplicaId};
 use concord_protocol::{
     ClientMessage, ClientNotice, ClientRequest, ClientResponse, CollectionId, CreationNonce,
-    ErrorCode, ErrorReply, InFlight, KnownModel, ModelId, PermissionGrants, Permissions,
-    ReferenceChange, ReferenceKey, RequestId, ServerMessage, ServerPush, ServerRequest, SessionId,
-    Timestamp, User, UserId,
+    ErrorCode, ErrorReply, HistoryStart, IdentityRequest, InFlight, KnownModel, ModelId, NewModel,
+    PermissionGrants, Permissions, PresenceRequest, ReferenceChange, ReferenceKey, RequestId,
+    ServerMessage, ServerPush, ServerRequest, ServerResponse, SessionId, SyncSubmission, Timestamp,
+    User, UserId,
 };
-use concord_sync::host::{CollectionConfig, ConnId, HostConfig, SessionLimits};
+use concord_sync::host::{CollectionConfig, ConnId, HostConfig, SessionLimits, reference_bytes};
+use concord_sync::model_bytes;
 use concord_testkit::host_driver::{HostDriver, Sent};
 use concord_testkit::server_store::MemoryServerStore;
 
@@ -288,15 +295,124 @@ impl Harness {
                     self.deliver(sent);
                 }
             },
-            _ => self.request(index, ClientRequest::Ping),
+            _ => self.other_request(u, index, model_id)?,
+        }
+        Ok(())
+    }
+
+    /// The requests that neither edit nor open a model: pings, history reads, queries,
+    /// one-request syncs, presence and identity lookups.
+    fn other_request(&mut self, u: &mut Unstructured, index: usize, model: ModelId) -> Result<()> {
+        let request = match u.int_in_range(0..=7)? {
+            0 => ClientRequest::Ping,
+            1 => ClientRequest::HistoryOpen { model },
+            2 => ClientRequest::HistoryFetch {
+                model,
+                start: if u.arbitrary()? {
+                    HistoryStart::Version(u.int_in_range(0..=8)?)
+                } else {
+                    HistoryStart::Time(Timestamp(u.int_in_range(0..=self.now)?))
+                },
+                checkpoint: u.arbitrary()?,
+                max_operations: u.int_in_range(0..=4)?,
+                max_bytes: u.int_in_range(0..=512)?,
+            },
+            3 => {
+                let collection = self.collection(u)?;
+                let query = match u.int_in_range(0..=3)? {
+                    0 => format!("SELECT * FROM {collection}"),
+                    1 => format!("SELECT * FROM {collection} ORDER BY a LIMIT 1 OFFSET 1"),
+                    2 => format!("SELECT a FROM {collection} WHERE a IS NOT NULL"),
+                    _ => "SELECT FROM WHERE".to_owned(),
+                };
+                ClientRequest::Query { query }
+            }
+            4 => {
+                let identity = match u.int_in_range(0..=2)? {
+                    0 => IdentityRequest::User { user: user(u.int_in_range(0..=USERS - 1)?).id },
+                    1 => IdentityRequest::Users { users: (0..USERS).map(|n| user(n).id).collect() },
+                    _ => IdentityRequest::Search { prefix: "u".into(), limit: 2 },
+                };
+                ClientRequest::Identity(identity)
+            }
+            5 => {
+                let presence = match u.int_in_range(0..=1)? {
+                    0 => PresenceRequest::Subscribe {
+                        users: vec![user(u.int_in_range(0..=USERS - 1)?).id],
+                    },
+                    _ => PresenceRequest::RemoveState { keys: None },
+                };
+                ClientRequest::Presence(presence)
+            }
+            _ => return self.sync(u, index, model),
+        };
+        self.request(index, request);
+        Ok(())
+    }
+
+    /// A `Sync`: maybe a creation, a resync, maybe a submission, then the model closes.
+    fn sync(&mut self, u: &mut Unstructured, index: usize, model: ModelId) -> Result<()> {
+        let create = if u.ratio(1, 3)? {
+            Some(Box::new(NewModel {
+                collection: self.collection(u)?,
+                data: self.document(u)?,
+                nonce: CreationNonce([u.int_in_range(0..=1)?; 16]),
+                permissions: self.grants(u)?,
+            }))
+        } else {
+            None
+        };
+        let live = self.live_version(&model);
+        let known_version = live.saturating_sub(u.int_in_range(0..=4)?);
+        let in_flight = if u.arbitrary()? {
+            Some(InFlight { replica: ReplicaId(*u.choose(REPLICAS)?), seq: u.int_in_range(0..=6)? })
+        } else {
+            None
+        };
+        let submission = if u.ratio(3, 4)? {
+            let submission = self.submission(u, &model)?;
+            Some(Box::new(submission))
+        } else {
+            None
+        };
+        let key = submission.as_ref().map(|s| (s.replica, s.first_seq, s.seq));
+        let before = key.map(|(replica, _, _)| self.driver.last_seq(&model, replica));
+        let request = ClientRequest::Sync {
+            model: model.clone(),
+            create,
+            known_version,
+            in_flight,
+            submission,
+        };
+        self.request(index, request);
+        if let (Some((replica, first_seq, seq)), Some(before)) = (key, before) {
+            self.check_decided(&model, replica, first_seq, seq, before);
         }
         Ok(())
     }
 
     fn submit(&mut self, u: &mut Unstructured, index: usize, model: ModelId) -> Result<()> {
+        let SyncSubmission { replica, first_seq, seq, base_version, operation } =
+            self.submission(u, &model)?;
+        let before = self.driver.last_seq(&model, replica);
+        let submit = ClientNotice::Submit {
+            model: model.clone(),
+            replica,
+            first_seq,
+            seq,
+            base_version,
+            operation,
+        };
+        self.send(index, ClientMessage::Notice(submit));
+        self.check_decided(&model, replica, first_seq, seq, before);
+        Ok(())
+    }
+
+    /// A submission to `model`, recorded as submitted: under any replica, mostly the next
+    /// seq, sometimes a duplicate, a gap or an old one replayed, mostly on the live version.
+    fn submission(&mut self, u: &mut Unstructured, model: &ModelId) -> Result<SyncSubmission> {
         let replica = ReplicaId(*u.choose(REPLICAS)?);
         let last = self.last_seq.get(&(model.clone(), replica)).copied().unwrap_or(0);
-        // Mostly the next seq; sometimes a duplicate, a gap or an old one replayed.
         let seq = match u.int_in_range(0..=7)? {
             0 => last,
             1 => last + 2,
@@ -304,7 +420,7 @@ impl Harness {
             _ => last + 1,
         };
         let first_seq = if u.ratio(3, 4)? { seq } else { u.int_in_range(0..=seq)? };
-        let (version, doc) = match self.driver.state(&model) {
+        let (version, doc) = match self.driver.state(model) {
             Ok(Some((version, doc))) => (version, doc),
             _ => (0, self.document(u)?),
         };
@@ -320,19 +436,20 @@ impl Harness {
         let operation = Generator::new(u, config).operation(&doc)?;
         self.last_seq.insert((model.clone(), replica), last.max(seq));
         self.submitted.entry((model.clone(), seq)).or_default().insert(replica);
-        let before = self.driver.last_seq(&model, replica);
-        let submit = ClientNotice::Submit {
-            model: model.clone(),
-            replica,
-            first_seq,
-            seq,
-            base_version,
-            operation,
-        };
-        self.send(index, ClientMessage::Notice(submit));
-        // A replica's seqs are decided (committed, or refused for good) in order, without a
-        // gap: a submission is decided only when its first seq follows the last decided one.
-        let after = self.driver.last_seq(&model, replica);
+        Ok(SyncSubmission { replica, first_seq, seq, base_version, operation })
+    }
+
+    /// A replica's seqs are decided (committed, or refused for good) in order, without a
+    /// gap: a submission is decided only when its first seq follows the last decided one.
+    fn check_decided(
+        &mut self,
+        model: &ModelId,
+        replica: ReplicaId,
+        first_seq: u64,
+        seq: u64,
+        before: Option<u64>,
+    ) {
+        let after = self.driver.last_seq(model, replica);
         if after != before {
             let expected = before.unwrap_or(0) + 1;
             if after != Some(seq) || first_seq != expected {
@@ -343,7 +460,6 @@ impl Harness {
                 ));
             }
         }
-        Ok(())
     }
 
     fn collection(&self, u: &mut Unstructured) -> Result<CollectionId> {
@@ -418,6 +534,19 @@ impl Harness {
                 self.fail(format!("a message for connection {conn_id}, which is gone"));
                 continue;
             };
+            if let ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } =
+                &message
+            {
+                let user = user(self.conns[index].user);
+                for row in &page.rows {
+                    if !self.driver.may_read(&user, &row.model) {
+                        self.fail(format!(
+                            "{}: a query result for {} names it, which they may not read",
+                            row.model, user.id.0
+                        ));
+                    }
+                }
+            }
             let conn = &mut self.conns[index];
             match message {
                 ServerMessage::Response { to, .. } | ServerMessage::Error { to: Some(to), .. } => {
@@ -526,6 +655,40 @@ impl Harness {
                     "connection {} holds {open} open models, {subscribed} subscriptions and \
                      {references} references, over its limits {LIMITS:?}",
                     conn.id
+                ));
+            }
+        }
+        let max_model_bytes = self.driver.config().max_model_bytes;
+        for host in self.driver.loaded_models() {
+            if let Some((version, document)) = host.live() {
+                let bytes = model_bytes(document);
+                if bytes > max_model_bytes {
+                    return Err(format!(
+                        "{} holds {bytes} bytes at version {version}, over its limit of \
+                         {max_model_bytes}",
+                        host.model()
+                    ));
+                }
+            }
+            let mut per_session: BTreeMap<&SessionId, usize> = BTreeMap::new();
+            for (session, key, value) in host.references() {
+                let bytes = key.key.len() + value.map_or(0, reference_bytes);
+                *per_session.entry(session).or_default() += 1;
+                if bytes > LIMITS.max_reference_bytes {
+                    return Err(format!(
+                        "{}: {session:?} shares a reference of {bytes} bytes, over the limit of {}",
+                        host.model(),
+                        LIMITS.max_reference_bytes
+                    ));
+                }
+            }
+            if let Some((session, count)) =
+                per_session.into_iter().find(|(_, count)| *count > LIMITS.max_references)
+            {
+                return Err(format!(
+                    "{}: {session:?} holds {count} references, over its limit of {}",
+                    host.model(),
+                    LIMITS.max_references
                 ));
             }
         }

@@ -8,12 +8,25 @@
 //!   evaluating the whole condition selects, in the result order when the plan says the
 //!   index order is it — and the result is consistent: `total` counts every match, and
 //!   the rows are the `LIMIT`/`OFFSET` window of the full ordered result.
+//! - [`check_online_offline`]: the same query answered online — by the server's query host
+//!   (`concord_sync::host::query_reply`: planning, index scan, permission filter, residual,
+//!   paging) over a server store holding the models, their index keys and their grants —
+//!   and offline — `Query::evaluate` over the models the user may read, as the client's
+//!   offline store answers it — gives the same rows, in the same order, and the same total.
 
 use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use concord_ot::{ElementId, ReplicaId, Value, ValueData};
+use concord_ot::{Document, ElementId, ReplicaId, Value, ValueData};
+use concord_protocol::{
+    CollectionId, ModelId, ModelSnapshot, PermissionGrants, Permissions, RequestId, ServerMessage,
+    ServerResponse, Timestamp, User, UserId,
+};
 use concord_query::{Candidate, Direction, IndexKey, Path, Projection, Query, QueryError};
+use concord_sync::host::{
+    CollectionConfig, HostConfig, ModelRecord, QueryLimits, QueryRead, Write, wire_row,
+};
+use concord_testkit::server_store::MemoryServerStore;
 
 /// Checks one text as a query and as a path.
 pub fn check_query_text(text: &str) {
@@ -62,12 +75,15 @@ fn check_position(text: &str, error: &QueryError) {
     );
 }
 
-/// Small models, a query and the indexes declared on the collection.
+/// Small models, a query and the indexes declared on the collection; which models only
+/// their creator may read, and whether the query is asked by their creator.
 #[derive(Debug)]
 pub struct PlanInput {
     pub models: Vec<Value>,
     pub text: String,
     pub indexes: Vec<Path>,
+    pub private: Vec<bool>,
+    pub by_creator: bool,
 }
 
 const FIELDS: &[&str] = &["a", "b", "c.d", "e[0]"];
@@ -197,7 +213,9 @@ impl<'a> Arbitrary<'a> for PlanInput {
             })
             .collect();
         let text = if u.ratio(1, 8)? { u.arbitrary()? } else { query_text(u)? };
-        Ok(PlanInput { models, text, indexes })
+        let private = (0..12).map(|_| u.ratio(1, 4)).collect::<Result<_>>()?;
+        let by_creator = u.ratio(1, 4)?;
+        Ok(PlanInput { models, text, indexes, private, by_creator })
     }
 }
 
@@ -259,4 +277,93 @@ pub fn check_query_plan(input: &PlanInput) {
     found.sort_unstable();
     wanted.sort_unstable();
     assert_eq!(found, wanted, "{:?} through plan {plan:?}", input.text);
+}
+
+/// Gives every value of `value` its own id, so that it is a valid document's root.
+fn renumber(value: &Value, next: &mut u64) -> Value {
+    *next += 1;
+    let id = ElementId { replica: ReplicaId(0), counter: *next };
+    let data = match &value.data {
+        ValueData::Array(items) => {
+            ValueData::Array(items.iter().map(|item| renumber(item, next)).collect())
+        }
+        ValueData::Object(entries) => ValueData::Object(
+            entries.iter().map(|(key, item)| (key.clone(), renumber(item, next))).collect(),
+        ),
+        other => other.clone(),
+    };
+    Value::new(id, data)
+}
+
+/// The query answered by the server's query host over a store holding the models, and by
+/// the offline evaluation over those the asking user may read: the same rows and total
+/// (returned; `None` when the text is not a query over a valid collection id).
+pub fn check_online_offline(input: &PlanInput) -> Option<u64> {
+    let query = Query::parse(&input.text).ok()?;
+    let collection = CollectionId::new(query.collection.clone()).ok()?;
+    let creator = UserId("creator".into());
+    let reader = if input.by_creator { creator.clone() } else { UserId("reader".into()) };
+    let mut store = MemoryServerStore::new();
+    let mut readable = Vec::new();
+    for (i, root) in input.models.iter().enumerate() {
+        let model = ModelId::new(format!("m{i:02}")).expect("a valid model id");
+        let Ok(data) = Document::new(renumber(root, &mut 0)) else { continue };
+        let private = input.private.get(i).copied().unwrap_or(false);
+        let grants = PermissionGrants {
+            override_collection: private,
+            world: if private { Permissions::NONE } else { Permissions::default() },
+            ..PermissionGrants::default()
+        };
+        let record = ModelRecord {
+            collection: collection.clone(),
+            created_at: Timestamp(i as i64),
+            nonce: None,
+            creator: Some(creator.clone()),
+            grants,
+        };
+        let keys = (input.indexes.iter())
+            .map(|path| (path.clone(), IndexKey::of_document(path, &data)))
+            .collect();
+        if !private || input.by_creator {
+            readable.push((model.clone(), data.to_value(), i as i64));
+        }
+        let snapshot = ModelSnapshot {
+            collection: collection.clone(),
+            version: 0,
+            created_at: Timestamp(i as i64),
+            modified_at: Timestamp(i as i64),
+            data,
+        };
+        store.apply(&Write::CreateModel { model: model.clone(), record, snapshot });
+        store.apply(&Write::IndexModel { model, collection: collection.clone(), keys });
+    }
+    let config = HostConfig {
+        collections: BTreeMap::from([(collection.clone(), CollectionConfig::default())]),
+        indexes: BTreeMap::from([(collection.clone(), input.indexes.clone())]),
+        ..HostConfig::default()
+    };
+    let user = User { id: reader, display_name: None, anonymous: false };
+    let read = QueryRead { request: RequestId(1), user, query: query.clone() };
+    let limits = QueryLimits { max_scanned: usize::MAX, max_rows: u64::MAX };
+    let online = match store.query(&read, &config, &limits) {
+        ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } => page,
+        other => panic!("{:?} online: {other:?}", input.text),
+    };
+    let candidates = readable.iter().map(|(id, data, at)| Candidate {
+        id: id.as_str(),
+        version: 0,
+        created: *at,
+        modified: *at,
+        data,
+    });
+    let offline = query.evaluate(candidates);
+    let offline_rows: Vec<_> = (offline.rows.into_iter())
+        .map(|row| {
+            let model = ModelId::new(row.id.clone()).expect("a stored model id");
+            wire_row(row, model, &collection)
+        })
+        .collect();
+    assert_eq!(online.total, offline.total, "total of {:?} online and offline", input.text);
+    assert_eq!(online.rows, offline_rows, "rows of {:?} online and offline", input.text);
+    Some(online.total)
 }

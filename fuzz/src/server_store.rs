@@ -1,20 +1,36 @@
 //! Fuzzing of what the server's store reads back from disk
 //! (`concord_server::fuzzing`): record payloads of every type sealed with a valid checksum
 //! (what a forged checksum, or a bug writing a record, would leave), and whole store files —
-//! arbitrary bytes, or the committed format fixture with bytes changed. Reading never panics
+//! arbitrary bytes, or with bytes changed: a file of the current format holding a record in
+//! every table ([`current_file`]), or the committed file of an older format (which opening
+//! migrates). Reading never panics
 //! or hangs: a record decodes to a value that re-encodes stably or to a typed error, and a
 //! damaged file opens and reads, or fails with a typed [`StoreError`].
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use concord_server::StoreError;
-use concord_server::fuzzing::{RecordKind, read_sealed, read_store_file};
+use concord_server::fuzzing::{RecordKind, read_sealed, read_store_file, sample_store_file};
 
 /// A store file written by an older format, with models, operations, collections, users and
 /// replica owners in it; opening it also runs the migrations.
 pub const FIXTURE: &[u8] =
     include_bytes!("../../crates/concord-server/tests/fixtures/server-v3.redb");
+
+/// A store file of the current format with a record in every table (identities, checkpoints,
+/// operation users and index entries included), written once per process by the store.
+pub fn current_file() -> &'static [u8] {
+    static FILE: OnceLock<Vec<u8>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = scratch_dir().with_extension("sample");
+        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = sample_store_file(&dir).expect("the sample store writes");
+        let _ = std::fs::remove_dir_all(&dir);
+        bytes
+    })
+}
 
 /// A payload, and the record type to read it as.
 #[derive(Debug)]
@@ -41,10 +57,13 @@ pub fn check_sealed(input: &SealedInput) {
     }
 }
 
-/// A store file: the fixture with bytes changed (most inputs, so that damage reaches past
+/// A store file: a valid one with bytes changed (most inputs, so that damage reaches past
 /// the file header into tables and records), or arbitrary bytes.
 #[derive(Debug)]
 pub enum FileInput {
+    /// The current-format file ([`current_file`]) with bytes changed.
+    DamagedCurrent(Vec<(u32, u8)>),
+    /// The older-format [`FIXTURE`] with bytes changed.
     DamagedFixture(Vec<(u32, u8)>),
     Bytes(Vec<u8>),
 }
@@ -52,8 +71,11 @@ pub enum FileInput {
 impl FileInput {
     pub fn bytes(&self) -> Vec<u8> {
         match self {
-            FileInput::DamagedFixture(changes) => {
-                let mut file = FIXTURE.to_vec();
+            FileInput::DamagedCurrent(changes) | FileInput::DamagedFixture(changes) => {
+                let mut file = match self {
+                    FileInput::DamagedCurrent(_) => current_file().to_vec(),
+                    _ => FIXTURE.to_vec(),
+                };
                 for &(at, byte) in changes {
                     let at = at as usize % file.len();
                     file[at] = byte;
@@ -75,7 +97,12 @@ impl<'a> Arbitrary<'a> for FileInput {
         let changes = (0..count)
             .map(|_| Ok((u.arbitrary::<u32>()?, u.arbitrary::<u8>()?)))
             .collect::<Result<_>>()?;
-        Ok(FileInput::DamagedFixture(changes))
+        // Mostly the current format, whose tables the server reads today.
+        Ok(if u.ratio(1, 4)? {
+            FileInput::DamagedFixture(changes)
+        } else {
+            FileInput::DamagedCurrent(changes)
+        })
     }
 }
 
@@ -87,6 +114,9 @@ pub fn check_file(input: &FileInput) -> std::result::Result<usize, StoreError> {
     read_store_file(&dir, &input.bytes())
 }
 
+/// This process's and thread's own directory (tests read files on several threads).
 fn scratch_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("concord-fuzz-server-store-{}", std::process::id()))
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    std::env::temp_dir().join(format!("concord-fuzz-server-store-{}-{thread}", std::process::id()))
 }

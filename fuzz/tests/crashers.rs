@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
-use concord_fuzz::query::{PlanInput, check_query_plan};
+use concord_fuzz::query::{PlanInput, check_online_offline, check_query_plan};
 use concord_fuzz::server_store::{FileInput, SealedInput, check_file, check_sealed};
 use concord_fuzz::store::{RecordInput, check_record};
 use concord_fuzz::{ApplyInput, Tp1Input, check_apply, check_tp1};
@@ -73,7 +73,12 @@ fn query_text_crashers() {
 
 #[test]
 fn query_plan_crashers() {
-    replay("query_plan", |bytes| passes::<PlanInput>(bytes, check_query_plan));
+    replay("query_plan", |bytes| {
+        passes::<PlanInput>(bytes, |input| {
+            check_query_plan(input);
+            let _ = check_online_offline(input);
+        })
+    });
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! fixed pseudo-random bytes, and texts near the grammar's edges.
 
 use arbitrary::{Arbitrary, Unstructured};
-use concord_fuzz::query::{PlanInput, check_query_plan, check_query_text};
+use concord_fuzz::query::{PlanInput, check_online_offline, check_query_plan, check_query_text};
 use concord_query::Query;
 
 /// xorshift64: deterministic bytes without a dependency.
@@ -81,6 +81,28 @@ fn texts_parse_or_fail_with_positions_inside_them() {
 }
 
 #[test]
+fn online_and_offline_answers_agree_on_a_private_model() {
+    // Two models, the first private to its creator: a reader is answered the second only,
+    // online and offline alike; the creator both.
+    let empty = concord_ot::Value::new(
+        concord_ot::ElementId::new(0, 0),
+        concord_ot::ValueData::Object(Default::default()),
+    );
+    let mut input = PlanInput {
+        models: vec![empty.clone(), empty],
+        text: "SELECT * FROM t ORDER BY a DESC LIMIT 1".to_owned(),
+        indexes: Vec::new(),
+        private: vec![true, false],
+        by_creator: false,
+    };
+    assert_eq!(check_online_offline(&input), Some(1));
+    input.by_creator = true;
+    assert_eq!(check_online_offline(&input), Some(2));
+    input.text = "SELECT * FROM".to_owned();
+    assert_eq!(check_online_offline(&input), None);
+}
+
+#[test]
 fn plans_are_sound_on_seeded_inputs() {
     const RUNS: usize = 3000;
     let mut seed = 0x5eed_u64;
@@ -97,6 +119,7 @@ fn plans_are_sound_on_seeded_inputs() {
             matched += usize::from(query.evaluate(candidates).total > 0);
         }
         check_query_plan(&input);
+        let _ = check_online_offline(&input);
     }
     // The generated queries must mostly parse and select something, or they check little.
     assert!(parsed >= RUNS * 2 / 3, "{parsed} of {RUNS} queries parsed");

@@ -2,7 +2,9 @@
 //! record type from fixed pseudo-random bytes, and the format fixture with bytes changed all
 //! through it.
 
-use concord_fuzz::server_store::{FIXTURE, FileInput, SealedInput, check_file, check_sealed};
+use concord_fuzz::server_store::{
+    FIXTURE, FileInput, SealedInput, check_file, check_sealed, current_file,
+};
 use concord_server::fuzzing::{RecordKind, read_sealed};
 
 /// xorshift64: deterministic bytes without a dependency.
@@ -43,11 +45,26 @@ fn the_fixture_reads_whole() {
 }
 
 #[test]
+fn the_current_file_reads_whole() {
+    let models = check_file(&FileInput::DamagedCurrent(Vec::new())).expect("the sample reads");
+    assert_eq!(models, 2, "the sample holds two live models");
+    eprintln!("the current-format sample is {} bytes", current_file().len());
+}
+
+#[test]
 fn a_damaged_store_file_reads_or_fails_with_a_typed_error() {
     let (mut read, mut refused) = (0, 0);
     for at in (0..FIXTURE.len() as u32).step_by(233) {
         for byte in [0x00, 0xff] {
             match check_file(&FileInput::DamagedFixture(vec![(at, byte)])) {
+                Ok(_) => read += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    for at in (0..current_file().len() as u32).step_by(1009) {
+        for byte in [0x00, 0xff] {
+            match check_file(&FileInput::DamagedCurrent(vec![(at, byte)])) {
                 Ok(_) => read += 1,
                 Err(_) => refused += 1,
             }

@@ -19,13 +19,16 @@
 //!   `target/web/pkg`, refuses declarations that type the public API as `any`, and compiles
 //!   the TypeScript example app with `tsc --strict` (TypeScript pinned, installed from npm
 //!   into `target/typescript`).
-//! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
+//! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a wall-clock time or a CPU budget
+//!   each, on nightly or on stable with `RUSTC_BOOTSTRAP=1` (see `fuzz.rs`), once or round
+//!   after round, the corpus and logs where asked.
 //! - `bench` runs the criterion benchmarks.
 //! - `soak` runs the seeded multi-client simulations over many seeds, in release.
 //!
 //! It is not a build system: every step is a plain cargo command, printed before it runs,
 //! so a failure can be reproduced by hand. It depends on nothing but anyhow.
 
+mod fuzz;
 #[cfg(test)]
 mod tidy;
 mod web;
@@ -48,8 +51,13 @@ commands:
   browser-tools                    only install and check what browser-test needs
   web                              build the browser bundle, the demo page and the package
                                    into target/web
-  fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
-                                   each on nightly (default 60)
+  fuzz [--seconds N] [--cpu-seconds N] [--corpus DIR] [--logs DIR] [--repeat]
+       [--toolchain nightly|stable] [TARGET]
+                                   run every fuzz target (or TARGET) for N seconds
+                                   (default 60) or N CPU seconds each, on nightly (when
+                                   installed) or on stable with RUSTC_BOOTSTRAP=1; the corpus in
+                                   DIR/<target> (default fuzz/corpus), the output in
+                                   DIR/<target>.log; --repeat: round after round
   bench                            run the benchmarks
   soak [--seeds N]                 run the sync simulations over N seeds per
                                    scenario, in release (default 10000)
@@ -64,8 +72,6 @@ const PURE_CRATES: [&str; 4] = ["concord-ot", "concord-protocol", "concord-sync"
 /// on them.
 const IO_CRATES: [&str; 4] = ["tokio", "redb", "web-sys", "tungstenite"];
 
-const DEFAULT_FUZZ_SECONDS: u64 = 60;
-
 const DEFAULT_SOAK_SEEDS: u64 = 10_000;
 
 /// The fuzz crate is its own workspace (excluded from the main one).
@@ -79,9 +85,7 @@ fn main() -> ExitCode {
         ["browser-test"] => browser_test(Missing::Fail),
         ["browser-tools"] => browser_tools().map(|tools| eprintln!("browser tools: {tools:?}")),
         ["web"] => browser_tools().and_then(|tools| web(&tools)),
-        ["fuzz", rest @ ..] => {
-            parse_fuzz_args(rest).and_then(|(seconds, target)| fuzz(seconds, target.as_deref()))
-        }
+        ["fuzz", rest @ ..] => fuzz::parse_args(rest).and_then(|args| fuzz::fuzz(&args)),
         ["bench"] => bench(),
         ["soak"] => soak(DEFAULT_SOAK_SEEDS),
         ["soak", "--seeds", n] => match n.parse() {
@@ -548,112 +552,6 @@ fn layering() -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// fuzz
-
-fn parse_fuzz_args(args: &[&str]) -> anyhow::Result<(u64, Option<String>)> {
-    let mut seconds = DEFAULT_FUZZ_SECONDS;
-    let mut target = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match *arg {
-            "--seconds" => {
-                let value = args.next().context("--seconds needs a number")?;
-                seconds = value
-                    .parse()
-                    .with_context(|| format!("--seconds {value}: not a whole number"))?;
-            }
-            flag if flag.starts_with('-') => bail!("unknown fuzz option `{flag}`\n\n{USAGE}"),
-            name if target.is_none() => target = Some(name.to_owned()),
-            extra => bail!("more than one fuzz target given (`{extra}`)\n\n{USAGE}"),
-        }
-    }
-    Ok((seconds, target))
-}
-
-/// The fuzz targets: the `[[bin]]` entries of `fuzz/Cargo.toml`.
-fn fuzz_targets() -> anyhow::Result<Vec<String>> {
-    let path = root().join(FUZZ_MANIFEST);
-    let manifest =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let targets = bin_names(&manifest);
-    if targets.is_empty() {
-        bail!("{} declares no [[bin]] fuzz targets", path.display());
-    }
-    Ok(targets)
-}
-
-/// The `name`s of the `[[bin]]` tables of a manifest.
-fn bin_names(manifest: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut in_bin = false;
-    for line in manifest.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_bin = line == "[[bin]]";
-        } else if in_bin
-            && let Some(value) = line.strip_prefix("name")
-            && let Some(value) = value.trim_start().strip_prefix('=')
-        {
-            names.push(value.trim().trim_matches('"').to_owned());
-        }
-    }
-    names
-}
-
-/// Whether rustup has a nightly toolchain. Asked of rustup rather than tried with
-/// `cargo +nightly`, which some rustup versions answer by installing one.
-fn nightly_installed() -> bool {
-    let Ok(output) = Command::new("rustup").args(["toolchain", "list"]).output() else {
-        return false;
-    };
-    output.status.success()
-        && String::from_utf8_lossy(&output.stdout).lines().any(|line| line.starts_with("nightly"))
-}
-
-fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
-    let all = fuzz_targets()?;
-    let targets: Vec<String> = match only {
-        Some(target) if all.iter().any(|t| t == target) => vec![target.to_owned()],
-        Some(target) => bail!("no fuzz target `{target}`; the targets are: {}", all.join(", ")),
-        None => all,
-    };
-    if !nightly_installed() {
-        bail!(
-            "cargo-fuzz needs a nightly toolchain and none is installed \
-             (`rustup toolchain list` shows none); install one with \
-             `rustup toolchain install nightly`"
-        );
-    }
-    if !succeeds(cargo(&["fuzz", "--version"])) {
-        eprintln!("cargo-fuzz is not installed: installing it");
-        if run(cargo(&["install", "cargo-fuzz", "--locked"])).is_err() {
-            eprintln!("installing with --locked failed: retrying without it");
-            run(cargo(&["install", "cargo-fuzz"])).context("cannot install cargo-fuzz")?;
-        }
-    }
-    let mut failed = Vec::new();
-    for target in &targets {
-        eprintln!("\n==> fuzz {target} for {seconds}s");
-        let max_time = format!("-max_total_time={seconds}");
-        let command =
-            fuzz_cargo(&["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", target, "--", &max_time]);
-        if let Err(error) = run(command) {
-            eprintln!("xtask fuzz: {target} failed: {error:#}");
-            failed.push(target.as_str());
-        }
-    }
-    if !failed.is_empty() {
-        bail!(
-            "fuzz targets failed: {} (inputs are in fuzz/artifacts/<target>/; minimise one \
-             with `cargo +nightly fuzz tmin <target> <input>`)",
-            failed.join(", ")
-        );
-    }
-    eprintln!("xtask fuzz: {} ran {seconds}s each without a finding", targets.join(", "));
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
 // bench
 
 fn bench() -> anyhow::Result<()> {
@@ -717,14 +615,6 @@ mod tests {
     }
 
     #[test]
-    fn fuzz_targets_are_the_bins_of_the_fuzz_manifest() {
-        let manifest = "[package]\nname = \"concord-fuzz\"\n\n[[bin]]\nname = \"ot_apply\"\n\
-                        path = \"fuzz_targets/ot_apply.rs\"\n\n[[bin]]\nname=\"ot_tp1\"\n";
-        assert_eq!(bin_names(manifest), ["ot_apply", "ot_tp1"]);
-        assert!(fuzz_targets().unwrap().contains(&"ot_tp1".to_owned()));
-    }
-
-    #[test]
     fn locked_versions() {
         let lock = "version = 4\n\n[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.1\"\n\
                     source = \"registry\"\n\n[[package]]\nname = \"wasm-bindgen-macro\"\n\
@@ -744,18 +634,5 @@ mod tests {
         let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
         let pin = format!("wasm-bindgen = \"={locked}\"");
         assert!(manifest.lines().any(|line| line.trim() == pin), "Cargo.toml lacks `{pin}`");
-    }
-
-    #[test]
-    fn fuzz_arguments() {
-        assert_eq!(parse_fuzz_args(&[]).unwrap(), (60, None));
-        assert_eq!(
-            parse_fuzz_args(&["--seconds", "5", "ot_tp1"]).unwrap(),
-            (5, Some("ot_tp1".to_owned()))
-        );
-        assert!(parse_fuzz_args(&["--seconds"]).is_err());
-        assert!(parse_fuzz_args(&["--seconds", "x"]).is_err());
-        assert!(parse_fuzz_args(&["--bogus"]).is_err());
-        assert!(parse_fuzz_args(&["a", "b"]).is_err());
     }
 }

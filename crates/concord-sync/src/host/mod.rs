@@ -53,7 +53,7 @@ pub use query::{
     QueryEntry, QueryLimits, QueryModelData, QueryRead, QuerySource, invalid_query, query_reply,
     wire_row,
 };
-pub use session::{SessionHost, SessionLimits, SessionOutput};
+pub use session::{SessionHost, SessionLimits, SessionOutput, reference_bytes};
 
 /// Connections are told apart by a number the caller makes unique within a server's run and
 /// increasing in the order connections are accepted (a client's newest connection has its

@@ -544,8 +544,9 @@ impl SessionHost {
     }
 }
 
-/// About how many bytes a reference value holds.
-fn reference_bytes(value: &ReferenceValue) -> usize {
+/// About how many bytes a reference value holds, as [`SessionLimits::max_reference_bytes`]
+/// counts them (with the reference's key).
+pub fn reference_bytes(value: &ReferenceValue) -> usize {
     match value {
         ReferenceValue::Index(indices) => indices.len() * 8,
         ReferenceValue::Range(ranges) => ranges.len() * 16,

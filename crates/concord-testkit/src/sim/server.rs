@@ -315,8 +315,13 @@ impl SimServer {
         Ok(sent)
     }
 
+    /// The model hosts loaded now.
+    pub fn loaded_models(&self) -> impl Iterator<Item = &ModelHost> {
+        self.models.values()
+    }
+
     /// Whether `user` may read `model` as the store holds it (a missing model: no).
-    fn may_read(&self, user: &User, model: &ModelId) -> bool {
+    pub fn may_read(&self, user: &User, model: &ModelId) -> bool {
         let Some(record) = self.durable.record(model) else { return false };
         let collection = (self.config.collections.get(&record.collection).cloned())
             .or_else(|| self.durable.collection(&record.collection))
