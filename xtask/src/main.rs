@@ -21,7 +21,8 @@
 //!   into `target/typescript`).
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
-//! - `soak` runs the seeded multi-client simulations over many seeds, in release.
+//! - `soak` runs the seeded multi-client and multi-node (lease) simulations over many
+//!   seeds, in release.
 //!
 //! It is not a build system: every step is a plain cargo command, printed before it runs,
 //! so a failure can be reproduced by hand. It depends on nothing but anyhow.
@@ -666,8 +667,16 @@ fn bench() -> anyhow::Result<()> {
 /// The simulation tests read the seed count from `CONCORD_SEEDS`; a failure names its seed.
 fn soak(seeds: u64) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut command =
-        cargo(&["test", "--release", "-p", "concord-testkit", "--test", "simulation"]);
+    let mut command = cargo(&[
+        "test",
+        "--release",
+        "-p",
+        "concord-testkit",
+        "--test",
+        "simulation",
+        "--test",
+        "lease_simulation",
+    ]);
     command.env("CONCORD_SEEDS", seeds.to_string());
     run(command)?;
     eprintln!("xtask soak: {seeds} seeds per scenario passed in {:.0?}", started.elapsed());
