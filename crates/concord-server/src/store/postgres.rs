@@ -42,12 +42,17 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
+pub(crate) mod cluster;
+
 use super::{DomainWrites, ServerStore, StoreError, StoredDecision, failed_history, failed_query};
 use crate::types::ModelKey;
 
 /// The schema migrations, in order: schema `n` is the first `n` of them applied.
-const MIGRATIONS: &[&str] =
-    &[include_str!("postgres/0001_initial.sql"), include_str!("postgres/0002_identities.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/0001_initial.sql"),
+    include_str!("postgres/0002_identities.sql"),
+    include_str!("postgres/0004_cluster.sql"),
+];
 
 /// The schema this server writes.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -71,6 +76,8 @@ pub(crate) struct PostgresStore {
     pool: Pool,
     /// Where the database is, without credentials (for messages).
     target: Arc<str>,
+    /// When this server is a cluster node: its leases, which every commit checks.
+    leases: Option<Arc<cluster::NodeLeases>>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -198,11 +205,17 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Backend(format!("the PostgreSQL pool: {e}")))?;
-        let store = PostgresStore { pool, target };
+        let store = PostgresStore { pool, target, leases: None };
         let mut client = store.client().await?;
         migrate(&mut client).await?;
         sync_indexes(&mut client, indexes).await?;
         Ok(store)
+    }
+
+    /// This store as a cluster node's: every commit checks `leases` first.
+    pub(crate) fn with_leases(mut self, leases: Arc<cluster::NodeLeases>) -> PostgresStore {
+        self.leases = Some(leases);
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -681,6 +694,9 @@ impl PostgresStore {
     async fn try_commit(&self, batch: &[DomainWrites], reconciling: bool) -> Result<(), Attempt> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg)?;
+        if let Some(leases) = &self.leases {
+            cluster::check_leases(&txn, leases, batch).await?;
+        }
         let mut decided = Decided { reconciling, ..Decided::default() };
         for DomainWrites { domain, writes } in batch {
             for write in writes {
