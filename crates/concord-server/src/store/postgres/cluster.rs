@@ -60,7 +60,11 @@ impl NodeLeases {
 pub(crate) enum Acquired {
     Granted(u64),
     /// Another live node holds it.
-    Held { node: i64, name: String, url: String },
+    Held {
+        node: i64,
+        name: String,
+        url: String,
+    },
 }
 
 fn seconds(duration: Duration) -> f64 {
@@ -72,9 +76,10 @@ impl PostgresStore {
     pub(crate) async fn register_node(&self, name: &str, url: &str) -> Result<i64, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one("INSERT INTO concord_nodes (name, url) VALUES ($1, $2) RETURNING id", &[
-                &name, &url,
-            ])
+            .query_one(
+                "INSERT INTO concord_nodes (name, url) VALUES ($1, $2) RETURNING id",
+                &[&name, &url],
+            )
             .await
             .map_err(pg)?;
         Ok(row.get(0))
@@ -193,9 +198,10 @@ impl PostgresStore {
     pub(crate) async fn node_stopped(&self, node: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .execute("UPDATE concord_nodes SET stopped_at = clock_timestamp() WHERE id = $1", &[
-                &node,
-            ])
+            .execute(
+                "UPDATE concord_nodes SET stopped_at = clock_timestamp() WHERE id = $1",
+                &[&node],
+            )
             .await
             .map_err(pg)?;
         Ok(())
