@@ -14,8 +14,9 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use concord_protocol::{CollectionId, Permissions, UserId};
 use concord_server::{
-    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig,
-    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, ClusterConfig,
+    CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, LeaseConfig, PresenceLimits,
+    ServerConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,18 @@ pub(crate) struct Settings {
     /// [default: 30]
     #[arg(long, env = "CONCORD_STORE_RETRY_SECS", value_name = "SECS")]
     pub(crate) store_retry_secs: Option<u64>,
+    /// Run as one node of several on the PostgreSQL store, reached by clients at this URL
+    /// (`ws://host:port`); a model is sequenced only by the node holding its lease
+    /// (docs/cluster.md) [default: the only server on its store]
+    #[arg(long, env = "CONCORD_NODE_URL", value_name = "URL")]
+    pub(crate) node_url: Option<String>,
+    /// This node's name in the cluster [default: its node URL]
+    #[arg(long, env = "CONCORD_NODE_NAME", value_name = "NAME")]
+    pub(crate) node_name: Option<String>,
+    /// How long a cluster node's leases last, in milliseconds: a dead node's models are
+    /// taken over after at most this long; renewed every quarter of it [default: 4000]
+    #[arg(long, env = "CONCORD_LEASE_MILLIS", value_name = "MS")]
+    pub(crate) lease_millis: Option<u64>,
     /// File holding the HS256 secret that client JWTs are signed with (its contents, without
     /// surrounding whitespace) [default: <data-dir>/secret]
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE", value_name = "FILE")]
@@ -274,6 +287,11 @@ pub(crate) struct Config {
     pub(crate) store: Option<String>,
     pub(crate) store_retry_secs: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node_name: Option<String>,
+    pub(crate) lease_millis: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_rs256_public_key: Option<PathBuf>,
@@ -332,6 +350,9 @@ impl Default for Config {
             data_dir: PathBuf::from("./concord-data"),
             store: None,
             store_retry_secs: server.store_retry.as_secs(),
+            node_url: None,
+            node_name: None,
+            lease_millis: LeaseConfig::default().ttl.as_millis() as u64,
             jwt_secret_file: None,
             jwt_rs256_public_key: None,
             jwt_audience: None,
@@ -392,6 +413,9 @@ impl Config {
             data_dir: pick!(data_dir),
             store: pick!(optional store),
             store_retry_secs: pick!(store_retry_secs),
+            node_url: pick!(optional node_url),
+            node_name: pick!(optional node_name),
+            lease_millis: pick!(lease_millis),
             jwt_secret_file: pick!(optional jwt_secret_file),
             jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
             jwt_audience: pick!(optional jwt_audience),
@@ -550,6 +574,17 @@ impl Config {
         server.admins = self.identity_admins.iter().cloned().map(UserId).collect();
         server.store = self.store.clone();
         server.store_retry = Duration::from_secs(self.store_retry_secs);
+        server.cluster = self.node_url.as_ref().map(|url| {
+            let ttl = Duration::from_millis(self.lease_millis);
+            ClusterConfig {
+                name: self.node_name.clone().unwrap_or_else(|| url.clone()),
+                url: url.clone(),
+                lease: LeaseConfig { ttl, renew_every: ttl / 4, margin: ttl / 4 },
+            }
+        });
+        if server.cluster.is_none() && self.node_name.is_some() {
+            bail!("node_name is set without node_url: a cluster node needs its URL");
+        }
         Ok(server)
     }
 
