@@ -5,6 +5,7 @@
 //! another node takes over without waiting for them to expire.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,10 +44,13 @@ impl Cluster {
     pub(crate) async fn join(
         store: PostgresStore,
         config: ClusterConfig,
+        local_addr: SocketAddr,
     ) -> Result<(Arc<Cluster>, PostgresStore), StoreError> {
-        let node = store.register_node(&config.name, &config.url).await?;
+        let url = config.url.clone().unwrap_or_else(|| format!("ws://{local_addr}"));
+        let name = config.name.clone().unwrap_or_else(|| url.clone());
+        let node = store.register_node(&name, &url).await?;
         let leases = Arc::new(NodeLeases::new(node, config.lease));
-        tracing::info!(node, name = %config.name, url = %config.url, "joined the cluster");
+        tracing::info!(node, %name, %url, "joined the cluster");
         let fenced = store.clone().with_leases(leases.clone());
         let cluster =
             Arc::new(Cluster { store, leases, config, serving: Mutex::new(HashMap::new()) });

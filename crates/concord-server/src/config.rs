@@ -21,11 +21,11 @@ use crate::outbox::max_message_bytes;
 /// A server node among several on one PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// The node's name, for operators and other nodes' messages.
-    pub name: String,
+    /// The node's name, for operators and other nodes' messages (`None`: its URL).
+    pub name: Option<String>,
     /// Where clients reach this node (`ws://host:port`): told to clients of other nodes
-    /// asking for a model this node serves.
-    pub url: String,
+    /// asking for a model this node serves (`None`: `ws://` and the address it listens on).
+    pub url: Option<String>,
     /// How long leases last and how often they are renewed: a dead node's models are
     /// taken over after at most the lease time.
     pub lease: LeaseConfig,

@@ -62,13 +62,13 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.check()?;
         let auth = Authenticator::new(&config.auth)?;
-        let (store, cluster) = open_store(&config).await?;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+        let (store, cluster) = open_store(&config, local_addr).await?;
         let store_failed = CancellationToken::new();
         // Only PostgreSQL comes back after a failed commit; a failed redb write is a disk
         // fault, which stops the server.
@@ -185,12 +185,15 @@ impl Server {
 
 /// Opens the store `config` names: the embedded one in its data dir, or PostgreSQL (as a
 /// cluster node when so configured).
-async fn open_store(config: &ServerConfig) -> Result<(Store, Option<Arc<Cluster>>), StoreError> {
+async fn open_store(
+    config: &ServerConfig,
+    local_addr: SocketAddr,
+) -> Result<(Store, Option<Arc<Cluster>>), StoreError> {
     #[cfg(feature = "postgres")]
     if let Some(url) = &config.store {
         let store = crate::store::postgres::PostgresStore::connect(url, &config.indexes).await?;
         if let Some(cluster) = &config.cluster {
-            let (cluster, store) = Cluster::join(store, cluster.clone()).await?;
+            let (cluster, store) = Cluster::join(store, cluster.clone(), local_addr).await?;
             return Ok((Arc::new(store), Some(cluster)));
         }
         return Ok((Arc::new(store), None));

@@ -41,9 +41,13 @@ pub(crate) struct Settings {
     /// [default: 30]
     #[arg(long, env = "CONCORD_STORE_RETRY_SECS", value_name = "SECS")]
     pub(crate) store_retry_secs: Option<u64>,
-    /// Run as one node of several on the PostgreSQL store, reached by clients at this URL
-    /// (`ws://host:port`); a model is sequenced only by the node holding its lease
-    /// (docs/cluster.md) [default: the only server on its store]
+    /// Run as one node of several on the PostgreSQL store: a model is sequenced only by the
+    /// node holding its lease (docs/cluster.md) [default: false, the only server on its store]
+    #[arg(long, env = "CONCORD_CLUSTER", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub(crate) cluster: Option<bool>,
+    /// Where clients reach this cluster node (`ws://host:port`), told to clients of other
+    /// nodes [default: ws://<the address it listens on>]
     #[arg(long, env = "CONCORD_NODE_URL", value_name = "URL")]
     pub(crate) node_url: Option<String>,
     /// This node's name in the cluster [default: its node URL]
@@ -286,6 +290,7 @@ pub(crate) struct Config {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted_store")]
     pub(crate) store: Option<String>,
     pub(crate) store_retry_secs: u64,
+    pub(crate) cluster: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) node_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +355,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./concord-data"),
             store: None,
             store_retry_secs: server.store_retry.as_secs(),
+            cluster: false,
             node_url: None,
             node_name: None,
             lease_millis: LeaseConfig::default().ttl.as_millis() as u64,
@@ -413,6 +419,7 @@ impl Config {
             data_dir: pick!(data_dir),
             store: pick!(optional store),
             store_retry_secs: pick!(store_retry_secs),
+            cluster: pick!(cluster),
             node_url: pick!(optional node_url),
             node_name: pick!(optional node_name),
             lease_millis: pick!(lease_millis),
@@ -574,16 +581,16 @@ impl Config {
         server.admins = self.identity_admins.iter().cloned().map(UserId).collect();
         server.store = self.store.clone();
         server.store_retry = Duration::from_secs(self.store_retry_secs);
-        server.cluster = self.node_url.as_ref().map(|url| {
+        server.cluster = self.cluster.then(|| {
             let ttl = Duration::from_millis(self.lease_millis);
             ClusterConfig {
-                name: self.node_name.clone().unwrap_or_else(|| url.clone()),
-                url: url.clone(),
+                name: self.node_name.clone(),
+                url: self.node_url.clone(),
                 lease: LeaseConfig { ttl, renew_every: ttl / 4, margin: ttl / 4 },
             }
         });
-        if server.cluster.is_none() && self.node_name.is_some() {
-            bail!("node_name is set without node_url: a cluster node needs its URL");
+        if !self.cluster && (self.node_name.is_some() || self.node_url.is_some()) {
+            bail!("node_name or node_url is set without cluster = true");
         }
         Ok(server)
     }
