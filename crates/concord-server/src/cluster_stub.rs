@@ -30,4 +30,8 @@ impl Cluster {
     pub(crate) async fn leave(&self) {
         match *self {}
     }
+
+    pub(crate) async fn keep(self: std::sync::Arc<Self>, _: CancellationToken) {
+        match *self {}
+    }
 }

@@ -185,6 +185,7 @@ impl Server {
 
 /// Opens the store `config` names: the embedded one in its data dir, or PostgreSQL (as a
 /// cluster node when so configured).
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
 async fn open_store(
     config: &ServerConfig,
     local_addr: SocketAddr,

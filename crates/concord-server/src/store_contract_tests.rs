@@ -512,7 +512,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
     assert_eq!(a.renew(a_leases.node, &[(doc.clone(), first)], short).await.unwrap(), vec![]);
     let b_epoch = (doc.clone(), first + 1);
     assert_eq!(
-        b.renew(b_leases.node, &[b_epoch.clone()], minute).await.unwrap(),
+        b.renew(b_leases.node, std::slice::from_ref(&b_epoch), minute).await.unwrap(),
         vec![b_epoch.clone()]
     );
     b.commit(write(last + 2, 53)).await.unwrap();

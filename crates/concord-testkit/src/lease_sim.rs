@@ -464,13 +464,13 @@ impl Sim {
 
     // The nodes.
 
-    fn to_db(&mut self, node: usize, request: DbRequest) {
+    fn send_to_db(&mut self, node: usize, request: DbRequest) {
         let from = self.nodes[node].incarnation;
         let delay = self.delay();
         self.schedule(delay, Event::ToDb { node, from, request });
     }
 
-    fn to_client(&mut self, client: usize, reply: ClientReply) {
+    fn send_to_client(&mut self, client: usize, reply: ClientReply) {
         let delay = self.delay();
         self.schedule(delay, Event::ToClient { client, reply });
     }
@@ -488,7 +488,7 @@ impl Sim {
             }
             None => {
                 n.models.insert(model, ModelState::Acquiring { waiting: vec![(client, op)] });
-                self.to_db(node, DbRequest::Acquire { model, sent_at: now });
+                self.send_to_db(node, DbRequest::Acquire { model, sent_at: now });
             }
         }
     }
@@ -514,7 +514,7 @@ impl Sim {
             let (client, op) = queue.pop_front().expect("not empty");
             if log.contains(&op) {
                 self.stats.duplicates += 1;
-                self.to_client(client, ClientReply::Acked(op));
+                self.send_to_client(client, ClientReply::Acked(op));
                 continue;
             }
             *in_flight = Some((client, op));
@@ -525,7 +525,7 @@ impl Sim {
                 prev: log.last().copied(),
                 op,
             };
-            self.to_db(node, request);
+            self.send_to_db(node, request);
             return;
         }
     }
@@ -544,7 +544,7 @@ impl Sim {
             }
         };
         for client in waiting {
-            self.to_client(client, ClientReply::Failed);
+            self.send_to_client(client, ClientReply::Failed);
         }
     }
 
@@ -557,7 +557,7 @@ impl Sim {
                 match n.models.remove(&model) {
                     Some(ModelState::Acquiring { waiting }) => {
                         n.models.insert(model, ModelState::Loading { epoch, waiting });
-                        self.to_db(node, DbRequest::Load { model, epoch });
+                        self.send_to_db(node, DbRequest::Load { model, epoch });
                     }
                     other => {
                         // Not wanted any more: hand it back.
@@ -565,7 +565,7 @@ impl Sim {
                             n.models.insert(model, state);
                         } else {
                             n.leases.drop_lease(&model, Some(epoch));
-                            self.to_db(node, DbRequest::Release { model, epoch });
+                            self.send_to_db(node, DbRequest::Release { model, epoch });
                         }
                     }
                 }
@@ -575,7 +575,7 @@ impl Sim {
                     self.nodes[node].models.remove(&model)
                 {
                     for (client, _) in waiting {
-                        self.to_client(client, ClientReply::NotOwner(Some(owner)));
+                        self.send_to_client(client, ClientReply::NotOwner(Some(owner)));
                     }
                 }
             }
@@ -615,7 +615,7 @@ impl Sim {
                 }
                 log.push(op);
                 let (client, _) = in_flight.take().expect("checked");
-                self.to_client(client, ClientReply::Acked(op));
+                self.send_to_client(client, ClientReply::Acked(op));
                 self.pump(node, model);
             }
             DbReply::Fenced { model, epoch } => {
@@ -636,7 +636,7 @@ impl Sim {
             self.step_down(node, model);
         }
         if let Some(leases) = self.nodes[node].leases.poll_renewal(now) {
-            self.to_db(node, DbRequest::Renew { leases });
+            self.send_to_db(node, DbRequest::Renew { leases });
         }
     }
 
@@ -733,7 +733,7 @@ impl Sim {
             3 => {
                 self.stats.shutdowns += 1;
                 for (model, epoch) in self.nodes[node].leases.held() {
-                    self.to_db(node, DbRequest::Release { model, epoch });
+                    self.send_to_db(node, DbRequest::Release { model, epoch });
                 }
                 let models: Vec<Model> = self.nodes[node].models.keys().copied().collect();
                 for model in models {
