@@ -21,12 +21,14 @@
 //!   into `target/typescript`).
 //! - `fuzz` runs the cargo-fuzz targets in `fuzz/` for a fixed time each, on nightly.
 //! - `bench` runs the criterion benchmarks.
+//! - `cluster` starts PostgreSQL and three `concord serve --cluster` nodes on loopback.
 //! - `soak` runs the seeded multi-client and multi-node (lease) simulations over many
 //!   seeds, in release.
 //!
 //! It is not a build system: every step is a plain cargo command, printed before it runs,
 //! so a failure can be reproduced by hand. It depends on nothing but anyhow.
 
+mod cluster;
 #[cfg(test)]
 mod tidy;
 mod web;
@@ -52,6 +54,9 @@ commands:
   fuzz [--seconds N] [TARGET]      run every fuzz target (or TARGET) for N seconds
                                    each on nightly (default 60)
   bench                            run the benchmarks
+  cluster                          start PostgreSQL and three cluster nodes on loopback
+                                   (ports 55432 and 7701-7703), print their URLs,
+                                   stop them all on Enter
   soak [--seeds N]                 run the sync simulations over N seeds per
                                    scenario, in release (default 10000)
   help                             print this message";
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
             parse_fuzz_args(rest).and_then(|(seconds, target)| fuzz(seconds, target.as_deref()))
         }
         ["bench"] => bench(),
+        ["cluster"] => cluster::cluster(),
         ["soak"] => soak(DEFAULT_SOAK_SEEDS),
         ["soak", "--seeds", n] => match n.parse() {
             Ok(seeds) => soak(seeds),
