@@ -1,7 +1,8 @@
 //! Several `concord serve` nodes on one real PostgreSQL (`docs/cluster.md`): a node that
 //! is paused past its lease writes nothing when it wakes and steps the model down, another
 //! node takes the model over; the owner killed (SIGKILL) under load, another node takes
-//! over within the lease time and every acknowledged operation is there, once.
+//! over within the lease time and every acknowledged operation is there, once; a node
+//! shut down gracefully releases its leases.
 
 mod common;
 #[path = "../../concord-server/tests/support/postgres.rs"]
@@ -167,6 +168,16 @@ async fn a_paused_owner_writes_nothing_and_a_killed_owner_is_taken_over_with_not
         assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} in {text}");
     }
     assert_eq!(text.matches('<').count() as u64, opened.snapshot.version, "{text}");
+
+    // A graceful shutdown hands the model over without waiting for the lease: a releases
+    // it once everything is durable, and the restarted b serves it with all of it.
+    b.restart()?;
+    let version = opened.snapshot.version;
     a.stop()?;
+    let lease =
+        cluster.sql_in("cluster", "SELECT expires_at FROM concord_leases WHERE model = 'doc'");
+    assert_eq!(lease, "-infinity", "a released its lease");
+    let (_on_b, opened, _) = open_when_served(&b.url("acme", "team"), &token, &model).await?;
+    assert_eq!(opened.snapshot.version, version);
     Ok(())
 }
