@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use concord_sync::lease::LeaseConfig;
 
-use crate::store::postgres::cluster::{Acquired, NodeLeases};
+use crate::store::postgres::cluster::{Acquired, LEASE_CHECK, NodeLeases};
 use crate::store::postgres::{PostgresStore, SCHEMA_VERSION};
 use crate::store::{DomainWrites, ServerStore, Store, StoreError};
 use crate::test_postgres::{TestPostgres, shared};
@@ -535,4 +535,41 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
         }],
     }];
     b.commit(user_only).await.unwrap();
+}
+
+/// The ordering the fencing rests on: a grant to another node waits for a commit that
+/// holds the lease (its first statement, `LEASE_CHECK`), even past the lease's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_waits_for_the_commit_holding_the_lease() {
+    let Some(cluster) = shared() else { return };
+    let url = cluster.url("lease_order");
+    let minute = Duration::from_secs(60);
+    let (a, a_leases) = node_store(&cluster, "lease_order", "a", minute).await;
+    let (b, b_leases) = node_store(&cluster, "lease_order", "b", minute).await;
+    let doc = key("acme/notes", "doc");
+    let Acquired::Granted(epoch) = acquire(&a, &a_leases, &doc, Duration::from_millis(300)).await
+    else {
+        panic!("a free lease is granted")
+    };
+    // A commit of a's, in progress: its lease check done, the rest still to come.
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let txn = raw.transaction().await.unwrap();
+    let (domains, models, epochs) = (vec!["acme/notes"], vec!["doc"], vec![epoch as i64]);
+    let locked =
+        txn.query(LEASE_CHECK, &[&domains, &models, &epochs, &a_leases.node]).await.unwrap();
+    assert_eq!(locked.len(), 1);
+    // The lease expires meanwhile; b asks for it and must wait for a's commit.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let grant = tokio::spawn(async move {
+        let acquired = b.acquire(b_leases.node, &doc, minute).await.unwrap();
+        (acquired, std::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!grant.is_finished(), "the grant did not wait for the commit holding the lease");
+    let committed = std::time::Instant::now();
+    txn.commit().await.unwrap();
+    let (acquired, granted) = grant.await.unwrap();
+    assert_eq!(acquired, Acquired::Granted(epoch + 1));
+    assert!(granted >= committed);
 }

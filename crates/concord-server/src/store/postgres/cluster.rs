@@ -233,6 +233,14 @@ fn written_model(write: &Write) -> Option<&ModelId> {
     }
 }
 
+/// The leases of `(domain, model, epoch)` rows held by node `$4`, unexpired, locked until
+/// the transaction ends.
+pub(crate) const LEASE_CHECK: &str = "SELECT l.domain, l.model FROM concord_leases l
+     JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS w(domain, model, epoch)
+          ON l.domain = w.domain AND l.model = w.model AND l.epoch = w.epoch
+     WHERE l.node = $4 AND l.expires_at > clock_timestamp()
+     FOR SHARE OF l";
+
 /// First statement of a node's commit: every model `batch` writes must be leased to the node
 /// under the epoch it holds, unexpired; the leases are locked `FOR SHARE` until the commit
 /// ends, so no grant to another node comes between. [`StoreError::LeaseLost`] otherwise.
@@ -259,16 +267,7 @@ pub(super) async fn check_leases(
     }
     let wanted: Vec<(ModelKey, u64)> = wanted.into_iter().collect();
     let (domains, models, epochs) = columns(&wanted);
-    let statement = txn
-        .prepare_cached(
-            "SELECT l.domain, l.model FROM concord_leases l
-             JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS w(domain, model, epoch)
-                  ON l.domain = w.domain AND l.model = w.model AND l.epoch = w.epoch
-             WHERE l.node = $4 AND l.expires_at > clock_timestamp()
-             FOR SHARE OF l",
-        )
-        .await
-        .map_err(pg)?;
+    let statement = txn.prepare_cached(LEASE_CHECK).await.map_err(pg)?;
     let params: [&(dyn ToSql + Sync); 4] = [&domains, &models, &epochs, &leases.node];
     let rows = txn.query(&statement, &params).await.map_err(pg)?;
     if rows.len() == wanted.len() {
