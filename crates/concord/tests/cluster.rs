@@ -181,3 +181,77 @@ async fn a_paused_owner_writes_nothing_and_a_killed_owner_is_taken_over_with_not
     assert_eq!(opened.snapshot.version, version);
     Ok(())
 }
+
+/// The nodes' PostgreSQL connections are ended again and again while a client edits: a
+/// node renews on fresh connections and keeps its leases, or loses them and another node
+/// takes the model over; the client resends what was not acknowledged to whichever node
+/// serves the model, and everything acknowledged is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_the_nodes_postgres_connections_loses_nothing_acknowledged() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("connections");
+    let a = node(dir.path(), &store)?;
+    let b = node(dir.path(), &store)?;
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let urls = [a.url("acme", "team"), b.url("acme", "team")];
+    let mut creator = connect(&urls[0], &token).await?;
+    create_model(&mut creator, &model, text_document(1)).await?;
+    creator.close().await?;
+
+    let (mut client, mut opened, _) = open_when_served(&urls[0], &token, &model).await?;
+    let mut acked = Vec::new();
+    let (mut ended, mut terminated) = (0_u64, 0_usize);
+    let mut seq = 1;
+    while seq <= 30 {
+        if seq % 6 == 0 && ended < seq / 6 {
+            ended += 1;
+            terminated += cluster.terminate_connections("connections");
+        }
+        let marker = format!("<{seq}>");
+        match insert(&mut client, &opened, ReplicaId(7), seq, opened.snapshot.version, &marker)
+            .await?
+        {
+            Ok(_) => {
+                acked.push(marker);
+                seq += 1;
+            }
+            Err(why) => {
+                // Resend the same submission to whichever node serves the model now: if it
+                // was committed, its answer is the original acknowledgement.
+                println!("submission {seq}: {why}");
+                (client, opened) = open_anywhere(&urls, &token, &model).await?;
+            }
+        }
+    }
+    assert!(terminated as u64 >= ended, "{terminated} connections ended in {ended} rounds");
+    let (_, text) = text_of(&open_anywhere(&urls, &token, &model).await?.1)?;
+    for marker in &acked {
+        assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} in {text}");
+    }
+    assert_eq!(text.matches('<').count(), acked.len(), "{text}");
+    Ok(())
+}
+
+/// Opens `model` on whichever of `urls` serves it (a node that does not says which does).
+async fn open_anywhere(
+    urls: &[String],
+    token: &str,
+    model: &ModelId,
+) -> anyhow::Result<(WireClient, OpenedModel)> {
+    let started = Instant::now();
+    for url in urls.iter().cycle() {
+        let mut client = connect(url, token).await?;
+        match try_open(&mut client, model).await? {
+            Ok(opened) => return Ok((client, opened)),
+            Err(why) if started.elapsed() < Duration::from_secs(30) => {
+                assert!(why.contains("served by node"), "{why}");
+                client.close().await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(why) => bail!("no node served {model}: {why}"),
+        }
+    }
+    unreachable!("cycling through the nodes")
+}
