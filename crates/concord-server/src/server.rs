@@ -192,11 +192,13 @@ async fn open_store(
 ) -> Result<(Store, Option<Arc<Cluster>>), StoreError> {
     #[cfg(feature = "postgres")]
     if let Some(url) = &config.store {
-        let store = crate::store::postgres::PostgresStore::connect(url, &config.indexes).await?;
+        use crate::store::postgres::PostgresStore;
         if let Some(cluster) = &config.cluster {
+            let store = PostgresStore::connect_node(url, &config.indexes).await?;
             let (cluster, store) = Cluster::join(store, cluster.clone(), local_addr).await?;
             return Ok((Arc::new(store), Some(cluster)));
         }
+        let store = PostgresStore::connect(url, &config.indexes).await?;
         return Ok((Arc::new(store), None));
     }
     let dir = config.data_dir.clone();

@@ -232,6 +232,12 @@ pub enum StoreError {
         place(.domain, Some(.model))
     )]
     VersionTaken { domain: String, model: ModelId, version: u64 },
+    /// Another server started on the same PostgreSQL database after this one: its writes
+    /// are refused (a database has one writing server at a time), and this one stops.
+    #[error(
+        "another server started on this PostgreSQL database (writer epoch {current}, this server's {ours}); this server takes no more writes"
+    )]
+    Fenced { ours: i64, current: i64 },
     /// This node no longer holds the lease of a model the commit writes (another node took
     /// it over, or it ran out): the commit writes nothing, and the model's sessions are
     /// closed so that their clients resend to the model's new node (`docs/cluster.md`).

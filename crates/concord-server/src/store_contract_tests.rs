@@ -298,6 +298,60 @@ async fn postgres_migrates_once_when_servers_start_together_and_refuses_a_newer_
     );
 }
 
+/// A server started on a database fences the one before it. A transaction still open on
+/// the old writer's epoch (a killed server's last commit, which PostgreSQL finishes on its
+/// own) holds the new server's start until it ends, so the new one loads what it wrote;
+/// afterwards every commit of the old one is refused as `Fenced` and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_on_the_database_fences_the_one_before() {
+    let Some(cluster) = shared() else { return };
+    let url = cluster.url("fencing");
+    let old = postgres_store(&cluster, "fencing").await;
+    commit_all(&old).await;
+    let doc = key("acme/notes", "doc");
+    let before = old.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
+    let last = before.last().expect("doc has operations").operation.version;
+
+    let (orphan, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    orphan
+        .batch_execute("BEGIN; SELECT epoch FROM concord_writer WHERE id = 1 FOR SHARE")
+        .await
+        .unwrap();
+    orphan
+        .batch_execute(
+            "INSERT INTO identities (domain, user_id, display_name, seen)
+             VALUES ('acme/notes', 'late', 'Late Commit', 1)",
+        )
+        .await
+        .unwrap();
+    let starting = tokio::spawn({
+        let url = url.clone();
+        async move { PostgresStore::connect(&url, &v5::indexes()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!starting.is_finished(), "the new server waits for the old writer's transaction");
+    orphan.batch_execute("COMMIT").await.unwrap();
+    let new: Store = Arc::new(starting.await.unwrap().unwrap());
+    let identities = new.identities("acme/notes", 1_000).await.unwrap();
+    assert!(
+        identities.iter().any(|identity| identity.user.0 == "late"),
+        "the new server sees the old writer's last commit"
+    );
+
+    let late = vec![DomainWrites {
+        domain: Arc::from("acme/notes"),
+        writes: vec![commit_inserting("doc", last + 1, 200, "old")],
+    }];
+    let error = old.commit(late).await.expect_err("the old server is fenced");
+    assert!(matches!(error, StoreError::Fenced { .. }), "{error}");
+    assert!(error.to_string().contains("another server started"), "{error}");
+    assert_eq!(new.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap(), before);
+    let writes = vec![commit_inserting("doc", last + 1, 201, "new")];
+    new.commit(vec![DomainWrites { domain: Arc::from("acme/notes"), writes }]).await.unwrap();
+    assert_eq!(new.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn postgres_unreachable_at_start_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -432,7 +486,7 @@ async fn node_store(
     name: &str,
     belief: Duration,
 ) -> (PostgresStore, Arc<NodeLeases>) {
-    let store = PostgresStore::connect(&cluster.url(database), &v5::indexes()).await.unwrap();
+    let store = PostgresStore::connect_node(&cluster.url(database), &v5::indexes()).await.unwrap();
     let node = store.register_node(name, &format!("ws://{name}")).await.unwrap();
     let config = LeaseConfig { ttl: belief, renew_every: belief / 4, margin: belief / 4 };
     let leases = Arc::new(NodeLeases::new(node, config));

@@ -51,6 +51,7 @@ use crate::types::ModelKey;
 const MIGRATIONS: &[&str] = &[
     include_str!("postgres/0001_initial.sql"),
     include_str!("postgres/0002_identities.sql"),
+    include_str!("postgres/0003_writer.sql"),
     include_str!("postgres/0004_cluster.sql"),
 ];
 
@@ -76,6 +77,9 @@ pub(crate) struct PostgresStore {
     pool: Pool,
     /// Where the database is, without credentials (for messages).
     target: Arc<str>,
+    /// The writer epoch this store raised when it connected: its writes go in only while
+    /// the database still holds it (`0003_writer.sql`).
+    epoch: i64,
     /// When this server is a cluster node: its leases, which every commit checks.
     leases: Option<Arc<cluster::NodeLeases>>,
 }
@@ -181,6 +185,24 @@ impl PostgresStore {
         url: &str,
         indexes: &BTreeMap<CollectionId, Vec<Path>>,
     ) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, indexes, true).await
+    }
+
+    /// Connects as [`connect`](Self::connect), as one cluster node of several: the writer
+    /// epoch is read, not raised, so that nodes starting do not fence each other (each
+    /// model's lease fences instead); a single server started later still fences them all.
+    pub(crate) async fn connect_node(
+        url: &str,
+        indexes: &BTreeMap<CollectionId, Vec<Path>>,
+    ) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, indexes, false).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        indexes: &BTreeMap<CollectionId, Vec<Path>>,
+        raise_epoch: bool,
+    ) -> Result<PostgresStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL address: {e}")))?;
         // Acknowledged means on disk, whatever the server's or the role's default.
@@ -205,9 +227,17 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Backend(format!("the PostgreSQL pool: {e}")))?;
-        let store = PostgresStore { pool, target, leases: None };
+        let mut store = PostgresStore { pool, target, epoch: 0, leases: None };
         let mut client = store.client().await?;
         migrate(&mut client).await?;
+        store.epoch = if raise_epoch {
+            take_over(&client).await?
+        } else {
+            let row =
+                (client.query_one("SELECT epoch FROM concord_writer WHERE id = 1", &[]).await)
+                    .map_err(pg)?;
+            row.get(0)
+        };
         sync_indexes(&mut client, indexes).await?;
         Ok(store)
     }
@@ -314,6 +344,18 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreErro
         tracing::info!(from = found, to = SCHEMA_VERSION, "migrated the PostgreSQL schema");
     }
     txn.commit().await.map_err(pg)
+}
+
+/// Raises the writer epoch and returns it. The update waits for every transaction still
+/// holding the old epoch `FOR SHARE` (a killed server's last commit, which PostgreSQL
+/// finishes on its own), so what this server loads afterwards includes it; a transaction
+/// of the old server that reads the epoch afterwards finds it changed and writes nothing.
+async fn take_over(client: &deadpool_postgres::Object) -> Result<i64, StoreError> {
+    let row = client
+        .query_one("UPDATE concord_writer SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch", &[])
+        .await
+        .map_err(pg)?;
+    Ok(row.get(0))
 }
 
 /// Builds the declared indexes not built yet over every stored model, and drops those no
@@ -694,6 +736,7 @@ impl PostgresStore {
     async fn try_commit(&self, batch: &[DomainWrites], reconciling: bool) -> Result<(), Attempt> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg)?;
+        self.still_the_writer(&txn).await?;
         if let Some(leases) = &self.leases {
             cluster::check_leases(&txn, leases, batch).await?;
         }
@@ -714,6 +757,22 @@ impl PostgresStore {
         decided.flush(&txn).await?;
         txn.commit().await.map_err(pg)?;
         Ok(())
+    }
+
+    /// Fails with [`StoreError::Fenced`] when another server raised the writer epoch since
+    /// this one connected; otherwise holds the epoch `FOR SHARE` until `txn` ends, so that
+    /// a server starting meanwhile waits for this commit before it loads anything.
+    async fn still_the_writer(&self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        let statement = txn
+            .prepare_cached("SELECT epoch FROM concord_writer WHERE id = 1 FOR SHARE")
+            .await
+            .map_err(pg)?;
+        let current: i64 = txn.query_one(&statement, &[]).await.map_err(pg)?.get(0);
+        if current == self.epoch {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced { ours: self.epoch, current })
+        }
     }
 }
 
