@@ -23,11 +23,14 @@
 //!   each, on nightly or on stable with `RUSTC_BOOTSTRAP=1` (see `fuzz.rs`), once or round
 //!   after round, the corpus and logs where asked.
 //! - `bench` runs the criterion benchmarks.
-//! - `soak` runs the seeded multi-client simulations over many seeds, in release.
+//! - `cluster` starts PostgreSQL and three `concord serve --cluster` nodes on loopback.
+//! - `soak` runs the seeded multi-client and multi-node (lease) simulations over many
+//!   seeds, in release.
 //!
 //! It is not a build system: every step is a plain cargo command, printed before it runs,
 //! so a failure can be reproduced by hand. It depends on nothing but anyhow.
 
+mod cluster;
 mod fuzz;
 #[cfg(test)]
 mod tidy;
@@ -59,6 +62,9 @@ commands:
                                    DIR/<target> (default fuzz/corpus), the output in
                                    DIR/<target>.log; --repeat: round after round
   bench                            run the benchmarks
+  cluster                          start PostgreSQL and three cluster nodes on loopback
+                                   (ports 55432 and 7701-7703), print their URLs,
+                                   stop them all on Enter
   soak [--seeds N]                 run the sync simulations over N seeds per
                                    scenario, in release (default 10000)
   help                             print this message";
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         ["web"] => browser_tools().and_then(|tools| web(&tools)),
         ["fuzz", rest @ ..] => fuzz::parse_args(rest).and_then(|args| fuzz::fuzz(&args)),
         ["bench"] => bench(),
+        ["cluster"] => cluster::cluster(),
         ["soak"] => soak(DEFAULT_SOAK_SEEDS),
         ["soak", "--seeds", n] => match n.parse() {
             Ok(seeds) => soak(seeds),
@@ -564,8 +571,16 @@ fn bench() -> anyhow::Result<()> {
 /// The simulation tests read the seed count from `CONCORD_SEEDS`; a failure names its seed.
 fn soak(seeds: u64) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut command =
-        cargo(&["test", "--release", "-p", "concord-testkit", "--test", "simulation"]);
+    let mut command = cargo(&[
+        "test",
+        "--release",
+        "-p",
+        "concord-testkit",
+        "--test",
+        "simulation",
+        "--test",
+        "lease_simulation",
+    ]);
     command.env("CONCORD_SEEDS", seeds.to_string());
     run(command)?;
     eprintln!("xtask soak: {seeds} seeds per scenario passed in {:.0?}", started.elapsed());

@@ -14,7 +14,22 @@ pub use concord_sync::host::{
 };
 use concord_sync::host::{DEFAULT_MAX_MODEL_BYTES, HostConfig, SessionLimits};
 
+pub use concord_sync::lease::{LeaseConfig, LeaseConfigError};
+
 use crate::outbox::max_message_bytes;
+
+/// A server node among several on one PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The node's name, for operators and other nodes' messages (`None`: its URL).
+    pub name: Option<String>,
+    /// Where clients reach this node (`ws://host:port`): told to clients of other nodes
+    /// asking for a model this node serves (`None`: `ws://` and the address it listens on).
+    pub url: Option<String>,
+    /// How long leases last and how often they are renewed: a dead node's models are
+    /// taken over after at most the lease time.
+    pub lease: LeaseConfig,
+}
 
 /// Everything `Server::bind` needs.
 #[derive(Debug, Clone)]
@@ -31,6 +46,9 @@ pub struct ServerConfig {
     /// (restarting, connections lost) before its writes are given up: the sessions waiting
     /// on them are then closed, saying why, and their clients resend (default 30 s).
     pub store_retry: Duration,
+    /// Run as one node of several on the PostgreSQL `store` (`docs/cluster.md`): a model is
+    /// sequenced only by the node holding its lease. `None`: the only server on its store.
+    pub cluster: Option<ClusterConfig>,
     pub auth: AuthConfig,
     pub limits: ConnectionLimits,
     /// Collections known before any client creates a model in them; others are created on
@@ -90,6 +108,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             store: None,
             store_retry: Duration::from_secs(30),
+            cluster: None,
             auth,
             limits: ConnectionLimits::default(),
             collections: BTreeMap::new(),
@@ -288,6 +307,10 @@ pub enum ConfigError {
         "store is a PostgreSQL URL, but this build has no PostgreSQL support (feature `postgres`)"
     )]
     NoPostgres,
+    #[error("a cluster node needs a PostgreSQL store (--store postgres://...)")]
+    ClusterWithoutPostgres,
+    #[error("the cluster's leases: {0}")]
+    Lease(#[from] LeaseConfigError),
 }
 
 impl ServerConfig {
@@ -323,6 +346,12 @@ impl ServerConfig {
             if !cfg!(feature = "postgres") {
                 return Err(ConfigError::NoPostgres);
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            if self.store.is_none() {
+                return Err(ConfigError::ClusterWithoutPostgres);
+            }
+            cluster.lease.validate()?;
         }
         if self.max_model_bytes > limits.max_queued_bytes as u64 / 2 {
             return Err(ConfigError::ModelLargerThanQueue {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::ServerConfig;
 use crate::ephemeral::Ephemeral;
 use crate::model::{ModelCommand, Models};
@@ -40,6 +41,7 @@ impl Hub {
         auth: Authenticator,
         store: Store,
         writer: Writer,
+        cluster: Option<Arc<Cluster>>,
         shutdown: CancellationToken,
     ) -> Hub {
         let models = Models {
@@ -51,6 +53,7 @@ impl Hub {
             registry: Arc::new(Registry::new()),
             tasks: TaskTracker::new(),
             owners: Arc::default(),
+            cluster,
         };
         // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
         let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));

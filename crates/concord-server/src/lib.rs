@@ -49,6 +49,11 @@
 
 mod accept;
 mod auth;
+#[cfg(feature = "postgres")]
+mod cluster;
+#[cfg(not(feature = "postgres"))]
+#[path = "cluster_stub.rs"]
+mod cluster;
 mod config;
 mod connection;
 mod ephemeral;
@@ -69,9 +74,9 @@ mod web_root;
 
 pub use auth::{AuthError, Authenticator, mint_identity_token, mint_token};
 pub use config::{
-    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig, ConfigError,
-    ConnectionLimits, IdentityLimits, JwtConfig, JwtKey, PresenceLimits, QueryLimits, ServerConfig,
-    redact_store_url,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, ClusterConfig,
+    CollectionConfig, ConfigError, ConnectionLimits, IdentityLimits, JwtConfig, JwtKey,
+    LeaseConfig, LeaseConfigError, PresenceLimits, QueryLimits, ServerConfig, redact_store_url,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
 use crate::store::{Job, Store, StoreError, Writer};
@@ -49,6 +50,8 @@ pub(crate) struct Models {
     /// Which user each replica belongs to, per domain: claimed here under a lock, so that
     /// two models never bind one replica to two users.
     pub(crate) owners: Arc<Mutex<ReplicaOwners>>,
+    /// When this server is a cluster node: a model is loaded only under its lease.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// The user each replica of each domain belongs to, as far as this run knows.
@@ -80,6 +83,9 @@ struct ModelTask {
     /// then ahead of the store, so the task closes its sessions and leaves, and the next
     /// command loads the model again from the store.
     lost: CancellationToken,
+    /// Cancelled when this node loses the model's lease (cluster nodes only): another node
+    /// may serve it now, so the task closes its sessions and leaves.
+    lease_lost: CancellationToken,
 }
 
 pub(crate) fn now() -> Timestamp {
@@ -89,6 +95,40 @@ pub(crate) fn now() -> Timestamp {
 
 /// Runs the task for `key` until it unloads.
 async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCommand>) {
+    let lease_lost = match &models.cluster {
+        None => CancellationToken::new(),
+        Some(cluster) => match cluster.acquire(&key).await {
+            Ok(Ok(lost)) => lost,
+            Ok(Err(held)) => {
+                let reason = format!(
+                    "the model is served by node {} ({}); connect there",
+                    held.name, held.url
+                );
+                fail_all(&key, &models, &mut commands, ErrorCode::UNAVAILABLE, &reason);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(model = %key.model, error = %e, "leasing a model failed");
+                let reason = format!("the model could not be leased: {e}");
+                fail_all(&key, &models, &mut commands, ErrorCode::UNAVAILABLE, &reason);
+                return;
+            }
+        },
+    };
+    serve_leased(&key, &models, commands, lease_lost).await;
+    if let Some(cluster) = &models.cluster {
+        cluster.release(&key).await;
+    }
+}
+
+/// Loads and serves the model (under its lease, on a cluster node) until it unloads.
+async fn serve_leased(
+    key: &ModelKey,
+    models: &Models,
+    mut commands: mpsc::Receiver<ModelCommand>,
+    lease_lost: CancellationToken,
+) {
+    let (key, models) = (key.clone(), models.clone());
     let store = models.store.clone();
     let load_key = key.clone();
     let loaded = store.load(&load_key).await.and_then(|loaded| {
@@ -111,7 +151,7 @@ async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCo
     };
     let lost = CancellationToken::new();
     let job = Job { domain: key.domain.clone(), lost: lost.clone(), ..Job::default() };
-    let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job, lost };
+    let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job, lost, lease_lost };
     task.serve(commands).await;
 }
 
@@ -141,7 +181,11 @@ impl ModelTask {
                     }
                 }
                 () = self.lost.cancelled() => {
-                    self.abandon(&mut commands);
+                    self.abandon(&mut commands, "a write of this model failed; resend what was not acknowledged");
+                    return;
+                }
+                () = self.lease_lost.cancelled() => {
+                    self.abandon(&mut commands, "this server node no longer serves the model; reconnect and resend what was not acknowledged");
                     return;
                 }
                 // Only once every connection is gone, so no command can follow.
@@ -152,6 +196,10 @@ impl ModelTask {
                     self.host.checkpoint();
                     self.collect();
                     self.queue_job().await;
+                    if self.models.cluster.is_some() {
+                        // Its lease is released next: what it wrote must be durable first.
+                        let _ = self.models.writer.flush().await;
+                    }
                     return;
                 }
             }
@@ -320,8 +368,7 @@ impl ModelTask {
     /// After a write of this model was lost: closes every session the model serves, saying
     /// why (they may hold what the store lacks, and their clients resend what was not
     /// acknowledged), answers what is queued, and leaves the registry.
-    fn abandon(&mut self, commands: &mut mpsc::Receiver<ModelCommand>) {
-        let reason = "a write of this model failed; resend what was not acknowledged";
+    fn abandon(&mut self, commands: &mut mpsc::Receiver<ModelCommand>, reason: &str) {
         tracing::warn!(model = %self.key.model, sessions = self.outboxes.len(), "{reason}");
         for outbox in self.outboxes.values() {
             outbox.lose(reason);

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
+use crate::cluster::Cluster;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::store::{RedbStore, Store, StoreError, catching_damage, start_writer};
@@ -51,6 +52,8 @@ pub struct Server {
     hub: Arc<Hub>,
     connections: TaskTracker,
     store_failed: CancellationToken,
+    /// Stops the cluster node's lease keeper, once everything is durable.
+    keeper: CancellationToken,
 }
 
 impl Server {
@@ -59,21 +62,33 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.check()?;
         let auth = Authenticator::new(&config.auth)?;
-        let store = open_store(&config).await?;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+        let (store, cluster) = open_store(&config, local_addr).await?;
         let store_failed = CancellationToken::new();
         // Only PostgreSQL comes back after a failed commit; a failed redb write is a disk
         // fault, which stops the server.
         let retry_for = if config.store.is_some() { config.store_retry } else { Duration::ZERO };
         let (writer, writer_thread) = start_writer(store.clone(), store_failed.clone(), retry_for)?;
-        let hub = Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new()));
+        let keeper = CancellationToken::new();
+        if let Some(cluster) = &cluster {
+            tokio::spawn(cluster.clone().keep(keeper.clone()));
+        }
+        let hub =
+            Arc::new(Hub::new(config, auth, store, writer, cluster, CancellationToken::new()));
         *hub.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer_thread);
-        Ok(Server { listener, local_addr, hub, connections: TaskTracker::new(), store_failed })
+        Ok(Server {
+            listener,
+            local_addr,
+            hub,
+            connections: TaskTracker::new(),
+            store_failed,
+            keeper,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -97,7 +112,7 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let Server { listener, local_addr, hub, connections, store_failed } = self;
+        let Server { listener, local_addr, hub, connections, store_failed, keeper } = self;
         let mut router = Router::new()
             .route("/health", get(health))
             .route("/{namespace}/{domain}", get(upgrade))
@@ -141,6 +156,13 @@ impl Server {
             tracing::warn!("some models did not stop in time");
         }
         let flushed = hub.writer.flush().await;
+        // Everything this node wrote is durable: its models go to other nodes at once.
+        if let Some(cluster) = &hub.models.cluster {
+            if flushed.is_ok() {
+                cluster.leave().await;
+            }
+            keeper.cancel();
+        }
         // Close the store, so that the data dir can be opened again as soon as this returns:
         // the last reference to the hub takes the writer's queue with it, ending its thread.
         let writer_thread = hub.writer_thread.lock().ok().and_then(|mut t| t.take());
@@ -161,12 +183,23 @@ impl Server {
     }
 }
 
-/// Opens the store `config` names: the embedded one in its data dir, or PostgreSQL.
-async fn open_store(config: &ServerConfig) -> Result<Store, StoreError> {
+/// Opens the store `config` names: the embedded one in its data dir, or PostgreSQL (as a
+/// cluster node when so configured).
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+async fn open_store(
+    config: &ServerConfig,
+    local_addr: SocketAddr,
+) -> Result<(Store, Option<Arc<Cluster>>), StoreError> {
     #[cfg(feature = "postgres")]
     if let Some(url) = &config.store {
-        let store = crate::store::postgres::PostgresStore::connect(url, &config.indexes).await?;
-        return Ok(Arc::new(store));
+        use crate::store::postgres::PostgresStore;
+        if let Some(cluster) = &config.cluster {
+            let store = PostgresStore::connect_node(url, &config.indexes).await?;
+            let (cluster, store) = Cluster::join(store, cluster.clone(), local_addr).await?;
+            return Ok((Arc::new(store), Some(cluster)));
+        }
+        let store = PostgresStore::connect(url, &config.indexes).await?;
+        return Ok((Arc::new(store), None));
     }
     let dir = config.data_dir.clone();
     let indexes = config.indexes.clone();
@@ -175,7 +208,7 @@ async fn open_store(config: &ServerConfig) -> Result<Store, StoreError> {
     })
     .await
     .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), None))
 }
 
 /// A server running as a task of this process (from [`Server::spawn`]).

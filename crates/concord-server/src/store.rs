@@ -238,13 +238,26 @@ pub enum StoreError {
         "another server started on this PostgreSQL database (writer epoch {current}, this server's {ours}); this server takes no more writes"
     )]
     Fenced { ours: i64, current: i64 },
+    /// This node no longer holds the lease of a model the commit writes (another node took
+    /// it over, or it ran out): the commit writes nothing, and the model's sessions are
+    /// closed so that their clients resend to the model's new node (`docs/cluster.md`).
+    #[error(
+        "this node no longer holds the lease of {}; another node serves it",
+        place(.domain, Some(.model))
+    )]
+    LeaseLost { domain: String, model: ModelId },
 }
 
 impl StoreError {
     /// Whether the server can go on after a commit failed so: the store is sound, only
     /// this commit's jobs are lost (their sessions are told, their models reloaded).
     fn spares_the_server(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::VersionTaken { .. })
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::VersionTaken { .. }
+                | StoreError::LeaseLost { .. }
+        )
     }
 }
 

@@ -12,8 +12,13 @@ use concord_query::Query;
 use concord_sync::host::{HistoryQuery, HistoryRead, HostConfig, QueryLimits, QueryRead};
 
 use super::*;
+use std::time::Duration;
+
+use concord_sync::lease::LeaseConfig;
+
+use crate::store::postgres::cluster::{Acquired, LEASE_CHECK, NodeLeases};
 use crate::store::postgres::{PostgresStore, SCHEMA_VERSION};
-use crate::store::{DomainWrites, Store, StoreError};
+use crate::store::{DomainWrites, ServerStore, Store, StoreError};
 use crate::test_postgres::{TestPostgres, shared};
 
 /// Every domain's writes of the format scenario, one commit per step.
@@ -471,4 +476,154 @@ async fn postgres_refuses_a_taken_version_and_takes_the_same_operation_again() {
     let Some(cluster) = shared() else { return };
     let store = postgres_store(&cluster, "taken").await;
     a_taken_version_is_refused_and_the_same_operation_again_changes_nothing(store).await;
+}
+
+/// A store of a cluster node on `database`: its id and leases. It believes its leases
+/// for `belief` (the database keeps them for the time each request asks).
+async fn node_store(
+    cluster: &TestPostgres,
+    database: &str,
+    name: &str,
+    belief: Duration,
+) -> (PostgresStore, Arc<NodeLeases>) {
+    let store = PostgresStore::connect_node(&cluster.url(database), &v5::indexes()).await.unwrap();
+    let node = store.register_node(name, &format!("ws://{name}")).await.unwrap();
+    let config = LeaseConfig { ttl: belief, renew_every: belief / 4, margin: belief / 4 };
+    let leases = Arc::new(NodeLeases::new(node, config));
+    (store.with_leases(leases.clone()), leases)
+}
+
+async fn acquire(
+    store: &PostgresStore,
+    leases: &NodeLeases,
+    key: &ModelKey,
+    ttl: Duration,
+) -> Acquired {
+    let sent_at = leases.now();
+    let acquired = store.acquire(leases.node, key, ttl).await.unwrap();
+    if let Acquired::Granted(epoch) = acquired {
+        leases.lock().granted(key.clone(), epoch, sent_at);
+    }
+    acquired
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_at_once() {
+    let Some(cluster) = shared() else { return };
+    // Seed the database with the scenario as a single server would.
+    commit_all(&postgres_store(&cluster, "leases").await).await;
+    let doc = key("acme/notes", "doc");
+    let write = |version, seq| {
+        vec![DomainWrites {
+            domain: Arc::from("acme/notes"),
+            writes: vec![commit_at("doc", version, seq)],
+        }]
+    };
+    let minute = Duration::from_secs(60);
+    // Node a believes its leases for a minute; the database keeps them for 300 ms (a
+    // node paused, or whose clock ran slow, past its lease).
+    let (a, a_leases) = node_store(&cluster, "leases", "a", minute).await;
+    let (b, b_leases) = node_store(&cluster, "leases", "b", minute).await;
+    let short = Duration::from_millis(300);
+    let Acquired::Granted(first) = acquire(&a, &a_leases, &doc, short).await else {
+        panic!("a free lease is granted")
+    };
+    let last = a
+        .operations(&doc, 0, u64::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .operation
+        .version;
+    a.commit(write(last + 1, 50)).await.unwrap();
+    // While a holds it, b is told who does, and cannot write.
+    match acquire(&b, &b_leases, &doc, short).await {
+        Acquired::Held { node, name, url } => {
+            assert_eq!((node, name.as_str(), url.as_str()), (a_leases.node, "a", "ws://a"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let error = b.commit(write(last + 2, 51)).await.expect_err("b holds no lease");
+    assert!(matches!(error, StoreError::LeaseLost { .. }), "{error}");
+    // Past the database's lease time b takes over, with the next epoch.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(acquire(&b, &b_leases, &doc, minute).await, Acquired::Granted(first + 1));
+    // a still believes it holds the lease: the database fences its append, whole.
+    assert_eq!(a_leases.epoch(&doc), Some(first));
+    let mut fenced = write(last + 2, 52);
+    fenced[0].writes.insert(
+        0,
+        Write::PutUser { user: User { id: user("late"), display_name: None, anonymous: false } },
+    );
+    let error = a.commit(fenced).await.expect_err("a lost its lease");
+    assert!(
+        matches!(&error, StoreError::LeaseLost { model, .. } if model.as_str() == "doc"),
+        "{error}"
+    );
+    assert_eq!(a.user("acme/notes", &user("late")).await.unwrap(), None, "nothing of it written");
+    // Its renewal says so; b's keeps its lease.
+    assert_eq!(a.renew(a_leases.node, &[(doc.clone(), first)], short).await.unwrap(), vec![]);
+    let b_epoch = (doc.clone(), first + 1);
+    assert_eq!(
+        b.renew(b_leases.node, std::slice::from_ref(&b_epoch), minute).await.unwrap(),
+        vec![b_epoch.clone()]
+    );
+    b.commit(write(last + 2, 53)).await.unwrap();
+    let stored = b.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|o| o.operation.version).collect::<Vec<_>>(),
+        vec![last + 1, last + 2]
+    );
+    // A graceful handover: b releases, a takes the model at once, b can no longer write.
+    b.release(b_leases.node, &[b_epoch]).await.unwrap();
+    assert_eq!(acquire(&a, &a_leases, &doc, minute).await, Acquired::Granted(first + 2));
+    let error = b.commit(write(last + 3, 54)).await.expect_err("released");
+    assert!(matches!(error, StoreError::LeaseLost { .. }), "{error}");
+    a.commit(write(last + 3, 55)).await.unwrap();
+    // Writes of no model (users, identities) need no lease.
+    let user_only = vec![DomainWrites {
+        domain: Arc::from("acme/notes"),
+        writes: vec![Write::PutUser {
+            user: User { id: user("free"), display_name: None, anonymous: false },
+        }],
+    }];
+    b.commit(user_only).await.unwrap();
+}
+
+/// The ordering the fencing rests on: a grant to another node waits for a commit that
+/// holds the lease (its first statement, `LEASE_CHECK`), even past the lease's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_waits_for_the_commit_holding_the_lease() {
+    let Some(cluster) = shared() else { return };
+    let url = cluster.url("lease_order");
+    let minute = Duration::from_secs(60);
+    let (a, a_leases) = node_store(&cluster, "lease_order", "a", minute).await;
+    let (b, b_leases) = node_store(&cluster, "lease_order", "b", minute).await;
+    let doc = key("acme/notes", "doc");
+    let Acquired::Granted(epoch) = acquire(&a, &a_leases, &doc, Duration::from_millis(300)).await
+    else {
+        panic!("a free lease is granted")
+    };
+    // A commit of a's, in progress: its lease check done, the rest still to come.
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let txn = raw.transaction().await.unwrap();
+    let (domains, models, epochs) = (vec!["acme/notes"], vec!["doc"], vec![epoch as i64]);
+    let locked =
+        txn.query(LEASE_CHECK, &[&domains, &models, &epochs, &a_leases.node]).await.unwrap();
+    assert_eq!(locked.len(), 1);
+    // The lease expires meanwhile; b asks for it and must wait for a's commit.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let grant = tokio::spawn(async move {
+        let acquired = b.acquire(b_leases.node, &doc, minute).await.unwrap();
+        (acquired, std::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!grant.is_finished(), "the grant did not wait for the commit holding the lease");
+    let committed = std::time::Instant::now();
+    txn.commit().await.unwrap();
+    let (acquired, granted) = grant.await.unwrap();
+    assert_eq!(acquired, Acquired::Granted(epoch + 1));
+    assert!(granted >= committed);
 }

@@ -13,6 +13,10 @@
 //! it, so acks carry no operation. [`history`] moves a read-only copy of a model through its
 //! past versions.
 //!
+//! [`lease`] keeps a server node's leases on the models it sequences when several nodes
+//! share one store (fencing epochs, bulk renewal, giving a lease up before the store may
+//! grant it to another node).
+//!
 //! [`host`] holds every decision of the server, including each domain's presence and
 //! activities (ephemeral, never stored); the engine's side of them republishes, follows and
 //! joins again on every connection.
@@ -22,6 +26,7 @@ mod engine;
 pub mod events;
 pub mod history;
 pub mod host;
+pub mod lease;
 pub mod reference;
 mod replica;
 mod sequencer;

@@ -1,6 +1,7 @@
 //! `concord-testkit` holds what Concord's tests share: generators of documents and valid
 //! operations ([`generate`]), a seeded PRNG ([`SimRng`]), and a simulation of one server and
-//! many clients over an in-memory network on simulated time ([`sim`]).
+//! many clients over an in-memory network on simulated time ([`sim`]), and one of several
+//! server nodes sequencing models over a shared store with leases ([`lease_sim`]).
 //!
 //! With the `wire` feature it also has [`wire::WireClient`], a protocol-level WebSocket
 //! client for tests and tools that talk to a real server; with the `process` feature,
@@ -11,6 +12,7 @@
 //! I/O.
 
 pub mod generate;
+pub mod lease_sim;
 #[cfg(feature = "process")]
 pub mod process;
 mod rng;

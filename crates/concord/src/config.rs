@@ -14,8 +14,9 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use concord_protocol::{CollectionId, Permissions, UserId};
 use concord_server::{
-    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, CollectionConfig,
-    ConnectionLimits, JwtConfig, JwtKey, PresenceLimits, ServerConfig,
+    ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, ClusterConfig,
+    CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, LeaseConfig, PresenceLimits,
+    ServerConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,22 @@ pub(crate) struct Settings {
     /// [default: 30]
     #[arg(long, env = "CONCORD_STORE_RETRY_SECS", value_name = "SECS")]
     pub(crate) store_retry_secs: Option<u64>,
+    /// Run as one node of several on the PostgreSQL store: a model is sequenced only by the
+    /// node holding its lease (docs/cluster.md) [default: false, the only server on its store]
+    #[arg(long, env = "CONCORD_CLUSTER", value_name = "BOOL", num_args = 0..=1,
+        require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub(crate) cluster: Option<bool>,
+    /// Where clients reach this cluster node (`ws://host:port`), told to clients of other
+    /// nodes [default: ws://<the address it listens on>]
+    #[arg(long, env = "CONCORD_NODE_URL", value_name = "URL")]
+    pub(crate) node_url: Option<String>,
+    /// This node's name in the cluster [default: its node URL]
+    #[arg(long, env = "CONCORD_NODE_NAME", value_name = "NAME")]
+    pub(crate) node_name: Option<String>,
+    /// How long a cluster node's leases last, in milliseconds: a dead node's models are
+    /// taken over after at most this long; renewed every quarter of it [default: 4000]
+    #[arg(long, env = "CONCORD_LEASE_MILLIS", value_name = "MS")]
+    pub(crate) lease_millis: Option<u64>,
     /// File holding the HS256 secret that client JWTs are signed with (its contents, without
     /// surrounding whitespace) [default: <data-dir>/secret]
     #[arg(long, env = "CONCORD_JWT_SECRET_FILE", value_name = "FILE")]
@@ -273,6 +290,12 @@ pub(crate) struct Config {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted_store")]
     pub(crate) store: Option<String>,
     pub(crate) store_retry_secs: u64,
+    pub(crate) cluster: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node_name: Option<String>,
+    pub(crate) lease_millis: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) jwt_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -332,6 +355,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./concord-data"),
             store: None,
             store_retry_secs: server.store_retry.as_secs(),
+            cluster: false,
+            node_url: None,
+            node_name: None,
+            lease_millis: LeaseConfig::default().ttl.as_millis() as u64,
             jwt_secret_file: None,
             jwt_rs256_public_key: None,
             jwt_audience: None,
@@ -392,6 +419,10 @@ impl Config {
             data_dir: pick!(data_dir),
             store: pick!(optional store),
             store_retry_secs: pick!(store_retry_secs),
+            cluster: pick!(cluster),
+            node_url: pick!(optional node_url),
+            node_name: pick!(optional node_name),
+            lease_millis: pick!(lease_millis),
             jwt_secret_file: pick!(optional jwt_secret_file),
             jwt_rs256_public_key: pick!(optional jwt_rs256_public_key),
             jwt_audience: pick!(optional jwt_audience),
@@ -550,6 +581,17 @@ impl Config {
         server.admins = self.identity_admins.iter().cloned().map(UserId).collect();
         server.store = self.store.clone();
         server.store_retry = Duration::from_secs(self.store_retry_secs);
+        server.cluster = self.cluster.then(|| {
+            let ttl = Duration::from_millis(self.lease_millis);
+            ClusterConfig {
+                name: self.node_name.clone(),
+                url: self.node_url.clone(),
+                lease: LeaseConfig { ttl, renew_every: ttl / 4, margin: ttl / 4 },
+            }
+        });
+        if !self.cluster && (self.node_name.is_some() || self.node_url.is_some()) {
+            bail!("node_name or node_url is set without cluster = true");
+        }
         Ok(server)
     }
 

@@ -142,3 +142,41 @@ fn the_printed_configuration_masks_the_store_password() -> anyhow::Result<()> {
     assert_eq!(printed(&from_env)["store_retry_secs"].as_integer(), Some(5));
     Ok(())
 }
+
+#[test]
+fn cluster_settings_come_from_flags_environment_and_file_and_are_checked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("concord.toml");
+    std::fs::write(
+        &file,
+        "store = \"postgres://concord@db/concord\"\ncluster = true\nnode_name = \"n1\"\n",
+    )?;
+    let from_file =
+        printed(&run(concord().args(["serve", "--print-config", "--config"]).arg(&file))?);
+    assert_eq!(from_file["cluster"].as_bool(), Some(true));
+    assert_eq!(from_file["node_name"].as_str(), Some("n1"));
+    assert_eq!(from_file["lease_millis"].as_integer(), Some(4000));
+    let over = printed(&run(concord()
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .env("CONCORD_LEASE_MILLIS", "2000")
+        .args(["--node-url", "ws://node1.internal:7701"]))?);
+    assert_eq!(over["lease_millis"].as_integer(), Some(2000));
+    assert_eq!(over["node_url"].as_str(), Some("ws://node1.internal:7701"));
+    // Without cluster mode the single-node server prints none of it but the default.
+    let single = printed(&run(concord().args(["serve", "--print-config"]))?);
+    assert_eq!(single["cluster"].as_bool(), Some(false));
+    assert!(single.get("node_url").is_none());
+
+    let refused = |args: &[&str]| -> anyhow::Result<String> {
+        let output = run(concord().args(["serve", "--print-config"]).args(args))?;
+        assert!(!output.status.success(), "{args:?} was accepted");
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    assert!(refused(&["--cluster"])?.contains("PostgreSQL store"));
+    let store = ["--store", "postgres://concord@db/concord"];
+    assert!(refused(&[&store[..], &["--node-name", "n1"]].concat())?.contains("cluster"));
+    let zero = refused(&[&store[..], &["--cluster", "--lease-millis", "0"]].concat())?;
+    assert!(zero.contains("lease"), "{zero}");
+    Ok(())
+}

@@ -42,6 +42,8 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
+pub(crate) mod cluster;
+
 use super::{DomainWrites, ServerStore, StoreError, StoredDecision, failed_history, failed_query};
 use crate::types::ModelKey;
 
@@ -50,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres/0001_initial.sql"),
     include_str!("postgres/0002_identities.sql"),
     include_str!("postgres/0003_writer.sql"),
+    include_str!("postgres/0004_cluster.sql"),
 ];
 
 /// The schema this server writes.
@@ -77,6 +80,8 @@ pub(crate) struct PostgresStore {
     /// The writer epoch this store raised when it connected: its writes go in only while
     /// the database still holds it (`0003_writer.sql`).
     epoch: i64,
+    /// When this server is a cluster node: its leases, which every commit checks.
+    leases: Option<Arc<cluster::NodeLeases>>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -180,6 +185,24 @@ impl PostgresStore {
         url: &str,
         indexes: &BTreeMap<CollectionId, Vec<Path>>,
     ) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, indexes, true).await
+    }
+
+    /// Connects as [`connect`](Self::connect), as one cluster node of several: the writer
+    /// epoch is read, not raised, so that nodes starting do not fence each other (each
+    /// model's lease fences instead); a single server started later still fences them all.
+    pub(crate) async fn connect_node(
+        url: &str,
+        indexes: &BTreeMap<CollectionId, Vec<Path>>,
+    ) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, indexes, false).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        indexes: &BTreeMap<CollectionId, Vec<Path>>,
+        raise_epoch: bool,
+    ) -> Result<PostgresStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL address: {e}")))?;
         // Acknowledged means on disk, whatever the server's or the role's default.
@@ -204,12 +227,25 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Backend(format!("the PostgreSQL pool: {e}")))?;
-        let mut store = PostgresStore { pool, target, epoch: 0 };
+        let mut store = PostgresStore { pool, target, epoch: 0, leases: None };
         let mut client = store.client().await?;
         migrate(&mut client).await?;
-        store.epoch = take_over(&client).await?;
+        store.epoch = if raise_epoch {
+            take_over(&client).await?
+        } else {
+            let row =
+                (client.query_one("SELECT epoch FROM concord_writer WHERE id = 1", &[]).await)
+                    .map_err(pg)?;
+            row.get(0)
+        };
         sync_indexes(&mut client, indexes).await?;
         Ok(store)
+    }
+
+    /// This store as a cluster node's: every commit checks `leases` first.
+    pub(crate) fn with_leases(mut self, leases: Arc<cluster::NodeLeases>) -> PostgresStore {
+        self.leases = Some(leases);
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -701,6 +737,9 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg)?;
         self.still_the_writer(&txn).await?;
+        if let Some(leases) = &self.leases {
+            cluster::check_leases(&txn, leases, batch).await?;
+        }
         let mut decided = Decided { reconciling, ..Decided::default() };
         for DomainWrites { domain, writes } in batch {
             for write in writes {

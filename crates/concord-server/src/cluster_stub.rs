@@ -1,0 +1,37 @@
+//! Without PostgreSQL support there are no cluster nodes: this stands in for `cluster.rs`,
+//! and no value of it exists.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::StoreError;
+use crate::types::ModelKey;
+
+#[derive(Debug)]
+pub(crate) enum Cluster {}
+
+#[derive(Debug, Clone)]
+pub(crate) struct HeldElsewhere {
+    pub(crate) name: String,
+    pub(crate) url: String,
+}
+
+impl Cluster {
+    pub(crate) async fn acquire(
+        &self,
+        _: &ModelKey,
+    ) -> Result<Result<CancellationToken, HeldElsewhere>, StoreError> {
+        match *self {}
+    }
+
+    pub(crate) async fn release(&self, _: &ModelKey) {
+        match *self {}
+    }
+
+    pub(crate) async fn leave(&self) {
+        match *self {}
+    }
+
+    pub(crate) async fn keep(self: std::sync::Arc<Self>, _: CancellationToken) {
+        match *self {}
+    }
+}
