@@ -152,7 +152,7 @@ struct Run {
     first: u64,
     seq: u64,
     operation: Operation,
-    /// Its encoded size when composed (transformation changes it a little).
+    /// Its encoded size when made or composed (transformation changes it a little).
     bytes: usize,
 }
 
@@ -480,7 +480,8 @@ impl ModelReplica {
                     std::mem::replace(&mut last.operation, Operation::Compound(Vec::new()));
                 last.operation = compose(before, run.operation);
                 last.seq = run.seq;
-                last.bytes += run.bytes;
+                // Folded splices take less than their parts did.
+                last.bytes = encoded_bytes(&last.operation);
                 // Its first seq now holds the composed operation, the run's an empty one.
                 self.rewritten.insert(last.first);
                 self.rewritten.insert(run.first);
