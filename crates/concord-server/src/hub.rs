@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::ephemeral::Ephemeral;
+use crate::metrics::Metrics;
 use crate::model::{ModelCommand, Models};
 use crate::registry::Registry;
 use crate::revocation::RevocationList;
@@ -25,6 +26,8 @@ pub(crate) struct Hub {
     pub(crate) store: Store,
     pub(crate) writer: Writer,
     pub(crate) models: Models,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<Metrics>,
     /// Every domain's presence and activities.
     pub(crate) ephemeral: Ephemeral,
     next_conn: AtomicU64,
@@ -41,6 +44,7 @@ impl Hub {
         store: Store,
         writer: Writer,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Hub {
         let models = Models {
             store: store.clone(),
@@ -51,6 +55,7 @@ impl Hub {
             registry: Arc::new(Registry::new()),
             tasks: TaskTracker::new(),
             owners: Arc::default(),
+            metrics: metrics.clone(),
         };
         // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
         let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));
@@ -67,6 +72,7 @@ impl Hub {
             store,
             writer,
             models,
+            metrics,
             next_conn: AtomicU64::new(1),
             shutdown,
             writer_thread: Mutex::new(None),

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
 use crate::store::{Job, Store, StoreError, Writer};
@@ -49,6 +50,7 @@ pub(crate) struct Models {
     /// Which user each replica belongs to, per domain: claimed here under a lock, so that
     /// two models never bind one replica to two users.
     pub(crate) owners: Arc<Mutex<ReplicaOwners>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The user each replica of each domain belongs to, as far as this run knows.
@@ -111,8 +113,11 @@ async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCo
     };
     let lost = CancellationToken::new();
     let job = Job { domain: key.domain.clone(), lost: lost.clone(), ..Job::default() };
+    let metrics = models.metrics.clone();
+    metrics.loaded_models.inc();
     let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job, lost };
     task.serve(commands).await;
+    metrics.loaded_models.dec();
 }
 
 impl ModelTask {
@@ -200,6 +205,7 @@ impl ModelTask {
             }
             let resolved: Vec<Delivery> = match delivery.outgoing {
                 Outgoing::Message(message) => {
+                    self.models.metrics.sent(&message);
                     // Every connection has the same budget, so one encoding serves all.
                     let max_bytes = outboxes[0].max_message_bytes();
                     let Some(bytes) = frame(&message, max_bytes) else { continue };
@@ -362,6 +368,7 @@ fn fail_all(
     let fail = |command: ModelCommand| {
         let reply = ErrorReply::new(code, reason);
         if let Some(message) = command.request.failure(&key.model, reply) {
+            models.metrics.sent(&message);
             command.outbox.message(&message);
         }
     };

@@ -22,6 +22,7 @@ use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::store::{RedbStore, Store, StoreError, catching_damage, start_writer};
 use crate::web_root::{self, WebRoot};
 
@@ -70,8 +71,11 @@ impl Server {
         // Only PostgreSQL comes back after a failed commit; a failed redb write is a disk
         // fault, which stops the server.
         let retry_for = if config.store.is_some() { config.store_retry } else { Duration::ZERO };
-        let (writer, writer_thread) = start_writer(store.clone(), store_failed.clone(), retry_for)?;
-        let hub = Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new()));
+        let metrics = Arc::new(Metrics::new());
+        let (writer, writer_thread) =
+            start_writer(store.clone(), store_failed.clone(), retry_for, metrics.clone())?;
+        let hub =
+            Arc::new(Hub::new(config, auth, store, writer, CancellationToken::new(), metrics));
         *hub.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer_thread);
         Ok(Server { listener, local_addr, hub, connections: TaskTracker::new(), store_failed })
     }
@@ -100,6 +104,7 @@ impl Server {
         let Server { listener, local_addr, hub, connections, store_failed } = self;
         let mut router = Router::new()
             .route("/health", get(health))
+            .route("/metrics", get(metrics))
             .route("/{namespace}/{domain}", get(upgrade))
             .with_state(Endpoint { hub: hub.clone(), connections: connections.clone() });
         // Static files live at one path segment (`/`, `/app.js`), so that they never meet
@@ -230,6 +235,14 @@ struct Endpoint {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+/// The server's figures in the Prometheus text format (`docs/server.md`, "Metrics"): counts
+/// and durations only, nothing of anybody's data, so no authentication, as for `/health`.
+async fn metrics(State(endpoint): State<Endpoint>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let text = endpoint.hub.metrics.render();
+    ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// A namespace or domain name: 1–64 of `[A-Za-z0-9._-]`.
