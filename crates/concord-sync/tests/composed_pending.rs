@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
 use concord_ot::{
     DiscreteOperation, Document, ElementId, IdGenerator, Operation, OperationKind, PathSegment,
     ReplicaId, Value, transform,
