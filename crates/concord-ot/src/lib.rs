@@ -3,7 +3,7 @@
 //! A model is a tree of JSON-like values whose root is an object; every node carries an
 //! [`ElementId`]. A [`Document`] stores the tree indexed by id; [`Operation`]s address
 //! elements by id and [`Document::apply`] applies them all or nothing, returning what
-//! changed ([`Applied`]). [`transform`] makes two concurrent operations commute (TP1), and
+//! changed ([`Applied`]); [`compose`] folds two operations into one. [`transform`] makes two concurrent operations commute (TP1), and
 //! [`transform_reference`] moves a shared reference (a cursor, a selection) through an
 //! operation (`concord-sync` moves references with it on the server and the clients).
 //!
@@ -35,6 +35,7 @@
 //! ```
 
 mod apply;
+mod compose;
 mod document;
 mod id;
 mod operation;
@@ -44,6 +45,7 @@ mod transform;
 mod value;
 
 pub use apply::{Applied, ApplyError, Old, SkipReason};
+pub use compose::compose;
 pub use document::{Document, PathSegment};
 pub use id::{ElementId, IdGenerator, ReplicaId};
 pub use operation::{DiscreteOperation, Operation, OperationKind};

@@ -3,7 +3,10 @@
 mod common;
 
 use common::{applied, choices};
-use concord_ot::{Document, Operation, transform};
+use concord_ot::{
+    DiscreteOperation, Document, IdGenerator, Operation, OperationKind, PathSegment, ReplicaId,
+    Value, compose, transform,
+};
 use concord_testkit::generate::{
     Choices, Source, first_target, gen_document, gen_operation, pick_focus,
 };
@@ -99,6 +102,75 @@ proptest! {
         let op_json = serde_json::to_string(&op).unwrap();
         prop_assert_eq!(serde_json::from_str::<Operation>(&op_json).unwrap(), op);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(2000), ..ProptestConfig::default() })]
+
+    /// `compose(a, b)` changes a document exactly as `a` then `b` do, for any two valid
+    /// operations (the second made after the first).
+    #[test]
+    fn composing_gives_the_same_document(values in choices()) {
+        let mut c = Choices::new(&values);
+        let doc = gen_document(&mut c);
+        let focus = Some(pick_focus(&mut c, &doc));
+        let a = gen_operation(&mut c, &doc, 1, focus);
+        let after_a = applied(&doc, &[&a]).expect("a is valid");
+        let b = gen_operation(&mut c, &after_a, 2, focus);
+        let Ok(expected) = applied(&doc, &[&a, &b]) else { return Ok(()) };
+        let composed = compose(a.clone(), b.clone());
+        prop_assert_eq!(applied(&doc, &[&composed]), Ok(expected), "composed: {:?}", composed);
+    }
+
+    /// Typing, deleting and backspacing on one string in any order: composing the splices
+    /// one by one gives the text applying them does.
+    #[test]
+    fn composed_splices_give_the_same_text(
+        start in "[ab\u{e9}]{0,6}",
+        edits in prop::collection::vec((0usize..12, 0usize..4, "[xy\u{1f600}]{0,3}"), 1..12),
+    ) {
+        let mut ids = IdGenerator::new(ReplicaId(1), 0);
+        let json = serde_json::json!({ "text": start });
+        let mut doc = Document::new(Value::from_json(&json, &mut ids).unwrap()).unwrap();
+        let text = doc.element_at(&[PathSegment::Key("text".into())]).unwrap();
+        let original = doc.clone();
+        let mut composed: Option<Operation> = None;
+        for (index, delete, insert) in edits {
+            let len = doc.text_len(text).unwrap();
+            let index = index.min(len);
+            let delete_count = delete.min(len - index);
+            let kind = OperationKind::StringSplice { index, delete_count, insert };
+            let op = Operation::from(DiscreteOperation::new(text, kind));
+            doc.apply(&op).unwrap();
+            composed = Some(match composed {
+                None => op,
+                Some(before) => compose(before, op),
+            });
+        }
+        let composed = composed.unwrap();
+        let mut replayed = original;
+        replayed.apply(&composed).unwrap();
+        prop_assert_eq!(replayed.text(text), doc.text(text), "composed: {:?}", composed);
+    }
+}
+
+#[test]
+fn typing_on_folds_into_one_splice() {
+    let text = concord_ot::ElementId::new(1, 1);
+    let splice = |index, delete_count, insert: &str| -> Operation {
+        let kind = OperationKind::StringSplice { index, delete_count, insert: insert.into() };
+        DiscreteOperation::new(text, kind).into()
+    };
+    let mut op = splice(3, 0, "a");
+    for i in 4..100 {
+        op = compose(op, splice(i, 0, "a"));
+    }
+    op = compose(op, splice(99, 1, "")); // a backspace
+    op = compose(op, splice(2, 2, "")); // deleting across the start of what was typed
+    assert_eq!(op, splice(2, 1, &"a".repeat(95)));
+    // A splice elsewhere in the string stays a separate part.
+    let apart = compose(op.clone(), splice(200, 0, "z"));
+    assert_eq!(apart.discrete().len(), 2);
 }
 
 fn noop(op: Operation) -> Operation {

@@ -60,6 +60,9 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
         () = lost.token.cancelled() => Ending::Close(CLOSE_INTERNAL_ERROR, "a store write failed".into()),
     };
     connection.leave_all().await;
+    if connection.session.is_some() {
+        hub.metrics.sessions.dec();
+    }
     let closing = if lost.token.is_cancelled() {
         Some(lost.reason().to_owned())
     } else if hub.shutdown.is_cancelled() {
@@ -181,6 +184,7 @@ impl Connection {
     }
 
     fn error(&self, to: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {
+        self.hub.metrics.refused(code);
         self.outbox.message(&ServerMessage::Error { to, error: ErrorReply::new(code, message) });
     }
 
@@ -194,7 +198,10 @@ impl Connection {
         let from = session.session().clone();
         while let Some(output) = session.poll_output() {
             match output {
-                SessionOutput::Reply(message) => self.outbox.message(&message),
+                SessionOutput::Reply(message) => {
+                    self.hub.metrics.sent(&message);
+                    self.outbox.message(&message);
+                }
                 SessionOutput::ToModel { model, request } => {
                     let key = ModelKey { domain: self.domain.clone(), model };
                     let command =
@@ -217,6 +224,7 @@ impl Connection {
                         },
                         Err(error) => ServerMessage::Error { to: Some(request), error },
                     };
+                    self.hub.metrics.sent(&message);
                     self.outbox.message(&message);
                 }
                 SessionOutput::Query(read) => {
@@ -253,6 +261,7 @@ impl Connection {
             Ok(found) => found,
             Err(e) => {
                 tracing::info!(conn = self.outbox.conn, error = %e, "handshake refused");
+                self.hub.metrics.refused(e.code());
                 let rejection = HandshakeRejection {
                     code: e.code(),
                     message: e.to_string(),
@@ -278,6 +287,7 @@ impl Connection {
         self.hub.ephemeral.load_identities(&self.domain, &self.hub.store).await;
         let identity = self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
+        self.hub.metrics.sessions.inc();
         let mut writes = vec![Write::PutUser { user: user.clone() }];
         if let Some(identity) = identity {
             writes.push(Write::PutIdentity { identity, seen: crate::model::now() });
@@ -423,6 +433,7 @@ async fn replay(
         // A page that cannot be sent (logged by `frame`) ends the connection: skipping it
         // would leave the client a gap in the model's history.
         let frame = frame(&ServerMessage::Push(push), max_bytes).ok_or(())?;
+        hub.metrics.resync_pages.inc();
         feed(sink, frame).await?;
         sink.flush().await.map_err(|_| ())?;
         match next {

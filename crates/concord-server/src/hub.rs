@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::cluster::Cluster;
 use crate::config::ServerConfig;
 use crate::ephemeral::Ephemeral;
+use crate::metrics::Metrics;
 use crate::model::{ModelCommand, Models};
 use crate::registry::Registry;
 use crate::revocation::RevocationList;
@@ -26,6 +27,8 @@ pub(crate) struct Hub {
     pub(crate) store: Store,
     pub(crate) writer: Writer,
     pub(crate) models: Models,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<Metrics>,
     /// Every domain's presence and activities.
     pub(crate) ephemeral: Ephemeral,
     next_conn: AtomicU64,
@@ -43,6 +46,7 @@ impl Hub {
         writer: Writer,
         cluster: Option<Arc<Cluster>>,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Hub {
         let models = Models {
             store: store.clone(),
@@ -54,6 +58,7 @@ impl Hub {
             tasks: TaskTracker::new(),
             owners: Arc::default(),
             cluster,
+            metrics: metrics.clone(),
         };
         // Reconnect tokens revoked in the data dir's list (`concord revoke`) are refused.
         let auth = auth.with_revocations(RevocationList::in_data_dir(&config.data_dir));
@@ -70,6 +75,7 @@ impl Hub {
             store,
             writer,
             models,
+            metrics,
             next_conn: AtomicU64::new(1),
             shutdown,
             writer_thread: Mutex::new(None),

@@ -4,7 +4,7 @@
 //! persistence behind one store trait — an embedded redb store by default, or PostgreSQL
 //! (feature `postgres`, [`ServerConfig::store`]) — every operation is on disk before anyone
 //! hears of it, with group commit across models. Presence and activities are held per domain in
-//! memory only.
+//! memory only. `GET /metrics` gives operators its figures in the Prometheus text format.
 //!
 //! It is not the command line (that is the `concord` binary) and holds no OT or ordering
 //! logic of its own: `concord-sync`'s `Sequencer` orders, `concord-ot` transforms. Clients
@@ -58,6 +58,7 @@ mod config;
 mod connection;
 mod ephemeral;
 mod hub;
+mod metrics;
 mod model;
 mod outbox;
 mod registry;

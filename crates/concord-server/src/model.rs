@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
+use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
 use crate::store::{Job, Store, StoreError, Writer};
@@ -52,6 +53,7 @@ pub(crate) struct Models {
     pub(crate) owners: Arc<Mutex<ReplicaOwners>>,
     /// When this server is a cluster node: a model is loaded only under its lease.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The user each replica of each domain belongs to, as far as this run knows.
@@ -151,8 +153,11 @@ async fn serve_leased(
     };
     let lost = CancellationToken::new();
     let job = Job { domain: key.domain.clone(), lost: lost.clone(), ..Job::default() };
+    let metrics = models.metrics.clone();
+    metrics.loaded_models.inc();
     let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job, lost, lease_lost };
     task.serve(commands).await;
+    metrics.loaded_models.dec();
 }
 
 impl ModelTask {
@@ -248,6 +253,7 @@ impl ModelTask {
             }
             let resolved: Vec<Delivery> = match delivery.outgoing {
                 Outgoing::Message(message) => {
+                    self.models.metrics.sent(&message);
                     // Every connection has the same budget, so one encoding serves all.
                     let max_bytes = outboxes[0].max_message_bytes();
                     let Some(bytes) = frame(&message, max_bytes) else { continue };
@@ -409,6 +415,7 @@ fn fail_all(
     let fail = |command: ModelCommand| {
         let reply = ErrorReply::new(code, reason);
         if let Some(message) = command.request.failure(&key.model, reply) {
+            models.metrics.sent(&message);
             command.outbox.message(&message);
         }
     };

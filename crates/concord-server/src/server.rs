@@ -23,6 +23,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::cluster::Cluster;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::store::{RedbStore, Store, StoreError, catching_damage, start_writer};
 use crate::web_root::{self, WebRoot};
 
@@ -73,13 +74,15 @@ impl Server {
         // Only PostgreSQL comes back after a failed commit; a failed redb write is a disk
         // fault, which stops the server.
         let retry_for = if config.store.is_some() { config.store_retry } else { Duration::ZERO };
-        let (writer, writer_thread) = start_writer(store.clone(), store_failed.clone(), retry_for)?;
+        let metrics = Arc::new(Metrics::new());
+        let (writer, writer_thread) =
+            start_writer(store.clone(), store_failed.clone(), retry_for, metrics.clone())?;
         let keeper = CancellationToken::new();
         if let Some(cluster) = &cluster {
             tokio::spawn(cluster.clone().keep(keeper.clone()));
         }
-        let hub =
-            Arc::new(Hub::new(config, auth, store, writer, cluster, CancellationToken::new()));
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(config, auth, store, writer, cluster, shutdown, metrics));
         *hub.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer_thread);
         Ok(Server {
             listener,
@@ -115,6 +118,7 @@ impl Server {
         let Server { listener, local_addr, hub, connections, store_failed, keeper } = self;
         let mut router = Router::new()
             .route("/health", get(health))
+            .route("/metrics", get(metrics))
             .route("/{namespace}/{domain}", get(upgrade))
             .with_state(Endpoint { hub: hub.clone(), connections: connections.clone() });
         // Static files live at one path segment (`/`, `/app.js`), so that they never meet
@@ -263,6 +267,14 @@ struct Endpoint {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+/// The server's figures in the Prometheus text format (`docs/server.md`, "Metrics"): counts
+/// and durations only, nothing of anybody's data, so no authentication, as for `/health`.
+async fn metrics(State(endpoint): State<Endpoint>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let text = endpoint.hub.metrics.render();
+    ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// A namespace or domain name: 1–64 of `[A-Za-z0-9._-]`.

@@ -41,6 +41,7 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
@@ -545,7 +546,8 @@ impl RedbStore {
         &self,
         on_failure: CancellationToken,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
-        start_writer(Arc::new(self.clone()), on_failure, std::time::Duration::ZERO)
+        let metrics = Arc::new(Metrics::new());
+        start_writer(Arc::new(self.clone()), on_failure, std::time::Duration::ZERO, metrics)
     }
 }
 
@@ -901,12 +903,14 @@ pub(crate) fn start_writer(
     store: Store,
     on_failure: CancellationToken,
     retry_for: Duration,
+    metrics: Arc<Metrics>,
 ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
     let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
     let runtime = tokio::runtime::Handle::current();
-    let thread = std::thread::Builder::new()
-        .name("concord-store-writer".into())
-        .spawn(move || runtime.block_on(write_loop(&*store, receiver, on_failure, retry_for)))?;
+    let thread =
+        std::thread::Builder::new().name("concord-store-writer".into()).spawn(move || {
+            runtime.block_on(write_loop(&*store, receiver, on_failure, retry_for, &metrics))
+        })?;
     Ok((Writer { sender }, thread))
 }
 
@@ -920,6 +924,7 @@ async fn write_loop(
     mut receiver: mpsc::Receiver<Job>,
     on_failure: CancellationToken,
     retry_for: Duration,
+    metrics: &Metrics,
 ) {
     let mut group = Vec::new();
     while let Some(first) = receiver.recv().await {
@@ -942,8 +947,15 @@ async fn write_loop(
                 writes: std::mem::take(&mut job.writes),
             })
             .collect();
-        let result =
-            if batch.is_empty() { Ok(()) } else { commit_retrying(store, batch, retry_for).await };
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            let started = std::time::Instant::now();
+            let result = commit_retrying(store, batch, retry_for).await;
+            metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            metrics.commit_group_jobs.observe(group.len() as f64);
+            result
+        };
         match result {
             Ok(()) => {
                 for job in group.drain(..) {

@@ -377,6 +377,7 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_du
         store.clone(),
         CancellationToken::new(),
         std::time::Duration::ZERO,
+        std::sync::Arc::default(),
     )
     .unwrap();
     let doc = key("acme/notes", "doc");

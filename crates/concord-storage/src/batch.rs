@@ -80,6 +80,11 @@ pub enum Mutation {
     /// Replaces all pending operations (for example with their form transformed against a
     /// new server operation). Sequence numbers must be strictly increasing.
     ReplacePending { model: ModelId, operations: Vec<PendingOperation> },
+    /// Rewrites some stored pending operations in place, each at its seq (for example the few
+    /// a new server operation transformed, or those composed into their predecessor): the
+    /// rest stay as stored, so the batch grows with what changed, not with every pending
+    /// operation. Sequence numbers must be strictly increasing and each already stored.
+    UpdatePending { model: ModelId, operations: Vec<PendingOperation> },
     /// Appends pending operations. Sequence numbers must be strictly increasing and greater
     /// than any this model ever had ([`ModelSummary::last_pending_seq`](crate::ModelSummary)).
     AppendPending { model: ModelId, operations: Vec<PendingOperation> },
@@ -125,6 +130,7 @@ impl Mutation {
             | Mutation::PutSnapshot { model, .. }
             | Mutation::AppendServerOperations { model, .. }
             | Mutation::ReplacePending { model, .. }
+            | Mutation::UpdatePending { model, .. }
             | Mutation::AppendPending { model, .. }
             | Mutation::RemovePendingThrough { model, .. }
             | Mutation::SetInFlight { model, .. }

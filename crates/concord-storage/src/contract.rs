@@ -62,6 +62,7 @@ checks!(
     server_operations_must_be_contiguous,
     pending_sequence_numbers_are_never_reused,
     replace_and_remove_pending,
+    update_pending_in_place,
     in_flight_boundary,
     element_counter_never_decreases,
     put_model_keeps_data,
@@ -462,6 +463,61 @@ async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
     assert!(state.pending.is_empty());
     assert_eq!(state.summary.pending_count, 0);
     assert_eq!(state.summary.last_pending_seq, Some(2));
+}
+
+async fn update_pending_in_place(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model_batch(1)).await;
+    commit(
+        &*store,
+        Batch::new()
+            .with(Mutation::AppendPending { model: id.clone(), operations: pendings(3..=5) }),
+    )
+    .await;
+    let before = store.load_model(&id).await.unwrap().unwrap();
+    let update =
+        |operations| Batch::new().with(Mutation::UpdatePending { model: id.clone(), operations });
+    let rewritten = vec![
+        PendingOperation { seq: 2, operation: operation(71) },
+        PendingOperation { seq: 4, operation: operation(72) },
+    ];
+    commit(&*store, update(rewritten)).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    let mut expected = before.pending.clone();
+    for p in &mut expected {
+        match p.seq {
+            2 => p.operation = operation(71),
+            4 => p.operation = operation(72),
+            _ => {}
+        }
+    }
+    assert_eq!(state.pending, expected, "only the named seqs changed");
+    assert_eq!(state.summary.pending_count, before.summary.pending_count);
+    assert_eq!(state.summary.last_pending_seq, before.summary.last_pending_seq);
+    // A seq that is not stored, or seqs out of order, reject the whole batch.
+    let unknown = Batch::new()
+        .with(Mutation::UpdatePending {
+            model: id.clone(),
+            operations: vec![PendingOperation { seq: 3, operation: operation(90) }],
+        })
+        .with(Mutation::UpdatePending { model: id.clone(), operations: pendings([9]) });
+    assert_rejected(store.commit(unknown).await, 0, 1);
+    assert_rejected(store.commit(update(pendings([4, 3]))).await, 0, 0);
+    let after = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(after.pending, expected, "a rejected batch changed nothing");
+    assert_rejected(
+        store
+            .commit(
+                Batch::new().with(Mutation::UpdatePending {
+                    model: model_id(7),
+                    operations: pendings([1]),
+                }),
+            )
+            .await,
+        0,
+        0,
+    );
 }
 
 async fn in_flight_boundary(adapter: &dyn StorageAdapter) {

@@ -13,7 +13,7 @@ use concord_protocol::ModelId;
 
 use crate::batch::{Batch, Mutation};
 use crate::encoding::{
-    META_FORMAT, META_REPLICA_ID, META_STORE_KEY, Table, model_key, numbered_range,
+    META_FORMAT, META_REPLICA_ID, META_STORE_KEY, Table, model_key, numbered_key, numbered_range,
 };
 use crate::overlay::{Need, Scope, Span};
 
@@ -79,6 +79,12 @@ pub(crate) fn apply(batches: &[Batch]) -> Footprint {
             Mutation::AppendServerOperations { .. } => &[Table::ServerOperations],
             Mutation::ReplacePending { model, .. } => {
                 footprint.hint(numbered(Table::Pending, model, None));
+                &[Table::Pending]
+            }
+            Mutation::UpdatePending { model, operations } => {
+                for op in operations {
+                    footprint.hint(Need::Value(Table::Pending, numbered_key(model, op.seq)));
+                }
                 &[Table::Pending]
             }
             Mutation::AppendPending { .. } => &[Table::Pending],

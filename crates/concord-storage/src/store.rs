@@ -452,6 +452,19 @@ fn apply_one(
             delete_numbered(kv, Table::Pending, model, None)?;
             put_pending(kv, model, operations)?;
         }
+        Mutation::UpdatePending { model, operations } => {
+            summaries.require(kv, model)?;
+            check_increasing(operations, None)?;
+            for op in operations {
+                if kv.get(Table::Pending, &numbered_key(model, op.seq))?.is_none() {
+                    return invalid(format!(
+                        "pending operation {} of model {model} is not stored",
+                        op.seq
+                    ));
+                }
+            }
+            put_pending(kv, model, operations)?;
+        }
         Mutation::AppendPending { model, operations } => {
             let summary = summaries.require(kv, model)?;
             check_increasing(operations, summary.last_pending_seq)?;

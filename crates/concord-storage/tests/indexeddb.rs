@@ -56,6 +56,7 @@ contract_tests!(
     server_operations_must_be_contiguous,
     pending_sequence_numbers_are_never_reused,
     replace_and_remove_pending,
+    update_pending_in_place,
     in_flight_boundary,
     element_counter_never_decreases,
     put_model_keeps_data,

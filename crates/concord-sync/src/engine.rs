@@ -70,6 +70,10 @@ pub struct EngineConfig {
     /// The most local operations one submission carries, so that a long offline session
     /// goes out as a sequence of bounded batches.
     pub max_batch_parts: usize,
+    /// The most bytes (encoded operations, roughly) one submission carries beyond its first
+    /// run of local operations: offline changes composed into few large runs still go out
+    /// in bounded messages.
+    pub max_batch_bytes: usize,
     /// Store a snapshot in place of the server operations after this many.
     pub compact_every: usize,
     /// How many stored models with unsent changes are loaded at once to sync after a
@@ -101,6 +105,7 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             max_batch_parts: 256,
+            max_batch_bytes: 64 * 1024,
             compact_every: 500,
             sync_concurrency: 32,
             max_open_models: None,
@@ -1627,11 +1632,19 @@ impl ClientEngine {
                 for author in &authors {
                     self.authors.remember(&author.session, &author.user);
                 }
+                // The page's server operations and the pending runs they rewrote are stored
+                // in one batch, the runs once: the store is never left with pending
+                // operations expressed against an older version than its own.
+                let mut changes = Vec::new();
                 for operation in operations {
-                    if !self.apply_remote(&model, operation) {
+                    if !self.apply_remote_with(&model, operation, Some(&mut changes)) {
                         return;
                     }
                 }
+                if let Some(entry) = self.models.get_mut(&model) {
+                    changes.extend(entry.replica.take_pending_rewrite());
+                }
+                self.after_server_change(&model, changes);
                 if last {
                     let entry = self.models.get_mut(&model).expect("checked");
                     entry.link = Link::Live;
@@ -1936,6 +1949,17 @@ impl ClientEngine {
         model: &ModelId,
         operation: concord_protocol::CommittedOperation,
     ) -> bool {
+        self.apply_remote_with(model, operation, None)
+    }
+
+    /// [`Self::apply_remote`]; with `page`, its store changes are added there, without the
+    /// pending runs it rewrote (the caller adds them once, after the last operation).
+    fn apply_remote_with(
+        &mut self,
+        model: &ModelId,
+        operation: concord_protocol::CommittedOperation,
+        mut page: Option<&mut Vec<StoreChange>>,
+    ) -> bool {
         let Some(entry) = self.models.get_mut(model) else {
             return false;
         };
@@ -1946,7 +1970,10 @@ impl ClientEngine {
             .map(|c| c.user.clone())
             .or_else(|| self.authors.user(&author).cloned());
         let committed = operation.operation.clone();
-        let result = entry.replica.remote(operation);
+        let result = match page {
+            Some(_) => entry.replica.remote_deferred(operation),
+            None => entry.replica.remote(operation),
+        };
         let mut ended = Vec::new();
         if let Ok((applied, _)) = &result {
             entry.references.confirmed_moved(&committed, &entry.replica.confirmed().data);
@@ -1963,7 +1990,10 @@ impl ClientEngine {
                 if !entry.replica.has_unacknowledged() {
                     self.model_event(model, ModelEvent::Committed);
                 }
-                self.after_server_change(model, changes);
+                match page.as_mut() {
+                    Some(page) => page.extend(changes),
+                    None => self.after_server_change(model, changes),
+                }
                 true
             }
             Ok((applied, changes)) => {
@@ -1978,7 +2008,10 @@ impl ClientEngine {
                         self.model_event(model, ModelEvent::Neutralised { seqs });
                     }
                 }
-                self.after_server_change(model, changes);
+                match page {
+                    Some(page) => page.extend(changes),
+                    None => self.after_server_change(model, changes),
+                }
                 true
             }
             Err(error) => {
@@ -2131,12 +2164,12 @@ impl ClientEngine {
     /// boundary is made durable first; a model that owes nothing is released.
     fn start_sync(&mut self, model: &ModelId) {
         self.go_online(model);
-        let max_parts = self.config.max_batch_parts;
+        let (max_parts, max_bytes) = (self.config.max_batch_parts, self.config.max_batch_bytes);
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.replica.mark_in_flight_unsent();
         self.acks.remove(model);
         if entry.replica.in_flight_seq().is_none()
-            && let Some((_, boundary)) = entry.replica.take_submission(max_parts)
+            && let Some((_, boundary)) = entry.replica.take_submission(max_parts, max_bytes)
         {
             entry.link = Link::Preparing;
             let seq = entry.replica.in_flight_seq();
@@ -2255,7 +2288,9 @@ impl ClientEngine {
             return;
         }
         if entry.replica.in_flight_seq().is_none()
-            && let Some((_, boundary)) = entry.replica.take_submission(self.config.max_batch_parts)
+            && let Some((_, boundary)) = entry
+                .replica
+                .take_submission(self.config.max_batch_parts, self.config.max_batch_bytes)
         {
             let seq = entry.replica.in_flight_seq();
             self.queue_batch(model, vec![boundary], None, seq);

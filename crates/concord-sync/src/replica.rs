@@ -10,8 +10,18 @@
 //! ones are "client", on both sides of the wire, so that the client's in-flight operation,
 //! transformed against the remote operations as they arrive, equals what the server
 //! committed for it (the ack carries no operation).
+//!
+//! Many local changes made offline are kept composed ([`concord_ot::compose`]) into runs of
+//! consecutive seqs, each at most [`MAX_RUN_BYTES`]: a remote operation is transformed past
+//! each run once, and only the runs it rewrote are stored again
+//! ([`StoreChange::UpdatePending`]), so a reconnection costs time in the number of remote
+//! operations times the runs, not times the local operations. A run is stored as its
+//! operation at its first seq and an empty compound at each later one, so every seq stays
+//! stored until acknowledged and a restore rebuilds the same runs.
 
-use concord_ot::{Applied, ApplyError, Document, Operation, transform};
+use std::collections::BTreeSet;
+
+use concord_ot::{Applied, ApplyError, Document, Operation, compose, transform};
 use concord_protocol::{CommittedOperation, ModelSnapshot};
 
 pub use concord_storage::PendingOperation;
@@ -51,6 +61,9 @@ pub enum StoreChange {
     AppendPending(PendingOperation),
     /// The whole pending list, after remote operations transformed it.
     ReplacePending(Vec<PendingOperation>),
+    /// Some stored pending operations rewritten in place (transformed, or composed into the
+    /// run before them); the others stay as stored.
+    UpdatePending(Vec<PendingOperation>),
     /// The in-flight submission was acknowledged: drop pending operations through `seq`.
     RemovePendingThrough(u64),
     /// The boundary of the submission on the wire; durable before it is sent.
@@ -111,7 +124,10 @@ pub struct ModelReplica {
     local: Document,
     in_flight: Option<InFlightBatch>,
     /// Local operations not yet sent, expressed against `confirmed` + in flight.
-    pending: Vec<PendingOperation>,
+    pending: Vec<Run>,
+    /// The first seqs of runs changed in memory since they were last stored: written by the
+    /// next [`ModelReplica::take_pending_rewrite`].
+    rewritten: BTreeSet<u64>,
     next_seq: u64,
     /// The highest local seq the store reported durable; nothing above it is sent.
     durable_seq: u64,
@@ -121,11 +137,54 @@ pub struct ModelReplica {
     operations_since_snapshot: usize,
 }
 
+/// Runs of this many encoded bytes at most are composed further; it bounds what one run
+/// costs to store again and to send.
+pub(crate) const MAX_RUN_BYTES: usize = 16 * 1024;
+
+/// Pending runs are composed only beyond this many, so that a model edited online (a few
+/// changes pending at a time) keeps one run per change: each neutralised change is reported
+/// on its own.
+const COMPOSE_ABOVE_RUNS: usize = 32;
+
+/// Local operations of the consecutive seqs `first..=seq`, composed into one.
+#[derive(Debug, Clone, PartialEq)]
+struct Run {
+    first: u64,
+    seq: u64,
+    operation: Operation,
+    /// Its encoded size when made or composed (transformation changes it a little).
+    bytes: usize,
+}
+
+impl Run {
+    fn single(pending: PendingOperation) -> Run {
+        let bytes = encoded_bytes(&pending.operation);
+        Run { first: pending.seq, seq: pending.seq, operation: pending.operation, bytes }
+    }
+
+    /// How it is stored: its operation at its first seq, an empty compound at the others.
+    fn stored(&self) -> impl Iterator<Item = PendingOperation> + '_ {
+        let head = PendingOperation { seq: self.first, operation: self.operation.clone() };
+        std::iter::once(head).chain(
+            (self.first + 1..=self.seq)
+                .map(|seq| PendingOperation { seq, operation: Operation::Compound(Vec::new()) }),
+        )
+    }
+}
+
+fn encoded_bytes(operation: &Operation) -> usize {
+    concord_protocol::encoded_len(operation).unwrap_or(MAX_RUN_BYTES)
+}
+
+fn is_empty_compound(operation: &Operation) -> bool {
+    matches!(operation, Operation::Compound(parts) if parts.is_empty())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct InFlightBatch {
     seq: u64,
     /// The local operations it holds, kept separate so they can be re-stored one by one.
-    parts: Vec<PendingOperation>,
+    parts: Vec<Run>,
     /// Set once the resync told us the server committed it at that version.
     committed_at: Option<u64>,
     /// Whether its boundary ([`StoreChange::SetInFlight`]) is durable: only then may it be
@@ -144,6 +203,7 @@ impl ModelReplica {
             local,
             in_flight: None,
             pending: Vec::new(),
+            rewritten: BTreeSet::new(),
             next_seq: 1,
             durable_seq: 0,
             acked_seq: 0,
@@ -169,11 +229,24 @@ impl ModelReplica {
         for op in &persisted.pending {
             local.apply_without_old(&op.operation).map_err(ReplicaError::Diverged)?;
         }
-        let (parts, pending): (Vec<_>, Vec<_>) = match persisted.in_flight_seq {
-            Some(seq) => persisted.pending.into_iter().partition(|p| p.seq <= seq),
-            None => (Vec::new(), persisted.pending),
-        };
-        let first_unacknowledged = parts.first().or(pending.first()).map(|p| p.seq);
+        // The empty compounds after a run's first seq belong to it (on its side of the
+        // in-flight boundary).
+        let in_flight_through = persisted.in_flight_seq;
+        let side = |seq: u64| in_flight_through.is_some_and(|through| seq <= through);
+        let mut runs: Vec<Run> = Vec::new();
+        for p in persisted.pending {
+            if let Some(last) = runs.last_mut()
+                && is_empty_compound(&p.operation)
+                && last.seq + 1 == p.seq
+                && side(last.seq) == side(p.seq)
+            {
+                last.seq = p.seq;
+                continue;
+            }
+            runs.push(Run::single(p));
+        }
+        let (parts, pending): (Vec<_>, Vec<_>) = runs.into_iter().partition(|r| side(r.seq));
+        let first_unacknowledged = parts.first().or(pending.first()).map(|r| r.first);
         let in_flight = persisted
             .in_flight_seq
             .filter(|_| !parts.is_empty())
@@ -185,6 +258,7 @@ impl ModelReplica {
             local,
             in_flight,
             pending,
+            rewritten: BTreeSet::new(),
             next_seq: persisted.next_seq,
             durable_seq,
             acked_seq,
@@ -229,7 +303,7 @@ impl ModelReplica {
         let seq = self.next_seq;
         self.next_seq += 1;
         let pending = PendingOperation { seq, operation };
-        self.pending.push(pending.clone());
+        self.pending.push(Run::single(pending.clone()));
         Ok((seq, applied, StoreChange::AppendPending(pending)))
     }
 
@@ -242,27 +316,35 @@ impl ModelReplica {
         self.durable_seq
     }
 
-    /// When nothing is in flight, takes up to `max_parts` durable pending operations as the
-    /// next submission. The returned store change (the in-flight boundary) must be durable
-    /// before the submission is sent: report it with [`ModelReplica::mark_in_flight_stored`],
-    /// then send [`ModelReplica::submission`].
+    /// When nothing is in flight, takes up to `max_parts` durable pending runs (at least one,
+    /// then as long as they add up to at most `max_bytes`) as the next submission. The
+    /// returned store change (the in-flight boundary) must be durable before the submission
+    /// is sent: report it with [`ModelReplica::mark_in_flight_stored`], then send
+    /// [`ModelReplica::submission`].
     pub fn take_submission(
         &mut self,
         max_parts: usize,
+        max_bytes: usize,
     ) -> Option<(OutgoingSubmission, StoreChange)> {
         if self.in_flight.is_some() {
             return None;
         }
+        let mut bytes = 0usize;
         let ready = self
             .pending
             .iter()
             .take(max_parts.max(1))
-            .take_while(|p| p.seq <= self.durable_seq)
+            .take_while(|r| r.seq <= self.durable_seq)
+            .enumerate()
+            .take_while(|(i, r)| {
+                bytes = bytes.saturating_add(r.bytes);
+                *i == 0 || bytes <= max_bytes
+            })
             .count();
         if ready == 0 {
             return None;
         }
-        let parts: Vec<PendingOperation> = self.pending.drain(..ready).collect();
+        let parts: Vec<Run> = self.pending.drain(..ready).collect();
         let seq = parts.last().expect("ready > 0").seq;
         self.in_flight =
             Some(InFlightBatch { seq, parts, committed_at: None, stored: false, sent: false });
@@ -309,7 +391,7 @@ impl ModelReplica {
             parts.extend_from_slice(p.operation.discrete());
         }
         OutgoingSubmission {
-            first_seq: batch.parts.first().map_or(batch.seq, |p| p.seq),
+            first_seq: batch.parts.first().map_or(batch.seq, |p| p.first),
             seq: batch.seq,
             base_version: self.confirmed.version,
             operation: Operation::Compound(parts),
@@ -331,6 +413,20 @@ impl ModelReplica {
         &mut self,
         committed: CommittedOperation,
     ) -> Result<(Option<RemoteApplied>, Vec<StoreChange>), ReplicaError> {
+        let (applied, mut changes) = self.remote_deferred(committed)?;
+        changes.extend(self.take_pending_rewrite());
+        Ok((applied, changes))
+    }
+
+    /// [`ModelReplica::remote`] without storing the pending runs it rewrote: several remote
+    /// operations (a resync page) store them once, with
+    /// [`ModelReplica::take_pending_rewrite`] at the end of the same store batch. The changes
+    /// returned must not be committed without it: until then the store's pending operations
+    /// are expressed against an older version.
+    pub fn remote_deferred(
+        &mut self,
+        committed: CommittedOperation,
+    ) -> Result<(Option<RemoteApplied>, Vec<StoreChange>), ReplicaError> {
         let expected = self.confirmed.version + 1;
         if committed.version != expected {
             return Err(ReplicaError::OutOfOrder { expected, got: committed.version });
@@ -341,23 +437,22 @@ impl ModelReplica {
             let seq = batch.seq;
             return Ok((None, self.ack(seq, committed.version, committed.timestamp)?));
         }
-        // Transform the remote operation past each local operation, rewriting them.
+        self.compose_pending();
+        // Transform the remote operation past each local run, rewriting them in place.
         let mut remote = committed.operation.clone();
         let mut neutralised = Vec::new();
-        let mut rewrite = |parts: &mut Vec<PendingOperation>| {
-            for part in parts.iter_mut() {
-                let (r, local) = transform(remote.clone(), part.operation.clone());
-                remote = r;
-                if local.is_noop() && !part.operation.is_noop() {
-                    neutralised.push(part.seq);
-                }
-                part.operation = local;
+        let in_flight = self.in_flight.iter_mut().flat_map(|b| b.parts.iter_mut());
+        for run in in_flight.chain(self.pending.iter_mut()) {
+            let local = std::mem::replace(&mut run.operation, Operation::Compound(Vec::new()));
+            let was_noop = local.is_noop();
+            let (r, local) = transform(remote, local);
+            remote = r;
+            if local.is_noop() && !was_noop {
+                neutralised.extend(run.first..=run.seq);
             }
-        };
-        if let Some(batch) = &mut self.in_flight {
-            rewrite(&mut batch.parts);
+            run.operation = local;
+            self.rewritten.insert(run.first);
         }
-        rewrite(&mut self.pending);
         self.confirmed
             .data
             .apply_without_old(&committed.operation)
@@ -366,11 +461,58 @@ impl ModelReplica {
         self.confirmed.modified_at = committed.timestamp;
         let applied = self.local.apply(&remote).map_err(ReplicaError::Diverged)?;
         self.operations_since_snapshot += 1;
-        let mut changes = vec![StoreChange::AppendServerOperation(committed)];
-        if self.has_unacknowledged() {
-            changes.push(StoreChange::ReplacePending(self.all_unacknowledged()));
-        }
+        let changes = vec![StoreChange::AppendServerOperation(committed)];
         Ok((Some(RemoteApplied { operation: remote, applied, neutralised }), changes))
+    }
+
+    /// Composes the pending runs, once there are many, into runs of at most
+    /// [`MAX_RUN_BYTES`]; the store learns of it with the next pending rewrite.
+    fn compose_pending(&mut self) {
+        if self.pending.len() <= COMPOSE_ABOVE_RUNS {
+            return;
+        }
+        let mut composed: Vec<Run> = Vec::with_capacity(self.pending.len());
+        for run in std::mem::take(&mut self.pending) {
+            if let Some(last) = composed.last_mut()
+                && last.bytes.saturating_add(run.bytes) <= MAX_RUN_BYTES
+            {
+                let before =
+                    std::mem::replace(&mut last.operation, Operation::Compound(Vec::new()));
+                last.operation = compose(before, run.operation);
+                last.seq = run.seq;
+                // Folded splices take less than their parts did.
+                last.bytes = encoded_bytes(&last.operation);
+                // Its first seq now holds the composed operation, the run's an empty one.
+                self.rewritten.insert(last.first);
+                self.rewritten.insert(run.first);
+                continue;
+            }
+            composed.push(run);
+        }
+        self.pending = composed;
+    }
+
+    /// The pending runs changed since they were last stored, as the store change that
+    /// rewrites them (none if nothing changed).
+    pub fn take_pending_rewrite(&mut self) -> Option<StoreChange> {
+        if self.rewritten.is_empty() {
+            return None;
+        }
+        let rewritten = std::mem::take(&mut self.rewritten);
+        let in_flight = self.in_flight.iter().flat_map(|b| b.parts.iter());
+        let mut operations = Vec::new();
+        for run in in_flight.chain(self.pending.iter()) {
+            // Seqs named but no longer pending were acknowledged (their records are gone).
+            let named = rewritten.range(run.first..=run.seq);
+            for &seq in named {
+                operations.push(if seq == run.first {
+                    PendingOperation { seq, operation: run.operation.clone() }
+                } else {
+                    PendingOperation { seq, operation: Operation::Compound(Vec::new()) }
+                });
+            }
+        }
+        (!operations.is_empty()).then_some(StoreChange::UpdatePending(operations))
     }
 
     /// The server committed the in-flight submission `seq` at `version`. A repeated ack
@@ -428,18 +570,21 @@ impl ModelReplica {
         // without gaps, and a restored replica starts after its first unacknowledged seq.
         let mut local = self.confirmed.data.clone();
         let mut kept = Vec::new();
-        let mut dropped = batch.parts;
-        for p in std::mem::take(&mut self.pending) {
-            if local.apply(&p.operation).is_ok() {
-                kept.push(p);
+        let as_pending = |r: Run| PendingOperation { seq: r.first, operation: r.operation };
+        let mut dropped: Vec<PendingOperation> = batch.parts.into_iter().map(as_pending).collect();
+        for run in std::mem::take(&mut self.pending) {
+            if local.apply(&run.operation).is_ok() {
+                kept.push(run);
             } else {
-                let noop = p.operation.discrete().iter().map(|d| d.clone().into_noop()).collect();
-                kept.push(PendingOperation { seq: p.seq, operation: Operation::Compound(noop) });
-                dropped.push(p);
+                let noop = run.operation.discrete().iter().map(|d| d.clone().into_noop()).collect();
+                kept.push(Run { operation: Operation::Compound(noop), ..run.clone() });
+                dropped.push(as_pending(run));
             }
         }
         self.local = local;
         self.pending = kept;
+        // The whole list is stored again below.
+        self.rewritten.clear();
         let changes = vec![
             StoreChange::ReplacePending(self.all_unacknowledged()),
             StoreChange::SetInFlight(None),
@@ -467,6 +612,6 @@ impl ModelReplica {
 
     fn all_unacknowledged(&self) -> Vec<PendingOperation> {
         let in_flight = self.in_flight.iter().flat_map(|b| b.parts.iter());
-        in_flight.chain(self.pending.iter()).cloned().collect()
+        in_flight.chain(self.pending.iter()).flat_map(Run::stored).collect()
     }
 }

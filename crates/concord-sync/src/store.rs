@@ -99,6 +99,9 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                 StoreChange::ReplacePending(operations) => {
                     Mutation::ReplacePending { model, operations }
                 }
+                StoreChange::UpdatePending(operations) => {
+                    Mutation::UpdatePending { model, operations }
+                }
                 StoreChange::RemovePendingThrough(through_seq) => {
                     Mutation::RemovePendingThrough { model, through_seq }
                 }

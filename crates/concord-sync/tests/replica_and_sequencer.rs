@@ -60,9 +60,9 @@ fn a_local_change_is_sent_only_once_durable() -> Result<()> {
     let (seq, _, change) = replica.local_change(op)?;
     assert!(matches!(change, StoreChange::AppendPending(_)));
     assert_eq!(text(replica.local()), "abcd");
-    assert!(replica.take_submission(10).is_none(), "not durable yet");
+    assert!(replica.take_submission(10, usize::MAX).is_none(), "not durable yet");
     replica.mark_durable(seq);
-    let (submission, boundary) = replica.take_submission(10).expect("durable now");
+    let (submission, boundary) = replica.take_submission(10, usize::MAX).expect("durable now");
     assert_eq!(boundary, StoreChange::SetInFlight(Some(seq)));
     assert!(replica.submission().is_none(), "the boundary must be stored before sending");
     replica.mark_in_flight_stored(seq);
@@ -91,6 +91,12 @@ fn remote_operations_transform_local_ones_and_the_store_rebuilds_the_same_view()
                     store.pending.push(p);
                 }
                 StoreChange::ReplacePending(p) => store.pending = p,
+                StoreChange::UpdatePending(ops) => {
+                    for op in ops {
+                        let at = store.pending.iter_mut().find(|p| p.seq == op.seq);
+                        *at.expect("only stored seqs are updated") = op;
+                    }
+                }
                 StoreChange::RemovePendingThrough(seq) => store.pending.retain(|p| p.seq > seq),
                 StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
                 StoreChange::PutSnapshot(s) => store.snapshot = s,
@@ -102,7 +108,7 @@ fn remote_operations_transform_local_ones_and_the_store_rebuilds_the_same_view()
     let (seq1, _, c) = replica.local_change(insert(replica.local(), 0, "X"))?;
     keep(vec![c], &mut store);
     replica.mark_durable(seq1);
-    let (sub1, c) = replica.take_submission(1).expect("one");
+    let (sub1, c) = replica.take_submission(1, usize::MAX).expect("one");
     keep(vec![c], &mut store);
     let (_, _, c) = replica.local_change(insert(replica.local(), 4, "Y"))?;
     keep(vec![c], &mut store);
@@ -145,7 +151,7 @@ fn a_committed_in_flight_submission_found_in_the_replay_counts_as_its_ack() -> R
     let mut replica = ModelReplica::new(initial);
     let (seq, _, _) = replica.local_change(insert(replica.local(), 0, "X"))?;
     replica.mark_durable(seq);
-    let (sub, _) = replica.take_submission(5).expect("one");
+    let (sub, _) = replica.take_submission(5, usize::MAX).expect("one");
     replica.mark_in_flight_stored(seq);
     // The server commits it, but the ack is lost with the connection.
     server.submit(submission(1, sub.seq, sub.base_version, sub.operation.clone()), Timestamp(1))?;
@@ -350,6 +356,12 @@ fn after_a_rejection_the_next_submission_follows_it_without_a_gap() -> Result<()
                     store.pending.push(p);
                 }
                 StoreChange::ReplacePending(p) => store.pending = p,
+                StoreChange::UpdatePending(ops) => {
+                    for op in ops {
+                        let at = store.pending.iter_mut().find(|p| p.seq == op.seq);
+                        *at.expect("only stored seqs are updated") = op;
+                    }
+                }
                 StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
                 other => unreachable!("{other:?}"),
             }
@@ -369,7 +381,7 @@ fn after_a_rejection_the_next_submission_follows_it_without_a_gap() -> Result<()
         keep(vec![c], &mut store);
         replica.mark_durable(seq);
     }
-    let (sub, c) = replica.take_submission(1).expect("seq 1");
+    let (sub, c) = replica.take_submission(1, usize::MAX).expect("seq 1");
     keep(vec![c], &mut store);
     assert_eq!((sub.first_seq, sub.seq), (1, 1));
     // The server refuses seq 1 for good (recorded as its last decision for the replica).
@@ -383,7 +395,7 @@ fn after_a_rejection_the_next_submission_follows_it_without_a_gap() -> Result<()
     assert_eq!(text(replica.local()), "Zabc");
     for mut restored in [ModelReplica::restore(store.clone())?, replica] {
         assert_eq!(text(restored.local()), "Zabc");
-        let (next, _) = restored.take_submission(10).expect("seqs 2 and 3");
+        let (next, _) = restored.take_submission(10, usize::MAX).expect("seqs 2 and 3");
         assert_eq!((next.first_seq, next.seq), (2, 3));
         let submission = Submission {
             first_seq: next.first_seq,

@@ -1260,6 +1260,8 @@ const SIM_FRAGMENT_BYTES: usize = 128;
 fn engine_config(config: Config, client: usize) -> EngineConfig {
     EngineConfig {
         max_batch_parts: config.max_batch,
+        // Small, so that submissions are cut by bytes too.
+        max_batch_bytes: 256,
         compact_every: config.compact_every,
         sync_concurrency: 2,
         max_open_models: config.max_open_models.filter(|_| client.is_multiple_of(2)),

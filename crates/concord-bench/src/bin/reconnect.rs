@@ -177,6 +177,8 @@ struct SyncReport {
     seconds: f64,
     /// RSS with the model open from the store, before connecting (KiB).
     rss_before_kib: u64,
+    /// The peak up to then: opening the model read every pending operation from the store.
+    peak_rss_open_kib: u64,
     peak_rss_kib: u64,
     version: u64,
     text_len: usize,
@@ -189,6 +191,7 @@ async fn sync(url: &str, store: &Path, token: &str, ops: usize) -> Result<SyncRe
     let text = text(&model).await?;
     let want = SEED.len() + 2 * ops;
     let rss_before_kib = status_kib("self", "VmRSS:")?;
+    let peak_rss_open_kib = status_kib("self", "VmHWM:")?;
     let start = Instant::now();
     domain.connect_with_jwt(token).await?;
     all_acknowledged(&model).await?;
@@ -205,7 +208,15 @@ async fn sync(url: &str, store: &Path, token: &str, ops: usize) -> Result<SyncRe
     let version = model.version().await?;
     drop((text, model));
     domain.close().await?;
-    Ok(SyncReport { seconds, rss_before_kib, peak_rss_kib, version, text_len: want })
+    let report = SyncReport {
+        seconds,
+        rss_before_kib,
+        peak_rss_open_kib,
+        peak_rss_kib,
+        version,
+        text_len: want,
+    };
+    Ok(report)
 }
 
 async fn check(url: &str, store: &Path, token: &str) -> Result<String> {
@@ -278,16 +289,17 @@ fn run(concord: &Path, ops: usize, cli: &Cli) -> Result<Run> {
 fn table(runs: &[Run]) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut out = String::from(
-        "| ops each side | offline s | online s | reconnect s | client RSS before / peak MiB | server RSS before / peak MiB |\n|---:|---:|---:|---:|---:|---:|\n",
+        "| ops each side | offline s | online s | reconnect s | client RSS before / peak at open / peak MiB | server RSS before / peak MiB |\n|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} |\n",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} |\n",
             r.ops,
             r.offline_seconds,
             r.online_seconds,
             r.sync.seconds,
             mib(r.sync.rss_before_kib),
+            mib(r.sync.peak_rss_open_kib),
             mib(r.sync.peak_rss_kib),
             mib(r.server_rss_before_kib),
             mib(r.server_peak_rss_kib),
