@@ -41,6 +41,12 @@ async fn postgres_store(cluster: &TestPostgres, database: &str) -> Store {
     Arc::new(PostgresStore::connect(&url, &v5::indexes()).await.unwrap())
 }
 
+/// The version of the last operation `store` holds of `key` (which has some).
+async fn last_version(store: &dyn ServerStore, key: &ModelKey) -> u64 {
+    let operations = store.operations(key, 0, u64::MAX, usize::MAX).await.unwrap();
+    operations.last().expect("the model has operations").operation.version
+}
+
 /// What the scenario names: models, collections, users and replicas, per domain.
 #[derive(Default)]
 struct Names {
@@ -381,14 +387,7 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_du
     )
     .unwrap();
     let doc = key("acme/notes", "doc");
-    let last = store
-        .operations(&doc, 0, u64::MAX, usize::MAX)
-        .await
-        .unwrap()
-        .last()
-        .unwrap()
-        .operation
-        .version;
+    let last = last_version(&*store, &doc).await;
     let mut waits = Vec::new();
     for i in 1..=20 {
         let (done, wait) = tokio::sync::oneshot::channel();
@@ -529,14 +528,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
     let Acquired::Granted(first) = acquire(&a, &a_leases, &doc, short).await else {
         panic!("a free lease is granted")
     };
-    let last = a
-        .operations(&doc, 0, u64::MAX, usize::MAX)
-        .await
-        .unwrap()
-        .last()
-        .unwrap()
-        .operation
-        .version;
+    let last = last_version(&a, &doc).await;
     a.commit(write(last + 1, 50)).await.unwrap();
     // While a holds it, b is told who does, and cannot write.
     match acquire(&b, &b_leases, &doc, short).await {
