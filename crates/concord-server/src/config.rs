@@ -41,7 +41,7 @@ pub struct ServerConfig {
     /// Where the server stores instead of `data_dir`'s embedded store: a PostgreSQL URL
     /// (`postgres://user@host:port/database`, needs the `postgres` feature). `None`: the
     /// embedded store.
-    pub store: Option<String>,
+    pub store: Option<StoreUrl>,
     /// How long a commit to PostgreSQL is retried while PostgreSQL cannot be reached
     /// (restarting, connections lost) before its writes are given up: the sessions waiting
     /// on them are then closed, saying why, and their clients resend (default 30 s).
@@ -339,7 +339,7 @@ impl ServerConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if let Some(url) = &self.store {
+        if let Some(url) = self.store.as_ref().map(StoreUrl::expose) {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(ConfigError::StoreUrl);
             }
@@ -360,6 +360,43 @@ impl ServerConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// A PostgreSQL store URL. It may hold a password, so its `Debug` (what logs, panics and
+/// printed configurations show) is redacted by [`redact_store_url`]; [`StoreUrl::expose`]
+/// gives the URL itself, for connecting only.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL with its password, for connecting to the store: never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password, if any, replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_store_url(&self.0)
+    }
+}
+
+impl From<String> for StoreUrl {
+    fn from(url: String) -> Self {
+        StoreUrl(url)
+    }
+}
+
+impl From<&str> for StoreUrl {
+    fn from(url: &str) -> Self {
+        StoreUrl(url.to_owned())
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
     }
 }
 
@@ -423,7 +460,18 @@ mod tests {
         ];
         for (url, expected) in cases {
             assert_eq!(redact_store_url(url), expected, "{url}");
+            assert_eq!(format!("{:?}", StoreUrl::from(url)), format!("{expected:?}"));
         }
+    }
+
+    #[test]
+    fn a_printed_configuration_shows_no_secret() {
+        let mut config = ServerConfig::development("data", b"jwt-secret-bytes");
+        config.store = Some("postgres://concord:pg-password@db/concord".into());
+        let printed = format!("{config:?}");
+        assert!(printed.contains("postgres://concord:***@db/concord"), "{printed}");
+        assert!(!printed.contains("pg-password"), "{printed}");
+        assert!(!printed.contains("jwt-secret-bytes"), "{printed}");
     }
 
     #[test]

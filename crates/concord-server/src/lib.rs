@@ -77,7 +77,8 @@ pub use auth::{AuthError, Authenticator, mint_identity_token, mint_token};
 pub use config::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, ClusterConfig,
     CollectionConfig, ConfigError, ConnectionLimits, IdentityLimits, JwtConfig, JwtKey,
-    LeaseConfig, LeaseConfigError, PresenceLimits, QueryLimits, ServerConfig, redact_store_url,
+    LeaseConfig, LeaseConfigError, PresenceLimits, QueryLimits, ServerConfig, StoreUrl,
+    redact_store_url,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

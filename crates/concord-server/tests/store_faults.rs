@@ -42,7 +42,7 @@ async fn start_on(
 ) -> anyhow::Result<RunningServer> {
     let store = cluster.url_for_dir(dir);
     start(dir, |config| {
-        config.store = Some(store);
+        config.store = Some(store.into());
         config.store_retry = retry;
     })
     .await

@@ -16,7 +16,7 @@ use concord_protocol::{CollectionId, Permissions, UserId};
 use concord_server::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, ClusterConfig,
     CollectionConfig, ConnectionLimits, JwtConfig, JwtKey, LeaseConfig, PresenceLimits,
-    ServerConfig,
+    ServerConfig, StoreUrl,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ pub(crate) struct Settings {
     /// Where to store: a PostgreSQL URL (`postgres://user@host:port/database`) [default:
     /// the embedded store in the data directory]
     #[arg(long, env = "CONCORD_STORE", value_name = "URL")]
-    pub(crate) store: Option<String>,
+    pub(crate) store: Option<StoreUrl>,
     /// How long a commit to PostgreSQL is retried while PostgreSQL cannot be reached, in
     /// seconds, before the sessions waiting on it are closed (their clients resend)
     /// [default: 30]
@@ -288,7 +288,7 @@ pub(crate) struct Config {
     /// Printed with its password masked (`***`): the printout is for reading, and may be
     /// shared.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted_store")]
-    pub(crate) store: Option<String>,
+    pub(crate) store: Option<StoreUrl>,
     pub(crate) store_retry_secs: u64,
     pub(crate) cluster: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -639,9 +639,12 @@ impl Config {
     }
 }
 
-fn redacted_store<S: serde::Serializer>(store: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
+fn redacted_store<S: serde::Serializer>(
+    store: &Option<StoreUrl>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
     match store {
-        Some(url) => out.serialize_str(&concord_server::redact_store_url(url)),
+        Some(url) => out.serialize_str(&url.redacted()),
         None => out.serialize_none(),
     }
 }
@@ -798,12 +801,12 @@ mod tests {
         let url = "postgres://concord@127.0.0.1:5432/concord";
         let from_file = Config::resolve(Settings::default(), file(&format!("store = \"{url}\"")));
         let config = from_file.unwrap();
-        assert_eq!(config.store.as_deref(), Some(url));
+        assert_eq!(config.store, Some(url.into()));
         let auth = AuthConfig::development(b"secret");
-        assert_eq!(config.server_config(auth.clone()).unwrap().store.as_deref(), Some(url));
+        assert_eq!(config.server_config(auth.clone()).unwrap().store, Some(url.into()));
         let flags = Settings { store: Some("postgres://other/db".into()), ..Settings::default() };
         let both = Config::resolve(flags, file(&format!("store = \"{url}\""))).unwrap();
-        assert_eq!(both.store.as_deref(), Some("postgres://other/db"));
+        assert_eq!(both.store, Some("postgres://other/db".into()));
         // Unset: the embedded store.
         let embedded = Config::resolve(Settings::default(), Settings::default()).unwrap();
         assert_eq!(embedded.server_config(auth).unwrap().store, None);

@@ -46,7 +46,7 @@ pub async fn start(
     let mut config = ServerConfig::development(dir, SECRET);
     config.auth.allow_anonymous = true;
     if let Ok(url) = POSTGRES.try_with(|cluster| cluster.url_for_dir(dir)) {
-        config.store = Some(url);
+        config.store = Some(url.into());
     }
     tweak(&mut config);
     Ok(Server::spawn(config).await?)
