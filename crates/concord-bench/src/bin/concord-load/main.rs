@@ -17,6 +17,9 @@
 //! checked: all clients converge to one body, one character and one version per acked
 //! operation, a fresh client sees the same, and so does one after the server is killed
 //! (SIGKILL) and restarted on its data. The exit code is non-zero when any run fails a check.
+//! Before the runs it measures what one client could reach at most on this machine,
+//! `1 / (fdatasync + loopback round trip)` (`bound.rs`), and prints the C = 1 median
+//! against it.
 //!
 //! What it is not: a client library (the clients speak the protocol directly, with no
 //! offline store), a model of real editing (one model, one insert per round trip, no
@@ -29,6 +32,7 @@
 //! target/release/concord-load --clients 10 --cursors off,on
 //! ```
 
+mod bound;
 mod client;
 mod run;
 mod system;
@@ -40,6 +44,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
 
+use crate::bound::Bound;
 use crate::run::{RunResult, run_once};
 use crate::system::machine_busy_seconds;
 
@@ -124,6 +129,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let concord = concord_binary(cli.concord.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(wait_idle(Duration::from_secs_f64(cli.idle_wait)))?;
+    let bound = bound::measure().context("measuring fdatasync and the loopback round trip")?;
     let (runs, discarded) = runtime.block_on(run_all(&cli, &concord))?;
 
     if let Some(path) = &cli.json {
@@ -132,6 +139,8 @@ fn main() -> Result<()> {
             "options": { "clients": cli.clients, "cursors": cli.cursors, "idle": cli.idle,
                          "seconds": cli.seconds, "warmup": cli.warmup,
                          "reps": cli.reps, "max_other": cli.max_other },
+            "bound": { "fdatasync_ms": bound.fdatasync_ms, "round_trip_ms": bound.round_trip_ms,
+                       "ops_per_sec": bound.ops_per_sec() },
             "runs": runs,
             "discarded": discarded,
         });
@@ -139,6 +148,7 @@ fn main() -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{}", table(&cli, &runs, discarded.len()));
+    println!("\n{}", bound_line(&bound, &runs));
     if !runs.iter().all(Run::correct) {
         std::process::exit(1);
     }
@@ -302,6 +312,28 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
         }
     }
     out.join("\n")
+}
+
+/// What one client could reach at most on this machine, and the C = 1 median against it.
+fn bound_line(bound: &Bound, runs: &[Run]) -> String {
+    let mut line = format!(
+        "Bound for one client, measured before the runs: fdatasync {:.3} ms + loopback round \
+         trip {:.3} ms (medians) → 1 / (fdatasync + round trip) = {:.0} ops/s.",
+        bound.fdatasync_ms,
+        bound.round_trip_ms,
+        bound.ops_per_sec()
+    );
+    let mut one: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.clients == 1)
+        .filter_map(|r| r.result.as_ref().map(|r| r.ops_per_sec))
+        .collect();
+    one.sort_by(f64::total_cmp);
+    if let Some(&median) = one.get((one.len().max(1) - 1) / 2) {
+        let share = 100.0 * median / bound.ops_per_sec();
+        line.push_str(&format!(" C = 1 acked {median:.0} ops/s: {share:.0} % of it."));
+    }
+    line
 }
 
 /// `median (min–max)` of one figure over the runs (the lower median for an even count).
