@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::accept::{Admission, Admitted, Http, accept_loop};
 use crate::auth::{AuthError, Authenticator};
 use crate::cluster::Cluster;
-use crate::config::{ConfigError, ServerConfig, StoreUrl};
+use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{RedbStore, Store, StoreError, catching_damage, start_writer};
@@ -195,7 +195,7 @@ async fn open_store(
     local_addr: SocketAddr,
 ) -> Result<(Store, Option<Arc<Cluster>>), StoreError> {
     #[cfg(feature = "postgres")]
-    if let Some(url) = config.store.as_ref().map(StoreUrl::expose) {
+    if let Some(url) = config.store.as_ref().map(|url| url.expose()) {
         use crate::store::postgres::PostgresStore;
         if let Some(cluster) = &config.cluster {
             let store = PostgresStore::connect_node(url, &config.indexes).await?;
