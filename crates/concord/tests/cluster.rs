@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use common::{ServeProcess, connect, create_model, serve, text_document, token};
 use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
-use concord_protocol::{ClientRequest, ModelId, OpenedModel, ServerPush, ServerResponse};
+use concord_protocol::{
+    ClientRequest, CollectionId, CreationNonce, ErrorCode, ModelId, OpenedModel, PermissionGrants,
+    Permissions, ServerPush, ServerResponse,
+};
 use concord_testkit::wire::WireClient;
 
 /// Short leases keep the test short; a node takes over after at most this long.
@@ -252,6 +255,183 @@ async fn open_anywhere(
             }
             Err(why) => bail!("no node served {model}: {why}"),
         }
+    }
+    unreachable!("cycling through the nodes")
+}
+
+/// A client naming model ids costs no lease rows: a node leases only models that exist or
+/// that the request may create. Opening ids that do not exist is answered as on a single
+/// server, with `concord_leases` unchanged; a client who may not read a model another node
+/// serves learns nothing of that node; one who may is told where it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_models_that_do_not_exist_leases_nothing_and_owners_are_named_only_to_readers()
+-> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("naming");
+    let a = node(dir.path(), &store)?;
+    let b = node(dir.path(), &store)?;
+    let (writer, mallory) = (token(dir.path(), "writer")?, token(dir.path(), "mallory")?);
+    let (url_a, url_b) = (a.url("acme", "team"), b.url("acme", "team"));
+
+    // writer's model on a, readable by nobody else.
+    let secret = ModelId::new("secret")?;
+    let mut on_a = connect(&url_a, &writer).await?;
+    let permissions = PermissionGrants {
+        override_collection: true,
+        world: Permissions::NONE,
+        users: Default::default(),
+    };
+    let request = ClientRequest::CreateModel {
+        model: secret.clone(),
+        collection: CollectionId::new("notes")?,
+        data: text_document(1),
+        nonce: CreationNonce([9; 16]),
+        permissions: Some(permissions),
+    };
+    match on_a.request(request).await? {
+        Ok(ServerResponse::ModelCreated { .. }) => {}
+        other => bail!("creating {secret}: {other:?}"),
+    }
+    try_open(&mut on_a, &secret).await?.map_err(anyhow::Error::msg)?;
+    let leases = || cluster.sql_in("naming", "SELECT count(*) FROM concord_leases");
+    let before = leases();
+    assert_eq!(before, "1", "the created model's lease");
+
+    // mallory names 200 ids that do not exist, on both nodes, in several ways.
+    let mut on_b = connect(&url_b, &mallory).await?;
+    let mut also_a = connect(&url_a, &mallory).await?;
+    for n in 0..100 {
+        for client in [&mut on_b, &mut also_a] {
+            let model = ModelId::new(format!("nothing-{n}"))?;
+            let refused = try_open(client, &model).await?.expect_err("no such model");
+            assert!(refused.contains("no model") && !refused.contains("node"), "{refused}");
+            let request = ClientRequest::GetPermissions { model: model.clone() };
+            let error = client.request(request).await?.expect_err("no such model");
+            assert_eq!(error.code, ErrorCode::MODEL_NOT_FOUND, "{error:?}");
+        }
+    }
+    assert_eq!(leases(), before, "naming models that do not exist leased them");
+
+    // mallory may not read `secret`: b (which does not serve it) answers as a single
+    // server does to a model one cannot read, without naming a.
+    let refused = try_open(&mut on_b, &secret).await?.expect_err("mallory may not read it");
+    assert!(refused.contains("no permission"), "{refused}");
+    for name in [a.addr().to_string(), "served by".into()] {
+        assert!(!refused.contains(&name), "{refused} names the owner");
+    }
+    // writer may: b says where it is served.
+    let mut writer_on_b = connect(&url_b, &writer).await?;
+    let redirected = try_open(&mut writer_on_b, &secret).await?.expect_err("a serves it");
+    assert!(redirected.contains(&a.addr().to_string()), "{redirected}");
+
+    // Creating is still leased, on whichever node is asked.
+    let created = ModelId::new("fresh")?;
+    let mut creator = connect(&url_b, &mallory).await?;
+    create_model(&mut creator, &created, text_document(3)).await?;
+    try_open(&mut creator, &created).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(leases(), "2");
+    Ok(())
+}
+
+/// Every node of three is restarted gracefully, one at a time, while clients edit one
+/// model: each stopping node hands the model over, the clients reconnect to a node that
+/// serves it and resend what was not acknowledged, and every acknowledged operation is
+/// there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_under_load_loses_nothing() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("rolling");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(dir.path(), &store)?);
+    }
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("acme", "team")).collect();
+    let mut creator = connect(&urls[0], &token).await?;
+    create_model(&mut creator, &model, text_document(1)).await?;
+    creator.close().await?;
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..2_u64 {
+        let (urls, token, model, done) = (urls.clone(), token.clone(), model.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let replica = ReplicaId(100 + writer);
+            let (mut client, mut opened) = open_while_restarting(&urls, &token, &model).await?;
+            let (mut acked, mut resent, mut seq) = (Vec::new(), 0_u32, 1);
+            // At least 20 operations each, and on until every node was restarted.
+            while seq <= 20 || !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let marker = format!("<{writer}.{seq}>");
+                let base = opened.snapshot.version;
+                match insert(&mut client, &opened, replica, seq, base, &marker).await? {
+                    Ok(_) => {
+                        acked.push(marker);
+                        seq += 1;
+                    }
+                    Err(_) => {
+                        // The same submission again, to whichever node serves the model.
+                        resent += 1;
+                        (client, opened) = open_while_restarting(&urls, &token, &model).await?;
+                    }
+                }
+            }
+            anyhow::Ok((acked, resent))
+        }));
+    }
+    for index in 0..nodes.len() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut stopping = nodes.remove(index);
+        let stopping = tokio::task::spawn_blocking(move || -> anyhow::Result<ServeProcess> {
+            stopping.stop()?;
+            stopping.restart()?;
+            Ok(stopping)
+        })
+        .await??;
+        nodes.insert(index, stopping);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        let (theirs, resent) = writer.await??;
+        println!("a writer had {} operations acknowledged, resent {resent}", theirs.len());
+        acked.extend(theirs);
+    }
+    let (_, opened) = open_while_restarting(&urls, &token, &model).await?;
+    let (_, text) = text_of(&opened)?;
+    for marker in &acked {
+        assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} in {text}");
+    }
+    assert_eq!(text.matches('<').count(), acked.len(), "{text}");
+    assert_eq!(opened.snapshot.version, acked.len() as u64, "one version per operation");
+    Ok(())
+}
+
+/// Opens `model` on whichever of `urls` serves it, while nodes may be stopping or
+/// starting (a node that is down, or does not serve it, is skipped).
+async fn open_while_restarting(
+    urls: &[String],
+    token: &str,
+    model: &ModelId,
+) -> anyhow::Result<(WireClient, OpenedModel)> {
+    let started = Instant::now();
+    let mut last = String::new();
+    for url in urls.iter().cycle() {
+        if started.elapsed() > Duration::from_secs(40) {
+            bail!("no node served {model}: {last}");
+        }
+        match connect(url, token).await {
+            Ok(mut client) => match try_open(&mut client, model).await {
+                Ok(Ok(opened)) => return Ok((client, opened)),
+                Ok(Err(why)) => last = why,
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     unreachable!("cycling through the nodes")
 }

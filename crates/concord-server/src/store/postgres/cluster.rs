@@ -14,14 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use concord_protocol::ModelId;
 use concord_sync::Time;
-use concord_sync::host::Write;
 use concord_sync::lease::{LeaseConfig, Leases};
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use super::{PostgresStore, pg};
+use concord_protocol::ModelId;
+use concord_sync::host::{CollectionConfig, ModelRecord, Write};
+
+use super::{PostgresStore, collection_in, decode, pg};
 use crate::store::{DomainWrites, StoreError};
 use crate::types::ModelKey;
 
@@ -64,6 +65,20 @@ pub(crate) enum Acquired {
         node: i64,
         name: String,
         url: String,
+    },
+}
+
+/// Whether a model exists, read before it is leased: a node leases only models that exist
+/// or that a request may create, so naming model ids costs a client no lease rows.
+#[derive(Debug, Clone)]
+pub(crate) enum Presence {
+    Missing,
+    /// Deleted: its id is never used again, so it is never leased either.
+    Deleted,
+    /// With what decides who may read it (not its data).
+    Exists {
+        record: Box<ModelRecord>,
+        collection: Option<CollectionConfig>,
     },
 }
 
@@ -132,6 +147,28 @@ impl PostgresStore {
             // Deleted meanwhile (it never is): ask again.
             None => Acquired::Held { node: 0, name: String::new(), url: String::new() },
         })
+    }
+
+    /// Whether `key` exists, and who may read it: its record and collection settings only,
+    /// neither its data nor its lease.
+    pub(crate) async fn presence(&self, key: &ModelKey) -> Result<Presence, StoreError> {
+        let client = self.client().await?;
+        let (domain, model) = (&*key.domain, &key.model);
+        let statement = client
+            .prepare_cached(
+                "SELECT m.record, d.model IS NOT NULL FROM (SELECT 1) AS one
+                 LEFT JOIN models m ON m.domain = $1 AND m.model = $2
+                 LEFT JOIN deleted d ON d.domain = $1 AND d.model = $2",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client.query_one(&statement, &[&domain, &model.as_str()]).await.map_err(pg)?;
+        let Some(record) = row.get::<_, Option<&[u8]>>(0) else {
+            return Ok(if row.get(1) { Presence::Deleted } else { Presence::Missing });
+        };
+        let record: ModelRecord = decode(record, domain, Some(model), || "its record".into())?;
+        let collection = collection_in(&client, domain, &record.collection).await?;
+        Ok(Presence::Exists { record: Box::new(record), collection })
     }
 
     /// Renews `leases` of `node` in one statement (and records the node's heartbeat);
