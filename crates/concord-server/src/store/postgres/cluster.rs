@@ -19,11 +19,10 @@ use concord_sync::lease::{LeaseConfig, Leases};
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use concord_protocol::ModelId;
-use concord_sync::host::{CollectionConfig, ModelRecord, Write};
+use concord_sync::host::{CollectionConfig, ModelRecord};
 
 use super::{PostgresStore, collection_in, decode, pg};
-use crate::store::{DomainWrites, StoreError};
+use crate::store::{DomainWrites, StoreError, written_model};
 use crate::types::ModelKey;
 
 /// One node's leases, shared by the node's lease keeper and the store's commits.
@@ -254,20 +253,6 @@ fn columns(leases: &[(ModelKey, u64)]) -> (Vec<&str>, Vec<&str>, Vec<i64>) {
         columns.2.push(*epoch as i64);
     }
     columns
-}
-
-/// The model a write belongs to, if it belongs to one.
-fn written_model(write: &Write) -> Option<&ModelId> {
-    match write {
-        Write::CreateModel { model, .. }
-        | Write::Snapshot { model, .. }
-        | Write::SetGrants { model, .. }
-        | Write::IndexModel { model, .. }
-        | Write::DeleteModel { model, .. } => Some(model),
-        Write::Commit(record) => Some(&record.model),
-        Write::Refusal(record) => Some(&record.model),
-        _ => None,
-    }
 }
 
 /// The leases of `(domain, model, epoch)` rows held by node `$4`, unexpired, locked until
