@@ -67,6 +67,15 @@ impl Cluster {
         self.store.presence(key).await
     }
 
+    /// The URL of the live node other than this one that holds `key`'s lease, if one does:
+    /// a client's requests for the model are forwarded there.
+    pub(crate) async fn served_elsewhere(
+        &self,
+        key: &ModelKey,
+    ) -> Result<Option<String>, StoreError> {
+        self.store.served_elsewhere(self.leases.node, key).await
+    }
+
     /// Takes `key`'s lease for this node: the token the model's task stops on when it is
     /// lost, or which node has it.
     pub(crate) async fn acquire(

@@ -15,8 +15,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_protocol::{
     CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientRequest, DEFAULT_FRAGMENT_BYTES, DecodeError,
     ErrorCode, ErrorReply, HandshakeRejection, HandshakeResult, Limits, PROTOCOL_VERSION,
-    RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId, decode_with,
-    fragment_frame,
+    ReconnectToken, RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId,
+    decode_with, fragment_frame,
 };
 use concord_sync::host::{Notice, SessionHost, SessionOutput, SessionRef, Write, replay_page};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::{self, Forwarding};
 use crate::hub::Hub;
 use crate::model::ModelCommand;
 use crate::outbox::{Outbound, Outbox, frame, max_message_bytes};
@@ -42,7 +43,7 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 /// Serves one upgraded WebSocket for `domain` until it closes.
-pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
+pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>, forwarded: bool) {
     let conn = hub.next_conn();
     let limits = &hub.config.limits;
     let (outbox, queue, notices) =
@@ -52,7 +53,16 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, queue, overflow.clone(), hub.clone()));
     let limiter = RateLimiter::new(hub.config.limits.messages_per_second, hub.config.limits.burst);
-    let mut connection = Connection { hub: hub.clone(), domain, outbox, session: None, limiter };
+    let mut connection = Connection {
+        hub: hub.clone(),
+        domain,
+        outbox,
+        session: None,
+        limiter,
+        forwarded,
+        forwarding: Forwarding::default(),
+        upstream_auth: None,
+    };
     let ending = tokio::select! {
         ending = connection.read_loop(stream, notices) => ending,
         () = overflow.cancelled() => Ending::Close(CLOSE_POLICY, "the client does not read fast enough".into()),
@@ -92,6 +102,13 @@ struct Connection {
     /// Set by the handshake: every later message goes through it.
     session: Option<SessionHost>,
     limiter: RateLimiter,
+    /// This is another cluster node's upstream session for one of its clients: nothing of
+    /// it is forwarded again.
+    forwarded: bool,
+    /// The models this connection is served by other cluster nodes for.
+    forwarding: Forwarding,
+    /// How its upstream sessions authenticate: as this session's user.
+    upstream_auth: Option<ReconnectToken>,
 }
 
 impl Connection {
@@ -162,6 +179,9 @@ impl Connection {
                     return Ending::Close(CLOSE_PROTOCOL_ERROR, "malformed frame".into());
                 }
             };
+            if self.session.is_some() && self.forward(&message, &limits).await {
+                continue;
+            }
             match &mut self.session {
                 None => {
                     if let Some(ending) = self.before_handshake(message).await {
@@ -181,6 +201,36 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Sends `message` to the cluster node that serves its model, if another node does
+    /// (`forward.rs`); `false` if this node handles it.
+    async fn forward(&mut self, message: &ClientMessage, limits: &Limits) -> bool {
+        let (Some(cluster), false) = (&self.hub.models.cluster, self.forwarded) else {
+            return false;
+        };
+        let Some(auth) = self.upstream_auth.clone() else { return false };
+        let url = match self.forwarding.route(message) {
+            Some(url) => url,
+            None => {
+                // Asked for the first time here (and not being served here): who serves it?
+                let Some(model) = forward::model_of(message) else { return false };
+                let local = (self.session.as_ref())
+                    .is_some_and(|session| session.attached().any(|m| m == model));
+                if local || !matches!(message, ClientMessage::Request { .. }) {
+                    return false;
+                }
+                let key = ModelKey { domain: self.domain.clone(), model: model.clone() };
+                let Ok(Some(node)) = cluster.served_elsewhere(&key).await else { return false };
+                let url: Arc<str> =
+                    format!("{}/{}", node.trim_end_matches('/'), self.domain).into();
+                tracing::debug!(model = %model, %url, "forwarding the model's requests");
+                self.forwarding.forward(model.clone(), url.clone());
+                url
+            }
+        };
+        self.forwarding.send(url, message, limits, &auth, &self.outbox).await;
+        true
     }
 
     fn error(&self, to: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {
@@ -287,6 +337,7 @@ impl Connection {
         self.hub.ephemeral.load_identities(&self.domain, &self.hub.store).await;
         let identity = self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
+        self.upstream_auth = Some(reconnect_token.clone());
         self.hub.metrics.sessions.inc();
         let mut writes = vec![Write::PutUser { user: user.clone() }];
         if let Some(identity) = identity {

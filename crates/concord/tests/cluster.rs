@@ -39,8 +39,9 @@ async fn try_open(
     })
 }
 
-/// Opens `model` on `url`, connecting again until the node serves it (it takes the lease
-/// over once the old owner's runs out); returns the client, the model and how long it took.
+/// Opens `model` on `url`, connecting again until the node serves it (itself, or through
+/// the owner: while a dead or paused owner's lease runs, forwarding to it fails and the
+/// connection closes); returns the client, the model and how long it took.
 async fn open_when_served(
     url: &str,
     token: &str,
@@ -49,15 +50,15 @@ async fn open_when_served(
     let started = Instant::now();
     loop {
         let mut client = connect(url, token).await?;
-        match try_open(&mut client, model).await? {
-            Ok(opened) => return Ok((client, opened, started.elapsed())),
-            Err(why) if started.elapsed() < Duration::from_secs(30) => {
-                assert!(why.contains("served by node"), "{why}");
-                client.close().await?;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(why) => bail!("{url} never served {model}: {why}"),
+        let why = match try_open(&mut client, model).await {
+            Ok(Ok(opened)) => return Ok((client, opened, started.elapsed())),
+            Ok(Err(why)) => why,
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{url} never served {model}: {why}");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -117,10 +118,11 @@ async fn a_paused_owner_writes_nothing_and_a_killed_owner_is_taken_over_with_not
     let v1 = insert(&mut on_a, &opened_a, ReplicaId(11), 1, opened_a.snapshot.version, "<a1>")
         .await?
         .map_err(anyhow::Error::msg)?;
-    // b says who serves it.
+    // b serves it too, forwarding to a.
     let mut on_b = connect(&url_b, &token).await?;
-    let refused = try_open(&mut on_b, &model).await?.expect_err("a holds the lease");
-    assert!(refused.contains(&a.addr().to_string()), "{refused}");
+    let through_b = try_open(&mut on_b, &model).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(through_b.snapshot.version, v1, "b forwards to a");
+    on_b.close().await?;
 
     // a is paused past its lease: b takes the model over and commits on it.
     a.signal("STOP")?;
@@ -237,32 +239,20 @@ async fn ending_the_nodes_postgres_connections_loses_nothing_acknowledged() -> a
     Ok(())
 }
 
-/// Opens `model` on whichever of `urls` serves it (a node that does not says which does).
+/// Opens `model` on whichever of `urls` serves it (any node does, forwarding to the owner;
+/// while the owner's lease is being lost, a node may fail the open).
 async fn open_anywhere(
     urls: &[String],
     token: &str,
     model: &ModelId,
 ) -> anyhow::Result<(WireClient, OpenedModel)> {
-    let started = Instant::now();
-    for url in urls.iter().cycle() {
-        let mut client = connect(url, token).await?;
-        match try_open(&mut client, model).await? {
-            Ok(opened) => return Ok((client, opened)),
-            Err(why) if started.elapsed() < Duration::from_secs(30) => {
-                assert!(why.contains("served by node"), "{why}");
-                client.close().await?;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(why) => bail!("no node served {model}: {why}"),
-        }
-    }
-    unreachable!("cycling through the nodes")
+    open_while_restarting(urls, token, model).await
 }
 
 /// A client naming model ids costs no lease rows: a node leases only models that exist or
 /// that the request may create. Opening ids that do not exist is answered as on a single
 /// server, with `concord_leases` unchanged; a client who may not read a model another node
-/// serves learns nothing of that node; one who may is told where it is served.
+/// serves learns nothing of that node; one who may is served through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naming_models_that_do_not_exist_leases_nothing_and_owners_are_named_only_to_readers()
 -> anyhow::Result<()> {
@@ -313,17 +303,17 @@ async fn naming_models_that_do_not_exist_leases_nothing_and_owners_are_named_onl
     }
     assert_eq!(leases(), before, "naming models that do not exist leased them");
 
-    // mallory may not read `secret`: b (which does not serve it) answers as a single
-    // server does to a model one cannot read, without naming a.
+    // mallory may not read `secret`: through b (which forwards to a) the answer is the
+    // one a single server gives for a model one cannot read, naming no node.
     let refused = try_open(&mut on_b, &secret).await?.expect_err("mallory may not read it");
     assert!(refused.contains("no permission"), "{refused}");
     for name in [a.addr().to_string(), "served by".into()] {
         assert!(!refused.contains(&name), "{refused} names the owner");
     }
-    // writer may: b says where it is served.
+    // writer may: b serves it, through a, and leases nothing for it.
     let mut writer_on_b = connect(&url_b, &writer).await?;
-    let redirected = try_open(&mut writer_on_b, &secret).await?.expect_err("a serves it");
-    assert!(redirected.contains(&a.addr().to_string()), "{redirected}");
+    try_open(&mut writer_on_b, &secret).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(leases(), before);
 
     // Creating is still leased, on whichever node is asked.
     let created = ModelId::new("fresh")?;
@@ -434,4 +424,110 @@ async fn open_while_restarting(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     unreachable!("cycling through the nodes")
+}
+
+/// Any node serves any client: three clients, each on a different node of three, edit one
+/// model at once. The nodes that do not own it forward their client's requests to the one
+/// that does; every operation is acknowledged once, every client hears every other
+/// client's operations, and the model holds each acknowledged operation exactly once. The
+/// owner checks permissions on the real user: one who may not read a model is refused
+/// through a forwarding node as on the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() -> anyhow::Result<()>
+{
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("forwarding");
+    let nodes = [node(dir.path(), &store)?, node(dir.path(), &store)?, node(dir.path(), &store)?];
+    let (token, mallory) = (token(dir.path(), "writer")?, token(dir.path(), "mallory")?);
+    let model = ModelId::new("doc")?;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("acme", "team")).collect();
+    let mut creator = connect(&urls[0], &token).await?;
+    create_model(&mut creator, &model, text_document(1)).await?;
+
+    // One client per node, all with the model open before anyone edits.
+    let mut clients = Vec::new();
+    for url in &urls {
+        let mut client = connect(url, &token).await?;
+        let opened = try_open(&mut client, &model).await?.map_err(anyhow::Error::msg)?;
+        clients.push((client, opened));
+    }
+    let serving = cluster.sql_in(
+        "forwarding",
+        "SELECT count(*) FROM concord_leases WHERE model = 'doc' AND expires_at > now()",
+    );
+    assert_eq!(serving, "1", "one node sequences the model");
+
+    const EACH: u64 = 15;
+    let mut editors = Vec::new();
+    for (index, (mut client, opened)) in clients.into_iter().enumerate() {
+        editors.push(tokio::spawn(async move {
+            let replica = ReplicaId(200 + index as u64);
+            let mut base = opened.snapshot.version;
+            let mut acked = Vec::new();
+            for seq in 1..=EACH {
+                let marker = format!("<{index}.{seq}>");
+                base = insert(&mut client, &opened, replica, seq, base, &marker)
+                    .await?
+                    .map_err(anyhow::Error::msg)?;
+                acked.push(marker);
+            }
+            anyhow::Ok((client, acked))
+        }));
+    }
+    let mut done = Vec::new();
+    for editor in editors {
+        done.push(editor.await??);
+    }
+    let total = 3 * EACH;
+    for (index, (client, _)) in done.iter_mut().enumerate() {
+        // Every other client's operations reach this one (through its node if forwarded).
+        let mut heard = 0;
+        while heard < total - EACH {
+            let push = client.push(|push| match push {
+                ServerPush::RemoteOperation { model: m, .. } if *m == model => Some(()),
+                _ => None,
+            });
+            tokio::time::timeout(Duration::from_secs(20), push)
+                .await
+                .with_context(|| format!("client {index} heard only {heard} operations"))??;
+            heard += 1;
+        }
+    }
+    let acked: Vec<String> = done.iter().flat_map(|(_, acked)| acked.clone()).collect();
+    for url in &urls {
+        let mut reader = connect(url, &token).await?;
+        let opened = try_open(&mut reader, &model).await?.map_err(anyhow::Error::msg)?;
+        let (_, text) = text_of(&opened)?;
+        for marker in &acked {
+            assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} in {text}");
+        }
+        assert_eq!(text.matches('<').count() as u64, total, "{text}");
+        assert_eq!(opened.snapshot.version, total, "one version per operation");
+    }
+
+    // mallory may not read a model only writer may: refused through every node alike.
+    let secret = ModelId::new("secret")?;
+    let request = ClientRequest::CreateModel {
+        model: secret.clone(),
+        collection: CollectionId::new("notes")?,
+        data: text_document(4),
+        nonce: CreationNonce([4; 16]),
+        permissions: Some(PermissionGrants {
+            override_collection: true,
+            world: Permissions::NONE,
+            users: Default::default(),
+        }),
+    };
+    match creator.request(request).await? {
+        Ok(ServerResponse::ModelCreated { .. }) => {}
+        other => bail!("creating {secret}: {other:?}"),
+    }
+    try_open(&mut creator, &secret).await?.map_err(anyhow::Error::msg)?;
+    for url in &urls {
+        let mut client = connect(url, &mallory).await?;
+        let refused = try_open(&mut client, &secret).await?.expect_err("mallory may not read it");
+        assert!(refused.contains("no permission"), "{refused}");
+    }
+    Ok(())
 }

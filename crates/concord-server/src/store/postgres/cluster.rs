@@ -170,6 +170,27 @@ impl PostgresStore {
         Ok(Presence::Exists { record: Box::new(record), collection })
     }
 
+    /// The URL of the node other than `node` holding `key`'s lease unexpired, if one does.
+    pub(crate) async fn served_elsewhere(
+        &self,
+        node: i64,
+        key: &ModelKey,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let (domain, model) = key.as_tuple();
+        let statement = client
+            .prepare_cached(
+                "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node
+                 WHERE l.domain = $1 AND l.model = $2 AND l.node <> $3
+                       AND l.expires_at > clock_timestamp() AND n.stopped_at IS NULL",
+            )
+            .await
+            .map_err(pg)?;
+        let params: [&(dyn ToSql + Sync); 3] = [&domain, &model, &node];
+        let row = client.query_opt(&statement, &params).await.map_err(pg)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
     /// Renews `leases` of `node` in one statement (and records the node's heartbeat);
     /// returns those still held under the same epoch.
     pub(crate) async fn renew(
