@@ -71,25 +71,24 @@ impl Drop for Forwarding {
 /// The model a client message is about, if one.
 pub(crate) fn model_of(message: &ClientMessage) -> Option<&ModelId> {
     match message {
-        ClientMessage::Request { request, .. } => match request {
-            ClientRequest::OpenModel { model, .. }
-            | ClientRequest::CloseModel { model }
-            | ClientRequest::CreateModel { model, .. }
-            | ClientRequest::DeleteModel { model }
-            | ClientRequest::Resync { model, .. }
-            | ClientRequest::Sync { model, .. }
-            | ClientRequest::ResyncComplete { model, .. }
-            | ClientRequest::GetPermissions { model }
-            | ClientRequest::SetPermissions { model, .. }
-            | ClientRequest::HistoryOpen { model }
-            | ClientRequest::HistoryFetch { model, .. } => Some(model),
-            _ => None,
-        },
-        ClientMessage::Notice(notice) => match notice {
-            ClientNotice::Submit { model, .. } | ClientNotice::Reference { model, .. } => {
-                Some(model)
-            }
-        },
+        ClientMessage::Request {
+            request:
+                ClientRequest::OpenModel { model, .. }
+                | ClientRequest::CloseModel { model }
+                | ClientRequest::CreateModel { model, .. }
+                | ClientRequest::DeleteModel { model }
+                | ClientRequest::Resync { model, .. }
+                | ClientRequest::Sync { model, .. }
+                | ClientRequest::ResyncComplete { model, .. }
+                | ClientRequest::GetPermissions { model }
+                | ClientRequest::SetPermissions { model, .. }
+                | ClientRequest::HistoryOpen { model }
+                | ClientRequest::HistoryFetch { model, .. },
+            ..
+        }
+        | ClientMessage::Notice(
+            ClientNotice::Submit { model, .. } | ClientNotice::Reference { model, .. },
+        ) => Some(model),
         _ => None,
     }
 }

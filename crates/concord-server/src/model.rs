@@ -112,7 +112,7 @@ enum Ended {
     Unloaded,
     /// The model was created on another node while this one served it as missing: it is
     /// served again from the store (under the lease taken), starting with this command.
-    Reload(ModelCommand, CancellationToken),
+    Reload(Box<ModelCommand>, CancellationToken),
 }
 
 /// Runs the task for `key` until it unloads.
@@ -154,7 +154,7 @@ async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCo
     loop {
         match served {
             (Ended::Reload(first, lease_lost), _) => {
-                let first = Some(first);
+                let first = Some(*first);
                 served =
                     serve_model(&key, &models, &mut commands, Lease::Held, lease_lost, first).await;
             }
@@ -399,7 +399,7 @@ impl ModelTask {
         for outbox in self.outboxes.values() {
             outbox.lose(reason);
         }
-        Ended::Reload(first, self.lease_lost.clone())
+        Ended::Reload(Box::new(first), self.lease_lost.clone())
     }
 
     async fn handle(&mut self, command: ModelCommand) {
