@@ -67,7 +67,7 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>, fo
         ending = connection.read_loop(stream, notices) => ending,
         () = overflow.cancelled() => Ending::Close(CLOSE_POLICY, "the client does not read fast enough".into()),
         () = hub.shutdown.cancelled() => Ending::Close(CLOSE_GOING_AWAY, "the server is shutting down".into()),
-        () = lost.token.cancelled() => Ending::Close(CLOSE_INTERNAL_ERROR, "a store write failed".into()),
+        () = lost.token.cancelled() => Ending::Close(CLOSE_INTERNAL_ERROR, "the session cannot go on; see its closing message".into()),
     };
     connection.leave_all().await;
     if connection.session.is_some() {
@@ -229,7 +229,9 @@ impl Connection {
                 url
             }
         };
-        self.forwarding.send(url, message, limits, &auth, &self.outbox).await;
+        // Well within the owner's silence timeout (the nodes' settings are alike).
+        let keepalive = (self.hub.config.silence_timeout / 4).max(Duration::from_millis(100));
+        self.forwarding.send(url, message, limits, &auth, &self.outbox, keepalive).await;
         true
     }
 

@@ -44,6 +44,10 @@ pub(crate) const FORWARDED_QUERY: &str = "forwarded";
 /// and its handshake is answered before any of them.
 const HANDSHAKE_ID: RequestId = RequestId(u64::MAX);
 
+/// The request id of the relay's own pings: the client's pings are answered by its node,
+/// so the relay keeps the upstream session from looking silent to the owner itself.
+const PING_ID: RequestId = RequestId(u64::MAX - 1);
+
 /// One client connection's upstream sessions.
 #[derive(Debug, Default)]
 pub(crate) struct Forwarding {
@@ -122,6 +126,7 @@ impl Forwarding {
         limits: &Limits,
         auth: &ReconnectToken,
         outbox: &Outbox,
+        keepalive: Duration,
     ) {
         let Ok(bytes) = encode_with(limits, message) else {
             // It was decoded under the same limits: it encodes under them.
@@ -136,6 +141,7 @@ impl Forwarding {
                 limits: *limits,
                 outbox: outbox.clone(),
                 asked: asked.clone(),
+                keepalive,
             };
             let task = tokio::spawn(relay.run(receiver));
             Upstream { sender, asked, task }
@@ -153,6 +159,8 @@ struct Relay {
     limits: Limits,
     outbox: Outbox,
     asked: Arc<Mutex<HashSet<RequestId>>>,
+    /// How often the relay pings the owner.
+    keepalive: Duration,
 }
 
 impl Relay {
@@ -190,8 +198,15 @@ impl Relay {
         socket.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
         let mut frames = Reassembler::<ServerMessage>::new(self.limits);
         let mut accepted = false;
+        let mut keepalive = tokio::time::interval(self.keepalive);
+        let ping = ClientMessage::Request { id: PING_ID, request: ClientRequest::Ping };
+        let ping = encode_with(&self.limits, &ping).map_err(|e| e.to_string())?;
         loop {
             tokio::select! {
+                _ = keepalive.tick(), if accepted => {
+                    let ping = Message::Binary(ping.clone().into());
+                    socket.send(ping).await.map_err(|e| e.to_string())?;
+                }
                 bytes = outgoing.recv(), if accepted => {
                     // The client's connection is gone: so is this session.
                     let Some(bytes) = bytes else { return Ok(()) };
@@ -223,6 +238,7 @@ impl Relay {
                                 }
                             }
                         }
+                        ServerMessage::Response { to: PING_ID, .. } => {}
                         message => {
                             if let ServerMessage::Request { id, .. } = &message {
                                 self.asked.lock().unwrap_or_else(|p| p.into_inner()).insert(*id);

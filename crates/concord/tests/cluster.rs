@@ -531,3 +531,42 @@ async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() 
     }
     Ok(())
 }
+
+/// A forwarded client that only pings its own node (its pings are answered there) keeps
+/// its upstream session: the forwarding node pings the owner for it, so the owner does not
+/// end the session as silent, and the client still edits through it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_forwarded_client_keeps_its_upstream_session() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("quiet");
+    let quick = ["--store", &store, "--cluster", "--lease-millis", LEASE_MILLIS];
+    let quick = [&quick[..], &["--silence-timeout-secs", "2"]].concat();
+    let a = serve(dir.path(), &quick)?;
+    let b = serve(dir.path(), &quick)?;
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let mut on_a = connect(&a.url("acme", "team"), &token).await?;
+    create_model(&mut on_a, &model, text_document(1)).await?;
+    try_open(&mut on_a, &model).await?.map_err(anyhow::Error::msg)?;
+    let mut on_b = connect(&b.url("acme", "team"), &token).await?;
+    let opened = try_open(&mut on_b, &model).await?.map_err(anyhow::Error::msg)?;
+    let owner = cluster.sql_in(
+        "quiet",
+        "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node",
+    );
+    assert!(owner.contains(&a.addr().to_string()), "a serves the model: {owner}");
+    // Three silence timeouts of only pings to each client's own node.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(6) {
+        for client in [&mut on_a, &mut on_b] {
+            client.request(ClientRequest::Ping).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let version = insert(&mut on_b, &opened, ReplicaId(5), 1, opened.snapshot.version, "<q>")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(version, opened.snapshot.version + 1);
+    Ok(())
+}
