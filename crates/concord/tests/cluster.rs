@@ -2,7 +2,9 @@
 //! is paused past its lease writes nothing when it wakes and steps the model down, another
 //! node takes the model over; the owner killed (SIGKILL) under load, another node takes
 //! over within the lease time and every acknowledged operation is there, once; a node
-//! shut down gracefully releases its leases.
+//! shut down gracefully releases its leases; clients on different nodes edit one model
+//! through its owner (forwarding); a rolling restart of every node loses nothing; naming
+//! models that do not exist leases nothing.
 
 mod common;
 #[path = "../../concord-server/tests/support/postgres.rs"]
@@ -438,7 +440,8 @@ async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() 
     let Some(cluster) = postgres::shared() else { return Ok(()) };
     let dir = tempfile::tempdir()?;
     let store = cluster.url("forwarding");
-    let nodes = [node(dir.path(), &store)?, node(dir.path(), &store)?, node(dir.path(), &store)?];
+    let mut nodes =
+        [node(dir.path(), &store)?, node(dir.path(), &store)?, node(dir.path(), &store)?];
     let (token, mallory) = (token(dir.path(), "writer")?, token(dir.path(), "mallory")?);
     let model = ModelId::new("doc")?;
     let urls: Vec<String> = nodes.iter().map(|n| n.url("acme", "team")).collect();
@@ -528,6 +531,31 @@ async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() 
         let mut client = connect(url, &mallory).await?;
         let refused = try_open(&mut client, &secret).await?.expect_err("mallory may not read it");
         assert!(refused.contains("no permission"), "{refused}");
+    }
+
+    // The owner dies: each forwarded client is told its session closed (`unavailable`),
+    // and opening the model again on its own node (another node takes it over) finds
+    // every acknowledged operation.
+    let owner = cluster.sql_in(
+        "forwarding",
+        "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node
+         WHERE l.model = 'doc'",
+    );
+    let owner = (nodes.iter())
+        .position(|n| owner.ends_with(&n.addr().to_string()))
+        .with_context(|| format!("no node at {owner}"))?;
+    nodes[owner].kill()?;
+    for (index, (client, _)) in done.iter_mut().enumerate().filter(|(i, _)| *i != owner) {
+        let closing = client.push(|push| match push {
+            ServerPush::SessionClosing { code, .. } => Some(*code),
+            _ => None,
+        });
+        let code = tokio::time::timeout(Duration::from_secs(20), closing)
+            .await
+            .with_context(|| format!("client {index} was not told"))??;
+        assert_eq!(code, ErrorCode::UNAVAILABLE);
+        let (_, opened, _) = open_when_served(&urls[index], &token, &model).await?;
+        assert_eq!(opened.snapshot.version, total, "client {index} after the takeover");
     }
     Ok(())
 }
