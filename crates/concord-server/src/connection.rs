@@ -15,8 +15,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_protocol::{
     CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientRequest, DEFAULT_FRAGMENT_BYTES, DecodeError,
     ErrorCode, ErrorReply, HandshakeRejection, HandshakeResult, Limits, PROTOCOL_VERSION,
-    ReconnectToken, RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId,
-    decode_with, fragment_frame,
+    RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId, decode_with,
+    fragment_frame,
 };
 use concord_sync::host::{Notice, SessionHost, SessionOutput, SessionRef, Write, replay_page};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -61,7 +61,7 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>, fo
         limiter,
         forwarded,
         forwarding: Forwarding::default(),
-        upstream_auth: None,
+        email: None,
     };
     let ending = tokio::select! {
         ending = connection.read_loop(stream, notices) => ending,
@@ -107,8 +107,9 @@ struct Connection {
     forwarded: bool,
     /// The models this connection is served by other cluster nodes for.
     forwarding: Forwarding,
-    /// How its upstream sessions authenticate: as this session's user.
-    upstream_auth: Option<ReconnectToken>,
+    /// The session user's email, carried on in the reconnect tokens its upstream sessions
+    /// authenticate with (as this session's user).
+    email: Option<String>,
 }
 
 impl Connection {
@@ -209,14 +210,14 @@ impl Connection {
         let (Some(cluster), false) = (&self.hub.models.cluster, self.forwarded) else {
             return false;
         };
-        let Some(auth) = self.upstream_auth.clone() else { return false };
+        let Some(session) = &self.session else { return false };
+        let user = session.session().user.clone();
         let url = match self.forwarding.route(message) {
             Some(url) => url,
             None => {
                 // Asked for the first time here (and not being served here): who serves it?
                 let Some(model) = forward::model_of(message) else { return false };
-                let local = (self.session.as_ref())
-                    .is_some_and(|session| session.attached().any(|m| m == model));
+                let local = session.attached().any(|m| m == model);
                 if local || !matches!(message, ClientMessage::Request { .. }) {
                     return false;
                 }
@@ -231,7 +232,10 @@ impl Connection {
         };
         // Well within the owner's silence timeout (the nodes' settings are alike).
         let keepalive = (self.hub.config.silence_timeout / 4).max(Duration::from_millis(100));
-        self.forwarding.send(url, message, limits, &auth, &self.outbox, keepalive).await;
+        // A fresh token for each new upstream: the session may be older than a token lives.
+        let (auth, email) = (&self.hub.auth, self.email.as_deref());
+        let token = || auth.reconnect_token_with_email(&user, email).ok();
+        self.forwarding.send(url, message, limits, token, &self.outbox, keepalive).await;
         true
     }
 
@@ -337,9 +341,9 @@ impl Connection {
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
         self.hub.ephemeral.connected(&self.domain, &session_ref, self.outbox.clone());
         self.hub.ephemeral.load_identities(&self.domain, &self.hub.store).await;
+        self.email = email.clone();
         let identity = self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
-        self.upstream_auth = Some(reconnect_token.clone());
         self.hub.metrics.sessions.inc();
         let mut writes = vec![Write::PutUser { user: user.clone() }];
         if let Some(identity) = identity {

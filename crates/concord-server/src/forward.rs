@@ -124,7 +124,7 @@ impl Forwarding {
         url: Arc<str>,
         message: &ClientMessage,
         limits: &Limits,
-        auth: &ReconnectToken,
+        auth: impl FnOnce() -> Option<ReconnectToken>,
         outbox: &Outbox,
         keepalive: Duration,
     ) {
@@ -132,20 +132,25 @@ impl Forwarding {
             // It was decoded under the same limits: it encodes under them.
             return;
         };
-        let upstream = self.upstreams.entry(url.clone()).or_insert_with(|| {
+        if !self.upstreams.contains_key(&url) {
+            let Some(auth) = auth() else {
+                outbox.lose("this session cannot be forwarded to the node serving the model");
+                return;
+            };
             let (sender, receiver) = mpsc::channel(UPSTREAM_QUEUE);
             let asked = Arc::new(Mutex::new(HashSet::new()));
             let relay = Relay {
                 url: url.clone(),
-                auth: auth.clone(),
+                auth,
                 limits: *limits,
                 outbox: outbox.clone(),
                 asked: asked.clone(),
                 keepalive,
             };
             let task = tokio::spawn(relay.run(receiver));
-            Upstream { sender, asked, task }
-        });
+            self.upstreams.insert(url.clone(), Upstream { sender, asked, task });
+        }
+        let Some(upstream) = self.upstreams.get(&url) else { return };
         // A closed upstream has closed the client's connection already.
         let _ = upstream.sender.send(bytes).await;
     }
