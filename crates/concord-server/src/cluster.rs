@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::store::StoreError;
 use crate::store::postgres::PostgresStore;
+pub(crate) use crate::store::postgres::cluster::Presence;
 use crate::store::postgres::cluster::{Acquired, NodeLeases};
 use crate::types::ModelKey;
 
@@ -59,6 +60,20 @@ impl Cluster {
 
     fn serving(&self) -> std::sync::MutexGuard<'_, HashMap<ModelKey, CancellationToken>> {
         self.serving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` exists, read before it is leased (`Presence`).
+    pub(crate) async fn presence(&self, key: &ModelKey) -> Result<Presence, StoreError> {
+        self.store.presence(key).await
+    }
+
+    /// The URL of the live node other than this one that holds `key`'s lease, if one does:
+    /// a client's requests for the model are forwarded there.
+    pub(crate) async fn served_elsewhere(
+        &self,
+        key: &ModelKey,
+    ) -> Result<Option<String>, StoreError> {
+        self.store.served_elsewhere(self.leases.node, key).await
     }
 
     /// Takes `key`'s lease for this node: the token the model's task stops on when it is

@@ -15,7 +15,29 @@ pub(crate) struct HeldElsewhere {
     pub(crate) url: String,
 }
 
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // never built: no value of `Cluster` exists here
+pub(crate) enum Presence {
+    Missing,
+    Deleted,
+    Exists {
+        record: Box<concord_sync::host::ModelRecord>,
+        collection: Option<concord_sync::host::CollectionConfig>,
+    },
+}
+
 impl Cluster {
+    pub(crate) async fn served_elsewhere(
+        &self,
+        _: &ModelKey,
+    ) -> Result<Option<String>, StoreError> {
+        match *self {}
+    }
+
+    pub(crate) async fn presence(&self, _: &ModelKey) -> Result<Presence, StoreError> {
+        match *self {}
+    }
+
     pub(crate) async fn acquire(
         &self,
         _: &ModelKey,

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::{self, Forwarding};
 use crate::hub::Hub;
 use crate::model::ModelCommand;
 use crate::outbox::{Outbound, Outbox, frame, max_message_bytes};
@@ -42,7 +43,7 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 /// Serves one upgraded WebSocket for `domain` until it closes.
-pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
+pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>, forwarded: bool) {
     let conn = hub.next_conn();
     let limits = &hub.config.limits;
     let (outbox, queue, notices) =
@@ -52,12 +53,21 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>) {
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, queue, overflow.clone(), hub.clone()));
     let limiter = RateLimiter::new(hub.config.limits.messages_per_second, hub.config.limits.burst);
-    let mut connection = Connection { hub: hub.clone(), domain, outbox, session: None, limiter };
+    let mut connection = Connection {
+        hub: hub.clone(),
+        domain,
+        outbox,
+        session: None,
+        limiter,
+        forwarded,
+        forwarding: Forwarding::default(),
+        email: None,
+    };
     let ending = tokio::select! {
         ending = connection.read_loop(stream, notices) => ending,
         () = overflow.cancelled() => Ending::Close(CLOSE_POLICY, "the client does not read fast enough".into()),
         () = hub.shutdown.cancelled() => Ending::Close(CLOSE_GOING_AWAY, "the server is shutting down".into()),
-        () = lost.token.cancelled() => Ending::Close(CLOSE_INTERNAL_ERROR, "a store write failed".into()),
+        () = lost.token.cancelled() => Ending::Close(CLOSE_INTERNAL_ERROR, "the session cannot go on; see its closing message".into()),
     };
     connection.leave_all().await;
     if connection.session.is_some() {
@@ -92,6 +102,14 @@ struct Connection {
     /// Set by the handshake: every later message goes through it.
     session: Option<SessionHost>,
     limiter: RateLimiter,
+    /// This is another cluster node's upstream session for one of its clients: nothing of
+    /// it is forwarded again.
+    forwarded: bool,
+    /// The models this connection is served by other cluster nodes for.
+    forwarding: Forwarding,
+    /// The session user's email, carried on in the reconnect tokens its upstream sessions
+    /// authenticate with (as this session's user).
+    email: Option<String>,
 }
 
 impl Connection {
@@ -162,6 +180,9 @@ impl Connection {
                     return Ending::Close(CLOSE_PROTOCOL_ERROR, "malformed frame".into());
                 }
             };
+            if self.session.is_some() && self.forward(&message, &limits).await {
+                continue;
+            }
             match &mut self.session {
                 None => {
                     if let Some(ending) = self.before_handshake(message).await {
@@ -181,6 +202,41 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Sends `message` to the cluster node that serves its model, if another node does
+    /// (`forward.rs`); `false` if this node handles it.
+    async fn forward(&mut self, message: &ClientMessage, limits: &Limits) -> bool {
+        let (Some(cluster), false) = (&self.hub.models.cluster, self.forwarded) else {
+            return false;
+        };
+        let Some(session) = &self.session else { return false };
+        let user = session.session().user.clone();
+        let url = match self.forwarding.route(message) {
+            Some(url) => url,
+            None => {
+                // Asked for the first time here (and not being served here): who serves it?
+                let Some(model) = forward::model_of(message) else { return false };
+                let local = session.attached().any(|m| m == model);
+                if local || !matches!(message, ClientMessage::Request { .. }) {
+                    return false;
+                }
+                let key = ModelKey { domain: self.domain.clone(), model: model.clone() };
+                let Ok(Some(node)) = cluster.served_elsewhere(&key).await else { return false };
+                let url: Arc<str> =
+                    format!("{}/{}", node.trim_end_matches('/'), self.domain).into();
+                tracing::debug!(model = %model, %url, "forwarding the model's requests");
+                self.forwarding.forward(model.clone(), url.clone());
+                url
+            }
+        };
+        // Well within the owner's silence timeout (the nodes' settings are alike).
+        let keepalive = (self.hub.config.silence_timeout / 4).max(Duration::from_millis(100));
+        // A fresh token for each new upstream: the session may be older than a token lives.
+        let (auth, email) = (&self.hub.auth, self.email.as_deref());
+        let token = || auth.reconnect_token_with_email(&user, email).ok();
+        self.forwarding.send(url, message, limits, token, &self.outbox, keepalive).await;
+        true
     }
 
     fn error(&self, to: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {
@@ -285,6 +341,7 @@ impl Connection {
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };
         self.hub.ephemeral.connected(&self.domain, &session_ref, self.outbox.clone());
         self.hub.ephemeral.load_identities(&self.domain, &self.hub.store).await;
+        self.email = email.clone();
         let identity = self.hub.ephemeral.learn_identity(&self.domain, &session_ref, email);
         self.session = Some(SessionHost::new(session_ref, self.hub.config.session_limits()));
         self.hub.metrics.sessions.inc();

@@ -57,6 +57,7 @@ mod cluster;
 mod config;
 mod connection;
 mod ephemeral;
+mod forward;
 mod hub;
 mod metrics;
 mod model;

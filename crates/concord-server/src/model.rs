@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use concord_ot::ReplicaId;
 use concord_protocol::{ErrorCode, ErrorReply, Timestamp, UserId};
 use concord_sync::host::{
-    ConnId, HostConfig, Job as HostJob, ModelHost, ModelRequest, Outgoing, Read, ReadResult,
-    SessionRef,
+    CollectionConfig, ConnId, HostConfig, Job as HostJob, Loaded, ModelHost, ModelRecord,
+    ModelRequest, Outgoing, Read, ReadResult, SessionRef, effective, may_create,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, HeldElsewhere, Presence};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox, frame};
 use crate::registry::Registry;
@@ -88,6 +88,7 @@ struct ModelTask {
     /// Cancelled when this node loses the model's lease (cluster nodes only): another node
     /// may serve it now, so the task closes its sessions and leaves.
     lease_lost: CancellationToken,
+    lease: Lease,
 }
 
 pub(crate) fn now() -> Timestamp {
@@ -95,18 +96,42 @@ pub(crate) fn now() -> Timestamp {
     Timestamp(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
+/// Whether a model task holds its model's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    /// Leased (or not a cluster node): the task may write the model.
+    Held,
+    /// A cluster node's model that did not exist (or was deleted) when the task started: it
+    /// is served without a lease, writing nothing, until a request that may create it
+    /// comes. So a client naming model ids makes no node write a lease row for them.
+    Unleased { deleted: bool },
+}
+
+/// How a model's serving ended.
+enum Ended {
+    Unloaded,
+    /// The model was created on another node while this one served it as missing: it is
+    /// served again from the store (under the lease taken), starting with this command.
+    Reload(Box<ModelCommand>, CancellationToken),
+}
+
 /// Runs the task for `key` until it unloads.
 async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCommand>) {
-    let lease_lost = match &models.cluster {
-        None => CancellationToken::new(),
-        Some(cluster) => match cluster.acquire(&key).await {
-            Ok(Ok(lost)) => lost,
+    let Some(cluster) = models.cluster.clone() else {
+        let never = CancellationToken::new();
+        serve_model(&key, &models, &mut commands, Lease::Held, never, None).await;
+        return;
+    };
+    // Whether the model exists is read first, without its lease: only models that exist,
+    // or that a request may create, are leased.
+    let (lease, lease_lost) = match cluster.presence(&key).await {
+        Ok(Presence::Exists { record, collection }) => match cluster.acquire(&key).await {
+            Ok(Ok(lost)) => (Lease::Held, lost),
             Ok(Err(held)) => {
-                let reason = format!(
-                    "the model is served by node {} ({}); connect there",
-                    held.name, held.url
-                );
-                fail_all(&key, &models, &mut commands, ErrorCode::UNAVAILABLE, &reason);
+                let access = Some((&*record, collection));
+                let reply =
+                    |command: &ModelCommand| held_reply(&key, &models, command, &held, &access);
+                fail_each(&key, &models, &mut commands, reply);
                 return;
             }
             Err(e) => {
@@ -116,24 +141,89 @@ async fn run(key: ModelKey, models: Models, mut commands: mpsc::Receiver<ModelCo
                 return;
             }
         },
+        Ok(Presence::Missing) => (Lease::Unleased { deleted: false }, CancellationToken::new()),
+        Ok(Presence::Deleted) => (Lease::Unleased { deleted: true }, CancellationToken::new()),
+        Err(e) => {
+            tracing::error!(model = %key.model, error = %e, "reading a model failed");
+            let reason = format!("the model could not be read: {e}");
+            fail_all(&key, &models, &mut commands, ErrorCode::UNAVAILABLE, &reason);
+            return;
+        }
     };
-    serve_leased(&key, &models, commands, lease_lost).await;
-    if let Some(cluster) = &models.cluster {
-        cluster.release(&key).await;
+    let mut served = serve_model(&key, &models, &mut commands, lease, lease_lost, None).await;
+    loop {
+        match served {
+            (Ended::Reload(first, lease_lost), _) => {
+                let first = Some(*first);
+                served =
+                    serve_model(&key, &models, &mut commands, Lease::Held, lease_lost, first).await;
+            }
+            (Ended::Unloaded, lease) => {
+                if lease == Lease::Held {
+                    cluster.release(&key).await;
+                }
+                return;
+            }
+        }
     }
 }
 
-/// Loads and serves the model (under its lease, on a cluster node) until it unloads.
-async fn serve_leased(
+/// The answer to a request for a model another node holds: the owner is named only to a
+/// user who may read the model (or, for a model that does not exist yet, create it);
+/// anyone else gets the answer a single server gives to a model it cannot read.
+fn held_reply(
     key: &ModelKey,
     models: &Models,
-    mut commands: mpsc::Receiver<ModelCommand>,
+    command: &ModelCommand,
+    held: &HeldElsewhere,
+    access: &Option<(&ModelRecord, Option<CollectionConfig>)>,
+) -> ErrorReply {
+    let may_know = match access {
+        None => true,
+        Some((record, stored)) => {
+            let collection = (models.config.collections.get(&record.collection).cloned())
+                .or_else(|| stored.clone())
+                .unwrap_or_default();
+            let user = &command.from.user;
+            effective(user, record.creator.as_ref(), &record.grants, &collection).read
+        }
+    };
+    if may_know {
+        let reason =
+            format!("the model is served by node {} ({}); connect there", held.name, held.url);
+        return ErrorReply::new(ErrorCode::UNAVAILABLE, reason);
+    }
+    let creates = match &command.request {
+        ModelRequest::Create { attachment: None, .. } => true,
+        ModelRequest::Sync(sync) => sync.create.is_some(),
+        _ => false,
+    };
+    if creates {
+        ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, format!("the id {} is taken", key.model))
+    } else {
+        let reason = format!("no model {}, or no permission to read it", key.model);
+        ErrorReply::new(ErrorCode::MODEL_NOT_FOUND, reason)
+    }
+}
+
+/// Serves the model (under its lease, or unleased while it does not exist) until it
+/// unloads; `first` is handled before the queued commands. Returns how it ended and
+/// whether it holds the lease then.
+async fn serve_model(
+    key: &ModelKey,
+    models: &Models,
+    commands: &mut mpsc::Receiver<ModelCommand>,
+    lease: Lease,
     lease_lost: CancellationToken,
-) {
+    first: Option<ModelCommand>,
+) -> (Ended, Lease) {
     let (key, models) = (key.clone(), models.clone());
-    let store = models.store.clone();
-    let load_key = key.clone();
-    let loaded = store.load(&load_key).await.and_then(|loaded| {
+    let loaded = match lease {
+        // Read just before: nothing to load.
+        Lease::Unleased { deleted } => Ok(Loaded::Absent { deleted }),
+        Lease::Held => models.store.load(&key).await,
+    };
+    let loaded = loaded.and_then(|loaded| {
         ModelHost::new(key.model.clone(), loaded, models.config.clone())
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     });
@@ -147,51 +237,72 @@ async fn serve_leased(
                 StoreError::Unavailable(_) => ErrorCode::UNAVAILABLE,
                 _ => ErrorCode::INTERNAL,
             };
-            fail_all(&key, &models, &mut commands, code, &reason);
-            return;
+            if let Some(first) = first {
+                answer(&key, &models, first, ErrorReply::new(code, &reason));
+            }
+            fail_all(&key, &models, commands, code, &reason);
+            return (Ended::Unloaded, lease);
         }
     };
     let lost = CancellationToken::new();
     let job = Job { domain: key.domain.clone(), lost: lost.clone(), ..Job::default() };
     let metrics = models.metrics.clone();
     metrics.loaded_models.inc();
-    let mut task = ModelTask { key, models, host, outboxes: HashMap::new(), job, lost, lease_lost };
-    task.serve(commands).await;
+    let mut task =
+        ModelTask { key, models, host, outboxes: HashMap::new(), job, lost, lease_lost, lease };
+    let ended = task.serve(commands, first).await;
     metrics.loaded_models.dec();
+    (ended, task.lease)
 }
 
 impl ModelTask {
-    async fn serve(&mut self, mut commands: mpsc::Receiver<ModelCommand>) {
+    async fn serve(
+        &mut self,
+        commands: &mut mpsc::Receiver<ModelCommand>,
+        first: Option<ModelCommand>,
+    ) -> Ended {
         let stop = self.models.stop.clone();
+        if let Some(first) = first {
+            if let Err(first) = self.take(first).await {
+                return self.reload(first);
+            }
+            self.queue_job().await;
+        }
         loop {
             // A missing model has nothing to keep: it goes as soon as nobody asks for it.
             let linger =
                 if self.host.is_absent() { Duration::ZERO } else { self.models.idle_unload };
             tokio::select! {
                 command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    self.handle(command).await;
+                    let Some(command) = command else { return Ended::Unloaded };
+                    if let Err(command) = self.take(command).await {
+                        return self.reload(command);
+                    }
                     // Take whatever else is waiting into the same job, then queue it.
                     for _ in 1..COMMANDS_PER_JOB {
                         match commands.try_recv() {
-                            Ok(command) => self.handle(command).await,
+                            Ok(command) => {
+                                if let Err(command) = self.take(command).await {
+                                    return self.reload(command);
+                                }
+                            }
                             Err(_) => break,
                         }
                     }
                     self.queue_job().await;
                 }
                 () = tokio::time::sleep(linger), if self.host.is_idle() => {
-                    if self.unload(&mut commands).await {
-                        return;
+                    if self.unload(commands).await {
+                        return Ended::Unloaded;
                     }
                 }
                 () = self.lost.cancelled() => {
-                    self.abandon(&mut commands, "a write of this model failed; resend what was not acknowledged");
-                    return;
+                    self.abandon(commands, "a write of this model failed; resend what was not acknowledged");
+                    return Ended::Unloaded;
                 }
                 () = self.lease_lost.cancelled() => {
-                    self.abandon(&mut commands, "this server node no longer serves the model; reconnect and resend what was not acknowledged");
-                    return;
+                    self.abandon(commands, "this server node no longer serves the model; reconnect and resend what was not acknowledged");
+                    return Ended::Unloaded;
                 }
                 // Only once every connection is gone, so no command can follow.
                 () = stop.cancelled() => {
@@ -205,10 +316,90 @@ impl ModelTask {
                         // Its lease is released next: what it wrote must be durable first.
                         let _ = self.models.writer.flush().await;
                     }
-                    return;
+                    return Ended::Unloaded;
                 }
             }
         }
+    }
+
+    /// Handles `command`, first taking the lease of a model served unleased if the command
+    /// may create it; `Err(command)` if the model must be loaded again first (it was
+    /// created elsewhere meanwhile).
+    async fn take(&mut self, command: ModelCommand) -> Result<(), ModelCommand> {
+        if self.lease == (Lease::Unleased { deleted: false }) && self.may_create(&command).await {
+            let cluster = self.models.cluster.clone().expect("unleased only on a cluster node");
+            match cluster.acquire(&self.key).await {
+                Ok(Ok(lease_lost)) => {
+                    self.lease = Lease::Held;
+                    self.lease_lost = lease_lost;
+                    // Granted only after the last commit of any earlier holder: the store
+                    // now says whether the model is still missing.
+                    match cluster.presence(&self.key).await {
+                        Ok(Presence::Missing) => {}
+                        Ok(_) => return Err(command),
+                        Err(e) => {
+                            let reason = format!("the model could not be read: {e}");
+                            let reply = ErrorReply::new(ErrorCode::UNAVAILABLE, reason);
+                            answer(&self.key, &self.models, command, reply);
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(Err(held)) => {
+                    let reply = match cluster.presence(&self.key).await {
+                        Ok(Presence::Exists { record, collection }) => {
+                            let access = Some((&*record, collection));
+                            held_reply(&self.key, &self.models, &command, &held, &access)
+                        }
+                        _ => held_reply(&self.key, &self.models, &command, &held, &None),
+                    };
+                    answer(&self.key, &self.models, command, reply);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(model = %self.key.model, error = %e, "leasing a model failed");
+                    let reason = format!("the model could not be leased: {e}");
+                    let reply = ErrorReply::new(ErrorCode::UNAVAILABLE, reason);
+                    answer(&self.key, &self.models, command, reply);
+                    return Ok(());
+                }
+            }
+        }
+        self.handle(command).await;
+        Ok(())
+    }
+
+    /// Whether `command` creates the model and its user may create it in its collection.
+    async fn may_create(&self, command: &ModelCommand) -> bool {
+        let collection = match &command.request {
+            ModelRequest::Create { collection, .. } => collection,
+            ModelRequest::Sync(sync) => match &sync.create {
+                Some(new) => &new.collection,
+                None => return false,
+            },
+            _ => return false,
+        };
+        let config = match self.models.config.collections.get(collection) {
+            Some(config) => Some(config.clone()),
+            None => self.models.store.collection(&self.key.domain, collection).await.ok().flatten(),
+        };
+        match config {
+            Some(config) => may_create(&command.from.user, &config),
+            None => {
+                self.models.config.auto_create_collections
+                    && may_create(&command.from.user, &CollectionConfig::default())
+            }
+        }
+    }
+
+    /// Leaves a model served as missing that turned out to exist: the sessions waiting on
+    /// it are closed (their clients open it again) and it is served again from the store.
+    fn reload(&mut self, first: ModelCommand) -> Ended {
+        let reason = "the model was created on another server node; open it again";
+        for outbox in self.outboxes.values() {
+            outbox.lose(reason);
+        }
+        Ended::Reload(Box::new(first), self.lease_lost.clone())
     }
 
     async fn handle(&mut self, command: ModelCommand) {
@@ -412,12 +603,19 @@ fn fail_all(
     code: ErrorCode,
     reason: &str,
 ) {
+    fail_each(key, models, commands, |_| ErrorReply::new(code, reason));
+}
+
+/// Answers every queued command with its `reply`, and leaves the registry.
+fn fail_each(
+    key: &ModelKey,
+    models: &Models,
+    commands: &mut mpsc::Receiver<ModelCommand>,
+    reply: impl Fn(&ModelCommand) -> ErrorReply,
+) {
     let fail = |command: ModelCommand| {
-        let reply = ErrorReply::new(code, reason);
-        if let Some(message) = command.request.failure(&key.model, reply) {
-            models.metrics.sent(&message);
-            command.outbox.message(&message);
-        }
+        let reply = reply(&command);
+        answer(key, models, command, reply);
     };
     loop {
         while let Ok(command) = commands.try_recv() {
@@ -427,5 +625,13 @@ fn fail_all(
             Ok(()) => return,
             Err(stragglers) => stragglers.into_iter().for_each(fail),
         }
+    }
+}
+
+/// Answers `command` with `reply`, if it expects an answer.
+fn answer(key: &ModelKey, models: &Models, command: ModelCommand, reply: ErrorReply) {
+    if let Some(message) = command.request.failure(&key.model, reply) {
+        models.metrics.sent(&message);
+        command.outbox.message(&message);
     }
 }

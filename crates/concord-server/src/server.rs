@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -289,6 +289,7 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 async fn upgrade(
     State(endpoint): State<Endpoint>,
     Path((namespace, domain)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     Extension(admitted): Extension<Admitted>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -309,7 +310,9 @@ async fn upgrade(
     // of what an idle session cost. Frames here are small; a larger one is read in chunks.
     upgrade.read_buffer_size(READ_BUFFER_BYTES).on_upgrade(move |socket| {
         // The session keeps the connection's place under the connection caps.
-        let session = crate::connection::serve(socket, domain, hub);
+        // Another node's upstream session for one of its clients: never forwarded again.
+        let forwarded = query.as_deref() == Some(crate::forward::FORWARDED_QUERY);
+        let session = crate::connection::serve(socket, domain, hub, forwarded);
         connections.track_future(async move {
             session.await;
             drop(admitted);

@@ -919,7 +919,9 @@ pub(crate) fn start_writer(
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
-async fn write_loop(
+/// The writer's loop, until every sender is dropped (crate-visible for tests that queue a
+/// group of jobs before it starts).
+pub(crate) async fn write_loop(
     store: &dyn ServerStore,
     mut receiver: mpsc::Receiver<Job>,
     on_failure: CancellationToken,
@@ -939,22 +941,38 @@ async fn write_loop(
         for job in group.extract_if(.., |job| job.lost.is_cancelled()) {
             fail_job(job, "an earlier write of the model failed");
         }
-        let batch: Vec<DomainWrites> = group
-            .iter_mut()
-            .filter(|job| !job.writes.is_empty())
-            .map(|job| DomainWrites {
-                domain: job.domain.clone(),
-                writes: std::mem::take(&mut job.writes),
-            })
-            .collect();
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
+        let result = loop {
+            let (batch, owners) = take_writes(&mut group);
+            if batch.is_empty() {
+                break Ok(());
+            }
             let started = std::time::Instant::now();
-            let result = commit_retrying(store, batch, retry_for).await;
+            let result = commit_retrying(store, &batch, retry_for).await;
             metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             metrics.commit_group_jobs.observe(group.len() as f64);
-            result
+            let Err(StoreError::LeaseLost { domain, model }) = result else { break result };
+            // One model's lease is lost: its jobs fail, and the group is committed again
+            // without them, so the other models' work is not lost with it.
+            give_back(&mut group, batch, owners);
+            let mut found = false;
+            for job in &group {
+                let writes_model = job.writes.iter().any(|w| written_model(w) == Some(&model));
+                if *job.domain == *domain && writes_model {
+                    job.lost.cancel();
+                    found = true;
+                }
+            }
+            if !found {
+                // Not one of this group's models (it never is): the whole group fails.
+                break Err(StoreError::LeaseLost { domain, model });
+            }
+            let reason = format!(
+                "this server node no longer serves the model {model}; reconnect and resend what was not acknowledged"
+            );
+            tracing::warn!(%model, "a commit found the model's lease lost; its jobs fail, the others are committed");
+            for job in group.extract_if(.., |job| job.lost.is_cancelled()) {
+                fail_job(job, &reason);
+            }
         };
         match result {
             Ok(()) => {
@@ -995,10 +1013,46 @@ async fn write_loop(
     }
 }
 
+/// The writes of `group`'s jobs, taken out of them, as one batch; and which job each part
+/// of the batch came from.
+fn take_writes(group: &mut [Job]) -> (Vec<DomainWrites>, Vec<usize>) {
+    let mut batch = Vec::new();
+    let mut owners = Vec::new();
+    for (index, job) in group.iter_mut().enumerate() {
+        if !job.writes.is_empty() {
+            let writes = std::mem::take(&mut job.writes);
+            batch.push(DomainWrites { domain: job.domain.clone(), writes });
+            owners.push(index);
+        }
+    }
+    (batch, owners)
+}
+
+/// Puts the writes [`take_writes`] took back into their jobs.
+fn give_back(group: &mut [Job], batch: Vec<DomainWrites>, owners: Vec<usize>) {
+    for (part, index) in batch.into_iter().zip(owners) {
+        group[index].writes = part.writes;
+    }
+}
+
+/// The model a write belongs to, if it belongs to one.
+pub(crate) fn written_model(write: &Write) -> Option<&ModelId> {
+    match write {
+        Write::CreateModel { model, .. }
+        | Write::Snapshot { model, .. }
+        | Write::SetGrants { model, .. }
+        | Write::IndexModel { model, .. }
+        | Write::DeleteModel { model, .. } => Some(model),
+        Write::Commit(record) => Some(&record.model),
+        Write::Refusal(record) => Some(&record.model),
+        _ => None,
+    }
+}
+
 /// Commits `batch`, retrying while the store is unavailable, for up to `retry_for`.
 async fn commit_retrying(
     store: &dyn ServerStore,
-    batch: Vec<DomainWrites>,
+    batch: &[DomainWrites],
     retry_for: Duration,
 ) -> Result<(), StoreError> {
     let deadline = tokio::time::Instant::now() + retry_for;
@@ -1007,7 +1061,7 @@ async fn commit_retrying(
     loop {
         // A commit whose outcome is unknown (the connection dropped during it) is retried
         // too: the backend recognizes its operations if they did get in.
-        match store.commit(batch.clone()).await {
+        match store.commit(batch.to_vec()).await {
             Err(StoreError::Unavailable(why))
                 if tokio::time::Instant::now() + pause <= deadline =>
             {

@@ -584,6 +584,67 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
     b.commit(user_only).await.unwrap();
 }
 
+/// A group commit that finds one model's lease lost fails only that model's jobs: the
+/// writer commits the group again without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_fails_only_its_models_jobs_in_a_group_commit() {
+    let Some(cluster) = shared() else { return };
+    commit_all(&postgres_store(&cluster, "group_lease").await).await;
+    let minute = Duration::from_secs(60);
+    let (a, a_leases) = node_store(&cluster, "group_lease", "a", minute).await;
+    let (b, b_leases) = node_store(&cluster, "group_lease", "b", minute).await;
+    let (doc, other) = (key("acme/notes", "doc"), key("acme/notes", "other"));
+    // a believes both leases for a minute; the database keeps doc's for 300 ms only.
+    let short = Duration::from_millis(300);
+    assert!(matches!(acquire(&a, &a_leases, &doc, short).await, Acquired::Granted(_)));
+    assert!(matches!(acquire(&a, &a_leases, &other, minute).await, Acquired::Granted(_)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(acquire(&b, &b_leases, &doc, minute).await, Acquired::Granted(_)));
+    let last = last_version(&a, &doc).await;
+
+    // One group: other's job, doc's (lease lost), other's again, then a job of no model.
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    let mut outcomes = Vec::new();
+    let other_lost = CancellationToken::new();
+    let doc_lost = CancellationToken::new();
+    let jobs = [
+        (vec![commit_at("other", 1, 1)], other_lost.clone()),
+        (vec![commit_at("doc", last + 1, 300)], doc_lost.clone()),
+        (vec![commit_at("other", 2, 2)], other_lost.clone()),
+        (
+            vec![Write::PutUser {
+                user: User { id: user("grouped"), display_name: None, anonymous: false },
+            }],
+            CancellationToken::new(),
+        ),
+    ];
+    for (writes, lost) in jobs {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let domain = Arc::from("acme/notes");
+        sender
+            .send(Job { domain, writes, done: Some(done), lost, ..Job::default() })
+            .await
+            .unwrap();
+        outcomes.push(wait);
+    }
+    drop(sender);
+    let metrics = crate::metrics::Metrics::new();
+    crate::store::write_loop(&a, receiver, CancellationToken::new(), Duration::ZERO, &metrics)
+        .await;
+    let outcomes: Vec<bool> = futures_util::future::join_all(outcomes)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap().is_ok())
+        .collect();
+    assert_eq!(outcomes, [true, false, true, true], "only doc's job fails");
+    assert!(doc_lost.is_cancelled(), "doc's task is told to reload");
+    assert!(!other_lost.is_cancelled());
+    let stored = a.operations(&other, 0, u64::MAX, usize::MAX).await.unwrap();
+    assert_eq!(stored.iter().map(|o| o.operation.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(last_version(&a, &doc).await, last, "nothing of doc's written");
+    assert!(a.user("acme/notes", &user("grouped")).await.unwrap().is_some());
+}
+
 /// The ordering the fencing rests on: a grant to another node waits for a commit that
 /// holds the lease (its first statement, `LEASE_CHECK`), even past the lease's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,9 @@
 //! is paused past its lease writes nothing when it wakes and steps the model down, another
 //! node takes the model over; the owner killed (SIGKILL) under load, another node takes
 //! over within the lease time and every acknowledged operation is there, once; a node
-//! shut down gracefully releases its leases.
+//! shut down gracefully releases its leases; clients on different nodes edit one model
+//! through its owner (forwarding); a rolling restart of every node loses nothing; naming
+//! models that do not exist leases nothing.
 
 mod common;
 #[path = "../../concord-server/tests/support/postgres.rs"]
@@ -13,7 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use common::{ServeProcess, connect, create_model, serve, text_document, token};
 use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
-use concord_protocol::{ClientRequest, ModelId, OpenedModel, ServerPush, ServerResponse};
+use concord_protocol::{
+    ClientRequest, CollectionId, CreationNonce, ErrorCode, ModelId, OpenedModel, PermissionGrants,
+    Permissions, ServerPush, ServerResponse,
+};
 use concord_testkit::wire::WireClient;
 
 /// Short leases keep the test short; a node takes over after at most this long.
@@ -36,8 +41,9 @@ async fn try_open(
     })
 }
 
-/// Opens `model` on `url`, connecting again until the node serves it (it takes the lease
-/// over once the old owner's runs out); returns the client, the model and how long it took.
+/// Opens `model` on `url`, connecting again until the node serves it (itself, or through
+/// the owner: while a dead or paused owner's lease runs, forwarding to it fails and the
+/// connection closes); returns the client, the model and how long it took.
 async fn open_when_served(
     url: &str,
     token: &str,
@@ -46,15 +52,15 @@ async fn open_when_served(
     let started = Instant::now();
     loop {
         let mut client = connect(url, token).await?;
-        match try_open(&mut client, model).await? {
-            Ok(opened) => return Ok((client, opened, started.elapsed())),
-            Err(why) if started.elapsed() < Duration::from_secs(30) => {
-                assert!(why.contains("served by node"), "{why}");
-                client.close().await?;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(why) => bail!("{url} never served {model}: {why}"),
+        let why = match try_open(&mut client, model).await {
+            Ok(Ok(opened)) => return Ok((client, opened, started.elapsed())),
+            Ok(Err(why)) => why,
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{url} never served {model}: {why}");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -114,10 +120,11 @@ async fn a_paused_owner_writes_nothing_and_a_killed_owner_is_taken_over_with_not
     let v1 = insert(&mut on_a, &opened_a, ReplicaId(11), 1, opened_a.snapshot.version, "<a1>")
         .await?
         .map_err(anyhow::Error::msg)?;
-    // b says who serves it.
+    // b serves it too, forwarding to a.
     let mut on_b = connect(&url_b, &token).await?;
-    let refused = try_open(&mut on_b, &model).await?.expect_err("a holds the lease");
-    assert!(refused.contains(&a.addr().to_string()), "{refused}");
+    let through_b = try_open(&mut on_b, &model).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(through_b.snapshot.version, v1, "b forwards to a");
+    on_b.close().await?;
 
     // a is paused past its lease: b takes the model over and commits on it.
     a.signal("STOP")?;
@@ -234,24 +241,360 @@ async fn ending_the_nodes_postgres_connections_loses_nothing_acknowledged() -> a
     Ok(())
 }
 
-/// Opens `model` on whichever of `urls` serves it (a node that does not says which does).
+/// Opens `model` on whichever of `urls` serves it (any node does, forwarding to the owner;
+/// while the owner's lease is being lost, a node may fail the open).
 async fn open_anywhere(
     urls: &[String],
     token: &str,
     model: &ModelId,
 ) -> anyhow::Result<(WireClient, OpenedModel)> {
-    let started = Instant::now();
-    for url in urls.iter().cycle() {
-        let mut client = connect(url, token).await?;
-        match try_open(&mut client, model).await? {
-            Ok(opened) => return Ok((client, opened)),
-            Err(why) if started.elapsed() < Duration::from_secs(30) => {
-                assert!(why.contains("served by node"), "{why}");
-                client.close().await?;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(why) => bail!("no node served {model}: {why}"),
+    open_while_restarting(urls, token, model).await
+}
+
+/// A client naming model ids costs no lease rows: a node leases only models that exist or
+/// that the request may create. Opening ids that do not exist is answered as on a single
+/// server, with `concord_leases` unchanged; a client who may not read a model another node
+/// serves learns nothing of that node; one who may is served through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naming_models_that_do_not_exist_leases_nothing_and_owners_are_named_only_to_readers()
+-> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("naming");
+    let a = node(dir.path(), &store)?;
+    let b = node(dir.path(), &store)?;
+    let (writer, mallory) = (token(dir.path(), "writer")?, token(dir.path(), "mallory")?);
+    let (url_a, url_b) = (a.url("acme", "team"), b.url("acme", "team"));
+
+    // writer's model on a, readable by nobody else.
+    let secret = ModelId::new("secret")?;
+    let mut on_a = connect(&url_a, &writer).await?;
+    let permissions = PermissionGrants {
+        override_collection: true,
+        world: Permissions::NONE,
+        users: Default::default(),
+    };
+    let request = ClientRequest::CreateModel {
+        model: secret.clone(),
+        collection: CollectionId::new("notes")?,
+        data: text_document(1),
+        nonce: CreationNonce([9; 16]),
+        permissions: Some(permissions),
+    };
+    match on_a.request(request).await? {
+        Ok(ServerResponse::ModelCreated { .. }) => {}
+        other => bail!("creating {secret}: {other:?}"),
+    }
+    try_open(&mut on_a, &secret).await?.map_err(anyhow::Error::msg)?;
+    let leases = || cluster.sql_in("naming", "SELECT count(*) FROM concord_leases");
+    let before = leases();
+    assert_eq!(before, "1", "the created model's lease");
+
+    // mallory names 200 ids that do not exist, on both nodes, in several ways.
+    let mut on_b = connect(&url_b, &mallory).await?;
+    let mut also_a = connect(&url_a, &mallory).await?;
+    for n in 0..100 {
+        for client in [&mut on_b, &mut also_a] {
+            let model = ModelId::new(format!("nothing-{n}"))?;
+            let refused = try_open(client, &model).await?.expect_err("no such model");
+            assert!(refused.contains("no model") && !refused.contains("node"), "{refused}");
+            let request = ClientRequest::GetPermissions { model: model.clone() };
+            let error = client.request(request).await?.expect_err("no such model");
+            assert_eq!(error.code, ErrorCode::MODEL_NOT_FOUND, "{error:?}");
         }
     }
+    assert_eq!(leases(), before, "naming models that do not exist leased them");
+
+    // mallory may not read `secret`: through b (which forwards to a) the answer is the
+    // one a single server gives for a model one cannot read, naming no node.
+    let refused = try_open(&mut on_b, &secret).await?.expect_err("mallory may not read it");
+    assert!(refused.contains("no permission"), "{refused}");
+    for name in [a.addr().to_string(), "served by".into()] {
+        assert!(!refused.contains(&name), "{refused} names the owner");
+    }
+    // writer may: b serves it, through a, and leases nothing for it.
+    let mut writer_on_b = connect(&url_b, &writer).await?;
+    try_open(&mut writer_on_b, &secret).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(leases(), before);
+
+    // Creating is still leased, on whichever node is asked.
+    let created = ModelId::new("fresh")?;
+    let mut creator = connect(&url_b, &mallory).await?;
+    create_model(&mut creator, &created, text_document(3)).await?;
+    try_open(&mut creator, &created).await?.map_err(anyhow::Error::msg)?;
+    assert_eq!(leases(), "2");
+    Ok(())
+}
+
+/// Every node of three is restarted gracefully, one at a time, while clients edit one
+/// model: each stopping node hands the model over, the clients reconnect to a node that
+/// serves it and resend what was not acknowledged, and every acknowledged operation is
+/// there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_under_load_loses_nothing() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("rolling");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(dir.path(), &store)?);
+    }
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("acme", "team")).collect();
+    let mut creator = connect(&urls[0], &token).await?;
+    create_model(&mut creator, &model, text_document(1)).await?;
+    creator.close().await?;
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..2_u64 {
+        let (urls, token, model, done) = (urls.clone(), token.clone(), model.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let replica = ReplicaId(100 + writer);
+            let (mut client, mut opened) = open_while_restarting(&urls, &token, &model).await?;
+            let (mut acked, mut resent, mut seq) = (Vec::new(), 0_u32, 1);
+            // At least 20 operations each, and on until every node was restarted.
+            while seq <= 20 || !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let marker = format!("<{writer}.{seq}>");
+                let base = opened.snapshot.version;
+                match insert(&mut client, &opened, replica, seq, base, &marker).await? {
+                    Ok(_) => {
+                        acked.push(marker);
+                        seq += 1;
+                    }
+                    Err(_) => {
+                        // The same submission again, to whichever node serves the model.
+                        resent += 1;
+                        (client, opened) = open_while_restarting(&urls, &token, &model).await?;
+                    }
+                }
+            }
+            anyhow::Ok((acked, resent))
+        }));
+    }
+    for index in 0..nodes.len() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut stopping = nodes.remove(index);
+        let stopping = tokio::task::spawn_blocking(move || -> anyhow::Result<ServeProcess> {
+            stopping.stop()?;
+            stopping.restart()?;
+            Ok(stopping)
+        })
+        .await??;
+        nodes.insert(index, stopping);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        let (theirs, resent) = writer.await??;
+        println!("a writer had {} operations acknowledged, resent {resent}", theirs.len());
+        acked.extend(theirs);
+    }
+    let (_, opened) = open_while_restarting(&urls, &token, &model).await?;
+    let (_, text) = text_of(&opened)?;
+    for marker in &acked {
+        assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} in {text}");
+    }
+    assert_eq!(text.matches('<').count(), acked.len(), "{text}");
+    assert_eq!(opened.snapshot.version, acked.len() as u64, "one version per operation");
+    Ok(())
+}
+
+/// Opens `model` on whichever of `urls` serves it, while nodes may be stopping or
+/// starting (a node that is down, or does not serve it, is skipped).
+async fn open_while_restarting(
+    urls: &[String],
+    token: &str,
+    model: &ModelId,
+) -> anyhow::Result<(WireClient, OpenedModel)> {
+    let started = Instant::now();
+    let mut last = String::new();
+    for url in urls.iter().cycle() {
+        if started.elapsed() > Duration::from_secs(40) {
+            bail!("no node served {model}: {last}");
+        }
+        match connect(url, token).await {
+            Ok(mut client) => match try_open(&mut client, model).await {
+                Ok(Ok(opened)) => return Ok((client, opened)),
+                Ok(Err(why)) => last = why,
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     unreachable!("cycling through the nodes")
+}
+
+/// Any node serves any client: three clients, each on a different node of three, edit one
+/// model at once. The nodes that do not own it forward their client's requests to the one
+/// that does; every operation is acknowledged once, every client hears every other
+/// client's operations, and the model holds each acknowledged operation exactly once. The
+/// owner checks permissions on the real user: one who may not read a model is refused
+/// through a forwarding node as on the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() -> anyhow::Result<()>
+{
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("forwarding");
+    let mut nodes =
+        [node(dir.path(), &store)?, node(dir.path(), &store)?, node(dir.path(), &store)?];
+    let (token, mallory) = (token(dir.path(), "writer")?, token(dir.path(), "mallory")?);
+    let model = ModelId::new("doc")?;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("acme", "team")).collect();
+    let mut creator = connect(&urls[0], &token).await?;
+    create_model(&mut creator, &model, text_document(1)).await?;
+
+    // One client per node, all with the model open before anyone edits.
+    let mut clients = Vec::new();
+    for url in &urls {
+        let mut client = connect(url, &token).await?;
+        let opened = try_open(&mut client, &model).await?.map_err(anyhow::Error::msg)?;
+        clients.push((client, opened));
+    }
+    let serving = cluster.sql_in(
+        "forwarding",
+        "SELECT count(*) FROM concord_leases WHERE model = 'doc' AND expires_at > now()",
+    );
+    assert_eq!(serving, "1", "one node sequences the model");
+
+    const EACH: u64 = 15;
+    let mut editors = Vec::new();
+    for (index, (mut client, opened)) in clients.into_iter().enumerate() {
+        editors.push(tokio::spawn(async move {
+            let replica = ReplicaId(200 + index as u64);
+            let mut base = opened.snapshot.version;
+            let mut acked = Vec::new();
+            for seq in 1..=EACH {
+                let marker = format!("<{index}.{seq}>");
+                base = insert(&mut client, &opened, replica, seq, base, &marker)
+                    .await?
+                    .map_err(anyhow::Error::msg)?;
+                acked.push(marker);
+            }
+            anyhow::Ok((client, acked))
+        }));
+    }
+    let mut done = Vec::new();
+    for editor in editors {
+        done.push(editor.await??);
+    }
+    let total = 3 * EACH;
+    for (index, (client, _)) in done.iter_mut().enumerate() {
+        // Every other client's operations reach this one (through its node if forwarded).
+        let mut heard = 0;
+        while heard < total - EACH {
+            let push = client.push(|push| match push {
+                ServerPush::RemoteOperation { model: m, .. } if *m == model => Some(()),
+                _ => None,
+            });
+            tokio::time::timeout(Duration::from_secs(20), push)
+                .await
+                .with_context(|| format!("client {index} heard only {heard} operations"))??;
+            heard += 1;
+        }
+    }
+    let acked: Vec<String> = done.iter().flat_map(|(_, acked)| acked.clone()).collect();
+    for url in &urls {
+        let mut reader = connect(url, &token).await?;
+        let opened = try_open(&mut reader, &model).await?.map_err(anyhow::Error::msg)?;
+        let (_, text) = text_of(&opened)?;
+        for marker in &acked {
+            assert_eq!(text.matches(marker.as_str()).count(), 1, "{marker} in {text}");
+        }
+        assert_eq!(text.matches('<').count() as u64, total, "{text}");
+        assert_eq!(opened.snapshot.version, total, "one version per operation");
+    }
+
+    // mallory may not read a model only writer may: refused through every node alike.
+    let secret = ModelId::new("secret")?;
+    let request = ClientRequest::CreateModel {
+        model: secret.clone(),
+        collection: CollectionId::new("notes")?,
+        data: text_document(4),
+        nonce: CreationNonce([4; 16]),
+        permissions: Some(PermissionGrants {
+            override_collection: true,
+            world: Permissions::NONE,
+            users: Default::default(),
+        }),
+    };
+    match creator.request(request).await? {
+        Ok(ServerResponse::ModelCreated { .. }) => {}
+        other => bail!("creating {secret}: {other:?}"),
+    }
+    try_open(&mut creator, &secret).await?.map_err(anyhow::Error::msg)?;
+    for url in &urls {
+        let mut client = connect(url, &mallory).await?;
+        let refused = try_open(&mut client, &secret).await?.expect_err("mallory may not read it");
+        assert!(refused.contains("no permission"), "{refused}");
+    }
+
+    // The owner dies: each forwarded client is told its session closed (`unavailable`),
+    // and opening the model again on its own node (another node takes it over) finds
+    // every acknowledged operation.
+    let owner = cluster.sql_in(
+        "forwarding",
+        "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node
+         WHERE l.model = 'doc'",
+    );
+    let owner = (nodes.iter())
+        .position(|n| owner.ends_with(&n.addr().to_string()))
+        .with_context(|| format!("no node at {owner}"))?;
+    nodes[owner].kill()?;
+    for (index, (client, _)) in done.iter_mut().enumerate().filter(|(i, _)| *i != owner) {
+        let closing = client.push(|push| match push {
+            ServerPush::SessionClosing { code, .. } => Some(*code),
+            _ => None,
+        });
+        let code = tokio::time::timeout(Duration::from_secs(20), closing)
+            .await
+            .with_context(|| format!("client {index} was not told"))??;
+        assert_eq!(code, ErrorCode::UNAVAILABLE);
+        let (_, opened, _) = open_when_served(&urls[index], &token, &model).await?;
+        assert_eq!(opened.snapshot.version, total, "client {index} after the takeover");
+    }
+    Ok(())
+}
+
+/// A forwarded client that only pings its own node (its pings are answered there) keeps
+/// its upstream session: the forwarding node pings the owner for it, so the owner does not
+/// end the session as silent, and the client still edits through it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_forwarded_client_keeps_its_upstream_session() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("quiet");
+    let quick = ["--store", &store, "--cluster", "--lease-millis", LEASE_MILLIS];
+    let quick = [&quick[..], &["--silence-timeout-secs", "2"]].concat();
+    let a = serve(dir.path(), &quick)?;
+    let b = serve(dir.path(), &quick)?;
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let mut on_a = connect(&a.url("acme", "team"), &token).await?;
+    create_model(&mut on_a, &model, text_document(1)).await?;
+    try_open(&mut on_a, &model).await?.map_err(anyhow::Error::msg)?;
+    let mut on_b = connect(&b.url("acme", "team"), &token).await?;
+    let opened = try_open(&mut on_b, &model).await?.map_err(anyhow::Error::msg)?;
+    let owner = cluster.sql_in(
+        "quiet",
+        "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node",
+    );
+    assert!(owner.contains(&a.addr().to_string()), "a serves the model: {owner}");
+    // Three silence timeouts of only pings to each client's own node.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(6) {
+        for client in [&mut on_a, &mut on_b] {
+            client.request(ClientRequest::Ping).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let version = insert(&mut on_b, &opened, ReplicaId(5), 1, opened.snapshot.version, "<q>")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(version, opened.snapshot.version + 1);
+    Ok(())
 }

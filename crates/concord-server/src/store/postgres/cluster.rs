@@ -14,15 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use concord_protocol::ModelId;
 use concord_sync::Time;
-use concord_sync::host::Write;
 use concord_sync::lease::{LeaseConfig, Leases};
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use super::{PostgresStore, pg};
-use crate::store::{DomainWrites, StoreError};
+use concord_sync::host::{CollectionConfig, ModelRecord};
+
+use super::{PostgresStore, collection_in, decode, pg};
+use crate::store::{DomainWrites, StoreError, written_model};
 use crate::types::ModelKey;
 
 /// One node's leases, shared by the node's lease keeper and the store's commits.
@@ -64,6 +64,20 @@ pub(crate) enum Acquired {
         node: i64,
         name: String,
         url: String,
+    },
+}
+
+/// Whether a model exists, read before it is leased: a node leases only models that exist
+/// or that a request may create, so naming model ids costs a client no lease rows.
+#[derive(Debug, Clone)]
+pub(crate) enum Presence {
+    Missing,
+    /// Deleted: its id is never used again, so it is never leased either.
+    Deleted,
+    /// With what decides who may read it (not its data).
+    Exists {
+        record: Box<ModelRecord>,
+        collection: Option<CollectionConfig>,
     },
 }
 
@@ -132,6 +146,49 @@ impl PostgresStore {
             // Deleted meanwhile (it never is): ask again.
             None => Acquired::Held { node: 0, name: String::new(), url: String::new() },
         })
+    }
+
+    /// Whether `key` exists, and who may read it: its record and collection settings only,
+    /// neither its data nor its lease.
+    pub(crate) async fn presence(&self, key: &ModelKey) -> Result<Presence, StoreError> {
+        let client = self.client().await?;
+        let (domain, model) = (&*key.domain, &key.model);
+        let statement = client
+            .prepare_cached(
+                "SELECT m.record, d.model IS NOT NULL FROM (SELECT 1) AS one
+                 LEFT JOIN models m ON m.domain = $1 AND m.model = $2
+                 LEFT JOIN deleted d ON d.domain = $1 AND d.model = $2",
+            )
+            .await
+            .map_err(pg)?;
+        let row = client.query_one(&statement, &[&domain, &model.as_str()]).await.map_err(pg)?;
+        let Some(record) = row.get::<_, Option<&[u8]>>(0) else {
+            return Ok(if row.get(1) { Presence::Deleted } else { Presence::Missing });
+        };
+        let record: ModelRecord = decode(record, domain, Some(model), || "its record".into())?;
+        let collection = collection_in(&client, domain, &record.collection).await?;
+        Ok(Presence::Exists { record: Box::new(record), collection })
+    }
+
+    /// The URL of the node other than `node` holding `key`'s lease unexpired, if one does.
+    pub(crate) async fn served_elsewhere(
+        &self,
+        node: i64,
+        key: &ModelKey,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let (domain, model) = key.as_tuple();
+        let statement = client
+            .prepare_cached(
+                "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node
+                 WHERE l.domain = $1 AND l.model = $2 AND l.node <> $3
+                       AND l.expires_at > clock_timestamp() AND n.stopped_at IS NULL",
+            )
+            .await
+            .map_err(pg)?;
+        let params: [&(dyn ToSql + Sync); 3] = [&domain, &model, &node];
+        let row = client.query_opt(&statement, &params).await.map_err(pg)?;
+        Ok(row.map(|row| row.get(0)))
     }
 
     /// Renews `leases` of `node` in one statement (and records the node's heartbeat);
@@ -217,20 +274,6 @@ fn columns(leases: &[(ModelKey, u64)]) -> (Vec<&str>, Vec<&str>, Vec<i64>) {
         columns.2.push(*epoch as i64);
     }
     columns
-}
-
-/// The model a write belongs to, if it belongs to one.
-fn written_model(write: &Write) -> Option<&ModelId> {
-    match write {
-        Write::CreateModel { model, .. }
-        | Write::Snapshot { model, .. }
-        | Write::SetGrants { model, .. }
-        | Write::IndexModel { model, .. }
-        | Write::DeleteModel { model, .. } => Some(model),
-        Write::Commit(record) => Some(&record.model),
-        Write::Refusal(record) => Some(&record.model),
-        _ => None,
-    }
 }
 
 /// The leases of `(domain, model, epoch)` rows held by node `$4`, unexpired, locked until

@@ -1,0 +1,258 @@
+//! Forwarding between cluster nodes (`docs/cluster.md`): a client connected to a node that
+//! does not own a model it asks for is served by the owner through this node. The node
+//! opens one upstream session to the owner per client connection and owner node, as the
+//! client's own user (a reconnect token the nodes' shared key signs, so the owner checks
+//! every permission on the real user and a forwarding node can do nothing the user could
+//! not), and relays that model's messages both ways unchanged: the owner sequences,
+//! acknowledges after its commit and broadcasts, as to any of its clients.
+//!
+//! Bounded: a connection has at most one upstream per node; what the client sends waits
+//! (TCP pushes back) while an upstream's queue of [`UPSTREAM_QUEUE`] messages is full, and
+//! what the owner sends goes through the client's outbox and its byte budget. When an
+//! upstream ends (the owner stopped, died, or closed the session because its lease moved)
+//! the client's connection is closed saying so, and the client reconnects and resyncs.
+//! This is not a router: an upstream session is never forwarded again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use concord_protocol::{
+    Auth, ClientInfo, ClientMessage, ClientNotice, ClientRequest, HandshakeResult, Limits, ModelId,
+    PROTOCOL_VERSION, Reassembler, ReconnectToken, RequestId, ServerMessage, ServerResponse,
+    encode_with,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::outbox::Outbox;
+
+/// Messages queued for one upstream before the client's reader waits.
+const UPSTREAM_QUEUE: usize = 64;
+
+/// How long the owner may take to accept an upstream session: a node paused or cut off
+/// fails its forwarded clients after this (they reconnect, and by then its leases may
+/// have run out and another node serve the model).
+const UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(3);
+
+/// The query string that marks an upstream session (never forwarded again).
+pub(crate) const FORWARDED_QUERY: &str = "forwarded";
+
+/// The request id of an upstream's handshake: the client's own ids are relayed as they are,
+/// and its handshake is answered before any of them.
+const HANDSHAKE_ID: RequestId = RequestId(u64::MAX);
+
+/// The request id of the relay's own pings: the client's pings are answered by its node,
+/// so the relay keeps the upstream session from looking silent to the owner itself.
+const PING_ID: RequestId = RequestId(u64::MAX - 1);
+
+/// One client connection's upstream sessions.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarding {
+    /// The models this connection's messages go to another node for: that node's URL.
+    models: HashMap<ModelId, Arc<str>>,
+    upstreams: HashMap<Arc<str>, Upstream>,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    sender: mpsc::Sender<Vec<u8>>,
+    /// The ids of the owner's requests to the client (auto-create): their answers go back.
+    asked: Arc<Mutex<HashSet<RequestId>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        for upstream in self.upstreams.values() {
+            upstream.task.abort();
+        }
+    }
+}
+
+/// The model a client message is about, if one.
+pub(crate) fn model_of(message: &ClientMessage) -> Option<&ModelId> {
+    match message {
+        ClientMessage::Request {
+            request:
+                ClientRequest::OpenModel { model, .. }
+                | ClientRequest::CloseModel { model }
+                | ClientRequest::CreateModel { model, .. }
+                | ClientRequest::DeleteModel { model }
+                | ClientRequest::Resync { model, .. }
+                | ClientRequest::Sync { model, .. }
+                | ClientRequest::ResyncComplete { model, .. }
+                | ClientRequest::GetPermissions { model }
+                | ClientRequest::SetPermissions { model, .. }
+                | ClientRequest::HistoryOpen { model }
+                | ClientRequest::HistoryFetch { model, .. },
+            ..
+        }
+        | ClientMessage::Notice(
+            ClientNotice::Submit { model, .. } | ClientNotice::Reference { model, .. },
+        ) => Some(model),
+        _ => None,
+    }
+}
+
+impl Forwarding {
+    /// Where `message` goes, if to another node: the node of its model, or of the request
+    /// it answers.
+    pub(crate) fn route(&self, message: &ClientMessage) -> Option<Arc<str>> {
+        match message {
+            ClientMessage::Response { to, .. } | ClientMessage::Error { to: Some(to), .. } => {
+                self.upstreams.iter().find_map(|(url, upstream)| {
+                    let mut asked = upstream.asked.lock().unwrap_or_else(|p| p.into_inner());
+                    asked.remove(to).then(|| url.clone())
+                })
+            }
+            message => model_of(message).and_then(|model| self.models.get(model).cloned()),
+        }
+    }
+
+    /// From now on `model`'s messages go to the node at `url`.
+    pub(crate) fn forward(&mut self, model: ModelId, url: Arc<str>) {
+        self.models.insert(model, url);
+    }
+
+    /// Sends `message` to the upstream session at `url` (`url` ending in the connection's
+    /// domain path), opening it first if needed.
+    pub(crate) async fn send(
+        &mut self,
+        url: Arc<str>,
+        message: &ClientMessage,
+        limits: &Limits,
+        auth: impl FnOnce() -> Option<ReconnectToken>,
+        outbox: &Outbox,
+        keepalive: Duration,
+    ) {
+        let Ok(bytes) = encode_with(limits, message) else {
+            // It was decoded under the same limits: it encodes under them.
+            return;
+        };
+        if !self.upstreams.contains_key(&url) {
+            let Some(auth) = auth() else {
+                outbox.lose("this session cannot be forwarded to the node serving the model");
+                return;
+            };
+            let (sender, receiver) = mpsc::channel(UPSTREAM_QUEUE);
+            let asked = Arc::new(Mutex::new(HashSet::new()));
+            let relay = Relay {
+                url: url.clone(),
+                auth,
+                limits: *limits,
+                outbox: outbox.clone(),
+                asked: asked.clone(),
+                keepalive,
+            };
+            let task = tokio::spawn(relay.run(receiver));
+            self.upstreams.insert(url.clone(), Upstream { sender, asked, task });
+        }
+        let Some(upstream) = self.upstreams.get(&url) else { return };
+        // A closed upstream has closed the client's connection already.
+        let _ = upstream.sender.send(bytes).await;
+    }
+}
+
+/// One upstream session: the client's messages for models the owner serves go up, all the
+/// owner's messages come down to the client.
+struct Relay {
+    url: Arc<str>,
+    auth: ReconnectToken,
+    limits: Limits,
+    outbox: Outbox,
+    asked: Arc<Mutex<HashSet<RequestId>>>,
+    /// How often the relay pings the owner.
+    keepalive: Duration,
+}
+
+impl Relay {
+    async fn run(self, outgoing: mpsc::Receiver<Vec<u8>>) {
+        let why = match self.relay(outgoing).await {
+            Ok(()) => "the server node serving a model of this session closed it".to_owned(),
+            Err(why) => why,
+        };
+        tracing::info!(url = %self.url, %why, "an upstream session ended; its client reconnects");
+        self.outbox.lose(&format!("{why}; reconnect and resend what was not acknowledged"));
+    }
+
+    async fn relay(&self, mut outgoing: mpsc::Receiver<Vec<u8>>) -> Result<(), String> {
+        let url = format!("{}?{FORWARDED_QUERY}", self.url);
+        let unreachable =
+            |e: String| format!("the server node serving the model is unreachable: {e}");
+        let connecting = tokio_tungstenite::connect_async(url.as_str());
+        let (mut socket, _) = tokio::time::timeout(UPSTREAM_HANDSHAKE, connecting)
+            .await
+            .map_err(|_| unreachable("it did not answer in time".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + UPSTREAM_HANDSHAKE;
+        let handshake = ClientMessage::Request {
+            id: HANDSHAKE_ID,
+            request: ClientRequest::Handshake {
+                protocol_version: PROTOCOL_VERSION,
+                client: ClientInfo {
+                    name: "concord-server (forwarding)".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+                auth: Auth::Reconnect(self.auth.clone()),
+            },
+        };
+        let bytes = encode_with(&self.limits, &handshake).map_err(|e| e.to_string())?;
+        socket.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
+        let mut frames = Reassembler::<ServerMessage>::new(self.limits);
+        let mut accepted = false;
+        let mut keepalive = tokio::time::interval(self.keepalive);
+        let ping = ClientMessage::Request { id: PING_ID, request: ClientRequest::Ping };
+        let ping = encode_with(&self.limits, &ping).map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                _ = keepalive.tick(), if accepted => {
+                    let ping = Message::Binary(ping.clone().into());
+                    socket.send(ping).await.map_err(|e| e.to_string())?;
+                }
+                bytes = outgoing.recv(), if accepted => {
+                    // The client's connection is gone: so is this session.
+                    let Some(bytes) = bytes else { return Ok(()) };
+                    socket.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
+                }
+                () = tokio::time::sleep_until(deadline), if !accepted => {
+                    return Err(unreachable("it did not accept the session in time".into()));
+                }
+                frame = socket.next() => {
+                    let frame = match frame {
+                        Some(Ok(Message::Binary(frame))) => frame,
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(format!("the upstream session failed: {e}")),
+                    };
+                    let message = frames.push(&frame).map_err(|e| e.to_string())?;
+                    let Some(message) = message else { continue };
+                    match message {
+                        ServerMessage::Response { to, response: ServerResponse::Handshake(result) }
+                            if to == HANDSHAKE_ID =>
+                        {
+                            match result {
+                                HandshakeResult::Accepted(_) => accepted = true,
+                                HandshakeResult::Rejected(rejection) => {
+                                    return Err(format!(
+                                        "the server node serving the model refused the session: {}",
+                                        rejection.message
+                                    ));
+                                }
+                            }
+                        }
+                        ServerMessage::Response { to: PING_ID, .. } => {}
+                        message => {
+                            if let ServerMessage::Request { id, .. } = &message {
+                                self.asked.lock().unwrap_or_else(|p| p.into_inner()).insert(*id);
+                            }
+                            self.outbox.message(&message);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
