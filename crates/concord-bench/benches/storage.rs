@@ -26,6 +26,7 @@ fn local_edit(model: &ModelId, seq: u64) -> Batch {
             model: model.clone(),
             operations: vec![PendingOperation {
                 seq,
+                through: seq,
                 operation: DiscreteOperation::new(ElementId::new(1, 1), kind).into(),
             }],
         })

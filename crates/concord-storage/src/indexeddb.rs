@@ -63,7 +63,9 @@ use crate::encoding::{FORMAT_VERSION, Table};
 use crate::error::StorageError;
 use crate::footprint::{self, Footprint};
 use crate::overlay::{self, Changes, Known, Need, Source, Span};
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
+use crate::records::{
+    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+};
 use crate::store::{self, KvRead, KvWrite, MIGRATIONS, Migration};
 
 /// The database name prefix of [`IdbAdapter::new`].
@@ -387,6 +389,44 @@ impl OfflineStore for IdbStore {
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
         self.read(footprint::load_model(model), |kv| store::load_model(kv, model)).await
+    }
+
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(footprint::load_model_head(model), |kv| store::load_model_head(kv, model)).await
+    }
+
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError> {
+        // Two bounded requests (keys and values, `limit` each) instead of the overlay, which
+        // would fetch the whole range.
+        let (start, end) = store::pending_page_range(model, after, None);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let count = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+        let page = async {
+            let tx = transaction(self.database()?, &footprint::pending_page(), false)?;
+            let pending = object_store(&tx, Table::Pending)?;
+            let range = key_range(&Span::new(&start, &end))?
+                .ok_or_else(|| StorageError::Backend("a pending page without bounds".into()))?;
+            let keys = Pending::new(pending.get_all_keys_with_key_and_limit(&range, count))?;
+            let values = Pending::new(pending.get_all_with_key_and_limit(&range, count))?;
+            let keys = byte_list(&keys.wait("reading keys").await?, "a key")?;
+            let values = byte_list(&values.wait("reading rows").await?, "a stored value")?;
+            if keys.len() != values.len() {
+                return Err(StorageError::Backend(format!(
+                    "{} keys but {} values in one page of pending operations",
+                    keys.len(),
+                    values.len()
+                )));
+            }
+            keys.iter().zip(&values).map(|(k, v)| store::decode_pending(model, k, v)).collect()
+        };
+        page.await.map_err(|e| self.closed_or(e))
     }
 
     async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
