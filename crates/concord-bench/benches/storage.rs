@@ -21,6 +21,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 fn local_edit(model: &ModelId, first: u64, operations: u64) -> Batch {
     let keystroke = |seq: u64| PendingOperation {
         seq,
+        through: seq,
         operation: DiscreteOperation::new(
             ElementId::new(1, 1),
             OperationKind::StringSplice {

@@ -19,8 +19,9 @@ use concord_protocol::{
     ErrorCode, ModelId, Participant, PresenceState, ServerMessage, ServerResponse, Session,
     SessionId, Timestamp, UserId, UserPresence,
 };
-use concord_storage::{Batch, Mutation, OfflineStore, StoreKey};
+use concord_storage::{Batch, ModelSummary, Mutation, OfflineStore, StorageError, StoreKey};
 use concord_sync::host::HistoryQuery;
+use concord_sync::store::Restored;
 use concord_sync::{
     Action, CallId, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, HistoryTicket,
     ModelEvent, ModelReplica, OpenFailure, store,
@@ -416,7 +417,7 @@ impl Driver {
                             Some(open) => Some(open.collection),
                             None => match &self.store {
                                 Some(store) => store
-                                    .load_model(&model)
+                                    .load_model_head(&model)
                                     .await
                                     .ok()
                                     .flatten()
@@ -443,7 +444,7 @@ impl Driver {
                         let mut known = Vec::new();
                         for model in models {
                             let version = store
-                                .load_model(&model)
+                                .load_model_head(&model)
                                 .await
                                 .ok()
                                 .flatten()
@@ -816,11 +817,10 @@ impl Driver {
             return;
         }
         // In the store.
-        match store.load_model(&model).await {
-            Ok(Some(state)) if !state.summary.record.deleted_locally => {
-                let collection = state.summary.record.collection.clone();
-                let restored =
-                    store::restore(state).map_err(|e| ClientError::Storage(e.to_string()));
+        match load_restored(&**store, &model).await {
+            Ok(Some((summary, restored))) if !summary.record.deleted_locally => {
+                let collection = summary.record.collection.clone();
+                let restored = restored.map_err(|e| ClientError::Storage(e.to_string()));
                 let result =
                     restored.and_then(|restored| Ok(engine.add_model(model.clone(), restored)?));
                 let result = result.map(|()| {
@@ -944,9 +944,8 @@ impl Driver {
                 models.push(local(record.id, replica));
                 continue;
             }
-            if let Some(state) = store.load_model(&record.id).await? {
-                let restored =
-                    store::restore(state).map_err(|e| ClientError::Storage(e.to_string()))?;
+            if let Some((_, restored)) = load_restored(&**store, &record.id).await? {
+                let restored = restored.map_err(|e| ClientError::Storage(e.to_string()))?;
                 models.push(local(record.id, &restored.replica));
             }
         }
@@ -1081,8 +1080,8 @@ impl Driver {
         let (Some(engine), Some(store)) = (self.engine.as_mut(), self.store.as_ref()) else {
             return;
         };
-        let loaded = match store.load_model(&model).await {
-            Ok(Some(state)) => match store::restore(state) {
+        let loaded = match load_restored(&**store, &model).await {
+            Ok(Some((_, restored))) => match restored {
                 Ok(restored) => Some(restored),
                 Err(error) => {
                     tracing::warn!(%model, %error, "a stored model cannot be restored");
@@ -1240,5 +1239,45 @@ impl std::fmt::Debug for Command {
             Command::Participants { .. } => "Participants",
             Command::Shutdown { .. } => "Shutdown",
         })
+    }
+}
+
+/// Reads a stored model and rebuilds it, its pending operations a page at a time
+/// ([`store::RestoringModel`]): a model with many offline changes is never read or held as
+/// one record per change. `None` if the store has no record of it; the summary, with the
+/// restored model or why it cannot be restored. Read again if the store changed between
+/// the pages (a commit of this client's that was still in flight).
+async fn load_restored(
+    store: &dyn OfflineStore,
+    model: &ModelId,
+) -> Result<Option<(ModelSummary, Result<Restored, store::RestoreError>)>, StorageError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(head) = store.load_model_head(model).await? else {
+            return Ok(None);
+        };
+        let summary = head.summary.clone();
+        let mut restoring = match store::RestoringModel::new(head) {
+            Ok(restoring) => restoring,
+            Err(error) => return Ok(Some((summary, Err(error)))),
+        };
+        let mut failed = None;
+        while let Some(after) = restoring.next_after() {
+            let page = store.pending_page(model, after, store::RESTORE_PAGE).await?;
+            if let Err(error) = restoring.push(page) {
+                failed = Some(error);
+                break;
+            }
+        }
+        let restored = match failed {
+            Some(error) => Err(error),
+            None => restoring.finish(),
+        };
+        match restored {
+            Err(store::RestoreError::Changed(_)) if attempt < ATTEMPTS => continue,
+            restored => return Ok(Some((summary, restored))),
+        }
     }
 }

@@ -13,7 +13,9 @@ use concord_protocol::ModelId;
 
 use crate::batch::Batch;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
+use crate::records::{
+    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+};
 
 /// `Send + Sync` on native targets; nothing on wasm32, where browser handles are neither.
 #[cfg(not(target_arch = "wasm32"))]
@@ -92,6 +94,23 @@ pub trait OfflineStore: MaybeSendSync + std::fmt::Debug {
     /// One model's full state (record, snapshot, server operations after it, pending
     /// operations, creation record), or `None` if the store has no record for it.
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError>;
+
+    /// One model without its pending operations (`pending` is empty; `summary.pending_count`
+    /// and `last_pending_seq` say what is stored), or `None` if the store has no record for
+    /// it. Read the pending operations with [`OfflineStore::pending_page`], so that a model
+    /// with many of them is never held in memory as one list.
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError>;
+
+    /// At most `limit` (at least one) of a model's pending records, each one change or a
+    /// run, whose first seq is above `after` (all, from the first, if `None`), in seq order.
+    /// An empty page means there are none after `after`. Pages are separate reads: a caller
+    /// that must see one state checks the head's summary against what the pages add up to.
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError>;
 
     /// The subscription set.
     async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError>;

@@ -78,18 +78,22 @@ pub enum Mutation {
     /// consecutive and the first one the confirmed version + 1; the model needs a snapshot.
     AppendServerOperations { model: ModelId, operations: Vec<CommittedOperation> },
     /// Replaces all pending operations (for example with their form transformed against a
-    /// new server operation). Sequence numbers must be strictly increasing.
+    /// new server operation). Each is one change or a run (`seq..=through`); runs must not
+    /// overlap and must be in increasing seq order.
     ReplacePending { model: ModelId, operations: Vec<PendingOperation> },
-    /// Rewrites some stored pending operations in place, each at its seq (for example the few
-    /// a new server operation transformed, or those composed into their predecessor): the
-    /// rest stay as stored, so the batch grows with what changed, not with every pending
-    /// operation. Sequence numbers must be strictly increasing and each already stored.
+    /// Rewrites some stored pending operations in place (for example the few runs a new
+    /// server operation transformed, or consecutive ones composed into one run): each given
+    /// run `seq..=through` replaces the stored records of exactly those seqs, which must all
+    /// be stored, the first starting at `seq` and the last ending at `through`. The rest stay
+    /// as stored, so the batch grows with what changed, not with every pending operation.
+    /// Runs must not overlap and must be in increasing seq order.
     UpdatePending { model: ModelId, operations: Vec<PendingOperation> },
-    /// Appends pending operations. Sequence numbers must be strictly increasing and greater
-    /// than any this model ever had ([`ModelSummary::last_pending_seq`](crate::ModelSummary)).
+    /// Appends pending operations. Runs must not overlap, must be in increasing seq order and
+    /// start after any seq this model ever had
+    /// ([`ModelSummary::last_pending_seq`](crate::ModelSummary)).
     AppendPending { model: ModelId, operations: Vec<PendingOperation> },
     /// Removes the pending operations with `seq <= through_seq` (the server acknowledged
-    /// them).
+    /// them). A stored run reaching past `through_seq` is not split: the batch is rejected.
     RemovePendingThrough { model: ModelId, through_seq: u64 },
     /// Records the boundary of the submission on the wire
     /// ([`ModelSummary::in_flight_through`](crate::ModelSummary)), or that none is.

@@ -63,6 +63,8 @@ checks!(
     pending_sequence_numbers_are_never_reused,
     replace_and_remove_pending,
     update_pending_in_place,
+    pending_runs_cover_their_seqs,
+    pending_pages,
     in_flight_boundary,
     element_counter_never_decreases,
     put_model_keeps_data,
@@ -136,7 +138,7 @@ pub fn server_operations(versions: std::ops::RangeInclusive<u64>) -> Vec<Committ
 }
 
 pub fn pending(seq: u64) -> PendingOperation {
-    PendingOperation { seq, operation: operation(1_000 + seq) }
+    PendingOperation::new(seq, operation(1_000 + seq))
 }
 
 pub fn pendings(seqs: impl IntoIterator<Item = u64>) -> Vec<PendingOperation> {
@@ -445,7 +447,7 @@ async fn replace_and_remove_pending(adapter: &dyn StorageAdapter) {
     commit(&*store, full_model_batch(1)).await;
     let replace =
         |operations| Batch::new().with(Mutation::ReplacePending { model: id.clone(), operations });
-    let transformed = vec![PendingOperation { seq: 1, operation: operation(77) }, pending(2)];
+    let transformed = vec![PendingOperation::new(1, operation(77)), pending(2)];
     commit(&*store, replace(transformed.clone())).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     assert_eq!(state.pending, transformed);
@@ -478,10 +480,8 @@ async fn update_pending_in_place(adapter: &dyn StorageAdapter) {
     let before = store.load_model(&id).await.unwrap().unwrap();
     let update =
         |operations| Batch::new().with(Mutation::UpdatePending { model: id.clone(), operations });
-    let rewritten = vec![
-        PendingOperation { seq: 2, operation: operation(71) },
-        PendingOperation { seq: 4, operation: operation(72) },
-    ];
+    let rewritten =
+        vec![PendingOperation::new(2, operation(71)), PendingOperation::new(4, operation(72))];
     commit(&*store, update(rewritten)).await;
     let state = store.load_model(&id).await.unwrap().unwrap();
     let mut expected = before.pending.clone();
@@ -499,7 +499,7 @@ async fn update_pending_in_place(adapter: &dyn StorageAdapter) {
     let unknown = Batch::new()
         .with(Mutation::UpdatePending {
             model: id.clone(),
-            operations: vec![PendingOperation { seq: 3, operation: operation(90) }],
+            operations: vec![PendingOperation::new(3, operation(90))],
         })
         .with(Mutation::UpdatePending { model: id.clone(), operations: pendings([9]) });
     assert_rejected(store.commit(unknown).await, 0, 1);
@@ -518,6 +518,98 @@ async fn update_pending_in_place(adapter: &dyn StorageAdapter) {
         0,
         0,
     );
+}
+
+async fn pending_runs_cover_their_seqs(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model_batch(1)).await;
+    let batch = |mutation| Batch::new().with(mutation);
+    let run = |seq, through, n| PendingOperation::run(seq, through, operation(n));
+    // 1, 2 stored one by one; a run of 3..=6 is one record.
+    let append = |operations| Mutation::AppendPending { model: id.clone(), operations };
+    commit(&*store, batch(append(vec![run(3, 6, 30)]))).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, vec![pending(1), pending(2), run(3, 6, 30)]);
+    assert_eq!(state.summary.pending_count, 6, "a run counts every seq it covers");
+    assert_eq!(state.summary.last_pending_seq, Some(6));
+    // A run inside the last one, an empty run and overlapping runs are refused.
+    assert_rejected(store.commit(batch(append(vec![run(5, 7, 1)]))).await, 0, 0);
+    assert_rejected(store.commit(batch(append(vec![run(8, 7, 1)]))).await, 0, 0);
+    assert_rejected(store.commit(batch(append(vec![run(7, 9, 1), run(9, 9, 1)]))).await, 0, 0);
+    // Composing 1, 2 and 3..=6 into one run replaces exactly those records.
+    let update = |operations| batch(Mutation::UpdatePending { model: id.clone(), operations });
+    commit(&*store, update(vec![run(1, 6, 16)])).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, vec![run(1, 6, 16)]);
+    assert_eq!(state.summary.pending_count, 6);
+    // A run must match the stored seqs exactly: not a part of one, not beyond the last.
+    assert_rejected(store.commit(update(vec![run(1, 3, 1)])).await, 0, 0);
+    assert_rejected(store.commit(update(vec![run(1, 7, 1)])).await, 0, 0);
+    assert_rejected(store.commit(update(vec![run(2, 6, 1)])).await, 0, 0);
+    commit(&*store, batch(append(vec![run(7, 7, 17), run(8, 10, 18)]))).await;
+    // An acknowledgement never splits a run.
+    let remove =
+        |through_seq| batch(Mutation::RemovePendingThrough { model: id.clone(), through_seq });
+    assert_rejected(store.commit(remove(3)).await, 0, 0);
+    assert_rejected(store.commit(remove(9)).await, 0, 0);
+    commit(&*store, remove(7)).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, vec![run(8, 10, 18)]);
+    assert_eq!(state.summary.pending_count, 3);
+    // Replacing the whole list counts seqs too; it survives a reopen.
+    let replace = Mutation::ReplacePending { model: id.clone(), operations: vec![run(8, 10, 80)] };
+    commit(&*store, batch(replace)).await;
+    drop(store);
+    let store = open(adapter).await;
+    let state = store.load_model(&id).await.unwrap().unwrap();
+    assert_eq!(state.pending, vec![run(8, 10, 80)]);
+    assert_eq!((state.summary.pending_count, state.summary.last_pending_seq), (3, Some(10)));
+}
+
+async fn pending_pages(adapter: &dyn StorageAdapter) {
+    let store = open(adapter).await;
+    let id = model_id(1);
+    commit(&*store, full_model_batch(1)).await;
+    commit(&*store, full_model_batch(2)).await;
+    let run = PendingOperation::run(3, 40, operation(3));
+    let more = pendings(41..=50);
+    let mut operations = vec![run.clone()];
+    operations.extend(more.iter().cloned());
+    commit(&*store, Batch::new().with(Mutation::AppendPending { model: id.clone(), operations }))
+        .await;
+    let full = store.load_model(&id).await.unwrap().unwrap();
+    // The head is the model without its pending operations.
+    let head = store.load_model_head(&id).await.unwrap().unwrap();
+    assert_eq!(head.pending, Vec::new());
+    assert_eq!(head.summary, full.summary);
+    assert_eq!(
+        (head.snapshot, head.server_operations, head.creation),
+        (full.snapshot.clone(), full.server_operations.clone(), full.creation.clone())
+    );
+    assert_eq!(store.load_model_head(&model_id(9)).await.unwrap(), None);
+    // Pages of 4 records, each after the first seq of the last one read, add up to the list.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.pending_page(&id, after, 4).await.unwrap();
+        assert!(page.len() <= 4, "a page holds at most its limit");
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        paged.extend(page);
+    }
+    assert_eq!(paged, full.pending);
+    assert_eq!(paged.len(), 2 + 1 + 10);
+    // After a seq inside a run: the records that start later. A zero limit reads one.
+    let page = store.pending_page(&id, Some(20), 2).await.unwrap();
+    assert_eq!(page, more[..2].to_vec());
+    assert_eq!(store.pending_page(&id, None, 0).await.unwrap(), vec![pending(1)]);
+    assert_eq!(store.pending_page(&id, Some(50), 4).await.unwrap(), Vec::new());
+    assert_eq!(store.pending_page(&id, Some(u64::MAX), 4).await.unwrap(), Vec::new());
+    // Another model's records are never in the page.
+    let other = store.pending_page(&model_id(2), None, 100).await.unwrap();
+    assert_eq!(other, pendings(1..=2));
+    assert_eq!(store.pending_page(&model_id(9), None, 4).await.unwrap(), Vec::new());
 }
 
 async fn in_flight_boundary(adapter: &dyn StorageAdapter) {

@@ -23,7 +23,7 @@ use crate::error::StorageError;
 /// The store format this version of the crate writes. Bump it, and add a migration from the
 /// previous version and a fixture store of the new version (`tests/format.rs`), whenever a
 /// table, a key layout or a stored record type changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The first byte of every record.
 const RECORD_ENCODING: u8 = 1;
@@ -39,7 +39,7 @@ pub(crate) enum Table {
     Snapshots,
     /// (model id, version) → `CommittedOperation`.
     ServerOperations,
-    /// (model id, seq) → `PendingOperation`.
+    /// (model id, first seq) → `PendingOperation` (one change, or a run of seqs: format 3).
     Pending,
     /// Model id → `CreationRecord`.
     Creations,

@@ -260,7 +260,7 @@ fn rejected_batch() -> Result<Batch, StorageError> {
         .map_err(|e| StorageError::Backend(e.to_string()))?;
     let kind = OperationKind::NumberDelta { delta: 0.0 };
     let operation = DiscreteOperation::new(ElementId::new(0, 0), kind).into();
-    let pending = PendingOperation { seq: 1, operation };
+    let pending = PendingOperation::new(1, operation);
     let operations = vec![pending.clone(), pending];
     Ok(Batch::new().with(Mutation::ReplacePending { model, operations }))
 }
@@ -282,6 +282,19 @@ impl OfflineStore for FaultyStore {
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
         self.live()?.load_model(model).await
+    }
+
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.live()?.load_model_head(model).await
+    }
+
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError> {
+        self.live()?.pending_page(model, after, limit).await
     }
 
     async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {

@@ -83,13 +83,16 @@ pub(crate) fn apply(batches: &[Batch]) -> Footprint {
             }
             Mutation::UpdatePending { model, operations } => {
                 for op in operations {
-                    footprint.hint(Need::Value(Table::Pending, numbered_key(model, op.seq)));
+                    let start = numbered_key(model, op.seq);
+                    let end = numbered_range(model, Some(op.through)).1;
+                    footprint.hint(Need::Rows(Table::Pending, Span::new(&start, &end)));
                 }
                 &[Table::Pending]
             }
             Mutation::AppendPending { .. } => &[Table::Pending],
             Mutation::RemovePendingThrough { model, through_seq } => {
-                footprint.hint(numbered(Table::Pending, model, Some(*through_seq)));
+                let (start, end) = numbered_range(model, Some(*through_seq));
+                footprint.hint(Need::Rows(Table::Pending, Span::new(&start, &end)));
                 &[Table::Pending]
             }
             Mutation::PutCreation { .. } | Mutation::DeleteCreation(_) => &[Table::Creations],
@@ -132,6 +135,28 @@ pub(crate) fn load_model(model: &ModelId) -> Footprint {
     footprint.hint(numbered_rows(Table::Pending, model));
     footprint.hint(Need::Value(Table::Creations, key));
     footprint
+}
+
+/// `store::load_model_head`: no pending operation.
+pub(crate) fn load_model_head(model: &ModelId) -> Footprint {
+    let mut footprint = Footprint::new([
+        Table::Models,
+        Table::Snapshots,
+        Table::ServerOperations,
+        Table::Creations,
+    ]);
+    let key = model_key(model).to_vec();
+    footprint.hint(Need::Value(Table::Models, key.clone()));
+    footprint.hint(Need::Value(Table::Snapshots, key.clone()));
+    footprint.hint(numbered_rows(Table::ServerOperations, model));
+    footprint.hint(Need::Value(Table::Creations, key));
+    footprint
+}
+
+/// A page of pending operations: read with bounded requests, not through the overlay.
+#[cfg_attr(not(all(feature = "indexeddb", target_arch = "wasm32")), allow(dead_code))]
+pub(crate) fn pending_page() -> Footprint {
+    Footprint::new([Table::Pending])
 }
 
 pub(crate) fn subscriptions() -> Footprint {

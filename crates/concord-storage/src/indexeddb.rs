@@ -63,7 +63,9 @@ use crate::encoding::{FORMAT_VERSION, Table};
 use crate::error::StorageError;
 use crate::footprint::{self, Footprint};
 use crate::overlay::{self, Changes, Known, Need, Source, Span};
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
+use crate::records::{
+    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+};
 use crate::store::{self, KvRead, KvWrite, MIGRATIONS, Migration};
 
 /// The database name prefix of [`IdbAdapter::new`].
@@ -387,6 +389,44 @@ impl OfflineStore for IdbStore {
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
         self.read(footprint::load_model(model), |kv| store::load_model(kv, model)).await
+    }
+
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(footprint::load_model_head(model), |kv| store::load_model_head(kv, model)).await
+    }
+
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError> {
+        // Two bounded requests (keys and values, `limit` each) instead of the overlay, which
+        // would fetch the whole range.
+        let (start, end) = store::pending_page_range(model, after, None);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let count = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+        let page = async {
+            let tx = transaction(self.database()?, &footprint::pending_page(), false)?;
+            let pending = object_store(&tx, Table::Pending)?;
+            let range = key_range(&Span::new(&start, &end))?
+                .ok_or_else(|| StorageError::Backend("a pending page without bounds".into()))?;
+            let keys = Pending::new(pending.get_all_keys_with_key_and_limit(&range, count))?;
+            let values = Pending::new(pending.get_all_with_key_and_limit(&range, count))?;
+            let keys = byte_list(&keys.wait("reading keys").await?, "a key")?;
+            let values = byte_list(&values.wait("reading rows").await?, "a stored value")?;
+            if keys.len() != values.len() {
+                return Err(StorageError::Backend(format!(
+                    "{} keys but {} values in one page of pending operations",
+                    keys.len(),
+                    values.len()
+                )));
+            }
+            keys.iter().zip(&values).map(|(k, v)| store::decode_pending(model, k, v)).collect()
+        };
+        page.await.map_err(|e| self.closed_or(e))
     }
 
     async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
@@ -1151,8 +1191,8 @@ mod tests {
         }
     }
 
-    /// As in the redb tests: a test-only format 3 multiplies every pending seq by 10.
-    fn to_format_3(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    /// As in the redb tests: a test-only format 4 multiplies every pending seq by 10.
+    fn to_format_4(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
         let mut rows = Vec::new();
         kv.scan(Table::Pending, None, &mut |key, value| {
             rows.push((key.to_vec(), value.to_vec()));
@@ -1161,6 +1201,7 @@ mod tests {
         for (key, value) in rows {
             let mut op: PendingOperation = decode(&value)?;
             op.seq *= 10;
+            op.through = op.seq;
             kv.delete(Table::Pending, &key)?;
             let mut new_key = key[..key.len() - 8].to_vec();
             new_key.extend_from_slice(&op.seq.to_be_bytes());
@@ -1169,14 +1210,14 @@ mod tests {
         kv.put(Table::Meta, b"migrated", b"yes")
     }
 
-    fn failing_to_format_4(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    fn failing_to_format_5(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
         kv.clear(Table::Pending)?;
         kv.put(Table::Meta, b"half-done", b"yes")?;
         Err(StorageError::Backend("migration failed on purpose".into()))
     }
 
     const TEST_MIGRATIONS: &[Migration] =
-        &[Migration { from: 2, run: to_format_3 }, Migration { from: 3, run: failing_to_format_4 }];
+        &[Migration { from: 3, run: to_format_4 }, Migration { from: 4, run: failing_to_format_5 }];
 
     async fn meta(store: &IdbStore, key: &'static [u8]) -> Option<Vec<u8>> {
         let mut footprint = footprint::replica_id();
@@ -1197,36 +1238,36 @@ mod tests {
 
     #[wasm_bindgen_test]
     async fn migrations_run_in_the_upgrade_transaction() {
-        assert_eq!(FORMAT_VERSION, 2, "rewrite this test when format 3 ships");
+        assert_eq!(FORMAT_VERSION, 3, "rewrite this test when format 4 ships");
         let adapter = adapter("migrate");
         {
             let store = adapter.open_store(&key()).await.unwrap();
             store.commit(full_model_batch(1)).await.unwrap();
             store.commit(full_model_batch(2)).await.unwrap();
-            assert_eq!(store.connection.database.version(), 2.0);
+            assert_eq!(store.connection.database.version(), 3.0);
         }
         {
-            let store = adapter.open_with(&key(), 3, TEST_MIGRATIONS).await.unwrap();
-            assert_eq!(store.connection.database.version(), 3.0);
+            let store = adapter.open_with(&key(), 4, TEST_MIGRATIONS).await.unwrap();
+            assert_eq!(store.connection.database.version(), 4.0);
             let state = store.load_model(&model_id(1)).await.unwrap().unwrap();
             let seqs: Vec<u64> = state.pending.iter().map(|p| p.seq).collect();
             assert_eq!(seqs, [10, 20]);
             assert_eq!(meta(&store, b"migrated").await.as_deref(), Some(&b"yes"[..]));
             let format = meta(&store, META_FORMAT).await.unwrap();
-            assert_eq!(decode_format(&format).unwrap(), 3);
+            assert_eq!(decode_format(&format).unwrap(), 4);
         }
         match adapter.open_store(&key()).await {
-            Err(StorageError::NewerFormat { found: 3, supported: 2 }) => {}
+            Err(StorageError::NewerFormat { found: 4, supported: 3 }) => {}
             other => panic!("expected NewerFormat, got {other:?}"),
         }
-        // 3 -> 4 fails half-way: the upgrade is aborted, version and data stay.
-        let error = adapter.open_with(&key(), 4, TEST_MIGRATIONS).await.unwrap_err();
+        // 4 -> 5 fails half-way: the upgrade is aborted, version and data stay.
+        let error = adapter.open_with(&key(), 5, TEST_MIGRATIONS).await.unwrap_err();
         assert!(
             matches!(&error, StorageError::Backend(m) if m.contains("on purpose")),
             "{error:?}"
         );
-        let store = adapter.open_with(&key(), 3, TEST_MIGRATIONS).await.unwrap();
-        assert_eq!(store.connection.database.version(), 3.0);
+        let store = adapter.open_with(&key(), 4, TEST_MIGRATIONS).await.unwrap();
+        assert_eq!(store.connection.database.version(), 4.0);
         assert_eq!(store.load_model(&model_id(2)).await.unwrap().unwrap().pending.len(), 2);
         assert_eq!(meta(&store, b"half-done").await, None);
     }
@@ -1235,10 +1276,10 @@ mod tests {
     async fn a_missing_migration_changes_nothing() {
         let adapter = adapter("missing");
         drop(adapter.open_store(&key()).await.unwrap());
-        let error = adapter.open_with(&key(), 3, &[]).await.unwrap_err();
+        let error = adapter.open_with(&key(), 4, &[]).await.unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error:?}");
         let store = adapter.open_store(&key()).await.unwrap();
-        assert_eq!(store.connection.database.version(), 2.0);
+        assert_eq!(store.connection.database.version(), 3.0);
     }
 
     #[wasm_bindgen_test]
@@ -1251,14 +1292,14 @@ mod tests {
         let events = Events::listen(&request, &["success"]).unwrap();
         events.next().await;
         let other: IdbDatabase = request.result().unwrap().dyn_into().unwrap();
-        match adapter.open_with(&key(), 3, TEST_MIGRATIONS).await {
+        match adapter.open_with(&key(), 4, TEST_MIGRATIONS).await {
             Err(StorageError::InUse { store }) => assert!(store.contains("blocked"), "{store}"),
             other => panic!("expected InUse, got {other:?}"),
         }
         // Once the other connection goes, the abandoned upgrade runs and is aborted.
         other.close();
         let store = adapter.open_store(&key()).await.unwrap();
-        assert_eq!(store.connection.database.version(), 2.0);
+        assert_eq!(store.connection.database.version(), 3.0);
         assert_eq!(meta(&store, b"migrated").await, None);
     }
 }

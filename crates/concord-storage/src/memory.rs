@@ -19,7 +19,9 @@ use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
+use crate::records::{
+    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+};
 use crate::store::{self, KvRead, KvWrite, Visit};
 
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -235,6 +237,19 @@ impl OfflineStore for MemoryStore {
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
         self.read(|kv| store::load_model(kv, model))
+    }
+
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(|kv| store::load_model_head(kv, model))
+    }
+
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError> {
+        self.read(|kv| store::pending_page(kv, model, after, None, limit))
     }
 
     async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {

@@ -473,7 +473,9 @@ mod tests {
     use crate::adapter::{OfflineStore, StorageAdapter};
     use crate::batch::Batch;
     use crate::footprint::{self, Footprint};
-    use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
+    use crate::records::{
+        IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+    };
     use crate::store;
 
     type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -635,6 +637,24 @@ mod tests {
 
         async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
             self.read(footprint::load_model(model), |kv| store::load_model(kv, model))
+        }
+
+        async fn load_model_head(
+            &self,
+            model: &ModelId,
+        ) -> Result<Option<ModelState>, StorageError> {
+            self.read(footprint::load_model_head(model), |kv| store::load_model_head(kv, model))
+        }
+
+        async fn pending_page(
+            &self,
+            model: &ModelId,
+            after: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<PendingOperation>, StorageError> {
+            self.read(footprint::pending_page(), |kv| {
+                store::pending_page(kv, model, after, None, limit)
+            })
         }
 
         async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {

@@ -78,17 +78,38 @@ pub struct Snapshot {
     pub root: Value,
 }
 
-/// A local change the server has not acknowledged yet.
+/// Local changes the server has not acknowledged yet: one change, or a run of the
+/// consecutive seqs `seq..=through` composed into one operation (format 3; a run is one
+/// record however many seqs it covers).
 ///
 /// Pending operations are always expressed against the model's confirmed version (the last
 /// server operation, or the snapshot): when a server operation arrives, the engine stores it
 /// and replaces the pending list with its transformed form in the same batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingOperation {
-    /// The engine's sequence number; strictly increasing within a model and never reused
-    /// while the model is in the store.
+    /// The engine's sequence number of its first change; strictly increasing within a model
+    /// and never reused while the model is in the store.
     pub seq: u64,
+    /// The seq of its last change (`seq` for a single change).
+    pub through: u64,
     pub operation: Operation,
+}
+
+impl PendingOperation {
+    /// One change at `seq`.
+    pub fn new(seq: u64, operation: Operation) -> PendingOperation {
+        PendingOperation { seq, through: seq, operation }
+    }
+
+    /// The changes `seq..=through`, composed into `operation`.
+    pub fn run(seq: u64, through: u64, operation: Operation) -> PendingOperation {
+        PendingOperation { seq, through, operation }
+    }
+
+    /// How many seqs it covers (0 if `through < seq`, which no store accepts).
+    pub fn seqs(&self) -> u64 {
+        (self.through + 1).saturating_sub(self.seq)
+    }
 }
 
 /// What creating a model offline needs to send once connected.
@@ -111,7 +132,7 @@ pub struct ModelSummary {
     /// The version the stored confirmed state reaches (Vc): the last stored server
     /// operation's, else the snapshot's; `None` without a snapshot.
     pub confirmed_version: Option<u64>,
-    /// How many pending operations are stored.
+    /// How many pending seqs are stored (a run counts every seq it covers).
     pub pending_count: u64,
     /// The highest pending sequence number ever stored for this model (kept when the
     /// operations are removed); the next one must be greater.

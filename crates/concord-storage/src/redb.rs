@@ -26,7 +26,9 @@ use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{IdentityCache, ModelState, ModelSummary, StoreKey, Unsynced};
+use crate::records::{
+    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
+};
 use crate::store::{self, KvRead, KvWrite, Migration, Visit};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -351,6 +353,19 @@ impl OfflineStore for RedbStore {
         self.read(|kv| store::load_model(kv, model))
     }
 
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(|kv| store::load_model_head(kv, model))
+    }
+
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError> {
+        self.read(|kv| store::pending_page(kv, model, after, None, limit))
+    }
+
     async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
         self.read(store::subscriptions)
     }
@@ -440,10 +455,10 @@ mod tests {
         }
     }
 
-    /// A test-only format 3: every pending operation's sequence number is multiplied by 10,
+    /// A test-only format 4: every pending operation's sequence number is multiplied by 10,
     /// and a marker is stored. (Real migrations come with committed fixture files of the
     /// format they migrate from.)
-    fn to_format_3(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    fn to_format_4(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
         let mut rows = Vec::new();
         kv.scan(Table::Pending, None, &mut |key, value| {
             rows.push((key.to_vec(), value.to_vec()));
@@ -452,6 +467,7 @@ mod tests {
         for (key, value) in rows {
             let mut op: PendingOperation = crate::encoding::decode(&value)?;
             op.seq *= 10;
+            op.through = op.seq;
             kv.delete(Table::Pending, &key)?;
             let mut new_key = key[..key.len() - 8].to_vec();
             new_key.extend_from_slice(&op.seq.to_be_bytes());
@@ -461,18 +477,18 @@ mod tests {
     }
 
     /// Fails after changing things, to show that a failed migration changes nothing.
-    fn failing_to_format_4(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    fn failing_to_format_5(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
         kv.clear(Table::Pending)?;
         kv.put(Table::Meta, b"half-done", b"yes")?;
         Err(StorageError::Backend("migration failed on purpose".into()))
     }
 
     const TEST_MIGRATIONS: &[Migration] =
-        &[Migration { from: 2, run: to_format_3 }, Migration { from: 3, run: failing_to_format_4 }];
+        &[Migration { from: 3, run: to_format_4 }, Migration { from: 4, run: failing_to_format_5 }];
 
     #[test]
     fn an_older_format_is_migrated_in_one_transaction() {
-        assert_eq!(FORMAT_VERSION, 2, "rewrite this test when format 3 ships");
+        assert_eq!(FORMAT_VERSION, 3, "rewrite this test when format 4 ships");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         {
@@ -480,9 +496,9 @@ mod tests {
             block_on(store.commit(full_model_batch(1))).unwrap();
             block_on(store.commit(full_model_batch(2))).unwrap();
         }
-        // Format 2 -> 3: pending operations survive, rewritten.
+        // Format 3 -> 4: pending operations survive, rewritten.
         {
-            let store = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap();
+            let store = RedbStore::open_with(path.clone(), &key(), 4, TEST_MIGRATIONS).unwrap();
             let state = block_on(store.load_model(&model_id(1))).unwrap().unwrap();
             let seqs: Vec<u64> = state.pending.iter().map(|p| p.seq).collect();
             assert_eq!(seqs, [10, 20]);
@@ -490,21 +506,21 @@ mod tests {
             let marker = store.read(|kv| kv.get(Table::Meta, b"migrated")).unwrap();
             assert_eq!(marker.as_deref(), Some(&b"yes"[..]));
         }
-        assert_eq!(stored_format(&path), 3);
+        assert_eq!(stored_format(&path), 4);
         // The current version now refuses it as newer.
         assert!(matches!(
             RedbStore::open(&path, &key()),
-            Err(StorageError::NewerFormat { found: 3, supported: 2 })
+            Err(StorageError::NewerFormat { found: 4, supported: 3 })
         ));
-        // Format 3 -> 4 fails half-way: nothing of it is kept.
-        let error = RedbStore::open_with(path.clone(), &key(), 4, TEST_MIGRATIONS).unwrap_err();
+        // Format 4 -> 5 fails half-way: nothing of it is kept.
+        let error = RedbStore::open_with(path.clone(), &key(), 5, TEST_MIGRATIONS).unwrap_err();
         assert!(matches!(error, StorageError::Backend(_)), "{error:?}");
-        let store = RedbStore::open_with(path.clone(), &key(), 3, TEST_MIGRATIONS).unwrap();
+        let store = RedbStore::open_with(path.clone(), &key(), 4, TEST_MIGRATIONS).unwrap();
         let state = block_on(store.load_model(&model_id(2))).unwrap().unwrap();
         assert_eq!(state.pending.len(), 2);
         assert_eq!(store.read(|kv| kv.get(Table::Meta, b"half-done")).unwrap(), None);
         let format = store.read(|kv| kv.get(Table::Meta, META_FORMAT)).unwrap().unwrap();
-        assert_eq!(decode_format(&format).unwrap(), 3);
+        assert_eq!(decode_format(&format).unwrap(), 4);
     }
 
     #[test]

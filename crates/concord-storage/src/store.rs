@@ -65,7 +65,33 @@ impl std::fmt::Debug for Migration {
 pub(crate) const MIGRATIONS: &[Migration] = &[
     // Format 2 adds the `identities` table, empty in a migrated store.
     Migration { from: 1, run: |_| Ok(()) },
+    // Format 3 stores a pending run as one record that names its last seq; a format 2
+    // record is one change.
+    Migration { from: 2, run: migrate_pending_to_runs },
 ];
+
+/// A pending record of formats 1 and 2: one change.
+#[derive(serde::Deserialize)]
+struct PendingV2 {
+    seq: u64,
+    operation: concord_ot::Operation,
+}
+
+fn migrate_pending_to_runs(kv: &mut dyn KvWrite) -> Result<(), StorageError> {
+    let mut rows = Vec::new();
+    kv.scan(Table::Pending, None, &mut |key, value| {
+        let old: PendingV2 = decode(value)?;
+        if encoding::key_number(key)? != old.seq {
+            return Err(StorageError::Corrupt("a pending record's seq is not its key's".into()));
+        }
+        rows.push((key.to_vec(), encode(&PendingOperation::new(old.seq, old.operation))?));
+        Ok(())
+    })?;
+    for (key, value) in rows {
+        kv.put(Table::Pending, &key, &value)?;
+    }
+    Ok(())
+}
 
 /// Which format a store has, and what opening it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +224,7 @@ pub(crate) fn load_model(
             .into_iter()
             .map(|(_, op)| op)
             .collect();
+    let pending_seqs: u64 = pending.iter().map(PendingOperation::seqs).sum();
     let creation: Option<CreationRecord> =
         kv.get(Table::Creations, model_key(model))?.map(|b| decode(&b)).transpose()?;
     // The summary is kept in step with the rows by `apply`; disagreement is damage.
@@ -212,7 +239,7 @@ pub(crate) fn load_model(
             .iter()
             .zip(summary.snapshot_version.unwrap_or(0) + 1..)
             .all(|(op, v)| op.version == v)
-        && summary.pending_count == pending.len() as u64
+        && summary.pending_count == pending_seqs
         && summary.has_creation == creation.is_some();
     if !consistent {
         return Err(StorageError::Corrupt(format!(
@@ -220,6 +247,106 @@ pub(crate) fn load_model(
         )));
     }
     Ok(Some(ModelState { summary, snapshot, server_operations, pending, creation }))
+}
+
+/// What [`load_model_head`] reads: a model without its pending operations.
+pub(crate) fn load_model_head(
+    kv: &dyn KvRead,
+    model: &ModelId,
+) -> Result<Option<ModelState>, StorageError> {
+    let Some(bytes) = kv.get(Table::Models, model_key(model))? else {
+        return Ok(None);
+    };
+    let summary: ModelSummary = decode(&bytes)?;
+    let snapshot: Option<Snapshot> =
+        kv.get(Table::Snapshots, model_key(model))?.map(|b| decode(&b)).transpose()?;
+    let server_operations: Vec<CommittedOperation> =
+        scan_numbered::<CommittedOperation>(kv, Table::ServerOperations, model)?
+            .into_iter()
+            .map(|(_, op)| op)
+            .collect();
+    let creation: Option<CreationRecord> =
+        kv.get(Table::Creations, model_key(model))?.map(|b| decode(&b)).transpose()?;
+    let expected_ops = match (summary.snapshot_version, summary.confirmed_version) {
+        (Some(s), Some(c)) => c.checked_sub(s),
+        (None, None) => Some(0),
+        _ => None,
+    };
+    let consistent = snapshot.as_ref().map(|s| s.version) == summary.snapshot_version
+        && expected_ops == Some(server_operations.len() as u64)
+        && server_operations
+            .iter()
+            .zip(summary.snapshot_version.unwrap_or(0) + 1..)
+            .all(|(op, v)| op.version == v)
+        && summary.has_creation == creation.is_some();
+    if !consistent {
+        return Err(StorageError::Corrupt(format!(
+            "model {model}: its summary does not match its rows"
+        )));
+    }
+    Ok(Some(ModelState { summary, snapshot, server_operations, pending: Vec::new(), creation }))
+}
+
+/// At most `limit` (at least one) of a model's pending records whose first seq is above
+/// `after` (and at most `through`, if given), in seq order.
+pub(crate) fn pending_page(
+    kv: &dyn KvRead,
+    model: &ModelId,
+    after: Option<u64>,
+    through: Option<u64>,
+    limit: usize,
+) -> Result<Vec<PendingOperation>, StorageError> {
+    let (start, end) = pending_page_range(model, after, through);
+    let mut out = Vec::new();
+    if start >= end {
+        return Ok(out);
+    }
+    let limit = limit.max(1);
+    let scanned = kv.scan(Table::Pending, Some((&start, &end)), &mut |key, value| {
+        if out.len() == limit {
+            return Err(StorageError::Backend(PAGE_FULL.into()));
+        }
+        out.push(decode_pending(model, key, value)?);
+        Ok(())
+    });
+    match scanned {
+        Err(StorageError::Backend(reason)) if reason == PAGE_FULL => Ok(out),
+        other => other.map(|()| out),
+    }
+}
+
+/// One stored pending record, checked against its key.
+pub(crate) fn decode_pending(
+    model: &ModelId,
+    key: &[u8],
+    value: &[u8],
+) -> Result<PendingOperation, StorageError> {
+    let op: PendingOperation = decode(value)?;
+    if encoding::key_number(key)? != op.seq || op.through < op.seq {
+        return Err(StorageError::Corrupt(format!(
+            "model {model}: pending record {} does not match its key",
+            op.seq
+        )));
+    }
+    Ok(op)
+}
+
+/// Ends a page's scan once it is full (never leaves [`pending_page`]).
+const PAGE_FULL: &str = "\0pending page full";
+
+/// The keys `[start, end)` of a model's pending records with first seq in
+/// `after < seq <= through`.
+pub(crate) fn pending_page_range(
+    model: &ModelId,
+    after: Option<u64>,
+    through: Option<u64>,
+) -> (Vec<u8>, Vec<u8>) {
+    let (start, end) = numbered_range(model, through);
+    match after {
+        None => (start, end),
+        Some(u64::MAX) => (end.clone(), end),
+        Some(seq) => (numbered_key(model, seq + 1), end),
+    }
 }
 
 pub(crate) fn subscriptions(kv: &dyn KvRead) -> Result<BTreeSet<ModelId>, StorageError> {
@@ -332,6 +459,9 @@ pub(crate) fn apply(kv: &mut dyn KvWrite, batches: &[Batch]) -> Result<(), Stora
 fn check_increasing(operations: &[PendingOperation], after: Option<u64>) -> Result<(), Failure> {
     let mut last = after;
     for op in operations {
+        if op.through < op.seq {
+            return invalid(format!("pending run {}..={} is empty", op.seq, op.through));
+        }
         if last.is_some_and(|last| op.seq <= last) {
             return invalid(format!(
                 "pending seq {} does not follow {}",
@@ -339,7 +469,7 @@ fn check_increasing(operations: &[PendingOperation], after: Option<u64>) -> Resu
                 last.unwrap_or_default()
             ));
         }
-        last = Some(op.seq);
+        last = Some(op.through);
     }
     Ok(())
 }
@@ -353,6 +483,30 @@ fn put_pending(
         kv.put(Table::Pending, &numbered_key(model, op.seq), &encode(op)?)?;
     }
     Ok(())
+}
+
+/// The stored pending records with first seq in `from..=through` (all up to `through` if
+/// `from` is `None`), as (first seq, last seq), in order.
+fn stored_runs(
+    kv: &dyn KvWrite,
+    model: &ModelId,
+    from: Option<u64>,
+    through: u64,
+) -> Result<Vec<(u64, u64)>, StorageError> {
+    let (mut start, end) = numbered_range(model, Some(through));
+    if let Some(from) = from {
+        start = numbered_key(model, from);
+    }
+    let mut out = Vec::new();
+    if start >= end {
+        return Ok(out);
+    }
+    kv.scan(Table::Pending, Some((&start, &end)), &mut |key, value| {
+        let op = decode_pending(model, key, value)?;
+        out.push((op.seq, op.through));
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn delete_numbered(
@@ -445,9 +599,9 @@ fn apply_one(
         Mutation::ReplacePending { model, operations } => {
             let summary = summaries.require(kv, model)?;
             check_increasing(operations, None)?;
-            summary.pending_count = operations.len() as u64;
+            summary.pending_count = operations.iter().map(PendingOperation::seqs).sum();
             if let Some(last) = operations.last() {
-                summary.last_pending_seq = summary.last_pending_seq.max(Some(last.seq));
+                summary.last_pending_seq = summary.last_pending_seq.max(Some(last.through));
             }
             delete_numbered(kv, Table::Pending, model, None)?;
             put_pending(kv, model, operations)?;
@@ -456,11 +610,25 @@ fn apply_one(
             summaries.require(kv, model)?;
             check_increasing(operations, None)?;
             for op in operations {
-                if kv.get(Table::Pending, &numbered_key(model, op.seq))?.is_none() {
+                // Exactly the stored records of `seq..=through`, without a gap.
+                let stored = stored_runs(kv, model, Some(op.seq), op.through)?;
+                let mut next = op.seq;
+                for &(first, last) in &stored {
+                    if first != next {
+                        return invalid(format!(
+                            "pending operation {next} of model {model} is not stored"
+                        ));
+                    }
+                    next = last.saturating_add(1);
+                }
+                if stored.is_empty() || next != op.through.saturating_add(1) {
                     return invalid(format!(
-                        "pending operation {} of model {model} is not stored",
-                        op.seq
+                        "pending run {}..={} of model {model} does not match the stored ones",
+                        op.seq, op.through
                     ));
+                }
+                for (first, _) in stored {
+                    kv.delete(Table::Pending, &numbered_key(model, first))?;
                 }
             }
             put_pending(kv, model, operations)?;
@@ -468,15 +636,24 @@ fn apply_one(
         Mutation::AppendPending { model, operations } => {
             let summary = summaries.require(kv, model)?;
             check_increasing(operations, summary.last_pending_seq)?;
-            summary.pending_count += operations.len() as u64;
+            summary.pending_count += operations.iter().map(PendingOperation::seqs).sum::<u64>();
             if let Some(last) = operations.last() {
-                summary.last_pending_seq = Some(last.seq);
+                summary.last_pending_seq = Some(last.through);
             }
             put_pending(kv, model, operations)?;
         }
         Mutation::RemovePendingThrough { model, through_seq } => {
             summaries.require(kv, model)?;
-            let removed = delete_numbered(kv, Table::Pending, model, Some(*through_seq))?;
+            let stored = stored_runs(kv, model, None, *through_seq)?;
+            if let Some(&(first, last)) = stored.last()
+                && last > *through_seq
+            {
+                return invalid(format!(
+                    "pending run {first}..={last} of model {model} reaches past {through_seq}"
+                ));
+            }
+            let removed: u64 = stored.iter().map(|&(first, last)| last + 1 - first).sum();
+            delete_numbered(kv, Table::Pending, model, Some(*through_seq))?;
             let summary = summaries.require(kv, model)?;
             summary.pending_count =
                 summary.pending_count.checked_sub(removed).ok_or_else(|| {

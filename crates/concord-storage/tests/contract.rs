@@ -56,6 +56,8 @@ contract_tests!(
     pending_sequence_numbers_are_never_reused,
     replace_and_remove_pending,
     update_pending_in_place,
+    pending_runs_cover_their_seqs,
+    pending_pages,
     in_flight_boundary,
     element_counter_never_decreases,
     put_model_keeps_data,

@@ -83,14 +83,15 @@ fn expected(version: u32) -> Option<Contents> {
     match version {
         1 => Some(v1::expected()),
         2 => Some(v2::expected()),
+        3 => Some(v3::expected()),
         _ => None,
     }
 }
 
 /// What the fixture generator writes: the current format's batches.
 fn current_batches() -> Vec<Batch> {
-    assert_eq!(FORMAT_VERSION, 2, "add the batches of the new format here");
-    v2::batches()
+    assert_eq!(FORMAT_VERSION, 3, "add the batches of the new format here");
+    v3::batches()
 }
 
 #[test]
@@ -273,6 +274,7 @@ mod v1 {
         vec![
             PendingOperation {
                 seq: 1,
+                through: 1,
                 operation: Operation::Compound(vec![
                     op(
                         7,
@@ -287,10 +289,12 @@ mod v1 {
             },
             PendingOperation {
                 seq: 2,
+                through: 2,
                 operation: op(1, OperationKind::StringSet { value: String::new() }).into(),
             },
             PendingOperation {
                 seq: 3,
+                through: 3,
                 operation: Operation::Compound(vec![
                     op(2, OperationKind::ArrayReplace { index: 0, value: value(32, Null) }),
                     op(2, OperationKind::ArraySet { values: vec![value(33, Boolean(false))] }),
@@ -557,6 +561,46 @@ mod v2 {
         let mut contents = v1::expected();
         contents.identities.identities =
             identities().into_iter().map(|i| (i.user.clone(), i)).collect();
+        contents
+    }
+}
+
+/// Format 3: a pending run is one record naming its last seq.
+mod v3 {
+    use super::*;
+
+    fn offline() -> ModelId {
+        ModelId::new("made-offline").unwrap()
+    }
+
+    /// The changes 3..=5 composed into one run.
+    fn run() -> PendingOperation {
+        PendingOperation::run(
+            3,
+            5,
+            op(1, OperationKind::StringSet { value: "three changes".into() }).into(),
+        )
+    }
+
+    pub(super) fn batches() -> Vec<Batch> {
+        let mut batches = v2::batches();
+        batches.push(
+            Batch::new()
+                .with(Mutation::AppendPending { model: offline(), operations: vec![run()] }),
+        );
+        batches
+    }
+
+    pub(super) fn expected() -> Contents {
+        let mut contents = v2::expected();
+        let model = contents
+            .models
+            .iter_mut()
+            .find(|m| m.summary.record.id == offline())
+            .expect("the model made offline");
+        model.summary.pending_count += 3;
+        model.summary.last_pending_seq = Some(5);
+        model.pending.push(run());
         contents
     }
 }

@@ -243,7 +243,7 @@ fn arb_pending() -> impl Strategy<Value = Vec<PendingOperation>> {
         v.into_iter()
             .map(|(step, n)| {
                 seq += step;
-                PendingOperation { seq, operation: operation(n) }
+                PendingOperation::new(seq, operation(n))
             })
             .collect()
     })
@@ -352,7 +352,11 @@ fn resolve(model: &Model, mutation: Mutation) -> Mutation {
                     let base = last.map_or(1, |l| l + 1);
                     operations
                         .into_iter()
-                        .map(|op| PendingOperation { seq: op.seq + base, ..op })
+                        .map(|op| PendingOperation {
+                            seq: op.seq + base,
+                            through: op.through + base,
+                            ..op
+                        })
                         .collect()
                 }
                 _ => operations,

@@ -44,7 +44,7 @@ pub use events::{
 pub use reference::ReferenceError;
 pub use replica::{
     ModelReplica, OutgoingSubmission, PendingOperation, Persisted, RemoteApplied, ReplicaError,
-    StoreChange,
+    Restoring, StoreChange,
 };
 pub use sequencer::{
     CatchUp, CommitRecord, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError,

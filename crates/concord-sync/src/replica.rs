@@ -15,9 +15,10 @@
 //! consecutive seqs, each at most [`MAX_RUN_BYTES`]: a remote operation is transformed past
 //! each run once, and only the runs it rewrote are stored again
 //! ([`StoreChange::UpdatePending`]), so a reconnection costs time in the number of remote
-//! operations times the runs, not times the local operations. A run is stored as its
-//! operation at its first seq and an empty compound at each later one, so every seq stays
-//! stored until acknowledged and a restore rebuilds the same runs.
+//! operations times the runs, not times the local operations. A run is stored as one record
+//! naming its first and last seq, so every seq stays stored until acknowledged; a restore
+//! ([`Restoring`]) reads the stored records page by page and composes them again as it
+//! goes, so a long offline session is never held one change at a time.
 
 use std::collections::BTreeSet;
 
@@ -102,6 +103,8 @@ pub enum ReplicaError {
     UnexpectedAck { in_flight: Option<u64>, got: u64 },
     #[error("a server operation does not apply to the local view: {0}")]
     Diverged(ApplyError),
+    #[error("stored pending operation {got} does not follow {after:?}")]
+    PendingOrder { after: Option<u64>, got: u64 },
 }
 
 /// What applying a remote operation did to the local view.
@@ -157,18 +160,133 @@ struct Run {
 }
 
 impl Run {
+    /// A stored record: one change, or a run stored whole.
     fn single(pending: PendingOperation) -> Run {
         let bytes = encoded_bytes(&pending.operation);
-        Run { first: pending.seq, seq: pending.seq, operation: pending.operation, bytes }
+        Run { first: pending.seq, seq: pending.through, operation: pending.operation, bytes }
     }
 
-    /// How it is stored: its operation at its first seq, an empty compound at the others.
-    fn stored(&self) -> impl Iterator<Item = PendingOperation> + '_ {
-        let head = PendingOperation { seq: self.first, operation: self.operation.clone() };
-        std::iter::once(head).chain(
-            (self.first + 1..=self.seq)
-                .map(|seq| PendingOperation { seq, operation: Operation::Compound(Vec::new()) }),
-        )
+    /// How it is stored: one record naming its first and last seq.
+    fn stored(&self) -> PendingOperation {
+        PendingOperation::run(self.first, self.seq, self.operation.clone())
+    }
+}
+
+/// Appends `run` to `runs`, composed into the last one if both fit in [`MAX_RUN_BYTES`];
+/// returns the first seq of the run it was composed into.
+fn push_composed(runs: &mut Vec<Run>, run: Run) -> Option<u64> {
+    if let Some(last) = runs.last_mut()
+        && last.bytes.saturating_add(run.bytes) <= MAX_RUN_BYTES
+    {
+        let before = std::mem::replace(&mut last.operation, Operation::Compound(Vec::new()));
+        last.operation = compose(before, run.operation);
+        last.seq = run.seq;
+        // Folded splices take less than their parts did.
+        last.bytes = encoded_bytes(&last.operation);
+        return Some(last.first);
+    }
+    runs.push(run);
+    None
+}
+
+/// A replica being rebuilt from the store: the head (snapshot, server operations) first,
+/// then the pending records in seq order, a page at a time ([`Restoring::push`]), then
+/// [`Restoring::finish`]. Past [`COMPOSE_ABOVE_RUNS`] runs, the pending records are
+/// composed as they arrive, so a model with many offline changes is held as a few runs,
+/// never as one record per change. The store is not told: each run in memory covers whole
+/// stored records, which [`StoreChange::UpdatePending`] rewrites as one.
+#[derive(Debug)]
+pub struct Restoring {
+    replica: ModelReplica,
+    in_flight_seq: Option<u64>,
+    /// The runs of the submission in flight, kept as stored (it is sent as it was).
+    parts: Vec<Run>,
+    /// The last seq pushed.
+    last: Option<u64>,
+}
+
+impl Restoring {
+    /// Starts from `head`: its snapshot and server operations are applied, its `pending`
+    /// (usually empty) is pushed.
+    pub fn new(head: Persisted) -> Result<Restoring, ReplicaError> {
+        let Persisted { snapshot, server_operations, pending, in_flight_seq, next_seq } = head;
+        let mut confirmed = snapshot;
+        let operations_since_snapshot = server_operations.len();
+        for op in server_operations {
+            let expected = confirmed.version + 1;
+            if op.version != expected {
+                return Err(ReplicaError::OutOfOrder { expected, got: op.version });
+            }
+            confirmed.data.apply_without_old(&op.operation).map_err(ReplicaError::Diverged)?;
+            confirmed.version = op.version;
+            confirmed.modified_at = op.timestamp;
+        }
+        let local = confirmed.data.clone();
+        let replica = ModelReplica {
+            confirmed,
+            local,
+            in_flight: None,
+            pending: Vec::new(),
+            rewritten: BTreeSet::new(),
+            next_seq,
+            durable_seq: next_seq.saturating_sub(1),
+            acked_seq: 0,
+            operations_since_snapshot,
+        };
+        let mut restoring = Restoring { replica, in_flight_seq, parts: Vec::new(), last: None };
+        restoring.push(pending)?;
+        Ok(restoring)
+    }
+
+    /// The next pending records, in seq order after those pushed before.
+    pub fn push(&mut self, page: Vec<PendingOperation>) -> Result<(), ReplicaError> {
+        let in_flight_through = self.in_flight_seq;
+        let side = |seq: u64| in_flight_through.is_some_and(|through| seq <= through);
+        for p in page {
+            if self.last.is_some_and(|last| p.seq <= last) || p.through < p.seq {
+                return Err(ReplicaError::PendingOrder { after: self.last, got: p.seq });
+            }
+            self.last = Some(p.through);
+            self.replica.local.apply_without_old(&p.operation).map_err(ReplicaError::Diverged)?;
+            let runs = if side(p.seq) { &mut self.parts } else { &mut self.replica.pending };
+            // An empty compound right after a run belongs to it (format 2 stored a run so,
+            // one record per seq).
+            if let Some(last) = runs.last_mut()
+                && is_empty_compound(&p.operation)
+                && last.seq + 1 == p.seq
+                && side(last.seq) == side(p.through)
+            {
+                last.seq = p.through;
+                continue;
+            }
+            let run = Run::single(p);
+            if side(run.seq) || runs.len() <= COMPOSE_ABOVE_RUNS {
+                runs.push(run);
+            } else {
+                push_composed(runs, run);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last seq pushed so far.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last
+    }
+
+    /// The replica, with everything pushed as its unacknowledged changes.
+    pub fn finish(self) -> ModelReplica {
+        let Restoring { mut replica, in_flight_seq, parts, .. } = self;
+        let first_unacknowledged = parts.first().or(replica.pending.first()).map(|r| r.first);
+        replica.in_flight = in_flight_seq.filter(|_| !parts.is_empty()).map(|seq| InFlightBatch {
+            seq,
+            parts,
+            committed_at: None,
+            stored: true,
+            sent: false,
+        });
+        replica.acked_seq = first_unacknowledged.unwrap_or(replica.next_seq).saturating_sub(1);
+        replica
     }
 }
 
@@ -214,56 +332,11 @@ impl ModelReplica {
     /// Rebuilds a replica from its stored state: snapshot, then server operations, then
     /// pending operations. Everything stored is durable, so it may all be sent.
     pub fn restore(persisted: Persisted) -> Result<ModelReplica, ReplicaError> {
-        let mut confirmed = persisted.snapshot;
-        let operations_since_snapshot = persisted.server_operations.len();
-        for op in persisted.server_operations {
-            let expected = confirmed.version + 1;
-            if op.version != expected {
-                return Err(ReplicaError::OutOfOrder { expected, got: op.version });
-            }
-            confirmed.data.apply_without_old(&op.operation).map_err(ReplicaError::Diverged)?;
-            confirmed.version = op.version;
-            confirmed.modified_at = op.timestamp;
-        }
-        let mut local = confirmed.data.clone();
-        for op in &persisted.pending {
-            local.apply_without_old(&op.operation).map_err(ReplicaError::Diverged)?;
-        }
-        // The empty compounds after a run's first seq belong to it (on its side of the
-        // in-flight boundary).
-        let in_flight_through = persisted.in_flight_seq;
-        let side = |seq: u64| in_flight_through.is_some_and(|through| seq <= through);
-        let mut runs: Vec<Run> = Vec::new();
-        for p in persisted.pending {
-            if let Some(last) = runs.last_mut()
-                && is_empty_compound(&p.operation)
-                && last.seq + 1 == p.seq
-                && side(last.seq) == side(p.seq)
-            {
-                last.seq = p.seq;
-                continue;
-            }
-            runs.push(Run::single(p));
-        }
-        let (parts, pending): (Vec<_>, Vec<_>) = runs.into_iter().partition(|r| side(r.seq));
-        let first_unacknowledged = parts.first().or(pending.first()).map(|r| r.first);
-        let in_flight = persisted
-            .in_flight_seq
-            .filter(|_| !parts.is_empty())
-            .map(|seq| InFlightBatch { seq, parts, committed_at: None, stored: true, sent: false });
-        let durable_seq = persisted.next_seq.saturating_sub(1);
-        let acked_seq = first_unacknowledged.unwrap_or(persisted.next_seq).saturating_sub(1);
-        Ok(ModelReplica {
-            confirmed,
-            local,
-            in_flight,
-            pending,
-            rewritten: BTreeSet::new(),
-            next_seq: persisted.next_seq,
-            durable_seq,
-            acked_seq,
-            operations_since_snapshot,
-        })
+        let mut head = persisted;
+        let pending = std::mem::take(&mut head.pending);
+        let mut restoring = Restoring::new(head)?;
+        restoring.push(pending)?;
+        Ok(restoring.finish())
     }
 
     pub fn local(&self) -> &Document {
@@ -302,7 +375,7 @@ impl ModelReplica {
         let applied = self.local.apply(&operation)?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let pending = PendingOperation { seq, operation };
+        let pending = PendingOperation::new(seq, operation);
         self.pending.push(Run::single(pending.clone()));
         Ok((seq, applied, StoreChange::AppendPending(pending)))
     }
@@ -473,21 +546,10 @@ impl ModelReplica {
         }
         let mut composed: Vec<Run> = Vec::with_capacity(self.pending.len());
         for run in std::mem::take(&mut self.pending) {
-            if let Some(last) = composed.last_mut()
-                && last.bytes.saturating_add(run.bytes) <= MAX_RUN_BYTES
-            {
-                let before =
-                    std::mem::replace(&mut last.operation, Operation::Compound(Vec::new()));
-                last.operation = compose(before, run.operation);
-                last.seq = run.seq;
-                // Folded splices take less than their parts did.
-                last.bytes = encoded_bytes(&last.operation);
-                // Its first seq now holds the composed operation, the run's an empty one.
-                self.rewritten.insert(last.first);
-                self.rewritten.insert(run.first);
-                continue;
+            if let Some(first) = push_composed(&mut composed, run) {
+                // One record for both now.
+                self.rewritten.insert(first);
             }
-            composed.push(run);
         }
         self.pending = composed;
     }
@@ -503,13 +565,9 @@ impl ModelReplica {
         let mut operations = Vec::new();
         for run in in_flight.chain(self.pending.iter()) {
             // Seqs named but no longer pending were acknowledged (their records are gone).
-            let named = rewritten.range(run.first..=run.seq);
-            for &seq in named {
-                operations.push(if seq == run.first {
-                    PendingOperation { seq, operation: run.operation.clone() }
-                } else {
-                    PendingOperation { seq, operation: Operation::Compound(Vec::new()) }
-                });
+            // A run in memory is a union of stored records, rewritten whole.
+            if rewritten.range(run.first..=run.seq).next().is_some() {
+                operations.push(run.stored());
             }
         }
         (!operations.is_empty()).then_some(StoreChange::UpdatePending(operations))
@@ -570,7 +628,7 @@ impl ModelReplica {
         // without gaps, and a restored replica starts after its first unacknowledged seq.
         let mut local = self.confirmed.data.clone();
         let mut kept = Vec::new();
-        let as_pending = |r: Run| PendingOperation { seq: r.first, operation: r.operation };
+        let as_pending = |r: Run| PendingOperation::run(r.first, r.seq, r.operation);
         let mut dropped: Vec<PendingOperation> = batch.parts.into_iter().map(as_pending).collect();
         for run in std::mem::take(&mut self.pending) {
             if local.apply(&run.operation).is_ok() {
@@ -612,6 +670,6 @@ impl ModelReplica {
 
     fn all_unacknowledged(&self) -> Vec<PendingOperation> {
         let in_flight = self.in_flight.iter().flat_map(|b| b.parts.iter());
-        in_flight.chain(self.pending.iter()).flat_map(Run::stored).collect()
+        in_flight.chain(self.pending.iter()).map(Run::stored).collect()
     }
 }

@@ -4,10 +4,12 @@
 
 use concord_ot::Document;
 use concord_protocol::{CollectionId, CreationNonce, ModelId, ModelSnapshot};
-use concord_storage::{CreationRecord, ModelRecord, ModelState, ModelSummary, Mutation, Snapshot};
+use concord_storage::{
+    CreationRecord, ModelRecord, ModelState, ModelSummary, Mutation, PendingOperation, Snapshot,
+};
 
 use crate::engine::StorageBatch;
-use crate::replica::{ModelReplica, Persisted, ReplicaError, StoreChange};
+use crate::replica::{ModelReplica, Persisted, ReplicaError, Restoring, StoreChange};
 
 /// The mutations that carry out an engine batch, atomically.
 pub fn batch_mutations(batch: StorageBatch) -> Vec<Mutation> {
@@ -49,6 +51,8 @@ pub enum RestoreError {
     InvalidSnapshot { model: ModelId, error: concord_ot::ValueError },
     #[error("the stored history of model {model} does not replay: {error}")]
     Replay { model: ModelId, error: ReplicaError },
+    #[error("the stored pending operations of model {0} changed while they were read")]
+    Changed(ModelId),
 }
 
 /// A model rebuilt from the store, ready for [`ClientEngine::add_model`] or
@@ -81,6 +85,78 @@ pub fn restore(state: ModelState) -> Result<Restored, RestoreError> {
     let replica = ModelReplica::restore(persisted(state)?)
         .map_err(|error| RestoreError::Replay { model, error })?;
     Ok(Restored { replica, creation, next_element_counter })
+}
+
+/// How many pending records a restore reads from the store at a time
+/// ([`OfflineStore::pending_page`](concord_storage::OfflineStore::pending_page)).
+pub const RESTORE_PAGE: usize = 256;
+
+/// A stored model being rebuilt a page of pending records at a time, so that a model with
+/// many offline changes is never held in memory one change at a time: start it from
+/// [`OfflineStore::load_model_head`](concord_storage::OfflineStore::load_model_head), push
+/// each [`OfflineStore::pending_page`](concord_storage::OfflineStore::pending_page) after
+/// [`RestoringModel::next_after`], then [`RestoringModel::finish`], which checks that the
+/// pages added up to what the head's summary counted.
+#[derive(Debug)]
+pub struct RestoringModel {
+    model: ModelId,
+    summary: ModelSummary,
+    creation: Option<CreationNonce>,
+    restoring: Restoring,
+    seqs: u64,
+    done: bool,
+}
+
+impl RestoringModel {
+    /// Starts from a model's head (its `pending` list, usually empty, is pushed first).
+    pub fn new(head: ModelState) -> Result<RestoringModel, RestoreError> {
+        let model = head.summary.record.id.clone();
+        let summary = head.summary.clone();
+        let creation = pending_creation(&head);
+        let seqs = head.pending.iter().map(PendingOperation::seqs).sum();
+        let restoring = Restoring::new(persisted(head)?)
+            .map_err(|error| RestoreError::Replay { model: model.clone(), error })?;
+        let done = seqs >= summary.pending_count;
+        Ok(RestoringModel { model, summary, creation, restoring, seqs, done })
+    }
+
+    /// `None` once every pending seq the summary counted was pushed; else the seq the next
+    /// page starts after (`Some(None)`: from the first).
+    pub fn next_after(&self) -> Option<Option<u64>> {
+        (!self.done).then_some(self.restoring.last_seq())
+    }
+
+    /// The next page of pending records. An empty page ends the reading.
+    pub fn push(&mut self, page: Vec<PendingOperation>) -> Result<(), RestoreError> {
+        if page.is_empty() {
+            self.done = true;
+            return Ok(());
+        }
+        self.seqs += page.iter().map(PendingOperation::seqs).sum::<u64>();
+        self.restoring
+            .push(page)
+            .map_err(|error| RestoreError::Replay { model: self.model.clone(), error })?;
+        if self.seqs >= self.summary.pending_count {
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    /// The restored model; [`RestoreError::Changed`] if the pages do not add up to the
+    /// head's summary (the store changed between the reads: read it again).
+    pub fn finish(self) -> Result<Restored, RestoreError> {
+        let last = self.restoring.last_seq();
+        if self.seqs != self.summary.pending_count
+            || (self.seqs > 0 && last > self.summary.last_pending_seq)
+        {
+            return Err(RestoreError::Changed(self.model));
+        }
+        Ok(Restored {
+            replica: self.restoring.finish(),
+            creation: self.creation,
+            next_element_counter: self.summary.record.next_element_counter,
+        })
+    }
 }
 
 /// The store mutations that carry out `changes` for `model`, in order.

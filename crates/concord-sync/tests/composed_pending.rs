@@ -52,17 +52,27 @@ fn keep(store: &mut Persisted, changes: Vec<StoreChange>) {
         match change {
             StoreChange::AppendServerOperation(op) => store.server_operations.push(op),
             StoreChange::AppendPending(p) => {
-                store.next_seq = p.seq + 1;
+                store.next_seq = p.through + 1;
                 store.pending.push(p);
             }
             StoreChange::ReplacePending(p) => store.pending = p,
             StoreChange::UpdatePending(ops) => {
+                // A run replaces exactly the stored records of its seqs.
                 for op in ops {
-                    let at = store.pending.iter_mut().find(|p| p.seq == op.seq);
-                    *at.expect("only stored seqs are updated") = op;
+                    let at = store.pending.iter().position(|p| p.seq == op.seq);
+                    let at = at.expect("a run starts at a stored record");
+                    let end = store.pending.iter().position(|p| p.through == op.through);
+                    let end = end.expect("a run ends where a stored record ends");
+                    store.pending.splice(at..=end, [op]);
                 }
             }
-            StoreChange::RemovePendingThrough(seq) => store.pending.retain(|p| p.seq > seq),
+            StoreChange::RemovePendingThrough(seq) => {
+                assert!(
+                    store.pending.iter().all(|p| p.seq > seq || p.through <= seq),
+                    "an ack never splits a stored run"
+                );
+                store.pending.retain(|p| p.seq > seq);
+            }
             StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
             StoreChange::PutSnapshot(s) => store.snapshot = s,
             other => unreachable!("no model is created or deleted here: {other:?}"),
@@ -254,4 +264,110 @@ proptest! {
 /// `default` cases, or `PROPTEST_CASES` for a longer local run.
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Rebuilds model `m` from a real store, its pending records read `page` at a time.
+fn restore_paged(store: &dyn concord_storage::OfflineStore, page: usize) -> ModelReplica {
+    let model = ModelId::new("m").unwrap();
+    let head = pollster::block_on(store.load_model_head(&model)).unwrap().expect("stored");
+    assert!(head.pending.is_empty(), "the head holds no pending operation");
+    let mut restoring = concord_sync::store::RestoringModel::new(head).unwrap();
+    let mut pages = 0;
+    while let Some(after) = restoring.next_after() {
+        let records = pollster::block_on(store.pending_page(&model, after, page)).unwrap();
+        assert!(records.len() <= page);
+        restoring.push(records).unwrap();
+        pages += 1;
+        assert!(pages < 100_000, "the pages end");
+    }
+    restoring.finish().unwrap().replica
+}
+
+fn commit(store: &dyn concord_storage::OfflineStore, changes: Vec<StoreChange>) {
+    let model = ModelId::new("m").unwrap();
+    let batch = concord_storage::Batch::from(concord_sync::store::mutations(&model, changes));
+    pollster::block_on(store.commit(batch)).unwrap();
+}
+
+/// 2,000 one-character changes made offline and stored one record each come back from a
+/// real store, read in pages, as a few composed runs; the runs are rewritten, acknowledged
+/// and restored again against the same store, which accepts every change as a whole run.
+#[test]
+fn a_restore_composes_pages_of_stored_changes_into_runs() {
+    use concord_storage::{MemoryAdapter, StorageAdapter, StoreKey};
+    let adapter = MemoryAdapter::new();
+    let store = pollster::block_on(adapter.open(&StoreKey::new("s", "u"))).unwrap();
+    let model = ModelId::new("m").unwrap();
+    let initial = snapshot();
+    let mut replica = ModelReplica::new(initial.clone());
+    commit(&*store, vec![StoreChange::Downloaded { snapshot: initial.clone() }]);
+    for n in 0..2_000 {
+        let op = splice(replica.local(), &(n, 0, "a".into()));
+        let (seq, _, change) = replica.local_change(op).unwrap();
+        commit(&*store, vec![change]);
+        replica.mark_durable(seq);
+    }
+    let stored = pollster::block_on(store.load_model(&model)).unwrap().unwrap();
+    assert_eq!(stored.pending.len(), 2_000, "one record per change while offline");
+
+    let mut restored = restore_paged(&*store, 64);
+    assert_eq!(restored.local(), replica.local());
+    let runs = restored.unacknowledged().count();
+    assert!(runs <= 40, "composed while restoring: {runs} runs");
+
+    // A remote operation rewrites the runs; the store takes each as one record.
+    let mut server = Sequencer::new(model.clone(), initial, BTreeMap::new(), 1_000_000);
+    let remote = splice(server.document(), &(0, 0, "b".into()));
+    let submission = Submission {
+        author: SessionId("s2".into()),
+        replica: ReplicaId(2),
+        first_seq: 1,
+        seq: 1,
+        base_version: 0,
+        operation: remote,
+    };
+    assert!(matches!(
+        server.submit(submission, Timestamp(1)).unwrap(),
+        SubmitOutcome::Committed(_)
+    ));
+    let committed = server.operations_since(0).unwrap()[0].clone();
+    let (_, changes) = restored.remote(committed).unwrap();
+    commit(&*store, changes);
+    let stored = pollster::block_on(store.load_model(&model)).unwrap().unwrap();
+    assert!(stored.pending.len() <= runs, "{} records for {runs} runs", stored.pending.len());
+    assert_eq!(stored.summary.pending_count, 2_000, "every seq stays stored");
+    let again = restore_paged(&*store, 1);
+    assert_eq!(again.local(), restored.local());
+    assert_eq!(text(restored.local()), format!("b{}s", "a".repeat(2_000)));
+
+    // Submitted and acknowledged run by run, from the store as restored: nothing is lost or
+    // applied twice, and an acknowledgement never splits a stored run.
+    let mut replica = again;
+    while replica.has_unacknowledged() {
+        let (_, boundary) = replica.take_submission(4, 4096).expect("durable changes");
+        commit(&*store, vec![boundary]);
+        let seq = replica.in_flight_seq().unwrap();
+        replica.mark_in_flight_stored(seq);
+        let sub = replica.submission().unwrap();
+        let submission = Submission {
+            author: SessionId("s1".into()),
+            replica: ReplicaId(1),
+            first_seq: sub.first_seq,
+            seq: sub.seq,
+            base_version: sub.base_version,
+            operation: sub.operation,
+        };
+        let SubmitOutcome::Committed(record) = server.submit(submission, Timestamp(2)).unwrap()
+        else {
+            panic!("a submission in seq order commits")
+        };
+        let changes =
+            replica.ack(record.seq, record.operation.version, record.operation.timestamp).unwrap();
+        commit(&*store, changes);
+        let reread = restore_paged(&*store, 16);
+        assert_eq!(reread.local(), replica.local(), "the store rebuilds the view after each ack");
+    }
+    assert_eq!(text(replica.local()), text(server.document()));
+    let stored = pollster::block_on(store.load_model(&model)).unwrap().unwrap();
+    assert_eq!((stored.pending.len(), stored.summary.pending_count), (0, 0));
 }

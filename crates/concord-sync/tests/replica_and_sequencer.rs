@@ -87,14 +87,18 @@ fn remote_operations_transform_local_ones_and_the_store_rebuilds_the_same_view()
             match change {
                 StoreChange::AppendServerOperation(op) => store.server_operations.push(op),
                 StoreChange::AppendPending(p) => {
-                    store.next_seq = p.seq + 1;
+                    store.next_seq = p.through + 1;
                     store.pending.push(p);
                 }
                 StoreChange::ReplacePending(p) => store.pending = p,
                 StoreChange::UpdatePending(ops) => {
+                    // A run replaces exactly the stored records of its seqs.
                     for op in ops {
-                        let at = store.pending.iter_mut().find(|p| p.seq == op.seq);
-                        *at.expect("only stored seqs are updated") = op;
+                        let at = store.pending.iter().position(|p| p.seq == op.seq);
+                        let at = at.expect("a run starts at a stored record");
+                        let end = store.pending.iter().position(|p| p.through == op.through);
+                        let end = end.expect("a run ends where a stored record ends");
+                        store.pending.splice(at..=end, [op]);
                     }
                 }
                 StoreChange::RemovePendingThrough(seq) => store.pending.retain(|p| p.seq > seq),
@@ -352,14 +356,18 @@ fn after_a_rejection_the_next_submission_follows_it_without_a_gap() -> Result<()
         for change in changes {
             match change {
                 StoreChange::AppendPending(p) => {
-                    store.next_seq = p.seq + 1;
+                    store.next_seq = p.through + 1;
                     store.pending.push(p);
                 }
                 StoreChange::ReplacePending(p) => store.pending = p,
                 StoreChange::UpdatePending(ops) => {
+                    // A run replaces exactly the stored records of its seqs.
                     for op in ops {
-                        let at = store.pending.iter_mut().find(|p| p.seq == op.seq);
-                        *at.expect("only stored seqs are updated") = op;
+                        let at = store.pending.iter().position(|p| p.seq == op.seq);
+                        let at = at.expect("a run starts at a stored record");
+                        let end = store.pending.iter().position(|p| p.through == op.through);
+                        let end = end.expect("a run ends where a stored record ends");
+                        store.pending.splice(at..=end, [op]);
                     }
                 }
                 StoreChange::SetInFlight(seq) => store.in_flight_seq = seq,
