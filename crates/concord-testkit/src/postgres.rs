@@ -66,6 +66,22 @@ impl ThrowawayPostgres {
         format!("postgres://concord@127.0.0.1:{}/concord", self.port)
     }
 
+    /// Runs `sql` in the `concord` database; what it printed, unaligned, trimmed.
+    pub fn sql(&self, sql: &str) -> anyhow::Result<String> {
+        let output = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-U", "concord", "-d", "concord", "-tA", "-p"])
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .context("running psql")?;
+        if !output.status.success() {
+            bail!("{sql}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
