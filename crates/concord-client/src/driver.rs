@@ -1248,9 +1248,9 @@ impl Driver {
 /// The owner's URL in a node's `unavailable` answer: `… served by node NAME (URL); …`.
 fn owner_url(message: &str) -> Option<&str> {
     let named = &message[message.find("served by node ")?..];
-    let end = named.find(')')?;
-    let start = named[..end].rfind('(')? + 1;
-    Some(&named[start..end]).filter(|url| url.starts_with("ws://") || url.starts_with("wss://"))
+    let start = named.rfind("(ws://").max(named.rfind("(wss://"))? + 1;
+    let end = start + named[start..].find(')')?;
+    Some(&named[start..end])
 }
 
 /// A model's initial data as a document, its ids minted by this replica from 0 (ids are
@@ -1341,5 +1341,20 @@ impl std::fmt::Debug for Command {
             Command::Participants { .. } => "Participants",
             Command::Shutdown { .. } => "Shutdown",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_url;
+
+    #[test]
+    fn the_owner_url_is_read_from_a_nodes_refusal() {
+        let refusal = "the model is served by node node1 (ws://127.0.0.1:7701); connect there";
+        assert_eq!(owner_url(refusal), Some("ws://127.0.0.1:7701"));
+        let named = "the model is served by node a (b) (wss://n.example:443); connect there";
+        assert_eq!(owner_url(named), Some("wss://n.example:443"));
+        assert_eq!(owner_url("the model could not be leased: timeout (5 s)"), None);
+        assert_eq!(owner_url("the model is served by node x (file:///etc); connect"), None);
     }
 }
