@@ -43,12 +43,12 @@ fn the_cluster_demo_converges() {
     assert!(stdout.contains("node3: ws://127.0.0.1:"), "{stdout}");
     // Both clients' last lines show the same note: both concurrent edits once (in either
     // order), and the edits made after the handover.
-    let last =
-        |who: &str| {
-            stdout.lines().filter(|l| l.starts_with(&format!("   {who}: "))).last().map(|l| {
-                l.split_once(": ").map(|(_, text)| text.trim().to_owned()).unwrap_or_default()
-            })
-        };
+    let last = |who: &str| {
+        stdout
+            .lines()
+            .rfind(|l| l.starts_with(&format!("   {who}: ")))
+            .map(|l| l.split_once(": ").map(|(_, text)| text.trim().to_owned()).unwrap_or_default())
+    };
     let (alice, bob) = (last("alice").unwrap_or_default(), last("bob").unwrap_or_default());
     assert_eq!(alice, bob, "{stdout}");
     assert!(alice.starts_with("\"[moved] Agenda: ") && alice.ends_with(", demo\""), "{stdout}");
