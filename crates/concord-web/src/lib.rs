@@ -129,7 +129,7 @@ impl Domain {
             .filter(|v| !v.is_undefined() && !v.is_null());
         let fallback: Vec<String> = js_sys::Reflect::get(&options, &"fallbackUrls".into())
             .ok()
-            .filter(|v| js_sys::Array::is_array(v))
+            .filter(js_sys::Array::is_array)
             .map(|urls| js_sys::Array::from(&urls).iter().filter_map(|u| u.as_string()).collect())
             .unwrap_or_default();
         let builder = ClientDomain::builder(url).fallback_urls(fallback);
