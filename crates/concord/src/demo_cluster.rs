@@ -115,13 +115,16 @@ pub(crate) async fn demo(dir: &Path) -> anyhow::Result<()> {
     }
     let a_change = a_text.insert(0, "[moved] ").await?;
     let b_change = b_text.insert(b_text.len().await?, ", demo").await?;
-    let acknowledged = async {
-        a_note.acknowledged(a_change).await?;
-        b_note.acknowledged(b_change).await
-    };
-    tokio::time::timeout(Duration::from_secs(60), acknowledged)
-        .await
-        .context("the edits were not acknowledged after the handover")??;
+    let patience = Duration::from_secs(60);
+    for (who, model, change) in [("alice", &a_note, a_change), ("bob", &b_note, b_change)] {
+        if tokio::time::timeout(patience, model.acknowledged(change)).await.is_err() {
+            let lease = database.sql(
+                "SELECT n.name || ' ' || l.expires_at FROM concord_leases l \
+                 JOIN concord_nodes n ON n.id = l.node WHERE l.model = 'cluster-note'",
+            )?;
+            bail!("{who}'s edit was not acknowledged after the handover (lease: {lease})");
+        }
+    }
     let expected = "[moved] Agenda:";
     wait_until("both converge after the handover", || async {
         let (a, b) = (text_of(&a_note).await?, text_of(&b_note).await?);
