@@ -44,10 +44,24 @@ impl std::fmt::Debug for DomainOptions {
 #[derive(Debug)]
 pub struct DomainBuilder {
     url: String,
+    fallback: Vec<String>,
     options: DomainOptions,
 }
 
 impl DomainBuilder {
+    /// More servers serving the same domain (the other nodes of a cluster on one database,
+    /// `docs/cluster.md`), tried in order after the first when connecting fails or the
+    /// connection breaks. The offline store stays the one named by the first URL. On an
+    /// `unavailable` answer naming a listed node as a model's owner, the client reconnects
+    /// there (once: a node reached that way is not left for another's redirect).
+    pub fn fallback_urls(
+        mut self,
+        urls: impl IntoIterator<Item = impl Into<String>>,
+    ) -> DomainBuilder {
+        self.fallback.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
     /// The offline store's adapter.
     pub fn storage(mut self, adapter: impl StorageAdapter + 'static) -> DomainBuilder {
         self.options.storage = Arc::new(adapter);
@@ -90,7 +104,8 @@ impl DomainBuilder {
         let (presence, _) = broadcast::channel(1024);
         let (activities, _) = broadcast::channel(1024);
         let channels = (events.clone(), presence.clone(), activities.clone());
-        let driver = Driver::new(self.url.clone(), self.options, state, channels);
+        let urls = std::iter::once(self.url.clone()).chain(self.fallback).collect();
+        let driver = Driver::new(urls, self.options, state, channels);
         crate::rt::spawn(driver.run(receiver));
         let inner =
             Inner { url: self.url, commands, state: state_receiver, events, presence, activities };
@@ -133,9 +148,10 @@ pub struct Domain {
 impl Domain {
     /// `url` is the server's WebSocket endpoint, `ws://HOST:PORT/<namespace>/<domain>`.
     pub fn builder(url: impl Into<String>) -> DomainBuilder {
-        DomainBuilder { url: url.into(), options: DomainOptions::default() }
+        DomainBuilder { url: url.into(), fallback: Vec::new(), options: DomainOptions::default() }
     }
 
+    /// The first server's URL (the one naming the offline store).
     pub fn url(&self) -> &str {
         &self.inner.url
     }

@@ -16,15 +16,15 @@ use futures_util::FutureExt;
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
     ActivityChange, ActivityId, ActivityRequest, Auth, ClientRequest, CollectionId, CreationNonce,
-    ErrorCode, ModelId, Participant, PresenceState, ServerMessage, ServerResponse, Session,
-    SessionId, Timestamp, UserId, UserPresence,
+    ErrorCode, ModelId, Participant, PresenceState, ServerMessage, ServerPush, ServerResponse,
+    Session, SessionId, Timestamp, UserId, UserPresence,
 };
 use concord_storage::{Batch, ModelSummary, Mutation, OfflineStore, StorageError, StoreKey};
 use concord_sync::host::HistoryQuery;
 use concord_sync::store::Restored;
 use concord_sync::{
-    Action, CallId, ClientEngine, ConnectionState, DomainEvent, EngineError, Event, HistoryTicket,
-    ModelEvent, ModelReplica, OpenFailure, store,
+    Action, CallId, ClientEngine, ConnectionState, DisconnectReason, DomainEvent, EngineError,
+    Event, HistoryTicket, ModelEvent, ModelReplica, OpenFailure, store,
 };
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -222,7 +222,19 @@ struct OpenModel {
 }
 
 pub(crate) struct Driver {
-    url: String,
+    /// The servers to connect to, in order of preference (the nodes of a cluster); the
+    /// first names the offline store.
+    urls: Vec<String>,
+    /// The one connected to, or tried next.
+    current: usize,
+    /// Servers whose last connection failed or broke (cleared when one succeeds): an owner
+    /// redirect never leads to one of them.
+    suspect: Vec<bool>,
+    /// The connection in `socket` was reached by following an owner redirect: it follows
+    /// none itself, so that owners of different models never bounce the client around.
+    redirected: bool,
+    /// A listed server that a node named as the owner of a model this one cannot serve.
+    redirect: Option<usize>,
     options: DomainOptions,
     state: watch::Sender<ConnectionState>,
     domain_events: broadcast::Sender<DomainEvent>,
@@ -252,13 +264,18 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        url: String,
+        urls: Vec<String>,
         options: DomainOptions,
         state: watch::Sender<ConnectionState>,
         (domain_events, presence_events, activity_events): EventChannels,
     ) -> Driver {
+        let suspect = vec![false; urls.len()];
         Driver {
-            url,
+            urls,
+            current: 0,
+            suspect,
+            redirected: false,
+            redirect: None,
             options,
             state,
             domain_events,
@@ -635,7 +652,7 @@ impl Driver {
             }
             return Ok(());
         }
-        let key = StoreKey { server: self.url.clone(), user: user.to_owned() };
+        let key = StoreKey { server: self.urls[0].clone(), user: user.to_owned() };
         let store = self.options.storage.open(&key).await?;
         let replica = match store.replica_id().await? {
             Some(replica) => replica,
@@ -677,8 +694,7 @@ impl Driver {
         if fresh {
             self.set_state(ConnectionState::Connecting);
         }
-        let timeout = self.options.engine.request_timeout;
-        let result = match socket::connect(&self.url, auth.clone(), timeout).await {
+        let result = match self.connect_any(auth.clone()).await {
             Ok((socket, session)) => match self.ensure_store(&session.user.id.0).await {
                 Ok(()) => Ok((socket, session)),
                 Err(e) => {
@@ -734,12 +750,74 @@ impl Driver {
         }
     }
 
-    /// The connection broke: the engine hears of it and decides when to try again.
+    /// Connects to the current server or, when that fails, to the next ones in turn (each
+    /// once): the first that accepts. A refused handshake ends the round (another node of
+    /// the same cluster would refuse it too).
+    async fn connect_any(&mut self, auth: Auth) -> Result<(Socket, Session), ClientError> {
+        let timeout = self.options.engine.request_timeout;
+        let redirected = std::mem::take(&mut self.redirected);
+        let mut error = None;
+        for _ in 0..self.urls.len() {
+            match socket::connect(&self.urls[self.current], auth.clone(), timeout).await {
+                Ok(connected) => {
+                    self.suspect[self.current] = false;
+                    self.redirected = redirected;
+                    return Ok(connected);
+                }
+                Err(rejected @ ClientError::Rejected(_)) => return Err(rejected),
+                Err(failed) => {
+                    tracing::debug!(url = %self.urls[self.current], error = %failed, "connecting failed");
+                    self.suspect[self.current] = true;
+                    self.current = (self.current + 1) % self.urls.len();
+                    error = Some(failed);
+                }
+            }
+        }
+        Err(error.unwrap_or(ClientError::Timeout))
+    }
+
+    /// The server this connection reached named, in an `unavailable` answer, the node
+    /// that owns a model (`the model is served by node NAME (URL); connect there`): if that
+    /// node is one of the listed servers, not known to be down, and this connection was not
+    /// itself reached by a redirect, the client reconnects there.
+    fn note_redirect(&mut self, message: &ServerMessage) {
+        let error = match message {
+            ServerMessage::Error { error, .. } => error,
+            ServerMessage::Push(ServerPush::SubmitRejected { error, .. }) => error,
+            _ => return,
+        };
+        if error.code != ErrorCode::UNAVAILABLE || self.redirected || self.urls.len() < 2 {
+            return;
+        }
+        let Some(owner) = owner_url(&error.message) else { return };
+        let listed = self.urls.iter().position(|url| {
+            url.strip_prefix(owner).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        if let Some(index) = listed
+            && index != self.current
+            && !self.suspect[index]
+        {
+            self.redirect = Some(index);
+        }
+    }
+
+    /// The connection broke: the engine hears of it and decides when to try again — at the
+    /// next listed server.
     async fn connection_lost(&mut self) {
+        self.leave_current();
         self.close_socket().await;
         if let Some(engine) = self.engine.as_mut() {
             engine.handle_disconnected(self.clock.now());
         }
+    }
+
+    /// The connected server failed: the next attempt starts at the next listed one.
+    fn leave_current(&mut self) {
+        if self.socket.is_some() {
+            self.suspect[self.current] = true;
+            self.current = (self.current + 1) % self.urls.len();
+        }
+        self.redirected = false;
     }
 
     async fn close_socket(&mut self) {
@@ -758,9 +836,20 @@ impl Driver {
             }
             None => return self.connection_lost().await,
         };
+        self.note_redirect(&message);
         let now = self.clock.now();
         if let Some(engine) = self.engine.as_mut() {
             engine.handle_message(now, message);
+        }
+        if let Some(owner) = self.redirect.take() {
+            tracing::info!(url = %self.urls[owner], "reconnecting to the node that owns a model");
+            // As a lost connection: the engine resyncs every model on the next one.
+            self.close_socket().await;
+            self.current = owner;
+            self.redirected = true;
+            if let Some(engine) = self.engine.as_mut() {
+                engine.handle_disconnected(self.clock.now());
+            }
         }
     }
 
@@ -882,7 +971,7 @@ impl Driver {
                 (Some(OpenFailure::Refused(error)), _) => Err(ClientError::Server(error.clone())),
                 (Some(OpenFailure::TimedOut), _) => Err(ClientError::Timeout),
                 (Some(OpenFailure::ConnectionLost), _) => Err(ClientError::Connect {
-                    url: self.url.clone(),
+                    url: self.urls[self.current].clone(),
                     reason: "the connection closed".into(),
                 }),
             };
@@ -1060,6 +1149,10 @@ impl Driver {
                     Action::Connect { auth } => self.open_connection(auth).await,
                     Action::Disconnect { reason } => {
                         tracing::info!(?reason, "closing the connection");
+                        if reason != DisconnectReason::Requested {
+                            // A silent server: the next attempt goes to the next one.
+                            self.leave_current();
+                        }
                         self.close_socket().await;
                     }
                 }
@@ -1149,6 +1242,14 @@ impl Driver {
             open.watermarks.send_modify(change);
         }
     }
+}
+
+/// The owner's URL in a node's `unavailable` answer: `… served by node NAME (URL); …`.
+fn owner_url(message: &str) -> Option<&str> {
+    let named = &message[message.find("served by node ")?..];
+    let start = named.rfind("(ws://").max(named.rfind("(wss://"))? + 1;
+    let end = start + named[start..].find(')')?;
+    Some(&named[start..end])
 }
 
 /// A model's initial data as a document, its ids minted by this replica from 0 (ids are
@@ -1279,5 +1380,20 @@ async fn load_restored(
             Err(store::RestoreError::Changed(_)) if attempt < ATTEMPTS => continue,
             restored => return Ok(Some((summary, restored))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_url;
+
+    #[test]
+    fn the_owner_url_is_read_from_a_nodes_refusal() {
+        let refusal = "the model is served by node node1 (ws://127.0.0.1:7701); connect there";
+        assert_eq!(owner_url(refusal), Some("ws://127.0.0.1:7701"));
+        let named = "the model is served by node a (b) (wss://n.example:443); connect there";
+        assert_eq!(owner_url(named), Some("wss://n.example:443"));
+        assert_eq!(owner_url("the model could not be leased: timeout (5 s)"), None);
+        assert_eq!(owner_url("the model is served by node x (file:///etc); connect"), None);
     }
 }

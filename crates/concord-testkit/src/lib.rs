@@ -6,13 +6,16 @@
 //! With the `wire` feature it also has [`wire::WireClient`], a protocol-level WebSocket
 //! client for tests and tools that talk to a real server; with the `process` feature,
 //! [`process::ServeProcess`], which runs `concord serve` as a child process that can be
-//! killed and restarted.
+//! killed and restarted, and [`postgres::ThrowawayPostgres`], a PostgreSQL cluster of its
+//! own for tools that run several nodes.
 //!
 //! It is test code: nothing here is part of Concord's API. Only `wire` and `process` do
 //! I/O.
 
 pub mod generate;
 pub mod lease_sim;
+#[cfg(feature = "process")]
+pub mod postgres;
 #[cfg(feature = "process")]
 pub mod process;
 mod rng;

@@ -115,6 +115,8 @@ fn session_js(session: concord_client::Session) -> Result<JsValue, WebError> {
 impl Domain {
     /// `options.offline.storage`: an `IdbStorageAdapter` keeps the offline store in
     /// IndexedDB; without it the store lives in memory and dies with the page.
+    /// `options.fallbackUrls`: more nodes serving the domain, tried in turn after `url`
+    /// (`DomainBuilder::fallback_urls`).
     #[wasm_bindgen(constructor)]
     pub fn new(
         url: &str,
@@ -125,7 +127,12 @@ impl Domain {
             .filter(|v| !v.is_undefined() && !v.is_null())
             .and_then(|offline| js_sys::Reflect::get(&offline, &"storage".into()).ok())
             .filter(|v| !v.is_undefined() && !v.is_null());
-        let builder = ClientDomain::builder(url);
+        let fallback: Vec<String> = js_sys::Reflect::get(&options, &"fallbackUrls".into())
+            .ok()
+            .filter(js_sys::Array::is_array)
+            .map(|urls| js_sys::Array::from(&urls).iter().filter_map(|u| u.as_string()).collect())
+            .unwrap_or_default();
+        let builder = ClientDomain::builder(url).fallback_urls(fallback);
         let builder = match storage {
             Some(_) => builder.storage(concord_storage::IdbAdapter::new()),
             None => builder,

@@ -36,7 +36,7 @@ export interface ConcordError extends Error {
 /** An error the server reported, inside an event. */
 export interface ErrorInfo { code: ServerErrorCode; message: string }
 
-export interface DomainOptions { offline?: { storage?: IdbStorageAdapter } }
+export interface DomainOptions { offline?: { storage?: IdbStorageAdapter }; fallbackUrls?: string[] }
 export interface SessionInfo { session: string; user: string }
 export type ConnectionState = "disconnected" | "connecting" | "connected" | "reconnecting";
 /** Ends a subscription; calling it again does nothing. */

@@ -27,6 +27,10 @@ pub(crate) struct DemoArgs {
     /// Background models Bob syncs after reconnecting (each with an offline change)
     #[arg(long, default_value_t = 20)]
     models: usize,
+    /// Instead: a throwaway PostgreSQL and three cluster nodes on it, two clients on
+    /// different nodes editing one note, then its node stopped (needs PostgreSQL installed)
+    #[arg(long)]
+    cluster: bool,
 }
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -36,18 +40,21 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let temp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let dir = args.keep.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    if args.cluster {
+        return runtime.block_on(crate::demo_cluster::demo(&dir));
+    }
     runtime.block_on(demo(&dir, args.models))
 }
 
-fn say(line: impl AsRef<str>) {
+pub(crate) fn say(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
-fn step(n: u32, title: &str) {
+pub(crate) fn step(n: u32, title: &str) {
     println!("\n{n}. {title}");
 }
 
-const SECRET: &[u8] = b"concord demo secret: not for production";
+pub(crate) const SECRET: &[u8] = b"concord demo secret: not for production";
 
 fn domain(url: &str, dir: &Path) -> Domain {
     Domain::builder(url)
@@ -56,11 +63,11 @@ fn domain(url: &str, dir: &Path) -> Domain {
         .build()
 }
 
-fn token(user: &str) -> anyhow::Result<String> {
+pub(crate) fn token(user: &str) -> anyhow::Result<String> {
     Ok(mint_token(SECRET, user, None, Duration::from_secs(3600))?)
 }
 
-async fn text_of(model: &RealTimeModel) -> anyhow::Result<String> {
+pub(crate) async fn text_of(model: &RealTimeModel) -> anyhow::Result<String> {
     let value = model.value().await?;
     Ok(value["text"].as_str().unwrap_or_default().to_owned())
 }
@@ -243,7 +250,7 @@ fn progress(done: usize, total: usize) {
     let _ = std::io::stdout().flush();
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,

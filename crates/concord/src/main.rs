@@ -18,6 +18,7 @@
 mod alloc;
 mod config;
 mod demo;
+mod demo_cluster;
 mod revoke;
 mod secret;
 mod serve;

@@ -598,3 +598,71 @@ async fn a_quiet_forwarded_client_keeps_its_upstream_session() -> anyhow::Result
     assert_eq!(version, opened.snapshot.version + 1);
     Ok(())
 }
+
+/// A client given both nodes' URLs keeps editing when the node it is connected to, the
+/// model's owner, is killed: it reconnects to the other, which takes the model over, and
+/// resyncs. Every change the client saw acknowledged is on the server once, and every
+/// change it made is acknowledged in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_two_nodes_keeps_editing_when_its_node_is_killed() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("client_urls");
+    let mut a = node(dir.path(), &store)?;
+    let b = node(dir.path(), &store)?;
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let (url_a, url_b) = (a.url("acme", "team"), b.url("acme", "team"));
+    let mut creator = connect(&url_a, &token).await?;
+    create_model(&mut creator, &model, text_document(1)).await?;
+    creator.close().await?;
+
+    let domain = concord_client::Domain::builder(url_a.clone())
+        .fallback_urls([url_b.clone()])
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .build();
+    domain.connect_with_jwt(token.clone()).await?;
+    let doc = domain.models().open(&model).await?;
+    let text = doc.root().get("text").await?.context("no `text`")?.as_string()?;
+    let acknowledged = |change| {
+        let doc = doc.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), doc.acknowledged(change))
+                .await
+                .context("not acknowledged within a minute")?
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let marker = format!("<{i}>");
+        acknowledged(text.insert(0, &marker).await?).await?;
+        acked.push(marker);
+    }
+    // Changes in flight when a dies, and more made while no node serves the model.
+    let mut unacked = Vec::new();
+    for i in 10..15 {
+        let marker = format!("<{i}>");
+        unacked.push((text.insert(0, &marker).await?, marker));
+    }
+    a.kill()?;
+    for i in 15..30 {
+        let marker = format!("<{i}>");
+        unacked.push((text.insert(0, &marker).await?, marker));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (change, marker) in unacked {
+        acknowledged(change).await?;
+        acked.push(marker);
+    }
+    assert_eq!(domain.url(), url_a, "the first URL names the domain");
+    // b serves the model now, with every change once.
+    let (_on_b, opened, _) = open_when_served(&url_b, &token, &model).await?;
+    let (_, stored) = text_of(&opened)?;
+    for marker in &acked {
+        assert_eq!(stored.matches(marker.as_str()).count(), 1, "{marker} in {stored}");
+    }
+    assert_eq!(stored.matches('<').count(), 30, "{stored}");
+    assert_eq!(text.value().await?, stored, "the client agrees with the server");
+    Ok(())
+}
