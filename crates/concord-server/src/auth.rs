@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use concord_protocol::{Auth, ErrorCode, ReconnectToken, User, UserId};
+use concord_protocol::{Auth, ErrorCode, ReconnectToken, SessionId, User, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::IgnoredAny;
@@ -101,6 +101,21 @@ struct ReconnectClaims {
     issued_ms: u64,
     /// Always [`RECONNECT_KIND`].
     concord_token: String,
+    /// Only in the tokens a cluster node mints for an upstream session to another node
+    /// (`forward.rs`): the client's session that the upstream one continues, so the owner
+    /// names the client by the session id the client knows. Clients never hold such a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+}
+
+/// Who a handshake's credentials name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: User,
+    /// The email the token claims, if any.
+    pub email: Option<String>,
+    /// The client session an upstream session continues ([`Authenticator::upstream_token`]).
+    pub session: Option<SessionId>,
 }
 
 /// Checks credentials and issues reconnect tokens.
@@ -196,7 +211,13 @@ impl Authenticator {
         &self,
         auth: &Auth,
     ) -> Result<(User, Option<String>), AuthError> {
-        match auth {
+        self.authenticate_handshake(auth).map(|found| (found.user, found.email))
+    }
+
+    /// Everything `auth` says once checked: the user, the email, and for an upstream
+    /// session's token the client session it continues.
+    pub fn authenticate_handshake(&self, auth: &Auth) -> Result<Authenticated, AuthError> {
+        let (user, email) = match auth {
             Auth::Jwt(token) => {
                 let (key, validation) = self.jwt.as_ref().ok_or(AuthError::JwtDisabled)?;
                 let claims = jsonwebtoken::decode::<ClientClaims>(token, key, validation)?.claims;
@@ -208,14 +229,14 @@ impl Authenticator {
                 }
                 let user =
                     User { id: UserId(claims.sub), display_name: claims.name, anonymous: false };
-                Ok((user, claims.email))
+                (user, claims.email)
             }
             Auth::Anonymous { display_name } => {
                 if !self.allow_anonymous {
                     return Err(AuthError::AnonymousDisabled);
                 }
                 let id = UserId(format!("anonymous:{}", uuid::Uuid::now_v7()));
-                Ok((User { id, display_name: display_name.clone(), anonymous: true }, None))
+                (User { id, display_name: display_name.clone(), anonymous: true }, None)
             }
             Auth::Reconnect(token) => {
                 let claims = jsonwebtoken::decode::<ReconnectClaims>(
@@ -239,9 +260,12 @@ impl Authenticator {
                         return Err(AuthError::Revoked);
                     }
                 }
-                Ok((User { id, display_name: claims.name, anonymous: claims.anon }, claims.email))
+                let user = User { id, display_name: claims.name, anonymous: claims.anon };
+                let session = claims.session.map(SessionId);
+                return Ok(Authenticated { user, email: claims.email, session });
             }
-        }
+        };
+        Ok(Authenticated { user, email, session: None })
     }
 
     /// A fresh reconnect token for `user`, valid for the configured time from now.
@@ -255,6 +279,27 @@ impl Authenticator {
         user: &User,
         email: Option<&str>,
     ) -> Result<ReconnectToken, AuthError> {
+        self.mint_reconnect(user, email, None)
+    }
+
+    /// A reconnect token for a cluster node's upstream session (`forward.rs`) continuing the
+    /// client session `session` of `user`: the owner gives the upstream session that id.
+    /// Only ever sent from node to node.
+    pub fn upstream_token(
+        &self,
+        user: &User,
+        email: Option<&str>,
+        session: &SessionId,
+    ) -> Result<ReconnectToken, AuthError> {
+        self.mint_reconnect(user, email, Some(session))
+    }
+
+    fn mint_reconnect(
+        &self,
+        user: &User,
+        email: Option<&str>,
+        session: Option<&SessionId>,
+    ) -> Result<ReconnectToken, AuthError> {
         let claims = ReconnectClaims {
             sub: user.id.0.clone(),
             name: user.display_name.clone(),
@@ -264,6 +309,7 @@ impl Authenticator {
             aud: RECONNECT_AUDIENCE.into(),
             issued_ms: now_ms(),
             concord_token: RECONNECT_KIND.into(),
+            session: session.map(|session| session.0.clone()),
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.reconnect_encoding)
@@ -431,6 +477,21 @@ mod tests {
         assert!(
             other.authenticate(&Auth::Reconnect(auth.reconnect_token(&user).unwrap())).is_err()
         );
+    }
+
+    #[test]
+    fn only_an_upstream_token_names_the_session_it_continues() {
+        let auth = Authenticator::new(&config(None, true)).unwrap();
+        let user = User { id: UserId("alice".into()), display_name: None, anonymous: false };
+        let session = SessionId("0193-client-session".into());
+        let upstream = auth.upstream_token(&user, Some("a@example.org"), &session).unwrap();
+        let found = auth.authenticate_handshake(&Auth::Reconnect(upstream)).unwrap();
+        assert_eq!(found.user, user);
+        assert_eq!(found.email.as_deref(), Some("a@example.org"));
+        assert_eq!(found.session, Some(session));
+        // The tokens clients get carry no session, and neither do client JWTs.
+        let plain = auth.reconnect_token(&user).unwrap();
+        assert_eq!(auth.authenticate_handshake(&Auth::Reconnect(plain)).unwrap().session, None);
     }
 
     /// Signs `claims` as JWT with `key`.

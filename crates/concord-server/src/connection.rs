@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticated;
 use crate::forward::{self, Forwarding};
 use crate::hub::Hub;
 use crate::model::ModelCommand;
@@ -211,7 +212,8 @@ impl Connection {
             return false;
         };
         let Some(session) = &self.session else { return false };
-        let user = session.session().user.clone();
+        let (user, session_id) =
+            (session.session().user.clone(), session.session().session.clone());
         let url = match self.forwarding.route(message) {
             Some(url) => url,
             None => {
@@ -234,7 +236,7 @@ impl Connection {
         let keepalive = (self.hub.config.silence_timeout / 4).max(Duration::from_millis(100));
         // A fresh token for each new upstream: the session may be older than a token lives.
         let (auth, email) = (&self.hub.auth, self.email.as_deref());
-        let token = || auth.reconnect_token_with_email(&user, email).ok();
+        let token = || auth.upstream_token(&user, email, &session_id).ok();
         self.forwarding.send(url, message, limits, token, &self.outbox, keepalive).await;
         true
     }
@@ -313,7 +315,11 @@ impl Connection {
             );
             return Some(Ending::Close(CLOSE_UNSUPPORTED_VERSION, reason));
         }
-        let (user, email) = match self.hub.auth.authenticate_with_email(&auth) {
+        let Authenticated { user, email, session: continued } = match self
+            .hub
+            .auth
+            .authenticate_handshake(&auth)
+        {
             Ok(found) => found,
             Err(e) => {
                 tracing::info!(conn = self.outbox.conn, error = %e, "handshake refused");
@@ -335,7 +341,12 @@ impl Connection {
                     return None;
                 }
             };
-        let session = SessionId(uuid::Uuid::now_v7().to_string());
+        // An upstream session from another node goes by its client's session id, so that
+        // authors, collaborators and references name the session the client knows.
+        let session = match continued {
+            Some(session) if self.forwarded => session,
+            _ => SessionId(uuid::Uuid::now_v7().to_string()),
+        };
         tracing::debug!(conn = self.outbox.conn, user = %user.id.0, session = %session.0, "session started");
         let session_ref =
             SessionRef { conn: self.outbox.conn, session: session.clone(), user: user.clone() };

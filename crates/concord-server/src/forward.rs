@@ -1,9 +1,9 @@
 //! Forwarding between cluster nodes (`docs/cluster.md`): a client connected to a node that
 //! does not own a model it asks for is served by the owner through this node. The node
 //! opens one upstream session to the owner per client connection and owner node, as the
-//! client's own user (a reconnect token the nodes' shared key signs, so the owner checks
-//! every permission on the real user and a forwarding node can do nothing the user could
-//! not), and relays that model's messages both ways unchanged: the owner sequences,
+//! client's own user and session (a reconnect token the nodes' shared key signs, so the
+//! owner checks every permission on the real user, names the client by the session id it
+//! knows, and a forwarding node can do nothing the user could not), and relays that model's messages both ways unchanged: the owner sequences,
 //! acknowledges after its commit and broadcasts, as to any of its clients.
 //!
 //! Bounded: a connection has at most one upstream per node; what the client sends waits

@@ -74,7 +74,7 @@ mod test_postgres;
 mod types;
 mod web_root;
 
-pub use auth::{AuthError, Authenticator, mint_identity_token, mint_token};
+pub use auth::{AuthError, Authenticated, Authenticator, mint_identity_token, mint_token};
 pub use config::{
     ActivityConfig, ActivityPermissions, ActivityPolicy, AuthConfig, ClusterConfig,
     CollectionConfig, ConfigError, ConnectionLimits, IdentityLimits, JwtConfig, JwtKey,

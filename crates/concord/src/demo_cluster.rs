@@ -59,7 +59,7 @@ pub(crate) async fn demo(dir: &Path) -> anyhow::Result<()> {
     let mut nodes: Vec<Option<RunningServer>> = Vec::new();
     for n in 1..=3 {
         let mut config = ServerConfig::development(dir.join(format!("node{n}")), SECRET);
-        config.store = Some(store.clone());
+        config.store = Some(store.clone().into());
         config.cluster = Some(ClusterConfig {
             name: Some(format!("node{n}")),
             url: None,

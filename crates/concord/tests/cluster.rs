@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use common::{ServeProcess, connect, create_model, serve, text_document, token};
 use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
 use concord_protocol::{
-    ClientRequest, CollectionId, CreationNonce, ErrorCode, ModelId, OpenedModel, PermissionGrants,
-    Permissions, ServerPush, ServerResponse,
+    Auth, ClientRequest, CollectionId, CreationNonce, ErrorCode, ModelId, OpenedModel,
+    PermissionGrants, Permissions, ServerPush, ServerResponse,
 };
 use concord_testkit::wire::WireClient;
 
@@ -450,10 +450,12 @@ async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() 
 
     // One client per node, all with the model open before anyone edits.
     let mut clients = Vec::new();
+    let mut sessions = Vec::new();
     for url in &urls {
-        let mut client = connect(url, &token).await?;
+        let (mut client, session) = WireClient::connect_as(url, Auth::Jwt(token.clone())).await?;
         let opened = try_open(&mut client, &model).await?.map_err(anyhow::Error::msg)?;
         clients.push((client, opened));
+        sessions.push(session.session);
     }
     let serving = cluster.sql_in(
         "forwarding",
@@ -485,15 +487,21 @@ async fn clients_on_three_nodes_edit_one_model_through_its_owner_and_converge() 
     let total = 3 * EACH;
     for (index, (client, _)) in done.iter_mut().enumerate() {
         // Every other client's operations reach this one (through its node if forwarded).
+        // Each operation names its author by the session id that client was given by its
+        // own node, forwarded or not.
         let mut heard = 0;
         while heard < total - EACH {
             let push = client.push(|push| match push {
-                ServerPush::RemoteOperation { model: m, .. } if *m == model => Some(()),
+                ServerPush::RemoteOperation { model: m, operation } if *m == model => {
+                    Some(operation.author.clone())
+                }
                 _ => None,
             });
-            tokio::time::timeout(Duration::from_secs(20), push)
+            let author = tokio::time::timeout(Duration::from_secs(20), push)
                 .await
                 .with_context(|| format!("client {index} heard only {heard} operations"))??;
+            let by = sessions.iter().position(|s| *s == author);
+            assert!(by.is_some_and(|by| by != index), "client {index} heard {author:?}");
             heard += 1;
         }
     }
