@@ -43,7 +43,8 @@ async fn cursors_stay_on_their_characters_while_both_type() -> anyhow::Result<()
     let alice = connected(&server, dir.path(), "alice").await?;
     let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("letter");
-    alice.models().create_with_id(&model, &notes(), json!({ "text": "hello world" })).await?;
+    create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "hello world" }))
+        .await?;
     let a = alice.models().open(&model).await?;
     let b = bob.models().open(&model).await?;
     let (a_session, b_session) = (session(&a).await?, session(&b).await?);
@@ -139,7 +140,7 @@ async fn removing_the_element_ends_its_references_and_invalid_ones_are_refused()
     let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("page");
     let data = json!({ "text": "abc", "meta": { "title": "t", "tags": [] } });
-    alice.models().create_with_id(&model, &notes(), data).await?;
+    create_confirmed(&alice, std::slice::from_ref(&model), data).await?;
     let a = alice.models().open(&model).await?;
     let b = bob.models().open(&model).await?;
     let b_session = session(&b).await?;
@@ -201,7 +202,7 @@ async fn collaborators_are_listed_and_events_name_the_user() -> anyhow::Result<(
     let alice = connected(&server, dir.path(), "alice").await?;
     let bob = connected(&server, dir.path(), "bob").await?;
     let model = id("minutes");
-    alice.models().create_with_id(&model, &notes(), json!({ "text": "" })).await?;
+    create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
     let a = alice.models().open(&model).await?;
     let mut a_events = a.events();
     let b = bob.models().open(&model).await?;

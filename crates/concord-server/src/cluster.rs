@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use concord_protocol::ModelId;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
@@ -67,13 +68,19 @@ impl Cluster {
         self.store.presence(key).await
     }
 
-    /// The URL of the live node other than this one that holds `key`'s lease, if one does:
-    /// a client's requests for the model are forwarded there.
+    /// Which of `models` of `domain` live nodes other than this one hold leases on, with
+    /// each one's URL: a client's requests for those models are forwarded there. One query.
     pub(crate) async fn served_elsewhere(
         &self,
-        key: &ModelKey,
-    ) -> Result<Option<String>, StoreError> {
-        self.store.served_elsewhere(self.leases.node, key).await
+        domain: &str,
+        models: &[&ModelId],
+    ) -> Result<HashMap<ModelId, String>, StoreError> {
+        let names: Vec<&str> = models.iter().map(|model| model.as_str()).collect();
+        let held = self.store.served_elsewhere(self.leases.node, domain, &names).await?;
+        Ok(held
+            .into_iter()
+            .filter_map(|(model, url)| Some((ModelId::new(model).ok()?, url)))
+            .collect())
     }
 
     /// Takes `key`'s lease for this node: the token the model's task stops on when it is

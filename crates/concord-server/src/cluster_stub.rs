@@ -29,8 +29,9 @@ pub(crate) enum Presence {
 impl Cluster {
     pub(crate) async fn served_elsewhere(
         &self,
-        _: &ModelKey,
-    ) -> Result<Option<String>, StoreError> {
+        _: &str,
+        _: &[&concord_protocol::ModelId],
+    ) -> Result<std::collections::HashMap<concord_protocol::ModelId, String>, StoreError> {
         match *self {}
     }
 

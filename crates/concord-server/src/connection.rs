@@ -7,6 +7,7 @@
 //! than a fragment as fragment frames. Either half ending, the server shutting down, or
 //! the outbox overflowing ends both.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,9 @@ use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_protocol::{
     CLOSE_UNSUPPORTED_VERSION, ClientMessage, ClientRequest, DEFAULT_FRAGMENT_BYTES, DecodeError,
-    ErrorCode, ErrorReply, HandshakeRejection, HandshakeResult, Limits, PROTOCOL_VERSION,
-    RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId, decode_with,
-    fragment_frame,
+    ErrorCode, ErrorReply, HandshakeRejection, HandshakeResult, KnownModel, Limits, ModelId,
+    PROTOCOL_VERSION, RequestId, ServerMessage, ServerPush, ServerResponse, Session, SessionId,
+    decode_with, fragment_frame,
 };
 use concord_sync::host::{Notice, SessionHost, SessionOutput, SessionRef, Write, replay_page};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -181,9 +182,13 @@ impl Connection {
                     return Ending::Close(CLOSE_PROTOCOL_ERROR, "malformed frame".into());
                 }
             };
-            if self.session.is_some() && self.forward(&message, &limits).await {
-                continue;
-            }
+            let message = match self.session {
+                Some(_) => match self.forward(message, &limits).await {
+                    Some(message) => message,
+                    None => continue,
+                },
+                None => message,
+            };
             match &mut self.session {
                 None => {
                     if let Some(ending) = self.before_handshake(message).await {
@@ -206,39 +211,119 @@ impl Connection {
     }
 
     /// Sends `message` to the cluster node that serves its model, if another node does
-    /// (`forward.rs`); `false` if this node handles it.
-    async fn forward(&mut self, message: &ClientMessage, limits: &Limits) -> bool {
-        let (Some(cluster), false) = (&self.hub.models.cluster, self.forwarded) else {
-            return false;
-        };
-        let Some(session) = &self.session else { return false };
-        let (user, session_id) =
-            (session.session().user.clone(), session.session().session.clone());
-        let url = match self.forwarding.route(message) {
-            Some(url) => url,
-            None => {
-                // Asked for the first time here (and not being served here): who serves it?
-                let Some(model) = forward::model_of(message) else { return false };
-                let local = session.attached().any(|m| m == model);
-                if local || !matches!(message, ClientMessage::Request { .. }) {
-                    return false;
-                }
-                let key = ModelKey { domain: self.domain.clone(), model: model.clone() };
-                let Ok(Some(node)) = cluster.served_elsewhere(&key).await else { return false };
-                let url: Arc<str> =
-                    format!("{}/{}", node.trim_end_matches('/'), self.domain).into();
-                tracing::debug!(model = %model, %url, "forwarding the model's requests");
-                self.forwarding.forward(model.clone(), url.clone());
-                url
+    /// (`forward.rs`); returns what is left for this node to handle. An offline
+    /// subscription is split: each node gets the models it serves.
+    async fn forward(&mut self, message: ClientMessage, limits: &Limits) -> Option<ClientMessage> {
+        if self.session.is_none() || self.hub.models.cluster.is_none() || self.forwarded {
+            return Some(message);
+        }
+        if let ClientMessage::Request {
+            id,
+            request: ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace },
+        } = message
+        {
+            return self.split_subscriptions(id, subscribe, unsubscribe, replace, limits).await;
+        }
+        match self.upstream_for(&message).await {
+            Some(url) => {
+                self.send_upstream(url, &message, limits).await;
+                None
             }
-        };
+            None => Some(message),
+        }
+    }
+
+    /// The node `message` goes to, if another node serves its model.
+    async fn upstream_for(&mut self, message: &ClientMessage) -> Option<Arc<str>> {
+        if let Some(url) = self.forwarding.route(message) {
+            return Some(url);
+        }
+        // Asked for the first time here (and not served here): who serves it?
+        let model = forward::model_of(message)?.clone();
+        let local = self.session.as_ref()?.attached().any(|m| *m == model);
+        if local || !matches!(message, ClientMessage::Request { .. }) {
+            return None;
+        }
+        self.look_up_owners(&[&model]).await;
+        self.forwarding.url_of(&model)
+    }
+
+    /// Which of `models` other live nodes serve: their messages on this connection go there
+    /// from now on. One query; a failed one leaves them to this node.
+    async fn look_up_owners(&mut self, models: &[&ModelId]) {
+        let Some(cluster) = &self.hub.models.cluster else { return };
+        if models.is_empty() {
+            return;
+        }
+        let Ok(owners) = cluster.served_elsewhere(&self.domain, models).await else { return };
+        for (model, node) in owners {
+            let url: Arc<str> = format!("{}/{}", node.trim_end_matches('/'), self.domain).into();
+            tracing::debug!(model = %model, %url, "forwarding the model's requests");
+            self.forwarding.forward(model, url);
+        }
+    }
+
+    /// An offline subscription may name models served by several nodes: each other node
+    /// serving some of them gets the subscription to those through the client's upstream
+    /// session there (the relay takes its answer), and this node handles the rest and
+    /// answers the client. With `replace`, every upstream is told its new set, if empty.
+    async fn split_subscriptions(
+        &mut self,
+        id: RequestId,
+        subscribe: Vec<KnownModel>,
+        unsubscribe: Vec<ModelId>,
+        replace: bool,
+        limits: &Limits,
+    ) -> Option<ClientMessage> {
+        let session = self.session.as_ref()?;
+        // Too many is refused here, as on a single node, without looking any up.
+        if subscribe.len() <= self.hub.config.limits.max_subscriptions {
+            let unrouted: Vec<ModelId> = (subscribe.iter().map(|known| &known.model))
+                .filter(|model| self.forwarding.url_of(model).is_none())
+                .filter(|model| !session.attached().any(|m| m == *model))
+                .cloned()
+                .collect();
+            self.look_up_owners(&unrouted.iter().collect::<Vec<_>>()).await;
+        }
+        let mut upstream: HashMap<Arc<str>, (Vec<KnownModel>, Vec<ModelId>)> = HashMap::new();
+        if replace {
+            for url in self.forwarding.upstream_urls() {
+                upstream.entry(url).or_default();
+            }
+        }
+        let (mut here, mut gone_here) = (Vec::new(), Vec::new());
+        for known in subscribe {
+            match self.forwarding.url_of(&known.model) {
+                Some(url) => upstream.entry(url).or_default().0.push(known),
+                None => here.push(known),
+            }
+        }
+        for model in unsubscribe {
+            match self.forwarding.url_of(&model) {
+                Some(url) => upstream.entry(url).or_default().1.push(model),
+                None => gone_here.push(model),
+            }
+        }
+        for (url, (subscribe, unsubscribe)) in upstream {
+            let request = ClientRequest::SubscribeOffline { subscribe, unsubscribe, replace };
+            let message = ClientMessage::Request { id: forward::SUBSCRIBE_ID, request };
+            self.send_upstream(url, &message, limits).await;
+        }
+        let request =
+            ClientRequest::SubscribeOffline { subscribe: here, unsubscribe: gone_here, replace };
+        Some(ClientMessage::Request { id, request })
+    }
+
+    /// Sends `message` through this connection's upstream session to the node at `url`.
+    async fn send_upstream(&mut self, url: Arc<str>, message: &ClientMessage, limits: &Limits) {
+        let Some(session) = &self.session else { return };
+        let (user, session) = (session.session().user.clone(), session.session().session.clone());
         // Well within the owner's silence timeout (the nodes' settings are alike).
         let keepalive = (self.hub.config.silence_timeout / 4).max(Duration::from_millis(100));
         // A fresh token for each new upstream: the session may be older than a token lives.
         let (auth, email) = (&self.hub.auth, self.email.as_deref());
-        let token = || auth.upstream_token(&user, email, &session_id).ok();
+        let token = || auth.upstream_token(&user, email, &session).ok();
         self.forwarding.send(url, message, limits, token, &self.outbox, keepalive).await;
-        true
     }
 
     fn error(&self, to: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {

@@ -48,6 +48,10 @@ const HANDSHAKE_ID: RequestId = RequestId(u64::MAX);
 /// so the relay keeps the upstream session from looking silent to the owner itself.
 const PING_ID: RequestId = RequestId(u64::MAX - 1);
 
+/// The request id of the offline subscriptions the relay sends for the client (the part
+/// of one of its `SubscribeOffline`s the owner serves): its node answers the client.
+pub(crate) const SUBSCRIBE_ID: RequestId = RequestId(u64::MAX - 2);
+
 /// One client connection's upstream sessions.
 #[derive(Debug, Default)]
 pub(crate) struct Forwarding {
@@ -115,6 +119,16 @@ impl Forwarding {
     /// From now on `model`'s messages go to the node at `url`.
     pub(crate) fn forward(&mut self, model: ModelId, url: Arc<str>) {
         self.models.insert(model, url);
+    }
+
+    /// Where `model`'s messages go, if to another node.
+    pub(crate) fn url_of(&self, model: &ModelId) -> Option<Arc<str>> {
+        self.models.get(model).cloned()
+    }
+
+    /// The nodes this connection has upstream sessions to.
+    pub(crate) fn upstream_urls(&self) -> Vec<Arc<str>> {
+        self.upstreams.keys().cloned().collect()
     }
 
     /// Sends `message` to the upstream session at `url` (`url` ending in the connection's
@@ -243,7 +257,12 @@ impl Relay {
                                 }
                             }
                         }
-                        ServerMessage::Response { to: PING_ID, .. } => {}
+                        ServerMessage::Response { to: PING_ID | SUBSCRIBE_ID, .. } => {}
+                        // The client's node answered its subscription; the owner's refusal
+                        // of its part is still told.
+                        ServerMessage::Error { to: Some(SUBSCRIBE_ID), error } => {
+                            self.outbox.message(&ServerMessage::Error { to: None, error });
+                        }
                         message => {
                             if let ServerMessage::Request { id, .. } = &message {
                                 self.asked.lock().unwrap_or_else(|p| p.into_inner()).insert(*id);

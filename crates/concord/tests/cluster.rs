@@ -16,8 +16,9 @@ use anyhow::{Context, bail};
 use common::{ServeProcess, connect, create_model, serve, text_document, token};
 use concord_ot::{DiscreteOperation, ElementId, OperationKind, PathSegment, ReplicaId};
 use concord_protocol::{
-    Auth, ClientRequest, CollectionId, CreationNonce, ErrorCode, ModelId, OpenedModel,
-    PermissionGrants, Permissions, ServerPush, ServerResponse,
+    Auth, ClientRequest, CollectionId, CreationNonce, ErrorCode, KnownModel, ModelId,
+    OfflineUpdate, OpenedModel, PermissionGrants, Permissions, ServerMessage, ServerPush,
+    ServerResponse,
 };
 use concord_testkit::wire::WireClient;
 
@@ -672,5 +673,126 @@ async fn a_client_given_two_nodes_keeps_editing_when_its_node_is_killed() -> any
     }
     assert_eq!(stored.matches('<').count(), 30, "{stored}");
     assert_eq!(text.value().await?, stored, "the client agrees with the server");
+    Ok(())
+}
+
+/// An offline subscription made on a node that does not serve one of its models reaches
+/// that model's owner through the forwarding node: one `SubscribeOffline` naming a model
+/// served elsewhere and one served here is answered once, brings both models, and then
+/// every operation committed on either; after unsubscribing, the owner's operations stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_subscription_on_another_node_hears_the_owners_operations() -> anyhow::Result<()>
+{
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("subscriptions");
+    let nodes = [node(dir.path(), &store)?, node(dir.path(), &store)?];
+    let token = token(dir.path(), "writer")?;
+    let (url_a, url_b) = (nodes[0].url("acme", "team"), nodes[1].url("acme", "team"));
+    let (on_a, on_b) = (ModelId::new("on-a")?, ModelId::new("on-b")?);
+    // Each node serves one model, open by an editor connected to it.
+    let mut editor_a = connect(&url_a, &token).await?;
+    create_model(&mut editor_a, &on_a, text_document(1)).await?;
+    let opened_a = try_open(&mut editor_a, &on_a).await?.map_err(anyhow::Error::msg)?;
+    let mut editor_b = connect(&url_b, &token).await?;
+    create_model(&mut editor_b, &on_b, text_document(2)).await?;
+    let opened_b = try_open(&mut editor_b, &on_b).await?.map_err(anyhow::Error::msg)?;
+
+    let mut subscriber = connect(&url_a, &token).await?;
+    let subscribe = ClientRequest::SubscribeOffline {
+        subscribe: vec![
+            KnownModel { model: on_a.clone(), version: None },
+            KnownModel { model: on_b.clone(), version: None },
+        ],
+        unsubscribe: vec![],
+        replace: true,
+    };
+    let answer = subscriber.request(subscribe).await?;
+    assert!(matches!(answer, Ok(ServerResponse::Done)), "{answer:?}");
+    let mut snapshots = Vec::new();
+    while snapshots.len() < 2 {
+        snapshots.push(
+            subscriber
+                .push(|push| match push {
+                    ServerPush::OfflineUpdate {
+                        model,
+                        update: OfflineUpdate::Snapshot { snapshot, .. },
+                    } => Some((model.clone(), snapshot.version)),
+                    _ => None,
+                })
+                .await?,
+        );
+    }
+    snapshots.sort();
+    assert_eq!(snapshots, [(on_a.clone(), 0), (on_b.clone(), 0)]);
+    let owner_of_b = cluster.sql_in(
+        "subscriptions",
+        "SELECT count(*) FROM concord_leases WHERE model = 'on-b' AND expires_at > now()",
+    );
+    assert_eq!(owner_of_b, "1", "the subscription did not lease the model elsewhere");
+
+    // Operations on both models reach the subscriber, each once and in order.
+    let mut base = (opened_a.snapshot.version, opened_b.snapshot.version);
+    for seq in 1..=3 {
+        base.0 = insert(&mut editor_a, &opened_a, ReplicaId(11), seq, base.0, "<a>")
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        base.1 = insert(&mut editor_b, &opened_b, ReplicaId(12), seq, base.1, "<b>")
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    let mut heard: Vec<(ModelId, u64)> = Vec::new();
+    while heard.len() < 6 {
+        let operations = subscriber
+            .push(|push| match push {
+                ServerPush::OfflineUpdate {
+                    model,
+                    update: OfflineUpdate::Operations { operations, .. },
+                } => Some((model.clone(), operations.clone())),
+                _ => None,
+            })
+            .await?;
+        heard.extend(operations.1.iter().map(|op| (operations.0.clone(), op.version)));
+    }
+    let versions = |of: &ModelId| -> Vec<u64> {
+        heard.iter().filter(|(m, _)| m == of).map(|(_, v)| *v).collect()
+    };
+    assert_eq!(versions(&on_a), [1, 2, 3]);
+    assert_eq!(versions(&on_b), [1, 2, 3]);
+
+    // Unsubscribed from the model served elsewhere: its operations no longer come, those
+    // of the one served here still do.
+    let unsubscribe = ClientRequest::SubscribeOffline {
+        subscribe: vec![],
+        unsubscribe: vec![on_b.clone()],
+        replace: false,
+    };
+    assert!(matches!(subscriber.request(unsubscribe).await?, Ok(ServerResponse::Done)));
+    // The unsubscription travels on to b after a answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    insert(&mut editor_b, &opened_b, ReplicaId(12), 4, base.1, "<b>")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    insert(&mut editor_a, &opened_a, ReplicaId(11), 4, base.0, "<a>")
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let next = subscriber
+        .push(|push| match push {
+            ServerPush::OfflineUpdate { model, update: OfflineUpdate::Operations { .. } } => {
+                Some(model.clone())
+            }
+            _ => None,
+        })
+        .await?;
+    assert_eq!(next, on_a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    subscriber.request(ClientRequest::Ping).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let late = (subscriber.queued().iter())
+        .filter(|message| {
+            matches!(message,
+                ServerMessage::Push(ServerPush::OfflineUpdate { model, .. }) if *model == on_b)
+        })
+        .count();
+    assert_eq!(late, 0, "an operation of an unsubscribed model was pushed");
     Ok(())
 }

@@ -170,25 +170,26 @@ impl PostgresStore {
         Ok(Presence::Exists { record: Box::new(record), collection })
     }
 
-    /// The URL of the node other than `node` holding `key`'s lease unexpired, if one does.
+    /// Which of `models` of `domain` a live node other than `node` holds unexpired leases
+    /// on: (model, that node's URL) for each.
     pub(crate) async fn served_elsewhere(
         &self,
         node: i64,
-        key: &ModelKey,
-    ) -> Result<Option<String>, StoreError> {
+        domain: &str,
+        models: &[&str],
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let client = self.client().await?;
-        let (domain, model) = key.as_tuple();
         let statement = client
             .prepare_cached(
-                "SELECT n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node
-                 WHERE l.domain = $1 AND l.model = $2 AND l.node <> $3
+                "SELECT l.model, n.url FROM concord_leases l JOIN concord_nodes n ON n.id = l.node
+                 WHERE l.domain = $1 AND l.model = ANY($2) AND l.node <> $3
                        AND l.expires_at > clock_timestamp() AND n.stopped_at IS NULL",
             )
             .await
             .map_err(pg)?;
-        let params: [&(dyn ToSql + Sync); 3] = [&domain, &model, &node];
-        let row = client.query_opt(&statement, &params).await.map_err(pg)?;
-        Ok(row.map(|row| row.get(0)))
+        let params: [&(dyn ToSql + Sync); 3] = [&domain, &models, &node];
+        let rows = client.query(&statement, &params).await.map_err(pg)?;
+        Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Renews `leases` of `node` in one statement (and records the node's heartbeat);
