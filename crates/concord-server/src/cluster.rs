@@ -68,6 +68,11 @@ impl Cluster {
         self.store.presence(key).await
     }
 
+    /// How long a lease lasts: a node silent for longer has lost its models.
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.config.lease.ttl
+    }
+
     /// Which of `models` of `domain` live nodes other than this one hold leases on, with
     /// each one's URL: a client's requests for those models are forwarded there. One query.
     pub(crate) async fn served_elsewhere(

@@ -316,14 +316,20 @@ impl Connection {
 
     /// Sends `message` through this connection's upstream session to the node at `url`.
     async fn send_upstream(&mut self, url: Arc<str>, message: &ClientMessage, limits: &Limits) {
-        let Some(session) = &self.session else { return };
+        let (Some(session), Some(cluster)) = (&self.session, &self.hub.models.cluster) else {
+            return;
+        };
         let (user, session) = (session.session().user.clone(), session.session().session.clone());
-        // Well within the owner's silence timeout (the nodes' settings are alike).
-        let keepalive = (self.hub.config.silence_timeout / 4).max(Duration::from_millis(100));
+        // Well within the owner's silence timeout and its lease time (the nodes' settings
+        // are alike): an owner silent for its lease time has lost its models.
+        let silence = cluster.lease_ttl();
+        let keepalive =
+            (self.hub.config.silence_timeout.min(silence) / 4).max(Duration::from_millis(100));
+        let liveness = forward::Liveness { keepalive, silence };
         // A fresh token for each new upstream: the session may be older than a token lives.
         let (auth, email) = (&self.hub.auth, self.email.as_deref());
         let token = || auth.upstream_token(&user, email, &session).ok();
-        self.forwarding.send(url, message, limits, token, &self.outbox, keepalive).await;
+        self.forwarding.send(url, message, limits, token, &self.outbox, liveness).await;
     }
 
     fn error(&self, to: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {

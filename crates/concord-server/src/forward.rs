@@ -32,11 +32,6 @@ use crate::outbox::Outbox;
 /// Messages queued for one upstream before the client's reader waits.
 const UPSTREAM_QUEUE: usize = 64;
 
-/// How long the owner may take to accept an upstream session: a node paused or cut off
-/// fails its forwarded clients after this (they reconnect, and by then its leases may
-/// have run out and another node serve the model).
-const UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(3);
-
 /// The query string that marks an upstream session (never forwarded again).
 pub(crate) const FORWARDED_QUERY: &str = "forwarded";
 
@@ -140,7 +135,7 @@ impl Forwarding {
         limits: &Limits,
         auth: impl FnOnce() -> Option<ReconnectToken>,
         outbox: &Outbox,
-        keepalive: Duration,
+        liveness: Liveness,
     ) {
         let Ok(bytes) = encode_with(limits, message) else {
             // It was decoded under the same limits: it encodes under them.
@@ -159,7 +154,7 @@ impl Forwarding {
                 limits: *limits,
                 outbox: outbox.clone(),
                 asked: asked.clone(),
-                keepalive,
+                liveness,
             };
             let task = tokio::spawn(relay.run(receiver));
             self.upstreams.insert(url.clone(), Upstream { sender, asked, task });
@@ -170,6 +165,17 @@ impl Forwarding {
     }
 }
 
+/// How an upstream session tells a live owner from one paused, cut off or gone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    /// How often the relay pings the owner.
+    pub(crate) keepalive: Duration,
+    /// How long the owner may be silent (the handshake included) before the upstream
+    /// ends: its lease time, after which a silent node has lost its models anyway, so the
+    /// client, reconnecting, finds the node that took them over.
+    pub(crate) silence: Duration,
+}
+
 /// One upstream session: the client's messages for models the owner serves go up, all the
 /// owner's messages come down to the client.
 struct Relay {
@@ -178,8 +184,7 @@ struct Relay {
     limits: Limits,
     outbox: Outbox,
     asked: Arc<Mutex<HashSet<RequestId>>>,
-    /// How often the relay pings the owner.
-    keepalive: Duration,
+    liveness: Liveness,
 }
 
 impl Relay {
@@ -196,12 +201,14 @@ impl Relay {
         let url = format!("{}?{FORWARDED_QUERY}", self.url);
         let unreachable =
             |e: String| format!("the server node serving the model is unreachable: {e}");
+        let Liveness { keepalive, silence } = self.liveness;
         let connecting = tokio_tungstenite::connect_async(url.as_str());
-        let (mut socket, _) = tokio::time::timeout(UPSTREAM_HANDSHAKE, connecting)
+        let (mut socket, _) = tokio::time::timeout(silence, connecting)
             .await
             .map_err(|_| unreachable("it did not answer in time".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + UPSTREAM_HANDSHAKE;
+        // Moved on by every frame the owner sends (it answers the relay's pings).
+        let mut deadline = tokio::time::Instant::now() + silence;
         let handshake = ClientMessage::Request {
             id: HANDSHAKE_ID,
             request: ClientRequest::Handshake {
@@ -217,7 +224,7 @@ impl Relay {
         socket.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
         let mut frames = Reassembler::<ServerMessage>::new(self.limits);
         let mut accepted = false;
-        let mut keepalive = tokio::time::interval(self.keepalive);
+        let mut keepalive = tokio::time::interval(keepalive);
         let ping = ClientMessage::Request { id: PING_ID, request: ClientRequest::Ping };
         let ping = encode_with(&self.limits, &ping).map_err(|e| e.to_string())?;
         loop {
@@ -231,10 +238,15 @@ impl Relay {
                     let Some(bytes) = bytes else { return Ok(()) };
                     socket.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())?;
                 }
-                () = tokio::time::sleep_until(deadline), if !accepted => {
-                    return Err(unreachable("it did not accept the session in time".into()));
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(if accepted {
+                        format!("the server node serving the model stopped answering for {silence:?}")
+                    } else {
+                        unreachable("it did not accept the session in time".into())
+                    });
                 }
                 frame = socket.next() => {
+                    deadline = tokio::time::Instant::now() + silence;
                     let frame = match frame {
                         Some(Ok(Message::Binary(frame))) => frame,
                         Some(Ok(Message::Close(_))) | None => return Ok(()),

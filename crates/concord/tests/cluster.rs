@@ -122,13 +122,21 @@ async fn a_paused_owner_writes_nothing_and_a_killed_owner_is_taken_over_with_not
         .await?
         .map_err(anyhow::Error::msg)?;
     // b serves it too, forwarding to a.
-    let mut on_b = connect(&url_b, &token).await?;
-    let through_b = try_open(&mut on_b, &model).await?.map_err(anyhow::Error::msg)?;
+    let mut forwarded = connect(&url_b, &token).await?;
+    let through_b = try_open(&mut forwarded, &model).await?.map_err(anyhow::Error::msg)?;
     assert_eq!(through_b.snapshot.version, v1, "b forwards to a");
-    on_b.close().await?;
 
-    // a is paused past its lease: b takes the model over and commits on it.
+    // a is paused past its lease: b gives its upstream session up (the forwarded client is
+    // told, while a is still paused), takes the model over and commits on it.
     a.signal("STOP")?;
+    let closing = forwarded.push(|push| match push {
+        ServerPush::SessionClosing { code, .. } => Some(*code),
+        _ => None,
+    });
+    let code = tokio::time::timeout(Duration::from_secs(20), closing)
+        .await
+        .context("the forwarded client was left with a paused owner")??;
+    assert_eq!(code, ErrorCode::UNAVAILABLE);
     let (mut on_b, opened_b, took) = open_when_served(&url_b, &token, &model).await?;
     println!("b took the model over {took:?} after a was paused");
     let (_, text) = text_of(&opened_b)?;
