@@ -213,7 +213,11 @@ impl Connection {
     /// Sends `message` to the cluster node that serves its model, if another node does
     /// (`forward.rs`); returns what is left for this node to handle. An offline
     /// subscription is split: each node gets the models it serves.
-    async fn forward(&mut self, message: ClientMessage, limits: &Limits) -> Option<ClientMessage> {
+    async fn forward(
+        &mut self,
+        mut message: ClientMessage,
+        limits: &Limits,
+    ) -> Option<ClientMessage> {
         if self.session.is_none() || self.hub.models.cluster.is_none() || self.forwarded {
             return Some(message);
         }
@@ -224,7 +228,7 @@ impl Connection {
         {
             return self.split_subscriptions(id, subscribe, unsubscribe, replace, limits).await;
         }
-        match self.upstream_for(&message).await {
+        match self.upstream_for(&mut message).await {
             Some(url) => {
                 self.send_upstream(url, &message, limits).await;
                 None
@@ -234,7 +238,7 @@ impl Connection {
     }
 
     /// The node `message` goes to, if another node serves its model.
-    async fn upstream_for(&mut self, message: &ClientMessage) -> Option<Arc<str>> {
+    async fn upstream_for(&mut self, message: &mut ClientMessage) -> Option<Arc<str>> {
         if let Some(url) = self.forwarding.route(message) {
             return Some(url);
         }

@@ -13,7 +13,8 @@
 //! the client's connection is closed saying so, and the client reconnects and resyncs.
 //! This is not a router: an upstream session is never forwarded again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,19 +48,29 @@ const PING_ID: RequestId = RequestId(u64::MAX - 1);
 /// of one of its `SubscribeOffline`s the owner serves): its node answers the client.
 pub(crate) const SUBSCRIBE_ID: RequestId = RequestId(u64::MAX - 2);
 
+/// The first id the relay gives an owner's request to the client: far above the ids the
+/// client's own node gives its requests (each session counts from 1), so that neither
+/// that node's nor another upstream's requests share one.
+const ALIASES_FROM: u64 = 1 << 62;
+
+/// The owner's requests to the client (auto-create) waiting for an answer: the id the
+/// client was given for each, and the owner's own id, which the answer goes back under.
+type Asked = Arc<Mutex<HashMap<RequestId, RequestId>>>;
+
 /// One client connection's upstream sessions.
 #[derive(Debug, Default)]
 pub(crate) struct Forwarding {
     /// The models this connection's messages go to another node for: that node's URL.
     models: HashMap<ModelId, Arc<str>>,
     upstreams: HashMap<Arc<str>, Upstream>,
+    /// How many owners' requests have been given ids (from [`ALIASES_FROM`]).
+    aliases: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct Upstream {
     sender: mpsc::Sender<Vec<u8>>,
-    /// The ids of the owner's requests to the client (auto-create): their answers go back.
-    asked: Arc<Mutex<HashSet<RequestId>>>,
+    asked: Asked,
     task: JoinHandle<()>,
 }
 
@@ -98,17 +109,18 @@ pub(crate) fn model_of(message: &ClientMessage) -> Option<&ModelId> {
 
 impl Forwarding {
     /// Where `message` goes, if to another node: the node of its model, or of the request
-    /// it answers.
-    pub(crate) fn route(&self, message: &ClientMessage) -> Option<Arc<str>> {
-        match message {
-            ClientMessage::Response { to, .. } | ClientMessage::Error { to: Some(to), .. } => {
-                self.upstreams.iter().find_map(|(url, upstream)| {
-                    let mut asked = upstream.asked.lock().unwrap_or_else(|p| p.into_inner());
-                    asked.remove(to).then(|| url.clone())
-                })
-            }
-            message => model_of(message).and_then(|model| self.models.get(model).cloned()),
+    /// it answers (whose id it then carries as that node gave it).
+    pub(crate) fn route(&self, message: &mut ClientMessage) -> Option<Arc<str>> {
+        if let ClientMessage::Response { to, .. } | ClientMessage::Error { to: Some(to), .. } =
+            message
+        {
+            return self.upstreams.iter().find_map(|(url, upstream)| {
+                let mut asked = upstream.asked.lock().unwrap_or_else(|p| p.into_inner());
+                *to = asked.remove(to)?;
+                Some(url.clone())
+            });
         }
+        model_of(message).and_then(|model| self.models.get(model).cloned())
     }
 
     /// From now on `model`'s messages go to the node at `url`.
@@ -147,13 +159,14 @@ impl Forwarding {
                 return;
             };
             let (sender, receiver) = mpsc::channel(UPSTREAM_QUEUE);
-            let asked = Arc::new(Mutex::new(HashSet::new()));
+            let asked = Asked::default();
             let relay = Relay {
                 url: url.clone(),
                 auth,
                 limits: *limits,
                 outbox: outbox.clone(),
                 asked: asked.clone(),
+                aliases: self.aliases.clone(),
                 liveness,
             };
             let task = tokio::spawn(relay.run(receiver));
@@ -183,7 +196,8 @@ struct Relay {
     auth: ReconnectToken,
     limits: Limits,
     outbox: Outbox,
-    asked: Arc<Mutex<HashSet<RequestId>>>,
+    asked: Asked,
+    aliases: Arc<AtomicU64>,
     liveness: Liveness,
 }
 
@@ -275,15 +289,61 @@ impl Relay {
                         ServerMessage::Error { to: Some(SUBSCRIBE_ID), error } => {
                             self.outbox.message(&ServerMessage::Error { to: None, error });
                         }
-                        message => {
-                            if let ServerMessage::Request { id, .. } = &message {
-                                self.asked.lock().unwrap_or_else(|p| p.into_inner()).insert(*id);
-                            }
-                            self.outbox.message(&message);
+                        ServerMessage::Request { id, request } => {
+                            let alias = self.aliases.fetch_add(1, Ordering::Relaxed);
+                            let alias = RequestId(ALIASES_FROM + alias);
+                            self.asked.lock().unwrap_or_else(|p| p.into_inner()).insert(alias, id);
+                            self.outbox.message(&ServerMessage::Request { id: alias, request });
                         }
+                        message => self.outbox.message(&message),
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use concord_protocol::{ClientResponse, ErrorCode, ErrorReply};
+
+    use super::*;
+
+    fn upstream(asked: &[(u64, u64)]) -> Upstream {
+        let asked = asked.iter().map(|&(alias, id)| (RequestId(alias), RequestId(id))).collect();
+        Upstream {
+            sender: mpsc::channel(1).0,
+            asked: Arc::new(Mutex::new(asked)),
+            task: tokio::spawn(async {}),
+        }
+    }
+
+    /// Two owners and the client's own node each asked the client something under id 1;
+    /// the client's answers to the ids it was given go back to the node that asked, under
+    /// that node's id, once; its answer to its own node's request stays there.
+    #[tokio::test]
+    async fn answers_go_back_to_the_node_that_asked_under_its_id() {
+        let mut forwarding = Forwarding::default();
+        let (b, c): (Arc<str>, Arc<str>) = ("ws://b/acme".into(), "ws://c/acme".into());
+        forwarding.upstreams.insert(b.clone(), upstream(&[(ALIASES_FROM, 1)]));
+        forwarding.upstreams.insert(c.clone(), upstream(&[(ALIASES_FROM + 1, 1)]));
+        let answer =
+            |to: u64| ClientMessage::Response { to: RequestId(to), response: ClientResponse::Pong };
+
+        let mut to_c = answer(ALIASES_FROM + 1);
+        assert_eq!(forwarding.route(&mut to_c), Some(c.clone()));
+        assert!(matches!(to_c, ClientMessage::Response { to: RequestId(1), .. }));
+        let mut to_b = ClientMessage::Error {
+            to: Some(RequestId(ALIASES_FROM)),
+            error: ErrorReply::new(ErrorCode::PERMISSION_DENIED, "no data"),
+        };
+        assert_eq!(forwarding.route(&mut to_b), Some(b));
+        assert!(matches!(to_b, ClientMessage::Error { to: Some(RequestId(1)), .. }));
+
+        // Answered already, and the client's node's own request: neither is forwarded.
+        assert_eq!(forwarding.route(&mut answer(ALIASES_FROM + 1)), None);
+        let mut own = answer(1);
+        assert_eq!(forwarding.route(&mut own), None);
+        assert!(matches!(own, ClientMessage::Response { to: RequestId(1), .. }));
     }
 }
