@@ -14,7 +14,7 @@ use concord_ot::ReplicaId;
 use concord_protocol::{ErrorCode, ErrorReply, Timestamp, UserId};
 use concord_sync::host::{
     CollectionConfig, ConnId, HostConfig, Job as HostJob, Loaded, ModelHost, ModelRecord,
-    ModelRequest, Outgoing, Read, ReadResult, SessionRef, effective, may_create,
+    ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, effective, may_create,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -628,8 +628,14 @@ fn fail_each(
     }
 }
 
-/// Answers `command` with `reply`, if it expects an answer.
+/// Answers `command` with `reply`, if it expects an answer; an open it made is closed on
+/// its session, so that the client may open the model again (here or, in a cluster,
+/// through the node that serves it).
 fn answer(key: &ModelKey, models: &Models, command: ModelCommand, reply: ErrorReply) {
+    if let Some(attachment) = command.request.attachment() {
+        let (conn, model) = (command.from.conn, key.model.clone());
+        command.outbox.notice(Notice::Closed { conn, model, attachment });
+    }
     if let Some(message) = command.request.failure(&key.model, reply) {
         models.metrics.sent(&message);
         command.outbox.message(&message);

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use concord_client::{ClientError, CollectionId, Domain, ModelId, RealTimeModel, RedbAdapter};
+use concord_client::{
+    ClientError, CollectionId, Domain, DomainEvent, ModelId, RealTimeModel, RedbAdapter,
+};
 use concord_server::{ClusterConfig, RunningServer, Server, ServerConfig};
 use serde_json::json;
 
@@ -31,16 +33,15 @@ fn client(urls: &[String], first: usize, dir: &Path) -> Domain {
         .build()
 }
 
-/// Opens `note`; a node that does not own it says which does, and the client reconnects
-/// there: the refusal is shown, and the open tried again once the client is connected.
+/// Opens `note`. A node that cannot serve it at that moment (its owner just changed) says
+/// why; the refusal is shown, and the open tried again.
 async fn open(who: &str, domain: &Domain, note: &ModelId) -> anyhow::Result<RealTimeModel> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match domain.models().open(note).await {
             Ok(model) => return Ok(model),
             Err(ClientError::Server(refusal)) if tokio::time::Instant::now() < deadline => {
-                say(format!("   {who}'s node: {}", refusal.message));
-                say(format!("   {who}'s client follows that to the owner and opens it again"));
+                say(format!("   {who}'s node: {}; {who} tries again", refusal.message));
             }
             Err(ClientError::NotAvailableOffline(_)) if tokio::time::Instant::now() < deadline => {}
             Err(error) => bail!("{who} cannot open {note}: {error}"),
@@ -78,11 +79,22 @@ pub(crate) async fn demo(dir: &Path) -> anyhow::Result<()> {
     bob.connect_with_jwt(token("bob")?).await?;
     say("   alice: connected to node1   bob: connected to node2");
 
-    step(3, "Alice creates a note (node1 takes its lease); Bob opens it from node2.");
+    step(3, "Alice creates a note (node1 takes its lease); Bob opens it through node2.");
     let notes = CollectionId::new("notes")?;
     let note = ModelId::new("cluster-note")?;
+    let mut alice_events = alice.events();
     alice.models().create_with_id(&note, &notes, json!({ "text": "Agenda:" })).await?;
     let a_note = open("alice", &alice, &note).await?;
+    // Created offline-first: Bob can open it once the server has it.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = alice_events.next().await {
+            if matches!(event, DomainEvent::Created { model } if model == note) {
+                return;
+            }
+        }
+    })
+    .await
+    .context("the server did not confirm the note")?;
     let a_text = a_note.root().get("text").await?.context("no text")?.as_string()?;
     let b_note = open("bob", &bob, &note).await?;
     let b_text = b_note.root().get("text").await?.context("no text")?.as_string()?;
@@ -91,6 +103,9 @@ pub(crate) async fn demo(dir: &Path) -> anyhow::Result<()> {
          WHERE l.model = 'cluster-note'",
     )?;
     say(format!("   the note's lease: {owner}"));
+    if owner != "node2" {
+        say(format!("   node2 forwards Bob's requests for it to {owner}"));
+    }
 
     step(4, "Both edit at once.");
     let a_change = a_text.insert(a_text.len().await?, " budget").await?;

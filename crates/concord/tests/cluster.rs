@@ -804,3 +804,33 @@ async fn an_offline_subscription_on_another_node_hears_the_owners_operations() -
     assert_eq!(late, 0, "an operation of an unsubscribed model was pushed");
     Ok(())
 }
+
+/// A node that cannot serve a model it was asked for (another node holds its lease, and
+/// this connection is not forwarded) refuses the open and forgets it: asking again gets
+/// the same answer, never "already open", so a client retrying through a node that
+/// forwards, or after a takeover, is not stuck with a model its session thinks is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_open_leaves_nothing_open_on_the_session() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let store = cluster.url("refused_open");
+    let nodes = [node(dir.path(), &store)?, node(dir.path(), &store)?];
+    let token = token(dir.path(), "writer")?;
+    let model = ModelId::new("doc")?;
+    let mut on_a = connect(&nodes[0].url("acme", "team"), &token).await?;
+    create_model(&mut on_a, &model, text_document(1)).await?;
+    try_open(&mut on_a, &model).await?.map_err(anyhow::Error::msg)?;
+
+    // A connection to b that b does not forward: b answers for itself.
+    let url = format!("{}?forwarded", nodes[1].url("acme", "team"));
+    let (mut client, _) = WireClient::connect_as(&url, Auth::Jwt(token.clone())).await?;
+    for attempt in 0..3 {
+        let refused = try_open(&mut client, &model).await?.expect_err("a serves the model");
+        assert!(refused.contains("served by node"), "attempt {attempt}: {refused}");
+        let resync =
+            ClientRequest::Resync { model: model.clone(), known_version: 0, in_flight: None };
+        let refused = client.request(resync).await?.expect_err("a serves the model");
+        assert_eq!(refused.code, ErrorCode::UNAVAILABLE, "attempt {attempt}: {refused:?}");
+    }
+    Ok(())
+}

@@ -424,6 +424,20 @@ impl ModelRequest {
     /// The reply owed for this request when the model cannot be served at all (its stored
     /// state does not load), so that no request goes unanswered; `None` for requests that
     /// expect no reply.
+    /// The session's attachment of the model this request made, if it made one: failing
+    /// the request without a host (a model that could not be loaded or leased) closes it
+    /// ([`Notice::Closed`]), as a host refusing it would.
+    pub fn attachment(&self) -> Option<u64> {
+        match self {
+            ModelRequest::Open { attachment, .. } | ModelRequest::Resync { attachment, .. } => {
+                Some(*attachment)
+            }
+            ModelRequest::Create { attachment, .. } => *attachment,
+            ModelRequest::Sync(sync) => Some(sync.attachment),
+            _ => None,
+        }
+    }
+
     pub fn failure(
         &self,
         model: &ModelId,
