@@ -8,7 +8,9 @@
 
 use concord_storage::contract::{self, CHECKS, Check};
 use concord_storage::indexeddb::IdbAdapter;
-use concord_storage::{Batch, Mutation, OfflineStore, StorageAdapter, StorageError};
+use concord_storage::{
+    Batch, FORMAT_VERSION, Mutation, OfflineStore, StorageAdapter, StorageError,
+};
 use js_sys::{Array, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -126,10 +128,11 @@ async fn a_newer_version_is_refused_and_left_alone() {
     let name = adapter.database_name(&key);
     raw_open(&name, Some(7)).await.close();
     match adapter.open(&key).await {
-        Err(error @ StorageError::NewerFormat { found: 7, supported: 2 }) => {
+        Err(error @ StorageError::NewerFormat { found: 7, supported }) => {
+            assert_eq!(supported, FORMAT_VERSION);
             assert_eq!(
                 error.to_string(),
-                "store format version 7 is newer than the supported version 2"
+                format!("store format version 7 is newer than the supported version {supported}")
             );
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -168,7 +171,7 @@ async fn an_upgrade_elsewhere_closes_the_handle() {
     let store = adapter.open_store(&key).await.unwrap();
     store.commit(contract::full_model_batch(1)).await.unwrap();
     // Newer code in another tab upgrades the database.
-    let newer = raw_open(store.database_name(), Some(3)).await;
+    let newer = raw_open(store.database_name(), Some(FORMAT_VERSION + 1)).await;
     assert!(store.is_closed());
     let error = store.commit(contract::full_model_batch(2)).await.unwrap_err();
     assert!(matches!(error, StorageError::Closed), "{error:?}");
@@ -178,7 +181,8 @@ async fn an_upgrade_elsewhere_closes_the_handle() {
     drop(store);
     assert!(matches!(
         adapter.open(&key).await,
-        Err(StorageError::NewerFormat { found: 3, supported: 2 })
+        Err(StorageError::NewerFormat { found, supported: FORMAT_VERSION })
+            if found == FORMAT_VERSION + 1
     ));
 }
 
