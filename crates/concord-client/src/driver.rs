@@ -16,8 +16,8 @@ use futures_util::FutureExt;
 use concord_ot::{Document, ElementId, IdGenerator, Operation, ReplicaId};
 use concord_protocol::{
     ActivityChange, ActivityId, ActivityRequest, Auth, ClientRequest, CollectionId, CreationNonce,
-    ErrorCode, ModelId, Participant, PresenceState, ServerMessage, ServerPush, ServerResponse,
-    Session, SessionId, Timestamp, UserId, UserPresence,
+    ErrorCode, ModelId, OfflineUpdate, Participant, PresenceState, ServerMessage, ServerPush,
+    ServerResponse, Session, SessionId, Timestamp, UserId, UserPresence,
 };
 use concord_storage::{Batch, ModelSummary, Mutation, OfflineStore, StorageError, StoreKey};
 use concord_sync::host::HistoryQuery;
@@ -41,6 +41,12 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 /// The most frames handled before the engine is drained (commands and timers wait no
 /// longer than that many).
 const FRAMES_PER_TURN: usize = 256;
+
+/// The most edits (discrete operations) those frames may carry beyond the first frame:
+/// resync and catch-up pages hold thousands each, and what one turn holds — the
+/// operations, their store batch, one event per edit — stays this size however many
+/// operations a reconnect brings.
+const EDITS_PER_TURN: usize = 4096;
 
 /// The most queued edits handled before the engine is drained: the edits of a burst
 /// (keystrokes, or other tabs' edits queued behind a commit) share one group commit.
@@ -332,14 +338,19 @@ impl Driver {
                     }
                 }
                 frame = socket::next(&mut self.socket), if self.socket.is_some() => {
+                    let mut carried = edits_in(&frame);
                     self.frame(frame).await;
                     // The frames already here too, before draining the engine: their store
                     // batches share one commit and their answers one send, so that many
                     // models syncing side by side cost one fsync per turn, not one each.
                     for _ in 1..FRAMES_PER_TURN {
+                        if carried >= EDITS_PER_TURN {
+                            break;
+                        }
                         let Some(frame) = socket::next(&mut self.socket).now_or_never() else {
                             break;
                         };
+                        carried += edits_in(&frame);
                         self.frame(frame).await;
                         if self.socket.is_none() {
                             break;
@@ -1242,6 +1253,20 @@ impl Driver {
             open.watermarks.send_modify(change);
         }
     }
+}
+
+/// How many edits (discrete operations) a received frame carries; at least one, for any
+/// frame.
+fn edits_in(frame: &Option<Result<ServerMessage, ClientError>>) -> usize {
+    let operations = match frame {
+        Some(Ok(ServerMessage::Push(ServerPush::ResyncPage { operations, .. })))
+        | Some(Ok(ServerMessage::Push(ServerPush::OfflineUpdate {
+            update: OfflineUpdate::Operations { operations, .. },
+            ..
+        }))) => operations.as_slice(),
+        _ => &[],
+    };
+    operations.iter().map(|op| op.operation.discrete().len()).sum::<usize>().max(1)
 }
 
 /// The owner's URL in a node's `unavailable` answer: `… served by node NAME (URL); …`.

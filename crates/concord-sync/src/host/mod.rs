@@ -474,14 +474,35 @@ impl ModelRequest {
     }
 }
 
+/// The most discrete edits one page of operations holds (beyond its first operation): a
+/// page of [`HostConfig::page`] compound operations could otherwise hold that many times a
+/// client's batch, and a client holds one page's changes and events at once.
+pub const PAGE_PARTS: usize = 4096;
+
+/// How many of `operations` (in order) make one page: at most `max` of them and
+/// [`PAGE_PARTS`] discrete edits, and at least one operation if there is one.
+pub fn page_len<'a>(operations: impl IntoIterator<Item = &'a Operation>, max: usize) -> usize {
+    let (mut count, mut parts) = (0, 0);
+    for operation in operations.into_iter().take(max) {
+        parts += operation.discrete().len();
+        if count > 0 && parts > PAGE_PARTS {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
 /// One page of a replay from the store: `operations` are the next ones after the last page
 /// (in order). Returns the push to send and, unless it was the last page, the version the
 /// next page starts after; `None` operations means the store lacks the history.
 pub fn replay_page(
     model: &ModelId,
-    operations: Vec<HistoryOperation>,
+    mut operations: Vec<HistoryOperation>,
     through: u64,
 ) -> Option<(ServerPush, Option<u64>)> {
+    let keep = page_len(operations.iter().map(|stored| &stored.operation.operation), usize::MAX);
+    operations.truncate(keep);
     let last_version = operations.last()?.operation.version;
     let last = last_version >= through;
     let mut authors = BTreeMap::new();
@@ -529,5 +550,66 @@ pub(crate) struct Member {
 impl Member {
     pub(crate) fn session_id(&self) -> &SessionId {
         &self.session.session
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use concord_ot::{DiscreteOperation, ElementId, OperationKind};
+
+    use super::*;
+
+    /// A stored operation of `edits` one-character inserts, at `version`.
+    fn stored(version: u64, edits: usize) -> HistoryOperation {
+        let insert = |i: usize| {
+            let kind =
+                OperationKind::StringSplice { index: i, delete_count: 0, insert: "a".into() };
+            DiscreteOperation::new(ElementId::new(1, 1), kind)
+        };
+        let operation = CommittedOperation {
+            version,
+            author: SessionId("s".into()),
+            timestamp: Timestamp(0),
+            operation: Operation::Compound((0..edits).map(insert).collect()),
+        };
+        HistoryOperation { operation, user: None }
+    }
+
+    fn versions(push: &ServerPush) -> (Vec<u64>, bool) {
+        match push {
+            ServerPush::ResyncPage { operations, last, .. } => {
+                (operations.iter().map(|op| op.version).collect(), *last)
+            }
+            other => panic!("not a page: {other:?}"),
+        }
+    }
+
+    /// A page of compound operations holds at most `PAGE_PARTS` edits (but always one
+    /// operation, however large): the replay goes on after the last one it holds.
+    #[test]
+    fn replay_pages_are_bounded_by_edits_not_only_operations() {
+        let model = ModelId::new("m").unwrap();
+        let big: Vec<HistoryOperation> = (1..=10).map(|v| stored(v, 1000)).collect();
+        let (push, next) = replay_page(&model, big, 10).unwrap();
+        assert_eq!(versions(&push), (vec![1, 2, 3, 4], false));
+        assert_eq!(next, Some(4));
+
+        let huge = vec![stored(5, 3 * PAGE_PARTS), stored(6, 1)];
+        let (push, next) = replay_page(&model, huge, 6).unwrap();
+        assert_eq!(versions(&push), (vec![5], false));
+        assert_eq!(next, Some(5));
+
+        let small: Vec<HistoryOperation> = (7..=9).map(|v| stored(v, 1)).collect();
+        let (push, next) = replay_page(&model, small, 9).unwrap();
+        assert_eq!(versions(&push), (vec![7, 8, 9], true));
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn a_page_holds_at_most_max_operations() {
+        let ops: Vec<HistoryOperation> = (1..=10).map(|v| stored(v, 1)).collect();
+        let operations = ops.iter().map(|op| &op.operation.operation);
+        assert_eq!(page_len(operations, 3), 3);
+        assert_eq!(page_len(std::iter::empty(), 3), 0);
     }
 }

@@ -16,7 +16,7 @@ use super::permissions::{effective, may_create};
 use super::{
     CollectionConfig, ConnId, Delivery, HistoryQuery, HistoryRead, HostConfig, Job, Loaded, Member,
     Members, ModelRecord, ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef,
-    StoredModel, SyncRequest, SyncStep, Write, reply,
+    StoredModel, SyncRequest, SyncStep, Write, page_len, reply,
 };
 use crate::reference::{self, ReferenceError};
 use crate::sequencer::{
@@ -1041,8 +1041,15 @@ impl ModelHost {
         let in_flight_committed = in_flight.and_then(|f| live.sequencer.commit_of(f));
         let page = self.config.page.max(1);
         let pages: Option<Vec<(Vec<CommittedOperation>, Vec<Author>)>> =
-            live.sequencer.operations_since(known_version).ok().map(|ops| {
-                ops.chunks(page).map(|ops| (ops.to_vec(), live.authors_of(ops))).collect()
+            live.sequencer.operations_since(known_version).ok().map(|mut rest| {
+                let mut pages = Vec::new();
+                while !rest.is_empty() {
+                    let (ops, after) =
+                        rest.split_at(page_len(rest.iter().map(|op| &op.operation), page));
+                    pages.push((ops.to_vec(), live.authors_of(ops)));
+                    rest = after;
+                }
+                pages
             });
         self.join(now, from, permissions, attachment);
         if let Some(f) = in_flight {
