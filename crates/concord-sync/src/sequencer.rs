@@ -447,13 +447,40 @@ impl Sequencer {
     }
 
     /// Catch-up for an offline subscriber that holds `known`: the missed operations when
-    /// there are at most `max_operations` of them in memory, else a snapshot.
+    /// they are in memory and make one page (at most `max_operations` of them and
+    /// [`PAGE_PARTS`] edits), else a snapshot.
     pub fn catch_up(&self, known: Option<u64>, max_operations: usize) -> CatchUp {
         match known.map(|v| self.operations_since(v)) {
-            Some(Ok(ops)) if ops.len() <= max_operations => CatchUp::Operations(ops.to_vec()),
+            Some(Ok(ops))
+                if page_len(ops.iter().map(|op| &op.operation), max_operations) == ops.len() =>
+            {
+                CatchUp::Operations(ops.to_vec())
+            }
             _ => CatchUp::Snapshot(self.snapshot()),
         }
     }
+}
+
+/// The most discrete edits one page of operations holds (beyond its first operation): a
+/// page of `HostConfig::page` compound operations could otherwise hold that many times a
+/// client's batch, and a client holds one page's changes and events at once.
+pub(crate) const PAGE_PARTS: usize = 4096;
+
+/// How many of `operations` (in order) make one page: at most `max` of them and
+/// [`PAGE_PARTS`] discrete edits, and at least one operation if there is one.
+pub(crate) fn page_len<'a>(
+    operations: impl IntoIterator<Item = &'a Operation>,
+    max: usize,
+) -> usize {
+    let (mut count, mut parts) = (0, 0);
+    for operation in operations.into_iter().take(max) {
+        parts += operation.discrete().len();
+        if count > 0 && parts > PAGE_PARTS {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 /// What an offline subscriber receives to catch up.

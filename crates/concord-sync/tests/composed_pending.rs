@@ -11,7 +11,9 @@ use concord_ot::{
     ReplicaId, Value, transform,
 };
 use concord_protocol::{CollectionId, ModelId, ModelSnapshot, SessionId, Timestamp};
-use concord_sync::{ModelReplica, Persisted, Sequencer, StoreChange, Submission, SubmitOutcome};
+use concord_sync::{
+    CatchUp, ModelReplica, Persisted, Sequencer, StoreChange, Submission, SubmitOutcome,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -370,4 +372,39 @@ fn a_restore_composes_pages_of_stored_changes_into_runs() {
     assert_eq!(text(replica.local()), text(server.document()));
     let stored = pollster::block_on(store.load_model(&model)).unwrap().unwrap();
     assert_eq!((stored.pending.len(), stored.summary.pending_count), (0, 0));
+}
+
+/// An offline subscriber's catch-up is the missed operations only while they make one
+/// page: a few compound operations holding more edits than a page does (a fast typist's
+/// batches) come as a snapshot, so the subscriber never holds more than a page of edits.
+#[test]
+fn a_catch_up_of_more_edits_than_a_page_holds_is_a_snapshot() {
+    let model = ModelId::new("m").unwrap();
+    let mut server = Sequencer::new(model, snapshot(), BTreeMap::new(), 1_000_000);
+    let batch = |server: &Sequencer, from: usize, edits: usize| {
+        let parts =
+            (from..from + edits).map(|i| match splice(server.document(), &(i, 0, "a".into())) {
+                Operation::Discrete(op) => op,
+                Operation::Compound(_) => unreachable!("one splice"),
+            });
+        Operation::Compound(parts.collect())
+    };
+    for (seq, from) in (1..=3).zip([1, 2001, 4001]) {
+        let submission = Submission {
+            author: SessionId("s2".into()),
+            replica: ReplicaId(2),
+            first_seq: seq,
+            seq,
+            base_version: server.version(),
+            operation: batch(&server, from, 2000),
+        };
+        assert!(matches!(
+            server.submit(submission, Timestamp(1)).unwrap(),
+            SubmitOutcome::Committed(_)
+        ));
+    }
+    // Two batches (4,000 edits) fit one page; three (6,000) do not.
+    assert!(matches!(server.catch_up(Some(1), 256), CatchUp::Operations(ops) if ops.len() == 2));
+    assert!(matches!(server.catch_up(Some(0), 256), CatchUp::Snapshot(s) if s.version == 3));
+    assert!(matches!(server.catch_up(Some(0), 2), CatchUp::Snapshot(_)));
 }

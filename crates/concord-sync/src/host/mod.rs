@@ -31,6 +31,8 @@ mod session;
 use std::collections::BTreeMap;
 
 use concord_ot::{Document, Operation, ReplicaId};
+
+use crate::sequencer::page_len;
 use concord_protocol::{
     Author, CollectionId, CommittedOperation, CreationNonce, HistoryOperation, Identity, InFlight,
     ModelId, ModelSnapshot, NewModel, PermissionGrants, Permissions, ReferenceChange, RequestId,
@@ -474,25 +476,6 @@ impl ModelRequest {
     }
 }
 
-/// The most discrete edits one page of operations holds (beyond its first operation): a
-/// page of [`HostConfig::page`] compound operations could otherwise hold that many times a
-/// client's batch, and a client holds one page's changes and events at once.
-pub const PAGE_PARTS: usize = 4096;
-
-/// How many of `operations` (in order) make one page: at most `max` of them and
-/// [`PAGE_PARTS`] discrete edits, and at least one operation if there is one.
-pub fn page_len<'a>(operations: impl IntoIterator<Item = &'a Operation>, max: usize) -> usize {
-    let (mut count, mut parts) = (0, 0);
-    for operation in operations.into_iter().take(max) {
-        parts += operation.discrete().len();
-        if count > 0 && parts > PAGE_PARTS {
-            break;
-        }
-        count += 1;
-    }
-    count
-}
-
 /// One page of a replay from the store: `operations` are the next ones after the last page
 /// (in order). Returns the push to send and, unless it was the last page, the version the
 /// next page starts after; `None` operations means the store lacks the history.
@@ -558,6 +541,7 @@ mod page_tests {
     use concord_ot::{DiscreteOperation, ElementId, OperationKind};
 
     use super::*;
+    use crate::sequencer::PAGE_PARTS;
 
     /// A stored operation of `edits` one-character inserts, at `version`.
     fn stored(version: u64, edits: usize) -> HistoryOperation {

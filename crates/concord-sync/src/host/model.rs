@@ -16,9 +16,10 @@ use super::permissions::{effective, may_create};
 use super::{
     CollectionConfig, ConnId, Delivery, HistoryQuery, HistoryRead, HostConfig, Job, Loaded, Member,
     Members, ModelRecord, ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef,
-    StoredModel, SyncRequest, SyncStep, Write, page_len, reply,
+    StoredModel, SyncRequest, SyncStep, Write, reply,
 };
 use crate::reference::{self, ReferenceError};
+use crate::sequencer::page_len;
 use crate::sequencer::{
     CatchUp, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError, Submission,
     SubmitOutcome, model_bytes,
