@@ -208,45 +208,18 @@ pub(crate) fn load_model(
     kv: &dyn KvRead,
     model: &ModelId,
 ) -> Result<Option<ModelState>, StorageError> {
-    let Some(bytes) = kv.get(Table::Models, model_key(model))? else {
+    let Some(mut state) = load_model_head(kv, model)? else {
         return Ok(None);
     };
-    let summary: ModelSummary = decode(&bytes)?;
-    let snapshot: Option<Snapshot> =
-        kv.get(Table::Snapshots, model_key(model))?.map(|b| decode(&b)).transpose()?;
-    let server_operations: Vec<CommittedOperation> =
-        scan_numbered::<CommittedOperation>(kv, Table::ServerOperations, model)?
-            .into_iter()
-            .map(|(_, op)| op)
-            .collect();
-    let pending: Vec<PendingOperation> =
-        scan_numbered::<PendingOperation>(kv, Table::Pending, model)?
-            .into_iter()
-            .map(|(_, op)| op)
-            .collect();
-    let pending_seqs: u64 = pending.iter().map(PendingOperation::seqs).sum();
-    let creation: Option<CreationRecord> =
-        kv.get(Table::Creations, model_key(model))?.map(|b| decode(&b)).transpose()?;
-    // The summary is kept in step with the rows by `apply`; disagreement is damage.
-    let expected_ops = match (summary.snapshot_version, summary.confirmed_version) {
-        (Some(s), Some(c)) => c.checked_sub(s),
-        (None, None) => Some(0),
-        _ => None,
-    };
-    let consistent = snapshot.as_ref().map(|s| s.version) == summary.snapshot_version
-        && expected_ops == Some(server_operations.len() as u64)
-        && server_operations
-            .iter()
-            .zip(summary.snapshot_version.unwrap_or(0) + 1..)
-            .all(|(op, v)| op.version == v)
-        && summary.pending_count == pending_seqs
-        && summary.has_creation == creation.is_some();
-    if !consistent {
-        return Err(StorageError::Corrupt(format!(
-            "model {model}: its summary does not match its rows"
-        )));
+    state.pending = scan_numbered::<PendingOperation>(kv, Table::Pending, model)?
+        .into_iter()
+        .map(|(_, op)| op)
+        .collect();
+    let pending_seqs: u64 = state.pending.iter().map(PendingOperation::seqs).sum();
+    if state.summary.pending_count != pending_seqs {
+        return Err(damaged(model));
     }
-    Ok(Some(ModelState { summary, snapshot, server_operations, pending, creation }))
+    Ok(Some(state))
 }
 
 /// What [`load_model_head`] reads: a model without its pending operations.
@@ -267,6 +240,7 @@ pub(crate) fn load_model_head(
             .collect();
     let creation: Option<CreationRecord> =
         kv.get(Table::Creations, model_key(model))?.map(|b| decode(&b)).transpose()?;
+    // The summary is kept in step with the rows by `apply`; disagreement is damage.
     let expected_ops = match (summary.snapshot_version, summary.confirmed_version) {
         (Some(s), Some(c)) => c.checked_sub(s),
         (None, None) => Some(0),
@@ -280,11 +254,13 @@ pub(crate) fn load_model_head(
             .all(|(op, v)| op.version == v)
         && summary.has_creation == creation.is_some();
     if !consistent {
-        return Err(StorageError::Corrupt(format!(
-            "model {model}: its summary does not match its rows"
-        )));
+        return Err(damaged(model));
     }
     Ok(Some(ModelState { summary, snapshot, server_operations, pending: Vec::new(), creation }))
+}
+
+fn damaged(model: &ModelId) -> StorageError {
+    StorageError::Corrupt(format!("model {model}: its summary does not match its rows"))
 }
 
 /// At most `limit` (at least one) of a model's pending records whose first seq is above
