@@ -577,10 +577,14 @@ async fn replay(
     after: u64,
     through: u64,
 ) -> Result<(), ()> {
-    let page_size = hub.models.config.page;
+    let page_size = hub.models.config.page.max(1);
+    // How many operations to read for the next page: a page is cut at a number of edits
+    // too, so a read of `page_size` large operations would decode many times what is sent.
+    // Start small, double while whole reads fit, and read one more than fitted otherwise.
+    let mut read = page_size.min(FIRST_REPLAY_READ);
     let mut from = after;
     loop {
-        let page = hub.store.operations(key, from, through, page_size).await;
+        let page = hub.store.operations(key, from, through, read).await;
         let operations = match page {
             Ok(operations) => operations,
             Err(e) => {
@@ -588,6 +592,7 @@ async fn replay(
                 return Err(());
             }
         };
+        let fetched = operations.len() as u64;
         let Some((push, next)) = replay_page(&key.model, operations, through) else {
             tracing::error!(model = %key.model, from, through, "the store lacks operations of a replay");
             return Err(());
@@ -600,11 +605,19 @@ async fn replay(
         feed(sink, frame).await?;
         sink.flush().await.map_err(|_| ())?;
         match next {
-            Some(next) => from = next,
+            Some(next) => {
+                let kept = next - from;
+                read = if kept == fetched { read.saturating_mul(2) } else { kept as usize + 1 };
+                read = read.min(page_size);
+                from = next;
+            }
             None => return Ok(()),
         }
     }
 }
+
+/// The operations read for a replay's first page (see `replay`).
+const FIRST_REPLAY_READ: usize = 16;
 
 /// A token bucket: `rate` messages per second with bursts of `burst`. A client over its
 /// rate is slowed down (its messages wait, and TCP pushes back), never answered with an

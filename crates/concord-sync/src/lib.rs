@@ -47,7 +47,7 @@ pub use replica::{
     Restoring, StoreChange,
 };
 pub use sequencer::{
-    CatchUp, CommitRecord, Decision, RefusalRecord, SeqCheck, Sequencer, SequencerError,
-    Submission, SubmitOutcome, model_bytes,
+    CatchUp, CommitRecord, Decision, HISTORY_PARTS, RefusalRecord, SeqCheck, Sequencer,
+    SequencerError, Submission, SubmitOutcome, model_bytes,
 };
 pub use time::Time;

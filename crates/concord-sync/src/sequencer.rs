@@ -171,10 +171,13 @@ pub struct Sequencer {
     modified_at: Timestamp,
     document: Document,
     version: u64,
-    /// The last committed operations, versions `version - len + 1 ..= version`. Between
-    /// `history_limit` and twice that many are kept, so trimming is amortised.
+    /// The last committed operations, versions `version - len + 1 ..= version`: at most
+    /// `history_limit` operations and [`HISTORY_PARTS`] edits after a trim, and at most
+    /// twice that before one, so trimming is amortised.
     history: Vec<CommittedOperation>,
     history_limit: usize,
+    /// The discrete edits in `history`.
+    history_parts: usize,
     last_decisions: BTreeMap<ReplicaId, (u64, Decision)>,
     size: Option<SizeLimit>,
 }
@@ -198,6 +201,7 @@ impl Sequencer {
             version: snapshot.version,
             history: Vec::new(),
             history_limit: history_limit.max(1),
+            history_parts: 0,
             last_decisions,
             size: None,
         }
@@ -389,10 +393,7 @@ impl Sequencer {
         }
         self.version = committed.version;
         self.modified_at = committed.timestamp;
-        self.history.push(committed);
-        if self.history.len() >= 2 * self.history_limit {
-            self.trim_history();
-        }
+        self.remember(committed);
         Ok(())
     }
 
@@ -401,8 +402,15 @@ impl Sequencer {
         self.modified_at = committed.timestamp;
         let commit = Commit { version: committed.version, timestamp: committed.timestamp };
         self.last_decisions.insert(replica, (seq, Decision::Committed(commit)));
+        self.remember(committed);
+    }
+
+    /// Keeps a committed operation in the in-memory window, trimming it once it holds twice
+    /// what it keeps.
+    fn remember(&mut self, committed: CommittedOperation) {
+        self.history_parts += committed.operation.discrete().len();
         self.history.push(committed);
-        if self.history.len() >= 2 * self.history_limit {
+        if self.history.len() >= 2 * self.history_limit || self.history_parts >= 2 * HISTORY_PARTS {
             self.trim_history();
         }
     }
@@ -427,14 +435,53 @@ impl Sequencer {
         let fits = older.last().is_none_or(|op| op.version == expected_end)
             && older.windows(2).all(|w| w[1].version == w[0].version + 1);
         if fits {
+            self.history_parts +=
+                older.iter().map(|op| op.operation.discrete().len()).sum::<usize>();
             self.history.splice(0..0, older);
         }
     }
 
-    /// Drops history beyond the window again (after a far-back request was served).
+    /// Drops history beyond the window again (after a far-back request was served): the
+    /// oldest operations, until at most `history_limit` operations and [`HISTORY_PARTS`]
+    /// edits are left.
     pub fn trim_history(&mut self) {
-        let excess = self.history.len().saturating_sub(self.history_limit);
+        let mut excess = self.history.len().saturating_sub(self.history_limit);
+        let mut parts = self.history_parts;
+        for op in &self.history[..excess] {
+            parts -= op.operation.discrete().len();
+        }
+        while parts > HISTORY_PARTS && excess < self.history.len() {
+            parts -= self.history[excess].operation.discrete().len();
+            excess += 1;
+        }
         self.history.drain(..excess);
+        self.history_parts = parts;
+    }
+
+    /// Moves a submission based before the in-memory window forward through `older`, the
+    /// committed operations right after its base version as read from the store (a page of
+    /// them: a far-back submission is moved a page at a time, so that no more than a page is
+    /// held). The result is based at the last of them; seqs are not checked here.
+    pub fn rebase(
+        &self,
+        submission: Submission,
+        older: &[CommittedOperation],
+    ) -> Result<Submission, SequencerError> {
+        let base = submission.base_version;
+        let follows = older.first().is_some_and(|op| op.version == base + 1)
+            && older.windows(2).all(|w| w[1].version == w[0].version + 1)
+            && older.last().is_some_and(|op| op.version <= self.version);
+        if !follows {
+            return Err(SequencerError::HistoryUnavailable {
+                from: base,
+                oldest: self.oldest_known_base(),
+            });
+        }
+        let operation = older.iter().fold(submission.operation, |op, committed| {
+            transform(committed.operation.clone(), op).1
+        });
+        let base_version = older.last().map_or(base, |op| op.version);
+        Ok(Submission { operation, base_version, ..submission })
     }
 
     /// Whether the submission `in_flight` was committed, for a resync (a refused one was
@@ -460,6 +507,13 @@ impl Sequencer {
         }
     }
 }
+
+/// The most discrete edits a model's in-memory history keeps beside its
+/// `history_limit` operations (twice that before a trim): a few pages. Without it a history of
+/// large compound operations (a reconnecting client's composed runs, a client's batches)
+/// held many times what its operation count suggests; older operations are read from the
+/// store a page at a time.
+pub const HISTORY_PARTS: usize = 4 * PAGE_PARTS;
 
 /// The most discrete edits one page of operations holds (beyond its first operation): a
 /// page of `HostConfig::page` compound operations could otherwise hold that many times a

@@ -26,6 +26,8 @@ struct Server {
     sessions: BTreeMap<ConnId, SessionHost>,
     owners: BTreeMap<ReplicaId, UserId>,
     writes: Vec<Write>,
+    /// Every range of stored operations a model host asked for, `(after, through)`.
+    operation_reads: Vec<(u64, u64)>,
     next_conn: ConnId,
     now: i64,
 }
@@ -42,6 +44,7 @@ impl Server {
             sessions: BTreeMap::new(),
             owners: BTreeMap::new(),
             writes: Vec::new(),
+            operation_reads: Vec::new(),
             next_conn: 0,
             now: 0,
         }
@@ -103,18 +106,20 @@ impl Server {
         while let Some(read) = host.pending_read().cloned() {
             let result = match read {
                 Read::Collection(_) => ReadResult::Collection(Ok(None)),
-                Read::Operations { after, through } => ReadResult::Operations(Ok(self
-                    .writes
-                    .iter()
-                    .filter_map(|w| match w {
-                        Write::Commit(record) if record.model == *host.model() => {
-                            Some(record.operation.clone())
-                        }
-                        _ => None,
-                    })
-                    .filter(|op| op.version > after && op.version <= through)
-                    .map(|operation| HistoryOperation { operation, user: None })
-                    .collect())),
+                Read::Operations { after, through } => ReadResult::Operations(Ok({
+                    self.operation_reads.push((after, through));
+                    self.writes
+                        .iter()
+                        .filter_map(|w| match w {
+                            Write::Commit(record) if record.model == *host.model() => {
+                                Some(record.operation.clone())
+                            }
+                            _ => None,
+                        })
+                        .filter(|op| op.version > after && op.version <= through)
+                        .map(|operation| HistoryOperation { operation, user: None })
+                        .collect()
+                })),
                 Read::ReplicaOwner { replica, claimant } => ReadResult::ReplicaOwner(Ok(self
                     .owners
                     .entry(replica)
@@ -1024,6 +1029,33 @@ fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
         other => panic!("expected one set at version 7, got {other:?}"),
     }
     assert_eq!(opened_references(&mut server, "carol"), vec![Some(ReferenceValue::Index(vec![8]))]);
+}
+
+#[test]
+fn a_submission_older_than_memory_is_moved_through_the_store_a_page_at_a_time() {
+    let config = HostConfig { history_in_memory: 2, page: 3, ..HostConfig::default() };
+    let mut server = Server::with_config(config);
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    open(&mut server, bob, "doc");
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
+    // Twelve more versions, each typed in front: memory keeps the last two to four.
+    for seq in 2..=13 {
+        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
+        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
+    }
+    // Bob appends "!" after "world" as of version 1: moved through versions 2 to 13, read
+    // from the store three operations at a time, never the whole gap at once.
+    let appended = submit_batch(2, 1..=1, 1, splice(5, 0, "!"));
+    assert_eq!(answer(&server.send(bob, appended), bob, 1), Ok(14));
+    assert_eq!(text_of(&server, "doc"), format!("{}world!", "-".repeat(12)));
+    let reads = server.operation_reads.clone();
+    assert!(reads.len() >= 3, "{reads:?}");
+    assert!(reads.iter().all(|(after, through)| through - after <= 3), "{reads:?}");
+    assert_eq!(reads.first().map(|r| r.0), Some(1), "{reads:?}");
+    assert!(reads.windows(2).all(|w| w[1].0 == w[0].1), "consecutive pages: {reads:?}");
 }
 
 #[test]

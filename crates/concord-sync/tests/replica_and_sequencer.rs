@@ -11,8 +11,8 @@ use concord_protocol::{
     CollectionId, ErrorCode, InFlight, ModelId, ModelSnapshot, SessionId, Timestamp,
 };
 use concord_sync::{
-    Decision, ModelReplica, Persisted, Sequencer, SequencerError, StoreChange, Submission,
-    SubmitOutcome,
+    Decision, HISTORY_PARTS, ModelReplica, Persisted, Sequencer, SequencerError, StoreChange,
+    Submission, SubmitOutcome,
 };
 use serde_json::json;
 
@@ -226,6 +226,58 @@ fn the_sequencer_refuses_what_it_cannot_order() -> Result<()> {
             if record.code == ErrorCode::INVALID_OPERATION
     ));
     assert_eq!(*server.document(), before);
+    Ok(())
+}
+
+/// The in-memory history is bounded by edits as well as by operations: a history of large
+/// compound operations (a reconnecting client's composed runs) keeps no more than
+/// `2 * HISTORY_PARTS` edits, and a submission from before it is moved forward through
+/// operations read from the store, a page at a time, to the same result.
+#[test]
+fn the_history_in_memory_is_bounded_by_edits_and_older_submissions_are_rebased() -> Result<()> {
+    let initial = snapshot()?;
+    let mut server = Sequencer::new(ModelId::new("m")?, initial.clone(), BTreeMap::new(), 1_000);
+    let mut store = Vec::new();
+    // 100 operations of 1,000 one-character inserts each.
+    for seq in 1..=100 {
+        let parts = (0..1_000).map(|_| insert(&initial.data, 0, "x").discrete()[0].clone());
+        let batch = Operation::Compound(parts.collect());
+        let outcome = server.submit(submission(1, seq, server.version(), batch), Timestamp(0))?;
+        let SubmitOutcome::Committed(record) = outcome else { panic!("committed") };
+        store.push(record.operation);
+        let held = (server.version() - server.oldest_known_base()) as usize;
+        assert!(held * 1_000 <= 2 * HISTORY_PARTS, "{held} operations of 1,000 edits held");
+    }
+    assert!(server.oldest_known_base() > 0);
+    // A submission based at version 10 is refused from memory, then moved through the
+    // stored operations a page at a time until memory takes over.
+    let mut late = submission(2, 1, 10, insert(&initial.data, 0, "y"));
+    // What moving it through every operation since at once gives.
+    let mut expected = server.document().clone();
+    let moved = store[10..].iter().fold(late.operation.clone(), |op, committed| {
+        concord_ot::transform(committed.operation.clone(), op).1
+    });
+    expected.apply(&moved)?;
+    let outcome = loop {
+        match server.submit(late.clone(), Timestamp(0)) {
+            Err(SequencerError::HistoryUnavailable { from, oldest }) => {
+                let through = oldest.min(from + 7);
+                let page: Vec<_> = store[from as usize..through as usize].to_vec();
+                late = server.rebase(late, &page)?;
+                assert_eq!(late.base_version, through);
+            }
+            outcome => break outcome?,
+        }
+    };
+    assert!(matches!(outcome, SubmitOutcome::Committed(ref r) if r.operation.version == 101));
+    assert!(text(server.document()) == text(&expected), "the same text as moved at once");
+    assert_eq!(text(server.document()).matches('y').count(), 1);
+    // Operations that do not follow the base version are refused as missing history.
+    let gap = submission(3, 1, 10, insert(&initial.data, 0, "z"));
+    assert!(matches!(
+        server.rebase(gap, &store[11..12]),
+        Err(SequencerError::HistoryUnavailable { from: 10, .. })
+    ));
     Ok(())
 }
 

@@ -402,18 +402,26 @@ impl ModelHost {
                 let (replica, seq) = (submission.replica, submission.seq);
                 let outcome = match older {
                     Ok(older) => {
-                        live.provide_history(older);
-                        let outcome = match live.sequencer.submit(submission, now) {
+                        let older: Vec<_> =
+                            older.into_iter().map(|stored| stored.operation).collect();
+                        match live.sequencer.rebase(submission, &older) {
+                            Ok(rebased) => match live.sequencer.submit(rebased.clone(), now) {
+                                // Still older than memory: the next page.
+                                Err(SequencerError::HistoryUnavailable { from: after, oldest }) => {
+                                    let read = self.history_read(after, oldest);
+                                    let submission = rebased;
+                                    self.wait(read, Waiting::History { now, from, submission });
+                                    return;
+                                }
+                                outcome => outcome,
+                            },
                             // The store lacks the history too: the base is older than the
                             // model keeps, for good.
-                            Err(e @ SequencerError::HistoryUnavailable { .. }) => {
+                            Err(e) => {
                                 let record = live.sequencer.refuse(replica, seq, e.code());
                                 Ok(SubmitOutcome::Refused { record, reason: e })
                             }
-                            outcome => outcome,
-                        };
-                        live.trim_history();
-                        outcome
+                        }
                     }
                     // A store failure is the server's: not the submission's fault, and
                     // not decided (the client sends it again after resyncing).
@@ -486,6 +494,13 @@ impl ModelHost {
         {
             self.handle(now, &from, request);
         }
+    }
+
+    /// The next page of the operations a submission based at `after` must be moved through
+    /// before the in-memory window (which starts after `oldest`) takes over.
+    fn history_read(&self, after: u64, oldest: u64) -> Read {
+        let through = oldest.min(after.saturating_add(self.config.page.max(1) as u64));
+        Read::Operations { after, through }
     }
 
     fn wait(&mut self, read: Read, waiting: Waiting) {
@@ -1149,7 +1164,7 @@ impl ModelHost {
         }
         match live.sequencer.submit(submission.clone(), now) {
             Err(SequencerError::HistoryUnavailable { from: after, oldest }) => {
-                let read = Read::Operations { after, through: oldest };
+                let read = self.history_read(after, oldest);
                 self.wait(read, Waiting::History { now, from: from.clone(), submission });
             }
             outcome => self.submitted(from, replica, seq, outcome),
