@@ -3,9 +3,9 @@
 //!
 //! It is pure: the server persists each [`CommitRecord`] (and each [`RefusalRecord`])
 //! durably *before* it answers the author and broadcasts the operation to the model's other
-//! sessions, and it feeds the sequencer older history from its store when a submission or a
-//! resync reaches further back than the in-memory window
-//! ([`SequencerError::HistoryUnavailable`]).
+//! sessions, and it moves a submission that reaches further back than the in-memory window
+//! ([`SequencerError::HistoryUnavailable`]) through older history read from its store, a page
+//! at a time ([`Sequencer::rebase`]).
 //!
 //! **Seqs.** Per replica the sequencer knows the last seq it *decided* — committed, or
 //! refused for good — and what it decided. A new submission must cover the seqs right
@@ -106,8 +106,9 @@ pub enum SequencerError {
     SeqGap { replica: ReplicaId, expected: u64, got: u64 },
     #[error("a submission of seqs {first} to {last} covers nothing")]
     InvalidSeqRange { first: u64, last: u64 },
-    /// The operations after `from` are no longer in memory: load `(from, oldest]` from the
-    /// store and retry with [`Sequencer::provide_history`].
+    /// The operations after `from` are no longer in memory: read them from the store (a page
+    /// of `(from, oldest]` at a time), move the submission through each with
+    /// [`Sequencer::rebase`] and submit it again.
     #[error("operations after version {from} are not in memory (oldest kept: {oldest})")]
     HistoryUnavailable { from: u64, oldest: u64 },
     /// The store could not provide the history a submission needed.
@@ -427,22 +428,7 @@ impl Sequencer {
         Ok(&self.history[(version - oldest) as usize..])
     }
 
-    /// Puts operations loaded from the store in front of the in-memory window, so that
-    /// submissions and resyncs from further back can be served. `older` must end right
-    /// before the window, in order.
-    pub fn provide_history(&mut self, older: Vec<CommittedOperation>) {
-        let expected_end = self.oldest_known_base();
-        let fits = older.last().is_none_or(|op| op.version == expected_end)
-            && older.windows(2).all(|w| w[1].version == w[0].version + 1);
-        if fits {
-            self.history_parts +=
-                older.iter().map(|op| op.operation.discrete().len()).sum::<usize>();
-            self.history.splice(0..0, older);
-        }
-    }
-
-    /// Drops history beyond the window again (after a far-back request was served): the
-    /// oldest operations, until at most `history_limit` operations and [`HISTORY_PARTS`]
+    /// Drops history beyond the window: the oldest operations, until at most `history_limit` operations and [`HISTORY_PARTS`]
     /// edits are left.
     pub fn trim_history(&mut self) {
         let mut excess = self.history.len().saturating_sub(self.history_limit);

@@ -1059,6 +1059,66 @@ fn a_submission_older_than_memory_is_moved_through_the_store_a_page_at_a_time() 
 }
 
 #[test]
+fn an_old_reference_is_moved_through_the_store_a_page_at_a_time_and_cleared_there() {
+    let config = HostConfig { history_in_memory: 2, page: 3, ..HostConfig::default() };
+    let mut server = Server::with_config(config);
+    let alice = server.connect("alice", SessionLimits::default());
+    let bob = server.connect("bob", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    for conn in [alice, bob] {
+        open(&mut server, conn, "doc");
+    }
+    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
+    for seq in 2..=13 {
+        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
+        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
+    }
+    // Bob's cursor on the "r" of "world" as of version 1: moved through twelve stored
+    // inserts three at a time, relayed at the model's version.
+    let said = server.send(bob, cursor_change(1, 2));
+    match relayed(&said, alice).as_slice() {
+        [ReferenceChange::Set { value, version: 13, .. }] => {
+            assert_eq!(*value, ReferenceValue::Index(vec![14]));
+        }
+        other => panic!("expected one set at version 13, got {other:?}"),
+    }
+    let reads = std::mem::take(&mut server.operation_reads);
+    assert!(reads.len() >= 3 && reads.iter().all(|(a, t)| t - a <= 3), "{reads:?}");
+    assert!(reads.windows(2).all(|w| w[1].0 == w[0].1), "consecutive pages: {reads:?}");
+    // The string removed in a stored page (then more versions on another property): a
+    // cursor set before reads as cleared.
+    let root = document().root_id();
+    let remove =
+        DiscreteOperation::new(root, OperationKind::ObjectRemoveProperty { key: "text".into() });
+    assert_eq!(
+        answer(&server.send(alice, submit_batch(1, 14..=14, 13, remove.into())), alice, 14),
+        Ok(14)
+    );
+    for seq in 15..=20 {
+        let value =
+            Value::from_json(&serde_json::json!(seq), &mut IdGenerator::new(ReplicaId(1), seq))
+                .unwrap();
+        let set = OperationKind::ObjectAddProperty { key: format!("n{seq}"), value };
+        let set = DiscreteOperation::new(root, set);
+        assert_eq!(
+            answer(
+                &server.send(alice, submit_batch(1, seq..=seq, seq - 1, set.into())),
+                alice,
+                seq
+            ),
+            Ok(seq)
+        );
+    }
+    let said = server.send(bob, cursor_change(13, 1));
+    assert!(
+        matches!(relayed(&said, alice).as_slice(), [ReferenceChange::Clear { .. }]),
+        "{said:?}"
+    );
+    assert!(!server.operation_reads.is_empty(), "read from the store");
+    assert_eq!(opened_references(&mut server, "carol"), vec![None]);
+}
+
+#[test]
 fn what_one_session_makes_the_server_read_for_old_references_is_budgeted() {
     let config = HostConfig { history_in_memory: 2, ..HostConfig::default() };
     let mut server = Server::with_config(config);

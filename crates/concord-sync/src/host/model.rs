@@ -58,18 +58,6 @@ struct Live {
 }
 
 impl Live {
-    /// Puts operations read from the store in front of the in-memory window, with their users.
-    fn provide_history(&mut self, older: Vec<HistoryOperation>) {
-        let mut operations = Vec::with_capacity(older.len());
-        for stored in older {
-            if let Some(user) = stored.user {
-                self.authors.insert(stored.operation.author.clone(), user);
-            }
-            operations.push(stored.operation);
-        }
-        self.sequencer.provide_history(operations);
-    }
-
     /// Drops history beyond the window again, and the authors only it named.
     fn trim_history(&mut self) {
         self.sequencer.trim_history();
@@ -469,15 +457,7 @@ impl ModelHost {
             // An answer to a question not asked: nothing waits on it.
             (Some(Waiting::Reference { now, from, change }), ReadResult::Operations(older)) => {
                 match older {
-                    Ok(older) => {
-                        if let State::Live(live) = &mut self.state {
-                            live.provide_history(older);
-                        }
-                        self.reference(now, &from, change, StoreRead::Done);
-                        if let State::Live(live) = &mut self.state {
-                            live.trim_history();
-                        }
-                    }
+                    Ok(older) => self.reference_through(now, &from, change, older),
                     Err(e) => {
                         let e = error(
                             ErrorCode::INTERNAL,
@@ -1464,6 +1444,8 @@ impl ModelHost {
                     });
                     return;
                 }
+                // A page at a time (`reference_through`), so that no more is held.
+                let through = through.min(at.saturating_add(self.config.page.max(1) as u64));
                 let read = Read::Operations { after: at, through };
                 return self.wait(read, Waiting::Reference { now, from: from.clone(), change });
             }
@@ -1510,6 +1492,58 @@ impl ModelHost {
             change: relayed,
         };
         self.broadcast_except(from.conn, ServerMessage::Push(push));
+    }
+
+    /// Moves a reference set at a version older than memory through `older`, the page of
+    /// stored operations right after that version, then goes on from the page's last version
+    /// (the next page, or memory). Only a `Set` names an old version.
+    fn reference_through(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        change: ReferenceChange,
+        older: Vec<HistoryOperation>,
+    ) {
+        let State::Live(live) = &self.state else { return };
+        let follows = |at: u64| {
+            older.first().is_some_and(|op| op.operation.version == at + 1)
+                && older.windows(2).all(|w| w[1].operation.version == w[0].operation.version + 1)
+        };
+        let (reference, value, at) = match change {
+            ReferenceChange::Set { reference, value, version } if follows(version) => {
+                (reference, value, version)
+            }
+            // The store lacks the operations: refused as too old.
+            change => return self.reference(now, from, change, StoreRead::Done),
+        };
+        let doc = live.sequencer.document();
+        let mut moved = Some(value);
+        for stored in &older {
+            moved = match moved {
+                Some(value) => {
+                    reference::transform(&reference, value, &stored.operation.operation, doc)
+                }
+                None => break,
+            };
+        }
+        let version = older.last().map_or(at, |op| op.operation.version);
+        match moved {
+            Some(value) => {
+                let change = ReferenceChange::Set { reference, value, version };
+                self.reference(now, from, change, StoreRead::Granted);
+            }
+            // Its element was removed since: cleared, as a set moved in memory would be.
+            None => {
+                self.references.insert((from.session.clone(), reference.clone()), None);
+                let change = ReferenceChange::Clear { reference };
+                let push = ServerPush::RemoteReference {
+                    model: self.model.clone(),
+                    session: from.session.clone(),
+                    change,
+                };
+                self.broadcast_except(from.conn, ServerMessage::Push(push));
+            }
+        }
     }
 
     /// Tells a session that its reference change was refused, naming the reference.
