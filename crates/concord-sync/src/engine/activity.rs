@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use concord_protocol::{
-    ActivityChange, ActivityId, ActivityRequest, ClientRequest, Participant, PresenceState,
-    ServerResponse, SessionId,
+    ActivityChange, ActivityId, ActivityRequest, ClientRequest, ErrorCode, Participant,
+    PresenceState, ServerResponse, SessionId,
 };
 
 use super::{CallError, CallId, ClientEngine, Request};
@@ -118,6 +118,23 @@ impl ClientEngine {
                 }
             }
             Ok(_) => {}
+            Err(CallError::Refused(error))
+                if call.is_none()
+                    && error.code == ErrorCode::PERMISSION_DENIED
+                    && self.activities.joined.get(&activity).is_some_and(|j| !j.own.is_empty()) =>
+            {
+                // The server refuses a join that sets state without `set_state`: state the
+                // server refused before (kept here for the rejoin) must not cost the
+                // activity, so join again without it.
+                if let Some(joined) = self.activities.joined.get_mut(&activity) {
+                    joined.own.clear();
+                }
+                let request = ClientRequest::Activity(ActivityRequest::Join {
+                    activity: activity.clone(),
+                    state: PresenceState::new(),
+                });
+                self.send(request, Request::RejoinActivity(activity));
+            }
             Err(_) => {
                 // Refused (or, for the application's join, the connection went): not
                 // joined. A rejoin's answer is lost only with the connection, which rejoins.
