@@ -86,23 +86,26 @@ async fn a_killed_client_process_leaves_its_activities() -> anyhow::Result<()> {
     .await?;
     assert_eq!(value(&carol.state, "cursor"), Some(json!(7)));
     let moved = next_change(&mut events, |_, c| match c {
-        ActivityChange::StateChanged { session, state } if *session == carol.session => {
-            Some(state.clone())
+        ActivityChange::StateChanged { session, user, state } if *session == carol.session => {
+            Some((user.clone(), state.clone()))
         }
         _ => None,
     })
     .await?;
-    assert_eq!(value(&moved, "cursor"), Some(json!(8)));
+    assert_eq!(moved.0.0, "carol", "the event names the user");
+    assert_eq!(value(&moved.1, "cursor"), Some(json!(8)));
     assert_eq!(page.participants().await?.len(), 2);
 
     child.kill()?;
     child.wait()?;
     let left = next_change(&mut events, |a, c| match c {
-        ActivityChange::Left { session } if *session == carol.session => Some(a.clone()),
+        ActivityChange::Left { session, user } if *session == carol.session => {
+            Some((a.clone(), user.clone()))
+        }
         _ => None,
     })
     .await?;
-    assert_eq!(left, *page.id());
+    assert_eq!(left, (page.id().clone(), carol.user));
     assert_eq!(page.participants().await?.len(), 1);
     Ok(())
 }
@@ -125,11 +128,11 @@ async fn a_reconnecting_client_joins_again_with_its_state() -> anyhow::Result<()
     // Offline, joining fails at once; state set on a joined activity is kept.
     bob.disconnect().await?;
     let left = next_change(&mut events, |_, c| match c {
-        ActivityChange::Left { session } => Some(session.clone()),
+        ActivityChange::Left { session, user } => Some((session.clone(), user.0.clone())),
         _ => None,
     })
     .await?;
-    assert_eq!(left, first);
+    assert_eq!(left, (first.clone(), "bob".to_owned()));
     assert!(matches!(
         bob.activities().join("viewing", "page 4", BTreeMap::new()).await,
         Err(ClientError::Offline)

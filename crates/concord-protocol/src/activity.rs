@@ -48,16 +48,19 @@ pub struct Participant {
 }
 
 /// What happened in an activity, pushed to its participants as `ServerPush::Activity`.
+/// Each change names the participant's user as well as its session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActivityChange {
     Joined(Participant),
     /// The session left, was removed, or its connection ended.
     Left {
         session: SessionId,
+        user: UserId,
     },
     /// The participant's whole state after the change.
     StateChanged {
         session: SessionId,
+        user: UserId,
         state: PresenceState,
     },
 }

@@ -1016,7 +1016,10 @@ fn calls_are_never_queued_and_presence_and_activities_come_back_after_a_reconnec
     assert!(events.contains(&Event::Presence(gone)), "{events:?}");
     let change = |change| Event::Activity { activity: page.clone(), change };
     for expected in [
-        change(ActivityChange::Left { session: SessionId("s9".into()) }),
+        change(ActivityChange::Left {
+            session: SessionId("s9".into()),
+            user: UserId("bob".into()),
+        }),
         change(ActivityChange::Joined(participant("s7", "carol"))),
     ] {
         assert!(events.contains(&expected), "{expected:?} missing from {events:?}");
@@ -1024,7 +1027,8 @@ fn calls_are_never_queued_and_presence_and_activities_come_back_after_a_reconnec
     assert_eq!(engine.poll_answer(), None, "rejoins are the engine's own, not calls");
 
     // Removed by a manager: no longer joined, not joined again.
-    let removed = ActivityChange::Left { session: SessionId("s2".into()) };
+    let removed =
+        ActivityChange::Left { session: SessionId("s2".into()), user: UserId("alice".into()) };
     let push = ServerPush::Activity { activity: page.clone(), change: removed };
     engine.handle_message(at(12), ServerMessage::Push(push));
     assert_eq!(engine.participants(&page), None);

@@ -257,8 +257,9 @@ impl ActivityHost {
             .expect("checked above");
         if participant.state != state {
             participant.state = state.clone();
-            let session = participant.session.clone();
-            self.tell(activity, Some(conn), ActivityChange::StateChanged { session, state });
+            let (session, user) = (participant.session.clone(), participant.user.clone());
+            let change = ActivityChange::StateChanged { session, user, state };
+            self.tell(activity, Some(conn), change);
         }
         Ok(ServerResponse::Done)
     }
@@ -280,7 +281,7 @@ impl ActivityHost {
         if participants.is_empty() {
             self.activities.remove(activity);
         }
-        let change = ActivityChange::Left { session: participant.session };
+        let change = ActivityChange::Left { session: participant.session, user: participant.user };
         if removed {
             let message = ServerMessage::Push(ServerPush::Activity {
                 activity: activity.clone(),
@@ -391,6 +392,7 @@ mod tests {
             changes(&outputs, 1),
             vec![ActivityChange::StateChanged {
                 session: SessionId("s2".into()),
+                user: UserId("bob".into()),
                 state: state(&[("cursor", "9")]),
             }]
         );
@@ -408,7 +410,10 @@ mod tests {
         let outputs = drain(&mut host);
         assert_eq!(
             changes(&outputs, 1),
-            vec![ActivityChange::Left { session: SessionId("s2".into()) }]
+            vec![ActivityChange::Left {
+                session: SessionId("s2".into()),
+                user: UserId("bob".into())
+            }]
         );
         assert_eq!(host.participants(&page(12)).len(), 1);
         host.handle(&alice, RequestId(4), ActivityRequest::Leave { activity: page(12) });
@@ -454,7 +459,10 @@ mod tests {
             ActivityRequest::Remove { activity: form.clone(), session: SessionId("s2".into()) };
         host.handle(&alice, RequestId(2), remove);
         let outputs = drain(&mut host);
-        let left = vec![ActivityChange::Left { session: SessionId("s2".into()) }];
+        let left = vec![ActivityChange::Left {
+            session: SessionId("s2".into()),
+            user: UserId("bob".into()),
+        }];
         assert_eq!(changes(&outputs, 2), left, "the removed session hears it");
         assert_eq!(changes(&outputs, 1), left);
         assert_eq!(host.participants(&form).len(), 1);
