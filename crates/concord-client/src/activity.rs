@@ -23,7 +23,8 @@ pub struct ActivityService {
 
 impl ActivityService {
     /// Joins the activity `id` of type `kind` (created if nobody is in it) with a first
-    /// state; the server checks the type's `join` permission. Needs the connection:
+    /// state; the server checks the type's `join` permission, and `set_state` when `state`
+    /// is not empty (without it the join is refused and nothing joined). Needs the connection:
     /// offline it fails at once with [`ClientError::Offline`].
     pub async fn join(
         &self,
@@ -79,11 +80,13 @@ impl Activity {
         self.done(ActivityOp::SetState(self.id.clone(), state)).await
     }
 
+    /// Removes keys of this session's state here (needs the type's `set_state`).
     pub async fn remove_state(&self, keys: &[&str]) -> Result<(), ClientError> {
         let keys = keys.iter().map(|k| (*k).to_owned()).collect();
         self.done(ActivityOp::RemoveState(self.id.clone(), Some(keys))).await
     }
 
+    /// Removes all of this session's state here (needs the type's `set_state`).
     pub async fn clear_state(&self) -> Result<(), ClientError> {
         self.done(ActivityOp::RemoveState(self.id.clone(), None)).await
     }

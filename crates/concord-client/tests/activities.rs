@@ -86,23 +86,26 @@ async fn a_killed_client_process_leaves_its_activities() -> anyhow::Result<()> {
     .await?;
     assert_eq!(value(&carol.state, "cursor"), Some(json!(7)));
     let moved = next_change(&mut events, |_, c| match c {
-        ActivityChange::StateChanged { session, state } if *session == carol.session => {
-            Some(state.clone())
+        ActivityChange::StateChanged { session, user, state } if *session == carol.session => {
+            Some((user.clone(), state.clone()))
         }
         _ => None,
     })
     .await?;
-    assert_eq!(value(&moved, "cursor"), Some(json!(8)));
+    assert_eq!(moved.0.0, "carol", "the event names the user");
+    assert_eq!(value(&moved.1, "cursor"), Some(json!(8)));
     assert_eq!(page.participants().await?.len(), 2);
 
     child.kill()?;
     child.wait()?;
     let left = next_change(&mut events, |a, c| match c {
-        ActivityChange::Left { session } if *session == carol.session => Some(a.clone()),
+        ActivityChange::Left { session, user } if *session == carol.session => {
+            Some((a.clone(), user.clone()))
+        }
         _ => None,
     })
     .await?;
-    assert_eq!(left, *page.id());
+    assert_eq!(left, (page.id().clone(), carol.user));
     assert_eq!(page.participants().await?.len(), 1);
     Ok(())
 }
@@ -125,11 +128,11 @@ async fn a_reconnecting_client_joins_again_with_its_state() -> anyhow::Result<()
     // Offline, joining fails at once; state set on a joined activity is kept.
     bob.disconnect().await?;
     let left = next_change(&mut events, |_, c| match c {
-        ActivityChange::Left { session } => Some(session.clone()),
+        ActivityChange::Left { session, user } => Some((session.clone(), user.0.clone())),
         _ => None,
     })
     .await?;
-    assert_eq!(left, first);
+    assert_eq!(left, (first.clone(), "bob".to_owned()));
     assert!(matches!(
         bob.activities().join("viewing", "page 4", BTreeMap::new()).await,
         Err(ClientError::Offline)
@@ -155,5 +158,45 @@ async fn a_reconnecting_client_joins_again_with_its_state() -> anyhow::Result<()
     assert!(matches!(bobs.participants().await, Err(ClientError::NotJoined(_))));
     let now = page.participants().await?;
     assert_eq!(now.len(), 1, "{now:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_and_cleared_state_disappears_for_the_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(&dir.path().join("server")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
+    let mut events = alice.activities().events();
+    let page = alice.activities().join("viewing", "page 5", BTreeMap::new()).await?;
+    let state =
+        BTreeMap::from([("cursor".to_owned(), json!(3)), ("tool".to_owned(), json!("pen"))]);
+    let bobs = bob.activities().join("viewing", "page 5", state).await?;
+    let session = next_change(&mut events, |_, c| match c {
+        ActivityChange::Joined(p) if p.user.0 == "bob" => Some(p.session.clone()),
+        _ => None,
+    })
+    .await?;
+    let bobs_state = |c: &ActivityChange| match c {
+        ActivityChange::StateChanged { session: s, user, state } if *s == session => {
+            assert_eq!(user.0, "bob", "the event names the user");
+            Some(state.clone())
+        }
+        _ => None,
+    };
+    let seen = |participants: Vec<concord_client::Participant>| {
+        participants.into_iter().find(|p| p.session == session).map(|p| p.state)
+    };
+
+    bobs.remove_state(&["cursor"]).await?;
+    let now = next_change(&mut events, |_, c| bobs_state(c)).await?;
+    assert_eq!(now.keys().collect::<Vec<_>>(), ["tool"]);
+    assert_eq!(value(&now, "tool"), Some(json!("pen")));
+    assert_eq!(seen(page.participants().await?), Some(now));
+
+    bobs.clear_state().await?;
+    let now = next_change(&mut events, |_, c| bobs_state(c)).await?;
+    assert!(now.is_empty(), "{now:?}");
+    assert_eq!(seen(page.participants().await?), Some(BTreeMap::new()));
     Ok(())
 }

@@ -245,6 +245,23 @@ async fn collaborators_are_listed_and_events_name_the_user() -> anyhow::Result<(
         Ok(a.collaborators().await?.is_empty() && a.references().await?.is_empty())
     })
     .await?;
+
+    // Bob opens it again while alice surely has it open at the server (she heard him leave):
+    // she hears him open it, by user and session.
+    let _b = bob.models().open(&model).await?;
+    let mut closed = false;
+    let opened = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), a_events.next()).await? {
+            Some(ModelEvent::CollaboratorClosed { session, .. }) if session == b_session => {
+                closed = true
+            }
+            Some(ModelEvent::CollaboratorOpened(collaborator)) if closed => break collaborator,
+            Some(_) => {}
+            None => anyhow::bail!("events ended"),
+        }
+    };
+    assert_eq!((opened.session, opened.user), (b_session, UserId("bob".into())));
+    assert!(opened.since.0 > 0, "{:?}", opened.since);
     server.stop().await?;
     Ok(())
 }

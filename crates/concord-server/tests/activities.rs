@@ -65,8 +65,9 @@ async fn activity_types_have_their_permissions_and_managers_remove_sessions() ->
     };
     assert_eq!(bob.request(remove(alices)).await?.unwrap_err().code, ErrorCode::PERMISSION_DENIED);
     alice.request(remove(bobs.session.clone())).await??;
-    assert_eq!(change(&mut bob).await?, ActivityChange::Left { session: bobs.session.clone() });
-    assert_eq!(change(&mut alice).await?, ActivityChange::Left { session: bobs.session });
+    let left = ActivityChange::Left { session: bobs.session, user: UserId("bob".into()) };
+    assert_eq!(change(&mut bob).await?, left);
+    assert_eq!(change(&mut alice).await?, left);
 
     // A participant whose connection ends leaves.
     let mut carol = connect(&server, "carol").await?;
@@ -75,6 +76,7 @@ async fn activity_types_have_their_permissions_and_managers_remove_sessions() ->
         anyhow::bail!("no join")
     };
     carol.close().await?;
-    assert_eq!(change(&mut alice).await?, ActivityChange::Left { session: carols.session });
+    let left = ActivityChange::Left { session: carols.session, user: UserId("carol".into()) };
+    assert_eq!(change(&mut alice).await?, left);
     Ok(())
 }

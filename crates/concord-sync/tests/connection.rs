@@ -1016,7 +1016,10 @@ fn calls_are_never_queued_and_presence_and_activities_come_back_after_a_reconnec
     assert!(events.contains(&Event::Presence(gone)), "{events:?}");
     let change = |change| Event::Activity { activity: page.clone(), change };
     for expected in [
-        change(ActivityChange::Left { session: SessionId("s9".into()) }),
+        change(ActivityChange::Left {
+            session: SessionId("s9".into()),
+            user: UserId("bob".into()),
+        }),
         change(ActivityChange::Joined(participant("s7", "carol"))),
     ] {
         assert!(events.contains(&expected), "{expected:?} missing from {events:?}");
@@ -1024,10 +1027,69 @@ fn calls_are_never_queued_and_presence_and_activities_come_back_after_a_reconnec
     assert_eq!(engine.poll_answer(), None, "rejoins are the engine's own, not calls");
 
     // Removed by a manager: no longer joined, not joined again.
-    let removed = ActivityChange::Left { session: SessionId("s2".into()) };
+    let removed =
+        ActivityChange::Left { session: SessionId("s2".into()), user: UserId("alice".into()) };
     let push = ServerPush::Activity { activity: page.clone(), change: removed };
     engine.handle_message(at(12), ServerMessage::Push(push));
     assert_eq!(engine.participants(&page), None);
+    Ok(())
+}
+
+#[test]
+fn a_rejoin_refused_for_state_the_user_may_not_set_joins_without_it() -> Result<()> {
+    use concord_protocol::{ActivityId, ActivityRequest, ErrorCode, ErrorReply, Participant};
+
+    let page = ActivityId { kind: "editing".into(), id: "form".into() };
+    let cursor = std::collections::BTreeMap::from([("cursor".to_owned(), "4".to_owned())]);
+    let me = |session: &str| Participant {
+        session: SessionId(session.into()),
+        user: UserId("alice".into()),
+        state: Default::default(),
+    };
+    let denied = || ErrorReply::new(ErrorCode::PERMISSION_DENIED, "needs `set_state`");
+    let joins = |sent: &[ClientMessage]| -> Vec<(RequestId, usize)> {
+        sent.iter()
+            .filter_map(|m| match m {
+                ClientMessage::Request {
+                    id,
+                    request: ClientRequest::Activity(ActivityRequest::Join { state, .. }),
+                } => Some((*id, state.len())),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![], vec![]);
+    engine.join_activity(page.clone(), Default::default()).expect("connected");
+    let [(to, 0)] = joins(&drain(&mut engine, at(1)).sent)[..] else { panic!("one join") };
+    let response =
+        ServerResponse::ActivityJoined { activity: page.clone(), participants: vec![me("s1")] };
+    engine.handle_message(at(2), ServerMessage::Response { to, response });
+    // The server refuses the state (a join-only user), yet it is kept for the rejoin.
+    let set = engine.set_activity_state(page.clone(), cursor).expect("connected");
+    let to = request_id(&drain(&mut engine, at(3)).sent, |r| {
+        matches!(r, ClientRequest::Activity(ActivityRequest::SetState { .. }))
+    })?;
+    engine.handle_message(at(4), ServerMessage::Error { to: Some(to), error: denied() });
+    assert!(std::iter::from_fn(|| engine.poll_answer()).any(|(call, a)| call == set && a.is_err()));
+
+    engine.disconnect();
+    drain(&mut engine, at(5));
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    let second = Session { session: SessionId("s2".into()), ..session() };
+    engine.handle_connected(at(10), &second, vec![], vec![]);
+    let [(to, 1)] = joins(&drain(&mut engine, at(10)).sent)[..] else { panic!("a rejoin") };
+    engine.handle_message(at(11), ServerMessage::Error { to: Some(to), error: denied() });
+    let turn = drain(&mut engine, at(11));
+    let [(to, 0)] = joins(&turn.sent)[..] else { panic!("a rejoin without the state") };
+    assert!(!turn.events.iter().any(|e| matches!(e, Event::Activity { .. })), "{:?}", turn.events);
+    let response =
+        ServerResponse::ActivityJoined { activity: page.clone(), participants: vec![me("s2")] };
+    engine.handle_message(at(12), ServerMessage::Response { to, response });
+    assert_eq!(engine.participants(&page), Some(vec![me("s2")]), "still joined");
     Ok(())
 }
 

@@ -81,21 +81,22 @@ fn activity_json(activity: &ActivityId) -> Value {
     json!({ "kind": activity.kind, "id": activity.id })
 }
 
-/// `{ type: "joined", activity, participant }`, `{ type: "left", activity, session }`,
-/// `{ type: "stateChanged", activity, session, state }`.
+/// `{ type: "joined", activity, participant }`, `{ type: "left", activity, session, user }`,
+/// `{ type: "stateChanged", activity, session, user, state }`.
 fn activity_event(activity: &ActivityId, change: &ActivityChange) -> Value {
     let activity = activity_json(activity);
     match change {
         ActivityChange::Joined(p) => {
             json!({ "type": "joined", "activity": activity, "participant": participant_json(p) })
         }
-        ActivityChange::Left { session } => {
-            json!({ "type": "left", "activity": activity, "session": session.0 })
+        ActivityChange::Left { session, user } => {
+            json!({ "type": "left", "activity": activity, "session": session.0, "user": user.0 })
         }
-        ActivityChange::StateChanged { session, state } => json!({
+        ActivityChange::StateChanged { session, user, state } => json!({
             "type": "stateChanged",
             "activity": activity,
             "session": session.0,
+            "user": user.0,
             "state": state_json(state),
         }),
     }

@@ -142,8 +142,8 @@ export interface Participant { session: string; user: string; state: JsonObject 
 export interface ActivityRef { kind: string; id: string }
 export type ActivityEvent =
   | { type: "joined"; activity: ActivityRef; participant: Participant }
-  | { type: "left"; activity: ActivityRef; session: string }
-  | { type: "stateChanged"; activity: ActivityRef; session: string; state: JsonObject };
+  | { type: "left"; activity: ActivityRef; session: string; user: string }
+  | { type: "stateChanged"; activity: ActivityRef; session: string; user: string; state: JsonObject };
 
 /** Where a query is answered: the server when connected else the store (`"auto"`), or only one of them. */
 export type QueryMode = "auto" | "server" | "store";

@@ -436,9 +436,11 @@ pub fn participant() -> impl Strategy<Value = Participant> {
 pub fn activity_change() -> impl Strategy<Value = ActivityChange> {
     prop_oneof![
         participant().prop_map(ActivityChange::Joined),
-        session_id().prop_map(|session| ActivityChange::Left { session }),
-        (session_id(), presence_state())
-            .prop_map(|(session, state)| ActivityChange::StateChanged { session, state }),
+        (session_id(), user_id())
+            .prop_map(|(session, user)| ActivityChange::Left { session, user }),
+        (session_id(), user_id(), presence_state()).prop_map(|(session, user, state)| {
+            ActivityChange::StateChanged { session, user, state }
+        }),
     ]
 }
 
@@ -1125,6 +1127,17 @@ pub fn goldens() -> Vec<Golden> {
                         data: sample_document(),
                     },
                     permissions: Permissions::ALL,
+                },
+            })),
+        },
+        Golden {
+            name: "server_activity_state_changed",
+            frame: Sample::Server(ServerMessage::Push(ServerPush::Activity {
+                activity: ActivityId { kind: "viewing".into(), id: "page 12".into() },
+                change: ActivityChange::StateChanged {
+                    session: SessionId("s-7".into()),
+                    user: UserId("bob".into()),
+                    state: [("cursor".to_owned(), "4".to_owned())].into(),
                 },
             })),
         },

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use concord_protocol::{
-    ActivityChange, ActivityId, ActivityRequest, ClientRequest, Participant, PresenceState,
-    ServerResponse, SessionId,
+    ActivityChange, ActivityId, ActivityRequest, ClientRequest, ErrorCode, Participant,
+    PresenceState, ServerResponse, SessionId,
 };
 
 use super::{CallError, CallId, ClientEngine, Request};
@@ -118,12 +118,29 @@ impl ClientEngine {
                 }
             }
             Ok(_) => {}
+            Err(CallError::Refused(error))
+                if call.is_none()
+                    && error.code == ErrorCode::PERMISSION_DENIED
+                    && self.activities.joined.get(&activity).is_some_and(|j| !j.own.is_empty()) =>
+            {
+                // The server refuses a join that sets state without `set_state`: state the
+                // server refused before (kept here for the rejoin) must not cost the
+                // activity, so join again without it.
+                if let Some(joined) = self.activities.joined.get_mut(&activity) {
+                    joined.own.clear();
+                }
+                let request = ClientRequest::Activity(ActivityRequest::Join {
+                    activity: activity.clone(),
+                    state: PresenceState::new(),
+                });
+                self.send(request, Request::RejoinActivity(activity));
+            }
             Err(_) => {
                 // Refused (or, for the application's join, the connection went): not
                 // joined. A rejoin's answer is lost only with the connection, which rejoins.
                 if let Some(joined) = self.activities.joined.remove(&activity) {
-                    for session in joined.participants.into_keys() {
-                        let change = ActivityChange::Left { session };
+                    for (session, participant) in joined.participants {
+                        let change = ActivityChange::Left { session, user: participant.user };
                         let activity = activity.clone();
                         self.events.push_back(Event::Activity { activity, change });
                     }
@@ -142,14 +159,14 @@ impl ClientEngine {
             ActivityChange::Joined(participant) => {
                 joined.participants.insert(participant.session.clone(), participant.clone());
             }
-            ActivityChange::Left { session } => {
+            ActivityChange::Left { session, .. } => {
                 joined.participants.remove(session);
                 if Some(session) == self.activities.session.as_ref() {
                     // Removed by a manager: not joined any more.
                     self.activities.joined.remove(&activity);
                 }
             }
-            ActivityChange::StateChanged { session, state } => {
+            ActivityChange::StateChanged { session, state, .. } => {
                 if let Some(participant) = joined.participants.get_mut(session) {
                     participant.state = state.clone();
                 }
@@ -165,15 +182,19 @@ impl ClientEngine {
         now: &BTreeMap<SessionId, Participant>,
     ) {
         let mut changes = Vec::new();
-        for session in before.keys().filter(|s| !now.contains_key(*s)) {
-            changes.push(ActivityChange::Left { session: session.clone() });
+        for (session, gone) in before.iter().filter(|(s, _)| !now.contains_key(*s)) {
+            changes
+                .push(ActivityChange::Left { session: session.clone(), user: gone.user.clone() });
         }
         for (session, participant) in now {
             match before.get(session) {
                 None => changes.push(ActivityChange::Joined(participant.clone())),
                 Some(old) if old.state != participant.state => {
-                    let state = participant.state.clone();
-                    changes.push(ActivityChange::StateChanged { session: session.clone(), state });
+                    changes.push(ActivityChange::StateChanged {
+                        session: session.clone(),
+                        user: participant.user.clone(),
+                        state: participant.state.clone(),
+                    });
                 }
                 Some(_) => {}
             }

@@ -154,6 +154,9 @@ impl ActivityHost {
                 self.change_state(from.conn, &activity, |current| current.extend(state))
             }
             ActivityRequest::RemoveState { activity, keys } => {
+                // Refused whether or not the keys are there, as a set is.
+                let refusal = "removing state needs `set_state`";
+                self.allowed(from, &activity, |p| p.set_state, refusal)?;
                 self.change_state(from.conn, &activity, |current| match keys {
                     None => current.clear(),
                     Some(keys) => keys.iter().for_each(|k| drop(current.remove(k))),
@@ -208,15 +211,24 @@ impl ActivityHost {
             return Err(reply(ErrorCode::INVALID_ARGUMENT, message));
         }
         self.allowed(from, &activity, |p| p.join, "joining needs `join`")?;
+        // A join that sets state is a state change too: without `set_state` it is refused
+        // whole, so the session is not joined (or keeps its state) rather than joined
+        // with a state it may not set.
+        let current = self.activities.get(&activity).and_then(|p| p.get(&from.conn));
+        if !state.is_empty() || current.is_some_and(|p| !p.state.is_empty()) {
+            let refusal = "joining with state needs `set_state`";
+            self.allowed(from, &activity, |p| p.set_state, refusal)?;
+        }
         check_state(&state)?;
         self.check_size(&state)?;
-        let joined = self.joined.entry(from.conn).or_default();
-        if !joined.contains(&activity) && joined.len() >= self.config.max_joined {
+        let joined = self.joined.get(&from.conn);
+        let already = joined.is_some_and(|j| j.contains(&activity));
+        if !already && joined.map_or(0, BTreeSet::len) >= self.config.max_joined {
             let message =
                 format!("a session may be in at most {} activities", self.config.max_joined);
             return Err(reply(ErrorCode::OVERLOADED, message));
         }
-        joined.insert(activity.clone());
+        self.joined.entry(from.conn).or_default().insert(activity.clone());
         let participant =
             Participant { session: from.session.clone(), user: from.user.id.clone(), state };
         let participants = self.activities.entry(activity.clone()).or_default();
@@ -245,8 +257,9 @@ impl ActivityHost {
             .expect("checked above");
         if participant.state != state {
             participant.state = state.clone();
-            let session = participant.session.clone();
-            self.tell(activity, Some(conn), ActivityChange::StateChanged { session, state });
+            let (session, user) = (participant.session.clone(), participant.user.clone());
+            let change = ActivityChange::StateChanged { session, user, state };
+            self.tell(activity, Some(conn), change);
         }
         Ok(ServerResponse::Done)
     }
@@ -268,7 +281,7 @@ impl ActivityHost {
         if participants.is_empty() {
             self.activities.remove(activity);
         }
-        let change = ActivityChange::Left { session: participant.session };
+        let change = ActivityChange::Left { session: participant.session, user: participant.user };
         if removed {
             let message = ServerMessage::Push(ServerPush::Activity {
                 activity: activity.clone(),
@@ -379,6 +392,7 @@ mod tests {
             changes(&outputs, 1),
             vec![ActivityChange::StateChanged {
                 session: SessionId("s2".into()),
+                user: UserId("bob".into()),
                 state: state(&[("cursor", "9")]),
             }]
         );
@@ -396,7 +410,10 @@ mod tests {
         let outputs = drain(&mut host);
         assert_eq!(
             changes(&outputs, 1),
-            vec![ActivityChange::Left { session: SessionId("s2".into()) }]
+            vec![ActivityChange::Left {
+                session: SessionId("s2".into()),
+                user: UserId("bob".into())
+            }]
         );
         assert_eq!(host.participants(&page(12)).len(), 1);
         host.handle(&alice, RequestId(4), ActivityRequest::Leave { activity: page(12) });
@@ -442,10 +459,61 @@ mod tests {
             ActivityRequest::Remove { activity: form.clone(), session: SessionId("s2".into()) };
         host.handle(&alice, RequestId(2), remove);
         let outputs = drain(&mut host);
-        let left = vec![ActivityChange::Left { session: SessionId("s2".into()) }];
+        let left = vec![ActivityChange::Left {
+            session: SessionId("s2".into()),
+            user: UserId("bob".into()),
+        }];
         assert_eq!(changes(&outputs, 2), left, "the removed session hears it");
         assert_eq!(changes(&outputs, 1), left);
         assert_eq!(host.participants(&form).len(), 1);
+    }
+
+    #[test]
+    fn without_set_state_no_path_changes_state() {
+        let join_only = ActivityPermissions { join: true, set_state: false, manage: false };
+        let mut editing = ActivityPolicy { world: join_only, users: BTreeMap::new() };
+        editing.users.insert(UserId("alice".into()), ActivityPermissions::PARTICIPATE);
+        let mut config = ActivityConfig::default();
+        config.types.insert("editing".into(), editing);
+        let mut host = ActivityHost::new(config);
+        let form = ActivityId { kind: "editing".into(), id: "form".into() };
+        let (alice, bob, carol) = (session(1, "alice"), session(2, "bob"), session(3, "carol"));
+        let join = |s: PresenceState| ActivityRequest::Join { activity: form.clone(), state: s };
+        let remove = |keys: Option<Vec<String>>| ActivityRequest::RemoveState {
+            activity: form.clone(),
+            keys,
+        };
+
+        host.handle(&alice, RequestId(1), join(state(&[("k", "1")])));
+        host.handle(&bob, RequestId(1), join(PresenceState::new()));
+        assert_eq!(error_code(&drain(&mut host)), None, "joining without state needs only join");
+        let before = host.participants(&form);
+
+        let refused = [
+            (&bob, remove(Some(vec!["k".into()]))),
+            (&bob, remove(None)),
+            (&bob, join(state(&[("k", "2")]))),
+            (&carol, join(state(&[("k", "3")]))),
+        ];
+        for (n, (from, request)) in refused.into_iter().enumerate() {
+            host.handle(from, RequestId(10 + n as u64), request.clone());
+            let outputs = drain(&mut host);
+            assert_eq!(error_code(&outputs), Some(ErrorCode::PERMISSION_DENIED), "{request:?}");
+            assert!(
+                outputs.iter().all(|(c, _)| *c == from.conn),
+                "nobody else hears of {request:?}: {outputs:?}"
+            );
+            assert_eq!(host.participants(&form), before, "{request:?} changed nothing");
+        }
+
+        // With set_state, removing is a change the others hear.
+        host.handle(&alice, RequestId(2), remove(None));
+        let outputs = drain(&mut host);
+        assert_eq!(error_code(&outputs), None);
+        assert!(matches!(
+            &changes(&outputs, 2)[..],
+            [ActivityChange::StateChanged { state, .. }] if state.is_empty()
+        ));
     }
 
     #[test]
