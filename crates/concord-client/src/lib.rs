@@ -76,9 +76,9 @@ pub use events::Events;
 pub use history::{HistoricalElement, HistoricalModel};
 pub use identity::{DEFAULT_SEARCH_LIMIT, IdentityService};
 pub use model::{
-    BatchBuilder, Change, Edit, Element, ElementEvents, ModelInfo, RealTimeArray, RealTimeBoolean,
-    RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject, RealTimeString,
-    Watermarks,
+    BatchBuilder, Change, Edit, Element, ElementChange, ElementEvents, ModelInfo, RealTimeArray,
+    RealTimeBoolean, RealTimeDate, RealTimeModel, RealTimeNull, RealTimeNumber, RealTimeObject,
+    RealTimeString, Watermarks,
 };
 pub use presence::{PresenceService, state_value};
 pub use query::{QueryData, QueryMode, QueryOrigin, QueryResult, QueryRow};

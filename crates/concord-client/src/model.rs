@@ -8,7 +8,7 @@ use concord_ot::{
     DiscreteOperation, Document, ElementId, IdGenerator, Kind, Operation, OperationKind,
     PathSegment, Value,
 };
-use concord_protocol::{CollectionId, ModelId, SessionId};
+use concord_protocol::{CollectionId, ModelId, SessionId, UserId};
 use concord_sync::{ModelEvent, ModelReplica};
 use tokio::sync::{oneshot, watch};
 
@@ -534,19 +534,29 @@ pub struct ElementEvents {
 }
 
 impl ElementEvents {
-    /// The next change of the element: its operation and author (`None`: this client).
-    pub async fn next(&mut self) -> Option<(OperationKind, Option<SessionId>)> {
+    /// The next change of the element.
+    pub async fn next(&mut self) -> Option<ElementChange> {
         loop {
             match self.events.next().await? {
-                ModelEvent::Changed { element, operation, author, .. }
+                ModelEvent::Changed { element, operation, author, user }
                     if element == self.element =>
                 {
-                    return Some((operation, author));
+                    return Some(ElementChange { operation, author, user });
                 }
                 _ => {}
             }
         }
     }
+}
+
+/// One change of an element, as its events report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementChange {
+    pub operation: OperationKind,
+    /// The session that made it (`None`: this client).
+    pub author: Option<SessionId>,
+    /// The author's user, when the client knows it (as in `ModelEvent::Changed`).
+    pub user: Option<UserId>,
 }
 
 impl RealTimeObject {

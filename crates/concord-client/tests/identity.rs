@@ -115,6 +115,7 @@ async fn collaborators_tell_since_when_and_departed_authors_keep_their_user() ->
     create_confirmed(&alice, std::slice::from_ref(&model), json!({ "text": "" })).await?;
     let a = alice.models().open(&model).await?;
     let mut a_events = a.events();
+    let mut a_text_events = a.root().get("text").await?.unwrap().as_string()?.events();
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let b = bob.models().open(&model).await?;
     let b_session = session(&b).await?;
@@ -135,6 +136,10 @@ async fn collaborators_tell_since_when_and_departed_authors_keep_their_user() ->
     let b_text = b.root().get("text").await?.unwrap().as_string()?;
     b_text.insert(0, "bye").await?;
     drop(b_text);
+    // The string's own events name his session and user too.
+    let change = tokio::time::timeout(Duration::from_secs(20), a_text_events.next()).await?;
+    let change = change.ok_or_else(|| anyhow::anyhow!("element events ended"))?;
+    assert_eq!((change.author, change.user), (Some(b_session.clone()), Some(user("bob"))));
     b.close();
     let mut closed = None;
     while closed.is_none() {

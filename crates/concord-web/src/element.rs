@@ -343,10 +343,9 @@ impl RealTimeElement {
         #[wasm_bindgen(unchecked_param_type = "(event: ElementEvent) => void")]
         callback: js_sys::Function,
     ) -> js_sys::Function {
-        let events =
-            subscription::converted(self.inner.events(), |(operation, author)| async move {
-                to_js(&events::element_event(&operation, author)).ok()
-            });
+        let events = subscription::converted(self.inner.events(), |change| async move {
+            to_js(&events::element_event(&change)).ok()
+        });
         subscription::subscribe(events, callback)
     }
 }

@@ -3,8 +3,8 @@
 //! shape here (and a line in `docs/web.md`).
 
 use concord_client::{
-    ConnectionState, DomainEvent, ElementId, ErrorReply, HandshakeRejection, ModelEvent,
-    OpenFailure, OperationKind, RemoteReferenceChange, SessionId,
+    ConnectionState, DomainEvent, ElementChange, ElementId, ErrorReply, HandshakeRejection,
+    ModelEvent, OpenFailure, OperationKind, RemoteReferenceChange,
 };
 use serde_json::{Value, json};
 
@@ -155,8 +155,8 @@ pub(crate) fn domain_event(event: DomainEvent) -> Value {
 
 /// A change of one element: `{ type, local, author }` with the operation's kind as `type`
 /// and what it says beside string positions (JavaScript reads the text itself).
-pub(crate) fn element_event(operation: &OperationKind, author: Option<SessionId>) -> Value {
-    let mut event = match operation {
+pub(crate) fn element_event(change: &ElementChange) -> Value {
+    let mut event = match &change.operation {
         OperationKind::StringSplice { .. } => json!({ "type": "stringSplice" }),
         OperationKind::StringSet { .. } => json!({ "type": "stringSet" }),
         OperationKind::ArrayInsert { index, .. } => {
@@ -185,7 +185,8 @@ pub(crate) fn element_event(operation: &OperationKind, author: Option<SessionId>
         OperationKind::BooleanSet { value } => json!({ "type": "booleanSet", "value": value }),
         OperationKind::DateSet { value } => json!({ "type": "dateSet", "value": value }),
     };
-    event["local"] = json!(author.is_none());
-    event["author"] = json!(author.map(|a| a.0));
+    event["local"] = json!(change.author.is_none());
+    event["author"] = json!(change.author.as_ref().map(|a| &a.0));
+    event["user"] = json!(change.user.as_ref().map(|u| &u.0));
     event
 }

@@ -75,7 +75,7 @@ impl<T: Clone + 'static> EventSource for concord_client::Events<T> {
 }
 
 impl EventSource for concord_client::ElementEvents {
-    type Item = (concord_client::OperationKind, Option<concord_client::SessionId>);
+    type Item = concord_client::ElementChange;
     fn next_item(&mut self) -> impl Future<Output = Option<Self::Item>> + '_ {
         self.next()
     }

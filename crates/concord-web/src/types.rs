@@ -105,8 +105,8 @@ export type ModelEvent =
   | { type: "gone"; error: ErrorInfo }
   | { type: "released" };
 
-/** A change of one element, by the operation that made it (`author` null: this client). String changes carry no positions: read the value. */
-export type ElementEvent = { local: boolean; author: string | null } & (
+/** A change of one element, by the operation that made it (`author` null: this client; `user`: the author's user when known). String changes carry no positions: read the value. */
+export type ElementEvent = { local: boolean; author: string | null; user: string | null } & (
   | { type: "stringSplice" }
   | { type: "stringSet" }
   | { type: "arrayInsert"; index: number }
