@@ -36,7 +36,18 @@ export interface ConcordError extends Error {
 /** An error the server reported, inside an event. */
 export interface ErrorInfo { code: ServerErrorCode; message: string }
 
-export interface DomainOptions { offline?: { storage?: IdbStorageAdapter }; fallbackUrls?: string[] }
+export interface DomainOptions {
+  /** Without it the store lives in memory and dies with the page. */
+  offline?: { storage?: IdbStorageAdapter };
+  /** More nodes serving the domain, tried in turn after the first URL. */
+  fallbackUrls?: string[];
+  /** How often the client pings; three silent intervals count as a lost connection. */
+  heartbeatMs?: number;
+  /** How long a connection attempt, request or submission waits before the connection counts as broken. */
+  requestTimeoutMs?: number;
+  /** The wait before the first reconnection attempt, and the most it doubles to. */
+  reconnectBackoff?: { firstMs: number; maxMs: number };
+}
 export interface SessionInfo { session: string; user: string }
 export type ConnectionState = "disconnected" | "connecting" | "connected" | "reconnecting";
 /** Ends a subscription; calling it again does nothing. */
