@@ -28,8 +28,10 @@ fn tabs_root() -> anyhow::Result<tempfile::TempDir> {
     Ok(root)
 }
 
-/// Makes `window.domain` (through `openTabs`), `window.model` (the model "shared") and
-/// `window.push(value)`, which records the value in `localStorage` once it is stored.
+/// Makes `window.domain` (through `openTabs`), `window.model` (the model "shared"),
+/// `window.changed` (the model's `changed` events in this tab, from its own subscription) and
+/// `window.push(value)`, which records the value in `localStorage` once it is stored, and
+/// records it as `early` if the model's watermarks did not yet say so at that moment.
 fn setup(ws: &str, token: &str) -> String {
     let body = r#"
     const concord = await import("/concord_web.js");
@@ -45,12 +47,17 @@ fn setup(ws: &str, token: &str) -> String {
     window.role = "waiting";
     window.domain = await openTabs(concord, $ws, { user: "alice", token: $token, onRole: (r) => (window.role = r) });
     window.model = await window.domain.models().open("shared");
+    window.changed = [];
+    window.model.onEvent((e) => { if (e.type === "changed") window.changed.push(e); });
     window.inFlight = 0;
     window.push = async (value) => {
       window.inFlight++;
       try {
         const items = await window.model.root().get("items");
-        await items.push(value);
+        const seq = await items.push(value);
+        // Reported stored: the store has it, so the watermarks say so.
+        const stored = (await window.model.watermarks()).stored;
+        if (!(stored >= seq)) localStorage.setItem(`early ${value}`, `${seq} > ${stored}`);
         localStorage.setItem(`stored ${value}`, "1");
       } finally {
         window.inFlight--;
@@ -62,6 +69,21 @@ fn setup(ws: &str, token: &str) -> String {
 
 /// What the tabs reported stored, from `localStorage`.
 const REPORTED: &str = r#"return Object.keys(localStorage).filter((k) => k.startsWith("stored ")).map((k) => k.slice(7));"#;
+
+/// Waits until this tab's own subscription has had `n` `changed` events on the root, and
+/// gives their types. (The test changes the root only where it checks these.)
+fn root_changes(n: usize) -> String {
+    format!(
+        r#"const root = model.root().id();
+        const of = () => window.changed.filter((e) => e.element === root);
+        await until(() => of().length >= {n}, "{n} changed events of the root");
+        return of().map((e) => e.type);"#
+    )
+}
+
+/// Edits whose promise resolved while the model's watermarks said they were not stored yet.
+const EARLY: &str =
+    r#"return Object.entries(localStorage).filter(([k]) => k.startsWith("early "));"#;
 
 /// Each value's number of occurrences.
 fn counts(values: &[Value]) -> BTreeMap<String, usize> {
@@ -159,6 +181,12 @@ async fn three_tabs_edit_offline_lose_their_owner_and_a_native_client_sees_each_
             "t2",
             r#"await until(async () => (await model.value()).items.some((v) => v.startsWith("t3-")), "t3's edit in t2");"#,
         )?;
+        // And is told of them by its own subscription: the owner's and the other follower's
+        // changes of the root (which nothing else changes) reach t2 as `changed` events.
+        browser.evaluate("t1", r#"await model.root().set("from t1", 1);"#)?;
+        browser.evaluate("t3", r#"await model.root().set("from t3", 3);"#)?;
+        let events = browser.evaluate("t2", &root_changes(2))?;
+        assert_eq!(events, json!(["changed", "changed"]), "t2's root events");
         browser.evaluate(
             "t1",
             r#"await until(() => localStorage.getItem("stored t1-5"), "t1's edits");"#,
@@ -177,6 +205,13 @@ async fn three_tabs_edit_offline_lose_their_owner_and_a_native_client_sees_each_
             .map(|t| browser.evaluate(t, "return window.role;"))
             .collect::<Result<_, _>>()?;
         assert!(roles.contains(&json!("owner")), "no tab took over: {roles:?}");
+        // The follower left subscribed again with the new owner: its change of the root
+        // reaches the other tab as an event.
+        let (owner, follower) =
+            if roles[0] == json!("owner") { ("t2", "t3") } else { ("t3", "t2") };
+        browser.evaluate(owner, r#"await model.root().set("after the handover", 1);"#)?;
+        let events = browser.evaluate(follower, &root_changes(3))?;
+        assert_eq!(events, json!(["changed", "changed", "changed"]), "{follower}'s root events");
         // A remaining tab reloads and edits again.
         browser.run("reload t3")?;
         browser.evaluate("t3", &setup)?;
@@ -188,6 +223,7 @@ async fn three_tabs_edit_offline_lose_their_owner_and_a_native_client_sees_each_
             reported.as_array().context("reported")?,
             "in the tabs, offline",
         )?;
+        assert_eq!(browser.evaluate("t2", EARLY)?, json!([]), "reported stored before it was");
         Ok(())
     })?;
 
@@ -387,6 +423,8 @@ async fn random_rounds(seed: u64, rounds: usize) -> anyhow::Result<()> {
             items.len()
         );
         check_exactly_once(items, reported, "after the random rounds")?;
+        let early = browser.evaluate(&last, EARLY)?;
+        anyhow::ensure!(early == json!([]), "reported stored before it was: {early}");
         anyhow::ensure!(!reported.is_empty(), "no edit was reported stored");
         Ok(())
     })?;
