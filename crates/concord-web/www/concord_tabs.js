@@ -240,15 +240,30 @@ class Owner {
       const id = crypto.randomUUID();
       await intents.put({ rid, created: id, at: Date.now() });
       await models.createWithId(id, ...args);
-      return { value: id, durable: Promise.resolve() };
+      return { value: id, durable: this.inStore(models, id, true) };
     }
     if (method === "createWithId") await intents.put({ rid, createdWithId: args[0], at: Date.now() });
     if (method === "remove") await intents.put({ rid, removed: args[0], at: Date.now() });
+    let value;
     try {
-      return { value: await models[method](...args), durable: Promise.resolve() };
+      value = await models[method](...args);
     } catch (e) {
       await intents.remove(rid);
       throw e;
+    }
+    return { value, durable: this.inStore(models, args[0], method !== "remove") };
+  }
+
+  /// Settles once the store has model `id` (`present`) or its deletion: what `recover`
+  /// judges by. A creation or deletion resolves before the store has it (the domain commits
+  /// it with the next group commit), and a command other than an edit is answered only after
+  /// that commit, so the first read normally shows it; the reads repeat in case it does not.
+  async inStore(models, id, present) {
+    for (let read = 0; ; read++) {
+      const model = (await models.storedModels()).find((m) => m.id === id);
+      if (present ? model && !model.deletedLocally : !model || model.deletedLocally) return;
+      if (read === 100) throw { code: "internal", message: `the store never showed ${id} ${present ? "created" : "deleted"}` };
+      await new Promise((r) => setTimeout(r, 20));
     }
   }
 
