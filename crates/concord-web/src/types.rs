@@ -17,7 +17,9 @@ export type LocalErrorCode =
   | "not_available_offline" | "not_open" | "already_open" | "deletion_pending" | "offline"
   | "too_many_open" | "connection_lost" | "not_joined" | "timeout" | "wrong_kind"
   | "no_such_element" | "invalid_value" | "invalid_change" | "invalid_reference"
-  | "storage_failed" | "history" | "closed" | "engine_error" | "client_error";
+  | "storage_failed" | "history" | "closed" | "engine_error" | "client_error"
+  /** `concord_tabs.js`: a call whose result cannot cross tabs. */
+  | "not_available_in_tab";
 export type ServerErrorCode =
   | "malformed_frame" | "unsupported_version" | "frame_too_large" | "unexpected_message"
   | "invalid_argument" | "timeout" | "not_authenticated" | "authentication_failed"

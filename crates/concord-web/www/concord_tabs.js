@@ -28,13 +28,24 @@
 // Through these handles every call returns a promise (also the ones that are synchronous on
 // the wasm classes, such as `watermarks()`), except `id()`, `kind()`, `collection()`,
 // `root()`, `models()`, `presence()`, `identity()` and `activities()`, and changes resolve
-// once stored. `onEvent(cb)` returns the unsubscribe function. History, references and
-// query results stay with the wasm classes of the owner tab (see docs/web.md).
+// once stored. `onEvent(cb)` returns the unsubscribe function. Calls whose result is a wasm
+// object bound to the owner tab's session (a history, a reference of this client, an
+// activity joined) are refused in every tab with `not_available_in_tab`, before they run;
+// plain results (query results, other sessions' references) cross tabs (see docs/web.md).
 
 const MUTATIONS = {
   model: new Set(["batch", "setValue"]),
   element: new Set(["set", "remove", "push", "insert", "replace", "move", "splice", "add", "setValue"]),
   models: new Set(["create", "createWithId", "remove"]),
+};
+/// Calls that make a wasm object of the owner tab (its session's history cursor, reference
+/// or activity membership), which cannot cross to another tab and would not survive a change
+/// of owner: refused in every tab, the owner's too, before anything runs.
+const NOT_IN_TABS = {
+  models: new Set(["history"]),
+  model: new Set(["elementReference"]),
+  element: new Set(["indexReference", "rangeReference", "propertyReference"]),
+  activities: new Set(["join"]),
 };
 /// What would end or restart the owner's Domain for every tab.
 const SHARED_LIFE = new Set(["close", "free", "initializeOffline", "constructor"]);
@@ -178,7 +189,7 @@ class Owner {
       return { $handle: { kind: "element", model: target.model ?? target.id, element: value.id(), type: value.kind() } };
     }
     if (value && typeof value === "object" && "__wbg_ptr" in value) {
-      throw { code: "not_available_in_tab", message: `${value.constructor.name} is only available in the owner tab` };
+      throw { code: "not_available_in_tab", message: `a ${value.constructor.name} does not cross tabs` };
     }
     return value;
   }
@@ -197,6 +208,9 @@ class Owner {
   async answer({ rid, target, method, args }, local) {
     if (SHARED_LIFE.has(method)) {
       throw { code: "invalid_argument", message: `${method}() is not for one tab: the store is shared by the user's tabs, and a tab leaves by closing` };
+    }
+    if (NOT_IN_TABS[target.kind]?.has(method)) {
+      throw { code: "not_available_in_tab", message: `${method}() does not work through openTabs: its result belongs to one tab's session` };
     }
     const object = await this.resolve(target);
     if (typeof object[method] !== "function") {

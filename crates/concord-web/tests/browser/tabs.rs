@@ -4,8 +4,8 @@
 //! once the server is back a native client sees every edit exactly once; a seeded random
 //! run that closes, crashes and reloads tabs while they edit, checking that nothing
 //! reported stored is lost and nothing is applied twice; followers create and remove models
-//! while owners close or crash, each taking effect once; two users in one browser keep
-//! separate stores.
+//! while owners close or crash, each taking effect once; what cannot cross tabs is refused
+//! in every tab; two users in one browser keep separate stores.
 //!
 //! Each tab records a value in `localStorage` (shared by the tabs, kept when a tab closes)
 //! when its push resolves: that is the list of what was reported stored.
@@ -592,6 +592,62 @@ async fn followers_create_and_remove_models_exactly_once_while_owners_go() -> an
             removed.len()
         );
         anyhow::ensure!(removed.len() == removing.len(), "not every removal was reported");
+        Ok(())
+    })?;
+    drop(browser);
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium, node and the built page: cargo xtask browser-test"]
+async fn histories_and_own_references_are_refused_in_every_tab_query_results_cross()
+-> anyhow::Result<()> {
+    let (files, store) = (tabs_root()?, tempfile::tempdir()?);
+    let server = serve("127.0.0.1:0".parse()?, store.path(), files.path()).await?;
+    let addr = server.addr();
+    let (page, ws) = (format!("http://{addr}/tabs.html"), format!("ws://{addr}/demo/refused"));
+    let token = mint_token(SECRET, "alice", None, Duration::from_secs(3600))?;
+    let mut browser = tokio::task::block_in_place(Browser::start)?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let setup = models_setup(&ws).replace(
+            "{ user: \"alice\",",
+            &format!("{{ user: \"alice\", token: {},", json!(token)),
+        );
+        assert_eq!(open_tab(&mut browser, "t1", &page, &setup)?, "owner");
+        assert_eq!(open_tab(&mut browser, "t2", &page, &setup)?, "follower");
+        browser.evaluate(
+            "t1",
+            r#"await until(async () => (await domain.state()) === "connected", "connected");
+            await domain.models().createWithId("doc", "notes", { title: "hello", items: [] });"#,
+        )?;
+        for tab in ["t1", "t2"] {
+            let seen = browser.evaluate(
+                tab,
+                r#"const model = await domain.models().open("doc");
+                const [title, root] = [await model.root().get("title"), model.root()];
+                const codes = [];
+                for (const attempt of [
+                  () => domain.models().history("doc"),
+                  () => model.elementReference("chosen"),
+                  () => title.indexReference("cursor"),
+                  () => title.rangeReference("selection"),
+                  () => root.propertyReference("highlight"),
+                  () => domain.activities().join("viewing", "doc", {}),
+                ]) {
+                  try { await attempt(); codes.push("no error"); }
+                  catch (e) { codes.push([e instanceof Error, e.name, e.code]); }
+                }
+                const found = await domain.models().queryWith("SELECT title FROM notes", "store");
+                return { codes, rows: found.rows.map((r) => [r.model, r.values]),
+                  references: await model.references() };"#,
+            )?;
+            let refused = json!([true, "ConcordError", "not_available_in_tab"]);
+            assert_eq!(seen["codes"], Value::Array(vec![refused; 6]), "{tab}");
+            // Plain results cross tabs: a query's rows, other sessions' references.
+            assert_eq!(seen["rows"], json!([["doc", ["hello"]]]), "{tab}");
+            assert_eq!(seen["references"], json!([]), "{tab}");
+        }
         Ok(())
     })?;
     drop(browser);
