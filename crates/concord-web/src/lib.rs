@@ -41,6 +41,8 @@ pub use model::RealTimeModel;
 use concord_client::{
     ClientError, CollectionId, ConnectionState, Domain as ClientDomain, ModelId, PathSegment,
 };
+use std::time::Duration;
+
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -85,6 +87,23 @@ fn index(value: f64, what: &str) -> Result<usize, WebError> {
     }
 }
 
+/// `object[key]`, unless it is missing, `undefined` or `null`.
+fn option(object: &JsValue, key: &str) -> Option<JsValue> {
+    if !object.is_object() {
+        return None;
+    }
+    js_sys::Reflect::get(object, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// `object[key]` as a duration: a positive number of milliseconds.
+fn milliseconds(object: &JsValue, key: &str) -> Result<Option<Duration>, WebError> {
+    let Some(value) = option(object, key) else { return Ok(None) };
+    match value.as_f64() {
+        Some(ms) if ms.is_finite() && ms > 0.0 => Ok(Some(Duration::from_secs_f64(ms / 1000.0))),
+        _ => Err(WebError::invalid(format!("{key} is a positive number of milliseconds"))),
+    }
+}
+
 /// The offline store in the browser's IndexedDB: one database per (server, user).
 #[wasm_bindgen]
 #[derive(Debug, Default)]
@@ -116,28 +135,40 @@ impl Domain {
     /// `options.offline.storage`: an `IdbStorageAdapter` keeps the offline store in
     /// IndexedDB; without it the store lives in memory and dies with the page.
     /// `options.fallbackUrls`: more nodes serving the domain, tried in turn after `url`
-    /// (`DomainBuilder::fallback_urls`).
+    /// (`DomainBuilder::fallback_urls`). `options.heartbeatMs`, `options.requestTimeoutMs`
+    /// and `options.reconnectBackoff` (`{ firstMs, maxMs }`) are the builder's `heartbeat`,
+    /// `request_timeout` and `reconnect_backoff`; a value that is not a positive number of
+    /// milliseconds throws `invalid_argument`.
     #[wasm_bindgen(constructor)]
     pub fn new(
         url: &str,
         #[wasm_bindgen(unchecked_param_type = "DomainOptions")] options: JsValue,
-    ) -> Domain {
-        let storage = js_sys::Reflect::get(&options, &"offline".into())
-            .ok()
-            .filter(|v| !v.is_undefined() && !v.is_null())
-            .and_then(|offline| js_sys::Reflect::get(&offline, &"storage".into()).ok())
-            .filter(|v| !v.is_undefined() && !v.is_null());
+    ) -> Result<Domain, WebError> {
+        let storage = option(&options, "offline").and_then(|offline| option(&offline, "storage"));
         let fallback: Vec<String> = js_sys::Reflect::get(&options, &"fallbackUrls".into())
             .ok()
             .filter(js_sys::Array::is_array)
             .map(|urls| js_sys::Array::from(&urls).iter().filter_map(|u| u.as_string()).collect())
             .unwrap_or_default();
-        let builder = ClientDomain::builder(url).fallback_urls(fallback);
-        let builder = match storage {
-            Some(_) => builder.storage(concord_storage::IdbAdapter::new()),
-            None => builder,
-        };
-        Domain { inner: builder.build() }
+        let mut builder = ClientDomain::builder(url).fallback_urls(fallback);
+        if storage.is_some() {
+            builder = builder.storage(concord_storage::IdbAdapter::new());
+        }
+        if let Some(interval) = milliseconds(&options, "heartbeatMs")? {
+            builder = builder.heartbeat(interval);
+        }
+        if let Some(timeout) = milliseconds(&options, "requestTimeoutMs")? {
+            builder = builder.request_timeout(timeout);
+        }
+        if let Some(backoff) = option(&options, "reconnectBackoff") {
+            let first = milliseconds(&backoff, "firstMs")?;
+            let max = milliseconds(&backoff, "maxMs")?;
+            let (Some(first), Some(max)) = (first, max) else {
+                return Err(WebError::invalid("reconnectBackoff is { firstMs, maxMs }"));
+            };
+            builder = builder.reconnect_backoff(first, max);
+        }
+        Ok(Domain { inner: builder.build() })
     }
 
     pub fn url(&self) -> String {

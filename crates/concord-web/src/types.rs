@@ -17,7 +17,9 @@ export type LocalErrorCode =
   | "not_available_offline" | "not_open" | "already_open" | "deletion_pending" | "offline"
   | "too_many_open" | "connection_lost" | "not_joined" | "timeout" | "wrong_kind"
   | "no_such_element" | "invalid_value" | "invalid_change" | "invalid_reference"
-  | "storage_failed" | "history" | "closed" | "engine_error" | "client_error";
+  | "storage_failed" | "history" | "closed" | "engine_error" | "client_error"
+  /** `concord_tabs.js`: a call whose result cannot cross tabs. */
+  | "not_available_in_tab";
 export type ServerErrorCode =
   | "malformed_frame" | "unsupported_version" | "frame_too_large" | "unexpected_message"
   | "invalid_argument" | "timeout" | "not_authenticated" | "authentication_failed"
@@ -36,7 +38,18 @@ export interface ConcordError extends Error {
 /** An error the server reported, inside an event. */
 export interface ErrorInfo { code: ServerErrorCode; message: string }
 
-export interface DomainOptions { offline?: { storage?: IdbStorageAdapter }; fallbackUrls?: string[] }
+export interface DomainOptions {
+  /** Without it the store lives in memory and dies with the page. */
+  offline?: { storage?: IdbStorageAdapter };
+  /** More nodes serving the domain, tried in turn after the first URL. */
+  fallbackUrls?: string[];
+  /** How often the client pings; three silent intervals count as a lost connection. */
+  heartbeatMs?: number;
+  /** How long a connection attempt, request or submission waits before the connection counts as broken. */
+  requestTimeoutMs?: number;
+  /** The wait before the first reconnection attempt, and the most it doubles to. */
+  reconnectBackoff?: { firstMs: number; maxMs: number };
+}
 export interface SessionInfo { session: string; user: string }
 export type ConnectionState = "disconnected" | "connecting" | "connected" | "reconnecting";
 /** Ends a subscription; calling it again does nothing. */

@@ -185,6 +185,34 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         ]),
         "the first tab shows the second's edit"
     );
+    // And the second tab shows the first's, told by the events it subscribed to.
+    let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
+    run("add a tea (first tab)".into())?;
+    let seen = tokio::task::block_in_place(|| {
+        browser.evaluate(
+            "b",
+            r#"const end = Date.now() + 30000;
+            while (!(document.body.dataset.items || "").includes("tea") && Date.now() < end) {
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            return [document.body.dataset.role, JSON.parse(document.body.dataset.items)];"#,
+        )
+    })?;
+    assert_eq!(
+        seen,
+        serde_json::json!([
+            "follower",
+            [
+                "milk",
+                "bread",
+                "eggs (offline)",
+                "butter (offline)",
+                "jam (second tab)",
+                "tea (first tab)"
+            ]
+        ]),
+        "the second tab shows the first's edit"
+    );
     let mut run = |command: String| tokio::task::block_in_place(|| browser.run(&command));
 
     // The server is back: the page syncs, and a native client sees every change.
@@ -202,6 +230,25 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         )
     })?;
     assert_eq!(synced, serde_json::json!(["every change is on the server", "synced 1 of 1 model"]));
+    // The second tab says so too: the owner's connection events reach it.
+    let status = tokio::task::block_in_place(|| {
+        browser.evaluate(
+            "b",
+            r#"const text = (id) => document.getElementById(id).textContent;
+            const shown = () => [text("status"), text("pending")];
+            const end = Date.now() + 30000;
+            while (shown().join() !== "alice: connected,every change is on the server"
+                && Date.now() < end) {
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            return shown();"#,
+        )
+    })?;
+    assert_eq!(
+        status,
+        serde_json::json!(["alice: connected", "every change is on the server"]),
+        "the second tab's status"
+    );
     let native = Domain::builder(format!("ws://{addr}/demo/todos")).build();
     native.connect_with_jwt(mint_token(SECRET, "bob", None, Duration::from_secs(3600))?).await?;
     let todos = native.models().open(&ModelId::new("todos")?).await?;
@@ -212,7 +259,17 @@ async fn offline_edits_survive_a_reload_and_reach_a_native_client() -> anyhow::R
         .iter()
         .filter_map(|i| i["text"].as_str())
         .collect();
-    assert_eq!(texts, ["milk", "bread", "eggs (offline)", "butter (offline)", "jam (second tab)"]);
+    assert_eq!(
+        texts,
+        [
+            "milk",
+            "bread",
+            "eggs (offline)",
+            "butter (offline)",
+            "jam (second tab)",
+            "tea (first tab)"
+        ]
+    );
     server.stop().await?;
     Ok(())
 }

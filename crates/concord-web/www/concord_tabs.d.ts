@@ -25,9 +25,18 @@ type Synchronous =
  */
 type Local = "free" | "close" | "initializeOffline" | typeof Symbol.dispose;
 
+/**
+ * Calls whose result is a wasm object bound to one tab's session (a history, this client's
+ * references, an activity joined): through a tab they reject with `not_available_in_tab`
+ * (the owner tab's too), so they are not part of a tab handle. Other sessions' references
+ * (`reference`, `references`) and query results are plain values and cross tabs.
+ */
+type NotInTabs =
+  | "history" | "elementReference" | "indexReference" | "rangeReference" | "propertyReference" | "join";
+
 /** `T`'s methods through a tab (see concord_tabs.js). */
 export type Tab<T> = {
-  [K in Exclude<keyof T, Local> as T[K] extends (...args: never[]) => unknown ? K : never]:
+  [K in Exclude<keyof T, Local | NotInTabs> as T[K] extends (...args: never[]) => unknown ? K : never]:
     T[K] extends (...args: infer A) => infer R
       ? K extends Synchronous
         ? (...args: A) => Received<R>

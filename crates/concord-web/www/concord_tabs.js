@@ -28,13 +28,24 @@
 // Through these handles every call returns a promise (also the ones that are synchronous on
 // the wasm classes, such as `watermarks()`), except `id()`, `kind()`, `collection()`,
 // `root()`, `models()`, `presence()`, `identity()` and `activities()`, and changes resolve
-// once stored. `onEvent(cb)` returns the unsubscribe function. History, references and
-// query results stay with the wasm classes of the owner tab (see docs/web.md).
+// once stored. `onEvent(cb)` returns the unsubscribe function. Calls whose result is a wasm
+// object bound to the owner tab's session (a history, a reference of this client, an
+// activity joined) are refused in every tab with `not_available_in_tab`, before they run;
+// plain results (query results, other sessions' references) cross tabs (see docs/web.md).
 
 const MUTATIONS = {
   model: new Set(["batch", "setValue"]),
   element: new Set(["set", "remove", "push", "insert", "replace", "move", "splice", "add", "setValue"]),
   models: new Set(["create", "createWithId", "remove"]),
+};
+/// Calls that make a wasm object of the owner tab (its session's history cursor, reference
+/// or activity membership), which cannot cross to another tab and would not survive a change
+/// of owner: refused in every tab, the owner's too, before anything runs.
+const NOT_IN_TABS = {
+  models: new Set(["history"]),
+  model: new Set(["elementReference"]),
+  element: new Set(["indexReference", "rangeReference", "propertyReference"]),
+  activities: new Set(["join"]),
 };
 /// What would end or restart the owner's Domain for every tab.
 const SHARED_LIFE = new Set(["close", "free", "initializeOffline", "constructor"]);
@@ -178,7 +189,7 @@ class Owner {
       return { $handle: { kind: "element", model: target.model ?? target.id, element: value.id(), type: value.kind() } };
     }
     if (value && typeof value === "object" && "__wbg_ptr" in value) {
-      throw { code: "not_available_in_tab", message: `${value.constructor.name} is only available in the owner tab` };
+      throw { code: "not_available_in_tab", message: `a ${value.constructor.name} does not cross tabs` };
     }
     return value;
   }
@@ -197,6 +208,9 @@ class Owner {
   async answer({ rid, target, method, args }, local) {
     if (SHARED_LIFE.has(method)) {
       throw { code: "invalid_argument", message: `${method}() is not for one tab: the store is shared by the user's tabs, and a tab leaves by closing` };
+    }
+    if (NOT_IN_TABS[target.kind]?.has(method)) {
+      throw { code: "not_available_in_tab", message: `${method}() does not work through openTabs: its result belongs to one tab's session` };
     }
     const object = await this.resolve(target);
     if (typeof object[method] !== "function") {
@@ -240,15 +254,30 @@ class Owner {
       const id = crypto.randomUUID();
       await intents.put({ rid, created: id, at: Date.now() });
       await models.createWithId(id, ...args);
-      return { value: id, durable: Promise.resolve() };
+      return { value: id, durable: this.inStore(models, id, true) };
     }
     if (method === "createWithId") await intents.put({ rid, createdWithId: args[0], at: Date.now() });
     if (method === "remove") await intents.put({ rid, removed: args[0], at: Date.now() });
+    let value;
     try {
-      return { value: await models[method](...args), durable: Promise.resolve() };
+      value = await models[method](...args);
     } catch (e) {
       await intents.remove(rid);
       throw e;
+    }
+    return { value, durable: this.inStore(models, args[0], method !== "remove") };
+  }
+
+  /// Settles once the store has model `id` (`present`) or its deletion: what `recover`
+  /// judges by. A creation or deletion resolves before the store has it (the domain commits
+  /// it with the next group commit), and a command other than an edit is answered only after
+  /// that commit, so the first read normally shows it; the reads repeat in case it does not.
+  async inStore(models, id, present) {
+    for (let read = 0; ; read++) {
+      const model = (await models.storedModels()).find((m) => m.id === id);
+      if (present ? model && !model.deletedLocally : !model || model.deletedLocally) return;
+      if (read === 100) throw { code: "internal", message: `the store never showed ${id} ${present ? "created" : "deleted"}` };
+      await new Promise((r) => setTimeout(r, 20));
     }
   }
 

@@ -283,9 +283,7 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
     let (page, ws) = (api.page.clone(), api.ws.clone());
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let mut browser = browser_with(&page, &ws, &["alice"])?;
-        let seen = browser.evaluate(
-            "alice",
-            r#"const model = await domain.models().openAutoCreate("shapes", "notes",
+        let body = r#"const model = await domain.models().openAutoCreate("shapes", "notes",
                 { list: [1, 2, 3], obj: { a: 1 }, text: "a😀b", n: 1, flag: false });
             const root = model.root();
             const [list, obj, text] = [await root.get("list"), await root.get("obj"),
@@ -332,12 +330,40 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
             }
             const value = await model.value();
             const length = await text.length();
+            await list.remove(0);
+            const afterRemove = await list.value();
+            const wholeSeq = await model.setValue({ fresh: [1], text: "new" });
+            await model.stored(wholeSeq);
+            const afterSetValue = await model.value();
+            // A closed or disposed handle is unusable; the model stays open through `model`.
+            const unusable = (handle) => { try { handle.id(); return "usable"; }
+              catch (e) { return e instanceof Error ? "unusable" : "not an Error"; } };
+            const other = await domain.models().open("shapes");
+            other.close();
+            let scoped;
+            {
+              using handle = await domain.models().open("shapes");
+              scoped = handle;
+            }
+            const handles = [unusable(other), unusable(scoped), (await model.value()).fresh];
+            // The builder's timing options; a value that is not a duration is refused.
+            const tuned = new concord.Domain(domain.url(), { heartbeatMs: 250, requestTimeoutMs: 5000,
+              reconnectBackoff: { firstMs: 50, maxMs: 400 } });
+            await tuned.connectWithJwt($token);
+            const tunedValue = await (await tuned.models().open("shapes")).value();
+            await tuned.close();
+            const badOptions = [];
+            for (const options of [{ heartbeatMs: -1 }, { requestTimeoutMs: "soon" },
+                { reconnectBackoff: { firstMs: 10 } }, { reconnectBackoff: { firstMs: 10, maxMs: Infinity } }]) {
+              try { new concord.Domain(domain.url(), options); badOptions.push("no error"); }
+              catch (e) { badOptions.push(e.code); }
+            }
             await domain.close();
             let closed = "no error";
             try { await model.value(); } catch (e) { closed = e.code; }
             return { afterArray, keys, has, value, length, seq, marks, elementEvents, afterStop,
-                codes, closed };"#,
-        )?;
+                codes, closed, afterRemove, wholeSeq, afterSetValue, handles, tunedValue, badOptions };"#;
+        let seen = browser.evaluate("alice", &script(body, &[("token", token("alice")?)]))?;
         assert_eq!(seen["afterArray"], json!(["two", { "three": 3 }, 1]));
         assert_eq!(seen["keys"], json!(["a"]));
         assert_eq!(seen["has"], json!([true, false]));
@@ -378,6 +404,12 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
             ])
         );
         assert_eq!(seen["closed"], json!("closed"));
+        assert_eq!(seen["afterRemove"], json!(["two", { "three": 3 }, "after unsubscribe"]));
+        assert!(seen["wholeSeq"].as_u64() > seen["seq"].as_u64(), "{seen}");
+        assert_eq!(seen["afterSetValue"], json!({ "fresh": [1], "text": "new" }));
+        assert_eq!(seen["handles"], json!(["unusable", "unusable", [1]]));
+        assert_eq!(seen["tunedValue"], json!({ "fresh": [1], "text": "new" }));
+        assert_eq!(seen["badOptions"], Value::Array(vec![json!("invalid_argument"); 4]));
         Ok(())
     });
     api.server.stop().await?;
