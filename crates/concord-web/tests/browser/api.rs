@@ -82,6 +82,8 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
             r#"window.model = await domain.models().openAutoCreate("cursors", "notes",
                 { text: "😀 héllo 👋 world" });
             window.text = await model.root().get("text");
+            window.textEvents = [];
+            text.onEvent((e) => textEvents.push(e));
             window.cursor = text.indexReference("cursor");
             await cursor.share();
             return { session: await model.sessionId() };"#,
@@ -169,11 +171,22 @@ async fn two_users_see_each_others_cursor_at_the_right_utf16_position() -> anyho
                 r#"await until(async () => (await text.value()) === $now, "bob's typing");
                 await until(async () => (await model.collaborators()).length === 1, "bob");
                 await domain.presence().setStates({ status: { typing: true, at: 3 }, mood: "😀" });
-                return { own: await cursor.value(), collaborators: await model.collaborators() };"#,
+                return { own: await cursor.value(), collaborators: await model.collaborators(),
+                    remote: textEvents.filter((e) => !e.local) };"#,
                 &[("now", json!(now))],
             ),
         )?;
         assert_eq!(moved["own"], json!([want]));
+        // The string's own events name Bob's session and user.
+        let remote = moved["remote"].as_array().context("text events")?;
+        assert!(!remote.is_empty(), "alice heard bob's splices on the string");
+        for event in remote {
+            assert_eq!(
+                (&event["author"], &event["user"]),
+                (&bob_session, &json!("bob")),
+                "{event}"
+            );
+        }
         let listed = &moved["collaborators"];
         assert_eq!(listed[0]["session"], json!(bob_session));
         assert_eq!(listed[0]["user"], json!("bob"));
@@ -378,6 +391,7 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
             let mut e = e;
             e["local"] = json!(true);
             e["author"] = Value::Null;
+            e["user"] = Value::Null;
             e
         };
         assert_eq!(
