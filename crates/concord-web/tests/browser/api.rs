@@ -359,6 +359,8 @@ async fn the_whole_api_edits_subscribes_and_fails_with_codes() -> anyhow::Result
               scoped = handle;
             }
             const handles = [unusable(other), unusable(scoped), (await model.value()).fresh];
+            // The server has the whole-value set before another domain opens the model there.
+            await model.acknowledged(wholeSeq);
             // The builder's timing options; a value that is not a duration is refused.
             const tuned = new concord.Domain(domain.url(), { heartbeatMs: 250, requestTimeoutMs: 5000,
               reconnectBackoff: { firstMs: 50, maxMs: 400 } });
