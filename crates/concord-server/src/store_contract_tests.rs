@@ -427,6 +427,24 @@ async fn the_writer_commits_jobs_queued_together_on_postgres_in_one_transaction(
     assert_eq!(figure("concord_commit_group_jobs_sum"), 20.0, "of every job");
 }
 
+/// Every connection of the store commits with `synchronous_commit = on`, even on a
+/// database whose default says off, so that an acknowledged commit is in the WAL on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_connections_commit_synchronously_whatever_the_database_default() {
+    let Some(cluster) = shared() else { return };
+    let url = cluster.url("asynchronous");
+    cluster.sql("ALTER DATABASE asynchronous SET synchronous_commit = off");
+    // Any other connection gets the database's default.
+    let (plain, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = plain.query_one("SHOW synchronous_commit", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "off");
+    let store = PostgresStore::connect(&url, &BTreeMap::new()).await.unwrap();
+    // Three pooled connections held at once: the pool opens new ones for them.
+    let settings = store.pooled_settings("synchronous_commit", 3).await.unwrap();
+    assert_eq!(settings, ["on", "on", "on"]);
+}
+
 /// On either backend: appending a different operation at a version already stored is
 /// refused ([`StoreError::VersionTaken`]) and its whole batch writes nothing; writing the
 /// stored operation again (a commit sent twice, its first outcome unknown) changes nothing.
