@@ -14,7 +14,7 @@ use super::{cargo, root, run};
 /// build the workspace's crates to run.
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../crates/concord-testkit/src/postgres.rs"]
-mod postgres;
+pub(super) mod postgres;
 
 /// PostgreSQL's port and the nodes' ports.
 const POSTGRES_PORT: u16 = 55_432;

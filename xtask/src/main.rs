@@ -2,7 +2,8 @@
 //! `.cargo/config.toml`).
 //!
 //! - `ci` runs every check CI runs, in order, stopping at the first failure: formatting,
-//!   clippy, the test suite, the layering check, the wasm32 build of the browser crates
+//!   clippy, the test suite, the layering check, `concord-server` without PostgreSQL (it
+//!   checks, and its tree has no tokio-postgres), the wasm32 build of the browser crates
 //!   (skipped with a message if the target cannot be installed), the browser tests (see
 //!   `browser-test`; when their tools are missing: a failure under `CI=true`, a skip with a
 //!   message elsewhere), the fuzz crate (its targets built on stable, its saved findings
@@ -47,8 +48,8 @@ usage: cargo xtask <command>
 
 commands:
   ci                               formatting, clippy, tests, layering check,
-                                   wasm32 build, browser tests, fuzz and bench
-                                   builds (what CI runs)
+                                   the server without PostgreSQL, wasm32 build,
+                                   browser tests, fuzz and bench builds (what CI runs)
   browser-test                     the wasm32 tests in headless Chromium, after
                                    installing the wasm32 target and wasm-bindgen-cli
   browser-tools                    only install and check what browser-test needs
@@ -222,6 +223,7 @@ fn ci() -> anyhow::Result<()> {
     steps.run("tests", tests)?;
     steps.run("doc tests", || run(cargo(&["test", "--workspace", "--doc"])))?;
     steps.run("layering", layering)?;
+    steps.run("server without PostgreSQL", server_without_postgres)?;
     steps.run("wasm32 build", wasm_build)?;
     steps.run("browser tests", || {
         browser_test(if in_ci() { Missing::Fail } else { Missing::Skip })
@@ -235,6 +237,42 @@ fn ci() -> anyhow::Result<()> {
     steps.run("benches build", || run(cargo(&["bench", "--workspace", "--no-run"])))?;
     steps.summary();
     eprintln!("xtask ci: all {} steps passed in {}", steps.done.len(), seconds(start.elapsed()));
+    Ok(())
+}
+
+/// `concord-server` without its `postgres` feature, as a library user who only wants the
+/// embedded store takes it: it checks (no build, to stay cheap), and its normal dependency
+/// tree has no PostgreSQL client.
+fn server_without_postgres() -> anyhow::Result<()> {
+    run(cargo(&["check", "-p", "concord-server", "--no-default-features"]))?;
+    let tree = cargo(&[
+        "tree",
+        "-p",
+        "concord-server",
+        "-e",
+        "normal",
+        "--no-default-features",
+        "-i",
+        "tokio-postgres",
+    ]);
+    let shown = display(&tree);
+    eprintln!("$ {shown}");
+    let output = capture(tree)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Nothing printed: not in the tree; "did not match": not even in Cargo.lock.
+    let absent = if output.status.success() {
+        stdout.trim().is_empty()
+    } else {
+        stderr.contains("did not match")
+    };
+    if !absent {
+        bail!(
+            "concord-server without the postgres feature still depends on tokio-postgres \
+             (`{shown}`):\n{stdout}{stderr}"
+        );
+    }
+    eprintln!("tokio-postgres is not in concord-server's tree without the postgres feature");
     Ok(())
 }
 
@@ -304,10 +342,10 @@ enum Missing {
     Skip,
 }
 
-/// True under CI (`CI` set to anything but empty, `0` or `false`), where a check that
-/// cannot run must fail rather than pass unseen.
+/// True under CI, where a check that cannot run must fail rather than pass unseen: the
+/// rule the PostgreSQL tests follow too (`concord-testkit/src/postgres.rs`).
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+    cluster::postgres::in_ci()
 }
 
 /// What the browser tests run with.

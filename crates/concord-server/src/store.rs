@@ -65,7 +65,7 @@ use record::{Damage, seal, unseal};
 /// never a backend. Two backends implement it: [`RedbStore`] (one embedded file, the
 /// default) and, with the `postgres` feature, `postgres::PostgresStore`.
 ///
-/// What every backend guarantees (checked by the contract suite, `store/contract.rs`):
+/// What every backend guarantees (checked by the contract suite, `store_contract_tests.rs`):
 /// - [`commit`](ServerStore::commit) makes its whole batch durable in one transaction, or
 ///   none of it, and returns only once it is durable; the writer ([`start_writer`]) hands
 ///   it every job queued meanwhile, so that concurrent models share one commit.

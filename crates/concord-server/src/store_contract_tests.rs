@@ -374,45 +374,75 @@ async fn postgres_unreachable_at_start_is_a_clear_error() {
     assert!(error.to_string().contains("invalid PostgreSQL address"), "{error}");
 }
 
+/// Group commit on PostgreSQL: jobs of two models queued before the writer runs go into
+/// one transaction (their rows share one `xmin`, and the metrics count one commit of 20
+/// jobs), and each job is then reported durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_commits_jobs_queued_together_on_postgres_and_reports_them_durable() {
+async fn the_writer_commits_jobs_queued_together_on_postgres_in_one_transaction() {
     let Some(cluster) = shared() else { return };
     let store = postgres_store(&cluster, "writer").await;
     commit_all(&store).await;
-    let (writer, thread) = crate::store::start_writer(
-        store.clone(),
-        CancellationToken::new(),
-        std::time::Duration::ZERO,
-        std::sync::Arc::default(),
-    )
-    .unwrap();
     let doc = key("acme/notes", "doc");
     let last = last_version(&*store, &doc).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(32);
     let mut waits = Vec::new();
-    for i in 1..=20 {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let writes = vec![commit_at("doc", last + i, 200 + i)];
-        writer
-            .submit(Job {
-                domain: Arc::from("acme/notes"),
-                writes,
-                done: Some(done),
-                ..Job::default()
-            })
-            .await
-            .unwrap();
-        waits.push(wait);
+    for i in 1..=10 {
+        for writes in [vec![commit_at("doc", last + i, 200 + i)], vec![commit_at("other", i, i)]] {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            let job =
+                Job { domain: Arc::from("acme/notes"), writes, done: Some(done), ..Job::default() };
+            sender.send(job).await.unwrap();
+            waits.push(wait);
+        }
     }
+    drop(sender);
+    let metrics = crate::metrics::Metrics::new();
+    crate::store::write_loop(&*store, receiver, CancellationToken::new(), Duration::ZERO, &metrics)
+        .await;
     for wait in waits {
         wait.await.unwrap().unwrap();
     }
     let after = store.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap();
     assert_eq!(
         after.iter().map(|o| o.operation.version).collect::<Vec<_>>(),
-        (last + 1..=last + 20).collect::<Vec<_>>()
+        (last + 1..=last + 10).collect::<Vec<_>>()
     );
-    drop(writer);
-    tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+    let other = key("acme/notes", "other");
+    assert_eq!(store.operations(&other, 0, u64::MAX, usize::MAX).await.unwrap().len(), 10);
+    let transactions = cluster.sql_in(
+        "writer",
+        &format!(
+            "SELECT count(DISTINCT xmin::text) FROM operations WHERE domain = 'acme/notes' \
+             AND (model = 'other' OR (model = 'doc' AND version > {last}))"
+        ),
+    );
+    assert_eq!(transactions, "1", "the 20 jobs' operations were written by one transaction");
+    let rendered = metrics.render();
+    let figure = |name: &str| {
+        let line = rendered.lines().find(|l| l.starts_with(&format!("{name} ")));
+        let value = line.and_then(|l| l.split_whitespace().nth(1)).map(str::parse::<f64>);
+        value.unwrap_or_else(|| panic!("no {name} in\n{rendered}")).unwrap()
+    };
+    assert_eq!(figure("concord_commit_group_jobs_count"), 1.0, "one commit");
+    assert_eq!(figure("concord_commit_group_jobs_sum"), 20.0, "of every job");
+}
+
+/// Every connection of the store commits with `synchronous_commit = on`, even on a
+/// database whose default says off, so that an acknowledged commit is in the WAL on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_connections_commit_synchronously_whatever_the_database_default() {
+    let Some(cluster) = shared() else { return };
+    let url = cluster.url("asynchronous");
+    cluster.sql("ALTER DATABASE asynchronous SET synchronous_commit = off");
+    // Any other connection gets the database's default.
+    let (plain, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = plain.query_one("SHOW synchronous_commit", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "off");
+    let store = PostgresStore::connect(&url, &BTreeMap::new()).await.unwrap();
+    // Three pooled connections held at once: the pool opens new ones for them.
+    let settings = store.pooled_settings("synchronous_commit", 3).await.unwrap();
+    assert_eq!(settings, ["on", "on", "on"]);
 }
 
 /// On either backend: appending a different operation at a version already stored is

@@ -41,7 +41,7 @@ fn rejection_code(result: HandshakeResult) -> Option<ErrorCode> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(handshakes_check_tokens);
 async fn handshakes_check_tokens() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |c| c.auth.allow_anonymous = false).await?;
@@ -76,7 +76,7 @@ async fn handshakes_check_tokens() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(users_without_permission_cannot_open_write_subscribe_delete_or_manage);
 async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
 -> anyhow::Result<()> {
     let (_dir, server) = guarded_server().await?;
@@ -156,7 +156,7 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(permission_changes_reach_the_sessions_they_affect);
 async fn permission_changes_reach_the_sessions_they_affect() -> anyhow::Result<()> {
     let (_dir, server) = guarded_server().await?;
     let mut alice = connect(&server, "alice").await?;
@@ -187,7 +187,7 @@ async fn permission_changes_reach_the_sessions_they_affect() -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(collections_decide_who_may_create);
 async fn collections_decide_who_may_create() -> anyhow::Result<()> {
     let (_dir, server) = guarded_server().await?;
     let mut bob = connect(&server, "bob").await?;
@@ -227,7 +227,7 @@ fn rejected_code(push: &ServerPush) -> Option<ErrorCode> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(invalid_operations_are_rejected_and_leave_the_model_intact);
 async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -286,7 +286,7 @@ async fn invalid_operations_are_rejected_and_leave_the_model_intact() -> anyhow:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(malformed_frames_get_a_typed_error_and_the_server_keeps_serving);
 async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |c| c.limits.max_frame_bytes = 64 * 1024).await?;
@@ -340,6 +340,8 @@ async fn malformed_frames_get_a_typed_error_and_the_server_keeps_serving() -> an
     Ok(())
 }
 
+/// On the embedded store only: what is bounded is the outbox of a socket, the same
+/// whatever stores the model (and 20 MiB of edits take half a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -372,7 +374,7 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(limits_on_open_models_are_enforced);
 async fn limits_on_open_models_are_enforced() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |c| c.limits.max_open_models = 2).await?;

@@ -30,7 +30,7 @@ async fn change(client: &mut WireClient) -> anyhow::Result<ActivityChange> {
         .await
 }
 
-#[tokio::test]
+support::on_each_store!(activity_types_have_their_permissions_and_managers_remove_sessions);
 async fn activity_types_have_their_permissions_and_managers_remove_sessions() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;

@@ -51,7 +51,7 @@ async fn edit_concurrently(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(concurrent_editors_converge_with_the_server);
 async fn concurrent_editors_converge_with_the_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -80,7 +80,7 @@ async fn concurrent_editors_converge_with_the_server() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(creation_is_idempotent_by_nonce_and_ids_are_never_reused);
 async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -132,7 +132,7 @@ async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(opening_a_missing_model_can_ask_the_client_for_its_data);
 async fn opening_a_missing_model_can_ask_the_client_for_its_data() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -175,7 +175,7 @@ async fn opening_a_missing_model_can_ask_the_client_for_its_data() -> anyhow::Re
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(subscribers_catch_up_and_hear_live_changes);
 async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -227,7 +227,7 @@ async fn subscribers_catch_up_and_hear_live_changes() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(an_idle_model_unloads_and_comes_back_intact);
 async fn an_idle_model_unloads_and_comes_back_intact() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |c| c.idle_unload = Duration::from_millis(20)).await?;
@@ -248,7 +248,7 @@ async fn an_idle_model_unloads_and_comes_back_intact() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(resync_after_a_restart_pages_the_log_from_the_store);
 async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result<()> {
     let small_memory = |c: &mut concord_server::ServerConfig| {
         c.history_in_memory = 8;
@@ -328,6 +328,7 @@ async fn resync_after_a_restart_pages_the_log_from_the_store() -> anyhow::Result
     Ok(())
 }
 
+/// On the embedded store only: the web root is served without the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -357,10 +358,10 @@ async fn static_files_are_served_beside_the_websocket_endpoint() -> anyhow::Resu
     Ok(())
 }
 
+support::on_each_store!(a_late_submission_on_an_old_connection_is_acked_on_the_new_one);
 /// A client's submission can still arrive on its old connection after it resynced on a new
 /// one (each socket is read by its own task): it must be acknowledged on the new connection,
 /// never announced there as someone else's operation.
-#[tokio::test]
 async fn a_late_submission_on_an_old_connection_is_acked_on_the_new_one() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -416,7 +417,7 @@ fn cursor(body: concord_ot::ElementId, index: usize, version: u64) -> ClientMess
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(references_are_checked_moved_with_the_text_and_listed_to_late_joiners);
 async fn references_are_checked_moved_with_the_text_and_listed_to_late_joiners()
 -> anyhow::Result<()> {
     use concord_ot::{PathSegment, ReferenceValue};
@@ -468,7 +469,7 @@ async fn references_are_checked_moved_with_the_text_and_listed_to_late_joiners()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_reference_older_than_memory_is_moved_through_the_stored_operations);
 async fn a_reference_older_than_memory_is_moved_through_the_stored_operations() -> anyhow::Result<()>
 {
     use concord_ot::{PathSegment, ReferenceValue};
@@ -504,7 +505,7 @@ async fn a_reference_older_than_memory_is_moved_through_the_stored_operations() 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(old_references_past_the_sessions_read_budget_are_refused_by_name);
 async fn old_references_past_the_sessions_read_budget_are_refused_by_name() -> anyhow::Result<()> {
     use concord_ot::PathSegment;
     let dir = tempfile::tempdir()?;

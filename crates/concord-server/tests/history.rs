@@ -78,18 +78,8 @@ async fn fetch(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_long_history_comes_in_bounded_pages_from_checkpoints);
 async fn a_long_history_comes_in_bounded_pages_from_checkpoints() -> anyhow::Result<()> {
-    a_long_history_comes_in_bounded_pages_from_checkpoints_case().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_history_comes_in_bounded_pages_from_checkpoints_on_postgres() -> anyhow::Result<()>
-{
-    support::on_postgres(a_long_history_comes_in_bounded_pages_from_checkpoints_case()).await
-}
-
-async fn a_long_history_comes_in_bounded_pages_from_checkpoints_case() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = server(dir.path()).await?;
     let mut alice = connect(&server, "alice").await?;
@@ -165,17 +155,8 @@ async fn a_long_history_comes_in_bounded_pages_from_checkpoints_case() -> anyhow
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(history_needs_read_permission_and_a_model_that_exists);
 async fn history_needs_read_permission_and_a_model_that_exists() -> anyhow::Result<()> {
-    history_needs_read_permission_and_a_model_that_exists_case().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_needs_read_permission_and_a_model_that_exists_on_postgres() -> anyhow::Result<()> {
-    support::on_postgres(history_needs_read_permission_and_a_model_that_exists_case()).await
-}
-
-async fn history_needs_read_permission_and_a_model_that_exists_case() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = server(dir.path()).await?;
     let mut alice = connect(&server, "alice").await?;

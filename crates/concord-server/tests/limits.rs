@@ -3,6 +3,9 @@
 //! messages, and what the web root serves. (Running out of file descriptors and the bytes
 //! held for a client that does not read are tested against `concord serve` in its own
 //! process, in the `concord` crate's `limits` tests.)
+//!
+//! They run on the embedded store only: these limits act before any request reaches the
+//! store.
 
 mod support;
 

@@ -60,7 +60,7 @@ fn splice(document: &Document, index: usize, text: &str) -> Operation {
     DiscreteOperation::new(id, kind).into()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(metrics_follow_real_work_over_websockets);
 async fn metrics_follow_real_work_over_websockets() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;

@@ -39,7 +39,7 @@ async fn next_presence(client: &mut WireClient, who: &str) -> anyhow::Result<Use
         .await
 }
 
-#[tokio::test]
+support::on_each_store!(followers_hear_state_and_availability_within_their_domain);
 async fn followers_hear_state_and_availability_within_their_domain() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -72,7 +72,7 @@ async fn followers_hear_state_and_availability_within_their_domain() -> anyhow::
     Ok(())
 }
 
-#[tokio::test]
+support::on_each_store!(what_one_session_may_make_the_server_hold_is_bounded);
 async fn what_one_session_may_make_the_server_hold_is_bounded() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let limits = PresenceLimits { max_state_bytes: 64, max_followed: 3, max_user_id_bytes: 32 };
@@ -99,6 +99,7 @@ async fn what_one_session_may_make_the_server_hold_is_bounded() -> anyhow::Resul
     Ok(())
 }
 
+/// On the embedded store only: the silence timeout is the connection's, not the store's.
 #[tokio::test]
 async fn a_session_that_stops_sending_is_ended_and_its_user_goes_offline() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

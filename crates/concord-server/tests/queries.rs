@@ -21,17 +21,8 @@ async fn query(
     })
 }
 
-#[tokio::test]
+support::on_each_store!(bad_queries_get_typed_errors);
 async fn bad_queries_get_typed_errors() -> anyhow::Result<()> {
-    bad_queries_get_typed_errors_case().await
-}
-
-#[tokio::test]
-async fn bad_queries_get_typed_errors_on_postgres() -> anyhow::Result<()> {
-    support::on_postgres(bad_queries_get_typed_errors_case()).await
-}
-
-async fn bad_queries_get_typed_errors_case() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |config| {
         config.query = QueryLimits { max_scanned: 5, ..QueryLimits::default() };
@@ -65,18 +56,8 @@ async fn bad_queries_get_typed_errors_case() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+support::on_each_store!(an_index_declared_later_is_built_when_the_server_starts);
 async fn an_index_declared_later_is_built_when_the_server_starts() -> anyhow::Result<()> {
-    an_index_declared_later_is_built_when_the_server_starts_case().await
-}
-
-#[tokio::test]
-async fn an_index_declared_later_is_built_when_the_server_starts_on_postgres() -> anyhow::Result<()>
-{
-    support::on_postgres(an_index_declared_later_is_built_when_the_server_starts_case()).await
-}
-
-async fn an_index_declared_later_is_built_when_the_server_starts_case() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     {
         let server = start(dir.path(), |_| {}).await?;

@@ -7,15 +7,18 @@ use std::time::Duration;
 
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(stop_closes_the_store_and_dropping_the_handle_shuts_the_server_down);
 async fn stop_closes_the_store_and_dropping_the_handle_shuts_the_server_down() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
     let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "doc", "hello").await?;
-    // While it runs, its data dir is taken.
-    assert!(start(dir.path(), |_| {}).await.is_err());
+    // While it runs, its data dir is taken: the embedded store's file is locked. (On
+    // PostgreSQL a second server is let in and fences the first, `docs/server.md`.)
+    if support::postgres_cluster().is_none() {
+        assert!(start(dir.path(), |_| {}).await.is_err());
+    }
     server.stop().await?;
 
     // Once `stop` returned, the data dir opens at once, with the model in it.

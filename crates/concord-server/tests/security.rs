@@ -35,7 +35,7 @@ async fn answer(client: &mut WireClient, seq: u64) -> anyhow::Result<Result<u64,
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_replica_id_belongs_to_its_first_user_across_restarts);
 async fn a_replica_id_belongs_to_its_first_user_across_restarts() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -67,7 +67,7 @@ async fn a_replica_id_belongs_to_its_first_user_across_restarts() -> anyhow::Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_model_one_may_not_read_reveals_nothing);
 async fn a_model_one_may_not_read_reveals_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -114,7 +114,7 @@ async fn a_model_one_may_not_read_reveals_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(one_frame_naming_a_model_thousands_of_times_gets_one_catch_up);
 async fn one_frame_naming_a_model_thousands_of_times_gets_one_catch_up() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -141,7 +141,7 @@ async fn one_frame_naming_a_model_thousands_of_times_gets_one_catch_up() -> anyh
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(shared_references_are_bounded_per_session);
 async fn shared_references_are_bounded_per_session() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |config| {
@@ -179,7 +179,7 @@ async fn shared_references_are_bounded_per_session() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_creator_cannot_be_locked_out_of_their_model);
 async fn a_creator_cannot_be_locked_out_of_their_model() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;

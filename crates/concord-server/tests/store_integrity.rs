@@ -1,6 +1,7 @@
-//! The server's store file over a real server: damaged bytes fail the model they belong to
-//! (and only it), a truncated or foreign file is refused rather than replaced by an empty
-//! store, and the data directory and store are private.
+//! The server's store over a real server: damaged bytes fail the model they belong to (and
+//! only it), a truncated or foreign file is refused rather than replaced by an empty store,
+//! and the data directory and store are private. The tests of the file are the embedded
+//! store's; on PostgreSQL, a record damaged in the database fails its model alike.
 
 mod support;
 
@@ -36,16 +37,27 @@ fn flip_every_copy(file: &Path, text: &str) -> anyhow::Result<usize> {
 async fn a_flipped_byte_in_one_model_fails_that_model_and_the_others_serve_on() -> anyhow::Result<()>
 {
     let temp = tempfile::tempdir()?;
-    let server = start(temp.path(), |_| {}).await?;
+    victim_and_bystander(temp.path()).await?;
+    let file = temp.path().join(STORE_FILE);
+    assert!(flip_every_copy(&file, "the victim's text, soon damaged")? > 0, "the text is stored");
+
+    the_victim_is_refused_and_the_bystander_serves_on(temp.path()).await
+}
+
+/// Creates the models `victim` and `bystander` on a server on `dir`, then stops it.
+async fn victim_and_bystander(dir: &Path) -> anyhow::Result<()> {
+    let server = start(dir, |_| {}).await?;
     let mut alice = connect(&server, "alice").await?;
     create(&mut alice, "victim", "the victim's text, soon damaged").await?;
     create(&mut alice, "bystander", "the bystander's text").await?;
     server.stop().await?;
+    Ok(())
+}
 
-    let file = temp.path().join(STORE_FILE);
-    assert!(flip_every_copy(&file, "the victim's text, soon damaged")? > 0, "the text is stored");
-
-    let server = start(temp.path(), |_| {}).await?;
+/// With `victim` damaged on `dir`'s store: a server started on it refuses to serve `victim`,
+/// to anyone, and serves `bystander`, which takes and keeps changes.
+async fn the_victim_is_refused_and_the_bystander_serves_on(dir: &Path) -> anyhow::Result<()> {
+    let server = start(dir, |_| {}).await?;
     let mut alice = connect(&server, "alice").await?;
     let refused = try_open(&mut alice, "victim").await?.expect_err("a damaged model is not served");
     assert_eq!(refused.code, ErrorCode::INTERNAL);
@@ -64,6 +76,27 @@ async fn a_flipped_byte_in_one_model_fails_that_model_and_the_others_serve_on() 
     assert_eq!(body(&snapshot.data), "still the bystander's text");
     server.stop().await?;
     Ok(())
+}
+
+/// The same on PostgreSQL, which keeps no checksums of its own: the victim's snapshot, cut
+/// short in the database, does not decode, and only the victim is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_damaged_in_postgresql_fails_that_model_and_the_others_serve_on()
+-> anyhow::Result<()> {
+    support::on_postgres(async {
+        let temp = tempfile::tempdir()?;
+        victim_and_bystander(temp.path()).await?;
+        let cluster = support::postgres_cluster().expect("within on_postgres");
+        let database = support::postgres::TestPostgres::database_for_dir(temp.path());
+        let damaged = cluster.sql_in(
+            &database,
+            "WITH cut AS (UPDATE snapshots SET snapshot = substring(snapshot FROM 1 FOR 3) \
+             WHERE model = 'victim' RETURNING 1) SELECT count(*) FROM cut",
+        );
+        assert_eq!(damaged, "1", "the victim's snapshot is stored");
+        the_victim_is_refused_and_the_bystander_serves_on(temp.path()).await
+    })
+    .await
 }
 
 async fn refused_store(dir: &Path) -> StoreError {

@@ -42,22 +42,10 @@ fn splice(document: &concord_ot::Document, index: usize, delete: usize, text: &s
     DiscreteOperation::new(id, kind).into()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(
+    a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it
+);
 async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it()
--> anyhow::Result<()> {
-    a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_case().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_on_postgres()
--> anyhow::Result<()> {
-    support::on_postgres(
-        a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_case(),
-    )
-    .await
-}
-
-async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_follows_it_case()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
@@ -89,21 +77,11 @@ async fn a_refused_submission_is_remembered_across_a_restart_and_the_next_one_fo
     Ok(())
 }
 
+support::on_each_store!(a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica);
 /// A submission that jumps its replica's seqs ahead — to `u64::MAX`, or a batch that skips
 /// one — is refused and records nothing: the replica's next submission still commits, after
 /// a restart too (before, a seq far ahead was committed and every later one was stale).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica() -> anyhow::Result<()> {
-    a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_on_postgres()
--> anyhow::Result<()> {
-    support::on_postgres(a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case()).await
-}
-
-async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;
     let mut alice = connect(&server, "alice").await?;
@@ -129,7 +107,7 @@ async fn a_seq_far_ahead_is_refused_and_does_not_wedge_the_replica_case() -> any
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_model_near_the_limit_opens_and_resyncs_in_fragments_and_grows_no_further);
 async fn a_model_near_the_limit_opens_and_resyncs_in_fragments_and_grows_no_further()
 -> anyhow::Result<()> {
     const LIMIT: u64 = 3 * 1024 * 1024;
@@ -212,10 +190,10 @@ async fn a_model_near_the_limit_opens_and_resyncs_in_fragments_and_grows_no_furt
     Ok(())
 }
 
+support::on_each_store!(a_reply_that_cannot_be_encoded_is_a_typed_error_not_silence);
 /// A model nested deeper than a frame may carry (each submission shallow, the model deep):
 /// opening it cannot be answered with the snapshot, and is answered with a typed error
 /// instead of nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_that_cannot_be_encoded_is_a_typed_error_not_silence() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;

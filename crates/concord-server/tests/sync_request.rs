@@ -58,21 +58,9 @@ async fn started(client: &mut WireClient, request: ClientRequest) -> anyhow::Res
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(one_sync_request_creates_submits_and_closes_and_the_ack_is_durable);
 async fn one_sync_request_creates_submits_and_closes_and_the_ack_is_durable() -> anyhow::Result<()>
 {
-    one_sync_request_creates_submits_and_closes_and_the_ack_is_durable_case().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_sync_request_creates_submits_and_closes_and_the_ack_is_durable_on_postgres()
--> anyhow::Result<()> {
-    support::on_postgres(one_sync_request_creates_submits_and_closes_and_the_ack_is_durable_case())
-        .await
-}
-
-async fn one_sync_request_creates_submits_and_closes_and_the_ack_is_durable_case()
--> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |c| c.limits.max_open_models = 1).await?;
     let mut alice = connect(&server, "alice").await?;
@@ -108,7 +96,7 @@ async fn one_sync_request_creates_submits_and_closes_and_the_ack_is_durable_case
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_hostile_sync_is_refused_before_anything_happens);
 async fn a_hostile_sync_is_refused_before_anything_happens() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |c| c.limits.max_open_models = 1).await?;

@@ -40,7 +40,7 @@ async fn one_secret_server(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(a_reconnect_token_is_never_a_client_jwt_even_with_one_secret);
 async fn a_reconnect_token_is_never_a_client_jwt_even_with_one_secret() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = one_secret_server(true, dir.path()).await?;
@@ -69,7 +69,9 @@ async fn a_reconnect_token_is_never_a_client_jwt_even_with_one_secret() -> anyho
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(
+    an_anonymous_user_comes_back_anonymous_until_anonymous_access_is_switched_off
+);
 async fn an_anonymous_user_comes_back_anonymous_until_anonymous_access_is_switched_off()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -93,6 +95,7 @@ async fn an_anonymous_user_comes_back_anonymous_until_anonymous_access_is_switch
     Ok(())
 }
 
+/// On the embedded store only: the JWT is refused before anything is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_jwt_is_refused_before_its_nbf() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -112,7 +115,7 @@ async fn a_client_jwt_is_refused_before_its_nbf() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+support::on_each_store!(revoked_reconnect_tokens_are_refused_at_once);
 async fn revoked_reconnect_tokens_are_refused_at_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path(), |_| {}).await?;

@@ -6,6 +6,9 @@
 //! one database, `concord`, owned by the superuser `concord` (trust authentication), and
 //! keeps PostgreSQL's default durability. Dropping it stops it.
 //!
+//! It also decides what a test that needs PostgreSQL does when it is not installed
+//! ([`bin_dir_or_skip`]): skip, saying so, unless under CI, where it fails.
+//!
 //! Only std and anyhow: xtask includes this file as it is.
 
 use std::path::{Path, PathBuf};
@@ -137,6 +140,30 @@ fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// True under CI (`CI` set to anything but empty, `0` or `false`), where a check that
+/// cannot run must fail rather than pass unseen.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// PostgreSQL's bin directory for a test that needs it ([`bin_dir`]). When PostgreSQL is
+/// not installed: `None` after a `skipped: …` line on stderr, or, under CI ([`in_ci`]), a
+/// panic saying how to install it, so that CI never passes without running the test.
+pub fn bin_dir_or_skip() -> Option<PathBuf> {
+    if let Some(bin) = bin_dir() {
+        return Some(bin);
+    }
+    let thread = std::thread::current();
+    let test = thread.name().filter(|name| *name != "main").unwrap_or("this test");
+    let fix = "install it (Debian: apt-get install postgresql) or point CONCORD_POSTGRES_BIN \
+               at its bin directory";
+    if in_ci() {
+        panic!("{test} needs PostgreSQL, which was not found (CI is set, so it fails): {fix}");
+    }
+    eprintln!("skipped: {test}: PostgreSQL was not found (under CI=true this fails): {fix}");
+    None
 }
 
 /// PostgreSQL's bin directory: `CONCORD_POSTGRES_BIN`, `pg_config --bindir`, or the newest

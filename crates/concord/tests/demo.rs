@@ -25,9 +25,7 @@ fn the_demo_converges() {
 /// different nodes converge, also after the note's node stopped.
 #[test]
 fn the_cluster_demo_converges() {
-    if concord_testkit::postgres::bin_dir().is_none()
-        && std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1")
-    {
+    if concord_testkit::postgres::bin_dir_or_skip().is_none() {
         return;
     }
     let output = Command::new(env!("CARGO_BIN_EXE_concord"))

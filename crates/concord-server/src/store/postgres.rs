@@ -261,6 +261,24 @@ impl PostgresStore {
         })
     }
 
+    /// The setting `name` as `connections` pooled connections held at once see it.
+    #[cfg(test)]
+    pub(crate) async fn pooled_settings(
+        &self,
+        name: &str,
+        connections: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut held = Vec::new();
+        let mut settings = Vec::new();
+        for _ in 0..connections {
+            let client = self.client().await?;
+            let row = client.query_one("SELECT current_setting($1)", &[&name]).await.map_err(pg)?;
+            settings.push(row.get(0));
+            held.push(client);
+        }
+        Ok(settings)
+    }
+
     /// Runs `read` over one `REPEATABLE READ` snapshot on the blocking pool, where it may
     /// wait on PostgreSQL (`Handle::block_on`): the host's history and query answers read
     /// through synchronous sources.

@@ -27,7 +27,7 @@ tokio::task_local! {
 }
 
 /// Runs a test case with every server it starts ([`start`]) storing in PostgreSQL, one
-/// database per data dir. Without PostgreSQL it fails, unless `CONCORD_SKIP_POSTGRES=1`.
+/// database per data dir. Without PostgreSQL it is skipped, saying so (a failure under CI).
 pub async fn on_postgres(
     case: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
@@ -36,6 +36,33 @@ pub async fn on_postgres(
     anyhow::ensure!(cluster.databases() > 0, "the case started no server on PostgreSQL");
     Ok(())
 }
+
+/// The PostgreSQL cluster of the [`on_postgres`] case running, if any.
+pub fn postgres_cluster() -> Option<std::sync::Arc<postgres::TestPostgres>> {
+    POSTGRES.try_with(|cluster| cluster.clone()).ok()
+}
+
+/// Runs the test case `name` (an `async fn name() -> anyhow::Result<()>` beside it) on each
+/// store: as the tests `name::redb` and `name::postgres` (within [`on_postgres`]), so that
+/// one body checks both backends.
+#[allow(unused_macros)]
+macro_rules! on_each_store {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redb() -> anyhow::Result<()> {
+                super::$name().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                crate::support::on_postgres(super::$name()).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_each_store;
 
 /// A development server on `dir` (anonymous handshakes accepted), changed by `tweak`; on
 /// PostgreSQL within [`on_postgres`].

@@ -6,8 +6,9 @@
 //! database.
 //!
 //! The binaries come from `CONCORD_POSTGRES_BIN`, `pg_config --bindir` or
-//! `/usr/lib/postgresql/<version>/bin`. Without them the tests fail, saying so, unless
-//! `CONCORD_SKIP_POSTGRES=1` asks to skip them (`.ci/run` installs PostgreSQL).
+//! `/usr/lib/postgresql/<version>/bin`. Without them a test says it was skipped and passes,
+//! except under `CI=true`, where it fails (`concord_testkit::postgres::bin_dir_or_skip`;
+//! `.ci/run` installs PostgreSQL).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -34,64 +35,23 @@ const ROLE: &str = "concord";
 static SHARED: Mutex<Weak<TestPostgres>> = Mutex::new(Weak::new());
 
 /// The cluster of this test process, started on first use; `None` when PostgreSQL is
-/// absent and `CONCORD_SKIP_POSTGRES=1` says to skip. Panics, saying why, otherwise.
+/// absent and the test is skipped (a panic under CI).
 pub fn shared() -> Option<Arc<TestPostgres>> {
     let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(running) = shared.upgrade() {
         return Some(running);
     }
-    let bin = binaries_or_skip()?;
+    let bin = concord_testkit::postgres::bin_dir_or_skip()?;
     let started = Arc::new(TestPostgres::start(bin));
     *shared = Arc::downgrade(&started);
     Some(started)
 }
 
-/// PostgreSQL's bin directory; `None` when it is absent and `CONCORD_SKIP_POSTGRES=1` says
-/// to skip, a panic naming the fix when it is absent otherwise.
-fn binaries_or_skip() -> Option<PathBuf> {
-    if let Some(bin) = binaries() {
-        return Some(bin);
-    }
-    if std::env::var("CONCORD_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: no PostgreSQL binaries (CONCORD_SKIP_POSTGRES=1)");
-        return None;
-    }
-    panic!(
-        "PostgreSQL is needed by this test and was not found: install it (Debian: apt-get \
-         install postgresql), point CONCORD_POSTGRES_BIN at its bin directory, or set \
-         CONCORD_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
-    );
-}
-
 /// A cluster of the caller's own, for tests that restart it or kill its connections;
-/// `None` when PostgreSQL is absent and `CONCORD_SKIP_POSTGRES=1` says to skip.
+/// `None` when PostgreSQL is absent and the test is skipped (a panic under CI).
 pub fn private() -> Option<TestPostgres> {
-    let bin = binaries_or_skip()?;
+    let bin = concord_testkit::postgres::bin_dir_or_skip()?;
     Some(TestPostgres::start(bin))
-}
-
-fn binaries() -> Option<PathBuf> {
-    let has_initdb = |dir: &Path| dir.join("initdb").is_file();
-    if let Some(dir) = std::env::var_os("CONCORD_POSTGRES_BIN") {
-        return Some(PathBuf::from(dir)).filter(|d| has_initdb(d));
-    }
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        if output.status.success() && has_initdb(&dir) {
-            return Some(dir);
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
-        .filter(|dir| has_initdb(dir))
-        .collect();
-    versions.sort_by_key(|dir| {
-        let version =
-            dir.parent().and_then(|v| v.file_name()).map(|v| v.to_string_lossy().to_string());
-        version.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
-    });
-    versions.pop()
 }
 
 fn is_root() -> bool {
