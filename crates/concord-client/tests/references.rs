@@ -4,8 +4,8 @@
 mod support;
 
 use concord_client::{
-    ClientError, EngineError, ModelEvent, RealTimeModel, ReferenceError, ReferenceValue, SessionId,
-    UserId,
+    ClientError, Edit, EngineError, ModelEvent, RealTimeModel, ReferenceError, ReferenceValue,
+    SessionId, UserId,
 };
 use serde_json::json;
 use support::*;
@@ -70,7 +70,9 @@ async fn cursors_stay_on_their_characters_while_both_type() -> anyhow::Result<()
         assert_eq!(char_at(&text(&a).await?, seen), Some('w'), "after keystroke {n}");
     }
 
-    // Both type at once: bob in front, alice right at her cursor (which moves along).
+    // Both type at once: bob at the end, alice right at her cursor (which moves along).
+    // (Bob does not type in front here: alice reads her cursor and inserts there in two
+    // calls, and an insert of his applied between them would rightly put her letter early.)
     let typing_a = {
         let a_text = a_text.clone();
         let a_cursor = a_cursor.clone();
@@ -87,7 +89,15 @@ async fn cursors_stay_on_their_characters_while_both_type() -> anyhow::Result<()
     };
     let mut last_b = None;
     for c in ['x', 'y', 'z', 'u', 'v'] {
-        last_b = Some(b_text.insert(0, &c.to_string()).await?);
+        // At the end of his view as it is when the change is made (a batch is built in
+        // the client's own turn): reading the length first would race with alice's letters.
+        let (element, id) = (b_text.element().clone(), b_text.id());
+        let append = b.batch(move |batch| {
+            let end = batch.document().text_len(id).unwrap_or_default();
+            let insert = c.to_string();
+            batch.change(&element, Edit::StringSplice { index: end, delete: 0, insert })
+        });
+        last_b = Some(append.await?);
     }
     let last_a = typing_a.await??;
     a.acknowledged(last_a.unwrap()).await?;
@@ -96,7 +106,8 @@ async fn cursors_stay_on_their_characters_while_both_type() -> anyhow::Result<()
 
     // In both views bob's cursor is on the "w" and alice's right after what she typed.
     let final_text = text(&a).await?;
-    assert!(final_text.contains("helloABCDE world"), "{final_text}");
+    assert!(final_text.contains("helloABCDE w"), "{final_text}");
+    assert_eq!(final_text.chars().filter(|c| "xyzuv".contains(*c)).count(), 5, "{final_text}");
     eventually("the cursors agree everywhere", || async {
         let own_a = match a_cursor.value().await? {
             Some(Some(ReferenceValue::Index(at))) => at[0],
