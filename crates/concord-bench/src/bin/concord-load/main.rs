@@ -265,11 +265,16 @@ fn summary(run: &Run) -> String {
 /// The Markdown report: per C, the median of the runs with min–max, as the ShareDB peer
 /// benchmark prints it.
 fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
+    // Never the URL itself: it may carry a password.
+    let store = match &cli.store {
+        Some(_) => "PostgreSQL, every operation committed with synchronous_commit on",
+        None => "redb, every operation fsynced",
+    };
     let mut out = vec![
         format!(
-            "Concord (concord-server, redb, every operation fsynced before its ack), one-character \
-             string inserts on one model, {} idle sessions beside the editors, T={} s after {} s \
-             warm-up, {} runs each: median (min–max).",
+            "Concord (concord-server, {store} before its ack), one-character string inserts on \
+             one model, {} idle sessions beside the editors, T={} s after {} s warm-up, {} runs \
+             each: median (min–max).",
             cli.idle, cli.seconds, cli.warmup, cli.reps
         ),
         String::new(),
