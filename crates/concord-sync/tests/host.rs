@@ -1004,21 +1004,29 @@ fn a_hostile_sync_is_refused_whole_and_never_leaves_a_model_open() {
     assert_eq!(attached(&server, mallory), 0);
 }
 
-#[test]
-fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
-    let config = HostConfig { history_in_memory: 2, ..HostConfig::default() };
+/// Alice and Bob with "doc" open on a server of `config`: alice typed "world" (version 1),
+/// then a "-" in front for each version up to `last`.
+fn world_typed_over(config: HostConfig, last: u64) -> (Server, ConnId, ConnId) {
     let mut server = Server::with_config(config);
     let alice = server.connect("alice", SessionLimits::default());
     let bob = server.connect("bob", SessionLimits::default());
     create(&mut server, alice, "doc", None);
-    open(&mut server, alice, "doc");
-    open(&mut server, bob, "doc");
+    for conn in [alice, bob] {
+        open(&mut server, conn, "doc");
+    }
     assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
-    // Six more versions, each typed in front: only the last two stay in memory.
-    for seq in 2..=7 {
+    for seq in 2..=last {
         let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
         assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
     }
+    (server, alice, bob)
+}
+
+#[test]
+fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
+    let config = HostConfig { history_in_memory: 2, ..HostConfig::default() };
+    // Six more versions after "world": only the last two stay in memory.
+    let (mut server, alice, bob) = world_typed_over(config, 7);
     // Bob's cursor on the "r" of "world" as of version 1 comes in late: read from the
     // store, moved through versions 2 to 7, relayed at 7.
     let said = server.send(bob, cursor_change(1, 2));
@@ -1034,18 +1042,8 @@ fn a_reference_older_than_memory_is_moved_through_the_stored_operations() {
 #[test]
 fn a_submission_older_than_memory_is_moved_through_the_store_a_page_at_a_time() {
     let config = HostConfig { history_in_memory: 2, page: 3, ..HostConfig::default() };
-    let mut server = Server::with_config(config);
-    let alice = server.connect("alice", SessionLimits::default());
-    let bob = server.connect("bob", SessionLimits::default());
-    create(&mut server, alice, "doc", None);
-    open(&mut server, alice, "doc");
-    open(&mut server, bob, "doc");
-    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
-    // Twelve more versions, each typed in front: memory keeps the last two to four.
-    for seq in 2..=13 {
-        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
-        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
-    }
+    // Twelve more versions after "world": memory keeps the last two to four.
+    let (mut server, _alice, bob) = world_typed_over(config, 13);
     // Bob appends "!" after "world" as of version 1: moved through versions 2 to 13, read
     // from the store three operations at a time, never the whole gap at once.
     let appended = submit_batch(2, 1..=1, 1, splice(5, 0, "!"));
@@ -1061,18 +1059,7 @@ fn a_submission_older_than_memory_is_moved_through_the_store_a_page_at_a_time() 
 #[test]
 fn an_old_reference_is_moved_through_the_store_a_page_at_a_time_and_cleared_there() {
     let config = HostConfig { history_in_memory: 2, page: 3, ..HostConfig::default() };
-    let mut server = Server::with_config(config);
-    let alice = server.connect("alice", SessionLimits::default());
-    let bob = server.connect("bob", SessionLimits::default());
-    create(&mut server, alice, "doc", None);
-    for conn in [alice, bob] {
-        open(&mut server, conn, "doc");
-    }
-    assert_eq!(answer(&server.send(alice, submit(1, 1, 0, "world")), alice, 1), Ok(1));
-    for seq in 2..=13 {
-        let typed = submit_batch(1, seq..=seq, seq - 1, splice(0, 0, "-"));
-        assert_eq!(answer(&server.send(alice, typed), alice, seq), Ok(seq));
-    }
+    let (mut server, alice, bob) = world_typed_over(config, 13);
     // Bob's cursor on the "r" of "world" as of version 1: moved through twelve stored
     // inserts three at a time, relayed at the model's version.
     let said = server.send(bob, cursor_change(1, 2));
