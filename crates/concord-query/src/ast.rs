@@ -30,11 +30,15 @@ pub enum Projection {
 
 /// A path into a model: `a.b[0]."key with spaces"`. Never empty; the first step is a key of
 /// the model's root object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Path(pub(crate) Vec<Segment>);
 
 /// One step of a [`Path`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Segment {
     /// An object key: `a` or `"a b"`.
     Key(String),

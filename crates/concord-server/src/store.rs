@@ -11,9 +11,11 @@
 //! migrated on open (`migrate`).
 //!
 //! Writes go through one writer thread ([`Writer`]) that takes every job queued meanwhile
-//! into one `Durability::Immediate` transaction (group commit across models) and only then
-//! hands over the job's deliveries — the messages that reveal what the job wrote. So nothing
-//! a client hears of is ever lost by a crash, and one fsync covers many operations. A failed
+//! into one transaction (group commit across models), makes it durable, and only then hands
+//! over the job's deliveries — the messages that reveal what the job wrote. So nothing a
+//! client hears of is ever lost by a crash, and one flush covers many operations. On redb a
+//! transaction is made durable by logging it (`wal`): one appended record and one flush
+//! instead of redb's own durable commit of every page it touched. A failed
 //! redb write is a disk fault and stops the writer for good (fail-stop): later jobs fail,
 //! nothing is delivered, and the server shuts down rather than run ahead of its disk. (A
 //! PostgreSQL commit that finds the database unavailable is retried; see [`start_writer`].)
@@ -21,8 +23,8 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_ot::ReplicaId;
@@ -57,6 +59,7 @@ mod query_tests;
 mod record;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 use query::{COLLECTION_MODELS, INDEX_ENTRIES, INDEXES, IndexTables, MODEL_INDEX_KEYS};
 use record::{Damage, seal, unseal};
@@ -122,8 +125,10 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
         config: &Arc<HostConfig>,
         limits: &QueryLimits,
     ) -> ServerMessage;
-    /// Makes `batch` durable in one transaction, in order.
-    async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError>;
+    /// Makes `batch` durable in one transaction, in order. Called only from the writer's
+    /// own thread ([`start_writer`]), which does nothing else meanwhile: a backend whose
+    /// calls block may block it.
+    async fn commit(&self, batch: &[DomainWrites]) -> Result<(), StoreError>;
 }
 
 /// The store the server runs on, whichever backend it is.
@@ -155,11 +160,14 @@ fn failed_query(
 /// stored plain records and no replica owners; format 2 kept only each replica's last
 /// commit, not its refusals; format 3 kept no checkpoints and no operation users; format 4
 /// had no collection membership and no indexes (`query`); format 5 kept no identities;
+/// format 6 made each commit durable in redb itself, with no log beside it (`wal`);
 /// `migrate` brings them all to this one.
-const FORMAT_VERSION: u64 = 6;
+const FORMAT_VERSION: u64 = 7;
 const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
+/// `format`; `wal_id`, the id of this store's log (drawn at creation); `wal_applied`, the
+/// seq of the last commit applied (logged or not).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 // Every `&[u8]` value below is a checksummed record (`record::seal`).
 const MODELS: TableDefinition<ModelKeyT, &[u8]> = TableDefinition::new("models");
@@ -338,6 +346,8 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
 #[derive(Debug, Clone)]
 pub(crate) struct RedbStore {
     db: Arc<Database>,
+    /// Only the writer's thread commits; the lock is for the type system.
+    wal: Arc<Mutex<wal::Wal>>,
 }
 
 impl RedbStore {
@@ -370,8 +380,34 @@ impl RedbStore {
             migrate::to_current(&db, found)?;
             tracing::info!(from = found, to = FORMAT_VERSION, "migrated the server store");
         }
+        let wal = recover(&db, dir)?;
         query::sync_indexes(&db, indexes)?;
-        Ok(RedbStore { db: Arc::new(db) })
+        Ok(RedbStore { db: Arc::new(db), wal: Arc::new(Mutex::new(wal)) })
+    }
+
+    /// Makes `batch` durable in one transaction: applied to redb without durability and
+    /// logged, or, when the log is full, committed durably in redb (a checkpoint) and the
+    /// log started again.
+    fn commit_logged(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
+        let mut wal = self.wal.lock().map_err(|_| {
+            StoreError::Backend("an earlier commit failed inside the database".into())
+        })?;
+        let logged: Vec<(&str, &[Write])> =
+            batch.iter().map(|part| (&*part.domain, part.writes.as_slice())).collect();
+        let payload = postcard::to_allocvec(&logged)
+            .map_err(|e| StoreError::Backend(format!("encoding a commit for the log: {e}")))?;
+        let seq = wal.next_seq();
+        if wal.has_room(payload.len()) {
+            write_group(&self.db, batch, Applied::Logged(seq))?;
+            // The transaction is visible but not durable: if the log cannot take it, the
+            // store is in doubt, and the error stops the writer.
+            wal.append(&payload)
+                .map_err(|e| StoreError::Backend(format!("writing the store's log: {e}")))?;
+        } else {
+            write_group(&self.db, batch, Applied::Durable(seq))?;
+            wal.restart(seq + 1);
+        }
+        Ok(())
     }
 
     pub(crate) fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
@@ -561,7 +597,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
 }
 
-/// The redb file is read and written on the blocking pool: redb's calls block.
+/// The redb file is read on the blocking pool (redb's calls block) and written on the
+/// writer's thread.
 #[async_trait::async_trait]
 impl ServerStore for RedbStore {
     async fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
@@ -642,9 +679,10 @@ impl ServerStore for RedbStore {
         })
     }
 
-    async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        blocking(move || write_group(&db, &batch)).await
+    /// In place, on the writer's thread: a hop to the blocking pool and back would add two
+    /// thread switches to every acknowledgement, as long as the flush itself at one client.
+    async fn commit(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
+        catching_damage(|| self.commit_logged(batch))
     }
 }
 
@@ -695,7 +733,10 @@ fn initialize(path: &Path) -> Result<(), StoreError> {
     let db = Database::builder().create_with_backend(backend_file).map_err(backend)?;
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
-    txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    meta.insert("format", FORMAT_VERSION).map_err(backend)?;
+    meta.insert("wal_id", new_log_id()).map_err(backend)?;
+    drop(meta);
     create_tables(&txn)?;
     txn.commit().map_err(backend)?;
     db.close().map_err(backend)
@@ -1061,7 +1102,7 @@ async fn commit_retrying(
     loop {
         // A commit whose outcome is unknown (the connection dropped during it) is retried
         // too: the backend recognizes its operations if they did get in.
-        match store.commit(batch.to_vec()).await {
+        match store.commit(batch).await {
             Err(StoreError::Unavailable(why))
                 if tokio::time::Instant::now() + pause <= deadline =>
             {
@@ -1092,23 +1133,94 @@ fn fail_job(job: Job, reason: &str) {
     }
 }
 
-fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(backend)?;
-    txn.set_durability(Durability::Immediate).map_err(backend)?;
+/// How a [`write_group`] transaction is made durable, and the seq it is recorded as.
+#[derive(Debug, Clone, Copy)]
+enum Applied {
+    /// By redb itself, before `write_group` returns.
+    Durable(u64),
+    /// Not yet: by the caller, appending the log record of this seq.
+    Logged(u64),
+}
+
+/// A new store's log id: different for every store created, so that no log is read as
+/// another store's (`wal`). Not a secret.
+fn new_log_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// Reads the log beside `db`, applies the records the store's durable state lacks, and
+/// makes them durable in redb, so that the log can start again from its start.
+fn recover(db: &Database, dir: &Path) -> Result<wal::Wal, StoreError> {
+    let (id, applied) = {
+        let txn = db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let read = |key| meta.get(key).map(|v| v.map(|v| v.value())).map_err(backend);
+        let id = read("wal_id")?.ok_or_else(|| StoreError::Corrupt("no log id".into()))?;
+        (id, read("wal_applied")?.unwrap_or(0))
+    };
+    let (mut wal, records) = wal::Wal::open(&dir.join(wal::FILE_NAME), id)?;
+    let missing: Vec<_> = records.into_iter().filter(|(seq, _)| *seq > applied).collect();
+    if let Some((first, _)) = missing.first()
+        && *first != applied + 1
     {
-        let mut models = txn.open_table(MODELS).map_err(backend)?;
-        let mut snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
-        let mut operations = txn.open_table(OPERATIONS).map_err(backend)?;
-        let mut last_decisions = txn.open_table(LAST_DECISIONS).map_err(backend)?;
-        let mut deleted = txn.open_table(DELETED).map_err(backend)?;
-        let mut collections = txn.open_table(COLLECTIONS).map_err(backend)?;
-        let mut users = txn.open_table(USERS).map_err(backend)?;
-        let mut replica_owners = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
-        let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
-        let mut operation_users = txn.open_table(OPERATION_USERS).map_err(backend)?;
-        let mut identities = txn.open_table(IDENTITIES).map_err(backend)?;
-        let mut members = txn.open_table(COLLECTION_MODELS).map_err(backend)?;
-        let mut indexes = IndexTables::open(&txn)?;
+        return Err(StoreError::Corrupt(format!(
+            "the store's log goes on from commit {first}, but the store has only commit {applied}: \
+             the store file is older than its log"
+        )));
+    }
+    let (count, last) = (missing.len(), missing.last().map_or(applied, |(seq, _)| *seq));
+    for (position, (seq, payload)) in missing.into_iter().enumerate() {
+        let logged: Vec<(String, Vec<Write>)> = postcard::from_bytes(&payload).map_err(|e| {
+            StoreError::Corrupt(format!("commit {seq} in the store's log does not decode: {e}"))
+        })?;
+        let batch: Vec<DomainWrites> = logged
+            .into_iter()
+            .map(|(domain, writes)| DomainWrites { domain: Arc::from(domain), writes })
+            .collect();
+        let applied =
+            if position + 1 == count { Applied::Durable(seq) } else { Applied::Logged(seq) };
+        write_group(db, &batch, applied)?;
+    }
+    if count > 0 {
+        tracing::info!(commits = count, "applied the commits the store's log held beyond it");
+    }
+    wal.restart(last.max(applied) + 1);
+    Ok(wal)
+}
+
+fn write_group(db: &Database, group: &[DomainWrites], applied: Applied) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    let (durability, seq) = match applied {
+        Applied::Durable(seq) => (Durability::Immediate, seq),
+        Applied::Logged(seq) => (Durability::None, seq),
+    };
+    txn.set_durability(durability).map_err(backend)?;
+    txn.open_table(META).map_err(backend)?.insert("wal_applied", seq).map_err(backend)?;
+    {
+        // Each table is opened at its first use: opening all of them costs more than one
+        // operation's writes.
+        let mut models = Lazy::new(&txn, MODELS);
+        let mut snapshots = Lazy::new(&txn, SNAPSHOTS);
+        let mut operations = Lazy::new(&txn, OPERATIONS);
+        let mut last_decisions = Lazy::new(&txn, LAST_DECISIONS);
+        let mut deleted = Lazy::new(&txn, DELETED);
+        let mut collections = Lazy::new(&txn, COLLECTIONS);
+        let mut users = Lazy::new(&txn, USERS);
+        let mut replica_owners = Lazy::new(&txn, REPLICA_OWNERS);
+        let mut checkpoints = Lazy::new(&txn, CHECKPOINTS);
+        let mut operation_users = Lazy::new(&txn, OPERATION_USERS);
+        let mut identities = Lazy::new(&txn, IDENTITIES);
+        let mut members = Lazy::new(&txn, COLLECTION_MODELS);
+        let mut indexes = None;
         for job in group {
             let domain = &*job.domain;
             for write in &job.writes {
@@ -1116,16 +1228,17 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                     Write::CreateModel { model, record, snapshot } => {
                         let k = (domain, model.as_str());
                         models
+                            .table()?
                             .insert(k, seal(MODELS.name(), &k, record).as_slice())
                             .map_err(backend)?;
                         let member = (domain, record.collection.as_str(), model.as_str());
-                        members.insert(member, 0).map_err(backend)?;
+                        members.table()?.insert(member, 0).map_err(backend)?;
                         let sealed = seal(SNAPSHOTS.name(), &k, snapshot);
-                        snapshots.insert(k, sealed.as_slice()).map_err(backend)?;
+                        snapshots.table()?.insert(k, sealed.as_slice()).map_err(backend)?;
                         // The model as created: where its history starts.
                         let k = (domain, model.as_str(), snapshot.version);
                         let sealed = seal(CHECKPOINTS.name(), &k, snapshot);
-                        checkpoints.insert(k, sealed.as_slice()).map_err(backend)?;
+                        checkpoints.table()?.insert(k, sealed.as_slice()).map_err(backend)?;
                     }
                     Write::Commit(record) => {
                         let model = record.model.as_str();
@@ -1135,7 +1248,8 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                         // A version holds one operation for good: writing the same one
                         // again changes nothing, another one is refused (and, the
                         // transaction dropped uncommitted, nothing of the batch is written).
-                        let previous = operations.insert(k, bytes.as_slice()).map_err(backend)?;
+                        let previous =
+                            operations.table()?.insert(k, bytes.as_slice()).map_err(backend)?;
                         if previous.is_some_and(|stored| stored.value() != bytes.as_slice()) {
                             return Err(StoreError::VersionTaken {
                                 domain: domain.to_owned(),
@@ -1147,9 +1261,10 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                         let timestamp = record.operation.timestamp.0;
                         let value = (record.seq, StoredDecision::Committed { version, timestamp });
                         let bytes = seal(LAST_DECISIONS.name(), &k, &value);
-                        last_decisions.insert(k, bytes.as_slice()).map_err(backend)?;
+                        last_decisions.table()?.insert(k, bytes.as_slice()).map_err(backend)?;
                         // The host binds a replica durably before it commits under it.
                         let owner = replica_owners
+                            .table()?
                             .get((domain, record.replica.0))
                             .map_err(backend)?
                             .map(|bytes| bytes.value().to_vec());
@@ -1160,7 +1275,10 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                                     .ok();
                             if let Some(user) = user {
                                 let bytes = seal(OPERATION_USERS.name(), &k, &user);
-                                operation_users.insert(k, bytes.as_slice()).map_err(backend)?;
+                                operation_users
+                                    .table()?
+                                    .insert(k, bytes.as_slice())
+                                    .map_err(backend)?;
                             }
                         }
                     }
@@ -1168,61 +1286,76 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                         let k = (domain, record.model.as_str(), record.replica.0);
                         let value = (record.seq, StoredDecision::Refused { code: record.code.0 });
                         let bytes = seal(LAST_DECISIONS.name(), &k, &value);
-                        last_decisions.insert(k, bytes.as_slice()).map_err(backend)?;
+                        last_decisions.table()?.insert(k, bytes.as_slice()).map_err(backend)?;
                     }
                     Write::Snapshot { model, snapshot } => {
                         let k = (domain, model.as_str());
                         let sealed = seal(SNAPSHOTS.name(), &k, snapshot);
-                        snapshots.insert(k, sealed.as_slice()).map_err(backend)?;
+                        snapshots.table()?.insert(k, sealed.as_slice()).map_err(backend)?;
                         // Kept for good: opening any version replays at most the operations
                         // since the checkpoint before it.
                         let k = (domain, model.as_str(), snapshot.version);
                         let sealed = seal(CHECKPOINTS.name(), &k, snapshot);
-                        checkpoints.insert(k, sealed.as_slice()).map_err(backend)?;
+                        checkpoints.table()?.insert(k, sealed.as_slice()).map_err(backend)?;
                     }
                     Write::SetGrants { model, record } => {
                         let k = (domain, model.as_str());
                         models
+                            .table()?
                             .insert(k, seal(MODELS.name(), &k, record).as_slice())
                             .map_err(backend)?;
                     }
                     Write::IndexModel { model, collection, keys } => {
                         let keys: Vec<(String, Vec<u8>)> =
                             keys.iter().map(|(p, k)| (p.to_string(), k.clone())).collect();
-                        indexes.set(domain, model.as_str(), collection.as_str(), &keys)?;
+                        IndexTables::opened(&mut indexes, &txn)?.set(
+                            domain,
+                            model.as_str(),
+                            collection.as_str(),
+                            &keys,
+                        )?;
                     }
                     Write::DeleteModel { model, at } => {
                         let model = model.as_str();
-                        indexes.remove(domain, model)?;
-                        let record = models.remove((domain, model)).map_err(backend)?;
+                        IndexTables::opened(&mut indexes, &txn)?.remove(domain, model)?;
+                        let record = models.table()?.remove((domain, model)).map_err(backend)?;
                         let record = record.and_then(|bytes| {
                             unseal::<_, ModelRecord>(MODELS.name(), &(domain, model), bytes.value())
                                 .ok()
                         });
                         if let Some(record) = record {
                             let member = (domain, record.collection.as_str(), model);
-                            members.remove(member).map_err(backend)?;
+                            members.table()?.remove(member).map_err(backend)?;
                         }
-                        snapshots.remove((domain, model)).map_err(backend)?;
+                        snapshots.table()?.remove((domain, model)).map_err(backend)?;
                         operations
+                            .table()?
                             .retain_in((domain, model, 0)..=(domain, model, u64::MAX), |_, _| false)
                             .map_err(backend)?;
                         let versions = (domain, model, 0)..=(domain, model, u64::MAX);
                         last_decisions
+                            .table()?
                             .retain_in(versions.clone(), |_, _| false)
                             .map_err(backend)?;
-                        checkpoints.retain_in(versions.clone(), |_, _| false).map_err(backend)?;
-                        operation_users.retain_in(versions, |_, _| false).map_err(backend)?;
-                        deleted.insert((domain, model), at.0).map_err(backend)?;
+                        checkpoints
+                            .table()?
+                            .retain_in(versions.clone(), |_, _| false)
+                            .map_err(backend)?;
+                        operation_users
+                            .table()?
+                            .retain_in(versions, |_, _| false)
+                            .map_err(backend)?;
+                        deleted.table()?.insert((domain, model), at.0).map_err(backend)?;
                     }
                     Write::PutCollection { collection, config } => {
                         let k = (domain, collection.as_str());
                         let config = seal(COLLECTIONS.name(), &k, config);
-                        collections.insert(k, config.as_slice()).map_err(backend)?;
+                        collections.table()?.insert(k, config.as_slice()).map_err(backend)?;
                     }
                     Write::PutUser { user } => {
                         let k = (domain, user.id.0.as_str());
                         users
+                            .table()?
                             .insert(k, seal(USERS.name(), &k, user).as_slice())
                             .map_err(backend)?;
                     }
@@ -1230,14 +1363,14 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
                         let k = (domain, identity.user.0.as_str());
                         let stored = StoredIdentity { identity: identity.clone(), seen: seen.0 };
                         let sealed = seal(IDENTITIES.name(), &k, &stored);
-                        identities.insert(k, sealed.as_slice()).map_err(backend)?;
+                        identities.table()?.insert(k, sealed.as_slice()).map_err(backend)?;
                     }
                     Write::BindReplica { replica, user } => {
                         // The first owner stays: a replica id never changes hands.
                         let k = (domain, replica.0);
-                        if replica_owners.get(k).map_err(backend)?.is_none() {
+                        if replica_owners.table()?.get(k).map_err(backend)?.is_none() {
                             let owner = seal(REPLICA_OWNERS.name(), &k, user);
-                            replica_owners.insert(k, owner.as_slice()).map_err(backend)?;
+                            replica_owners.table()?.insert(k, owner.as_slice()).map_err(backend)?;
                         }
                     }
                 }
@@ -1245,6 +1378,26 @@ fn write_group(db: &Database, group: &[DomainWrites]) -> Result<(), StoreError> 
         }
     }
     txn.commit().map_err(backend)
+}
+
+/// A table of a write transaction, opened at its first use.
+struct Lazy<'t, K: redb::Key + 'static, V: redb::Value + 'static> {
+    txn: &'t redb::WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: Option<redb::Table<'t, K, V>>,
+}
+
+impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
+    fn new(txn: &'t redb::WriteTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        Lazy { txn, definition, table: None }
+    }
+
+    fn table(&mut self) -> Result<&mut redb::Table<'t, K, V>, StoreError> {
+        if self.table.is_none() {
+            self.table = Some(self.txn.open_table(self.definition).map_err(backend)?);
+        }
+        Ok(self.table.as_mut().expect("opened above"))
+    }
 }
 
 impl From<TableError> for StoreError {

@@ -28,7 +28,7 @@ fn scenario() -> Vec<(&'static str, Vec<Write>)> {
 
 async fn commit_all(store: &Store) {
     for (domain, writes) in scenario() {
-        store.commit(vec![DomainWrites { domain: Arc::from(domain), writes }]).await.unwrap();
+        store.commit(&[DomainWrites { domain: Arc::from(domain), writes }]).await.unwrap();
     }
 }
 
@@ -259,7 +259,7 @@ async fn postgres_refuses_a_second_operation_at_one_version_and_keeps_nothing_of
         domain: Arc::from("acme/notes"),
         writes: vec![Write::PutUser { user: newcomer }, commit_at("doc", last, 99)],
     }];
-    let error = store.commit(batch).await.expect_err("a duplicate version is refused");
+    let error = store.commit(&batch).await.expect_err("a duplicate version is refused");
     assert!(
         matches!(error, StoreError::VersionTaken { version, .. } if version == last),
         "{error}"
@@ -271,7 +271,7 @@ async fn postgres_refuses_a_second_operation_at_one_version_and_keeps_nothing_of
         let store = store.clone();
         tokio::spawn(async move {
             let writes = vec![commit_inserting("doc", last + 1, 100 + seq, &format!("r{seq}"))];
-            store.commit(vec![DomainWrites { domain: Arc::from("acme/notes"), writes }]).await
+            store.commit(&[DomainWrites { domain: Arc::from("acme/notes"), writes }]).await
         })
     });
     let mut committed = 0;
@@ -349,12 +349,12 @@ async fn a_server_started_on_the_database_fences_the_one_before() {
         domain: Arc::from("acme/notes"),
         writes: vec![commit_inserting("doc", last + 1, 200, "old")],
     }];
-    let error = old.commit(late).await.expect_err("the old server is fenced");
+    let error = old.commit(&late).await.expect_err("the old server is fenced");
     assert!(matches!(error, StoreError::Fenced { .. }), "{error}");
     assert!(error.to_string().contains("another server started"), "{error}");
     assert_eq!(new.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap(), before);
     let writes = vec![commit_inserting("doc", last + 1, 201, "new")];
-    new.commit(vec![DomainWrites { domain: Arc::from("acme/notes"), writes }]).await.unwrap();
+    new.commit(&[DomainWrites { domain: Arc::from("acme/notes"), writes }]).await.unwrap();
     assert_eq!(new.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap().len(), 1);
 }
 
@@ -461,7 +461,7 @@ async fn a_taken_version_is_refused_and_the_same_operation_again_changes_nothing
             commit_inserting("doc", last.version, 99, "another"),
         ],
     }];
-    let error = store.commit(batch).await.expect_err("a taken version is refused");
+    let error = store.commit(&batch).await.expect_err("a taken version is refused");
     match &error {
         StoreError::VersionTaken { domain, model, version } => {
             assert_eq!(
@@ -487,7 +487,7 @@ async fn a_taken_version_is_refused_and_the_same_operation_again_changes_nothing
         domain: Arc::from("acme/notes"),
         writes: vec![Write::PutUser { user: newcomer }, again, next],
     }];
-    store.commit(batch).await.expect("the same operation again is no conflict");
+    store.commit(&batch).await.expect("the same operation again is no conflict");
     let after = store.operations(&doc, 0, u64::MAX, usize::MAX).await.unwrap();
     assert_eq!(after.len(), before.len() + 1, "the stored one once, the next one added");
     assert_eq!(after[..before.len()], before[..]);
@@ -559,7 +559,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
         panic!("a free lease is granted")
     };
     let last = last_version(&a, &doc).await;
-    a.commit(write(last + 1, 50)).await.unwrap();
+    a.commit(&write(last + 1, 50)).await.unwrap();
     // While a holds it, b is told who does, and cannot write.
     match acquire(&b, &b_leases, &doc, short).await {
         Acquired::Held { node, name, url } => {
@@ -567,7 +567,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
         }
         other => panic!("{other:?}"),
     }
-    let error = b.commit(write(last + 2, 51)).await.expect_err("b holds no lease");
+    let error = b.commit(&write(last + 2, 51)).await.expect_err("b holds no lease");
     assert!(matches!(error, StoreError::LeaseLost { .. }), "{error}");
     // Past the database's lease time b takes over, with the next epoch.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -579,7 +579,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
         0,
         Write::PutUser { user: User { id: user("late"), display_name: None, anonymous: false } },
     );
-    let error = a.commit(fenced).await.expect_err("a lost its lease");
+    let error = a.commit(&fenced).await.expect_err("a lost its lease");
     assert!(
         matches!(&error, StoreError::LeaseLost { model, .. } if model.as_str() == "doc"),
         "{error}"
@@ -592,7 +592,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
         b.renew(b_leases.node, std::slice::from_ref(&b_epoch), minute).await.unwrap(),
         vec![b_epoch.clone()]
     );
-    b.commit(write(last + 2, 53)).await.unwrap();
+    b.commit(&write(last + 2, 53)).await.unwrap();
     let stored = b.operations(&doc, last, u64::MAX, usize::MAX).await.unwrap();
     assert_eq!(
         stored.iter().map(|o| o.operation.version).collect::<Vec<_>>(),
@@ -601,9 +601,9 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
     // A graceful handover: b releases, a takes the model at once, b can no longer write.
     b.release(b_leases.node, &[b_epoch]).await.unwrap();
     assert_eq!(acquire(&a, &a_leases, &doc, minute).await, Acquired::Granted(first + 2));
-    let error = b.commit(write(last + 3, 54)).await.expect_err("released");
+    let error = b.commit(&write(last + 3, 54)).await.expect_err("released");
     assert!(matches!(error, StoreError::LeaseLost { .. }), "{error}");
-    a.commit(write(last + 3, 55)).await.unwrap();
+    a.commit(&write(last + 3, 55)).await.unwrap();
     // Writes of no model (users, identities) need no lease.
     let user_only = vec![DomainWrites {
         domain: Arc::from("acme/notes"),
@@ -611,7 +611,7 @@ async fn a_node_that_lost_a_lease_appends_nothing_and_a_released_lease_is_taken_
             user: User { id: user("free"), display_name: None, anonymous: false },
         }],
     }];
-    b.commit(user_only).await.unwrap();
+    b.commit(&user_only).await.unwrap();
 }
 
 /// A group commit that finds one model's lease lost fails only that model's jobs: the

@@ -26,6 +26,7 @@ use concord_protocol::{
     CollectionId, Commit, CommittedOperation, ErrorCode, InFlight, ModelId, ModelSnapshot,
     SessionId, Timestamp, encoded_len,
 };
+use serde::{Deserialize, Serialize};
 
 /// A submission as the server received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +51,7 @@ pub enum Decision {
 
 /// What the server must persist for a newly committed operation, in one durable write: the
 /// operation and the replica's new last seq.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitRecord {
     pub model: ModelId,
     pub operation: CommittedOperation,
@@ -62,7 +63,7 @@ pub struct CommitRecord {
 /// sent: the replica's new last seq and the code it was refused with, so that the refusal
 /// is repeated to a resubmission and the replica's next submission follows it without a
 /// gap — after a restart too.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefusalRecord {
     pub model: ModelId,
     pub replica: ReplicaId,

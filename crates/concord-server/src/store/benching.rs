@@ -9,7 +9,7 @@ use std::sync::Arc;
 use concord_protocol::{CollectionId, ServerMessage};
 use concord_sync::host::{HostConfig, QueryLimits, QueryRead, Write};
 
-use super::{DomainWrites, RedbStore, StoreError, write_group};
+use super::{DomainWrites, RedbStore, StoreError};
 
 /// A server store opened for a benchmark.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ impl BenchStore {
 
     /// Makes `writes` in `domain` durable in one transaction, as the writer thread does.
     pub fn write(&self, domain: &str, writes: Vec<Write>) -> Result<(), StoreError> {
-        write_group(&self.store.db, &[DomainWrites { domain: Arc::from(domain), writes }])
+        self.store.commit_logged(&[DomainWrites { domain: Arc::from(domain), writes }])
     }
 
     /// The server's answer to a query in `domain`.

@@ -29,7 +29,7 @@ use super::record::{seal_bytes, unseal};
 use super::{
     CHECKPOINTS, COLLECTIONS, DomainWrites, FILE_NAME, IDENTITIES, LAST_DECISIONS, MODELS,
     OPERATION_USERS, OPERATIONS, REPLICA_OWNERS, RedbStore, SNAPSHOTS, StoreError, StoredDecision,
-    StoredIdentity, USERS, backend, catching_damage, write_group,
+    StoredIdentity, USERS, backend, catching_damage,
 };
 use crate::types::ModelKey;
 
@@ -206,7 +206,7 @@ pub fn sample_store_file(dir: &Path) -> Result<Vec<u8>, StoreError> {
             writes.push(Write::DeleteModel { model, at: Timestamp(9) });
         }
     }
-    write_group(&store.db, &[DomainWrites { domain: Arc::from(SAMPLE_DOMAIN), writes }])?;
+    store.commit_logged(&[DomainWrites { domain: Arc::from(SAMPLE_DOMAIN), writes }])?;
     drop(store);
     Ok(std::fs::read(dir.join(FILE_NAME))?)
 }

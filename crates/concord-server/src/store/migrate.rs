@@ -20,6 +20,11 @@
 //! Format 4 → 5: each collection's models are listed (`collection_models`), and indexes
 //! are kept (empty until declared: `RedbStore::open_indexed` builds them after migrating).
 //!
+//! Format 5 → 6: the identities table is added (`create_tables`).
+//!
+//! Format 6 → 7: commits are made durable by a log beside the store (`wal`); the store
+//! gets the id its log records are checked against. Nothing else changes.
+//!
 //! An older store takes every step, in the same transaction. Tables are rewritten a chunk
 //! at a time, so that a large store never sits in memory whole.
 
@@ -65,7 +70,12 @@ pub(super) fn to_current(db: &Database, found: u64) -> Result<(), StoreError> {
     if found <= 4 {
         super::query::fill_collection_models(&txn)?;
     }
-    txn.open_table(META).map_err(backend)?.insert("format", FORMAT_VERSION).map_err(backend)?;
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    if found <= 6 {
+        meta.insert("wal_id", super::new_log_id()).map_err(backend)?;
+    }
+    meta.insert("format", FORMAT_VERSION).map_err(backend)?;
+    drop(meta);
     txn.commit().map_err(backend)
 }
 

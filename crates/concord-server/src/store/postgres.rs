@@ -733,11 +733,11 @@ impl ServerStore for PostgresStore {
     /// compared to ours: the same one means it went in before, and the rest of the batch
     /// (upserts) is written again harmlessly; a different one is
     /// [`StoreError::VersionTaken`], and nothing is written.
-    async fn commit(&self, batch: Vec<DomainWrites>) -> Result<(), StoreError> {
-        match self.try_commit(&batch, false).await {
+    async fn commit(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
+        match self.try_commit(batch, false).await {
             Ok(()) => Ok(()),
             Err(Attempt::Failed(error)) => Err(error),
-            Err(Attempt::VersionTaken) => match self.try_commit(&batch, true).await {
+            Err(Attempt::VersionTaken) => match self.try_commit(batch, true).await {
                 Ok(()) => Ok(()),
                 Err(Attempt::Failed(error)) => Err(error),
                 Err(Attempt::VersionTaken) => {

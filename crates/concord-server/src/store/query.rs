@@ -71,6 +71,17 @@ impl IndexTables<'_> {
         })
     }
 
+    /// The tables in `slot`, opened there at the first call.
+    pub(super) fn opened<'s, 't>(
+        slot: &'s mut Option<IndexTables<'t>>,
+        txn: &'t redb::WriteTransaction,
+    ) -> Result<&'s mut IndexTables<'t>, StoreError> {
+        if slot.is_none() {
+            *slot = Some(IndexTables::open(txn)?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
     /// Replaces the index entries of `model` by `keys` (per path, its index key).
     pub(super) fn set(
         &mut self,

@@ -80,7 +80,7 @@ fn creation(id: &str, spec: &Spec, indexed: &[Path]) -> Vec<Write> {
 }
 
 fn write_all(store: &RedbStore, writes: Vec<Write>) {
-    write_group(&store.db, &[DomainWrites { domain: Arc::from(DOMAIN), writes }]).unwrap();
+    store.commit_logged(&[DomainWrites { domain: Arc::from(DOMAIN), writes }]).unwrap();
 }
 
 fn ask(

@@ -284,9 +284,12 @@ fn a_new_store_is_readable_by_its_owner_only() {
     assert_eq!(mode(&dir), 0o700, "the data directory");
     assert_eq!(mode(&parent.path().join("data")), 0o700, "a parent it created");
     assert_eq!(mode(&dir.join(FILE_NAME)), 0o600, "the store file");
-    // Nothing but the store is left in the directory.
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+    assert_eq!(mode(&dir.join(wal::FILE_NAME)), 0o600, "the store's log");
+    // Nothing but the store and its log is left in the directory.
+    let mut names: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, [FILE_NAME, wal::FILE_NAME].map(std::ffi::OsString::from));
 }
 
 /// Format 1 as it was written: plain postcard records and a tuple `replicas` table.
@@ -414,4 +417,117 @@ fn a_damaged_last_commit_of_format_2_is_still_reported_after_the_migration() {
     }
     let plain = ModelKey { domain: Arc::from("acme/notes"), model: model_id("plain") };
     assert!(store.load(&plain).is_ok(), "the other models are served");
+}
+
+/// Copies the store files in `from` to a new directory as a crash would leave them: what is
+/// on disk, not what the open store holds in memory.
+fn crash_image(from: &Path, files: &[&str]) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    for file in files {
+        std::fs::copy(from.join(file), image.path().join(file)).unwrap();
+    }
+    image
+}
+
+/// `model`'s last version in the store in `dir`, if it exists.
+fn last_version(dir: &Path, model: &str) -> Option<u64> {
+    match RedbStore::open(dir).unwrap().load(&key(model)).unwrap() {
+        Loaded::Model(stored) => {
+            Some(stored.operations.last().map_or(stored.snapshot.version, |o| o.version))
+        }
+        Loaded::Absent { .. } => None,
+    }
+}
+
+fn commit_writes(model: &str, version: u64) -> Vec<Write> {
+    let commit = CommitRecord {
+        model: model_id(model),
+        operation: operation(version),
+        replica: ReplicaId(7),
+        seq: version,
+    };
+    vec![Write::Commit(commit)]
+}
+
+fn commit_in(store: &RedbStore, writes: Vec<Write>) {
+    store.commit_logged(&[DomainWrites { domain: Arc::from(DOMAIN), writes }]).unwrap();
+}
+
+#[test]
+fn a_crash_loses_no_logged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let create =
+        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
+    commit_in(&store, vec![create]);
+    for version in 1..=20 {
+        commit_in(&store, commit_writes("doc", version));
+    }
+    let files = [FILE_NAME, wal::FILE_NAME];
+    let crashed = crash_image(dir.path(), &files);
+    // redb's own file does not hold them yet: only the log does.
+    let without_log = crash_image(dir.path(), &[FILE_NAME]);
+    assert_eq!(last_version(without_log.path(), "doc"), None);
+    assert_eq!(last_version(crashed.path(), "doc"), Some(20));
+
+    // After a recovery the log starts again where it left off, and a second crash keeps
+    // what came after.
+    let recovered = RedbStore::open(crashed.path()).unwrap();
+    commit_in(&recovered, commit_writes("doc", 21));
+    let crashed_again = crash_image(crashed.path(), &files);
+    assert_eq!(last_version(crashed_again.path(), "doc"), Some(21));
+    drop(store);
+}
+
+#[test]
+fn a_full_log_is_checkpointed_and_written_again_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    // Snapshots of about 1 MiB: the log takes seven, the eighth makes redb durable, and
+    // the log starts again; one larger than the whole log goes to redb directly.
+    let big = |version: u64, bytes: usize| {
+        let text = "x".repeat(bytes);
+        let model = model_id(&format!("doc{version}"));
+        vec![Write::CreateModel { model, record: record(), snapshot: snapshot(0, &text) }]
+    };
+    for version in 1..=12 {
+        commit_in(&store, big(version, 1 << 20));
+    }
+    // The first eight were made durable in redb by the checkpoint, the next four only in
+    // the log.
+    let without_log = crash_image(dir.path(), &[FILE_NAME]);
+    assert_eq!(last_version(without_log.path(), "doc8"), Some(0));
+    assert_eq!(last_version(without_log.path(), "doc9"), None);
+    commit_in(&store, big(13, wal::LIMIT_BYTES as usize + 1));
+    commit_in(&store, big(14, 10));
+    let log = std::fs::metadata(dir.path().join(wal::FILE_NAME)).unwrap().len();
+    assert!(log <= wal::LIMIT_BYTES + (1 << 20), "the log grew to {log} bytes");
+    let crashed = crash_image(dir.path(), &[FILE_NAME, wal::FILE_NAME]);
+    for version in 1..=14 {
+        assert_eq!(last_version(crashed.path(), &format!("doc{version}")), Some(0), "doc{version}");
+    }
+    drop(store);
+}
+
+#[test]
+fn a_store_file_older_than_its_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let create =
+        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
+    commit_in(&store, vec![create]);
+    let old = crash_image(dir.path(), &[FILE_NAME]);
+    // A commit larger than the log goes to redb durably and the log starts again: the
+    // next record is the third commit, at the log's start.
+    let huge = snapshot(0, &"x".repeat(wal::LIMIT_BYTES as usize));
+    commit_in(&store, vec![Write::Snapshot { model: model_id("doc"), snapshot: huge }]);
+    commit_in(&store, commit_writes("doc", 1));
+    // The older store file, beside the newer log, lacks the first two commits: refused
+    // rather than opened with a hole in its history.
+    std::fs::copy(dir.path().join(wal::FILE_NAME), old.path().join(wal::FILE_NAME)).unwrap();
+    match RedbStore::open(old.path()) {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("older than its log"), "{why}"),
+        other => panic!("opened: {:?}", other.map(|_| ())),
+    }
+    drop(store);
 }

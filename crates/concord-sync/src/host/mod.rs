@@ -179,7 +179,7 @@ pub enum Loaded {
 
 /// One change the server persists. Every write of a job is made durable before any of the
 /// job's deliveries leaves, and jobs are made durable in the order they were queued.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Write {
     CreateModel {
         model: ModelId,
