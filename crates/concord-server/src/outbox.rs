@@ -5,7 +5,7 @@
 //! message for it closes the connection instead of growing the server's memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::body::Bytes;
 use concord_protocol::{
@@ -60,10 +60,16 @@ struct Budget {
     max: usize,
 }
 
-/// The sending side of one connection's queue.
+/// The sending side of one connection's queue. Cheap to clone: every message a model
+/// broadcasts holds one until it is delivered.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     pub(crate) conn: ConnId,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     sender: mpsc::Sender<Outbound>,
     budget: Arc<Budget>,
     /// Cancelled to close the connection at once (it went past a bound, or the store
@@ -76,6 +82,9 @@ pub(crate) struct Outbox {
     /// Set when writes this connection waited on were lost (the store failed them): the
     /// session is told why, then closed, and its client resends what was not acknowledged.
     lost: Arc<Lost>,
+    /// Set before either token is cancelled: checked for every message, where a token's
+    /// check would take its lock.
+    closing: AtomicBool,
 }
 
 /// Why a connection's writes were lost, once they were.
@@ -102,45 +111,49 @@ impl Outbox {
         let (notices, notices_receiver) = mpsc::unbounded_channel();
         let budget = Arc::new(Budget { queued: AtomicUsize::new(0), max: max_bytes });
         let (overflow, lost) = (CancellationToken::new(), Arc::default());
-        let outbox = Outbox { conn, sender, budget, overflow, notices, lost };
+        let closing = AtomicBool::new(false);
+        let shared = Arc::new(Shared { sender, budget, overflow, notices, lost, closing });
+        let outbox = Outbox { conn, shared };
         (outbox, receiver, notices_receiver)
     }
 
     /// Passes a model host's notice to the connection's session.
     pub(crate) fn notice(&self, notice: Notice) {
-        let _ = self.notices.send(notice);
+        let _ = self.shared.notices.send(notice);
     }
 
     pub(crate) fn overflow(&self) -> CancellationToken {
-        self.overflow.clone()
+        self.shared.overflow.clone()
     }
 
     /// Whether the connection is closing: nothing more needs to be prepared for it.
     pub(crate) fn is_closed(&self) -> bool {
-        self.overflow.is_cancelled() || self.lost.token.is_cancelled() || self.sender.is_closed()
+        self.shared.closing.load(Ordering::Acquire) || self.shared.sender.is_closed()
     }
 
     /// Closes the connection because writes it waited on were lost, telling the session
     /// `reason` (the first one given) before it goes.
     pub(crate) fn lose(&self, reason: &str) {
-        let _ = self.lost.reason.set(reason.to_owned());
-        self.lost.token.cancel();
+        let _ = self.shared.lost.reason.set(reason.to_owned());
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.lost.token.cancel();
     }
 
     pub(crate) fn lost(&self) -> Arc<Lost> {
-        self.lost.clone()
+        self.shared.lost.clone()
     }
 
     /// Takes `bytes` (plus the per-message overhead) from the connection's budget; `None`
     /// if that would go past it, which closes the connection.
     fn hold(&self, bytes: usize) -> Option<Held> {
         let cost = bytes.saturating_add(ENTRY_BYTES);
-        let max = self.budget.max;
-        let taken = self.budget.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+        let budget = &self.shared.budget;
+        let max = budget.max;
+        let taken = budget.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
             held.checked_add(cost).filter(|total| *total <= max)
         });
         match taken {
-            Ok(_) => Some(Held { budget: self.budget.clone(), bytes: cost }),
+            Ok(_) => Some(Held { budget: budget.clone(), bytes: cost }),
             Err(held) => {
                 self.close_slow(format_args!("{held} bytes queued, {cost} more would pass {max}"));
                 None
@@ -175,10 +188,11 @@ impl Outbox {
 
     /// Queues `outbound`; a full queue closes the connection.
     pub(crate) fn send(&self, outbound: Outbound) {
-        match self.sender.try_send(outbound) {
+        match self.shared.sender.try_send(outbound) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_slow(format_args!("{} messages queued", self.sender.max_capacity()));
+                let queued = self.shared.sender.max_capacity();
+                self.close_slow(format_args!("{queued} messages queued"));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -186,7 +200,7 @@ impl Outbox {
 
     /// The largest message this connection is sent ([`max_message_bytes`]).
     pub(crate) fn max_message_bytes(&self) -> usize {
-        max_message_bytes(self.budget.max)
+        max_message_bytes(self.shared.budget.max)
     }
 
     /// Encodes `message` and queues it, within the connection's bounds.
@@ -198,13 +212,14 @@ impl Outbox {
     }
 
     pub(crate) fn close(&self) {
-        self.overflow.cancel();
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.overflow.cancel();
     }
 
     fn close_slow(&self, why: std::fmt::Arguments<'_>) {
-        if !self.overflow.is_cancelled() {
+        if !self.shared.overflow.is_cancelled() {
             tracing::warn!(conn = self.conn, "closing a connection that does not read ({why})");
-            self.overflow.cancel();
+            self.close();
         }
     }
 }
@@ -294,7 +309,7 @@ mod tests {
         assert!(outbox.frame(&frame).is_none(), "past the bound");
         assert!(outbox.is_closed(), "going past the bound closes the connection");
         drop((second, third, queue.try_recv()));
-        assert_eq!(outbox.budget.queued.load(Ordering::Acquire), 0);
+        assert_eq!(outbox.shared.budget.queued.load(Ordering::Acquire), 0);
     }
 
     /// A reply that cannot be encoded (here: a model nested deeper than the protocol allows)
