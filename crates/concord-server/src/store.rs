@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use concord_ot::ReplicaId;
@@ -346,8 +346,11 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
 #[derive(Debug, Clone)]
 pub(crate) struct RedbStore {
     db: Arc<Database>,
-    /// Only the writer's thread commits; the lock is for the type system.
-    wal: Arc<Mutex<wal::Wal>>,
+    /// Held for writing by a commit from when redb shows it until the log has made it
+    /// durable; every read begins under it ([`RedbStore::begin_read`]), so that no read
+    /// sees a commit that a crash could still take back. (Only the writer's thread
+    /// commits.)
+    wal: Arc<RwLock<wal::Wal>>,
 }
 
 impl RedbStore {
@@ -382,14 +385,22 @@ impl RedbStore {
         }
         let wal = recover(&db, dir)?;
         query::sync_indexes(&db, indexes)?;
-        Ok(RedbStore { db: Arc::new(db), wal: Arc::new(Mutex::new(wal)) })
+        Ok(RedbStore { db: Arc::new(db), wal: Arc::new(RwLock::new(wal)) })
+    }
+
+    /// Begins a read of durable commits only (see [`RedbStore::wal`]).
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let _durable = self.wal.read().map_err(|_| {
+            StoreError::Backend("an earlier commit failed inside the database".into())
+        })?;
+        self.db.begin_read().map_err(backend)
     }
 
     /// Makes `batch` durable in one transaction: applied to redb without durability and
     /// logged, or, when the log is full, committed durably in redb (a checkpoint) and the
     /// log started again.
     fn commit_logged(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
-        let mut wal = self.wal.lock().map_err(|_| {
+        let mut wal = self.wal.write().map_err(|_| {
             StoreError::Backend("an earlier commit failed inside the database".into())
         })?;
         let logged: Vec<(&str, &[Write])> =
@@ -411,7 +422,7 @@ impl RedbStore {
     }
 
     pub(crate) fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         let k = key.as_tuple();
         let (domain, model) = (&*key.domain, Some(&key.model));
         let models = txn.open_table(MODELS).map_err(backend)?;
@@ -486,7 +497,7 @@ impl RedbStore {
         through: u64,
         limit: usize,
     ) -> Result<Vec<CommittedOperation>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         read_operations(&txn, key, after, through, limit)
     }
 
@@ -499,7 +510,7 @@ impl RedbStore {
         through: u64,
         limit: usize,
     ) -> Result<Vec<HistoryOperation>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         read_operations_with_users(&txn, key, after, through, limit)
     }
 
@@ -508,7 +519,7 @@ impl RedbStore {
         domain: &str,
         collection: &CollectionId,
     ) -> Result<Option<CollectionConfig>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         read_collection(&txn, domain, collection)
     }
 
@@ -518,7 +529,7 @@ impl RedbStore {
         domain: &str,
         replica: ReplicaId,
     ) -> Result<Option<UserId>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(REPLICA_OWNERS).map_err(backend)?;
         let key = (domain, replica.0);
         match table.get(key).map_err(backend)? {
@@ -538,7 +549,7 @@ impl RedbStore {
         domain: &str,
         user: &UserId,
     ) -> Result<Option<concord_protocol::User>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(USERS).map_err(backend)?;
         let key = (domain, user.0.as_str());
         match table.get(key).map_err(backend)? {
@@ -555,7 +566,7 @@ impl RedbStore {
         domain: &str,
         max_users: usize,
     ) -> Result<Vec<Identity>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(IDENTITIES).map_err(backend)?;
         // The newest `max_users` by (seen, user), never more of them in memory.
         let mut newest: BTreeMap<(i64, UserId), Identity> = BTreeMap::new();

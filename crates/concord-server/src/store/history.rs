@@ -9,7 +9,7 @@ use concord_protocol::{
 use concord_sync::host::{
     CollectionConfig, HistoryRead, HistorySource, QueryEntry, QuerySource, history_reply,
 };
-use redb::{ReadTransaction, ReadableDatabase, TableHandle};
+use redb::{ReadTransaction, TableHandle};
 
 use super::{
     CHECKPOINTS, OPERATIONS, RedbStore, StoreError, backend, read_operations_with_users, unseal,
@@ -19,9 +19,9 @@ use crate::types::ModelKey;
 impl RedbStore {
     /// The answer to a history request the model host accepted.
     pub(crate) fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
-        let mut source = match self.db.begin_read() {
+        let mut source = match self.begin_read() {
             Ok(txn) => StoredHistory { txn, key },
-            Err(e) => return history_reply(read, &mut Failed(backend(e).to_string())),
+            Err(e) => return history_reply(read, &mut Failed(e.to_string())),
         };
         history_reply(read, &mut source)
     }

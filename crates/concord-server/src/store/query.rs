@@ -307,7 +307,7 @@ impl RedbStore {
         config: &HostConfig,
         limits: &QueryLimits,
     ) -> ServerMessage {
-        let mut source = StoredQuery { txn: self.db.begin_read().map_err(backend), domain };
+        let mut source = StoredQuery { txn: self.begin_read(), domain };
         query_reply(read, config, limits, &mut source)
     }
 }
