@@ -16,8 +16,9 @@
 //!   any text without a panic, with error positions inside the text, and plans soundly.
 //! - [`store::check_record`]: the client store decodes any bytes as any of its records with
 //!   a typed corruption error or a value that re-encodes stably.
-//! - [`server_store::check_sealed`] and [`server_store::check_file`]: the server's store
-//!   reads any checksummed payload as any of its records, and any damaged store file,
+//! - [`server_store::check_sealed`], [`server_store::check_file`] and
+//!   [`server_store::check_log`]: the server's store reads any checksummed payload as any of
+//!   its records, any damaged store file, and a file with damaged commits in its log,
 //!   without a panic: a stable value or a typed error.
 //!
 //! The `Arbitrary` code lives here, not in concord-ot, which must not depend on arbitrary.

@@ -3,16 +3,20 @@
 //! (what a forged checksum, or a bug writing a record, would leave), and whole store files —
 //! arbitrary bytes, or with bytes changed: a file of the current format holding a record in
 //! every table ([`current_file`]), or the committed file of an older format (which opening
-//! migrates). Reading never panics
-//! or hangs: a record decodes to a value that re-encodes stably or to a typed error, and a
-//! damaged file opens and reads, or fails with a typed [`StoreError`].
+//! migrates); and the log beside the file, its records' contents damaged under a checksum
+//! that holds. Reading never panics or hangs: a record decodes to a value that re-encodes
+//! stably or to a typed error, a damaged file opens and reads, or fails with a typed
+//! [`StoreError`], and so does a file whose log holds damaged commits.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use concord_server::StoreError;
-use concord_server::fuzzing::{RecordKind, read_sealed, read_store_file, sample_store_file};
+use concord_server::fuzzing::{
+    RecordKind, read_sealed, read_store_file, read_store_with_log, sample_log_payload,
+    sample_store_file,
+};
 
 /// A store file written by an older format, with models, operations, collections, users and
 /// replica owners in it; opening it also runs the migrations.
@@ -112,6 +116,63 @@ pub fn check_file(input: &FileInput) -> std::result::Result<usize, StoreError> {
     // A leftover from the last input, which this process wrote and no longer holds open.
     let _ = std::fs::remove_dir_all(&dir);
     read_store_file(&dir, &input.bytes())
+}
+
+/// The commits of a log beside the current-format file ([`current_file`]): each the sample
+/// commit ([`sample_log_payload`]) with bytes changed, or arbitrary bytes.
+#[derive(Debug)]
+pub struct LogInput(pub Vec<PayloadInput>);
+
+/// One logged commit's payload.
+#[derive(Debug, Clone)]
+pub enum PayloadInput {
+    DamagedSample(Vec<(u32, u8)>),
+    Bytes(Vec<u8>),
+}
+
+impl PayloadInput {
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            PayloadInput::DamagedSample(changes) => {
+                let mut payload = sample_log_payload();
+                for &(at, byte) in changes {
+                    let at = at as usize % payload.len();
+                    payload[at] = byte;
+                }
+                payload
+            }
+            PayloadInput::Bytes(bytes) => bytes.clone(),
+        }
+    }
+}
+
+impl<'a> Arbitrary<'a> for LogInput {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<LogInput> {
+        let count = u.int_in_range(1..=3)?;
+        let mut payloads = Vec::with_capacity(count);
+        for _ in 0..count {
+            payloads.push(if u.ratio(1, 8)? {
+                let len = u.int_in_range(0..=256)?;
+                PayloadInput::Bytes(u.bytes(len.min(u.len()))?.to_vec())
+            } else {
+                let changes = u.int_in_range(0..=6)?;
+                let changes = (0..changes)
+                    .map(|_| Ok((u.arbitrary::<u32>()?, u.arbitrary::<u8>()?)))
+                    .collect::<Result<_>>()?;
+                PayloadInput::DamagedSample(changes)
+            });
+        }
+        Ok(LogInput(payloads))
+    }
+}
+
+/// Opens the current-format file with the input's commits logged beside it, in a directory
+/// of this process's own, and reads all of it.
+pub fn check_log(input: &LogInput) -> std::result::Result<usize, StoreError> {
+    let dir = scratch_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    let payloads: Vec<Vec<u8>> = input.0.iter().map(PayloadInput::bytes).collect();
+    read_store_with_log(&dir, current_file(), &payloads)
 }
 
 /// This process's and thread's own directory (tests read files on several threads).

@@ -10,7 +10,9 @@ use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
 use concord_fuzz::query::{PlanInput, check_online_offline, check_query_plan};
-use concord_fuzz::server_store::{FileInput, SealedInput, check_file, check_sealed};
+use concord_fuzz::server_store::{
+    FileInput, LogInput, SealedInput, check_file, check_log, check_sealed,
+};
 use concord_fuzz::store::{RecordInput, check_record};
 use concord_fuzz::{ApplyInput, Tp1Input, check_apply, check_tp1};
 
@@ -96,6 +98,15 @@ fn server_store_file_crashers() {
     replay("server_store_file", |bytes| {
         passes::<FileInput>(bytes, |input| {
             let _ = check_file(input);
+        })
+    });
+}
+
+#[test]
+fn server_store_log_crashers() {
+    replay("server_store_log", |bytes| {
+        passes::<LogInput>(bytes, |input| {
+            let _ = check_log(input);
         })
     });
 }

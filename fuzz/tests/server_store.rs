@@ -3,8 +3,10 @@
 //! through it.
 
 use concord_fuzz::server_store::{
-    FIXTURE, FileInput, SealedInput, check_file, check_sealed, current_file,
+    FIXTURE, FileInput, LogInput, PayloadInput, SealedInput, check_file, check_log, check_sealed,
+    current_file,
 };
+use concord_server::StoreError;
 use concord_server::fuzzing::{RecordKind, read_sealed};
 
 /// xorshift64: deterministic bytes without a dependency.
@@ -76,4 +78,27 @@ fn a_damaged_store_file_reads_or_fails_with_a_typed_error() {
     }
     // Damage in the header and tables is noticed; damage in free pages is not there to be.
     assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
+}
+
+#[test]
+fn the_sample_commit_logged_again_changes_nothing() {
+    let input = LogInput(vec![PayloadInput::DamagedSample(Vec::new()); 2]);
+    assert_eq!(check_log(&input).expect("the log applies"), 2, "the two live models");
+}
+
+#[test]
+fn a_damaged_logged_commit_applies_or_fails_with_a_typed_error() {
+    let len = concord_server::fuzzing::sample_log_payload().len() as u32;
+    let (mut applied, mut refused) = (0, 0);
+    for at in (0..len).step_by(7) {
+        for byte in [0x00, 0x7f, 0xff] {
+            let input = LogInput(vec![PayloadInput::DamagedSample(vec![(at, byte)])]);
+            match check_log(&input) {
+                Ok(_) => applied += 1,
+                Err(StoreError::Corrupt(_) | StoreError::CorruptRecord { .. }) => refused += 1,
+                Err(other) => panic!("byte {at} set to {byte:#x}: {other}"),
+            }
+        }
+    }
+    assert!(applied > 0 && refused > 0, "{applied} applied, {refused} refused");
 }

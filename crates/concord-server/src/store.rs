@@ -403,10 +403,7 @@ impl RedbStore {
         let mut wal = self.wal.write().map_err(|_| {
             StoreError::Backend("an earlier commit failed inside the database".into())
         })?;
-        let logged: Vec<(&str, &[Write])> =
-            batch.iter().map(|part| (&*part.domain, part.writes.as_slice())).collect();
-        let payload = postcard::to_allocvec(&logged)
-            .map_err(|e| StoreError::Backend(format!("encoding a commit for the log: {e}")))?;
+        let payload = encode_logged(batch)?;
         let seq = wal.next_seq();
         if wal.has_room(payload.len()) {
             write_group(&self.db, batch, Applied::Logged(seq))?;
@@ -1168,16 +1165,38 @@ fn new_log_id() -> u64 {
     hasher.finish()
 }
 
+/// A commit's writes as a log record's payload.
+fn encode_logged(batch: &[DomainWrites]) -> Result<Vec<u8>, StoreError> {
+    let logged: Vec<(&str, &[Write])> =
+        batch.iter().map(|part| (&*part.domain, part.writes.as_slice())).collect();
+    postcard::to_allocvec(&logged)
+        .map_err(|e| StoreError::Backend(format!("encoding a commit for the log: {e}")))
+}
+
+/// The writes of the log record `seq`'s payload.
+fn decode_logged(seq: u64, payload: &[u8]) -> Result<Vec<DomainWrites>, StoreError> {
+    let logged: Vec<(String, Vec<Write>)> = postcard::from_bytes(payload).map_err(|e| {
+        StoreError::Corrupt(format!("commit {seq} in the store's log does not decode: {e}"))
+    })?;
+    Ok(logged
+        .into_iter()
+        .map(|(domain, writes)| DomainWrites { domain: Arc::from(domain), writes })
+        .collect())
+}
+
+/// The store's log id and the seq of the last commit its durable state applied.
+fn log_position(db: &Database) -> Result<(u64, u64), StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let meta = txn.open_table(META).map_err(backend)?;
+    let read = |key| meta.get(key).map(|v| v.map(|v| v.value())).map_err(backend);
+    let id = read("wal_id")?.ok_or_else(|| StoreError::Corrupt("no log id".into()))?;
+    Ok((id, read("wal_applied")?.unwrap_or(0)))
+}
+
 /// Reads the log beside `db`, applies the records the store's durable state lacks, and
 /// makes them durable in redb, so that the log can start again from its start.
 fn recover(db: &Database, dir: &Path) -> Result<wal::Wal, StoreError> {
-    let (id, applied) = {
-        let txn = db.begin_read().map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        let read = |key| meta.get(key).map(|v| v.map(|v| v.value())).map_err(backend);
-        let id = read("wal_id")?.ok_or_else(|| StoreError::Corrupt("no log id".into()))?;
-        (id, read("wal_applied")?.unwrap_or(0))
-    };
+    let (id, applied) = log_position(db)?;
     let (mut wal, records) = wal::Wal::open(&dir.join(wal::FILE_NAME), id)?;
     let missing: Vec<_> = records.into_iter().filter(|(seq, _)| *seq > applied).collect();
     if let Some((first, _)) = missing.first()
@@ -1190,16 +1209,15 @@ fn recover(db: &Database, dir: &Path) -> Result<wal::Wal, StoreError> {
     }
     let (count, last) = (missing.len(), missing.last().map_or(applied, |(seq, _)| *seq));
     for (position, (seq, payload)) in missing.into_iter().enumerate() {
-        let logged: Vec<(String, Vec<Write>)> = postcard::from_bytes(&payload).map_err(|e| {
-            StoreError::Corrupt(format!("commit {seq} in the store's log does not decode: {e}"))
-        })?;
-        let batch: Vec<DomainWrites> = logged
-            .into_iter()
-            .map(|(domain, writes)| DomainWrites { domain: Arc::from(domain), writes })
-            .collect();
+        let batch = decode_logged(seq, &payload)?;
         let applied =
             if position + 1 == count { Applied::Durable(seq) } else { Applied::Logged(seq) };
-        write_group(db, &batch, applied)?;
+        write_group(db, &batch, applied).map_err(|e| match e {
+            StoreError::VersionTaken { .. } => {
+                StoreError::Corrupt(format!("commit {seq} in the store's log does not apply: {e}"))
+            }
+            other => other,
+        })?;
     }
     if count > 0 {
         tracing::info!(commits = count, "applied the commits the store's log held beyond it");

@@ -29,7 +29,7 @@ use super::record::{seal_bytes, unseal};
 use super::{
     CHECKPOINTS, COLLECTIONS, DomainWrites, FILE_NAME, IDENTITIES, LAST_DECISIONS, MODELS,
     OPERATION_USERS, OPERATIONS, REPLICA_OWNERS, RedbStore, SNAPSHOTS, StoreError, StoredDecision,
-    StoredIdentity, USERS, backend, catching_damage,
+    StoredIdentity, USERS, backend, catching_damage, encode_logged, log_position, wal,
 };
 use crate::types::ModelKey;
 
@@ -112,6 +112,43 @@ fn sample_collection() -> CollectionId {
 /// replica owner and index entries. Returns the file's bytes.
 pub fn sample_store_file(dir: &Path) -> Result<Vec<u8>, StoreError> {
     let store = RedbStore::open_indexed(dir, &sample_indexes())?;
+    store.commit_logged(&sample_batch())?;
+    drop(store);
+    Ok(std::fs::read(dir.join(FILE_NAME))?)
+}
+
+/// The payload of a log record holding the sample store's writes ([`sample_store_file`]) as
+/// one commit: applied again over the sample store, it changes nothing.
+pub fn sample_log_payload() -> Vec<u8> {
+    encode_logged(&sample_batch()).expect("the sample's writes encode")
+}
+
+/// Opens `store` as the store file in `dir` (which must not hold one) with a log beside it
+/// whose records are `payloads`, following the last commit the file applied, and reads
+/// everything in it as [`read_store_file`] does: opening applies the records again. So a
+/// record whose checksum holds but whose contents are damaged (a bug writing it, or a forged
+/// checksum) is applied, or refused with a typed error, never a panic. Returns how many
+/// models loaded.
+pub fn read_store_with_log(
+    dir: &Path,
+    store: &[u8],
+    payloads: &[Vec<u8>],
+) -> Result<usize, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(FILE_NAME), store)?;
+    catching_damage(|| {
+        let (id, applied) = log_position(&RedbStore::open(dir)?.db)?;
+        let mut log = Vec::new();
+        for (seq, payload) in (applied + 1..).zip(payloads) {
+            log.extend(wal::record(id, seq, payload));
+        }
+        std::fs::write(dir.join(wal::FILE_NAME), log)?;
+        read_all(dir)
+    })
+}
+
+/// The writes of the sample store, as one commit in its domain.
+fn sample_batch() -> [DomainWrites; 1] {
     let collection = sample_collection();
     let indexes = sample_indexes();
     let mut writes = vec![Write::PutCollection {
@@ -206,9 +243,7 @@ pub fn sample_store_file(dir: &Path) -> Result<Vec<u8>, StoreError> {
             writes.push(Write::DeleteModel { model, at: Timestamp(9) });
         }
     }
-    store.commit_logged(&[DomainWrites { domain: Arc::from(SAMPLE_DOMAIN), writes }])?;
-    drop(store);
-    Ok(std::fs::read(dir.join(FILE_NAME))?)
+    [DomainWrites { domain: Arc::from(SAMPLE_DOMAIN), writes }]
 }
 
 /// Opens `bytes` as the store file in `dir` (which must not hold one) and reads everything

@@ -100,12 +100,7 @@ impl Wal {
             }
             self.allocated = grown;
         }
-        let mut record = Vec::with_capacity(record_end as usize - self.end as usize);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&checksum(self.id, seq, payload).to_le_bytes());
-        record.extend_from_slice(&seq.to_le_bytes());
-        record.extend_from_slice(payload);
-        self.file.write_all_at(&record, self.end)?;
+        self.file.write_all_at(&record(self.id, seq, payload), self.end)?;
         self.file.sync_data()?;
         self.end = record_end;
         self.next_seq += 1;
@@ -118,6 +113,17 @@ impl Wal {
         self.end = 0;
         self.next_seq = next_seq;
     }
+}
+
+/// The bytes of the record `(seq, payload)` in the log of the store `id`.
+pub(super) fn record(id: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("checked by the caller");
+    let mut record = Vec::with_capacity(HEADER_BYTES as usize + payload.len());
+    record.extend_from_slice(&len.to_le_bytes());
+    record.extend_from_slice(&checksum(id, seq, payload).to_le_bytes());
+    record.extend_from_slice(&seq.to_le_bytes());
+    record.extend_from_slice(payload);
+    record
 }
 
 fn checksum(id: u64, seq: u64, payload: &[u8]) -> u32 {
