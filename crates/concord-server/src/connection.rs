@@ -62,7 +62,8 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>, fo
         session: None,
         limiter,
         forwarded,
-        forwarding: Forwarding::default(),
+        // As many models as a session may have open and subscribed at once.
+        forwarding: Forwarding::new(limits.max_open_models + limits.max_subscriptions),
         email: None,
     };
     let ending = tokio::select! {
@@ -95,6 +96,15 @@ pub(crate) async fn serve(socket: WebSocket, domain: Arc<str>, hub: Arc<Hub>, fo
         abort.abort();
     }
     tracing::debug!(conn, "connection closed");
+}
+
+/// The connection routes as many models to other cluster nodes as a session may have
+/// open and subscribed at once.
+#[derive(Debug)]
+struct TooManyRoutes;
+
+impl TooManyRoutes {
+    const MESSAGE: &str = "this connection is served by other nodes for as many models as it may have open and subscribed";
 }
 
 struct Connection {
@@ -229,42 +239,58 @@ impl Connection {
             return self.split_subscriptions(id, subscribe, unsubscribe, replace, limits).await;
         }
         match self.upstream_for(&mut message).await {
-            Some(url) => {
+            Ok(Some(url)) => {
                 self.send_upstream(url, &message, limits).await;
                 None
             }
-            None => Some(message),
+            Ok(None) => Some(message),
+            Err(TooManyRoutes) => {
+                if let ClientMessage::Request { id, .. } = message {
+                    self.error(Some(id), ErrorCode::OVERLOADED, TooManyRoutes::MESSAGE);
+                }
+                None
+            }
         }
     }
 
     /// The node `message` goes to, if another node serves its model.
-    async fn upstream_for(&mut self, message: &mut ClientMessage) -> Option<Arc<str>> {
+    async fn upstream_for(
+        &mut self,
+        message: &mut ClientMessage,
+    ) -> Result<Option<Arc<str>>, TooManyRoutes> {
         if let Some(url) = self.forwarding.route(message) {
-            return Some(url);
+            return Ok(Some(url));
         }
         // Asked for the first time here (and not served here): who serves it?
-        let model = forward::model_of(message)?.clone();
-        let local = self.session.as_ref()?.attached().any(|m| *m == model);
+        let Some(model) = forward::model_of(message).cloned() else { return Ok(None) };
+        let Some(session) = self.session.as_ref() else { return Ok(None) };
+        let local = session.attached().any(|m| *m == model);
         if local || !matches!(message, ClientMessage::Request { .. }) {
-            return None;
+            return Ok(None);
         }
-        self.look_up_owners(&[&model]).await;
-        self.forwarding.url_of(&model)
+        self.look_up_owners(&[&model]).await?;
+        Ok(self.forwarding.url_of(&model))
     }
 
     /// Which of `models` other live nodes serve: their messages on this connection go there
-    /// from now on. One query; a failed one leaves them to this node.
-    async fn look_up_owners(&mut self, models: &[&ModelId]) {
-        let Some(cluster) = &self.hub.models.cluster else { return };
+    /// from now on. One query; a failed one leaves them to this node. Fails if the
+    /// connection routes as many models to other nodes as it may.
+    async fn look_up_owners(&mut self, models: &[&ModelId]) -> Result<(), TooManyRoutes> {
+        let Some(cluster) = &self.hub.models.cluster else { return Ok(()) };
         if models.is_empty() {
-            return;
+            return Ok(());
         }
-        let Ok(owners) = cluster.served_elsewhere(&self.domain, models).await else { return };
+        let Ok(owners) = cluster.served_elsewhere(&self.domain, models).await else {
+            return Ok(());
+        };
         for (model, node) in owners {
             let url: Arc<str> = format!("{}/{}", node.trim_end_matches('/'), self.domain).into();
             tracing::debug!(model = %model, %url, "forwarding the model's requests");
-            self.forwarding.forward(model, url);
+            if !self.forwarding.forward(model, url) {
+                return Err(TooManyRoutes);
+            }
         }
+        Ok(())
     }
 
     /// An offline subscription may name models served by several nodes: each other node
@@ -287,7 +313,11 @@ impl Connection {
                 .filter(|model| !session.attached().any(|m| m == *model))
                 .cloned()
                 .collect();
-            self.look_up_owners(&unrouted.iter().collect::<Vec<_>>()).await;
+            let unrouted: Vec<&ModelId> = unrouted.iter().collect();
+            if self.look_up_owners(&unrouted).await.is_err() {
+                self.error(Some(id), ErrorCode::OVERLOADED, TooManyRoutes::MESSAGE);
+                return None;
+            }
         }
         let mut upstream: HashMap<Arc<str>, (Vec<KnownModel>, Vec<ModelId>)> = HashMap::new();
         if replace {

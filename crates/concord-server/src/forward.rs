@@ -62,6 +62,8 @@ type Asked = Arc<Mutex<HashMap<RequestId, RequestId>>>;
 pub(crate) struct Forwarding {
     /// The models this connection's messages go to another node for: that node's URL.
     models: HashMap<ModelId, Arc<str>>,
+    /// The most models `models` holds, so that what a client can make it hold is bounded.
+    max_routes: usize,
     upstreams: HashMap<Arc<str>, Upstream>,
     /// How many owners' requests have been given ids (from [`ALIASES_FROM`]).
     aliases: Arc<AtomicU64>,
@@ -108,6 +110,13 @@ pub(crate) fn model_of(message: &ClientMessage) -> Option<&ModelId> {
 }
 
 impl Forwarding {
+    /// Routes for at most `max_routes` models.
+    pub(crate) fn new(max_routes: usize) -> Forwarding {
+        let mut forwarding = Forwarding::default();
+        forwarding.max_routes = max_routes;
+        forwarding
+    }
+
     /// Where `message` goes, if to another node: the node of its model, or of the request
     /// it answers (whose id it then carries as that node gave it).
     pub(crate) fn route(&self, message: &mut ClientMessage) -> Option<Arc<str>> {
@@ -123,9 +132,14 @@ impl Forwarding {
         model_of(message).and_then(|model| self.models.get(model).cloned())
     }
 
-    /// From now on `model`'s messages go to the node at `url`.
-    pub(crate) fn forward(&mut self, model: ModelId, url: Arc<str>) {
+    /// From now on `model`'s messages go to the node at `url`; `false`, and nothing
+    /// changes, if the connection routes as many models as it may already.
+    pub(crate) fn forward(&mut self, model: ModelId, url: Arc<str>) -> bool {
+        if self.models.len() >= self.max_routes && !self.models.contains_key(&model) {
+            return false;
+        }
         self.models.insert(model, url);
+        true
     }
 
     /// Where `model`'s messages go, if to another node.
@@ -323,7 +337,7 @@ mod tests {
     /// that node's id, once; its answer to its own node's request stays there.
     #[tokio::test]
     async fn answers_go_back_to_the_node_that_asked_under_its_id() {
-        let mut forwarding = Forwarding::default();
+        let mut forwarding = Forwarding::new(10);
         let (b, c): (Arc<str>, Arc<str>) = ("ws://b/acme".into(), "ws://c/acme".into());
         forwarding.upstreams.insert(b.clone(), upstream(&[(ALIASES_FROM, 1)]));
         forwarding.upstreams.insert(c.clone(), upstream(&[(ALIASES_FROM + 1, 1)]));
@@ -345,5 +359,19 @@ mod tests {
         let mut own = answer(1);
         assert_eq!(forwarding.route(&mut own), None);
         assert!(matches!(own, ClientMessage::Response { to: RequestId(1), .. }));
+    }
+
+    #[test]
+    fn routes_are_bounded_in_number() {
+        let mut forwarding = Forwarding::new(2);
+        let (b, c): (Arc<str>, Arc<str>) = ("ws://b/acme".into(), "ws://c/acme".into());
+        let model = |id: &str| ModelId::new(id).unwrap();
+        assert!(forwarding.forward(model("one"), b.clone()));
+        assert!(forwarding.forward(model("two"), b.clone()));
+        assert!(!forwarding.forward(model("three"), b.clone()), "past the bound");
+        assert_eq!(forwarding.url_of(&model("three")), None);
+        // A model already routed moves to another node whatever the bound.
+        assert!(forwarding.forward(model("one"), c.clone()));
+        assert_eq!(forwarding.url_of(&model("one")), Some(c));
     }
 }
