@@ -318,9 +318,7 @@ impl Sequencer {
             }
             Err(e) => return Err(e),
         };
-        let operation = concurrent
-            .iter()
-            .fold(operation, |op, committed| transform(committed.operation.clone(), op).1);
+        let operation = moved_through(operation, concurrent);
         if let Err(e) = self.apply_within_limit(&operation) {
             return Ok(self.refused(replica, seq, e));
         }
@@ -464,9 +462,7 @@ impl Sequencer {
                 oldest: self.oldest_known_base(),
             });
         }
-        let operation = older.iter().fold(submission.operation, |op, committed| {
-            transform(committed.operation.clone(), op).1
-        });
+        let operation = moved_through(submission.operation, older);
         let base_version = older.last().map_or(base, |op| op.version);
         Ok(Submission { operation, base_version, ..submission })
     }
@@ -493,6 +489,12 @@ impl Sequencer {
             _ => CatchUp::Snapshot(self.snapshot()),
         }
     }
+}
+
+/// `operation` moved past `committed`, the operations committed since its base version, in
+/// order; each committed one is the server's side of [`transform`] (it was ordered first).
+fn moved_through(operation: Operation, committed: &[CommittedOperation]) -> Operation {
+    committed.iter().fold(operation, |op, committed| transform(committed.operation.clone(), op).1)
 }
 
 /// The most discrete edits a model's in-memory history keeps beside its

@@ -1486,10 +1486,15 @@ impl ModelHost {
                 ReferenceChange::Unshare { reference }
             }
         };
+        self.relay_reference(from, relayed);
+    }
+
+    /// Tells the model's other sessions of a reference change `from` made.
+    fn relay_reference(&mut self, from: &SessionRef, change: ReferenceChange) {
         let push = ServerPush::RemoteReference {
             model: self.model.clone(),
             session: from.session.clone(),
-            change: relayed,
+            change,
         };
         self.broadcast_except(from.conn, ServerMessage::Push(push));
     }
@@ -1535,13 +1540,7 @@ impl ModelHost {
             // Its element was removed since: cleared, as a set moved in memory would be.
             None => {
                 self.references.insert((from.session.clone(), reference.clone()), None);
-                let change = ReferenceChange::Clear { reference };
-                let push = ServerPush::RemoteReference {
-                    model: self.model.clone(),
-                    session: from.session.clone(),
-                    change,
-                };
-                self.broadcast_except(from.conn, ServerMessage::Push(push));
+                self.relay_reference(from, ReferenceChange::Clear { reference });
             }
         }
     }
