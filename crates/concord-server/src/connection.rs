@@ -553,6 +553,7 @@ async fn write_one(
             }
             Outbound::History { key, read, held } => {
                 let message = hub.store.history(&key, &read).await;
+                hub.metrics.sent(&message);
                 let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
                 let frame = frame(&message, max_bytes).ok_or(())?;
                 feed(sink, frame).await?;
@@ -561,6 +562,7 @@ async fn write_one(
             Outbound::Query { domain, read, held } => {
                 let (config, limits) = (&hub.models.config, &hub.config.query);
                 let message = hub.store.query(&domain, &read, config, limits).await;
+                hub.metrics.sent(&message);
                 let max_bytes = max_message_bytes(hub.config.limits.max_queued_bytes);
                 let frame = frame(&message, max_bytes).ok_or(())?;
                 feed(sink, frame).await?;

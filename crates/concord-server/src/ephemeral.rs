@@ -17,6 +17,7 @@ use concord_sync::host::{
     PresenceLimits, SessionRef,
 };
 
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::store::Store;
 
@@ -33,6 +34,8 @@ pub(crate) struct Ephemeral {
     identity_limits: IdentityLimits,
     admins: BTreeSet<UserId>,
     identities: Mutex<HashMap<Arc<str>, IdentityHost>>,
+    /// Where the hosts' refusals are counted.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,7 @@ impl Ephemeral {
         activities: ActivityConfig,
         identity_limits: IdentityLimits,
         admins: BTreeSet<UserId>,
+        metrics: Arc<Metrics>,
     ) -> Ephemeral {
         Ephemeral {
             presence,
@@ -56,6 +60,7 @@ impl Ephemeral {
             identity_limits,
             admins,
             identities: Mutex::default(),
+            metrics,
         }
     }
 
@@ -165,7 +170,7 @@ impl Ephemeral {
         state.outboxes.remove(&conn);
         state.presence.disconnected(conn);
         state.activities.disconnected(conn);
-        state.deliver();
+        state.deliver(&self.metrics);
         if state.outboxes.is_empty() {
             domains.remove(domain);
         }
@@ -179,13 +184,14 @@ impl Ephemeral {
             outboxes: HashMap::new(),
         });
         f(state);
-        state.deliver();
+        state.deliver(&self.metrics);
     }
 }
 
 impl DomainState {
-    /// Queues what the hosts said on the connections' outboxes (bounded as every message).
-    fn deliver(&mut self) {
+    /// Queues what the hosts said on the connections' outboxes (bounded as every message),
+    /// counting each refusal once.
+    fn deliver(&mut self, metrics: &Metrics) {
         let mut outputs = Vec::new();
         while let Some(output) = self.presence.poll_output() {
             outputs.push(output);
@@ -194,6 +200,7 @@ impl DomainState {
             outputs.push(output);
         }
         for Broadcast { to, message } in outputs {
+            metrics.sent(&message);
             for conn in to {
                 if let Some(outbox) = self.outboxes.get(&conn) {
                     outbox.message(&message);

@@ -67,6 +67,7 @@ impl Hub {
             config.activities.clone(),
             config.identities,
             config.admins.clone(),
+            metrics.clone(),
         );
         Hub {
             ephemeral,

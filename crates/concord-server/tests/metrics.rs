@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use concord_ot::{DiscreteOperation, Document, Operation, OperationKind, PathSegment, ReplicaId};
-use concord_protocol::{ClientRequest, ErrorCode, ServerPush, ServerResponse};
+use concord_protocol::{
+    ActivityId, ActivityRequest, ClientRequest, ErrorCode, PresenceRequest, ServerPush,
+    ServerResponse,
+};
 use concord_server::RunningServer;
 use concord_testkit::wire::{Editor, WireClient};
 use support::*;
@@ -92,6 +95,17 @@ async fn metrics_follow_real_work_over_websockets() -> anyhow::Result<()> {
     assert_eq!(refused, ErrorCode::SEQ_OUT_OF_ORDER);
     let missing = try_open(&mut alice, "nothing-here").await?;
     assert_eq!(missing.map_err(|e| e.code).err(), Some(ErrorCode::MODEL_NOT_FOUND));
+    // Presence and activities count their refusals too: a presence state past its bound,
+    // and state set in an activity the session is not in.
+    let big = [("k".to_owned(), format!("\"{}\"", "x".repeat(20_000)))].into();
+    let too_big = ClientRequest::Presence(PresenceRequest::SetState { state: big });
+    let refused = alice.request(too_big).await?.map_err(|e| e.code).err();
+    assert_eq!(refused, Some(ErrorCode::OVERLOADED));
+    let activity = ActivityId { kind: "meeting".into(), id: "standup".into() };
+    let state = [("hand".to_owned(), "true".to_owned())].into();
+    let not_in = ClientRequest::Activity(ActivityRequest::SetState { activity, state });
+    let refused = alice.request(not_in).await?.map_err(|e| e.code).err();
+    assert_eq!(refused, Some(ErrorCode::INVALID_ARGUMENT));
 
     // Bob catches up from version 0: the seven operations come as a resync page.
     let mut bob: WireClient = connect(&server, "bob").await?;
@@ -115,6 +129,8 @@ async fn metrics_follow_real_work_over_websockets() -> anyhow::Result<()> {
     assert_eq!(value(&during, "concord_resync_pages_total")?, 1.0);
     assert_eq!(value(&during, "concord_refused_total{reason=\"seq_out_of_order\"}")?, 1.0);
     assert_eq!(value(&during, "concord_refused_total{reason=\"model_not_found\"}")?, 1.0);
+    assert_eq!(value(&during, "concord_refused_total{reason=\"overloaded\"}")?, 1.0);
+    assert_eq!(value(&during, "concord_refused_total{reason=\"invalid_argument\"}")?, 1.0);
     assert_eq!(value(&during, "concord_refused_total{reason=\"permission_denied\"}")?, 0.0);
     // The creation and each acknowledged change were committed before being answered.
     let commits = value(&during, "concord_commit_seconds_count")?;
