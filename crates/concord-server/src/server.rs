@@ -24,7 +24,7 @@ use crate::cluster::Cluster;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{RedbStore, Store, StoreError, catching_damage, start_writer};
+use crate::store::{RedbStore, Store, StoreError, start_writer};
 use crate::web_root::{self, WebRoot};
 
 /// Why the server could not start or had to stop.
@@ -207,11 +207,9 @@ async fn open_store(
     }
     let dir = config.data_dir.clone();
     let indexes = config.indexes.clone();
-    let store = tokio::task::spawn_blocking(move || {
-        catching_damage(|| RedbStore::open_indexed(&dir, &indexes))
-    })
-    .await
-    .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
+    let store = tokio::task::spawn_blocking(move || RedbStore::open_indexed(&dir, &indexes))
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
     Ok((Arc::new(store), None))
 }
 

@@ -342,10 +342,45 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
     }
 }
 
+/// The redb database, closed without ever taking the process down. redb panics on some
+/// damage it reads back ([`catching_damage`]), and the panic poisons its locks: closing it
+/// then panics again, which while the first panic unwinds aborts the process (found by the
+/// `server_store_file` fuzz target). So a database dropped during a panic is left unclosed
+/// (the OS closes its file at exit; redb repairs an unclean close at the next open), and a
+/// close that panics at any other time is caught and logged.
+#[derive(Debug)]
+pub(crate) struct Db(Option<Database>);
+
+impl Db {
+    fn new(database: Database) -> Db {
+        Db(Some(database))
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Some(database) = self.0.take() else { return };
+        if std::thread::panicking() {
+            std::mem::forget(database);
+        } else if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database))).is_err()
+        {
+            tracing::error!("closing the store file failed inside the database (it was damaged)");
+        }
+    }
+}
+
 /// The read side, shared by every task; reads never wait for the writer.
 #[derive(Debug, Clone)]
 pub(crate) struct RedbStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     /// Held for writing by a commit from when redb shows it until the log has made it
     /// durable; every read begins under it ([`RedbStore::begin_read`]), so that no read
     /// sees a commit that a crash could still take back. (Only the writer's thread
@@ -357,7 +392,8 @@ impl RedbStore {
     /// Opens the store in `dir`, creating the directory (0700 on Unix) and a new store file
     /// (0600) only if none exists. An existing file that is empty or not a Concord store is
     /// refused ([`StoreError::NotAStore`]); one of an older format is migrated in one
-    /// transaction, one of a newer format refused.
+    /// transaction, one of a newer format refused; one so damaged that the database panics
+    /// inside is refused as corrupt ([`catching_damage`]).
     pub(crate) fn open(dir: &Path) -> Result<RedbStore, StoreError> {
         RedbStore::open_indexed(dir, &BTreeMap::new())
     }
@@ -373,18 +409,22 @@ impl RedbStore {
         if !path.try_exists()? {
             create_file(dir, &path)?;
         }
-        let db = open_file(&path)?;
+        let db = Db::new(catching_damage(|| open_file(&path))?);
         warn_if_readable_by_others(&path);
-        let found = recorded_format(&db, &path)?;
-        if found > FORMAT_VERSION {
-            return Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION });
-        }
-        if found < FORMAT_VERSION {
-            migrate::to_current(&db, found)?;
-            tracing::info!(from = found, to = FORMAT_VERSION, "migrated the server store");
-        }
-        let wal = recover(&db, dir)?;
-        query::sync_indexes(&db, indexes)?;
+        // Guarded here, where `db` outlives a panic inside it (see [`Db`]).
+        let wal = catching_damage(|| {
+            let found = recorded_format(&db, &path)?;
+            if found > FORMAT_VERSION {
+                return Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION });
+            }
+            if found < FORMAT_VERSION {
+                migrate::to_current(&db, found)?;
+                tracing::info!(from = found, to = FORMAT_VERSION, "migrated the server store");
+            }
+            let wal = recover(&db, dir)?;
+            query::sync_indexes(&db, indexes)?;
+            Ok(wal)
+        })?;
         Ok(RedbStore { db: Arc::new(db), wal: Arc::new(RwLock::new(wal)) })
     }
 

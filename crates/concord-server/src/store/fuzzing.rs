@@ -136,15 +136,15 @@ pub fn read_store_with_log(
 ) -> Result<usize, StoreError> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(FILE_NAME), store)?;
-    catching_damage(|| {
-        let (id, applied) = log_position(&RedbStore::open(dir)?.db)?;
-        let mut log = Vec::new();
-        for (seq, payload) in (applied + 1..).zip(payloads) {
-            log.extend(wal::record(id, seq, payload));
-        }
-        std::fs::write(dir.join(wal::FILE_NAME), log)?;
-        read_all(dir)
-    })
+    let store = RedbStore::open(dir)?;
+    let (id, applied) = catching_damage(|| log_position(&store.db))?;
+    drop(store);
+    let mut log = Vec::new();
+    for (seq, payload) in (applied + 1..).zip(payloads) {
+        log.extend(wal::record(id, seq, payload));
+    }
+    std::fs::write(dir.join(wal::FILE_NAME), log)?;
+    catching_damage(|| read_all(dir))
 }
 
 /// The writes of the sample store, as one commit in its domain.
@@ -259,8 +259,24 @@ pub fn read_store_file(dir: &Path, bytes: &[u8]) -> Result<usize, StoreError> {
     catching_damage(|| read_all(dir))
 }
 
+/// Each store is opened outside the guard around its reads, as the server's are, so that it
+/// outlives a panic inside the database ([`super::Db`]).
 fn read_all(dir: &Path) -> Result<usize, StoreError> {
     let store = RedbStore::open_indexed(dir, &sample_indexes())?;
+    let keys = catching_damage(|| read_indexed(&store))?;
+    drop(store);
+    // Opened again without indexes: the index tables are dropped, whatever their damage.
+    let store = RedbStore::open(dir)?;
+    catching_damage(|| {
+        for key in &keys {
+            store.operations(key, 0, u64::MAX, usize::MAX)?;
+        }
+        Ok(keys.len())
+    })
+}
+
+/// Reads every record of `store` (opened with indexes); returns the models' keys.
+fn read_indexed(store: &RedbStore) -> Result<Vec<ModelKey>, StoreError> {
     let txn = store.db.begin_read().map_err(backend)?;
     let mut keys = Vec::new();
     for entry in txn.open_table(MODELS).map_err(backend)?.iter().map_err(backend)? {
@@ -330,14 +346,7 @@ fn read_all(dir: &Path) -> Result<usize, StoreError> {
         };
         store.history(key, &read);
     }
-    // Opened again without indexes: the index tables are dropped, whatever their damage.
-    drop(txn);
-    drop(store);
-    let store = RedbStore::open(dir)?;
-    for key in &keys {
-        store.operations(key, 0, u64::MAX, usize::MAX)?;
-    }
-    Ok(keys.len())
+    Ok(keys)
 }
 
 #[cfg(test)]
