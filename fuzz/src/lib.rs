@@ -161,3 +161,21 @@ pub fn check_tp1(input: &Tp1Input) {
         "TP1 violated: a then b' = {b2:?} differs from b then a' = {a2:?}"
     );
 }
+
+/// `file` with each `(at, byte)` change made, `at` taken modulo the file's length.
+pub(crate) fn damaged(file: &[u8], changes: &[(u32, u8)]) -> Vec<u8> {
+    let mut file = file.to_vec();
+    for &(at, byte) in changes {
+        let at = at as usize % file.len();
+        file[at] = byte;
+    }
+    file
+}
+
+/// A path of this process's and thread's own for `what` (tests read files on several
+/// threads).
+pub(crate) fn scratch_path(what: &str) -> std::path::PathBuf {
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    std::env::temp_dir().join(format!("concord-fuzz-{what}-{}-{thread}", std::process::id()))
+}

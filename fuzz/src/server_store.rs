@@ -75,17 +75,8 @@ pub enum FileInput {
 impl FileInput {
     pub fn bytes(&self) -> Vec<u8> {
         match self {
-            FileInput::DamagedCurrent(changes) | FileInput::DamagedFixture(changes) => {
-                let mut file = match self {
-                    FileInput::DamagedCurrent(_) => current_file().to_vec(),
-                    _ => FIXTURE.to_vec(),
-                };
-                for &(at, byte) in changes {
-                    let at = at as usize % file.len();
-                    file[at] = byte;
-                }
-                file
-            }
+            FileInput::DamagedCurrent(changes) => crate::damaged(current_file(), changes),
+            FileInput::DamagedFixture(changes) => crate::damaged(FIXTURE, changes),
             FileInput::Bytes(bytes) => bytes.clone(),
         }
     }
@@ -175,9 +166,6 @@ pub fn check_log(input: &LogInput) -> std::result::Result<usize, StoreError> {
     read_store_with_log(&dir, current_file(), &payloads)
 }
 
-/// This process's and thread's own directory (tests read files on several threads).
 fn scratch_dir() -> PathBuf {
-    let thread = format!("{:?}", std::thread::current().id());
-    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    std::env::temp_dir().join(format!("concord-fuzz-server-store-{}-{thread}", std::process::id()))
+    crate::scratch_path("server-store")
 }

@@ -13,7 +13,7 @@ use concord_fuzz::query::{PlanInput, check_online_offline, check_query_plan};
 use concord_fuzz::server_store::{
     FileInput, LogInput, SealedInput, check_file, check_log, check_sealed,
 };
-use concord_fuzz::store::{RecordInput, check_record};
+use concord_fuzz::store::{RecordInput, StoreFileInput, check_record, check_store_file};
 use concord_fuzz::{ApplyInput, Tp1Input, check_apply, check_tp1};
 
 /// Findings not fixed yet, as `(target, file name)`.
@@ -86,6 +86,15 @@ fn query_plan_crashers() {
 #[test]
 fn store_records_crashers() {
     replay("store_records", |bytes| passes::<RecordInput>(bytes, check_record));
+}
+
+#[test]
+fn store_file_crashers() {
+    replay("store_file", |bytes| {
+        passes::<StoreFileInput>(bytes, |input| {
+            let _ = check_store_file(input);
+        })
+    });
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! fixed pseudo-random bytes, from truncations of valid records, and from valid records
 //! with one byte changed.
 
-use concord_fuzz::store::{RecordInput, check_record};
+use concord_fuzz::store::{
+    RecordInput, StoreFileInput, check_record, check_store_file, sample_file,
+};
 use concord_storage::fuzzing::{RecordKind, decode_record};
 
 /// xorshift64: deterministic bytes without a dependency.
@@ -75,4 +77,30 @@ fn postcard_user(user: &concord_protocol::User) -> Vec<u8> {
     }
     out.push(u8::from(user.anonymous));
     out
+}
+
+#[test]
+fn the_sample_file_reads_whole() {
+    let read = check_store_file(&StoreFileInput::DamagedSample(Vec::new()));
+    assert_eq!(read.expect("the sample reads"), 2, "its two models");
+}
+
+#[test]
+fn a_damaged_store_file_reads_or_fails_with_a_typed_error() {
+    let (mut read, mut refused) = (0, 0);
+    for at in (0..sample_file().len() as u32).step_by(211) {
+        for byte in [0x00, 0xff] {
+            match check_store_file(&StoreFileInput::DamagedSample(vec![(at, byte)])) {
+                Ok(_) => read += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    let mut seed = 0xf11e_u64;
+    for len in [1, 100, 4096, 70_000] {
+        let input = StoreFileInput::Bytes(bytes(&mut seed, len));
+        assert!(check_store_file(&input).is_err(), "{len} arbitrary bytes read as a store");
+    }
+    // Damage in the header and tables is noticed; damage in free pages is not there to be.
+    assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
 }

@@ -10,6 +10,10 @@
 //! - Versioned: the store's format version is checked on open; older formats are migrated
 //!   in the opening transaction, newer ones refused.
 //!
+//! - Damage is an error: redb trusts what it reads back and panics on some damaged pages
+//!   and keys; every call into it here is guarded, so a damaged file gives
+//!   [`StorageError::Corrupt`], never a panic in the client (the `store_file` fuzz target).
+//!
 //! The redb API is synchronous: the async methods run it on the calling thread. A client
 //! that must not block its executor calls them from a blocking-capable thread.
 
@@ -46,6 +50,42 @@ fn from_redb(error: impl Into<redb::Error>) -> StorageError {
             StorageError::Corrupt(format!("redb file format {version} needs a manual upgrade"))
         }
         other => StorageError::Backend(other.to_string()),
+    }
+}
+
+/// Runs `f`, which calls into redb, reporting a panic inside it as a damaged store file.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let cause = (panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StorageError::Corrupt(format!("the store file is damaged: {cause}")))
+    })
+}
+
+/// A redb database that never takes the process down when it is closed. A panic inside
+/// redb poisons its locks, and closing it then panics again — which, while the first panic
+/// unwinds, aborts the process. So it is left unclosed when dropped during a panic (the OS
+/// closes the file; redb repairs an unclean close at the next open), and a close that
+/// panics at any other time is caught.
+struct Db(Option<Database>);
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Some(database) = self.0.take() else { return };
+        if std::thread::panicking() {
+            std::mem::forget(database);
+        } else {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database)));
+        }
     }
 }
 
@@ -118,8 +158,7 @@ impl StorageAdapter for RedbAdapter {
             return Ok(());
         }
         // Holding the lock proves that no one has the store open.
-        let database = open_database(&path)?;
-        drop(database);
+        drop(Db(Some(guarded(|| open_database(&path))?)));
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
             _ => Ok(()),
@@ -159,7 +198,7 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
 pub struct RedbStore {
     key: StoreKey,
     path: PathBuf,
-    database: Database,
+    database: Db,
 }
 
 impl fmt::Debug for RedbStore {
@@ -184,7 +223,7 @@ impl RedbStore {
         supported: u32,
         migrations: &[Migration],
     ) -> Result<RedbStore, StorageError> {
-        let database = open_database(&path)?;
+        let database = Db(Some(guarded(|| open_database(&path))?));
         let store = RedbStore { key: key.clone(), path, database };
         store.write(|kv| store::prepare(kv, key, supported, migrations).map(drop))?;
         Ok(store)
@@ -197,6 +236,13 @@ impl RedbStore {
 
     /// Runs `f` in one durable write transaction: committed if `f` succeeds, aborted if not.
     fn write<T>(
+        &self,
+        f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        guarded(|| self.write_unguarded(f))
+    }
+
+    fn write_unguarded<T>(
         &self,
         f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
@@ -228,15 +274,17 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&dyn KvRead) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let transaction = self.database.begin_read().map_err(from_redb)?;
-        let kv = ReadKv {
-            tables: Table::ALL
-                .iter()
-                .map(|&t| transaction.open_table(definition(t)))
-                .collect::<Result<_, _>>()
-                .map_err(from_redb)?,
-        };
-        f(&kv)
+        guarded(|| {
+            let transaction = self.database.begin_read().map_err(from_redb)?;
+            let kv = ReadKv {
+                tables: Table::ALL
+                    .iter()
+                    .map(|&t| transaction.open_table(definition(t)))
+                    .collect::<Result<_, _>>()
+                    .map_err(from_redb)?,
+            };
+            f(&kv)
+        })
     }
 }
 
