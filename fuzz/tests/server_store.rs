@@ -103,16 +103,22 @@ fn a_damaged_logged_commit_applies_or_fails_with_a_typed_error() {
     assert!(applied > 0 && refused > 0, "{applied} applied, {refused} refused");
 }
 
-/// A damaged file on which redb panics while committing the store's opening transaction,
-/// leaving its locks poisoned: closing the database panicked again while the first panic
-/// unwound, which aborted the process (server start included). It is refused as corrupt.
+/// Damaged files on which redb panics while committing the store's opening transaction,
+/// leaving its locks poisoned: closing the database panicked again — while the first panic
+/// unwound, or with panics nested inside the close — which aborted the process (server
+/// start included). They are refused as corrupt.
 #[test]
 fn a_file_the_database_panics_on_while_opening_is_refused_as_corrupt() {
     use arbitrary::{Arbitrary, Unstructured};
-    let saved = include_bytes!("../crashers/server_store_file/damaged-file-abort");
-    let input = FileInput::arbitrary_take_rest(Unstructured::new(saved)).unwrap();
-    match check_file(&input) {
-        Err(StoreError::Corrupt(why)) => assert!(why.contains("inside the database"), "{why}"),
-        other => panic!("expected a corrupt store, got {other:?}"),
+    let saved: [&[u8]; 2] = [
+        include_bytes!("../crashers/server_store_file/damaged-file-abort"),
+        include_bytes!("../crashers/server_store_file/damaged-file-abort-2"),
+    ];
+    for bytes in saved {
+        let input = FileInput::arbitrary_take_rest(Unstructured::new(bytes)).unwrap();
+        match check_file(&input) {
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("inside the database"), "{why}"),
+            other => panic!("expected a corrupt store, got {other:?}"),
+        }
     }
 }

@@ -323,14 +323,15 @@ fn backend(error: impl Into<redb::Error>) -> StoreError {
 pub(crate) fn catching_damage<T>(
     read: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
-        let cause = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(StoreError::Corrupt(format!("reading it failed inside the database: {cause}")))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(damage)
+}
+
+/// The error for a panic inside the database.
+fn damage<T>(panic: Box<dyn std::any::Any + Send>) -> Result<T, StoreError> {
+    let cause = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    Err(StoreError::Corrupt(format!("reading it failed inside the database: {cause}")))
 }
 
 /// The error for a damaged record of `model` (or of the domain) described by `record`.
@@ -343,17 +344,32 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
 }
 
 /// The redb database, closed without ever taking the process down. redb panics on some
-/// damage it reads back ([`catching_damage`]), and the panic poisons its locks: closing it
-/// then panics again, which while the first panic unwinds aborts the process (found by the
-/// `server_store_file` fuzz target). So a database dropped during a panic is left unclosed
-/// (the OS closes its file at exit; redb repairs an unclean close at the next open), and a
-/// close that panics at any other time is caught and logged.
+/// damage it reads back ([`catching_damage`]); closing a database it panicked in panics
+/// again, more than once, and a panic while another unwinds aborts the process (found by
+/// the `server_store_file` fuzz target). So a database that panicked ([`Db::catching`]),
+/// or that is dropped during a panic, is left unclosed: the OS closes its file at exit, and
+/// redb repairs an unclean close at the next open.
 #[derive(Debug)]
-pub(crate) struct Db(Option<Database>);
+pub(crate) struct Db {
+    database: Option<Database>,
+    damaged: std::sync::atomic::AtomicBool,
+}
 
 impl Db {
     fn new(database: Database) -> Db {
-        Db(Some(database))
+        Db { database: Some(database), damaged: Default::default() }
+    }
+
+    /// Runs `f`, which uses this database, reporting a panic inside it as a damaged store
+    /// (as [`catching_damage`]) and remembering it, so that the database is not closed.
+    pub(crate) fn catching<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            self.damaged.store(true, Ordering::Relaxed);
+            damage(panic)
+        })
     }
 }
 
@@ -361,18 +377,16 @@ impl std::ops::Deref for Db {
     type Target = Database;
 
     fn deref(&self) -> &Database {
-        self.0.as_ref().expect("taken only when dropped")
+        self.database.as_ref().expect("taken only when dropped")
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let Some(database) = self.0.take() else { return };
-        if std::thread::panicking() {
+        let Some(database) = self.database.take() else { return };
+        if std::thread::panicking() || *self.damaged.get_mut() {
+            tracing::error!("the store file was damaged; it is left for the OS to close");
             std::mem::forget(database);
-        } else if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database))).is_err()
-        {
-            tracing::error!("closing the store file failed inside the database (it was damaged)");
         }
     }
 }
@@ -411,8 +425,7 @@ impl RedbStore {
         }
         let db = Db::new(catching_damage(|| open_file(&path))?);
         warn_if_readable_by_others(&path);
-        // Guarded here, where `db` outlives a panic inside it (see [`Db`]).
-        let wal = catching_damage(|| {
+        let wal = db.catching(|| {
             let found = recorded_format(&db, &path)?;
             if found > FORMAT_VERSION {
                 return Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION });
@@ -636,11 +649,13 @@ impl RedbStore {
 }
 
 /// Runs a blocking read of the redb file on the blocking pool, reporting a panic inside
-/// redb as damage (`catching_damage`).
+/// redb as damage ([`Db::catching`]).
 async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    store: &RedbStore,
+    read: impl FnOnce(&RedbStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(|| catching_damage(read))
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.db.catching(|| read(&store)))
         .await
         .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
 }
@@ -650,8 +665,8 @@ async fn blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl ServerStore for RedbStore {
     async fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
-        let (store, key) = (self.clone(), key.clone());
-        blocking(move || store.load(&key)).await
+        let key = key.clone();
+        blocking(self, move |store| store.load(&key)).await
     }
 
     async fn operations(
@@ -661,8 +676,8 @@ impl ServerStore for RedbStore {
         through: u64,
         limit: usize,
     ) -> Result<Vec<HistoryOperation>, StoreError> {
-        let (store, key) = (self.clone(), key.clone());
-        blocking(move || store.operations_with_users(&key, after, through, limit)).await
+        let key = key.clone();
+        blocking(self, move |store| store.operations_with_users(&key, after, through, limit)).await
     }
 
     async fn collection(
@@ -670,8 +685,8 @@ impl ServerStore for RedbStore {
         domain: &str,
         collection: &CollectionId,
     ) -> Result<Option<CollectionConfig>, StoreError> {
-        let (store, domain, collection) = (self.clone(), domain.to_owned(), collection.clone());
-        blocking(move || store.collection(&domain, &collection)).await
+        let (domain, collection) = (domain.to_owned(), collection.clone());
+        blocking(self, move |store| store.collection(&domain, &collection)).await
     }
 
     async fn replica_owner(
@@ -679,8 +694,8 @@ impl ServerStore for RedbStore {
         domain: &str,
         replica: ReplicaId,
     ) -> Result<Option<UserId>, StoreError> {
-        let (store, domain) = (self.clone(), domain.to_owned());
-        blocking(move || store.replica_owner(&domain, replica)).await
+        let domain = domain.to_owned();
+        blocking(self, move |store| store.replica_owner(&domain, replica)).await
     }
 
     async fn user(
@@ -688,8 +703,8 @@ impl ServerStore for RedbStore {
         domain: &str,
         user: &UserId,
     ) -> Result<Option<concord_protocol::User>, StoreError> {
-        let (store, domain, user) = (self.clone(), domain.to_owned(), user.clone());
-        blocking(move || store.user(&domain, &user)).await
+        let (domain, user) = (domain.to_owned(), user.clone());
+        blocking(self, move |store| store.user(&domain, &user)).await
     }
 
     async fn identities(
@@ -697,16 +712,14 @@ impl ServerStore for RedbStore {
         domain: &str,
         max_users: usize,
     ) -> Result<Vec<Identity>, StoreError> {
-        let (store, domain) = (self.clone(), domain.to_owned());
-        blocking(move || store.identities(&domain, max_users)).await
+        let domain = domain.to_owned();
+        blocking(self, move |store| store.identities(&domain, max_users)).await
     }
 
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
-        let read_again = read;
-        let (store, key, read) = (self.clone(), key.clone(), read.clone());
-        let answer = tokio::task::spawn_blocking(move || store.history(&key, &read)).await;
-        answer
-            .unwrap_or_else(|e| failed_history(read_again, format!("the history read failed: {e}")))
+        let (key, owned_read) = (key.clone(), read.clone());
+        let answer = blocking(self, move |store| Ok(store.history(&key, &owned_read))).await;
+        answer.unwrap_or_else(|e| failed_history(read, format!("the history read failed: {e}")))
     }
 
     async fn query(
@@ -716,10 +729,10 @@ impl ServerStore for RedbStore {
         config: &Arc<HostConfig>,
         limits: &QueryLimits,
     ) -> ServerMessage {
-        let (store, domain, owned_read) = (self.clone(), domain.to_owned(), read.clone());
+        let (domain, owned_read) = (domain.to_owned(), read.clone());
         let (owned_config, owned_limits) = (config.clone(), *limits);
-        let answer = tokio::task::spawn_blocking(move || {
-            store.query(&domain, &owned_read, &owned_config, &owned_limits)
+        let answer = blocking(self, move |store| {
+            Ok(store.query(&domain, &owned_read, &owned_config, &owned_limits))
         })
         .await;
         answer.unwrap_or_else(|e| {
@@ -730,7 +743,7 @@ impl ServerStore for RedbStore {
     /// In place, on the writer's thread: a hop to the blocking pool and back would add two
     /// thread switches to every acknowledgement, as long as the flush itself at one client.
     async fn commit(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
-        catching_damage(|| self.commit_logged(batch))
+        self.db.catching(|| self.commit_logged(batch))
     }
 }
 

@@ -55,36 +55,54 @@ fn from_redb(error: impl Into<redb::Error>) -> StorageError {
 
 /// Runs `f`, which calls into redb, reporting a panic inside it as a damaged store file.
 fn guarded<T>(f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let cause = (panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(StorageError::Corrupt(format!("the store file is damaged: {cause}")))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(damage)?
 }
 
-/// A redb database that never takes the process down when it is closed. A panic inside
-/// redb poisons its locks, and closing it then panics again — which, while the first panic
-/// unwinds, aborts the process. So it is left unclosed when dropped during a panic (the OS
-/// closes the file; redb repairs an unclean close at the next open), and a close that
-/// panics at any other time is caught.
-struct Db(Option<Database>);
+/// The error for a panic inside redb.
+fn damage(panic: Box<dyn std::any::Any + Send>) -> StorageError {
+    let cause = (panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    StorageError::Corrupt(format!("the store file is damaged: {cause}"))
+}
+
+/// A redb database that never takes the process down when it is closed. Closing one that
+/// redb panicked in panics again, more than once, and a panic while another unwinds aborts
+/// the process. So a database that panicked ([`Db::guarded`]), or that is dropped during a
+/// panic, is left unclosed: the OS closes the file, and redb repairs an unclean close at the
+/// next open.
+struct Db {
+    database: Option<Database>,
+    damaged: std::sync::atomic::AtomicBool,
+}
+
+impl Db {
+    fn new(database: Database) -> Db {
+        Db { database: Some(database), damaged: Default::default() }
+    }
+
+    /// [`guarded`], remembering a panic so that the database is not closed.
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+            self.damaged.store(true, std::sync::atomic::Ordering::Relaxed);
+            damage(panic)
+        })?
+    }
+}
 
 impl std::ops::Deref for Db {
     type Target = Database;
 
     fn deref(&self) -> &Database {
-        self.0.as_ref().expect("taken only when dropped")
+        self.database.as_ref().expect("taken only when dropped")
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let Some(database) = self.0.take() else { return };
-        if std::thread::panicking() {
+        let Some(database) = self.database.take() else { return };
+        if std::thread::panicking() || *self.damaged.get_mut() {
             std::mem::forget(database);
-        } else {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database)));
         }
     }
 }
@@ -158,7 +176,7 @@ impl StorageAdapter for RedbAdapter {
             return Ok(());
         }
         // Holding the lock proves that no one has the store open.
-        drop(Db(Some(guarded(|| open_database(&path))?)));
+        drop(Db::new(guarded(|| open_database(&path))?));
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
             _ => Ok(()),
@@ -223,7 +241,7 @@ impl RedbStore {
         supported: u32,
         migrations: &[Migration],
     ) -> Result<RedbStore, StorageError> {
-        let database = Db(Some(guarded(|| open_database(&path))?));
+        let database = Db::new(guarded(|| open_database(&path))?);
         let store = RedbStore { key: key.clone(), path, database };
         store.write(|kv| store::prepare(kv, key, supported, migrations).map(drop))?;
         Ok(store)
@@ -239,7 +257,7 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        guarded(|| self.write_unguarded(f))
+        self.database.guarded(|| self.write_unguarded(f))
     }
 
     fn write_unguarded<T>(
@@ -274,7 +292,7 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&dyn KvRead) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        guarded(|| {
+        self.database.guarded(|| {
             let transaction = self.database.begin_read().map_err(from_redb)?;
             let kv = ReadKv {
                 tables: Table::ALL

@@ -137,7 +137,7 @@ pub fn read_store_with_log(
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(FILE_NAME), store)?;
     let store = RedbStore::open(dir)?;
-    let (id, applied) = catching_damage(|| log_position(&store.db))?;
+    let (id, applied) = store.db.catching(|| log_position(&store.db))?;
     drop(store);
     let mut log = Vec::new();
     for (seq, payload) in (applied + 1..).zip(payloads) {
@@ -263,11 +263,11 @@ pub fn read_store_file(dir: &Path, bytes: &[u8]) -> Result<usize, StoreError> {
 /// outlives a panic inside the database ([`super::Db`]).
 fn read_all(dir: &Path) -> Result<usize, StoreError> {
     let store = RedbStore::open_indexed(dir, &sample_indexes())?;
-    let keys = catching_damage(|| read_indexed(&store))?;
+    let keys = store.db.catching(|| read_indexed(&store))?;
     drop(store);
     // Opened again without indexes: the index tables are dropped, whatever their damage.
     let store = RedbStore::open(dir)?;
-    catching_damage(|| {
+    store.db.catching(|| {
         for key in &keys {
             store.operations(key, 0, u64::MAX, usize::MAX)?;
         }
