@@ -391,6 +391,53 @@ impl Drop for Db {
     }
 }
 
+/// A table of a write transaction that is forgotten, not dropped, while a panic unwinds: its
+/// destructor takes a lock of the transaction that a panic inside redb (opening another
+/// table of a damaged file, say) may have poisoned, and a second panic while the first
+/// unwinds aborts the process (found by the `server_store_file` fuzz target).
+pub(crate) struct Unwound<T>(Option<T>);
+
+impl<T> std::ops::Deref for Unwound<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl<T> std::ops::DerefMut for Unwound<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("taken only when dropped")
+    }
+}
+
+impl<T> Drop for Unwound<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take()
+            && std::thread::panicking()
+        {
+            std::mem::forget(value);
+        }
+    }
+}
+
+/// Opens the tables of write transactions as [`Unwound`].
+pub(crate) trait WriteTables {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<'_, K, V>,
+    ) -> Result<Unwound<redb::Table<'_, K, V>>, StoreError>;
+}
+
+impl WriteTables for redb::WriteTransaction {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: TableDefinition<'_, K, V>,
+    ) -> Result<Unwound<redb::Table<'_, K, V>>, StoreError> {
+        Ok(Unwound(Some(self.open_table(definition).map_err(backend)?)))
+    }
+}
+
 /// The read side, shared by every task; reads never wait for the writer.
 #[derive(Debug, Clone)]
 pub(crate) struct RedbStore {
@@ -1286,7 +1333,7 @@ fn write_group(db: &Database, group: &[DomainWrites], applied: Applied) -> Resul
         Applied::Logged(seq) => (Durability::None, seq),
     };
     txn.set_durability(durability).map_err(backend)?;
-    txn.open_table(META).map_err(backend)?.insert("wal_applied", seq).map_err(backend)?;
+    txn.table(META)?.insert("wal_applied", seq).map_err(backend)?;
     {
         // Each table is opened at its first use: opening all of them costs more than one
         // operation's writes.
@@ -1466,7 +1513,7 @@ fn write_group(db: &Database, group: &[DomainWrites], applied: Applied) -> Resul
 struct Lazy<'t, K: redb::Key + 'static, V: redb::Value + 'static> {
     txn: &'t redb::WriteTransaction,
     definition: TableDefinition<'static, K, V>,
-    table: Option<redb::Table<'t, K, V>>,
+    table: Option<Unwound<redb::Table<'t, K, V>>>,
 }
 
 impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
@@ -1476,7 +1523,7 @@ impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
 
     fn table(&mut self) -> Result<&mut redb::Table<'t, K, V>, StoreError> {
         if self.table.is_none() {
-            self.table = Some(self.txn.open_table(self.definition).map_err(backend)?);
+            self.table = Some(self.txn.table(self.definition)?);
         }
         Ok(self.table.as_mut().expect("opened above"))
     }

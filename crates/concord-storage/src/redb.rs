@@ -107,6 +107,42 @@ impl Drop for Db {
     }
 }
 
+/// A table handle that is forgotten, not dropped, while a panic unwinds: its destructor
+/// takes a lock of the transaction that a panic inside redb (opening another table of a
+/// damaged file, say) may have poisoned, and a second panic while the first unwinds aborts
+/// the process (found by the `store_file` fuzz target).
+struct Unwound<T>(Option<T>);
+
+impl<T> Unwound<T> {
+    fn new(value: T) -> Unwound<T> {
+        Unwound(Some(value))
+    }
+}
+
+impl<T> std::ops::Deref for Unwound<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl<T> std::ops::DerefMut for Unwound<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("taken only when dropped")
+    }
+}
+
+impl<T> Drop for Unwound<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take()
+            && std::thread::panicking()
+        {
+            std::mem::forget(value);
+        }
+    }
+}
+
 /// Creates stores as files in one directory, named after their key.
 #[derive(Debug, Clone)]
 pub struct RedbAdapter {
@@ -270,7 +306,7 @@ impl RedbStore {
             let mut kv = WriteKv {
                 tables: Table::ALL
                     .iter()
-                    .map(|&t| transaction.open_table(definition(t)))
+                    .map(|&t| transaction.open_table(definition(t)).map(Unwound::new))
                     .collect::<Result<_, _>>()
                     .map_err(from_redb)?,
             };
@@ -297,7 +333,7 @@ impl RedbStore {
             let kv = ReadKv {
                 tables: Table::ALL
                     .iter()
-                    .map(|&t| transaction.open_table(definition(t)))
+                    .map(|&t| transaction.open_table(definition(t)).map(Unwound::new))
                     .collect::<Result<_, _>>()
                     .map_err(from_redb)?,
             };
@@ -331,12 +367,12 @@ fn scan(
 }
 
 struct ReadKv {
-    tables: Vec<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    tables: Vec<Unwound<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>,
 }
 
 impl KvRead for ReadKv {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        get(&self.tables[table.index()], key)
+        get(&*self.tables[table.index()], key)
     }
 
     fn scan(
@@ -345,17 +381,17 @@ impl KvRead for ReadKv {
         range: Option<(&[u8], &[u8])>,
         visit: Visit<'_>,
     ) -> Result<(), StorageError> {
-        scan(&self.tables[table.index()], range, visit)
+        scan(&*self.tables[table.index()], range, visit)
     }
 }
 
 struct WriteKv<'t> {
-    tables: Vec<redb::Table<'t, &'static [u8], &'static [u8]>>,
+    tables: Vec<Unwound<redb::Table<'t, &'static [u8], &'static [u8]>>>,
 }
 
 impl KvRead for WriteKv<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        get(&self.tables[table.index()], key)
+        get(&*self.tables[table.index()], key)
     }
 
     fn scan(
@@ -364,7 +400,7 @@ impl KvRead for WriteKv<'_> {
         range: Option<(&[u8], &[u8])>,
         visit: Visit<'_>,
     ) -> Result<(), StorageError> {
-        scan(&self.tables[table.index()], range, visit)
+        scan(&*self.tables[table.index()], range, visit)
     }
 }
 

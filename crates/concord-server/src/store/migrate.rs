@@ -35,7 +35,7 @@ use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use super::record::{seal, seal_bytes, unseal};
 use super::{
     CHECKPOINTS, COLLECTIONS, Database, Durability, FORMAT_VERSION, LAST_DECISIONS, META, MODELS,
-    OPERATIONS, SNAPSHOTS, StoreError, StoredDecision, USERS, backend, create_tables,
+    OPERATIONS, SNAPSHOTS, StoreError, StoredDecision, USERS, WriteTables, backend, create_tables,
 };
 
 /// Format 1's last commit per replica: `(domain, model, replica)` → `(seq, version, timestamp)`.
@@ -70,7 +70,7 @@ pub(super) fn to_current(db: &Database, found: u64) -> Result<(), StoreError> {
     if found <= 4 {
         super::query::fill_collection_models(&txn)?;
     }
-    let mut meta = txn.open_table(META).map_err(backend)?;
+    let mut meta = txn.table(META)?;
     if found <= 6 {
         meta.insert("wal_id", super::new_log_id()).map_err(backend)?;
     }
@@ -92,7 +92,7 @@ fn seal_pairs(
     txn: &WriteTransaction,
     definition: TableDefinition<(&str, &str), &[u8]>,
 ) -> Result<(), StoreError> {
-    let mut table = txn.open_table(definition).map_err(backend)?;
+    let mut table = txn.table(definition)?;
     let mut after: Option<(String, String)> = None;
     loop {
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -124,7 +124,7 @@ fn seal_pairs(
 
 /// Seals every operation, in place.
 fn seal_operations(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut table = txn.open_table(OPERATIONS).map_err(backend)?;
+    let mut table = txn.table(OPERATIONS)?;
     let mut after: Option<(String, String, u64)> = None;
     loop {
         let mut chunk = Vec::with_capacity(CHUNK);
@@ -158,8 +158,8 @@ fn seal_operations(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// Moves format 1's `replicas` into format 2's `last_commits`, sealed, and drops `replicas`.
 fn move_last_commits(txn: &WriteTransaction) -> Result<(), StoreError> {
     {
-        let old = txn.open_table(V1_REPLICAS).map_err(backend)?;
-        let mut new = txn.open_table(V2_LAST_COMMITS).map_err(backend)?;
+        let old = txn.table(V1_REPLICAS)?;
+        let mut new = txn.table(V2_LAST_COMMITS)?;
         let mut after: Option<(String, String, u64)> = None;
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
@@ -196,8 +196,8 @@ fn move_last_commits(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// decision, and drops `last_commits`.
 fn from_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
     {
-        let old = txn.open_table(V2_LAST_COMMITS).map_err(backend)?;
-        let mut new = txn.open_table(LAST_DECISIONS).map_err(backend)?;
+        let old = txn.table(V2_LAST_COMMITS)?;
+        let mut new = txn.table(LAST_DECISIONS)?;
         let mut after: Option<(String, String, u64)> = None;
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
@@ -239,8 +239,8 @@ fn from_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 /// Makes every model's latest snapshot its first checkpoint.
 fn from_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
-    let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(backend)?;
+    let snapshots = txn.table(SNAPSHOTS)?;
+    let mut checkpoints = txn.table(CHECKPOINTS)?;
     for entry in snapshots.iter().map_err(backend)? {
         let (key, bytes) = entry.map_err(backend)?;
         let (domain, model) = key.value();

@@ -31,7 +31,10 @@ use redb::{
 };
 
 use super::record::{seal, unseal};
-use super::{MODELS, OPERATIONS, RedbStore, SNAPSHOTS, StoreError, backend, read_collection};
+use super::{
+    MODELS, OPERATIONS, RedbStore, SNAPSHOTS, StoreError, Unwound, WriteTables, backend,
+    read_collection,
+};
 
 pub(super) const COLLECTION_MODELS: TableDefinition<(&str, &str, &str), u8> =
     TableDefinition::new("collection_models");
@@ -56,18 +59,20 @@ pub(super) fn entry_key(key: &[u8], model: &str) -> Vec<u8> {
     entry
 }
 
+/// A key of the index entries: `(domain, collection, path, encoded value and model)`.
+type EntryKey = (&'static str, &'static str, &'static str, &'static [u8]);
+
 /// The index tables one write transaction changes.
 pub(super) struct IndexTables<'t> {
-    pub(super) entries:
-        Table<'t, (&'static str, &'static str, &'static str, &'static [u8]), &'static str>,
-    pub(super) model_keys: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    pub(super) entries: Unwound<Table<'t, EntryKey, &'static str>>,
+    pub(super) model_keys: Unwound<Table<'t, (&'static str, &'static str), &'static [u8]>>,
 }
 
 impl IndexTables<'_> {
     pub(super) fn open(txn: &redb::WriteTransaction) -> Result<IndexTables<'_>, StoreError> {
         Ok(IndexTables {
-            entries: txn.open_table(INDEX_ENTRIES).map_err(backend)?,
-            model_keys: txn.open_table(MODEL_INDEX_KEYS).map_err(backend)?,
+            entries: txn.table(INDEX_ENTRIES)?,
+            model_keys: txn.table(MODEL_INDEX_KEYS)?,
         })
     }
 
@@ -194,7 +199,7 @@ pub(super) fn sync_indexes(
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
     {
-        let mut indexes = txn.open_table(INDEXES).map_err(backend)?;
+        let mut indexes = txn.table(INDEXES)?;
         let mut tables = IndexTables::open(&txn)?;
         for (collection, path) in built.difference(&declared) {
             indexes.remove((collection.as_str(), path.as_str())).map_err(backend)?;
@@ -239,9 +244,9 @@ fn build(
     tables: &mut IndexTables<'_>,
     missing: &[&(String, String)],
 ) -> Result<(), StoreError> {
-    let members = txn.open_table(COLLECTION_MODELS).map_err(backend)?;
-    let snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
-    let operations = txn.open_table(OPERATIONS).map_err(backend)?;
+    let members = txn.table(COLLECTION_MODELS)?;
+    let snapshots = txn.table(SNAPSHOTS)?;
+    let operations = txn.table(OPERATIONS)?;
     let by_collection: BTreeMap<&str, Vec<Path>> =
         missing.iter().fold(BTreeMap::new(), |mut map, (collection, path)| {
             if let Ok(path) = Path::parse(path) {
@@ -254,7 +259,7 @@ fn build(
         let (domain, collection, model) = key.value();
         let Some(paths) = by_collection.get(collection) else { continue };
         let Ok(model) = ModelId::new(model) else { continue };
-        let state = match current_in(&snapshots, &operations, domain, &model) {
+        let state = match current_in(&*snapshots, &*operations, domain, &model) {
             Ok(state) => state,
             Err(error) => {
                 // A damaged model stays out of the index; loading it reports the damage.
@@ -285,8 +290,8 @@ fn build(
 
 /// The entries of the model-membership table for a store migrated from format 4.
 pub(super) fn fill_collection_models(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let models = txn.open_table(MODELS).map_err(backend)?;
-    let mut members = txn.open_table(COLLECTION_MODELS).map_err(backend)?;
+    let models = txn.table(MODELS)?;
+    let mut members = txn.table(COLLECTION_MODELS)?;
     for entry in models.iter().map_err(backend)? {
         let (key, bytes) = entry.map_err(backend)?;
         // A damaged record stays reported by its model; it has no known collection.
