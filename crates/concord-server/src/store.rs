@@ -348,7 +348,7 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
 /// again, more than once, and a panic while another unwinds aborts the process (found by
 /// the `server_store_file` fuzz target). So a database that panicked ([`Db::catching`]),
 /// or that is dropped during a panic, is left unclosed: the OS closes its file at exit, and
-/// redb repairs an unclean close at the next open.
+/// redb repairs an unclean close at the next open. A close that panics by itself is caught.
 #[derive(Debug)]
 pub(crate) struct Db {
     database: Option<Database>,
@@ -373,6 +373,21 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Closes the database now, if this is its last handle, reporting a close that panics as
+    /// damage: closing writes the allocator's state, which may meet damage nothing read before.
+    pub(crate) fn close(self: Arc<Db>) -> Result<(), StoreError> {
+        let Ok(mut db) = Arc::try_unwrap(self) else { return Ok(()) };
+        let Some(database) = db.database.take() else { return Ok(()) };
+        if *db.damaged.get_mut() {
+            std::mem::forget(database);
+            return Err(StoreError::Corrupt("the database was damaged".into()));
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| database.close().map_err(backend)))
+            .unwrap_or_else(damage)
+    }
+}
+
 impl std::ops::Deref for Db {
     type Target = Database;
 
@@ -387,6 +402,10 @@ impl Drop for Db {
         if std::thread::panicking() || *self.damaged.get_mut() {
             tracing::error!("the store file was damaged; it is left for the OS to close");
             std::mem::forget(database);
+        } else if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database))).is_err()
+        {
+            // Closing writes the allocator's state, which may meet damage nothing read before.
+            tracing::error!("closing the store file failed inside the database (it is damaged)");
         }
     }
 }

@@ -70,7 +70,7 @@ fn damage(panic: Box<dyn std::any::Any + Send>) -> StorageError {
 /// redb panicked in panics again, more than once, and a panic while another unwinds aborts
 /// the process. So a database that panicked ([`Db::guarded`]), or that is dropped during a
 /// panic, is left unclosed: the OS closes the file, and redb repairs an unclean close at the
-/// next open.
+/// next open. A close that panics by itself is caught.
 struct Db {
     database: Option<Database>,
     damaged: std::sync::atomic::AtomicBool,
@@ -103,6 +103,9 @@ impl Drop for Db {
         let Some(database) = self.database.take() else { return };
         if std::thread::panicking() || *self.damaged.get_mut() {
             std::mem::forget(database);
+        } else {
+            // Closing writes the allocator's state, which may meet damage nothing read before.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database)));
         }
     }
 }

@@ -264,7 +264,9 @@ pub fn read_store_file(dir: &Path, bytes: &[u8]) -> Result<usize, StoreError> {
 fn read_all(dir: &Path) -> Result<usize, StoreError> {
     let store = RedbStore::open_indexed(dir, &sample_indexes())?;
     let keys = store.db.catching(|| read_indexed(&store))?;
-    drop(store);
+    // Closed before the file is opened again, as at a server's stop and restart; a close that
+    // meets damage ends the read there, as it would end the server's run.
+    store.db.close()?;
     // Opened again without indexes: the index tables are dropped, whatever their damage.
     let store = RedbStore::open(dir)?;
     store.db.catching(|| {
