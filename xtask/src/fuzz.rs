@@ -48,6 +48,10 @@ pub(crate) struct FuzzArgs {
     pub(crate) logs: Option<PathBuf>,
     /// Round after round over the targets until stopped, instead of once.
     pub(crate) repeat: bool,
+    /// This many rounds (stopping after one with a finding), each a fresh fuzzing process:
+    /// a target whose code under test keeps what it cannot safely free (a store file a panic
+    /// damaged) gets its hours in bounded pieces.
+    pub(crate) rounds: Option<u64>,
     /// `Some(true)`: nightly; `Some(false)`: stable with `RUSTC_BOOTSTRAP=1`; `None`:
     /// nightly when rustup has it.
     pub(crate) nightly: Option<bool>,
@@ -70,6 +74,7 @@ pub(crate) fn parse_args(args: &[&str]) -> anyhow::Result<FuzzArgs> {
             }
             "--logs" => parsed.logs = Some(args.next().context("--logs needs a directory")?.into()),
             "--repeat" => parsed.repeat = true,
+            "--rounds" => parsed.rounds = Some(number(arg, args.next())?.max(1)),
             "--toolchain" => {
                 parsed.nightly = match args.next().copied() {
                     Some("nightly") => Some(true),
@@ -210,18 +215,21 @@ pub(crate) fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
                 failed.push(target.as_str());
             }
         }
-        if !args.repeat {
-            if !failed.is_empty() {
-                let artifacts = match &args.logs {
-                    Some(logs) => logs.join("artifacts").display().to_string(),
-                    None => "fuzz/artifacts".to_owned(),
-                };
-                bail!(
-                    "fuzz targets failed: {} (inputs are in {artifacts}/<target>/; minimise \
-                     one with `cargo fuzz tmin <target> <input>`)",
-                    failed.join(", ")
-                );
-            }
+        if args.repeat {
+            continue;
+        }
+        if !failed.is_empty() {
+            let artifacts = match &args.logs {
+                Some(logs) => logs.join("artifacts").display().to_string(),
+                None => "fuzz/artifacts".to_owned(),
+            };
+            bail!(
+                "fuzz targets failed: {} (inputs are in {artifacts}/<target>/; minimise \
+                 one with `cargo fuzz tmin <target> <input>`)",
+                failed.join(", ")
+            );
+        }
+        if args.rounds.is_none_or(|rounds| round >= rounds) {
             eprintln!("xtask fuzz: {} ran without a finding", targets.join(", "));
             return Ok(());
         }
@@ -400,6 +408,8 @@ mod tests {
                 ..FuzzArgs::default()
             }
         );
+        assert_eq!(parse_args(&["--rounds", "12"]).unwrap().rounds, Some(12));
+        assert!(parse_args(&["--rounds"]).is_err());
         assert!(parse_args(&["--seconds"]).is_err());
         assert!(parse_args(&["--seconds", "x"]).is_err());
         assert!(parse_args(&["--corpus"]).is_err());

@@ -56,12 +56,13 @@ commands:
   web                              build the browser bundle, the demo page and the package
                                    into target/web
   fuzz [--seconds N] [--cpu-seconds N] [--corpus DIR] [--logs DIR] [--repeat]
-       [--toolchain nightly|stable] [TARGET]
+       [--rounds N] [--toolchain nightly|stable] [TARGET]
                                    run every fuzz target (or TARGET) for N seconds
                                    (default 60) or N CPU seconds each, on nightly (when
                                    installed) or on stable with RUSTC_BOOTSTRAP=1; the corpus in
                                    DIR/<target> (default fuzz/corpus), the output in
-                                   DIR/<target>.log; --repeat: round after round
+                                   DIR/<target>.log; --repeat: round after round; --rounds N:
+                                   N rounds, each a fresh process
   bench                            run the benchmarks
   cluster                          start PostgreSQL and three cluster nodes on loopback
                                    (ports 55432 and 7701-7703), print their URLs,
