@@ -904,6 +904,9 @@ fn open_file(path: &Path) -> Result<Database, StoreError> {
         // redb would initialize a new database in it: a truncated store would come back empty.
         return Err(not_a_store("the file is empty".into()));
     }
+    // Not redb's whole-file check at open (`set_check_integrity_on_open`): one damaged page
+    // would refuse the whole store, where the records' own checksums refuse only the models
+    // they belong to. redb's panics on damage it meets are caught instead (`Db::catching`).
     Database::builder().set_cache_size(CACHE_BYTES).open(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => {
             StoreError::InUse(format!("{} is open in another process", path.display()))

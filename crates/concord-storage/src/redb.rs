@@ -10,9 +10,10 @@
 //! - Versioned: the store's format version is checked on open; older formats are migrated
 //!   in the opening transaction, newer ones refused.
 //!
-//! - Damage is an error: redb trusts what it reads back and panics on some damaged pages
-//!   and keys; every call into it here is guarded, so a damaged file gives
-//!   [`StorageError::Corrupt`], never a panic in the client (the `store_file` fuzz target).
+//! - Damage is an error: the open checks every page's checksum, so a file damaged since it
+//!   was written is refused; and redb panics on some damage instead of reporting it, so
+//!   every call into it is guarded too. A damaged file gives [`StorageError::Corrupt`], never
+//!   a panic in the client (the `store_file` fuzz target).
 //!
 //! The redb API is synchronous: the async methods run it on the calling thread. A client
 //! that must not block its executor calls them from a blocking-capable thread.
@@ -214,8 +215,13 @@ impl StorageAdapter for RedbAdapter {
         if !path.exists() {
             return Ok(());
         }
-        // Holding the lock proves that no one has the store open.
-        drop(Db::new(guarded(|| open_database(&path))?));
+        // Holding the lock proves that no one has the store open. A file too damaged to open
+        // is not open elsewhere either: redb takes the lock before it reads the file.
+        match guarded(|| open_database(&path)) {
+            Ok(database) => drop(Db::new(database)),
+            Err(StorageError::Corrupt(_)) => {}
+            Err(error) => return Err(error),
+        }
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
             _ => Ok(()),
@@ -232,23 +238,31 @@ impl StorageAdapter for RedbAdapter {
 const CACHE_BYTES: usize = 1024 * 1024;
 
 fn open_database(path: &Path) -> Result<Database, StorageError> {
-    Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|error| match error {
-        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-            StorageError::InUse { store: path.display().to_string() }
-        }
-        // At open, these are the file's fault, not the medium's: redb reports a file
-        // that is not a database ("magic number mismatch"), or one too short to be one,
-        // as I/O errors of these kinds.
-        DatabaseError::Storage(redb::StorageError::Io(io))
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            StorageError::Corrupt(format!("not a valid store file: {io}"))
-        }
-        other => from_redb(other),
-    })
+    // Every page's checksum is checked and the allocator's state rebuilt at open (about
+    // 0.45 ms per MiB of a cached file; 4 ms for 10,000 models): a file damaged since redb
+    // wrote it is refused as corrupt here, where a plain open trusts it and redb may panic on
+    // it later.
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|error| match error {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                StorageError::InUse { store: path.display().to_string() }
+            }
+            // At open, these are the file's fault, not the medium's: redb reports a file
+            // that is not a database ("magic number mismatch"), or one too short to be one,
+            // as I/O errors of these kinds.
+            DatabaseError::Storage(redb::StorageError::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                StorageError::Corrupt(format!("not a valid store file: {io}"))
+            }
+            other => from_redb(other),
+        })
 }
 
 /// One open redb store. Dropping it closes the file and releases the lock.
@@ -637,6 +651,31 @@ mod tests {
         let error = RedbStore::open_with(path.clone(), &key(), next, &[]).unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error:?}");
         assert_eq!(stored_format(&path), crate::encoding::FORMAT_VERSION);
+    }
+
+    #[test]
+    fn a_damaged_store_is_refused_and_can_be_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = RedbAdapter::new(dir.path());
+        let store = block_on(adapter.open(&key())).unwrap();
+        block_on(store.commit_group(vec![full_model_batch(1)])).unwrap();
+        drop(store);
+        // A byte changed in every page: the open's check of the pages' checksums fails.
+        let path = adapter.path(&key());
+        let mut bytes = std::fs::read(&path).unwrap();
+        for page in bytes.chunks_mut(4096) {
+            let last = page.len() - 1;
+            page[last / 2] ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        match block_on(adapter.open(&key())) {
+            Err(StorageError::Corrupt(_)) => {}
+            other => panic!("expected a corrupt store, got {other:?}"),
+        }
+        block_on(adapter.destroy(&key())).unwrap();
+        assert!(!path.exists());
+        let store = block_on(adapter.open(&key())).unwrap();
+        assert!(block_on(store.models()).unwrap().is_empty(), "a new, empty store");
     }
 
     #[test]
