@@ -371,9 +371,7 @@ impl Db {
             damage(panic)
         })
     }
-}
 
-impl Db {
     /// Closes the database now, if this is its last handle, reporting a close that panics as
     /// damage: closing writes the allocator's state, which may meet damage nothing read before.
     pub(crate) fn close(self: Arc<Db>) -> Result<(), StoreError> {
@@ -400,7 +398,6 @@ impl Drop for Db {
     fn drop(&mut self) {
         let Some(database) = self.database.take() else { return };
         if std::thread::panicking() || *self.damaged.get_mut() {
-            tracing::error!("the store file was damaged; it is left for the OS to close");
             std::mem::forget(database);
         } else if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(database))).is_err()
         {
