@@ -28,6 +28,12 @@ const DEFAULT_SECONDS: u64 = 60;
 /// libFuzzer's exit status when it stops on SIGINT (`-interrupted_exitcode`).
 const INTERRUPTED: i32 = 72;
 
+/// How long a fuzzer interrupted at its CPU budget gets to exit before it is killed.
+/// libFuzzer's SIGINT handler prints its statistics and then calls into malloc (it removes a
+/// temporary directory), so an interrupt that lands while the fuzzer holds malloc's lock
+/// deadlocks it; seen about once in a dozen two-minute rounds of `server_store_log`.
+const EXIT_GRACE: Duration = Duration::from_secs(20);
+
 /// A single input that runs this long (wall time) is a hang, which is a finding. Generous:
 /// under `nice` on a busy machine the fuzzer may wait long for a CPU.
 const INPUT_TIMEOUT_SECONDS: u64 = 300;
@@ -305,20 +311,45 @@ fn run_target(args: &FuzzArgs, target: &str, binary: &Path, round: u64) -> anyho
     let start = Instant::now();
     let mut child =
         command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
-    let interrupted = watch(&mut child, args.cpu_seconds)?;
+    let ended = watch(&mut child, args.cpu_seconds, EXIT_GRACE)?;
     let status = child.wait()?;
     // The CPU of the children this process has waited for: exactly the fuzzing process's.
     let cpu_seconds = children_cpu_seconds()? - cpu_before;
-    let finding = !(status.success() || interrupted && status.code() == Some(INTERRUPTED));
+    let finding = match ended {
+        Ended::Itself => !status.success(),
+        Ended::Interrupted => status.code() != Some(INTERRUPTED),
+        Ended::KilledAfterInterrupt => {
+            let note = format!(
+                "xtask fuzz: {target} round {round} did not exit within {}s of its interrupt \
+                 (libFuzzer's handler deadlocked in malloc): killed, not a finding",
+                EXIT_GRACE.as_secs()
+            );
+            eprintln!("{note}");
+            if let Some(logs) = &args.logs {
+                writeln!(append(&log_path(logs, target))?, "{note}")?;
+            }
+            false
+        }
+    };
     Ok(Outcome { finding, cpu_seconds, wall: start.elapsed() })
 }
 
-/// Waits for `child`, interrupting it (libFuzzer then prints its final statistics and
-/// exits) once it has used `cpu_budget` seconds of CPU; whether it was interrupted.
-fn watch(child: &mut Child, cpu_budget: Option<u64>) -> anyhow::Result<bool> {
+/// How a fuzzing process came to an end.
+enum Ended {
+    /// By itself: its time was up, or it found something.
+    Itself,
+    /// Interrupted at its CPU budget (libFuzzer then prints its final statistics and exits).
+    Interrupted,
+    /// Interrupted, and killed when it did not exit in time after that.
+    KilledAfterInterrupt,
+}
+
+/// Waits for `child`, interrupting it once it has used `cpu_budget` seconds of CPU, and
+/// killing it if it does not exit within `grace` of that.
+fn watch(child: &mut Child, cpu_budget: Option<u64>, grace: Duration) -> anyhow::Result<Ended> {
     loop {
         if child.try_wait()?.is_some() {
-            return Ok(false);
+            return Ok(Ended::Itself);
         }
         std::thread::sleep(Duration::from_secs(2));
         let Some(budget) = cpu_budget else { continue };
@@ -330,7 +361,19 @@ fn watch(child: &mut Child, cpu_budget: Option<u64>) -> anyhow::Result<bool> {
                 .args(["-INT", &child.id().to_string()])
                 .stdout(Stdio::null())
                 .status()?;
-            return Ok(status.success());
+            if !status.success() {
+                // It exited between the check and the signal.
+                return Ok(Ended::Itself);
+            }
+            let interrupted_at = Instant::now();
+            while child.try_wait()?.is_none() {
+                if interrupted_at.elapsed() >= grace {
+                    child.kill()?;
+                    return Ok(Ended::KilledAfterInterrupt);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(Ended::Interrupted);
         }
     }
 }
@@ -367,6 +410,30 @@ fn clock_ticks_per_second() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shell that reacts to SIGINT with `on_interrupt` (a trap action).
+    fn shell_trapping_interrupt(on_interrupt: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", &format!("trap '{on_interrupt}' INT; while :; do sleep 0.1; done")])
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_fuzzer_that_exits_on_its_interrupt_was_interrupted() {
+        let mut child = shell_trapping_interrupt(&format!("exit {INTERRUPTED}"));
+        let ended = watch(&mut child, Some(0), Duration::from_secs(30)).unwrap();
+        assert!(matches!(ended, Ended::Interrupted));
+        assert_eq!(child.wait().unwrap().code(), Some(INTERRUPTED));
+    }
+
+    #[test]
+    fn a_fuzzer_stuck_after_its_interrupt_is_killed() {
+        let mut child = shell_trapping_interrupt("");
+        let ended = watch(&mut child, Some(0), Duration::from_secs(1)).unwrap();
+        assert!(matches!(ended, Ended::KilledAfterInterrupt));
+        assert_eq!(child.wait().unwrap().code(), None, "ended by a signal");
+    }
 
     #[test]
     fn fuzz_targets_are_the_bins_of_the_fuzz_manifest() {
