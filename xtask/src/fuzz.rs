@@ -213,10 +213,7 @@ pub(crate) fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
                 outcome.wall.as_secs_f64(),
                 *total,
             );
-            eprintln!("{summary}");
-            if let Some(logs) = &args.logs {
-                writeln!(append(&log_path(logs, target))?, "{summary}")?;
-            }
+            report(args, target, &summary)?;
             if outcome.finding {
                 failed.push(target.as_str());
             }
@@ -252,6 +249,15 @@ fn built_binary(target: &str) -> anyhow::Result<PathBuf> {
         }
     }
     bail!("cargo fuzz build left no binary for {target} under {}", dir.display())
+}
+
+/// Prints `line`, and appends it to `target`'s log when logging.
+fn report(args: &FuzzArgs, target: &str, line: &str) -> anyhow::Result<()> {
+    eprintln!("{line}");
+    if let Some(logs) = &args.logs {
+        writeln!(append(&log_path(logs, target))?, "{line}")?;
+    }
+    Ok(())
 }
 
 fn log_path(logs: &Path, target: &str) -> PathBuf {
@@ -324,10 +330,7 @@ fn run_target(args: &FuzzArgs, target: &str, binary: &Path, round: u64) -> anyho
                  (libFuzzer's handler deadlocked in malloc): killed, not a finding",
                 EXIT_GRACE.as_secs()
             );
-            eprintln!("{note}");
-            if let Some(logs) = &args.logs {
-                writeln!(append(&log_path(logs, target))?, "{note}")?;
-            }
+            report(args, target, &note)?;
             false
         }
     };
