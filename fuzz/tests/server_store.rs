@@ -103,21 +103,24 @@ fn a_damaged_logged_commit_applies_or_fails_with_a_typed_error() {
     assert!(applied > 0 && refused > 0, "{applied} applied, {refused} refused");
 }
 
-/// Damaged files on which redb panics while committing the store's opening transaction,
-/// leaving its locks poisoned: closing the database panicked again — while the first panic
-/// unwound, or with panics nested inside the close — which aborted the process (server
-/// start included). They are refused as corrupt.
+/// Damaged files on which redb, trusting them, panicked while committing the store's opening
+/// transaction and left its locks poisoned; closing the database panicked again — while the
+/// first panic unwound, or with panics nested inside the close — or redb's own cleanup did,
+/// which aborted the process (server start included). redb's integrity check at open now
+/// refuses them as corrupt before anything writes.
 #[test]
-fn a_file_the_database_panics_on_while_opening_is_refused_as_corrupt() {
+fn a_file_the_database_panicked_on_while_opening_is_refused_at_open() {
     use arbitrary::{Arbitrary, Unstructured};
-    let saved: [&[u8]; 2] = [
+    let saved: [&[u8]; 4] = [
         include_bytes!("../crashers/server_store_file/damaged-file-abort"),
         include_bytes!("../crashers/server_store_file/damaged-file-abort-2"),
+        include_bytes!("../crashers/server_store_file/damaged-free-list-abort"),
+        include_bytes!("../crashers/server_store_file/damaged-free-list-abort-2"),
     ];
     for bytes in saved {
         let input = FileInput::arbitrary_take_rest(Unstructured::new(bytes)).unwrap();
         match check_file(&input) {
-            Err(StoreError::Corrupt(why)) => assert!(why.contains("inside the database"), "{why}"),
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("integrity check"), "{why}"),
             other => panic!("expected a corrupt store, got {other:?}"),
         }
     }

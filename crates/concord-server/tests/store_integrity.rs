@@ -1,7 +1,8 @@
-//! The server's store over a real server: damaged bytes fail the model they belong to (and
-//! only it), a truncated or foreign file is refused rather than replaced by an empty store,
-//! and the data directory and store are private. The tests of the file are the embedded
-//! store's; on PostgreSQL, a record damaged in the database fails its model alike.
+//! The server's store over a real server: a store file damaged since it was written is
+//! refused at start, untouched, until it is restored; a truncated or foreign file is refused
+//! rather than replaced by an empty store; and the data directory and store are private. The
+//! tests of the file are the embedded store's; on PostgreSQL, a record damaged in the
+//! database fails the model it belongs to, and only it.
 
 mod support;
 
@@ -34,14 +35,31 @@ fn flip_every_copy(file: &Path, text: &str) -> anyhow::Result<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_byte_in_one_model_fails_that_model_and_the_others_serve_on() -> anyhow::Result<()>
-{
+async fn a_flipped_byte_in_the_file_refuses_the_store_untouched_until_it_is_restored()
+-> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     victim_and_bystander(temp.path()).await?;
     let file = temp.path().join(STORE_FILE);
+    let backup = std::fs::read(&file)?;
     assert!(flip_every_copy(&file, "the victim's text, soon damaged")? > 0, "the text is stored");
+    let damaged = std::fs::read(&file)?;
 
-    the_victim_is_refused_and_the_bystander_serves_on(temp.path()).await
+    // Refused whole at start, by redb's check of every page: a plain open would trust the
+    // file, and damage in redb's own structures could then abort the process.
+    let error = refused_store(temp.path()).await;
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("integrity check") && message.contains("backup"), "{message}");
+    assert!(std::fs::read(&file)? == damaged, "the refused file was written to");
+
+    // Restored from the backup copy, the store serves both models again.
+    std::fs::write(&file, backup)?;
+    let server = start(temp.path(), |_| {}).await?;
+    let mut alice = connect(&server, "alice").await?;
+    assert_eq!(body(&open(&mut alice, "victim").await?.data), "the victim's text, soon damaged");
+    assert_eq!(body(&open(&mut alice, "bystander").await?.data), "the bystander's text");
+    server.stop().await?;
+    Ok(())
 }
 
 /// Creates the models `victim` and `bystander` on a server on `dir`, then stops it.
@@ -78,8 +96,9 @@ async fn the_victim_is_refused_and_the_bystander_serves_on(dir: &Path) -> anyhow
     Ok(())
 }
 
-/// The same on PostgreSQL, which keeps no checksums of its own: the victim's snapshot, cut
-/// short in the database, does not decode, and only the victim is refused.
+/// On PostgreSQL, which keeps no checksums of its own, the records' checksums are all there
+/// is: the victim's snapshot, cut short in the database, does not decode, and only the victim
+/// is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_damaged_in_postgresql_fails_that_model_and_the_others_serve_on()
 -> anyhow::Result<()> {
