@@ -35,11 +35,12 @@ impl ThrowawayPostgres {
             "PostgreSQL was not found: install it (Debian: apt-get install postgresql) or point \
              CONCORD_POSTGRES_BIN at its bin directory",
         )?;
-        let port = match port {
+        let any_port = port == 0;
+        let free_port = || -> anyhow::Result<u16> {
             // Bound, read, released: PostgreSQL binds it a moment later.
-            0 => std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
-            port => port,
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
         };
+        let port = if any_port { free_port()? } else { port };
         let as_postgres = Command::new("id")
             .arg("-u")
             .output()
@@ -53,13 +54,22 @@ impl ThrowawayPostgres {
         let mut initdb = postgres.command("initdb");
         initdb.args(["-A", "trust", "-U", "concord", "--no-sync", "-E", "UTF8", "-D"]);
         checked(initdb.arg(dir.join("pg")), "initdb")?;
-        postgres.pg_ctl("start")?;
+        // A port read as free may be taken by another process before PostgreSQL binds it
+        // (PostgreSQL then exits at once): when any port will do, a few more are tried.
+        let mut attempts = if any_port { 5 } else { 1 };
+        while let Err(error) = postgres.pg_ctl("start") {
+            attempts -= 1;
+            if attempts == 0 {
+                return Err(error);
+            }
+            postgres.port = free_port()?;
+        }
         postgres.stopped = false;
         let mut psql = postgres.command("psql");
         psql.args(["-h", "127.0.0.1", "-U", "concord", "-d", "postgres", "-c"])
             .arg("CREATE DATABASE concord")
             .arg("-p")
-            .arg(port.to_string());
+            .arg(postgres.port.to_string());
         checked(&mut psql, "CREATE DATABASE")?;
         Ok(postgres)
     }
@@ -120,7 +130,12 @@ impl ThrowawayPostgres {
             .arg("-D")
             .arg(self.dir.join("pg"))
             .arg(action);
-        checked(&mut pg_ctl, &format!("pg_ctl {action}"))
+        checked(&mut pg_ctl, &format!("pg_ctl {action}")).map_err(|error| {
+            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            error.context(format!("the end of PostgreSQL's log:\n{}", tail.join("\n")))
+        })
     }
 }
 

@@ -34,6 +34,9 @@ const ROLE: &str = "concord";
 
 static SHARED: Mutex<Weak<TestPostgres>> = Mutex::new(Weak::new());
 
+/// How many ports a new cluster tries before its test fails.
+const START_ATTEMPTS: usize = 5;
+
 /// The cluster of this test process, started on first use; `None` when PostgreSQL is
 /// absent and the test is skipped (a panic under CI).
 pub fn shared() -> Option<Arc<TestPostgres>> {
@@ -61,6 +64,14 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// A free port: bound, read, released (PostgreSQL binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 fn checked(what: &str, output: std::io::Result<Output>) -> Output {
     let output = output.unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -82,12 +93,8 @@ impl TestPostgres {
                 Command::new("chown").arg("postgres").arg(dir.path()).output(),
             );
         }
-        // A free port: bound, read, released (PostgreSQL binds it a moment later).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let cluster = TestPostgres { dir, bin, port, as_postgres, databases: Mutex::default() };
+        let mut cluster =
+            TestPostgres { dir, bin, port: free_port(), as_postgres, databases: Mutex::default() };
         let data = cluster.dir.path().join("data");
         checked(
             "initdb",
@@ -97,28 +104,58 @@ impl TestPostgres {
                 .arg(&data)
                 .output(),
         );
+        // The port was free when read, but another process (any test's outgoing connection
+        // takes one from the same range) may bind it before PostgreSQL does: then PostgreSQL
+        // exits at once, and a new port is tried.
+        for _ in 1..START_ATTEMPTS {
+            match cluster.try_pg_ctl("start", &[]) {
+                Ok(()) => return cluster,
+                Err(failure) => {
+                    eprintln!("PostgreSQL did not start on port {}: {failure}", cluster.port);
+                    cluster.port = free_port();
+                }
+            }
+        }
         cluster.pg_ctl("start", &[]);
         cluster
     }
 
-    /// Runs `pg_ctl <action>` on the cluster with its options, waiting until it is done.
+    /// Runs `pg_ctl <action>` on the cluster with its options, waiting until it is done;
+    /// panics with PostgreSQL's log if it fails.
     fn pg_ctl(&self, action: &str, extra: &[&str]) {
+        if let Err(failure) = self.try_pg_ctl(action, extra) {
+            panic!("{failure}");
+        }
+    }
+
+    fn try_pg_ctl(&self, action: &str, extra: &[&str]) -> Result<(), String> {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
-        checked(
-            &format!("pg_ctl {action}"),
-            self.command("pg_ctl")
-                .args(["-w", "-t", "60", "-o", &options, "-l"])
-                .arg(self.dir.path().join("log"))
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(extra)
-                .arg(action)
-                .output(),
-        );
+        let log = self.dir.path().join("log");
+        let output = self
+            .command("pg_ctl")
+            .args(["-w", "-t", "60", "-o", &options, "-l"])
+            .arg(&log)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(extra)
+            .arg(action)
+            .output()
+            .map_err(|e| format!("pg_ctl {action}: {e}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("(no log: {e})"));
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        Err(format!(
+            "pg_ctl {action} failed: {}{}\nthe end of PostgreSQL's log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
     }
 
     /// Restarts the cluster (`pg_ctl restart -m fast`: sessions are ended at once, what was
