@@ -171,6 +171,11 @@ pub(crate) struct Settings {
     /// else sees only their own [default: none]
     #[arg(long, env = "CONCORD_IDENTITY_ADMINS", value_name = "USERS", value_delimiter = ',')]
     pub(crate) identity_admins: Option<Vec<String>>,
+    /// Threads that run connections and models (the async runtime's workers). The embedded
+    /// store commits on a thread of its own, so by default it gets one of the machine's
+    /// cores [default: the number of cores, less one with the embedded store, at least 1]
+    #[arg(long, env = "CONCORD_WORKERS", value_name = "N")]
+    pub(crate) workers: Option<usize>,
     /// Log filter, in tracing's EnvFilter syntax (for example `info,concord_server=debug`)
     /// [default: info]
     #[arg(long, env = "CONCORD_LOG", value_name = "FILTER")]
@@ -211,6 +216,14 @@ impl From<ActivityPermissionSet> for ActivityPermissions {
     fn from(set: ActivityPermissionSet) -> ActivityPermissions {
         ActivityPermissions { join: set.join, set_state: set.set_state, manage: set.manage }
     }
+}
+
+/// The async workers when none are configured: one per core, less the core the embedded
+/// store's writer thread keeps busy under load (P2 in `docs/benchmarks.md`). With
+/// PostgreSQL the writer mostly waits on the database, and every core is a worker.
+fn default_workers(postgres: bool) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if postgres { cores } else { cores.saturating_sub(1).max(1) }
 }
 
 /// `join,set_state,manage` (any of them) or `none`.
@@ -334,6 +347,7 @@ pub(crate) struct Config {
     pub(crate) max_activity_state_bytes: usize,
     pub(crate) activity_permissions: String,
     pub(crate) identity_admins: Vec<String>,
+    pub(crate) workers: usize,
     pub(crate) log: String,
     pub(crate) collections: BTreeMap<String, CollectionSection>,
     pub(crate) activities: BTreeMap<String, ActivitySection>,
@@ -393,6 +407,7 @@ impl Default for Config {
             max_activity_state_bytes: server.activities.max_state_bytes,
             activity_permissions: activity_permissions_list(server.activities.default.world),
             identity_admins: Vec::new(),
+            workers: default_workers(false),
             log: "info".into(),
             collections: BTreeMap::new(),
             activities: BTreeMap::new(),
@@ -414,10 +429,12 @@ impl Config {
             };
         }
         let max_queued_bytes = pick!(max_queued_bytes);
+        let store = pick!(optional store);
         let config = Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
-            store: pick!(optional store),
+            workers: pick!(optional workers).unwrap_or_else(|| default_workers(store.is_some())),
+            store,
             store_retry_secs: pick!(store_retry_secs),
             cluster: pick!(cluster),
             node_url: pick!(optional node_url),
@@ -475,6 +492,9 @@ impl Config {
         }
         if self.reconnect_ttl_secs == 0 {
             bail!("reconnect_ttl_secs must be at least 1");
+        }
+        if self.workers == 0 {
+            bail!("workers must be at least 1");
         }
         // The library checks the rest; authentication is checked where its keys are read.
         let unchecked_auth = AuthConfig {

@@ -49,6 +49,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     raise_open_file_limit(config.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -111,7 +112,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let url = format!("ws://{}/{{namespace}}/{{domain}}", server.local_addr());
-    info!(%url, data_dir = %data_dir.display(), "concord ready");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(%url, data_dir = %data_dir.display(), workers, "concord ready");
     match token_hint {
         Some(hint) => info!("mint a development token with: {hint}"),
         None => info!("client JWTs are verified with the RS256 public key"),
