@@ -354,13 +354,9 @@ impl Editor {
     }
 }
 
-/// Applies an operation; a discrete one without building the result list.
+/// Applies an operation without keeping what it overwrote, as a client's replica does.
 fn apply(doc: &mut Document, operation: &Operation) -> Result<()> {
-    match operation {
-        Operation::Discrete(op) => drop(doc.apply_discrete(op)?),
-        Operation::Compound(_) => drop(doc.apply(operation)?),
-    }
-    Ok(())
+    Ok(doc.apply_without_old(operation)?)
 }
 
 /// A small, fast, seeded generator for insert positions (SplitMix64).
