@@ -36,10 +36,6 @@ impl ThrowawayPostgres {
              CONCORD_POSTGRES_BIN at its bin directory",
         )?;
         let any_port = port == 0;
-        let free_port = || -> anyhow::Result<u16> {
-            // Bound, read, released: PostgreSQL binds it a moment later.
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-        };
         let port = if any_port { free_port()? } else { port };
         let as_postgres = Command::new("id")
             .arg("-u")
@@ -54,9 +50,8 @@ impl ThrowawayPostgres {
         let mut initdb = postgres.command("initdb");
         initdb.args(["-A", "trust", "-U", "concord", "--no-sync", "-E", "UTF8", "-D"]);
         checked(initdb.arg(dir.join("pg")), "initdb")?;
-        // A port read as free may be taken by another process before PostgreSQL binds it
-        // (PostgreSQL then exits at once): when any port will do, a few more are tried.
-        let mut attempts = if any_port { 5 } else { 1 };
+        // When any port will do, a port taken before PostgreSQL bound it is retried.
+        let mut attempts = if any_port { START_ATTEMPTS } else { 1 };
         while let Err(error) = postgres.pg_ctl("start") {
             attempts -= 1;
             if attempts == 0 {
@@ -131,12 +126,28 @@ impl ThrowawayPostgres {
             .arg(self.dir.join("pg"))
             .arg(action);
         checked(&mut pg_ctl, &format!("pg_ctl {action}")).map_err(|error| {
-            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            error.context(format!("the end of PostgreSQL's log:\n{}", tail.join("\n")))
+            let tail = log_tail(&self.dir.join("postgres.log"));
+            error.context(format!("the end of PostgreSQL's log:\n{tail}"))
         })
     }
+}
+
+/// How many free ports a cluster that may listen on any port tries: a port read as free
+/// may be taken by another process (any outgoing loopback connection takes one from the
+/// same range) before PostgreSQL binds it, and PostgreSQL then exits at once.
+pub const START_ATTEMPTS: usize = 5;
+
+/// A free loopback port: bound, read, released (PostgreSQL binds it a moment later).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The last lines of PostgreSQL's log at `path`, for a failure to say why.
+pub fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log: {e})"));
+    let mut tail: Vec<&str> = log.lines().rev().take(20).collect();
+    tail.reverse();
+    tail.join("\n")
 }
 
 impl Drop for ThrowawayPostgres {

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, Weak};
 
+use concord_testkit::postgres::{START_ATTEMPTS, free_port, log_tail};
+
 /// A running throwaway cluster.
 #[derive(Debug)]
 pub struct TestPostgres {
@@ -33,9 +35,6 @@ pub struct TestPostgres {
 const ROLE: &str = "concord";
 
 static SHARED: Mutex<Weak<TestPostgres>> = Mutex::new(Weak::new());
-
-/// How many ports a new cluster tries before its test fails.
-const START_ATTEMPTS: usize = 5;
 
 /// The cluster of this test process, started on first use; `None` when PostgreSQL is
 /// absent and the test is skipped (a panic under CI).
@@ -64,14 +63,6 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// A free port: bound, read, released (PostgreSQL binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn checked(what: &str, output: std::io::Result<Output>) -> Output {
     let output = output.unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -93,8 +84,8 @@ impl TestPostgres {
                 Command::new("chown").arg("postgres").arg(dir.path()).output(),
             );
         }
-        let mut cluster =
-            TestPostgres { dir, bin, port: free_port(), as_postgres, databases: Mutex::default() };
+        let port = free_port().expect("a free port");
+        let mut cluster = TestPostgres { dir, bin, port, as_postgres, databases: Mutex::default() };
         let data = cluster.dir.path().join("data");
         checked(
             "initdb",
@@ -104,15 +95,13 @@ impl TestPostgres {
                 .arg(&data)
                 .output(),
         );
-        // The port was free when read, but another process (any test's outgoing connection
-        // takes one from the same range) may bind it before PostgreSQL does: then PostgreSQL
-        // exits at once, and a new port is tried.
+        // A port taken before PostgreSQL bound it is retried (`START_ATTEMPTS`).
         for _ in 1..START_ATTEMPTS {
             match cluster.try_pg_ctl("start", &[]) {
                 Ok(()) => return cluster,
                 Err(failure) => {
                     eprintln!("PostgreSQL did not start on port {}: {failure}", cluster.port);
-                    cluster.port = free_port();
+                    cluster.port = free_port().expect("a free port");
                 }
             }
         }
@@ -148,13 +137,11 @@ impl TestPostgres {
         if output.status.success() {
             return Ok(());
         }
-        let log = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("(no log: {e})"));
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
         Err(format!(
             "pg_ctl {action} failed: {}{}\nthe end of PostgreSQL's log:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            log_tail(&log)
         ))
     }
 
