@@ -15,7 +15,9 @@
 //! over the job's deliveries — the messages that reveal what the job wrote. So nothing a
 //! client hears of is ever lost by a crash, and one flush covers many operations. On redb a
 //! transaction is made durable by logging it (`wal`): one appended record and one flush
-//! instead of redb's own durable commit of every page it touched. A failed
+//! instead of redb's own durable commit of every page it touched. It is applied to redb only
+//! after its deliveries are handed over, reads waiting for it meanwhile ([`Log`]); a taken
+//! version is refused before the record is logged. A failed
 //! redb write is a disk fault and stops the writer for good (fail-stop): later jobs fail,
 //! nothing is delivered, and the server shuts down rather than run ahead of its disk. (A
 //! PostgreSQL commit that finds the database unavailable is retried; see [`start_writer`].)
@@ -23,8 +25,8 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use concord_ot::ReplicaId;
@@ -129,6 +131,20 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
     /// own thread ([`start_writer`]), which does nothing else meanwhile: a backend whose
     /// calls block may block it.
     async fn commit(&self, batch: &[DomainWrites]) -> Result<(), StoreError>;
+
+    /// [`commit`](ServerStore::commit) in two halves, for the writer, which acknowledges the
+    /// batch in between: makes it durable (refusing a taken version before anything is
+    /// durable), leaving it unapplied where that is quicker, with reads waiting until
+    /// [`apply_logged`](ServerStore::apply_logged) applies it.
+    async fn log_commit(&self, batch: &[DomainWrites]) -> Result<Logged, StoreError> {
+        self.commit(batch).await.map(|()| Logged::Applied)
+    }
+
+    /// Applies the batch [`log_commit`](ServerStore::log_commit) left unapplied. A failure
+    /// leaves the store without a durable, maybe acknowledged, commit: it stops the writer.
+    fn apply_logged(&self, _batch: &[DomainWrites]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The store the server runs on, whichever backend it is.
@@ -454,15 +470,44 @@ impl WriteTables for redb::WriteTransaction {
     }
 }
 
-/// The read side, shared by every task; reads never wait for the writer.
+/// The read side, shared by every task; reads wait for the writer only while a commit is
+/// acknowledged but not yet applied to redb ([`Log`]).
 #[derive(Debug, Clone)]
 pub(crate) struct RedbStore {
     db: Arc<Db>,
-    /// Held for writing by a commit from when redb shows it until the log has made it
-    /// durable; every read begins under it ([`RedbStore::begin_read`]), so that no read
-    /// sees a commit that a crash could still take back. (Only the writer's thread
-    /// commits.)
-    wal: Arc<RwLock<wal::Wal>>,
+    log: Arc<Log>,
+}
+
+/// The store's log, and the gate every read begins behind. A commit is logged (durable),
+/// then acknowledged, then applied to redb ([`RedbStore::log_commit`], then
+/// [`RedbStore::apply_logged`]): applying takes a third of a commit's time, and clients
+/// need not wait for it. Between the two, reads wait ([`RedbStore::begin_read`]), so that
+/// none sees the store without a commit that was acknowledged; and none ever sees one that
+/// a crash could take back, since redb shows a commit only once it is logged.
+#[derive(Debug)]
+struct Log {
+    /// Appended to only by the writer's thread.
+    wal: std::sync::Mutex<wal::Wal>,
+    gate: std::sync::Mutex<Gate>,
+    opened: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    /// The seq of a logged commit not yet applied to redb: reads wait for it.
+    unapplied: Option<u64>,
+    /// Applying a logged commit failed: redb lacks it, so no read is answered again.
+    failed: bool,
+}
+
+/// What [`RedbStore::log_commit`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "reads wait until a logged commit is applied"]
+pub(crate) enum Logged {
+    /// The commit is durable and applied: reads see it.
+    Applied,
+    /// The commit is durable, and reads wait until [`RedbStore::apply_logged`] applies it.
+    Unapplied,
 }
 
 impl RedbStore {
@@ -501,37 +546,90 @@ impl RedbStore {
             query::sync_indexes(&db, indexes)?;
             Ok(wal)
         })?;
-        Ok(RedbStore { db: Arc::new(db), wal: Arc::new(RwLock::new(wal)) })
+        let log = Log {
+            wal: std::sync::Mutex::new(wal),
+            gate: Default::default(),
+            opened: Default::default(),
+        };
+        Ok(RedbStore { db: Arc::new(db), log: Arc::new(log) })
     }
 
-    /// Begins a read of durable commits only (see [`RedbStore::wal`]).
+    /// Begins a read of what was logged and applied, waiting while a logged commit is not
+    /// yet applied (see [`Log`]).
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        let _durable = self.wal.read().map_err(|_| {
-            StoreError::Backend("an earlier commit failed inside the database".into())
-        })?;
+        let failed = || StoreError::Backend("an earlier commit failed inside the database".into());
+        let mut gate = self.log.gate.lock().map_err(|_| failed())?;
+        while gate.unapplied.is_some() && !gate.failed {
+            gate = self.log.opened.wait(gate).map_err(|_| failed())?;
+        }
+        if gate.failed {
+            return Err(failed());
+        }
+        // Begun under the gate: the writer cannot close it between the check and the read.
         self.db.begin_read().map_err(backend)
     }
 
-    /// Makes `batch` durable in one transaction: applied to redb without durability and
-    /// logged, or, when the log is full, committed durably in redb (a checkpoint) and the
-    /// log started again.
+    /// Makes `batch` durable in one transaction and visible to reads.
     fn commit_logged(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
-        let mut wal = self.wal.write().map_err(|_| {
+        match self.log_commit(batch)? {
+            Logged::Applied => Ok(()),
+            Logged::Unapplied => self.apply_logged(batch),
+        }
+    }
+
+    /// Makes `batch` durable as one commit, after refusing it whole if it would put an
+    /// operation where a different one is stored ([`StoreError::VersionTaken`]): once logged,
+    /// a commit must apply. Usually it is appended to the log and left for
+    /// [`RedbStore::apply_logged`], reads waiting until then; when the log is full, it is
+    /// committed durably in redb (a checkpoint) and the log started again. Only the writer's
+    /// thread calls this, and it applies each commit left unapplied before the next.
+    fn log_commit(&self, batch: &[DomainWrites]) -> Result<Logged, StoreError> {
+        let mut wal = self.log.wal.lock().map_err(|_| {
             StoreError::Backend("an earlier commit failed inside the database".into())
         })?;
+        if self.log.gate.lock().map_or(true, |gate| gate.unapplied.is_some() || gate.failed) {
+            return Err(StoreError::Backend("an earlier commit was not applied".into()));
+        }
+        check_versions(&self.db, batch)?;
         let payload = encode_logged(batch)?;
         let seq = wal.next_seq();
-        if wal.has_room(payload.len()) {
-            write_group(&self.db, batch, Applied::Logged(seq))?;
-            // The transaction is visible but not durable: if the log cannot take it, the
-            // store is in doubt, and the error stops the writer.
-            wal.append(&payload)
-                .map_err(|e| StoreError::Backend(format!("writing the store's log: {e}")))?;
-        } else {
+        if !wal.has_room(payload.len()) {
             write_group(&self.db, batch, Applied::Durable(seq))?;
             wal.restart(seq + 1);
+            return Ok(Logged::Applied);
         }
-        Ok(())
+        // Closed before the append: if the log cannot take the commit, its record may be
+        // on disk or not, and the error stops the writer with the gate shut.
+        self.set_gate(|gate| gate.unapplied = Some(seq));
+        if let Err(e) = wal.append(&payload) {
+            self.set_gate(|gate| gate.failed = true);
+            return Err(StoreError::Backend(format!("writing the store's log: {e}")));
+        }
+        Ok(Logged::Unapplied)
+    }
+
+    /// Applies to redb, without durability (the log has it), the commit
+    /// [`RedbStore::log_commit`] logged and left unapplied, and opens the gate to reads. A
+    /// failure leaves redb without a commit that may have been acknowledged: reads fail from
+    /// then on, and the error stops the writer (a restart applies the log).
+    fn apply_logged(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
+        let unapplied = self.log.gate.lock().ok().and_then(|gate| gate.unapplied);
+        let Some(seq) = unapplied else {
+            return Err(StoreError::Backend("no logged commit is left to apply".into()));
+        };
+        let applied = self.db.catching(|| write_group(&self.db, batch, Applied::Logged(seq)));
+        match &applied {
+            Ok(()) => self.set_gate(|gate| gate.unapplied = None),
+            Err(_) => self.set_gate(|gate| gate.failed = true),
+        }
+        applied.map_err(|e| StoreError::Backend(format!("applying a logged commit: {e}")))
+    }
+
+    /// Changes the gate and wakes the reads waiting on it.
+    fn set_gate(&self, change: impl FnOnce(&mut Gate)) {
+        let mut gate = self.log.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut gate);
+        self.log.opened.notify_all();
     }
 
     pub(crate) fn load(&self, key: &ModelKey) -> Result<Loaded, StoreError> {
@@ -807,6 +905,14 @@ impl ServerStore for RedbStore {
     /// thread switches to every acknowledgement, as long as the flush itself at one client.
     async fn commit(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
         self.db.catching(|| self.commit_logged(batch))
+    }
+
+    async fn log_commit(&self, batch: &[DomainWrites]) -> Result<Logged, StoreError> {
+        self.db.catching(|| RedbStore::log_commit(self, batch))
+    }
+
+    fn apply_logged(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
+        RedbStore::apply_logged(self, batch)
     }
 }
 
@@ -1132,13 +1238,15 @@ pub(crate) async fn write_loop(
         let result = loop {
             let (batch, owners) = take_writes(&mut group);
             if batch.is_empty() {
-                break Ok(());
+                break Ok((Logged::Applied, batch));
             }
             let started = std::time::Instant::now();
             let result = commit_retrying(store, &batch, retry_for).await;
             metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             metrics.commit_group_jobs.observe(group.len() as f64);
-            let Err(StoreError::LeaseLost { domain, model }) = result else { break result };
+            let Err(StoreError::LeaseLost { domain, model }) = result else {
+                break result.map(|logged| (logged, batch));
+            };
             // One model's lease is lost: its jobs fail, and the group is committed again
             // without them, so the other models' work is not lost with it.
             give_back(&mut group, batch, owners);
@@ -1162,15 +1270,19 @@ pub(crate) async fn write_loop(
                 fail_job(job, &reason);
             }
         };
-        match result {
-            Ok(()) => {
+        let mut waiting = Vec::new();
+        let result = match result {
+            Ok((logged, batch)) => {
+                // Durable: what the jobs reveal is said now, while the store applies them.
                 for job in group.drain(..) {
                     for delivery in job.deliveries {
                         delivery.deliver();
                     }
-                    if let Some(done) = job.done {
-                        let _ = done.send(Ok(()));
-                    }
+                    waiting.extend(job.done);
+                }
+                match logged {
+                    Logged::Applied => Ok(()),
+                    Logged::Unapplied => store.apply_logged(&batch),
                 }
             }
             Err(error) if error.spares_the_server() => {
@@ -1179,15 +1291,25 @@ pub(crate) async fn write_loop(
                 for job in group.drain(..) {
                     fail_job(job, &reason);
                 }
+                Ok(())
+            }
+            Err(error) => {
+                waiting.extend(group.drain(..).filter_map(|job| job.done));
+                Err(error)
+            }
+        };
+        match result {
+            Ok(()) => {
+                for done in waiting {
+                    let _ = done.send(Ok(()));
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "a store write failed; the server stops taking writes");
                 on_failure.cancel();
                 let error = error.to_string();
-                for job in group.drain(..) {
-                    if let Some(done) = job.done {
-                        let _ = done.send(Err(StoreError::Backend(error.clone())));
-                    }
+                for done in waiting {
+                    let _ = done.send(Err(StoreError::Backend(error.clone())));
                 }
                 receiver.close();
                 while let Ok(job) = receiver.try_recv() {
@@ -1256,14 +1378,14 @@ async fn commit_retrying(
     store: &dyn ServerStore,
     batch: &[DomainWrites],
     retry_for: Duration,
-) -> Result<(), StoreError> {
+) -> Result<Logged, StoreError> {
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut pause = FIRST_RETRY_PAUSE;
     let mut attempts = 1;
     loop {
         // A commit whose outcome is unknown (the connection dropped during it) is retried
         // too: the backend recognizes its operations if they did get in.
-        match store.commit(batch).await {
+        match store.log_commit(batch).await {
             Err(StoreError::Unavailable(why))
                 if tokio::time::Instant::now() + pause <= deadline =>
             {
@@ -1377,6 +1499,57 @@ fn recover(db: &Database, dir: &Path) -> Result<wal::Wal, StoreError> {
     }
     wal.restart(last.max(applied) + 1);
     Ok(wal)
+}
+
+/// Refuses `batch` with [`StoreError::VersionTaken`] if one of its operations would go where
+/// the store, or the batch before it, holds a different one; reads what [`write_group`]
+/// would find, without writing, so that a commit is refused before it is logged.
+fn check_versions(db: &Database, batch: &[DomainWrites]) -> Result<(), StoreError> {
+    let mut stored = None;
+    // This batch's operations so far, and its deleted models, which hold none from then on.
+    let mut written: BTreeMap<(&str, &str, u64), Vec<u8>> = BTreeMap::new();
+    let mut deleted: Vec<(&str, &str)> = Vec::new();
+    for part in batch {
+        let domain = &*part.domain;
+        for write in &part.writes {
+            match write {
+                Write::DeleteModel { model, .. } => {
+                    deleted.push((domain, model.as_str()));
+                    written.retain(|k, _| (k.0, k.1) != (domain, model.as_str()));
+                }
+                Write::Commit(record) => {
+                    let k = (domain, record.model.as_str(), record.operation.version);
+                    let bytes = seal(OPERATIONS.name(), &k, &record.operation);
+                    let taken = match written.get(&k) {
+                        Some(earlier) => *earlier != bytes,
+                        None if deleted.contains(&(k.0, k.1)) => false,
+                        None => {
+                            let stored = match &mut stored {
+                                Some(table) => table,
+                                None => stored.insert(
+                                    db.begin_read()
+                                        .map_err(backend)?
+                                        .open_table(OPERATIONS)
+                                        .map_err(backend)?,
+                                ),
+                            };
+                            stored.get(k).map_err(backend)?.is_some_and(|s| s.value() != bytes)
+                        }
+                    };
+                    if taken {
+                        return Err(StoreError::VersionTaken {
+                            domain: domain.to_owned(),
+                            model: record.model.clone(),
+                            version: k.2,
+                        });
+                    }
+                    written.insert(k, bytes);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_group(db: &Database, group: &[DomainWrites], applied: Applied) -> Result<(), StoreError> {

@@ -531,3 +531,95 @@ fn a_store_file_older_than_its_log_is_refused() {
     }
     drop(store);
 }
+
+#[test]
+fn a_read_begun_after_a_commit_is_logged_waits_until_it_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let create =
+        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
+    commit_in(&store, vec![create]);
+    let batch = [DomainWrites { domain: Arc::from(DOMAIN), writes: commit_writes("doc", 1) }];
+    // Logged, so the writer may acknowledge it, but not yet in redb.
+    assert_eq!(store.log_commit(&batch).unwrap(), Logged::Unapplied);
+    let (read, answer) = std::sync::mpsc::channel();
+    let reader = store.clone();
+    let reading = std::thread::spawn(move || {
+        let loaded = reader.load(&key("doc"));
+        read.send(()).unwrap();
+        loaded
+    });
+    // The read would see the model without its acknowledged commit: it waits instead.
+    let waited = answer.recv_timeout(Duration::from_millis(200));
+    assert!(waited.is_err(), "a read went ahead of a logged commit");
+    store.apply_logged(&batch).unwrap();
+    match reading.join().unwrap().unwrap() {
+        Loaded::Model(stored) => assert_eq!(stored.operations.last().unwrap().version, 1),
+        Loaded::Absent { .. } => panic!("the model is gone"),
+    }
+}
+
+#[test]
+fn a_taken_version_is_refused_before_it_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let create =
+        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
+    commit_in(&store, vec![create]);
+    commit_in(&store, commit_writes("doc", 1));
+    let other = |version: u64| {
+        let mut writes = commit_writes("doc", version);
+        let Write::Commit(commit) = &mut writes[0] else { unreachable!() };
+        commit.operation.author = SessionId("another".into());
+        writes
+    };
+    let log_size = || std::fs::read(dir.path().join(wal::FILE_NAME)).unwrap();
+    let before = log_size();
+    // A different operation where the store holds one, and two different ones at the same
+    // new version in one batch: each refused whole, with nothing logged.
+    let refused = [
+        other(1),
+        [commit_writes("doc", 2), other(2)].concat(),
+        [commit_writes("doc", 2), other(1)].concat(),
+    ];
+    for writes in refused {
+        let batch = [DomainWrites { domain: Arc::from(DOMAIN), writes }];
+        match store.log_commit(&batch) {
+            Err(StoreError::VersionTaken { .. }) => {}
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    assert_eq!(log_size(), before, "a refused commit reached the log");
+    // The same operation again is no conflict, in the store or twice in one batch.
+    let again =
+        [commit_writes("doc", 1), commit_writes("doc", 2), commit_writes("doc", 2)].concat();
+    commit_in(&store, again);
+    let crashed = crash_image(dir.path(), &[FILE_NAME, wal::FILE_NAME]);
+    assert_eq!(last_version(crashed.path(), "doc"), Some(2));
+    drop(store);
+}
+
+#[test]
+fn a_logged_commit_that_fails_to_apply_fails_every_read_and_a_restart_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let create =
+        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
+    commit_in(&store, vec![create]);
+    commit_in(&store, commit_writes("doc", 1));
+    let batch = [DomainWrites { domain: Arc::from(DOMAIN), writes: commit_writes("doc", 2) }];
+    assert_eq!(store.log_commit(&batch).unwrap(), Logged::Unapplied);
+    // Applying fails (here: handed a batch that conflicts with the store, as no caller
+    // does): redb lacks a durable commit, so reads and commits fail from then on.
+    let mut conflicting = commit_writes("doc", 1);
+    let Write::Commit(commit) = &mut conflicting[0] else { unreachable!() };
+    commit.operation.author = SessionId("another".into());
+    let conflicting = [DomainWrites { domain: Arc::from(DOMAIN), writes: conflicting }];
+    assert!(matches!(store.apply_logged(&conflicting), Err(StoreError::Backend(_))));
+    assert!(matches!(store.load(&key("doc")), Err(StoreError::Backend(_))));
+    assert!(store.log_commit(&batch).is_err());
+    // The log has it: the store as a crash left it applies it at the next start.
+    let crashed = crash_image(dir.path(), &[FILE_NAME, wal::FILE_NAME]);
+    assert_eq!(last_version(crashed.path(), "doc"), Some(2));
+    drop(store);
+}
