@@ -347,7 +347,10 @@ pub(crate) struct Config {
     pub(crate) max_activity_state_bytes: usize,
     pub(crate) activity_permissions: String,
     pub(crate) identity_admins: Vec<String>,
-    pub(crate) workers: usize,
+    /// Left out of the printout when not set: its default depends on the machine
+    /// ([`Config::worker_threads`]), and a printout copied to another machine keeps none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) workers: Option<usize>,
     pub(crate) log: String,
     pub(crate) collections: BTreeMap<String, CollectionSection>,
     pub(crate) activities: BTreeMap<String, ActivitySection>,
@@ -407,7 +410,7 @@ impl Default for Config {
             max_activity_state_bytes: server.activities.max_state_bytes,
             activity_permissions: activity_permissions_list(server.activities.default.world),
             identity_admins: Vec::new(),
-            workers: default_workers(false),
+            workers: None,
             log: "info".into(),
             collections: BTreeMap::new(),
             activities: BTreeMap::new(),
@@ -416,6 +419,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The async runtime's worker threads: `workers`, or by default as many as this machine
+    /// and store call for ([`default_workers`]).
+    pub(crate) fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| default_workers(self.store.is_some()))
+    }
+
     /// Merges `flags` (flags and environment) over `file` over the defaults, and checks the
     /// result.
     pub(crate) fn resolve(flags: Settings, file: Settings) -> anyhow::Result<Config> {
@@ -433,7 +442,7 @@ impl Config {
         let config = Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
-            workers: pick!(optional workers).unwrap_or_else(|| default_workers(store.is_some())),
+            workers: pick!(optional workers),
             store,
             store_retry_secs: pick!(store_retry_secs),
             cluster: pick!(cluster),
@@ -493,7 +502,7 @@ impl Config {
         if self.reconnect_ttl_secs == 0 {
             bail!("reconnect_ttl_secs must be at least 1");
         }
-        if self.workers == 0 {
+        if self.workers == Some(0) {
             bail!("workers must be at least 1");
         }
         // The library checks the rest; authentication is checked where its keys are read.
@@ -698,6 +707,18 @@ mod tests {
 
     fn file(text: &str) -> Settings {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_default_workers_leave_the_embedded_stores_writer_a_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let embedded = Config::resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(embedded.worker_threads(), cores.saturating_sub(1).max(1));
+        let postgres = file("store = \"postgres://concord@db/concord\"\n");
+        let postgres = Config::resolve(Settings::default(), postgres).unwrap();
+        assert_eq!(postgres.worker_threads(), cores);
+        let set = Config::resolve(Settings::default(), file("workers = 3\n")).unwrap();
+        assert_eq!(set.worker_threads(), 3);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     raise_open_file_limit(config.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
+        .worker_threads(config.worker_threads())
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
