@@ -480,8 +480,8 @@ pub(crate) struct RedbStore {
 
 /// The store's log, and the gate every read begins behind. A commit is logged (durable),
 /// then acknowledged, then applied to redb ([`RedbStore::log_commit`], then
-/// [`RedbStore::apply_logged`]): applying takes a third of a commit's time, and clients
-/// need not wait for it. Between the two, reads wait ([`RedbStore::begin_read`]), so that
+/// [`RedbStore::apply_logged`]): applying took a fifth to a quarter of a commit's time,
+/// and clients need not wait for it. Between the two, reads wait ([`RedbStore::begin_read`]), so that
 /// none sees the store without a commit that was acknowledged; and none ever sees one that
 /// a crash could take back, since redb shows a commit only once it is logged.
 #[derive(Debug)]
