@@ -470,6 +470,11 @@ impl WriteTables for redb::WriteTransaction {
     }
 }
 
+/// What reads and commits get once a commit failed inside the database or its apply failed.
+fn earlier_commit_failed() -> StoreError {
+    StoreError::Backend("an earlier commit failed inside the database".into())
+}
+
 /// The read side, shared by every task; reads wait for the writer only while a commit is
 /// acknowledged but not yet applied to redb ([`Log`]).
 #[derive(Debug, Clone)]
@@ -557,13 +562,12 @@ impl RedbStore {
     /// Begins a read of what was logged and applied, waiting while a logged commit is not
     /// yet applied (see [`Log`]).
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        let failed = || StoreError::Backend("an earlier commit failed inside the database".into());
-        let mut gate = self.log.gate.lock().map_err(|_| failed())?;
+        let mut gate = self.log.gate.lock().map_err(|_| earlier_commit_failed())?;
         while gate.unapplied.is_some() && !gate.failed {
-            gate = self.log.opened.wait(gate).map_err(|_| failed())?;
+            gate = self.log.opened.wait(gate).map_err(|_| earlier_commit_failed())?;
         }
         if gate.failed {
-            return Err(failed());
+            return Err(earlier_commit_failed());
         }
         // Begun under the gate: the writer cannot close it between the check and the read.
         self.db.begin_read().map_err(backend)
@@ -584,9 +588,7 @@ impl RedbStore {
     /// committed durably in redb (a checkpoint) and the log started again. Only the writer's
     /// thread calls this, and it applies each commit left unapplied before the next.
     fn log_commit(&self, batch: &[DomainWrites]) -> Result<Logged, StoreError> {
-        let mut wal = self.log.wal.lock().map_err(|_| {
-            StoreError::Backend("an earlier commit failed inside the database".into())
-        })?;
+        let mut wal = self.log.wal.lock().map_err(|_| earlier_commit_failed())?;
         if self.log.gate.lock().map_or(true, |gate| gate.unapplied.is_some() || gate.failed) {
             return Err(StoreError::Backend("an earlier commit was not applied".into()));
         }

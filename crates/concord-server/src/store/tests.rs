@@ -449,17 +449,36 @@ fn commit_writes(model: &str, version: u64) -> Vec<Write> {
     vec![Write::Commit(commit)]
 }
 
+/// `writes` in `DOMAIN`, as the one part of a batch.
+fn batch(writes: Vec<Write>) -> [DomainWrites; 1] {
+    [DomainWrites { domain: Arc::from(DOMAIN), writes }]
+}
+
 fn commit_in(store: &RedbStore, writes: Vec<Write>) {
-    store.commit_logged(&[DomainWrites { domain: Arc::from(DOMAIN), writes }]).unwrap();
+    store.commit_logged(&batch(writes)).unwrap();
+}
+
+/// A new store in `dir` holding the model `doc`, empty, at version 0.
+fn store_with_doc(dir: &Path) -> RedbStore {
+    let store = RedbStore::open(dir).unwrap();
+    let create =
+        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
+    commit_in(&store, vec![create]);
+    store
+}
+
+/// [`commit_writes`] with an operation of another author: a different one at `version`.
+fn other_commit_writes(model: &str, version: u64) -> Vec<Write> {
+    let mut writes = commit_writes(model, version);
+    let Write::Commit(commit) = &mut writes[0] else { unreachable!("one commit") };
+    commit.operation.author = SessionId("another".into());
+    writes
 }
 
 #[test]
 fn a_crash_loses_no_logged_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path()).unwrap();
-    let create =
-        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
-    commit_in(&store, vec![create]);
+    let store = store_with_doc(dir.path());
     for version in 1..=20 {
         commit_in(&store, commit_writes("doc", version));
     }
@@ -512,10 +531,7 @@ fn a_full_log_is_checkpointed_and_written_again_from_its_start() {
 #[test]
 fn a_store_file_older_than_its_log_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path()).unwrap();
-    let create =
-        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
-    commit_in(&store, vec![create]);
+    let store = store_with_doc(dir.path());
     let old = crash_image(dir.path(), &[FILE_NAME]);
     // A commit larger than the log goes to redb durably and the log starts again: the
     // next record is the third commit, at the log's start.
@@ -535,13 +551,10 @@ fn a_store_file_older_than_its_log_is_refused() {
 #[test]
 fn a_read_begun_after_a_commit_is_logged_waits_until_it_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path()).unwrap();
-    let create =
-        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
-    commit_in(&store, vec![create]);
-    let batch = [DomainWrites { domain: Arc::from(DOMAIN), writes: commit_writes("doc", 1) }];
+    let store = store_with_doc(dir.path());
+    let logged = batch(commit_writes("doc", 1));
     // Logged, so the writer may acknowledge it, but not yet in redb.
-    assert_eq!(store.log_commit(&batch).unwrap(), Logged::Unapplied);
+    assert_eq!(store.log_commit(&logged).unwrap(), Logged::Unapplied);
     let (read, answer) = std::sync::mpsc::channel();
     let reader = store.clone();
     let reading = std::thread::spawn(move || {
@@ -552,7 +565,7 @@ fn a_read_begun_after_a_commit_is_logged_waits_until_it_is_applied() {
     // The read would see the model without its acknowledged commit: it waits instead.
     let waited = answer.recv_timeout(Duration::from_millis(200));
     assert!(waited.is_err(), "a read went ahead of a logged commit");
-    store.apply_logged(&batch).unwrap();
+    store.apply_logged(&logged).unwrap();
     match reading.join().unwrap().unwrap() {
         Loaded::Model(stored) => assert_eq!(stored.operations.last().unwrap().version, 1),
         Loaded::Absent { .. } => panic!("the model is gone"),
@@ -562,34 +575,24 @@ fn a_read_begun_after_a_commit_is_logged_waits_until_it_is_applied() {
 #[test]
 fn a_taken_version_is_refused_before_it_is_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path()).unwrap();
-    let create =
-        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
-    commit_in(&store, vec![create]);
+    let store = store_with_doc(dir.path());
     commit_in(&store, commit_writes("doc", 1));
-    let other = |version: u64| {
-        let mut writes = commit_writes("doc", version);
-        let Write::Commit(commit) = &mut writes[0] else { unreachable!() };
-        commit.operation.author = SessionId("another".into());
-        writes
-    };
-    let log_size = || std::fs::read(dir.path().join(wal::FILE_NAME)).unwrap();
-    let before = log_size();
+    let log_bytes = || std::fs::read(dir.path().join(wal::FILE_NAME)).unwrap();
+    let before = log_bytes();
     // A different operation where the store holds one, and two different ones at the same
     // new version in one batch: each refused whole, with nothing logged.
     let refused = [
-        other(1),
-        [commit_writes("doc", 2), other(2)].concat(),
-        [commit_writes("doc", 2), other(1)].concat(),
+        other_commit_writes("doc", 1),
+        [commit_writes("doc", 2), other_commit_writes("doc", 2)].concat(),
+        [commit_writes("doc", 2), other_commit_writes("doc", 1)].concat(),
     ];
     for writes in refused {
-        let batch = [DomainWrites { domain: Arc::from(DOMAIN), writes }];
-        match store.log_commit(&batch) {
+        match store.log_commit(&batch(writes)) {
             Err(StoreError::VersionTaken { .. }) => {}
             other => panic!("not refused: {other:?}"),
         }
     }
-    assert_eq!(log_size(), before, "a refused commit reached the log");
+    assert_eq!(log_bytes(), before, "a refused commit reached the log");
     // The same operation again is no conflict, in the store or twice in one batch.
     let again =
         [commit_writes("doc", 1), commit_writes("doc", 2), commit_writes("doc", 2)].concat();
@@ -602,22 +605,16 @@ fn a_taken_version_is_refused_before_it_is_logged() {
 #[test]
 fn a_logged_commit_that_fails_to_apply_fails_every_read_and_a_restart_applies_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path()).unwrap();
-    let create =
-        Write::CreateModel { model: model_id("doc"), record: record(), snapshot: snapshot(0, "") };
-    commit_in(&store, vec![create]);
+    let store = store_with_doc(dir.path());
     commit_in(&store, commit_writes("doc", 1));
-    let batch = [DomainWrites { domain: Arc::from(DOMAIN), writes: commit_writes("doc", 2) }];
-    assert_eq!(store.log_commit(&batch).unwrap(), Logged::Unapplied);
+    let logged = batch(commit_writes("doc", 2));
+    assert_eq!(store.log_commit(&logged).unwrap(), Logged::Unapplied);
     // Applying fails (here: handed a batch that conflicts with the store, as no caller
     // does): redb lacks a durable commit, so reads and commits fail from then on.
-    let mut conflicting = commit_writes("doc", 1);
-    let Write::Commit(commit) = &mut conflicting[0] else { unreachable!() };
-    commit.operation.author = SessionId("another".into());
-    let conflicting = [DomainWrites { domain: Arc::from(DOMAIN), writes: conflicting }];
+    let conflicting = batch(other_commit_writes("doc", 1));
     assert!(matches!(store.apply_logged(&conflicting), Err(StoreError::Backend(_))));
     assert!(matches!(store.load(&key("doc")), Err(StoreError::Backend(_))));
-    assert!(store.log_commit(&batch).is_err());
+    assert!(store.log_commit(&logged).is_err());
     // The log has it: the store as a crash left it applies it at the next start.
     let crashed = crash_image(dir.path(), &[FILE_NAME, wal::FILE_NAME]);
     assert_eq!(last_version(crashed.path(), "doc"), Some(2));
