@@ -438,12 +438,11 @@ impl Config {
             };
         }
         let max_queued_bytes = pick!(max_queued_bytes);
-        let store = pick!(optional store);
         let config = Config {
             bind: pick!(bind),
             data_dir: pick!(data_dir),
             workers: pick!(optional workers),
-            store,
+            store: pick!(optional store),
             store_retry_secs: pick!(store_retry_secs),
             cluster: pick!(cluster),
             node_url: pick!(optional node_url),
