@@ -613,8 +613,10 @@ fn a_logged_commit_that_fails_to_apply_fails_every_read_and_a_restart_applies_it
     // does): redb lacks a durable commit, so reads and commits fail from then on.
     let conflicting = batch(other_commit_writes("doc", 1));
     assert!(matches!(store.apply_logged(&conflicting), Err(StoreError::Backend(_))));
-    assert!(matches!(store.load(&key("doc")), Err(StoreError::Backend(_))));
-    assert!(store.log_commit(&logged).is_err());
+    // Reads and the next commit are refused alike, saying why.
+    let failed = "an earlier commit failed inside the database";
+    assert!(matches!(store.load(&key("doc")), Err(StoreError::Backend(m)) if m == failed));
+    assert!(matches!(store.log_commit(&logged), Err(StoreError::Backend(m)) if m == failed));
     // The log has it: the store as a crash left it applies it at the next start.
     let crashed = crash_image(dir.path(), &[FILE_NAME, wal::FILE_NAME]);
     assert_eq!(last_version(crashed.path(), "doc"), Some(2));
