@@ -589,14 +589,16 @@ impl RedbStore {
     /// thread calls this, and it applies each commit left unapplied before the next.
     fn log_commit(&self, batch: &[DomainWrites]) -> Result<Logged, StoreError> {
         let mut wal = self.log.wal.lock().map_err(|_| earlier_commit_failed())?;
-        match self.log.gate.lock() {
-            Ok(gate) if !gate.failed && gate.unapplied.is_none() => {}
-            // Logged and not yet applied: the writer applies each commit before it logs the
-            // next, so only a caller out of order gets this.
-            Ok(gate) if !gate.failed => {
+        {
+            let gate = self.log.gate.lock().map_err(|_| earlier_commit_failed())?;
+            if gate.failed {
+                return Err(earlier_commit_failed());
+            }
+            // The writer applies each commit before it logs the next: only a caller out of
+            // order gets this.
+            if gate.unapplied.is_some() {
                 return Err(StoreError::Backend("an earlier commit was not applied".into()));
             }
-            _ => return Err(earlier_commit_failed()),
         }
         check_versions(&self.db, batch)?;
         let payload = encode_logged(batch)?;
