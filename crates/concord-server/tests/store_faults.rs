@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +34,8 @@ struct Log {
     told: usize,
     /// Connections lost or refused, after which the client connected again and resent.
     reconnects: usize,
+    /// Why each client's last session ended, by replica: said if the test gives up.
+    last_failures: BTreeMap<u64, String>,
 }
 
 async fn start_on(
@@ -54,6 +57,8 @@ enum Answer {
     /// The connection is gone, or the server closed it saying a write was lost.
     Lost {
         told: bool,
+        /// What ended the session, for the message if the client gives up.
+        why: String,
     },
 }
 
@@ -71,7 +76,12 @@ async fn resend_until_done(
     let mut seq = 1;
     while seq <= count {
         if tokio::time::Instant::now() > deadline {
-            bail!("replica {replica} got {} of {count} acknowledged in time", seq - 1);
+            let last = log.lock().unwrap().last_failures.get(&replica).cloned();
+            bail!(
+                "replica {replica} got {} of {count} acknowledged in time; its last session ended with: {}",
+                seq - 1,
+                last.as_deref().unwrap_or("nothing")
+            );
         }
         let session = async {
             let (mut client, _) = WireClient::connect_as(&url, jwt("writer")).await?;
@@ -81,9 +91,14 @@ async fn resend_until_done(
         };
         let (mut client, snapshot) = match session.await {
             Ok(opened) => opened,
-            Err(_) => {
+            Err(error) => {
                 // The server could not open the model (PostgreSQL is away): later.
-                log.lock().unwrap().reconnects += 1;
+                let why = format!("opening the model failed: {error:#}");
+                {
+                    let mut log = log.lock().unwrap();
+                    log.reconnects += 1;
+                    log.last_failures.insert(replica, why);
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -92,7 +107,9 @@ async fn resend_until_done(
         while seq <= count {
             let operation = insert(&snapshot.data, 0, &format!("<{replica}.{seq}>"));
             let answer = match client.submit(&doc, ReplicaId(replica), seq, base, operation).await {
-                Err(_) => Answer::Lost { told: false },
+                Err(error) => {
+                    Answer::Lost { told: false, why: format!("submitting failed: {error:#}") }
+                }
                 Ok(()) => client
                     .push(|push| match push {
                         ServerPush::Ack { model, seq: s, version, .. }
@@ -105,13 +122,17 @@ async fn resend_until_done(
                         {
                             Some(Err(format!("{error:?}")))
                         }
-                        ServerPush::SessionClosing { code, .. } => {
-                            Some(Ok(Answer::Lost { told: *code == ErrorCode::UNAVAILABLE }))
-                        }
+                        ServerPush::SessionClosing { code, message } => Some(Ok(Answer::Lost {
+                            told: *code == ErrorCode::UNAVAILABLE,
+                            why: format!("the server closed the session ({code:?}): {message}"),
+                        })),
                         _ => None,
                     })
                     .await
-                    .unwrap_or(Ok(Answer::Lost { told: false }))
+                    .unwrap_or_else(|error| {
+                        let why = format!("waiting for the answer failed: {error:#}");
+                        Ok(Answer::Lost { told: false, why })
+                    })
                     .map_err(|e| anyhow::anyhow!("replica {replica} seq {seq} refused: {e}"))?,
             };
             match answer {
@@ -120,8 +141,9 @@ async fn resend_until_done(
                     base = version;
                     seq += 1;
                 }
-                Answer::Lost { told } => {
+                Answer::Lost { told, why } => {
                     let mut log = log.lock().unwrap();
+                    log.last_failures.insert(replica, why);
                     log.told += usize::from(told);
                     log.reconnects += 1;
                     break;
@@ -204,7 +226,10 @@ async fn progress(log: &Mutex<Log>, more: usize) -> anyhow::Result<()> {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("the clients made no progress: {acked} of {goal} acknowledged");
+            let last = &log.lock().unwrap().last_failures;
+            bail!(
+                "the clients made no progress: {acked} of {goal} acknowledged; their last sessions ended with: {last:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
