@@ -183,7 +183,7 @@ impl Progress {
     }
 
     /// One more model joined the waiting queue (not counted yet: see
-    /// [`Progress::is_taken`]).
+    /// [`Progress::put_back`]).
     pub(crate) fn add_waiting(&mut self) {
         self.total += 1;
     }
@@ -193,9 +193,10 @@ impl Progress {
         self.taken.insert(model);
     }
 
-    /// Whether `model` is counted and out of the waiting queue.
-    pub(crate) fn is_taken(&self, model: &ModelId) -> bool {
-        self.taken.contains(model)
+    /// `model` goes back into the waiting queue; true if it was counted and out of it (it
+    /// stays counted once: taken again later, it is done or failed once).
+    pub(crate) fn put_back(&mut self, model: &ModelId) -> bool {
+        self.taken.remove(model)
     }
 
     /// Every change of `model` is acknowledged; false if it was not counted.
@@ -276,7 +277,10 @@ mod tests {
         p.start(3);
         p.take(id("a"));
         p.take(id("b"));
-        assert!(p.is_taken(&id("a")) && !p.is_taken(&id("c")));
+        // a goes back into the queue (its model was closed with changes), still counted
+        // once: taken again, it is done once.
+        assert!(p.put_back(&id("a")) && !p.put_back(&id("c")));
+        p.take(id("a"));
         assert!(p.done(&id("a")) && !p.done(&id("a")));
         assert!(p.failed(&id("b")) && !p.done(&id("b")));
         assert!(p.dropped(&id("c"), true));

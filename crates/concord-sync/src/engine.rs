@@ -671,6 +671,17 @@ impl ClientEngine {
                 let entry = &self.models[&model];
                 if entry.replica.has_unacknowledged() || entry.creation.is_some() {
                     self.wants_turn(&model);
+                    // Offline while connected, and neither waiting for a slot nor for its
+                    // creation to be durable: the server refused it (gone, or its creation
+                    // refused), and it will not sync on this connection.
+                    let entry = &self.models[&model];
+                    let refused = entry.link == Link::Offline
+                        && entry.slot == Slot::None
+                        && !entry.queued_live
+                        && entry.creation_batch.is_none();
+                    if refused {
+                        self.sync_failed(&model);
+                    }
                 } else if self.progress.done(&model) {
                     self.report_progress();
                 }
@@ -697,10 +708,13 @@ impl ClientEngine {
     pub fn remove_model(&mut self, model: &ModelId) -> Option<ModelReplica> {
         let entry = self.take_model(model)?;
         let owed = entry.replica.has_unacknowledged() || entry.creation.is_some();
-        if owed && self.is_connected() && !self.tombstones.contains_key(model) {
-            let counted = self.progress.is_taken(model) || self.sync_waiting.contains(model);
+        if owed
+            && self.is_connected()
+            && !self.tombstones.contains_key(model)
+            && !self.sync_waiting.contains(model)
+        {
             self.sync_waiting.push_back(model.clone());
-            if !counted {
+            if !self.progress.put_back(model) {
                 self.progress.add_waiting();
                 self.report_progress();
             }
@@ -1462,6 +1476,7 @@ impl ClientEngine {
         match answer {
             Ok(ServerResponse::ModelCreated { model: answered, .. }) if answered == model => {
                 self.creation_confirmed(&model);
+                self.done_if_nothing_owed(&model);
                 self.request_slot(&model);
             }
             Ok(other) => {
@@ -1489,9 +1504,13 @@ impl ClientEngine {
             self.take_model(&model);
         } else if let Some(entry) = self.models.get_mut(&model) {
             entry.link = Link::Offline;
+            // Not at the server, so it holds no slot there: a sync turn or live slot kept
+            // would never be given back, and background sync would wait for it forever.
+            self.set_slot(&model, Slot::None);
         }
         self.sync_failed(&model);
         self.domain_event(DomainEvent::CreationRefused { model, error });
+        self.schedule();
     }
 
     /// The answer to a `Sync` request: the model is created (if it asked) and resyncing,
@@ -1561,9 +1580,25 @@ impl ClientEngine {
     fn after_server_closed(&mut self, model: &ModelId) {
         let Some(entry) = self.models.get(model) else { return };
         if entry.background {
-            self.pump(model);
-        } else if entry.link == Link::Live && !entry.attached {
+            return self.pump(model);
+        }
+        let reopen = entry.link == Link::Live && !entry.attached;
+        self.done_if_nothing_owed(model);
+        if reopen {
             self.start_resync(model);
+        }
+    }
+
+    /// Counts as done a model background sync counted that owes the server nothing more,
+    /// wherever it is now: the application may have taken it over, and its model may wait
+    /// for a live slot for long.
+    fn done_if_nothing_owed(&mut self, model: &ModelId) {
+        let owes = self
+            .models
+            .get(model)
+            .is_none_or(|m| m.creation.is_some() || m.replica.has_unacknowledged());
+        if !owes && self.progress.done(model) {
+            self.report_progress();
         }
     }
 
@@ -1854,7 +1889,7 @@ impl ClientEngine {
                     && !self.sync_waiting.contains(&model)
                     && !self.loads.contains(&model)
                 {
-                    if !self.progress.is_taken(&model) {
+                    if !self.progress.put_back(&model) {
                         self.progress.add_waiting();
                     }
                     self.sync_waiting.push_back(model);
@@ -2143,6 +2178,12 @@ impl ClientEngine {
         if entry.background {
             self.take_model(model);
             self.sync_waiting.push_front(model.clone());
+        } else if entry.creation.is_some() {
+            // The application took it over from background sync before the server created
+            // it. Parked, it would wait for a slot that a model not yet created is never
+            // given; creating takes no slot, and once created it asks for one.
+            self.set_slot(model, Slot::None);
+            self.attach(model);
         } else {
             self.park(model, true);
         }

@@ -1199,3 +1199,267 @@ fn references_move_through_changes_in_flight_pending_and_remote() -> Result<()> 
     assert_eq!(local_char(&engine, seen(&engine)), Some('w'));
     Ok(())
 }
+
+/// [`settle`], with `refuse` answering in place of the test server what it returns
+/// `Some` for.
+fn settle_refusing(
+    engine: &mut ClientEngine,
+    now: Time,
+    mut turn: Turn,
+    refuse: impl Fn(&ClientMessage) -> Option<Vec<ServerMessage>>,
+) -> Result<Turn> {
+    let mut all = Turn::default();
+    for _ in 0..100 {
+        let sent = std::mem::take(&mut turn.sent);
+        all.batches.append(&mut turn.batches);
+        all.events.append(&mut turn.events);
+        all.actions.append(&mut turn.actions);
+        if sent.is_empty() {
+            return Ok(all);
+        }
+        for message in &sent {
+            for reply in refuse(message).map_or_else(|| answer(message), Ok)? {
+                engine.handle_message(now, reply);
+            }
+        }
+        all.sent.extend(sent);
+        turn = drain(engine, now);
+    }
+    bail!("the engine kept sending")
+}
+
+/// The server's refusal, with `code`, of a request the engine sent about `model`.
+fn refusal(
+    message: &ClientMessage,
+    model: &ModelId,
+    code: ErrorCode,
+) -> Option<Vec<ServerMessage>> {
+    let ClientMessage::Request { id, request } = message else { return None };
+    let about = match request {
+        ClientRequest::Sync { model: m, .. } | ClientRequest::Resync { model: m, .. } => m,
+        _ => return None,
+    };
+    let error = ErrorReply::new(code, "refused by the test");
+    (about == model).then(|| vec![ServerMessage::Error { to: Some(*id), error }])
+}
+
+#[test]
+fn a_creation_refused_after_the_application_took_the_model_over_ends_its_background_sync()
+-> Result<()> {
+    // Created offline with a change, then released: the store owes the server both.
+    let model = id("taken");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    let nonce = CreationNonce([7; 16]);
+    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
+    insert_object(&mut engine, &model)?;
+    drain(&mut engine, at(0));
+    let mut restored: store::Restored = engine.remove_model(&model).expect("loaded").into();
+    restored.creation = Some(nonce);
+
+    // Loaded for background sync, its `Sync` (creating it) goes out; the application then
+    // opens it, and the server answers that another creation has the id.
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
+    let mut turn = drain(&mut engine, at(0));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(restored));
+    engine.keep_loaded(&model);
+    let loaded = drain(&mut engine, at(0));
+    turn.sent.extend(loaded.sent);
+    turn.events.extend(loaded.events);
+    let all = settle_refusing(&mut engine, at(0), turn, |message| {
+        refusal(message, &model, ErrorCode::MODEL_ALREADY_EXISTS)
+    })?;
+
+    let refused = |e: &Event| matches!(e, Event::Domain(DomainEvent::CreationRefused { .. }));
+    assert!(all.events.iter().any(refused), "{:?}", all.events);
+    assert_eq!(last_progress(&all), Some((0, 1, 1)), "counted as failed");
+    assert!(engine.model(&model).is_some(), "the application's model stays, offline");
+    // It holds no slot at the server: background sync is over, nothing is left waiting.
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+#[test]
+fn a_background_load_of_a_model_the_server_refused_meanwhile_counts_as_failed() -> Result<()> {
+    // Two models changed offline and released: background sync, one model at a time, owes
+    // the server both changes.
+    let config = EngineConfig { sync_concurrency: 1, ..config() };
+    let mut engine = ClientEngine::new(REPLICA, config);
+    let (first, model) = (id("first"), id("gone"));
+    let mut stored = Vec::new();
+    for name in [&first, &model] {
+        engine.add_model(name.clone(), ModelReplica::new(snapshot()?).into())?;
+        insert_object(&mut engine, name)?;
+        drain(&mut engine, at(0));
+        stored.push(engine.remove_model(name).expect("loaded"));
+    }
+    let [first_stored, stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
+
+    // Both listed at the connection; while the first syncs, the application opens the
+    // second, and the server says it no longer has it.
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![first.clone(), model.clone()], vec![]);
+    let mut turn = drain(&mut engine, at(0));
+    assert_eq!(engine.poll_load(), Some(first.clone()));
+    assert_eq!(engine.poll_load(), None, "one at a time");
+    engine.add_model(model.clone(), stored.clone().into())?;
+    turn.sent.extend(drain(&mut engine, at(0)).sent);
+    let refuse = |message: &ClientMessage| refusal(message, &model, ErrorCode::MODEL_NOT_FOUND);
+    let all = settle_refusing(&mut engine, at(0), turn, refuse)?;
+    let gone = |e: &Event| matches!(e, Event::Domain(DomainEvent::ModelGone { .. }));
+    assert!(all.events.iter().any(gone), "{:?}", all.events);
+
+    // The first syncs; then the second's turn comes, for a model the application holds,
+    // offline, refused by the server: it cannot sync on this connection.
+    engine.handle_loaded(first.clone(), Some(first_stored.into()));
+    let turn = drain(&mut engine, at(0));
+    let synced = settle_refusing(&mut engine, at(0), turn, refuse)?;
+    assert_eq!(last_progress(&synced), Some((1, 0, 2)));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(stored.into()));
+    let after = drain(&mut engine, at(0));
+    assert!(after.sent.is_empty(), "nothing more is asked of the server: {:?}", after.sent);
+    assert_eq!(last_progress(&after), Some((1, 1, 2)), "counted as failed");
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+#[test]
+fn a_model_closed_and_opened_again_during_its_background_sync_counts_once() -> Result<()> {
+    // Two models changed offline and released: background sync, one model at a time, owes
+    // the server both changes.
+    let config = EngineConfig { sync_concurrency: 1, ..config() };
+    let mut engine = ClientEngine::new(REPLICA, config);
+    let (model, other) = (id("m"), id("other"));
+    let mut stored = Vec::new();
+    for name in [&model, &other] {
+        engine.add_model(name.clone(), ModelReplica::new(snapshot()?).into())?;
+        insert_object(&mut engine, name)?;
+        drain(&mut engine, at(0));
+        stored.push(engine.remove_model(name).expect("loaded"));
+    }
+    let [stored, other_stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
+
+    // The first is loaded for background sync; before its `Sync` is answered the
+    // application closes it (its change still owed: it goes back in line, behind the
+    // other) and later opens it, and it syncs as the application's model.
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![model.clone(), other.clone()], vec![]);
+    drain(&mut engine, at(0));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(stored.clone().into()));
+    drain(&mut engine, at(0));
+    let closed = engine.remove_model(&model).expect("loaded");
+    assert_eq!(engine.poll_load(), Some(other.clone()), "the other's turn");
+    engine.add_model(model.clone(), closed.into())?;
+    let turn = drain(&mut engine, at(0));
+    let mut all = settle(&mut engine, at(0), turn)?;
+    assert!(engine.is_settled(&model));
+
+    // Then the other syncs, and the first's place in line comes: its load finds the
+    // application's copy in sync.
+    engine.handle_loaded(other.clone(), Some(other_stored.into()));
+    let turn = drain(&mut engine, at(0));
+    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(stored.into()));
+    let turn = drain(&mut engine, at(0));
+    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+    for event in &all.events {
+        if let Event::Domain(DomainEvent::SyncProgress { done, failed, total }) = event {
+            assert!(done + failed <= *total, "{event:?} in {:?}", all.events);
+        }
+    }
+    assert_eq!(last_progress(&all), Some((2, 0, 2)), "each done once");
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+#[test]
+fn a_creation_taken_over_from_background_sync_and_refused_for_load_is_created_without_a_slot()
+-> Result<()> {
+    // Created offline and released: the store owes the server the creation only.
+    let model = id("new");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    let nonce = CreationNonce([5; 16]);
+    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
+    drain(&mut engine, at(0));
+    let mut restored: store::Restored = engine.remove_model(&model).expect("loaded").into();
+    restored.creation = Some(nonce);
+
+    // Loaded for background sync, its `Sync` (creating it) goes out; the application opens
+    // it meanwhile, and the server, at its limit of open models, refuses the `Sync`.
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
+    let mut turn = drain(&mut engine, at(0));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(restored));
+    engine.keep_loaded(&model);
+    let loaded = drain(&mut engine, at(0));
+    turn.sent.extend(loaded.sent);
+    turn.events.extend(loaded.events);
+    let sync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Sync { .. }))?;
+    let refusal = ErrorReply::new(ErrorCode::OVERLOADED, "at most 3 models may be open");
+    engine.handle_message(at(0), ServerMessage::Error { to: Some(sync), error: refusal });
+
+    // Creating opens nothing, so the creation goes out at once, alone.
+    let after = drain(&mut engine, at(0));
+    let creates = |r: &ClientRequest| matches!(r, ClientRequest::CreateModel { .. });
+    assert!(after.requests().any(|(_, r)| creates(r)), "{:?}", after.sent);
+    let mut events = turn.events;
+    events.extend(settle(&mut engine, at(0), after)?.events);
+    let created = |e: &Event| matches!(e, Event::Domain(DomainEvent::Created { .. }));
+    assert!(events.iter().any(created), "{events:?}");
+    let all = Turn { events, ..Turn::default() };
+    assert_eq!(last_progress(&all), Some((1, 0, 1)), "done once created");
+    // Once the refusal's backoff has passed, it takes a live slot like any model.
+    engine.handle_timeout(at(200));
+    let turn = drain(&mut engine, at(200));
+    settle(&mut engine, at(200), turn)?;
+    assert!(engine.is_settled(&model));
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+#[test]
+fn a_model_taken_over_after_its_background_sync_pushed_everything_is_done_though_parked()
+-> Result<()> {
+    // Changed offline and released: background sync owes the server the change.
+    let model = id("m");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
+    insert_object(&mut engine, &model)?;
+    drain(&mut engine, at(0));
+    let stored = engine.remove_model(&model).expect("loaded");
+
+    // Loaded for background sync, its `Sync` goes out; the application opens it meanwhile.
+    // The server takes the change and closes the model; opened again for the application,
+    // it is refused for now: the connection is at the server's limit.
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
+    let mut turn = drain(&mut engine, at(0));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(stored.into()));
+    engine.keep_loaded(&model);
+    let loaded = drain(&mut engine, at(0));
+    turn.sent.extend(loaded.sent);
+    turn.events.extend(loaded.events);
+    let all = settle_refusing(&mut engine, at(0), turn, |message| match message {
+        ClientMessage::Request { id, request: ClientRequest::Resync { .. } } => {
+            let error = ErrorReply::new(ErrorCode::OVERLOADED, "at most 3 models may be open");
+            Some(vec![ServerMessage::Error { to: Some(*id), error }])
+        }
+        _ => None,
+    })?;
+    let refused = all.requests().any(|(_, r)| matches!(r, ClientRequest::Resync { .. }));
+    assert!(refused, "opened again for the application: {:?}", all.sent);
+    assert!(!engine.is_settled(&model), "waiting for a live slot");
+    assert_eq!(last_progress(&all), Some((1, 0, 1)), "everything pushed: done");
+    Ok(())
+}
