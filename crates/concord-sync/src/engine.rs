@@ -758,7 +758,20 @@ impl ClientEngine {
 
     /// Closes the model at the server if it is attached there.
     fn close_at_server(&mut self, model: &ModelId) {
-        // A resync's answer no longer matters.
+        self.forget_answers(model);
+        let Some(entry) = self.models.get_mut(model) else { return };
+        if entry.attached {
+            entry.attached = false;
+            self.budget.attached -= 1;
+            if self.is_connected() {
+                self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
+            }
+        }
+    }
+
+    /// The answers still to come to `model`'s resyncs, syncs and submission no longer
+    /// matter: it is closed here, or the server no longer serves it.
+    fn forget_answers(&mut self, model: &ModelId) {
         for request in self.requests.values_mut() {
             let about_model = match &request.purpose {
                 Request::Resync(m)
@@ -771,14 +784,6 @@ impl ClientEngine {
             }
         }
         self.acks.remove(model);
-        let Some(entry) = self.models.get_mut(model) else { return };
-        if entry.attached {
-            entry.attached = false;
-            self.budget.attached -= 1;
-            if self.is_connected() {
-                self.send(ClientRequest::CloseModel { model: model.clone() }, Request::Other);
-            }
-        }
     }
 
     pub fn model(&self, model: &ModelId) -> Option<&ModelReplica> {
@@ -1960,6 +1965,9 @@ impl ClientEngine {
     /// The server no longer serves `model`: it stays here, offline; one loaded only to sync
     /// goes back to the store.
     fn gone(&mut self, model: &ModelId, error: ErrorReply) {
+        // A resync sent before the server said so may still be answered, even refused for
+        // load: that answer is about a model no longer served.
+        self.forget_answers(model);
         self.stop_sharing(model);
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.link = Link::Offline;

@@ -1463,3 +1463,30 @@ fn a_model_taken_over_after_its_background_sync_pushed_everything_is_done_though
     assert_eq!(last_progress(&all), Some((1, 0, 1)), "everything pushed: done");
     Ok(())
 }
+
+#[test]
+fn a_resync_answered_after_the_server_closed_the_model_for_good_is_not_a_violation() -> Result<()> {
+    let model = id("m");
+    let mut engine = connected(config(), at(0), &[])?;
+    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
+    let turn = drain(&mut engine, at(0));
+    let resync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { .. }))?;
+
+    // Deleted by someone else before the resync is answered; the answer, sent before the
+    // server knew, refuses it for load.
+    let closed = ServerPush::ModelForceClosed {
+        model: model.clone(),
+        code: ErrorCode::MODEL_DELETED,
+        message: "the model was deleted".into(),
+    };
+    engine.handle_message(at(0), ServerMessage::Push(closed));
+    let error = ErrorReply::new(ErrorCode::OVERLOADED, "at most 3 models may be open");
+    engine.handle_message(at(0), ServerMessage::Error { to: Some(resync), error });
+    let turn = drain(&mut engine, at(0));
+    let gone = |e: &Event| matches!(e, Event::Domain(DomainEvent::ModelGone { .. }));
+    let violation = |e: &Event| matches!(e, Event::Domain(DomainEvent::ProtocolViolation { .. }));
+    assert!(turn.events.iter().any(gone), "{:?}", turn.events);
+    assert!(!turn.events.iter().any(violation), "{:?}", turn.events);
+    assert!(engine.model(&model).is_some(), "the application's model stays, offline");
+    Ok(())
+}
