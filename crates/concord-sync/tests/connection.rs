@@ -247,25 +247,8 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
 
 /// Answers what was sent, and what that makes the engine send, until it sends nothing
 /// more; returns everything that happened.
-fn settle(engine: &mut ClientEngine, now: Time, mut turn: Turn) -> Result<Turn> {
-    let mut all = Turn::default();
-    for _ in 0..100 {
-        let sent = std::mem::take(&mut turn.sent);
-        all.batches.append(&mut turn.batches);
-        all.events.append(&mut turn.events);
-        all.actions.append(&mut turn.actions);
-        if sent.is_empty() {
-            return Ok(all);
-        }
-        for message in &sent {
-            for reply in answer(message)? {
-                engine.handle_message(now, reply);
-            }
-        }
-        all.sent.extend(sent);
-        turn = drain(engine, now);
-    }
-    bail!("the engine kept sending")
+fn settle(engine: &mut ClientEngine, now: Time, turn: Turn) -> Result<Turn> {
+    settle_refusing(engine, now, turn, |_| None)
 }
 
 #[test]
@@ -809,14 +792,11 @@ fn element_ids_continue_across_a_restore_from_the_store() -> Result<()> {
 fn sync_in_background(
     engine: &mut ClientEngine,
     model: &ModelId,
-    stored: ModelReplica,
+    stored: store::Restored,
 ) -> Result<Turn> {
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
-    let mut turn = drain(engine, at(0));
+    let mut turn = connect_listing(engine, vec![model.clone()]);
     assert_eq!(engine.poll_load(), Some(model.clone()));
-    engine.handle_loaded(model.clone(), Some(stored.into()));
+    engine.handle_loaded(model.clone(), Some(stored));
     let loaded = drain(engine, at(0));
     turn.sent.extend(loaded.sent);
     turn.events.extend(loaded.events);
@@ -846,7 +826,7 @@ fn a_model_synced_in_the_background_costs_one_sync_request() -> Result<()> {
     let replica = engine.remove_model(&model).expect("loaded");
     assert!(replica.has_unacknowledged());
 
-    let all = sync_in_background(&mut engine, &model, replica)?;
+    let all = sync_in_background(&mut engine, &model, replica.into())?;
     let [ClientMessage::Request { request: ClientRequest::Sync { create, submission, .. }, .. }] =
         all.sent.as_slice()
     else {
@@ -865,26 +845,10 @@ fn a_model_synced_in_the_background_costs_one_sync_request() -> Result<()> {
 fn a_model_created_offline_is_created_resynced_and_submitted_by_one_sync_request() -> Result<()> {
     let model = id("new");
     let mut engine = ClientEngine::new(REPLICA, config());
-    let nonce = concord_protocol::CreationNonce([9; 16]);
-    let snapshot = snapshot()?;
-    engine.create_model(model.clone(), notes(), snapshot.data.clone(), nonce, Timestamp(0))?;
-    insert_object(&mut engine, &model)?;
-    drain(&mut engine, at(0));
-    let replica = engine.remove_model(&model).expect("loaded");
-
+    let nonce = CreationNonce([9; 16]);
     // Restored as a model whose creation the server has not confirmed.
-    let mut restored: store::Restored = replica.into();
-    restored.creation = Some(nonce);
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
-    let mut turn = drain(&mut engine, at(0));
-    assert_eq!(engine.poll_load(), Some(model.clone()));
-    engine.handle_loaded(model.clone(), Some(restored));
-    let loaded = drain(&mut engine, at(0));
-    turn.sent.extend(loaded.sent);
-    turn.events.extend(loaded.events);
-    let all = settle(&mut engine, at(0), turn)?;
+    let restored = created_offline(&mut engine, &model, nonce, true)?;
+    let all = sync_in_background(&mut engine, &model, restored)?;
 
     let [ClientMessage::Request { request: ClientRequest::Sync { create, submission, .. }, .. }] =
         all.sent.as_slice()
@@ -1243,25 +1207,57 @@ fn refusal(
     (about == model).then(|| vec![ServerMessage::Error { to: Some(*id), error }])
 }
 
+/// Each of `models` changed offline (one object inserted) and released: what the store
+/// holds of each, owing the server that change.
+fn changed_offline(engine: &mut ClientEngine, models: &[&ModelId]) -> Result<Vec<ModelReplica>> {
+    let mut stored = Vec::new();
+    for model in models {
+        engine.add_model((*model).clone(), ModelReplica::new(snapshot()?).into())?;
+        insert_object(engine, model)?;
+        drain(engine, at(0));
+        stored.push(engine.remove_model(model).expect("loaded"));
+    }
+    Ok(stored)
+}
+
+/// `model` created offline (with `changed`, one object inserted too) and released: what the
+/// store holds, owing the server the creation.
+fn created_offline(
+    engine: &mut ClientEngine,
+    model: &ModelId,
+    nonce: CreationNonce,
+    changed: bool,
+) -> Result<store::Restored> {
+    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
+    if changed {
+        insert_object(engine, model)?;
+    }
+    drain(engine, at(0));
+    let mut restored: store::Restored = engine.remove_model(model).expect("loaded").into();
+    restored.creation = Some(nonce);
+    Ok(restored)
+}
+
+/// Connects, the store listing `stored` as holding changes for the server; returns the
+/// connection's first turn.
+fn connect_listing(engine: &mut ClientEngine, stored: Vec<ModelId>) -> Turn {
+    engine.connect(credentials());
+    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
+    engine.handle_connected(at(0), &session(), stored, vec![]);
+    drain(engine, at(0))
+}
+
 #[test]
 fn a_creation_refused_after_the_application_took_the_model_over_ends_its_background_sync()
 -> Result<()> {
     // Created offline with a change, then released: the store owes the server both.
     let model = id("taken");
     let mut engine = ClientEngine::new(REPLICA, config());
-    let nonce = CreationNonce([7; 16]);
-    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
-    insert_object(&mut engine, &model)?;
-    drain(&mut engine, at(0));
-    let mut restored: store::Restored = engine.remove_model(&model).expect("loaded").into();
-    restored.creation = Some(nonce);
+    let restored = created_offline(&mut engine, &model, CreationNonce([7; 16]), true)?;
 
     // Loaded for background sync, its `Sync` (creating it) goes out; the application then
     // opens it, and the server answers that another creation has the id.
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
-    let mut turn = drain(&mut engine, at(0));
+    let mut turn = connect_listing(&mut engine, vec![model.clone()]);
     assert_eq!(engine.poll_load(), Some(model.clone()));
     engine.handle_loaded(model.clone(), Some(restored));
     engine.keep_loaded(&model);
@@ -1288,21 +1284,12 @@ fn a_background_load_of_a_model_the_server_refused_meanwhile_counts_as_failed() 
     let config = EngineConfig { sync_concurrency: 1, ..config() };
     let mut engine = ClientEngine::new(REPLICA, config);
     let (first, model) = (id("first"), id("gone"));
-    let mut stored = Vec::new();
-    for name in [&first, &model] {
-        engine.add_model(name.clone(), ModelReplica::new(snapshot()?).into())?;
-        insert_object(&mut engine, name)?;
-        drain(&mut engine, at(0));
-        stored.push(engine.remove_model(name).expect("loaded"));
-    }
+    let stored = changed_offline(&mut engine, &[&first, &model])?;
     let [first_stored, stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
 
     // Both listed at the connection; while the first syncs, the application opens the
     // second, and the server says it no longer has it.
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![first.clone(), model.clone()], vec![]);
-    let mut turn = drain(&mut engine, at(0));
+    let mut turn = connect_listing(&mut engine, vec![first.clone(), model.clone()]);
     assert_eq!(engine.poll_load(), Some(first.clone()));
     assert_eq!(engine.poll_load(), None, "one at a time");
     engine.add_model(model.clone(), stored.clone().into())?;
@@ -1334,22 +1321,13 @@ fn a_model_closed_and_opened_again_during_its_background_sync_counts_once() -> R
     let config = EngineConfig { sync_concurrency: 1, ..config() };
     let mut engine = ClientEngine::new(REPLICA, config);
     let (model, other) = (id("m"), id("other"));
-    let mut stored = Vec::new();
-    for name in [&model, &other] {
-        engine.add_model(name.clone(), ModelReplica::new(snapshot()?).into())?;
-        insert_object(&mut engine, name)?;
-        drain(&mut engine, at(0));
-        stored.push(engine.remove_model(name).expect("loaded"));
-    }
+    let stored = changed_offline(&mut engine, &[&model, &other])?;
     let [stored, other_stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
 
     // The first is loaded for background sync; before its `Sync` is answered the
     // application closes it (its change still owed: it goes back in line, behind the
     // other) and later opens it, and it syncs as the application's model.
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![model.clone(), other.clone()], vec![]);
-    drain(&mut engine, at(0));
+    connect_listing(&mut engine, vec![model.clone(), other.clone()]);
     assert_eq!(engine.poll_load(), Some(model.clone()));
     engine.handle_loaded(model.clone(), Some(stored.clone().into()));
     drain(&mut engine, at(0));
@@ -1385,18 +1363,11 @@ fn a_creation_taken_over_from_background_sync_and_refused_for_load_is_created_wi
     // Created offline and released: the store owes the server the creation only.
     let model = id("new");
     let mut engine = ClientEngine::new(REPLICA, config());
-    let nonce = CreationNonce([5; 16]);
-    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
-    drain(&mut engine, at(0));
-    let mut restored: store::Restored = engine.remove_model(&model).expect("loaded").into();
-    restored.creation = Some(nonce);
+    let restored = created_offline(&mut engine, &model, CreationNonce([5; 16]), false)?;
 
     // Loaded for background sync, its `Sync` (creating it) goes out; the application opens
     // it meanwhile, and the server, at its limit of open models, refuses the `Sync`.
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
-    let mut turn = drain(&mut engine, at(0));
+    let mut turn = connect_listing(&mut engine, vec![model.clone()]);
     assert_eq!(engine.poll_load(), Some(model.clone()));
     engine.handle_loaded(model.clone(), Some(restored));
     engine.keep_loaded(&model);
@@ -1432,18 +1403,13 @@ fn a_model_taken_over_after_its_background_sync_pushed_everything_is_done_though
     // Changed offline and released: background sync owes the server the change.
     let model = id("m");
     let mut engine = ClientEngine::new(REPLICA, config());
-    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
-    insert_object(&mut engine, &model)?;
-    drain(&mut engine, at(0));
-    let stored = engine.remove_model(&model).expect("loaded");
+    let [stored] =
+        <[ModelReplica; 1]>::try_from(changed_offline(&mut engine, &[&model])?).expect("one");
 
     // Loaded for background sync, its `Sync` goes out; the application opens it meanwhile.
     // The server takes the change and closes the model; opened again for the application,
     // it is refused for now: the connection is at the server's limit.
-    engine.connect(credentials());
-    assert_eq!(engine.poll_action(), Some(Action::Connect { auth: credentials() }));
-    engine.handle_connected(at(0), &session(), vec![model.clone()], vec![]);
-    let mut turn = drain(&mut engine, at(0));
+    let mut turn = connect_listing(&mut engine, vec![model.clone()]);
     assert_eq!(engine.poll_load(), Some(model.clone()));
     engine.handle_loaded(model.clone(), Some(stored.into()));
     engine.keep_loaded(&model);
