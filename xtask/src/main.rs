@@ -67,8 +67,9 @@ commands:
   cluster                          start PostgreSQL and three cluster nodes on loopback
                                    (ports 55432 and 7701-7703), print their URLs,
                                    stop them all on Enter
-  soak [--seeds N]                 run the sync simulations over N seeds per
-                                   scenario, in release (default 10000)
+  soak [--seeds N] [--from S]      run the sync simulations over N seeds per
+                                   scenario from seed S, in release (default 10000
+                                   from 0; a new S sweeps seeds no run has met)
   help                             print this message";
 
 /// The crates that must stay free of I/O, so that they build and run anywhere (wasm32
@@ -96,11 +97,7 @@ fn main() -> ExitCode {
         ["fuzz", rest @ ..] => fuzz::parse_args(rest).and_then(|args| fuzz::fuzz(&args)),
         ["bench"] => bench(),
         ["cluster"] => cluster::cluster(),
-        ["soak"] => soak(DEFAULT_SOAK_SEEDS),
-        ["soak", "--seeds", n] => match n.parse() {
-            Ok(seeds) => soak(seeds),
-            Err(_) => Err(anyhow::anyhow!("--seeds {n}: not a whole number")),
-        },
+        ["soak", rest @ ..] => soak_args(rest).and_then(|(first, seeds)| soak(first, seeds)),
         [] | ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             return if args.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
@@ -607,8 +604,25 @@ fn bench() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // soak
 
-/// The simulation tests read the seed count from `CONCORD_SEEDS`; a failure names its seed.
-fn soak(seeds: u64) -> anyhow::Result<()> {
+/// `[--seeds N] [--from S]`, in any order: the first seed and how many.
+fn soak_args(args: &[&str]) -> anyhow::Result<(u64, u64)> {
+    let (mut first, mut seeds) = (0, DEFAULT_SOAK_SEEDS);
+    let mut args = args.iter();
+    while let Some(&flag) = args.next() {
+        let target = match flag {
+            "--seeds" => &mut seeds,
+            "--from" => &mut first,
+            _ => bail!("soak: unknown argument `{flag}`"),
+        };
+        let value = args.next().with_context(|| format!("{flag}: needs a number"))?;
+        *target = value.parse().with_context(|| format!("{flag} {value}: not a whole number"))?;
+    }
+    Ok((first, seeds))
+}
+
+/// The simulation tests read the first seed from `CONCORD_FIRST_SEED` and the count from
+/// `CONCORD_SEEDS`; a failure names its seed.
+fn soak(first: u64, seeds: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut command = cargo(&[
         "test",
@@ -620,15 +634,29 @@ fn soak(seeds: u64) -> anyhow::Result<()> {
         "--test",
         "lease_simulation",
     ]);
-    command.env("CONCORD_SEEDS", seeds.to_string());
+    command.env("CONCORD_FIRST_SEED", first.to_string()).env("CONCORD_SEEDS", seeds.to_string());
     run(command)?;
-    eprintln!("xtask soak: {seeds} seeds per scenario passed in {:.0?}", started.elapsed());
+    let last = first + seeds.saturating_sub(1);
+    eprintln!(
+        "xtask soak: seeds {first}..={last} of each scenario passed in {:.0?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soak_arguments_in_any_order() {
+        assert_eq!(soak_args(&[]).unwrap(), (0, DEFAULT_SOAK_SEEDS));
+        assert_eq!(soak_args(&["--from", "7", "--seeds", "3"]).unwrap(), (7, 3));
+        assert_eq!(soak_args(&["--seeds", "3"]).unwrap(), (0, 3));
+        assert!(soak_args(&["--seeds"]).is_err());
+        assert!(soak_args(&["--from", "-1"]).is_err());
+        assert!(soak_args(&["--rounds", "2"]).is_err());
+    }
 
     #[test]
     fn tree_output_with_paths_is_a_violation() {

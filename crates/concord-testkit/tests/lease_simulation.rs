@@ -1,21 +1,22 @@
 //! Seeded scenarios of several server nodes over one store with leases: pauses past the
 //! lease, crashes with appends still on their way, graceful handovers and long message
 //! delays, checking one writer per model version, nothing acknowledged lost and nothing
-//! stored twice (`concord_testkit::lease_sim`). `CONCORD_SEEDS=N` runs N seeds (`cargo
-//! xtask soak` sweeps 10,000).
+//! stored twice (`concord_testkit::lease_sim`). `CONCORD_SEEDS=N` runs N seeds, from
+//! `CONCORD_FIRST_SEED` (0 unless set; `cargo xtask soak` sweeps 10,000).
 
 use concord_testkit::lease_sim::{LeaseSimConfig, LeaseStats, run};
 
-fn seeds(default: u64) -> u64 {
-    std::env::var("CONCORD_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+fn var(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 #[test]
 fn one_writer_per_version_and_nothing_lost_through_pauses_crashes_and_takeovers() {
     let config = LeaseSimConfig::default();
     let mut total = LeaseStats::default();
-    let count = seeds(300);
-    for seed in 0..count {
+    let count = var("CONCORD_SEEDS").unwrap_or(300);
+    let first = var("CONCORD_FIRST_SEED").unwrap_or(0);
+    for seed in first..first + count {
         match run(seed, config) {
             Ok(stats) => total.add(&stats),
             Err(failure) => {

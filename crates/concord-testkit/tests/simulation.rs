@@ -6,18 +6,22 @@
 //! subscriptions caught up and kept current; the engines keep their own time (heartbeats,
 //! request timeouts, reconnection with backoff, attempts that fail); and more models than the
 //! server lets one connection open, some held open by the application, the rest synced in
-//! the background around them. `CONCORD_SEEDS=N` runs N seeds (`cargo xtask soak` sweeps
-//! many more).
+//! the background around them. `CONCORD_SEEDS=N` runs N seeds, from `CONCORD_FIRST_SEED`
+//! (0 unless set; `cargo xtask soak` sweeps many more).
+
+use std::ops::Range;
 
 use concord_testkit::sim::{Config, Stats, run};
 
-fn seeds(default: u64) -> u64 {
-    std::env::var("CONCORD_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+fn seeds(default: u64) -> Range<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let first = var("CONCORD_FIRST_SEED").unwrap_or(0);
+    first..first + var("CONCORD_SEEDS").unwrap_or(default)
 }
 
-fn sweep(config: Config, count: u64) -> Stats {
+fn sweep(config: Config, seeds: Range<u64>) -> Stats {
     let mut total = Stats::default();
-    for seed in 0..count {
+    for seed in seeds {
         match run(seed, config) {
             Ok(stats) => total.add(&stats),
             Err(failure) => {
