@@ -43,7 +43,7 @@ mod authors;
 mod presence;
 mod references;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use concord_ot::{ApplyError, Document, ElementId, IdGenerator, Operation, ReplicaId};
@@ -197,6 +197,9 @@ pub enum CallError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
     Offline,
+    /// Offline because the server refused it on this connection: it no longer serves it,
+    /// or refused to create it. The next connection tries it again.
+    Refused,
     /// Background sync: waiting for the boundary of the submission its `Sync` request
     /// carries to be durable.
     Preparing,
@@ -391,9 +394,16 @@ pub struct ClientEngine {
     events: VecDeque<Event>,
     /// Stored models waiting to be loaded for background sync.
     sync_waiting: VecDeque<ModelId>,
-    /// Loads asked of the driver and not answered yet.
+    /// Models the next connection syncs whether or not the host's list of stored models
+    /// has them (their last batches may not be durable when it is read): released from
+    /// memory owing the server changes while no connection could sync them, or still
+    /// waiting or loading when the last connection dropped.
+    sync_when_connected: BTreeSet<ModelId>,
+    /// Loads for the driver to take ([`ClientEngine::poll_load`]).
     loads: VecDeque<ModelId>,
-    loads_outstanding: usize,
+    /// The models asked to be loaded on this connection (in `loads` or taken by the
+    /// driver) and not answered yet.
+    loading: BTreeSet<ModelId>,
     /// The limits the server told in the last accepted handshake.
     server_limits: Option<ServerLimits>,
     progress: Progress,
@@ -438,8 +448,9 @@ impl ClientEngine {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             sync_waiting: VecDeque::new(),
+            sync_when_connected: BTreeSet::new(),
             loads: VecDeque::new(),
-            loads_outstanding: 0,
+            loading: BTreeSet::new(),
             server_limits: None,
             progress: Progress::default(),
             budget: Budget::new(
@@ -654,10 +665,9 @@ impl ClientEngine {
     /// [`store::restore`](crate::store::restore) (`None`: it is no longer in the store, or
     /// cannot be restored).
     pub fn handle_loaded(&mut self, model: ModelId, loaded: Option<Restored>) {
-        if self.loads_outstanding == 0 {
-            return; // asked on a connection that is gone: the next one lists it again
+        if !self.loading.remove(&model) {
+            return; // asked on a connection that is gone: the next one syncs it again
         }
-        self.loads_outstanding -= 1;
         self.budget.sync -= 1;
         match loaded {
             Some(_) if self.tombstones.contains_key(&model) => {
@@ -669,17 +679,10 @@ impl ClientEngine {
             // (and counts as done once in sync; a parked one waits for a turn).
             Some(_) if self.models.contains_key(&model) => {
                 let entry = &self.models[&model];
-                if entry.replica.has_unacknowledged() || entry.creation.is_some() {
+                if owes(entry) {
                     self.wants_turn(&model);
-                    // Offline while connected, and neither waiting for a slot nor for its
-                    // creation to be durable: the server refused it (gone, or its creation
-                    // refused), and it will not sync on this connection.
-                    let entry = &self.models[&model];
-                    let refused = entry.link == Link::Offline
-                        && entry.slot == Slot::None
-                        && !entry.queued_live
-                        && entry.creation_batch.is_none();
-                    if refused {
+                    if self.models[&model].link == Link::Refused {
+                        // It will not sync on this connection.
                         self.sync_failed(&model);
                     }
                 } else if self.progress.done(&model) {
@@ -707,12 +710,11 @@ impl ClientEngine {
     /// never leaves its changes waiting for the next connection.
     pub fn remove_model(&mut self, model: &ModelId) -> Option<ModelReplica> {
         let entry = self.take_model(model)?;
-        let owed = entry.replica.has_unacknowledged() || entry.creation.is_some();
-        if owed
-            && self.is_connected()
-            && !self.tombstones.contains_key(model)
-            && !self.sync_waiting.contains(model)
-        {
+        let owed = owes(&entry) && !self.tombstones.contains_key(model);
+        if owed && !self.is_connected() {
+            self.sync_when_connected.insert(model.clone());
+        } else if owed && !self.sync_waiting.contains(model) && !self.loading.contains(model) {
+            // (A model being loaded for background sync syncs once its load is answered.)
             self.sync_waiting.push_back(model.clone());
             if !self.progress.put_back(model) {
                 self.progress.add_waiting();
@@ -923,7 +925,12 @@ impl ClientEngine {
         }
         // Listed first, so that the application's models know they share the budget.
         // In place: the ids of thousands of models changed offline are held once.
+        let mut released = std::mem::take(&mut self.sync_when_connected);
+        for model in &stored_with_changes {
+            released.remove(model);
+        }
         self.sync_waiting = VecDeque::from(stored_with_changes);
+        self.sync_waiting.extend(released);
         self.sync_waiting
             .retain(|m| !self.models.contains_key(m) && !self.tombstones.contains_key(m));
         self.progress.start(self.sync_waiting.len());
@@ -1154,8 +1161,8 @@ impl ClientEngine {
             }
             let Some(model) = self.sync_waiting.pop_front() else { break };
             self.progress.take(model.clone());
-            self.loads_outstanding += 1;
             self.budget.sync += 1;
+            self.loading.insert(model.clone());
             self.loads.push_back(model);
         }
     }
@@ -1285,16 +1292,19 @@ impl ClientEngine {
             let failure = OpenFailure::ConnectionLost;
             self.domain_event(DomainEvent::OpenFailed { model, failure });
         }
-        // Background models go back to the store; the next connection lists them again.
+        // Background models go back to the store. The next connection syncs them, and the
+        // ones still waiting, again.
         let background: Vec<ModelId> =
             self.models.iter().filter(|(_, m)| m.background).map(|(id, _)| id.clone()).collect();
         for model in background {
-            self.models.remove(&model);
+            if self.models.remove(&model).is_some_and(|entry| owes(&entry)) {
+                self.sync_when_connected.insert(model.clone());
+            }
             self.model_event(&model, ModelEvent::Released);
         }
-        self.sync_waiting.clear();
+        self.sync_when_connected.extend(self.sync_waiting.drain(..));
+        self.sync_when_connected.append(&mut self.loading);
         self.loads.clear();
-        self.loads_outstanding = 0;
         self.progress.clear();
         self.open_queue.clear();
         self.budget.reset();
@@ -1508,7 +1518,7 @@ impl ClientEngine {
         if background {
             self.take_model(&model);
         } else if let Some(entry) = self.models.get_mut(&model) {
-            entry.link = Link::Offline;
+            entry.link = Link::Refused;
             // Not at the server, so it holds no slot there: a sync turn or live slot kept
             // would never be given back, and background sync would wait for it forever.
             self.set_slot(&model, Slot::None);
@@ -1892,7 +1902,7 @@ impl ClientEngine {
             OfflineUpdate::Operations { .. } | OfflineUpdate::Snapshot { .. } => {
                 if known.is_some()
                     && !self.sync_waiting.contains(&model)
-                    && !self.loads.contains(&model)
+                    && !self.loading.contains(&model)
                 {
                     if !self.progress.put_back(&model) {
                         self.progress.add_waiting();
@@ -1970,7 +1980,7 @@ impl ClientEngine {
         self.forget_answers(model);
         self.stop_sharing(model);
         let Some(entry) = self.models.get_mut(model) else { return };
-        entry.link = Link::Offline;
+        entry.link = Link::Refused;
         if entry.attached {
             // The server closed it on its side.
             entry.attached = false;
@@ -2525,6 +2535,11 @@ fn next_counter_for(document: &Document, replica: ReplicaId) -> u64 {
         .map(|id| id.counter + 1)
         .max()
         .unwrap_or(0)
+}
+
+/// Whether the server has yet to take something of the model: changes, or its creation.
+fn owes(model: &Model) -> bool {
+    model.replica.has_unacknowledged() || model.creation.is_some()
 }
 
 /// Whether a model still waits for the ack of a submission it sent.

@@ -1315,6 +1315,49 @@ fn a_background_load_of_a_model_the_server_refused_meanwhile_counts_as_failed() 
 }
 
 #[test]
+fn a_background_load_of_a_creation_the_server_refused_meanwhile_counts_as_failed() -> Result<()> {
+    // A model changed offline and one created offline, both released: background sync,
+    // one model at a time, owes the server the change and the creation.
+    let config = EngineConfig { sync_concurrency: 1, ..config() };
+    let mut engine = ClientEngine::new(REPLICA, config);
+    let (first, model) = (id("first"), id("taken"));
+    let [first_stored] =
+        <[ModelReplica; 1]>::try_from(changed_offline(&mut engine, &[&first])?).expect("one");
+    let restored = created_offline(&mut engine, &model, CreationNonce([9; 16]), false)?;
+
+    // Both listed at the connection; while the first syncs, the application opens the
+    // second, and the server refuses its creation: another creation has the id.
+    let mut turn = connect_listing(&mut engine, vec![first.clone(), model.clone()]);
+    assert_eq!(engine.poll_load(), Some(first.clone()));
+    engine.add_model(model.clone(), restored.clone())?;
+    turn.sent.extend(drain(&mut engine, at(0)).sent);
+    let refuse = |message: &ClientMessage| match message {
+        ClientMessage::Request { id, request: ClientRequest::CreateModel { .. } } => {
+            let error = ErrorReply::new(ErrorCode::MODEL_ALREADY_EXISTS, "the id is taken");
+            Some(vec![ServerMessage::Error { to: Some(*id), error }])
+        }
+        _ => None,
+    };
+    let all = settle_refusing(&mut engine, at(0), turn, refuse)?;
+    let refused = |e: &Event| matches!(e, Event::Domain(DomainEvent::CreationRefused { .. }));
+    assert!(all.events.iter().any(refused), "{:?}", all.events);
+
+    // The first syncs; then the second's turn comes, for a model the application holds,
+    // offline, its creation refused: it cannot sync on this connection.
+    engine.handle_loaded(first.clone(), Some(first_stored.into()));
+    let turn = drain(&mut engine, at(0));
+    let synced = settle_refusing(&mut engine, at(0), turn, refuse)?;
+    assert_eq!(last_progress(&synced), Some((1, 0, 2)));
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(restored));
+    let after = drain(&mut engine, at(0));
+    assert!(after.sent.is_empty(), "nothing more is asked of the server: {:?}", after.sent);
+    assert_eq!(last_progress(&after), Some((1, 1, 2)), "counted as failed");
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+#[test]
 fn a_model_closed_and_opened_again_during_its_background_sync_counts_once() -> Result<()> {
     // Two models changed offline and released: background sync, one model at a time, owes
     // the server both changes.
@@ -1454,5 +1497,90 @@ fn a_resync_answered_after_the_server_closed_the_model_for_good_is_not_a_violati
     assert!(turn.events.iter().any(gone), "{:?}", turn.events);
     assert!(!turn.events.iter().any(violation), "{:?}", turn.events);
     assert!(engine.model(&model).is_some(), "the application's model stays, offline");
+    Ok(())
+}
+
+#[test]
+fn a_model_released_owing_changes_at_a_disconnect_syncs_on_the_next_connection_though_unlisted()
+-> Result<()> {
+    // Changed offline and released; loaded for background sync, and changed again there
+    // (an application may edit any loaded model) just before the connection drops.
+    let model = id("m");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    let [stored] =
+        <[ModelReplica; 1]>::try_from(changed_offline(&mut engine, &[&model])?).expect("one");
+    connect_listing(&mut engine, vec![model.clone()]);
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(stored.into()));
+    drain(&mut engine, at(0));
+    insert_object(&mut engine, &model)?;
+    engine.handle_disconnected(at(10));
+    let turn = drain(&mut engine, at(10));
+    let released = Event::Model { model: model.clone(), event: ModelEvent::Released };
+    assert!(turn.events.contains(&released), "{:?}", turn.events);
+
+    // The host reads its list of models with changes before that change's batch is durable,
+    // so the list lacks the model: it is synced all the same.
+    let Some(when) = engine.poll_timeout() else { bail!("no reconnection is scheduled") };
+    engine.handle_timeout(when);
+    let turn = drain(&mut engine, when);
+    assert_eq!(turn.actions, vec![Action::Connect { auth: Auth::Reconnect(token()) }]);
+    engine.handle_connected(when, &session(), vec![], vec![]);
+    let turn = drain(&mut engine, when);
+    assert_eq!(last_progress(&turn), Some((0, 0, 1)));
+    assert_eq!(engine.poll_load(), Some(model));
+    Ok(())
+}
+
+#[test]
+fn a_model_closed_offline_owing_changes_syncs_on_the_next_connection_though_unlisted() -> Result<()>
+{
+    // Changed and closed before any connection; the host's list at the first connection
+    // lacks it (its batch not yet durable when the list was read).
+    let model = id("m");
+    let mut engine = ClientEngine::new(REPLICA, config());
+    changed_offline(&mut engine, &[&model])?;
+    let turn = connect_listing(&mut engine, vec![]);
+    assert_eq!(last_progress(&turn), Some((0, 0, 1)));
+    assert_eq!(engine.poll_load(), Some(model));
+    Ok(())
+}
+
+#[test]
+fn a_model_closed_while_its_background_load_is_on_the_way_syncs_and_counts_once() -> Result<()> {
+    // Two models changed offline and released: background sync, one model at a time, owes
+    // the server both changes.
+    let config = EngineConfig { sync_concurrency: 1, ..config() };
+    let mut engine = ClientEngine::new(REPLICA, config);
+    let (model, other) = (id("m"), id("other"));
+    let stored = changed_offline(&mut engine, &[&model, &other])?;
+    let [stored, other_stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
+
+    // The first's load is asked for; before it is answered the application opens the model
+    // and closes it again, its change still owed. The load's answer then syncs it.
+    connect_listing(&mut engine, vec![model.clone(), other.clone()]);
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.add_model(model.clone(), stored.clone().into())?;
+    drain(&mut engine, at(0));
+    let closed = engine.remove_model(&model).expect("loaded");
+    let turn = drain(&mut engine, at(0));
+    let mut all = settle(&mut engine, at(0), turn)?;
+    engine.handle_loaded(model.clone(), Some(closed.into()));
+    let turn = drain(&mut engine, at(0));
+    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+
+    // Then the other syncs, and the first is not loaded again.
+    assert_eq!(engine.poll_load(), Some(other.clone()));
+    engine.handle_loaded(other.clone(), Some(other_stored.into()));
+    let turn = drain(&mut engine, at(0));
+    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+    assert_eq!(engine.poll_load(), None, "each model loaded once");
+    for event in &all.events {
+        if let Event::Domain(DomainEvent::SyncProgress { done, failed, total }) = event {
+            assert!(done + failed <= *total, "{event:?} in {:?}", all.events);
+        }
+    }
+    assert_eq!(last_progress(&all), Some((2, 0, 2)), "each done once");
+    assert!(engine.sync_idle());
     Ok(())
 }
