@@ -887,8 +887,10 @@ impl ClientEngine {
 
     /// A connection is up (handshake accepted with `session`): every loaded model resyncs
     /// first; then the stored models in `stored_with_changes` (unsent or unacknowledged
-    /// changes) are loaded a few at a time ([`EngineConfig::sync_concurrency`]) through
-    /// [`ClientEngine::poll_load`], synced, and released.
+    /// changes), and those the engine released owing changes since the last connection
+    /// (which a list read before their last batches were durable lacks), are loaded a few
+    /// at a time ([`EngineConfig::sync_concurrency`]) through [`ClientEngine::poll_load`],
+    /// synced, and released.
     ///
     /// `stored_tombstones` are the models the store holds as deleted here and not yet
     /// confirmed (with their collection); their deletion is sent again.
