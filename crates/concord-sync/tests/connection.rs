@@ -1238,6 +1238,57 @@ fn created_offline(
     Ok(restored)
 }
 
+/// An engine whose background sync takes one model at a time.
+fn one_at_a_time() -> ClientEngine {
+    ClientEngine::new(REPLICA, EngineConfig { sync_concurrency: 1, ..config() })
+}
+
+/// No refusal: the test server answers everything (for [`load_and_settle`]).
+fn none(_: &ClientMessage) -> Option<Vec<ServerMessage>> {
+    None
+}
+
+/// Answers the load of `model` with `restored` and settles what follows, `refuse`
+/// answering in place of the test server what it returns `Some` for.
+fn load_and_settle(
+    engine: &mut ClientEngine,
+    model: &ModelId,
+    restored: store::Restored,
+    refuse: impl Fn(&ClientMessage) -> Option<Vec<ServerMessage>>,
+) -> Result<Turn> {
+    engine.handle_loaded(model.clone(), Some(restored));
+    let turn = drain(engine, at(0));
+    settle_refusing(engine, at(0), turn, refuse)
+}
+
+/// The second of two models listed comes to its turn after the first synced, held by the
+/// application, offline, refused by the server: nothing is asked of the server, it counts
+/// as failed, and background sync is over.
+fn its_turn_counts_as_failed(
+    engine: &mut ClientEngine,
+    model: &ModelId,
+    restored: store::Restored,
+) -> Result<()> {
+    assert_eq!(engine.poll_load(), Some(model.clone()));
+    engine.handle_loaded(model.clone(), Some(restored));
+    let after = drain(engine, at(0));
+    assert!(after.sent.is_empty(), "nothing more is asked of the server: {:?}", after.sent);
+    assert_eq!(last_progress(&after), Some((1, 1, 2)), "counted as failed");
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
+/// Two models synced in the background: no report counts more than the total, and the
+/// last has each done once.
+fn assert_each_counted_once(all: &Turn) {
+    for event in &all.events {
+        if let Event::Domain(DomainEvent::SyncProgress { done, failed, total }) = event {
+            assert!(done + failed <= *total, "{event:?} in {:?}", all.events);
+        }
+    }
+    assert_eq!(last_progress(all), Some((2, 0, 2)), "each done once");
+}
+
 /// Connects, the store listing `stored` as holding changes for the server; returns the
 /// connection's first turn.
 fn connect_listing(engine: &mut ClientEngine, stored: Vec<ModelId>) -> Turn {
@@ -1281,8 +1332,7 @@ fn a_creation_refused_after_the_application_took_the_model_over_ends_its_backgro
 fn a_background_load_of_a_model_the_server_refused_meanwhile_counts_as_failed() -> Result<()> {
     // Two models changed offline and released: background sync, one model at a time, owes
     // the server both changes.
-    let config = EngineConfig { sync_concurrency: 1, ..config() };
-    let mut engine = ClientEngine::new(REPLICA, config);
+    let mut engine = one_at_a_time();
     let (first, model) = (id("first"), id("gone"));
     let stored = changed_offline(&mut engine, &[&first, &model])?;
     let [first_stored, stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
@@ -1301,25 +1351,16 @@ fn a_background_load_of_a_model_the_server_refused_meanwhile_counts_as_failed() 
 
     // The first syncs; then the second's turn comes, for a model the application holds,
     // offline, refused by the server: it cannot sync on this connection.
-    engine.handle_loaded(first.clone(), Some(first_stored.into()));
-    let turn = drain(&mut engine, at(0));
-    let synced = settle_refusing(&mut engine, at(0), turn, refuse)?;
+    let synced = load_and_settle(&mut engine, &first, first_stored.into(), refuse)?;
     assert_eq!(last_progress(&synced), Some((1, 0, 2)));
-    assert_eq!(engine.poll_load(), Some(model.clone()));
-    engine.handle_loaded(model.clone(), Some(stored.into()));
-    let after = drain(&mut engine, at(0));
-    assert!(after.sent.is_empty(), "nothing more is asked of the server: {:?}", after.sent);
-    assert_eq!(last_progress(&after), Some((1, 1, 2)), "counted as failed");
-    assert!(engine.sync_idle());
-    Ok(())
+    its_turn_counts_as_failed(&mut engine, &model, stored.into())
 }
 
 #[test]
 fn a_background_load_of_a_creation_the_server_refused_meanwhile_counts_as_failed() -> Result<()> {
     // A model changed offline and one created offline, both released: background sync,
     // one model at a time, owes the server the change and the creation.
-    let config = EngineConfig { sync_concurrency: 1, ..config() };
-    let mut engine = ClientEngine::new(REPLICA, config);
+    let mut engine = one_at_a_time();
     let (first, model) = (id("first"), id("taken"));
     let [first_stored] =
         <[ModelReplica; 1]>::try_from(changed_offline(&mut engine, &[&first])?).expect("one");
@@ -1344,25 +1385,16 @@ fn a_background_load_of_a_creation_the_server_refused_meanwhile_counts_as_failed
 
     // The first syncs; then the second's turn comes, for a model the application holds,
     // offline, its creation refused: it cannot sync on this connection.
-    engine.handle_loaded(first.clone(), Some(first_stored.into()));
-    let turn = drain(&mut engine, at(0));
-    let synced = settle_refusing(&mut engine, at(0), turn, refuse)?;
+    let synced = load_and_settle(&mut engine, &first, first_stored.into(), refuse)?;
     assert_eq!(last_progress(&synced), Some((1, 0, 2)));
-    assert_eq!(engine.poll_load(), Some(model.clone()));
-    engine.handle_loaded(model.clone(), Some(restored));
-    let after = drain(&mut engine, at(0));
-    assert!(after.sent.is_empty(), "nothing more is asked of the server: {:?}", after.sent);
-    assert_eq!(last_progress(&after), Some((1, 1, 2)), "counted as failed");
-    assert!(engine.sync_idle());
-    Ok(())
+    its_turn_counts_as_failed(&mut engine, &model, restored)
 }
 
 #[test]
 fn a_model_closed_and_opened_again_during_its_background_sync_counts_once() -> Result<()> {
     // Two models changed offline and released: background sync, one model at a time, owes
     // the server both changes.
-    let config = EngineConfig { sync_concurrency: 1, ..config() };
-    let mut engine = ClientEngine::new(REPLICA, config);
+    let mut engine = one_at_a_time();
     let (model, other) = (id("m"), id("other"));
     let stored = changed_offline(&mut engine, &[&model, &other])?;
     let [stored, other_stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
@@ -1383,19 +1415,10 @@ fn a_model_closed_and_opened_again_during_its_background_sync_counts_once() -> R
 
     // Then the other syncs, and the first's place in line comes: its load finds the
     // application's copy in sync.
-    engine.handle_loaded(other.clone(), Some(other_stored.into()));
-    let turn = drain(&mut engine, at(0));
-    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+    all.events.extend(load_and_settle(&mut engine, &other, other_stored.into(), none)?.events);
     assert_eq!(engine.poll_load(), Some(model.clone()));
-    engine.handle_loaded(model.clone(), Some(stored.into()));
-    let turn = drain(&mut engine, at(0));
-    all.events.extend(settle(&mut engine, at(0), turn)?.events);
-    for event in &all.events {
-        if let Event::Domain(DomainEvent::SyncProgress { done, failed, total }) = event {
-            assert!(done + failed <= *total, "{event:?} in {:?}", all.events);
-        }
-    }
-    assert_eq!(last_progress(&all), Some((2, 0, 2)), "each done once");
+    all.events.extend(load_and_settle(&mut engine, &model, stored.into(), none)?.events);
+    assert_each_counted_once(&all);
     assert!(engine.sync_idle());
     Ok(())
 }
@@ -1550,8 +1573,7 @@ fn a_model_closed_offline_owing_changes_syncs_on_the_next_connection_though_unli
 fn a_model_closed_while_its_background_load_is_on_the_way_syncs_and_counts_once() -> Result<()> {
     // Two models changed offline and released: background sync, one model at a time, owes
     // the server both changes.
-    let config = EngineConfig { sync_concurrency: 1, ..config() };
-    let mut engine = ClientEngine::new(REPLICA, config);
+    let mut engine = one_at_a_time();
     let (model, other) = (id("m"), id("other"));
     let stored = changed_offline(&mut engine, &[&model, &other])?;
     let [stored, other_stored] = <[ModelReplica; 2]>::try_from(stored).expect("two");
@@ -1565,22 +1587,13 @@ fn a_model_closed_while_its_background_load_is_on_the_way_syncs_and_counts_once(
     let closed = engine.remove_model(&model).expect("loaded");
     let turn = drain(&mut engine, at(0));
     let mut all = settle(&mut engine, at(0), turn)?;
-    engine.handle_loaded(model.clone(), Some(closed.into()));
-    let turn = drain(&mut engine, at(0));
-    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+    all.events.extend(load_and_settle(&mut engine, &model, closed.into(), none)?.events);
 
     // Then the other syncs, and the first is not loaded again.
     assert_eq!(engine.poll_load(), Some(other.clone()));
-    engine.handle_loaded(other.clone(), Some(other_stored.into()));
-    let turn = drain(&mut engine, at(0));
-    all.events.extend(settle(&mut engine, at(0), turn)?.events);
+    all.events.extend(load_and_settle(&mut engine, &other, other_stored.into(), none)?.events);
     assert_eq!(engine.poll_load(), None, "each model loaded once");
-    for event in &all.events {
-        if let Event::Domain(DomainEvent::SyncProgress { done, failed, total }) = event {
-            assert!(done + failed <= *total, "{event:?} in {:?}", all.events);
-        }
-    }
-    assert_eq!(last_progress(&all), Some((2, 0, 2)), "each done once");
+    assert_each_counted_once(&all);
     assert!(engine.sync_idle());
     Ok(())
 }
