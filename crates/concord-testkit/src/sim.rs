@@ -219,6 +219,14 @@ enum Wire {
     Closed,
 }
 
+/// The seeds a sweep plays: `CONCORD_SEEDS` of them (`default` unless set), from
+/// `CONCORD_FIRST_SEED` (0 unless set); `cargo xtask soak` sets both.
+pub fn seeds(default: u64) -> std::ops::Range<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let first = var("CONCORD_FIRST_SEED").unwrap_or(0);
+    first..first + var("CONCORD_SEEDS").unwrap_or(default)
+}
+
 /// Runs one scenario.
 pub fn run(seed: u64, config: Config) -> Result<Stats, Failure> {
     let fail = |reason: String| Failure { seed, reason };

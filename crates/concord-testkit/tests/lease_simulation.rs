@@ -5,18 +5,15 @@
 //! `CONCORD_FIRST_SEED` (0 unless set; `cargo xtask soak` sweeps 10,000).
 
 use concord_testkit::lease_sim::{LeaseSimConfig, LeaseStats, run};
-
-fn var(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+use concord_testkit::sim::seeds;
 
 #[test]
 fn one_writer_per_version_and_nothing_lost_through_pauses_crashes_and_takeovers() {
     let config = LeaseSimConfig::default();
     let mut total = LeaseStats::default();
-    let count = var("CONCORD_SEEDS").unwrap_or(300);
-    let first = var("CONCORD_FIRST_SEED").unwrap_or(0);
-    for seed in first..first + count {
+    let seeds = seeds(300);
+    let count = seeds.end - seeds.start;
+    for seed in seeds {
         match run(seed, config) {
             Ok(stats) => total.add(&stats),
             Err(failure) => {

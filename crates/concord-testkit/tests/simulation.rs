@@ -11,13 +11,7 @@
 
 use std::ops::Range;
 
-use concord_testkit::sim::{Config, Stats, run};
-
-fn seeds(default: u64) -> Range<u64> {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    let first = var("CONCORD_FIRST_SEED").unwrap_or(0);
-    first..first + var("CONCORD_SEEDS").unwrap_or(default)
-}
+use concord_testkit::sim::{Config, Stats, run, seeds};
 
 fn sweep(config: Config, seeds: Range<u64>) -> Stats {
     let mut total = Stats::default();
