@@ -68,7 +68,9 @@ impl DomainBuilder {
         self
     }
 
-    /// The wait before the first reconnection attempt, and the most it doubles to.
+    /// The wait before the first reconnection attempt, and the most it doubles to; each
+    /// wait is drawn between half of it and all of it, so that clients dropped together
+    /// come back spread out.
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> DomainBuilder {
         self.options.engine.initial_backoff = first;
         self.options.engine.max_backoff = max.max(first);

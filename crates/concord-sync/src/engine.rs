@@ -31,7 +31,7 @@
 //! durable: a local change is submitted only after the batch recording it is reported
 //! durable, and a submission only after its in-flight boundary is.
 //!
-//! Time: the engine reconnects with exponential backoff, pings the server every
+//! Time: the engine reconnects with exponential backoff and jitter, pings the server every
 //! [`EngineConfig::heartbeat`], and drops the connection (then reconnects) when the server
 //! stays silent for [`EngineConfig::silence_timeout`] or leaves a request or a submission
 //! unanswered for [`EngineConfig::request_timeout`]: what the server did with it is then
@@ -91,6 +91,13 @@ pub struct EngineConfig {
     /// connected.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// How much of each reconnect wait is random, in percent: the wait is drawn between
+    /// `100 - p` % and 100 % of the backoff, so that the clients a server dropped together
+    /// (a restart, a network blip) do not all come back in the same instant. 0 waits the
+    /// backoff exactly; above 100 counts as 100. The draws come from a generator seeded by
+    /// the engine's replica id, which stores draw at random: engines differ, and one engine
+    /// is reproducible (tests, simulations).
+    pub reconnect_jitter_percent: u8,
     /// How often a connected engine pings the server.
     pub heartbeat: Duration,
     /// A server heard nothing from for this long is gone: the connection is dropped and
@@ -111,6 +118,7 @@ impl Default for EngineConfig {
             max_open_models: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            reconnect_jitter_percent: 50,
             heartbeat: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
@@ -367,8 +375,10 @@ pub struct ClientEngine {
     credentials: Option<Auth>,
     /// The last handshake's reconnect token, tried first when reconnecting.
     reconnect_token: Option<ReconnectToken>,
-    /// The wait before the next reconnection attempt.
+    /// The wait before the next reconnection attempt, before its jitter.
     backoff: Duration,
+    /// Draws each reconnect wait's jitter; seeded by the replica id.
+    jitter: fastrand::Rng,
     actions: VecDeque<Action>,
     models: BTreeMap<ModelId, Model>,
     next_request: u64,
@@ -432,6 +442,7 @@ impl ClientEngine {
             credentials: None,
             reconnect_token: None,
             backoff: config.initial_backoff,
+            jitter: fastrand::Rng::with_seed(replica_id.0),
             actions: VecDeque::new(),
             models: BTreeMap::new(),
             next_request: 1,
@@ -1077,12 +1088,17 @@ impl ClientEngine {
         self.report(ConnectionState::Connecting);
     }
 
-    /// Schedules the next attempt after the backoff, and doubles it.
+    /// Schedules the next attempt after the backoff less its jitter, and doubles the backoff.
     fn retry_later(&mut self, now: Time) {
         if self.reconnect_token.is_none() && self.credentials.is_none() {
             return self.give_up();
         }
-        self.connection = Connection::Waiting { at: now + self.backoff };
+        let backoff =
+            u64::try_from(self.backoff.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        let percent = u64::from(self.config.reconnect_jitter_percent.min(100));
+        let spread = backoff / 100 * percent + backoff % 100 * percent / 100;
+        let wait = backoff - self.jitter.u64(0..=spread);
+        self.connection = Connection::Waiting { at: now + Duration::from_millis(wait) };
         self.backoff =
             (self.backoff * 2).min(self.config.max_backoff.max(self.config.initial_backoff));
         self.report(ConnectionState::Reconnecting);

@@ -7,6 +7,7 @@
 //! The server's side is played by hand: each test answers what the engine sent, or does
 //! not.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -35,11 +36,13 @@ fn at(millis: u64) -> Time {
     Time::from_millis(millis)
 }
 
-/// Short, distinct durations, so that each deadline can be told apart.
+/// Short, distinct durations, so that each deadline can be told apart; reconnect waits
+/// without jitter, so that they are exact.
 fn config() -> EngineConfig {
     EngineConfig {
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(800),
+        reconnect_jitter_percent: 0,
         heartbeat: Duration::from_secs(1),
         silence_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(2),
@@ -329,6 +332,51 @@ fn reconnect_backoff_doubles_up_to_the_cap_and_starts_over_once_connected() -> R
     settle(&mut engine, when, turn)?;
     engine.handle_disconnected(at(20_000));
     assert_eq!(engine.poll_timeout(), Some(at(20_100)));
+    Ok(())
+}
+
+/// The waits before each reconnection attempt of an engine of `replica` with `jitter_percent`,
+/// dropped at 1 s and failing every attempt.
+fn reconnect_waits(replica: u64, jitter_percent: u8, attempts: usize) -> Result<Vec<u64>> {
+    let config = EngineConfig { reconnect_jitter_percent: jitter_percent, ..config() };
+    let mut engine = ClientEngine::new(ReplicaId(replica), config);
+    engine.connect(credentials());
+    engine.poll_action();
+    engine.handle_connected(at(0), &session(), vec![], vec![]);
+    engine.handle_disconnected(at(1_000));
+    let mut last = at(1_000);
+    let mut waits = Vec::new();
+    for _ in 0..attempts {
+        let when = attempt(&mut engine, None)?;
+        waits.push(when.as_millis() - last.as_millis());
+        last = when;
+    }
+    Ok(waits)
+}
+
+#[test]
+fn reconnect_waits_are_spread_below_the_backoff_and_differ_between_replicas() -> Result<()> {
+    // Each wait lies between half the backoff and the backoff, which still doubles.
+    let backoffs = [100, 200, 400, 800, 800, 800];
+    let mut first_waits = BTreeSet::new();
+    for replica in 1..=20 {
+        let waits = reconnect_waits(replica, 50, backoffs.len())?;
+        for (wait, backoff) in waits.iter().zip(backoffs) {
+            assert!((backoff / 2..=backoff).contains(wait), "replica {replica}: {waits:?}");
+        }
+        // Randomness is a parameter: the same replica waits the same again.
+        assert_eq!(waits, reconnect_waits(replica, 50, backoffs.len())?);
+        first_waits.insert(waits[0]);
+    }
+    // Twenty clients dropped together do not come back together.
+    assert!(first_waits.len() >= 10, "first waits {first_waits:?}");
+
+    // None of the backoff may be random, or all of it (and more than 100 % is 100 %).
+    assert_eq!(reconnect_waits(7, 0, backoffs.len())?, backoffs);
+    for percent in [100, 255] {
+        let waits = reconnect_waits(7, percent, backoffs.len())?;
+        assert!(waits.iter().zip(backoffs).all(|(w, b)| *w <= b), "{percent} %: {waits:?}");
+    }
     Ok(())
 }
 

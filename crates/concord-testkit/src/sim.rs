@@ -1275,6 +1275,8 @@ fn engine_config(config: Config, client: usize) -> EngineConfig {
         max_open_models: config.max_open_models.filter(|_| client.is_multiple_of(2)),
         initial_backoff: Duration::from_millis(2),
         max_backoff: Duration::from_millis(20),
+        // As clients run: reconnections spread out, drawn from the replica id.
+        reconnect_jitter_percent: 50,
         heartbeat: Duration::from_millis(40),
         silence_timeout: Duration::from_millis(150),
         request_timeout: Duration::from_millis(100),
