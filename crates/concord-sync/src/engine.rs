@@ -95,8 +95,8 @@ pub struct EngineConfig {
     /// `100 - p` % and 100 % of the backoff, so that the clients a server dropped together
     /// (a restart, a network blip) do not all come back in the same instant. 0 waits the
     /// backoff exactly; above 100 counts as 100. The draws come from a generator seeded by
-    /// the engine's replica id, which stores draw at random: engines differ, and one engine
-    /// is reproducible (tests, simulations).
+    /// the engine's replica id, which each store draws at random: engines differ, and one
+    /// engine's waits are reproducible (tests, simulations).
     pub reconnect_jitter_percent: u8,
     /// How often a connected engine pings the server.
     pub heartbeat: Duration,
