@@ -239,7 +239,14 @@ impl Harness {
                 self.submit(u, index, model)?
             }
             14 => self.request(index, ClientRequest::CloseModel { model: model_id }),
-            15 => self.request(index, ClientRequest::DeleteModel { model: model_id }),
+            15 => {
+                // Unguarded, or naming one of the two creations programs make.
+                let creation = match u.int_in_range(0..=2)? {
+                    2 => None,
+                    n => Some(CreationNonce([n; 16])),
+                };
+                self.request(index, ClientRequest::DeleteModel { model: model_id, creation })
+            }
             16 => {
                 let mut subscribe = Vec::new();
                 for _ in 0..u.int_in_range(0..=3)? {

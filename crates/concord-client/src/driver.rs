@@ -441,23 +441,22 @@ impl Driver {
                 let result = match self.engine.as_mut() {
                     None => Err(ClientError::NotInitialized),
                     Some(engine) => {
+                        let stored = match &self.store {
+                            Some(store) => store.load_model_head(&model).await.ok().flatten(),
+                            None => None,
+                        };
+                        // A creation the store holds unconfirmed: the deletion names it (one
+                        // in memory is the engine's to name).
+                        let creation = stored.as_ref().and_then(|s| s.creation.as_ref());
+                        let creation = creation.map(|c| c.nonce);
                         let collection = match self.open.remove(&model) {
                             Some(open) => Some(open.collection),
-                            None => match &self.store {
-                                Some(store) => store
-                                    .load_model_head(&model)
-                                    .await
-                                    .ok()
-                                    .flatten()
-                                    .map(|s| s.summary.record.collection),
-                                None => None,
-                            },
+                            None => stored.map(|s| s.summary.record.collection),
                         };
                         match collection {
                             // Known here: a tombstone until the server confirms.
                             Some(collection) => {
-                                engine.remove_model(&model);
-                                engine.delete_model(model.clone(), collection);
+                                engine.delete_model(model.clone(), collection, creation);
                                 Ok(())
                             }
                             None => Err(ClientError::NotAvailableOffline(model)),

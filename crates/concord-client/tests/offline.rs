@@ -129,6 +129,42 @@ async fn offline_edits_creations_and_deletions_sync_on_reconnect() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_ones_unconfirmed_creation_leaves_another_clients_model_of_that_id()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start(&dir.path().join("server")).await?;
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
+    bob.disconnect().await?;
+    // Offline, bob creates "doc" and deletes it again; meanwhile alice creates hers.
+    let doc = id("doc");
+    bob.models().create_with_id(&doc, &notes(), json!({ "by": "bob" })).await?;
+    bob.models().remove(&doc).await?;
+    create_confirmed(&alice, std::slice::from_ref(&doc), json!({ "by": "alice" })).await?;
+
+    // Bob's deletion names his creation, which never made the server's "doc": done, and
+    // alice's model stays.
+    let mut events = bob.events();
+    bob.connect_with_jwt(token("bob")).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+            Some(DomainEvent::Deleted { model }) if model == doc => break,
+            Some(DomainEvent::DeletionRefused { model, error }) if model == doc => {
+                anyhow::bail!("bob's deletion was refused: {error:?}")
+            }
+            Some(_) => {}
+            None => anyhow::bail!("events ended"),
+        }
+    }
+    assert!(bob.models().stored_models().await?.iter().all(|m| m.id != doc), "forgotten");
+    let carol = domain(&url(&server), &dir.path().join("carol"));
+    carol.connect_with_jwt(token("carol")).await?;
+    assert_eq!(carol.models().open(&doc).await?.value().await?, json!({ "by": "alice" }));
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_never_downloaded_cannot_be_opened_offline() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let offline = domain("ws://127.0.0.1:9/test/main", dir.path());

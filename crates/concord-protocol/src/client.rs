@@ -57,8 +57,11 @@ pub enum ClientRequest {
         /// `None` keeps the collection's defaults.
         permissions: Option<PermissionGrants>,
     },
-    /// → `Done`.
-    DeleteModel { model: ModelId },
+    /// → `Done`. With `creation`, the nonce of the client's own creation of the model that
+    /// the server has not confirmed to it: only a model that creation made is deleted, and
+    /// any other is answered as absent, so that a client deleting its own unconfirmed model
+    /// never deletes one another client created under the same id.
+    DeleteModel { model: ModelId, creation: Option<CreationNonce> },
     /// Reattaches a model after a reconnection: the server reports whether the in-flight
     /// submission was committed, then pushes `ResyncPage`s of the operations after
     /// `known_version`. → `ResyncStarted`.

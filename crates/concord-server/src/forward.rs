@@ -92,7 +92,7 @@ pub(crate) fn model_of(message: &ClientMessage) -> Option<&ModelId> {
                 ClientRequest::OpenModel { model, .. }
                 | ClientRequest::CloseModel { model }
                 | ClientRequest::CreateModel { model, .. }
-                | ClientRequest::DeleteModel { model }
+                | ClientRequest::DeleteModel { model, .. }
                 | ClientRequest::Resync { model, .. }
                 | ClientRequest::Sync { model, .. }
                 | ClientRequest::ResyncComplete { model, .. }

@@ -89,7 +89,7 @@ async fn users_without_permission_cannot_open_write_subscribe_delete_or_manage()
     let resync =
         ClientRequest::Resync { model: model("secret"), known_version: 0, in_flight: None };
     assert_eq!(bob.request(resync).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
-    let delete = ClientRequest::DeleteModel { model: model("secret") };
+    let delete = ClientRequest::DeleteModel { model: model("secret"), creation: None };
     assert_eq!(bob.request(delete.clone()).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     let get = ClientRequest::GetPermissions { model: model("secret") };
     assert_eq!(bob.request(get.clone()).await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);

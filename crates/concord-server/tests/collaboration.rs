@@ -107,7 +107,8 @@ async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::R
     })
     .await?
     .unwrap();
-    let done = alice.request(ClientRequest::DeleteModel { model: model("doc") }).await?;
+    let done =
+        alice.request(ClientRequest::DeleteModel { model: model("doc"), creation: None }).await?;
     assert_eq!(done, Ok(ServerResponse::Done));
     let closed = bob
         .push(|p| match p {
@@ -125,7 +126,8 @@ async fn creation_is_idempotent_by_nonce_and_ids_are_never_reused() -> anyhow::R
     assert_eq!(gone, OfflineUpdate::Deleted);
     // Deleted ids stay taken; deleting again says there is nothing.
     assert_eq!(alice.request(other).await?.unwrap_err().code, ErrorCode::MODEL_ALREADY_EXISTS);
-    let again = alice.request(ClientRequest::DeleteModel { model: model("doc") }).await?;
+    let again =
+        alice.request(ClientRequest::DeleteModel { model: model("doc"), creation: None }).await?;
     assert_eq!(again.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     assert_eq!(try_open(&mut alice, "never").await?.unwrap_err().code, ErrorCode::MODEL_NOT_FOUND);
     server.stop().await?;

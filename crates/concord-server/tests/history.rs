@@ -174,7 +174,10 @@ async fn history_needs_read_permission_and_a_model_that_exists() -> anyhow::Resu
     assert_eq!(history_open(&mut alice, "secret").await?.unwrap().max_version, 3);
 
     // A deleted model has no history.
-    match alice.request(ClientRequest::DeleteModel { model: model("secret") }).await? {
+    match alice
+        .request(ClientRequest::DeleteModel { model: model("secret"), creation: None })
+        .await?
+    {
         Ok(ServerResponse::Done) => {}
         other => anyhow::bail!("deleting: {other:?}"),
     }

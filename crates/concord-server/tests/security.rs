@@ -90,8 +90,8 @@ async fn a_model_one_may_not_read_reveals_nothing() -> anyhow::Result<()> {
             ClientRequest::OpenModel { model: model("absent"), auto_create: false },
         ),
         (
-            ClientRequest::DeleteModel { model: model("secret") },
-            ClientRequest::DeleteModel { model: model("absent") },
+            ClientRequest::DeleteModel { model: model("secret"), creation: None },
+            ClientRequest::DeleteModel { model: model("absent"), creation: None },
         ),
         (
             ClientRequest::GetPermissions { model: model("secret") },

@@ -27,7 +27,9 @@ use crate::adapter::{OfflineStore, StorageAdapter};
 use crate::batch::{Batch, Mutation};
 use crate::error::StorageError;
 use crate::faults::{Fault, FaultyAdapter, InjectedFault};
-use crate::records::{CreationRecord, ModelRecord, PendingOperation, Snapshot, StoreKey};
+use crate::records::{
+    CreationRecord, ModelRecord, PendingOperation, Snapshot, StoreKey, Tombstone,
+};
 
 /// The future of one check.
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
@@ -257,7 +259,8 @@ async fn unsynced_lists_only_what_the_server_has_not_confirmed(adapter: &dyn Sto
     let store = open(adapter).await;
     assert_eq!(store.unsynced().await.unwrap(), Default::default());
     // 1: pending operations; 2: in sync; 3: created here, unconfirmed; 4: deleted here
-    // (with pending operations); 5: pending operations, all removed once acknowledged.
+    // (with pending operations); 5: pending operations, all removed once acknowledged; 6:
+    // created here, unconfirmed, then deleted here (its creation record kept).
     let in_sync = |n| {
         Batch::new()
             .with(Mutation::PutModel(record(n)))
@@ -282,15 +285,24 @@ async fn unsynced_lists_only_what_the_server_has_not_confirmed(adapter: &dyn Sto
         .with(Mutation::AppendPending { model: model_id(5), operations: pendings([1]) })
         .with(Mutation::RemovePendingThrough { model: model_id(5), through_seq: 1 });
     commit(&*store, acknowledged).await;
+    let created_then_deleted = Batch::new()
+        .with(Mutation::PutModel(ModelRecord { created_locally: true, ..record(6) }))
+        .with(Mutation::PutCreation { model: model_id(6), creation: creation(6) });
+    commit(&*store, created_then_deleted).await;
+    let mark_deleted = Mutation::PutModel(ModelRecord { deleted_locally: true, ..record(6) });
+    commit(&*store, Batch::new().with(mark_deleted)).await;
 
     let unsynced = store.unsynced().await.unwrap();
     assert_eq!(unsynced.changed, vec![model_id(1), model_id(3)]);
-    assert_eq!(unsynced.deleted, vec![(model_id(4), collection())]);
+    let tombstone =
+        |n, creation| Tombstone { model: model_id(n), collection: collection(), creation };
+    let tombstones = vec![tombstone(4, None), tombstone(6, Some(creation(6).nonce))];
+    assert_eq!(unsynced.deleted, tombstones, "a kept creation is named");
     // The same as the summaries say.
     let summaries = store.models().await.unwrap();
     let needs_sync: Vec<ModelId> =
         summaries.iter().filter(|m| m.needs_sync()).map(|m| m.record.id.clone()).collect();
-    assert_eq!(needs_sync, vec![model_id(1), model_id(3), model_id(4)]);
+    assert_eq!(needs_sync, vec![model_id(1), model_id(3), model_id(4), model_id(6)]);
 }
 
 async fn mutations_see_earlier_mutations_of_their_batch(adapter: &dyn StorageAdapter) {

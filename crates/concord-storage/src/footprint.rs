@@ -120,6 +120,15 @@ pub(crate) fn models() -> Footprint {
     footprint
 }
 
+/// The summaries, and the creation records kept beside tombstones (few: only creations the
+/// server has not confirmed).
+pub(crate) fn unsynced() -> Footprint {
+    let mut footprint = Footprint::new([Table::Models, Table::Creations]);
+    footprint.hint(Need::Rows(Table::Models, Span::all()));
+    footprint.hint(Need::Rows(Table::Creations, Span::all()));
+    footprint
+}
+
 pub(crate) fn load_model(model: &ModelId) -> Footprint {
     let mut footprint = Footprint::new([
         Table::Models,

@@ -384,7 +384,7 @@ impl OfflineStore for IdbStore {
     }
 
     async fn unsynced(&self) -> Result<Unsynced, StorageError> {
-        self.read(footprint::models(), store::unsynced).await
+        self.read(footprint::unsynced(), store::unsynced).await
     }
 
     async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

@@ -49,7 +49,7 @@ pub use indexeddb::{IdbAdapter, IdbStore};
 pub use memory::MemoryAdapter;
 pub use records::{
     CreationRecord, IdentityCache, ModelRecord, ModelState, ModelSummary, PendingOperation,
-    Snapshot, StoreKey, Unsynced,
+    Snapshot, StoreKey, Tombstone, Unsynced,
 };
 #[cfg(feature = "redb")]
 pub use redb::{RedbAdapter, RedbStore};

@@ -632,7 +632,7 @@ mod tests {
         }
 
         async fn unsynced(&self) -> Result<Unsynced, StorageError> {
-            self.read(footprint::models(), store::unsynced)
+            self.read(footprint::unsynced(), store::unsynced)
         }
 
         async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {

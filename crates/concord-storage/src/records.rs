@@ -163,9 +163,19 @@ pub struct Unsynced {
     /// Models with pending operations or a creation the server has not confirmed (and not
     /// deleted here), in model id order.
     pub changed: Vec<ModelId>,
-    /// Models deleted here whose deletion the server has not confirmed, with their
-    /// collection, in model id order.
-    pub deleted: Vec<(ModelId, CollectionId)>,
+    /// Models deleted here whose deletion the server has not confirmed, in model id order.
+    pub deleted: Vec<Tombstone>,
+}
+
+/// A model deleted here whose deletion the server has not confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub model: ModelId,
+    pub collection: CollectionId,
+    /// The nonce of the model's creation here, if the server never confirmed it (its
+    /// [`CreationRecord`] is kept beside the tombstone): the deletion names it, so that the
+    /// server deletes only the model that creation made.
+    pub creation: Option<CreationNonce>,
 }
 
 /// Everything a store holds about one model: what rehydration needs.

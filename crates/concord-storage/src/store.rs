@@ -18,7 +18,7 @@ use crate::encoding::{
 use crate::error::StorageError;
 use crate::records::{
     CreationRecord, IdentityCache, ModelState, ModelSummary, PendingOperation, Snapshot, StoreKey,
-    Unsynced,
+    Tombstone, Unsynced,
 };
 
 /// Visits one key and value; an error stops the scan.
@@ -177,16 +177,30 @@ pub(crate) fn models(kv: &dyn KvRead) -> Result<Vec<ModelSummary>, StorageError>
 
 pub(crate) fn unsynced(kv: &dyn KvRead) -> Result<Unsynced, StorageError> {
     let mut out = Unsynced::default();
+    // Tombstones whose creation record is kept: its nonce is read after the scan.
+    let mut with_creation = Vec::new();
     kv.scan(Table::Models, None, &mut |_, value| {
         let summary: ModelSummary = decode(value)?;
         let record = summary.record;
         if record.deleted_locally {
-            out.deleted.push((record.id, record.collection));
+            if summary.has_creation {
+                with_creation.push(out.deleted.len());
+            }
+            let (model, collection) = (record.id, record.collection);
+            out.deleted.push(Tombstone { model, collection, creation: None });
         } else if summary.pending_count > 0 || record.created_locally {
             out.changed.push(record.id);
         }
         Ok(())
     })?;
+    for index in with_creation {
+        let tombstone = &mut out.deleted[index];
+        let creation: Option<CreationRecord> = kv
+            .get(Table::Creations, model_key(&tombstone.model))?
+            .map(|b| decode(&b))
+            .transpose()?;
+        tombstone.creation = creation.map(|c| c.nonce);
+    }
     Ok(out)
 }
 

@@ -54,6 +54,7 @@ use concord_protocol::{
     ServerMessage, ServerPush, ServerRequest, ServerResponse, Session, SessionId, SyncSubmission,
     Timestamp,
 };
+use concord_storage::Tombstone;
 
 use crate::attach::{Budget, Progress, Slot};
 use crate::events::{ConnectionState, DomainEvent, Event, ModelEvent, OpenFailure};
@@ -391,9 +392,8 @@ pub struct ClientEngine {
     acks: BTreeMap<ModelId, Time>,
     /// Models being opened at the server.
     opens: BTreeMap<ModelId, OpenAtServer>,
-    /// Models deleted here and not yet confirmed: their collection, and the batch storing
-    /// the tombstone until it is durable (the server hears of it only then).
-    tombstones: BTreeMap<ModelId, (CollectionId, Option<BatchId>)>,
+    /// Models deleted here and not yet confirmed.
+    tombstones: BTreeMap<ModelId, Deletion>,
     /// The offline subscription set, with the version the store holds (`None`: not
     /// downloaded yet).
     subscriptions: BTreeMap<ModelId, Option<u64>>,
@@ -430,6 +430,18 @@ pub struct ClientEngine {
     session: Option<SessionId>,
     /// Other sessions' users, also after they left.
     authors: authors::Authors,
+}
+
+/// A model deleted here whose deletion the server has not confirmed.
+#[derive(Debug)]
+struct Deletion {
+    collection: CollectionId,
+    /// The model's creation, if the server had not confirmed it when it was deleted: the
+    /// deletion names it, so that only the model it made is deleted.
+    creation: Option<CreationNonce>,
+    /// The batch storing the tombstone, until it is durable (the server hears of it only
+    /// then).
+    batch: Option<BatchId>,
 }
 
 impl ClientEngine {
@@ -904,13 +916,13 @@ impl ClientEngine {
     /// synced, and released.
     ///
     /// `stored_tombstones` are the models the store holds as deleted here and not yet
-    /// confirmed (with their collection); their deletion is sent again.
+    /// confirmed; their deletion is sent again.
     pub fn handle_connected(
         &mut self,
         now: Time,
         session: &Session,
         stored_with_changes: Vec<ModelId>,
-        stored_tombstones: Vec<(ModelId, CollectionId)>,
+        stored_tombstones: Vec<Tombstone>,
     ) {
         self.actions.retain(|a| !matches!(a, Action::Connect { .. }));
         self.reconnect_token = Some(session.reconnect_token.clone());
@@ -1349,10 +1361,10 @@ impl ClientEngine {
         let done: Vec<BatchId> = self.effects.range(..=id).map(|(id, _)| *id).collect();
         for batch in done {
             let effect = self.effects.remove(&batch).expect("listed");
-            if let Some((_, pending)) = self.tombstones.get_mut(&effect.model)
-                && *pending == Some(batch)
+            if let Some(deletion) = self.tombstones.get_mut(&effect.model)
+                && deletion.batch == Some(batch)
             {
-                *pending = None;
+                deletion.batch = None;
                 if self.is_connected() {
                     self.send_delete(&effect.model);
                 }
@@ -1643,7 +1655,7 @@ impl ClientEngine {
             // Already gone: the same outcome.
             Err(error) if is_gone(&error) => self.deletion_confirmed(model),
             Err(error) => {
-                if let Some((collection, _)) = self.tombstones.remove(&model) {
+                if let Some(Deletion { collection, .. }) = self.tombstones.remove(&model) {
                     let change = StoreChange::Undelete { collection };
                     self.queue_batch(&model, vec![change], None, None);
                     self.domain_event(DomainEvent::DeletionRefused { model, error });
@@ -1936,15 +1948,15 @@ impl ClientEngine {
     /// Tells a restarted engine which models the store holds as deleted here and not yet
     /// confirmed, so that they are not created again under the same id meanwhile; their
     /// deletion is sent once connected.
-    pub fn add_tombstones(&mut self, stored: Vec<(ModelId, CollectionId)>) {
-        for (model, collection) in stored {
-            self.tombstones.entry(model).or_insert((collection, None));
+    pub fn add_tombstones(&mut self, stored: Vec<Tombstone>) {
+        for Tombstone { model, collection, creation } in stored {
+            self.tombstones.entry(model).or_insert(Deletion { collection, creation, batch: None });
         }
         if self.is_connected() {
             let durable: Vec<ModelId> = self
                 .tombstones
                 .iter()
-                .filter(|(_, (_, batch))| batch.is_none())
+                .filter(|(_, deletion)| deletion.batch.is_none())
                 .map(|(model, _)| model.clone())
                 .collect();
             for model in durable {
@@ -1956,8 +1968,21 @@ impl ClientEngine {
     /// Deletes a model here: it leaves memory at once and stays in the store as a
     /// tombstone; once that is durable and the engine is connected, the server is asked to
     /// delete it. Idempotent: deleting a model the server no longer has counts as done.
-    pub fn delete_model(&mut self, model: ModelId, collection: CollectionId) {
-        self.take_model(&model);
+    ///
+    /// `stored_creation` is the nonce of the model's creation the store holds unconfirmed,
+    /// if any (for a model not in memory; one in memory knows its own). The deletion then
+    /// names it, and the server deletes only the model that creation made: never another
+    /// client's model created under the same id.
+    pub fn delete_model(
+        &mut self,
+        model: ModelId,
+        collection: CollectionId,
+        stored_creation: Option<CreationNonce>,
+    ) {
+        let creation = match self.take_model(&model) {
+            Some(entry) => entry.creation,
+            None => stored_creation,
+        };
         let position = self.sync_waiting.iter().position(|m| *m == model);
         if let Some(position) = position {
             self.sync_waiting.remove(position);
@@ -1971,7 +1996,7 @@ impl ClientEngine {
             changes.push(StoreChange::Unsubscribe);
         }
         self.queue_batch(&model, changes, None, None);
-        self.tombstones.insert(model, (collection, Some(batch)));
+        self.tombstones.insert(model, Deletion { collection, creation, batch: Some(batch) });
         self.schedule();
     }
 
@@ -1980,7 +2005,8 @@ impl ClientEngine {
         if self.requests.values().any(|r| r.purpose == request) {
             return;
         }
-        self.send(ClientRequest::DeleteModel { model: model.clone() }, request);
+        let creation = self.tombstones.get(model).and_then(|deletion| deletion.creation);
+        self.send(ClientRequest::DeleteModel { model: model.clone(), creation }, request);
     }
 
     fn deletion_confirmed(&mut self, model: ModelId) {

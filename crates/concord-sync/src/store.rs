@@ -3,7 +3,7 @@
 //! the one way a stored model comes back into memory.
 
 use concord_ot::Document;
-use concord_protocol::{CollectionId, CreationNonce, ModelId, ModelSnapshot};
+use concord_protocol::{CreationNonce, ModelId, ModelSnapshot};
 use concord_storage::{
     CreationRecord, ModelRecord, ModelState, ModelSummary, Mutation, PendingOperation, Snapshot,
 };
@@ -14,17 +14,6 @@ use crate::replica::{ModelReplica, Persisted, ReplicaError, Restoring, StoreChan
 /// The mutations that carry out an engine batch, atomically.
 pub fn batch_mutations(batch: StorageBatch) -> Vec<Mutation> {
     mutations(&batch.model, batch.changes)
-}
-
-/// The models the store holds as deleted here and not yet confirmed, with their collection:
-/// what [`ClientEngine::add_tombstones`](crate::ClientEngine::add_tombstones) and
-/// [`handle_connected`](crate::ClientEngine::handle_connected) take.
-pub fn tombstones(summaries: &[ModelSummary]) -> Vec<(ModelId, CollectionId)> {
-    summaries
-        .iter()
-        .filter(|m| m.record.deleted_locally)
-        .map(|m| (m.record.id.clone(), m.record.collection.clone()))
-        .collect()
 }
 
 /// The stored models with something to sync (unsent or unacknowledged changes, a creation

@@ -22,7 +22,9 @@ use concord_protocol::{
     ServerResponse, Session, SessionId, Timestamp, User, UserId,
 };
 use concord_storage::memory::MemoryStore;
-use concord_storage::{Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey};
+use concord_storage::{
+    Batch, MemoryAdapter, ModelRecord, Mutation, OfflineStore, StoreKey, Tombstone,
+};
 use concord_sync::{
     Action, ClientEngine, ConnectionState, DisconnectReason, DomainEvent, EngineConfig, Event,
     ModelEvent, ModelReplica, OpenFailure, StorageBatch, StoreChange, Time, store,
@@ -380,6 +382,48 @@ fn reconnect_waits_are_spread_below_the_backoff_and_differ_between_replicas() ->
     Ok(())
 }
 
+/// The deletions `turn` asks of the server, with the creation each names.
+fn deletions(turn: &Turn) -> Vec<(ModelId, Option<CreationNonce>)> {
+    turn.requests()
+        .filter_map(|(_, r)| match r {
+            ClientRequest::DeleteModel { model, creation } => Some((model.clone(), *creation)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_deletion_names_the_creation_the_server_never_confirmed_also_after_a_restart() -> Result<()> {
+    let nonce = CreationNonce([7; 16]);
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.create_model(id("new"), notes(), snapshot()?.data, nonce, Timestamp(0))?;
+    drain(&mut engine, at(0));
+    engine.delete_model(id("new"), notes(), None);
+    // A model not in memory: the store's unconfirmed creation, as the caller read it.
+    let stored = CreationNonce([8; 16]);
+    engine.delete_model(id("far"), notes(), Some(stored));
+    drain(&mut engine, at(0));
+    engine.connect(credentials());
+    engine.poll_action();
+    engine.handle_connected(at(1), &session(), vec![], vec![]);
+    let turn = drain(&mut engine, at(1));
+    assert_eq!(deletions(&turn), vec![(id("far"), Some(stored)), (id("new"), Some(nonce))]);
+
+    // Restarted, the engine learns it from the store's tombstone.
+    let mut restarted = ClientEngine::new(REPLICA, config());
+    restarted.connect(credentials());
+    restarted.poll_action();
+    let tombstone = Tombstone { model: id("new"), collection: notes(), creation: Some(nonce) };
+    restarted.handle_connected(at(2), &session(), vec![], vec![tombstone]);
+    assert_eq!(deletions(&drain(&mut restarted, at(2))), vec![(id("new"), Some(nonce))]);
+
+    // A model the server confirmed is deleted by id alone.
+    let mut engine = connected(config(), at(0), &["m"])?;
+    engine.delete_model(id("m"), notes(), None);
+    assert_eq!(deletions(&drain(&mut engine, at(1))), vec![(id("m"), None)]);
+    Ok(())
+}
+
 #[test]
 fn a_refused_reconnect_token_makes_way_for_the_credentials_at_once() -> Result<()> {
     let mut engine = connected(config(), at(0), &[])?;
@@ -515,7 +559,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "delete",
             provoke: |engine, now| {
-                engine.delete_model(id("m"), notes());
+                engine.delete_model(id("m"), notes(), None);
                 Ok(drain(engine, now))
             },
             is_it: |m| request_is(m, |r| matches!(r, ClientRequest::DeleteModel { .. })),

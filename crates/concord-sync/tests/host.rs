@@ -358,7 +358,7 @@ fn a_model_one_may_not_read_answers_like_one_that_does_not_exist() {
         vec![
             ClientRequest::OpenModel { model: model(id), auto_create: false },
             ClientRequest::Resync { model: model(id), known_version: 0, in_flight: None },
-            ClientRequest::DeleteModel { model: model(id) },
+            ClientRequest::DeleteModel { model: model(id), creation: None },
             ClientRequest::GetPermissions { model: model(id) },
             ClientRequest::SetPermissions { model: model(id), grants: PermissionGrants::default() },
         ]
@@ -407,6 +407,33 @@ fn a_model_one_may_not_read_answers_like_one_that_does_not_exist() {
     assert!(error.details.is_empty(), "{error:?}");
     // Alice's session was not told anything about bob.
     assert!(heard(&said, alice).is_empty());
+}
+
+#[test]
+fn a_deletion_naming_a_creation_deletes_only_the_model_that_creation_made() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    let delete = |id: &str, nonce| ClientRequest::DeleteModel {
+        model: model(id),
+        creation: Some(CreationNonce([nonce; 16])),
+    };
+    // Another creation of "doc" (its creator may delete it, but it was never this model):
+    // answered as a model that does not exist, and the model stays.
+    let (code, message) = error_of(&server.request(alice, delete("doc", 2)), alice);
+    let (absent_code, absent_message) =
+        error_of(&server.request(alice, delete("absent", 2)), alice);
+    assert_eq!(code, ErrorCode::MODEL_NOT_FOUND);
+    assert_eq!((code, message.replace("doc", "absent")), (absent_code, absent_message));
+    open(&mut server, alice, "doc");
+    // The creation that made it deletes it.
+    let said = server.request(alice, delete("doc", 1));
+    let done = |m: &ServerMessage| {
+        matches!(m, ServerMessage::Response { response: ServerResponse::Done, .. })
+    };
+    assert!(heard(&said, alice).iter().any(done), "{said:?}");
+    let reopen = ClientRequest::OpenModel { model: model("doc"), auto_create: false };
+    assert_eq!(error_of(&server.request(alice, reopen), alice).0, ErrorCode::MODEL_NOT_FOUND);
 }
 
 #[test]

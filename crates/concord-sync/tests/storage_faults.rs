@@ -228,7 +228,8 @@ impl Client {
                 max_model_bytes: 64 << 20,
             },
         };
-        self.engine.handle_connected(now(), &session, with_changes, store::tombstones(&summaries));
+        let tombstones = block_on(self.store.unsynced())?.deleted;
+        self.engine.handle_connected(now(), &session, with_changes, tombstones);
         Ok(())
     }
 

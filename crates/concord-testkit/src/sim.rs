@@ -771,7 +771,10 @@ impl Sim {
         if let Some(trace) = &mut self.trace {
             trace.push(format!("  client {i} deletes {model}"));
         }
-        engine.delete_model(model, collection);
+        // A creation the store holds unconfirmed: the deletion names it.
+        let stored = block_on(client.store.load_model_head(&model)).map_err(|e| e.to_string())?;
+        let creation = stored.and_then(|state| state.creation).map(|c| c.nonce);
+        engine.delete_model(model, collection, creation);
         self.drain(i)
     }
 
@@ -1089,7 +1092,8 @@ impl Sim {
         if let Some(trace) = &mut self.trace {
             trace.push(format!("  client {i} restarts with {summaries:?}"));
         }
-        engine.add_tombstones(store::tombstones(&summaries));
+        let unsynced = block_on(client.store.unsynced()).map_err(|e| e.to_string())?;
+        engine.add_tombstones(unsynced.deleted);
         let subscriptions = block_on(client.store.subscriptions()).map_err(|e| e.to_string())?;
         let subscriptions = subscriptions
             .into_iter()

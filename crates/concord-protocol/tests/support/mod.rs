@@ -317,7 +317,8 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
                 nonce: CreationNonce(nonce),
                 permissions,
             }),
-        model_id().prop_map(|model| DeleteModel { model }),
+        (model_id(), option::of(any::<[u8; 16]>()))
+            .prop_map(|(model, nonce)| DeleteModel { model, creation: nonce.map(CreationNonce) }),
         (model_id(), any::<u64>(), option::of((any::<u64>(), any::<u64>()))).prop_map(
             |(model, known_version, in_flight)| Resync {
                 model,
@@ -1052,6 +1053,16 @@ pub fn goldens() -> Vec<Golden> {
                     model: model(),
                     known_version: 12,
                     in_flight: Some(InFlight { replica: ReplicaId(7), seq: 3 }),
+                },
+            }),
+        },
+        Golden {
+            name: "client_delete_own_creation",
+            frame: Sample::Client(ClientMessage::Request {
+                id: RequestId(11),
+                request: ClientRequest::DeleteModel {
+                    model: model(),
+                    creation: Some(CreationNonce([5; 16])),
                 },
             }),
         },

@@ -374,6 +374,8 @@ pub enum ModelRequest {
     Unsubscribe,
     Delete {
         request: RequestId,
+        /// Only the model this creation made (`DeleteModel`'s `creation`).
+        creation: Option<CreationNonce>,
     },
     GetPermissions {
         request: RequestId,
@@ -452,7 +454,7 @@ impl ModelRequest {
             | ModelRequest::ResyncComplete { request }
             | ModelRequest::AutoCreateDeclined { request, .. }
             | ModelRequest::Close { request }
-            | ModelRequest::Delete { request }
+            | ModelRequest::Delete { request, .. }
             | ModelRequest::GetPermissions { request }
             | ModelRequest::SetPermissions { request, .. }
             | ModelRequest::History { request, .. } => {

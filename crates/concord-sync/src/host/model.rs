@@ -356,7 +356,7 @@ impl ModelHost {
             ModelRequest::Unsubscribe => {
                 self.subscribers.remove(&from.conn);
             }
-            ModelRequest::Delete { request } => self.delete(now, from, request),
+            ModelRequest::Delete { request, creation } => self.delete(now, from, request, creation),
             ModelRequest::GetPermissions { request } => match self.managed(from) {
                 Ok(live) => {
                     let grants = live.record.grants.clone();
@@ -1307,8 +1307,20 @@ impl ModelHost {
         self.push(from.conn, ServerPush::OfflineUpdate { model, update });
     }
 
-    fn delete(&mut self, now: Timestamp, from: &SessionRef, request: RequestId) {
+    /// Deletes the model; with `creation`, only if that creation made it: a client deleting
+    /// its own model whose creation it never heard confirmed must not delete another
+    /// creator's model of the same id, so that one is answered as absent.
+    fn delete(
+        &mut self,
+        now: Timestamp,
+        from: &SessionRef,
+        request: RequestId,
+        creation: Option<CreationNonce>,
+    ) {
         let permissions = match self.readable(from) {
+            Ok((live, _)) if creation.is_some() && live.record.nonce != creation => {
+                return self.fail(from, request, self.unavailable());
+            }
             Ok((_, permissions)) => permissions,
             Err(e) => return self.fail(from, request, e),
         };

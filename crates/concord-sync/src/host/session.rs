@@ -439,8 +439,8 @@ impl SessionHost {
                 };
                 self.route(model, create);
             }
-            ClientRequest::DeleteModel { model } => {
-                self.route(model, ModelRequest::Delete { request: id })
+            ClientRequest::DeleteModel { model, creation } => {
+                self.route(model, ModelRequest::Delete { request: id, creation })
             }
             ClientRequest::Resync { model, known_version, in_flight } => {
                 if !self.at_open_limit(id, &model) {
