@@ -441,21 +441,23 @@ impl Driver {
                 let result = match self.engine.as_mut() {
                     None => Err(ClientError::NotInitialized),
                     Some(engine) => {
-                        let stored = match &self.store {
-                            Some(store) => store.load_model_head(&model).await.ok().flatten(),
-                            None => None,
+                        // An open model is in the engine, which names its own unconfirmed
+                        // creation; for any other, the store's creation record names it.
+                        let known = match self.open.remove(&model) {
+                            Some(open) => Some((open.collection, None)),
+                            None => match &self.store {
+                                Some(store) => {
+                                    store.load_model_head(&model).await.ok().flatten().map(|s| {
+                                        let creation = s.creation.map(|c| c.nonce);
+                                        (s.summary.record.collection, creation)
+                                    })
+                                }
+                                None => None,
+                            },
                         };
-                        // A creation the store holds unconfirmed: the deletion names it (one
-                        // in memory is the engine's to name).
-                        let creation = stored.as_ref().and_then(|s| s.creation.as_ref());
-                        let creation = creation.map(|c| c.nonce);
-                        let collection = match self.open.remove(&model) {
-                            Some(open) => Some(open.collection),
-                            None => stored.map(|s| s.summary.record.collection),
-                        };
-                        match collection {
+                        match known {
                             // Known here: a tombstone until the server confirms.
-                            Some(collection) => {
+                            Some((collection, creation)) => {
                                 engine.delete_model(model.clone(), collection, creation);
                                 Ok(())
                             }
