@@ -1011,6 +1011,7 @@ impl ClientEngine {
     pub fn handle_timeout(&mut self, now: Time) {
         if self.budget.retry_at.is_some_and(|at| at <= now) && self.is_connected() {
             self.budget.retry_at = None;
+            self.send_deletions();
             self.schedule();
         }
         match self.connection {
@@ -1457,7 +1458,7 @@ impl ClientEngine {
                 self.sync_answered(now, model, creates, answer, attached_before)
             }
             Request::Create(model) => self.create_answered(model, answer),
-            Request::Delete(model) => self.delete_answered(model, answer),
+            Request::Delete(model) => self.delete_answered(now, model, answer),
             Request::Open(model) => self.opened(now, model, answer, attached_before),
             Request::Call(call) => {
                 let answer = answer.map_err(CallError::Refused);
@@ -1647,16 +1648,25 @@ impl ClientEngine {
         }
     }
 
-    fn delete_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+    fn delete_answered(
+        &mut self,
+        now: Time,
+        model: ModelId,
+        answer: Result<ServerResponse, ErrorReply>,
+    ) {
         match answer {
             Ok(ServerResponse::Done) => self.deletion_confirmed(model),
             // Sent again after the next reconnection.
             Ok(_) => {}
             // Already gone: the same outcome.
             Err(error) if is_gone(&error) => self.deletion_confirmed(model),
+            // A refusal about the server's state, not about the deletion: the tombstone
+            // stays, and the deletion is asked again after a backoff.
+            Err(error) if is_transient(&error) => self.budget.refused(now, None),
             Err(error) => {
-                if let Some(Deletion { collection, .. }) = self.tombstones.remove(&model) {
-                    let change = StoreChange::Undelete { collection };
+                if let Some(Deletion { collection, creation, .. }) = self.tombstones.remove(&model)
+                {
+                    let change = StoreChange::Undelete { collection, creation };
                     self.queue_batch(&model, vec![change], None, None);
                     self.domain_event(DomainEvent::DeletionRefused { model, error });
                 }
@@ -1802,13 +1812,7 @@ impl ClientEngine {
         self.acks.remove(&model);
         // A refusal about the server's state, not about the change: the change is
         // kept, and resyncing tells whether it was committed and sends it again.
-        let transient = matches!(
-            error.code,
-            ErrorCode::MODEL_NOT_OPEN
-                | ErrorCode::OVERLOADED
-                | ErrorCode::UNAVAILABLE
-                | ErrorCode::INTERNAL
-        );
+        let transient = error.code == ErrorCode::MODEL_NOT_OPEN || is_transient(&error);
         if error.code == ErrorCode::MODEL_NOT_OPEN && entry.attached {
             // The server no longer counts it as open here; the resync opens it again.
             entry.attached = false;
@@ -1953,15 +1957,21 @@ impl ClientEngine {
             self.tombstones.entry(model).or_insert(Deletion { collection, creation, batch: None });
         }
         if self.is_connected() {
-            let durable: Vec<ModelId> = self
-                .tombstones
-                .iter()
-                .filter(|(_, deletion)| deletion.batch.is_none())
-                .map(|(model, _)| model.clone())
-                .collect();
-            for model in durable {
-                self.send_delete(&model);
-            }
+            self.send_deletions();
+        }
+    }
+
+    /// Asks the server to delete each model whose tombstone is durable, unless that is
+    /// already asked.
+    fn send_deletions(&mut self) {
+        let durable: Vec<ModelId> = self
+            .tombstones
+            .iter()
+            .filter(|(_, deletion)| deletion.batch.is_none())
+            .map(|(model, _)| model.clone())
+            .collect();
+        for model in durable {
+            self.send_delete(&model);
         }
     }
 
@@ -2569,6 +2579,12 @@ impl ClientEngine {
 /// Whether the server's refusal says the model is not there (deleted counts as never was).
 fn is_gone(error: &ErrorReply) -> bool {
     matches!(error.code, ErrorCode::MODEL_NOT_FOUND | ErrorCode::MODEL_DELETED)
+}
+
+/// A refusal about the server's state (busy, or its store failing), not about the request:
+/// the same request may succeed later.
+fn is_transient(error: &ErrorReply) -> bool {
+    matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE | ErrorCode::INTERNAL)
 }
 
 /// The next element counter of `replica` in `document`: past every id it minted there.

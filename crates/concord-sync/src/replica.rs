@@ -78,8 +78,12 @@ pub enum StoreChange {
     CreationConfirmed { collection: concord_protocol::CollectionId },
     /// Deleted here: a tombstone until the server confirms.
     MarkDeleted { collection: concord_protocol::CollectionId },
-    /// The server refused the deletion: the model is back.
-    Undelete { collection: concord_protocol::CollectionId },
+    /// The server refused the deletion: the model is back, with its creation still
+    /// unconfirmed if it was when deleted.
+    Undelete {
+        collection: concord_protocol::CollectionId,
+        creation: Option<concord_protocol::CreationNonce>,
+    },
     /// The server confirmed the deletion: everything of the model goes.
     Forget,
     /// A subscribed model downloaded for the first time.

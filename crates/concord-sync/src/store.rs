@@ -202,8 +202,12 @@ pub fn mutations(model: &ModelId, changes: Vec<StoreChange>) -> Vec<Mutation> {
                     record.deleted_locally = true;
                     Mutation::PutModel(record)
                 }
-                StoreChange::Undelete { collection } => {
-                    Mutation::PutModel(ModelRecord::new(model, collection))
+                StoreChange::Undelete { collection, creation } => {
+                    // The creation record was kept beside the tombstone; the model owes the
+                    // server that creation again.
+                    let mut record = ModelRecord::new(model, collection);
+                    record.created_locally = creation.is_some();
+                    Mutation::PutModel(record)
                 }
                 StoreChange::Forget => Mutation::DeleteModel(model),
                 StoreChange::Downloaded { snapshot } => {

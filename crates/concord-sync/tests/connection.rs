@@ -424,6 +424,92 @@ fn a_deletion_names_the_creation_the_server_never_confirmed_also_after_a_restart
     Ok(())
 }
 
+/// The one deletion request `turn` sends.
+fn deletion_request(turn: &Turn) -> Result<RequestId> {
+    let sent: Vec<RequestId> = turn
+        .requests()
+        .filter(|(_, r)| matches!(r, ClientRequest::DeleteModel { .. }))
+        .map(|(id, _)| id)
+        .collect();
+    let [id] = sent[..] else { bail!("one deletion request, got {:?}", turn.sent) };
+    Ok(id)
+}
+
+fn refuse(engine: &mut ClientEngine, now: Time, to: RequestId, code: ErrorCode) {
+    let error = ErrorReply::new(code, "refused");
+    engine.handle_message(now, ServerMessage::Error { to: Some(to), error });
+}
+
+#[test]
+fn a_deletion_the_server_cannot_take_now_is_asked_again_and_is_never_undone() -> Result<()> {
+    let mut engine = connected(config(), at(0), &["m"])?;
+    engine.delete_model(id("m"), notes(), None);
+    let mut to = deletion_request(&drain(&mut engine, at(1)))?;
+    let mut now = 1;
+    for code in [ErrorCode::UNAVAILABLE, ErrorCode::OVERLOADED, ErrorCode::INTERNAL] {
+        refuse(&mut engine, at(now), to, code);
+        let turn = drain(&mut engine, at(now));
+        assert!(turn.batches.is_empty(), "{code}: the tombstone stays, {:?}", turn.batches);
+        assert!(turn.events.is_empty(), "{code}: nothing to tell yet, {:?}", turn.events);
+        // Asked again at the backoff's deadline, not before.
+        let Some(retry) = engine.poll_timeout() else { bail!("{code}: no retry scheduled") };
+        assert!(retry > at(now), "{code}: a backoff");
+        engine.handle_timeout(at(retry.as_millis() - 1));
+        assert!(deletions(&drain(&mut engine, at(retry.as_millis() - 1))).is_empty());
+        now = retry.as_millis();
+        engine.handle_timeout(at(now));
+        to = deletion_request(&drain(&mut engine, at(now)))?;
+    }
+    let done = ServerMessage::Response { to, response: ServerResponse::Done };
+    engine.handle_message(at(now), done);
+    let turn = drain(&mut engine, at(now));
+    let [batch] = &turn.batches[..] else { bail!("one batch, got {:?}", turn.batches) };
+    assert_eq!(batch.changes, vec![StoreChange::Forget]);
+    assert!(turn.events.contains(&Event::Domain(DomainEvent::Deleted { model: id("m") })));
+    Ok(())
+}
+
+#[test]
+fn a_refused_deletion_brings_back_an_unconfirmed_creation_as_still_owed() -> Result<()> {
+    let model = id("new");
+    let nonce = CreationNonce([7; 16]);
+    let store = MemoryAdapter::new().open_store(&StoreKey::new("test", "alice"))?;
+    let commit = |turn: &Turn| -> Result<()> {
+        for batch in &turn.batches {
+            let mutations = store::batch_mutations(batch.clone());
+            block_on(store.commit(Batch { mutations }))?;
+        }
+        Ok(())
+    };
+    let mut engine = ClientEngine::new(REPLICA, config());
+    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
+    commit(&drain(&mut engine, at(0)))?;
+    engine.delete_model(model.clone(), notes(), None);
+    commit(&drain(&mut engine, at(0)))?;
+    engine.connect(credentials());
+    engine.poll_action();
+    let tombstones = block_on(store.unsynced())?.deleted;
+    engine.handle_connected(at(1), &session(), vec![], tombstones);
+    let turn = drain(&mut engine, at(1));
+    commit(&turn)?;
+    let to = deletion_request(&turn)?;
+
+    // Refused for good: the model is back, and its creation is still owed to the server.
+    refuse(&mut engine, at(2), to, ErrorCode::PERMISSION_DENIED);
+    let turn = drain(&mut engine, at(2));
+    commit(&turn)?;
+    assert!(turn.events.iter().any(|e| matches!(
+        e,
+        Event::Domain(DomainEvent::DeletionRefused { model: m, .. }) if *m == model
+    )));
+    let unsynced = block_on(store.unsynced())?;
+    assert_eq!((unsynced.changed, unsynced.deleted), (vec![model.clone()], vec![]));
+    let state = block_on(store.load_model(&model))?.expect("kept");
+    assert!(state.summary.record.created_locally);
+    assert_eq!(store::restore(state)?.creation, Some(nonce));
+    Ok(())
+}
+
 #[test]
 fn a_refused_reconnect_token_makes_way_for_the_credentials_at_once() -> Result<()> {
     let mut engine = connected(config(), at(0), &[])?;
