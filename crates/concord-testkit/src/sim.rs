@@ -115,6 +115,9 @@ pub struct Stats {
     pub resyncs: usize,
     pub models_created: usize,
     pub models_deleted: usize,
+    /// Deletions that named another creation than the model's at the server (a client
+    /// deleting its own refused or unconfirmed creation): that model must survive them.
+    pub deletions_of_other_creations: usize,
     pub subscriptions: usize,
     pub downloads: usize,
     pub creations_refused: usize,
@@ -147,6 +150,7 @@ impl Stats {
         self.resyncs += other.resyncs;
         self.models_created += other.models_created;
         self.models_deleted += other.models_deleted;
+        self.deletions_of_other_creations += other.deletions_of_other_creations;
         self.subscriptions += other.subscriptions;
         self.downloads += other.downloads;
         self.creations_refused += other.creations_refused;
@@ -389,6 +393,7 @@ impl Sim {
         self.settle()?;
         self.stats.commits = self.server.commits;
         self.stats.models_deleted = self.server.deletions;
+        self.stats.deletions_of_other_creations = self.server.deletions_of_other_creations;
         self.stats.server_crashes = self.server.crashes;
         self.stats.unloads = self.server.unloads;
         self.check()
@@ -755,18 +760,17 @@ impl Sim {
         self.drain(i)
     }
 
-    /// Deletes one of the client's models (offline or not).
+    /// Deletes one of the client's models (offline or not). A refused creation is not the
+    /// server's model of that id: its deletion names the creation, and must leave the
+    /// other creator's model be (the server checks every deletion it makes durable).
     fn delete(&mut self, i: usize) -> Result<(), String> {
         let client = &mut self.clients[i];
         let Some(engine) = &mut client.engine else { return Ok(()) };
-        // A refused creation is not the server's model of that id: leave it alone.
-        let candidates: Vec<usize> = (0..client.model_ids.len())
-            .filter(|&n| !client.refused.contains(&client.model_ids[n]))
-            .collect();
-        if candidates.is_empty() {
+        if client.model_ids.is_empty() {
             return Ok(());
         }
-        let model = client.model_ids.remove(candidates[self.rng.below(candidates.len())]);
+        let model = client.model_ids.remove(self.rng.below(client.model_ids.len()));
+        client.refused.remove(&model);
         let collection = CollectionId::new("sim").map_err(|e| e.to_string())?;
         if let Some(trace) = &mut self.trace {
             trace.push(format!("  client {i} deletes {model}"));

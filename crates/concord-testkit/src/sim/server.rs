@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    ClientMessage, Limits, ModelId, OfflineUpdate, ServerLimits, ServerMessage, ServerPush,
-    ServerResponse, SessionId, Timestamp, User, UserId,
+    ClientMessage, ClientRequest, CreationNonce, Limits, ModelId, OfflineUpdate, ServerLimits,
+    ServerMessage, ServerPush, ServerResponse, SessionId, Timestamp, User, UserId,
 };
 use concord_sync::host::{
     ActivityConfig, ActivityHost, ConnId, HostConfig, IdentityHost, IdentityLimits, Job, ModelHost,
@@ -46,8 +46,13 @@ pub struct SimServer {
     last_seqs: BTreeMap<(ModelId, ReplicaId), u64>,
     /// Every `(model, replica, seq)` the store holds as committed.
     committed: BTreeSet<(ModelId, ReplicaId, u64)>,
+    /// Per model, the creation each deletion a client asked for named (`None`: any).
+    deletions_asked: BTreeMap<ModelId, BTreeSet<Option<CreationNonce>>>,
     pub commits: usize,
     pub deletions: usize,
+    /// Deletions that named a creation other than the one that made the model the store
+    /// holds under that id (another client's): the server must not delete that model.
+    pub deletions_of_other_creations: usize,
     pub crashes: usize,
     pub unloads: usize,
 }
@@ -68,8 +73,10 @@ impl SimServer {
             owners: BTreeMap::new(),
             last_seqs: BTreeMap::new(),
             committed: BTreeSet::new(),
+            deletions_asked: BTreeMap::new(),
             commits: 0,
             deletions: 0,
+            deletions_of_other_creations: 0,
             crashes: 0,
             unloads: 0,
         }
@@ -121,6 +128,17 @@ impl SimServer {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return Ok(Vec::new()); // the socket is closed: nothing arrives
         };
+        if let ClientMessage::Request {
+            request: ClientRequest::DeleteModel { model, creation },
+            ..
+        } = &message
+        {
+            let made_by = self.durable.record(model).map(|record| record.nonce);
+            if creation.is_some() && made_by.is_some_and(|nonce| nonce != *creation) {
+                self.deletions_of_other_creations += 1;
+            }
+            self.deletions_asked.entry(model.clone()).or_default().insert(*creation);
+        }
         session.handle(message);
         self.dispatch(now, conn)
     }
@@ -280,6 +298,18 @@ impl SimServer {
                     self.commits += 1;
                 }
                 Write::DeleteModel { model, .. } => {
+                    // Some client asked to delete this model: by id alone, or naming the
+                    // creation that made it.
+                    let made_by = self.durable.record(model).and_then(|record| record.nonce);
+                    let asked = self.deletions_asked.get(model).is_some_and(|asked| {
+                        asked.contains(&None) || (made_by.is_some() && asked.contains(&made_by))
+                    });
+                    if !asked {
+                        return Err(format!(
+                            "{model} was deleted, but no deletion named it or its creation \
+                             {made_by:?}"
+                        ));
+                    }
                     self.committed.retain(|(m, _, _)| m != model);
                     self.deletions += 1;
                 }
