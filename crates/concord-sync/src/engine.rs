@@ -1011,6 +1011,7 @@ impl ClientEngine {
     pub fn handle_timeout(&mut self, now: Time) {
         if self.budget.retry_at.is_some_and(|at| at <= now) && self.is_connected() {
             self.budget.retry_at = None;
+            self.send_creations();
             self.send_deletions();
             self.schedule();
         }
@@ -1457,7 +1458,7 @@ impl ClientEngine {
             Request::Sync { model, creates } => {
                 self.sync_answered(now, model, creates, answer, attached_before)
             }
-            Request::Create(model) => self.create_answered(model, answer),
+            Request::Create(model) => self.create_answered(now, model, answer),
             Request::Delete(model) => self.delete_answered(now, model, answer),
             Request::Open(model) => self.opened(now, model, answer, attached_before),
             Request::Call(call) => {
@@ -1518,7 +1519,12 @@ impl ClientEngine {
         }
     }
 
-    fn create_answered(&mut self, model: ModelId, answer: Result<ServerResponse, ErrorReply>) {
+    fn create_answered(
+        &mut self,
+        now: Time,
+        model: ModelId,
+        answer: Result<ServerResponse, ErrorReply>,
+    ) {
         match answer {
             Ok(ServerResponse::ModelCreated { model: answered, .. }) if answered == model => {
                 self.creation_confirmed(&model);
@@ -1528,7 +1534,29 @@ impl ClientEngine {
             Ok(other) => {
                 self.violation(&model, format!("unexpected answer to a creation: {other:?}"))
             }
+            // Not refused: the server cannot take it now. Sent again after a backoff.
+            Err(error) if is_transient(&error) => {
+                if let Some(entry) = self.models.get_mut(&model) {
+                    entry.link = Link::Offline;
+                }
+                self.go_offline(&model);
+                self.budget.refused(now, None);
+            }
             Err(error) => self.creation_refused(model, error),
+        }
+    }
+
+    /// Sends again the creations the server could not take when last asked (the
+    /// application's; background sync retries its own).
+    fn send_creations(&mut self) {
+        let waiting: Vec<ModelId> = self
+            .models
+            .iter()
+            .filter(|(_, m)| m.creation.is_some() && m.link == Link::Offline && !m.background)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for model in waiting {
+            self.attach(&model);
         }
     }
 

@@ -470,6 +470,49 @@ fn a_deletion_the_server_cannot_take_now_is_asked_again_and_is_never_undone() ->
 }
 
 #[test]
+fn a_creation_the_server_cannot_take_now_is_sent_again_not_refused() -> Result<()> {
+    let model = id("new");
+    let nonce = CreationNonce([7; 16]);
+    let mut engine = connected(config(), at(0), &[])?;
+    engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
+    let creation = |turn: &Turn| -> Result<RequestId> {
+        let sent: Vec<RequestId> = turn
+            .requests()
+            .filter(
+                |(_, r)| matches!(r, ClientRequest::CreateModel { nonce: n, .. } if *n == nonce),
+            )
+            .map(|(id, _)| id)
+            .collect();
+        let [id] = sent[..] else { bail!("one creation request, got {:?}", turn.sent) };
+        Ok(id)
+    };
+    let mut to = creation(&drain(&mut engine, at(1)))?;
+    let mut now = 1;
+    for code in [ErrorCode::UNAVAILABLE, ErrorCode::OVERLOADED, ErrorCode::INTERNAL] {
+        refuse(&mut engine, at(now), to, code);
+        let turn = drain(&mut engine, at(now));
+        let refused = turn
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Domain(DomainEvent::CreationRefused { .. })));
+        assert!(!refused, "{code}: not refused, {:?}", turn.events);
+        assert!(turn.sent.is_empty(), "{code}: not at once, {:?}", turn.sent);
+        let Some(retry) = engine.poll_timeout() else { bail!("{code}: no retry scheduled") };
+        now = retry.as_millis();
+        engine.handle_timeout(at(now));
+        to = creation(&drain(&mut engine, at(now)))?;
+    }
+    let created =
+        ServerResponse::ModelCreated { model: model.clone(), version: 0, created_at: Timestamp(0) };
+    engine.handle_message(at(now), ServerMessage::Response { to, response: created });
+    let turn = drain(&mut engine, at(now));
+    assert!(turn.events.contains(&Event::Domain(DomainEvent::Created { model: model.clone() })));
+    settle(&mut engine, at(now), turn)?;
+    assert!(engine.is_settled(&model), "live once created");
+    Ok(())
+}
+
+#[test]
 fn a_refused_deletion_brings_back_an_unconfirmed_creation_as_still_owed() -> Result<()> {
     let model = id("new");
     let nonce = CreationNonce([7; 16]);
