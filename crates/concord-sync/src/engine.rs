@@ -419,6 +419,9 @@ pub struct ClientEngine {
     progress: Progress,
     /// The server's open-model limit, and who holds and waits for its slots.
     budget: Budget,
+    /// When to ask again for the creations and deletions the server could not take for its
+    /// state (a backoff of their own, so that they never hold back opening models).
+    asks: AskAgain,
     /// Opens at the server waiting for a live slot.
     open_queue: VecDeque<ModelId>,
     next_call: u64,
@@ -442,6 +445,14 @@ struct Deletion {
     /// The batch storing the tombstone, until it is durable (the server hears of it only
     /// then).
     batch: Option<BatchId>,
+}
+
+/// Creations and deletions refused for the server's state are asked again at `at`, after a
+/// backoff that doubles with each such refusal in a row.
+#[derive(Debug)]
+struct AskAgain {
+    at: Option<Time>,
+    backoff: Duration,
 }
 
 impl ClientEngine {
@@ -482,6 +493,7 @@ impl ClientEngine {
                 config.initial_backoff,
                 config.max_backoff,
             ),
+            asks: AskAgain { at: None, backoff: config.initial_backoff },
             open_queue: VecDeque::new(),
             next_call: 1,
             answers: VecDeque::new(),
@@ -821,10 +833,14 @@ impl ClientEngine {
 
     /// Whether background sync has nothing left to do on this connection: no stored model
     /// waiting or loading, no model syncing or waiting for a turn, no retry pending after an
-    /// `overloaded` refusal, no open waiting for a slot. (The application's models beyond
+    /// `overloaded` refusal (of an open, a creation or a deletion), no open waiting for a
+    /// slot. (The application's models beyond
     /// the server's limit may still wait, parked, with nothing to push.)
     pub fn sync_idle(&self) -> bool {
-        !self.background_work() && self.budget.retry_at.is_none() && self.open_queue.is_empty()
+        !self.background_work()
+            && self.budget.retry_at.is_none()
+            && self.asks.at.is_none()
+            && self.open_queue.is_empty()
     }
 
     /// Whether the model is loaded and in sync with the server (live, nothing unacknowledged).
@@ -1011,9 +1027,12 @@ impl ClientEngine {
     pub fn handle_timeout(&mut self, now: Time) {
         if self.budget.retry_at.is_some_and(|at| at <= now) && self.is_connected() {
             self.budget.retry_at = None;
+            self.schedule();
+        }
+        if self.asks.at.is_some_and(|at| at <= now) && self.is_connected() {
+            self.asks.at = None;
             self.send_creations();
             self.send_deletions();
-            self.schedule();
         }
         match self.connection {
             Connection::Waiting { at } if at <= now => self.attempt(),
@@ -1062,8 +1081,8 @@ impl ClientEngine {
                     .filter(|(model, _)| self.models.get(*model).is_some_and(awaits_ack))
                     .map(|(_, deadline)| *deadline);
                 let silence = last_heard + self.config.silence_timeout;
-                let retry = self.budget.retry_at;
-                requests.chain(acks).chain([next_ping, silence]).chain(retry).min()
+                let retries = [self.budget.retry_at, self.asks.at].into_iter().flatten();
+                requests.chain(acks).chain([next_ping, silence]).chain(retries).min()
             }
             Connection::Idle | Connection::Connecting { .. } => None,
         }
@@ -1340,6 +1359,8 @@ impl ClientEngine {
         self.progress.clear();
         self.open_queue.clear();
         self.budget.reset();
+        // The next connection sends every creation and deletion still owed.
+        self.asks.at = None;
         for entry in self.models.values_mut() {
             entry.link = Link::Offline;
             entry.slot = Slot::None;
@@ -1540,9 +1561,19 @@ impl ClientEngine {
                     entry.link = Link::Offline;
                 }
                 self.go_offline(&model);
-                self.budget.refused(now, None);
+                self.ask_again_later(now);
             }
             Err(error) => self.creation_refused(model, error),
+        }
+    }
+
+    /// Asks again, after the backoff, for the creations and deletions the server could not
+    /// take for its state.
+    fn ask_again_later(&mut self, now: Time) {
+        if self.asks.at.is_none() {
+            self.asks.at = Some(now + self.asks.backoff);
+            let max = self.config.max_backoff.max(self.config.initial_backoff);
+            self.asks.backoff = (self.asks.backoff * 2).min(max);
         }
     }
 
@@ -1562,6 +1593,7 @@ impl ClientEngine {
 
     /// The server has the model created here: the store records it.
     fn creation_confirmed(&mut self, model: &ModelId) {
+        self.asks.backoff = self.config.initial_backoff;
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.creation = None;
         let collection = entry.replica.confirmed().collection.clone();
@@ -1690,7 +1722,7 @@ impl ClientEngine {
             Err(error) if is_gone(&error) => self.deletion_confirmed(model),
             // A refusal about the server's state, not about the deletion: the tombstone
             // stays, and the deletion is asked again after a backoff.
-            Err(error) if is_transient(&error) => self.budget.refused(now, None),
+            Err(error) if is_transient(&error) => self.ask_again_later(now),
             Err(error) => {
                 if let Some(Deletion { collection, creation, .. }) = self.tombstones.remove(&model)
                 {
@@ -2048,6 +2080,7 @@ impl ClientEngine {
     }
 
     fn deletion_confirmed(&mut self, model: ModelId) {
+        self.asks.backoff = self.config.initial_backoff;
         if self.tombstones.remove(&model).is_some() {
             self.queue_batch(&model, vec![StoreChange::Forget], None, None);
             self.domain_event(DomainEvent::Deleted { model });

@@ -460,6 +460,31 @@ fn a_deletion_the_server_cannot_take_now_is_asked_again_and_is_never_undone() ->
         engine.handle_timeout(at(now));
         to = deletion_request(&drain(&mut engine, at(now)))?;
     }
+    // Waiting to ask again holds back nothing else: an open goes out at once.
+    refuse(&mut engine, at(now), to, ErrorCode::UNAVAILABLE);
+    engine.open_at_server(id("other"), None)?;
+    let turn = drain(&mut engine, at(now));
+    assert!(
+        turn.requests().any(|(_, r)| matches!(r, ClientRequest::OpenModel { .. })),
+        "{:?}",
+        turn.sent
+    );
+    // Asked again within the longest backoff; the open and the heartbeat answered meanwhile.
+    let deadline = now + config().max_backoff.as_millis() as u64;
+    loop {
+        let Some(next) = engine.poll_timeout() else { bail!("nothing scheduled") };
+        now = next.as_millis();
+        if now > deadline {
+            bail!("the deletion was not asked again by {deadline} ms");
+        }
+        engine.handle_timeout(next);
+        let turn = drain(&mut engine, next);
+        if let Ok(id) = deletion_request(&turn) {
+            to = id;
+            break;
+        }
+        settle(&mut engine, next, turn)?;
+    }
     let done = ServerMessage::Response { to, response: ServerResponse::Done };
     engine.handle_message(at(now), done);
     let turn = drain(&mut engine, at(now));
