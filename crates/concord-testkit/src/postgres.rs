@@ -102,6 +102,17 @@ impl ThrowawayPostgres {
         self.pg_ctl("stop")
     }
 
+    /// Starts the cluster again after [`stop`](Self::stop), on the same port, with what it
+    /// had committed.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if !self.stopped {
+            return Ok(());
+        }
+        self.pg_ctl("start")?;
+        self.stopped = false;
+        Ok(())
+    }
+
     fn command(&self, program: &str) -> Command {
         if self.as_postgres {
             let mut command = Command::new("runuser");

@@ -1,0 +1,105 @@
+//! The client while the server's database is down: a real server on a PostgreSQL cluster of
+//! the test's own, stopped and started again, and a client with a redb store. What the
+//! server cannot do for want of its database it answers `unavailable`; the client takes that
+//! as "not now", never as "no".
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use concord_client::{ConnectionState, DomainEvent};
+use concord_server::{RunningServer, Server, ServerConfig};
+use concord_testkit::postgres::{ThrowawayPostgres, bin_dir_or_skip};
+use serde_json::json;
+use support::*;
+
+async fn start_on(
+    postgres: &ThrowawayPostgres,
+    dir: &Path,
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<RunningServer> {
+    let mut config = ServerConfig::development(dir, SECRET);
+    config.store = Some(postgres.url().into());
+    if let Some(addr) = addr {
+        config.bind = addr;
+    }
+    Ok(Server::spawn(config).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> anyhow::Result<()> {
+    if bin_dir_or_skip().is_none() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
+    let server_dir = dir.path().join("server");
+    let server = start_on(&postgres, &server_dir, None).await?;
+    let addr = server.addr();
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let doc = id("doc");
+    create_confirmed(&alice, std::slice::from_ref(&doc), json!({ "n": 1 })).await?;
+
+    // A restarted server has not loaded the model: deleting it must read the database.
+    server.stop().await?;
+    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    eventually("alice is connected again", || async {
+        Ok(alice.state() == ConnectionState::Connected)
+    })
+    .await?;
+    postgres.stop()?;
+
+    let mut events = alice.events();
+    alice.models().remove(&doc).await?;
+    let fresh = id("fresh");
+    alice.models().create_with_id(&fresh, &notes(), json!({ "made": "in the outage" })).await?;
+    // Asked again and again (the backoff is at most 500 ms here), answered `unavailable`
+    // each time: nothing is refused, and the deleted model does not come back.
+    let outage = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(outage);
+    loop {
+        tokio::select! {
+            () = &mut outage => break,
+            event = events.next() => match event {
+                Some(DomainEvent::DeletionRefused { model, error }) => {
+                    anyhow::bail!("the deletion of {model} was refused: {error:?}")
+                }
+                Some(DomainEvent::CreationRefused { model, error }) => {
+                    anyhow::bail!("the creation of {model} was refused: {error:?}")
+                }
+                Some(event @ (DomainEvent::Deleted { .. } | DomainEvent::Created { .. })) => {
+                    anyhow::bail!("without the database: {event:?}")
+                }
+                Some(_) => {}
+                None => anyhow::bail!("events ended"),
+            },
+        }
+    }
+    let stored = alice.models().stored_models().await?;
+    assert!(stored.iter().any(|m| m.id == doc && m.deleted_locally), "{stored:?}");
+    assert_eq!(alice.state(), ConnectionState::Connected);
+
+    postgres.start_again()?;
+    let (mut deleted, mut created) = (false, false);
+    while !(deleted && created) {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+            Some(DomainEvent::Deleted { model }) if model == doc => deleted = true,
+            Some(DomainEvent::Created { model }) if model == fresh => created = true,
+            Some(
+                event @ (DomainEvent::DeletionRefused { .. } | DomainEvent::CreationRefused { .. }),
+            ) => {
+                anyhow::bail!("refused: {event:?}")
+            }
+            Some(_) => {}
+            None => anyhow::bail!("events ended"),
+        }
+    }
+    assert!(alice.models().stored_models().await?.iter().all(|m| m.id != doc), "forgotten");
+    let bob = connected(&server, dir.path(), "bob").await?;
+    assert!(bob.models().open(&doc).await.is_err(), "the server deleted it");
+    let made = bob.models().open(&fresh).await?;
+    assert_eq!(made.value().await?, json!({ "made": "in the outage" }));
+    server.stop().await?;
+    Ok(())
+}
