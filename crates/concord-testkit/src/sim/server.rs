@@ -5,7 +5,9 @@
 //! It is public as [`crate::host_driver::HostDriver`], for the fuzz target that drives the
 //! hosts with arbitrary programs. Every delivery is checked: a message that reveals a model's
 //! content (its data, operations, collaborators or references) only reaches a session whose
-//! user may read the model as the store holds it when the message leaves.
+//! user may read the model as the store holds it when the message leaves. Every deletion
+//! made durable is checked too: some request asked to delete that model, by id alone or
+//! naming the creation that made it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
