@@ -834,8 +834,8 @@ impl ClientEngine {
     /// Whether background sync has nothing left to do on this connection: no stored model
     /// waiting or loading, no model syncing or waiting for a turn, no retry pending after an
     /// `overloaded` refusal (of an open, a creation or a deletion), no open waiting for a
-    /// slot. (The application's models beyond
-    /// the server's limit may still wait, parked, with nothing to push.)
+    /// slot. (The application's models beyond the server's limit may still wait, parked,
+    /// with nothing to push.)
     pub fn sync_idle(&self) -> bool {
         !self.background_work()
             && self.budget.retry_at.is_none()
