@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use concord_protocol::ModelId;
 
-use crate::time::Time;
+use crate::time::{Backoff, Time};
 
 /// What a model in memory holds of the connection's open-model budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +48,8 @@ pub(crate) struct Budget {
     /// Models in memory waiting for a sync slot to push their changes (parked application
     /// models with unacknowledged changes).
     pub(crate) turns: VecDeque<ModelId>,
-    /// After an `overloaded` refusal, nothing new attaches until then.
-    pub(crate) retry_at: Option<Time>,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    backoff: Duration,
+    /// After an `overloaded` refusal, nothing new attaches until `retry.at`.
+    pub(crate) retry: Backoff,
     next_order: u64,
 }
 
@@ -72,10 +69,7 @@ impl Budget {
             attached: 0,
             parked: VecDeque::new(),
             turns: VecDeque::new(),
-            retry_at: None,
-            initial_backoff,
-            max_backoff: max_backoff.max(initial_backoff),
-            backoff: initial_backoff,
+            retry: Backoff::new(initial_backoff, max_backoff),
             next_order: 0,
         }
     }
@@ -116,11 +110,11 @@ impl Budget {
     }
 
     pub(crate) fn may_go_live(&self, background_work: bool) -> bool {
-        self.retry_at.is_none() && self.live < self.live_cap(background_work) && self.room()
+        self.retry.at.is_none() && self.live < self.live_cap(background_work) && self.room()
     }
 
     pub(crate) fn may_sync(&self) -> bool {
-        self.retry_at.is_none() && self.sync < self.concurrency && self.room()
+        self.retry.at.is_none() && self.sync < self.concurrency && self.room()
     }
 
     /// A number that orders attachments: the newest live model is parked first.
@@ -137,15 +131,12 @@ impl Budget {
             let limit = attached.max(1);
             self.learned = Some(self.learned.map_or(limit, |l| l.min(limit)));
         }
-        if self.retry_at.is_none() {
-            self.retry_at = Some(now + self.backoff);
-            self.backoff = (self.backoff * 2).min(self.max_backoff);
-        }
+        self.retry.failed(now);
     }
 
     /// An attachment succeeded: the next refusal waits the initial backoff again.
     pub(crate) fn succeeded(&mut self) {
-        self.backoff = self.initial_backoff;
+        self.retry.succeeded();
     }
 
     /// The connection is gone: nothing is attached or held; who waits is decided again on
@@ -156,7 +147,7 @@ impl Budget {
         self.attached = 0;
         self.parked.clear();
         self.turns.clear();
-        self.retry_at = None;
+        self.retry.at = None;
     }
 }
 
@@ -251,20 +242,20 @@ mod tests {
         let mut b = budget(None, 4);
         b.refused(Time::from_millis(0), Some(7));
         assert_eq!(b.limit(), Some(7));
-        assert_eq!(b.retry_at, Some(Time::from_millis(100)));
-        b.retry_at = None;
+        assert_eq!(b.retry.at, Some(Time::from_millis(100)));
+        b.retry.at = None;
         b.refused(Time::from_millis(1_000), Some(9));
         assert_eq!(b.limit(), Some(7), "the lowest count refused is the limit");
-        assert_eq!(b.retry_at, Some(Time::from_millis(1_200)));
-        b.retry_at = None;
+        assert_eq!(b.retry.at, Some(Time::from_millis(1_200)));
+        b.retry.at = None;
         b.refused(Time::from_millis(2_000), None);
-        b.retry_at = None;
+        b.retry.at = None;
         b.refused(Time::from_millis(3_000), None);
-        assert_eq!(b.retry_at, Some(Time::from_millis(3_400)), "capped");
+        assert_eq!(b.retry.at, Some(Time::from_millis(3_400)), "capped");
         b.succeeded();
-        b.retry_at = None;
+        b.retry.at = None;
         b.refused(Time::from_millis(4_000), None);
-        assert_eq!(b.retry_at, Some(Time::from_millis(4_100)));
+        assert_eq!(b.retry.at, Some(Time::from_millis(4_100)));
         b.tell(Some(5));
         assert_eq!(b.limit(), Some(5));
     }

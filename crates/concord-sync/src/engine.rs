@@ -63,7 +63,7 @@ use crate::reference::ReferenceError;
 use crate::replica::{ModelReplica, ReplicaError, StoreChange};
 use crate::shared::ModelReferences;
 use crate::store::Restored;
-use crate::time::Time;
+use crate::time::{Backoff, Time};
 
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -421,7 +421,7 @@ pub struct ClientEngine {
     budget: Budget,
     /// When to ask again for the creations and deletions the server could not take for its
     /// state (a backoff of their own, so that they never hold back opening models).
-    asks: AskAgain,
+    asks: Backoff,
     /// Opens at the server waiting for a live slot.
     open_queue: VecDeque<ModelId>,
     next_call: u64,
@@ -445,14 +445,6 @@ struct Deletion {
     /// The batch storing the tombstone, until it is durable (the server hears of it only
     /// then).
     batch: Option<BatchId>,
-}
-
-/// Creations and deletions refused for the server's state are asked again at `at`, after a
-/// backoff that doubles with each such refusal in a row.
-#[derive(Debug)]
-struct AskAgain {
-    at: Option<Time>,
-    backoff: Duration,
 }
 
 impl ClientEngine {
@@ -493,7 +485,7 @@ impl ClientEngine {
                 config.initial_backoff,
                 config.max_backoff,
             ),
-            asks: AskAgain { at: None, backoff: config.initial_backoff },
+            asks: Backoff::new(config.initial_backoff, config.max_backoff),
             open_queue: VecDeque::new(),
             next_call: 1,
             answers: VecDeque::new(),
@@ -838,7 +830,7 @@ impl ClientEngine {
     /// with nothing to push.)
     pub fn sync_idle(&self) -> bool {
         !self.background_work()
-            && self.budget.retry_at.is_none()
+            && self.budget.retry.at.is_none()
             && self.asks.at.is_none()
             && self.open_queue.is_empty()
     }
@@ -1025,12 +1017,10 @@ impl ClientEngine {
     /// connection whose server is silent or left something unanswered too long. Harmless
     /// when nothing is due.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.budget.retry_at.is_some_and(|at| at <= now) && self.is_connected() {
-            self.budget.retry_at = None;
+        if self.is_connected() && self.budget.retry.take_due(now) {
             self.schedule();
         }
-        if self.asks.at.is_some_and(|at| at <= now) && self.is_connected() {
-            self.asks.at = None;
+        if self.is_connected() && self.asks.take_due(now) {
             self.send_creations();
             self.send_deletions();
         }
@@ -1081,7 +1071,7 @@ impl ClientEngine {
                     .filter(|(model, _)| self.models.get(*model).is_some_and(awaits_ack))
                     .map(|(_, deadline)| *deadline);
                 let silence = last_heard + self.config.silence_timeout;
-                let retries = [self.budget.retry_at, self.asks.at].into_iter().flatten();
+                let retries = [self.budget.retry.at, self.asks.at].into_iter().flatten();
                 requests.chain(acks).chain([next_ping, silence]).chain(retries).min()
             }
             Connection::Idle | Connection::Connecting { .. } => None,
@@ -1172,7 +1162,7 @@ impl ClientEngine {
     /// models), then to background sync (turns, then stored models to load). Parks the
     /// newest live models first if they hold more than their share.
     fn schedule(&mut self) {
-        if !self.is_connected() || self.budget.retry_at.is_some() {
+        if !self.is_connected() || self.budget.retry.at.is_some() {
             return;
         }
         self.rebalance();
@@ -1561,19 +1551,9 @@ impl ClientEngine {
                     entry.link = Link::Offline;
                 }
                 self.go_offline(&model);
-                self.ask_again_later(now);
+                self.asks.failed(now);
             }
             Err(error) => self.creation_refused(model, error),
-        }
-    }
-
-    /// Asks again, after the backoff, for the creations and deletions the server could not
-    /// take for its state.
-    fn ask_again_later(&mut self, now: Time) {
-        if self.asks.at.is_none() {
-            self.asks.at = Some(now + self.asks.backoff);
-            let max = self.config.max_backoff.max(self.config.initial_backoff);
-            self.asks.backoff = (self.asks.backoff * 2).min(max);
         }
     }
 
@@ -1593,7 +1573,7 @@ impl ClientEngine {
 
     /// The server has the model created here: the store records it.
     fn creation_confirmed(&mut self, model: &ModelId) {
-        self.asks.backoff = self.config.initial_backoff;
+        self.asks.succeeded();
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.creation = None;
         let collection = entry.replica.confirmed().collection.clone();
@@ -1722,7 +1702,7 @@ impl ClientEngine {
             Err(error) if is_gone(&error) => self.deletion_confirmed(model),
             // A refusal about the server's state, not about the deletion: the tombstone
             // stays, and the deletion is asked again after a backoff.
-            Err(error) if is_transient(&error) => self.ask_again_later(now),
+            Err(error) if is_transient(&error) => self.asks.failed(now),
             Err(error) => {
                 if let Some(Deletion { collection, creation, .. }) = self.tombstones.remove(&model)
                 {
@@ -2080,7 +2060,7 @@ impl ClientEngine {
     }
 
     fn deletion_confirmed(&mut self, model: ModelId) {
-        self.asks.backoff = self.config.initial_backoff;
+        self.asks.succeeded();
         if self.tombstones.remove(&model).is_some() {
             self.queue_batch(&model, vec![StoreChange::Forget], None, None);
             self.domain_event(DomainEvent::Deleted { model });

@@ -57,3 +57,43 @@ mod tests {
         assert_eq!(t.saturating_duration_since(Time::from_millis(20)), Duration::ZERO);
     }
 }
+
+/// A retry after a backoff that doubles with every failure in a row, up to a cap, and starts
+/// over after a success.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    /// When to retry, once a failure asked for it.
+    pub(crate) at: Option<Time>,
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { at: None, initial, max: max.max(initial), next: initial }
+    }
+
+    /// A failure at `now`: a retry after the backoff, unless one is already set; the next
+    /// backoff doubles.
+    pub(crate) fn failed(&mut self, now: Time) {
+        if self.at.is_none() {
+            self.at = Some(now + self.next);
+            self.next = (self.next * 2).min(self.max);
+        }
+    }
+
+    /// A success: the next failure waits the initial backoff again.
+    pub(crate) fn succeeded(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// Whether the retry is due at `now`; a due retry is taken.
+    pub(crate) fn take_due(&mut self, now: Time) -> bool {
+        let due = self.at.is_some_and(|at| at <= now);
+        if due {
+            self.at = None;
+        }
+        due
+    }
+}
