@@ -1236,6 +1236,9 @@ impl Driver {
                     DomainEvent::OpenFailed { model, failure } => {
                         self.opened(model, Some(failure.clone()));
                     }
+                    DomainEvent::ServerFault { model, error } => {
+                        tracing::warn!(%model, %error, "the server failed serving a model");
+                    }
                     DomainEvent::ProtocolViolation { model, error } => {
                         tracing::warn!(%model, %error, "the server broke the protocol for a model");
                     }

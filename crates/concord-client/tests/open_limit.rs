@@ -69,6 +69,7 @@ impl Seen {
                     self.progress = Some((done, failed, total));
                 }
                 event @ (DomainEvent::ProtocolViolation { .. }
+                | DomainEvent::ServerFault { .. }
                 | DomainEvent::ChangesRejected { .. }
                 | DomainEvent::CreationRefused { .. }
                 | DomainEvent::ModelGone { .. }) => self.problems.push(event),

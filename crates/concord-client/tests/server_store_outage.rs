@@ -1,14 +1,15 @@
-//! The client while the server's database is down: a real server on a PostgreSQL cluster of
-//! the test's own, stopped and started again, and a client with a redb store. What the
-//! server cannot do for want of its database it answers `unavailable`; the client takes that
-//! as "not now", never as "no".
+//! The client while the server's database is down or damaged: a real server on a PostgreSQL
+//! cluster of the test's own, and a client with a redb store. What the server cannot do for
+//! want of its database it answers `unavailable`; the client takes that as "not now", never
+//! as "no". A model the server cannot load (a damaged record) stays on the client, offline,
+//! keeping its changes until a later connection finds it repaired.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use concord_client::{ConnectionState, DomainEvent};
+use concord_client::{ConnectionState, DomainEvent, ErrorCode};
 use concord_server::{RunningServer, Server, ServerConfig};
 use concord_testkit::postgres::{ThrowawayPostgres, bin_dir_or_skip};
 use serde_json::json;
@@ -100,6 +101,77 @@ async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> any
     assert!(bob.models().open(&doc).await.is_err(), "the server deleted it");
     let made = bob.models().open(&fresh).await?;
     assert_eq!(made.value().await?, json!({ "made": "in the outage" }));
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_the_server_holds_damaged_stays_here_offline_and_syncs_once_repaired()
+-> anyhow::Result<()> {
+    if bin_dir_or_skip().is_none() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
+    let server_dir = dir.path().join("server");
+    let server = start_on(&postgres, &server_dir, None).await?;
+    let addr = server.addr();
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let (victim, bystander) = (id("victim"), id("bystander"));
+    create_confirmed(&alice, &[victim.clone(), bystander.clone()], json!({ "n": 1 })).await?;
+
+    // The victim's snapshot is cut short in the database (kept aside to repair it later),
+    // under a restarted server that has not loaded it.
+    server.stop().await?;
+    let cut = postgres.sql(
+        "CREATE TABLE kept AS SELECT * FROM snapshots WHERE model = 'victim'; \
+         UPDATE snapshots SET snapshot = substring(snapshot FROM 1 FOR 3) WHERE model = 'victim'",
+    )?;
+    assert!(cut.ends_with("UPDATE 1") || cut.is_empty(), "{cut}");
+    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    eventually("alice is connected again", || async {
+        Ok(alice.state() == ConnectionState::Connected)
+    })
+    .await?;
+
+    // Opened from alice's store, the victim's resync is answered `internal`: a server
+    // fault, not a protocol violation; the model stays open here and takes changes.
+    let mut events = alice.events();
+    let model = alice.models().open(&victim).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+            Some(DomainEvent::ServerFault { model, error }) if model == victim => {
+                assert_eq!(error.code, ErrorCode::INTERNAL, "{error:?}");
+                break;
+            }
+            Some(event @ DomainEvent::ProtocolViolation { .. }) => {
+                anyhow::bail!("a fault taken for a violation: {event:?}")
+            }
+            Some(_) => {}
+            None => anyhow::bail!("events ended"),
+        }
+    }
+    let change = model.root().set("n", json!(2)).await?;
+    model.stored(change).await?;
+    assert_eq!(model.value().await?, json!({ "n": 2.0 }));
+    let stored = alice.models().stored_models().await?;
+    assert!(stored.iter().any(|m| m.id == victim && m.has_pending_changes), "{stored:?}");
+    // Only the victim: the bystander opens and syncs on the same connection.
+    let other = alice.models().open(&bystander).await?;
+    let change_there = other.root().set("n", json!(3)).await?;
+    other.acknowledged(change_there).await?;
+    assert_eq!(alice.state(), ConnectionState::Connected);
+
+    // Repaired, and the next connection (the server restarted) syncs the change made here.
+    server.stop().await?;
+    postgres.sql(
+        "UPDATE snapshots SET snapshot = kept.snapshot FROM kept \
+         WHERE snapshots.domain = kept.domain AND snapshots.model = kept.model",
+    )?;
+    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    tokio::time::timeout(Duration::from_secs(20), model.acknowledged(change)).await??;
+    let bob = connected(&server, dir.path(), "bob").await?;
+    assert_eq!(bob.models().open(&victim).await?.value().await?, json!({ "n": 2.0 }));
     server.stop().await?;
     Ok(())
 }

@@ -1526,6 +1526,7 @@ impl ClientEngine {
             }
             // A deleted model is as gone as one that never was.
             Err(error) if is_gone(&error) => self.gone(&model, error),
+            Err(error) if error.code == ErrorCode::INTERNAL => self.server_fault(&model, error),
             Err(error) => self.violation(&model, format!("resync refused: {error}")),
         }
     }
@@ -1639,7 +1640,10 @@ impl ClientEngine {
                     self.budget.refused(now, learned.flatten());
                     return self.open_later(&model);
                 }
-                if creates {
+                if error.code == ErrorCode::INTERNAL {
+                    // Whether or not it asked for a creation: the server did not decide it.
+                    self.server_fault(&model, error);
+                } else if creates {
                     self.creation_refused(model, error);
                 } else if is_gone(&error) {
                     self.gone(&model, error);
@@ -2070,11 +2074,31 @@ impl ClientEngine {
     /// The server no longer serves `model`: it stays here, offline; one loaded only to sync
     /// goes back to the store.
     fn gone(&mut self, model: &ModelId, error: ErrorReply) {
+        if self.refused_here(model) {
+            self.model_event(model, ModelEvent::Gone { error: error.clone() });
+            self.domain_event(DomainEvent::ModelGone { model: model.clone(), error });
+        }
+    }
+
+    /// The server failed serving the model (`internal`: its store failed, or holds a
+    /// damaged record of it). Not a protocol violation: the copy here is consistent, so an
+    /// application's model stays loaded, offline, and a background one goes back to the
+    /// store; the next connection tries again.
+    fn server_fault(&mut self, model: &ModelId, error: ErrorReply) {
+        if self.refused_here(model) {
+            self.go_offline(model);
+            self.domain_event(DomainEvent::ServerFault { model: model.clone(), error });
+        }
+    }
+
+    /// Takes `model` offline until the next connection, the server having refused it on
+    /// this one; false if it is not loaded.
+    fn refused_here(&mut self, model: &ModelId) -> bool {
         // A resync sent before the server said so may still be answered, even refused for
         // load: that answer is about a model no longer served.
         self.forget_answers(model);
         self.stop_sharing(model);
-        let Some(entry) = self.models.get_mut(model) else { return };
+        let Some(entry) = self.models.get_mut(model) else { return false };
         entry.link = Link::Refused;
         if entry.attached {
             // The server closed it on its side.
@@ -2087,8 +2111,7 @@ impl ClientEngine {
             self.models.remove(model);
         }
         self.sync_failed(model);
-        self.model_event(model, ModelEvent::Gone { error: error.clone() });
-        self.domain_event(DomainEvent::ModelGone { model: model.clone(), error });
+        true
     }
 
     /// Applies a committed operation; false if the model went offline over it.

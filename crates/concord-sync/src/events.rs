@@ -111,9 +111,9 @@ pub enum DomainEvent {
     /// Background sync of stored models after a reconnection: of `total` models, `done`
     /// are in sync with the server (every stored change acknowledged) and `failed` stopped
     /// for a reason reported with their own event (`CreationRefused`, `ModelGone`,
-    /// `ProtocolViolation`, or a model the store could not load); the rest are still on
-    /// their way (a model the server asked to retry later is among them). A model deleted
-    /// here meanwhile leaves `total`.
+    /// `ServerFault`, `ProtocolViolation`, or a model the store could not load); the rest
+    /// are still on their way (a model the server asked to retry later is among them). A
+    /// model deleted here meanwhile leaves `total`.
     SyncProgress { done: usize, failed: usize, total: usize },
     /// The server created a model created here.
     Created { model: ModelId },
@@ -138,6 +138,10 @@ pub enum DomainEvent {
     /// The server refused local changes of the model for good (they were undone here; the
     /// model's own `Rejected` event lists them).
     ChangesRejected { model: ModelId, error: ErrorReply },
+    /// The server failed serving the model (`internal`: its store failed, or holds a
+    /// damaged record of it). Nothing here is lost: an application's model stays loaded,
+    /// offline, and keeps storing its changes; the next connection tries it again.
+    ServerFault { model: ModelId, error: ErrorReply },
     /// The server broke the protocol for the model. It left memory; the store holds a
     /// consistent state to load it from again.
     ProtocolViolation { model: ModelId, error: String },

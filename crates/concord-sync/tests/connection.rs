@@ -1769,6 +1769,86 @@ fn a_resync_answered_after_the_server_closed_the_model_for_good_is_not_a_violati
     Ok(())
 }
 
+fn server_faults(turn: &Turn, model: &ModelId) -> usize {
+    let fault = |e: &&Event| {
+        matches!(e, Event::Domain(DomainEvent::ServerFault { model: m, error })
+            if m == model && error.code == ErrorCode::INTERNAL)
+    };
+    turn.events.iter().filter(fault).count()
+}
+
+#[test]
+fn a_resync_the_server_fails_keeps_the_model_here_offline_until_the_next_connection() -> Result<()>
+{
+    let model = id("m");
+    let mut engine = connected(config(), at(0), &[])?;
+    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
+    let turn = drain(&mut engine, at(0));
+    let resync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { .. }))?;
+
+    // The server cannot load the model (a damaged record of it, say).
+    refuse(&mut engine, at(0), resync, ErrorCode::INTERNAL);
+    let turn = drain(&mut engine, at(0));
+    assert_eq!(server_faults(&turn, &model), 1, "{:?}", turn.events);
+    let violation = |e: &Event| matches!(e, Event::Domain(DomainEvent::ProtocolViolation { .. }));
+    assert!(!turn.events.iter().any(violation), "{:?}", turn.events);
+    assert!(turn.sent.is_empty(), "not asked again on this connection: {:?}", turn.sent);
+
+    // Still loaded here, and still edited and stored, though not sent.
+    assert!(engine.model(&model).is_some(), "the copy here stays");
+    insert_object(&mut engine, &model)?;
+    let edited = drain(&mut engine, at(1));
+    assert!(!edited.batches.is_empty(), "the change is stored");
+    assert!(edited.sent.is_empty(), "and not sent: {:?}", edited.sent);
+    let later = drain(&mut engine, at(60_000));
+    assert!(later.sent.is_empty(), "nor later on this connection: {:?}", later.sent);
+
+    // The next connection tries it again, and the change goes through.
+    engine.handle_disconnected(at(60_000));
+    let Some(when) = engine.poll_timeout() else { bail!("no reconnection is scheduled") };
+    engine.handle_timeout(when);
+    drain(&mut engine, when);
+    engine.handle_connected(when, &session(), vec![], vec![]);
+    let turn = drain(&mut engine, when);
+    request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { model: m, .. } if *m == model))?;
+    let all = settle(&mut engine, when, turn)?;
+    assert_eq!(server_faults(&all, &model), 0);
+    assert!(engine.is_settled(&model), "live again, its change acknowledged");
+    Ok(())
+}
+
+#[test]
+fn a_background_sync_the_server_fails_counts_as_failed_and_goes_back_to_the_store() -> Result<()> {
+    // One model changed offline, one created offline: each owes the server a `Sync`.
+    let (changed, created) = (id("changed"), id("created"));
+    let mut engine = one_at_a_time();
+    let [stored] =
+        <[ModelReplica; 1]>::try_from(changed_offline(&mut engine, &[&changed])?).expect("one");
+    let creation = created_offline(&mut engine, &created, CreationNonce([3; 16]), true)?;
+
+    let mut all = connect_listing(&mut engine, vec![changed.clone(), created.clone()]);
+    let fail = |message: &ClientMessage| {
+        refusal(message, &changed, ErrorCode::INTERNAL)
+            .or_else(|| refusal(message, &created, ErrorCode::INTERNAL))
+    };
+    for (model, restored) in [(&changed, stored.into()), (&created, creation)] {
+        assert_eq!(engine.poll_load(), Some(model.clone()));
+        let turn = load_and_settle(&mut engine, model, restored, fail)?;
+        let synced =
+            |r: &ClientRequest| matches!(r, ClientRequest::Sync { model: m, .. } if m == model);
+        assert!(turn.requests().any(|(_, r)| synced(r)), "{:?}", turn.sent);
+        assert_eq!(server_faults(&turn, model), 1, "{:?}", turn.events);
+        assert!(engine.model(model).is_none(), "back to the store");
+        all.events.extend(turn.events);
+    }
+    let refused = |e: &Event| matches!(e, Event::Domain(DomainEvent::CreationRefused { .. }));
+    assert!(!all.events.iter().any(refused), "a fault is not a refused creation");
+    assert_eq!(last_progress(&all), Some((0, 2, 2)), "both counted as failed");
+    assert_eq!(engine.poll_load(), None);
+    assert!(engine.sync_idle());
+    Ok(())
+}
+
 #[test]
 fn a_model_released_owing_changes_at_a_disconnect_syncs_on_the_next_connection_though_unlisted()
 -> Result<()> {

@@ -413,7 +413,10 @@ fn a_model_one_may_not_read_answers_like_one_that_does_not_exist() {
 fn a_deletion_naming_a_creation_deletes_only_the_model_that_creation_made() {
     let mut server = Server::new();
     let alice = server.connect("alice", SessionLimits::default());
-    create(&mut server, alice, "doc", None);
+    let mut grants = PermissionGrants { override_collection: true, ..PermissionGrants::default() };
+    let read_write = Permissions { read: true, write: true, remove: false, manage: false };
+    grants.users.insert(UserId("bob".into()), read_write);
+    create(&mut server, alice, "doc", Some(grants));
     let delete = |id: &str, nonce| ClientRequest::DeleteModel {
         model: model(id),
         creation: Some(CreationNonce([nonce; 16])),
@@ -424,6 +427,16 @@ fn a_deletion_naming_a_creation_deletes_only_the_model_that_creation_made() {
     let (absent_code, absent_message) =
         error_of(&server.request(alice, delete("absent", 2)), alice);
     assert_eq!(code, ErrorCode::MODEL_NOT_FOUND);
+    assert_eq!((code, message.replace("doc", "absent")), (absent_code, absent_message));
+    // The right creation named by other users: one who may read but not remove the model is
+    // refused for that, one who may not read it hears what an absent model answers.
+    let bob = server.connect("bob", SessionLimits::default());
+    let (code, _) = error_of(&server.request(bob, delete("doc", 1)), bob);
+    assert_eq!(code, ErrorCode::PERMISSION_DENIED);
+    let carol = server.connect("carol", SessionLimits::default());
+    let (code, message) = error_of(&server.request(carol, delete("doc", 1)), carol);
+    let (absent_code, absent_message) =
+        error_of(&server.request(carol, delete("absent", 1)), carol);
     assert_eq!((code, message.replace("doc", "absent")), (absent_code, absent_message));
     open(&mut server, alice, "doc");
     // The creation that made it deletes it.

@@ -897,6 +897,12 @@ impl Sim {
                 DomainEvent::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
                 }
+                DomainEvent::ServerFault { model, error } => {
+                    return Err(format!(
+                        "replica {:?}: {model}: server fault: {error}",
+                        client.replica
+                    ));
+                }
                 DomainEvent::SyncProgress { done, failed, total } => {
                     if done + failed > total {
                         return Err(format!(

@@ -139,6 +139,9 @@ pub(crate) fn domain_event(event: DomainEvent) -> Value {
         DomainEvent::ChangesRejected { model, error: e } => {
             json!({ "type": "changesRejected", "model": model.as_str(), "error": error(&e) })
         }
+        DomainEvent::ServerFault { model, error: e } => {
+            json!({ "type": "serverFault", "model": model.as_str(), "error": error(&e) })
+        }
         DomainEvent::ProtocolViolation { model, error } => {
             json!({ "type": "protocolViolation", "model": model.as_str(), "message": error })
         }

@@ -79,6 +79,7 @@ export type DomainEvent =
   | { type: "opened"; model: string }
   | { type: "openFailed"; model: string; reason: "refused" | "connectionLost" | "timedOut"; error: ErrorInfo | null }
   | { type: "changesRejected"; model: string; error: ErrorInfo }
+  | { type: "serverFault"; model: string; error: ErrorInfo }
   | { type: "protocolViolation"; model: string; message: string }
   | { type: "connectionRefused"; error: ErrorInfo; retryAllowed: boolean }
   | { type: "storageFailed"; message: string };

@@ -220,6 +220,9 @@ async fn sync(
             Some(DomainEvent::ProtocolViolation { model, error }) => {
                 bail!("protocol violation on {model}: {error}")
             }
+            Some(DomainEvent::ServerFault { model, error }) => {
+                bail!("server fault on {model}: {error}")
+            }
             Some(_) => {}
             None => bail!("the domain's events ended"),
         }
