@@ -1856,19 +1856,19 @@ impl ClientEngine {
         self.acks.remove(&model);
         // A refusal about the server's state, not about the change: the change is
         // kept, and resyncing tells whether it was committed and sends it again.
-        let transient = error.code == ErrorCode::MODEL_NOT_OPEN || is_transient(&error);
-        if error.code == ErrorCode::MODEL_NOT_OPEN && entry.attached {
-            // The server no longer counts it as open here; the resync opens it again.
-            entry.attached = false;
-            self.budget.attached -= 1;
-        }
-        if matches!(error.code, ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE) {
-            // Later, with backoff: it closes here and waits for a slot again.
+        if is_transient(&error) {
+            // Later, with backoff (`internal` too: a server failing the same submission
+            // each time is not asked again at once): it closes here and waits for a slot.
             self.budget.refused(now, None);
             self.open_later(&model);
             return;
         }
-        if transient {
+        if error.code == ErrorCode::MODEL_NOT_OPEN {
+            if entry.attached {
+                // The server no longer counts it as open here; the resync opens it again.
+                entry.attached = false;
+                self.budget.attached -= 1;
+            }
             self.resume(&model);
             return;
         }

@@ -1923,3 +1923,45 @@ fn a_model_closed_while_its_background_load_is_on_the_way_syncs_and_counts_once(
     assert!(engine.sync_idle());
     Ok(())
 }
+
+#[test]
+fn a_submission_the_server_keeps_failing_is_sent_again_only_after_a_backoff() -> Result<()> {
+    let model = id("m");
+    let mut engine = connected(config(), at(0), &["m"])?;
+    insert_object(&mut engine, &model)?;
+    let turn = drain(&mut engine, at(0));
+    let submits = |turn: &Turn| {
+        let submit =
+            |m: &&ClientMessage| matches!(m, ClientMessage::Notice(ClientNotice::Submit { .. }));
+        turn.sent.iter().filter(submit).count()
+    };
+    let fail = |message: &ClientMessage| match message {
+        ClientMessage::Notice(ClientNotice::Submit { model, seq, .. }) => {
+            let error = ErrorReply::new(ErrorCode::INTERNAL, "the history could not be read");
+            let rejected = ServerPush::SubmitRejected { model: model.clone(), seq: *seq, error };
+            Some(vec![ServerMessage::Push(rejected)])
+        }
+        _ => None,
+    };
+    // Failed each time it is sent: it is not sent again at once, nor undone.
+    let all = settle_refusing(&mut engine, at(0), turn, fail)?;
+    assert_eq!(submits(&all), 1, "{:?}", all.sent);
+    let rejected = |e: &Event| matches!(e, Event::Domain(DomainEvent::ChangesRejected { .. }));
+    assert!(!all.events.iter().any(rejected), "{:?}", all.events);
+    let Some(when) = engine.poll_timeout() else { bail!("no retry is scheduled") };
+    assert!(when > at(0), "after a backoff");
+    engine.handle_timeout(when);
+    let turn = drain(&mut engine, when);
+    let again = settle_refusing(&mut engine, when, turn, fail)?;
+    assert_eq!(submits(&again), 1, "once more after the backoff: {:?}", again.sent);
+    let Some(later) = engine.poll_timeout() else { bail!("no retry is scheduled") };
+    assert!(later > when, "after a backoff again");
+
+    // Once the server can take it, it goes through.
+    engine.handle_timeout(later);
+    let turn = drain(&mut engine, later);
+    let last = settle(&mut engine, later, turn)?;
+    assert_eq!(submits(&last), 1);
+    assert!(engine.is_settled(&model), "acknowledged and live");
+    Ok(())
+}
