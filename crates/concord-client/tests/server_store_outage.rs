@@ -106,6 +106,67 @@ async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_the_servers_database_is_down_goes_through_once_it_is_back()
+-> anyhow::Result<()> {
+    if bin_dir_or_skip().is_none() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
+    let server_dir = dir.path().join("server");
+    let server = start_on(&postgres, &server_dir, None).await?;
+    let addr = server.addr();
+    let alice = connected(&server, dir.path(), "alice").await?;
+    let doc = id("doc");
+    create_confirmed(&alice, std::slice::from_ref(&doc), json!({ "n": 1 })).await?;
+
+    // A restarted server has the model loaded (bob opened it) but has not yet seen alice's
+    // replica: her next submission must read its owner from the database.
+    server.stop().await?;
+    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    let bob = connected(&server, dir.path(), "bob").await?;
+    let bobs = bob.models().open(&doc).await?;
+    eventually("alice is connected again", || async {
+        Ok(alice.state() == ConnectionState::Connected)
+    })
+    .await?;
+    let model = alice.models().open(&doc).await?;
+    postgres.stop()?;
+
+    // Refused `unavailable` again and again while the database is down: kept, not a fault,
+    // and the connection stays.
+    let mut events = alice.events();
+    let change = model.root().set("n", json!(2)).await?;
+    model.stored(change).await?;
+    let outage = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(outage);
+    loop {
+        tokio::select! {
+            () = &mut outage => break,
+            event = events.next() => match event {
+                Some(event @ (DomainEvent::ServerFault { .. }
+                | DomainEvent::ProtocolViolation { .. }
+                | DomainEvent::ChangesRejected { .. }
+                | DomainEvent::State(_))) => {
+                    anyhow::bail!("while the database is down: {event:?}")
+                }
+                Some(_) => {}
+                None => anyhow::bail!("events ended"),
+            },
+        }
+    }
+
+    // The database back, the change goes through on the same connection.
+    postgres.start_again()?;
+    tokio::time::timeout(Duration::from_secs(20), model.acknowledged(change)).await??;
+    assert_eq!(alice.state(), ConnectionState::Connected);
+    eventually("bob sees the change", || async { Ok(bobs.value().await? == json!({ "n": 2.0 })) })
+        .await?;
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_the_server_holds_damaged_stays_here_offline_and_syncs_once_repaired()
 -> anyhow::Result<()> {
     if bin_dir_or_skip().is_none() {

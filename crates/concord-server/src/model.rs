@@ -14,7 +14,8 @@ use concord_ot::ReplicaId;
 use concord_protocol::{ErrorCode, ErrorReply, Timestamp, UserId};
 use concord_sync::host::{
     CollectionConfig, ConnId, HostConfig, Job as HostJob, Loaded, ModelHost, ModelRecord,
-    ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef, effective, may_create,
+    ModelRequest, Notice, Outgoing, Read, ReadFailure, ReadResult, SessionRef, effective,
+    may_create,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -492,7 +493,10 @@ impl ModelTask {
     async fn read(&mut self, read: Read) -> ReadResult {
         let store = self.models.store.clone();
         let key = self.key.clone();
-        let failed = |e: StoreError| e.to_string();
+        let failed = |e: StoreError| ReadFailure {
+            unavailable: matches!(e, StoreError::Unavailable(_)),
+            message: e.to_string(),
+        };
         match read {
             Read::Operations { after, through } => {
                 let result = match self.flush().await {

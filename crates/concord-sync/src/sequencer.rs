@@ -112,9 +112,6 @@ pub enum SequencerError {
     /// [`Sequencer::rebase`] and submit it again.
     #[error("operations after version {from} are not in memory (oldest kept: {oldest})")]
     HistoryUnavailable { from: u64, oldest: u64 },
-    /// The store could not provide the history a submission needed.
-    #[error("the history the submission needs could not be read: {0}")]
-    HistoryUnreadable(String),
     #[error("the operation does not apply: {0}")]
     Invalid(#[from] ApplyError),
     /// The model's encoded size would pass the server's limit.
@@ -135,9 +132,7 @@ impl SequencerError {
             SequencerError::StaleSeq { .. }
             | SequencerError::SeqGap { .. }
             | SequencerError::InvalidSeqRange { .. } => ErrorCode::SEQ_OUT_OF_ORDER,
-            SequencerError::HistoryUnreadable(_) | SequencerError::OutOfOrder { .. } => {
-                ErrorCode::INTERNAL
-            }
+            SequencerError::OutOfOrder { .. } => ErrorCode::INTERNAL,
             SequencerError::Invalid(_) => ErrorCode::INVALID_OPERATION,
             SequencerError::ModelTooLarge { .. } => ErrorCode::MODEL_TOO_LARGE,
         }

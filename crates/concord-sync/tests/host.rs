@@ -15,8 +15,8 @@ use concord_protocol::{
 };
 use concord_sync::Decision;
 use concord_sync::host::{
-    ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Outgoing, Read, ReadResult, SessionHost,
-    SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
+    ConnId, HostConfig, Loaded, ModelHost, ModelRequest, Outgoing, Read, ReadFailure, ReadResult,
+    SessionHost, SessionLimits, SessionOutput, SessionRef, StoredModel, Write,
 };
 
 /// Hosts wired together, every job made durable at once, every read answered.
@@ -28,6 +28,8 @@ struct Server {
     writes: Vec<Write>,
     /// Every range of stored operations a model host asked for, `(after, through)`.
     operation_reads: Vec<(u64, u64)>,
+    /// While set, the store fails every read so.
+    failing_reads: Option<ReadFailure>,
     next_conn: ConnId,
     now: i64,
 }
@@ -45,6 +47,7 @@ impl Server {
             owners: BTreeMap::new(),
             writes: Vec::new(),
             operation_reads: Vec::new(),
+            failing_reads: None,
             next_conn: 0,
             now: 0,
         }
@@ -104,9 +107,12 @@ impl Server {
             .or_insert_with(|| ModelHost::new(model, loaded, config).unwrap());
         host.handle(Timestamp(self.now), from, request);
         while let Some(read) = host.pending_read().cloned() {
-            let result = match read {
-                Read::Collection(_) => ReadResult::Collection(Ok(None)),
-                Read::Operations { after, through } => ReadResult::Operations(Ok({
+            let result = match (read, self.failing_reads.clone()) {
+                (Read::Collection(_), Some(e)) => ReadResult::Collection(Err(e)),
+                (Read::Operations { .. }, Some(e)) => ReadResult::Operations(Err(e)),
+                (Read::ReplicaOwner { .. }, Some(e)) => ReadResult::ReplicaOwner(Err(e)),
+                (Read::Collection(_), None) => ReadResult::Collection(Ok(None)),
+                (Read::Operations { after, through }, None) => ReadResult::Operations(Ok({
                     self.operation_reads.push((after, through));
                     self.writes
                         .iter()
@@ -120,11 +126,13 @@ impl Server {
                         .map(|operation| HistoryOperation { operation, user: None })
                         .collect()
                 })),
-                Read::ReplicaOwner { replica, claimant } => ReadResult::ReplicaOwner(Ok(self
-                    .owners
-                    .entry(replica)
-                    .or_insert(claimant)
-                    .clone())),
+                (Read::ReplicaOwner { replica, claimant }, None) => {
+                    ReadResult::ReplicaOwner(Ok(self
+                        .owners
+                        .entry(replica)
+                        .or_insert(claimant)
+                        .clone()))
+                }
             };
             host.handle_read(result);
         }
@@ -447,6 +455,34 @@ fn a_deletion_naming_a_creation_deletes_only_the_model_that_creation_made() {
     assert!(heard(&said, alice).iter().any(done), "{said:?}");
     let reopen = ClientRequest::OpenModel { model: model("doc"), auto_create: false };
     assert_eq!(error_of(&server.request(alice, reopen), alice).0, ErrorCode::MODEL_NOT_FOUND);
+}
+
+#[test]
+fn a_read_the_store_fails_is_answered_unavailable_or_internal_as_the_store_says() {
+    let mut server = Server::new();
+    let alice = server.connect("alice", SessionLimits::default());
+    create(&mut server, alice, "doc", None);
+    open(&mut server, alice, "doc");
+    let rejected = |said: &[(ConnId, ServerMessage)]| match heard(said, alice).as_slice() {
+        [ServerMessage::Push(ServerPush::SubmitRejected { seq: 1, error, .. })] => {
+            (error.code, error.message.clone())
+        }
+        other => panic!("expected the submission rejected, got {other:?}"),
+    };
+    // The submission needs its replica's owner, which the store cannot read: refused, as
+    // the store says, and not decided (no refusal recorded, nothing committed).
+    for (unavailable, code) in [(true, ErrorCode::UNAVAILABLE), (false, ErrorCode::INTERNAL)] {
+        let message = "the database is restarting".to_owned();
+        server.failing_reads = Some(ReadFailure { unavailable, message });
+        let (got, message) = rejected(&server.send(alice, submit(7, 1, 0, "x")));
+        assert_eq!(got, code);
+        assert!(message.contains("the database is restarting"), "{message}");
+    }
+    assert!(!server.writes.iter().any(|w| matches!(w, Write::Commit(_) | Write::Refusal(_))));
+    // Once the store reads again, the same submission is committed.
+    server.failing_reads = None;
+    let said = server.send(alice, submit(7, 1, 0, "x"));
+    assert!(matches!(heard(&said, alice)[..], [ServerMessage::Push(ServerPush::Ack { .. })]));
 }
 
 #[test]

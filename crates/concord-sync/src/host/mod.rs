@@ -34,9 +34,9 @@ use concord_ot::{Document, Operation, ReplicaId};
 
 use crate::sequencer::page_len;
 use concord_protocol::{
-    Author, CollectionId, CommittedOperation, CreationNonce, HistoryOperation, Identity, InFlight,
-    ModelId, ModelSnapshot, NewModel, PermissionGrants, Permissions, ReferenceChange, RequestId,
-    ServerMessage, ServerPush, SessionId, SyncSubmission, Timestamp, User, UserId,
+    Author, CollectionId, CommittedOperation, CreationNonce, ErrorCode, HistoryOperation, Identity,
+    InFlight, ModelId, ModelSnapshot, NewModel, PermissionGrants, Permissions, ReferenceChange,
+    RequestId, ServerMessage, ServerPush, SessionId, SyncSubmission, Timestamp, User, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -314,13 +314,31 @@ pub enum Read {
     ReplicaOwner { replica: ReplicaId, claimant: UserId },
 }
 
-/// The answer to a [`Read`]; a failed read carries the store's message.
+/// The answer to a [`Read`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReadResult {
     /// The operations asked for, each with its user where the store has it.
-    Operations(Result<Vec<HistoryOperation>, String>),
-    Collection(Result<Option<CollectionConfig>, String>),
-    ReplicaOwner(Result<UserId, String>),
+    Operations(Result<Vec<HistoryOperation>, ReadFailure>),
+    Collection(Result<Option<CollectionConfig>, ReadFailure>),
+    ReplicaOwner(Result<UserId, ReadFailure>),
+}
+
+/// A [`Read`] the store failed, with the store's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReadFailure {
+    /// The store could not be reached (a database restarting, say): the same request may
+    /// succeed later, and is answered `unavailable`. Otherwise the store itself failed
+    /// (`internal`).
+    pub unavailable: bool,
+    pub message: String,
+}
+
+impl ReadFailure {
+    /// The code the request that needed the read is refused with.
+    pub fn code(&self) -> ErrorCode {
+        if self.unavailable { ErrorCode::UNAVAILABLE } else { ErrorCode::INTERNAL }
+    }
 }
 
 /// What a connection asks of a model.

@@ -15,8 +15,8 @@ use concord_protocol::{
 use super::permissions::{effective, may_create};
 use super::{
     CollectionConfig, ConnId, Delivery, HistoryQuery, HistoryRead, HostConfig, Job, Loaded, Member,
-    Members, ModelRecord, ModelRequest, Notice, Outgoing, Read, ReadResult, SessionRef,
-    StoredModel, SyncRequest, SyncStep, Write, reply,
+    Members, ModelRecord, ModelRequest, Notice, Outgoing, Read, ReadFailure, ReadResult,
+    SessionRef, StoredModel, SyncRequest, SyncStep, Write, reply,
 };
 use crate::reference::{self, ReferenceError};
 use crate::sequencer::page_len;
@@ -194,6 +194,11 @@ pub struct ModelHost {
     read: Option<Read>,
     waiting: Option<Waiting>,
     deferred: VecDeque<(Timestamp, SessionRef, ModelRequest)>,
+}
+
+/// The refusal of a request that needed `what` from the store, which failed to read it.
+fn read_failed(failure: &ReadFailure, what: &str) -> ErrorReply {
+    error(failure.code(), format!("{what} could not be read: {failure}"))
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
@@ -413,7 +418,10 @@ impl ModelHost {
                     }
                     // A store failure is the server's: not the submission's fault, and
                     // not decided (the client sends it again after resyncing).
-                    Err(e) => Err(SequencerError::HistoryUnreadable(e)),
+                    Err(e) => {
+                        let e = read_failed(&e, "the history the submission needs");
+                        return self.reject(&from, seq, e);
+                    }
                 };
                 self.submitted(&from, replica, seq, outcome);
             }
@@ -423,10 +431,7 @@ impl ModelHost {
             ) => match stored {
                 Ok(stored) => self.create_in(now, &from, request, creation, after, stored),
                 Err(e) => {
-                    let e = error(
-                        ErrorCode::INTERNAL,
-                        format!("the collection could not be read: {e}"),
-                    );
+                    let e = read_failed(&e, "the collection");
                     self.refuse(&from, request, after.attachment(), e);
                 }
             },
@@ -446,10 +451,7 @@ impl ModelHost {
                         self.handle(now, &from, request);
                     }
                     Err(e) => {
-                        let e = error(
-                            ErrorCode::INTERNAL,
-                            format!("the replica's owner could not be read: {e}"),
-                        );
+                        let e = read_failed(&e, "the replica's owner");
                         self.fail_request(&from, request, e);
                     }
                 }
@@ -459,10 +461,7 @@ impl ModelHost {
                 match older {
                     Ok(older) => self.reference_through(now, &from, change, older),
                     Err(e) => {
-                        let e = error(
-                            ErrorCode::INTERNAL,
-                            format!("the operations to move the reference could not be read: {e}"),
-                        );
+                        let e = read_failed(&e, "the operations to move the reference");
                         self.refuse_reference(from.conn, &change, e);
                     }
                 }
