@@ -1,15 +1,16 @@
 //! The client while the server's database is down or damaged: a real server on a PostgreSQL
 //! cluster of the test's own, and a client with a redb store. What the server cannot do for
 //! want of its database it answers `unavailable`; the client takes that as "not now", never
-//! as "no". A model the server cannot load (a damaged record) stays on the client, offline,
-//! keeping its changes until a later connection finds it repaired.
+//! as "no" (a query or a history asked meanwhile fails `unavailable`). A model the server
+//! cannot load (a damaged record) stays on the client, offline, keeping its changes until a
+//! later connection finds it repaired.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use concord_client::{ConnectionState, DomainEvent, ErrorCode};
+use concord_client::{ClientError, ConnectionState, DomainEvent, ErrorCode};
 use concord_server::{RunningServer, Server, ServerConfig};
 use concord_testkit::postgres::{ThrowawayPostgres, bin_dir_or_skip};
 use serde_json::json;
@@ -138,6 +139,15 @@ async fn a_change_made_while_the_servers_database_is_down_goes_through_once_it_i
     let mut events = alice.events();
     let change = model.root().set("n", json!(2)).await?;
     model.stored(change).await?;
+    // A query and a history need the database too: "later", not "failed".
+    let unavailable = |e: ClientError| match e {
+        ClientError::Server(error) if error.code == ErrorCode::UNAVAILABLE => Ok(()),
+        other => Err(anyhow::anyhow!("not unavailable: {other:?}")),
+    };
+    let query = alice.models().query("SELECT n FROM notes").await;
+    unavailable(query.expect_err("no query without the database"))?;
+    let history = alice.models().history(&doc).await;
+    unavailable(history.expect_err("no history without the database"))?;
     let outage = tokio::time::sleep(Duration::from_secs(2));
     tokio::pin!(outage);
     loop {

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ErrorCode, HistoryOperation, Identity, ModelId,
-    ModelSnapshot, ServerMessage, Timestamp, UserId,
+    CollectionId, Commit, CommittedOperation, ErrorCode, ErrorReply, HistoryOperation, Identity,
+    ModelId, ModelSnapshot, RequestId, ServerMessage, Timestamp, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
@@ -158,8 +158,10 @@ pub(crate) struct DomainWrites {
 }
 
 /// The reply to `read` when the store could not even start to answer it.
-fn failed_history(read: &HistoryRead, error: String) -> ServerMessage {
-    concord_sync::host::history_reply(read, &mut history::Failed(error))
+fn failed_history(read: &HistoryRead, error: StoreError) -> ServerMessage {
+    unreachable_store(read.request, &error).unwrap_or_else(|| {
+        concord_sync::host::history_reply(read, &mut history::Failed(error.to_string()))
+    })
 }
 
 /// The reply to `read` when the store could not even start to answer it.
@@ -167,9 +169,23 @@ fn failed_query(
     read: &QueryRead,
     config: &HostConfig,
     limits: &QueryLimits,
-    error: String,
+    error: StoreError,
 ) -> ServerMessage {
-    concord_sync::host::query_reply(read, config, limits, &mut history::Failed(error))
+    unreachable_store(read.request, &error).unwrap_or_else(|| {
+        concord_sync::host::query_reply(
+            read,
+            config,
+            limits,
+            &mut history::Failed(error.to_string()),
+        )
+    })
+}
+
+/// `unavailable` for a store that could not be reached: the same request may succeed later.
+fn unreachable_store(to: RequestId, error: &StoreError) -> Option<ServerMessage> {
+    let StoreError::Unavailable(_) = error else { return None };
+    let error = ErrorReply::new(ErrorCode::UNAVAILABLE, error.to_string());
+    Some(ServerMessage::Error { to: Some(to), error })
 }
 
 /// The format of the server's store; bumped on any change of a table or record. Format 1
@@ -890,7 +906,7 @@ impl ServerStore for RedbStore {
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
         let (key, owned_read) = (key.clone(), read.clone());
         let answer = blocking(self, move |store| Ok(store.history(&key, &owned_read))).await;
-        answer.unwrap_or_else(|e| failed_history(read, format!("the history read failed: {e}")))
+        answer.unwrap_or_else(|e| failed_history(read, e))
     }
 
     async fn query(
@@ -906,9 +922,7 @@ impl ServerStore for RedbStore {
             Ok(store.query(&domain, &owned_read, &owned_config, &owned_limits))
         })
         .await;
-        answer.unwrap_or_else(|e| {
-            failed_query(read, config, limits, format!("the query failed: {e}"))
-        })
+        answer.unwrap_or_else(|e| failed_query(read, config, limits, e))
     }
 
     /// In place, on the writer's thread: a hop to the blocking pool and back would add two

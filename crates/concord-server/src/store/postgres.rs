@@ -706,7 +706,7 @@ impl ServerStore for PostgresStore {
                 history_reply(&owned_read, &mut StoredHistory { snapshot, key: &owned_key })
             })
             .await;
-        answer.unwrap_or_else(|e| failed_history(read, e.to_string()))
+        answer.unwrap_or_else(|e| failed_history(read, e))
     }
 
     async fn query(
@@ -724,7 +724,7 @@ impl ServerStore for PostgresStore {
                 query_reply(&owned_read, &owned_config, &owned_limits, &mut source)
             })
             .await;
-        answer.unwrap_or_else(|e| failed_query(read, config, limits, e.to_string()))
+        answer.unwrap_or_else(|e| failed_query(read, config, limits, e))
     }
 
     /// A commit whose outcome was unknown (the connection dropped while it committed) is
