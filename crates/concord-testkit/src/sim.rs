@@ -59,6 +59,9 @@ pub struct Config {
     /// a reference (drawn apart from the other events: with 0, a seed plays as it did
     /// before references existed).
     pub reference_percent: usize,
+    /// The percentage of steps on which the server's store becomes unreachable for its
+    /// next one to four reads (drawn apart too: with 0, a seed plays as it did before).
+    pub outage_percent: usize,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             compact_every: 5,
             max_open_models: None,
             reference_percent: 10,
+            outage_percent: 0,
         }
     }
 
@@ -86,6 +90,7 @@ impl Config {
             compact_every: 20,
             max_open_models: Some(4),
             reference_percent: 10,
+            outage_percent: 0,
         }
     }
 }
@@ -100,6 +105,7 @@ impl Default for Config {
             compact_every: 20,
             max_open_models: None,
             reference_percent: 10,
+            outage_percent: 0,
         }
     }
 }
@@ -138,6 +144,8 @@ pub struct Stats {
     pub reference_changes: usize,
     /// References found, at the end, exactly as their owners hold them on another client.
     pub references_compared: usize,
+    /// Store reads the server failed as unreachable (answered `unavailable`).
+    pub unavailable_reads: usize,
 }
 
 impl Stats {
@@ -163,6 +171,7 @@ impl Stats {
         self.overloaded += other.overloaded;
         self.reference_changes += other.reference_changes;
         self.references_compared += other.references_compared;
+        self.unavailable_reads += other.unavailable_reads;
     }
 }
 
@@ -253,6 +262,8 @@ struct Sim {
     /// Draws the reference actions, apart from `rng`, so that adding them left the other
     /// events each seed plays as they were.
     references: SimRng,
+    /// Draws the store's outages, apart from `rng` for the same reason.
+    outages: SimRng,
     config: Config,
     server: SimServer,
     /// Which client each connection belongs to.
@@ -345,6 +356,7 @@ impl Sim {
         Ok(Sim {
             rng,
             references: SimRng::new(seed ^ 0x005e_ed0f_2ef5),
+            outages: SimRng::new(seed ^ 0x0007_a6e5_0b5e),
             config,
             server,
             owners: BTreeMap::new(),
@@ -369,6 +381,11 @@ impl Sim {
             self.note(|| format!("step {now}: client {i} roll {roll}"));
             if self.references.below(100) < self.config.reference_percent {
                 self.reference(i)?;
+            }
+            if self.outages.below(100) < self.config.outage_percent {
+                let reads = 1 + self.outages.below(4);
+                self.note(|| format!("  the server's store is unreachable for {reads} reads"));
+                self.server.unreachable_reads = reads;
             }
             match roll {
                 0..=22 => self.local_edit(i)?,
@@ -396,6 +413,7 @@ impl Sim {
         self.stats.deletions_of_other_creations = self.server.deletions_of_other_creations;
         self.stats.server_crashes = self.server.crashes;
         self.stats.unloads = self.server.unloads;
+        self.stats.unavailable_reads = self.server.unavailable_reads;
         self.check()
     }
 

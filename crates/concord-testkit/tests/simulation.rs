@@ -6,7 +6,8 @@
 //! subscriptions caught up and kept current; the engines keep their own time (heartbeats,
 //! request timeouts, reconnection with backoff, attempts that fail); and more models than the
 //! server lets one connection open, some held open by the application, the rest synced in
-//! the background around them. `CONCORD_SEEDS=N` runs N seeds, from `CONCORD_FIRST_SEED`
+//! the background around them; and a server whose store is unreachable for a few reads at a
+//! time. `CONCORD_SEEDS=N` runs N seeds, from `CONCORD_FIRST_SEED`
 //! (0 unless set; `cargo xtask soak` sweeps many more).
 
 use std::ops::Range;
@@ -49,6 +50,17 @@ fn replicas_converge_through_disconnects_and_crashes() {
         total.timeouts > 20 && total.reconnects > 200 && total.failed_connects > 20,
         "{total:?}"
     );
+}
+
+/// The server's store is unreachable for a few reads at a time (a database restarting):
+/// what needed them (a replica's owner, older history, a collection's settings) is answered
+/// `unavailable`, and the clients keep their changes and ask again until they go through.
+#[test]
+fn replicas_converge_while_the_servers_store_is_unreachable_at_times() {
+    let config = Config { outage_percent: 3, ..Config::default() };
+    let total = sweep(config, seeds(200));
+    assert!(total.unavailable_reads > 500 && total.commits > 1000, "{total:?}");
+    assert!(total.crashes > 50 && total.server_crashes > 20, "{total:?}");
 }
 
 /// A resubmission reaching the server after its commit is rare; the reference notices on

@@ -19,8 +19,8 @@ use concord_protocol::{
 };
 use concord_sync::host::{
     ActivityConfig, ActivityHost, ConnId, HostConfig, IdentityHost, IdentityLimits, Job, ModelHost,
-    ModelRequest, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadResult,
-    SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
+    ModelRequest, Outgoing, PresenceHost, PresenceLimits, QueryLimits, Read, ReadFailure,
+    ReadResult, SessionHost, SessionLimits, SessionOutput, SessionRef, Write, replay_page,
 };
 
 use crate::server_store::MemoryServerStore;
@@ -57,6 +57,10 @@ pub struct SimServer {
     pub deletions_of_other_creations: usize,
     pub crashes: usize,
     pub unloads: usize,
+    /// How many of the next store reads fail as unreachable (a database restarting).
+    pub unreachable_reads: usize,
+    /// The reads failed so.
+    pub unavailable_reads: usize,
 }
 
 impl SimServer {
@@ -81,6 +85,8 @@ impl SimServer {
             deletions_of_other_creations: 0,
             crashes: 0,
             unloads: 0,
+            unreachable_reads: 0,
+            unavailable_reads: 0,
         }
     }
 
@@ -229,6 +235,26 @@ impl SimServer {
             self.collect(&model);
             if !matches!(read, Read::ReplicaOwner { .. }) {
                 sent.extend(self.flush_all()?);
+            }
+            let known_owner = match &read {
+                Read::ReplicaOwner { replica, .. } => self.owners.contains_key(replica),
+                _ => false,
+            };
+            if self.unreachable_reads > 0 && !known_owner {
+                // The server asks the store only about owners it has not claimed.
+                self.unreachable_reads -= 1;
+                self.unavailable_reads += 1;
+                let failure = ReadFailure {
+                    unavailable: true,
+                    message: "the store is unreachable (simulated)".into(),
+                };
+                let result = match read {
+                    Read::Operations { .. } => ReadResult::Operations(Err(failure)),
+                    Read::Collection(_) => ReadResult::Collection(Err(failure)),
+                    Read::ReplicaOwner { .. } => ReadResult::ReplicaOwner(Err(failure)),
+                };
+                self.host(&model).handle_read(result);
+                continue;
             }
             let result = match read {
                 Read::Operations { after, through } => ReadResult::Operations(Ok(self
