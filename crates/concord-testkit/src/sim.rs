@@ -34,7 +34,7 @@ use concord_sync::{
     ModelReplica, StorageBatch, StoreChange, Time, store, store::Restored,
 };
 
-use self::server::{Sent, SimServer};
+use self::server::{SIMULATED_FAULT, Sent, SimServer};
 use crate::server_store::MemoryServerStore;
 use pollster::block_on;
 
@@ -59,8 +59,10 @@ pub struct Config {
     /// a reference (drawn apart from the other events: with 0, a seed plays as it did
     /// before references existed).
     pub reference_percent: usize,
-    /// The percentage of steps on which the server's store becomes unreachable for its
-    /// next one to four reads (drawn apart too: with 0, a seed plays as it did before).
+    /// The percentage of steps on which the server's store fails its next one to four
+    /// reads: as unreachable (`unavailable`), or one time in two as a store fault
+    /// (`internal`: the clients report a `ServerFault`, and the model waits offline for their
+    /// next connection). Drawn apart too: with 0, a seed plays as it did before.
     pub outage_percent: usize,
 }
 
@@ -144,8 +146,11 @@ pub struct Stats {
     pub reference_changes: usize,
     /// References found, at the end, exactly as their owners hold them on another client.
     pub references_compared: usize,
-    /// Store reads the server failed as unreachable (answered `unavailable`).
+    /// Store reads the server failed as unreachable (answered `unavailable`), and as store
+    /// faults (`internal`), and the `ServerFault`s the clients reported for the latter.
     pub unavailable_reads: usize,
+    pub internal_reads: usize,
+    pub server_faults: usize,
 }
 
 impl Stats {
@@ -172,6 +177,8 @@ impl Stats {
         self.reference_changes += other.reference_changes;
         self.references_compared += other.references_compared;
         self.unavailable_reads += other.unavailable_reads;
+        self.internal_reads += other.internal_reads;
+        self.server_faults += other.server_faults;
     }
 }
 
@@ -222,6 +229,9 @@ struct Client {
     connected_once: bool,
     /// The last `SyncProgress` of the current connection: done, failed, total.
     progress: Option<(usize, usize, usize)>,
+    /// Whether the server failed a model for this client (`ServerFault`): the model waits
+    /// offline for the next connection.
+    faulted: bool,
 }
 
 /// What travels from a client to the server.
@@ -336,6 +346,7 @@ impl Sim {
                     refused: BTreeSet::new(),
                     created: 0,
                     connected_once: false,
+                    faulted: false,
                     progress: None,
                 })
             })
@@ -384,8 +395,10 @@ impl Sim {
             }
             if self.outages.below(100) < self.config.outage_percent {
                 let reads = 1 + self.outages.below(4);
-                self.note(|| format!("  the server's store is unreachable for {reads} reads"));
-                self.server.unreachable_reads = reads;
+                let damaged = self.outages.below(2) == 0;
+                self.note(|| format!("  the server's store fails {reads} reads ({damaged})"));
+                self.server.failing_reads = reads;
+                self.server.damaged = damaged;
             }
             match roll {
                 0..=22 => self.local_edit(i)?,
@@ -414,18 +427,33 @@ impl Sim {
         self.stats.server_crashes = self.server.crashes;
         self.stats.unloads = self.server.unloads;
         self.stats.unavailable_reads = self.server.unavailable_reads;
+        self.stats.internal_reads = self.server.internal_reads;
         self.check()
     }
 
     /// Restarts everyone (the engines reconnect by themselves), then runs until nothing
     /// moves; then opens every model everywhere and runs again.
     fn settle(&mut self) -> Result<(), String> {
+        // The store works again.
+        self.server.failing_reads = 0;
         for i in 0..self.clients.len() {
             if self.clients[i].engine.is_none() {
                 self.restart(i)?;
             }
         }
         self.run_until_quiet()?;
+        // A model the server failed for a client (perhaps answered only now) waits for that
+        // client's next connection.
+        let mut reconnected = false;
+        for i in 0..self.clients.len() {
+            if std::mem::take(&mut self.clients[i].faulted) {
+                self.disconnect(i)?;
+                reconnected = true;
+            }
+        }
+        if reconnected {
+            self.run_until_quiet()?;
+        }
         // Background sync alone (and the application's open models) must have pushed every
         // stored change by now, before anything is opened to compare.
         self.check_pushed()?;
@@ -914,6 +942,14 @@ impl Sim {
                 }
                 DomainEvent::ProtocolViolation { model, error } => {
                     return Err(format!("replica {:?}: {model}: {error}", client.replica));
+                }
+                // Only for a read the server failed as a store fault.
+                DomainEvent::ServerFault { error, .. }
+                    if error.code == ErrorCode::INTERNAL
+                        && error.message.ends_with(SIMULATED_FAULT) =>
+                {
+                    client.faulted = true;
+                    self.stats.server_faults += 1;
                 }
                 DomainEvent::ServerFault { model, error } => {
                     return Err(format!(

@@ -52,14 +52,19 @@ fn replicas_converge_through_disconnects_and_crashes() {
     );
 }
 
-/// The server's store is unreachable for a few reads at a time (a database restarting):
-/// what needed them (a replica's owner, older history, a collection's settings) is answered
-/// `unavailable`, and the clients keep their changes and ask again until they go through.
+/// The server's store fails a few reads at a time: mostly unreachable (a database
+/// restarting), and what needed them (a replica's owner, older history, a collection's
+/// settings) is answered `unavailable`, the clients keeping their changes and asking again
+/// until they go through; or as a store fault, answered `internal`, and a model the server
+/// could not resync waits offline, still taking changes, for the next connection.
 #[test]
-fn replicas_converge_while_the_servers_store_is_unreachable_at_times() {
-    let config = Config { outage_percent: 3, ..Config::default() };
+fn replicas_converge_while_the_servers_store_fails_reads_at_times() {
+    let config = Config { outage_percent: 4, ..Config::default() };
     let total = sweep(config, seeds(200));
-    assert!(total.unavailable_reads > 500 && total.commits > 1000, "{total:?}");
+    assert!(total.unavailable_reads > 300 && total.internal_reads > 300, "{total:?}");
+    // Most failed reads were a submission's or a creation's, asked again after a backoff;
+    // some were a resync's, a `ServerFault` until the next connection.
+    assert!(total.server_faults > 5 && total.commits > 1000, "{total:?}");
     assert!(total.crashes > 50 && total.server_crashes > 20, "{total:?}");
 }
 

@@ -28,6 +28,11 @@ use crate::server_store::MemoryServerStore;
 /// Messages for connections, in the order the server sent them.
 pub type Sent = Vec<(ConnId, ServerMessage)>;
 
+/// What a read failed as unreachable says.
+pub const SIMULATED_OUTAGE: &str = "the store is unreachable (simulated)";
+/// What a read failed as a store fault says; the client reports it as a `ServerFault`.
+pub const SIMULATED_FAULT: &str = "the store failed this read (simulated)";
+
 #[derive(Debug)]
 pub struct SimServer {
     config: Arc<HostConfig>,
@@ -57,10 +62,13 @@ pub struct SimServer {
     pub deletions_of_other_creations: usize,
     pub crashes: usize,
     pub unloads: usize,
-    /// How many of the next store reads fail as unreachable (a database restarting).
-    pub unreachable_reads: usize,
-    /// The reads failed so.
+    /// How many of the next store reads fail: as unreachable (a database restarting), or
+    /// with `damaged` as a store fault (answered `internal`).
+    pub failing_reads: usize,
+    pub damaged: bool,
+    /// The reads failed so, by kind.
     pub unavailable_reads: usize,
+    pub internal_reads: usize,
 }
 
 impl SimServer {
@@ -85,8 +93,10 @@ impl SimServer {
             deletions_of_other_creations: 0,
             crashes: 0,
             unloads: 0,
-            unreachable_reads: 0,
+            failing_reads: 0,
+            damaged: false,
             unavailable_reads: 0,
+            internal_reads: 0,
         }
     }
 
@@ -240,13 +250,15 @@ impl SimServer {
                 Read::ReplicaOwner { replica, .. } => self.owners.contains_key(replica),
                 _ => false,
             };
-            if self.unreachable_reads > 0 && !known_owner {
+            if self.failing_reads > 0 && !known_owner {
                 // The server asks the store only about owners it has not claimed.
-                self.unreachable_reads -= 1;
-                self.unavailable_reads += 1;
-                let failure = ReadFailure {
-                    unavailable: true,
-                    message: "the store is unreachable (simulated)".into(),
+                self.failing_reads -= 1;
+                let failure = if self.damaged {
+                    self.internal_reads += 1;
+                    ReadFailure { unavailable: false, message: SIMULATED_FAULT.into() }
+                } else {
+                    self.unavailable_reads += 1;
+                    ReadFailure { unavailable: true, message: SIMULATED_OUTAGE.into() }
                 };
                 let result = match read {
                     Read::Operations { .. } => ReadResult::Operations(Err(failure)),
