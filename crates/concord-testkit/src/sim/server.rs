@@ -29,9 +29,9 @@ use crate::server_store::MemoryServerStore;
 pub type Sent = Vec<(ConnId, ServerMessage)>;
 
 /// What a read failed as unreachable says.
-pub const SIMULATED_OUTAGE: &str = "the store is unreachable (simulated)";
+pub(crate) const SIMULATED_OUTAGE: &str = "the store is unreachable (simulated)";
 /// What a read failed as a store fault says; the client reports it as a `ServerFault`.
-pub const SIMULATED_FAULT: &str = "the store failed this read (simulated)";
+pub(crate) const SIMULATED_FAULT: &str = "the store failed this read (simulated)";
 
 #[derive(Debug)]
 pub struct SimServer {
