@@ -5,7 +5,7 @@
 //! replayed and skipped seqs, closes, deletions, subscriptions, permission changes,
 //! references, history reads, queries, presence and identity lookups) and of store events
 //! (a queued job becoming durable, a crash losing what is not durable, idle models
-//! unloading). The server is [`HostDriver`]: the real session and model hosts over an
+//! unloading, the store failing its next reads). The server is [`HostDriver`]: the real session and model hosts over an
 //! in-memory store.
 //!
 //! After every step [`check_host`] checks: the driver found nothing wrong (no submission
@@ -89,6 +89,8 @@ pub struct HostStats {
     pub replies: usize,
     pub acks: usize,
     pub crashes: usize,
+    /// Store reads the driver failed (unreachable or a fault of the store).
+    pub failed_reads: usize,
 }
 
 /// Runs the program the bytes describe; `Err` names the invariant it broke (with what
@@ -295,6 +297,13 @@ impl Harness {
                     self.log.push("unload idle".into());
                     let sent = self.driver.unload_idle();
                     self.deliver(sent);
+                }
+                // The store fails its next reads: unreachable, or a fault of its own.
+                2 => {
+                    let (reads, damaged) = (u.int_in_range(1..=4)?, u.arbitrary()?);
+                    self.log.push(format!("the store fails {reads} reads ({damaged})"));
+                    self.driver.failing_reads = reads;
+                    self.driver.damaged = damaged;
                 }
                 _ => {
                     self.log.push("flush all".into());
@@ -721,6 +730,7 @@ impl Harness {
                 }
             }
         }
+        self.stats.failed_reads = self.driver.unavailable_reads + self.driver.internal_reads;
         Ok(self.stats)
     }
 }

@@ -30,6 +30,7 @@ fn seeded_programs_keep_the_hosts_invariants() {
         total.replies += stats.replies;
         total.acks += stats.acks;
         total.crashes += stats.crashes;
+        total.failed_reads += stats.failed_reads;
         acked += usize::from(stats.acks > 0);
         crashed += usize::from(stats.crashes > 0 && stats.acks > 0);
     }
@@ -38,4 +39,6 @@ fn seeded_programs_keep_the_hosts_invariants() {
     assert!(acked >= RUNS / 3, "{acked} of {RUNS} programs had a submission acked: {total:?}");
     assert!(crashed >= RUNS / 10, "{crashed} of {RUNS} programs acked and crashed: {total:?}");
     assert!(total.replies >= total.steps / 4, "{total:?}");
+    // Some requests met a store failing its reads, and were answered once all the same.
+    assert!(total.failed_reads >= RUNS / 10, "{total:?}");
 }
