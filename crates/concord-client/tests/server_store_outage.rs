@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,41 +17,59 @@ use concord_testkit::postgres::{ThrowawayPostgres, bin_dir_or_skip};
 use serde_json::json;
 use support::*;
 
-async fn start_on(
-    postgres: &ThrowawayPostgres,
-    dir: &Path,
-    addr: Option<std::net::SocketAddr>,
-) -> anyhow::Result<RunningServer> {
-    let mut config = ServerConfig::development(dir, SECRET);
-    config.store = Some(postgres.url().into());
-    if let Some(addr) = addr {
-        config.bind = addr;
+/// A PostgreSQL cluster of the test's own, and the directory of the server on it and of the
+/// clients' stores.
+struct OnPostgres {
+    dir: tempfile::TempDir,
+    postgres: ThrowawayPostgres,
+    /// Where the server listens, once it started: it starts there again.
+    addr: Option<SocketAddr>,
+}
+
+impl OnPostgres {
+    /// `None` where PostgreSQL is not installed (the test is skipped, saying so).
+    fn start() -> anyhow::Result<Option<OnPostgres>> {
+        if bin_dir_or_skip().is_none() {
+            return Ok(None);
+        }
+        let dir = tempfile::tempdir()?;
+        let postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
+        Ok(Some(OnPostgres { dir, postgres, addr: None }))
     }
-    Ok(Server::spawn(config).await?)
+
+    /// Starts the server, at the address of its last start if it had one.
+    async fn server(&mut self) -> anyhow::Result<RunningServer> {
+        let mut config = ServerConfig::development(self.dir.path().join("server"), SECRET);
+        config.store = Some(self.postgres.url().into());
+        if let Some(addr) = self.addr {
+            config.bind = addr;
+        }
+        let server = Server::spawn(config).await?;
+        self.addr = Some(server.addr());
+        Ok(server)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> anyhow::Result<()> {
-    if bin_dir_or_skip().is_none() {
-        return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
-    let mut postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
-    let server_dir = dir.path().join("server");
-    let server = start_on(&postgres, &server_dir, None).await?;
-    let addr = server.addr();
-    let alice = connected(&server, dir.path(), "alice").await?;
+    let Some(mut pg) = OnPostgres::start()? else { return Ok(()) };
+    let server = pg.server().await?;
+    let alice = connected(&server, pg.path(), "alice").await?;
     let doc = id("doc");
     create_confirmed(&alice, std::slice::from_ref(&doc), json!({ "n": 1 })).await?;
 
     // A restarted server has not loaded the model: deleting it must read the database.
     server.stop().await?;
-    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    let server = pg.server().await?;
     eventually("alice is connected again", || async {
         Ok(alice.state() == ConnectionState::Connected)
     })
     .await?;
-    postgres.stop()?;
+    pg.postgres.stop()?;
 
     let mut events = alice.events();
     alice.models().remove(&doc).await?;
@@ -82,7 +101,7 @@ async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> any
     assert!(stored.iter().any(|m| m.id == doc && m.deleted_locally), "{stored:?}");
     assert_eq!(alice.state(), ConnectionState::Connected);
 
-    postgres.start_again()?;
+    pg.postgres.start_again()?;
     let (mut deleted, mut created) = (false, false);
     while !(deleted && created) {
         match tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
@@ -98,7 +117,7 @@ async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> any
         }
     }
     assert!(alice.models().stored_models().await?.iter().all(|m| m.id != doc), "forgotten");
-    let bob = connected(&server, dir.path(), "bob").await?;
+    let bob = connected(&server, pg.path(), "bob").await?;
     assert!(bob.models().open(&doc).await.is_err(), "the server deleted it");
     let made = bob.models().open(&fresh).await?;
     assert_eq!(made.value().await?, json!({ "made": "in the outage" }));
@@ -109,30 +128,24 @@ async fn a_deletion_and_a_creation_wait_out_the_servers_database_outage() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_while_the_servers_database_is_down_goes_through_once_it_is_back()
 -> anyhow::Result<()> {
-    if bin_dir_or_skip().is_none() {
-        return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
-    let mut postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
-    let server_dir = dir.path().join("server");
-    let server = start_on(&postgres, &server_dir, None).await?;
-    let addr = server.addr();
-    let alice = connected(&server, dir.path(), "alice").await?;
+    let Some(mut pg) = OnPostgres::start()? else { return Ok(()) };
+    let server = pg.server().await?;
+    let alice = connected(&server, pg.path(), "alice").await?;
     let doc = id("doc");
     create_confirmed(&alice, std::slice::from_ref(&doc), json!({ "n": 1 })).await?;
 
     // A restarted server has the model loaded (bob opened it) but has not yet seen alice's
     // replica: her next submission must read its owner from the database.
     server.stop().await?;
-    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
-    let bob = connected(&server, dir.path(), "bob").await?;
+    let server = pg.server().await?;
+    let bob = connected(&server, pg.path(), "bob").await?;
     let bobs = bob.models().open(&doc).await?;
     eventually("alice is connected again", || async {
         Ok(alice.state() == ConnectionState::Connected)
     })
     .await?;
     let model = alice.models().open(&doc).await?;
-    postgres.stop()?;
+    pg.postgres.stop()?;
 
     // Refused `unavailable` again and again while the database is down: kept, not a fault,
     // and the connection stays.
@@ -167,7 +180,7 @@ async fn a_change_made_while_the_servers_database_is_down_goes_through_once_it_i
     }
 
     // The database back, the change goes through on the same connection.
-    postgres.start_again()?;
+    pg.postgres.start_again()?;
     tokio::time::timeout(Duration::from_secs(20), model.acknowledged(change)).await??;
     assert_eq!(alice.state(), ConnectionState::Connected);
     eventually("bob sees the change", || async { Ok(bobs.value().await? == json!({ "n": 2.0 })) })
@@ -179,27 +192,21 @@ async fn a_change_made_while_the_servers_database_is_down_goes_through_once_it_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_the_server_holds_damaged_stays_here_offline_and_syncs_once_repaired()
 -> anyhow::Result<()> {
-    if bin_dir_or_skip().is_none() {
-        return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
-    let postgres = ThrowawayPostgres::start(&dir.path().join("postgres"), 0)?;
-    let server_dir = dir.path().join("server");
-    let server = start_on(&postgres, &server_dir, None).await?;
-    let addr = server.addr();
-    let alice = connected(&server, dir.path(), "alice").await?;
+    let Some(mut pg) = OnPostgres::start()? else { return Ok(()) };
+    let server = pg.server().await?;
+    let alice = connected(&server, pg.path(), "alice").await?;
     let (victim, bystander) = (id("victim"), id("bystander"));
     create_confirmed(&alice, &[victim.clone(), bystander.clone()], json!({ "n": 1 })).await?;
 
     // The victim's snapshot is cut short in the database (kept aside to repair it later),
     // under a restarted server that has not loaded it.
     server.stop().await?;
-    let cut = postgres.sql(
+    let cut = pg.postgres.sql(
         "CREATE TABLE kept AS SELECT * FROM snapshots WHERE model = 'victim'; \
          UPDATE snapshots SET snapshot = substring(snapshot FROM 1 FOR 3) WHERE model = 'victim'",
     )?;
     assert!(cut.ends_with("UPDATE 1") || cut.is_empty(), "{cut}");
-    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    let server = pg.server().await?;
     eventually("alice is connected again", || async {
         Ok(alice.state() == ConnectionState::Connected)
     })
@@ -235,13 +242,13 @@ async fn a_model_the_server_holds_damaged_stays_here_offline_and_syncs_once_repa
 
     // Repaired, and the next connection (the server restarted) syncs the change made here.
     server.stop().await?;
-    postgres.sql(
+    pg.postgres.sql(
         "UPDATE snapshots SET snapshot = kept.snapshot FROM kept \
          WHERE snapshots.domain = kept.domain AND snapshots.model = kept.model",
     )?;
-    let server = start_on(&postgres, &server_dir, Some(addr)).await?;
+    let server = pg.server().await?;
     tokio::time::timeout(Duration::from_secs(20), model.acknowledged(change)).await??;
-    let bob = connected(&server, dir.path(), "bob").await?;
+    let bob = connected(&server, pg.path(), "bob").await?;
     assert_eq!(bob.models().open(&victim).await?.value().await?, json!({ "n": 2.0 }));
     server.stop().await?;
     Ok(())
