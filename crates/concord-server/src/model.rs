@@ -493,10 +493,7 @@ impl ModelTask {
     async fn read(&mut self, read: Read) -> ReadResult {
         let store = self.models.store.clone();
         let key = self.key.clone();
-        let failed = |e: StoreError| ReadFailure {
-            unavailable: matches!(e, StoreError::Unavailable(_)),
-            message: e.to_string(),
-        };
+        let failed = ReadFailure::from;
         match read {
             Read::Operations { after, through } => {
                 let result = match self.flush().await {

@@ -31,13 +31,13 @@ use std::time::Duration;
 
 use concord_ot::ReplicaId;
 use concord_protocol::{
-    CollectionId, Commit, CommittedOperation, ErrorCode, ErrorReply, HistoryOperation, Identity,
-    ModelId, ModelSnapshot, RequestId, ServerMessage, Timestamp, UserId,
+    CollectionId, Commit, CommittedOperation, ErrorCode, HistoryOperation, Identity, ModelId,
+    ModelSnapshot, ServerMessage, Timestamp, UserId,
 };
 use concord_sync::Decision;
 use concord_sync::host::{
     CollectionConfig, HistoryRead, HostConfig, Loaded, ModelRecord, QueryLimits, QueryRead,
-    StoredModel, Write,
+    ReadFailure, StoredModel, Write,
 };
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle,
@@ -159,9 +159,7 @@ pub(crate) struct DomainWrites {
 
 /// The reply to `read` when the store could not even start to answer it.
 fn failed_history(read: &HistoryRead, error: StoreError) -> ServerMessage {
-    unreachable_store(read.request, &error).unwrap_or_else(|| {
-        concord_sync::host::history_reply(read, &mut history::Failed(error.to_string()))
-    })
+    concord_sync::host::history_reply(read, &mut history::Failed(error.into()))
 }
 
 /// The reply to `read` when the store could not even start to answer it.
@@ -171,21 +169,24 @@ fn failed_query(
     limits: &QueryLimits,
     error: StoreError,
 ) -> ServerMessage {
-    unreachable_store(read.request, &error).unwrap_or_else(|| {
-        concord_sync::host::query_reply(
-            read,
-            config,
-            limits,
-            &mut history::Failed(error.to_string()),
-        )
-    })
+    concord_sync::host::query_reply(read, config, limits, &mut history::Failed(error.into()))
 }
 
-/// `unavailable` for a store that could not be reached: the same request may succeed later.
-fn unreachable_store(to: RequestId, error: &StoreError) -> Option<ServerMessage> {
-    let StoreError::Unavailable(_) = error else { return None };
-    let error = ErrorReply::new(ErrorCode::UNAVAILABLE, error.to_string());
-    Some(ServerMessage::Error { to: Some(to), error })
+/// A read the host asked for, failed: `unavailable` when the store could not be reached (the
+/// same request may succeed later), a failure of the store otherwise.
+impl From<&StoreError> for ReadFailure {
+    fn from(error: &StoreError) -> ReadFailure {
+        ReadFailure {
+            unavailable: matches!(error, StoreError::Unavailable(_)),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ReadFailure {
+    fn from(error: StoreError) -> ReadFailure {
+        ReadFailure::from(&error)
+    }
 }
 
 /// The format of the server's store; bumped on any change of a table or record. Format 1

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use concord_ot::Value;
 use concord_ot::{DiscreteOperation, Document, IdGenerator, Operation, OperationKind, ReplicaId};
 use concord_protocol::{
-    CollectionId, CommittedOperation, HistoryOperation, HistoryStart, ModelId, ModelSnapshot,
-    RequestId, ServerMessage, ServerResponse, SessionId, Timestamp, UserId,
+    CollectionId, CommittedOperation, ErrorCode, HistoryOperation, HistoryStart, ModelId,
+    ModelSnapshot, RequestId, ServerMessage, ServerResponse, SessionId, Timestamp, UserId,
 };
 use concord_sync::history::{HistoryCursor, HistoryError};
-use concord_sync::host::{HistoryQuery, HistoryRead, HistorySource, history_reply};
+use concord_sync::host::{HistoryQuery, HistoryRead, HistorySource, ReadFailure, history_reply};
 
 /// A model's whole history: every state, the operations, checkpoints every `every`.
 struct History {
@@ -123,10 +123,13 @@ fn history(count: u64, every: u64, first_checkpoint: u64) -> History {
 }
 
 impl HistorySource for History {
-    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
         Ok(self.checkpoints.keys().next().copied())
     }
-    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+    fn checkpoint_at_or_before(
+        &mut self,
+        version: u64,
+    ) -> Result<Option<ModelSnapshot>, ReadFailure> {
         Ok(self.checkpoints.range(..=version).next_back().map(|(_, s)| s.clone()))
     }
     fn operations(
@@ -134,11 +137,11 @@ impl HistorySource for History {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryOperation>, String> {
+    ) -> Result<Vec<HistoryOperation>, ReadFailure> {
         let end = through.min(self.operations.len() as u64) as usize;
         Ok(self.operations[(after as usize).min(end)..end].iter().take(limit).cloned().collect())
     }
-    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure> {
         Ok(self.operations.get(version as usize - 1).map(|o| o.operation.timestamp))
     }
 }
@@ -308,4 +311,90 @@ fn a_time_resolves_to_the_version_committed_by_then() {
     };
     assert_eq!(page.start_version, 42);
     assert!(page.operations.is_empty());
+}
+
+/// A store that answers `reads` reads of `history`, then fails every one as `failure` says
+/// (PostgreSQL dropping the connection in the middle of an answer, say).
+struct FailsAfter {
+    history: History,
+    reads: usize,
+    failure: ReadFailure,
+}
+
+impl FailsAfter {
+    fn read(&mut self) -> Result<&mut History, ReadFailure> {
+        if self.reads == 0 {
+            return Err(self.failure.clone());
+        }
+        self.reads -= 1;
+        Ok(&mut self.history)
+    }
+}
+
+impl HistorySource for FailsAfter {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
+        self.read()?.oldest_checkpoint()
+    }
+    fn checkpoint_at_or_before(
+        &mut self,
+        version: u64,
+    ) -> Result<Option<ModelSnapshot>, ReadFailure> {
+        self.read()?.checkpoint_at_or_before(version)
+    }
+    fn operations(
+        &mut self,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryOperation>, ReadFailure> {
+        self.read()?.operations(after, through, limit)
+    }
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure> {
+        self.read()?.commit_time(version)
+    }
+}
+
+#[test]
+fn a_store_failing_midway_is_answered_unavailable_or_internal_as_it_says() {
+    let by_version = HistoryQuery::Fetch {
+        start: HistoryStart::Version(25),
+        checkpoint: true,
+        max_operations: PAGE,
+        max_bytes: u32::MAX,
+    };
+    let by_time = HistoryQuery::Fetch {
+        start: HistoryStart::Time(Timestamp(1_000 + 42 * 7)),
+        checkpoint: false,
+        max_operations: PAGE,
+        max_bytes: u32::MAX,
+    };
+    // Failing at each read: by version, the oldest checkpoint, the checkpoint, the
+    // operations; by time, the oldest checkpoint and the binary search's first commit times.
+    for (query, reads) in [(by_version, 3), (by_time, 5)] {
+        for (unavailable, code) in [(true, ErrorCode::UNAVAILABLE), (false, ErrorCode::INTERNAL)] {
+            for answered in 0..reads {
+                let failure = ReadFailure { unavailable, message: "connection reset".into() };
+                let mut source =
+                    FailsAfter { history: history(50, 10, 0), reads: answered, failure };
+                match history_reply(&read(10, 50, query), &mut source) {
+                    ServerMessage::Error { to: Some(RequestId(1)), error } => {
+                        assert_eq!(error.code, code, "{query:?} failing after {answered} reads");
+                        assert!(error.message.contains("connection reset"), "{error:?}");
+                    }
+                    other => panic!("{query:?} failing after {answered} reads: {other:?}"),
+                }
+            }
+            // Given every read it needs, the same request is answered.
+            let failure = ReadFailure { unavailable, message: "connection reset".into() };
+            let mut source = FailsAfter { history: history(50, 10, 0), reads: 64, failure };
+            let answer = history_reply(&read(10, 50, query), &mut source);
+            assert!(
+                matches!(
+                    answer,
+                    ServerMessage::Response { response: ServerResponse::HistoryPage(_), .. }
+                ),
+                "{answer:?}"
+            );
+        }
+    }
 }

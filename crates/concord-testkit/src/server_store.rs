@@ -13,8 +13,8 @@ use concord_query::{Direction, IndexScan, Path};
 use concord_sync::Decision;
 use concord_sync::host::{
     CollectionConfig, HistoryRead, HistorySource, HostConfig, Loaded, ModelRecord, QueryEntry,
-    QueryLimits, QueryModelData, QueryRead, QuerySource, StoredModel, Write, history_reply,
-    query_reply,
+    QueryLimits, QueryModelData, QueryRead, QuerySource, ReadFailure, StoredModel, Write,
+    history_reply, query_reply,
 };
 
 /// Everything a server has made durable.
@@ -241,11 +241,14 @@ struct StoredHistory<'a> {
 }
 
 impl HistorySource for StoredHistory<'_> {
-    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
         Ok(self.store.checkpoints.get(self.model).and_then(|c| c.keys().next().copied()))
     }
 
-    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+    fn checkpoint_at_or_before(
+        &mut self,
+        version: u64,
+    ) -> Result<Option<ModelSnapshot>, ReadFailure> {
         let checkpoints = self.store.checkpoints.get(self.model);
         Ok(checkpoints.and_then(|c| c.range(..=version).next_back()).map(|(_, s)| s.clone()))
     }
@@ -255,11 +258,11 @@ impl HistorySource for StoredHistory<'_> {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryOperation>, String> {
+    ) -> Result<Vec<HistoryOperation>, ReadFailure> {
         Ok(self.store.operations_with_users(self.model, after, through, limit))
     }
 
-    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure> {
         let operations = self.store.operations.get(self.model);
         Ok(operations.and_then(|o| o.get(&version)).map(|o| o.timestamp))
     }
@@ -283,8 +286,8 @@ impl QueryEntry for StoredEntry<'_> {
     fn record(&self) -> &ModelRecord {
         self.record
     }
-    fn load(&mut self) -> Result<QueryModelData, String> {
-        self.store.current(self.model)
+    fn load(&mut self) -> Result<QueryModelData, ReadFailure> {
+        self.store.current(self.model).map_err(ReadFailure::internal)
     }
 }
 
@@ -292,7 +295,7 @@ impl QuerySource for StoredQuery<'_> {
     fn collection(
         &mut self,
         collection: &CollectionId,
-    ) -> Result<Option<CollectionConfig>, String> {
+    ) -> Result<Option<CollectionConfig>, ReadFailure> {
         Ok(self.store.collection(collection))
     }
 
@@ -300,8 +303,8 @@ impl QuerySource for StoredQuery<'_> {
         &mut self,
         collection: &CollectionId,
         index: Option<&IndexScan>,
-        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
-    ) -> Result<(), String> {
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+    ) -> Result<(), ReadFailure> {
         let members = self.store.models.iter().filter(|(_, (r, _))| &r.collection == collection);
         let mut order: Vec<(Vec<u8>, &ModelId, &ModelRecord)> = match index {
             None => members.map(|(id, (record, _))| (Vec::new(), id, record)).collect(),

@@ -7,7 +7,8 @@ use concord_protocol::{
     CommittedOperation, HistoryOperation, ModelSnapshot, ServerMessage, Timestamp,
 };
 use concord_sync::host::{
-    CollectionConfig, HistoryRead, HistorySource, QueryEntry, QuerySource, history_reply,
+    CollectionConfig, HistoryRead, HistorySource, QueryEntry, QuerySource, ReadFailure,
+    history_reply,
 };
 use redb::{ReadTransaction, TableHandle};
 
@@ -21,7 +22,7 @@ impl RedbStore {
     pub(crate) fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
         let mut source = match self.begin_read() {
             Ok(txn) => StoredHistory { txn, key },
-            Err(e) => return history_reply(read, &mut Failed(e.to_string())),
+            Err(e) => return history_reply(read, &mut Failed(e.into())),
         };
         history_reply(read, &mut source)
     }
@@ -32,8 +33,8 @@ struct StoredHistory<'a> {
     key: &'a ModelKey,
 }
 
-fn message(error: impl Into<StoreError>) -> String {
-    error.into().to_string()
+fn message(error: impl Into<StoreError>) -> ReadFailure {
+    error.into().into()
 }
 
 impl StoredHistory<'_> {
@@ -42,13 +43,13 @@ impl StoredHistory<'_> {
         (domain, model, 0)..=(domain, model, u64::MAX)
     }
 
-    fn damaged(&self, record: String, damage: super::record::Damage) -> String {
-        super::corrupt(&self.key.domain, Some(&self.key.model), record, damage).to_string()
+    fn damaged(&self, record: String, damage: super::record::Damage) -> ReadFailure {
+        super::corrupt(&self.key.domain, Some(&self.key.model), record, damage).into()
     }
 }
 
 impl HistorySource for StoredHistory<'_> {
-    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
         let table = self.txn.open_table(CHECKPOINTS).map_err(message)?;
         let mut range = table.range(self.versions()).map_err(|e| message(backend(e)))?;
         match range.next() {
@@ -57,7 +58,10 @@ impl HistorySource for StoredHistory<'_> {
         }
     }
 
-    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+    fn checkpoint_at_or_before(
+        &mut self,
+        version: u64,
+    ) -> Result<Option<ModelSnapshot>, ReadFailure> {
         let (domain, model) = self.key.as_tuple();
         let table = self.txn.open_table(CHECKPOINTS).map_err(message)?;
         let mut range = table
@@ -76,11 +80,11 @@ impl HistorySource for StoredHistory<'_> {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryOperation>, String> {
+    ) -> Result<Vec<HistoryOperation>, ReadFailure> {
         read_operations_with_users(&self.txn, self.key, after, through, limit).map_err(message)
     }
 
-    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure> {
         let (domain, model) = self.key.as_tuple();
         let table = self.txn.open_table(OPERATIONS).map_err(message)?;
         let k = (domain, model, version);
@@ -94,33 +98,38 @@ impl HistorySource for StoredHistory<'_> {
 }
 
 /// A store that could not even start a read.
-pub(super) struct Failed(pub(super) String);
+pub(super) struct Failed(pub(super) ReadFailure);
 
 impl QuerySource for Failed {
-    fn collection(&mut self, _: &CollectionId) -> Result<Option<CollectionConfig>, String> {
+    fn collection(&mut self, _: &CollectionId) -> Result<Option<CollectionConfig>, ReadFailure> {
         Err(self.0.clone())
     }
     fn scan(
         &mut self,
         _: &CollectionId,
         _: Option<&concord_query::IndexScan>,
-        _: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
-    ) -> Result<(), String> {
+        _: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+    ) -> Result<(), ReadFailure> {
         Err(self.0.clone())
     }
 }
 
 impl HistorySource for Failed {
-    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
         Err(self.0.clone())
     }
-    fn checkpoint_at_or_before(&mut self, _: u64) -> Result<Option<ModelSnapshot>, String> {
+    fn checkpoint_at_or_before(&mut self, _: u64) -> Result<Option<ModelSnapshot>, ReadFailure> {
         Err(self.0.clone())
     }
-    fn operations(&mut self, _: u64, _: u64, _: usize) -> Result<Vec<HistoryOperation>, String> {
+    fn operations(
+        &mut self,
+        _: u64,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<HistoryOperation>, ReadFailure> {
         Err(self.0.clone())
     }
-    fn commit_time(&mut self, _: u64) -> Result<Option<Timestamp>, String> {
+    fn commit_time(&mut self, _: u64) -> Result<Option<Timestamp>, ReadFailure> {
         Err(self.0.clone())
     }
 }

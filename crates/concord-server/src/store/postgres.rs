@@ -32,8 +32,8 @@ use concord_protocol::{
 use concord_query::{IndexKey, IndexScan, KeyBounds, Path};
 use concord_sync::host::{
     CollectionConfig, HistoryRead, HistorySource, HostConfig, Loaded, ModelRecord, QueryEntry,
-    QueryLimits, QueryModelData, QueryRead, QuerySource, StoredModel, Write, history_reply,
-    query_reply,
+    QueryLimits, QueryModelData, QueryRead, QuerySource, ReadFailure, StoredModel, Write,
+    history_reply, query_reply,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
 use serde::Serialize;
@@ -1065,8 +1065,11 @@ struct SnapshotRead<'a> {
 }
 
 impl SnapshotRead<'_> {
-    fn wait<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, String> {
-        self.runtime.block_on(future).map_err(|e| e.to_string())
+    fn wait<T>(
+        &self,
+        future: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ReadFailure> {
+        self.runtime.block_on(future).map_err(ReadFailure::from)
     }
 }
 
@@ -1076,7 +1079,7 @@ struct StoredHistory<'a> {
 }
 
 impl HistorySource for StoredHistory<'_> {
-    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
         let (txn, key) = (self.snapshot.txn, self.key);
         self.snapshot.wait(async move {
             let row = txn
@@ -1090,7 +1093,10 @@ impl HistorySource for StoredHistory<'_> {
         })
     }
 
-    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String> {
+    fn checkpoint_at_or_before(
+        &mut self,
+        version: u64,
+    ) -> Result<Option<ModelSnapshot>, ReadFailure> {
         let (txn, key) = (self.snapshot.txn, self.key);
         self.snapshot.wait(async move {
             let row = txn
@@ -1118,7 +1124,7 @@ impl HistorySource for StoredHistory<'_> {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryOperation>, String> {
+    ) -> Result<Vec<HistoryOperation>, ReadFailure> {
         let (txn, key) = (self.snapshot.txn, self.key);
         self.snapshot.wait(async move {
             let operations =
@@ -1130,7 +1136,7 @@ impl HistorySource for StoredHistory<'_> {
         })
     }
 
-    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure> {
         let (txn, key) = (self.snapshot.txn, self.key);
         self.snapshot.wait(async move {
             let operations =
@@ -1160,7 +1166,7 @@ impl QueryEntry for StoredEntry<'_> {
     fn record(&self) -> &ModelRecord {
         &self.record
     }
-    fn load(&mut self) -> Result<QueryModelData, String> {
+    fn load(&mut self) -> Result<QueryModelData, ReadFailure> {
         self.snapshot.wait(current(self.snapshot.txn, self.domain, &self.model))
     }
 }
@@ -1225,15 +1231,14 @@ impl StoredQuery<'_> {
     fn offer(
         &self,
         page: Page,
-        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
-    ) -> Result<bool, String> {
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+    ) -> Result<bool, ReadFailure> {
         for (model, record) in page {
             let Some(record) = record else { continue };
             let id = ModelId::new(&model).ok();
             let record: ModelRecord =
-                decode(&record, self.domain, id.as_ref(), || "its record".into())
-                    .map_err(|e| e.to_string())?;
-            let model = ModelId::new(&model).map_err(|e| e.to_string())?;
+                decode(&record, self.domain, id.as_ref(), || "its record".into())?;
+            let model = ModelId::new(&model).map_err(|e| ReadFailure::internal(e.to_string()))?;
             let mut entry =
                 StoredEntry { snapshot: self.snapshot, domain: self.domain, model, record };
             if !visit(&mut entry)? {
@@ -1248,7 +1253,7 @@ impl QuerySource for StoredQuery<'_> {
     fn collection(
         &mut self,
         collection: &CollectionId,
-    ) -> Result<Option<CollectionConfig>, String> {
+    ) -> Result<Option<CollectionConfig>, ReadFailure> {
         self.snapshot.wait(collection_in(self.snapshot.txn, self.domain, collection))
     }
 
@@ -1256,8 +1261,8 @@ impl QuerySource for StoredQuery<'_> {
         &mut self,
         collection: &CollectionId,
         index: Option<&IndexScan>,
-        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
-    ) -> Result<(), String> {
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+    ) -> Result<(), ReadFailure> {
         let c = collection.as_str();
         match index {
             None => {

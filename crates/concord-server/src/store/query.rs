@@ -23,7 +23,7 @@ use concord_protocol::{CollectionId, CommittedOperation, ModelId, ModelSnapshot,
 use concord_query::{IndexKey, IndexScan, KeyBounds, Path};
 use concord_sync::host::{
     CollectionConfig, HostConfig, ModelRecord, QueryEntry, QueryLimits, QueryModelData, QueryRead,
-    QuerySource, query_reply,
+    QuerySource, ReadFailure, query_reply,
 };
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -336,8 +336,8 @@ impl QueryEntry for StoredEntry<'_> {
     fn record(&self) -> &ModelRecord {
         &self.record
     }
-    fn load(&mut self) -> Result<QueryModelData, String> {
-        current(self.txn, self.domain, &self.model).map_err(|e| e.to_string())
+    fn load(&mut self) -> Result<QueryModelData, ReadFailure> {
+        current(self.txn, self.domain, &self.model).map_err(ReadFailure::from)
     }
 }
 
@@ -361,31 +361,30 @@ impl QuerySource for StoredQuery<'_> {
     fn collection(
         &mut self,
         collection: &CollectionId,
-    ) -> Result<Option<CollectionConfig>, String> {
-        let txn = self.txn.as_ref().map_err(ToString::to_string)?;
-        read_collection(txn, self.domain, collection).map_err(|e| e.to_string())
+    ) -> Result<Option<CollectionConfig>, ReadFailure> {
+        let txn = self.txn.as_ref().map_err(ReadFailure::from)?;
+        read_collection(txn, self.domain, collection).map_err(ReadFailure::from)
     }
 
     fn scan(
         &mut self,
         collection: &CollectionId,
         index: Option<&IndexScan>,
-        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
-    ) -> Result<(), String> {
-        let txn = self.txn.as_ref().map_err(ToString::to_string)?;
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+    ) -> Result<(), ReadFailure> {
+        let txn = self.txn.as_ref().map_err(ReadFailure::from)?;
         let domain = self.domain;
-        let text = |e: StoreError| e.to_string();
+        let text = ReadFailure::from;
         let models = txn.open_table(MODELS).map_err(|e| text(backend(e)))?;
-        let mut offer = |model: &str| -> Result<bool, String> {
+        let mut offer = |model: &str| -> Result<bool, ReadFailure> {
             let k = (domain, model);
             let Some(bytes) = models.get(k).map_err(|e| text(backend(e)))? else {
                 return Ok(true);
             };
             let record: ModelRecord = unseal(MODELS.name(), &k, bytes.value()).map_err(|d| {
                 super::corrupt(domain, ModelId::new(model).ok().as_ref(), "its record".into(), d)
-                    .to_string()
             })?;
-            let model = ModelId::new(model).map_err(|e| e.to_string())?;
+            let model = ModelId::new(model).map_err(|e| ReadFailure::internal(e.to_string()))?;
             visit(&mut StoredEntry { txn, domain, model, record })
         };
         let c = collection.as_str();
@@ -438,7 +437,7 @@ impl QuerySource for StoredQuery<'_> {
                 let range = entries.range::<(&str, &str, &str, &[u8])>((start, end));
                 let range = range.map_err(|e| text(backend(e)))?;
                 let ascending = scan.direction == concord_query::Direction::Ascending;
-                let mut walk = |entry: Result<_, redb::StorageError>| -> Result<bool, String> {
+                let mut walk = |entry: Result<_, redb::StorageError>| -> Result<bool, ReadFailure> {
                     let (_, model): (_, redb::AccessGuard<'_, &str>) =
                         entry.map_err(|e| text(backend(e)))?;
                     offer(model.value())

@@ -11,7 +11,7 @@ use concord_protocol::{
     ModelSnapshot, RequestId, ServerMessage, ServerResponse, Timestamp, encoded_len,
 };
 
-use super::reply;
+use super::{ReadFailure, reply};
 
 /// The most operations one history page carries, whatever the client asks.
 pub const MAX_HISTORY_PAGE_OPERATIONS: u32 = 1_024;
@@ -42,12 +42,16 @@ pub struct HistoryRead {
     pub query: HistoryQuery,
 }
 
-/// The durable history of one model, as a store holds it. Errors are the store's messages.
+/// The durable history of one model, as a store holds it. A failed read says whether the
+/// store could not be reached (the request is answered `unavailable`) or failed itself.
 pub trait HistorySource {
     /// The version of the oldest checkpoint: the oldest version that can be rebuilt.
-    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String>;
+    fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure>;
     /// The latest checkpoint at or before `version`.
-    fn checkpoint_at_or_before(&mut self, version: u64) -> Result<Option<ModelSnapshot>, String>;
+    fn checkpoint_at_or_before(
+        &mut self,
+        version: u64,
+    ) -> Result<Option<ModelSnapshot>, ReadFailure>;
     /// The committed operations in `(after, through]`, in order, at most `limit`, each with
     /// its user when known.
     fn operations(
@@ -55,14 +59,14 @@ pub trait HistorySource {
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<HistoryOperation>, String>;
+    ) -> Result<Vec<HistoryOperation>, ReadFailure>;
     /// When operation `version` (at least 1) was committed.
-    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String>;
+    fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure>;
 }
 
 /// The answer to `read`, from `source`: a `HistoryOpened` or a `HistoryPage`, or a typed
-/// error (`invalid_argument` for a start outside the history, `internal` for a store that
-/// fails or lacks what it should hold).
+/// error (`invalid_argument` for a start outside the history, `unavailable` for a store that
+/// cannot be reached, `internal` for a store that fails or lacks what it should hold).
 pub fn history_reply(read: &HistoryRead, source: &mut dyn HistorySource) -> ServerMessage {
     let to = read.request;
     match answer(read, source) {
@@ -75,11 +79,10 @@ fn answer(
     read: &HistoryRead,
     source: &mut dyn HistorySource,
 ) -> Result<ServerResponse, concord_protocol::ErrorReply> {
-    let internal =
-        |e: String| reply(ErrorCode::INTERNAL, format!("the history could not be read: {e}"));
+    let failed = |e: ReadFailure| reply(e.code(), format!("the history could not be read: {e}"));
     let min_version = source
         .oldest_checkpoint()
-        .map_err(internal)?
+        .map_err(failed)?
         // A model stored before histories were kept, never checkpointed since: only its
         // current version can be shown.
         .unwrap_or(read.through)
@@ -111,17 +114,17 @@ fn answer(
                     ));
                 }
                 HistoryStart::Time(time) => {
-                    version_at_time(source, min_version, read.through, time).map_err(internal)?
+                    version_at_time(source, min_version, read.through, time).map_err(failed)?
                 }
             };
             let checkpoint = if checkpoint {
-                let found = source.checkpoint_at_or_before(start_version).map_err(internal)?;
+                let found = source.checkpoint_at_or_before(start_version).map_err(failed)?;
                 match found {
                     Some(snapshot) if snapshot.version <= start_version => Some(snapshot),
                     _ => {
-                        return Err(internal(format!(
+                        return Err(failed(ReadFailure::internal(format!(
                             "no checkpoint at or before version {start_version}"
-                        )));
+                        ))));
                     }
                 }
             } else {
@@ -130,13 +133,14 @@ fn answer(
             let after = checkpoint.as_ref().map_or(start_version, |c| c.version);
             let limit = max_operations.min(MAX_HISTORY_PAGE_OPERATIONS) as usize;
             let budget = max_bytes.min(MAX_HISTORY_PAGE_BYTES) as usize;
-            let mut operations = source.operations(after, read.through, limit).map_err(internal)?;
+            let mut operations = source.operations(after, read.through, limit).map_err(failed)?;
             keep_within(&mut operations, budget);
             let expected = (after + 1..).take(operations.len());
             if operations.iter().map(|o| o.operation.version).ne(expected)
                 || (operations.is_empty() && limit > 0 && after < read.through)
             {
-                return Err(internal(format!("operations after version {after} are missing")));
+                let missing = format!("operations after version {after} are missing");
+                return Err(failed(ReadFailure::internal(missing)));
             }
             Ok(ServerResponse::HistoryPage(HistoryPage {
                 model: read.model.clone(),
@@ -170,13 +174,14 @@ fn version_at_time(
     min: u64,
     through: u64,
     time: Timestamp,
-) -> Result<u64, String> {
+) -> Result<u64, ReadFailure> {
     // Invariant: `low` qualifies (or is `min`); everything above `high` does not.
     let (mut low, mut high) = (min, through);
     while low < high {
         let middle = low + (high - low).div_ceil(2);
-        let at =
-            source.commit_time(middle)?.ok_or_else(|| format!("operation {middle} is missing"))?;
+        let at = source
+            .commit_time(middle)?
+            .ok_or_else(|| ReadFailure::internal(format!("operation {middle} is missing")))?;
         if at <= time {
             low = middle;
         } else {
@@ -227,10 +232,13 @@ mod tests {
     }
 
     impl HistorySource for Memory {
-        fn oldest_checkpoint(&mut self) -> Result<Option<u64>, String> {
+        fn oldest_checkpoint(&mut self) -> Result<Option<u64>, ReadFailure> {
             Ok(self.checkpoints.keys().next().copied())
         }
-        fn checkpoint_at_or_before(&mut self, v: u64) -> Result<Option<ModelSnapshot>, String> {
+        fn checkpoint_at_or_before(
+            &mut self,
+            v: u64,
+        ) -> Result<Option<ModelSnapshot>, ReadFailure> {
             Ok(self.checkpoints.range(..=v).next_back().map(|(_, s)| s.clone()))
         }
         fn operations(
@@ -238,7 +246,7 @@ mod tests {
             after: u64,
             through: u64,
             limit: usize,
-        ) -> Result<Vec<HistoryOperation>, String> {
+        ) -> Result<Vec<HistoryOperation>, ReadFailure> {
             Ok(self
                 .operations
                 .iter()
@@ -247,7 +255,7 @@ mod tests {
                 .cloned()
                 .collect())
         }
-        fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, String> {
+        fn commit_time(&mut self, version: u64) -> Result<Option<Timestamp>, ReadFailure> {
             Ok(self.operations.get(version as usize - 1).map(|o| o.operation.timestamp))
         }
     }

@@ -335,6 +335,11 @@ pub struct ReadFailure {
 }
 
 impl ReadFailure {
+    /// A failure of the store itself (or a store that lacks what it should hold).
+    pub fn internal(message: impl Into<String>) -> ReadFailure {
+        ReadFailure { unavailable: false, message: message.into() }
+    }
+
     /// The code the request that needed the read is refused with.
     pub fn code(&self) -> ErrorCode {
         if self.unavailable { ErrorCode::UNAVAILABLE } else { ErrorCode::INTERNAL }

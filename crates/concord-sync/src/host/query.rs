@@ -18,7 +18,7 @@ use concord_protocol::{
 };
 use concord_query::{Candidate, IndexScan, Query, QueryError, SelectedData};
 
-use super::{CollectionConfig, HostConfig, ModelRecord, effective, reply};
+use super::{CollectionConfig, HostConfig, ModelRecord, ReadFailure, effective, reply};
 
 /// What one query may cost the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,15 +71,18 @@ impl QueryModelData {
 pub trait QueryEntry {
     fn model(&self) -> &ModelId;
     fn record(&self) -> &ModelRecord;
-    fn load(&mut self) -> Result<QueryModelData, String>;
+    fn load(&mut self) -> Result<QueryModelData, ReadFailure>;
 }
 
-/// The models of a domain's collections and their indexes, as a store holds them. Errors are
-/// the store's messages.
+/// The models of a domain's collections and their indexes, as a store holds them. A failed
+/// read says whether the store could not be reached (the query is answered `unavailable`) or
+/// failed itself.
 pub trait QuerySource {
     /// A collection's stored settings.
-    fn collection(&mut self, collection: &CollectionId)
-    -> Result<Option<CollectionConfig>, String>;
+    fn collection(
+        &mut self,
+        collection: &CollectionId,
+    ) -> Result<Option<CollectionConfig>, ReadFailure>;
     /// Offers the models of `collection` to `visit` until it returns `false`: with `index`,
     /// those whose key at the index's path is within its bounds, by key then model id in the
     /// index's direction; without, every model of the collection by model id.
@@ -87,8 +90,8 @@ pub trait QuerySource {
         &mut self,
         collection: &CollectionId,
         index: Option<&IndexScan>,
-        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, String>,
-    ) -> Result<(), String>;
+        visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+    ) -> Result<(), ReadFailure>;
 }
 
 /// The error a malformed query gets: `invalid_query`, with its position as `line` and
@@ -105,7 +108,8 @@ pub fn invalid_query(error: &QueryError) -> ErrorReply {
 
 /// The answer to `read` from `source`: a `QueryResult`, or a typed error
 /// (`query_scan_limit`, `collection_not_found` for a collection neither configured nor
-/// stored when the server does not create them, `internal` for a failing store).
+/// stored when the server does not create them, `unavailable` for a store that cannot be
+/// reached, `internal` for a failing store).
 pub fn query_reply(
     read: &QueryRead,
     config: &HostConfig,
@@ -122,7 +126,7 @@ pub fn query_reply(
 /// Why a scan stopped early.
 enum Stop {
     ScanLimit,
-    Store(String),
+    Store(ReadFailure),
 }
 
 fn answer(
@@ -131,7 +135,7 @@ fn answer(
     limits: &QueryLimits,
     source: &mut dyn QuerySource,
 ) -> Result<QueryPage, ErrorReply> {
-    let internal = |e: String| reply(ErrorCode::INTERNAL, format!("the query failed: {e}"));
+    let failed = |e: ReadFailure| reply(e.code(), format!("the query failed: {e}"));
     let mut query = read.query.clone();
     query.limit = Some(query.limit.map_or(limits.max_rows, |l| l.min(limits.max_rows)));
     let Ok(collection) = CollectionId::new(query.collection.clone()) else {
@@ -142,7 +146,7 @@ fn answer(
     };
     let settings = match config.collections.get(&collection) {
         Some(settings) => settings.clone(),
-        None => match source.collection(&collection).map_err(internal)? {
+        None => match source.collection(&collection).map_err(failed)? {
             Some(settings) => settings,
             // An unknown collection has no models: an empty answer, unless the server only
             // knows configured collections.
@@ -166,7 +170,7 @@ fn answer(
     let mut total = 0u64;
     let mut kept: Vec<(ModelId, QueryModelData)> = Vec::new();
     let mut stop = None;
-    let mut visit = |entry: &mut dyn QueryEntry| -> Result<bool, String> {
+    let mut visit = |entry: &mut dyn QueryEntry| -> Result<bool, ReadFailure> {
         if scanned >= limits.max_scanned {
             stop = Some(Stop::ScanLimit);
             return Ok(false);
@@ -196,7 +200,7 @@ fn answer(
         }
         Ok(true)
     };
-    source.scan(&collection, plan.index.as_ref(), &mut visit).map_err(internal)?;
+    source.scan(&collection, plan.index.as_ref(), &mut visit).map_err(failed)?;
     match stop {
         Some(Stop::ScanLimit) => {
             return Err(reply(
@@ -209,7 +213,7 @@ fn answer(
             )
             .with_detail("limit", limits.max_scanned.to_string()));
         }
-        Some(Stop::Store(e)) => return Err(internal(e)),
+        Some(Stop::Store(e)) => return Err(failed(e)),
         None => {}
     }
 
@@ -256,5 +260,126 @@ pub fn wire_row(
             SelectedData::All(value) => QueryData::All(value),
             SelectedData::Paths(values) => QueryData::Paths(values),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use concord_ot::{IdGenerator, ReplicaId};
+    use concord_protocol::{PermissionGrants, UserId};
+
+    use super::*;
+
+    /// Three models of `notes`; the store fails as `failure` says once `reads` loads are
+    /// answered, or at once when it lists the collection with `reads` 0 and `scan_fails`.
+    struct Store {
+        models: Vec<(ModelId, ModelRecord)>,
+        reads: usize,
+        scan_fails: bool,
+        failure: ReadFailure,
+    }
+
+    struct Entry<'a> {
+        model: ModelId,
+        record: ModelRecord,
+        store: &'a mut usize,
+        failure: &'a ReadFailure,
+    }
+
+    impl QueryEntry for Entry<'_> {
+        fn model(&self) -> &ModelId {
+            &self.model
+        }
+        fn record(&self) -> &ModelRecord {
+            &self.record
+        }
+        fn load(&mut self) -> Result<QueryModelData, ReadFailure> {
+            if *self.store == 0 {
+                return Err(self.failure.clone());
+            }
+            *self.store -= 1;
+            let mut ids = IdGenerator::new(ReplicaId(1), 0);
+            let data = Value::from_json(&serde_json::json!({"n": 1}), &mut ids).unwrap();
+            Ok(QueryModelData {
+                version: 1,
+                created_at: Timestamp(0),
+                modified_at: Timestamp(0),
+                data,
+            })
+        }
+    }
+
+    impl QuerySource for Store {
+        fn collection(
+            &mut self,
+            _: &CollectionId,
+        ) -> Result<Option<CollectionConfig>, ReadFailure> {
+            Ok(None)
+        }
+        fn scan(
+            &mut self,
+            _: &CollectionId,
+            _: Option<&IndexScan>,
+            visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
+        ) -> Result<(), ReadFailure> {
+            if self.scan_fails {
+                return Err(self.failure.clone());
+            }
+            for (model, record) in &self.models {
+                let (model, record) = (model.clone(), record.clone());
+                let store = &mut self.reads;
+                let mut entry = Entry { model, record, store, failure: &self.failure };
+                if !visit(&mut entry)? {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn store(reads: usize, scan_fails: bool, unavailable: bool) -> Store {
+        let record = ModelRecord {
+            collection: CollectionId::new("notes").unwrap(),
+            created_at: Timestamp(0),
+            nonce: None,
+            creator: None,
+            grants: PermissionGrants::default(),
+        };
+        let models = ["a", "b", "c"].map(|id| (ModelId::new(id).unwrap(), record.clone()));
+        let failure = ReadFailure { unavailable, message: "connection reset".into() };
+        Store { models: models.into(), reads, scan_fails, failure }
+    }
+
+    fn answer(source: &mut Store) -> ServerMessage {
+        let user = User { id: UserId("u".into()), display_name: None, anonymous: false };
+        let read = QueryRead {
+            request: RequestId(3),
+            user,
+            query: Query::parse("SELECT n FROM notes").unwrap(),
+        };
+        query_reply(&read, &HostConfig::default(), &QueryLimits::default(), source)
+    }
+
+    #[test]
+    fn a_store_failing_midway_is_answered_unavailable_or_internal_as_it_says() {
+        for (unavailable, code) in [(true, ErrorCode::UNAVAILABLE), (false, ErrorCode::INTERNAL)] {
+            // Failing to list the collection, then at each model's load.
+            let failing = [(0, true), (0, false), (1, false), (2, false)];
+            for (reads, scan_fails) in failing {
+                match answer(&mut store(reads, scan_fails, unavailable)) {
+                    ServerMessage::Error { to: Some(RequestId(3)), error } => {
+                        assert_eq!(error.code, code, "after {reads} loads");
+                        assert!(error.message.contains("connection reset"), "{error:?}");
+                    }
+                    other => panic!("after {reads} loads: {other:?}"),
+                }
+            }
+            match answer(&mut store(3, false, unavailable)) {
+                ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } => {
+                    assert_eq!((page.rows.len(), page.total), (3, 3));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
