@@ -190,6 +190,20 @@ impl Progress {
         self.taken.remove(model)
     }
 
+    /// Whether `model` is counted and on its way (neither waiting, done nor failed).
+    pub(crate) fn counts(&self, model: &ModelId) -> bool {
+        self.taken.contains(model)
+    }
+
+    /// A model counted as failed is tried again: it is on its way once more, `taken` again
+    /// (`None`: back in the waiting queue, taken from there).
+    pub(crate) fn retry(&mut self, taken: Option<ModelId>) {
+        self.failed = self.failed.saturating_sub(1);
+        if let Some(model) = taken {
+            self.taken.insert(model);
+        }
+    }
+
     /// Every change of `model` is acknowledged; false if it was not counted.
     pub(crate) fn done(&mut self, model: &ModelId) -> bool {
         let counted = self.taken.remove(model);

@@ -422,6 +422,9 @@ pub struct ClientEngine {
     /// When to ask again for the creations and deletions the server could not take for its
     /// state (a backoff of their own, so that they never hold back opening models).
     asks: Backoff,
+    /// The models the server failed to load on this connection ([`DomainEvent::ServerFault`]),
+    /// each tried again after a backoff of its own.
+    faulted: BTreeMap<ModelId, Fault>,
     /// Opens at the server waiting for a live slot.
     open_queue: VecDeque<ModelId>,
     next_call: u64,
@@ -434,6 +437,21 @@ pub struct ClientEngine {
     /// Other sessions' users, also after they left.
     authors: authors::Authors,
 }
+
+/// A model the server failed to load ([`DomainEvent::ServerFault`]): its store may be
+/// repaired, or its fault pass, while this connection lasts.
+#[derive(Debug)]
+struct Fault {
+    /// From `max_backoff`, doubling up to [`FAULT_BACKOFF_GROWTH`] times it: a damaged record
+    /// rarely mends itself, and each attempt costs the server a load.
+    retry: Backoff,
+    /// Whether the failure counted in [`DomainEvent::SyncProgress`] (the retry takes it back).
+    counted: bool,
+}
+
+/// How far a faulted model's retries back off, as a multiple of `max_backoff` (5 minutes by
+/// default).
+const FAULT_BACKOFF_GROWTH: u32 = 30;
 
 /// A model deleted here whose deletion the server has not confirmed.
 #[derive(Debug)]
@@ -486,6 +504,7 @@ impl ClientEngine {
                 config.max_backoff,
             ),
             asks: Backoff::new(config.initial_backoff, config.max_backoff),
+            faulted: BTreeMap::new(),
             open_queue: VecDeque::new(),
             next_call: 1,
             answers: VecDeque::new(),
@@ -737,6 +756,9 @@ impl ClientEngine {
     /// never leaves its changes waiting for the next connection.
     pub fn remove_model(&mut self, model: &ModelId) -> Option<ModelReplica> {
         let entry = self.take_model(model)?;
+        // Owing changes, it syncs in the background from now on; owing nothing, it has
+        // nothing left to try.
+        self.faulted.remove(model);
         let owed = owes(&entry) && !self.tombstones.contains_key(model);
         if owed && !self.is_connected() {
             self.sync_when_connected.insert(model.clone());
@@ -825,13 +847,14 @@ impl ClientEngine {
 
     /// Whether background sync has nothing left to do on this connection: no stored model
     /// waiting or loading, no model syncing or waiting for a turn, no retry pending after an
-    /// `overloaded` refusal (of an open, a creation or a deletion), no open waiting for a
-    /// slot. (The application's models beyond the server's limit may still wait, parked,
-    /// with nothing to push.)
+    /// `overloaded` refusal (of an open, a creation or a deletion) or a `ServerFault`, no
+    /// open waiting for a slot. (The application's models beyond the server's limit may
+    /// still wait, parked, with nothing to push.)
     pub fn sync_idle(&self) -> bool {
         !self.background_work()
             && self.budget.retry.at.is_none()
             && self.asks.at.is_none()
+            && self.faulted.values().all(|fault| fault.retry.at.is_none())
             && self.open_queue.is_empty()
     }
 
@@ -1024,6 +1047,9 @@ impl ClientEngine {
             self.send_creations();
             self.send_deletions();
         }
+        if self.is_connected() {
+            self.retry_faults(now);
+        }
         match self.connection {
             Connection::Waiting { at } if at <= now => self.attempt(),
             Connection::Connected { last_heard, next_ping } => {
@@ -1072,6 +1098,8 @@ impl ClientEngine {
                     .map(|(_, deadline)| *deadline);
                 let silence = last_heard + self.config.silence_timeout;
                 let retries = [self.budget.retry.at, self.asks.at].into_iter().flatten();
+                let faults = self.faulted.values().filter_map(|f| f.retry.at);
+                let retries = retries.chain(faults);
                 requests.chain(acks).chain([next_ping, silence]).chain(retries).min()
             }
             Connection::Idle | Connection::Connecting { .. } => None,
@@ -1349,8 +1377,10 @@ impl ClientEngine {
         self.progress.clear();
         self.open_queue.clear();
         self.budget.reset();
-        // The next connection sends every creation and deletion still owed.
+        // The next connection sends every creation and deletion still owed, and tries every
+        // model again.
         self.asks.at = None;
+        self.faulted.clear();
         for entry in self.models.values_mut() {
             entry.link = Link::Offline;
             entry.slot = Slot::None;
@@ -1515,6 +1545,7 @@ impl ClientEngine {
                 if answered == model =>
             {
                 self.budget.succeeded();
+                self.faulted.remove(&model);
                 let Some(entry) = self.models.get_mut(&model) else { return };
                 entry.link = Link::Replaying;
                 if let Some(commit) = in_flight_committed {
@@ -1526,7 +1557,9 @@ impl ClientEngine {
             }
             // A deleted model is as gone as one that never was.
             Err(error) if is_gone(&error) => self.gone(&model, error),
-            Err(error) if error.code == ErrorCode::INTERNAL => self.server_fault(&model, error),
+            Err(error) if error.code == ErrorCode::INTERNAL => {
+                self.server_fault(now, &model, error)
+            }
             Err(error) => self.violation(&model, format!("resync refused: {error}")),
         }
     }
@@ -1619,6 +1652,7 @@ impl ClientEngine {
                     self.creation_confirmed(&model);
                 }
                 self.budget.succeeded();
+                self.faulted.remove(&model);
                 let Some(entry) = self.models.get_mut(&model) else { return };
                 entry.link = Link::Replaying;
                 if let Some(commit) = in_flight_committed {
@@ -1642,7 +1676,7 @@ impl ClientEngine {
                 }
                 if error.code == ErrorCode::INTERNAL {
                     // Whether or not it asked for a creation: the server did not decide it.
-                    self.server_fault(&model, error);
+                    self.server_fault(now, &model, error);
                 } else if creates {
                     self.creation_refused(model, error);
                 } else if is_gone(&error) {
@@ -2074,6 +2108,7 @@ impl ClientEngine {
     /// The server no longer serves `model`: it stays here, offline; one loaded only to sync
     /// goes back to the store.
     fn gone(&mut self, model: &ModelId, error: ErrorReply) {
+        self.faulted.remove(model);
         if self.refused_here(model) {
             self.model_event(model, ModelEvent::Gone { error: error.clone() });
             self.domain_event(DomainEvent::ModelGone { model: model.clone(), error });
@@ -2083,12 +2118,61 @@ impl ClientEngine {
     /// The server failed serving the model (`internal`: its store failed, or holds a
     /// damaged record of it). Not a protocol violation: the copy here is consistent, so an
     /// application's model stays loaded, offline, and a background one goes back to the
-    /// store; the next connection tries again.
-    fn server_fault(&mut self, model: &ModelId, error: ErrorReply) {
+    /// store; either is tried again after a backoff, and on the next connection.
+    fn server_fault(&mut self, now: Time, model: &ModelId, error: ErrorReply) {
+        let counted = self.progress.counts(model);
         if self.refused_here(model) {
             self.go_offline(model);
+            let (initial, growth) = (self.config.max_backoff, FAULT_BACKOFF_GROWTH);
+            let fault = self.faulted.entry(model.clone()).or_insert_with(|| Fault {
+                retry: Backoff::new(initial, initial.saturating_mul(growth)),
+                counted,
+            });
+            fault.counted = counted;
+            fault.retry.failed(now);
             self.domain_event(DomainEvent::ServerFault { model: model.clone(), error });
         }
+    }
+
+    /// Tries again the faulted models whose backoff is over: an application's model
+    /// resyncs when it gets a slot, one synced in the background waits for its turn again.
+    /// Each keeps its backoff until the server loads it.
+    fn retry_faults(&mut self, now: Time) {
+        let due: Vec<(ModelId, bool)> = self
+            .faulted
+            .iter_mut()
+            .filter_map(|(model, fault)| {
+                fault.retry.take_due(now).then(|| (model.clone(), fault.counted))
+            })
+            .collect();
+        for (model, counted) in due {
+            match self.models.get_mut(&model) {
+                Some(entry) if entry.link == Link::Refused => {
+                    entry.link = Link::Offline;
+                    if counted {
+                        self.progress.retry(Some(model.clone()));
+                        self.report_progress();
+                    }
+                    self.attach(&model);
+                }
+                // Syncing again already (the application opened it, or closed it owing
+                // changes), or deleted here meanwhile.
+                Some(_) => {}
+                None if self.tombstones.contains_key(&model)
+                    || self.sync_waiting.contains(&model)
+                    || self.loading.contains(&model) => {}
+                None => {
+                    if counted {
+                        self.progress.retry(None);
+                    } else {
+                        self.progress.add_waiting();
+                    }
+                    self.sync_waiting.push_back(model);
+                    self.report_progress();
+                }
+            }
+        }
+        self.schedule();
     }
 
     /// Takes `model` offline until the next connection, the server having refused it on

@@ -111,9 +111,9 @@ pub enum DomainEvent {
     /// Background sync of stored models after a reconnection: of `total` models, `done`
     /// are in sync with the server (every stored change acknowledged) and `failed` stopped
     /// for a reason reported with their own event (`CreationRefused`, `ModelGone`,
-    /// `ServerFault`, `ProtocolViolation`, or a model the store could not load); the rest
-    /// are still on their way (a model the server asked to retry later is among them). A
-    /// model deleted here meanwhile leaves `total`.
+    /// `ServerFault` until it is tried again, `ProtocolViolation`, or a model the store could
+    /// not load); the rest are still on their way (a model the server asked to retry later
+    /// is among them). A model deleted here meanwhile leaves `total`.
     SyncProgress { done: usize, failed: usize, total: usize },
     /// The server created a model created here.
     Created { model: ModelId },
@@ -140,7 +140,9 @@ pub enum DomainEvent {
     ChangesRejected { model: ModelId, error: ErrorReply },
     /// The server failed serving the model (`internal`: its store failed, or holds a
     /// damaged record of it). Nothing here is lost: an application's model stays loaded,
-    /// offline, and keeps storing its changes; the next connection tries it again.
+    /// offline, and keeps storing its changes. The model is tried again on this connection
+    /// after a backoff of its own (from `max_backoff`, doubling up to 30 times it), and at
+    /// once on the next connection.
     ServerFault { model: ModelId, error: ErrorReply },
     /// The server broke the protocol for the model. It left memory; the store holds a
     /// consistent state to load it from again.

@@ -1778,8 +1778,8 @@ fn server_faults(turn: &Turn, model: &ModelId) -> usize {
 }
 
 #[test]
-fn a_resync_the_server_fails_keeps_the_model_here_offline_until_the_next_connection() -> Result<()>
-{
+fn a_resync_the_server_fails_keeps_the_model_here_offline_and_tries_it_again_after_a_backoff()
+-> Result<()> {
     let model = id("m");
     let mut engine = connected(config(), at(0), &[])?;
     engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
@@ -1792,7 +1792,7 @@ fn a_resync_the_server_fails_keeps_the_model_here_offline_until_the_next_connect
     assert_eq!(server_faults(&turn, &model), 1, "{:?}", turn.events);
     let violation = |e: &Event| matches!(e, Event::Domain(DomainEvent::ProtocolViolation { .. }));
     assert!(!turn.events.iter().any(violation), "{:?}", turn.events);
-    assert!(turn.sent.is_empty(), "not asked again on this connection: {:?}", turn.sent);
+    assert!(turn.sent.is_empty(), "not asked again at once: {:?}", turn.sent);
 
     // Still loaded here, and still edited and stored, though not sent.
     assert!(engine.model(&model).is_some(), "the copy here stays");
@@ -1800,12 +1800,53 @@ fn a_resync_the_server_fails_keeps_the_model_here_offline_until_the_next_connect
     let edited = drain(&mut engine, at(1));
     assert!(!edited.batches.is_empty(), "the change is stored");
     assert!(edited.sent.is_empty(), "and not sent: {:?}", edited.sent);
-    let later = drain(&mut engine, at(60_000));
-    assert!(later.sent.is_empty(), "nor later on this connection: {:?}", later.sent);
 
-    // The next connection tries it again, and the change goes through.
-    engine.handle_disconnected(at(60_000));
+    // Tried again on this connection once `max_backoff` (800 ms) has passed, not before;
+    // failing again, after twice as long.
+    let retry = |engine: &mut ClientEngine, now: u64| -> (Vec<RequestId>, Turn) {
+        engine.handle_timeout(at(now));
+        let turn = drain(engine, at(now));
+        let of_model =
+            |r: &ClientRequest| matches!(r, ClientRequest::Resync { model: m, .. } if *m == model);
+        let ids = turn.requests().filter(|(_, r)| of_model(r)).map(|(id, _)| id).collect();
+        (ids, turn)
+    };
+    assert!(engine.poll_timeout().is_some_and(|t| t <= at(800)), "a retry is scheduled");
+    assert_eq!(retry(&mut engine, 799).0, vec![], "not before the backoff");
+    let (again, _) = retry(&mut engine, 800);
+    let [again] = <[RequestId; 1]>::try_from(again).expect("one resync");
+    refuse(&mut engine, at(800), again, ErrorCode::INTERNAL);
+    let turn = drain(&mut engine, at(800));
+    assert_eq!(server_faults(&turn, &model), 1, "{:?}", turn.events);
+    assert_eq!(retry(&mut engine, 2_399).0, vec![], "the backoff doubled");
+
+    // The record is repaired meanwhile: the model is live again and its change acknowledged,
+    // on the same connection.
+    let (third, turn) = retry(&mut engine, 2_400);
+    assert_eq!(third.len(), 1, "one resync: {:?}", turn.sent);
+    let all = settle(&mut engine, at(2_400), turn)?;
+    assert_eq!(server_faults(&all, &model), 0);
+    assert!(engine.is_settled(&model), "live again, its change acknowledged");
+    assert_eq!(engine.connection_state(), ConnectionState::Connected, "on the same connection");
+    Ok(())
+}
+
+#[test]
+fn a_resync_the_server_fails_is_tried_again_on_the_next_connection_without_waiting() -> Result<()> {
+    let model = id("m");
+    let mut engine = connected(config(), at(0), &[])?;
+    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
+    let turn = drain(&mut engine, at(0));
+    let resync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { .. }))?;
+    refuse(&mut engine, at(0), resync, ErrorCode::INTERNAL);
+    drain(&mut engine, at(0));
+    insert_object(&mut engine, &model)?;
+    drain(&mut engine, at(1));
+
+    // The connection drops before the retry; the next one tries the model at once.
+    engine.handle_disconnected(at(10));
     let Some(when) = engine.poll_timeout() else { bail!("no reconnection is scheduled") };
+    assert!(when < at(800), "reconnecting comes first");
     engine.handle_timeout(when);
     drain(&mut engine, when);
     engine.handle_connected(when, &session(), vec![], vec![]);
@@ -1818,7 +1859,8 @@ fn a_resync_the_server_fails_keeps_the_model_here_offline_until_the_next_connect
 }
 
 #[test]
-fn a_background_sync_the_server_fails_counts_as_failed_and_goes_back_to_the_store() -> Result<()> {
+fn a_background_sync_the_server_fails_counts_as_failed_and_is_tried_again_after_a_backoff()
+-> Result<()> {
     // One model changed offline, one created offline: each owes the server a `Sync`.
     let (changed, created) = (id("changed"), id("created"));
     let mut engine = one_at_a_time();
@@ -1831,7 +1873,9 @@ fn a_background_sync_the_server_fails_counts_as_failed_and_goes_back_to_the_stor
         refusal(message, &changed, ErrorCode::INTERNAL)
             .or_else(|| refusal(message, &created, ErrorCode::INTERNAL))
     };
-    for (model, restored) in [(&changed, stored.into()), (&created, creation)] {
+    let restored: [(&ModelId, store::Restored); 2] =
+        [(&changed, stored.into()), (&created, creation)];
+    for (model, restored) in restored.clone() {
         assert_eq!(engine.poll_load(), Some(model.clone()));
         let turn = load_and_settle(&mut engine, model, restored, fail)?;
         let synced =
@@ -1845,6 +1889,28 @@ fn a_background_sync_the_server_fails_counts_as_failed_and_goes_back_to_the_stor
     assert!(!all.events.iter().any(refused), "a fault is not a refused creation");
     assert_eq!(last_progress(&all), Some((0, 2, 2)), "both counted as failed");
     assert_eq!(engine.poll_load(), None);
+    assert!(!engine.sync_idle(), "a retry is pending");
+
+    // After `max_backoff` both are loaded again, no longer counted as failed, and this time
+    // the server has them.
+    engine.handle_timeout(at(799));
+    assert_eq!(engine.poll_load(), None, "not before the backoff");
+    engine.handle_timeout(at(800));
+    let turn = drain(&mut engine, at(800));
+    assert_eq!(last_progress(&turn), Some((0, 0, 2)), "{:?}", turn.events);
+    let mut all = Turn::default();
+    for (model, restored) in restored {
+        assert_eq!(engine.poll_load(), Some(model.clone()));
+        let turn = load_and_settle(&mut engine, model, restored, none)?;
+        assert_eq!(server_faults(&turn, model), 0, "{:?}", turn.events);
+        all.events.extend(turn.events);
+    }
+    assert!(
+        all.events
+            .iter()
+            .any(|e| e == &Event::Domain(DomainEvent::Created { model: created.clone() }))
+    );
+    assert_eq!(last_progress(&all), Some((2, 0, 2)), "both synced");
     assert!(engine.sync_idle());
     Ok(())
 }

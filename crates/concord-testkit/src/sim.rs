@@ -61,8 +61,8 @@ pub struct Config {
     pub reference_percent: usize,
     /// The percentage of steps on which the server's store fails its next one to four
     /// reads: as unreachable (`unavailable`), or one time in two as a store fault
-    /// (`internal`: the clients report a `ServerFault`, and the model waits offline for their
-    /// next connection). Drawn apart too: with 0, a seed plays as it did before.
+    /// (`internal`: the clients report a `ServerFault`, and the model waits offline until
+    /// the engine tries it again). Drawn apart too: with 0, a seed plays as it did before.
     pub outage_percent: usize,
 }
 
@@ -229,9 +229,6 @@ struct Client {
     connected_once: bool,
     /// The last `SyncProgress` of the current connection: done, failed, total.
     progress: Option<(usize, usize, usize)>,
-    /// Whether the server failed a model for this client (`ServerFault`): the model waits
-    /// offline for the next connection.
-    faulted: bool,
 }
 
 /// What travels from a client to the server.
@@ -346,7 +343,6 @@ impl Sim {
                     refused: BTreeSet::new(),
                     created: 0,
                     connected_once: false,
-                    faulted: false,
                     progress: None,
                 })
             })
@@ -441,19 +437,9 @@ impl Sim {
                 self.restart(i)?;
             }
         }
+        // A model the server failed for a client is tried again after its backoff, on the
+        // same connection: the engines are not idle until then.
         self.run_until_quiet()?;
-        // A model the server failed for a client (perhaps answered only now) waits for that
-        // client's next connection.
-        let mut reconnected = false;
-        for i in 0..self.clients.len() {
-            if std::mem::take(&mut self.clients[i].faulted) {
-                self.disconnect(i)?;
-                reconnected = true;
-            }
-        }
-        if reconnected {
-            self.run_until_quiet()?;
-        }
         // Background sync alone (and the application's open models) must have pushed every
         // stored change by now, before anything is opened to compare.
         self.check_pushed()?;
@@ -948,7 +934,6 @@ impl Sim {
                     if error.code == ErrorCode::INTERNAL
                         && error.message.ends_with(SIMULATED_FAULT) =>
                 {
-                    client.faulted = true;
                     self.stats.server_faults += 1;
                 }
                 DomainEvent::ServerFault { model, error } => {
