@@ -70,9 +70,8 @@ impl DomainBuilder {
 
     /// The wait before the first reconnection attempt, and the most it doubles to; each
     /// wait is drawn between half of it and all of it, so that clients dropped together
-    /// come back spread out. A model the server failed to load
-    /// ([`DomainEvent::ServerFault`]) is tried again after
-    /// `max`, doubling up to 30 times it.
+    /// come back spread out. A model the server failed ([`DomainEvent::ServerFault`]) is
+    /// tried again after `first`, doubling with each fault in a row up to 30 times `max`.
     pub fn reconnect_backoff(mut self, first: Duration, max: Duration) -> DomainBuilder {
         self.options.engine.initial_backoff = first;
         self.options.engine.max_backoff = max.max(first);

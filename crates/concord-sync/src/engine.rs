@@ -438,15 +438,19 @@ pub struct ClientEngine {
     authors: authors::Authors,
 }
 
-/// A model the server failed to load ([`DomainEvent::ServerFault`]): its store may be
-/// repaired, or its fault pass, while this connection lasts.
+/// A model the server failed to load, or whose submission it failed
+/// ([`DomainEvent::ServerFault`]): its store may be repaired, or its fault pass, while this
+/// connection lasts.
 #[derive(Debug)]
 struct Fault {
-    /// From `max_backoff`, doubling up to [`FAULT_BACKOFF_GROWTH`] times it: a damaged record
-    /// rarely mends itself, and each attempt costs the server a load.
+    /// From `initial_backoff`, doubling up to [`FAULT_BACKOFF_GROWTH`] times `max_backoff`: a
+    /// damaged record rarely mends itself, and each attempt costs the server a load.
     retry: Backoff,
     /// Whether the failure counted in [`DomainEvent::SyncProgress`] (the retry takes it back).
     counted: bool,
+    /// Whether the server failed a submission (over once one is acknowledged) rather than
+    /// the model's load (over once a resync is answered).
+    submission: bool,
 }
 
 /// How far a faulted model's retries back off, as a multiple of `max_backoff` (5 minutes by
@@ -1545,7 +1549,7 @@ impl ClientEngine {
                 if answered == model =>
             {
                 self.budget.succeeded();
-                self.faulted.remove(&model);
+                self.loaded_after_fault(&model);
                 let Some(entry) = self.models.get_mut(&model) else { return };
                 entry.link = Link::Replaying;
                 if let Some(commit) = in_flight_committed {
@@ -1652,7 +1656,7 @@ impl ClientEngine {
                     self.creation_confirmed(&model);
                 }
                 self.budget.succeeded();
-                self.faulted.remove(&model);
+                self.loaded_after_fault(&model);
                 let Some(entry) = self.models.get_mut(&model) else { return };
                 entry.link = Link::Replaying;
                 if let Some(commit) = in_flight_committed {
@@ -1763,6 +1767,7 @@ impl ClientEngine {
                 if self.models.get(&model).is_none_or(|m| m.link != Link::Live) => {}
             ServerPush::Ack { model, seq, version, timestamp } => {
                 self.acks.remove(&model);
+                self.faulted.remove(&model);
                 let result = self.with_model(&model, |r| r.ack(seq, version, timestamp));
                 if let Some(changes) = result {
                     self.confirmed_moved(&model, &changes);
@@ -1890,9 +1895,15 @@ impl ClientEngine {
         self.acks.remove(&model);
         // A refusal about the server's state, not about the change: the change is
         // kept, and resyncing tells whether it was committed and sends it again.
+        if error.code == ErrorCode::INTERNAL {
+            // The server failed on this model: it closes here and is tried again after its
+            // own backoff, which a server failing the same submission each time makes grow;
+            // other models go on meanwhile.
+            self.close_at_server(&model);
+            return self.fault(now, &model, error, true);
+        }
         if is_transient(&error) {
-            // Later, with backoff (`internal` too: a server failing the same submission
-            // each time is not asked again at once): it closes here and waits for a slot.
+            // Later, after the open-model backoff: it closes here and waits for a slot.
             self.budget.refused(now, None);
             self.open_later(&model);
             return;
@@ -2120,17 +2131,33 @@ impl ClientEngine {
     /// application's model stays loaded, offline, and a background one goes back to the
     /// store; either is tried again after a backoff, and on the next connection.
     fn server_fault(&mut self, now: Time, model: &ModelId, error: ErrorReply) {
+        self.fault(now, model, error, false);
+    }
+
+    /// [`Self::server_fault`] of a load, or of a `submission`.
+    fn fault(&mut self, now: Time, model: &ModelId, error: ErrorReply, submission: bool) {
         let counted = self.progress.counts(model);
         if self.refused_here(model) {
             self.go_offline(model);
-            let (initial, growth) = (self.config.max_backoff, FAULT_BACKOFF_GROWTH);
+            let initial = self.config.initial_backoff;
+            let max = self.config.max_backoff.saturating_mul(FAULT_BACKOFF_GROWTH);
             let fault = self.faulted.entry(model.clone()).or_insert_with(|| Fault {
-                retry: Backoff::new(initial, initial.saturating_mul(growth)),
+                retry: Backoff::new(initial, max),
                 counted,
+                submission,
             });
             fault.counted = counted;
+            fault.submission |= submission;
             fault.retry.failed(now);
             self.domain_event(DomainEvent::ServerFault { model: model.clone(), error });
+        }
+    }
+
+    /// The server loaded a model it had failed: a failed load is over; a failed submission
+    /// is over once a submission is acknowledged.
+    fn loaded_after_fault(&mut self, model: &ModelId) {
+        if self.faulted.get(model).is_some_and(|fault| !fault.submission) {
+            self.faulted.remove(model);
         }
     }
 

@@ -139,10 +139,11 @@ pub enum DomainEvent {
     /// model's own `Rejected` event lists them).
     ChangesRejected { model: ModelId, error: ErrorReply },
     /// The server failed serving the model (`internal`: its store failed, or holds a
-    /// damaged record of it). Nothing here is lost: an application's model stays loaded,
-    /// offline, and keeps storing its changes. The model is tried again on this connection
-    /// after a backoff of its own (from `max_backoff`, doubling up to 30 times it), and at
-    /// once on the next connection.
+    /// damaged record of it, when loading it or taking a submission). Nothing here is lost:
+    /// an application's model stays loaded, offline, and keeps storing its changes. The
+    /// model is tried again on this connection after a backoff of its own (from
+    /// `initial_backoff`, doubling with each fault in a row up to 30 times `max_backoff`),
+    /// and at once on the next connection.
     ServerFault { model: ModelId, error: ErrorReply },
     /// The server broke the protocol for the model. It left memory; the store holds a
     /// consistent state to load it from again.

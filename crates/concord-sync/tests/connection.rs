@@ -1801,8 +1801,8 @@ fn a_resync_the_server_fails_keeps_the_model_here_offline_and_tries_it_again_aft
     assert!(!edited.batches.is_empty(), "the change is stored");
     assert!(edited.sent.is_empty(), "and not sent: {:?}", edited.sent);
 
-    // Tried again on this connection once `max_backoff` (800 ms) has passed, not before;
-    // failing again, after twice as long.
+    // Tried again on this connection once `initial_backoff` (100 ms) has passed, not
+    // before; failing again, after twice as long.
     let retry = |engine: &mut ClientEngine, now: u64| -> (Vec<RequestId>, Turn) {
         engine.handle_timeout(at(now));
         let turn = drain(engine, at(now));
@@ -1811,20 +1811,20 @@ fn a_resync_the_server_fails_keeps_the_model_here_offline_and_tries_it_again_aft
         let ids = turn.requests().filter(|(_, r)| of_model(r)).map(|(id, _)| id).collect();
         (ids, turn)
     };
-    assert!(engine.poll_timeout().is_some_and(|t| t <= at(800)), "a retry is scheduled");
-    assert_eq!(retry(&mut engine, 799).0, vec![], "not before the backoff");
-    let (again, _) = retry(&mut engine, 800);
+    assert_eq!(engine.poll_timeout(), Some(at(100)), "a retry is scheduled");
+    assert_eq!(retry(&mut engine, 99).0, vec![], "not before the backoff");
+    let (again, _) = retry(&mut engine, 100);
     let [again] = <[RequestId; 1]>::try_from(again).expect("one resync");
-    refuse(&mut engine, at(800), again, ErrorCode::INTERNAL);
-    let turn = drain(&mut engine, at(800));
+    refuse(&mut engine, at(100), again, ErrorCode::INTERNAL);
+    let turn = drain(&mut engine, at(100));
     assert_eq!(server_faults(&turn, &model), 1, "{:?}", turn.events);
-    assert_eq!(retry(&mut engine, 2_399).0, vec![], "the backoff doubled");
+    assert_eq!(retry(&mut engine, 299).0, vec![], "the backoff doubled");
 
     // The record is repaired meanwhile: the model is live again and its change acknowledged,
     // on the same connection.
-    let (third, turn) = retry(&mut engine, 2_400);
+    let (third, turn) = retry(&mut engine, 300);
     assert_eq!(third.len(), 1, "one resync: {:?}", turn.sent);
-    let all = settle(&mut engine, at(2_400), turn)?;
+    let all = settle(&mut engine, at(300), turn)?;
     assert_eq!(server_faults(&all, &model), 0);
     assert!(engine.is_settled(&model), "live again, its change acknowledged");
     assert_eq!(engine.connection_state(), ConnectionState::Connected, "on the same connection");
@@ -1846,7 +1846,6 @@ fn a_resync_the_server_fails_is_tried_again_on_the_next_connection_without_waiti
     // The connection drops before the retry; the next one tries the model at once.
     engine.handle_disconnected(at(10));
     let Some(when) = engine.poll_timeout() else { bail!("no reconnection is scheduled") };
-    assert!(when < at(800), "reconnecting comes first");
     engine.handle_timeout(when);
     drain(&mut engine, when);
     engine.handle_connected(when, &session(), vec![], vec![]);
@@ -1891,12 +1890,12 @@ fn a_background_sync_the_server_fails_counts_as_failed_and_is_tried_again_after_
     assert_eq!(engine.poll_load(), None);
     assert!(!engine.sync_idle(), "a retry is pending");
 
-    // After `max_backoff` both are loaded again, no longer counted as failed, and this time
-    // the server has them.
-    engine.handle_timeout(at(799));
+    // After `initial_backoff` both are loaded again, no longer counted as failed, and this
+    // time the server has them.
+    engine.handle_timeout(at(99));
     assert_eq!(engine.poll_load(), None, "not before the backoff");
-    engine.handle_timeout(at(800));
-    let turn = drain(&mut engine, at(800));
+    engine.handle_timeout(at(100));
+    let turn = drain(&mut engine, at(100));
     assert_eq!(last_progress(&turn), Some((0, 0, 2)), "{:?}", turn.events);
     let mut all = Turn::default();
     for (model, restored) in restored {
@@ -1991,8 +1990,8 @@ fn a_model_closed_while_its_background_load_is_on_the_way_syncs_and_counts_once(
 }
 
 #[test]
-fn a_submission_the_server_keeps_failing_is_sent_again_only_after_a_backoff() -> Result<()> {
-    let model = id("m");
+fn a_submission_the_server_keeps_failing_is_sent_again_after_a_backoff_that_grows() -> Result<()> {
+    let (model, other) = (id("m"), id("other"));
     let mut engine = connected(config(), at(0), &["m"])?;
     insert_object(&mut engine, &model)?;
     let turn = drain(&mut engine, at(0));
@@ -2009,21 +2008,39 @@ fn a_submission_the_server_keeps_failing_is_sent_again_only_after_a_backoff() ->
         }
         _ => None,
     };
-    // Failed each time it is sent: it is not sent again at once, nor undone.
+    // Failed each time it is sent: a server fault, not sent again at once, nor undone.
     let all = settle_refusing(&mut engine, at(0), turn, fail)?;
     assert_eq!(submits(&all), 1, "{:?}", all.sent);
+    assert_eq!(server_faults(&all, &model), 1, "{:?}", all.events);
     let rejected = |e: &Event| matches!(e, Event::Domain(DomainEvent::ChangesRejected { .. }));
     assert!(!all.events.iter().any(rejected), "{:?}", all.events);
-    let Some(when) = engine.poll_timeout() else { bail!("no retry is scheduled") };
-    assert!(when > at(0), "after a backoff");
-    engine.handle_timeout(when);
-    let turn = drain(&mut engine, when);
-    let again = settle_refusing(&mut engine, when, turn, fail)?;
-    assert_eq!(submits(&again), 1, "once more after the backoff: {:?}", again.sent);
-    let Some(later) = engine.poll_timeout() else { bail!("no retry is scheduled") };
-    assert!(later > when, "after a backoff again");
+    let closed = |m: &ClientMessage| matches!(m, ClientMessage::Request { request: ClientRequest::CloseModel { model: m }, .. } if *m == model);
+    assert!(all.sent.iter().any(closed), "closed at the server: {:?}", all.sent);
+
+    // Other models are not held back meanwhile.
+    engine.add_model(other.clone(), ModelReplica::new(snapshot()?).into())?;
+    let turn = drain(&mut engine, at(1));
+    request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { model: m, .. } if *m == other))?;
+    settle(&mut engine, at(1), turn)?;
+    assert!(engine.is_settled(&other));
+
+    // Sent again after `initial_backoff` (100 ms), then after twice as long: the successful
+    // resync in between does not start the backoff over.
+    let mut now = 0;
+    for wait in [100, 200] {
+        let Some(retry) = engine.poll_timeout() else { bail!("no retry is scheduled") };
+        assert_eq!(retry, at(now + wait), "after a backoff of {wait} ms");
+        now += wait;
+        engine.handle_timeout(at(now));
+        let turn = drain(&mut engine, at(now));
+        let again = settle_refusing(&mut engine, at(now), turn, fail)?;
+        assert_eq!(submits(&again), 1, "once more after the backoff: {:?}", again.sent);
+        assert_eq!(server_faults(&again, &model), 1, "{:?}", again.events);
+    }
 
     // Once the server can take it, it goes through.
+    let Some(later) = engine.poll_timeout() else { bail!("no retry is scheduled") };
+    assert_eq!(later, at(now + 400));
     engine.handle_timeout(later);
     let turn = drain(&mut engine, later);
     let last = settle(&mut engine, later, turn)?;
