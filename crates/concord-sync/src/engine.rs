@@ -207,7 +207,8 @@ pub enum CallError {
 enum Link {
     Offline,
     /// Offline because the server refused it on this connection: it no longer serves it,
-    /// or refused to create it. The next connection tries it again.
+    /// refused to create it, or failed it (tried again after a backoff). The next connection
+    /// tries it again.
     Refused,
     /// Background sync: waiting for the boundary of the submission its `Sync` request
     /// carries to be durable.
@@ -422,8 +423,8 @@ pub struct ClientEngine {
     /// When to ask again for the creations and deletions the server could not take for its
     /// state (a backoff of their own, so that they never hold back opening models).
     asks: Backoff,
-    /// The models the server failed to load on this connection ([`DomainEvent::ServerFault`]),
-    /// each tried again after a backoff of its own.
+    /// The models the server failed on this connection, loading them or taking a submission
+    /// ([`DomainEvent::ServerFault`]), each tried again after a backoff of its own.
     faulted: BTreeMap<ModelId, Fault>,
     /// Opens at the server waiting for a live slot.
     open_queue: VecDeque<ModelId>,
@@ -2163,7 +2164,7 @@ impl ClientEngine {
 
     /// Tries again the faulted models whose backoff is over: an application's model
     /// resyncs when it gets a slot, one synced in the background waits for its turn again.
-    /// Each keeps its backoff until the server loads it.
+    /// Each keeps its backoff until its fault is over.
     fn retry_faults(&mut self, now: Time) {
         let due: Vec<(ModelId, bool)> = self
             .faulted
@@ -2172,6 +2173,9 @@ impl ClientEngine {
                 fault.retry.take_due(now).then(|| (model.clone(), fault.counted))
             })
             .collect();
+        if due.is_empty() {
+            return;
+        }
         for (model, counted) in due {
             match self.models.get_mut(&model) {
                 Some(entry) if entry.link == Link::Refused => {
@@ -2202,8 +2206,8 @@ impl ClientEngine {
         self.schedule();
     }
 
-    /// Takes `model` offline until the next connection, the server having refused it on
-    /// this one; false if it is not loaded.
+    /// Takes `model` offline on this connection, the server having refused it (after a
+    /// fault it is tried again once its backoff is over); false if it is not loaded.
     fn refused_here(&mut self, model: &ModelId) -> bool {
         // A resync sent before the server said so may still be answered, even refused for
         // load: that answer is about a model no longer served.
