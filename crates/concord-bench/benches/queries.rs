@@ -107,7 +107,7 @@ fn queries(c: &mut Criterion) {
     let store = store(dir.path());
     println!("queries: {MODELS} models written in {:?}", filled.elapsed());
     let config = HostConfig { indexes: indexes(), ..HostConfig::default() };
-    let limits = QueryLimits { max_scanned: 2 * MODELS, max_rows: 1_000 };
+    let limits = QueryLimits { max_scanned: 2 * MODELS, ..QueryLimits::default() };
     let user = User { id: UserId("reader".into()), display_name: None, anonymous: false };
     let mut group = c.benchmark_group("queries-100k-redb");
     group

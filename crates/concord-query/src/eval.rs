@@ -179,6 +179,35 @@ struct Matched<'a> {
     keys: Vec<Option<&'a ValueData>>,
 }
 
+/// Where a matching model falls in a query's result order: its ORDER BY values and its id,
+/// owned, so that a scan can rank every match while holding the data of none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    id: String,
+    keys: Vec<Option<ValueData>>,
+}
+
+impl Placement {
+    /// About the bytes the placement holds (its id and ORDER BY values).
+    pub fn bytes(&self) -> usize {
+        let keys = self.keys.iter().map(|k| k.as_ref().map_or(0, data_bytes)).sum::<usize>();
+        std::mem::size_of::<Placement>() + self.id.len() + keys
+    }
+}
+
+/// About the bytes `data` holds: its strings and keys, and a word per node.
+pub fn data_bytes(data: &ValueData) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    NODE + match data {
+        ValueData::Object(properties) => {
+            properties.iter().map(|(key, value)| key.len() + data_bytes(&value.data)).sum()
+        }
+        ValueData::Array(items) => items.iter().map(|item| data_bytes(&item.data)).sum(),
+        ValueData::String(text) => text.len(),
+        ValueData::Number(_) | ValueData::Boolean(_) | ValueData::Null | ValueData::Date(_) => 0,
+    }
+}
+
 impl Query {
     /// Whether a model's data satisfies the query's `WHERE` (always, when there is none).
     pub fn matches(&self, data: &Value) -> bool {
@@ -235,7 +264,16 @@ impl Query {
     }
 
     fn compare_matched(&self, a: &Matched<'_>, b: &Matched<'_>) -> Ordering {
-        for (key, (x, y)) in self.order_by.iter().zip(a.keys.iter().zip(&b.keys)) {
+        self.compare_keys((&a.keys, a.candidate.id), (&b.keys, b.candidate.id))
+    }
+
+    /// Two models' order in the result, from their ORDER BY values and ids.
+    fn compare_keys(
+        &self,
+        (a_keys, a_id): (&[Option<&ValueData>], &str),
+        (b_keys, b_id): (&[Option<&ValueData>], &str),
+    ) -> Ordering {
+        for (key, (x, y)) in self.order_by.iter().zip(a_keys.iter().zip(b_keys)) {
             let ordering = compare(*x, *y);
             let ordering = match key.direction {
                 Direction::Ascending => ordering,
@@ -245,11 +283,25 @@ impl Query {
                 return ordering;
             }
         }
-        let by_id = a.candidate.id.cmp(b.candidate.id);
+        let by_id = a_id.cmp(b_id);
         match self.tie_direction() {
             Direction::Ascending => by_id,
             Direction::Descending => by_id.reverse(),
         }
+    }
+
+    /// Where the model `id` with `data` falls in this query's result order (whether or not
+    /// it matches).
+    pub fn placement(&self, id: &str, data: &Value) -> Placement {
+        let keys = self.order_by.iter().map(|k| k.path.lookup_data(data).cloned()).collect();
+        Placement { id: id.to_owned(), keys }
+    }
+
+    /// The result order of two placements, as [`Query::evaluate`] orders rows.
+    pub fn compare_placements(&self, a: &Placement, b: &Placement) -> Ordering {
+        let a_keys: Vec<Option<&ValueData>> = a.keys.iter().map(Option::as_ref).collect();
+        let b_keys: Vec<Option<&ValueData>> = b.keys.iter().map(Option::as_ref).collect();
+        self.compare_keys((&a_keys, &a.id), (&b_keys, &b.id))
     }
 
     /// The direction of the model-id tie-break: that of the last ORDER BY key.
@@ -257,7 +309,8 @@ impl Query {
         self.order_by.last().map_or(Direction::Ascending, |k| k.direction)
     }
 
-    fn row(&self, candidate: &Candidate<'_>) -> QueryRow {
+    /// The row `candidate` makes in this query's result: its data as the projection asks.
+    pub fn row(&self, candidate: &Candidate<'_>) -> QueryRow {
         let data = match &self.projection {
             Projection::All => SelectedData::All(candidate.data.clone()),
             Projection::Paths(paths) => SelectedData::Paths(

@@ -22,7 +22,7 @@ mod plan;
 
 pub use ast::{CompareOp, Direction, Expr, Literal, OrderKey, Path, Projection, Query, Segment};
 pub use error::{EvalError, Position, QueryError};
-pub use eval::{Candidate, QueryResult, QueryRow, SelectedData};
+pub use eval::{Candidate, Placement, QueryResult, QueryRow, SelectedData, data_bytes};
 pub use key::IndexKey;
 pub use like::LikePattern;
 pub use parse::Limits;

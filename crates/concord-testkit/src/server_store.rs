@@ -299,6 +299,10 @@ impl QuerySource for StoredQuery<'_> {
         Ok(self.store.collection(collection))
     }
 
+    fn model(&mut self, model: &ModelId) -> Result<QueryModelData, ReadFailure> {
+        self.store.current(model).map_err(ReadFailure::internal)
+    }
+
     fn scan(
         &mut self,
         collection: &CollectionId,

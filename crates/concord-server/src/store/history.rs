@@ -2,13 +2,13 @@
 //! for the host's history answers (`concord_sync::host::history_reply`) in one read
 //! transaction, so that an answer sees one consistent state.
 
-use concord_protocol::CollectionId;
+use concord_protocol::{CollectionId, ModelId};
 use concord_protocol::{
     CommittedOperation, HistoryOperation, ModelSnapshot, ServerMessage, Timestamp,
 };
 use concord_sync::host::{
-    CollectionConfig, HistoryRead, HistorySource, QueryEntry, QuerySource, ReadFailure,
-    history_reply,
+    CollectionConfig, HistoryRead, HistorySource, QueryEntry, QueryModelData, QuerySource,
+    ReadFailure, history_reply,
 };
 use redb::{ReadTransaction, TableHandle};
 
@@ -110,6 +110,9 @@ impl QuerySource for Failed {
         _: Option<&concord_query::IndexScan>,
         _: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
     ) -> Result<(), ReadFailure> {
+        Err(self.0.clone())
+    }
+    fn model(&mut self, _: &ModelId) -> Result<QueryModelData, ReadFailure> {
         Err(self.0.clone())
     }
 }

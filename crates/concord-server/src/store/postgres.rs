@@ -1257,6 +1257,10 @@ impl QuerySource for StoredQuery<'_> {
         self.snapshot.wait(collection_in(self.snapshot.txn, self.domain, collection))
     }
 
+    fn model(&mut self, model: &ModelId) -> Result<QueryModelData, ReadFailure> {
+        self.snapshot.wait(current(self.snapshot.txn, self.domain, model))
+    }
+
     fn scan(
         &mut self,
         collection: &CollectionId,

@@ -366,6 +366,11 @@ impl QuerySource for StoredQuery<'_> {
         read_collection(txn, self.domain, collection).map_err(ReadFailure::from)
     }
 
+    fn model(&mut self, model: &ModelId) -> Result<QueryModelData, ReadFailure> {
+        let txn = self.txn.as_ref().map_err(ReadFailure::from)?;
+        current(txn, self.domain, model).map_err(ReadFailure::from)
+    }
+
     fn scan(
         &mut self,
         collection: &CollectionId,

@@ -186,7 +186,7 @@ proptest! {
             .flat_map(|(i, spec)| creation(&format!("m{i:03}"), spec, &indexed))
             .collect();
         write_all(&store, writes);
-        let limits = QueryLimits { max_scanned: 1_000, max_rows: 5 };
+        let limits = QueryLimits { max_scanned: 1_000, max_rows: 5, ..QueryLimits::default() };
         for text in &queries {
             let page = ask(&store, text, "bob", &limits).unwrap();
             let (rows, total) = reference(&specs, text, "bob", limits.max_rows);
@@ -195,6 +195,75 @@ proptest! {
             prop_assert!(page.scanned as usize <= specs.len());
         }
     }
+}
+
+/// Forty models whose `s` is 10,000 bytes long, in a store with or without indexes, and the
+/// answer to `text` within a budget of 150,000 bytes.
+fn ask_large(indexed: bool, text: &str) -> (Result<QueryPage, ErrorReply>, Vec<Spec>) {
+    let large = |i: u32| Spec {
+        n: Some(ValueData::Number(f64::from(i))),
+        s: Some(ValueData::String(format!("{i:03}{}", "x".repeat(10_000)))),
+        private: false,
+        creator: "ann",
+    };
+    let specs: Vec<Spec> = (0..40).map(large).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, paths) = if indexed {
+        let paths = indexes().remove(&notes()).unwrap();
+        (RedbStore::open_indexed(dir.path(), &indexes()).unwrap(), paths)
+    } else {
+        (RedbStore::open(dir.path()).unwrap(), Vec::new())
+    };
+    let writes =
+        specs.iter().enumerate().flat_map(|(i, s)| creation(&format!("m{i:03}"), s, &paths));
+    write_all(&store, writes.collect());
+    let read =
+        QueryRead { request: RequestId(1), user: user("bob"), query: Query::parse(text).unwrap() };
+    let config = HostConfig {
+        indexes: if indexed { indexes() } else { BTreeMap::new() },
+        ..HostConfig::default()
+    };
+    let limits = QueryLimits { max_held_bytes: 150_000, ..QueryLimits::default() };
+    let answer = match store.query(DOMAIN, &read, &config, &limits) {
+        ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } => Ok(page),
+        ServerMessage::Error { error, .. } => Err(error),
+        other => panic!("{other:?}"),
+    };
+    (answer, specs)
+}
+
+#[test]
+fn a_query_holds_at_most_its_byte_budget_reading_its_page_again_when_it_must() {
+    let too_large = |answer: Result<QueryPage, ErrorReply>, says: &str| {
+        let error = answer.expect_err("over the budget");
+        assert_eq!(error.code, ErrorCode::MODEL_TOO_LARGE, "{error:?}");
+        assert!(error.message.contains(says), "{error:?}");
+        assert_eq!(error.details.get("limit").map(String::as_str), Some("150000"));
+    };
+    for indexed in [false, true] {
+        // Within the budget: ranked without an index, the rows held as they come pass it
+        // (ten of 20 KB, keys and rows), so they are dropped and the page's read again.
+        for text in [
+            "SELECT * FROM notes ORDER BY s DESC LIMIT 5",
+            "SELECT * FROM notes ORDER BY n LIMIT 5 OFFSET 30",
+            "SELECT n FROM notes ORDER BY n DESC LIMIT 20",
+        ] {
+            let (answer, specs) = ask_large(indexed, text);
+            let page = answer.unwrap_or_else(|e| panic!("{text} (indexed: {indexed}): {e:?}"));
+            let (rows, total) = reference(&specs, text, "bob", 1_000);
+            assert_eq!(page.rows, rows, "{text} (indexed: {indexed})");
+            assert_eq!(page.total, total);
+        }
+        // A page of twenty 10 KB rows is over it, in index order or ranked.
+        let (answer, _) = ask_large(indexed, "SELECT * FROM notes ORDER BY n LIMIT 20");
+        too_large(answer, "fewer rows");
+    }
+    // Ranking by `s` without an index holds up to 40 of its 10 KB values: over it.
+    let (answer, _) = ask_large(false, "SELECT n FROM notes ORDER BY s LIMIT 20");
+    too_large(answer, "ORDER BY");
+    // With the index, the same query holds nothing but its small rows.
+    let (answer, _) = ask_large(true, "SELECT n FROM notes ORDER BY s LIMIT 20");
+    assert_eq!(answer.expect("in index order").rows.len(), 20);
 }
 
 fn public(n: f64) -> Spec {
@@ -210,7 +279,7 @@ fn an_indexed_equality_reads_only_its_range_and_a_scan_is_bounded() {
         .flat_map(|i| creation(&format!("m{i:03}"), &public(f64::from(i % 10)), &indexed))
         .collect();
     write_all(&store, writes);
-    let limits = QueryLimits { max_scanned: 20, max_rows: 100 };
+    let limits = QueryLimits { max_scanned: 20, max_rows: 100, ..QueryLimits::default() };
     let page = ask(&store, "SELECT * FROM notes WHERE n = 3", "bob", &limits).unwrap();
     assert_eq!((page.total, page.scanned, page.index.as_deref()), (4, 4, Some("n")));
     // Not indexed: the whole collection, past the limit.

@@ -9,14 +9,12 @@
 //! `query_scan_limit` error past it); a model the user may not read is skipped before its
 //! data is loaded and is neither selected nor counted in the total.
 
-use std::collections::BTreeMap;
-
 use concord_ot::{Document, Value};
 use concord_protocol::{
     CollectionId, ErrorCode, ErrorReply, ModelId, QueryData, QueryPage, QueryRow, RequestId,
     ServerMessage, ServerResponse, Timestamp, User,
 };
-use concord_query::{Candidate, IndexScan, Query, QueryError, SelectedData};
+use concord_query::{Candidate, IndexScan, Placement, Query, QueryError, SelectedData, data_bytes};
 
 use super::{CollectionConfig, HostConfig, ModelRecord, ReadFailure, effective, reply};
 
@@ -28,11 +26,15 @@ pub struct QueryLimits {
     /// Rows one answer carries at most, whatever the query's LIMIT (the total still counts
     /// every match, so a client pages on with OFFSET).
     pub max_rows: u64,
+    /// About the most bytes one query holds while it runs: the ORDER BY values of the
+    /// matches it ranks (when no index gives the order), and its page's rows. Past it the
+    /// query is refused with `model_too_large`, never answered in part.
+    pub max_held_bytes: usize,
 }
 
 impl Default for QueryLimits {
     fn default() -> QueryLimits {
-        QueryLimits { max_scanned: 100_000, max_rows: 1_000 }
+        QueryLimits { max_scanned: 100_000, max_rows: 1_000, max_held_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -92,6 +94,9 @@ pub trait QuerySource {
         index: Option<&IndexScan>,
         visit: &mut dyn FnMut(&mut dyn QueryEntry) -> Result<bool, ReadFailure>,
     ) -> Result<(), ReadFailure>;
+    /// The data of a model the scan offered, read again in the same state, for a row of the
+    /// page whose data the scan did not keep.
+    fn model(&mut self, model: &ModelId) -> Result<QueryModelData, ReadFailure>;
 }
 
 /// The error a malformed query gets: `invalid_query`, with its position as `line` and
@@ -126,7 +131,112 @@ pub fn query_reply(
 /// Why a scan stopped early.
 enum Stop {
     ScanLimit,
+    /// Ranking the matches would hold more than `max_held_bytes` of ORDER BY values.
+    OrderTooLarge,
+    /// The page's rows would take more than `max_held_bytes`.
+    PageTooLarge,
     Store(ReadFailure),
+}
+
+/// A match the scan holds: where it falls in the result order (unless the index gives the
+/// order), and its row once built (dropped, to be read again, when the rows held grow past
+/// the budget).
+struct Held {
+    model: ModelId,
+    placement: Option<Placement>,
+    row: Option<concord_query::QueryRow>,
+    /// About the bytes it holds, measured once.
+    bytes: usize,
+}
+
+impl Held {
+    fn new(
+        model: ModelId,
+        placement: Option<Placement>,
+        row: Option<concord_query::QueryRow>,
+    ) -> Held {
+        let mut held = Held { model, placement, row, bytes: 0 };
+        held.bytes = held.placement.as_ref().map_or(0, Placement::bytes)
+            + held.model.as_str().len()
+            + held.row.as_ref().map_or(0, row_bytes);
+        held
+    }
+
+    fn drop_row(&mut self) {
+        if let Some(row) = self.row.take() {
+            self.bytes -= row_bytes(&row);
+        }
+    }
+}
+
+/// About the bytes a row's data holds.
+fn row_bytes(row: &concord_query::QueryRow) -> usize {
+    match &row.data {
+        SelectedData::All(value) => data_bytes(&value.data),
+        SelectedData::Paths(values) => {
+            values.iter().flatten().map(|value| data_bytes(&value.data)).sum()
+        }
+    }
+}
+
+/// The matches a scan holds, within a byte budget: fewer than `2 × window` ranked ones (cut
+/// back to the best `window` whenever they reach that, so each costs O(1) on average), or,
+/// in index order, only those of the page.
+struct Matches<'q> {
+    query: &'q Query,
+    held: Vec<Held>,
+    window: usize,
+    bytes: usize,
+    max_bytes: usize,
+    /// Whether rows are built as models are found; off once they outgrew the budget (the
+    /// page's are then read again at the end).
+    rows: bool,
+}
+
+impl Matches<'_> {
+    fn hold(&mut self, held: Held) -> Result<(), Stop> {
+        let ranked = held.placement.is_some();
+        self.bytes += held.bytes;
+        self.held.push(held);
+        if ranked && self.held.len() >= self.window.saturating_mul(2).max(1) {
+            self.keep_best();
+        }
+        if self.bytes <= self.max_bytes {
+            return Ok(());
+        }
+        if !ranked {
+            // In index order only the page's rows are held: the page alone is too large.
+            return Err(Stop::PageTooLarge);
+        }
+        if self.rows {
+            self.rows = false;
+            self.held.iter_mut().for_each(Held::drop_row);
+            self.bytes = self.held.iter().map(|h| h.bytes).sum();
+        }
+        if self.bytes > self.max_bytes {
+            return Err(Stop::OrderTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Keeps the best `window` ranked matches, in result order.
+    fn keep_best(&mut self) {
+        let query = self.query;
+        let order = |a: &Held, b: &Held| match (&a.placement, &b.placement) {
+            (Some(a), Some(b)) => query.compare_placements(a, b),
+            _ => std::cmp::Ordering::Equal,
+        };
+        if self.window < self.held.len() {
+            if self.window == 0 {
+                self.held.clear();
+            } else {
+                self.held.select_nth_unstable_by(self.window - 1, order);
+                self.held.truncate(self.window);
+            }
+        }
+        self.held.sort_unstable_by(order);
+        self.bytes = self.held.iter().map(|h| h.bytes).sum();
+    }
 }
 
 fn answer(
@@ -161,14 +271,25 @@ fn answer(
     };
     let indexes = config.indexes.get(&collection).map(Vec::as_slice).unwrap_or_default();
     let plan = query.plan(indexes);
-    let window = query.offset.saturating_add(query.limit.unwrap_or(u64::MAX));
-    // With the index order as the result order, only the first `window` matches need their
-    // data; the rest are counted.
+    let offset = usize::try_from(query.offset).unwrap_or(usize::MAX);
+    let limit = query.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let window = offset.saturating_add(limit);
+    // With the index order as the result order, the page is the matches at positions
+    // `offset..window` of the scan; otherwise matches are ranked as they come, keeping the
+    // best `window`. Either way the data of other models is read (to match it), never held.
     let ordered = plan.index.as_ref().is_some_and(|scan| scan.order_satisfied);
+    let needs_data = plan.residual.is_some() || !ordered;
 
     let mut scanned = 0usize;
-    let mut total = 0u64;
-    let mut kept: Vec<(ModelId, QueryModelData)> = Vec::new();
+    let mut total = 0usize;
+    let mut matches = Matches {
+        query: &query,
+        held: Vec::new(),
+        window,
+        bytes: 0,
+        max_bytes: limits.max_held_bytes,
+        rows: true,
+    };
     let mut stop = None;
     let mut visit = |entry: &mut dyn QueryEntry| -> Result<bool, ReadFailure> {
         if scanned >= limits.max_scanned {
@@ -180,9 +301,13 @@ fn answer(
         if !effective(&read.user, record.creator.as_ref(), &record.grants, &settings).read {
             return Ok(true);
         }
-        if ordered && plan.residual.is_none() && kept.len() as u64 >= window {
+        let position = total;
+        let on_page = (offset..window).contains(&position);
+        if ordered && !needs_data {
             total += 1;
-            return Ok(true);
+            if !on_page {
+                return Ok(true);
+            }
         }
         let data = match entry.load() {
             Ok(data) => data,
@@ -191,12 +316,21 @@ fn answer(
                 return Ok(false);
             }
         };
-        if !query.matches(&data.data) {
-            return Ok(true);
+        if needs_data {
+            if !query.matches(&data.data) {
+                return Ok(true);
+            }
+            total += 1;
+            if ordered && !on_page {
+                return Ok(true);
+            }
         }
-        total += 1;
-        if !ordered || (kept.len() as u64) < window {
-            kept.push((entry.model().clone(), data));
+        let model = entry.model().clone();
+        let placement = (!ordered).then(|| query.placement(model.as_str(), &data.data));
+        let row = matches.rows.then(|| query.row(&candidate(&model, &data)));
+        if let Err(why) = matches.hold(Held::new(model, placement, row)) {
+            stop = Some(why);
+            return Ok(false);
         }
         Ok(true)
     };
@@ -213,35 +347,72 @@ fn answer(
             )
             .with_detail("limit", limits.max_scanned.to_string()));
         }
+        Some(Stop::OrderTooLarge) => return Err(too_large(limits, &collection, true)),
+        Some(Stop::PageTooLarge) => return Err(too_large(limits, &collection, false)),
         Some(Stop::Store(e)) => return Err(failed(e)),
         None => {}
     }
 
-    // The reference evaluator orders and pages what was kept, so that the order is the
-    // language's whichever way the models were found.
-    let candidates = kept.iter().map(|(id, d)| Candidate {
-        id: id.as_str(),
-        version: d.version,
-        created: d.created_at.0,
-        modified: d.modified_at.0,
-        data: &d.data,
-    });
-    let result = query.evaluate(candidates);
-    let ids: BTreeMap<&str, &ModelId> = kept.iter().map(|(id, _)| (id.as_str(), id)).collect();
-    let rows = result
-        .rows
-        .into_iter()
-        .filter_map(|row| {
-            let model = (*ids.get(row.id.as_str())?).clone();
-            Some(wire_row(row, model, &collection))
-        })
-        .collect();
+    // The page, in result order.
+    let held = if ordered {
+        matches.held
+    } else {
+        matches.keep_best();
+        matches.held.into_iter().skip(offset).collect()
+    };
+    let mut rows = Vec::with_capacity(held.len());
+    let mut bytes = 0usize;
+    for Held { model, row, .. } in held {
+        let row = match row {
+            Some(row) => row,
+            // Dropped to stay within the budget: read again, in the same snapshot.
+            None => {
+                let data = source.model(&model).map_err(failed)?;
+                query.row(&candidate(&model, &data))
+            }
+        };
+        bytes += model.as_str().len() + row_bytes(&row);
+        if bytes > limits.max_held_bytes {
+            return Err(too_large(limits, &collection, false));
+        }
+        rows.push(wire_row(row, model, &collection));
+    }
     Ok(QueryPage {
         rows,
-        total,
+        total: total as u64,
         scanned: scanned as u64,
         index: plan.index.as_ref().map(|scan| scan.path.to_string()),
     })
+}
+
+/// A model's data as the query evaluator takes it.
+fn candidate<'a>(model: &'a ModelId, data: &'a QueryModelData) -> Candidate<'a> {
+    Candidate {
+        id: model.as_str(),
+        version: data.version,
+        created: data.created_at.0,
+        modified: data.modified_at.0,
+        data: &data.data,
+    }
+}
+
+/// The refusal of a query that would hold more than the server allows: ranking its matches
+/// (`ordering`), or its page's rows.
+fn too_large(limits: &QueryLimits, collection: &CollectionId, ordering: bool) -> ErrorReply {
+    let max = limits.max_held_bytes;
+    let message = if ordering {
+        format!(
+            "ranking the matches of this query in {collection} would hold more than {max} \
+             bytes of ORDER BY values; declare an index on the ORDER BY path or narrow the \
+             condition"
+        )
+    } else {
+        format!(
+            "the rows of this page of {collection} would take more than {max} bytes; ask for \
+             fewer rows (LIMIT) or fewer paths"
+        )
+    };
+    reply(ErrorCode::MODEL_TOO_LARGE, message).with_detail("limit", max.to_string())
 }
 
 /// A reference evaluator's row (of `model`) as the protocol carries it.
@@ -286,6 +457,17 @@ mod tests {
         failure: &'a ReadFailure,
     }
 
+    /// One read of a model's data `{"n": 1}`, or the failure once `reads` ran out.
+    fn read(reads: &mut usize, failure: &ReadFailure) -> Result<QueryModelData, ReadFailure> {
+        if *reads == 0 {
+            return Err(failure.clone());
+        }
+        *reads -= 1;
+        let mut ids = IdGenerator::new(ReplicaId(1), 0);
+        let data = Value::from_json(&serde_json::json!({"n": 1}), &mut ids).unwrap();
+        Ok(QueryModelData { version: 1, created_at: Timestamp(0), modified_at: Timestamp(0), data })
+    }
+
     impl QueryEntry for Entry<'_> {
         fn model(&self) -> &ModelId {
             &self.model
@@ -294,18 +476,7 @@ mod tests {
             &self.record
         }
         fn load(&mut self) -> Result<QueryModelData, ReadFailure> {
-            if *self.store == 0 {
-                return Err(self.failure.clone());
-            }
-            *self.store -= 1;
-            let mut ids = IdGenerator::new(ReplicaId(1), 0);
-            let data = Value::from_json(&serde_json::json!({"n": 1}), &mut ids).unwrap();
-            Ok(QueryModelData {
-                version: 1,
-                created_at: Timestamp(0),
-                modified_at: Timestamp(0),
-                data,
-            })
+            read(self.store, self.failure)
         }
     }
 
@@ -334,6 +505,9 @@ mod tests {
                 }
             }
             Ok(())
+        }
+        fn model(&mut self, _: &ModelId) -> Result<QueryModelData, ReadFailure> {
+            read(&mut self.reads, &self.failure)
         }
     }
 
