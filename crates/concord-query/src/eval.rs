@@ -264,17 +264,18 @@ impl Query {
     }
 
     fn compare_matched(&self, a: &Matched<'_>, b: &Matched<'_>) -> Ordering {
-        self.compare_keys((&a.keys, a.candidate.id), (&b.keys, b.candidate.id))
+        let (a_keys, b_keys) = (a.keys.iter().copied(), b.keys.iter().copied());
+        self.compare_keys((a_keys, a.candidate.id), (b_keys, b.candidate.id))
     }
 
     /// Two models' order in the result, from their ORDER BY values and ids.
-    fn compare_keys(
+    fn compare_keys<'k>(
         &self,
-        (a_keys, a_id): (&[Option<&ValueData>], &str),
-        (b_keys, b_id): (&[Option<&ValueData>], &str),
+        (a_keys, a_id): (impl Iterator<Item = Option<&'k ValueData>>, &str),
+        (b_keys, b_id): (impl Iterator<Item = Option<&'k ValueData>>, &str),
     ) -> Ordering {
-        for (key, (x, y)) in self.order_by.iter().zip(a_keys.iter().zip(b_keys)) {
-            let ordering = compare(*x, *y);
+        for (key, (x, y)) in self.order_by.iter().zip(a_keys.zip(b_keys)) {
+            let ordering = compare(x, y);
             let ordering = match key.direction {
                 Direction::Ascending => ordering,
                 Direction::Descending => ordering.reverse(),
@@ -299,9 +300,9 @@ impl Query {
 
     /// The result order of two placements, as [`Query::evaluate`] orders rows.
     pub fn compare_placements(&self, a: &Placement, b: &Placement) -> Ordering {
-        let a_keys: Vec<Option<&ValueData>> = a.keys.iter().map(Option::as_ref).collect();
-        let b_keys: Vec<Option<&ValueData>> = b.keys.iter().map(Option::as_ref).collect();
-        self.compare_keys((&a_keys, &a.id), (&b_keys, &b.id))
+        let (a_keys, b_keys) =
+            (a.keys.iter().map(Option::as_ref), b.keys.iter().map(Option::as_ref));
+        self.compare_keys((a_keys, &a.id), (b_keys, &b.id))
     }
 
     /// The direction of the model-id tie-break: that of the last ORDER BY key.
