@@ -344,7 +344,8 @@ pub fn check_online_offline(input: &PlanInput) -> Option<u64> {
     };
     let user = User { id: reader, display_name: None, anonymous: false };
     let read = QueryRead { request: RequestId(1), user, query: query.clone() };
-    let limits = QueryLimits { max_scanned: usize::MAX, max_rows: u64::MAX };
+    let limits =
+        QueryLimits { max_scanned: usize::MAX, max_rows: u64::MAX, max_held_bytes: usize::MAX };
     let online = match store.query(&read, &config, &limits) {
         ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } => page,
         other => panic!("{:?} online: {other:?}", input.text),
