@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use arbitrary::{Arbitrary, Result, Unstructured};
 use concord_ot::{Document, ElementId, ReplicaId, Value, ValueData};
 use concord_protocol::{
-    CollectionId, ModelId, ModelSnapshot, PermissionGrants, Permissions, RequestId, ServerMessage,
-    ServerResponse, Timestamp, User, UserId,
+    CollectionId, ErrorCode, ModelId, ModelSnapshot, PermissionGrants, Permissions, RequestId,
+    ServerMessage, ServerResponse, Timestamp, User, UserId,
 };
 use concord_query::{Candidate, Direction, IndexKey, Path, Projection, Query, QueryError};
 use concord_sync::host::{
@@ -366,5 +366,17 @@ pub fn check_online_offline(input: &PlanInput) -> Option<u64> {
         .collect();
     assert_eq!(online.total, offline.total, "total of {:?} online and offline", input.text);
     assert_eq!(online.rows, offline_rows, "rows of {:?} online and offline", input.text);
+    // Within a small budget the server drops the rows it ranks and reads the page again, or
+    // refuses the query: never a different answer.
+    let tight = QueryLimits { max_held_bytes: 600, ..limits };
+    match store.query(&read, &config, &tight) {
+        ServerMessage::Response { response: ServerResponse::QueryResult(page), .. } => {
+            assert_eq!(page, online, "{:?} within {} bytes", input.text, tight.max_held_bytes);
+        }
+        ServerMessage::Error { error, .. } => {
+            assert_eq!(error.code, ErrorCode::MODEL_TOO_LARGE, "{:?}: {error:?}", input.text);
+        }
+        other => panic!("{:?} within a budget: {other:?}", input.text),
+    }
     Some(online.total)
 }
