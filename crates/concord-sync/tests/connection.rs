@@ -1742,13 +1742,19 @@ fn a_model_taken_over_after_its_background_sync_pushed_everything_is_done_though
     Ok(())
 }
 
-#[test]
-fn a_resync_answered_after_the_server_closed_the_model_for_good_is_not_a_violation() -> Result<()> {
-    let model = id("m");
+/// A connected engine that has just loaded `model` and sent its resync, not yet answered.
+fn resyncing(model: &ModelId) -> Result<(ClientEngine, RequestId)> {
     let mut engine = connected(config(), at(0), &[])?;
     engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
     let turn = drain(&mut engine, at(0));
     let resync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { .. }))?;
+    Ok((engine, resync))
+}
+
+#[test]
+fn a_resync_answered_after_the_server_closed_the_model_for_good_is_not_a_violation() -> Result<()> {
+    let model = id("m");
+    let (mut engine, resync) = resyncing(&model)?;
 
     // Deleted by someone else before the resync is answered; the answer, sent before the
     // server knew, refuses it for load.
@@ -1781,10 +1787,7 @@ fn server_faults(turn: &Turn, model: &ModelId) -> usize {
 fn a_resync_the_server_fails_keeps_the_model_here_offline_and_tries_it_again_after_a_backoff()
 -> Result<()> {
     let model = id("m");
-    let mut engine = connected(config(), at(0), &[])?;
-    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
-    let turn = drain(&mut engine, at(0));
-    let resync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { .. }))?;
+    let (mut engine, resync) = resyncing(&model)?;
 
     // The server cannot load the model (a damaged record of it, say).
     refuse(&mut engine, at(0), resync, ErrorCode::INTERNAL);
@@ -1834,10 +1837,7 @@ fn a_resync_the_server_fails_keeps_the_model_here_offline_and_tries_it_again_aft
 #[test]
 fn a_resync_the_server_fails_is_tried_again_on_the_next_connection_without_waiting() -> Result<()> {
     let model = id("m");
-    let mut engine = connected(config(), at(0), &[])?;
-    engine.add_model(model.clone(), ModelReplica::new(snapshot()?).into())?;
-    let turn = drain(&mut engine, at(0));
-    let resync = request_id(&turn.sent, |r| matches!(r, ClientRequest::Resync { .. }))?;
+    let (mut engine, resync) = resyncing(&model)?;
     refuse(&mut engine, at(0), resync, ErrorCode::INTERNAL);
     drain(&mut engine, at(0));
     insert_object(&mut engine, &model)?;
