@@ -195,6 +195,11 @@ impl Placement {
     }
 }
 
+/// The values at `paths` of `data`, copied.
+fn select_paths(paths: &[Path], data: &Value) -> SelectedData {
+    SelectedData::Paths(paths.iter().map(|p| p.lookup(data).cloned()).collect())
+}
+
 /// About the bytes `data` holds: its strings and keys, and a word per node.
 pub fn data_bytes(data: &ValueData) -> usize {
     const NODE: usize = std::mem::size_of::<Value>();
@@ -310,13 +315,33 @@ impl Query {
         self.order_by.last().map_or(Direction::Ascending, |k| k.direction)
     }
 
+    /// Where the model `id` with `data` falls against `placement` in the result order, as
+    /// [`Query::compare_placements`] of its own placement would say, without copying its
+    /// ORDER BY values.
+    pub fn compare_with_placement(
+        &self,
+        id: &str,
+        data: &Value,
+        placement: &Placement,
+    ) -> Ordering {
+        let keys = self.order_by.iter().map(|k| k.path.lookup_data(data));
+        self.compare_keys((keys, id), (placement.keys.iter().map(Option::as_ref), &placement.id))
+    }
+
+    /// What the projection selects of a model's `data`, taking it: `SELECT *` keeps the
+    /// value whole without copying it, paths copy only their own values.
+    pub fn select(&self, data: Value) -> SelectedData {
+        match &self.projection {
+            Projection::All => SelectedData::All(data),
+            Projection::Paths(paths) => select_paths(paths, &data),
+        }
+    }
+
     /// The row `candidate` makes in this query's result: its data as the projection asks.
     pub fn row(&self, candidate: &Candidate<'_>) -> QueryRow {
         let data = match &self.projection {
             Projection::All => SelectedData::All(candidate.data.clone()),
-            Projection::Paths(paths) => SelectedData::Paths(
-                paths.iter().map(|p: &Path| p.lookup(candidate.data).cloned()).collect(),
-            ),
+            Projection::Paths(paths) => select_paths(paths, candidate.data),
         };
         QueryRow {
             id: candidate.id.to_owned(),

@@ -1,5 +1,5 @@
-//! Property tests: the index key order is the query order, and a plan selects exactly what
-//! the full condition selects.
+//! Property tests: the index key order is the query order, a plan selects exactly what the
+//! full condition selects, and placements and selections agree with the rows they stand for.
 
 use std::collections::BTreeMap;
 
@@ -174,5 +174,32 @@ proptest! {
         found.sort_unstable();
         wanted.sort_unstable();
         prop_assert_eq!(found, wanted, "plan {:?}", plan);
+    }
+}
+
+proptest! {
+    /// Comparing a model's data with a placement orders it as its own placement would, and
+    /// selecting from owned data gives the row's data.
+    #[test]
+    fn placements_and_selections_agree_with_rows(
+        a in model(),
+        b in model(),
+        text in prop_oneof![
+            Just("SELECT * FROM t ORDER BY a"),
+            Just("SELECT a FROM t ORDER BY a DESC, b"),
+            Just("SELECT b, a FROM t ORDER BY b DESC"),
+            Just("SELECT * FROM t"),
+        ],
+        ids in prop_oneof![Just(("m1", "m2")), Just(("m2", "m1")), Just(("m1", "m1"))],
+    ) {
+        let q = Query::parse(text).unwrap();
+        let (a_id, b_id) = ids;
+        let placed = q.placement(b_id, &b);
+        prop_assert_eq!(
+            q.compare_with_placement(a_id, &a, &placed),
+            q.compare_placements(&q.placement(a_id, &a), &placed)
+        );
+        let row = q.row(&Candidate { id: a_id, version: 1, created: 0, modified: 0, data: &a });
+        prop_assert_eq!(q.select(a.clone()), row.data);
     }
 }

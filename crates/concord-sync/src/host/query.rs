@@ -14,7 +14,7 @@ use concord_protocol::{
     CollectionId, ErrorCode, ErrorReply, ModelId, QueryData, QueryPage, QueryRow, RequestId,
     ServerMessage, ServerResponse, Timestamp, User,
 };
-use concord_query::{Candidate, IndexScan, Placement, Query, QueryError, SelectedData, data_bytes};
+use concord_query::{IndexScan, Placement, Query, QueryError, SelectedData, data_bytes};
 
 use super::{CollectionConfig, HostConfig, ModelRecord, ReadFailure, effective, reply};
 
@@ -138,28 +138,19 @@ enum Stop {
     Store(ReadFailure),
 }
 
-/// A match the scan holds: where it falls in the result order (unless the index gives the
-/// order), and its row once built (dropped, to be read again, when the rows held grow past
-/// the budget).
+/// A match the scan holds, and its row while the budget allows (dropped, to be read again
+/// at the end, once the rows held outgrow it).
 struct Held {
     model: ModelId,
-    placement: Option<Placement>,
-    row: Option<concord_query::QueryRow>,
+    row: Option<QueryRow>,
     /// About the bytes it holds, measured once.
     bytes: usize,
 }
 
 impl Held {
-    fn new(
-        model: ModelId,
-        placement: Option<Placement>,
-        row: Option<concord_query::QueryRow>,
-    ) -> Held {
-        let mut held = Held { model, placement, row, bytes: 0 };
-        held.bytes = held.placement.as_ref().map_or(0, Placement::bytes)
-            + held.model.as_str().len()
-            + held.row.as_ref().map_or(0, row_bytes);
-        held
+    fn new(model: ModelId, row: Option<QueryRow>) -> Held {
+        let bytes = model.as_str().len() + row.as_ref().map_or(0, row_bytes);
+        Held { model, row, bytes }
     }
 
     fn drop_row(&mut self) {
@@ -169,22 +160,41 @@ impl Held {
     }
 }
 
+/// A match ranked by the query's order, when no index gives it.
+struct Ranked {
+    placement: Placement,
+    held: Held,
+}
+
+impl Ranked {
+    fn bytes(&self) -> usize {
+        self.placement.bytes() + self.held.bytes
+    }
+}
+
 /// About the bytes a row's data holds.
-fn row_bytes(row: &concord_query::QueryRow) -> usize {
+fn row_bytes(row: &QueryRow) -> usize {
     match &row.data {
-        SelectedData::All(value) => data_bytes(&value.data),
-        SelectedData::Paths(values) => {
+        QueryData::All(value) => data_bytes(&value.data),
+        QueryData::Paths(values) => {
             values.iter().flatten().map(|value| data_bytes(&value.data)).sum()
         }
     }
 }
 
-/// The matches a scan holds, within a byte budget: fewer than `2 × window` ranked ones (cut
-/// back to the best `window` whenever they reach that, so each costs O(1) on average), or,
-/// in index order, only those of the page.
+/// The matches a scan holds, within a byte budget: in index order only those of the page;
+/// ranked, fewer than `2 × window` (cut back to the best `window` whenever they reach that,
+/// so each costs O(1) on average), and none that ranks after the best `window` of the last
+/// cut.
 struct Matches<'q> {
     query: &'q Query,
-    held: Vec<Held>,
+    /// In index order: the page's matches, in order.
+    in_order: Vec<Held>,
+    /// Ranked: the best matches so far, in no particular order.
+    ranked: Vec<Ranked>,
+    /// The last of the best `window` at the last cut: a match after it cannot reach the
+    /// page, so its row is never built.
+    threshold: Option<Placement>,
     window: usize,
     bytes: usize,
     max_bytes: usize,
@@ -194,48 +204,57 @@ struct Matches<'q> {
 }
 
 impl Matches<'_> {
-    fn hold(&mut self, held: Held) -> Result<(), Stop> {
-        let ranked = held.placement.is_some();
-        self.bytes += held.bytes;
-        self.held.push(held);
-        if ranked && self.held.len() >= self.window.saturating_mul(2).max(1) {
-            self.keep_best();
-        }
-        if self.bytes <= self.max_bytes {
-            return Ok(());
-        }
-        if !ranked {
-            // In index order only the page's rows are held: the page alone is too large.
-            return Err(Stop::PageTooLarge);
-        }
-        if self.rows {
-            self.rows = false;
-            self.held.iter_mut().for_each(Held::drop_row);
-            self.bytes = self.held.iter().map(|h| h.bytes).sum();
-        }
-        if self.bytes > self.max_bytes {
-            return Err(Stop::OrderTooLarge);
-        }
-        Ok(())
+    /// Whether the ranked match `id` with `data` may still reach the page.
+    fn may_place(&self, id: &str, data: &Value) -> bool {
+        let before = |threshold| self.query.compare_with_placement(id, data, threshold).is_lt();
+        self.window > 0 && self.threshold.as_ref().is_none_or(before)
     }
 
-    /// Keeps the best `window` ranked matches, in result order.
-    fn keep_best(&mut self) {
-        let query = self.query;
-        let order = |a: &Held, b: &Held| match (&a.placement, &b.placement) {
-            (Some(a), Some(b)) => query.compare_placements(a, b),
-            _ => std::cmp::Ordering::Equal,
-        };
-        if self.window < self.held.len() {
-            if self.window == 0 {
-                self.held.clear();
-            } else {
-                self.held.select_nth_unstable_by(self.window - 1, order);
-                self.held.truncate(self.window);
-            }
+    /// Holds a match of the page, in index order.
+    fn hold(&mut self, held: Held) -> Result<(), Stop> {
+        self.bytes += held.bytes;
+        self.in_order.push(held);
+        // Only the page's rows are held: the page alone is too large.
+        if self.bytes > self.max_bytes { Err(Stop::PageTooLarge) } else { Ok(()) }
+    }
+
+    /// Holds a ranked match, dropping rows, then refusing, past the budget.
+    fn rank(&mut self, ranked: Ranked) -> Result<(), Stop> {
+        self.bytes += ranked.bytes();
+        self.ranked.push(ranked);
+        if self.ranked.len() >= self.window.saturating_mul(2) {
+            self.cut();
         }
-        self.held.sort_unstable_by(order);
-        self.bytes = self.held.iter().map(|h| h.bytes).sum();
+        if self.bytes > self.max_bytes && self.rows {
+            self.rows = false;
+            self.ranked.iter_mut().for_each(|ranked| ranked.held.drop_row());
+            self.bytes = self.ranked.iter().map(Ranked::bytes).sum();
+        }
+        if self.bytes > self.max_bytes { Err(Stop::OrderTooLarge) } else { Ok(()) }
+    }
+
+    /// Keeps the best `window` ranked matches, noting the last of them.
+    fn cut(&mut self) {
+        let query = self.query;
+        if self.window < self.ranked.len() {
+            self.ranked.select_nth_unstable_by(self.window.saturating_sub(1), |a, b| {
+                query.compare_placements(&a.placement, &b.placement)
+            });
+            self.ranked.truncate(self.window);
+            self.threshold = self.ranked.last().map(|last| last.placement.clone());
+        }
+        self.bytes = self.ranked.iter().map(Ranked::bytes).sum();
+    }
+
+    /// The matches from `offset` on, in result order.
+    fn page(mut self, offset: usize) -> Vec<Held> {
+        if self.ranked.is_empty() {
+            return self.in_order;
+        }
+        self.cut();
+        let query = self.query;
+        self.ranked.sort_unstable_by(|a, b| query.compare_placements(&a.placement, &b.placement));
+        self.ranked.into_iter().skip(offset).map(|ranked| ranked.held).collect()
     }
 }
 
@@ -284,7 +303,9 @@ fn answer(
     let mut total = 0usize;
     let mut matches = Matches {
         query: &query,
-        held: Vec::new(),
+        in_order: Vec::new(),
+        ranked: Vec::new(),
+        threshold: None,
         window,
         bytes: 0,
         max_bytes: limits.max_held_bytes,
@@ -325,10 +346,18 @@ fn answer(
                 return Ok(true);
             }
         }
+        if !ordered && !matches.may_place(entry.model().as_str(), &data.data) {
+            return Ok(true);
+        }
         let model = entry.model().clone();
         let placement = (!ordered).then(|| query.placement(model.as_str(), &data.data));
-        let row = matches.rows.then(|| query.row(&candidate(&model, &data)));
-        if let Err(why) = matches.hold(Held::new(model, placement, row)) {
+        let row = matches.rows.then(|| page_row(&query, model.clone(), &collection, data));
+        let held = Held::new(model, row);
+        let held = match placement {
+            Some(placement) => matches.rank(Ranked { placement, held }),
+            None => matches.hold(held),
+        };
+        if let Err(why) = held {
             stop = Some(why);
             return Ok(false);
         }
@@ -353,13 +382,7 @@ fn answer(
         None => {}
     }
 
-    // The page, in result order.
-    let held = if ordered {
-        matches.held
-    } else {
-        matches.keep_best();
-        matches.held.into_iter().skip(offset).collect()
-    };
+    let held = if ordered { matches.in_order } else { matches.page(offset) };
     let mut rows = Vec::with_capacity(held.len());
     let mut bytes = 0usize;
     for Held { model, row, .. } in held {
@@ -368,14 +391,14 @@ fn answer(
             // Dropped to stay within the budget: read again, in the same snapshot.
             None => {
                 let data = source.model(&model).map_err(failed)?;
-                query.row(&candidate(&model, &data))
+                page_row(&query, model, &collection, data)
             }
         };
-        bytes += model.as_str().len() + row_bytes(&row);
+        bytes += row.model.as_str().len() + row_bytes(&row);
         if bytes > limits.max_held_bytes {
             return Err(too_large(limits, &collection, false));
         }
-        rows.push(wire_row(row, model, &collection));
+        rows.push(row);
     }
     Ok(QueryPage {
         rows,
@@ -385,14 +408,20 @@ fn answer(
     })
 }
 
-/// A model's data as the query evaluator takes it.
-fn candidate<'a>(model: &'a ModelId, data: &'a QueryModelData) -> Candidate<'a> {
-    Candidate {
-        id: model.as_str(),
+/// The row of `model` in an answer: its `data` as the query's projection asks, taken.
+fn page_row(
+    query: &Query,
+    model: ModelId,
+    collection: &CollectionId,
+    data: QueryModelData,
+) -> QueryRow {
+    QueryRow {
+        model,
+        collection: collection.clone(),
         version: data.version,
-        created: data.created_at.0,
-        modified: data.modified_at.0,
-        data: &data.data,
+        created_at: data.created_at,
+        modified_at: data.modified_at,
+        data: wire_data(query.select(data.data)),
     }
 }
 
@@ -427,10 +456,14 @@ pub fn wire_row(
         version: row.version,
         created_at: Timestamp(row.created),
         modified_at: Timestamp(row.modified),
-        data: match row.data {
-            SelectedData::All(value) => QueryData::All(value),
-            SelectedData::Paths(values) => QueryData::Paths(values),
-        },
+        data: wire_data(row.data),
+    }
+}
+
+fn wire_data(data: SelectedData) -> QueryData {
+    match data {
+        SelectedData::All(value) => QueryData::All(value),
+        SelectedData::Paths(values) => QueryData::Paths(values),
     }
 }
 
