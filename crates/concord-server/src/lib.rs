@@ -59,6 +59,7 @@ mod connection;
 mod ephemeral;
 mod forward;
 mod hub;
+mod maintenance;
 mod metrics;
 mod model;
 mod outbox;
@@ -80,6 +81,9 @@ pub use config::{
     CollectionConfig, ConfigError, ConnectionLimits, IdentityLimits, JwtConfig, JwtKey,
     LeaseConfig, LeaseConfigError, PresenceLimits, QueryLimits, ServerConfig, StoreUrl,
     redact_store_url,
+};
+pub use maintenance::{
+    DamagedModel, MaintenanceError, StoreCheck, StoreLocation, check_store, drop_damaged_model,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{RunningServer, Server, ServerError};

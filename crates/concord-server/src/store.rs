@@ -116,6 +116,13 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
     /// newest within its bounds.
     async fn identities(&self, domain: &str, max_users: usize)
     -> Result<Vec<Identity>, StoreError>;
+    /// The keys `(domain, model)` of stored models after `after`, in key order, at most
+    /// `limit` of them: every model the store holds, page by page (`concord store check`).
+    async fn model_keys(
+        &self,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// The answer to a history request the model host accepted (an error reply if the
     /// store fails).
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage;
@@ -196,7 +203,7 @@ impl From<StoreError> for ReadFailure {
 /// format 6 made each commit durable in redb itself, with no log beside it (`wal`);
 /// `migrate` brings them all to this one.
 const FORMAT_VERSION: u64 = 7;
-const FILE_NAME: &str = "concord.redb";
+pub(crate) const FILE_NAME: &str = "concord.redb";
 
 type ModelKeyT<'a> = (&'a str, &'a str);
 /// `format`; `wal_id`, the id of this store's log (drawn at creation); `wal_applied`, the
@@ -780,6 +787,29 @@ impl RedbStore {
         }
     }
 
+    /// See [`ServerStore::model_keys`].
+    pub(crate) fn model_keys(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(MODELS).map_err(backend)?;
+        let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut keys = Vec::new();
+        for entry in
+            table.range::<ModelKeyT>((start, std::ops::Bound::Unbounded)).map_err(backend)?
+        {
+            if keys.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(backend)?;
+            let (domain, model) = key.value();
+            keys.push((domain.to_owned(), model.to_owned()));
+        }
+        Ok(keys)
+    }
+
     /// A user seen in `domain` (read back only by the format tests and the fuzz targets
     /// so far).
     pub(crate) fn user(
@@ -902,6 +932,17 @@ impl ServerStore for RedbStore {
     ) -> Result<Vec<Identity>, StoreError> {
         let domain = domain.to_owned();
         blocking(self, move |store| store.identities(&domain, max_users)).await
+    }
+
+    async fn model_keys(
+        &self,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        blocking(self, move |store| {
+            store.model_keys(after.as_ref().map(|(d, m)| (d.as_str(), m.as_str())), limit)
+        })
+        .await
     }
 
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
@@ -1699,13 +1740,23 @@ fn write_group(db: &Database, group: &[DomainWrites], applied: Applied) -> Resul
                         let model = model.as_str();
                         IndexTables::opened(&mut indexes, &txn)?.remove(domain, model)?;
                         let record = models.table()?.remove((domain, model)).map_err(backend)?;
-                        let record = record.and_then(|bytes| {
+                        let record = record.map(|bytes| {
                             unseal::<_, ModelRecord>(MODELS.name(), &(domain, model), bytes.value())
-                                .ok()
                         });
-                        if let Some(record) = record {
-                            let member = (domain, record.collection.as_str(), model);
-                            members.table()?.remove(member).map_err(backend)?;
+                        match record {
+                            None => {}
+                            Some(Ok(record)) => {
+                                let member = (domain, record.collection.as_str(), model);
+                                members.table()?.remove(member).map_err(backend)?;
+                            }
+                            // A damaged record (`concord store drop-model`) does not say its
+                            // collection: the model leaves whichever holds it.
+                            Some(Err(_)) => members
+                                .table()?
+                                .retain_in((domain, "", "").., |(d, _, m), _| {
+                                    (d, m) != (domain, model)
+                                })
+                                .map_err(backend)?,
                         }
                         snapshots.table()?.remove((domain, model)).map_err(backend)?;
                         operations

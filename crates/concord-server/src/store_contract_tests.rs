@@ -96,6 +96,16 @@ fn names() -> Names {
 async fn every_read(store: &Store) -> Vec<String> {
     let names = names();
     let mut reads = Vec::new();
+    // Every stored model's key, two at a time.
+    let mut after = None;
+    loop {
+        let page = store.model_keys(after.clone(), 2).await;
+        reads.push(format!("model keys after {after:?}: {page:?}"));
+        match page {
+            Ok(page) if page.len() == 2 => after = page.last().cloned(),
+            _ => break,
+        }
+    }
     for (domain, model) in &names.models {
         let key = key(domain, model);
         let loaded = store.load(&key).await;

@@ -9,8 +9,11 @@ mod support;
 use std::path::Path;
 
 use concord_ot::ReplicaId;
-use concord_protocol::ErrorCode;
-use concord_server::{Server, ServerConfig, ServerError, StoreError};
+use concord_protocol::{ErrorCode, Timestamp};
+use concord_server::{
+    MaintenanceError, Server, ServerConfig, ServerError, StoreError, StoreLocation, check_store,
+    drop_damaged_model,
+};
 use concord_testkit::wire::Editor;
 use support::*;
 
@@ -114,6 +117,48 @@ async fn a_record_damaged_in_postgresql_fails_that_model_and_the_others_serve_on
         );
         assert_eq!(damaged, "1", "the victim's snapshot is stored");
         the_victim_is_refused_and_the_bystander_serves_on(temp.path()).await
+    })
+    .await
+}
+
+/// The operator's way out when there is no backup: `concord store check` names the model a
+/// damaged record keeps from being served, `drop-model` deletes it, and its collaborators are
+/// then told it was deleted while the others serve on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_deleted()
+-> anyhow::Result<()> {
+    support::on_postgres(async {
+        let temp = tempfile::tempdir()?;
+        victim_and_bystander(temp.path()).await?;
+        let cluster = support::postgres_cluster().expect("within on_postgres");
+        let database = support::postgres::TestPostgres::database_for_dir(temp.path());
+        let damaged = "UPDATE models SET record = decode('00', 'hex') WHERE model = 'victim'";
+        cluster.sql_in(&database, damaged);
+        let location = StoreLocation {
+            data_dir: temp.path().to_owned(),
+            store: Some(cluster.url_for_dir(temp.path()).into()),
+            indexes: Default::default(),
+        };
+
+        let check = check_store(&location, |_| {}).await?;
+        assert_eq!(check.models, 2);
+        let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+        assert_eq!(damaged.model, "victim");
+        assert!(!damaged.served && damaged.damage.contains("record"), "{damaged:?}");
+        let bystander = model("bystander");
+        let refused = drop_damaged_model(&location, "test/main", &bystander, Timestamp(9)).await;
+        assert!(matches!(refused, Err(MaintenanceError::NotDamaged { .. })), "{refused:?}");
+        drop_damaged_model(&location, "test/main", &model("victim"), Timestamp(9)).await?;
+        assert_eq!(check_store(&location, |_| {}).await?.damaged, []);
+
+        let server = start(temp.path(), |_| {}).await?;
+        let mut alice = connect(&server, "alice").await?;
+        // Gone, as any deleted model (clients drop it), no longer `internal`.
+        let gone = try_open(&mut alice, "victim").await?.expect_err("the victim was dropped");
+        assert_eq!(gone.code, ErrorCode::MODEL_NOT_FOUND, "{gone:?}");
+        assert_eq!(body(&open(&mut alice, "bystander").await?.data), "the bystander's text");
+        server.stop().await?;
+        Ok(())
     })
     .await
 }

@@ -9,10 +9,12 @@
 //! * `concord token` mints an HS256 client JWT with the server's secret, for development.
 //! * `concord revoke` refuses every reconnect token a user holds, through the revocation list
 //!   in the data directory (the running server reads it at the next reconnect).
+//! * `concord store check` names the models of a stopped server's store that a damaged record
+//!   keeps from being served, and `concord store drop-model` deletes one of them.
 //!
 //! It is a thin shell around the library: it reads configuration, keeps the data
-//! directory's secret, handles signals and sets up logs. It is not a client, an admin or
-//! migration tool, or an identity provider; Unix only (it relies on Unix signals and file
+//! directory's secret, handles signals and sets up logs. It is not a client, an admin API, a
+//! migration tool or an identity provider; Unix only (it relies on Unix signals and file
 //! modes).
 
 mod alloc;
@@ -22,6 +24,7 @@ mod demo_cluster;
 mod revoke;
 mod secret;
 mod serve;
+mod store;
 mod token;
 
 use std::process::ExitCode;
@@ -44,6 +47,8 @@ enum Command {
     /// Refuse every reconnect token a user holds (they log in again with a JWT); works while
     /// the server runs
     Revoke(revoke::RevokeArgs),
+    /// Check a stopped server's store for damaged models, or drop one that cannot be served
+    Store(store::StoreArgs),
     /// Show live collaboration and offline work end to end: a server and two clients in this
     /// process, with temporary stores
     Demo(demo::DemoArgs),
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => token::run(args),
         Command::Revoke(args) => revoke::run(args),
+        Command::Store(args) => store::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -635,6 +635,37 @@ impl ServerStore for PostgresStore {
             .collect())
     }
 
+    async fn model_keys(
+        &self,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The key columns sort by bytes (`COLLATE "C"`), as the embedded store's keys do.
+        let rows = match &after {
+            Some((domain, model)) => {
+                client
+                    .query(
+                        "SELECT domain, model FROM models WHERE (domain, model) > ($1, $2)
+                         ORDER BY domain, model LIMIT $3",
+                        &[domain, model, &limit],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        "SELECT domain, model FROM models ORDER BY domain, model LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+            }
+        }
+        .map_err(pg)?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     async fn collection(
         &self,
         domain: &str,

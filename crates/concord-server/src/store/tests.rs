@@ -622,3 +622,57 @@ fn a_logged_commit_that_fails_to_apply_fails_every_read_and_a_restart_applies_it
     assert_eq!(last_version(crashed.path(), "doc"), Some(2));
     drop(store);
 }
+
+/// The embedded store in `dir`, as `concord store` opens it.
+fn location(dir: &Path) -> crate::StoreLocation {
+    crate::StoreLocation { data_dir: dir.to_owned(), store: None, indexes: BTreeMap::new() }
+}
+
+/// `concord store check` and `drop-model`, on the embedded store.
+#[tokio::test]
+async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
+    use crate::maintenance::{MaintenanceError, check_store, drop_damaged_model};
+    let dir = tempfile::tempdir().unwrap();
+    let at = location(dir.path());
+    assert!(matches!(check_store(&at, |_| {}).await, Err(MaintenanceError::NoStore(_))));
+    assert!(!dir.path().join(FILE_NAME).exists(), "a check created a store");
+
+    two_models(dir.path()).await;
+    let mut progress = Vec::new();
+    let check = check_store(&at, |read| progress.push(read)).await.unwrap();
+    assert_eq!((check.models, check.damaged.as_slice(), progress), (2, &[][..], vec![2]));
+
+    // Damage older than the snapshot: the model is served, so it is reported, not dropped.
+    damage(dir.path(), OPERATIONS, (DOMAIN, "victim", 1));
+    let check = check_store(&at, |_| {}).await.unwrap();
+    let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+    assert_eq!((damaged.domain.as_str(), damaged.model.as_str()), (DOMAIN, "victim"));
+    assert!(damaged.served && damaged.damage.contains("operation 1"), "{damaged:?}");
+    let refused = drop_damaged_model(&at, DOMAIN, &model_id("victim"), Timestamp(9)).await;
+    assert!(matches!(refused, Err(MaintenanceError::StillServed { .. })), "{refused:?}");
+
+    // Its record damaged too, it is not served: dropped, everywhere.
+    damage(dir.path(), MODELS, (DOMAIN, "victim"));
+    let check = check_store(&at, |_| {}).await.unwrap();
+    let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+    assert!(!damaged.served && damaged.damage.contains("record"), "{damaged:?}");
+    for (model, refusal) in [("bystander", "NotDamaged"), ("nobody", "NoModel")] {
+        let refused = drop_damaged_model(&at, DOMAIN, &model_id(model), Timestamp(9)).await;
+        assert!(format!("{refused:?}").starts_with(&format!("Err({refusal}")), "{refused:?}");
+    }
+    let dropped = drop_damaged_model(&at, DOMAIN, &model_id("victim"), Timestamp(9)).await;
+    assert!(dropped.unwrap().contains("record"));
+
+    let check = check_store(&at, |_| {}).await.unwrap();
+    assert_eq!((check.models, check.damaged.as_slice()), (1, &[][..]));
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert!(matches!(store.load(&key("victim")).unwrap(), Loaded::Absent { deleted: true }));
+    assert_eq!(loads(&store, "bystander").unwrap().snapshot, snapshot(2, "xx"));
+    assert!(store.operations(&key("victim"), 0, u64::MAX, 10).unwrap().is_empty());
+    // The damaged record could not say its collection: the model left it all the same.
+    let txn = store.db.begin_read().unwrap();
+    let members = txn.open_table(COLLECTION_MODELS).unwrap();
+    let members: Vec<String> =
+        members.iter().unwrap().map(|entry| entry.unwrap().0.value().2.to_owned()).collect();
+    assert_eq!(members, ["bystander"]);
+}

@@ -1,0 +1,121 @@
+//! `concord store`: looks after a server's store while its server is stopped. `check` reads
+//! every model whole and names those a damaged record keeps from being served; `drop-model`
+//! deletes one of them, so that its collaborators are told it was deleted rather than failing
+//! on it at every try (`docs/server.md`, "Store integrity and restore").
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use concord_protocol::{ModelId, Timestamp};
+use concord_server::{StoreLocation, StoreUrl, check_store, drop_damaged_model};
+
+use crate::config::{self, Config, Settings};
+
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Read every model whole and list those with a damaged record; exits with 1 if any
+    Check(Target),
+    /// Delete one model that cannot be served because a record of it is damaged (stop the
+    /// server first): its collaborators are told it was deleted
+    DropModel {
+        /// Its domain, as `check` prints it (`<namespace>/<domain>`)
+        #[arg(long)]
+        domain: String,
+        /// Its id
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which server's store: found as `concord serve` finds it.
+#[derive(Debug, Args)]
+struct Target {
+    /// The server's configuration file (its data directory, store and indexes)
+    #[arg(long, env = "CONCORD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The server's data directory [default: ./concord-data]
+    #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The server's PostgreSQL URL, when it stores there
+    #[arg(long, env = "CONCORD_STORE", value_name = "URL")]
+    store: Option<StoreUrl>,
+}
+
+impl Target {
+    fn location(self) -> anyhow::Result<StoreLocation> {
+        let file = match &self.config {
+            Some(path) => config::read_file(path)?,
+            None => Settings::default(),
+        };
+        let flags = Settings { data_dir: self.data_dir, store: self.store, ..Settings::default() };
+        let config = Config::resolve(flags, file)?;
+        Ok(StoreLocation {
+            indexes: config.indexes()?,
+            data_dir: config.data_dir,
+            store: config.store,
+        })
+    }
+}
+
+pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match args.command {
+            StoreCommand::Check(target) => check(target.location()?).await,
+            StoreCommand::DropModel { domain, model, target } => {
+                let model = ModelId::new(model).context("--model")?;
+                drop_model(target.location()?, &domain, &model).await
+            }
+        }
+    })
+}
+
+async fn check(location: StoreLocation) -> anyhow::Result<()> {
+    let terminal = std::io::stderr().is_terminal();
+    let check = check_store(&location, |read| {
+        if terminal {
+            eprint!("\rread {read} models");
+        }
+    })
+    .await?;
+    if terminal {
+        eprintln!();
+    }
+    for damaged in &check.damaged {
+        let state = if damaged.served { "served, its history damaged" } else { "not served" };
+        println!("{} {}: {state}: {}", damaged.domain, damaged.model, damaged.damage);
+    }
+    match check.damaged.len() {
+        0 => {
+            println!("{} models read whole, none damaged", check.models);
+            Ok(())
+        }
+        damaged => bail!(
+            "{damaged} of {} models are damaged; restore the store from a backup, or drop \
+             each one not served with `concord store drop-model`",
+            check.models
+        ),
+    }
+}
+
+async fn drop_model(location: StoreLocation, domain: &str, model: &ModelId) -> anyhow::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let at = Timestamp(i64::try_from(now.as_millis()).unwrap_or(i64::MAX));
+    let damage = drop_damaged_model(&location, domain, model, at).await?;
+    println!("{domain} {model} is deleted (it was damaged: {damage})");
+    Ok(())
+}

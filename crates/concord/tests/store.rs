@@ -1,0 +1,56 @@
+//! `concord store` on the data directory of a real `concord serve`: refused while the server
+//! runs and where there is no store, a clean check once it stopped, and a model that is not
+//! damaged is never dropped. (Damaged records, and dropping them, are tested in the server's
+//! own tests, which can damage one record without failing the whole file.)
+
+mod common;
+
+use std::path::Path;
+
+use common::{concord, connect, create_model, open_model, run, serve, text_document, token};
+use concord_protocol::ModelId;
+
+/// Runs `concord store <args> --data-dir <data_dir>`: its exit code, stdout and stderr.
+fn store(data_dir: &Path, args: &[&str]) -> anyhow::Result<(Option<i32>, String, String)> {
+    let output = run(concord().arg("store").args(args).arg("--data-dir").arg(data_dir))?;
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    Ok((output.status.code(), text(output.stdout), text(output.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_checked_once_its_server_stopped_and_a_sound_model_is_never_dropped()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let (code, _, stderr) = store(&data_dir, &["check"])?;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("there is no store in"), "{stderr}");
+    assert!(!data_dir.exists(), "a check created the data directory");
+
+    let mut server = serve(&data_dir, &[])?;
+    let mut alice = connect(&server.url("acme", "docs"), &token(&data_dir, "alice")?).await?;
+    let note = ModelId::new("note")?;
+    create_model(&mut alice, &note, text_document(1)).await?;
+    let (code, _, stderr) = store(&data_dir, &["check"])?;
+    assert_eq!(code, Some(1), "checked while its server runs");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    drop(alice);
+    server.stop()?;
+
+    let (code, stdout, stderr) = store(&data_dir, &["check"])?;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("1 models read whole, none damaged"), "{stdout}");
+    let drop_note = ["drop-model", "--domain", "acme/docs", "--model", "note"];
+    let (code, _, stderr) = store(&data_dir, &drop_note)?;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("is not damaged"), "{stderr}");
+
+    let server = serve(&data_dir, &[])?;
+    let mut alice = connect(&server.url("acme", "docs"), &token(&data_dir, "alice")?).await?;
+    assert_eq!(
+        open_model(&mut alice, &note).await?.snapshot.version,
+        0,
+        "the note is still served"
+    );
+    Ok(())
+}
