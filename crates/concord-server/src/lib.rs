@@ -86,8 +86,8 @@ pub use maintenance::{
     DamagedModel, MaintenanceError, StoreCheck, StoreLocation, check_store, drop_damaged_model,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
-pub use server::{RunningServer, Server, ServerError};
-pub use store::StoreError;
+pub use server::{Backups, RunningServer, Server, ServerError};
+pub use store::{Backup, StoreError};
 /// Store reading for the fuzz targets; not part of the API.
 #[doc(hidden)]
 pub use store::{benching, fuzzing};

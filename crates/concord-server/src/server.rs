@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::cluster::Cluster;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{RedbStore, Store, StoreError, start_writer};
+use crate::store::{Backup, RedbStore, ServerStore, Store, StoreError, start_writer};
 use crate::web_root::{self, WebRoot};
 
 /// Why the server could not start or had to stop.
@@ -98,14 +99,23 @@ impl Server {
         self.local_addr
     }
 
+    /// Where this server's store is backed up while it runs ([`Backups::write`]).
+    pub fn backups(&self) -> Backups {
+        Backups {
+            store: Arc::downgrade(&self.hub.store),
+            dir: self.hub.config.data_dir.join(BACKUP_DIR),
+        }
+    }
+
     /// Binds (as [`bind`](Server::bind)) and runs the server as a task on the current tokio
     /// runtime, until [`RunningServer::stop`] or until the handle is dropped.
     pub async fn spawn(config: ServerConfig) -> Result<RunningServer, ServerError> {
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
+        let backups = server.backups();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone().cancelled_owned()));
-        Ok(RunningServer { addr, shutdown, task: Some(task) })
+        Ok(RunningServer { addr, backups, shutdown, task: Some(task) })
     }
 
     /// Serves until `shutdown` resolves (or a store write fails), then tells every session
@@ -222,6 +232,7 @@ async fn open_store(
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    backups: Backups,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -230,6 +241,11 @@ impl RunningServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where this server's store is backed up while it runs ([`Backups::write`]).
+    pub fn backups(&self) -> &Backups {
+        &self.backups
     }
 
     /// The WebSocket URL of `namespace/domain` on this server.
@@ -254,6 +270,37 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// The data dir's directory of backups.
+const BACKUP_DIR: &str = "backups";
+
+/// Backs up a running server's store: a handle that does not keep the store open once the
+/// server stopped.
+#[derive(Debug, Clone)]
+pub struct Backups {
+    store: std::sync::Weak<dyn ServerStore>,
+    dir: PathBuf,
+}
+
+impl Backups {
+    /// Writes a copy of the store as it stands after the last commit into the data dir's
+    /// `backups/` directory, as a store file that opens on its own (restore it as
+    /// `concord.redb`, without a log beside it). Commits wait while it is written, reads
+    /// go on. The embedded store only: PostgreSQL has its own tools
+    /// ([`StoreError::NotSupported`]).
+    pub async fn write(&self) -> Result<Backup, StoreError> {
+        let Some(store) = self.store.upgrade() else {
+            let stopped = "the server stopped; copy its concord.redb while it is stopped";
+            return Err(StoreError::Unavailable(stopped.into()));
+        };
+        store.back_up(&self.dir).await
+    }
+
+    /// Where the copies go.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 }
 

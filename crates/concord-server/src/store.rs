@@ -134,6 +134,14 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
         config: &Arc<HostConfig>,
         limits: &QueryLimits,
     ) -> ServerMessage;
+    /// Writes a copy of the store as it stands after the last commit into `dir` (created
+    /// 0700 if missing), as a store file that opens on its own: commits wait meanwhile,
+    /// reads go on (`Backups::write`).
+    async fn back_up(&self, _dir: &Path) -> Result<Backup, StoreError> {
+        Err(StoreError::NotSupported(
+            "backing up PostgreSQL: use its own tools (pg_dump, or a base backup)",
+        ))
+    }
     /// Makes `batch` durable in one transaction, in order. Called only from the writer's
     /// own thread ([`start_writer`]), which does nothing else meanwhile: a backend whose
     /// calls block may block it.
@@ -243,6 +251,8 @@ struct StoredIdentity {
 pub enum StoreError {
     #[error("the server store is in use by another process: {0}")]
     InUse(String),
+    #[error("not supported by this store: {0}")]
+    NotSupported(&'static str),
     #[error("the server store is corrupt: {0}")]
     Corrupt(String),
     /// A record failed its checksum or does not decode: the file was changed outside the
@@ -505,6 +515,8 @@ fn earlier_commit_failed() -> StoreError {
 pub(crate) struct RedbStore {
     db: Arc<Db>,
     log: Arc<Log>,
+    /// The store's file, copied by [`RedbStore::back_up`].
+    file: Arc<Path>,
 }
 
 /// The store's log, and the gate every read begins behind. A commit is logged (durable),
@@ -580,7 +592,7 @@ impl RedbStore {
             gate: Default::default(),
             opened: Default::default(),
         };
-        Ok(RedbStore { db: Arc::new(db), log: Arc::new(log) })
+        Ok(RedbStore { db: Arc::new(db), log: Arc::new(log), file: path.into() })
     }
 
     /// Begins a read of what was logged and applied, waiting while a logged commit is not
@@ -657,6 +669,37 @@ impl RedbStore {
             Err(_) => self.set_gate(|gate| gate.failed = true),
         }
         applied.map_err(|e| StoreError::Backend(format!("applying a logged commit: {e}")))
+    }
+
+    /// See [`ServerStore::back_up`]. Holding the log keeps the writer from logging another
+    /// commit; once the last one is applied, everything is made durable in the file itself,
+    /// so that the copy needs no log, and the file is copied while nothing writes to it.
+    fn back_up(&self, dir: &Path) -> Result<Backup, StoreError> {
+        let started = std::time::Instant::now();
+        let _wal = self.log.wal.lock().map_err(|_| earlier_commit_failed())?;
+        {
+            let mut gate = self.log.gate.lock().map_err(|_| earlier_commit_failed())?;
+            while gate.unapplied.is_some() && !gate.failed {
+                gate = self.log.opened.wait(gate).map_err(|_| earlier_commit_failed())?;
+            }
+            if gate.failed {
+                return Err(earlier_commit_failed());
+            }
+        }
+        self.db.catching(|| make_durable(&self.db))?;
+        create_private_dir(dir)?;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let path = dir.join(format!("concord-{millis}.redb"));
+        let temporary = dir.join(format!("concord-{millis}.redb.partial"));
+        let copied = copy_durably(&self.file, &temporary, &path);
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        let bytes = copied?;
+        Ok(Backup { path, bytes, took: started.elapsed() })
     }
 
     /// Changes the gate and wakes the reads waiting on it.
@@ -980,6 +1023,47 @@ impl ServerStore for RedbStore {
     fn apply_logged(&self, batch: &[DomainWrites]) -> Result<(), StoreError> {
         RedbStore::apply_logged(self, batch)
     }
+
+    async fn back_up(&self, dir: &Path) -> Result<Backup, StoreError> {
+        let dir = dir.to_owned();
+        blocking(self, move |store| store.back_up(&dir)).await
+    }
+}
+
+/// A copy of the store ([`ServerStore::back_up`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// The copy: `concord-<unix millis>.redb`, readable by the owner only.
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// How long commits waited for it (and the copy took).
+    pub took: Duration,
+}
+
+/// Commits what redb holds so far durably: logged commits are applied without durability
+/// (the log has them), and a copy of the file must not need the log.
+fn make_durable(db: &Database) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    txn.set_durability(Durability::Immediate).map_err(backend)?;
+    {
+        // A change, so that the commit is one whatever redb does with an empty one.
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let applied = meta.get("wal_applied").map_err(backend)?.map(|v| v.value());
+        meta.insert("wal_applied", applied.unwrap_or(0)).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)
+}
+
+/// Copies `from` to `temporary`, flushes it, and renames it to `to` (then flushes the
+/// directory): a file at `to` is always a whole copy. Returns its size.
+fn copy_durably(from: &Path, temporary: &Path, to: &Path) -> Result<u64, StoreError> {
+    let bytes = std::fs::copy(from, temporary)?;
+    std::fs::File::open(temporary)?.sync_all()?;
+    std::fs::rename(temporary, to)?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(bytes)
 }
 
 /// Creates `dir` and its missing parents, readable by the owner only (Unix).

@@ -5,7 +5,7 @@
 //!   Settings come from flags, `CONCORD_*` environment variables and an optional TOML file,
 //!   in that order of precedence. When it listens it prints one line to stdout,
 //!   `concord ready on ws://ADDR/{namespace}/{domain}`; it logs to stderr, and stops cleanly
-//!   on SIGINT or SIGTERM.
+//!   on SIGINT or SIGTERM; SIGUSR1 backs up its store into the data directory.
 //! * `concord token` mints an HS256 client JWT with the server's secret, for development.
 //! * `concord revoke` refuses every reconnect token a user holds, through the revocation list
 //!   in the data directory (the running server reads it at the next reconnect).
@@ -40,7 +40,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server until SIGINT or SIGTERM
+    /// Run the server until SIGINT or SIGTERM (SIGUSR1 backs up its store)
     Serve(Box<serve::ServeArgs>),
     /// Print a client JWT signed with the server's HS256 secret (development and tests)
     Token(token::TokenArgs),

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use concord_server::{AuthConfig, JwtKey, Server, ServerError};
+use concord_server::{AuthConfig, Backups, JwtKey, Server, ServerError};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::alloc;
@@ -111,6 +111,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .context(format!("cannot start the server on {}", data_dir.display()));
         }
     };
+    // Before readiness too: SIGUSR1 would otherwise end the process.
+    tokio::spawn(back_up_on_signal(server.backups()).context("cannot listen for SIGUSR1")?);
     let url = format!("ws://{}/{{namespace}}/{{domain}}", server.local_addr());
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(%url, data_dir = %data_dir.display(), workers, "concord ready");
@@ -169,6 +171,27 @@ fn raise_open_file_limit(max_connections: usize) {
              for example `ulimit -Hn`)"
         );
     }
+}
+
+/// Writes a backup of the store at each SIGUSR1 (`docs/server.md`, "Backing up and
+/// restoring"), one at a time, logging where it went.
+fn back_up_on_signal(
+    backups: Backups,
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut asked = signal(SignalKind::user_defined1())?;
+    Ok(async move {
+        while asked.recv().await.is_some() {
+            match backups.write().await {
+                Ok(backup) => info!(
+                    path = %backup.path.display(),
+                    bytes = backup.bytes,
+                    millis = backup.took.as_millis() as u64,
+                    "SIGUSR1: backed up the store"
+                ),
+                Err(error) => error!(%error, "SIGUSR1: the backup failed"),
+            }
+        }
+    })
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once (acknowledged

@@ -1,7 +1,8 @@
 //! `concord store` on the data directory of a real `concord serve`: refused while the server
 //! runs and where there is no store, a clean check once it stopped, and a model that is not
 //! damaged is never dropped. (Damaged records, and dropping them, are tested in the server's
-//! own tests, which can damage one record without failing the whole file.)
+//! own tests, which can damage one record without failing the whole file.) And a backup
+//! asked of the running server with SIGUSR1 serves on its own.
 
 mod common;
 
@@ -52,5 +53,32 @@ async fn the_store_is_checked_once_its_server_stopped_and_a_sound_model_is_never
         0,
         "the note is still served"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_backs_up_the_running_server_into_a_store_that_serves_on_its_own()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let server = serve(&data_dir, &[])?;
+    let mut alice = connect(&server.url("acme", "docs"), &token(&data_dir, "alice")?).await?;
+    let note = ModelId::new("note")?;
+    create_model(&mut alice, &note, text_document(1)).await?;
+    server.signal("USR1")?;
+    let logged = server.wait_for_log("SIGUSR1: backed up the store")?;
+    let backups: Vec<_> = std::fs::read_dir(data_dir.join("backups"))?.collect::<Result<_, _>>()?;
+    let [backup] = backups.as_slice() else { panic!("{backups:?}\n{logged}") };
+    assert!(logged.contains(&*backup.file_name().to_string_lossy()), "{logged}");
+    drop(alice);
+    drop(server);
+
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored)?;
+    std::fs::copy(backup.path(), restored.join("concord.redb"))?;
+    std::fs::copy(data_dir.join("secret"), restored.join("secret"))?;
+    let server = serve(&restored, &[])?;
+    let mut bob = connect(&server.url("acme", "docs"), &token(&restored, "bob")?).await?;
+    assert_eq!(open_model(&mut bob, &note).await?.snapshot.version, 0, "the note was backed up");
     Ok(())
 }
