@@ -148,11 +148,22 @@ async fn paging_stays_stable_while_models_change() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A result's rows without their times.
-fn comparable(result: &QueryResult) -> Vec<(String, String, u64, QueryData)> {
+/// A result's rows, times included.
+#[allow(clippy::type_complexity)]
+fn comparable(result: &QueryResult) -> Vec<(String, String, u64, i64, i64, QueryData)> {
     let rows = result.rows.iter();
-    rows.map(|r| (r.model.to_string(), r.collection.to_string(), r.version, r.data.clone()))
-        .collect()
+    rows.map(|r| {
+        let (created, modified) = (r.created_at.0, r.modified_at.0);
+        (
+            r.model.to_string(),
+            r.collection.to_string(),
+            r.version,
+            created,
+            modified,
+            r.data.clone(),
+        )
+    })
+    .collect()
 }
 
 const STATUSES: [&str; 3] = ["open", "done", "late"];
@@ -181,8 +192,8 @@ async fn the_same_query_offline_and_online_gives_the_same_answer() -> anyhow::Re
         let online = alice.models().query_with(text, QueryMode::Server).await?;
         let offline = alice.models().query_with(text, QueryMode::Store).await?;
         assert_eq!((online.origin, offline.origin), (QueryOrigin::Server, QueryOrigin::Store));
-        // Everything but the times of models created here, which the store keeps as this
-        // client's clock said (the server's creation time is not copied back yet).
+        // The times too: the server's creation time of models created here was copied into
+        // the store when the server confirmed each creation.
         assert_eq!(comparable(&online), comparable(&offline), "{text}");
         assert_eq!(online.total, offline.total, "{text}");
     }

@@ -60,6 +60,9 @@ pub enum ServerResponse {
         current_version: u64,
         in_flight_committed: Option<Commit>,
         permissions: Permissions,
+        /// When the server created the model: a client that created it offline (`Sync`)
+        /// learns the server's time here, as `ModelCreated` tells it otherwise.
+        created_at: Timestamp,
     },
     /// Answers `ResyncComplete`; the lists are empty when the client did not keep the model
     /// open.

@@ -131,9 +131,9 @@ fn every_fixture_file_has_a_message() -> anyhow::Result<()> {
 fn the_ack_frame_is_small_and_readable() {
     let ack = goldens().into_iter().find(|g| g.name == "server_ack").unwrap();
     let bytes = ack.frame.encode();
-    // version 7, server→client, Push (3), Ack (0), model id (36 bytes + length), seq 3,
+    // version 8, server→client, Push (3), Ack (0), model id (36 bytes + length), seq 3,
     // version 13, timestamp (zig-zag varint).
-    assert_eq!(&bytes[..4], &[7, 2, 3, 0]);
+    assert_eq!(&bytes[..4], &[8, 2, 3, 0]);
     assert_eq!(bytes[4], 36);
     assert_eq!(&bytes[41..43], &[3, 13]);
     assert_eq!(bytes.len(), 49);

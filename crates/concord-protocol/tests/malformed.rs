@@ -109,7 +109,7 @@ fn a_frame_for_the_other_direction_is_refused() {
 fn unknown_version_bytes_are_refused_before_parsing() {
     for golden in goldens() {
         let mut bytes = golden.frame.encode();
-        for version in [0, 1, 2, 3, 4, 5, 6, 8, 255] {
+        for version in [0, 1, 2, 3, 4, 5, 6, 7, 9, 255] {
             bytes[0] = version;
             assert_eq!(
                 golden.frame.decode_as_own_kind(&bytes),
@@ -122,7 +122,7 @@ fn unknown_version_bytes_are_refused_before_parsing() {
     }
     // The version is checked even when nothing follows it.
     let err = decode::<ClientMessage>(&[1]).unwrap_err();
-    assert_eq!(err.to_string(), "unsupported protocol version 1 (this peer speaks version 7)");
+    assert_eq!(err.to_string(), "unsupported protocol version 1 (this peer speaks version 8)");
     assert_eq!(err.code(), ErrorCode::UNSUPPORTED_VERSION);
 }
 

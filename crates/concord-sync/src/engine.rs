@@ -1576,8 +1576,10 @@ impl ClientEngine {
         answer: Result<ServerResponse, ErrorReply>,
     ) {
         match answer {
-            Ok(ServerResponse::ModelCreated { model: answered, .. }) if answered == model => {
-                self.creation_confirmed(&model);
+            Ok(ServerResponse::ModelCreated { model: answered, created_at, .. })
+                if answered == model =>
+            {
+                self.creation_confirmed(&model, created_at);
                 self.done_if_nothing_owed(&model);
                 self.request_slot(&model);
             }
@@ -1610,14 +1612,18 @@ impl ClientEngine {
         }
     }
 
-    /// The server has the model created here: the store records it.
-    fn creation_confirmed(&mut self, model: &ModelId) {
+    /// The server has the model created here, since `created_at` by its clock: the store
+    /// records both.
+    fn creation_confirmed(&mut self, model: &ModelId, created_at: Timestamp) {
         self.asks.succeeded();
         let Some(entry) = self.models.get_mut(model) else { return };
         entry.creation = None;
         let collection = entry.replica.confirmed().collection.clone();
-        let change = StoreChange::CreationConfirmed { collection };
-        self.queue_batch(model, vec![change], None, None);
+        let mut changes = vec![StoreChange::CreationConfirmed { collection }];
+        if let Some(snapshot) = entry.replica.created_at_server(created_at) {
+            changes.push(StoreChange::PutSnapshot(snapshot));
+        }
+        self.queue_batch(model, changes, None, None);
         self.domain_event(DomainEvent::Created { model: model.clone() });
     }
 
@@ -1650,11 +1656,14 @@ impl ClientEngine {
     ) {
         let timeout = self.config.request_timeout;
         match answer {
-            Ok(ServerResponse::ResyncStarted { model: answered, in_flight_committed, .. })
-                if answered == model =>
-            {
+            Ok(ServerResponse::ResyncStarted {
+                model: answered,
+                in_flight_committed,
+                created_at,
+                ..
+            }) if answered == model => {
                 if creates {
-                    self.creation_confirmed(&model);
+                    self.creation_confirmed(&model, created_at);
                 }
                 self.budget.succeeded();
                 self.loaded_after_fault(&model);

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 
 use concord_ot::{Applied, ApplyError, Document, Operation, compose, transform};
-use concord_protocol::{CommittedOperation, ModelSnapshot};
+use concord_protocol::{CommittedOperation, ModelSnapshot, Timestamp};
 
 pub use concord_storage::PendingOperation;
 
@@ -355,6 +355,20 @@ impl ModelReplica {
         self.confirmed.version
     }
 
+    /// Takes the server's creation time of a model created here (its own clock's until the
+    /// server confirmed it); at version 0 that is also when it was last modified. Returns
+    /// the snapshot to store when that changed it.
+    pub fn created_at_server(&mut self, created_at: Timestamp) -> Option<ModelSnapshot> {
+        if self.confirmed.created_at == created_at {
+            return None;
+        }
+        self.confirmed.created_at = created_at;
+        if self.confirmed.version == 0 {
+            self.confirmed.modified_at = created_at;
+        }
+        Some(self.confirmed.clone())
+    }
+
     /// The seq of the submission in flight, for a resync.
     pub fn in_flight_seq(&self) -> Option<u64> {
         self.in_flight.as_ref().map(|b| b.seq)
@@ -584,7 +598,7 @@ impl ModelReplica {
         &mut self,
         seq: u64,
         version: u64,
-        timestamp: concord_protocol::Timestamp,
+        timestamp: Timestamp,
     ) -> Result<Vec<StoreChange>, ReplicaError> {
         if seq <= self.acked_seq && version <= self.confirmed.version {
             return Ok(Vec::new());

@@ -33,6 +33,8 @@ use pollster::block_on;
 use serde_json::json;
 
 const REPLICA: ReplicaId = ReplicaId(1);
+/// When the test server says it created a model, by its clock.
+const SERVER_CREATED: Timestamp = Timestamp(1_700_000_000_042);
 
 fn at(millis: u64) -> Time {
     Time::from_millis(millis)
@@ -170,6 +172,7 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
                         current_version: known_version,
                         in_flight_committed: None,
                         permissions: Permissions::ALL,
+                        created_at: SERVER_CREATED,
                     },
                 },
                 ServerMessage::Push(ServerPush::ResyncPage {
@@ -189,6 +192,7 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
                             current_version: known_version,
                             in_flight_committed: None,
                             permissions: Permissions::ALL,
+                            created_at: SERVER_CREATED,
                         },
                     },
                     ServerMessage::Push(ServerPush::ResyncPage {
@@ -218,7 +222,7 @@ fn answer(message: &ClientMessage) -> Result<Vec<ServerMessage>> {
             ),
             ClientRequest::CreateModel { model, .. } => response(
                 id,
-                ServerResponse::ModelCreated { model, version: 0, created_at: Timestamp(0) },
+                ServerResponse::ModelCreated { model, version: 0, created_at: SERVER_CREATED },
             ),
             ClientRequest::OpenModel { model, .. } => response(
                 id,
@@ -1115,8 +1119,56 @@ fn a_model_created_offline_is_created_resynced_and_submitted_by_one_sync_request
         .iter()
         .any(|b| b.changes.iter().any(|c| matches!(c, StoreChange::CreationConfirmed { .. })));
     assert!(confirmed, "and stored as confirmed");
+    assert_eq!(stored_creation_time(&all), Some((SERVER_CREATED, SERVER_CREATED)));
     assert_eq!(last_progress(&all), Some((1, 0, 1)));
     assert!(engine.model(&model).is_none(), "released once in sync");
+    Ok(())
+}
+
+/// The creation and modification times of the last snapshot `turn` stored.
+fn stored_creation_time(turn: &Turn) -> Option<(Timestamp, Timestamp)> {
+    let mut snapshots = turn.batches.iter().flat_map(|b| &b.changes).filter_map(|c| match c {
+        StoreChange::PutSnapshot(snapshot) => Some((snapshot.created_at, snapshot.modified_at)),
+        _ => None,
+    });
+    snapshots.next_back()
+}
+
+/// A model created offline keeps the client's clock only until the server confirms it:
+/// then its creation time (and, at version 0, its modification time) is the server's, in
+/// memory and in the store, so that offline queries and `info` agree with the server's.
+#[test]
+fn a_confirmed_creation_takes_the_servers_creation_time() -> Result<()> {
+    let model = id("new");
+    let store = MemoryAdapter::new().open_store(&StoreKey::new("test", "alice"))?;
+    let commit = |turn: &Turn| -> Result<()> {
+        for batch in &turn.batches {
+            let mutations = store::batch_mutations(batch.clone());
+            block_on(store.commit(Batch { mutations }))?;
+        }
+        Ok(())
+    };
+    let mut engine = ClientEngine::new(REPLICA, config());
+    let local = Timestamp(5);
+    engine.create_model(model.clone(), notes(), snapshot()?.data, CreationNonce([3; 16]), local)?;
+    commit(&drain(&mut engine, at(0)))?;
+    let confirmed = engine.model(&model).expect("loaded").confirmed();
+    assert_eq!((confirmed.created_at, confirmed.modified_at), (local, local));
+
+    engine.connect(credentials());
+    engine.poll_action();
+    engine.handle_connected(at(0), &session(), vec![], vec![]);
+    let turn = drain(&mut engine, at(0));
+    let turn = settle(&mut engine, at(0), turn)?;
+    commit(&turn)?;
+    assert_eq!(stored_creation_time(&turn), Some((SERVER_CREATED, SERVER_CREATED)));
+    let confirmed = engine.model(&model).expect("loaded").confirmed();
+    assert_eq!((confirmed.created_at, confirmed.modified_at), (SERVER_CREATED, SERVER_CREATED));
+    let state = block_on(store.load_model(&model))?.expect("stored");
+    let restored = store::restore(state)?;
+    let stored = restored.replica.confirmed();
+    assert_eq!((stored.created_at, stored.modified_at), (SERVER_CREATED, SERVER_CREATED));
+    assert!(restored.creation.is_none(), "confirmed");
     Ok(())
 }
 

@@ -63,6 +63,7 @@ fn engine_resyncing(current_version: u64) -> Result<(ClientEngine, ModelId, Mode
                 current_version,
                 in_flight_committed: None,
                 permissions: concord_protocol::Permissions::ALL,
+                created_at: concord_protocol::Timestamp(0),
             },
         },
     );

@@ -84,6 +84,7 @@ impl Server {
                     current_version: self.sequencer.version(),
                     in_flight_committed: in_flight.and_then(|f| self.sequencer.commit_of(f)),
                     permissions: Permissions::ALL,
+                    created_at: concord_protocol::Timestamp(0),
                 };
                 let operations = self.sequencer.operations_since(known_version)?.to_vec();
                 vec![

@@ -34,7 +34,7 @@ use crate::server::ServerMessage;
 
 /// The protocol version this crate speaks: the first byte of every frame, repeated in the
 /// handshake.
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 
 /// The WebSocket close code a peer uses when it closes a connection because the other side
 /// speaks an unsupported protocol version (the reason text names the versions). Close codes

@@ -553,13 +553,22 @@ pub fn server_response() -> impl Strategy<Value = ServerResponse> {
         (model_id(), any::<u64>(), timestamp()).prop_map(|(model, version, created_at)| {
             ModelCreated { model, version, created_at }
         }),
-        (model_id(), any::<u64>(), option::of((any::<u64>(), timestamp())), permissions())
-            .prop_map(|(model, current_version, committed, permissions)| ResyncStarted {
-                model,
-                current_version,
-                in_flight_committed: committed
-                    .map(|(version, timestamp)| Commit { version, timestamp }),
-                permissions,
+        (
+            model_id(),
+            any::<u64>(),
+            option::of((any::<u64>(), timestamp())),
+            permissions(),
+            timestamp()
+        )
+            .prop_map(|(model, current_version, committed, permissions, created_at)| {
+                ResyncStarted {
+                    model,
+                    current_version,
+                    in_flight_committed: committed
+                        .map(|(version, timestamp)| Commit { version, timestamp }),
+                    permissions,
+                    created_at,
+                }
             }),
         (model_id(), vec(collaborator(), 0..3), vec(shared_reference(), 0..3)).prop_map(
             |(model, collaborators, references)| ResyncCompleted {

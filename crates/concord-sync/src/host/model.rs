@@ -1034,6 +1034,7 @@ impl ModelHost {
             return false;
         }
         let in_flight_committed = in_flight.and_then(|f| live.sequencer.commit_of(f));
+        let created_at = live.record.created_at;
         let page = self.config.page.max(1);
         let pages: Option<Vec<(Vec<CommittedOperation>, Vec<Author>)>> =
             live.sequencer.operations_since(known_version).ok().map(|mut rest| {
@@ -1056,6 +1057,7 @@ impl ModelHost {
             current_version,
             in_flight_committed,
             permissions,
+            created_at,
         };
         self.respond(from, request, started);
         match pages {
