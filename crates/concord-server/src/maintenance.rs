@@ -194,6 +194,13 @@ async fn open(location: &StoreLocation, write: bool) -> Result<Store, Maintenanc
         };
         return Ok(Arc::new(store));
     }
+    #[cfg(not(feature = "postgres"))]
+    if location.store.is_some() {
+        return Err(StoreError::NotSupported(
+            "a PostgreSQL store: this build has no PostgreSQL support",
+        )
+        .into());
+    }
     let file = location.data_dir.join(store::FILE_NAME);
     if !file.try_exists().map_err(StoreError::Io)? {
         return Err(MaintenanceError::NoStore(location.data_dir.clone()));
