@@ -21,6 +21,12 @@ struct Refusal {
     reason: String,
 }
 
+/// The label of a backup: `written` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupResult {
+    result: &'static str,
+}
+
 /// The server's metrics; one per server (tests run several servers in one process).
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -39,6 +45,10 @@ pub(crate) struct Metrics {
     pub(crate) commit_group_jobs: Histogram,
     /// Refusals by error code, indexed like [`ErrorCode::ALL`], then one for unknown codes.
     refused: Vec<Counter>,
+    /// Backups asked for, by result.
+    backups: Family<BackupResult, Counter>,
+    /// When the last backup was written, in Unix seconds (0 before the first).
+    last_backup: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +94,18 @@ impl Metrics {
             .chain(["unknown".to_string()])
             .map(|reason| family.get_or_create(&Refusal { reason }).clone())
             .collect();
+        let backups = Family::<BackupResult, Counter>::default();
+        registry.register("backups", "Backups of the store asked for, by result", backups.clone());
+        for result in ["written", "failed"] {
+            let _ = backups.get_or_create(&BackupResult { result });
+        }
+        let last_backup = Gauge::default();
+        registry.register_with_unit(
+            "last_backup_time",
+            "When the last backup of the store was written, in Unix time",
+            Unit::Seconds,
+            last_backup.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -93,6 +115,17 @@ impl Metrics {
             commit_seconds,
             commit_group_jobs,
             refused,
+            backups,
+            last_backup,
+        }
+    }
+
+    /// Counts a backup, written (at `unix_seconds`) or failed.
+    pub(crate) fn backed_up(&self, written_at: Option<u64>) {
+        let result = if written_at.is_some() { "written" } else { "failed" };
+        self.backups.get_or_create(&BackupResult { result }).inc();
+        if let Some(at) = written_at {
+            self.last_backup.set(i64::try_from(at).unwrap_or(i64::MAX));
         }
     }
 

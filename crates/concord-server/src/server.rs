@@ -104,6 +104,7 @@ impl Server {
         Backups {
             store: Arc::downgrade(&self.hub.store),
             dir: self.hub.config.data_dir.join(BACKUP_DIR),
+            metrics: self.hub.metrics.clone(),
         }
     }
 
@@ -282,6 +283,7 @@ const BACKUP_DIR: &str = "backups";
 pub struct Backups {
     store: std::sync::Weak<dyn ServerStore>,
     dir: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 impl Backups {
@@ -295,7 +297,11 @@ impl Backups {
             let stopped = "the server stopped; copy its concord.redb while it is stopped";
             return Err(StoreError::Unavailable(stopped.into()));
         };
-        store.back_up(&self.dir).await
+        let backup = store.back_up(&self.dir).await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let written_at = backup.as_ref().ok().map(|_| now.map_or(0, |now| now.as_secs()));
+        self.metrics.backed_up(written_at);
+        backup
     }
 
     /// Where the copies go.

@@ -147,3 +147,30 @@ async fn metrics_follow_real_work_over_websockets() -> anyhow::Result<()> {
     server.stop().await?;
     Ok(())
 }
+
+/// Backups are counted by result, and the last one written is timed, so that an operator can
+/// alert on backups that stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_counted_and_the_last_one_timed() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = start(temp.path(), |_| {}).await?;
+    let (written, failed) =
+        (r#"concord_backups_total{result="written"}"#, r#"concord_backups_total{result="failed"}"#);
+    let samples = scrape(&server).await?;
+    let last = "concord_last_backup_time_seconds";
+    assert_eq!((value(&samples, written)?, value(&samples, failed)?), (0.0, 0.0));
+    assert_eq!(value(&samples, last)?, 0.0);
+
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    server.backups().write().await?;
+    // A file where the backups' directory should be: the next backup fails.
+    std::fs::remove_dir_all(server.backups().dir())?;
+    std::fs::write(server.backups().dir(), "in the way")?;
+    assert!(server.backups().write().await.is_err());
+    let samples = scrape(&server).await?;
+    assert_eq!((value(&samples, written)?, value(&samples, failed)?), (1.0, 1.0));
+    let at = value(&samples, last)?;
+    assert!(at >= before as f64 && at <= before as f64 + 60.0, "{at} against {before}");
+    server.stop().await?;
+    Ok(())
+}
