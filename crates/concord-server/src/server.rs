@@ -308,6 +308,28 @@ impl Backups {
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
+
+    /// Deletes the oldest backups [`write`](Backups::write) made beyond the newest `keep`
+    /// (nothing else in the directory); returns those deleted.
+    pub fn prune(&self, keep: usize) -> std::io::Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let millis = name.strip_prefix("concord-").and_then(|n| n.strip_suffix(".redb"));
+            if let Some(millis) = millis.and_then(|m| m.parse::<u128>().ok()) {
+                written.push((millis, path));
+            }
+        }
+        written.sort_unstable();
+        let old = written.len().saturating_sub(keep);
+        let mut deleted = Vec::new();
+        for (_, path) in written.into_iter().take(old) {
+            std::fs::remove_file(&path)?;
+            deleted.push(path);
+        }
+        Ok(deleted)
+    }
 }
 
 #[derive(Debug, Clone)]

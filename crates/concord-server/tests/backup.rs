@@ -98,3 +98,28 @@ async fn postgresql_is_not_backed_up_by_the_server() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Pruning keeps the newest backups the server wrote and touches nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_the_newest_backups_and_nothing_else_goes() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = start(temp.path(), |_| {}).await?;
+    let backups = server.backups().clone();
+    let written = backups.write().await?;
+    let dir = backups.dir();
+    for name in ["concord-1.redb", "concord-2.redb", "concord-x.redb", "notes.txt"] {
+        std::fs::write(dir.join(name), "kept or not")?;
+    }
+    let deleted = backups.prune(1)?;
+    assert_eq!(deleted, [dir.join("concord-1.redb"), dir.join("concord-2.redb")]);
+    let mut left: Vec<_> =
+        std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    left.sort();
+    let mut expected =
+        vec![written.path.clone(), dir.join("concord-x.redb"), dir.join("notes.txt")];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert!(backups.prune(1)?.is_empty(), "nothing more to delete");
+    server.stop().await?;
+    Ok(())
+}

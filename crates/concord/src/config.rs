@@ -176,6 +176,14 @@ pub(crate) struct Settings {
     /// cores [default: the number of cores, less one with the embedded store, at least 1]
     #[arg(long, env = "CONCORD_WORKERS", value_name = "N")]
     pub(crate) workers: Option<usize>,
+    /// Back up the embedded store every this many seconds, into the data directory's
+    /// `backups/` (as SIGUSR1 does) [default: 0, only when asked with SIGUSR1]
+    #[arg(long, env = "CONCORD_BACKUP_EVERY_SECS", value_name = "SECS")]
+    pub(crate) backup_every_secs: Option<u64>,
+    /// Backups to keep in `backups/`: after each one the server writes, the oldest beyond
+    /// this many are deleted [default: 0, all kept]
+    #[arg(long, env = "CONCORD_BACKUP_KEEP", value_name = "N")]
+    pub(crate) backup_keep: Option<usize>,
     /// Log filter, in tracing's EnvFilter syntax (for example `info,concord_server=debug`)
     /// [default: info]
     #[arg(long, env = "CONCORD_LOG", value_name = "FILTER")]
@@ -351,6 +359,8 @@ pub(crate) struct Config {
     /// ([`Config::worker_threads`]), and a printout copied to another machine keeps none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) workers: Option<usize>,
+    pub(crate) backup_every_secs: u64,
+    pub(crate) backup_keep: usize,
     pub(crate) log: String,
     pub(crate) collections: BTreeMap<String, CollectionSection>,
     pub(crate) activities: BTreeMap<String, ActivitySection>,
@@ -411,6 +421,8 @@ impl Default for Config {
             activity_permissions: activity_permissions_list(server.activities.default.world),
             identity_admins: Vec::new(),
             workers: None,
+            backup_every_secs: 0,
+            backup_keep: 0,
             log: "info".into(),
             collections: BTreeMap::new(),
             activities: BTreeMap::new(),
@@ -485,6 +497,8 @@ impl Config {
             max_activity_state_bytes: pick!(max_activity_state_bytes),
             activity_permissions: pick!(activity_permissions),
             identity_admins: pick!(identity_admins),
+            backup_every_secs: pick!(backup_every_secs),
+            backup_keep: pick!(backup_keep),
             log: pick!(log),
             // Only the file has collections and activity types.
             collections: file.collections,

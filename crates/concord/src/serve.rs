@@ -112,7 +112,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     // Before readiness too: SIGUSR1 would otherwise end the process.
-    tokio::spawn(back_up_on_signal(server.backups()).context("cannot listen for SIGUSR1")?);
+    let every =
+        (config.backup_every_secs > 0).then(|| Duration::from_secs(config.backup_every_secs));
+    let backups = back_up_when_asked(server.backups(), every, config.backup_keep);
+    tokio::spawn(backups.context("cannot listen for SIGUSR1")?);
     let url = format!("ws://{}/{{namespace}}/{{domain}}", server.local_addr());
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(%url, data_dir = %data_dir.display(), workers, "concord ready");
@@ -173,25 +176,59 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// Writes a backup of the store at each SIGUSR1 (`docs/server.md`, "Backing up and
-/// restoring"), one at a time, logging where it went.
-fn back_up_on_signal(
+/// Writes a backup of the store at each SIGUSR1, and every `every` when set (`docs/server.md`,
+/// "Backing up and restoring"), one at a time, logging where it went; then keeps the newest
+/// `keep` (all with 0).
+fn back_up_when_asked(
     backups: Backups,
+    every: Option<Duration>,
+    keep: usize,
 ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     let mut asked = signal(SignalKind::user_defined1())?;
     Ok(async move {
-        while asked.recv().await.is_some() {
+        let mut ticks = every.map(|every| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        loop {
+            let why = tokio::select! {
+                signal = asked.recv() => match signal {
+                    Some(()) => "SIGUSR1",
+                    None => return,
+                },
+                () = next_tick(ticks.as_mut()) => "scheduled",
+            };
             match backups.write().await {
                 Ok(backup) => info!(
                     path = %backup.path.display(),
                     bytes = backup.bytes,
                     millis = backup.took.as_millis() as u64,
-                    "SIGUSR1: backed up the store"
+                    "{why}: backed up the store"
                 ),
-                Err(error) => error!(%error, "SIGUSR1: the backup failed"),
+                Err(error) => error!(%error, "{why}: the backup failed"),
+            }
+            if keep > 0 {
+                match backups.prune(keep) {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        info!(deleted = deleted.len(), keep, "deleted the oldest backups");
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, "cannot delete the oldest backups"),
+                }
             }
         }
     })
+}
+
+/// The next tick of a schedule; never without one.
+async fn next_tick(ticks: Option<&mut tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves at the first SIGINT or SIGTERM; a second one exits at once (acknowledged

@@ -82,3 +82,39 @@ async fn sigusr1_backs_up_the_running_server_into_a_store_that_serves_on_its_own
     assert_eq!(open_model(&mut bob, &note).await?.snapshot.version, 0, "the note was backed up");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_come_on_schedule_and_only_the_newest_are_kept() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let server = serve(&data_dir, &["--backup-every-secs", "1", "--backup-keep", "2"])?;
+    server.wait_for_log("scheduled: backed up the store")?;
+    drop(server);
+
+    // Asked three times (no schedule to race with), two are kept: the newest.
+    let server = serve(&data_dir, &["--backup-keep", "2"])?;
+    for asked in 1..=3 {
+        server.signal("USR1")?;
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        while server.log().matches("SIGUSR1: backed up the store").count() < asked {
+            assert!(std::time::Instant::now() < deadline, "{}", server.log());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Names are in milliseconds: the next one is another file.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    server.wait_for_log("deleted the oldest backups")?;
+    let mut kept: Vec<String> = std::fs::read_dir(data_dir.join("backups"))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    kept.sort();
+    // The scheduled one and the first asked for are gone.
+    assert_eq!(kept.len(), 2, "{kept:?}\n{}", server.log());
+    let log = server.log();
+    let newest: Vec<&str> =
+        log.lines().filter(|line| line.contains("SIGUSR1: backed up the store")).skip(1).collect();
+    for name in &kept {
+        assert!(newest.iter().any(|line| line.contains(name.as_str())), "{name} kept:\n{log}");
+    }
+    Ok(())
+}
