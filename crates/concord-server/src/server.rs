@@ -25,7 +25,9 @@ use crate::cluster::Cluster;
 use crate::config::{ConfigError, ServerConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::{Backup, RedbStore, ServerStore, Store, StoreError, start_writer};
+use crate::store::{
+    Backup, RedbStore, ServerStore, Store, StoreError, backup_written_at, start_writer,
+};
 use crate::web_root::{self, WebRoot};
 
 /// Why the server could not start or had to stop.
@@ -310,14 +312,13 @@ impl Backups {
     }
 
     /// Deletes the oldest backups [`write`](Backups::write) made beyond the newest `keep`
-    /// (nothing else in the directory); returns those deleted.
+    /// (all of them with 0; nothing else in the directory); returns those deleted.
     pub fn prune(&self, keep: usize) -> std::io::Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let millis = name.strip_prefix("concord-").and_then(|n| n.strip_suffix(".redb"));
-            if let Some(millis) = millis.and_then(|m| m.parse::<u128>().ok()) {
+            if let Some(millis) = backup_written_at(name) {
                 written.push((millis, path));
             }
         }

@@ -692,8 +692,8 @@ impl RedbStore {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        let path = dir.join(format!("concord-{millis}.redb"));
-        let temporary = dir.join(format!("concord-{millis}.redb.partial"));
+        let path = dir.join(backup_name(millis));
+        let temporary = dir.join(format!("{}.partial", backup_name(millis)));
         let copied = copy_durably(&self.file, &temporary, &path);
         if copied.is_err() {
             let _ = std::fs::remove_file(&temporary);
@@ -1038,6 +1038,16 @@ pub struct Backup {
     pub bytes: u64,
     /// How long commits waited for it (and the copy took).
     pub took: Duration,
+}
+
+/// The file name of a backup written at `millis` (Unix time).
+fn backup_name(millis: u128) -> String {
+    format!("concord-{millis}.redb")
+}
+
+/// When the backup named `name` was written ([`backup_name`]), if it is one.
+pub(crate) fn backup_written_at(name: &str) -> Option<u128> {
+    name.strip_prefix("concord-")?.strip_suffix(".redb")?.parse().ok()
 }
 
 /// Commits what redb holds so far durably: logged commits are applied without durability
