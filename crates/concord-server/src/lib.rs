@@ -83,7 +83,8 @@ pub use config::{
     redact_store_url,
 };
 pub use maintenance::{
-    DamagedModel, MaintenanceError, StoreCheck, StoreLocation, check_store, drop_damaged_model,
+    Damage, DamagedModel, MaintenanceError, StoreCheck, StoreLocation, check_store,
+    drop_damaged_model,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{Backups, RunningServer, Server, ServerError};

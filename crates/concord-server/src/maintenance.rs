@@ -56,11 +56,23 @@ pub struct DamagedModel {
     pub domain: String,
     /// As stored (a damaged key may not be a valid model id).
     pub model: String,
-    /// Whether the server can still serve it: only operations older than its snapshot are
-    /// damaged, which fails the history requests that reach back to them.
-    pub served: bool,
+    pub kind: Damage,
     /// What is damaged, as the store reports it.
     pub damage: String,
+}
+
+/// Which record of a model is damaged, and what that costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// One of its own (record, snapshot, a recent operation, a last decision, its key): the
+    /// server cannot serve it.
+    Model,
+    /// Only operations older than its snapshot: it is served, but the history requests that
+    /// reach back to them fail.
+    History,
+    /// Its collection's record: no model of the collection can be served, though their own
+    /// records may be whole. Restore the store; dropping the models would lose them all.
+    Collection,
 }
 
 /// Why the store could not be checked, or a model not dropped.
@@ -81,6 +93,10 @@ pub enum MaintenanceError {
         "{model} in domain {domain:?} is still served (only its history is damaged: {damage}); it is not dropped"
     )]
     StillServed { domain: String, model: ModelId, damage: String },
+    #[error(
+        "{model} in domain {domain:?} is whole, but its collection's record is damaged ({damage}); restore the store instead, as dropping the collection's models would lose them all"
+    )]
+    CollectionDamaged { domain: String, model: ModelId, damage: String },
 }
 
 /// Reads every model of the store whole (what serving it needs, and every operation its
@@ -104,10 +120,10 @@ pub async fn check_store(
                 Ok(id) => {
                     health(&*store, ModelKey { domain: domain.as_str().into(), model: id }).await?
                 }
-                Err(e) => Health::Damaged { served: false, damage: format!("its key: {e}") },
+                Err(e) => Health::Damaged(Damage::Model, format!("its key: {e}")),
             };
-            if let Health::Damaged { served, damage } = health {
-                check.damaged.push(DamagedModel { domain, model, served, damage });
+            if let Health::Damaged(kind, damage) = health {
+                check.damaged.push(DamagedModel { domain, model, kind, damage });
             }
         }
         progress(check.models);
@@ -137,10 +153,13 @@ pub async fn drop_damaged_model(
     match health(&*store, key).await? {
         Health::Absent => Err(MaintenanceError::NoModel { domain, model }),
         Health::Healthy => Err(MaintenanceError::NotDamaged { domain, model }),
-        Health::Damaged { served: true, damage } => {
+        Health::Damaged(Damage::History, damage) => {
             Err(MaintenanceError::StillServed { domain, model, damage })
         }
-        Health::Damaged { served: false, damage } => {
+        Health::Damaged(Damage::Collection, damage) => {
+            Err(MaintenanceError::CollectionDamaged { domain, model, damage })
+        }
+        Health::Damaged(Damage::Model, damage) => {
             let writes = vec![Write::DeleteModel { model, at }];
             store.commit(&[DomainWrites { domain: domain.into(), writes }]).await?;
             Ok(damage)
@@ -152,16 +171,21 @@ pub async fn drop_damaged_model(
 enum Health {
     Absent,
     Healthy,
-    Damaged { served: bool, damage: String },
+    Damaged(Damage, String),
 }
 
 async fn health(store: &dyn store::ServerStore, key: ModelKey) -> Result<Health, StoreError> {
-    let damaged =
-        |served, error: StoreError| Ok(Health::Damaged { served, damage: error.to_string() });
     match store.load(&key).await {
         Ok(Loaded::Model(_)) => {}
         Ok(Loaded::Absent { .. }) => return Ok(Health::Absent),
-        Err(error @ StoreError::CorruptRecord { .. }) => return damaged(false, error),
+        Err(StoreError::CorruptRecord { domain, model, record }) => {
+            let kind = match store::names_its_collection(&record) {
+                true => Damage::Collection,
+                false => Damage::Model,
+            };
+            let error = StoreError::CorruptRecord { domain, model, record };
+            return Ok(Health::Damaged(kind, error.to_string()));
+        }
         Err(error) => return Err(error),
     }
     // Loading read the operations after the snapshot; the history holds every one.
@@ -169,7 +193,9 @@ async fn health(store: &dyn store::ServerStore, key: ModelKey) -> Result<Health,
     loop {
         let page = match store.operations(&key, after, u64::MAX, PAGE).await {
             Ok(page) => page,
-            Err(error @ StoreError::CorruptRecord { .. }) => return damaged(true, error),
+            Err(error @ StoreError::CorruptRecord { .. }) => {
+                return Ok(Health::Damaged(Damage::History, error.to_string()));
+            }
             Err(error) => return Err(error),
         };
         match page.last() {

@@ -1040,6 +1040,12 @@ pub struct Backup {
     pub took: Duration,
 }
 
+/// Whether the `record` a model's [`StoreError::CorruptRecord`] names is its collection's
+/// (damaged for every model of the collection), as both backends' loads name it.
+pub(crate) fn names_its_collection(record: &str) -> bool {
+    record.starts_with("its collection ")
+}
+
 /// The file name of a backup written at `millis` (Unix time).
 fn backup_name(millis: u128) -> String {
     format!("concord-{millis}.redb")

@@ -11,8 +11,8 @@ use std::path::Path;
 use concord_ot::ReplicaId;
 use concord_protocol::{ErrorCode, Timestamp};
 use concord_server::{
-    MaintenanceError, Server, ServerConfig, ServerError, StoreError, StoreLocation, check_store,
-    drop_damaged_model,
+    Damage, MaintenanceError, Server, ServerConfig, ServerError, StoreError, StoreLocation,
+    check_store, drop_damaged_model,
 };
 use concord_testkit::wire::Editor;
 use support::*;
@@ -144,7 +144,8 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
         assert_eq!(check.models, 2);
         let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
         assert_eq!(damaged.model, "victim");
-        assert!(!damaged.served && damaged.damage.contains("record"), "{damaged:?}");
+        assert_eq!(damaged.kind, Damage::Model);
+        assert!(damaged.damage.contains("record"), "{damaged:?}");
         let bystander = model("bystander");
         let refused = drop_damaged_model(&location, "test/main", &bystander, Timestamp(9)).await;
         assert!(matches!(refused, Err(MaintenanceError::NotDamaged { .. })), "{refused:?}");

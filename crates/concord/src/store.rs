@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use concord_protocol::{ModelId, Timestamp};
-use concord_server::{StoreLocation, StoreUrl, check_store, drop_damaged_model};
+use concord_server::{Damage, StoreLocation, StoreUrl, check_store, drop_damaged_model};
 
 use crate::config::{self, Config, Settings};
 
@@ -96,7 +96,11 @@ async fn check(location: StoreLocation) -> anyhow::Result<()> {
         eprintln!();
     }
     for damaged in &check.damaged {
-        let state = if damaged.served { "served, its history damaged" } else { "not served" };
+        let state = match damaged.kind {
+            Damage::Model => "not served",
+            Damage::History => "served, its history damaged",
+            Damage::Collection => "not served, its collection's record damaged",
+        };
         println!("{} {}: {state}: {}", damaged.domain, damaged.model, damaged.damage);
     }
     match check.damaged.len() {

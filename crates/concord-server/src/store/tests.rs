@@ -631,7 +631,7 @@ fn location(dir: &Path) -> crate::StoreLocation {
 /// `concord store check` and `drop-model`, on the embedded store.
 #[tokio::test]
 async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
-    use crate::maintenance::{MaintenanceError, check_store, drop_damaged_model};
+    use crate::maintenance::{Damage, MaintenanceError, check_store, drop_damaged_model};
     let dir = tempfile::tempdir().unwrap();
     let at = location(dir.path());
     assert!(matches!(check_store(&at, |_| {}).await, Err(MaintenanceError::NoStore(_))));
@@ -647,7 +647,8 @@ async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
     let check = check_store(&at, |_| {}).await.unwrap();
     let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
     assert_eq!((damaged.domain.as_str(), damaged.model.as_str()), (DOMAIN, "victim"));
-    assert!(damaged.served && damaged.damage.contains("operation 1"), "{damaged:?}");
+    assert_eq!(damaged.kind, Damage::History);
+    assert!(damaged.damage.contains("operation 1"), "{damaged:?}");
     let refused = drop_damaged_model(&at, DOMAIN, &model_id("victim"), Timestamp(9)).await;
     assert!(matches!(refused, Err(MaintenanceError::StillServed { .. })), "{refused:?}");
 
@@ -655,7 +656,8 @@ async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
     damage(dir.path(), MODELS, (DOMAIN, "victim"));
     let check = check_store(&at, |_| {}).await.unwrap();
     let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
-    assert!(!damaged.served && damaged.damage.contains("record"), "{damaged:?}");
+    assert_eq!(damaged.kind, Damage::Model);
+    assert!(damaged.damage.contains("record"), "{damaged:?}");
     for (model, refusal) in [("bystander", "NotDamaged"), ("nobody", "NoModel")] {
         let refused = drop_damaged_model(&at, DOMAIN, &model_id(model), Timestamp(9)).await;
         assert!(format!("{refused:?}").starts_with(&format!("Err({refusal}")), "{refused:?}");
@@ -665,6 +667,7 @@ async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
 
     let check = check_store(&at, |_| {}).await.unwrap();
     assert_eq!((check.models, check.damaged.as_slice()), (1, &[][..]));
+
     let store = RedbStore::open(dir.path()).unwrap();
     assert!(matches!(store.load(&key("victim")).unwrap(), Loaded::Absent { deleted: true }));
     assert_eq!(loads(&store, "bystander").unwrap().snapshot, snapshot(2, "xx"));
@@ -675,4 +678,13 @@ async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
     let members: Vec<String> =
         members.iter().unwrap().map(|entry| entry.unwrap().0.value().2.to_owned()).collect();
     assert_eq!(members, ["bystander"]);
+    drop((members, txn, store));
+    // A damaged collection record fails every model of the collection, whole as they are:
+    // they are reported, and none is dropped.
+    damage(dir.path(), COLLECTIONS, (DOMAIN, "notes"));
+    let check = check_store(&at, |_| {}).await.unwrap();
+    let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+    assert_eq!((damaged.model.as_str(), damaged.kind), ("bystander", Damage::Collection));
+    let refused = drop_damaged_model(&at, DOMAIN, &model_id("bystander"), Timestamp(9)).await;
+    assert!(matches!(refused, Err(MaintenanceError::CollectionDamaged { .. })), "{refused:?}");
 }
