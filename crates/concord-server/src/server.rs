@@ -291,8 +291,8 @@ pub struct Backups {
 impl Backups {
     /// Writes a copy of the store as it stands after the last commit into the data dir's
     /// `backups/` directory, as a store file that opens on its own (restore it as
-    /// `concord.redb`, without a log beside it). Commits wait while it is written, reads
-    /// go on. The embedded store only: PostgreSQL has its own tools
+    /// `concord.redb`, without a log beside it); commits and reads go on while it is
+    /// written. The embedded store only: PostgreSQL has its own tools
     /// ([`StoreError::NotSupported`]).
     pub async fn write(&self) -> Result<Backup, StoreError> {
         let Some(store) = self.store.upgrade() else {

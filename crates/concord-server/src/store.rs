@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Delivery;
 use crate::types::ModelKey;
 
+mod backup;
 pub mod benching;
 pub mod fuzzing;
 mod history;
@@ -63,6 +64,8 @@ mod record;
 mod tests;
 mod wal;
 
+pub use backup::Backup;
+pub(crate) use backup::backup_written_at;
 use query::{COLLECTION_MODELS, INDEX_ENTRIES, INDEXES, IndexTables, MODEL_INDEX_KEYS};
 use record::{Damage, seal, unseal};
 
@@ -134,9 +137,9 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
         config: &Arc<HostConfig>,
         limits: &QueryLimits,
     ) -> ServerMessage;
-    /// Writes a copy of the store as it stands after the last commit into `dir` (created
-    /// 0700 if missing), as a store file that opens on its own: commits wait meanwhile,
-    /// reads go on (`Backups::write`).
+    /// Writes a copy of the store as the last applied commit left it into `dir` (created
+    /// 0700 if missing), as a store file that opens on its own; commits and reads go on
+    /// meanwhile (`Backups::write`).
     async fn back_up(&self, _dir: &Path) -> Result<Backup, StoreError> {
         Err(StoreError::NotSupported(
             "backing up PostgreSQL: use its own tools (pg_dump, or a base backup)",
@@ -515,8 +518,6 @@ fn earlier_commit_failed() -> StoreError {
 pub(crate) struct RedbStore {
     db: Arc<Db>,
     log: Arc<Log>,
-    /// The store's file, copied by [`RedbStore::back_up`].
-    file: Arc<Path>,
 }
 
 /// The store's log, and the gate every read begins behind. A commit is logged (durable),
@@ -592,7 +593,7 @@ impl RedbStore {
             gate: Default::default(),
             opened: Default::default(),
         };
-        Ok(RedbStore { db: Arc::new(db), log: Arc::new(log), file: path.into() })
+        Ok(RedbStore { db: Arc::new(db), log: Arc::new(log) })
     }
 
     /// Begins a read of what was logged and applied, waiting while a logged commit is not
@@ -669,37 +670,6 @@ impl RedbStore {
             Err(_) => self.set_gate(|gate| gate.failed = true),
         }
         applied.map_err(|e| StoreError::Backend(format!("applying a logged commit: {e}")))
-    }
-
-    /// See [`ServerStore::back_up`]. Holding the log keeps the writer from logging another
-    /// commit; once the last one is applied, everything is made durable in the file itself,
-    /// so that the copy needs no log, and the file is copied while nothing writes to it.
-    fn back_up(&self, dir: &Path) -> Result<Backup, StoreError> {
-        let started = std::time::Instant::now();
-        let _wal = self.log.wal.lock().map_err(|_| earlier_commit_failed())?;
-        {
-            let mut gate = self.log.gate.lock().map_err(|_| earlier_commit_failed())?;
-            while gate.unapplied.is_some() && !gate.failed {
-                gate = self.log.opened.wait(gate).map_err(|_| earlier_commit_failed())?;
-            }
-            if gate.failed {
-                return Err(earlier_commit_failed());
-            }
-        }
-        self.db.catching(|| make_durable(&self.db))?;
-        create_private_dir(dir)?;
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let path = dir.join(backup_name(millis));
-        let temporary = dir.join(format!("{}.partial", backup_name(millis)));
-        let copied = copy_durably(&self.file, &temporary, &path);
-        if copied.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-        let bytes = copied?;
-        Ok(Backup { path, bytes, took: started.elapsed() })
     }
 
     /// Changes the gate and wakes the reads waiting on it.
@@ -1030,56 +1000,10 @@ impl ServerStore for RedbStore {
     }
 }
 
-/// A copy of the store ([`ServerStore::back_up`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backup {
-    /// The copy: `concord-<unix millis>.redb`, readable by the owner only.
-    pub path: PathBuf,
-    pub bytes: u64,
-    /// How long commits waited for it (and the copy took).
-    pub took: Duration,
-}
-
 /// Whether the `record` a model's [`StoreError::CorruptRecord`] names is its collection's
 /// (damaged for every model of the collection), as both backends' loads name it.
 pub(crate) fn names_its_collection(record: &str) -> bool {
     record.starts_with("its collection ")
-}
-
-/// The file name of a backup written at `millis` (Unix time).
-fn backup_name(millis: u128) -> String {
-    format!("concord-{millis}.redb")
-}
-
-/// When the backup named `name` was written ([`backup_name`]), if it is one.
-pub(crate) fn backup_written_at(name: &str) -> Option<u128> {
-    name.strip_prefix("concord-")?.strip_suffix(".redb")?.parse().ok()
-}
-
-/// Commits what redb holds so far durably: logged commits are applied without durability
-/// (the log has them), and a copy of the file must not need the log.
-fn make_durable(db: &Database) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(backend)?;
-    txn.set_durability(Durability::Immediate).map_err(backend)?;
-    {
-        // A change, so that the commit is one whatever redb does with an empty one.
-        let mut meta = txn.open_table(META).map_err(backend)?;
-        let applied = meta.get("wal_applied").map_err(backend)?.map(|v| v.value());
-        meta.insert("wal_applied", applied.unwrap_or(0)).map_err(backend)?;
-    }
-    txn.commit().map_err(backend)
-}
-
-/// Copies `from` to `temporary`, flushes it, and renames it to `to` (then flushes the
-/// directory): a file at `to` is always a whole copy. Returns its size.
-fn copy_durably(from: &Path, temporary: &Path, to: &Path) -> Result<u64, StoreError> {
-    let bytes = std::fs::copy(from, temporary)?;
-    std::fs::File::open(temporary)?.sync_all()?;
-    std::fs::rename(temporary, to)?;
-    if let Some(dir) = to.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(bytes)
 }
 
 /// Creates `dir` and its missing parents, readable by the owner only (Unix).

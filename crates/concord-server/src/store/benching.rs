@@ -31,6 +31,11 @@ impl BenchStore {
         self.store.commit_logged(&[DomainWrites { domain: Arc::from(domain), writes }])
     }
 
+    /// A backup of the store into `dir`, as `Backups::write` makes it.
+    pub fn back_up(&self, dir: &Path) -> Result<super::Backup, StoreError> {
+        self.store.back_up(dir)
+    }
+
     /// The server's answer to a query in `domain`.
     pub fn query(
         &self,

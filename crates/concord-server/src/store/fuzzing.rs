@@ -97,7 +97,7 @@ const SAMPLE_DOMAIN: &str = "acme";
 
 /// The indexes [`sample_store_file`] declares, and [`read_store_file`] opens with (so that
 /// opening a damaged file also checks and rebuilds its index tables).
-fn sample_indexes() -> BTreeMap<CollectionId, Vec<QueryPath>> {
+pub(crate) fn sample_indexes() -> BTreeMap<CollectionId, Vec<QueryPath>> {
     let paths = ["n", "s"].map(|p| QueryPath::parse(p).expect("a valid path"));
     [(sample_collection(), paths.to_vec())].into()
 }
