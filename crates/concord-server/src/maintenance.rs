@@ -137,20 +137,39 @@ pub async fn check_store(
 /// a client would leave it. Its collaborators are then told it was deleted; what they
 /// hold offline stays theirs. Returns what was damaged.
 ///
-/// Refused for a model that is not damaged, or that the server still serves. Stop the
-/// servers on the store first: the embedded store is locked while its server runs, and on
-/// PostgreSQL this raises the writer epoch, so a server still running stops taking writes,
-/// as it would for a second server.
+/// Refused for a model that is not damaged, that the server still serves, or that only its
+/// collection's damaged record keeps from being served. Stop the servers on the store first:
+/// the embedded store is locked while its server runs, and on PostgreSQL a drop (not a
+/// refusal) raises the writer epoch, so a server still running stops taking writes, as it
+/// would for a second server.
 pub async fn drop_damaged_model(
     location: &StoreLocation,
     domain: &str,
     model: &ModelId,
     at: Timestamp,
 ) -> Result<String, MaintenanceError> {
-    let store = open(location, true).await?;
     let key = ModelKey { domain: domain.into(), model: model.clone() };
+    let store = open(location, false).await?;
+    let mut damage = droppable(health(&*store, key.clone()).await?, domain, model)?;
+    let store = match location.store {
+        None => store,
+        // Only now is PostgreSQL's writer epoch raised, so a refused drop fences nobody.
+        Some(_) => {
+            drop(store);
+            let store = open(location, true).await?;
+            damage = droppable(health(&*store, key).await?, domain, model)?;
+            store
+        }
+    };
+    let writes = vec![Write::DeleteModel { model: model.clone(), at }];
+    store.commit(&[DomainWrites { domain: domain.into(), writes }]).await?;
+    Ok(damage)
+}
+
+/// What is damaged in a model that may be dropped, or why it may not.
+fn droppable(health: Health, domain: &str, model: &ModelId) -> Result<String, MaintenanceError> {
     let (domain, model) = (domain.to_owned(), model.clone());
-    match health(&*store, key).await? {
+    match health {
         Health::Absent => Err(MaintenanceError::NoModel { domain, model }),
         Health::Healthy => Err(MaintenanceError::NotDamaged { domain, model }),
         Health::Damaged(Damage::History, damage) => {
@@ -159,11 +178,7 @@ pub async fn drop_damaged_model(
         Health::Damaged(Damage::Collection, damage) => {
             Err(MaintenanceError::CollectionDamaged { domain, model, damage })
         }
-        Health::Damaged(Damage::Model, damage) => {
-            let writes = vec![Write::DeleteModel { model, at }];
-            store.commit(&[DomainWrites { domain: domain.into(), writes }]).await?;
-            Ok(damage)
-        }
+        Health::Damaged(Damage::Model, damage) => Ok(damage),
     }
 }
 

@@ -146,9 +146,16 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
         assert_eq!(damaged.model, "victim");
         assert_eq!(damaged.kind, Damage::Model);
         assert!(damaged.damage.contains("record"), "{damaged:?}");
+        // A refused drop fences nobody: a server running meanwhile still commits.
+        let server = start(temp.path(), |_| {}).await?;
         let bystander = model("bystander");
         let refused = drop_damaged_model(&location, "test/main", &bystander, Timestamp(9)).await;
         assert!(matches!(refused, Err(MaintenanceError::NotDamaged { .. })), "{refused:?}");
+        let mut alice = connect(&server, "alice").await?;
+        let snapshot = open(&mut alice, "bystander").await?;
+        let mut editor = Editor::new(bystander.clone(), ReplicaId(1), &snapshot);
+        commit(&mut alice, &mut editor, insert(&snapshot.data, 0, "still ")).await?;
+        server.stop().await?;
         drop_damaged_model(&location, "test/main", &model("victim"), Timestamp(9)).await?;
         assert_eq!(check_store(&location, |_| {}).await?.damaged, []);
 
@@ -157,7 +164,8 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
         // Gone, as any deleted model (clients drop it), no longer `internal`.
         let gone = try_open(&mut alice, "victim").await?.expect_err("the victim was dropped");
         assert_eq!(gone.code, ErrorCode::MODEL_NOT_FOUND, "{gone:?}");
-        assert_eq!(body(&open(&mut alice, "bystander").await?.data), "the bystander's text");
+        let text = "still the bystander's text";
+        assert_eq!(body(&open(&mut alice, "bystander").await?.data), text);
         server.stop().await?;
         Ok(())
     })
