@@ -177,7 +177,7 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// Writes a backup of the store at each SIGUSR1, and every `every` when set (`docs/server.md`,
-/// "Backing up and restoring"), one at a time, logging where it went; then keeps the newest
+/// "Backing up a running server"), one at a time, logging where it went; then keeps the newest
 /// `keep` (all with 0).
 fn back_up_when_asked(
     backups: Backups,
