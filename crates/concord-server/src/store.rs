@@ -1036,8 +1036,8 @@ fn create_file(dir: &Path, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes an empty store of the current format into a new file at `path`.
-fn initialize(path: &Path) -> Result<(), StoreError> {
+/// A new, empty redb database in a new file at `path`, readable by the owner only (Unix).
+fn create_private_database(path: &Path) -> Result<Database, StoreError> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create_new(true);
     #[cfg(unix)]
@@ -1050,7 +1050,12 @@ fn initialize(path: &Path) -> Result<(), StoreError> {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     let backend_file = redb::backends::FileBackend::new(file).map_err(backend)?;
-    let db = Database::builder().create_with_backend(backend_file).map_err(backend)?;
+    Database::builder().create_with_backend(backend_file).map_err(backend)
+}
+
+/// Writes an empty store of the current format into a new file at `path`.
+fn initialize(path: &Path) -> Result<(), StoreError> {
+    let db = create_private_database(path)?;
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
     let mut meta = txn.open_table(META).map_err(backend)?;

@@ -108,10 +108,8 @@ async fn a_record_damaged_in_postgresql_fails_that_model_and_the_others_serve_on
     support::on_postgres(async {
         let temp = tempfile::tempdir()?;
         victim_and_bystander(temp.path()).await?;
-        let cluster = support::postgres_cluster().expect("within on_postgres");
-        let database = support::postgres::TestPostgres::database_for_dir(temp.path());
-        let damaged = cluster.sql_in(
-            &database,
+        let damaged = sql_for_dir(
+            temp.path(),
             "WITH cut AS (UPDATE snapshots SET snapshot = substring(snapshot FROM 1 FOR 3) \
              WHERE model = 'victim' RETURNING 1) SELECT count(*) FROM cut",
         );
@@ -130,10 +128,9 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
     support::on_postgres(async {
         let temp = tempfile::tempdir()?;
         victim_and_bystander(temp.path()).await?;
-        let cluster = support::postgres_cluster().expect("within on_postgres");
-        let database = support::postgres::TestPostgres::database_for_dir(temp.path());
         let damaged = "UPDATE models SET record = decode('00', 'hex') WHERE model = 'victim'";
-        cluster.sql_in(&database, damaged);
+        sql_for_dir(temp.path(), damaged);
+        let cluster = support::postgres_cluster().expect("within on_postgres");
         let location = StoreLocation {
             data_dir: temp.path().to_owned(),
             store: Some(cluster.url_for_dir(temp.path()).into()),
@@ -170,6 +167,13 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
         Ok(())
     })
     .await
+}
+
+/// Runs `sql` in the PostgreSQL database of the servers on `dir` (within `on_postgres`);
+/// returns what it printed.
+fn sql_for_dir(dir: &Path, sql: &str) -> String {
+    let cluster = support::postgres_cluster().expect("within on_postgres");
+    cluster.sql_in(&support::postgres::TestPostgres::database_for_dir(dir), sql)
 }
 
 async fn refused_store(dir: &Path) -> StoreError {

@@ -546,13 +546,7 @@ fn a_refused_deletion_brings_back_an_unconfirmed_creation_as_still_owed() -> Res
     let model = id("new");
     let nonce = CreationNonce([7; 16]);
     let store = MemoryAdapter::new().open_store(&StoreKey::new("test", "alice"))?;
-    let commit = |turn: &Turn| -> Result<()> {
-        for batch in &turn.batches {
-            let mutations = store::batch_mutations(batch.clone());
-            block_on(store.commit(Batch { mutations }))?;
-        }
-        Ok(())
-    };
+    let commit = |turn: &Turn| store_turn(&store, turn);
     let mut engine = ClientEngine::new(REPLICA, config());
     engine.create_model(model.clone(), notes(), snapshot()?.data, nonce, Timestamp(0))?;
     commit(&drain(&mut engine, at(0)))?;
@@ -1125,6 +1119,15 @@ fn a_model_created_offline_is_created_resynced_and_submitted_by_one_sync_request
     Ok(())
 }
 
+/// Commits every batch of `turn` to `store`, as the driver does.
+fn store_turn(store: &MemoryStore, turn: &Turn) -> Result<()> {
+    for batch in &turn.batches {
+        let mutations = store::batch_mutations(batch.clone());
+        block_on(store.commit(Batch { mutations }))?;
+    }
+    Ok(())
+}
+
 /// The creation and modification times of the last snapshot `turn` stored.
 fn stored_creation_time(turn: &Turn) -> Option<(Timestamp, Timestamp)> {
     let mut snapshots = turn.batches.iter().flat_map(|b| &b.changes).filter_map(|c| match c {
@@ -1141,13 +1144,7 @@ fn stored_creation_time(turn: &Turn) -> Option<(Timestamp, Timestamp)> {
 fn a_confirmed_creation_takes_the_servers_creation_time() -> Result<()> {
     let model = id("new");
     let store = MemoryAdapter::new().open_store(&StoreKey::new("test", "alice"))?;
-    let commit = |turn: &Turn| -> Result<()> {
-        for batch in &turn.batches {
-            let mutations = store::batch_mutations(batch.clone());
-            block_on(store.commit(Batch { mutations }))?;
-        }
-        Ok(())
-    };
+    let commit = |turn: &Turn| store_turn(&store, turn);
     let mut engine = ClientEngine::new(REPLICA, config());
     let local = Timestamp(5);
     engine.create_model(model.clone(), notes(), snapshot()?.data, CreationNonce([3; 16]), local)?;

@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadTransaction, TableDefinition, TableError, WriteTransaction};
+use redb::{ReadTransaction, TableDefinition, TableError, WriteTransaction};
 
 use super::query::{COLLECTION_MODELS, INDEX_ENTRIES, INDEXES, MODEL_INDEX_KEYS};
 use super::{
     CHECKPOINTS, COLLECTIONS, DELETED, IDENTITIES, LAST_DECISIONS, META, MODELS, OPERATION_USERS,
     OPERATIONS, REPLICA_OWNERS, RedbStore, SNAPSHOTS, StoreError, USERS, backend,
-    create_private_dir,
+    create_private_database, create_private_dir,
 };
 
 /// A copy of the store ([`ServerStore::back_up`](super::ServerStore::back_up)).
@@ -60,19 +60,7 @@ pub(crate) fn backup_written_at(name: &str) -> Option<u128> {
 /// Writes every table `from` reads into a new store file at `path` (0600), committed
 /// durably.
 fn copy_into(from: &ReadTransaction, path: &Path) -> Result<(), StoreError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(path)?;
-    #[cfg(unix)]
-    {
-        // The mode above is subject to the umask; make sure of it either way.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    let file = redb::backends::FileBackend::new(file).map_err(backend)?;
-    let db = Database::builder().create_with_backend(file).map_err(backend)?;
+    let db = create_private_database(path)?;
     let to = db.begin_write().map_err(backend)?;
     copy(from, &to, META)?;
     copy(from, &to, MODELS)?;
@@ -115,7 +103,7 @@ fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
+    use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
 
     use super::super::{FILE_NAME, fuzzing};
     use super::*;

@@ -246,11 +246,8 @@ impl Matches<'_> {
         self.bytes = self.ranked.iter().map(Ranked::bytes).sum();
     }
 
-    /// The matches from `offset` on, in result order.
+    /// The ranked matches from `offset` on, in result order.
     fn page(mut self, offset: usize) -> Vec<Held> {
-        if self.ranked.is_empty() {
-            return self.in_order;
-        }
         self.cut();
         let query = self.query;
         self.ranked.sort_unstable_by(|a, b| query.compare_placements(&a.placement, &b.placement));
