@@ -83,8 +83,8 @@ pub use config::{
     redact_store_url,
 };
 pub use maintenance::{
-    Damage, DamagedModel, MaintenanceError, StoreCheck, StoreLocation, check_store,
-    drop_damaged_model,
+    Damage, DamagedModel, MaintenanceError, RebuiltSnapshot, StoreCheck, StoreLocation,
+    check_store, drop_damaged_model, rebuild_snapshot,
 };
 pub use revocation::{REVOCATION_FILE, RevocationError, RevocationList};
 pub use server::{Backups, RunningServer, Server, ServerError};

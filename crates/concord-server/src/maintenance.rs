@@ -1,6 +1,7 @@
 //! Looking after a server's store while no server runs on it (`concord store`): finding the
-//! models whose records are damaged, and dropping one that cannot be served so that its
-//! collaborators are told it is gone instead of failing on it for ever.
+//! models whose records are damaged, rebuilding a damaged snapshot from the model's
+//! checkpoints, and dropping a model that cannot be served so that its collaborators are told
+//! it is gone instead of failing on it for ever.
 //!
 //! The server itself never repairs or rewrites a damaged record (`docs/server.md`, "Store
 //! integrity and restore"); restoring a backup keeps every other model's newer changes out,
@@ -10,11 +11,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use concord_protocol::{CollectionId, ModelId, Timestamp};
+use concord_protocol::{CollectionId, ModelId, ModelSnapshot, Timestamp};
 use concord_sync::host::{Loaded, Write};
 
 use crate::config::{ServerConfig, StoreUrl};
-use crate::store::{self, DomainWrites, RedbStore, Store, StoreError};
+use crate::store::{self, DomainWrites, RedbStore, ServerStore, Store, StoreError};
 use crate::types::ModelKey;
 
 /// Keys and operations are read this many at a time.
@@ -64,11 +65,14 @@ pub struct DamagedModel {
 /// Which record of a model is damaged, and what that costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Damage {
-    /// One of its own (record, snapshot, a recent operation, a last decision, its key): the
-    /// server cannot serve it.
+    /// One of its own (record, a recent operation, a last decision, its key): the server
+    /// cannot serve it.
     Model,
-    /// Only operations older than its snapshot: it is served, but the history requests that
-    /// reach back to them fail.
+    /// Its snapshot, the state it is loaded from: the server cannot serve it, but every
+    /// snapshot is also kept as a checkpoint, so [`rebuild_snapshot`] can put it back.
+    Snapshot,
+    /// Only operations older than its snapshot, or checkpoints: it is served, but the history
+    /// requests that reach back to them fail.
     History,
     /// Its collection's record: no model of the collection can be served, though their own
     /// records may be whole. Restore the store; dropping the models would lose them all.
@@ -86,7 +90,7 @@ pub enum MaintenanceError {
     #[error("the store has no model {model} in domain {domain:?}")]
     NoModel { domain: String, model: ModelId },
     #[error(
-        "{model} in domain {domain:?} is not damaged; delete it from a client (deleteModel) if it must go"
+        "{model} in domain {domain:?} is not damaged: there is nothing to rebuild or drop (a model that must go is deleted from a client, deleteModel)"
     )]
     NotDamaged { domain: String, model: ModelId },
     #[error(
@@ -97,10 +101,33 @@ pub enum MaintenanceError {
         "{model} in domain {domain:?} is whole, but its collection's record is damaged ({damage}); restore the store instead, as dropping the collection's models would lose them all"
     )]
     CollectionDamaged { domain: String, model: ModelId, damage: String },
+    #[error(
+        "the snapshot of {model} in domain {domain:?} is whole; what is damaged is not rebuilt from checkpoints ({damage})"
+    )]
+    SnapshotWhole { domain: String, model: ModelId, damage: String },
+    #[error("the snapshot of {model} in domain {domain:?} cannot be rebuilt ({damage}): {reason}")]
+    CannotRebuild { domain: String, model: ModelId, damage: String, reason: String },
+    #[error(
+        "the snapshot of {model} in domain {domain:?} was rebuilt from checkpoint {checkpoint}, but the model is still not served: {damage}"
+    )]
+    StillDamaged { domain: String, model: ModelId, checkpoint: u64, damage: String },
 }
 
-/// Reads every model of the store whole (what serving it needs, and every operation its
-/// history holds) and reports those with a damaged record. Servers running on a PostgreSQL
+/// What [`rebuild_snapshot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuiltSnapshot {
+    /// What was damaged.
+    pub damage: String,
+    /// The version of the checkpoint the snapshot was rebuilt from.
+    pub checkpoint: u64,
+    /// The operations after it, which a load now replays (each was checked to apply).
+    pub replayed: u64,
+    /// Newer checkpoints passed over, with why.
+    pub passed_over: Vec<String>,
+}
+
+/// Reads every model of the store whole (what serving it needs, and every operation and
+/// checkpoint its history holds) and reports those with a damaged record. Servers running on a PostgreSQL
 /// store go on meanwhile; the embedded store can be checked only while its server is stopped
 /// (its file is locked). `progress` is called with the count of models read so far, after
 /// each page of them.
@@ -149,21 +176,138 @@ pub async fn drop_damaged_model(
     at: Timestamp,
 ) -> Result<String, MaintenanceError> {
     let key = ModelKey { domain: domain.into(), model: model.clone() };
-    let store = open(location, false).await?;
-    let mut damage = droppable(health(&*store, key.clone()).await?, domain, model)?;
-    let store = match location.store {
-        None => store,
-        // Only now is PostgreSQL's writer epoch raised, so a refused drop fences nobody.
-        Some(_) => {
-            drop(store);
-            let store = open(location, true).await?;
-            damage = droppable(health(&*store, key).await?, domain, model)?;
-            store
-        }
-    };
+    let ready =
+        async |store: &dyn ServerStore| droppable(health(store, key.clone()).await?, domain, model);
+    let (store, damage) = open_to_change(location, ready).await?;
     let writes = vec![Write::DeleteModel { model: model.clone(), at }];
     store.commit(&[DomainWrites { domain: domain.into(), writes }]).await?;
     Ok(damage)
+}
+
+/// Rebuilds the snapshot of `model` of `domain`, which the server cannot serve because its
+/// snapshot is damaged or missing. Every snapshot the server writes is also kept as a
+/// checkpoint, and every operation for good: the newest whole checkpoint that the operations
+/// after it apply to becomes the snapshot again, and loading the model replays those
+/// operations, so the model is served as it was, with nothing lost.
+///
+/// Refused for a model whose snapshot is whole, and when no checkpoint can be used. Stop the
+/// servers on the store first, as for [`drop_damaged_model`].
+pub async fn rebuild_snapshot(
+    location: &StoreLocation,
+    domain: &str,
+    model: &ModelId,
+) -> Result<RebuiltSnapshot, MaintenanceError> {
+    let key = ModelKey { domain: domain.into(), model: model.clone() };
+    let ready = async |store: &dyn ServerStore| rebuild_plan(store, &key).await;
+    let (store, (rebuilt, checkpoint)) = open_to_change(location, ready).await?;
+    let version = checkpoint.version;
+    let writes = vec![Write::Snapshot { model: model.clone(), snapshot: checkpoint }];
+    store.commit(&[DomainWrites { domain: domain.into(), writes }]).await?;
+    match health(&*store, key).await? {
+        Health::Healthy | Health::Damaged(Damage::History, _) => Ok(rebuilt),
+        Health::Damaged(_, damage) => Err(MaintenanceError::StillDamaged {
+            domain: domain.to_owned(),
+            model: model.clone(),
+            checkpoint: version,
+            damage,
+        }),
+        Health::Absent => {
+            Err(MaintenanceError::NoModel { domain: domain.into(), model: model.clone() })
+        }
+    }
+}
+
+/// Opens the store to change it once `ready` finds the change may be made, and returns what
+/// `ready` found. On PostgreSQL the writer epoch is raised only then (and `ready` asked again
+/// under it), so a refused change fences no running server.
+async fn open_to_change<T>(
+    location: &StoreLocation,
+    ready: impl AsyncFn(&dyn ServerStore) -> Result<T, MaintenanceError>,
+) -> Result<(Store, T), MaintenanceError> {
+    let store = open(location, false).await?;
+    let found = ready(&*store).await?;
+    match location.store {
+        None => Ok((store, found)),
+        Some(_) => {
+            drop((store, found));
+            let store = open(location, true).await?;
+            let found = ready(&*store).await?;
+            Ok((store, found))
+        }
+    }
+}
+
+/// What rebuilding the snapshot of `key` would write (the newest checkpoint that the
+/// operations after it apply to), or why it may not be rebuilt.
+async fn rebuild_plan(
+    store: &dyn ServerStore,
+    key: &ModelKey,
+) -> Result<(RebuiltSnapshot, ModelSnapshot), MaintenanceError> {
+    let (domain, model) = (key.domain.to_string(), key.model.clone());
+    let damage = match health(store, key.clone()).await? {
+        Health::Damaged(Damage::Snapshot, damage) => damage,
+        Health::Absent => return Err(MaintenanceError::NoModel { domain, model }),
+        Health::Healthy => return Err(MaintenanceError::NotDamaged { domain, model }),
+        Health::Damaged(_, damage) => {
+            return Err(MaintenanceError::SnapshotWhole { domain, model, damage });
+        }
+    };
+    let mut passed_over = Vec::new();
+    let mut at_or_before = u64::MAX;
+    while let Some((version, checkpoint)) = store.checkpoint_at_or_before(key, at_or_before).await?
+    {
+        match checkpoint {
+            Ok(checkpoint) => match replay(store, key, &checkpoint).await? {
+                Ok(replayed) => {
+                    let rebuilt =
+                        RebuiltSnapshot { damage, checkpoint: version, replayed, passed_over };
+                    return Ok((rebuilt, checkpoint));
+                }
+                Err(why) => passed_over.push(format!("checkpoint {version}: {why}")),
+            },
+            Err(error @ StoreError::CorruptRecord { .. }) => passed_over.push(error.to_string()),
+            Err(error) => return Err(error.into()),
+        }
+        let Some(earlier) = version.checked_sub(1) else { break };
+        at_or_before = earlier;
+    }
+    let reason = match passed_over.is_empty() {
+        true => "it has no checkpoint".to_owned(),
+        false => format!("no checkpoint can be used ({})", passed_over.join("; ")),
+    };
+    Err(MaintenanceError::CannotRebuild { domain, model, damage, reason })
+}
+
+/// Applies every operation after `checkpoint` to a copy of it, as a load would: the count of
+/// them, or why they do not apply.
+async fn replay(
+    store: &dyn ServerStore,
+    key: &ModelKey,
+    checkpoint: &ModelSnapshot,
+) -> Result<Result<u64, String>, MaintenanceError> {
+    let mut data = checkpoint.data.clone();
+    let mut version = checkpoint.version;
+    loop {
+        let page = match store.operations(key, version, u64::MAX, PAGE).await {
+            Ok(page) => page,
+            Err(error @ StoreError::CorruptRecord { .. }) => return Ok(Err(error.to_string())),
+            Err(error) => return Err(error.into()),
+        };
+        let full = page.len() == PAGE;
+        for stored in page {
+            let operation = stored.operation;
+            if operation.version != version + 1 {
+                return Ok(Err(format!("operation {} is missing", version + 1)));
+            }
+            if let Err(error) = data.apply_without_old(&operation.operation) {
+                return Ok(Err(format!("operation {} does not apply: {error}", operation.version)));
+            }
+            version = operation.version;
+        }
+        if !full {
+            return Ok(Ok(version - checkpoint.version));
+        }
+    }
 }
 
 /// What is damaged in a model that may be dropped, or why it may not.
@@ -178,7 +322,7 @@ fn droppable(health: Health, domain: &str, model: &ModelId) -> Result<String, Ma
         Health::Damaged(Damage::Collection, damage) => {
             Err(MaintenanceError::CollectionDamaged { domain, model, damage })
         }
-        Health::Damaged(Damage::Model, damage) => Ok(damage),
+        Health::Damaged(Damage::Model | Damage::Snapshot, damage) => Ok(damage),
     }
 }
 
@@ -194,30 +338,46 @@ async fn health(store: &dyn store::ServerStore, key: ModelKey) -> Result<Health,
         Ok(Loaded::Model(_)) => {}
         Ok(Loaded::Absent { .. }) => return Ok(Health::Absent),
         Err(StoreError::CorruptRecord { domain, model, record }) => {
-            let kind = match store::names_its_collection(&record) {
-                true => Damage::Collection,
-                false => Damage::Model,
+            let kind = if store::names_its_collection(&record) {
+                Damage::Collection
+            } else if store::names_its_snapshot(&record) {
+                Damage::Snapshot
+            } else {
+                Damage::Model
             };
             let error = StoreError::CorruptRecord { domain, model, record };
             return Ok(Health::Damaged(kind, error.to_string()));
         }
         Err(error) => return Err(error),
     }
-    // Loading read the operations after the snapshot; the history holds every one.
+    // Loading read the operations after the snapshot; the history holds every one, and the
+    // checkpoints that opening an old version starts from.
+    let history_damage = |error| Ok(Health::Damaged(Damage::History, format!("{error}")));
     let mut after = 0;
     loop {
         let page = match store.operations(&key, after, u64::MAX, PAGE).await {
             Ok(page) => page,
-            Err(error @ StoreError::CorruptRecord { .. }) => {
-                return Ok(Health::Damaged(Damage::History, error.to_string()));
-            }
+            Err(error @ StoreError::CorruptRecord { .. }) => return history_damage(error),
             Err(error) => return Err(error),
         };
         match page.last() {
             Some(last) if page.len() == PAGE => after = last.operation.version,
-            _ => return Ok(Health::Healthy),
+            _ => break,
         }
     }
+    let mut at_or_before = u64::MAX;
+    while let Some((version, checkpoint)) =
+        store.checkpoint_at_or_before(&key, at_or_before).await?
+    {
+        match checkpoint {
+            Ok(_) => {}
+            Err(error @ StoreError::CorruptRecord { .. }) => return history_damage(error),
+            Err(error) => return Err(error),
+        }
+        let Some(earlier) = version.checked_sub(1) else { break };
+        at_or_before = earlier;
+    }
+    Ok(Health::Healthy)
 }
 
 /// Opens the store at `location`, never creating one. On PostgreSQL the writer epoch is

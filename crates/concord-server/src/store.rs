@@ -126,6 +126,14 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
         after: Option<(String, String)>,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError>;
+    /// The newest checkpoint of a model at or before `version`: its version, and the
+    /// checkpoint or the damage that keeps it from being read, so that a caller can step back
+    /// past a damaged one (`concord store rebuild-snapshot`).
+    async fn checkpoint_at_or_before(
+        &self,
+        key: &ModelKey,
+        version: u64,
+    ) -> Result<Option<StoredCheckpoint>, StoreError>;
     /// The answer to a history request the model host accepted (an error reply if the
     /// store fails).
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage;
@@ -164,6 +172,9 @@ pub(crate) trait ServerStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 }
+
+/// A checkpoint's version, and the checkpoint or why it cannot be read.
+pub(crate) type StoredCheckpoint = (u64, Result<ModelSnapshot, StoreError>);
 
 /// The store the server runs on, whichever backend it is.
 pub(crate) type Store = Arc<dyn ServerStore>;
@@ -823,6 +834,15 @@ impl RedbStore {
         Ok(keys)
     }
 
+    /// See [`ServerStore::checkpoint_at_or_before`].
+    pub(crate) fn checkpoint_at_or_before(
+        &self,
+        key: &ModelKey,
+        version: u64,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        history::checkpoint_at_or_before(&self.begin_read()?, key, version)
+    }
+
     /// A user seen in `domain` (read back only by the format tests and the fuzz targets
     /// so far).
     pub(crate) fn user(
@@ -958,6 +978,15 @@ impl ServerStore for RedbStore {
         .await
     }
 
+    async fn checkpoint_at_or_before(
+        &self,
+        key: &ModelKey,
+        version: u64,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let key = key.clone();
+        blocking(self, move |store| store.checkpoint_at_or_before(&key, version)).await
+    }
+
     async fn history(&self, key: &ModelKey, read: &HistoryRead) -> ServerMessage {
         let (key, owned_read) = (key.clone(), read.clone());
         let answer = blocking(self, move |store| Ok(store.history(&key, &owned_read))).await;
@@ -1004,6 +1033,12 @@ impl ServerStore for RedbStore {
 /// (damaged for every model of the collection), as both backends' loads name it.
 pub(crate) fn names_its_collection(record: &str) -> bool {
     record.starts_with("its collection ")
+}
+
+/// Whether the `record` a model's [`StoreError::CorruptRecord`] names is its snapshot (damaged
+/// or missing), as both backends' loads name it.
+pub(crate) fn names_its_snapshot(record: &str) -> bool {
+    record.starts_with("its snapshot")
 }
 
 /// Creates `dir` and its missing parents, readable by the owner only (Unix).

@@ -120,6 +120,12 @@ async fn every_read(store: &Store) -> Vec<String> {
                 "operations {domain}/{model} ({after}, {to}] {limit}: {operations:?}"
             ));
         }
+        for at_or_before in [0, 1, through, u64::MAX] {
+            let checkpoint = store.checkpoint_at_or_before(&key, at_or_before).await;
+            reads.push(format!(
+                "checkpoint {domain}/{model} at or before {at_or_before}: {checkpoint:?}"
+            ));
+        }
         let mut queries = vec![HistoryQuery::Open];
         for start in 0..=through {
             for max_operations in [1, 100] {

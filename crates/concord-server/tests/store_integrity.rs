@@ -12,7 +12,7 @@ use concord_ot::ReplicaId;
 use concord_protocol::{ErrorCode, Timestamp};
 use concord_server::{
     Damage, MaintenanceError, Server, ServerConfig, ServerError, StoreError, StoreLocation,
-    check_store, drop_damaged_model,
+    check_store, drop_damaged_model, rebuild_snapshot,
 };
 use concord_testkit::wire::Editor;
 use support::*;
@@ -163,6 +163,56 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
         assert_eq!(gone.code, ErrorCode::MODEL_NOT_FOUND, "{gone:?}");
         let text = "still the bystander's text";
         assert_eq!(body(&open(&mut alice, "bystander").await?.data), text);
+        server.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A model whose snapshot is gone from PostgreSQL is found by a check and rebuilt from its
+/// checkpoint by `rebuild-snapshot`: a server then serves it as it was, edits included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_lost_in_postgresql_is_rebuilt_from_its_checkpoint() -> anyhow::Result<()> {
+    support::on_postgres(async {
+        let temp = tempfile::tempdir()?;
+        victim_and_bystander(temp.path()).await?;
+        let server = start(temp.path(), |_| {}).await?;
+        let mut alice = connect(&server, "alice").await?;
+        let snapshot = open(&mut alice, "victim").await?;
+        let mut editor = Editor::new(model("victim"), ReplicaId(1), &snapshot);
+        commit(&mut alice, &mut editor, insert(&snapshot.data, 0, "kept: ")).await?;
+        server.stop().await?;
+        let lost = sql_for_dir(
+            temp.path(),
+            "WITH lost AS (DELETE FROM snapshots WHERE model = 'victim' RETURNING 1) \
+             SELECT count(*) FROM lost",
+        );
+        assert_eq!(lost, "1", "the victim's snapshot was stored");
+        let cluster = support::postgres_cluster().expect("within on_postgres");
+        let location = StoreLocation {
+            data_dir: temp.path().to_owned(),
+            store: Some(cluster.url_for_dir(temp.path()).into()),
+            indexes: Default::default(),
+        };
+
+        let check = check_store(&location, |_| {}).await?;
+        let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+        assert_eq!((damaged.model.as_str(), damaged.kind), ("victim", Damage::Snapshot));
+        assert!(damaged.damage.contains("snapshot is missing"), "{damaged:?}");
+        let rebuilt = rebuild_snapshot(&location, "test/main", &model("victim")).await?;
+        // The server wrote its last state as a snapshot, and so as a checkpoint, when it
+        // stopped.
+        assert_eq!((rebuilt.checkpoint, rebuilt.replayed), (1, 0), "{rebuilt:?}");
+        assert_eq!(check_store(&location, |_| {}).await?.damaged, []);
+
+        let server = start(temp.path(), |_| {}).await?;
+        let mut bob = connect(&server, "bob").await?;
+        let victim = open(&mut bob, "victim").await?;
+        assert_eq!(
+            (victim.version, body(&victim.data)),
+            (1, "kept: the victim's text, soon damaged".into())
+        );
+        assert_eq!(body(&open(&mut bob, "bystander").await?.data), "the bystander's text");
         server.stop().await?;
         Ok(())
     })

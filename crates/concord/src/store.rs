@@ -1,7 +1,8 @@
 //! `concord store`: looks after a server's store while its server is stopped. `check` reads
-//! every model whole and names those a damaged record keeps from being served; `drop-model`
-//! deletes one of them, so that its collaborators are told it was deleted rather than failing
-//! on it at every try (`docs/server.md`, "Store integrity and restore").
+//! every model whole and names those a damaged record keeps from being served;
+//! `rebuild-snapshot` puts back a damaged snapshot from the model's checkpoints; `drop-model`
+//! deletes a model that cannot be served, so that its collaborators are told it was deleted
+//! rather than failing on it at every try (`docs/server.md`, "Store integrity and restore").
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use concord_protocol::{ModelId, Timestamp};
-use concord_server::{Damage, StoreLocation, StoreUrl, check_store, drop_damaged_model};
+use concord_server::{
+    Damage, StoreLocation, StoreUrl, check_store, drop_damaged_model, rebuild_snapshot,
+};
 
 use crate::config::{self, Config, Settings};
 
@@ -24,18 +27,32 @@ pub(crate) struct StoreArgs {
 enum StoreCommand {
     /// Read every model whole and list those with a damaged record; exits with 1 if any
     Check(Target),
+    /// Rebuild the damaged snapshot of one model from its newest whole checkpoint (stop the
+    /// server first): it is served again as it was, with nothing lost
+    RebuildSnapshot(OneModel),
     /// Delete one model that cannot be served because a record of it is damaged (stop the
     /// server first): its collaborators are told it was deleted
-    DropModel {
-        /// Its domain, as `check` prints it (`<namespace>/<domain>`)
-        #[arg(long)]
-        domain: String,
-        /// Its id
-        #[arg(long)]
-        model: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    DropModel(OneModel),
+}
+
+/// One model of a server's store.
+#[derive(Debug, Args)]
+struct OneModel {
+    /// Its domain, as `check` prints it (`<namespace>/<domain>`)
+    #[arg(long)]
+    domain: String,
+    /// Its id
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+impl OneModel {
+    fn resolve(self) -> anyhow::Result<(StoreLocation, String, ModelId)> {
+        let model = ModelId::new(self.model).context("--model")?;
+        Ok((self.target.location()?, self.domain, model))
+    }
 }
 
 /// Which server's store: found as `concord serve` finds it.
@@ -76,9 +93,22 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         match args.command {
             StoreCommand::Check(target) => check(target.location()?).await,
-            StoreCommand::DropModel { domain, model, target } => {
-                let model = ModelId::new(model).context("--model")?;
-                drop_model(target.location()?, &domain, &model).await
+            StoreCommand::RebuildSnapshot(one) => {
+                let (location, domain, model) = one.resolve()?;
+                let rebuilt = rebuild_snapshot(&location, &domain, &model).await?;
+                for passed in &rebuilt.passed_over {
+                    println!("passed over {passed}");
+                }
+                println!(
+                    "{domain} {model} is served again: its snapshot is checkpoint {}, and {} \
+                     operations after it are replayed at each load (it was damaged: {})",
+                    rebuilt.checkpoint, rebuilt.replayed, rebuilt.damage
+                );
+                Ok(())
+            }
+            StoreCommand::DropModel(one) => {
+                let (location, domain, model) = one.resolve()?;
+                drop_model(location, &domain, &model).await
             }
         }
     })
@@ -98,6 +128,7 @@ async fn check(location: StoreLocation) -> anyhow::Result<()> {
     for damaged in &check.damaged {
         let state = match damaged.kind {
             Damage::Model => "not served",
+            Damage::Snapshot => "not served, its snapshot damaged (rebuild-snapshot)",
             Damage::History => "served, its history damaged",
             Damage::Collection => "not served, its collection's record damaged",
         };
@@ -109,8 +140,9 @@ async fn check(location: StoreLocation) -> anyhow::Result<()> {
             Ok(())
         }
         damaged => bail!(
-            "{damaged} of {} models are damaged; restore the store from a backup, or drop \
-             each one not served with `concord store drop-model`",
+            "{damaged} of {} models are damaged; restore the store from a backup, or rebuild \
+             each damaged snapshot with `concord store rebuild-snapshot` and drop each other \
+             one not served with `concord store drop-model`",
             check.models
         ),
     }

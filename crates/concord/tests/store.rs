@@ -19,7 +19,7 @@ fn store(data_dir: &Path, args: &[&str]) -> anyhow::Result<(Option<i32>, String,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_store_is_checked_once_its_server_stopped_and_a_sound_model_is_never_dropped()
+async fn the_store_is_checked_once_its_server_stopped_and_a_sound_model_is_never_dropped_or_rebuilt()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
@@ -41,10 +41,12 @@ async fn the_store_is_checked_once_its_server_stopped_and_a_sound_model_is_never
     let (code, stdout, stderr) = store(&data_dir, &["check"])?;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("1 models read whole, none damaged"), "{stdout}");
-    let drop_note = ["drop-model", "--domain", "acme/docs", "--model", "note"];
-    let (code, _, stderr) = store(&data_dir, &drop_note)?;
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("is not damaged"), "{stderr}");
+    for command in ["drop-model", "rebuild-snapshot"] {
+        let note = [command, "--domain", "acme/docs", "--model", "note"];
+        let (code, _, stderr) = store(&data_dir, &note)?;
+        assert_eq!(code, Some(1), "{command}");
+        assert!(stderr.contains("is not damaged"), "{command}: {stderr}");
+    }
 
     let server = serve(&data_dir, &[])?;
     let mut alice = connect(&server.url("acme", "docs"), &token(&data_dir, "alice")?).await?;

@@ -13,7 +13,8 @@ use concord_sync::host::{
 use redb::{ReadTransaction, TableHandle};
 
 use super::{
-    CHECKPOINTS, OPERATIONS, RedbStore, StoreError, backend, read_operations_with_users, unseal,
+    CHECKPOINTS, OPERATIONS, RedbStore, StoreError, StoredCheckpoint, backend,
+    read_operations_with_users, unseal,
 };
 use crate::types::ModelKey;
 
@@ -26,6 +27,26 @@ impl RedbStore {
         };
         history_reply(read, &mut source)
     }
+}
+
+/// The newest checkpoint of `key` at or before `version`: its version, and the checkpoint or
+/// the damage that keeps it from being read.
+pub(super) fn checkpoint_at_or_before(
+    txn: &ReadTransaction,
+    key: &ModelKey,
+    version: u64,
+) -> Result<Option<StoredCheckpoint>, StoreError> {
+    let (domain, model) = key.as_tuple();
+    let table = txn.open_table(CHECKPOINTS).map_err(backend)?;
+    let mut range = table.range((domain, model, 0)..=(domain, model, version)).map_err(backend)?;
+    let Some(entry) = range.next_back() else { return Ok(None) };
+    let (stored_key, bytes) = entry.map_err(backend)?;
+    let at = stored_key.value().2;
+    let checkpoint =
+        unseal(CHECKPOINTS.name(), &stored_key.value(), bytes.value()).map_err(|damage| {
+            super::corrupt(domain, Some(&key.model), format!("checkpoint {at}"), damage)
+        });
+    Ok(Some((at, checkpoint)))
 }
 
 struct StoredHistory<'a> {
@@ -62,17 +83,10 @@ impl HistorySource for StoredHistory<'_> {
         &mut self,
         version: u64,
     ) -> Result<Option<ModelSnapshot>, ReadFailure> {
-        let (domain, model) = self.key.as_tuple();
-        let table = self.txn.open_table(CHECKPOINTS).map_err(message)?;
-        let mut range = table
-            .range((domain, model, 0)..=(domain, model, version))
-            .map_err(|e| message(backend(e)))?;
-        let Some(entry) = range.next_back() else { return Ok(None) };
-        let (key, bytes) = entry.map_err(|e| message(backend(e)))?;
-        let at = key.value().2;
-        unseal(CHECKPOINTS.name(), &key.value(), bytes.value())
-            .map(Some)
-            .map_err(|damage| self.damaged(format!("checkpoint {at}"), damage))
+        match checkpoint_at_or_before(&self.txn, self.key, version)? {
+            Some((_, checkpoint)) => Ok(Some(checkpoint?)),
+            None => Ok(None),
+        }
     }
 
     fn operations(

@@ -44,7 +44,10 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 pub(crate) mod cluster;
 
-use super::{DomainWrites, ServerStore, StoreError, StoredDecision, failed_history, failed_query};
+use super::{
+    DomainWrites, ServerStore, StoreError, StoredCheckpoint, StoredDecision, failed_history,
+    failed_query,
+};
 use crate::types::ModelKey;
 
 /// The schema migrations, in order: schema `n` is the first `n` of them applied.
@@ -475,6 +478,33 @@ async fn snapshot_of(
 }
 
 /// The operations of a model in `(after, through]`, at most `limit`, with their users.
+/// The newest checkpoint of `key` at or before `version`: its version, and the checkpoint or
+/// the damage that keeps it from being read.
+async fn checkpoint_in(
+    client: &impl deadpool_postgres::GenericClient,
+    key: &ModelKey,
+    version: u64,
+) -> Result<Option<StoredCheckpoint>, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT version, snapshot FROM checkpoints
+             WHERE domain = $1 AND model = $2 AND version <= $3
+             ORDER BY version DESC LIMIT 1",
+        )
+        .await
+        .map_err(pg)?;
+    let row = client
+        .query_opt(&statement, &[&&*key.domain, &key.model.as_str(), &upto(version)])
+        .await
+        .map_err(pg)?;
+    Ok(row.map(|row| {
+        let at = row.get::<_, i64>(0) as u64;
+        let checkpoint =
+            decode(row.get(1), &key.domain, Some(&key.model), || format!("checkpoint {at}"));
+        (at, checkpoint)
+    }))
+}
+
 async fn operations_in(
     txn: &impl deadpool_postgres::GenericClient,
     domain: &str,
@@ -633,6 +663,14 @@ impl ServerStore for PostgresStore {
             .into_iter()
             .map(|(operation, user)| HistoryOperation { operation, user })
             .collect())
+    }
+
+    async fn checkpoint_at_or_before(
+        &self,
+        key: &ModelKey,
+        version: u64,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        checkpoint_in(&self.client().await?, key, version).await
     }
 
     async fn model_keys(
@@ -1130,21 +1168,8 @@ impl HistorySource for StoredHistory<'_> {
     ) -> Result<Option<ModelSnapshot>, ReadFailure> {
         let (txn, key) = (self.snapshot.txn, self.key);
         self.snapshot.wait(async move {
-            let row = txn
-                .query_opt(
-                    "SELECT version, snapshot FROM checkpoints
-                     WHERE domain = $1 AND model = $2 AND version <= $3
-                     ORDER BY version DESC LIMIT 1",
-                    &[&&*key.domain, &key.model.as_str(), &upto(version)],
-                )
-                .await
-                .map_err(pg)?;
-            match row {
-                Some(row) => {
-                    let at: i64 = row.get(0);
-                    decode(row.get(1), &key.domain, Some(&key.model), || format!("checkpoint {at}"))
-                        .map(Some)
-                }
+            match checkpoint_in(txn, key, version).await? {
+                Some((_, checkpoint)) => checkpoint.map(Some),
                 None => Ok(None),
             }
         })

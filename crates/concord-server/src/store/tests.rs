@@ -688,3 +688,66 @@ async fn a_check_names_the_damaged_models_and_only_one_not_served_is_dropped() {
     let refused = drop_damaged_model(&at, DOMAIN, &model_id("bystander"), Timestamp(9)).await;
     assert!(matches!(refused, Err(MaintenanceError::CollectionDamaged { .. })), "{refused:?}");
 }
+
+/// `concord store rebuild-snapshot`, on the embedded store: a damaged snapshot is put back
+/// from the newest whole checkpoint, and the model loads as it was.
+#[tokio::test]
+async fn a_damaged_snapshot_is_rebuilt_from_the_newest_whole_checkpoint() {
+    use crate::maintenance::{Damage, MaintenanceError, check_store, rebuild_snapshot};
+    let dir = tempfile::tempdir().unwrap();
+    let at = location(dir.path());
+    two_models(dir.path()).await;
+    let whole = loads(&RedbStore::open(dir.path()).unwrap(), "victim").unwrap();
+
+    damage(dir.path(), SNAPSHOTS, (DOMAIN, "victim"));
+    let check = check_store(&at, |_| {}).await.unwrap();
+    let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+    assert_eq!((damaged.model.as_str(), damaged.kind), ("victim", Damage::Snapshot));
+    assert!(damaged.damage.contains("snapshot"), "{damaged:?}");
+    for (model, refusal) in [("bystander", "NotDamaged"), ("nobody", "NoModel")] {
+        let refused = rebuild_snapshot(&at, DOMAIN, &model_id(model)).await;
+        assert!(format!("{refused:?}").starts_with(&format!("Err({refusal}")), "{refused:?}");
+    }
+
+    // Checkpoint 2 is the snapshot's copy; operation 3 is replayed after it.
+    let rebuilt = rebuild_snapshot(&at, DOMAIN, &model_id("victim")).await.unwrap();
+    assert_eq!((rebuilt.checkpoint, rebuilt.replayed), (2, 1));
+    assert!(rebuilt.passed_over.is_empty() && rebuilt.damage.contains("snapshot"), "{rebuilt:?}");
+    assert_eq!(check_store(&at, |_| {}).await.unwrap().damaged, []);
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(loads(&store, "victim").unwrap(), whole);
+    drop(store);
+
+    // Its checkpoint damaged too: the one before it serves, with more to replay, and the
+    // check still reports the damaged checkpoint as history.
+    damage(dir.path(), SNAPSHOTS, (DOMAIN, "victim"));
+    damage(dir.path(), CHECKPOINTS, (DOMAIN, "victim", 2));
+    let rebuilt = rebuild_snapshot(&at, DOMAIN, &model_id("victim")).await.unwrap();
+    assert_eq!((rebuilt.checkpoint, rebuilt.replayed), (0, 3));
+    let [passed] = rebuilt.passed_over.as_slice() else { panic!("{rebuilt:?}") };
+    assert!(passed.contains("checkpoint 2"), "{passed}");
+    let store = RedbStore::open(dir.path()).unwrap();
+    let loaded = loads(&store, "victim").unwrap();
+    assert_eq!((loaded.snapshot.version, loaded.operations.len()), (0, 3));
+    assert_eq!((loaded.record, loaded.last_decisions), (whole.record, whole.last_decisions));
+    drop(store);
+    let check = check_store(&at, |_| {}).await.unwrap();
+    let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
+    assert_eq!(damaged.kind, Damage::History);
+    assert!(damaged.damage.contains("checkpoint 2"), "{damaged:?}");
+
+    // With no whole checkpoint left, it cannot be rebuilt, and nothing is written.
+    damage(dir.path(), SNAPSHOTS, (DOMAIN, "victim"));
+    damage(dir.path(), CHECKPOINTS, (DOMAIN, "victim", 0));
+    let refused = rebuild_snapshot(&at, DOMAIN, &model_id("victim")).await;
+    let Err(MaintenanceError::CannotRebuild { reason, .. }) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(reason.contains("checkpoint 2") && reason.contains("checkpoint 0"), "{reason}");
+    let check = check_store(&at, |_| {}).await.unwrap();
+    assert_eq!(check.damaged[0].kind, Damage::Snapshot, "{check:?}");
+    // A record of the model's own damaged is not its snapshot's to rebuild.
+    damage(dir.path(), MODELS, (DOMAIN, "bystander"));
+    let refused = rebuild_snapshot(&at, DOMAIN, &model_id("bystander")).await;
+    assert!(matches!(refused, Err(MaintenanceError::SnapshotWhole { .. })), "{refused:?}");
+}
