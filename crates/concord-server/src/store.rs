@@ -702,27 +702,14 @@ impl RedbStore {
         };
         let record: ModelRecord = unseal(MODELS.name(), &k, record.value())
             .map_err(|damage| corrupt(domain, model, "its record".into(), damage))?;
-        let collection = read_collection(&txn, domain, &record.collection).map_err(|e| {
-            // The model cannot be served without its collection's settings: name the model.
-            match e {
-                StoreError::CorruptRecord { record, .. } => StoreError::CorruptRecord {
-                    domain: domain.to_owned(),
-                    model: model.cloned(),
-                    record: format!("its {record}"),
-                },
-                other => other,
-            }
-        })?;
+        let collection = read_collection(&txn, domain, &record.collection)
+            .map_err(|e| failing_its_model(e, domain, &key.model))?;
         let snapshots = txn.open_table(SNAPSHOTS).map_err(backend)?;
         let Some(snapshot) = snapshots.get(k).map_err(backend)? else {
-            return Err(StoreError::CorruptRecord {
-                domain: domain.to_owned(),
-                model: model.cloned(),
-                record: "its snapshot is missing".into(),
-            });
+            return Err(missing_snapshot(domain, &key.model));
         };
         let snapshot: ModelSnapshot = unseal(SNAPSHOTS.name(), &k, snapshot.value())
-            .map_err(|damage| corrupt(domain, model, "its snapshot".into(), damage))?;
+            .map_err(|damage| corrupt(domain, model, ITS_SNAPSHOT.into(), damage))?;
         let operations =
             read_operations_with_users(&txn, key, snapshot.version, u64::MAX, usize::MAX)?;
         let mut authors = BTreeMap::new();
@@ -1029,16 +1016,47 @@ impl ServerStore for RedbStore {
     }
 }
 
+// How both backends name the records that `concord store` tells apart, in the `record` of
+// a model's `StoreError::CorruptRecord`: a load names them through these, and
+// `names_its_collection` and `names_its_snapshot` read them back.
+const ITS_SNAPSHOT: &str = "its snapshot";
+const ITS_SNAPSHOT_IS_MISSING: &str = "its snapshot is missing";
+const COLLECTION: &str = "collection";
+
+/// The name of `collection`'s record, damaged.
+fn collection_record(collection: &CollectionId) -> String {
+    format!("{COLLECTION} {collection}")
+}
+
+/// A load's error when the collection of `model` fails: the model cannot be served without
+/// its collection's settings, so a damaged collection record is named as the model's.
+fn failing_its_model(error: StoreError, domain: &str, model: &ModelId) -> StoreError {
+    match error {
+        StoreError::CorruptRecord { record, .. } => StoreError::CorruptRecord {
+            domain: domain.to_owned(),
+            model: Some(model.clone()),
+            record: format!("its {record}"),
+        },
+        other => other,
+    }
+}
+
+/// A load's error for a model without a snapshot.
+fn missing_snapshot(domain: &str, model: &ModelId) -> StoreError {
+    let record = ITS_SNAPSHOT_IS_MISSING.to_owned();
+    StoreError::CorruptRecord { domain: domain.to_owned(), model: Some(model.clone()), record }
+}
+
 /// Whether the `record` a model's [`StoreError::CorruptRecord`] names is its collection's
-/// (damaged for every model of the collection), as both backends' loads name it.
+/// (damaged for every model of the collection).
 pub(crate) fn names_its_collection(record: &str) -> bool {
-    record.starts_with("its collection ")
+    record.strip_prefix("its ").is_some_and(|rest| rest.starts_with(&format!("{COLLECTION} ")))
 }
 
 /// Whether the `record` a model's [`StoreError::CorruptRecord`] names is its snapshot (damaged
-/// or missing), as both backends' loads name it.
+/// or missing).
 pub(crate) fn names_its_snapshot(record: &str) -> bool {
-    record.starts_with("its snapshot")
+    record.starts_with(ITS_SNAPSHOT)
 }
 
 /// Creates `dir` and its missing parents, readable by the owner only (Unix).
@@ -1204,7 +1222,7 @@ fn read_collection(
     match table.get(key).map_err(backend)? {
         Some(bytes) => unseal(COLLECTIONS.name(), &key, bytes.value())
             .map(Some)
-            .map_err(|damage| corrupt(domain, None, format!("collection {collection}"), damage)),
+            .map_err(|damage| corrupt(domain, None, collection_record(collection), damage)),
         None => Ok(None),
     }
 }

@@ -467,14 +467,8 @@ async fn snapshot_of(
         .await
         .map_err(pg)?;
     let row = txn.query_opt(&statement, &[&domain, &model.as_str()]).await.map_err(pg)?;
-    let Some(row) = row else {
-        return Err(StoreError::CorruptRecord {
-            domain: domain.to_owned(),
-            model: Some(model.clone()),
-            record: "its snapshot is missing".into(),
-        });
-    };
-    decode(row.get(0), domain, Some(model), || "its snapshot".into())
+    let Some(row) = row else { return Err(super::missing_snapshot(domain, model)) };
+    decode(row.get(0), domain, Some(model), || super::ITS_SNAPSHOT.into())
 }
 
 /// The operations of a model in `(after, through]`, at most `limit`, with their users.
@@ -572,7 +566,7 @@ async fn collection_in(
         .map_err(pg)?;
     match client.query_opt(&statement, &[&domain, &collection.as_str()]).await.map_err(pg)? {
         Some(row) => decode::<CollectionConfig>(row.get(0), domain, None, || {
-            format!("collection {collection}")
+            super::collection_record(collection)
         })
         .map(Some),
         None => Ok(None),
@@ -600,17 +594,9 @@ impl ServerStore for PostgresStore {
             return Ok(Loaded::Absent { deleted: deleted.is_some() });
         };
         let record: ModelRecord = decode(row.get(0), domain, Some(model), || "its record".into())?;
-        let collection = collection_in(&txn, domain, &record.collection).await.map_err(|e| {
-            // The model cannot be served without its collection's settings: name the model.
-            match e {
-                StoreError::CorruptRecord { record, .. } => StoreError::CorruptRecord {
-                    domain: domain.to_owned(),
-                    model: Some(model.clone()),
-                    record: format!("its {record}"),
-                },
-                other => other,
-            }
-        })?;
+        let collection = collection_in(&txn, domain, &record.collection)
+            .await
+            .map_err(|e| super::failing_its_model(e, domain, model))?;
         let snapshot = snapshot_of(&txn, domain, model).await?;
         let mut authors = BTreeMap::new();
         let operations = operations_in(&txn, domain, model, snapshot.version, u64::MAX, usize::MAX)
