@@ -32,8 +32,8 @@ pub(crate) struct Settings {
     /// Directory of the store and of the server's secret [default: ./concord-data]
     #[arg(long, env = "CONCORD_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Where to store: a PostgreSQL URL (`postgres://user@host:port/database`) [default:
-    /// the embedded store in the data directory]
+    /// Where to store: a PostgreSQL URL (`postgres://user@host:port/database`, with
+    /// `?sslmode=verify-full` for TLS) [default: the embedded store in the data directory]
     #[arg(long, env = "CONCORD_STORE", value_name = "URL")]
     pub(crate) store: Option<StoreUrl>,
     /// How long a commit to PostgreSQL is retried while PostgreSQL cannot be reached, in

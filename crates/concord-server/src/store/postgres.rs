@@ -43,6 +43,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 pub(crate) mod cluster;
+mod tls;
 
 use super::{
     DomainWrites, ServerStore, StoreError, StoredCheckpoint, StoredDecision, failed_history,
@@ -108,6 +109,18 @@ fn pg(error: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::Backend(message)
     }
+}
+
+/// `error` and what caused it, as far down as it goes ("db error: FATAL: ..." rather than
+/// "db error").
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text = format!("{text}: {error}");
+        cause = error.source();
+    }
+    text
 }
 
 /// Whether `error` says the connection or the server went away or is not taking work yet.
@@ -206,7 +219,8 @@ impl PostgresStore {
         indexes: &BTreeMap<CollectionId, Vec<Path>>,
         raise_epoch: bool,
     ) -> Result<PostgresStore, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url)
+        let (url, tls) = tls::connection(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL address: {e}")))?;
         // Acknowledged means on disk, whatever the server's or the role's default.
         let options = match config.get_options() {
@@ -221,11 +235,11 @@ impl PostgresStore {
             config.application_name("concord");
         }
         let target: Arc<str> = describe(&config).into();
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, recycling),
+            None => Manager::from_config(config, NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .build()
@@ -253,7 +267,12 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|e| {
-            let message = format!("cannot reach PostgreSQL at {}: {e}", self.target);
+            // The pool's own words say only "db error": name what PostgreSQL or TLS said.
+            let cause = match &e {
+                deadpool_postgres::PoolError::Backend(e) => with_causes(e),
+                other => other.to_string(),
+            };
+            let message = format!("cannot reach PostgreSQL at {}: {cause}", self.target);
             // Refused credentials or a missing database do not come right by waiting.
             let transient = match &e {
                 deadpool_postgres::PoolError::Backend(e) => is_transient(e),

@@ -181,6 +181,34 @@ impl TestPostgres {
         }
     }
 
+    /// Makes the cluster take TCP connections over TLS only (`ssl = on` and `hostssl` in
+    /// `pg_hba.conf`, reloaded), with `certificate` and its `key` (PEM).
+    pub fn require_tls(&self, certificate: String, key: String) {
+        let data = self.dir.path().join("data");
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
+        for (file, contents) in
+            [("server.crt", certificate), ("server.key", key), ("pg_hba.conf", hba.into())]
+        {
+            let path = data.join(file);
+            std::fs::write(&path, contents).expect("a file in the cluster's directory");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("its mode");
+            if self.as_postgres {
+                checked("chown", Command::new("chown").arg("postgres").arg(&path).output());
+            }
+        }
+        self.sql("ALTER SYSTEM SET ssl = on");
+        self.sql("SELECT pg_reload_conf()");
+        // The reload is asynchronous: wait until new sessions see it.
+        for _ in 0..100 {
+            if self.sql("SHOW ssl") == "on" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("PostgreSQL did not turn TLS on");
+    }
+
     /// The URL of `database` (created on first use).
     pub fn url(&self, database: &str) -> String {
         let mut databases = self.databases.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,88 @@
+//! The server on a PostgreSQL that takes connections over TLS only: with `sslmode=verify-full`
+//! and the cluster's CA in `sslrootcert` it stores over TLS (PostgreSQL's `pg_stat_ssl` says
+//! so) and serves what it stored after a restart; a URL without TLS, or with TLS but no way to
+//! trust the cluster's certificate, is refused at start, saying why.
+
+mod support;
+
+use std::path::Path;
+
+use concord_server::{Server, ServerConfig, ServerError};
+use support::{SECRET, body, connect, create, open, start};
+
+/// A new CA: its key and its certificate.
+fn new_ca() -> (rcgen::KeyPair, rcgen::Certificate) {
+    let key = rcgen::KeyPair::generate().expect("a CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Concord test CA");
+    let certificate = params.self_signed(&key).expect("the CA's certificate");
+    (key, certificate)
+}
+
+/// A certificate for 127.0.0.1 and localhost signed by `ca`, and its key (PEM).
+fn server_certificate((ca_key, ca): &(rcgen::KeyPair, rcgen::Certificate)) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("a server key");
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let params = rcgen::CertificateParams::new(names).expect("server params");
+    let certificate = params.signed_by(&key, ca, ca_key).expect("the server's certificate");
+    (certificate.pem(), key.serialize_pem())
+}
+
+/// Why a server on `url` does not start.
+async fn refused(dir: &Path, url: &str) -> String {
+    let mut config = ServerConfig::development(dir, SECRET);
+    config.store = Some(url.into());
+    match Server::bind(config).await {
+        Err(ServerError::Store(error)) => error.to_string(),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a server started on {url}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_reached_over_verified_tls_and_nothing_less() -> anyhow::Result<()> {
+    let Some(cluster) = support::postgres::private() else { return Ok(()) };
+    let temp = tempfile::tempdir()?;
+    let plain = cluster.url("tls");
+    let authority = new_ca();
+    let (certificate, key) = server_certificate(&authority);
+    cluster.require_tls(certificate, key);
+    let ca = temp.path().join("ca.pem");
+    std::fs::write(&ca, authority.1.pem())?;
+    let data = temp.path().join("data");
+
+    let why = refused(&data, &plain).await;
+    assert!(why.contains("no encryption"), "without TLS: {why}");
+    // The test CA is not among Mozilla's roots: there is no unverified TLS.
+    let why = refused(&data, &format!("{plain}?sslmode=require")).await;
+    assert!(why.contains("certificate"), "with TLS but not the CA: {why}");
+    let other_ca = temp.path().join("other-ca.pem");
+    std::fs::write(&other_ca, new_ca().1.pem())?;
+    let url = format!("{plain}?sslmode=verify-full&sslrootcert={}", other_ca.display());
+    let why = refused(&data, &url).await;
+    assert!(why.contains("certificate"), "with another CA: {why}");
+
+    let url = format!("{plain}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let server = start(&data, |config| config.store = Some(url.as_str().into())).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "stored over TLS").await?;
+    let over_tls = cluster.sql(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND application_name = 'concord'",
+    );
+    let plain_sessions = cluster.sql(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE NOT ssl AND application_name = 'concord'",
+    );
+    assert!(over_tls.parse::<u32>()? >= 1, "{over_tls} sessions over TLS");
+    assert_eq!(plain_sessions, "0");
+    drop(alice);
+    server.stop().await?;
+
+    let server = start(&data, |config| config.store = Some(url.as_str().into())).await?;
+    let mut bob = connect(&server, "bob").await?;
+    assert_eq!(body(&open(&mut bob, "doc").await?.data), "stored over TLS");
+    server.stop().await?;
+    Ok(())
+}
