@@ -29,6 +29,15 @@ fn server_certificate((ca_key, ca): &(rcgen::KeyPair, rcgen::Certificate)) -> (S
     (certificate.pem(), key.serialize_pem())
 }
 
+/// A client certificate for the user `concord` signed by `ca`, and its key (PEM).
+fn client_certificate((ca_key, ca): &(rcgen::KeyPair, rcgen::Certificate)) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("a client key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "concord");
+    let certificate = params.signed_by(&key, ca, ca_key).expect("the client's certificate");
+    (certificate.pem(), key.serialize_pem())
+}
+
 /// Why a server on `url` does not start.
 async fn refused(dir: &Path, url: &str) -> String {
     let mut config = ServerConfig::development(dir, SECRET);
@@ -45,9 +54,9 @@ async fn the_store_is_reached_over_verified_tls_and_nothing_less() -> anyhow::Re
     let Some(cluster) = support::postgres::private() else { return Ok(()) };
     let temp = tempfile::tempdir()?;
     let plain = cluster.url("tls");
-    let authority = new_ca();
+    let (authority, clients) = (new_ca(), new_ca());
     let (certificate, key) = server_certificate(&authority);
-    cluster.require_tls(certificate, key);
+    cluster.require_tls(certificate, key, clients.1.pem());
     let ca = temp.path().join("ca.pem");
     std::fs::write(&ca, authority.1.pem())?;
     let data = temp.path().join("data");
@@ -83,6 +92,35 @@ async fn the_store_is_reached_over_verified_tls_and_nothing_less() -> anyhow::Re
     let server = start(&data, |config| config.store = Some(url.as_str().into())).await?;
     let mut bob = connect(&server, "bob").await?;
     assert_eq!(body(&open(&mut bob, "doc").await?.data), "stored over TLS");
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_asks_for_a_client_certificate_gets_the_one_the_url_names()
+-> anyhow::Result<()> {
+    let Some(cluster) = support::postgres::private() else { return Ok(()) };
+    let temp = tempfile::tempdir()?;
+    let plain = cluster.url("certs");
+    let (authority, clients) = (new_ca(), new_ca());
+    let (certificate, key) = server_certificate(&authority);
+    cluster.require_tls(certificate, key, clients.1.pem());
+    let (client_cert, client_key) = client_certificate(&clients);
+    let files = [("ca.pem", authority.1.pem()), ("me.pem", client_cert), ("me.key", client_key)];
+    for (name, contents) in files {
+        std::fs::write(temp.path().join(name), contents)?;
+    }
+    let at = |name: &str| temp.path().join(name).display().to_string();
+    let verified = format!("{plain}?sslmode=verify-full&sslrootcert={}", at("ca.pem"));
+    let data = temp.path().join("data");
+
+    let why = refused(&data, &verified).await;
+    assert!(why.contains("certificate"), "without a client certificate: {why}");
+    let url = format!("{verified}&sslcert={}&sslkey={}", at("me.pem"), at("me.key"));
+    let server = start(&data, |config| config.store = Some(url.as_str().into())).await?;
+    let mut alice = connect(&server, "alice").await?;
+    create(&mut alice, "doc", "stored as concord").await?;
+    assert_eq!(body(&open(&mut alice, "doc").await?.data), "stored as concord");
     server.stop().await?;
     Ok(())
 }

@@ -182,13 +182,21 @@ impl TestPostgres {
     }
 
     /// Makes the cluster take TCP connections over TLS only (`ssl = on` and `hostssl` in
-    /// `pg_hba.conf`, reloaded), with `certificate` and its `key` (PEM).
-    pub fn require_tls(&self, certificate: String, key: String) {
+    /// `pg_hba.conf`, reloaded), with `certificate` and its `key` (PEM); sessions of the
+    /// database `certs` must also show a client certificate that `client_ca` (PEM) signed for
+    /// the user's name.
+    pub fn require_tls(&self, certificate: String, key: String, client_ca: String) {
         let data = self.dir.path().join("data");
-        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
-        for (file, contents) in
-            [("server.crt", certificate), ("server.key", key), ("pg_hba.conf", hba.into())]
-        {
+        let hba = "local all all trust\n\
+                   hostssl certs all 127.0.0.1/32 cert\n\
+                   hostssl all all 127.0.0.1/32 trust\n";
+        let files = [
+            ("server.crt", certificate),
+            ("server.key", key),
+            ("client-ca.crt", client_ca),
+            ("pg_hba.conf", hba.to_owned()),
+        ];
+        for (file, contents) in files {
             let path = data.join(file);
             std::fs::write(&path, contents).expect("a file in the cluster's directory");
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -197,6 +205,7 @@ impl TestPostgres {
                 checked("chown", Command::new("chown").arg("postgres").arg(&path).output());
             }
         }
+        self.sql("ALTER SYSTEM SET ssl_ca_file = 'client-ca.crt'");
         self.sql("ALTER SYSTEM SET ssl = on");
         self.sql("SELECT pg_reload_conf()");
         // The reload is asynchronous: wait until new sessions see it.

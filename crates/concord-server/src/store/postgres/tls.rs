@@ -4,14 +4,15 @@
 //! `verify-ca` and `verify-full` connect only over TLS and always verify the server's
 //! certificate chain and name: against the CA certificates of `sslrootcert` (a PEM file) when
 //! it is given, else against Mozilla's roots. libpq's `require` trusts any certificate; here
-//! there is no unverified TLS, so a server with a private CA needs `sslrootcert`.
+//! there is no unverified TLS, so a server with a private CA needs `sslrootcert`. `sslcert` and
+//! `sslkey` (PEM files) give a client certificate, for `cert` authentication.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use percent_encoding::percent_decode_str;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreError;
@@ -19,7 +20,8 @@ use crate::store::StoreError;
 /// What tokio-postgres reads of `url`, and the TLS it asks for (`None`: none).
 pub(super) fn connection(url: &str) -> Result<(String, Option<MakeRustlsConnect>), StoreError> {
     let (location, query) = url.split_once('?').unwrap_or((url, ""));
-    let (mut tls, mut root_cert, mut kept) = (false, None, Vec::new());
+    let (mut tls, mut kept) = (false, Vec::new());
+    let (mut root_cert, mut client_cert, mut client_key) = (None, None, None);
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
@@ -35,17 +37,20 @@ pub(super) fn connection(url: &str) -> Result<(String, Option<MakeRustlsConnect>
                 };
             }
             "sslrootcert" => root_cert = Some(decoded(key, value)?),
+            "sslcert" => client_cert = Some(decoded(key, value)?),
+            "sslkey" => client_key = Some(decoded(key, value)?),
             _ => kept.push(pair),
         }
     }
     kept.push(if tls { "sslmode=require" } else { "sslmode=disable" });
     let url = format!("{location}?{}", kept.join("&"));
     if !tls {
-        return match root_cert {
-            Some(_) => Err(invalid(
-                "sslrootcert is given, but sslmode does not ask for TLS (use sslmode=verify-full)"
-                    .into(),
-            )),
+        let given =
+            [("sslrootcert", &root_cert), ("sslcert", &client_cert), ("sslkey", &client_key)];
+        return match given.iter().find(|(_, value)| value.is_some()) {
+            Some((name, _)) => Err(invalid(format!(
+                "{name} is given, but sslmode does not ask for TLS (use sslmode=verify-full)"
+            ))),
             None => Ok((url, None)),
         };
     }
@@ -58,11 +63,21 @@ pub(super) fn connection(url: &str) -> Result<(String, Option<MakeRustlsConnect>
     // key exchange with any client that offers it.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_error = |e: rustls::Error| StoreError::Backend(format!("TLS to PostgreSQL: {e}"));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(format!("TLS to PostgreSQL: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(tls_error)?
+        .with_root_certificates(roots);
+    let config = match (client_cert, client_key) {
+        (None, None) => config.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = certificates(Path::new(&cert), "sslcert")?;
+            let key = PrivateKeyDer::from_pem_file(&key)
+                .map_err(|e| unreadable("sslkey", Path::new(&key), e.to_string()))?;
+            config.with_client_auth_cert(chain, key).map_err(tls_error)?
+        }
+        _ => return Err(invalid("sslcert and sslkey go together".into())),
+    };
     Ok((url, Some(MakeRustlsConnect::new(config))))
 }
 
@@ -77,20 +92,28 @@ fn invalid(why: String) -> StoreError {
     StoreError::Backend(format!("invalid PostgreSQL address: {why}"))
 }
 
+fn unreadable(name: &str, path: &Path, why: String) -> StoreError {
+    StoreError::Backend(format!("cannot read {name} {}: {why}", path.display()))
+}
+
+/// The certificates in the PEM file at `path`, which the URL's `name` gave; at least one.
+fn certificates(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, StoreError> {
+    let unreadable = |why: String| unreadable(name, path, why);
+    let certificates: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unreadable(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(unreadable("it holds no certificate".into()));
+    }
+    Ok(certificates)
+}
+
 /// The CA certificates in the PEM file at `path`.
 fn roots_from(path: &Path) -> Result<rustls::RootCertStore, StoreError> {
-    let unreadable = |why: String| {
-        StoreError::Backend(format!("cannot read sslrootcert {}: {why}", path.display()))
-    };
     let mut roots = rustls::RootCertStore::empty();
-    let certificates =
-        CertificateDer::pem_file_iter(path).map_err(|e| unreadable(e.to_string()))?;
-    for certificate in certificates {
-        let certificate = certificate.map_err(|e| unreadable(e.to_string()))?;
-        roots.add(certificate).map_err(|e| unreadable(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(unreadable("it holds no certificate".into()));
+    for certificate in certificates(path, "sslrootcert")? {
+        roots.add(certificate).map_err(|e| unreadable("sslrootcert", path, e.to_string()))?;
     }
     Ok(roots)
 }
@@ -119,8 +142,12 @@ mod tests {
     fn a_bad_sslmode_or_sslrootcert_is_refused_with_why() {
         let refused = url_of("postgres://u@h/db?sslmode=verify").unwrap_err();
         assert!(refused.contains("sslmode \"verify\""), "{refused}");
-        let refused = url_of("postgres://u@h/db?sslrootcert=/ca.pem").unwrap_err();
-        assert!(refused.contains("does not ask for TLS"), "{refused}");
+        for param in ["sslrootcert", "sslcert", "sslkey"] {
+            let refused = url_of(&format!("postgres://u@h/db?{param}=/a.pem")).unwrap_err();
+            assert!(refused.contains(&format!("{param} is given")), "{refused}");
+        }
+        let refused = url_of("postgres://u@h/db?sslmode=require&sslcert=/c.pem").unwrap_err();
+        assert!(refused.contains("go together"), "{refused}");
         let missing = "postgres://u@h/db?sslmode=verify-full&sslrootcert=/no%20such/ca.pem";
         let refused = url_of(missing).unwrap_err();
         assert!(refused.contains("cannot read sslrootcert /no such/ca.pem"), "{refused}");
