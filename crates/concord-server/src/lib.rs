@@ -82,6 +82,8 @@ pub use config::{
     LeaseConfig, LeaseConfigError, PresenceLimits, QueryLimits, ServerConfig, StoreUrl,
     redact_store_url,
 };
+#[cfg(feature = "postgres")]
+pub use maintenance::copy_store;
 pub use maintenance::{
     Damage, DamagedModel, MaintenanceError, RebuiltSnapshot, StoreCheck, StoreLocation,
     check_store, drop_damaged_model, rebuild_snapshot,

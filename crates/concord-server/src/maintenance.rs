@@ -1,7 +1,8 @@
 //! Looking after a server's store while no server runs on it (`concord store`): finding the
 //! models whose records are damaged, rebuilding a damaged snapshot from the model's
-//! checkpoints, and dropping a model that cannot be served so that its collaborators are told
-//! it is gone instead of failing on it for ever.
+//! checkpoints, dropping a model that cannot be served so that its collaborators are told
+//! it is gone instead of failing on it for ever, and copying the embedded store into
+//! PostgreSQL.
 //!
 //! The server itself never repairs or rewrites a damaged record (`docs/server.md`, "Store
 //! integrity and restore"); restoring a backup keeps every other model's newer changes out,
@@ -101,6 +102,12 @@ pub enum MaintenanceError {
         "{model} in domain {domain:?} is whole, but its collection's record is damaged ({damage}); restore the store instead, as dropping the collection's models would lose them all"
     )]
     CollectionDamaged { domain: String, model: ModelId, damage: String },
+    #[error("the store to copy is the embedded one of a data directory, not PostgreSQL")]
+    NotEmbedded,
+    #[error(
+        "the PostgreSQL database at {0} already holds a Concord store; copy only into an empty one"
+    )]
+    NotEmpty(String),
     #[error(
         "the snapshot of {model} in domain {domain:?} is whole; what is damaged is not rebuilt from checkpoints ({damage})"
     )]
@@ -215,6 +222,49 @@ pub async fn rebuild_snapshot(
             Err(MaintenanceError::NoModel { domain: domain.into(), model: model.clone() })
         }
     }
+}
+
+/// Copies the embedded store of `from` (its data directory, opened with the server's indexes)
+/// into the PostgreSQL database at `to`, which must hold nothing yet: every record, each
+/// checked as it is read, in transactions of a thousand. `progress` is called with the count
+/// of records copied so far, after each transaction. Returns that count.
+///
+/// The embedded store is locked while its server runs, so the copy waits for it to stop; a
+/// server started on `to` afterwards serves what the embedded store held, and builds its
+/// query indexes at its first start. A damaged record stops the copy (check the store first).
+#[cfg(feature = "postgres")]
+pub async fn copy_store(
+    from: &StoreLocation,
+    to: &StoreUrl,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, MaintenanceError> {
+    use crate::store::copy;
+    use crate::store::postgres::PostgresStore;
+    if from.store.is_some() {
+        return Err(MaintenanceError::NotEmbedded);
+    }
+    let source = open_embedded(from).await?;
+    // No index is declared on the copy, so that the server's first start builds them whole.
+    let destination = PostgresStore::connect(to.expose(), &BTreeMap::new()).await?;
+    if !destination.holds_nothing().await? {
+        return Err(MaintenanceError::NotEmpty(to.redacted()));
+    }
+    let (batches, mut received) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        copy::export(&source, |batch| batches.blocking_send(batch).is_ok())
+    });
+    let mut copied = 0;
+    while let Some(batch) = received.recv().await {
+        if let Err(error) = destination.import(&batch).await {
+            drop(received);
+            let _ = reader.await;
+            return Err(error.into());
+        }
+        copied += batch.len() as u64;
+        progress(copied);
+    }
+    reader.await.map_err(|e| StoreError::Backend(format!("reading the store failed: {e}")))??;
+    Ok(copied)
 }
 
 /// Opens the store to change it once `ready` finds the change may be made, and returns what
@@ -402,6 +452,11 @@ async fn open(location: &StoreLocation, write: bool) -> Result<Store, Maintenanc
         )
         .into());
     }
+    Ok(Arc::new(open_embedded(location).await?))
+}
+
+/// Opens the embedded store of `location`'s data directory, never creating one.
+async fn open_embedded(location: &StoreLocation) -> Result<RedbStore, MaintenanceError> {
     let file = location.data_dir.join(store::FILE_NAME);
     if !file.try_exists().map_err(StoreError::Io)? {
         return Err(MaintenanceError::NoStore(location.data_dir.clone()));
@@ -410,5 +465,5 @@ async fn open(location: &StoreLocation, write: bool) -> Result<Store, Maintenanc
     let store = tokio::task::spawn_blocking(move || RedbStore::open_indexed(&dir, &indexes))
         .await
         .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
-    Ok(Arc::new(store))
+    Ok(store)
 }

@@ -51,6 +51,8 @@ use crate::types::ModelKey;
 
 mod backup;
 pub mod benching;
+#[cfg(feature = "postgres")]
+pub(crate) mod copy;
 pub mod fuzzing;
 mod history;
 mod migrate;
@@ -337,7 +339,7 @@ impl StoreError {
 /// What the server decided about a replica's last submission to a model, as stored (with
 /// its seq: `(seq, StoredDecision)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-enum StoredDecision {
+pub(crate) enum StoredDecision {
     Committed { version: u64, timestamp: i64 },
     Refused { code: u16 },
 }

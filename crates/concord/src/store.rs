@@ -2,7 +2,8 @@
 //! every model whole and names those a damaged record keeps from being served;
 //! `rebuild-snapshot` puts back a damaged snapshot from the model's checkpoints; `drop-model`
 //! deletes a model that cannot be served, so that its collaborators are told it was deleted
-//! rather than failing on it at every try (`docs/server.md`, "Store integrity and restore").
+//! rather than failing on it at every try (`docs/server.md`, "Store integrity and restore");
+//! `copy` copies the embedded store into PostgreSQL.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use concord_protocol::{ModelId, Timestamp};
 use concord_server::{
-    Damage, StoreLocation, StoreUrl, check_store, drop_damaged_model, rebuild_snapshot,
+    Damage, StoreLocation, StoreUrl, check_store, copy_store, drop_damaged_model, rebuild_snapshot,
 };
 
 use crate::config::{self, Config, Settings};
@@ -33,6 +34,15 @@ enum StoreCommand {
     /// Delete one model that cannot be served because a record of it is damaged (stop the
     /// server first): its collaborators are told it was deleted
     DropModel(OneModel),
+    /// Copy the embedded store of a data directory into an empty PostgreSQL database (stop
+    /// the server first), to serve it from there (`--store`)
+    Copy {
+        /// The PostgreSQL URL to copy into (`postgres://user@host:port/database`)
+        #[arg(long, value_name = "URL")]
+        to: StoreUrl,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// One model of a server's store.
@@ -106,6 +116,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            StoreCommand::Copy { to, target } => copy(target.location()?, &to).await,
             StoreCommand::DropModel(one) => {
                 let (location, domain, model) = one.resolve()?;
                 drop_model(location, &domain, &model).await
@@ -146,6 +157,26 @@ async fn check(location: StoreLocation) -> anyhow::Result<()> {
             check.models
         ),
     }
+}
+
+async fn copy(from: StoreLocation, to: &StoreUrl) -> anyhow::Result<()> {
+    let terminal = std::io::stderr().is_terminal();
+    let copied = copy_store(&from, to, |copied| {
+        if terminal {
+            eprint!("\rcopied {copied} records");
+        }
+    })
+    .await?;
+    if terminal {
+        eprintln!();
+    }
+    println!(
+        "copied {copied} records from {} into {}; serve them with --store (the first start \
+         builds the query indexes)",
+        from.data_dir.display(),
+        to.redacted()
+    );
+    Ok(())
 }
 
 async fn drop_model(location: StoreLocation, domain: &str, model: &ModelId) -> anyhow::Result<()> {

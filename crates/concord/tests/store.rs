@@ -1,14 +1,18 @@
 //! `concord store` on the data directory of a real `concord serve`: refused while the server
 //! runs and where there is no store, a clean check once it stopped, and a model that is not
 //! damaged is never dropped. (Damaged records, and dropping them, are tested in the server's
-//! own tests, which can damage one record without failing the whole file.) And a backup
-//! asked of the running server with SIGUSR1 serves on its own.
+//! own tests, which can damage one record without failing the whole file.) A backup asked of
+//! the running server with SIGUSR1 serves on its own, and a store copied into PostgreSQL
+//! serves from there.
 
 mod common;
+#[path = "../../concord-server/tests/support/postgres.rs"]
+mod postgres;
 
 use std::path::Path;
 
 use common::{concord, connect, create_model, open_model, run, serve, text_document, token};
+use concord_ot::{Document, IdGenerator, ReplicaId, Value};
 use concord_protocol::ModelId;
 
 /// Runs `concord store <args> --data-dir <data_dir>`: its exit code, stdout and stderr.
@@ -118,5 +122,39 @@ async fn backups_come_on_schedule_and_only_the_newest_are_kept() -> anyhow::Resu
     for name in &kept {
         assert!(newest.iter().any(|line| line.contains(name.as_str())), "{name} kept:\n{log}");
     }
+    Ok(())
+}
+
+/// `concord store copy`: a stopped server's embedded store, copied into an empty PostgreSQL
+/// database, is served from there by `concord serve --store`; a second copy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_copied_into_postgresql_serves_from_there() -> anyhow::Result<()> {
+    let Some(cluster) = postgres::shared() else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let mut ids = IdGenerator::new(ReplicaId(1), 0);
+    let json = serde_json::json!({ "text": "moved to PostgreSQL", "n": 3 });
+    let data = Document::new(Value::from_json(&json, &mut ids)?)?;
+    let note = ModelId::new("note")?;
+    let mut server = serve(&data_dir, &[])?;
+    let mut alice = connect(&server.url("acme", "docs"), &token(&data_dir, "alice")?).await?;
+    create_model(&mut alice, &note, data.clone()).await?;
+    drop(alice);
+    server.stop()?;
+
+    let url = cluster.url("copied_by_the_binary");
+    let (code, stdout, stderr) = store(&data_dir, &["copy", "--to", &url])?;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("records from") && stdout.contains("--store"), "{stdout}");
+
+    let mut server = serve(&data_dir, &["--store", &url])?;
+    let mut bob = connect(&server.url("acme", "docs"), &token(&data_dir, "bob")?).await?;
+    let opened = open_model(&mut bob, &note).await?;
+    assert_eq!((opened.snapshot.version, opened.snapshot.data), (0, data));
+    drop(bob);
+    server.stop()?;
+    let (code, _, stderr) = store(&data_dir, &["copy", "--to", &url])?;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("already holds a Concord store"), "{stderr}");
     Ok(())
 }

@@ -45,6 +45,7 @@ use tokio_postgres::{IsolationLevel, NoTls};
 pub(crate) mod cluster;
 mod tls;
 
+use super::copy::Row;
 use super::{
     DomainWrites, ServerStore, StoreError, StoredCheckpoint, StoredDecision, failed_history,
     failed_query,
@@ -1016,6 +1017,93 @@ const PUT_SNAPSHOT: &str = "INSERT INTO snapshots (domain, model, snapshot) VALU
 const PUT_CHECKPOINT: &str =
     "INSERT INTO checkpoints (domain, model, version, snapshot) VALUES ($1, $2, $3, $4)
      ON CONFLICT (domain, model, version) DO UPDATE SET snapshot = excluded.snapshot";
+
+impl PostgresStore {
+    /// Whether the database holds nothing the server stores: `concord store copy` fills only
+    /// such a one.
+    pub(crate) async fn holds_nothing(&self) -> Result<bool, StoreError> {
+        let tables = ["models", "deleted", "collections", "users", "replica_owners", "identities"];
+        let exists: Vec<String> =
+            tables.iter().map(|table| format!("EXISTS (SELECT 1 FROM {table})")).collect();
+        let sql = format!("SELECT NOT ({})", exists.join(" OR "));
+        let row = self.client().await?.query_one(&sql, &[]).await.map_err(pg)?;
+        Ok(row.get(0))
+    }
+
+    /// Writes `rows` of an embedded store (`concord store copy`) in one transaction.
+    pub(crate) async fn import(&self, rows: &[Row]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg)?;
+        for row in rows {
+            import_one(&txn, row).await?;
+        }
+        txn.commit().await.map_err(pg)
+    }
+}
+
+/// One record of an embedded store as a row, encoded as this backend's writes encode it.
+async fn import_one(txn: &Transaction<'_>, row: &Row) -> Result<(), StoreError> {
+    match row {
+        Row::Model { domain, model, record } => {
+            run(txn, PUT_MODEL, &[domain, &model.as_str(), &encode(record)]).await
+        }
+        Row::Member { domain, collection, model } => {
+            let sql =
+                "INSERT INTO collection_models (domain, collection, model) VALUES ($1, $2, $3)";
+            run(txn, sql, &[domain, collection, model]).await
+        }
+        Row::Snapshot { domain, model, snapshot } => {
+            run(txn, PUT_SNAPSHOT, &[domain, &model.as_str(), &encode(snapshot)]).await
+        }
+        Row::Checkpoint { domain, model, snapshot } => {
+            let params: [&(dyn ToSql + Sync); 4] =
+                [domain, &model.as_str(), &int(snapshot.version), &encode(snapshot)];
+            run(txn, PUT_CHECKPOINT, &params).await
+        }
+        Row::Operation { domain, model, operation } => {
+            let sql = "INSERT INTO operations (domain, model, version, operation)
+                       VALUES ($1, $2, $3, $4)";
+            let params: [&(dyn ToSql + Sync); 4] =
+                [domain, &model.as_str(), &int(operation.version), &encode(operation)];
+            run(txn, sql, &params).await
+        }
+        Row::OperationUser { domain, model, version, user } => {
+            let sql = "UPDATE operations SET user_id = $4
+                       WHERE domain = $1 AND model = $2 AND version = $3";
+            run(txn, sql, &[domain, &model.as_str(), &int(*version), &user.0]).await
+        }
+        Row::LastDecision { domain, model, replica, seq, decision } => {
+            let sql = "INSERT INTO last_decisions (domain, model, replica, seq, decision)
+                       VALUES ($1, $2, $3, $4, $5)";
+            let params: [&(dyn ToSql + Sync); 5] =
+                [domain, &model.as_str(), &int(*replica), &int(*seq), &encode(decision)];
+            run(txn, sql, &params).await
+        }
+        Row::Deleted { domain, model, at } => {
+            let sql = "INSERT INTO deleted (domain, model, deleted_at) VALUES ($1, $2, $3)";
+            run(txn, sql, &[domain, model, at]).await
+        }
+        Row::Collection { domain, collection, config } => {
+            let sql = "INSERT INTO collections (domain, collection, config) VALUES ($1, $2, $3)";
+            run(txn, sql, &[domain, &collection.as_str(), &encode(config)]).await
+        }
+        Row::User { domain, user } => {
+            let sql = "INSERT INTO users (domain, user_id, record) VALUES ($1, $2, $3)";
+            run(txn, sql, &[domain, &user.id.0, &encode(user)]).await
+        }
+        Row::ReplicaOwner { domain, replica, owner } => {
+            let sql = "INSERT INTO replica_owners (domain, replica, owner) VALUES ($1, $2, $3)";
+            run(txn, sql, &[domain, &int(*replica), &owner.0]).await
+        }
+        Row::Identity { domain, identity, seen } => {
+            let sql = "INSERT INTO identities (domain, user_id, display_name, email, seen)
+                       VALUES ($1, $2, $3, $4, $5)";
+            let params: [&(dyn ToSql + Sync); 5] =
+                [domain, &identity.user.0, &identity.display_name, &identity.email, seen];
+            run(txn, sql, &params).await
+        }
+    }
+}
 
 /// One write other than a commit or a refusal.
 async fn write_one(txn: &Transaction<'_>, domain: &str, write: &Write) -> Result<(), StoreError> {
