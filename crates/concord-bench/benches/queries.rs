@@ -4,7 +4,8 @@
 //! model): an indexed equality (100 matches), an indexed range with ORDER BY and LIMIT 20
 //! (10,000 in the range, counted, 20 loaded), and a full scan of a path that is not
 //! indexed. The network is not measured. It also prints how long a backup of that store
-//! takes.
+//! takes and, with `CONCORD_BENCH_POSTGRES` set to the URL of an empty database, how long
+//! `concord store copy` of it into that database takes.
 //!
 //! Besides criterion's means, each query's latency is printed as p50 / p99
 //! (`queries latency …` lines).
@@ -100,6 +101,22 @@ fn answer(store: &BenchStore, read: &QueryRead, config: &HostConfig, limits: &Qu
     }
 }
 
+/// Copies the store file at `backup` (as the embedded store of a data directory of its own)
+/// into the empty PostgreSQL database at `url`, and prints how long it took.
+fn copy_into_postgres(backup: &std::path::Path, url: &str) {
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(backup, data_dir.path().join("concord.redb")).unwrap();
+    let from = concord_server::StoreLocation {
+        data_dir: data_dir.path().to_owned(),
+        store: None,
+        indexes: indexes(),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let copied = runtime.block_on(concord_server::copy_store(&from, &url.into(), |_| {})).unwrap();
+    println!("queries: copied {copied} records into PostgreSQL in {:?}", started.elapsed());
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -112,6 +129,9 @@ fn queries(c: &mut Criterion) {
     // What a backup of this store costs (commits go on meanwhile, so it is not a pause).
     let backup = store.back_up(&dir.path().join("backups")).unwrap();
     println!("queries: backed up {} bytes in {:?}", backup.bytes, backup.took);
+    if let Ok(url) = std::env::var("CONCORD_BENCH_POSTGRES") {
+        copy_into_postgres(&backup.path, &url);
+    }
     let config = HostConfig { indexes: indexes(), ..HostConfig::default() };
     let limits = QueryLimits { max_scanned: 2 * MODELS, ..QueryLimits::default() };
     let user = User { id: UserId("reader".into()), display_name: None, anonymous: false };

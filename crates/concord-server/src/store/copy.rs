@@ -2,8 +2,9 @@
 //! redb store, read in one read transaction and checked as it is read, becomes a row of an
 //! empty PostgreSQL database, in transactions of [`BATCH`] records.
 //!
-//! Query indexes are not copied: the database is opened with none declared, so a server
-//! started on it with its `indexes` builds them, as for any index declared anew.
+//! Query indexes are copied as they are (the declarations the store was opened with, and
+//! their entries), so a server started on the database with the same `indexes` uses them at
+//! once; one started with other `indexes` builds and drops the difference, as on any store.
 
 use concord_protocol::{
     CollectionId, CommittedOperation, Identity, ModelId, ModelSnapshot, User, UserId,
@@ -12,7 +13,7 @@ use concord_sync::host::{CollectionConfig, ModelRecord};
 use redb::{ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
 
-use super::query::COLLECTION_MODELS;
+use super::query::{COLLECTION_MODELS, INDEX_ENTRIES, INDEXES};
 use super::{
     CHECKPOINTS, COLLECTIONS, DELETED, IDENTITIES, LAST_DECISIONS, MODELS, OPERATION_USERS,
     OPERATIONS, REPLICA_OWNERS, RedbStore, SNAPSHOTS, StoreError, StoredDecision, StoredIdentity,
@@ -87,6 +88,18 @@ pub(crate) enum Row {
         domain: String,
         identity: Identity,
         seen: i64,
+    },
+    /// A declared index (built).
+    Index {
+        collection: String,
+        path: String,
+    },
+    IndexEntry {
+        domain: String,
+        collection: String,
+        path: String,
+        entry: Vec<u8>,
+        model: String,
     },
 }
 
@@ -175,6 +188,11 @@ pub(crate) fn export(
         let stored: StoredIdentity = unseal(IDENTITIES.name(), &k, v)
             .map_err(|damage| corrupt(k.0, None, format!("identity {}", k.1), damage))?;
         Ok(Row::Identity { domain: k.0.into(), identity: stored.identity, seen: stored.seen })
+    });
+    each!(INDEXES, |k, _v| Ok(Row::Index { collection: k.0.into(), path: k.1.into() }));
+    each!(INDEX_ENTRIES, |k, v| {
+        let (domain, collection, path) = (k.0.into(), k.1.into(), k.2.into());
+        Ok(Row::IndexEntry { domain, collection, path, entry: k.3.to_vec(), model: v.into() })
     });
     if !batch.is_empty() {
         send(batch);

@@ -1030,77 +1030,238 @@ impl PostgresStore {
         Ok(row.get(0))
     }
 
-    /// Writes `rows` of an embedded store (`concord store copy`) in one transaction.
+    /// Writes `rows` of an embedded store (`concord store copy`) in one transaction, one
+    /// statement per table.
     pub(crate) async fn import(&self, rows: &[Row]) -> Result<(), StoreError> {
+        let mut tables = IMPORTS.map(|(sql, types)| Import::new(sql, types));
+        for row in rows {
+            let (table, cells) = import_cells(row);
+            tables[table].push(cells);
+        }
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg)?;
-        for row in rows {
-            import_one(&txn, row).await?;
+        for table in &tables {
+            table.execute(&txn).await?;
         }
         txn.commit().await.map_err(pg)
     }
 }
 
-/// One record of an embedded store as a row, encoded as this backend's writes encode it.
-async fn import_one(txn: &Transaction<'_>, row: &Row) -> Result<(), StoreError> {
+/// What `concord store copy` inserts, table by table, in this order: an operation's user is
+/// set after the operations are in. Each statement takes one array per column.
+const IMPORTS: [(&str, &[Kind]); 14] = {
+    use Kind::{Bytes, Int, MaybeText, Text};
+    [
+        (
+            "INSERT INTO models (domain, model, record)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+            &[Text, Text, Bytes],
+        ),
+        (
+            "INSERT INTO collection_models (domain, collection, model)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+            &[Text, Text, Text],
+        ),
+        (
+            "INSERT INTO snapshots (domain, model, snapshot)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+            &[Text, Text, Bytes],
+        ),
+        (
+            "INSERT INTO checkpoints (domain, model, version, snapshot)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[])",
+            &[Text, Text, Int, Bytes],
+        ),
+        (
+            "INSERT INTO operations (domain, model, version, operation)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[])",
+            &[Text, Text, Int, Bytes],
+        ),
+        (
+            "UPDATE operations o SET user_id = u.user_id
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+                  AS u(domain, model, version, user_id)
+             WHERE o.domain = u.domain AND o.model = u.model AND o.version = u.version",
+            &[Text, Text, Int, Text],
+        ),
+        (
+            "INSERT INTO last_decisions (domain, model, replica, seq, decision)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                                  $5::bytea[])",
+            &[Text, Text, Int, Int, Bytes],
+        ),
+        (
+            "INSERT INTO deleted (domain, model, deleted_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
+            &[Text, Text, Int],
+        ),
+        (
+            "INSERT INTO collections (domain, collection, config)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+            &[Text, Text, Bytes],
+        ),
+        (
+            "INSERT INTO users (domain, user_id, record)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+            &[Text, Text, Bytes],
+        ),
+        (
+            "INSERT INTO replica_owners (domain, replica, owner)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
+            &[Text, Int, Text],
+        ),
+        (
+            "INSERT INTO identities (domain, user_id, display_name, email, seen)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
+            &[Text, Text, MaybeText, MaybeText, Int],
+        ),
+        (
+            "INSERT INTO indexes (collection, path)
+             SELECT * FROM unnest($1::text[], $2::text[])",
+            &[Text, Text],
+        ),
+        (
+            "INSERT INTO index_entries (domain, collection, path, entry, model)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])",
+            &[Text, Text, Text, Bytes, Text],
+        ),
+    ]
+};
+
+/// The type of one column of an [`Import`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    MaybeText,
+    Int,
+    Bytes,
+}
+
+/// One value of a row to import.
+enum Cell {
+    Text(String),
+    MaybeText(Option<String>),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+/// One column of an [`Import`]: its values, as the array the statement takes.
+enum Column {
+    Text(Vec<String>),
+    MaybeText(Vec<Option<String>>),
+    Int(Vec<i64>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+/// The rows of one table that one batch of `concord store copy` inserts.
+struct Import {
+    sql: &'static str,
+    columns: Vec<Column>,
+    rows: usize,
+}
+
+impl Import {
+    fn new(sql: &'static str, kinds: &[Kind]) -> Import {
+        let columns = kinds
+            .iter()
+            .map(|kind| match kind {
+                Kind::Text => Column::Text(Vec::new()),
+                Kind::MaybeText => Column::MaybeText(Vec::new()),
+                Kind::Int => Column::Int(Vec::new()),
+                Kind::Bytes => Column::Bytes(Vec::new()),
+            })
+            .collect();
+        Import { sql, columns, rows: 0 }
+    }
+
+    fn push(&mut self, cells: Vec<Cell>) {
+        for (column, cell) in self.columns.iter_mut().zip(cells) {
+            match (column, cell) {
+                (Column::Text(values), Cell::Text(value)) => values.push(value),
+                (Column::MaybeText(values), Cell::MaybeText(value)) => values.push(value),
+                (Column::Int(values), Cell::Int(value)) => values.push(value),
+                (Column::Bytes(values), Cell::Bytes(value)) => values.push(value),
+                _ => unreachable!("a row's cells follow its table's columns"),
+            }
+        }
+        self.rows += 1;
+    }
+
+    async fn execute(&self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = self
+            .columns
+            .iter()
+            .map(|column| -> &(dyn ToSql + Sync) {
+                match column {
+                    Column::Text(values) => values,
+                    Column::MaybeText(values) => values,
+                    Column::Int(values) => values,
+                    Column::Bytes(values) => values,
+                }
+            })
+            .collect();
+        run(txn, self.sql, &params).await
+    }
+}
+
+/// Which of [`IMPORTS`] takes `row`, and its values, encoded as this backend's writes encode
+/// them.
+fn import_cells(row: &Row) -> (usize, Vec<Cell>) {
+    let text = |value: &str| Cell::Text(value.to_owned());
+    let number = |value: u64| Cell::Int(int(value));
     match row {
         Row::Model { domain, model, record } => {
-            run(txn, PUT_MODEL, &[domain, &model.as_str(), &encode(record)]).await
+            (0, vec![text(domain), text(model.as_str()), Cell::Bytes(encode(record))])
         }
         Row::Member { domain, collection, model } => {
-            let sql =
-                "INSERT INTO collection_models (domain, collection, model) VALUES ($1, $2, $3)";
-            run(txn, sql, &[domain, collection, model]).await
+            (1, vec![text(domain), text(collection), text(model)])
         }
         Row::Snapshot { domain, model, snapshot } => {
-            run(txn, PUT_SNAPSHOT, &[domain, &model.as_str(), &encode(snapshot)]).await
+            (2, vec![text(domain), text(model.as_str()), Cell::Bytes(encode(snapshot))])
         }
         Row::Checkpoint { domain, model, snapshot } => {
-            let params: [&(dyn ToSql + Sync); 4] =
-                [domain, &model.as_str(), &int(snapshot.version), &encode(snapshot)];
-            run(txn, PUT_CHECKPOINT, &params).await
+            let version = number(snapshot.version);
+            (3, vec![text(domain), text(model.as_str()), version, Cell::Bytes(encode(snapshot))])
         }
         Row::Operation { domain, model, operation } => {
-            let sql = "INSERT INTO operations (domain, model, version, operation)
-                       VALUES ($1, $2, $3, $4)";
-            let params: [&(dyn ToSql + Sync); 4] =
-                [domain, &model.as_str(), &int(operation.version), &encode(operation)];
-            run(txn, sql, &params).await
+            let version = number(operation.version);
+            (4, vec![text(domain), text(model.as_str()), version, Cell::Bytes(encode(operation))])
         }
         Row::OperationUser { domain, model, version, user } => {
-            let sql = "UPDATE operations SET user_id = $4
-                       WHERE domain = $1 AND model = $2 AND version = $3";
-            run(txn, sql, &[domain, &model.as_str(), &int(*version), &user.0]).await
+            (5, vec![text(domain), text(model.as_str()), number(*version), text(&user.0)])
         }
         Row::LastDecision { domain, model, replica, seq, decision } => {
-            let sql = "INSERT INTO last_decisions (domain, model, replica, seq, decision)
-                       VALUES ($1, $2, $3, $4, $5)";
-            let params: [&(dyn ToSql + Sync); 5] =
-                [domain, &model.as_str(), &int(*replica), &int(*seq), &encode(decision)];
-            run(txn, sql, &params).await
+            let decision = Cell::Bytes(encode(decision));
+            (6, vec![text(domain), text(model.as_str()), number(*replica), number(*seq), decision])
         }
-        Row::Deleted { domain, model, at } => {
-            let sql = "INSERT INTO deleted (domain, model, deleted_at) VALUES ($1, $2, $3)";
-            run(txn, sql, &[domain, model, at]).await
-        }
+        Row::Deleted { domain, model, at } => (7, vec![text(domain), text(model), Cell::Int(*at)]),
         Row::Collection { domain, collection, config } => {
-            let sql = "INSERT INTO collections (domain, collection, config) VALUES ($1, $2, $3)";
-            run(txn, sql, &[domain, &collection.as_str(), &encode(config)]).await
+            (8, vec![text(domain), text(collection.as_str()), Cell::Bytes(encode(config))])
         }
         Row::User { domain, user } => {
-            let sql = "INSERT INTO users (domain, user_id, record) VALUES ($1, $2, $3)";
-            run(txn, sql, &[domain, &user.id.0, &encode(user)]).await
+            (9, vec![text(domain), text(&user.id.0), Cell::Bytes(encode(user))])
         }
         Row::ReplicaOwner { domain, replica, owner } => {
-            let sql = "INSERT INTO replica_owners (domain, replica, owner) VALUES ($1, $2, $3)";
-            run(txn, sql, &[domain, &int(*replica), &owner.0]).await
+            (10, vec![text(domain), number(*replica), text(&owner.0)])
         }
         Row::Identity { domain, identity, seen } => {
-            let sql = "INSERT INTO identities (domain, user_id, display_name, email, seen)
-                       VALUES ($1, $2, $3, $4, $5)";
-            let params: [&(dyn ToSql + Sync); 5] =
-                [domain, &identity.user.0, &identity.display_name, &identity.email, seen];
-            run(txn, sql, &params).await
+            let (name, email) = (identity.display_name.clone(), identity.email.clone());
+            let cells = vec![
+                text(domain),
+                text(&identity.user.0),
+                Cell::MaybeText(name),
+                Cell::MaybeText(email),
+                Cell::Int(*seen),
+            ];
+            (11, cells)
+        }
+        Row::Index { collection, path } => (12, vec![text(collection), text(path)]),
+        Row::IndexEntry { domain, collection, path, entry, model } => {
+            let entry = Cell::Bytes(entry.clone());
+            (13, vec![text(domain), text(collection), text(path), entry, text(model)])
         }
     }
 }
