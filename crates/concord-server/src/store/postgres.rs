@@ -441,6 +441,7 @@ async fn sync_indexes(
             .await
             .map_err(pg)?;
     }
+    let mut entries = Import::new(BUILT_ENTRIES.0, BUILT_ENTRIES.1);
     for (collection, paths) in by_collection {
         let members = txn
             .query(
@@ -463,18 +464,33 @@ async fn sync_indexes(
             for path in &paths {
                 let key = IndexKey::encode(path.lookup_data(&state.data));
                 let entry = super::query::entry_key(&key, model.as_str());
-                txn.execute(
-                    "INSERT INTO index_entries (domain, collection, path, entry, model)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    &[&domain, &collection, &path.to_string(), &entry, &model.as_str()],
-                )
-                .await
-                .map_err(pg)?;
+                entries.push(vec![
+                    Cell::Text(domain.clone()),
+                    Cell::Text(collection.to_owned()),
+                    Cell::Text(path.to_string()),
+                    Cell::Bytes(entry),
+                    Cell::Text(model.as_str().to_owned()),
+                ]);
+            }
+            // One statement per thousand entries, not one per entry.
+            if entries.rows >= super::copy::BATCH {
+                entries.execute(&txn).await?;
+                entries = Import::new(BUILT_ENTRIES.0, BUILT_ENTRIES.1);
             }
         }
     }
+    entries.execute(&txn).await?;
     txn.commit().await.map_err(pg)
 }
+
+/// The entries of an index being built, as [`sync_indexes`] inserts them (a server already
+/// serving the index may have written some).
+const BUILT_ENTRIES: (&str, &[Kind]) = (
+    "INSERT INTO index_entries (domain, collection, path, entry, model)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+     ON CONFLICT DO NOTHING",
+    &[Kind::Text, Kind::Text, Kind::Text, Kind::Bytes, Kind::Text],
+);
 
 /// A model's latest snapshot, or the damage of a model whose snapshot is missing.
 async fn snapshot_of(
