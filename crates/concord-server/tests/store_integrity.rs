@@ -130,12 +130,7 @@ async fn a_model_damaged_in_postgresql_is_found_by_a_check_and_dropped_as_delete
         victim_and_bystander(temp.path()).await?;
         let damaged = "UPDATE models SET record = decode('00', 'hex') WHERE model = 'victim'";
         sql_for_dir(temp.path(), damaged);
-        let cluster = support::postgres_cluster().expect("within on_postgres");
-        let location = StoreLocation {
-            data_dir: temp.path().to_owned(),
-            store: Some(cluster.url_for_dir(temp.path()).into()),
-            indexes: Default::default(),
-        };
+        let location = location_on_postgres(temp.path());
 
         let check = check_store(&location, |_| {}).await?;
         assert_eq!(check.models, 2);
@@ -188,12 +183,7 @@ async fn a_snapshot_lost_in_postgresql_is_rebuilt_from_its_checkpoint() -> anyho
              SELECT count(*) FROM lost",
         );
         assert_eq!(lost, "1", "the victim's snapshot was stored");
-        let cluster = support::postgres_cluster().expect("within on_postgres");
-        let location = StoreLocation {
-            data_dir: temp.path().to_owned(),
-            store: Some(cluster.url_for_dir(temp.path()).into()),
-            indexes: Default::default(),
-        };
+        let location = location_on_postgres(temp.path());
 
         let check = check_store(&location, |_| {}).await?;
         let [damaged] = check.damaged.as_slice() else { panic!("{check:?}") };
@@ -217,6 +207,13 @@ async fn a_snapshot_lost_in_postgresql_is_rebuilt_from_its_checkpoint() -> anyho
         Ok(())
     })
     .await
+}
+
+/// The store of the servers on `dir`, as `concord store` finds it (within `on_postgres`).
+fn location_on_postgres(dir: &Path) -> StoreLocation {
+    let cluster = support::postgres_cluster().expect("within on_postgres");
+    let store = Some(cluster.url_for_dir(dir).into());
+    StoreLocation { data_dir: dir.to_owned(), store, indexes: Default::default() }
 }
 
 /// Runs `sql` in the PostgreSQL database of the servers on `dir` (within `on_postgres`);

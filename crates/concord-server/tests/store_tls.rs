@@ -8,10 +8,14 @@ mod support;
 use std::path::Path;
 
 use concord_server::{Server, ServerConfig, ServerError};
+use support::postgres::TestPostgres;
 use support::{SECRET, body, connect, create, open, start};
 
-/// A new CA: its key and its certificate.
-fn new_ca() -> (rcgen::KeyPair, rcgen::Certificate) {
+/// A CA: its key and its certificate.
+type Authority = (rcgen::KeyPair, rcgen::Certificate);
+
+/// A new CA.
+fn new_ca() -> Authority {
     let key = rcgen::KeyPair::generate().expect("a CA key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -21,7 +25,7 @@ fn new_ca() -> (rcgen::KeyPair, rcgen::Certificate) {
 }
 
 /// A certificate for 127.0.0.1 and localhost signed by `ca`, and its key (PEM).
-fn server_certificate((ca_key, ca): &(rcgen::KeyPair, rcgen::Certificate)) -> (String, String) {
+fn server_certificate((ca_key, ca): &Authority) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("a server key");
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let params = rcgen::CertificateParams::new(names).expect("server params");
@@ -30,12 +34,21 @@ fn server_certificate((ca_key, ca): &(rcgen::KeyPair, rcgen::Certificate)) -> (S
 }
 
 /// A client certificate for the user `concord` signed by `ca`, and its key (PEM).
-fn client_certificate((ca_key, ca): &(rcgen::KeyPair, rcgen::Certificate)) -> (String, String) {
+fn client_certificate((ca_key, ca): &Authority) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("a client key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
     params.distinguished_name.push(rcgen::DnType::CommonName, "concord");
     let certificate = params.signed_by(&key, ca, ca_key).expect("the client's certificate");
     (certificate.pem(), key.serialize_pem())
+}
+
+/// Makes `cluster` take TLS only, with a server certificate from a new CA and client
+/// certificates from another; returns both CAs.
+fn require_tls(cluster: &TestPostgres) -> (Authority, Authority) {
+    let (authority, clients) = (new_ca(), new_ca());
+    let (certificate, key) = server_certificate(&authority);
+    cluster.require_tls(certificate, key, clients.1.pem());
+    (authority, clients)
 }
 
 /// Why a server on `url` does not start.
@@ -54,9 +67,7 @@ async fn the_store_is_reached_over_verified_tls_and_nothing_less() -> anyhow::Re
     let Some(cluster) = support::postgres::private() else { return Ok(()) };
     let temp = tempfile::tempdir()?;
     let plain = cluster.url("tls");
-    let (authority, clients) = (new_ca(), new_ca());
-    let (certificate, key) = server_certificate(&authority);
-    cluster.require_tls(certificate, key, clients.1.pem());
+    let (authority, _) = require_tls(&cluster);
     let ca = temp.path().join("ca.pem");
     std::fs::write(&ca, authority.1.pem())?;
     let data = temp.path().join("data");
@@ -102,9 +113,7 @@ async fn a_database_that_asks_for_a_client_certificate_gets_the_one_the_url_name
     let Some(cluster) = support::postgres::private() else { return Ok(()) };
     let temp = tempfile::tempdir()?;
     let plain = cluster.url("certs");
-    let (authority, clients) = (new_ca(), new_ca());
-    let (certificate, key) = server_certificate(&authority);
-    cluster.require_tls(certificate, key, clients.1.pem());
+    let (authority, clients) = require_tls(&cluster);
     let (client_cert, client_key) = client_certificate(&clients);
     let files = [("ca.pem", authority.1.pem()), ("me.pem", client_cert), ("me.key", client_key)];
     for (name, contents) in files {
