@@ -31,7 +31,8 @@ pub(crate) struct Node {
 pub(crate) enum NodeData {
     Object(BTreeMap<String, ElementId>),
     Array(Vec<ElementId>),
-    // Boxed: a rope is hundreds of bytes inline, most nodes are not strings.
+    // Boxed: a text (its form and rope seed) is larger than the other variants, and most
+    // nodes are not strings.
     String(Box<Text>),
     Number(f64),
     Boolean(bool),
