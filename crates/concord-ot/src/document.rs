@@ -31,9 +31,7 @@ pub(crate) struct Node {
 pub(crate) enum NodeData {
     Object(BTreeMap<String, ElementId>),
     Array(Vec<ElementId>),
-    // Boxed: a text (its form and rope seed) is larger than the other variants, and most
-    // nodes are not strings.
-    String(Box<Text>),
+    String(Text),
     Number(f64),
     Boolean(bool),
     Null,
@@ -219,7 +217,7 @@ impl Document {
             ValueData::Array(items) => {
                 NodeData::Array(items.into_iter().map(|v| self.attach(v, Some(id))).collect())
             }
-            ValueData::String(s) => NodeData::String(Box::new(Text::new(text_seed(id), &s))),
+            ValueData::String(s) => NodeData::String(Text::new(&s)),
             ValueData::Number(n) => NodeData::Number(n),
             ValueData::Boolean(b) => NodeData::Boolean(b),
             ValueData::Null => NodeData::Null,
@@ -262,11 +260,6 @@ impl Document {
             None => Ok(()),
         }
     }
-}
-
-/// Seeds a string's rope from its id: deterministic, and different per string.
-fn text_seed(id: ElementId) -> u64 {
-    id.replica.0 ^ id.counter.rotate_left(32)
 }
 
 impl fmt::Debug for Document {

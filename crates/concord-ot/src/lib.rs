@@ -40,6 +40,7 @@ mod document;
 mod id;
 mod operation;
 mod reference;
+mod rope;
 mod text;
 mod transform;
 mod value;

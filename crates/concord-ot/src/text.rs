@@ -2,18 +2,16 @@
 //!
 //! A text takes one of two forms, and only this module knows which:
 //! - **Short** texts, up to [`SHORT_MAX`] bytes, are a plain `String`. Most strings of a JSON
-//!   model are short (names, titles, states), and a rope would hold each in a node of several
-//!   hundred bytes; an edit of a short text moves at most a KiB.
-//! - **Long** texts are a skip-list rope (jumprope): small edits in O(log n). It was chosen
-//!   by measurement — on the automerge-paper trace it replays about 3× faster than ropey, and
-//!   with fewer instructions than crop, a B-tree rope (see `docs/benchmarks.md`).
+//!   model are short (names, titles, states); an edit of a short text moves at most a KiB.
+//! - **Long** texts are a [`Rope`]: chunks of at most a KiB, found through an array of their
+//!   lengths in chars.
 //!
 //! A text moves between the forms as it is edited; the form never shows in its content.
 
 use std::fmt;
 use std::ops::Range;
 
-use jumprope::JumpRope;
+use crate::rope::{Rope, same_bytes};
 
 /// The longest text, in bytes, kept as a plain `String`.
 const SHORT_MAX: usize = 1024;
@@ -25,34 +23,29 @@ const SHORT_AGAIN: usize = SHORT_MAX / 2;
 /// A string element's content. Indices count `char`s.
 #[derive(Clone)]
 pub(crate) struct Text {
-    /// Fixes the layout of the rope made for this text once it is long, so the core stays
-    /// free of hidden randomness; the layout never shows in the content.
-    seed: u64,
     form: Form,
 }
 
 #[derive(Clone)]
 enum Form {
     Short(String),
-    /// Boxed: a jumprope holds its first node inline, several hundred bytes.
-    Long(Box<JumpRope>),
+    /// Boxed: a text is then as small as a `String`.
+    Long(Box<Rope>),
 }
 
 impl Form {
-    fn of(seed: u64, content: &str) -> Form {
+    fn of(content: &str) -> Form {
         if content.len() <= SHORT_MAX {
             Form::Short(content.to_owned())
         } else {
-            let mut rope = JumpRope::new_from_seed(seed);
-            rope.insert(0, content);
-            Form::Long(Box::new(rope))
+            Form::Long(Box::new(Rope::new(content)))
         }
     }
 }
 
 impl Text {
-    pub(crate) fn new(seed: u64, content: &str) -> Text {
-        Text { seed, form: Form::of(seed, content) }
+    pub(crate) fn new(content: &str) -> Text {
+        Text { form: Form::of(content) }
     }
 
     #[inline]
@@ -70,37 +63,42 @@ impl Text {
         }
     }
 
-    pub(crate) fn slice(&self, range: Range<usize>) -> String {
+    /// The text in pieces, in order.
+    fn pieces(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match &self.form {
-            Form::Short(text) => text[bytes_of(text, range)].to_owned(),
-            Form::Long(rope) => rope.slice_substrings(range).collect(),
+            Form::Short(text) => Box::new(std::iter::once(text.as_str())),
+            Form::Long(rope) => Box::new(rope.chunks()),
         }
     }
 
-    /// Removes `range` and inserts `insert` at its start, in one cursor walk. The caller
-    /// checked the range.
+    pub(crate) fn slice(&self, range: Range<usize>) -> String {
+        match &self.form {
+            Form::Short(text) => text[bytes_of(text, range)].to_owned(),
+            Form::Long(rope) => rope.slice(range),
+        }
+    }
+
+    /// Removes `range` and inserts `insert` at its start. The caller checked the range.
     #[inline]
     pub(crate) fn splice(&mut self, range: Range<usize>, insert: &str) {
         match &mut self.form {
             Form::Short(text) => {
                 text.replace_range(bytes_of(text, range), insert);
                 if text.len() > SHORT_MAX {
-                    let content = std::mem::take(text);
-                    self.form = Form::of(self.seed, &content);
+                    self.form = Form::of(text);
                 }
             }
             Form::Long(rope) => {
-                let shrinks = !range.is_empty();
-                rope.replace(range, insert);
-                if shrinks && rope.len_bytes() < SHORT_AGAIN {
-                    self.form = Form::Short(self.to_string());
+                rope.splice(range, insert);
+                if rope.len_bytes() < SHORT_AGAIN {
+                    self.form = Form::Short(rope.to_string());
                 }
             }
         }
     }
 
     pub(crate) fn set(&mut self, content: &str) {
-        self.form = Form::of(self.seed, content);
+        self.form = Form::of(content);
     }
 }
 
@@ -113,10 +111,7 @@ fn bytes_of(text: &str, range: Range<usize>) -> Range<usize> {
 
 impl fmt::Display for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.form {
-            Form::Short(text) => f.write_str(text),
-            Form::Long(rope) => rope.substrings().try_for_each(|s| f.write_str(s)),
-        }
+        self.pieces().try_for_each(|piece| f.write_str(piece))
     }
 }
 
@@ -128,12 +123,9 @@ impl fmt::Debug for Text {
 
 impl PartialEq for Text {
     fn eq(&self, other: &Text) -> bool {
-        match (&self.form, &other.form) {
-            (Form::Short(a), Form::Short(b)) => a == b,
-            (Form::Long(a), Form::Long(b)) => a == b,
-            // Equal texts can differ in form: the form follows each text's edits.
-            _ => self.len_bytes() == other.len_bytes() && self.to_string() == other.to_string(),
-        }
+        // Equal texts can differ in form and in where their chunks are cut: both follow
+        // each text's edits.
+        self.len_bytes() == other.len_bytes() && same_bytes(self.pieces(), other.pieces())
     }
 }
 
@@ -203,9 +195,8 @@ mod tests {
         #[test]
         fn every_form_holds_what_a_plain_string_does(
             edits in proptest::collection::vec(edit(), 1..40),
-            seed in any::<u64>(),
         ) {
-            let mut text = Text::new(seed, "");
+            let mut text = Text::new("");
             let mut model: Vec<char> = Vec::new();
             for edit in &edits {
                 apply(&mut text, &mut model, edit);
@@ -216,7 +207,7 @@ mod tests {
                 let middle: String = model[third..2 * third].iter().collect();
                 prop_assert_eq!(text.slice(third..2 * third), middle);
                 // The same content made in one go may be in another form; it is equal.
-                let fresh = Text::new(seed ^ 1, &expected);
+                let fresh = Text::new(&expected);
                 prop_assert!(text == fresh, "{} against {}", form(&text), form(&fresh));
                 // One char changed, same form and byte length: unequal.
                 if let Some(&last) = model.last() {
@@ -235,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_text_is_short_or_long_by_its_length_in_bytes() {
-        let mut text = Text::new(7, "hello");
+        let mut text = Text::new("hello");
         assert_eq!(form(&text), "short");
         text.splice(5..5, &"é".repeat(SHORT_MAX / 2));
         assert_eq!((form(&text), text.len_chars()), ("long", 5 + SHORT_MAX / 2));
