@@ -20,8 +20,7 @@ use diamond_types::list::ListCRDT;
 use jumprope::JumpRope;
 use ropey::Rope;
 
-/// Seed for every jumprope built here, as concord-ot seeds its own: fixed layouts, repeatable
-/// runs.
+/// Seed for every jumprope built here: fixed layouts, repeatable runs.
 const ROPE_SEED: u64 = 0x5eed;
 
 fn replay(c: &mut Criterion) {
