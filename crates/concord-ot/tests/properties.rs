@@ -154,6 +154,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
+
+    /// On texts long enough to be kept in chunks (several KiB): a splice changes the
+    /// document the same with and without old values, and its inverse, built from the old
+    /// values, restores the text before it.
+    #[test]
+    fn splices_of_long_texts_apply_and_undo_exactly(
+        start in "[ab\u{e9} ]{1,8}".prop_map(|s| s.repeat(700)),
+        edits in prop::collection::vec(
+            (
+                0.0..=1.0f64,
+                prop_oneof![4 => 0usize..4, 1 => 0usize..4000],
+                prop_oneof![4 => "[xy\u{1f600}]{0,3}", 1 => "[a-z]{1,3}".prop_map(|s| s.repeat(400))],
+            ),
+            1..30,
+        ),
+    ) {
+        let mut ids = IdGenerator::new(ReplicaId(1), 0);
+        let json = serde_json::json!({ "text": start });
+        let mut doc = Document::new(Value::from_json(&json, &mut ids).unwrap()).unwrap();
+        let text = doc.element_at(&[PathSegment::Key("text".into())]).unwrap();
+        for (at, delete, insert) in edits {
+            let len = doc.text_len(text).unwrap();
+            let index = (at * len as f64) as usize;
+            let delete_count = delete.min(len - index);
+            let splice = DiscreteOperation::new(
+                text,
+                OperationKind::StringSplice { index, delete_count, insert },
+            );
+            let before = doc.clone();
+            let mut forgetting = doc.clone();
+            forgetting.apply_discrete_without_old(&splice).unwrap();
+            let outcome = doc.apply_discrete(&splice).unwrap();
+            prop_assert_eq!(&forgetting, &doc);
+            let mut undone = doc.clone();
+            undone.apply_discrete(&outcome.inverse(&splice).expect("a splice has an inverse")).unwrap();
+            prop_assert_eq!(undone.text(text), before.text(text));
+        }
+    }
+}
+
 #[test]
 fn typing_on_folds_into_one_splice() {
     let text = concord_ot::ElementId::new(1, 1);
