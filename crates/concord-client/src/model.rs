@@ -239,7 +239,7 @@ impl BatchBuilder<'_> {
     /// Adds a change to `element`, as one of the element handles would make it.
     pub fn change(&mut self, element: &Element, change: Edit) -> Result<(), ClientError> {
         let op = change.build(&self.document, element.id, self.ids)?;
-        self.document.apply(&Operation::Discrete(op.clone()))?;
+        self.document.apply_discrete_without_old(&op)?;
         self.operations.push(op);
         Ok(())
     }

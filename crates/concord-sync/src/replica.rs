@@ -649,7 +649,7 @@ impl ModelReplica {
         let as_pending = |r: Run| PendingOperation::run(r.first, r.seq, r.operation);
         let mut dropped: Vec<PendingOperation> = batch.parts.into_iter().map(as_pending).collect();
         for run in std::mem::take(&mut self.pending) {
-            if local.apply(&run.operation).is_ok() {
+            if local.apply_without_old(&run.operation).is_ok() {
                 kept.push(run);
             } else {
                 let noop = run.operation.discrete().iter().map(|d| d.clone().into_noop()).collect();

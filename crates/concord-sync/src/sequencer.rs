@@ -361,7 +361,7 @@ impl Sequencer {
             .filter_map(|(part, outcome)| outcome.inverse(part))
             .collect();
         self.document
-            .apply(&Operation::Compound(inverse))
+            .apply_without_old(&Operation::Compound(inverse))
             .expect("the inverse of an applied operation applies");
         // A model already over the limit (the limit was lowered) may still shrink.
         let before = model_bytes(&self.document);

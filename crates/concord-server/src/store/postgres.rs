@@ -580,10 +580,12 @@ async fn current(
     for (operation, _) in
         operations_in(txn, domain, model, snapshot.version, u64::MAX, usize::MAX).await?
     {
-        document.apply(&operation.operation).map_err(|e| StoreError::CorruptRecord {
-            domain: domain.to_owned(),
-            model: Some(model.clone()),
-            record: format!("operation {} does not apply: {e}", operation.version),
+        document.apply_without_old(&operation.operation).map_err(|e| {
+            StoreError::CorruptRecord {
+                domain: domain.to_owned(),
+                model: Some(model.clone()),
+                record: format!("operation {} does not apply: {e}", operation.version),
+            }
         })?;
         version = operation.version;
         modified = operation.timestamp;

@@ -161,10 +161,12 @@ fn current_in(
         let at = key.value().2;
         let operation: CommittedOperation = unseal(OPERATIONS.name(), &key.value(), bytes.value())
             .map_err(|damage| damaged(format!("operation {at}"), damage))?;
-        document.apply(&operation.operation).map_err(|e| StoreError::CorruptRecord {
-            domain: domain.to_owned(),
-            model: Some(model.clone()),
-            record: format!("operation {at} does not apply: {e}"),
+        document.apply_without_old(&operation.operation).map_err(|e| {
+            StoreError::CorruptRecord {
+                domain: domain.to_owned(),
+                model: Some(model.clone()),
+                record: format!("operation {at} does not apply: {e}"),
+            }
         })?;
         version = operation.version;
         modified = operation.timestamp;
