@@ -3,8 +3,8 @@
 //!
 //! Finding a char reads that array, a few cache lines, then touches one chunk. A skip list or
 //! a tree of pointers would miss the caches once per step instead, which is what a client
-//! applying every operation to its own copy of a long body pays most. The search starts from
-//! where the last edit was, so an edit next to the one before costs a few instructions:
+//! applying every operation to its own copy of a long body pays most. The search starts next
+//! to where the last edit was, so an edit near the one before costs a few instructions:
 //! typing is the common case.
 
 use std::fmt;
@@ -14,7 +14,7 @@ use std::ops::Range;
 /// bytes moved per edit; an edit in a chunk moves half of it on average.
 const CHUNK_MAX: usize = 1024;
 
-/// A chunk shorter than this after a delete joins a neighbour that has room, so a text that
+/// A chunk shorter than this after an edit joins a neighbour that has room, so a text that
 /// shrank is not left in many small chunks.
 const CHUNK_MIN: usize = CHUNK_MAX / 4;
 
@@ -28,8 +28,8 @@ pub(crate) struct Rope {
     chunks: Vec<String>,
     len_chars: usize,
     len_bytes: usize,
-    /// The chunk the last edit began in and the char it starts at: the next search starts
-    /// here.
+    /// The chunk before the one the last edit began in (or the first chunk), and the char
+    /// it starts at: the next search starts here.
     cursor: (usize, usize),
 }
 
