@@ -62,11 +62,12 @@ async fn an_index_declared_later_is_built_when_the_server_starts() -> anyhow::Re
     {
         let server = start(dir.path(), |_| {}).await?;
         let mut alice = connect(&server, "alice").await?;
-        for i in 0..8 {
-            create(&mut alice, &format!("m{i}"), if i % 4 == 0 { "x" } else { "y" }).await?;
+        // More models than a PostgreSQL store reads at once while it builds an index.
+        for i in 0..70 {
+            create(&mut alice, &format!("m{i}"), if i % 35 == 0 { "x" } else { "y" }).await?;
         }
         let page = query(&mut alice, "SELECT * FROM notes WHERE body = 'x'").await?.unwrap();
-        assert_eq!((page.total, page.scanned, page.index), (2, 8, None));
+        assert_eq!((page.total, page.scanned, page.index), (2, 70, None));
         server.stop().await?;
     }
     let server = start(dir.path(), |config| {
@@ -76,7 +77,10 @@ async fn an_index_declared_later_is_built_when_the_server_starts() -> anyhow::Re
     let mut alice = connect(&server, "alice").await?;
     let page = query(&mut alice, "SELECT * FROM notes WHERE body = 'x'").await?.unwrap();
     let ids: Vec<&str> = page.rows.iter().map(|r| r.model.as_str()).collect();
-    assert_eq!(ids, ["m0", "m4"]);
+    assert_eq!(ids, ["m0", "m35"]);
     assert_eq!((page.total, page.scanned, page.index.as_deref()), (2, 2, Some("body")));
+    // Every model was indexed, not only the first ones read.
+    let page = query(&mut alice, "SELECT * FROM notes WHERE body = 'y'").await?.unwrap();
+    assert_eq!((page.total, page.index.as_deref()), (68, Some("body")));
     Ok(())
 }

@@ -450,29 +450,40 @@ async fn sync_indexes(
             )
             .await
             .map_err(pg)?;
-        for row in members {
-            let (domain, model): (String, String) = (row.get(0), row.get(1));
-            let Ok(model) = ModelId::new(&model) else { continue };
-            let state = match current(&txn, &domain, &model).await {
-                Ok(state) => state,
-                Err(error) => {
-                    // A damaged model stays out of the index; loading it reports the damage.
-                    tracing::warn!(%error, model = %model, "not indexed");
-                    continue;
+        let members: Vec<(String, ModelId)> = members
+            .iter()
+            .filter_map(|row| Some((row.get(0), ModelId::new(row.get::<_, &str>(1)).ok()?)))
+            .collect();
+        for page in members.chunks(READ_AT_ONCE) {
+            // The reads of a page go out together and the connection pipelines them: one
+            // round trip's wait per page, not two per model.
+            let states = futures_util::future::join_all(
+                page.iter().map(|(domain, model)| current(&txn, domain, model)),
+            )
+            .await;
+            for ((domain, model), state) in page.iter().zip(states) {
+                let state = match state {
+                    Ok(state) => state,
+                    Err(error) => {
+                        // A damaged model stays out of the index; loading it reports the
+                        // damage.
+                        tracing::warn!(%error, model = %model, "not indexed");
+                        continue;
+                    }
+                };
+                for path in &paths {
+                    let key = IndexKey::encode(path.lookup_data(&state.data));
+                    let entry = super::query::entry_key(&key, model.as_str());
+                    entries.push(vec![
+                        Cell::Text(domain.clone()),
+                        Cell::Text(collection.to_owned()),
+                        Cell::Text(path.to_string()),
+                        Cell::Bytes(entry),
+                        Cell::Text(model.as_str().to_owned()),
+                    ]);
                 }
-            };
-            for path in &paths {
-                let key = IndexKey::encode(path.lookup_data(&state.data));
-                let entry = super::query::entry_key(&key, model.as_str());
-                entries.push(vec![
-                    Cell::Text(domain.clone()),
-                    Cell::Text(collection.to_owned()),
-                    Cell::Text(path.to_string()),
-                    Cell::Bytes(entry),
-                    Cell::Text(model.as_str().to_owned()),
-                ]);
             }
-            // One statement per thousand entries, not one per entry.
+            // One statement per thousand entries or so, not one per entry.
             if entries.rows >= super::copy::BATCH {
                 entries.execute(&txn).await?;
                 entries = Import::new(BUILT_ENTRIES.0, BUILT_ENTRIES.1);
@@ -482,6 +493,9 @@ async fn sync_indexes(
     entries.execute(&txn).await?;
     txn.commit().await.map_err(pg)
 }
+
+/// How many models' states [`sync_indexes`] reads at once.
+const READ_AT_ONCE: usize = 64;
 
 /// The entries of an index being built, as [`sync_indexes`] inserts them (a server already
 /// serving the index may have written some).
