@@ -135,8 +135,7 @@ impl Rope {
             // One byte per char: the chunk is ASCII.
             return offset..offset + count;
         }
-        let start = str_indices::chars::to_byte_idx(chunk, offset);
-        start..start + str_indices::chars::to_byte_idx(&chunk[start..], count)
+        byte_range(chunk, offset..offset + count)
     }
 
     /// Deletes `count` chars from char `offset` of chunk `i` on; may leave chunk `i` empty.
@@ -209,6 +208,12 @@ impl Rope {
             self.chars[i - 1] += self.chars.remove(i);
         }
     }
+}
+
+/// The byte range of the chars `chars` of `text`.
+pub(crate) fn byte_range(text: &str, chars: Range<usize>) -> Range<usize> {
+    let start = str_indices::chars::to_byte_idx(text, chars.start);
+    start..start + str_indices::chars::to_byte_idx(&text[start..], chars.len())
 }
 
 fn group_len(chars: &[u32]) -> usize {

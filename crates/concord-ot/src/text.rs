@@ -11,7 +11,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::rope::{Rope, same_bytes};
+use crate::rope::{Rope, byte_range, same_bytes};
 
 /// The longest text, in bytes, kept as a plain `String`.
 const SHORT_MAX: usize = 1024;
@@ -73,7 +73,7 @@ impl Text {
 
     pub(crate) fn slice(&self, range: Range<usize>) -> String {
         match &self.form {
-            Form::Short(text) => text[bytes_of(text, range)].to_owned(),
+            Form::Short(text) => text[byte_range(text, range)].to_owned(),
             Form::Long(rope) => rope.slice(range),
         }
     }
@@ -83,7 +83,7 @@ impl Text {
     pub(crate) fn splice(&mut self, range: Range<usize>, insert: &str) {
         match &mut self.form {
             Form::Short(text) => {
-                text.replace_range(bytes_of(text, range), insert);
+                text.replace_range(byte_range(text, range), insert);
                 if text.len() > SHORT_MAX {
                     self.form = Form::of(text);
                 }
@@ -100,13 +100,6 @@ impl Text {
     pub(crate) fn set(&mut self, content: &str) {
         self.form = Form::of(content);
     }
-}
-
-/// The byte range of the chars `range` of `text`.
-fn bytes_of(text: &str, range: Range<usize>) -> Range<usize> {
-    let start = str_indices::chars::to_byte_idx(text, range.start);
-    let end = start + str_indices::chars::to_byte_idx(&text[start..], range.len());
-    start..end
 }
 
 impl fmt::Display for Text {
