@@ -451,7 +451,7 @@ async fn sync_indexes(
             .await
             .map_err(pg)?;
         let members: Vec<(String, ModelId)> = members
-            .iter()
+            .into_iter()
             .filter_map(|row| Some((row.get(0), ModelId::new(row.get::<_, &str>(1)).ok()?)))
             .collect();
         for page in members.chunks(READ_AT_ONCE) {
