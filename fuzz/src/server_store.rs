@@ -104,9 +104,11 @@ impl<'a> Arbitrary<'a> for FileInput {
 /// Opens the input's file in a directory of this process's own and reads all of it.
 pub fn check_file(input: &FileInput) -> std::result::Result<usize, StoreError> {
     let dir = scratch_dir();
-    // A leftover from the last input, which this process wrote and no longer holds open.
+    // A leftover from an input that panicked, which this process no longer holds open.
     let _ = std::fs::remove_dir_all(&dir);
-    read_store_file(&dir, &input.bytes())
+    let read = read_store_file(&dir, &input.bytes());
+    let _ = std::fs::remove_dir_all(&dir);
+    read
 }
 
 /// The commits of a log beside the current-format file ([`current_file`]): each the sample
@@ -163,7 +165,9 @@ pub fn check_log(input: &LogInput) -> std::result::Result<usize, StoreError> {
     let dir = scratch_dir();
     let _ = std::fs::remove_dir_all(&dir);
     let payloads: Vec<Vec<u8>> = input.0.iter().map(PayloadInput::bytes).collect();
-    read_store_with_log(&dir, current_file(), &payloads)
+    let read = read_store_with_log(&dir, current_file(), &payloads);
+    let _ = std::fs::remove_dir_all(&dir);
+    read
 }
 
 fn scratch_dir() -> PathBuf {

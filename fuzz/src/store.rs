@@ -94,5 +94,7 @@ impl<'a> Arbitrary<'a> for StoreFileInput {
 pub fn check_store_file(input: &StoreFileInput) -> std::result::Result<usize, StorageError> {
     let path = crate::scratch_path("client-store");
     let _ = std::fs::remove_file(&path);
-    read_store_file(&path, &input.bytes())
+    let read = read_store_file(&path, &input.bytes());
+    let _ = std::fs::remove_file(&path);
+    read
 }

@@ -364,19 +364,30 @@ fn browser_test(missing: Missing) -> anyhow::Result<()> {
         }
         Err(error) => return Err(error.context("the browser tests cannot run")),
     };
-    for (krate, selection) in BROWSER_TESTS {
-        let mut command =
-            cargo(&[&["test", "-p", krate, "--target", WASM_TARGET][..], selection].concat());
-        command
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &tools.runner)
-            .env("CHROMEDRIVER", &tools.chromedriver);
-        eprintln!(
-            "  with CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER={} CHROMEDRIVER={}",
-            tools.runner.display(),
-            tools.chromedriver.display()
-        );
-        run(command)?;
-    }
+    // The runner stops chromedriver without closing Chromium's session, which leaves the
+    // browser's profile in the temporary directory: give it one of its own, removed after.
+    let scratch = std::env::temp_dir().join(format!("concord-browser-test-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let wasm_tests = || -> anyhow::Result<()> {
+        for (krate, selection) in BROWSER_TESTS {
+            let mut command =
+                cargo(&[&["test", "-p", krate, "--target", WASM_TARGET][..], selection].concat());
+            command
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &tools.runner)
+                .env("CHROMEDRIVER", &tools.chromedriver)
+                .env("TMPDIR", &scratch);
+            eprintln!(
+                "  with CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER={} CHROMEDRIVER={}",
+                tools.runner.display(),
+                tools.chromedriver.display()
+            );
+            run(command)?;
+        }
+        Ok(())
+    };
+    let tested = wasm_tests();
+    let _ = std::fs::remove_dir_all(&scratch);
+    tested?;
     web(&tools)?;
     // The demo page in Chromium, driven by playwright-core, against a real server.
     let driver = root().join("crates/concord-web/tests/browser");

@@ -25,59 +25,19 @@ fn main() -> anyhow::Result<()> {
     native::main()
 }
 
+/// Chromium driven through `driver.mjs`, as in the browser tests.
+#[cfg(not(target_arch = "wasm32"))]
+#[path = "../tests/browser/driver.rs"]
+mod driver;
+
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use std::io::{BufRead, BufReader, Write};
     use std::path::PathBuf;
-    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-    use anyhow::{Context, bail};
+    use anyhow::Context;
     use concord_server::{Server, ServerConfig};
 
-    struct Browser {
-        child: Child,
-        input: ChildStdin,
-        output: BufReader<ChildStdout>,
-    }
-
-    impl Browser {
-        fn start() -> anyhow::Result<Browser> {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-            let mut child = Command::new("node")
-                .arg(dir.join("driver.mjs"))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("running node (cargo xtask browser-test installs the driver)")?;
-            let input = child.stdin.take().context("no stdin")?;
-            let output = BufReader::new(child.stdout.take().context("no stdout")?);
-            Ok(Browser { child, input, output })
-        }
-
-        fn run(&mut self, command: &str) -> anyhow::Result<String> {
-            writeln!(self.input, "{command}")?;
-            let mut line = String::new();
-            self.output.read_line(&mut line)?;
-            match line.trim().split_once(' ') {
-                Some(("ok", answer)) => Ok(answer.to_owned()),
-                _ => bail!("`{}` failed: {}", command.chars().take(60).collect::<String>(), line),
-            }
-        }
-
-        fn evaluate(&mut self, tab: &str, body: &str) -> anyhow::Result<serde_json::Value> {
-            let answer = self.run(&format!("evaluate {tab} {}", serde_json::to_string(body)?))?;
-            Ok(serde_json::from_str(&answer)?)
-        }
-    }
-
-    impl Drop for Browser {
-        fn drop(&mut self) {
-            let _ = writeln!(self.input, "quit");
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::driver::Browser;
 
     /// Edits one at a time, each until stored; then bursts of edits, the last until stored.
     const BODY: &str = r#"

@@ -7,14 +7,17 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use concord_client::{Domain, ModelId};
 use concord_server::{RunningServer, Server, ServerConfig, mint_token};
+
+/// Chromium driven through `driver.mjs`.
+#[path = "browser/driver.rs"]
+mod driver;
+use driver::Browser;
 
 /// Tests through the JS API, in pages that load the bundle.
 #[path = "browser/api.rs"]
@@ -26,52 +29,6 @@ mod tabs;
 
 const SECRET: &[u8] = b"the browser test's JWT secret";
 
-struct Browser {
-    child: Child,
-    input: ChildStdin,
-    output: BufReader<ChildStdout>,
-}
-
-impl Browser {
-    fn start() -> anyhow::Result<Browser> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/driver.mjs");
-        let mut child = Command::new("node")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("running node (cargo xtask browser-test installs the driver)")?;
-        let input = child.stdin.take().context("no stdin")?;
-        let output = BufReader::new(child.stdout.take().context("no stdout")?);
-        Ok(Browser { child, input, output })
-    }
-
-    /// Sends one command; its answer, or an error with the page's last console lines.
-    fn run(&mut self, command: &str) -> anyhow::Result<String> {
-        writeln!(self.input, "{command}")?;
-        let mut line = String::new();
-        self.output.read_line(&mut line)?;
-        match line.trim().split_once(' ') {
-            Some(("ok", answer)) => Ok(answer.to_owned()),
-            _ => {
-                writeln!(self.input, "logs")?;
-                let mut logs = String::new();
-                self.output.read_line(&mut logs)?;
-                bail!("`{command}` failed: {}\npage logs: {}", line.trim(), logs.trim())
-            }
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = writeln!(self.input, "quit");
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A development server on `dir` listening on `addr` (port 0: any), serving the page.
 async fn serve(
     addr: std::net::SocketAddr,
@@ -82,14 +39,6 @@ async fn serve(
     config.bind = addr;
     config.web_root = Some(web_root.to_path_buf());
     Ok(Server::spawn(config).await?)
-}
-
-impl Browser {
-    /// Runs `body`, an async JS function body, in `tab` (opened with `api`); its result.
-    fn evaluate(&mut self, tab: &str, body: &str) -> anyhow::Result<serde_json::Value> {
-        let answer = self.run(&format!("evaluate {tab} {}", serde_json::to_string(body)?))?;
-        Ok(serde_json::from_str(&answer)?)
-    }
 }
 
 /// `target/web`, built by `cargo xtask web` (or `CONCORD_WEB_ROOT`).
