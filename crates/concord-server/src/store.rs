@@ -36,8 +36,8 @@ use concord_protocol::{
 };
 use concord_sync::Decision;
 use concord_sync::host::{
-    CollectionConfig, HistoryRead, HostConfig, Loaded, ModelRecord, QueryLimits, QueryRead,
-    ReadFailure, StoredModel, Write,
+    CollectionConfig, HistoryRead, HostConfig, Loaded, ModelRecord, QueryLimits, QueryModelData,
+    QueryRead, ReadFailure, StoredModel, Write,
 };
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle,
@@ -407,6 +407,31 @@ fn corrupt(domain: &str, model: Option<&ModelId>, record: String, damage: Damage
         model: model.cloned(),
         record: format!("{record}: {damage}"),
     }
+}
+
+/// A model's state for queries: its latest snapshot with the operations stored after it
+/// (in order) applied. Both stores read them their own way and fold them here.
+fn current_state(
+    domain: &str,
+    model: &ModelId,
+    snapshot: ModelSnapshot,
+    operations: impl IntoIterator<Item = Result<CommittedOperation, StoreError>>,
+) -> Result<QueryModelData, StoreError> {
+    let mut document = snapshot.data;
+    let (mut version, mut modified) = (snapshot.version, snapshot.modified_at);
+    for operation in operations {
+        let operation = operation?;
+        document.apply_without_old(&operation.operation).map_err(|e| {
+            StoreError::CorruptRecord {
+                domain: domain.to_owned(),
+                model: Some(model.clone()),
+                record: format!("operation {} does not apply: {e}", operation.version),
+            }
+        })?;
+        version = operation.version;
+        modified = operation.timestamp;
+    }
+    Ok(QueryModelData::of(&document, version, snapshot.created_at, modified))
 }
 
 /// The redb database, closed without ever taking the process down. redb panics on some

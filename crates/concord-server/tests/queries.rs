@@ -4,11 +4,19 @@
 
 mod support;
 
+use concord_ot::{DiscreteOperation, Document, Operation, OperationKind, PathSegment, ReplicaId};
 use concord_protocol::{ClientRequest, ErrorCode, ErrorReply, QueryPage, ServerResponse};
 use concord_query::Path;
 use concord_server::QueryLimits;
-use concord_testkit::wire::WireClient;
+use concord_testkit::wire::{Editor, WireClient};
 use support::*;
+
+/// Replaces `delete_count` chars at `index` of the document's `body` with `insert`.
+fn splice(document: &Document, index: usize, delete_count: usize, insert: &str) -> Operation {
+    let id = document.element_at(&[PathSegment::Key("body".into())]).unwrap();
+    let kind = OperationKind::StringSplice { index, delete_count, insert: insert.into() };
+    DiscreteOperation::new(id, kind).into()
+}
 
 async fn query(
     client: &mut WireClient,
@@ -66,8 +74,15 @@ async fn an_index_declared_later_is_built_when_the_server_starts() -> anyhow::Re
         for i in 0..70 {
             create(&mut alice, &format!("m{i}"), if i % 35 == 0 { "x" } else { "y" }).await?;
         }
+        // m1's body goes from "y" to "x" in two operations, which follow its snapshot.
+        let snapshot = open(&mut alice, "m1").await?;
+        let mut editor = Editor::new(model("m1"), ReplicaId(1), &snapshot);
+        let delete = splice(&editor.document, 0, 1, "");
+        commit(&mut alice, &mut editor, delete).await?;
+        let insert = splice(&editor.document, 0, 0, "x");
+        assert_eq!(commit(&mut alice, &mut editor, insert).await?, 2);
         let page = query(&mut alice, "SELECT * FROM notes WHERE body = 'x'").await?.unwrap();
-        assert_eq!((page.total, page.scanned, page.index), (2, 70, None));
+        assert_eq!((page.total, page.scanned, page.index), (3, 70, None));
         server.stop().await?;
     }
     let server = start(dir.path(), |config| {
@@ -77,10 +92,11 @@ async fn an_index_declared_later_is_built_when_the_server_starts() -> anyhow::Re
     let mut alice = connect(&server, "alice").await?;
     let page = query(&mut alice, "SELECT * FROM notes WHERE body = 'x'").await?.unwrap();
     let ids: Vec<&str> = page.rows.iter().map(|r| r.model.as_str()).collect();
-    assert_eq!(ids, ["m0", "m35"]);
-    assert_eq!((page.total, page.scanned, page.index.as_deref()), (2, 2, Some("body")));
+    assert_eq!(ids, ["m0", "m1", "m35"]);
+    assert_eq!((page.total, page.scanned, page.index.as_deref()), (3, 3, Some("body")));
+    assert_eq!(page.rows[1].version, 2);
     // Every model was indexed, not only the first ones read.
     let page = query(&mut alice, "SELECT * FROM notes WHERE body = 'y'").await?.unwrap();
-    assert_eq!((page.total, page.index.as_deref()), (68, Some("body")));
+    assert_eq!((page.total, page.index.as_deref()), (67, Some("body")));
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::ops::Bound;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use concord_ot::{Document, ReplicaId};
+use concord_ot::ReplicaId;
 use concord_protocol::{
     CollectionId, CommittedOperation, HistoryOperation, Identity, ModelId, ModelSnapshot,
     ServerMessage, Timestamp, User, UserId,
@@ -589,22 +589,9 @@ async fn current(
     model: &ModelId,
 ) -> Result<QueryModelData, StoreError> {
     let snapshot = snapshot_of(txn, domain, model).await?;
-    let mut document: Document = snapshot.data;
-    let (mut version, mut modified) = (snapshot.version, snapshot.modified_at);
-    for (operation, _) in
-        operations_in(txn, domain, model, snapshot.version, u64::MAX, usize::MAX).await?
-    {
-        document.apply_without_old(&operation.operation).map_err(|e| {
-            StoreError::CorruptRecord {
-                domain: domain.to_owned(),
-                model: Some(model.clone()),
-                record: format!("operation {} does not apply: {e}", operation.version),
-            }
-        })?;
-        version = operation.version;
-        modified = operation.timestamp;
-    }
-    Ok(QueryModelData::of(&document, version, snapshot.created_at, modified))
+    let operations =
+        operations_in(txn, domain, model, snapshot.version, u64::MAX, usize::MAX).await?;
+    super::current_state(domain, model, snapshot, operations.into_iter().map(|(op, _)| Ok(op)))
 }
 
 async fn collection_in(

@@ -18,8 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use concord_ot::Document;
-use concord_protocol::{CollectionId, CommittedOperation, ModelId, ModelSnapshot, ServerMessage};
+use concord_protocol::{CollectionId, ModelId, ModelSnapshot, ServerMessage};
 use concord_query::{IndexKey, IndexScan, KeyBounds, Path};
 use concord_sync::host::{
     CollectionConfig, HostConfig, ModelRecord, QueryEntry, QueryLimits, QueryModelData, QueryRead,
@@ -153,25 +152,14 @@ fn current_in(
     };
     let snapshot: ModelSnapshot = unseal(SNAPSHOTS.name(), &k, bytes.value())
         .map_err(|damage| damaged("its snapshot".into(), damage))?;
-    let mut document: Document = snapshot.data;
-    let (mut version, mut modified) = (snapshot.version, snapshot.modified_at);
     let range = (domain, model.as_str(), snapshot.version + 1)..=(domain, model.as_str(), u64::MAX);
-    for entry in operations.range(range).map_err(backend)? {
+    let operations = operations.range(range).map_err(backend)?.map(|entry| {
         let (key, bytes) = entry.map_err(backend)?;
         let at = key.value().2;
-        let operation: CommittedOperation = unseal(OPERATIONS.name(), &key.value(), bytes.value())
-            .map_err(|damage| damaged(format!("operation {at}"), damage))?;
-        document.apply_without_old(&operation.operation).map_err(|e| {
-            StoreError::CorruptRecord {
-                domain: domain.to_owned(),
-                model: Some(model.clone()),
-                record: format!("operation {at} does not apply: {e}"),
-            }
-        })?;
-        version = operation.version;
-        modified = operation.timestamp;
-    }
-    Ok(QueryModelData::of(&document, version, snapshot.created_at, modified))
+        unseal(OPERATIONS.name(), &key.value(), bytes.value())
+            .map_err(|damage| damaged(format!("operation {at}"), damage))
+    });
+    super::current_state(domain, model, snapshot, operations)
 }
 
 /// Builds the declared indexes not built yet, over every stored model, and drops those no

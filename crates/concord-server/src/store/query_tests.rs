@@ -303,23 +303,25 @@ fn an_index_declared_later_is_built_on_open_and_dropped_when_no_longer_declared(
             .flat_map(|i| creation(&format!("m{i:03}"), &public(f64::from(i % 3)), &[]))
             .collect();
         write_all(&store, writes);
-        // A commit after the snapshot changes m000's n from 0 to 2.
-        let op = concord_ot::DiscreteOperation::new(
-            ElementId::new(0, 1),
-            concord_ot::OperationKind::NumberDelta { delta: 2.0 },
-        );
-        let commit = concord_sync::CommitRecord {
-            model: ModelId::new("m000").unwrap(),
-            replica: concord_ot::ReplicaId(3),
-            seq: 1,
-            operation: CommittedOperation {
-                version: 1,
-                author: concord_protocol::SessionId("s".into()),
-                timestamp: Timestamp(9),
-                operation: op.into(),
-            },
-        };
-        write_all(&store, vec![Write::Commit(commit)]);
+        // Two commits after the snapshot change m000's n from 0 to 2, one at a time.
+        for version in 1..=2 {
+            let op = concord_ot::DiscreteOperation::new(
+                ElementId::new(0, 1),
+                concord_ot::OperationKind::NumberDelta { delta: 1.0 },
+            );
+            let commit = concord_sync::CommitRecord {
+                model: ModelId::new("m000").unwrap(),
+                replica: concord_ot::ReplicaId(3),
+                seq: version,
+                operation: CommittedOperation {
+                    version,
+                    author: concord_protocol::SessionId("s".into()),
+                    timestamp: Timestamp(8 + version as i64),
+                    operation: op.into(),
+                },
+            };
+            write_all(&store, vec![Write::Commit(commit)]);
+        }
     }
     let store = RedbStore::open_indexed(dir.path(), &indexes()).unwrap();
     let limits = QueryLimits::default();
@@ -330,7 +332,7 @@ fn an_index_declared_later_is_built_on_open_and_dropped_when_no_longer_declared(
     assert_eq!(ids, ["m000", "m002", "m005", "m008", "m011"]);
     assert_eq!(page.scanned, 5);
     let m000 = page.rows.iter().find(|r| r.model.as_str() == "m000").unwrap();
-    assert_eq!((m000.version, m000.modified_at), (1, Timestamp(9)));
+    assert_eq!((m000.version, m000.modified_at), (2, Timestamp(10)));
     drop(store);
     // Declared no more: its entries go.
     let store = RedbStore::open(dir.path()).unwrap();
