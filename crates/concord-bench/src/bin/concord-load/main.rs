@@ -13,7 +13,9 @@
 //! operation's base version, which the server moves forward and relays to the C - 1 others),
 //! so that a run shows what references cost beside the same run without them (`off`). After a warm-up, a window of
 //! T seconds is measured: acked operations per second, submit-to-ack latency, the server's
-//! peak RSS and CPU, this process's CPU and the rest of the machine's. Then every run is
+//! peak RSS and CPU, this process's CPU and the rest of the machine's, and the disks' mean
+//! time per write and per flush (which on a virtual disk varies from run to run, and the
+//! runs' rates with it). Then every run is
 //! checked: all clients converge to one body, one character and one version per acked
 //! operation, a fresh client sees the same, and so does one after the server is killed
 //! (SIGKILL) and restarted on its data. The exit code is non-zero when any run fails a check.
@@ -241,8 +243,9 @@ fn summary(run: &Run) -> String {
     match (&run.result, &run.failed) {
         (Some(r), _) => format!(
             "{prefix} {:.0} ops/s p50 {:.2} p99 {:.2} ms, server peak RSS {:.0} MiB, CPU server \
-             {:.0}% clients {:.0}% other {:.0}%, {} idle sessions at {:.1} KiB each, {} acked, body \
-             {} chars, converged in {:.0} ms, correct {} {:?}",
+             {:.0}% clients {:.0}% other {:.0}%, disk {:.3} ms per write {:.3} per flush, {} idle \
+             sessions at {:.1} KiB each, {} acked, body {} chars, converged in {:.0} ms, correct \
+             {} {:?}",
             r.ops_per_sec,
             r.p50_ms,
             r.p99_ms,
@@ -250,6 +253,8 @@ fn summary(run: &Run) -> String {
             r.server_cpu_pct,
             r.clients_cpu_pct,
             r.other_cpu_pct,
+            r.disk_write_ms,
+            r.disk_flush_ms,
             r.idle_sessions,
             r.server_kib_per_idle_session,
             r.total_acked,
@@ -285,13 +290,13 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
         ),
         String::new(),
         "| C | cursors | acked ops/s | p50 ms | p95 ms | p99 ms | server peak RSS MiB | \
-         server CPU % | clients CPU % | other CPU % | server KiB per idle session | body chars \
-         at end | correct |"
+         server CPU % | clients CPU % | other CPU % | disk ms per write | disk ms per flush | \
+         server KiB per idle session | body chars at end | correct |"
             .into(),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     type Column = (fn(&RunResult) -> f64, usize);
-    let columns: [Column; 10] = [
+    let columns: [Column; 12] = [
         (|r| r.ops_per_sec, 0),
         (|r| r.p50_ms, 2),
         (|r| r.p95_ms, 2),
@@ -300,6 +305,8 @@ fn table(cli: &Cli, runs: &[Run], discarded: usize) -> String {
         (|r| r.server_cpu_pct, 0),
         (|r| r.clients_cpu_pct, 0),
         (|r| r.other_cpu_pct, 0),
+        (|r| r.disk_write_ms, 3),
+        (|r| r.disk_flush_ms, 3),
         (|r| r.server_kib_per_idle_session, 1),
         (|r| r.body_chars as f64, 0),
     ];

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use concord_testkit::process::ServeProcess;
 
 use crate::client::{self, Editor, IdleSession, LoopStats};
-use crate::system::{cpu_seconds, machine_busy_seconds, rss_kib};
+use crate::system::{DiskCounters, cpu_seconds, machine_busy_seconds, rss_kib};
 
 /// Sustained submissions per second allowed on one connection. The server's default (2,000)
 /// is abuse protection and would cap a single client below the target; the load tool
@@ -49,6 +49,10 @@ pub(crate) struct RunResult {
     pub server_cpu_pct: f64,
     pub clients_cpu_pct: f64,
     pub other_cpu_pct: f64,
+    /// The disks' mean time per write and per flush request during the window (ms, NaN
+    /// where the kernel does not count them).
+    pub disk_write_ms: f64,
+    pub disk_flush_ms: f64,
     pub checks: Checks,
 }
 
@@ -78,12 +82,13 @@ impl Checks {
     }
 }
 
-/// CPU counters sampled at one instant.
+/// CPU and disk counters sampled at one instant.
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
     server: f64,
     clients: f64,
     machine: f64,
+    disks: DiskCounters,
 }
 
 impl CpuSample {
@@ -92,6 +97,7 @@ impl CpuSample {
             server: cpu_seconds(&server_pid.to_string())?,
             clients: cpu_seconds("self")?,
             machine: machine_busy_seconds()?,
+            disks: DiskCounters::read(),
         })
     }
 }
@@ -253,6 +259,7 @@ pub(crate) async fn run_once(
     let seconds = window.as_secs_f64();
     let pct = |f: fn(&CpuSample) -> f64| 100.0 * (f(&last) - f(&first)) / seconds;
     let (server_cpu_pct, clients_cpu_pct) = (pct(|s| s.server), pct(|s| s.clients));
+    let (disk_write_ms, disk_flush_ms) = first.disks.mean_ms_until(&last.disks);
     Ok(RunResult {
         clients,
         window_ops: latencies.len(),
@@ -271,6 +278,8 @@ pub(crate) async fn run_once(
         server_cpu_pct,
         clients_cpu_pct,
         other_cpu_pct: pct(|s| s.machine) - server_cpu_pct - clients_cpu_pct,
+        disk_write_ms,
+        disk_flush_ms,
         checks,
     })
 }

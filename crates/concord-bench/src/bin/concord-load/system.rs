@@ -1,5 +1,6 @@
 //! What the load tool reads from `/proc`: CPU time of a process and of the whole machine,
-//! a process's resident set, and a description of the machine for the report.
+//! the disks' request counters, a process's resident set, and a description of the machine
+//! for the report.
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -35,6 +36,58 @@ pub(crate) fn machine_busy_seconds() -> Result<f64> {
         first.split_whitespace().skip(1).take(8).map(str::parse).collect::<Result<_, _>>()?;
     let total: u64 = ticks.iter().sum();
     Ok((total - ticks[3] - ticks[4]) as f64 / USER_HZ)
+}
+
+/// The disks' completed writes and flushes and the time they took, summed over the whole
+/// disks (`/proc/diskstats`; partitions, loop and RAM devices left out). Between two
+/// samples they give the mean time of one write or flush during a window: the disk's own
+/// speed, which on a virtual disk changes from minute to minute and moves the runs with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DiskCounters {
+    pub(crate) writes: u64,
+    pub(crate) write_ms: u64,
+    pub(crate) flushes: u64,
+    pub(crate) flush_ms: u64,
+}
+
+impl DiskCounters {
+    /// The counters now; all zero where the kernel does not report them.
+    pub(crate) fn read() -> DiskCounters {
+        let stats = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+        let mut sum = DiskCounters::default();
+        for line in stats.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(&name) = fields.get(2) else { continue };
+            let whole_disk = std::path::Path::new("/sys/block").join(name).exists();
+            if !whole_disk || name.starts_with("loop") || name.starts_with("ram") {
+                continue;
+            }
+            // Fields after major, minor and name: writes completed is the 5th, time writing
+            // (ms) the 8th, flushes completed the 15th and time flushing the 16th.
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            sum.writes += field(7);
+            sum.write_ms += field(10);
+            sum.flushes += field(18);
+            sum.flush_ms += field(19);
+        }
+        sum
+    }
+
+    /// The mean time of one write and of one flush from `self` to `later`, in ms (NaN when
+    /// there were none).
+    pub(crate) fn mean_ms_until(&self, later: &DiskCounters) -> (f64, f64) {
+        let mean = |ms: u64, count: u64| ms as f64 / count as f64;
+        (
+            mean(
+                later.write_ms.saturating_sub(self.write_ms),
+                later.writes.saturating_sub(self.writes),
+            ),
+            mean(
+                later.flush_ms.saturating_sub(self.flush_ms),
+                later.flushes.saturating_sub(self.flushes),
+            ),
+        )
+    }
 }
 
 /// A line about the machine for the report: cores, CPU model, RAM, kernel.
