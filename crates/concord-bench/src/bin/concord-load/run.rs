@@ -84,16 +84,16 @@ impl Checks {
 
 /// CPU and disk counters sampled at one instant.
 #[derive(Debug, Clone, Copy)]
-struct CpuSample {
+struct WindowSample {
     server: f64,
     clients: f64,
     machine: f64,
     disks: DiskCounters,
 }
 
-impl CpuSample {
-    fn take(server_pid: u32) -> Result<CpuSample> {
-        Ok(CpuSample {
+impl WindowSample {
+    fn take(server_pid: u32) -> Result<WindowSample> {
+        Ok(WindowSample {
             server: cpu_seconds(&server_pid.to_string())?,
             clients: cpu_seconds("self")?,
             machine: machine_busy_seconds()?,
@@ -179,9 +179,9 @@ pub(crate) async fn run_once(
     let idlers: Vec<_> = idlers.into_iter().map(|s| tokio::spawn(s.hold(end))).collect();
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(warm_end).await;
-        let first = CpuSample::take(pid)?;
+        let first = WindowSample::take(pid)?;
         tokio::time::sleep_until(end).await;
-        Ok::<_, anyhow::Error>((first, CpuSample::take(pid)?))
+        Ok::<_, anyhow::Error>((first, WindowSample::take(pid)?))
     });
     let loops: Vec<_> = editors
         .into_iter()
@@ -257,7 +257,7 @@ pub(crate) async fn run_once(
         latencies[i].as_secs_f64() * 1e3
     };
     let seconds = window.as_secs_f64();
-    let pct = |f: fn(&CpuSample) -> f64| 100.0 * (f(&last) - f(&first)) / seconds;
+    let pct = |f: fn(&WindowSample) -> f64| 100.0 * (f(&last) - f(&first)) / seconds;
     let (server_cpu_pct, clients_cpu_pct) = (pct(|s| s.server), pct(|s| s.clients));
     let (disk_write_ms, disk_flush_ms) = first.disks.mean_ms_until(&last.disks);
     Ok(RunResult {

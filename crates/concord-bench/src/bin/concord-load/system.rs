@@ -81,17 +81,8 @@ impl DiskCounters {
     /// The mean time of one write and of one flush from `self` to `later`, in ms (NaN when
     /// there were none).
     pub(crate) fn mean_ms_until(&self, later: &DiskCounters) -> (f64, f64) {
-        let mean = |ms: u64, count: u64| ms as f64 / count as f64;
-        (
-            mean(
-                later.write_ms.saturating_sub(self.write_ms),
-                later.writes.saturating_sub(self.writes),
-            ),
-            mean(
-                later.flush_ms.saturating_sub(self.flush_ms),
-                later.flushes.saturating_sub(self.flushes),
-            ),
-        )
+        let delta = |f: fn(&DiskCounters) -> u64| f(later).saturating_sub(f(self)) as f64;
+        (delta(|d| d.write_ms) / delta(|d| d.writes), delta(|d| d.flush_ms) / delta(|d| d.flushes))
     }
 }
 
