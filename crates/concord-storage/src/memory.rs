@@ -6,23 +6,18 @@
 //! a store (opening its key again on the same adapter after the handle was dropped) finds
 //! everything committed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use concord_ot::ReplicaId;
-use concord_protocol::ModelId;
 
 use crate::adapter::{OfflineStore, StorageAdapter};
-use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{
-    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
-};
-use crate::store::{self, KvRead, KvWrite, Visit};
+use crate::records::StoreKey;
+use crate::store::{self, KvRead, KvStore, KvWrite, Visit};
 
 type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -211,63 +206,22 @@ impl Drop for MemoryStore {
     }
 }
 
-impl MemoryStore {
+impl KvStore for MemoryStore {
+    fn store_key(&self) -> &StoreKey {
+        &self.key
+    }
+
     fn read<T>(
         &self,
         f: impl FnOnce(&dyn KvRead) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         f(&*lock(&self.slot.tables)?)
     }
-}
 
-#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
-#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
-impl OfflineStore for MemoryStore {
-    fn key(&self) -> &StoreKey {
-        &self.key
-    }
-
-    async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
-        self.read(store::models)
-    }
-
-    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
-        self.read(store::unsynced)
-    }
-
-    async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
-        self.read(|kv| store::load_model(kv, model))
-    }
-
-    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
-        self.read(|kv| store::load_model_head(kv, model))
-    }
-
-    async fn pending_page(
+    fn write<T>(
         &self,
-        model: &ModelId,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<PendingOperation>, StorageError> {
-        self.read(|kv| store::pending_page(kv, model, after, None, limit))
-    }
-
-    async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
-        self.read(store::subscriptions)
-    }
-
-    async fn replica_id(&self) -> Result<Option<ReplicaId>, StorageError> {
-        self.read(store::replica_id)
-    }
-
-    async fn identities(&self) -> Result<IdentityCache, StorageError> {
-        self.read(store::identities)
-    }
-
-    async fn commit_group(&self, batches: Vec<Batch>) -> Result<(), StorageError> {
-        if batches.is_empty() {
-            return Ok(());
-        }
-        write(&mut *lock(&self.slot.tables)?, |kv| store::apply(kv, &batches))
+        f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        write(&mut *lock(&self.slot.tables)?, f)
     }
 }

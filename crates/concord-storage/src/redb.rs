@@ -18,23 +18,17 @@
 //! The redb API is synchronous: the async methods run it on the calling thread. A client
 //! that must not block its executor calls them from a blocking-capable thread.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use concord_ot::ReplicaId;
-use concord_protocol::ModelId;
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::adapter::{OfflineStore, StorageAdapter};
-use crate::batch::Batch;
 use crate::encoding::Table;
 use crate::error::StorageError;
-use crate::records::{
-    IdentityCache, ModelState, ModelSummary, PendingOperation, StoreKey, Unsynced,
-};
-use crate::store::{self, KvRead, KvWrite, Migration, Visit};
+use crate::records::StoreKey;
+use crate::store::{self, KvRead, KvStore, KvWrite, Migration, Visit};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -305,14 +299,6 @@ impl RedbStore {
         &self.path
     }
 
-    /// Runs `f` in one durable write transaction: committed if `f` succeeds, aborted if not.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
-    ) -> Result<T, StorageError> {
-        self.database.guarded(|| self.write_unguarded(f))
-    }
-
     fn write_unguarded<T>(
         &self,
         f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
@@ -339,6 +325,19 @@ impl RedbStore {
                 Err(error)
             }
         }
+    }
+}
+
+impl KvStore for RedbStore {
+    fn store_key(&self) -> &StoreKey {
+        &self.key
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        self.database.guarded(|| self.write_unguarded(f))
     }
 
     fn read<T>(
@@ -451,57 +450,6 @@ impl KvWrite for WriteKv<'_> {
     fn clear(&mut self, table: Table) -> Result<(), StorageError> {
         self.tables[table.index()].retain(|_, _| false).map_err(from_redb)?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl OfflineStore for RedbStore {
-    fn key(&self) -> &StoreKey {
-        &self.key
-    }
-
-    async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
-        self.read(store::models)
-    }
-
-    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
-        self.read(store::unsynced)
-    }
-
-    async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
-        self.read(|kv| store::load_model(kv, model))
-    }
-
-    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
-        self.read(|kv| store::load_model_head(kv, model))
-    }
-
-    async fn pending_page(
-        &self,
-        model: &ModelId,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<PendingOperation>, StorageError> {
-        self.read(|kv| store::pending_page(kv, model, after, None, limit))
-    }
-
-    async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
-        self.read(store::subscriptions)
-    }
-
-    async fn replica_id(&self) -> Result<Option<ReplicaId>, StorageError> {
-        self.read(store::replica_id)
-    }
-
-    async fn identities(&self) -> Result<IdentityCache, StorageError> {
-        self.read(store::identities)
-    }
-
-    async fn commit_group(&self, batches: Vec<Batch>) -> Result<(), StorageError> {
-        if batches.is_empty() {
-            return Ok(());
-        }
-        self.write(|kv| store::apply(kv, &batches))
     }
 }
 

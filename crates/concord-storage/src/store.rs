@@ -7,9 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use async_trait::async_trait;
 use concord_ot::ReplicaId;
 use concord_protocol::{CommittedOperation, Identity, ModelId, SessionId, User, UserId};
 
+use crate::adapter::{MaybeSendSync, OfflineStore};
 use crate::batch::{Batch, Mutation};
 use crate::encoding::{
     self, FORMAT_VERSION, META_FORMAT, META_REPLICA_ID, META_STORE_KEY, Table, decode, encode,
@@ -45,6 +47,77 @@ pub(crate) trait KvWrite: KvRead {
     fn delete_range(&mut self, table: Table, start: &[u8], end: &[u8])
     -> Result<u64, StorageError>;
     fn clear(&mut self, table: Table) -> Result<(), StorageError>;
+}
+
+/// A backend that reads and writes its tables in place, through a view this module works
+/// on: every such backend is an [`OfflineStore`] by the one implementation below.
+pub(crate) trait KvStore: MaybeSendSync + std::fmt::Debug {
+    /// The key the store was opened for.
+    fn store_key(&self) -> &StoreKey;
+
+    /// Runs `f` over one consistent read view.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn KvRead) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError>;
+
+    /// Runs `f` in one durable write transaction: kept if `f` succeeds, discarded if not.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError>;
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait(?Send))]
+impl<S: KvStore> OfflineStore for S {
+    fn key(&self) -> &StoreKey {
+        self.store_key()
+    }
+
+    async fn models(&self) -> Result<Vec<ModelSummary>, StorageError> {
+        self.read(models)
+    }
+
+    async fn unsynced(&self) -> Result<Unsynced, StorageError> {
+        self.read(unsynced)
+    }
+
+    async fn load_model(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(|kv| load_model(kv, model))
+    }
+
+    async fn load_model_head(&self, model: &ModelId) -> Result<Option<ModelState>, StorageError> {
+        self.read(|kv| load_model_head(kv, model))
+    }
+
+    async fn pending_page(
+        &self,
+        model: &ModelId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PendingOperation>, StorageError> {
+        self.read(|kv| pending_page(kv, model, after, None, limit))
+    }
+
+    async fn subscriptions(&self) -> Result<BTreeSet<ModelId>, StorageError> {
+        self.read(subscriptions)
+    }
+
+    async fn replica_id(&self) -> Result<Option<ReplicaId>, StorageError> {
+        self.read(replica_id)
+    }
+
+    async fn identities(&self) -> Result<IdentityCache, StorageError> {
+        self.read(identities)
+    }
+
+    async fn commit_group(&self, batches: Vec<Batch>) -> Result<(), StorageError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        self.write(|kv| apply(kv, &batches))
+    }
 }
 
 /// A step that brings a store from format `from` to `from + 1`, inside the opening
