@@ -61,7 +61,8 @@ pub(crate) trait KvStore: MaybeSendSync + std::fmt::Debug {
         f: impl FnOnce(&dyn KvRead) -> Result<T, StorageError>,
     ) -> Result<T, StorageError>;
 
-    /// Runs `f` in one durable write transaction: kept if `f` succeeds, discarded if not.
+    /// Runs `f` in one write transaction, as durable as the backend keeps anything: kept if
+    /// `f` succeeds, discarded if not.
     fn write<T>(
         &self,
         f: impl FnOnce(&mut dyn KvWrite) -> Result<T, StorageError>,
