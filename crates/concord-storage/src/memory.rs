@@ -169,7 +169,7 @@ impl MemoryAdapter {
             return Err(StorageError::InUse { store: format!("memory store {key}") });
         }
         let store = MemoryStore { key: key.clone(), slot };
-        write(&mut *lock(&store.slot.tables)?, |kv| store::prepare_current(kv, key))?;
+        store.write(|kv| store::prepare_current(kv, key))?;
         Ok(store)
     }
 }
